@@ -1,0 +1,1 @@
+"""The pure core: names, digests, manifests, ranges and errors. No I/O here."""

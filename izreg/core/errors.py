@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.core.test_errors -*-
+"""
+The one error table: every OCI error code izreg can answer, with its message
+and HTTP status (in the style of distribution's ``errcode`` registry).
+
+Domain code raises L{RegistryError}; only ``izreg.http.errors`` turns one
+into the ``{"errors": [...]}`` envelope.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Mapping
+
+
+class ErrorCode(enum.Enum):
+    """OCI distribution error codes: (wire code, message, HTTP status)."""
+
+    BLOB_UNKNOWN = ("BLOB_UNKNOWN", "blob unknown to registry", 404)
+    BLOB_UPLOAD_INVALID = ("BLOB_UPLOAD_INVALID", "blob upload invalid", 400)
+    BLOB_UPLOAD_UNKNOWN = ("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", 404)
+    DIGEST_INVALID = ("DIGEST_INVALID", "provided digest did not match uploaded content", 400)
+    MANIFEST_BLOB_UNKNOWN = ("MANIFEST_BLOB_UNKNOWN", "manifest references a manifest or blob unknown to registry", 400)
+    MANIFEST_INVALID = ("MANIFEST_INVALID", "manifest invalid", 400)
+    MANIFEST_UNKNOWN = ("MANIFEST_UNKNOWN", "manifest unknown to registry", 404)
+    NAME_INVALID = ("NAME_INVALID", "invalid repository name", 400)
+    NAME_UNKNOWN = ("NAME_UNKNOWN", "repository name not known to registry", 404)
+    SIZE_INVALID = ("SIZE_INVALID", "provided length did not match content length", 400)
+    TOO_LARGE = ("SIZE_INVALID", "payload too large", 413)
+    UNAUTHORIZED = ("UNAUTHORIZED", "authentication required", 401)
+    DENIED = ("DENIED", "requested access to the resource is denied", 403)
+    UNSUPPORTED = ("UNSUPPORTED", "the operation is unsupported", 405)
+    TOOMANYREQUESTS = ("TOOMANYREQUESTS", "too many requests", 429)
+    TAG_INVALID = ("TAG_INVALID", "manifest tag did not match URI", 400)
+    RANGE_INVALID = ("RANGE_INVALID", "invalid content range", 416)
+    PAGINATION_NUMBER_INVALID = ("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400)
+    NOT_FOUND = ("NOT_FOUND", "no such route", 404)
+    METHOD_UNKNOWN = ("UNSUPPORTED", "the method is not allowed on this route", 405)
+    UNAVAILABLE = ("UNAVAILABLE", "service unavailable", 503)
+    UNKNOWN = ("UNKNOWN", "unknown error", 500)
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def message(self) -> str:
+        return self.value[1]
+
+    @property
+    def status(self) -> int:
+        return self.value[2]
+
+
+class RegistryError(Exception):
+    """
+    A failure a client can be told about.
+
+    @ivar detail: any JSON value, sent as the error's ``detail``.
+    @ivar headers: extra response headers (``Range`` on a 416, ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: Any = None,
+        message: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+        self.message = message or code.message
+        self.headers = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return f"RegistryError({self.code.name}, {self.detail!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        """The error as one entry of the OCI ``errors`` list."""
+        return {"code": self.code.code, "message": self.message, "detail": self.detail}
