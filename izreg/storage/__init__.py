@@ -1,0 +1,1 @@
+"""Storage: content-addressed blob files, upload sessions and the LMDB index."""

@@ -1,0 +1,61 @@
+# -*- test-case-name: tests.storage.test_lmdbindex -*-
+"""
+The LMDB layout: every named database, its keys and values, and the schema
+version (pure; no I/O).
+
+Keys that hold a repository name put it first and end it with NUL, so one
+repository's entries sit together in key order and a prefix scan lists them
+in lexical order (tags list, catalog).
+
+=============  ======================================  =========================================
+database       key                                     value
+=============  ======================================  =========================================
+meta           b"schema_version"                       ascii int
+repos          name                                    json {"created"}
+tags           name NUL tag                            digest (ascii)
+manifests      name NUL digest                         json meta NUL raw manifest bytes
+links          name NUL blob digest                    b""  (the repository may read the blob)
+bloblinks      blob digest NUL name                    b""  (reverse of links)
+blobs          blob digest                             json {"size", "created"}  (derived from files)
+referrers      name NUL subject NUL referrer digest    json descriptor
+uploads        upload id                               json {"name", "offset", "started", "updated"}
+accounts       account id                              json (izreg.auth)
+keys           key id                                  json (izreg.auth)
+devices        ...                                     json (izreg.auth, device records)
+=============  ======================================  =========================================
+
+Tags, manifests, links, referrers, accounts and keys are authoritative.
+``blobs`` is derived: ``izreg.storage.rebuild`` recreates it from the files.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+META = b"meta"
+REPOS = b"repos"
+TAGS = b"tags"
+MANIFESTS = b"manifests"
+LINKS = b"links"
+BLOBLINKS = b"bloblinks"
+BLOBS = b"blobs"
+REFERRERS = b"referrers"
+UPLOADS = b"uploads"
+ACCOUNTS = b"accounts"
+KEYS = b"keys"
+DEVICES = b"devices"
+
+ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES)
+MAX_DBS = 32
+
+SEP = b"\x00"
+
+
+def key(*parts: str | bytes) -> bytes:
+    """Join key parts with NUL."""
+    return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+
+
+def prefix(*parts: str | bytes) -> bytes:
+    """The key prefix of everything under C{parts} (ends with NUL)."""
+    return key(*parts) + SEP
