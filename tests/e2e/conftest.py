@@ -1,0 +1,95 @@
+"""
+Fixtures for the end-to-end suite: a real ``twistd izreg server`` process on
+a free loopback port, with its own temporary data dir.
+
+- C{registry}: module-scoped (one process per test module, the fast path);
+  tests that share it use their own random account id, so they never see
+  each other's repositories.
+- C{fresh_registry}: function-scoped, for tests that stop, kill -9 or
+  restart the process.
+- C{repo} / C{new_repo}: full repository names ``<32 hex account>/<name>``.
+
+On a test failure the tail of every server log the test used is attached to
+the report ("registry log" section).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers.ociclient import OCIClient
+from tests.helpers.server import RegistryProcess, random_account, repo_name
+from tests.helpers.skopeo import SKOPEO, Skopeo
+
+
+def _make_registry(tmp_path_factory, label: str) -> RegistryProcess:
+    base = tmp_path_factory.mktemp(f"izreg-{label}")
+    reg = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"))
+    return reg
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """One running registry for the whole test module."""
+    reg = _make_registry(tmp_path_factory, "module")
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def fresh_registry(tmp_path_factory):
+    """A registry of its own for one test (stop/kill9/restart are fine)."""
+    reg = _make_registry(tmp_path_factory, "fn")
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def account() -> str:
+    return random_account()
+
+
+@pytest.fixture
+def new_repo(account):
+    """A factory: C{new_repo("app")} -> ``<this test's account>/app``."""
+    return lambda name="app": repo_name(name, account)
+
+
+@pytest.fixture
+def repo(new_repo) -> str:
+    return new_repo("app")
+
+
+@pytest.fixture
+def client(registry) -> OCIClient:
+    return OCIClient(registry.url, auth=registry.requests_auth)
+
+
+@pytest.fixture
+def skopeo(registry, tmp_path) -> Skopeo:
+    if not os.path.exists(SKOPEO):
+        pytest.skip("skopeo is not installed (apt-get install -y skopeo)")
+    tmp = tmp_path / "skopeo-tmp"
+    tmp.mkdir()
+    return Skopeo(registry, tmp)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {}) or {}
+    for name, value in funcargs.items():
+        if isinstance(value, RegistryProcess):
+            report.sections.append((f"registry log ({name}, {value.url})", value.log_tail(150)))
+

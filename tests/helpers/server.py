@@ -1,0 +1,240 @@
+"""
+Run a real registry process for end-to-end tests.
+
+L{RegistryProcess} starts ``twistd -n izreg server`` from this checkout
+(``PYTHONPATH`` = repository root) on a free loopback port, waits for the
+"starting on" line on its stdout (an event read from the pipe, never a
+sleep), and can stop, kill -9 and restart it on the same data dir and port.
+
+Set ``IZREG_E2E_BACKEND=distribution`` to run the very same tests against
+CNCF distribution (Debian's ``docker-registry``) instead: this checks the
+tests themselves against a reference registry. izreg-only checks (the
+on-disk layout) are skipped there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: seconds to wait for the listening line before failing the test
+START_TIMEOUT = float(os.environ.get("IZREG_E2E_START_TIMEOUT", "30"))
+#: seconds to wait for a clean exit after SIGTERM
+STOP_TIMEOUT = 20.0
+
+BACKEND = os.environ.get("IZREG_E2E_BACKEND", "izreg")
+
+
+class ServerStartError(AssertionError):
+    pass
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_account() -> str:
+    """A random 32-hex-digit account id."""
+    return secrets.token_hex(16)
+
+
+def repo_name(name: str = "app", account: str | None = None) -> str:
+    """A full repository name ``<account>/<name>`` (random account by default)."""
+    return f"{account or random_account()}/{name}"
+
+
+class RegistryProcess:
+    """
+    One registry server process, restartable on the same data dir and port.
+
+    Attributes: C{url} (``http://127.0.0.1:PORT``), C{host} (``127.0.0.1:PORT``),
+    C{port}, C{data_dir}, C{backend}, C{creds} (``None`` while izreg has no
+    authentication; later a ``"KEY:SECRET"`` string that the helpers pass as
+    ``--creds`` / HTTP basic auth), C{extra_args} (appended to the server
+    command line), C{log_lines} (everything the process printed).
+    """
+
+    def __init__(self, data_dir: str, log_path: str | None = None, port: int | None = None,
+                 backend: str = BACKEND, extra_args=(), creds: str | None = None):
+        self.data_dir = os.fspath(data_dir)
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        self.backend = backend
+        self.extra_args = list(extra_args)
+        self.creds = creds
+        self.log_path = log_path
+        self.log_lines: deque[str] = deque(maxlen=5000)
+        self.starts = 0
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._log_file = open(log_path, "a", buffering=1) if log_path else None
+
+    # -- credentials hook ---------------------------------------------------------------
+
+    @property
+    def requests_auth(self):
+        """C{auth=} for requests/oras (None while there is no authentication)."""
+        if self.creds is None:
+            return None
+        user, _, password = self.creds.partition(":")
+        return (user, password)
+
+    # -- process control ----------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        if self.backend == "distribution":
+            return ["docker-registry", "serve", self._distribution_config()]
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        return [twistd, "-n", "--logfile=-", "--pidfile=", "izreg", "server",
+                "--data-dir", self.data_dir,
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                *self.extra_args]
+
+    def _ready_pattern(self) -> re.Pattern:
+        if self.backend == "distribution":
+            return re.compile(r"listening on 127\.0\.0\.1:%d" % self.port)
+        return re.compile(r"starting on")
+
+    def _distribution_config(self) -> str:
+        os.makedirs(self.data_dir, exist_ok=True)
+        path = os.path.join(os.path.dirname(self.data_dir.rstrip("/")),
+                            f"distribution-{self.port}.yml")
+        with open(path, "w") as f:
+            f.write(
+                "version: 0.1\n"
+                "log: {level: info, accesslog: {disabled: false}}\n"
+                "storage:\n"
+                f"  filesystem: {{rootdirectory: {self.data_dir}}}\n"
+                "  delete: {enabled: true}\n"
+                "http:\n"
+                f"  addr: 127.0.0.1:{self.port}\n"
+                "  secret: izreg-e2e-fixed-secret\n"
+            )
+        return path
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and block until it logs that it is listening."""
+        assert not self.running, "already running"
+        os.makedirs(self.data_dir, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.starts += 1
+        self._log(f"=== e2e: start #{self.starts}: {' '.join(self.command())}")
+        ready = threading.Event()
+        pattern = self._ready_pattern()
+        proc = subprocess.Popen(
+            self.command(), cwd=REPO_ROOT, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", bufsize=1, start_new_session=True,
+        )
+        self._proc = proc
+
+        def read():
+            for line in proc.stdout:
+                self._log(line.rstrip("\n"))
+                if not ready.is_set() and pattern.search(line):
+                    ready.set()
+            proc.stdout.close()
+            ready.set()  # EOF: the process is gone; start() checks poll()
+
+        self._reader = threading.Thread(target=read, name=f"registry-log-{self.port}", daemon=True)
+        self._reader.start()
+        if not ready.wait(timeout) or proc.poll() is not None:
+            rc = proc.poll()
+            if rc is None:
+                self._terminate(signal.SIGKILL)
+            raise ServerStartError(
+                f"registry did not report listening within {timeout}s (exit code {rc}).\n"
+                f"command: {self.command()}\n--- log ---\n{self.log_tail()}"
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then wait for exit; returns the exit code. SIGKILLs and raises on timeout."""
+        if not self.running:
+            return self._proc.returncode if self._proc else 0
+        self._log("=== e2e: SIGTERM")
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._terminate(signal.SIGKILL)
+            raise AssertionError(f"registry ignored SIGTERM for {timeout}s\n{self.log_tail()}")
+        self._join_reader()
+        return rc
+
+    def kill9(self) -> None:
+        """SIGKILL the process (no cleanup at all) and reap it."""
+        if self.running:
+            self._log("=== e2e: SIGKILL")
+            self._terminate(signal.SIGKILL)
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop (SIGTERM) if running, then start again on the same data dir and port."""
+        self.stop()
+        self.start(timeout)
+
+    def close(self) -> None:
+        """Teardown: stop the process, never raise for a slow exit."""
+        try:
+            if self.running:
+                self.stop()
+        finally:
+            if self.running:
+                self._terminate(signal.SIGKILL)
+            if self._log_file:
+                self._log_file.close()
+                self._log_file = None
+
+    def _terminate(self, sig) -> None:
+        try:
+            self._proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+        self._join_reader()
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(5)
+            self._reader = None
+
+    # -- logs ---------------------------------------------------------------------------
+
+    def _log(self, line: str) -> None:
+        self.log_lines.append(line)
+        if self._log_file:
+            try:
+                self._log_file.write(line + "\n")
+            except ValueError:
+                pass
+
+    def log_tail(self, n: int = 200) -> str:
+        return "\n".join(list(self.log_lines)[-n:])
+
+    def log_text(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def __repr__(self) -> str:
+        return f"<RegistryProcess {self.backend} {self.url} data={self.data_dir} running={self.running}>"
