@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import ssl
 
 import pytest
 
@@ -42,6 +44,27 @@ def pushed(registry, source, tmp_path_factory):
     sk.copy(f"oci:{source['path']}:v1", sk.ref(repo, "v1"))
     sk.copy(f"oci:{source['path']}:v1", sk.ref(repo, "latest"))
     return {"account": account, "repo": repo, "image": source}
+
+
+def test_plain_port_refuses_tls_hello_quickly(registry):
+    """
+    skopeo/podman with ``--tls-verify=false`` first send a TLS ClientHello to the
+    plain-HTTP port and fall back to HTTP only when that fails; a server that
+    just waits makes every skopeo command hang for containers/image's 10 s TLS
+    handshake timeout. The server must answer (400) or close at once.
+    """
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", registry.port), timeout=3) as sock:
+        try:
+            ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+        except TimeoutError:
+            pytest.fail("the server neither answered nor closed a TLS ClientHello within 3 s")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass  # refused: an HTTP 400 / a closed connection, what the clients expect
+        else:
+            pytest.fail("a TLS handshake succeeded on the plain HTTP port")
 
 
 def _blob_files(blob_dir) -> dict[str, bytes]:
