@@ -53,6 +53,13 @@ def fresh_registry(tmp_path_factory):
 
 
 @pytest.fixture
+def izreg_only(registry):
+    """Skip under IZREG_E2E_BACKEND=distribution (behaviour distribution 2.8 lacks)."""
+    if registry.backend != "izreg":
+        pytest.skip(f"izreg-specific behaviour (backend {registry.backend})")
+
+
+@pytest.fixture
 def account() -> str:
     return random_account()
 

@@ -111,7 +111,7 @@ def test_out_of_order_chunk_after_restart_is_rejected(fresh_registry):
 # kill -9 in the middle of concurrent pushes
 # ---------------------------------------------------------------------------------------
 
-ACKS_BEFORE_KILL = 30
+ACKS_BEFORE_KILL = 60
 
 
 class Ledger:
