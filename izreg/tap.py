@@ -49,13 +49,14 @@ class Options(usage.Options):
 def make_server(config: Config, reactor):
     from izreg.http.app import RegistryAPI
     from izreg.http.bodies import RegistrySite
+    from izreg.http.plain import RefuseTLSFactory
     from izreg.service.services import RegistryService
 
     api = RegistryAPI(chunk_min_length=config.chunk_min_length)
     site = RegistrySite(api.resource(), api.body_for)
     top = RegistryService(config, api, reactor)
     for description in config.listen:
-        listener = strports.service(description, site)
+        listener = strports.service(description, RefuseTLSFactory(site))
         listener.setServiceParent(top)
     timer = internet.TimerService(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()))
     timer.clock = reactor
