@@ -1,0 +1,59 @@
+# -*- test-case-name: tests.core.test_routes -*-
+"""
+Splitting a ``/v2/`` path into repository name and endpoint (pure).
+
+A repository name may itself contain ``manifests`` or ``blobs`` as path
+components, so the name is matched greedily: the endpoint is the last
+suffix that fits. A path that fits an endpoint but whose name is invalid
+is a C{NAME_INVALID}, not a 404.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import Repository
+
+_ROUTE = re.compile(
+    r"^(?P<name>.+)/(?:"
+    r"(?P<manifests>manifests)/(?P<reference>[^/]+)"
+    r"|(?P<uploads>blobs/uploads)/?(?P<upload>[^/]*)"
+    r"|(?P<blobs>blobs)/(?P<digest>[^/]+)"
+    r"|(?P<tags>tags/list)/?"
+    r"|(?P<referrers>referrers)/(?P<subject>[^/]+)"
+    r")$"
+)
+
+MANIFEST = "manifest"
+UPLOADS = "uploads"
+UPLOAD = "upload"
+BLOB = "blob"
+TAGS = "tags"
+REFERRERS = "referrers"
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint: str
+    repository: Repository
+    argument: str | None
+
+
+def match(path: str) -> Route:
+    """Match the part of a path after ``/v2/``."""
+    m = _ROUTE.match(path)
+    if m is None:
+        raise RegistryError(ErrorCode.NOT_FOUND, {"path": path[:300]})
+    repository = Repository.parse(m.group("name"))
+    if m.group("manifests"):
+        return Route(MANIFEST, repository, m.group("reference"))
+    if m.group("uploads"):
+        upload = m.group("upload")
+        return Route(UPLOAD, repository, upload) if upload else Route(UPLOADS, repository, None)
+    if m.group("blobs"):
+        return Route(BLOB, repository, m.group("digest"))
+    if m.group("tags"):
+        return Route(TAGS, repository, None)
+    return Route(REFERRERS, repository, m.group("subject"))

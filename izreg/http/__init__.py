@@ -1,0 +1,1 @@
+"""The thin HTTP layer: Klein routes over L{izreg.registry.Registry}."""

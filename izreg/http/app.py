@@ -1,0 +1,354 @@
+# -*- test-case-name: tests.http.test_api -*-
+"""
+The registry API: Klein routes, each a few lines over L{Registry}.
+
+Paths under ``/v2/`` are split by L{izreg.core.routes.match} (names may
+contain ``/manifests/``-like components, so werkzeug's converters are not
+enough) and dispatched by (endpoint, method). Every handler authorizes the
+caller for the repository's account through the injected guard first.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, quote, unquote
+
+from klein import Klein
+from twisted.logger import Logger
+
+from izreg.core import mediatypes as mt
+from izreg.core import routes
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.manifest import referrers_index
+from izreg.core.names import Repository, parse_reference
+from izreg.core.ranges import parse_content_range, parse_range, upload_range
+from izreg.http.bodies import BoundedBuffer, Rejected
+from izreg.http.errors import as_registry_error, render_error
+from izreg.http.responses import FileBody, shield
+from izreg.registry import Registry
+from izreg.storage.uploads import ChunkWriter
+
+PULL, PUSH, DELETE, CATALOG = "pull", "push", "delete", "catalog"
+ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
+#: tags/catalog page size when the client gives no ``n``, and the largest page served
+MAX_PAGE = 10000
+
+
+class OpenGuard:
+    """No authentication: everything is allowed (development and core tests)."""
+
+    def check(self, request, repository: Repository | None, action: str):
+        return None
+
+    def catalog_account(self, request, principal) -> str | None:
+        return None
+
+
+def _arg(request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _header(request, name: str) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _set(request, **headers) -> None:
+    for name, value in headers.items():
+        request.setHeader(name.replace("_", "-").encode(), str(value).encode())
+
+
+class RegistryAPI:
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0) -> None:
+        self.registry = registry  # set by the service once storage is open
+        self.guard = guard or OpenGuard()
+        self.chunk_min_length = chunk_min_length
+        self._dispatch = {
+            (routes.MANIFEST, "GET"): self.get_manifest,
+            (routes.MANIFEST, "HEAD"): self.get_manifest,
+            (routes.MANIFEST, "PUT"): self.put_manifest,
+            (routes.MANIFEST, "DELETE"): self.delete_manifest,
+            (routes.BLOB, "GET"): self.get_blob,
+            (routes.BLOB, "HEAD"): self.get_blob,
+            (routes.BLOB, "DELETE"): self.delete_blob,
+            (routes.UPLOADS, "POST"): self.post_upload,
+            (routes.UPLOAD, "GET"): self.upload_status,
+            (routes.UPLOAD, "PATCH"): self.patch_upload,
+            (routes.UPLOAD, "PUT"): self.put_upload,
+            (routes.UPLOAD, "DELETE"): self.cancel_upload,
+            (routes.TAGS, "GET"): self.list_tags,
+            (routes.REFERRERS, "GET"): self.list_referrers,
+        }
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    @app.handle_errors(Exception)
+    def _error(self, request, failure):
+        return render_error(request, as_registry_error(failure))
+
+    def body_for(self, request, method: bytes, uri: bytes, length: int | None):
+        """Choose where a request body goes (see L{izreg.http.bodies})."""
+        path, _, query = uri.partition(b"?")
+        if not path.startswith(b"/v2/") or method not in (b"POST", b"PATCH", b"PUT") or length == 0:
+            return BoundedBuffer(self.registry.limits.max_manifest_size if self.registry else 0)
+        try:
+            route = routes.match(unquote(path[4:].decode("utf-8")))
+        except (RegistryError, UnicodeDecodeError):
+            return Rejected(None)
+        if route.endpoint == routes.MANIFEST:
+            return BoundedBuffer(self.registry.limits.max_manifest_size)
+        args = parse_qs(query.decode("utf-8", "replace"))
+        try:
+            if route.endpoint == routes.UPLOADS and method == b"POST":
+                return self._monolithic_sink(request, route.repository, args)
+            if route.endpoint == routes.UPLOAD and method in (b"PATCH", b"PUT"):
+                return self._chunk_sink(request, route.repository, route.argument, length)
+        except RegistryError as e:
+            return Rejected(e)
+        return Rejected(None)
+
+    def _monolithic_sink(self, request, repository: Repository, args: dict[str, list[str]]):
+        self.guard.check(request, repository, PUSH)
+        if "digest" not in args or "mount" in args:
+            return Rejected(None)
+        return ChunkWriter(self.registry.pending_upload(repository, Digest.parse(args["digest"][0])))
+
+    def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
+        self.guard.check(request, repository, PUSH)
+        session = self.registry.upload(repository, upload_id)
+        location = self._upload_location(repository, upload_id)
+        if session.busy:
+            raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
+                                headers={"Location": location, "Range": upload_range(session.offset)})
+        content_range = _header(request, "Content-Range")
+        if content_range is not None:
+            start, end = parse_content_range(content_range)
+            if start != session.offset:
+                raise RegistryError(
+                    ErrorCode.RANGE_INVALID,
+                    {"reason": "chunk out of order", "offset": session.offset, "start": start},
+                    headers={"Location": location, "Range": upload_range(session.offset)},
+                )
+            if length is not None and end - start + 1 != length:
+                raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range": content_range, "content-length": length})
+        return ChunkWriter(session)
+
+    def _repository(self, request, route: routes.Route, action: str) -> Repository:
+        self.guard.check(request, route.repository, action)
+        return route.repository
+
+    # -- routes ---------------------------------------------------------------------
+
+    @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
+    def base(self, request):
+        self.guard.check(request, None, PULL)
+        request.setHeader(b"Content-Type", b"application/json")
+        return b"{}"
+
+    @app.route("/v2/_catalog", methods=["GET"])
+    def catalog(self, request):
+        principal = self.guard.check(request, None, CATALOG)
+        limit, last = self._page(request)
+        names, more = self.registry.catalog(self.guard.catalog_account(request, principal), limit, last)
+        if more:
+            self._link(request, "/v2/_catalog", limit, names[-1])
+        return self._json(request, {"repositories": names})
+
+    @app.route("/v2/<path:rest>", methods=ALL_METHODS)
+    async def dispatch(self, request, rest):
+        if rest == "_catalog":
+            raise RegistryError(ErrorCode.METHOD_UNKNOWN, headers={"Allow": "GET"})
+        route = routes.match(rest)
+        method = request.method.decode("ascii", "replace").upper()
+        handler = self._dispatch.get((route.endpoint, method))
+        if handler is None:
+            allowed = ", ".join(m for (e, m) in self._dispatch if e == route.endpoint)
+            raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method}, headers={"Allow": allowed})
+        return await handler(request, route)
+
+    # -- manifests ---------------------------------------------------------------------
+
+    async def get_manifest(self, request, route):
+        repo = self._repository(request, route, PULL)
+        accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
+        found = self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
+        _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
+             Content_Length=len(found.data), ETag=f'"{found.digest}"')
+        return b"" if request.method == b"HEAD" else found.data
+
+    async def put_manifest(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        reference = parse_reference(route.argument)
+        body = self._body(request)
+        if body.overflow:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
+        digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"))
+        request.setResponseCode(201)
+        _set(request, Location=f"/v2/{repo}/manifests/{digest}", Docker_Content_Digest=digest, Content_Length=0)
+        if manifest.subject is not None:
+            _set(request, OCI_Subject=manifest.subject.digest)
+        return b""
+
+    async def delete_manifest(self, request, route):
+        repo = self._repository(request, route, DELETE)
+        await self.registry.delete_manifest(repo, parse_reference(route.argument))
+        request.setResponseCode(202)
+        return b""
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    async def get_blob(self, request, route):
+        repo = self._repository(request, route, PULL)
+        blob = self.registry.get_blob(repo, Digest.parse(route.argument))
+        try:
+            wanted = parse_range(_header(request, "Range"), blob.size)
+        except RegistryError:
+            _close(blob)
+            raise
+        _set(request, Content_Type="application/octet-stream", Docker_Content_Digest=blob.digest,
+             Accept_Ranges="bytes", ETag=f'"{blob.digest}"')
+        start, length = 0, blob.size
+        if wanted is not None:
+            request.setResponseCode(206)
+            _set(request, Content_Range=wanted.content_range())
+            start, length = wanted.start, wanted.length
+        _set(request, Content_Length=length)
+        if request.method == b"HEAD":
+            _close(blob)
+            return b""
+        if blob.data is not None:
+            return blob.data[start:start + length]
+        return FileBody(blob.file, start, length)
+
+    async def delete_blob(self, request, route):
+        repo = self._repository(request, route, DELETE)
+        await self.registry.delete_blob(repo, Digest.parse(route.argument))
+        request.setResponseCode(202)
+        return b""
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def _upload_location(self, repo: Repository, upload_id: str) -> str:
+        return f"/v2/{repo}/blobs/uploads/{upload_id}"
+
+    def _upload_accepted(self, request, repo, session, code: int = 202) -> bytes:
+        request.setResponseCode(code)
+        _set(request, Location=self._upload_location(repo, session.id), Range=upload_range(session.offset),
+             Docker_Upload_UUID=session.id, Content_Length=0)
+        return b""
+
+    def _blob_created(self, request, repo, digest) -> bytes:
+        request.setResponseCode(201)
+        _set(request, Location=f"/v2/{repo}/blobs/{digest}", Docker_Content_Digest=digest, Content_Length=0)
+        return b""
+
+    async def post_upload(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        body = self._body(request)
+        mount = _arg(request, "mount")
+        if mount is not None:
+            digest = Digest.parse(mount)
+            source = _arg(request, "from")
+            source_repo = Repository.parse(source) if source else None
+            if source_repo is not None:
+                self.guard.check(request, source_repo, PULL)
+            if await self.registry.mount(repo, digest, source_repo) is not None:
+                return self._blob_created(request, repo, digest)
+        elif _arg(request, "digest") is not None:
+            digest = Digest.parse(_arg(request, "digest"))
+            writer = body if isinstance(body, ChunkWriter) else None
+            session = writer.session if writer else self.registry.pending_upload(repo, digest)
+            await shield(self.registry.commit_upload(repo, session, digest, writer))
+            return self._blob_created(request, repo, digest)
+        session = await self.registry.start_upload(repo)
+        if self.chunk_min_length:
+            _set(request, OCI_Chunk_Min_Length=self.chunk_min_length)
+        return self._upload_accepted(request, repo, session)
+
+    async def upload_status(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        session = self.registry.upload(repo, route.argument)
+        return self._upload_accepted(request, repo, session, 204)
+
+    async def patch_upload(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        body = self._body(request)
+        if isinstance(body, ChunkWriter):
+            await shield(self.registry.chunk_done(body))
+            session = body.session
+        else:
+            session = self.registry.upload(repo, route.argument)
+        return self._upload_accepted(request, repo, session)
+
+    async def put_upload(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        body = self._body(request)
+        digest_text = _arg(request, "digest")
+        if digest_text is None:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
+        digest = Digest.parse(digest_text)
+        writer = body if isinstance(body, ChunkWriter) else None
+        session = writer.session if writer else self.registry.upload(repo, route.argument)
+        await shield(self.registry.commit_upload(repo, session, digest, writer))
+        return self._blob_created(request, repo, digest)
+
+    async def cancel_upload(self, request, route):
+        repo = self._repository(request, route, PUSH)
+        await self.registry.cancel_upload(repo, route.argument)
+        request.setResponseCode(204)
+        return b""
+
+    # -- listings --------------------------------------------------------------------------
+
+    async def list_tags(self, request, route):
+        repo = self._repository(request, route, PULL)
+        limit, last = self._page(request)
+        tags, more = self.registry.tags(repo, limit, last)
+        if more:
+            self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
+        return self._json(request, {"name": repo.name, "tags": tags})
+
+    async def list_referrers(self, request, route):
+        repo = self._repository(request, route, PULL)
+        artifact_type = _arg(request, "artifactType")
+        found = self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
+        if artifact_type is not None:
+            _set(request, OCI_Filters_Applied="artifactType")
+        return self._json(request, referrers_index(found), mt.OCI_INDEX)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _body(self, request):
+        body = request.content
+        if isinstance(body, Rejected) and body.error is not None:
+            raise body.error
+        return body
+
+    def _page(self, request) -> tuple[int, str | None]:
+        n = _arg(request, "n")
+        if n is None:
+            return MAX_PAGE * 100, _arg(request, "last")
+        if not n.isdigit():
+            raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, {"n": n[:20]})
+        return min(int(n), MAX_PAGE), _arg(request, "last")
+
+    def _link(self, request, path: str, limit: int, last: str) -> None:
+        _set(request, Link=f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"')
+
+    def _json(self, request, value, content_type: str = "application/json") -> bytes:
+        body = json.dumps(value).encode()
+        _set(request, Content_Type=content_type, Content_Length=len(body))
+        return body
+
+
+def _close(blob) -> None:
+    if blob.file is not None:
+        blob.file.close()

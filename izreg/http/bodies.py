@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.http.test_uploads -*-
+"""
+Request bodies that go where they belong as they arrive.
+
+twisted.web buffers a whole request body (in memory, or an anonymous temp
+file) before any resource runs. For blob uploads that would mean a second
+copy of every layer, so L{RegistryRequest} asks the site, as soon as the
+headers are in, for the object the body should be written into:
+
+- an upload's L{ChunkWriter} (hashing while it appends to the session file),
+- a L{BoundedBuffer} for everything else (manifests and small bodies), which
+  stops keeping bytes past its limit so memory stays bounded, or
+- a L{Rejected} sink that drops the body and remembers why (unknown upload,
+  out-of-order chunk, no permission): the handler then answers that error.
+"""
+
+from __future__ import annotations
+
+import io
+
+from twisted.web import server
+
+from izreg.core.errors import RegistryError
+
+
+class BoundedBuffer(io.BytesIO):
+    """A BytesIO that drops everything past C{limit} bytes and says so."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.overflow = False
+        self.received = 0
+
+    def write(self, data) -> int:
+        self.received += len(data)
+        if self.overflow or self.received > self.limit:
+            self.overflow = True
+            return len(data)
+        return super().write(data)
+
+
+class Rejected:
+    """A body nobody will read: counted and dropped. C{error} says why."""
+
+    def __init__(self, error: RegistryError | None) -> None:
+        self.error = error
+        self.received = 0
+
+    def write(self, data) -> None:
+        self.received += len(data)
+
+    def tell(self) -> int:
+        return self.received
+
+    def seek(self, offset: int, whence: int = 0) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class RegistryRequest(server.Request):
+    """A request whose body sink is chosen by C{site.body_for} once the headers are in."""
+
+    def gotLength(self, length):
+        body_for = getattr(self.channel.site, "body_for", None)
+        if body_for is None:
+            return super().gotLength(length)
+        # The channel holds the request line until the body is complete; this is
+        # the one point where method and URI are known and no body byte is yet.
+        self.content = body_for(self, self.channel._command, self.channel._path, length)
+
+    def process(self):
+        self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
+        return super().process()
+
+
+class RegistrySite(server.Site):
+    """A Site that routes request bodies through C{body_for(request, method, uri, length)}."""
+
+    requestFactory = RegistryRequest
+
+    def __init__(self, resource, body_for, **kwargs) -> None:
+        super().__init__(resource, **kwargs)
+        self.body_for = body_for

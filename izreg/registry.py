@@ -1,0 +1,338 @@
+# -*- test-case-name: tests.http.test_api -*-
+"""
+The registry's domain operations over the pure core and the storage layer.
+
+Reads run inline (LMDB reads are memory-mapped and quick). Anything that
+may block (fsync, hashing a whole file, a write transaction) goes through
+the injected runners: C{run_write} (one writer thread, so blob moves and
+index commits are serialised) and C{run_io} (a small pool for fsync and
+hashing). Time comes from the injected C{now}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from twisted.logger import Logger
+
+from izreg.core import mediatypes as mt
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_manifest
+from izreg.core.names import Reference, Repository
+from izreg.storage.blobs import BlobStore, fsync_file, hash_file
+from izreg.storage.lmdbindex import Index
+from izreg.storage.paths import upload_path
+from izreg.storage.uploads import ChunkWriter, Uploads, UploadSession
+
+Runner = Callable[..., Awaitable[Any]]
+
+DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024
+#: parse and hash manifests larger than this off the reactor thread
+INLINE_MANIFEST = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BlobContent:
+    """A readable blob: an open file, or (a manifest read through /blobs/) bytes."""
+
+    digest: Digest
+    size: int
+    file: Any = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_manifest_size: int = DEFAULT_MAX_MANIFEST
+    upload_ttl: float = 24 * 3600
+    delete_enabled: bool = True
+
+
+class Registry:
+    log = Logger()
+
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        uploads: Uploads,
+        now: Callable[[], float],
+        run_write: Runner,
+        run_io: Runner,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.uploads = uploads
+        self.now = now
+        self.run_write = run_write
+        self.run_io = run_io
+        self.limits = limits
+
+    # -- upload sessions ----------------------------------------------------
+
+    async def start_upload(self, repo: Repository) -> UploadSession:
+        now = self.now()
+        session = self.uploads.create(repo.name, now)
+        await self.run_write(self.index.put_upload, session.id, session.record(now))
+        return session
+
+    def pending_upload(self, repo: Repository, digest: Digest) -> UploadSession:
+        """A session for one monolithic POST body: never recorded, gone if the request fails."""
+        return self.uploads.create(repo.name, self.now(), persisted=False, algorithm=digest.algorithm)
+
+    def upload(self, repo: Repository, upload_id: str) -> UploadSession:
+        record = None if upload_id in self.uploads.sessions else self.index.get_upload(upload_id)
+        session = self.uploads.get(upload_id, record)
+        if session is None or session.name != repo.name or not session.persisted:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, {"upload": upload_id[:100]})
+        return session
+
+    async def chunk_done(self, writer: ChunkWriter) -> int:
+        """Make a PATCH body durable and acknowledge the session's new length."""
+        session = writer.session
+        offset = writer.done(keep_busy=True)
+        try:
+            await self.run_io(fsync_file, session.path)
+            await self.run_write(self.index.put_upload, session.id, session.record(self.now()))
+        finally:
+            session.busy = False
+        return offset
+
+    async def commit_upload(self, repo: Repository, session: UploadSession, digest: Digest, writer: ChunkWriter | None) -> int:
+        """Verify the whole upload against C{digest} and move it into the blob store."""
+        if writer is not None:
+            writer.done(keep_busy=True)
+        elif session.busy:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, {"upload": session.id}, "upload is busy with another request")
+        else:
+            session.busy = True
+        try:
+            hasher = session.hasher
+            if hasher is None or hasher.name != digest.algorithm:
+                hasher = await self.run_io(hash_file, session.path, digest.algorithm, session.offset)
+            if hasher.hexdigest() != digest.hex:
+                await self._drop(session)
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    {"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+                )
+            await self.run_io(fsync_file, session.path)
+            await self.run_write(self._commit_sync, repo, session, digest)
+        finally:
+            session.busy = False
+        self.uploads.forget(session)
+        return session.offset
+
+    def _commit_sync(self, repo: Repository, session: UploadSession, digest: Digest) -> None:
+        # writer thread: the move and the index commit are ordered with every other write
+        self.blobs.ingest(session.path, digest)
+        self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None)
+
+    async def _drop(self, session: UploadSession) -> None:
+        self.uploads.remove(session)
+        if session.persisted:
+            await self.run_write(self.index.delete_upload, session.id)
+
+    async def cancel_upload(self, repo: Repository, upload_id: str) -> None:
+        session = self.upload(repo, upload_id)
+        if session.busy:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, {"upload": upload_id}, "upload is busy with another request")
+        await self._drop(session)
+
+    async def expire_uploads(self, older_than: float) -> int:
+        """Remove sessions not touched since C{older_than}; return how many."""
+        expired = 0
+        for upload_id, record in self.index.list_uploads():
+            session = self.uploads.sessions.get(upload_id)
+            if record["updated"] < older_than and not (session and session.busy):
+                if session is not None:
+                    self.uploads.forget(session)
+                await self.run_write(self._expire_sync, upload_id)
+                expired += 1
+        return expired
+
+    def _expire_sync(self, upload_id: str) -> None:
+        self.index.delete_upload(upload_id)
+        try:
+            os.unlink(upload_path(self.uploads.root, upload_id))
+        except FileNotFoundError:
+            pass
+
+    def orphan_uploads(self) -> list[str]:
+        """Upload files that no session owns (left by a crash mid-POST)."""
+        return self.uploads.orphans({upload_id for upload_id, _ in self.index.list_uploads()})
+
+    # -- blobs ----------------------------------------------------------------
+
+    async def mount(self, repo: Repository, digest: Digest, source: Repository | None) -> int | None:
+        """
+        Link a blob from another repository of the same account; the size, or
+        C{None} when it cannot be mounted. Without C{source}, any repository of
+        the account that has the blob will do. Never across accounts.
+        """
+        if source is not None:
+            if source.account != repo.account:
+                return None
+            sources = [source.name]
+        else:
+            sources = [name for name in self.index.repos_linking(digest) if name[:32] == repo.account]
+        if not sources:
+            return None
+        if not await self.run_write(self.index.mount_blob, repo.name, digest, sources, self.now()):
+            return None
+        return self.index.blob_size(repo.name, digest)
+
+    def get_blob(self, repo: Repository, digest: Digest) -> BlobContent:
+        size = self.index.blob_size(repo.name, digest)
+        if size is not None:
+            f = self.blobs.open(digest)
+            if f is not None:
+                return BlobContent(digest, size, file=f)
+            self.log.error("blob {digest} is indexed but its file is missing", digest=str(digest))
+        manifest = self.index.get_manifest(repo.name, digest)
+        if manifest is not None:
+            return BlobContent(digest, len(manifest[1]), data=manifest[1])
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+
+    def stat_blob(self, repo: Repository, digest: Digest) -> int:
+        size = self.index.blob_size(repo.name, digest)
+        if size is None:
+            manifest = self.index.get_manifest(repo.name, digest)
+            if manifest is None:
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+            return len(manifest[1])
+        return size
+
+    async def delete_blob(self, repo: Repository, digest: Digest) -> None:
+        self._check_delete()
+        if not await self.run_write(self.index.unlink_blob, repo.name, digest):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+
+    def _check_delete(self) -> None:
+        if not self.limits.delete_enabled:
+            raise RegistryError(ErrorCode.UNSUPPORTED, {"reason": "deletes are disabled on this registry"})
+
+    # -- manifests -------------------------------------------------------------
+
+    async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None) -> tuple[Digest, Manifest]:
+        if len(data) > self.limits.max_manifest_size:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"size": len(data), "limit": self.limits.max_manifest_size}, "manifest too large")
+        algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
+        if len(data) > INLINE_MANIFEST:
+            manifest, digest = await self.run_io(_parse_and_hash, data, content_type, algorithm)
+        else:
+            manifest, digest = _parse_and_hash(data, content_type, algorithm)
+        if isinstance(reference, Digest) and digest != reference:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, {"expected": str(reference), "actual": str(digest)})
+        tag = None if isinstance(reference, Digest) else reference
+        config = manifest.config
+        if config is not None and config.digest == EMPTY_JSON_DIGEST and config.size == len(EMPTY_JSON):
+            await self._ensure_empty_config(repo)
+        subject = manifest.subject
+        meta = {
+            "mediaType": manifest.media_type,
+            "size": len(data),
+            "subject": str(subject.digest) if subject else None,
+            "created": self.now(),
+        }
+        referrer = (str(subject.digest), manifest.referrer_descriptor(digest, len(data)).to_json()) if subject else None
+        await self.run_write(
+            self.index.put_manifest,
+            repo.name,
+            digest,
+            meta,
+            data,
+            [(str(d.digest), d.size) for d in manifest.required_blobs()],
+            [str(d.digest) for d in manifest.children],
+            tag,
+            referrer,
+            self.now(),
+        )
+        return digest, manifest
+
+    async def _ensure_empty_config(self, repo: Repository) -> None:
+        """The OCI empty config ``{}`` is always available, pushed or not."""
+        if self.index.blob_size(repo.name, EMPTY_JSON_DIGEST) is None:
+            await self.run_write(self._store_small_sync, repo, EMPTY_JSON_DIGEST, EMPTY_JSON)
+
+    def _store_small_sync(self, repo: Repository, digest: Digest, data: bytes) -> None:
+        self.blobs.put_bytes(digest, data)
+        self.index.commit_blob(repo.name, digest, len(data), self.now(), None)
+
+    def resolve(self, repo: Repository, reference: Reference) -> Digest:
+        if isinstance(reference, Digest):
+            return reference
+        digest = self.index.resolve_tag(repo.name, reference)
+        if digest is None:
+            raise self._unknown_manifest(repo, reference)
+        return digest
+
+    def _unknown_manifest(self, repo: Repository, reference: Reference) -> RegistryError:
+        if not self.index.repo_exists(repo.name):
+            return RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
+        return RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": str(reference)})
+
+    def get_manifest(self, repo: Repository, reference: Reference, accepted: frozenset[str] = frozenset()) -> StoredManifest:
+        digest = self.resolve(repo, reference)
+        found = self.index.get_manifest(repo.name, digest)
+        if found is None:
+            raise self._unknown_manifest(repo, reference)
+        meta, data = found
+        media_type = meta["mediaType"]
+        if media_type in mt.INDEX_TYPES and not mt.acceptable(media_type, accepted):
+            child = self._default_platform_child(repo, data, accepted)
+            if child is not None:
+                return child
+        return StoredManifest(digest, media_type, data)
+
+    def _default_platform_child(self, repo: Repository, data: bytes, accepted: frozenset[str]) -> StoredManifest | None:
+        """For a client that cannot read an index: its linux/amd64 manifest, as distribution does."""
+        for entry in json.loads(data).get("manifests", []):
+            platform = entry.get("platform") or {}
+            if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+                try:
+                    return self.get_manifest(repo, Digest.parse(entry.get("digest", "")), accepted)
+                except RegistryError:
+                    return None
+        return None
+
+    async def delete_manifest(self, repo: Repository, reference: Reference) -> None:
+        self._check_delete()
+        if isinstance(reference, Digest):
+            deleted = await self.run_write(self.index.delete_manifest, repo.name, reference)
+        else:
+            deleted = await self.run_write(self.index.delete_tag, repo.name, reference)
+        if not deleted:
+            raise self._unknown_manifest(repo, reference)
+
+    # -- listings ----------------------------------------------------------------
+
+    def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
+        if not self.index.repo_exists(repo.name):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
+        return self.index.list_tags(repo.name, last, limit)
+
+    def catalog(self, account: str | None, limit: int, last: str | None) -> tuple[list[str], bool]:
+        return self.index.list_repos(f"{account}/" if account else "", last, limit)
+
+    def referrers(self, repo: Repository, subject: Digest, artifact_type: str | None) -> list[dict]:
+        found = self.index.referrers(repo.name, subject)
+        if artifact_type is not None:
+            found = [d for d in found if d.get("artifactType") == artifact_type]
+        return found
+
+
+def _parse_and_hash(data: bytes, content_type: str | None, algorithm: str) -> tuple[Manifest, Digest]:
+    return parse_manifest(data, content_type), Digest.of(data, algorithm)

@@ -1,0 +1,1 @@
+"""Service wiring: configuration, storage lifecycle, listeners."""

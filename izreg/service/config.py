@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.service.test_config -*-
+"""
+Configuration: defaults, a TOML file, then command-line overrides, into one
+frozen L{Config}. Every key is listed in L{FIELDS}; ``etc/izreg.toml``
+documents each one. Unknown keys and wrong types are errors (one clear line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A bad config file or option; its message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = "izreg-data"
+    listen: tuple[str, ...] = ("tcp:5000:interface=127.0.0.1",)
+    delete_enabled: bool = True
+    lmdb_map_size: int = 64 * 1024**3
+    max_manifest_size: int = 4 * 1024 * 1024
+    upload_ttl: int = 24 * 3600
+    upload_expiry_interval: int = 3600
+    chunk_min_length: int = 64 * 1024
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+#: (section, key) in the TOML file -> (Config field, type)
+FIELDS: dict[tuple[str, str], tuple[str, type]] = {
+    ("server", "data_dir"): ("data_dir", str),
+    ("server", "listen"): ("listen", list),
+    ("storage", "delete_enabled"): ("delete_enabled", bool),
+    ("storage", "lmdb_map_size"): ("lmdb_map_size", int),
+    ("limits", "max_manifest_size"): ("max_manifest_size", int),
+    ("uploads", "ttl"): ("upload_ttl", int),
+    ("uploads", "expiry_interval"): ("upload_expiry_interval", int),
+    ("uploads", "chunk_min_length"): ("chunk_min_length", int),
+}
+
+
+def _check(name: str, value: Any, kind: type) -> Any:
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    if kind is str and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+    if kind is list:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name} must be a non-empty list of strings, not {value!r}")
+        return tuple(value)
+    return value
+
+
+def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
+    """TOML text -> Config field values (validated)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: unknown config key {section!r} (expected a [section])")
+        for key, value in table.items():
+            spec = FIELDS.get((section, key))
+            if spec is None:
+                raise ConfigError(f"{source}: unknown config key '{section}.{key}'")
+            values[spec[0]] = _check(f"{source}: {section}.{key}", value, spec[1])
+    return values
+
+
+def load(path: str | None, overrides: dict[str, Any]) -> Config:
+    """Defaults <- file at C{path} <- C{overrides} (command-line values that were given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        values.update(parse_toml(text, path))
+    kinds = {spec[0]: spec[1] for spec in FIELDS.values()}
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _check(f"--{name.replace('_', '-')}", value, kinds.get(name, type(value)))
+    return dataclasses.replace(Config(), **values)

@@ -1,0 +1,255 @@
+# -*- test-case-name: tests.storage.test_lmdbindex -*-
+"""
+The LMDB metadata index: repositories, tags, manifests, blob links, upload
+sessions and referrers.
+
+One sync method is one transaction, and no transaction outlives its method.
+Reads are cheap (memory-mapped) and may run on the reactor thread; writes
+commit with an fsync, so the service runs them on its writer thread.
+Checks that must be atomic with a write (a manifest's blobs exist, a mount's
+source is linked) happen inside the write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import lmdb
+
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.storage import schema
+from izreg.storage.lmdbenv import dbs
+from izreg.storage.schema import key, prefix
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _scan(txn: lmdb.Transaction, db, start: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Items whose key starts with C{start}, in key order, strictly after C{after} if given."""
+    cursor = txn.cursor(db=db)
+    first = after + b"\x00" if after is not None else start
+    if not cursor.set_range(max(first, start)):
+        return
+    for k, v in cursor:
+        if not k.startswith(start):
+            return
+        yield k, v
+
+
+class Index:
+    """The registry's metadata over an open LMDB environment."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self._db = dbs(env)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- repositories -----------------------------------------------------
+
+    def _touch_repo(self, txn, name: str, now: float) -> None:
+        k = name.encode()
+        if txn.get(k, db=self._db[schema.REPOS]) is None:
+            txn.put(k, _dump({"created": now}), db=self._db[schema.REPOS])
+
+    def _drop_repo_if_empty(self, txn, name: str) -> None:
+        for db in (schema.MANIFESTS, schema.LINKS, schema.TAGS):
+            if next(_scan(txn, self._db[db], prefix(name)), None) is not None:
+                return
+        txn.delete(name.encode(), db=self._db[schema.REPOS])
+
+    def repo_exists(self, name: str) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(name.encode(), db=self._db[schema.REPOS]) is not None
+
+    def list_repos(self, start: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Repository names starting with C{start}, after C{last}; and whether more follow."""
+        with self.env.begin() as txn:
+            names = []
+            for k, _ in _scan(txn, self._db[schema.REPOS], start.encode(), last.encode() if last else None):
+                if len(names) == limit:
+                    return names, True
+                names.append(k.decode())
+            return names, False
+
+    # -- blobs and links ---------------------------------------------------
+
+    def blob_size(self, name: str, digest: Digest) -> int | None:
+        """The size of a blob the repository may read, or C{None}."""
+        with self.env.begin() as txn:
+            if txn.get(key(name, str(digest)), db=self._db[schema.LINKS]) is None:
+                return None
+            record = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
+            return json.loads(record)["size"] if record is not None else None
+
+    def blob_record(self, digest: Digest) -> dict | None:
+        with self.env.begin() as txn:
+            record = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
+            return json.loads(record) if record is not None else None
+
+    def _link(self, txn, name: str, digest: str, now: float) -> None:
+        txn.put(key(name, digest), b"", db=self._db[schema.LINKS])
+        txn.put(key(digest, name), b"", db=self._db[schema.BLOBLINKS])
+        self._touch_repo(txn, name, now)
+
+    def commit_blob(self, name: str, digest: Digest, size: int, now: float, upload_id: str | None) -> None:
+        """Record a blob file that is now in place, link it, and end its upload session."""
+        with self.env.begin(write=True) as txn:
+            d = str(digest)
+            if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:
+                txn.put(d.encode(), _dump({"size": size, "created": now}), db=self._db[schema.BLOBS])
+            self._link(txn, name, d, now)
+            if upload_id is not None:
+                txn.delete(upload_id.encode(), db=self._db[schema.UPLOADS])
+
+    def mount_blob(self, name: str, digest: Digest, sources: list[str], now: float) -> bool:
+        """Link C{digest} into C{name} if one of C{sources} (or, empty, C{name}'s account) has it."""
+        d = str(digest)
+        with self.env.begin(write=True) as txn:
+            if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:
+                return False
+            linked = [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
+            if not any(repo in sources for repo in linked):
+                return False
+            self._link(txn, name, d, now)
+            return True
+
+    def repos_linking(self, digest: Digest) -> list[str]:
+        d = str(digest)
+        with self.env.begin() as txn:
+            return [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
+
+    def unlink_blob(self, name: str, digest: Digest) -> bool:
+        d = str(digest)
+        with self.env.begin(write=True) as txn:
+            if not txn.delete(key(name, d), db=self._db[schema.LINKS]):
+                return False
+            txn.delete(key(d, name), db=self._db[schema.BLOBLINKS])
+            self._drop_repo_if_empty(txn, name)
+            return True
+
+    def put_blob_record(self, digest: Digest, size: int, now: float) -> None:
+        """(Re)create the derived record of a blob file (rebuild)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(str(digest).encode(), _dump({"size": size, "created": now}), db=self._db[schema.BLOBS])
+
+    # -- upload sessions -----------------------------------------------------
+
+    def put_upload(self, upload_id: str, record: dict) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(upload_id.encode(), _dump(record), db=self._db[schema.UPLOADS])
+
+    def get_upload(self, upload_id: str) -> dict | None:
+        with self.env.begin() as txn:
+            raw = txn.get(upload_id.encode(), db=self._db[schema.UPLOADS])
+            return json.loads(raw) if raw is not None else None
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with self.env.begin(write=True) as txn:
+            return txn.delete(upload_id.encode(), db=self._db[schema.UPLOADS])
+
+    def list_uploads(self) -> list[tuple[str, dict]]:
+        with self.env.begin() as txn:
+            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.UPLOADS])]
+
+    # -- manifests, tags and referrers ----------------------------------------
+
+    def put_manifest(
+        self,
+        name: str,
+        digest: Digest,
+        meta: dict,
+        data: bytes,
+        blobs: list[tuple[str, int]],
+        children: list[str],
+        tag: str | None,
+        referrer: tuple[str, dict] | None,
+        now: float,
+    ) -> None:
+        """
+        Store a manifest atomically with the check that everything it references is
+        in the repository: C{blobs} as (digest, size) links, C{children} as manifests.
+        """
+        d = str(digest)
+        with self.env.begin(write=True) as txn:
+            missing = []
+            for blob, size in blobs:
+                record = txn.get(blob.encode(), db=self._db[schema.BLOBS])
+                if txn.get(key(name, blob), db=self._db[schema.LINKS]) is None or record is None:
+                    missing.append({"digest": blob})
+                elif json.loads(record)["size"] != size:
+                    raise RegistryError(
+                        ErrorCode.MANIFEST_INVALID,
+                        {"reason": "descriptor size does not match the blob", "digest": blob, "size": size},
+                    )
+            for child in children:
+                if txn.get(key(name, child), db=self._db[schema.MANIFESTS]) is None:
+                    missing.append({"digest": child, "kind": "manifest"})
+            if missing:
+                raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, {"missing": missing[:20]})
+            existing = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
+            if existing is None:
+                txn.put(key(name, d), _dump(meta) + schema.SEP + data, db=self._db[schema.MANIFESTS])
+            if tag is not None:
+                txn.put(key(name, tag), d.encode(), db=self._db[schema.TAGS])
+            if referrer is not None:
+                subject, descriptor = referrer
+                txn.put(key(name, subject, d), _dump(descriptor), db=self._db[schema.REFERRERS])
+            self._touch_repo(txn, name, now)
+
+    def get_manifest(self, name: str, digest: Digest) -> tuple[dict, bytes] | None:
+        with self.env.begin() as txn:
+            raw = txn.get(key(name, str(digest)), db=self._db[schema.MANIFESTS])
+            if raw is None:
+                return None
+            meta, data = bytes(raw).split(schema.SEP, 1)
+            return json.loads(meta), data
+
+    def resolve_tag(self, name: str, tag: str) -> Digest | None:
+        with self.env.begin() as txn:
+            raw = txn.get(key(name, tag), db=self._db[schema.TAGS])
+            return Digest(*raw.decode().split(":", 1)) if raw is not None else None
+
+    def list_tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        start = prefix(name)
+        with self.env.begin() as txn:
+            tags = []
+            after = key(name, last) if last else None
+            for k, _ in _scan(txn, self._db[schema.TAGS], start, after):
+                if len(tags) == limit:
+                    return tags, True
+                tags.append(k[len(start):].decode())
+            return tags, False
+
+    def delete_tag(self, name: str, tag: str) -> bool:
+        with self.env.begin(write=True) as txn:
+            if not txn.delete(key(name, tag), db=self._db[schema.TAGS]):
+                return False
+            self._drop_repo_if_empty(txn, name)
+            return True
+
+    def delete_manifest(self, name: str, digest: Digest) -> bool:
+        """Delete a manifest, every tag that points at it, and its referrers entry."""
+        d = str(digest)
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
+            if raw is None:
+                return False
+            meta = json.loads(bytes(raw).split(schema.SEP, 1)[0])
+            txn.delete(key(name, d), db=self._db[schema.MANIFESTS])
+            doomed = [k for k, v in _scan(txn, self._db[schema.TAGS], prefix(name)) if v == d.encode()]
+            for k in doomed:
+                txn.delete(k, db=self._db[schema.TAGS])
+            if meta.get("subject"):
+                txn.delete(key(name, meta["subject"], d), db=self._db[schema.REFERRERS])
+            self._drop_repo_if_empty(txn, name)
+            return True
+
+    def referrers(self, name: str, subject: Digest) -> list[dict]:
+        with self.env.begin() as txn:
+            return [json.loads(v) for _, v in _scan(txn, self._db[schema.REFERRERS], prefix(name, str(subject)))]
