@@ -35,9 +35,10 @@ from typing import Callable, Mapping, Sequence, TextIO
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
+from izreg.service.config import Config
 
-#: the server's default data directory (relative to its working directory)
-DEFAULT_DATA_DIR = "izreg-data"
+#: the server's default data directory (relative to the working directory), kept in one place
+DEFAULT_DATA_DIR = Config.data_dir
 ENV_DATA_DIR = "IZREG_DATA_DIR"
 #: exit status of every usage or data error
 EXIT_ERROR = 2

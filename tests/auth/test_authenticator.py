@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from izreg.auth import keys, policy, tokens
+from izreg.auth import keys, tokens
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
