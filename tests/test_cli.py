@@ -160,15 +160,15 @@ def test_help_exits_0(capsys):
 
 def test_another_module_can_add_a_group(capsys, tmp_path):
     def register(subparsers):
-        device = subparsers.add_parser("device")
-        device.set_defaults(handler=lambda args, context: context.out("device!") or 0)
+        device = subparsers.add_parser("plugin-group")
+        device.set_defaults(handler=lambda args, context: context.out("plugin!") or 0)
 
     cli.GROUPS.append(register)
     try:
-        code, out, _ = run(capsys, tmp_path, "device")
+        code, out, _ = run(capsys, tmp_path, "plugin-group")
     finally:
         cli.GROUPS.remove(register)
-    assert (code, out) == (0, "device!\n")
+    assert (code, out) == (0, "plugin!\n")
 
 
 def test_real_process_while_the_server_holds_the_environment_open(tmp_path):

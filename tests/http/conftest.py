@@ -13,7 +13,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 
-from izreg.http.app import OpenGuard
+from izreg.http.guard import OpenGuard
 from izreg.service.config import Config
 from izreg.tap import make_server
 
@@ -58,9 +58,7 @@ def header(response, name: str) -> str | None:
 async def start_server(tmp_path, guard=None, **config) -> Server:
     """Start a registry over C{tmp_path}, listening on a free loopback port."""
     cfg = Config(data_dir=str(tmp_path / "data"), listen=("tcp:0:interface=127.0.0.1",), **config)
-    service = make_server(cfg, reactor)
-    if guard is not None:
-        service.api.guard = guard
+    service = make_server(cfg, reactor, guard=guard)
     # the listeners are children; start them, then ask the endpoint service for its port
     service.startService()
     listener = service.services[0]
