@@ -67,10 +67,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("auth", "token_ttl"): ("token_ttl", int),
     ("auth", "failure_limit"): ("auth_failure_limit", int),
     ("auth", "failure_window"): ("auth_failure_window", int),
-    ("tls", "listen"): ("tls_listen", list),
+    ("tls", "listen"): ("tls_listen", tuple),
     ("tls", "cert"): ("tls_cert", str),
     ("tls", "key"): ("tls_key", str),
-    ("tls", "device_ca"): ("device_ca", list),
+    ("tls", "device_ca"): ("device_ca", tuple),
     ("tls", "device_crl"): ("device_crl", str),
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
@@ -85,9 +85,12 @@ def _check(name: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{name} must be true or false, not {value!r}")
     if kind is str and (not isinstance(value, str) or not value):
         raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
-    if kind is list:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{name} must be a non-empty list of strings, not {value!r}")
+    if kind in (list, tuple):
+        # list: at least one string; tuple: any number of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+        if kind is list and not value:
+            raise ConfigError(f"{name} must name at least one endpoint")
         return tuple(value)
     return value
 
