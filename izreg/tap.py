@@ -7,7 +7,9 @@ This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
-from twisted.application import internet, strports
+import signal
+
+from twisted.application import internet, service, strports
 from twisted.internet import defer
 from twisted.python import usage
 
@@ -15,26 +17,59 @@ from izreg.service.config import Config, ConfigError, load
 
 
 class ServerOptions(usage.Options):
-    synopsis = "[--config FILE] [--data-dir DIR] [--listen ENDPOINT ...]"
+    synopsis = "[--config FILE] [--data-dir DIR] [--listen ENDPOINT ...] [--tls-listen ENDPOINT --tls-cert PEM --tls-key PEM [--device-ca PEM ...]]"
     longdesc = "Run the registry. Command-line options override the config file (see etc/izreg.toml)."
     optParameters = [
         ["config", "c", None, "TOML config file (every option can be set there)"],
         ["data-dir", "d", None, "data directory (default: ./izreg-data)"],
+        ["tls-cert", None, None, "PEM server certificate chain for the TLS listener"],
+        ["tls-key", None, None, "PEM private key of the server certificate"],
+        ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes"],
     ]
+    optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"]]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tls-listen"] = []
+        self["device-ca"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint string to listen on, repeatable (default: tcp:5000:interface=127.0.0.1)"""
+        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:5000:interface=127.0.0.1)"""
         self["listen"].append(endpoint)
 
+    def opt_tls_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string to listen on with TLS (e.g. tcp:5443:interface=127.0.0.1), repeatable"""
+        self["tls-listen"].append(endpoint)
+
+    def opt_device_ca(self, path: str) -> None:
+        """PEM file of CA certificates that issue device certificates, repeatable"""
+        self["device-ca"].append(path)
+
     def postOptions(self) -> None:
+        overrides = {
+            "data_dir": self["data-dir"],
+            "listen": self["listen"] or None,
+            "tls_listen": self["tls-listen"] or None,
+            "tls_cert": self["tls-cert"],
+            "tls_key": self["tls-key"],
+            "device_ca": self["device-ca"] or None,
+            "device_crl": self["device-crl"],
+            "token_service": True if self["token-service"] else None,
+        }
         try:
-            self.config = load(self["config"], {"data_dir": self["data-dir"], "listen": self["listen"] or None})
+            self.config = load(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self.config.tls_listen:
+            from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
+
+            try:
+                self.tls = ServerTLS(TLSFiles(self.config.tls_cert, self.config.tls_key, self.config.device_ca))
+            except (TLSConfigError, OSError, ValueError) as e:
+                raise usage.UsageError(f"TLS: {e}") from None
+        else:
+            self.tls = None
 
 
 class Options(usage.Options):
@@ -46,20 +81,47 @@ class Options(usage.Options):
             raise usage.UsageError("choose a command: server")
 
 
-def make_server(config: Config, reactor):
+class _SighupService(service.Service):
+    """Re-read TLS material on SIGHUP."""
+
+    def __init__(self, reactor, reload) -> None:
+        self.reactor, self.reload = reactor, reload
+
+    def startService(self) -> None:
+        super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def stopService(self):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        return super().stopService()
+
+
+def make_server(config: Config, reactor, tls=None, guard=None):
+    from twisted.application.internet import StreamServerEndpointService
+
     from izreg.http.app import RegistryAPI
     from izreg.http.bodies import RegistrySite
+    from izreg.http.plain import RefuseTLSFactory
     from izreg.service.services import RegistryService
+    from izreg.service.tls import tls_endpoint
 
     api = RegistryAPI(chunk_min_length=config.chunk_min_length)
     site = RegistrySite(api.resource(), api.body_for)
-    top = RegistryService(config, api, reactor)
+    top = RegistryService(config, api, reactor, tls=tls, guard=guard)
     for description in config.listen:
-        listener = strports.service(description, site)
+        strports.service(description, RefuseTLSFactory(site)).setServiceParent(top)
+    for description in config.tls_listen:
+        listener = StreamServerEndpointService(tls_endpoint(reactor, description, tls), site)
+        listener._raiseSynchronously = True
         listener.setServiceParent(top)
-    timer = internet.TimerService(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()))
-    timer.clock = reactor
-    timer.setServiceParent(top)
+    expiry = internet.TimerService(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()))
+    expiry.clock = reactor
+    expiry.setServiceParent(top)
+    flush = internet.TimerService(config.pull_flush_interval, top.flush_pulls)
+    flush.clock = reactor
+    flush.setServiceParent(top)
+    if tls is not None:
+        _SighupService(reactor, top.reload_tls).setServiceParent(top)
     top.site = site
     return top
 
@@ -67,4 +129,4 @@ def make_server(config: Config, reactor):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    return make_server(options.subOptions.config, reactor)
+    return make_server(options.subOptions.config, reactor, tls=options.subOptions.tls)

@@ -33,7 +33,7 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> "Digest":
         """Parse and validate; raise L{RegistryError} C{DIGEST_INVALID}."""
-        if not isinstance(text, str) or not _GRAMMAR.match(text):
+        if not isinstance(text, str) or not _GRAMMAR.fullmatch(text):
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"digest": _printable(text)}, "invalid digest")
         algorithm, hexpart = text.split(":", 1)
         length = ALGORITHMS.get(algorithm)

@@ -44,7 +44,7 @@ class Repository:
 
     @classmethod
     def parse(cls, text: str) -> "Repository":
-        if len(text) > MAX_NAME_LENGTH or not NAME_RE.match(text):
+        if len(text) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(text):
             raise RegistryError(
                 ErrorCode.NAME_INVALID,
                 {"name": text[:300], "expected": "<account_id: 32 hex>/<name>[/<name>...]"},
@@ -53,13 +53,13 @@ class Repository:
 
 
 def parse_account(text: str) -> str:
-    if not ACCOUNT_RE.match(text or ""):
+    if not ACCOUNT_RE.fullmatch(text or ""):
         raise RegistryError(ErrorCode.NAME_INVALID, {"account": (text or "")[:100]}, "invalid account id")
     return text
 
 
 def parse_tag(text: str) -> str:
-    if not TAG_RE.match(text):
+    if not TAG_RE.fullmatch(text):
         raise RegistryError(ErrorCode.TAG_INVALID, {"tag": text[:200]}, "invalid tag")
     return text
 
@@ -71,6 +71,6 @@ def parse_reference(text: str) -> Reference:
     """A manifest reference: a L{Digest} when it has a colon, else a tag."""
     if Digest.is_digest(text):
         return Digest.parse(text)
-    if not TAG_RE.match(text):
+    if not TAG_RE.fullmatch(text):
         raise RegistryError(ErrorCode.TAG_INVALID, {"reference": text[:200]}, "invalid tag")
     return text

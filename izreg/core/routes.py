@@ -43,7 +43,7 @@ class Route:
 
 def match(path: str) -> Route:
     """Match the part of a path after ``/v2/``."""
-    m = _ROUTE.match(path)
+    m = _ROUTE.fullmatch(path)
     if m is None:
         raise RegistryError(ErrorCode.NOT_FOUND, {"path": path[:300]})
     repository = Repository.parse(m.group("name"))

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, quote, unquote
 from klein import Klein
 from twisted.logger import Logger
 
+from izreg.auth.policy import Action
 from izreg.core import mediatypes as mt
 from izreg.core import routes
 from izreg.core.digest import Digest
@@ -25,24 +26,15 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Rejected
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
 from izreg.registry import Registry
 from izreg.storage.uploads import ChunkWriter
 
-PULL, PUSH, DELETE, CATALOG = "pull", "push", "delete", "catalog"
+PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 #: tags/catalog page size when the client gives no ``n``, and the largest page served
 MAX_PAGE = 10000
-
-
-class OpenGuard:
-    """No authentication: everything is allowed (development and core tests)."""
-
-    def check(self, request, repository: Repository | None, action: str):
-        return None
-
-    def catalog_account(self, request, principal) -> str | None:
-        return None
 
 
 def _arg(request, name: str) -> str | None:
@@ -64,10 +56,14 @@ class RegistryAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0) -> None:
+    def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
+                 authenticator=None, pulls=None, now=None) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
+        self.authenticator = authenticator  # for the token endpoint, when it is on
+        self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
+        self.now = now
         self._dispatch = {
             (routes.MANIFEST, "GET"): self.get_manifest,
             (routes.MANIFEST, "HEAD"): self.get_manifest,
@@ -102,7 +98,7 @@ class RegistryAPI:
         try:
             route = routes.match(unquote(path[4:].decode("utf-8")))
         except (RegistryError, UnicodeDecodeError):
-            return Rejected(None)
+            return BoundedBuffer(self.registry.limits.max_manifest_size)
         if route.endpoint == routes.MANIFEST:
             return BoundedBuffer(self.registry.limits.max_manifest_size)
         args = parse_qs(query.decode("utf-8", "replace"))
@@ -155,12 +151,25 @@ class RegistryAPI:
 
     @app.route("/v2/_catalog", methods=["GET"])
     def catalog(self, request):
-        principal = self.guard.check(request, None, CATALOG)
+        account = self.guard.catalog_account(request)
         limit, last = self._page(request)
-        names, more = self.registry.catalog(self.guard.catalog_account(request, principal), limit, last)
+        names, more = self.registry.catalog(account, limit, last)
         if more:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
+
+    @app.route("/v2/token", methods=["GET", "POST"])
+    def token(self, request):
+        """The Docker token endpoint (``[auth] token_service = true``)."""
+        if self.authenticator is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
+        params = dict(request.args)
+        body = request.content.getvalue() if hasattr(request.content, "getvalue") else b""
+        if request.method == b"POST" and body:
+            params.update(parse_qs(body, keep_blank_values=True))
+        answer = self.authenticator.issue_token(
+            request.method, request.getHeader(b"authorization"), params, _client_address(request))
+        return self._json(request, answer)
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):
@@ -177,9 +186,12 @@ class RegistryAPI:
     # -- manifests ---------------------------------------------------------------------
 
     async def get_manifest(self, request, route):
-        repo = self._repository(request, route, PULL)
+        principal = self.guard.check(request, route.repository, PULL)
+        repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
         found = self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
+        if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
+            self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
              Content_Length=len(found.data), ETag=f'"{found.digest}"')
         return b"" if request.method == b"HEAD" else found.data

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -27,7 +27,30 @@ class Config:
     upload_ttl: int = 24 * 3600
     upload_expiry_interval: int = 3600
     chunk_min_length: int = 64 * 1024
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    token_service: bool = False
+    token_ttl: int = 3600
+    auth_failure_limit: int = 10
+    auth_failure_window: int = 60
+    tls_listen: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    device_ca: tuple[str, ...] = ()
+    device_crl: str | None = None
+    device_account_field: str = "OU"
+    device_id_field: str = "CN"
+    pull_flush_interval: int = 5
+
+    def check(self) -> "Config":
+        """Cross-field rules; raise L{ConfigError}."""
+        if self.tls_listen and not (self.tls_cert and self.tls_key):
+            raise ConfigError("--tls-listen needs --tls-cert and --tls-key (tls.cert, tls.key)")
+        if (self.device_ca or self.device_crl) and not self.tls_listen:
+            raise ConfigError("--device-ca and --device-crl need a TLS listener (--tls-listen)")
+        if self.device_crl and not self.device_ca:
+            raise ConfigError("--device-crl needs --device-ca")
+        if self.token_ttl < 60:
+            raise ConfigError("auth.token_ttl must be at least 60 seconds")
+        return self
 
 
 #: (section, key) in the TOML file -> (Config field, type)
@@ -40,6 +63,18 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("uploads", "ttl"): ("upload_ttl", int),
     ("uploads", "expiry_interval"): ("upload_expiry_interval", int),
     ("uploads", "chunk_min_length"): ("chunk_min_length", int),
+    ("auth", "token_service"): ("token_service", bool),
+    ("auth", "token_ttl"): ("token_ttl", int),
+    ("auth", "failure_limit"): ("auth_failure_limit", int),
+    ("auth", "failure_window"): ("auth_failure_window", int),
+    ("tls", "listen"): ("tls_listen", tuple),
+    ("tls", "cert"): ("tls_cert", str),
+    ("tls", "key"): ("tls_key", str),
+    ("tls", "device_ca"): ("device_ca", tuple),
+    ("tls", "device_crl"): ("device_crl", str),
+    ("devices", "account_field"): ("device_account_field", str),
+    ("devices", "device_id_field"): ("device_id_field", str),
+    ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
 }
 
 
@@ -50,9 +85,12 @@ def _check(name: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{name} must be true or false, not {value!r}")
     if kind is str and (not isinstance(value, str) or not value):
         raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
-    if kind is list:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{name} must be a non-empty list of strings, not {value!r}")
+    if kind in (list, tuple):
+        # list: at least one string; tuple: any number of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+        if kind is list and not value:
+            raise ConfigError(f"{name} must name at least one endpoint")
         return tuple(value)
     return value
 
@@ -89,4 +127,4 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
     for name, value in overrides.items():
         if value is not None:
             values[name] = _check(f"--{name.replace('_', '-')}", value, kinds.get(name, type(value)))
-    return dataclasses.replace(Config(), **values)
+    return dataclasses.replace(Config(), **values).check()

@@ -2,7 +2,8 @@
 """
 The storage lifecycle: LMDB and the thread pools are opened in
 C{startService} (after twistd has forked: LMDB must never cross a fork)
-and closed in C{stopService}.
+and closed in C{stopService}. Authentication is built here too, because it
+reads accounts, keys and device revocations from the same LMDB environment.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from izreg.auth.authenticator import Authenticator
+from izreg.auth.bootstrap import bootstrap
+from izreg.auth.devices import DeviceVerifier, SubjectFields
+from izreg.auth.devicestore import DeviceStore, PullRecorder
+from izreg.auth.ratelimit import FailureLimiter
+from izreg.auth.store import AuthStore
+from izreg.http.guard import AccessGuard
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
+from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
@@ -28,12 +37,15 @@ class RegistryService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, api, reactor) -> None:
+    def __init__(self, config: Config, api, reactor, tls: ServerTLS | None = None, guard=None) -> None:
         super().__init__()
         self.config = config
         self.api = api
         self.reactor = reactor
+        self.tls = tls
+        self.fixed_guard = guard
         self.registry: Registry | None = None
+        self.pulls: PullRecorder | None = None
         self._pools: list[ThreadPool] = []
 
     def _runner(self, pool: ThreadPool):
@@ -43,32 +55,63 @@ class RegistryService(service.MultiService):
         return run
 
     def startService(self) -> None:
-        root = os.path.abspath(self.config.data_dir)
+        config = self.config
+        root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
-        index = Index(open_env(root, map_size=self.config.lmdb_map_size))
+        env = open_env(root, map_size=config.lmdb_map_size)
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
             pool.start()
             self._pools.append(pool)
+        self._run_io = self._runner(io)
         self.registry = Registry(
-            index,
+            Index(env),
             BlobStore(root),
             Uploads(root),
             now=self.reactor.seconds,
             run_write=self._runner(writer),
-            run_io=self._runner(io),
-            limits=Limits(self.config.max_manifest_size, self.config.upload_ttl, self.config.delete_enabled),
+            run_io=self._run_io,
+            limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
         )
         for path in self.registry.orphan_uploads():
             os.unlink(path)
+        self._start_auth(env, root)
         self.api.registry = self.registry
         self.log.info("izreg storage open at {root}", root=root)
         super().startService()
 
+    def _start_auth(self, env, root: str) -> None:
+        config = self.config
+        store = AuthStore(env)
+        bootstrap(store, root, self.reactor.seconds())
+        authenticator = Authenticator(
+            store,
+            self.reactor.seconds,
+            token_service=config.token_service,
+            token_ttl=config.token_ttl,
+            limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
+        )
+        devices = DeviceStore(env)
+        self.pulls = PullRecorder(devices)
+        verifier = None
+        if self.tls is not None and config.device_ca:
+            crls = CRLFile(config.device_crl, self.tls.device_cas).current if config.device_crl else (lambda: ())
+            verifier = DeviceVerifier(
+                cas=self.tls.device_cas,
+                revoked=devices.revocations_for,
+                crls=crls,
+                fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
+            )
+        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds)
+        self.api.authenticator = authenticator if config.token_service else None
+        self.api.pulls = self.pulls
+        self.api.now = self.reactor.seconds
+
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
+        yield self.flush_pulls()
         for pool in self._pools:
             pool.stop()
         self._pools = []
@@ -86,3 +129,23 @@ class RegistryService(service.MultiService):
                 self.log.info("expired {count} abandoned upload(s)", count=count)
         except Exception:
             self.log.failure("upload expiry failed")
+
+    @defer.inlineCallbacks
+    def flush_pulls(self):
+        """Timer task: write the batched device pull records in one transaction."""
+        if self.pulls is None or not self.pulls.pending:
+            return
+        try:
+            yield self._run_io(self.pulls.flush)
+        except Exception:
+            self.log.failure("recording device pulls failed")
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the TLS certificate, key and device CAs (new connections use them)."""
+        if self.tls is None:
+            return
+        try:
+            self.tls.reload()
+            self.log.info("reloaded TLS certificate, key and device CAs")
+        except Exception as e:
+            self.log.error("TLS reload failed, keeping the old certificates: {error}", error=str(e))

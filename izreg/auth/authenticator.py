@@ -1,0 +1,372 @@
+# -*- test-case-name: tests.auth.test_authenticator -*-
+"""
+From an ``Authorization`` header to a L{Principal}, and the token endpoint.
+
+Accepted credentials, on every ``/v2`` route:
+
+- ``Basic base64("KEY:<access key>")`` (``docker login -u KEY -p <key>``);
+  any other username is refused with a message saying it must be ``KEY``;
+- ``Bearer <access key>`` (raw keys stay valid as bearers, so a long push
+  never fails on a token's expiry);
+- ``Bearer <token>`` from the token endpoint, when it is enabled.
+
+A failure is a 401 C{UNAUTHORIZED} carrying a ``WWW-Authenticate``
+challenge: ``Basic realm="izreg"``, or with the token service
+``Bearer realm="<token url>",service="izreg",scope="repository:<name>:<actions>"``.
+Past C{limit} failures a minute from one address, 429 C{TOOMANYREQUESTS}
+with ``Retry-After`` (L{izreg.auth.ratelimit}).
+
+Every check reads the key record (one LMDB read, microseconds), so a
+revoked key, and every token made from it, fails on the next request.
+C{last_used} is written at most once per C{last_used_interval} per key.
+Nothing here logs or reprs a secret: log lines name the key id at most.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from typing import Callable, Mapping, Sequence
+
+from twisted.logger import Logger
+
+from izreg.auth import keys, policy, tokens
+from izreg.auth.policy import Action, Principal
+from izreg.auth.ratelimit import FailureLimiter
+from izreg.auth.store import AuthStore, KeyRecord
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import Repository
+
+#: the only username accepted with Basic auth; the password is the access key
+USERNAME = "KEY"
+DEFAULT_TOKEN_TTL = 3600
+DEFAULT_SERVICE = "izreg"
+
+Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
+
+
+class _Failed(Exception):
+    """Internal: authentication failed; C{reason} is safe to log and to send."""
+
+    def __init__(self, reason: str, key_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key_id = key_id
+
+
+class Authenticator:
+    """
+    @param store: the accounts and keys.
+    @param now: the clock (C{reactor.seconds} in the server; a fake in tests).
+    @param token_service: whether the token endpoint is served; the 401
+        challenge then points at it (C{Bearer}) instead of C{Basic}.
+    @param token_realm: the absolute URL of the token endpoint, e.g.
+        C{"https://registry.example:5000/v2/token"}; required with
+        C{token_service} (or pass C{realm=} per call).
+    @param limiter: the failed-authentication counter (a default one if C{None}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: AuthStore,
+        now: Callable[[], float],
+        token_service: bool = False,
+        token_realm: str | None = None,
+        *,
+        service: str = DEFAULT_SERVICE,
+        basic_realm: str = "izreg",
+        token_ttl: int = DEFAULT_TOKEN_TTL,
+        limiter: FailureLimiter | None = None,
+        last_used_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.now = now
+        self.token_service = token_service
+        self.token_realm = token_realm
+        self.service = service
+        self.basic_realm = basic_realm
+        self.token_ttl = token_ttl
+        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.last_used_interval = last_used_interval
+        self._signer: tokens.Signer | None = None
+
+    def __repr__(self) -> str:
+        return f"Authenticator(token_service={self.token_service!r}, realm={self.token_realm!r})"
+
+    # Challenges -----------------------------------------------------------------
+
+    def challenge(self, *scopes: str, error: str | None = None, realm: str | None = None) -> str:
+        """
+        The ``WWW-Authenticate`` value for a 401.
+
+        @param scopes: e.g. C{policy.repository_scope(name, [Action.PULL])} or
+            C{policy.CATALOG_SCOPE}; used only with the token service.
+        @param error: e.g. C{"insufficient_scope"} (token service only).
+        @param realm: the token URL for this request, overriding C{token_realm}.
+        """
+        if not self.token_service:
+            return f'Basic realm="{self.basic_realm}"'
+        realm = realm or self.token_realm
+        if not realm:
+            raise ValueError("the token service needs an absolute token_realm URL")
+        parts = [f'realm="{realm}"', f'service="{self.service}"']
+        if scopes:
+            parts.append(f'scope="{" ".join(scopes)}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return "Bearer " + ",".join(parts)
+
+    # The /v2 routes ------------------------------------------------------------------
+
+    def authenticate(
+        self,
+        authorization: bytes | str | None,
+        client_address: str,
+        scopes: Sequence[str] = (),
+        realm: str | None = None,
+    ) -> Principal:
+        """
+        The caller of a request, from its ``Authorization`` header.
+
+        @param scopes: what the request needs (see L{challenge}), to put in
+            the challenge if it fails.
+        @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
+            C{TOOMANYREQUESTS} with ``Retry-After``.
+        """
+        if not authorization:
+            raise self._unauthorized(None, scopes, realm)
+        now = self.now()
+        self.limiter.check(client_address, now)
+        try:
+            scheme, credential = _split(authorization)
+            if scheme == "basic":
+                return self._key_principal(_basic_key(credential), now)
+            if scheme == "bearer":
+                if tokens.looks_like_token(credential):
+                    return self._token_principal(credential, now)
+                return self._key_principal(credential, now)
+            raise _Failed("unsupported authorization scheme; use Basic (username KEY) or Bearer")
+        except _Failed as failed:
+            self._failed(failed, client_address, now)
+            raise self._unauthorized(failed.reason, scopes, realm) from None
+
+    def authorize(self, principal: Principal, repository: Repository, action: Action, realm: str | None = None) -> None:
+        """
+        L{policy.authorize}, with a challenge added when a token lacks a
+        scope its key would allow (so the client fetches a wider token).
+
+        Call it for every repository a request touches: for a cross-mount,
+        C{PUSH} on the target and C{PULL} on the C{from} repository.
+        """
+        try:
+            policy.authorize(principal, repository, action)
+        except RegistryError as e:
+            if e.code is ErrorCode.UNAUTHORIZED:
+                e.headers["WWW-Authenticate"] = self.challenge(
+                    _challenge_scope(repository, action), error="insufficient_scope", realm=realm
+                )
+            raise
+
+    def require(
+        self,
+        authorization: bytes | str | None,
+        client_address: str,
+        repository: Repository,
+        action: Action,
+        realm: str | None = None,
+    ) -> Principal:
+        """L{authenticate} then L{authorize}: the one call most handlers need."""
+        principal = self.authenticate(authorization, client_address, [_challenge_scope(repository, action)], realm)
+        self.authorize(principal, repository, action, realm)
+        return principal
+
+    def catalog_account(
+        self, authorization: bytes | str | None, client_address: str, realm: str | None = None
+    ) -> str:
+        """The account whose repositories ``/v2/_catalog`` may list for this caller."""
+        principal = self.authenticate(authorization, client_address, [policy.CATALOG_SCOPE], realm)
+        try:
+            return policy.authorize_catalog(principal)
+        except RegistryError as e:
+            e.headers["WWW-Authenticate"] = self.challenge(policy.CATALOG_SCOPE, error="insufficient_scope", realm=realm)
+            raise
+
+    # The token endpoint ---------------------------------------------------------------
+
+    def issue_token(
+        self,
+        method: str | bytes,
+        authorization: bytes | str | None,
+        params: Params,
+        client_address: str,
+    ) -> dict[str, object]:
+        """
+        Answer a Docker token request (GET or POST on the token endpoint).
+
+        - GET: credentials in ``Authorization: Basic`` (username C{KEY});
+          query ``service``, ``scope`` (repeatable), ``account``, ... .
+        - POST (OAuth2 password grant, as oras/helm send): form
+          ``grant_type=password&username=KEY&password=<key>&scope=...``.
+          ``grant_type=refresh_token`` is refused: izreg issues no refresh
+          tokens (Docker would then drop the password for one).
+
+        @param params: the query and form parameters (Twisted's
+            C{request.args}: bytes keys, lists of bytes).
+        @return: the JSON body: C{token} and C{access_token} (equal),
+            C{expires_in}, C{issued_at}; never a C{refresh_token}.
+        @raise RegistryError: C{UNAUTHORIZED} with a C{Basic} challenge,
+            C{TOOMANYREQUESTS}, or C{NOT_FOUND} when the service is off.
+        """
+        if not self.token_service:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
+        method = method.decode("ascii") if isinstance(method, bytes) else method
+        args = _text_params(params)
+        basic = f'Basic realm="{self.basic_realm}"'
+        grant_type = _first(args, "grant_type")
+        if method.upper() == "POST" and grant_type is not None:
+            if grant_type != "password":
+                raise RegistryError(
+                    ErrorCode.UNAUTHORIZED,
+                    {"grant_type": grant_type[:50]},
+                    "unsupported grant_type: izreg issues no refresh tokens; use grant_type=password",
+                    headers={"WWW-Authenticate": basic},
+                )
+            username, password = _first(args, "username"), _first(args, "password")
+            if password is not None:
+                authorization = "basic " + base64.b64encode(f"{username or ''}:{password}".encode()).decode("ascii")
+        if not authorization:
+            raise RegistryError(ErrorCode.UNAUTHORIZED, None, "credentials required", headers={"WWW-Authenticate": basic})
+        now = self.now()
+        self.limiter.check(client_address, now)
+        try:
+            scheme, credential = _split(authorization)
+            if scheme != "basic":
+                raise _Failed("the token endpoint takes Basic credentials: username KEY, password an access key")
+            record = self._key_record(_basic_key(credential), now)
+        except _Failed as failed:
+            self._failed(failed, client_address, now)
+            raise RegistryError(ErrorCode.UNAUTHORIZED, None, failed.reason, headers={"WWW-Authenticate": basic}) from None
+        granted = policy.grant(policy.parse_scopes(args.get("scope", [])), record.account, record.read_only)
+        claims = tokens.TokenClaims(record.key_id, record.account, record.read_only, granted, now, now + self.token_ttl)
+        token = self._get_signer().sign(claims)
+        self.log.info(
+            "issued a token for key {key_id} ({scopes}) to {address}",
+            key_id=record.key_id,
+            scopes=" ".join(str(s) for s in granted) or "no scope",
+            address=client_address,
+        )
+        return {
+            "token": token,
+            "access_token": token,
+            "expires_in": self.token_ttl,
+            "issued_at": _rfc3339(now),
+        }
+
+    # Internals -------------------------------------------------------------------
+
+    def _key_principal(self, text: str, now: float) -> Principal:
+        record = self._key_record(text, now)
+        return Principal("key", record.account, record.key_id, record.read_only)
+
+    def _token_principal(self, text: str, now: float) -> Principal:
+        if not self.token_service:
+            raise _Failed("tokens are not accepted: the token service is off")
+        try:
+            claims = self._get_signer().verify(text, now)
+        except tokens.InvalidToken as e:
+            raise _Failed(f"invalid token: {e}") from None
+        record = self._live_record(claims.key_id, now)
+        if record.account != claims.account:
+            raise _Failed("invalid token", claims.key_id)
+        # read_only is the key's current state: a token cannot outlive a downgrade
+        return Principal("token", record.account, record.key_id, record.read_only or claims.read_only, scopes=claims.scopes)
+
+    def _key_record(self, text: str, now: float) -> KeyRecord:
+        try:
+            key = keys.parse(text)
+        except keys.InvalidKey as e:
+            raise _Failed(str(e)) from None
+        record = self._live_record(key.key_id, now, check=key)
+        return record
+
+    def _live_record(self, key_id: str, now: float, check: keys.AccessKey | None = None) -> KeyRecord:
+        record = self.store.get_key(key_id)
+        if record is None or (check is not None and not keys.verify(check, record.secret_hash)):
+            raise _Failed("invalid access key", key_id)
+        if not record.active:
+            raise _Failed("this access key has been revoked", key_id)
+        if record.last_used is None or now - record.last_used >= self.last_used_interval:
+            self.store.touch_key(key_id, now)
+        return record
+
+    def _get_signer(self) -> tokens.Signer:
+        if self._signer is None:
+            self._signer = tokens.Signer(self.store.token_secret())
+        return self._signer
+
+    def _failed(self, failed: _Failed, address: str, now: float) -> None:
+        self.limiter.record_failure(address, now)
+        self.log.info(
+            "failed authentication from {address}: {reason} (key id {key_id})",
+            address=address,
+            reason=failed.reason,
+            key_id=failed.key_id or "-",
+        )
+
+    def _unauthorized(self, reason: str | None, scopes: Sequence[str], realm: str | None) -> RegistryError:
+        return RegistryError(
+            ErrorCode.UNAUTHORIZED,
+            None,
+            reason or "authentication required: docker login -u KEY -p <access key>",
+            headers={"WWW-Authenticate": self.challenge(*scopes, realm=realm)},
+        )
+
+
+def _challenge_scope(repository: Repository, action: Action) -> str:
+    """The scope to ask for: a push also needs pull (as Docker asks ``pull,push``)."""
+    actions = [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
+    return policy.repository_scope(repository.name, actions)
+
+
+def _split(authorization: bytes | str) -> tuple[str, str]:
+    """(lowercased scheme, credential) of an ``Authorization`` value."""
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode("latin-1")
+    scheme, _, credential = authorization.strip().partition(" ")
+    credential = credential.strip()
+    if not credential:
+        raise _Failed("malformed Authorization header")
+    return scheme.lower(), credential
+
+
+def _basic_key(credential: str) -> str:
+    """The access key in Basic credentials; the username must be C{KEY}."""
+    try:
+        decoded = base64.b64decode(credential.encode("latin-1"), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise _Failed("malformed Basic credentials") from None
+    username, colon, password = decoded.partition(":")
+    if not colon:
+        raise _Failed("malformed Basic credentials")
+    if username != USERNAME:
+        raise _Failed(f"the username must be {USERNAME} and the password an access key (docker login -u {USERNAME})")
+    return password
+
+
+def _text_params(params: Params) -> dict[str, list[str]]:
+    def text(v: bytes | str) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+    return {text(k): [text(v) for v in vs] for k, vs in params.items()}
+
+
+def _first(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = args.get(name)
+    return values[0] if values else None
+
+
+def _rfc3339(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

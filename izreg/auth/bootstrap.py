@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.auth.test_bootstrap -*-
+"""
+First start: one account, one key, written to ``<data dir>/bootstrap.txt``.
+
+The file is created with mode 0600 from the start (``os.open`` with
+``O_CREAT | O_EXCL`` and mode 0600 on a temporary name, then
+``os.replace``), so the key is never readable by others, not even for a
+moment. It is written inside the transaction that creates the account:
+if writing fails, nothing is committed and the next start tries again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from twisted.logger import Logger
+
+from izreg.auth.keys import AccessKey
+from izreg.auth.store import Account, AuthStore
+
+FILENAME = "bootstrap.txt"
+
+log = Logger(namespace="izreg.auth.bootstrap")
+
+
+def bootstrap(store: AuthStore, data_dir: str, now: float) -> str | None:
+    """
+    If there is no account yet, create one with a read-write key, write
+    them to C{data_dir/bootstrap.txt} and return that path; else C{None}.
+
+    Call it once at startup, after the LMDB environment is open. It logs
+    where the file is (never its content).
+    """
+    path = os.path.join(data_dir, FILENAME)
+
+    def write(account: Account, key: AccessKey) -> None:
+        _write_private(path, render(account, key, now))
+
+    account = store.create_first_account(now, name="bootstrap", key_name="bootstrap", then=write)
+    if account is None:
+        return None
+    log.warn(
+        "created account {account} and its first access key; the key is in {path} (mode 0600): "
+        "save it and delete the file",
+        account=account.account_id,
+        path=path,
+    )
+    return path
+
+
+def render(account: Account, key: AccessKey, now: float) -> str:
+    created = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"# izreg bootstrap credentials, created {created}\n"
+        "# izreg keeps only a hash of this key: save it elsewhere, then delete this file.\n"
+        f"account={account.account_id}\n"
+        f"key_id={key.key_id}\n"
+        f"access_key={key.reveal()}\n"
+        "# docker login <registry host> -u KEY --password-stdin   (paste the access_key)\n"
+        f"# push to: <registry host>/{account.account_id}/<name>:<tag>\n"
+    )
+
+
+def _write_private(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)  # left by a crash of a process with our pid
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

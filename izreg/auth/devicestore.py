@@ -1,0 +1,189 @@
+# -*- test-case-name: tests.auth.test_devices -*-
+"""
+Device revocations and pull records in the LMDB C{devices} database.
+
+Keys (parts joined with NUL, L{izreg.storage.schema.key}; repository names
+hold slashes, so slashes cannot separate)::
+
+    revoked NUL serial NUL <hex>                              json {"at", "note"}
+    revoked NUL fingerprint NUL <sha256 hex>                  json {"at", "note"}
+    pull NUL <account> NUL <device> NUL <repository> NUL <digest>   json {"at"}
+
+Every method is one short transaction. The server reads revocations per
+request (L{DeviceStore.revocations_for}: two gets in one read txn), so
+C{izreg device revoke} takes effect on the device's next request without a
+restart.
+
+Pull records keep the I{last} pull per (device, manifest): a put overwrites.
+L{PullRecorder} batches them in memory so a pull costs no fsync; its
+C{flush()} writes the batch in one write txn (call it from a TimerService
+every few seconds and at stop).
+
+Times are POSIX seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+import lmdb
+
+from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
+from izreg.storage import schema
+
+SERIAL = "serial"
+FINGERPRINT = "fingerprint"
+KINDS = (SERIAL, FINGERPRINT)
+
+_REVOKED = b"revoked"
+_PULL = b"pull"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    kind: str  # SERIAL or FINGERPRINT
+    value: str
+    at: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    account: str
+    device_id: str
+    repository: str
+    digest: str
+    at: float
+
+
+def _normalize(kind: str, value: str) -> str:
+    if kind == SERIAL:
+        return normalize_serial(value)
+    if kind == FINGERPRINT:
+        return normalize_fingerprint(value)
+    raise ValueError(f"unknown revocation kind {kind!r}")
+
+
+def _check_part(name: str, value: str) -> None:
+    if not value or "\x00" in value:
+        raise ValueError(f"invalid {name}: {value!r}")
+
+
+class DeviceStore:
+    """Revocations and pull records over an open LMDB environment (see L{izreg.storage.lmdbenv.open_env})."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self._db = env.open_db(schema.DEVICES)
+
+    # -- revocations ------------------------------------------------------
+
+    def revoke(self, kind: str, value: str, now: float, note: str = "") -> bool:
+        """Revoke a serial or fingerprint (normalized first); C{False} if it already was."""
+        value = _normalize(kind, value)
+        k = schema.key(_REVOKED, kind, value)
+        record = json.dumps({"at": now, "note": note}).encode()
+        with self._env.begin(write=True, db=self._db) as txn:
+            return txn.put(k, record, overwrite=False)
+
+    def unrevoke(self, kind: str, value: str) -> bool:
+        """Lift a revocation; C{False} if there was none."""
+        k = schema.key(_REVOKED, kind, _normalize(kind, value))
+        with self._env.begin(write=True, db=self._db) as txn:
+            return txn.delete(k)
+
+    def revocations_for(self, serial_hex: str, fingerprint: str) -> Revoked:
+        """The revoked entries among this certificate's serial and fingerprint (one read txn)."""
+        with self._env.begin(db=self._db) as txn:
+            serial = txn.get(schema.key(_REVOKED, SERIAL, serial_hex)) is not None
+            fp = txn.get(schema.key(_REVOKED, FINGERPRINT, fingerprint)) is not None
+        return Revoked(frozenset([serial_hex]) if serial else frozenset(),
+                       frozenset([fingerprint]) if fp else frozenset())
+
+    def list_revoked(self) -> list[Revocation]:
+        out = []
+        start = schema.prefix(_REVOKED)
+        with self._env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for k, v in cursor:
+                    if not k.startswith(start):
+                        break
+                    _, kind, value = k.split(schema.SEP)
+                    record = json.loads(v)
+                    out.append(Revocation(kind.decode(), value.decode(), record["at"], record.get("note", "")))
+        return out
+
+    # -- pull records -----------------------------------------------------
+
+    def write_pulls(self, records: Iterable[PullRecord]) -> int:
+        """Put every record in one write txn (the last pull per device and manifest wins)."""
+        n = 0
+        with self._env.begin(write=True, db=self._db) as txn:
+            for r in records:
+                txn.put(schema.key(_PULL, r.account, r.device_id, r.repository, r.digest),
+                        json.dumps({"at": r.at}).encode())
+                n += 1
+        return n
+
+    def list_pulls(self, account: str, repository: str | None = None) -> list[PullRecord]:
+        """An account's pull records, by device, repository, digest (optionally one repository only)."""
+        start = schema.prefix(_PULL, account)
+        out = []
+        with self._env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for k, v in cursor:
+                    if not k.startswith(start):
+                        break
+                    _, acct, device, repo, digest = k.decode().split("\x00")
+                    if repository is not None and repo != repository:
+                        continue
+                    out.append(PullRecord(acct, device, repo, digest, json.loads(v)["at"]))
+        return out
+
+
+class PullRecorder:
+    """
+    Batches pull records in memory: C{record()} is a dict put (no I/O);
+    C{flush()} writes the batch in one txn. Thread-safe, so C{flush} may
+    run in a worker thread (C{deferToThread}) while the reactor records.
+    At most one pending entry per (account, device, repository, digest);
+    if a write fails the batch is kept (newer pulls win) and the error raised.
+    """
+
+    def __init__(self, store: DeviceStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str, str], float] = {}
+
+    def record(self, account: str, device_id: str, repository: str, digest: str, now: float) -> None:
+        for name, value in (("account", account), ("device id", device_id), ("repository", repository),
+                            ("digest", digest)):
+            _check_part(name, value)
+        k = (account, device_id, repository, digest)
+        with self._lock:
+            if now >= self._pending.get(k, now):
+                self._pending[k] = now
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Write everything recorded so far; return how many records were written."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        try:
+            return self._store.write_pulls(PullRecord(*k, at) for k, at in batch.items())
+        except BaseException:
+            with self._lock:
+                for k, at in batch.items():
+                    if at > self._pending.get(k, float("-inf")):
+                        self._pending[k] = at
+            raise

@@ -1,0 +1,263 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The ``izreg`` admin command: accounts and access keys in a data directory.
+
+It opens the same LMDB environment as the server (L{open_env}) and may run
+while the server does: LMDB is safe across processes, and the server reads
+key records on every request, so a new or revoked key takes effect at once.
+
+Usage::
+
+    izreg [--data-dir DIR] account create [--name NAME]
+    izreg [--data-dir DIR] account list [--json]
+    izreg [--data-dir DIR] key create ACCOUNT_ID [--name NAME] [--read-only]
+    izreg [--data-dir DIR] key list ACCOUNT_ID [--json]
+    izreg [--data-dir DIR] key revoke KEY_ID
+
+``--data-dir`` defaults to ``$IZREG_DATA_DIR``, else ``./izreg-data``.
+Errors are one line on stderr and exit status 2.
+
+Adding a command group (e.g. ``izreg device ...``): write a function
+C{register(subparsers)} that adds a parser and sets C{handler=} on it (a
+C{handler(args, context) -> int}), and add it to L{GROUPS}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from typing import Callable, Mapping, Sequence, TextIO
+
+from izreg import devices_cli
+from izreg.auth import keys
+from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
+from izreg.core.names import ACCOUNT_RE
+from izreg.service.config import Config
+
+#: the server's default data directory (relative to the working directory), kept in one place
+DEFAULT_DATA_DIR = Config.data_dir
+ENV_DATA_DIR = "IZREG_DATA_DIR"
+#: exit status of every usage or data error
+EXIT_ERROR = 2
+
+
+class CommandError(Exception):
+    """A one-line error for stderr; exit status 2."""
+
+
+class Context:
+    """What handlers get besides their arguments: output, clock and (lazily) the store."""
+
+    def __init__(self, data_dir: str, now: Callable[[], float], stdout: TextIO, stderr: TextIO) -> None:
+        self.data_dir = data_dir
+        self.now = now
+        self.stdout = stdout
+        self.stderr = stderr
+        self._env = None
+        self._store: AuthStore | None = None
+
+    def store(self, create: bool = False) -> AuthStore:
+        """
+        The accounts and keys of C{data_dir}. Unless C{create}, a directory
+        without an index is an error (a mistyped ``--data-dir`` should not
+        silently create an empty registry).
+        """
+        from izreg.storage.lmdbenv import index_path, open_env
+
+        if self._env is None:
+            if not create and not os.path.isdir(index_path(self.data_dir)):
+                raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
+            try:
+                self._env = open_env(self.data_dir)
+            except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
+                raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
+            self._store = AuthStore(self._env)
+        return self._store
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = self._store = None
+
+    def out(self, line: str) -> None:
+        print(line, file=self.stdout)
+
+
+Handler = Callable[[argparse.Namespace, Context], int]
+
+
+# account ---------------------------------------------------------------------
+
+
+def register_account(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("account", help="create and list accounts")
+    commands = group.add_subparsers(dest="account_command", metavar="COMMAND", required=True)
+    create = commands.add_parser("create", help="create an account; prints its id")
+    create.add_argument("--name", default="", help="a label for people")
+    create.set_defaults(handler=account_create)
+    listing = commands.add_parser("list", help="list accounts")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=account_list)
+
+
+def account_create(args: argparse.Namespace, context: Context) -> int:
+    account = context.store(create=True).create_account(context.now(), name=args.name)
+    context.out(account.account_id)
+    return 0
+
+
+def account_list(args: argparse.Namespace, context: Context) -> int:
+    accounts = context.store().list_accounts()
+    if args.json:
+        for a in accounts:
+            context.out(json.dumps({"id": a.account_id, "name": a.name, "created": _iso(a.created)}))
+        return 0
+    _table(context, ["ACCOUNT", "NAME", "CREATED"], [[a.account_id, a.name or "-", _iso(a.created)] for a in accounts])
+    return 0
+
+
+# key -----------------------------------------------------------------------------
+
+
+def register_key(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("key", help="create, list and revoke access keys")
+    commands = group.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    create = commands.add_parser("create", help="create a key; prints it (shown only once)")
+    create.add_argument("account", metavar="ACCOUNT_ID")
+    create.add_argument("--name", default="", help="a label for people")
+    create.add_argument("--read-only", action="store_true", help="pull only")
+    create.set_defaults(handler=key_create)
+    listing = commands.add_parser("list", help="list an account's keys (never the secrets)")
+    listing.add_argument("account", metavar="ACCOUNT_ID")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=key_list)
+    revoke = commands.add_parser("revoke", help="revoke a key; it fails from the next request on")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.set_defaults(handler=key_revoke)
+
+
+def key_create(args: argparse.Namespace, context: Context) -> int:
+    account = _account_id(args.account)
+    record, key = context.store().create_key(account, context.now(), name=args.name, read_only=args.read_only)
+    context.out(key.reveal())
+    return 0
+
+
+def key_list(args: argparse.Namespace, context: Context) -> int:
+    records = context.store().list_keys(_account_id(args.account))
+    if args.json:
+        for r in records:
+            context.out(json.dumps(_key_json(r)))
+        return 0
+    _table(
+        context,
+        ["KEY_ID", "NAME", "SCOPE", "CREATED", "LAST_USED", "STATUS"],
+        [
+            [r.key_id, r.name or "-", r.scope, _iso(r.created), _iso(r.last_used), "active" if r.active else f"revoked {_iso(r.revoked)}"]
+            for r in records
+        ],
+    )
+    return 0
+
+
+def key_revoke(args: argparse.Namespace, context: Context) -> int:
+    if not keys.is_key_id(args.key_id):
+        hint = " (give the key id, not the key)" if keys.looks_like_key(args.key_id) else ""
+        raise CommandError(f"invalid key id: expected 16 lowercase hex characters{hint}")
+    record = context.store().revoke_key(args.key_id, context.now())
+    context.out(f"revoked {record.key_id}")
+    return 0
+
+
+def _account_id(text: str) -> str:
+    if not ACCOUNT_RE.fullmatch(text):
+        raise CommandError(f"invalid account id {text[:80]!r}: expected 32 lowercase hex characters")
+    return text
+
+
+def _key_json(r: KeyRecord) -> dict[str, object]:
+    return {
+        "id": r.key_id,
+        "account": r.account,
+        "name": r.name,
+        "scope": r.scope,
+        "created": _iso(r.created),
+        "last_used": None if r.last_used is None else _iso(r.last_used),
+        "revoked": None if r.revoked is None else _iso(r.revoked),
+    }
+
+
+def _iso(when: float | None) -> str:
+    if when is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        context.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# main ------------------------------------------------------------------------------
+
+#: every command group; each adds its parser to the top-level subparsers
+GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse prints the usage too), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"izreg: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
+    parser = _Parser(prog="izreg", description="Manage an izreg data directory (accounts, access keys).")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the server's data directory (default: ${ENV_DATA_DIR}, else ./{DEFAULT_DATA_DIR})",
+    )
+    subparsers = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for register in groups or GROUPS:
+        register(subparsers)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    now: Callable[[], float] = time.time,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the command; return the exit status (0, or 2 on any error)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (already printed) and --help
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    data_dir = args.data_dir or environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    context = Context(data_dir, now, stdout, stderr)
+    try:
+        return args.handler(args, context)
+    except (CommandError, InvalidName) as e:
+        print(f"izreg: error: {e}", file=stderr)
+    except (UnknownAccount, UnknownKey) as e:
+        print(f"izreg: error: {e.args[0]}", file=stderr)
+    finally:
+        context.close()
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_devcerts -*-
+"""
+Development certificates: a CA, a server certificate and a device
+certificate. C{DIR} itself is a client cert-dir as skopeo, podman
+(C{--cert-dir}) and docker (C{/etc/docker/certs.d/<host:port>/}) read it;
+the server's files and the CA key live in C{DIR/server/}::
+
+    DIR/ca.crt              the development CA (clients trust it; izreg uses it as --device-ca)
+    DIR/client.cert         the device certificate: OU=<account>, CN=<device id>; EKU clientAuth
+    DIR/client.key          its key (0600)
+    DIR/server/server.crt   izreg's certificate: SAN localhost, 127.0.0.1, containers.local; EKU serverAuth
+    DIR/server/server.key   its key (0600)
+    DIR/server/ca.key       the CA's key (0600), to issue more device certificates
+
+Why the subdirectory: containers/image and docker pair every C{X.key} in a
+cert dir with an C{X.cert} and refuse the whole directory otherwise
+("missing client certificate ca.cert for key ca.key"), so C{ca.key} and
+C{server.key} cannot sit next to C{client.key}. Subdirectories are ignored.
+
+Keys are EC P-256 (fast to make; every client here accepts them). The
+generators take C{now} (POSIX seconds) and return cryptography objects;
+only L{write_dev_certs} touches the filesystem. For development only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from izreg.core.names import ACCOUNT_RE
+
+SERVER_NAMES = ("localhost", "127.0.0.1", "containers.local")
+DEFAULT_DEVICE_ID = "dev-device"
+DEFAULT_DAYS = 365
+#: backdate notBefore a little so a client with a slightly slow clock accepts a fresh cert
+BACKDATE = datetime.timedelta(minutes=5)
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.crt"
+SERVER_KEY = "server.key"
+CLIENT_CERT = "client.cert"
+CLIENT_KEY = "client.key"
+SERVER_DIR = "server"
+#: where each file goes, relative to the output directory
+LAYOUT = {
+    CA_CERT: CA_CERT,
+    CLIENT_CERT: CLIENT_CERT,
+    CLIENT_KEY: CLIENT_KEY,
+    SERVER_CERT: os.path.join(SERVER_DIR, SERVER_CERT),
+    SERVER_KEY: os.path.join(SERVER_DIR, SERVER_KEY),
+    CA_KEY: os.path.join(SERVER_DIR, CA_KEY),
+}
+
+Key = ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class Issued:
+    key: Key
+    cert: x509.Certificate
+
+
+@dataclass(frozen=True)
+class DevCertPaths:
+    directory: str
+    ca_cert: str
+    ca_key: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    account: str
+    device_id: str
+
+
+def new_key() -> Key:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _utc(now: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: float, days: float) -> x509.CertificateBuilder:
+    start = _utc(now)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - BACKDATE)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def make_ca(now: float, common_name: str = "izreg development CA", days: float = DEFAULT_DAYS * 5,
+            key: Key | None = None) -> Issued:
+    """A self-signed CA that may issue leaf certificates only (pathlen 0)."""
+    key = key or new_key()
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "izreg development"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+    cert = (
+        _builder(name, name, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+        ), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(key, cert)
+
+
+def _leaf(ca: Issued, subject: x509.Name, usage: x509.ObjectIdentifier, now: float, days: float,
+          key: Key) -> x509.CertificateBuilder:
+    return (
+        _builder(subject, ca.cert.subject, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+        ), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+
+
+def make_server_cert(ca: Issued, now: float, names: Sequence[str] = SERVER_NAMES, days: float = DEFAULT_DAYS,
+                     key: Key | None = None) -> Issued:
+    """A server certificate for C{names} (DNS names and IP addresses, as SANs)."""
+    key = key or new_key()
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        _leaf(ca, subject, ExtendedKeyUsageOID.SERVER_AUTH, now, days, key)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(key, cert)
+
+
+def make_device_cert(ca: Issued, account: str, device_id: str, now: float, days: float = DEFAULT_DAYS,
+                     key: Key | None = None, extra: Sequence[x509.NameAttribute] = ()) -> Issued:
+    """A device certificate: OU=C{account}, CN=C{device_id}, EKU clientAuth."""
+    key = key or new_key()
+    subject = x509.Name([
+        *extra,
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, account),
+        x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+    ])
+    cert = _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, now, days, key).sign(ca.key, hashes.SHA256())
+    return Issued(key, cert)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: Key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write C{data} to C{path} with C{mode} from the start (keys are never world-readable, even briefly)."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if fd != -1:
+            os.close(fd)
+    os.replace(tmp, path)
+
+
+class DevCertsExist(Exception):
+    """The output directory already holds development certificates."""
+
+
+def write_dev_certs(directory: str, now: float, account: str, device_id: str = DEFAULT_DEVICE_ID,
+                    days: float = DEFAULT_DAYS, server_names: Sequence[str] = SERVER_NAMES,
+                    overwrite: bool = False) -> DevCertPaths:
+    """Make a CA, a server and a device certificate and write them to C{directory}."""
+    if not ACCOUNT_RE.match(account):
+        raise ValueError(f"not an account id (32 lowercase hex): {account!r}")
+    os.makedirs(os.path.join(directory, SERVER_DIR), mode=0o700, exist_ok=True)
+    paths = {name: os.path.join(directory, relative) for name, relative in LAYOUT.items()}
+    existing = sorted(LAYOUT[name] for name, path in paths.items() if os.path.exists(path))
+    if existing and not overwrite:
+        raise DevCertsExist(f"{directory} already has {', '.join(existing)}")
+    ca = make_ca(now)
+    server = make_server_cert(ca, now, server_names, days)
+    device = make_device_cert(ca, account, device_id, now, days)
+    write_file(paths[CA_KEY], key_pem(ca.key), 0o600)
+    write_file(paths[SERVER_KEY], key_pem(server.key), 0o600)
+    write_file(paths[CLIENT_KEY], key_pem(device.key), 0o600)
+    write_file(paths[CA_CERT], cert_pem(ca.cert))
+    write_file(paths[SERVER_CERT], cert_pem(server.cert))
+    write_file(paths[CLIENT_CERT], cert_pem(device.cert))
+    return DevCertPaths(directory, paths[CA_CERT], paths[CA_KEY], paths[SERVER_CERT], paths[SERVER_KEY],
+                        paths[CLIENT_CERT], paths[CLIENT_KEY], account, device_id)

@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.http.test_auth_matrix -*-
+"""
+Who is calling, and may they do this: the one check every route makes.
+
+Credentials, in order:
+
+1. an ``Authorization`` header (an access key as Basic ``KEY:<key>`` or
+   Bearer, or a token from the token endpoint), checked by the
+   L{Authenticator};
+2. else, on the TLS listener, a device's client certificate, checked by the
+   L{DeviceVerifier}: a device may only pull from its own account;
+3. else 401 with a challenge.
+
+The outcome of authentication is kept on the request, so the early check
+made when an upload body starts (L{izreg.http.bodies}) and the handler's
+check count one failure, not two, against the client's failure budget.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.logger import Logger
+
+from izreg.auth import policy
+from izreg.auth.authenticator import Authenticator
+from izreg.auth.devices import DeviceRejected, DeviceVerifier
+from izreg.auth.policy import Action, Principal
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import Repository
+from izreg.service.tls import peer_certificate
+
+_CACHE = "_izreg_principal"
+
+
+def _client_address(request) -> str:
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def token_realm(request) -> str:
+    """The token endpoint's absolute URL, on the host and scheme the client used."""
+    host = request.getHeader(b"host") or b"localhost"
+    scheme = b"https" if request.isSecure() else b"http"
+    return f"{scheme.decode()}://{host.decode('latin-1')}/v2/token"
+
+
+class AccessGuard:
+    log = Logger()
+
+    def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float]) -> None:
+        self.authenticator = authenticator
+        self.devices = devices
+        self.now = now
+
+    def _realm(self, request) -> str | None:
+        return token_realm(request) if self.authenticator.token_service else None
+
+    def principal(self, request, scopes: tuple[str, ...] = ()) -> Principal:
+        cached = getattr(request, _CACHE, None)
+        if isinstance(cached, RegistryError):
+            raise cached
+        if cached is not None:
+            return cached
+        try:
+            principal = self._authenticate(request, scopes)
+        except RegistryError as e:
+            setattr(request, _CACHE, e)
+            raise
+        setattr(request, _CACHE, principal)
+        return principal
+
+    def _authenticate(self, request, scopes: tuple[str, ...]) -> Principal:
+        header = request.getHeader(b"authorization")
+        if not header and self.devices is not None:
+            cert = peer_certificate(getattr(request, "transport", None))
+            if cert is not None:
+                try:
+                    identity = self.devices.verify(cert, self.now())
+                except DeviceRejected as e:
+                    self.log.warn("refused device certificate from {address}: {reason}",
+                                  address=_client_address(request), reason=e.reason)
+                    raise
+                return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
+        return self.authenticator.authenticate(header, _client_address(request), scopes, self._realm(request))
+
+    def check(self, request, repository: Repository | None, action: Action) -> Principal:
+        """Authenticate, then authorize C{action} on C{repository} (C{None}: just authenticate)."""
+        scopes = (policy.repository_scope(repository.name, _scope_actions(action)),) if repository else ()
+        principal = self.principal(request, scopes)
+        if repository is not None:
+            self.authenticator.authorize(principal, repository, action, self._realm(request))
+        return principal
+
+    def catalog_account(self, request) -> str:
+        principal = self.principal(request, (policy.CATALOG_SCOPE,))
+        if principal.kind == "device":
+            raise RegistryError(ErrorCode.DENIED, None, "devices may not list the catalog")
+        try:
+            return policy.authorize_catalog(principal)
+        except RegistryError as e:
+            if e.code is ErrorCode.UNAUTHORIZED:
+                e.headers["WWW-Authenticate"] = self.authenticator.challenge(
+                    policy.CATALOG_SCOPE, error="insufficient_scope", realm=self._realm(request))
+            raise
+
+
+def _scope_actions(action: Action) -> list[Action]:
+    return [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
+
+
+class OpenGuard:
+    """No authentication at all: only for tests of the registry's own behaviour."""
+
+    def check(self, request, repository: Repository | None, action: Action) -> Principal | None:
+        return None
+
+    def catalog_account(self, request) -> str | None:
+        return None

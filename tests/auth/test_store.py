@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.auth.test_store -*-
+"""AuthStore over a real LMDB environment in tmp_path."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from izreg.auth import keys
+from izreg.auth.store import TOKEN_SECRET_KEY, AuthStore, InvalidName, UnknownAccount, UnknownKey
+from izreg.storage import schema
+from izreg.storage.lmdbenv import open_env
+
+
+def test_accounts(store):
+    assert store.list_accounts() == [] and not store.has_accounts()
+    a = store.create_account(10.0, name="ops")
+    b = store.create_account(11.0)
+    assert re.fullmatch(r"[0-9a-f]{32}", a.account_id)
+    assert store.has_accounts()
+    assert store.get_account(a.account_id) == a
+    assert a.name == "ops" and a.created == 10.0
+    assert store.list_accounts() == sorted([a, b], key=lambda x: x.account_id)
+    assert store.get_account("f" * 32) is None
+    assert store.get_account("") is None
+    assert store.get_account("not hex") is None
+
+
+def test_names_are_checked(store):
+    with pytest.raises(InvalidName):
+        store.create_account(1.0, name="a\nb")
+    with pytest.raises(InvalidName):
+        store.create_account(1.0, name="x" * 201)
+    account = store.create_account(1.0)
+    with pytest.raises(InvalidName):
+        store.create_key(account.account_id, 1.0, name="\x1b[31m")
+
+
+def test_create_and_get_key(store):
+    account = store.create_account(1.0)
+    record, key = store.create_key(account.account_id, 2.0, name="ci", read_only=True)
+    assert record.key_id == key.key_id and record.account == account.account_id
+    assert record.read_only and record.scope == "read-only" and record.name == "ci"
+    assert record.created == 2.0 and record.last_used is None and record.active
+    assert store.get_key(key.key_id) == record
+    assert keys.verify(key, record.secret_hash)
+    assert key.secret not in repr(record) and record.secret_hash not in repr(record)
+
+
+def test_only_a_hash_is_stored(env, store):
+    account = store.create_account(1.0)
+    _, key = store.create_key(account.account_id, 2.0)
+    with env.begin() as txn:
+        for db in schema.ALL:
+            for k, v in txn.cursor(db=env.open_db(db, txn=txn)):
+                assert key.secret.encode() not in bytes(v)
+
+
+def test_create_key_unknown_account(store):
+    with pytest.raises(UnknownAccount):
+        store.create_key("f" * 32, 1.0)
+    with pytest.raises(UnknownAccount):
+        store.create_key("nope", 1.0)
+
+
+def test_list_keys(store):
+    a = store.create_account(1.0)
+    b = store.create_account(1.0)
+    k2, _ = store.create_key(a.account_id, 5.0)
+    k1, _ = store.create_key(a.account_id, 3.0)
+    kb, _ = store.create_key(b.account_id, 4.0)
+    store.token_secret()  # the reserved record must not show up as a key
+    assert store.list_keys(a.account_id) == [k1, k2]
+    assert store.list_keys(b.account_id) == [kb]
+    with pytest.raises(UnknownAccount):
+        store.list_keys("f" * 32)
+
+
+def test_revoke(store):
+    a = store.create_account(1.0)
+    record, _ = store.create_key(a.account_id, 2.0)
+    revoked = store.revoke_key(record.key_id, 7.0)
+    assert revoked.revoked == 7.0 and not revoked.active
+    assert store.get_key(record.key_id) == revoked
+    # idempotent: keeps the first time
+    assert store.revoke_key(record.key_id, 9.0).revoked == 7.0
+    with pytest.raises(UnknownKey):
+        store.revoke_key("0" * 16, 1.0)
+    with pytest.raises(UnknownKey):
+        store.revoke_key("bad", 1.0)
+
+
+def test_touch(store):
+    a = store.create_account(1.0)
+    record, _ = store.create_key(a.account_id, 2.0)
+    store.touch_key(record.key_id, 100.0)
+    assert store.get_key(record.key_id).last_used == 100.0
+    store.touch_key(record.key_id, 50.0)  # never moves backwards
+    assert store.get_key(record.key_id).last_used == 100.0
+    store.touch_key("0" * 16, 1.0)  # unknown: ignored
+
+
+def test_get_key_rejects_bad_ids(store):
+    assert store.get_key("") is None
+    assert store.get_key("0" * 16) is None
+    assert store.get_key("\x00token-secret") is None
+
+
+def test_token_secret_is_created_once_and_shared(tmp_path):
+    env = open_env(str(tmp_path))
+    try:
+        calls = []
+
+        def random(n):
+            calls.append(n)
+            return bytes([len(calls)]) * n
+
+        first = AuthStore(env, random=random).token_secret()
+        assert first == b"\x01" * 32
+        assert AuthStore(env, random=random).token_secret() == first
+        with env.begin() as txn:
+            assert txn.get(TOKEN_SECRET_KEY, db=env.open_db(schema.KEYS, txn=txn)) == first
+    finally:
+        env.close()
+
+
+def test_data_survives_reopen(tmp_path):
+    env = open_env(str(tmp_path))
+    store = AuthStore(env)
+    account = store.create_account(1.0)
+    record, _ = store.create_key(account.account_id, 2.0)
+    env.close()
+    env = open_env(str(tmp_path))
+    try:
+        assert AuthStore(env).get_key(record.key_id) == record
+    finally:
+        env.close()
+
+
+def test_create_first_account(store):
+    seen = []
+    account = store.create_first_account(1.0, "boot", "bootkey", then=lambda a, k: seen.append((a, k)))
+    assert account is not None and seen[0][0] == account
+    key = seen[0][1]
+    record = store.get_key(key.key_id)
+    assert record.account == account.account_id and not record.read_only and record.name == "bootkey"
+    assert store.create_first_account(2.0, "again", "k", then=lambda a, k: seen.append(1)) is None
+    assert len(seen) == 1 and len(store.list_accounts()) == 1
+
+
+def test_create_first_account_rolls_back_when_then_fails(store):
+    def fail(account, key):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.create_first_account(1.0, "boot", "k", then=fail)
+    assert store.list_accounts() == []
+    assert not store.has_accounts()

@@ -1,0 +1,341 @@
+"""
+The TLS listener over loopback, driven by real clients (curl, openssl s_client, skopeo).
+
+A tiny twisted.web resource stands in for the registry: it reports what
+L{peer_certificate} and L{DeviceVerifier} make of each request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import capturedLogs
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from izreg.auth.devices import DeviceRejected, DeviceVerifier
+from izreg.auth.devicestore import SERIAL, DeviceStore
+from izreg.devcerts import (
+    Issued,
+    cert_pem,
+    key_pem,
+    make_ca,
+    make_device_cert,
+    make_server_cert,
+    write_dev_certs,
+    write_file,
+)
+from izreg.service.tls import (
+    CRLFile,
+    ServerTLS,
+    TLSConfigError,
+    TLSEndpoint,
+    TLSFiles,
+    load_material,
+    peer_certificate,
+)
+from izreg.storage.lmdbenv import open_env
+
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+CURL = shutil.which("curl")
+OPENSSL = shutil.which("openssl")
+SKOPEO = shutil.which("skopeo")
+
+
+def write_pair(directory, name: str, issued: Issued, cert_ext: str = "crt") -> tuple[str, str]:
+    cert_path = os.path.join(directory, f"{name}.{cert_ext}")
+    key_path = os.path.join(directory, f"{name}.key")
+    write_file(cert_path, cert_pem(issued.cert))
+    write_file(key_path, key_pem(issued.key), 0o600)
+    return cert_path, key_path
+
+
+class Certs:
+    """A device CA, a server certificate and assorted client certificates, on disk."""
+
+    def __init__(self, directory) -> None:
+        now = time.time()
+        self.dir = str(directory)
+        self.ca = make_ca(now, common_name="izreg test device CA")
+        self.ca_path, _ = write_pair(self.dir, "ca", self.ca)
+        self.server_cert, self.server_key = write_pair(self.dir, "server", make_server_cert(self.ca, now))
+        self.device = make_device_cert(self.ca, ACCOUNT, "gw-17", now)
+        self.device_cert, self.device_key = write_pair(self.dir, "device", self.device)
+        stranger_ca = make_ca(now, common_name="someone else's CA")
+        self.stranger_cert, self.stranger_key = write_pair(
+            self.dir, "stranger", make_device_cert(stranger_ca, ACCOUNT, "gw-17", now))
+        self.expired_cert, self.expired_key = write_pair(
+            self.dir, "expired", make_device_cert(self.ca, ACCOUNT, "gw-old", now - 10 * 86400, days=1))
+        self.nameless_cert, self.nameless_key = write_pair(
+            self.dir, "nameless", make_device_cert(self.ca, "not-an-account", "gw-x", now))
+
+    def files(self) -> TLSFiles:
+        return TLSFiles(self.server_cert, self.server_key, (self.ca_path,))
+
+
+class Whoami(Resource):
+    """GET anything: JSON with what the TLS layer and the device verifier saw."""
+
+    isLeaf = True
+
+    def __init__(self, verifier: DeviceVerifier) -> None:
+        super().__init__()
+        self.verifier = verifier
+        self.seen: list[dict] = []
+
+    def render_GET(self, request):
+        cert = peer_certificate(request.transport)
+        answer: dict = {"path": request.path.decode(), "secure": request.isSecure(), "cert": None}
+        if cert is not None:
+            answer["cert"] = cert.subject.rfc4514_string()
+            try:
+                identity = self.verifier.verify(cert, time.time())
+                answer["device"] = [identity.account, identity.device_id]
+            except DeviceRejected as e:
+                request.setResponseCode(401)
+                answer["rejected"] = e.reason
+        self.seen.append(answer)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(answer).encode()
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return Certs(tmp_path)
+
+
+@pytest.fixture
+def store(tmp_path):
+    env = open_env(str(tmp_path / "data"))
+    yield DeviceStore(env)
+    env.close()
+
+
+@pytest.fixture
+def server(certs, store):
+    """Listen on 127.0.0.1:<random>; yield (port number, ServerTLS, Whoami)."""
+    from twisted.internet import reactor
+
+    tls = ServerTLS(certs.files())
+    verifier = DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for)
+    whoami = Whoami(verifier)
+    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor)
+    port = pytest_twisted.blockon(endpoint.listen(Site(whoami)))
+    yield port.getHost().port, tls, whoami
+    pytest_twisted.blockon(port.stopListening())
+
+
+async def run(*argv: str, env: dict | None = None) -> tuple[int, str, str]:
+    out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env=env or dict(os.environ), stdinBytes=b"")
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def curl(port: int, certs: Certs, cert: str | None = None, key: str | None = None, path: str = "/v2/"):
+    argv = [CURL, "-sS", "--max-time", "20", "--cacert", certs.ca_path]
+    if cert:
+        argv += ["--cert", cert, "--key", key]
+    code, out, err = await run(*argv, "-w", "\n%{http_code}", f"https://127.0.0.1:{port}{path}")
+    if code != 0:
+        return code, None, err
+    body, status = out.rsplit("\n", 1)
+    return int(status), json.loads(body), err
+
+
+needs_tools = pytest.mark.skipif(not (CURL and OPENSSL), reason="curl and openssl are needed")
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_valid_device_certificate_is_seen(server, certs):
+    port, _, whoami = server
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert status == 200
+    assert body["secure"] is True
+    assert body["cert"] == f"CN=gw-17,OU={ACCOUNT}"
+    assert body["device"] == [ACCOUNT, "gw-17"]
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_no_certificate_handshake_succeeds(server, certs):
+    port, _, whoami = server
+    status, body, _ = await curl(port, certs)
+    assert status == 200
+    assert body["cert"] is None
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_unknown_ca_is_refused_with_a_logged_reason(server, certs):
+    port, _, whoami = server
+    with capturedLogs() as events:
+        code, body, err = await curl(port, certs, certs.stranger_cert, certs.stranger_key)
+    assert code != 0 and body is None
+    assert "unknown ca" in err
+    assert whoami.seen == []  # no request got through
+    reasons = [e.get("reason") for e in events if "subject" in e and e.get("reason")]
+    assert any("not issued by a configured device CA" in r for r in reasons), events
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_expired_certificate_is_refused(server, certs):
+    port, _, whoami = server
+    with capturedLogs() as events:
+        code, body, err = await curl(port, certs, certs.expired_cert, certs.expired_key)
+    assert code != 0 and body is None
+    assert "certificate expired" in err
+    assert whoami.seen == []
+    assert any(e.get("reason") == "the certificate has expired" for e in events)
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_bad_subject_and_revocation_are_401_per_request(server, certs, store):
+    port, _, whoami = server
+    status, body, _ = await curl(port, certs, certs.nameless_cert, certs.nameless_key)
+    assert (status, body["rejected"]) == (401, "bad-account")
+
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert status == 200
+    store.revoke(SERIAL, format(certs.device.cert.serial_number, "X"), time.time(), "lost")
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert (status, body["rejected"]) == (401, "revoked-serial")
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_tls_1_1_is_refused(server, certs):
+    port, _, _ = server
+    # SECLEVEL=0 lets this client offer TLS 1.1 at all; the refusal must come from the server.
+    code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_1",
+                               "-cipher", "DEFAULT@SECLEVEL=0")
+    assert code != 0
+    assert "alert protocol version" in err or "unsupported protocol" in err, err
+    code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2")
+    assert code == 0 and "Protocol  : TLSv1.2" in out, err
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_device_ca_is_advertised(server, certs):
+    port, _, _ = server
+    for version in ("-tls1_2", "-tls1_3"):
+        code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", version)
+        assert code == 0, err
+        section = out.split("Acceptable client certificate CA names", 1)[1].split("\n---", 1)[0]
+        assert "CN = izreg test device CA" in section, out
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_reload_picks_up_a_new_server_certificate(server, certs):
+    port, tls, _ = server
+
+    async def server_subject() -> str:
+        code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}")
+        assert code == 0, err
+        return [line for line in out.splitlines() if line.startswith("subject=")][0]
+
+    assert "CN = localhost" in await server_subject()
+    write_pair(certs.dir, "server", make_server_cert(certs.ca, time.time(), names=("renewed.local", "127.0.0.1")))
+    assert "CN = localhost" in await server_subject()  # files are read at start and on reload only
+    tls.reload()
+    assert "CN = renewed.local" in await server_subject()
+
+    # a broken file on reload keeps the old context working
+    with open(certs.server_key, "w") as f:
+        f.write("garbage")
+    with pytest.raises(TLSConfigError):
+        tls.reload()
+    assert "CN = renewed.local" in await server_subject()
+
+
+def test_load_material_errors(certs, tmp_path):
+    with pytest.raises(TLSConfigError, match="cannot read the server key"):
+        load_material(TLSFiles(certs.server_cert, str(tmp_path / "missing.key")))
+    with pytest.raises(TLSConfigError, match="does not match"):
+        load_material(TLSFiles(certs.server_cert, certs.device_key))
+    with pytest.raises(TLSConfigError, match="not a CA certificate"):
+        load_material(TLSFiles(certs.server_cert, certs.server_key, (certs.device_cert,)))
+    material = load_material(certs.files())
+    assert [c.subject for c in material.device_cas] == [certs.ca.cert.subject]
+
+
+def test_crl_file_reloads_on_change(certs, tmp_path):
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    def crl_pem(issuer: Issued, serials) -> bytes:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.cert.subject)
+                   .last_update(now).next_update(now + datetime.timedelta(days=1)))
+        for s in serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(s).revocation_date(now).build())
+        return builder.sign(issuer.key, hashes.SHA256()).public_bytes(Encoding.PEM)
+
+    path = str(tmp_path / "devices.crl")
+    stats = []
+
+    def counting_stat(p):
+        stats.append(p)
+        return os.stat(p)
+
+    crl_file = CRLFile(path, cas=lambda: [certs.ca.cert], stat=counting_stat)
+    assert crl_file.current() == ()  # missing file: no CRLs (logged)
+    write_file(path, crl_pem(certs.ca, [1]))
+    [first] = crl_file.current()
+    assert crl_file.current() == (first,)  # unchanged: not re-parsed
+    assert crl_file.current()[0] is first
+    write_file(path, crl_pem(certs.ca, [1, certs.device.cert.serial_number]) + crl_pem(certs.ca, [7]))
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse filesystems
+    crls = crl_file.current()
+    assert len(crls) == 2
+    verifier = DeviceVerifier(cas=lambda: [certs.ca.cert], crls=crl_file.current)
+    with pytest.raises(DeviceRejected) as e:
+        verifier.verify(certs.device.cert, time.time())
+    assert e.value.reason == "revoked-crl"
+    # a CRL signed by someone else is ignored and the previous ones stay
+    write_file(path, crl_pem(make_ca(time.time()), [5]))
+    os.utime(path, ns=(2, 2))
+    assert crl_file.current() == crls
+    assert len(stats) == 7  # one stat per current() call, nothing more
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_dev_certs_cert_dir_works_with_curl_and_skopeo(tmp_path, store):
+    from twisted.internet import reactor
+
+    paths = write_dev_certs(str(tmp_path / "certs"), time.time(), ACCOUNT, "edge-1")
+    tls = ServerTLS(TLSFiles(paths.server_cert, paths.server_key, (paths.ca_cert,)))
+    whoami = Whoami(DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for))
+    port = await TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls).listen(Site(whoami))
+    try:
+        n = port.getHost().port
+        code, out, err = await run(CURL, "-sS", "--cacert", paths.ca_cert, "--cert", paths.client_cert,
+                                   "--key", paths.client_key, f"https://localhost:{n}/v2/")
+        assert code == 0, err
+        assert json.loads(out)["device"] == [ACCOUNT, "edge-1"]
+        if SKOPEO:
+            # skopeo reads the same directory as --cert-dir; the fake registry answers 200 to
+            # everything, so the command may fail later, but its first request carried the device cert
+            skopeo = await run(SKOPEO, "inspect", "--raw", "--retry-times", "0", "--cert-dir", paths.directory,
+                      f"docker://127.0.0.1:{n}/{ACCOUNT}/app:v1",
+                      env={**os.environ, "HOME": str(tmp_path)})
+            skopeo_seen = [s for s in whoami.seen[1:] if s["path"].startswith("/v2/")]
+            assert skopeo_seen, (whoami.seen, skopeo)
+            assert all(s.get("device") == [ACCOUNT, "edge-1"] for s in skopeo_seen), skopeo_seen
+    finally:
+        await port.stopListening()

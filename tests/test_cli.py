@@ -1,0 +1,201 @@
+# -*- test-case-name: tests.test_cli -*-
+"""The izreg admin command, through main([...]) and once as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from izreg import cli
+from izreg.auth import keys
+from izreg.auth.store import AuthStore
+from izreg.storage.lmdbenv import open_env
+
+NOW = 1_700_000_000.0
+
+
+def run(capsys, data_dir, *argv, environ=None):
+    args = ["--data-dir", str(data_dir), *argv] if data_dir is not None else list(argv)
+    code = cli.main(args, environ=environ or {}, now=lambda: NOW)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lines(text):
+    return text.splitlines()
+
+
+@pytest.fixture
+def account(capsys, tmp_path):
+    code, out, err = run(capsys, tmp_path, "account", "create", "--name", "ops")
+    assert code == 0 and err == ""
+    return out.strip()
+
+
+def test_account_create_prints_only_the_id(capsys, tmp_path):
+    code, out, err = run(capsys, tmp_path, "account", "create")
+    assert code == 0
+    assert re.fullmatch(r"[0-9a-f]{32}\n", out)
+    assert err == ""
+
+
+def test_account_list(capsys, tmp_path, account):
+    code, out, _ = run(capsys, tmp_path, "account", "list")
+    assert code == 0
+    header, row = lines(out)
+    assert header.split() == ["ACCOUNT", "NAME", "CREATED"]
+    assert row.split() == [account, "ops", "2023-11-14T22:13:20Z"]
+    code, out, _ = run(capsys, tmp_path, "account", "list", "--json")
+    assert [json.loads(line) for line in lines(out)] == [{"id": account, "name": "ops", "created": "2023-11-14T22:13:20Z"}]
+
+
+def test_key_create_prints_only_the_key_and_it_verifies(capsys, tmp_path, account):
+    code, out, err = run(capsys, tmp_path, "key", "create", account, "--name", "ci", "--read-only")
+    assert code == 0 and err == ""
+    assert len(lines(out)) == 1
+    key = keys.parse(out.strip())
+    env = open_env(str(tmp_path))
+    try:
+        record = AuthStore(env).get_key(key.key_id)
+    finally:
+        env.close()
+    assert record.account == account and record.read_only and record.name == "ci"
+    assert keys.verify(key, record.secret_hash)
+
+
+def test_key_list_never_shows_secrets(capsys, tmp_path, account):
+    _, key_ro, _ = run(capsys, tmp_path, "key", "create", account, "--name", "ci", "--read-only")
+    _, key_rw, _ = run(capsys, tmp_path, "key", "create", account)
+    code, out, err = run(capsys, tmp_path, "key", "list", account)
+    assert code == 0 and err == ""
+    rows = [line.split() for line in lines(out)]
+    assert rows[0] == ["KEY_ID", "NAME", "SCOPE", "CREATED", "LAST_USED", "STATUS"]
+    ro, rw = keys.parse(key_ro.strip()), keys.parse(key_rw.strip())
+    assert sorted(r[:3] for r in rows[1:]) == sorted([[ro.key_id, "ci", "read-only"], [rw.key_id, "-", "read-write"]])
+    assert all(r[3:] == ["2023-11-14T22:13:20Z", "never", "active"] for r in rows[1:])
+    code, out_json, _ = run(capsys, tmp_path, "key", "list", account, "--json")
+    for text in (out, out_json):
+        assert ro.secret not in text and rw.secret not in text
+    assert {json.loads(line)["scope"] for line in lines(out_json)} == {"read-only", "read-write"}
+
+
+def test_key_revoke(capsys, tmp_path, account):
+    _, text, _ = run(capsys, tmp_path, "key", "create", account)
+    key = keys.parse(text.strip())
+    code, out, err = run(capsys, tmp_path, "key", "revoke", key.key_id)
+    assert (code, out, err) == (0, f"revoked {key.key_id}\n", "")
+    _, out, _ = run(capsys, tmp_path, "key", "list", account, "--json")
+    assert json.loads(out)["revoked"] == "2023-11-14T22:13:20Z"
+    _, out, _ = run(capsys, tmp_path, "key", "list", account)
+    assert lines(out)[1].split()[-2:] == ["revoked", "2023-11-14T22:13:20Z"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["key", "create", "f" * 32], "izreg: error: no such account: " + "f" * 32),
+        (["key", "create", "xyz"], "izreg: error: invalid account id 'xyz': expected 32 lowercase hex characters"),
+        (["key", "create", "F" * 32], "izreg: error: invalid account id"),
+        (["key", "list", "f" * 32], "izreg: error: no such account: " + "f" * 32),
+        (["key", "list", "nope"], "izreg: error: invalid account id 'nope'"),
+        (["key", "revoke", "0" * 16], "izreg: error: no such key: " + "0" * 16),
+        (["key", "revoke", "zz"], "izreg: error: invalid key id: expected 16 lowercase hex characters"),
+        (["key", "revoke", "izr_" + "0" * 16 + "_" + "a" * 43], "(give the key id, not the key)"),
+        (["account", "create", "--name", "a\nb"], "izreg: error: names are at most 200 printable characters"),
+        (["account"], "izreg: error: the following arguments are required: COMMAND"),
+        (["frobnicate"], "izreg: error: argument GROUP: invalid choice"),
+        ([], "izreg: error: the following arguments are required: GROUP"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(capsys, tmp_path, account, argv, message):
+    code, out, err = run(capsys, tmp_path, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(lines(err)) == 1
+    assert message in err
+    assert "a" * 43 not in err  # a pasted key is never echoed back
+
+
+def test_missing_data_dir_is_an_error_except_for_account_create(capsys, tmp_path):
+    missing = tmp_path / "nothing-here"
+    for argv in (["account", "list"], ["key", "list", "a" * 32], ["key", "revoke", "0" * 16]):
+        code, out, err = run(capsys, missing, *argv)
+        assert code == 2 and out == ""
+        assert lines(err) == [f"izreg: error: no izreg data in {str(missing)!r} (set --data-dir or IZREG_DATA_DIR)"]
+    assert not missing.exists()
+    code, _, _ = run(capsys, missing, "account", "create")
+    assert code == 0 and (missing / "index").is_dir()
+
+
+def test_data_dir_from_environment_and_flag_wins(capsys, tmp_path):
+    by_env, by_flag = tmp_path / "env", tmp_path / "flag"
+    code, out, _ = run(capsys, None, "account", "create", environ={"IZREG_DATA_DIR": str(by_env)})
+    assert code == 0
+    env_account = out.strip()
+    code, out, _ = run(capsys, by_flag, "account", "create", environ={"IZREG_DATA_DIR": str(by_env)})
+    assert code == 0
+    flag_account = out.strip()
+    _, listed_env, _ = run(capsys, None, "account", "list", "--json", environ={"IZREG_DATA_DIR": str(by_env)})
+    _, listed_flag, _ = run(capsys, by_flag, "account", "list", "--json")
+    assert [json.loads(x)["id"] for x in lines(listed_env)] == [env_account]
+    assert [json.loads(x)["id"] for x in lines(listed_flag)] == [flag_account]
+
+
+def test_default_data_dir(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, None, "account", "create")
+    assert code == 0
+    assert (tmp_path / "izreg-data" / "index").is_dir()
+
+
+def test_help_exits_0(capsys):
+    assert cli.main(["--help"], environ={}) == 0
+    assert "account" in capsys.readouterr().out
+
+
+def test_another_module_can_add_a_group(capsys, tmp_path):
+    def register(subparsers):
+        device = subparsers.add_parser("plugin-group")
+        device.set_defaults(handler=lambda args, context: context.out("plugin!") or 0)
+
+    cli.GROUPS.append(register)
+    try:
+        code, out, _ = run(capsys, tmp_path, "plugin-group")
+    finally:
+        cli.GROUPS.remove(register)
+    assert (code, out) == (0, "plugin!\n")
+
+
+def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
+    """The console module as its own process, next to an open environment (the running server)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
+    environment = {**os.environ, "PYTHONPATH": root, "IZREG_DATA_DIR": str(tmp_path)}
+
+    def izreg(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "izreg.cli", *argv], env=environment, capture_output=True, text=True, timeout=60
+        )
+
+    server_env = open_env(str(tmp_path))  # what the running server holds
+    try:
+        server_store = AuthStore(server_env)
+        created = izreg("account", "create")
+        assert created.returncode == 0, created.stderr
+        account = created.stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{32}", account)
+        made = izreg("key", "create", account)
+        assert made.returncode == 0, made.stderr
+        key = keys.parse(made.stdout.strip())
+        assert server_store.get_key(key.key_id).active
+        assert izreg("key", "revoke", key.key_id).returncode == 0
+        assert not server_store.get_key(key.key_id).active
+        bad = izreg("key", "create", "0" * 32)
+        assert bad.returncode == 2
+        assert bad.stdout == "" and bad.stderr == f"izreg: error: no such account: {'0' * 32}\n"
+    finally:
+        server_env.close()

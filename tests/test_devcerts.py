@@ -1,0 +1,78 @@
+"""Development certificates: contents, layout, modes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from izreg import devcerts
+from izreg.auth.devices import DeviceVerifier
+from izreg.service.tls import TLSFiles, load_material
+
+NOW = 1_800_000_000.0
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+
+
+def load(path: str) -> x509.Certificate:
+    with open(path, "rb") as f:
+        return x509.load_pem_x509_certificate(f.read())
+
+
+def test_write_dev_certs_layout_and_contents(tmp_path):
+    paths = devcerts.write_dev_certs(str(tmp_path / "d"), NOW, ACCOUNT, "edge-1")
+    d = tmp_path / "d"
+    # the top directory is a clean client cert-dir: every *.key has its *.cert
+    assert sorted(os.listdir(d)) == ["ca.crt", "client.cert", "client.key", "server"]
+    assert sorted(os.listdir(d / "server")) == ["ca.key", "server.crt", "server.key"]
+    for key in (paths.ca_key, paths.server_key, paths.client_key):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(paths.ca_cert).st_mode) == 0o644
+
+    ca, server, client = load(paths.ca_cert), load(paths.server_cert), load(paths.client_cert)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    server.verify_directly_issued_by(ca)
+    client.verify_directly_issued_by(ca)
+
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "containers.local"]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH]
+    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert client.subject.rfc4514_string() == f"CN=edge-1,OU={ACCOUNT}"
+
+    # what the server would load, and what the device verifier makes of the client cert
+    material = load_material(TLSFiles(paths.server_cert, paths.server_key, (paths.ca_cert,)))
+    identity = DeviceVerifier(cas=lambda: material.device_cas).verify(client, NOW + 60)
+    assert (identity.account, identity.device_id) == (ACCOUNT, "edge-1")
+
+
+def test_refuses_to_overwrite_unless_forced(tmp_path):
+    first = devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT)
+    serial = load(first.ca_cert).serial_number
+    with pytest.raises(devcerts.DevCertsExist, match="ca.crt"):
+        devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT)
+    assert load(first.ca_cert).serial_number == serial
+    second = devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT, overwrite=True)
+    assert second.ca_cert == first.ca_cert
+    assert load(second.ca_cert).serial_number != serial
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_bad_account(tmp_path):
+    with pytest.raises(ValueError, match="account id"):
+        devcerts.write_dev_certs(str(tmp_path), NOW, "ACCOUNT")
+    assert not os.path.exists(tmp_path / "ca.crt")
+
+
+def test_validity_uses_now():
+    ca = devcerts.make_ca(NOW)
+    device = devcerts.make_device_cert(ca, ACCOUNT, "d", NOW, days=2)
+    assert device.cert.not_valid_before_utc.timestamp() == NOW - devcerts.BACKDATE.total_seconds()
+    assert device.cert.not_valid_after_utc.timestamp() == NOW + 2 * 86400

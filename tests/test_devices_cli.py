@@ -1,0 +1,159 @@
+"""izreg device revoke / list-revoked / pulls and izreg dev-certs, through argparse."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+
+import pytest
+from cryptography import x509
+
+from izreg import devices_cli
+from izreg.auth.devices import fingerprint_sha256, serial_hex
+from izreg.auth.devicestore import DeviceStore, PullRecorder
+from izreg.devcerts import cert_pem, make_ca, make_device_cert
+from izreg.storage.lmdbenv import open_env
+
+NOW = 1_800_000_000.0
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+
+
+class Run:
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        parser = argparse.ArgumentParser(prog="izreg")
+        parser.add_argument("--data-dir")
+        devices_cli.add_subparsers(parser.add_subparsers(dest="group", required=True), clock=lambda: NOW,
+                                   out=out, err=err)
+        args = parser.parse_args(["--data-dir", self.data_dir, *argv])
+        return args.func(args), out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = str(tmp_path / "data")
+    open_env(path).close()  # the server (or izreg account create) made it
+    return path
+
+
+@pytest.fixture
+def run(data_dir):
+    return Run(data_dir)
+
+
+def store_of(data_dir: str):
+    env = open_env(data_dir)
+    return env, DeviceStore(env)
+
+
+def test_revoke_serial_fingerprint_and_cert(run, data_dir, tmp_path):
+    ca = make_ca(NOW)
+    device = make_device_cert(ca, ACCOUNT, "gw-1", NOW).cert
+    code, out, err = run("device", "revoke", "--serial", "0A:BC", "--note", "lost")
+    assert (code, out, err) == (0, "revoked: serial abc\n", "")
+    code, out, _ = run("device", "revoke", "--serial", "abc")
+    assert (code, out) == (0, "already revoked: serial abc\n")
+    fp = "AB" * 32
+    assert run("device", "revoke", "--fingerprint", fp)[0] == 0
+    pem = tmp_path / "device.pem"
+    pem.write_bytes(cert_pem(device))
+    code, out, _ = run("device", "revoke", "--cert", str(pem))
+    assert code == 0
+    assert out.splitlines() == [f"revoked: serial {serial_hex(device)}",
+                                f"revoked: fingerprint {fingerprint_sha256(device)}"]
+
+    env, store = store_of(data_dir)
+    try:
+        assert store.revocations_for(serial_hex(device), "00" * 32).serials == {serial_hex(device)}
+    finally:
+        env.close()
+
+    code, out, _ = run("device", "list-revoked")
+    lines = out.splitlines()
+    assert lines[0].split() == ["KIND", "VALUE", "REVOKED", "NOTE"]
+    assert ["serial", "abc", "2027-01-15T08:00:00Z", "lost"] in [line.split() for line in lines]
+    assert any(line.split()[:2] == ["fingerprint", "ab" * 32] for line in lines)
+    assert len(lines) == 5
+
+
+def test_revoke_errors(run, tmp_path):
+    code, out, err = run("device", "revoke", "--serial", "xyz")
+    assert code == 2 and "not a hexadecimal certificate serial" in err and out == ""
+    code, _, err = run("device", "revoke", "--fingerprint", "abc")
+    assert code == 2 and "SHA-256" in err
+    code, _, err = run("device", "revoke", "--cert", str(tmp_path / "missing.pem"))
+    assert code == 2 and "cannot read" in err
+    with pytest.raises(SystemExit):
+        run("device", "revoke", "--serial", "ab", "--fingerprint", "ab" * 32)  # mutually exclusive
+
+
+def test_no_data_dir_is_an_error(tmp_path):
+    code, _, err = Run(str(tmp_path / "typo"))("device", "revoke", "--serial", "ab")
+    assert code == 2 and "no izreg data" in err
+    assert not os.path.exists(tmp_path / "typo")
+
+
+def test_pulls_table(run, data_dir):
+    env, store = store_of(data_dir)
+    try:
+        recorder = PullRecorder(store)
+        recorder.record(ACCOUNT, "gw-1", f"{ACCOUNT}/app", "sha256:" + "a" * 64, NOW)
+        recorder.record(ACCOUNT, "gw-2", f"{ACCOUNT}/db", "sha256:" + "b" * 64, NOW + 61)
+        recorder.record("f" * 32, "gw-3", f"{'f' * 32}/app", "sha256:" + "c" * 64, NOW)
+        recorder.flush()
+    finally:
+        env.close()
+    code, out, _ = run("device", "pulls", ACCOUNT)
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["DEVICE", "REPOSITORY", "DIGEST", "PULLED"],
+        ["gw-1", f"{ACCOUNT}/app", "sha256:" + "a" * 64, "2027-01-15T08:00:00Z"],
+        ["gw-2", f"{ACCOUNT}/db", "sha256:" + "b" * 64, "2027-01-15T08:01:01Z"],
+    ]
+    code, out, _ = run("device", "pulls", ACCOUNT, "--repository", f"{ACCOUNT}/db")
+    assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
+    code, _, err = run("device", "pulls", "nope")
+    assert code == 2 and "account id" in err
+
+
+def test_dev_certs(run, tmp_path):
+    target = str(tmp_path / "certs")
+    code, out, err = run("dev-certs", target, "--account", ACCOUNT, "--device-id", "edge-7")
+    assert code == 0, err
+    assert "--cert-dir" in out and ACCOUNT in out
+    with open(os.path.join(target, "client.cert"), "rb") as f:
+        assert x509.load_pem_x509_certificate(f.read()).subject.rfc4514_string() == f"CN=edge-7,OU={ACCOUNT}"
+    code, _, err = run("dev-certs", target)
+    assert code == 2 and "--force" in err
+    assert run("dev-certs", target, "--force")[0] == 0
+    code, _, err = run("dev-certs", str(tmp_path / "other"), "--account", "XYZ")
+    assert code == 2 and "account id" in err
+
+
+def test_dev_certs_random_account(run, tmp_path):
+    code, out, _ = run("dev-certs", str(tmp_path / "c"))
+    assert code == 0
+    account = out.split("(account ")[1].split(",")[0]
+    assert len(account) == 32 and int(account, 16) >= 0
+
+
+def test_handler_convention_of_izreg_cli(data_dir):
+    """The same parsers also set handler(args, context) for izreg.cli's dispatcher."""
+
+    class Context:
+        def __init__(self):
+            self.data_dir = data_dir
+            self.now = lambda: NOW
+            self.stdout, self.stderr = io.StringIO(), io.StringIO()
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir")
+    devices_cli.add_subparsers(parser.add_subparsers(dest="group", required=True))
+    args = parser.parse_args(["device", "revoke", "--serial", "ff"])
+    context = Context()
+    assert args.handler(args, context) == 0
+    assert context.stdout.getvalue() == "revoked: serial ff\n"
