@@ -7,7 +7,9 @@ a free loopback port, with its own temporary data dir.
   each other's repositories.
 - C{fresh_registry}: function-scoped, for tests that stop, kill -9 or
   restart the process.
-- C{repo} / C{new_repo}: full repository names ``<32 hex account>/<name>``.
+- C{repo} / C{new_repo}: full repository names ``<32 hex account>/t<random>/<name>``
+  in the account the registry's credentials reach (C{registry.creds}, read from
+  izreg's bootstrap.txt after the first start).
 
 On a test failure the tail of every server log the test used is attached to
 the report ("registry log" section).
@@ -16,11 +18,12 @@ the report ("registry log" section).
 from __future__ import annotations
 
 import os
+import secrets
 
 import pytest
 
 from tests.helpers.ociclient import OCIClient
-from tests.helpers.server import RegistryProcess, random_account, repo_name
+from tests.helpers.server import RegistryProcess
 from tests.helpers.skopeo import SKOPEO, Skopeo
 
 
@@ -60,14 +63,19 @@ def izreg_only(registry):
 
 
 @pytest.fixture
-def account() -> str:
-    return random_account()
+def account(registry) -> str:
+    """The account the registry's credentials reach (izreg: the bootstrap account)."""
+    return registry.account
 
 
 @pytest.fixture
 def new_repo(account):
-    """A factory: C{new_repo("app")} -> ``<this test's account>/app``."""
-    return lambda name="app": repo_name(name, account)
+    """
+    A factory: C{new_repo("app")} -> ``<account>/t<random>/app``. The random path
+    component keeps tests that share one registry (and one account) apart.
+    """
+    namespace = "t" + secrets.token_hex(4)
+    return lambda name="app": f"{account}/{namespace}/{name}"
 
 
 @pytest.fixture

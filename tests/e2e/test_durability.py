@@ -18,7 +18,6 @@ import requests
 
 from tests.helpers.ociclient import OCI_MANIFEST, OCIClient, describe, expect, sha256_digest
 from tests.helpers.ocilayout import OCI_CONFIG, OCI_LAYER_GZIP, canonical_json, random_bytes
-from tests.helpers.server import random_account
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +46,7 @@ def check_blob(client: OCIClient, repo: str, digest: str, data: bytes) -> None:
 def test_upload_resumes_after_restart(fresh_registry, how):
     registry = fresh_registry
     client = OCIClient(registry.url, auth=registry.requests_auth)
-    repo = f"{random_account()}/resumable"
+    repo = f"{registry.account}/resumable"
     data = random_bytes(200_000 + 123, "resume")
     digest = sha256_digest(data)
     n = 65_536  # the first chunk: bytes 0..n-1
@@ -96,7 +95,7 @@ def test_out_of_order_chunk_after_restart_is_rejected(fresh_registry):
     if registry.backend == "distribution":
         pytest.skip("distribution 2.8 ignores Content-Range on PATCH (fixed in 3.x)")
     client = OCIClient(registry.url, auth=registry.requests_auth)
-    repo = f"{random_account()}/resumable"
+    repo = f"{registry.account}/resumable"
     data = random_bytes(10_000, "gap")
     upload_url = client.location(expect(client.start_upload(repo), 202))
     upload_url = client.location(expect(client.patch_chunk(upload_url, data[:4000], 0), 202))
@@ -242,7 +241,7 @@ def manifest_worker(ledger: Ledger, base_url, auth, repo, seed):
 
 def test_kill9_during_concurrent_pushes(fresh_registry):
     registry = fresh_registry
-    account = random_account()
+    account = registry.account
     a, b, c = (f"{account}/{n}" for n in ("alpha", "beta", "gamma/nested"))
     plan = [
         (blob_worker, (a, "monolithic", 1)),

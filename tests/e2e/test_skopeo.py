@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 import ssl
 
@@ -16,7 +17,6 @@ import pytest
 
 from tests.helpers.ociclient import DOCKER_MANIFEST, OCI_MANIFEST, OCIClient, expect, sha256_digest
 from tests.helpers.ocilayout import build_layout, layout_manifest_digest, read_layout_blob
-from tests.helpers.server import random_account
 from tests.helpers.skopeo import SKOPEO, Skopeo
 
 pytestmark = [
@@ -39,8 +39,8 @@ def source(tmp_path_factory):
 def pushed(registry, source, tmp_path_factory):
     """The source image pushed once per module as <acct>/app:v1 and :latest."""
     sk = Skopeo(registry, tmp_path_factory.mktemp("skopeo-push"))
-    account = random_account()
-    repo = f"{account}/app"
+    account = registry.account
+    repo = f"{account}/{'s' + secrets.token_hex(4)}/app"
     sk.copy(f"oci:{source['path']}:v1", sk.ref(repo, "v1"))
     sk.copy(f"oci:{source['path']}:v1", sk.ref(repo, "latest"))
     return {"account": account, "repo": repo, "image": source}
@@ -134,7 +134,7 @@ def test_copy_out_to_dir(pushed, skopeo, tmp_path):
 
 def test_docker_schema2_round_trip(pushed, source, skopeo, client, tmp_path):
     """``--format v2s2`` converts the OCI image; the registry stores and serves Docker schema2."""
-    repo = f"{pushed['account']}/app-v2s2"
+    repo = pushed["repo"] + "-v2s2"
     skopeo.copy(f"oci:{source['path']}:v1", skopeo.ref(repo, "v2s2"), "--format", "v2s2")
 
     raw = skopeo.inspect_raw(skopeo.ref(repo, "v2s2"))
@@ -165,15 +165,15 @@ def test_docker_schema2_round_trip(pushed, source, skopeo, client, tmp_path):
 
 def test_cross_repository_copy_and_mount(pushed, skopeo, client, registry):
     """docker:// -> docker:// inside one account; the registry answers blob mounts with 201."""
-    account, image = pushed["account"], pushed["image"]
-    dest = f"{account}/app2"
+    image = pushed["image"]
+    dest = pushed["repo"] + "2"
     skopeo.copy(skopeo.ref(pushed["repo"], "v1"), skopeo.ref(dest, "copied"))
     assert skopeo.inspect_raw(skopeo.ref(dest, "copied")) == image["manifest_bytes"]
     for digest, data in image["blobs"].items():
         assert expect(client.get_blob(dest, digest), 200).content == data
 
     # the mount skopeo relies on, spelled out: 201 + Location + Docker-Content-Digest
-    third = f"{account}/app3"
+    third = pushed["repo"] + "3"
     layer = image["layers"][1]
     resp = expect(client.mount_blob(third, layer["digest"], pushed["repo"]), 201)
     assert resp.headers.get("Location")

@@ -75,6 +75,7 @@ class RegistryProcess:
         self.backend = backend
         self.extra_args = list(extra_args)
         self.creds = creds
+        self.account: str | None = None
         self.log_path = log_path
         self.log_lines: deque[str] = deque(maxlen=5000)
         self.starts = 0
@@ -82,7 +83,12 @@ class RegistryProcess:
         self._reader: threading.Thread | None = None
         self._log_file = open(log_path, "a", buffering=1) if log_path else None
 
-    # -- credentials hook ---------------------------------------------------------------
+    # -- credentials ----------------------------------------------------------------------
+    #
+    # izreg creates one account and one access key on its first start and writes them to
+    # DATA_DIR/bootstrap.txt; start() reads that file into C{account} and C{creds}
+    # ("KEY:<access key>", what skopeo --creds and HTTP Basic take). Under the
+    # distribution backend there is no auth: C{creds} stays None and C{account} is random.
 
     @property
     def requests_auth(self):
@@ -169,6 +175,47 @@ class RegistryProcess:
                 f"registry did not report listening within {timeout}s (exit code {rc}).\n"
                 f"command: {self.command()}\n--- log ---\n{self.log_tail()}"
             )
+        self._after_start()
+
+    def _after_start(self) -> None:
+        # One round trip: the reactor serves requests only after every startService ran
+        # (so the bootstrap file is written by the time this answers).
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: " + self.host.encode() + b"\r\nConnection: close\r\n\r\n")
+            status = sock.recv(64)
+        if not status.startswith(b"HTTP/1."):
+            raise ServerStartError(f"GET /v2/ answered {status!r}\n{self.log_tail()}")
+        if self.backend != "izreg":
+            self.account = self.account or random_account()
+            return
+        if self.creds is None:
+            values = self.read_bootstrap()
+            self.account = values["account"]
+            self.creds = f"KEY:{values['access_key']}"
+
+    def read_bootstrap(self) -> dict[str, str]:
+        path = os.path.join(self.data_dir, "bootstrap.txt")
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            raise ServerStartError(f"no {path} after the first start\n{self.log_tail()}") from None
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+    def cli(self, *args: str) -> str:
+        """Run ``izreg --data-dir DATA_DIR ARGS`` (the admin CLI, fine while the server runs)."""
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        proc = subprocess.run([sys.executable, "-m", "izreg.cli", "--data-dir", self.data_dir, *args],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise AssertionError(f"izreg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc.stdout.strip()
+
+    def new_account(self, read_only: bool = False) -> tuple[str, str]:
+        """A new account and an access key of it: C{(account_id, "KEY:<key>")}."""
+        account = self.cli("account", "create", "--name", "e2e")
+        key = self.cli("key", "create", account, "--name", "e2e", *(["--read-only"] if read_only else []))
+        return account, f"KEY:{key}"
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then wait for exit; returns the exit code. SIGKILLs and raises on timeout."""
