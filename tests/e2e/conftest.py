@@ -56,6 +56,24 @@ def fresh_registry(tmp_path_factory):
 
 
 @pytest.fixture
+def start_registry(tmp_path_factory):
+    """A factory for registries with extra server options: C{start_registry("--token-service")}."""
+    started = []
+
+    def start(*extra_args: str) -> RegistryProcess:
+        reg = _make_registry(tmp_path_factory, "custom")
+        reg.extra_args = list(extra_args)
+        started.append(reg)
+        reg.start()
+        return reg
+
+    start.registries = started
+    yield start
+    for reg in started:
+        reg.close()
+
+
+@pytest.fixture
 def izreg_only(registry):
     """Skip under IZREG_E2E_BACKEND=distribution (behaviour distribution 2.8 lacks)."""
     if registry.backend != "izreg":
@@ -105,6 +123,6 @@ def pytest_runtest_makereport(item, call):
         return
     funcargs = getattr(item, "funcargs", {}) or {}
     for name, value in funcargs.items():
-        if isinstance(value, RegistryProcess):
-            report.sections.append((f"registry log ({name}, {value.url})", value.log_tail(150)))
+        for reg in [value] if isinstance(value, RegistryProcess) else getattr(value, "registries", []):
+            report.sections.append((f"registry log ({name}, {reg.url})", reg.log_tail(150)))
 
