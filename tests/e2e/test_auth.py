@@ -125,6 +125,31 @@ def test_failed_authentications_are_slowed_down(fresh_registry):
     assert error_codes(resp) == ["TOOMANYREQUESTS"]
 
 
+@needs_skopeo
+def test_anonymous_clients_do_not_lock_out_keys(fresh_registry, small_image, tmp_path):
+    """
+    containers/image without credentials answers a Basic challenge with empty
+    credentials (``Authorization: Basic Og==``, i.e. ``:``). That is an anonymous
+    client, not a wrong key: a few anonymous skopeo runs (a device without its
+    certificate, a CI job before login) must not trip the failed-auth brake and
+    lock every key out of that address.
+    """
+    registry = fresh_registry
+    repo = f"{registry.account}/public-ish"
+    Skopeo(registry, tmp_path).copy(f"oci:{small_image['path']}:v1", f"docker://{registry.host}/{repo}:v1")
+    anon = Skopeo(_without_creds(registry), tmp_path)
+    proc = anon.inspect(f"docker://{registry.host}/{repo}:v1", "--raw", check=False)
+    assert proc.returncode != 0
+    # what skopeo just sent, ten more times (skopeo itself would then sit out the 429s)
+    http = OCIClient(registry.url)
+    for _ in range(10):
+        assert http.request("GET", "/v2/").status_code == 401
+        resp = http.request("GET", f"/v2/{repo}/manifests/v1", headers={"Authorization": "Basic Og=="})
+        assert resp.status_code == 401, describe(resp)
+    resp = OCIClient(registry.url, auth=basic(registry.creds)).request("GET", f"/v2/{repo}/tags/list")
+    assert resp.status_code == 200, describe(resp)
+
+
 def test_key_reaches_only_its_own_account(registry, client, new_repo):
     other_account, other_creds = registry.new_account()
     other = OCIClient(registry.url, auth=basic(other_creds))
