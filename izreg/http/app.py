@@ -11,6 +11,7 @@ caller for the repository's account through the injected guard first.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qs, quote, unquote
 
 from klein import Klein
@@ -348,7 +349,7 @@ class RegistryAPI:
         n = _arg(request, "n")
         if n is None:
             return MAX_PAGE * 100, _arg(request, "last")
-        if not n.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", n):
             raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, {"n": n[:20]})
         return min(int(n), MAX_PAGE), _arg(request, "last")
 

@@ -118,7 +118,7 @@ class ChunkWriter:
         self._finished = False
 
     def write(self, data: bytes) -> None:
-        if self._fd is None or self.overflow:
+        if self._fd is None or self.overflow or self._finished:
             return
         if self.limit is not None and self.written + len(data) > self.limit:
             self.overflow = True
