@@ -158,6 +158,8 @@ def parse_manifest(data: bytes, content_type: str | bytes | None) -> Manifest:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise _invalid("not valid JSON", error=str(e)[:200]) from None
+    except RecursionError:
+        raise _invalid("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise _invalid("a manifest must be a JSON object")
     schema = obj.get("schemaVersion")

@@ -104,8 +104,9 @@ class ChunkWriter:
     ends. The handler calls L{done} to keep the bytes or L{abort} to drop them.
     """
 
-    def __init__(self, session: UploadSession, limit: int | None = None) -> None:
+    def __init__(self, session: UploadSession, limit: int | None = None, expected: int | None = None) -> None:
         self.session = session
+        self.expected = expected
         self.start = session.offset
         self.written = 0
         self.limit = limit

@@ -1,7 +1,5 @@
 """
-Server bugs found while writing the API tests. Each open bug is marked
-C{xfail(strict=True)}: fixing it turns the test into an XPASS failure, so drop the
-marker with the fix and the test stays as a regression test.
+Regression tests for server bugs found while writing the API tests (all fixed).
 
 1. ``?n=0`` on a non-empty tags list or catalog is a 500 (IndexError).
 2. ``?n=²`` (a Unicode digit ``str.isdigit`` accepts but ``int`` does not) is a 500
@@ -47,7 +45,6 @@ async def two_tags(server):
     await put_manifest(server, NAME, "b", data)
 
 
-@pytest.mark.xfail(strict=True, reason="bug 1: n=0 -> IndexError building the Link")
 @pytest.mark.parametrize("listing", ["tags", "catalog"])
 @pytest_twisted.ensureDeferred
 async def test_bug1_n_zero_is_an_empty_page_without_link(server, listing):
@@ -79,7 +76,6 @@ async def test_bug2_unicode_digit_n_is_400(server, n):
         assert (status, code) == (400, "PAGINATION_NUMBER_INVALID")
 
 
-@pytest.mark.xfail(strict=True, reason="bug 3: RecursionError escapes parse_manifest")
 @pytest_twisted.ensureDeferred
 async def test_bug3_deeply_nested_manifest_is_400(server):
     """
@@ -97,7 +93,6 @@ async def test_bug3_deeply_nested_manifest_is_400(server):
     assert (status, code) == (400, "MANIFEST_INVALID")
 
 
-@pytest.mark.xfail(strict=True, reason="bug 4: default-platform fallback also applies to digest references")
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest_twisted.ensureDeferred
 async def test_bug4_index_by_digest_is_never_swapped_for_a_child(server, method):
@@ -124,7 +119,6 @@ async def test_bug4_index_by_digest_is_never_swapped_for_a_child(server, method)
         assert 400 <= response.code < 500
 
 
-@pytest.mark.xfail(strict=True, reason="bug 5: Klein answers non-UTF-8 paths with a text/html 400")
 @pytest.mark.parametrize("path", [b"/v2/%ff/tags/list", b"/v2/" + NAME.encode() + b"/manifests/%ff"])
 @pytest_twisted.ensureDeferred
 async def test_bug5_non_utf8_path_gets_an_oci_error_body(server, path):
@@ -141,7 +135,6 @@ async def test_bug5_non_utf8_path_gets_an_oci_error_body(server, path):
     assert set(error) == {"code", "message", "detail"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug 6: chunked PATCH size not checked against Content-Range")
 @pytest_twisted.ensureDeferred
 async def test_bug6_chunked_patch_shorter_than_its_content_range_is_400(server):
     """
