@@ -291,7 +291,7 @@ class Registry:
             raise self._unknown_manifest(repo, reference)
         meta, data = found
         media_type = meta["mediaType"]
-        if media_type in mt.INDEX_TYPES and not mt.acceptable(media_type, accepted):
+        if not isinstance(reference, Digest) and media_type in mt.INDEX_TYPES and not mt.acceptable(media_type, accepted):
             child = self._default_platform_child(repo, data, accepted)
             if child is not None:
                 return child

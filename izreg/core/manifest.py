@@ -137,7 +137,7 @@ def _effective_type(body_type: str | None, header_type: str, obj: dict) -> str:
             raise _invalid("Docker schema 1 manifests are not supported")
         if body_type not in mt.MANIFEST_TYPES:
             raise _invalid("unsupported manifest media type", mediaType=body_type)
-        if header_type in mt.MANIFEST_TYPES and header_type != body_type:
+        if (header_type in mt.MANIFEST_TYPES or header_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED)) and header_type != body_type:
             raise _invalid("Content-Type does not match the manifest's mediaType", contentType=header_type, mediaType=body_type)
         return body_type
     if header_type in mt.MANIFEST_TYPES:
@@ -158,12 +158,14 @@ def parse_manifest(data: bytes, content_type: str | bytes | None) -> Manifest:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise _invalid("not valid JSON", error=str(e)[:200]) from None
+    except RecursionError:
+        raise _invalid("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise _invalid("a manifest must be a JSON object")
     schema = obj.get("schemaVersion")
     if schema == 1:
         raise _invalid("Docker schema 1 manifests are not supported")
-    if schema != 2 or isinstance(schema, bool):
+    if type(schema) is not int or schema != 2:
         raise _invalid("schemaVersion must be 2")
     media_type = _effective_type(_string(obj, "mediaType", "manifest"), mt.base_type(content_type), obj)
     subject = parse_descriptor(obj["subject"], "subject") if obj.get("subject") is not None else None

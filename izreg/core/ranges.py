@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from izreg.core.errors import ErrorCode, RegistryError
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$", re.IGNORECASE | re.ASCII)
+_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\s*$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from izreg.core.names import Repository
 _ROUTE = re.compile(
     r"^(?P<name>.+)/(?:"
     r"(?P<manifests>manifests)/(?P<reference>[^/]+)"
-    r"|(?P<uploads>blobs/uploads)/?(?P<upload>[^/]*)"
+    r"|(?P<uploads>blobs/uploads)(?:/(?P<upload>[^/]*))?"
     r"|(?P<blobs>blobs)/(?P<digest>[^/]+)"
     r"|(?P<tags>tags/list)/?"
     r"|(?P<referrers>referrers)/(?P<subject>[^/]+)"
-    r")$"
+    r")$",
+    re.DOTALL,
 )
 
 MANIFEST = "manifest"

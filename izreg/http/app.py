@@ -11,6 +11,7 @@ caller for the repository's account through the injected guard first.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qs, quote, unquote
 
 from klein import Klein
@@ -78,7 +79,9 @@ class RegistryAPI:
             (routes.UPLOAD, "PUT"): self.put_upload,
             (routes.UPLOAD, "DELETE"): self.cancel_upload,
             (routes.TAGS, "GET"): self.list_tags,
+            (routes.TAGS, "HEAD"): self.list_tags,
             (routes.REFERRERS, "GET"): self.list_referrers,
+            (routes.REFERRERS, "HEAD"): self.list_referrers,
         }
 
     def resource(self):
@@ -135,6 +138,7 @@ class RegistryAPI:
                 )
             if length is not None and end - start + 1 != length:
                 raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range": content_range, "content-length": length})
+            return ChunkWriter(session, expected=end - start + 1)
         return ChunkWriter(session)
 
     def _repository(self, request, route: routes.Route, action: str) -> Repository:
@@ -154,7 +158,7 @@ class RegistryAPI:
         account = self.guard.catalog_account(request)
         limit, last = self._page(request)
         names, more = self.registry.catalog(account, limit, last)
-        if more:
+        if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
 
@@ -324,7 +328,7 @@ class RegistryAPI:
         repo = self._repository(request, route, PULL)
         limit, last = self._page(request)
         tags, more = self.registry.tags(repo, limit, last)
-        if more:
+        if more and tags:
             self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
         return self._json(request, {"name": repo.name, "tags": tags})
 
@@ -342,13 +346,16 @@ class RegistryAPI:
         body = request.content
         if isinstance(body, Rejected) and body.error is not None:
             raise body.error
+        if isinstance(body, ChunkWriter) and body.expected is not None and body.written != body.expected:
+            body.abort()
+            raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})
         return body
 
     def _page(self, request) -> tuple[int, str | None]:
         n = _arg(request, "n")
         if n is None:
             return MAX_PAGE * 100, _arg(request, "last")
-        if not n.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", n):
             raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, {"n": n[:20]})
         return min(int(n), MAX_PAGE), _arg(request, "last")
 

@@ -17,10 +17,12 @@ headers are in, for the object the body should be written into:
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote_to_bytes
 
 from twisted.web import server
 
-from izreg.core.errors import RegistryError
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.errors import render_error
 
 
 class BoundedBuffer(io.BytesIO):
@@ -76,6 +78,15 @@ class RegistryRequest(server.Request):
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this itself, in HTML; keep every answer an OCI error
+            error = RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8")
+            body = render_error(self, error)
+            self.write(body)
+            self.finish()
+            return
         return super().process()
 
 

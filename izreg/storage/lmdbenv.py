@@ -51,7 +51,10 @@ def _check_schema(env: lmdb.Environment, readonly: bool) -> None:
         if found is None:
             txn.put(b"schema_version", str(schema.SCHEMA_VERSION).encode(), db=meta)
             return
-        version = int(found)
+        try:
+            version = int(found)
+        except ValueError:
+            raise SchemaError(f"the index at {env.path()} has an unreadable schema version {found!r}") from None
         if version > schema.SCHEMA_VERSION:
             raise SchemaError(f"the index at {env.path()} has schema {version}; this izreg knows up to {schema.SCHEMA_VERSION}")
         # Upgrades go here one step at a time (v1 -> v2 -> ...), when there are any.

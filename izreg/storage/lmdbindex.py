@@ -108,7 +108,7 @@ class Index:
                 txn.delete(upload_id.encode(), db=self._db[schema.UPLOADS])
 
     def mount_blob(self, name: str, digest: Digest, sources: list[str], now: float) -> bool:
-        """Link C{digest} into C{name} if one of C{sources} (or, empty, C{name}'s account) has it."""
+        """Link C{digest} into C{name} if one of the repositories C{sources} has it linked."""
         d = str(digest)
         with self.env.begin(write=True) as txn:
             if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:

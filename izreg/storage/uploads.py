@@ -104,8 +104,9 @@ class ChunkWriter:
     ends. The handler calls L{done} to keep the bytes or L{abort} to drop them.
     """
 
-    def __init__(self, session: UploadSession, limit: int | None = None) -> None:
+    def __init__(self, session: UploadSession, limit: int | None = None, expected: int | None = None) -> None:
         self.session = session
+        self.expected = expected
         self.start = session.offset
         self.written = 0
         self.limit = limit
@@ -118,7 +119,7 @@ class ChunkWriter:
         self._finished = False
 
     def write(self, data: bytes) -> None:
-        if self._fd is None or self.overflow:
+        if self._fd is None or self.overflow or self._finished:
             return
         if self.limit is not None and self.written + len(data) > self.limit:
             self.overflow = True

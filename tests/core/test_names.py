@@ -1,0 +1,183 @@
+"""Repository names, tags, references and account ids (izreg.core.names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import MAX_NAME_LENGTH, Repository, parse_account, parse_reference, parse_tag
+
+ACCT = "0123456789abcdef0123456789abcdef"
+H64 = "0123456789abcdef" * 4
+
+
+def long_name(length: int) -> str:
+    """A valid-looking name of exactly C{length} characters (components of 'a')."""
+    path_len = length - len(ACCT) - 1
+    return f"{ACCT}/{'a' * path_len}"
+
+
+def long_nested_name(length: int) -> str:
+    """A name of exactly C{length} characters with many short components."""
+    path = ("ab/" * length)[: length - len(ACCT) - 1]
+    if path.endswith("/"):
+        path = path[:-1] + "c"
+    return f"{ACCT}/{path}"
+
+
+@pytest.mark.parametrize(
+    "text, path",
+    [
+        (f"{ACCT}/a", "a"),
+        (f"{ACCT}/0", "0"),
+        (f"{ACCT}/app", "app"),
+        (f"{ACCT}/a/b/c", "a/b/c"),
+        (f"{ACCT}/a.b", "a.b"),
+        (f"{ACCT}/a_b", "a_b"),
+        (f"{ACCT}/a-b", "a-b"),
+        (f"{ACCT}/a-b.c_d/e0", "a-b.c_d/e0"),
+        (f"{ACCT}/manifests", "manifests"),
+        (f"{ACCT}/blobs/uploads", "blobs/uploads"),
+        (f"{'f' * 32}/x", "x"),
+        (long_name(255), "a" * (255 - 33)),
+    ],
+)
+def test_repository_valid(text, path):
+    repo = Repository.parse(text)
+    assert repo.name == text
+    assert str(repo) == text
+    assert repo.account == text[:32]
+    assert repo.path == path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{ACCT}/a__b",  # spec allows __, izreg does not
+        f"{ACCT}/a--b",  # spec allows -+, izreg does not
+        f"{ACCT}/a---b",
+        f"{ACCT}/a._b",
+        f"{ACCT}/a-_b",
+        f"{ACCT}/a..b",
+        f"{ACCT}/A",
+        f"{ACCT}/app/Sub",
+        f"{ACCT}/.a",
+        f"{ACCT}/a.",
+        f"{ACCT}/_a",
+        f"{ACCT}/a-",
+        f"{ACCT}/a//b",
+        f"{ACCT}/a/",
+        f"{ACCT}//a",
+        f"{ACCT}/",
+        ACCT,
+        f"{ACCT}/a b",
+        f"{ACCT}/a:b",
+        f"{ACCT}/a\n",  # trailing newline
+        f"{ACCT}/a\r\n",
+        f"\n{ACCT}/a",
+        f" {ACCT}/a",
+        f"{ACCT}/é",
+        f"{ACCT[:-1]}/a",  # 31-char account
+        f"{ACCT}0/a",  # 33-char account
+        f"{ACCT.upper()}/a",  # uppercase account
+        f"{'g' * 32}/a",  # not hex
+        "library/ubuntu",  # no account
+        "a",
+        "",
+        "/",
+        long_name(256),
+        long_nested_name(256),
+        long_name(1000),
+    ],
+)
+def test_repository_invalid(text):
+    with pytest.raises(RegistryError) as info:
+        Repository.parse(text)
+    assert info.value.code is ErrorCode.NAME_INVALID
+    assert info.value.code.status == 400
+    assert info.value.detail["name"] == text[:300]
+
+
+def test_repository_length_boundary():
+    assert len(long_name(MAX_NAME_LENGTH)) == len(long_nested_name(255)) == 255
+    assert len(long_name(256)) == len(long_nested_name(256)) == 256
+    Repository.parse(long_name(255))
+    Repository.parse(long_nested_name(255))
+    with pytest.raises(RegistryError):
+        Repository.parse(long_name(256))
+
+
+def test_repository_is_a_value():
+    assert Repository.parse(f"{ACCT}/a") == Repository(f"{ACCT}/a")
+    assert sorted([Repository(f"{ACCT}/b"), Repository(f"{ACCT}/a")])[0].path == "a"
+
+
+TAG_127 = "t" * 127
+TAG_128 = "t" * 128
+TAG_129 = "t" * 129
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a", "A", "0", "_", "_a", "latest", "v1.2.3", "1.0_build-5", "A.b-C_d", "a.", "a-", "a..b", "sha256-" + H64, TAG_127, TAG_128, "_" + "." * 127],
+    ids=lambda t: t if len(t) < 20 else f"len{len(t)}",
+)
+def test_tag_valid(text):
+    assert parse_tag(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", ".a", "-a", ".", "-", TAG_129, "_" + "." * 128, "a\n", "\na", "a b", " a", "a:b", "a/b", "a+b", "é", "a@b", "tag\x00"],
+    ids=lambda t: repr(t) if len(t) < 20 else f"len{len(t)}",
+)
+def test_tag_invalid(text):
+    with pytest.raises(RegistryError) as info:
+        parse_tag(text)
+    assert info.value.code is ErrorCode.TAG_INVALID
+    assert info.value.detail == {"tag": text[:200]}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("latest", "latest"),
+        (TAG_128, TAG_128),
+        (f"sha256:{H64}", Digest("sha256", H64)),
+        (f"sha512:{H64 * 2}", Digest("sha512", H64 * 2)),
+    ],
+)
+def test_reference_valid(text, expected):
+    assert parse_reference(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("", ErrorCode.TAG_INVALID),
+        (".hidden", ErrorCode.TAG_INVALID),
+        (TAG_129, ErrorCode.TAG_INVALID),
+        ("latest\n", ErrorCode.TAG_INVALID),
+        ("a:b", ErrorCode.DIGEST_INVALID),  # a colon makes it a digest
+        (f"sha256:{H64.upper()}", ErrorCode.DIGEST_INVALID),
+        (f"sha256:{H64}\n", ErrorCode.DIGEST_INVALID),
+        (f"md5:{H64[:32]}", ErrorCode.DIGEST_INVALID),
+    ],
+)
+def test_reference_invalid(text, code):
+    with pytest.raises(RegistryError) as info:
+        parse_reference(text)
+    assert info.value.code is code
+
+
+@pytest.mark.parametrize("text", [ACCT, "f" * 32, "0" * 32])
+def test_account_valid(text):
+    assert parse_account(text) == text
+
+
+@pytest.mark.parametrize("text", ["", None, ACCT.upper(), ACCT[:-1], ACCT + "0", ACCT + "\n", "g" * 32, f"{ACCT}/a"])
+def test_account_invalid(text):
+    with pytest.raises(RegistryError) as info:
+        parse_account(text)
+    assert info.value.code is ErrorCode.NAME_INVALID

@@ -1,0 +1,136 @@
+"""
+Helpers for the authentication tests over the in-process server
+(L{tests.http.conftest.start_server} with the real L{AccessGuard}):
+accounts and keys made straight in the server's LMDB environment,
+``Authorization`` header values, and small pushes done with a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+
+from izreg.auth.store import AuthStore
+from tests.http.conftest import Server, header
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+BASIC_CHALLENGE = 'Basic realm="izreg"'
+
+
+def basic(secret: str, user: str = "KEY") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+
+
+def bearer(secret: str) -> str:
+    return "Bearer " + secret
+
+
+def auth(value: str | None) -> dict:
+    """Request headers carrying C{value} as ``Authorization`` (none for C{None})."""
+    return {} if value is None else {"Authorization": value}
+
+
+def unknown_key() -> str:
+    """A well-formed access key that no store knows."""
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+    return f"izr_{secrets.token_hex(8)}_{secret}"
+
+
+def other_secret(key: str) -> str:
+    """C{key}'s key id with another (well-formed) secret."""
+    key_id = key.split("_")[1]
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+    return f"izr_{key_id}_{secret}"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Keys:
+    """Two accounts, A and B, and keys of each, made in C{server}'s store."""
+
+    store: AuthStore
+    a: str  # account ids
+    b: str
+    a_key: str  # key texts
+    a_key_id: str
+    a_ro: str
+    a_revoked: str
+    b_key: str
+
+    @classmethod
+    def make(cls, server: Server) -> "Keys":
+        store = AuthStore(server.registry.index.env)
+        now = server.service.reactor.seconds()
+        a = store.create_account(now, "alice").account_id
+        b = store.create_account(now, "bob").account_id
+        rec, a_key = store.create_key(a, now, name="rw")
+        _, a_ro = store.create_key(a, now, name="ro", read_only=True)
+        revoked_rec, a_revoked = store.create_key(a, now, name="old")
+        store.revoke_key(revoked_rec.key_id, now)
+        _, b_key = store.create_key(b, now, name="rw")
+        return cls(store, a, b, a_key.reveal(), rec.key_id, a_ro.reveal(), a_revoked.reveal(), b_key.reveal())
+
+
+async def push_blob(server: Server, repo: str, data: bytes, key: str) -> str:
+    """Monolithic POST of C{data} into C{repo}; its digest."""
+    digest = digest_of(data)
+    response, body = await server.request(
+        "POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", body=data, headers=auth(basic(key)))
+    assert response.code == 201, (response.code, body)
+    return digest
+
+
+def image_manifest(config: bytes, layer: bytes, subject: tuple[str, int] | None = None) -> bytes:
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
+    }
+    if subject is not None:
+        document["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": subject[1]}
+    return json.dumps(document).encode()
+
+
+async def push_blobs_for(server: Server, repo: str, key: str, seed: str) -> bytes:
+    """Push a config and a layer unique to C{seed}; the manifest naming them (not pushed)."""
+    config = json.dumps({"seed": seed}).encode()
+    layer = f"layer {seed}".encode()
+    await push_blob(server, repo, config, key)
+    await push_blob(server, repo, layer, key)
+    return image_manifest(config, layer)
+
+
+async def push_image(server: Server, repo: str, key: str, seed: str, tag: str | None = "v1") -> tuple[str, bytes]:
+    """Push blobs and a manifest (tagged C{tag}, or by digest); (manifest digest, manifest)."""
+    manifest = await push_blobs_for(server, repo, key, seed)
+    digest = digest_of(manifest)
+    response, body = await server.request(
+        "PUT", f"/v2/{repo}/manifests/{tag or digest}", body=manifest,
+        headers={**auth(basic(key)), "Content-Type": OCI_MANIFEST})
+    assert response.code == 201, (response.code, body)
+    assert header(response, "Docker-Content-Digest") == digest
+    return digest, manifest
+
+
+async def start_upload(server: Server, repo: str, key: str) -> str:
+    """POST a new upload session; its Location path."""
+    response, body = await server.request("POST", f"/v2/{repo}/blobs/uploads/", headers=auth(basic(key)))
+    assert response.code == 202, (response.code, body)
+    return header(response, "Location")
+
+
+def error_of(body: bytes) -> dict:
+    """The first OCI error of a response body."""
+    document = json.loads(body)
+    assert set(document["errors"][0]) == {"code", "message", "detail"}
+    return document["errors"][0]

@@ -1,0 +1,519 @@
+"""The LMDB metadata index (izreg.storage.lmdbindex) over a real environment in tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.storage.lmdbenv import open_env
+from izreg.storage.lmdbindex import Index
+
+A = "0123456789abcdef0123456789abcdef"
+B = "fedcba9876543210fedcba9876543210"
+REPO = f"{A}/app"
+OTHER = f"{A}/other"
+B1, B2, B3 = (Digest.of(x) for x in (b"blob-1", b"blob-2", b"blob-3"))
+M1, M2, M3 = (Digest.of(x) for x in (b"manifest-1", b"manifest-2", b"manifest-3"))
+MAP = 16 * 1024 * 1024
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = Index(open_env(str(tmp_path), map_size=MAP))
+    yield idx
+    idx.close()
+
+
+def meta(subject: Digest | None = None, **extra) -> dict:
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "subject": str(subject) if subject else None, **extra}
+
+
+def put(index, name=REPO, digest=M1, data=b"{}", blobs=(), children=(), tag=None, referrer=None, now=1.0, **meta_extra):
+    index.put_manifest(name, digest, meta(**meta_extra), data, list(blobs), [str(c) for c in children], tag, referrer, now)
+
+
+def commit(index, name=REPO, digest=B1, size=6, now=1.0, upload_id=None):
+    index.commit_blob(name, digest, size, now, upload_id)
+
+
+def snapshot(index) -> dict:
+    """Every key/value of every named db (to check that a failed write changed nothing)."""
+    out = {}
+    with index.env.begin() as txn:
+        for name, db in index._db.items():
+            out[name] = list(txn.cursor(db=db))
+    return out
+
+
+# -- repositories ---------------------------------------------------------------------
+
+
+def test_empty_index(index):
+    assert not index.repo_exists(REPO)
+    assert index.list_repos("", None, 10) == ([], False)
+    assert index.list_tags(REPO, None, 10) == ([], False)
+    assert index.referrers(REPO, M1) == []
+    assert index.list_uploads() == []
+
+
+# in key (byte) order: "-" (0x2d) sorts before "/" (0x2f)
+REPOS = [f"{A}/a", f"{A}/a-b", f"{A}/a/b", f"{A}/b", f"{A}/z", f"{B}/a", f"{B}/c"]
+
+
+@pytest.mark.parametrize(
+    "start, last, limit, expected, more",
+    [
+        ("", None, 100, REPOS, False),
+        ("", None, 7, REPOS, False),
+        ("", None, 6, REPOS[:6], True),
+        ("", None, 0, [], True),
+        (f"{A}/", None, 100, REPOS[:5], False),
+        (f"{A}/", None, 2, [f"{A}/a", f"{A}/a-b"], True),
+        (f"{A}/", f"{A}/a", 100, [f"{A}/a-b", f"{A}/a/b", f"{A}/b", f"{A}/z"], False),
+        (f"{A}/", f"{A}/a-b", 2, [f"{A}/a/b", f"{A}/b"], True),
+        (f"{A}/", f"{A}/b", 1, [f"{A}/z"], False),
+        (f"{A}/", f"{A}/z", 10, [], False),
+        (f"{A}/", f"{A}/c", 10, [f"{A}/z"], False),  # last need not exist
+        (f"{A}/", f"{A}/", 10, REPOS[:5], False),
+        (f"{A}/", f"{B}/a", 10, [], False),  # last past the account
+        (f"{A}/", "", 10, REPOS[:5], False),  # empty last = from the start
+        (f"{B}/", None, 100, [f"{B}/a", f"{B}/c"], False),
+        (f"{B}/", f"{A}/z", 100, [f"{B}/a", f"{B}/c"], False),  # last before the account
+        ("ffffffffffffffffffffffffffffffff/", None, 100, [], False),
+    ],
+)
+def test_list_repos(index, start, last, limit, expected, more):
+    for name in reversed(REPOS):
+        commit(index, name)
+    assert index.list_repos(start, last, limit) == (expected, more)
+
+
+def test_repo_created_once(index):
+    commit(index, now=1.0)
+    commit(index, digest=B2, now=5.0)
+    with index.env.begin() as txn:
+        assert json.loads(txn.get(REPO.encode(), db=index._db[b"repos"])) == {"created": 1.0}
+
+
+# -- blobs and links -----------------------------------------------------------------
+
+
+def test_commit_blob_links_and_records(index):
+    index.put_upload("u1", {"name": REPO, "offset": 6})
+    commit(index, upload_id="u1", now=3.0)
+    assert index.repo_exists(REPO)
+    assert index.blob_size(REPO, B1) == 6
+    assert index.blob_size(OTHER, B1) is None  # not linked there
+    assert index.blob_record(B1) == {"size": 6, "created": 3.0}
+    assert index.repos_linking(B1) == [REPO]
+    assert index.get_upload("u1") is None  # the session ends with the commit
+
+
+def test_commit_blob_keeps_the_first_record(index):
+    commit(index, size=6, now=1.0)
+    commit(index, name=OTHER, size=6, now=9.0)
+    assert index.blob_record(B1) == {"size": 6, "created": 1.0}
+    assert index.repos_linking(B1) == sorted([REPO, OTHER])
+
+
+def test_blob_size_needs_a_record(index):
+    index.put_blob_record(B2, 10, 1.0)
+    assert index.blob_size(REPO, B2) is None  # recorded but not linked
+    assert index.blob_record(B2) == {"size": 10, "created": 1.0}
+    assert index.blob_record(B3) is None
+
+
+def test_put_blob_record_overwrites(index):
+    commit(index, size=6)
+    index.put_blob_record(B1, 6, 42.0)
+    assert index.blob_record(B1) == {"size": 6, "created": 42.0}
+
+
+@pytest.mark.parametrize(
+    "linked_in, recorded, sources, mounted",
+    [
+        ([OTHER], True, [OTHER], True),
+        ([OTHER], True, [f"{A}/x", OTHER], True),
+        ([OTHER], True, [], False),  # only from given sources
+        ([OTHER], True, [f"{A}/x"], False),
+        ([f"{B}/app"], True, [OTHER], False),
+        ([], True, [OTHER], False),  # recorded, linked nowhere
+        ([OTHER], False, [OTHER], False),  # no record: the file is not known
+        ([REPO], True, [REPO], True),  # mounting into itself is harmless
+    ],
+)
+def test_mount_blob(index, linked_in, recorded, sources, mounted):
+    for name in linked_in:
+        commit(index, name)
+    if recorded and not linked_in:
+        index.put_blob_record(B1, 6, 1.0)
+    if not recorded:
+        with index.env.begin(write=True) as txn:
+            txn.delete(str(B1).encode(), db=index._db[b"blobs"])
+    target = REPO
+    was_linked = index.blob_size(target, B1) is not None
+    assert index.mount_blob(target, B1, sources, 2.0) is mounted
+    if mounted:
+        assert index.blob_size(target, B1) == 6
+        assert index.repo_exists(target)
+        assert target in index.repos_linking(B1)
+    elif not was_linked:
+        assert index.blob_size(target, B1) is None
+        assert not index.repo_exists(target)
+
+
+def test_unlink_blob(index):
+    commit(index)
+    commit(index, name=OTHER)
+    assert index.unlink_blob(REPO, B1) is True
+    assert index.unlink_blob(REPO, B1) is False
+    assert index.blob_size(REPO, B1) is None
+    assert index.repos_linking(B1) == [OTHER]
+    assert not index.repo_exists(REPO)  # nothing left: the repo disappears
+    assert index.repo_exists(OTHER)
+    assert index.blob_record(B1) is not None  # the file record stays (GC's business)
+
+
+@pytest.mark.parametrize("keeper", ["blob", "manifest", "tag"])
+def test_unlink_blob_keeps_non_empty_repo(index, keeper):
+    commit(index, digest=B1)
+    if keeper == "blob":
+        commit(index, digest=B2)
+    else:
+        put(index, digest=M1, tag="v1" if keeper == "tag" else None)
+        if keeper == "tag":
+            with index.env.begin(write=True) as txn:  # a tag alone (manifest record gone)
+                txn.delete(f"{REPO}\x00{M1}".encode(), db=index._db[b"manifests"])
+    index.unlink_blob(REPO, B1)
+    assert index.repo_exists(REPO)
+
+
+def test_unlink_blob_of_unknown_repo(index):
+    assert index.unlink_blob(REPO, B1) is False
+
+
+def test_repos_linking_is_exact(index):
+    # a digest that is a prefix of nothing else, and names that share prefixes
+    for name in (f"{A}/a", f"{A}/a/b", f"{A}/ab"):
+        commit(index, name)
+    commit(index, f"{A}/c", digest=B2)
+    assert index.repos_linking(B1) == [f"{A}/a", f"{A}/a/b", f"{A}/ab"]
+    assert index.repos_linking(B2) == [f"{A}/c"]
+    assert index.repos_linking(B3) == []
+
+
+# -- upload records -----------------------------------------------------------------
+
+
+def test_upload_records(index):
+    r1 = {"name": REPO, "offset": 0, "started": 1.0, "updated": 1.0}
+    r2 = {"name": OTHER, "offset": 10, "started": 2.0, "updated": 3.0}
+    index.put_upload("b-id", r2)
+    index.put_upload("a-id", r1)
+    assert index.get_upload("a-id") == r1
+    assert index.list_uploads() == [("a-id", r1), ("b-id", r2)]
+    index.put_upload("a-id", {**r1, "offset": 5})
+    assert index.get_upload("a-id")["offset"] == 5
+    assert index.delete_upload("a-id") is True
+    assert index.delete_upload("a-id") is False
+    assert index.get_upload("a-id") is None
+    assert index.list_uploads() == [("b-id", r2)]
+
+
+# -- manifests ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{}", b'{"a": "\\u0000"}', b"\x00\x00raw\x00", b"", b"x" * 100000],
+    ids=["json", "escaped-nul", "raw-nul", "empty", "100k"],
+)
+def test_put_and_get_manifest_byte_exact(index, data):
+    put(index, data=data, size=len(data))
+    stored_meta, stored = index.get_manifest(REPO, M1)
+    assert stored == data
+    assert stored_meta == meta(size=len(data))
+    assert index.repo_exists(REPO)
+    assert index.get_manifest(OTHER, M1) is None
+    assert index.get_manifest(REPO, M2) is None
+
+
+def test_put_manifest_with_blobs_and_children(index):
+    commit(index, digest=B1, size=6)
+    commit(index, digest=B2, size=6)
+    put(index, digest=M1, blobs=[(str(B1), 6), (str(B2), 6)])
+    put(index, digest=M2, blobs=[(str(B1), 6)])
+    put(index, digest=M3, children=[M1, M2], tag="multi")
+    assert index.get_manifest(REPO, M3) is not None
+    assert index.resolve_tag(REPO, "multi") == M3
+
+
+@pytest.mark.parametrize(
+    "setup, blobs, children, missing",
+    [
+        # nothing exists
+        ([], [B1], [], [{"digest": str(B1)}]),
+        # recorded and linked in another repo only
+        ([(OTHER, B1)], [B1], [], [{"digest": str(B1)}]),
+        # some present, some missing, order kept
+        ([(REPO, B2)], [B1, B2, B3], [], [{"digest": str(B1)}, {"digest": str(B3)}]),
+        # child manifests
+        ([], [], [M2], [{"digest": str(M2), "kind": "manifest"}]),
+        ([(REPO, B1)], [B1, B3], [M2, M3], [{"digest": str(B3)}, {"digest": str(M2), "kind": "manifest"}, {"digest": str(M3), "kind": "manifest"}]),
+    ],
+)
+def test_put_manifest_missing_references(index, setup, blobs, children, missing):
+    for name, digest in setup:
+        commit(index, name, digest, 6)
+    before = snapshot(index)
+    with pytest.raises(RegistryError) as info:
+        put(index, name=REPO, digest=M1, blobs=[(str(b), 6) for b in blobs], children=children, tag="t", referrer=(str(M3), {"x": 1}))
+    assert info.value.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+    assert info.value.code.status == 400
+    assert info.value.detail == {"missing": missing}
+    assert snapshot(index) == before  # atomic: nothing written
+
+
+def test_linked_blob_without_record_is_missing(index):
+    commit(index, digest=B1)
+    with index.env.begin(write=True) as txn:
+        txn.delete(str(B1).encode(), db=index._db[b"blobs"])
+    with pytest.raises(RegistryError) as info:
+        put(index, blobs=[(str(B1), 6)])
+    assert info.value.detail == {"missing": [{"digest": str(B1)}]}
+
+
+def test_child_in_another_repo_is_missing(index):
+    put(index, name=OTHER, digest=M2)
+    with pytest.raises(RegistryError) as info:
+        put(index, digest=M1, children=[M2])
+    assert info.value.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+
+
+def test_missing_list_is_capped(index):
+    blobs = [(str(Digest.of(str(i).encode())), 1) for i in range(25)]
+    with pytest.raises(RegistryError) as info:
+        put(index, blobs=blobs)
+    assert info.value.detail["missing"] == [{"digest": d} for d, _ in blobs[:20]]
+
+
+@pytest.mark.parametrize("declared", [0, 5, 7, 6000])
+def test_put_manifest_size_mismatch(index, declared):
+    commit(index, digest=B1, size=6)
+    before = snapshot(index)
+    with pytest.raises(RegistryError) as info:
+        put(index, blobs=[(str(B1), declared)], tag="t")
+    assert info.value.code is ErrorCode.MANIFEST_INVALID
+    assert info.value.detail["digest"] == str(B1)
+    assert info.value.detail["size"] == declared
+    assert snapshot(index) == before
+
+
+def test_empty_blob(index):
+    empty = Digest.of(b"")
+    commit(index, digest=empty, size=0)
+    assert index.blob_size(REPO, empty) == 0
+    put(index, blobs=[(str(empty), 0)])
+    with pytest.raises(RegistryError):
+        put(index, digest=M2, blobs=[(str(empty), 1)])
+
+
+def test_put_existing_manifest_keeps_first_bytes_and_moves_tag(index):
+    put(index, digest=M1, data=b"first", tag="v1", now=1.0, extra="a")
+    put(index, digest=M2, data=b"second", tag="latest")
+    put(index, digest=M1, data=b"again", tag="latest", now=2.0, extra="b")
+    stored_meta, data = index.get_manifest(REPO, M1)
+    assert (data, stored_meta["extra"]) == (b"first", "a")
+    assert index.resolve_tag(REPO, "latest") == M1
+    assert index.resolve_tag(REPO, "v1") == M1
+
+
+@pytest.mark.parametrize("tag", ["v1", "a" * 128, "_", "UPPER"])
+def test_resolve_tag(index, tag):
+    put(index, tag=tag)
+    assert index.resolve_tag(REPO, tag) == M1
+    assert index.resolve_tag(OTHER, tag) is None
+    assert index.resolve_tag(REPO, tag + "x") is None
+
+
+def test_resolve_sha512_tag(index):
+    d = Digest.of(b"m", "sha512")
+    put(index, digest=d, tag="t")
+    assert index.resolve_tag(REPO, "t") == d
+
+
+# -- tags listing -------------------------------------------------------------------
+
+TAGS = ["1.0", "10", "2", "A", "Z", "_x", "a", "a-b", "a.b", "a_b", "b", "latest", "v1", "v1.0", "v10", "v2"]
+
+
+def test_tag_order_is_byte_order():
+    # the expectation below is ASCII order: digits < uppercase < "_" < lowercase; "-" < "." < "_"
+    assert TAGS == sorted(TAGS, key=lambda t: t.encode())
+
+
+@pytest.mark.parametrize(
+    "last, limit, expected, more",
+    [
+        (None, 100, TAGS, False),
+        (None, len(TAGS), TAGS, False),
+        (None, len(TAGS) - 1, TAGS[:-1], True),
+        (None, 1, ["1.0"], True),
+        (None, 0, [], True),
+        ("1.0", 2, ["10", "2"], True),
+        ("a", 3, ["a-b", "a.b", "a_b"], True),
+        ("a_b", 100, ["b", "latest", "v1", "v1.0", "v10", "v2"], False),
+        ("v10", 1, ["v2"], False),  # the last one: no more
+        ("v2", 10, [], False),
+        ("zzz", 10, [], False),
+        ("a-", 2, ["a-b", "a.b"], True),  # last need not be a tag
+        ("0", 1, ["1.0"], True),
+        ("", 100, TAGS, False),
+    ],
+)
+def test_list_tags(index, last, limit, expected, more):
+    for tag in reversed(TAGS):
+        put(index, tag=tag)
+    assert index.list_tags(REPO, last, limit) == (expected, more)
+
+
+def test_list_tags_pagination_walks_everything(index):
+    for tag in TAGS:
+        put(index, tag=tag)
+    seen, last = [], None
+    while True:
+        page, more = index.list_tags(REPO, last, 3)
+        seen += page
+        if not more:
+            break
+        last = page[-1]
+    assert seen == TAGS
+
+
+@pytest.mark.parametrize("neighbour", [f"{REPO}/sub", f"{REPO}-x", f"{REPO}.x", f"{A}/ap", f"{A}/app0"])
+def test_list_tags_isolated_from_similar_names(index, neighbour):
+    put(index, name=REPO, tag="mine")
+    put(index, name=neighbour, tag="theirs")
+    put(index, name=neighbour, tag="aaa")
+    assert index.list_tags(REPO, None, 10) == (["mine"], False)
+    assert index.list_tags(neighbour, None, 10) == (["aaa", "theirs"], False)
+    assert index.list_tags(REPO, "a", 10) == (["mine"], False)
+
+
+def test_delete_tag(index):
+    put(index, tag="v1")
+    put(index, tag="v2")
+    assert index.delete_tag(REPO, "v1") is True
+    assert index.delete_tag(REPO, "v1") is False
+    assert index.delete_tag(OTHER, "v2") is False
+    assert index.list_tags(REPO, None, 10) == (["v2"], False)
+    assert index.get_manifest(REPO, M1) is not None  # untag keeps the manifest
+    assert index.repo_exists(REPO)
+
+
+def test_delete_last_tag_of_otherwise_empty_repo(index):
+    put(index, tag="v1")
+    with index.env.begin(write=True) as txn:
+        txn.delete(f"{REPO}\x00{M1}".encode(), db=index._db[b"manifests"])
+    assert index.delete_tag(REPO, "v1") is True
+    assert not index.repo_exists(REPO)
+
+
+# -- delete_manifest and referrers --------------------------------------------------
+
+
+def test_delete_manifest_removes_its_tags_only(index):
+    put(index, digest=M1, tag="a")
+    put(index, digest=M1, tag="b")
+    put(index, digest=M2, tag="c")
+    put(index, name=OTHER, digest=M1, tag="a")
+    assert index.delete_manifest(REPO, M1) is True
+    assert index.get_manifest(REPO, M1) is None
+    assert index.list_tags(REPO, None, 10) == (["c"], False)
+    assert index.resolve_tag(REPO, "a") is None
+    assert index.resolve_tag(OTHER, "a") == M1  # another repo is untouched
+    assert index.get_manifest(OTHER, M1) is not None
+    assert index.delete_manifest(REPO, M1) is False
+
+
+def test_delete_unknown_manifest(index):
+    assert index.delete_manifest(REPO, M1) is False
+    put(index, digest=M2)
+    assert index.delete_manifest(REPO, M1) is False
+    assert index.get_manifest(REPO, M2) is not None
+
+
+@pytest.mark.parametrize(
+    "links, remains",
+    [
+        ([], False),  # the last thing in the repo: it disappears
+        ([B1], True),  # blobs still linked: it stays
+    ],
+)
+def test_repo_disappears_when_empty(index, links, remains):
+    for b in links:
+        commit(index, digest=b)
+    put(index, digest=M1, tag="v1", blobs=[(str(b), 6) for b in links])
+    assert index.delete_manifest(REPO, M1)
+    assert index.repo_exists(REPO) is remains
+    assert (REPO in index.list_repos(f"{A}/", None, 10)[0]) is remains
+
+
+def test_referrers(index):
+    d1 = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": str(M2), "size": 10, "artifactType": "sig"}
+    d2 = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": str(M3), "size": 20, "artifactType": "sbom"}
+    put(index, digest=M1, tag="img")
+    put(index, digest=M2, subject=M1, referrer=(str(M1), d1))
+    put(index, digest=M3, subject=M1, referrer=(str(M1), d2))
+    by_digest = sorted([(M2, d1), (M3, d2)], key=lambda x: str(x[0]))
+    assert index.referrers(REPO, M1) == [d for _, d in by_digest]
+    assert index.referrers(REPO, M2) == []
+    assert index.referrers(OTHER, M1) == []
+
+
+def test_referrers_of_missing_subject_are_kept(index):
+    # the spec: a manifest whose subject does not exist MUST be accepted
+    d = {"digest": str(M2)}
+    put(index, digest=M2, subject=M1, referrer=(str(M1), d))
+    assert index.referrers(REPO, M1) == [d]
+
+
+def test_delete_manifest_removes_its_referrers_entry(index):
+    d2, d3 = {"digest": str(M2)}, {"digest": str(M3)}
+    put(index, digest=M1)
+    put(index, digest=M2, subject=M1, referrer=(str(M1), d2))
+    put(index, digest=M3, subject=M1, referrer=(str(M1), d3))
+    assert index.delete_manifest(REPO, M2)
+    assert index.referrers(REPO, M1) == [d3]
+    # deleting the subject leaves its referrers listed (they still exist)
+    assert index.delete_manifest(REPO, M1)
+    assert index.referrers(REPO, M1) == [d3]
+    assert index.delete_manifest(REPO, M3)
+    assert index.referrers(REPO, M1) == []
+    assert not index.repo_exists(REPO)
+
+
+def test_referrers_isolated_by_subject_prefix(index):
+    put(index, digest=M2, subject=M1, referrer=(str(M1), {"n": 1}))
+    other_subject = Digest.of(b"x", "sha512")
+    put(index, digest=M3, subject=other_subject, referrer=(str(other_subject), {"n": 2}))
+    assert index.referrers(REPO, M1) == [{"n": 1}]
+    assert index.referrers(REPO, other_subject) == [{"n": 2}]
+
+
+def test_state_survives_reopen(tmp_path):
+    idx = Index(open_env(str(tmp_path), map_size=MAP))
+    commit(idx)
+    put(idx, blobs=[(str(B1), 6)], tag="v1")
+    idx.put_upload("u", {"name": REPO, "offset": 1})
+    idx.close()
+    idx = Index(open_env(str(tmp_path), map_size=MAP))
+    try:
+        assert idx.resolve_tag(REPO, "v1") == M1
+        assert idx.blob_size(REPO, B1) == 6
+        assert idx.get_upload("u") == {"name": REPO, "offset": 1}
+    finally:
+        idx.close()

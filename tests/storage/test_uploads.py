@@ -1,0 +1,298 @@
+"""Upload sessions and the ChunkWriter (izreg.storage.uploads) on a real temp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from izreg.storage import paths
+from izreg.storage.uploads import ChunkWriter, Uploads, UploadSession
+
+NAME = "0123456789abcdef0123456789abcdef/app"
+
+
+@pytest.fixture
+def uploads(tmp_path):
+    return Uploads(str(tmp_path))
+
+
+def content(session) -> bytes:
+    with open(session.path, "rb") as f:
+        return f.read()
+
+
+def append(session, *chunks, keep_busy=False) -> int:
+    writer = ChunkWriter(session)
+    for chunk in chunks:
+        writer.write(chunk)
+    offset = writer.done(keep_busy)
+    writer.close()
+    return offset
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+@pytest.mark.parametrize("persisted", [True, False])
+def test_create(uploads, tmp_path, algorithm, persisted):
+    session = uploads.create(NAME, 12.5, persisted=persisted, algorithm=algorithm)
+    assert session.path == paths.upload_path(str(tmp_path), session.id)
+    assert os.path.getsize(session.path) == 0
+    assert (session.name, session.started, session.offset, session.busy, session.persisted) == (NAME, 12.5, 0, False, persisted)
+    assert session.hasher.name == algorithm
+    assert session.hasher.hexdigest() == hashlib.new(algorithm).hexdigest()
+    assert uploads.get(session.id, None) is session
+
+
+def test_create_gives_distinct_ids(uploads):
+    ids = {uploads.create(NAME, 0).id for _ in range(20)}
+    assert len(ids) == 20
+    assert sorted(os.listdir(paths.uploads_dir(uploads.root))) == sorted(ids)
+
+
+def test_record(uploads):
+    session = uploads.create(NAME, 1.0)
+    append(session, b"abc")
+    assert session.record(9.0) == {"name": NAME, "offset": 3, "started": 1.0, "updated": 9.0}
+
+
+def test_live_session_wins_over_record(uploads):
+    session = uploads.create(NAME, 0)
+    assert uploads.get(session.id, {"name": "other", "offset": 99, "started": 5}) is session
+
+
+@pytest.mark.parametrize(
+    "file_bytes, offset, revived",
+    [
+        (b"", 0, True),
+        (b"abc", 3, True),
+        (b"abcdef", 3, True),  # bytes past the acknowledged offset are cut off
+        (b"abc", 0, True),
+        (b"ab", 3, False),  # acknowledged bytes missing: unusable
+        (b"", 1, False),
+        (None, 0, False),  # file gone
+    ],
+)
+def test_revive_from_record(tmp_path, file_bytes, offset, revived):
+    upload_id = "0f3b1c2e-0000-4000-8000-000000000000"
+    path = paths.upload_path(str(tmp_path), upload_id)
+    uploads = Uploads(str(tmp_path))
+    if file_bytes is not None:
+        with open(path, "wb") as f:
+            f.write(file_bytes)
+    record = {"name": NAME, "offset": offset, "started": 7.0, "updated": 8.0}
+    session = uploads.get(upload_id, record)
+    if not revived:
+        assert session is None
+        assert upload_id not in uploads.sessions
+        if file_bytes is not None:
+            assert open(path, "rb").read() == file_bytes  # never truncated when refusing
+        return
+    assert (session.id, session.name, session.offset, session.started, session.path) == (upload_id, NAME, offset, 7.0, path)
+    assert session.hasher is None  # rebuilt from the file at commit time
+    assert not session.busy
+    assert content(session) == file_bytes[:offset]
+    assert uploads.get(upload_id, None) is session  # now live
+
+
+def test_unknown_without_record(uploads):
+    assert uploads.get("nope", None) is None
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_remove(uploads, twice):
+    session = uploads.create(NAME, 0)
+    uploads.remove(session)
+    if twice:
+        uploads.remove(session)
+    assert not os.path.exists(session.path)
+    assert uploads.get(session.id, None) is None
+
+
+def test_forget_keeps_the_file(uploads):
+    session = uploads.create(NAME, 0)
+    append(session, b"abc")
+    uploads.forget(session)
+    assert uploads.get(session.id, None) is None
+    revived = uploads.get(session.id, session.record(1))
+    assert revived is not session and revived.offset == 3
+
+
+def test_orphans(uploads):
+    live = uploads.create(NAME, 0)
+    recorded = uploads.create(NAME, 0)
+    orphan = uploads.create(NAME, 0)
+    uploads.forget(recorded)
+    uploads.forget(orphan)
+    stray = os.path.join(paths.uploads_dir(uploads.root), "stray")
+    open(stray, "wb").close()
+    found = uploads.orphans({recorded.id})
+    assert sorted(found) == sorted([orphan.path, stray])
+    assert live.path not in found
+    assert uploads.orphans({recorded.id, orphan.id, "stray"}) == []
+
+
+# -- ChunkWriter -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[], [b""], [b"a"], [b"abc", b"def"], [b"x" * 70000, b"", b"y"]],
+    ids=["no-write", "empty-write", "one", "two", "large"],
+)
+def test_write_and_done(uploads, chunks):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    assert session.busy
+    for chunk in chunks:
+        writer.write(chunk)
+    data = b"".join(chunks)
+    assert writer.tell() == len(data)
+    assert writer.done() == len(data)
+    writer.close()
+    assert session.offset == len(data)
+    assert not session.busy
+    assert content(session) == data
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_chunks_append_across_writers(uploads):
+    session = uploads.create(NAME, 0)
+    assert append(session, b"abc") == 3
+    assert append(session, b"def", b"g") == 7
+    assert content(session) == b"abcdefg"
+    assert session.hasher.hexdigest() == hashlib.sha256(b"abcdefg").hexdigest()
+
+
+@pytest.mark.parametrize("keep_busy", [False, True])
+def test_done_keep_busy(uploads, keep_busy):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    writer.write(b"x")
+    writer.done(keep_busy=keep_busy)
+    writer.close()
+    assert session.busy is keep_busy
+    assert content(session) == b"x"
+
+
+@pytest.mark.parametrize("explicit_abort", [False, True])
+def test_close_without_done_drops_the_chunk(uploads, explicit_abort):
+    session = uploads.create(NAME, 0)
+    append(session, b"keep")
+    writer = ChunkWriter(session)
+    writer.write(b"drop me")
+    if explicit_abort:
+        writer.abort()
+    writer.close()
+    assert session.offset == 4
+    assert content(session) == b"keep"
+    assert not session.busy
+    assert session.hasher.hexdigest() == hashlib.sha256(b"keep").hexdigest()
+    # the session is still usable and the hash continues from the kept bytes
+    append(session, b"more")
+    assert session.hasher.hexdigest() == hashlib.sha256(b"keepmore").hexdigest()
+
+
+def test_abort_after_done_keeps_the_bytes(uploads):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    writer.write(b"abc")
+    writer.done()
+    writer.abort()
+    writer.close()
+    assert (session.offset, content(session)) == (3, b"abc")
+    assert session.hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_close_twice(uploads):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    writer.write(b"abc")
+    writer.done()
+    writer.close()
+    writer.close()
+    writer.write(b"ignored after close")
+    assert content(session) == b"abc"
+
+
+def test_writer_cuts_unacknowledged_bytes(uploads):
+    session = uploads.create(NAME, 0)
+    append(session, b"abc")
+    with open(session.path, "ab") as f:
+        f.write(b"junk from a cut-short request")
+    writer = ChunkWriter(session)
+    assert os.path.getsize(session.path) == 3
+    writer.write(b"d")
+    writer.done()
+    writer.close()
+    assert content(session) == b"abcd"
+
+
+def test_revived_session_has_no_hasher(tmp_path):
+    first = Uploads(str(tmp_path))
+    session = first.create(NAME, 0)
+    append(session, b"abc")
+    revived = Uploads(str(tmp_path)).get(session.id, session.record(1))
+    assert append(revived, b"def") == 6
+    assert revived.hasher is None
+    assert content(revived) == b"abcdef"
+    writer = ChunkWriter(revived)
+    writer.write(b"x")
+    writer.close()  # abort restores "no hasher"
+    assert revived.hasher is None and content(revived) == b"abcdef"
+
+
+@pytest.mark.parametrize(
+    "limit, chunks, overflow, kept",
+    [
+        (None, [b"a" * 100], False, b"a" * 100),
+        (0, [b""], False, b""),
+        (0, [b"a"], True, b""),
+        (3, [b"abc"], False, b"abc"),
+        (3, [b"abcd"], True, b""),
+        (3, [b"ab", b"cd"], True, b"ab"),
+        (3, [b"ab", b"c"], False, b"abc"),
+        (3, [b"ab", b"cd", b"e"], True, b"ab"),  # nothing more is written after an overflow
+    ],
+)
+def test_limit(uploads, limit, chunks, overflow, kept):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session, limit=limit)
+    for chunk in chunks:
+        writer.write(chunk)
+    assert writer.overflow is overflow
+    assert writer.tell() == len(kept)
+    assert content(session) == kept
+    assert session.hasher.hexdigest() == hashlib.sha256(kept).hexdigest()
+    writer.close()
+    assert content(session) == b""
+
+
+def test_limit_counts_only_this_body(uploads):
+    session = uploads.create(NAME, 0)
+    append(session, b"0123456789")
+    writer = ChunkWriter(session, limit=2)
+    writer.write(b"ab")
+    assert not writer.overflow
+    assert writer.done() == 12
+
+
+def test_file_like_surface(uploads):
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    writer.write(b"abc")
+    writer.seek(0)
+    assert writer.read() == b""
+    assert writer.tell() == 3
+    writer.write(b"d")  # seek does not move the write position
+    writer.done()
+    writer.close()
+    assert content(session) == b"abcd"
+
+
+def test_session_defaults():
+    s = UploadSession("id", NAME, "/nonexistent", 1.0)
+    assert (s.offset, s.busy, s.persisted, s.hasher.name) == (0, False, True, "sha256")
