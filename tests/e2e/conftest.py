@@ -74,6 +74,24 @@ def start_registry(tmp_path_factory):
 
 
 @pytest.fixture
+def oras_guard(monkeypatch, tmp_path):
+    """
+    For tests that drive oras-py: no ~/.docker/config.json (DOCKER_CONFIG points at
+    an empty dir), and its retry decorator fails at once instead of sleeping
+    2 + 3**n seconds after an error (which would hide a server error behind minutes).
+    """
+    import types
+
+    oras_decorator = pytest.importorskip("oras.decorator")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+
+    def no_sleep(seconds):
+        raise AssertionError(f"oras hit an error and would retry after {seconds} s (see the log above)")
+
+    monkeypatch.setattr(oras_decorator, "time", types.SimpleNamespace(sleep=no_sleep))
+
+
+@pytest.fixture
 def izreg_only(registry):
     """Skip under IZREG_E2E_BACKEND=distribution (behaviour distribution 2.8 lacks)."""
     if registry.backend != "izreg":

@@ -126,6 +126,10 @@ def test_failed_authentications_are_slowed_down(fresh_registry):
 
 
 @needs_skopeo
+@pytest.mark.xfail(strict=True, reason=(
+    "open server bug: empty Basic credentials (Authorization: Basic Og==, what containers/image "
+    "sends without creds) count as failed authentications; after 10 the address gets 429 for 60 s, "
+    "valid keys included"))
 def test_anonymous_clients_do_not_lock_out_keys(fresh_registry, small_image, tmp_path):
     """
     containers/image without credentials answers a Basic challenge with empty
@@ -239,7 +243,10 @@ def test_token_service_with_skopeo(start_registry, small_image, tmp_path):
 
 
 
-def test_token_service_with_oras_token_backend(start_registry, tmp_path):
+@pytest.mark.xfail(strict=True, reason=(
+    "open server bug: tokens carry only the scope asked for; oras-py reuses its first (pull) token "
+    "after the 401 on the upload POST, so the push fails (also xfail in tests/http/test_auth_found_bugs.py)"))
+def test_token_service_with_oras_token_backend(start_registry, tmp_path, oras_guard):
     """
     oras-py's default token backend caches the first token (from a HEAD: pull
     scope) and refreshes only on 403, not on 401 (CLIENTS.md). So a push works

@@ -17,7 +17,7 @@ from tests.helpers.ocilayout import canonical_json, gzip_bytes, make_tar, random
 
 oras_client = pytest.importorskip("oras.client")
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("oras_guard")]
 
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
