@@ -236,14 +236,14 @@ def _blob_pusher(method: str, chunk_size: int = 48 * 1024):
     return push
 
 
-def blob_worker(ledger: Ledger, base_url, auth, repo, method, seed):
+def blob_worker(ledger: Ledger, base_url, auth, repo, method, seed, max_size=400_000):
     """Push random blobs with C{method} until stopped or the server dies."""
     client = OCIClient(base_url, auth=auth, timeout=20)
     rng = random.Random(seed)
     push = _blob_pusher(method)
     try:
         while not ledger.stop.is_set():
-            data = rng.randbytes(rng.randint(1, 400_000))
+            data = rng.randbytes(rng.randint(1, max_size))
             digest = sha256_digest(data)
             ledger.try_blob(repo, digest, data)
             resp = push(client, repo, data)
@@ -311,6 +311,7 @@ def test_kill9_during_concurrent_pushes(fresh_registry):
         (blob_worker, (a, "post_put", 2)),
         (blob_worker, (b, "chunked", 3)),
         (blob_worker, (c, "monolithic", 4)),
+        (blob_worker, (c, "post_put", 7, 6_000_000)),  # big bodies: more time spent mid-write
         (manifest_worker, (a, 5)),
         (manifest_worker, (b, 6)),
     ]

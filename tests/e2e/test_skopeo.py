@@ -16,7 +16,8 @@ import ssl
 import pytest
 
 from tests.helpers.ociclient import DOCKER_MANIFEST, OCI_MANIFEST, OCIClient, expect, sha256_digest
-from tests.helpers.ocilayout import build_layout, layout_manifest_digest, read_layout_blob
+from tests.helpers.ocilayout import (OCI_INDEX, build_index_layout, build_layout, layout_manifest_digest,
+                                    read_layout_blob)
 from tests.helpers.skopeo import SKOPEO, Skopeo
 
 pytestmark = [
@@ -203,3 +204,40 @@ def test_delete(registry, skopeo, client, new_repo, tmp_path):
     assert client.get_manifest(repo, one["manifest_digest"]).status_code == 404
     assert client.get_manifest(repo, "v1").status_code == 404
     assert skopeo.inspect_raw(skopeo.ref(repo, "other")) == two["manifest_bytes"]
+
+
+def test_multi_platform_index(registry, skopeo, client, new_repo, tmp_path):
+    """``copy --all`` pushes an OCI image index and every platform image; clients pick theirs."""
+    src = build_index_layout(tmp_path / "multi", tag="multi", seed=60)
+    repo = new_repo("multiarch")
+    skopeo.copy(f"oci:{src['path']}:multi", skopeo.ref(repo, "v1"), "--all")
+
+    assert skopeo.inspect_raw(skopeo.ref(repo, "v1")) == src["index_bytes"]
+    resp = expect(client.get_manifest(repo, "v1"), 200)
+    assert resp.headers["Content-Type"] == OCI_INDEX
+    assert resp.headers["Docker-Content-Digest"] == src["index_digest"]
+    for image in src["images"]:
+        got = expect(client.get_manifest(repo, image["manifest_digest"]), 200)
+        assert got.content == image["manifest_bytes"]
+
+    arm = next(im for im in src["images"] if im["platform"]["architecture"] == "arm64")
+    info = json.loads(skopeo.run("--override-arch", "arm64", "--override-os", "linux", "inspect",
+                                 "--tls-verify=false", *skopeo._creds("--creds"), skopeo.ref(repo, "v1")).stdout)
+    assert info["Architecture"] == "arm64"
+    assert info["Digest"] == src["index_digest"]  # skopeo 1.9 reports the digest of what the tag names
+    assert info["Layers"] == [l["digest"] for l in arm["layers"]]
+
+    out = tmp_path / "arm64"
+    skopeo.run("--override-arch", "arm64", "--override-os", "linux", "copy", "--src-tls-verify=false",
+               *skopeo._creds("--src-creds"), skopeo.ref(repo, "v1"), f"dir:{out}")
+    assert (out / "manifest.json").read_bytes() == arm["manifest_bytes"]
+    for digest, data in arm["blobs"].items():
+        assert (out / digest.split(":", 1)[1]).read_bytes() == data
+
+    # the whole index back out, byte-identical
+    out_all = tmp_path / "all"
+    skopeo.copy(skopeo.ref(repo, "v1"), f"oci:{out_all}:v1", "--all")
+    assert layout_manifest_digest(out_all, "v1") == src["index_digest"]
+    for image in src["images"]:
+        for digest, data in image["blobs"].items():
+            assert read_layout_blob(out_all, digest) == data

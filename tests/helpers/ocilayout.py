@@ -90,7 +90,8 @@ def _write_blob(path: str, data: bytes) -> str:
     return digest
 
 
-def build_image(layers=(1024, 300_000, 2_000_000), seed=0, labels: dict | None = None) -> dict:
+def build_image(layers=(1024, 300_000, 2_000_000), seed=0, labels: dict | None = None,
+                architecture: str = "amd64", os_name: str = "linux", variant: str | None = None) -> dict:
     """
     Build (in memory) an OCI image: layers, config and manifest.
 
@@ -101,8 +102,9 @@ def build_image(layers=(1024, 300_000, 2_000_000), seed=0, labels: dict | None =
     """
     layer_objs = [make_layer(size, f"{seed}-{i}") for i, size in enumerate(layers)]
     config = {
-        "architecture": "amd64",
-        "os": "linux",
+        "architecture": architecture,
+        "os": os_name,
+        **({"variant": variant} if variant else {}),
         "created": "2024-01-01T00:00:00Z",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -176,6 +178,44 @@ def build_layout(path, tag: str = "v1", layers=(1024, 300_000, 2_000_000), seed=
     image["path"] = path
     image["tag"] = tag
     return image
+
+
+def build_index_layout(path, tag: str = "multi", platforms=(("amd64", None), ("arm64", "v8")),
+                       layers=(2048, 40_000), seed=0) -> dict:
+    """
+    Write a multi-platform image into the OCI layout at C{path}: one image per
+    C{(architecture, variant)} (os linux) and an OCI image index over them,
+    tagged C{tag}. Returns ``index_digest``, ``index_bytes``, ``index`` and
+    ``images`` (one L{build_image} result per platform, with ``platform``).
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    images = []
+    for i, (arch, variant) in enumerate(platforms):
+        image = build_image(layers=layers, seed=f"{seed}-{arch}-{i}", architecture=arch, variant=variant)
+        for data in image["blobs"].values():
+            _write_blob(path, data)
+        _write_blob(path, image["manifest_bytes"])
+        image["platform"] = {"architecture": arch, "os": "linux", **({"variant": variant} if variant else {})}
+        images.append(image)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": im["manifest_digest"],
+                       "size": len(im["manifest_bytes"]), "platform": im["platform"]} for im in images],
+    }
+    index_bytes = canonical_json(index)
+    index_digest = _write_blob(path, index_bytes)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    top = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+        "mediaType": OCI_INDEX, "digest": index_digest, "size": len(index_bytes),
+        "annotations": {REF_NAME: tag},
+    }]}
+    with open(os.path.join(path, "index.json"), "wb") as f:
+        f.write(canonical_json(top))
+    return {"path": path, "tag": tag, "index": index, "index_bytes": index_bytes,
+            "index_digest": index_digest, "images": images}
 
 
 def read_layout_blob(path, digest: str) -> bytes:
