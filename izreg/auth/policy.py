@@ -183,9 +183,15 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
 
 def grant(requested: Iterable[Scope], account: str, read_only: bool) -> tuple[Scope, ...]:
     """
-    The scopes a key of C{account} gets for C{requested}: the intersection
-    of what was asked and what the key may do. Scopes that grant nothing
-    are dropped; never an error (Docker token spec).
+    The scopes a key of C{account} gets for C{requested}: each repository
+    asked for that the key may touch, with everything the key may do there
+    (pull, push, delete; pull only for a read-only key). Repositories of
+    other accounts are dropped; never an error (Docker token spec).
+
+    The grant is per repository, not per action: clients such as oras-py
+    cache the first token (often asked for ``pull`` by a HEAD) and do not ask
+    again on a 401, so a pull-only token would break their push. A wider
+    token gives nothing the key itself does not already allow.
     """
     granted: dict[tuple[str, str], set[str]] = {}
     for scope in requested:
@@ -198,9 +204,7 @@ def grant(requested: Iterable[Scope], account: str, read_only: bool) -> tuple[Sc
             repository = Repository.parse(scope.name)
         except RegistryError:
             continue
-        may = {a.value for a in allowed_actions(account, read_only, repository)}
-        wanted = may if "*" in scope.actions else set(scope.actions)
-        actions = wanted & may
-        if actions:
+        actions = {a.value for a in allowed_actions(account, read_only, repository)}
+        if actions and scope.actions:
             granted.setdefault(("repository", scope.name), set()).update(actions)
     return tuple(Scope(t, n, frozenset(a)) for (t, n), a in sorted(granted.items()))

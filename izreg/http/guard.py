@@ -18,6 +18,7 @@ check count one failure, not two, against the client's failure budget.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from twisted.logger import Logger
@@ -38,11 +39,21 @@ def _client_address(request) -> str:
     return getattr(client, "host", None) or "unknown"
 
 
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
+
+
 def token_realm(request) -> str:
-    """The token endpoint's absolute URL, on the host and scheme the client used."""
-    host = request.getHeader(b"host") or b"localhost"
-    scheme = b"https" if request.isSecure() else b"http"
-    return f"{scheme.decode()}://{host.decode('latin-1')}/v2/token"
+    """
+    The token endpoint's absolute URL, on the host and scheme the client used.
+    A ``Host`` that is not a plain host[:port] is not echoed into the
+    challenge; the listening address stands in for it.
+    """
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    if not _HOST.fullmatch(host):
+        local = request.getHost()
+        host = f"{getattr(local, 'host', 'localhost')}:{getattr(local, 'port', '')}".rstrip(":")
+    scheme = "https" if request.isSecure() else "http"
+    return f"{scheme}://{host}/v2/token"
 
 
 class AccessGuard:

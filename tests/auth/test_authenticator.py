@@ -223,14 +223,17 @@ def test_token_flow(world, method):
     assert world.key not in body["token"]
     principal = auth.authenticate("Bearer " + body["token"], ADDR)
     assert principal.kind == "token" and principal.account == world.account
-    assert [str(s) for s in principal.scopes] == [f"repository:{repo.name}:pull,push"]
+    # granted per repository: everything the key may do there (oras-py never asks twice)
+    assert [str(s) for s in principal.scopes] == [f"repository:{repo.name}:pull,push,delete"]
     auth.authorize(principal, repo, Action.PUSH)
-    # delete was not granted: 401 asking for a wider token, not 403
+    auth.authorize(principal, repo, Action.DELETE)
+    # a repository that was not asked for: 401 asking for a token with it, not 403
+    third = world.repo("third")
     with pytest.raises(RegistryError) as e:
-        auth.authorize(principal, repo, Action.DELETE)
+        auth.authorize(principal, third, Action.DELETE)
     assert e.value.code is ErrorCode.UNAUTHORIZED
     assert e.value.headers["WWW-Authenticate"] == (
-        f'Bearer realm="{REALM}",service="izreg",scope="repository:{repo.name}:delete",error="insufficient_scope"'
+        f'Bearer realm="{REALM}",service="izreg",scope="repository:{third.name}:delete",error="insufficient_scope"'
     )
     # the other account was asked for and not granted: 403
     with pytest.raises(RegistryError) as e:

@@ -91,19 +91,20 @@ def test_scope_strings():
 @pytest.mark.parametrize(
     "requested, read_only, expected",
     [
-        ([f"repository:{A}/app:pull,push"], False, [f"repository:{A}/app:pull,push"]),
+        ([f"repository:{A}/app:pull,push"], False, [f"repository:{A}/app:pull,push,delete"]),
+        ([f"repository:{A}/app:pull"], False, [f"repository:{A}/app:pull,push,delete"]),
         ([f"repository:{A}/app:pull,push,delete"], True, [f"repository:{A}/app:pull"]),
         ([f"repository:{A}/app:*"], False, [f"repository:{A}/app:pull,push,delete"]),
-        ([f"repository:{A}/app:push"], True, []),
+        ([f"repository:{A}/app:push"], True, [f"repository:{A}/app:pull"]),
         ([f"repository:{B}/app:pull"], False, []),
         ([f"repository:{A}/App:pull"], False, []),  # invalid name: nothing, no error
-        ([f"repository:{A}/app:pull", f"repository:{A}/app:push"], False, [f"repository:{A}/app:pull,push"]),
-        ([f"repository:{A}/app:pull,frobnicate"], False, [f"repository:{A}/app:pull"]),
+        ([f"repository:{A}/app:pull", f"repository:{A}/app:push"], False, [f"repository:{A}/app:pull,push,delete"]),
+        ([f"repository:{A}/app:pull,frobnicate"], False, [f"repository:{A}/app:pull,push,delete"]),
         (["registry:catalog:*"], True, ["registry:catalog:*"]),
         (["registry:other:*"], False, []),
         ([], False, []),
     ],
 )
-def test_grant_is_the_intersection(requested, read_only, expected):
+def test_grant_is_per_repository(requested, read_only, expected):
     granted = policy.grant(policy.parse_scopes(requested), A, read_only)
     assert sorted(str(s) for s in granted) == sorted(expected)

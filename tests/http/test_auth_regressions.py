@@ -1,8 +1,5 @@
 """
-Defects found while writing the authentication tests. Each test asserts the
-behaviour we want and is marked ``xfail(strict=True)``: it fails today, and
-the suite turns red when it starts to pass, so whoever fixes the bug removes
-the marker.
+Regression tests for defects found while writing the authentication tests (fixed).
 """
 
 from __future__ import annotations
@@ -27,10 +24,6 @@ async def tokens_on(tmp_path):
     await server.service.stopService()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "oras-py's token backend fetches a token on the first 401 (HEAD blob: scope pull), then on the "
-    "401 insufficient_scope of the upload POST resends the same cached token (it refreshes only on "
-    "403), so the push fails; izreg grants only the actions asked for (policy.grant)"))
 @pytest_twisted.ensureDeferred
 async def test_oras_push_with_its_default_token_backend(tokens_on, tmp_path, monkeypatch):
     oras_client = pytest.importorskip("oras.client")
@@ -67,9 +60,6 @@ def _raw_get(port: int, host: bytes) -> bytes:
     return data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "guard.token_realm copies the request's Host header into the Bearer challenge unquoted: a Host "
-    'with a double quote adds parameters to WWW-Authenticate (e.g. error="x")'))
 @pytest_twisted.ensureDeferred
 async def test_host_header_cannot_inject_challenge_parameters(tokens_on):
     server, _ = tokens_on
