@@ -243,9 +243,6 @@ def test_token_service_with_skopeo(start_registry, small_image, tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open server bug: tokens carry only the scope asked for; oras-py reuses its first (pull) token "
-    "after the 401 on the upload POST, so the push fails (also xfail in tests/http/test_auth_found_bugs.py)"))
 def test_token_service_with_oras_token_backend(start_registry, tmp_path, oras_guard):
     """
     oras-py's default token backend caches the first token (from a HEAD: pull
