@@ -572,3 +572,53 @@ async def test_upload_survives_a_restart(tmp_path):
         await assert_blob(srv, NAME, digest, DATA)
     finally:
         await srv.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abandoned_monolithic_post_leaves_no_file_or_session(server):
+    """A monolithic POST whose client goes away mid-body leaves nothing behind."""
+    import os
+
+    from twisted.internet import defer
+    from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+    from zope.interface import implementer
+
+    @implementer(IBodyProducer)
+    class Abandoned:
+        length = UNKNOWN_LENGTH
+
+        def startProducing(self, consumer):
+            consumer.write(DATA[:300])
+            return defer.Deferred()
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    uploads_dir = os.path.join(server.registry.uploads.root, "uploads")
+    opened = sink_opened(server, b"POST")
+    request = defer.ensureDeferred(
+        server.request("POST", f"/v2/{NAME}/blobs/uploads/?digest={digest_of(DATA)}", body=Abandoned()))
+    sink = await opened
+    assert os.listdir(uploads_dir) == [sink.session.id]
+    aborted = defer.Deferred()
+    abort = sink.abort
+
+    def watched_abort():
+        abort()
+        aborted.callback(None)
+
+    sink.abort = watched_abort
+    request.cancel()
+    try:
+        await request
+    except Exception:
+        pass
+    await aborted
+    assert os.listdir(uploads_dir) == []
+    assert server.registry.uploads.sessions == {}
