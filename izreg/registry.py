@@ -92,6 +92,10 @@ class Registry:
         """A session for one monolithic POST body: never recorded, gone if the request fails."""
         return self.uploads.create(repo.name, self.now(), persisted=False, algorithm=digest.algorithm)
 
+    def monolithic_writer(self, repo: Repository, digest: Digest) -> ChunkWriter:
+        """Where a monolithic POST body goes; if the request fails, its file goes too."""
+        return ChunkWriter(self.pending_upload(repo, digest), discard=self.uploads.remove)
+
     def upload(self, repo: Repository, upload_id: str) -> UploadSession:
         record = None if upload_id in self.uploads.sessions else self.index.get_upload(upload_id)
         session = self.uploads.get(upload_id, record)

@@ -118,7 +118,7 @@ class RegistryAPI:
         self.guard.check(request, repository, PUSH)
         if "digest" not in args or "mount" in args:
             return Rejected(None)
-        return ChunkWriter(self.registry.pending_upload(repository, Digest.parse(args["digest"][0])))
+        return self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0]))
 
     def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
         self.guard.check(request, repository, PUSH)

@@ -19,6 +19,7 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from izreg.storage import paths
 
@@ -104,9 +105,16 @@ class ChunkWriter:
     ends. The handler calls L{done} to keep the bytes or L{abort} to drop them.
     """
 
-    def __init__(self, session: UploadSession, limit: int | None = None, expected: int | None = None) -> None:
+    def __init__(
+        self,
+        session: UploadSession,
+        limit: int | None = None,
+        expected: int | None = None,
+        discard: Callable[[UploadSession], None] | None = None,
+    ) -> None:
         self.session = session
         self.expected = expected
+        self._discard = discard
         self.start = session.offset
         self.written = 0
         self.limit = limit
@@ -164,6 +172,9 @@ class ChunkWriter:
         if self._finished:
             return
         self._finished = True
+        if self._discard is not None:
+            self._discard(self.session)  # a one-request session: nothing to keep
+            return
         try:
             os.truncate(self.session.path, self.start)
         except FileNotFoundError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor

@@ -417,10 +417,29 @@ async def test_account_constant_used_in_locations(server):
     assert location.startswith(f"/v2/{ACCOUNT}/x/blobs/uploads/")
 
 
+def sink_opened(server, method: bytes):
+    """A Deferred that fires with the body sink the server picks for the next C{method} request."""
+    from twisted.internet import defer
+
+    opened = defer.Deferred()
+    site = server.service.site
+    original = site.body_for
+
+    def spy(request, m, uri, length):
+        sink = original(request, m, uri, length)
+        if m == method and not opened.called:
+            site.body_for = original
+            opened.callback(sink)
+        return sink
+
+    site.body_for = spy
+    return opened
+
+
 @pytest_twisted.ensureDeferred
 async def test_second_writer_while_a_patch_is_streaming(server):
     """While one PATCH body is still arriving, other writes are refused and the first one completes."""
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer
     from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
     from zope.interface import implementer
 
@@ -448,14 +467,10 @@ async def test_second_writer_while_a_patch_is_streaming(server):
     location = await start_upload(server, NAME)
     upload_id = location.rsplit("/", 1)[1]
     held = Held()
+    opened = sink_opened(server, b"PATCH")
     first = defer.ensureDeferred(server.request("PATCH", location, body=held))
-    for _ in range(1000):  # turn the reactor until the server has opened the body sink
-        session = server.registry.uploads.sessions.get(upload_id)
-        if session is not None and session.busy:
-            break
-        await task.deferLater(reactor, 0, lambda: None)
-    else:
-        raise AssertionError("the first PATCH never reached the server")
+    await opened
+    assert server.registry.uploads.sessions[upload_id].busy
     status, code, response = await server.error("PATCH", location, body=b"other", headers={"Content-Range": "0-4"})
     assert (status, code) == (416, "RANGE_INVALID")
     status, code, _ = await server.error("PATCH", location, body=b"other")
@@ -477,7 +492,7 @@ async def test_second_writer_while_a_patch_is_streaming(server):
 
 @pytest_twisted.ensureDeferred
 async def test_client_going_away_mid_patch_drops_only_that_chunk(server):
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer
     from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
     from zope.interface import implementer
 
@@ -502,23 +517,27 @@ async def test_client_going_away_mid_patch_drops_only_that_chunk(server):
     upload_id = location.rsplit("/", 1)[1]
     response, _ = await server.request("PATCH", location, body=DATA[:100], headers={"Content-Range": "0-99"})
     assert response.code == 202
+    opened = sink_opened(server, b"PATCH")
     request = defer.ensureDeferred(server.request("PATCH", location, body=Abandoned()))
-
-    async def turn_until(predicate):
-        for _ in range(2000):
-            if predicate():
-                return
-            await task.deferLater(reactor, 0, lambda: None)
-        raise AssertionError("condition never reached")
-
+    sink = await opened
     session = server.registry.uploads.sessions[upload_id]
-    await turn_until(lambda: session.busy)
+    assert session.busy
+    aborted = defer.Deferred()
+    abort = sink.abort
+
+    def watched_abort():
+        abort()
+        if not aborted.called:
+            aborted.callback(None)
+
+    sink.abort = watched_abort
     request.cancel()
     try:
         await request
     except Exception:
         pass
-    await turn_until(lambda: not session.busy)
+    await aborted
+    assert not session.busy
     response, _ = await server.request("GET", location)
     assert response.code == 204 and header(response, "Range") == "0-99"
     response, _ = await server.request("PATCH", location, body=DATA[100:], headers={"Content-Range": f"100-{len(DATA) - 1}"})
@@ -553,3 +572,53 @@ async def test_upload_survives_a_restart(tmp_path):
         await assert_blob(srv, NAME, digest, DATA)
     finally:
         await srv.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abandoned_monolithic_post_leaves_no_file_or_session(server):
+    """A monolithic POST whose client goes away mid-body leaves nothing behind."""
+    import os
+
+    from twisted.internet import defer
+    from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+    from zope.interface import implementer
+
+    @implementer(IBodyProducer)
+    class Abandoned:
+        length = UNKNOWN_LENGTH
+
+        def startProducing(self, consumer):
+            consumer.write(DATA[:300])
+            return defer.Deferred()
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    uploads_dir = os.path.join(server.registry.uploads.root, "uploads")
+    opened = sink_opened(server, b"POST")
+    request = defer.ensureDeferred(
+        server.request("POST", f"/v2/{NAME}/blobs/uploads/?digest={digest_of(DATA)}", body=Abandoned()))
+    sink = await opened
+    assert os.listdir(uploads_dir) == [sink.session.id]
+    aborted = defer.Deferred()
+    abort = sink.abort
+
+    def watched_abort():
+        abort()
+        aborted.callback(None)
+
+    sink.abort = watched_abort
+    request.cancel()
+    try:
+        await request
+    except Exception:
+        pass
+    await aborted
+    assert os.listdir(uploads_dir) == []
+    assert server.registry.uploads.sessions == {}
