@@ -12,7 +12,18 @@ a free loopback port, with its own temporary data dir.
   izreg's bootstrap.txt after the first start).
 
 On a test failure the tail of every server log the test used is attached to
-the report ("registry log" section).
+the report ("registry log" section); the full log is ``server.log`` next to
+the data dir under pytest's tmp dir.
+
+Environment:
+
+- ``IZREG_E2E_BACKEND=distribution`` runs the same suite against CNCF
+  distribution 2.8 (``apt-get install docker-registry``) to check the tests
+  themselves; izreg-only behaviour is skipped there.
+- ``IZREG_E2E_START_TIMEOUT`` (seconds, default 30): how long to wait for the
+  "starting on" line.
+
+Run: ``python -m pytest tests/e2e -q`` (about 20 s on 2 cores).
 """
 
 from __future__ import annotations
