@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import pytest
@@ -136,3 +137,43 @@ def test_revoked_device_is_refused(edge):
     edge["registry"].cli("device", "revoke", "--cert", os.path.join(certs, "client.cert"), "--note", "e2e")
     proc = sk.run("inspect", "--cert-dir", certs, "--raw", ref, check=False)
     assert proc.returncode != 0, proc.stdout
+
+
+def test_sighup_rotates_the_server_certificate_and_device_ca(start_registry, tmp_path):
+    """Replace the TLS files in place, ``kill -HUP``: new connections use the new CA at once."""
+    registry = start_registry()
+    old, new, served = str(tmp_path / "old"), str(tmp_path / "new"), tmp_path / "served"
+    registry.cli("dev-certs", old, "--account", registry.account, "--device-id", "gw-old")
+    registry.cli("dev-certs", new, "--account", registry.account, "--device-id", "gw-new")
+
+    def serve(certs):
+        for src, name in ((os.path.join(certs, "server", "server.crt"), "server.crt"),
+                          (os.path.join(certs, "server", "server.key"), "server.key"),
+                          (os.path.join(certs, "ca.crt"), "device-ca.crt")):
+            shutil.copy(src, served / f".{name}.tmp")
+            os.replace(served / f".{name}.tmp", served / name)  # atomic, as an operator should
+
+    served.mkdir()
+    serve(old)
+    tls_port = free_port()
+    registry.extra_args = ["--tls-listen", f"tcp:{tls_port}:interface=127.0.0.1",
+                           "--tls-cert", str(served / "server.crt"), "--tls-key", str(served / "server.key"),
+                           "--device-ca", str(served / "device-ca.crt")]
+    registry.restart()
+    image = build_layout(tmp_path / "src", tag="v1", layers=[1000], seed=80)
+    repo = f"{registry.account}/rotating"
+    Skopeo(registry, tmp_path).copy(f"oci:{image['path']}:v1", f"docker://{registry.host}/{repo}:v1")
+
+    device = Skopeo(_TLSView(registry, tls_port), tmp_path)
+    ref = f"docker://127.0.0.1:{tls_port}/{repo}:v1"
+    assert device.run("inspect", "--cert-dir", old, "--raw", ref).stdout.encode() == image["manifest_bytes"]
+    assert device.run("inspect", "--cert-dir", new, "--raw", ref, check=False).returncode != 0
+
+    serve(new)
+    mark = registry.log_mark()
+    registry.send_signal(signal.SIGHUP)
+    line = registry.wait_for_log(r"reloaded TLS|TLS reload failed", since=mark)
+    assert "reload failed" not in line, line
+
+    assert device.run("inspect", "--cert-dir", new, "--raw", ref).stdout.encode() == image["manifest_bytes"]
+    assert device.run("inspect", "--cert-dir", old, "--raw", ref, check=False).returncode != 0

@@ -78,6 +78,8 @@ class RegistryProcess:
         self.account: str | None = None
         self.log_path = log_path
         self.log_lines: deque[str] = deque(maxlen=5000)
+        self.lines_logged = 0  # total, for log_mark()/wait_for_log()
+        self._log_cond = threading.Condition()
         self.starts = 0
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
@@ -270,12 +272,41 @@ class RegistryProcess:
     # -- logs ---------------------------------------------------------------------------
 
     def _log(self, line: str) -> None:
-        self.log_lines.append(line)
+        with self._log_cond:
+            self.log_lines.append(line)
+            self.lines_logged += 1
+            self._log_cond.notify_all()
         if self._log_file:
             try:
                 self._log_file.write(line + "\n")
             except ValueError:
                 pass
+
+    def log_mark(self) -> int:
+        """A position in the log; L{wait_for_log} looks only at lines after it."""
+        with self._log_cond:
+            return self.lines_logged
+
+    def wait_for_log(self, regex: str, since: int, timeout: float = 15.0) -> str:
+        """Block until a line after C{since} matches C{regex} (woken by the log reader, no polling)."""
+        pattern = re.compile(regex)
+
+        def found():
+            new = min(self.lines_logged - since, len(self.log_lines))
+            for line in list(self.log_lines)[len(self.log_lines) - new:]:
+                if pattern.search(line):
+                    return line
+            return None
+
+        with self._log_cond:
+            line = self._log_cond.wait_for(found, timeout)
+        if not line:
+            raise AssertionError(f"no log line matching {regex!r} within {timeout}s\n{self.log_tail(50)}")
+        return line
+
+    def send_signal(self, sig) -> None:
+        assert self.running, "not running"
+        self._proc.send_signal(sig)
 
     def log_tail(self, n: int = 200) -> str:
         return "\n".join(list(self.log_lines)[-n:])
