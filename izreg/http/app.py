@@ -150,8 +150,7 @@ class RegistryAPI:
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
         self.guard.check(request, None, PULL)
-        request.setHeader(b"Content-Type", b"application/json")
-        return b"{}"
+        return self._json(request, {})
 
     @app.route("/v2/_catalog", methods=["GET"])
     def catalog(self, request):

@@ -96,6 +96,10 @@ class Uploads:
         ]
 
 
+#: how much of a body to gather before one write and hash update
+WRITE_SIZE = 1024 * 1024
+
+
 class ChunkWriter:
     """
     Appends one request body to a session, hashing as it goes.
@@ -125,6 +129,7 @@ class ChunkWriter:
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
         self._finished = False
+        self._buffer = bytearray()
 
     def write(self, data: bytes) -> None:
         if self._fd is None or self.overflow or self._finished:
@@ -132,13 +137,24 @@ class ChunkWriter:
         if self.limit is not None and self.written + len(data) > self.limit:
             self.overflow = True
             return
-        view = memoryview(data)
+        # Bodies arrive in chunks of a few KiB; one write and one hash update
+        # per WRITE_SIZE instead of per chunk costs far less Python time.
+        self._buffer += data
+        self.written += len(data)
+        if len(self._buffer) >= WRITE_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer or self._fd is None:
+            return
+        view = memoryview(self._buffer)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+        del view
         if self.session.hasher is not None:
-            self.session.hasher.update(data)
-        self.written += len(data)
+            self.session.hasher.update(self._buffer)
+        self._buffer.clear()
 
     def tell(self) -> int:
         return self.written
@@ -150,11 +166,11 @@ class ChunkWriter:
         return b""
 
     def close(self) -> None:
+        if not self._finished:
+            self.abort()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if not self._finished:
-            self.abort()
 
     def done(self, keep_busy: bool = False) -> int:
         """
@@ -162,6 +178,7 @@ class ChunkWriter:
         asynchronous work on the session, so a client that goes away then
         cannot truncate what is being committed.
         """
+        self._flush()
         self._finished = True
         self.session.offset = self.start + self.written
         self.session.busy = keep_busy
@@ -172,6 +189,7 @@ class ChunkWriter:
         if self._finished:
             return
         self._finished = True
+        self._buffer.clear()
         if self._discard is not None:
             self._discard(self.session)  # a one-request session: nothing to keep
             return

@@ -265,10 +265,9 @@ def test_limit(uploads, limit, chunks, overflow, kept):
         writer.write(chunk)
     assert writer.overflow is overflow
     assert writer.tell() == len(kept)
+    assert writer.done() == len(kept)
     assert content(session) == kept
     assert session.hasher.hexdigest() == hashlib.sha256(kept).hexdigest()
-    writer.close()
-    assert content(session) == b""
 
 
 def test_limit_counts_only_this_body(uploads):
@@ -296,3 +295,28 @@ def test_file_like_surface(uploads):
 def test_session_defaults():
     s = UploadSession("id", NAME, "/nonexistent", 1.0)
     assert (s.offset, s.busy, s.persisted, s.hasher.name) == (0, False, True, "sha256")
+
+
+def test_small_chunks_are_gathered_and_all_land(uploads):
+    """Many small chunks (docker's streamed PATCH) end up whole, in order, and hashed."""
+    from izreg.storage.uploads import WRITE_SIZE
+
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    data = bytes(range(256)) * (WRITE_SIZE // 256 * 3 + 7)
+    for i in range(0, len(data), 1000):
+        writer.write(data[i:i + 1000])
+    assert content(session) == data[: len(content(session))]  # flushed in order so far
+    assert writer.done() == len(data)
+    assert content(session) == data
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_abort_drops_gathered_bytes_too(uploads):
+    session = uploads.create(NAME, 0)
+    append(session, b"kept")
+    writer = ChunkWriter(session)
+    writer.write(b"x" * 10)
+    writer.close()
+    assert content(session) == b"kept"
+    assert session.offset == 4
