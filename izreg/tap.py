@@ -7,6 +7,7 @@ This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
+import os
 import signal
 
 from twisted.application import internet, service, strports
@@ -57,19 +58,31 @@ class ServerOptions(usage.Options):
             "device_crl": self["device-crl"],
             "token_service": True if self["token-service"] else None,
         }
+        # A bad config stops start-up with one line, not twistd's whole usage text.
         try:
             self.config = load(self["config"], overrides)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"izreg: {e}") from None
+        _check_data_dir(self.config.data_dir)
         if self.config.tls_listen:
             from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
 
             try:
                 self.tls = ServerTLS(TLSFiles(self.config.tls_cert, self.config.tls_key, self.config.device_ca))
             except (TLSConfigError, OSError, ValueError) as e:
-                raise usage.UsageError(f"TLS: {e}") from None
+                raise SystemExit(f"izreg: TLS: {e}") from None
         else:
             self.tls = None
+
+
+def _check_data_dir(path: str) -> None:
+    """Fail early, in one line, if the data directory cannot be used."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"izreg: cannot create the data directory {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"izreg: the data directory {path} is not writable")
 
 
 class Options(usage.Options):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import secrets
 from typing import Callable, Mapping, Sequence
 
 from twisted.logger import Logger
@@ -304,7 +305,7 @@ class Authenticator:
 
     def _get_signer(self) -> tokens.Signer:
         if self._signer is None:
-            self._signer = tokens.Signer(self.store.token_secret())
+            self._signer = tokens.Signer(secrets.token_bytes(32))
         return self._signer
 
     def _failed(self, failed: _Failed, address: str, now: float) -> None:

@@ -8,7 +8,6 @@ database   key                  value (JSON)
 accounts   account id (ascii)   {"name", "created"}
 keys       key id (ascii)       {"account", "name", "hash", "read_only", "created",
                                  "last_used", "revoked"}
-keys       b"\\x00token-secret"  raw bytes: the HMAC secret of bearer tokens (not JSON)
 =========  ===================  ==============================================================
 
 Times are POSIX seconds (floats); C{last_used} and C{revoked} may be
@@ -36,7 +35,6 @@ from izreg.auth.keys import AccessKey, RandomBytes
 from izreg.core.names import ACCOUNT_RE
 from izreg.storage import schema
 
-TOKEN_SECRET_KEY = b"\x00token-secret"
 MAX_NAME_LENGTH = 200
 
 
@@ -198,20 +196,6 @@ class AuthStore:
             self._update_key(key_id, lambda v: {**v, "last_used": max(now, v.get("last_used") or 0)})
         except UnknownKey:
             pass
-
-    # Token signing secret ----------------------------------------------------
-
-    def token_secret(self) -> bytes:
-        """The HMAC secret for bearer tokens, created (once) on first use."""
-        with self._env.begin() as txn:
-            found = txn.get(TOKEN_SECRET_KEY, db=self._keys)
-        if found is not None:
-            return bytes(found)
-        candidate = self._random(32)
-        with self._env.begin(write=True) as txn:
-            # overwrite=False keeps the first writer's secret if another process won the race
-            txn.put(TOKEN_SECRET_KEY, candidate, db=self._keys, overwrite=False)
-            return bytes(txn.get(TOKEN_SECRET_KEY, db=self._keys))
 
     # Internals ---------------------------------------------------------------
 

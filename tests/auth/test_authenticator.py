@@ -287,13 +287,18 @@ def test_token_of_revoked_key_stops_working(world):
     assert "revoked" in e.value.message
 
 
-def test_token_survives_restart_but_not_a_forged_signature(world):
-    token = get_token(make(world, token_service=True, token_realm=REALM), world.key)["token"]
-    fresh = make(world, token_service=True, token_realm=REALM)  # a restarted server: secret from LMDB
-    assert fresh.authenticate("Bearer " + token, ADDR).kind == "token"
-    forged = tokens.Signer(b"x" * 32).sign(fresh._get_signer().verify(token, world.clock()))
+def test_tokens_end_with_the_process_and_cannot_be_forged(world):
+    """The signing secret lives in memory only: a restarted server refuses old tokens (clients fetch new ones)."""
+    first = make(world, token_service=True, token_realm=REALM)
+    token = get_token(first, world.key)["token"]
+    assert first.authenticate("Bearer " + token, ADDR).kind == "token"
+    restarted = make(world, token_service=True, token_realm=REALM)
+    with pytest.raises(RegistryError) as e:
+        restarted.authenticate("Bearer " + token, ADDR)
+    assert e.value.code is ErrorCode.UNAUTHORIZED
+    forged = tokens.Signer(b"x" * 32).sign(first._get_signer().verify(token, world.clock()))
     with pytest.raises(RegistryError):
-        fresh.authenticate("Bearer " + forged, ADDR)
+        first.authenticate("Bearer " + forged, ADDR)
 
 
 TOKEN_FAILURES = [

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from izreg.auth import keys
-from izreg.auth.store import TOKEN_SECRET_KEY, AuthStore, InvalidName, UnknownAccount, UnknownKey
+from izreg.auth.store import AuthStore, InvalidName, UnknownAccount, UnknownKey
 from izreg.storage import schema
 from izreg.storage.lmdbenv import open_env
 
@@ -70,7 +70,6 @@ def test_list_keys(store):
     k2, _ = store.create_key(a.account_id, 5.0)
     k1, _ = store.create_key(a.account_id, 3.0)
     kb, _ = store.create_key(b.account_id, 4.0)
-    store.token_secret()  # the reserved record must not show up as a key
     assert store.list_keys(a.account_id) == [k1, k2]
     assert store.list_keys(b.account_id) == [kb]
     with pytest.raises(UnknownAccount):
@@ -104,25 +103,6 @@ def test_touch(store):
 def test_get_key_rejects_bad_ids(store):
     assert store.get_key("") is None
     assert store.get_key("0" * 16) is None
-    assert store.get_key("\x00token-secret") is None
-
-
-def test_token_secret_is_created_once_and_shared(tmp_path):
-    env = open_env(str(tmp_path))
-    try:
-        calls = []
-
-        def random(n):
-            calls.append(n)
-            return bytes([len(calls)]) * n
-
-        first = AuthStore(env, random=random).token_secret()
-        assert first == b"\x01" * 32
-        assert AuthStore(env, random=random).token_secret() == first
-        with env.begin() as txn:
-            assert txn.get(TOKEN_SECRET_KEY, db=env.open_db(schema.KEYS, txn=txn)) == first
-    finally:
-        env.close()
 
 
 def test_data_survives_reopen(tmp_path):

@@ -1,0 +1,77 @@
+"""Configuration: defaults, the TOML file, command-line overrides, and etc/izreg.toml."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from izreg.service.config import FIELDS, Config, ConfigError, load, parse_toml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "etc", "izreg.toml")
+
+
+def test_the_documented_example_is_the_defaults():
+    """etc/izreg.toml documents every key with its default value."""
+    assert load(EXAMPLE, {}) == Config()
+
+
+def test_the_documented_example_names_every_key():
+    text = open(EXAMPLE).read()
+    sections = {m.group(1): m.start() for m in re.finditer(r"^\[(\w+)\]", text, re.M)}
+    for section, key in FIELDS:
+        assert section in sections, section
+        assert re.search(rf"^#? ?{key} = ", text, re.M), f"{section}.{key} is not documented in etc/izreg.toml"
+
+
+def test_file_then_command_line(tmp_path):
+    path = tmp_path / "izreg.toml"
+    path.write_text('[server]\ndata_dir = "/srv/izreg"\nlisten = ["tcp:5001"]\n[uploads]\nttl = 60\n')
+    config = load(str(path), {"listen": ("tcp:6000", "tcp:6001"), "data_dir": None})
+    assert config.data_dir == "/srv/izreg"
+    assert config.listen == ("tcp:6000", "tcp:6001")
+    assert config.upload_ttl == 60
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nfoo = 1\n", "unknown config key 'server.foo'"),
+        ("[nope]\nx = 1\n", "unknown config key 'nope.x'"),
+        ("top = 1\n", "unknown config key 'top'"),
+        ("[server]\nlisten = []\n", "server.listen must name at least one endpoint"),
+        ("[server]\nlisten = [1]\n", "server.listen must be a list of strings"),
+        ("[server]\ndata_dir = 3\n", "server.data_dir must be a non-empty string"),
+        ("[uploads]\nttl = -1\n", "uploads.ttl must be a non-negative integer"),
+        ("[uploads]\nttl = true\n", "uploads.ttl must be a non-negative integer"),
+        ("[storage]\ndelete_enabled = 1\n", "storage.delete_enabled must be true or false"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_bad_files_say_what_is_wrong(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_toml(text, "f.toml")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"tls_listen": ("tcp:5443",)}, "--tls-listen needs --tls-cert and --tls-key"),
+        ({"device_ca": ("ca.pem",)}, "need a TLS listener"),
+        ({"tls_listen": ("tcp:1",), "tls_cert": "c", "tls_key": "k", "device_crl": "x.crl"}, "--device-crl needs --device-ca"),
+    ],
+)
+def test_cross_field_rules(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load(None, overrides)
+    assert message in str(e.value)
+
+
+def test_missing_file_is_one_line(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(str(tmp_path / "missing.toml"), {})
+    assert str(e.value).startswith("cannot read config file") and "\n" not in str(e.value)

@@ -1,0 +1,93 @@
+"""The twistd plugin's options and the service tree makeService builds (no daemon)."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.testing import MemoryReactorClock
+
+from izreg.service.services import RegistryService
+from izreg.tap import Options, make_server
+
+
+def parse(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options.subOptions.config
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse("server")
+    assert config.data_dir == "izreg-data"
+    assert config.listen == ("tcp:5000:interface=127.0.0.1",)
+
+
+def test_options_override_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nlisten = ["tcp:1"]\n[auth]\ntoken_service = false\n')
+    config = parse("server", "--config", str(path), "--data-dir", str(tmp_path / "d"),
+                   "--listen", "tcp:2", "--listen", "unix:/tmp/x.sock", "--token-service")
+    assert config.listen == ("tcp:2", "unix:/tmp/x.sock")
+    assert config.data_dir == str(tmp_path / "d")
+    assert config.token_service is True
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tls-listen", "tcp:5443"], "izreg: --tls-listen needs --tls-cert and --tls-key (tls.cert, tls.key)"),
+        (["--tls-listen", "tcp:5443", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "izreg: TLS: "),
+    ],
+)
+def test_bad_options_stop_with_one_line(tmp_path, argv, message):
+    with pytest.raises(SystemExit) as e:
+        parse("server", "--data-dir", str(tmp_path / "d"), *argv)
+    assert str(e.value.code).startswith(message)
+    assert "\n" not in str(e.value.code)
+
+
+def test_unwritable_data_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as e:
+        parse("server", "--data-dir", str(blocker / "sub"))
+    assert str(e.value.code).startswith("izreg: cannot create the data directory")
+
+
+def test_a_subcommand_is_required():
+    from twisted.python.usage import UsageError
+
+    with pytest.raises(UsageError):
+        Options().parseOptions([])
+
+
+def test_service_tree(tmp_path):
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", "tcp:0", "--listen", "tcp:0:interface=127.0.0.2")
+    reactor = MemoryReactorClock()
+    top = make_server(config, reactor)
+    assert isinstance(top, RegistryService)
+    listeners = [s for s in top if isinstance(s, StreamServerEndpointService)]
+    timers = [s for s in top if isinstance(s, TimerService)]
+    assert len(listeners) == 2
+    assert sorted(t.step for t in timers) == sorted([config.upload_expiry_interval, config.pull_flush_interval])
+    # nothing is opened before startService (twistd forks in between)
+    assert top.registry is None and not (tmp_path / "d" / "index").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_opens_on_start_and_closes_on_stop(tmp_path):
+    from twisted.internet import reactor
+
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", "tcp:0:interface=127.0.0.1")
+    top = make_server(config, reactor)
+    top.startService()
+    try:
+        assert top.registry is not None
+        assert (tmp_path / "d" / "index" / "data.mdb").exists()
+        assert (tmp_path / "d" / "bootstrap.txt").exists()
+        assert top.api.registry is top.registry
+    finally:
+        await top.stopService()
+    assert top.registry is None
