@@ -387,7 +387,13 @@ def test_kill9_during_concurrent_pushes(fresh_registry):
         tags = client.tags(repo)
         assert acked_tags <= set(tags), (repo, sorted(acked_tags - set(tags)))
         for tag in tags:
-            resp = expect(client.get_manifest(repo, tag), 200)
+            resp = client.get_manifest(repo, tag)
+            if (resp.status_code == 404 and registry.backend == "distribution"
+                    and tag not in acked_tags):
+                # distribution 2.8 creates the tag directory before its link file: a kill -9
+                # in between leaves a listed tag that does not resolve (the check izreg must pass)
+                continue
+            expect(resp, 200)
             assert resp.headers["Docker-Content-Digest"] == sha256_digest(resp.content), f"{repo}:{tag}"
             manifest = resp.json()
             for desc in [manifest["config"], *manifest["layers"]]:
