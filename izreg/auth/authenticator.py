@@ -137,7 +137,9 @@ class Authenticator:
         @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
             C{TOOMANYREQUESTS} with ``Retry-After``.
         """
-        if not authorization:
+        if not authorization or _anonymous(authorization):
+            # no credentials (or Basic with an empty user and password, as
+            # skopeo sends when it has none) is not a failed login: never counted
             raise self._unauthorized(None, scopes, realm)
         now = self.now()
         self.limiter.check(client_address, now)
@@ -341,6 +343,18 @@ def _split(authorization: bytes | str) -> tuple[str, str]:
     if not credential:
         raise _Failed("malformed Authorization header")
     return scheme.lower(), credential
+
+
+def _anonymous(authorization: bytes | str) -> bool:
+    """``Basic`` with an empty username and password: a client with no credentials."""
+    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
+    scheme, _, credential = text.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        return base64.b64decode(credential.strip().encode("latin-1"), validate=True) == b":"
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _basic_key(credential: str) -> str:

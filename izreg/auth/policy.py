@@ -110,7 +110,7 @@ def authorize(principal: Principal, repository: Repository, action: Action) -> N
         raise RegistryError(
             ErrorCode.DENIED,
             {"name": repository.name, "action": action.value},
-            "this access key is read-only",
+            "devices may only pull" if principal.kind == "device" else "this access key is read-only",
         )
     if principal.scopes is not None and not token_grants(principal.scopes, repository.name, action):
         raise RegistryError(

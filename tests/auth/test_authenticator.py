@@ -405,3 +405,14 @@ def test_token_whose_account_differs_from_its_key_is_refused(world):
     with pytest.raises(RegistryError) as e:
         auth.authenticate("Bearer " + token, ADDR)
     assert e.value.code is ErrorCode.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("header", ["Basic Og==", "basic  Og== ", b"Basic Og=="])
+def test_empty_basic_credentials_are_anonymous_not_a_failure(world, header):
+    """skopeo with no credentials answers a Basic challenge with ``:``; that never trips the limiter."""
+    auth = make(world, limiter=FailureLimiter(limit=2, window=60))
+    for _ in range(5):
+        with pytest.raises(RegistryError) as e:
+            auth.authenticate(header, ADDR)
+        assert e.value.code is ErrorCode.UNAUTHORIZED
+    assert auth.authenticate(basic("KEY", world.key), ADDR).kind == "key"

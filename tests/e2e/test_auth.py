@@ -126,10 +126,6 @@ def test_failed_authentications_are_slowed_down(fresh_registry):
 
 
 @needs_skopeo
-@pytest.mark.xfail(strict=True, reason=(
-    "open server bug: empty Basic credentials (Authorization: Basic Og==, what containers/image "
-    "sends without creds) count as failed authentications; after 10 the address gets 429 for 60 s, "
-    "valid keys included"))
 def test_anonymous_clients_do_not_lock_out_keys(fresh_registry, small_image, tmp_path):
     """
     containers/image without credentials answers a Basic challenge with empty
