@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.helpers.ociclient import OCI_MANIFEST, OCIClient, expect, sha256_digest
+from tests.helpers.ociclient import OCI_MANIFEST, expect, sha256_digest
 from tests.helpers.ocilayout import canonical_json, gzip_bytes, make_tar, random_bytes
 
 oras_client = pytest.importorskip("oras.client")

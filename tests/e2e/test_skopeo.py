@@ -15,7 +15,7 @@ import ssl
 
 import pytest
 
-from tests.helpers.ociclient import DOCKER_MANIFEST, OCI_MANIFEST, OCIClient, expect, sha256_digest
+from tests.helpers.ociclient import DOCKER_MANIFEST, OCI_MANIFEST, expect, sha256_digest
 from tests.helpers.ocilayout import (OCI_INDEX, build_index_layout, build_layout, layout_manifest_digest,
                                     read_layout_blob)
 from tests.helpers.skopeo import SKOPEO, Skopeo
