@@ -152,6 +152,40 @@ class StreamBody:
         pass
 
 
+@implementer(IBodyProducer)
+class HeldBody:
+    """
+    A body of unknown length (chunked) that sends C{first} at once and then
+    waits: L{finish} sends C{rest} and ends it; never calling it leaves the
+    request hanging, as a client that went away mid-body.
+    """
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+        self.finished = defer.Deferred()
+
+    def startProducing(self, consumer):
+        self.consumer = consumer
+        consumer.write(self.first)
+        return self.finished
+
+    def finish(self, rest: bytes = b"") -> None:
+        if rest:
+            self.consumer.write(rest)
+        self.finished.callback(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
 class _Collect(protocol.Protocol):
     def __init__(self, request: bytes) -> None:
         self.request = request

@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 
 from tests.http.helpers import (
+    HeldBody,
     ACCOUNT,
     API_VERSION,
     OTHER_ACCOUNT,
@@ -440,33 +441,10 @@ def sink_opened(server, method: bytes):
 async def test_second_writer_while_a_patch_is_streaming(server):
     """While one PATCH body is still arriving, other writes are refused and the first one completes."""
     from twisted.internet import defer
-    from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-    from zope.interface import implementer
-
-    @implementer(IBodyProducer)
-    class Held:
-        length = UNKNOWN_LENGTH
-
-        def __init__(self):
-            self.finished = defer.Deferred()
-
-        def startProducing(self, consumer):
-            self.consumer = consumer
-            consumer.write(DATA[:500])
-            return self.finished
-
-        def pauseProducing(self):
-            pass
-
-        def resumeProducing(self):
-            pass
-
-        def stopProducing(self):
-            pass
 
     location = await start_upload(server, NAME)
     upload_id = location.rsplit("/", 1)[1]
-    held = Held()
+    held = HeldBody(DATA[:500])
     opened = sink_opened(server, b"PATCH")
     first = defer.ensureDeferred(server.request("PATCH", location, body=held))
     await opened
@@ -479,8 +457,7 @@ async def test_second_writer_while_a_patch_is_streaming(server):
     assert status == 400 and code == "BLOB_UPLOAD_INVALID"
     status, code, _ = await server.error("PUT", with_query(location, f"digest={digest_of(b'x')}"))
     assert status == 400 and code == "BLOB_UPLOAD_INVALID"
-    held.consumer.write(DATA[500:])
-    held.finished.callback(None)
+    held.finish(DATA[500:])
     response, _ = await first
     assert response.code == 202
     assert header(response, "Range") == f"0-{len(DATA) - 1}"
@@ -493,32 +470,13 @@ async def test_second_writer_while_a_patch_is_streaming(server):
 @pytest_twisted.ensureDeferred
 async def test_client_going_away_mid_patch_drops_only_that_chunk(server):
     from twisted.internet import defer
-    from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-    from zope.interface import implementer
-
-    @implementer(IBodyProducer)
-    class Abandoned:
-        length = UNKNOWN_LENGTH
-
-        def startProducing(self, consumer):
-            consumer.write(DATA[100:600])
-            return defer.Deferred()
-
-        def pauseProducing(self):
-            pass
-
-        def resumeProducing(self):
-            pass
-
-        def stopProducing(self):
-            pass
 
     location = await start_upload(server, NAME)
     upload_id = location.rsplit("/", 1)[1]
     response, _ = await server.request("PATCH", location, body=DATA[:100], headers={"Content-Range": "0-99"})
     assert response.code == 202
     opened = sink_opened(server, b"PATCH")
-    request = defer.ensureDeferred(server.request("PATCH", location, body=Abandoned()))
+    request = defer.ensureDeferred(server.request("PATCH", location, body=HeldBody(DATA[100:600])))
     sink = await opened
     session = server.registry.uploads.sessions[upload_id]
     assert session.busy
@@ -580,30 +538,10 @@ async def test_abandoned_monolithic_post_leaves_no_file_or_session(server):
     import os
 
     from twisted.internet import defer
-    from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-    from zope.interface import implementer
-
-    @implementer(IBodyProducer)
-    class Abandoned:
-        length = UNKNOWN_LENGTH
-
-        def startProducing(self, consumer):
-            consumer.write(DATA[:300])
-            return defer.Deferred()
-
-        def pauseProducing(self):
-            pass
-
-        def resumeProducing(self):
-            pass
-
-        def stopProducing(self):
-            pass
-
     uploads_dir = os.path.join(server.registry.uploads.root, "uploads")
     opened = sink_opened(server, b"POST")
     request = defer.ensureDeferred(
-        server.request("POST", f"/v2/{NAME}/blobs/uploads/?digest={digest_of(DATA)}", body=Abandoned()))
+        server.request("POST", f"/v2/{NAME}/blobs/uploads/?digest={digest_of(DATA)}", body=HeldBody(DATA[:300])))
     sink = await opened
     assert os.listdir(uploads_dir) == [sink.session.id]
     aborted = defer.Deferred()
