@@ -560,3 +560,25 @@ async def test_abandoned_monolithic_post_leaves_no_file_or_session(server):
     await aborted
     assert os.listdir(uploads_dir) == []
     assert server.registry.uploads.sessions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_abandoned_sessions_expire_with_their_files(server):
+    """Sessions idle for longer than the TTL go, bytes and all; fresher ones stay."""
+    import os
+
+    old = await start_upload(server, NAME)
+    response, _ = await server.request("PATCH", old, body=DATA[:100], headers={"Content-Range": "0-99"})
+    assert response.code == 202
+    old_id = old.rsplit("/", 1)[1]
+    old_path = server.registry.uploads.sessions[old_id].path
+    index = server.registry.index
+    index.put_upload(old_id, {**index.get_upload(old_id), "updated": 0.0})  # last touched long ago
+    cutoff = 1.0
+    fresh = await start_upload(server, NAME)
+    assert await server.registry.expire_uploads(cutoff) == 1
+    assert not os.path.exists(old_path)
+    status, code, _ = await server.error("GET", old)
+    assert (status, code) == (404, "BLOB_UPLOAD_UNKNOWN")
+    response, _ = await server.request("GET", fresh)
+    assert response.code == 204
