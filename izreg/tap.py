@@ -63,6 +63,9 @@ class ServerOptions(usage.Options):
             self.config = load(self["config"], overrides)
         except ConfigError as e:
             raise SystemExit(f"izreg: {e}") from None
+        for option, descriptions in (("--listen", self.config.listen), ("--tls-listen", self.config.tls_listen)):
+            for description in descriptions:
+                _check_endpoint(option, description)
         _check_data_dir(self.config.data_dir)
         if self.config.tls_listen:
             from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
@@ -73,6 +76,17 @@ class ServerOptions(usage.Options):
                 raise SystemExit(f"izreg: TLS: {e}") from None
         else:
             self.tls = None
+
+
+def _check_endpoint(option: str, description: str) -> None:
+    """Parse an endpoint string now, so a typo is one line and not a traceback at start-up."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"izreg: {option} {description!r} is not a Twisted endpoint string: {e}") from None
 
 
 def _check_data_dir(path: str) -> None:
@@ -86,7 +100,12 @@ def _check_data_dir(path: str) -> None:
 
 
 class Options(usage.Options):
-    synopsis = "server [options]"
+    subCommand = None
+
+    @property
+    def synopsis(self) -> str:
+        # usage.Options prefixes a subcommand's synopsis with ours and the subcommand's name.
+        return "" if self.subCommand else "server [options]"
     subCommands = [["server", None, ServerOptions, "run the registry"]]
 
     def postOptions(self) -> None:

@@ -12,6 +12,7 @@ from cryptography import x509
 from izreg import devices_cli
 from izreg.auth.devices import fingerprint_sha256, serial_hex
 from izreg.auth.devicestore import DeviceStore, PullRecorder
+from izreg.auth.store import AuthStore
 from izreg.devcerts import cert_pem, make_ca, make_device_cert
 from izreg.storage.lmdbenv import open_env
 
@@ -100,24 +101,39 @@ def test_no_data_dir_is_an_error(tmp_path):
 def test_pulls_table(run, data_dir):
     env, store = store_of(data_dir)
     try:
+        account = AuthStore(env).create_account(NOW).account_id
+        other = AuthStore(env).create_account(NOW).account_id
         recorder = PullRecorder(store)
-        recorder.record(ACCOUNT, "gw-1", f"{ACCOUNT}/app", "sha256:" + "a" * 64, NOW)
-        recorder.record(ACCOUNT, "gw-2", f"{ACCOUNT}/db", "sha256:" + "b" * 64, NOW + 61)
-        recorder.record("f" * 32, "gw-3", f"{'f' * 32}/app", "sha256:" + "c" * 64, NOW)
+        recorder.record(account, "gw-1", f"{account}/app", "sha256:" + "a" * 64, NOW)
+        recorder.record(account, "gw-2", f"{account}/db", "sha256:" + "b" * 64, NOW + 61)
+        recorder.record(other, "gw-3", f"{other}/app", "sha256:" + "c" * 64, NOW)
         recorder.flush()
     finally:
         env.close()
-    code, out, _ = run("device", "pulls", ACCOUNT)
+    code, out, _ = run("device", "pulls", account)
     assert code == 0
     assert [line.split() for line in out.splitlines()] == [
         ["DEVICE", "REPOSITORY", "DIGEST", "PULLED"],
-        ["gw-1", f"{ACCOUNT}/app", "sha256:" + "a" * 64, "2027-01-15T08:00:00Z"],
-        ["gw-2", f"{ACCOUNT}/db", "sha256:" + "b" * 64, "2027-01-15T08:01:01Z"],
+        ["gw-1", f"{account}/app", "sha256:" + "a" * 64, "2027-01-15T08:00:00Z"],
+        ["gw-2", f"{account}/db", "sha256:" + "b" * 64, "2027-01-15T08:01:01Z"],
     ]
-    code, out, _ = run("device", "pulls", ACCOUNT, "--repository", f"{ACCOUNT}/db")
+    code, out, _ = run("device", "pulls", account, "--repository", f"{account}/db")
     assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
-    code, _, err = run("device", "pulls", "nope")
-    assert code == 2 and "account id" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nope"], "not an account id"),
+        ([ACCOUNT], f"no such account: {ACCOUNT}"),
+        ([ACCOUNT, "--repository", "Bad Name"], "not a repository name"),
+        ([ACCOUNT, "--repository", f"{'f' * 32}/app"], f"repository {'f' * 32}/app is not in account {ACCOUNT}"),
+    ],
+)
+def test_pulls_errors(run, argv, message):
+    code, out, err = run("device", "pulls", *argv)
+    assert (code, out) == (2, "")
+    assert message in err and err.count("\n") == 1
 
 
 def test_dev_certs(run, tmp_path):

@@ -12,6 +12,7 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -53,6 +54,13 @@ class RegistryService(service.MultiService):
             return deferToThreadPool(self.reactor, pool, f, *args, **kwargs)
 
         return run
+
+    def privilegedStartService(self) -> None:
+        # twistd binds the listeners here; a port in use is one line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"izreg: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from None
 
     def startService(self) -> None:
         config = self.config

@@ -39,6 +39,9 @@ def test_options_override_the_file(tmp_path):
     [
         (["--tls-listen", "tcp:5443"], "izreg: --tls-listen needs --tls-cert and --tls-key (tls.cert, tls.key)"),
         (["--tls-listen", "tcp:5443", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "izreg: TLS: "),
+        (["--listen", "bogus:1"], "izreg: --listen 'bogus:1' is not a Twisted endpoint string: Unknown endpoint type"),
+        (["--listen", "tcp:notaport"], "izreg: --listen 'tcp:notaport' is not a Twisted endpoint string"),
+        (["--tls-listen", "tcp:1:nosuch=1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "izreg: --tls-listen 'tcp:1:nosuch=1' is not a Twisted endpoint string"),
     ],
 )
 def test_bad_options_stop_with_one_line(tmp_path, argv, message):
@@ -91,3 +94,27 @@ async def test_storage_opens_on_start_and_closes_on_stop(tmp_path):
     finally:
         await top.stopService()
     assert top.registry is None
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    from twisted.internet import reactor
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{port}:interface=127.0.0.1")
+        top = make_server(config, reactor)
+        with pytest.raises(SystemExit) as e:
+            top.privilegedStartService()
+    assert str(e.value.code).startswith(f"izreg: cannot listen on 127.0.0.1:{port}: ")
+    assert "\n" not in str(e.value.code)
+
+
+def test_usage_names_the_subcommand_once(capsys):
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["server", "--help"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.count("server") == 1
