@@ -144,6 +144,7 @@ def key_create(args: argparse.Namespace, context: Context) -> int:
     account = _account_id(args.account)
     record, key = context.store().create_key(account, context.now(), name=args.name, read_only=args.read_only)
     context.out(key.reveal())
+    context.stderr.write(f"key id {record.key_id} (for izreg key revoke); the key is not shown again\n")
     return 0
 
 

@@ -79,7 +79,7 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
     bind(pulls, _pulls)
 
     dev = subparsers.add_parser("dev-certs", help="write a development CA, server and device certificate")
-    dev.add_argument("directory", metavar="DIR", help="output directory (a skopeo/podman --cert-dir)")
+    dev.add_argument("directory", metavar="DIR", help="output directory (a skopeo --src-cert-dir, podman --cert-dir)")
     dev.add_argument("--account", metavar="ACCOUNT_ID", help="the device's account (default: a new random id)")
     dev.add_argument("--device-id", metavar="ID", default=devcerts.DEFAULT_DEVICE_ID)
     dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help="validity of the leaf certificates")
@@ -187,7 +187,7 @@ def _dev_certs(args, io: _Io) -> int:
     io.out.write(
         f"wrote development certificates to {paths.directory} (account {paths.account}, device {paths.device_id})\n"
         f"  server:  --tls-cert {paths.server_cert} --tls-key {paths.server_key} --device-ca {paths.ca_cert}\n"
-        f"  clients: skopeo/podman --cert-dir {paths.directory}; "
+        f"  clients: skopeo copy --src-cert-dir {paths.directory}, podman pull --cert-dir {paths.directory}, "
         f"curl --cacert {paths.ca_cert} --cert {paths.client_cert} --key {paths.client_key}\n"
     )
     return 0

@@ -86,17 +86,29 @@ def _check_endpoint(option: str, description: str) -> None:
     try:
         serverFromString(MemoryReactor(), description)
     except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"izreg: {option} {description!r} is not a Twisted endpoint string: {e}") from None
+        raise SystemExit(
+            f"izreg: {option} {description!r} is not a valid Twisted endpoint string"
+            f" (such as tcp:5000:interface=127.0.0.1): {e}"
+        ) from None
 
 
 def _check_data_dir(path: str) -> None:
-    """Fail early, in one line, if the data directory cannot be used."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"izreg: cannot create the data directory {path}: {e.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SystemExit(f"izreg: the data directory {path} is not writable")
+    """
+    Fail early, in one line, if the data directory cannot be used. Nothing
+    is created here: C{startService} makes the directory, so a start that
+    fails later (a port in use) leaves no empty directory behind.
+    """
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise SystemExit(f"izreg: the data directory {path} is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SystemExit(f"izreg: the data directory {path} is not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"izreg: cannot create the data directory {path}: {parent} is not a writable directory")
 
 
 class Options(usage.Options):
@@ -158,7 +170,25 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     return top
 
 
+def _print_startup_errors_in_one_line() -> None:
+    """twistd lets start-up exceptions escape; ours are one line on the real stderr, not a traceback."""
+    import sys
+
+    from izreg import StartupError
+
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if isinstance(value, StartupError) and sys.__stderr__ is not None:
+            sys.__stderr__.write(f"izreg: {value}\n")
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    _print_startup_errors_in_one_line()
     return make_server(options.subOptions.config, reactor, tls=options.subOptions.tls)

@@ -56,9 +56,11 @@ def test_account_list(capsys, tmp_path, account):
 
 def test_key_create_prints_only_the_key_and_it_verifies(capsys, tmp_path, account):
     code, out, err = run(capsys, tmp_path, "key", "create", account, "--name", "ci", "--read-only")
-    assert code == 0 and err == ""
+    assert code == 0
     assert len(lines(out)) == 1
     key = keys.parse(out.strip())
+    assert err == f"key id {key.key_id} (for izreg key revoke); the key is not shown again\n"
+    assert out.strip() not in err
     env = open_env(str(tmp_path))
     try:
         record = AuthStore(env).get_key(key.key_id)

@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from izreg import StartupError
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.bootstrap import bootstrap
 from izreg.auth.devices import DeviceVerifier, SubjectFields
@@ -60,7 +61,9 @@ class RegistryService(service.MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"izreg: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from None
+            message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
+            self.log.error("{message}", message=message)
+            raise StartupError(message) from None
 
     def startService(self) -> None:
         config = self.config

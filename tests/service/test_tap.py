@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -39,9 +41,9 @@ def test_options_override_the_file(tmp_path):
     [
         (["--tls-listen", "tcp:5443"], "izreg: --tls-listen needs --tls-cert and --tls-key (tls.cert, tls.key)"),
         (["--tls-listen", "tcp:5443", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "izreg: TLS: "),
-        (["--listen", "bogus:1"], "izreg: --listen 'bogus:1' is not a Twisted endpoint string: Unknown endpoint type"),
-        (["--listen", "tcp:notaport"], "izreg: --listen 'tcp:notaport' is not a Twisted endpoint string"),
-        (["--tls-listen", "tcp:1:nosuch=1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "izreg: --tls-listen 'tcp:1:nosuch=1' is not a Twisted endpoint string"),
+        (["--listen", "bogus:1"], "izreg: --listen 'bogus:1' is not a valid Twisted endpoint string"),
+        (["--listen", "tcp:notaport"], "izreg: --listen 'tcp:notaport' is not a valid Twisted endpoint string"),
+        (["--tls-listen", "tcp:1:nosuch=1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "izreg: --tls-listen 'tcp:1:nosuch=1' is not a valid Twisted endpoint string"),
     ],
 )
 def test_bad_options_stop_with_one_line(tmp_path, argv, message):
@@ -96,10 +98,12 @@ async def test_storage_opens_on_start_and_closes_on_stop(tmp_path):
     assert top.registry is None
 
 
-def test_a_port_in_use_is_one_line(tmp_path):
+def test_a_port_in_use_stops_start_up(tmp_path):
     import socket
 
     from twisted.internet import reactor
+
+    from izreg import StartupError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -107,10 +111,36 @@ def test_a_port_in_use_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{port}:interface=127.0.0.1")
         top = make_server(config, reactor)
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(StartupError) as e:
             top.privilegedStartService()
-    assert str(e.value.code).startswith(f"izreg: cannot listen on 127.0.0.1:{port}: ")
-    assert "\n" not in str(e.value.code)
+    assert str(e.value).startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert "\n" not in str(e.value)
+
+
+def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [twistd, "-n", "--logfile", str(tmp_path / "log"), "--pidfile", str(tmp_path / "pid"), "izreg", "server",
+             "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"]
+    assert not (tmp_path / "pid").exists() and not (tmp_path / "d").exists()
+    assert "cannot listen" in (tmp_path / "log").read_text()
+
+
+def test_options_create_no_data_dir(tmp_path):
+    parse("server", "--data-dir", str(tmp_path / "a" / "b"))
+    assert not (tmp_path / "a").exists()
 
 
 def test_usage_names_the_subcommand_once(capsys):
