@@ -23,7 +23,7 @@ from cryptography import x509
 
 from izreg.auth.devices import fingerprint_sha256, normalize_fingerprint, normalize_serial, serial_hex
 from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
-from izreg.auth.store import AuthStore
+from izreg.auth.store import AuthStore, UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
 from izreg.storage.lmdbenv import index_path, open_env
@@ -156,17 +156,19 @@ def _list_revoked(args, io: _Io) -> int:
 def _pulls(args, io: _Io) -> int:
     if not ACCOUNT_RE.match(args.account):
         return io.fail(f"not an account id (32 lowercase hex): {args.account!r}")
-    if args.repository is not None and not NAME_RE.match(args.repository):
-        return io.fail(f"not a repository name (<account>/<name>): {args.repository!r}")
-    if args.repository is not None and not args.repository.startswith(args.account + "/"):
-        return io.fail(f"repository {args.repository} is not in account {args.account}")
+    if args.repository is not None:
+        name = NAME_RE.match(args.repository)
+        if name is None:
+            return io.fail(f"not a repository name (<account>/<name>): {args.repository!r}")
+        if name["account"] != args.account:
+            return io.fail(f"repository {args.repository} is not in account {args.account}")
     try:
         env, store = _store(io)
     except _NoData as e:
         return io.fail(str(e))
     try:
         if AuthStore(env).get_account(args.account) is None:
-            return io.fail(f"no such account: {args.account}")
+            return io.fail(str(UnknownAccount(args.account)))
         records = store.list_pulls(args.account, args.repository)
     finally:
         env.close()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet.testing import MemoryReactorClock
 
+from izreg import StartupError
 from izreg.service.services import RegistryService
 from izreg.tap import Options, make_server
 
@@ -98,42 +102,35 @@ async def test_storage_opens_on_start_and_closes_on_stop(tmp_path):
     assert top.registry is None
 
 
-def test_a_port_in_use_stops_start_up(tmp_path):
-    import socket
-
-    from twisted.internet import reactor
-
-    from izreg import StartupError
-
+@pytest.fixture
+def taken_port():
+    """A loopback port something else listens on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{port}:interface=127.0.0.1")
-        top = make_server(config, reactor)
-        with pytest.raises(StartupError) as e:
-            top.privilegedStartService()
-    assert str(e.value).startswith(f"cannot listen on 127.0.0.1:{port}: ")
+        yield taken.getsockname()[1]
+
+
+def test_a_port_in_use_stops_start_up(tmp_path, taken_port):
+    from twisted.internet import reactor
+
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{taken_port}:interface=127.0.0.1")
+    top = make_server(config, reactor)
+    with pytest.raises(StartupError) as e:
+        top.privilegedStartService()
+    assert str(e.value).startswith(f"cannot listen on 127.0.0.1:{taken_port}: ")
     assert "\n" not in str(e.value)
 
 
-def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
+def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, taken_port):
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [twistd, "-n", "--logfile", str(tmp_path / "log"), "--pidfile", str(tmp_path / "pid"), "izreg", "server",
-             "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{port}:interface=127.0.0.1"],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        )
+    done = subprocess.run(
+        [twistd, "-n", "--logfile", str(tmp_path / "log"), "--pidfile", str(tmp_path / "pid"), "izreg", "server",
+         "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{taken_port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"]
+    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use"]
     assert not (tmp_path / "pid").exists() and not (tmp_path / "d").exists()
     assert "cannot listen" in (tmp_path / "log").read_text()
 
