@@ -1,0 +1,1 @@
+"""The gateway side: ``twistd izreg edge``, a verified pull-through cache in front of the registry."""
