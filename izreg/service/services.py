@@ -29,6 +29,7 @@ from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.tls import CRLFile, ServerTLS
+from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.lmdbenv import open_env
@@ -101,6 +102,7 @@ class RegistryService(service.MultiService):
             run_write=self._runner(writer),
             run_io=self._run_io,
             limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
+            audit=AuditLog(env),
         )
         for path in self.registry.orphan_uploads():
             os.unlink(path)
