@@ -41,7 +41,7 @@ _TEMPLATES = {
     routes.REFERRERS: "/v2/{name}/referrers/{digest}",
 }
 #: fixed paths, served as they are
-_FIXED = {"/v2/", "/v2", "/v2/_catalog", "/v2/token", "/healthz", "/readyz", "/metrics", "/",
+_FIXED = {"/v2/", "/v2", "/v2/_catalog", "/v2/token", "/healthz", "/readyz", "/metrics", "/", "/ui", "/ui/",
           "/v2/_izreg/repositories", "/v2/_izreg/pulls"}
 _IZREG_REPO = re.compile(r"(?P<name>.+)/_izreg/(?P<what>manifests)")
 
@@ -60,6 +60,8 @@ def route_of(path: bytes) -> tuple[str, str | None]:
         return "other", None
     if text in _FIXED:
         return text, None
+    if re.fullmatch(r"/ui/[^/]+", text):
+        return "/ui/{file}", None
     if not text.startswith("/v2/"):
         return "other", None
     rest = text[4:]

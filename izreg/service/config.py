@@ -48,6 +48,7 @@ class Config:
     webhook_retry_max: int = 3600
     webhook_max_attempts: int = 30
     webhook_timeout: int = 10
+    ui_enabled: bool = True
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -93,6 +94,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("webhooks", "retry_max"): ("webhook_retry_max", int),
     ("webhooks", "max_attempts"): ("webhook_max_attempts", int),
     ("webhooks", "timeout"): ("webhook_timeout", int),
+    ("ui", "enabled"): ("ui_enabled", bool),
 }
 
 LOG_FORMATS = ("text", "json")

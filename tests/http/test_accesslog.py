@@ -20,6 +20,7 @@ DIGEST = "sha256:" + "a" * 64
     (f"/v2/{NAME}/referrers/{DIGEST}", "/v2/{name}/referrers/{digest}", NAME),
     (f"/v2/{NAME}/_izreg/manifests", "/v2/{name}/_izreg/manifests", NAME),
     ("/v2/", "/v2/", None), ("/v2/_catalog", "/v2/_catalog", None), ("/readyz", "/readyz", None),
+    ("/ui/app.js", "/ui/{file}", None), ("/ui/", "/ui/", None),
     ("/v2/nope", "other", None), ("/etc/passwd", "other", None), ("/v2/%ff", "other", None),
     (f"/v2/{NAME}/manifests/v1/extra", "other", None),
 ])
