@@ -152,7 +152,7 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     from izreg.http.clientaddr import TrustedProxies
     from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders
 
-    api = RegistryAPI(chunk_min_length=config.chunk_min_length, budget=BodyBudget(config.body_memory))
+    api = RegistryAPI(chunk_min_length=config.chunk_min_length, ui=config.ui_enabled, budget=BodyBudget(config.body_memory))
     proxies = TrustedProxies(config.trusted_proxies)
     site = RegistrySite(
         api.resource(), api.body_for, proxies=proxies,

@@ -34,6 +34,7 @@ from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
+from izreg.http.ui.pages import StaticPages
 from izreg.registry import Registry
 from izreg.storage.uploads import ChunkWriter
 
@@ -92,7 +93,8 @@ class RegistryAPI:
     })
 
     def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None, budget: BodyBudget | None = None) -> None:
+                 authenticator=None, pulls=None, now=None, budget: BodyBudget | None = None,
+                 ui: bool = True) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
@@ -100,6 +102,7 @@ class RegistryAPI:
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
         self.budget = budget  # request bodies kept in memory, across connections
+        self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
 
     def resource(self):
         self.table.check_complete()
@@ -199,6 +202,18 @@ class RegistryAPI:
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
         return self._json(request, answer)
 
+    @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    @route("/ui/<name>", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    def ui_page(self, request, name=""):
+        """The browse page (L{izreg.http.ui.pages}); C{/ui} redirects to C{/ui/}."""
+        if self.ui is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the browse page is off ([ui] enabled = false)")
+        if request.path == b"/ui":
+            request.redirect(b"/ui/")
+            return b""
+        return self.ui.render(request, name)
+
     @route("/v2/<path:rest>", methods=ALL_METHODS, access=None, endpoint=REPOSITORY)
     async def dispatch(self, request, rest):
         method = request.method.decode("ascii", "replace").upper()
@@ -233,8 +248,9 @@ class RegistryAPI:
         return b""
 
     async def delete_manifest(self, request, route):
+        principal = _principal(request)
         repo = route.repository
-        await self.registry.delete_manifest(repo, parse_reference(route.argument))
+        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -264,8 +280,9 @@ class RegistryAPI:
         return FileBody(blob.file, start, length)
 
     async def delete_blob(self, request, route):
+        principal = _principal(request)
         repo = route.repository
-        await self.registry.delete_blob(repo, Digest.parse(route.argument))
+        await self.registry.delete_blob(repo, Digest.parse(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -383,6 +400,17 @@ class RegistryAPI:
         body = json.dumps(value).encode()
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body
+
+
+def _who(request, principal) -> tuple[str, str]:
+    """The audit log's actor and client address for a request (never a secret)."""
+    if principal is None:
+        actor = "anonymous"
+    elif principal.kind == "device":
+        actor = f"device:{principal.account}/{principal.device_id}"
+    else:
+        actor = f"key:{principal.key_id}"
+    return actor, _client_address(request)
 
 
 def _close(blob) -> None:

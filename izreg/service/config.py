@@ -49,6 +49,7 @@ class Config:
     body_min_rate: int = 1024
     body_grace: int = 30
     trusted_proxies: tuple[str, ...] = ()
+    ui_enabled: bool = True
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -98,6 +99,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("connections", "body_min_rate"): ("body_min_rate", int),
     ("connections", "body_grace"): ("body_grace", int),
     ("server", "trusted_proxies"): ("trusted_proxies", tuple),
+    ("ui", "enabled"): ("ui_enabled", bool),
 }
 
 
