@@ -30,6 +30,7 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http import health
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
@@ -102,6 +103,8 @@ class RegistryAPI:
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
         self.budget = budget  # request bodies kept in memory, across connections
+        self.readiness = None  # izreg.http.health.Readiness, set by the service
+        self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
 
     def resource(self):
@@ -131,6 +134,7 @@ class RegistryAPI:
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
         self.authorize(request, target)
+        self._check_push(target)
         kind = target.endpoint.body
         if kind is Body.NONE:
             return Dropped()
@@ -152,6 +156,15 @@ class RegistryAPI:
                 return Dropped()
             return self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0]))
         return self._chunk_sink(request, repository, target.route.argument, length)
+
+    def _check_push(self, target: Target) -> None:
+        """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
+        if self.readiness is None or target.route is None or target.endpoint.access is not Access.PUSH:
+            return
+        if target.route.endpoint in (routes.MANIFEST, routes.UPLOADS, routes.UPLOAD):
+            refusal = self.readiness.push_refusal()
+            if refusal is not None:
+                raise refusal
 
     def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
         session = self.registry.upload(repository, upload_id)
@@ -178,6 +191,14 @@ class RegistryAPI:
     @route("/v2/", methods=["GET", "HEAD"], access=Access.PULL, strict_slashes=False)
     def base(self, request):
         return self._json(request, {})
+
+    @route("/healthz", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    def healthz(self, request):
+        return health.alive(request)
+
+    @route("/readyz", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    async def readyz(self, request):
+        return await health.ready(request, self.readiness)
 
     @route("/v2/_catalog", methods=["GET"], access=Access.CATALOG)
     def catalog(self, request):
@@ -219,6 +240,7 @@ class RegistryAPI:
         method = request.method.decode("ascii", "replace").upper()
         target = self.table.resolve_repository(method, rest)
         self.authorize(request, target)
+        self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 
     # -- manifests ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import render_error
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
@@ -159,7 +161,32 @@ def error_response(error: RegistryError, head: bool = False) -> bytes:
 
 
 class RegistryRequest(server.Request):
-    """A request whose body sink is chosen by C{site.body_for} once the headers are in."""
+    """
+    A request whose body sink is chosen by C{site.body_for} once the headers
+    are in. It counts its body bytes and carries a request id (for the
+    access log, L{izreg.http.accesslog}).
+    """
+
+    request_id = "-"
+    #: (method, URI) as soon as the headers are in (before C{method}/C{path} are set)
+    line = (b"-", b"")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.monotonic()
+        self.bytes_in = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        super().handleContentChunk(data)
+
+    def connectionLost(self, reason) -> None:
+        if not self.finished and not getattr(self, "_logged_gone", False):
+            self._logged_gone = True
+            access_log = getattr(self.channel.site, "access_log", None) if self.channel else None
+            if access_log is not None:
+                access_log(self, CLIENT_GONE)
+        super().connectionLost(reason)
 
     def gotLength(self, length):
         body_for = getattr(self.channel.site, "body_for", None)
@@ -167,6 +194,7 @@ class RegistryRequest(server.Request):
             return super().gotLength(length)
         # The channel holds the request line until the body is complete; this is
         # the one point where method and URI are known and no body byte is yet.
+        self.line = (self.channel._command, self.channel._path)
         try:
             self.content = body_for(self, self.channel._command, self.channel._path, length)
         except RegistryError as e:
@@ -176,8 +204,12 @@ class RegistryRequest(server.Request):
     def refuse(self, error: RegistryError) -> None:
         """Answer C{error} now, before (or in the middle of) the body, and drop the rest of it."""
         channel = self.channel
-        if channel is not None and hasattr(channel, "refuse"):
+        if channel is not None and hasattr(channel, "refuse") and not channel._refused:
             channel.refuse(error_response(error, head=channel._command == b"HEAD"), error)
+            access_log = getattr(channel.site, "access_log", None)
+            if access_log is not None and not getattr(self, "_logged_gone", False):
+                self._logged_gone = True  # logged with its status, not again as "client gone"
+                access_log(self, error.code.status)
 
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a
@@ -192,6 +224,8 @@ class RegistryRequest(server.Request):
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
+        self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
+        self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         try:
             unquote_to_bytes(self.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -341,6 +375,8 @@ class RegistrySite(server.Site):
     """
 
     requestFactory = RegistryRequest
+    #: C{access_log(request, status=None)}, called once per request (L{izreg.http.accesslog.AccessLog})
+    access_log = None
 
     def __init__(self, resource, body_for, connections: ConnectionLimits | None = None,
                  slow: SlowSenders | None = None, proxies=None, **kwargs) -> None:
@@ -366,3 +402,8 @@ class RegistrySite(server.Site):
         if self.connections is not None:
             p._channel.address = address
         return p
+
+    def log(self, request) -> None:
+        if self.access_log is None:
+            return super().log(request)
+        self.access_log(request)
