@@ -66,6 +66,7 @@ class Endpoint:
     access: Access
     handler: str  # the name of the handler method on the API object
     body: Body = Body.NONE
+    bearer: bool = False  # a 401 challenges Bearer, never Basic (the browse API: a browser's fetch())
 
 
 #: the Klein endpoint that hands ``/v2/<name>/...`` to the repository routes
@@ -90,7 +91,8 @@ class RouteTable:
         #: (izreg.core.routes endpoint, method) -> Endpoint, for /v2/<name>/...
         self.repository_routes: dict[tuple[str, str], Endpoint] = {}
 
-    def route(self, url: str, methods: list[str], access: Access | None, body: Body = Body.NONE, **kwargs):
+    def route(self, url: str, methods: list[str], access: Access | None, body: Body = Body.NONE,
+              bearer: bool = False, **kwargs):
         """
         Declare a Klein route with its access. The handler runs only once the
         caller is authorized (``request.principal`` holds who it is).
@@ -99,7 +101,7 @@ class RouteTable:
 
         def decorate(f):
             name = kwargs.get("endpoint", f.__name__)
-            endpoint = None if access is None else Endpoint(access, f.__name__, body)
+            endpoint = None if access is None else Endpoint(access, f.__name__, body, bearer)
             self.endpoints[name] = endpoint
             if kwargs.get("branch"):
                 self.endpoints[name + "_branch"] = endpoint
