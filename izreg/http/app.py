@@ -30,7 +30,7 @@ from izreg.http.errors import as_registry_error, render_error
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
 from izreg.registry import Registry
-from izreg.storage.uploads import ChunkWriter
+from izreg.storage.interfaces import IBodySink
 
 PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
@@ -107,9 +107,9 @@ class RegistryAPI:
         args = parse_qs(query.decode("utf-8", "replace"))
         try:
             if route.endpoint == routes.UPLOADS and method == b"POST":
-                return self._monolithic_sink(request, route.repository, args)
+                return _throttled(self._monolithic_sink(request, route.repository, args), request)
             if route.endpoint == routes.UPLOAD and method in (b"PATCH", b"PUT"):
-                return self._chunk_sink(request, route.repository, route.argument, length)
+                return _throttled(self._chunk_sink(request, route.repository, route.argument, length), request)
         except RegistryError as e:
             return Rejected(e)
         return Rejected(None)
@@ -138,8 +138,8 @@ class RegistryAPI:
                 )
             if length is not None and end - start + 1 != length:
                 raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range": content_range, "content-length": length})
-            return ChunkWriter(session, expected=end - start + 1)
-        return ChunkWriter(session)
+            return self.registry.chunk_writer(session, expected=end - start + 1)
+        return self.registry.chunk_writer(session)
 
     def _repository(self, request, route: routes.Route, action: str) -> Repository:
         self.guard.check(request, route.repository, action)
@@ -222,7 +222,12 @@ class RegistryAPI:
 
     async def get_blob(self, request, route):
         repo = self._repository(request, route, PULL)
-        blob = self.registry.get_blob(repo, Digest.parse(route.argument))
+        blob = self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
+        if blob.redirect is not None:
+            # the store's short-lived URL: the bytes bypass izreg (as distribution's redirect)
+            request.setResponseCode(307)
+            _set(request, Location=blob.redirect, Docker_Content_Digest=blob.digest, Content_Length=0)
+            return b""
         try:
             wanted = parse_range(_header(request, "Range"), blob.size)
         except RegistryError:
@@ -279,7 +284,7 @@ class RegistryAPI:
                 return self._blob_created(request, repo, digest)
         elif _arg(request, "digest") is not None:
             digest = Digest.parse(_arg(request, "digest"))
-            writer = body if isinstance(body, ChunkWriter) else None
+            writer = body if IBodySink.providedBy(body) else None
             session = writer.session if writer else self.registry.pending_upload(repo, digest)
             await shield(self.registry.commit_upload(repo, session, digest, writer))
             return self._blob_created(request, repo, digest)
@@ -296,7 +301,7 @@ class RegistryAPI:
     async def patch_upload(self, request, route):
         repo = self._repository(request, route, PUSH)
         body = self._body(request)
-        if isinstance(body, ChunkWriter):
+        if IBodySink.providedBy(body):
             await shield(self.registry.chunk_done(body))
             session = body.session
         else:
@@ -310,7 +315,7 @@ class RegistryAPI:
         if digest_text is None:
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
         digest = Digest.parse(digest_text)
-        writer = body if isinstance(body, ChunkWriter) else None
+        writer = body if IBodySink.providedBy(body) else None
         session = writer.session if writer else self.registry.upload(repo, route.argument)
         await shield(self.registry.commit_upload(repo, session, digest, writer))
         return self._blob_created(request, repo, digest)
@@ -345,7 +350,7 @@ class RegistryAPI:
         body = request.content
         if isinstance(body, Rejected) and body.error is not None:
             raise body.error
-        if isinstance(body, ChunkWriter) and body.expected is not None and body.written != body.expected:
+        if IBodySink.providedBy(body) and body.expected is not None and body.written != body.expected:
             body.abort()
             raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})
         return body
@@ -365,6 +370,15 @@ class RegistryAPI:
         body = json.dumps(value).encode()
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body
+
+
+def _throttled(sink, request):
+    """Let an upload sink pause reading from the connection while its store catches up."""
+    if IBodySink.providedBy(sink):
+        transport = getattr(request.channel, "transport", None)
+        if transport is not None:
+            sink.throttle(transport)
+    return sink
 
 
 def _close(blob) -> None:

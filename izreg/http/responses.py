@@ -22,15 +22,19 @@ READ_SIZE = 512 * 1024
 @implementer(IPushProducer)
 class FileSender:
     """
-    Sends C{length} bytes of an open file from C{offset} as a push producer:
-    it writes until the transport's buffer is full and says pause, and goes
-    on when the transport has drained it. (A pull producer would be driven
-    through twisted.web's cooperator, one small step per reactor turn.)
+    Sends C{length} bytes of a blob reader (L{IBlobReader}) from C{offset}
+    as a push producer: it writes until the transport's buffer is full and
+    says pause, and goes on when the transport has drained it. (A pull
+    producer would be driven through twisted.web's cooperator, one small
+    step per reactor turn.) A reader whose reads wait on the network (S3)
+    answers with a Deferred: one read is in flight at a time, so memory
+    stays flat.
     """
 
     def __init__(self, request, file, offset: int, length: int) -> None:
         self.request, self.file, self.remaining = request, file, length
         self.paused = False
+        self.reading = False
         file.seek(offset)
 
     def start(self) -> None:
@@ -39,15 +43,42 @@ class FileSender:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while not self.paused and self.request is not None and self.remaining:
+        while not self.paused and not self.reading and self.request is not None and self.remaining:
             data = self.file.read(min(READ_SIZE, self.remaining))
-            if not data:
-                log.error("blob file ended {remaining} bytes early", remaining=self.remaining)
-                self.request.loseConnection()
-                self.stopProducing()
+            if isinstance(data, defer.Deferred):
+                self.reading = True
+                data.addCallbacks(self._read, self._failed)
                 return
-            self.remaining -= len(data)
-            self.request.write(data)
+            self._send(data)
+        self._finish_if_done()
+
+    def _read(self, data: bytes) -> None:
+        self.reading = False
+        if self.request is None:
+            return
+        self._send(data)
+        if not self.paused:
+            self.resumeProducing()
+        else:
+            self._finish_if_done()
+
+    def _failed(self, failure: Failure) -> None:
+        self.reading = False
+        log.failure("reading a blob failed with {remaining} bytes to send", failure, remaining=self.remaining)
+        if self.request is not None:
+            self.request.loseConnection()
+            self.stopProducing()
+
+    def _send(self, data: bytes) -> None:
+        if not data:
+            log.error("blob ended {remaining} bytes early", remaining=self.remaining)
+            self.request.loseConnection()
+            self.stopProducing()
+            return
+        self.remaining -= len(data)
+        self.request.write(data)
+
+    def _finish_if_done(self) -> None:
         if self.request is not None and not self.remaining:
             request = self.request
             self.stopProducing()
@@ -63,7 +94,7 @@ class FileSender:
 
 
 class FileBody(Resource):
-    """C{length} bytes of an open file from C{start}, streamed with back-pressure (L{FileSender})."""
+    """C{length} bytes of a blob reader from C{start}, streamed with back-pressure (L{FileSender})."""
 
     isLeaf = True
 

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.storage.test_blobs -*-
 """
-Content-addressed blob files.
+Content-addressed blob files: the filesystem L{IBlobStore}.
 
 Every method here may block on the disk: the service runs them in a thread,
-never on the reactor (except the cheap L{BlobStore.open} and stat calls).
+never on the reactor (except the cheap L{BlobStore.open}).
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import uuid
 
+from zope.interface import implementer
+
 from izreg.core.digest import Digest
 from izreg.storage import paths
+from izreg.storage.interfaces import IBlobReader, IBlobStore
 
 HASH_CHUNK = 1024 * 1024
 
@@ -50,6 +53,33 @@ def hash_file(path: str, algorithm: str, length: int | None = None):
     return hasher
 
 
+@implementer(IBlobReader)
+class FileReader:
+    """An open blob file: unbuffered reads from the page cache, or C{os.sendfile} to a socket."""
+
+    def __init__(self, f) -> None:
+        self._file = f
+
+    def seek(self, offset: int) -> None:
+        self._file.seek(offset)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def sendfile(self, out_fd: int, offset: int, count: int) -> int:
+        return os.sendfile(out_fd, self._file.fileno(), offset, count)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@implementer(IBlobStore)
 class BlobStore:
     """Immutable blob files under C{root}/blobs."""
 
@@ -66,12 +96,25 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def open(self, digest: Digest):
-        """An unbuffered reader, or C{None} if the file is gone."""
+    def stat(self, digest: Digest) -> tuple[int, float] | None:
         try:
-            return open(self.path(digest), "rb")
+            st = os.stat(self.path(digest))
         except FileNotFoundError:
             return None
+        return st.st_size, st.st_mtime
+
+    def open(self, digest: Digest) -> FileReader | None:
+        """A reader, or C{None} if the file is gone."""
+        try:
+            return FileReader(open(self.path(digest), "rb", buffering=0))
+        except FileNotFoundError:
+            return None
+
+    def redirect_url(self, digest: Digest, filename: str | None = None) -> None:
+        return None
+
+    def hash(self, digest: Digest, algorithm: str) -> str:
+        return hash_file(self.path(digest), algorithm).hexdigest()
 
     def ingest(self, source: str, digest: Digest) -> None:
         """
