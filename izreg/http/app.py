@@ -27,8 +27,10 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Rejected
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http import health
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
+from izreg.http.ui.pages import StaticPages
 from izreg.registry import Registry
 from izreg.storage.interfaces import IBodySink
 
@@ -36,6 +38,8 @@ PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 #: tags/catalog page size when the client gives no ``n``, and the largest page served
 MAX_PAGE = 10000
+#: the largest page of the browse API's manifest listing (each entry parses a manifest)
+BROWSE_PAGE = 1000
 
 
 def _arg(request, name: str) -> str | None:
@@ -58,13 +62,17 @@ class RegistryAPI:
     log = Logger()
 
     def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None) -> None:
+                 authenticator=None, pulls=None, now=None, ui: bool = True, browser=None) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
         self.authenticator = authenticator  # for the token endpoint, when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
+        self.readiness = None  # izreg.http.health.Readiness, set by the service
+        self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
+        self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
+        self.browser = browser  # izreg.browse.Browser, set by the service
         self._dispatch = {
             (routes.MANIFEST, "GET"): self.get_manifest,
             (routes.MANIFEST, "HEAD"): self.get_manifest,
@@ -82,6 +90,7 @@ class RegistryAPI:
             (routes.TAGS, "HEAD"): self.list_tags,
             (routes.REFERRERS, "GET"): self.list_referrers,
             (routes.REFERRERS, "HEAD"): self.list_referrers,
+            (routes.BROWSE, "GET"): self.browse_manifests,
         }
 
     def resource(self):
@@ -96,6 +105,9 @@ class RegistryAPI:
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
         """Choose where a request body goes (see L{izreg.http.bodies})."""
         path, _, query = uri.partition(b"?")
+        refusal = self._push_refusal(method, path)
+        if refusal is not None:
+            return Rejected(refusal)
         if not path.startswith(b"/v2/") or method not in (b"POST", b"PATCH", b"PUT") or length == 0:
             return BoundedBuffer(self.registry.limits.max_manifest_size if self.registry else 0)
         try:
@@ -113,6 +125,18 @@ class RegistryAPI:
         except RegistryError as e:
             return Rejected(e)
         return Rejected(None)
+
+    def _push_refusal(self, method: bytes, path: bytes) -> RegistryError | None:
+        """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
+        if self.readiness is None or method not in (b"POST", b"PATCH", b"PUT") or not path.startswith(b"/v2/"):
+            return None
+        try:
+            route = routes.match(unquote(path[4:].decode("utf-8")))
+        except (RegistryError, UnicodeDecodeError):
+            return None
+        if route.endpoint not in (routes.MANIFEST, routes.UPLOADS, routes.UPLOAD):
+            return None
+        return self.readiness.push_refusal()
 
     def _monolithic_sink(self, request, repository: Repository, args: dict[str, list[str]]):
         self.guard.check(request, repository, PUSH)
@@ -152,6 +176,14 @@ class RegistryAPI:
         self.guard.check(request, None, PULL)
         return self._json(request, {})
 
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request):
+        return health.alive(request)
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(self, request):
+        return await health.ready(request, self.readiness)
+
     @app.route("/v2/_catalog", methods=["GET"])
     def catalog(self, request):
         account = self.guard.catalog_account(request)
@@ -160,6 +192,23 @@ class RegistryAPI:
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
+
+    @app.route("/v2/_izreg/repositories", methods=["GET"])
+    def browse_repositories(self, request):
+        """The caller's account's repositories with their counters (docs/api.rst)."""
+        with _browse_challenge():
+            account = self.guard.catalog_account(request)
+        wanted = _arg(request, "account")
+        if wanted is not None and account is not None and wanted != account:
+            raise RegistryError(ErrorCode.DENIED, {"account": wanted[:64]}, "a key may only list its own account")
+        account = account or wanted
+        if account is None:
+            raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
+        limit, last = self._page(request)
+        found, more = self.browser.repositories(account, limit, last)
+        if more and found:
+            self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
+        return self._json(request, {"account": account, "repositories": found})
 
     @app.route("/v2/token", methods=["GET", "POST"])
     def token(self, request):
@@ -173,6 +222,18 @@ class RegistryAPI:
         answer = self.authenticator.issue_token(
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
         return self._json(request, answer)
+
+    @app.route("/ui", methods=["GET", "HEAD"])
+    @app.route("/ui/", methods=["GET", "HEAD"])
+    @app.route("/ui/<name>", methods=["GET", "HEAD"])
+    def ui_page(self, request, name=""):
+        """The browse page (L{izreg.http.ui.pages}); C{/ui} redirects to C{/ui/}."""
+        if self.ui is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the browse page is off ([ui] enabled = false)")
+        if request.path == b"/ui":
+            request.redirect(b"/ui/")
+            return b""
+        return self.ui.render(request, name)
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):
@@ -213,8 +274,9 @@ class RegistryAPI:
         return b""
 
     async def delete_manifest(self, request, route):
-        repo = self._repository(request, route, DELETE)
-        await self.registry.delete_manifest(repo, parse_reference(route.argument))
+        principal = self.guard.check(request, route.repository, DELETE)
+        repo = route.repository
+        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -249,8 +311,9 @@ class RegistryAPI:
         return FileBody(blob.file, start, length)
 
     async def delete_blob(self, request, route):
-        repo = self._repository(request, route, DELETE)
-        await self.registry.delete_blob(repo, Digest.parse(route.argument))
+        principal = self.guard.check(request, route.repository, DELETE)
+        repo = route.repository
+        await self.registry.delete_blob(repo, Digest.parse(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -344,6 +407,18 @@ class RegistryAPI:
             _set(request, OCI_Filters_Applied="artifactType")
         return self._json(request, referrers_index(found), mt.OCI_INDEX)
 
+    async def browse_manifests(self, request, route):
+        """The repository's manifests with tags, sizes, platforms and device pulls (docs/api.rst)."""
+        with _browse_challenge():
+            repo = self._repository(request, route, PULL)
+        limit, last = self._page(request)
+        found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
+        if not found and last is None and not self.registry.index.repo_exists(repo.name):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
+        if more and found:
+            self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])
+        return self._json(request, {"name": repo.name, "manifests": found})
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _body(self, request):
@@ -379,6 +454,31 @@ def _throttled(sink, request):
         if transport is not None:
             sink.throttle(transport)
     return sink
+
+
+def _who(request, principal) -> tuple[str, str]:
+    """The audit log's actor and client address for a request (never a secret)."""
+    if principal is None:
+        actor = "anonymous"
+    elif principal.kind == "device":
+        actor = f"device:{principal.account}/{principal.device_id}"
+    else:
+        actor = f"key:{principal.key_id}"
+    return actor, _client_address(request)
+
+
+class _browse_challenge:
+    """A 401 on ``/v2/_izreg/`` challenges with Bearer, never Basic (a browser would show its own login prompt)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, RegistryError) and error.code is ErrorCode.UNAUTHORIZED:
+            challenge = error.headers.get("WWW-Authenticate", "")
+            if not challenge.startswith("Bearer"):
+                error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
+        return False
 
 
 def _close(blob) -> None:

@@ -49,6 +49,16 @@ class Config:
     s3_redirect: bool = False
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
+    # operations (#14): health, metrics, logs, webhooks
+    min_free_disk: str = "0"
+    metrics_listen: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "info"
+    webhook_retry_min: int = 5
+    webhook_retry_max: int = 3600
+    webhook_max_attempts: int = 30
+    webhook_timeout: int = 10
+    ui_enabled: bool = True
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -68,6 +78,7 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
+        _check_operations(self)
         return self
 
 
@@ -103,7 +114,36 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "redirect"): ("s3_redirect", bool),
     ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
     ("storage.s3", "threads"): ("s3_threads", int),
+    ("server", "min_free_disk"): ("min_free_disk", str),
+    ("server", "log_format"): ("log_format", str),
+    ("server", "log_level"): ("log_level", str),
+    ("metrics", "listen"): ("metrics_listen", tuple),
+    ("webhooks", "retry_min"): ("webhook_retry_min", int),
+    ("webhooks", "retry_max"): ("webhook_retry_max", int),
+    ("webhooks", "max_attempts"): ("webhook_max_attempts", int),
+    ("webhooks", "timeout"): ("webhook_timeout", int),
+    ("ui", "enabled"): ("ui_enabled", bool),
 }
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _check_operations(config: Config) -> None:
+    from izreg.storage.capacity import parse_floor
+
+    try:
+        parse_floor(config.min_free_disk)
+    except ValueError as e:
+        raise ConfigError(f"server.min_free_disk: {e}") from None
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"server.log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, not {config.log_level!r}")
+    if not 1 <= config.webhook_retry_min <= config.webhook_retry_max:
+        raise ConfigError("webhooks.retry_min must be at least 1 and at most webhooks.retry_max")
+    if config.webhook_max_attempts < 1 or config.webhook_timeout < 1:
+        raise ConfigError("webhooks.max_attempts and webhooks.timeout must be at least 1")
 
 
 def _check(name: str, value: Any, kind: type) -> Any:

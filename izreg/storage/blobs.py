@@ -14,8 +14,8 @@ import uuid
 from zope.interface import implementer
 
 from izreg.core.digest import Digest
-from izreg.storage import paths
-from izreg.storage.interfaces import IBlobReader, IBlobStore
+from izreg.storage import paths, readers
+from izreg.storage.interfaces import IBlobStore
 
 HASH_CHUNK = 1024 * 1024
 
@@ -53,32 +53,6 @@ def hash_file(path: str, algorithm: str, length: int | None = None):
     return hasher
 
 
-@implementer(IBlobReader)
-class FileReader:
-    """An open blob file: unbuffered reads from the page cache, or C{os.sendfile} to a socket."""
-
-    def __init__(self, f) -> None:
-        self._file = f
-
-    def seek(self, offset: int) -> None:
-        self._file.seek(offset)
-
-    def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
-
-    def sendfile(self, out_fd: int, offset: int, count: int) -> int:
-        return os.sendfile(out_fd, self._file.fileno(), offset, count)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 @implementer(IBlobStore)
 class BlobStore:
     """Immutable blob files under C{root}/blobs."""
@@ -103,12 +77,9 @@ class BlobStore:
             return None
         return st.st_size, st.st_mtime
 
-    def open(self, digest: Digest) -> FileReader | None:
-        """A reader, or C{None} if the file is gone."""
-        try:
-            return FileReader(open(self.path(digest), "rb", buffering=0))
-        except FileNotFoundError:
-            return None
+    def open(self, digest: Digest) -> readers.FileReader | None:
+        """An unbuffered reader with C{sendfile} (L{readers.FileReader}), or C{None} if the file is gone."""
+        return readers.open_file(self.path(digest))
 
     def redirect_url(self, digest: Digest, filename: str | None = None) -> None:
         return None
