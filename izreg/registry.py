@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_api -*-
+# -*- test-case-name: tests.http.test_manifests -*-
 """
 The registry's domain operations over the pure core and the storage layer.
 
@@ -58,7 +58,6 @@ class StoredManifest:
 @dataclass(frozen=True)
 class Limits:
     max_manifest_size: int = DEFAULT_MAX_MANIFEST
-    upload_ttl: float = 24 * 3600
     delete_enabled: bool = True
 
 
@@ -222,15 +221,6 @@ class Registry:
         if manifest is not None:
             return BlobContent(digest, len(manifest[1]), data=manifest[1])
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
-
-    def stat_blob(self, repo: Repository, digest: Digest) -> int:
-        size = self.index.blob_size(repo.name, digest)
-        if size is None:
-            manifest = self.index.get_manifest(repo.name, digest)
-            if manifest is None:
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
-            return len(manifest[1])
-        return size
 
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
         self._check_delete()
