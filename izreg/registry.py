@@ -32,7 +32,6 @@ Runner = Callable[..., Awaitable[Any]]
 #: who asks for a change, for the audit log: (actor, client address), e.g. ("key:<key id>", "10.0.0.1")
 Actor = tuple[str, str | None] | None
 
-DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024
 #: parse and hash manifests larger than this off the reactor thread
 INLINE_MANIFEST = 64 * 1024
 
@@ -57,8 +56,10 @@ class StoredManifest:
 
 @dataclass(frozen=True)
 class Limits:
-    max_manifest_size: int = DEFAULT_MAX_MANIFEST
-    delete_enabled: bool = True
+    """The configured limits (L{izreg.service.config.Config} holds their defaults)."""
+
+    max_manifest_size: int
+    delete_enabled: bool
 
 
 class Registry:
@@ -72,7 +73,7 @@ class Registry:
         now: Callable[[], float],
         run_write: Runner,
         run_io: Runner,
-        limits: Limits = Limits(),
+        limits: Limits,
         audit: AuditLog | None = None,
     ) -> None:
         self.index = index

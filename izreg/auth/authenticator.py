@@ -53,7 +53,6 @@ from izreg.storage.batch import LatestBatch
 
 #: the only username accepted with Basic auth; the password is the access key
 USERNAME = "KEY"
-DEFAULT_TOKEN_TTL = 3600
 DEFAULT_SERVICE = "izreg"
 
 Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
@@ -79,7 +78,8 @@ class Authenticator:
         every call that may challenge takes the token endpoint's absolute
         URL for this request as C{realm}
         (C{"https://registry.example:5000/v2/token"}).
-    @param limiter: the failed-authentication counter (a default one if C{None}).
+    @param token_ttl: seconds a token lives (C{auth.token_ttl}).
+    @param limiter: the failed-authentication counter (C{auth.failure_limit}, C{auth.failure_window}).
     """
 
     log = Logger()
@@ -92,8 +92,8 @@ class Authenticator:
         *,
         service: str = DEFAULT_SERVICE,
         basic_realm: str = "izreg",
-        token_ttl: int = DEFAULT_TOKEN_TTL,
-        limiter: FailureLimiter | None = None,
+        token_ttl: int,
+        limiter: FailureLimiter,
         last_used_interval: float = 60.0,
     ) -> None:
         self.store = store
@@ -102,7 +102,7 @@ class Authenticator:
         self.service = service
         self.basic_realm = basic_realm
         self.token_ttl = token_ttl
-        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.limiter = limiter
         self.last_used_interval = last_used_interval
         #: keys' last-used stamps, written by the service's timer on the writer thread
         self.last_used: LatestBatch[str] = LatestBatch(store.touch_keys)

@@ -15,6 +15,7 @@ from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
+from izreg.service.config import Config
 
 REALM = "https://registry.example:5000/v2/token"
 ADDR = "192.0.2.1"
@@ -52,7 +53,9 @@ def world(store, clock):
 
 
 def make(world, **kw):
-    return Authenticator(world.store, world.clock, **kw)
+    config = Config()
+    kw.setdefault("limiter", FailureLimiter(config.auth_failure_limit, config.auth_failure_window))
+    return Authenticator(world.store, world.clock, token_ttl=config.token_ttl, **kw)
 
 
 def forged_key(world):

@@ -105,12 +105,12 @@ def test_get_key_rejects_bad_ids(store):
 
 
 def test_data_survives_reopen(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     store = AuthStore(env)
     account = store.create_account(1.0)
     record, _ = store.create_key(account.account_id, 2.0)
     env.close()
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         assert AuthStore(env).get_key(record.key_id) == record
     finally:
