@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import devices_cli, ops_cli
+from izreg import devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
@@ -212,7 +212,7 @@ def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
 
 #: every command group; each adds its parser to the top-level subparsers
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
-                                                              ops_cli.register]
+                                                              manage_cli.register, ops_cli.register]
 
 
 class _Parser(argparse.ArgumentParser):
