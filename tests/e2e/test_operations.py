@@ -156,7 +156,7 @@ def assert_push_refused(client: OCIClient, repo: str) -> None:
     """A new blob push and a new manifest get 503 UNAVAILABLE."""
     resp = expect(client.push_blob_monolithic(repo, os.urandom(4096)), 503)
     assert resp.json()["errors"][0]["code"] == "UNAVAILABLE"
-    assert resp.headers.get("Retry-After")
+    assert resp.headers.get("Retry-After") and resp.headers.get("X-Request-Id")
     resp = expect(client.start_upload(repo), 503)
     assert resp.json()["errors"][0]["code"] == "UNAVAILABLE"
 
