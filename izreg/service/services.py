@@ -53,6 +53,7 @@ class RegistryService(service.MultiService):
         self.fixed_guard = guard
         self.registry: Registry | None = None
         self.pulls: PullRecorder | None = None
+        self.authenticator: Authenticator | None = None
         self._pools: list[ThreadPool] = []
         # operations (izreg.service.metrics, .logs): set by make_server
         self.metrics = None
@@ -85,6 +86,16 @@ class RegistryService(service.MultiService):
             message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
             self.log.error("{message}", message=message)
             raise StartupError(message) from None
+        if self.config.storage_backend == "s3":
+            # before the reactor runs: a bucket that cannot be reached is one line at start-up
+            from izreg.storage.interfaces import StorageError
+            from izreg.storage.s3 import check_bucket
+
+            try:
+                check_bucket(self.config)
+            except StorageError as e:
+                self.log.error("{message}", message=str(e))
+                raise StartupError(str(e)) from None
 
     def startService(self) -> None:
         config = self.config
@@ -98,23 +109,45 @@ class RegistryService(service.MultiService):
             pool.start()
             self._pools.append(pool)
         self._run_io = self._runner(io)
+        self._run_write = self._runner(writer)
+        blobs, uploads = self._open_storage(root)
         self.registry = Registry(
             Index(env),
-            BlobStore(root),
-            Uploads(root),
+            blobs,
+            uploads,
             now=self.reactor.seconds,
-            run_write=self._runner(writer),
+            run_write=self._run_write,
             run_io=self._run_io,
             limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
             audit=AuditLog(env),
         )
-        for path in self.registry.orphan_uploads():
-            os.unlink(path)
+        self._drop_orphans()
         self._start_operations(env, root)
         self._start_auth(env, root)
         self.api.registry = self.registry
         self.log.info("izreg storage open at {root}", root=root)
         super().startService()
+
+    def _open_storage(self, root: str):
+        """The blob and upload stores of the configured backend (C{[storage] backend})."""
+        if self.config.storage_backend == "s3":
+            from izreg.storage.s3 import open_s3
+
+            pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
+            pool.start()
+            self._pools.append(pool)
+            return open_s3(self.config, self._runner(pool))
+        blobs = BlobStore(root)
+        return blobs, Uploads(root, blobs, self._run_io)
+
+    def _drop_orphans(self) -> None:
+        """Upload bytes no session owns (a crash mid-POST): dropped in a thread, logged."""
+        def done(count):
+            if count:
+                self.log.info("dropped {count} orphaned upload(s)", count=count)
+
+        d = self._run_io(self.registry.drop_orphan_uploads)
+        d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
     def _start_operations(self, env, root: str) -> None:
         def index_error() -> str | None:
@@ -148,7 +181,7 @@ class RegistryService(service.MultiService):
         store = AuthStore(env)
         if bootstrap(store, root, self.reactor.seconds()) is None:
             warn_if_left(root)
-        authenticator = Authenticator(
+        self.authenticator = authenticator = Authenticator(
             store,
             self.reactor.seconds,
             token_service=config.token_service,
@@ -161,6 +194,8 @@ class RegistryService(service.MultiService):
         verifier = None
         if self.tls is not None and config.device_ca:
             self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
+            if self.crl_file is not None:
+                self.crl_file.refresh()  # before the first request; then check_crl's timer
             crls = self.crl_file.current if self.crl_file else (lambda: ())
             verifier = DeviceVerifier(
                 cas=self.tls.device_cas,
@@ -179,7 +214,7 @@ class RegistryService(service.MultiService):
         slow = getattr(getattr(self, "site", None), "slow", None)
         if slow is not None:
             slow.stop()
-        yield self.flush_pulls()
+        yield self.flush_batches()
         for pool in self._pools:
             pool.stop()
         self._pools = []
@@ -200,19 +235,38 @@ class RegistryService(service.MultiService):
 
     @defer.inlineCallbacks
     def flush_pulls(self):
-        """Timer task: write the batched device pull records in one transaction."""
+        """Write the batched device pull records in one transaction, on the writer thread."""
         if self.pulls is None or not self.pulls.pending:
             return
         try:
-            yield self._run_io(self.pulls.flush)
+            yield self._run_write(self.pulls.flush)
         except Exception:
             self.log.failure("recording device pulls failed")
+
+    @defer.inlineCallbacks
+    def flush_batches(self):
+        """Timer task: the pull records, then the keys' last-used stamps, on the writer thread."""
+        yield self.flush_pulls()
+        if self.authenticator is None or not self.authenticator.last_used.pending:
+            return
+        try:
+            yield self._run_write(self.authenticator.last_used.flush)
+        except Exception:
+            self.log.failure("recording when keys were last used failed")
+
+    def check_crl(self):
+        """Timer task: re-read the device CRL file if it changed (stat and parse in the I/O pool)."""
+        if self.crl_file is None or self.registry is None:
+            return None
+        return self._run_io(self.crl_file.refresh).addErrback(
+            lambda f: self.log.failure("checking the device CRL failed", f))
 
     def reload(self) -> None:
         """SIGHUP: TLS material, the device CRL, and from the config the log level and disk floor."""
         self.reload_tls()
         if self.crl_file is not None:
-            self.crl_file.reload()
+            self._run_io(self.crl_file.reload).addErrback(
+                lambda f: self.log.failure("re-reading the device CRL failed", f))
         if self.reload_config is None:
             return
         try:
