@@ -14,6 +14,7 @@ on-disk layout) are skipped there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -316,3 +317,13 @@ class RegistryProcess:
 
     def __repr__(self) -> str:
         return f"<RegistryProcess {self.backend} {self.url} data={self.data_dir} running={self.running}>"
+
+
+@contextlib.contextmanager
+def running(registry: RegistryProcess):
+    """Start C{registry} and close it afterwards, whatever happens (for fixtures: C{with running(reg): yield reg})."""
+    try:
+        registry.start()
+        yield registry
+    finally:
+        registry.close()
