@@ -166,7 +166,11 @@ class RegistryProcess:
                 if not ready.is_set() and pattern.search(line):
                     ready.set()
             proc.stdout.close()
-            ready.set()  # EOF: the process is gone; start() checks poll()
+            try:
+                proc.wait(10)  # EOF: the process is going; reaped, so start() sees its exit code
+            except subprocess.TimeoutExpired:
+                pass
+            ready.set()
 
         self._reader = threading.Thread(target=read, name=f"registry-log-{self.port}", daemon=True)
         self._reader.start()
