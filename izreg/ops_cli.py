@@ -212,7 +212,8 @@ def backup_run(args, context) -> int:
     from izreg.storage.backup import BackupError, backup
 
     try:
-        summary = backup(context.data_dir, args.directory, now=context.now, index_only=args.index_only)
+        summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now,
+                         index_only=args.index_only)
     except (BackupError, OSError) as e:
         raise _cli().CommandError(f"backup failed: {e}") from None
     context.out(f"backed up the index ({summary.index_bytes} bytes) and {summary.blobs} blobs "
@@ -224,7 +225,7 @@ def restore_run(args, context) -> int:
     from izreg.storage.backup import BackupError, restore
 
     try:
-        summary = restore(args.directory, context.data_dir)
+        summary = restore(args.directory, context.data_dir, context.config.lmdb_map_size)
     except (BackupError, OSError) as e:
         raise _cli().CommandError(f"restore failed: {e}") from None
     context.out(f"restored the index and {summary.blobs} blobs ({summary.bytes} bytes) into {context.data_dir}")
