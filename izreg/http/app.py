@@ -27,6 +27,7 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Rejected
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http import pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
 from izreg.registry import Registry
@@ -96,6 +97,8 @@ class RegistryAPI:
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
         """Choose where a request body goes (see L{izreg.http.bodies})."""
         path, _, query = uri.partition(b"?")
+        if path == pullreports.PATH:
+            return BoundedBuffer(pullreports.BODY_LIMIT)
         if not path.startswith(b"/v2/") or method not in (b"POST", b"PATCH", b"PUT") or length == 0:
             return BoundedBuffer(self.registry.limits.max_manifest_size if self.registry else 0)
         try:
@@ -173,6 +176,20 @@ class RegistryAPI:
         answer = self.authenticator.issue_token(
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
         return self._json(request, answer)
+
+    @app.route("/v2/_izreg/pulls", methods=["POST"])
+    def pull_reports(self, request):
+        """An edge gateway's pulls served from its cache (L{izreg.http.pullreports})."""
+        principal = self.guard.check(request, None, PULL)
+        if principal is None or principal.kind != "device":
+            raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
+        body = self._body(request)
+        if body.overflow:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "pull report too large")
+        for repository, digest, at in pullreports.parse(body.getvalue(), principal.account, self.now()):
+            self.pulls.record(principal.account, principal.device_id, repository, digest, at)
+        request.setResponseCode(202)
+        return self._json(request, {})
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):
