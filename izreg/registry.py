@@ -23,12 +23,15 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_manifest
 from izreg.core.names import Reference, Repository
+from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore, fsync_file, hash_file
 from izreg.storage.lmdbindex import Index
 from izreg.storage.paths import upload_path
 from izreg.storage.uploads import ChunkWriter, Uploads, UploadSession
 
 Runner = Callable[..., Awaitable[Any]]
+#: who asks for a change, for the audit log: (actor, client address), e.g. ("key:<key id>", "10.0.0.1")
+Actor = tuple[str, str | None] | None
 
 DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024
 #: parse and hash manifests larger than this off the reactor thread
@@ -71,6 +74,7 @@ class Registry:
         run_write: Runner,
         run_io: Runner,
         limits: Limits = Limits(),
+        audit: AuditLog | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -79,6 +83,7 @@ class Registry:
         self.run_write = run_write
         self.run_io = run_io
         self.limits = limits
+        self.audit = audit
 
     # -- upload sessions ----------------------------------------------------
 
@@ -219,10 +224,18 @@ class Registry:
             return len(manifest[1])
         return size
 
-    async def delete_blob(self, repo: Repository, digest: Digest) -> None:
+    async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
         self._check_delete()
-        if not await self.run_write(self.index.unlink_blob, repo.name, digest):
+        entry = _audit_entry("delete-blob", repo, f"{repo}@{digest}", who)
+        if not await self.run_write(self._audited, entry, self.index.unlink_blob, repo.name, digest):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+
+    def _audited(self, entry: dict, operation: Callable[..., Any], *args: Any) -> Any:
+        # writer thread: the change, then its audit record (only if something changed)
+        done = operation(*args)
+        if done and self.audit is not None:
+            self.audit.record(now=self.now(), **entry)
+        return done
 
     def _check_delete(self) -> None:
         if not self.limits.delete_enabled:
@@ -312,12 +325,14 @@ class Registry:
                     return None
         return None
 
-    async def delete_manifest(self, repo: Repository, reference: Reference) -> None:
+    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None) -> None:
         self._check_delete()
         if isinstance(reference, Digest):
-            deleted = await self.run_write(self.index.delete_manifest, repo.name, reference)
+            entry = _audit_entry("delete-manifest", repo, f"{repo}@{reference}", who)
+            deleted = await self.run_write(self._audited, entry, self.index.delete_manifest, repo.name, reference)
         else:
-            deleted = await self.run_write(self.index.delete_tag, repo.name, reference)
+            entry = _audit_entry("delete-tag", repo, f"{repo}:{reference}", who)
+            deleted = await self.run_write(self._audited, entry, self.index.delete_tag, repo.name, reference)
         if not deleted:
             raise self._unknown_manifest(repo, reference)
 
@@ -336,6 +351,12 @@ class Registry:
         if artifact_type is not None:
             found = [d for d in found if d.get("artifactType") == artifact_type]
         return found
+
+
+def _audit_entry(action: str, repo: Repository, target: str, who: Actor, detail: Any = None) -> dict:
+    actor, address = who or ("anonymous", None)
+    return {"action": action, "account": repo.account, "actor": actor, "target": target,
+            "address": address, "detail": detail}
 
 
 def _parse_and_hash(data: bytes, content_type: str | None, algorithm: str) -> tuple[Manifest, Digest]:

@@ -230,8 +230,9 @@ class RegistryAPI:
         return b""
 
     async def delete_manifest(self, request, route):
-        repo = self._repository(request, route, DELETE)
-        await self.registry.delete_manifest(repo, parse_reference(route.argument))
+        principal = self.guard.check(request, route.repository, DELETE)
+        repo = route.repository
+        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -261,8 +262,9 @@ class RegistryAPI:
         return FileBody(blob.file, start, length)
 
     async def delete_blob(self, request, route):
-        repo = self._repository(request, route, DELETE)
-        await self.registry.delete_blob(repo, Digest.parse(route.argument))
+        principal = self.guard.check(request, route.repository, DELETE)
+        repo = route.repository
+        await self.registry.delete_blob(repo, Digest.parse(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -382,6 +384,17 @@ class RegistryAPI:
         body = json.dumps(value).encode()
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body
+
+
+def _who(request, principal) -> tuple[str, str]:
+    """The audit log's actor and client address for a request (never a secret)."""
+    if principal is None:
+        actor = "anonymous"
+    elif principal.kind == "device":
+        actor = f"device:{principal.account}/{principal.device_id}"
+    else:
+        actor = f"key:{principal.key_id}"
+    return actor, _client_address(request)
 
 
 def _close(blob) -> None:

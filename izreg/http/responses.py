@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -18,36 +19,117 @@ log = Logger()
 #: to the copy, small enough that a slow client pins little memory
 READ_SIZE = 512 * 1024
 
+#: most bytes handed to the kernel by one sendfile(2) call; the producer then
+#: waits for the socket to be writable again, so one fast client cannot hold
+#: the reactor for a whole blob
+SENDFILE_SIZE = 4 * 1024 * 1024
+
+
+def plain_tcp(request) -> tcp.Connection | None:
+    """
+    The TCP connection under C{request} when its bytes go to the socket as
+    they are (so sendfile(2) may write them), else C{None}. Wrappers that pass
+    writes through unchanged (L{ProtocolWrapper} without its own C{write},
+    such as the plain listener's TLS refusal) are looked through; anything
+    that transforms bytes (TLS) is not.
+    """
+    transport = getattr(request, "transport", None)
+    while isinstance(transport, ProtocolWrapper) and type(transport).write is ProtocolWrapper.write:
+        transport = transport.transport
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    return transport
+
+
+def _when_writable(transport) -> None:
+    """
+    Have C{transport} resume its producer (the HTTP channel, which resumes the
+    request's producer) once the socket is writable and its own buffer empty.
+    This is C{FileDescriptor.doWrite}'s contract for a producer it paused
+    itself; the sendfile path writes around the buffer, so it asks for it.
+    """
+    if transport.connected and not transport.disconnecting:
+        transport.producerPaused = True
+        transport.startWriting()
+
 
 @implementer(IPushProducer)
 class FileSender:
     """
-    Sends C{length} bytes of an open file from C{offset} as a push producer:
-    it writes until the transport's buffer is full and says pause, and goes
-    on when the transport has drained it. (A pull producer would be driven
-    through twisted.web's cooperator, one small step per reactor turn.)
+    Sends C{length} bytes of a blob reader from C{offset} as a push producer.
+
+    On plain TCP, when the reader offers C{sendfile(out_fd, offset, count)},
+    the kernel copies the file to the socket: one call per writable turn, and
+    the transport tells us when the socket can take more. Otherwise (TLS) it
+    reads C{READ_SIZE} at a time and writes until the transport's buffer is
+    full and says pause, and goes on when the transport has drained it. (A pull
+    producer would be driven through twisted.web's cooperator, one small step
+    per reactor turn.)
     """
 
-    def __init__(self, request, file, offset: int, length: int) -> None:
-        self.request, self.file, self.remaining = request, file, length
+    def __init__(self, request, reader, offset: int, length: int) -> None:
+        self.request, self.reader, self.offset, self.remaining = request, reader, offset, length
         self.paused = False
-        file.seek(offset)
+        self.tcp = plain_tcp(request) if callable(getattr(reader, "sendfile", None)) else None
+        if self.tcp is None:
+            reader.seek(offset)
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
-        self.resumeProducing()
+        if self.tcp is None:
+            self.resumeProducing()
+        else:
+            # the headers go into the transport's buffer; the body follows once they are sent
+            self.request.write(b"")
+            _when_writable(self.tcp)
 
     def resumeProducing(self) -> None:
         self.paused = False
+        if self.tcp is not None:
+            self._send_file()
+            return
         while not self.paused and self.request is not None and self.remaining:
-            data = self.file.read(min(READ_SIZE, self.remaining))
+            data = self.reader.read(min(READ_SIZE, self.remaining))
             if not data:
-                log.error("blob file ended {remaining} bytes early", remaining=self.remaining)
-                self.request.loseConnection()
-                self.stopProducing()
+                self._short()
                 return
             self.remaining -= len(data)
             self.request.write(data)
+        self._maybe_finish()
+
+    def _send_file(self) -> None:
+        request = self.request
+        if request is None or not self.remaining:
+            self._maybe_finish()
+            return
+        try:
+            sent = self.reader.sendfile(self.tcp.fileno(), self.offset, min(SENDFILE_SIZE, self.remaining))
+        except BlockingIOError:
+            sent = None
+        except OSError as e:
+            # the client went away (EPIPE, ECONNRESET): the transport's connectionLost stops us
+            log.debug("sendfile stopped: {error}", error=e)
+            request.loseConnection()
+            self.stopProducing()
+            return
+        if sent == 0:
+            self._short()
+            return
+        if sent:
+            self.offset += sent
+            self.remaining -= sent
+            request.sentLength += sent
+        if self.remaining:
+            _when_writable(self.tcp)
+        else:
+            self._maybe_finish()
+
+    def _short(self) -> None:
+        log.error("blob file ended {remaining} bytes early", remaining=self.remaining)
+        self.request.loseConnection()
+        self.stopProducing()
+
+    def _maybe_finish(self) -> None:
         if self.request is not None and not self.remaining:
             request = self.request
             self.stopProducing()
@@ -58,24 +140,24 @@ class FileSender:
         self.paused = True
 
     def stopProducing(self) -> None:
-        self.file.close()
+        self.reader.close()
         self.request = None
 
 
 class FileBody(Resource):
-    """C{length} bytes of an open file from C{start}, streamed with back-pressure (L{FileSender})."""
+    """C{length} bytes of a blob reader from C{start}, streamed with back-pressure (L{FileSender})."""
 
     isLeaf = True
 
-    def __init__(self, file, start: int, length: int) -> None:
+    def __init__(self, reader, start: int, length: int) -> None:
         super().__init__()
-        self.file, self.start, self.length = file, start, length
+        self.reader, self.start, self.length = reader, start, length
 
     def render(self, request):
         if self.length == 0:
-            self.file.close()
+            self.reader.close()
             return b""
-        FileSender(request, self.file, self.start, self.length).start()
+        FileSender(request, self.reader, self.start, self.length).start()
         return NOT_DONE_YET
 
 

@@ -28,6 +28,7 @@ from izreg.http.guard import AccessGuard
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.tls import CRLFile, ServerTLS
+from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
@@ -84,6 +85,7 @@ class RegistryService(service.MultiService):
             run_write=self._runner(writer),
             run_io=self._run_io,
             limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
+            audit=AuditLog(env),
         )
         for path in self.registry.orphan_uploads():
             os.unlink(path)

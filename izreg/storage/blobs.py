@@ -12,7 +12,7 @@ import os
 import uuid
 
 from izreg.core.digest import Digest
-from izreg.storage import paths
+from izreg.storage import paths, readers
 
 HASH_CHUNK = 1024 * 1024
 
@@ -67,11 +67,8 @@ class BlobStore:
             return None
 
     def open(self, digest: Digest):
-        """An unbuffered reader, or C{None} if the file is gone."""
-        try:
-            return open(self.path(digest), "rb")
-        except FileNotFoundError:
-            return None
+        """An unbuffered reader with C{sendfile} (L{readers.FileReader}), or C{None} if the file is gone."""
+        return readers.open_file(self.path(digest))
 
     def ingest(self, source: str, digest: Digest) -> None:
         """

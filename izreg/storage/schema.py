@@ -22,6 +22,7 @@ uploads        upload id                               json {"name", "offset", "
 accounts       account id                              json (izreg.auth)
 keys           key id                                  json (izreg.auth)
 devices        ...                                     json (izreg.auth, device records)
+audit          BE microseconds (8) + random (8)        json (izreg.storage.audit)
 =============  ======================================  =========================================
 
 Tags, manifests, links, referrers, accounts and keys are authoritative.
@@ -44,8 +45,9 @@ UPLOADS = b"uploads"
 ACCOUNTS = b"accounts"
 KEYS = b"keys"
 DEVICES = b"devices"
+AUDIT = b"audit"
 
-ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES)
+ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES, AUDIT)
 MAX_DBS = 32
 
 SEP = b"\x00"

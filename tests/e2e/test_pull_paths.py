@@ -1,0 +1,172 @@
+"""
+Blob GETs through both of izreg's send paths, on the real server: sendfile(2)
+on the plain listener, reads through the TLS layer on the TLS listener (a
+device certificate). Whole blobs, ranges, HEAD and keep-alive framing, a
+client that stops reading (back-pressure: the server goes on serving others),
+and a client that resets the connection mid-body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import ssl
+import struct
+
+import pytest
+
+from tests.helpers.ociclient import OCIClient, expect
+from tests.helpers.server import RegistryProcess
+from tests.helpers.tls import restart_with_tls
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg", reason="izreg TLS listener"),
+]
+
+#: larger than one sendfile call (4 MiB) and many TLS writes
+SIZE = 9 * 1024 * 1024 + 7
+
+
+@pytest.fixture(scope="module")
+def pulls(tmp_path_factory):
+    base = tmp_path_factory.mktemp("izreg-pull-paths")
+    registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"))
+    try:
+        registry.start()
+        certs = str(base / "certs")
+        tls_port, paths = restart_with_tls(registry, certs)
+        data = os.urandom(SIZE)
+        repo = f"{registry.account}/pull/paths"
+        client = OCIClient(registry.url, auth=registry.requests_auth)
+        expect(client.push_blob_monolithic(repo, data), 201)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        tls = ssl.create_default_context(cafile=paths.ca_cert)
+        tls.load_cert_chain(paths.client_cert, paths.client_key)
+        yield {"registry": registry, "data": data, "digest": digest, "path": f"/v2/{repo}/blobs/{digest}",
+               "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth}
+    finally:
+        registry.close()
+
+
+def _connection(pulls, listener: str) -> tuple[http.client.HTTPConnection, dict]:
+    if listener == "plain":
+        import base64
+        user, password = pulls["auth"]
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return (http.client.HTTPConnection("127.0.0.1", pulls["registry"].port, timeout=60),
+                {"Authorization": f"Basic {token}"})
+    return http.client.HTTPSConnection("127.0.0.1", pulls["tls_port"], context=pulls["tls"], timeout=60), {}
+
+
+def _raw_get(pulls, listener: str, rcvbuf: int | None = None) -> socket.socket:
+    """A socket that has sent a GET of the blob (and read nothing yet)."""
+    port = pulls["registry"].port if listener == "plain" else pulls["tls_port"]
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(60)
+    sock.connect(("127.0.0.1", port))
+    if listener == "tls":
+        sock = pulls["tls"].wrap_socket(sock, server_hostname="127.0.0.1")
+    _, headers = _connection(pulls, listener)
+    lines = [f"GET {pulls['path']} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+def _read_response(sock: socket.socket, already: bytes = b"") -> bytes:
+    """The body of one Content-Length response read from C{sock}."""
+    buf = already
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0])
+    parts = [body]
+    got = len(body)
+    while got < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed after {got} of {length} bytes"
+        parts.append(chunk)
+        got += len(chunk)
+    assert got == length
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_whole_ranged_and_head_on_one_connection(pulls, listener):
+    conn, headers = _connection(pulls, listener)
+    data, path = pulls["data"], pulls["path"]
+    try:
+        cases = [
+            (None, 200, data),
+            ("bytes=0-0", 206, data[:1]),
+            ("bytes=4194300-8388620", 206, data[4194300:8388621]),  # across the first sendfile call's end
+            ("bytes=-10", 206, data[-10:]),
+            (f"bytes=100-{SIZE + 50}", 206, data[100:]),
+        ]
+        for rng, status, expected in cases:
+            conn.request("GET", path, headers=dict(headers, **({"Range": rng} if rng else {})))
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == status, (rng, resp.status, body[:200])
+            assert int(resp.headers["Content-Length"]) == len(expected)
+            assert body == expected, rng
+        conn.request("HEAD", path, headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.headers["Content-Length"]) == SIZE
+        assert resp.read() == b""
+        # the connection is still framed right: another request answers on it
+        conn.request("GET", path, headers=dict(headers, Range="bytes=5-9"))
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (206, data[5:10])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_stalled_client_does_not_stop_others(pulls, listener):
+    """A client that stops reading holds only its own response; it gets all of it when it reads again."""
+    stalled = _raw_get(pulls, listener, rcvbuf=4096)
+    try:
+        first = stalled.recv(1024)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        conn, headers = _connection(pulls, listener)
+        try:
+            conn.request("GET", pulls["path"], headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == pulls["data"]
+        finally:
+            conn.close()
+        assert _read_response(stalled, first) == pulls["data"]
+    finally:
+        stalled.close()
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_client_reset_mid_body(pulls, listener):
+    registry = pulls["registry"]
+    mark = registry.log_mark()
+    sock = _raw_get(pulls, listener)
+    got = 0
+    while got < 256 * 1024:
+        chunk = sock.recv(65536)
+        assert chunk
+        got += len(chunk)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
+    sock.close()
+    conn, headers = _connection(pulls, listener)
+    try:
+        conn.request("GET", pulls["path"], headers=dict(headers, Range="bytes=0-99"))
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (206, pulls["data"][:100])
+    finally:
+        conn.close()
+    new = registry.lines_logged - mark
+    tail = list(registry.log_lines)[len(registry.log_lines) - new:] if new else []
+    assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
