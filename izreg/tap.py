@@ -151,7 +151,7 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     from izreg.service.services import RegistryService
     from izreg.service.tls import tls_endpoint
 
-    api = RegistryAPI(chunk_min_length=config.chunk_min_length)
+    api = RegistryAPI(chunk_min_length=config.chunk_min_length, ui=config.ui_enabled)
     site = RegistrySite(api.resource(), api.body_for)
     top = RegistryService(config, api, reactor, tls=tls, guard=guard)
     for description in config.listen:

@@ -13,6 +13,10 @@ Accepted credentials, on every ``/v2`` route:
 A failure is a 401 C{UNAUTHORIZED} carrying a ``WWW-Authenticate``
 challenge: ``Basic realm="izreg"``, or with the token service
 ``Bearer realm="<token url>",service="izreg",scope="repository:<name>:<actions>"``.
+A request that sent ``Bearer`` (and the browse API, C{bearer=True}) is
+never answered ``Basic``: it gets ``Bearer realm="izreg"``, with
+``error="invalid_token"`` when its credential failed (RFC 6750). A
+browser's ``fetch()`` answered ``Basic`` would wait for a login prompt.
 Past C{limit} failures a minute from one address, 429 C{TOOMANYREQUESTS}
 with ``Retry-After`` (L{izreg.auth.ratelimit}).
 
@@ -99,17 +103,21 @@ class Authenticator:
 
     # Challenges -----------------------------------------------------------------
 
-    def challenge(self, *scopes: str, error: str | None = None, realm: str | None = None) -> str:
+    def challenge(self, *scopes: str, error: str | None = None, realm: str | None = None,
+                  bearer: bool = False) -> str:
         """
         The ``WWW-Authenticate`` value for a 401.
 
         @param scopes: e.g. C{policy.repository_scope(name, [Action.PULL])} or
             C{policy.CATALOG_SCOPE}; used only with the token service.
-        @param error: e.g. C{"insufficient_scope"} (token service only).
+        @param error: e.g. C{"insufficient_scope"}, C{"invalid_token"}.
         @param realm: the token URL for this request, overriding C{token_realm}.
+        @param bearer: challenge with C{Bearer} even without the token service.
         """
         if not self.token_service:
-            return f'Basic realm="{self.basic_realm}"'
+            if not bearer:
+                return f'Basic realm="{self.basic_realm}"'
+            return f'Bearer realm="{self.basic_realm}"' + (f',error="{error}"' if error else "")
         realm = realm or self.token_realm
         if not realm:
             raise ValueError("the token service needs an absolute token_realm URL")
@@ -128,19 +136,24 @@ class Authenticator:
         client_address: str,
         scopes: Sequence[str] = (),
         realm: str | None = None,
+        bearer: bool = False,
     ) -> Principal:
         """
         The caller of a request, from its ``Authorization`` header.
 
         @param scopes: what the request needs (see L{challenge}), to put in
             the challenge if it fails.
+        @param bearer: challenge with C{Bearer}, never C{Basic} (the browse
+            API); a request that sent C{Bearer} always gets C{Bearer}.
         @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
             C{TOOMANYREQUESTS} with ``Retry-After``.
         """
+        sent_bearer = _sent_bearer(authorization)
+        bearer = bearer or sent_bearer
         if not authorization or _anonymous(authorization):
             # no credentials (or Basic with an empty user and password, as
             # skopeo sends when it has none) is not a failed login: never counted
-            raise self._unauthorized(None, scopes, realm)
+            raise self._unauthorized(None, scopes, realm, bearer)
         now = self.now()
         self.limiter.check(client_address, now)
         try:
@@ -154,7 +167,8 @@ class Authenticator:
             raise _Failed("unsupported authorization scheme; use Basic (username KEY) or Bearer")
         except _Failed as failed:
             self._failed(failed, client_address, now)
-            raise self._unauthorized(failed.reason, scopes, realm) from None
+            raise self._unauthorized(failed.reason, scopes, realm, bearer,
+                                     "invalid_token" if sent_bearer else None) from None
 
     def authorize(self, principal: Principal, repository: Repository, action: Action, realm: str | None = None) -> None:
         """
@@ -319,12 +333,13 @@ class Authenticator:
             key_id=failed.key_id or "-",
         )
 
-    def _unauthorized(self, reason: str | None, scopes: Sequence[str], realm: str | None) -> RegistryError:
+    def _unauthorized(self, reason: str | None, scopes: Sequence[str], realm: str | None,
+                      bearer: bool = False, error: str | None = None) -> RegistryError:
         return RegistryError(
             ErrorCode.UNAUTHORIZED,
             None,
             reason or "authentication required: docker login -u KEY -p <access key>",
-            headers={"WWW-Authenticate": self.challenge(*scopes, realm=realm)},
+            headers={"WWW-Authenticate": self.challenge(*scopes, error=error, realm=realm, bearer=bearer)},
         )
 
 
@@ -343,6 +358,11 @@ def _split(authorization: bytes | str) -> tuple[str, str]:
     if not credential:
         raise _Failed("malformed Authorization header")
     return scheme.lower(), credential
+
+
+def _sent_bearer(authorization: bytes | str | None) -> bool:
+    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization or ""
+    return text.strip().partition(" ")[0].lower() == "bearer"
 
 
 def _anonymous(authorization: bytes | str) -> bool:

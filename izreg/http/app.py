@@ -30,6 +30,7 @@ from izreg.http.errors import as_registry_error, render_error
 from izreg.http import pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
+from izreg.http.ui.pages import StaticPages
 from izreg.registry import Registry
 from izreg.storage.uploads import ChunkWriter
 
@@ -59,13 +60,14 @@ class RegistryAPI:
     log = Logger()
 
     def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None) -> None:
+                 authenticator=None, pulls=None, now=None, ui: bool = True) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
         self.authenticator = authenticator  # for the token endpoint, when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
+        self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
         self._dispatch = {
             (routes.MANIFEST, "GET"): self.get_manifest,
             (routes.MANIFEST, "HEAD"): self.get_manifest,
@@ -190,6 +192,18 @@ class RegistryAPI:
             self.pulls.record(principal.account, principal.device_id, repository, digest, at)
         request.setResponseCode(202)
         return self._json(request, {})
+
+    @app.route("/ui", methods=["GET", "HEAD"])
+    @app.route("/ui/", methods=["GET", "HEAD"])
+    @app.route("/ui/<name>", methods=["GET", "HEAD"])
+    def ui_page(self, request, name=""):
+        """The browse page (L{izreg.http.ui.pages}); C{/ui} redirects to C{/ui/}."""
+        if self.ui is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the browse page is off ([ui] enabled = false)")
+        if request.path == b"/ui":
+            request.redirect(b"/ui/")
+            return b""
+        return self.ui.render(request, name)
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):

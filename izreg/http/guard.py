@@ -93,7 +93,8 @@ class AccessGuard:
                                   address=_client_address(request), reason=e.reason)
                     raise
                 return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
-        return self.authenticator.authenticate(header, _client_address(request), scopes, self._realm(request))
+        return self.authenticator.authenticate(header, _client_address(request), scopes, self._realm(request),
+                                               bearer=_browse_api(request))
 
     def check(self, request, repository: Repository | None, action: Action) -> Principal:
         """Authenticate, then authorize C{action} on C{repository} (C{None}: just authenticate)."""
@@ -114,6 +115,11 @@ class AccessGuard:
                 e.headers["WWW-Authenticate"] = self.authenticator.challenge(
                     policy.CATALOG_SCOPE, error="insufficient_scope", realm=self._realm(request))
             raise
+
+
+def _browse_api(request) -> bool:
+    """``/v2/_izreg/...`` and ``/v2/<name>/_izreg/...``: called by the browse page, so never challenged Basic."""
+    return b"/_izreg/" in (getattr(request, "path", None) or b"")
 
 
 def _scope_actions(action: Action) -> list[Action]:

@@ -39,6 +39,7 @@ class Config:
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
+    ui_enabled: bool = True
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -75,6 +76,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
+    ("ui", "enabled"): ("ui_enabled", bool),
 }
 
 

@@ -95,7 +95,12 @@ def test_authenticate(world, name, header, expected, fragment):
     with pytest.raises(RegistryError) as e:
         auth.authenticate(header(world), ADDR)
     assert e.value.code is expected
-    assert e.value.headers["WWW-Authenticate"] == 'Basic realm="izreg"'
+    sent = header(world)
+    if sent and (sent.decode() if isinstance(sent, bytes) else sent).lower().startswith("bearer "):
+        # never Basic to a Bearer request: a browser's fetch() would wait for a login prompt
+        assert e.value.headers["WWW-Authenticate"] == 'Bearer realm="izreg",error="invalid_token"'
+    else:
+        assert e.value.headers["WWW-Authenticate"] == 'Basic realm="izreg"'
     assert fragment in e.value.message
 
 
@@ -185,6 +190,34 @@ def test_challenges(world):
     )
     with pytest.raises(ValueError):
         make(world, token_service=True).challenge()
+
+
+def test_bearer_requests_are_challenged_bearer(world):
+    """RFC 6750: a failed Bearer credential gets ``Bearer ... error="invalid_token"``, never ``Basic``."""
+    auth = make(world)
+    for header, expected in [
+        ("Bearer " + forged_key(world), 'Bearer realm="izreg",error="invalid_token"'),
+        (b"bearer " + world.revoked_key.encode(), 'Bearer realm="izreg",error="invalid_token"'),
+        ("Bearer not-a-key", 'Bearer realm="izreg",error="invalid_token"'),
+        (basic("KEY", forged_key(world)), 'Basic realm="izreg"'),
+    ]:
+        with pytest.raises(RegistryError) as e:
+            auth.authenticate(header, ADDR)
+        assert e.value.headers["WWW-Authenticate"] == expected, header
+    # the browse API asks for Bearer also when no credential was sent (no error: nothing was wrong)
+    for header in (None, "Basic Og=="):
+        with pytest.raises(RegistryError) as e:
+            auth.authenticate(header, ADDR, bearer=True)
+        assert e.value.headers["WWW-Authenticate"] == 'Bearer realm="izreg"'
+    with pytest.raises(RegistryError) as e:
+        auth.authenticate(basic("KEY", forged_key(world)), ADDR, bearer=True)
+    assert e.value.headers["WWW-Authenticate"] == 'Bearer realm="izreg"'
+    # with the token service, the usual challenge plus the error
+    auth = make(world, token_service=True, token_realm=REALM)
+    with pytest.raises(RegistryError) as e:
+        auth.authenticate("Bearer " + forged_key(world), ADDR, ["repository:a/b:pull"])
+    assert e.value.headers["WWW-Authenticate"] == (
+        f'Bearer realm="{REALM}",service="izreg",scope="repository:a/b:pull",error="invalid_token"')
 
 
 def test_require_puts_the_scope_in_the_challenge(world):

@@ -21,6 +21,8 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 BASIC_CHALLENGE = 'Basic realm="izreg"'
+#: a failed Bearer credential (RFC 6750); never Basic, or a browser's fetch() waits for a login prompt
+BEARER_INVALID = 'Bearer realm="izreg",error="invalid_token"'
 
 
 def basic(secret: str, user: str = "KEY") -> str:

@@ -23,6 +23,7 @@ from izreg.core.digest import Digest
 from izreg.core.names import Repository
 from tests.http.authhelpers import (
     BASIC_CHALLENGE,
+    BEARER_INVALID,
     OCI_INDEX,
     OCI_MANIFEST,
     Keys,
@@ -440,7 +441,8 @@ async def test_malformed_authorization_is_a_401(matrix, value):
     response, body = await matrix.server.request("GET", f"/v2/{matrix.keys.a}/x/tags/list", headers=auth(value))
     assert response.code == 401, body
     assert error_of(body)["code"] == "UNAUTHORIZED"
-    assert header(response, "WWW-Authenticate") == BASIC_CHALLENGE
+    expected = BEARER_INVALID if value.startswith("Bearer ") else BASIC_CHALLENGE
+    assert header(response, "WWW-Authenticate") == expected
 
 
 @pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC"])
