@@ -42,6 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _ssl_lib
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
@@ -52,8 +53,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE, FastTLSFactory
 
 log = Logger()
 
@@ -63,6 +65,9 @@ CIPHERS_TLS12 = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+
+#: seconds a session ticket may resume a session (OpenSSL's default for TLS 1.3 is 2 hours)
+TICKET_LIFETIME = 2 * 3600
 
 #: the X509_V_ERR_* codes a device is most likely to hit, spelled out for the log
 _VERIFY_ERRORS = {
@@ -183,16 +188,25 @@ def build_context(material: TLSMaterial) -> SSL.Context:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-        | SSL.OP_NO_TICKET | SSL.OP_SINGLE_ECDH_USE
+        | SSL.OP_SINGLE_ECDH_USE
     )
     ctx.set_cipher_list(CIPHERS_TLS12.encode("ascii"))
+    # one SSL_write seals a whole large write (izreg.service.fasttls)
+    ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
     ctx.use_certificate(material.server_chain[0])
     for extra in material.server_chain[1:]:
         ctx.add_extra_chain_cert(extra)
     ctx.use_privatekey(material.key)
     ctx.check_privatekey()
-    # No session cache: a resumed session would skip the client-certificate checks.
+    # Session resumption by stateless tickets only (no server-side cache): a
+    # device that reconnects skips the certificate exchange and signatures.
+    # The ticket keys are random per context, so a reload (new device CAs)
+    # ends every earlier session; what a resumed session skips at the
+    # handshake (chain to a device CA, validity) the HTTP layer checks on
+    # every request anyway (izreg.auth.devices.DeviceVerifier), with
+    # revocation. Tickets live at most TICKET_LIFETIME.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_timeout(TICKET_LIFETIME)
     ctx.set_session_id(b"izreg")
     if material.device_cas:
         store = ctx.get_cert_store()
@@ -258,7 +272,7 @@ class TLSEndpoint:
     clock: IReactorTime | None = field(default=None)
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        return self.wrapped.listen(TLSMemoryBIOFactory(self.creator, False, protocolFactory, clock=self.clock))
+        return self.wrapped.listen(FastTLSFactory(self.creator, False, protocolFactory, clock=self.clock))
 
 
 def tls_endpoint(reactor, description: str, tls: ServerTLS) -> TLSEndpoint:
@@ -279,9 +293,22 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
     if not isinstance(connection, SSL.Connection):
         return None  # plain TCP (getHandle() is the socket) or no transport at all
     cert = connection.get_peer_certificate(as_cryptography=True)
-    if cert is not None and not connection.get_verified_chain(as_cryptography=True):
+    if cert is not None and not connection.get_verified_chain(as_cryptography=True) \
+            and not _resumed_verified(connection):
         return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
     return cert
+
+
+def _resumed_verified(connection: SSL.Connection) -> bool:
+    """
+    Whether C{connection} resumed a session (a ticket of this context) whose
+    full handshake verified the peer's certificate. OpenSSL keeps the peer
+    certificate and the verify result in the session, but the verified chain
+    only on the connection that built it; pyOpenSSL exposes neither
+    C{SSL_session_reused} nor C{SSL_get_verify_result}, hence its bindings.
+    """
+    ssl = connection._ssl
+    return bool(_ssl_lib.SSL_session_reused(ssl)) and _ssl_lib.SSL_get_verify_result(ssl) == 0  # X509_V_OK
 
 
 @dataclass

@@ -3,7 +3,8 @@ Blob GETs through both of izreg's send paths, on the real server: sendfile(2)
 on the plain listener, reads through the TLS layer on the TLS listener (a
 device certificate). Whole blobs, ranges, HEAD and keep-alive framing, a
 client that stops reading (back-pressure: the server goes on serving others),
-and a client that resets the connection mid-body.
+a client that resets the connection mid-body, and TLS session resumption
+(tickets) for devices.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -46,7 +48,7 @@ def pulls(tmp_path_factory):
         tls = ssl.create_default_context(cafile=paths.ca_cert)
         tls.load_cert_chain(paths.client_cert, paths.client_key)
         yield {"registry": registry, "data": data, "digest": digest, "path": f"/v2/{repo}/blobs/{digest}",
-               "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth}
+               "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth, "client_cert": paths.client_cert}
     finally:
         registry.close()
 
@@ -61,7 +63,7 @@ def _connection(pulls, listener: str) -> tuple[http.client.HTTPConnection, dict]
     return http.client.HTTPSConnection("127.0.0.1", pulls["tls_port"], context=pulls["tls"], timeout=60), {}
 
 
-def _raw_get(pulls, listener: str, rcvbuf: int | None = None) -> socket.socket:
+def _raw_get(pulls, listener: str, rcvbuf: int | None = None, session=None, extra: str = "") -> socket.socket:
     """A socket that has sent a GET of the blob (and read nothing yet)."""
     port = pulls["registry"].port if listener == "plain" else pulls["tls_port"]
     sock = socket.socket()
@@ -70,22 +72,32 @@ def _raw_get(pulls, listener: str, rcvbuf: int | None = None) -> socket.socket:
     sock.settimeout(60)
     sock.connect(("127.0.0.1", port))
     if listener == "tls":
-        sock = pulls["tls"].wrap_socket(sock, server_hostname="127.0.0.1")
+        sock = pulls["tls"].wrap_socket(sock, server_hostname="127.0.0.1", session=session)
     _, headers = _connection(pulls, listener)
     lines = [f"GET {pulls['path']} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    sock.sendall(("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode())
     return sock
 
 
-def _read_response(sock: socket.socket, already: bytes = b"") -> bytes:
-    """The body of one Content-Length response read from C{sock}."""
+def _device_pull(pulls, session=None, status: int = 200) -> tuple[bool, object]:
+    """GET the blob over TLS as the device (resuming C{session} if given): (resumed?, the new session)."""
+    sock = _raw_get(pulls, "tls", session=session, extra="Connection: close\r\n")
+    with sock:
+        body = _read_response(sock, status=status)
+        if status == 200:
+            assert body == pulls["data"]
+        return sock.session_reused, sock.session
+
+
+def _read_response(sock: socket.socket, already: bytes = b"", status: int = 200) -> bytes:
+    """The body of one Content-Length response with C{status} read from C{sock}."""
     buf = already
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         assert chunk, buf
         buf += chunk
     head, _, body = buf.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
+    assert head.startswith(b"HTTP/1.1 %d" % status), head
     length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0])
     parts = [body]
     got = len(body)
@@ -170,3 +182,27 @@ def test_client_reset_mid_body(pulls, listener):
     new = registry.lines_logged - mark
     tail = list(registry.log_lines)[len(registry.log_lines) - new:] if new else []
     assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
+
+
+def test_device_sessions_resume_until_reload_and_revocation(pulls):
+    """
+    Session tickets: a device that reconnects resumes its session and is still
+    that device; a SIGHUP reload (new ticket keys) ends the old sessions; a
+    revoked device is refused on a resumed session too.
+    """
+    registry = pulls["registry"]
+    resumed, session = _device_pull(pulls)
+    assert not resumed
+    resumed, _ = _device_pull(pulls, session)
+    assert resumed
+
+    mark = registry.log_mark()
+    registry.send_signal(signal.SIGHUP)
+    registry.wait_for_log("reloaded TLS", mark)
+    resumed, session = _device_pull(pulls, session)
+    assert not resumed  # a full handshake against the reloaded context
+    assert _device_pull(pulls, session)[0]
+
+    registry.cli("device", "revoke", "--cert", pulls["client_cert"])
+    resumed, _ = _device_pull(pulls, session, status=401)
+    assert resumed
