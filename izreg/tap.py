@@ -27,6 +27,9 @@ class ServerOptions(usage.Options):
         ["tls-cert", None, None, "PEM server certificate chain for the TLS listener"],
         ["tls-key", None, None, "PEM private key of the server certificate"],
         ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes"],
+        ["log-format", None, None, "text (default) or json (one JSON object a line)"],
+        ["log-level", None, None, "debug, info (default), warn, error; re-read from the config on SIGHUP"],
+        ["min-free-disk", None, None, 'refuse pushes (503) below this free space: "2GB", "5%" (default 0)'],
     ]
     optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"]]
 
@@ -35,6 +38,11 @@ class ServerOptions(usage.Options):
         self["listen"] = []
         self["tls-listen"] = []
         self["device-ca"] = []
+        self["metrics-listen"] = []
+
+    def opt_metrics_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string for the Prometheus /metrics listener, repeatable (default: none)"""
+        self["metrics-listen"].append(endpoint)
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:5000:interface=127.0.0.1)"""
@@ -58,13 +66,19 @@ class ServerOptions(usage.Options):
             "device_ca": self["device-ca"] or None,
             "device_crl": self["device-crl"],
             "token_service": True if self["token-service"] else None,
+            "metrics_listen": self["metrics-listen"] or None,
+            "log_format": self["log-format"],
+            "log_level": self["log-level"],
+            "min_free_disk": self["min-free-disk"],
         }
+        self.overrides = overrides
         # A bad config stops start-up with one line, not twistd's whole usage text.
         try:
             self.config = load(self["config"], overrides)
         except ConfigError as e:
             raise SystemExit(f"izreg: {e}") from None
-        for option, descriptions in (("--listen", self.config.listen), ("--tls-listen", self.config.tls_listen)):
+        for option, descriptions in (("--listen", self.config.listen), ("--tls-listen", self.config.tls_listen),
+                                     ("--metrics-listen", self.config.metrics_listen)):
             for description in descriptions:
                 _check_endpoint(option, description)
         _check_data_dir(self.config.data_dir)
@@ -166,10 +180,31 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     flush = internet.TimerService(config.pull_flush_interval, top.flush_pulls)
     flush.clock = reactor
     flush.setServiceParent(top)
-    if tls is not None:
-        _SighupService(reactor, top.reload_tls).setServiceParent(top)
+    _SighupService(reactor, top.reload).setServiceParent(top)
+    _operations(config, reactor, top, site)
     top.site = site
     return top
+
+
+def _operations(config: Config, reactor, top, site) -> None:
+    """Access log, metrics (and their listener), the log observer's level (izreg.service.metrics, .logs)."""
+    import time
+
+    from twisted.web.server import Site
+
+    from izreg.http.accesslog import AccessLog
+    from izreg.service.logs import LogSetup
+    from izreg.service.metrics import Metrics
+
+    top.metrics = Metrics()
+    site.access_log = AccessLog(time.monotonic, [top.metrics.observe_request])
+    if top.tls is not None:
+        top.tls.on_handshake = top.metrics.tls_handshakes.inc
+    for description in config.metrics_listen:
+        metrics_site = Site(top.metrics.resource(reactor, reactor.getThreadPool()))
+        metrics_site.log = lambda request: None  # scrapes are not access-logged
+        strports.service(description, metrics_site).setServiceParent(top)
+    top.log_setup = LogSetup(config.log_format, config.log_level)
 
 
 def _print_startup_errors_in_one_line() -> None:
@@ -197,4 +232,8 @@ def makeService(options: Options):
         from izreg.edge.service import make_edge
 
         return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
-    return make_server(options.subOptions.config, reactor, tls=options.subOptions.tls)
+    server_options = options.subOptions
+    top = make_server(server_options.config, reactor, tls=server_options.tls)
+    top.log_observer = top.log_setup.for_twistd(getattr(options, "parent", None))
+    top.reload_config = lambda: load(server_options["config"], server_options.overrides)
+    return top

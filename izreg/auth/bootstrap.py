@@ -87,3 +87,20 @@ def _write_private(path: str, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def warn_if_left(data_dir: str) -> bool:
+    """At start: say so (never what) when C{bootstrap.txt} still holds a key; C{True} if it does."""
+    path = os.path.join(data_dir, FILENAME)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            holds_key = any(line.startswith("access_key=") for line in f)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        log.warn("cannot read {path}: {error}", path=path, error=e.strerror)
+        return False
+    if holds_key:
+        log.warn("{path} still holds an access key: save it elsewhere (a password manager, your CI's secrets) "
+                 "and delete the file", path=path)
+    return holds_key

@@ -27,7 +27,7 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Rejected
 from izreg.http.errors import as_registry_error, render_error
-from izreg.http import pullreports
+from izreg.http import health, pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
 from izreg.http.ui.pages import StaticPages
@@ -67,6 +67,8 @@ class RegistryAPI:
         self.authenticator = authenticator  # for the token endpoint, when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
+        self.readiness = None  # izreg.http.health.Readiness, set by the service
+        self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
         self._dispatch = {
             (routes.MANIFEST, "GET"): self.get_manifest,
@@ -99,6 +101,9 @@ class RegistryAPI:
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
         """Choose where a request body goes (see L{izreg.http.bodies})."""
         path, _, query = uri.partition(b"?")
+        refusal = self._push_refusal(method, path)
+        if refusal is not None:
+            return Rejected(refusal)
         if path == pullreports.PATH:
             return BoundedBuffer(pullreports.BODY_LIMIT)
         if not path.startswith(b"/v2/") or method not in (b"POST", b"PATCH", b"PUT") or length == 0:
@@ -118,6 +123,18 @@ class RegistryAPI:
         except RegistryError as e:
             return Rejected(e)
         return Rejected(None)
+
+    def _push_refusal(self, method: bytes, path: bytes) -> RegistryError | None:
+        """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
+        if self.readiness is None or method not in (b"POST", b"PATCH", b"PUT") or not path.startswith(b"/v2/"):
+            return None
+        try:
+            route = routes.match(unquote(path[4:].decode("utf-8")))
+        except (RegistryError, UnicodeDecodeError):
+            return None
+        if route.endpoint not in (routes.MANIFEST, routes.UPLOADS, routes.UPLOAD):
+            return None
+        return self.readiness.push_refusal()
 
     def _monolithic_sink(self, request, repository: Repository, args: dict[str, list[str]]):
         self.guard.check(request, repository, PUSH)
@@ -156,6 +173,14 @@ class RegistryAPI:
     def base(self, request):
         self.guard.check(request, None, PULL)
         return self._json(request, {})
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request):
+        return health.alive(request)
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(self, request):
+        return await health.ready(request, self.readiness)
 
     @app.route("/v2/_catalog", methods=["GET"])
     def catalog(self, request):

@@ -39,6 +39,15 @@ class Config:
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
+    # operations (#14): health, metrics, logs, webhooks
+    min_free_disk: str = "0"
+    metrics_listen: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "info"
+    webhook_retry_min: int = 5
+    webhook_retry_max: int = 3600
+    webhook_max_attempts: int = 30
+    webhook_timeout: int = 10
     ui_enabled: bool = True
 
     def check(self) -> "Config":
@@ -51,6 +60,7 @@ class Config:
             raise ConfigError("--device-crl needs --device-ca")
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
+        _check_operations(self)
         return self
 
 
@@ -76,8 +86,36 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
+    ("server", "min_free_disk"): ("min_free_disk", str),
+    ("server", "log_format"): ("log_format", str),
+    ("server", "log_level"): ("log_level", str),
+    ("metrics", "listen"): ("metrics_listen", tuple),
+    ("webhooks", "retry_min"): ("webhook_retry_min", int),
+    ("webhooks", "retry_max"): ("webhook_retry_max", int),
+    ("webhooks", "max_attempts"): ("webhook_max_attempts", int),
+    ("webhooks", "timeout"): ("webhook_timeout", int),
     ("ui", "enabled"): ("ui_enabled", bool),
 }
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _check_operations(config: Config) -> None:
+    from izreg.storage.capacity import parse_floor
+
+    try:
+        parse_floor(config.min_free_disk)
+    except ValueError as e:
+        raise ConfigError(f"server.min_free_disk: {e}") from None
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"server.log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, not {config.log_level!r}")
+    if not 1 <= config.webhook_retry_min <= config.webhook_retry_max:
+        raise ConfigError("webhooks.retry_min must be at least 1 and at most webhooks.retry_max")
+    if config.webhook_max_attempts < 1 or config.webhook_timeout < 1:
+        raise ConfigError("webhooks.max_attempts and webhooks.timeout must be at least 1")
 
 
 def _check(name: str, value: Any, kind: type) -> Any:

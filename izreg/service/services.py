@@ -19,17 +19,19 @@ from twisted.python.threadpool import ThreadPool
 
 from izreg import StartupError
 from izreg.auth.authenticator import Authenticator
-from izreg.auth.bootstrap import bootstrap
+from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
 from izreg.auth.devicestore import DeviceStore, PullRecorder
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.http.guard import AccessGuard
+from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore
+from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
 from izreg.storage.uploads import Uploads
@@ -50,6 +52,21 @@ class RegistryService(service.MultiService):
         self.registry: Registry | None = None
         self.pulls: PullRecorder | None = None
         self._pools: list[ThreadPool] = []
+        # operations (izreg.service.metrics, .logs): set by make_server
+        self.metrics = None
+        self.log_setup = None
+        self.log_observer = None
+        self.reload_config = None  # () -> Config: the config file and options, read again
+        self.readiness: Readiness | None = None
+        self.crl_file: CRLFile | None = None
+
+    def setServiceParent(self, parent):
+        # twistd's application asks for a log observer before using its own (izreg.service.logs)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def _runner(self, pool: ThreadPool):
         def run(f, *args, **kwargs):
@@ -89,15 +106,35 @@ class RegistryService(service.MultiService):
         )
         for path in self.registry.orphan_uploads():
             os.unlink(path)
+        self._start_operations(env, root)
         self._start_auth(env, root)
         self.api.registry = self.registry
         self.log.info("izreg storage open at {root}", root=root)
         super().startService()
 
+    def _start_operations(self, env, root: str) -> None:
+        def index_error() -> str | None:
+            try:
+                env.stat()
+            except Exception as e:  # lmdb.Error: closed or broken
+                return f"the index cannot be read: {e}"
+            return None
+
+        def probe():
+            names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
+            return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
+
+        self.readiness = Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
+        self.api.readiness = self.readiness
+        if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
+            self.metrics.watch_storage(env)
+            self.metrics.storage_watched = True
+
     def _start_auth(self, env, root: str) -> None:
         config = self.config
         store = AuthStore(env)
-        bootstrap(store, root, self.reactor.seconds())
+        if bootstrap(store, root, self.reactor.seconds()) is None:
+            warn_if_left(root)
         authenticator = Authenticator(
             store,
             self.reactor.seconds,
@@ -109,7 +146,8 @@ class RegistryService(service.MultiService):
         self.pulls = PullRecorder(devices)
         verifier = None
         if self.tls is not None and config.device_ca:
-            crls = CRLFile(config.device_crl, self.tls.device_cas).current if config.device_crl else (lambda: ())
+            self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
+            crls = self.crl_file.current if self.crl_file else (lambda: ())
             verifier = DeviceVerifier(
                 cas=self.tls.device_cas,
                 revoked=devices.revocations_for,
@@ -152,6 +190,25 @@ class RegistryService(service.MultiService):
             yield self._run_io(self.pulls.flush)
         except Exception:
             self.log.failure("recording device pulls failed")
+
+    def reload(self) -> None:
+        """SIGHUP: TLS material, the device CRL, and from the config the log level and disk floor."""
+        self.reload_tls()
+        if self.crl_file is not None:
+            self.crl_file.reload()
+        if self.reload_config is None:
+            return
+        try:
+            config = self.reload_config()
+        except Exception as e:  # ConfigError: keep what runs
+            self.log.error("config reload failed, keeping the running settings: {error}", error=str(e))
+            return
+        if self.log_setup is not None:
+            self.log_setup.set_level(config.log_level)
+        if self.readiness is not None:
+            self.readiness.disk.floor = parse_floor(config.min_free_disk)
+        self.log.info("reloaded: log level {log_level_name}, min_free_disk {floor}", log_level_name=config.log_level,
+                      floor=config.min_free_disk)
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read the TLS certificate, key and device CAs (new connections use them)."""

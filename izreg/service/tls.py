@@ -232,10 +232,21 @@ class ServerTLS:
     (L{izreg.auth.devices.DeviceVerifier} C{cas=server_tls.device_cas}).
     """
 
+    #: called on every completed handshake (the metrics count them)
+    on_handshake: Callable[[], None] | None = None
+
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
         self._material = load_material(files)
-        self._context = build_context(self._material)
+        self._context = self._counting(build_context(self._material))
+
+    def _counting(self, context: SSL.Context) -> SSL.Context:
+        def info(connection: SSL.Connection, where: int, ret: int) -> None:
+            if where & SSL.SSL_CB_HANDSHAKE_DONE and self.on_handshake is not None:
+                self.on_handshake()
+
+        context.set_info_callback(info)
+        return context
 
     @property
     def material(self) -> TLSMaterial:
@@ -251,7 +262,7 @@ class ServerTLS:
         and the error is raised for the caller to log.
         """
         material = load_material(self.files)
-        context = build_context(material)
+        context = self._counting(build_context(material))
         self._material, self._context = material, context
         log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
                  subject=material.server_chain[0].subject.rfc4514_string(),
@@ -345,6 +356,11 @@ class CRLFile:
                 log.error("ignoring the device CRL {path}: {error}; keeping {n} CRL(s)",
                           path=self.path, error=str(e), n=len(self._crls))
         return self._crls
+
+    def reload(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """Re-read the file now, changed or not (SIGHUP)."""
+        self._seen = None
+        return self.current()
 
     def load(self) -> tuple[x509.CertificateRevocationList, ...]:
         with open(self.path, "rb") as f:

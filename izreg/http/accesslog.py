@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.http.test_accesslog -*-
+"""
+One access log event per request, through twisted.logger (namespace
+``izreg.access``), and the same facts for the metrics.
+
+An event holds: method, route template (never the raw path: no digest, tag
+or upload id), repository name, status, bytes in and out, duration,
+account, key id or device id, client address and the request id (also sent
+to the client as ``X-Request-Id``). Never a credential: the principal the
+guard cached on the request is read, not a header.
+
+L{RegistrySite} calls L{AccessLog.__call__} when a request finishes (and,
+with status 499, when the client goes away first).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Callable
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+
+from izreg.core import routes
+from izreg.core.errors import RegistryError
+
+REQUEST_ID_HEADER = b"X-Request-Id"
+#: a request id a proxy in front may pass on (else we make one)
+_GIVEN_ID = re.compile(rb"[A-Za-z0-9._:-]{8,64}")
+#: the status logged for a request whose client went away before the answer
+CLIENT_GONE = 499
+
+_TEMPLATES = {
+    routes.MANIFEST: "/v2/{name}/manifests/{reference}",
+    routes.BLOB: "/v2/{name}/blobs/{digest}",
+    routes.UPLOADS: "/v2/{name}/blobs/uploads/",
+    routes.UPLOAD: "/v2/{name}/blobs/uploads/{uuid}",
+    routes.TAGS: "/v2/{name}/tags/list",
+    routes.REFERRERS: "/v2/{name}/referrers/{digest}",
+}
+#: fixed paths, served as they are
+_FIXED = {"/v2/", "/v2", "/v2/_catalog", "/v2/token", "/healthz", "/readyz", "/metrics", "/", "/ui", "/ui/",
+          "/v2/_izreg/repositories", "/v2/_izreg/pulls"}
+_IZREG_REPO = re.compile(r"(?P<name>.+)/_izreg/(?P<what>manifests)")
+
+
+def new_request_id(given: bytes | None) -> str:
+    if given and _GIVEN_ID.fullmatch(given):
+        return given.decode("ascii")
+    return secrets.token_hex(12)
+
+
+def route_of(path: bytes) -> tuple[str, str | None]:
+    """(route template, repository name or C{None}) of a request path; C{"other"} when unknown."""
+    try:
+        text = unquote(path.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "other", None
+    if text in _FIXED:
+        return text, None
+    if re.fullmatch(r"/ui/[^/]+", text):
+        return "/ui/{file}", None
+    if not text.startswith("/v2/"):
+        return "other", None
+    rest = text[4:]
+    m = _IZREG_REPO.fullmatch(rest)
+    if m:
+        return "/v2/{name}/_izreg/" + m.group("what"), m.group("name")[:256]
+    try:
+        route = routes.match(rest)
+    except RegistryError:
+        return "other", None
+    return _TEMPLATES[route.endpoint], route.repository.name
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the access log and the metrics know of one finished request."""
+
+    request_id: str
+    method: str
+    route: str
+    repository: str | None
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration: float
+    client: str
+    account: str | None
+    principal: str | None  # "key", "token", "device" or None
+    key_id: str | None
+    device_id: str | None
+    authorization: bool  # an Authorization header was sent (never its value)
+
+
+#: where the guard caches the caller on the request (izreg.http.guard)
+PRINCIPAL_ATTRIBUTE = "_izreg_principal"
+
+
+def request_info(request, now: float, status: int | None = None) -> RequestInfo:
+    principal = getattr(request, PRINCIPAL_ATTRIBUTE, None)
+    if isinstance(principal, Exception):
+        principal = None
+    method, path = request.method, getattr(request, "path", None)
+    if path is None:  # the client went away before the body was in
+        method, uri = getattr(request, "line", (b"-", b""))
+        path = uri.partition(b"?")[0]
+    route, repository = route_of(path)
+    client = request.getClientAddress()
+    return RequestInfo(
+        request_id=getattr(request, "request_id", "-"),
+        method=(method or b"-").decode("ascii", "replace")[:16],
+        route=route,
+        repository=repository,
+        status=status if status is not None else request.code,
+        bytes_in=getattr(request, "bytes_in", 0),
+        bytes_out=request.sentLength,
+        duration=max(0.0, now - getattr(request, "started", now)),
+        client=getattr(client, "host", None) or "-",
+        account=getattr(principal, "account", None),
+        principal=getattr(principal, "kind", None),
+        key_id=getattr(principal, "key_id", None),
+        device_id=getattr(principal, "device_id", None),
+        authorization=bool(request.getHeader(b"authorization")),
+    )
+
+
+log = Logger(namespace="izreg.access")
+
+
+class AccessLog:
+    """The site's request log: an event per request, then each observer (the metrics)."""
+
+    def __init__(self, now: Callable[[], float], observers: list[Callable[[RequestInfo], None]] | None = None) -> None:
+        self.now = now
+        self.observers = observers if observers is not None else []
+
+    def __call__(self, request, status: int | None = None) -> None:
+        info = request_info(request, self.now(), status)
+        who = f"device {info.account}/{info.device_id}" if info.device_id else (
+            f"key {info.key_id}" if info.key_id else "anonymous")
+        log.info(
+            "{client} {method} {route} {status} in={bytes_in} out={bytes_out} {duration:.3f}s {who} id={request_id}",
+            who=who, **asdict(info),
+        )
+        for observer in self.observers:
+            try:
+                observer(info)
+            except Exception:
+                log.failure("request observer failed")

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.service.test_logs -*-
+"""
+The log observer of ``twistd izreg server``: text (twistd's format) or
+``--log-format json`` (one JSON object a line), behind a level filter that
+``kill -HUP`` re-reads (``[server] log_level``).
+
+twistd asks the application for an C{ILogObserver} before it falls back to
+its own; L{RegistryService} sets ours there. It writes where twistd would
+have: stdout with ``-n`` (or ``--logfile=-``), else the ``--logfile``
+(default ``twistd.log``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python import logfile
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+          "error": LogLevel.error, "critical": LogLevel.critical}
+#: keys of legacy (twisted.python.log) events that are not facts worth a JSON field
+_LEGACY = {"message", "format", "isError", "system", "time", "why", "failure", "printed"}
+
+
+def _value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def event_as_json(event: dict) -> str:
+    """One log event as one JSON line: time, level, namespace, message, and its own simple fields."""
+    when = datetime.datetime.fromtimestamp(event.get("log_time", 0), datetime.timezone.utc)
+    level = event.get("log_level")
+    record = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY or key in record:
+            continue
+        record[key] = _value(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record) + "\n"
+
+
+def json_file_observer(out: IO[str]) -> FileLogObserver:
+    return FileLogObserver(out, event_as_json)
+
+
+class LogSetup:
+    """The observer and the level it filters at (changed in place on SIGHUP)."""
+
+    def __init__(self, log_format: str, level: str) -> None:
+        self.format = log_format
+        self.predicate = LogLevelFilterPredicate(LEVELS[level])
+
+    def set_level(self, level: str) -> None:
+        self.predicate.setLogLevelForNamespace("", LEVELS[level])
+
+    def observer(self, out: IO[str]) -> ILogObserver:
+        base = json_file_observer(out) if self.format == "json" else textFileLogObserver(out)
+        return FilteringLogObserver(base, [self.predicate])
+
+    def for_twistd(self, twistd_options) -> ILogObserver | None:
+        """
+        The observer for twistd's options (the top-level C{ServerOptions}), or
+        C{None} to leave twistd's own (syslog).
+        """
+        if twistd_options is None or twistd_options.get("syslog"):
+            return None
+        path = twistd_options.get("logfile")
+        if path == "-" or (not path and twistd_options.get("nodaemon")):
+            return self.observer(sys.stdout)
+        return self.observer(logfile.LogFile.fromFullPath(path or "twistd.log"))

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.service.test_metrics -*-
+"""
+Prometheus metrics (prometheus-client, its own C{CollectorRegistry}, never
+the process-global one), served on a listener of their own
+(``--metrics-listen``, off by default) by the library's WSGI exposition.
+
+Labels are route templates, methods, status codes and small fixed sets of
+kinds: never a repository, digest, tag, account or path, so the number of
+series stays bounded whatever clients send.
+
+Request metrics come from the access log's L{RequestInfo}; storage gauges
+(blobs, manifests, upload sessions, the LMDB map) are read from the index
+at scrape time, in the exposition's thread, cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from twisted.web.resource import Resource
+from twisted.web.wsgi import WSGIResource
+
+from izreg.http.accesslog import RequestInfo
+from izreg.storage import schema
+from izreg.storage.lmdbenv import dbs
+
+#: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: storage totals are recomputed at most this often, seconds
+STORAGE_CACHE = 10.0
+
+
+def auth_failure_kind(info: RequestInfo) -> str | None:
+    """The kind of an authentication or authorization failure, from the answer."""
+    if info.status == 401:
+        return "invalid_credentials" if info.authorization else "missing_credentials"
+    if info.status == 403:
+        return "denied"
+    if info.status == 429:
+        return "rate_limited"
+    return None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        labels = ["route", "method"]
+        self.requests = Counter("izreg_http_requests", "HTTP requests answered", labels + ["status"], registry=r)
+        self.latency = Histogram("izreg_http_request_duration_seconds", "Time from request line to last byte",
+                                 labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.bytes_in = Counter("izreg_http_request_bytes", "Request body bytes received", labels, registry=r)
+        self.bytes_out = Counter("izreg_http_response_bytes", "Response body bytes sent", labels, registry=r)
+        self.auth_failures = Counter("izreg_auth_failures", "Requests refused for authentication or authorization",
+                                     ["kind"], registry=r)
+        self.device_pulls = Counter("izreg_device_pulls", "Manifests pulled by edge devices", registry=r)
+        self.tls_handshakes = Counter("izreg_tls_handshakes", "TLS handshakes completed", registry=r)
+        self.gc_runs = Counter("izreg_gc_runs", "Garbage collection runs", registry=r)
+        self.gc_freed = Counter("izreg_gc_freed_bytes", "Bytes freed by garbage collection", registry=r)
+        self.webhook_deliveries = Counter("izreg_webhook_deliveries", "Webhook delivery attempts", ["result"], registry=r)
+        for result in ("delivered", "failed", "gave_up"):
+            self.webhook_deliveries.labels(result)
+
+    def observe_request(self, info: RequestInfo) -> None:
+        status = str(info.status)
+        self.requests.labels(info.route, info.method, status).inc()
+        self.latency.labels(info.route, info.method).observe(info.duration)
+        self.bytes_in.labels(info.route, info.method).inc(info.bytes_in)
+        self.bytes_out.labels(info.route, info.method).inc(info.bytes_out)
+        kind = auth_failure_kind(info)
+        if kind is not None:
+            self.auth_failures.labels(kind).inc()
+        if info.principal == "device" and info.method == "GET" and info.status == 200 \
+                and info.route == "/v2/{name}/manifests/{reference}":
+            self.device_pulls.inc()
+
+    def watch_storage(self, env) -> None:
+        """Add the gauges read from the LMDB environment C{env}."""
+        self.registry.register(StorageCollector(env))
+
+    def resource(self, reactor, pool) -> Resource:
+        """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""
+        root = Resource()
+        root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(self.registry)))
+        return root
+
+
+class StorageCollector:
+    """Gauges from the index, computed in the scrape's thread (LMDB reads are safe there)."""
+
+    def __init__(self, env, clock=time.monotonic) -> None:
+        self.env = env
+        self.dbs = dbs(env)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict] | None = None
+
+    def describe(self):
+        return []
+
+    def _totals(self) -> dict:
+        with self._lock:
+            if self._cached is not None and self.clock() - self._cached[0] < STORAGE_CACHE:
+                return self._cached[1]
+            totals = {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
+            with self.env.begin() as txn:
+                for _, value in txn.cursor(db=self.dbs[schema.BLOBS]):
+                    totals["blobs"] += 1
+                    totals["blob_bytes"] += json.loads(value).get("size", 0)
+                for _, value in txn.cursor(db=self.dbs[schema.MANIFESTS]):
+                    totals["manifests"] += 1
+                    totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
+                totals["uploads"] = txn.stat(self.dbs[schema.UPLOADS])["entries"]
+            self._cached = (self.clock(), totals)
+            return totals
+
+    def collect(self):
+        totals = self._totals()
+        for name, key, doc in (
+            ("izreg_blobs", "blobs", "Blobs stored (each once, however many repositories link it)"),
+            ("izreg_blobs_bytes", "blob_bytes", "Bytes of the blobs stored"),
+            ("izreg_manifests", "manifests", "Manifests stored (per repository)"),
+            ("izreg_manifests_bytes", "manifest_bytes", "Bytes of the manifests stored"),
+            ("izreg_upload_sessions", "uploads", "Open upload sessions"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=totals[key])
+        info, stat = self.env.info(), self.env.stat()
+        used = (info["last_pgno"] + 1) * stat["psize"]
+        yield GaugeMetricFamily("izreg_lmdb_map_size_bytes", "Size of the LMDB map", value=info["map_size"])
+        yield GaugeMetricFamily("izreg_lmdb_map_used_bytes", "Bytes of the LMDB map in use", value=used)
+        yield GaugeMetricFamily("izreg_lmdb_map_free_bytes", "Bytes of the LMDB map still free",
+                                value=max(0, info["map_size"] - used))
