@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import devices_cli
+from izreg import devices_cli, manage_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
@@ -207,7 +207,8 @@ def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
 # main ------------------------------------------------------------------------------
 
 #: every command group; each adds its parser to the top-level subparsers
-GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers]
+GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
+                                                              manage_cli.register]
 
 
 class _Parser(argparse.ArgumentParser):

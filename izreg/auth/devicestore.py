@@ -8,6 +8,14 @@ hold slashes, so slashes cannot separate)::
     revoked NUL serial NUL <hex>                              json {"at", "note"}
     revoked NUL fingerprint NUL <sha256 hex>                  json {"at", "note"}
     pull NUL <account> NUL <device> NUL <repository> NUL <digest>   json {"at"}
+    pullof NUL <repokey> NUL <digest> NUL <devicekey>          json {"at", "device"}
+    meta NUL pullof                                           b"1" once pullof is complete
+
+``pullof`` is the reverse of ``pull``, written with it: how many devices
+pulled a manifest and when last, without scanning the account (the browse
+API and the in-use check of deletes read it). Long repository names and
+device ids are hashed there (L{izreg.storage.refs.repo_key}), so keys stay
+under LMDB's 511 bytes.
 
 Every method is one short transaction. The server reads revocations per
 request (L{DeviceStore.revocations_for}: two gets in one read txn), so
@@ -24,6 +32,7 @@ Times are POSIX seconds passed in by the caller.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -33,6 +42,7 @@ import lmdb
 
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
 from izreg.storage import schema
+from izreg.storage.refs import repo_key, scan
 
 SERIAL = "serial"
 FINGERPRINT = "fingerprint"
@@ -40,6 +50,8 @@ KINDS = (SERIAL, FINGERPRINT)
 
 _REVOKED = b"revoked"
 _PULL = b"pull"
+_PULLOF = b"pullof"
+_INDEXED = schema.key(b"meta", _PULLOF)
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,35 @@ class DeviceStore:
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
         self._db = env.open_db(schema.DEVICES)
+        self._index_pulls()
+
+    def _index_pulls(self) -> None:
+        """Write the ``pullof`` entries of pull records made before they existed (once)."""
+        with self._env.begin(db=self._db) as txn:
+            if txn.get(_INDEXED) is not None:
+                return
+        with self._env.begin(write=True, db=self._db) as txn:
+            for k, v in list(scan(txn, self._db, schema.prefix(_PULL))):
+                _, account, device, repo, digest = k.decode().split("\x00")
+                self._put_pullof(txn, PullRecord(account, device, repo, digest, json.loads(v)["at"]))
+            txn.put(_INDEXED, b"1")
+
+    def _put_pullof(self, txn, r: PullRecord) -> None:
+        device = r.device_id if len(r.device_id) <= 64 else hashlib.sha256(r.device_id.encode()).hexdigest()
+        k = schema.key(_PULLOF, repo_key(r.repository), r.digest, device)
+        old = txn.get(k)
+        if old is None or json.loads(old)["at"] < r.at:
+            txn.put(k, json.dumps({"at": r.at, "device": r.device_id}).encode())
+
+    def pulls_of(self, repository: str, digest: str) -> tuple[int, float | None]:
+        """How many devices pulled this manifest, and when last (C{None}: never)."""
+        count, last = 0, None
+        with self._env.begin(db=self._db) as txn:
+            for _, v in scan(txn, self._db, schema.prefix(_PULLOF, repo_key(repository), digest)):
+                at = json.loads(v)["at"]
+                count += 1
+                last = at if last is None or at > last else last
+        return count, last
 
     # -- revocations ------------------------------------------------------
 
@@ -126,6 +167,7 @@ class DeviceStore:
             for r in records:
                 txn.put(schema.key(_PULL, r.account, r.device_id, r.repository, r.digest),
                         json.dumps({"at": r.at}).encode())
+                self._put_pullof(txn, r)
                 n += 1
         return n
 

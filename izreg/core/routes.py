@@ -23,6 +23,7 @@ _ROUTE = re.compile(
     r"|(?P<blobs>blobs)/(?P<digest>[^/]+)"
     r"|(?P<tags>tags/list)/?"
     r"|(?P<referrers>referrers)/(?P<subject>[^/]+)"
+    r"|(?P<browse>_izreg/manifests)/?"
     r")$",
     re.DOTALL,
 )
@@ -33,6 +34,8 @@ UPLOAD = "upload"
 BLOB = "blob"
 TAGS = "tags"
 REFERRERS = "referrers"
+#: izreg's own listing of a repository's manifests (``_izreg`` cannot be a name component)
+BROWSE = "browse"
 
 
 @dataclass(frozen=True)
@@ -57,4 +60,6 @@ def match(path: str) -> Route:
         return Route(BLOB, repository, m.group("digest"))
     if m.group("tags"):
         return Route(TAGS, repository, None)
+    if m.group("browse"):
+        return Route(BROWSE, repository, None)
     return Route(REFERRERS, repository, m.group("subject"))

@@ -38,6 +38,8 @@ PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 #: tags/catalog page size when the client gives no ``n``, and the largest page served
 MAX_PAGE = 10000
+#: the largest page of the browse API's manifest listing (each entry parses a manifest)
+BROWSE_PAGE = 1000
 
 
 def _arg(request, name: str) -> str | None:
@@ -60,7 +62,7 @@ class RegistryAPI:
     log = Logger()
 
     def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None, ui: bool = True) -> None:
+                 authenticator=None, pulls=None, now=None, ui: bool = True, browser=None) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
@@ -70,6 +72,7 @@ class RegistryAPI:
         self.readiness = None  # izreg.http.health.Readiness, set by the service
         self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
+        self.browser = browser  # izreg.browse.Browser, set by the service
         self._dispatch = {
             (routes.MANIFEST, "GET"): self.get_manifest,
             (routes.MANIFEST, "HEAD"): self.get_manifest,
@@ -87,6 +90,7 @@ class RegistryAPI:
             (routes.TAGS, "HEAD"): self.list_tags,
             (routes.REFERRERS, "GET"): self.list_referrers,
             (routes.REFERRERS, "HEAD"): self.list_referrers,
+            (routes.BROWSE, "GET"): self.browse_manifests,
         }
 
     def resource(self):
@@ -190,6 +194,23 @@ class RegistryAPI:
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
+
+    @app.route("/v2/_izreg/repositories", methods=["GET"])
+    def browse_repositories(self, request):
+        """The caller's account's repositories with their counters (docs/api.rst)."""
+        with _browse_challenge():
+            account = self.guard.catalog_account(request)
+        wanted = _arg(request, "account")
+        if wanted is not None and account is not None and wanted != account:
+            raise RegistryError(ErrorCode.DENIED, {"account": wanted[:64]}, "a key may only list its own account")
+        account = account or wanted
+        if account is None:
+            raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
+        limit, last = self._page(request)
+        found, more = self.browser.repositories(account, limit, last)
+        if more and found:
+            self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
+        return self._json(request, {"account": account, "repositories": found})
 
     @app.route("/v2/token", methods=["GET", "POST"])
     def token(self, request):
@@ -397,6 +418,18 @@ class RegistryAPI:
             _set(request, OCI_Filters_Applied="artifactType")
         return self._json(request, referrers_index(found), mt.OCI_INDEX)
 
+    async def browse_manifests(self, request, route):
+        """The repository's manifests with tags, sizes, platforms and device pulls (docs/api.rst)."""
+        with _browse_challenge():
+            repo = self._repository(request, route, PULL)
+        limit, last = self._page(request)
+        found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
+        if not found and last is None and not self.registry.index.repo_exists(repo.name):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
+        if more and found:
+            self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])
+        return self._json(request, {"name": repo.name, "manifests": found})
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _body(self, request):
@@ -434,6 +467,20 @@ def _who(request, principal) -> tuple[str, str]:
     else:
         actor = f"key:{principal.key_id}"
     return actor, _client_address(request)
+
+
+class _browse_challenge:
+    """A 401 on ``/v2/_izreg/`` challenges with Bearer, never Basic (a browser would show its own login prompt)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, RegistryError) and error.code is ErrorCode.UNAUTHORIZED:
+            challenge = error.headers.get("WWW-Authenticate", "")
+            if not challenge.startswith("Bearer"):
+                error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
+        return False
 
 
 def _close(blob) -> None:

@@ -57,11 +57,18 @@ def _check_schema(env: lmdb.Environment, readonly: bool) -> None:
             raise SchemaError(f"the index at {env.path()} has an unreadable schema version {found!r}") from None
         if version > schema.SCHEMA_VERSION:
             raise SchemaError(f"the index at {env.path()} has schema {version}; this izreg knows up to {schema.SCHEMA_VERSION}")
-        # Upgrades go here one step at a time (v1 -> v2 -> ...), when there are any.
+        # Upgrades go here one step at a time (v1 -> v2 -> ...).
+        if version == 1:
+            # v2: reference counts, reverse tags and repository counters, derived from the manifests
+            from izreg.storage.refs import Refs
+
+            Refs(dbs(env, txn)).rebuild(txn)
+            version = 2
+            txn.put(b"schema_version", b"2", db=meta)
         if version < schema.SCHEMA_VERSION:
             raise SchemaError(f"no upgrade from schema {version} to {schema.SCHEMA_VERSION}")
 
 
-def dbs(env: lmdb.Environment) -> dict[bytes, object]:
+def dbs(env: lmdb.Environment, txn: lmdb.Transaction | None = None) -> dict[bytes, object]:
     """Handles of every named database (they stay valid for the env's lifetime)."""
-    return {name: env.open_db(name) for name in schema.ALL}
+    return {name: env.open_db(name, txn=txn) for name in schema.ALL}

@@ -21,23 +21,13 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.storage import schema
 from izreg.storage.lmdbenv import dbs
+from izreg.storage.refs import Refs, split_manifest
+from izreg.storage.refs import scan as _scan
 from izreg.storage.schema import key, prefix
 
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _scan(txn: lmdb.Transaction, db, start: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """Items whose key starts with C{start}, in key order, strictly after C{after} if given."""
-    cursor = txn.cursor(db=db)
-    first = after + b"\x00" if after is not None else start
-    if not cursor.set_range(max(first, start)):
-        return
-    for k, v in cursor:
-        if not k.startswith(start):
-            return
-        yield k, v
 
 
 class Index:
@@ -46,6 +36,7 @@ class Index:
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
         self._db = dbs(env)
+        self.refs = Refs(self._db)
 
     def close(self) -> None:
         self.env.close()
@@ -77,6 +68,21 @@ class Index:
                 names.append(k.decode())
             return names, False
 
+    def repo_stats(self, name: str) -> dict | None:
+        """The repository's counters (see L{izreg.storage.refs}), or C{None}."""
+        with self.env.begin() as txn:
+            return self.refs.stats(txn, name)
+
+    def list_repo_stats(self, start: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict]], bool]:
+        """Like L{list_repos}, with each repository's counters."""
+        with self.env.begin() as txn:
+            out = []
+            for k, _ in _scan(txn, self._db[schema.REPOS], start.encode(), last.encode() if last else None):
+                if len(out) == limit:
+                    return out, True
+                out.append((k.decode(), self.refs.stats(txn, k.decode())))
+            return out, False
+
     # -- blobs and links ---------------------------------------------------
 
     def blob_size(self, name: str, digest: Digest) -> int | None:
@@ -97,12 +103,19 @@ class Index:
         txn.put(key(digest, name), b"", db=self._db[schema.BLOBLINKS])
         self._touch_repo(txn, name, now)
 
-    def commit_blob(self, name: str, digest: Digest, size: int, now: float, upload_id: str | None) -> None:
-        """Record a blob file that is now in place, link it, and end its upload session."""
+    def commit_blob(self, name: str, digest: Digest, size: int, now: float, upload_id: str | None, place=None) -> None:
+        """
+        Record a blob that is now in place, link it, and end its upload session.
+        C{place()}, if given, puts the bytes in place inside the write
+        transaction: a garbage collector (which deletes inside its own write
+        transaction, maybe from another process) never sees a blob between
+        file and record.
+        """
         with self.env.begin(write=True) as txn:
             d = str(digest)
-            if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:
-                txn.put(d.encode(), _dump({"size": size, "created": now}), db=self._db[schema.BLOBS])
+            if place is not None:
+                place()
+            self._touch_blob(txn, d, size, now)
             self._link(txn, name, d, now)
             if upload_id is not None:
                 txn.delete(upload_id.encode(), db=self._db[schema.UPLOADS])
@@ -116,8 +129,29 @@ class Index:
             linked = [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
             if not any(repo in sources for repo in linked):
                 return False
+            self._touch_blob(txn, d, None, now)
             self._link(txn, name, d, now)
             return True
+
+    def _touch_blob(self, txn, d: str, size: int | None, now: float) -> None:
+        """Create the blob's record or refresh its C{touched} time (which holds off garbage collection)."""
+        raw = txn.get(d.encode(), db=self._db[schema.BLOBS])
+        record = json.loads(raw) if raw is not None else {"size": size, "created": now}
+        record["touched"] = now
+        txn.put(d.encode(), _dump(record), db=self._db[schema.BLOBS])
+
+    def touch_blob(self, digest: Digest, now: float) -> bool:
+        """Hold an unreferenced blob off garbage collection for a grace period; C{False} if it is gone."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is None:
+                return False
+            self._touch_blob(txn, str(digest), None, now)
+            return True
+
+    def blob_referenced(self, digest: Digest) -> bool:
+        """Whether any manifest of any repository names the blob."""
+        with self.env.begin() as txn:
+            return self.refs.blob_referenced(txn, str(digest))
 
     def repos_linking(self, digest: Digest) -> list[str]:
         d = str(digest)
@@ -192,15 +226,21 @@ class Index:
                     missing.append({"digest": child, "kind": "manifest"})
             if missing:
                 raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, {"missing": missing[:20]})
+            self._touch_repo(txn, name, now)
             existing = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
             if existing is None:
+                meta = {**meta, "blobs": sorted(dict(blobs).items())}
                 txn.put(key(name, d), _dump(meta) + schema.SEP + data, db=self._db[schema.MANIFESTS])
+                self.refs.add_manifest(txn, name, meta, data, now)
+            else:
+                self.refs.pushed(txn, name, now)
             if tag is not None:
+                previous = txn.get(key(name, tag), db=self._db[schema.TAGS])
                 txn.put(key(name, tag), d.encode(), db=self._db[schema.TAGS])
+                self.refs.set_tag(txn, name, tag, d, previous.decode() if previous is not None else None)
             if referrer is not None:
                 subject, descriptor = referrer
                 txn.put(key(name, subject, d), _dump(descriptor), db=self._db[schema.REFERRERS])
-            self._touch_repo(txn, name, now)
 
     def get_manifest(self, name: str, digest: Digest) -> tuple[dict, bytes] | None:
         with self.env.begin() as txn:
@@ -209,6 +249,23 @@ class Index:
                 return None
             meta, data = bytes(raw).split(schema.SEP, 1)
             return json.loads(meta), data
+
+    def list_manifests(self, name: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict, bytes, list[str]]], bool]:
+        """(digest, meta, bytes, tags) of the repository's manifests by digest, after C{last}; and whether more follow."""
+        start = prefix(name)
+        with self.env.begin() as txn:
+            out = []
+            for k, v in _scan(txn, self._db[schema.MANIFESTS], start, key(name, last) if last else None):
+                if len(out) == limit:
+                    return out, True
+                digest = k[len(start):].decode()
+                meta, data = split_manifest(v)
+                out.append((digest, meta, data, self.refs.tags_of(txn, name, digest)))
+            return out, False
+
+    def tags_of(self, name: str, digest: Digest) -> list[str]:
+        with self.env.begin() as txn:
+            return self.refs.tags_of(txn, name, str(digest))
 
     def resolve_tag(self, name: str, tag: str) -> Digest | None:
         with self.env.begin() as txn:
@@ -228,8 +285,10 @@ class Index:
 
     def delete_tag(self, name: str, tag: str) -> bool:
         with self.env.begin(write=True) as txn:
-            if not txn.delete(key(name, tag), db=self._db[schema.TAGS]):
+            digest = txn.pop(key(name, tag), db=self._db[schema.TAGS])
+            if digest is None:
                 return False
+            self.refs.remove_tag(txn, name, tag, digest.decode())
             self._drop_repo_if_empty(txn, name)
             return True
 
@@ -240,11 +299,12 @@ class Index:
             raw = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
             if raw is None:
                 return False
-            meta = json.loads(bytes(raw).split(schema.SEP, 1)[0])
+            meta, data = split_manifest(raw)
             txn.delete(key(name, d), db=self._db[schema.MANIFESTS])
-            doomed = [k for k, v in _scan(txn, self._db[schema.TAGS], prefix(name)) if v == d.encode()]
-            for k in doomed:
-                txn.delete(k, db=self._db[schema.TAGS])
+            self.refs.remove_manifest(txn, name, meta, data)
+            for tag in self.refs.tags_of(txn, name, d):
+                txn.delete(key(name, tag), db=self._db[schema.TAGS])
+                self.refs.remove_tag(txn, name, tag, d)
             if meta.get("subject"):
                 txn.delete(key(name, meta["subject"], d), db=self._db[schema.REFERRERS])
             self._drop_repo_if_empty(txn, name)

@@ -11,12 +11,16 @@ in lexical order (tags list, catalog).
 database       key                                     value
 =============  ======================================  =========================================
 meta           b"schema_version"                       ascii int
-repos          name                                    json {"created"}
+repos          name                                    json {"created", "manifests", "tags", "size",
+                                                       "unique", "manifest_bytes", "pushed"} (see refs.py)
 tags           name NUL tag                            digest (ascii)
 manifests      name NUL digest                         json meta NUL raw manifest bytes
 links          name NUL blob digest                    b""  (the repository may read the blob)
 bloblinks      blob digest NUL name                    b""  (reverse of links)
-blobs          blob digest                             json {"size", "created"}  (derived from files)
+blobs          blob digest                             json {"size", "created", "touched"}  (derived from files)
+repoblobs      name NUL blob digest                    ascii int: manifests of the repo naming the blob
+blobrefs       blob digest NUL name                    b""  (reverse of repoblobs: the blob is referenced)
+tagsof         repokey NUL manifest digest NUL tag     b""  (reverse of tags; repokey: refs.repo_key)
 referrers      name NUL subject NUL referrer digest    json descriptor
 uploads        upload id                               json {"name", "offset", "started", "updated"}
 accounts       account id                              json (izreg.auth)
@@ -26,12 +30,15 @@ audit          BE microseconds (8) + random (8)        json (izreg.storage.audit
 =============  ======================================  =========================================
 
 Tags, manifests, links, referrers, accounts and keys are authoritative.
-``blobs`` is derived: ``izreg.storage.rebuild`` recreates it from the files.
+``blobs`` is derived from the files; ``repoblobs``, ``blobrefs``, ``tagsof``
+and the repository counters are derived from manifests and tags
+(``izreg.storage.refs.rebuild``, run by the schema 1 -> 2 upgrade and by
+``izreg fsck --repair``).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 META = b"meta"
 REPOS = b"repos"
@@ -46,8 +53,12 @@ ACCOUNTS = b"accounts"
 KEYS = b"keys"
 DEVICES = b"devices"
 AUDIT = b"audit"
+REPOBLOBS = b"repoblobs"
+BLOBREFS = b"blobrefs"
+TAGSOF = b"tagsof"
 
-ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES, AUDIT)
+ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES, AUDIT,
+       REPOBLOBS, BLOBREFS, TAGSOF)
 MAX_DBS = 32
 
 SEP = b"\x00"

@@ -95,7 +95,7 @@ def test_repo_created_once(index):
     commit(index, now=1.0)
     commit(index, digest=B2, now=5.0)
     with index.env.begin() as txn:
-        assert json.loads(txn.get(REPO.encode(), db=index._db[b"repos"])) == {"created": 1.0}
+        assert json.loads(txn.get(REPO.encode(), db=index._db[b"repos"]))["created"] == 1.0
 
 
 # -- blobs and links -----------------------------------------------------------------
@@ -107,15 +107,15 @@ def test_commit_blob_links_and_records(index):
     assert index.repo_exists(REPO)
     assert index.blob_size(REPO, B1) == 6
     assert index.blob_size(OTHER, B1) is None  # not linked there
-    assert index.blob_record(B1) == {"size": 6, "created": 3.0}
+    assert index.blob_record(B1) == {"size": 6, "created": 3.0, "touched": 3.0}
     assert index.repos_linking(B1) == [REPO]
     assert index.get_upload("u1") is None  # the session ends with the commit
 
 
-def test_commit_blob_keeps_the_first_record(index):
+def test_commit_blob_keeps_the_first_record_and_touches_it(index):
     commit(index, size=6, now=1.0)
     commit(index, name=OTHER, size=6, now=9.0)
-    assert index.blob_record(B1) == {"size": 6, "created": 1.0}
+    assert index.blob_record(B1) == {"size": 6, "created": 1.0, "touched": 9.0}
     assert index.repos_linking(B1) == sorted([REPO, OTHER])
 
 
@@ -235,7 +235,7 @@ def test_put_and_get_manifest_byte_exact(index, data):
     put(index, data=data, size=len(data))
     stored_meta, stored = index.get_manifest(REPO, M1)
     assert stored == data
-    assert stored_meta == meta(size=len(data))
+    assert stored_meta == {**meta(size=len(data)), "blobs": []}  # the index keeps the blobs it counts
     assert index.repo_exists(REPO)
     assert index.get_manifest(OTHER, M1) is None
     assert index.get_manifest(REPO, M2) is None

@@ -1,0 +1,118 @@
+# -*- test-case-name: tests.test_manage_cli -*-
+"""
+``izreg images``, ``izreg usage``: what is stored, from the command line
+(the same documents as the browse API, see L{izreg.browse}).
+
+Each handler follows L{izreg.cli}'s convention: C{handler(args, context) -> int}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from izreg.browse import Browser, usage
+from izreg.core.names import NAME_RE
+
+#: the largest page read at once (the listing walks every page)
+_PAGE = 500
+
+
+def human(size: int) -> str:
+    """Bytes in binary units: 512 B, 1.5 KiB, 20.0 MiB."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    images = subparsers.add_parser("images", help="list an account's images (tags, sizes, platforms, device pulls)")
+    images.add_argument("account", metavar="ACCOUNT_ID")
+    images.add_argument("--repository", metavar="NAME", help="one repository: NAME or ACCOUNT_ID/NAME")
+    images.add_argument("--json", action="store_true", help="one JSON document")
+    images.set_defaults(handler=images_command)
+    use = subparsers.add_parser("usage", help="stored bytes per account (shared blobs counted once per account)")
+    use.add_argument("account", metavar="ACCOUNT_ID", nargs="?")
+    use.add_argument("--json", action="store_true", help="one JSON object per line")
+    use.set_defaults(handler=usage_command)
+
+
+def _browser(context) -> Browser:
+    from izreg.auth.devicestore import DeviceStore
+    from izreg.storage.blobs import BlobStore
+    from izreg.storage.lmdbindex import Index
+
+    context.store()
+    env = context._env
+    return Browser(Index(env), BlobStore(context.data_dir), DeviceStore(env))
+
+
+def _pages(fetch, key: str):
+    last = None
+    while True:
+        found, more = fetch(_PAGE, last)
+        yield from found
+        if not more or not found:
+            return
+        last = found[-1][key]
+
+
+def images_command(args: argparse.Namespace, context) -> int:
+    from izreg.cli import CommandError, _account_id
+
+    account = _account_id(args.account)
+    browser = _browser(context)
+    if args.repository:
+        name = args.repository if args.repository.startswith(f"{account}/") else f"{account}/{args.repository}"
+        if not NAME_RE.fullmatch(name):
+            raise CommandError(f"invalid repository name {args.repository[:100]!r}")
+        stats = browser.index.repo_stats(name)
+        if stats is None:
+            raise CommandError(f"no repository {name}")
+        repositories = [Browser.repository(name, stats)]
+    else:
+        repositories = list(_pages(lambda n, last: browser.repositories(account, n, last), "name"))
+    for repo in repositories:
+        repo["images"] = list(_pages(lambda n, last: browser.manifests(repo["name"], n, last), "digest"))
+    if args.json:
+        context.out(json.dumps({"account": account, "repositories": repositories}, indent=2))
+        return 0
+    from izreg.cli import _table
+
+    rows = []
+    for repo in repositories:
+        path = repo["name"][33:]
+        for m in repo["images"]:
+            devices = m["devices"]
+            rows.append([
+                path, m["digest"][:19], m["kind"], ",".join(m["tags"]) or "-", ",".join(m["platforms"]) or "-",
+                human(m["size"]), m["pushed"] or "-",
+                f"{devices['count']} (last {devices['last_pulled']})" if devices["count"] else "0",
+            ])
+    _table(context, ["REPOSITORY", "DIGEST", "KIND", "TAGS", "PLATFORMS", "SIZE", "PUSHED", "DEVICES"], rows)
+    total = sum(r["size"] for r in repositories)
+    context.out(f"{len(repositories)} repositories, {sum(len(r['images']) for r in repositories)} manifests, "
+                f"{human(total)} referenced")
+    return 0
+
+
+def usage_command(args: argparse.Namespace, context) -> int:
+    from izreg.cli import _account_id, _table
+
+    browser = _browser(context)
+    if args.account:
+        accounts = [_account_id(args.account)]
+    else:
+        accounts = sorted({a.account_id for a in context.store().list_accounts()}
+                          | {name[:32] for name, _ in browser.index.list_repo_stats("", None, 10**9)[0]})
+    found = [usage(browser.index, account) for account in accounts]
+    if args.json:
+        for u in found:
+            context.out(json.dumps(u))
+        return 0
+    _table(context, ["ACCOUNT", "REPOSITORIES", "MANIFESTS", "BLOBS", "SIZE", "BYTES"],
+           [[u["account"], u["repositories"], u["manifests"], u["blobs"], human(u["size"]), u["size"]] for u in found])
+    return 0

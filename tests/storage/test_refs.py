@@ -1,0 +1,132 @@
+"""Reference counts and repository counters (izreg.storage.refs) against a brute-force recount."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from izreg.core.digest import Digest
+from izreg.storage import schema
+from izreg.storage.lmdbenv import open_env
+from izreg.storage.lmdbindex import Index
+from izreg.storage.refs import repo_key
+
+A = "0123456789abcdef0123456789abcdef"
+B = "fedcba9876543210fedcba9876543210"
+REPOS = [f"{A}/app", f"{A}/db", f"{B}/app", f"{A}/" + "x" * 220]
+BLOBS = [(str(Digest.of(b"blob-%d" % i)), 10 ** (i % 4) + i) for i in range(6)]
+MANIFESTS = [
+    (Digest.of(b"m-%d" % i), b'{"m":%d}' % i + b" " * i, [BLOBS[j] for j in range(6) if (i >> j) & 1 or j == i % 6])
+    for i in range(8)
+]
+TAGS = ["v1", "v2", "latest"]
+
+op = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(range(len(REPOS))), st.sampled_from(range(len(MANIFESTS))),
+              st.one_of(st.none(), st.sampled_from(TAGS))),
+    st.tuples(st.just("untag"), st.sampled_from(range(len(REPOS))), st.sampled_from(TAGS)),
+    st.tuples(st.just("delete"), st.sampled_from(range(len(REPOS))), st.sampled_from(range(len(MANIFESTS)))),
+)
+
+
+def apply(index: Index, ops) -> None:
+    for i, (kind, r, *rest) in enumerate(ops):
+        name = REPOS[r]
+        if kind == "put":
+            digest, data, blobs = MANIFESTS[rest[0]]
+            for blob, size in blobs:
+                index.commit_blob(name, Digest.parse(blob), size, float(i), None)
+            index.put_manifest(name, digest, {"mediaType": "x", "subject": None, "created": float(i)}, data,
+                               blobs, [], rest[1], None, float(i))
+        elif kind == "untag":
+            index.delete_tag(name, rest[0])
+        else:
+            index.delete_manifest(name, MANIFESTS[rest[0]][0])
+
+
+def recount(index: Index) -> tuple[dict, set]:
+    """Counters and referenced blobs, from the manifests and tags alone."""
+    sizes = dict(BLOBS)
+    held: dict[str, set] = {}
+    stats: dict[str, dict] = {}
+    with index.env.begin() as txn:
+        for k, v in txn.cursor(db=index._db[schema.MANIFESTS]):
+            name = k.decode().split("\x00")[0]
+            meta, data = bytes(v).split(b"\x00", 1)
+            s = stats.setdefault(name, {"manifests": 0, "tags": 0, "manifest_bytes": 0})
+            s["manifests"] += 1
+            s["manifest_bytes"] += len(data)
+            held.setdefault(name, set()).update(d for d, _ in json.loads(meta)["blobs"])
+        for k, _ in txn.cursor(db=index._db[schema.TAGS]):
+            stats.setdefault(k.decode().split("\x00")[0], {"manifests": 0, "tags": 0, "manifest_bytes": 0})["tags"] += 1
+    for name, s in stats.items():
+        mine = held.get(name, set())
+        others = set().union(*[b for n, b in held.items() if n != name and n[:32] == name[:32]])
+        s["size"] = s["manifest_bytes"] + sum(sizes[b] for b in mine)
+        s["unique"] = s["manifest_bytes"] + sum(sizes[b] for b in mine - others)
+    return stats, set().union(*held.values()) if held else set()
+
+
+def derived(index: Index) -> dict:
+    """The derived databases; of the repository records, all but C{pushed} (a rebuild knows only manifest times)."""
+    with index.env.begin() as txn:
+        out = {db: list(txn.cursor(db=index._db[db])) for db in (schema.REPOBLOBS, schema.BLOBREFS, schema.TAGSOF)}
+        out[schema.REPOS] = [(k, {f: v for f, v in json.loads(v).items() if f != "pushed"})
+                             for k, v in txn.cursor(db=index._db[schema.REPOS])]
+        return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op, max_size=25))
+def test_counters_match_a_recount_and_a_rebuild(tmp_path_factory, ops):
+    index = Index(open_env(str(tmp_path_factory.mktemp("refs")), map_size=32 * 1024 * 1024))
+    try:
+        apply(index, ops)
+        expected, referenced = recount(index)
+        for name in REPOS:
+            stats = index.repo_stats(name)
+            if name in expected:
+                got = {k: stats[k] for k in ("manifests", "tags", "size", "unique", "manifest_bytes")}
+                assert got == expected[name], name
+        for blob, _ in BLOBS:
+            assert index.blob_referenced(Digest.parse(blob)) == (blob in referenced)
+        for name in REPOS:
+            for digest, _, _ in MANIFESTS:
+                with index.env.begin() as txn:
+                    tagged = sorted(k.decode().split("\x00")[1] for k, v in txn.cursor(db=index._db[schema.TAGS])
+                                    if k.decode().split("\x00")[0] == name and v.decode() == str(digest))
+                assert sorted(index.tags_of(name, digest)) == tagged
+        before = derived(index)
+        with index.env.begin(write=True) as txn:
+            index.refs.rebuild(txn)
+        assert derived(index) == before
+    finally:
+        index.close()
+
+
+def test_long_names_are_hashed_in_keys():
+    assert repo_key(REPOS[0]) == REPOS[0]
+    long = repo_key(REPOS[3])
+    assert long.startswith(f"{A}/#") and len(long) == 32 + 2 + 64
+
+
+def test_schema_1_index_is_upgraded_with_its_references(tmp_path):
+    index = Index(open_env(str(tmp_path), map_size=32 * 1024 * 1024))
+    apply(index, [("put", 0, 3, "v1"), ("put", 1, 3, None), ("put", 0, 5, "v2")])
+    expected = derived(index)
+    with index.env.begin(write=True) as txn:  # what a schema 1 index looked like
+        for db in (schema.REPOBLOBS, schema.BLOBREFS, schema.TAGSOF):
+            txn.drop(index._db[db], delete=False)
+        for k, v in list(txn.cursor(db=index._db[schema.REPOS])):
+            txn.put(k, json.dumps({"created": json.loads(v)["created"]}).encode(), db=index._db[schema.REPOS])
+        txn.put(b"schema_version", b"1", db=index._db[schema.META])
+    index.close()
+    index = Index(open_env(str(tmp_path), map_size=32 * 1024 * 1024))
+    try:
+        assert derived(index) == expected
+        with index.env.begin() as txn:
+            assert txn.get(b"schema_version", db=index._db[schema.META]) == str(schema.SCHEMA_VERSION).encode()
+    finally:
+        index.close()
