@@ -45,7 +45,7 @@ from izreg.core.names import parse_reference
 from izreg.core.ranges import parse_range
 from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
-from izreg.http.bodies import RegistryRequest, RegistrySite, Rejected
+from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.responses import FileBody
 
@@ -86,7 +86,7 @@ class EdgeSite(RegistrySite):
 
     def __init__(self, resource) -> None:
         # request bodies (pushes) are refused: drop them as they arrive
-        super().__init__(resource, lambda request, method, uri, length: Rejected(None))
+        super().__init__(resource, lambda request, method, uri, length: Dropped())
         self.noisy = False
 
     def log(self, request) -> None:

@@ -24,6 +24,9 @@ class FixedGuard:
     def check(self, request, repository, action):
         return self.principal
 
+    def authorize(self, request, access, repository):
+        return self.principal
+
     def catalog_account(self, request):
         return ACCOUNT
 
