@@ -10,6 +10,7 @@ import json
 
 import pytest_twisted
 
+from izreg.auth.devicestore import DeviceStore
 from izreg.auth.policy import Principal
 from izreg.http import pullreports
 from tests.http.conftest import ACCOUNT, OTHER_ACCOUNT, start_server
@@ -48,8 +49,8 @@ async def _with(tmp_path, principal, body):
     try:
         response, content = await server.request("POST", "/v2/_izreg/pulls", body=body,
                                                   headers={"Content-Type": "application/json"})
-        server.service.pulls.flush()
-        records = server.service.pulls._store.list_pulls(ACCOUNT)
+        await server.service.flush_pulls()
+        records = DeviceStore(server.registry.index.env).list_pulls(ACCOUNT)
         return response.code, json.loads(content), records
     finally:
         await server.service.stopService()
