@@ -663,7 +663,9 @@ def _big_buffers_back_to_the_os() -> None:
     mapped and unmapped, so izreg's RSS stays flat.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: the S3 threads' small allocations share two arenas
     except (OSError, AttributeError):
         pass  # not glibc: its allocator has its own policy
 
