@@ -377,7 +377,14 @@ class S3Writer(SinkBase):
 
     def _release(self, result=None):
         self.session.busy = False
+        self._let_go()
         return None
+
+    def _let_go(self) -> None:
+        """Nothing left in flight: the session no longer needs this writer (no cycle keeps buffers alive)."""
+        self._tail_before = None
+        if self.session.writer is self:
+            self.session.writer = None
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -541,7 +548,7 @@ class S3Uploads:
             if sink.written or len(session.tail) != session.tail_size:
                 n = session.tail_seq + 1
                 if session.tail:
-                    yield self.run(self._put, self.keys.tail(session.id, n), bytes(session.tail))
+                    yield self.run(self._put, self.keys.tail(session.id, n), session.tail)  # no writer runs meanwhile
                 stale = session.tail_seq - 1  # the LMDB record names tail_seq until the caller writes the new one
                 session.tail_seq, session.tail_size = n, len(session.tail)
                 if stale > 0:
@@ -549,6 +556,7 @@ class S3Uploads:
         except Exception:
             self.forget(session)  # the next request revives it from its last acknowledged record
             raise
+        sink._let_go()
         return session.offset
 
     @_s3
@@ -578,12 +586,14 @@ class S3Uploads:
         except StorageError:
             self.forget(session)
             raise
+        writer._let_go()
+        session.tail = bytearray()  # stored: drop the buffer now, not when the session is collected
 
     @_s3
     def _seal(self, session: S3Session, digest: Digest, verified: bool) -> None:
         bucket, target = self.keys.bucket, self.keys.blob(digest)
         if not session.parts:
-            data = bytes(session.tail)
+            data = session.tail
             if not verified:
                 actual = hashlib.new(digest.algorithm, data).hexdigest()
                 if actual != digest.hex:
@@ -596,7 +606,7 @@ class S3Uploads:
             if session.tail:
                 number = len(session.parts) + 1
                 answer = self.client.upload_part(Bucket=bucket, Key=staging, UploadId=session.multipart,
-                                                 PartNumber=number, Body=bytes(session.tail))
+                                                 PartNumber=number, Body=session.tail)
                 parts.append(dict(PartNumber=number, ETag=answer["ETag"]))
             self.client.complete_multipart_upload(Bucket=bucket, Key=staging, UploadId=session.multipart,
                                                   MultipartUpload={"Parts": parts})
@@ -616,7 +626,12 @@ class S3Uploads:
         session.removed = True
         waited = session.writer.drained() if session.writer is not None else defer.succeed(None)
         record = {"s3": {"multipart": session.multipart}}
-        return waited.addCallback(lambda _: self.run(self.expire, session.id, record))
+
+        def drop(_):
+            session.writer, session.tail = None, bytearray()
+            return self.run(self.expire, session.id, record)
+
+        return waited.addCallback(drop)
 
     def forget(self, session: S3Session) -> None:
         self.sessions.pop(session.id, None)
