@@ -13,8 +13,8 @@ Keys under C{prefix}::
 
 An upload body is hashed as it arrives and shipped in parts of L{PART_SIZE}
 bytes (S3's minimum part), one part in flight per upload while the next
-fills; the connection is paused when that one is full too, so memory per
-upload is about two parts. A PATCH is acknowledged once its full parts are
+fills; the connection is paused when half of that one is in, so memory per
+upload is about one and a half parts. A PATCH is acknowledged once its full parts are
 uploaded and the rest (the tail, smaller than a part) is stored as a tail
 object; the LMDB record names the multipart upload id, the parts (number,
 ETag, size) and the tail, so a session survives a restart of izreg.
@@ -63,7 +63,7 @@ log = Logger()
 PART_SIZE = 5 * 1024 * 1024
 PARTS_PER_STEP = 1000
 #: hash and buffer incoming bytes in pieces of this size
-HASH_SIZE = 1024 * 1024
+HASH_SIZE = 256 * 1024
 #: largest object one CopyObject may copy; larger ones are copied in parts
 COPY_LIMIT = 5 * 1024**3
 READ_CHUNK = 1024 * 1024
@@ -399,8 +399,9 @@ class S3Writer(SinkBase):
             session.tail += self._incoming
             self._incoming.clear()
         size = self.store.part_size * (1 + len(session.parts) // PARTS_PER_STEP)
-        if len(session.tail) >= size and self._shipping:
-            self._pause()  # one part in flight and the next one full: memory stays at two parts
+        if self._shipping:
+            if len(session.tail) >= size // 2:
+                self._pause()  # one part in flight and half the next one in: memory stays at 1.5 parts
             return
         if len(session.tail) >= size:
             part = session.tail  # the buffer itself goes (no copy of the part); the rest starts a new tail
