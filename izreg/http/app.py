@@ -274,7 +274,7 @@ class RegistryAPI:
         principal = _principal(request)
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
-        found = self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
+        found = self.registry.get_manifest(repo, _lookup_reference(route.argument), accepted)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
@@ -297,7 +297,7 @@ class RegistryAPI:
     async def delete_manifest(self, request, route):
         principal = _principal(request)
         repo = route.repository
-        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
+        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -483,6 +483,21 @@ class _browse_challenge:
             if not challenge.startswith("Bearer"):
                 error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
         return False
+
+
+def _lookup_reference(text: str):
+    """
+    A reference to look up (GET, HEAD, DELETE): a tag that is not valid names
+    no manifest, so it is 404 MANIFEST_UNKNOWN; only a PUT to one is 400
+    TAG_INVALID (OCI conformance v1.1.1). A malformed digest stays 400 DIGEST_INVALID.
+    """
+    try:
+        return parse_reference(text)
+    except RegistryError as e:
+        if e.code is ErrorCode.TAG_INVALID:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": text[:200]},
+                                "no manifest has this reference: it is not a valid tag") from None
+        raise
 
 
 def _close(blob) -> None:
