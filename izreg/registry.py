@@ -115,6 +115,9 @@ class Registry:
         try:
             await self.run_io(fsync_file, session.path)
             await self.run_write(self.index.put_upload, session.id, session.record(self.now()))
+        except BaseException:
+            writer.rollback()  # not acknowledged: the session goes on from where it was (a full disk)
+            raise
         finally:
             session.busy = False
         return offset
@@ -139,6 +142,14 @@ class Registry:
                 )
             await self.run_io(fsync_file, session.path)
             await self.run_write(self._commit_sync, repo, session, digest)
+        except BaseException:
+            if not session.persisted:
+                self.uploads.remove(session)  # a monolithic POST: nothing to resume
+            elif not os.path.exists(session.path):
+                self.uploads.forget(session)  # moved into the store, not indexed: push the blob again
+            elif writer is not None:
+                writer.rollback()  # the last chunk is not acknowledged: the session goes on from before it
+            raise
         finally:
             session.busy = False
         self.uploads.forget(session)

@@ -37,6 +37,7 @@ from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
 from izreg.registry import Registry
+from izreg.storage.failures import storage_error
 from izreg.storage.uploads import ChunkWriter
 
 PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
@@ -147,7 +148,12 @@ class RegistryAPI:
         if kind is Body.NONE:
             return Dropped()
         if kind is Body.UPLOAD:
-            return self._upload_sink(request, target, method, uri, length)
+            sink = self._upload_sink(request, target, method, uri, length)
+            if isinstance(sink, ChunkWriter):
+                # a full disk mid-body: answered at once (507), the session stays as acknowledged
+                sink.on_error = lambda error: request.refuse(
+                    storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
+            return sink
         limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")

@@ -130,6 +130,9 @@ class ChunkWriter:
         os.lseek(self._fd, self.start, os.SEEK_SET)
         self._finished = False
         self._buffer = bytearray()
+        #: the OSError that stopped this body (a full disk), and who to tell (the HTTP layer answers it)
+        self.error: OSError | None = None
+        self.on_error: Callable[[OSError], None] | None = None
 
     def write(self, data: bytes) -> None:
         if self._fd is None or self.overflow or self._finished:
@@ -142,16 +145,31 @@ class ChunkWriter:
         self._buffer += data
         self.written += len(data)
         if len(self._buffer) >= WRITE_SIZE:
-            self._flush()
+            try:
+                self._flush()
+            except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
+                self._fail(e)
+
+    def _fail(self, error: OSError, tell: bool = True) -> None:
+        self.error = error
+        self.abort()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if tell and self.on_error is not None:
+            self.on_error(error)
 
     def _flush(self) -> None:
         if not self._buffer or self._fd is None:
             return
         view = memoryview(self._buffer)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        del view
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        finally:
+            view.release()  # the buffer can be cleared even when the write failed
+            del view
         if self.session.hasher is not None:
             self.session.hasher.update(self._buffer)
         self._buffer.clear()
@@ -178,11 +196,26 @@ class ChunkWriter:
         asynchronous work on the session, so a client that goes away then
         cannot truncate what is being committed.
         """
-        self._flush()
+        if self.error is not None:
+            raise self.error
+        try:
+            self._flush()
+        except OSError as e:
+            self._fail(e, tell=False)  # the caller answers it
+            raise
         self._finished = True
         self.session.offset = self.start + self.written
         self.session.busy = keep_busy
         return self.session.offset
+
+    def rollback(self) -> None:
+        """Undo L{done} when the bytes could not be made durable: back to the last acknowledged offset."""
+        self.session.offset = self.start
+        self.session.hasher = self._hasher_before
+        try:
+            os.truncate(self.session.path, self.start)
+        except OSError:
+            pass  # the next writer truncates to the acknowledged offset anyway
 
     def abort(self) -> None:
         """Drop this body's bytes (the request failed or the client went away)."""
