@@ -14,6 +14,7 @@ import os
 import pytest
 
 from tests.helpers.dockerd import DockerEngine, dockerd_path
+from tests.helpers.s3 import moto_server, s3_bucket  # noqa: F401  (session moto server, a bucket per test)
 
 
 def in_ci() -> bool:
