@@ -60,6 +60,8 @@ class Limits:
     max_manifest_size: int = DEFAULT_MAX_MANIFEST
     upload_ttl: float = 24 * 3600
     delete_enabled: bool = True
+    #: open upload sessions per account (0: no cap); past it, 429
+    max_open_uploads: int = 1000
 
 
 class Registry:
@@ -88,10 +90,36 @@ class Registry:
     # -- upload sessions ----------------------------------------------------
 
     async def start_upload(self, repo: Repository) -> UploadSession:
+        self._check_open_uploads(repo.account)
         now = self.now()
         session = self.uploads.create(repo.name, now)
         await self.run_write(self.index.put_upload, session.id, session.record(now))
+        self._open_uploads(repo.account).add(session.id)
         return session
+
+    def _open_uploads(self, account: str) -> set[str]:
+        """The ids of an account's upload sessions that may still be open (read from LMDB once)."""
+        if getattr(self, "_open", None) is None:
+            self._open: dict[str, set[str]] = {}
+            for upload_id, record in self.index.list_uploads():
+                self._open.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
+        return self._open.setdefault(account, set())
+
+    def _check_open_uploads(self, account: str) -> None:
+        """At most C{limits.max_open_uploads} open sessions per account (ended ones are pruned here)."""
+        cap = self.limits.max_open_uploads
+        if not cap:
+            return
+        ids = self._open_uploads(account)
+        if len(ids) >= cap:
+            ids.intersection_update([i for i in ids if self.index.get_upload(i) is not None])
+        if len(ids) >= cap:
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS, {"open_uploads": len(ids), "limit": cap},
+                f"this account has {len(ids)} upload sessions open, the most allowed (uploads.max_open_per_account):"
+                " finish or cancel some, or wait for them to expire",
+                headers={"Retry-After": "60"},
+            )
 
     def pending_upload(self, repo: Repository, digest: Digest) -> UploadSession:
         """A session for one monolithic POST body: never recorded, gone if the request fails."""

@@ -93,6 +93,7 @@ class Authenticator:
         token_ttl: int = DEFAULT_TOKEN_TTL,
         limiter: FailureLimiter | None = None,
         last_used_interval: float = 60.0,
+        signing_key: Callable[[], bytes] | None = None,
     ) -> None:
         self.store = store
         self.now = now
@@ -104,6 +105,9 @@ class Authenticator:
         self.limiter = limiter if limiter is not None else FailureLimiter()
         self.last_used_interval = last_used_interval
         self._signer: tokens.Signer | None = None
+        #: the token signing secret (izreg.auth.tokenkey.TokenKey.secret: kept in the data dir);
+        #: without one, a random secret for this process only
+        self.signing_key = signing_key
 
     def __repr__(self) -> str:
         return f"Authenticator(token_service={self.token_service!r}, realm={self.token_realm!r})"
@@ -331,7 +335,11 @@ class Authenticator:
         return record
 
     def _get_signer(self) -> tokens.Signer:
-        if self._signer is None:
+        if self.signing_key is not None:
+            secret = self.signing_key()
+            if self._signer is None or self._signer.secret != secret:  # rotated: a new signer
+                self._signer = tokens.Signer(secret)
+        elif self._signer is None:
             self._signer = tokens.Signer(secrets.token_bytes(32))
         return self._signer
 

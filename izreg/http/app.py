@@ -72,6 +72,8 @@ def _principal(request):
 
 class RegistryAPI:
     app = Klein()
+    # "/v2//x" is a bad name, not a redirect (werkzeug would merge the slashes with a 308)
+    app.url_map.merge_slashes = False
     table = RouteTable(app)
     route = table.route
     log = Logger()

@@ -38,7 +38,8 @@ def as_registry_error(failure: Failure) -> RegistryError:
     if isinstance(value, NotFound):
         return RegistryError(ErrorCode.NOT_FOUND)
     if isinstance(value, HTTPException):
-        return RegistryError(ErrorCode.NOT_FOUND if value.code == 404 else ErrorCode.UNKNOWN)
+        # a werkzeug redirect (slashes) or bad request is still the client's: never a 500
+        return RegistryError(ErrorCode.NOT_FOUND if (value.code or 500) < 500 else ErrorCode.UNKNOWN)
     storage = storage_error(value)
     if storage is not None:
         # a full disk is the operator's to fix, not a bug: one line, no traceback

@@ -37,4 +37,7 @@ def storage_error(error: BaseException) -> RegistryError | None:
     if isinstance(error, OSError) and error.errno in _DISK or isinstance(error, (lmdb.PanicError, lmdb.CorruptedError)):
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage I/O error"},
                              "the registry cannot write its storage right now; retry later")
+    if isinstance(error, lmdb.BadValsizeError):
+        # a safety net: every key built from a request is bounded by design (schema.bounded_key)
+        return RegistryError(ErrorCode.NAME_INVALID, None, "a name or reference in the request is too long")
     return None
