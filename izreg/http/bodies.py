@@ -196,6 +196,7 @@ class RegistryRequest(server.Request):
         # The channel holds the request line until the body is complete; this is
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
+        self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         try:
             self.content = body_for(self, self.channel._command, self.channel._path, length)
         except RegistryError as e:
@@ -210,6 +211,7 @@ class RegistryRequest(server.Request):
         channel = self.channel
         if channel is None or not hasattr(channel, "refuse") or channel._refused or channel._handlingRequest:
             return  # gone, or the body is complete and the handler answers
+        error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
         channel.refuse(error_response(error, head=getattr(channel, "_command", None) == b"HEAD"), error)
         access_log = getattr(channel.site, "access_log", None)
         if access_log is not None and not getattr(self, "_logged_gone", False):
@@ -229,7 +231,8 @@ class RegistryRequest(server.Request):
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
-        self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
+        if self.request_id == "-":
+            self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         try:
             unquote_to_bytes(self.path).decode("utf-8")
