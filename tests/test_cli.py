@@ -32,7 +32,7 @@ def lines(text):
 
 def init(data_dir) -> None:
     """Make izreg data in C{data_dir}, as the server's first start does."""
-    open_env(str(data_dir)).close()
+    open_env(str(data_dir), 1 << 30).close()
 
 
 @pytest.fixture
@@ -223,6 +223,7 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):
     config = tmp_path / "izreg.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "from-config"}"\n[storage]\nlmdb_map_size = {1 << 30}\n')
+    init(tmp_path / "from-config")  # the server's first start
     code, out, err = run(capsys, None, "--config", str(config), "account", "create")
     assert code == 0 and err == ""
     assert (tmp_path / "from-config" / "index").is_dir()

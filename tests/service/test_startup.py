@@ -11,6 +11,7 @@ import pytest
 
 from izreg import __version__
 from izreg.auth.authenticator import Authenticator
+from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.auth.tokenkey import TokenKey
 from izreg.storage.lmdbenv import open_env
@@ -68,7 +69,7 @@ def test_the_token_key_is_kept_in_the_data_dir(tmp_path):
 
 
 def test_tokens_survive_a_restart_and_die_with_a_rotation(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         store = AuthStore(env)
         account = store.create_account(1000.0).account_id
@@ -76,17 +77,17 @@ def test_tokens_survive_a_restart_and_die_with_a_rotation(tmp_path):
         clock = lambda: 1000.0  # noqa: E731
 
         def server():
-            return Authenticator(store, clock, token_service=True, token_realm="https://r/v2/token",
+            return Authenticator(store, clock, token_service=True, token_ttl=3600, limiter=FailureLimiter(10, 60),
                                  signing_key=TokenKey(str(tmp_path)).secret)
 
         import base64
 
         basic = "Basic " + base64.b64encode(f"KEY:{access_key.reveal()}".encode()).decode()
         token = server().issue_token("GET", basic, {}, "192.0.2.1")["token"]
-        assert server().authenticate("Bearer " + token, "192.0.2.1").kind == "token"  # the next process
+        assert server().authenticate("Bearer " + token, "192.0.2.1", realm="https://r/v2/token").kind == "token"  # the next process
         TokenKey(str(tmp_path)).rotate()
         with pytest.raises(Exception) as e:
-            server().authenticate("Bearer " + token, "192.0.2.1")
+            server().authenticate("Bearer " + token, "192.0.2.1", realm="https://r/v2/token")
         assert "signature" in str(e.value.message if hasattr(e.value, "message") else e.value)
     finally:
         env.close()
