@@ -93,7 +93,7 @@ class Izreg(Server):
         self.certs: dict | None = None
 
     def _command(self) -> list[str]:
-        cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server",
+        cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server", "--init",
                "--data-dir", self.data, "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         if self.certs is not None:
             cmd += ["--tls-listen", f"tcp:{self.tls_port}:interface=127.0.0.1", "--tls-cert", self.certs["server_cert"],

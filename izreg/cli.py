@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import devices_cli, manage_cli, ops_cli
+from izreg import __version__, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
@@ -110,7 +110,7 @@ def register_account(subparsers: argparse._SubParsersAction) -> None:
 
 
 def account_create(args: argparse.Namespace, context: Context) -> int:
-    account = context.store(create=True).create_account(context.now(), name=args.name)
+    account = context.store().create_account(context.now(), name=args.name)
     ops_cli.record(context, "account-create", account.account_id, f"account:{account.account_id}",
                    {"name": args.name} if args.name else None)
     context.out(account.account_id)
@@ -213,11 +213,32 @@ def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
         context.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
+# token -----------------------------------------------------------------------------
+
+
+def register_token(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("token", help="the token service's signing key")
+    commands = group.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    rotate = commands.add_parser("rotate-key", help="replace the signing key: every token issued before fails")
+    rotate.set_defaults(handler=token_rotate_key)
+
+
+def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
+    from izreg.auth.tokenkey import TokenKey
+
+    context.store()  # the data directory must exist and hold izreg data
+    TokenKey(context.data_dir).rotate()
+    print("rotated the token signing key; tokens issued before it no longer work (clients fetch new ones)",
+          file=context.stderr)
+    return 0
+
+
 # main ------------------------------------------------------------------------------
 
 #: every command group; each adds its parser to the top-level subparsers
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
-                                                              manage_cli.register, ops_cli.register]
+                                                              manage_cli.register, ops_cli.register,
+                                                              register_token]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,6 +256,7 @@ def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] 
         metavar="DIR",
         help=f"the server's data directory (default: ${ENV_DATA_DIR}, else the config's, else ./{DEFAULT_DATA_DIR})",
     )
+    parser.add_argument("--version", action="version", version=f"izreg {__version__}")
     subparsers = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for register in groups or GROUPS:
         register(subparsers)

@@ -60,6 +60,8 @@ class Limits:
 
     max_manifest_size: int
     delete_enabled: bool
+    #: open upload sessions per account (0: no cap; Config's default is 1,000); past it, 429
+    max_open_uploads: int = 0
 
 
 class Registry:
@@ -90,10 +92,36 @@ class Registry:
     # -- upload sessions ----------------------------------------------------
 
     async def start_upload(self, repo: Repository) -> UploadSession:
+        self._check_open_uploads(repo.account)
         now = self.now()
         session = self.uploads.create(repo.name, now)
         await self.run_write(self.index.put_upload, session.id, session.record(now))
+        self._open_uploads(repo.account).add(session.id)
         return session
+
+    def _open_uploads(self, account: str) -> set[str]:
+        """The ids of an account's upload sessions that may still be open (read from LMDB once)."""
+        if getattr(self, "_open", None) is None:
+            self._open: dict[str, set[str]] = {}
+            for upload_id, record in self.index.list_uploads():
+                self._open.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
+        return self._open.setdefault(account, set())
+
+    def _check_open_uploads(self, account: str) -> None:
+        """At most C{limits.max_open_uploads} open sessions per account (ended ones are pruned here)."""
+        cap = self.limits.max_open_uploads
+        if not cap:
+            return
+        ids = self._open_uploads(account)
+        if len(ids) >= cap:
+            ids.intersection_update([i for i in ids if self.index.get_upload(i) is not None])
+        if len(ids) >= cap:
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS, {"open_uploads": len(ids), "limit": cap},
+                f"this account has {len(ids)} upload sessions open, the most allowed (uploads.max_open_per_account):"
+                " finish or cancel some, or wait for them to expire",
+                headers={"Retry-After": "60"},
+            )
 
     def pending_upload(self, repo: Repository, digest: Digest) -> UploadSession:
         """A session for one monolithic POST body: never recorded, gone if the request fails."""
@@ -121,6 +149,9 @@ class Registry:
         try:
             offset = await _storage(self.uploads.acknowledge(writer))
             await self.run_write(self.index.put_upload, session.id, self.uploads.record(session, self.now()))
+        except BaseException:
+            writer.rollback()  # not acknowledged: the session goes on from where it was (a full disk)
+            raise
         finally:
             session.busy = False
         return offset
@@ -141,6 +172,14 @@ class Registry:
                 await self._drop(session)
                 raise RegistryError(ErrorCode.DIGEST_INVALID, {"expected": str(digest), "actual": e.actual}) from None
             await self.run_write(self._commit_sync, repo, session, digest)
+        except BaseException:
+            if not session.persisted:
+                self.uploads.remove(session)  # a monolithic POST: nothing to resume
+            elif getattr(session, "promoted", False):
+                self.uploads.forget(session)  # moved into the store but not indexed (a full index): push again
+            elif writer is not None:
+                writer.rollback()  # the last chunk is not acknowledged: the session goes on from before it
+            raise
         finally:
             session.busy = False
         self.uploads.forget(session)
@@ -149,6 +188,7 @@ class Registry:
     def _commit_sync(self, repo: Repository, session: UploadSession, digest: Digest) -> None:
         # writer thread: the move and the index commit are ordered with every other write
         self.uploads.promote(session, digest)
+        session.promoted = True
         self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None)
 
     async def _drop(self, session: UploadSession) -> None:

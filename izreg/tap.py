@@ -31,7 +31,15 @@ class ServerOptions(usage.Options):
         ["log-level", None, None, f"debug, info, warn, error; re-read from the config on SIGHUP; default {Config.log_level}"],
         ["min-free-disk", None, None, f'refuse pushes (503) below this free space: "2GB", "5%" (default {Config.min_free_disk})'],
     ]
-    optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"]]
+    optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"],
+                ["init", None, "create the data directory if it does not exist (only ./izreg-data is made without it)"]]
+
+    def opt_version(self) -> None:
+        """print izreg's version and exit"""
+        from izreg import __version__
+
+        print(f"izreg {__version__}")
+        raise SystemExit(0)
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,6 +78,7 @@ class ServerOptions(usage.Options):
             "log_format": self["log-format"],
             "log_level": self["log-level"],
             "min_free_disk": self["min-free-disk"],
+            "init": True if self["init"] else None,
         }
         self.overrides = overrides
         # A bad config stops start-up with one line, not twistd's whole usage text.
@@ -81,7 +90,7 @@ class ServerOptions(usage.Options):
                                      ("--metrics-listen", self.config.metrics_listen)):
             for description in descriptions:
                 _check_endpoint(option, description)
-        _check_data_dir(self.config.data_dir)
+        _check_data_dir(self.config.data_dir, self.config.init)
         if self.config.tls_listen:
             from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
 
@@ -107,12 +116,18 @@ def _check_endpoint(option: str, description: str) -> None:
         ) from None
 
 
-def _check_data_dir(path: str) -> None:
+def _check_data_dir(path: str, init: bool = False) -> None:
     """
     Fail early, in one line, if the data directory cannot be used. Nothing
     is created here: C{startService} makes the directory, so a start that
-    fails later (a port in use) leaves no empty directory behind.
+    fails later (a port in use) leaves no empty directory behind. A missing
+    directory other than the default ``./izreg-data`` is an error unless
+    C{init} (``--init``, ``[server] init = true``): a mistyped path must not
+    start a brand-new empty registry.
     """
+    if not os.path.exists(path) and not init and os.path.normpath(path) != os.path.normpath(Config.data_dir):
+        raise SystemExit(f"izreg: the data directory {path} does not exist;"
+                         " start with --init (or [server] init = true) to create a new registry there")
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise SystemExit(f"izreg: the data directory {path} is not a directory")

@@ -30,14 +30,21 @@ def lines(text):
     return text.splitlines()
 
 
+def init(data_dir) -> None:
+    """Make izreg data in C{data_dir}, as the server's first start does."""
+    open_env(str(data_dir), 1 << 30).close()
+
+
 @pytest.fixture
 def account(capsys, tmp_path):
+    init(tmp_path)
     code, out, err = run(capsys, tmp_path, "account", "create", "--name", "ops")
     assert code == 0 and err == ""
     return out.strip()
 
 
 def test_account_create_prints_only_the_id(capsys, tmp_path):
+    init(tmp_path)
     code, out, err = run(capsys, tmp_path, "account", "create")
     assert code == 0
     assert re.fullmatch(r"[0-9a-f]{32}\n", out)
@@ -123,19 +130,28 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path, account, argv, message
     assert "a" * 43 not in err  # a pasted key is never echoed back
 
 
-def test_missing_data_dir_is_an_error_except_for_account_create(capsys, tmp_path):
+def test_missing_data_dir_is_an_error(capsys, tmp_path):
+    """A mistyped --data-dir never creates a new registry, account create included (the server's first start does)."""
     missing = tmp_path / "nothing-here"
-    for argv in (["account", "list"], ["key", "list", "a" * 32], ["key", "revoke", "0" * 16]):
+    for argv in (["account", "list"], ["account", "create"], ["key", "list", "a" * 32], ["key", "revoke", "0" * 16],
+                 ["token", "rotate-key"]):
         code, out, err = run(capsys, missing, *argv)
         assert code == 2 and out == ""
         assert lines(err) == [f"izreg: error: no izreg data in {str(missing)!r} (set --data-dir or IZREG_DATA_DIR)"]
     assert not missing.exists()
-    code, _, _ = run(capsys, missing, "account", "create")
-    assert code == 0 and (missing / "index").is_dir()
+
+
+def test_version(capsys):
+    from izreg import __version__
+
+    assert cli.main(["--version"], environ={}) == 0
+    assert capsys.readouterr().out.strip() == f"izreg {__version__}"
 
 
 def test_data_dir_from_environment_and_flag_wins(capsys, tmp_path):
     by_env, by_flag = tmp_path / "env", tmp_path / "flag"
+    init(by_env)
+    init(by_flag)
     code, out, _ = run(capsys, None, "account", "create", environ={"IZREG_DATA_DIR": str(by_env)})
     assert code == 0
     env_account = out.strip()
@@ -150,6 +166,7 @@ def test_data_dir_from_environment_and_flag_wins(capsys, tmp_path):
 
 def test_default_data_dir(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    init(tmp_path / "izreg-data")
     code, _, _ = run(capsys, None, "account", "create")
     assert code == 0
     assert (tmp_path / "izreg-data" / "index").is_dir()
@@ -206,6 +223,7 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):
     config = tmp_path / "izreg.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "from-config"}"\n[storage]\nlmdb_map_size = {1 << 30}\n')
+    init(tmp_path / "from-config")  # the server's first start
     code, out, err = run(capsys, None, "--config", str(config), "account", "create")
     assert code == 0 and err == ""
     assert (tmp_path / "from-config" / "index").is_dir()

@@ -15,13 +15,14 @@ from izreg.storage.blobs import BlobStore
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
 from izreg.storage.webhooks import WebhookStore
-from tests.test_cli import NOW, run
+from tests.test_cli import NOW, init, run
 
 SECRET = "s3cret-s3cret-s3cret"
 
 
 @pytest.fixture
 def account(capsys, tmp_path):
+    init(tmp_path)  # the server's first start makes the data
     code, out, _ = run(capsys, tmp_path, "account", "create")
     assert code == 0
     return out.strip()

@@ -95,6 +95,7 @@ class Authenticator:
         token_ttl: int,
         limiter: FailureLimiter,
         last_used_interval: float = 60.0,
+        signing_key: Callable[[], bytes] | None = None,
     ) -> None:
         self.store = store
         self.now = now
@@ -107,6 +108,9 @@ class Authenticator:
         #: keys' last-used stamps, written by the service's timer on the writer thread
         self.last_used: LatestBatch[str] = LatestBatch(store.touch_keys)
         self._signer: tokens.Signer | None = None
+        #: the token signing secret (izreg.auth.tokenkey.TokenKey.secret: kept in the data dir);
+        #: without one, a random secret for this process only
+        self.signing_key = signing_key
 
     def __repr__(self) -> str:
         return f"Authenticator(token_service={self.token_service!r})"
@@ -310,7 +314,11 @@ class Authenticator:
         return record
 
     def _get_signer(self) -> tokens.Signer:
-        if self._signer is None:
+        if self.signing_key is not None:
+            secret = self.signing_key()
+            if self._signer is None or self._signer.secret != secret:  # rotated: a new signer
+                self._signer = tokens.Signer(secret)
+        elif self._signer is None:
             self._signer = tokens.Signer(secrets.token_bytes(32))
         return self._signer
 

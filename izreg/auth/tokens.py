@@ -9,10 +9,10 @@ the payload is compact JSON::
 
 It is verified without storage, by the signature and the expiry. The
 authenticator still reads the key record named by ``k`` on every use, so
-revoking the key ends its tokens at once. The signing secret is made at
-random when the server starts and lives in its memory only: no secret is
-stored in plain text, and a restart simply makes clients fetch new tokens
-(they do so on the 401 challenge).
+revoking the key ends its tokens at once. The signing secret lives in the
+data directory (L{izreg.auth.tokenkey}, mode 0600), so tokens survive a
+restart; ``izreg token rotate-key`` replaces it and every older token fails
+(clients fetch a new one on the 401 challenge).
 
 Clients treat tokens as opaque; this is not a JWT and need not be one.
 """

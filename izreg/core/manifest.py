@@ -152,14 +152,50 @@ def _effective_type(body_type: str | None, header_type: str, obj: dict) -> str:
     raise _invalid("cannot tell the manifest's media type", contentType=header_type)
 
 
-def parse_manifest(data: bytes, content_type: str | bytes | None) -> Manifest:
-    """Parse and validate manifest bytes; raise C{MANIFEST_INVALID} with a reason."""
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_surrogates(value):
+    """Raise on a string (key or value, at any depth) holding a lone surrogate (\\ud800 escapes)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate: not Unicode text") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def strict_json(data: bytes):
+    """
+    Parse a manifest as the OCI spec requires: UTF-8 JSON (no UTF-16/32, no
+    BOM), no NaN or Infinity, no lone surrogates. Raises C{MANIFEST_INVALID}.
+    """
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")  # json.loads(bytes) would also take UTF-16 and UTF-32
+        if text.startswith("\ufeff"):
+            raise ValueError("a byte order mark is not allowed")
+        obj = json.loads(text, parse_constant=_no_constant)
+        _no_surrogates(obj)
+    except UnicodeDecodeError:
+        raise _invalid("not UTF-8: a manifest is UTF-8 JSON") from None
+    except ValueError as e:
         raise _invalid("not valid JSON", error=str(e)[:200]) from None
     except RecursionError:
         raise _invalid("JSON nested too deeply") from None
+    return obj
+
+
+def parse_manifest(data: bytes, content_type: str | bytes | None) -> Manifest:
+    """Parse and validate manifest bytes; raise C{MANIFEST_INVALID} with a reason."""
+    obj = strict_json(data)
     if not isinstance(obj, dict):
         raise _invalid("a manifest must be a JSON object")
     schema = obj.get("schemaVersion")

@@ -37,6 +37,7 @@ from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
 from izreg.registry import Registry
+from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import IBodySink
 
 PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
@@ -72,6 +73,8 @@ def _principal(request):
 
 class RegistryAPI:
     app = Klein()
+    # "/v2//x" is a bad name, not a redirect (werkzeug would merge the slashes with a 308)
+    app.url_map.merge_slashes = False
     table = RouteTable(app)
     route = table.route
     log = Logger()
@@ -148,7 +151,12 @@ class RegistryAPI:
         if kind is Body.NONE:
             return Dropped()
         if kind is Body.UPLOAD:
-            return self._upload_sink(request, target, method, uri, length)
+            sink = self._upload_sink(request, target, method, uri, length)
+            if IBodySink.providedBy(sink):
+                # a full disk mid-body: answered at once (507), the session stays as acknowledged
+                sink.on_error = lambda error: request.refuse(
+                    storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
+            return sink
         limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
@@ -289,7 +297,7 @@ class RegistryAPI:
         principal = _principal(request)
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
-        found = await self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
+        found = await self.registry.get_manifest(repo, _lookup_reference(route.argument), accepted)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         if self.events is not None and request.method == b"GET":
@@ -318,7 +326,7 @@ class RegistryAPI:
     async def delete_manifest(self, request, route):
         principal = _principal(request)
         repo = route.repository
-        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
+        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal))
         request.setResponseCode(202)
         return b""
 
@@ -518,6 +526,21 @@ class _browse_challenge:
             if not challenge.startswith("Bearer"):
                 error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
         return False
+
+
+def _lookup_reference(text: str):
+    """
+    A reference to look up (GET, HEAD, DELETE): a tag that is not valid names
+    no manifest, so it is 404 MANIFEST_UNKNOWN; only a PUT to one is 400
+    TAG_INVALID (OCI conformance v1.1.1). A malformed digest stays 400 DIGEST_INVALID.
+    """
+    try:
+        return parse_reference(text)
+    except RegistryError as e:
+        if e.code is ErrorCode.TAG_INVALID:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": text[:200]},
+                                "no manifest has this reference: it is not a valid tag") from None
+        raise
 
 
 def _close(blob) -> None:

@@ -33,11 +33,12 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
-from izreg.http.errors import render_error
+from izreg.http.errors import as_registry_error, render_error
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -201,17 +202,21 @@ class RegistryRequest(server.Request):
         except RegistryError as e:
             self.content = Dropped()
             self.refuse(e)
+        except Exception:  # a full disk while opening an upload file, ...: answered, never a dropped connection
+            self.content = Dropped()
+            self.refuse(as_registry_error(Failure()))
 
     def refuse(self, error: RegistryError) -> None:
         """Answer C{error} now, before (or in the middle of) the body, and drop the rest of it."""
         channel = self.channel
-        if channel is not None and hasattr(channel, "refuse") and not channel._refused:
-            error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
-            channel.refuse(error_response(error, head=channel._command == b"HEAD"), error)
-            access_log = getattr(channel.site, "access_log", None)
-            if access_log is not None and not getattr(self, "_logged_gone", False):
-                self._logged_gone = True  # logged with its status, not again as "client gone"
-                access_log(self, error.code.status)
+        if channel is None or not hasattr(channel, "refuse") or channel._refused or channel._handlingRequest:
+            return  # gone, or the body is complete and the handler answers
+        error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
+        channel.refuse(error_response(error, head=getattr(channel, "_command", None) == b"HEAD"), error)
+        access_log = getattr(channel.site, "access_log", None)
+        if access_log is not None and not getattr(self, "_logged_gone", False):
+            self._logged_gone = True  # logged with its status, not again as "client gone"
+            access_log(self, error.code.status)
 
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a

@@ -10,8 +10,11 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.limits import ThrottledLog
+from izreg.storage.failures import storage_error
 
 log = Logger()
+_storage_log = ThrottledLog(log)
 
 
 def render_error(request, error: RegistryError) -> bytes:
@@ -35,6 +38,12 @@ def as_registry_error(failure: Failure) -> RegistryError:
     if isinstance(value, NotFound):
         return RegistryError(ErrorCode.NOT_FOUND)
     if isinstance(value, HTTPException):
-        return RegistryError(ErrorCode.NOT_FOUND if value.code == 404 else ErrorCode.UNKNOWN)
+        # a werkzeug redirect (slashes) or bad request is still the client's: never a 500
+        return RegistryError(ErrorCode.NOT_FOUND if (value.code or 500) < 500 else ErrorCode.UNKNOWN)
+    storage = storage_error(value)
+    if storage is not None:
+        # a full disk is the operator's to fix, not a bug: one line, no traceback
+        _storage_log.warn(f"storage failure: {value.__class__.__name__}: {value}")
+        return storage
     log.failure("unexpected error", failure)
     return RegistryError(ErrorCode.UNKNOWN, None, "internal error (logged on the server)")

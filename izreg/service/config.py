@@ -61,6 +61,8 @@ class Config:
     body_min_rate: int = 1024
     body_grace: int = 30
     trusted_proxies: tuple[str, ...] = ()
+    max_open_uploads: int = 1000
+    init: bool = False
     # operations (#14): health, metrics, logs, webhooks
     min_free_disk: str = "0"
     metrics_listen: tuple[str, ...] = ()
@@ -143,6 +145,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("connections", "body_min_rate"): ("body_min_rate", int),
     ("connections", "body_grace"): ("body_grace", int),
     ("server", "trusted_proxies"): ("trusted_proxies", tuple),
+    ("uploads", "max_open_per_account"): ("max_open_uploads", int),
+    ("server", "init"): ("init", bool),
     ("server", "min_free_disk"): ("min_free_disk", str),
     ("server", "log_format"): ("log_format", str),
     ("server", "log_level"): ("log_level", str),

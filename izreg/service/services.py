@@ -24,6 +24,7 @@ from izreg.auth.devices import DeviceVerifier, SubjectFields
 from izreg.auth.devicestore import DeviceStore, PullRecorder
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
+from izreg.auth.tokenkey import TokenKey
 from izreg.browse import Browser
 from izreg.http.guard import AccessGuard
 from izreg.http.limits import raise_open_files_limit
@@ -120,7 +121,8 @@ class RegistryService(service.MultiService):
             now=self.reactor.seconds,
             run_write=self._run_write,
             run_io=self._run_io,
-            limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled),
+            limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
+                          max_open_uploads=config.max_open_uploads),
             audit=AuditLog(env),
         )
         self._drop_orphans()
@@ -189,7 +191,10 @@ class RegistryService(service.MultiService):
             token_service=config.token_service,
             token_ttl=config.token_ttl,
             limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
+            signing_key=TokenKey(root).secret,
         )
+        if config.token_service:
+            authenticator.signing_key()  # made now (0600) rather than on the first token request
         devices = DeviceStore(env)
         self.pulls = PullRecorder(devices)
         self.api.browser = Browser(self.index, self.registry.blobs, devices)

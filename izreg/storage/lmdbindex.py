@@ -174,6 +174,8 @@ class Index:
             txn.put(upload_id.encode(), _dump(record), db=self._db[schema.UPLOADS])
 
     def get_upload(self, upload_id: str) -> dict | None:
+        if len(upload_id.encode()) > schema.MAX_KEY:
+            return None  # an id from a URL: no session has one this long
         with self.env.begin() as txn:
             raw = txn.get(upload_id.encode(), db=self._db[schema.UPLOADS])
             return json.loads(raw) if raw is not None else None
@@ -235,7 +237,7 @@ class Index:
                 self.refs.set_tag(txn, name, tag, d, previous.decode() if previous is not None else None)
             if referrer is not None:
                 subject, descriptor = referrer
-                txn.put(key(name, subject, d), _dump(descriptor), db=self._db[schema.REFERRERS])
+                txn.put(schema.bounded_key(name, subject, d), _dump(descriptor), db=self._db[schema.REFERRERS])
 
     def get_manifest(self, name: str, digest: Digest) -> tuple[dict, bytes] | None:
         with self.env.begin() as txn:
@@ -301,7 +303,7 @@ class Index:
                 txn.delete(key(name, tag), db=self._db[schema.TAGS])
                 self.refs.remove_tag(txn, name, tag, d)
             if meta.get("subject"):
-                txn.delete(key(name, meta["subject"], d), db=self._db[schema.REFERRERS])
+                txn.delete(schema.bounded_key(name, meta["subject"], d), db=self._db[schema.REFERRERS])
             self._drop_repo_if_empty(txn, name)
             return True
 

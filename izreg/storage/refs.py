@@ -41,11 +41,15 @@ def scan(txn, db, start: bytes, after: bytes | None = None) -> Iterator[tuple[by
     """Items whose key starts with C{start}, in key order, strictly after C{after} if given."""
     cursor = txn.cursor(db=db)
     first = after + b"\x00" if after is not None else start
-    if not cursor.set_range(max(first, start)):
+    # C{after} comes from a client (?last=): past LMDB's key limit, seek to its
+    # first 511 bytes and skip what is not after it, rather than fail
+    if not cursor.set_range(max(first, start)[:schema.MAX_KEY]):
         return
     for k, v in cursor:
         if not k.startswith(start):
             return
+        if after is not None and k <= after:
+            continue
         yield k, v
 
 

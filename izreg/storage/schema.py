@@ -21,7 +21,8 @@ blobs          blob digest                             json {"size", "created", 
 repoblobs      name NUL blob digest                    ascii int: manifests of the repo naming the blob
 blobrefs       blob digest NUL name                    b""  (reverse of repoblobs: the blob is referenced)
 tagsof         repokey NUL manifest digest NUL tag     b""  (reverse of tags; repokey: refs.repo_key)
-referrers      name NUL subject NUL referrer digest    json descriptor
+referrers      name NUL subject NUL referrer digest    json descriptor (bounded_key: a key over
+                                                       511 bytes hashes the referrer digest)
 uploads        upload id                               json {"name", "offset", "started", "updated"}
 accounts       account id                              json (izreg.auth)
 keys           key id                                  json (izreg.auth)
@@ -40,6 +41,8 @@ and the repository counters are derived from manifests and tags
 """
 
 from __future__ import annotations
+
+import hashlib
 
 SCHEMA_VERSION = 2
 
@@ -70,9 +73,27 @@ MAX_DBS = 32
 SEP = b"\x00"
 
 
+#: LMDB's largest key (its default build), bytes
+MAX_KEY = 511
+
+
 def key(*parts: str | bytes) -> bytes:
     """Join key parts with NUL."""
     return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+
+
+def bounded_key(*parts: str | bytes) -> bytes:
+    """
+    L{key}, but when the whole would pass L{MAX_KEY} its last part is
+    replaced by ``#<sha256 hex>`` of it: for keys whose last part is only
+    there to make them unique (the value holds it in full), so prefix scans
+    over the other parts still work. Keys that fit are unchanged.
+    """
+    whole = key(*parts)
+    if len(whole) <= MAX_KEY:
+        return whole
+    last = parts[-1].encode() if isinstance(parts[-1], str) else parts[-1]
+    return key(*parts[:-1], b"#" + hashlib.sha256(last).hexdigest().encode())
 
 
 def prefix(*parts: str | bytes) -> bytes:

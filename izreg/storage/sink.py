@@ -20,6 +20,21 @@ class SinkBase:
         self._finished = False
         self._hasher_before = session.hasher.copy() if session.hasher is not None else None
         session.busy = True
+        #: the OSError that stopped this body (a full disk), and who to tell at once (the HTTP layer)
+        self.error: OSError | None = None
+        self.on_error = None
+
+    def _fail(self, error: OSError, tell: bool = True) -> None:
+        """The store could not take the body (a full disk): drop it, keep the session as acknowledged."""
+        self.error = error
+        self.abort()
+        if tell and self.on_error is not None:
+            self.on_error(error)
+
+    def rollback(self) -> None:
+        """Undo C{done} when the bytes could not be made durable: back to the last acknowledged offset."""
+        self.session.offset = self.start
+        self.session.hasher = self._hasher_before
 
     def _accept(self, data: bytes) -> bool:
         """Whether to keep C{data} (counted in C{written}); past the limit, nothing more is kept."""

@@ -171,16 +171,35 @@ class ChunkWriter(SinkBase):
         # per WRITE_SIZE instead of per chunk costs far less Python time.
         self._buffer += data
         if len(self._buffer) >= WRITE_SIZE:
-            self._flush()
+            try:
+                self._flush()
+            except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
+                self._fail(e)
+
+    def _fail(self, error: OSError, tell: bool = True) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        super()._fail(error, tell)
+
+    def rollback(self) -> None:
+        super().rollback()
+        try:
+            os.truncate(self.session.path, self.start)
+        except OSError:
+            pass  # the next writer truncates to the acknowledged offset anyway
 
     def _flush(self) -> None:
         if not self._buffer or self._fd is None:
             return
         view = memoryview(self._buffer)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        del view
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        finally:
+            view.release()  # the buffer can be cleared even when the write failed
+            del view
         if self.session.hasher is not None:
             self.session.hasher.update(self._buffer)
         self._buffer.clear()
@@ -197,7 +216,13 @@ class ChunkWriter(SinkBase):
         asynchronous work on the session, so a client that goes away then
         cannot truncate what is being committed.
         """
-        self._flush()
+        if self.error is not None:
+            raise self.error
+        try:
+            self._flush()
+        except OSError as e:
+            self._fail(e, tell=False)  # the caller answers it
+            raise
         return self._keep(keep_busy)
 
     def abort(self) -> None:

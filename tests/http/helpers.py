@@ -210,6 +210,46 @@ async def raw_http(server, request: bytes) -> bytes:
     return await proto.done
 
 
+class FirstAnswer(protocol.Protocol):
+    """
+    Sends C{request}; C{done} fires with the first complete answer (by its
+    Content-Length; headers only for a HEAD), C{closed} when the server closes.
+    With C{hang_up}, the client closes as soon as it has the answer.
+    """
+
+    def __init__(self, request: bytes, head: bool = False, hang_up: bool = True) -> None:
+        self.request, self.head, self.hang_up = request, head, hang_up
+        self.received = b""
+        self.done = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.received += data
+        head, sep, body = self.received.partition(b"\r\n\r\n")
+        if sep and not self.done.called:
+            length = 0 if self.head else int(parse_raw(head + sep)[1].get("content-length", "0"))
+            if len(body) >= length:
+                self.done.callback(self.received)
+                if self.hang_up:
+                    self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(self.received)
+        self.closed.callback(self.received)
+
+
+async def raw_answer(server, request: bytes, head: bool = False) -> bytes:
+    """Send raw bytes; return the first complete answer (by its Content-Length), without waiting for a close."""
+    port = int(server.url.rsplit(":", 1)[1])
+    proto = FirstAnswer(request, head)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    return await proto.done
+
+
 def parse_raw(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     """(status, lowercase headers, body) of a raw HTTP/1.1 answer."""
     head, _, body = answer.partition(b"\r\n\r\n")

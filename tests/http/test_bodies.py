@@ -11,46 +11,20 @@ import json
 import pytest
 import pytest_twisted
 from klein import Klein
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from izreg.http.routing import Access, RouteTable
 from tests.http.authhelpers import Keys, basic
 from tests.http.conftest import start_server
-from tests.http.helpers import parse_raw
+from tests.http.helpers import FirstAnswer, parse_raw
 
 MIB = 1024 * 1024
 
 
-class _Client(protocol.Protocol):
-    """Sends C{head}; C{answer} fires with the first complete response; C{closed} when the server closes."""
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-        self.data = b""
-        self.answer = defer.Deferred()
-        self.closed = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.head)
-
-    def dataReceived(self, data):
-        self.data += data
-        head, sep, body = self.data.partition(b"\r\n\r\n")
-        if sep and not self.answer.called:
-            length = int(parse_raw(head + sep)[1].get("content-length", "0"))
-            if len(body) >= length:
-                self.answer.callback(self.data)
-
-    def connectionLost(self, reason):
-        if not self.answer.called:
-            self.answer.callback(self.data)
-        self.closed.callback(self.data)
-
-
-async def connect(server, head: bytes) -> _Client:
+async def connect(server, head: bytes) -> FirstAnswer:
     port = int(server.url.rsplit(":", 1)[1])
-    client = _Client(head)
+    client = FirstAnswer(head, hang_up=False)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
     return client
 
@@ -58,7 +32,7 @@ async def connect(server, head: bytes) -> _Client:
 async def answer_before_body(server, head: bytes, timeout: float = 20.0):
     """Send only the request head (the body never comes); the (status, headers, body) answered."""
     client = await connect(server, head)
-    answer = await client.answer.addTimeout(timeout, reactor)
+    answer = await client.done.addTimeout(timeout, reactor)
     client.transport.abortConnection()
     assert answer, "the server closed without an answer"
     return parse_raw(answer)
@@ -145,7 +119,7 @@ async def test_bodies_in_memory_have_a_global_budget(secured):
     # a chunked body is counted as it comes
     chunked = await connect(secured, put_head(f"/v2/{keys.a}/app/manifests/v2", None, basic(keys.a_key)))
     chunked.transport.write(b"%x\r\n" % (MIB + 1) + b"x" * (MIB + 1) + b"\r\n")
-    answer = await chunked.answer.addTimeout(20, reactor)
+    answer = await chunked.done.addTimeout(20, reactor)
     assert parse_raw(answer)[0] == 503
     first.transport.abortConnection()
     chunked.transport.abortConnection()

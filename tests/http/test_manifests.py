@@ -390,13 +390,15 @@ async def test_subject_that_does_not_exist_is_accepted(server):
 
 @pytest.mark.parametrize("tag", ["-leading-dash", ".dot", "a" * 129, "has+plus", "sp%20ace", "%00"])
 @pytest_twisted.ensureDeferred
-async def test_bad_tag_is_400(server, tag):
+async def test_bad_tag_is_400_on_put_and_404_on_lookups(server, tag):
     digest, data = await push_image(server, NAME, "good")
     status, code, _ = await server.error("PUT", f"/v2/{NAME}/manifests/{tag}", body=data,
                                          headers={"Content-Type": OCI_MANIFEST})
     assert (status, code) == (400, "TAG_INVALID")
-    status, code, _ = await server.error("GET", f"/v2/{NAME}/manifests/{tag}")
-    assert (status, code) == (400, "TAG_INVALID")
+    # a lookup of a reference that cannot exist is a 404 (OCI conformance v1.1.1)
+    for method in ("GET", "HEAD", "DELETE"):
+        status, code, _ = await server.error(method, f"/v2/{NAME}/manifests/{tag}")
+        assert (status, code) == (404, None if method == "HEAD" else "MANIFEST_UNKNOWN")
 
 
 @pytest.mark.parametrize("tag", ["_underscore", "A" * 128, "v1.2.3-rc_1", "UPPER"])

@@ -18,8 +18,12 @@ from izreg.tap import Options, make_server
 
 
 def parse(*argv):
+    """Parse options; a new data dir is made on start (--init), as these tests use fresh ones."""
+    argv = list(argv)
+    if argv[:1] == ["server"] and "--data-dir" in argv and "--init" not in argv:
+        argv.insert(1, "--init")
     options = Options()
-    options.parseOptions(list(argv))
+    options.parseOptions(argv)
     return options.subOptions.config
 
 
@@ -153,8 +157,9 @@ def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, take
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     done = subprocess.run(
         [twistd, "-n", "--logfile", str(tmp_path / "log"), "--pidfile", str(tmp_path / "pid"), "izreg", "server",
-         "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{taken_port}:interface=127.0.0.1"],
+         "--init", "--data-dir", str(tmp_path / "d"), "--listen", f"tcp:{taken_port}:interface=127.0.0.1"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
     )
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use"]

@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.storage.test_failures -*-
+"""
+Storage failures a client can be told about: a full disk, a full LMDB map,
+an I/O error. L{storage_error} turns one into a L{RegistryError} (507 when
+out of space, 503 for other disk errors) with a message saying so, so the
+HTTP layer answers it without a traceback; nothing else is a storage failure.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import lmdb
+
+from izreg.core.errors import ErrorCode, RegistryError
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK = (errno.EIO, errno.EROFS, errno.ENXIO)
+
+
+def out_of_space(detail: str = "the data directory's file system is full") -> RegistryError:
+    return RegistryError(
+        ErrorCode.INSUFFICIENT_STORAGE,
+        {"reason": detail},
+        "the registry is out of storage space; pushes fail until space is freed (pulls go on)",
+    )
+
+
+def storage_error(error: BaseException) -> RegistryError | None:
+    """The client-facing error for a storage failure, or C{None} if C{error} is not one."""
+    if isinstance(error, lmdb.MapFullError):
+        return out_of_space("the index is full (raise storage.lmdb_map_size)")
+    if isinstance(error, lmdb.DiskError):
+        return out_of_space()
+    if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE:
+        return out_of_space()
+    if isinstance(error, OSError) and error.errno in _DISK or isinstance(error, (lmdb.PanicError, lmdb.CorruptedError)):
+        return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage I/O error"},
+                             "the registry cannot write its storage right now; retry later")
+    if isinstance(error, lmdb.BadValsizeError):
+        # a safety net: every key built from a request is bounded by design (schema.bounded_key)
+        return RegistryError(ErrorCode.NAME_INVALID, None, "a name or reference in the request is too long")
+    return None
