@@ -101,9 +101,9 @@ class DockerEngine:
                               capture_output=True, text=True, timeout=timeout, check=check,
                               stdin=None if input is not None else subprocess.DEVNULL)
 
-    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """containerd's C{ctr --address SOCK ARGS} on the engine's containerd."""
-        return subprocess.run([CTR, "--address", self.containerd_socket, *args], capture_output=True, text=True,
+    def ctr(self, *args: str, timeout: float = 300, text: bool = True) -> subprocess.CompletedProcess:
+        """containerd's C{ctr --address SOCK ARGS} on the engine's containerd (C{text=False}: bytes out)."""
+        return subprocess.run([CTR, "--address", self.containerd_socket, *args], capture_output=True, text=text,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def log_tail(self, n: int = 60) -> str:
