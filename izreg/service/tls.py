@@ -55,7 +55,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE, FastTLSFactory
+from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE, FastTLSFactory, FastTLSTransport
 
 log = Logger()
 
@@ -303,10 +303,14 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
     connection = handle() if handle is not None else None
     if not isinstance(connection, SSL.Connection):
         return None  # plain TCP (getHandle() is the socket) or no transport at all
+    if isinstance(transport, FastTLSTransport) and transport.peerCertificate is not None:
+        return transport.peerCertificate  # the connection's later requests: it cannot change (no renegotiation)
     cert = connection.get_peer_certificate(as_cryptography=True)
     if cert is not None and not connection.get_verified_chain(as_cryptography=True) \
             and not _resumed_verified(connection):
         return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
+    if isinstance(transport, FastTLSTransport):
+        transport.peerCertificate = cert
     return cert
 
 
