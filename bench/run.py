@@ -302,6 +302,8 @@ def main() -> int:
     ap.add_argument("--soak", default=None, metavar="DURATION",
                     help="also run the soak against izreg for DURATION (30m, 300s, ...): 32 mixed clients, RSS curve")
     ap.add_argument("--soak-clients", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override one figure of the plan, e.g. --set 'catalog_repos=[1000,10000,20]'; repeatable")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the report's preface (e.g. the machine's load during the run); repeatable")
     ap.add_argument("--out", default=None, help="write the markdown report here (default: print it)")
@@ -340,6 +342,17 @@ def main() -> int:
         print(msg, file=sys.stderr, flush=True)
 
     p = plan("smoke" if args.smoke else "quick" if args.quick else "full")
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in p:
+            print(f"--set: no plan figure {key!r} (one of {', '.join(sorted(p))})", file=sys.stderr)
+            return 2
+        value = json.loads(value)
+        if isinstance(p[key], dict):  # {"67108864": 2} -> {67108864: 2}
+            value = {int(k): v for k, v in value.items()}
+        elif isinstance(p[key], tuple):
+            value = tuple(value)
+        p[key] = value
     venv_python = os.path.join(args.venv, "bin", "python")
     tls = "tls" in modes or "handshake" in modes
     t0 = time.monotonic()
