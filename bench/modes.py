@@ -30,12 +30,13 @@ from bench.client import (
     _request,
     handshakes,
     load,
+    push_monolithic,
     push_small,
     put_blob,
     put_manifest,
     run_workers,
 )
-from bench.common import MB, OCI_MANIFEST, REPO_ROOT, MiB, PeakRSS, _status, size_label
+from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, size_label
 from bench.servers import Izreg, Server
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -54,7 +55,10 @@ def run_tls_pulls(server: Server, p: dict, blobs: dict, log) -> dict:
     """GET the pushed blobs over TLS and over plain HTTP, 1 and 4 clients: MB/s and server CPU s/GB."""
     r: dict = {}
     for size in p["tls_sizes"]:
-        blob = blobs[size]
+        blob = blobs.get(size)
+        if blob is None:  # a size the base run did not push
+            blob = blobs[size] = Blob(f"{server.name}-tls-{size}", size)
+            push_monolithic(server, blob)
         path = f"/v2/{server.repo}/blobs/{blob.digest}"
         for clients in (1, 4):
             reps = p["tls_reps"][size]
