@@ -407,3 +407,21 @@ def _wrk_time(text: str) -> float:
             return float(text[: -len(unit)]) * scale
     return float(text)
 
+
+
+def _push_worker(spec: dict, barrier, results) -> None:
+    """Push C{count} new blobs of C{size} one after the other (after the barrier); timings."""
+    fn = push_monolithic if spec["mode"] == "monolithic" else push_streamed
+    blobs = [Blob(f"{spec['label']}-{i}", spec["size"]) for i in range(spec["count"])]
+    barrier.wait(120)
+    clock = time.perf_counter
+    t_start = clock()
+    lat = [fn(spec["server"], blob) for blob in blobs]
+    results.put({"start": t_start, "end": clock(), "lat": lat, "bytes": spec["size"] * len(blobs)})
+
+
+def push_concurrent(server: Server, mode: str, size: int, clients: int, count: int) -> dict:
+    """C{clients} processes push C{count} new blobs each (C{mode}: monolithic or streamed): aggregate figures."""
+    specs = [{"server": server, "mode": mode, "size": size, "count": count,
+              "label": f"{server.name}-{mode}-{size}-c{i}"} for i in range(clients)]
+    return summarize(run_workers(_push_worker, specs))

@@ -97,6 +97,14 @@ def base_sections(L, p, iz, di, row, row2, cpu_head) -> None:
             row2(f"{size_label(size)}, {text} (×{reps})", iz[f"push_{mode}_{size}"], di[f"push_{mode}_{size}"],
                  iz[f"cpu_push_{mode}_{size}"], di[f"cpu_push_{mode}_{size}"])
     L.append("")
+    if any(k.startswith("push4_") for k in iz):
+        L.append("## Push (4 clients at once, each its own blobs; aggregate)\n")
+        L.append(cpu_head)
+        for size, reps in p["push4_reps"].items():
+            for mode, text in (("monolithic", "monolithic POST + PUT"), ("streamed", "streamed chunked PATCH")):
+                row2(f"{size_label(size)}, {text} (×{reps} each)", iz[f"push4_{mode}_{size}"],
+                     di[f"push4_{mode}_{size}"], iz[f"cpu_push4_{mode}_{size}"], di[f"cpu_push4_{mode}_{size}"])
+        L.append("")
     L.append("## Pull (GET blob, aggregate)\n")
     L.append(cpu_head)
     for size in p["sizes"]:
@@ -177,7 +185,7 @@ def method_section(L) -> None:
 
 
 def per_round(L, runs, nrounds) -> None:
-    keys = [k for k in runs["izreg"][0] if k.startswith(("push_", "pull"))]
+    keys = [k for k in runs["izreg"][0] if k.startswith(("push_", "push4_", "pull"))]
     keys += [k for k in ("head_blob", "get_manifest", "get_tags") if k in runs["izreg"][0]]
     for mode in ("tls", "handshake"):  # the modes' flat figures, per round too
         keys += [f"{mode}.{k}" for k, v in runs["izreg"][0].get(mode, {}).items()

@@ -57,7 +57,16 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.client import get_verify, load, push_monolithic, push_small, push_streamed, put_manifest, wrk_get  # noqa: E402
+from bench.client import (  # noqa: E402
+    get_verify,
+    load,
+    push_concurrent,
+    push_monolithic,
+    push_small,
+    push_streamed,
+    put_manifest,
+    wrk_get,
+)
 from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, size_label  # noqa: E402
 from bench.modes import (  # noqa: E402
     parse_duration,
@@ -104,32 +113,34 @@ def plan(kind: str) -> dict:
     full = {
         "sizes": [1 * MiB, 64 * MiB, 512 * MiB],
         "push_reps": {1 * MiB: 32, 64 * MiB: 4, 512 * MiB: 2},
-        "pull1_reps": {1 * MiB: 128, 64 * MiB: 8, 512 * MiB: 2},
-        "pull8_reps": {1 * MiB: 32, 64 * MiB: 4, 512 * MiB: 1},
-        "small_count": 12000,
+        "pull1_reps": {1 * MiB: 64, 64 * MiB: 6, 512 * MiB: 2},
+        "pull8_reps": {1 * MiB: 16, 64 * MiB: 2, 512 * MiB: 1},
+        "push4_reps": {1 * MiB: 16, 64 * MiB: 2},
+        "small_count": 6000,
         "warmup": 25,
         "wrk_seconds": 3,
         "rounds": 3,
         "tls_sizes": [64 * MiB, 512 * MiB],
         "tls_reps": {64 * MiB: 6, 512 * MiB: 1},
-        "handshakes": 2000,
+        "handshakes": 1000,
         "handshake_clients": 4,
         "catalog_repos": (1000, 10000, 20),
-        "catalog_count": 400,
+        "catalog_count": 200,
+        "catalog_rounds": 1,
         "page": 100,
         "idle_conns": 1000,
         "idle_clients": 32,
-        "idle_count": 9600,
+        "idle_count": 6400,
     }
     if kind == "quick":
         return dict(full, sizes=[1 * MiB, 64 * MiB], push_reps={1 * MiB: 5, 64 * MiB: 1},
                     pull1_reps={1 * MiB: 16, 64 * MiB: 2}, pull8_reps={1 * MiB: 4, 64 * MiB: 1},
-                    small_count=1600, warmup=10, wrk_seconds=1, rounds=1, tls_sizes=[64 * MiB],
+                    push4_reps={1 * MiB: 4, 64 * MiB: 1}, small_count=1600, warmup=10, wrk_seconds=1, rounds=1, tls_sizes=[64 * MiB],
                     tls_reps={64 * MiB: 2}, handshakes=400, catalog_repos=(100, 1000, 20), catalog_count=100,
                     idle_count=3200)
     if kind == "smoke":
         return dict(full, sizes=[1 * MiB], push_reps={1 * MiB: 1}, pull1_reps={1 * MiB: 2}, pull8_reps={1 * MiB: 1},
-                    small_count=16, warmup=1, wrk_seconds=1, rounds=1, tls_sizes=[1 * MiB], tls_reps={1 * MiB: 1},
+                    push4_reps={1 * MiB: 1}, small_count=16, warmup=1, wrk_seconds=1, rounds=1, tls_sizes=[1 * MiB], tls_reps={1 * MiB: 1},
                     handshakes=8, handshake_clients=2, catalog_repos=(4, 8, 2), catalog_count=8, page=3,
                     idle_conns=20, idle_clients=4, idle_count=40)
     return full
@@ -165,6 +176,14 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
                 pulled[size] = blob
             if size <= 64 * MiB:
                 get_verify(server, pulled[size])
+            if size in p["push4_reps"]:  # 4 clients at once, each its own blobs
+                for mode in ("monolithic", "streamed"):
+                    reps = p["push4_reps"][size]
+                    with PeakRSS(server.pid) as m:
+                        res = push_concurrent(server, mode, size, 4, reps)
+                    r[f"push4_{mode}_{size}"] = res["bytes"] / res["wall"] / MB
+                    r[f"cpu_push4_{mode}_{size}"] = m.cpu / (res["bytes"] / 1e9)
+                    log(f"  {server.name}: push x4 {mode:10} {size_label(size):>7}: {r[f'push4_{mode}_{size}']:8.1f} MB/s")
 
         # a small image: config + the 1 MiB layer + a manifest under 20 tags -------------
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -287,6 +306,8 @@ def main() -> int:
     ap.add_argument("--soak", default=None, metavar="DURATION",
                     help="also run the soak against izreg for DURATION (30m, 300s, ...): 32 mixed clients, RSS curve")
     ap.add_argument("--soak-clients", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override one figure of the plan, e.g. --set 'catalog_repos=[1000,10000,20]'; repeatable")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the report's preface (e.g. the machine's load during the run); repeatable")
     ap.add_argument("--out", default=None, help="write the markdown report here (default: print it)")
@@ -325,6 +346,17 @@ def main() -> int:
         print(msg, file=sys.stderr, flush=True)
 
     p = plan("smoke" if args.smoke else "quick" if args.quick else "full")
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in p:
+            print(f"--set: no plan figure {key!r} (one of {', '.join(sorted(p))})", file=sys.stderr)
+            return 2
+        value = json.loads(value)
+        if isinstance(p[key], dict):  # {"67108864": 2} -> {67108864: 2}
+            value = {int(k): v for k, v in value.items()}
+        elif isinstance(p[key], tuple):
+            value = tuple(value)
+        p[key] = value
     venv_python = os.path.join(args.venv, "bin", "python")
     tls = "tls" in modes or "handshake" in modes
     t0 = time.monotonic()
@@ -346,7 +378,9 @@ def main() -> int:
                           else Distribution(where, account, tls=tls, python=venv_python))
                 servers.append(server)
                 log(f"round {rnd + 1}/{rounds}, {which}:")
-                runs[which].append(run_server(server, p, log, modes))
+                # the catalog seeds thousands of repositories: its first round only
+                runs[which].append(run_server(server, p, log, modes if rnd < p["catalog_rounds"]
+                                              else tuple(m for m in modes if m != "catalog")))
                 if not args.keep:
                     shutil.rmtree(server.data, ignore_errors=True)
                 os.sync()  # let the page cache drain so the next server starts on a quiet disk

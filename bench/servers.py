@@ -81,6 +81,16 @@ def dev_certs(python: str, directory: str, account: str) -> dict:
             "server_key": os.path.join(directory, "server", "server.key")}
 
 
+#: izreg's settings for the benchmark: every client is 127.0.0.1, and the idle mode keeps
+#: 1,000 connections open and silent (distribution caps neither)
+IZREG_CONFIG = """\
+[connections]
+max_connections = 0
+max_per_address = 0
+idle_timeout = 3600
+"""
+
+
 class Izreg(Server):
     name = "izreg"
 
@@ -93,7 +103,10 @@ class Izreg(Server):
         self.certs: dict | None = None
 
     def _command(self) -> list[str]:
-        cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server", "--init",
+        config = os.path.join(self.workdir, "izreg-bench.toml")
+        with open(config, "w") as f:
+            f.write(IZREG_CONFIG)
+        cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server", "--init", "--config", config,
                "--data-dir", self.data, "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         if self.certs is not None:
             cmd += ["--tls-listen", f"tcp:{self.tls_port}:interface=127.0.0.1", "--tls-cert", self.certs["server_cert"],

@@ -28,6 +28,7 @@ Time is an argument: C{now} is POSIX seconds (C{IReactorTime.seconds()}).
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable, Sequence
@@ -277,6 +278,19 @@ def check_not_revoked(
                              device=identity.device_id)
 
 
+# The checks that depend on nothing but their arguments (the issuer's signature,
+# the key usage, the subject), remembered for the certificates seen last: a
+# device's every request skips the signature check. A rejection is never
+# remembered (it raises), and reloaded CAs are a new key.
+_checked_issuer = functools.lru_cache(maxsize=1024)(check_issuer)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_identity(cert: x509.Certificate, fields: SubjectFields) -> DeviceIdentity:
+    check_client_usage(cert)
+    return device_identity(cert, fields)
+
+
 @dataclass(frozen=True)
 class DeviceVerifier:
     """
@@ -296,10 +310,9 @@ class DeviceVerifier:
 
     def verify(self, cert: x509.Certificate, now: float) -> DeviceIdentity:
         """Return the device's identity or raise L{DeviceRejected}."""
-        ca = check_issuer(cert, self.cas())
+        ca = _checked_issuer(cert, tuple(self.cas()))
         check_validity(cert, now)
-        check_client_usage(cert)
-        identity = device_identity(cert, self.fields)
+        identity = _checked_identity(cert, self.fields)
         revoked = self.revoked(identity.serial_hex, identity.fingerprint_sha256)
         check_not_revoked(identity, revoked, self.crls(), issuer=ca.subject)
         return identity

@@ -27,10 +27,15 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
     connection = handle() if handle is not None else None
     if not isinstance(connection, SSL.Connection):
         return None  # plain TCP (getHandle() is the socket) or no transport at all
+    cached = getattr(transport, "peerCertificate", None)
+    if cached is not None:
+        return cached  # the connection's later requests: it cannot change (no renegotiation)
     cert = connection.get_peer_certificate(as_cryptography=True)
     if cert is not None and not connection.get_verified_chain(as_cryptography=True) \
             and not _resumed_verified(connection):
         return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
+    if hasattr(transport, "peerCertificate"):
+        transport.peerCertificate = cert  # izreg.service.fasttls.FastTLSTransport keeps it per connection
     return cert
 
 

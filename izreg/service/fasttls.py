@@ -37,6 +37,9 @@ MODE_ENABLE_PARTIAL_WRITE = 0x1
 class FastTLSTransport(BufferingTLSTransport):
     """L{BufferingTLSTransport} that seals and flushes large writes in one step each."""
 
+    #: the verified client certificate, once L{izreg.http.peercert.peer_certificate} has read it
+    peerCertificate = None
+
     def _write(self, bytes):
         if self._lostTLSConnection:
             return

@@ -56,7 +56,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE, FastTLSFactory
+from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE, FastTLSFactory, FastTLSTransport
 
 log = Logger()
 
