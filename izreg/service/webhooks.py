@@ -70,7 +70,8 @@ class Dispatcher(service.Service):
             self._scheduled.cancel()
         for d in list(self._inflight):
             d.cancel()
-        return self._pool.closeCachedConnections()
+        pool = getattr(self, "_pool", None)
+        return pool.closeCachedConnections() if pool is not None else None
 
     def wake(self) -> None:
         """Something was queued: look at the queue soon (from the reactor thread)."""
