@@ -26,6 +26,7 @@ from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
 from izreg.auth.store import AuthStore, UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
+from izreg.storage.audit import AuditLog
 from izreg.storage.lmdbenv import index_path, open_env
 
 EXIT_ERROR = 2
@@ -69,6 +70,14 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
     which.add_argument("--cert", metavar="PEM", help="a certificate file: revoke its serial and fingerprint")
     revoke.add_argument("--note", default="", help="why (shown by list-revoked)")
     bind(revoke, _revoke)
+
+    unrevoke = sub.add_parser("unrevoke", help="take back a revocation (same selectors as revoke)")
+    which = unrevoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="certificate serial number (hex; colons allowed)")
+    which.add_argument("--fingerprint", metavar="SHA256", help="SHA-256 fingerprint of the certificate (hex)")
+    which.add_argument("--cert", metavar="PEM", help="a certificate file: its serial and fingerprint")
+    unrevoke.set_defaults(note="")
+    bind(unrevoke, _revoke)
 
     listing = sub.add_parser("list-revoked", help="list revoked serials and fingerprints")
     bind(listing, _list_revoked)
@@ -133,8 +142,16 @@ def _revoke(args, io: _Io) -> int:
         return io.fail(str(e))
     try:
         for kind, value in targets:
-            new = store.revoke(kind, value, io.now, args.note)
-            io.out.write(f"{'revoked' if new else 'already revoked'}: {kind} {value}\n")
+            if args.device_command == "unrevoke":
+                done = store.unrevoke(kind, value)
+                io.out.write(f"{'unrevoked' if done else 'was not revoked'}: {kind} {value}\n")
+            else:
+                done = store.revoke(kind, value, io.now, args.note)
+                io.out.write(f"{'revoked' if done else 'already revoked'}: {kind} {value}\n")
+            if done:
+                AuditLog(env).record(action=f"device-{args.device_command}", account=None, actor="cli",
+                                     target=f"{kind}:{value}", detail={"note": args.note} if args.note else None,
+                                     now=io.now)
     finally:
         env.close()
     return 0

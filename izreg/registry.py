@@ -84,6 +84,8 @@ class Registry:
         self.run_io = run_io
         self.limits = limits
         self.audit = audit
+        #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
+        self.on_change: Callable[[dict, dict], None] | None = None
 
     # -- upload sessions ----------------------------------------------------
 
@@ -238,11 +240,17 @@ class Registry:
         if not await self.run_write(self._audited, entry, self.index.unlink_blob, repo.name, digest):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
 
-    def _audited(self, entry: dict, operation: Callable[..., Any], *args: Any) -> Any:
-        # writer thread: the change, then its audit record (only if something changed)
+    def _audited(self, entry: dict, operation: Callable[..., Any], *args: Any, facts: dict | None = None) -> Any:
+        # writer thread: the change, then its audit record (only if something changed),
+        # then its webhook events (C{on_change}, izreg.service.webhooks)
         done = operation(*args)
         if done and self.audit is not None:
             self.audit.record(now=self.now(), **entry)
+        if done and self.on_change is not None and facts is not None:
+            try:
+                self.on_change(entry, facts)
+            except Exception:
+                self.log.failure("queueing webhook events failed")
         return done
 
     def _check_delete(self) -> None:
@@ -251,7 +259,8 @@ class Registry:
 
     # -- manifests -------------------------------------------------------------
 
-    async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None) -> tuple[Digest, Manifest]:
+    async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None,
+                           who: Actor = None) -> tuple[Digest, Manifest]:
         if len(data) > self.limits.max_manifest_size:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": len(data), "limit": self.limits.max_manifest_size}, "manifest too large")
         algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
@@ -273,8 +282,14 @@ class Registry:
             "created": self.now(),
         }
         referrer = (str(subject.digest), manifest.referrer_descriptor(digest, len(data)).to_json()) if subject else None
+        target = f"{repo}:{tag}" if tag is not None else f"{repo}@{digest}"
+        entry = _audit_entry("push-tag" if tag is not None else "push-manifest", repo, target, who,
+                             {"digest": str(digest)} if tag is not None else None)
+        facts = {"repository": repo.name, "digest": str(digest), "tag": tag, "media_type": manifest.media_type}
         await self.run_write(
-            self.index.put_manifest,
+            self._audited,
+            entry,
+            self._put_manifest_sync,
             repo.name,
             digest,
             meta,
@@ -284,8 +299,13 @@ class Registry:
             tag,
             referrer,
             self.now(),
+            facts=facts,
         )
         return digest, manifest
+
+    def _put_manifest_sync(self, *args: Any) -> bool:
+        self.index.put_manifest(*args)
+        return True
 
     async def _ensure_empty_config(self, repo: Repository) -> None:
         """The OCI empty config ``{}`` is always available, pushed or not."""
@@ -341,10 +361,14 @@ class Registry:
         self._check_delete()
         if isinstance(reference, Digest):
             entry = _audit_entry("delete-manifest", repo, f"{repo}@{reference}", who)
-            deleted = await self.run_write(self._audited, entry, self.index.delete_manifest, repo.name, reference)
+            facts = {"repository": repo.name, "digest": str(reference), "tag": None}
+            deleted = await self.run_write(self._audited, entry, self.index.delete_manifest, repo.name, reference,
+                                           facts=facts)
         else:
             entry = _audit_entry("delete-tag", repo, f"{repo}:{reference}", who)
-            deleted = await self.run_write(self._audited, entry, self.index.delete_tag, repo.name, reference)
+            facts = {"repository": repo.name, "digest": None, "tag": reference}
+            deleted = await self.run_write(self._audited, entry, self.index.delete_tag, repo.name, reference,
+                                           facts=facts)
         if not deleted:
             raise self._unknown_manifest(repo, reference)
 

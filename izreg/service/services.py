@@ -57,6 +57,7 @@ class RegistryService(service.MultiService):
         self._pools: list[ThreadPool] = []
         # operations (izreg.service.metrics, .logs): set by make_server
         self.metrics = None
+        self.dispatcher = None  # izreg.service.webhooks.Dispatcher
         self.log_setup = None
         self.log_observer = None
         self.reload_config = None  # () -> Config: the config file and options, read again
@@ -78,6 +79,16 @@ class RegistryService(service.MultiService):
         return run
 
     def privilegedStartService(self) -> None:
+        if self.config.storage_backend == "s3":
+            # before the reactor runs and before any listener: a bucket that cannot be reached is one line
+            from izreg.storage.interfaces import StorageError
+            from izreg.storage.s3 import check_bucket
+
+            try:
+                self._s3_client = check_bucket(self.config)
+            except StorageError as e:
+                self.log.error("{message}", message=str(e))
+                raise StartupError(str(e)) from None
         # twistd binds the listeners here; a port in use is one line, not a traceback.
         try:
             super().privilegedStartService()
@@ -85,16 +96,6 @@ class RegistryService(service.MultiService):
             message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
             self.log.error("{message}", message=message)
             raise StartupError(message) from None
-        if self.config.storage_backend == "s3":
-            # before the reactor runs: a bucket that cannot be reached is one line at start-up
-            from izreg.storage.interfaces import StorageError
-            from izreg.storage.s3 import check_bucket
-
-            try:
-                check_bucket(self.config)
-            except StorageError as e:
-                self.log.error("{message}", message=str(e))
-                raise StartupError(str(e)) from None
 
     def startService(self) -> None:
         config = self.config
@@ -135,7 +136,7 @@ class RegistryService(service.MultiService):
             pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
             pool.start()
             self._pools.append(pool)
-            return open_s3(self.config, self._runner(pool))
+            return open_s3(self.config, self._runner(pool), getattr(self, "_s3_client", None))
         blobs = BlobStore(root)
         return blobs, Uploads(root, blobs, self._run_io)
 
@@ -160,6 +161,15 @@ class RegistryService(service.MultiService):
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
+        if self.dispatcher is not None:
+            from izreg.service.webhooks import Events
+            from izreg.storage.webhooks import WebhookStore
+
+            self.dispatcher.store = WebhookStore(env, root)
+            self.dispatcher.run_write = self.registry.run_write
+            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write)
+            self.registry.on_change = events.changed
+            self.api.events = events
         self.readiness = Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
         self.api.readiness = self.readiness
         if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):

@@ -34,7 +34,7 @@ import secrets
 import pytest
 
 from tests.helpers.ociclient import OCIClient
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import RegistryProcess, running
 from tests.helpers.skopeo import SKOPEO, Skopeo
 
 
@@ -47,23 +47,15 @@ def _make_registry(tmp_path_factory, label: str) -> RegistryProcess:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """One running registry for the whole test module."""
-    reg = _make_registry(tmp_path_factory, "module")
-    try:
-        reg.start()
+    with running(_make_registry(tmp_path_factory, "module")) as reg:
         yield reg
-    finally:
-        reg.close()
 
 
 @pytest.fixture
 def fresh_registry(tmp_path_factory):
     """A registry of its own for one test (stop/kill9/restart are fine)."""
-    reg = _make_registry(tmp_path_factory, "fn")
-    try:
-        reg.start()
+    with running(_make_registry(tmp_path_factory, "fn")) as reg:
         yield reg
-    finally:
-        reg.close()
 
 
 @pytest.fixture
