@@ -40,6 +40,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from izreg.core.digest import Digest
@@ -183,6 +184,8 @@ class S3Reader:
         self._position = offset
 
     def read(self, size: int = -1):
+        if not isInIOThread():
+            return self._read(size)  # already in a worker thread (the browse API): block here
         return self._blobs.run(self._read, size)
 
     @_s3
@@ -207,6 +210,9 @@ class S3Reader:
         if self._closed:
             return
         self._closed = True
+        if not isInIOThread():
+            self._close()
+            return
         self._blobs.run(self._close).addErrback(lambda f: None)
 
     def _close(self) -> None:

@@ -308,21 +308,6 @@ def manifest_worker(ledger: Ledger, base_url, auth, repo, seed):
         ledger.worker_done()
 
 
-@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.s3)])
-def any_registry(request, tmp_path_factory):
-    """A registry of its own over each storage backend (blobs on disk, or in a moto S3 bucket)."""
-    if request.param == "filesystem":
-        yield request.getfixturevalue("fresh_registry")
-        return
-    from tests.helpers.s3 import s3_registry
-    from tests.helpers.server import BACKEND, running
-
-    if BACKEND != "izreg":
-        pytest.skip("izreg's S3 backend")
-    with running(s3_registry(tmp_path_factory, request.getfixturevalue("moto_server"), "s3-durability")) as registry:
-        yield registry
-
-
 def test_kill9_during_concurrent_pushes(any_registry, request):
     registry = any_registry
     account = registry.account
