@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_manage_cli -*-
+# -*- test-case-name: tests.http.test_browse -*-
 """
 ``izreg images``, ``izreg usage``: what is stored, from the command line
 (the same documents as the browse API, see L{izreg.browse}).

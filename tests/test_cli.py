@@ -61,7 +61,7 @@ def test_key_create_prints_only_the_key_and_it_verifies(capsys, tmp_path, accoun
     key = keys.parse(out.strip())
     assert err == f"key id {key.key_id} (for izreg key revoke); the key is not shown again\n"
     assert out.strip() not in err
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         record = AuthStore(env).get_key(key.key_id)
     finally:
@@ -183,7 +183,7 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
             [sys.executable, "-m", "izreg.cli", *argv], env=environment, capture_output=True, text=True, timeout=60
         )
 
-    server_env = open_env(str(tmp_path))  # what the running server holds
+    server_env = open_env(str(tmp_path), 1 << 30)  # what the running server holds
     try:
         server_store = AuthStore(server_env)
         created = izreg("account", "create")
@@ -201,3 +201,17 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
         assert bad.stdout == "" and bad.stderr == f"izreg: error: no such account: {'0' * 32}\n"
     finally:
         server_env.close()
+
+
+def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "from-config"}"\n[storage]\nlmdb_map_size = {1 << 30}\n')
+    code, out, err = run(capsys, None, "--config", str(config), "account", "create")
+    assert code == 0 and err == ""
+    assert (tmp_path / "from-config" / "index").is_dir()
+    env_dir = tmp_path / "from-env"
+    code, out, err = run(capsys, None, "--config", str(config), "account", "list",
+                         environ={"IZREG_DATA_DIR": str(env_dir)})
+    assert code == 2 and f"no izreg data in {str(env_dir)!r}" in err
+    code, out, err = run(capsys, None, "--config", str(tmp_path / "missing.toml"), "account", "list")
+    assert code == 2 and err.startswith("izreg: error: cannot read config file ")

@@ -142,10 +142,6 @@ class AuthStore:
         with self._env.begin() as txn:
             return [_account(k.decode("ascii"), bytes(v)) for k, v in txn.cursor(db=self._accounts)]
 
-    def has_accounts(self) -> bool:
-        with self._env.begin() as txn:
-            return txn.cursor(db=self._accounts).first()
-
     # Keys --------------------------------------------------------------------
 
     def create_key(self, account_id: str, now: float, name: str = "", read_only: bool = False) -> tuple[KeyRecord, AccessKey]:
