@@ -4,10 +4,12 @@ The browse page (``/ui/``) in a real headless Chromium, against the real
 pulled by a device over the TLS listener with its certificate.
 
 A person pastes an access key, sees the account's repositories and a
-repository's manifests with the right sizes, deletes an unused tag, meets
-the in-use refusal (409) of an image a device pulled and overrides it. An
-annotation holding HTML is shown as text; a wrong or revoked key gets a
-clear message; the key never reaches the URL, a cookie or localStorage.
+repository's manifests with the right sizes, copies a docker or helm pull
+command, deletes an unused tag, meets the in-use refusal (409) of an image a
+device pulled and overrides it. An annotation holding HTML is shown as text;
+a wrong or revoked key gets a clear message, a read-only key is told why it
+may not delete; the key never reaches the URL, a cookie or localStorage; the
+layout fits a phone.
 
 Every test leaves a screenshot in ``test-artifacts/browser/``
 (L{tests.helpers.browser.artifact_path}). With
@@ -170,6 +172,7 @@ def site(tmp_path_factory):
         ]
         registry.restart()
         site = Site(registry, tmp)
+        site.tls_url, site.ca = f"https://127.0.0.1:{tls_port}", os.path.join(certs, "ca.crt")
         skopeo = Skopeo(registry, tmp)
         _push(site, skopeo, "app", "v1", 1, [2048, 150_000])
         _push(site, skopeo, "app", "v2", 2, [4096, 60_000])
@@ -479,3 +482,22 @@ def test_a_helm_chart_gets_a_helm_pull_command_to_copy(page, site):
     copied = page.driver.execute_async_script(
         "const done = arguments[0]; navigator.clipboard.readText().then(done, (e) => done('error: ' + e))")
     assert copied == command
+
+
+def test_the_page_is_served_on_the_tls_listener_too(site):
+    """Every listener serves /ui/ (a person on a gateway's https address); no client certificate needed."""
+    response = requests.get(site.tls_url + "/ui/", verify=site.ca, timeout=30)
+    assert response.status_code == 200 and "app.js" in response.text
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_read_only_key_sees_why_it_may_not_delete(page, site):
+    key = site.registry.cli("key", "create", site.account, "--name", "viewer", "--read-only")
+    page.login(key)
+    page.row("repository-table", name=site.name("tidy")).find_element("css selector", "a").click()
+    keep = site.images["tidy:keep"]["manifest_digest"]
+    page.row("manifest-table", digest=keep).find_element("css selector", 'button.delete-tag[data-tag="keep"]').click()
+    page.confirm("Delete tag keep?", answer=True)
+    assert "read-only" in page.message("Could not delete tag keep")
+    assert "keep" in expect(site.api("GET", f"/v2/{site.name('tidy')}/tags/list"), 200).json()["tags"]
