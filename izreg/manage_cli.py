@@ -40,6 +40,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     use.set_defaults(handler=usage_command)
 
 
+def register_account_delete(commands: argparse._SubParsersAction) -> None:
+    delete = commands.add_parser("delete", help="delete an account and its keys (refused while it has repositories)")
+    delete.add_argument("account", metavar="ACCOUNT_ID")
+    delete.add_argument("--purge", action="store_true",
+                        help="also delete its repositories (garbage collection then reclaims the storage)")
+    delete.set_defaults(handler=account_delete)
+
+
+def account_delete(args: argparse.Namespace, context) -> int:
+    from izreg.cli import CommandError, _account_id
+    from izreg.storage.audit import AuditLog
+    from izreg.storage.lmdbindex import Index
+
+    account = _account_id(args.account)
+    store = context.store()
+    if store.get_account(account) is None:
+        raise CommandError(f"no such account: {account}")
+    index = Index(context._env)
+    repos = [name for name, _ in index.list_repo_stats(f"{account}/", None, 10**9)[0]]
+    if repos and not args.purge:
+        raise CommandError(f"account {account} has {len(repos)} repositories; delete them first, or add --purge")
+    audit = AuditLog(context._env)
+    manifests = 0
+    for name in repos:
+        manifests += index.purge_repo(name)
+        audit.record(action="delete-repository", account=account, actor="cli", target=name, now=context.now())
+    keys = store.delete_account(account)
+    audit.record(action="delete-account", account=account, actor="cli", target=account,
+                 detail={"repositories": len(repos), "manifests": manifests, "keys": keys}, now=context.now())
+    context.out(f"deleted account {account}: {keys} keys, {len(repos)} repositories, {manifests} manifests"
+                + (" (garbage collection reclaims their blobs)" if repos else ""))
+    return 0
+
+
 def _browser(context) -> Browser:
     from izreg.auth.devicestore import DeviceStore
     from izreg.storage.blobs import BlobStore

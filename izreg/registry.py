@@ -23,6 +23,7 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_manifest
 from izreg.core.names import Reference, Repository
+from izreg.inuse import InUse
 from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore, fsync_file, hash_file
 from izreg.storage.lmdbindex import Index
@@ -75,6 +76,7 @@ class Registry:
         run_io: Runner,
         limits: Limits = Limits(),
         audit: AuditLog | None = None,
+        in_use: InUse | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -84,6 +86,7 @@ class Registry:
         self.run_io = run_io
         self.limits = limits
         self.audit = audit
+        self.in_use = in_use  # None: deletes are not checked against device pulls
 
     # -- upload sessions ----------------------------------------------------
 
@@ -234,6 +237,8 @@ class Registry:
         # writer thread: the change, then its audit record (only if something changed)
         done = operation(*args)
         if done and self.audit is not None:
+            if isinstance(done, dict):
+                entry = {**entry, "detail": {**(entry["detail"] or {}), **done}}
             self.audit.record(now=self.now(), **entry)
         return done
 
@@ -325,15 +330,37 @@ class Registry:
                     return None
         return None
 
-    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None) -> None:
+    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None, force: bool = False) -> None:
+        """
+        By digest: the manifest, its tags, and the children of an index that
+        nothing else holds. By tag: only the tag. Refused (409) when devices
+        pulled what it removes (for a tag: the manifest it is the last tag of)
+        within the in-use window, unless C{force}.
+        """
         self._check_delete()
         if isinstance(reference, Digest):
-            entry = _audit_entry("delete-manifest", repo, f"{repo}@{reference}", who)
-            deleted = await self.run_write(self._audited, entry, self.index.delete_manifest, repo.name, reference)
+            target, action = f"{repo}@{reference}", "delete-manifest"
+            doomed = self.index.deletion(repo.name, reference)
+            if not doomed:
+                raise self._unknown_manifest(repo, reference)
+            protected = set(doomed) | set(self.index.children_of(repo.name, reference))
+            operation, args = self.index.delete_tree, (repo.name, reference)
         else:
-            entry = _audit_entry("delete-tag", repo, f"{repo}:{reference}", who)
-            deleted = await self.run_write(self._audited, entry, self.index.delete_tag, repo.name, reference)
-        if not deleted:
+            target, action = f"{repo}:{reference}", "delete-tag"
+            digest = self.resolve(repo, reference)
+            last_tag = self.index.tags_of(repo.name, digest) == [reference]
+            protected = {str(digest), *self.index.children_of(repo.name, digest)} if last_tag else set()
+            operation, args = self.index.delete_tag, (repo.name, reference)
+        detail = None
+        if self.in_use is not None and protected:
+            if force:
+                count, last = self.in_use.pulled(repo.name, sorted(protected))
+                if count:
+                    detail = {"forced": True, "devices": count, "last_pulled": last}
+            else:
+                self.in_use.refuse(repo.name, target, sorted(protected))
+        entry = _audit_entry(action, repo, target, who, detail)
+        if not await self.run_write(self._audited, entry, operation, *args):
             raise self._unknown_manifest(repo, reference)
 
     # -- listings ----------------------------------------------------------------

@@ -201,3 +201,39 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
         assert bad.stdout == "" and bad.stderr == f"izreg: error: no such account: {'0' * 32}\n"
     finally:
         server_env.close()
+
+
+def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path, account):
+    from izreg.core.digest import Digest
+    from izreg.storage.audit import AuditLog
+    from izreg.storage.lmdbindex import Index
+
+    code, out, _ = run(capsys, tmp_path, "key", "create", account)
+    env = open_env(str(tmp_path))
+    try:
+        index = Index(env)
+        blob = Digest.of(b"layer")
+        index.commit_blob(f"{account}/app", blob, 5, NOW, None)
+        index.put_manifest(f"{account}/app", Digest.of(b"m"), {"mediaType": "x", "subject": None, "created": NOW},
+                           b"m", [(str(blob), 5)], [], "v1", None, NOW)
+    finally:
+        env.close()
+    code, out, err = run(capsys, tmp_path, "account", "delete", account)
+    assert code == 2 and "has 1 repositories" in err and "--purge" in err
+    code, out, err = run(capsys, tmp_path, "account", "delete", account, "--purge")
+    assert code == 0, err
+    assert out == f"deleted account {account}: 1 keys, 1 repositories, 1 manifests (garbage collection reclaims their blobs)\n"
+    env = open_env(str(tmp_path))
+    try:
+        index = Index(env)
+        assert AuthStore(env).get_account(account) is None
+        with env.begin() as txn:
+            assert [k for k, v in txn.cursor(db=env.open_db(b"keys")) if json.loads(v)["account"] == account] == []
+        assert index.list_repos("", None, 10) == ([], False)
+        assert not index.blob_referenced(Digest.of(b"layer"))
+        assert sorted((e["action"], e["actor"]) for e in AuditLog(env).entries()) == [
+            ("delete-account", "cli"), ("delete-repository", "cli")]  # same clock time: any order
+    finally:
+        env.close()
+    code, _, err = run(capsys, tmp_path, "account", "delete", account)
+    assert code == 2 and "no such account" in err

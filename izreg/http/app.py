@@ -31,6 +31,7 @@ from izreg.http import health
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.responses import FileBody, shield
 from izreg.http.ui.pages import StaticPages
+from izreg.inuse import FORCE_HEADER
 from izreg.registry import Registry
 from izreg.storage.uploads import ChunkWriter
 
@@ -276,7 +277,8 @@ class RegistryAPI:
     async def delete_manifest(self, request, route):
         principal = self.guard.check(request, route.repository, DELETE)
         repo = route.repository
-        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal))
+        force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
+        await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal), force)
         request.setResponseCode(202)
         return b""
 

@@ -25,6 +25,7 @@ from izreg.auth.devicestore import DeviceStore, PullRecorder
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.browse import Browser
+from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
@@ -146,6 +147,8 @@ class RegistryService(service.MultiService):
         devices = DeviceStore(env)
         self.pulls = PullRecorder(devices)
         self.api.browser = Browser(self.registry.index, self.registry.blobs, devices)
+        if config.protect_in_use:
+            self.registry.in_use = InUse(self.pulls.devices, self.reactor.seconds, config.in_use_window)
         verifier = None
         if self.tls is not None and config.device_ca:
             self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
