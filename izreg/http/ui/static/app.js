@@ -171,9 +171,8 @@
   }
 
   function refused(error) {
-    const reason = error.message ? " (" + error.message + ")" : "";
-    showLogin("The registry refused this access key" + reason +
-      ". It may be mistyped or revoked: paste a valid access key of your account.");
+    const reason = error.message ? ": " + error.message : "";
+    showLogin("The registry refused this access key" + reason + ". Paste a valid access key of your account.");
   }
 
   function failed(error) {
