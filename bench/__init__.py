@@ -1,0 +1,1 @@
+"""izreg vs distribution: the benchmark (bench/run.py) and its modes."""

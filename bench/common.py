@@ -1,0 +1,129 @@
+"""Shared pieces of the benchmark: constants, generated blobs, free ports, server CPU and memory."""
+
+
+import hashlib
+import os
+import socket
+import threading
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1024 * 1024
+MB = 1e6
+PATCH_CHUNK = 32 * 1024  # docker's io.Copy buffer: one chunked-encoding chunk each
+SEND_BLOCK = 1 * MiB
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+START_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 120.0
+
+
+# --------------------------------------------------------------------------------------
+# Blobs: a unique header and a shared random block, generated on the fly (no client disk)
+# --------------------------------------------------------------------------------------
+
+_BLOCK = os.urandom(SEND_BLOCK)
+
+
+class Blob:
+    """C{size} bytes: 64 bytes unique to C{label}, then a repeated random MiB."""
+
+    def __init__(self, label: str, size: int) -> None:
+        self.label, self.size = label, size
+        self.head = hashlib.sha256(f"{label}/{time.time_ns()}/{os.getpid()}".encode()).digest() * 2
+        h = hashlib.sha256()
+        for block in self.blocks():
+            h.update(block)
+        self.digest = "sha256:" + h.hexdigest()
+
+    def blocks(self, size: int = SEND_BLOCK):
+        """The content as memoryviews of at most C{size} bytes."""
+        block = memoryview(self.head + _BLOCK)
+        sent, first = 0, True
+        while sent < self.size:
+            if first:
+                src, first = block, False
+            else:
+                src = memoryview(_BLOCK)
+            src = src[: self.size - sent]
+            for i in range(0, len(src), size):
+                piece = src[i : i + size]
+                yield piece
+                sent += len(piece)
+
+    def bytes(self) -> bytes:
+        return b"".join(bytes(b) for b in self.blocks())
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of C{pid}, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakRSS:
+    """
+    Peak resident memory of C{pid} over a ``with`` block (VmHWM after a reset,
+    and sampled VmRSS), and the CPU time it used (C{cpu}, seconds).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.reset_ok = False
+
+    def __enter__(self):
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            self.reset_ok = True
+        except OSError:
+            self.reset_ok = False
+        self.sampled = _status(self.pid, "VmRSS")
+        self._cpu0 = cpu_seconds(self.pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.sampled = max(self.sampled, _status(self.pid, "VmRSS"))
+            except OSError:
+                return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.cpu = cpu_seconds(self.pid) - self._cpu0
+        hwm = _status(self.pid, "VmHWM") if self.reset_ok else 0
+        self.peak = max(hwm, self.sampled)
+        return False
+
+
+
+def size_label(size: int) -> str:
+    return f"{size // MiB} MiB"

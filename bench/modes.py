@@ -1,0 +1,460 @@
+"""
+The benchmark's extra modes, each a C{run_*} function (figures as a dict)
+and a C{report_*} function (markdown lines, izreg beside distribution):
+
+- TLS blob pulls (izreg: the client presents a device certificate) beside
+  the same pulls over plain HTTP;
+- TLS handshakes per second (new connection, one small GET, close), full
+  and resumed from a session ticket;
+- C{_catalog} and tags-list pages at 1,000 and 10,000 repositories of 20
+  tags each (page cost independent of the number of repositories?);
+- manifest GET latency of 32 clients with and without 1,000 idle
+  keep-alive connections open;
+- the soak (L{run_soak}): 32 mixed clients for a duration; RSS over time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+
+from bench.client import (
+    RawClient,
+    _check,
+    _raw_request,
+    _request,
+    handshakes,
+    load,
+    push_small,
+    put_blob,
+    put_manifest,
+    run_workers,
+)
+from bench.common import MB, OCI_MANIFEST, REPO_ROOT, MiB, PeakRSS, _status, size_label
+from bench.servers import Izreg, Server
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+def _ratio(a, b) -> str:
+    return "–" if a is None or b is None or not b else f"{a / b:.2f}"
+
+
+# --------------------------------------------------------------------------------------
+# TLS pulls
+# --------------------------------------------------------------------------------------
+
+
+def run_tls_pulls(server: Server, p: dict, blobs: dict, log) -> dict:
+    """GET the pushed blobs over TLS and over plain HTTP, 1 and 4 clients: MB/s and server CPU s/GB."""
+    r: dict = {}
+    for size in p["tls_sizes"]:
+        blob = blobs[size]
+        path = f"/v2/{server.repo}/blobs/{blob.digest}"
+        for clients in (1, 4):
+            reps = p["tls_reps"][size]
+            for kind, tls in (("tls", True), ("plain", False)):
+                with PeakRSS(server.tls_pid if tls else server.pid) as m:
+                    res = load(server, "GET", path, clients, clients * reps, warmup=0, tls=tls)
+                if res["bytes"] != size * clients * reps:
+                    raise RuntimeError(f"{server.name}: {kind} pull gave {res['bytes']} bytes")
+                r[f"{kind}{clients}_{size}"] = res["bytes"] / res["wall"] / MB
+                r[f"cpu_{kind}{clients}_{size}"] = m.cpu / (res["bytes"] / 1e9)
+                log(f"  {server.name}: {kind:5} pull x{clients} {size_label(size):>7}: "
+                    f"{r[f'{kind}{clients}_{size}']:8.1f} MB/s, server CPU {r[f'cpu_{kind}{clients}_{size}']:.2f} s/GB")
+    return r
+
+
+def report_tls_pulls(p: dict, iz: dict, di: dict) -> list[str]:
+    L = ["## TLS pulls (GET blob over HTTPS, aggregate)", "",
+         "izreg's client presents a device certificate (device CA on izreg's TLS listener); distribution has a "
+         "server certificate only (it cannot tie a client certificate to an account). Both: TLS 1.3, "
+         "AES-256-GCM, the client is Python's ssl module in forked processes, one keep-alive connection each. "
+         "The plain rows are the same GETs over plain HTTP in the same run.", "",
+         "| blob, clients | izreg TLS MB/s | distribution TLS MB/s | ratio | izreg plain MB/s | distribution plain MB/s "
+         "| plain ratio | izreg TLS / izreg plain | izreg TLS CPU s/GB | distribution TLS CPU s/GB |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in p["tls_sizes"]:
+        for clients in (1, 4):
+            k = f"{clients}_{size}"
+            L.append(f"| {size_label(size)}, {clients} (×{p['tls_reps'][size]} each) | {iz[f'tls{k}']:.0f} | "
+                     f"{di[f'tls{k}']:.0f} | {_ratio(iz[f'tls{k}'], di[f'tls{k}'])} | {iz[f'plain{k}']:.0f} | "
+                     f"{di[f'plain{k}']:.0f} | {_ratio(iz[f'plain{k}'], di[f'plain{k}'])} | "
+                     f"{_ratio(iz[f'tls{k}'], iz[f'plain{k}'])} | {iz[f'cpu_tls{k}']:.2f} | {di[f'cpu_tls{k}']:.2f} |")
+    return L + [""]
+
+
+# --------------------------------------------------------------------------------------
+# TLS handshakes
+# --------------------------------------------------------------------------------------
+
+
+def run_handshakes(server: Server, p: dict, log) -> dict:
+    path = f"/v2/{server.repo}/tags/list"
+    r = {}
+    for kind, resume in (("full", False), ("resumed", True)):
+        res = handshakes(server, path, p["handshake_clients"], p["handshakes"], resume)
+        r[f"hs_{kind}"] = res["rps"]
+        r[f"hs_{kind}_p99"] = res["p99"]
+        r[f"hs_{kind}_resumed"] = res["resumed"] / res["requests"]
+        log(f"  {server.name}: handshakes {kind:7}: {res['rps']:7.0f}/s, p99 {res['p99'] * 1e3:.1f} ms, "
+            f"{res['resumed']} of {res['requests']} resumed")
+    return r
+
+
+def report_handshakes(p: dict, iz: dict, di: dict) -> list[str]:
+    L = [f"## TLS handshakes ({p['handshakes']} connections from {p['handshake_clients']} processes: "
+         "connect, handshake, GET tags/list with `Connection: close`, close)", "",
+         "izreg: the client presents its device certificate (ECDSA P-256, from `izreg dev-certs`), which "
+         "izreg verifies against the device CA and checks (revocation, subject) on the request; distribution "
+         "asks for none. *Resumed*: every connection after a process's first offers that first session's ticket.",
+         "", "| handshake | izreg /s | distribution /s | ratio | izreg p99 ms | distribution p99 ms | "
+         "izreg resumed | distribution resumed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in ("full", "resumed"):
+        L.append(f"| {kind} | {iz[f'hs_{kind}']:.0f} | {di[f'hs_{kind}']:.0f} | {_ratio(iz[f'hs_{kind}'], di[f'hs_{kind}'])} | "
+                 f"{iz[f'hs_{kind}_p99'] * 1e3:.1f} | {di[f'hs_{kind}_p99'] * 1e3:.1f} | "
+                 f"{iz[f'hs_{kind}_resumed']:.0%} | {di[f'hs_{kind}_resumed']:.0%} |")
+    return L + [""]
+
+
+# --------------------------------------------------------------------------------------
+# 10,000 repositories: _catalog and tags/list
+# --------------------------------------------------------------------------------------
+
+
+def _repo_name(account: str, i: int) -> str:
+    return f"{account}/cat/r{i:05d}"
+
+
+def _template(server: Server, account: str, tags: int) -> None:
+    """The first repository over HTTP: an empty config, one small layer, one manifest under C{tags} tags."""
+    repo = _repo_name(account, 0)
+    saved, server.repo = server.repo, repo
+    try:
+        layer = b"izreg bench layer\n"
+        blobs = [(b"{}", OCI_EMPTY), (layer, "application/vnd.oci.image.layer.v1.tar")]
+        descriptors = []
+        for data, media in blobs:
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            push_small(server, data, digest)
+            descriptors.append({"mediaType": media, "digest": digest, "size": len(data)})
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptors[0],
+                               "layers": descriptors[1:]}, separators=(",", ":")).encode()
+        for t in range(tags):
+            put_manifest(server, f"t{t:02d}", manifest)
+    finally:
+        server.repo = saved
+
+
+def seed_izreg(data_dir: str, template: str, first: int, last: int, tags: int, account: str) -> None:
+    """
+    (In the venv, the server stopped.) Repositories C{first}..C{last - 1} as
+    copies of C{template}, through izreg's own index code (mount, put
+    manifest per tag) on an LMDB environment opened without fsync per
+    transaction (one sync at the end): seeding, not the measured path.
+    """
+    import lmdb
+
+    from izreg.core.digest import Digest
+    from izreg.storage import schema
+    from izreg.storage.lmdbenv import DEFAULT_MAP_SIZE, index_path
+    from izreg.storage.lmdbindex import Index
+
+    env = lmdb.open(index_path(data_dir), map_size=DEFAULT_MAP_SIZE, max_dbs=schema.MAX_DBS, subdir=True,
+                    sync=False, metasync=False)
+    index = Index(env)
+    digest = index.resolve_tag(template, "t00")
+    meta, data = index.get_manifest(template, digest)
+    doc = json.loads(data)
+    blobs = [(d["digest"], d["size"]) for d in [doc["config"], *doc["layers"]]]
+    now = time.time()
+    for i in range(first, last):
+        name = _repo_name(account, i)
+        for blob, _ in blobs:
+            if not index.mount_blob(name, Digest.parse(blob), [template], now):
+                raise RuntimeError(f"cannot mount {blob} into {name}")
+        for t in range(tags):
+            index.put_manifest(name, digest, meta, data, blobs, [], f"t{t:02d}", None, now)
+    env.sync(True)
+    env.close()
+
+
+def seed_distribution(data_dir: str, account: str, first: int, last: int) -> None:
+    """Repositories C{first}..C{last - 1} as hard-linked copies of the template's directory tree."""
+    base = os.path.join(data_dir, "docker", "registry", "v2", "repositories")
+    template = os.path.join(base, _repo_name(account, 0))
+    dirs, files = [], []
+    for root, _, names in os.walk(template):
+        rel = os.path.relpath(root, template)
+        dirs.append(rel)
+        files += [os.path.join(rel, n) for n in names]
+    for i in range(first, last):
+        target = os.path.join(base, _repo_name(account, i))
+        for d in dirs:
+            os.makedirs(os.path.join(target, d), exist_ok=True)
+        for f in files:
+            os.link(os.path.join(template, f), os.path.join(target, f))
+
+
+def _seed(server: Server, first: int, last: int, tags: int, log) -> None:
+    t0 = time.monotonic()
+    if isinstance(server, Izreg):
+        server.stop()
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        subprocess.run([server.python, "-m", "bench.modes", "seed-izreg", server.data, _repo_name(server.account, 0),
+                        str(first), str(last), str(tags), server.account], env=env, cwd=REPO_ROOT, check=True,
+                       timeout=3600)
+        server.start()
+    else:
+        seed_distribution(server.data, server.account, first, last)
+    log(f"  {server.name}: seeded repositories {first}..{last - 1} in {time.monotonic() - t0:.0f} s")
+
+
+def run_catalog(server: Server, p: dict, log) -> dict:
+    small, large, tags = p["catalog_repos"]
+    account = server.account
+    _template(server, account, tags)
+    r: dict = {}
+    done = 1
+    for repos in (small, large):
+        _seed(server, done, repos, tags, log)
+        done = repos
+        pages = {
+            "first": f"/v2/_catalog?n={p['page']}",
+            "middle": f"/v2/_catalog?n={p['page']}&last={_repo_name(account, repos // 2)}",
+            "tags": f"/v2/{_repo_name(account, repos // 2)}/tags/list",
+        }
+        for key, path in pages.items():
+            count = p["catalog_count"] if key != "tags" else p["catalog_count"] * 4
+            res = load(server, "GET", path, 4, count, warmup=2)
+            r[f"cat_{key}_{repos}"] = res
+            log(f"  {server.name}: {repos} repos, {key:6}: {res['rps']:8.1f} req/s, p50 {res['p50'] * 1e3:7.2f} ms, "
+                f"p99 {res['p99'] * 1e3:7.2f} ms")
+    return r
+
+
+def report_catalog(p: dict, iz: dict, di: dict) -> list[str]:
+    small, large, tags = p["catalog_repos"]
+    L = [f"## {large:,} repositories × {tags} tags: `_catalog` and tags/list", "",
+         f"Pages of n={p['page']}: the first page, a page starting in the middle (`last=`), and one repository's "
+         f"tags/list; 4 keep-alive clients ({p['catalog_count']} requests, tags/list ×4). Page cost = p50 latency. "
+         "Seeding (not timed): izreg's repositories are copies of a first one pushed over HTTP, written through "
+         "izreg's own index code with one fsync at the end; distribution's are hard-linked copies of the first "
+         "one's directory tree.", "",
+         "| page | repos | izreg req/s | distribution req/s | ratio | izreg p50 / p99 ms | distribution p50 / p99 ms |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+    for key in ("first", "middle", "tags"):
+        for repos in (small, large):
+            a, b = iz[f"cat_{key}_{repos}"], di[f"cat_{key}_{repos}"]
+            L.append(f"| {key} | {repos:,} | {a['rps']:.0f} | {b['rps']:.0f} | {_ratio(a['rps'], b['rps'])} | "
+                     f"{a['p50'] * 1e3:.2f} / {a['p99'] * 1e3:.2f} | {b['p50'] * 1e3:.2f} / {b['p99'] * 1e3:.2f} |")
+    L += ["", f"Page cost at {large:,} / at {small:,} repositories (p50; 1.00 = independent of the count):", "",
+          "| page | izreg | distribution |", "|---|---:|---:|"]
+    for key in ("first", "middle", "tags"):
+        L.append(f"| {key} | {_ratio(iz[f'cat_{key}_{large}']['p50'], iz[f'cat_{key}_{small}']['p50'])} | "
+                 f"{_ratio(di[f'cat_{key}_{large}']['p50'], di[f'cat_{key}_{small}']['p50'])} |")
+    return L + [""]
+
+
+# --------------------------------------------------------------------------------------
+# Idle keep-alive connections
+# --------------------------------------------------------------------------------------
+
+
+def _idle_connections(server: Server, n: int) -> list[RawClient]:
+    """C{n} keep-alive connections, each after one GET /v2/, left open and silent."""
+    raw = _raw_request("GET", server.host, server.port, "/v2/", server.headers)
+    out = []
+    for _ in range(n):
+        c = RawClient(server.host, server.port, bufsize=4096)
+        status, _ = c.request(raw, False)
+        if status != 200:
+            raise RuntimeError(f"idle connection: GET /v2/ answered {status}")
+        out.append(c)
+    return out
+
+
+def run_idle(server: Server, p: dict, log) -> dict:
+    path = f"/v2/{server.repo}/manifests/v0"
+    extra = {"Accept": OCI_MANIFEST}
+    clients, count = p["idle_clients"], p["idle_count"]
+    r = {"without": load(server, "GET", path, clients, count, 5, extra)}
+    idle = _idle_connections(server, p["idle_conns"])
+    try:
+        r["with"] = load(server, "GET", path, clients, count, 5, extra)
+        # every idle connection is still served afterwards
+        raw = _raw_request("GET", server.host, server.port, "/v2/", server.headers)
+        r["idle_ok"] = sum(c.request(raw, False)[0] == 200 for c in idle)
+    finally:
+        for c in idle:
+            c.close()
+    for key in ("without", "with"):
+        log(f"  {server.name}: manifest GET x{clients} {key:7} {p['idle_conns']} idle: {r[key]['rps']:7.0f} req/s, "
+            f"p99 {r[key]['p99'] * 1e3:.2f} ms")
+    log(f"  {server.name}: {r['idle_ok']} of {p['idle_conns']} idle connections answered afterwards")
+    return r
+
+
+def report_idle(p: dict, iz: dict, di: dict) -> list[str]:
+    n = p["idle_conns"]
+    L = [f"## {n:,} idle keep-alive connections while {p['idle_clients']} clients GET a manifest", "",
+         f"{p['idle_count']} manifest GETs by tag from {p['idle_clients']} keep-alive client processes, without and "
+         f"with {n:,} other connections open (each after one GET /v2/, then silent); afterwards each idle "
+         "connection sends one more request.", "",
+         "| | izreg req/s | izreg p50 / p99 ms | distribution req/s | distribution p50 / p99 ms |",
+         "|---|---:|---:|---:|---:|"]
+    for key in ("without", "with"):
+        a, b = iz[key], di[key]
+        L.append(f"| {key} idle connections | {a['rps']:.0f} | {a['p50'] * 1e3:.2f} / {a['p99'] * 1e3:.2f} | "
+                 f"{b['rps']:.0f} | {b['p50'] * 1e3:.2f} / {b['p99'] * 1e3:.2f} |")
+    L += ["", f"p99 with / without: izreg {_ratio(iz['with']['p99'], iz['without']['p99'])}, distribution "
+          f"{_ratio(di['with']['p99'], di['without']['p99'])}; idle connections still served afterwards: "
+          f"izreg {iz['idle_ok']:.0f} of {n}, distribution {di['idle_ok']:.0f} of {n}.", ""]
+    return L
+
+
+# --------------------------------------------------------------------------------------
+# Soak
+# --------------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """C{30m}, C{90s}, C{1h}, or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def _soak_worker(spec: dict, barrier, results) -> None:
+    """Mixed operations on one repository until the deadline: push, pull, tags, delete. Counts and errors."""
+    rng = random.Random(spec["seed"])
+    server = spec["server"]
+    repo = f"{server.account}/soak/c{spec['index']}"
+    ops = {"push": 0, "pull": 0, "tags": 0, "delete": 0}
+    errors, first_error = 0, None
+    pushed: list[tuple[str, str, str]] = []  # (tag, manifest digest, layer digest)
+    barrier.wait(60)
+    t_start = time.perf_counter()
+    conn = server.conn()
+    n = 0
+    while time.time() < spec["deadline"]:
+        op = rng.choice(("push", "push", "pull", "pull", "pull", "tags", "delete")) if pushed else "push"
+        try:
+            if op == "push":
+                n += 1
+                layer = os.urandom(rng.randint(1024, 64 * 1024))
+                layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+                put_blob(conn, server, layer, layer_digest, repo)
+                manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                       "config": spec["config"],
+                                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                                   "digest": layer_digest, "size": len(layer)}]}).encode()
+                tag = f"t{n}"
+                resp = _request(conn, "PUT", f"/v2/{repo}/manifests/{tag}",
+                                dict(server.headers, **{"Content-Type": OCI_MANIFEST}), [manifest], length=len(manifest))
+                _check(resp, (201,), "PUT manifest")
+                pushed.append((tag, "sha256:" + hashlib.sha256(manifest).hexdigest(), layer_digest))
+            elif op == "pull":
+                tag, _, layer_digest = rng.choice(pushed)
+                resp = _request(conn, "GET", f"/v2/{repo}/manifests/{tag}", dict(server.headers, Accept=OCI_MANIFEST))
+                _check(resp, (200,), "GET manifest")
+                resp = _request(conn, "GET", f"/v2/{repo}/blobs/{layer_digest}", server.headers)
+                if hashlib.sha256(_check(resp, (200,), "GET blob")).hexdigest() != layer_digest[7:]:
+                    raise RuntimeError("GET blob: wrong content")
+            elif op == "tags":
+                resp = _request(conn, "GET", f"/v2/{repo}/tags/list", server.headers)
+                _check(resp, (200,), "GET tags")
+            else:
+                tag, digest, _ = pushed.pop(rng.randrange(len(pushed)))
+                resp = _request(conn, "DELETE", f"/v2/{repo}/manifests/{digest}", server.headers)
+                _check(resp, (202,), "DELETE manifest")
+            ops[op] += 1
+        except Exception as e:
+            errors += 1
+            first_error = first_error or f"{op}: {type(e).__name__}: {e}"
+            conn.close()
+            conn = server.conn()
+    conn.close()
+    results.put({"start": t_start, "end": time.perf_counter(), "ops": ops, "errors": errors,
+                 "first_error": first_error})
+
+
+def run_soak(server: Server, seconds: float, clients: int, log, sample_every: float = 5.0) -> dict:
+    """C{clients} mixed clients for C{seconds}; RSS sampled every C{sample_every} s."""
+    config = b"{}"
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    repos = [f"{server.account}/soak/c{i}" for i in range(clients)]
+    saved = server.repo
+    try:
+        for repo in repos:  # every client's repository has the (empty) config blob
+            server.repo = repo
+            push_small(server, config, config_digest)
+    finally:
+        server.repo = saved
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while not stop.wait(sample_every):
+            try:
+                samples.append((time.monotonic() - t0, _status(server.pid, "VmRSS")))
+            except OSError:
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    deadline = time.time() + seconds
+    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline,
+              "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": len(config)}} for i in range(clients)]
+    try:
+        got = run_workers(_soak_worker, specs, timeout=seconds + 300)
+    finally:
+        stop.set()
+        sampler.join(10)
+    ops = {k: sum(r["ops"][k] for r in got) for k in got[0]["ops"]}
+    errors = sum(r["errors"] for r in got)
+    first = next((r["first_error"] for r in got if r["first_error"]), None)
+    window = min(300.0, seconds / 5)
+    head = [rss for t, rss in samples if t <= window]
+    tail = [rss for t, rss in samples if t >= seconds - window]
+    out = {"seconds": seconds, "clients": clients, "ops": ops, "errors": errors, "first_error": first,
+           "samples": samples, "window": window,
+           "rss_first": sum(head) / len(head) if head else None, "rss_last": sum(tail) / len(tail) if tail else None}
+    log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
+        f"RSS first {window:.0f} s {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
+        f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB")
+    return out
+
+
+def report_soak(soak: dict, command: str) -> list[str]:
+    s, w = soak["seconds"], soak["window"]
+    total = sum(soak["ops"].values())
+    L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:g} min (izreg)", "",
+         f"`{command}`: each client pushes (a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
+         "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
+         "(2:3:1:1), on its own repository, one keep-alive connection each.", "",
+         f"- {total} operations ({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), "
+         f"{total / s:.0f}/s; **{soak['errors']} errors**"
+         + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),
+         f"- server RSS, mean of the first {w:.0f} s: {soak['rss_first'] / MiB:.1f} MiB; of the last {w:.0f} s: "
+         f"{soak['rss_last'] / MiB:.1f} MiB; last / first = {soak['rss_last'] / soak['rss_first']:.3f}", "",
+         "| time | RSS MiB |", "|---:|---:|"]
+    step = max(1, len(soak["samples"]) // 30)
+    for t, rss in soak["samples"][::step]:
+        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} |")
+    return L + [""]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "seed-izreg":
+        data_dir, template, first, last, tags, account = sys.argv[2:8]
+        seed_izreg(data_dir, template, int(first), int(last), int(tags), account)

@@ -1,0 +1,39 @@
+"""
+A smoke run of bench/run.py (a few requests of every mode, both servers, a
+few seconds of soak): the benchmark still works. It times nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("docker-registry") and not os.environ.get("CI"),
+    reason="distribution (apt-get install -y docker-registry) is not installed",
+)
+
+
+def test_smoke_run_of_every_mode(tmp_path):
+    out = tmp_path / "benchmark.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--venv", sys.prefix,
+         "--soak", "4s", "--soak-clients", "4", "--note", "smoke run", "--out", str(out)],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    for heading in ("## Push (one client)", "## Pull (GET blob, aggregate)", "## TLS pulls", "## TLS handshakes",
+                    "repositories × 2 tags: `_catalog` and tags/list", "idle keep-alive connections",
+                    "## Soak: 4 mixed clients", "## Method"):
+        assert heading in text, heading
+    assert "**0 errors**" in text
+    assert "20 of 20 idle connections answered afterwards" in proc.stderr
+    # resumption: the second handshake of each client process resumed its session, on both servers
+    resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
+    assert resumed.rstrip(" |").endswith("75% | 75%"), resumed
