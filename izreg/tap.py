@@ -163,8 +163,17 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     from izreg.service.services import RegistryService
     from izreg.service.tls import tls_endpoint
 
-    api = RegistryAPI(chunk_min_length=config.chunk_min_length, ui=config.ui_enabled)
-    site = RegistrySite(api.resource(), api.body_for)
+    from izreg.http.clientaddr import TrustedProxies
+    from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders
+
+    api = RegistryAPI(chunk_min_length=config.chunk_min_length, ui=config.ui_enabled, budget=BodyBudget(config.body_memory))
+    proxies = TrustedProxies(config.trusted_proxies)
+    site = RegistrySite(
+        api.resource(), api.body_for, proxies=proxies,
+        connections=ConnectionLimits(config.max_connections, config.max_connections_per_address, proxies.trusted),
+        slow=SlowSenders(reactor, config.header_timeout, config.body_min_rate, config.body_grace),
+        timeout=config.idle_timeout or None, reactor=reactor,
+    )
     top = RegistryService(config, api, reactor, tls=tls, guard=guard)
     for description in config.listen:
         strports.service(description, RefuseTLSFactory(site)).setServiceParent(top)

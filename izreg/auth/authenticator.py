@@ -17,8 +17,13 @@ A request that sent ``Bearer`` (and the browse API, C{bearer=True}) is
 never answered ``Basic``: it gets ``Bearer realm="izreg"``, with
 ``error="invalid_token"`` when its credential failed (RFC 6750). A
 browser's ``fetch()`` answered ``Basic`` would wait for a login prompt.
-Past C{limit} failures a minute from one address, 429 C{TOOMANYREQUESTS}
-with ``Retry-After`` (L{izreg.auth.ratelimit}).
+Past C{limit} failures a minute from one address against one key id,
+that key id is refused from that address with 429 C{TOOMANYREQUESTS} and
+``Retry-After`` before its secret is even checked (L{izreg.auth.ratelimit});
+failures that name no known key (malformed credentials, unknown key ids,
+bad tokens) share one brake per address. So a valid key is never refused
+because other clients behind the same address (a proxy, a NAT, a CI
+runner) failed: only guessing of that very key from there slows it down.
 
 Every check reads the key record (one LMDB read, microseconds), so a
 revoked key, and every token made from it, fails on the next request.
@@ -54,10 +59,12 @@ Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
 class _Failed(Exception):
     """Internal: authentication failed; C{reason} is safe to log and to send."""
 
-    def __init__(self, reason: str, key_id: str | None = None) -> None:
+    def __init__(self, reason: str, key_id: str | None = None, known: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.key_id = key_id
+        #: the failure is against an existing key (its own brake), not a made-up one
+        self.known = known
 
 
 class Authenticator:
@@ -155,15 +162,14 @@ class Authenticator:
             # skopeo sends when it has none) is not a failed login: never counted
             raise self._unauthorized(None, scopes, realm, bearer)
         now = self.now()
-        self.limiter.check(client_address, now)
         try:
             scheme, credential = _split(authorization)
             if scheme == "basic":
-                return self._key_principal(_basic_key(credential), now)
+                return self._key_principal(_basic_key(credential), now, client_address)
             if scheme == "bearer":
                 if tokens.looks_like_token(credential):
                     return self._token_principal(credential, now)
-                return self._key_principal(credential, now)
+                return self._key_principal(credential, now, client_address)
             raise _Failed("unsupported authorization scheme; use Basic (username KEY) or Bearer")
         except _Failed as failed:
             self._failed(failed, client_address, now)
@@ -257,12 +263,11 @@ class Authenticator:
         if not authorization:
             raise RegistryError(ErrorCode.UNAUTHORIZED, None, "credentials required", headers={"WWW-Authenticate": basic})
         now = self.now()
-        self.limiter.check(client_address, now)
         try:
             scheme, credential = _split(authorization)
             if scheme != "basic":
                 raise _Failed("the token endpoint takes Basic credentials: username KEY, password an access key")
-            record = self._key_record(_basic_key(credential), now)
+            record = self._key_record(_basic_key(credential), now, client_address)
         except _Failed as failed:
             self._failed(failed, client_address, now)
             raise RegistryError(ErrorCode.UNAUTHORIZED, None, failed.reason, headers={"WWW-Authenticate": basic}) from None
@@ -284,8 +289,8 @@ class Authenticator:
 
     # Internals -------------------------------------------------------------------
 
-    def _key_principal(self, text: str, now: float) -> Principal:
-        record = self._key_record(text, now)
+    def _key_principal(self, text: str, now: float, address: str) -> Principal:
+        record = self._key_record(text, now, address)
         return Principal("key", record.account, record.key_id, record.read_only)
 
     def _token_principal(self, text: str, now: float) -> Principal:
@@ -297,24 +302,30 @@ class Authenticator:
             raise _Failed(f"invalid token: {e}") from None
         record = self._live_record(claims.key_id, now)
         if record.account != claims.account:
-            raise _Failed("invalid token", claims.key_id)
+            raise _Failed("invalid token", claims.key_id, known=True)
         # read_only is the key's current state: a token cannot outlive a downgrade
         return Principal("token", record.account, record.key_id, record.read_only or claims.read_only, scopes=claims.scopes)
 
-    def _key_record(self, text: str, now: float) -> KeyRecord:
+    def _key_record(self, text: str, now: float, address: str) -> KeyRecord:
         try:
             key = keys.parse(text)
         except keys.InvalidKey as e:
             raise _Failed(str(e)) from None
-        record = self._live_record(key.key_id, now, check=key)
+        record = self._live_record(key.key_id, now, check=key, address=address)
         return record
 
-    def _live_record(self, key_id: str, now: float, check: keys.AccessKey | None = None) -> KeyRecord:
+    def _live_record(self, key_id: str, now: float, check: keys.AccessKey | None = None,
+                     address: str | None = None) -> KeyRecord:
         record = self.store.get_key(key_id)
-        if record is None or (check is not None and not keys.verify(check, record.secret_hash)):
+        if record is None:
             raise _Failed("invalid access key", key_id)
+        if address is not None:
+            # the brake of this key id from this address, before its secret is checked
+            self.limiter.check((address, key_id), now)
+        if check is not None and not keys.verify(check, record.secret_hash):
+            raise _Failed("invalid access key", key_id, known=True)
         if not record.active:
-            raise _Failed("this access key has been revoked", key_id)
+            raise _Failed("this access key has been revoked", key_id, known=True)
         if record.last_used is None or now - record.last_used >= self.last_used_interval:
             self.store.touch_key(key_id, now)
         return record
@@ -325,7 +336,9 @@ class Authenticator:
         return self._signer
 
     def _failed(self, failed: _Failed, address: str, now: float) -> None:
-        self.limiter.record_failure(address, now)
+        bucket = (address, failed.key_id if failed.known else "*")
+        self.limiter.check(bucket, now)  # past the brake: 429, not one more 401
+        self.limiter.record_failure(bucket, now)
         self.log.info(
             "failed authentication from {address}: {reason} (key id {key_id})",
             address=address,

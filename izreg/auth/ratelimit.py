@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.auth.test_authenticator -*-
 """
-Slowing down guessing: failed authentications per client address (pure, in memory).
+Slowing down guessing: failed authentications per brake (pure, in memory).
 
-Past C{limit} failures within C{window} seconds, an address is refused
-(429 with ``Retry-After``) until its oldest counted failure leaves the
-window. Requests without credentials do not count: ``docker login`` starts
+A brake is any hashable key: the authenticator uses (client address, key
+id) for failures against an existing key and (client address, "*") for
+the rest, so a valid key is never refused for others' failures. Past
+C{limit} failures within C{window} seconds, a brake refuses (429 with
+``Retry-After``) until its oldest counted failure leaves the window. Requests without credentials do not count: ``docker login`` starts
 with an anonymous ``GET /v2/`` by design. Time is always an argument.
 
 The state is per process and lost on restart; that is fine for a brake on
@@ -38,10 +40,12 @@ class FailureLimiter:
         """@raise RegistryError: C{TOOMANYREQUESTS} with C{Retry-After} if C{address} is blocked."""
         wait = self.retry_after(address, now)
         if wait is not None:
+            keyed = isinstance(address, tuple) and address[1] != "*"
             raise RegistryError(
                 ErrorCode.TOOMANYREQUESTS,
                 {"retry_after": wait},
-                "too many failed authentications from this address; retry later",
+                "too many failed authentications with this key from this address; retry later" if keyed
+                else "too many failed authentications from this address; retry later",
                 headers={"Retry-After": str(wait)},
             )
 

@@ -2,17 +2,20 @@
 """
 The registry API: Klein routes, each a few lines over L{Registry}.
 
-Paths under ``/v2/`` are split by L{izreg.core.routes.match} (names may
-contain ``/manifests/``-like components, so werkzeug's converters are not
-enough) and dispatched by (endpoint, method). Every handler authorizes the
-caller for the repository's account through the injected guard first.
+Every route is declared in the route table (L{izreg.http.routing}) with
+what it does (pull, push, delete, catalog, token, public): the caller is
+authorized from the table when the headers arrive (L{RegistryAPI.body_for})
+and again before the handler runs; handlers never check access themselves.
+Paths under ``/v2/<name>/`` are split by L{izreg.core.routes.match} (names
+may contain ``/manifests/``-like components, so werkzeug's converters are
+not enough) and looked up by (endpoint, method) in C{table.repository_routes}.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote
 
 from klein import Klein
 from twisted.logger import Logger
@@ -25,11 +28,13 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import referrers_index
 from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
-from izreg.http.bodies import BoundedBuffer, Rejected
+from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http import health
 from izreg.http.guard import OpenGuard, _client_address
+from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
+from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
 from izreg.inuse import FORCE_HEADER
 from izreg.registry import Registry
@@ -39,6 +44,8 @@ PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 #: tags/catalog page size when the client gives no ``n``, and the largest page served
 MAX_PAGE = 10000
+#: the largest form body (the token endpoint's POST) kept in memory
+SMALL_BODY = 64 * 1024
 #: the largest page of the browse API's manifest listing (each entry parses a manifest)
 BROWSE_PAGE = 1000
 
@@ -58,43 +65,55 @@ def _set(request, **headers) -> None:
         request.setHeader(name.replace("_", "-").encode(), str(value).encode())
 
 
+def _principal(request):
+    """Who the route's authorization found the caller to be (C{None}: open route or no auth)."""
+    return getattr(request, "principal", None)
+
+
 class RegistryAPI:
     app = Klein()
+    table = RouteTable(app)
+    route = table.route
     log = Logger()
 
+    #: every /v2/<name>/... route: (izreg.core.routes endpoint, method) -> what it does
+    table.repository_routes.update({
+        (routes.MANIFEST, "GET"): Endpoint(Access.PULL, "get_manifest"),
+        (routes.MANIFEST, "HEAD"): Endpoint(Access.PULL, "get_manifest"),
+        (routes.MANIFEST, "PUT"): Endpoint(Access.PUSH, "put_manifest", Body.MANIFEST),
+        (routes.MANIFEST, "DELETE"): Endpoint(Access.DELETE, "delete_manifest"),
+        (routes.BLOB, "GET"): Endpoint(Access.PULL, "get_blob"),
+        (routes.BLOB, "HEAD"): Endpoint(Access.PULL, "get_blob"),
+        (routes.BLOB, "DELETE"): Endpoint(Access.DELETE, "delete_blob"),
+        (routes.UPLOADS, "POST"): Endpoint(Access.PUSH, "post_upload", Body.UPLOAD),
+        (routes.UPLOAD, "GET"): Endpoint(Access.PUSH, "upload_status"),
+        (routes.UPLOAD, "PATCH"): Endpoint(Access.PUSH, "patch_upload", Body.UPLOAD),
+        (routes.UPLOAD, "PUT"): Endpoint(Access.PUSH, "put_upload", Body.UPLOAD),
+        (routes.UPLOAD, "DELETE"): Endpoint(Access.PUSH, "cancel_upload"),
+        (routes.TAGS, "GET"): Endpoint(Access.PULL, "list_tags"),
+        (routes.TAGS, "HEAD"): Endpoint(Access.PULL, "list_tags"),
+        (routes.REFERRERS, "GET"): Endpoint(Access.PULL, "list_referrers"),
+        (routes.REFERRERS, "HEAD"): Endpoint(Access.PULL, "list_referrers"),
+        (routes.BROWSE, "GET"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
+    })
+
     def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None, ui: bool = True, browser=None) -> None:
+                 authenticator=None, pulls=None, now=None, budget: BodyBudget | None = None,
+                 ui: bool = True, browser=None) -> None:
         self.registry = registry  # set by the service once storage is open
         self.guard = guard or OpenGuard()
         self.chunk_min_length = chunk_min_length
         self.authenticator = authenticator  # for the token endpoint, when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.now = now
+        self.budget = budget  # request bodies kept in memory, across connections
         self.readiness = None  # izreg.http.health.Readiness, set by the service
         self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
         self.browser = browser  # izreg.browse.Browser, set by the service
-        self._dispatch = {
-            (routes.MANIFEST, "GET"): self.get_manifest,
-            (routes.MANIFEST, "HEAD"): self.get_manifest,
-            (routes.MANIFEST, "PUT"): self.put_manifest,
-            (routes.MANIFEST, "DELETE"): self.delete_manifest,
-            (routes.BLOB, "GET"): self.get_blob,
-            (routes.BLOB, "HEAD"): self.get_blob,
-            (routes.BLOB, "DELETE"): self.delete_blob,
-            (routes.UPLOADS, "POST"): self.post_upload,
-            (routes.UPLOAD, "GET"): self.upload_status,
-            (routes.UPLOAD, "PATCH"): self.patch_upload,
-            (routes.UPLOAD, "PUT"): self.put_upload,
-            (routes.UPLOAD, "DELETE"): self.cancel_upload,
-            (routes.TAGS, "GET"): self.list_tags,
-            (routes.TAGS, "HEAD"): self.list_tags,
-            (routes.REFERRERS, "GET"): self.list_referrers,
-            (routes.REFERRERS, "HEAD"): self.list_referrers,
-            (routes.BROWSE, "GET"): self.browse_manifests,
-        }
 
     def resource(self):
+        self.table.check_complete()
         return self.app.resource()
 
     # -- plumbing ---------------------------------------------------------------
@@ -103,50 +122,60 @@ class RegistryAPI:
     def _error(self, request, failure):
         return render_error(request, as_registry_error(failure))
 
+    def authorize(self, request, target: Target):
+        """The one authorization, from the route table (at headers time and before the handler)."""
+        if target.endpoint.bearer:
+            with _browse_challenge():
+                principal = self.guard.authorize(request, target.endpoint.access, target.repository)
+        else:
+            principal = self.guard.authorize(request, target.endpoint.access, target.repository)
+        request.principal = principal
+        return principal
+
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
-        """Choose where a request body goes (see L{izreg.http.bodies})."""
-        path, _, query = uri.partition(b"?")
-        refusal = self._push_refusal(method, path)
-        if refusal is not None:
-            return Rejected(refusal)
-        if not path.startswith(b"/v2/") or method not in (b"POST", b"PATCH", b"PUT") or length == 0:
-            return BoundedBuffer(self.registry.limits.max_manifest_size if self.registry else 0)
-        try:
-            route = routes.match(unquote(path[4:].decode("utf-8")))
-        except (RegistryError, UnicodeDecodeError):
-            return BoundedBuffer(self.registry.limits.max_manifest_size)
-        if route.endpoint == routes.MANIFEST:
-            return BoundedBuffer(self.registry.limits.max_manifest_size)
-        args = parse_qs(query.decode("utf-8", "replace"))
-        try:
-            if route.endpoint == routes.UPLOADS and method == b"POST":
-                return self._monolithic_sink(request, route.repository, args)
-            if route.endpoint == routes.UPLOAD and method in (b"PATCH", b"PUT"):
-                return self._chunk_sink(request, route.repository, route.argument, length)
-        except RegistryError as e:
-            return Rejected(e)
-        return Rejected(None)
+        """
+        Where a request body goes (see L{izreg.http.bodies}), decided when the
+        headers are in: the route is resolved and the caller authorized first,
+        so a request that will be refused raises its error now and its body is
+        never kept.
+        """
+        if length == 0:
+            return BoundedBuffer(0)
+        target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
+        self.authorize(request, target)
+        self._check_push(target)
+        kind = target.endpoint.body
+        if kind is Body.NONE:
+            return Dropped()
+        if kind is Body.UPLOAD:
+            return self._upload_sink(request, target, method, uri, length)
+        limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
+        if length is not None and length > limit:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
+        buffer = BoundedBuffer(limit, self.budget, request.refuse)
+        if length is not None and not buffer.reserve(length):
+            raise out_of_budget(self.budget)
+        return buffer
 
-    def _push_refusal(self, method: bytes, path: bytes) -> RegistryError | None:
+    def _upload_sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
+        repository = target.repository
+        if target.route.endpoint == routes.UPLOADS:
+            args = parse_qs(uri.partition(b"?")[2].decode("utf-8", "replace"))
+            if "digest" not in args or "mount" in args:
+                return Dropped()
+            return self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0]))
+        return self._chunk_sink(request, repository, target.route.argument, length)
+
+    def _check_push(self, target: Target) -> None:
         """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
-        if self.readiness is None or method not in (b"POST", b"PATCH", b"PUT") or not path.startswith(b"/v2/"):
-            return None
-        try:
-            route = routes.match(unquote(path[4:].decode("utf-8")))
-        except (RegistryError, UnicodeDecodeError):
-            return None
-        if route.endpoint not in (routes.MANIFEST, routes.UPLOADS, routes.UPLOAD):
-            return None
-        return self.readiness.push_refusal()
-
-    def _monolithic_sink(self, request, repository: Repository, args: dict[str, list[str]]):
-        self.guard.check(request, repository, PUSH)
-        if "digest" not in args or "mount" in args:
-            return Rejected(None)
-        return self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0]))
+        if self.readiness is None or target.route is None or target.endpoint.access is not Access.PUSH:
+            return
+        if target.route.endpoint in (routes.MANIFEST, routes.UPLOADS, routes.UPLOAD):
+            refusal = self.readiness.push_refusal()
+            if refusal is not None:
+                raise refusal
 
     def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
-        self.guard.check(request, repository, PUSH)
         session = self.registry.upload(repository, upload_id)
         location = self._upload_location(repository, upload_id)
         if session.busy:
@@ -166,39 +195,35 @@ class RegistryAPI:
             return ChunkWriter(session, expected=end - start + 1)
         return ChunkWriter(session)
 
-    def _repository(self, request, route: routes.Route, action: str) -> Repository:
-        self.guard.check(request, route.repository, action)
-        return route.repository
-
     # -- routes ---------------------------------------------------------------------
 
-    @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
+    @route("/v2/", methods=["GET", "HEAD"], access=Access.PULL, strict_slashes=False)
     def base(self, request):
-        self.guard.check(request, None, PULL)
         return self._json(request, {})
 
-    @app.route("/healthz", methods=["GET", "HEAD"])
+    @route("/healthz", methods=["GET", "HEAD"], access=Access.PUBLIC)
     def healthz(self, request):
         return health.alive(request)
 
-    @app.route("/readyz", methods=["GET", "HEAD"])
+    @route("/readyz", methods=["GET", "HEAD"], access=Access.PUBLIC)
     async def readyz(self, request):
         return await health.ready(request, self.readiness)
 
-    @app.route("/v2/_catalog", methods=["GET"])
+    @route("/v2/_catalog", methods=["GET"], access=Access.CATALOG)
     def catalog(self, request):
-        account = self.guard.catalog_account(request)
+        principal = _principal(request)
+        account = principal.account if principal is not None else None
         limit, last = self._page(request)
         names, more = self.registry.catalog(account, limit, last)
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
 
-    @app.route("/v2/_izreg/repositories", methods=["GET"])
+    @route("/v2/_izreg/repositories", methods=["GET"], access=Access.CATALOG, bearer=True)
     def browse_repositories(self, request):
         """The caller's account's repositories with their counters (docs/api.rst)."""
-        with _browse_challenge():
-            account = self.guard.catalog_account(request)
+        principal = _principal(request)
+        account = principal.account if principal is not None else None
         wanted = _arg(request, "account")
         if wanted is not None and account is not None and wanted != account:
             raise RegistryError(ErrorCode.DENIED, {"account": wanted[:64]}, "a key may only list its own account")
@@ -211,7 +236,7 @@ class RegistryAPI:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
 
-    @app.route("/v2/token", methods=["GET", "POST"])
+    @route("/v2/token", methods=["GET", "POST"], access=Access.TOKEN, body=Body.SMALL)
     def token(self, request):
         """The Docker token endpoint (``[auth] token_service = true``)."""
         if self.authenticator is None:
@@ -224,9 +249,9 @@ class RegistryAPI:
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
         return self._json(request, answer)
 
-    @app.route("/ui", methods=["GET", "HEAD"])
-    @app.route("/ui/", methods=["GET", "HEAD"])
-    @app.route("/ui/<name>", methods=["GET", "HEAD"])
+    @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)
+    @route("/ui/<name>", methods=["GET", "HEAD"], access=Access.PUBLIC)
     def ui_page(self, request, name=""):
         """The browse page (L{izreg.http.ui.pages}); C{/ui} redirects to C{/ui/}."""
         if self.ui is None:
@@ -236,22 +261,18 @@ class RegistryAPI:
             return b""
         return self.ui.render(request, name)
 
-    @app.route("/v2/<path:rest>", methods=ALL_METHODS)
+    @route("/v2/<path:rest>", methods=ALL_METHODS, access=None, endpoint=REPOSITORY)
     async def dispatch(self, request, rest):
-        if rest == "_catalog":
-            raise RegistryError(ErrorCode.METHOD_UNKNOWN, headers={"Allow": "GET"})
-        route = routes.match(rest)
         method = request.method.decode("ascii", "replace").upper()
-        handler = self._dispatch.get((route.endpoint, method))
-        if handler is None:
-            allowed = ", ".join(m for (e, m) in self._dispatch if e == route.endpoint)
-            raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method}, headers={"Allow": allowed})
-        return await handler(request, route)
+        target = self.table.resolve_repository(method, rest)
+        self.authorize(request, target)
+        self._check_push(target)
+        return await getattr(self, target.endpoint.handler)(request, target.route)
 
     # -- manifests ---------------------------------------------------------------------
 
     async def get_manifest(self, request, route):
-        principal = self.guard.check(request, route.repository, PULL)
+        principal = _principal(request)
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
         found = self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
@@ -262,7 +283,7 @@ class RegistryAPI:
         return b"" if request.method == b"HEAD" else found.data
 
     async def put_manifest(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         reference = parse_reference(route.argument)
         body = self._body(request)
         if body.overflow:
@@ -275,7 +296,7 @@ class RegistryAPI:
         return b""
 
     async def delete_manifest(self, request, route):
-        principal = self.guard.check(request, route.repository, DELETE)
+        principal = _principal(request)
         repo = route.repository
         force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
         await self.registry.delete_manifest(repo, parse_reference(route.argument), _who(request, principal), force)
@@ -285,7 +306,7 @@ class RegistryAPI:
     # -- blobs -------------------------------------------------------------------------------
 
     async def get_blob(self, request, route):
-        repo = self._repository(request, route, PULL)
+        repo = route.repository
         blob = self.registry.get_blob(repo, Digest.parse(route.argument))
         try:
             wanted = parse_range(_header(request, "Range"), blob.size)
@@ -308,7 +329,7 @@ class RegistryAPI:
         return FileBody(blob.file, start, length)
 
     async def delete_blob(self, request, route):
-        principal = self.guard.check(request, route.repository, DELETE)
+        principal = _principal(request)
         repo = route.repository
         await self.registry.delete_blob(repo, Digest.parse(route.argument), _who(request, principal))
         request.setResponseCode(202)
@@ -331,7 +352,7 @@ class RegistryAPI:
         return b""
 
     async def post_upload(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         body = self._body(request)
         mount = _arg(request, "mount")
         if mount is not None:
@@ -354,12 +375,12 @@ class RegistryAPI:
         return self._upload_accepted(request, repo, session)
 
     async def upload_status(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         session = self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session, 204)
 
     async def patch_upload(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         body = self._body(request)
         if isinstance(body, ChunkWriter):
             await shield(self.registry.chunk_done(body))
@@ -369,7 +390,7 @@ class RegistryAPI:
         return self._upload_accepted(request, repo, session)
 
     async def put_upload(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         body = self._body(request)
         digest_text = _arg(request, "digest")
         if digest_text is None:
@@ -381,7 +402,7 @@ class RegistryAPI:
         return self._blob_created(request, repo, digest)
 
     async def cancel_upload(self, request, route):
-        repo = self._repository(request, route, PUSH)
+        repo = route.repository
         await self.registry.cancel_upload(repo, route.argument)
         request.setResponseCode(204)
         return b""
@@ -389,7 +410,7 @@ class RegistryAPI:
     # -- listings --------------------------------------------------------------------------
 
     async def list_tags(self, request, route):
-        repo = self._repository(request, route, PULL)
+        repo = route.repository
         limit, last = self._page(request)
         tags, more = self.registry.tags(repo, limit, last)
         if more and tags:
@@ -397,7 +418,7 @@ class RegistryAPI:
         return self._json(request, {"name": repo.name, "tags": tags})
 
     async def list_referrers(self, request, route):
-        repo = self._repository(request, route, PULL)
+        repo = route.repository
         artifact_type = _arg(request, "artifactType")
         found = self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
         if artifact_type is not None:
@@ -406,8 +427,7 @@ class RegistryAPI:
 
     async def browse_manifests(self, request, route):
         """The repository's manifests with tags, sizes, platforms and device pulls (docs/api.rst)."""
-        with _browse_challenge():
-            repo = self._repository(request, route, PULL)
+        repo = route.repository
         limit, last = self._page(request)
         found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
         if not found and last is None and not self.registry.index.repo_exists(repo.name):
@@ -420,8 +440,6 @@ class RegistryAPI:
 
     def _body(self, request):
         body = request.content
-        if isinstance(body, Rejected) and body.error is not None:
-            raise body.error
         if isinstance(body, ChunkWriter) and body.expected is not None and body.written != body.expected:
             body.abort()
             raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})

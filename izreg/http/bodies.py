@@ -1,54 +1,122 @@
-# -*- test-case-name: tests.http.test_uploads -*-
+# -*- test-case-name: tests.http.test_bodies -*-
 """
-Request bodies that go where they belong as they arrive.
+Request bodies that go where they belong as they arrive, and requests that
+are refused before their body is read.
 
 twisted.web buffers a whole request body (in memory, or an anonymous temp
-file) before any resource runs. For blob uploads that would mean a second
-copy of every layer, so L{RegistryRequest} asks the site, as soon as the
-headers are in, for the object the body should be written into:
+file) before any resource runs. L{RegistryRequest} instead asks the site, as
+soon as the headers are in, for the object the body should be written into
+(C{body_for}, see L{izreg.http.app.RegistryAPI.body_for}): there the route
+is resolved and the caller authorized (L{izreg.http.routing}). Then:
 
-- an upload's L{ChunkWriter} (hashing while it appends to the session file),
-- a L{BoundedBuffer} for everything else (manifests and small bodies), which
-  stops keeping bytes past its limit so memory stays bounded, or
-- a L{Rejected} sink that drops the body and remembers why (unknown upload,
-  out-of-order chunk, no permission): the handler then answers that error.
+- a refused request (no route, no credentials, no permission, too large,
+  out of memory budget) is answered at once with its OCI error and
+  ``Connection: close``; the rest of its body is read and dropped, never
+  kept, until the client closes or L{LINGER} seconds pass;
+- an upload's body goes into its L{ChunkWriter} (hashing while it appends);
+- a manifest or form goes into a L{BoundedBuffer}, within its size limit and
+  the process-wide L{BodyBudget};
+- a body nobody reads (a GET with a body) into a L{Dropped} sink.
+
+L{RegistryChannel} also closes connections that send their headers or body
+too slowly (L{SlowSenders}), answers over-long request and header lines
+with 414 and 431, and L{RegistrySite} caps connections (L{izreg.http.limits}).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
+from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
-from twisted.web import server
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web import http, server
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import render_error
+from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
+
+#: seconds a refused request's connection keeps reading (and dropping) its
+#: body, so the client reads the answer instead of a reset
+LINGER = 2.0
+#: longest request line and header line (twisted's own limit): past it, 414 / 431
+MAX_LINE = 16384
+
+log = Logger()
 
 
 class BoundedBuffer(io.BytesIO):
-    """A BytesIO that drops everything past C{limit} bytes and says so."""
+    """
+    A body kept in memory: at most C{limit} bytes, reserved from the global
+    C{budget} (all of C{length} at once when it is known, else as bytes come).
+    Past either, C{refuse} is called with the error and nothing more is kept.
+    """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, budget: BodyBudget | None = None, refuse=None) -> None:
         super().__init__()
         self.limit = limit
+        self.budget = budget
+        self.refuse = refuse
         self.overflow = False
         self.received = 0
+        self.reserved = 0
+
+    def reserve(self, length: int) -> bool:
+        """Take C{length} bytes of the budget; C{False} if there is not that much left."""
+        if self.budget is None:
+            return True
+        if not self.budget.reserve(length):
+            return False
+        self.reserved += length
+        return True
 
     def write(self, data) -> int:
         self.received += len(data)
-        if self.overflow or self.received > self.limit:
-            self.overflow = True
+        if self.overflow:
             return len(data)
+        if self.received > self.limit:
+            self._stop(RegistryError(ErrorCode.TOO_LARGE, {"limit": self.limit}, "request body too large"))
+            return len(data)
+        if self.received > self.reserved and self.budget is not None:
+            if not self.reserve(max(self.received - self.reserved, 64 * 1024)):
+                self._stop(out_of_budget(self.budget))
+                return len(data)
         return super().write(data)
 
+    def _stop(self, error: RegistryError) -> None:
+        self.overflow = True
+        self.truncate(0)
+        self._release()
+        if self.refuse is not None:
+            self.refuse(error)
 
-class Rejected:
-    """A body nobody will read: counted and dropped. C{error} says why."""
+    def _release(self) -> None:
+        if self.budget is not None and self.reserved:
+            self.budget.release(self.reserved)
+        self.reserved = 0
 
-    def __init__(self, error: RegistryError | None) -> None:
-        self.error = error
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+
+def out_of_budget(budget: BodyBudget) -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        {"limit": budget.limit},
+        "the registry is holding as many request bodies in memory as it may (limits.body_memory); retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+class Dropped:
+    """A body nobody will read: counted and dropped."""
+
+    def __init__(self) -> None:
         self.received = 0
 
     def write(self, data) -> None:
@@ -63,8 +131,33 @@ class Rejected:
     def read(self, size: int = -1) -> bytes:
         return b""
 
+    def getvalue(self) -> bytes:
+        return b""
+
     def close(self) -> None:
         pass
+
+
+def error_response(error: RegistryError, head: bool = False) -> bytes:
+    """A whole HTTP/1.1 response carrying C{error}, ending the connection."""
+    body = json.dumps({"errors": [error.to_json()]}).encode()
+    status = error.code.status
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "Docker-Distribution-API-Version: registry/2.0",
+    ]
+    for name, value in error.headers.items():
+        if "\r" not in value and "\n" not in value:
+            lines.append(f"{name}: {value}")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+    return data if head else data + body
 
 
 class RegistryRequest(server.Request):
@@ -102,7 +195,32 @@ class RegistryRequest(server.Request):
         # The channel holds the request line until the body is complete; this is
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
-        self.content = body_for(self, self.channel._command, self.channel._path, length)
+        try:
+            self.content = body_for(self, self.channel._command, self.channel._path, length)
+        except RegistryError as e:
+            self.content = Dropped()
+            self.refuse(e)
+
+    def refuse(self, error: RegistryError) -> None:
+        """Answer C{error} now, before (or in the middle of) the body, and drop the rest of it."""
+        channel = self.channel
+        if channel is not None and hasattr(channel, "refuse") and not channel._refused:
+            channel.refuse(error_response(error, head=channel._command == b"HEAD"), error)
+            access_log = getattr(channel.site, "access_log", None)
+            if access_log is not None and not getattr(self, "_logged_gone", False):
+                self._logged_gone = True  # logged with its status, not again as "client gone"
+                access_log(self, error.code.status)
+
+    def getRequestHostname(self) -> bytes:
+        # Klein binds its URL map to this name, and werkzeug raises (a 500) on a
+        # name IDNA cannot encode (a 64-character label, "a..b"); such a Host is
+        # only a client's mistake, the local address stands in for it.
+        name = super().getRequestHostname()
+        try:
+            name.decode("utf-8").encode("idna")
+        except UnicodeError:
+            return getattr(self.getHost(), "host", "localhost").encode("ascii", "replace")
+        return name
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
@@ -113,23 +231,177 @@ class RegistryRequest(server.Request):
         except UnicodeDecodeError:
             # Klein would answer this itself, in HTML; keep every answer an OCI error
             error = RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8")
-            body = render_error(self, error)
-            self.write(body)
+            self.write(render_error(self, error))
             self.finish()
             return
         return super().process()
 
 
+class RegistryChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel that can refuse a request before its body
+    (L{refuse}), closes slow senders, and answers over-long lines.
+    """
+
+    MAX_LENGTH = MAX_LINE
+    _refused = False
+    _linger = None
+    _lines = 0
+    address = None  # the client address counted by the site's ConnectionLimits
+
+    def refuse(self, response: bytes, error: RegistryError | None = None) -> None:
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self.setTimeout(None)
+        watch = getattr(self.site, "slow", None)
+        if watch is not None:
+            watch.done(self)
+        self.transport.write(response)
+        self._linger = self.callLater(LINGER, self._close_refused)
+
+    def _close_refused(self) -> None:
+        self._linger = None
+        if self.transport is not None and self._abortingCall is None:
+            self.transport.loseConnection()
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # the answer is sent; the rest of the body is dropped
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._lines == 0 and line:
+            watch = getattr(self.site, "slow", None)
+            if watch is not None:
+                watch.headers_started(self)
+        self._lines += 1
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._answer_and_close(431, "the request headers are larger than 16 KiB in all")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._lines == 0:
+            self._answer_and_close(414, "the request line is longer than 16 KiB")
+        else:
+            self._answer_and_close(431, "a request header line is longer than 16 KiB")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._answer_and_close(400, "malformed HTTP request")
+
+    def _answer_and_close(self, status: int, message: str) -> None:
+        code = ErrorCode.UNSUPPORTED if status == 400 else ErrorCode.TOO_LARGE
+        error = RegistryError(code, None, message)
+        body = json.dumps({"errors": [error.to_json()]}).encode()
+        self.refuse(
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
+
+    def allHeadersReceived(self) -> None:
+        self._lines = 0
+        length = self.length
+        super().allHeadersReceived()
+        watch = getattr(self.site, "slow", None)
+        if watch is not None and not self._refused:
+            if length != 0:
+                watch.body_started(self)
+            else:
+                watch.done(self)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest:
+            watch = getattr(self.site, "slow", None)
+            if watch is not None:
+                watch.received(self, len(data))
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        watch = getattr(self.site, "slow", None)
+        if watch is not None:
+            watch.done(self)
+        super().allContentReceived()
+
+    def too_slow(self, reason: str) -> None:
+        """Called by L{SlowSenders}: answer 408 and close."""
+        error = RegistryError(ErrorCode.UNAVAILABLE, None, reason)
+        body = json.dumps({"errors": [error.to_json()]}).encode()
+        self.refuse(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._close_refused()  # no lingering for a client this slow
+
+    def connectionLost(self, reason) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        watch = getattr(self.site, "slow", None)
+        if watch is not None:
+            watch.done(self)
+        limits = getattr(self.site, "connections", None)
+        if limits is not None and self.address is not None:
+            limits.release(self.address)
+            self.address = None
+        super().connectionLost(reason)
+
+
+class _RefuseConnection(Protocol):
+    """Answers one fixed response at connection and closes: a connection over the caps."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.response)
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
 class RegistrySite(server.Site):
-    """A Site that routes request bodies through C{body_for(request, method, uri, length)}."""
+    """
+    A Site that routes request bodies through C{body_for(request, method, uri, length)},
+    caps connections (C{connections}) and closes slow senders (C{slow}).
+    """
 
     requestFactory = RegistryRequest
     #: C{access_log(request, status=None)}, called once per request (L{izreg.http.accesslog.AccessLog})
     access_log = None
 
-    def __init__(self, resource, body_for, **kwargs) -> None:
+    def __init__(self, resource, body_for, connections: ConnectionLimits | None = None,
+                 slow: SlowSenders | None = None, proxies=None, **kwargs) -> None:
         super().__init__(resource, **kwargs)
         self.body_for = body_for
+        self.proxies = proxies  # izreg.http.clientaddr.TrustedProxies
+        self.connections = connections
+        self.slow = slow
+        self._refusals = ThrottledLog(log)
+
+    def protocol(self):
+        return http._GenericHTTPChannelProtocol(RegistryChannel())
+
+    def buildProtocol(self, addr):
+        address = getattr(addr, "host", None) or "local"
+        if self.connections is not None:
+            refusal = self.connections.admit(address)
+            if refusal is not None:
+                error, line = refusal
+                self._refusals.warn(line)
+                return _RefuseConnection(error_response(error))
+        p = super().buildProtocol(addr)
+        if self.connections is not None:
+            p._channel.address = address
+        return p
 
     def log(self, request) -> None:
         if self.access_log is None:

@@ -29,14 +29,15 @@ from izreg.auth.devices import DeviceRejected, DeviceVerifier
 from izreg.auth.policy import Action, Principal
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
+from izreg.http.clientaddr import client_address
+from izreg.http.routing import Access
 from izreg.service.tls import peer_certificate
 
 _CACHE = "_izreg_principal"
 
 
 def _client_address(request) -> str:
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None) or "unknown"
+    return client_address(request)
 
 
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
@@ -104,6 +105,18 @@ class AccessGuard:
             self.authenticator.authorize(principal, repository, action, self._realm(request))
         return principal
 
+    def authorize(self, request, access: Access, repository: Repository | None) -> Principal | None:
+        """
+        The one authorization of a route, from its declared access
+        (L{izreg.http.routing}); the principal, or C{None} for a route open to anyone.
+        """
+        if access in (Access.PUBLIC, Access.TOKEN):
+            return None
+        if access is Access.CATALOG:
+            self.catalog_account(request)
+            return self.principal(request, (policy.CATALOG_SCOPE,))
+        return self.check(request, repository, Action(access.value))
+
     def catalog_account(self, request) -> str:
         principal = self.principal(request, (policy.CATALOG_SCOPE,))
         if principal.kind == "device":
@@ -130,6 +143,9 @@ class OpenGuard:
     """No authentication at all: only for tests of the registry's own behaviour."""
 
     def check(self, request, repository: Repository | None, action: Action) -> Principal | None:
+        return None
+
+    def authorize(self, request, access: Access, repository: Repository | None) -> Principal | None:
         return None
 
     def catalog_account(self, request) -> str | None:

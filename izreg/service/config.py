@@ -8,6 +8,7 @@ documents each one. Unknown keys and wrong types are errors (one clear line).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,15 @@ class Config:
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
+    # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
+    body_memory: int = 64 * 1024 * 1024
+    max_connections: int = 1000
+    max_connections_per_address: int = 200
+    idle_timeout: int = 60
+    header_timeout: int = 30
+    body_min_rate: int = 1024
+    body_grace: int = 30
+    trusted_proxies: tuple[str, ...] = ()
     # operations (#14): health, metrics, logs, webhooks
     min_free_disk: str = "0"
     metrics_listen: tuple[str, ...] = ()
@@ -64,6 +74,11 @@ class Config:
             raise ConfigError("--device-ca and --device-crl need a TLS listener (--tls-listen)")
         if self.device_crl and not self.device_ca:
             raise ConfigError("--device-crl needs --device-ca")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies: {network!r} is not an IP address or network") from None
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
         _check_operations(self)
@@ -92,6 +107,14 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
+    ("limits", "body_memory"): ("body_memory", int),
+    ("connections", "max_connections"): ("max_connections", int),
+    ("connections", "max_per_address"): ("max_connections_per_address", int),
+    ("connections", "idle_timeout"): ("idle_timeout", int),
+    ("connections", "header_timeout"): ("header_timeout", int),
+    ("connections", "body_min_rate"): ("body_min_rate", int),
+    ("connections", "body_grace"): ("body_grace", int),
+    ("server", "trusted_proxies"): ("trusted_proxies", tuple),
     ("server", "min_free_disk"): ("min_free_disk", str),
     ("server", "log_format"): ("log_format", str),
     ("server", "log_level"): ("log_level", str),

@@ -27,6 +27,7 @@ from izreg.auth.store import AuthStore
 from izreg.browse import Browser
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
+from izreg.http.limits import raise_open_files_limit
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
@@ -87,6 +88,7 @@ class RegistryService(service.MultiService):
 
     def startService(self) -> None:
         config = self.config
+        raise_open_files_limit(config.max_connections + 512)
         root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
@@ -167,6 +169,9 @@ class RegistryService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
+        slow = getattr(getattr(self, "site", None), "slow", None)
+        if slow is not None:
+            slow.stop()
         yield self.flush_pulls()
         for pool in self._pools:
             pool.stop()

@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 import requests
 
+from izreg.service.config import FIELDS
 from tests.helpers.browser import artifact_path, require_chromium, start_chromium
 from tests.helpers.ociclient import OCIClient, expect
 from tests.helpers.ocilayout import build_image, build_layout, canonical_json, sha256_digest
@@ -38,19 +39,12 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(SKOPEO), reason="skopeo is not installed"),
 ]
 
-def _has_route(rule: str) -> bool:
-    from izreg.http.app import RegistryAPI
-
-    return any(r.rule == rule for r in RegistryAPI.app.url_map.iter_rules())
-
-
-#: the browse API (#11) this page calls; until it is in the registry, the tests that need it must fail
-BROWSE_API = _has_route("/v2/_izreg/repositories")
-needs_browse_api = pytest.mark.xfail(not BROWSE_API, strict=True, reason="the browse API (#11) is not on main yet")
-#: the in-use refusal (#11): a 409 for a manifest a device pulled; set once it is on main
-IN_USE_PROTECTION = False
+#: the in-use refusal of #11 (409 for a manifest a device pulled), configured by [delete] protect_in_use
+IN_USE_PROTECTION = ("delete", "protect_in_use") in FIELDS
 
 XSS = "<img src=x onerror=alert(1)>"
+HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
+HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 WAIT = 30  # seconds: generous, the machine is shared
 
 
@@ -134,6 +128,27 @@ def _push_annotated(site: Site, path: str, tag: str, annotations: dict) -> dict:
     return image
 
 
+def _push_chart(site: Site, path: str, version: str) -> dict:
+    """A Helm chart as helm and oras push it: a helm config and one chart layer."""
+    client = OCIClient(site.registry.url, auth=site.registry.requests_auth)
+    config = canonical_json({"name": "web", "version": version, "apiVersion": "v2"})
+    chart = b"helm chart bytes " * 40
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": HELM_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": HELM_CHART, "digest": sha256_digest(chart), "size": len(chart)}],
+    }
+    for data in (config, chart):
+        expect(client.push_blob_monolithic(site.name(path), data), 201)
+    body = canonical_json(manifest)
+    expect(client.put_manifest(site.name(path), version, body), 201)
+    image = {"manifest_bytes": body, "manifest_digest": sha256_digest(body),
+             "blobs": {sha256_digest(config): config, sha256_digest(chart): chart}}
+    site.images[f"{path}:{version}"] = image
+    return image
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     require_chromium()
@@ -163,6 +178,7 @@ def site(tmp_path_factory):
         _push(site, skopeo, "edge/web", "1.0", 5, [3000, 20_000])
         _push_annotated(site, "notes", "x", {"org.opencontainers.image.description": XSS,
                                              "org.opencontainers.image.title": "notes"})
+        _push_chart(site, "charts/web", "0.1.0")
 
         # a device pulls edge/web:1.0 and app:v1 over the TLS listener with its certificate
         for path, tag in (("edge/web", "1.0"), ("app", "v1")):
@@ -239,9 +255,10 @@ class Page:
         dialog = self.visible("#confirm")
         self.wait(lambda: expect_title in self.find("#confirm-title").text, f"no dialog {expect_title!r}")
         assert expect_text in self.find("#confirm-text").text
+        title = self.find("#confirm-title").text
         self.find("#confirm-ok" if answer else "#confirm-cancel").click()
-        # closed, or already reopened with the next question (the in-use 409 can come back that fast)
-        self.wait(lambda: not dialog.is_displayed() or expect_title not in self.find("#confirm-title").text,
+        # closed, or already asking the next question (a 409 can come back before a poll sees it closed)
+        self.wait(lambda: not dialog.is_displayed() or self.find("#confirm-title").text != title,
                   "the dialog stayed open")
 
     def message(self, fragment: str) -> str:
@@ -276,7 +293,6 @@ def page(chromium, site, request):
 # -- the tests ------------------------------------------------------------------------------------------
 
 
-@needs_browse_api
 def test_log_in_and_see_the_repositories_with_their_sizes(page, site):
     page.open_repositories()
     assert page.find("#account").text == site.account
@@ -297,7 +313,6 @@ def test_log_in_and_see_the_repositories_with_their_sizes(page, site):
         assert last_push.text.endswith("ago") or last_push.text == "now", last_push.text
 
 
-@needs_browse_api
 def test_open_a_repository_see_its_manifests_and_pull_commands(page, site, request):
     page.open_repository("app")
     shown = site.manifests("app")
@@ -335,7 +350,6 @@ def test_open_a_repository_see_its_manifests_and_pull_commands(page, site, reque
         shutil.copy(shot, os.path.join(REPO_ROOT, "docs", "ui.png"))
 
 
-@needs_browse_api
 def test_delete_an_unused_tag(page, site):
     page.open_repository("tidy")
     old = site.images["tidy:old"]["manifest_digest"]
@@ -349,8 +363,8 @@ def test_delete_an_unused_tag(page, site):
     assert expect(site.api("GET", f"/v2/{site.name('tidy')}/tags/list"), 200).json()["tags"] == ["keep"]
 
 
-@needs_browse_api
-def test_delete_of_an_image_a_device_pulled_shows_the_409(page, site):
+@pytest.mark.xfail(not IN_USE_PROTECTION, strict=True, reason="the in-use refusal (#11) is not on main yet")
+def test_delete_of_an_image_a_device_pulled_shows_the_409(page, site, request):
     page.open_repository("edge/web")
     digest = site.images["edge/web:1.0"]["manifest_digest"]
     row = page.row("manifest-table", digest=digest)
@@ -361,8 +375,10 @@ def test_delete_of_an_image_a_device_pulled_shows_the_409(page, site):
     page.confirm("Delete manifest", answer=True)
     page.wait(lambda: page.find("#confirm").is_displayed() or "Deleted" in page.find("#message").text,
               "neither the in-use question nor a result")
-    if not page.find("#confirm").is_displayed() and not IN_USE_PROTECTION:
-        pytest.xfail("the in-use refusal (#11) is not in this registry yet: it deleted a manifest a device pulled")
+    assert page.find("#confirm").is_displayed(), "no 409: the registry deleted a manifest a device pulled"
+    page.visible("#confirm")
+    page.wait(lambda: "In use" in page.find("#confirm-title").text, "no in-use question")
+    page.driver.save_screenshot(artifact_path(request.node.name + "-in-use"))
     page.confirm("In use", answer=False, expect_text="Izreg-Force-Delete")
     server_message = page.message("Kept manifest").partition(": ")[2]
     assert "device" in server_message, server_message
@@ -378,7 +394,6 @@ def test_delete_of_an_image_a_device_pulled_shows_the_409(page, site):
     expect(site.api("HEAD", f"/v2/{site.name('edge/web')}/manifests/{digest}"), 404)
 
 
-@needs_browse_api
 def test_an_annotation_holding_html_is_shown_as_text(page, site):
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -394,7 +409,6 @@ def test_an_annotation_holding_html_is_shown_as_text(page, site):
         page.driver.switch_to.alert.text  # noqa: B018: no dialog opened
 
 
-@needs_browse_api
 def test_a_wrong_or_revoked_key_gets_a_clear_message(page, site):
     # a wrong key: refused at once (a Basic challenge would hold fetch() for a login prompt)
     page.login("izr_0123456789abcdef_" + "A" * 43)
@@ -414,7 +428,6 @@ def test_a_wrong_or_revoked_key_gets_a_clear_message(page, site):
     assert not page.find("#repositories").is_displayed()
 
 
-@needs_browse_api
 def test_the_key_is_never_in_the_url_cookies_or_local_storage(page, site):
     page.open_repository("app")
     page.find("#refresh").click()
@@ -434,7 +447,6 @@ def test_the_key_is_never_in_the_url_cookies_or_local_storage(page, site):
     assert page.storage()["session"] == {}
 
 
-@needs_browse_api
 def test_readable_on_a_phone(page, site, request):
     page.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                 {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
@@ -446,3 +458,24 @@ def test_readable_on_a_phone(page, site, request):
     # cards, not a table: the header row is hidden and each cell says what it is
     assert not page.find("#manifest-table thead").is_displayed()
     assert row.find_element("css selector", "td").get_attribute("data-label") == "Tags"
+
+
+def test_a_helm_chart_gets_a_helm_pull_command_to_copy(page, site):
+    page.open_repository("charts/web")
+    chart = site.images["charts/web:0.1.0"]
+    row = page.row("manifest-table", digest=chart["manifest_digest"])
+    assert row.find_element("css selector", ".kind").text.startswith("Helm chart")
+    assert row.find_element("css selector", ".size").text == human_size(image_size(chart))
+    details = page.find(f'#manifest-table tr[data-details-of="{chart["manifest_digest"]}"]')
+    command = f"helm pull oci://{site.registry.host}/{site.name('charts/web')} --version 0.1.0 --plain-http"
+    assert details.find_element("css selector", "input.command").get_attribute("value") == command
+
+    # Copy puts the command on the clipboard
+    page.driver.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": site.registry.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    button = details.find_element("css selector", "button.copy")
+    button.click()
+    page.wait(lambda: button.text == "Copied", "the command was not copied")
+    copied = page.driver.execute_async_script(
+        "const done = arguments[0]; navigator.clipboard.readText().then(done, (e) => done('error: ' + e))")
+    assert copied == command

@@ -729,12 +729,26 @@ async def test_fourth_failure_is_429_with_retry_after(limited):
         response, _ = await server.request("GET", "/v2/", headers=auth(basic(unknown_key())))
         assert response.code == 401
     await _assert_blocked(server, keys)
-    # blocked addresses are refused before their credentials are even looked at
+    # a valid key is never refused for the failures of others from the same address
     response, body = await server.request("GET", "/v2/", headers=auth(basic(keys.a_key)))
-    assert response.code == 429
+    assert response.code == 200
     # and anonymous requests are still just asked to log in (docker login starts with one)
     response, _ = await server.request("GET", "/v2/")
     assert response.code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_guessing_one_key_is_braked_for_that_key_from_that_address(limited):
+    """Wrong secrets for one key id: that key id is refused from there, before its secret is checked."""
+    server, keys = limited
+    for _ in range(3):
+        response, _ = await server.request("GET", "/v2/", headers=auth(basic(other_secret(keys.a_key))))
+        assert response.code == 401
+    response, content = await server.request("GET", "/v2/", headers=auth(basic(keys.a_key)))
+    assert response.code == 429 and "with this key" in error_of(content)["message"]
+    for other in (keys.a_ro, keys.b_key):
+        response, _ = await server.request("GET", "/v2/", headers=auth(basic(other)))
+        assert response.code == 200
 
 
 @pytest_twisted.ensureDeferred

@@ -107,3 +107,20 @@ def test_the_page_has_no_inline_script_or_style():
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "document.write" not in script
     assert "localStorage" not in script and "document.cookie" not in script
     assert set(FILES) == {"", "app.js", "app.css", "favicon.svg"}
+
+
+@pytest.mark.parametrize("path", ["/v2/_izreg/repositories", "/v2/0123456789abcdef0123456789abcdef/app/_izreg/manifests"])
+@pytest.mark.parametrize("authorization", [
+    None,
+    "Basic S0VZOm5vdC1hLWtleQ==",  # KEY:not-a-key
+    "Bearer izr_0123456789abcdef_" + "A" * 43,
+])
+@pytest_twisted.ensureDeferred
+async def test_the_page_s_api_calls_are_never_challenged_basic(site, path, authorization):
+    """Chromium holds a fetch() answered ``WWW-Authenticate: Basic`` for its own login prompt."""
+    response, _ = await site.request("GET", path, headers={"Authorization": authorization} if authorization else {})
+    assert response.code == 401
+    challenge = header(response, "WWW-Authenticate")
+    assert challenge.startswith('Bearer realm="izreg"'), challenge
+    if authorization and authorization.startswith("Bearer"):
+        assert 'error="invalid_token"' in challenge

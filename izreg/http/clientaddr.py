@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.http.test_clientaddr -*-
+"""
+The client's address, behind trusted reverse proxies (pure but for the request).
+
+The peer of the TCP connection is the client, unless it is one of
+``[server] trusted_proxies`` (addresses or CIDR networks): then the
+``Forwarded`` header (RFC 7239 ``for=``), else ``X-Forwarded-For``, is read
+from the right, skipping trusted proxies, and the first address that is not
+one is the client. Headers from any other peer are ignored, so a client
+cannot choose its own address (for the failed-authentication brake, the
+connection caps and the logs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+
+class TrustedProxies:
+    def __init__(self, networks=()) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client(self, peer: str, headers) -> str:
+        """The client address of a request from C{peer} with C{headers} (twisted Headers)."""
+        if not self.networks or not self.trusted(peer):
+            return peer
+        hops = _forwarded(headers.getRawHeaders(b"forwarded") or [])
+        if not hops:
+            hops = [h.strip() for v in headers.getRawHeaders(b"x-forwarded-for") or []
+                    for h in v.decode("latin-1").split(",")]
+        address = peer
+        for hop in reversed(hops):
+            hop = _strip_port(hop)
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return address  # a hop we cannot read: the last proxy we trust is all we know
+            address = hop
+            if not self.trusted(hop):
+                return hop
+        return address
+
+
+_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.I)
+
+
+def _forwarded(values: list[bytes]) -> list[str]:
+    hops = []
+    for value in values:
+        for element in value.decode("latin-1").split(","):
+            match = _FOR.search(element.strip())
+            if match:
+                hops.append(match.group(1).strip('"'))
+    return hops
+
+
+def _strip_port(hop: str) -> str:
+    if hop.startswith("["):
+        return hop[1:].partition("]")[0]
+    if hop.count(":") == 1:
+        return hop.partition(":")[0]
+    return hop
+
+
+def client_address(request) -> str:
+    """The client address of a twisted request (the site's trusted proxies applied)."""
+    client = getattr(request, "client", None)
+    peer = getattr(client, "host", None) or "unknown"
+    channel = getattr(request, "channel", None)
+    proxies = getattr(getattr(channel, "site", None), "proxies", None)
+    if proxies:
+        return proxies.client(peer, request.requestHeaders)
+    return peer

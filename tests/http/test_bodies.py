@@ -1,0 +1,267 @@
+"""
+Requests refused before their body, the memory budget of bodies, slow
+senders, connection caps and over-long lines (izreg.http.bodies, .limits,
+.routing), on the in-process server with the real authentication.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from klein import Klein
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from izreg.http.routing import Access, RouteTable
+from tests.http.authhelpers import Keys, basic
+from tests.http.conftest import start_server
+from tests.http.helpers import parse_raw
+
+MIB = 1024 * 1024
+
+
+class _Client(protocol.Protocol):
+    """Sends C{head}; C{answer} fires with the first complete response; C{closed} when the server closes."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        self.data = b""
+        self.answer = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+
+    def dataReceived(self, data):
+        self.data += data
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        if sep and not self.answer.called:
+            length = int(parse_raw(head + sep)[1].get("content-length", "0"))
+            if len(body) >= length:
+                self.answer.callback(self.data)
+
+    def connectionLost(self, reason):
+        if not self.answer.called:
+            self.answer.callback(self.data)
+        self.closed.callback(self.data)
+
+
+async def connect(server, head: bytes) -> _Client:
+    port = int(server.url.rsplit(":", 1)[1])
+    client = _Client(head)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return client
+
+
+async def answer_before_body(server, head: bytes, timeout: float = 20.0):
+    """Send only the request head (the body never comes); the (status, headers, body) answered."""
+    client = await connect(server, head)
+    answer = await client.answer.addTimeout(timeout, reactor)
+    client.transport.abortConnection()
+    assert answer, "the server closed without an answer"
+    return parse_raw(answer)
+
+
+def put_head(path: str, length: int | None, authorization: str | None = None, extra: str = "") -> bytes:
+    lines = [f"PUT {path} HTTP/1.1", "Host: localhost", "Content-Type: application/vnd.oci.image.manifest.v1+json"]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
+    if extra:
+        lines.append(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest_twisted.async_yield_fixture
+async def secured(tmp_path):
+    server = await start_server(tmp_path, body_memory=3 * MIB, max_connections_per_address=0)
+    server.keys = Keys.make(server)
+    yield server
+    await server.service.stopService()
+
+
+def _code(body: bytes) -> str:
+    return json.loads(body)["errors"][0]["code"]
+
+
+# -- refused at the headers, the body never read ----------------------------------------------
+
+
+@pytest.mark.parametrize("length", [4 * MIB, None])
+@pytest.mark.parametrize(
+    "method, path, status, code",
+    [
+        ("PUT", "/v2/{a}/app/manifests/v1", 401, "UNAUTHORIZED"),
+        ("POST", "/v2/{a}/app/blobs/uploads/", 401, "UNAUTHORIZED"),
+        ("PATCH", "/v2/{a}/app/blobs/uploads/0f0f", 401, "UNAUTHORIZED"),
+        ("PUT", "/not/a/route", 404, "NOT_FOUND"),
+        ("POST", "/v2/", 405, "UNSUPPORTED"),
+        ("PUT", "/v2//x/manifests/v1", 404, "NOT_FOUND"),
+        ("PUT", "/v2/NOT-A-NAME/manifests/v1", 400, "NAME_INVALID"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_will_be_refused_is_answered_before_its_body(secured, method, path, status, code, length):
+    head = put_head(path.format(a=secured.keys.a), length).replace(b"PUT ", method.encode() + b" ", 1)
+    got, headers, body = await answer_before_body(secured, head)
+    assert got == status and _code(body) == code
+    assert headers["connection"] == "close"
+    assert secured.api.budget.used == 0
+
+
+@pytest.mark.parametrize("caller, status", [("a_ro", 403), ("b_key", 403), ("a_revoked", 401)])
+@pytest_twisted.ensureDeferred
+async def test_a_key_without_the_right_is_refused_before_the_body(secured, caller, status):
+    keys = secured.keys
+    got, _, body = await answer_before_body(
+        secured, put_head(f"/v2/{keys.a}/app/manifests/v1", 4 * MIB, basic(getattr(keys, caller))))
+    assert got == status
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_over_the_limit_is_refused_before_its_body(secured):
+    keys = secured.keys
+    got, _, body = await answer_before_body(
+        secured, put_head(f"/v2/{keys.a}/app/manifests/v1", 4 * MIB + 1, basic(keys.a_key)))
+    assert got == 413 and _code(body) == "SIZE_INVALID"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_in_memory_have_a_global_budget(secured):
+    """Past limits.body_memory, 503 at once; the budget comes back when the requests end."""
+    keys = secured.keys
+    head = put_head(f"/v2/{keys.a}/app/manifests/v1", 2 * MIB, basic(keys.a_key))
+    first = await connect(secured, head)
+    # the first request holds 2 MiB of the 3 MiB budget while its body is awaited
+    deadline = reactor.seconds() + 20
+    while secured.api.budget.used < 2 * MIB:
+        assert reactor.seconds() < deadline
+        await _tick()
+    got, headers, body = await answer_before_body(secured, head)
+    assert got == 503 and _code(body) == "UNAVAILABLE" and "body_memory" in json.loads(body)["errors"][0]["message"]
+    assert headers["retry-after"]
+    # a chunked body is counted as it comes
+    chunked = await connect(secured, put_head(f"/v2/{keys.a}/app/manifests/v2", None, basic(keys.a_key)))
+    chunked.transport.write(b"%x\r\n" % (MIB + 1) + b"x" * (MIB + 1) + b"\r\n")
+    answer = await chunked.answer.addTimeout(20, reactor)
+    assert parse_raw(answer)[0] == 503
+    first.transport.abortConnection()
+    chunked.transport.abortConnection()
+    await first.closed
+    deadline = reactor.seconds() + 20
+    while secured.api.budget.used:
+        assert reactor.seconds() < deadline
+        await _tick()
+
+
+async def _tick():
+    d = defer.Deferred()
+    reactor.callLater(0.02, d.callback, None)
+    await d
+
+
+# -- slow senders -----------------------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def strict(tmp_path):
+    server = await start_server(tmp_path, header_timeout=1, body_grace=1, body_min_rate=100_000,
+                                max_connections=0, max_connections_per_address=0)
+    server.keys = Keys.make(server)
+    yield server
+    await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_that_comes_too_slowly_closes_the_connection(strict):
+    keys = strict.keys
+    client = await connect(strict, put_head(f"/v2/{keys.a}/app/manifests/v1", MIB, basic(keys.a_key)) + b"{")
+    answer = await client.closed.addTimeout(30, reactor)
+    status, _, body = parse_raw(answer)
+    assert status == 408 and "slower than" in json.loads(body)["errors"][0]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_that_come_too_slowly_close_the_connection(strict):
+    client = await connect(strict, b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n")
+    answer = await client.closed.addTimeout(30, reactor)
+    assert parse_raw(answer)[0] == 408
+
+
+# -- connection caps ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap, status", [("max_connections_per_address", 429), ("max_connections", 503)])
+@pytest_twisted.ensureDeferred
+async def test_connections_are_capped(tmp_path, cap, status):
+    server = await start_server(tmp_path, **{"max_connections": 0, "max_connections_per_address": 0, cap: 3})
+    try:
+        held = [await connect(server, b"") for _ in range(3)]
+        refused = await connect(server, b"")
+        answer = await refused.closed.addTimeout(20, reactor)
+        got, _, body = parse_raw(answer)
+        assert got == status
+        for client in held:
+            client.transport.loseConnection()
+            await client.closed
+        # the slots come back: a request goes through again
+        client = await connect(server, b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = await client.closed.addTimeout(20, reactor)
+        assert parse_raw(answer)[0] == 401
+    finally:
+        await server.service.stopService()
+
+
+# -- over-long lines ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"GET /v2/" + b"a" * 17000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+        (b"GET /v2/" + b"a" * 17000, 414),  # no line end yet
+        (b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 17000 + b"\r\n\r\n", 431),
+        (b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n" + b"X-Many: " + b"a" * 8000 + b"\r\nX-More: " + b"b" * 8000
+         + b"\r\nX-Most: " + b"c" * 8000 + b"\r\n\r\n", 431),
+        (b"GET /v2/ HTTP/1.1\r\nthis is no header\r\n\r\n", 400),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_overlong_and_malformed_request_heads_get_an_answer(secured, head, status):
+    client = await connect(secured, head)
+    answer = await client.closed.addTimeout(20, reactor)
+    got, headers, body = parse_raw(answer)
+    assert got == status and headers["content-type"] == "application/json"
+    assert set(json.loads(body)["errors"][0]) == {"code", "message", "detail"}
+
+
+# -- the route table --------------------------------------------------------------------------
+
+
+def test_a_route_without_a_declared_access_cannot_be_served():
+    app = Klein()
+    table = RouteTable(app)
+
+    @table.route("/declared", methods=["GET"], access=Access.PUBLIC)
+    def declared(self, request):
+        return b""
+
+    table.check_complete()
+
+    @app.route("/forgotten")
+    def forgotten(self, request):
+        return b""
+
+    with pytest.raises(RuntimeError, match="forgotten"):
+        table.check_complete()
+
+
+def test_every_route_of_the_api_declares_its_access():
+    from izreg.http.app import RegistryAPI
+
+    api = RegistryAPI()
+    api.table.check_complete()
+    for endpoint in api.table.repository_routes.values():
+        assert callable(getattr(api, endpoint.handler))

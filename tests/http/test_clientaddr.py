@@ -1,0 +1,58 @@
+"""The client address behind trusted proxies (izreg.http.clientaddr), and the brake that uses it."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.web.http_headers import Headers
+
+from izreg.http.clientaddr import TrustedProxies
+from tests.http.authhelpers import Keys, auth, basic, unknown_key
+from tests.http.conftest import start_server
+
+PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
+
+
+@pytest.mark.parametrize(
+    "peer, headers, expected",
+    [
+        ("198.51.100.9", {"X-Forwarded-For": ["203.0.113.5"]}, "198.51.100.9"),  # untrusted peer: headers ignored
+        ("10.1.2.3", {}, "10.1.2.3"),
+        ("10.1.2.3", {"X-Forwarded-For": ["203.0.113.5"]}, "203.0.113.5"),
+        ("10.1.2.3", {"X-Forwarded-For": ["1.1.1.1, 203.0.113.5, 10.9.9.9"]}, "203.0.113.5"),  # spoofed left part
+        ("10.1.2.3", {"X-Forwarded-For": ["1.1.1.1", "203.0.113.5"]}, "203.0.113.5"),
+        ("10.1.2.3", {"X-Forwarded-For": ["10.2.2.2, 192.0.2.1"]}, "10.2.2.2"),  # all trusted: the leftmost
+        ("10.1.2.3", {"X-Forwarded-For": ["garbage"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ['for=203.0.113.7;proto=https, for="[2001:db8::1]:4711"']}, "203.0.113.7"),
+        ("10.1.2.3", {"Forwarded": ['for="[2001:db9::1]:4711"'], "X-Forwarded-For": ["1.2.3.4"]}, "2001:db9::1"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.8:1234"]}, "203.0.113.8"),
+        ("10.1.2.3", {"Forwarded": ["for=unknown"]}, "10.1.2.3"),
+    ],
+)
+def test_client_address(peer, headers, expected):
+    assert PROXIES.client(peer, Headers(headers)) == expected
+
+
+def test_no_trusted_proxies_means_the_peer():
+    assert TrustedProxies().client("10.1.2.3", Headers({"X-Forwarded-For": ["1.2.3.4"]})) == "10.1.2.3"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_brake_is_per_forwarded_client_behind_a_trusted_proxy(tmp_path):
+    server = await start_server(tmp_path, auth_failure_limit=3, trusted_proxies=("127.0.0.1",))
+    try:
+        keys = Keys.make(server)
+        guesser = {"X-Forwarded-For": "203.0.113.5"}
+        for _ in range(3):
+            response, _ = await server.request("GET", "/v2/", headers={**guesser, **auth(basic(unknown_key()))})
+            assert response.code == 401
+        response, _ = await server.request("GET", "/v2/", headers={**guesser, **auth(basic(unknown_key()))})
+        assert response.code == 429
+        # another client behind the same proxy is not braked, and a valid key never is
+        other = {"X-Forwarded-For": "203.0.113.6"}
+        response, _ = await server.request("GET", "/v2/", headers={**other, **auth(basic(unknown_key()))})
+        assert response.code == 401
+        response, _ = await server.request("GET", "/v2/", headers={**guesser, **auth(basic(keys.a_key))})
+        assert response.code == 200
+    finally:
+        await server.service.stopService()
