@@ -12,10 +12,10 @@ hashing). Time comes from the injected C{now}.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from izreg.core import mediatypes as mt
@@ -25,10 +25,9 @@ from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_m
 from izreg.core.names import Reference, Repository
 from izreg.inuse import InUse
 from izreg.storage.audit import AuditLog
-from izreg.storage.blobs import BlobStore, fsync_file, hash_file
+from izreg.storage.interfaces import DigestMismatch, IBlobStore, IBodySink, IUploadStore, StorageError
 from izreg.storage.lmdbindex import Index
-from izreg.storage.paths import upload_path
-from izreg.storage.uploads import ChunkWriter, Uploads, UploadSession
+from izreg.storage.uploads import UploadSession
 
 Runner = Callable[..., Awaitable[Any]]
 #: who asks for a change, for the audit log: (actor, client address), e.g. ("key:<key id>", "10.0.0.1")
@@ -41,12 +40,13 @@ INLINE_MANIFEST = 64 * 1024
 
 @dataclass(frozen=True)
 class BlobContent:
-    """A readable blob: an open file, or (a manifest read through /blobs/) bytes."""
+    """A readable blob: an L{IBlobReader}, a URL to send the client to, or (a manifest read through /blobs/) bytes."""
 
     digest: Digest
     size: int
     file: Any = None
     data: bytes | None = None
+    redirect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Registry:
     def __init__(
         self,
         index: Index,
-        blobs: BlobStore,
-        uploads: Uploads,
+        blobs: IBlobStore,
+        uploads: IUploadStore,
         now: Callable[[], float],
         run_write: Runner,
         run_io: Runner,
@@ -100,9 +100,13 @@ class Registry:
         """A session for one monolithic POST body: never recorded, gone if the request fails."""
         return self.uploads.create(repo.name, self.now(), persisted=False, algorithm=digest.algorithm)
 
-    def monolithic_writer(self, repo: Repository, digest: Digest) -> ChunkWriter:
-        """Where a monolithic POST body goes; if the request fails, its file goes too."""
-        return ChunkWriter(self.pending_upload(repo, digest), discard=self.uploads.remove)
+    def monolithic_writer(self, repo: Repository, digest: Digest) -> IBodySink:
+        """Where a monolithic POST body goes; if the request fails, its bytes go too."""
+        return self.uploads.sink(self.pending_upload(repo, digest), discard=True)
+
+    def chunk_writer(self, session: UploadSession, expected: int | None = None) -> IBodySink:
+        """Where a PATCH or PUT body appends to C{session}."""
+        return self.uploads.sink(session, expected=expected)
 
     def upload(self, repo: Repository, upload_id: str) -> UploadSession:
         record = None if upload_id in self.uploads.sessions else self.index.get_upload(upload_id)
@@ -111,18 +115,18 @@ class Registry:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, {"upload": upload_id[:100]})
         return session
 
-    async def chunk_done(self, writer: ChunkWriter) -> int:
+    async def chunk_done(self, writer: IBodySink) -> int:
         """Make a PATCH body durable and acknowledge the session's new length."""
         session = writer.session
-        offset = writer.done(keep_busy=True)
+        writer.done(keep_busy=True)
         try:
-            await self.run_io(fsync_file, session.path)
-            await self.run_write(self.index.put_upload, session.id, session.record(self.now()))
+            offset = await _storage(self.uploads.acknowledge(writer))
+            await self.run_write(self.index.put_upload, session.id, self.uploads.record(session, self.now()))
         finally:
             session.busy = False
         return offset
 
-    async def commit_upload(self, repo: Repository, session: UploadSession, digest: Digest, writer: ChunkWriter | None) -> int:
+    async def commit_upload(self, repo: Repository, session: UploadSession, digest: Digest, writer: IBodySink | None) -> int:
         """Verify the whole upload against C{digest} and move it into the blob store."""
         if writer is not None:
             writer.done(keep_busy=True)
@@ -131,16 +135,12 @@ class Registry:
         else:
             session.busy = True
         try:
-            hasher = session.hasher
-            if hasher is None or hasher.name != digest.algorithm:
-                hasher = await self.run_io(hash_file, session.path, digest.algorithm, session.offset)
-            if hasher.hexdigest() != digest.hex:
+            try:
+                await _storage(self.uploads.seal(session, digest))
+            except DigestMismatch as e:
+                session.busy = False
                 await self._drop(session)
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID,
-                    {"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
-                )
-            await self.run_io(fsync_file, session.path)
+                raise RegistryError(ErrorCode.DIGEST_INVALID, {"expected": str(digest), "actual": e.actual}) from None
             await self.run_write(self._commit_sync, repo, session, digest)
         finally:
             session.busy = False
@@ -149,11 +149,11 @@ class Registry:
 
     def _commit_sync(self, repo: Repository, session: UploadSession, digest: Digest) -> None:
         # writer thread: the move and the index commit are ordered with every other write
-        self.blobs.ingest(session.path, digest)
+        self.uploads.promote(session, digest)
         self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None)
 
     async def _drop(self, session: UploadSession) -> None:
-        self.uploads.remove(session)
+        await defer.maybeDeferred(self.uploads.remove, session)
         if session.persisted:
             await self.run_write(self.index.delete_upload, session.id)
 
@@ -164,27 +164,30 @@ class Registry:
         await self._drop(session)
 
     async def expire_uploads(self, older_than: float) -> int:
-        """Remove sessions not touched since C{older_than}; return how many."""
+        """Remove sessions not touched since C{older_than} with their bytes; return how many."""
         expired = 0
         for upload_id, record in self.index.list_uploads():
             session = self.uploads.sessions.get(upload_id)
             if record["updated"] < older_than and not (session and session.busy):
                 if session is not None:
                     self.uploads.forget(session)
-                await self.run_write(self._expire_sync, upload_id)
+                # bytes first (an S3 multipart upload is aborted), then the record:
+                # a crash in between leaves a record whose next expiry finishes the job
+                await self.run_io(self.uploads.expire, upload_id, record)
+                await self.run_write(self.index.delete_upload, upload_id)
                 expired += 1
         return expired
 
-    def _expire_sync(self, upload_id: str) -> None:
-        self.index.delete_upload(upload_id)
-        try:
-            os.unlink(upload_path(self.uploads.root, upload_id))
-        except FileNotFoundError:
-            pass
-
     def orphan_uploads(self) -> list[str]:
-        """Upload files that no session owns (left by a crash mid-POST)."""
+        """Ids of stored uploads that no session owns (left by a crash mid-POST). Blocking."""
         return self.uploads.orphans({upload_id for upload_id, _ in self.index.list_uploads()})
+
+    def drop_orphan_uploads(self) -> int:
+        """Drop the bytes of L{orphan_uploads}; blocking (run at start-up in a thread)."""
+        orphans = self.orphan_uploads()
+        for upload_id in orphans:
+            self.uploads.expire(upload_id, None)
+        return len(orphans)
 
     # -- blobs ----------------------------------------------------------------
 
@@ -206,9 +209,14 @@ class Registry:
             return None
         return self.index.blob_size(repo.name, digest)
 
-    def get_blob(self, repo: Repository, digest: Digest) -> BlobContent:
+    def get_blob(self, repo: Repository, digest: Digest, redirect: bool = False) -> BlobContent:
+        """The blob's bytes; with C{redirect}, a URL instead when the store offers one."""
         size = self.index.blob_size(repo.name, digest)
         if size is not None:
+            if redirect:
+                url = self.blobs.redirect_url(digest)
+                if url is not None:
+                    return BlobContent(digest, size, redirect=url)
             f = self.blobs.open(digest)
             if f is not None:
                 return BlobContent(digest, size, file=f)
@@ -378,6 +386,15 @@ class Registry:
         if artifact_type is not None:
             found = [d for d in found if d.get("artifactType") == artifact_type]
         return found
+
+
+async def _storage(d):
+    """Await a storage Deferred; a backend failure is a 503 for the client (logged here)."""
+    try:
+        return await d
+    except StorageError as e:
+        Registry.log.error("storage backend failed: {error}", error=str(e))
+        raise RegistryError(ErrorCode.UNAVAILABLE, None, "the storage backend failed; try again") from None
 
 
 def _audit_entry(action: str, repo: Repository, target: str, who: Actor, detail: Any = None) -> dict:

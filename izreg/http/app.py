@@ -38,7 +38,7 @@ from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, T
 from izreg.http.ui.pages import StaticPages
 from izreg.inuse import FORCE_HEADER
 from izreg.registry import Registry
-from izreg.storage.uploads import ChunkWriter
+from izreg.storage.interfaces import IBodySink
 
 PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
@@ -163,8 +163,8 @@ class RegistryAPI:
             args = parse_qs(uri.partition(b"?")[2].decode("utf-8", "replace"))
             if "digest" not in args or "mount" in args:
                 return Dropped()
-            return self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0]))
-        return self._chunk_sink(request, repository, target.route.argument, length)
+            return _throttled(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
+        return _throttled(self._chunk_sink(request, repository, target.route.argument, length), request)
 
     def _check_push(self, target: Target) -> None:
         """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
@@ -192,8 +192,8 @@ class RegistryAPI:
                 )
             if length is not None and end - start + 1 != length:
                 raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range": content_range, "content-length": length})
-            return ChunkWriter(session, expected=end - start + 1)
-        return ChunkWriter(session)
+            return self.registry.chunk_writer(session, expected=end - start + 1)
+        return self.registry.chunk_writer(session)
 
     # -- routes ---------------------------------------------------------------------
 
@@ -365,7 +365,7 @@ class RegistryAPI:
                 return self._blob_created(request, repo, digest)
         elif _arg(request, "digest") is not None:
             digest = Digest.parse(_arg(request, "digest"))
-            writer = body if isinstance(body, ChunkWriter) else None
+            writer = body if IBodySink.providedBy(body) else None
             session = writer.session if writer else self.registry.pending_upload(repo, digest)
             await shield(self.registry.commit_upload(repo, session, digest, writer))
             return self._blob_created(request, repo, digest)
@@ -382,7 +382,7 @@ class RegistryAPI:
     async def patch_upload(self, request, route):
         repo = route.repository
         body = self._body(request)
-        if isinstance(body, ChunkWriter):
+        if IBodySink.providedBy(body):
             await shield(self.registry.chunk_done(body))
             session = body.session
         else:
@@ -396,7 +396,7 @@ class RegistryAPI:
         if digest_text is None:
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
         digest = Digest.parse(digest_text)
-        writer = body if isinstance(body, ChunkWriter) else None
+        writer = body if IBodySink.providedBy(body) else None
         session = writer.session if writer else self.registry.upload(repo, route.argument)
         await shield(self.registry.commit_upload(repo, session, digest, writer))
         return self._blob_created(request, repo, digest)
@@ -440,7 +440,7 @@ class RegistryAPI:
 
     def _body(self, request):
         body = request.content
-        if isinstance(body, ChunkWriter) and body.expected is not None and body.written != body.expected:
+        if IBodySink.providedBy(body) and body.expected is not None and body.written != body.expected:
             body.abort()
             raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})
         return body
@@ -460,6 +460,15 @@ class RegistryAPI:
         body = json.dumps(value).encode()
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body
+
+
+def _throttled(sink, request):
+    """Let an upload sink pause reading from the connection while its store catches up."""
+    if IBodySink.providedBy(sink):
+        transport = getattr(request.channel, "transport", None)
+        if transport is not None:
+            sink.throttle(transport)
+    return sink
 
 
 def _who(request, principal) -> tuple[str, str]:

@@ -70,6 +70,7 @@ class FileSender:
     def __init__(self, request, reader, offset: int, length: int) -> None:
         self.request, self.reader, self.offset, self.remaining = request, reader, offset, length
         self.paused = False
+        self.reading = False
         self.tcp = plain_tcp(request) if callable(getattr(reader, "sendfile", None)) else None
         if self.tcp is None:
             reader.seek(offset)
@@ -88,14 +89,39 @@ class FileSender:
         if self.tcp is not None:
             self._send_file()
             return
-        while not self.paused and self.request is not None and self.remaining:
+        while not self.paused and not self.reading and self.request is not None and self.remaining:
             data = self.reader.read(min(READ_SIZE, self.remaining))
-            if not data:
-                self._short()
+            if isinstance(data, defer.Deferred):
+                # a reader that waits on the network (S3): one read in flight, memory stays flat
+                self.reading = True
+                data.addCallbacks(self._read, self._failed)
                 return
-            self.remaining -= len(data)
-            self.request.write(data)
+            if not self._write(data):
+                return
         self._maybe_finish()
+
+    def _write(self, data: bytes) -> bool:
+        if not data:
+            self._short()
+            return False
+        self.remaining -= len(data)
+        self.request.write(data)
+        return True
+
+    def _read(self, data: bytes) -> None:
+        self.reading = False
+        if self.request is not None and self._write(data):
+            if self.paused:
+                self._maybe_finish()
+            else:
+                self.resumeProducing()
+
+    def _failed(self, failure: Failure) -> None:
+        self.reading = False
+        log.failure("reading a blob failed with {remaining} bytes to send", failure, remaining=self.remaining)
+        if self.request is not None:
+            self.request.loseConnection()
+            self.stopProducing()
 
     def _send_file(self) -> None:
         request = self.request

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -40,6 +40,16 @@ class Config:
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
+    storage_backend: str = "filesystem"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)  # never in a log line
+    s3_redirect: bool = False
+    s3_redirect_ttl: int = 300
+    s3_threads: int = 16
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     max_connections: int = 1000
@@ -81,6 +91,14 @@ class Config:
                 raise ConfigError(f"server.trusted_proxies: {network!r} is not an IP address or network") from None
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
+        if self.storage_backend not in ("filesystem", "s3"):
+            raise ConfigError(f"storage.backend must be \"filesystem\" or \"s3\", not {self.storage_backend!r}")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ConfigError("storage.backend = \"s3\" needs storage.s3.bucket")
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
+        if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
+            raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
         _check_operations(self)
         return self
 
@@ -107,6 +125,16 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
+    ("storage", "backend"): ("storage_backend", str),
+    ("storage.s3", "bucket"): ("s3_bucket", str),
+    ("storage.s3", "endpoint_url"): ("s3_endpoint_url", str),
+    ("storage.s3", "region"): ("s3_region", str),
+    ("storage.s3", "prefix"): ("s3_prefix", str),
+    ("storage.s3", "access_key_id"): ("s3_access_key_id", str),
+    ("storage.s3", "secret_access_key"): ("s3_secret_access_key", str),
+    ("storage.s3", "redirect"): ("s3_redirect", bool),
+    ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
+    ("storage.s3", "threads"): ("s3_threads", int),
     ("limits", "body_memory"): ("body_memory", int),
     ("connections", "max_connections"): ("max_connections", int),
     ("connections", "max_per_address"): ("max_connections_per_address", int),
@@ -176,10 +204,14 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
     values: dict[str, Any] = {}
-    for section, table in document.items():
+    tables = [(section, table) for section, table in document.items()]
+    for section, table in tables:
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: unknown config key {section!r} (expected a [section])")
         for key, value in table.items():
+            if isinstance(value, dict):  # a sub-table such as [storage.s3]
+                tables.append((f"{section}.{key}", value))
+                continue
             spec = FIELDS.get((section, key))
             if spec is None:
                 raise ConfigError(f"{source}: unknown config key '{section}.{key}'")

@@ -85,6 +85,16 @@ class RegistryService(service.MultiService):
             message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
             self.log.error("{message}", message=message)
             raise StartupError(message) from None
+        if self.config.storage_backend == "s3":
+            # before the reactor runs: a bucket that cannot be reached is one line at start-up
+            from izreg.storage.interfaces import StorageError
+            from izreg.storage.s3 import check_bucket
+
+            try:
+                check_bucket(self.config)
+            except StorageError as e:
+                self.log.error("{message}", message=str(e))
+                raise StartupError(str(e)) from None
 
     def startService(self) -> None:
         config = self.config
@@ -98,23 +108,44 @@ class RegistryService(service.MultiService):
             pool.start()
             self._pools.append(pool)
         self._run_io = self._runner(io)
+        blobs, uploads = self._open_storage(root)
         self.registry = Registry(
             Index(env),
-            BlobStore(root),
-            Uploads(root),
+            blobs,
+            uploads,
             now=self.reactor.seconds,
             run_write=self._runner(writer),
             run_io=self._run_io,
             limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
             audit=AuditLog(env),
         )
-        for path in self.registry.orphan_uploads():
-            os.unlink(path)
+        self._drop_orphans()
         self._start_operations(env, root)
         self._start_auth(env, root)
         self.api.registry = self.registry
         self.log.info("izreg storage open at {root}", root=root)
         super().startService()
+
+    def _open_storage(self, root: str):
+        """The blob and upload stores of the configured backend (C{[storage] backend})."""
+        if self.config.storage_backend == "s3":
+            from izreg.storage.s3 import open_s3
+
+            pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
+            pool.start()
+            self._pools.append(pool)
+            return open_s3(self.config, self._runner(pool))
+        blobs = BlobStore(root)
+        return blobs, Uploads(root, blobs, self._run_io)
+
+    def _drop_orphans(self) -> None:
+        """Upload bytes no session owns (a crash mid-POST): dropped in a thread, logged."""
+        def done(count):
+            if count:
+                self.log.info("dropped {count} orphaned upload(s)", count=count)
+
+        d = self._run_io(self.registry.drop_orphan_uploads)
+        d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
     def _start_operations(self, env, root: str) -> None:
         def index_error() -> str | None:

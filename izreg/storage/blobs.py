@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.storage.test_blobs -*-
 """
-Content-addressed blob files.
+Content-addressed blob files: the filesystem L{IBlobStore}.
 
 Every method here may block on the disk: the service runs them in a thread,
-never on the reactor (except the cheap L{BlobStore.open} and stat calls).
+never on the reactor (except the cheap L{BlobStore.open}).
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import uuid
 
+from zope.interface import implementer
+
 from izreg.core.digest import Digest
 from izreg.storage import paths, readers
+from izreg.storage.interfaces import IBlobStore
 
 HASH_CHUNK = 1024 * 1024
 
@@ -50,6 +53,7 @@ def hash_file(path: str, algorithm: str, length: int | None = None):
     return hasher
 
 
+@implementer(IBlobStore)
 class BlobStore:
     """Immutable blob files under C{root}/blobs."""
 
@@ -66,9 +70,22 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def open(self, digest: Digest):
+    def stat(self, digest: Digest) -> tuple[int, float] | None:
+        try:
+            st = os.stat(self.path(digest))
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime
+
+    def open(self, digest: Digest) -> readers.FileReader | None:
         """An unbuffered reader with C{sendfile} (L{readers.FileReader}), or C{None} if the file is gone."""
         return readers.open_file(self.path(digest))
+
+    def redirect_url(self, digest: Digest, filename: str | None = None) -> None:
+        return None
+
+    def hash(self, digest: Digest, algorithm: str) -> str:
+        return hash_file(self.path(digest), algorithm).hexdigest()
 
     def ingest(self, source: str, digest: Digest) -> None:
         """

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import os
 
+from zope.interface import implementer
 
+from izreg.storage.interfaces import IBlobReader
+
+
+@implementer(IBlobReader)
 class FileReader:
     """An open blob file: C{read}/C{seek}/C{close}, plus C{sendfile} (os.sendfile)."""
 

@@ -10,7 +10,9 @@ from the file, in a thread, when the upload is committed.
 
 L{ChunkWriter} is the file-like object Twisted writes a request body into
 (see L{izreg.http.bodies}), so an upload body reaches its final file as it
-arrives and is written exactly once.
+arrives and is written exactly once. L{Uploads} is the filesystem
+L{IUploadStore}: a PATCH is durable once its file is fsynced; a commit
+verifies the hash, fsyncs, and renames the file into the blob store.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from twisted.internet import defer
+from zope.interface import implementer
+
 from izreg.storage import paths
+from izreg.storage.blobs import fsync_file, hash_file
+from izreg.storage.interfaces import DigestMismatch, IBodySink, IUploadStore
+from izreg.storage.sink import SinkBase
 
 
 @dataclass
@@ -39,11 +47,19 @@ class UploadSession:
         return {"name": self.name, "offset": self.offset, "started": self.started, "updated": now}
 
 
+def run_inline(f, *args, **kwargs) -> defer.Deferred:
+    """A runner for tests and tools without threads: call now, wrap the result."""
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+@implementer(IUploadStore)
 class Uploads:
     """Sessions by id: in memory while in use, in LMDB (via the caller) across restarts."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, blobs=None, run_io=run_inline) -> None:
         self.root = root
+        self.blobs = blobs  # where promote() moves a verified upload
+        self.run_io = run_io  # fsync and whole-file hashing go through it
         self.sessions: dict[str, UploadSession] = {}
         os.makedirs(paths.uploads_dir(root), exist_ok=True)
 
@@ -77,30 +93,55 @@ class Uploads:
         self.sessions[upload_id] = session
         return session
 
+    def sink(self, session: UploadSession, limit: int | None = None, expected: int | None = None,
+             discard: bool = False) -> "ChunkWriter":
+        return ChunkWriter(session, limit, expected, self.remove if discard else None)
+
+    def record(self, session: UploadSession, now: float) -> dict:
+        return session.record(now)
+
+    @defer.inlineCallbacks
+    def acknowledge(self, sink: "ChunkWriter"):
+        yield self.run_io(fsync_file, sink.session.path)
+        return sink.session.offset
+
+    @defer.inlineCallbacks
+    def seal(self, session: UploadSession, digest):
+        hasher = session.hasher
+        if hasher is None or hasher.name != digest.algorithm:
+            hasher = yield self.run_io(hash_file, session.path, digest.algorithm, session.offset)
+        if hasher.hexdigest() != digest.hex:
+            raise DigestMismatch(f"{digest.algorithm}:{hasher.hexdigest()}")
+        yield self.run_io(fsync_file, session.path)
+
+    def promote(self, session: UploadSession, digest) -> None:
+        self.blobs.ingest(session.path, digest)
+
     def forget(self, session: UploadSession) -> None:
         self.sessions.pop(session.id, None)
 
     def remove(self, session: UploadSession) -> None:
         self.forget(session)
+        self.expire(session.id, None)
+
+    def expire(self, upload_id: str, record: dict | None) -> None:
         try:
-            os.unlink(session.path)
+            os.unlink(paths.upload_path(self.root, upload_id))
         except FileNotFoundError:
             pass
 
     def orphans(self, known: set[str]) -> list[str]:
-        """Files under uploads/ with no live session and no LMDB record."""
-        return [
-            os.path.join(paths.uploads_dir(self.root), name)
-            for name in os.listdir(paths.uploads_dir(self.root))
-            if name not in known and name not in self.sessions
-        ]
+        """Ids of files under uploads/ with no live session and no LMDB record."""
+        return [name for name in os.listdir(paths.uploads_dir(self.root))
+                if name not in known and name not in self.sessions]
 
 
 #: how much of a body to gather before one write and hash update
 WRITE_SIZE = 1024 * 1024
 
 
-class ChunkWriter:
+@implementer(IBodySink)
+class ChunkWriter(SinkBase):
     """
     Appends one request body to a session, hashing as it goes.
 
@@ -116,31 +157,19 @@ class ChunkWriter:
         expected: int | None = None,
         discard: Callable[[UploadSession], None] | None = None,
     ) -> None:
-        self.session = session
-        self.expected = expected
+        super().__init__(session, limit, expected)
         self._discard = discard
-        self.start = session.offset
-        self.written = 0
-        self.limit = limit
-        self.overflow = False
-        self._hasher_before = session.hasher.copy() if session.hasher is not None else None
-        session.busy = True
         self._fd = os.open(session.path, os.O_WRONLY)
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
-        self._finished = False
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> None:
-        if self._fd is None or self.overflow or self._finished:
-            return
-        if self.limit is not None and self.written + len(data) > self.limit:
-            self.overflow = True
+        if self._fd is None or not self._accept(data):
             return
         # Bodies arrive in chunks of a few KiB; one write and one hash update
         # per WRITE_SIZE instead of per chunk costs far less Python time.
         self._buffer += data
-        self.written += len(data)
         if len(self._buffer) >= WRITE_SIZE:
             self._flush()
 
@@ -156,18 +185,8 @@ class ChunkWriter:
             self.session.hasher.update(self._buffer)
         self._buffer.clear()
 
-    def tell(self) -> int:
-        return self.written
-
-    def seek(self, offset: int, whence: int = 0) -> None:
-        pass
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
     def close(self) -> None:
-        if not self._finished:
-            self.abort()
+        super().close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -179,10 +198,7 @@ class ChunkWriter:
         cannot truncate what is being committed.
         """
         self._flush()
-        self._finished = True
-        self.session.offset = self.start + self.written
-        self.session.busy = keep_busy
-        return self.session.offset
+        return self._keep(keep_busy)
 
     def abort(self) -> None:
         """Drop this body's bytes (the request failed or the client went away)."""
@@ -197,5 +213,4 @@ class ChunkWriter:
             os.truncate(self.session.path, self.start)
         except FileNotFoundError:
             pass
-        self.session.hasher = self._hasher_before
-        self.session.busy = False
+        self._restore()

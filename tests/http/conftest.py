@@ -1,6 +1,11 @@
 """
-In-process API fixture: the real Site, Registry, LMDB and blob files (in a
+In-process API fixtures: the real Site, Registry, LMDB and blob files (in a
 temp dir), served on a loopback port by the test reactor, driven with treq.
+
+C{any_server} runs a test module's routes over each storage backend: the
+filesystem (on a port), the in-memory fake (no port: treq's in-memory agent
+drives the very same Site), and S3 (a real moto server, marker ``s3``).
+A module opts in with ``server = any_server``.
 """
 
 from __future__ import annotations
@@ -8,9 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from izreg.http.guard import OpenGuard
 from izreg.service.config import Config
@@ -24,6 +30,7 @@ OTHER_ACCOUNT = "fedcba9876543210fedcba9876543210"
 class Server:
     url: str
     service: object
+    kind: str = "filesystem"
 
     @property
     def registry(self):
@@ -62,7 +69,83 @@ async def start_server(tmp_path, guard=None, **config) -> Server:
     service.startService()
     listener = service.services[0]
     port = await listener._waitingForPort
-    return Server(f"http://127.0.0.1:{port.getHost().port}", service)
+    return Server(f"http://127.0.0.1:{port.getHost().port}", service, cfg.storage_backend)
+
+
+class MemoryService:
+    """What the memory server keeps of a service: its registry, API and site; no listener, no threads."""
+
+    def __init__(self, registry, api, site) -> None:
+        self.registry, self.api, self.site = registry, api, site
+
+    def stopService(self):
+        self.registry.index.close()
+        return defer.succeed(None)
+
+
+class MemoryServer(Server):
+    """
+    The real RegistrySite and routes over the in-memory stores (and LMDB in
+    a temp dir), with no port: requests go through treq's in-memory agent,
+    pumped on the test reactor's turns (so held bodies still work).
+    """
+
+    def __init__(self, tmp_path, guard) -> None:
+        from treq.client import HTTPClient
+        from treq.testing import RequestTraversalAgent
+
+        from izreg.http.app import RegistryAPI
+        from izreg.http.bodies import RegistrySite
+        from izreg.registry import Registry
+        from izreg.storage.lmdbenv import open_env
+        from izreg.storage.lmdbindex import Index
+        from izreg.storage.memory import MemoryBlobs, MemoryUploads
+
+        inline = defer.maybeDeferred
+        blobs = MemoryBlobs()
+        registry = Registry(Index(open_env(str(tmp_path / "index"))), blobs, MemoryUploads(blobs),
+                            now=reactor.seconds, run_write=inline, run_io=inline)
+        api = RegistryAPI(registry, guard, chunk_min_length=Config().chunk_min_length, now=reactor.seconds)
+        site = RegistrySite(api.resource(), api.body_for)
+        self._agent = RequestTraversalAgent(api.resource())
+        self._agent._serverFactory = site
+        self._client = HTTPClient(self._agent)
+        super().__init__("http://registry.test", MemoryService(registry, api, site), "memory")
+
+    async def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, **kw):
+        answer = self._client.request(method, self.url + path, data=body, headers=headers or {}, **kw)
+        response = await self._pumped(answer)
+        content = await self._pumped(treq.content(response))
+        return response, content
+
+    async def _pumped(self, d):
+        done = []
+        d.addBoth(lambda result: done.append(result) or result)
+        while not done:
+            self._agent.flush()
+            if not done:
+                tick = defer.Deferred()
+                reactor.callLater(0, tick.callback, None)
+                await tick
+        return await d
+
+
+async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -> Server:
+    """A registry over the C{kind} storage backend ("filesystem", "memory" or "s3")."""
+    if kind == "memory":
+        return MemoryServer(tmp_path, guard or OpenGuard())
+    if kind == "s3":
+        moto = request.getfixturevalue("moto_server")
+        config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),
+                      s3_endpoint_url=moto.url, s3_threads=4, **config)
+    return await start_server(tmp_path, guard or OpenGuard(), **config)
+
+
+@pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3)])
+async def any_server(request, tmp_path):
+    srv = await start_any_server(request.param, tmp_path, request)
+    yield srv
+    await srv.service.stopService()
 
 
 @pytest_twisted.async_yield_fixture

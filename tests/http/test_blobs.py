@@ -15,6 +15,13 @@ from tests.http.helpers import (
     repo,
 )
 
+
+@pytest.fixture
+def server(any_server):
+    """These routes run over every storage backend (filesystem, in-memory, S3)."""
+    return any_server
+
+
 DATA = bytes(range(256)) * 4  # 1024 bytes
 NAME = repo("blobs/app")
 

@@ -130,7 +130,7 @@ def test_orphans(uploads):
     stray = os.path.join(paths.uploads_dir(uploads.root), "stray")
     open(stray, "wb").close()
     found = uploads.orphans({recorded.id})
-    assert sorted(found) == sorted([orphan.path, stray])
+    assert sorted(found) == sorted([orphan.id, "stray"])
     assert live.path not in found
     assert uploads.orphans({recorded.id, orphan.id, "stray"}) == []
 

@@ -1,0 +1,154 @@
+"""
+The storage seam: what the registry and the HTTP layer may ask of blob and
+upload storage. Nothing above ``izreg/storage/`` calls ``os`` on blob or
+upload bytes, builds a path or holds a file object: it holds these.
+
+Implementations: the filesystem (L{izreg.storage.blobs}, L{izreg.storage.uploads}),
+S3-compatible object storage (L{izreg.storage.s3}) and an in-memory fake
+(L{izreg.storage.memory}). ``tests/storage/test_contract.py`` holds every one
+of them to the same behaviour.
+
+Blocking methods are marked so: the caller runs them in a thread (the writer
+thread or the I/O pool), never on the reactor. Methods that return a
+Deferred do their own threading.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class DigestMismatch(Exception):
+    """The bytes of an upload do not hash to the digest the client named."""
+
+    def __init__(self, actual: str) -> None:
+        super().__init__(actual)
+        self.actual = actual
+
+
+class StorageError(Exception):
+    """The storage backend failed (not the client's fault): answered 503, logged."""
+
+
+class IBlobReader(Interface):
+    """
+    An open blob, read once from a position. A reader may also offer
+    C{sendfile(out_fd, offset, count) -> int} (the filesystem's does:
+    ``os.sendfile``); the HTTP producer uses it on plain TCP when present.
+    """
+
+    def seek(offset: int) -> None:
+        """Where the next read starts (called before the first read)."""
+
+    def read(size: int):
+        """
+        Up to C{size} bytes from the current position (C{b""} at the end):
+        bytes, or a Deferred that fires with them when the read waits on the
+        network (never blocking the reactor).
+        """
+
+    def close() -> None:
+        """Release the file or the connection (idempotent)."""
+
+
+class IBlobStore(Interface):
+    """Immutable, content-addressed blobs: a blob is absent or whole, never partial."""
+
+    def open(digest):
+        """An L{IBlobReader} of the blob, cheap and non-blocking (it may fail on its first read if the blob is gone)."""
+
+    def redirect_url(digest, filename: str | None = None):
+        """A short-lived URL a client may fetch the blob from directly, or C{None} (serve the bytes)."""
+
+    def stat(digest):
+        """C{(size, mtime)} of a stored blob or C{None}. Blocking."""
+
+    def put_bytes(digest, data: bytes) -> None:
+        """Store a small blob whose digest the caller checked; durable on return. Blocking."""
+
+    def delete(digest) -> None:
+        """Remove a blob (absent is fine). Blocking; run on the writer thread."""
+
+    def digests():
+        """Iterate over every stored blob's digest. Blocking."""
+
+    def hash(digest, algorithm: str) -> str:
+        """The hex hash of a whole stored blob. Blocking."""
+
+
+class IBodySink(Interface):
+    """
+    Where one upload request body goes as it arrives (the request's
+    C{content}: Twisted calls C{write} per chunk, C{tell}/C{seek} when the
+    body is complete and C{close} when the request ends).
+    """
+
+    session = Attribute("the L{UploadSession} the body appends to")
+    expected = Attribute("the byte count a Content-Range announced, or None")
+    written = Attribute("bytes received so far")
+    overflow = Attribute("true when the body went past its limit")
+
+    def write(data: bytes) -> None:
+        """Append (buffered, hashed, shipped as it fills)."""
+
+    def throttle(producer) -> None:
+        """An C{IPushProducer} (the connection) the sink may pause while its store cannot keep up."""
+
+    def done(keep_busy: bool = False) -> int:
+        """
+        Keep the bytes (synchronous: a client that goes away after this cannot
+        truncate them); return the session's new offset. Durability comes from
+        L{IUploadStore.acknowledge} or L{IUploadStore.seal}.
+        """
+
+    def abort() -> None:
+        """Drop this body's bytes (the request failed or the client went away)."""
+
+    def close() -> None:
+        """The request ended: abort unless L{done} was called."""
+
+
+class IUploadStore(Interface):
+    """
+    Resumable upload sessions: the bytes of each, appended in order and
+    hashed as they arrive. The session's acknowledged state lives in LMDB
+    (C{record}); the store revives a session from it after a restart.
+    """
+
+    sessions = Attribute("live sessions by id")
+
+    def create(name: str, now: float, persisted: bool = True, algorithm: str = "sha256"):
+        """A new, empty L{UploadSession}."""
+
+    def get(upload_id: str, record: dict | None):
+        """The live session, or one revived from its LMDB C{record}, or C{None}."""
+
+    def sink(session, limit: int | None = None, expected: int | None = None, discard: bool = False):
+        """An L{IBodySink} appending to C{session}; C{discard}: a failed body removes the session."""
+
+    def record(session, now: float) -> dict:
+        """What LMDB keeps of C{session} (JSON-able) so L{get} can revive it."""
+
+    def acknowledge(sink):
+        """Deferred: the body of C{sink} (after L{IBodySink.done}) is durable; fires with the offset."""
+
+    def seal(session, digest):
+        """
+        Deferred: every byte of C{session} is durable and hashes to C{digest}
+        (else it fails with L{DigestMismatch}). The blob is not yet visible.
+        """
+
+    def promote(session, digest) -> None:
+        """Make a sealed session the blob C{digest} (absent before, whole after). Blocking: the writer thread."""
+
+    def remove(session) -> None:
+        """Forget C{session} and drop its bytes. Blocking."""
+
+    def forget(session) -> None:
+        """Drop the live session object (its bytes stay)."""
+
+    def expire(upload_id: str, record: dict | None) -> None:
+        """Drop the bytes of a session that is no longer live (expiry, orphans). Blocking."""
+
+    def orphans(known: set[str]) -> list[str]:
+        """Ids of stored sessions neither live nor in C{known} (left by a crash mid-POST). Blocking."""

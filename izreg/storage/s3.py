@@ -1,0 +1,635 @@
+# -*- test-case-name: tests.storage.test_contract -*-
+"""
+Blobs and upload sessions in an S3-compatible bucket (AWS S3, MinIO, Ceph
+RGW, GCS's S3 API, moto), through boto3: the reference client, with SigV4,
+retries and the standard credential chain. boto3 blocks, so every call runs
+in a bounded thread pool (C{run}, deferToThreadPool), never on the reactor.
+
+Keys under C{prefix}::
+
+    blobs/<alg>/<hex[:2]>/<hex>     a blob: written whole (PutObject, CopyObject), never partial
+    uploads/<id>/data               the multipart upload of a session (staging key)
+    uploads/<id>/tail.<n>           the acknowledged bytes past the last part (< one part)
+
+An upload body is hashed as it arrives and shipped in parts of L{PART_SIZE}
+bytes (S3's minimum part is 5 MiB), one part in flight per upload while
+the next fills; the connection is paused when both are full, so memory per
+upload is bounded. A PATCH is acknowledged once its full parts are
+uploaded and the rest (the tail, smaller than a part) is stored as a tail
+object; the LMDB record names the multipart upload id, the parts (number,
+ETag, size) and the tail, so a session survives a restart of izreg.
+
+A commit: the running hash is checked first (after a restart there is
+none: the completed staging object is read back and hashed). A blob that
+fits in one part is written with one PutObject at its content address;
+a larger one completes the multipart upload on the staging key, then is
+copied server-side to its content address (CopyObject, multipart copy
+above 5 GiB). Either way the object at the content address appears whole
+and only after its digest is verified, and the 201 follows S3's answer
+(durable in the bucket). Then the staging objects are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from izreg.core.digest import Digest
+from izreg.storage.interfaces import (
+    DigestMismatch,
+    IBlobReader,
+    IBlobStore,
+    IBodySink,
+    IUploadStore,
+    StorageError,
+)
+from izreg.storage.sink import SinkBase
+from izreg.storage.uploads import UploadSession
+
+log = Logger()
+
+#: bytes per multipart part (S3's minimum is 5 MiB except the last; at most
+#: 10,000 parts, so blobs up to 78 GiB)
+PART_SIZE = 8 * 1024 * 1024
+#: hash and buffer incoming bytes in pieces of this size
+HASH_SIZE = 1024 * 1024
+#: largest object one CopyObject may copy; larger ones are copied in parts
+COPY_LIMIT = 5 * 1024**3
+READ_CHUNK = 1024 * 1024
+
+
+def make_client(config):
+    """A boto3 S3 client for C{config}'s C{[storage.s3]} (credentials: the config, else boto3's chain)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    session = boto3.session.Session(
+        aws_access_key_id=config.s3_access_key_id,
+        aws_secret_access_key=config.s3_secret_access_key,
+        region_name=config.s3_region,
+    )
+    options = dict(
+        max_pool_connections=config.s3_threads,
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        signature_version="s3v4",
+    )
+    if config.s3_endpoint_url:
+        options["s3"] = {"addressing_style": "path"}  # MinIO, RGW, moto: no bucket DNS names
+    return session.client("s3", endpoint_url=config.s3_endpoint_url, config=BotoConfig(**options))
+
+
+def check_bucket(config) -> None:
+    """Raise L{StorageError} with one line when the bucket cannot be reached (start-up)."""
+    client = make_client(config)
+    where = f"S3 bucket {config.s3_bucket!r}" + (f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else "")
+    try:
+        client.head_bucket(Bucket=config.s3_bucket)
+    except Exception as e:  # botocore's errors: no credentials, connection refused, 403, 404...
+        raise StorageError(f"{where} is not reachable: {_describe(e)}") from None
+    finally:
+        client.close()
+
+
+def _describe(e: Exception) -> str:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.get("Code") or status
+        if str(code) in ("404", "NoSuchBucket"):
+            return "no such bucket"
+        if str(code) in ("403", "AccessDenied"):
+            return "access denied (check the credentials and the bucket policy)"
+        return f"{code} {error.get('Message', '')}".strip()
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _not_found(e: Exception) -> bool:
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NoSuchUpload", "NotFound") or \
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
+
+
+def _s3(f):
+    """Run an S3 call; botocore's failures become L{StorageError} (a 503 for the client)."""
+
+    def call(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except (StorageError, DigestMismatch):
+            raise
+        except Exception as e:
+            raise StorageError(f"S3: {_describe(e)}") from e
+
+    call.__name__ = f.__name__
+    return call
+
+
+class _Keys:
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket, self.prefix = bucket, prefix
+
+    def blob(self, digest: Digest) -> str:
+        return f"{self.prefix}blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+    def uploads(self) -> str:
+        return f"{self.prefix}uploads/"
+
+    def upload(self, upload_id: str) -> str:
+        return f"{self.prefix}uploads/{upload_id}/"
+
+    def staging(self, upload_id: str) -> str:
+        return f"{self.upload(upload_id)}data"
+
+    def tail(self, upload_id: str, n: int) -> str:
+        return f"{self.upload(upload_id)}tail.{n}"
+
+
+# -- blobs ---------------------------------------------------------------------------------
+
+
+@implementer(IBlobReader)
+class S3Reader:
+    """A ranged GET, opened on the first read and read in the thread pool one piece at a time."""
+
+    def __init__(self, blobs: "S3Blobs", key: str) -> None:
+        self._blobs, self._key = blobs, key
+        self._position = 0
+        self._body = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def seek(self, offset: int) -> None:
+        self._position = offset
+
+    def read(self, size: int = -1):
+        return self._blobs.run(self._read, size)
+
+    @_s3
+    def _read(self, size: int) -> bytes:
+        with self._lock:
+            if self._closed:
+                return b""
+            if self._body is None:
+                ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
+                try:
+                    answer = self._blobs.client.get_object(Bucket=self._blobs.keys.bucket, Key=self._key, **ranged)
+                except Exception as e:
+                    if "InvalidRange" in str(e):
+                        return b""  # at or past the end
+                    raise
+                self._body = answer["Body"]
+            data = self._body.read(size if size >= 0 else None)
+            self._position += len(data)
+            return data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._blobs.run(self._close).addErrback(lambda f: None)
+
+    def _close(self) -> None:
+        with self._lock:  # after any read in flight
+            if self._body is not None:
+                self._body.close()
+                self._body = None
+
+
+@implementer(IBlobStore)
+class S3Blobs:
+    def __init__(self, client, bucket: str, prefix: str, run, redirect_ttl: int | None = None) -> None:
+        self.client, self.run = client, run
+        self.keys = _Keys(bucket, prefix)
+        self.redirect_ttl = redirect_ttl
+
+    def open(self, digest: Digest) -> S3Reader:
+        return S3Reader(self, self.keys.blob(digest))
+
+    def redirect_url(self, digest: Digest, filename: str | None = None) -> str | None:
+        if not self.redirect_ttl:
+            return None
+        # signing is local (no request): fine on the reactor
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.keys.bucket, "Key": self.keys.blob(digest)},
+            ExpiresIn=self.redirect_ttl)
+
+    @_s3
+    def stat(self, digest: Digest) -> tuple[int, float] | None:
+        try:
+            head = self.client.head_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise
+        return head["ContentLength"], head["LastModified"].timestamp()
+
+    @_s3
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        if self.stat(digest) is None:
+            self.client.put_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest), Body=bytes(data))
+
+    @_s3
+    def delete(self, digest: Digest) -> None:
+        self.client.delete_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+
+    @_s3
+    def digests(self):
+        base = f"{self.keys.prefix}blobs/"
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.keys.bucket, Prefix=base):
+            for item in page.get("Contents", []):
+                parts = item["Key"][len(base):].split("/")
+                if len(parts) == 3:
+                    try:
+                        found.append(Digest(parts[0], parts[2]))
+                    except ValueError:
+                        continue
+        return iter(found)
+
+    @_s3
+    def hash(self, digest: Digest, algorithm: str) -> str:
+        return self.hash_key(self.keys.blob(digest), algorithm)
+
+    def hash_key(self, key: str, algorithm: str) -> str:
+        hasher = hashlib.new(algorithm)
+        body = self.client.get_object(Bucket=self.keys.bucket, Key=key)["Body"]
+        try:
+            for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                hasher.update(chunk)
+        finally:
+            body.close()
+        return hasher.hexdigest()
+
+    def copy(self, source: str, target: str, size: int) -> None:
+        """Server-side copy (multipart above 5 GiB)."""
+        bucket = self.keys.bucket
+        if size <= COPY_LIMIT:
+            self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+            return
+        from boto3.s3.transfer import TransferConfig
+
+        self.client.copy({"Bucket": bucket, "Key": source}, bucket, target,
+                         Config=TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=512 * 1024**2,
+                                               max_concurrency=4))
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Session(UploadSession):
+    multipart: str | None = None  # the multipart upload id, once the first part is sent
+    parts: list = field(default_factory=list)  # [number, etag, size] per part, in order
+    tail: bytearray | None = field(default_factory=bytearray)  # bytes past the parts; None: not loaded yet
+    tail_seq: int = 0  # tail.<n> holds the acknowledged tail (0: none)
+    tail_size: int = 0
+    writer: Any = None
+    removed: bool = False
+
+
+@implementer(IBodySink)
+class S3Writer(SinkBase):
+    """
+    Appends one request body to an S3 session: hashes it, gathers it into
+    parts and ships them in order, one at a time, in the thread pool.
+    """
+
+    def __init__(self, store: "S3Uploads", session: S3Session, limit, expected, discard: bool) -> None:
+        previous = session.writer
+        super().__init__(session, limit, expected)
+        self.store, self.discard = store, discard
+        self.failure: Exception | None = None
+        self._incoming = bytearray()
+        self._parts_before = [list(p) for p in session.parts]
+        self._tail_before = bytes(session.tail) if session.tail is not None else None
+        self._queued = 0
+        self._producer = None
+        self._paused = False
+        self._chain = previous.drained() if previous is not None else defer.succeed(None)
+        session.writer = self
+        if session.tail is None:
+            self._enqueue(self._load_tail)
+
+    # -- the request's content ----------------------------------------------------------
+
+    def throttle(self, producer) -> None:
+        self._producer = producer
+
+    def write(self, data: bytes) -> None:
+        if not self._accept(data):
+            return
+        self._incoming += data
+        if len(self._incoming) >= HASH_SIZE:
+            self._pump()
+
+    def done(self, keep_busy: bool = False) -> int:
+        self._finished = True
+        self._pump()
+        self._resume()
+        self.session.offset = self.start + self.written
+        if not keep_busy:
+            self._chain.addBoth(self._release)
+        return self.session.offset
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._incoming.clear()
+        self._resume()
+        session = self.session
+        if self.discard:
+            self.store.remove(session).addErrback(lambda f: log.failure("dropping an S3 upload failed", f))
+            return
+        session.parts = self._parts_before
+        session.tail = bytearray(self._tail_before) if self._tail_before is not None else None
+        session.hasher = self._hasher_before
+        session.offset = self.start
+        self._chain.addBoth(self._release)  # parts in flight finish before the next writer starts
+
+    def _release(self, result=None):
+        self.session.busy = False
+        return None
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Hash what came in, move it to the tail, and ship every full part."""
+        session = self.session
+        if session.tail is None or self.failure is not None:
+            return  # the tail is loading; its job pumps again
+        if self._incoming:
+            if session.hasher is not None:
+                session.hasher.update(self._incoming)
+            session.tail += self._incoming
+            self._incoming.clear()
+        size = self.store.part_size
+        while len(session.tail) >= size:
+            part = bytes(session.tail[:size])
+            del session.tail[:size]
+            number = len(session.parts) + 1
+            session.parts.append([number, None, len(part)])
+            self._enqueue(self._ship, number, part)
+
+    def _enqueue(self, job, *args) -> None:
+        self._queued += 1
+        if self._queued >= 2 and not self._finished and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+        def step(_):
+            if self.failure is not None or self.session.removed:
+                return None
+            d = self.store.run(job, *args)
+            d.addCallback(lambda value: getattr(self, f"{job.__name__}_done")(value, *args))
+            return d
+
+        def failed(f):
+            if self.failure is None:
+                self.failure = f.value if isinstance(f.value, StorageError) else StorageError(str(f.value))
+                log.failure("S3 upload {id} failed", f, id=self.session.id)
+            return None
+
+        def after(_):
+            self._queued -= 1
+            if self._queued < 2:
+                self._resume()
+            return None
+
+        self._chain.addCallback(step).addErrback(failed).addBoth(after)
+
+    def _resume(self) -> None:
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    @_s3
+    def _ship(self, number: int, part: bytes) -> str:
+        store, session = self.store, self.session
+        if session.multipart is None:
+            session.multipart = store.client.create_multipart_upload(
+                Bucket=store.keys.bucket, Key=store.keys.staging(session.id))["UploadId"]
+        answer = store.client.upload_part(Bucket=store.keys.bucket, Key=store.keys.staging(session.id),
+                                          UploadId=session.multipart, PartNumber=number, Body=part)
+        return answer["ETag"]
+
+    def _ship_done(self, etag: str, number: int, part: bytes) -> None:
+        if len(self.session.parts) >= number:
+            self.session.parts[number - 1][1] = etag
+
+    @_s3
+    def _load_tail(self) -> bytes:
+        session = self.session
+        if not session.tail_size:
+            return b""
+        body = self.store.client.get_object(Bucket=self.store.keys.bucket,
+                                            Key=self.store.keys.tail(session.id, session.tail_seq))["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        if len(data) < session.tail_size:
+            raise StorageError(f"the tail of upload {session.id} is shorter than acknowledged")
+        return data[:session.tail_size]
+
+    def _load_tail_done(self, data: bytes) -> None:
+        self.session.tail = bytearray(data)
+        self._tail_before = bytes(data) if self._tail_before is None else self._tail_before
+        self._pump()
+
+    def drained(self) -> defer.Deferred:
+        """Fires when every job queued so far has finished (never fails)."""
+        d = defer.Deferred()
+        self._chain.addBoth(lambda _: d.callback(None))
+        return d
+
+    @defer.inlineCallbacks
+    def flush(self):
+        """Wait for the parts, pump what the tail load held back, wait again; raise the first failure."""
+        yield self.drained()
+        self._pump()
+        yield self.drained()
+        if self.failure is not None:
+            raise self.failure
+
+
+@implementer(IUploadStore)
+class S3Uploads:
+    def __init__(self, blobs: S3Blobs, part_size: int = PART_SIZE) -> None:
+        self.blobs = blobs
+        self.part_size = part_size
+        self.client, self.keys, self.run = blobs.client, blobs.keys, blobs.run
+        self.sessions: dict[str, S3Session] = {}
+
+    def create(self, name: str, now: float, persisted: bool = True, algorithm: str = "sha256") -> S3Session:
+        session = S3Session(str(uuid.uuid4()), name, "", now, hasher=hashlib.new(algorithm), persisted=persisted)
+        self.sessions[session.id] = session
+        return session
+
+    def get(self, upload_id: str, record: dict | None) -> S3Session | None:
+        session = self.sessions.get(upload_id)
+        if session is not None:
+            return session
+        if record is None:
+            return None
+        state = record.get("s3", {})
+        parts = [list(p) for p in state.get("parts", [])]
+        tail_size = state.get("tail_size", 0)
+        if sum(p[2] for p in parts) + tail_size != record["offset"] or any(p[1] is None for p in parts):
+            return None
+        session = S3Session(upload_id, record["name"], "", record["started"], record["offset"], hasher=None,
+                            multipart=state.get("multipart"), parts=parts,
+                            tail=None if tail_size else bytearray(), tail_seq=state.get("tail", 0),
+                            tail_size=tail_size)
+        self.sessions[upload_id] = session
+        return session
+
+    def sink(self, session: S3Session, limit=None, expected=None, discard: bool = False) -> S3Writer:
+        return S3Writer(self, session, limit, expected, discard)
+
+    def record(self, session: S3Session, now: float) -> dict:
+        record = session.record(now)
+        record["s3"] = {"multipart": session.multipart, "parts": [list(p) for p in session.parts],
+                        "tail": session.tail_seq, "tail_size": session.tail_size}
+        return record
+
+    @defer.inlineCallbacks
+    def acknowledge(self, sink: S3Writer):
+        session = sink.session
+        try:
+            yield sink.flush()
+            if sink.written or len(session.tail) != session.tail_size:
+                n = session.tail_seq + 1
+                if session.tail:
+                    yield self.run(self._put, self.keys.tail(session.id, n), bytes(session.tail))
+                stale = session.tail_seq - 1  # the LMDB record names tail_seq until the caller writes the new one
+                session.tail_seq, session.tail_size = n, len(session.tail)
+                if stale > 0:
+                    self.run(self._delete, self.keys.tail(session.id, stale)).addErrback(lambda f: None)
+        except Exception:
+            self.forget(session)  # the next request revives it from its last acknowledged record
+            raise
+        return session.offset
+
+    @_s3
+    def _put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.keys.bucket, Key=key, Body=data)
+
+    @_s3
+    def _delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.keys.bucket, Key=key)
+
+    @defer.inlineCallbacks
+    def seal(self, session: S3Session, digest: Digest):
+        writer = session.writer
+        if writer is None:
+            writer = self.sink(session)  # a commit with no body: finish the tail load, if any
+            writer.done(keep_busy=True)
+        try:
+            yield writer.flush()
+        except Exception:
+            self.forget(session)
+            raise
+        hasher = session.hasher if session.hasher is not None and session.hasher.name == digest.algorithm else None
+        if hasher is not None and hasher.hexdigest() != digest.hex:
+            raise DigestMismatch(f"{digest.algorithm}:{hasher.hexdigest()}")
+        try:
+            yield self.run(self._seal, session, digest, hasher is not None)
+        except StorageError:
+            self.forget(session)
+            raise
+
+    @_s3
+    def _seal(self, session: S3Session, digest: Digest, verified: bool) -> None:
+        bucket, target = self.keys.bucket, self.keys.blob(digest)
+        if not session.parts:
+            data = bytes(session.tail)
+            if not verified:
+                actual = hashlib.new(digest.algorithm, data).hexdigest()
+                if actual != digest.hex:
+                    raise DigestMismatch(f"{digest.algorithm}:{actual}")
+            if self.blobs.stat(digest) is None:
+                self.client.put_object(Bucket=bucket, Key=target, Body=data)
+        else:
+            staging = self.keys.staging(session.id)
+            parts = [dict(PartNumber=n, ETag=etag) for n, etag, _ in session.parts]
+            if session.tail:
+                number = len(session.parts) + 1
+                answer = self.client.upload_part(Bucket=bucket, Key=staging, UploadId=session.multipart,
+                                                 PartNumber=number, Body=bytes(session.tail))
+                parts.append(dict(PartNumber=number, ETag=answer["ETag"]))
+            self.client.complete_multipart_upload(Bucket=bucket, Key=staging, UploadId=session.multipart,
+                                                  MultipartUpload={"Parts": parts})
+            if not verified:
+                actual = self.blobs.hash_key(staging, digest.algorithm)
+                if actual != digest.hex:
+                    raise DigestMismatch(f"{digest.algorithm}:{actual}")
+            if self.blobs.stat(digest) is None:
+                self.blobs.copy(staging, target, session.offset)
+        self._clean(session.id, None)
+
+    def promote(self, session: S3Session, digest: Digest) -> None:
+        """Nothing left to do: L{seal} wrote the verified object at its content address."""
+
+    def remove(self, session: S3Session) -> defer.Deferred:
+        self.forget(session)
+        session.removed = True
+        waited = session.writer.drained() if session.writer is not None else defer.succeed(None)
+        record = {"s3": {"multipart": session.multipart}}
+        return waited.addCallback(lambda _: self.run(self.expire, session.id, record))
+
+    def forget(self, session: S3Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    @_s3
+    def expire(self, upload_id: str, record: dict | None) -> None:
+        known = (record or {}).get("s3", {}).get("multipart")
+        self._clean(upload_id, known)
+
+    def _clean(self, upload_id: str, multipart: str | None) -> None:
+        """Abort the session's multipart uploads and delete its objects (idempotent)."""
+        bucket, staging = self.keys.bucket, self.keys.staging(upload_id)
+        ids = {multipart} if multipart else set()
+        listed = self.client.list_multipart_uploads(Bucket=bucket, Prefix=staging)
+        ids.update(u["UploadId"] for u in listed.get("Uploads", []) if u["Key"] == staging)
+        for multipart_id in ids:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=staging, UploadId=multipart_id)
+            except Exception as e:
+                if not _not_found(e):
+                    raise
+        keys = [item["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=self.keys.upload(upload_id)) for item in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                              "Quiet": True})
+
+    @_s3
+    def orphans(self, known: set[str]) -> list[str]:
+        bucket, base = self.keys.bucket, self.keys.uploads()
+        found = set()
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=base):
+            found.update(u["Key"][len(base):].split("/")[0] for u in page.get("Uploads", []))
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
+            found.update(p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return sorted(i for i in found if i and i not in known and i not in self.sessions)
+
+
+def open_s3(config, run) -> tuple[S3Blobs, S3Uploads]:
+    """The S3 blob and upload stores of C{config}; C{run} calls a blocking function in the S3 thread pool."""
+    blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run,
+                    redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None)
+    return blobs, S3Uploads(blobs)
