@@ -314,7 +314,8 @@ class Registry:
             return RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         return RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": str(reference)})
 
-    def get_manifest(self, repo: Repository, reference: Reference, accepted: frozenset[str] = frozenset()) -> StoredManifest:
+    async def get_manifest(self, repo: Repository, reference: Reference,
+                           accepted: frozenset[str] = frozenset()) -> StoredManifest:
         digest = self.resolve(repo, reference)
         found = self.index.get_manifest(repo.name, digest)
         if found is None:
@@ -322,18 +323,21 @@ class Registry:
         meta, data = found
         media_type = meta["mediaType"]
         if not isinstance(reference, Digest) and media_type in mt.INDEX_TYPES and not mt.acceptable(media_type, accepted):
-            child = self._default_platform_child(repo, data, accepted)
+            child = await self._default_platform_child(repo, data, accepted)
             if child is not None:
                 return child
         return StoredManifest(digest, media_type, data)
 
-    def _default_platform_child(self, repo: Repository, data: bytes, accepted: frozenset[str]) -> StoredManifest | None:
+    async def _default_platform_child(self, repo: Repository, data: bytes,
+                                      accepted: frozenset[str]) -> StoredManifest | None:
         """For a client that cannot read an index: its linux/amd64 manifest, as distribution does."""
-        for entry in json.loads(data).get("manifests", []):
+        # an index of up to max_manifest_size (4 MiB): parsed in a thread when large
+        document = json.loads(data) if len(data) <= INLINE_MANIFEST else await self.run_io(json.loads, data)
+        for entry in document.get("manifests", []):
             platform = entry.get("platform") or {}
             if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
                 try:
-                    return self.get_manifest(repo, Digest.parse(entry.get("digest", "")), accepted)
+                    return await self.get_manifest(repo, Digest.parse(entry.get("digest", "")), accepted)
                 except RegistryError:
                     return None
         return None

@@ -25,7 +25,7 @@ class ServerOptions(usage.Options):
         ["data-dir", "d", None, "data directory (default: ./izreg-data)"],
         ["tls-cert", None, None, "PEM server certificate chain for the TLS listener"],
         ["tls-key", None, None, "PEM private key of the server certificate"],
-        ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes"],
+        ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes (checked every tls.device_crl_interval s)"],
         ["log-format", None, None, "text (default) or json (one JSON object a line)"],
         ["log-level", None, None, "debug, info (default), warn, error; re-read from the config on SIGHUP"],
         ["min-free-disk", None, None, 'refuse pushes (503) below this free space: "2GB", "5%" (default 0)'],
@@ -184,9 +184,13 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     expiry = internet.TimerService(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()))
     expiry.clock = reactor
     expiry.setServiceParent(top)
-    flush = internet.TimerService(config.pull_flush_interval, top.flush_pulls)
+    flush = internet.TimerService(config.pull_flush_interval, top.flush_batches)
     flush.clock = reactor
     flush.setServiceParent(top)
+    if config.device_crl:
+        crl = internet.TimerService(config.device_crl_interval, top.check_crl)
+        crl.clock = reactor
+        crl.setServiceParent(top)
     _SighupService(reactor, top.reload).setServiceParent(top)
     _operations(config, reactor, top, site)
     top.site = site

@@ -27,7 +27,9 @@ runner) failed: only guessing of that very key from there slows it down.
 
 Every check reads the key record (one LMDB read, microseconds), so a
 revoked key, and every token made from it, fails on the next request.
-C{last_used} is written at most once per C{last_used_interval} per key.
+C{last_used} is stamped at most once per C{last_used_interval} per key, in
+memory (L{Authenticator.last_used}); the service writes the stamps in one
+transaction on the writer thread every few seconds, never on the reactor.
 Nothing here logs or reprs a secret: log lines name the key id at most.
 """
 
@@ -47,6 +49,7 @@ from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore, KeyRecord
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
+from izreg.storage.batch import LatestBatch
 
 #: the only username accepted with Basic auth; the password is the access key
 USERNAME = "KEY"
@@ -103,6 +106,8 @@ class Authenticator:
         self.token_ttl = token_ttl
         self.limiter = limiter if limiter is not None else FailureLimiter()
         self.last_used_interval = last_used_interval
+        #: keys' last-used stamps, written by the service's timer on the writer thread
+        self.last_used: LatestBatch[str] = LatestBatch(store.touch_keys)
         self._signer: tokens.Signer | None = None
 
     def __repr__(self) -> str:
@@ -326,8 +331,9 @@ class Authenticator:
             raise _Failed("invalid access key", key_id, known=True)
         if not record.active:
             raise _Failed("this access key has been revoked", key_id, known=True)
-        if record.last_used is None or now - record.last_used >= self.last_used_interval:
-            self.store.touch_key(key_id, now)
+        last = max(record.last_used or float("-inf"), self.last_used.get(key_id) or float("-inf"))
+        if now - last >= self.last_used_interval:
+            self.last_used.put(key_id, now)
         return record
 
     def _get_signer(self) -> tokens.Signer:

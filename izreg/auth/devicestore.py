@@ -24,8 +24,8 @@ restart.
 
 Pull records keep the I{last} pull per (device, manifest): a put overwrites.
 L{PullRecorder} batches them in memory so a pull costs no fsync; its
-C{flush()} writes the batch in one write txn (call it from a TimerService
-every few seconds and at stop).
+C{flush()} writes the batch in one write txn (the service calls it on the
+writer thread every few seconds and at stop).
 
 Times are POSIX seconds passed in by the caller.
 """
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -42,6 +41,7 @@ import lmdb
 
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
 from izreg.storage import schema
+from izreg.storage.batch import LatestBatch
 from izreg.storage.refs import repo_key, scan
 
 SERIAL = "serial"
@@ -194,26 +194,21 @@ class DeviceStore:
 
 class PullRecorder:
     """
-    Batches pull records in memory: C{record()} is a dict put (no I/O);
-    C{flush()} writes the batch in one txn. Thread-safe, so C{flush} may
-    run in a worker thread (C{deferToThread}) while the reactor records.
-    At most one pending entry per (account, device, repository, digest);
-    if a write fails the batch is kept (newer pulls win) and the error raised.
+    Batches pull records in memory (L{izreg.storage.batch.LatestBatch}):
+    C{record()} is a dict put (no I/O); C{flush()} writes the batch in one
+    txn, on the writer thread. At most one pending entry per (account,
+    device, repository, digest), the latest pull.
     """
 
     def __init__(self, store: DeviceStore) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str, str, str], float] = {}
+        self._batch: LatestBatch[tuple[str, str, str, str]] = LatestBatch(
+            lambda batch: store.write_pulls(PullRecord(*k, at) for k, at in batch.items()))
 
     def record(self, account: str, device_id: str, repository: str, digest: str, now: float) -> None:
         for name, value in (("account", account), ("device id", device_id), ("repository", repository),
                             ("digest", digest)):
             _check_part(name, value)
-        k = (account, device_id, repository, digest)
-        with self._lock:
-            if now >= self._pending.get(k, now):
-                self._pending[k] = now
+        self._batch.put((account, device_id, repository, digest), now)
 
     def pending_devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> last pull of this manifest, among the pulls not yet written."""
@@ -229,19 +224,8 @@ class PullRecorder:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._batch.pending
 
     def flush(self) -> int:
         """Write everything recorded so far; return how many records were written."""
-        with self._lock:
-            batch, self._pending = self._pending, {}
-        if not batch:
-            return 0
-        try:
-            return self._store.write_pulls(PullRecord(*k, at) for k, at in batch.items())
-        except BaseException:
-            with self._lock:
-                for k, at in batch.items():
-                    if at > self._pending.get(k, float("-inf")):
-                        self._pending[k] = at
-            raise
+        return self._batch.flush()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import lmdb
 
@@ -200,12 +200,22 @@ class AuthStore:
         """
         return self._update_key(key_id, lambda v: v if v.get("revoked") is not None else {**v, "revoked": now})
 
-    def touch_key(self, key_id: str, now: float) -> None:
-        """Record that C{key_id} was used at C{now} (the caller throttles how often)."""
-        try:
-            self._update_key(key_id, lambda v: {**v, "last_used": max(now, v.get("last_used") or 0)})
-        except UnknownKey:
-            pass
+    def touch_keys(self, stamps: Mapping[str, float]) -> int:
+        """
+        Record when each key was last used, in one write transaction (a stamp
+        never moves backwards; unknown keys are skipped). The number written.
+        """
+        n = 0
+        with self._env.begin(write=True, db=self._keys) as txn:
+            for key_id, now in stamps.items():
+                raw = txn.get(key_id.encode("ascii")) if keys.is_key_id(key_id) else None
+                if raw is None:
+                    continue
+                value = json.loads(raw)
+                if now > (value.get("last_used") or 0):
+                    txn.put(key_id.encode("ascii"), json.dumps({**value, "last_used": now}).encode())
+                    n += 1
+        return n
 
     # Internals ---------------------------------------------------------------
 

@@ -275,7 +275,7 @@ class RegistryAPI:
         principal = _principal(request)
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
-        found = self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
+        found = await self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,

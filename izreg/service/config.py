@@ -37,6 +37,7 @@ class Config:
     tls_key: str | None = None
     device_ca: tuple[str, ...] = ()
     device_crl: str | None = None
+    device_crl_interval: int = 10
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
@@ -84,6 +85,8 @@ class Config:
             raise ConfigError("--device-ca and --device-crl need a TLS listener (--tls-listen)")
         if self.device_crl and not self.device_ca:
             raise ConfigError("--device-crl needs --device-ca")
+        if self.device_crl_interval < 1:
+            raise ConfigError("tls.device_crl_interval must be at least 1 second")
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -122,6 +125,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("tls", "key"): ("tls_key", str),
     ("tls", "device_ca"): ("device_ca", tuple),
     ("tls", "device_crl"): ("device_crl", str),
+    ("tls", "device_crl_interval"): ("device_crl_interval", int),
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),

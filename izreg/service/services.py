@@ -54,6 +54,7 @@ class RegistryService(service.MultiService):
         self.fixed_guard = guard
         self.registry: Registry | None = None
         self.pulls: PullRecorder | None = None
+        self.authenticator: Authenticator | None = None
         self._pools: list[ThreadPool] = []
         # operations (izreg.service.metrics, .logs): set by make_server
         self.metrics = None
@@ -108,13 +109,14 @@ class RegistryService(service.MultiService):
             pool.start()
             self._pools.append(pool)
         self._run_io = self._runner(io)
+        self._run_write = self._runner(writer)
         blobs, uploads = self._open_storage(root)
         self.registry = Registry(
             Index(env),
             blobs,
             uploads,
             now=self.reactor.seconds,
-            run_write=self._runner(writer),
+            run_write=self._run_write,
             run_io=self._run_io,
             limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
             audit=AuditLog(env),
@@ -170,7 +172,7 @@ class RegistryService(service.MultiService):
         store = AuthStore(env)
         if bootstrap(store, root, self.reactor.seconds()) is None:
             warn_if_left(root)
-        authenticator = Authenticator(
+        self.authenticator = authenticator = Authenticator(
             store,
             self.reactor.seconds,
             token_service=config.token_service,
@@ -185,6 +187,8 @@ class RegistryService(service.MultiService):
         verifier = None
         if self.tls is not None and config.device_ca:
             self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
+            if self.crl_file is not None:
+                self.crl_file.refresh()  # before the first request; then check_crl's timer
             crls = self.crl_file.current if self.crl_file else (lambda: ())
             verifier = DeviceVerifier(
                 cas=self.tls.device_cas,
@@ -203,7 +207,7 @@ class RegistryService(service.MultiService):
         slow = getattr(getattr(self, "site", None), "slow", None)
         if slow is not None:
             slow.stop()
-        yield self.flush_pulls()
+        yield self.flush_batches()
         for pool in self._pools:
             pool.stop()
         self._pools = []
@@ -224,19 +228,38 @@ class RegistryService(service.MultiService):
 
     @defer.inlineCallbacks
     def flush_pulls(self):
-        """Timer task: write the batched device pull records in one transaction."""
+        """Write the batched device pull records in one transaction, on the writer thread."""
         if self.pulls is None or not self.pulls.pending:
             return
         try:
-            yield self._run_io(self.pulls.flush)
+            yield self._run_write(self.pulls.flush)
         except Exception:
             self.log.failure("recording device pulls failed")
+
+    @defer.inlineCallbacks
+    def flush_batches(self):
+        """Timer task: the pull records, then the keys' last-used stamps, on the writer thread."""
+        yield self.flush_pulls()
+        if self.authenticator is None or not self.authenticator.last_used.pending:
+            return
+        try:
+            yield self._run_write(self.authenticator.last_used.flush)
+        except Exception:
+            self.log.failure("recording when keys were last used failed")
+
+    def check_crl(self):
+        """Timer task: re-read the device CRL file if it changed (stat and parse in the I/O pool)."""
+        if self.crl_file is None or self.registry is None:
+            return None
+        return self._run_io(self.crl_file.refresh).addErrback(
+            lambda f: self.log.failure("checking the device CRL failed", f))
 
     def reload(self) -> None:
         """SIGHUP: TLS material, the device CRL, and from the config the log level and disk floor."""
         self.reload_tls()
         if self.crl_file is not None:
-            self.crl_file.reload()
+            self._run_io(self.crl_file.reload).addErrback(
+                lambda f: self.log.failure("re-reading the device CRL failed", f))
         if self.reload_config is None:
             return
         try:

@@ -29,12 +29,14 @@ Pieces:
     in TLS, like tahoe-lafs's C{_TLSEndpointWrapper}.
   - L{peer_certificate}: the verified client certificate of an HTTP request's
     transport, as a C{cryptography} certificate, or C{None}.
-  - L{CRLFile}: an optional CRL file, re-read when its mtime/size change.
+  - L{CRLFile}: an optional CRL file, re-read (by a timer, off the reactor)
+    when its mtime/size change.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -326,9 +328,11 @@ def _resumed_verified(connection: SSL.Connection) -> bool:
 class CRLFile:
     """
     An optional CRL file (C{--device-crl}): one or more PEM CRLs, each signed
-    by a device CA. C{current()} re-reads it when its mtime, size or inode
-    change (one C{stat} per call); a file that fails to parse or verify is
-    logged and the previous CRLs stay in force.
+    by a device CA. C{current()} (per request, on the reactor) returns the
+    CRLs last read, with no I/O; C{refresh()} (blocking: the service calls it
+    in the I/O pool every C{tls.device_crl_interval} seconds) stats the file
+    and re-reads it when its mtime, size or inode changed. A file that fails
+    to parse or verify is logged and the previous CRLs stay in force.
     """
 
     path: str
@@ -336,31 +340,38 @@ class CRLFile:
     stat: Callable[[str], os.stat_result] = os.stat
     _seen: tuple | None = field(default=None, init=False)
     _crls: tuple[x509.CertificateRevocationList, ...] = field(default=(), init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def current(self) -> tuple[x509.CertificateRevocationList, ...]:
-        try:
-            st = self.stat(self.path)
-        except OSError as e:
-            if self._seen != ("missing",):
-                log.error("cannot stat the device CRL {path}: {error}; keeping {n} CRL(s)",
-                          path=self.path, error=e.strerror, n=len(self._crls))
-                self._seen = ("missing",)
-            return self._crls
-        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen != self._seen:
-            self._seen = seen
-            try:
-                self._crls = self.load()
-                log.info("loaded {n} device CRL(s) from {path}", n=len(self._crls), path=self.path)
-            except (OSError, ValueError) as e:
-                log.error("ignoring the device CRL {path}: {error}; keeping {n} CRL(s)",
-                          path=self.path, error=str(e), n=len(self._crls))
         return self._crls
 
+    def refresh(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """Stat the file and re-read it if it changed (blocking)."""
+        with self._lock:
+            try:
+                st = self.stat(self.path)
+            except OSError as e:
+                if self._seen != ("missing",):
+                    log.error("cannot stat the device CRL {path}: {error}; keeping {n} CRL(s)",
+                              path=self.path, error=e.strerror, n=len(self._crls))
+                    self._seen = ("missing",)
+                return self._crls
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if seen != self._seen:
+                self._seen = seen
+                try:
+                    self._crls = self.load()
+                    log.info("loaded {n} device CRL(s) from {path}", n=len(self._crls), path=self.path)
+                except (OSError, ValueError) as e:
+                    log.error("ignoring the device CRL {path}: {error}; keeping {n} CRL(s)",
+                              path=self.path, error=str(e), n=len(self._crls))
+            return self._crls
+
     def reload(self) -> tuple[x509.CertificateRevocationList, ...]:
-        """Re-read the file now, changed or not (SIGHUP)."""
-        self._seen = None
-        return self.current()
+        """Re-read the file now, changed or not (SIGHUP; blocking)."""
+        with self._lock:
+            self._seen = None
+        return self.refresh()
 
     def load(self) -> tuple[x509.CertificateRevocationList, ...]:
         with open(self.path, "rb") as f:

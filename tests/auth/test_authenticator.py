@@ -137,19 +137,24 @@ def test_revocation_takes_effect_on_the_next_request(world):
 
 
 def test_last_used_is_written_at_most_once_a_minute(world):
-    auth = make(world)
     key_id = keys.parse(world.key).key_id
     writes = []
-    touch = world.store.touch_key
-    world.store.touch_key = lambda k, now: (writes.append(now), touch(k, now))
+    touch = world.store.touch_keys
+    world.store.touch_keys = lambda stamps: (writes.append(dict(stamps)), touch(stamps))[1]
+    auth = make(world)
     start = world.clock()
     for _ in range(5):
         auth.authenticate(basic("KEY", world.key), ADDR)
         world.clock.advance(10)
-    assert writes == [start]
+    assert writes == []  # no write on the request's thread: the stamp waits for the flush
+    assert auth.last_used.flush() == 1
+    assert writes == [{key_id: start}]
+    assert world.store.get_key(key_id).last_used == start
     world.clock.advance(20)  # 70 s after the first use
     auth.authenticate(basic("KEY", world.key), ADDR)
-    assert writes == [start, start + 70]
+    auth.authenticate(basic("KEY", world.key), ADDR)
+    assert auth.last_used.flush() == 1 and auth.last_used.flush() == 0
+    assert writes == [{key_id: start}, {key_id: start + 70}]
     assert world.store.get_key(key_id).last_used == start + 70
 
 

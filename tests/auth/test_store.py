@@ -93,11 +93,11 @@ def test_revoke(store):
 def test_touch(store):
     a = store.create_account(1.0)
     record, _ = store.create_key(a.account_id, 2.0)
-    store.touch_key(record.key_id, 100.0)
+    assert store.touch_keys({record.key_id: 100.0}) == 1
     assert store.get_key(record.key_id).last_used == 100.0
-    store.touch_key(record.key_id, 50.0)  # never moves backwards
+    assert store.touch_keys({record.key_id: 50.0}) == 0  # never moves backwards
     assert store.get_key(record.key_id).last_used == 100.0
-    store.touch_key("0" * 16, 1.0)  # unknown: ignored
+    assert store.touch_keys({"0" * 16: 1.0, "bad": 1.0}) == 0  # unknown: ignored
 
 
 def test_get_key_rejects_bad_ids(store):

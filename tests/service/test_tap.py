@@ -102,6 +102,33 @@ async def test_storage_opens_on_start_and_closes_on_stop(tmp_path):
     assert top.registry is None
 
 
+@pytest_twisted.ensureDeferred
+async def test_batched_pulls_and_last_used_stamps_are_written_on_the_writer_thread(tmp_path):
+    import threading
+
+    from twisted.internet import reactor
+
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", "tcp:0:interface=127.0.0.1")
+    top = make_server(config, reactor)
+    top.startService()
+    try:
+        threads = []
+        for batch in (top.authenticator.last_used, top.pulls._batch):
+            write = batch._write
+            batch._write = lambda b, write=write: (threads.append(threading.current_thread().name), write(b))[1]
+        store = top.authenticator.store
+        [account] = store.list_accounts()
+        [key] = store.list_keys(account.account_id)
+        top.authenticator.last_used.put(key.key_id, 1234.0)
+        top.pulls.record(account.account_id, "gw1", f"{account.account_id}/app", "sha256:" + "a" * 64, 1234.0)
+        await top.flush_batches()
+        assert len(threads) == 2 and all("izreg-writer" in name for name in threads)
+        assert store.get_key(key.key_id).last_used == 1234.0
+        assert not top.pulls.pending and not top.authenticator.last_used.pending
+    finally:
+        await top.stopService()
+
+
 @pytest.fixture
 def taken_port():
     """A loopback port something else listens on."""

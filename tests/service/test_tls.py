@@ -293,14 +293,15 @@ def test_crl_file_reloads_on_change(certs, tmp_path):
         return os.stat(p)
 
     crl_file = CRLFile(path, cas=lambda: [certs.ca.cert], stat=counting_stat)
-    assert crl_file.current() == ()  # missing file: no CRLs (logged)
+    assert crl_file.refresh() == ()  # missing file: no CRLs (logged)
     write_file(path, crl_pem(certs.ca, [1]))
-    [first] = crl_file.current()
-    assert crl_file.current() == (first,)  # unchanged: not re-parsed
+    assert crl_file.current() == ()  # no I/O per request: the timer's refresh reads it
+    [first] = crl_file.refresh()
+    assert crl_file.refresh() == (first,)  # unchanged: not re-parsed
     assert crl_file.current()[0] is first
     write_file(path, crl_pem(certs.ca, [1, certs.device.cert.serial_number]) + crl_pem(certs.ca, [7]))
     os.utime(path, ns=(1, 1))  # a different mtime even on coarse filesystems
-    crls = crl_file.current()
+    crls = crl_file.refresh()
     assert len(crls) == 2
     verifier = DeviceVerifier(cas=lambda: [certs.ca.cert], crls=crl_file.current)
     with pytest.raises(DeviceRejected) as e:
@@ -309,8 +310,9 @@ def test_crl_file_reloads_on_change(certs, tmp_path):
     # a CRL signed by someone else is ignored and the previous ones stay
     write_file(path, crl_pem(make_ca(time.time()), [5]))
     os.utime(path, ns=(2, 2))
-    assert crl_file.current() == crls
-    assert len(stats) == 7  # one stat per current() call, nothing more
+    assert crl_file.refresh() == crls
+    assert crl_file.reload() == crls
+    assert len(stats) == 6  # one stat per refresh(), none per current()
 
 
 @needs_tools
