@@ -201,6 +201,7 @@ class PullRecorder:
     """
 
     def __init__(self, store: DeviceStore) -> None:
+        self._store = store
         self._batch: LatestBatch[tuple[str, str, str, str]] = LatestBatch(
             lambda batch: store.write_pulls(PullRecord(*k, at) for k, at in batch.items()))
 
@@ -212,8 +213,7 @@ class PullRecorder:
 
     def pending_devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> last pull of this manifest, among the pulls not yet written."""
-        with self._lock:
-            return {k[1]: at for k, at in self._pending.items() if k[2] == repository and k[3] == digest}
+        return {k[1]: at for k, at in self._batch.items() if k[2] == repository and k[3] == digest}
 
     def devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> last pull of this manifest, written or not."""
