@@ -149,8 +149,10 @@ class Registry:
 
     def _commit_sync(self, repo: Repository, session: UploadSession, digest: Digest) -> None:
         # writer thread: the move and the index commit are ordered with every other write
-        self.uploads.promote(session, digest)
-        self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None)
+        # the move happens inside the index transaction: a garbage collector, which deletes inside its
+        # own write transaction (maybe from another process), never sees the bytes without the record
+        self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None,
+                               place=lambda: self.uploads.promote(session, digest))
 
     async def _drop(self, session: UploadSession) -> None:
         await defer.maybeDeferred(self.uploads.remove, session)
@@ -226,6 +228,17 @@ class Registry:
             return BlobContent(digest, len(manifest[1]), data=manifest[1])
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
 
+    async def hold_blob(self, repo: Repository, digest: Digest) -> None:
+        """
+        A client looks at a blob no manifest of the repository uses yet (it
+        will push a manifest naming it): keep it from garbage collection for
+        a grace period, as if it had just been uploaded. One read otherwise.
+        """
+        if self.index.blob_size(repo.name, digest) is None or self.index.uses_blob(repo.name, digest):
+            return
+        if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+
     def stat_blob(self, repo: Repository, digest: Digest) -> int:
         size = self.index.blob_size(repo.name, digest)
         if size is None:
@@ -298,8 +311,8 @@ class Registry:
             await self.run_write(self._store_small_sync, repo, EMPTY_JSON_DIGEST, EMPTY_JSON)
 
     def _store_small_sync(self, repo: Repository, digest: Digest, data: bytes) -> None:
-        self.blobs.put_bytes(digest, data)
-        self.index.commit_blob(repo.name, digest, len(data), self.now(), None)
+        self.index.commit_blob(repo.name, digest, len(data), self.now(), None,
+                               place=lambda: self.blobs.put_bytes(digest, data))
 
     def resolve(self, repo: Repository, reference: Reference) -> Digest:
         if isinstance(reference, Digest):

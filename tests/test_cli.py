@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -237,3 +238,33 @@ def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path,
         env.close()
     code, _, err = run(capsys, tmp_path, "account", "delete", account)
     assert code == 2 and "no such account" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
+    from izreg.core.digest import Digest
+    from izreg.storage.blobs import BlobStore
+    from izreg.storage.lmdbindex import Index
+
+    env = open_env(str(tmp_path))
+    try:
+        blobs = BlobStore(str(tmp_path))
+        for i in range(3):
+            data = b"unreferenced %d" % i
+            Index(env).commit_blob(f"{account}/app", Digest.of(data), len(data), NOW - 7200, None,
+                                   place=lambda d=Digest.of(data), b=data: blobs.put_bytes(d, b))
+    finally:
+        env.close()
+    for argv, unit in ((["fsck"], "blob"), (["gc"], "item")):
+        out, err = io.StringIO(), _Terminal()
+        code = cli.main(["--data-dir", str(tmp_path), *argv], environ={}, now=lambda: NOW, stdout=out, stderr=err)
+        assert code == 0, out.getvalue()
+        assert "100%" in err.getvalue() and unit in err.getvalue()
+    assert out.getvalue() == f"freed 3 files, {3 * 14} bytes (42 B); unlinked 0 stale links\n"
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["--data-dir", str(tmp_path), "fsck"], environ={}, now=lambda: NOW, stdout=out, stderr=err) == 0
+    assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"

@@ -307,6 +307,7 @@ class RegistryAPI:
 
     async def get_blob(self, request, route):
         repo = route.repository
+        await self.registry.hold_blob(repo, Digest.parse(route.argument))
         blob = self.registry.get_blob(repo, Digest.parse(route.argument))
         try:
             wanted = parse_range(_header(request, "Range"), blob.size)

@@ -100,7 +100,7 @@ class RegistryService(service.MultiService):
     def startService(self) -> None:
         config = self.config
         raise_open_files_limit(config.max_connections + 512)
-        root = os.path.abspath(config.data_dir)
+        root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
         writer = ThreadPool(1, 1, "izreg-writer")
@@ -214,6 +214,21 @@ class RegistryService(service.MultiService):
         if self.registry is not None:
             self.registry.index.close()
             self.registry = None
+
+    async def collect_garbage(self):
+        """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
+        if self.registry is None:
+            return None
+        from izreg.storage.gc import Collector, SweepLock
+        from izreg.sweeper import sweep
+
+        config = self.config
+        collector = Collector(self.registry.index, self.registry.blobs, config.gc_grace, config.untagged_after)
+        try:
+            return await sweep(self.registry, collector, SweepLock(self.root))
+        except Exception:
+            self.log.failure("garbage collection failed")
+            return None
 
     async def expire_uploads(self) -> None:
         """Timer task: drop upload sessions idle for longer than the TTL."""

@@ -113,7 +113,9 @@ class Index:
             return json.loads(record) if record is not None else None
 
     def _link(self, txn, name: str, digest: str, now: float) -> None:
-        txn.put(key(name, digest), b"", db=self._db[schema.LINKS])
+        # the value is the link's time: garbage collection drops a link the repository's
+        # manifests do not use once it is older than the grace period
+        txn.put(key(name, digest), repr(float(now)).encode(), db=self._db[schema.LINKS])
         txn.put(key(digest, name), b"", db=self._db[schema.BLOBLINKS])
         self._touch_repo(txn, name, now)
 
@@ -154,12 +156,23 @@ class Index:
         record["touched"] = now
         txn.put(d.encode(), _dump(record), db=self._db[schema.BLOBS])
 
-    def touch_blob(self, digest: Digest, now: float) -> bool:
-        """Hold an unreferenced blob off garbage collection for a grace period; C{False} if it is gone."""
+    def uses_blob(self, name: str, digest: Digest) -> bool:
+        """Whether a manifest of the repository names the blob (then garbage collection keeps it)."""
+        with self.env.begin() as txn:
+            return txn.get(key(name, str(digest)), db=self._db[schema.REPOBLOBS]) is not None
+
+    def touch_blob(self, name: str, digest: Digest, now: float) -> bool:
+        """
+        Hold a blob (and the repository's link to it) off garbage collection
+        for a grace period, as if just uploaded; C{False} if it is gone.
+        """
+        d = str(digest)
         with self.env.begin(write=True) as txn:
-            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is None:
+            if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None or \
+                    txn.get(key(name, d), db=self._db[schema.LINKS]) is None:
                 return False
-            self._touch_blob(txn, str(digest), None, now)
+            self._touch_blob(txn, d, None, now)
+            txn.put(key(name, d), repr(float(now)).encode(), db=self._db[schema.LINKS])
             return True
 
     def blob_referenced(self, digest: Digest) -> bool:
