@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import devices_cli, manage_cli
+from izreg import devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
@@ -107,6 +107,8 @@ def register_account(subparsers: argparse._SubParsersAction) -> None:
 
 def account_create(args: argparse.Namespace, context: Context) -> int:
     account = context.store(create=True).create_account(context.now(), name=args.name)
+    ops_cli.record(context, "account-create", account.account_id, f"account:{account.account_id}",
+                   {"name": args.name} if args.name else None)
     context.out(account.account_id)
     return 0
 
@@ -144,6 +146,7 @@ def register_key(subparsers: argparse._SubParsersAction) -> None:
 def key_create(args: argparse.Namespace, context: Context) -> int:
     account = _account_id(args.account)
     record, key = context.store().create_key(account, context.now(), name=args.name, read_only=args.read_only)
+    ops_cli.record(context, "key-create", account, f"key:{record.key_id}", {"scope": record.scope})
     context.out(key.reveal())
     context.stderr.write(f"key id {record.key_id} (for izreg key revoke); the key is not shown again\n")
     return 0
@@ -171,6 +174,7 @@ def key_revoke(args: argparse.Namespace, context: Context) -> int:
         hint = " (give the key id, not the key)" if keys.looks_like_key(args.key_id) else ""
         raise CommandError(f"invalid key id: expected 16 lowercase hex characters{hint}")
     record = context.store().revoke_key(args.key_id, context.now())
+    ops_cli.record(context, "key-revoke", record.account, f"key:{record.key_id}")
     context.out(f"revoked {record.key_id}")
     return 0
 
@@ -209,7 +213,7 @@ def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
 
 #: every command group; each adds its parser to the top-level subparsers
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
-                                                              manage_cli.register]
+                                                              manage_cli.register, ops_cli.register]
 
 
 class _Parser(argparse.ArgumentParser):

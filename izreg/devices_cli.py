@@ -26,6 +26,7 @@ from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
 from izreg.auth.store import AuthStore, UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
+from izreg.storage.audit import AuditLog
 from izreg.storage.lmdbenv import index_path, open_env
 
 EXIT_ERROR = 2
@@ -63,13 +64,20 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
     sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
 
     revoke = sub.add_parser("revoke", help="revoke a device certificate (applies on its next request)")
-    _which(revoke, "revoke")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="certificate serial number (hex; colons allowed)")
+    which.add_argument("--fingerprint", metavar="SHA256", help="SHA-256 fingerprint of the certificate (hex)")
+    which.add_argument("--cert", metavar="PEM", help="a certificate file: revoke its serial and fingerprint")
     revoke.add_argument("--note", default="", help="why (shown by list-revoked)")
     bind(revoke, _revoke)
 
-    unrevoke = sub.add_parser("unrevoke", help="lift a revocation (the device is let in again on its next request)")
-    _which(unrevoke, "lift the revocation of")
-    bind(unrevoke, _unrevoke)
+    unrevoke = sub.add_parser("unrevoke", help="take back a revocation (same selectors as revoke)")
+    which = unrevoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="certificate serial number (hex; colons allowed)")
+    which.add_argument("--fingerprint", metavar="SHA256", help="SHA-256 fingerprint of the certificate (hex)")
+    which.add_argument("--cert", metavar="PEM", help="a certificate file: its serial and fingerprint")
+    unrevoke.set_defaults(note="")
+    bind(unrevoke, _revoke)
 
     listing = sub.add_parser("list-revoked", help="list revoked serials and fingerprints")
     bind(listing, _list_revoked)
@@ -86,13 +94,6 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
     dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help="validity of the leaf certificates")
     dev.add_argument("--force", action="store_true", help="overwrite existing files")
     bind(dev, _dev_certs)
-
-
-def _which(parser: argparse.ArgumentParser, verb: str) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--serial", metavar="HEX", help="certificate serial number (hex; colons allowed)")
-    which.add_argument("--fingerprint", metavar="SHA256", help="SHA-256 fingerprint of the certificate (hex)")
-    which.add_argument("--cert", metavar="PEM", help=f"a certificate file: {verb} its serial and fingerprint")
 
 
 class _NoData(Exception):
@@ -118,44 +119,42 @@ def _table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) ->
         out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
 
 
-def _targets(args) -> list[tuple[str, str]]:
-    """(kind, normalized value) named by --serial, --fingerprint or --cert; ValueError with a message."""
+def _revoke(args, io: _Io) -> int:
+    targets: list[tuple[str, str]] = []
     if args.cert:
         try:
             with open(args.cert, "rb") as f:
                 cert = x509.load_pem_x509_certificate(f.read())
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read a PEM certificate from {args.cert}: {e}") from None
+            return io.fail(f"cannot read a PEM certificate from {args.cert}: {e}")
         targets = [(SERIAL, serial_hex(cert)), (FINGERPRINT, fingerprint_sha256(cert))]
     elif args.serial is not None:
         targets = [(SERIAL, args.serial)]
     else:
         targets = [(FINGERPRINT, args.fingerprint)]
-    return [(kind, normalize_serial(v) if kind == SERIAL else normalize_fingerprint(v)) for kind, v in targets]
-
-
-def _each_target(args, io: _Io, change: Callable[[DeviceStore, str, str], str]) -> int:
     try:
-        targets = _targets(args)
+        targets = [(kind, normalize_serial(v) if kind == SERIAL else normalize_fingerprint(v)) for kind, v in targets]
+    except ValueError as e:
+        return io.fail(str(e))
+    try:
         env, store = _store(io)
-    except (ValueError, _NoData) as e:
+    except _NoData as e:
         return io.fail(str(e))
     try:
         for kind, value in targets:
-            io.out.write(f"{change(store, kind, value)}: {kind} {value}\n")
+            if args.device_command == "unrevoke":
+                done = store.unrevoke(kind, value)
+                io.out.write(f"{'unrevoked' if done else 'was not revoked'}: {kind} {value}\n")
+            else:
+                done = store.revoke(kind, value, io.now, args.note)
+                io.out.write(f"{'revoked' if done else 'already revoked'}: {kind} {value}\n")
+            if done:
+                AuditLog(env).record(action=f"device-{args.device_command}", account=None, actor="cli",
+                                     target=f"{kind}:{value}", detail={"note": args.note} if args.note else None,
+                                     now=io.now)
     finally:
         env.close()
     return 0
-
-
-def _revoke(args, io: _Io) -> int:
-    return _each_target(args, io, lambda store, kind, value: (
-        "revoked" if store.revoke(kind, value, io.now, args.note) else "already revoked"))
-
-
-def _unrevoke(args, io: _Io) -> int:
-    return _each_target(args, io, lambda store, kind, value: (
-        "unrevoked" if store.unrevoke(kind, value) else "was not revoked"))
 
 
 def _list_revoked(args, io: _Io) -> int:

@@ -87,6 +87,8 @@ class Registry:
         self.limits = limits
         self.audit = audit
         self.in_use = in_use  # None: deletes are not checked against device pulls
+        #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
+        self.on_change: Callable[[dict, dict], None] | None = None
 
     # -- upload sessions ----------------------------------------------------
 
@@ -254,13 +256,19 @@ class Registry:
         if not await self.run_write(self._audited, entry, self.index.unlink_blob, repo.name, digest):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
 
-    def _audited(self, entry: dict, operation: Callable[..., Any], *args: Any) -> Any:
-        # writer thread: the change, then its audit record (only if something changed)
+    def _audited(self, entry: dict, operation: Callable[..., Any], *args: Any, facts: dict | None = None) -> Any:
+        # writer thread: the change, then its audit record (only if something changed),
+        # then its webhook events (C{on_change}, izreg.service.webhooks)
         done = operation(*args)
         if done and self.audit is not None:
             if isinstance(done, dict):
                 entry = {**entry, "detail": {**(entry["detail"] or {}), **done}}
             self.audit.record(now=self.now(), **entry)
+        if done and self.on_change is not None and facts is not None:
+            try:
+                self.on_change(entry, facts)
+            except Exception:
+                self.log.failure("queueing webhook events failed")
         return done
 
     def _check_delete(self) -> None:
@@ -269,7 +277,8 @@ class Registry:
 
     # -- manifests -------------------------------------------------------------
 
-    async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None) -> tuple[Digest, Manifest]:
+    async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None,
+                           who: Actor = None) -> tuple[Digest, Manifest]:
         if len(data) > self.limits.max_manifest_size:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": len(data), "limit": self.limits.max_manifest_size}, "manifest too large")
         algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
@@ -291,8 +300,14 @@ class Registry:
             "created": self.now(),
         }
         referrer = (str(subject.digest), manifest.referrer_descriptor(digest, len(data)).to_json()) if subject else None
+        target = f"{repo}:{tag}" if tag is not None else f"{repo}@{digest}"
+        entry = _audit_entry("push-tag" if tag is not None else "push-manifest", repo, target, who,
+                             {"digest": str(digest)} if tag is not None else None)
+        facts = {"repository": repo.name, "digest": str(digest), "tag": tag, "media_type": manifest.media_type}
         await self.run_write(
-            self.index.put_manifest,
+            self._audited,
+            entry,
+            self._put_manifest_sync,
             repo.name,
             digest,
             meta,
@@ -302,8 +317,13 @@ class Registry:
             tag,
             referrer,
             self.now(),
+            facts=facts,
         )
         return digest, manifest
+
+    def _put_manifest_sync(self, *args: Any) -> bool:
+        self.index.put_manifest(*args)
+        return True
 
     async def _ensure_empty_config(self, repo: Repository) -> None:
         """The OCI empty config ``{}`` is always available, pushed or not."""
@@ -370,12 +390,14 @@ class Registry:
                 raise self._unknown_manifest(repo, reference)
             protected = set(doomed) | set(self.index.children_of(repo.name, reference))
             operation, args = self.index.delete_tree, (repo.name, reference)
+            facts = {"repository": repo.name, "digest": str(reference), "tag": None}
         else:
             target, action = f"{repo}:{reference}", "delete-tag"
             digest = self.resolve(repo, reference)
             last_tag = self.index.tags_of(repo.name, digest) == [reference]
             protected = {str(digest), *self.index.children_of(repo.name, digest)} if last_tag else set()
             operation, args = self.index.delete_tag, (repo.name, reference)
+            facts = {"repository": repo.name, "digest": None, "tag": reference}
         detail = None
         if self.in_use is not None and protected:
             if force:
@@ -385,7 +407,7 @@ class Registry:
             else:
                 self.in_use.refuse(repo.name, target, sorted(protected))
         entry = _audit_entry(action, repo, target, who, detail)
-        if not await self.run_write(self._audited, entry, operation, *args):
+        if not await self.run_write(self._audited, entry, operation, *args, facts=facts):
             raise self._unknown_manifest(repo, reference)
 
     # -- listings ----------------------------------------------------------------

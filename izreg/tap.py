@@ -210,6 +210,7 @@ def _operations(config: Config, reactor, top, site) -> None:
     from izreg.http.accesslog import AccessLog
     from izreg.service.logs import LogSetup
     from izreg.service.metrics import Metrics
+    from izreg.service.webhooks import Dispatcher
 
     top.metrics = Metrics()
     site.access_log = AccessLog(time.monotonic, [top.metrics.observe_request])
@@ -220,6 +221,8 @@ def _operations(config: Config, reactor, top, site) -> None:
         metrics_site.log = lambda request: None  # scrapes are not access-logged
         strports.service(description, metrics_site).setServiceParent(top)
     top.log_setup = LogSetup(config.log_format, config.log_level)
+    top.dispatcher = Dispatcher(None, reactor, None, config, top.metrics)
+    top.dispatcher.setServiceParent(top)
 
 
 def _print_startup_errors_in_one_line() -> None:

@@ -95,12 +95,12 @@ class RequestInfo:
     authorization: bool  # an Authorization header was sent (never its value)
 
 
-#: where the guard caches the caller on the request (izreg.http.guard)
+#: where the guard caches the caller on the request (izreg.http.guard; the route table sets C{principal})
 PRINCIPAL_ATTRIBUTE = "_izreg_principal"
 
 
 def request_info(request, now: float, status: int | None = None) -> RequestInfo:
-    principal = getattr(request, PRINCIPAL_ATTRIBUTE, None)
+    principal = getattr(request, "principal", None) or getattr(request, PRINCIPAL_ATTRIBUTE, None)
     if isinstance(principal, Exception):
         principal = None
     method, path = request.method, getattr(request, "path", None)

@@ -108,7 +108,7 @@ class RegistryAPI:
         self.now = now
         self.budget = budget  # request bodies kept in memory, across connections
         self.readiness = None  # izreg.http.health.Readiness, set by the service
-        self.events = None  # izreg.http.events.Events (audit, webhooks), set by the service
+        self.events = None  # izreg.service.webhooks.Events (pull events), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
         self.browser = browser  # izreg.browse.Browser, set by the service
 
@@ -278,17 +278,23 @@ class RegistryAPI:
         found = await self.registry.get_manifest(repo, parse_reference(route.argument), accepted)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
+        if self.events is not None and request.method == b"GET":
+            reference = parse_reference(route.argument)
+            self.events.pulled(principal, repo, found.digest, found.media_type,
+                               None if isinstance(reference, Digest) else reference)
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
              Content_Length=len(found.data), ETag=f'"{found.digest}"')
         return b"" if request.method == b"HEAD" else found.data
 
     async def put_manifest(self, request, route):
+        principal = _principal(request)
         repo = route.repository
         reference = parse_reference(route.argument)
         body = self._body(request)
         if body.overflow:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
-        digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"))
+        digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"),
+                                                         _who(request, principal))
         request.setResponseCode(201)
         _set(request, Location=f"/v2/{repo}/manifests/{digest}", Docker_Content_Digest=digest, Content_Length=0)
         if manifest.subject is not None:

@@ -195,6 +195,7 @@ class RegistryRequest(server.Request):
         # The channel holds the request line until the body is complete; this is
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
+        self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         try:
             self.content = body_for(self, self.channel._command, self.channel._path, length)
         except RegistryError as e:
@@ -205,6 +206,7 @@ class RegistryRequest(server.Request):
         """Answer C{error} now, before (or in the middle of) the body, and drop the rest of it."""
         channel = self.channel
         if channel is not None and hasattr(channel, "refuse") and not channel._refused:
+            error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
             channel.refuse(error_response(error, head=channel._command == b"HEAD"), error)
             access_log = getattr(channel.site, "access_log", None)
             if access_log is not None and not getattr(self, "_logged_gone", False):
@@ -224,7 +226,8 @@ class RegistryRequest(server.Request):
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
-        self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
+        if self.request_id == "-":
+            self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         try:
             unquote_to_bytes(self.path).decode("utf-8")

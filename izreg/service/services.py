@@ -58,6 +58,7 @@ class RegistryService(service.MultiService):
         self._pools: list[ThreadPool] = []
         # operations (izreg.service.metrics, .logs): set by make_server
         self.metrics = None
+        self.dispatcher = None  # izreg.service.webhooks.Dispatcher
         self.log_setup = None
         self.log_observer = None
         self.reload_config = None  # () -> Config: the config file and options, read again
@@ -161,6 +162,15 @@ class RegistryService(service.MultiService):
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
+        if self.dispatcher is not None:
+            from izreg.service.webhooks import Events
+            from izreg.storage.webhooks import WebhookStore
+
+            self.dispatcher.store = WebhookStore(env, root)
+            self.dispatcher.run_write = self.registry.run_write
+            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write)
+            self.registry.on_change = events.changed
+            self.api.events = events
         self.readiness = Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
         self.api.readiness = self.readiness
         if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):

@@ -27,6 +27,9 @@ accounts       account id                              json (izreg.auth)
 keys           key id                                  json (izreg.auth)
 devices        ...                                     json (izreg.auth, device records)
 audit          BE microseconds (8) + random (8)        json (izreg.storage.audit)
+webhooks       account NUL hook id                     json (izreg.storage.webhooks; secret encrypted)
+webhook_queue  BE microseconds (8) + random (8)        json delivery (izreg.storage.webhooks)
+webhook_due    delivery id                             b""  (deliveries not yet done)
 =============  ======================================  =========================================
 
 Tags, manifests, links, referrers, accounts and keys are authoritative.
@@ -56,9 +59,12 @@ AUDIT = b"audit"
 REPOBLOBS = b"repoblobs"
 BLOBREFS = b"blobrefs"
 TAGSOF = b"tagsof"
+WEBHOOKS = b"webhooks"
+WEBHOOK_QUEUE = b"webhook_queue"
+WEBHOOK_DUE = b"webhook_due"
 
 ALL = (META, REPOS, TAGS, MANIFESTS, LINKS, BLOBLINKS, BLOBS, REFERRERS, UPLOADS, ACCOUNTS, KEYS, DEVICES, AUDIT,
-       REPOBLOBS, BLOBREFS, TAGSOF)
+       REPOBLOBS, BLOBREFS, TAGSOF, WEBHOOKS, WEBHOOK_QUEUE, WEBHOOK_DUE)
 MAX_DBS = 32
 
 SEP = b"\x00"

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from izreg.auth import keys
-from izreg.auth.bootstrap import bootstrap
+from izreg.auth.bootstrap import bootstrap, warn_if_left
 
 
 def read_fields(path):
@@ -55,3 +55,25 @@ def test_unwritable_directory_commits_nothing(store, tmp_path):
     with pytest.raises(OSError):
         bootstrap(store, str(missing), now=1000.0)
     assert store.list_accounts() == []
+
+
+def test_a_start_warns_while_the_file_holds_a_key(store, tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    path = bootstrap(store, str(tmp_path), now=1000.0)
+    secret = read_fields(path)["access_key"]
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert warn_if_left(str(tmp_path)) is True
+        with open(path, "w") as f:
+            f.write("# moved to the vault\n")
+        assert warn_if_left(str(tmp_path)) is False
+        os.unlink(path)
+        assert warn_if_left(str(tmp_path)) is False
+    finally:
+        globalLogPublisher.removeObserver(events)
+    from twisted.logger import formatEvent
+
+    warnings = [formatEvent(e) for e in events if e.get("log_namespace") == "izreg.auth.bootstrap"]
+    assert len(warnings) == 1 and "still holds an access key" in warnings[0] and secret not in warnings[0]

@@ -210,7 +210,8 @@ def test_skopeo_and_http_deletes_then_gc_reclaims(gc_registry, tmp_path):
 
     env = open_env(registry.data_dir)
     try:
-        entries = [e for e in AuditLog(env).entries(account=registry.account) if e["target"].startswith(repo)]
+        entries = [e for e in AuditLog(env).entries(account=registry.account)
+                   if e["target"].startswith(repo) and e["action"].startswith("delete")]
     finally:
         env.close()
     key_id = registry.creds.split(":", 1)[1].split("_")[1]

@@ -156,18 +156,28 @@ def assert_push_refused(client: OCIClient, repo: str) -> None:
     """A new blob push and a new manifest get 503 UNAVAILABLE."""
     resp = expect(client.push_blob_monolithic(repo, os.urandom(4096)), 503)
     assert resp.json()["errors"][0]["code"] == "UNAVAILABLE"
-    assert resp.headers.get("Retry-After")
+    assert resp.headers.get("Retry-After") and resp.headers.get("X-Request-Id")
     resp = expect(client.start_upload(repo), 503)
     assert resp.json()["errors"][0]["code"] == "UNAVAILABLE"
 
 
-def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
+@contextmanager
+def configured_registry(tmp_path, toml: str):
+    """A registry of its own started with C{--config} holding C{toml} (rewrite C{reg.config} and SIGHUP it)."""
     config = tmp_path / "izreg.toml"
-    config.write_text('[server]\nmin_free_disk = "0"\n')
+    config.write_text(toml)
     reg = RegistryProcess(data_dir=str(tmp_path / "data"), log_path=str(tmp_path / "server.log"),
                           extra_args=["--config", str(config)])
+    reg.config = config
     try:
         reg.start()
+        yield reg
+    finally:
+        reg.close()
+
+
+def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
+    with configured_registry(tmp_path, '[server]\nmin_free_disk = "0"\n') as reg:
         client = OCIClient(reg.url, auth=reg.requests_auth)
         repo = f"{reg.account}/ready/app"
         push_image(client, repo, "v1")
@@ -184,7 +194,7 @@ def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
         expect(requests.get(f"{reg.url}/readyz", timeout=30), 200)
 
         # raise the floor above the free space; SIGHUP re-reads it
-        config.write_text('[server]\nmin_free_disk = "100%"\n')
+        reg.config.write_text('[server]\nmin_free_disk = "100%"\n')
         mark = reg.log_mark()
         reg.send_signal(signal.SIGHUP)
         reg.wait_for_log(r"reloaded: log level info, min_free_disk 100%", mark)
@@ -197,5 +207,3 @@ def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
         assert "low on disk space" in resp.json()["errors"][0]["message"]
         assert files_under(reg.data_dir) == before  # nothing half-written
         pull_image(client, repo, "v1")  # pulls go on
-    finally:
-        reg.close()

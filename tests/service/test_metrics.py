@@ -1,0 +1,48 @@
+"""Metrics from request facts and the index (in memory; the e2e test scrapes a real server)."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from izreg.core.digest import Digest
+from izreg.http.accesslog import RequestInfo
+from izreg.service.metrics import Metrics
+from izreg.storage.lmdbenv import open_env
+from izreg.storage.lmdbindex import Index
+
+
+def info(**fields) -> RequestInfo:
+    base = dict(request_id="r", method="GET", route="/v2/{name}/manifests/{reference}", repository="a/b",
+                status=200, bytes_in=0, bytes_out=10, duration=0.01, client="127.0.0.1", account="a" * 32,
+                principal="device", key_id=None, device_id="gw-1", authorization=False)
+    return RequestInfo(**{**base, **fields})
+
+
+def test_requests_auth_failures_and_device_pulls():
+    metrics = Metrics()
+    metrics.observe_request(info())
+    metrics.observe_request(info(method="HEAD"))
+    metrics.observe_request(info(status=401, principal=None, authorization=True))
+    metrics.observe_request(info(status=429, principal=None))
+    value = metrics.registry.get_sample_value
+    assert value("izreg_device_pulls_total") == 1
+    assert value("izreg_auth_failures_total", {"kind": "invalid_credentials"}) == 1
+    assert value("izreg_auth_failures_total", {"kind": "rate_limited"}) == 1
+    assert value("izreg_http_requests_total", {"route": "/v2/{name}/manifests/{reference}", "method": "GET",
+                                               "status": "200"}) == 1
+    assert value("izreg_http_response_bytes_total", {"route": "/v2/{name}/manifests/{reference}", "method": "GET"}) == 30
+    assert b"a/b" not in generate_latest(metrics.registry)
+
+
+def test_storage_gauges(tmp_path):
+    env = open_env(str(tmp_path))
+    try:
+        metrics = Metrics()
+        metrics.watch_storage(env)
+        Index(env).commit_blob("a" * 32 + "/app", Digest.of(b"x" * 100, "sha256"), 100, 0.0, None)
+        value = metrics.registry.get_sample_value
+        assert value("izreg_blobs") == 1 and value("izreg_blobs_bytes") == 100
+        assert value("izreg_manifests") == 0 and value("izreg_upload_sessions") == 0
+        assert value("izreg_lmdb_map_used_bytes") + value("izreg_lmdb_map_free_bytes") == value("izreg_lmdb_map_size_bytes")
+    finally:
+        env.close()
