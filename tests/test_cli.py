@@ -232,7 +232,7 @@ def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path,
             assert [k for k, v in txn.cursor(db=env.open_db(b"keys")) if json.loads(v)["account"] == account] == []
         assert index.list_repos("", None, 10) == ([], False)
         assert not index.blob_referenced(Digest.of(b"layer"))
-        assert sorted((e["action"], e["actor"]) for e in AuditLog(env).entries()) == [
+        assert sorted((e["action"], e["actor"]) for e in AuditLog(env).entries() if e["action"].startswith("delete")) == [
             ("delete-account", "cli"), ("delete-repository", "cli")]  # same clock time: any order
     finally:
         env.close()
