@@ -171,12 +171,15 @@ def duration(text: str) -> float:
 def register_storage(subparsers: argparse._SubParsersAction) -> None:
     gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep (the server may run)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
-    gc.add_argument("--grace", type=duration, default=3600.0, metavar="DURATION",
-                    help="keep what became unreferenced less than this ago (default 1h; e.g. 30m, 2h)")
+    gc.add_argument("--grace", type=duration, metavar="DURATION",
+                    help="keep what became unreferenced less than this ago (default: [gc] grace, 1h; e.g. 30m, 2h)")
     gc.set_defaults(handler=gc_command)
     fsck = subparsers.add_parser("fsck", help="check every blob and manifest; exit status 1 if something is wrong")
     fsck.add_argument("--repair", action="store_true", help="remove or re-index what can be; say what cannot")
     fsck.set_defaults(handler=fsck_command)
+    for parser in (gc, fsck):
+        parser.add_argument("--config", metavar="FILE",
+                            help="the server's config file: its blob store ([storage] backend = \"s3\") and [gc] grace")
 
 
 def _progress(context, unit: str):
@@ -197,24 +200,40 @@ def _close_bars(context) -> None:
         bar.close()
 
 
-def _storage(context):
+def _storage(context, config_path: str | None):
+    """The index, the blob store of the server's config (filesystem by default) and that config."""
+    from izreg.cli import CommandError
+    from izreg.service.config import Config, ConfigError, load
     from izreg.storage.blobs import BlobStore
     from izreg.storage.lmdbindex import Index
 
+    config = Config()
+    if config_path:
+        try:
+            config = load(config_path, {})
+        except ConfigError as e:
+            raise CommandError(str(e)) from None
     context.store()
-    return Index(context._env), BlobStore(context.data_dir)
+    if config.storage_backend == "s3":
+        from izreg.storage.s3 import S3Blobs, make_client
+
+        blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run=lambda f, *a, **k: f(*a, **k))
+    else:
+        blobs = BlobStore(context.data_dir)
+    return Index(context._env), blobs, config
 
 
 def gc_command(args: argparse.Namespace, context) -> int:
     from izreg.storage.gc import Collector, SweepLock
 
-    index, blobs = _storage(context)
+    index, blobs, config = _storage(context, args.config)
+    grace = config.gc_grace if args.grace is None else args.grace
     lock = SweepLock(context.data_dir)
     if not lock.acquire():
         context.stderr.write("izreg: waiting for the sweep in progress (the server's) to end\n")
         lock.acquire(wait=True)
     try:
-        result = Collector(index, blobs, args.grace).sweep(context.now, dry_run=args.dry_run,
+        result = Collector(index, blobs, grace).sweep(context.now, dry_run=args.dry_run,
                                                            progress=_progress(context, "item"))
     finally:
         _close_bars(context)
@@ -229,7 +248,7 @@ def gc_command(args: argparse.Namespace, context) -> int:
 def fsck_command(args: argparse.Namespace, context) -> int:
     from izreg.storage.fsck import Checker
 
-    index, blobs = _storage(context)
+    index, blobs, _ = _storage(context, args.config)
     try:
         report = Checker(index, blobs).check(repair=args.repair, progress=_progress(context, "blob"), now=context.now())
     finally:

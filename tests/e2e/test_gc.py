@@ -252,3 +252,39 @@ def test_izreg_gc_dry_run_and_fsck_repair(gc_registry, tmp_path):
     assert done.returncode == 0 and done.stdout.rstrip().endswith("clean"), done.stdout + done.stderr
     for layer in layers:
         assert expect(client.get_blob(repo, sha(layer)), 200).content == layer
+
+
+@pytest.mark.s3
+def test_gc_and_fsck_on_s3(start_registry, moto_server, tmp_path):
+    bucket = moto_server.new_bucket()
+    config = tmp_path / "s3.toml"
+    config.write_text(moto_server.config_toml(bucket) + f"[gc]\ninterval = {INTERVAL}\ngrace = {GRACE}\n")
+    registry = start_registry("--config", str(config))
+    client = OCIClient(registry.url, auth=registry.requests_auth)
+    repo = f"{registry.account}/s3/app"
+    keep = os.urandom(3000)
+    doomed = os.urandom(4000)
+    push(client, repo, [keep], "keep", "s3-keep")
+    digest, _ = push(client, repo, [doomed], None, "s3-doomed")
+    s3 = moto_server.client()
+
+    def stored() -> set[str]:
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])]
+        return {k.split("/")[-3] + ":" + k.split("/")[-1] for k in keys if "/blobs/" in f"/{k}"}
+
+    assert sha(doomed) in stored()
+    expect(client.request("DELETE", f"/v2/{repo}/manifests/{digest}"), 202)
+    deadline = time.monotonic() + GRACE + INTERVAL + WAIT
+    while sha(doomed) in stored():
+        assert time.monotonic() < deadline, "the deleted image's layer stayed in the bucket"
+        time.sleep(0.2)
+    assert sha(keep) in stored()
+    done = izreg(registry, "fsck", "--config", str(config))
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("clean"), done.stdout + done.stderr
+    done = izreg(registry, "gc", "--config", str(config), "--dry-run")
+    assert done.returncode == 0 and done.stdout.startswith("would free 0 files"), done.stdout + done.stderr
+    s3.delete_object(Bucket=bucket, Key=next(k for k in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+                                               if k.endswith(sha(keep).split(":")[1])))
+    done = izreg(registry, "fsck", "--config", str(config))
+    assert done.returncode == 1 and f"problem: missing blob {sha(keep)}" in done.stdout, done.stdout + done.stderr
