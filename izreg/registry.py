@@ -236,7 +236,7 @@ class Registry:
         will push a manifest naming it): keep it from garbage collection for
         a grace period, as if it had just been uploaded. One read otherwise.
         """
-        if self.index.blob_size(repo.name, digest) is None or self.index.uses_blob(repo.name, digest):
+        if not self.index.unused_blob(repo.name, digest):
             return
         if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})

@@ -156,10 +156,12 @@ class Index:
         record["touched"] = now
         txn.put(d.encode(), _dump(record), db=self._db[schema.BLOBS])
 
-    def uses_blob(self, name: str, digest: Digest) -> bool:
-        """Whether a manifest of the repository names the blob (then garbage collection keeps it)."""
+    def unused_blob(self, name: str, digest: Digest) -> bool:
+        """Whether the repository has the blob linked but none of its manifests names it (one read)."""
+        k = key(name, str(digest))
         with self.env.begin() as txn:
-            return txn.get(key(name, str(digest)), db=self._db[schema.REPOBLOBS]) is not None
+            return txn.get(k, db=self._db[schema.LINKS]) is not None and \
+                txn.get(k, db=self._db[schema.REPOBLOBS]) is None
 
     def touch_blob(self, name: str, digest: Digest, now: float) -> bool:
         """
