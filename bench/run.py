@@ -304,7 +304,7 @@ def main() -> int:
         skip = a == "--venv"
     args.command = " ".join(["python bench/run.py", *shown])
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    unknown = set(modes) - {"base", *MODES}
+    unknown = set(modes) - {"base", *MODES, "s3"}  # s3 (bench/s3.py): izreg on moto's S3 vs its disk, opt-in
     if unknown:
         print(f"unknown mode(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -330,9 +330,9 @@ def main() -> int:
     rounds = args.rounds if args.rounds is not None else p["rounds"]
     account = os.urandom(16).hex()  # distribution's repository: <32 hex>/bench, like izreg's
     runs: dict[str, list[dict]] = {"izreg": [], "distribution": []}
-    keycheck, soak = None, None
+    keycheck, soak, s3_result = None, None, None
     try:
-        for rnd in range(rounds if modes else 0):
+        for rnd in range(rounds if set(modes) - {"s3"} else 0):
             # ABBA order: izreg, distribution, distribution, izreg, ... so neither always goes first
             order = ["izreg", "distribution"] if rnd % 2 == 0 else ["distribution", "izreg"]
             for which in order:
@@ -356,6 +356,10 @@ def main() -> int:
                 raise RuntimeError(f"access-key check failed: {out.stderr[-2000:]}")
             keycheck = json.loads(out.stdout)
             log(f"  bearer {keycheck['bearer']:.1f} us, basic {keycheck['basic']:.1f} us")
+        if "s3" in modes:
+            from bench.s3 import run_s3
+
+            s3_result = run_s3(workdir, args.venv, p, log)
         if soak_seconds:
             where = os.path.join(workdir, "izreg-soak")
             os.makedirs(where)
@@ -384,6 +388,10 @@ def main() -> int:
         runs = {"izreg": [{}], "distribution": [{}]}
     if soak is not None:
         sections += report_soak(soak, args.command)
+    if s3_result is not None:
+        from bench.s3 import report_s3
+
+        sections += report_s3(p, s3_result)
     preface = [f"- {note}" for note in args.note] + ([""] if args.note else [])
     profile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "PROFILE.md")
     if os.path.exists(profile) and not args.smoke:

@@ -37,3 +37,19 @@ def test_smoke_run_of_every_mode(tmp_path):
     # resumption: the second handshake of each client process resumed its session, on both servers
     resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
     assert resumed.rstrip(" |").endswith("75% | 75%"), resumed
+
+
+@pytest.mark.s3
+def test_smoke_run_of_the_s3_mode(tmp_path):
+    """izreg over moto's S3 against izreg on disk: the report has the S3 table and says moto is the ceiling."""
+    pytest.importorskip("moto.server")
+    out = tmp_path / "benchmark.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--modes", "s3", "--venv", sys.prefix,
+         "--out", str(out)],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    assert "## izreg on S3 (moto on loopback) vs izreg on disk" in text
+    assert "is the ceiling here, not izreg" in text
+    assert "| push streamed 1 MiB |" in text and "| pull x1 1 MiB |" in text

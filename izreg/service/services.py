@@ -80,6 +80,16 @@ class RegistryService(service.MultiService):
         return run
 
     def privilegedStartService(self) -> None:
+        if self.config.storage_backend == "s3":
+            # before the reactor runs and before any listener: a bucket that cannot be reached is one line
+            from izreg.storage.interfaces import StorageError
+            from izreg.storage.s3 import check_bucket
+
+            try:
+                self._s3_client = check_bucket(self.config)
+            except StorageError as e:
+                self.log.error("{message}", message=str(e))
+                raise StartupError(str(e)) from None
         # twistd binds the listeners here; a port in use is one line, not a traceback.
         try:
             super().privilegedStartService()
@@ -87,16 +97,6 @@ class RegistryService(service.MultiService):
             message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
             self.log.error("{message}", message=message)
             raise StartupError(message) from None
-        if self.config.storage_backend == "s3":
-            # before the reactor runs: a bucket that cannot be reached is one line at start-up
-            from izreg.storage.interfaces import StorageError
-            from izreg.storage.s3 import check_bucket
-
-            try:
-                check_bucket(self.config)
-            except StorageError as e:
-                self.log.error("{message}", message=str(e))
-                raise StartupError(str(e)) from None
 
     def startService(self) -> None:
         config = self.config
@@ -137,7 +137,7 @@ class RegistryService(service.MultiService):
             pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
             pool.start()
             self._pools.append(pool)
-            return open_s3(self.config, self._runner(pool))
+            return open_s3(self.config, self._runner(pool), getattr(self, "_s3_client", None))
         blobs = BlobStore(root)
         return blobs, Uploads(root, blobs, self._run_io)
 

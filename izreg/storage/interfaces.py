@@ -43,8 +43,9 @@ class IBlobReader(Interface):
     def read(size: int):
         """
         Up to C{size} bytes from the current position (C{b""} at the end):
-        bytes, or a Deferred that fires with them when the read waits on the
-        network (never blocking the reactor).
+        bytes, or, on the reactor thread, a Deferred that fires with them when
+        the read waits on the network (never blocking the reactor). Called in
+        a worker thread, a read may block and always returns bytes.
         """
 
     def close() -> None:

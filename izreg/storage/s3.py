@@ -12,9 +12,9 @@ Keys under C{prefix}::
     uploads/<id>/tail.<n>           the acknowledged bytes past the last part (< one part)
 
 An upload body is hashed as it arrives and shipped in parts of L{PART_SIZE}
-bytes (S3's minimum part is 5 MiB), one part in flight per upload while
-the next fills; the connection is paused when both are full, so memory per
-upload is bounded. A PATCH is acknowledged once its full parts are
+bytes (S3's minimum part), one part in flight per upload while the next
+fills; the connection is paused when that one is full too, so memory per
+upload is about two parts. A PATCH is acknowledged once its full parts are
 uploaded and the rest (the tail, smaller than a part) is stored as a tail
 object; the LMDB record names the multipart upload id, the parts (number,
 ETag, size) and the tail, so a session survives a restart of izreg.
@@ -31,6 +31,7 @@ and only after its digest is verified, and the 201 follows S3's answer
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import threading
 import uuid
@@ -39,6 +40,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from izreg.core.digest import Digest
@@ -55,9 +57,11 @@ from izreg.storage.uploads import UploadSession
 
 log = Logger()
 
-#: bytes per multipart part (S3's minimum is 5 MiB except the last; at most
-#: 10,000 parts, so blobs up to 78 GiB)
-PART_SIZE = 8 * 1024 * 1024
+#: bytes per multipart part: S3's minimum (5 MiB, except the last part), one
+#: more of it every 1,000 parts (S3 takes at most 10,000 parts: blobs up to
+#: 268 GiB, while memory stays at two small parts for any common blob)
+PART_SIZE = 5 * 1024 * 1024
+PARTS_PER_STEP = 1000
 #: hash and buffer incoming bytes in pieces of this size
 HASH_SIZE = 1024 * 1024
 #: largest object one CopyObject may copy; larger ones are copied in parts
@@ -79,7 +83,7 @@ def make_client(config):
         max_pool_connections=config.s3_threads,
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
-        read_timeout=60,
+        read_timeout=300,  # a loaded store (or moto on a busy machine) answers slowly: wait, do not re-send a part
         signature_version="s3v4",
     )
     if config.s3_endpoint_url:
@@ -87,8 +91,12 @@ def make_client(config):
     return session.client("s3", endpoint_url=config.s3_endpoint_url, config=BotoConfig(**options))
 
 
-def check_bucket(config) -> None:
-    """Raise L{StorageError} with one line when the bucket cannot be reached (start-up)."""
+def check_bucket(config):
+    """
+    Raise L{StorageError} with one line when the bucket cannot be reached
+    (start-up); else return the client, its connections closed (so it may
+    cross twistd's fork), for L{open_s3}: one client, one copy of its model.
+    """
     client = make_client(config)
     where = f"S3 bucket {config.s3_bucket!r}" + (f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else "")
     try:
@@ -97,6 +105,7 @@ def check_bucket(config) -> None:
         raise StorageError(f"{where} is not reachable: {_describe(e)}") from None
     finally:
         client.close()
+    return client
 
 
 def _describe(e: Exception) -> str:
@@ -175,6 +184,8 @@ class S3Reader:
         self._position = offset
 
     def read(self, size: int = -1):
+        if not isInIOThread():
+            return self._read(size)  # already in a worker thread (the browse API): block here
         return self._blobs.run(self._read, size)
 
     @_s3
@@ -199,6 +210,9 @@ class S3Reader:
         if self._closed:
             return
         self._closed = True
+        if not isInIOThread():
+            self._close()
+            return
         self._blobs.run(self._close).addErrback(lambda f: None)
 
     def _close(self) -> None:
@@ -316,6 +330,7 @@ class S3Writer(SinkBase):
         self._parts_before = [list(p) for p in session.parts]
         self._tail_before = bytes(session.tail) if session.tail is not None else None
         self._queued = 0
+        self._shipping = False  # a part is queued or in flight
         self._producer = None
         self._paused = False
         self._chain = previous.drained() if previous is not None else defer.succeed(None)
@@ -376,19 +391,26 @@ class S3Writer(SinkBase):
                 session.hasher.update(self._incoming)
             session.tail += self._incoming
             self._incoming.clear()
-        size = self.store.part_size
-        while len(session.tail) >= size:
-            part = bytes(session.tail[:size])
-            del session.tail[:size]
+        size = self.store.part_size * (1 + len(session.parts) // PARTS_PER_STEP)
+        if len(session.tail) >= size and self._shipping:
+            self._pause()  # one part in flight and the next one full: memory stays at two parts
+            return
+        if len(session.tail) >= size:
+            part = session.tail  # the buffer itself goes (no copy of the part); the rest starts a new tail
+            session.tail = part[size:]
+            del part[size:]
             number = len(session.parts) + 1
             session.parts.append([number, None, len(part)])
+            self._shipping = True
             self._enqueue(self._ship, number, part)
+
+    def _pause(self) -> None:
+        if not self._finished and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
 
     def _enqueue(self, job, *args) -> None:
         self._queued += 1
-        if self._queued >= 2 and not self._finished and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
 
         def step(_):
             if self.failure is not None or self.session.removed:
@@ -405,7 +427,10 @@ class S3Writer(SinkBase):
 
         def after(_):
             self._queued -= 1
-            if self._queued < 2:
+            if job.__name__ == "_ship":
+                self._shipping = False
+                self._pump()  # the next part, if it is full
+            if not self._shipping:
                 self._resume()
             return None
 
@@ -417,7 +442,7 @@ class S3Writer(SinkBase):
             self._producer.resumeProducing()
 
     @_s3
-    def _ship(self, number: int, part: bytes) -> str:
+    def _ship(self, number: int, part: bytearray) -> str:
         store, session = self.store, self.session
         if session.multipart is None:
             session.multipart = store.client.create_multipart_upload(
@@ -426,7 +451,7 @@ class S3Writer(SinkBase):
                                           UploadId=session.multipart, PartNumber=number, Body=part)
         return answer["ETag"]
 
-    def _ship_done(self, etag: str, number: int, part: bytes) -> None:
+    def _ship_done(self, etag: str, number: int, part: bytearray) -> None:
         if len(self.session.parts) >= number:
             self.session.parts[number - 1][1] = etag
 
@@ -458,12 +483,14 @@ class S3Writer(SinkBase):
 
     @defer.inlineCallbacks
     def flush(self):
-        """Wait for the parts, pump what the tail load held back, wait again; raise the first failure."""
-        yield self.drained()
-        self._pump()
-        yield self.drained()
-        if self.failure is not None:
-            raise self.failure
+        """Ship every full part (also what the tail load held back) and wait for them; raise the first failure."""
+        while True:
+            yield self.drained()
+            if self.failure is not None:
+                raise self.failure
+            self._pump()
+            if not self._queued:
+                return
 
 
 @implementer(IUploadStore)
@@ -628,8 +655,25 @@ class S3Uploads:
         return sorted(i for i in found if i and i not in known and i not in self.sessions)
 
 
-def open_s3(config, run) -> tuple[S3Blobs, S3Uploads]:
-    """The S3 blob and upload stores of C{config}; C{run} calls a blocking function in the S3 thread pool."""
-    blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run,
+def _big_buffers_back_to_the_os() -> None:
+    """
+    Part buffers are megabytes, allocated and freed in several threads. glibc
+    raises its mmap threshold after such a free and then serves them from
+    per-thread arenas that keep the memory; a fixed 1 MiB threshold has them
+    mapped and unmapped, so izreg's RSS stays flat.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
+def open_s3(config, run, client=None) -> tuple[S3Blobs, S3Uploads]:
+    """
+    The S3 blob and upload stores of C{config}; C{run} calls a blocking
+    function in the S3 thread pool; C{client}: the one start-up checked with.
+    """
+    _big_buffers_back_to_the_os()
+    blobs = S3Blobs(client or make_client(config), config.s3_bucket, config.s3_prefix, run,
                     redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None)
     return blobs, S3Uploads(blobs)

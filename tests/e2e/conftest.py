@@ -6,7 +6,8 @@ a free loopback port, with its own temporary data dir.
   tests that share it use their own random account id, so they never see
   each other's repositories.
 - C{fresh_registry}: function-scoped, for tests that stop, kill -9 or
-  restart the process.
+  restart the process. C{any_registry}: the same once per storage backend
+  (the filesystem, and S3 on a moto server: marker ``s3``).
 - C{repo} / C{new_repo}: full repository names ``<32 hex account>/t<random>/<name>``
   in the account the registry's credentials reach (C{registry.creds}, read from
   izreg's bootstrap.txt after the first start).
@@ -34,7 +35,7 @@ import secrets
 import pytest
 
 from tests.helpers.ociclient import OCIClient
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import BACKEND, RegistryProcess, running
 from tests.helpers.skopeo import SKOPEO, Skopeo
 
 
@@ -47,23 +48,29 @@ def _make_registry(tmp_path_factory, label: str) -> RegistryProcess:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """One running registry for the whole test module."""
-    reg = _make_registry(tmp_path_factory, "module")
-    try:
-        reg.start()
+    with running(_make_registry(tmp_path_factory, "module")) as reg:
         yield reg
-    finally:
-        reg.close()
 
 
 @pytest.fixture
 def fresh_registry(tmp_path_factory):
     """A registry of its own for one test (stop/kill9/restart are fine)."""
-    reg = _make_registry(tmp_path_factory, "fn")
-    try:
-        reg.start()
+    with running(_make_registry(tmp_path_factory, "fn")) as reg:
         yield reg
-    finally:
-        reg.close()
+
+
+@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.s3)])
+def any_registry(request, tmp_path_factory):
+    """Like C{fresh_registry}, once per storage backend: blobs on disk, or in a bucket of a moto S3 server."""
+    if request.param == "filesystem":
+        yield request.getfixturevalue("fresh_registry")
+        return
+    from tests.helpers.s3 import s3_registry
+
+    if BACKEND != "izreg":
+        pytest.skip("izreg's S3 backend")
+    with running(s3_registry(tmp_path_factory, request.getfixturevalue("moto_server"), "s3-fn")) as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -308,8 +308,8 @@ def manifest_worker(ledger: Ledger, base_url, auth, repo, seed):
         ledger.worker_done()
 
 
-def test_kill9_during_concurrent_pushes(fresh_registry):
-    registry = fresh_registry
+def test_kill9_during_concurrent_pushes(any_registry, request):
+    registry = any_registry
     account = registry.account
     a, b, c = (f"{account}/{n}" for n in ("alpha", "beta", "gamma/nested"))
     plan = [
@@ -401,8 +401,14 @@ def test_kill9_during_concurrent_pushes(fresh_registry):
                 assert len(blob.content) == desc["size"]
                 assert sha256_digest(blob.content) == desc["digest"]
 
-    # 4. on disk: no file under blobs/ whose content does not match its name
-    if registry.backend == "izreg":
+    # 4. stored: no blob under blobs/ (a file, or an S3 object) whose content does not match its name
+    if getattr(registry, "bucket", None):
+        from tests.helpers.s3 import stored_blobs
+
+        stored = stored_blobs(request.getfixturevalue("moto_server"), registry.bucket)
+        assert {digest for _, digest in ledger.acked_blobs} <= set(stored)
+        assert not [name for name, actual in stored.items() if name != actual], f"corrupt blob objects: {stored}"
+    elif registry.backend == "izreg":
         bad = []
         root = os.path.join(registry.data_dir, "blobs", "sha256")
         for dirpath, _, files in os.walk(root):

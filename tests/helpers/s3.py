@@ -121,3 +121,38 @@ def moto_server(tmp_path_factory):
 def s3_bucket(moto_server) -> str:
     """A new, empty bucket on the session's moto server."""
     return moto_server.new_bucket()
+
+
+def s3_registry(tmp_path_factory, moto: MotoServer, label: str = "s3", bucket: str | None = None,
+                extra_toml: str = "", **s3_options):
+    """
+    A L{RegistryProcess} (not started) whose blobs and uploads live in a new
+    bucket of C{moto} (``[storage] backend = "s3"``); C{registry.bucket} names it.
+    """
+    from tests.helpers.server import RegistryProcess
+
+    base = tmp_path_factory.mktemp(f"izreg-{label}")
+    bucket = bucket or moto.new_bucket()
+    config = base / "izreg.toml"
+    config.write_text(moto.config_toml(bucket, **s3_options) + extra_toml)
+    registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"),
+                               extra_args=["--config", str(config)])
+    registry.bucket = bucket
+    return registry
+
+
+def stored_blobs(moto: MotoServer, bucket: str, prefix: str = "") -> dict[str, str]:
+    """Every object under ``blobs/`` in C{bucket}: its key's digest -> the sha256 of its bytes."""
+    import hashlib
+
+    client = moto.client()
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}blobs/"):
+        for item in page.get("Contents", []):
+            algorithm, _, hexpart = item["Key"][len(prefix) + len("blobs/"):].partition("/")
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+            hasher = hashlib.new(algorithm)
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                hasher.update(chunk)
+            found[f"{algorithm}:{hexpart.split('/')[-1]}"] = f"{algorithm}:{hasher.hexdigest()}"
+    return found

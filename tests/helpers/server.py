@@ -14,6 +14,7 @@ on-disk layout) are skipped there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -165,7 +166,11 @@ class RegistryProcess:
                 if not ready.is_set() and pattern.search(line):
                     ready.set()
             proc.stdout.close()
-            ready.set()  # EOF: the process is gone; start() checks poll()
+            try:
+                proc.wait(10)  # EOF: the process is going; reaped, so start() sees its exit code
+            except subprocess.TimeoutExpired:
+                pass
+            ready.set()
 
         self._reader = threading.Thread(target=read, name=f"registry-log-{self.port}", daemon=True)
         self._reader.start()
@@ -316,3 +321,13 @@ class RegistryProcess:
 
     def __repr__(self) -> str:
         return f"<RegistryProcess {self.backend} {self.url} data={self.data_dir} running={self.running}>"
+
+
+@contextlib.contextmanager
+def running(registry: RegistryProcess):
+    """Start C{registry} and close it afterwards, whatever happens (for fixtures: C{with running(reg): yield reg})."""
+    try:
+        registry.start()
+        yield registry
+    finally:
+        registry.close()

@@ -156,6 +156,24 @@ async def test_small_blob_round_trip(backend):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_read_in_a_worker_thread_returns_bytes(backend):
+    """Code that already runs in a thread (the browse API reading image configs) may read directly."""
+    data = pattern(3000)
+    digest = Digest.of(data)
+    await blocking(backend.blobs.put_bytes, digest, data)
+
+    def read():
+        reader = backend.blobs.open(digest)
+        try:
+            reader.seek(100)
+            return reader.read(50)
+        finally:
+            reader.close()
+
+    assert await blocking(read) == data[100:150]
+
+
+@pytest_twisted.ensureDeferred
 async def test_empty_blob(backend):
     digest = Digest.of(b"")
     session = backend.uploads.create(NAME, 1.0, persisted=False)
