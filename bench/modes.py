@@ -162,10 +162,11 @@ def seed_izreg(data_dir: str, template: str, first: int, last: int, tags: int, a
 
     from izreg.core.digest import Digest
     from izreg.storage import schema
-    from izreg.storage.lmdbenv import DEFAULT_MAP_SIZE, index_path
+    from izreg.service.config import Config
+    from izreg.storage.lmdbenv import index_path
     from izreg.storage.lmdbindex import Index
 
-    env = lmdb.open(index_path(data_dir), map_size=DEFAULT_MAP_SIZE, max_dbs=schema.MAX_DBS, subdir=True,
+    env = lmdb.open(index_path(data_dir), map_size=Config.lmdb_map_size, max_dbs=schema.MAX_DBS, subdir=True,
                     sync=False, metasync=False)
     index = Index(env)
     digest = index.resolve_tag(template, "t00")

@@ -14,7 +14,10 @@ Usage::
     izreg [--data-dir DIR] key list ACCOUNT_ID [--json]
     izreg [--data-dir DIR] key revoke KEY_ID
 
-``--data-dir`` defaults to ``$IZREG_DATA_DIR``, else ``./izreg-data``.
+``--config FILE`` reads the server's TOML file (its data directory and LMDB
+map size); ``--data-dir`` overrides it, and so does ``$IZREG_DATA_DIR`` (as
+for ``twistd izreg server``: L{izreg.service.config.load}); the default is
+``./izreg-data``.
 Errors are one line on stderr and exit status 2.
 
 Adding a command group (e.g. ``izreg device ...``): write a function
@@ -36,11 +39,10 @@ from izreg import devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
-from izreg.service.config import Config
+from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
 
 #: the server's default data directory (relative to the working directory), kept in one place
 DEFAULT_DATA_DIR = Config.data_dir
-ENV_DATA_DIR = "IZREG_DATA_DIR"
 #: exit status of every usage or data error
 EXIT_ERROR = 2
 
@@ -52,8 +54,11 @@ class CommandError(Exception):
 class Context:
     """What handlers get besides their arguments: output, clock and (lazily) the store."""
 
-    def __init__(self, data_dir: str, now: Callable[[], float], stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(self, data_dir: str, now: Callable[[], float], stdout: TextIO, stderr: TextIO,
+                 config: Config | None = None) -> None:
         self.data_dir = data_dir
+        #: the server's settings (C{--config}); the LMDB map size is the server's
+        self.config = config or Config(data_dir=data_dir)
         self.now = now
         self.stdout = stdout
         self.stderr = stderr
@@ -72,7 +77,7 @@ class Context:
             if not create and not os.path.isdir(index_path(self.data_dir)):
                 raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
             try:
-                self._env = open_env(self.data_dir)
+                self._env = open_env(self.data_dir, self.config.lmdb_map_size)
             except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
                 raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
             self._store = AuthStore(self._env)
@@ -225,10 +230,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="izreg", description="Manage an izreg data directory (accounts, access keys).")
+    parser.add_argument("--config", metavar="FILE", help="the server's TOML config file (etc/izreg.toml)")
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
-        help=f"the server's data directory (default: ${ENV_DATA_DIR}, else ./{DEFAULT_DATA_DIR})",
+        help=f"the server's data directory (default: ${ENV_DATA_DIR}, else the config's, else ./{DEFAULT_DATA_DIR})",
     )
     subparsers = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for register in groups or GROUPS:
@@ -253,8 +259,12 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (already printed) and --help
         return e.code if isinstance(e.code, int) else EXIT_ERROR
-    data_dir = args.data_dir or environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
-    context = Context(data_dir, now, stdout, stderr)
+    try:
+        config = load(args.config, {"data_dir": args.data_dir}, environ)
+    except ConfigError as e:
+        print(f"izreg: error: {e}", file=stderr)
+        return EXIT_ERROR
+    context = Context(config.data_dir, now, stdout, stderr, config)
     try:
         return args.handler(args, context)
     except (CommandError, InvalidName) as e:

@@ -26,6 +26,7 @@ from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
 from izreg.auth.store import AuthStore, UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
+from izreg.service.config import Config
 from izreg.storage.audit import AuditLog
 from izreg.storage.lmdbenv import index_path, open_env
 
@@ -35,8 +36,10 @@ EXIT_ERROR = 2
 class _Io:
     """What a handler needs besides its arguments."""
 
-    def __init__(self, data_dir: str | None, now: float, out: TextIO, err: TextIO) -> None:
+    def __init__(self, data_dir: str | None, now: float, out: TextIO, err: TextIO,
+                 map_size: int = Config.lmdb_map_size) -> None:
         self.data_dir, self.now, self.out, self.err = data_dir, now, out, err
+        self.map_size = map_size
 
     def fail(self, message: str) -> int:
         print(f"izreg: error: {message}", file=self.err)
@@ -57,7 +60,8 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
     def bind(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace, _Io], int]) -> None:
         parser.set_defaults(
             func=lambda args: handler(args, _Io(args.data_dir, clock(), out or sys.stdout, err or sys.stderr)),
-            handler=lambda args, ctx: handler(args, _Io(ctx.data_dir, ctx.now(), ctx.stdout, ctx.stderr)),
+            handler=lambda args, ctx: handler(args, _Io(ctx.data_dir, ctx.now(), ctx.stdout, ctx.stderr,
+                                                        ctx.config.lmdb_map_size)),
         )
 
     device = subparsers.add_parser("device", help="device certificates: revocation and pull records")
@@ -105,7 +109,7 @@ def _store(io: _Io) -> tuple[object, DeviceStore]:
     swallow a revocation the server never sees)."""
     if not io.data_dir or not os.path.isdir(index_path(io.data_dir)):
         raise _NoData(f"no izreg data in {io.data_dir!r} (set --data-dir)")
-    env = open_env(io.data_dir)
+    env = open_env(io.data_dir, io.map_size)
     return env, DeviceStore(env)
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_manage_cli -*-
+# -*- test-case-name: tests.http.test_browse -*-
 """
 ``izreg images``, ``izreg usage``: what is stored, from the command line
 (the same documents as the browse API, see L{izreg.browse}).
@@ -77,12 +77,9 @@ def account_delete(args: argparse.Namespace, context) -> int:
 
 def _browser(context) -> Browser:
     from izreg.auth.devicestore import DeviceStore
-    from izreg.storage.blobs import BlobStore
-    from izreg.storage.lmdbindex import Index
 
-    context.store()
-    env = context._env
-    return Browser(Index(env), BlobStore(context.data_dir), DeviceStore(env))
+    index, blobs, _ = _storage(context)
+    return Browser(index, blobs, DeviceStore(context._env))
 
 
 def _pages(fetch, key: str):
@@ -172,14 +169,11 @@ def register_storage(subparsers: argparse._SubParsersAction) -> None:
     gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep (the server may run)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     gc.add_argument("--grace", type=duration, metavar="DURATION",
-                    help="keep what became unreferenced less than this ago (default: [gc] grace, 1h; e.g. 30m, 2h)")
+                    help="keep what became unreferenced less than this ago (default: the config's [gc] grace, 1h)")
     gc.set_defaults(handler=gc_command)
     fsck = subparsers.add_parser("fsck", help="check every blob and manifest; exit status 1 if something is wrong")
     fsck.add_argument("--repair", action="store_true", help="remove or re-index what can be; say what cannot")
     fsck.set_defaults(handler=fsck_command)
-    for parser in (gc, fsck):
-        parser.add_argument("--config", metavar="FILE",
-                            help="the server's config file: its blob store ([storage] backend = \"s3\") and [gc] grace")
 
 
 def _progress(context, unit: str):
@@ -200,19 +194,12 @@ def _close_bars(context) -> None:
         bar.close()
 
 
-def _storage(context, config_path: str | None):
-    """The index, the blob store of the server's config (filesystem by default) and that config."""
-    from izreg.cli import CommandError
-    from izreg.service.config import Config, ConfigError, load
+def _storage(context):
+    """The index, the blob store of the server's config (``izreg --config``; filesystem by default) and that config."""
     from izreg.storage.blobs import BlobStore
     from izreg.storage.lmdbindex import Index
 
-    config = Config()
-    if config_path:
-        try:
-            config = load(config_path, {})
-        except ConfigError as e:
-            raise CommandError(str(e)) from None
+    config = context.config
     context.store()
     if config.storage_backend == "s3":
         from izreg.storage.s3 import S3Blobs, make_client
@@ -226,7 +213,7 @@ def _storage(context, config_path: str | None):
 def gc_command(args: argparse.Namespace, context) -> int:
     from izreg.storage.gc import Collector, SweepLock
 
-    index, blobs, config = _storage(context, args.config)
+    index, blobs, config = _storage(context)
     grace = config.gc_grace if args.grace is None else args.grace
     lock = SweepLock(context.data_dir)
     if not lock.acquire():
@@ -248,7 +235,7 @@ def gc_command(args: argparse.Namespace, context) -> int:
 def fsck_command(args: argparse.Namespace, context) -> int:
     from izreg.storage.fsck import Checker
 
-    index, blobs, _ = _storage(context, args.config)
+    index, blobs, _ = _storage(context)
     try:
         report = Checker(index, blobs).check(repair=args.repair, progress=_progress(context, "blob"), now=context.now())
     finally:

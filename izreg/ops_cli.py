@@ -210,7 +210,7 @@ def backup_run(args, context) -> int:
     from izreg.storage.backup import BackupError, backup
 
     try:
-        summary = backup(context.data_dir, args.directory, now=context.now)
+        summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now)
     except (BackupError, OSError) as e:
         raise _cli().CommandError(f"backup failed: {e}") from None
     context.out(f"backed up the index ({summary.index_bytes} bytes) and {summary.blobs} blobs "
@@ -222,7 +222,7 @@ def restore_run(args, context) -> int:
     from izreg.storage.backup import BackupError, restore
 
     try:
-        summary = restore(args.directory, context.data_dir)
+        summary = restore(args.directory, context.data_dir, context.config.lmdb_map_size)
     except (BackupError, OSError) as e:
         raise _cli().CommandError(f"restore failed: {e}") from None
     context.out(f"restored the index and {summary.blobs} blobs ({summary.bytes} bytes) into {context.data_dir}")

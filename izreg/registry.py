@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_api -*-
+# -*- test-case-name: tests.http.test_manifests -*-
 """
 The registry's domain operations over the pure core and the storage layer.
 
@@ -33,7 +33,6 @@ Runner = Callable[..., Awaitable[Any]]
 #: who asks for a change, for the audit log: (actor, client address), e.g. ("key:<key id>", "10.0.0.1")
 Actor = tuple[str, str | None] | None
 
-DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024
 #: parse and hash manifests larger than this off the reactor thread
 INLINE_MANIFEST = 64 * 1024
 
@@ -58,9 +57,10 @@ class StoredManifest:
 
 @dataclass(frozen=True)
 class Limits:
-    max_manifest_size: int = DEFAULT_MAX_MANIFEST
-    upload_ttl: float = 24 * 3600
-    delete_enabled: bool = True
+    """The configured limits (L{izreg.service.config.Config} holds their defaults)."""
+
+    max_manifest_size: int
+    delete_enabled: bool
 
 
 class Registry:
@@ -74,7 +74,7 @@ class Registry:
         now: Callable[[], float],
         run_write: Runner,
         run_io: Runner,
-        limits: Limits = Limits(),
+        limits: Limits,
         audit: AuditLog | None = None,
         in_use: InUse | None = None,
     ) -> None:
@@ -240,15 +240,6 @@ class Registry:
             return
         if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
-
-    def stat_blob(self, repo: Repository, digest: Digest) -> int:
-        size = self.index.blob_size(repo.name, digest)
-        if size is None:
-            manifest = self.index.get_manifest(repo.name, digest)
-            if manifest is None:
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
-            return len(manifest[1])
-        return size
 
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
         self._check_delete()

@@ -22,13 +22,13 @@ class ServerOptions(usage.Options):
     longdesc = "Run the registry. Command-line options override the config file (see etc/izreg.toml)."
     optParameters = [
         ["config", "c", None, "TOML config file (every option can be set there)"],
-        ["data-dir", "d", None, "data directory (default: ./izreg-data)"],
+        ["data-dir", "d", None, f"data directory (default: $IZREG_DATA_DIR, else ./{Config.data_dir})"],
         ["tls-cert", None, None, "PEM server certificate chain for the TLS listener"],
         ["tls-key", None, None, "PEM private key of the server certificate"],
         ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes (checked every tls.device_crl_interval s)"],
-        ["log-format", None, None, "text (default) or json (one JSON object a line)"],
-        ["log-level", None, None, "debug, info (default), warn, error; re-read from the config on SIGHUP"],
-        ["min-free-disk", None, None, 'refuse pushes (503) below this free space: "2GB", "5%" (default 0)'],
+        ["log-format", None, None, f"text or json (one JSON object a line); default {Config.log_format}"],
+        ["log-level", None, None, f"debug, info, warn, error; re-read from the config on SIGHUP; default {Config.log_level}"],
+        ["min-free-disk", None, None, f'refuse pushes (503) below this free space: "2GB", "5%" (default {Config.min_free_disk})'],
     ]
     optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"]]
 
@@ -44,7 +44,7 @@ class ServerOptions(usage.Options):
         self["metrics-listen"].append(endpoint)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:5000:interface=127.0.0.1)"""
+        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: the config's server.listen)"""
         self["listen"].append(endpoint)
 
     def opt_tls_listen(self, endpoint: str) -> None:

@@ -62,7 +62,7 @@ def test_key_create_prints_only_the_key_and_it_verifies(capsys, tmp_path, accoun
     key = keys.parse(out.strip())
     assert err == f"key id {key.key_id} (for izreg key revoke); the key is not shown again\n"
     assert out.strip() not in err
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         record = AuthStore(env).get_key(key.key_id)
     finally:
@@ -184,7 +184,7 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
             [sys.executable, "-m", "izreg.cli", *argv], env=environment, capture_output=True, text=True, timeout=60
         )
 
-    server_env = open_env(str(tmp_path))  # what the running server holds
+    server_env = open_env(str(tmp_path), 1 << 30)  # what the running server holds
     try:
         server_store = AuthStore(server_env)
         created = izreg("account", "create")
@@ -210,7 +210,7 @@ def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path,
     from izreg.storage.lmdbindex import Index
 
     code, out, _ = run(capsys, tmp_path, "key", "create", account)
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         index = Index(env)
         blob = Digest.of(b"layer")
@@ -224,7 +224,7 @@ def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path,
     code, out, err = run(capsys, tmp_path, "account", "delete", account, "--purge")
     assert code == 0, err
     assert out == f"deleted account {account}: 1 keys, 1 repositories, 1 manifests (garbage collection reclaims their blobs)\n"
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         index = Index(env)
         assert AuthStore(env).get_account(account) is None
@@ -250,7 +250,7 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     from izreg.storage.blobs import BlobStore
     from izreg.storage.lmdbindex import Index
 
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         blobs = BlobStore(str(tmp_path))
         for i in range(3):
@@ -268,3 +268,17 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--data-dir", str(tmp_path), "fsck"], environ={}, now=lambda: NOW, stdout=out, stderr=err) == 0
     assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
+
+
+def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "from-config"}"\n[storage]\nlmdb_map_size = {1 << 30}\n')
+    code, out, err = run(capsys, None, "--config", str(config), "account", "create")
+    assert code == 0 and err == ""
+    assert (tmp_path / "from-config" / "index").is_dir()
+    env_dir = tmp_path / "from-env"
+    code, out, err = run(capsys, None, "--config", str(config), "account", "list",
+                         environ={"IZREG_DATA_DIR": str(env_dir)})
+    assert code == 2 and f"no izreg data in {str(env_dir)!r}" in err
+    code, out, err = run(capsys, None, "--config", str(tmp_path / "missing.toml"), "account", "list")
+    assert code == 2 and err.startswith("izreg: error: cannot read config file ")

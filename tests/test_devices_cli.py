@@ -9,7 +9,7 @@ import os
 import pytest
 from cryptography import x509
 
-from izreg import devices_cli
+from izreg import cli, devices_cli
 from izreg.auth.devices import fingerprint_sha256, serial_hex
 from izreg.auth.devicestore import DeviceStore, PullRecorder
 from izreg.auth.store import AuthStore
@@ -37,7 +37,7 @@ class Run:
 @pytest.fixture
 def data_dir(tmp_path):
     path = str(tmp_path / "data")
-    open_env(path).close()  # the server (or izreg account create) made it
+    open_env(path, 1 << 30).close()  # the server (or izreg account create) made it
     return path
 
 
@@ -47,7 +47,7 @@ def run(data_dir):
 
 
 def store_of(data_dir: str):
-    env = open_env(data_dir)
+    env = open_env(data_dir, 1 << 30)
     return env, DeviceStore(env)
 
 
@@ -160,17 +160,11 @@ def test_dev_certs_random_account(run, tmp_path):
 def test_handler_convention_of_izreg_cli(data_dir):
     """The same parsers also set handler(args, context) for izreg.cli's dispatcher."""
 
-    class Context:
-        def __init__(self):
-            self.data_dir = data_dir
-            self.now = lambda: NOW
-            self.stdout, self.stderr = io.StringIO(), io.StringIO()
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir")
     devices_cli.add_subparsers(parser.add_subparsers(dest="group", required=True))
     args = parser.parse_args(["device", "revoke", "--serial", "ff"])
-    context = Context()
+    context = cli.Context(data_dir, lambda: NOW, io.StringIO(), io.StringIO())
     assert args.handler(args, context) == 0
     assert context.stdout.getvalue() == "revoked: serial ff\n"
 

@@ -64,7 +64,7 @@ def test_webhook_secrets_are_sealed(capsys, tmp_path, account):
     key_file = tmp_path / "webhook.key"
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     assert SECRET.encode() not in (tmp_path / "index" / "data.mdb").read_bytes()
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         assert WebhookStore(env, str(tmp_path)).secret(account, hook_id) == SECRET.encode()
     finally:
@@ -76,7 +76,7 @@ def test_webhook_secrets_are_sealed(capsys, tmp_path, account):
 
 
 def test_the_queue_retries_then_gives_up(tmp_path, account):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         store = WebhookStore(env, str(tmp_path))
         store.add(account, "http://127.0.0.1:1/", SECRET, ("push",), NOW)
@@ -98,24 +98,24 @@ def test_the_queue_retries_then_gives_up(tmp_path, account):
 
 def test_backup_and_restore_in_process(tmp_path):
     data, target, again = str(tmp_path / "data"), str(tmp_path / "backup"), str(tmp_path / "again")
-    env = open_env(data)
+    env = open_env(data, 1 << 30)
     blobs = BlobStore(data)
     payload = b"a blob" * 1000
     digest = Digest.of(payload, "sha256")
     blobs.put_bytes(digest, payload)
     Index(env).commit_blob(f"{'a' * 32}/app", digest, len(payload), NOW, None)
     env.close()
-    summary = backup(data, target, now=lambda: NOW)
+    summary = backup(data, target, 1 << 30, now=lambda: NOW)
     assert (summary.blobs, summary.bytes) == (1, len(payload))
     with pytest.raises(BackupError, match="must be an empty directory"):
-        backup(data, target)
+        backup(data, target, 1 << 30)
     with pytest.raises(BackupError, match="must be an empty directory"):
-        restore(target, data)
-    restore(target, again)
+        restore(target, data, 1 << 30)
+    restore(target, again, 1 << 30)
     with BlobStore(again).open(digest) as f:
         assert f.read() == payload
     # a damaged blob is found while copying
     with open(BlobStore(data).path(digest), "r+b") as f:
         f.write(b"X")
     with pytest.raises(BackupError, match="does not match its digest"):
-        backup(data, str(tmp_path / "bad"))
+        backup(data, str(tmp_path / "bad"), 1 << 30)

@@ -53,7 +53,6 @@ from izreg.storage.batch import LatestBatch
 
 #: the only username accepted with Basic auth; the password is the access key
 USERNAME = "KEY"
-DEFAULT_TOKEN_TTL = 3600
 DEFAULT_SERVICE = "izreg"
 
 Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
@@ -75,11 +74,12 @@ class Authenticator:
     @param store: the accounts and keys.
     @param now: the clock (C{reactor.seconds} in the server; a fake in tests).
     @param token_service: whether the token endpoint is served; the 401
-        challenge then points at it (C{Bearer}) instead of C{Basic}.
-    @param token_realm: the absolute URL of the token endpoint, e.g.
-        C{"https://registry.example:5000/v2/token"}; required with
-        C{token_service} (or pass C{realm=} per call).
-    @param limiter: the failed-authentication counter (a default one if C{None}).
+        challenge then points at it (C{Bearer}) instead of C{Basic}, and
+        every call that may challenge takes the token endpoint's absolute
+        URL for this request as C{realm}
+        (C{"https://registry.example:5000/v2/token"}).
+    @param token_ttl: seconds a token lives (C{auth.token_ttl}).
+    @param limiter: the failed-authentication counter (C{auth.failure_limit}, C{auth.failure_window}).
     """
 
     log = Logger()
@@ -89,29 +89,27 @@ class Authenticator:
         store: AuthStore,
         now: Callable[[], float],
         token_service: bool = False,
-        token_realm: str | None = None,
         *,
         service: str = DEFAULT_SERVICE,
         basic_realm: str = "izreg",
-        token_ttl: int = DEFAULT_TOKEN_TTL,
-        limiter: FailureLimiter | None = None,
+        token_ttl: int,
+        limiter: FailureLimiter,
         last_used_interval: float = 60.0,
     ) -> None:
         self.store = store
         self.now = now
         self.token_service = token_service
-        self.token_realm = token_realm
         self.service = service
         self.basic_realm = basic_realm
         self.token_ttl = token_ttl
-        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.limiter = limiter
         self.last_used_interval = last_used_interval
         #: keys' last-used stamps, written by the service's timer on the writer thread
         self.last_used: LatestBatch[str] = LatestBatch(store.touch_keys)
         self._signer: tokens.Signer | None = None
 
     def __repr__(self) -> str:
-        return f"Authenticator(token_service={self.token_service!r}, realm={self.token_realm!r})"
+        return f"Authenticator(token_service={self.token_service!r})"
 
     # Challenges -----------------------------------------------------------------
 
@@ -123,16 +121,15 @@ class Authenticator:
         @param scopes: e.g. C{policy.repository_scope(name, [Action.PULL])} or
             C{policy.CATALOG_SCOPE}; used only with the token service.
         @param error: e.g. C{"insufficient_scope"}, C{"invalid_token"}.
-        @param realm: the token URL for this request, overriding C{token_realm}.
+        @param realm: the token URL for this request (required with the token service).
         @param bearer: challenge with C{Bearer} even without the token service.
         """
         if not self.token_service:
             if not bearer:
                 return f'Basic realm="{self.basic_realm}"'
             return f'Bearer realm="{self.basic_realm}"' + (f',error="{error}"' if error else "")
-        realm = realm or self.token_realm
         if not realm:
-            raise ValueError("the token service needs an absolute token_realm URL")
+            raise ValueError("the token service's challenge needs the token endpoint's absolute URL")
         parts = [f'realm="{realm}"', f'service="{self.service}"']
         if scopes:
             parts.append(f'scope="{" ".join(scopes)}"')
@@ -196,30 +193,6 @@ class Authenticator:
                 e.headers["WWW-Authenticate"] = self.challenge(
                     _challenge_scope(repository, action), error="insufficient_scope", realm=realm
                 )
-            raise
-
-    def require(
-        self,
-        authorization: bytes | str | None,
-        client_address: str,
-        repository: Repository,
-        action: Action,
-        realm: str | None = None,
-    ) -> Principal:
-        """L{authenticate} then L{authorize}: the one call most handlers need."""
-        principal = self.authenticate(authorization, client_address, [_challenge_scope(repository, action)], realm)
-        self.authorize(principal, repository, action, realm)
-        return principal
-
-    def catalog_account(
-        self, authorization: bytes | str | None, client_address: str, realm: str | None = None
-    ) -> str:
-        """The account whose repositories ``/v2/_catalog`` may list for this caller."""
-        principal = self.authenticate(authorization, client_address, [policy.CATALOG_SCOPE], realm)
-        try:
-            return policy.authorize_catalog(principal)
-        except RegistryError as e:
-            e.headers["WWW-Authenticate"] = self.challenge(policy.CATALOG_SCOPE, error="insufficient_scope", realm=realm)
             raise
 
     # The token endpoint ---------------------------------------------------------------

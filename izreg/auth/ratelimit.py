@@ -23,7 +23,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 
 
 class FailureLimiter:
-    def __init__(self, limit: int = 10, window: float = 60.0, max_addresses: int = 10000) -> None:
+    def __init__(self, limit: int, window: float, max_addresses: int = 10000) -> None:
         self.limit = limit
         self.window = window
         self.max_addresses = max_addresses

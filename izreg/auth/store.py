@@ -142,10 +142,6 @@ class AuthStore:
         with self._env.begin() as txn:
             return [_account(k.decode("ascii"), bytes(v)) for k, v in txn.cursor(db=self._accounts)]
 
-    def has_accounts(self) -> bool:
-        with self._env.begin() as txn:
-            return txn.cursor(db=self._accounts).first()
-
     def delete_account(self, account_id: str) -> int:
         """Delete an account and every key of it (they fail from the next request on); return the key count."""
         with self._env.begin(write=True) as txn:

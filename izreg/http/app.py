@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_api -*-
+# -*- test-case-name: tests.http.test_smoke -*-
 """
 The registry API: Klein routes, each a few lines over L{Registry}.
 
@@ -42,7 +42,8 @@ from izreg.storage.interfaces import IBodySink
 
 PULL, PUSH, DELETE = Action.PULL, Action.PUSH, Action.DELETE
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
-#: tags/catalog page size when the client gives no ``n``, and the largest page served
+#: the largest page a client may ask for with ``n`` (tags, catalog, browse); without ``n``
+#: a listing answers up to 100 times as many entries in one page, as distribution answers all
 MAX_PAGE = 10000
 #: the largest form body (the token endpoint's POST) kept in memory
 SMALL_BODY = 64 * 1024

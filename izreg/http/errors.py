@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_api -*-
+# -*- test-case-name: tests.http.test_errors -*-
 """The only place that writes the OCI ``{"errors": [...]}`` envelope."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_health -*-
+# -*- test-case-name: tests.e2e.test_operations -*-
 """
 ``GET /healthz`` (the process answers) and ``GET /readyz`` (it can take
 pushes: index open, data directory writable, free disk above the floor),

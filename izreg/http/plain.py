@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_plain -*-
+# -*- test-case-name: tests.e2e.test_skopeo -*-
 """
 Plain-HTTP listeners that answer a TLS handshake at once.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_api -*-
+# -*- test-case-name: tests.http.test_blobs -*-
 """Response helpers: streaming blob bodies with back-pressure."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_routing -*-
+# -*- test-case-name: tests.http.test_bodies -*-
 """
 The route table: every route declares what it does (its L{Access}) and what
 it does with a request body (its L{Body}), and authorization is made from

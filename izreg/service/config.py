@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 
 class ConfigError(Exception):
@@ -102,6 +103,7 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
+        _check_devices(self)
         _check_operations(self)
         return self
 
@@ -167,6 +169,15 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
+def _check_devices(config: Config) -> None:
+    from izreg.auth.devices import SubjectFields
+
+    try:
+        SubjectFields.parse(config.device_account_field, config.device_id_field)
+    except ValueError as e:
+        raise ConfigError(f"devices.account_field, devices.device_id_field: {e}") from None
+
+
 def _check_operations(config: Config) -> None:
     from izreg.storage.capacity import parse_floor
 
@@ -223,8 +234,16 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
     return values
 
 
-def load(path: str | None, overrides: dict[str, Any]) -> Config:
-    """Defaults <- file at C{path} <- C{overrides} (command-line values that were given)."""
+#: the data directory, for the server and the ``izreg`` command alike (between the file and the options)
+ENV_DATA_DIR = "IZREG_DATA_DIR"
+
+
+def load(path: str | None, overrides: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Defaults <- file at C{path} <- C{$IZREG_DATA_DIR} <- C{overrides}
+    (command-line values that were given). Both ``twistd izreg server`` and
+    the ``izreg`` command load their settings here.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -233,6 +252,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         values.update(parse_toml(text, path))
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_DATA_DIR):
+        values["data_dir"] = environ[ENV_DATA_DIR]
     kinds = {spec[0]: spec[1] for spec in FIELDS.values()}
     for name, value in overrides.items():
         if value is not None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.service.test_fasttls -*-
+# -*- test-case-name: tests.e2e.test_pull_paths -*-
 """
 Twisted's TLS transport with fewer Python steps per byte.
 

@@ -119,7 +119,7 @@ class RegistryService(service.MultiService):
             now=self.reactor.seconds,
             run_write=self._run_write,
             run_io=self._run_io,
-            limits=Limits(config.max_manifest_size, config.upload_ttl, config.delete_enabled),
+            limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled),
             audit=AuditLog(env),
         )
         self._drop_orphans()

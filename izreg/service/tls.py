@@ -250,10 +250,6 @@ class ServerTLS:
         context.set_info_callback(info)
         return context
 
-    @property
-    def material(self) -> TLSMaterial:
-        return self._material
-
     def device_cas(self) -> tuple[x509.Certificate, ...]:
         return self._material.device_cas
 

@@ -118,14 +118,17 @@ def _copy_private(source: str, target: str) -> None:
             os.fsync(out.fileno())
 
 
-def backup(data_dir: str, target: str, now: Callable[[], float] = time.time,
+def backup(data_dir: str, target: str, map_size: int, now: Callable[[], float] = time.time,
            progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Copy C{data_dir} (a server may be running on it) into the empty directory C{target}."""
+    """
+    Copy C{data_dir} (a server may be running on it) into the empty directory
+    C{target}; C{map_size} is the server's C{storage.lmdb_map_size}.
+    """
     if not os.path.isdir(index_path(data_dir)):
         raise BackupError(f"no izreg data in {data_dir!r}")
     _empty_dir(target, "the backup directory")
     os.makedirs(index_path(target), mode=0o700)
-    env = open_env(data_dir)
+    env = open_env(data_dir, map_size)
     try:
         env.copy(index_path(target), compact=True)
     finally:
@@ -145,7 +148,7 @@ def backup(data_dir: str, target: str, now: Callable[[], float] = time.time,
     return summary
 
 
-def restore(source: str, data_dir: str, progress: Callable[[int, int], None] | None = None) -> Summary:
+def restore(source: str, data_dir: str, map_size: int, progress: Callable[[int, int], None] | None = None) -> Summary:
     """Put the backup C{source} into the empty (or new) data directory C{data_dir}."""
     try:
         with open(os.path.join(source, MARKER), encoding="utf-8") as f:
@@ -161,7 +164,7 @@ def restore(source: str, data_dir: str, progress: Callable[[int, int], None] | N
     blobs = _snapshot_blobs(index_path(data_dir))
     total = _copy_blobs(source, data_dir, blobs, progress)
     _copy_private(os.path.join(source, KEY_FILE), os.path.join(data_dir, KEY_FILE))
-    env = open_env(data_dir)  # checks (and upgrades) the schema
+    env = open_env(data_dir, map_size)  # checks (and upgrades) the schema
     try:
         with env.begin(write=True) as txn:
             txn.drop(env.open_db(schema.UPLOADS, txn=txn), delete=False)  # sessions have no bytes here

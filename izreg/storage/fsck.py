@@ -114,7 +114,9 @@ class Checker:
         if not repair:
             return
         if self.blobs.hash(digest, digest.algorithm) == digest.hex:
-            self.index.put_blob_record(digest, found[0], now)
+            with self.index.env.begin(write=True) as txn:
+                txn.put(str(digest).encode(), json.dumps({"size": found[0], "created": now, "touched": now}).encode(),
+                        db=self._db[schema.BLOBS])
             report.repaired.append(f"orphan blob {digest}: indexed again (garbage collection takes it if unused)")
         else:
             self.blobs.delete(digest)

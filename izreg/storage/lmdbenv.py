@@ -15,10 +15,6 @@ import lmdb
 
 from izreg.storage import schema
 
-#: the map is sparse: this is an upper bound on the index size, not disk usage
-DEFAULT_MAP_SIZE = 64 * 1024**3
-
-
 class SchemaError(Exception):
     """The index was written by a newer izreg, or cannot be upgraded."""
 
@@ -27,8 +23,12 @@ def index_path(data_dir: str) -> str:
     return os.path.join(data_dir, "index")
 
 
-def open_env(data_dir: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> lmdb.Environment:
-    """Open (creating if needed) the index of C{data_dir} and check its schema version."""
+def open_env(data_dir: str, map_size: int, readonly: bool = False) -> lmdb.Environment:
+    """
+    Open (creating if needed) the index of C{data_dir} and check its schema
+    version. C{map_size} is the configured C{storage.lmdb_map_size}: the map is
+    sparse, an upper bound on the index size, not disk usage.
+    """
     path = index_path(data_dir)
     os.makedirs(path, mode=0o700, exist_ok=True)
     env = lmdb.open(path, map_size=map_size, max_dbs=schema.MAX_DBS, subdir=True, readonly=readonly, max_readers=256)

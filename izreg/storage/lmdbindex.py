@@ -196,11 +196,6 @@ class Index:
             self._drop_repo_if_empty(txn, name)
             return True
 
-    def put_blob_record(self, digest: Digest, size: int, now: float) -> None:
-        """(Re)create the derived record of a blob file (rebuild)."""
-        with self.env.begin(write=True) as txn:
-            txn.put(str(digest).encode(), _dump({"size": size, "created": now}), db=self._db[schema.BLOBS])
-
     # -- upload sessions -----------------------------------------------------
 
     def put_upload(self, upload_id: str, record: dict) -> None:

@@ -23,7 +23,7 @@ class FakeClock:
 
 @pytest.fixture
 def env(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     yield env
     env.close()
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from izreg.auth import keys, tokens
+from izreg.auth import keys, policy, tokens
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
+from izreg.service.config import Config
 
 REALM = "https://registry.example:5000/v2/token"
 ADDR = "192.0.2.1"
@@ -52,7 +53,9 @@ def world(store, clock):
 
 
 def make(world, **kw):
-    return Authenticator(world.store, world.clock, **kw)
+    config = Config()
+    kw.setdefault("limiter", FailureLimiter(config.auth_failure_limit, config.auth_failure_window))
+    return Authenticator(world.store, world.clock, token_ttl=config.token_ttl, **kw)
 
 
 def forged_key(world):
@@ -89,11 +92,11 @@ CASES = [
 def test_authenticate(world, name, header, expected, fragment):
     auth = make(world)
     if isinstance(expected, str):
-        principal = auth.authenticate(header(world), ADDR)
+        principal = auth.authenticate(header(world), ADDR, realm=REALM)
         assert principal == Principal(expected, world.account, keys.parse(world.key).key_id, False)
         return
     with pytest.raises(RegistryError) as e:
-        auth.authenticate(header(world), ADDR)
+        auth.authenticate(header(world), ADDR, realm=REALM)
     assert e.value.code is expected
     sent = header(world)
     if sent and (sent.decode() if isinstance(sent, bytes) else sent).lower().startswith("bearer "):
@@ -106,7 +109,7 @@ def test_authenticate(world, name, header, expected, fragment):
 
 def test_read_only_key(world):
     auth = make(world)
-    principal = auth.authenticate(basic("KEY", world.read_only_key), ADDR)
+    principal = auth.authenticate(basic("KEY", world.read_only_key), ADDR, realm=REALM)
     assert principal.read_only and principal.account == world.account
     auth.authorize(principal, world.repo(), Action.PULL)
     for action in (Action.PUSH, Action.DELETE):
@@ -117,9 +120,9 @@ def test_read_only_key(world):
 
 def test_other_account_is_denied(world):
     auth = make(world)
-    principal = auth.authenticate(basic("KEY", world.other_key), ADDR)
+    principal = auth.authenticate(basic("KEY", world.other_key), ADDR, realm=REALM)
     with pytest.raises(RegistryError) as e:
-        auth.require(basic("KEY", world.other_key), ADDR, world.repo(), Action.PULL)
+        auth.authorize(principal, world.repo(), Action.PULL)
     assert e.value.code is ErrorCode.DENIED
     # the cross-mount check: pull on the from-repository
     with pytest.raises(RegistryError):
@@ -129,10 +132,10 @@ def test_other_account_is_denied(world):
 
 def test_revocation_takes_effect_on_the_next_request(world):
     auth = make(world)
-    assert auth.authenticate(basic("KEY", world.key), ADDR).kind == "key"
+    assert auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM).kind == "key"
     world.store.revoke_key(keys.parse(world.key).key_id, world.clock())
     with pytest.raises(RegistryError) as e:
-        auth.authenticate(basic("KEY", world.key), ADDR)
+        auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
 
 
@@ -144,15 +147,15 @@ def test_last_used_is_written_at_most_once_a_minute(world):
     auth = make(world)
     start = world.clock()
     for _ in range(5):
-        auth.authenticate(basic("KEY", world.key), ADDR)
+        auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)
         world.clock.advance(10)
     assert writes == []  # no write on the request's thread: the stamp waits for the flush
     assert auth.last_used.flush() == 1
     assert writes == [{key_id: start}]
     assert world.store.get_key(key_id).last_used == start
     world.clock.advance(20)  # 70 s after the first use
-    auth.authenticate(basic("KEY", world.key), ADDR)
-    auth.authenticate(basic("KEY", world.key), ADDR)
+    auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)
+    auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)
     assert auth.last_used.flush() == 1 and auth.last_used.flush() == 0
     assert writes == [{key_id: start}, {key_id: start + 70}]
     assert world.store.get_key(key_id).last_used == start + 70
@@ -168,7 +171,7 @@ def test_secrets_never_reach_the_log_or_errors(world):
         forged = forged_key(world)
         for header in (basic("KEY", forged), basic("bob", world.key), "Bearer " + forged):
             with pytest.raises(RegistryError) as e:
-                auth.authenticate(header, ADDR)
+                auth.authenticate(header, ADDR, realm=REALM)
             for shown in (str(e.value), repr(e.value), json.dumps(e.value.to_json()), repr(e.value.headers)):
                 assert keys.parse(world.key).secret not in shown
                 assert keys.parse(forged).secret not in shown
@@ -187,9 +190,10 @@ def test_secrets_never_reach_the_log_or_errors(world):
 
 def test_challenges(world):
     assert make(world).challenge("repository:x:pull") == 'Basic realm="izreg"'
-    auth = make(world, token_service=True, token_realm=REALM)
-    assert auth.challenge() == f'Bearer realm="{REALM}",service="izreg"'
-    assert auth.challenge("repository:a/b:pull,push") == f'Bearer realm="{REALM}",service="izreg",scope="repository:a/b:pull,push"'
+    auth = make(world, token_service=True)
+    assert auth.challenge(realm=REALM) == f'Bearer realm="{REALM}",service="izreg"'
+    assert auth.challenge("repository:a/b:pull,push", realm=REALM) == (
+        f'Bearer realm="{REALM}",service="izreg",scope="repository:a/b:pull,push"')
     assert auth.challenge("registry:catalog:*", error="insufficient_scope", realm="https://h/t") == (
         'Bearer realm="https://h/t",service="izreg",scope="registry:catalog:*",error="insufficient_scope"'
     )
@@ -207,7 +211,7 @@ def test_bearer_requests_are_challenged_bearer(world):
         (basic("KEY", forged_key(world)), 'Basic realm="izreg"'),
     ]:
         with pytest.raises(RegistryError) as e:
-            auth.authenticate(header, ADDR)
+            auth.authenticate(header, ADDR, realm=REALM)
         assert e.value.headers["WWW-Authenticate"] == expected, header
     # the browse API asks for Bearer also when no credential was sent (no error: nothing was wrong)
     for header in (None, "Basic Og=="):
@@ -218,22 +222,24 @@ def test_bearer_requests_are_challenged_bearer(world):
         auth.authenticate(basic("KEY", forged_key(world)), ADDR, bearer=True)
     assert e.value.headers["WWW-Authenticate"] == 'Bearer realm="izreg"'
     # with the token service, the usual challenge plus the error
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     with pytest.raises(RegistryError) as e:
-        auth.authenticate("Bearer " + forged_key(world), ADDR, ["repository:a/b:pull"])
+        auth.authenticate("Bearer " + forged_key(world), ADDR, ["repository:a/b:pull"], realm=REALM)
     assert e.value.headers["WWW-Authenticate"] == (
         f'Bearer realm="{REALM}",service="izreg",scope="repository:a/b:pull",error="invalid_token"')
 
 
-def test_require_puts_the_scope_in_the_challenge(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+def test_authorize_puts_the_scope_in_the_challenge(world):
+    """A token without the scope: challenged for it (a push asks pull,push as Docker does)."""
+    auth = make(world, token_service=True)
     repo = world.repo()
+    principal = auth.authenticate("Bearer " + get_token(auth, world.key)["token"], ADDR, realm=REALM)
     with pytest.raises(RegistryError) as e:
-        auth.require(None, ADDR, repo, Action.PUSH)
-    assert e.value.headers["WWW-Authenticate"].endswith(f'scope="repository:{repo.name}:pull,push"')
+        auth.authorize(principal, repo, Action.PUSH, realm=REALM)
+    assert e.value.headers["WWW-Authenticate"].endswith(f'scope="repository:{repo.name}:pull,push",error="insufficient_scope"')
     with pytest.raises(RegistryError) as e:
-        auth.require(None, ADDR, repo, Action.DELETE)
-    assert e.value.headers["WWW-Authenticate"].endswith(f'scope="repository:{repo.name}:delete"')
+        auth.authorize(principal, repo, Action.DELETE, realm=REALM)
+    assert e.value.headers["WWW-Authenticate"].endswith(f'scope="repository:{repo.name}:delete",error="insufficient_scope"')
 
 
 # Tokens ---------------------------------------------------------------------------
@@ -251,7 +257,7 @@ def get_token(auth, key, *scopes, method="GET"):
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_token_flow(world, method):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     repo, other = world.repo(), world.repo(account=world.other_account)
     body = get_token(auth, world.key, f"repository:{repo.name}:pull,push", f"repository:{other.name}:pull", method=method)
     assert body["token"] == body["access_token"]
@@ -259,7 +265,7 @@ def test_token_flow(world, method):
     assert body["issued_at"] == "2023-11-14T22:13:20Z"
     assert "refresh_token" not in body
     assert world.key not in body["token"]
-    principal = auth.authenticate("Bearer " + body["token"], ADDR)
+    principal = auth.authenticate("Bearer " + body["token"], ADDR, realm=REALM)
     assert principal.kind == "token" and principal.account == world.account
     # granted per repository: everything the key may do there (oras-py never asks twice)
     assert [str(s) for s in principal.scopes] == [f"repository:{repo.name}:pull,push,delete"]
@@ -268,7 +274,7 @@ def test_token_flow(world, method):
     # a repository that was not asked for: 401 asking for a token with it, not 403
     third = world.repo("third")
     with pytest.raises(RegistryError) as e:
-        auth.authorize(principal, third, Action.DELETE)
+        auth.authorize(principal, third, Action.DELETE, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
     assert e.value.headers["WWW-Authenticate"] == (
         f'Bearer realm="{REALM}",service="izreg",scope="repository:{third.name}:delete",error="insufficient_scope"'
@@ -280,10 +286,10 @@ def test_token_flow(world, method):
 
 
 def test_token_for_read_only_key_grants_pull_only(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     repo = world.repo()
     body = get_token(auth, world.read_only_key, f"repository:{repo.name}:pull,push,delete")
-    principal = auth.authenticate("Bearer " + body["token"], ADDR)
+    principal = auth.authenticate("Bearer " + body["token"], ADDR, realm=REALM)
     assert [str(s) for s in principal.scopes] == [f"repository:{repo.name}:pull"]
     with pytest.raises(RegistryError) as e:
         auth.authorize(principal, repo, Action.PUSH)
@@ -291,52 +297,52 @@ def test_token_for_read_only_key_grants_pull_only(world):
 
 
 def test_login_token_without_scope_authenticates(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     body = get_token(auth, world.key)
-    principal = auth.authenticate(b"Bearer " + body["token"].encode(), ADDR)
+    principal = auth.authenticate(b"Bearer " + body["token"].encode(), ADDR, realm=REALM)
     assert principal.scopes == ()
     with pytest.raises(RegistryError) as e:
-        auth.catalog_account("Bearer " + body["token"], ADDR)
-    assert e.value.headers["WWW-Authenticate"].endswith('scope="registry:catalog:*",error="insufficient_scope"')
+        policy.authorize_catalog(principal)
+    assert e.value.code is ErrorCode.UNAUTHORIZED  # the guard adds the catalog challenge
     catalog = get_token(auth, world.key, "registry:catalog:*")
-    assert auth.catalog_account("Bearer " + catalog["token"], ADDR) == world.account
-    assert auth.catalog_account(basic("KEY", world.key), ADDR) == world.account
+    assert policy.authorize_catalog(auth.authenticate("Bearer " + catalog["token"], ADDR, realm=REALM)) == world.account
+    assert policy.authorize_catalog(auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)) == world.account
 
 
 def test_token_expires_and_raw_key_does_not(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     token = get_token(auth, world.key)["token"]
     world.clock.advance(3599)
-    auth.authenticate("Bearer " + token, ADDR)
+    auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     world.clock.advance(1)
     with pytest.raises(RegistryError) as e:
-        auth.authenticate("Bearer " + token, ADDR)
+        auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert "expired" in e.value.message
-    assert auth.authenticate("Bearer " + world.key, ADDR).kind == "key"
+    assert auth.authenticate("Bearer " + world.key, ADDR, realm=REALM).kind == "key"
 
 
 def test_token_of_revoked_key_stops_working(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     token = get_token(auth, world.key)["token"]
-    auth.authenticate("Bearer " + token, ADDR)
+    auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     world.store.revoke_key(keys.parse(world.key).key_id, world.clock())
     with pytest.raises(RegistryError) as e:
-        auth.authenticate("Bearer " + token, ADDR)
+        auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert "revoked" in e.value.message
 
 
 def test_tokens_end_with_the_process_and_cannot_be_forged(world):
     """The signing secret lives in memory only: a restarted server refuses old tokens (clients fetch new ones)."""
-    first = make(world, token_service=True, token_realm=REALM)
+    first = make(world, token_service=True)
     token = get_token(first, world.key)["token"]
-    assert first.authenticate("Bearer " + token, ADDR).kind == "token"
-    restarted = make(world, token_service=True, token_realm=REALM)
+    assert first.authenticate("Bearer " + token, ADDR, realm=REALM).kind == "token"
+    restarted = make(world, token_service=True)
     with pytest.raises(RegistryError) as e:
-        restarted.authenticate("Bearer " + token, ADDR)
+        restarted.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
     forged = tokens.Signer(b"x" * 32).sign(first._get_signer().verify(token, world.clock()))
     with pytest.raises(RegistryError):
-        first.authenticate("Bearer " + forged, ADDR)
+        first.authenticate("Bearer " + forged, ADDR, realm=REALM)
 
 
 TOKEN_FAILURES = [
@@ -354,7 +360,7 @@ TOKEN_FAILURES = [
 
 @pytest.mark.parametrize("name, method, header, params, fragment", TOKEN_FAILURES, ids=[c[0] for c in TOKEN_FAILURES])
 def test_token_endpoint_refuses(world, name, method, header, params, fragment):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     with pytest.raises(RegistryError) as e:
         auth.issue_token(method, header(world) if header else None, params, ADDR)
     assert e.value.code is ErrorCode.UNAUTHORIZED
@@ -369,9 +375,9 @@ def test_token_endpoint_off(world):
 
 
 def test_post_with_basic_header_and_no_grant(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     body = auth.issue_token("POST", basic("KEY", world.key), {"service": ["izreg"]}, ADDR)
-    assert auth.authenticate("Bearer " + body["access_token"], ADDR).kind == "token"
+    assert auth.authenticate("Bearer " + body["access_token"], ADDR, realm=REALM).kind == "token"
 
 
 # Rate limit -------------------------------------------------------------------------
@@ -382,25 +388,25 @@ def test_failures_are_rate_limited_per_address(world):
     bad = basic("KEY", forged_key(world))
     for _ in range(3):
         with pytest.raises(RegistryError) as e:
-            auth.authenticate(bad, ADDR)
+            auth.authenticate(bad, ADDR, realm=REALM)
         assert e.value.code is ErrorCode.UNAUTHORIZED
         world.clock.advance(1)
     # blocked now, even with a good key; the first failure leaves the window at +60
     with pytest.raises(RegistryError) as e:
-        auth.authenticate(basic("KEY", world.key), ADDR)
+        auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM)
     assert e.value.code is ErrorCode.TOOMANYREQUESTS
     assert e.value.headers == {"Retry-After": "57"}
     # other addresses are not affected; requests without credentials are not counted
     assert auth.authenticate(basic("KEY", world.key), "198.51.100.7").kind == "key"
     with pytest.raises(RegistryError) as e:
-        auth.authenticate(None, ADDR)
+        auth.authenticate(None, ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
     world.clock.advance(57)
-    assert auth.authenticate(basic("KEY", world.key), ADDR).kind == "key"
+    assert auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM).kind == "key"
 
 
 def test_token_endpoint_is_rate_limited_too(world):
-    auth = make(world, token_service=True, token_realm=REALM, limiter=FailureLimiter(limit=2, window=60.0))
+    auth = make(world, token_service=True, limiter=FailureLimiter(limit=2, window=60.0))
     for _ in range(2):
         with pytest.raises(RegistryError):
             auth.issue_token("GET", basic("KEY", forged_key(world)), {}, ADDR)
@@ -436,12 +442,12 @@ def test_limiter_memory_is_bounded():
 
 
 def test_token_whose_account_differs_from_its_key_is_refused(world):
-    auth = make(world, token_service=True, token_realm=REALM)
+    auth = make(world, token_service=True)
     key_id = keys.parse(world.key).key_id
     claims = tokens.TokenClaims(key_id, world.other_account, False, (), world.clock(), world.clock() + 60)
     token = auth._get_signer().sign(claims)  # validly signed, but the key belongs to another account
     with pytest.raises(RegistryError) as e:
-        auth.authenticate("Bearer " + token, ADDR)
+        auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
 
 
@@ -451,6 +457,6 @@ def test_empty_basic_credentials_are_anonymous_not_a_failure(world, header):
     auth = make(world, limiter=FailureLimiter(limit=2, window=60))
     for _ in range(5):
         with pytest.raises(RegistryError) as e:
-            auth.authenticate(header, ADDR)
+            auth.authenticate(header, ADDR, realm=REALM)
         assert e.value.code is ErrorCode.UNAUTHORIZED
-    assert auth.authenticate(basic("KEY", world.key), ADDR).kind == "key"
+    assert auth.authenticate(basic("KEY", world.key), ADDR, realm=REALM).kind == "key"

@@ -209,7 +209,7 @@ def test_verifier_runs_every_check(ca, device):
 
 @pytest.fixture
 def store(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     yield DeviceStore(env)
     env.close()
 

@@ -14,11 +14,10 @@ from izreg.storage.lmdbenv import open_env
 
 
 def test_accounts(store):
-    assert store.list_accounts() == [] and not store.has_accounts()
+    assert store.list_accounts() == []
     a = store.create_account(10.0, name="ops")
     b = store.create_account(11.0)
     assert re.fullmatch(r"[0-9a-f]{32}", a.account_id)
-    assert store.has_accounts()
     assert store.get_account(a.account_id) == a
     assert a.name == "ops" and a.created == 10.0
     assert store.list_accounts() == sorted([a, b], key=lambda x: x.account_id)
@@ -106,12 +105,12 @@ def test_get_key_rejects_bad_ids(store):
 
 
 def test_data_survives_reopen(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     store = AuthStore(env)
     account = store.create_account(1.0)
     record, _ = store.create_key(account.account_id, 2.0)
     env.close()
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         assert AuthStore(env).get_key(record.key_id) == record
     finally:
@@ -136,4 +135,3 @@ def test_create_first_account_rolls_back_when_then_fails(store):
     with pytest.raises(OSError):
         store.create_first_account(1.0, "boot", "k", then=fail)
     assert store.list_accounts() == []
-    assert not store.has_accounts()

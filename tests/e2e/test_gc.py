@@ -210,7 +210,7 @@ def test_skopeo_and_http_deletes_then_gc_reclaims(gc_registry, tmp_path):
     from izreg.storage.audit import AuditLog
     from izreg.storage.lmdbenv import open_env
 
-    env = open_env(registry.data_dir)
+    env = open_env(registry.data_dir, 1 << 30)
     try:
         entries = [e for e in AuditLog(env).entries(account=registry.account)
                    if e["target"].startswith(repo) and e["action"].startswith("delete")]
@@ -282,11 +282,11 @@ def test_gc_and_fsck_on_s3(start_registry, moto_server, tmp_path):
         assert time.monotonic() < deadline, "the deleted image's layer stayed in the bucket"
         time.sleep(0.2)
     assert sha(keep) in stored()
-    done = izreg(registry, "fsck", "--config", str(config))
+    done = izreg(registry, "--config", str(config), "fsck")
     assert done.returncode == 0 and done.stdout.rstrip().endswith("clean"), done.stdout + done.stderr
-    done = izreg(registry, "gc", "--config", str(config), "--dry-run")
+    done = izreg(registry, "--config", str(config), "gc", "--dry-run")
     assert done.returncode == 0 and done.stdout.startswith("would free 0 files"), done.stdout + done.stderr
     s3.delete_object(Bucket=bucket, Key=next(k for k in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
                                                if k.endswith(sha(keep).split(":")[1])))
-    done = izreg(registry, "fsck", "--config", str(config))
+    done = izreg(registry, "--config", str(config), "fsck")
     assert done.returncode == 1 and f"problem: missing blob {sha(keep)}" in done.stdout, done.stdout + done.stderr

@@ -96,15 +96,16 @@ class MemoryServer(Server):
 
         from izreg.http.app import RegistryAPI
         from izreg.http.bodies import RegistrySite
-        from izreg.registry import Registry
+        from izreg.registry import Limits, Registry
         from izreg.storage.lmdbenv import open_env
         from izreg.storage.lmdbindex import Index
         from izreg.storage.memory import MemoryBlobs, MemoryUploads
 
         inline = defer.maybeDeferred
         blobs = MemoryBlobs()
-        registry = Registry(Index(open_env(str(tmp_path / "index"))), blobs, MemoryUploads(blobs),
-                            now=reactor.seconds, run_write=inline, run_io=inline)
+        registry = Registry(Index(open_env(str(tmp_path / "index"), 1 << 30)), blobs, MemoryUploads(blobs),
+                            now=reactor.seconds, run_write=inline, run_io=inline,
+                            limits=Limits(Config().max_manifest_size, Config().delete_enabled))
         api = RegistryAPI(registry, guard, chunk_min_length=Config().chunk_min_length, now=reactor.seconds)
         site = RegistrySite(api.resource(), api.body_for)
         self._agent = RequestTraversalAgent(api.resource())

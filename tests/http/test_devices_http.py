@@ -67,9 +67,9 @@ class NeverCalled:
 
 @pytest.fixture
 def authenticator(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     store = AuthStore(env)
-    yield Authenticator(store, lambda: NOW, limiter=FailureLimiter(limit=3, window=60))
+    yield Authenticator(store, lambda: NOW, token_ttl=3600, limiter=FailureLimiter(limit=3, window=60))
     env.close()
 
 

@@ -75,3 +75,18 @@ def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(str(tmp_path / "missing.toml"), {})
     assert str(e.value).startswith("cannot read config file") and "\n" not in str(e.value)
+
+
+def test_the_data_dir_from_the_environment_sits_between_the_file_and_the_options(tmp_path):
+    path = tmp_path / "izreg.toml"
+    path.write_text('[server]\ndata_dir = "from-file"\n')
+    assert load(str(path), {}, {}).data_dir == "from-file"
+    assert load(str(path), {}, {"IZREG_DATA_DIR": "from-env"}).data_dir == "from-env"
+    assert load(str(path), {"data_dir": "from-option"}, {"IZREG_DATA_DIR": "from-env"}).data_dir == "from-option"
+
+
+@pytest.mark.parametrize("fields", [{"device_account_field": "organisation"},
+                                    {"device_account_field": "CN", "device_id_field": "CN"}])
+def test_device_subject_fields_are_checked_with_the_config(fields):
+    with pytest.raises(ConfigError, match="devices.account_field, devices.device_id_field: "):
+        load(None, fields, {})

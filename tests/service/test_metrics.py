@@ -35,7 +35,7 @@ def test_requests_auth_failures_and_device_pulls():
 
 
 def test_storage_gauges(tmp_path):
-    env = open_env(str(tmp_path))
+    env = open_env(str(tmp_path), 1 << 30)
     try:
         metrics = Metrics()
         metrics.watch_storage(env)

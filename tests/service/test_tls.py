@@ -114,7 +114,7 @@ def certs(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    env = open_env(str(tmp_path / "data"))
+    env = open_env(str(tmp_path / "data"), 1 << 30)
     yield DeviceStore(env)
     env.close()
 
