@@ -14,6 +14,7 @@ from twisted.application import internet, service, strports
 from twisted.internet import defer
 from twisted.python import usage
 
+from izreg.edge.service import EdgeOptions
 from izreg.service.config import Config, ConfigError, load
 
 
@@ -131,12 +132,13 @@ class Options(usage.Options):
     @property
     def synopsis(self) -> str:
         # usage.Options prefixes a subcommand's synopsis with ours and the subcommand's name.
-        return "" if self.subCommand else "server [options]"
-    subCommands = [["server", None, ServerOptions, "run the registry"]]
+        return "" if self.subCommand else "server|edge [options]"
+    subCommands = [["server", None, ServerOptions, "run the registry"],
+                   ["edge", None, EdgeOptions, "run the edge proxy on a gateway (izreg/edge/)"]]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: server")
+            raise usage.UsageError("choose a command: server or edge")
 
 
 class _SighupService(service.Service):
@@ -246,6 +248,10 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     _print_startup_errors_in_one_line()
+    if options.subCommand == "edge":
+        from izreg.edge.service import make_edge
+
+        return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
     server_options = options.subOptions
     top = make_server(server_options.config, reactor, tls=server_options.tls)
     top.log_observer = top.log_setup.for_twistd(getattr(options, "parent", None))

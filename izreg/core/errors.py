@@ -39,6 +39,8 @@ class ErrorCode(enum.Enum):
     NOT_FOUND = ("NOT_FOUND", "no such route", 404)
     METHOD_UNKNOWN = ("UNSUPPORTED", "the method is not allowed on this route", 405)
     UNAVAILABLE = ("UNAVAILABLE", "service unavailable", 503)
+    BODY_INVALID = ("UNSUPPORTED", "the request body is invalid", 400)
+    BAD_GATEWAY = ("UNKNOWN", "the upstream registry sent an invalid answer", 502)
     UNKNOWN = ("UNKNOWN", "unknown error", 500)
 
     @property

@@ -30,7 +30,7 @@ from izreg.core.names import Repository, parse_reference
 from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
 from izreg.http.errors import as_registry_error, render_error
-from izreg.http import health
+from izreg.http import health, pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
@@ -236,6 +236,20 @@ class RegistryAPI:
         if more and found:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
+
+    @route("/v2/_izreg/pulls", methods=["POST"], access=Access.PULL, body=Body.MANIFEST)
+    def pull_reports(self, request):
+        """An edge gateway's pulls served from its cache (L{izreg.http.pullreports})."""
+        principal = _principal(request)
+        if principal is None or principal.kind != "device":
+            raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
+        body = request.content.getvalue()
+        if len(body) > pullreports.BODY_LIMIT:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"limit": pullreports.BODY_LIMIT}, "pull report too large")
+        for repository, digest, at in pullreports.parse(body, principal.account, self.now()):
+            self.pulls.record(principal.account, principal.device_id, repository, digest, at)
+        request.setResponseCode(202)
+        return self._json(request, {})
 
     @route("/v2/token", methods=["GET", "POST"], access=Access.TOKEN, body=Body.SMALL)
     def token(self, request):

@@ -33,6 +33,8 @@ EXPECTED = [
     (ErrorCode.NOT_FOUND, "NOT_FOUND", 404),
     (ErrorCode.METHOD_UNKNOWN, "UNSUPPORTED", 405),
     (ErrorCode.UNAVAILABLE, "UNAVAILABLE", 503),
+    (ErrorCode.BODY_INVALID, "UNSUPPORTED", 400),
+    (ErrorCode.BAD_GATEWAY, "UNKNOWN", 502),
     (ErrorCode.UNKNOWN, "UNKNOWN", 500),
 ]
 

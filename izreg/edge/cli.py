@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.edge.test_edge_e2e -*-
+"""
+``izreg-edge``: pins of an edge cache, changed while the edge runs.
+
+Usage::
+
+    izreg-edge [--cache-dir DIR | --config FILE] pin ACCOUNT/APP:TAG
+    izreg-edge [--cache-dir DIR | --config FILE] unpin ACCOUNT/APP:TAG
+    izreg-edge [--cache-dir DIR | --config FILE] pins [--json]
+
+It writes to the cache's LMDB index (safe across processes); the running
+edge fetches a new pin on its next refresh round (``pin_refresh_interval``)
+and stops protecting an unpinned image from eviction at once. Errors are one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+from izreg.edge.config import EdgeConfig, parse_pin, parse_toml
+from izreg.service.config import ConfigError
+
+
+def _cache_dir(args) -> str:
+    if args.cache_dir:
+        return args.cache_dir
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                values = parse_toml(f.read(), args.config)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {args.config}: {e.strerror}") from None
+        return values.get("cache_dir", EdgeConfig.cache_dir)
+    return EdgeConfig.cache_dir
+
+
+def main(argv=None, stdout=None, stderr=None) -> int:
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    parser = argparse.ArgumentParser(prog="izreg-edge", description="Pins of an izreg edge cache.")
+    parser.add_argument("--cache-dir", help="the edge's cache directory (default: ./izreg-edge-cache)")
+    parser.add_argument("--config", help="read cache_dir from this file's [edge] table")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("pin", "fetch an image ahead and never evict it"), ("unpin", "stop pinning an image")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("ref", metavar="ACCOUNT/APP:TAG")
+    pins = sub.add_parser("pins", help="list the pins and what they resolved to")
+    pins.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        root = _cache_dir(args)
+        if args.command in ("pin", "unpin"):
+            parse_pin(args.ref)
+        if not os.path.isdir(os.path.join(root, "index")):
+            raise ConfigError(f"no edge cache in {root!r} (set --cache-dir or --config)")
+        from izreg.edge.cache import EdgeCache
+
+        cache = EdgeCache(root, limit=0)
+    except ConfigError as e:
+        stderr.write(f"izreg-edge: {e}\n")
+        return 2
+    try:
+        if args.command == "pin":
+            added = cache.pin(args.ref)
+            stdout.write(f"pinned {args.ref}" + ("" if added else " (already pinned)") + "\n")
+        elif args.command == "unpin":
+            if not cache.unpin(args.ref):
+                stderr.write(f"izreg-edge: {args.ref} is not pinned\n")
+                return 2
+            stdout.write(f"unpinned {args.ref}\n")
+        else:
+            found = cache.pins()
+            if args.json:
+                stdout.write(json.dumps(found, indent=1) + "\n")
+            for ref, state in sorted(found.items()) if not args.json else ():
+                at = (datetime.datetime.fromtimestamp(state["at"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                      if state.get("at") else "not fetched yet")
+                stdout.write(f"{ref}\t{state.get('digest') or '-'}\t{at}\n")
+        return 0
+    finally:
+        cache.env.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

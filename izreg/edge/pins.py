@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.edge.test_edge_e2e -*-
+"""
+Pinned images: fetched ahead of time, refreshed when their tag moves,
+never evicted.
+
+A pin is ``<account>/<app>:<tag>`` (the config's ``pin`` list, or
+``izreg-edge pin``, which writes to the cache's LMDB while the edge runs).
+Every refresh round (a timer, and once at start) resolves each tag at the
+registry; when it points somewhere new, or something it needs is missing,
+the manifest (for an index, every child manifest), the configs and the
+layers are fetched into the cache and the pin's digest set is replaced:
+the cache never evicts a digest of a pin.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.logger import Logger
+
+from izreg.edge.config import parse_pin
+from izreg.edge.proxy import MANIFEST_ACCEPT, _digest_or_none
+from izreg.edge.upstream import Unreachable, collect
+
+log = Logger()
+
+
+class Pinner:
+    def __init__(self, api, config_pins: tuple[str, ...]) -> None:
+        self.api = api
+        self.cache = api.cache
+        self.upstream = api.upstream
+        self.config_pins = config_pins
+        self._running = False
+
+    def adopt_config_pins(self) -> None:
+        for ref in self.config_pins:
+            self.cache.pin(ref)
+
+    async def refresh(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            for ref, state in sorted(self.cache.pins().items()):
+                try:
+                    await self.refresh_one(ref, state)
+                except Unreachable as e:
+                    log.info("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
+                    return
+                except Exception as e:
+                    log.error("pin refresh of {ref} failed: {error}", ref=ref, error=str(e) or type(e).__name__)
+        finally:
+            self._running = False
+
+    async def refresh_one(self, ref: str, state: dict) -> None:
+        repo, tag = parse_pin(ref)
+        response = await self.upstream.request("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": [MANIFEST_ACCEPT]})
+        await collect(response, 0)
+        if response.code != 200:
+            log.warn("pin {ref}: the registry answered {code}", ref=ref, code=response.code)
+            return
+        digest = _digest_or_none(response.headers.getRawHeaders(b"docker-content-digest", [None])[0])
+        if digest is None:
+            return
+        self.cache.set_tag(repo, tag, digest, "", self.api.now())
+        if state.get("digest") == digest and all(self.cache.entry(d) for d in state.get("digests", [])):
+            return
+        digests = await self._fetch_image(repo, digest)
+        self.cache.set_pinned(ref, digest, digests, self.api.now())
+        log.info("pinned {ref} at {digest} ({n} digests cached)", ref=ref, digest=digest, n=len(digests))
+
+    async def _fetch_image(self, repo: str, digest: str) -> list[str]:
+        """The manifest, its children and every blob they name, into the cache; their digests."""
+        wanted = [digest]
+        blobs: list[str] = []
+        seen: list[str] = []
+        while wanted:
+            current = wanted.pop(0)
+            seen.append(current)
+            data = await self._manifest(repo, current)
+            document = json.loads(data)
+            for child in document.get("manifests", []) or []:
+                if child.get("digest") and child["digest"] not in seen:
+                    wanted.append(child["digest"])
+            config = document.get("config")
+            if isinstance(config, dict) and config.get("digest"):
+                blobs.append(config["digest"])
+            for layer in document.get("layers", []) or []:
+                if layer.get("digest"):
+                    blobs.append(layer["digest"])
+        for blob in dict.fromkeys(blobs):
+            if self.cache.entry(blob) is not None:
+                continue
+            download = self.api.downloads.get(blob) or self.api.start_download(repo, blob)
+            await download.headers()
+            if download.reply is not None:
+                raise RuntimeError(f"blob {blob}: the registry answered {download.reply.code}")
+            if not await download.done():
+                raise RuntimeError(f"blob {blob}: {download.error}")
+        return seen + list(dict.fromkeys(blobs))
+
+    async def _manifest(self, repo: str, digest: str) -> bytes:
+        opened = self.cache.open(digest)
+        if opened is not None:
+            with opened[1] as f:
+                return f.read()
+        fetched = await self.api.fetch_manifest(repo, digest)
+        if fetched is None:
+            raise RuntimeError(f"manifest {digest} is not at the registry")
+        return fetched[0]
+

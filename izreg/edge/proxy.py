@@ -1,0 +1,497 @@
+# -*- test-case-name: tests.edge.test_edge_e2e -*-
+"""
+The edge's HTTP API: the pull side of the distribution API, answered from
+the cache or the registry.
+
+- ``/v2/``: 200 at once (clients on the gateway need no credentials).
+- manifests GET/HEAD: when the registry answers, it decides (a tag is
+  resolved there, a cached digest is revalidated with a HEAD, so a 401,
+  403 or 404 reaches the client unchanged); the bytes come from the cache
+  when it has the digest (a I{hit}, reported to the registry as a pull),
+  else from the registry, verified against the digest and kept (a I{miss}).
+  When the registry is unreachable: from the cache by digest, or by the
+  digest a tag last resolved to, with a C{Warning} header (I{offline});
+  else 503 C{UNAVAILABLE} at once.
+- blobs GET/HEAD: from the cache when it has them (content addressed: no
+  upstream round trip), else streamed from one shared upstream download
+  (L{izreg.edge.download}); a C{Range} on an uncached blob is relayed.
+- tags list, referrers, catalog: relayed.
+- everything else (pushes, uploads, deletes): 405 C{UNSUPPORTED}.
+
+One log line per request: method, path, status, source (hit, miss,
+offline, relay, local, refused), bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from klein import Klein
+from twisted.internet import threads
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from izreg.core import mediatypes as mt
+from izreg.core import routes
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import parse_reference
+from izreg.core.ranges import parse_range
+from izreg.edge.download import Download, Reply
+from izreg.edge.upstream import TooLarge, Unreachable, collect
+from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
+from izreg.http.errors import as_registry_error, render_error
+from izreg.http.responses import FileBody
+
+log = Logger()
+
+WARNING = '110 - "served from the edge cache; the registry is unreachable"'
+ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
+MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_LIST, mt.DOCKER_MANIFEST])
+#: request headers passed to the registry
+FORWARD = (b"accept", b"range", b"if-none-match")
+#: response headers not passed back (hop by hop, or set by our own server)
+HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+       b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"content-length"}
+
+
+def _source(request, value: str) -> None:
+    request.edge_source = value
+
+
+class EdgeRequest(RegistryRequest):
+    """A request that logs one line when it ends (with the cache outcome the handler noted)."""
+
+    edge_source = "local"
+
+    def process(self):
+        self.notifyFinish().addBoth(self._log_line)
+        return super().process()
+
+    def _log_line(self, result):
+        outcome = "" if result is None else " (client went away)"
+        log.info("{method} {path} {code} {source} {size}B{outcome}",
+                 method=self.method.decode("ascii", "replace"), path=self.uri.decode("latin-1")[:300],
+                 code=self.code, source=self.edge_source, size=self.sentLength, outcome=outcome)
+
+
+class EdgeSite(RegistrySite):
+    requestFactory = EdgeRequest
+
+    def __init__(self, resource) -> None:
+        # request bodies (pushes) are refused: drop them as they arrive
+        super().__init__(resource, lambda request, method, uri, length: Dropped())
+        self.noisy = False
+
+    def log(self, request) -> None:
+        """The one line per request is EdgeRequest's."""
+
+
+class EdgeAPI:
+    app = Klein()
+
+    def __init__(self) -> None:
+        self.upstream = self.cache = self.reporter = self.now = None
+        self.max_manifest_size = 0
+        self.downloads: dict[str, Download] = {}
+
+    def bind(self, upstream, cache, reporter, now: Callable[[], float], max_manifest_size: int) -> None:
+        """Set once the service opened the cache (after twistd forked)."""
+        self.upstream = upstream
+        self.cache = cache
+        self.reporter = reporter
+        self.now = now
+        self.max_manifest_size = max_manifest_size
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def _error(self, request, failure):
+        error = as_registry_error(failure)
+        if error.code is ErrorCode.UNAVAILABLE:
+            _source(request, "unavailable")
+        return render_error(request, error)
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request):
+        body = json.dumps({"status": "ok", "upstream": self.upstream.url, "cached_bytes": self.cache.total,
+                           "limit": self.cache.limit, "downloads": len(self.downloads),
+                           "pending_reports": self.reporter.pending}).encode()
+        request.setHeader(b"Content-Type", b"application/json")
+        return body
+
+    @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
+    def base(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return b"{}"
+
+    @app.route("/v2/<path:rest>", methods=ALL_METHODS)
+    async def dispatch(self, request, rest):
+        method = request.method.decode("ascii", "replace").upper()
+        if method not in ("GET", "HEAD"):
+            _source(request, "refused")
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, {"method": method},
+                f"izreg edge is a read-only pull-through cache: push to and delete on the registry"
+                f" directly ({self.upstream.url})", headers={"Allow": "GET, HEAD"})
+        if rest == "_catalog":
+            return await self.relay(request)
+        route = routes.match(rest)
+        if route.endpoint == routes.MANIFEST:
+            return await self.manifest(request, route)
+        if route.endpoint == routes.BLOB:
+            return await self.blob(request, route)
+        if route.endpoint in (routes.TAGS, routes.REFERRERS):
+            return await self.relay(request)
+        raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method}, headers={"Allow": "POST"})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _forward_headers(self, request, accept: str | None = None) -> dict[str, list[str]]:
+        headers = {}
+        for name in FORWARD:
+            values = request.requestHeaders.getRawHeaders(name)
+            if values:
+                headers[name.decode()] = [v.decode("latin-1") if isinstance(v, bytes) else v for v in values]
+        if accept and "accept" not in headers:
+            headers["accept"] = [accept]
+        return headers
+
+    async def relay(self, request, path: str | None = None, method: str | None = None):
+        """Pass the request to the registry and its answer back, streamed ("relay")."""
+        _source(request, "relay")
+        try:
+            response = await self.upstream.request(method or request.method.decode(), path or request.uri.decode("latin-1"),
+                                                   self._forward_headers(request))
+        except Unreachable as e:
+            raise _unavailable(request.uri.decode("latin-1"), e) from None
+        return RelayBody(response)
+
+    def _unreachable_offline(self, request) -> None:
+        _source(request, "offline")
+        request.setHeader(b"Warning", WARNING.encode())
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    async def manifest(self, request, route):
+        repo = route.repository.name
+        reference = parse_reference(route.argument)
+        is_digest = isinstance(reference, Digest)
+        path = f"/v2/{repo}/manifests/{route.argument}"
+        headers = self._forward_headers(request, MANIFEST_ACCEPT)
+        head = request.method == b"HEAD"
+        try:
+            answer = await self.upstream.request("HEAD", path, headers)
+            await collect(answer, 0)
+        except Unreachable as e:
+            digest = str(reference) if is_digest else self.cache.tag(repo, reference)
+            if digest is not None and self.cache.entry(digest) is not None:
+                self._unreachable_offline(request)
+                log.warn("registry unreachable ({reason}): serving {ref} from the cache", reason=e.reason,
+                         ref=f"{repo}@{digest}" if is_digest else f"{repo}:{reference} ({digest})")
+                return await self._from_cache(request, repo, digest)
+            raise _unavailable(f"{repo}:{route.argument}" if not is_digest else f"{repo}@{route.argument}", e) from None
+        if answer.code != 200:
+            # the registry's own answer, with its body (a HEAD has none, so ask again with the client's method)
+            return await self.relay(request, path)
+        digest_text = answer.headers.getRawHeaders(b"docker-content-digest", [None])[0]
+        digest = str(reference) if is_digest else _digest_or_none(digest_text)
+        if not is_digest and digest is not None:
+            self.cache.set_tag(repo, reference, digest, _content_type(answer), self.now())
+        if digest is not None and self.cache.entry(digest) is not None:
+            _source(request, "hit")
+            return await self._from_cache(request, repo, digest)
+        if head:
+            _source(request, "relay")
+            return RelayBody(answer, head_only=True)
+        _source(request, "miss")
+        fetched = await self.fetch_manifest(repo, digest or str(reference), None if digest else reference)
+        if fetched is None:
+            return await self.relay(request, path)
+        data, media_type, digest = fetched
+        _set_manifest_headers(request, media_type, digest, len(data))
+        return data
+
+    async def fetch_manifest(self, repo: str, reference: str, tag: str | None = None):
+        """
+        GET a manifest from the registry, verify it against its digest and keep it:
+        C{(data, media type, digest)}, or C{None} if the registry answered something
+        other than 200. Raises L{Unreachable} and C{RegistryError(BAD_GATEWAY)}.
+        """
+        response = await self.upstream.request("GET", f"/v2/{repo}/manifests/{reference}",
+                                               {"Accept": [MANIFEST_ACCEPT]})
+        if response.code != 200:
+            await collect(response, 1 << 20)
+            return None
+        try:
+            data = await collect(response, self.max_manifest_size)
+        except TooLarge:
+            raise RegistryError(ErrorCode.BAD_GATEWAY, {"limit": self.max_manifest_size},
+                                "the registry's manifest is larger than the edge accepts") from None
+        if tag is None:
+            expected = Digest.parse(reference)
+        else:
+            announced = _digest_or_none(response.headers.getRawHeaders(b"docker-content-digest", [None])[0])
+            expected = Digest.parse(announced) if announced else Digest.of(data)
+        actual = Digest.of(data, expected.algorithm)
+        if actual != expected:
+            log.error("refused manifest {repo}@{expected} from the registry: its bytes have digest {actual}",
+                      repo=repo, expected=str(expected), actual=str(actual))
+            raise RegistryError(ErrorCode.BAD_GATEWAY, {"expected": str(expected), "actual": str(actual)},
+                                "the registry sent a manifest that does not match its digest; nothing was cached")
+        media_type = _content_type(response)
+        digest = str(expected)
+        await threads.deferToThread(self._keep, data, digest, media_type)
+        if tag is not None:
+            self.cache.set_tag(repo, tag, digest, media_type, self.now())
+        return data, media_type, digest
+
+    def _keep(self, data: bytes, digest: str, media_type: str) -> None:
+        import os
+
+        temp = self.cache.temp_path()
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.cache.commit(temp, digest, len(data), media_type, self.now())
+
+    async def _from_cache(self, request, repo: str, digest: str):
+        opened = self.cache.open(digest)
+        if opened is None:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"digest": digest})
+        entry, f = opened
+        with f:
+            data = f.read(self.max_manifest_size + 1)
+        self.cache.touch(digest, self.now())
+        _set_manifest_headers(request, entry.type, digest, len(data))
+        if request.method == b"GET":
+            self.reporter.record(repo, digest, self.now())
+            return data
+        return b""
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def blob(self, request, route):
+        repo = route.repository.name
+        digest = str(Digest.parse(route.argument))
+        if not self.upstream.denied:
+            served = self._blob_from_cache(request, digest)
+            if served is not None:
+                _source(request, "hit")
+                return served
+        has_range = request.getHeader(b"range") is not None
+        if request.method == b"HEAD" or has_range or self.upstream.denied:
+            try:
+                response = await self.upstream.request(request.method.decode(), f"/v2/{repo}/blobs/{digest}",
+                                                       self._forward_headers(request))
+            except Unreachable as e:
+                return self._blob_offline(request, digest, e)
+            _source(request, "relay")
+            return RelayBody(response)
+        download = self.downloads.get(digest)
+        if download is None:
+            download = self.start_download(repo, digest)
+        try:
+            await download.headers()
+        except Unreachable as e:
+            return self._blob_offline(request, digest, e)
+        if download.reply is not None:
+            _source(request, "relay")
+            return ReplyBody(download.reply)
+        if download.state not in ("streaming", "verified"):
+            raise RegistryError(ErrorCode.BAD_GATEWAY, {"digest": digest, "reason": download.error},
+                                "the registry's blob failed its checks; nothing was cached")
+        _source(request, "miss")
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Docker-Content-Digest", digest.encode())
+        request.setHeader(b"ETag", f'"{digest}"'.encode())
+        if download.size is not None:
+            request.setHeader(b"Content-Length", str(download.size).encode())
+        return FollowBody(download)
+
+    def start_download(self, repo: str, digest: str) -> Download:
+        download = Download(self.cache, self.upstream, repo, digest, self.now,
+                            lambda d: self.downloads.pop(d.digest, None) if self.downloads.get(d.digest) is d else None)
+        self.downloads[digest] = download
+        from twisted.internet import defer
+
+        defer.ensureDeferred(download.run()).addErrback(lambda f: log.failure("download failed", f))
+        return download
+
+    def _blob_offline(self, request, digest: str, e: Unreachable):
+        served = self._blob_from_cache(request, digest)
+        if served is None:
+            raise _unavailable(digest, e)
+        self._unreachable_offline(request)
+        return served
+
+    def _blob_from_cache(self, request, digest: str):
+        opened = self.cache.open(digest)
+        if opened is None:
+            return None
+        entry, f = opened
+        try:
+            wanted = parse_range(_header(request, b"range"), entry.size)
+        except RegistryError:
+            f.close()
+            raise
+        self.cache.touch(digest, self.now())
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Docker-Content-Digest", digest.encode())
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        request.setHeader(b"ETag", f'"{digest}"'.encode())
+        start, length = 0, entry.size
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"Content-Range", wanted.content_range().encode())
+            start, length = wanted.start, wanted.length
+        request.setHeader(b"Content-Length", str(length).encode())
+        if request.method == b"HEAD":
+            f.close()
+            return b""
+        return FileBody(f, start, length)
+
+
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _digest_or_none(text) -> str | None:
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    try:
+        return str(Digest.parse(text)) if text else None
+    except RegistryError:
+        return None
+
+
+def _content_type(response) -> str:
+    value = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return mt.base_type(value)
+
+
+def _set_manifest_headers(request, media_type: str, digest: str, size: int) -> None:
+    request.setHeader(b"Content-Type", media_type.encode())
+    request.setHeader(b"Docker-Content-Digest", digest.encode())
+    request.setHeader(b"ETag", f'"{digest}"'.encode())
+    request.setHeader(b"Content-Length", str(size).encode())
+
+
+def _unavailable(what: str, e: Unreachable) -> RegistryError:
+    """The 503 of an uncached pull while the registry is unreachable (the request's source: "unavailable")."""
+    return RegistryError(
+        ErrorCode.UNAVAILABLE, {"reference": what[:300], "reason": e.reason[:300]},
+        "the registry is unreachable and the edge cache does not have this content",
+        headers={"Retry-After": "10"})
+
+
+def _copy_headers(request, headers) -> None:
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() in HOP:
+            continue
+        request.responseHeaders.setRawHeaders(name, values)
+
+
+class ReplyBody(Resource):
+    """An upstream error answer, already read, passed on unchanged."""
+
+    isLeaf = True
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__()
+        self.reply = reply
+
+    def render(self, request):
+        request.setResponseCode(self.reply.code)
+        _copy_headers(request, self.reply.headers)
+        request.setHeader(b"Content-Length", str(len(self.reply.body)).encode())
+        return b"" if request.method == b"HEAD" else self.reply.body
+
+
+class FollowBody(Resource):
+    isLeaf = True
+
+    def __init__(self, download: Download) -> None:
+        super().__init__()
+        self.download = download
+
+    def render(self, request):
+        if self.download.state not in ("streaming", "verified"):
+            raise RegistryError(ErrorCode.BAD_GATEWAY, {"reason": self.download.error})
+        self.download.follow(request).start()
+        return NOT_DONE_YET
+
+
+class RelayBody(Resource):
+    """An upstream response streamed to the client as it arrives, with back-pressure."""
+
+    isLeaf = True
+
+    def __init__(self, response, head_only: bool = False) -> None:
+        super().__init__()
+        self.response, self.head_only = response, head_only
+
+    def render(self, request):
+        response = self.response
+        request.setResponseCode(response.code)
+        _copy_headers(request, response.headers)
+        length = response.headers.getRawHeaders(b"content-length")
+        if length:
+            request.setHeader(b"Content-Length", length[0])
+        if self.head_only or request.method == b"HEAD":
+            return b""
+        _Relay(request).attach(response)
+        return NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _Relay(Protocol):
+    def __init__(self, request) -> None:
+        self.request = request
+
+    def attach(self, response) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addErrback(lambda _: self._gone())
+        response.deliverBody(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.request is not None:
+            self.request.write(data)
+
+    def connectionLost(self, reason) -> None:
+        request, self.request = self.request, None
+        if request is None:
+            return
+        request.unregisterProducer()
+        if reason.check(ResponseDone):
+            request.finish()
+        else:
+            transport = getattr(request.channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+
+    def _gone(self) -> None:
+        if self.request is not None:
+            self.request = None
+            if self.transport is not None:
+                self.transport.stopProducing()
+
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._gone()

@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.edge.test_edge_e2e -*-
+"""
+``twistd izreg edge``: options, and the service that owns the edge's cache.
+
+The cache's LMDB is opened in C{startService} (after twistd forked), like
+the registry's. Children: the listeners, the pin refresh timer and the pull
+report timer.
+"""
+
+from __future__ import annotations
+
+from twisted.application import internet, service, strports
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from izreg import StartupError
+from izreg.edge.config import EdgeConfig, load
+from izreg.service.config import ConfigError
+
+
+class EdgeOptions(usage.Options):
+    synopsis = ("--upstream https://REGISTRY:PORT --device-cert PEM --device-key PEM [--upstream-ca PEM]"
+                " [--listen ENDPOINT ...] [--cache-dir DIR] [--cache-size 20GB] [--pin ACCOUNT/APP:TAG ...]"
+                " [--config FILE]")
+    longdesc = ("Run the edge proxy on a gateway: a pull-through cache of the registry, reached over mutual"
+                " TLS with the gateway's device certificate. Options override the config file's [edge] table"
+                " (see etc/izreg-edge.toml).")
+    optParameters = [
+        ["config", "c", None, "TOML config file ([edge] table)"],
+        ["upstream", None, None, "the registry's URL, https://HOST[:PORT]"],
+        ["upstream-ca", None, None, "PEM CA certificate(s) to verify the registry (default: the system's)"],
+        ["device-cert", None, None, "PEM device certificate of this gateway (chain allowed)"],
+        ["device-key", None, None, "PEM private key of the device certificate"],
+        ["cache-dir", None, None, "cache directory (default: ./izreg-edge-cache)"],
+        ["cache-size", None, None, "cache bound, e.g. 20GB or 512MiB (default: 20GB)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["pin"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:8080:interface=127.0.0.1)"""
+        self["listen"].append(endpoint)
+
+    def opt_pin(self, ref: str) -> None:
+        """Image to fetch ahead and keep (<account>/<app>:<tag>), repeatable"""
+        self["pin"].append(ref)
+
+    def postOptions(self) -> None:
+        from izreg.tap import _check_endpoint
+
+        overrides = {
+            "upstream": self["upstream"], "upstream_ca": self["upstream-ca"],
+            "device_cert": self["device-cert"], "device_key": self["device-key"],
+            "cache_dir": self["cache-dir"], "cache_size": self["cache-size"],
+            "listen": self["listen"] or None, "pin": self["pin"] or None,
+        }
+        try:
+            self.config = load(self["config"], overrides)
+        except ConfigError as e:
+            raise SystemExit(f"izreg edge: {e}") from None
+        for description in self.config.listen:
+            _check_endpoint("--listen", description)
+        from izreg.edge.upstream import MutualTLSPolicy
+
+        try:
+            self.policy = MutualTLSPolicy(self.config.device_cert, self.config.device_key, self.config.upstream_ca)
+        except Exception as e:  # TLSConfigError, OSError, OpenSSL errors: one line
+            raise SystemExit(f"izreg edge: TLS: {e}") from None
+
+
+class EdgeService(service.MultiService):
+    log = Logger()
+
+    def __init__(self, config: EdgeConfig, policy, reactor) -> None:
+        super().__init__()
+        self.config, self.policy, self.reactor = config, policy, reactor
+        self.cache = self.api = self.reporter = self.pinner = None
+        self.site = None
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
+            self.log.error("{message}", message=message)
+            raise StartupError(message) from None
+
+    def startService(self) -> None:
+        from izreg.edge.cache import EdgeCache
+        from izreg.edge.pins import Pinner
+        from izreg.edge.proxy import EdgeAPI
+        from izreg.edge.reports import Reporter
+        from izreg.edge.upstream import Upstream
+
+        config = self.config
+        self.cache = EdgeCache(config.cache_dir, config.cache_size, config.lmdb_map_size)
+        removed = self.cache.clean()
+        upstream = Upstream(self.reactor, config.upstream, self.policy, config.connect_timeout, config.response_timeout)
+        self.reporter = Reporter(self.cache, upstream, self.reactor.seconds)
+        self.api.bind(upstream, self.cache, self.reporter, self.reactor.seconds, config.max_manifest_size)
+        self.pinner = Pinner(self.api, config.pin)
+        self.pinner.adopt_config_pins()
+        self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
+                      root=self.cache.root, total=self.cache.total, limit=self.cache.limit, upstream=config.upstream,
+                      removed=f", removed {removed} stray file(s)" if removed else "")
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        if self.reporter is not None:
+            yield self.reporter.flush_writes()
+        if self.api is not None and self.api.upstream is not None:
+            yield self.api.upstream.close()
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+
+def make_edge(config: EdgeConfig, reactor, policy):
+    from izreg.edge.proxy import EdgeAPI, EdgeSite
+    from izreg.http.plain import RefuseTLSFactory
+
+    top = EdgeService(config, policy, reactor)
+    api = EdgeAPI()
+    top.api = api
+    site = EdgeSite(api.resource())
+    for description in config.listen:
+        strports.service(description, RefuseTLSFactory(site)).setServiceParent(top)
+    pins = internet.TimerService(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()))
+    pins.clock = reactor
+    pins.setServiceParent(top)
+    reports = internet.TimerService(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()))
+    reports.clock = reactor
+    reports.setServiceParent(top)
+    top.site = site
+    return top

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.edge.test_edge_e2e -*-
+"""
+The edge's client of the registry: treq over mutual TLS.
+
+The registry's certificate and host name are verified (Twisted's
+C{optionsForClientTLS}, which uses service-identity; never
+C{verify=False}) against C{--upstream-ca} or the platform's trust store,
+and the gateway's device certificate is presented as the client
+certificate. TLS 1.2 at least.
+
+Any failure before the response headers arrive (connection refused, a TLS
+failure, a connect timeout, no answer within the response timeout) is
+L{Unreachable}: the edge then answers from its cache. Every HTTP answer,
+401 and 403 included, is a response: the edge passes it on.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import crypto
+from twisted.internet import defer, protocol, ssl
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from treq.client import HTTPClient
+from zope.interface import implementer
+
+from izreg.service.tls import load_certificates
+
+log = Logger()
+
+
+class Unreachable(Exception):
+    """The registry could not be reached; C{reason} says why (one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@implementer(IPolicyForHTTPS)
+class MutualTLSPolicy:
+    """Client TLS for every upstream connection: verified server, our device certificate."""
+
+    def __init__(self, device_cert: str, device_key: str, upstream_ca: str | None) -> None:
+        chain = load_certificates(device_cert, "device certificate")
+        with open(device_key, "rb") as f:
+            key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
+        self.client = ssl.PrivateCertificate.load(_pem(chain[0]), key, crypto.FILETYPE_PEM)
+        self.extra_chain = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+        if upstream_ca:
+            cas = load_certificates(upstream_ca, "upstream CA")
+            self.trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(_pem(c)) for c in cas])
+        else:
+            self.trust = ssl.platformTrust()
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"), trustRoot=self.trust, clientCertificate=self.client,
+            extraCertificateOptions={"extraCertChain": self.extra_chain,
+                                     "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" log line per upstream connection
+
+
+class Upstream:
+    """
+    Requests to the registry. C{denied} is true after the registry refused
+    the gateway itself (401) and until it next answers a request with 2xx:
+    the cache is then not used to get around the refusal.
+    """
+
+    def __init__(self, reactor, url: str, policy: MutualTLSPolicy, connect_timeout: float,
+                 response_timeout: float) -> None:
+        self.reactor = reactor
+        self.url = url.rstrip("/")
+        self.response_timeout = response_timeout
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 8
+        self.pool._factory = _QuietFactory
+        agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
+        self.http = HTTPClient(agent)
+        self.denied = False
+
+    async def request(self, method: str, path: str, headers: dict[str, list[str]] | None = None,
+                      data: bytes | None = None):
+        """An unbuffered response (read its body with L{collect} or C{deliverBody}); raise L{Unreachable}."""
+        try:
+            response = await self.http.request(
+                method, self.url + path, headers=Headers(headers or {}), data=data, unbuffered=True,
+                allow_redirects=False, timeout=self.response_timeout)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise Unreachable(_describe(e)) from None
+        if response.code == 401:
+            self.denied = True
+        elif 200 <= response.code < 300:
+            self.denied = False
+        return response
+
+    def close(self):
+        return self.pool.closeCachedConnections()
+
+
+def _describe(e: Exception) -> str:
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
+
+
+@implementer(IProtocol)
+class _Collector(protocol.Protocol):
+    def __init__(self, limit: int, done: defer.Deferred) -> None:
+        self.limit, self.done, self.parts, self.size = limit, done, [], 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.stopProducing()
+            if not self.done.called:
+                self.done.errback(TooLarge(f"more than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(Unreachable(f"the registry's answer broke off: {_describe(reason.value)}"))
+
+
+def collect(response, limit: int) -> defer.Deferred:
+    """The whole body of C{response}, at most C{limit} bytes (else L{TooLarge})."""
+    done: defer.Deferred = defer.Deferred()
+    response.deliverBody(_Collector(limit, done))
+    return done

@@ -1,0 +1,62 @@
+"""The edge's options and ``[edge]`` table (izreg.edge.config, izreg.edge.service.EdgeOptions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from izreg.edge.config import EdgeConfig, load, parse_size, parse_toml
+from izreg.service.config import ConfigError
+
+REQUIRED = {"upstream": "https://registry.example:5443", "device_cert": "c.pem", "device_key": "k.pem"}
+
+
+def test_defaults_and_overrides():
+    config = load(None, dict(REQUIRED, cache_size="512MiB", listen=["tcp:9090"]))
+    assert config.listen == ("tcp:9090",) and config.cache_size == 512 * 1024**2
+    assert config.cache_dir == "izreg-edge-cache" and load(None, REQUIRED).listen == ("tcp:8080:interface=127.0.0.1",)
+
+
+def test_the_edge_table_of_a_file(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text('[server]\nlisten = ["tcp:5000"]\n[edge]\nupstream = "https://r:1"\ndevice_cert = "c"\n'
+                    'device_key = "k"\ncache_size = "20GB"\npin = ["' + "a" * 32 + '/app:v1"]\n')
+    config = load(str(path), {"cache_dir": "/var/cache/edge"})
+    assert (config.upstream, config.cache_size, config.pin, config.cache_dir) == (
+        "https://r:1", 20 * 1000**3, ("a" * 32 + "/app:v1",), "/var/cache/edge")
+
+
+def test_the_example_config_lists_every_key():
+    import os
+    import tomllib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "etc", "izreg-edge.toml"), "rb") as f:
+        text = f.read().decode()
+    import re
+
+    document = tomllib.loads(re.sub(r"^# (?=[a-z_]+ = )", "", text, flags=re.M))  # commented-out keys too
+    from izreg.edge.config import FIELDS
+
+    assert set(document["edge"]) == set(FIELDS)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({}, "--upstream is required"),
+    ({"upstream": "http://r:1", "device_cert": "c", "device_key": "k"}, "https://"),
+    ({"upstream": "https://r:1"}, "--device-cert and --device-key"),
+    (dict(REQUIRED, cache_size="lots"), "size"),
+    (dict(REQUIRED, pin=["nope:v1"]), "not <account id>/<name>:<tag>"),
+])
+def test_bad_settings_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load(None, overrides)
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(ConfigError, match="unknown config key 'edge.cache'"):
+        parse_toml('[edge]\ncache = "x"\n')
+
+
+def test_sizes():
+    assert [parse_size(s) for s in ("1000", "1kB", "1KiB", "1.5GB", "2G", 7)] == [1000, 1000, 1024, 1_500_000_000, 2 * 10**9, 7]
+    assert EdgeConfig().cache_size == 20 * 1000**3

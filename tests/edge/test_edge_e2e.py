@@ -1,0 +1,223 @@
+"""
+The edge end to end: a real registry (TLS, device CA), the real
+``twistd izreg edge`` in front of it with the gateway's device certificate,
+and clients on the "gateway" that send no credentials (skopeo, requests).
+The Docker engine and containerd's ctr are in test_edge_docker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import requests
+
+from tests.helpers.ocilayout import layout_manifest_digest, read_layout_blob
+from tests.helpers.skopeo import Skopeo
+
+pytestmark = pytest.mark.edge
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+WARNING = '110 - "served from the edge cache; the registry is unreachable"'
+
+
+def get(edge, path, **kw):
+    return requests.get(edge.url + path, timeout=30, **kw)
+
+
+def error_code(response) -> str:
+    return response.json()["errors"][0]["code"]
+
+
+def pull_with_skopeo(stack, ref: str, out) -> None:
+    Skopeo(stack.edge, stack.tmp).copy(f"docker://{stack.edge.host}/{ref}", f"oci:{out}:v1")
+
+
+def assert_same_image(image, out) -> None:
+    assert layout_manifest_digest(out, "v1") == image["manifest_digest"]
+    for digest, data in image["blobs"].items():
+        assert read_layout_blob(out, digest) == data
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+def test_skopeo_pulls_through_the_edge_without_credentials(stack):
+    repo = stack.repo()
+    image = stack.push(repo, seed=11)
+    mark = stack.edge.log_mark()
+    pull_with_skopeo(stack, f"{repo}:v1", stack.tmp / "by-tag")
+    assert_same_image(image, stack.tmp / "by-tag")
+    stack.edge.wait_for_log(rf"GET /v2/{repo}/manifests/\S+ 200 miss", since=mark)
+    for digest in image["blobs"]:
+        stack.edge.wait_for_log(rf"cached {digest}", since=mark)
+    # again, by digest: everything from the cache now
+    mark = stack.edge.log_mark()
+    pull_with_skopeo(stack, f"{repo}@{image['manifest_digest']}", stack.tmp / "by-digest")
+    assert_same_image(image, stack.tmp / "by-digest")
+    for digest in image["blobs"]:
+        stack.edge.wait_for_log(rf"GET /v2/{repo}/blobs/{digest} 200 hit", since=mark)
+
+
+def test_ranges_tags_list_and_head(stack):
+    repo = stack.repo()
+    image = stack.push(repo, seed=12)
+    layer = max(image["blobs"], key=lambda d: len(image["blobs"][d]))
+    data = image["blobs"][layer]
+    # uncached: the Range goes to the registry
+    r = get(stack.edge, f"/v2/{repo}/blobs/{layer}", headers={"Range": "bytes=100-199"})
+    assert (r.status_code, r.content) == (206, data[100:200])
+    r = requests.head(f"{stack.edge.url}/v2/{repo}/blobs/{layer}", timeout=30)
+    assert (r.status_code, int(r.headers["Content-Length"])) == (200, len(data))
+    # cached: from the file
+    mark = stack.edge.log_mark()
+    assert get(stack.edge, f"/v2/{repo}/blobs/{layer}").content == data
+    stack.edge.wait_for_log(rf"cached {layer}", since=mark)
+    r = get(stack.edge, f"/v2/{repo}/blobs/{layer}", headers={"Range": "bytes=-10"})
+    assert (r.status_code, r.content, r.headers["Content-Range"]) == (206, data[-10:], f"bytes {len(data) - 10}-{len(data) - 1}/{len(data)}")
+    stack.edge.wait_for_log(rf"GET /v2/{repo}/blobs/{layer} 206 hit", since=mark)
+    r = get(stack.edge, f"/v2/{repo}/blobs/{layer}", headers={"Range": f"bytes={len(data)}-"})
+    assert (r.status_code, error_code(r)) == (416, "RANGE_INVALID")
+    assert get(stack.edge, f"/v2/{repo}/tags/list").json() == {"name": repo, "tags": ["v1"]}
+    r = requests.head(f"{stack.edge.url}/v2/{repo}/manifests/v1", headers={"Accept": OCI}, timeout=30)
+    assert (r.status_code, r.headers["Docker-Content-Digest"], r.content) == (200, image["manifest_digest"], b"")
+
+
+def test_unknown_content_passes_the_registrys_404(stack):
+    repo = stack.repo()
+    stack.push(repo, seed=14)
+    for path, code in ((f"/v2/{repo}/manifests/nope", "MANIFEST_UNKNOWN"),
+                       (f"/v2/{stack.repo()}/manifests/v1", "NAME_UNKNOWN"),
+                       (f"/v2/{repo}/blobs/sha256:{'0' * 64}", "BLOB_UNKNOWN")):
+        r = get(stack.edge, path, headers={"Accept": OCI})
+        direct = requests.get(stack.registry.url + path, headers={"Accept": OCI}, auth=stack.registry.requests_auth,
+                              timeout=30)
+        assert (r.status_code, error_code(r)) == (404, code)
+        assert r.content == direct.content
+
+
+def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
+    repo = stack.repo()
+    image = stack.push(repo, seed=13)
+    proc = Skopeo(stack.edge, stack.tmp).copy(f"oci:{image['path']}:v1", f"docker://{stack.edge.host}/{repo}:v2",
+                                              check=False)
+    assert proc.returncode != 0
+    for method, path in (("DELETE", f"/v2/{repo}/manifests/{image['manifest_digest']}"),
+                         ("DELETE", f"/v2/{repo}/manifests/v1"),
+                         ("PUT", f"/v2/{repo}/manifests/v3"),
+                         ("POST", f"/v2/{repo}/blobs/uploads/"),
+                         ("PATCH", f"/v2/{repo}/blobs/uploads/x"),
+                         ("DELETE", f"/v2/{repo}/blobs/{next(iter(image['blobs']))}")):
+        r = requests.request(method, stack.edge.url + path, data=b"x" * 1000, timeout=30)
+        assert (r.status_code, error_code(r)) == (405, "UNSUPPORTED"), (method, path)
+        assert "push to and delete on the registry directly" in r.json()["errors"][0]["message"]
+    assert Skopeo(stack.registry, stack.tmp).list_tags(repo) == ["v1"]
+    Skopeo(stack.registry, stack.tmp).inspect_raw(f"docker://{stack.registry.host}/{repo}@{image['manifest_digest']}")
+
+
+def test_healthz(stack):
+    r = get(stack.edge, "/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_offline_pulls_restart_and_reports(make_stack):
+    """
+    Registry down: cached images pull by digest and by tag (Warning), an uncached one
+    fails within seconds; the cache survives an edge restart while the registry is
+    down; the pulls served from the cache reach the registry's pull records later.
+    """
+    s = make_stack()
+    repo, other = s.repo("app"), s.repo("uncached")
+    image = s.push(repo, seed=21)
+    s.push(other, seed=22)
+    pull_with_skopeo(s, f"{repo}:v1", s.tmp / "online")
+    s.registry.stop()
+
+    for attempt in range(2):
+        r = get(s.edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, r.content, r.headers.get("Warning")) == (200, image["manifest_bytes"], WARNING)
+        r = get(s.edge, f"/v2/{repo}/manifests/{image['manifest_digest']}", headers={"Accept": OCI})
+        assert r.status_code == 200 and r.headers.get("Warning") == WARNING
+        out = s.tmp / f"offline-{attempt}"
+        pull_with_skopeo(s, f"{repo}:v1", out)
+        assert_same_image(image, out)
+        started = time.monotonic()
+        r = get(s.edge, f"/v2/{other}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE")
+        assert time.monotonic() - started < 10
+        r = get(s.edge, f"/v2/{other}/blobs/sha256:{'1' * 64}")
+        assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE")
+        if attempt == 0:
+            s.edge.restart()  # the registry is still down: the cache is all there is
+
+    # the same manifest under a second repository: its only pull record comes from the edge's report
+    twin = s.repo("twin")
+    s.registry.start()
+    s.push(twin, seed=21)
+    mark = s.edge.log_mark()
+    r = get(s.edge, f"/v2/{twin}/manifests/v1", headers={"Accept": OCI})
+    assert r.status_code == 200 and "Warning" not in r.headers
+    s.edge.wait_for_log(rf"GET /v2/{twin}/manifests/v1 200 hit", since=mark)
+    s.edge.wait_for_log(r"reported \d+ pull\(s\)", since=mark, timeout=60)
+    s.registry.stop()  # flushes the batched pull records
+    pulls = s.registry.cli("device", "pulls", s.account)
+    assert f"gw-1" in pulls and twin in pulls and image["manifest_digest"] in pulls, pulls
+
+
+def test_revoked_gateway_gets_the_registrys_401_and_no_cache(make_stack):
+    s = make_stack()
+    repo = s.repo()
+    image = s.push(repo, seed=31)
+    pull_with_skopeo(s, f"{repo}:v1", s.tmp / "before")
+    s.registry.cli("device", "revoke", "--cert", os.path.join(s.certs, "client.cert"), "--note", "e2e")
+    direct = requests.get(f"https://127.0.0.1:{s.registry.tls_port}/v2/{repo}/manifests/v1",
+                          cert=(os.path.join(s.certs, "client.cert"), os.path.join(s.certs, "client.key")),
+                          verify=os.path.join(s.certs, "ca.crt"), headers={"Accept": OCI}, timeout=30)
+    assert direct.status_code == 401
+    for path in (f"/v2/{repo}/manifests/v1", f"/v2/{repo}/manifests/{image['manifest_digest']}"):
+        r = get(s.edge, path, headers={"Accept": OCI})
+        assert (r.status_code, r.content) == (401, direct.content), path
+    r = get(s.edge, f"/v2/{repo}/blobs/{next(iter(image['blobs']))}")
+    assert r.status_code == 401
+    proc = Skopeo(s.edge, s.tmp).copy(f"docker://{s.edge.host}/{repo}:v1", f"oci:{s.tmp / 'after'}:v1", check=False)
+    assert proc.returncode != 0
+    # registry unreachable: the cache serves again
+    s.registry.stop()
+    r = get(s.edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
+    assert (r.status_code, r.headers.get("Warning")) == (200, WARNING)
+
+
+def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
+    s = make_stack()
+    repo, second = s.repo("pinned"), s.repo("second")
+    first = s.push(repo, seed=41)
+    s.push(second, seed=42)
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[edge]\npin = ["{repo}:v1"]\npin_refresh_interval = 1\n')
+    edge = s.new_edge("--config", str(config))
+    mark = edge.log_mark()
+    edge.start()
+    edge.wait_for_log(rf"pinned {repo}:v1 at {first['manifest_digest']}", since=mark, timeout=60)
+    # pins added with izreg-edge while the edge runs
+    assert "pinned" in edge.cli("pin", f"{second}:v1")
+    edge.wait_for_log(rf"pinned {second}:v1 at sha256:", since=mark, timeout=60)
+    moved = s.push(repo, seed=43)
+    edge.wait_for_log(rf"pinned {repo}:v1 at {moved['manifest_digest']}", since=mark, timeout=60)
+    listing = edge.cli("pins")
+    assert moved["manifest_digest"] in listing and second in listing
+    s.registry.stop()
+    # no client ever asked for these: all from the pin
+    out = s.tmp / "pinned-offline"
+    Skopeo(edge, s.tmp).copy(f"docker://{edge.host}/{repo}:v1", f"oci:{out}:v1")
+    assert_same_image(moved, out)
+    assert "unpinned" in edge.cli("unpin", f"{second}:v1")
+    assert second not in edge.cli("pins")

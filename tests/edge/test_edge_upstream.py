@@ -1,0 +1,206 @@
+"""
+The edge against a small test upstream (HTTPS with the development server
+certificate, written here) that can corrupt a blob or a manifest, hold a
+blob half way, and counts the requests it gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.helpers.edge import EdgeProcess
+from tests.helpers.server import REPO_ROOT
+
+pytestmark = pytest.mark.edge
+
+ACCOUNT = secrets.token_hex(16)
+REPO = f"{ACCOUNT}/app"
+OCI = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Upstream:
+    """A registry stand-in: C{blobs} and C{manifests} by digest; C{corrupt} digests get one byte flipped."""
+
+    def __init__(self, certs: str) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, bytes] = {}
+        self.corrupt: set[str] = set()
+        self.hold: dict[str, threading.Event] = {}  # digest -> released when set
+        self.holding = threading.Event()
+        self.requests: list[tuple[str, str]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.answer(head=True)
+
+            def do_GET(self):
+                self.answer(head=False)
+
+            def answer(self, head: bool):
+                upstream.requests.append((self.command, self.path))
+                kind, _, ref = self.path.rpartition("/")
+                store = upstream.manifests if kind.endswith("/manifests") else upstream.blobs
+                data = store.get(ref)
+                if data is None:
+                    body = b'{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown","detail":null}]}'
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if not head:
+                        self.wfile.write(body)
+                    return
+                if ref in upstream.corrupt:
+                    middle = len(data) // 2
+                    data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+                self.send_response(200)
+                self.send_header("Content-Type", OCI if store is upstream.manifests else "application/octet-stream")
+                self.send_header("Docker-Content-Digest", ref)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if head:
+                    return
+                gate = upstream.hold.get(ref)
+                if gate is not None:
+                    half = len(data) // 2
+                    self.wfile.write(data[:half])
+                    self.wfile.flush()
+                    upstream.holding.set()
+                    gate.wait(60)
+                    data = data[half:]
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.path.join(certs, "server", "server.crt"), os.path.join(certs, "server", "server.key"))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def gets(self, path_end: str) -> int:
+        return sum(1 for method, path in self.requests if method == "GET" and path.endswith(path_end))
+
+    def close(self) -> None:
+        for gate in self.hold.values():
+            gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("edge-upstream")
+    certs = str(tmp / "certs")
+    subprocess.run([sys.executable, "-m", "izreg.cli", "dev-certs", certs, "--account", ACCOUNT, "--device-id", "gw-t"],
+                   cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT), check=True, capture_output=True)
+    upstream = Upstream(certs)
+    edge = EdgeProcess(str(tmp / "cache"), upstream.url, certs, log_path=str(tmp / "edge.log"))
+    try:
+        edge.start()
+        yield upstream, edge
+    finally:
+        edge.close()
+        upstream.close()
+
+
+def fetch(edge, path: str, read_first: int = 0, started: threading.Event | None = None):
+    """GET through the edge: (status, body bytes received, whether the whole announced body arrived)."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        announced = int(response.getheader("Content-Length", "-1"))
+        parts = []
+        if read_first:
+            parts.append(response.read1(read_first))
+            if started is not None:
+                started.set()
+        try:
+            while chunk := response.read1(256 * 1024):
+                parts.append(chunk)
+        except (http.client.IncompleteRead, ConnectionResetError):
+            pass  # the edge cut the connection
+        body = b"".join(parts)
+        return response.status, body, len(body) == announced
+    finally:
+        conn.close()
+
+
+def cached_files(edge) -> list[str]:
+    return [name for _, _, files in os.walk(os.path.join(edge.data_dir, "blobs")) for name in files]
+
+
+def test_a_corrupt_blob_is_cut_before_its_end_and_not_cached(setup):
+    upstream, edge = setup
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    d = digest(data)
+    upstream.blobs[d] = data
+    upstream.corrupt.add(d)
+    mark = edge.log_mark()
+    status, body, complete = fetch(edge, f"/v2/{REPO}/blobs/{d}")
+    assert status == 200 and not complete and len(body) < len(data)
+    edge.wait_for_log(rf"refused {d} from the registry: .*digest", since=mark)
+    assert d.split(":")[1] not in cached_files(edge)
+    # nothing was kept: the next pull asks the registry again, and gets the good bytes once it has them
+    upstream.corrupt.discard(d)
+    status, body, complete = fetch(edge, f"/v2/{REPO}/blobs/{d}")
+    assert (status, complete, body == data) == (200, True, True)
+    assert upstream.gets(f"/blobs/{d}") == 2
+
+
+def test_a_corrupt_manifest_is_refused_and_not_cached(setup):
+    upstream, edge = setup
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI, "layers": [], "n": secrets.token_hex(4)}).encode()
+    d = digest(manifest)
+    upstream.manifests[d] = manifest
+    upstream.corrupt.add(d)
+    status, body, _ = fetch(edge, f"/v2/{REPO}/manifests/{d}")
+    assert status == 502 and json.loads(body)["errors"][0]["code"] == "UNKNOWN"
+    assert d.split(":")[1] not in cached_files(edge)
+
+
+def test_two_concurrent_pulls_of_one_blob_make_one_upstream_fetch(setup):
+    upstream, edge = setup
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    d = digest(data)
+    upstream.blobs[d] = data
+    gate = upstream.hold[d] = threading.Event()
+    upstream.holding.clear()
+    results, second_started = {}, threading.Event()
+    first = threading.Thread(target=lambda: results.__setitem__("first", fetch(edge, f"/v2/{REPO}/blobs/{d}")))
+    first.start()
+    assert upstream.holding.wait(30), "the upstream never got the first request"
+    second = threading.Thread(target=lambda: results.__setitem__(
+        "second", fetch(edge, f"/v2/{REPO}/blobs/{d}", read_first=1024, started=second_started)))
+    second.start()
+    # the second client already has bytes while the upstream still holds the rest: it follows the download
+    assert second_started.wait(30)
+    gate.set()
+    first.join(60)
+    second.join(60)
+    for name in ("first", "second"):
+        status, body, complete = results[name]
+        assert (status, complete, body == data) == (200, True, True), name
+    assert upstream.gets(f"/blobs/{d}") == 1
