@@ -11,7 +11,7 @@ Usage::
     izreg webhook list [ACCOUNT] [--json]
     izreg webhook remove HOOK_ID
     izreg webhook deliveries [--account ID] [--hook HOOK_ID] [--limit N] [--json]
-    izreg backup DIR
+    izreg backup DIR [--index-only]
     izreg --data-dir NEW restore DIR
 """
 
@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     backup = subparsers.add_parser("backup", help="a consistent copy of the data dir (fine while the server runs)")
     backup.add_argument("directory", metavar="DIR", help="an empty or new directory")
+    backup.add_argument("--index-only", action="store_true",
+                        help="copy the index only: the blobs are in S3 ([storage] backend = \"s3\"), backed up there")
     backup.set_defaults(handler=backup_run)
     restore = subparsers.add_parser("restore", help="restore a backup into an empty --data-dir")
     restore.add_argument("directory", metavar="DIR", help="a directory written by izreg backup")
@@ -210,7 +212,8 @@ def backup_run(args, context) -> int:
     from izreg.storage.backup import BackupError, backup
 
     try:
-        summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now)
+        summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now,
+                         index_only=args.index_only)
     except (BackupError, OSError) as e:
         raise _cli().CommandError(f"backup failed: {e}") from None
     context.out(f"backed up the index ({summary.index_bytes} bytes) and {summary.blobs} blobs "

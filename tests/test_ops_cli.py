@@ -114,6 +114,9 @@ def test_backup_and_restore_in_process(tmp_path):
     restore(target, again, 1 << 30)
     with BlobStore(again).open(digest) as f:
         assert f.read() == payload
+    assert backup(data, str(tmp_path / "index-only"), 1 << 30, index_only=True).blobs == 0
+    restore(str(tmp_path / "index-only"), str(tmp_path / "again2"), 1 << 30)
+    assert BlobStore(str(tmp_path / "again2")).open(digest) is None
     # a damaged blob is found while copying
     with open(BlobStore(data).path(digest), "r+b") as f:
         f.write(b"X")

@@ -30,6 +30,8 @@ from izreg.storage.lmdbenv import dbs
 
 #: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: methods kept as labels; any other is counted as OTHER
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
 #: storage totals are recomputed at most this often, seconds
 STORAGE_CACHE = 10.0
 
@@ -65,11 +67,12 @@ class Metrics:
             self.webhook_deliveries.labels(result)
 
     def observe_request(self, info: RequestInfo) -> None:
-        status = str(info.status)
-        self.requests.labels(info.route, info.method, status).inc()
-        self.latency.labels(info.route, info.method).observe(info.duration)
-        self.bytes_in.labels(info.route, info.method).inc(info.bytes_in)
-        self.bytes_out.labels(info.route, info.method).inc(info.bytes_out)
+        status = str(info.status) if 100 <= info.status <= 599 else "other"
+        method = info.method if info.method in METHODS else "OTHER"  # a client may send any token
+        self.requests.labels(info.route, method, status).inc()
+        self.latency.labels(info.route, method).observe(info.duration)
+        self.bytes_in.labels(info.route, method).inc(info.bytes_in)
+        self.bytes_out.labels(info.route, method).inc(info.bytes_out)
         kind = auth_failure_kind(info)
         if kind is not None:
             self.auth_failures.labels(kind).inc()

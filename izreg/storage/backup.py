@@ -119,10 +119,12 @@ def _copy_private(source: str, target: str) -> None:
 
 
 def backup(data_dir: str, target: str, map_size: int, now: Callable[[], float] = time.time,
-           progress: Callable[[int, int], None] | None = None) -> Summary:
+           progress: Callable[[int, int], None] | None = None, index_only: bool = False) -> Summary:
     """
     Copy C{data_dir} (a server may be running on it) into the empty directory
     C{target}; C{map_size} is the server's C{storage.lmdb_map_size}.
+    C{index_only}: the blobs live elsewhere (``[storage] backend = "s3"``:
+    back the bucket up with its own tools, e.g. versioning).
     """
     if not os.path.isdir(index_path(data_dir)):
         raise BackupError(f"no izreg data in {data_dir!r}")
@@ -133,13 +135,13 @@ def backup(data_dir: str, target: str, map_size: int, now: Callable[[], float] =
         env.copy(index_path(target), compact=True)
     finally:
         env.close()
-    blobs = _snapshot_blobs(index_path(target))
+    blobs = [] if index_only else _snapshot_blobs(index_path(target))
     total = _copy_blobs(data_dir, target, blobs, progress)
     _copy_private(os.path.join(data_dir, KEY_FILE), os.path.join(target, KEY_FILE))
     index_bytes = os.path.getsize(os.path.join(index_path(target), "data.mdb"))
     summary = Summary(len(blobs), total, index_bytes)
     marker = {"format": FORMAT, "created": now(), "schema_version": schema.SCHEMA_VERSION,
-              "blobs": summary.blobs, "bytes": summary.bytes}
+              "blobs": summary.blobs, "bytes": summary.bytes, "index_only": index_only}
     with open(os.path.join(target, MARKER), "w", encoding="utf-8") as f:
         json.dump(marker, f)
         f.flush()
@@ -161,7 +163,7 @@ def restore(source: str, data_dir: str, map_size: int, progress: Callable[[int, 
     os.makedirs(index_path(data_dir), mode=0o700)
     data_file = os.path.join(index_path(data_dir), "data.mdb")
     _copy_private(os.path.join(index_path(source), "data.mdb"), data_file)
-    blobs = _snapshot_blobs(index_path(data_dir))
+    blobs = [] if marker.get("index_only") else _snapshot_blobs(index_path(data_dir))
     total = _copy_blobs(source, data_dir, blobs, progress)
     _copy_private(os.path.join(source, KEY_FILE), os.path.join(data_dir, KEY_FILE))
     env = open_env(data_dir, map_size)  # checks (and upgrades) the schema

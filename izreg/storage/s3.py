@@ -13,8 +13,8 @@ Keys under C{prefix}::
 
 An upload body is hashed as it arrives and shipped in parts of L{PART_SIZE}
 bytes (S3's minimum part), one part in flight per upload while the next
-fills; the connection is paused when that one is full too, so memory per
-upload is about two parts. A PATCH is acknowledged once its full parts are
+fills; the connection is paused when half of that one is in, so memory per
+upload is about one and a half parts. A PATCH is acknowledged once its full parts are
 uploaded and the rest (the tail, smaller than a part) is stored as a tail
 object; the LMDB record names the multipart upload id, the parts (number,
 ETag, size) and the tail, so a session survives a restart of izreg.
@@ -63,7 +63,7 @@ log = Logger()
 PART_SIZE = 5 * 1024 * 1024
 PARTS_PER_STEP = 1000
 #: hash and buffer incoming bytes in pieces of this size
-HASH_SIZE = 1024 * 1024
+HASH_SIZE = 256 * 1024
 #: largest object one CopyObject may copy; larger ones are copied in parts
 COPY_LIMIT = 5 * 1024**3
 READ_CHUNK = 1024 * 1024
@@ -377,7 +377,14 @@ class S3Writer(SinkBase):
 
     def _release(self, result=None):
         self.session.busy = False
+        self._let_go()
         return None
+
+    def _let_go(self) -> None:
+        """Nothing left in flight: the session no longer needs this writer (no cycle keeps buffers alive)."""
+        self._tail_before = None
+        if self.session.writer is self:
+            self.session.writer = None
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -392,8 +399,9 @@ class S3Writer(SinkBase):
             session.tail += self._incoming
             self._incoming.clear()
         size = self.store.part_size * (1 + len(session.parts) // PARTS_PER_STEP)
-        if len(session.tail) >= size and self._shipping:
-            self._pause()  # one part in flight and the next one full: memory stays at two parts
+        if self._shipping:
+            if len(session.tail) >= size // 2:
+                self._pause()  # one part in flight and half the next one in: memory stays at 1.5 parts
             return
         if len(session.tail) >= size:
             part = session.tail  # the buffer itself goes (no copy of the part); the rest starts a new tail
@@ -541,7 +549,7 @@ class S3Uploads:
             if sink.written or len(session.tail) != session.tail_size:
                 n = session.tail_seq + 1
                 if session.tail:
-                    yield self.run(self._put, self.keys.tail(session.id, n), bytes(session.tail))
+                    yield self.run(self._put, self.keys.tail(session.id, n), session.tail)  # no writer runs meanwhile
                 stale = session.tail_seq - 1  # the LMDB record names tail_seq until the caller writes the new one
                 session.tail_seq, session.tail_size = n, len(session.tail)
                 if stale > 0:
@@ -549,6 +557,7 @@ class S3Uploads:
         except Exception:
             self.forget(session)  # the next request revives it from its last acknowledged record
             raise
+        sink._let_go()
         return session.offset
 
     @_s3
@@ -578,12 +587,14 @@ class S3Uploads:
         except StorageError:
             self.forget(session)
             raise
+        writer._let_go()
+        session.tail = bytearray()  # stored: drop the buffer now, not when the session is collected
 
     @_s3
     def _seal(self, session: S3Session, digest: Digest, verified: bool) -> None:
         bucket, target = self.keys.bucket, self.keys.blob(digest)
         if not session.parts:
-            data = bytes(session.tail)
+            data = session.tail
             if not verified:
                 actual = hashlib.new(digest.algorithm, data).hexdigest()
                 if actual != digest.hex:
@@ -596,7 +607,7 @@ class S3Uploads:
             if session.tail:
                 number = len(session.parts) + 1
                 answer = self.client.upload_part(Bucket=bucket, Key=staging, UploadId=session.multipart,
-                                                 PartNumber=number, Body=bytes(session.tail))
+                                                 PartNumber=number, Body=session.tail)
                 parts.append(dict(PartNumber=number, ETag=answer["ETag"]))
             self.client.complete_multipart_upload(Bucket=bucket, Key=staging, UploadId=session.multipart,
                                                   MultipartUpload={"Parts": parts})
@@ -616,7 +627,12 @@ class S3Uploads:
         session.removed = True
         waited = session.writer.drained() if session.writer is not None else defer.succeed(None)
         record = {"s3": {"multipart": session.multipart}}
-        return waited.addCallback(lambda _: self.run(self.expire, session.id, record))
+
+        def drop(_):
+            session.writer, session.tail = None, bytearray()
+            return self.run(self.expire, session.id, record)
+
+        return waited.addCallback(drop)
 
     def forget(self, session: S3Session) -> None:
         self.sessions.pop(session.id, None)
@@ -663,7 +679,9 @@ def _big_buffers_back_to_the_os() -> None:
     mapped and unmapped, so izreg's RSS stays flat.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: the S3 threads' small allocations share two arenas
     except (OSError, AttributeError):
         pass  # not glibc: its allocator has its own policy
 

@@ -31,7 +31,10 @@ def test_requests_auth_failures_and_device_pulls():
     assert value("izreg_http_requests_total", {"route": "/v2/{name}/manifests/{reference}", "method": "GET",
                                                "status": "200"}) == 1
     assert value("izreg_http_response_bytes_total", {"route": "/v2/{name}/manifests/{reference}", "method": "GET"}) == 30
-    assert b"a/b" not in generate_latest(metrics.registry)
+    metrics.observe_request(info(method="BREW", status=405))
+    assert value("izreg_http_requests_total", {"route": "/v2/{name}/manifests/{reference}", "method": "OTHER",
+                                               "status": "405"}) == 1
+    assert b"a/b" not in generate_latest(metrics.registry) and b"BREW" not in generate_latest(metrics.registry)
 
 
 def test_storage_gauges(tmp_path):
