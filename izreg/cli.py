@@ -107,6 +107,7 @@ def register_account(subparsers: argparse._SubParsersAction) -> None:
     listing = commands.add_parser("list", help="list accounts")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=account_list)
+    manage_cli.register_account_delete(commands)
 
 
 def account_create(args: argparse.Namespace, context: Context) -> int:

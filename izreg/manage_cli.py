@@ -29,6 +29,7 @@ def human(size: int) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_storage(subparsers)
     images = subparsers.add_parser("images", help="list an account's images (tags, sizes, platforms, device pulls)")
     images.add_argument("account", metavar="ACCOUNT_ID")
     images.add_argument("--repository", metavar="NAME", help="one repository: NAME or ACCOUNT_ID/NAME")
@@ -40,14 +41,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     use.set_defaults(handler=usage_command)
 
 
-def _browser(context) -> Browser:
-    from izreg.auth.devicestore import DeviceStore
-    from izreg.storage.blobs import BlobStore
+def register_account_delete(commands: argparse._SubParsersAction) -> None:
+    delete = commands.add_parser("delete", help="delete an account and its keys (refused while it has repositories)")
+    delete.add_argument("account", metavar="ACCOUNT_ID")
+    delete.add_argument("--purge", action="store_true",
+                        help="also delete its repositories (garbage collection then reclaims the storage)")
+    delete.set_defaults(handler=account_delete)
+
+
+def account_delete(args: argparse.Namespace, context) -> int:
+    from izreg.cli import CommandError, _account_id
+    from izreg.storage.audit import AuditLog
     from izreg.storage.lmdbindex import Index
 
-    context.store()
-    env = context._env
-    return Browser(Index(env), BlobStore(context.data_dir), DeviceStore(env))
+    account = _account_id(args.account)
+    store = context.store()
+    if store.get_account(account) is None:
+        raise CommandError(f"no such account: {account}")
+    index = Index(context._env)
+    repos = [name for name, _ in index.list_repo_stats(f"{account}/", None, 10**9)[0]]
+    if repos and not args.purge:
+        raise CommandError(f"account {account} has {len(repos)} repositories; delete them first, or add --purge")
+    audit = AuditLog(context._env)
+    manifests = 0
+    for name in repos:
+        manifests += index.purge_repo(name)
+        audit.record(action="delete-repository", account=account, actor="cli", target=name, now=context.now())
+    keys = store.delete_account(account)
+    audit.record(action="delete-account", account=account, actor="cli", target=account,
+                 detail={"repositories": len(repos), "manifests": manifests, "keys": keys}, now=context.now())
+    context.out(f"deleted account {account}: {keys} keys, {len(repos)} repositories, {manifests} manifests"
+                + (" (garbage collection reclaims their blobs)" if repos else ""))
+    return 0
+
+
+def _browser(context) -> Browser:
+    from izreg.auth.devicestore import DeviceStore
+
+    index, blobs, _ = _storage(context)
+    return Browser(index, blobs, DeviceStore(context._env))
 
 
 def _pages(fetch, key: str):
@@ -116,3 +148,106 @@ def usage_command(args: argparse.Namespace, context) -> int:
     _table(context, ["ACCOUNT", "REPOSITORIES", "MANIFESTS", "BLOBS", "SIZE", "BYTES"],
            [[u["account"], u["repositories"], u["manifests"], u["blobs"], human(u["size"]), u["size"]] for u in found])
     return 0
+
+
+# gc and fsck ----------------------------------------------------------------------
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", text or "")
+    if m is None:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def register_storage(subparsers: argparse._SubParsersAction) -> None:
+    gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep (the server may run)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    gc.add_argument("--grace", type=duration, metavar="DURATION",
+                    help="keep what became unreferenced less than this ago (default: the config's [gc] grace, 1h)")
+    gc.set_defaults(handler=gc_command)
+    fsck = subparsers.add_parser("fsck", help="check every blob and manifest; exit status 1 if something is wrong")
+    fsck.add_argument("--repair", action="store_true", help="remove or re-index what can be; say what cannot")
+    fsck.set_defaults(handler=fsck_command)
+
+
+def _progress(context, unit: str):
+    """A tqdm progress bar on a terminal (stderr), nothing otherwise."""
+    def start(total: int):
+        if not getattr(context.stderr, "isatty", lambda: False)():
+            return lambda: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit=unit, file=context.stderr)
+        context._bars = getattr(context, "_bars", []) + [bar]
+        return lambda: bar.update(1)
+    return start
+
+
+def _close_bars(context) -> None:
+    for bar in getattr(context, "_bars", []):
+        bar.close()
+
+
+def _storage(context):
+    """The index, the blob store of the server's config (``izreg --config``; filesystem by default) and that config."""
+    from izreg.storage.blobs import BlobStore
+    from izreg.storage.lmdbindex import Index
+
+    config = context.config
+    context.store()
+    if config.storage_backend == "s3":
+        from izreg.storage.s3 import S3Blobs, make_client
+
+        blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run=lambda f, *a, **k: f(*a, **k))
+    else:
+        blobs = BlobStore(context.data_dir)
+    return Index(context._env), blobs, config
+
+
+def gc_command(args: argparse.Namespace, context) -> int:
+    from izreg.storage.gc import Collector, SweepLock
+
+    index, blobs, config = _storage(context)
+    grace = config.gc_grace if args.grace is None else args.grace
+    lock = SweepLock(context.data_dir)
+    if not lock.acquire():
+        context.stderr.write("izreg: waiting for the sweep in progress (the server's) to end\n")
+        lock.acquire(wait=True)
+    try:
+        result = Collector(index, blobs, grace).sweep(context.now, dry_run=args.dry_run,
+                                                           progress=_progress(context, "item"))
+    finally:
+        _close_bars(context)
+        lock.release()
+    verb = "would free" if args.dry_run else "freed"
+    context.out(f"{verb} {result.files} files, {result.bytes} bytes ({human(result.bytes)});"
+                f" {'would unlink' if args.dry_run else 'unlinked'} {result.links} stale links"
+                + (f"; kept {result.kept} touched meanwhile" if result.kept else ""))
+    return 0
+
+
+def fsck_command(args: argparse.Namespace, context) -> int:
+    from izreg.storage.fsck import Checker
+
+    index, blobs, _ = _storage(context)
+    try:
+        report = Checker(index, blobs).check(repair=args.repair, progress=_progress(context, "blob"), now=context.now())
+    finally:
+        _close_bars(context)
+    for line in report.problems:
+        context.out(f"problem: {line}")
+    for line in report.repaired:
+        context.out(f"repaired: {line}")
+    for line in report.unrepaired:
+        context.out(f"not repaired: {line}")
+    context.out(f"checked {report.blobs} blobs and {report.manifests} manifests: "
+                + ("clean" if report.clean else f"{len(report.problems)} problems"))
+    if report.clean:
+        return 0
+    return 1 if (not args.repair or report.unrepaired) else 0

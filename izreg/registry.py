@@ -23,6 +23,7 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_manifest
 from izreg.core.names import Reference, Repository
+from izreg.inuse import InUse
 from izreg.storage.audit import AuditLog
 from izreg.storage.interfaces import DigestMismatch, IBlobStore, IBodySink, IUploadStore, StorageError
 from izreg.storage.lmdbindex import Index
@@ -77,6 +78,7 @@ class Registry:
         run_io: Runner,
         limits: Limits,
         audit: AuditLog | None = None,
+        in_use: InUse | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -86,6 +88,7 @@ class Registry:
         self.run_io = run_io
         self.limits = limits
         self.audit = audit
+        self.in_use = in_use  # None: deletes are not checked against device pulls
         #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
         self.on_change: Callable[[dict, dict], None] | None = None
 
@@ -187,9 +190,14 @@ class Registry:
 
     def _commit_sync(self, repo: Repository, session: UploadSession, digest: Digest) -> None:
         # writer thread: the move and the index commit are ordered with every other write
-        self.uploads.promote(session, digest)
-        session.promoted = True
-        self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None)
+        # the move happens inside the index transaction: a garbage collector, which deletes inside its
+        # own write transaction (maybe from another process), never sees the bytes without the record
+        def place() -> None:
+            self.uploads.promote(session, digest)
+            session.promoted = True
+
+        self.index.commit_blob(repo.name, digest, session.offset, self.now(), session.id if session.persisted else None,
+                               place=place)
 
     async def _drop(self, session: UploadSession) -> None:
         await defer.maybeDeferred(self.uploads.remove, session)
@@ -265,6 +273,17 @@ class Registry:
             return BlobContent(digest, len(manifest[1]), data=manifest[1])
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
 
+    async def hold_blob(self, repo: Repository, digest: Digest) -> None:
+        """
+        A client looks at a blob no manifest of the repository uses yet (it
+        will push a manifest naming it): keep it from garbage collection for
+        a grace period, as if it had just been uploaded. One read otherwise.
+        """
+        if not self.index.unused_blob(repo.name, digest):
+            return
+        if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
         self._check_delete()
         entry = _audit_entry("delete-blob", repo, f"{repo}@{digest}", who)
@@ -276,6 +295,8 @@ class Registry:
         # then its webhook events (C{on_change}, izreg.service.webhooks)
         done = operation(*args)
         if done and self.audit is not None:
+            if isinstance(done, dict):
+                entry = {**entry, "detail": {**(entry["detail"] or {}), **done}}
             self.audit.record(now=self.now(), **entry)
         if done and self.on_change is not None and facts is not None:
             try:
@@ -344,8 +365,8 @@ class Registry:
             await self.run_write(self._store_small_sync, repo, EMPTY_JSON_DIGEST, EMPTY_JSON)
 
     def _store_small_sync(self, repo: Repository, digest: Digest, data: bytes) -> None:
-        self.blobs.put_bytes(digest, data)
-        self.index.commit_blob(repo.name, digest, len(data), self.now(), None)
+        self.index.commit_blob(repo.name, digest, len(data), self.now(), None,
+                               place=lambda: self.blobs.put_bytes(digest, data))
 
     def resolve(self, repo: Repository, reference: Reference) -> Digest:
         if isinstance(reference, Digest):
@@ -388,19 +409,39 @@ class Registry:
                     return None
         return None
 
-    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None) -> None:
+    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None, force: bool = False) -> None:
+        """
+        By digest: the manifest, its tags, and the children of an index that
+        nothing else holds. By tag: only the tag. Refused (409) when devices
+        pulled what it removes (for a tag: the manifest it is the last tag of)
+        within the in-use window, unless C{force}.
+        """
         self._check_delete()
         if isinstance(reference, Digest):
-            entry = _audit_entry("delete-manifest", repo, f"{repo}@{reference}", who)
+            target, action = f"{repo}@{reference}", "delete-manifest"
+            doomed = self.index.deletion(repo.name, reference)
+            if not doomed:
+                raise self._unknown_manifest(repo, reference)
+            protected = set(doomed) | set(self.index.children_of(repo.name, reference))
+            operation, args = self.index.delete_tree, (repo.name, reference)
             facts = {"repository": repo.name, "digest": str(reference), "tag": None}
-            deleted = await self.run_write(self._audited, entry, self.index.delete_manifest, repo.name, reference,
-                                           facts=facts)
         else:
-            entry = _audit_entry("delete-tag", repo, f"{repo}:{reference}", who)
+            target, action = f"{repo}:{reference}", "delete-tag"
+            digest = self.resolve(repo, reference)
+            last_tag = self.index.tags_of(repo.name, digest) == [reference]
+            protected = {str(digest), *self.index.children_of(repo.name, digest)} if last_tag else set()
+            operation, args = self.index.delete_tag, (repo.name, reference)
             facts = {"repository": repo.name, "digest": None, "tag": reference}
-            deleted = await self.run_write(self._audited, entry, self.index.delete_tag, repo.name, reference,
-                                           facts=facts)
-        if not deleted:
+        detail = None
+        if self.in_use is not None and protected:
+            if force:
+                count, last = self.in_use.pulled(repo.name, sorted(protected))
+                if count:
+                    detail = {"forced": True, "devices": count, "last_pulled": last}
+            else:
+                self.in_use.refuse(repo.name, target, sorted(protected))
+        entry = _audit_entry(action, repo, target, who, detail)
+        if not await self.run_write(self._audited, entry, operation, *args, facts=facts):
             raise self._unknown_manifest(repo, reference)
 
     # -- listings ----------------------------------------------------------------

@@ -204,6 +204,10 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     flush = internet.TimerService(config.pull_flush_interval, top.flush_batches)
     flush.clock = reactor
     flush.setServiceParent(top)
+    if config.gc_interval:
+        gc = internet.TimerService(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()))
+        gc.clock = reactor
+        gc.setServiceParent(top)
     if config.device_crl:
         crl = internet.TimerService(config.device_crl_interval, top.check_crl)
         crl.clock = reactor

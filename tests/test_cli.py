@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -218,6 +219,72 @@ def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
         assert bad.stdout == "" and bad.stderr == f"izreg: error: no such account: {'0' * 32}\n"
     finally:
         server_env.close()
+
+
+def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path, account):
+    from izreg.core.digest import Digest
+    from izreg.storage.audit import AuditLog
+    from izreg.storage.lmdbindex import Index
+
+    code, out, _ = run(capsys, tmp_path, "key", "create", account)
+    env = open_env(str(tmp_path), 1 << 30)
+    try:
+        index = Index(env)
+        blob = Digest.of(b"layer")
+        index.commit_blob(f"{account}/app", blob, 5, NOW, None)
+        index.put_manifest(f"{account}/app", Digest.of(b"m"), {"mediaType": "x", "subject": None, "created": NOW},
+                           b"m", [(str(blob), 5)], [], "v1", None, NOW)
+    finally:
+        env.close()
+    code, out, err = run(capsys, tmp_path, "account", "delete", account)
+    assert code == 2 and "has 1 repositories" in err and "--purge" in err
+    code, out, err = run(capsys, tmp_path, "account", "delete", account, "--purge")
+    assert code == 0, err
+    assert out == f"deleted account {account}: 1 keys, 1 repositories, 1 manifests (garbage collection reclaims their blobs)\n"
+    env = open_env(str(tmp_path), 1 << 30)
+    try:
+        index = Index(env)
+        assert AuthStore(env).get_account(account) is None
+        with env.begin() as txn:
+            assert [k for k, v in txn.cursor(db=env.open_db(b"keys")) if json.loads(v)["account"] == account] == []
+        assert index.list_repos("", None, 10) == ([], False)
+        assert not index.blob_referenced(Digest.of(b"layer"))
+        assert sorted((e["action"], e["actor"]) for e in AuditLog(env).entries() if e["action"].startswith("delete")) == [
+            ("delete-account", "cli"), ("delete-repository", "cli")]  # same clock time: any order
+    finally:
+        env.close()
+    code, _, err = run(capsys, tmp_path, "account", "delete", account)
+    assert code == 2 and "no such account" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
+    from izreg.core.digest import Digest
+    from izreg.storage.blobs import BlobStore
+    from izreg.storage.lmdbindex import Index
+
+    env = open_env(str(tmp_path), 1 << 30)
+    try:
+        blobs = BlobStore(str(tmp_path))
+        for i in range(3):
+            data = b"unreferenced %d" % i
+            Index(env).commit_blob(f"{account}/app", Digest.of(data), len(data), NOW - 7200, None,
+                                   place=lambda d=Digest.of(data), b=data: blobs.put_bytes(d, b))
+    finally:
+        env.close()
+    for argv, unit in ((["fsck"], "blob"), (["gc"], "item")):
+        out, err = io.StringIO(), _Terminal()
+        code = cli.main(["--data-dir", str(tmp_path), *argv], environ={}, now=lambda: NOW, stdout=out, stderr=err)
+        assert code == 0, out.getvalue()
+        assert "100%" in err.getvalue() and unit in err.getvalue()
+    assert out.getvalue() == f"freed 3 files, {3 * 14} bytes (42 B); unlinked 0 stale links\n"
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["--data-dir", str(tmp_path), "fsck"], environ={}, now=lambda: NOW, stdout=out, stderr=err) == 0
+    assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
 
 
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):

@@ -167,3 +167,24 @@ def test_handler_convention_of_izreg_cli(data_dir):
     context = cli.Context(data_dir, lambda: NOW, io.StringIO(), io.StringIO())
     assert args.handler(args, context) == 0
     assert context.stdout.getvalue() == "revoked: serial ff\n"
+
+
+def test_unrevoke_lets_the_device_in_again(run, data_dir, tmp_path):
+    ca = make_ca(NOW)
+    device = make_device_cert(ca, ACCOUNT, "gw-1", NOW).cert
+    pem = tmp_path / "device.pem"
+    pem.write_bytes(cert_pem(device))
+    assert run("device", "revoke", "--cert", str(pem))[0] == 0
+    code, out, err = run("device", "unrevoke", "--serial", serial_hex(device).upper())
+    assert (code, out, err) == (0, f"unrevoked: serial {serial_hex(device)}\n", "")
+    code, out, _ = run("device", "unrevoke", "--cert", str(pem))
+    assert out.splitlines() == [f"was not revoked: serial {serial_hex(device)}",
+                                f"unrevoked: fingerprint {fingerprint_sha256(device)}"]
+    env, store = store_of(data_dir)
+    try:
+        revoked = store.revocations_for(serial_hex(device), fingerprint_sha256(device))
+        assert not revoked.serials and not revoked.fingerprints
+    finally:
+        env.close()
+    code, _, err = run("device", "unrevoke", "--serial", "xyz")
+    assert code == 2 and "izreg: error:" in err

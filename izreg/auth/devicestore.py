@@ -110,15 +110,19 @@ class DeviceStore:
         if old is None or json.loads(old)["at"] < r.at:
             txn.put(k, json.dumps({"at": r.at, "device": r.device_id}).encode())
 
+    def pull_devices(self, repository: str, digest: str) -> dict[str, float]:
+        """Device id -> its last pull of this manifest."""
+        with self._env.begin(db=self._db) as txn:
+            found = {}
+            for _, v in scan(txn, self._db, schema.prefix(_PULLOF, repo_key(repository), digest)):
+                record = json.loads(v)
+                found[record["device"]] = record["at"]
+            return found
+
     def pulls_of(self, repository: str, digest: str) -> tuple[int, float | None]:
         """How many devices pulled this manifest, and when last (C{None}: never)."""
-        count, last = 0, None
-        with self._env.begin(db=self._db) as txn:
-            for _, v in scan(txn, self._db, schema.prefix(_PULLOF, repo_key(repository), digest)):
-                at = json.loads(v)["at"]
-                count += 1
-                last = at if last is None or at > last else last
-        return count, last
+        found = self.pull_devices(repository, digest)
+        return len(found), max(found.values(), default=None)
 
     # -- revocations ------------------------------------------------------
 
@@ -197,6 +201,7 @@ class PullRecorder:
     """
 
     def __init__(self, store: DeviceStore) -> None:
+        self._store = store
         self._batch: LatestBatch[tuple[str, str, str, str]] = LatestBatch(
             lambda batch: store.write_pulls(PullRecord(*k, at) for k, at in batch.items()))
 
@@ -205,6 +210,17 @@ class PullRecorder:
                             ("digest", digest)):
             _check_part(name, value)
         self._batch.put((account, device_id, repository, digest), now)
+
+    def pending_devices(self, repository: str, digest: str) -> dict[str, float]:
+        """Device id -> last pull of this manifest, among the pulls not yet written."""
+        return {k[1]: at for k, at in self._batch.items() if k[2] == repository and k[3] == digest}
+
+    def devices(self, repository: str, digest: str) -> dict[str, float]:
+        """Device id -> last pull of this manifest, written or not."""
+        found = self._store.pull_devices(repository, digest)
+        for device, at in self.pending_devices(repository, digest).items():
+            found[device] = max(at, found.get(device, at))
+        return found
 
     @property
     def pending(self) -> int:

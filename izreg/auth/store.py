@@ -142,6 +142,16 @@ class AuthStore:
         with self._env.begin() as txn:
             return [_account(k.decode("ascii"), bytes(v)) for k, v in txn.cursor(db=self._accounts)]
 
+    def delete_account(self, account_id: str) -> int:
+        """Delete an account and every key of it (they fail from the next request on); return the key count."""
+        with self._env.begin(write=True) as txn:
+            if not txn.delete(account_id.encode("ascii"), db=self._accounts):
+                raise UnknownAccount(account_id)
+            doomed = [k for k, v in txn.cursor(db=self._keys) if json.loads(v).get("account") == account_id]
+            for k in doomed:
+                txn.delete(k, db=self._keys)
+            return len(doomed)
+
     # Keys --------------------------------------------------------------------
 
     def create_key(self, account_id: str, now: float, name: str = "", read_only: bool = False) -> tuple[KeyRecord, AccessKey]:

@@ -29,6 +29,8 @@ class ErrorCode(enum.Enum):
     TOO_LARGE = ("SIZE_INVALID", "payload too large", 413)
     UNAUTHORIZED = ("UNAUTHORIZED", "authentication required", 401)
     DENIED = ("DENIED", "requested access to the resource is denied", 403)
+    #: a delete refused because devices pulled what it would remove (izreg's in-use protection)
+    IN_USE = ("DENIED", "in use by devices", 409)
     UNSUPPORTED = ("UNSUPPORTED", "the operation is unsupported", 405)
     TOOMANYREQUESTS = ("TOOMANYREQUESTS", "too many requests", 429)
     TAG_INVALID = ("TAG_INVALID", "manifest tag did not match URI", 400)

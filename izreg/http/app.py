@@ -36,6 +36,7 @@ from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
+from izreg.inuse import FORCE_HEADER
 from izreg.registry import Registry
 from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import IBodySink
@@ -326,7 +327,8 @@ class RegistryAPI:
     async def delete_manifest(self, request, route):
         principal = _principal(request)
         repo = route.repository
-        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal))
+        force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
+        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal), force)
         request.setResponseCode(202)
         return b""
 
@@ -334,6 +336,7 @@ class RegistryAPI:
 
     async def get_blob(self, request, route):
         repo = route.repository
+        await self.registry.hold_blob(repo, Digest.parse(route.argument))
         blob = self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
         if blob.redirect is not None:
             # the store's short-lived URL ([storage.s3] redirect): the bytes bypass izreg

@@ -73,6 +73,12 @@ class Config:
     webhook_max_attempts: int = 30
     webhook_timeout: int = 10
     ui_enabled: bool = True
+    # manage (#11): in-use protection of deletes, online garbage collection, retention
+    protect_in_use: bool = True
+    in_use_window: int = 7 * 24 * 3600
+    gc_interval: int = 3600
+    gc_grace: int = 3600
+    untagged_after: int = 0
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -156,6 +162,11 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("webhooks", "max_attempts"): ("webhook_max_attempts", int),
     ("webhooks", "timeout"): ("webhook_timeout", int),
     ("ui", "enabled"): ("ui_enabled", bool),
+    ("delete", "protect_in_use"): ("protect_in_use", bool),
+    ("delete", "in_use_window"): ("in_use_window", int),
+    ("gc", "interval"): ("gc_interval", int),
+    ("gc", "grace"): ("gc_grace", int),
+    ("retention", "untagged_after"): ("untagged_after", int),
 }
 
 LOG_FORMATS = ("text", "json")

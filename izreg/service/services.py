@@ -26,6 +26,7 @@ from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.auth.tokenkey import TokenKey
 from izreg.browse import Browser
+from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
 from izreg.http.limits import raise_open_files_limit
 from izreg.http.health import Readiness
@@ -102,7 +103,7 @@ class RegistryService(service.MultiService):
     def startService(self) -> None:
         config = self.config
         raise_open_files_limit(config.max_connections + 512)
-        root = os.path.abspath(config.data_dir)
+        root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
         self.index = index = Index(env)
@@ -198,6 +199,8 @@ class RegistryService(service.MultiService):
         devices = DeviceStore(env)
         self.pulls = PullRecorder(devices)
         self.api.browser = Browser(self.index, self.registry.blobs, devices)
+        if config.protect_in_use:
+            self.registry.in_use = InUse(self.pulls.devices, self.reactor.seconds, config.in_use_window)
         verifier = None
         if self.tls is not None and config.device_ca:
             self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
@@ -228,6 +231,21 @@ class RegistryService(service.MultiService):
         if self.index is not None:
             self.index.close()
             self.registry = self.index = None
+
+    async def collect_garbage(self):
+        """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
+        if self.registry is None:
+            return None
+        from izreg.storage.gc import Collector, SweepLock
+        from izreg.sweeper import sweep
+
+        config = self.config
+        collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
+        try:
+            return await sweep(self.registry, collector, SweepLock(self.root))
+        except Exception:
+            self.log.failure("garbage collection failed")
+            return None
 
     async def expire_uploads(self) -> None:
         """Timer task: drop upload sessions idle for longer than the TTL."""

@@ -42,6 +42,11 @@ class LatestBatch(Generic[K]):
     def pending(self) -> int:
         return len(self._pending)
 
+    def items(self) -> list[tuple[K, float]]:
+        """A snapshot of what waits to be written."""
+        with self._lock:
+            return list(self._pending.items())
+
     def flush(self) -> int:
         """Write everything put so far (blocking: call it on the writer thread)."""
         with self._lock:

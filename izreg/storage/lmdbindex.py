@@ -19,15 +19,29 @@ import lmdb
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.manifest import parse_manifest
+from izreg.core.mediatypes import INDEX_TYPES
 from izreg.storage import schema
 from izreg.storage.lmdbenv import dbs
-from izreg.storage.refs import Refs, split_manifest
+from izreg.storage.refs import Refs, repo_key, split_manifest
 from izreg.storage.refs import scan as _scan
 from izreg.storage.schema import key, prefix
 
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _children(meta: dict, data: bytes) -> list[str]:
+    """The child manifests of a stored manifest (its meta says; older records: parse an index)."""
+    if "children" in meta:
+        return meta["children"]
+    if meta.get("mediaType") not in INDEX_TYPES:
+        return []
+    try:
+        return [str(c.digest) for c in parse_manifest(data, meta["mediaType"]).children]
+    except RegistryError:
+        return []
 
 
 class Index:
@@ -99,7 +113,9 @@ class Index:
             return json.loads(record) if record is not None else None
 
     def _link(self, txn, name: str, digest: str, now: float) -> None:
-        txn.put(key(name, digest), b"", db=self._db[schema.LINKS])
+        # the value is the link's time: garbage collection drops a link the repository's
+        # manifests do not use once it is older than the grace period
+        txn.put(key(name, digest), repr(float(now)).encode(), db=self._db[schema.LINKS])
         txn.put(key(digest, name), b"", db=self._db[schema.BLOBLINKS])
         self._touch_repo(txn, name, now)
 
@@ -140,12 +156,25 @@ class Index:
         record["touched"] = now
         txn.put(d.encode(), _dump(record), db=self._db[schema.BLOBS])
 
-    def touch_blob(self, digest: Digest, now: float) -> bool:
-        """Hold an unreferenced blob off garbage collection for a grace period; C{False} if it is gone."""
+    def unused_blob(self, name: str, digest: Digest) -> bool:
+        """Whether the repository has the blob linked but none of its manifests names it (one read)."""
+        k = key(name, str(digest))
+        with self.env.begin() as txn:
+            return txn.get(k, db=self._db[schema.LINKS]) is not None and \
+                txn.get(k, db=self._db[schema.REPOBLOBS]) is None
+
+    def touch_blob(self, name: str, digest: Digest, now: float) -> bool:
+        """
+        Hold a blob (and the repository's link to it) off garbage collection
+        for a grace period, as if just uploaded; C{False} if it is gone.
+        """
+        d = str(digest)
         with self.env.begin(write=True) as txn:
-            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is None:
+            if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None or \
+                    txn.get(key(name, d), db=self._db[schema.LINKS]) is None:
                 return False
-            self._touch_blob(txn, str(digest), None, now)
+            self._touch_blob(txn, d, None, now)
+            txn.put(key(name, d), repr(float(now)).encode(), db=self._db[schema.LINKS])
             return True
 
     def blob_referenced(self, digest: Digest) -> bool:
@@ -226,7 +255,7 @@ class Index:
             self._touch_repo(txn, name, now)
             existing = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
             if existing is None:
-                meta = {**meta, "blobs": sorted(dict(blobs).items())}
+                meta = {**meta, "blobs": sorted(dict(blobs).items()), "children": sorted(set(children))}
                 txn.put(key(name, d), _dump(meta) + schema.SEP + data, db=self._db[schema.MANIFESTS])
                 self.refs.add_manifest(txn, name, meta, data, now)
             else:
@@ -291,21 +320,93 @@ class Index:
 
     def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Delete a manifest, every tag that points at it, and its referrers entry."""
+        return self.delete_tree(name, digest, cascade=False) is not None
+
+    def children_of(self, name: str, digest: Digest) -> list[str]:
+        """The child manifests an index names (none for an image or an unknown digest)."""
+        with self.env.begin() as txn:
+            raw = txn.get(key(name, str(digest)), db=self._db[schema.MANIFESTS])
+            return _children(*split_manifest(raw)) if raw is not None else []
+
+    def deletion(self, name: str, digest: Digest) -> list[str]:
+        """What L{delete_tree} would remove now: the manifest, then the children it takes along."""
+        with self.env.begin() as txn:
+            return self._doomed(txn, name, str(digest))
+
+    def _doomed(self, txn, name: str, d: str) -> list[str]:
+        if txn.get(key(name, d), db=self._db[schema.MANIFESTS]) is None:
+            return []
+        doomed = [d]
+        parents: dict[str, set[str]] | None = None
+        queue = [d]
+        while queue:
+            meta, data = split_manifest(txn.get(key(name, queue.pop()), db=self._db[schema.MANIFESTS]))
+            for child in _children(meta, data):
+                if child in doomed or txn.get(key(name, child), db=self._db[schema.MANIFESTS]) is None:
+                    continue
+                if self.refs.tags_of(txn, name, child):
+                    continue  # tagged: kept
+                if parents is None:
+                    parents = self._parents(txn, name)
+                if not parents.get(child, set()) <= set(doomed):
+                    continue  # another index still holds it: kept
+                doomed.append(child)
+                queue.append(child)
+        return doomed
+
+    def _parents(self, txn, name: str) -> dict[str, set[str]]:
+        parents: dict[str, set[str]] = {}
+        start = prefix(name)
+        for k, v in _scan(txn, self._db[schema.MANIFESTS], start):
+            for child in _children(*split_manifest(v)):
+                parents.setdefault(child, set()).add(k[len(start):].decode())
+        return parents
+
+    def delete_tree(self, name: str, digest: Digest, cascade: bool = True) -> dict | None:
+        """
+        Delete a manifest, every tag on it and its referrers entry; with
+        C{cascade}, also the child manifests of an index that no tag and no
+        other index of the repository holds (recursively). Referrers of a
+        deleted manifest stay (a referrer may exist before or without its
+        subject). Returns C{{"deleted": [digests], "tags": [tags]}}, or C{None}.
+        """
         d = str(digest)
         with self.env.begin(write=True) as txn:
-            raw = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
-            if raw is None:
-                return False
-            meta, data = split_manifest(raw)
-            txn.delete(key(name, d), db=self._db[schema.MANIFESTS])
-            self.refs.remove_manifest(txn, name, meta, data)
-            for tag in self.refs.tags_of(txn, name, d):
-                txn.delete(key(name, tag), db=self._db[schema.TAGS])
-                self.refs.remove_tag(txn, name, tag, d)
-            if meta.get("subject"):
-                txn.delete(schema.bounded_key(name, meta["subject"], d), db=self._db[schema.REFERRERS])
+            doomed = self._doomed(txn, name, d) if cascade else [d]
+            if txn.get(key(name, d), db=self._db[schema.MANIFESTS]) is None:
+                return None
+            tags = []
+            for m in doomed:
+                meta, data = split_manifest(txn.pop(key(name, m), db=self._db[schema.MANIFESTS]))
+                self.refs.remove_manifest(txn, name, meta, data)
+                for tag in self.refs.tags_of(txn, name, m):
+                    txn.delete(key(name, tag), db=self._db[schema.TAGS])
+                    self.refs.remove_tag(txn, name, tag, m)
+                    tags.append(tag)
+                if meta.get("subject"):
+                    txn.delete(schema.bounded_key(name, meta["subject"], m), db=self._db[schema.REFERRERS])
             self._drop_repo_if_empty(txn, name)
-            return True
+            return {"deleted": doomed, "tags": tags}
+
+    def purge_repo(self, name: str) -> int:
+        """Delete a repository with everything in it (manifests, tags, referrers, links); return its manifest count."""
+        start = prefix(name)
+        with self.env.begin(write=True) as txn:
+            manifests = 0
+            for k, v in list(_scan(txn, self._db[schema.MANIFESTS], start)):
+                self.refs.remove_manifest(txn, name, *split_manifest(v))
+                txn.delete(k, db=self._db[schema.MANIFESTS])
+                manifests += 1
+            for db in (schema.TAGS, schema.REFERRERS):
+                for k, _ in list(_scan(txn, self._db[db], start)):
+                    txn.delete(k, db=self._db[db])
+            for k, _ in list(_scan(txn, self._db[schema.TAGSOF], prefix(repo_key(name)))):
+                txn.delete(k, db=self._db[schema.TAGSOF])
+            for k, _ in list(_scan(txn, self._db[schema.LINKS], start)):
+                txn.delete(k, db=self._db[schema.LINKS])
+                txn.delete(key(k[len(start):], name), db=self._db[schema.BLOBLINKS])
+            txn.delete(name.encode(), db=self._db[schema.REPOS])
+            return manifests
 
     def referrers(self, name: str, subject: Digest) -> list[dict]:
         with self.env.begin() as txn:

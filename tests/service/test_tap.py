@@ -84,7 +84,8 @@ def test_service_tree(tmp_path):
     listeners = [s for s in top if isinstance(s, StreamServerEndpointService)]
     timers = [s for s in top if isinstance(s, TimerService)]
     assert len(listeners) == 2
-    assert sorted(t.step for t in timers) == sorted([config.upload_expiry_interval, config.pull_flush_interval])
+    assert sorted(t.step for t in timers) == sorted([config.upload_expiry_interval, config.pull_flush_interval,
+                                                     config.gc_interval])
     # nothing is opened before startService (twistd forks in between)
     assert top.registry is None and not (tmp_path / "d" / "index").exists()
 

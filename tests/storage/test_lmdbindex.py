@@ -235,7 +235,7 @@ def test_put_and_get_manifest_byte_exact(index, data):
     put(index, data=data, size=len(data))
     stored_meta, stored = index.get_manifest(REPO, M1)
     assert stored == data
-    assert stored_meta == {**meta(size=len(data)), "blobs": []}  # the index keeps the blobs it counts
+    assert stored_meta == {**meta(size=len(data)), "blobs": [], "children": []}  # the index keeps the blobs it counts
     assert index.repo_exists(REPO)
     assert index.get_manifest(OTHER, M1) is None
     assert index.get_manifest(REPO, M2) is None

@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.storage.test_fsck -*-
+"""
+``izreg fsck``: is what the index says stored really there and whole?
+
+- every blob record: the blob exists (``IBlobStore.stat``) with the recorded
+  size and hashes to its digest (``IBlobStore.hash``);
+- every manifest: each blob it names has a record and a link in its
+  repository, each child manifest of an index is in the repository;
+- orphans: stored blobs no record names;
+- the derived reference data (``refs``) matches a recount.
+
+With C{repair}: a missing or corrupt blob loses its record and links (so a
+client pushes it again rather than being served bad bytes), an orphan whose
+bytes match its name is indexed again (garbage collection then takes it if
+nothing references it), a wrong recorded size is corrected, and the
+reference data is rebuilt. What cannot be repaired (a manifest whose blob
+is lost) is said so.
+
+Blocking throughout (hashing reads every blob): run it from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from izreg.core.digest import Digest
+from izreg.storage import schema
+from izreg.storage.lmdbindex import _children
+from izreg.storage.refs import COUNTERS, manifest_blobs, scan, split_manifest
+from izreg.storage.schema import key, prefix
+
+_DERIVED = (schema.REPOS, schema.REPOBLOBS, schema.BLOBREFS, schema.TAGSOF)
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
+    blobs: int = 0
+    manifests: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+class Checker:
+    def __init__(self, index, blobs) -> None:
+        self.index = index
+        self.blobs = blobs
+        self._db = index._db
+
+    def records(self) -> list[tuple[str, dict]]:
+        with self.index.env.begin() as txn:
+            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.BLOBS])]
+
+    def check(self, repair: bool = False, progress=None, now: float = 0.0) -> Report:
+        report = Report()
+        records = self.records()
+        orphans = [d for d in self.blobs.digests() if str(d) not in dict(records)]
+        step = progress(len(records) + len(orphans)) if progress else (lambda: None)
+        lost: set[str] = set()
+        for digest_text, record in records:
+            report.blobs += 1
+            self._check_blob(Digest.parse(digest_text), record, report, repair, lost)
+            step()
+        for digest in orphans:
+            self._check_orphan(digest, report, repair, now)
+            step()
+        self._check_manifests(report, lost)
+        self._check_derived(report, repair)
+        return report
+
+    def _check_blob(self, digest: Digest, record: dict, report: Report, repair: bool, lost: set[str]) -> None:
+        found = self.blobs.stat(digest)
+        if found is None:
+            report.problems.append(f"missing blob {digest}: indexed, but not stored")
+            self._forget(digest, report, repair, lost, "missing")
+            return
+        if self.blobs.hash(digest, digest.algorithm) != digest.hex:
+            report.problems.append(f"corrupt blob {digest}: its bytes do not hash to its digest")
+            if repair:
+                self.blobs.delete(digest)
+            self._forget(digest, report, repair, lost, "corrupt")
+            return
+        if record.get("size") != found[0]:
+            report.problems.append(f"blob {digest}: recorded size {record.get('size')}, stored {found[0]}")
+            if repair:
+                with self.index.env.begin(write=True) as txn:
+                    txn.put(str(digest).encode(), json.dumps({**record, "size": found[0]}).encode(),
+                            db=self._db[schema.BLOBS])
+                report.repaired.append(f"blob {digest}: size corrected to {found[0]}")
+
+    def _forget(self, digest: Digest, report: Report, repair: bool, lost: set[str], why: str) -> None:
+        lost.add(str(digest))
+        if not repair:
+            return
+        d = str(digest)
+        with self.index.env.begin(write=True) as txn:
+            txn.delete(d.encode(), db=self._db[schema.BLOBS])
+            for k, _ in list(scan(txn, self._db[schema.BLOBLINKS], prefix(d))):
+                name = k.split(schema.SEP, 1)[1].decode()
+                txn.delete(k, db=self._db[schema.BLOBLINKS])
+                txn.delete(key(name, d), db=self._db[schema.LINKS])
+        report.repaired.append(f"{why} blob {d}: record and links removed (push it again)")
+
+    def _check_orphan(self, digest: Digest, report: Report, repair: bool, now: float) -> None:
+        found = self.blobs.stat(digest)
+        if found is None:
+            return  # gone meanwhile (garbage collection)
+        report.problems.append(f"orphan blob {digest}: stored, but no index entry names it")
+        if not repair:
+            return
+        if self.blobs.hash(digest, digest.algorithm) == digest.hex:
+            with self.index.env.begin(write=True) as txn:
+                txn.put(str(digest).encode(), json.dumps({"size": found[0], "created": now, "touched": now}).encode(),
+                        db=self._db[schema.BLOBS])
+            report.repaired.append(f"orphan blob {digest}: indexed again (garbage collection takes it if unused)")
+        else:
+            self.blobs.delete(digest)
+            report.repaired.append(f"orphan blob {digest}: corrupt, deleted")
+
+    def _check_manifests(self, report: Report, lost: set[str]) -> None:
+        with self.index.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
+                name, digest = k.decode().split("\x00", 1)
+                report.manifests += 1
+                meta, data = split_manifest(v)
+                for blob in manifest_blobs(meta, data):
+                    linked = txn.get(key(name, blob), db=self._db[schema.LINKS]) is not None
+                    recorded = txn.get(blob.encode(), db=self._db[schema.BLOBS]) is not None
+                    if blob in lost or not linked or not recorded:
+                        message = f"manifest {name}@{digest} references blob {blob}, which is " + (
+                            "lost" if blob in lost or not recorded else "not linked to the repository")
+                        report.problems.append(message)
+                        report.unrepaired.append(message + ": push the image again")
+                for child in _children(meta, data):
+                    if txn.get(key(name, child), db=self._db[schema.MANIFESTS]) is None:
+                        message = f"index {name}@{digest} references manifest {child}, which is not in the repository"
+                        report.problems.append(message)
+                        report.unrepaired.append(message + ": push it again")
+
+    def _check_derived(self, report: Report, repair: bool) -> None:
+        """Recount the reference data in a write transaction; keep it only with C{repair}."""
+        txn = self.index.env.begin(write=True)
+        try:
+            before = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
+            self.index.refs.rebuild(txn)
+            after = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
+            if before != after:
+                wrong = ", ".join(db.decode() for db in _DERIVED if before[db] != after[db])
+                report.problems.append(f"reference counts out of step with the manifests ({wrong})")
+                if repair:
+                    report.repaired.append("reference counts rebuilt from the manifests")
+                    txn.commit()
+                    txn = None
+        finally:
+            if txn is not None:
+                txn.abort()
+
+
+def _strip(db: bytes, value: bytes) -> object:
+    """A repository record without C{pushed} (a recount knows manifest times only)."""
+    if db != schema.REPOS:
+        return bytes(value)
+    record = {**{f: 0 for f in COUNTERS}, **json.loads(value)}
+    record.pop("pushed", None)
+    return record

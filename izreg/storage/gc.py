@@ -1,0 +1,254 @@
+# -*- test-case-name: tests.storage.test_gc -*-
+"""
+Garbage collection, online: what no manifest references goes, after a grace period.
+
+A sweep has three parts, each a read-only scan for candidates, then one
+short write transaction per candidate that checks again and deletes:
+
+1. blobs: a blob record with no ``blobrefs`` entry (no manifest of any
+   repository names it) whose ``touched`` time (upload, mount, a HEAD or GET
+   while unreferenced) is older than the grace period. Inside the write
+   transaction: still unreferenced, still untouched, then the bytes are
+   deleted (``IBlobStore.delete``) and the record and every link to it go.
+2. files that no index entry names (a crash between a file's move and its
+   record; a file left after a record was rebuilt) older than the grace
+   period: inside the write transaction, still no record, then deleted.
+3. links: a repository's link to a blob its manifests no longer name, older
+   than the grace period (so a repository whose images are all deleted
+   drops out of ``_catalog``).
+
+With ``untagged_after``, manifests without a tag pushed longer ago than that,
+which no index holds and which are not a referrer, are deleted first (the
+same in-use protection as a DELETE; recorded in the audit log).
+
+Why it is safe with concurrent pushes, mounts and deletes: a blob's bytes
+and its record only change inside LMDB write transactions (the commit of an
+upload puts the bytes in place inside its transaction, see
+L{izreg.storage.lmdbindex.Index.commit_blob}), and LMDB allows one writer at
+a time across processes, so the re-check and the delete see the same state
+every push sees. A manifest PUT checks that its blobs exist inside its own
+transaction: it either comes first (the blob is referenced, the sweep keeps
+it) or after (the blob is gone and the PUT says MANIFEST_BLOB_UNKNOWN). The
+grace period covers the time between a blob's upload (or a client's HEAD
+that found it) and its manifest. The sweep itself is serialized by an
+advisory lock file (``gc.lock``), so the server's timer and ``izreg gc``
+never run two sweeps at once.
+
+Every method here blocks (LMDB writes, blob store calls): the server runs
+them on its writer thread (the write steps) and I/O pool (the scans).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from izreg.core.digest import Digest
+from izreg.storage import schema
+from izreg.storage.refs import scan, split_manifest
+from izreg.storage.schema import key, prefix
+
+LOCK_NAME = "gc.lock"
+
+
+@dataclass
+class SweepResult:
+    files: int = 0  # blob files deleted (blobs and orphan files)
+    bytes: int = 0
+    links: int = 0  # stale links removed
+    manifests: int = 0  # untagged manifests expired
+    kept: int = 0  # candidates that a re-check kept (touched or referenced meanwhile)
+    deleted: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"files": self.files, "bytes": self.bytes, "links": self.links, "manifests": self.manifests,
+                "kept": self.kept}
+
+
+class SweepLock:
+    """An advisory lock (flock) on C{<data_dir>/gc.lock}: one sweep at a time, across processes."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Collector:
+    """
+    @param index: the L{izreg.storage.lmdbindex.Index}.
+    @param blobs: the L{izreg.storage.interfaces.IBlobStore} (C{delete}, C{digests}, C{stat}).
+    @param grace: seconds an unreferenced blob, file or link is kept.
+    """
+
+    def __init__(self, index, blobs, grace: float, untagged_after: float = 0) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.grace = grace
+        self.untagged_after = untagged_after
+        self._db = index._db
+
+    # -- scans (read-only) --------------------------------------------------------
+
+    def blob_candidates(self, now: float) -> list[tuple[str, int]]:
+        """Unreferenced blob records untouched since before the grace period: (digest, size)."""
+        cutoff = now - self.grace
+        out = []
+        with self.index.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.BLOBS]):
+                record = json.loads(v)
+                if _touched(record) < cutoff and not self.index.refs.blob_referenced(txn, k.decode()):
+                    out.append((k.decode(), record.get("size") or 0))
+        return out
+
+    def file_candidates(self, now: float) -> Iterator[tuple[Digest, int]]:
+        """Stored blobs with no record, older than the grace period: (digest, size)."""
+        cutoff = now - self.grace
+        for digest in self.blobs.digests():
+            with self.index.env.begin() as txn:
+                if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
+                    continue
+            found = self.blobs.stat(digest)
+            if found is not None and found[1] < cutoff:
+                yield digest, found[0]
+
+    def link_candidates(self, now: float) -> list[tuple[str, str]]:
+        """(repository, blob) links the repository's manifests do not name, older than the grace period."""
+        cutoff = now - self.grace
+        out = []
+        with self.index.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.LINKS]):
+                if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
+                    name, blob = k.decode().split("\x00", 1)
+                    out.append((name, blob))
+        return out
+
+    def untagged_candidates(self, now: float) -> list[tuple[str, str]]:
+        """(repository, digest) of manifests to expire under C{untagged_after} (0: none)."""
+        if not self.untagged_after:
+            return []
+        cutoff = now - self.untagged_after
+        out = []
+        with self.index.env.begin() as txn:
+            held: dict[str, set[str]] = {}
+            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
+                name, digest = k.decode().split("\x00", 1)
+                meta, _ = split_manifest(v)
+                held.setdefault(name, set()).update(meta.get("children") or [])
+                if (meta.get("created") or 0) < cutoff and not meta.get("subject") \
+                        and not self.index.refs.tags_of(txn, name, digest):
+                    out.append((name, digest))
+        return [(name, digest) for name, digest in out if digest not in held.get(name, set())]
+
+    # -- write steps (one short transaction each; the server runs them on its writer thread) --
+
+    def collect_blob(self, digest: str, now: float) -> int | None:
+        """Delete one unreferenced blob if it still is; the bytes freed, or C{None} if kept."""
+        cutoff = now - self.grace
+        with self.index.env.begin(write=True) as txn:
+            raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
+            if raw is None:
+                return None
+            record = json.loads(raw)
+            if _touched(record) >= cutoff or self.index.refs.blob_referenced(txn, digest):
+                return None
+            self.blobs.delete(Digest.parse(digest))
+            txn.delete(digest.encode(), db=self._db[schema.BLOBS])
+            for k, _ in list(scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
+                name = k.split(schema.SEP, 1)[1].decode()
+                txn.delete(k, db=self._db[schema.BLOBLINKS])
+                txn.delete(key(name, digest), db=self._db[schema.LINKS])
+                self.index._drop_repo_if_empty(txn, name)
+            return record.get("size") or 0
+
+    def collect_file(self, digest: Digest, now: float) -> int | None:
+        """Delete a stored blob that no record names, if it still has none and is old enough."""
+        with self.index.env.begin(write=True) as txn:
+            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
+                return None
+            found = self.blobs.stat(digest)
+            if found is None or found[1] >= now - self.grace:
+                return None
+            self.blobs.delete(digest)
+            return found[0]
+
+    def collect_link(self, name: str, blob: str, now: float) -> bool:
+        with self.index.env.begin(write=True) as txn:
+            k = key(name, blob)
+            raw = txn.get(k, db=self._db[schema.LINKS])
+            if raw is None or _link_time(raw) >= now - self.grace or txn.get(k, db=self._db[schema.REPOBLOBS]):
+                return False
+            txn.delete(k, db=self._db[schema.LINKS])
+            txn.delete(key(blob, name), db=self._db[schema.BLOBLINKS])
+            self.index._drop_repo_if_empty(txn, name)
+            return True
+
+    # -- a whole sweep, in this thread (izreg gc) ------------------------------------
+
+    def sweep(self, now: Callable[[], float], dry_run: bool = False, progress=None,
+              expire: Callable[[str, str], bool] | None = None) -> SweepResult:
+        """
+        One sweep, blocking. C{progress(total)} returns a callable advanced
+        by one per step (a progress bar); C{expire(name, digest)} deletes an
+        untagged manifest (with in-use protection and an audit record) and
+        says whether it did.
+        """
+        result = SweepResult()
+        untagged = self.untagged_candidates(now())
+        if expire is not None and not dry_run:
+            for name, digest in untagged:
+                result.manifests += bool(expire(name, digest))
+        blobs = self.blob_candidates(now())
+        files = list(self.file_candidates(now()))
+        links = self.link_candidates(now())
+        step = progress(len(blobs) + len(files) + len(links)) if progress else (lambda: None)
+        for digest, size in blobs:
+            freed = size if dry_run else self.collect_blob(digest, now())
+            self._count(result, digest, freed)
+            step()
+        for digest, size in files:
+            freed = size if dry_run else self.collect_file(digest, now())
+            self._count(result, str(digest), freed)
+            step()
+        for name, blob in links:
+            result.links += 1 if dry_run else self.collect_link(name, blob, now())
+            step()
+        return result
+
+    @staticmethod
+    def _count(result: SweepResult, digest: str, freed: int | None) -> None:
+        if freed is None:
+            result.kept += 1
+        else:
+            result.files += 1
+            result.bytes += freed
+            result.deleted.append(digest)
+
+
+def _touched(record: dict) -> float:
+    return record.get("touched") or record.get("created") or 0
+
+
+def _link_time(value: bytes) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,50 @@
+# -*- test-case-name: tests.e2e.test_gc -*-
+"""
+The server's garbage-collection sweep: L{izreg.storage.gc.Collector}'s
+scans on the I/O pool, each delete on the writer thread (one short
+transaction, ordered with every push), retention through the registry's
+own delete (in-use protection and audit record included).
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from izreg.core.digest import Digest
+from izreg.core.errors import RegistryError
+from izreg.core.names import Repository
+from izreg.storage.gc import Collector, SweepLock, SweepResult
+
+log = Logger()
+
+
+async def sweep(registry, collector: Collector, lock: SweepLock) -> SweepResult | None:
+    """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
+    if not lock.acquire():
+        log.info("gc: a sweep is already running (izreg gc); skipping this one")
+        return None
+    try:
+        return await _sweep(registry, collector)
+    finally:
+        lock.release()
+
+
+async def _sweep(registry, collector: Collector) -> SweepResult:
+    result = SweepResult()
+    now = registry.now
+    for name, digest in await registry.run_io(collector.untagged_candidates, now()):
+        try:
+            await registry.delete_manifest(Repository(name), Digest.parse(digest), ("retention", None))
+            result.manifests += 1
+        except RegistryError as e:
+            log.info("retention kept {name}@{digest}: {reason}", name=name, digest=digest, reason=e.message)
+    for digest, _ in await registry.run_io(collector.blob_candidates, now()):
+        Collector._count(result, digest, await registry.run_write(collector.collect_blob, digest, now()))
+    for digest, _ in await registry.run_io(lambda: list(collector.file_candidates(now()))):
+        Collector._count(result, str(digest), await registry.run_write(collector.collect_file, digest, now()))
+    for name, blob in await registry.run_io(collector.link_candidates, now()):
+        result.links += await registry.run_write(collector.collect_link, name, blob, now())
+    if result.files or result.links or result.manifests:
+        log.info("gc: freed {files} files, {bytes} bytes; unlinked {links} stale links; expired {manifests}"
+                 " untagged manifests", **result.to_json())
+    return result

@@ -1,0 +1,123 @@
+"""Garbage collection (izreg.storage.gc) over a real index and blob files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from izreg.core.digest import Digest
+from izreg.storage.blobs import BlobStore
+from izreg.storage.gc import Collector, SweepLock
+from izreg.storage.lmdbenv import open_env
+from izreg.storage.lmdbindex import Index
+
+A = "0123456789abcdef0123456789abcdef"
+REPO, OTHER = f"{A}/app", f"{A}/other"
+GRACE = 100.0
+
+
+@pytest.fixture
+def store(tmp_path):
+    index = Index(open_env(str(tmp_path), map_size=32 * 1024 * 1024))
+    yield index, BlobStore(str(tmp_path)), str(tmp_path)
+    index.close()
+
+
+def blob(index, blobs, data: bytes, now: float, name: str = REPO) -> Digest:
+    digest = Digest.of(data)
+    index.commit_blob(name, digest, len(data), now, None, place=lambda: blobs.put_bytes(digest, data))
+    return digest
+
+
+def manifest(index, digests, now: float, name: str = REPO, tag: str | None = "v1", seed: bytes = b"m") -> Digest:
+    digest = Digest.of(seed)
+    index.put_manifest(name, digest, {"mediaType": "x", "subject": None, "created": now}, seed,
+                       [(str(d), index.blob_record(d)["size"]) for d in digests], [], tag, None, now)
+    return digest
+
+
+def test_unreferenced_blobs_go_after_the_grace_period_only(store):
+    index, blobs, _ = store
+    kept = blob(index, blobs, b"referenced", 0.0)
+    doomed = blob(index, blobs, b"orphaned", 0.0)
+    young = blob(index, blobs, b"just uploaded", 950.0)
+    manifest(index, [kept], 0.0)
+    gc = Collector(index, blobs, GRACE)
+    result = gc.sweep(lambda: 1000.0)
+    assert (result.files, result.bytes, result.deleted) == (1, len(b"orphaned"), [str(doomed)])
+    assert blobs.stat(doomed) is None and index.blob_record(doomed) is None
+    assert blobs.stat(kept) is not None and blobs.stat(young) is not None
+    assert index.blob_size(REPO, doomed) is None  # its link went with it
+
+
+def test_dry_run_deletes_nothing(store):
+    index, blobs, _ = store
+    doomed = blob(index, blobs, b"orphaned", 0.0)
+    result = Collector(index, blobs, GRACE).sweep(lambda: 1000.0, dry_run=True)
+    assert (result.files, result.bytes) == (1, len(b"orphaned"))
+    assert blobs.stat(doomed) is not None and index.blob_record(doomed) is not None
+
+
+def test_a_touch_or_a_new_reference_between_scan_and_delete_keeps_the_blob(store):
+    index, blobs, _ = store
+    touched = blob(index, blobs, b"headed", 0.0)
+    used = blob(index, blobs, b"used", 0.0)
+    gc = Collector(index, blobs, GRACE)
+    candidates = dict(gc.blob_candidates(1000.0))
+    assert set(candidates) == {str(touched), str(used)}
+    assert index.touch_blob(REPO, touched, 990.0)  # a client's HEAD
+    manifest(index, [used], 995.0)  # a manifest push
+    assert gc.collect_blob(str(touched), 1000.0) is None
+    assert gc.collect_blob(str(used), 1000.0) is None
+    assert blobs.stat(touched) is not None and blobs.stat(used) is not None
+
+
+def test_files_no_record_names_go_after_the_grace_period(store):
+    index, blobs, _ = store
+    old, new = Digest.of(b"crashed before its record"), Digest.of(b"being committed")
+    blobs.put_bytes(old, b"crashed before its record")
+    blobs.put_bytes(new, b"being committed")
+    os.utime(blobs.path(old), (500.0, 500.0))
+    os.utime(blobs.path(new), (990.0, 990.0))
+    result = Collector(index, blobs, GRACE).sweep(lambda: 1000.0)
+    assert result.deleted == [str(old)]
+    assert blobs.stat(old) is None and blobs.stat(new) is not None
+
+
+def test_stale_links_go_and_an_empty_repository_leaves_the_catalog(store):
+    index, blobs, _ = store
+    shared = blob(index, blobs, b"shared", 0.0)
+    index.mount_blob(OTHER, shared, [REPO], 0.0)
+    digest = manifest(index, [shared], 0.0)
+    assert index.list_repos("", None, 10)[0] == [REPO, OTHER]
+    result = Collector(index, blobs, GRACE).sweep(lambda: 1000.0)
+    assert result.links == 1 and result.files == 0  # OTHER never used it; REPO does
+    assert index.list_repos("", None, 10)[0] == [REPO]
+    index.delete_manifest(REPO, digest)
+    result = Collector(index, blobs, GRACE).sweep(lambda: 2000.0)
+    assert result.files == 1 and index.list_repos("", None, 10)[0] == []
+
+
+def test_untagged_manifests_expire_only_when_asked(store):
+    index, blobs, _ = store
+    layer = blob(index, blobs, b"layer", 0.0)
+    untagged = manifest(index, [layer], 0.0, tag=None, seed=b"untagged")
+    manifest(index, [layer], 0.0, tag="v1", seed=b"tagged")
+    assert Collector(index, blobs, GRACE).untagged_candidates(10_000.0) == []
+    gc = Collector(index, blobs, GRACE, untagged_after=1000.0)
+    assert gc.untagged_candidates(500.0) == []
+    assert gc.untagged_candidates(10_000.0) == [(REPO, str(untagged))]
+    expired = []
+    result = gc.sweep(lambda: 10_000.0, expire=lambda name, d: expired.append(d) or True)
+    assert expired == [str(untagged)] and result.manifests == 1
+
+
+def test_one_sweep_at_a_time(store):
+    _, _, data_dir = store
+    first, second = SweepLock(data_dir), SweepLock(data_dir)
+    assert first.acquire()
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
