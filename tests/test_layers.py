@@ -26,6 +26,8 @@ PLACES = {
     "izreg.auth": "auth",
     "izreg.registry": "registry",
     "izreg.browse": "registry",
+    "izreg.inuse": "registry",
+    "izreg.sweeper": "registry",
     "izreg.http": "http",
     "izreg.service": "service",
     "izreg.edge": "service",
@@ -42,6 +44,10 @@ HTTP_STORAGE = ("izreg.storage.interfaces",)
 ALLOWED = {
     ("izreg.http.health", "izreg.storage.capacity"):
         "/readyz reads the disk floor the service built (DiskFloor); an interface would be one more file",
+    ("izreg.http.errors", "izreg.storage.failures"):
+        "a full disk or LMDB map is part of every store's contract: mapped to 507/503 where errors are rendered",
+    ("izreg.http.app", "izreg.storage.failures"):
+        "the body sink's write errors (ENOSPC) are answered before the handler runs",
 }
 
 
