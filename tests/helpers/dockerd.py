@@ -102,8 +102,8 @@ class DockerEngine:
                               stdin=None if input is not None else subprocess.DEVNULL)
 
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """containerd's C{ctr --address SOCK ARGS} on the engine's containerd."""
-        return subprocess.run([CTR, "--address", self.containerd_socket, *args], capture_output=True, text=True,
+        """containerd's C{ctr --address SOCK ARGS} on the engine's containerd; output as bytes (content get)."""
+        return subprocess.run([CTR, "--address", self.containerd_socket, *args], capture_output=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def log_tail(self, n: int = 60) -> str:
