@@ -53,6 +53,7 @@ class RegistryService(service.MultiService):
         self.tls = tls
         self.fixed_guard = guard
         self.registry: Registry | None = None
+        self.index: Index | None = None  # the LMDB index the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
         self._pools: list[ThreadPool] = []
@@ -104,6 +105,7 @@ class RegistryService(service.MultiService):
         root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
+        self.index = index = Index(env)
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
@@ -113,7 +115,7 @@ class RegistryService(service.MultiService):
         self._run_write = self._runner(writer)
         blobs, uploads = self._open_storage(root)
         self.registry = Registry(
-            Index(env),
+            index,
             blobs,
             uploads,
             now=self.reactor.seconds,
@@ -195,7 +197,7 @@ class RegistryService(service.MultiService):
             authenticator.signing_key()  # made now (0600) rather than on the first token request
         devices = DeviceStore(env)
         self.pulls = PullRecorder(devices)
-        self.api.browser = Browser(self.registry.index, self.registry.blobs, devices)
+        self.api.browser = Browser(self.index, self.registry.blobs, devices)
         verifier = None
         if self.tls is not None and config.device_ca:
             self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
@@ -223,9 +225,9 @@ class RegistryService(service.MultiService):
         for pool in self._pools:
             pool.stop()
         self._pools = []
-        if self.registry is not None:
-            self.registry.index.close()
-            self.registry = None
+        if self.index is not None:
+            self.index.close()
+            self.registry = self.index = None
 
     async def expire_uploads(self) -> None:
         """Timer task: drop upload sessions idle for longer than the TTL."""
