@@ -23,12 +23,21 @@ def engine(docker_engine, registry):
     docker_engine.docker("logout", registry.host)
 
 
+def _text(proc):
+    """ctr answers bytes, docker text: text for the checks."""
+    if isinstance(proc.stdout, bytes):
+        proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    return proc
+
+
 def ok(proc):
+    proc = _text(proc)
     assert proc.returncode == 0, f"{proc.args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
 def refused(proc, *messages: str):
+    proc = _text(proc)
     assert proc.returncode != 0, f"{proc.args} should have failed:\n{proc.stdout}\n{proc.stderr}"
     for message in messages:
         assert message in proc.stdout + proc.stderr, f"{message!r} not in:\n{proc.stdout}\n{proc.stderr}"
