@@ -403,6 +403,9 @@ class Registry:
 
     # -- listings ----------------------------------------------------------------
 
+    def repo_exists(self, repo: Repository) -> bool:
+        return self.index.repo_exists(repo.name)
+
     def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
         if not self.index.repo_exists(repo.name):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})

@@ -457,7 +457,7 @@ class RegistryAPI:
         repo = route.repository
         limit, last = self._page(request)
         found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
-        if not found and last is None and not self.registry.index.repo_exists(repo.name):
+        if not found and last is None and not self.registry.repo_exists(repo):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         if more and found:
             self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])

@@ -31,7 +31,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.http.clientaddr import client_address
 from izreg.http.routing import Access
-from izreg.service.tls import peer_certificate
+from izreg.http.peercert import peer_certificate
 
 _CACHE = "_izreg_principal"
 

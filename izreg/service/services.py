@@ -53,6 +53,7 @@ class RegistryService(service.MultiService):
         self.tls = tls
         self.fixed_guard = guard
         self.registry: Registry | None = None
+        self.index: Index | None = None  # the LMDB index the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
         self._pools: list[ThreadPool] = []
@@ -104,6 +105,7 @@ class RegistryService(service.MultiService):
         root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
+        self.index = index = Index(env)
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
@@ -113,7 +115,7 @@ class RegistryService(service.MultiService):
         self._run_write = self._runner(writer)
         blobs, uploads = self._open_storage(root)
         self.registry = Registry(
-            Index(env),
+            index,
             blobs,
             uploads,
             now=self.reactor.seconds,
@@ -191,7 +193,7 @@ class RegistryService(service.MultiService):
         )
         devices = DeviceStore(env)
         self.pulls = PullRecorder(devices)
-        self.api.browser = Browser(self.registry.index, self.registry.blobs, devices)
+        self.api.browser = Browser(self.index, self.registry.blobs, devices)
         if config.protect_in_use:
             self.registry.in_use = InUse(self.pulls.devices, self.reactor.seconds, config.in_use_window)
         verifier = None
@@ -221,9 +223,9 @@ class RegistryService(service.MultiService):
         for pool in self._pools:
             pool.stop()
         self._pools = []
-        if self.registry is not None:
-            self.registry.index.close()
-            self.registry = None
+        if self.index is not None:
+            self.index.close()
+            self.registry = self.index = None
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
@@ -233,7 +235,7 @@ class RegistryService(service.MultiService):
         from izreg.sweeper import sweep
 
         config = self.config
-        collector = Collector(self.registry.index, self.registry.blobs, config.gc_grace, config.untagged_after)
+        collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
         try:
             return await sweep(self.registry, collector, SweepLock(self.root))
         except Exception:

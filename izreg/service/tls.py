@@ -27,8 +27,8 @@ Pieces:
     the new context, open ones keep theirs.
   - L{TLSEndpoint}: wraps any stream server endpoint (C{tcp:}, C{systemd:}, ...)
     in TLS, like tahoe-lafs's C{_TLSEndpointWrapper}.
-  - L{peer_certificate}: the verified client certificate of an HTTP request's
-    transport, as a C{cryptography} certificate, or C{None}.
+  - L{izreg.http.peercert.peer_certificate} (in the HTTP layer, which uses
+    it): the verified client certificate of a request's transport.
   - L{CRLFile}: an optional CRL file, re-read (by a timer, off the reactor)
     when its mtime/size change.
 """
@@ -44,7 +44,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
-from OpenSSL._util import lib as _ssl_lib
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
@@ -287,37 +286,6 @@ class TLSEndpoint:
 def tls_endpoint(reactor, description: str, tls: ServerTLS) -> TLSEndpoint:
     """C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS."""
     return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor)
-
-
-def peer_certificate(transport: object) -> x509.Certificate | None:
-    """
-    The client certificate of a connection (C{request.transport} in
-    twisted.web/Klein), or C{None} when the transport is not TLS or the
-    client sent none. Only certificates that passed the handshake checks
-    (device CA, validity) get here; revocation and the subject are for
-    L{izreg.auth.devices.DeviceVerifier}.
-    """
-    handle = getattr(transport, "getHandle", None)
-    connection = handle() if handle is not None else None
-    if not isinstance(connection, SSL.Connection):
-        return None  # plain TCP (getHandle() is the socket) or no transport at all
-    cert = connection.get_peer_certificate(as_cryptography=True)
-    if cert is not None and not connection.get_verified_chain(as_cryptography=True) \
-            and not _resumed_verified(connection):
-        return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
-    return cert
-
-
-def _resumed_verified(connection: SSL.Connection) -> bool:
-    """
-    Whether C{connection} resumed a session (a ticket of this context) whose
-    full handshake verified the peer's certificate. OpenSSL keeps the peer
-    certificate and the verify result in the session, but the verified chain
-    only on the connection that built it; pyOpenSSL exposes neither
-    C{SSL_session_reused} nor C{SSL_get_verify_result}, hence its bindings.
-    """
-    ssl = connection._ssl
-    return bool(_ssl_lib.SSL_session_reused(ssl)) and _ssl_lib.SSL_get_verify_result(ssl) == 0  # X509_V_OK
 
 
 @dataclass

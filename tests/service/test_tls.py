@@ -2,7 +2,7 @@
 The TLS listener over loopback, driven by real clients (curl, openssl s_client, skopeo).
 
 A tiny twisted.web resource stands in for the registry: it reports what
-L{peer_certificate} and L{DeviceVerifier} make of each request.
+L{izreg.http.peercert.peer_certificate} and L{DeviceVerifier} make of each request.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from izreg.service.tls import (
     TLSEndpoint,
     TLSFiles,
     load_material,
-    peer_certificate,
 )
+from izreg.http.peercert import peer_certificate
 from izreg.storage.lmdbenv import open_env
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
