@@ -106,6 +106,9 @@ def test_backup_and_restore_in_process(tmp_path):
     blobs.put_bytes(digest, payload)
     Index(env).commit_blob(f"{'a' * 32}/app", digest, len(payload), NOW, None)
     env.close()
+    for name in ("token.key", "webhook.key"):  # the secrets beside the index go along, still private
+        with open(os.path.join(data, name), "w") as f:
+            f.write(name)
     summary = backup(data, target, 1 << 30, now=lambda: NOW)
     assert (summary.blobs, summary.bytes) == (1, len(payload))
     with pytest.raises(BackupError, match="must be an empty directory"):
@@ -115,6 +118,9 @@ def test_backup_and_restore_in_process(tmp_path):
     restore(target, again, 1 << 30)
     with BlobStore(again).open(digest) as f:
         assert f.read() == payload
+    for name in ("token.key", "webhook.key"):
+        restored = os.path.join(again, name)
+        assert open(restored).read() == name and stat.S_IMODE(os.stat(restored).st_mode) == 0o600
     assert backup(data, str(tmp_path / "index-only"), 1 << 30, index_only=True).blobs == 0
     restore(str(tmp_path / "index-only"), str(tmp_path / "again2"), 1 << 30)
     assert BlobStore(str(tmp_path / "again2")).open(digest) is None

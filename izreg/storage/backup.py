@@ -9,8 +9,9 @@ directory, taken while the server runs.
    from the blob files and checked against its digest on the way. A blob is
    on disk before the index names it (see docs/design.rst), so every blob of
    the snapshot is there; blobs pushed later are not needed by it.
-3. ``webhook.key`` (it decrypts the webhook secrets in the index: keep the
-   backup as private as the data dir), and ``izreg-backup.json`` last, which
+3. ``webhook.key`` (it decrypts the webhook secrets in the index) and
+   ``token.key`` (issued tokens stay valid): keep the backup as private as
+   the data dir; and ``izreg-backup.json`` last, which
    marks the backup complete.
 
 Upload sessions are not backed up: their records are dropped on restore
@@ -37,6 +38,9 @@ from izreg.storage.blobs import BlobStore, fsync_dir
 from izreg.storage.lmdbenv import index_path, open_env
 from izreg.storage.webhooks import KEY_FILE
 
+#: secrets kept beside the index: the webhook secrets' key, and the token signing key
+#: (izreg.auth.tokenkey.KEY_FILE; named here, as storage sits below auth)
+PRIVATE_FILES = (KEY_FILE, "token.key")
 MARKER = "izreg-backup.json"
 FORMAT = 1
 CHUNK = 1024 * 1024
@@ -137,7 +141,8 @@ def backup(data_dir: str, target: str, map_size: int, now: Callable[[], float] =
         env.close()
     blobs = [] if index_only else _snapshot_blobs(index_path(target))
     total = _copy_blobs(data_dir, target, blobs, progress)
-    _copy_private(os.path.join(data_dir, KEY_FILE), os.path.join(target, KEY_FILE))
+    for name in PRIVATE_FILES:
+        _copy_private(os.path.join(data_dir, name), os.path.join(target, name))
     index_bytes = os.path.getsize(os.path.join(index_path(target), "data.mdb"))
     summary = Summary(len(blobs), total, index_bytes)
     marker = {"format": FORMAT, "created": now(), "schema_version": schema.SCHEMA_VERSION,
@@ -165,7 +170,8 @@ def restore(source: str, data_dir: str, map_size: int, progress: Callable[[int, 
     _copy_private(os.path.join(index_path(source), "data.mdb"), data_file)
     blobs = [] if marker.get("index_only") else _snapshot_blobs(index_path(data_dir))
     total = _copy_blobs(source, data_dir, blobs, progress)
-    _copy_private(os.path.join(source, KEY_FILE), os.path.join(data_dir, KEY_FILE))
+    for name in PRIVATE_FILES:
+        _copy_private(os.path.join(source, name), os.path.join(data_dir, name))
     env = open_env(data_dir, map_size)  # checks (and upgrades) the schema
     try:
         with env.begin(write=True) as txn:
