@@ -58,8 +58,9 @@ def _arg(request, name: str) -> str | None:
 
 
 def _header(request, name: str) -> str | None:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    # by a bytes name: Twisted would decode the value as UTF-8 for a str name and fail on other bytes
+    value = request.getHeader(name.encode("ascii"))
+    return value.decode("latin-1") if value is not None else None
 
 
 def _set(request, **headers) -> None:

@@ -242,10 +242,14 @@ class RegistryService(service.MultiService):
         config = self.config
         collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
         try:
-            return await sweep(self.registry, collector, SweepLock(self.root))
+            result = await sweep(self.registry, collector, SweepLock(self.root))
         except Exception:
             self.log.failure("garbage collection failed")
             return None
+        if result is not None and self.metrics is not None:
+            self.metrics.gc_runs.inc()
+            self.metrics.gc_freed.inc(result.bytes)
+        return result
 
     async def expire_uploads(self) -> None:
         """Timer task: drop upload sessions idle for longer than the TTL."""

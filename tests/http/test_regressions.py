@@ -148,3 +148,28 @@ async def test_bug6_chunked_patch_shorter_than_its_content_range_is_400(server):
     assert response.code == 400
     response, _ = await server.request("GET", location)
     assert header(response, "Range") == "0-0"
+
+
+@pytest.mark.parametrize("method, target, extra", [
+    (b"GET", "blob", b"Range: bytes=\xff\r\n"),
+    (b"HEAD", "blob", b"Range: \xff\r\n"),
+    (b"PATCH", "upload", b"Content-Range: 0-\xff\r\nContent-Length: 1\r\n"),
+    (b"PUT", "manifest", b"Content-Type: application/\xff\r\nContent-Length: 2\r\n"),
+    (b"DELETE", "manifest", b"Izreg-Force-Delete: \xff\r\n"),
+])
+@pytest_twisted.ensureDeferred
+async def test_bug7_non_utf8_header_values_are_client_errors(server, method, target, extra):
+    """
+    A header value that is not UTF-8 (Range, Content-Range, Content-Type,
+    Izreg-Force-Delete). Expected: a 4xx or the request served. Actual: 500
+    and a traceback (Twisted decodes str-named headers as UTF-8).
+    """
+    digest, _ = await push_image(server, NAME, "t7")
+    paths = {
+        "blob": f"/v2/{NAME}/blobs/{digest_of(b'layer-one')}",
+        "upload": await start_upload(server, NAME),
+        "manifest": f"/v2/{NAME}/manifests/t7",
+    }
+    body = {b"PATCH": b"x", b"PUT": b"{}"}.get(method, b"")
+    status, _, _ = parse_raw(await raw_http(server, raw_get(paths[target].encode(), method, extra) + body))
+    assert status < 500, status
