@@ -171,6 +171,20 @@ class _SighupService(service.Service):
         return super().stopService()
 
 
+class _AfterFirstInterval(internet.TimerService):
+    """A TimerService whose first call is one interval after start (not at start)."""
+
+    def startService(self) -> None:
+        from twisted.internet import task
+
+        service.Service.startService(self)
+        call, args, kwargs = self.call
+        self._loop = task.LoopingCall(call, *args, **kwargs)
+        self._loop.clock = internet._maybeGlobalReactor(self.clock)
+        self._loopFinished = self._loop.start(self.step, now=False)
+        self._loopFinished.addErrback(self._failed)
+
+
 def make_server(config: Config, reactor, tls=None, guard=None):
     from twisted.application.internet import StreamServerEndpointService
 
@@ -205,7 +219,7 @@ def make_server(config: Config, reactor, tls=None, guard=None):
     flush.clock = reactor
     flush.setServiceParent(top)
     if config.gc_interval:
-        gc = internet.TimerService(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()))
+        gc = _AfterFirstInterval(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()))
         gc.clock = reactor
         gc.setServiceParent(top)
     if config.device_crl:
