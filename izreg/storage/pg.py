@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.storage.test_pg -*-
+"""
+The shared metadata database of several nodes: PostgreSQL through psycopg 3.
+
+Every store over it (the index, accounts and keys, devices, audit, webhooks)
+is a plain synchronous class whose public methods are each one transaction
+(L{Database.run}), exactly like their LMDB twins, so one contract suite holds
+both. The server never calls them on the reactor thread: it runs them on a
+bounded thread pool (see L{izreg.service}), as many threads as the
+connection pool has connections. The ``izreg`` command calls them directly.
+
+The schema is versioned: each file ``migrations/NNNN_<what>.sql`` is one
+version, applied in order by L{upgrade} (``izreg db upgrade``) in its own
+transaction, under an advisory lock so that two nodes upgrading at once do
+not collide. L{check} refuses a database whose version this izreg does not
+know (newer, or not yet upgraded).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+#: the advisory lock key of schema upgrades (any constant; ``izreg`` in ASCII)
+UPGRADE_LOCK = 0x697A726567
+#: transient conflicts between concurrent transactions: the whole transaction is run again
+RETRYABLE = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
+RETRIES = 8
+
+
+class SchemaError(Exception):
+    """The database's schema is not the one this izreg knows (one line, said at start-up)."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (the server answers 503, the command exits non-zero)."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """C{(version, file name, SQL)} of every migration, by version (each version once)."""
+    found = []
+    for name in sorted(os.listdir(MIGRATIONS_DIR)):
+        m = _MIGRATION.match(name)
+        if m:
+            with open(os.path.join(MIGRATIONS_DIR, name), encoding="utf-8") as f:
+                found.append((int(m.group(1)), name, f.read()))
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise SchemaError(f"two migrations share a version in {MIGRATIONS_DIR}")
+    return found
+
+
+def latest_version() -> int:
+    return max((v for v, _, _ in migrations()), default=0)
+
+
+class Database:
+    """
+    A bounded pool of connections to one PostgreSQL database.
+
+    C{run(f, *args)} calls C{f(cursor, *args)} in one transaction and commits;
+    on a serialization failure or deadlock it runs C{f} again (so C{f} must
+    have no effects outside the database), on anything else it rolls back
+    and raises.
+    """
+
+    def __init__(self, dsn: str, max_size: int = 8, timeout: float = 10.0, application_name: str = "izreg") -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.pool = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
+            kwargs={"autocommit": False, "application_name": application_name},
+            check=ConnectionPool.check_connection,
+        )
+        try:
+            self.pool.open(wait=True, timeout=timeout)
+        except Exception as e:
+            self.pool.close()
+            raise DatabaseUnavailable(f"cannot connect to the database: {_describe(e)}") from None
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if isinstance(e, RETRYABLE):
+                raise
+            raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from e
+        except Exception as e:  # PoolTimeout and friends
+            if type(e).__module__.startswith("psycopg_pool"):
+                raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
+            raise
+
+    def run(self, f: Callable[..., T], *args: Any) -> T:
+        for attempt in range(RETRIES):
+            try:
+                with self.connection() as conn:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            return f(cur, *args)
+            except RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(0.005 * (2 ** attempt))  # a worker thread, never the reactor
+        raise AssertionError("unreachable")
+
+    # -- schema -------------------------------------------------------------
+
+    def version(self) -> int:
+        """The schema version the database holds (0: empty)."""
+        return max(self.run(_applied), default=0)
+
+    def check(self) -> None:
+        """Raise L{SchemaError} unless the database holds exactly the schema this izreg knows."""
+        applied = self.run(_applied)
+        known = {v for v, _, _ in migrations()}
+        found = max(applied, default=0)
+        if applied == known:
+            return
+        if applied - known:
+            raise SchemaError(f"the database has schema version {found}; this izreg knows up to {max(known, default=0)}:"
+                              " upgrade izreg on this node")
+        raise SchemaError(f"the database has schema version {found}; this izreg needs {max(known)}:"
+                          " run `izreg db upgrade` first")
+
+    def upgrade(self, log: Callable[[str], None] = lambda line: None) -> tuple[int, int]:
+        """Apply every migration the database lacks, each in its own transaction; C{(version before, after)}."""
+        before = self.version()
+        known = migrations()
+        newer = self.run(_applied) - {v for v, _, _ in known}
+        if newer:
+            raise SchemaError(f"the database has schema version {max(newer)}, unknown to this izreg:"
+                              " upgrade izreg on this node")
+        for version, name, sql in known:
+            if self.run(_apply, version, name, sql):
+                log(f"applied {name}")
+        return before, self.version()
+
+
+def _apply(cur: psycopg.Cursor, version: int, name: str, sql: str) -> bool:
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (UPGRADE_LOCK,))  # one upgrader at a time
+    if version in _applied(cur):  # applied before, or by another node meanwhile
+        return False
+    cur.execute(sql)
+    cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())", (version, name))
+    return True
+
+
+def _applied(cur: psycopg.Cursor) -> set[int]:
+    cur.execute("SELECT to_regclass('izreg_schema') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return set()
+    cur.execute("SELECT version FROM izreg_schema")
+    return {int(v) for (v,) in cur.fetchall()}
+
+
+def _describe(e: Exception) -> str:
+    """One line about a connection failure, with no password in it."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return re.sub(r"(password=)\S+", r"\1***", text)
+
+
+def dsn_from(configured: str | None) -> str | None:
+    """The configured DSN, or C{IZREG_DATABASE_URL} when none is configured."""
+    return configured or os.environ.get("IZREG_DATABASE_URL") or None
