@@ -146,19 +146,26 @@ class Database:
         if newer:
             raise SchemaError(f"the database has schema version {max(newer)}, unknown to this izreg:"
                               " upgrade izreg on this node")
-        for version, name, sql in known:
-            if self.run(_apply, version, name, sql):
-                log(f"applied {name}")
+        with self.connection() as conn:
+            # a session lock taken before the migrations' transactions begin, so each of them
+            # starts after another node's upgrade committed and sees its tables
+            conn.execute("SELECT pg_advisory_lock(%s)", (UPGRADE_LOCK,))
+            conn.commit()
+            try:
+                for version, name, sql in known:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            if version in _applied(cur):  # applied before, or by another node meanwhile
+                                continue
+                            cur.execute(sql)
+                            cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
+                                        (version, name))
+                    log(f"applied {name}")
+            finally:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(%s)", (UPGRADE_LOCK,))
+                conn.commit()
         return before, self.version()
-
-
-def _apply(cur: psycopg.Cursor, version: int, name: str, sql: str) -> bool:
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (UPGRADE_LOCK,))  # one upgrader at a time
-    if version in _applied(cur):  # applied before, or by another node meanwhile
-        return False
-    cur.execute(sql)
-    cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())", (version, name))
-    return True
 
 
 def _applied(cur: psycopg.Cursor) -> set[int]:
