@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_pending -*-
+# -*- test-case-name: tests.http.test_shared_database -*-
 """
 A request body whose caller is still being authenticated.
 
