@@ -33,6 +33,7 @@ from izreg.http.errors import as_registry_error, render_error
 from izreg.http import health, pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.limits import BodyBudget
+from izreg.http.pending import PendingSink
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
@@ -153,12 +154,7 @@ class RegistryAPI:
         if kind is Body.NONE:
             return Dropped()
         if kind is Body.UPLOAD:
-            sink = self._upload_sink(request, target, method, uri, length)
-            if IBodySink.providedBy(sink):
-                # a full disk mid-body: answered at once (507), the session stays as acknowledged
-                sink.on_error = lambda error: request.refuse(
-                    storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
-            return sink
+            return self._upload_sink(request, target, method, uri, length)
         limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
@@ -173,8 +169,15 @@ class RegistryAPI:
             args = parse_qs(uri.partition(b"?")[2].decode("utf-8", "replace"))
             if "digest" not in args or "mount" in args:
                 return Dropped()
-            return _throttled(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
-        return _throttled(self._chunk_sink(request, repository, target.route.argument, length), request)
+            return _prepared(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
+        upload_id = target.route.argument
+        session = self.registry.live_upload(repository, upload_id)
+        if session is None:  # its record must be read off the reactor first
+            async def find():
+                found = await self.registry.upload(repository, upload_id)
+                return _prepared(self._chunk_sink(request, repository, upload_id, found, length), request)
+            return PendingSink(request, find)
+        return _prepared(self._chunk_sink(request, repository, upload_id, session, length), request)
 
     def _check_push(self, target: Target) -> None:
         """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
@@ -185,8 +188,7 @@ class RegistryAPI:
             if refusal is not None:
                 raise refusal
 
-    def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
-        session = self.registry.upload(repository, upload_id)
+    def _chunk_sink(self, request, repository: Repository, upload_id: str, session, length: int | None):
         location = self._upload_location(repository, upload_id)
         if session.busy:
             raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
@@ -220,17 +222,17 @@ class RegistryAPI:
         return await health.ready(request, self.readiness)
 
     @route("/v2/_catalog", methods=["GET"], access=Access.CATALOG)
-    def catalog(self, request):
+    async def catalog(self, request):
         principal = _principal(request)
         account = principal.account if principal is not None else None
         limit, last = self._page(request)
-        names, more = self.registry.catalog(account, limit, last)
+        names, more = await self.registry.catalog(account, limit, last)
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
 
     @route("/v2/_izreg/repositories", methods=["GET"], access=Access.CATALOG, bearer=True)
-    def browse_repositories(self, request):
+    async def browse_repositories(self, request):
         """The caller's account's repositories with their counters (docs/api.rst)."""
         principal = _principal(request)
         account = principal.account if principal is not None else None
@@ -241,7 +243,7 @@ class RegistryAPI:
         if account is None:
             raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
         limit, last = self._page(request)
-        found, more = self.browser.repositories(account, limit, last)
+        found, more = await self.registry.run_read(self.browser.repositories, account, limit, last)
         if more and found:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
@@ -314,7 +316,7 @@ class RegistryAPI:
         principal = _principal(request)
         repo = route.repository
         reference = parse_reference(route.argument)
-        body = self._body(request)
+        body = await self._body(request)
         if body.overflow:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
         digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"),
@@ -338,7 +340,7 @@ class RegistryAPI:
     async def get_blob(self, request, route):
         repo = route.repository
         await self.registry.hold_blob(repo, Digest.parse(route.argument))
-        blob = self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
+        blob = await self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
         if blob.redirect is not None:
             # the store's short-lived URL ([storage.s3] redirect): the bytes bypass izreg
             request.setResponseCode(307)
@@ -389,7 +391,7 @@ class RegistryAPI:
 
     async def post_upload(self, request, route):
         repo = route.repository
-        body = self._body(request)
+        body = await self._body(request)
         mount = _arg(request, "mount")
         if mount is not None:
             digest = Digest.parse(mount)
@@ -412,28 +414,28 @@ class RegistryAPI:
 
     async def upload_status(self, request, route):
         repo = route.repository
-        session = self.registry.upload(repo, route.argument)
+        session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session, 204)
 
     async def patch_upload(self, request, route):
         repo = route.repository
-        body = self._body(request)
+        body = await self._body(request)
         if IBodySink.providedBy(body):
             await shield(self.registry.chunk_done(body))
             session = body.session
         else:
-            session = self.registry.upload(repo, route.argument)
+            session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session)
 
     async def put_upload(self, request, route):
         repo = route.repository
-        body = self._body(request)
+        body = await self._body(request)
         digest_text = _arg(request, "digest")
         if digest_text is None:
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
         digest = Digest.parse(digest_text)
         writer = body if IBodySink.providedBy(body) else None
-        session = writer.session if writer else self.registry.upload(repo, route.argument)
+        session = writer.session if writer else await self.registry.upload(repo, route.argument)
         await shield(self.registry.commit_upload(repo, session, digest, writer))
         return self._blob_created(request, repo, digest)
 
@@ -448,7 +450,7 @@ class RegistryAPI:
     async def list_tags(self, request, route):
         repo = route.repository
         limit, last = self._page(request)
-        tags, more = self.registry.tags(repo, limit, last)
+        tags, more = await self.registry.tags(repo, limit, last)
         if more and tags:
             self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
         return self._json(request, {"name": repo.name, "tags": tags})
@@ -456,7 +458,7 @@ class RegistryAPI:
     async def list_referrers(self, request, route):
         repo = route.repository
         artifact_type = _arg(request, "artifactType")
-        found = self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
+        found = await self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
         return self._json(request, referrers_index(found), mt.OCI_INDEX)
@@ -466,7 +468,7 @@ class RegistryAPI:
         repo = route.repository
         limit, last = self._page(request)
         found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
-        if not found and last is None and not self.registry.repo_exists(repo):
+        if not found and last is None and not await self.registry.repo_exists(repo):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         if more and found:
             self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])
@@ -474,8 +476,10 @@ class RegistryAPI:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _body(self, request):
+    async def _body(self, request):
         body = request.content
+        if isinstance(body, PendingSink):
+            body = await body.wait()
         if IBodySink.providedBy(body) and body.expected is not None and body.written != body.expected:
             body.abort()
             raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})
@@ -498,12 +502,17 @@ class RegistryAPI:
         return body
 
 
-def _throttled(sink, request):
-    """Let an upload sink pause reading from the connection while its store catches up."""
+def _prepared(sink, request):
+    """
+    Let an upload sink pause reading from the connection while its store catches up,
+    and answer a full disk mid-body at once (507; the session stays as acknowledged).
+    """
     if IBodySink.providedBy(sink):
         transport = getattr(request.channel, "transport", None)
         if transport is not None:
             sink.throttle(transport)
+        sink.on_error = lambda error: request.refuse(
+            storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
     return sink
 
 

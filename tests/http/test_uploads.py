@@ -437,7 +437,10 @@ def sink_opened(server, method: bytes):
         sink = original(request, m, uri, length)
         if m == method and not opened.called:
             site.body_for = original
-            opened.callback(sink)
+            if hasattr(sink, "wait"):  # a PendingSink (the index on PostgreSQL): open once the session is read
+                defer.ensureDeferred(sink.wait()).addBoth(opened.callback)
+            else:
+                opened.callback(sink)
         return sink
 
     site.body_for = spy
