@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from izreg.auth.runners import inline, settled
 from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
@@ -31,12 +32,6 @@ from izreg.storage.interfaces import DigestMismatch, IBlobStore, IBodySink, IMet
 from izreg.storage.uploads import UploadSession
 
 Runner = Callable[..., Awaitable[Any]]
-
-
-async def run_inline(f: Callable[..., Any], *args: Any) -> Any:
-    """The LMDB read runner: call C{f} now, on this thread (no thread hop)."""
-    return f(*args)
-
 #: who asks for a change, for the audit log: (actor, client address), e.g. ("key:<key id>", "10.0.0.1")
 Actor = tuple[str, str | None] | None
 
@@ -93,15 +88,20 @@ class Registry:
         self.uploads = uploads
         self.now = now
         self.run_write = run_write
-        #: index reads; None: inline (LMDB), so a session can be found at headers time (L{live_upload})
-        self.run_read: Runner = run_read or run_inline
-        self.reads_inline = run_read is None or run_read is run_inline
+        #: index reads (L{izreg.auth.runners}: a value, or a Deferred of it); None: inline (LMDB), so a
+        #: session can be found at headers time (L{live_upload})
+        self.run_read = run_read or inline
+        self.reads_inline = run_read is None or run_read is inline
         self.run_io = run_io
         self.limits = limits
         self.audit = audit
         self.in_use = in_use  # None: deletes are not checked against device pulls
         #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
         self.on_change: Callable[[dict, dict], None] | None = None
+
+    def _read(self, f: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """An index read through C{run_read}, awaited."""
+        return settled(self.run_read(f, *args))
 
     # -- upload sessions ----------------------------------------------------
 
@@ -116,7 +116,7 @@ class Registry:
     async def _open_uploads(self, account: str) -> set[str]:
         """The ids of an account's upload sessions that may still be open (read from the index once)."""
         if getattr(self, "_open", None) is None:
-            found = await self.run_read(self.index.list_uploads)
+            found = await self._read(self.index.list_uploads)
             if getattr(self, "_open", None) is None:
                 self._open: dict[str, set[str]] = {}
                 for upload_id, record in found:
@@ -130,7 +130,7 @@ class Registry:
             return
         ids = await self._open_uploads(account)
         if len(ids) >= cap:
-            still = [i for i in list(ids) if await self.run_read(self.index.get_upload, i) is not None]
+            still = [i for i in list(ids) if await self._read(self.index.get_upload, i) is not None]
             ids.intersection_update(still)
         if len(ids) >= cap:
             raise RegistryError(
@@ -155,7 +155,7 @@ class Registry:
     async def upload(self, repo: Repository, upload_id: str) -> UploadSession:
         if self.reads_inline and upload_id in self.uploads.sessions:
             return self._session(repo, upload_id, None)
-        record = await self.run_read(self.index.get_upload, upload_id)
+        record = await self._read(self.index.get_upload, upload_id)
         return self._session(repo, upload_id, record, checked=True)
 
     def live_upload(self, repo: Repository, upload_id: str) -> UploadSession | None:
@@ -247,7 +247,7 @@ class Registry:
     async def expire_uploads(self, older_than: float) -> int:
         """Remove sessions not touched since C{older_than} with their bytes; return how many."""
         expired = 0
-        for upload_id, record in await self.run_read(self.index.list_uploads):
+        for upload_id, record in await self._read(self.index.list_uploads):
             session = self.uploads.sessions.get(upload_id)
             if record["updated"] < older_than and not (session and session.busy):
                 if session is not None:
@@ -283,16 +283,16 @@ class Registry:
                 return None
             sources = [source.name]
         else:
-            sources = [name for name in await self.run_read(self.index.repos_linking, digest) if name[:32] == repo.account]
+            sources = [name for name in await self._read(self.index.repos_linking, digest) if name[:32] == repo.account]
         if not sources:
             return None
         if not await self.run_write(self.index.mount_blob, repo.name, digest, sources, self.now()):
             return None
-        return await self.run_read(self.index.blob_size, repo.name, digest)
+        return await self._read(self.index.blob_size, repo.name, digest)
 
     async def get_blob(self, repo: Repository, digest: Digest, redirect: bool = False) -> BlobContent:
         """The blob's bytes; with C{redirect}, a URL instead when the store offers one."""
-        size = await self.run_read(self.index.blob_size, repo.name, digest)
+        size = await self._read(self.index.blob_size, repo.name, digest)
         if size is not None:
             if redirect:
                 url = self.blobs.redirect_url(digest)
@@ -302,7 +302,7 @@ class Registry:
             if f is not None:
                 return BlobContent(digest, size, file=f)
             self.log.error("blob {digest} is indexed but its file is missing", digest=str(digest))
-        manifest = await self.run_read(self.index.get_manifest, repo.name, digest)
+        manifest = await self._read(self.index.get_manifest, repo.name, digest)
         if manifest is not None:
             return BlobContent(digest, len(manifest[1]), data=manifest[1])
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -313,7 +313,7 @@ class Registry:
         will push a manifest naming it): keep it from garbage collection for
         a grace period, as if it had just been uploaded. One read otherwise.
         """
-        if not await self.run_read(self.index.unused_blob, repo.name, digest):
+        if not await self._read(self.index.unused_blob, repo.name, digest):
             return
         if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -395,7 +395,7 @@ class Registry:
 
     async def _ensure_empty_config(self, repo: Repository) -> None:
         """The OCI empty config ``{}`` is always available, pushed or not."""
-        if await self.run_read(self.index.blob_size, repo.name, EMPTY_JSON_DIGEST) is None:
+        if await self._read(self.index.blob_size, repo.name, EMPTY_JSON_DIGEST) is None:
             await self.run_write(self._store_small_sync, repo, EMPTY_JSON_DIGEST, EMPTY_JSON)
 
     def _store_small_sync(self, repo: Repository, digest: Digest, data: bytes) -> None:
@@ -405,20 +405,20 @@ class Registry:
     async def resolve(self, repo: Repository, reference: Reference) -> Digest:
         if isinstance(reference, Digest):
             return reference
-        digest = await self.run_read(self.index.resolve_tag, repo.name, reference)
+        digest = await self._read(self.index.resolve_tag, repo.name, reference)
         if digest is None:
             raise await self._unknown_manifest(repo, reference)
         return digest
 
     async def _unknown_manifest(self, repo: Repository, reference: Reference) -> RegistryError:
-        if not await self.run_read(self.index.repo_exists, repo.name):
+        if not await self._read(self.index.repo_exists, repo.name):
             return RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         return RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": str(reference)})
 
     async def get_manifest(self, repo: Repository, reference: Reference,
                            accepted: frozenset[str] = frozenset()) -> StoredManifest:
         digest = await self.resolve(repo, reference)
-        found = await self.run_read(self.index.get_manifest, repo.name, digest)
+        found = await self._read(self.index.get_manifest, repo.name, digest)
         if found is None:
             raise await self._unknown_manifest(repo, reference)
         meta, data = found
@@ -453,17 +453,17 @@ class Registry:
         self._check_delete()
         if isinstance(reference, Digest):
             target, action = f"{repo}@{reference}", "delete-manifest"
-            doomed = await self.run_read(self.index.deletion, repo.name, reference)
+            doomed = await self._read(self.index.deletion, repo.name, reference)
             if not doomed:
                 raise await self._unknown_manifest(repo, reference)
-            protected = set(doomed) | set(await self.run_read(self.index.children_of, repo.name, reference))
+            protected = set(doomed) | set(await self._read(self.index.children_of, repo.name, reference))
             operation, args = self.index.delete_tree, (repo.name, reference)
             facts = {"repository": repo.name, "digest": str(reference), "tag": None}
         else:
             target, action = f"{repo}:{reference}", "delete-tag"
             digest = await self.resolve(repo, reference)
-            last_tag = await self.run_read(self.index.tags_of, repo.name, digest) == [reference]
-            protected = {str(digest), *await self.run_read(self.index.children_of, repo.name, digest)} if last_tag else set()
+            last_tag = await self._read(self.index.tags_of, repo.name, digest) == [reference]
+            protected = {str(digest), *await self._read(self.index.children_of, repo.name, digest)} if last_tag else set()
             operation, args = self.index.delete_tag, (repo.name, reference)
             facts = {"repository": repo.name, "digest": None, "tag": reference}
         detail = None
@@ -481,18 +481,18 @@ class Registry:
     # -- listings ----------------------------------------------------------------
 
     async def repo_exists(self, repo: Repository) -> bool:
-        return await self.run_read(self.index.repo_exists, repo.name)
+        return await self._read(self.index.repo_exists, repo.name)
 
     async def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
-        if not await self.run_read(self.index.repo_exists, repo.name):
+        if not await self._read(self.index.repo_exists, repo.name):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
-        return await self.run_read(self.index.list_tags, repo.name, last, limit)
+        return await self._read(self.index.list_tags, repo.name, last, limit)
 
     async def catalog(self, account: str | None, limit: int, last: str | None) -> tuple[list[str], bool]:
-        return await self.run_read(self.index.list_repos, f"{account}/" if account else "", last, limit)
+        return await self._read(self.index.list_repos, f"{account}/" if account else "", last, limit)
 
     async def referrers(self, repo: Repository, subject: Digest, artifact_type: str | None) -> list[dict]:
-        found = await self.run_read(self.index.referrers, repo.name, subject)
+        found = await self._read(self.index.referrers, repo.name, subject)
         if artifact_type is not None:
             found = [d for d in found if d.get("artifactType") == artifact_type]
         return found

@@ -18,9 +18,12 @@ import re
 from urllib.parse import parse_qs, quote
 
 from klein import Klein
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from izreg.auth.policy import Action
+from izreg.auth.runners import settled, then
 from izreg.core import mediatypes as mt
 from izreg.core import routes
 from izreg.core.digest import Digest
@@ -33,7 +36,7 @@ from izreg.http.errors import as_registry_error, render_error
 from izreg.http import health, pullreports
 from izreg.http.guard import OpenGuard, _client_address
 from izreg.http.limits import BodyBudget
-from izreg.http.pending import PendingSink
+from izreg.http.pending import BODY_ERROR, PendingBody
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
@@ -49,6 +52,9 @@ ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 MAX_PAGE = 10000
 #: the largest form body (the token endpoint's POST) kept in memory
 SMALL_BODY = 64 * 1024
+#: request attributes: the upload session of a chunk read off the reactor, and the Deferred the handler waits on
+FOUND_SESSION = "_izreg_upload_session"
+BODY_READY = "_izreg_body_ready"
 #: the largest page of the browse API's manifest listing (each entry parses a manifest)
 BROWSE_PAGE = 1000
 
@@ -129,14 +135,24 @@ class RegistryAPI:
         return render_error(request, as_registry_error(failure))
 
     def authorize(self, request, target: Target):
-        """The one authorization, from the route table (at headers time and before the handler)."""
+        """
+        The one authorization, from the route table (at headers time and before
+        the handler): the principal, or a Deferred of it while the guard reads
+        a shared database (L{izreg.http.guard}).
+        """
         if target.endpoint.bearer:
             with _browse_challenge():
                 principal = self.guard.authorize(request, target.endpoint.access, target.repository)
+            if isinstance(principal, Deferred):
+                principal.addErrback(_browse_challenge.rechallenge)
         else:
             principal = self.guard.authorize(request, target.endpoint.access, target.repository)
-        request.principal = principal
-        return principal
+
+        def known(principal):
+            request.principal = principal
+            return principal
+
+        return then(principal, known)
 
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
         """
@@ -148,13 +164,34 @@ class RegistryAPI:
         if length == 0:
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
-        self.authorize(request, target)
+        authorized = self.authorize(request, target)
+        if target.endpoint.body is Body.UPLOAD and target.route.endpoint == routes.UPLOAD \
+                and not self.registry.reads_inline:
+            # a chunk, on a shared index: its session is read off the reactor, once the caller is known
+            authorized = then(authorized, lambda principal: self._find_session(request, target, principal))
+            setattr(request, BODY_READY, authorized)  # the handler waits for the sink (L{dispatch})
+        if isinstance(authorized, Deferred):  # the caller is read off the reactor: hold the body meanwhile
+            return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length))
+        return self._sink(request, target, method, uri, length)
+
+    def _find_session(self, request, target: Target, principal) -> Deferred:
+        async def find():
+            setattr(request, FOUND_SESSION, await self.registry.upload(target.repository, target.route.argument))
+            return principal
+        return defer.ensureDeferred(find())
+
+    def _sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
         self._check_push(target)
         kind = target.endpoint.body
         if kind is Body.NONE:
             return Dropped()
         if kind is Body.UPLOAD:
-            return self._upload_sink(request, target, method, uri, length)
+            sink = self._upload_sink(request, target, method, uri, length)
+            if IBodySink.providedBy(sink):
+                # a full disk mid-body: answered at once (507), the session stays as acknowledged
+                sink.on_error = lambda error: request.refuse(
+                    storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
+            return sink
         limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
@@ -169,15 +206,8 @@ class RegistryAPI:
             args = parse_qs(uri.partition(b"?")[2].decode("utf-8", "replace"))
             if "digest" not in args or "mount" in args:
                 return Dropped()
-            return _prepared(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
-        upload_id = target.route.argument
-        session = self.registry.live_upload(repository, upload_id)
-        if session is None:  # its record must be read off the reactor first
-            async def find():
-                found = await self.registry.upload(repository, upload_id)
-                return _prepared(self._chunk_sink(request, repository, upload_id, found, length), request)
-            return PendingSink(request, find)
-        return _prepared(self._chunk_sink(request, repository, upload_id, session, length), request)
+            return _throttled(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
+        return _throttled(self._chunk_sink(request, repository, target.route.argument, length), request)
 
     def _check_push(self, target: Target) -> None:
         """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
@@ -188,7 +218,8 @@ class RegistryAPI:
             if refusal is not None:
                 raise refusal
 
-    def _chunk_sink(self, request, repository: Repository, upload_id: str, session, length: int | None):
+    def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
+        session = getattr(request, FOUND_SESSION, None) or self.registry.live_upload(repository, upload_id)
         location = self._upload_location(repository, upload_id)
         if session.busy:
             raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
@@ -243,7 +274,7 @@ class RegistryAPI:
         if account is None:
             raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
         limit, last = self._page(request)
-        found, more = await self.registry.run_read(self.browser.repositories, account, limit, last)
+        found, more = await settled(self.registry.run_read(self.browser.repositories, account, limit, last))
         if more and found:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
@@ -254,7 +285,7 @@ class RegistryAPI:
         principal = _principal(request)
         if principal is None or principal.kind != "device":
             raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
-        body = request.content.getvalue()
+        body = self._body(request).getvalue()
         if len(body) > pullreports.BODY_LIMIT:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": pullreports.BODY_LIMIT}, "pull report too large")
         for repository, digest, at in pullreports.parse(body, principal.account, self.now()):
@@ -273,7 +304,7 @@ class RegistryAPI:
             params.update(parse_qs(body, keep_blank_values=True))
         answer = self.authenticator.issue_token(
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
-        return self._json(request, answer)
+        return then(answer, lambda answer: self._json(request, answer))
 
     @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)
@@ -291,7 +322,10 @@ class RegistryAPI:
     async def dispatch(self, request, rest):
         method = request.method.decode("ascii", "replace").upper()
         target = self.table.resolve_repository(method, rest)
-        self.authorize(request, target)
+        await settled(self.authorize(request, target))
+        ready = getattr(request, BODY_READY, None)
+        if ready is not None:  # a body still waiting for its sink (PendingBody): the sink first
+            await ready
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 
@@ -316,7 +350,7 @@ class RegistryAPI:
         principal = _principal(request)
         repo = route.repository
         reference = parse_reference(route.argument)
-        body = await self._body(request)
+        body = self._body(request)
         if body.overflow:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
         digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"),
@@ -391,14 +425,14 @@ class RegistryAPI:
 
     async def post_upload(self, request, route):
         repo = route.repository
-        body = await self._body(request)
+        body = self._body(request)
         mount = _arg(request, "mount")
         if mount is not None:
             digest = Digest.parse(mount)
             source = _arg(request, "from")
             source_repo = Repository.parse(source) if source else None
             if source_repo is not None:
-                self.guard.check(request, source_repo, PULL)
+                await settled(self.guard.check(request, source_repo, PULL))
             if await self.registry.mount(repo, digest, source_repo) is not None:
                 return self._blob_created(request, repo, digest)
         elif _arg(request, "digest") is not None:
@@ -419,7 +453,7 @@ class RegistryAPI:
 
     async def patch_upload(self, request, route):
         repo = route.repository
-        body = await self._body(request)
+        body = self._body(request)
         if IBodySink.providedBy(body):
             await shield(self.registry.chunk_done(body))
             session = body.session
@@ -429,7 +463,7 @@ class RegistryAPI:
 
     async def put_upload(self, request, route):
         repo = route.repository
-        body = await self._body(request)
+        body = self._body(request)
         digest_text = _arg(request, "digest")
         if digest_text is None:
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
@@ -476,10 +510,11 @@ class RegistryAPI:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _body(self, request):
+    def _body(self, request):
+        refused = getattr(request, BODY_ERROR, None)
+        if refused is not None:  # refused once the caller was known, after the whole body came (PendingBody)
+            raise refused
         body = request.content
-        if isinstance(body, PendingSink):
-            body = await body.wait()
         if IBodySink.providedBy(body) and body.expected is not None and body.written != body.expected:
             body.abort()
             raise RegistryError(ErrorCode.SIZE_INVALID, {"content-range-length": body.expected, "received": body.written})
@@ -502,17 +537,12 @@ class RegistryAPI:
         return body
 
 
-def _prepared(sink, request):
-    """
-    Let an upload sink pause reading from the connection while its store catches up,
-    and answer a full disk mid-body at once (507; the session stays as acknowledged).
-    """
+def _throttled(sink, request):
+    """Let an upload sink pause reading from the connection while its store catches up."""
     if IBodySink.providedBy(sink):
         transport = getattr(request.channel, "transport", None)
         if transport is not None:
             sink.throttle(transport)
-        sink.on_error = lambda error: request.refuse(
-            storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
     return sink
 
 
@@ -539,6 +569,12 @@ class _browse_challenge:
             if not challenge.startswith("Bearer"):
                 error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
         return False
+
+    @classmethod
+    def rechallenge(cls, failure):
+        """The same, for a refusal that comes as a failed Deferred."""
+        cls().__exit__(failure.type, failure.value, None)
+        return failure
 
 
 def _lookup_reference(text: str):

@@ -1,84 +1,93 @@
-# -*- test-case-name: tests.http.test_pg_routes -*-
+# -*- test-case-name: tests.http.test_shared_database -*-
 """
-A body whose sink is not known when its headers arrive: a chunk of an
-upload session this process does not hold, whose record must first be read
-from a metadata index that is never read on the reactor (PostgreSQL: a
-session another node started).
+A request body whose caller is still being authenticated.
 
-The connection is paused at once; the bytes already read from the socket
-are held (at most what one read delivered), then handed to the sink once it
-is found, and reading resumes. If the session cannot be had, the request is
-answered with the error at once (or, when the body is already complete, by
-the handler, which awaits L{PendingSink.wait}).
+On a shared database (PostgreSQL) the key record or the device's
+revocations are read off the reactor, so when a request's headers arrive
+(L{izreg.http.app.RegistryAPI.body_for}) it is not yet known whether its
+body may be kept, nor where it goes. L{PendingBody} stands in: it pauses
+reading from the connection and keeps the few bytes already read; once the
+caller is known it asks for the real sink (an upload's writer, a bounded
+buffer) and hands them over, or answers the refusal at once and drops the
+body, exactly as a refusal made at headers time. On LMDB the caller is known
+at once and no PendingBody is made.
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Callable
 
-from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from izreg.core.errors import RegistryError
 from izreg.http.bodies import Dropped
 from izreg.http.errors import as_registry_error
 
+log = Logger()
 
-class PendingSink:
-    def __init__(self, request, find: Callable[[], Awaitable[Any]]) -> None:
+#: the request attribute holding a refusal made once the body had already been read whole
+BODY_ERROR = "_izreg_body_error"
+
+
+class PendingBody:
+    def __init__(self, request, authorized: Deferred, make: Callable[[], object]) -> None:
         self.request = request
-        self.sink = None
-        self.error = None
-        self.received = 0
-        self._held: list[bytes] = []
-        self._closed = False
-        self._transport = getattr(request.channel, "transport", None)
-        if self._transport is not None:
-            self._transport.pauseProducing()
-        self._found = defer.ensureDeferred(self._find(find))
+        self.make = make
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.transport = getattr(getattr(request, "channel", None), "transport", None)
+        if self.transport is not None:
+            self.transport.pauseProducing()  # bytes already read still come: a read buffer at most
+        authorized.addCallbacks(self._authorized, self._refused)
 
-    async def _find(self, find: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            sink = await find()
-        except Exception:
-            self.error = as_registry_error(Failure())
-            sink = Dropped()
-            self.request.refuse(self.error)
-        held, self._held = self._held, []
-        self.sink = sink
-        for data in held:
-            sink.write(data)
-        if self._closed:
-            sink.close()
-        if self._transport is not None:
-            self._transport.resumeProducing()
-
-    async def wait(self):
-        """The sink, once found (raises the error that kept it from being found)."""
-        await self._found
-        if self.error is not None:
-            raise self.error
-        return self.sink
-
-    # -- the file-like face Twisted writes the body to --
-
+    # the file-like calls of twisted.web's Request on its content
     def write(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.sink is not None:
-            self.sink.write(data)
-        else:
-            self._held.append(data)
+        self.chunks.append(bytes(data))
+        self.size += len(data)
 
     def tell(self) -> int:
-        return self.sink.tell() if self.sink is not None else self.received
+        return self.size
 
     def seek(self, offset: int, whence: int = 0) -> None:
-        pass
+        self.complete = True  # twisted.web seeks once the body is whole
 
     def read(self, size: int = -1) -> bytes:
         return b""
 
+    def getvalue(self) -> bytes:
+        return b""
+
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
+        self.chunks = []
+
+    def _authorized(self, _principal) -> None:
+        try:
+            sink = self.make()
+        except Exception:
+            self._refused(Failure())
+            return
+        for chunk in self.chunks:
+            sink.write(chunk)
+        self.chunks = []
+        if self.complete:
+            sink.seek(0, 0)
+        self.request.content = sink
+        self._resume()
+
+    def _refused(self, failure: Failure) -> None:
+        error = failure.value if failure.check(RegistryError) else as_registry_error(failure)
+        self.chunks = []
+        self.request.content = Dropped()
+        if self.complete:
+            setattr(self.request, BODY_ERROR, error)  # the handler runs: it answers this
         else:
-            self._closed = True
+            self.request.refuse(error)
+        self._resume()
+
+    def _resume(self) -> None:
+        channel = getattr(self.request, "channel", None)
+        if self.transport is not None and not getattr(channel, "_handlingRequest", False):
+            self.transport.resumeProducing()
