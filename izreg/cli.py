@@ -2,7 +2,8 @@
 """
 The ``izreg`` admin command: accounts and access keys in a data directory.
 
-It opens the same LMDB environment as the server (L{open_env}) and may run
+It opens the same metadata as the server (L{izreg.service.backends}: LMDB in the data
+directory, or the PostgreSQL database of ``[metadata]``) and may run
 while the server does: LMDB is safe across processes, and the server reads
 key records on every request, so a new or revoked key takes effect at once.
 
@@ -35,7 +36,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import __version__, devices_cli, manage_cli, ops_cli
+from izreg import __version__, db_cli, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
@@ -62,31 +63,40 @@ class Context:
         self.now = now
         self.stdout = stdout
         self.stderr = stderr
-        self._env = None
-        self._store: AuthStore | None = None
+        self._backend = None
+
+    def backend(self, create: bool = False):
+        """
+        The metadata stores of the config's backend (L{izreg.service.backends}):
+        LMDB in C{data_dir}, or the PostgreSQL database. Unless C{create}, a
+        data directory without an index is an error (a mistyped ``--data-dir``
+        should not silently create an empty registry).
+        """
+        from izreg.service.backends import BackendError, open_backend
+
+        if self._backend is None:
+            try:
+                self._backend = open_backend(self.config, self.data_dir, create=create, application_name="izreg-cli")
+            except BackendError as e:
+                message = str(e)
+                if message.startswith("no izreg data"):
+                    message = f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})"
+                raise CommandError(message) from None
+        return self._backend
+
+    @property
+    def _env(self):
+        """The LMDB environment (C{None} with PostgreSQL)."""
+        return self.backend().env
 
     def store(self, create: bool = False) -> AuthStore:
-        """
-        The accounts and keys of C{data_dir}. Unless C{create}, a directory
-        without an index is an error (a mistyped ``--data-dir`` should not
-        silently create an empty registry).
-        """
-        from izreg.storage.lmdbenv import index_path, open_env
-
-        if self._env is None:
-            if not create and not os.path.isdir(index_path(self.data_dir)):
-                raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
-            try:
-                self._env = open_env(self.data_dir, self.config.lmdb_map_size)
-            except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
-                raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
-            self._store = AuthStore(self._env)
-        return self._store
+        """The accounts and keys (L{backend})."""
+        return self.backend(create).auth
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = self._store = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
 
     def out(self, line: str) -> None:
         print(line, file=self.stdout)
@@ -239,7 +249,7 @@ def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
 #: every command group; each adds its parser to the top-level subparsers
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
                                                               manage_cli.register, ops_cli.register,
-                                                              register_token]
+                                                              register_token, db_cli.register]
 
 
 class _Parser(argparse.ArgumentParser):

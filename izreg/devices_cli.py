@@ -23,12 +23,11 @@ from cryptography import x509
 
 from izreg.auth.devices import fingerprint_sha256, normalize_fingerprint, normalize_serial, serial_hex
 from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
-from izreg.auth.store import AuthStore, UnknownAccount
+from izreg.auth.store import UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
 from izreg.service.config import Config
-from izreg.storage.audit import AuditLog
-from izreg.storage.lmdbenv import index_path, open_env
+from izreg.storage.lmdbenv import index_path
 
 EXIT_ERROR = 2
 
@@ -37,9 +36,11 @@ class _Io:
     """What a handler needs besides its arguments."""
 
     def __init__(self, data_dir: str | None, now: float, out: TextIO, err: TextIO,
-                 map_size: int = Config.lmdb_map_size) -> None:
+                 map_size: int = Config.lmdb_map_size, config: Config | None = None) -> None:
         self.data_dir, self.now, self.out, self.err = data_dir, now, out, err
         self.map_size = map_size
+        #: the server's settings (izreg --config): the metadata backend, LMDB or PostgreSQL
+        self.config = config or Config(data_dir=data_dir or Config.data_dir, lmdb_map_size=map_size)
 
     def fail(self, message: str) -> int:
         print(f"izreg: error: {message}", file=self.err)
@@ -61,7 +62,7 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
         parser.set_defaults(
             func=lambda args: handler(args, _Io(args.data_dir, clock(), out or sys.stdout, err or sys.stderr)),
             handler=lambda args, ctx: handler(args, _Io(ctx.data_dir, ctx.now(), ctx.stdout, ctx.stderr,
-                                                        ctx.config.lmdb_map_size)),
+                                                        ctx.config.lmdb_map_size, ctx.config)),
         )
 
     device = subparsers.add_parser("device", help="device certificates: revocation and pull records")
@@ -105,12 +106,18 @@ class _NoData(Exception):
 
 
 def _store(io: _Io) -> tuple[object, DeviceStore]:
-    """The data dir's device store; a dir without an index is an error (a mistyped --data-dir must not
-    swallow a revocation the server never sees)."""
-    if not io.data_dir or not os.path.isdir(index_path(io.data_dir)):
+    """The metadata backend and its device store; a data dir without an index is an error (a mistyped
+    --data-dir must not swallow a revocation the server never sees)."""
+    from izreg.service.backends import BackendError, open_backend
+
+    if io.config.metadata_backend == "lmdb" and (not io.data_dir or not os.path.isdir(index_path(io.data_dir))):
         raise _NoData(f"no izreg data in {io.data_dir!r} (set --data-dir)")
-    env = open_env(io.data_dir, io.map_size)
-    return env, DeviceStore(env)
+    try:
+        backend = open_backend(io.config, io.data_dir or io.config.data_dir, create=False,
+                               application_name="izreg-cli")
+    except BackendError as e:
+        raise _NoData(str(e)) from None
+    return backend, backend.devices
 
 
 def _iso(when: float) -> str:
@@ -153,7 +160,7 @@ def _revoke(args, io: _Io) -> int:
                 done = store.revoke(kind, value, io.now, args.note)
                 io.out.write(f"{'revoked' if done else 'already revoked'}: {kind} {value}\n")
             if done:
-                AuditLog(env).record(action=f"device-{args.device_command}", account=None, actor="cli",
+                env.audit.record(action=f"device-{args.device_command}", account=None, actor="cli",
                                      target=f"{kind}:{value}", detail={"note": args.note} if args.note else None,
                                      now=io.now)
     finally:
@@ -188,7 +195,7 @@ def _pulls(args, io: _Io) -> int:
     except _NoData as e:
         return io.fail(str(e))
     try:
-        if AuthStore(env).get_account(args.account) is None:
+        if env.auth.get_account(args.account) is None:
             return io.fail(str(UnknownAccount(args.account)))
         records = store.list_pulls(args.account, args.repository)
     finally:

@@ -20,13 +20,14 @@ log = Logger()
 
 async def sweep(registry, collector: Collector, lock: SweepLock) -> SweepResult | None:
     """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
-    if not lock.acquire():
-        log.info("gc: a sweep is already running (izreg gc); skipping this one")
+    # off the reactor: with PostgreSQL the lock is a database round trip (izreg.storage.cluster)
+    if not await registry.run_io(lock.acquire):
+        log.info("gc: a sweep is already running (izreg gc or another node); skipping this one")
         return None
     try:
         return await _sweep(registry, collector)
     finally:
-        lock.release()
+        await registry.run_io(lock.release)
 
 
 async def _sweep(registry, collector: Collector) -> SweepResult:

@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.storage.test_cluster -*-
+"""
+What several izreg nodes over one PostgreSQL database share besides the
+stores (migration ``0004_cluster.sql``):
+
+- L{PgSweepLock}: one garbage-collection sweep at a time across every node
+  and ``izreg gc``, a session advisory lock (C{pg_try_advisory_lock}) held on
+  one pooled connection for the sweep; the flock of L{izreg.storage.gc.SweepLock}
+  only reaches the processes of one machine. A node that dies mid-sweep
+  loses its connection and with it the lock.
+- L{FailureCounts}: failed authentications per brake, counted by every node
+  (L{izreg.auth.clusterlimit}).
+- L{SharedSecret}: a secret every node uses, such as the token signing key.
+
+Everything here blocks (a database round trip): the server calls it on its
+database thread pool, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from izreg.storage.pg import Database
+
+#: the advisory lock key of garbage-collection sweeps (``izgc`` in ASCII; not pg.UPGRADE_LOCK)
+SWEEP_LOCK = 0x697A6763
+
+
+class PgSweepLock:
+    """The interface of L{izreg.storage.gc.SweepLock} (C{acquire(wait)}, C{release()}) over PostgreSQL."""
+
+    def __init__(self, db: Database, key: int = SWEEP_LOCK) -> None:
+        self.db = db
+        self.key = key
+        self._conn = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        if self._conn is not None:
+            raise RuntimeError("this sweep lock is already held")
+        conn = self.db.pool.getconn()
+        try:
+            conn.autocommit = True
+            if wait:
+                conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+                got = True
+            else:
+                got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0])
+        except BaseException:
+            conn.autocommit = False
+            self.db.pool.putconn(conn)
+            raise
+        if not got:
+            conn.autocommit = False
+            self.db.pool.putconn(conn)
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        finally:
+            conn.autocommit = False
+            self.db.pool.putconn(conn)
+
+
+class FailureCounts:
+    """Failed authentications per brake C{(address, key id or "*")}, shared by every node."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, brake: tuple[str, str], now: float, window: float, limit: int) -> list[float]:
+        """Count one failure at C{now}; the times of the brake's latest C{limit} failures within C{window}, oldest first."""
+        return self.db.run(_record, brake, now, window, limit)
+
+    def recent(self, brake: tuple[str, str], now: float, window: float, limit: int) -> list[float]:
+        """The times of the brake's latest C{limit} failures within C{window}, oldest first."""
+        return self.db.run(_recent, brake, now, window, limit)
+
+
+def _record(cur, brake, now, window, limit) -> list[float]:
+    address, key_id = brake
+    cur.execute("DELETE FROM auth_failures WHERE at <= %s", (now - window,))
+    cur.execute("INSERT INTO auth_failures (address, key_id, at) VALUES (%s, %s, %s)", (address, key_id, now))
+    return _recent(cur, brake, now, window, limit)
+
+
+def _recent(cur, brake, now, window, limit) -> list[float]:
+    address, key_id = brake
+    cur.execute("SELECT at FROM auth_failures WHERE address = %s AND key_id = %s AND at > %s"
+                " ORDER BY at DESC LIMIT %s", (address, key_id, now - window, limit))
+    return sorted(float(at) for (at,) in cur.fetchall())
+
+
+class SharedSecret:
+    """
+    A random secret in the database, made by the first node that asks
+    (C{name}: e.g. ``token``), replaced by L{rotate}. C{secret()} answers
+    from memory; C{refresh()} (blocking: a timer runs it on the database
+    pool) reads it again, so a rotation reaches every node within the
+    timer's interval.
+    """
+
+    def __init__(self, db: Database, name: str, size: int = 32) -> None:
+        self.db = db
+        self.name = name
+        self.size = size
+        self._secret: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"SharedSecret({self.name!r})"
+
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self.refresh()
+        return self._secret
+
+    def refresh(self) -> bytes:
+        self._secret = self.db.run(_get_or_make, self.name, secrets.token_bytes(self.size))
+        return self._secret
+
+    def rotate(self, now: float) -> None:
+        self._secret = self.db.run(_replace, self.name, secrets.token_bytes(self.size), now)
+
+
+def _get_or_make(cur, name: str, fresh: bytes) -> bytes:
+    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, extract(epoch from now()))"
+                " ON CONFLICT (name) DO NOTHING", (name, fresh))
+    cur.execute("SELECT secret FROM cluster_secrets WHERE name = %s", (name,))
+    return bytes(cur.fetchone()[0])
+
+
+def _replace(cur, name: str, fresh: bytes, now: float) -> bytes:
+    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created = excluded.created",
+                (name, fresh, now))
+    return fresh
