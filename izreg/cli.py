@@ -235,10 +235,7 @@ def register_token(subparsers: argparse._SubParsersAction) -> None:
 
 
 def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
-    from izreg.auth.tokenkey import TokenKey
-
-    context.store()  # the data directory must exist and hold izreg data
-    TokenKey(context.data_dir).rotate()
+    context.backend().token_key().rotate()  # the data directory's token.key, or the database's shared key
     print("rotated the token signing key; tokens issued before it no longer work (clients fetch new ones)",
           file=context.stderr)
     return 0

@@ -139,7 +139,9 @@ class Registry:
         return self.uploads.sink(session, expected=expected)
 
     def upload(self, repo: Repository, upload_id: str) -> UploadSession:
-        record = None if upload_id in self.uploads.sessions else self.index.get_upload(upload_id)
+        # a session cached here is checked against its record when other nodes share the records (#16)
+        cached = upload_id in self.uploads.sessions and not getattr(self.uploads, "shared", False)
+        record = None if cached else self.index.get_upload(upload_id)
         session = self.uploads.get(upload_id, record)
         if session is None or session.name != repo.name or not session.persisted:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, {"upload": upload_id[:100]})
@@ -213,7 +215,10 @@ class Registry:
     async def expire_uploads(self, older_than: float) -> int:
         """Remove sessions not touched since C{older_than} with their bytes; return how many."""
         expired = 0
-        for upload_id, record in self.index.list_uploads():
+        records = self.index.list_uploads()
+        if getattr(self.uploads, "shared", False):
+            self.uploads.prune({upload_id for upload_id, _ in records})  # sessions ended on other nodes
+        for upload_id, record in records:
             session = self.uploads.sessions.get(upload_id)
             if record["updated"] < older_than and not (session and session.busy):
                 if session is not None:

@@ -31,6 +31,8 @@ from twisted.python.threadpool import ThreadPool
 from izreg.service.config import Config
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
+#: seconds between two reads of the shared token signing key (a rotation reaches every node within it)
+TOKEN_KEY_REFRESH = 10
 
 
 class BackendError(Exception):
@@ -122,6 +124,21 @@ class Backend:
         from izreg.auth.ratelimit import FailureLimiter
 
         return FailureLimiter(limit, window)
+
+    def token_key(self):
+        """
+        The token signing key (C{secret()}, C{rotate()}): C{data_dir/token.key},
+        or with PostgreSQL one key in the database for every node (a token
+        issued by one node is checked by another); the server re-reads it
+        every L{TOKEN_KEY_REFRESH} seconds (C{refresh}, on the database pool).
+        """
+        if self.shared:
+            from izreg.storage.cluster import SharedSecret
+
+            return SharedSecret(self.db, "token")
+        from izreg.auth.tokenkey import TokenKey
+
+        return TokenKey(self.data_dir)
 
     def index_error(self):
         """The readiness check of the metadata: C{None} when usable, else why (a Deferred with PostgreSQL)."""

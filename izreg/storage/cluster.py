@@ -123,8 +123,9 @@ class SharedSecret:
         self._secret = self.db.run(_get_or_make, self.name, secrets.token_bytes(self.size))
         return self._secret
 
-    def rotate(self, now: float) -> None:
-        self._secret = self.db.run(_replace, self.name, secrets.token_bytes(self.size), now)
+    def rotate(self) -> None:
+        """A new secret for every node (each reads it at its next L{refresh})."""
+        self._secret = self.db.run(_replace, self.name, secrets.token_bytes(self.size))
 
 
 def _get_or_make(cur, name: str, fresh: bytes) -> bytes:
@@ -134,8 +135,8 @@ def _get_or_make(cur, name: str, fresh: bytes) -> bytes:
     return bytes(cur.fetchone()[0])
 
 
-def _replace(cur, name: str, fresh: bytes, now: float) -> bytes:
-    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, %s)"
+def _replace(cur, name: str, fresh: bytes) -> bytes:
+    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, extract(epoch from now()))"
                 " ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created = excluded.created",
-                (name, fresh, now))
+                (name, fresh))
     return fresh

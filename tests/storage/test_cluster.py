@@ -81,7 +81,7 @@ def test_shared_secret_is_made_once_and_rotates(pg_db, pg_dsn):
         first = mine.secret()
         assert len(first) == 32
         assert theirs.secret() == first
-        theirs.rotate(5.0)
+        theirs.rotate()
         assert theirs.secret() != first
         assert mine.secret() == first  # from memory until refreshed
         assert mine.refresh() == theirs.secret()
