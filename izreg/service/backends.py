@@ -31,8 +31,6 @@ from twisted.python.threadpool import ThreadPool
 from izreg.service.config import Config
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
-#: seconds between two reads of the shared token signing key (a rotation reaches every node within it)
-TOKEN_KEY_REFRESH = 10
 
 
 class BackendError(Exception):
@@ -129,13 +127,13 @@ class Backend:
         """
         The token signing key (C{secret()}, C{rotate()}): C{data_dir/token.key},
         or with PostgreSQL one key in the database for every node (a token
-        issued by one node is checked by another); the server re-reads it
-        every L{TOKEN_KEY_REFRESH} seconds (C{refresh}, on the database pool).
+        issued by one node is checked by another), sealed with the nodes'
+        shared C{webhook.key} (L{izreg.auth.pgstore.PgTokenKey}).
         """
         if self.shared:
-            from izreg.storage.cluster import SharedSecret
+            from izreg.auth.pgstore import PgTokenKey
 
-            return SharedSecret(self.db, "token")
+            return PgTokenKey(self.db, self.data_dir)
         from izreg.auth.tokenkey import TokenKey
 
         return TokenKey(self.data_dir)

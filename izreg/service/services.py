@@ -197,7 +197,7 @@ class RegistryService(service.MultiService):
             token_service=config.token_service,
             token_ttl=config.token_ttl,
             limiter=self.backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
-            signing_key=self._token_key().secret,
+            signing_key=self.backend.token_key().secret,
         )
         if config.token_service:
             authenticator.signing_key()  # made now (0600) rather than on the first token request
@@ -222,27 +222,6 @@ class RegistryService(service.MultiService):
         self.api.authenticator = authenticator if config.token_service else None
         self.api.pulls = self.pulls
         self.api.now = self.reactor.seconds
-
-    def _token_key(self):
-        """The token signing key; one in the database for every node, re-read on a timer (izreg.service.backends)."""
-        key = self.backend.token_key()
-        if self.backend.shared:
-            from twisted.application.internet import TimerService
-
-            from izreg.service.backends import TOKEN_KEY_REFRESH
-
-            key.secret()  # read (or made) before the first request, while nothing is served yet
-            if getattr(self, "_token_timer", None) is not None:
-                self._token_timer.disownServiceParent()
-
-            def refresh():
-                return self.backend.run_read(key.refresh).addErrback(
-                    lambda f: self.log.failure("re-reading the token signing key failed", f))
-
-            self._token_timer = TimerService(TOKEN_KEY_REFRESH, refresh)
-            self._token_timer.clock = self.reactor
-            self._token_timer.setServiceParent(self)
-        return key
 
     @defer.inlineCallbacks
     def stopService(self):

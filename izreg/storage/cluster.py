@@ -10,15 +10,12 @@ stores (migration ``0004_cluster.sql``):
   loses its connection and with it the lock.
 - L{FailureCounts}: failed authentications per brake, counted by every node
   (L{izreg.auth.clusterlimit}).
-- L{SharedSecret}: a secret every node uses, such as the token signing key.
 
 Everything here blocks (a database round trip): the server calls it on its
 database thread pool, never on the reactor.
 """
 
 from __future__ import annotations
-
-import secrets
 
 from izreg.storage.pg import Database
 
@@ -94,49 +91,3 @@ def _recent(cur, brake, now, window, limit) -> list[float]:
     cur.execute("SELECT at FROM auth_failures WHERE address = %s AND key_id = %s AND at > %s"
                 " ORDER BY at DESC LIMIT %s", (address, key_id, now - window, limit))
     return sorted(float(at) for (at,) in cur.fetchall())
-
-
-class SharedSecret:
-    """
-    A random secret in the database, made by the first node that asks
-    (C{name}: e.g. ``token``), replaced by L{rotate}. C{secret()} answers
-    from memory; C{refresh()} (blocking: a timer runs it on the database
-    pool) reads it again, so a rotation reaches every node within the
-    timer's interval.
-    """
-
-    def __init__(self, db: Database, name: str, size: int = 32) -> None:
-        self.db = db
-        self.name = name
-        self.size = size
-        self._secret: bytes | None = None
-
-    def __repr__(self) -> str:
-        return f"SharedSecret({self.name!r})"
-
-    def secret(self) -> bytes:
-        if self._secret is None:
-            self.refresh()
-        return self._secret
-
-    def refresh(self) -> bytes:
-        self._secret = self.db.run(_get_or_make, self.name, secrets.token_bytes(self.size))
-        return self._secret
-
-    def rotate(self) -> None:
-        """A new secret for every node (each reads it at its next L{refresh})."""
-        self._secret = self.db.run(_replace, self.name, secrets.token_bytes(self.size))
-
-
-def _get_or_make(cur, name: str, fresh: bytes) -> bytes:
-    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, extract(epoch from now()))"
-                " ON CONFLICT (name) DO NOTHING", (name, fresh))
-    cur.execute("SELECT secret FROM cluster_secrets WHERE name = %s", (name,))
-    return bytes(cur.fetchone()[0])
-
-
-def _replace(cur, name: str, fresh: bytes) -> bytes:
-    cur.execute("INSERT INTO cluster_secrets (name, secret, created) VALUES (%s, %s, extract(epoch from now()))"
-                " ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created = excluded.created",
-                (name, fresh))
-    return fresh

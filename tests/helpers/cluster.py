@@ -136,6 +136,16 @@ class Cluster:
         self.config = os.path.join(self.base, "izreg.toml")
         with open(self.config, "w") as f:
             f.write(self.config_toml(moto) + extra_toml)
+        # the key that seals webhook secrets and the token key in the database: the same file on every node
+        from cryptography.fernet import Fernet
+
+        sealing_key = Fernet.generate_key()
+        for i in range(1, nodes + 1):
+            node_dir = os.path.join(self.base, f"node{i}")
+            os.makedirs(node_dir, mode=0o700)
+            fd = os.open(os.path.join(node_dir, "webhook.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealing_key)
         self.nodes = [RegistryProcess(data_dir=os.path.join(self.base, f"node{i}"),
                                       log_path=os.path.join(self.base, f"node{i}.log"), config=self.config)
                       for i in range(1, nodes + 1)]

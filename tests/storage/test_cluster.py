@@ -1,13 +1,13 @@
 """
 The cross-node pieces over PostgreSQL (izreg.storage.cluster): the sweep
-lock, the shared failure counts, the shared secret. A real PostgreSQL.
+lock and the shared failure counts. A real PostgreSQL.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from izreg.storage.cluster import FailureCounts, PgSweepLock, SharedSecret
+from izreg.storage.cluster import FailureCounts, PgSweepLock
 from izreg.storage.pg import Database
 
 pytestmark = pytest.mark.postgres
@@ -70,21 +70,5 @@ def test_failures_are_counted_across_nodes(pg_db, pg_dsn):
         # rows past the window are deleted as new ones come
         there.record(("192.0.2.9", "abcd"), 1000.0, 60, 3)
         assert one(pg_db, "SELECT count(*) FROM auth_failures") == 1
-    finally:
-        other.close()
-
-
-def test_shared_secret_is_made_once_and_rotates(pg_db, pg_dsn):
-    other = Database(pg_dsn, max_size=1)
-    try:
-        mine, theirs = SharedSecret(pg_db, "token"), SharedSecret(other, "token")
-        first = mine.secret()
-        assert len(first) == 32
-        assert theirs.secret() == first
-        theirs.rotate()
-        assert theirs.secret() != first
-        assert mine.secret() == first  # from memory until refreshed
-        assert mine.refresh() == theirs.secret()
-        assert SharedSecret(pg_db, "other").secret() != mine.secret()
     finally:
         other.close()

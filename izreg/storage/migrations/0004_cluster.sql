@@ -10,10 +10,3 @@ CREATE TABLE auth_failures (
 CREATE INDEX auth_failures_brake ON auth_failures (address, key_id, at);
 CREATE INDEX auth_failures_at ON auth_failures (at);
 
--- Secrets every node must share, such as the token signing key ("token"): a token
--- issued by one node is checked by another (izreg.storage.cluster.SharedSecret).
-CREATE TABLE cluster_secrets (
-    name text COLLATE "C" PRIMARY KEY,
-    secret bytea NOT NULL,
-    created double precision NOT NULL
-);
