@@ -76,7 +76,7 @@ class RegistryProcess:
         self.backend = backend
         self.extra_args = list(extra_args)
         #: a TOML config file given with --config (e.g. [metadata] and [storage] of a cluster node)
-        self.config = os.fspath(config) if config else None
+        self.config_file = os.fspath(config) if config else None
         self.creds = creds
         self.account: str | None = None
         self.log_path = log_path
@@ -112,7 +112,7 @@ class RegistryProcess:
         return [twistd, "-n", "--logfile=-", "--pidfile=", "izreg", "server",
                 "--data-dir", self.data_dir,
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                *(["--config", self.config] if self.config else []),
+                *(["--config", self.config_file] if self.config_file else []),
                 *self.extra_args]
 
     def _ready_pattern(self) -> re.Pattern:
@@ -215,7 +215,7 @@ class RegistryProcess:
     def cli(self, *args: str) -> str:
         """Run ``izreg --data-dir DATA_DIR ARGS`` (the admin CLI, fine while the server runs)."""
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        config = ["--config", self.config] if self.config else []
+        config = ["--config", self.config_file] if self.config_file else []
         proc = subprocess.run([sys.executable, "-m", "izreg.cli", *config, "--data-dir", self.data_dir, *args],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
