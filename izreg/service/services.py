@@ -182,8 +182,8 @@ class RegistryService(service.MultiService):
             self.api.events = events
         self.readiness = Readiness(self.backend.index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
         self.api.readiness = self.readiness
-        if env is not None and self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
-            self.metrics.watch_storage(env)
+        if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
+            self.metrics.watch_storage(env, index=self.backend.index)
             self.metrics.storage_watched = True
 
     def _start_auth(self, env, root: str) -> None:
