@@ -2,10 +2,10 @@
 """
 The ``izreg`` admin command: accounts and access keys in a data directory.
 
-It opens the same metadata as the server (L{izreg.service.backends}: LMDB in the data
-directory, or the PostgreSQL database of ``[metadata]``) and may run
-while the server does: LMDB is safe across processes, and the server reads
-key records on every request, so a new or revoked key takes effect at once.
+It opens the same data as the server (L{izreg.service.backends}: the LMDB
+environment, or the shared PostgreSQL database: L{Context.open_stores}) and may run while the server
+does: the server reads key records on every request, so a new or revoked key
+takes effect at once.
 
 Usage::
 
@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Sequence, TextIO
 
 from izreg import __version__, db_cli, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
+from izreg.auth.interfaces import IAuthStore, IDeviceStore
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
@@ -53,7 +54,13 @@ class CommandError(Exception):
 
 
 class Context:
-    """What handlers get besides their arguments: output, clock and (lazily) the store."""
+    """
+    What handlers get besides their arguments: output, clock and (lazily) the
+    stores. Handlers reach the registry's data only through L{store},
+    L{devices}, L{audit}, L{webhooks}, L{token_key} and L{index} (their
+    interfaces, never an LMDB environment), so that the same commands work on
+    PostgreSQL: L{open_stores} is the one place that picks the backend.
+    """
 
     def __init__(self, data_dir: str, now: Callable[[], float], stdout: TextIO, stderr: TextIO,
                  config: Config | None = None) -> None:
@@ -63,15 +70,64 @@ class Context:
         self.now = now
         self.stdout = stdout
         self.stderr = stderr
+        self._opened: dict | None = None  # what open_stores made: name -> store (and "close")
+        self._made: dict = {}
         self._backend = None
 
+    def store(self, create: bool = False) -> IAuthStore:
+        """
+        The accounts and keys. Unless C{create}, a data directory without an
+        index is an error (a mistyped ``--data-dir`` should not silently
+        create an empty registry).
+        """
+        return self._get("auth", create)
+
+    def devices(self) -> IDeviceStore:
+        """Device revocations and pull records."""
+        return self._get("devices")
+
+    def audit(self):
+        """The audit log (L{izreg.storage.interfaces.IAuditLog})."""
+        return self._get("audit")
+
+    def webhooks(self):
+        """Webhooks and their deliveries (L{izreg.storage.interfaces.IWebhookStore})."""
+        return self._get("webhooks")
+
+    def token_key(self):
+        """The token signing key (C{secret()}, C{rotate()})."""
+        return self._get("token_key")
+
+    def index(self):
+        """The metadata index (repositories, tags, manifests)."""
+        return self._get("index")
+
+    def _get(self, name: str, create: bool = False):
+        if self._opened is None:
+            self._opened = self.open_stores(create)
+        if name not in self._made:
+            self._made[name] = self._opened[name]()
+        return self._made[name]
+
+    def open_stores(self, create: bool = False) -> dict:
+        """
+        Open the registry's data through L{izreg.service.backends} (the LMDB
+        environment of C{data_dir}, or the PostgreSQL database of
+        C{[metadata]}); C{{name: factory}} of each store, and C{"close"}.
+        """
+        backend = self.backend(create)
+        return {
+            "auth": lambda: backend.auth,
+            "devices": lambda: backend.devices,
+            "audit": lambda: backend.audit,
+            "webhooks": lambda: backend.webhooks,
+            "token_key": backend.token_key,
+            "index": lambda: backend.index,
+            "close": backend.close,
+        }
+
     def backend(self, create: bool = False):
-        """
-        The metadata stores of the config's backend (L{izreg.service.backends}):
-        LMDB in C{data_dir}, or the PostgreSQL database. Unless C{create}, a
-        data directory without an index is an error (a mistyped ``--data-dir``
-        should not silently create an empty registry).
-        """
+        """The metadata backend (L{izreg.service.backends.Backend}), opened once; a failure is one line."""
         from izreg.service.backends import BackendError, open_backend
 
         if self._backend is None:
@@ -84,19 +140,12 @@ class Context:
                 raise CommandError(message) from None
         return self._backend
 
-    @property
-    def _env(self):
-        """The LMDB environment (C{None} with PostgreSQL)."""
-        return self.backend().env
-
-    def store(self, create: bool = False) -> AuthStore:
-        """The accounts and keys (L{backend})."""
-        return self.backend(create).auth
-
     def close(self) -> None:
-        if self._backend is not None:
+        if self._opened is not None:
+            self._opened["close"]()
+        elif self._backend is not None:
             self._backend.close()
-            self._backend = None
+        self._opened, self._made, self._backend = None, {}, None
 
     def out(self, line: str) -> None:
         print(line, file=self.stdout)
@@ -235,7 +284,8 @@ def register_token(subparsers: argparse._SubParsersAction) -> None:
 
 
 def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
-    context.backend().token_key().rotate()  # the data directory's token.key, or the database's shared key
+    context.store()  # the data directory must exist and hold izreg data
+    context.token_key().rotate()
     print("rotated the token signing key; tokens issued before it no longer work (clients fetch new ones)",
           file=context.stderr)
     return 0
@@ -278,8 +328,13 @@ def main(
     now: Callable[[], float] = time.time,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    context_class: Callable[..., Context] = Context,
 ) -> int:
-    """Run the command; return the exit status (0, or 2 on any error)."""
+    """
+    Run the command; return the exit status (0, or 2 on any error).
+
+    @param context_class: makes the handlers' L{Context} (a subclass opens other stores).
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     environ = os.environ if environ is None else environ
@@ -293,7 +348,7 @@ def main(
     except ConfigError as e:
         print(f"izreg: error: {e}", file=stderr)
         return EXIT_ERROR
-    context = Context(config.data_dir, now, stdout, stderr, config)
+    context = context_class(config.data_dir, now, stdout, stderr, config)
     try:
         return args.handler(args, context)
     except (CommandError, InvalidName) as e:

@@ -56,11 +56,11 @@ def account_delete(args: argparse.Namespace, context) -> int:
     store = context.store()
     if store.get_account(account) is None:
         raise CommandError(f"no such account: {account}")
-    index = context.backend().index
+    index = context.index()
     repos = [name for name, _ in index.list_repo_stats(f"{account}/", None, 10**9)[0]]
     if repos and not args.purge:
         raise CommandError(f"account {account} has {len(repos)} repositories; delete them first, or add --purge")
-    audit = context.backend().audit
+    audit = context.audit()
     manifests = 0
     for name in repos:
         manifests += index.purge_repo(name)
@@ -75,7 +75,7 @@ def account_delete(args: argparse.Namespace, context) -> int:
 
 def _browser(context) -> Browser:
     index, blobs, _ = _storage(context)
-    return Browser(index, blobs, context.backend().devices)
+    return Browser(index, blobs, context.devices())
 
 
 def _pages(fetch, key: str):
@@ -202,7 +202,7 @@ def _storage(context):
         blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run=lambda f, *a, **k: f(*a, **k))
     else:
         blobs = BlobStore(context.data_dir)
-    return context.backend().index, blobs, config
+    return context.index(), blobs, config
 
 
 def gc_command(args: argparse.Namespace, context) -> int:
@@ -210,7 +210,7 @@ def gc_command(args: argparse.Namespace, context) -> int:
 
     index, blobs, config = _storage(context)
     grace = config.gc_grace if args.grace is None else args.grace
-    lock = context.backend().sweep_lock()
+    lock = context.backend().sweep_lock()  # a flock, or with PostgreSQL an advisory lock across the nodes
     if not lock.acquire():
         context.stderr.write("izreg: waiting for the sweep in progress (the server's) to end\n")
         lock.acquire(wait=True)

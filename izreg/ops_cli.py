@@ -104,8 +104,8 @@ def parse_since(text: str, now: float) -> float:
 
 def record(context, action: str, account: str | None, target: str, detail=None) -> None:
     """An audit record for a change made by the CLI (actor C{cli}). Never a secret."""
-    context.backend().audit.record(action=action, account=account, actor=AUDIT_ACTOR, target=target,
-                                   address=None, detail=detail, now=context.now())
+    context.audit().record(action=action, account=account, actor=AUDIT_ACTOR, target=target,
+                           address=None, detail=detail, now=context.now())
 
 
 # audit ----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def record(context, action: str, account: str | None, target: str, detail=None) 
 def audit_list(args, context) -> int:
     account = _cli()._account_id(args.account) if args.account else None
     since = parse_since(args.since, context.now()) if args.since else None
-    entries = context.backend().audit.entries(account=account, since=since, limit=args.limit)
+    entries = context.audit().entries(account=account, since=since, limit=args.limit)
     if args.json:
         for e in entries:
             context.out(json.dumps({**e, "time": _iso(e["time"])}, sort_keys=True))
@@ -129,7 +129,7 @@ def audit_list(args, context) -> int:
 
 
 def _webhooks(context):
-    return context.backend().webhooks
+    return context.webhooks()
 
 
 def webhook_add(args, context) -> int:
