@@ -18,6 +18,7 @@ import re
 from urllib.parse import parse_qs, quote
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -51,6 +52,9 @@ ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 MAX_PAGE = 10000
 #: the largest form body (the token endpoint's POST) kept in memory
 SMALL_BODY = 64 * 1024
+#: request attributes: the upload session of a chunk read off the reactor, and the Deferred the handler waits on
+FOUND_SESSION = "_izreg_upload_session"
+BODY_READY = "_izreg_body_ready"
 #: the largest page of the browse API's manifest listing (each entry parses a manifest)
 BROWSE_PAGE = 1000
 
@@ -161,9 +165,20 @@ class RegistryAPI:
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
         authorized = self.authorize(request, target)
+        if target.endpoint.body is Body.UPLOAD and target.route.endpoint == routes.UPLOAD \
+                and not self.registry.reads_inline:
+            # a chunk, on a shared index: its session is read off the reactor, once the caller is known
+            authorized = then(authorized, lambda principal: self._find_session(request, target, principal))
+            setattr(request, BODY_READY, authorized)  # the handler waits for the sink (L{dispatch})
         if isinstance(authorized, Deferred):  # the caller is read off the reactor: hold the body meanwhile
             return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length))
         return self._sink(request, target, method, uri, length)
+
+    def _find_session(self, request, target: Target, principal) -> Deferred:
+        async def find():
+            setattr(request, FOUND_SESSION, await self.registry.upload(target.repository, target.route.argument))
+            return principal
+        return defer.ensureDeferred(find())
 
     def _sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
         self._check_push(target)
@@ -204,7 +219,7 @@ class RegistryAPI:
                 raise refusal
 
     def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
-        session = self.registry.upload(repository, upload_id)
+        session = getattr(request, FOUND_SESSION, None) or self.registry.live_upload(repository, upload_id)
         location = self._upload_location(repository, upload_id)
         if session.busy:
             raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
@@ -238,17 +253,17 @@ class RegistryAPI:
         return await health.ready(request, self.readiness)
 
     @route("/v2/_catalog", methods=["GET"], access=Access.CATALOG)
-    def catalog(self, request):
+    async def catalog(self, request):
         principal = _principal(request)
         account = principal.account if principal is not None else None
         limit, last = self._page(request)
-        names, more = self.registry.catalog(account, limit, last)
+        names, more = await self.registry.catalog(account, limit, last)
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
 
     @route("/v2/_izreg/repositories", methods=["GET"], access=Access.CATALOG, bearer=True)
-    def browse_repositories(self, request):
+    async def browse_repositories(self, request):
         """The caller's account's repositories with their counters (docs/api.rst)."""
         principal = _principal(request)
         account = principal.account if principal is not None else None
@@ -259,7 +274,7 @@ class RegistryAPI:
         if account is None:
             raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
         limit, last = self._page(request)
-        found, more = self.browser.repositories(account, limit, last)
+        found, more = await settled(self.registry.run_read(self.browser.repositories, account, limit, last))
         if more and found:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
@@ -308,6 +323,9 @@ class RegistryAPI:
         method = request.method.decode("ascii", "replace").upper()
         target = self.table.resolve_repository(method, rest)
         await settled(self.authorize(request, target))
+        ready = getattr(request, BODY_READY, None)
+        if ready is not None:  # a body still waiting for its sink (PendingBody): the sink first
+            await ready
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 
@@ -356,7 +374,7 @@ class RegistryAPI:
     async def get_blob(self, request, route):
         repo = route.repository
         await self.registry.hold_blob(repo, Digest.parse(route.argument))
-        blob = self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
+        blob = await self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
         if blob.redirect is not None:
             # the store's short-lived URL ([storage.s3] redirect): the bytes bypass izreg
             request.setResponseCode(307)
@@ -430,7 +448,7 @@ class RegistryAPI:
 
     async def upload_status(self, request, route):
         repo = route.repository
-        session = self.registry.upload(repo, route.argument)
+        session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session, 204)
 
     async def patch_upload(self, request, route):
@@ -440,7 +458,7 @@ class RegistryAPI:
             await shield(self.registry.chunk_done(body))
             session = body.session
         else:
-            session = self.registry.upload(repo, route.argument)
+            session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session)
 
     async def put_upload(self, request, route):
@@ -451,7 +469,7 @@ class RegistryAPI:
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
         digest = Digest.parse(digest_text)
         writer = body if IBodySink.providedBy(body) else None
-        session = writer.session if writer else self.registry.upload(repo, route.argument)
+        session = writer.session if writer else await self.registry.upload(repo, route.argument)
         await shield(self.registry.commit_upload(repo, session, digest, writer))
         return self._blob_created(request, repo, digest)
 
@@ -466,7 +484,7 @@ class RegistryAPI:
     async def list_tags(self, request, route):
         repo = route.repository
         limit, last = self._page(request)
-        tags, more = self.registry.tags(repo, limit, last)
+        tags, more = await self.registry.tags(repo, limit, last)
         if more and tags:
             self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
         return self._json(request, {"name": repo.name, "tags": tags})
@@ -474,7 +492,7 @@ class RegistryAPI:
     async def list_referrers(self, request, route):
         repo = route.repository
         artifact_type = _arg(request, "artifactType")
-        found = self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
+        found = await self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
         return self._json(request, referrers_index(found), mt.OCI_INDEX)
@@ -484,7 +502,7 @@ class RegistryAPI:
         repo = route.repository
         limit, last = self._page(request)
         found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
-        if not found and last is None and not self.registry.repo_exists(repo):
+        if not found and last is None and not await self.registry.repo_exists(repo):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         if more and found:
             self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])

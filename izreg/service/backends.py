@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from izreg.auth.runners import inline  # LMDB's run_read: the value itself, no thread hop
 from izreg.service.config import Config
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
@@ -35,11 +36,6 @@ LMDB, POSTGRESQL = "lmdb", "postgresql"
 
 class BackendError(Exception):
     """The metadata backend cannot be opened (one line for the user: no DSN password in it)."""
-
-
-def inline(f: Callable, *args: Any, **kwargs: Any) -> defer.Deferred:
-    """LMDB's C{run_read}: call now, on the calling thread; a fired Deferred of the result (or failure)."""
-    return defer.maybeDeferred(f, *args, **kwargs)
 
 
 class Backend:
@@ -56,7 +52,7 @@ class Backend:
         self.env = env
         self.db = db
         self.index = self.auth = self.devices = self.audit = self.webhooks = None
-        self.run_read: Callable[..., defer.Deferred] | None = None
+        self.run_read: Callable[..., Any] | None = None
         self.run_write: Callable[..., defer.Deferred] | None = None
         self._pools: list[ThreadPool] = []
 

@@ -121,6 +121,7 @@ class RegistryService(service.MultiService):
             uploads,
             now=self.reactor.seconds,
             run_write=self._run_write,
+            run_read=backend.run_read,
             run_io=self._run_io,
             limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
                           max_open_uploads=config.max_open_uploads),
@@ -177,7 +178,9 @@ class RegistryService(service.MultiService):
             from izreg.service.webhooks import Events
             self.dispatcher.store = self.backend.webhooks
             self.dispatcher.run_write = self.registry.run_write
-            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write)
+            self.dispatcher.run_read = self.backend.run_read
+            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write,
+                            run_read=self.backend.run_read)
             self.registry.on_change = events.changed
             self.api.events = events
         self.readiness = Readiness(self.backend.index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
@@ -198,6 +201,7 @@ class RegistryService(service.MultiService):
             token_ttl=config.token_ttl,
             limiter=self.backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
             signing_key=self.backend.token_key().secret,
+            run_read=self.backend.run_read,
         )
         if config.token_service:
             authenticator.signing_key()  # made now (0600) rather than on the first token request
@@ -218,7 +222,8 @@ class RegistryService(service.MultiService):
                 crls=crls,
                 fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
             )
-        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds)
+        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds,
+                                                           run_read=self.backend.run_read)
         self.api.authenticator = authenticator if config.token_service else None
         self.api.pulls = self.pulls
         self.api.now = self.reactor.seconds

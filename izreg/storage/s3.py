@@ -508,12 +508,12 @@ class S3Writer(SinkBase):
 class S3Uploads:
     """
     Upload sessions in the bucket; C{sessions} caches the ones this process
-    worked on (their running hash, their tail bytes). With C{shared} (the
-    upload records are in a database other nodes write too, #16) a cached
-    session is used only while its record still says what it holds: once
-    another node acknowledged a chunk of it, it is rebuilt from the record
-    (no hash: the staging object is hashed at commit) and the tail is read
-    back from the bucket.
+    worked on (their running hash, their tail bytes). C{shared}: the upload
+    records are in a database other nodes write too (#16); the registry then
+    drops a cached session whose record another node moved on (it is rebuilt
+    from the record: no hash, the staging object is hashed at commit, the
+    tail read back from the bucket), L{prune} those another node ended, and
+    young upload bytes with no record are not orphans (another node's POST).
     """
 
     def __init__(self, blobs: S3Blobs, part_size: int = PART_SIZE, shared: bool = False) -> None:
@@ -531,9 +531,7 @@ class S3Uploads:
     def get(self, upload_id: str, record: dict | None) -> S3Session | None:
         session = self.sessions.get(upload_id)
         if session is not None:
-            if not self.shared or session.busy or (record is not None and _current(session, record)):
-                return session
-            self.sessions.pop(upload_id, None)  # another node moved it on, or ended it
+            return session
         if record is None:
             return None
         state = record.get("s3", {})
@@ -718,13 +716,6 @@ class S3Uploads:
             busy.update(item["Key"][len(base):].split("/")[0] for item in page.get("Contents", [])
                         if item["LastModified"] > since)
         return busy
-
-
-def _current(session: S3Session, record: dict) -> bool:
-    """Whether the cached C{session} holds what its stored C{record} says (no other node wrote since)."""
-    state = record.get("s3", {})
-    return (record.get("offset") == session.offset and state.get("tail", 0) == session.tail_seq
-            and state.get("multipart") == session.multipart and len(state.get("parts", ())) == len(session.parts))
 
 
 def _big_buffers_back_to_the_os() -> None:
