@@ -24,7 +24,12 @@ SWEEP_LOCK = 0x697A6763
 
 
 class PgSweepLock:
-    """The interface of L{izreg.storage.gc.SweepLock} (C{acquire(wait)}, C{release()}) over PostgreSQL."""
+    """
+    The interface of L{izreg.storage.gc.SweepLock} (C{acquire(wait)},
+    C{release()}) over PostgreSQL. The lock lives in a connection of its own,
+    outside the pool, for as long as it is held: the sweep's own queries and
+    the requests served meanwhile keep every pooled connection.
+    """
 
     def __init__(self, db: Database, key: int = SWEEP_LOCK) -> None:
         self.db = db
@@ -32,36 +37,35 @@ class PgSweepLock:
         self._conn = None
 
     def acquire(self, wait: bool = False) -> bool:
+        import psycopg
+
+        from izreg.storage.pg import DatabaseUnavailable, _describe
+
         if self._conn is not None:
             raise RuntimeError("this sweep lock is already held")
-        conn = self.db.pool.getconn()
         try:
-            conn.autocommit = True
+            conn = psycopg.connect(self.db.dsn, autocommit=True, application_name="izreg-gc")
+        except psycopg.Error as e:
+            raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from None
+        try:
             if wait:
                 conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
                 got = True
             else:
                 got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0])
         except BaseException:
-            conn.autocommit = False
-            self.db.pool.putconn(conn)
+            conn.close()
             raise
         if not got:
-            conn.autocommit = False
-            self.db.pool.putconn(conn)
+            conn.close()
             return False
         self._conn = conn
         return True
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-        finally:
-            conn.autocommit = False
-            self.db.pool.putconn(conn)
+        if conn is not None:
+            conn.close()  # the session ends: PostgreSQL releases its advisory locks
 
 
 class FailureCounts:

@@ -182,6 +182,23 @@ def test_skopeo_copy_through_haproxy(cluster, tmp_path):
     assert skopeo.inspect_json(ref)["Digest"]
 
 
+def test_the_izreg_command_works_against_the_database(cluster):
+    """Every admin command reaches the cluster's data through the database, from any machine (here: no data dir)."""
+    repo = f"{cluster.account}/admin"
+    image = build_image(layers=(4000,), seed="admin")
+    push_image(client(cluster), repo, image, "v1")
+    assert cluster.account in cluster.izreg("account", "list")
+    assert "admin" in cluster.izreg("images", cluster.account)
+    assert cluster.izreg("usage", cluster.account)
+    assert f"{repo}:v1" in cluster.izreg("audit", "--account", cluster.account)  # the push-tag record
+    assert cluster.izreg("gc", "--dry-run").startswith("would free ")
+    assert cluster.izreg("fsck").rstrip().endswith("clean")
+    assert cluster.izreg("db", "status").endswith("up to date")
+    cluster.izreg("device", "revoke", "--serial", "0a0b0c", "--note", "cluster")
+    assert "0a0b0c" in cluster.izreg("device", "list-revoked")
+    pulls_whole(client(cluster.nodes[2], cluster.creds), repo, image, "v1")  # nothing the commands did broke it
+
+
 def test_failed_authentications_are_braked_across_nodes(cluster):
     # a made-up key: failures share the address's brake, counted by every node
     bad = OCIClient(cluster.url, auth=("KEY", "izr_" + "0" * 16 + "_" + "A" * 43))

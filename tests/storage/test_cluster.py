@@ -53,12 +53,16 @@ def test_a_dead_holder_releases_the_lock(pg_db, pg_dsn):
     again.release()
 
 
-def test_the_lock_gives_its_connection_back(pg_db):
-    lock = PgSweepLock(pg_db)
-    for _ in range(pg_db.max_size + 2):
-        assert lock.acquire()
-        lock.release()
-    assert one(pg_db, "SELECT 1") == 1
+def test_the_lock_takes_no_pooled_connection(pg_db, pg_dsn):
+    small = Database(pg_dsn, max_size=1, timeout=5)
+    try:
+        lock = PgSweepLock(small)
+        for _ in range(3):
+            assert lock.acquire()
+            assert one(small, "SELECT 1") == 1  # the pool's one connection is free while the lock is held
+            lock.release()
+    finally:
+        small.close()
 
 
 def test_failures_are_counted_across_nodes(pg_db, pg_dsn):
