@@ -13,16 +13,15 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
-from izreg.storage.gc import Collector, SweepLock, SweepResult
+from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult
 
 log = Logger()
 
 
-async def sweep(registry, collector: Collector, lock: SweepLock) -> SweepResult | None:
+async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock) -> SweepResult | None:
     """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
-    # off the reactor: with PostgreSQL the lock is a database round trip (izreg.storage.cluster)
-    if not await registry.run_io(lock.acquire):
-        log.info("gc: a sweep is already running (izreg gc or another node); skipping this one")
+    if not await registry.run_io(lock.acquire):  # a thread: the lock may be in the database
+        log.info("gc: a sweep is already running (izreg gc, or another node); skipping this one")
         return None
     try:
         return await _sweep(registry, collector)

@@ -101,7 +101,7 @@ class Backend:
     def sweep_lock(self):
         """One garbage-collection sweep at a time: a flock on this machine, or an advisory lock of the database."""
         if self.shared:
-            from izreg.storage.cluster import PgSweepLock
+            from izreg.storage.gc import PgSweepLock
 
             return PgSweepLock(self.db)
         from izreg.storage.gc import SweepLock

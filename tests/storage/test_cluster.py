@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from izreg.storage.cluster import FailureCounts, PgSweepLock
+from izreg.storage.cluster import FailureCounts
+from izreg.storage.gc import PgSweepLock
 from izreg.storage.pg import Database
 
 pytestmark = pytest.mark.postgres
