@@ -66,3 +66,13 @@ def test_no_dsn_is_an_error(monkeypatch):
     monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
     status, out, err = run("db", "status")
     assert status == 2 and "IZREG_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize("command", [("backup", "out"), ("restore", "in")])
+def test_backup_and_restore_are_refused_on_postgresql(pg_db, tmp_path, command):
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[metadata]\nbackend = "postgresql"\ndsn = "{pg_db.dsn}"\n')
+    status, out, err = run("--config", str(config), "--data-dir", str(tmp_path / "data"), command[0],
+                           str(tmp_path / command[1]))
+    assert status == 2 and "pg_dump" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
