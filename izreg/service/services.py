@@ -21,10 +21,7 @@ from izreg import StartupError
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
-from izreg.auth.devicestore import DeviceStore, PullRecorder
-from izreg.auth.ratelimit import FailureLimiter
-from izreg.auth.store import AuthStore
-from izreg.auth.tokenkey import TokenKey
+from izreg.auth.devicestore import PullRecorder
 from izreg.browse import Browser
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
@@ -33,11 +30,8 @@ from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.tls import CRLFile, ServerTLS
-from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
-from izreg.storage.lmdbenv import open_env
-from izreg.storage.lmdbindex import Index
 from izreg.storage.uploads import Uploads
 
 
@@ -54,10 +48,11 @@ class RegistryService(service.MultiService):
         self.tls = tls
         self.fixed_guard = guard
         self.registry: Registry | None = None
-        self.index: Index | None = None  # the LMDB index the registry and the browse API read
+        self.index = None  # the metadata index (backend.index) the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
         self._pools: list[ThreadPool] = []
+        self.backend = None  # izreg.service.backends.Backend: the metadata stores and their runners
         # operations (izreg.service.metrics, .logs): set by make_server
         self.metrics = None
         self.dispatcher = None  # izreg.service.webhooks.Dispatcher
@@ -82,6 +77,9 @@ class RegistryService(service.MultiService):
         return run
 
     def privilegedStartService(self) -> None:
+        if self.config.metadata_backend != "lmdb":
+            # a database that cannot be reached or holds an unknown schema: one line, exit non-zero
+            self.backend = self._open_backend()
         if self.config.storage_backend == "s3":
             # before the reactor runs and before any listener: a bucket that cannot be reached is one line
             from izreg.storage.interfaces import StorageError
@@ -105,15 +103,17 @@ class RegistryService(service.MultiService):
         raise_open_files_limit(config.max_connections + 512)
         root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
-        env = open_env(root, map_size=config.lmdb_map_size)
-        self.index = index = Index(env)
+        backend = self.backend = self.backend or self._open_backend()
+        env = backend.env
+        self.index = index = backend.index
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
             pool.start()
             self._pools.append(pool)
+        backend.start(self.reactor, writer)
         self._run_io = self._runner(io)
-        self._run_write = self._runner(writer)
+        self._run_write = backend.run_write
         blobs, uploads = self._open_storage(root)
         self.registry = Registry(
             index,
@@ -121,10 +121,11 @@ class RegistryService(service.MultiService):
             uploads,
             now=self.reactor.seconds,
             run_write=self._run_write,
+            run_read=backend.run_read,
             run_io=self._run_io,
             limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
                           max_open_uploads=config.max_open_uploads),
-            audit=AuditLog(env),
+            audit=backend.audit,
         )
         self._drop_orphans()
         self._start_operations(env, root)
@@ -132,6 +133,20 @@ class RegistryService(service.MultiService):
         self.api.registry = self.registry
         self.log.info("izreg storage open at {root}", root=root)
         super().startService()
+
+    def _open_backend(self):
+        """The metadata stores of C{[metadata]} (izreg.service.backends); a failure is one line."""
+        from izreg.service.backends import BackendError, open_backend
+
+        try:
+            backend = open_backend(self.config, self.config.data_dir)
+        except BackendError as e:
+            self.log.error("{message}", message=str(e))
+            raise StartupError(str(e)) from None
+        if backend.shared and self.config.storage_backend != "s3":
+            self.log.warn("metadata in PostgreSQL with blobs on this node's file system: run this node alone"
+                          " (several nodes need storage.backend = \"s3\")")
+        return backend
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""
@@ -155,35 +170,28 @@ class RegistryService(service.MultiService):
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
     def _start_operations(self, env, root: str) -> None:
-        def index_error() -> str | None:
-            try:
-                env.stat()
-            except Exception as e:  # lmdb.Error: closed or broken
-                return f"the index cannot be read: {e}"
-            return None
-
         def probe():
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
         if self.dispatcher is not None:
             from izreg.service.webhooks import Events
-            from izreg.storage.webhooks import WebhookStore
-
-            self.dispatcher.store = WebhookStore(env, root)
+            self.dispatcher.store = self.backend.webhooks
             self.dispatcher.run_write = self.registry.run_write
-            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write)
+            self.dispatcher.run_read = self.backend.run_read
+            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write,
+                            run_read=self.backend.run_read)
             self.registry.on_change = events.changed
             self.api.events = events
-        self.readiness = Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
+        self.readiness = Readiness(self.backend.index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
         self.api.readiness = self.readiness
         if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
-            self.metrics.watch_storage(env)
+            self.metrics.watch_storage(env, index=self.backend.index)
             self.metrics.storage_watched = True
 
     def _start_auth(self, env, root: str) -> None:
         config = self.config
-        store = AuthStore(env)
+        store = self.backend.auth
         if bootstrap(store, root, self.reactor.seconds()) is None:
             warn_if_left(root)
         self.authenticator = authenticator = Authenticator(
@@ -191,12 +199,13 @@ class RegistryService(service.MultiService):
             self.reactor.seconds,
             token_service=config.token_service,
             token_ttl=config.token_ttl,
-            limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
-            signing_key=TokenKey(root).secret,
+            limiter=self.backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
+            signing_key=self.backend.token_key().secret,
+            run_read=self.backend.run_read,
         )
         if config.token_service:
             authenticator.signing_key()  # made now (0600) rather than on the first token request
-        devices = DeviceStore(env)
+        devices = self.backend.devices
         self.pulls = PullRecorder(devices)
         self.api.browser = Browser(self.index, self.registry.blobs, devices)
         if config.protect_in_use:
@@ -213,7 +222,8 @@ class RegistryService(service.MultiService):
                 crls=crls,
                 fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
             )
-        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds)
+        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds,
+                                                           run_read=self.backend.run_read)
         self.api.authenticator = authenticator if config.token_service else None
         self.api.pulls = self.pulls
         self.api.now = self.reactor.seconds
@@ -228,21 +238,21 @@ class RegistryService(service.MultiService):
         for pool in self._pools:
             pool.stop()
         self._pools = []
-        if self.index is not None:
-            self.index.close()
-            self.registry = self.index = None
+        if self.backend is not None:
+            self.backend.close()
+            self.registry = self.index = self.backend = None
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
         if self.registry is None:
             return None
-        from izreg.storage.gc import Collector, SweepLock
+        from izreg.storage.gc import Collector
         from izreg.sweeper import sweep
 
         config = self.config
         collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
         try:
-            result = await sweep(self.registry, collector, SweepLock(self.root))
+            result = await sweep(self.registry, collector, self.backend.sweep_lock())
         except Exception:
             self.log.failure("garbage collection failed")
             return None
