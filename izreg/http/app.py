@@ -61,7 +61,11 @@ BROWSE_PAGE = 1000
 
 def _arg(request, name: str) -> str | None:
     values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
+    if not values:
+        return None
+    if b"\x00" in values[0]:  # nothing stored holds one (and PostgreSQL text cannot)
+        raise RegistryError(ErrorCode.NAME_INVALID, {"parameter": name}, "a query parameter contains a NUL character")
+    return values[0].decode("utf-8", "replace")
 
 
 def _header(request, name: str) -> str | None:
