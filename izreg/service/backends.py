@@ -22,6 +22,7 @@ the readiness check of the index.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -32,6 +33,9 @@ from izreg.auth.runners import inline  # LMDB's run_read: the value itself, no t
 from izreg.service.config import Config
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
+#: seconds a database call may wait for a free thread (and connection) before it is answered 503:
+#: while the database blocks every connection (a lock, a dead link), requests do not queue for ever
+QUEUE_WAIT = 10.0
 
 
 class BackendError(Exception):
@@ -76,7 +80,7 @@ class Backend:
             pool = ThreadPool(0, self.db.max_size, "izreg-db")
             pool.start()
             self._pools.append(pool)
-            self.run_read = self.run_write = _runner(reactor, pool)
+            self.run_read = self.run_write = _bounded_runner(reactor, pool, QUEUE_WAIT)
             return
         if writer is None:
             writer = ThreadPool(1, 1, "izreg-writer")
@@ -153,6 +157,49 @@ class Backend:
 def _runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
     def run(f, *args, **kwargs):
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
+
+    return run
+
+
+_EXPIRED = object()
+
+
+def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., defer.Deferred]:
+    """
+    L{_runner} where a call still waiting for a thread after C{wait} seconds
+    fails with L{izreg.storage.pg.DatabaseUnavailable} (a 503) and is never
+    run: a call either runs whole or not at all.
+    """
+    from izreg.storage.pg import DatabaseUnavailable
+
+    def run(f, *args, **kwargs):
+        lock = threading.Lock()
+        taken = [False]  # by a thread (f runs) or by the timer (f never runs)
+        result: defer.Deferred = defer.Deferred()
+
+        def work():
+            with lock:
+                if taken[0]:
+                    return _EXPIRED
+                taken[0] = True
+            return f(*args, **kwargs)
+
+        def expire():
+            with lock:
+                if taken[0]:
+                    return
+                taken[0] = True
+            result.errback(DatabaseUnavailable(f"no database connection free for {wait:g} s"))
+
+        def done(value):
+            if timer.active():
+                timer.cancel()
+            if value is not _EXPIRED:
+                result.callback(value)  # a Failure goes down the errback chain
+
+        timer = reactor.callLater(wait, expire)
+        deferToThreadPool(reactor, pool, work).addBoth(done)
+        return result
 
     return run
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 
 from izreg.service.backends import BackendError, open_backend
@@ -98,3 +100,33 @@ def test_the_server_refuses_an_unknown_schema_in_one_line(pg_dsn, tmp_path):
     assert len(lines) == 1 and "run `izreg db upgrade` first" in lines[0], proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert pg_dsn.split("@")[0].split(":")[-1] not in proc.stdout + proc.stderr  # the password
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_never_runs():
+    # while the database blocked every connection (a lock held elsewhere, a dead link), every
+    # request queued behind them for as long: the node hung instead of answering 503
+    from twisted.internet import reactor
+    from twisted.python.threadpool import ThreadPool
+
+    from izreg.service.backends import _bounded_runner
+    from izreg.storage.pg import DatabaseUnavailable
+
+    pool = ThreadPool(1, 1, "test-db")
+    pool.start()
+    release, ran = threading.Event(), []
+    try:
+        run = _bounded_runner(reactor, pool, 0.2)
+        blocked = run(release.wait, 60)
+        with pytest.raises(DatabaseUnavailable, match="no database connection free"):
+            await run(ran.append, "late")
+        release.set()
+        assert await blocked is True
+        assert await run(lambda: "next") == "next"  # the pool serves again; the expired call was skipped
+        assert ran == []
+        with pytest.raises(ZeroDivisionError):  # a call's own error still comes through
+            await run(lambda: 1 / 0)
+    finally:
+        release.set()
+        pool.stop()
