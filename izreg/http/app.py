@@ -61,11 +61,15 @@ BROWSE_PAGE = 1000
 
 def _arg(request, name: str) -> str | None:
     values = request.args.get(name.encode())
-    if not values:
-        return None
-    if b"\x00" in values[0]:  # nothing stored holds one (and PostgreSQL text cannot)
-        raise RegistryError(ErrorCode.NAME_INVALID, {"parameter": name}, "a query parameter contains a NUL character")
-    return values[0].decode("utf-8", "replace")
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _last(request) -> str | None:
+    """The ``last`` of a listing: no name or tag holds a NUL (and PostgreSQL text cannot)."""
+    last = _arg(request, "last")
+    if last is not None and "\x00" in last:
+        raise RegistryError(ErrorCode.NAME_INVALID, {"last": last[:300]}, "last contains a NUL character")
+    return last
 
 
 def _header(request, name: str) -> str | None:
@@ -527,10 +531,10 @@ class RegistryAPI:
     def _page(self, request) -> tuple[int, str | None]:
         n = _arg(request, "n")
         if n is None:
-            return MAX_PAGE * 100, _arg(request, "last")
+            return MAX_PAGE * 100, _last(request)
         if not re.fullmatch(r"[0-9]{1,9}", n):
             raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, {"n": n[:20]})
-        return min(int(n), MAX_PAGE), _arg(request, "last")
+        return min(int(n), MAX_PAGE), _last(request)
 
     def _link(self, request, path: str, limit: int, last: str) -> None:
         _set(request, Link=f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"')

@@ -235,14 +235,10 @@ class RegistryRequest(server.Request):
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         try:
-            path = unquote_to_bytes(self.path).decode("utf-8")
+            unquote_to_bytes(self.path).decode("utf-8")
         except UnicodeDecodeError:
-            path = None
-        if path is None or "\x00" in path:
-            # Klein would answer a bad encoding itself, in HTML; keep every answer an OCI error.
-            # No name, reference or upload id holds a NUL (and PostgreSQL text cannot)
-            error = RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8" if path is None
-                                  else "the request path contains a NUL character")
+            # Klein would answer this itself, in HTML; keep every answer an OCI error
+            error = RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8")
             self.write(render_error(self, error))
             self.finish()
             return

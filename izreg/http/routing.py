@@ -144,8 +144,6 @@ class RouteTable:
             path = unquote_to_bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8") from None
-        if "\x00" in path:  # no name, reference or upload id holds one (and PostgreSQL text cannot)
-            raise RegistryError(ErrorCode.NAME_INVALID, None, "the request path contains a NUL character")
         adapter = self.app.url_map.bind("localhost", "")
         try:
             name, kwargs = adapter.match(path, method)

@@ -294,8 +294,8 @@ class PgIndex:
         self.db.run(f)
 
     def get_upload(self, upload_id: str) -> dict | None:
-        if len(upload_id.encode()) > MAX_KEY:
-            return None  # an id from a URL: no session has one this long
+        if len(upload_id.encode()) > MAX_KEY or "\x00" in upload_id:
+            return None  # an id from a URL: no session has one this long, or a NUL (PostgreSQL text cannot)
         def f(cur):
             cur.execute("SELECT record FROM uploads WHERE id = %s", (upload_id,))
             row = cur.fetchone()
