@@ -179,7 +179,7 @@ class RegistryAPI:
             authorized = then(authorized, lambda principal: self._find_session(request, target, principal))
             setattr(request, BODY_READY, authorized)  # the handler waits for the sink (L{dispatch})
         if isinstance(authorized, Deferred):  # the caller is read off the reactor: hold the body meanwhile
-            return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length))
+            return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length), self.budget)
         return self._sink(request, target, method, uri, length)
 
     def _find_session(self, request, target: Target, principal) -> Deferred:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from izreg.core.errors import RegistryError
-from izreg.http.bodies import Dropped
+from izreg.http.bodies import Dropped, out_of_budget
 from izreg.http.errors import as_registry_error
 
 log = Logger()
@@ -32,12 +32,23 @@ BODY_ERROR = "_izreg_body_error"
 
 
 class PendingBody:
-    def __init__(self, request, authorized: Deferred, make: Callable[[], object]) -> None:
+    """
+    The bytes held count against C{budget} (L{izreg.http.limits.BodyBudget}, the
+    memory of request bodies across connections): past it the request is
+    answered 503 at once and nothing more is kept. They are kept in one
+    buffer: a body of tiny chunks (chunked encoding) costs its bytes, not an
+    object per chunk.
+    """
+
+    def __init__(self, request, authorized: Deferred, make: Callable[[], object], budget=None) -> None:
         self.request = request
         self.make = make
-        self.chunks: list[bytes] = []
+        self.budget = budget
+        self.held = bytearray()
+        self.reserved = 0
         self.size = 0
         self.complete = False
+        self.stopped = False
         self.transport = getattr(getattr(request, "channel", None), "transport", None)
         if self.transport is not None:
             self.transport.pauseProducing()  # bytes already read still come: a read buffer at most
@@ -45,8 +56,18 @@ class PendingBody:
 
     # the file-like calls of twisted.web's Request on its content
     def write(self, data: bytes) -> None:
-        self.chunks.append(bytes(data))
         self.size += len(data)
+        if self.stopped:
+            return
+        if self.budget is not None:
+            if not self.budget.reserve(len(data)):
+                self.stopped = True
+                self._release()
+                self.request.content = Dropped()
+                self.request.refuse(out_of_budget(self.budget))
+                return
+            self.reserved += len(data)
+        self.held += data
 
     def tell(self) -> int:
         return self.size
@@ -61,25 +82,36 @@ class PendingBody:
         return b""
 
     def close(self) -> None:
-        self.chunks = []
+        self._release()
+
+    def _release(self) -> None:
+        self.held = bytearray()
+        if self.budget is not None and self.reserved:
+            self.budget.release(self.reserved)
+        self.reserved = 0
 
     def _authorized(self, _principal) -> None:
+        if self.stopped:
+            return
         try:
             sink = self.make()
         except Exception:
             self._refused(Failure())
             return
-        for chunk in self.chunks:
-            sink.write(chunk)
-        self.chunks = []
+        held = bytes(self.held)
+        self._release()
+        if held:
+            sink.write(held)
         if self.complete:
             sink.seek(0, 0)
         self.request.content = sink
         self._resume()
 
     def _refused(self, failure: Failure) -> None:
+        if self.stopped:
+            return
         error = failure.value if failure.check(RegistryError) else as_registry_error(failure)
-        self.chunks = []
+        self._release()
         self.request.content = Dropped()
         if self.complete:
             setattr(self.request, BODY_ERROR, error)  # the handler runs: it answers this

@@ -30,6 +30,8 @@ from izreg import __version__
 from izreg.auth.runners import inline, settled
 from izreg.core import cloudevents
 from izreg.core.names import Repository
+from izreg.http.limits import ThrottledLog
+from izreg.storage.failures import storage_error
 from izreg.storage.webhooks import KEEP_FINISHED, WebhookStore
 
 CONCURRENCY = 4
@@ -59,6 +61,14 @@ class Dispatcher(service.Service):
         self._last_prune = 0.0
         self._inflight: set[defer.Deferred] = set()
         self._scheduled = None
+        self._unavailable = ThrottledLog(self.log)
+
+    def _failed(self, what: str, failure: Failure) -> None:
+        """A storage outage (the database down, a full disk) is one warning line now and then; anything else a traceback."""
+        if storage_error(failure.value) is not None:
+            self._unavailable.warn(f"{what}: {failure.getErrorMessage()}")
+        else:
+            self.log.failure(what, failure)
 
     def startService(self) -> None:
         super().startService()
@@ -112,13 +122,13 @@ class Dispatcher(service.Service):
                 return result
 
             due.addBoth(claimed).addCallbacks(
-                self._start, lambda f: self.log.failure("reading the webhook queue failed", f))
+                self._start, lambda f: self._failed("reading the webhook queue failed", f))
         else:
             self._start(due)
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now
             self.run_write(self.store.prune, now - KEEP_FINISHED).addErrback(
-                lambda f: self.log.failure("pruning webhook deliveries failed", f))
+                lambda f: self._failed("pruning webhook deliveries failed", f))
 
     def _start(self, due) -> None:
         for delivery_id, record in due:

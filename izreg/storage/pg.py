@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 T = TypeVar("T")
@@ -77,6 +78,10 @@ class Database:
     """
 
     def __init__(self, dsn: str, max_size: int = 8, timeout: float = 10.0, application_name: str = "izreg") -> None:
+        try:
+            conninfo_to_dict(dsn)  # libpq's parse error quotes the DSN, password and all, and the pool logs it
+        except psycopg.ProgrammingError as e:
+            raise DatabaseUnavailable(f"the database DSN is not valid: {_malformed(e)}") from None
         self.dsn = dsn
         self.max_size = max_size
         self.pool = ConnectionPool(
@@ -199,7 +204,13 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
 def _describe(e: Exception) -> str:
     """One line about a connection failure, with no password in it."""
     text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"(://[^\s:/@]*:)[^\s@]*@", r"\1***@", text)  # a URI's user:password@
     return re.sub(r"(password=)\S+", r"\1***", text)
+
+
+def _malformed(e: Exception) -> str:
+    """libpq's complaint about a DSN it cannot parse, without the parts it quotes (any may be the password)."""
+    return re.sub(r'"[^"]*"?', '"..."', " ".join(str(e).split()) or type(e).__name__)
 
 
 def dsn_from(configured: str | None) -> str | None:

@@ -54,3 +54,31 @@ async def test_each_event_is_delivered_by_one_node(pg_db, tmp_path):
     assert sorted(got) == sorted(ids)  # every one, none twice
     assert all(d["attempts"] == 1 for d in stores[0].deliveries())
     assert stores[0].deliveries()[0]["event"]["type"] == cloudevents.TYPES[cloudevents.PUSH]
+
+
+def test_the_database_down_is_a_warning_line_not_a_traceback_per_tick():
+    # with PostgreSQL down every poll of the queue logged a critical traceback
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from twisted.internet import defer
+
+    from izreg.storage.pg import DatabaseUnavailable
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = Clock()
+        down = lambda *a: defer.fail(DatabaseUnavailable("the database is unavailable: connection refused"))
+        dispatcher = Dispatcher(SimpleNamespace(due=None, prune=None), clock, down, Config(), run_read=down)
+        dispatcher.running = True
+        for _ in range(5):
+            dispatcher.tick()
+            clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("log_namespace", "").startswith("izreg.service.webhooks")]
+    assert not [e for e in mine if "log_failure" in e]
+    assert len(mine) == 1 and "connection refused" in mine[0]["line"]

@@ -124,3 +124,23 @@ def test_a_connection_killed_while_idle_is_replaced_not_failed(pg_db, monkeypatc
                 db.run(lambda cur: cur.execute("SELECT 1"))
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://izreg:S3CRET%PW@127.0.0.1:1/x",  # a password with an unencoded %
+    "postgresql://izreg:S3CRETPW@[::1/x",
+    "postgresql://izreg:S3CRETPW@127.0.0.1:1/x?S3CRETPW=1",
+    "host=127.0.0.1 password S3CRETPW",
+])
+def test_a_malformed_dsn_is_refused_at_once_without_its_password(dsn, caplog):
+    # libpq's parse error quotes the DSN; the pool logged it (password and all) on every retry for 10 s
+    started = time.monotonic()
+    with pytest.raises(pg.DatabaseUnavailable, match="DSN is not valid") as e:
+        pg.Database(dsn, timeout=5.0)
+    assert "S3CRET" not in str(e.value) and "S3CRET" not in caplog.text
+    assert time.monotonic() - started < 4.0
+
+
+def test_connection_failures_are_described_without_a_password():
+    error = psycopg.OperationalError('could not parse "postgresql://izreg:S3CRET@db/x" (password=S3CRET2)')
+    assert "S3CRET" not in pg._describe(error)
