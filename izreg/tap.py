@@ -172,7 +172,14 @@ class _SighupService(service.Service):
 
 
 class _AfterFirstInterval(internet.TimerService):
-    """A TimerService whose first call is one interval after start (not at start)."""
+    """
+    A TimerService whose first call is one interval after start (not at start):
+    a sweep during start-up is not wanted. (It was first added as a workaround
+    for a deadlock: a store built on the reactor opened its LMDB database with
+    a write transaction of its own while the sweep held the write lock. The
+    root cause is fixed: every named database is opened once, with the
+    environment, in L{izreg.storage.lmdbenv.open_env}.)
+    """
 
     def startService(self) -> None:
         from twisted.internet import task

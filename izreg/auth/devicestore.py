@@ -32,7 +32,6 @@ Times are POSIX seconds passed in by the caller.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Iterable
@@ -41,7 +40,11 @@ import lmdb
 
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
 from izreg.storage import schema
+from izreg.storage.lmdbenv import handle
 from izreg.storage.batch import LatestBatch
+from izreg.storage.pullkeys import PULL as _PULL
+from izreg.storage.pullkeys import PULLOF as _PULLOF
+from izreg.storage.pullkeys import pull_key, put_pullof
 from izreg.storage.refs import repo_key, scan
 
 SERIAL = "serial"
@@ -49,9 +52,6 @@ FINGERPRINT = "fingerprint"
 KINDS = (SERIAL, FINGERPRINT)
 
 _REVOKED = b"revoked"
-_PULL = b"pull"
-_PULLOF = b"pullof"
-_INDEXED = schema.key(b"meta", _PULLOF)
 
 
 @dataclass(frozen=True)
@@ -89,26 +89,7 @@ class DeviceStore:
 
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
-        self._db = env.open_db(schema.DEVICES)
-        self._index_pulls()
-
-    def _index_pulls(self) -> None:
-        """Write the ``pullof`` entries of pull records made before they existed (once)."""
-        with self._env.begin(db=self._db) as txn:
-            if txn.get(_INDEXED) is not None:
-                return
-        with self._env.begin(write=True, db=self._db) as txn:
-            for k, v in list(scan(txn, self._db, schema.prefix(_PULL))):
-                _, account, device, repo, digest = k.decode().split("\x00")
-                self._put_pullof(txn, PullRecord(account, device, repo, digest, json.loads(v)["at"]))
-            txn.put(_INDEXED, b"1")
-
-    def _put_pullof(self, txn, r: PullRecord) -> None:
-        device = r.device_id if len(r.device_id) <= 64 else hashlib.sha256(r.device_id.encode()).hexdigest()
-        k = schema.key(_PULLOF, repo_key(r.repository), r.digest, device)
-        old = txn.get(k)
-        if old is None or json.loads(old)["at"] < r.at:
-            txn.put(k, json.dumps({"at": r.at, "device": r.device_id}).encode())
+        self._db = handle(env, schema.DEVICES)  # its pullof index is completed by open_env (pullkeys.index_pulls)
 
     def pull_devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> its last pull of this manifest."""
@@ -169,9 +150,8 @@ class DeviceStore:
         n = 0
         with self._env.begin(write=True, db=self._db) as txn:
             for r in records:
-                txn.put(schema.key(_PULL, r.account, r.device_id, r.repository, r.digest),
-                        json.dumps({"at": r.at}).encode())
-                self._put_pullof(txn, r)
+                txn.put(pull_key(r.account, r.device_id, r.repository, r.digest), json.dumps({"at": r.at}).encode())
+                put_pullof(txn, self._db, r.account, r.device_id, r.repository, r.digest, r.at)
                 n += 1
         return n
 

@@ -34,6 +34,7 @@ from izreg.auth import keys
 from izreg.auth.keys import AccessKey, RandomBytes
 from izreg.core.names import ACCOUNT_RE
 from izreg.storage import schema
+from izreg.storage.lmdbenv import handle
 
 MAX_NAME_LENGTH = 200
 
@@ -94,8 +95,8 @@ class AuthStore:
     def __init__(self, env: lmdb.Environment, random: RandomBytes = secrets.token_bytes) -> None:
         self._env = env
         self._random = random
-        self._accounts = env.open_db(schema.ACCOUNTS)
-        self._keys = env.open_db(schema.KEYS)
+        self._accounts = handle(env, schema.ACCOUNTS)
+        self._keys = handle(env, schema.KEYS)
 
     # Accounts ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any
 import lmdb
 
 from izreg.storage import schema
+from izreg.storage.lmdbenv import handle
 
 _TIME = struct.Struct(">Q")
 
@@ -45,7 +46,7 @@ class AuditLog:
 
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
-        self._db = env.open_db(schema.AUDIT)
+        self._db = handle(env, schema.AUDIT)
 
     def record(
         self,

@@ -35,6 +35,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from izreg.core import cloudevents
 from izreg.storage import schema
+from izreg.storage.lmdbenv import handle
 
 KEY_FILE = "webhook.key"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -109,9 +110,9 @@ class WebhookStore:
     def __init__(self, env: lmdb.Environment, data_dir: str) -> None:
         self.env = env
         self.box = SecretBox(data_dir)
-        self._hooks = env.open_db(schema.WEBHOOKS)
-        self._queue = env.open_db(schema.WEBHOOK_QUEUE)
-        self._due = env.open_db(schema.WEBHOOK_DUE)
+        self._hooks = handle(env, schema.WEBHOOKS)
+        self._queue = handle(env, schema.WEBHOOK_QUEUE)
+        self._due = handle(env, schema.WEBHOOK_DUE)
 
     # -- webhooks (the CLI) ---------------------------------------------------
 
