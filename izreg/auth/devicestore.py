@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import lmdb
+from zope.interface import implementer
 
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
+from izreg.auth.interfaces import IDeviceStore
 from izreg.storage import schema
 from izreg.storage.lmdbenv import handle
 from izreg.storage.batch import LatestBatch
@@ -84,6 +86,7 @@ def _check_part(name: str, value: str) -> None:
         raise ValueError(f"invalid {name}: {value!r}")
 
 
+@implementer(IDeviceStore)
 class DeviceStore:
     """Revocations and pull records over an open LMDB environment (see L{izreg.storage.lmdbenv.open_env})."""
 

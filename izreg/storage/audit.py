@@ -23,8 +23,10 @@ import struct
 from typing import Any
 
 import lmdb
+from zope.interface import implementer
 
 from izreg.storage import schema
+from izreg.storage.interfaces import IAuditLog
 from izreg.storage.lmdbenv import handle
 
 _TIME = struct.Struct(">Q")
@@ -41,6 +43,7 @@ def iso(when: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@implementer(IAuditLog)
 class AuditLog:
     """Append-only audit records over an open LMDB environment."""
 

@@ -153,3 +153,63 @@ class IUploadStore(Interface):
 
     def orphans(known: set[str]) -> list[str]:
         """Ids of stored sessions neither live nor in C{known} (left by a crash mid-POST). Blocking."""
+
+
+class IAuditLog(Interface):
+    """
+    The append-only audit log (L{izreg.storage.audit.AuditLog} on LMDB,
+    L{izreg.storage.pgaudit.PgAuditLog} on PostgreSQL). Synchronous; a
+    record is a write (the server's writer runner).
+    """
+
+    def record(*, action: str, account, actor: str, target: str, address=None, detail=None, now: float) -> None:
+        """Append one record (C{detail}: anything JSON-able)."""
+
+    def entries(account=None, since=None, limit=None) -> list:
+        """Records oldest first, each a dict with C{time} (optionally one account's, from C{since}, at most C{limit})."""
+
+
+class IWebhookStore(Interface):
+    """
+    Webhooks and their durable delivery queue (L{izreg.storage.webhooks.WebhookStore}
+    on LMDB, L{izreg.storage.pgwebhooks.PgWebhookStore} on PostgreSQL).
+    Secrets are sealed, never stored in clear. Synchronous, one transaction
+    per method.
+    """
+
+    def add(account: str, url: str, secret: str, events, now: float):
+        """A new L{Hook}. @raise WebhookError: a bad URL or a short secret."""
+
+    def hooks(account=None) -> list:
+        """The L{Hook}s (of one account), by account then id."""
+
+    def remove(hook_id: str):
+        """Remove a hook; the L{Hook} or C{None}."""
+
+    def secret(account: str, hook_id: str):
+        """The hook's secret (bytes), unsealed; C{None} if the hook is gone."""
+
+    def wants(account: str, kind: str) -> list:
+        """The account's hooks subscribed to C{kind}."""
+
+    def enqueue(kind: str, now: float, **fields) -> list:
+        """Queue the event for every hook that wants it; the delivery ids (hex, time-ordered)."""
+
+    def due(now: float, limit: int, busy=frozenset()) -> list:
+        """
+        C{(id, record)} of pending deliveries whose time has come, oldest
+        first, except C{busy}. On a shared database each is claimed for a
+        lease (no other node gets it until L{finish} or the lease ends).
+        """
+
+    def next_due():
+        """When the earliest pending delivery is due, or C{None}."""
+
+    def finish(delivery_id: str, now: float, status, error, next_try):
+        """Record an attempt: delivered, retried at C{next_try}, or failed; the record or C{None}."""
+
+    def deliveries(account=None, hook_id=None, limit=None) -> list:
+        """Delivery records (dicts with C{id}), newest first."""
+
+    def prune(before: float) -> int:
+        """Drop finished deliveries done before C{before}; the count."""

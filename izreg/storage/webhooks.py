@@ -32,9 +32,11 @@ from urllib.parse import urlsplit
 
 import lmdb
 from cryptography.fernet import Fernet, InvalidToken
+from zope.interface import implementer
 
 from izreg.core import cloudevents
 from izreg.storage import schema
+from izreg.storage.interfaces import IWebhookStore
 from izreg.storage.lmdbenv import handle
 
 KEY_FILE = "webhook.key"
@@ -106,6 +108,7 @@ def _new_id(now: float) -> bytes:
     return _TIME.pack(max(0, int(now * 1_000_000))) + os.urandom(8)
 
 
+@implementer(IWebhookStore)
 class WebhookStore:
     def __init__(self, env: lmdb.Environment, data_dir: str) -> None:
         self.env = env

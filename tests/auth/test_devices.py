@@ -23,9 +23,11 @@ from izreg.auth.devices import (
     revocation_reason,
 )
 from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore, PullRecord, PullRecorder
+from izreg.auth.interfaces import IDeviceStore
 from izreg.core.errors import ErrorCode
 from izreg.devcerts import Issued, make_ca, make_device_cert, make_server_cert, new_key
 from izreg.storage.lmdbenv import open_env
+from tests.auth.conftest import BACKENDS
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -207,11 +209,21 @@ def test_verifier_runs_every_check(ca, device):
 # -- the store ------------------------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    """The device store contract (IDeviceStore), on both backends."""
+    if request.param == "postgresql":
+        from izreg.auth.pgstore import PgDeviceStore
+
+        yield PgDeviceStore(request.getfixturevalue("pg_db"))
+        return
     env = open_env(str(tmp_path), 1 << 30)
     yield DeviceStore(env)
     env.close()
+
+
+def test_store_provides_the_interface(store):
+    assert IDeviceStore.providedBy(store)
 
 
 def test_store_revocations(store, device):
@@ -256,6 +268,28 @@ def test_pull_recorder_batches_and_keeps_the_last_pull(store):
     recorder.record(ACCOUNT, "gw-1", f"{ACCOUNT}/app", "sha256:" + "a" * 64, NOW + 100)
     recorder.flush()
     assert [r.at for r in store.list_pulls(ACCOUNT, f"{ACCOUNT}/app")] == [NOW + 100]  # overwritten, bounded
+
+
+def test_pulls_of_a_manifest(store):
+    digest = "sha256:" + "a" * 64
+    assert store.pull_devices(f"{ACCOUNT}/app", digest) == {} and store.pulls_of(f"{ACCOUNT}/app", digest) == (0, None)
+    store.write_pulls([PullRecord(ACCOUNT, "gw-1", f"{ACCOUNT}/app", digest, NOW),
+                       PullRecord(ACCOUNT, "gw-2", f"{ACCOUNT}/app", digest, NOW + 2),
+                       PullRecord(ACCOUNT, "gw-3", f"{ACCOUNT}/app", "sha256:" + "b" * 64, NOW + 9),
+                       PullRecord(ACCOUNT, "gw-3", f"{ACCOUNT}/other", digest, NOW + 9)])
+    assert store.pull_devices(f"{ACCOUNT}/app", digest) == {"gw-1": NOW, "gw-2": NOW + 2}
+    assert store.pulls_of(f"{ACCOUNT}/app", digest) == (2, NOW + 2)
+
+
+def test_two_nodes_flushing_pulls_of_one_device_keep_the_latest(store):
+    """Each node batches its own pulls: the later pull wins whichever node writes last."""
+    digest = "sha256:" + "a" * 64
+    one, two = PullRecorder(store), PullRecorder(store)
+    one.record(ACCOUNT, "gw-1", f"{ACCOUNT}/app", digest, NOW + 5)
+    two.record(ACCOUNT, "gw-1", f"{ACCOUNT}/app", digest, NOW + 1)
+    assert one.flush() == 1 and two.flush() == 1
+    assert store.pulls_of(f"{ACCOUNT}/app", digest) == (1, NOW + 5)
+    assert one.devices(f"{ACCOUNT}/app", digest) == {"gw-1": NOW + 5}
 
 
 def test_pull_recorder_keeps_the_batch_when_a_write_fails(store):
