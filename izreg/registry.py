@@ -79,6 +79,7 @@ class Registry:
         limits: Limits,
         audit: AuditLog | None = None,
         in_use: InUse | None = None,
+        on_change: Callable[[dict, dict], None] | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -90,7 +91,7 @@ class Registry:
         self.audit = audit
         self.in_use = in_use  # None: deletes are not checked against device pulls
         #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
-        self.on_change: Callable[[dict, dict], None] | None = None
+        self.on_change = on_change
 
     # -- upload sessions ----------------------------------------------------
 

@@ -31,7 +31,7 @@ from izreg.core.ranges import parse_content_range, parse_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http import health, pullreports
-from izreg.http.guard import OpenGuard, _client_address
+from izreg.http.guard import _client_address
 from izreg.http.limits import BodyBudget
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
@@ -102,20 +102,25 @@ class RegistryAPI:
         (routes.BROWSE, "GET"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
     })
 
-    def __init__(self, registry: Registry | None = None, guard=None, chunk_min_length: int = 0,
-                 authenticator=None, pulls=None, now=None, budget: BodyBudget | None = None,
-                 ui: bool = True, browser=None) -> None:
-        self.registry = registry  # set by the service once storage is open
-        self.guard = guard or OpenGuard()
+    def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int = 0, authenticator=None,
+                 pulls=None, budget: BodyBudget | None = None, ui: bool = True, browser=None, readiness=None,
+                 events=None) -> None:
+        """
+        Built complete, once the storage is open (L{izreg.service.services.RegistryService}).
+
+        @param guard: who may do what (L{izreg.http.guard.AccessGuard}); no default: a registry never runs open.
+        """
+        self.registry = registry
+        self.guard = guard
+        self.now = now
         self.chunk_min_length = chunk_min_length
         self.authenticator = authenticator  # for the token endpoint, when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
-        self.now = now
         self.budget = budget  # request bodies kept in memory, across connections
-        self.readiness = None  # izreg.http.health.Readiness, set by the service
-        self.events = None  # izreg.service.webhooks.Events (pull events), set by the service
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
-        self.browser = browser  # izreg.browse.Browser, set by the service
+        self.browser = browser  # izreg.browse.Browser (the browse API)
+        self.readiness = readiness  # izreg.http.health.Readiness (/readyz, pushes refused on a low disk)
+        self.events = events  # izreg.service.webhooks.Events (pull events), or None
 
     def resource(self):
         self.table.check_complete()

@@ -81,8 +81,12 @@ class Metrics:
             self.device_pulls.inc()
 
     def watch_storage(self, env) -> None:
-        """Add the gauges read from the LMDB environment C{env}."""
-        self.registry.register(StorageCollector(env))
+        """The gauges read from the LMDB environment C{env} (replacing those of an earlier start)."""
+        previous = getattr(self, "_storage", None)
+        if previous is not None:
+            self.registry.unregister(previous)
+        self._storage = StorageCollector(env)
+        self.registry.register(self._storage)
 
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""

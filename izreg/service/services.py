@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.service.test_tap -*-
 """
-The storage lifecycle: LMDB and the thread pools are opened in
-C{startService} (after twistd has forked: LMDB must never cross a fork)
-and closed in C{stopService}. Authentication is built here too, because it
-reads accounts, keys and device revocations from the same LMDB environment.
+The storage lifecycle and the composition root: LMDB and the thread pools
+are opened in C{startService} (after twistd has forked: LMDB must never
+cross a fork) and closed in C{stopService}. Everything that reads them is
+built there, complete, in one place (L{RegistryService._compose}): the
+registry, authentication, webhooks, readiness and the L{RegistryAPI} the
+site then serves. Nothing sets attributes on the API or on this service
+from outside: what exists before the fork (the site, listeners, timers,
+metrics, the log setup) is given to the constructor by
+L{izreg.tap.make_server}.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.auth.tokenkey import TokenKey
 from izreg.browse import Browser
+from izreg.http.app import RegistryAPI
+from izreg.http.limits import BodyBudget
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
 from izreg.http.limits import raise_open_files_limit
@@ -46,26 +53,36 @@ class RegistryService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, api, reactor, tls: ServerTLS | None = None, guard=None) -> None:
+    def __init__(self, config: Config, reactor, site, *, tls: ServerTLS | None = None, guard=None, metrics=None,
+                 log_setup=None, log_observer=None, reload_config=None) -> None:
+        """
+        @param site: the L{izreg.http.bodies.RegistrySite} the listeners serve; it is handed the API once built.
+        @param guard: replaces the L{AccessGuard} (tests of the registry's own behaviour only).
+        @param metrics: L{izreg.service.metrics.Metrics}, or C{None}.
+        @param log_setup: L{izreg.service.logs.LogSetup} (its level is re-read on SIGHUP), or C{None}.
+        @param log_observer: the observer twistd should use instead of its own, or C{None}.
+        @param reload_config: C{() -> Config}: the config file and options, read again (SIGHUP).
+        """
         super().__init__()
         self.config = config
-        self.api = api
         self.reactor = reactor
+        self.site = site
         self.tls = tls
         self.fixed_guard = guard
+        self.metrics = metrics
+        self.log_setup = log_setup
+        self.log_observer = log_observer
+        self.reload_config = reload_config
+        # built by startService once the storage is open (None while stopped)
+        self.api: RegistryAPI | None = None
         self.registry: Registry | None = None
         self.index: Index | None = None  # the LMDB index the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
-        self._pools: list[ThreadPool] = []
-        # operations (izreg.service.metrics, .logs): set by make_server
-        self.metrics = None
-        self.dispatcher = None  # izreg.service.webhooks.Dispatcher
-        self.log_setup = None
-        self.log_observer = None
-        self.reload_config = None  # () -> Config: the config file and options, read again
+        self.dispatcher = None  # izreg.service.webhooks.Dispatcher, a child while running
         self.readiness: Readiness | None = None
         self.crl_file: CRLFile | None = None
+        self._pools: list[ThreadPool] = []
 
     def setServiceParent(self, parent):
         # twistd's application asks for a log observer before using its own (izreg.service.logs)
@@ -106,7 +123,7 @@ class RegistryService(service.MultiService):
         root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
         env = open_env(root, map_size=config.lmdb_map_size)
-        self.index = index = Index(env)
+        self.index = Index(env)
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
@@ -114,24 +131,67 @@ class RegistryService(service.MultiService):
             self._pools.append(pool)
         self._run_io = self._runner(io)
         self._run_write = self._runner(writer)
+        self.api = self._compose(env, root)
+        self.site.serve(self.api.resource(), self.api.body_for)
+        self._drop_orphans()
+        self.log.info("izreg storage open at {root}", root=root)
+        super().startService()
+
+    def _compose(self, env, root: str) -> RegistryAPI:
+        """The registry, authentication, webhooks and readiness over the open storage, and the API over them."""
+        from izreg.service.webhooks import Dispatcher, Events
+        from izreg.storage.webhooks import WebhookStore
+
+        config, reactor = self.config, self.reactor
         blobs, uploads = self._open_storage(root)
+        webhooks = WebhookStore(env, root)
+        self.dispatcher = Dispatcher(webhooks, reactor, self._run_write, config, self.metrics)
+        events = Events(webhooks, self.dispatcher, reactor, self._run_write)
+        auth_store = AuthStore(env)
+        if bootstrap(auth_store, root, reactor.seconds()) is None:
+            warn_if_left(root)
+        self.authenticator = authenticator = Authenticator(
+            auth_store,
+            reactor.seconds,
+            token_service=config.token_service,
+            token_ttl=config.token_ttl,
+            limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
+            signing_key=TokenKey(root).secret,
+        )
+        if config.token_service:
+            authenticator.signing_key()  # made now (0600) rather than on the first token request
+        devices = DeviceStore(env)
+        self.pulls = PullRecorder(devices)
         self.registry = Registry(
-            index,
+            self.index,
             blobs,
             uploads,
-            now=self.reactor.seconds,
+            now=reactor.seconds,
             run_write=self._run_write,
             run_io=self._run_io,
             limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
                           max_open_uploads=config.max_open_uploads),
             audit=AuditLog(env),
+            in_use=InUse(self.pulls.devices, reactor.seconds, config.in_use_window) if config.protect_in_use else None,
+            on_change=events.changed,
         )
-        self._drop_orphans()
-        self._start_operations(env, root)
-        self._start_auth(env, root)
-        self.api.registry = self.registry
-        self.log.info("izreg storage open at {root}", root=root)
-        super().startService()
+        self.readiness = self._readiness(env, root)
+        if self.metrics is not None:
+            self.metrics.watch_storage(env)
+        self.dispatcher.setServiceParent(self)
+        return RegistryAPI(
+            self.registry,
+            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds),
+            reactor.seconds,
+            chunk_min_length=config.chunk_min_length,
+            authenticator=authenticator if config.token_service else None,
+            pulls=self.pulls,
+            budget=BodyBudget(config.body_memory),
+            ui=config.ui_enabled,
+            browser=Browser(self.index, blobs, devices),
+            readiness=self.readiness,
+            events=events,
+        )
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""
@@ -154,7 +214,7 @@ class RegistryService(service.MultiService):
         d = self._run_io(self.registry.drop_orphan_uploads)
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
-    def _start_operations(self, env, root: str) -> None:
+    def _readiness(self, env, root: str) -> Readiness:
         def index_error() -> str | None:
             try:
                 env.stat()
@@ -166,62 +226,31 @@ class RegistryService(service.MultiService):
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
-        if self.dispatcher is not None:
-            from izreg.service.webhooks import Events
-            from izreg.storage.webhooks import WebhookStore
+        return Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
 
-            self.dispatcher.store = WebhookStore(env, root)
-            self.dispatcher.run_write = self.registry.run_write
-            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write)
-            self.registry.on_change = events.changed
-            self.api.events = events
-        self.readiness = Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
-        self.api.readiness = self.readiness
-        if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
-            self.metrics.watch_storage(env)
-            self.metrics.storage_watched = True
-
-    def _start_auth(self, env, root: str) -> None:
+    def _device_verifier(self, devices: DeviceStore) -> DeviceVerifier | None:
+        """Device certificates on the TLS listener (C{[tls] device_ca}), or C{None}."""
         config = self.config
-        store = AuthStore(env)
-        if bootstrap(store, root, self.reactor.seconds()) is None:
-            warn_if_left(root)
-        self.authenticator = authenticator = Authenticator(
-            store,
-            self.reactor.seconds,
-            token_service=config.token_service,
-            token_ttl=config.token_ttl,
-            limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
-            signing_key=TokenKey(root).secret,
+        if self.tls is None or not config.device_ca:
+            return None
+        self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
+        if self.crl_file is not None:
+            self.crl_file.refresh()  # before the first request; then check_crl's timer
+        crls = self.crl_file.current if self.crl_file else (lambda: ())
+        return DeviceVerifier(
+            cas=self.tls.device_cas,
+            revoked=devices.revocations_for,
+            crls=crls,
+            fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
         )
-        if config.token_service:
-            authenticator.signing_key()  # made now (0600) rather than on the first token request
-        devices = DeviceStore(env)
-        self.pulls = PullRecorder(devices)
-        self.api.browser = Browser(self.index, self.registry.blobs, devices)
-        if config.protect_in_use:
-            self.registry.in_use = InUse(self.pulls.devices, self.reactor.seconds, config.in_use_window)
-        verifier = None
-        if self.tls is not None and config.device_ca:
-            self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
-            if self.crl_file is not None:
-                self.crl_file.refresh()  # before the first request; then check_crl's timer
-            crls = self.crl_file.current if self.crl_file else (lambda: ())
-            verifier = DeviceVerifier(
-                cas=self.tls.device_cas,
-                revoked=devices.revocations_for,
-                crls=crls,
-                fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
-            )
-        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds)
-        self.api.authenticator = authenticator if config.token_service else None
-        self.api.pulls = self.pulls
-        self.api.now = self.reactor.seconds
 
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
-        slow = getattr(getattr(self, "site", None), "slow", None)
+        if self.dispatcher is not None:
+            self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
+            self.dispatcher = None
+        slow = getattr(self.site, "slow", None)
         if slow is not None:
             slow.stop()
         yield self.flush_batches()
@@ -230,7 +259,7 @@ class RegistryService(service.MultiService):
         self._pools = []
         if self.index is not None:
             self.index.close()
-            self.registry = self.index = None
+            self.registry = self.index = self.api = None
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""

@@ -18,7 +18,7 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, reactor
 
-from izreg.http.guard import OpenGuard
+from tests.helpers.openguard import OpenGuard
 from izreg.service.config import Config
 from izreg.tap import make_server
 
@@ -106,7 +106,7 @@ class MemoryServer(Server):
         registry = Registry(Index(open_env(str(tmp_path / "index"), 1 << 30)), blobs, MemoryUploads(blobs),
                             now=reactor.seconds, run_write=inline, run_io=inline,
                             limits=Limits(Config().max_manifest_size, Config().delete_enabled))
-        api = RegistryAPI(registry, guard, chunk_min_length=Config().chunk_min_length, now=reactor.seconds)
+        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
         site = RegistrySite(api.resource(), api.body_for)
         self._agent = RequestTraversalAgent(api.resource())
         self._agent._serverFactory = site

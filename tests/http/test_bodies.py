@@ -235,7 +235,10 @@ def test_a_route_without_a_declared_access_cannot_be_served():
 def test_every_route_of_the_api_declares_its_access():
     from izreg.http.app import RegistryAPI
 
-    api = RegistryAPI()
-    api.table.check_complete()
-    for endpoint in api.table.repository_routes.values():
-        assert callable(getattr(api, endpoint.handler))
+    RegistryAPI.table.check_complete()
+    for name, endpoint in RegistryAPI.table.endpoints.items():
+        assert endpoint is None or isinstance(endpoint.access, Access), name
+    assert [name for name, endpoint in RegistryAPI.table.endpoints.items() if endpoint is None] == ["repository"]
+    for endpoint in RegistryAPI.table.repository_routes.values():
+        assert isinstance(endpoint.access, Access)
+        assert callable(getattr(RegistryAPI, endpoint.handler))
