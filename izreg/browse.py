@@ -167,8 +167,7 @@ class Browser:
 
 def usage(index, account: str) -> dict[str, Any]:
     """Stored bytes of an account: manifests, plus every blob its repositories reference, each once."""
-    with index.env.begin() as txn:
-        blobs = {blob for _, blob in index.refs.repo_blobs(txn, f"{account}/")}
+    blobs = index.account_blobs(account)
     blob_bytes = 0
     for blob in blobs:
         record = index.blob_record(Digest.parse(blob))

@@ -2,9 +2,10 @@
 """
 The ``izreg`` admin command: accounts and access keys in a data directory.
 
-It opens the same LMDB environment as the server (L{open_env}) and may run
-while the server does: LMDB is safe across processes, and the server reads
-key records on every request, so a new or revoked key takes effect at once.
+It opens the same data as the server (the LMDB environment, L{open_env}, or
+the shared database: L{Context.open_stores}) and may run while the server
+does: the server reads key records on every request, so a new or revoked key
+takes effect at once.
 
 Usage::
 
@@ -37,6 +38,7 @@ from typing import Callable, Mapping, Sequence, TextIO
 
 from izreg import __version__, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
+from izreg.auth.interfaces import IAuthStore, IDeviceStore
 from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
 from izreg.core.names import ACCOUNT_RE
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
@@ -52,7 +54,13 @@ class CommandError(Exception):
 
 
 class Context:
-    """What handlers get besides their arguments: output, clock and (lazily) the store."""
+    """
+    What handlers get besides their arguments: output, clock and (lazily) the
+    stores. Handlers reach the registry's data only through L{store},
+    L{devices}, L{audit}, L{webhooks}, L{token_key} and L{index} (their
+    interfaces, never an LMDB environment), so that the same commands work on
+    PostgreSQL: L{open_stores} is the one place that picks the backend.
+    """
 
     def __init__(self, data_dir: str, now: Callable[[], float], stdout: TextIO, stderr: TextIO,
                  config: Config | None = None) -> None:
@@ -62,31 +70,77 @@ class Context:
         self.now = now
         self.stdout = stdout
         self.stderr = stderr
-        self._env = None
-        self._store: AuthStore | None = None
+        self._opened: dict | None = None  # what open_stores made: name -> store (and "close")
+        self._made: dict = {}
 
-    def store(self, create: bool = False) -> AuthStore:
+    def store(self, create: bool = False) -> IAuthStore:
         """
-        The accounts and keys of C{data_dir}. Unless C{create}, a directory
-        without an index is an error (a mistyped ``--data-dir`` should not
-        silently create an empty registry).
+        The accounts and keys. Unless C{create}, a data directory without an
+        index is an error (a mistyped ``--data-dir`` should not silently
+        create an empty registry).
         """
+        return self._get("auth", create)
+
+    def devices(self) -> IDeviceStore:
+        """Device revocations and pull records."""
+        return self._get("devices")
+
+    def audit(self):
+        """The audit log (L{izreg.storage.interfaces.IAuditLog})."""
+        return self._get("audit")
+
+    def webhooks(self):
+        """Webhooks and their deliveries (L{izreg.storage.interfaces.IWebhookStore})."""
+        return self._get("webhooks")
+
+    def token_key(self):
+        """The token signing key (C{secret()}, C{rotate()})."""
+        return self._get("token_key")
+
+    def index(self):
+        """The metadata index (repositories, tags, manifests)."""
+        return self._get("index")
+
+    def _get(self, name: str, create: bool = False):
+        if self._opened is None:
+            self._opened = self.open_stores(create)
+        if name not in self._made:
+            self._made[name] = self._opened[name]()
+        return self._made[name]
+
+    def open_stores(self, create: bool = False) -> dict:
+        """
+        Open the registry's data (here: the LMDB environment of C{data_dir});
+        C{{name: factory}} of each store, and C{"close"}. The one place that
+        knows the backend.
+        """
+        from izreg.auth.devicestore import DeviceStore
+        from izreg.auth.tokenkey import TokenKey
+        from izreg.storage.audit import AuditLog
         from izreg.storage.lmdbenv import index_path, open_env
+        from izreg.storage.lmdbindex import Index
+        from izreg.storage.webhooks import WebhookStore
 
-        if self._env is None:
-            if not create and not os.path.isdir(index_path(self.data_dir)):
-                raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
-            try:
-                self._env = open_env(self.data_dir, self.config.lmdb_map_size)
-            except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
-                raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
-            self._store = AuthStore(self._env)
-        return self._store
+        if not create and not os.path.isdir(index_path(self.data_dir)):
+            raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
+        try:
+            env = open_env(self.data_dir, self.config.lmdb_map_size)
+        except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
+            raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
+        return {
+            "auth": lambda: AuthStore(env),
+            "devices": lambda: DeviceStore(env),
+            "audit": lambda: AuditLog(env),
+            "webhooks": lambda: WebhookStore(env, self.data_dir),
+            "token_key": lambda: TokenKey(self.data_dir),
+            "index": lambda: Index(env),
+            "close": env.close,
+        }
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = self._store = None
+        if self._opened is not None:
+            self._opened["close"]()
+            self._opened, self._made = None, {}
 
     def out(self, line: str) -> None:
         print(line, file=self.stdout)
@@ -225,10 +279,8 @@ def register_token(subparsers: argparse._SubParsersAction) -> None:
 
 
 def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
-    from izreg.auth.tokenkey import TokenKey
-
     context.store()  # the data directory must exist and hold izreg data
-    TokenKey(context.data_dir).rotate()
+    context.token_key().rotate()
     print("rotated the token signing key; tokens issued before it no longer work (clients fetch new ones)",
           file=context.stderr)
     return 0
@@ -271,8 +323,13 @@ def main(
     now: Callable[[], float] = time.time,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    context_class: Callable[..., Context] = Context,
 ) -> int:
-    """Run the command; return the exit status (0, or 2 on any error)."""
+    """
+    Run the command; return the exit status (0, or 2 on any error).
+
+    @param context_class: makes the handlers' L{Context} (a subclass opens other stores).
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     environ = os.environ if environ is None else environ
@@ -286,7 +343,7 @@ def main(
     except ConfigError as e:
         print(f"izreg: error: {e}", file=stderr)
         return EXIT_ERROR
-    context = Context(config.data_dir, now, stdout, stderr, config)
+    context = context_class(config.data_dir, now, stdout, stderr, config)
     try:
         return args.handler(args, context)
     except (CommandError, InvalidName) as e:

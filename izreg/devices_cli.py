@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
 import uuid
@@ -22,13 +21,11 @@ from typing import Callable, Sequence, TextIO
 from cryptography import x509
 
 from izreg.auth.devices import fingerprint_sha256, normalize_fingerprint, normalize_serial, serial_hex
-from izreg.auth.devicestore import FINGERPRINT, SERIAL, DeviceStore
-from izreg.auth.store import AuthStore, UnknownAccount
+from izreg.auth.devicestore import FINGERPRINT, SERIAL
+from izreg.auth.store import UnknownAccount
 from izreg.core.names import ACCOUNT_RE, NAME_RE
 from izreg import devcerts
 from izreg.service.config import Config
-from izreg.storage.audit import AuditLog
-from izreg.storage.lmdbenv import index_path, open_env
 
 EXIT_ERROR = 2
 
@@ -37,9 +34,11 @@ class _Io:
     """What a handler needs besides its arguments."""
 
     def __init__(self, data_dir: str | None, now: float, out: TextIO, err: TextIO,
-                 map_size: int = Config.lmdb_map_size) -> None:
+                 map_size: int = Config.lmdb_map_size, context=None) -> None:
         self.data_dir, self.now, self.out, self.err = data_dir, now, out, err
         self.map_size = map_size
+        #: the command's L{izreg.cli.Context}: where the stores come from (whatever the backend)
+        self.context = context
 
     def fail(self, message: str) -> int:
         print(f"izreg: error: {message}", file=self.err)
@@ -61,7 +60,7 @@ def add_subparsers(subparsers: argparse._SubParsersAction, clock: Callable[[], f
         parser.set_defaults(
             func=lambda args: handler(args, _Io(args.data_dir, clock(), out or sys.stdout, err or sys.stderr)),
             handler=lambda args, ctx: handler(args, _Io(ctx.data_dir, ctx.now(), ctx.stdout, ctx.stderr,
-                                                        ctx.config.lmdb_map_size)),
+                                                        ctx.config.lmdb_map_size, ctx)),
         )
 
     device = subparsers.add_parser("device", help="device certificates: revocation and pull records")
@@ -104,13 +103,24 @@ class _NoData(Exception):
     pass
 
 
-def _store(io: _Io) -> tuple[object, DeviceStore]:
-    """The data dir's device store; a dir without an index is an error (a mistyped --data-dir must not
-    swallow a revocation the server never sees)."""
-    if not io.data_dir or not os.path.isdir(index_path(io.data_dir)):
-        raise _NoData(f"no izreg data in {io.data_dir!r} (set --data-dir)")
-    env = open_env(io.data_dir, io.map_size)
-    return env, DeviceStore(env)
+def _store(io: _Io):
+    """
+    The command's context (its stores, through their interfaces) and the device store; data that is
+    not there is an error (a mistyped --data-dir must not swallow a revocation the server never sees).
+    The caller closes the context.
+    """
+    from izreg.cli import CommandError, Context
+
+    context = io.context
+    if context is None:
+        if not io.data_dir:
+            raise _NoData(f"no izreg data in {io.data_dir!r} (set --data-dir)")
+        context = io.context = Context(io.data_dir, lambda: io.now, io.out, io.err,
+                                       Config(data_dir=io.data_dir, lmdb_map_size=io.map_size))
+    try:
+        return context, context.devices()
+    except CommandError as e:
+        raise _NoData(str(e)) from None
 
 
 def _iso(when: float) -> str:
@@ -141,7 +151,7 @@ def _revoke(args, io: _Io) -> int:
     except ValueError as e:
         return io.fail(str(e))
     try:
-        env, store = _store(io)
+        context, store = _store(io)
     except _NoData as e:
         return io.fail(str(e))
     try:
@@ -153,23 +163,23 @@ def _revoke(args, io: _Io) -> int:
                 done = store.revoke(kind, value, io.now, args.note)
                 io.out.write(f"{'revoked' if done else 'already revoked'}: {kind} {value}\n")
             if done:
-                AuditLog(env).record(action=f"device-{args.device_command}", account=None, actor="cli",
-                                     target=f"{kind}:{value}", detail={"note": args.note} if args.note else None,
-                                     now=io.now)
+                context.audit().record(action=f"device-{args.device_command}", account=None, actor="cli",
+                                       target=f"{kind}:{value}", detail={"note": args.note} if args.note else None,
+                                       now=io.now)
     finally:
-        env.close()
+        context.close()
     return 0
 
 
 def _list_revoked(args, io: _Io) -> int:
     try:
-        env, store = _store(io)
+        context, store = _store(io)
     except _NoData as e:
         return io.fail(str(e))
     try:
         rows = [(r.kind, r.value, _iso(r.at), r.note) for r in store.list_revoked()]
     finally:
-        env.close()
+        context.close()
     _table(io.out, ("KIND", "VALUE", "REVOKED", "NOTE"), rows)
     return 0
 
@@ -184,15 +194,15 @@ def _pulls(args, io: _Io) -> int:
         if name["account"] != args.account:
             return io.fail(f"repository {args.repository} is not in account {args.account}")
     try:
-        env, store = _store(io)
+        context, store = _store(io)
     except _NoData as e:
         return io.fail(str(e))
     try:
-        if AuthStore(env).get_account(args.account) is None:
+        if context.store().get_account(args.account) is None:
             return io.fail(str(UnknownAccount(args.account)))
         records = store.list_pulls(args.account, args.repository)
     finally:
-        env.close()
+        context.close()
     rows = [(r.device_id, r.repository, r.digest, _iso(r.at)) for r in records]
     _table(io.out, ("DEVICE", "REPOSITORY", "DIGEST", "PULLED"), rows)
     return 0

@@ -51,18 +51,16 @@ def register_account_delete(commands: argparse._SubParsersAction) -> None:
 
 def account_delete(args: argparse.Namespace, context) -> int:
     from izreg.cli import CommandError, _account_id
-    from izreg.storage.audit import AuditLog
-    from izreg.storage.lmdbindex import Index
 
     account = _account_id(args.account)
     store = context.store()
     if store.get_account(account) is None:
         raise CommandError(f"no such account: {account}")
-    index = Index(context._env)
+    index = context.index()
     repos = [name for name, _ in index.list_repo_stats(f"{account}/", None, 10**9)[0]]
     if repos and not args.purge:
         raise CommandError(f"account {account} has {len(repos)} repositories; delete them first, or add --purge")
-    audit = AuditLog(context._env)
+    audit = context.audit()
     manifests = 0
     for name in repos:
         manifests += index.purge_repo(name)
@@ -76,10 +74,8 @@ def account_delete(args: argparse.Namespace, context) -> int:
 
 
 def _browser(context) -> Browser:
-    from izreg.auth.devicestore import DeviceStore
-
     index, blobs, _ = _storage(context)
-    return Browser(index, blobs, DeviceStore(context._env))
+    return Browser(index, blobs, context.devices())
 
 
 def _pages(fetch, key: str):
@@ -197,7 +193,6 @@ def _close_bars(context) -> None:
 def _storage(context):
     """The index, the blob store of the server's config (``izreg --config``; filesystem by default) and that config."""
     from izreg.storage.blobs import BlobStore
-    from izreg.storage.lmdbindex import Index
 
     config = context.config
     context.store()
@@ -207,7 +202,7 @@ def _storage(context):
         blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run=lambda f, *a, **k: f(*a, **k))
     else:
         blobs = BlobStore(context.data_dir)
-    return Index(context._env), blobs, config
+    return context.index(), blobs, config
 
 
 def gc_command(args: argparse.Namespace, context) -> int:

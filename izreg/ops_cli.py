@@ -78,12 +78,6 @@ def _cli():
     return cli
 
 
-def _env(context):
-    """The data dir's LMDB environment (shared with the context's store, closed with it)."""
-    context.store()
-    return context._env
-
-
 def _iso(when: float | None) -> str:
     if when is None:
         return "-"
@@ -110,21 +104,17 @@ def parse_since(text: str, now: float) -> float:
 
 def record(context, action: str, account: str | None, target: str, detail=None) -> None:
     """An audit record for a change made by the CLI (actor C{cli}). Never a secret."""
-    from izreg.storage.audit import AuditLog
-
-    AuditLog(_env(context)).record(action=action, account=account, actor=AUDIT_ACTOR, target=target,
-                                   address=None, detail=detail, now=context.now())
+    context.audit().record(action=action, account=account, actor=AUDIT_ACTOR, target=target,
+                           address=None, detail=detail, now=context.now())
 
 
 # audit ----------------------------------------------------------------------------
 
 
 def audit_list(args, context) -> int:
-    from izreg.storage.audit import AuditLog
-
     account = _cli()._account_id(args.account) if args.account else None
     since = parse_since(args.since, context.now()) if args.since else None
-    entries = AuditLog(_env(context)).entries(account=account, since=since, limit=args.limit)
+    entries = context.audit().entries(account=account, since=since, limit=args.limit)
     if args.json:
         for e in entries:
             context.out(json.dumps({**e, "time": _iso(e["time"])}, sort_keys=True))
@@ -139,9 +129,7 @@ def audit_list(args, context) -> int:
 
 
 def _webhooks(context):
-    from izreg.storage.webhooks import WebhookStore
-
-    return WebhookStore(_env(context), context.data_dir)
+    return context.webhooks()
 
 
 def webhook_add(args, context) -> int:

@@ -25,8 +25,13 @@ bad tokens) share one brake per address. So a valid key is never refused
 because other clients behind the same address (a proxy, a NAT, a CI
 runner) failed: only guessing of that very key from there slows it down.
 
-Every check reads the key record (one LMDB read, microseconds), so a
-revoked key, and every token made from it, fails on the next request.
+Every check reads the key record, so a revoked key, and every token made
+from it, fails on the next request, on every node. The read goes through
+C{run_read} (L{izreg.auth.runners}): inline on LMDB (one read,
+microseconds: L{Authenticator.authenticate} returns the principal), on a
+thread pool on PostgreSQL (it returns a Deferred); the key record and the
+token signing secret are read together, in one call. Nothing about a key's
+validity is cached between requests.
 C{last_used} is stamped at most once per C{last_used_interval} per key, in
 memory (L{Authenticator.last_used}); the service writes the stamps in one
 transaction on the writer thread every few seconds, never on the reactor.
@@ -44,9 +49,11 @@ from typing import Callable, Mapping, Sequence
 from twisted.logger import Logger
 
 from izreg.auth import keys, policy, tokens
+from izreg.auth.interfaces import IAuthStore
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
-from izreg.auth.store import AuthStore, KeyRecord
+from izreg.auth.runners import inline, then
+from izreg.auth.store import KeyRecord
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.storage.batch import LatestBatch
@@ -80,13 +87,17 @@ class Authenticator:
         (C{"https://registry.example:5000/v2/token"}).
     @param token_ttl: seconds a token lives (C{auth.token_ttl}).
     @param limiter: the failed-authentication counter (C{auth.failure_limit}, C{auth.failure_window}).
+    @param run_read: how the store and the signing key are read from the
+        reactor (L{izreg.auth.runners}): inline by default (LMDB), a
+        thread pool on PostgreSQL; then L{authenticate} and L{issue_token}
+        return Deferreds.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        store: AuthStore,
+        store: IAuthStore,
         now: Callable[[], float],
         token_service: bool = False,
         *,
@@ -96,6 +107,7 @@ class Authenticator:
         limiter: FailureLimiter,
         last_used_interval: float = 60.0,
         signing_key: Callable[[], bytes] | None = None,
+        run_read: Callable[..., object] = inline,
     ) -> None:
         self.store = store
         self.now = now
@@ -111,6 +123,7 @@ class Authenticator:
         #: the token signing secret (izreg.auth.tokenkey.TokenKey.secret: kept in the data dir);
         #: without one, a random secret for this process only
         self.signing_key = signing_key
+        self.run_read = run_read
 
     def __repr__(self) -> str:
         return f"Authenticator(token_service={self.token_service!r})"
@@ -158,8 +171,9 @@ class Authenticator:
             the challenge if it fails.
         @param bearer: challenge with C{Bearer}, never C{Basic} (the browse
             API); a request that sent C{Bearer} always gets C{Bearer}.
+        @return: the L{Principal}; with a threaded C{run_read}, a Deferred of it.
         @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
-            C{TOOMANYREQUESTS} with ``Retry-After``.
+            C{TOOMANYREQUESTS} with ``Retry-After`` (raised, or the Deferred fails with it).
         """
         sent_bearer = _sent_bearer(authorization)
         bearer = bearer or sent_bearer
@@ -168,19 +182,25 @@ class Authenticator:
             # skopeo sends when it has none) is not a failed login: never counted
             raise self._unauthorized(None, scopes, realm, bearer)
         now = self.now()
+
+        def refused(failed: _Failed) -> RegistryError:
+            self._failed(failed, client_address, now)
+            return self._unauthorized(failed.reason, scopes, realm, bearer, "invalid_token" if sent_bearer else None)
+
         try:
             scheme, credential = _split(authorization)
-            if scheme == "basic":
-                return self._key_principal(_basic_key(credential), now, client_address)
+            if scheme == "basic" or (scheme == "bearer" and not tokens.looks_like_token(credential)):
+                key = _parse_key(_basic_key(credential) if scheme == "basic" else credential)
+                facts = self.run_read(self._facts, key.key_id, False)
+                return then(facts, _checking(refused, lambda found: self._key_principal(key, found, now, client_address)))
             if scheme == "bearer":
-                if tokens.looks_like_token(credential):
-                    return self._token_principal(credential, now)
-                return self._key_principal(credential, now, client_address)
+                if not self.token_service:
+                    raise _Failed("tokens are not accepted: the token service is off")
+                facts = self.run_read(self._facts, tokens.claimed_key_id(credential), True)
+                return then(facts, _checking(refused, lambda found: self._token_principal(credential, found, now)))
             raise _Failed("unsupported authorization scheme; use Basic (username KEY) or Bearer")
         except _Failed as failed:
-            self._failed(failed, client_address, now)
-            raise self._unauthorized(failed.reason, scopes, realm, bearer,
-                                     "invalid_token" if sent_bearer else None) from None
+            raise refused(failed) from None
 
     def authorize(self, principal: Principal, repository: Repository, action: Action, realm: str | None = None) -> None:
         """
@@ -245,17 +265,27 @@ class Authenticator:
         if not authorization:
             raise RegistryError(ErrorCode.UNAUTHORIZED, None, "credentials required", headers={"WWW-Authenticate": basic})
         now = self.now()
+
+        def refused(failed: _Failed) -> RegistryError:
+            self._failed(failed, client_address, now)
+            return RegistryError(ErrorCode.UNAUTHORIZED, None, failed.reason, headers={"WWW-Authenticate": basic})
+
         try:
             scheme, credential = _split(authorization)
             if scheme != "basic":
                 raise _Failed("the token endpoint takes Basic credentials: username KEY, password an access key")
-            record = self._key_record(_basic_key(credential), now, client_address)
+            key = _parse_key(_basic_key(credential))
         except _Failed as failed:
-            self._failed(failed, client_address, now)
-            raise RegistryError(ErrorCode.UNAUTHORIZED, None, failed.reason, headers={"WWW-Authenticate": basic}) from None
+            raise refused(failed) from None
+        facts = self.run_read(self._facts, key.key_id, True)
+        return then(facts, _checking(refused, lambda found: self._issue(key, found, now, client_address, args)))
+
+    def _issue(self, key: keys.AccessKey, facts: tuple, now: float, client_address: str,
+               args: Mapping[str, Sequence[str]]) -> dict[str, object]:
+        record = self._live_record(key.key_id, facts[0], now, check=key, address=client_address)
         granted = policy.grant(policy.parse_scopes(args.get("scope", [])), record.account, record.read_only)
         claims = tokens.TokenClaims(record.key_id, record.account, record.read_only, granted, now, now + self.token_ttl)
-        token = self._get_signer().sign(claims)
+        token = self._get_signer(facts[1]).sign(claims)
         self.log.info(
             "issued a token for key {key_id} ({scopes}) to {address}",
             key_id=record.key_id,
@@ -271,34 +301,33 @@ class Authenticator:
 
     # Internals -------------------------------------------------------------------
 
-    def _key_principal(self, text: str, now: float, address: str) -> Principal:
-        record = self._key_record(text, now, address)
+    def _facts(self, key_id: str | None, token: bool) -> tuple[KeyRecord | None, bytes | None]:
+        """
+        What a check reads, in one call (off the reactor on PostgreSQL): the
+        key record, and for a token the current signing secret.
+        """
+        record = self.store.get_key(key_id) if key_id else None
+        return record, (self.signing_key() if token and self.signing_key is not None else None)
+
+    def _key_principal(self, key: keys.AccessKey, facts: tuple, now: float, address: str) -> Principal:
+        record = self._live_record(key.key_id, facts[0], now, check=key, address=address)
         return Principal("key", record.account, record.key_id, record.read_only)
 
-    def _token_principal(self, text: str, now: float) -> Principal:
-        if not self.token_service:
-            raise _Failed("tokens are not accepted: the token service is off")
+    def _token_principal(self, text: str, facts: tuple, now: float) -> Principal:
         try:
-            claims = self._get_signer().verify(text, now)
+            claims = self._get_signer(facts[1]).verify(text, now)
         except tokens.InvalidToken as e:
             raise _Failed(f"invalid token: {e}") from None
-        record = self._live_record(claims.key_id, now)
+        record = facts[0] if facts[0] is not None and facts[0].key_id == claims.key_id else None
+        record = self._live_record(claims.key_id, record, now)
         if record.account != claims.account:
             raise _Failed("invalid token", claims.key_id, known=True)
         # read_only is the key's current state: a token cannot outlive a downgrade
         return Principal("token", record.account, record.key_id, record.read_only or claims.read_only, scopes=claims.scopes)
 
-    def _key_record(self, text: str, now: float, address: str) -> KeyRecord:
-        try:
-            key = keys.parse(text)
-        except keys.InvalidKey as e:
-            raise _Failed(str(e)) from None
-        record = self._live_record(key.key_id, now, check=key, address=address)
-        return record
-
-    def _live_record(self, key_id: str, now: float, check: keys.AccessKey | None = None,
+    def _live_record(self, key_id: str, record: KeyRecord | None, now: float, check: keys.AccessKey | None = None,
                      address: str | None = None) -> KeyRecord:
-        record = self.store.get_key(key_id)
+        """C{record}: the key record as read for this request (L{_facts}), or C{None}."""
         if record is None:
             raise _Failed("invalid access key", key_id)
         if address is not None:
@@ -313,9 +342,11 @@ class Authenticator:
             self.last_used.put(key_id, now)
         return record
 
-    def _get_signer(self) -> tokens.Signer:
-        if self.signing_key is not None:
-            secret = self.signing_key()
+    def _get_signer(self, secret: bytes | None = None) -> tokens.Signer:
+        """The signer of C{secret} (the signing key as read for this request), or of this process's own."""
+        if secret is None and self.signing_key is not None:
+            secret = self.signing_key()  # tests only: requests pass the secret read off the reactor
+        if secret is not None:
             if self._signer is None or self._signer.secret != secret:  # rotated: a new signer
                 self._signer = tokens.Signer(secret)
         elif self._signer is None:
@@ -341,6 +372,23 @@ class Authenticator:
             reason or "authentication required: docker login -u KEY -p <access key>",
             headers={"WWW-Authenticate": self.challenge(*scopes, error=error, realm=realm, bearer=bearer)},
         )
+
+
+def _parse_key(text: str) -> keys.AccessKey:
+    try:
+        return keys.parse(text)
+    except keys.InvalidKey as e:
+        raise _Failed(str(e)) from None
+
+
+def _checking(refused: Callable[[_Failed], RegistryError], step: Callable[[tuple], object]) -> Callable[[tuple], object]:
+    """C{step} as a callback: a L{_Failed} it raises becomes the request's refusal."""
+    def checked(facts: tuple) -> object:
+        try:
+            return step(facts)
+        except _Failed as failed:
+            raise refused(failed) from None
+    return checked
 
 
 def _challenge_scope(repository: Repository, action: Action) -> str:

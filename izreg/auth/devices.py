@@ -310,9 +310,20 @@ class DeviceVerifier:
 
     def verify(self, cert: x509.Certificate, now: float) -> DeviceIdentity:
         """Return the device's identity or raise L{DeviceRejected}."""
+        identity, issuer = self.identify(cert, now)
+        return self.unrevoked(identity, issuer, self.revoked(identity.serial_hex, identity.fingerprint_sha256))
+
+    def identify(self, cert: x509.Certificate, now: float) -> tuple[DeviceIdentity, x509.Name]:
+        """
+        Every check but revocation: C{(identity, issuer name)}, or raise
+        L{DeviceRejected}. The caller reads the revocations (C{revoked}, a store
+        read: off the reactor on a shared database), then calls L{unrevoked}.
+        """
         ca = _checked_issuer(cert, tuple(self.cas()))
         check_validity(cert, now)
-        identity = _checked_identity(cert, self.fields)
-        revoked = self.revoked(identity.serial_hex, identity.fingerprint_sha256)
-        check_not_revoked(identity, revoked, self.crls(), issuer=ca.subject)
+        return _checked_identity(cert, self.fields), ca.subject
+
+    def unrevoked(self, identity: DeviceIdentity, issuer: x509.Name, revoked: Revoked) -> DeviceIdentity:
+        """C{identity}, unless C{revoked} (read for this request) or a CRL of C{issuer} revokes it."""
+        check_not_revoked(identity, revoked, self.crls(), issuer=issuer)
         return identity

@@ -34,7 +34,7 @@ from izreg.auth.keys import AccessKey, RandomBytes
 from izreg.auth.store import Account, KeyRecord, UnknownAccount, UnknownKey, _check_name
 from izreg.core.names import ACCOUNT_RE
 from izreg.storage.pg import Database
-from izreg.storage.webhooks import SecretBox
+from izreg.storage.webhooks import SecretBox, WebhookError
 
 #: serializes create_first_account between processes (any constant: "izboot")
 _FIRST_ACCOUNT_LOCK = 0x697A626F6F74
@@ -341,7 +341,11 @@ class PgTokenKey:
             sealed = self.db.run(read)
         opened = self._opened
         if opened is None or opened[0] != sealed:
-            secret = bytes.fromhex(self.box.open(sealed).decode("ascii"))
+            try:
+                secret = bytes.fromhex(self.box.open(sealed).decode("ascii"))
+            except WebhookError:
+                raise WebhookError(f"the token key in the database was sealed under another {self.box.path}: every"
+                                   " node needs the same file (copy it from the first node)") from None
             if len(secret) < 32:
                 raise ValueError("the token key in the database is not a 32-byte key")
             self._opened = opened = (sealed, secret)

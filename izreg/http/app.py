@@ -18,9 +18,11 @@ import re
 from urllib.parse import parse_qs, quote
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from izreg.auth.policy import Action
+from izreg.auth.runners import settled, then
 from izreg.core import mediatypes as mt
 from izreg.core import routes
 from izreg.core.digest import Digest
@@ -33,6 +35,7 @@ from izreg.http.errors import as_registry_error, render_error
 from izreg.http import health, pullreports
 from izreg.http.guard import _client_address
 from izreg.http.limits import BodyBudget
+from izreg.http.pending import BODY_ERROR, PendingBody
 from izreg.http.responses import FileBody, shield
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.ui.pages import StaticPages
@@ -133,14 +136,24 @@ class RegistryAPI:
         return render_error(request, as_registry_error(failure))
 
     def authorize(self, request, target: Target):
-        """The one authorization, from the route table (at headers time and before the handler)."""
+        """
+        The one authorization, from the route table (at headers time and before
+        the handler): the principal, or a Deferred of it while the guard reads
+        a shared database (L{izreg.http.guard}).
+        """
         if target.endpoint.bearer:
             with _browse_challenge():
                 principal = self.guard.authorize(request, target.endpoint.access, target.repository)
+            if isinstance(principal, Deferred):
+                principal.addErrback(_browse_challenge.rechallenge)
         else:
             principal = self.guard.authorize(request, target.endpoint.access, target.repository)
-        request.principal = principal
-        return principal
+
+        def known(principal):
+            request.principal = principal
+            return principal
+
+        return then(principal, known)
 
     def body_for(self, request, method: bytes, uri: bytes, length: int | None):
         """
@@ -152,7 +165,12 @@ class RegistryAPI:
         if length == 0:
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
-        self.authorize(request, target)
+        authorized = self.authorize(request, target)
+        if isinstance(authorized, Deferred):  # the caller is read off the reactor: hold the body meanwhile
+            return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length))
+        return self._sink(request, target, method, uri, length)
+
+    def _sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
         self._check_push(target)
         kind = target.endpoint.body
         if kind is Body.NONE:
@@ -257,7 +275,7 @@ class RegistryAPI:
         principal = _principal(request)
         if principal is None or principal.kind != "device":
             raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
-        body = request.content.getvalue()
+        body = self._body(request).getvalue()
         if len(body) > pullreports.BODY_LIMIT:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": pullreports.BODY_LIMIT}, "pull report too large")
         for repository, digest, at in pullreports.parse(body, principal.account, self.now()):
@@ -276,7 +294,7 @@ class RegistryAPI:
             params.update(parse_qs(body, keep_blank_values=True))
         answer = self.authenticator.issue_token(
             request.method, request.getHeader(b"authorization"), params, _client_address(request))
-        return self._json(request, answer)
+        return then(answer, lambda answer: self._json(request, answer))
 
     @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)
@@ -294,7 +312,7 @@ class RegistryAPI:
     async def dispatch(self, request, rest):
         method = request.method.decode("ascii", "replace").upper()
         target = self.table.resolve_repository(method, rest)
-        self.authorize(request, target)
+        await settled(self.authorize(request, target))
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 
@@ -401,7 +419,7 @@ class RegistryAPI:
             source = _arg(request, "from")
             source_repo = Repository.parse(source) if source else None
             if source_repo is not None:
-                self.guard.check(request, source_repo, PULL)
+                await settled(self.guard.check(request, source_repo, PULL))
             if await self.registry.mount(repo, digest, source_repo) is not None:
                 return self._blob_created(request, repo, digest)
         elif _arg(request, "digest") is not None:
@@ -480,6 +498,9 @@ class RegistryAPI:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _body(self, request):
+        refused = getattr(request, BODY_ERROR, None)
+        if refused is not None:  # refused once the caller was known, after the whole body came (PendingBody)
+            raise refused
         body = request.content
         if IBodySink.providedBy(body) and body.expected is not None and body.written != body.expected:
             body.abort()
@@ -535,6 +556,12 @@ class _browse_challenge:
             if not challenge.startswith("Bearer"):
                 error.headers["WWW-Authenticate"] = 'Bearer realm="izreg"'
         return False
+
+    @classmethod
+    def rechallenge(cls, failure):
+        """The same, for a refusal that comes as a failed Deferred."""
+        cls().__exit__(failure.type, failure.value, None)
+        return failure
 
 
 def _lookup_reference(text: str):

@@ -14,6 +14,14 @@ Credentials, in order:
 The outcome of authentication is kept on the request, so the early check
 made when an upload body starts (L{izreg.http.bodies}) and the handler's
 check count one failure, not two, against the client's failure budget.
+
+Stores are read through C{run_read} (L{izreg.auth.runners}): inline on
+LMDB, where every method here answers at once as before; on a shared
+database (PostgreSQL) on a thread pool, and then L{AccessGuard.principal},
+L{AccessGuard.check} and L{AccessGuard.authorize} return a Deferred (one
+authentication per request: a second caller waits for the first). The key
+record and a device's revocations are read on every request, so a
+revocation made on one node is refused by every node at the next request.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from izreg.auth import policy
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.devices import DeviceRejected, DeviceVerifier
 from izreg.auth.policy import Action, Principal
+from izreg.auth.runners import inline, then
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.http.clientaddr import client_address
@@ -60,18 +71,23 @@ def token_realm(request) -> str:
 class AccessGuard:
     log = Logger()
 
-    def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float]) -> None:
+    def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float],
+                 run_read: Callable[..., object] = inline) -> None:
         self.authenticator = authenticator
         self.devices = devices
         self.now = now
+        self.run_read = run_read
 
     def _realm(self, request) -> str | None:
         return token_realm(request) if self.authenticator.token_service else None
 
-    def principal(self, request, scopes: tuple[str, ...] = ()) -> Principal:
+    def principal(self, request, scopes: tuple[str, ...] = ()) -> Principal | Deferred:
+        """The request's caller (authenticated once per request); a Deferred of it while the store is read."""
         cached = getattr(request, _CACHE, None)
         if isinstance(cached, RegistryError):
             raise cached
+        if isinstance(cached, _Pending):
+            return cached.wait()
         if cached is not None:
             return cached
         try:
@@ -79,33 +95,57 @@ class AccessGuard:
         except RegistryError as e:
             setattr(request, _CACHE, e)
             raise
+        if isinstance(principal, Deferred):
+            pending = _Pending(request, principal)
+            setattr(request, _CACHE, pending)
+            return pending.wait()
         setattr(request, _CACHE, principal)
         return principal
 
-    def _authenticate(self, request, scopes: tuple[str, ...]) -> Principal:
+    def _authenticate(self, request, scopes: tuple[str, ...]) -> Principal | Deferred:
         header = request.getHeader(b"authorization")
         if not header and self.devices is not None:
             cert = peer_certificate(getattr(request, "transport", None))
             if cert is not None:
-                try:
-                    identity = self.devices.verify(cert, self.now())
-                except DeviceRejected as e:
-                    self.log.warn("refused device certificate from {address}: {reason}",
-                                  address=_client_address(request), reason=e.reason)
-                    raise
-                return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
+                return self._device(request, cert)
         return self.authenticator.authenticate(header, _client_address(request), scopes, self._realm(request),
                                                bearer=_browse_api(request))
 
-    def check(self, request, repository: Repository | None, action: Action) -> Principal:
+    def _device(self, request, cert) -> Principal | Deferred:
+        verifier = self.devices
+
+        def refused(e: DeviceRejected) -> None:
+            self.log.warn("refused device certificate from {address}: {reason}",
+                          address=_client_address(request), reason=e.reason)
+
+        def principal(revoked) -> Principal:
+            try:
+                identity = verifier.unrevoked(found, issuer, revoked)
+            except DeviceRejected as e:
+                refused(e)
+                raise
+            return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
+
+        try:
+            found, issuer = verifier.identify(cert, self.now())
+        except DeviceRejected as e:
+            refused(e)
+            raise
+        # read on every request (never cached): a revocation on any node holds from the next one
+        return then(self.run_read(verifier.revoked, found.serial_hex, found.fingerprint_sha256), principal)
+
+    def check(self, request, repository: Repository | None, action: Action) -> Principal | Deferred:
         """Authenticate, then authorize C{action} on C{repository} (C{None}: just authenticate)."""
         scopes = (policy.repository_scope(repository.name, _scope_actions(action)),) if repository else ()
-        principal = self.principal(request, scopes)
-        if repository is not None:
-            self.authenticator.authorize(principal, repository, action, self._realm(request))
-        return principal
 
-    def authorize(self, request, access: Access, repository: Repository | None) -> Principal | None:
+        def authorized(principal: Principal) -> Principal:
+            if repository is not None:
+                self.authenticator.authorize(principal, repository, action, self._realm(request))
+            return principal
+
+        return then(self.principal(request, scopes), authorized)
+
+    def authorize(self, request, access: Access, repository: Repository | None) -> Principal | Deferred | None:
         """
         The one authorization of a route, from its declared access
         (L{izreg.http.routing}); the principal, or C{None} for a route open to anyone.
@@ -113,12 +153,13 @@ class AccessGuard:
         if access in (Access.PUBLIC, Access.TOKEN):
             return None
         if access is Access.CATALOG:
-            self.catalog_account(request)
-            return self.principal(request, (policy.CATALOG_SCOPE,))
+            return then(self.catalog_account(request), lambda account: self.principal(request, (policy.CATALOG_SCOPE,)))
         return self.check(request, repository, Action(access.value))
 
-    def catalog_account(self, request) -> str:
-        principal = self.principal(request, (policy.CATALOG_SCOPE,))
+    def catalog_account(self, request) -> str | Deferred:
+        return then(self.principal(request, (policy.CATALOG_SCOPE,)), lambda p: self._catalog_account(request, p))
+
+    def _catalog_account(self, request, principal: Principal) -> str:
         if principal.kind == "device":
             raise RegistryError(ErrorCode.DENIED, None, "devices may not list the catalog")
         try:
@@ -128,6 +169,30 @@ class AccessGuard:
                 e.headers["WWW-Authenticate"] = self.authenticator.challenge(
                     policy.CATALOG_SCOPE, error="insufficient_scope", realm=self._realm(request))
             raise
+
+
+class _Pending:
+    """An authentication in flight: every caller waits for the one read; then the outcome is kept on the request."""
+
+    def __init__(self, request, d: Deferred) -> None:
+        self.request = request
+        self.waiters: list[Deferred] = []
+        d.addBoth(self._known)
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiters.append(d)
+        return d
+
+    def _known(self, result) -> None:
+        failed = isinstance(result, Failure)
+        if failed and not result.check(RegistryError):
+            setattr(self.request, _CACHE, None)  # the store failed: the next check tries again
+        else:
+            setattr(self.request, _CACHE, result.value if failed else result)
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            (d.errback if failed else d.callback)(result)
 
 
 def _browse_api(request) -> bool:

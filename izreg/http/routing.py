@@ -37,6 +37,7 @@ from urllib.parse import unquote_to_bytes
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from izreg.auth.runners import settled, then
 from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
 
@@ -106,17 +107,19 @@ class RouteTable:
             if kwargs.get("branch"):
                 self.endpoints[name + "_branch"] = endpoint
 
+            # authorize may answer a Deferred (the guard reads a shared database off the reactor)
             if inspect.iscoroutinefunction(f):
                 @functools.wraps(f)
                 async def guarded(api, request, *args, **kw):
                     if endpoint is not None:
-                        api.authorize(request, Target(endpoint, kwargs=kw))
+                        await settled(api.authorize(request, Target(endpoint, kwargs=kw)))
                     return await f(api, request, *args, **kw)
             else:
                 @functools.wraps(f)
                 def guarded(api, request, *args, **kw):
                     if endpoint is not None:
-                        api.authorize(request, Target(endpoint, kwargs=kw))
+                        return then(api.authorize(request, Target(endpoint, kwargs=kw)),
+                                    lambda _: f(api, request, *args, **kw))
                     return f(api, request, *args, **kw)
 
             self.app.route(url, methods=methods, **kwargs)(guarded)

@@ -15,7 +15,6 @@ at scrape time, in the exposition's thread, cached for a few seconds.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -25,8 +24,6 @@ from twisted.web.resource import Resource
 from twisted.web.wsgi import WSGIResource
 
 from izreg.http.accesslog import RequestInfo
-from izreg.storage import schema
-from izreg.storage.lmdbenv import dbs
 
 #: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -80,12 +77,20 @@ class Metrics:
                 and info.route == "/v2/{name}/manifests/{reference}":
             self.device_pulls.inc()
 
-    def watch_storage(self, env) -> None:
-        """The gauges read from the LMDB environment C{env} (replacing those of an earlier start)."""
+    def watch_storage(self, env=None, index=None) -> None:
+        """
+        The gauges read from the metadata index (any L{IMetadataIndex}; by default
+        the LMDB index over C{env}) and, with the LMDB environment C{env}, its map
+        (replacing those of an earlier start).
+        """
+        if index is None:
+            from izreg.storage.lmdbindex import Index
+
+            index = Index(env)
         previous = getattr(self, "_storage", None)
         if previous is not None:
             self.registry.unregister(previous)
-        self._storage = StorageCollector(env)
+        self._storage = StorageCollector(index, env)
         self.registry.register(self._storage)
 
     def resource(self, reactor, pool) -> Resource:
@@ -96,11 +101,11 @@ class Metrics:
 
 
 class StorageCollector:
-    """Gauges from the index, computed in the scrape's thread (LMDB reads are safe there)."""
+    """Gauges from the index, computed in the scrape's thread (a blocking read is fine there)."""
 
-    def __init__(self, env, clock=time.monotonic) -> None:
+    def __init__(self, index, env=None, clock=time.monotonic) -> None:
+        self.index = index
         self.env = env
-        self.dbs = dbs(env)
         self.clock = clock
         self._lock = threading.Lock()
         self._cached: tuple[float, dict] | None = None
@@ -112,15 +117,7 @@ class StorageCollector:
         with self._lock:
             if self._cached is not None and self.clock() - self._cached[0] < STORAGE_CACHE:
                 return self._cached[1]
-            totals = {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
-            with self.env.begin() as txn:
-                for _, value in txn.cursor(db=self.dbs[schema.BLOBS]):
-                    totals["blobs"] += 1
-                    totals["blob_bytes"] += json.loads(value).get("size", 0)
-                for _, value in txn.cursor(db=self.dbs[schema.MANIFESTS]):
-                    totals["manifests"] += 1
-                    totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
-                totals["uploads"] = txn.stat(self.dbs[schema.UPLOADS])["entries"]
+            totals = self.index.totals()
             self._cached = (self.clock(), totals)
             return totals
 
@@ -134,6 +131,8 @@ class StorageCollector:
             ("izreg_upload_sessions", "uploads", "Open upload sessions"),
         ):
             yield GaugeMetricFamily(name, doc, value=totals[key])
+        if self.env is None:
+            return
         info, stat = self.env.info(), self.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
         yield GaugeMetricFamily("izreg_lmdb_map_size_bytes", "Size of the LMDB map", value=info["map_size"])

@@ -11,17 +11,23 @@ connection, a timeout, a 500) is retried after ``retry_min`` seconds,
 doubling up to ``retry_max``, until ``max_attempts``. A delivery in flight
 when the registry stops stays pending and is sent again after the restart
 (at least once: receivers may see a duplicate ``Izreg-Delivery`` id).
+
+The store is read through C{run_read} (L{izreg.auth.runners}): inline on
+LMDB, on a thread pool on PostgreSQL, where L{IWebhookStore.due} also claims
+what it returns for a lease, so that each delivery is sent by one node.
 """
 
 from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from izreg import __version__
+from izreg.auth.runners import inline, settled
 from izreg.core import cloudevents
 from izreg.core.names import Repository
 from izreg.storage.webhooks import KEEP_FINISHED, WebhookStore
@@ -40,10 +46,12 @@ def backoff(attempts: int, retry_min: float, retry_max: float) -> float:
 class Dispatcher(service.Service):
     log = Logger()
 
-    def __init__(self, store: WebhookStore, reactor, run_write, config, metrics=None) -> None:
+    def __init__(self, store: WebhookStore, reactor, run_write, config, metrics=None, run_read=inline) -> None:
         self.store = store
         self.reactor = reactor
         self.run_write = run_write
+        self.run_read = run_read
+        self._claiming = False  # a read of the queue is in flight (off the reactor)
         self.config = config
         self.metrics = metrics
         self.busy: set[str] = set()
@@ -89,22 +97,35 @@ class Dispatcher(service.Service):
             return
         now = self.reactor.seconds()
         room = CONCURRENCY - len(self.busy)
-        if room <= 0:
+        if room <= 0 or self._claiming:
             return
         try:
-            due = self.store.due(now, room, self.busy)
+            due = self.run_read(self.store.due, now, room, frozenset(self.busy))
         except Exception:
             self.log.failure("reading the webhook queue failed")
             return
+        if isinstance(due, Deferred):
+            self._claiming = True
+
+            def claimed(result):
+                self._claiming = False
+                return result
+
+            due.addBoth(claimed).addCallbacks(
+                self._start, lambda f: self.log.failure("reading the webhook queue failed", f))
+        else:
+            self._start(due)
+        if now - self._last_prune > PRUNE_EVERY:
+            self._last_prune = now
+            self.run_write(self.store.prune, now - KEEP_FINISHED).addErrback(
+                lambda f: self.log.failure("pruning webhook deliveries failed", f))
+
+    def _start(self, due) -> None:
         for delivery_id, record in due:
             self.busy.add(delivery_id)
             d = defer.ensureDeferred(self._deliver(delivery_id, record))
             self._inflight.add(d)
             d.addBoth(self._done, delivery_id, d)
-        if now - self._last_prune > PRUNE_EVERY:
-            self._last_prune = now
-            self.run_write(self.store.prune, now - KEEP_FINISHED).addErrback(
-                lambda f: self.log.failure("pruning webhook deliveries failed", f))
 
     def _done(self, result, delivery_id: str, d) -> None:
         self.busy.discard(delivery_id)
@@ -113,7 +134,7 @@ class Dispatcher(service.Service):
             self.log.failure("webhook delivery {id} failed unexpectedly", result, id=delivery_id)
 
     async def _deliver(self, delivery_id: str, record: dict) -> None:
-        secret = self.store.secret(record["account"], record["hook"])
+        secret = await settled(self.run_read(self.store.secret, record["account"], record["hook"]))
         now = self.reactor.seconds()
         if secret is None:
             await self.run_write(self.store.finish, delivery_id, now, None, "the webhook was removed", None)
@@ -172,11 +193,12 @@ class Events:
 
     log = Logger()
 
-    def __init__(self, store: WebhookStore, dispatcher: Dispatcher, reactor, run_write) -> None:
+    def __init__(self, store: WebhookStore, dispatcher: Dispatcher, reactor, run_write, run_read=inline) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.reactor = reactor
         self.run_write = run_write
+        self.run_read = run_read
 
     def changed(self, entry: dict, facts: dict) -> None:
         """Writer thread, right after the change is committed: queue its event."""
@@ -189,7 +211,15 @@ class Events:
 
     def pulled(self, principal, repo: Repository, digest, media_type: str, tag: str | None) -> None:
         """Reactor thread: a manifest GET answered. Queued only for accounts that asked for pulls."""
-        if not self.store.wants(repo.account, cloudevents.PULL):
+        wanted = self.run_read(self.store.wants, repo.account, cloudevents.PULL)
+        if isinstance(wanted, Deferred):
+            wanted.addCallbacks(lambda hooks: self._pulled(hooks, principal, repo, digest, media_type, tag),
+                                lambda f: self.log.failure("reading the webhooks failed", f))
+        else:
+            self._pulled(wanted, principal, repo, digest, media_type, tag)
+
+    def _pulled(self, wanted, principal, repo: Repository, digest, media_type: str, tag: str | None) -> None:
+        if not wanted:
             return
         actor = None
         if principal is not None:

@@ -21,16 +21,9 @@ Blocking throughout (hashing reads every blob): run it from the command line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from izreg.core.digest import Digest
-from izreg.storage import schema
-from izreg.storage.lmdbindex import _children
-from izreg.storage.refs import COUNTERS, manifest_blobs, scan, split_manifest
-from izreg.storage.schema import key, prefix
-
-_DERIVED = (schema.REPOS, schema.REPOBLOBS, schema.BLOBREFS, schema.TAGSOF)
 
 
 @dataclass
@@ -50,11 +43,9 @@ class Checker:
     def __init__(self, index, blobs) -> None:
         self.index = index
         self.blobs = blobs
-        self._db = index._db
 
     def records(self) -> list[tuple[str, dict]]:
-        with self.index.env.begin() as txn:
-            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.BLOBS])]
+        return self.index.blob_records()
 
     def check(self, repair: bool = False, progress=None, now: float = 0.0) -> Report:
         report = Report()
@@ -88,23 +79,15 @@ class Checker:
         if record.get("size") != found[0]:
             report.problems.append(f"blob {digest}: recorded size {record.get('size')}, stored {found[0]}")
             if repair:
-                with self.index.env.begin(write=True) as txn:
-                    txn.put(str(digest).encode(), json.dumps({**record, "size": found[0]}).encode(),
-                            db=self._db[schema.BLOBS])
+                self.index.set_blob_size(digest, found[0])
                 report.repaired.append(f"blob {digest}: size corrected to {found[0]}")
 
     def _forget(self, digest: Digest, report: Report, repair: bool, lost: set[str], why: str) -> None:
         lost.add(str(digest))
         if not repair:
             return
-        d = str(digest)
-        with self.index.env.begin(write=True) as txn:
-            txn.delete(d.encode(), db=self._db[schema.BLOBS])
-            for k, _ in list(scan(txn, self._db[schema.BLOBLINKS], prefix(d))):
-                name = k.split(schema.SEP, 1)[1].decode()
-                txn.delete(k, db=self._db[schema.BLOBLINKS])
-                txn.delete(key(name, d), db=self._db[schema.LINKS])
-        report.repaired.append(f"{why} blob {d}: record and links removed (push it again)")
+        self.index.forget_blob(digest)
+        report.repaired.append(f"{why} blob {digest}: record and links removed (push it again)")
 
     def _check_orphan(self, digest: Digest, report: Report, repair: bool, now: float) -> None:
         found = self.blobs.stat(digest)
@@ -114,57 +97,30 @@ class Checker:
         if not repair:
             return
         if self.blobs.hash(digest, digest.algorithm) == digest.hex:
-            with self.index.env.begin(write=True) as txn:
-                txn.put(str(digest).encode(), json.dumps({"size": found[0], "created": now, "touched": now}).encode(),
-                        db=self._db[schema.BLOBS])
+            self.index.index_blob(digest, found[0], now)
             report.repaired.append(f"orphan blob {digest}: indexed again (garbage collection takes it if unused)")
         else:
             self.blobs.delete(digest)
             report.repaired.append(f"orphan blob {digest}: corrupt, deleted")
 
     def _check_manifests(self, report: Report, lost: set[str]) -> None:
-        with self.index.env.begin() as txn:
-            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
-                name, digest = k.decode().split("\x00", 1)
-                report.manifests += 1
-                meta, data = split_manifest(v)
-                for blob in manifest_blobs(meta, data):
-                    linked = txn.get(key(name, blob), db=self._db[schema.LINKS]) is not None
-                    recorded = txn.get(blob.encode(), db=self._db[schema.BLOBS]) is not None
-                    if blob in lost or not linked or not recorded:
-                        message = f"manifest {name}@{digest} references blob {blob}, which is " + (
-                            "lost" if blob in lost or not recorded else "not linked to the repository")
-                        report.problems.append(message)
-                        report.unrepaired.append(message + ": push the image again")
-                for child in _children(meta, data):
-                    if txn.get(key(name, child), db=self._db[schema.MANIFESTS]) is None:
-                        message = f"index {name}@{digest} references manifest {child}, which is not in the repository"
-                        report.problems.append(message)
-                        report.unrepaired.append(message + ": push it again")
+        for name, digest, blobs, missing in self.index.manifest_references():
+            report.manifests += 1
+            for blob, linked, recorded in blobs:
+                if blob in lost or not linked or not recorded:
+                    message = f"manifest {name}@{digest} references blob {blob}, which is " + (
+                        "lost" if blob in lost or not recorded else "not linked to the repository")
+                    report.problems.append(message)
+                    report.unrepaired.append(message + ": push the image again")
+            for child in missing:
+                message = f"index {name}@{digest} references manifest {child}, which is not in the repository"
+                report.problems.append(message)
+                report.unrepaired.append(message + ": push it again")
 
     def _check_derived(self, report: Report, repair: bool) -> None:
-        """Recount the reference data in a write transaction; keep it only with C{repair}."""
-        txn = self.index.env.begin(write=True)
-        try:
-            before = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
-            self.index.refs.rebuild(txn)
-            after = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
-            if before != after:
-                wrong = ", ".join(db.decode() for db in _DERIVED if before[db] != after[db])
-                report.problems.append(f"reference counts out of step with the manifests ({wrong})")
-                if repair:
-                    report.repaired.append("reference counts rebuilt from the manifests")
-                    txn.commit()
-                    txn = None
-        finally:
-            if txn is not None:
-                txn.abort()
-
-
-def _strip(db: bytes, value: bytes) -> object:
-    """A repository record without C{pushed} (a recount knows manifest times only)."""
-    if db != schema.REPOS:
-        return bytes(value)
-    record = {**{f: 0 for f in COUNTERS}, **json.loads(value)}
-    record.pop("pushed", None)
-    return record
+        """Recount the reference data; keep the recount only with C{repair}."""
+        wrong = self.index.recount(repair)
+        if wrong:
+            report.problems.append(f"reference counts out of step with the manifests ({', '.join(wrong)})")
+            if repair:
+                report.repaired.append("reference counts rebuilt from the manifests")

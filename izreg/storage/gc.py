@@ -30,7 +30,11 @@ every push sees. A manifest PUT checks that its blobs exist inside its own
 transaction: it either comes first (the blob is referenced, the sweep keeps
 it) or after (the blob is gone and the PUT says MANIFEST_BLOB_UNKNOWN). The
 grace period covers the time between a blob's upload (or a client's HEAD
-that found it) and its manifest. The sweep itself is serialized by an
+that found it) and its manifest. On PostgreSQL (L{izreg.storage.pgindex})
+the same holds across nodes by the index's blob locks: a commit and the
+collector's re-check and delete exclude each other, and a manifest naming
+the blob holds it shared. The scans and checked writes are methods of the
+index (L{izreg.storage.interfaces.IMetadataIndex}), so this works on both. The sweep itself is serialized by an
 advisory lock file (``gc.lock``), so the server's timer and ``izreg gc``
 never run two sweeps at once.
 
@@ -41,15 +45,11 @@ them on its writer thread (the write steps) and I/O pool (the scans).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from izreg.core.digest import Digest
-from izreg.storage import schema
-from izreg.storage.refs import scan, split_manifest
-from izreg.storage.schema import key, prefix
 
 LOCK_NAME = "gc.lock"
 
@@ -94,7 +94,7 @@ class SweepLock:
 
 class Collector:
     """
-    @param index: the L{izreg.storage.lmdbindex.Index}.
+    @param index: the L{izreg.storage.interfaces.IMetadataIndex} (LMDB or PostgreSQL).
     @param blobs: the L{izreg.storage.interfaces.IBlobStore} (C{delete}, C{digests}, C{stat}).
     @param grace: seconds an unreferenced blob, file or link is kept.
     """
@@ -104,102 +104,51 @@ class Collector:
         self.blobs = blobs
         self.grace = grace
         self.untagged_after = untagged_after
-        self._db = index._db
 
     # -- scans (read-only) --------------------------------------------------------
 
     def blob_candidates(self, now: float) -> list[tuple[str, int]]:
         """Unreferenced blob records untouched since before the grace period: (digest, size)."""
-        cutoff = now - self.grace
-        out = []
-        with self.index.env.begin() as txn:
-            for k, v in txn.cursor(db=self._db[schema.BLOBS]):
-                record = json.loads(v)
-                if _touched(record) < cutoff and not self.index.refs.blob_referenced(txn, k.decode()):
-                    out.append((k.decode(), record.get("size") or 0))
-        return out
+        return self.index.gc_blob_candidates(now - self.grace)
 
     def file_candidates(self, now: float) -> Iterator[tuple[Digest, int]]:
         """Stored blobs with no record, older than the grace period: (digest, size)."""
         cutoff = now - self.grace
         for digest in self.blobs.digests():
-            with self.index.env.begin() as txn:
-                if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
-                    continue
+            if self.index.blob_record(digest) is not None:
+                continue
             found = self.blobs.stat(digest)
             if found is not None and found[1] < cutoff:
                 yield digest, found[0]
 
     def link_candidates(self, now: float) -> list[tuple[str, str]]:
         """(repository, blob) links the repository's manifests do not name, older than the grace period."""
-        cutoff = now - self.grace
-        out = []
-        with self.index.env.begin() as txn:
-            for k, v in txn.cursor(db=self._db[schema.LINKS]):
-                if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
-                    name, blob = k.decode().split("\x00", 1)
-                    out.append((name, blob))
-        return out
+        return self.index.gc_link_candidates(now - self.grace)
 
     def untagged_candidates(self, now: float) -> list[tuple[str, str]]:
         """(repository, digest) of manifests to expire under C{untagged_after} (0: none)."""
         if not self.untagged_after:
             return []
-        cutoff = now - self.untagged_after
-        out = []
-        with self.index.env.begin() as txn:
-            held: dict[str, set[str]] = {}
-            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
-                name, digest = k.decode().split("\x00", 1)
-                meta, _ = split_manifest(v)
-                held.setdefault(name, set()).update(meta.get("children") or [])
-                if (meta.get("created") or 0) < cutoff and not meta.get("subject") \
-                        and not self.index.refs.tags_of(txn, name, digest):
-                    out.append((name, digest))
-        return [(name, digest) for name, digest in out if digest not in held.get(name, set())]
+        return self.index.gc_untagged_candidates(now - self.untagged_after)
 
     # -- write steps (one short transaction each; the server runs them on its writer thread) --
 
     def collect_blob(self, digest: str, now: float) -> int | None:
         """Delete one unreferenced blob if it still is; the bytes freed, or C{None} if kept."""
-        cutoff = now - self.grace
-        with self.index.env.begin(write=True) as txn:
-            raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
-            if raw is None:
-                return None
-            record = json.loads(raw)
-            if _touched(record) >= cutoff or self.index.refs.blob_referenced(txn, digest):
-                return None
-            self.blobs.delete(Digest.parse(digest))
-            txn.delete(digest.encode(), db=self._db[schema.BLOBS])
-            for k, _ in list(scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
-                name = k.split(schema.SEP, 1)[1].decode()
-                txn.delete(k, db=self._db[schema.BLOBLINKS])
-                txn.delete(key(name, digest), db=self._db[schema.LINKS])
-                self.index._drop_repo_if_empty(txn, name)
-            return record.get("size") or 0
+        return self.index.collect_blob(digest, now - self.grace, self.blobs.delete)
 
     def collect_file(self, digest: Digest, now: float) -> int | None:
         """Delete a stored blob that no record names, if it still has none and is old enough."""
-        with self.index.env.begin(write=True) as txn:
-            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
-                return None
+        def delete() -> int | None:
             found = self.blobs.stat(digest)
             if found is None or found[1] >= now - self.grace:
                 return None
             self.blobs.delete(digest)
             return found[0]
+        return self.index.without_record(digest, delete)
 
     def collect_link(self, name: str, blob: str, now: float) -> bool:
-        with self.index.env.begin(write=True) as txn:
-            k = key(name, blob)
-            raw = txn.get(k, db=self._db[schema.LINKS])
-            if raw is None or _link_time(raw) >= now - self.grace or txn.get(k, db=self._db[schema.REPOBLOBS]):
-                return False
-            txn.delete(k, db=self._db[schema.LINKS])
-            txn.delete(key(blob, name), db=self._db[schema.BLOBLINKS])
-            self.index._drop_repo_if_empty(txn, name)
-            return True
+        return self.index.collect_link(name, blob, now - self.grace)
 
     # -- a whole sweep, in this thread (izreg gc) ------------------------------------
 
@@ -242,13 +191,3 @@ class Collector:
             result.bytes += freed
             result.deleted.append(digest)
 
-
-def _touched(record: dict) -> float:
-    return record.get("touched") or record.get("created") or 0
-
-
-def _link_time(value: bytes) -> float:
-    try:
-        return float(value) if value else 0.0
-    except ValueError:
-        return 0.0

@@ -155,6 +155,172 @@ class IUploadStore(Interface):
         """Ids of stored sessions neither live nor in C{known} (left by a crash mid-POST). Blocking."""
 
 
+class IMetadataIndex(Interface):
+    """
+    The registry's metadata: repositories, blob records and links, upload
+    sessions, manifests, tags, referrers and the repository counters.
+
+    Implementations: LMDB (L{izreg.storage.lmdbindex.Index}, one process) and
+    PostgreSQL (L{izreg.storage.pgindex.PgIndex}, shared by several nodes);
+    ``tests/storage/test_index.py`` holds both to the same behaviour.
+
+    Every method is synchronous and one transaction. The server calls reads
+    through its C{run_read} runner and writes through C{run_write} (LMDB: reads
+    inline, writes on the writer thread; PostgreSQL: both on a thread pool);
+    the ``izreg`` command calls them directly. Listings are in byte order and
+    page after C{last} (exclusive; empty or None: from the start).
+    """
+
+    def close() -> None:
+        """Release the environment or the connection pool."""
+
+    # -- repositories
+    def repo_exists(name: str) -> bool:
+        """Whether the repository has a manifest, a tag or a blob link."""
+
+    def list_repos(start: str, last, limit: int):
+        """C{(names, more)}: repository names starting with C{start}, after C{last}, at most C{limit}."""
+
+    def repo_stats(name: str):
+        """The repository's counters (C{created, pushed, manifests, tags, size, unique, manifest_bytes}) or C{None}."""
+
+    def list_repo_stats(start: str, last, limit: int):
+        """Like L{list_repos}, as C{([(name, stats)], more)}."""
+
+    # -- blobs and links
+    def blob_size(name: str, digest):
+        """The size of a blob the repository may read (recorded and linked), or C{None}."""
+
+    def blob_record(digest):
+        """The blob's record C{{"size", "created"[, "touched"]}} or C{None}."""
+
+    def commit_blob(name: str, digest, size: int, now: float, upload_id, place=None) -> None:
+        """Record and link a blob, end its upload session; C{place()} puts the bytes in place inside the transaction."""
+
+    def mount_blob(name: str, digest, sources, now: float) -> bool:
+        """Link the blob into C{name} if one of C{sources} has it linked (checked in the same transaction)."""
+
+    def unused_blob(name: str, digest) -> bool:
+        """Whether the repository has the blob linked and none of its manifests names it."""
+
+    def touch_blob(name: str, digest, now: float) -> bool:
+        """Hold a linked blob off garbage collection for a grace period; C{False} if it is gone."""
+
+    def blob_referenced(digest) -> bool:
+        """Whether any manifest of any repository names the blob."""
+
+    def repos_linking(digest):
+        """The repositories that link the blob, in byte order."""
+
+    def unlink_blob(name: str, digest) -> bool:
+        """Drop the repository's link (the repository goes when empty)."""
+
+    # -- upload sessions
+    def put_upload(upload_id: str, record: dict) -> None:
+        """Create or replace an upload session's record."""
+
+    def get_upload(upload_id: str):
+        """The session's record or C{None}."""
+
+    def delete_upload(upload_id: str) -> bool:
+        """Drop a session's record; whether it existed."""
+
+    def list_uploads():
+        """C{[(upload_id, record)]} by id."""
+
+    # -- manifests, tags and referrers
+    def put_manifest(name: str, digest, meta: dict, data: bytes, blobs, children, tag, referrer, now: float) -> None:
+        """
+        Store a manifest with its tag and referrers entry in one transaction, after
+        checking that its C{blobs} ((digest, size)) are recorded and linked with that
+        size and its C{children} are manifests of the repository: else
+        L{RegistryError} MANIFEST_BLOB_UNKNOWN (C{{"missing": [...]}}, at most 20)
+        or MANIFEST_INVALID (a size mismatch), and nothing is written. An existing
+        manifest keeps its first bytes.
+        """
+
+    def get_manifest(name: str, digest):
+        """C{(meta, bytes)} or C{None}."""
+
+    def list_manifests(name: str, last, limit: int):
+        """C{([(digest, meta, bytes, tags)], more)} by digest, after C{last}."""
+
+    def tags_of(name: str, digest):
+        """The tags that point at the manifest, in byte order."""
+
+    def resolve_tag(name: str, tag: str):
+        """The tag's L{Digest}, or C{None}."""
+
+    def list_tags(name: str, last, limit: int):
+        """C{(tags, more)} in byte order after C{last}."""
+
+    def delete_tag(name: str, tag: str) -> bool:
+        """Drop a tag (the repository goes when empty)."""
+
+    def delete_manifest(name: str, digest) -> bool:
+        """Delete a manifest, its tags and its referrers entry."""
+
+    def children_of(name: str, digest):
+        """The child manifests an index names."""
+
+    def deletion(name: str, digest):
+        """What L{delete_tree} would delete now: the manifest, then the children it takes along."""
+
+    def delete_tree(name: str, digest, cascade: bool = True):
+        """Delete a manifest (and with C{cascade} the children no tag or other index holds): C{{"deleted", "tags"}} or C{None}."""
+
+    def purge_repo(name: str) -> int:
+        """Delete a repository with everything in it; its manifest count."""
+
+    def referrers(name: str, subject):
+        """The descriptors of the manifests whose subject is C{subject}, by digest."""
+
+    # -- whole-index reads (browse, metrics)
+    def account_blobs(account: str):
+        """The set of blob digests the manifests of the account's repositories name."""
+
+    def totals() -> dict:
+        """C{{"blobs", "blob_bytes", "manifests", "manifest_bytes", "uploads"}}."""
+
+    # -- garbage collection (izreg.storage.gc): candidates, then one checked write each
+    def gc_blob_candidates(cutoff: float):
+        """C{[(digest, size)]} of blob records no manifest names, untouched since before C{cutoff}."""
+
+    def gc_link_candidates(cutoff: float):
+        """C{[(name, blob)]} of links older than C{cutoff} that no manifest of the repository names."""
+
+    def gc_untagged_candidates(cutoff: float):
+        """C{[(name, digest)]} of manifests created before C{cutoff}: untagged, not a referrer, held by no index."""
+
+    def collect_blob(digest: str, cutoff: float, delete):
+        """If still a candidate: C{delete(Digest)} the bytes, drop record and links, atomically; bytes freed or C{None}."""
+
+    def without_record(digest, f):
+        """C{f()} while the blob has no record and none can be committed (serialized with L{commit_blob}); else C{None}."""
+
+    def collect_link(name: str, blob: str, cutoff: float) -> bool:
+        """Drop the link if it is still a candidate."""
+
+    # -- fsck (izreg.storage.fsck)
+    def blob_records():
+        """C{[(digest, record)]} of every blob record, by digest."""
+
+    def set_blob_size(digest, size: int) -> None:
+        """Correct a blob record's size."""
+
+    def index_blob(digest, size: int, now: float) -> None:
+        """Record a blob that is in place, linked nowhere."""
+
+    def forget_blob(digest) -> None:
+        """Drop a blob's record and every link to it."""
+
+    def manifest_references():
+        """C{[(name, digest, [(blob, linked, recorded)], [missing children])]} of every manifest."""
+
+    def recount(repair: bool = False):
+        """Names of derived data out of step with the manifests (rebuilt with C{repair})."""
+
+
 class IAuditLog(Interface):
     """
     The append-only audit log (L{izreg.storage.audit.AuditLog} on LMDB,

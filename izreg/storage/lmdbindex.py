@@ -16,14 +16,14 @@ import json
 from typing import Any, Iterator
 
 import lmdb
+from zope.interface import implementer
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.manifest import parse_manifest
-from izreg.core.mediatypes import INDEX_TYPES
 from izreg.storage import schema
+from izreg.storage.interfaces import IMetadataIndex
 from izreg.storage.lmdbenv import dbs
-from izreg.storage.refs import Refs, repo_key, split_manifest
+from izreg.storage.refs import COUNTERS, Refs, manifest_blobs, manifest_children, repo_key, split_manifest
 from izreg.storage.refs import scan as _scan
 from izreg.storage.schema import key, prefix
 
@@ -32,18 +32,10 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _children(meta: dict, data: bytes) -> list[str]:
-    """The child manifests of a stored manifest (its meta says; older records: parse an index)."""
-    if "children" in meta:
-        return meta["children"]
-    if meta.get("mediaType") not in INDEX_TYPES:
-        return []
-    try:
-        return [str(c.digest) for c in parse_manifest(data, meta["mediaType"]).children]
-    except RegistryError:
-        return []
+_children = manifest_children
 
 
+@implementer(IMetadataIndex)
 class Index:
     """The registry's metadata over an open LMDB environment."""
 
@@ -411,3 +403,189 @@ class Index:
     def referrers(self, name: str, subject: Digest) -> list[dict]:
         with self.env.begin() as txn:
             return [json.loads(v) for _, v in _scan(txn, self._db[schema.REFERRERS], prefix(name, str(subject)))]
+
+    # -- whole-index reads: browse, metrics ---------------------------------------
+
+    def account_blobs(self, account: str) -> set[str]:
+        """The blobs the manifests of the account's repositories name."""
+        with self.env.begin() as txn:
+            return {blob for _, blob in self.refs.repo_blobs(txn, f"{account}/")}
+
+    def totals(self) -> dict:
+        """Counts and bytes of blobs, manifests and upload sessions (the metrics' gauges)."""
+        totals = {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
+        with self.env.begin() as txn:
+            for _, value in txn.cursor(db=self._db[schema.BLOBS]):
+                totals["blobs"] += 1
+                totals["blob_bytes"] += json.loads(value).get("size") or 0
+            for _, value in txn.cursor(db=self._db[schema.MANIFESTS]):
+                totals["manifests"] += 1
+                totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
+            totals["uploads"] = txn.stat(self._db[schema.UPLOADS])["entries"]
+        return totals
+
+    # -- garbage collection (izreg.storage.gc) -------------------------------------------
+
+    def gc_blob_candidates(self, cutoff: float) -> list[tuple[str, int]]:
+        """Blob records no manifest names, untouched since before C{cutoff}: (digest, size)."""
+        out = []
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.BLOBS]):
+                record = json.loads(v)
+                if _touched(record) < cutoff and not self.refs.blob_referenced(txn, k.decode()):
+                    out.append((k.decode(), record.get("size") or 0))
+        return out
+
+    def gc_link_candidates(self, cutoff: float) -> list[tuple[str, str]]:
+        """(repository, blob) links older than C{cutoff} that the repository's manifests do not name."""
+        out = []
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.LINKS]):
+                if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
+                    name, blob = k.decode().split("\x00", 1)
+                    out.append((name, blob))
+        return out
+
+    def gc_untagged_candidates(self, cutoff: float) -> list[tuple[str, str]]:
+        """(repository, digest) of manifests created before C{cutoff}, untagged, no referrer, held by no index."""
+        out = []
+        with self.env.begin() as txn:
+            held: dict[str, set[str]] = {}
+            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
+                name, digest = k.decode().split("\x00", 1)
+                meta, _ = split_manifest(v)
+                held.setdefault(name, set()).update(meta.get("children") or [])
+                if (meta.get("created") or 0) < cutoff and not meta.get("subject") \
+                        and not self.refs.tags_of(txn, name, digest):
+                    out.append((name, digest))
+        return [(name, digest) for name, digest in out if digest not in held.get(name, set())]
+
+    def collect_blob(self, digest: str, cutoff: float, delete) -> int | None:
+        """
+        If the blob is still unreferenced and untouched since C{cutoff}: C{delete(digest)}
+        its bytes and drop its record and links, in one write transaction; the
+        bytes freed, or C{None} if kept.
+        """
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
+            if raw is None:
+                return None
+            record = json.loads(raw)
+            if _touched(record) >= cutoff or self.refs.blob_referenced(txn, digest):
+                return None
+            delete(Digest.parse(digest))
+            txn.delete(digest.encode(), db=self._db[schema.BLOBS])
+            for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
+                name = k.split(schema.SEP, 1)[1].decode()
+                txn.delete(k, db=self._db[schema.BLOBLINKS])
+                txn.delete(key(name, digest), db=self._db[schema.LINKS])
+                self._drop_repo_if_empty(txn, name)
+            return record.get("size") or 0
+
+    def without_record(self, digest: Digest, f):
+        """C{f()} while no record of the blob exists and none can be committed; C{None} if one exists."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
+                return None
+            return f()
+
+    def collect_link(self, name: str, blob: str, cutoff: float) -> bool:
+        """Drop the link if it is still older than C{cutoff} and unused by the repository's manifests."""
+        with self.env.begin(write=True) as txn:
+            k = key(name, blob)
+            raw = txn.get(k, db=self._db[schema.LINKS])
+            if raw is None or _link_time(raw) >= cutoff or txn.get(k, db=self._db[schema.REPOBLOBS]):
+                return False
+            txn.delete(k, db=self._db[schema.LINKS])
+            txn.delete(key(blob, name), db=self._db[schema.BLOBLINKS])
+            self._drop_repo_if_empty(txn, name)
+            return True
+
+    # -- fsck (izreg.storage.fsck) ----------------------------------------------------------
+
+    def blob_records(self) -> list[tuple[str, dict]]:
+        """(digest, record) of every blob record, by digest."""
+        with self.env.begin() as txn:
+            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.BLOBS])]
+
+    def set_blob_size(self, digest: Digest, size: int) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
+            if raw is not None:
+                txn.put(str(digest).encode(), _dump({**json.loads(raw), "size": size}), db=self._db[schema.BLOBS])
+
+    def index_blob(self, digest: Digest, size: int, now: float) -> None:
+        """Record a blob that is in place (linked nowhere)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(str(digest).encode(), _dump({"size": size, "created": now, "touched": now}),
+                    db=self._db[schema.BLOBS])
+
+    def forget_blob(self, digest: Digest) -> None:
+        """Drop a blob's record and every link to it (its bytes are lost)."""
+        d = str(digest)
+        with self.env.begin(write=True) as txn:
+            txn.delete(d.encode(), db=self._db[schema.BLOBS])
+            for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(d))):
+                name = k.split(schema.SEP, 1)[1].decode()
+                txn.delete(k, db=self._db[schema.BLOBLINKS])
+                txn.delete(key(name, d), db=self._db[schema.LINKS])
+
+    def manifest_references(self) -> list[tuple[str, str, list[tuple[str, bool, bool]], list[str]]]:
+        """
+        Every manifest as (repository, digest, [(blob, linked, recorded)] by blob,
+        [child manifests not in the repository]).
+        """
+        out = []
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
+                name, digest = k.decode().split("\x00", 1)
+                meta, data = split_manifest(v)
+                blobs = [(blob, txn.get(key(name, blob), db=self._db[schema.LINKS]) is not None,
+                          txn.get(blob.encode(), db=self._db[schema.BLOBS]) is not None)
+                         for blob in sorted(manifest_blobs(meta, data))]
+                missing = [child for child in manifest_children(meta, data)
+                           if txn.get(key(name, child), db=self._db[schema.MANIFESTS]) is None]
+                out.append((name, digest, blobs, missing))
+        return out
+
+    def recount(self, repair: bool = False) -> list[str]:
+        """
+        Recount the derived reference data (izreg.storage.refs) from the manifests
+        and tags; the names of what was out of step (kept rebuilt only with C{repair}).
+        """
+        txn = self.env.begin(write=True)
+        try:
+            before = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
+            self.refs.rebuild(txn)
+            after = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
+            wrong = [db.decode() for db in _DERIVED if before[db] != after[db]]
+            if wrong and repair:
+                txn.commit()
+                txn = None
+            return wrong
+        finally:
+            if txn is not None:
+                txn.abort()
+
+
+_DERIVED = (schema.REPOS, schema.REPOBLOBS, schema.BLOBREFS, schema.TAGSOF)
+
+
+def _strip(db: bytes, value: bytes) -> object:
+    """A repository record without C{pushed} (a recount knows manifest times only)."""
+    if db != schema.REPOS:
+        return bytes(value)
+    record = {**{f: 0 for f in COUNTERS}, **json.loads(value)}
+    record.pop("pushed", None)
+    return record
+
+
+def _touched(record: dict) -> float:
+    return record.get("touched") or record.get("created") or 0
+
+
+def _link_time(value: bytes) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0

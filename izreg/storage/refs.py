@@ -26,6 +26,7 @@ from typing import Iterator
 
 from izreg.core.errors import RegistryError
 from izreg.core.manifest import parse_manifest
+from izreg.core.mediatypes import INDEX_TYPES
 from izreg.storage import schema
 from izreg.storage.schema import key, prefix
 
@@ -62,6 +63,18 @@ def manifest_blobs(meta: dict, data: bytes) -> dict[str, int]:
     except RegistryError:
         return {}
     return {str(d.digest): d.size for d in manifest.required_blobs()}
+
+
+def manifest_children(meta: dict, data: bytes) -> list[str]:
+    """The child manifests of a stored manifest (its meta says; older records: parse an index)."""
+    if "children" in meta:
+        return meta["children"]
+    if meta.get("mediaType") not in INDEX_TYPES:
+        return []
+    try:
+        return [str(c.digest) for c in parse_manifest(data, meta["mediaType"]).children]
+    except RegistryError:
+        return []
 
 
 def split_manifest(raw: bytes) -> tuple[dict, bytes]:

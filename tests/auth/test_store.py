@@ -225,3 +225,15 @@ def test_the_token_key_is_sealed_in_the_database(pg_db, tmp_path):
     secret = PgTokenKey(pg_db, str(tmp_path)).secret()
     stored = stored_text(PgAuthStore(pg_db))
     assert secret.hex().encode() not in stored and secret not in stored and b"token.key" in stored
+
+
+@pytest.mark.postgres
+def test_a_node_with_another_sealing_key_is_told_so(pg_db, tmp_path):
+    from izreg.auth.pgstore import PgTokenKey
+    from izreg.storage.webhooks import WebhookError
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    PgTokenKey(pg_db, str(tmp_path / "one")).secret()
+    with pytest.raises(WebhookError, match="every node needs the same file"):
+        PgTokenKey(pg_db, str(tmp_path / "two")).secret()

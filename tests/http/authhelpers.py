@@ -69,8 +69,8 @@ class Keys:
     b_key: str
 
     @classmethod
-    def make(cls, server: Server) -> "Keys":
-        store = AuthStore(server.registry.index.env)
+    def make(cls, server: Server, store=None) -> "Keys":
+        store = store or AuthStore(server.registry.index.env)
         now = server.service.reactor.seconds()
         a = store.create_account(now, "alice").account_id
         b = store.create_account(now, "bob").account_id
@@ -80,6 +80,38 @@ class Keys:
         store.revoke_key(revoked_rec.key_id, now)
         _, b_key = store.create_key(b, now, name="rw")
         return cls(store, a, b, a_key.reveal(), rec.key_id, a_ro.reveal(), a_revoked.reveal(), b_key.reveal())
+
+
+def threaded(f, *args):
+    """A runner as on PostgreSQL: C{f} on the reactor's thread pool, a Deferred of its value."""
+    from twisted.internet import reactor, threads
+
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+
+def on_postgres(server: Server, postgres_server=None, db=None):
+    """
+    Point C{server}'s guard at PostgreSQL (C{db}, or a new database of
+    C{postgres_server}), read off the reactor as a node of a cluster does;
+    its (PgAuthStore, PgDeviceStore, Database).
+    """
+    from izreg.auth.pgstore import PgAuthStore, PgDeviceStore
+    from izreg.storage.batch import LatestBatch
+    from izreg.storage.pg import Database
+
+    if db is None:
+        db = Database(postgres_server.create_database(), max_size=4)
+        db.upgrade()
+    store, device_store = PgAuthStore(db), PgDeviceStore(db)
+    guard = server.api.guard
+    guard.run_read = guard.authenticator.run_read = threaded
+    guard.authenticator.store = store
+    guard.authenticator.last_used = LatestBatch(store.touch_keys)
+    if guard.devices is not None:
+        import dataclasses
+
+        guard.devices = dataclasses.replace(guard.devices, revoked=device_store.revocations_for)
+    return store, device_store, db
 
 
 async def push_blob(server: Server, repo: str, data: bytes, key: str) -> str:

@@ -32,6 +32,7 @@ from tests.http.authhelpers import (
     bearer,
     digest_of,
     error_of,
+    on_postgres,
     image_manifest,
     other_secret,
     push_blob,
@@ -377,15 +378,23 @@ def expected(endpoint: Endpoint, caller: str) -> tuple[int, str | None]:
 # The server -------------------------------------------------------------------------
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
-async def matrix(tmp_path_factory):
+@pytest_twisted.async_yield_fixture(scope="module", params=["lmdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def matrix(request, tmp_path_factory):
+    """The matrix's server; on PostgreSQL its keys are read off the reactor, as on a node of a cluster."""
     server = await start_server(tmp_path_factory.mktemp("matrix"), auth_failure_limit=10**9)
-    keys = Keys.make(server)
+    db = None
+    if request.param == "postgresql":
+        store, _, db = on_postgres(server, request.getfixturevalue("postgres_server"))
+        keys = Keys.make(server, store)
+    else:
+        keys = Keys.make(server)
     ctx = Ctx(server, keys)
     # B has a repository too, so the catalog must leave something out
     await push_blob(server, f"{keys.b}/own", b"B's own blob", keys.b_key)
     yield ctx
     await server.service.stopService()
+    if db is not None:
+        db.close()
 
 
 @pytest.mark.parametrize("caller", CALLERS)

@@ -1,4 +1,4 @@
-"""Garbage collection (izreg.storage.gc) over a real index and blob files in tmp_path."""
+"""Garbage collection (izreg.storage.gc) over a real index (LMDB and PostgreSQL) and blob files in tmp_path."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from izreg.core.digest import Digest
 from izreg.storage.blobs import BlobStore
 from izreg.storage.gc import Collector, SweepLock
-from izreg.storage.lmdbenv import open_env
-from izreg.storage.lmdbindex import Index
+from tests.helpers.indexes import index, index_backend  # noqa: F401  (fixtures: both backends)
 
 A = "0123456789abcdef0123456789abcdef"
 REPO, OTHER = f"{A}/app", f"{A}/other"
@@ -18,10 +17,8 @@ GRACE = 100.0
 
 
 @pytest.fixture
-def store(tmp_path):
-    index = Index(open_env(str(tmp_path), map_size=32 * 1024 * 1024))
-    yield index, BlobStore(str(tmp_path)), str(tmp_path)
-    index.close()
+def store(index, tmp_path):
+    return index, BlobStore(str(tmp_path)), str(tmp_path)
 
 
 def blob(index, blobs, data: bytes, now: float, name: str = REPO) -> Digest:

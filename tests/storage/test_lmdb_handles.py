@@ -49,7 +49,7 @@ CHILD = textwrap.dedent("""
     holding.wait()
     for name, build in [("AuthStore", lambda: AuthStore(env)), ("DeviceStore", lambda: DeviceStore(env)),
                         ("AuditLog", lambda: AuditLog(env)), ("WebhookStore", lambda: WebhookStore(env, root)),
-                        ("Index", lambda: Index(env)), ("StorageCollector", lambda: StorageCollector(env))]:
+                        ("Index", lambda: Index(env)), ("StorageCollector", lambda: StorageCollector(Index(env), env))]:
         build()
         print(name, flush=True)
     release.set()

@@ -1,15 +1,18 @@
-"""The LMDB metadata index (izreg.storage.lmdbindex) over a real environment in tmp_path."""
+"""
+The metadata index contract (izreg.storage.interfaces.IMetadataIndex), run against
+both backends: LMDB (izreg.storage.lmdbindex) over a real environment in tmp_path,
+and PostgreSQL (izreg.storage.pgindex) over a real server (marker ``postgres``).
+"""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from zope.interface.verify import verifyObject
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.storage.lmdbenv import open_env
-from izreg.storage.lmdbindex import Index
+from izreg.storage.interfaces import IMetadataIndex
+from tests.helpers.indexes import backdoor, index, index_backend, open_index  # noqa: F401  (fixtures)
 
 A = "0123456789abcdef0123456789abcdef"
 B = "fedcba9876543210fedcba9876543210"
@@ -17,14 +20,6 @@ REPO = f"{A}/app"
 OTHER = f"{A}/other"
 B1, B2, B3 = (Digest.of(x) for x in (b"blob-1", b"blob-2", b"blob-3"))
 M1, M2, M3 = (Digest.of(x) for x in (b"manifest-1", b"manifest-2", b"manifest-3"))
-MAP = 16 * 1024 * 1024
-
-
-@pytest.fixture
-def index(tmp_path):
-    idx = Index(open_env(str(tmp_path), map_size=MAP))
-    yield idx
-    idx.close()
 
 
 def meta(subject: Digest | None = None, **extra) -> dict:
@@ -39,16 +34,11 @@ def commit(index, name=REPO, digest=B1, size=6, now=1.0, upload_id=None):
     index.commit_blob(name, digest, size, now, upload_id)
 
 
-def snapshot(index) -> dict:
-    """Every key/value of every named db (to check that a failed write changed nothing)."""
-    out = {}
-    with index.env.begin() as txn:
-        for name, db in index._db.items():
-            out[name] = list(txn.cursor(db=db))
-    return out
-
-
 # -- repositories ---------------------------------------------------------------------
+
+
+def test_provides_the_interface(index):
+    assert verifyObject(IMetadataIndex, index)
 
 
 def test_empty_index(index):
@@ -91,11 +81,11 @@ def test_list_repos(index, start, last, limit, expected, more):
     assert index.list_repos(start, last, limit) == (expected, more)
 
 
-def test_repo_created_once(index):
+def test_repo_created_once(index, backdoor):
     commit(index, now=1.0)
     commit(index, digest=B2, now=5.0)
-    with index.env.begin() as txn:
-        assert json.loads(txn.get(REPO.encode(), db=index._db[b"repos"]))["created"] == 1.0
+    assert backdoor.repo_created(REPO) == 1.0
+    assert index.repo_stats(REPO)["created"] == 1.0
 
 
 # -- blobs and links -----------------------------------------------------------------
@@ -119,14 +109,8 @@ def test_commit_blob_keeps_the_first_record_and_touches_it(index):
     assert index.repos_linking(B1) == sorted([REPO, OTHER])
 
 
-def put_blob_record(index, digest, size, now):
-    """A blob record without a link (as a file left by a crash, or linked elsewhere)."""
-    with index.env.begin(write=True) as txn:
-        txn.put(str(digest).encode(), json.dumps({"size": size, "created": now}).encode(), db=index._db[b"blobs"])
-
-
-def test_blob_size_needs_a_record(index):
-    put_blob_record(index, B2, 10, 1.0)
+def test_blob_size_needs_a_record(index, backdoor):
+    backdoor.put_blob_record(B2, 10, 1.0)
     assert index.blob_size(REPO, B2) is None  # recorded but not linked
     assert index.blob_record(B2) == {"size": 10, "created": 1.0}
     assert index.blob_record(B3) is None
@@ -145,14 +129,13 @@ def test_blob_size_needs_a_record(index):
         ([REPO], True, [REPO], True),  # mounting into itself is harmless
     ],
 )
-def test_mount_blob(index, linked_in, recorded, sources, mounted):
+def test_mount_blob(index, backdoor, linked_in, recorded, sources, mounted):
     for name in linked_in:
         commit(index, name)
     if recorded and not linked_in:
-        put_blob_record(index, B1, 6, 1.0)
+        backdoor.put_blob_record(B1, 6, 1.0)
     if not recorded:
-        with index.env.begin(write=True) as txn:
-            txn.delete(str(B1).encode(), db=index._db[b"blobs"])
+        backdoor.drop_blob_record(B1)
     target = REPO
     was_linked = index.blob_size(target, B1) is not None
     assert index.mount_blob(target, B1, sources, 2.0) is mounted
@@ -178,15 +161,14 @@ def test_unlink_blob(index):
 
 
 @pytest.mark.parametrize("keeper", ["blob", "manifest", "tag"])
-def test_unlink_blob_keeps_non_empty_repo(index, keeper):
+def test_unlink_blob_keeps_non_empty_repo(index, backdoor, keeper):
     commit(index, digest=B1)
     if keeper == "blob":
         commit(index, digest=B2)
     else:
         put(index, digest=M1, tag="v1" if keeper == "tag" else None)
         if keeper == "tag":
-            with index.env.begin(write=True) as txn:  # a tag alone (manifest record gone)
-                txn.delete(f"{REPO}\x00{M1}".encode(), db=index._db[b"manifests"])
+            backdoor.drop_manifest_record(REPO, M1)  # a tag alone (manifest record gone)
     index.unlink_blob(REPO, B1)
     assert index.repo_exists(REPO)
 
@@ -265,22 +247,21 @@ def test_put_manifest_with_blobs_and_children(index):
         ([(REPO, B1)], [B1, B3], [M2, M3], [{"digest": str(B3)}, {"digest": str(M2), "kind": "manifest"}, {"digest": str(M3), "kind": "manifest"}]),
     ],
 )
-def test_put_manifest_missing_references(index, setup, blobs, children, missing):
+def test_put_manifest_missing_references(index, backdoor, setup, blobs, children, missing):
     for name, digest in setup:
         commit(index, name, digest, 6)
-    before = snapshot(index)
+    before = backdoor.snapshot()
     with pytest.raises(RegistryError) as info:
         put(index, name=REPO, digest=M1, blobs=[(str(b), 6) for b in blobs], children=children, tag="t", referrer=(str(M3), {"x": 1}))
     assert info.value.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
     assert info.value.code.status == 400
     assert info.value.detail == {"missing": missing}
-    assert snapshot(index) == before  # atomic: nothing written
+    assert backdoor.snapshot() == before  # atomic: nothing written
 
 
-def test_linked_blob_without_record_is_missing(index):
+def test_linked_blob_without_record_is_missing(index, backdoor):
     commit(index, digest=B1)
-    with index.env.begin(write=True) as txn:
-        txn.delete(str(B1).encode(), db=index._db[b"blobs"])
+    backdoor.drop_blob_record(B1)
     with pytest.raises(RegistryError) as info:
         put(index, blobs=[(str(B1), 6)])
     assert info.value.detail == {"missing": [{"digest": str(B1)}]}
@@ -301,15 +282,15 @@ def test_missing_list_is_capped(index):
 
 
 @pytest.mark.parametrize("declared", [0, 5, 7, 6000])
-def test_put_manifest_size_mismatch(index, declared):
+def test_put_manifest_size_mismatch(index, backdoor, declared):
     commit(index, digest=B1, size=6)
-    before = snapshot(index)
+    before = backdoor.snapshot()
     with pytest.raises(RegistryError) as info:
         put(index, blobs=[(str(B1), declared)], tag="t")
     assert info.value.code is ErrorCode.MANIFEST_INVALID
     assert info.value.detail["digest"] == str(B1)
     assert info.value.detail["size"] == declared
-    assert snapshot(index) == before
+    assert backdoor.snapshot() == before
 
 
 def test_empty_blob(index):
@@ -414,10 +395,9 @@ def test_delete_tag(index):
     assert index.repo_exists(REPO)
 
 
-def test_delete_last_tag_of_otherwise_empty_repo(index):
+def test_delete_last_tag_of_otherwise_empty_repo(index, backdoor):
     put(index, tag="v1")
-    with index.env.begin(write=True) as txn:
-        txn.delete(f"{REPO}\x00{M1}".encode(), db=index._db[b"manifests"])
+    backdoor.drop_manifest_record(REPO, M1)
     assert index.delete_tag(REPO, "v1") is True
     assert not index.repo_exists(REPO)
 
@@ -504,13 +484,13 @@ def test_referrers_isolated_by_subject_prefix(index):
     assert index.referrers(REPO, other_subject) == [{"n": 2}]
 
 
-def test_state_survives_reopen(tmp_path):
-    idx = Index(open_env(str(tmp_path), map_size=MAP))
+def test_state_survives_reopen(index_backend, request, tmp_path):
+    idx = open_index(index_backend, request, tmp_path)
     commit(idx)
     put(idx, blobs=[(str(B1), 6)], tag="v1")
     idx.put_upload("u", {"name": REPO, "offset": 1})
     idx.close()
-    idx = Index(open_env(str(tmp_path), map_size=MAP))
+    idx = open_index(index_backend, request, tmp_path)
     try:
         assert idx.resolve_tag(REPO, "v1") == M1
         assert idx.blob_size(REPO, B1) == 6
