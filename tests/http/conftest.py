@@ -1,6 +1,10 @@
 """
-In-process API fixtures: the real Site, Registry, LMDB and blob files (in a
-temp dir), served on a loopback port by the test reactor, driven with treq.
+In-process API fixtures: the real service make_server builds (Site,
+Registry, LMDB and blob files in a temp dir) on the test reactor, driven
+with treq: in memory (treq's in-memory agent drives the very Site the
+listeners would serve: no port, no TCP), or, for a test marked
+``socket``, on a free loopback port (raw HTTP, connection limits, slow
+senders, real clients).
 
 C{any_server} runs a test module's routes over each storage backend: the
 filesystem (on a port), the in-memory fake (no port: treq's in-memory agent
@@ -61,12 +65,20 @@ def header(response, name: str) -> str | None:
     return values[0] if values else None
 
 
-async def start_server(tmp_path, guard=None, **config) -> Server:
-    """Start a registry over C{tmp_path}, listening on a free loopback port."""
-    cfg = Config(data_dir=str(tmp_path / "data"), listen=("tcp:0:interface=127.0.0.1",), **config)
+async def start_server(tmp_path, guard=None, socket: bool = False, **config) -> Server:
+    """
+    Start a registry over C{tmp_path}: the service C{make_server} builds
+    (storage, threads, the real site). Requests go through treq's in-memory
+    agent to that site, unless C{socket}: then it listens on a free loopback
+    port (for raw connections, connection limits, slow senders, real clients).
+    """
+    listen = ("tcp:0:interface=127.0.0.1",) if socket else ()
+    cfg = Config(data_dir=str(tmp_path / "data"), listen=listen, **config)
     service = make_server(cfg, reactor, guard=guard)
-    # the listeners are children; start them, then ask the endpoint service for its port
     service.startService()
+    if not socket:
+        return InMemory(service.site, service, cfg.storage_backend)
+    # the listeners are children; start them, then ask the endpoint service for its port
     listener = service.services[0]
     port = await listener._waitingForPort
     return Server(f"http://127.0.0.1:{port.getHost().port}", service, cfg.storage_backend)
@@ -83,35 +95,20 @@ class MemoryService:
         return defer.succeed(None)
 
 
-class MemoryServer(Server):
+class InMemory(Server):
     """
-    The real RegistrySite and routes over the in-memory stores (and LMDB in
-    a temp dir), with no port: requests go through treq's in-memory agent,
-    pumped on the test reactor's turns (so held bodies still work).
+    A site driven with no port: requests go through treq's in-memory agent,
+    pumped on the test reactor's turns (so thread pools and held bodies still work).
     """
 
-    def __init__(self, tmp_path, guard) -> None:
+    def __init__(self, site, service, kind: str) -> None:
         from treq.client import HTTPClient
         from treq.testing import RequestTraversalAgent
 
-        from izreg.http.app import RegistryAPI
-        from izreg.http.bodies import RegistrySite
-        from izreg.registry import Limits, Registry
-        from izreg.storage.lmdbenv import open_env
-        from izreg.storage.lmdbindex import Index
-        from izreg.storage.memory import MemoryBlobs, MemoryUploads
-
-        inline = defer.maybeDeferred
-        blobs = MemoryBlobs()
-        registry = Registry(Index(open_env(str(tmp_path / "index"), 1 << 30)), blobs, MemoryUploads(blobs),
-                            now=reactor.seconds, run_write=inline, run_io=inline,
-                            limits=Limits(Config().max_manifest_size, Config().delete_enabled))
-        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
-        site = RegistrySite(api.resource(), api.body_for)
-        self._agent = RequestTraversalAgent(api.resource())
+        self._agent = RequestTraversalAgent(site.resource)
         self._agent._serverFactory = site
         self._client = HTTPClient(self._agent)
-        super().__init__("http://registry.test", MemoryService(registry, api, site), "memory")
+        super().__init__("http://registry.test", service, kind)
 
     async def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, **kw):
         answer = self._client.request(method, self.url + path, data=body, headers=headers or {}, **kw)
@@ -131,6 +128,32 @@ class MemoryServer(Server):
         return await d
 
 
+class MemoryServer(InMemory):
+    """The real RegistrySite and routes over the in-memory stores (and LMDB in a temp dir), with no port."""
+
+    def __init__(self, tmp_path, guard) -> None:
+        from izreg.http.app import RegistryAPI
+        from izreg.http.bodies import RegistrySite
+        from izreg.registry import Limits, Registry
+        from izreg.storage.lmdbenv import open_env
+        from izreg.storage.lmdbindex import Index
+        from izreg.storage.memory import MemoryBlobs, MemoryUploads
+
+        inline = defer.maybeDeferred
+        blobs = MemoryBlobs()
+        registry = Registry(Index(open_env(str(tmp_path / "index"), 1 << 30)), blobs, MemoryUploads(blobs),
+                            now=reactor.seconds, run_write=inline, run_io=inline,
+                            limits=Limits(Config().max_manifest_size, Config().delete_enabled))
+        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
+        site = RegistrySite(api.resource(), api.body_for)
+        super().__init__(site, MemoryService(registry, api, site), "memory")
+
+
+def wants_socket(request) -> bool:
+    """A test (or its module) marked C{socket} gets a server on a port; others go in memory."""
+    return request.node.get_closest_marker("socket") is not None
+
+
 async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -> Server:
     """A registry over the C{kind} storage backend ("filesystem", "memory" or "s3")."""
     if kind == "memory":
@@ -139,7 +162,7 @@ async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -
         moto = request.getfixturevalue("moto_server")
         config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),
                       s3_endpoint_url=moto.url, s3_threads=4, **config)
-    return await start_server(tmp_path, guard or OpenGuard(), **config)
+    return await start_server(tmp_path, guard or OpenGuard(), socket=kind == "filesystem", **config)
 
 
 @pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3)])
@@ -150,7 +173,7 @@ async def any_server(request, tmp_path):
 
 
 @pytest_twisted.async_yield_fixture
-async def server(tmp_path):
-    srv = await start_server(tmp_path, OpenGuard())
+async def server(request, tmp_path):
+    srv = await start_server(tmp_path, OpenGuard(), socket=wants_socket(request))
     yield srv
     await srv.service.stopService()
