@@ -33,6 +33,7 @@ PLACES = {
     "izreg.edge": "service",
     "izreg.tap": "service",
     "izreg.cli": "commands",
+    "izreg.commands": "commands",
     "izreg.devices_cli": "commands",
     "izreg.manage_cli": "commands",
     "izreg.ops_cli": "commands",
