@@ -47,7 +47,7 @@ ALLOWED = {
         "/readyz reads the disk floor the service built (DiskFloor); an interface would be one more file",
     ("izreg.http.errors", "izreg.storage.failures"):
         "a full disk or LMDB map is part of every store's contract: mapped to 507/503 where errors are rendered",
-    ("izreg.http.app", "izreg.storage.failures"):
+    ("izreg.http.sinks", "izreg.storage.failures"):
         "the body sink's write errors (ENOSPC) are answered before the handler runs",
 }
 
