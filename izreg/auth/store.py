@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 import lmdb
+from zope.interface import implementer
 
 from izreg.auth import keys
+from izreg.auth.interfaces import IAuthStore
 from izreg.auth.keys import AccessKey, RandomBytes
 from izreg.core.names import ACCOUNT_RE
 from izreg.storage import schema
@@ -84,6 +86,7 @@ class KeyRecord:
         return "read-only" if self.read_only else "read-write"
 
 
+@implementer(IAuthStore)
 class AuthStore:
     """
     Accounts and keys over an open LMDB environment (from
