@@ -2,11 +2,13 @@
 """
 The registry's domain operations over the pure core and the storage layer.
 
-Reads run inline (LMDB reads are memory-mapped and quick). Anything that
-may block (fsync, hashing a whole file, a write transaction) goes through
-the injected runners: C{run_write} (one writer thread, so blob moves and
-index commits are serialised) and C{run_io} (a small pool for fsync and
-hashing). Time comes from the injected C{now}.
+Every index read goes through the injected C{run_read} (LMDB: inline, the
+default, as its reads are memory-mapped and quick; PostgreSQL: a thread
+pool, never the reactor). Anything else that may block (fsync, hashing a
+whole file, a write transaction) goes through the injected runners:
+C{run_write} (LMDB: one writer thread, so blob moves and index commits are
+serialised) and C{run_io} (a small pool for fsync and hashing). Time comes
+from the injected C{now}.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from izreg.auth.runners import inline, settled
 from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
@@ -25,8 +28,7 @@ from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_m
 from izreg.core.names import Reference, Repository
 from izreg.inuse import InUse
 from izreg.storage.audit import AuditLog
-from izreg.storage.interfaces import DigestMismatch, IBlobStore, IBodySink, IUploadStore, StorageError
-from izreg.storage.lmdbindex import Index
+from izreg.storage.interfaces import DigestMismatch, IBlobStore, IBodySink, IMetadataIndex, IUploadStore, StorageError
 from izreg.storage.uploads import UploadSession
 
 Runner = Callable[..., Awaitable[Any]]
@@ -70,7 +72,7 @@ class Registry:
 
     def __init__(
         self,
-        index: Index,
+        index: IMetadataIndex,
         blobs: IBlobStore,
         uploads: IUploadStore,
         now: Callable[[], float],
@@ -79,6 +81,7 @@ class Registry:
         limits: Limits,
         audit: AuditLog | None = None,
         in_use: InUse | None = None,
+        run_read: Runner | None = None,
         on_change: Callable[[dict, dict], None] | None = None,
     ) -> None:
         self.index = index
@@ -86,6 +89,10 @@ class Registry:
         self.uploads = uploads
         self.now = now
         self.run_write = run_write
+        #: index reads (L{izreg.auth.runners}: a value, or a Deferred of it); None: inline (LMDB), so a
+        #: session can be found at headers time (L{live_upload})
+        self.run_read = run_read or inline
+        self.reads_inline = run_read is None or run_read is inline
         self.run_io = run_io
         self.limits = limits
         self.audit = audit
@@ -93,32 +100,39 @@ class Registry:
         #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
         self.on_change = on_change
 
+    def _read(self, f: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """An index read through C{run_read}, awaited."""
+        return settled(self.run_read(f, *args))
+
     # -- upload sessions ----------------------------------------------------
 
     async def start_upload(self, repo: Repository) -> UploadSession:
-        self._check_open_uploads(repo.account)
+        await self._check_open_uploads(repo.account)
         now = self.now()
         session = self.uploads.create(repo.name, now)
         await self.run_write(self.index.put_upload, session.id, session.record(now))
-        self._open_uploads(repo.account).add(session.id)
+        (await self._open_uploads(repo.account)).add(session.id)
         return session
 
-    def _open_uploads(self, account: str) -> set[str]:
-        """The ids of an account's upload sessions that may still be open (read from LMDB once)."""
+    async def _open_uploads(self, account: str) -> set[str]:
+        """The ids of an account's upload sessions that may still be open (read from the index once)."""
         if getattr(self, "_open", None) is None:
-            self._open: dict[str, set[str]] = {}
-            for upload_id, record in self.index.list_uploads():
-                self._open.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
+            found = await self._read(self.index.list_uploads)
+            if getattr(self, "_open", None) is None:
+                self._open: dict[str, set[str]] = {}
+                for upload_id, record in found:
+                    self._open.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
         return self._open.setdefault(account, set())
 
-    def _check_open_uploads(self, account: str) -> None:
+    async def _check_open_uploads(self, account: str) -> None:
         """At most C{limits.max_open_uploads} open sessions per account (ended ones are pruned here)."""
         cap = self.limits.max_open_uploads
         if not cap:
             return
-        ids = self._open_uploads(account)
+        ids = await self._open_uploads(account)
         if len(ids) >= cap:
-            ids.intersection_update([i for i in ids if self.index.get_upload(i) is not None])
+            still = [i for i in list(ids) if await self._read(self.index.get_upload, i) is not None]
+            ids.intersection_update(still)
         if len(ids) >= cap:
             raise RegistryError(
                 ErrorCode.TOOMANYREQUESTS, {"open_uploads": len(ids), "limit": cap},
@@ -139,8 +153,28 @@ class Registry:
         """Where a PATCH or PUT body appends to C{session}."""
         return self.uploads.sink(session, expected=expected)
 
-    def upload(self, repo: Repository, upload_id: str) -> UploadSession:
-        record = None if upload_id in self.uploads.sessions else self.index.get_upload(upload_id)
+    async def upload(self, repo: Repository, upload_id: str) -> UploadSession:
+        if self.reads_inline and upload_id in self.uploads.sessions:
+            return self._session(repo, upload_id, None)
+        record = await self._read(self.index.get_upload, upload_id)
+        return self._session(repo, upload_id, record, checked=True)
+
+    def live_upload(self, repo: Repository, upload_id: str) -> UploadSession | None:
+        """
+        L{upload} without waiting, for a body's headers: the session, or C{None}
+        when finding it needs an index read off this thread (call L{upload}).
+        """
+        if not self.reads_inline:
+            return None
+        if upload_id in self.uploads.sessions:
+            return self._session(repo, upload_id, None)
+        return self._session(repo, upload_id, self.index.get_upload(upload_id))
+
+    def _session(self, repo: Repository, upload_id: str, record: dict | None, checked: bool = False) -> UploadSession:
+        live = self.uploads.sessions.get(upload_id)
+        if checked and live is not None and not live.busy and (record is None or record.get("offset") != live.offset):
+            # a shared index: another node moved the session on (or ended it) since this one held it
+            self.uploads.forget(live)
         session = self.uploads.get(upload_id, record)
         if session is None or session.name != repo.name or not session.persisted:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, {"upload": upload_id[:100]})
@@ -206,7 +240,7 @@ class Registry:
             await self.run_write(self.index.delete_upload, session.id)
 
     async def cancel_upload(self, repo: Repository, upload_id: str) -> None:
-        session = self.upload(repo, upload_id)
+        session = await self.upload(repo, upload_id)
         if session.busy:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, {"upload": upload_id}, "upload is busy with another request")
         await self._drop(session)
@@ -214,7 +248,7 @@ class Registry:
     async def expire_uploads(self, older_than: float) -> int:
         """Remove sessions not touched since C{older_than} with their bytes; return how many."""
         expired = 0
-        for upload_id, record in self.index.list_uploads():
+        for upload_id, record in await self._read(self.index.list_uploads):
             session = self.uploads.sessions.get(upload_id)
             if record["updated"] < older_than and not (session and session.busy):
                 if session is not None:
@@ -250,16 +284,16 @@ class Registry:
                 return None
             sources = [source.name]
         else:
-            sources = [name for name in self.index.repos_linking(digest) if name[:32] == repo.account]
+            sources = [name for name in await self._read(self.index.repos_linking, digest) if name[:32] == repo.account]
         if not sources:
             return None
         if not await self.run_write(self.index.mount_blob, repo.name, digest, sources, self.now()):
             return None
-        return self.index.blob_size(repo.name, digest)
+        return await self._read(self.index.blob_size, repo.name, digest)
 
-    def get_blob(self, repo: Repository, digest: Digest, redirect: bool = False) -> BlobContent:
+    async def get_blob(self, repo: Repository, digest: Digest, redirect: bool = False) -> BlobContent:
         """The blob's bytes; with C{redirect}, a URL instead when the store offers one."""
-        size = self.index.blob_size(repo.name, digest)
+        size = await self._read(self.index.blob_size, repo.name, digest)
         if size is not None:
             if redirect:
                 url = self.blobs.redirect_url(digest)
@@ -269,7 +303,7 @@ class Registry:
             if f is not None:
                 return BlobContent(digest, size, file=f)
             self.log.error("blob {digest} is indexed but its file is missing", digest=str(digest))
-        manifest = self.index.get_manifest(repo.name, digest)
+        manifest = await self._read(self.index.get_manifest, repo.name, digest)
         if manifest is not None:
             return BlobContent(digest, len(manifest[1]), data=manifest[1])
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -280,7 +314,7 @@ class Registry:
         will push a manifest naming it): keep it from garbage collection for
         a grace period, as if it had just been uploaded. One read otherwise.
         """
-        if not self.index.unused_blob(repo.name, digest):
+        if not await self._read(self.index.unused_blob, repo.name, digest):
             return
         if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -362,32 +396,32 @@ class Registry:
 
     async def _ensure_empty_config(self, repo: Repository) -> None:
         """The OCI empty config ``{}`` is always available, pushed or not."""
-        if self.index.blob_size(repo.name, EMPTY_JSON_DIGEST) is None:
+        if await self._read(self.index.blob_size, repo.name, EMPTY_JSON_DIGEST) is None:
             await self.run_write(self._store_small_sync, repo, EMPTY_JSON_DIGEST, EMPTY_JSON)
 
     def _store_small_sync(self, repo: Repository, digest: Digest, data: bytes) -> None:
         self.index.commit_blob(repo.name, digest, len(data), self.now(), None,
                                place=lambda: self.blobs.put_bytes(digest, data))
 
-    def resolve(self, repo: Repository, reference: Reference) -> Digest:
+    async def resolve(self, repo: Repository, reference: Reference) -> Digest:
         if isinstance(reference, Digest):
             return reference
-        digest = self.index.resolve_tag(repo.name, reference)
+        digest = await self._read(self.index.resolve_tag, repo.name, reference)
         if digest is None:
-            raise self._unknown_manifest(repo, reference)
+            raise await self._unknown_manifest(repo, reference)
         return digest
 
-    def _unknown_manifest(self, repo: Repository, reference: Reference) -> RegistryError:
-        if not self.index.repo_exists(repo.name):
+    async def _unknown_manifest(self, repo: Repository, reference: Reference) -> RegistryError:
+        if not await self._read(self.index.repo_exists, repo.name):
             return RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         return RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": str(reference)})
 
     async def get_manifest(self, repo: Repository, reference: Reference,
                            accepted: frozenset[str] = frozenset()) -> StoredManifest:
-        digest = self.resolve(repo, reference)
-        found = self.index.get_manifest(repo.name, digest)
+        digest = await self.resolve(repo, reference)
+        found = await self._read(self.index.get_manifest, repo.name, digest)
         if found is None:
-            raise self._unknown_manifest(repo, reference)
+            raise await self._unknown_manifest(repo, reference)
         meta, data = found
         media_type = meta["mediaType"]
         if not isinstance(reference, Digest) and media_type in mt.INDEX_TYPES and not mt.acceptable(media_type, accepted):
@@ -420,17 +454,17 @@ class Registry:
         self._check_delete()
         if isinstance(reference, Digest):
             target, action = f"{repo}@{reference}", "delete-manifest"
-            doomed = self.index.deletion(repo.name, reference)
+            doomed = await self._read(self.index.deletion, repo.name, reference)
             if not doomed:
-                raise self._unknown_manifest(repo, reference)
-            protected = set(doomed) | set(self.index.children_of(repo.name, reference))
+                raise await self._unknown_manifest(repo, reference)
+            protected = set(doomed) | set(await self._read(self.index.children_of, repo.name, reference))
             operation, args = self.index.delete_tree, (repo.name, reference)
             facts = {"repository": repo.name, "digest": str(reference), "tag": None}
         else:
             target, action = f"{repo}:{reference}", "delete-tag"
-            digest = self.resolve(repo, reference)
-            last_tag = self.index.tags_of(repo.name, digest) == [reference]
-            protected = {str(digest), *self.index.children_of(repo.name, digest)} if last_tag else set()
+            digest = await self.resolve(repo, reference)
+            last_tag = await self._read(self.index.tags_of, repo.name, digest) == [reference]
+            protected = {str(digest), *await self._read(self.index.children_of, repo.name, digest)} if last_tag else set()
             operation, args = self.index.delete_tag, (repo.name, reference)
             facts = {"repository": repo.name, "digest": None, "tag": reference}
         detail = None
@@ -443,23 +477,23 @@ class Registry:
                 self.in_use.refuse(repo.name, target, sorted(protected))
         entry = _audit_entry(action, repo, target, who, detail)
         if not await self.run_write(self._audited, entry, operation, *args, facts=facts):
-            raise self._unknown_manifest(repo, reference)
+            raise await self._unknown_manifest(repo, reference)
 
     # -- listings ----------------------------------------------------------------
 
-    def repo_exists(self, repo: Repository) -> bool:
-        return self.index.repo_exists(repo.name)
+    async def repo_exists(self, repo: Repository) -> bool:
+        return await self._read(self.index.repo_exists, repo.name)
 
-    def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
-        if not self.index.repo_exists(repo.name):
+    async def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
+        if not await self._read(self.index.repo_exists, repo.name):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
-        return self.index.list_tags(repo.name, last, limit)
+        return await self._read(self.index.list_tags, repo.name, last, limit)
 
-    def catalog(self, account: str | None, limit: int, last: str | None) -> tuple[list[str], bool]:
-        return self.index.list_repos(f"{account}/" if account else "", last, limit)
+    async def catalog(self, account: str | None, limit: int, last: str | None) -> tuple[list[str], bool]:
+        return await self._read(self.index.list_repos, f"{account}/" if account else "", last, limit)
 
-    def referrers(self, repo: Repository, subject: Digest, artifact_type: str | None) -> list[dict]:
-        found = self.index.referrers(repo.name, subject)
+    async def referrers(self, repo: Repository, subject: Digest, artifact_type: str | None) -> list[dict]:
+        found = await self._read(self.index.referrers, repo.name, subject)
         if artifact_type is not None:
             found = [d for d in found if d.get("artifactType") == artifact_type]
         return found

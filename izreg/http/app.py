@@ -37,7 +37,7 @@ from izreg.http.limits import BodyBudget
 from izreg.http.listings import ListingRoutes
 from izreg.http.manifests import ManifestRoutes
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
-from izreg.http.sinks import BodySinks
+from izreg.http.sinks import BODY_READY, BodySinks
 from izreg.http.ui.pages import StaticPages
 from izreg.http.uploads import UploadRoutes
 from izreg.registry import Registry
@@ -139,17 +139,17 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         return await health.ready(request, self.readiness)
 
     @route("/v2/_catalog", methods=["GET"], access=Access.CATALOG)
-    def catalog(self, request):
+    async def catalog(self, request):
         principal = _principal(request)
         account = principal.account if principal is not None else None
         limit, last = self._page(request)
-        names, more = self.registry.catalog(account, limit, last)
+        names, more = await self.registry.catalog(account, limit, last)
         if more and names:
             self._link(request, "/v2/_catalog", limit, names[-1])
         return self._json(request, {"repositories": names})
 
     @route("/v2/_izreg/repositories", methods=["GET"], access=Access.CATALOG, bearer=True)
-    def browse_repositories(self, request):
+    async def browse_repositories(self, request):
         """The caller's account's repositories with their counters (docs/api.rst)."""
         principal = _principal(request)
         account = principal.account if principal is not None else None
@@ -160,7 +160,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         if account is None:
             raise RegistryError(ErrorCode.NAME_INVALID, None, "name the account: ?account=<32 hex>")
         limit, last = self._page(request)
-        found, more = self.browser.repositories(account, limit, last)
+        found, more = await settled(self.registry.run_read(self.browser.repositories, account, limit, last))
         if more and found:
             self._link(request, "/v2/_izreg/repositories", limit, found[-1]["name"])
         return self._json(request, {"account": account, "repositories": found})
@@ -209,6 +209,9 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         method = request.method.decode("ascii", "replace").upper()
         target = self.table.resolve_repository(method, rest)
         await settled(self.authorize(request, target))
+        ready = getattr(request, BODY_READY, None)
+        if ready is not None:  # a body still waiting for its sink (PendingBody): the sink first
+            await ready
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 

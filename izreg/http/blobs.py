@@ -14,7 +14,7 @@ class BlobRoutes(Handlers):
     async def get_blob(self, request, route):
         repo = route.repository
         await self.registry.hold_blob(repo, Digest.parse(route.argument))
-        blob = self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
+        blob = await self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
         if blob.redirect is not None:
             # the store's short-lived URL ([storage.s3] redirect): the bytes bypass izreg
             request.setResponseCode(307)

@@ -14,7 +14,7 @@ class ListingRoutes(Handlers):
     async def list_tags(self, request, route):
         repo = route.repository
         limit, last = self._page(request)
-        tags, more = self.registry.tags(repo, limit, last)
+        tags, more = await self.registry.tags(repo, limit, last)
         if more and tags:
             self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
         return self._json(request, {"name": repo.name, "tags": tags})
@@ -22,7 +22,7 @@ class ListingRoutes(Handlers):
     async def list_referrers(self, request, route):
         repo = route.repository
         artifact_type = _arg(request, "artifactType")
-        found = self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
+        found = await self.registry.referrers(repo, Digest.parse(route.argument), artifact_type)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
         return self._json(request, referrers_index(found), mt.OCI_INDEX)
@@ -32,7 +32,7 @@ class ListingRoutes(Handlers):
         repo = route.repository
         limit, last = self._page(request)
         found, more = await self.registry.run_io(self.browser.manifests, repo.name, min(limit, BROWSE_PAGE), last)
-        if not found and last is None and not self.registry.repo_exists(repo):
+        if not found and last is None and not await self.registry.repo_exists(repo):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})
         if more and found:
             self._link(request, f"/v2/{repo}/_izreg/manifests", min(limit, BROWSE_PAGE), found[-1]["digest"])

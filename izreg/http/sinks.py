@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
+
+from izreg.auth.runners import then
 
 from izreg.core import routes
 from izreg.core.digest import Digest
@@ -27,6 +30,9 @@ from izreg.storage.interfaces import IBodySink
 
 #: the largest form body (the token endpoint's POST) kept in memory
 SMALL_BODY = 64 * 1024
+#: request attributes: the upload session of a chunk read off the reactor, and the Deferred the handler waits on
+FOUND_SESSION = "_izreg_upload_session"
+BODY_READY = "_izreg_body_ready"
 
 
 class BodySinks(Handlers):
@@ -43,9 +49,20 @@ class BodySinks(Handlers):
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri)
         authorized = self.authorize(request, target)
+        if target.endpoint.body is Body.UPLOAD and target.route.endpoint == routes.UPLOAD \
+                and not self.registry.reads_inline:
+            # a chunk, on a shared index: its session is read off the reactor, once the caller is known
+            authorized = then(authorized, lambda principal: self._find_session(request, target, principal))
+            setattr(request, BODY_READY, authorized)  # the handler waits for the sink (L{dispatch})
         if isinstance(authorized, Deferred):  # the caller is read off the reactor: hold the body meanwhile
             return PendingBody(request, authorized, lambda: self._sink(request, target, method, uri, length))
         return self._sink(request, target, method, uri, length)
+
+    def _find_session(self, request, target: Target, principal) -> Deferred:
+        async def find():
+            setattr(request, FOUND_SESSION, await self.registry.upload(target.repository, target.route.argument))
+            return principal
+        return defer.ensureDeferred(find())
 
     def _sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
         self._check_push(target)
@@ -86,7 +103,7 @@ class BodySinks(Handlers):
                 raise refusal
 
     def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
-        session = self.registry.upload(repository, upload_id)
+        session = getattr(request, FOUND_SESSION, None) or self.registry.live_upload(repository, upload_id)
         location = self._upload_location(repository, upload_id)
         if session.busy:
             raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},

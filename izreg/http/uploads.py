@@ -53,7 +53,7 @@ class UploadRoutes(Handlers):
 
     async def upload_status(self, request, route):
         repo = route.repository
-        session = self.registry.upload(repo, route.argument)
+        session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session, 204)
 
     async def patch_upload(self, request, route):
@@ -63,7 +63,7 @@ class UploadRoutes(Handlers):
             await shield(self.registry.chunk_done(body))
             session = body.session
         else:
-            session = self.registry.upload(repo, route.argument)
+            session = await self.registry.upload(repo, route.argument)
         return self._upload_accepted(request, repo, session)
 
     async def put_upload(self, request, route):
@@ -74,7 +74,7 @@ class UploadRoutes(Handlers):
             raise RegistryError(ErrorCode.DIGEST_INVALID, {"reason": "the digest query parameter is required"})
         digest = Digest.parse(digest_text)
         writer = body if IBodySink.providedBy(body) else None
-        session = writer.session if writer else self.registry.upload(repo, route.argument)
+        session = writer.session if writer else await self.registry.upload(repo, route.argument)
         await shield(self.registry.commit_upload(repo, session, digest, writer))
         return self._blob_created(request, repo, digest)
 

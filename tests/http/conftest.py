@@ -8,8 +8,10 @@ senders, real clients).
 
 C{any_server} runs a test module's routes over each storage backend: the
 filesystem (on a port), the in-memory fake (no port: treq's in-memory agent
-drives the very same Site), and S3 (a real moto server, marker ``s3``).
-A module opts in with ``server = any_server``.
+drives the very same Site), S3 (a real moto server, marker ``s3``), and the
+in-memory fake with its metadata index on PostgreSQL (marker ``postgres``:
+L{izreg.storage.pgindex.PgIndex}, every index call on a thread pool as the
+server does it). A module opts in with ``server = any_server``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor
+from twisted.python import threadable
 
 from tests.helpers.openguard import OpenGuard
 from izreg.service.config import Config
+from izreg.storage.pg import Database
 from izreg.tap import make_server
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -92,7 +96,11 @@ class MemoryService:
 
     def stopService(self):
         self.registry.index.close()
+        if self.pool is not None:
+            self.pool.stop()
         return defer.succeed(None)
+
+    pool = None
 
 
 class InMemory(Server):
@@ -129,9 +137,12 @@ class InMemory(Server):
 
 
 class MemoryServer(InMemory):
-    """The real RegistrySite and routes over the in-memory stores (and LMDB in a temp dir), with no port."""
+    """
+    The real RegistrySite and routes over the in-memory stores (and LMDB in
+    a temp dir, or the given index), with no port.
+    """
 
-    def __init__(self, tmp_path, guard) -> None:
+    def __init__(self, tmp_path, guard, index=None, pool=None, uploads=None) -> None:
         from izreg.http.app import RegistryAPI
         from izreg.http.bodies import RegistrySite
         from izreg.registry import Limits, Registry
@@ -140,13 +151,21 @@ class MemoryServer(InMemory):
         from izreg.storage.memory import MemoryBlobs, MemoryUploads
 
         inline = defer.maybeDeferred
-        blobs = MemoryBlobs()
-        registry = Registry(Index(open_env(str(tmp_path / "index"), 1 << 30)), blobs, MemoryUploads(blobs),
-                            now=reactor.seconds, run_write=inline, run_io=inline,
-                            limits=Limits(Config().max_manifest_size, Config().delete_enabled))
+        run_read, run_write = None, inline
+        if pool is not None:  # the index on PostgreSQL: reads and writes on the pool, never on the reactor
+            from twisted.internet.threads import deferToThreadPool
+
+            run_read = run_write = lambda f, *args, **kw: deferToThreadPool(reactor, pool, f, *args, **kw)
+        if uploads is None:
+            uploads = MemoryUploads(MemoryBlobs())
+        if index is None:
+            index = Index(open_env(str(tmp_path / "index"), 1 << 30))
+        registry = Registry(index, uploads.blobs, uploads, now=reactor.seconds, run_write=run_write, run_io=inline,
+                            limits=Limits(Config().max_manifest_size, Config().delete_enabled), run_read=run_read)
         api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
         site = RegistrySite(api.resource(), api.body_for)
         super().__init__(site, MemoryService(registry, api, site), "memory")
+        self.service.pool = pool
 
 
 def wants_socket(request) -> bool:
@@ -154,10 +173,39 @@ def wants_socket(request) -> bool:
     return request.node.get_closest_marker("socket") is not None
 
 
+class OffReactorDatabase(Database):
+    """A Database that fails any transaction started on the reactor thread (the seam's promise)."""
+
+    def run(self, f, *args):
+        assert not threadable.isInIOThread(), "the metadata index was called on the reactor thread"
+        return super().run(f, *args)
+
+
+def pg_server(pg_dsn: str, guard=None, uploads=None) -> MemoryServer:
+    """
+    The memory server with its index on PostgreSQL (a node: its own pool of
+    connections and threads); several over one C{pg_dsn} and one C{uploads}
+    are several nodes over one database and one store.
+    """
+    from twisted.python.threadpool import ThreadPool
+
+    from izreg.storage.pgindex import PgIndex
+
+    upgrader = Database(pg_dsn, max_size=1)
+    upgrader.upgrade()
+    upgrader.close()
+    db = OffReactorDatabase(pg_dsn, max_size=4)
+    pool = ThreadPool(minthreads=1, maxthreads=db.max_size, name="izreg-pg")
+    pool.start()
+    return MemoryServer(None, guard or OpenGuard(), index=PgIndex(db), pool=pool, uploads=uploads)
+
+
 async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -> Server:
-    """A registry over the C{kind} storage backend ("filesystem", "memory" or "s3")."""
+    """A registry over the C{kind} storage backend ("filesystem", "memory", "s3" or "postgres")."""
     if kind == "memory":
         return MemoryServer(tmp_path, guard or OpenGuard())
+    if kind == "postgres":
+        return pg_server(request.getfixturevalue("pg_dsn"), guard)
     if kind == "s3":
         moto = request.getfixturevalue("moto_server")
         config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),
@@ -165,7 +213,8 @@ async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -
     return await start_server(tmp_path, guard or OpenGuard(), socket=kind == "filesystem", **config)
 
 
-@pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3),
+                                            pytest.param("postgres", marks=pytest.mark.postgres)])
 async def any_server(request, tmp_path):
     srv = await start_any_server(request.param, tmp_path, request)
     yield srv

@@ -800,7 +800,7 @@ async def test_a_failed_upload_with_a_body_counts_once(limited, kind):
         assert response.code == 401, (attempt, response.code, body)
     await _assert_blocked(server, keys, method, path, data)
     # the refused requests wrote nothing (asked of the registry: the address is blocked)
-    assert server.registry.upload(Repository.parse(repo), location.rsplit("/", 1)[1]).offset == 0
+    assert (await server.registry.upload(Repository.parse(repo), location.rsplit("/", 1)[1])).offset == 0
     assert server.registry.index.blob_size(repo, Digest.parse(digest)) is None
 
 

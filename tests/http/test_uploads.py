@@ -437,7 +437,11 @@ def sink_opened(server, method: bytes):
         sink = original(request, m, uri, length)
         if m == method and not opened.called:
             site.body_for = original
-            opened.callback(sink)
+            ready = getattr(request, "_izreg_body_ready", None)
+            if ready is not None:  # a PendingBody (the index on PostgreSQL): the sink once the session is read
+                ready.addBoth(lambda result: opened.callback(request.content) or result)
+            else:
+                opened.callback(sink)
         return sink
 
     site.body_for = spy

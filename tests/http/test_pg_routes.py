@@ -1,0 +1,140 @@
+"""
+The API with its metadata index on PostgreSQL (izreg.storage.pgindex), in process:
+the manifest and listing route tests (push, pull, tags list pagination, catalog,
+referrers, deletes) run unchanged over a registry whose every index call runs on
+a thread pool (a transaction started on the reactor thread fails the test), and
+two nodes over one database and one store: a chunked push alternating between
+them, a tag pushed on one served by the other, concurrent pushes of one tag.
+The blob and upload route tests (mount, chunked uploads) run over PostgreSQL
+through C{any_server}.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.http import test_listing, test_manifests
+from tests.http.conftest import pg_server
+from tests.http.helpers import digest_of, image_manifest, push_blob, repo
+
+pytestmark = pytest.mark.postgres
+
+#: route tests that start a server with their own configuration (over LMDB)
+_OWN_SERVER = {"test_manifest_limit_is_configurable", "test_delete_manifest_disabled_is_405"}
+
+for _module in (test_listing, test_manifests):
+    for _name, _test in vars(_module).items():
+        if _name.startswith("test_") and callable(_test) and _name not in _OWN_SERVER:
+            assert _name not in globals(), _name
+            globals()[_name] = _test
+
+
+@pytest_twisted.async_yield_fixture
+async def server(pg_dsn):
+    srv = pg_server(pg_dsn)
+    yield srv
+    await srv.service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(pg_dsn):
+    """Two registries over one database and one upload and blob store, as two nodes behind a balancer."""
+    first = pg_server(pg_dsn)
+    second = pg_server(pg_dsn, uploads=_sharing(first.registry.uploads))
+    yield first, second
+    for node in (first, second):
+        await node.service.stopService()
+
+
+def _sharing(uploads):
+    from izreg.storage.memory import MemoryUploads
+
+    other = MemoryUploads(uploads.blobs)
+    other.stored = uploads.stored
+    return other
+
+
+async def test_a_chunked_push_alternating_between_nodes(nodes):
+    name = repo("alternating")
+    data = b"".join(bytes([i]) * 1000 for i in range(7))
+    response, _ = await nodes[0].request("POST", f"/v2/{name}/blobs/uploads/")
+    assert response.code == 202
+    location = response.headers.getRawHeaders("Location")[0]
+    offset = 0
+    for i in range(7):
+        node = nodes[(i + 1) % 2]  # the first chunk goes to the node that did not start the session
+        chunk = data[offset:offset + 1000]
+        response, body = await node.request("PATCH", location, body=chunk, headers={
+            "Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
+        assert response.code == 202, body
+        offset += len(chunk)
+        assert response.headers.getRawHeaders("Range")[0] == f"0-{offset - 1}"
+    digest = digest_of(data)
+    response, body = await nodes[0].request("PUT", f"{location}?digest={digest}")
+    assert response.code == 201, body
+    for node in nodes:
+        response, body = await node.request("GET", f"/v2/{name}/blobs/{digest}")
+        assert response.code == 200 and body == data
+
+
+async def test_an_out_of_order_chunk_on_the_other_node_is_refused(nodes):
+    name = repo("order")
+    response, _ = await nodes[0].request("POST", f"/v2/{name}/blobs/uploads/")
+    location = response.headers.getRawHeaders("Location")[0]
+    response, _ = await nodes[0].request("PATCH", location, body=b"x" * 10,
+                                         headers={"Content-Range": "0-9"})
+    assert response.code == 202
+    code, error, response = await nodes[1].error("PATCH", location, body=b"y" * 10, headers={"Content-Range": "0-9"})
+    assert (code, error) == (416, "RANGE_INVALID")
+    assert response.headers.getRawHeaders("Range")[0] == "0-9"
+    code, error, _ = await nodes[1].error("PATCH", f"/v2/{name}/blobs/uploads/no-such-session", body=b"z",
+                                          headers={"Content-Range": "0-0"})
+    assert (code, error) == (404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def _push_config(node, name: str) -> bytes:
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await push_blob(node, name, config)
+    await push_blob(node, name, b"layer-one")
+    return config
+
+
+async def test_a_tag_pushed_on_one_node_is_served_by_the_other(nodes):
+    name = repo("everywhere")
+    await _push_config(nodes[0], name)
+    manifest = image_manifest()
+    response, body = await nodes[0].request("PUT", f"/v2/{name}/manifests/v1", body=manifest,
+                                            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert response.code == 201, body
+    response, body = await nodes[1].request("GET", f"/v2/{name}/manifests/v1",
+                                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert response.code == 200 and body == manifest
+    response, body = await nodes[1].request("GET", f"/v2/{name}/tags/list")
+    assert response.code == 200 and b'"v1"' in body
+
+
+async def test_concurrent_pushes_of_one_tag_through_two_nodes_leave_one_winner(nodes):
+    name = repo("race")
+    await _push_config(nodes[0], name)
+    manifests = [image_manifest(annotations={"n": str(i)}) for i in range(8)]
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(nodes[i % 2].request(
+            "PUT", f"/v2/{name}/manifests/latest", body=m,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+        for i, m in enumerate(manifests)])
+    assert [response.code for response, _ in answers] == [201] * len(manifests)
+    winners = set()
+    for node in nodes:
+        response, body = await node.request("GET", f"/v2/{name}/manifests/latest",
+                                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert response.code == 200 and body in manifests
+        winners.add(body)
+        for m in manifests:  # every acknowledged manifest is stored whole
+            response, body = await node.request("GET", f"/v2/{name}/manifests/{digest_of(m)}",
+                                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            assert response.code == 200 and body == m
+    assert len(winners) == 1
+    response, body = await nodes[1].request("GET", f"/v2/{name}/tags/list")
+    assert body.count(b'"latest"') == 1
