@@ -32,7 +32,6 @@ Times are POSIX seconds passed in by the caller.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -42,7 +41,7 @@ from zope.interface import implementer
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
 from izreg.auth.interfaces import IDeviceStore
 from izreg.storage import schema
-from izreg.storage.lmdbenv import handle
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 from izreg.storage.batch import LatestBatch
 from izreg.storage.pullkeys import PULL as _PULL
 from izreg.storage.pullkeys import PULLOF as _PULLOF
@@ -87,19 +86,20 @@ def _check_part(name: str, value: str) -> None:
 
 
 @implementer(IDeviceStore)
-class DeviceStore:
+class DeviceStore(LmdbStore):
     """Revocations and pull records over an open LMDB environment (see L{izreg.storage.lmdbenv.open_env})."""
 
     def __init__(self, env: lmdb.Environment) -> None:
+        super().__init__(env, schema.DEVICES)
         self._env = env
-        self._db = handle(env, schema.DEVICES)  # its pullof index is completed by open_env (pullkeys.index_pulls)
+        self._db = self.handle(schema.DEVICES)  # its pullof index is completed by open_env (pullkeys.index_pulls)
 
     def pull_devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> its last pull of this manifest."""
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             found = {}
             for _, v in scan(txn, self._db, schema.prefix(_PULLOF, repo_key(repository), digest)):
-                record = json.loads(v)
+                record = load(v)
                 found[record["device"]] = record["at"]
             return found
 
@@ -114,19 +114,19 @@ class DeviceStore:
         """Revoke a serial or fingerprint (normalized first); C{False} if it already was."""
         value = _normalize(kind, value)
         k = schema.key(_REVOKED, kind, value)
-        record = json.dumps({"at": now, "note": note}).encode()
-        with self._env.begin(write=True, db=self._db) as txn:
+        record = dump({"at": now, "note": note})
+        with self.writing(self._db) as txn:
             return txn.put(k, record, overwrite=False)
 
     def unrevoke(self, kind: str, value: str) -> bool:
         """Lift a revocation; C{False} if there was none."""
         k = schema.key(_REVOKED, kind, _normalize(kind, value))
-        with self._env.begin(write=True, db=self._db) as txn:
+        with self.writing(self._db) as txn:
             return txn.delete(k)
 
     def revocations_for(self, serial_hex: str, fingerprint: str) -> Revoked:
         """The revoked entries among this certificate's serial and fingerprint (one read txn)."""
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             serial = txn.get(schema.key(_REVOKED, SERIAL, serial_hex)) is not None
             fp = txn.get(schema.key(_REVOKED, FINGERPRINT, fingerprint)) is not None
         return Revoked(frozenset([serial_hex]) if serial else frozenset(),
@@ -135,14 +135,14 @@ class DeviceStore:
     def list_revoked(self) -> list[Revocation]:
         out = []
         start = schema.prefix(_REVOKED)
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             cursor = txn.cursor()
             if cursor.set_range(start):
                 for k, v in cursor:
                     if not k.startswith(start):
                         break
                     _, kind, value = k.split(schema.SEP)
-                    record = json.loads(v)
+                    record = load(v)
                     out.append(Revocation(kind.decode(), value.decode(), record["at"], record.get("note", "")))
         return out
 
@@ -151,9 +151,9 @@ class DeviceStore:
     def write_pulls(self, records: Iterable[PullRecord]) -> int:
         """Put every record in one write txn (the last pull per device and manifest wins)."""
         n = 0
-        with self._env.begin(write=True, db=self._db) as txn:
+        with self.writing(self._db) as txn:
             for r in records:
-                txn.put(pull_key(r.account, r.device_id, r.repository, r.digest), json.dumps({"at": r.at}).encode())
+                txn.put(pull_key(r.account, r.device_id, r.repository, r.digest), dump({"at": r.at}))
                 put_pullof(txn, self._db, r.account, r.device_id, r.repository, r.digest, r.at)
                 n += 1
         return n
@@ -162,7 +162,7 @@ class DeviceStore:
         """An account's pull records, by device, repository, digest (optionally one repository only)."""
         start = schema.prefix(_PULL, account)
         out = []
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             cursor = txn.cursor()
             if cursor.set_range(start):
                 for k, v in cursor:
@@ -171,7 +171,7 @@ class DeviceStore:
                     _, acct, device, repo, digest = k.decode().split("\x00")
                     if repository is not None and repo != repository:
                         continue
-                    out.append(PullRecord(acct, device, repo, digest, json.loads(v)["at"]))
+                    out.append(PullRecord(acct, device, repo, digest, load(v)["at"]))
         return out
 
 
