@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_backup -*-
+# -*- test-case-name: tests.test_ops_cli -*-
 """
 ``izreg backup DIR`` and ``izreg restore DIR``: a consistent copy of a data
 directory, taken while the server runs.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_lmdbindex -*-
+# -*- test-case-name: tests.storage.test_lmdbenv -*-
 """
 Opening the LMDB environment, shared by the server and the ``izreg`` command.
 

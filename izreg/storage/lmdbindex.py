@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_lmdbindex -*-
+# -*- test-case-name: tests.storage.test_index -*-
 """
 The LMDB metadata index: repositories, tags, manifests, blob links, upload
 sessions and referrers.
