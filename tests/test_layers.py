@@ -25,6 +25,7 @@ PLACES = {
     "izreg.storage": "storage",
     "izreg.auth": "auth",
     "izreg.registry": "registry",
+    "izreg.uploading": "registry",
     "izreg.browse": "registry",
     "izreg.inuse": "registry",
     "izreg.sweeper": "registry",
