@@ -300,13 +300,13 @@ class Registry(UploadSessions):
             operation, args = self.index.delete_tag, (repo.name, reference)
             facts = {"repository": repo.name, "digest": None, "tag": reference}
         detail = None
-        if self.in_use is not None and protected:
+        if self.in_use is not None and protected:  # the pull records: a store read, like the index's
             if force:
-                count, last = self.in_use.pulled(repo.name, sorted(protected))
+                count, last = await self._read(self.in_use.pulled, repo.name, sorted(protected))
                 if count:
                     detail = {"forced": True, "devices": count, "last_pulled": last}
             else:
-                self.in_use.refuse(repo.name, target, sorted(protected))
+                await self._read(self.in_use.refuse, repo.name, target, sorted(protected))
         entry = _audit_entry(action, repo, target, who, detail)
         if not await self.run_write(self._audited, entry, operation, *args, facts=facts):
             raise await self._unknown_manifest(repo, reference)

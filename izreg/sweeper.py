@@ -13,20 +13,20 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
-from izreg.storage.gc import Collector, SweepLock, SweepResult
+from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult
 
 log = Logger()
 
 
-async def sweep(registry, collector: Collector, lock: SweepLock) -> SweepResult | None:
+async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock) -> SweepResult | None:
     """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
-    if not lock.acquire():
-        log.info("gc: a sweep is already running (izreg gc); skipping this one")
+    if not await registry.run_io(lock.acquire):  # a thread: the lock may be in the database
+        log.info("gc: a sweep is already running (izreg gc, or another node); skipping this one")
         return None
     try:
         return await _sweep(registry, collector)
     finally:
-        lock.release()
+        await registry.run_io(lock.release)
 
 
 async def _sweep(registry, collector: Collector) -> SweepResult:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.storage.test_failures -*-
 """
 Storage failures a client can be told about: a full disk, a full LMDB map,
-an I/O error. L{storage_error} turns one into a L{RegistryError} (507 when
+an I/O error, the shared database out of reach. L{storage_error} turns one into a L{RegistryError} (507 when
 out of space, 503 for other disk errors) with a message saying so, so the
 HTTP layer answers it without a traceback; nothing else is a storage failure.
 """
@@ -9,6 +9,7 @@ HTTP layer answers it without a traceback; nothing else is a storage failure.
 from __future__ import annotations
 
 import errno
+import sys
 
 import lmdb
 
@@ -37,6 +38,11 @@ def storage_error(error: BaseException) -> RegistryError | None:
     if isinstance(error, OSError) and error.errno in _DISK or isinstance(error, (lmdb.PanicError, lmdb.CorruptedError)):
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage I/O error"},
                              "the registry cannot write its storage right now; retry later")
+    pg = sys.modules.get("izreg.storage.pg")  # loaded only with a shared database (it brings psycopg)
+    if pg is not None and isinstance(error, pg.DatabaseUnavailable):
+        return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "database unavailable"},
+                             "the registry cannot reach its database right now; retry later",
+                             headers={"Retry-After": "1"})
     if isinstance(error, lmdb.BadValsizeError):
         # a safety net: every key built from a request is bounded by design (schema.bounded_key)
         return RegistryError(ErrorCode.NAME_INVALID, None, "a name or reference in the request is too long")

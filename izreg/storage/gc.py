@@ -35,8 +35,9 @@ the same holds across nodes by the index's blob locks: a commit and the
 collector's re-check and delete exclude each other, and a manifest naming
 the blob holds it shared. The scans and checked writes are methods of the
 index (L{izreg.storage.interfaces.IMetadataIndex}), so this works on both. The sweep itself is serialized by an
-advisory lock file (``gc.lock``), so the server's timer and ``izreg gc``
-never run two sweeps at once.
+advisory lock file (``gc.lock``), or with the index on PostgreSQL by an
+advisory lock in the database (L{PgSweepLock}), so the server's timers and
+``izreg gc`` never run two sweeps at once, on one node or several.
 
 Every method here blocks (LMDB writes, blob store calls): the server runs
 them on its writer thread (the write steps) and I/O pool (the scans).
@@ -52,6 +53,8 @@ from typing import Callable, Iterator
 from izreg.core.digest import Digest
 
 LOCK_NAME = "gc.lock"
+#: the advisory lock key of garbage-collection sweeps on PostgreSQL (``izgc`` in ASCII)
+SWEEP_LOCK = 0x697A6763
 
 
 @dataclass
@@ -90,6 +93,49 @@ class SweepLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class PgSweepLock:
+    """
+    The sweep lock of several nodes over one PostgreSQL database: a session
+    advisory lock, held on a connection of the pool for the sweep's length
+    (one sweep at a time across every node and ``izreg gc``). Blocking: the
+    server takes and releases it in a thread.
+    """
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self._conn = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        conn = self.db.pool.getconn()
+        try:
+            conn.autocommit = True
+            if wait:
+                conn.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
+                got = True
+            else:
+                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()[0]
+        except BaseException:
+            self._put(conn)
+            raise
+        if not got:
+            self._put(conn)
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+            finally:
+                self._put(conn)
+
+    def _put(self, conn) -> None:
+        conn.autocommit = False
+        self.db.pool.putconn(conn)
 
 
 class Collector:

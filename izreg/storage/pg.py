@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -81,7 +82,7 @@ class Database:
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
             kwargs={"autocommit": False, "application_name": application_name},
-            check=ConnectionPool.check_connection,
+            check=_check_if_idle, reset=_stamp_idle,
         )
         try:
             self.pool.open(wait=True, timeout=timeout)
@@ -174,6 +175,25 @@ def _applied(cur: psycopg.Cursor) -> set[int]:
         return set()
     cur.execute("SELECT version FROM izreg_schema")
     return {int(v) for (v,) in cur.fetchall()}
+
+
+#: a connection idle longer than this is pinged before use (a restarted server or a dropped
+#: link shows there, not in a request); a busy connection is not: a ping per call was a
+#: round trip on every store call
+CHECK_IDLE_AFTER = 5.0
+_idle_since: "weakref.WeakKeyDictionary[psycopg.Connection, float]" = weakref.WeakKeyDictionary()
+
+
+def _stamp_idle(conn: psycopg.Connection) -> None:
+    """The pool's reset callback: when a connection goes back to the pool."""
+    _idle_since[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    """The pool's check callback (on checkout): ping a connection that sat idle for a while."""
+    since = _idle_since.get(conn)
+    if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
+        ConnectionPool.check_connection(conn)
 
 
 def _describe(e: Exception) -> str:

@@ -100,6 +100,7 @@ def oras_guard(monkeypatch, tmp_path):
     """
     import types
 
+    pytest.importorskip("oras.client")  # first: oras.decorator imported alone hits oras-py's circular import
     oras_decorator = pytest.importorskip("oras.decorator")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
 

@@ -157,3 +157,21 @@ async def test_a_device_revoked_elsewhere_is_refused_at_its_next_request(device_
     with pytest.raises(RegistryError) as e:
         await guard.check(DeviceRequest(device.cert), own, Action.PULL)
     assert e.value.code is ErrorCode.UNAUTHORIZED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_cannot_reach_the_database_answers_503(tmp_path, postgres_server):
+    """Never a 500 or a dropped connection: with and without a body, the OCI error UNAVAILABLE."""
+    node = await start_server(tmp_path / "node")
+    store, _, db = on_postgres(node, postgres_server)
+    keys = Keys.make(node, store)
+    db.close()  # the database is gone (every call: DatabaseUnavailable)
+    try:
+        response, body = await node.request("GET", f"/v2/{keys.a}/app/tags/list", headers=auth(basic(keys.a_key)))
+        assert response.code == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        response, body = await node.request("PUT", f"/v2/{keys.a}/app/manifests/v1", body=b"{}",
+                                            headers={**auth(basic(keys.a_key)),
+                                                     "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert response.code == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        await node.service.stopService()

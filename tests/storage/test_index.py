@@ -497,3 +497,31 @@ def test_state_survives_reopen(index_backend, request, tmp_path):
         assert idx.get_upload("u") == {"name": REPO, "offset": 1}
     finally:
         idx.close()
+
+
+# -- whole-index reads: metrics, account usage --------------------------------------
+
+
+def test_totals_and_account_blobs(index):
+    assert index.totals() == {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
+    commit(index, digest=B1, size=6)
+    commit(index, digest=B2, size=10)
+    commit(index, name=f"{B}/app", digest=B3, size=7)
+    put(index, digest=M1, data=b"12345", blobs=[(str(B1), 6)])
+    put(index, name=f"{B}/app", digest=M1, data=b"123", blobs=[(str(B3), 7)])
+    index.put_upload("u", {"name": REPO, "offset": 0})
+    assert index.totals() == {"blobs": 3, "blob_bytes": 23, "manifests": 2, "manifest_bytes": 8, "uploads": 1}
+    assert index.account_blobs(A) == {str(B1)}  # linked B2 is named by no manifest
+    assert index.account_blobs(B) == {str(B3)}
+
+
+def test_storage_gauges_from_either_index(index):
+    from izreg.browse import usage
+    from izreg.service.metrics import StorageCollector
+
+    commit(index, digest=B1, size=6)
+    put(index, digest=M1, data=b"12345", blobs=[(str(B1), 6)])
+    gauges = {family.name: family.samples[0].value for family in StorageCollector(index).collect()}
+    assert gauges == {"izreg_blobs": 1, "izreg_blobs_bytes": 6, "izreg_manifests": 1, "izreg_manifests_bytes": 5,
+                      "izreg_upload_sessions": 0}
+    assert usage(index, A) == {"account": A, "repositories": 1, "manifests": 1, "blobs": 1, "size": 11}

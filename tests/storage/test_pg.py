@@ -6,6 +6,7 @@ check, transactions and their retry, against a real server.
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -101,3 +102,25 @@ def test_dsn_from_the_environment(monkeypatch):
     monkeypatch.setenv("IZREG_DATABASE_URL", "postgresql://a/b")
     assert pg.dsn_from("") == "postgresql://a/b"
     assert pg.dsn_from("postgresql://c/d") == "postgresql://c/d"
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_connection_killed_while_idle_is_replaced_not_failed(pg_db, monkeypatch, checked):
+    """An idle connection is pinged before use, so a server-side disconnect costs no request."""
+    db = pg.Database(pg_db.dsn, max_size=1)  # one connection: the next call gets the killed one
+    try:
+        backend = db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(pg_db.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            deadline = time.monotonic() + 30
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not exit"
+                time.sleep(0.01)  # another process: poll with a deadline
+        monkeypatch.setattr(pg, "CHECK_IDLE_AFTER", 0.0 if checked else 1e9)
+        if checked:
+            assert db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0]) != backend
+        else:  # what the check is for: a busy (recently used) connection is not pinged
+            with pytest.raises(pg.DatabaseUnavailable):
+                db.run(lambda cur: cur.execute("SELECT 1"))
+    finally:
+        db.close()

@@ -182,3 +182,17 @@ def test_a_failed_put_writes_nothing_even_while_others_write(nodes):
     assert nodes[1].list_tags(REPO, None, 100)[0] == sorted(f"t{i}" for i in range(10))
     assert nodes[1].referrers(REPO, SUBJECT) == []
     assert nodes[1].repo_stats(REPO)["manifests"] == 10
+
+
+def test_one_sweep_at_a_time_across_nodes(nodes):
+    from izreg.storage.gc import PgSweepLock
+
+    first, second = PgSweepLock(nodes[0].db), PgSweepLock(nodes[1].db)
+    assert first.acquire()
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    assert not first.acquire()
+    second.release()
+    assert first.acquire(wait=True)
+    first.release()
