@@ -210,7 +210,7 @@ async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -
         moto = request.getfixturevalue("moto_server")
         config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),
                       s3_endpoint_url=moto.url, s3_threads=4, **config)
-    return await start_server(tmp_path, guard or OpenGuard(), socket=kind == "filesystem", **config)
+    return await start_server(tmp_path, guard or OpenGuard(), socket=True, **config)
 
 
 @pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3),
