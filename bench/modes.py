@@ -405,6 +405,7 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     finally:
         server.repo = saved
     samples: list[tuple[float, int]] = []
+    anon: list[int] = []  # RssAnon with each sample: the heap, without the mapped LMDB index (RssFile)
     stop = threading.Event()
     t0 = time.monotonic()
 
@@ -412,6 +413,7 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
         while not stop.wait(sample_every):
             try:
                 samples.append((time.monotonic() - t0, _status(server.pid, "VmRSS")))
+                anon.append(_status(server.pid, "RssAnon"))
             except OSError:
                 return
 
@@ -431,9 +433,14 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     window = min(300.0, seconds / 5)
     head = [rss for t, rss in samples if t <= window]
     tail = [rss for t, rss in samples if t >= seconds - window]
+    anon = anon[:len(samples)]
+    anon_head = [a for (t, _), a in zip(samples, anon) if t <= window]
+    anon_tail = [a for (t, _), a in zip(samples, anon) if t >= seconds - window]
     out = {"seconds": seconds, "clients": clients, "ops": ops, "errors": errors, "first_error": first,
-           "samples": samples, "window": window,
-           "rss_first": sum(head) / len(head) if head else None, "rss_last": sum(tail) / len(tail) if tail else None}
+           "samples": samples, "anon": anon, "window": window,
+           "rss_first": sum(head) / len(head) if head else None, "rss_last": sum(tail) / len(tail) if tail else None,
+           "anon_first": sum(anon_head) / len(anon_head) if anon_head else None,
+           "anon_last": sum(anon_tail) / len(anon_tail) if anon_tail else None}
     log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
         f"RSS first {window:.0f} s {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
         f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB")
@@ -451,11 +458,16 @@ def report_soak(soak: dict, command: str) -> list[str]:
          f"{total / s:.0f}/s; **{soak['errors']} errors**"
          + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),
          f"- server RSS, mean of the first {w:.0f} s: {soak['rss_first'] / MiB:.1f} MiB; of the last {w:.0f} s: "
-         f"{soak['rss_last'] / MiB:.1f} MiB; last / first = {soak['rss_last'] / soak['rss_first']:.3f}", "",
-         "| time | RSS MiB |", "|---:|---:|"]
+         f"{soak['rss_last'] / MiB:.1f} MiB; last / first = {soak['rss_last'] / soak['rss_first']:.3f}",
+         f"- of which anonymous memory (RssAnon: the Python heap, without the memory-mapped LMDB index, which "
+         f"grows with the data the soak keeps pushing): first {soak['anon_first'] / MiB:.1f} MiB, last "
+         f"{soak['anon_last'] / MiB:.1f} MiB; last / first = {soak['anon_last'] / soak['anon_first']:.3f}"
+         if soak.get("anon_first") and soak.get("anon_last") else "- (no RssAnon samples)", "",
+         "| time | RSS MiB | of which RssAnon MiB |", "|---:|---:|---:|"]
     step = max(1, len(soak["samples"]) // 30)
-    for t, rss in soak["samples"][::step]:
-        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} |")
+    anon = soak.get("anon") or [0] * len(soak["samples"])
+    for (t, rss), a in list(zip(soak["samples"], anon))[::step]:
+        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} |")
     return L + [""]
 
 

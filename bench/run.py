@@ -329,7 +329,8 @@ def main() -> int:
         skip = a == "--venv"
     args.command = " ".join(["python bench/run.py", *shown])
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    unknown = set(modes) - {"base", *MODES, "s3"}  # s3 (bench/s3.py): izreg on moto's S3 vs its disk, opt-in
+    # opt-in: s3 (bench/s3.py): izreg on moto's S3 vs its disk; cluster (bench/cluster.py): PostgreSQL, nodes, haproxy
+    unknown = set(modes) - {"base", *MODES, "s3", "cluster"}
     if unknown:
         print(f"unknown mode(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -366,9 +367,9 @@ def main() -> int:
     rounds = args.rounds if args.rounds is not None else p["rounds"]
     account = os.urandom(16).hex()  # distribution's repository: <32 hex>/bench, like izreg's
     runs: dict[str, list[dict]] = {"izreg": [], "distribution": []}
-    keycheck, soak, s3_result = None, None, None
+    keycheck, soak, s3_result, cluster_result = None, None, None, None
     try:
-        for rnd in range(rounds if set(modes) - {"s3"} else 0):
+        for rnd in range(rounds if set(modes) - {"s3", "cluster"} else 0):
             # ABBA order: izreg, distribution, distribution, izreg, ... so neither always goes first
             order = ["izreg", "distribution"] if rnd % 2 == 0 else ["distribution", "izreg"]
             for which in order:
@@ -398,6 +399,10 @@ def main() -> int:
             from bench.s3 import run_s3
 
             s3_result = run_s3(workdir, args.venv, p, log)
+        if "cluster" in modes:
+            from bench.cluster import run_cluster
+
+            cluster_result = run_cluster(workdir, args.venv, "smoke" if args.smoke else "quick" if args.quick else "full", log)
         if soak_seconds:
             where = os.path.join(workdir, "izreg-soak")
             os.makedirs(where)
@@ -430,6 +435,10 @@ def main() -> int:
         from bench.s3 import report_s3
 
         sections += report_s3(p, s3_result)
+    if cluster_result is not None:
+        from bench.cluster import report_cluster
+
+        sections += report_cluster(cluster_result)
     preface = [f"- {note}" for note in args.note] + ([""] if args.note else [])
     profile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "PROFILE.md")
     if os.path.exists(profile) and not args.smoke:

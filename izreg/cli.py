@@ -2,8 +2,8 @@
 """
 The ``izreg`` admin command: accounts and access keys in a data directory.
 
-It opens the same data as the server (the LMDB environment, L{open_env}, or
-the shared database: L{Context.open_stores}) and may run while the server
+It opens the same data as the server (L{izreg.service.backends}: the LMDB
+environment, or the shared PostgreSQL database: L{Context.open_stores}) and may run while the server
 does: the server reads key records on every request, so a new or revoked key
 takes effect at once.
 
@@ -36,10 +36,10 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from izreg import __version__, devices_cli, manage_cli, ops_cli
+from izreg import __version__, db_cli, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.interfaces import IAuthStore, IDeviceStore
-from izreg.auth.store import AuthStore, KeyRecord
+from izreg.auth.store import KeyRecord
 from izreg.commands import EXIT_ERROR, CommandError, iso, one_line, table
 from izreg.commands import account_id as _account_id
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
@@ -69,6 +69,7 @@ class Context:
         self.stderr = stderr
         self._opened: dict | None = None  # what open_stores made: name -> store (and "close")
         self._made: dict = {}
+        self._backend = None
 
     def store(self, create: bool = False) -> IAuthStore:
         """
@@ -107,37 +108,41 @@ class Context:
 
     def open_stores(self, create: bool = False) -> dict:
         """
-        Open the registry's data (here: the LMDB environment of C{data_dir});
-        C{{name: factory}} of each store, and C{"close"}. The one place that
-        knows the backend.
+        Open the registry's data through L{izreg.service.backends} (the LMDB
+        environment of C{data_dir}, or the PostgreSQL database of
+        C{[metadata]}); C{{name: factory}} of each store, and C{"close"}.
         """
-        from izreg.auth.devicestore import DeviceStore
-        from izreg.auth.tokenkey import TokenKey
-        from izreg.storage.audit import AuditLog
-        from izreg.storage.lmdbenv import index_path, open_env
-        from izreg.storage.lmdbindex import Index
-        from izreg.storage.webhooks import WebhookStore
-
-        if not create and not os.path.isdir(index_path(self.data_dir)):
-            raise CommandError(f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})")
-        try:
-            env = open_env(self.data_dir, self.config.lmdb_map_size)
-        except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
-            raise CommandError(f"cannot open {self.data_dir!r}: {e}") from None
+        backend = self.backend(create)
         return {
-            "auth": lambda: AuthStore(env),
-            "devices": lambda: DeviceStore(env),
-            "audit": lambda: AuditLog(env),
-            "webhooks": lambda: WebhookStore(env, self.data_dir),
-            "token_key": lambda: TokenKey(self.data_dir),
-            "index": lambda: Index(env),
-            "close": env.close,
+            "auth": lambda: backend.auth,
+            "devices": lambda: backend.devices,
+            "audit": lambda: backend.audit,
+            "webhooks": lambda: backend.webhooks,
+            "token_key": backend.token_key,
+            "index": lambda: backend.index,
+            "close": backend.close,
         }
+
+    def backend(self, create: bool = False):
+        """The metadata backend (L{izreg.service.backends.Backend}), opened once; a failure is one line."""
+        from izreg.service.backends import BackendError, open_backend
+
+        if self._backend is None:
+            try:
+                self._backend = open_backend(self.config, self.data_dir, create=create, application_name="izreg-cli")
+            except BackendError as e:
+                message = str(e)
+                if message.startswith("no izreg data"):
+                    message = f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})"
+                raise CommandError(message) from None
+        return self._backend
 
     def close(self) -> None:
         if self._opened is not None:
             self._opened["close"]()
-            self._opened, self._made = None, {}
+        elif self._backend is not None:
+            self._backend.close()
+        self._opened, self._made, self._backend = None, {}, None
 
     def out(self, line: str) -> None:
         print(line, file=self.stdout)
@@ -278,7 +283,7 @@ def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
 #: every command group; each adds its parser to the top-level subparsers
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register_account, register_key, devices_cli.add_subparsers,
                                                               manage_cli.register, ops_cli.register,
-                                                              register_token]
+                                                              register_token, db_cli.register]
 
 
 class _Parser(argparse.ArgumentParser):

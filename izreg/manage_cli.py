@@ -205,11 +205,11 @@ def _storage(context):
 
 
 def gc_command(args: argparse.Namespace, context) -> int:
-    from izreg.storage.gc import Collector, SweepLock
+    from izreg.storage.gc import Collector
 
     index, blobs, config = _storage(context)
     grace = config.gc_grace if args.grace is None else args.grace
-    lock = SweepLock(context.data_dir)
+    lock = context.backend().sweep_lock()  # a flock, or with PostgreSQL an advisory lock across the nodes
     if not lock.acquire():
         context.stderr.write("izreg: waiting for the sweep in progress (the server's) to end\n")
         lock.acquire(wait=True)

@@ -189,8 +189,17 @@ def webhook_deliveries(args, context) -> int:
 # backup / restore ---------------------------------------------------------------------
 
 
+def _lmdb_only(context, what: str) -> None:
+    """Backup and restore copy one node's LMDB index and blob files: refused with the metadata in PostgreSQL."""
+    if context.config.metadata_backend != "lmdb":
+        raise CommandError(f"izreg {what} copies the LMDB index of one data directory; with metadata.backend ="
+                                  " \"postgresql\" back up the database (pg_dump) and the bucket (docs/deploy.rst)")
+
+
 def backup_run(args, context) -> int:
     from izreg.storage.backup import BackupError, backup
+
+    _lmdb_only(context, "backup")
 
     try:
         summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now,
@@ -204,6 +213,8 @@ def backup_run(args, context) -> int:
 
 def restore_run(args, context) -> int:
     from izreg.storage.backup import BackupError, restore
+
+    _lmdb_only(context, "restore")
 
     try:
         summary = restore(args.directory, context.data_dir, context.config.lmdb_map_size)

@@ -166,7 +166,10 @@ class UploadSessions:
     async def expire_uploads(self, older_than: float) -> int:
         """Remove sessions not touched since C{older_than} with their bytes; return how many."""
         expired = 0
-        for upload_id, record in await self._read(self.index.list_uploads):
+        records = await self._read(self.index.list_uploads)
+        if getattr(self.uploads, "shared", False):
+            self.uploads.prune({upload_id for upload_id, _ in records})  # sessions ended on other nodes
+        for upload_id, record in records:
             session = self.uploads.sessions.get(upload_id)
             if record["updated"] < older_than and not (session and session.busy):
                 if session is not None:

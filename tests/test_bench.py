@@ -53,3 +53,24 @@ def test_smoke_run_of_the_s3_mode(tmp_path):
     assert "## izreg on S3 (moto on loopback) vs izreg on disk" in text
     assert "is the ceiling here, not izreg" in text
     assert "| push streamed 1 MiB |" in text and "| pull x1 1 MiB |" in text
+
+
+@pytest.mark.cluster
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_smoke_run_of_the_cluster_mode(tmp_path):
+    """One node on LMDB, on PostgreSQL, and one and two behind haproxy: the report has every row and the ratios."""
+    pytest.importorskip("moto.server")
+    out = tmp_path / "benchmark.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--modes", "cluster", "--venv",
+         sys.prefix, "--out", str(out)],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    assert "## Several nodes: PostgreSQL metadata, S3 blobs (moto), haproxy" in text
+    for row in ("| lmdb, 1 node |", "| postgresql, 1 node |", "| postgresql, 1 node behind haproxy |",
+                "| postgresql, 2 nodes behind haproxy |"):
+        assert row in text, row
+    assert "Two nodes / one behind haproxy: manifest GET" in text
+    assert "The database against LMDB, one node" in text

@@ -38,6 +38,7 @@ PLACES = {
     "izreg.devices_cli": "commands",
     "izreg.manage_cli": "commands",
     "izreg.ops_cli": "commands",
+    "izreg.db_cli": "commands",
     "izreg.devcerts": "commands",
 }
 #: what the HTTP layer may import from storage: the seam, not an implementation

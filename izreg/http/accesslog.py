@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote
 
@@ -143,7 +143,7 @@ class AccessLog:
             f"key {info.key_id}" if info.key_id else "anonymous")
         log.info(
             "{client} {method} {route} {status} in={bytes_in} out={bytes_out} {duration:.3f}s {who} id={request_id}",
-            who=who, **asdict(info),
+            who=who, **vars(info),  # its fields are all scalars: no need for asdict's deep copy (~15 us a request)
         )
         for observer in self.observers:
             try:

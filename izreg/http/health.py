@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Awaitable, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from izreg.core.errors import ErrorCode, RegistryError
@@ -45,6 +46,8 @@ class Readiness:
         """Run every check; remember the write probe's outcome for the push gate."""
         checks: dict[str, dict] = {}
         index = self.index_error()
+        if isinstance(index, Deferred):  # a database round trip (izreg.service.backends)
+            index = await index
         checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
         try:
             unwritable = await self.probe_writable()

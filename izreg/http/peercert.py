@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ssl_ffi
 from OpenSSL._util import lib as _ssl_lib
 
 
@@ -31,12 +32,21 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
     if cached is not None:
         return cached  # the connection's later requests: it cannot change (no renegotiation)
     cert = connection.get_peer_certificate(as_cryptography=True)
-    if cert is not None and not connection.get_verified_chain(as_cryptography=True) \
-            and not _resumed_verified(connection):
+    if cert is not None and not _has_verified_chain(connection) and not _resumed_verified(connection):
         return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
     if hasattr(transport, "peerCertificate"):
         transport.peerCertificate = cert  # izreg.service.fasttls.FastTLSTransport keeps it per connection
     return cert
+
+
+def _has_verified_chain(connection: SSL.Connection) -> bool:
+    """
+    Whether OpenSSL built a verified chain for the peer's certificate on this
+    connection (what C{connection.get_verified_chain()} is non-empty for,
+    without making a Python object of every certificate in it).
+    """
+    chain = _ssl_lib.SSL_get0_verified_chain(connection._ssl)
+    return chain != _ssl_ffi.NULL and _ssl_lib.sk_X509_num(chain) > 0
 
 
 def _resumed_verified(connection: SSL.Connection) -> bool:

@@ -79,6 +79,10 @@ class Config:
     gc_interval: int = 3600
     gc_grace: int = 3600
     untagged_after: int = 0
+    # [metadata] (#16): where the index, accounts, keys, devices, audit and webhooks live
+    metadata_backend: str = "lmdb"
+    metadata_dsn: str | None = field(default=None, repr=False)  # may hold a password: never in a log line
+    metadata_pool_size: int = 8
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -107,6 +111,7 @@ class Config:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
         _check_devices(self)
         _check_operations(self)
+        _check_metadata(self)
         return self
 
 
@@ -167,6 +172,9 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gc", "interval"): ("gc_interval", int),
     ("gc", "grace"): ("gc_grace", int),
     ("retention", "untagged_after"): ("untagged_after", int),
+    ("metadata", "backend"): ("metadata_backend", str),
+    ("metadata", "dsn"): ("metadata_dsn", str),
+    ("metadata", "pool_size"): ("metadata_pool_size", int),
 }
 
 LOG_FORMATS = ("text", "json")
@@ -180,6 +188,27 @@ def _check_devices(config: Config) -> None:
         SubjectFields.parse(config.device_account_field, config.device_id_field)
     except ValueError as e:
         raise ConfigError(f"devices.account_field, devices.device_id_field: {e}") from None
+
+
+METADATA_BACKENDS = ("lmdb", "postgresql")
+#: the DSN of the metadata database when the config names none (izreg.storage.pg.dsn_from)
+ENV_DATABASE_URL = "IZREG_DATABASE_URL"
+
+
+def _check_metadata(config: Config) -> None:
+    """[metadata]: the backend's name and pool; a DSN (here or in the environment) for PostgreSQL."""
+    if config.metadata_backend not in METADATA_BACKENDS:
+        raise ConfigError(f"metadata.backend must be \"lmdb\" or \"postgresql\", not {config.metadata_backend!r}")
+    if config.metadata_pool_size < 1:
+        raise ConfigError("metadata.pool_size must be at least 1")
+    if config.metadata_backend == "postgresql":
+        if not (config.metadata_dsn or os.environ.get(ENV_DATABASE_URL)):
+            raise ConfigError(f"metadata.backend = \"postgresql\" needs metadata.dsn or ${ENV_DATABASE_URL}")
+        dsn = config.metadata_dsn or os.environ[ENV_DATABASE_URL]
+        if not dsn.startswith(("postgresql://", "postgres://")) and "=" not in dsn:
+            raise ConfigError("metadata.dsn must be a postgresql:// URL or a libpq key=value string")
+    elif config.metadata_dsn:
+        raise ConfigError("metadata.dsn is set but metadata.backend is \"lmdb\": set backend = \"postgresql\"")
 
 
 def _check_operations(config: Config) -> None:

@@ -26,25 +26,18 @@ from izreg import StartupError
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
-from izreg.auth.devicestore import DeviceStore, PullRecorder
-from izreg.auth.ratelimit import FailureLimiter
-from izreg.auth.store import AuthStore
-from izreg.auth.tokenkey import TokenKey
+from izreg.auth.devicestore import PullRecorder
 from izreg.browse import Browser
 from izreg.http.app import RegistryAPI
-from izreg.http.limits import BodyBudget
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
-from izreg.http.limits import raise_open_files_limit
+from izreg.http.limits import BodyBudget, raise_open_files_limit
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.tls import CRLFile, ServerTLS
-from izreg.storage.audit import AuditLog
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
-from izreg.storage.lmdbenv import open_env
-from izreg.storage.lmdbindex import Index
 from izreg.storage.uploads import Uploads
 
 
@@ -76,10 +69,11 @@ class RegistryService(service.MultiService):
         # built by startService once the storage is open (None while stopped)
         self.api: RegistryAPI | None = None
         self.registry: Registry | None = None
-        self.index: Index | None = None  # the LMDB index the registry and the browse API read
+        self.index = None  # the metadata index (backend.index) the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
         self.dispatcher = None  # izreg.service.webhooks.Dispatcher, a child while running
+        self.backend = None  # izreg.service.backends.Backend: the metadata stores and their runners
         self.readiness: Readiness | None = None
         self.crl_file: CRLFile | None = None
         self._pools: list[ThreadPool] = []
@@ -99,6 +93,9 @@ class RegistryService(service.MultiService):
         return run
 
     def privilegedStartService(self) -> None:
+        if self.config.metadata_backend != "lmdb":
+            # a database that cannot be reached or holds an unknown schema: one line, exit non-zero
+            self.backend = self._open_backend()
         if self.config.storage_backend == "s3":
             # before the reactor runs and before any listener: a bucket that cannot be reached is one line
             from izreg.storage.interfaces import StorageError
@@ -122,15 +119,17 @@ class RegistryService(service.MultiService):
         raise_open_files_limit(config.max_connections + 512)
         root = self.root = os.path.abspath(config.data_dir)
         os.makedirs(root, mode=0o700, exist_ok=True)
-        env = open_env(root, map_size=config.lmdb_map_size)
-        self.index = Index(env)
+        backend = self.backend = self.backend or self._open_backend()
+        env = backend.env
+        self.index = backend.index
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
             pool.start()
             self._pools.append(pool)
+        backend.start(self.reactor, writer)
         self._run_io = self._runner(io)
-        self._run_write = self._runner(writer)
+        self._run_write = backend.run_write
         self.api = self._compose(env, root)
         self.site.serve(self.api.resource(), self.api.body_for)
         self._drop_orphans()
@@ -140,27 +139,26 @@ class RegistryService(service.MultiService):
     def _compose(self, env, root: str) -> RegistryAPI:
         """The registry, authentication, webhooks and readiness over the open storage, and the API over them."""
         from izreg.service.webhooks import Dispatcher, Events
-        from izreg.storage.webhooks import WebhookStore
 
-        config, reactor = self.config, self.reactor
+        config, reactor, backend = self.config, self.reactor, self.backend
         blobs, uploads = self._open_storage(root)
-        webhooks = WebhookStore(env, root)
-        self.dispatcher = Dispatcher(webhooks, reactor, self._run_write, config, self.metrics)
-        events = Events(webhooks, self.dispatcher, reactor, self._run_write)
-        auth_store = AuthStore(env)
-        if bootstrap(auth_store, root, reactor.seconds()) is None:
+        self.dispatcher = Dispatcher(backend.webhooks, reactor, self._run_write, config, self.metrics,
+                                     run_read=backend.run_read)
+        events = Events(backend.webhooks, self.dispatcher, reactor, self._run_write, run_read=backend.run_read)
+        if bootstrap(backend.auth, root, reactor.seconds()) is None:
             warn_if_left(root)
         self.authenticator = authenticator = Authenticator(
-            auth_store,
+            backend.auth,
             reactor.seconds,
             token_service=config.token_service,
             token_ttl=config.token_ttl,
-            limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window),
-            signing_key=TokenKey(root).secret,
+            limiter=backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
+            signing_key=backend.token_key().secret,
+            run_read=backend.run_read,
         )
         if config.token_service:
             authenticator.signing_key()  # made now (0600) rather than on the first token request
-        devices = DeviceStore(env)
+        devices = backend.devices
         self.pulls = PullRecorder(devices)
         self.registry = Registry(
             self.index,
@@ -168,20 +166,23 @@ class RegistryService(service.MultiService):
             uploads,
             now=reactor.seconds,
             run_write=self._run_write,
+            run_read=backend.run_read,
             run_io=self._run_io,
             limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
                           max_open_uploads=config.max_open_uploads),
-            audit=AuditLog(env),
+            audit=backend.audit,
             in_use=InUse(self.pulls.devices, reactor.seconds, config.in_use_window) if config.protect_in_use else None,
             on_change=events.changed,
         )
-        self.readiness = self._readiness(env, root)
+        self.readiness = Readiness(backend.index_error, self._probe(root),
+                                   DiskFloor(root, parse_floor(config.min_free_disk)))
         if self.metrics is not None:
-            self.metrics.watch_storage(env)
+            self.metrics.watch_storage(env, index=backend.index)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
-            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds),
+            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
+                                            run_read=backend.run_read),
             reactor.seconds,
             chunk_min_length=config.chunk_min_length,
             authenticator=authenticator if config.token_service else None,
@@ -192,6 +193,20 @@ class RegistryService(service.MultiService):
             readiness=self.readiness,
             events=events,
         )
+
+    def _open_backend(self):
+        """The metadata stores of C{[metadata]} (izreg.service.backends); a failure is one line."""
+        from izreg.service.backends import BackendError, open_backend
+
+        try:
+            backend = open_backend(self.config, self.config.data_dir)
+        except BackendError as e:
+            self.log.error("{message}", message=str(e))
+            raise StartupError(str(e)) from None
+        if backend.shared and self.config.storage_backend != "s3":
+            self.log.warn("metadata in PostgreSQL with blobs on this node's file system: run this node alone"
+                          " (several nodes need storage.backend = \"s3\")")
+        return backend
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""
@@ -214,21 +229,15 @@ class RegistryService(service.MultiService):
         d = self._run_io(self.registry.drop_orphan_uploads)
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
-    def _readiness(self, env, root: str) -> Readiness:
-        def index_error() -> str | None:
-            try:
-                env.stat()
-            except Exception as e:  # lmdb.Error: closed or broken
-                return f"the index cannot be read: {e}"
-            return None
-
+    def _probe(self, root: str):
+        """The readiness probe: can the data directories be written (in the I/O pool)."""
         def probe():
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
-        return Readiness(index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
+        return probe
 
-    def _device_verifier(self, devices: DeviceStore) -> DeviceVerifier | None:
+    def _device_verifier(self, devices) -> DeviceVerifier | None:
         """Device certificates on the TLS listener (C{[tls] device_ca}), or C{None}."""
         config = self.config
         if self.tls is None or not config.device_ca:
@@ -257,21 +266,21 @@ class RegistryService(service.MultiService):
         for pool in self._pools:
             pool.stop()
         self._pools = []
-        if self.index is not None:
-            self.index.close()
-            self.registry = self.index = self.api = None
+        if self.backend is not None:
+            self.backend.close()
+            self.registry = self.index = self.backend = self.api = None
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
         if self.registry is None:
             return None
-        from izreg.storage.gc import Collector, SweepLock
+        from izreg.storage.gc import Collector
         from izreg.sweeper import sweep
 
         config = self.config
         collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
         try:
-            result = await sweep(self.registry, collector, SweepLock(self.root))
+            result = await sweep(self.registry, collector, self.backend.sweep_lock())
         except Exception:
             self.log.failure("garbage collection failed")
             return None

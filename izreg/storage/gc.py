@@ -98,9 +98,11 @@ class SweepLock:
 class PgSweepLock:
     """
     The sweep lock of several nodes over one PostgreSQL database: a session
-    advisory lock, held on a connection of the pool for the sweep's length
-    (one sweep at a time across every node and ``izreg gc``). Blocking: the
-    server takes and releases it in a thread.
+    advisory lock (one sweep at a time across every node and ``izreg gc``),
+    held for the sweep's length on a connection of its own, outside the
+    pool: the sweep's queries and the requests served meanwhile keep every
+    pooled connection. A node that dies mid-sweep loses the connection, and
+    PostgreSQL the lock. Blocking: the server takes and releases it in a thread.
     """
 
     def __init__(self, db) -> None:
@@ -108,19 +110,27 @@ class PgSweepLock:
         self._conn = None
 
     def acquire(self, wait: bool = False) -> bool:
-        conn = self.db.pool.getconn()
+        import psycopg
+
+        from izreg.storage.pg import DatabaseUnavailable, _describe
+
+        if self._conn is not None:
+            raise RuntimeError("this sweep lock is already held")
         try:
-            conn.autocommit = True
+            conn = psycopg.connect(self.db.dsn, autocommit=True, application_name="izreg-gc")
+        except psycopg.Error as e:
+            raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from None
+        try:
             if wait:
                 conn.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
                 got = True
             else:
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()[0]
+                got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()[0])
         except BaseException:
-            self._put(conn)
+            conn.close()
             raise
         if not got:
-            self._put(conn)
+            conn.close()
             return False
         self._conn = conn
         return True
@@ -128,14 +138,7 @@ class PgSweepLock:
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
-            finally:
-                self._put(conn)
-
-    def _put(self, conn) -> None:
-        conn.autocommit = False
-        self.db.pool.putconn(conn)
+            conn.close()  # the session ends: PostgreSQL releases its advisory locks
 
 
 class Collector:

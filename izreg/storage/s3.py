@@ -67,6 +67,9 @@ HASH_SIZE = 256 * 1024
 #: largest object one CopyObject may copy; larger ones are copied in parts
 COPY_LIMIT = 5 * 1024**3
 READ_CHUNK = 1024 * 1024
+#: with several nodes, upload bytes with no record are orphans only once this old (seconds): younger
+#: ones may be another node's monolithic POST in flight
+ORPHAN_AGE = 24 * 3600
 
 
 def make_client(config):
@@ -503,9 +506,20 @@ class S3Writer(SinkBase):
 
 @implementer(IUploadStore)
 class S3Uploads:
-    def __init__(self, blobs: S3Blobs, part_size: int = PART_SIZE) -> None:
+    """
+    Upload sessions in the bucket; C{sessions} caches the ones this process
+    worked on (their running hash, their tail bytes). C{shared}: the upload
+    records are in a database other nodes write too (#16); the registry then
+    drops a cached session whose record another node moved on (it is rebuilt
+    from the record: no hash, the staging object is hashed at commit, the
+    tail read back from the bucket), L{prune} those another node ended, and
+    young upload bytes with no record are not orphans (another node's POST).
+    """
+
+    def __init__(self, blobs: S3Blobs, part_size: int = PART_SIZE, shared: bool = False) -> None:
         self.blobs = blobs
         self.part_size = part_size
+        self.shared = shared
         self.client, self.keys, self.run = blobs.client, blobs.keys, blobs.run
         self.sessions: dict[str, S3Session] = {}
 
@@ -637,6 +651,12 @@ class S3Uploads:
     def forget(self, session: S3Session) -> None:
         self.sessions.pop(session.id, None)
 
+    def prune(self, known: set[str]) -> None:
+        """Drop cached sessions whose record is gone (ended on another node) and that no request holds."""
+        for upload_id, session in list(self.sessions.items()):
+            if upload_id not in known and session.persisted and not session.busy:
+                self.sessions.pop(upload_id, None)
+
     @_s3
     def expire(self, upload_id: str, record: dict | None) -> None:
         known = (record or {}).get("s3", {}).get("multipart")
@@ -666,9 +686,36 @@ class S3Uploads:
         found = set()
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=base):
             found.update(u["Key"][len(base):].split("/")[0] for u in page.get("Uploads", []))
+        if self.shared:
+            return sorted(i for i in found | self._idle_uploads(base) if i and i not in known and i not in self.sessions
+                          and i not in self._busy_uploads(base))
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
             found.update(p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", []))
         return sorted(i for i in found if i and i not in known and i not in self.sessions)
+
+    def _idle_uploads(self, base: str) -> set[str]:
+        """Upload ids with objects in the bucket (any age)."""
+        found = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.keys.bucket, Prefix=base):
+            found.update(item["Key"][len(base):].split("/")[0] for item in page.get("Contents", []))
+        return found
+
+    def _busy_uploads(self, base: str) -> set[str]:
+        """
+        Upload ids written to within L{ORPHAN_AGE}: with other nodes sharing
+        the bucket, an upload with no record may be another node's
+        monolithic POST in flight, not an orphan.
+        """
+        import datetime
+
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=ORPHAN_AGE)
+        busy = set()
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.keys.bucket, Prefix=base):
+            busy.update(u["Key"][len(base):].split("/")[0] for u in page.get("Uploads", []) if u["Initiated"] > since)
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.keys.bucket, Prefix=base):
+            busy.update(item["Key"][len(base):].split("/")[0] for item in page.get("Contents", [])
+                        if item["LastModified"] > since)
+        return busy
 
 
 def _big_buffers_back_to_the_os() -> None:
@@ -694,4 +741,5 @@ def open_s3(config, run, client=None) -> tuple[S3Blobs, S3Uploads]:
     _big_buffers_back_to_the_os()
     blobs = S3Blobs(client or make_client(config), config.s3_bucket, config.s3_prefix, run,
                     redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None)
-    return blobs, S3Uploads(blobs)
+    # upload records in a database other nodes share: the sessions cached here are checked against them
+    return blobs, S3Uploads(blobs, shared=config.metadata_backend != "lmdb")

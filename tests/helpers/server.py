@@ -68,13 +68,15 @@ class RegistryProcess:
     """
 
     def __init__(self, data_dir: str, log_path: str | None = None, port: int | None = None,
-                 backend: str = BACKEND, extra_args=(), creds: str | None = None):
+                 backend: str = BACKEND, extra_args=(), creds: str | None = None, config: str | None = None):
         self.data_dir = os.fspath(data_dir)
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         self.backend = backend
         self.extra_args = list(extra_args)
+        #: a TOML config file given with --config (e.g. [metadata] and [storage] of a cluster node)
+        self.config_file = os.fspath(config) if config else None
         self.creds = creds
         self.account: str | None = None
         self.log_path = log_path
@@ -110,6 +112,7 @@ class RegistryProcess:
         return [twistd, "-n", "--logfile=-", "--pidfile=", "izreg", "server",
                 "--data-dir", self.data_dir,
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                *(["--config", self.config_file] if self.config_file else []),
                 *self.extra_args]
 
     def _ready_pattern(self) -> re.Pattern:
@@ -212,7 +215,8 @@ class RegistryProcess:
     def cli(self, *args: str) -> str:
         """Run ``izreg --data-dir DATA_DIR ARGS`` (the admin CLI, fine while the server runs)."""
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        proc = subprocess.run([sys.executable, "-m", "izreg.cli", "--data-dir", self.data_dir, *args],
+        config = ["--config", self.config_file] if self.config_file else []
+        proc = subprocess.run([sys.executable, "-m", "izreg.cli", *config, "--data-dir", self.data_dir, *args],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise AssertionError(f"izreg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")

@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.service.test_backends -*-
+"""
+The metadata backend of one process, chosen by ``[metadata] backend``: the
+stores (index, accounts and keys, devices, audit, webhooks) and the runners
+the server calls them through. Both the server (L{izreg.service.services})
+and the ``izreg`` command open it here, so they agree on where things are.
+
+- ``lmdb`` (one node): the stores over the LMDB environment in
+  ``data_dir/index``. C{run_read} calls inline (an LMDB read is microseconds:
+  no thread hop), C{run_write} is the single writer thread.
+- ``postgresql`` (one or several nodes): the stores over a bounded psycopg
+  pool (L{izreg.storage.pg.Database}); C{run_read} and C{run_write} both run on
+  one Twisted thread pool of C{pool_size} threads, as many as connections,
+  so the reactor never waits for the database.
+
+Cross-node pieces that differ by backend also come from here: the
+garbage-collection lock (flock or a PostgreSQL advisory lock), the
+failed-authentication brake (in memory or counted in the database), and
+the readiness check of the index.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from izreg.auth.runners import inline  # LMDB's run_read: the value itself, no thread hop
+from izreg.service.config import Config
+
+LMDB, POSTGRESQL = "lmdb", "postgresql"
+
+
+class BackendError(Exception):
+    """The metadata backend cannot be opened (one line for the user: no DSN password in it)."""
+
+
+class Backend:
+    """
+    The metadata stores of one process (C{index}, C{auth}, C{devices},
+    C{audit}, C{webhooks}) and, in the server, C{run_read} and C{run_write}.
+    C{env} is the LMDB environment (LMDB only), C{db} the
+    L{izreg.storage.pg.Database} (PostgreSQL only).
+    """
+
+    def __init__(self, name: str, data_dir: str, *, env=None, db=None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.env = env
+        self.db = db
+        self.index = self.auth = self.devices = self.audit = self.webhooks = None
+        self.run_read: Callable[..., Any] | None = None
+        self.run_write: Callable[..., defer.Deferred] | None = None
+        self._pools: list[ThreadPool] = []
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes may use the same metadata (PostgreSQL)."""
+        return self.name == POSTGRESQL
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name}>"
+
+    # -- runners (the server) --------------------------------------------------
+
+    def start(self, reactor, writer: ThreadPool | None = None) -> None:
+        """
+        Start the runners on C{reactor}. LMDB: reads inline, writes on
+        C{writer} (the service's single writer thread, made here if not
+        given). PostgreSQL: one pool of C{pool_size} threads for both.
+        """
+        if self.shared:
+            pool = ThreadPool(0, self.db.max_size, "izreg-db")
+            pool.start()
+            self._pools.append(pool)
+            self.run_read = self.run_write = _runner(reactor, pool)
+            return
+        if writer is None:
+            writer = ThreadPool(1, 1, "izreg-writer")
+            writer.start()
+            self._pools.append(writer)
+        self.run_read = inline
+        self.run_write = _runner(reactor, writer)
+
+    def close(self) -> None:
+        """Stop the runners' threads, then close the environment or the connections."""
+        for pool in self._pools:
+            pool.stop()
+        self._pools = []
+        if self.env is not None:
+            self.env.close()
+        if self.db is not None:
+            self.db.close()
+        self.env = self.db = self.index = None
+
+    # -- what differs by backend -----------------------------------------------------
+
+    def sweep_lock(self):
+        """One garbage-collection sweep at a time: a flock on this machine, or an advisory lock of the database."""
+        if self.shared:
+            from izreg.storage.gc import PgSweepLock
+
+            return PgSweepLock(self.db)
+        from izreg.storage.gc import SweepLock
+
+        return SweepLock(self.data_dir)
+
+    def failure_limiter(self, limit: int, window: float):
+        """The failed-authentication brake: per process (LMDB), or counted across nodes (PostgreSQL)."""
+        if self.shared:
+            from izreg.auth.clusterlimit import SharedFailureLimiter
+            from izreg.storage.cluster import FailureCounts
+
+            return SharedFailureLimiter(limit, window, FailureCounts(self.db), self.run_write)
+        from izreg.auth.ratelimit import FailureLimiter
+
+        return FailureLimiter(limit, window)
+
+    def token_key(self):
+        """
+        The token signing key (C{secret()}, C{rotate()}): C{data_dir/token.key},
+        or with PostgreSQL one key in the database for every node (a token
+        issued by one node is checked by another), sealed with the nodes'
+        shared C{webhook.key} (L{izreg.auth.pgstore.PgTokenKey}).
+        """
+        if self.shared:
+            from izreg.auth.pgstore import PgTokenKey
+
+            return PgTokenKey(self.db, self.data_dir)
+        from izreg.auth.tokenkey import TokenKey
+
+        return TokenKey(self.data_dir)
+
+    def index_error(self):
+        """The readiness check of the metadata: C{None} when usable, else why (a Deferred with PostgreSQL)."""
+        if self.shared:
+            def ping(cur):
+                cur.execute("SELECT 1")
+
+            d = self.run_read(self.db.run, ping)
+            d.addCallbacks(lambda _: None, lambda f: f"the database cannot be reached: {f.getErrorMessage()}")
+            return d
+        try:
+            self.env.stat()
+        except Exception as e:  # lmdb.Error: closed or broken
+            return f"the index cannot be read: {e}"
+        return None
+
+
+def _runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
+    def run(f, *args, **kwargs):
+        return deferToThreadPool(reactor, pool, f, *args, **kwargs)
+
+    return run
+
+
+def open_backend(config: Config, data_dir: str | None = None, *, create: bool = True,
+                 application_name: str = "izreg") -> Backend:
+    """
+    The metadata stores of C{config} (no runners yet: L{Backend.start}).
+    LMDB: opens (with C{create}, makes) C{data_dir/index}. PostgreSQL: connects
+    and checks that the database holds the schema this izreg knows.
+
+    @raise BackendError: one line (the database is unreachable, its schema
+        unknown, the data directory holds no index).
+    """
+    data_dir = os.path.abspath(data_dir or config.data_dir)
+    if config.metadata_backend == POSTGRESQL:
+        return _open_postgresql(config, data_dir, application_name)
+    return _open_lmdb(config, data_dir, create)
+
+
+def open_database(config: Config, max_size: int | None = None, application_name: str = "izreg"):
+    """A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable."""
+    from izreg.storage.pg import Database, DatabaseUnavailable, dsn_from
+
+    dsn = dsn_from(config.metadata_dsn)
+    if not dsn:
+        raise BackendError("metadata.backend = \"postgresql\" needs metadata.dsn or $IZREG_DATABASE_URL")
+    try:
+        return Database(dsn, max_size=max_size or config.metadata_pool_size, application_name=application_name)
+    except DatabaseUnavailable as e:
+        raise BackendError(str(e)) from None
+
+
+def _open_postgresql(config: Config, data_dir: str, application_name: str) -> Backend:
+    from izreg.storage.pg import DatabaseUnavailable, SchemaError
+
+    db = open_database(config, application_name=application_name)
+    try:
+        db.check()
+    except (SchemaError, DatabaseUnavailable) as e:
+        db.close()
+        raise BackendError(str(e)) from None
+    backend = Backend(POSTGRESQL, data_dir, db=db)
+    try:
+        _postgresql_stores(backend, db)
+    except BaseException:
+        db.close()
+        raise
+    return backend
+
+
+def _postgresql_stores(backend: Backend, db) -> None:
+    from izreg.auth.pgstore import PgAuthStore, PgDeviceStore
+    from izreg.storage.pgaudit import PgAuditLog
+    from izreg.storage.pgindex import PgIndex
+    from izreg.storage.pgwebhooks import PgWebhookStore
+
+    backend.index = PgIndex(db)
+    backend.auth = PgAuthStore(db)
+    backend.devices = PgDeviceStore(db)
+    backend.audit = PgAuditLog(db)
+    backend.webhooks = PgWebhookStore(db, backend.data_dir)
+
+
+def _open_lmdb(config: Config, data_dir: str, create: bool) -> Backend:
+    from izreg.auth.devicestore import DeviceStore
+    from izreg.auth.store import AuthStore
+    from izreg.storage.audit import AuditLog
+    from izreg.storage.lmdbenv import index_path, open_env
+    from izreg.storage.lmdbindex import Index
+    from izreg.storage.webhooks import WebhookStore
+
+    if not create and not os.path.isdir(index_path(data_dir)):
+        raise BackendError(f"no izreg data in {data_dir!r} (set --data-dir or IZREG_DATA_DIR)")
+    if create:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    try:
+        env = open_env(data_dir, map_size=config.lmdb_map_size)
+    except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
+        raise BackendError(f"cannot open {data_dir!r}: {e}") from None
+    backend = Backend(LMDB, data_dir, env=env)
+    backend.index = Index(env)
+    backend.auth = AuthStore(env)
+    backend.devices = DeviceStore(env)
+    backend.audit = AuditLog(env)
+    backend.webhooks = WebhookStore(env, data_dir)
+    return backend

@@ -1,0 +1,84 @@
+"""
+The cross-node pieces over PostgreSQL (izreg.storage.cluster): the sweep
+lock and the shared failure counts. A real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from izreg.storage.cluster import FailureCounts
+from izreg.storage.gc import PgSweepLock
+from izreg.storage.pg import Database
+
+pytestmark = pytest.mark.postgres
+
+
+def one(db, sql):
+    def query(cur):
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+    return db.run(query)
+
+
+def test_one_sweep_at_a_time_across_processes(pg_db, pg_dsn):
+    other = Database(pg_dsn, max_size=2)  # another node: its own pool
+    try:
+        first, second = PgSweepLock(pg_db), PgSweepLock(other)
+        assert first.acquire()
+        assert not second.acquire()
+        first.release()
+        assert second.acquire()
+        assert not first.acquire()
+        second.release()
+        assert first.acquire()
+        first.release()
+    finally:
+        other.close()
+
+
+def test_a_dead_holder_releases_the_lock(pg_db, pg_dsn):
+    other = Database(pg_dsn, max_size=1)
+    lock = PgSweepLock(other)
+    assert lock.acquire()
+    lock._conn.close()  # the node dies: its connection goes, and PostgreSQL drops its session locks
+    other.close()
+    again = PgSweepLock(pg_db)
+    deadline = time.monotonic() + 30
+    while not again.acquire():  # the server ends the dead session on its own time: poll, with a deadline
+        assert time.monotonic() < deadline, "the dead holder's lock was never released"
+        time.sleep(0.05)
+    again.release()
+
+
+def test_the_lock_takes_no_pooled_connection(pg_db, pg_dsn):
+    small = Database(pg_dsn, max_size=1, timeout=5)
+    try:
+        lock = PgSweepLock(small)
+        for _ in range(3):
+            assert lock.acquire()
+            assert one(small, "SELECT 1") == 1  # the pool's one connection is free while the lock is held
+            lock.release()
+    finally:
+        small.close()
+
+
+def test_failures_are_counted_across_nodes(pg_db, pg_dsn):
+    other = Database(pg_dsn, max_size=1)
+    try:
+        here, there = FailureCounts(pg_db), FailureCounts(other)
+        brake = ("192.0.2.7", "*")
+        assert here.record(brake, 100.0, 60, 3) == [100.0]
+        assert there.record(brake, 101.0, 60, 3) == [100.0, 101.0]
+        assert here.record(("192.0.2.8", "*"), 101.5, 60, 3) == [101.5]  # another brake: its own count
+        assert here.record(brake, 102.0, 60, 3) == [100.0, 101.0, 102.0]
+        assert there.record(brake, 103.0, 60, 3) == [101.0, 102.0, 103.0]  # the latest `limit`
+        assert here.recent(brake, 161.5, 60, 3) == [102.0, 103.0]  # older ones left the window
+        # rows past the window are deleted as new ones come
+        there.record(("192.0.2.9", "abcd"), 1000.0, 60, 3)
+        assert one(pg_db, "SELECT count(*) FROM auth_failures") == 1
+    finally:
+        other.close()

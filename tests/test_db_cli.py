@@ -1,0 +1,78 @@
+"""``izreg db upgrade`` and ``izreg db status`` against a real PostgreSQL (izreg.db_cli)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from izreg.cli import main
+from izreg.storage.pg import latest_version
+
+pytestmark = pytest.mark.postgres
+
+
+def run(*argv, environ=None):
+    out, err = io.StringIO(), io.StringIO()
+    status = main(list(argv), environ=environ or {}, stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_upgrade_then_status(pg_dsn, tmp_path, monkeypatch):
+    monkeypatch.setenv("IZREG_DATABASE_URL", pg_dsn)
+    status, out, err = run("db", "status")
+    assert status == 1, err
+    assert "database schema version 0" in out and "izreg db upgrade" in out
+    status, out, err = run("db", "upgrade")
+    assert status == 0, err
+    assert "applied 0001_schema.sql" in out
+    assert f"from schema version 0 to {latest_version()}" in out
+    status, out, err = run("db", "upgrade")
+    assert (status, out.strip()) == (0, f"the database is up to date (schema version {latest_version()})")
+    status, out, err = run("db", "status")
+    assert status == 0 and out.strip().endswith("up to date"), out
+
+
+def test_dsn_from_the_config_file(pg_dsn, tmp_path, monkeypatch):
+    monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[metadata]\nbackend = "postgresql"\ndsn = "{pg_dsn}"\n')
+    status, out, err = run("--config", str(config), "db", "upgrade")
+    assert status == 0, err
+    status, out, err = run("--config", str(config), "db", "status")
+    assert status == 0, err
+
+
+def test_a_newer_schema_is_refused(pg_db, monkeypatch):
+    monkeypatch.setenv("IZREG_DATABASE_URL", pg_db.dsn)
+    pg_db.run(lambda cur: cur.execute("INSERT INTO izreg_schema VALUES (9999, '9999_future.sql', now())"))
+    status, out, err = run("db", "upgrade")
+    assert status == 2
+    assert "9999" in err and "upgrade izreg" in err and len(err.strip().splitlines()) == 1
+    status, out, err = run("db", "status")
+    assert status == 1 and "9999" in out
+
+
+def test_unreachable_database_is_one_line_without_the_password(monkeypatch):
+    from tests.helpers.server import free_port
+
+    monkeypatch.setenv("IZREG_DATABASE_URL", f"postgresql://izreg:s3cret-pw@127.0.0.1:{free_port()}/izreg?connect_timeout=2")
+    status, out, err = run("db", "status")
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1 and "s3cret-pw" not in err, err
+
+
+def test_no_dsn_is_an_error(monkeypatch):
+    monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
+    status, out, err = run("db", "status")
+    assert status == 2 and "IZREG_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize("command", [("backup", "out"), ("restore", "in")])
+def test_backup_and_restore_are_refused_on_postgresql(pg_db, tmp_path, command):
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[metadata]\nbackend = "postgresql"\ndsn = "{pg_db.dsn}"\n')
+    status, out, err = run("--config", str(config), "--data-dir", str(tmp_path / "data"), command[0],
+                           str(tmp_path / command[1]))
+    assert status == 2 and "pg_dump" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
