@@ -37,6 +37,8 @@ Actor = tuple[str, str | None] | None
 
 #: parse and hash manifests larger than this off the reactor thread
 INLINE_MANIFEST = 64 * 1024
+#: with a shared index, seconds between two reads of every account's open upload sessions (the cap's count)
+OPEN_UPLOADS_REFRESH = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,28 @@ class Registry:
         session = self.uploads.create(repo.name, now)
         await self.run_write(self.index.put_upload, session.id, session.record(now))
         (await self._open_uploads(repo.account)).add(session.id)
+        if not self.reads_inline:
+            self._open_recent.add((repo.account, session.id))
         return session
 
     async def _open_uploads(self, account: str) -> set[str]:
-        """The ids of an account's upload sessions that may still be open (read from the index once)."""
-        if getattr(self, "_open", None) is None:
+        """
+        The ids of an account's upload sessions that may still be open: read
+        from the index once, then kept here. With a shared index (several
+        nodes) they are read again every L{OPEN_UPLOADS_REFRESH} seconds, so
+        the cap counts the sessions every node started.
+        """
+        opened = getattr(self, "_open", None)
+        if opened is None or (not self.reads_inline and self.now() - self._open_read >= OPEN_UPLOADS_REFRESH):
+            self._open_read, self._open_recent = self.now(), set()
             found = await self._read(self.index.list_uploads)
-            if getattr(self, "_open", None) is None:
-                self._open: dict[str, set[str]] = {}
+            if opened is getattr(self, "_open", None):  # no other refresh finished meanwhile
+                fresh: dict[str, set[str]] = {}
                 for upload_id, record in found:
-                    self._open.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
+                    fresh.setdefault(str(record.get("name", ""))[:32], set()).add(upload_id)
+                for owner, upload_id in self._open_recent:  # started here while the list was read
+                    fresh.setdefault(owner, set()).add(upload_id)
+                self._open = fresh
         return self._open.setdefault(account, set())
 
     async def _check_open_uploads(self, account: str) -> None:

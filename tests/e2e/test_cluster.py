@@ -199,6 +199,36 @@ def test_the_izreg_command_works_against_the_database(cluster):
     pulls_whole(client(cluster.nodes[2], cluster.creds), repo, image, "v1")  # nothing the commands did broke it
 
 
+def test_the_open_upload_cap_counts_every_nodes_sessions(tmp_path_factory, postgres_server, moto_server):
+    """A cluster of its own (the cap is 3): sessions started on node 1 count on node 2 once it re-reads them."""
+    import time
+
+    from tests.helpers.cluster import Cluster
+
+    small = Cluster(tmp_path_factory.mktemp("cap"), postgres_server, moto_server, nodes=2,
+                    extra_toml="[uploads]\nmax_open_per_account = 3\n")
+    try:
+        small.start()
+        one, two = client(small.nodes[0], small.creds), client(small.nodes[1], small.creds)
+        repo = f"{small.account}/cap"
+        expect(two.start_upload(repo), 202)  # node 2 reads the (empty) list, and counts its own
+        for _ in range(2):
+            expect(one.start_upload(repo), 202)  # three open now, two of them through node 1
+        expect(one.start_upload(repo), 429)
+        deadline = time.monotonic() + 60
+        while True:  # node 2 refuses once it has re-read the sessions (every 10 s)
+            resp = two.start_upload(repo)
+            if resp.status_code == 429:
+                break
+            expect(resp, 202)
+            expect(two.request("DELETE", path_of(resp.headers["Location"])), 204)
+            assert time.monotonic() < deadline, "node 2 never counted node 1's sessions"
+            time.sleep(0.5)
+        assert "max_open_per_account" in resp.text
+    finally:
+        small.close()
+
+
 def test_failed_authentications_are_braked_across_nodes(cluster):
     # a made-up key: failures share the address's brake, counted by every node
     bad = OCIClient(cluster.url, auth=("KEY", "izr_" + "0" * 16 + "_" + "A" * 43))

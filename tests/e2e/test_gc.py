@@ -236,7 +236,9 @@ def test_izreg_gc_dry_run_and_fsck_repair(gc_registry, tmp_path):
 
     corrupt, missing = sha(layers[0]), sha(layers[1])
     with open(blob_path(registry, corrupt), "r+b") as f:
-        f.write(b"X")
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))  # always a different byte (b"X" was the same 1 time in 256)
     os.unlink(blob_path(registry, missing))
     done = izreg(registry, "fsck")
     assert done.returncode == 1, done.stdout + done.stderr
