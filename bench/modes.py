@@ -168,16 +168,12 @@ def seed_izreg(data_dir: str, template: str, first: int, last: int, tags: int, a
     manifest per tag) on an LMDB environment opened without fsync per
     transaction (one sync at the end): seeding, not the measured path.
     """
-    import lmdb
-
     from izreg.core.digest import Digest
-    from izreg.storage import schema
     from izreg.service.config import Config
-    from izreg.storage.lmdbenv import index_path
+    from izreg.storage.lmdbenv import open_env
     from izreg.storage.lmdbindex import Index
 
-    env = lmdb.open(index_path(data_dir), map_size=Config.lmdb_map_size, max_dbs=schema.MAX_DBS, subdir=True,
-                    sync=False, metasync=False)
+    env = open_env(data_dir, Config.lmdb_map_size, sync=False)
     index = Index(env)
     digest = index.resolve_tag(template, "t00")
     meta, data = index.get_manifest(template, digest)

@@ -19,17 +19,17 @@ Usage::
 map size); ``--data-dir`` overrides it, and so does ``$IZREG_DATA_DIR`` (as
 for ``twistd izreg server``: L{izreg.service.config.load}); the default is
 ``./izreg-data``.
-Errors are one line on stderr and exit status 2.
+Errors are one line on stderr and exit status 2, never a traceback.
 
-Adding a command group (e.g. ``izreg device ...``): write a function
-C{register(subparsers)} that adds a parser and sets C{handler=} on it (a
-C{handler(args, context) -> int}), and add it to L{GROUPS}.
+Adding a command group (e.g. ``izreg device ...``): follow the convention
+of L{izreg.commands} (C{register(subparsers)} setting C{handler(args,
+context) -> int} on each parser, errors raised as C{CommandError}), and add
+it to L{GROUPS}.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -39,18 +39,15 @@ from typing import Callable, Mapping, Sequence, TextIO
 from izreg import __version__, db_cli, devices_cli, manage_cli, ops_cli
 from izreg.auth import keys
 from izreg.auth.interfaces import IAuthStore, IDeviceStore
-from izreg.auth.store import AuthStore, InvalidName, KeyRecord, UnknownAccount, UnknownKey
-from izreg.core.names import ACCOUNT_RE
+from izreg.auth.store import KeyRecord
+from izreg.commands import EXIT_ERROR, CommandError, iso, one_line, table
+from izreg.commands import account_id as _account_id
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
+
+__all__ = ["EXIT_ERROR", "CommandError", "Context", "main"]
 
 #: the server's default data directory (relative to the working directory), kept in one place
 DEFAULT_DATA_DIR = Config.data_dir
-#: exit status of every usage or data error
-EXIT_ERROR = 2
-
-
-class CommandError(Exception):
-    """A one-line error for stderr; exit status 2."""
 
 
 class Context:
@@ -250,12 +247,6 @@ def key_revoke(args: argparse.Namespace, context: Context) -> int:
     return 0
 
 
-def _account_id(text: str) -> str:
-    if not ACCOUNT_RE.fullmatch(text):
-        raise CommandError(f"invalid account id {text[:80]!r}: expected 32 lowercase hex characters")
-    return text
-
-
 def _key_json(r: KeyRecord) -> dict[str, object]:
     return {
         "id": r.key_id,
@@ -269,15 +260,11 @@ def _key_json(r: KeyRecord) -> dict[str, object]:
 
 
 def _iso(when: float | None) -> str:
-    if when is None:
-        return "never"
-    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(when)
 
 
 def _table(context: Context, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        context.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    table(context.out, header, rows)
 
 
 # token -----------------------------------------------------------------------------
@@ -363,12 +350,13 @@ def main(
     context = context_class(config.data_dir, now, stdout, stderr, config)
     try:
         return args.handler(args, context)
-    except (CommandError, InvalidName) as e:
-        print(f"izreg: error: {e}", file=stderr)
-    except (UnknownAccount, UnknownKey) as e:
-        print(f"izreg: error: {e.args[0]}", file=stderr)
+    except Exception as e:  # the convention (izreg.commands): one line on stderr, exit 2, never a traceback
+        print(f"izreg: error: {one_line(e)}", file=stderr)
     finally:
-        context.close()
+        try:
+            context.close()
+        except Exception as e:
+            print(f"izreg: error: {one_line(e)}", file=stderr)
     return EXIT_ERROR
 
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _database(context):
-    from izreg.cli import CommandError
+    from izreg.commands import CommandError
     from izreg.service.backends import BackendError, open_database
 
     try:
@@ -38,7 +38,7 @@ def _database(context):
 
 
 def db_upgrade(args: argparse.Namespace, context) -> int:
-    from izreg.cli import CommandError
+    from izreg.commands import CommandError
     from izreg.storage.pg import DatabaseUnavailable, SchemaError
 
     db = _database(context)
@@ -56,7 +56,7 @@ def db_upgrade(args: argparse.Namespace, context) -> int:
 
 
 def db_status(args: argparse.Namespace, context) -> int:
-    from izreg.cli import CommandError
+    from izreg.commands import CommandError
     from izreg.storage.pg import DatabaseUnavailable, SchemaError, latest_version
 
     db = _database(context)

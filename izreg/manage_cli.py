@@ -12,6 +12,7 @@ import argparse
 import json
 
 from izreg.browse import Browser, usage
+from izreg.commands import CommandError, account_id
 from izreg.core.names import NAME_RE
 
 #: the largest page read at once (the listing walks every page)
@@ -50,9 +51,8 @@ def register_account_delete(commands: argparse._SubParsersAction) -> None:
 
 
 def account_delete(args: argparse.Namespace, context) -> int:
-    from izreg.cli import CommandError, _account_id
 
-    account = _account_id(args.account)
+    account = account_id(args.account)
     store = context.store()
     if store.get_account(account) is None:
         raise CommandError(f"no such account: {account}")
@@ -89,9 +89,8 @@ def _pages(fetch, key: str):
 
 
 def images_command(args: argparse.Namespace, context) -> int:
-    from izreg.cli import CommandError, _account_id
 
-    account = _account_id(args.account)
+    account = account_id(args.account)
     browser = _browser(context)
     if args.repository:
         name = args.repository if args.repository.startswith(f"{account}/") else f"{account}/{args.repository}"
@@ -132,7 +131,7 @@ def usage_command(args: argparse.Namespace, context) -> int:
 
     browser = _browser(context)
     if args.account:
-        accounts = [_account_id(args.account)]
+        accounts = [account_id(args.account)]
     else:
         accounts = sorted({a.account_id for a in context.store().list_accounts()}
                           | {name[:32] for name, _ in browser.index.list_repo_stats("", None, 10**9)[0]})

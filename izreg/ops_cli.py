@@ -24,6 +24,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
+from izreg.commands import CommandError, account_id, iso, table
 from izreg.core import cloudevents
 
 AUDIT_ACTOR = "cli"
@@ -72,16 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # helpers --------------------------------------------------------------------------
 
 
-def _cli():
-    from izreg import cli
-
-    return cli
-
-
 def _iso(when: float | None) -> str:
-    if when is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(when, "-")
 
 
 _RELATIVE = re.compile(r"([0-9]+)([smhd])")
@@ -96,7 +89,7 @@ def parse_since(text: str, now: float) -> float:
     try:
         when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise _cli().CommandError(f"--since {text[:40]!r}: expected 2026-12-01, 2026-12-01T15:00:00Z, 2h or 7d") from None
+        raise CommandError(f"--since {text[:40]!r}: expected 2026-12-01, 2026-12-01T15:00:00Z, 2h or 7d") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp()
@@ -112,14 +105,14 @@ def record(context, action: str, account: str | None, target: str, detail=None) 
 
 
 def audit_list(args, context) -> int:
-    account = _cli()._account_id(args.account) if args.account else None
+    account = account_id(args.account) if args.account else None
     since = parse_since(args.since, context.now()) if args.since else None
     entries = context.audit().entries(account=account, since=since, limit=args.limit)
     if args.json:
         for e in entries:
             context.out(json.dumps({**e, "time": _iso(e["time"])}, sort_keys=True))
         return 0
-    _cli()._table(context, ["TIME", "ACTION", "ACCOUNT", "ACTOR", "TARGET", "ADDRESS"],
+    table(context.out, ["TIME", "ACTION", "ACCOUNT", "ACTOR", "TARGET", "ADDRESS"],
                   [[_iso(e["time"]), e["action"], e.get("account") or "-", e["actor"], e["target"],
                     e.get("address") or "-"] for e in entries])
     return 0
@@ -135,15 +128,15 @@ def _webhooks(context):
 def webhook_add(args, context) -> int:
     from izreg.storage.webhooks import WebhookError
 
-    account = _cli()._account_id(args.account)
+    account = account_id(args.account)
     if context.store().get_account(account) is None:
-        raise _cli().CommandError(f"no account {account}")
+        raise CommandError(f"no account {account}")
     secret = sys.stdin.readline().rstrip("\n") if args.secret == "-" else args.secret
     try:
         kinds = cloudevents.parse_kinds(args.events)
         hook = _webhooks(context).add(account, args.url, secret, kinds, context.now())
     except (ValueError, WebhookError) as e:
-        raise _cli().CommandError(str(e)) from None
+        raise CommandError(str(e)) from None
     # the URL's host only: a path may hold a token (chat webhooks)
     host = urlsplit(hook.url).hostname
     record(context, "webhook-add", account, f"webhook:{hook.id}", {"host": host, "events": list(kinds)})
@@ -152,30 +145,30 @@ def webhook_add(args, context) -> int:
 
 
 def webhook_list(args, context) -> int:
-    account = _cli()._account_id(args.account) if args.account else None
+    account = account_id(args.account) if args.account else None
     hooks = _webhooks(context).hooks(account)
     if args.json:
         for h in hooks:
             context.out(json.dumps({**h.public(), "created": _iso(h.created)}))
         return 0
-    _cli()._table(context, ["HOOK_ID", "ACCOUNT", "EVENTS", "CREATED", "URL"],
+    table(context.out, ["HOOK_ID", "ACCOUNT", "EVENTS", "CREATED", "URL"],
                   [[h.id, h.account, ",".join(h.events), _iso(h.created), h.url] for h in hooks])
     return 0
 
 
 def webhook_remove(args, context) -> int:
     if not re.fullmatch(r"[0-9a-f]{16}", args.hook_id):
-        raise _cli().CommandError("invalid webhook id: expected 16 lowercase hex characters")
+        raise CommandError("invalid webhook id: expected 16 lowercase hex characters")
     hook = _webhooks(context).remove(args.hook_id)
     if hook is None:
-        raise _cli().CommandError(f"no webhook {args.hook_id}")
+        raise CommandError(f"no webhook {args.hook_id}")
     record(context, "webhook-remove", hook.account, f"webhook:{hook.id}")
     context.out(f"removed {hook.id}")
     return 0
 
 
 def webhook_deliveries(args, context) -> int:
-    account = _cli()._account_id(args.account) if args.account else None
+    account = account_id(args.account) if args.account else None
     found = _webhooks(context).deliveries(account=account, hook_id=args.hook, limit=args.limit)
     if args.json:
         for d in found:
@@ -186,7 +179,7 @@ def webhook_deliveries(args, context) -> int:
                 "next_try": _iso(d["next_try"]) if d["status"] == "pending" else None, "done": _iso(d["done"]) if d["done"] else None,
             }))
         return 0
-    _cli()._table(context, ["CREATED", "HOOK_ID", "TYPE", "SUBJECT", "STATUS", "ATTEMPTS", "LAST"],
+    table(context.out, ["CREATED", "HOOK_ID", "TYPE", "SUBJECT", "STATUS", "ATTEMPTS", "LAST"],
                   [[_iso(d["created"]), d["hook"], d["event"]["type"], d["event"]["subject"], d["status"],
                     str(d["attempts"]), d["last_error"] or (str(d["last_status"]) if d["last_status"] else "-")]
                    for d in found])
@@ -199,7 +192,7 @@ def webhook_deliveries(args, context) -> int:
 def _lmdb_only(context, what: str) -> None:
     """Backup and restore copy one node's LMDB index and blob files: refused with the metadata in PostgreSQL."""
     if context.config.metadata_backend != "lmdb":
-        raise _cli().CommandError(f"izreg {what} copies the LMDB index of one data directory; with metadata.backend ="
+        raise CommandError(f"izreg {what} copies the LMDB index of one data directory; with metadata.backend ="
                                   " \"postgresql\" back up the database (pg_dump) and the bucket (docs/deploy.rst)")
 
 
@@ -212,7 +205,7 @@ def backup_run(args, context) -> int:
         summary = backup(context.data_dir, args.directory, context.config.lmdb_map_size, now=context.now,
                          index_only=args.index_only)
     except (BackupError, OSError) as e:
-        raise _cli().CommandError(f"backup failed: {e}") from None
+        raise CommandError(f"backup failed: {e}") from None
     context.out(f"backed up the index ({summary.index_bytes} bytes) and {summary.blobs} blobs "
                 f"({summary.bytes} bytes) to {args.directory}")
     return 0
@@ -226,6 +219,6 @@ def restore_run(args, context) -> int:
     try:
         summary = restore(args.directory, context.data_dir, context.config.lmdb_map_size)
     except (BackupError, OSError) as e:
-        raise _cli().CommandError(f"restore failed: {e}") from None
+        raise CommandError(f"restore failed: {e}") from None
     context.out(f"restored the index and {summary.blobs} blobs ({summary.bytes} bytes) into {context.data_dir}")
     return 0

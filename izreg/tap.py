@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 
-from twisted.application import internet, service, strports
+from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from izreg.edge.service import EdgeOptions
@@ -172,7 +173,14 @@ class _SighupService(service.Service):
 
 
 class _AfterFirstInterval(internet.TimerService):
-    """A TimerService whose first call is one interval after start (not at start)."""
+    """
+    A TimerService whose first call is one interval after start (not at start):
+    a sweep during start-up is not wanted. (It was first added as a workaround
+    for a deadlock: a store built on the reactor opened its LMDB database with
+    a write transaction of its own while the sweep held the write lock. The
+    root cause is fixed: every named database is opened once, with the
+    environment, in L{izreg.storage.lmdbenv.open_env}.)
+    """
 
     def startService(self) -> None:
         from twisted.internet import task
@@ -185,75 +193,76 @@ class _AfterFirstInterval(internet.TimerService):
         self._loopFinished.addErrback(self._failed)
 
 
-def make_server(config: Config, reactor, tls=None, guard=None):
-    from twisted.application.internet import StreamServerEndpointService
+def make_server(config: Config, reactor, tls=None, guard=None, twistd_options=None, reload_config=None):
+    """
+    The server's service tree on C{reactor}: the site, its listeners and the
+    timers, built now (before twistd forks); the storage and everything over
+    it are built by the service when it starts (L{RegistryService._compose}).
 
-    from izreg.http.app import RegistryAPI
-    from izreg.http.bodies import RegistrySite
-    from izreg.http.plain import RefuseTLSFactory
-    from izreg.service.services import RegistryService
-    from izreg.service.tls import tls_endpoint
-
-    from izreg.http.clientaddr import TrustedProxies
-    from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders
-
-    api = RegistryAPI(chunk_min_length=config.chunk_min_length, ui=config.ui_enabled, budget=BodyBudget(config.body_memory))
-    proxies = TrustedProxies(config.trusted_proxies)
-    site = RegistrySite(
-        api.resource(), api.body_for, proxies=proxies,
-        connections=ConnectionLimits(config.max_connections, config.max_connections_per_address, proxies.trusted),
-        slow=SlowSenders(reactor, config.header_timeout, config.body_min_rate, config.body_grace),
-        timeout=config.idle_timeout or None, reactor=reactor,
-    )
-    top = RegistryService(config, api, reactor, tls=tls, guard=guard)
-    for description in config.listen:
-        strports.service(description, RefuseTLSFactory(site)).setServiceParent(top)
-    for description in config.tls_listen:
-        listener = StreamServerEndpointService(tls_endpoint(reactor, description, tls), site)
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
-    expiry = internet.TimerService(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()))
-    expiry.clock = reactor
-    expiry.setServiceParent(top)
-    flush = internet.TimerService(config.pull_flush_interval, top.flush_batches)
-    flush.clock = reactor
-    flush.setServiceParent(top)
-    if config.gc_interval:
-        gc = _AfterFirstInterval(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()))
-        gc.clock = reactor
-        gc.setServiceParent(top)
-    if config.device_crl:
-        crl = internet.TimerService(config.device_crl_interval, top.check_crl)
-        crl.clock = reactor
-        crl.setServiceParent(top)
-    _SighupService(reactor, top.reload).setServiceParent(top)
-    _operations(config, reactor, top, site)
-    top.site = site
-    return top
-
-
-def _operations(config: Config, reactor, top, site) -> None:
-    """Access log, metrics (and their listener), the log observer's level (izreg.service.metrics, .logs)."""
+    @param guard: replaces the access guard (tests of the registry's own behaviour only).
+    @param twistd_options: twistd's top-level options (where it logs), or C{None}.
+    @param reload_config: C{() -> Config}, the configuration read again on SIGHUP, or C{None}.
+    """
     import time
 
     from twisted.web.server import Site
 
     from izreg.http.accesslog import AccessLog
+    from izreg.http.bodies import RegistrySite
+    from izreg.http.clientaddr import TrustedProxies
+    from izreg.http.limits import ConnectionLimits, SlowSenders
+    from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup
     from izreg.service.metrics import Metrics
-    from izreg.service.webhooks import Dispatcher
+    from izreg.service.services import RegistryService
+    from izreg.service.tls import tls_endpoint
 
-    top.metrics = Metrics()
-    site.access_log = AccessLog(time.monotonic, [top.metrics.observe_request])
-    if top.tls is not None:
-        top.tls.on_handshake = top.metrics.tls_handshakes.inc
+    metrics = Metrics()
+    proxies = TrustedProxies(config.trusted_proxies)
+    site = RegistrySite(
+        None, None, proxies=proxies,  # the API, once the storage is open (RegistrySite.serve)
+        connections=ConnectionLimits(config.max_connections, config.max_connections_per_address, proxies.trusted),
+        slow=SlowSenders(reactor, config.header_timeout, config.body_min_rate, config.body_grace),
+        timeout=config.idle_timeout or None, reactor=reactor,
+        access_log=AccessLog(time.monotonic, [metrics.observe_request]),
+    )
+    if tls is not None:
+        tls.on_handshake = metrics.tls_handshakes.inc
+    log_setup = LogSetup(config.log_format, config.log_level)
+    top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
+                          log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
+    for description in config.listen:
+        _listener(reactor, serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+    for description in config.tls_listen:
+        _listener(reactor, tls_endpoint(reactor, description, tls), site).setServiceParent(top)
+    _timer(reactor, config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads())).setServiceParent(top)
+    _timer(reactor, config.pull_flush_interval, top.flush_batches).setServiceParent(top)
+    if config.gc_interval:
+        _timer(reactor, config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()),
+               kind=_AfterFirstInterval).setServiceParent(top)
+    if config.device_crl:
+        _timer(reactor, config.device_crl_interval, top.check_crl).setServiceParent(top)
+    _SighupService(reactor, top.reload).setServiceParent(top)
     for description in config.metrics_listen:
-        metrics_site = Site(top.metrics.resource(reactor, reactor.getThreadPool()))
+        metrics_site = Site(metrics.resource(reactor, reactor.getThreadPool()))
         metrics_site.log = lambda request: None  # scrapes are not access-logged
-        strports.service(description, metrics_site).setServiceParent(top)
-    top.log_setup = LogSetup(config.log_format, config.log_level)
-    top.dispatcher = Dispatcher(None, reactor, None, config, top.metrics)
-    top.dispatcher.setServiceParent(top)
+        _listener(reactor, serverFromString(reactor, description), metrics_site).setServiceParent(top)
+    return top
+
+
+def _listener(reactor, endpoint, factory):
+    """A listener on C{endpoint} whose bind error is raised at start (one line: RegistryService)."""
+    from twisted.application.internet import StreamServerEndpointService
+
+    listener = StreamServerEndpointService(endpoint, factory)
+    listener._raiseSynchronously = True  # as strports.service does
+    return listener
+
+
+def _timer(reactor, step: float, call, kind=internet.TimerService):
+    timer = kind(step, call)
+    timer.clock = reactor
+    return timer
 
 
 def _print_startup_errors_in_one_line() -> None:
@@ -282,7 +291,6 @@ def makeService(options: Options):
 
         return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
     server_options = options.subOptions
-    top = make_server(server_options.config, reactor, tls=server_options.tls)
-    top.log_observer = top.log_setup.for_twistd(getattr(options, "parent", None))
-    top.reload_config = lambda: load(server_options["config"], server_options.overrides)
-    return top
+    return make_server(server_options.config, reactor, tls=server_options.tls,
+                       twistd_options=getattr(options, "parent", None),
+                       reload_config=lambda: load(server_options["config"], server_options.overrides))

@@ -25,6 +25,7 @@ PLACES = {
     "izreg.storage": "storage",
     "izreg.auth": "auth",
     "izreg.registry": "registry",
+    "izreg.uploading": "registry",
     "izreg.browse": "registry",
     "izreg.inuse": "registry",
     "izreg.sweeper": "registry",
@@ -33,6 +34,7 @@ PLACES = {
     "izreg.edge": "service",
     "izreg.tap": "service",
     "izreg.cli": "commands",
+    "izreg.commands": "commands",
     "izreg.devices_cli": "commands",
     "izreg.manage_cli": "commands",
     "izreg.ops_cli": "commands",
@@ -47,7 +49,7 @@ ALLOWED = {
         "/readyz reads the disk floor the service built (DiskFloor); an interface would be one more file",
     ("izreg.http.errors", "izreg.storage.failures"):
         "a full disk or LMDB map is part of every store's contract: mapped to 507/503 where errors are rendered",
-    ("izreg.http.app", "izreg.storage.failures"):
+    ("izreg.http.sinks", "izreg.storage.failures"):
         "the body sink's write errors (ENOSPC) are answered before the handler runs",
 }
 

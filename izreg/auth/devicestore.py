@@ -32,8 +32,6 @@ Times are POSIX seconds passed in by the caller.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -43,7 +41,11 @@ from zope.interface import implementer
 from izreg.auth.devices import Revoked, normalize_fingerprint, normalize_serial
 from izreg.auth.interfaces import IDeviceStore
 from izreg.storage import schema
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 from izreg.storage.batch import LatestBatch
+from izreg.storage.pullkeys import PULL as _PULL
+from izreg.storage.pullkeys import PULLOF as _PULLOF
+from izreg.storage.pullkeys import pull_key, put_pullof
 from izreg.storage.refs import repo_key, scan
 
 SERIAL = "serial"
@@ -51,9 +53,6 @@ FINGERPRINT = "fingerprint"
 KINDS = (SERIAL, FINGERPRINT)
 
 _REVOKED = b"revoked"
-_PULL = b"pull"
-_PULLOF = b"pullof"
-_INDEXED = schema.key(b"meta", _PULLOF)
 
 
 @dataclass(frozen=True)
@@ -87,38 +86,20 @@ def _check_part(name: str, value: str) -> None:
 
 
 @implementer(IDeviceStore)
-class DeviceStore:
+class DeviceStore(LmdbStore):
     """Revocations and pull records over an open LMDB environment (see L{izreg.storage.lmdbenv.open_env})."""
 
     def __init__(self, env: lmdb.Environment) -> None:
+        super().__init__(env, schema.DEVICES)
         self._env = env
-        self._db = env.open_db(schema.DEVICES)
-        self._index_pulls()
-
-    def _index_pulls(self) -> None:
-        """Write the ``pullof`` entries of pull records made before they existed (once)."""
-        with self._env.begin(db=self._db) as txn:
-            if txn.get(_INDEXED) is not None:
-                return
-        with self._env.begin(write=True, db=self._db) as txn:
-            for k, v in list(scan(txn, self._db, schema.prefix(_PULL))):
-                _, account, device, repo, digest = k.decode().split("\x00")
-                self._put_pullof(txn, PullRecord(account, device, repo, digest, json.loads(v)["at"]))
-            txn.put(_INDEXED, b"1")
-
-    def _put_pullof(self, txn, r: PullRecord) -> None:
-        device = r.device_id if len(r.device_id) <= 64 else hashlib.sha256(r.device_id.encode()).hexdigest()
-        k = schema.key(_PULLOF, repo_key(r.repository), r.digest, device)
-        old = txn.get(k)
-        if old is None or json.loads(old)["at"] < r.at:
-            txn.put(k, json.dumps({"at": r.at, "device": r.device_id}).encode())
+        self._db = self.handle(schema.DEVICES)  # its pullof index is completed by open_env (pullkeys.index_pulls)
 
     def pull_devices(self, repository: str, digest: str) -> dict[str, float]:
         """Device id -> its last pull of this manifest."""
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             found = {}
             for _, v in scan(txn, self._db, schema.prefix(_PULLOF, repo_key(repository), digest)):
-                record = json.loads(v)
+                record = load(v)
                 found[record["device"]] = record["at"]
             return found
 
@@ -133,19 +114,19 @@ class DeviceStore:
         """Revoke a serial or fingerprint (normalized first); C{False} if it already was."""
         value = _normalize(kind, value)
         k = schema.key(_REVOKED, kind, value)
-        record = json.dumps({"at": now, "note": note}).encode()
-        with self._env.begin(write=True, db=self._db) as txn:
+        record = dump({"at": now, "note": note})
+        with self.writing(self._db) as txn:
             return txn.put(k, record, overwrite=False)
 
     def unrevoke(self, kind: str, value: str) -> bool:
         """Lift a revocation; C{False} if there was none."""
         k = schema.key(_REVOKED, kind, _normalize(kind, value))
-        with self._env.begin(write=True, db=self._db) as txn:
+        with self.writing(self._db) as txn:
             return txn.delete(k)
 
     def revocations_for(self, serial_hex: str, fingerprint: str) -> Revoked:
         """The revoked entries among this certificate's serial and fingerprint (one read txn)."""
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             serial = txn.get(schema.key(_REVOKED, SERIAL, serial_hex)) is not None
             fp = txn.get(schema.key(_REVOKED, FINGERPRINT, fingerprint)) is not None
         return Revoked(frozenset([serial_hex]) if serial else frozenset(),
@@ -154,14 +135,14 @@ class DeviceStore:
     def list_revoked(self) -> list[Revocation]:
         out = []
         start = schema.prefix(_REVOKED)
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             cursor = txn.cursor()
             if cursor.set_range(start):
                 for k, v in cursor:
                     if not k.startswith(start):
                         break
                     _, kind, value = k.split(schema.SEP)
-                    record = json.loads(v)
+                    record = load(v)
                     out.append(Revocation(kind.decode(), value.decode(), record["at"], record.get("note", "")))
         return out
 
@@ -170,11 +151,10 @@ class DeviceStore:
     def write_pulls(self, records: Iterable[PullRecord]) -> int:
         """Put every record in one write txn (the last pull per device and manifest wins)."""
         n = 0
-        with self._env.begin(write=True, db=self._db) as txn:
+        with self.writing(self._db) as txn:
             for r in records:
-                txn.put(schema.key(_PULL, r.account, r.device_id, r.repository, r.digest),
-                        json.dumps({"at": r.at}).encode())
-                self._put_pullof(txn, r)
+                txn.put(pull_key(r.account, r.device_id, r.repository, r.digest), dump({"at": r.at}))
+                put_pullof(txn, self._db, r.account, r.device_id, r.repository, r.digest, r.at)
                 n += 1
         return n
 
@@ -182,7 +162,7 @@ class DeviceStore:
         """An account's pull records, by device, repository, digest (optionally one repository only)."""
         start = schema.prefix(_PULL, account)
         out = []
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             cursor = txn.cursor()
             if cursor.set_range(start):
                 for k, v in cursor:
@@ -191,7 +171,7 @@ class DeviceStore:
                     _, acct, device, repo, digest = k.decode().split("\x00")
                     if repository is not None and repo != repository:
                         continue
-                    out.append(PullRecord(acct, device, repo, digest, json.loads(v)["at"]))
+                    out.append(PullRecord(acct, device, repo, digest, load(v)["at"]))
         return out
 
 

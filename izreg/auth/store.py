@@ -23,7 +23,6 @@ call L{AuthStore.get_key} on the reactor thread.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
@@ -36,6 +35,7 @@ from izreg.auth.interfaces import IAuthStore
 from izreg.auth.keys import AccessKey, RandomBytes
 from izreg.core.names import ACCOUNT_RE
 from izreg.storage import schema
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 
 MAX_NAME_LENGTH = 200
 
@@ -86,7 +86,7 @@ class KeyRecord:
 
 
 @implementer(IAuthStore)
-class AuthStore:
+class AuthStore(LmdbStore):
     """
     Accounts and keys over an open LMDB environment (from
     L{izreg.storage.lmdbenv.open_env}). Does not own or close the environment.
@@ -95,17 +95,18 @@ class AuthStore:
     """
 
     def __init__(self, env: lmdb.Environment, random: RandomBytes = secrets.token_bytes) -> None:
+        super().__init__(env, schema.ACCOUNTS, schema.KEYS)
         self._env = env
         self._random = random
-        self._accounts = env.open_db(schema.ACCOUNTS)
-        self._keys = env.open_db(schema.KEYS)
+        self._accounts = self.handle(schema.ACCOUNTS)
+        self._keys = self.handle(schema.KEYS)
 
     # Accounts ----------------------------------------------------------------
 
     def create_account(self, now: float, name: str = "") -> Account:
         """A new account with a fresh random id."""
         name = _check_name(name)
-        with self._env.begin(write=True) as txn:
+        with self.writing() as txn:
             return self._put_new_account(txn, now, name)
 
     def create_first_account(
@@ -125,7 +126,7 @@ class AuthStore:
         tries again instead of leaving a key nobody has ever seen.
         """
         name, key_name = _check_name(name), _check_name(key_name)
-        with self._env.begin(write=True) as txn:
+        with self.writing() as txn:
             if txn.cursor(db=self._accounts).first():
                 return None
             account = self._put_new_account(txn, now, name)
@@ -136,21 +137,21 @@ class AuthStore:
     def get_account(self, account_id: str) -> Account | None:
         if not ACCOUNT_RE.fullmatch(account_id):
             return None
-        with self._env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(account_id.encode("ascii"), db=self._accounts)
         return None if raw is None else _account(account_id, raw)
 
     def list_accounts(self) -> list[Account]:
         """Every account, by id."""
-        with self._env.begin() as txn:
+        with self.reading() as txn:
             return [_account(k.decode("ascii"), bytes(v)) for k, v in txn.cursor(db=self._accounts)]
 
     def delete_account(self, account_id: str) -> int:
         """Delete an account and every key of it (they fail from the next request on); return the key count."""
-        with self._env.begin(write=True) as txn:
+        with self.writing() as txn:
             if not txn.delete(account_id.encode("ascii"), db=self._accounts):
                 raise UnknownAccount(account_id)
-            doomed = [k for k, v in txn.cursor(db=self._keys) if json.loads(v).get("account") == account_id]
+            doomed = [k for k, v in txn.cursor(db=self._keys) if load(v).get("account") == account_id]
             for k in doomed:
                 txn.delete(k, db=self._keys)
             return len(doomed)
@@ -165,7 +166,7 @@ class AuthStore:
         @raise UnknownAccount: if there is no such account.
         """
         name = _check_name(name)
-        with self._env.begin(write=True) as txn:
+        with self.writing() as txn:
             if not _has_account(txn, self._accounts, account_id):
                 raise UnknownAccount(account_id)
             return self._put_new_key(txn, account_id, name, read_only, now)
@@ -174,7 +175,7 @@ class AuthStore:
         """The record of C{key_id} (revoked or not), for authentication."""
         if not keys.is_key_id(key_id):
             return None
-        with self._env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(key_id.encode("ascii"), db=self._keys)
         return None if raw is None else _key(key_id, raw)
 
@@ -184,7 +185,7 @@ class AuthStore:
 
         @raise UnknownAccount: if there is no such account.
         """
-        with self._env.begin() as txn:
+        with self.reading() as txn:
             if not _has_account(txn, self._accounts, account_id):
                 raise UnknownAccount(account_id)
             found = [r for r in self._all_keys(txn) if r.account == account_id]
@@ -205,14 +206,14 @@ class AuthStore:
         never moves backwards; unknown keys are skipped). The number written.
         """
         n = 0
-        with self._env.begin(write=True, db=self._keys) as txn:
+        with self.writing(self._keys) as txn:
             for key_id, now in stamps.items():
                 raw = txn.get(key_id.encode("ascii")) if keys.is_key_id(key_id) else None
                 if raw is None:
                     continue
-                value = json.loads(raw)
+                value = load(raw)
                 if now > (value.get("last_used") or 0):
-                    txn.put(key_id.encode("ascii"), json.dumps({**value, "last_used": now}).encode())
+                    txn.put(key_id.encode("ascii"), dump({**value, "last_used": now}))
                     n += 1
         return n
 
@@ -221,7 +222,7 @@ class AuthStore:
     def _put_new_account(self, txn: lmdb.Transaction, now: float, name: str) -> Account:
         while True:
             account_id = keys.generate_account_id(self._random)
-            value = json.dumps({"name": name, "created": now}).encode()
+            value = dump({"name": name, "created": now})
             if txn.put(account_id.encode("ascii"), value, db=self._accounts, overwrite=False):
                 return Account(account_id, name, now)
 
@@ -237,13 +238,13 @@ class AuthStore:
     def _update_key(self, key_id: str, change: Callable[[dict], dict]) -> KeyRecord:
         if not keys.is_key_id(key_id):
             raise UnknownKey(key_id)
-        with self._env.begin(write=True) as txn:
+        with self.writing() as txn:
             raw = txn.get(key_id.encode("ascii"), db=self._keys)
             if raw is None:
                 raise UnknownKey(key_id)
-            value = change(json.loads(raw))
-            txn.put(key_id.encode("ascii"), json.dumps(value).encode(), db=self._keys)
-        return _key(key_id, json.dumps(value).encode())
+            value = change(load(raw))
+            txn.put(key_id.encode("ascii"), dump(value), db=self._keys)
+        return _key(key_id, dump(value))
 
     def _all_keys(self, txn: lmdb.Transaction) -> Iterator[KeyRecord]:
         for k, v in txn.cursor(db=self._keys):
@@ -262,12 +263,12 @@ def _check_name(name: str) -> str:
 
 
 def _account(account_id: str, raw: bytes) -> Account:
-    value = json.loads(raw)
+    value = load(raw)
     return Account(account_id, value.get("name", ""), value["created"])
 
 
 def _encode_key(record: KeyRecord) -> bytes:
-    return json.dumps(
+    return dump(
         {
             "account": record.account,
             "name": record.name,
@@ -277,11 +278,11 @@ def _encode_key(record: KeyRecord) -> bytes:
             "last_used": record.last_used,
             "revoked": record.revoked,
         }
-    ).encode()
+    )
 
 
 def _key(key_id: str, raw: bytes) -> KeyRecord:
-    value = json.loads(raw)
+    value = load(raw)
     return KeyRecord(
         key_id=key_id,
         account=value["account"],

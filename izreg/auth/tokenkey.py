@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.auth.test_tokenkey -*-
+# -*- test-case-name: tests.auth.test_store -*-
 """
 The token signing key, kept in the data directory so that issued tokens stay
 valid across a restart or an upgrade.

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import lmdb
 
 from izreg.core.digest import Digest
+from izreg.storage.lmdbenv import open_dbs
 
 SEP = b"\x00"
 _DBS = (b"entries", b"lru", b"tags", b"pins", b"reports", b"meta")
@@ -67,7 +68,8 @@ class EdgeCache:
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self.env = lmdb.open(os.path.join(self.root, "index"), map_size=map_size, max_dbs=len(_DBS),
                              subdir=True, sync=False, max_readers=64)
-        self._db = {name.decode(): self.env.open_db(name) for name in _DBS}
+        # opened once, in one transaction, before anything else uses the environment
+        self._db = {name.decode(): db for name, db in open_dbs(self.env, _DBS).items()}
 
     def close(self) -> None:
         self.env.sync(True)

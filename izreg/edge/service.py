@@ -9,7 +9,9 @@ report timer.
 
 from __future__ import annotations
 
-from twisted.application import internet, service, strports
+from twisted.application import internet, service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -76,11 +78,11 @@ class EdgeOptions(usage.Options):
 class EdgeService(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: EdgeConfig, policy, reactor) -> None:
+    def __init__(self, config: EdgeConfig, policy, reactor, api, site) -> None:
         super().__init__()
         self.config, self.policy, self.reactor = config, policy, reactor
-        self.cache = self.api = self.reporter = self.pinner = None
-        self.site = None
+        self.api, self.site = api, site  # the API is bound to the cache and upstream when they open
+        self.cache = self.reporter = self.pinner = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -126,17 +128,17 @@ def make_edge(config: EdgeConfig, reactor, policy):
     from izreg.edge.proxy import EdgeAPI, EdgeSite
     from izreg.http.plain import RefuseTLSFactory
 
-    top = EdgeService(config, policy, reactor)
     api = EdgeAPI()
-    top.api = api
     site = EdgeSite(api.resource())
+    top = EdgeService(config, policy, reactor, api, site)
     for description in config.listen:
-        strports.service(description, RefuseTLSFactory(site)).setServiceParent(top)
+        listener = StreamServerEndpointService(serverFromString(reactor, description), RefuseTLSFactory(site))
+        listener._raiseSynchronously = True  # a port in use fails the start (one line), as strports.service does
+        listener.setServiceParent(top)
     pins = internet.TimerService(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()))
     pins.clock = reactor
     pins.setServiceParent(top)
     reports = internet.TimerService(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()))
     reports.clock = reactor
     reports.setServiceParent(top)
-    top.site = site
     return top

@@ -35,6 +35,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.resource import Resource
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
@@ -383,17 +384,25 @@ class RegistrySite(server.Site):
     """
 
     requestFactory = RegistryRequest
-    #: C{access_log(request, status=None)}, called once per request (L{izreg.http.accesslog.AccessLog})
-    access_log = None
 
     def __init__(self, resource, body_for, connections: ConnectionLimits | None = None,
-                 slow: SlowSenders | None = None, proxies=None, **kwargs) -> None:
-        super().__init__(resource, **kwargs)
-        self.body_for = body_for
+                 slow: SlowSenders | None = None, proxies=None, access_log=None, **kwargs) -> None:
+        super().__init__(resource if resource is not None else _NotOpen(), **kwargs)
+        self.body_for = body_for if body_for is not None else _not_open
+        #: C{access_log(request, status=None)}, called once per request (L{izreg.http.accesslog.AccessLog})
+        self.access_log = access_log
         self.proxies = proxies  # izreg.http.clientaddr.TrustedProxies
         self.connections = connections
         self.slow = slow
         self._refusals = ThrottledLog(log)
+
+    def serve(self, resource, body_for) -> None:
+        """
+        Serve the API built once storage is open (the site, with its
+        listeners, is made before twistd forks; the API after).
+        """
+        self.resource = resource
+        self.body_for = body_for
 
     def protocol(self):
         return http._GenericHTTPChannelProtocol(RegistryChannel())
@@ -415,3 +424,20 @@ class RegistrySite(server.Site):
         if self.access_log is None:
             return super().log(request)
         self.access_log(request)
+
+
+_STARTING = "the registry is starting: its storage is not open yet"
+
+
+def _not_open(request, method, uri, length):
+    """The site's C{body_for} until L{RegistrySite.serve} (no request reaches it before the storage opens)."""
+    raise RegistryError(ErrorCode.UNAVAILABLE, None, _STARTING)
+
+
+class _NotOpen(Resource):
+    """The site's resource until L{RegistrySite.serve}: 503, like L{_not_open}."""
+
+    isLeaf = True
+
+    def render(self, request):
+        return render_error(request, RegistryError(ErrorCode.UNAVAILABLE, None, _STARTING))

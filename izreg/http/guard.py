@@ -202,16 +202,3 @@ def _browse_api(request) -> bool:
 
 def _scope_actions(action: Action) -> list[Action]:
     return [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
-
-
-class OpenGuard:
-    """No authentication at all: only for tests of the registry's own behaviour."""
-
-    def check(self, request, repository: Repository | None, action: Action) -> Principal | None:
-        return None
-
-    def authorize(self, request, access: Access, repository: Repository | None) -> Principal | None:
-        return None
-
-    def catalog_account(self, request) -> str | None:
-        return None

@@ -79,14 +79,19 @@ class Metrics:
 
     def watch_storage(self, env=None, index=None) -> None:
         """
-        Add the gauges read from the metadata index (any L{IMetadataIndex}; by default
-        the LMDB index over C{env}) and, with the LMDB environment C{env}, its map.
+        The gauges read from the metadata index (any L{IMetadataIndex}; by default
+        the LMDB index over C{env}) and, with the LMDB environment C{env}, its map
+        (replacing those of an earlier start).
         """
         if index is None:
             from izreg.storage.lmdbindex import Index
 
             index = Index(env)
-        self.registry.register(StorageCollector(index, env))
+        previous = getattr(self, "_storage", None)
+        if previous is not None:
+            self.registry.unregister(previous)
+        self._storage = StorageCollector(index, env)
+        self.registry.register(self._storage)
 
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""

@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.service.test_tap -*-
 """
-The storage lifecycle: LMDB and the thread pools are opened in
-C{startService} (after twistd has forked: LMDB must never cross a fork)
-and closed in C{stopService}. Authentication is built here too, because it
-reads accounts, keys and device revocations from the same LMDB environment.
+The storage lifecycle and the composition root: LMDB and the thread pools
+are opened in C{startService} (after twistd has forked: LMDB must never
+cross a fork) and closed in C{stopService}. Everything that reads them is
+built there, complete, in one place (L{RegistryService._compose}): the
+registry, authentication, webhooks, readiness and the L{RegistryAPI} the
+site then serves. Nothing sets attributes on the API or on this service
+from outside: what exists before the fork (the site, listeners, timers,
+metrics, the log setup) is given to the constructor by
+L{izreg.tap.make_server}.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
 from izreg.auth.devicestore import PullRecorder
 from izreg.browse import Browser
+from izreg.http.app import RegistryAPI
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
-from izreg.http.limits import raise_open_files_limit
+from izreg.http.limits import BodyBudget, raise_open_files_limit
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
@@ -40,27 +46,37 @@ class RegistryService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, api, reactor, tls: ServerTLS | None = None, guard=None) -> None:
+    def __init__(self, config: Config, reactor, site, *, tls: ServerTLS | None = None, guard=None, metrics=None,
+                 log_setup=None, log_observer=None, reload_config=None) -> None:
+        """
+        @param site: the L{izreg.http.bodies.RegistrySite} the listeners serve; it is handed the API once built.
+        @param guard: replaces the L{AccessGuard} (tests of the registry's own behaviour only).
+        @param metrics: L{izreg.service.metrics.Metrics}, or C{None}.
+        @param log_setup: L{izreg.service.logs.LogSetup} (its level is re-read on SIGHUP), or C{None}.
+        @param log_observer: the observer twistd should use instead of its own, or C{None}.
+        @param reload_config: C{() -> Config}: the config file and options, read again (SIGHUP).
+        """
         super().__init__()
         self.config = config
-        self.api = api
         self.reactor = reactor
+        self.site = site
         self.tls = tls
         self.fixed_guard = guard
+        self.metrics = metrics
+        self.log_setup = log_setup
+        self.log_observer = log_observer
+        self.reload_config = reload_config
+        # built by startService once the storage is open (None while stopped)
+        self.api: RegistryAPI | None = None
         self.registry: Registry | None = None
         self.index = None  # the metadata index (backend.index) the registry and the browse API read
         self.pulls: PullRecorder | None = None
         self.authenticator: Authenticator | None = None
-        self._pools: list[ThreadPool] = []
+        self.dispatcher = None  # izreg.service.webhooks.Dispatcher, a child while running
         self.backend = None  # izreg.service.backends.Backend: the metadata stores and their runners
-        # operations (izreg.service.metrics, .logs): set by make_server
-        self.metrics = None
-        self.dispatcher = None  # izreg.service.webhooks.Dispatcher
-        self.log_setup = None
-        self.log_observer = None
-        self.reload_config = None  # () -> Config: the config file and options, read again
         self.readiness: Readiness | None = None
         self.crl_file: CRLFile | None = None
+        self._pools: list[ThreadPool] = []
 
     def setServiceParent(self, parent):
         # twistd's application asks for a log observer before using its own (izreg.service.logs)
@@ -105,7 +121,7 @@ class RegistryService(service.MultiService):
         os.makedirs(root, mode=0o700, exist_ok=True)
         backend = self.backend = self.backend or self._open_backend()
         env = backend.env
-        self.index = index = backend.index
+        self.index = backend.index
         writer = ThreadPool(1, 1, "izreg-writer")
         io = ThreadPool(0, 4, "izreg-io")
         for pool in (writer, io):
@@ -114,25 +130,69 @@ class RegistryService(service.MultiService):
         backend.start(self.reactor, writer)
         self._run_io = self._runner(io)
         self._run_write = backend.run_write
+        self.api = self._compose(env, root)
+        self.site.serve(self.api.resource(), self.api.body_for)
+        self._drop_orphans()
+        self.log.info("izreg storage open at {root}", root=root)
+        super().startService()
+
+    def _compose(self, env, root: str) -> RegistryAPI:
+        """The registry, authentication, webhooks and readiness over the open storage, and the API over them."""
+        from izreg.service.webhooks import Dispatcher, Events
+
+        config, reactor, backend = self.config, self.reactor, self.backend
         blobs, uploads = self._open_storage(root)
+        self.dispatcher = Dispatcher(backend.webhooks, reactor, self._run_write, config, self.metrics,
+                                     run_read=backend.run_read)
+        events = Events(backend.webhooks, self.dispatcher, reactor, self._run_write, run_read=backend.run_read)
+        if bootstrap(backend.auth, root, reactor.seconds()) is None:
+            warn_if_left(root)
+        self.authenticator = authenticator = Authenticator(
+            backend.auth,
+            reactor.seconds,
+            token_service=config.token_service,
+            token_ttl=config.token_ttl,
+            limiter=backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
+            signing_key=backend.token_key().secret,
+            run_read=backend.run_read,
+        )
+        if config.token_service:
+            authenticator.signing_key()  # made now (0600) rather than on the first token request
+        devices = backend.devices
+        self.pulls = PullRecorder(devices)
         self.registry = Registry(
-            index,
+            self.index,
             blobs,
             uploads,
-            now=self.reactor.seconds,
+            now=reactor.seconds,
             run_write=self._run_write,
             run_read=backend.run_read,
             run_io=self._run_io,
             limits=Limits(max_manifest_size=config.max_manifest_size, delete_enabled=config.delete_enabled,
                           max_open_uploads=config.max_open_uploads),
             audit=backend.audit,
+            in_use=InUse(self.pulls.devices, reactor.seconds, config.in_use_window) if config.protect_in_use else None,
+            on_change=events.changed,
         )
-        self._drop_orphans()
-        self._start_operations(env, root)
-        self._start_auth(env, root)
-        self.api.registry = self.registry
-        self.log.info("izreg storage open at {root}", root=root)
-        super().startService()
+        self.readiness = Readiness(backend.index_error, self._probe(root),
+                                   DiskFloor(root, parse_floor(config.min_free_disk)))
+        if self.metrics is not None:
+            self.metrics.watch_storage(env, index=backend.index)
+        self.dispatcher.setServiceParent(self)
+        return RegistryAPI(
+            self.registry,
+            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
+                                            run_read=backend.run_read),
+            reactor.seconds,
+            chunk_min_length=config.chunk_min_length,
+            authenticator=authenticator if config.token_service else None,
+            pulls=self.pulls,
+            budget=BodyBudget(config.body_memory),
+            ui=config.ui_enabled,
+            browser=Browser(self.index, blobs, devices),
+            readiness=self.readiness,
+            events=events,
+        )
 
     def _open_backend(self):
         """The metadata stores of C{[metadata]} (izreg.service.backends); a failure is one line."""
@@ -169,69 +229,37 @@ class RegistryService(service.MultiService):
         d = self._run_io(self.registry.drop_orphan_uploads)
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
-    def _start_operations(self, env, root: str) -> None:
+    def _probe(self, root: str):
+        """The readiness probe: can the data directories be written (in the I/O pool)."""
         def probe():
             names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
-        if self.dispatcher is not None:
-            from izreg.service.webhooks import Events
-            self.dispatcher.store = self.backend.webhooks
-            self.dispatcher.run_write = self.registry.run_write
-            self.dispatcher.run_read = self.backend.run_read
-            events = Events(self.dispatcher.store, self.dispatcher, self.reactor, self.registry.run_write,
-                            run_read=self.backend.run_read)
-            self.registry.on_change = events.changed
-            self.api.events = events
-        self.readiness = Readiness(self.backend.index_error, probe, DiskFloor(root, parse_floor(self.config.min_free_disk)))
-        self.api.readiness = self.readiness
-        if self.metrics is not None and not getattr(self.metrics, "storage_watched", False):
-            self.metrics.watch_storage(env, index=self.backend.index)
-            self.metrics.storage_watched = True
+        return probe
 
-    def _start_auth(self, env, root: str) -> None:
+    def _device_verifier(self, devices) -> DeviceVerifier | None:
+        """Device certificates on the TLS listener (C{[tls] device_ca}), or C{None}."""
         config = self.config
-        store = self.backend.auth
-        if bootstrap(store, root, self.reactor.seconds()) is None:
-            warn_if_left(root)
-        self.authenticator = authenticator = Authenticator(
-            store,
-            self.reactor.seconds,
-            token_service=config.token_service,
-            token_ttl=config.token_ttl,
-            limiter=self.backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
-            signing_key=self.backend.token_key().secret,
-            run_read=self.backend.run_read,
+        if self.tls is None or not config.device_ca:
+            return None
+        self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
+        if self.crl_file is not None:
+            self.crl_file.refresh()  # before the first request; then check_crl's timer
+        crls = self.crl_file.current if self.crl_file else (lambda: ())
+        return DeviceVerifier(
+            cas=self.tls.device_cas,
+            revoked=devices.revocations_for,
+            crls=crls,
+            fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
         )
-        if config.token_service:
-            authenticator.signing_key()  # made now (0600) rather than on the first token request
-        devices = self.backend.devices
-        self.pulls = PullRecorder(devices)
-        self.api.browser = Browser(self.index, self.registry.blobs, devices)
-        if config.protect_in_use:
-            self.registry.in_use = InUse(self.pulls.devices, self.reactor.seconds, config.in_use_window)
-        verifier = None
-        if self.tls is not None and config.device_ca:
-            self.crl_file = CRLFile(config.device_crl, self.tls.device_cas) if config.device_crl else None
-            if self.crl_file is not None:
-                self.crl_file.refresh()  # before the first request; then check_crl's timer
-            crls = self.crl_file.current if self.crl_file else (lambda: ())
-            verifier = DeviceVerifier(
-                cas=self.tls.device_cas,
-                revoked=devices.revocations_for,
-                crls=crls,
-                fields=SubjectFields.parse(config.device_account_field, config.device_id_field),
-            )
-        self.api.guard = self.fixed_guard or AccessGuard(authenticator, verifier, self.reactor.seconds,
-                                                           run_read=self.backend.run_read)
-        self.api.authenticator = authenticator if config.token_service else None
-        self.api.pulls = self.pulls
-        self.api.now = self.reactor.seconds
 
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
-        slow = getattr(getattr(self, "site", None), "slow", None)
+        if self.dispatcher is not None:
+            self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
+            self.dispatcher = None
+        slow = getattr(self.site, "slow", None)
         if slow is not None:
             slow.stop()
         yield self.flush_batches()
@@ -240,7 +268,7 @@ class RegistryService(service.MultiService):
         self._pools = []
         if self.backend is not None:
             self.backend.close()
-            self.registry = self.index = self.backend = None
+            self.registry = self.index = self.backend = self.api = None
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""

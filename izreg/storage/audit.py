@@ -17,7 +17,6 @@ on its writer thread, like every other write.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import struct
 from typing import Any
@@ -27,6 +26,7 @@ from zope.interface import implementer
 
 from izreg.storage import schema
 from izreg.storage.interfaces import IAuditLog
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 
 _TIME = struct.Struct(">Q")
 
@@ -43,12 +43,13 @@ def iso(when: float | None) -> str | None:
 
 
 @implementer(IAuditLog)
-class AuditLog:
+class AuditLog(LmdbStore):
     """Append-only audit records over an open LMDB environment."""
 
     def __init__(self, env: lmdb.Environment) -> None:
+        super().__init__(env, schema.AUDIT)
         self._env = env
-        self._db = env.open_db(schema.AUDIT)
+        self._db = self.handle(schema.AUDIT)
 
     def record(
         self,
@@ -63,13 +64,13 @@ class AuditLog:
     ) -> None:
         value = {"action": action, "account": account, "actor": actor, "target": target,
                  "address": address, "detail": detail}
-        with self._env.begin(write=True, db=self._db) as txn:
-            txn.put(_key(now), json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+        with self.writing(self._db) as txn:
+            txn.put(_key(now), dump(value))
 
     def entries(self, account: str | None = None, since: float | None = None, limit: int | None = None) -> list[dict]:
         """Records oldest first (optionally one account's, from C{since} on, at most C{limit})."""
         out: list[dict] = []
-        with self._env.begin(db=self._db) as txn:
+        with self.reading(self._db) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(_TIME.pack(max(0, int(since * 1_000_000)))) if since is not None else cursor.first()
             if not found:
@@ -77,7 +78,7 @@ class AuditLog:
             for k, v in cursor:
                 if limit is not None and len(out) >= limit:
                     break
-                entry = json.loads(v)
+                entry = load(v)
                 if account is not None and entry.get("account") != account:
                     continue
                 entry["time"] = _TIME.unpack(k[:8])[0] / 1_000_000

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_backup -*-
+# -*- test-case-name: tests.test_ops_cli -*-
 """
 ``izreg backup DIR`` and ``izreg restore DIR``: a consistent copy of a data
 directory, taken while the server runs.
@@ -35,7 +35,7 @@ import lmdb
 from izreg.core.digest import Digest
 from izreg.storage import schema
 from izreg.storage.blobs import BlobStore, fsync_dir
-from izreg.storage.lmdbenv import index_path, open_env
+from izreg.storage.lmdbenv import handle, index_path, open_dbs, open_env
 from izreg.storage.webhooks import KEY_FILE
 
 #: secrets kept beside the index: the webhook secrets' key, and the token signing key
@@ -66,8 +66,9 @@ def _empty_dir(path: str, what: str) -> None:
 def _snapshot_blobs(index_dir: str) -> list[tuple[Digest, int]]:
     env = lmdb.open(index_dir, readonly=True, lock=False, max_dbs=schema.MAX_DBS, subdir=True)
     try:
+        open_dbs(env, (schema.BLOBS,), write=False)
         with env.begin() as txn:
-            db = env.open_db(schema.BLOBS, txn=txn, create=False)
+            db = handle(env, schema.BLOBS)
             return [(Digest.parse(k.decode()), json.loads(v)["size"]) for k, v in txn.cursor(db=db)]
     finally:
         env.close()
@@ -175,7 +176,7 @@ def restore(source: str, data_dir: str, map_size: int, progress: Callable[[int, 
     env = open_env(data_dir, map_size)  # checks (and upgrades) the schema
     try:
         with env.begin(write=True) as txn:
-            txn.drop(env.open_db(schema.UPLOADS, txn=txn), delete=False)  # sessions have no bytes here
+            txn.drop(handle(env, schema.UPLOADS), delete=False)  # sessions have no bytes here
     finally:
         env.close()
     return Summary(len(blobs), total, os.path.getsize(data_file))

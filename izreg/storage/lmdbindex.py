@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_lmdbindex -*-
+# -*- test-case-name: tests.storage.test_index -*-
 """
 The LMDB metadata index: repositories, tags, manifests, blob links, upload
 sessions and referrers.
@@ -12,8 +12,6 @@ source is linked) happen inside the write transaction.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterator
 
 import lmdb
 from zope.interface import implementer
@@ -22,26 +20,22 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.storage import schema
 from izreg.storage.interfaces import IMetadataIndex
-from izreg.storage.lmdbenv import dbs
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 from izreg.storage.refs import COUNTERS, Refs, manifest_blobs, manifest_children, repo_key, split_manifest
 from izreg.storage.refs import scan as _scan
 from izreg.storage.schema import key, prefix
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 _children = manifest_children
 
 
 @implementer(IMetadataIndex)
-class Index:
+class Index(LmdbStore):
     """The registry's metadata over an open LMDB environment."""
 
     def __init__(self, env: lmdb.Environment) -> None:
-        self.env = env
-        self._db = dbs(env)
+        super().__init__(env, *schema.ALL)
+        self._db = self._handles
         self.refs = Refs(self._db)
 
     def close(self) -> None:
@@ -52,7 +46,7 @@ class Index:
     def _touch_repo(self, txn, name: str, now: float) -> None:
         k = name.encode()
         if txn.get(k, db=self._db[schema.REPOS]) is None:
-            txn.put(k, _dump({"created": now}), db=self._db[schema.REPOS])
+            txn.put(k, dump({"created": now}), db=self._db[schema.REPOS])
 
     def _drop_repo_if_empty(self, txn, name: str) -> None:
         for db in (schema.MANIFESTS, schema.LINKS, schema.TAGS):
@@ -61,12 +55,12 @@ class Index:
         txn.delete(name.encode(), db=self._db[schema.REPOS])
 
     def repo_exists(self, name: str) -> bool:
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return txn.get(name.encode(), db=self._db[schema.REPOS]) is not None
 
     def list_repos(self, start: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         """Repository names starting with C{start}, after C{last}; and whether more follow."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             names = []
             for k, _ in _scan(txn, self._db[schema.REPOS], start.encode(), last.encode() if last else None):
                 if len(names) == limit:
@@ -76,12 +70,12 @@ class Index:
 
     def repo_stats(self, name: str) -> dict | None:
         """The repository's counters (see L{izreg.storage.refs}), or C{None}."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return self.refs.stats(txn, name)
 
     def list_repo_stats(self, start: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict]], bool]:
         """Like L{list_repos}, with each repository's counters."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             out = []
             for k, _ in _scan(txn, self._db[schema.REPOS], start.encode(), last.encode() if last else None):
                 if len(out) == limit:
@@ -93,16 +87,16 @@ class Index:
 
     def blob_size(self, name: str, digest: Digest) -> int | None:
         """The size of a blob the repository may read, or C{None}."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             if txn.get(key(name, str(digest)), db=self._db[schema.LINKS]) is None:
                 return None
             record = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
-            return json.loads(record)["size"] if record is not None else None
+            return load(record)["size"] if record is not None else None
 
     def blob_record(self, digest: Digest) -> dict | None:
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             record = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
-            return json.loads(record) if record is not None else None
+            return load(record) if record is not None else None
 
     def _link(self, txn, name: str, digest: str, now: float) -> None:
         # the value is the link's time: garbage collection drops a link the repository's
@@ -119,7 +113,7 @@ class Index:
         transaction, maybe from another process) never sees a blob between
         file and record.
         """
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             d = str(digest)
             if place is not None:
                 place()
@@ -131,7 +125,7 @@ class Index:
     def mount_blob(self, name: str, digest: Digest, sources: list[str], now: float) -> bool:
         """Link C{digest} into C{name} if one of the repositories C{sources} has it linked."""
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:
                 return False
             linked = [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
@@ -144,14 +138,14 @@ class Index:
     def _touch_blob(self, txn, d: str, size: int | None, now: float) -> None:
         """Create the blob's record or refresh its C{touched} time (which holds off garbage collection)."""
         raw = txn.get(d.encode(), db=self._db[schema.BLOBS])
-        record = json.loads(raw) if raw is not None else {"size": size, "created": now}
+        record = load(raw) if raw is not None else {"size": size, "created": now}
         record["touched"] = now
-        txn.put(d.encode(), _dump(record), db=self._db[schema.BLOBS])
+        txn.put(d.encode(), dump(record), db=self._db[schema.BLOBS])
 
     def unused_blob(self, name: str, digest: Digest) -> bool:
         """Whether the repository has the blob linked but none of its manifests names it (one read)."""
         k = key(name, str(digest))
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return txn.get(k, db=self._db[schema.LINKS]) is not None and \
                 txn.get(k, db=self._db[schema.REPOBLOBS]) is None
 
@@ -161,7 +155,7 @@ class Index:
         for a grace period, as if just uploaded; C{False} if it is gone.
         """
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None or \
                     txn.get(key(name, d), db=self._db[schema.LINKS]) is None:
                 return False
@@ -171,17 +165,17 @@ class Index:
 
     def blob_referenced(self, digest: Digest) -> bool:
         """Whether any manifest of any repository names the blob."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return self.refs.blob_referenced(txn, str(digest))
 
     def repos_linking(self, digest: Digest) -> list[str]:
         d = str(digest)
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             if not txn.delete(key(name, d), db=self._db[schema.LINKS]):
                 return False
             txn.delete(key(d, name), db=self._db[schema.BLOBLINKS])
@@ -191,23 +185,23 @@ class Index:
     # -- upload sessions -----------------------------------------------------
 
     def put_upload(self, upload_id: str, record: dict) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(upload_id.encode(), _dump(record), db=self._db[schema.UPLOADS])
+        with self.writing() as txn:
+            txn.put(upload_id.encode(), dump(record), db=self._db[schema.UPLOADS])
 
     def get_upload(self, upload_id: str) -> dict | None:
         if len(upload_id.encode()) > schema.MAX_KEY:
             return None  # an id from a URL: no session has one this long
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(upload_id.encode(), db=self._db[schema.UPLOADS])
-            return json.loads(raw) if raw is not None else None
+            return load(raw) if raw is not None else None
 
     def delete_upload(self, upload_id: str) -> bool:
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             return txn.delete(upload_id.encode(), db=self._db[schema.UPLOADS])
 
     def list_uploads(self) -> list[tuple[str, dict]]:
-        with self.env.begin() as txn:
-            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.UPLOADS])]
+        with self.reading() as txn:
+            return [(k.decode(), load(v)) for k, v in txn.cursor(db=self._db[schema.UPLOADS])]
 
     # -- manifests, tags and referrers ----------------------------------------
 
@@ -228,13 +222,13 @@ class Index:
         in the repository: C{blobs} as (digest, size) links, C{children} as manifests.
         """
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             missing = []
             for blob, size in blobs:
                 record = txn.get(blob.encode(), db=self._db[schema.BLOBS])
                 if txn.get(key(name, blob), db=self._db[schema.LINKS]) is None or record is None:
                     missing.append({"digest": blob})
-                elif json.loads(record)["size"] != size:
+                elif load(record)["size"] != size:
                     raise RegistryError(
                         ErrorCode.MANIFEST_INVALID,
                         {"reason": "descriptor size does not match the blob", "digest": blob, "size": size},
@@ -248,7 +242,7 @@ class Index:
             existing = txn.get(key(name, d), db=self._db[schema.MANIFESTS])
             if existing is None:
                 meta = {**meta, "blobs": sorted(dict(blobs).items()), "children": sorted(set(children))}
-                txn.put(key(name, d), _dump(meta) + schema.SEP + data, db=self._db[schema.MANIFESTS])
+                txn.put(key(name, d), dump(meta) + schema.SEP + data, db=self._db[schema.MANIFESTS])
                 self.refs.add_manifest(txn, name, meta, data, now)
             else:
                 self.refs.pushed(txn, name, now)
@@ -258,20 +252,20 @@ class Index:
                 self.refs.set_tag(txn, name, tag, d, previous.decode() if previous is not None else None)
             if referrer is not None:
                 subject, descriptor = referrer
-                txn.put(schema.bounded_key(name, subject, d), _dump(descriptor), db=self._db[schema.REFERRERS])
+                txn.put(schema.bounded_key(name, subject, d), dump(descriptor), db=self._db[schema.REFERRERS])
 
     def get_manifest(self, name: str, digest: Digest) -> tuple[dict, bytes] | None:
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(key(name, str(digest)), db=self._db[schema.MANIFESTS])
             if raw is None:
                 return None
             meta, data = bytes(raw).split(schema.SEP, 1)
-            return json.loads(meta), data
+            return load(meta), data
 
     def list_manifests(self, name: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict, bytes, list[str]]], bool]:
         """(digest, meta, bytes, tags) of the repository's manifests by digest, after C{last}; and whether more follow."""
         start = prefix(name)
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             out = []
             for k, v in _scan(txn, self._db[schema.MANIFESTS], start, key(name, last) if last else None):
                 if len(out) == limit:
@@ -282,17 +276,17 @@ class Index:
             return out, False
 
     def tags_of(self, name: str, digest: Digest) -> list[str]:
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return self.refs.tags_of(txn, name, str(digest))
 
     def resolve_tag(self, name: str, tag: str) -> Digest | None:
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(key(name, tag), db=self._db[schema.TAGS])
             return Digest(*raw.decode().split(":", 1)) if raw is not None else None
 
     def list_tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         start = prefix(name)
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             tags = []
             after = key(name, last) if last else None
             for k, _ in _scan(txn, self._db[schema.TAGS], start, after):
@@ -302,7 +296,7 @@ class Index:
             return tags, False
 
     def delete_tag(self, name: str, tag: str) -> bool:
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             digest = txn.pop(key(name, tag), db=self._db[schema.TAGS])
             if digest is None:
                 return False
@@ -316,13 +310,13 @@ class Index:
 
     def children_of(self, name: str, digest: Digest) -> list[str]:
         """The child manifests an index names (none for an image or an unknown digest)."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(key(name, str(digest)), db=self._db[schema.MANIFESTS])
             return _children(*split_manifest(raw)) if raw is not None else []
 
     def deletion(self, name: str, digest: Digest) -> list[str]:
         """What L{delete_tree} would remove now: the manifest, then the children it takes along."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return self._doomed(txn, name, str(digest))
 
     def _doomed(self, txn, name: str, d: str) -> list[str]:
@@ -363,7 +357,7 @@ class Index:
         subject). Returns C{{"deleted": [digests], "tags": [tags]}}, or C{None}.
         """
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             doomed = self._doomed(txn, name, d) if cascade else [d]
             if txn.get(key(name, d), db=self._db[schema.MANIFESTS]) is None:
                 return None
@@ -383,7 +377,7 @@ class Index:
     def purge_repo(self, name: str) -> int:
         """Delete a repository with everything in it (manifests, tags, referrers, links); return its manifest count."""
         start = prefix(name)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             manifests = 0
             for k, v in list(_scan(txn, self._db[schema.MANIFESTS], start)):
                 self.refs.remove_manifest(txn, name, *split_manifest(v))
@@ -401,23 +395,23 @@ class Index:
             return manifests
 
     def referrers(self, name: str, subject: Digest) -> list[dict]:
-        with self.env.begin() as txn:
-            return [json.loads(v) for _, v in _scan(txn, self._db[schema.REFERRERS], prefix(name, str(subject)))]
+        with self.reading() as txn:
+            return [load(v) for _, v in _scan(txn, self._db[schema.REFERRERS], prefix(name, str(subject)))]
 
     # -- whole-index reads: browse, metrics ---------------------------------------
 
     def account_blobs(self, account: str) -> set[str]:
         """The blobs the manifests of the account's repositories name."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             return {blob for _, blob in self.refs.repo_blobs(txn, f"{account}/")}
 
     def totals(self) -> dict:
         """Counts and bytes of blobs, manifests and upload sessions (the metrics' gauges)."""
         totals = {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for _, value in txn.cursor(db=self._db[schema.BLOBS]):
                 totals["blobs"] += 1
-                totals["blob_bytes"] += json.loads(value).get("size") or 0
+                totals["blob_bytes"] += load(value).get("size") or 0
             for _, value in txn.cursor(db=self._db[schema.MANIFESTS]):
                 totals["manifests"] += 1
                 totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
@@ -429,9 +423,9 @@ class Index:
     def gc_blob_candidates(self, cutoff: float) -> list[tuple[str, int]]:
         """Blob records no manifest names, untouched since before C{cutoff}: (digest, size)."""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for k, v in txn.cursor(db=self._db[schema.BLOBS]):
-                record = json.loads(v)
+                record = load(v)
                 if _touched(record) < cutoff and not self.refs.blob_referenced(txn, k.decode()):
                     out.append((k.decode(), record.get("size") or 0))
         return out
@@ -439,7 +433,7 @@ class Index:
     def gc_link_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         """(repository, blob) links older than C{cutoff} that the repository's manifests do not name."""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for k, v in txn.cursor(db=self._db[schema.LINKS]):
                 if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
                     name, blob = k.decode().split("\x00", 1)
@@ -449,7 +443,7 @@ class Index:
     def gc_untagged_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         """(repository, digest) of manifests created before C{cutoff}, untagged, no referrer, held by no index."""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             held: dict[str, set[str]] = {}
             for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
                 name, digest = k.decode().split("\x00", 1)
@@ -466,11 +460,11 @@ class Index:
         its bytes and drop its record and links, in one write transaction; the
         bytes freed, or C{None} if kept.
         """
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
             if raw is None:
                 return None
-            record = json.loads(raw)
+            record = load(raw)
             if _touched(record) >= cutoff or self.refs.blob_referenced(txn, digest):
                 return None
             delete(Digest.parse(digest))
@@ -484,14 +478,14 @@ class Index:
 
     def without_record(self, digest: Digest, f):
         """C{f()} while no record of the blob exists and none can be committed; C{None} if one exists."""
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
                 return None
             return f()
 
     def collect_link(self, name: str, blob: str, cutoff: float) -> bool:
         """Drop the link if it is still older than C{cutoff} and unused by the repository's manifests."""
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             k = key(name, blob)
             raw = txn.get(k, db=self._db[schema.LINKS])
             if raw is None or _link_time(raw) >= cutoff or txn.get(k, db=self._db[schema.REPOBLOBS]):
@@ -505,25 +499,25 @@ class Index:
 
     def blob_records(self) -> list[tuple[str, dict]]:
         """(digest, record) of every blob record, by digest."""
-        with self.env.begin() as txn:
-            return [(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db[schema.BLOBS])]
+        with self.reading() as txn:
+            return [(k.decode(), load(v)) for k, v in txn.cursor(db=self._db[schema.BLOBS])]
 
     def set_blob_size(self, digest: Digest, size: int) -> None:
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             raw = txn.get(str(digest).encode(), db=self._db[schema.BLOBS])
             if raw is not None:
-                txn.put(str(digest).encode(), _dump({**json.loads(raw), "size": size}), db=self._db[schema.BLOBS])
+                txn.put(str(digest).encode(), dump({**load(raw), "size": size}), db=self._db[schema.BLOBS])
 
     def index_blob(self, digest: Digest, size: int, now: float) -> None:
         """Record a blob that is in place (linked nowhere)."""
-        with self.env.begin(write=True) as txn:
-            txn.put(str(digest).encode(), _dump({"size": size, "created": now, "touched": now}),
+        with self.writing() as txn:
+            txn.put(str(digest).encode(), dump({"size": size, "created": now, "touched": now}),
                     db=self._db[schema.BLOBS])
 
     def forget_blob(self, digest: Digest) -> None:
         """Drop a blob's record and every link to it (its bytes are lost)."""
         d = str(digest)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             txn.delete(d.encode(), db=self._db[schema.BLOBS])
             for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(d))):
                 name = k.split(schema.SEP, 1)[1].decode()
@@ -536,7 +530,7 @@ class Index:
         [child manifests not in the repository]).
         """
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for k, v in txn.cursor(db=self._db[schema.MANIFESTS]):
                 name, digest = k.decode().split("\x00", 1)
                 meta, data = split_manifest(v)
@@ -553,7 +547,7 @@ class Index:
         Recount the derived reference data (izreg.storage.refs) from the manifests
         and tags; the names of what was out of step (kept rebuilt only with C{repair}).
         """
-        txn = self.env.begin(write=True)
+        txn = self.writing()
         try:
             before = {db: [(k, _strip(db, v)) for k, v in txn.cursor(db=self._db[db])] for db in _DERIVED}
             self.refs.rebuild(txn)
@@ -575,7 +569,7 @@ def _strip(db: bytes, value: bytes) -> object:
     """A repository record without C{pushed} (a recount knows manifest times only)."""
     if db != schema.REPOS:
         return bytes(value)
-    record = {**{f: 0 for f in COUNTERS}, **json.loads(value)}
+    record = {**{f: 0 for f in COUNTERS}, **load(value)}
     record.pop("pushed", None)
     return record
 

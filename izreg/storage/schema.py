@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_lmdbindex -*-
+# -*- test-case-name: tests.storage.test_index -*-
 """
 The LMDB layout: every named database, its keys and values, and the schema
 version (pure; no I/O).

@@ -66,10 +66,15 @@ class Uploads:
     def create(self, name: str, now: float, persisted: bool = True, algorithm: str = "sha256") -> UploadSession:
         upload_id = str(uuid.uuid4())
         path = paths.upload_path(self.root, upload_id)
-        with open(path, "xb"):
-            pass
         session = UploadSession(upload_id, name, path, now, hasher=hashlib.new(algorithm), persisted=persisted)
+        # live before its file exists: the start-up orphan sweep (a thread) never takes a new file for an orphan
         self.sessions[upload_id] = session
+        try:
+            with open(path, "xb"):
+                pass
+        except BaseException:
+            del self.sessions[upload_id]
+            raise
         return session
 
     def get(self, upload_id: str, record: dict | None) -> UploadSession | None:

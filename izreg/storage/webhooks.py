@@ -22,7 +22,6 @@ L{KEEP_FINISHED} seconds for ``izreg webhook deliveries``.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import struct
@@ -37,6 +36,7 @@ from zope.interface import implementer
 from izreg.core import cloudevents
 from izreg.storage import schema
 from izreg.storage.interfaces import IWebhookStore
+from izreg.storage.lmdbstore import LmdbStore, dump, load
 
 KEY_FILE = "webhook.key"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -117,13 +117,13 @@ def _new_id(now: float) -> bytes:
 
 
 @implementer(IWebhookStore)
-class WebhookStore:
+class WebhookStore(LmdbStore):
     def __init__(self, env: lmdb.Environment, data_dir: str) -> None:
-        self.env = env
+        super().__init__(env, schema.WEBHOOKS, schema.WEBHOOK_QUEUE, schema.WEBHOOK_DUE)
         self.box = SecretBox(data_dir)
-        self._hooks = env.open_db(schema.WEBHOOKS)
-        self._queue = env.open_db(schema.WEBHOOK_QUEUE)
-        self._due = env.open_db(schema.WEBHOOK_DUE)
+        self._hooks = self.handle(schema.WEBHOOKS)
+        self._queue = self.handle(schema.WEBHOOK_QUEUE)
+        self._due = self.handle(schema.WEBHOOK_DUE)
 
     # -- webhooks (the CLI) ---------------------------------------------------
 
@@ -132,27 +132,27 @@ class WebhookStore:
             raise WebhookError("the webhook secret must be at least 16 characters")
         hook = Hook(secrets.token_hex(8), account, check_url(url), events, now)
         value = {**hook.public(), "secret": self.box.seal(secret)}
-        with self.env.begin(write=True) as txn:
-            txn.put(schema.key(account, hook.id), json.dumps(value).encode(), db=self._hooks)
+        with self.writing() as txn:
+            txn.put(schema.key(account, hook.id), dump(value), db=self._hooks)
         return hook
 
     def hooks(self, account: str | None = None) -> list[Hook]:
         start = schema.prefix(account) if account else b""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             cursor = txn.cursor(db=self._hooks)
             if not cursor.set_range(start):
                 return out
             for k, v in cursor:
                 if not k.startswith(start):
                     break
-                out.append(_hook(json.loads(v)))
+                out.append(_hook(load(v)))
         return out
 
     def remove(self, hook_id: str) -> Hook | None:
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             for k, v in txn.cursor(db=self._hooks):
-                value = json.loads(v)
+                value = load(v)
                 if value["id"] == hook_id:
                     txn.delete(k, db=self._hooks)
                     return _hook(value)
@@ -160,9 +160,9 @@ class WebhookStore:
 
     def secret(self, account: str, hook_id: str) -> bytes | None:
         """The hook's secret, decrypted; C{None} if the hook is gone."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             raw = txn.get(schema.key(account, hook_id), db=self._hooks)
-        return None if raw is None else self.box.open(json.loads(raw)["secret"])
+        return None if raw is None else self.box.open(load(raw)["secret"])
 
     def wants(self, account: str, kind: str) -> list[Hook]:
         """The account's hooks subscribed to C{kind} (a quick read)."""
@@ -177,13 +177,13 @@ class WebhookStore:
             return []
         event = cloudevents.cloud_event(kind, secrets.token_hex(16), now, **fields)
         ids = []
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             for hook in hooks:
                 delivery_id = _new_id(now)
                 record = {"hook": hook.id, "account": hook.account, "url": hook.url, "event": event,
                           "status": PENDING, "attempts": 0, "next_try": now, "last_status": None,
                           "last_error": None, "created": now, "done": None}
-                txn.put(delivery_id, json.dumps(record).encode(), db=self._queue)
+                txn.put(delivery_id, dump(record), db=self._queue)
                 txn.put(delivery_id, b"", db=self._due)
                 ids.append(delivery_id.hex())
         return ids
@@ -191,7 +191,7 @@ class WebhookStore:
     def due(self, now: float, limit: int, busy: set[str] = frozenset()) -> list[tuple[str, dict]]:
         """Pending deliveries whose time has come (oldest first), except C{busy} ones."""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for k, _ in txn.cursor(db=self._due):
                 if len(out) >= limit:
                     break
@@ -200,7 +200,7 @@ class WebhookStore:
                 raw = txn.get(k, db=self._queue)
                 if raw is None:
                     continue
-                record = json.loads(raw)
+                record = load(raw)
                 if record["next_try"] <= now:
                     out.append((k.hex(), record))
         return out
@@ -208,11 +208,11 @@ class WebhookStore:
     def next_due(self) -> float | None:
         """When the earliest pending delivery is due, or C{None} (a read)."""
         soonest = None
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             for k, _ in txn.cursor(db=self._due):
                 raw = txn.get(k, db=self._queue)
                 if raw is not None:
-                    t = json.loads(raw)["next_try"]
+                    t = load(raw)["next_try"]
                     soonest = t if soonest is None else min(soonest, t)
         return soonest
 
@@ -223,11 +223,11 @@ class WebhookStore:
         retried at C{next_try}, or failed for good when that is C{None}.
         """
         key = bytes.fromhex(delivery_id)
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             raw = txn.get(key, db=self._queue)
             if raw is None:
                 return None
-            record = json.loads(raw)
+            record = load(raw)
             record["attempts"] += 1
             record["last_status"], record["last_error"] = status, error
             if error is None or next_try is None:
@@ -236,20 +236,20 @@ class WebhookStore:
                 txn.delete(key, db=self._due)
             else:
                 record["next_try"] = next_try
-            txn.put(key, json.dumps(record).encode(), db=self._queue)
+            txn.put(key, dump(record), db=self._queue)
         return record
 
     def deliveries(self, account: str | None = None, hook_id: str | None = None, limit: int | None = None) -> list[dict]:
         """Newest first."""
         out = []
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             cursor = txn.cursor(db=self._queue)
             if not cursor.last():
                 return out
             for k, v in cursor.iterprev():
                 if limit is not None and len(out) >= limit:
                     break
-                record = json.loads(v)
+                record = load(v)
                 if (account and record["account"] != account) or (hook_id and record["hook"] != hook_id):
                     continue
                 out.append({"id": k.hex(), **record})
@@ -258,10 +258,10 @@ class WebhookStore:
     def prune(self, before: float) -> int:
         """Drop finished deliveries done before C{before} (a write)."""
         dropped = 0
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             cursor = txn.cursor(db=self._queue)
             for k, v in list(cursor):
-                record = json.loads(v)
+                record = load(v)
                 if record["status"] != PENDING and (record["done"] or 0) < before:
                     txn.delete(k, db=self._queue)
                     dropped += 1

@@ -1,6 +1,10 @@
 """
-In-process API fixtures: the real Site, Registry, LMDB and blob files (in a
-temp dir), served on a loopback port by the test reactor, driven with treq.
+In-process API fixtures: the real service make_server builds (Site,
+Registry, LMDB and blob files in a temp dir) on the test reactor, driven
+with treq: in memory (treq's in-memory agent drives the very Site the
+listeners would serve: no port, no TCP), or, for a test marked
+``socket``, on a free loopback port (raw HTTP, connection limits, slow
+senders, real clients).
 
 C{any_server} runs a test module's routes over each storage backend: the
 filesystem (on a port), the in-memory fake (no port: treq's in-memory agent
@@ -21,7 +25,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.python import threadable
 
-from izreg.http.guard import OpenGuard
+from tests.helpers.openguard import OpenGuard
 from izreg.service.config import Config
 from izreg.storage.pg import Database
 from izreg.tap import make_server
@@ -65,12 +69,20 @@ def header(response, name: str) -> str | None:
     return values[0] if values else None
 
 
-async def start_server(tmp_path, guard=None, **config) -> Server:
-    """Start a registry over C{tmp_path}, listening on a free loopback port."""
-    cfg = Config(data_dir=str(tmp_path / "data"), listen=("tcp:0:interface=127.0.0.1",), **config)
+async def start_server(tmp_path, guard=None, socket: bool = False, **config) -> Server:
+    """
+    Start a registry over C{tmp_path}: the service C{make_server} builds
+    (storage, threads, the real site). Requests go through treq's in-memory
+    agent to that site, unless C{socket}: then it listens on a free loopback
+    port (for raw connections, connection limits, slow senders, real clients).
+    """
+    listen = ("tcp:0:interface=127.0.0.1",) if socket else ()
+    cfg = Config(data_dir=str(tmp_path / "data"), listen=listen, **config)
     service = make_server(cfg, reactor, guard=guard)
-    # the listeners are children; start them, then ask the endpoint service for its port
     service.startService()
+    if not socket:
+        return InMemory(service.site, service, cfg.storage_backend)
+    # the listeners are children; start them, then ask the endpoint service for its port
     listener = service.services[0]
     port = await listener._waitingForPort
     return Server(f"http://127.0.0.1:{port.getHost().port}", service, cfg.storage_backend)
@@ -91,17 +103,46 @@ class MemoryService:
     pool = None
 
 
-class MemoryServer(Server):
+class InMemory(Server):
     """
-    The real RegistrySite and routes over the in-memory stores (and LMDB in
-    a temp dir), with no port: requests go through treq's in-memory agent,
-    pumped on the test reactor's turns (so held bodies still work).
+    A site driven with no port: requests go through treq's in-memory agent,
+    pumped on the test reactor's turns (so thread pools and held bodies still work).
     """
 
-    def __init__(self, tmp_path, guard, index=None, pool=None, uploads=None) -> None:
+    def __init__(self, site, service, kind: str) -> None:
         from treq.client import HTTPClient
         from treq.testing import RequestTraversalAgent
 
+        self._agent = RequestTraversalAgent(site.resource)
+        self._agent._serverFactory = site
+        self._client = HTTPClient(self._agent)
+        super().__init__("http://registry.test", service, kind)
+
+    async def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, **kw):
+        answer = self._client.request(method, self.url + path, data=body, headers=headers or {}, **kw)
+        response = await self._pumped(answer)
+        content = await self._pumped(treq.content(response))
+        return response, content
+
+    async def _pumped(self, d):
+        done = []
+        d.addBoth(lambda result: done.append(result) or result)
+        while not done:
+            self._agent.flush()
+            if not done:
+                tick = defer.Deferred()
+                reactor.callLater(0, tick.callback, None)
+                await tick
+        return await d
+
+
+class MemoryServer(InMemory):
+    """
+    The real RegistrySite and routes over the in-memory stores (and LMDB in
+    a temp dir, or the given index), with no port.
+    """
+
+    def __init__(self, tmp_path, guard, index=None, pool=None, uploads=None) -> None:
         from izreg.http.app import RegistryAPI
         from izreg.http.bodies import RegistrySite
         from izreg.registry import Limits, Registry
@@ -121,30 +162,15 @@ class MemoryServer(Server):
             index = Index(open_env(str(tmp_path / "index"), 1 << 30))
         registry = Registry(index, uploads.blobs, uploads, now=reactor.seconds, run_write=run_write, run_io=inline,
                             limits=Limits(Config().max_manifest_size, Config().delete_enabled), run_read=run_read)
-        api = RegistryAPI(registry, guard, chunk_min_length=Config().chunk_min_length, now=reactor.seconds)
+        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
         site = RegistrySite(api.resource(), api.body_for)
-        self._agent = RequestTraversalAgent(api.resource())
-        self._agent._serverFactory = site
-        self._client = HTTPClient(self._agent)
-        super().__init__("http://registry.test", MemoryService(registry, api, site), "memory")
+        super().__init__(site, MemoryService(registry, api, site), "memory")
         self.service.pool = pool
 
-    async def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, **kw):
-        answer = self._client.request(method, self.url + path, data=body, headers=headers or {}, **kw)
-        response = await self._pumped(answer)
-        content = await self._pumped(treq.content(response))
-        return response, content
 
-    async def _pumped(self, d):
-        done = []
-        d.addBoth(lambda result: done.append(result) or result)
-        while not done:
-            self._agent.flush()
-            if not done:
-                tick = defer.Deferred()
-                reactor.callLater(0, tick.callback, None)
-                await tick
-        return await d
+def wants_socket(request) -> bool:
+    """A test (or its module) marked C{socket} gets a server on a port; others go in memory."""
+    return request.node.get_closest_marker("socket") is not None
 
 
 class OffReactorDatabase(Database):
@@ -184,7 +210,7 @@ async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -
         moto = request.getfixturevalue("moto_server")
         config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),
                       s3_endpoint_url=moto.url, s3_threads=4, **config)
-    return await start_server(tmp_path, guard or OpenGuard(), **config)
+    return await start_server(tmp_path, guard or OpenGuard(), socket=True, **config)
 
 
 @pytest_twisted.async_yield_fixture(params=["filesystem", "memory", pytest.param("s3", marks=pytest.mark.s3),
@@ -196,7 +222,7 @@ async def any_server(request, tmp_path):
 
 
 @pytest_twisted.async_yield_fixture
-async def server(tmp_path):
-    srv = await start_server(tmp_path, OpenGuard())
+async def server(request, tmp_path):
+    srv = await start_server(tmp_path, OpenGuard(), socket=wants_socket(request))
     yield srv
     await srv.service.stopService()

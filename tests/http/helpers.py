@@ -186,26 +186,14 @@ class HeldBody:
         pass
 
 
-class _Collect(protocol.Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = []
-        self.done = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.request)
-
-    def dataReceived(self, data):
-        self.received.append(data)
-
-    def connectionLost(self, reason):
-        self.done.callback(b"".join(self.received))
-
-
 async def raw_http(server, request: bytes) -> bytes:
-    """Send raw bytes (which should ask for C{Connection: close}); return all the server said."""
+    """
+    Send raw bytes; return the server's answer, once it is complete (by its
+    Content-Length) or the server closed: not waiting for the close the
+    server makes after a refused request's linger (L{izreg.http.bodies.LINGER}).
+    """
     port = int(server.url.rsplit(":", 1)[1])
-    proto = _Collect(request)
+    proto = FirstAnswer(request, head=request.startswith(b"HEAD "))
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     return await proto.done
 

@@ -16,10 +16,12 @@ from twisted.internet import threads
 from tests.http.authhelpers import Keys, auth, basic
 from tests.http.conftest import start_server
 
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
 
 @pytest_twisted.async_yield_fixture
 async def tokens_on(tmp_path):
-    server = await start_server(tmp_path, token_service=True)
+    server = await start_server(tmp_path, socket=True, token_service=True)
     yield server, Keys.make(server)
     await server.service.stopService()
 

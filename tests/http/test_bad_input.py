@@ -25,6 +25,8 @@ from tests.http.helpers import (
     repo,
 )
 
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
 NAME = repo("app")
 
 
@@ -159,9 +161,9 @@ async def test_a_manifest_that_is_not_utf8_json_is_refused(server, no_tracebacks
 
 @pytest_twisted.ensureDeferred
 async def test_open_upload_sessions_are_capped_per_account(tmp_path, no_tracebacks):
-    from izreg.http.guard import OpenGuard
+    from tests.helpers.openguard import OpenGuard
 
-    server = await start_server(tmp_path, OpenGuard(), max_open_uploads=3)
+    server = await start_server(tmp_path, OpenGuard(), socket=True, max_open_uploads=3)
     try:
         locations = []
         for _ in range(3):

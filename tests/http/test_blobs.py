@@ -227,7 +227,7 @@ async def test_delete_unknown_blob_is_404(server):
 @pytest_twisted.ensureDeferred
 async def test_delete_blob_disabled_is_405(tmp_path):
     from tests.http.conftest import start_server
-    from izreg.http.guard import OpenGuard
+    from tests.helpers.openguard import OpenGuard
 
     srv = await start_server(tmp_path, OpenGuard(), delete_enabled=False)
     try:

@@ -19,6 +19,8 @@ from tests.http.authhelpers import Keys, basic
 from tests.http.conftest import start_server
 from tests.http.helpers import FirstAnswer, parse_raw
 
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
 MIB = 1024 * 1024
 
 
@@ -50,7 +52,7 @@ def put_head(path: str, length: int | None, authorization: str | None = None, ex
 
 @pytest_twisted.async_yield_fixture
 async def secured(tmp_path):
-    server = await start_server(tmp_path, body_memory=3 * MIB, max_connections_per_address=0)
+    server = await start_server(tmp_path, socket=True, body_memory=3 * MIB, max_connections_per_address=0)
     server.keys = Keys.make(server)
     yield server
     await server.service.stopService()
@@ -141,7 +143,7 @@ async def _tick():
 
 @pytest_twisted.async_yield_fixture
 async def strict(tmp_path):
-    server = await start_server(tmp_path, header_timeout=1, body_grace=1, body_min_rate=100_000,
+    server = await start_server(tmp_path, socket=True, header_timeout=1, body_grace=1, body_min_rate=100_000,
                                 max_connections=0, max_connections_per_address=0)
     server.keys = Keys.make(server)
     yield server
@@ -170,7 +172,7 @@ async def test_headers_that_come_too_slowly_close_the_connection(strict):
 @pytest.mark.parametrize("cap, status", [("max_connections_per_address", 429), ("max_connections", 503)])
 @pytest_twisted.ensureDeferred
 async def test_connections_are_capped(tmp_path, cap, status):
-    server = await start_server(tmp_path, **{"max_connections": 0, "max_connections_per_address": 0, cap: 3})
+    server = await start_server(tmp_path, socket=True, **{"max_connections": 0, "max_connections_per_address": 0, cap: 3})
     try:
         held = [await connect(server, b"") for _ in range(3)]
         refused = await connect(server, b"")
@@ -205,9 +207,11 @@ async def test_connections_are_capped(tmp_path, cap, status):
 @pytest_twisted.ensureDeferred
 async def test_overlong_and_malformed_request_heads_get_an_answer(secured, head, status):
     client = await connect(secured, head)
-    answer = await client.closed.addTimeout(20, reactor)
+    answer = await client.done.addTimeout(20, reactor)  # the close comes after the linger: not waited for
+    client.transport.abortConnection()
     got, headers, body = parse_raw(answer)
     assert got == status and headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
     assert set(json.loads(body)["errors"][0]) == {"code", "message", "detail"}
 
 
@@ -235,7 +239,10 @@ def test_a_route_without_a_declared_access_cannot_be_served():
 def test_every_route_of_the_api_declares_its_access():
     from izreg.http.app import RegistryAPI
 
-    api = RegistryAPI()
-    api.table.check_complete()
-    for endpoint in api.table.repository_routes.values():
-        assert callable(getattr(api, endpoint.handler))
+    RegistryAPI.table.check_complete()
+    for name, endpoint in RegistryAPI.table.endpoints.items():
+        assert endpoint is None or isinstance(endpoint.access, Access), name
+    assert [name for name, endpoint in RegistryAPI.table.endpoints.items() if endpoint is None] == ["repository"]
+    for endpoint in RegistryAPI.table.repository_routes.values():
+        assert isinstance(endpoint.access, Access)
+        assert callable(getattr(RegistryAPI, endpoint.handler))

@@ -21,6 +21,8 @@ from tests.http.helpers import (
     start_upload,
 )
 
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
 NAME = repo("err/app")
 DIGEST = digest_of(b"some blob")
 UPLOAD_ID = "00000000-0000-0000-0000-000000000000"

@@ -355,7 +355,7 @@ async def test_large_manifest_limits(server):
 
 @pytest_twisted.ensureDeferred
 async def test_manifest_limit_is_configurable(tmp_path):
-    from izreg.http.guard import OpenGuard
+    from tests.helpers.openguard import OpenGuard
     from tests.http.conftest import start_server
 
     srv = await start_server(tmp_path, OpenGuard(), max_manifest_size=300)
@@ -534,7 +534,7 @@ async def test_delete_by_digest_removes_manifest_and_tags(server):
 
 @pytest_twisted.ensureDeferred
 async def test_delete_manifest_disabled_is_405(tmp_path):
-    from izreg.http.guard import OpenGuard
+    from tests.helpers.openguard import OpenGuard
     from tests.http.conftest import start_server
 
     srv = await start_server(tmp_path, OpenGuard(), delete_enabled=False)

@@ -37,6 +37,8 @@ from tests.http.helpers import (
     start_upload,
 )
 
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
 NAME = repo("bugs/app")
 
 

@@ -72,7 +72,8 @@ def pull_push(name: str) -> str:
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def env(tmp_path_factory):
-    server = await start_server(tmp_path_factory.mktemp("tokens"), token_service=True, auth_failure_limit=10**9)
+    server = await start_server(tmp_path_factory.mktemp("tokens"), socket=True, token_service=True,
+                                auth_failure_limit=10**9)  # the realm names the listener; oras connects to it
     yield Env(server, Keys.make(server))
     await server.service.stopService()
 

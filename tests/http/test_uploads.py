@@ -522,7 +522,7 @@ async def test_client_going_away_mid_patch_drops_only_that_chunk(server):
 
 @pytest_twisted.ensureDeferred
 async def test_upload_survives_a_restart(tmp_path):
-    from izreg.http.guard import OpenGuard
+    from tests.helpers.openguard import OpenGuard
     from tests.http.conftest import start_server
 
     srv = await start_server(tmp_path, OpenGuard())

@@ -87,7 +87,11 @@ def test_service_tree(tmp_path):
     assert sorted(t.step for t in timers) == sorted([config.upload_expiry_interval, config.pull_flush_interval,
                                                      config.gc_interval])
     # nothing is opened before startService (twistd forks in between)
-    assert top.registry is None and not (tmp_path / "d" / "index").exists()
+    assert top.registry is None and top.api is None and not (tmp_path / "d" / "index").exists()
+    # the listeners bind on the reactor make_server was given, not on the global one
+    top.privilegedStartService()
+    assert sorted(port[0] for port in reactor.tcpServers) == [0, 0]
+    assert sorted(port[3] for port in reactor.tcpServers) == ["", "127.0.0.2"]
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.http.test_smoke -*-
+"""The manifest routes: GET/HEAD, PUT and DELETE ``/v2/<name>/manifests/<reference>``."""
+
+from __future__ import annotations
+
+from izreg.core import mediatypes as mt
+from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import parse_reference
+from izreg.http.handlers import Handlers, _header, _principal, _set, _who
+from izreg.inuse import FORCE_HEADER
+
+
+class ManifestRoutes(Handlers):
+    async def get_manifest(self, request, route):
+        principal = _principal(request)
+        repo = route.repository
+        accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
+        found = await self.registry.get_manifest(repo, _lookup_reference(route.argument), accepted)
+        if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
+            self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
+        if self.events is not None and request.method == b"GET":
+            reference = parse_reference(route.argument)
+            self.events.pulled(principal, repo, found.digest, found.media_type,
+                               None if isinstance(reference, Digest) else reference)
+        _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
+             Content_Length=len(found.data), ETag=f'"{found.digest}"')
+        return b"" if request.method == b"HEAD" else found.data
+
+    async def put_manifest(self, request, route):
+        principal = _principal(request)
+        repo = route.repository
+        reference = parse_reference(route.argument)
+        body = self._body(request)
+        if body.overflow:
+            raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
+        digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"),
+                                                         _who(request, principal))
+        request.setResponseCode(201)
+        _set(request, Location=f"/v2/{repo}/manifests/{digest}", Docker_Content_Digest=digest, Content_Length=0)
+        if manifest.subject is not None:
+            _set(request, OCI_Subject=manifest.subject.digest)
+        return b""
+
+    async def delete_manifest(self, request, route):
+        principal = _principal(request)
+        repo = route.repository
+        force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
+        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal), force)
+        request.setResponseCode(202)
+        return b""
+
+
+def _lookup_reference(text: str):
+    """
+    A reference to look up (GET, HEAD, DELETE): a tag that is not valid names
+    no manifest, so it is 404 MANIFEST_UNKNOWN; only a PUT to one is 400
+    TAG_INVALID (OCI conformance v1.1.1). A malformed digest stays 400 DIGEST_INVALID.
+    """
+    try:
+        return parse_reference(text)
+    except RegistryError as e:
+        if e.code is ErrorCode.TAG_INVALID:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"reference": text[:200]},
+                                "no manifest has this reference: it is not a valid tag") from None
+        raise

@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.service.test_tls -*-
+"""
+The server's C{OpenSSL.SSL.Context} (L{build_context}): TLS 1.2+, ECDHE AEAD
+suites, session tickets, and a client certificate requested (not required)
+from the device CAs, with the reason logged when OpenSSL refuses one.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+from twisted.logger import Logger
+
+from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE
+from izreg.service.tls.pem import TLSMaterial
+
+log = Logger()
+
+#: TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all fine and left at OpenSSL's default)
+CIPHERS_TLS12 = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+#: seconds a session ticket may resume a session (OpenSSL's default for TLS 1.3 is 2 hours)
+TICKET_LIFETIME = 2 * 3600
+
+#: the X509_V_ERR_* codes a device is most likely to hit, spelled out for the log
+_VERIFY_ERRORS = {
+    2: "the issuer certificate is unknown",
+    7: "bad certificate signature",
+    9: "the certificate is not yet valid",
+    10: "the certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in the chain",
+    20: "not issued by a configured device CA (unable to get local issuer certificate)",
+    21: "unable to verify the first certificate",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose (extendedKeyUsage lacks clientAuth)",
+}
+
+
+def _describe(connection: SSL.Connection) -> str:
+    try:
+        return str(connection.get_app_data().getPeer())
+    except Exception:
+        return "?"
+
+
+def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    """Keep OpenSSL's verdict; say why in the log when it refuses a certificate."""
+    if ok:
+        return True
+    try:
+        subject = cert.to_cryptography().subject.rfc4514_string()
+    except Exception:
+        subject = "?"
+    log.warn(
+        "refused TLS client certificate {subject!r} (chain depth {depth}) from {peer}: {reason}",
+        subject=subject, depth=depth, peer=_describe(connection),
+        reason=_VERIFY_ERRORS.get(errno, f"X509 verify error {errno}"), errno=errno,
+    )
+    return False
+
+
+def build_context(material: TLSMaterial) -> SSL.Context:
+    """
+    A server context: TLS 1.2+, ECDHE AEAD suites, the server chain, and,
+    when there are device CAs, a client certificate requested (not required),
+    checked against those CAs only, with the CAs named in the request.
+    """
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_SINGLE_ECDH_USE
+    )
+    ctx.set_cipher_list(CIPHERS_TLS12.encode("ascii"))
+    # one SSL_write seals a whole large write (izreg.service.fasttls)
+    ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
+    ctx.use_certificate(material.server_chain[0])
+    for extra in material.server_chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(material.key)
+    ctx.check_privatekey()
+    # Session resumption by stateless tickets only (no server-side cache): a
+    # device that reconnects skips the certificate exchange and signatures.
+    # The ticket keys are random per context, so a reload (new device CAs)
+    # ends every earlier session; what a resumed session skips at the
+    # handshake (chain to a device CA, validity) the HTTP layer checks on
+    # every request anyway (izreg.auth.devices.DeviceVerifier), with
+    # revocation. Tickets live at most TICKET_LIFETIME.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_timeout(TICKET_LIFETIME)
+    ctx.set_session_id(b"izreg")
+    if material.device_cas:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for ca in material.device_cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            ctx.add_client_ca(ca)
+        # A device CA may be an intermediate: trust it as an anchor without its root,
+        # so other certificates under that root are not device certificates.
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        ctx.set_verify(SSL.VERIFY_PEER, _verify_callback)
+        ctx.set_verify_depth(4)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx

@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.service.test_tls -*-
+"""L{ServerTLS}: the listener's reloadable connection creator (SIGHUP re-reads every file)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from izreg.service.tls.context import build_context
+from izreg.service.tls.pem import TLSFiles, TLSMaterial, load_material
+
+log = Logger()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The listener's TLS configuration, read once at start and again on
+    C{reload()}. Hand it to L{TLSEndpoint}; ask it for the current device CAs
+    (L{izreg.auth.devices.DeviceVerifier} C{cas=server_tls.device_cas}).
+    """
+
+    #: called on every completed handshake (the metrics count them)
+    on_handshake: Callable[[], None] | None = None
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self._material = load_material(files)
+        self._context = self._counting(build_context(self._material))
+
+    def _counting(self, context: SSL.Context) -> SSL.Context:
+        def info(connection: SSL.Connection, where: int, ret: int) -> None:
+            if where & SSL.SSL_CB_HANDSHAKE_DONE and self.on_handshake is not None:
+                self.on_handshake()
+
+        context.set_info_callback(info)
+        return context
+
+    def device_cas(self) -> tuple[x509.Certificate, ...]:
+        return self._material.device_cas
+
+    def reload(self) -> TLSMaterial:
+        """
+        Re-read every file. On success new connections use the new context;
+        on failure (L{TLSConfigError}, C{OpenSSL.SSL.Error}) the old one stays
+        and the error is raised for the caller to log.
+        """
+        material = load_material(self.files)
+        context = self._counting(build_context(material))
+        self._material, self._context = material, context
+        log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
+                 subject=material.server_chain[0].subject.rfc4514_string(),
+                 serial=material.server_chain[0].serial_number, n=len(material.device_cas))
+        return material
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self._context, None)

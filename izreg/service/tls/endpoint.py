@@ -1,0 +1,33 @@
+# -*- test-case-name: tests.service.test_tls -*-
+"""L{TLSEndpoint}: any stream server endpoint (C{tcp:}, C{systemd:}, ...) wrapped in TLS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import implementer
+
+from izreg.service.fasttls import FastTLSFactory
+from izreg.service.tls.creator import ServerTLS
+
+
+@implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
+class TLSEndpoint:
+    """Any stream server endpoint, with TLS on top."""
+
+    wrapped: IStreamServerEndpoint
+    creator: IOpenSSLServerConnectionCreator
+    clock: IReactorTime | None = field(default=None)
+
+    def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
+        return self.wrapped.listen(FastTLSFactory(self.creator, False, protocolFactory, clock=self.clock))
+
+
+def tls_endpoint(reactor, description: str, tls: ServerTLS) -> TLSEndpoint:
+    """C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS."""
+    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor)
