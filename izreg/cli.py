@@ -113,12 +113,19 @@ class Context:
         C{[metadata]}); C{{name: factory}} of each store, and C{"close"}.
         """
         backend = self.backend(create)
+
+        def shared_key(store):
+            # the nodes share one webhook.key: a command must never make another one
+            if backend.shared:
+                store.box.create = False
+            return store
+
         return {
             "auth": lambda: backend.auth,
             "devices": lambda: backend.devices,
             "audit": lambda: backend.audit,
-            "webhooks": lambda: backend.webhooks,
-            "token_key": backend.token_key,
+            "webhooks": lambda: shared_key(backend.webhooks),
+            "token_key": lambda: shared_key(backend.token_key()),
             "index": lambda: backend.index,
             "close": backend.close,
         }
@@ -271,8 +278,13 @@ def register_token(subparsers: argparse._SubParsersAction) -> None:
 
 
 def token_rotate_key(args: argparse.Namespace, context: Context) -> int:
+    from izreg.storage.webhooks import WebhookError
+
     context.store()  # the data directory must exist and hold izreg data
-    context.token_key().rotate()
+    try:
+        context.token_key().rotate()
+    except WebhookError as e:
+        raise CommandError(str(e)) from None
     print("rotated the token signing key; tokens issued before it no longer work (clients fetch new ones)",
           file=context.stderr)
     return 0

@@ -71,5 +71,6 @@ def db_status(args: argparse.Namespace, context) -> int:
         raise CommandError(str(e)) from None
     finally:
         db.close()
-    context.out(f"database schema version {found}; this izreg's {latest_version()}: {verdict}")
+    # a schema error already names both versions and what to do
+    context.out(verdict if status else f"database schema version {found}; this izreg's {latest_version()}: {verdict}")
     return status

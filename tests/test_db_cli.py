@@ -22,7 +22,9 @@ def test_upgrade_then_status(pg_dsn, tmp_path, monkeypatch):
     monkeypatch.setenv("IZREG_DATABASE_URL", pg_dsn)
     status, out, err = run("db", "status")
     assert status == 1, err
-    assert "database schema version 0" in out and "izreg db upgrade" in out
+    # one statement, not the versions twice
+    assert out.strip() == (f"the database has schema version 0; this izreg needs {latest_version()}:"
+                           " run `izreg db upgrade` first"), out
     status, out, err = run("db", "upgrade")
     assert status == 0, err
     assert "applied 0001_schema.sql" in out
@@ -76,3 +78,30 @@ def test_backup_and_restore_are_refused_on_postgresql(pg_db, tmp_path, command):
                            str(tmp_path / command[1]))
     assert status == 2 and "pg_dump" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [("token", "rotate-key"), ("webhook", "add", "ACCOUNT", "http://hooks.example/x", "--secret", "whsec-0123456789abcdef")])
+def test_a_command_on_postgresql_never_makes_a_second_webhook_key(pg_db, tmp_path, command):
+    # docs/deploy.rst: the nodes share one webhook.key; a command run where
+    # data_dir lacks it must say so, not seal with a new key no node has
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[metadata]\nbackend = "postgresql"\ndsn = "{pg_db.dsn}"\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    base = ("--config", str(config), "--data-dir", str(data))
+    status, account, err = run(*base, "account", "create", "--name", "acme")
+    assert status == 0, err
+    argv = [account.strip() if arg == "ACCOUNT" else arg for arg in command]
+    status, out, err = run(*base, *argv)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no {data / 'webhook.key'}: copy the nodes' webhook.key there" in err
+    assert not (data / "webhook.key").exists()
+    (data / "webhook.key").write_bytes(_fernet_key())  # the copy from a node
+    status, out, err = run(*base, *argv)
+    assert status == 0, err
+
+
+def _fernet_key() -> bytes:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key()

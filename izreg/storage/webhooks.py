@@ -63,14 +63,23 @@ class Hook:
 
 
 class SecretBox:
-    """Encrypts webhook secrets under the data dir's key file (created 0600 on first use)."""
+    """
+    Encrypts webhook secrets under the data dir's key file (created 0600 on
+    first use, unless C{create} is false: then a missing file is a
+    L{WebhookError}, as for an C{izreg} command on PostgreSQL, whose nodes
+    share one key file that a new one would not match).
+    """
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, create: bool = True) -> None:
         self.path = os.path.join(data_dir, KEY_FILE)
+        self.create = create
         self._fernet: Fernet | None = None
 
     def _key(self) -> Fernet:
         if self._fernet is None:
+            if not self.create and not os.path.exists(self.path):
+                raise WebhookError(f"no {self.path}: copy the nodes' {KEY_FILE} there (it seals the secrets in the"
+                                   " database; docs/deploy.rst), or run this command on a node")
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
