@@ -14,6 +14,7 @@ module             role
 ``pgstore``        the same in PostgreSQL (several nodes), and the shared token key
 ``tokenkey``       the token signing key in the data directory (one node)
 ``runners``        C{inline} / C{then}: store reads from the reactor, either backend
+``credentials``    reading an ``Authorization`` header (scheme, Basic ``KEY:``, raw key) (pure)
 ``authenticator``  ``Authorization`` header -> L{Principal}; token endpoint
 ``bootstrap``      first-start account, key and ``bootstrap.txt``
 =================  ===========================================================

@@ -41,7 +41,6 @@ Nothing here logs or reprs a secret: log lines name the key id at most.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import secrets
 from typing import Callable, Mapping, Sequence
@@ -49,6 +48,7 @@ from typing import Callable, Mapping, Sequence
 from twisted.logger import Logger
 
 from izreg.auth import keys, policy, tokens
+from izreg.auth.credentials import _anonymous, _basic_key, _Failed, _parse_key, _sent_bearer, _split
 from izreg.auth.interfaces import IAuthStore
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
@@ -58,22 +58,9 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.storage.batch import LatestBatch
 
-#: the only username accepted with Basic auth; the password is the access key
-USERNAME = "KEY"
 DEFAULT_SERVICE = "izreg"
 
 Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
-
-
-class _Failed(Exception):
-    """Internal: authentication failed; C{reason} is safe to log and to send."""
-
-    def __init__(self, reason: str, key_id: str | None = None, known: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.key_id = key_id
-        #: the failure is against an existing key (its own brake), not a made-up one
-        self.known = known
 
 
 class Authenticator:
@@ -374,13 +361,6 @@ class Authenticator:
         )
 
 
-def _parse_key(text: str) -> keys.AccessKey:
-    try:
-        return keys.parse(text)
-    except keys.InvalidKey as e:
-        raise _Failed(str(e)) from None
-
-
 def _checking(refused: Callable[[_Failed], RegistryError], step: Callable[[tuple], object]) -> Callable[[tuple], object]:
     """C{step} as a callback: a L{_Failed} it raises becomes the request's refusal."""
     def checked(facts: tuple) -> object:
@@ -395,48 +375,6 @@ def _challenge_scope(repository: Repository, action: Action) -> str:
     """The scope to ask for: a push also needs pull (as Docker asks ``pull,push``)."""
     actions = [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
     return policy.repository_scope(repository.name, actions)
-
-
-def _split(authorization: bytes | str) -> tuple[str, str]:
-    """(lowercased scheme, credential) of an ``Authorization`` value."""
-    if isinstance(authorization, bytes):
-        authorization = authorization.decode("latin-1")
-    scheme, _, credential = authorization.strip().partition(" ")
-    credential = credential.strip()
-    if not credential:
-        raise _Failed("malformed Authorization header")
-    return scheme.lower(), credential
-
-
-def _sent_bearer(authorization: bytes | str | None) -> bool:
-    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization or ""
-    return text.strip().partition(" ")[0].lower() == "bearer"
-
-
-def _anonymous(authorization: bytes | str) -> bool:
-    """``Basic`` with an empty username and password: a client with no credentials."""
-    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
-    scheme, _, credential = text.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        return base64.b64decode(credential.strip().encode("latin-1"), validate=True) == b":"
-    except (binascii.Error, ValueError):
-        return False
-
-
-def _basic_key(credential: str) -> str:
-    """The access key in Basic credentials; the username must be C{KEY}."""
-    try:
-        decoded = base64.b64decode(credential.encode("latin-1"), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise _Failed("malformed Basic credentials") from None
-    username, colon, password = decoded.partition(":")
-    if not colon:
-        raise _Failed("malformed Basic credentials")
-    if username != USERNAME:
-        raise _Failed(f"the username must be {USERNAME} and the password an access key (docker login -u {USERNAME})")
-    return password
 
 
 def _text_params(params: Params) -> dict[str, list[str]]:
