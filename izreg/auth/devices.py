@@ -42,8 +42,8 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import ACCOUNT_RE
 
 #: device ids end up in LMDB keys and log lines: keep them short and printable
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-_HEX_RE = re.compile(r"^[0-9a-f]+$")
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_HEX_RE = re.compile(r"^[0-9a-f]+\Z")
 
 #: short attribute names accepted by L{SubjectFields.parse} (besides dotted OIDs)
 ATTRIBUTES: dict[str, ObjectIdentifier] = {
@@ -177,7 +177,7 @@ def device_identity(cert: x509.Certificate, fields: SubjectFields = SubjectField
     if device is None:
         raise DeviceRejected("missing-device", f"the subject has no {_oid_name(fields.device)} (device id)",
                              subject=cert.subject.rfc4514_string())
-    if not DEVICE_ID_RE.match(device):
+    if not DEVICE_ID_RE.fullmatch(device):  # fullmatch: "$" would let "dev1\n" pass
         raise DeviceRejected("bad-device",
                              f"the subject's {_oid_name(fields.device)} is not a device id "
                              "(1-128 of A-Z a-z 0-9 . _ : @ -, starting alphanumeric)",

@@ -43,8 +43,8 @@ SECRET_BYTES = 32
 #: urlsafe base64 of 32 bytes, without the "=" padding
 SECRET_LENGTH = 43
 
-KEY_RE = re.compile(r"^izr_(?P<key_id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})$")
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+KEY_RE = re.compile(r"^izr_(?P<key_id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})\Z")
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 ACCOUNT_ID_BYTES = 16
 
 #: domain separation: a hash of a key never equals any other hash izreg makes

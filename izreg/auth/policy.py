@@ -140,7 +140,7 @@ def token_grants(scopes: Iterable[Scope], repository_name: str, action: Action) 
 
 # Scope strings ---------------------------------------------------------------
 
-_SCOPE_RE = re.compile(r"^(?P<type>[a-z0-9]+)(?:\([a-z0-9]+\))?:(?P<name>[^\s]+):(?P<actions>[a-z*]+(?:,[a-z*]+)*)$")
+_SCOPE_RE = re.compile(r"^(?P<type>[a-z0-9]+)(?:\([a-z0-9]+\))?:(?P<name>[^\s]+):(?P<actions>[a-z*]+(?:,[a-z*]+)*)\Z")
 
 
 def format_actions(actions: Iterable[str] | Iterable[Action]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from izreg.core.errors import ErrorCode, RegistryError
 
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 #: algorithm -> length of its hex encoding
 ALGORITHMS = {"sha256": 64, "sha512": 128}

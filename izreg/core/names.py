@@ -17,9 +17,9 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 
 _COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
-NAME_RE = re.compile(rf"^(?P<account>[a-f0-9]{{32}})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-ACCOUNT_RE = re.compile(r"^[a-f0-9]{32}$")
+NAME_RE = re.compile(rf"^(?P<account>[a-f0-9]{{32}})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)\Z")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
+ACCOUNT_RE = re.compile(r"^[a-f0-9]{32}\Z")  # \Z, not $: "$" also matches before a final newline
 
 #: clients cap host + "/" + name at 255 characters; we keep the name itself under that
 MAX_NAME_LENGTH = 255

@@ -85,6 +85,9 @@ def test_identity_from_ou_and_cn(device):
         ([(NameOID.ORGANIZATIONAL_UNIT_NAME, ACCOUNT), (NameOID.ORGANIZATIONAL_UNIT_NAME, "f" * 32),
           (NameOID.COMMON_NAME, "gw")], "bad-account"),
         ([(NameOID.ORGANIZATIONAL_UNIT_NAME, ACCOUNT), (NameOID.COMMON_NAME, "gw 1/../x")], "bad-device"),
+        # a final newline is not part of an id ("$" would have let both through)
+        ([(NameOID.ORGANIZATIONAL_UNIT_NAME, ACCOUNT), (NameOID.COMMON_NAME, "gw1\n")], "bad-device"),
+        ([(NameOID.ORGANIZATIONAL_UNIT_NAME, ACCOUNT + "\n"), (NameOID.COMMON_NAME, "gw1")], "bad-account"),
     ],
 )
 def test_identity_rejections(ca, attributes, reason):

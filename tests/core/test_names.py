@@ -181,3 +181,9 @@ def test_account_invalid(text):
     with pytest.raises(RegistryError) as info:
         parse_account(text)
     assert info.value.code is ErrorCode.NAME_INVALID
+
+
+@pytest.mark.parametrize("text", ["0123456789abcdef0123456789abcdef/app\n", "0123456789abcdef0123456789abcdef\n/app"])
+def test_a_final_newline_is_not_part_of_a_name(text):
+    with pytest.raises(RegistryError):
+        Repository.parse(text)
