@@ -87,7 +87,7 @@ class Backend:
             writer.start()
             self._pools.append(writer)
         self.run_read = inline
-        self.run_write = _runner(reactor, writer)
+        self.run_write = thread_runner(reactor, writer)
 
     def close(self) -> None:
         """Stop the runners' threads, then close the environment or the connections."""
@@ -154,7 +154,9 @@ class Backend:
         return None
 
 
-def _runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
+def thread_runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
+    """A runner that calls C{f} on a thread of C{pool} and gives back a Deferred."""
+
     def run(f, *args, **kwargs):
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
@@ -166,7 +168,7 @@ _EXPIRED = object()
 
 def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., defer.Deferred]:
     """
-    L{_runner} where a call still waiting for a thread after C{wait} seconds
+    L{thread_runner} where a call still waiting for a thread after C{wait} seconds
     fails with L{izreg.storage.pg.DatabaseUnavailable} (a 503) and is never
     run: a call either runs whole or not at all.
     """

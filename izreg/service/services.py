@@ -18,7 +18,6 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -39,6 +38,7 @@ from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.uploads import Uploads
+from izreg.service.backends import thread_runner
 
 
 class RegistryService(service.MultiService):
@@ -86,12 +86,6 @@ class RegistryService(service.MultiService):
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
 
-    def _runner(self, pool: ThreadPool):
-        def run(f, *args, **kwargs):
-            return deferToThreadPool(self.reactor, pool, f, *args, **kwargs)
-
-        return run
-
     def privilegedStartService(self) -> None:
         if self.config.metadata_backend != "lmdb":
             # a database that cannot be reached or holds an unknown schema: one line, exit non-zero
@@ -128,7 +122,7 @@ class RegistryService(service.MultiService):
             pool.start()
             self._pools.append(pool)
         backend.start(self.reactor, writer)
-        self._run_io = self._runner(io)
+        self._run_io = thread_runner(self.reactor, io)
         self._run_write = backend.run_write
         self.api = self._compose(env, root)
         self.site.serve(self.api.resource(), self.api.body_for)
@@ -216,7 +210,7 @@ class RegistryService(service.MultiService):
             pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
             pool.start()
             self._pools.append(pool)
-            return open_s3(self.config, self._runner(pool), getattr(self, "_s3_client", None))
+            return open_s3(self.config, thread_runner(self.reactor, pool), getattr(self, "_s3_client", None))
         blobs = BlobStore(root)
         return blobs, Uploads(root, blobs, self._run_io)
 

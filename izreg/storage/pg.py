@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 T = TypeVar("T")
 
@@ -103,14 +103,12 @@ class Database:
         try:
             with self.pool.connection() as conn:
                 yield conn
+        except PoolTimeout as e:  # an OperationalError too: first
+            raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             if isinstance(e, RETRYABLE):
                 raise
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from e
-        except Exception as e:  # PoolTimeout and friends
-            if type(e).__module__.startswith("psycopg_pool"):
-                raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
-            raise
 
     def run(self, f: Callable[..., T], *args: Any) -> T:
         for attempt in range(RETRIES):
