@@ -94,8 +94,9 @@ idle_timeout = 3600
 class Izreg(Server):
     name = "izreg"
 
-    def __init__(self, workdir: str, venv: str, tls: bool = False) -> None:
+    def __init__(self, workdir: str, venv: str, tls: bool = False, config: str = "") -> None:
         super().__init__(workdir, tls)
+        self.config_text = config  # more of izreg's TOML settings after IZREG_CONFIG's
         self.twistd = os.path.join(venv, "bin", "twistd")
         self.python = os.path.join(venv, "bin", "python")
         self.data = os.path.join(workdir, "izreg-data")
@@ -105,7 +106,7 @@ class Izreg(Server):
     def _command(self) -> list[str]:
         config = os.path.join(self.workdir, "izreg-bench.toml")
         with open(config, "w") as f:
-            f.write(IZREG_CONFIG)
+            f.write(IZREG_CONFIG + self.config_text)
         cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server", "--init", "--config", config,
                "--data-dir", self.data, "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         if self.certs is not None:
