@@ -7,10 +7,12 @@ buffer, copies each chunk out of it and deletes it from the front (moving
 the rest): for a docker push (32 KiB chunks in 64 KiB reads) that is several
 copies of every byte on the reactor. L{ChunkedDecoder} hands the chunk data
 to the request straight from the received block (the block itself when it
-is all chunk data, else one slice), and feeds Twisted's own states only the
-bytes between chunks (the size line, the CRLF after a chunk, the trailer
-and what follows it). Every check and error of Twisted's decoder is its
-own, on the same bytes in the same order.
+is all chunk data, else one slice), reads the usual framing itself (the
+CRLF after a chunk, a size line without extension, whole in one read), and
+feeds Twisted's own states the rest between chunks (a size line split
+across reads or with an extension, the last chunk, the trailer and what
+follows it) a piece at a time. Same bytes, same order, same checks: the
+errors are Twisted's (tests.http.test_chunked compares the two decoders).
 """
 
 from __future__ import annotations
