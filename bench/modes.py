@@ -99,18 +99,28 @@ def report_tls_pulls(p: dict, iz: dict, di: dict) -> list[str]:
 
 
 def run_handshakes(server: Server, p: dict, log) -> dict:
+    """
+    Full and resumed handshakes on the TLS listener; on distribution also on
+    its listener that verifies client certificates (C{_mtls} figures; izreg's
+    one listener always does).
+    """
     path = f"/v2/{server.repo}/tags/list"
     r = {}
-    for kind, resume in (("full", False), ("resumed", True)):
-        with PeakRSS(server.tls_pid) as m:
-            res = handshakes(server, path, p["handshake_clients"], p["handshakes"], resume)
-        r[f"hs_{kind}"] = res["rps"]
-        r[f"hs_{kind}_cpu_ms"] = m.cpu / res["requests"] * 1e3
-        r[f"hs_{kind}_p99"] = res["p99"]
-        r[f"hs_{kind}_resumed"] = res["resumed"] / res["requests"]
-        log(f"  {server.name}: handshakes {kind:7}: {res['rps']:7.0f}/s, p99 {res['p99'] * 1e3:.1f} ms, "
-            f"server CPU {r[f'hs_{kind}_cpu_ms']:.2f} ms each, "
-            f"{res['resumed']} of {res['requests']} resumed")
+    listeners = [("", server.tls_pid, None, None)]
+    if getattr(server, "mtls_port", None):
+        listeners.append(("_mtls", server.mtls_pid, server.mtls_port, server.mtls_client))
+    for suffix, pid, port, tls in listeners:
+        for kind, resume in (("full", False), ("resumed", True)):
+            key = f"hs_{kind}{suffix}"
+            with PeakRSS(pid) as m:
+                res = handshakes(server, path, p["handshake_clients"], p["handshakes"], resume, port, tls)
+            r[key] = res["rps"]
+            r[f"{key}_cpu_ms"] = m.cpu / res["requests"] * 1e3
+            r[f"{key}_p99"] = res["p99"]
+            r[f"{key}_resumed"] = res["resumed"] / res["requests"]
+            log(f"  {server.name}: handshakes {kind:7}{' (client certificate)' if suffix else ''}: "
+                f"{res['rps']:7.0f}/s, p99 {res['p99'] * 1e3:.1f} ms, server CPU {r[f'{key}_cpu_ms']:.2f} ms each, "
+                f"{res['resumed']} of {res['requests']} resumed")
     return r
 
 
@@ -118,17 +128,24 @@ def report_handshakes(p: dict, iz: dict, di: dict) -> list[str]:
     L = [f"## TLS handshakes ({p['handshakes']} connections from {p['handshake_clients']} processes: "
          "connect, handshake, GET tags/list with `Connection: close`, close)", "",
          "izreg: the client presents its device certificate (ECDSA P-256, from `izreg dev-certs`), which "
-         "izreg verifies against the device CA and checks (revocation, subject) on the request; distribution "
-         "asks for none. *Resumed*: every connection after a process's first offers that first session's ticket.",
+         "izreg verifies against the device CA and checks (revocation, subject) on the request. distribution: "
+         "two listeners, one that asks for no client certificate (the first rows) and one that requests and "
+         "verifies one against the same kind of device CA (`http.tls.clientcas`; *client certificate* rows: "
+         "like for like; izreg's figures are the same in both). *Resumed*: every connection after a process's "
+         "first offers that first session's ticket.",
          "Server CPU = the serving process's user + system time per connection (handshake and request).",
          "", "| handshake | izreg /s | distribution /s | ratio | izreg p99 ms | distribution p99 ms | "
          "izreg server CPU ms | distribution server CPU ms | izreg resumed | distribution resumed |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind in ("full", "resumed"):
-        L.append(f"| {kind} | {iz[f'hs_{kind}']:.0f} | {di[f'hs_{kind}']:.0f} | {_ratio(iz[f'hs_{kind}'], di[f'hs_{kind}'])} | "
-                 f"{iz[f'hs_{kind}_p99'] * 1e3:.1f} | {di[f'hs_{kind}_p99'] * 1e3:.1f} | "
-                 f"{iz[f'hs_{kind}_cpu_ms']:.2f} | {di[f'hs_{kind}_cpu_ms']:.2f} | "
-                 f"{iz[f'hs_{kind}_resumed']:.0%} | {di[f'hs_{kind}_resumed']:.0%} |")
+    for suffix, label in (("", ""), ("_mtls", ", distribution with a client certificate")):
+        for kind in ("full", "resumed"):
+            a, b = f"hs_{kind}", f"hs_{kind}{suffix}"
+            if b not in di:
+                continue
+            L.append(f"| {kind}{label} | {iz[a]:.0f} | {di[b]:.0f} | {_ratio(iz[a], di[b])} | "
+                     f"{iz[f'{a}_p99'] * 1e3:.1f} | {di[f'{b}_p99'] * 1e3:.1f} | "
+                     f"{iz[f'{a}_cpu_ms']:.2f} | {di[f'{b}_cpu_ms']:.2f} | "
+                     f"{iz[f'{a}_resumed']:.0%} | {di[f'{b}_resumed']:.0%} |")
     return L + [""]
 
 
