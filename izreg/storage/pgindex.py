@@ -541,6 +541,7 @@ class PgIndex:
 
     def gc_blob_candidates(self, cutoff: float) -> list[tuple[str, int]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT digest, coalesce(size, 0) FROM blobs b"
                         " WHERE coalesce(nullif(touched, 0), nullif(created, 0), 0) < %s"
                         " AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest) ORDER BY digest",
@@ -550,6 +551,7 @@ class PgIndex:
 
     def gc_link_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT repo, digest FROM links l WHERE linked < %s AND NOT EXISTS"
                         " (SELECT 1 FROM manifest_blobs mb WHERE mb.repo = l.repo AND mb.blob = l.digest)"
                         " ORDER BY repo, digest", (cutoff,))
@@ -558,6 +560,7 @@ class PgIndex:
 
     def gc_untagged_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT repo, digest FROM manifests m WHERE coalesce(created, 0) < %s AND subject IS NULL"
                         " AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo = m.repo AND t.digest = m.digest)"
                         " AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.repo = m.repo AND c.child = m.digest)"
