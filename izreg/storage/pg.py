@@ -102,7 +102,8 @@ class Database:
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         self.long_timeout = long_timeout
-        kwargs: dict[str, Any] = {"autocommit": False, "application_name": application_name}
+        # autocommit: L{run} opens its transaction itself (BEGIN ... COMMIT), L{read} needs none
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
         if keepalives:
             idle, interval, count = keepalives
             kwargs.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
@@ -120,7 +121,6 @@ class Database:
         """The pool's configure callback: every new connection gets the timeouts."""
         conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
                      (_ms(self.statement_timeout), _ms(self.lock_timeout)))
-        conn.commit()
         POOL_LOG.connected()
 
     def allow_long(self, cur: psycopg.Cursor) -> None:
@@ -158,6 +158,18 @@ class Database:
                     raise
                 time.sleep(0.005 * (2 ** attempt))  # a worker thread, never the reactor
         raise AssertionError("unreachable")
+
+    def read(self, f: Callable[..., T], *args: Any) -> T:
+        """
+        C{f(cursor, *args)} outside a transaction: one round trip for one
+        statement, where L{run} costs three (BEGIN, the statement, COMMIT).
+        For a single-statement read only (or reads that need no common
+        snapshot: under READ COMMITTED each statement of L{run} has its own
+        anyway); nothing that writes, locks or sets a C{LOCAL} setting.
+        """
+        with self.connection() as conn:
+            with conn.cursor() as cur:
+                return f(cur, *args)
 
     def ping(self, timeout: float) -> None:
         """A round trip, waiting at most C{timeout} s for a connection (the readiness check)."""

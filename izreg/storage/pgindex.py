@@ -143,7 +143,7 @@ class PgIndex:
         def f(cur):
             cur.execute("SELECT 1 FROM repos WHERE name = %s", (name,))
             return cur.fetchone() is not None
-        return self.db.run(f)
+        return self.db.read(f)
 
     @staticmethod
     def _list_repos(cur, start: str, last: str | None, limit: int) -> tuple[list[str], bool]:
@@ -168,7 +168,7 @@ class PgIndex:
             cur.execute(_STATS, {"names": [name]})
             row = cur.fetchone()
             return _stats_row(row) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_repo_stats(self, start: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict]], bool]:
         def f(cur):
@@ -186,14 +186,14 @@ class PgIndex:
                         " WHERE l.repo = %s AND l.digest = %s", (name, str(digest)))
             row = cur.fetchone()
             return row[0] if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def blob_record(self, digest: Digest) -> dict | None:
         def f(cur):
             cur.execute("SELECT size, created, touched FROM blobs WHERE digest = %s", (str(digest),))
             row = cur.fetchone()
             return _record(*row) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def _link(self, cur, name: str, digest: str, now: float) -> None:
         cur.execute("INSERT INTO links (repo, digest, linked) VALUES (%s, %s, %s)"
@@ -300,7 +300,7 @@ class PgIndex:
             cur.execute("SELECT record FROM uploads WHERE id = %s", (upload_id,))
             row = cur.fetchone()
             return json.loads(row[0]) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def delete_upload(self, upload_id: str) -> bool:
         def f(cur):
@@ -386,7 +386,7 @@ class PgIndex:
             cur.execute("SELECT meta, data FROM manifests WHERE repo = %s AND digest = %s", (name, str(digest)))
             row = cur.fetchone()
             return (json.loads(row[0]), bytes(row[1])) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_manifests(self, name: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict, bytes, list[str]]], bool]:
         """(digest, meta, bytes, tags) of the repository's manifests by digest, after C{last}; and whether more follow."""
@@ -414,7 +414,7 @@ class PgIndex:
             cur.execute("SELECT digest FROM tags WHERE repo = %s AND tag = %s", (name, tag))
             row = cur.fetchone()
             return Digest(*row[0].split(":", 1)) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         def f(cur):
@@ -422,7 +422,7 @@ class PgIndex:
                         (name, last or "", limit + 1))
             tags = [t for (t,) in cur.fetchall()]
             return tags[:limit], len(tags) > limit
-        return self.db.run(f)
+        return self.db.read(f)
 
     def delete_tag(self, name: str, tag: str) -> bool:
         def f(cur):

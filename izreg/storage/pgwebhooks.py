@@ -99,7 +99,7 @@ class PgWebhookStore:
         return hook
 
     def hooks(self, account: str | None = None) -> list[Hook]:
-        return [_hook(row) for row in self.db.run(_hooks, account)]
+        return [_hook(row) for row in self.db.read(_hooks, account)]
 
     def remove(self, hook_id: str) -> Hook | None:
         def remove(cur):
@@ -114,7 +114,7 @@ class PgWebhookStore:
             cur.execute("SELECT secret FROM webhooks WHERE account = %s AND id = %s", (account, hook_id))
             return cur.fetchone()
 
-        row = self.db.run(read)
+        row = self.db.read(read)
         return None if row is None else self.box.open(row[0])
 
     def wants(self, account: str, kind: str) -> list[Hook]:

@@ -219,3 +219,15 @@ def test_reconnection_failures_are_one_line_until_the_database_is_back(pg_db, ca
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
         admin.close()
         db.close()
+
+
+def test_a_read_is_one_statement_outside_a_transaction(pg_db):
+    # each store call was BEGIN, the statement, COMMIT: three round trips where a read needs one
+    from psycopg.pq import TransactionStatus
+
+    status = lambda cur: (cur.execute("SELECT 1"), cur.connection.info.transaction_status)[1]  # noqa: E731
+    assert pg_db.read(status) == TransactionStatus.IDLE
+    assert pg_db.run(status) == TransactionStatus.INTRANS
+    with pytest.raises(psycopg.errors.UndefinedTable):  # its errors come through, the connection serves on
+        pg_db.read(lambda cur: cur.execute("SELECT * FROM no_such_table"))
+    assert pg_db.read(lambda cur: cur.execute("SELECT 2").fetchone()[0]) == 2
