@@ -26,6 +26,8 @@ from izreg.auth.authenticator import Authenticator
 from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
 from izreg.auth.devicestore import PullRecorder
+from izreg.auth.failures import FailedAuthentications
+from izreg.auth.tokenservice import TokenService
 from izreg.browse import Browser
 from izreg.http.app import RegistryAPI
 from izreg.inuse import InUse
@@ -146,8 +148,7 @@ class RegistryService(service.MultiService):
             backend.auth,
             reactor.seconds,
             token_service=config.token_service,
-            token_ttl=config.token_ttl,
-            limiter=backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
+            failures=FailedAuthentications(backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window)),
             signing_key=backend.token_key().secret,
             run_read=backend.run_read,
         )
@@ -180,7 +181,7 @@ class RegistryService(service.MultiService):
                                             run_read=backend.run_read),
             reactor.seconds,
             chunk_min_length=config.chunk_min_length,
-            authenticator=authenticator if config.token_service else None,
+            tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
             pulls=self.pulls,
             budget=BodyBudget(config.body_memory),
             ui=config.ui_enabled,
