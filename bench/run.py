@@ -260,6 +260,7 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
 def access_key_check(workdir: str, n: int) -> dict:
     sys.path.insert(0, REPO_ROOT)
     from izreg.auth.authenticator import Authenticator
+    from izreg.auth.failures import FailedAuthentications
     from izreg.auth.ratelimit import FailureLimiter
     from izreg.auth.store import AuthStore
     from izreg.service.config import Config
@@ -272,8 +273,8 @@ def access_key_check(workdir: str, n: int) -> dict:
         account = store.create_account(clock[0], "bench")
         _, key = store.create_key(account.account_id, clock[0], "bench")
         config = Config()
-        auth = Authenticator(store, now=lambda: clock[0], token_ttl=config.token_ttl,
-                             limiter=FailureLimiter(config.auth_failure_limit, config.auth_failure_window))
+        auth = Authenticator(store, now=lambda: clock[0], failures=FailedAuthentications(
+            FailureLimiter(config.auth_failure_limit, config.auth_failure_window)))
         bearer = f"Bearer {key.reveal()}".encode()
         basic = b"Basic " + base64.b64encode(f"KEY:{key.reveal()}".encode())
         out = {}

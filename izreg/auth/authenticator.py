@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.auth.test_authenticator -*-
 """
-From an ``Authorization`` header to a L{Principal}, and the token endpoint.
+From an ``Authorization`` header to a L{Principal}: the key and token
+checks and the 401 challenge.
 
 Accepted credentials, on every ``/v2`` route:
 
@@ -8,7 +9,12 @@ Accepted credentials, on every ``/v2`` route:
   any other username is refused with a message saying it must be ``KEY``;
 - ``Bearer <access key>`` (raw keys stay valid as bearers, so a long push
   never fails on a token's expiry);
-- ``Bearer <token>`` from the token endpoint, when it is enabled.
+- ``Bearer <token>`` from the token endpoint (L{izreg.auth.tokenservice}),
+  when it is enabled.
+
+The header is read by L{izreg.auth.credentials}; a failure counts against
+the failed-authentication brake (L{izreg.auth.failures}), which may answer
+429 C{TOOMANYREQUESTS} with ``Retry-After`` instead.
 
 A failure is a 401 C{UNAUTHORIZED} carrying a ``WWW-Authenticate``
 challenge: ``Basic realm="izreg"``, or with the token service
@@ -17,13 +23,6 @@ A request that sent ``Bearer`` (and the browse API, C{bearer=True}) is
 never answered ``Basic``: it gets ``Bearer realm="izreg"``, with
 ``error="invalid_token"`` when its credential failed (RFC 6750). A
 browser's ``fetch()`` answered ``Basic`` would wait for a login prompt.
-Past C{limit} failures a minute from one address against one key id,
-that key id is refused from that address with 429 C{TOOMANYREQUESTS} and
-``Retry-After`` before its secret is even checked (L{izreg.auth.ratelimit});
-failures that name no known key (malformed credentials, unknown key ids,
-bad tokens) share one brake per address. So a valid key is never refused
-because other clients behind the same address (a proxy, a NAT, a CI
-runner) failed: only guessing of that very key from there slows it down.
 
 Every check reads the key record, so a revoked key, and every token made
 from it, fails on the next request, on every node. The read goes through
@@ -40,18 +39,13 @@ Nothing here logs or reprs a secret: log lines name the key id at most.
 
 from __future__ import annotations
 
-import base64
-import datetime
-import secrets
-from typing import Callable, Mapping, Sequence
-
-from twisted.logger import Logger
+from typing import Callable, Sequence
 
 from izreg.auth import keys, policy, tokens
 from izreg.auth.credentials import _anonymous, _basic_key, _Failed, _parse_key, _sent_bearer, _split
+from izreg.auth.failures import FailedAuthentications
 from izreg.auth.interfaces import IAuthStore
 from izreg.auth.policy import Action, Principal
-from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.runners import inline, then
 from izreg.auth.store import KeyRecord
 from izreg.core.errors import ErrorCode, RegistryError
@@ -59,8 +53,6 @@ from izreg.core.names import Repository
 from izreg.storage.batch import LatestBatch
 
 DEFAULT_SERVICE = "izreg"
-
-Params = Mapping[bytes, Sequence[bytes]] | Mapping[str, Sequence[str]]
 
 
 class Authenticator:
@@ -72,15 +64,15 @@ class Authenticator:
         every call that may challenge takes the token endpoint's absolute
         URL for this request as C{realm}
         (C{"https://registry.example:5000/v2/token"}).
-    @param token_ttl: seconds a token lives (C{auth.token_ttl}).
-    @param limiter: the failed-authentication counter (C{auth.failure_limit}, C{auth.failure_window}).
+    @param failures: the failed-authentication brake (L{izreg.auth.failures}).
+    @param signing_key: reads the token signing secret
+        (L{izreg.auth.tokenkey.TokenKey.secret}: kept in the data dir);
+        without one, a random secret for this process only.
     @param run_read: how the store and the signing key are read from the
         reactor (L{izreg.auth.runners}): inline by default (LMDB), a
-        thread pool on PostgreSQL; then L{authenticate} and L{issue_token}
-        return Deferreds.
+        thread pool on PostgreSQL; then L{authenticate} (and the token
+        endpoint's C{issue_token}) return Deferreds.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -90,8 +82,7 @@ class Authenticator:
         *,
         service: str = DEFAULT_SERVICE,
         basic_realm: str = "izreg",
-        token_ttl: int,
-        limiter: FailureLimiter,
+        failures: FailedAuthentications,
         last_used_interval: float = 60.0,
         signing_key: Callable[[], bytes] | None = None,
         run_read: Callable[..., object] = inline,
@@ -101,14 +92,11 @@ class Authenticator:
         self.token_service = token_service
         self.service = service
         self.basic_realm = basic_realm
-        self.token_ttl = token_ttl
-        self.limiter = limiter
+        self.failures = failures
         self.last_used_interval = last_used_interval
         #: keys' last-used stamps, written by the service's timer on the writer thread
         self.last_used: LatestBatch[str] = LatestBatch(store.touch_keys)
-        self._signer: tokens.Signer | None = None
-        #: the token signing secret (izreg.auth.tokenkey.TokenKey.secret: kept in the data dir);
-        #: without one, a random secret for this process only
+        self.signers = tokens.Signers()
         self.signing_key = signing_key
         self.run_read = run_read
 
@@ -171,20 +159,20 @@ class Authenticator:
         now = self.now()
 
         def refused(failed: _Failed) -> RegistryError:
-            self._failed(failed, client_address, now)
+            self.failures.failed(failed, client_address, now)
             return self._unauthorized(failed.reason, scopes, realm, bearer, "invalid_token" if sent_bearer else None)
 
         try:
             scheme, credential = _split(authorization)
             if scheme == "basic" or (scheme == "bearer" and not tokens.looks_like_token(credential)):
                 key = _parse_key(_basic_key(credential) if scheme == "basic" else credential)
-                facts = self.run_read(self._facts, key.key_id, False)
-                return then(facts, _checking(refused, lambda found: self._key_principal(key, found, now, client_address)))
+                facts = self.run_read(self.facts, key.key_id, False)
+                return then(facts, checking(refused, lambda found: self._key_principal(key, found, now, client_address)))
             if scheme == "bearer":
                 if not self.token_service:
                     raise _Failed("tokens are not accepted: the token service is off")
-                facts = self.run_read(self._facts, tokens.claimed_key_id(credential), True)
-                return then(facts, _checking(refused, lambda found: self._token_principal(credential, found, now)))
+                facts = self.run_read(self.facts, tokens.claimed_key_id(credential), True)
+                return then(facts, checking(refused, lambda found: self._token_principal(credential, found, now)))
             raise _Failed("unsupported authorization scheme; use Basic (username KEY) or Bearer")
         except _Failed as failed:
             raise refused(failed) from None
@@ -206,89 +194,9 @@ class Authenticator:
                 )
             raise
 
-    # The token endpoint ---------------------------------------------------------------
+    # The checks (the token endpoint's too) -------------------------------------------
 
-    def issue_token(
-        self,
-        method: str | bytes,
-        authorization: bytes | str | None,
-        params: Params,
-        client_address: str,
-    ) -> dict[str, object]:
-        """
-        Answer a Docker token request (GET or POST on the token endpoint).
-
-        - GET: credentials in ``Authorization: Basic`` (username C{KEY});
-          query ``service``, ``scope`` (repeatable), ``account``, ... .
-        - POST (OAuth2 password grant, as oras/helm send): form
-          ``grant_type=password&username=KEY&password=<key>&scope=...``.
-          ``grant_type=refresh_token`` is refused: izreg issues no refresh
-          tokens (Docker would then drop the password for one).
-
-        @param params: the query and form parameters (Twisted's
-            C{request.args}: bytes keys, lists of bytes).
-        @return: the JSON body: C{token} and C{access_token} (equal),
-            C{expires_in}, C{issued_at}; never a C{refresh_token}.
-        @raise RegistryError: C{UNAUTHORIZED} with a C{Basic} challenge,
-            C{TOOMANYREQUESTS}, or C{NOT_FOUND} when the service is off.
-        """
-        if not self.token_service:
-            raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
-        method = method.decode("ascii") if isinstance(method, bytes) else method
-        args = _text_params(params)
-        basic = f'Basic realm="{self.basic_realm}"'
-        grant_type = _first(args, "grant_type")
-        if method.upper() == "POST" and grant_type is not None:
-            if grant_type != "password":
-                raise RegistryError(
-                    ErrorCode.UNAUTHORIZED,
-                    {"grant_type": grant_type[:50]},
-                    "unsupported grant_type: izreg issues no refresh tokens; use grant_type=password",
-                    headers={"WWW-Authenticate": basic},
-                )
-            username, password = _first(args, "username"), _first(args, "password")
-            if password is not None:
-                authorization = "basic " + base64.b64encode(f"{username or ''}:{password}".encode()).decode("ascii")
-        if not authorization:
-            raise RegistryError(ErrorCode.UNAUTHORIZED, None, "credentials required", headers={"WWW-Authenticate": basic})
-        now = self.now()
-
-        def refused(failed: _Failed) -> RegistryError:
-            self._failed(failed, client_address, now)
-            return RegistryError(ErrorCode.UNAUTHORIZED, None, failed.reason, headers={"WWW-Authenticate": basic})
-
-        try:
-            scheme, credential = _split(authorization)
-            if scheme != "basic":
-                raise _Failed("the token endpoint takes Basic credentials: username KEY, password an access key")
-            key = _parse_key(_basic_key(credential))
-        except _Failed as failed:
-            raise refused(failed) from None
-        facts = self.run_read(self._facts, key.key_id, True)
-        return then(facts, _checking(refused, lambda found: self._issue(key, found, now, client_address, args)))
-
-    def _issue(self, key: keys.AccessKey, facts: tuple, now: float, client_address: str,
-               args: Mapping[str, Sequence[str]]) -> dict[str, object]:
-        record = self._live_record(key.key_id, facts[0], now, check=key, address=client_address)
-        granted = policy.grant(policy.parse_scopes(args.get("scope", [])), record.account, record.read_only)
-        claims = tokens.TokenClaims(record.key_id, record.account, record.read_only, granted, now, now + self.token_ttl)
-        token = self._get_signer(facts[1]).sign(claims)
-        self.log.info(
-            "issued a token for key {key_id} ({scopes}) to {address}",
-            key_id=record.key_id,
-            scopes=" ".join(str(s) for s in granted) or "no scope",
-            address=client_address,
-        )
-        return {
-            "token": token,
-            "access_token": token,
-            "expires_in": self.token_ttl,
-            "issued_at": _rfc3339(now),
-        }
-
-    # Internals -------------------------------------------------------------------
-
-    def _facts(self, key_id: str | None, token: bool) -> tuple[KeyRecord | None, bytes | None]:
+    def facts(self, key_id: str | None, token: bool) -> tuple[KeyRecord | None, bytes | None]:
         """
         What a check reads, in one call (off the reactor on PostgreSQL): the
         key record, and for a token the current signing secret.
@@ -297,29 +205,35 @@ class Authenticator:
         return record, (self.signing_key() if token and self.signing_key is not None else None)
 
     def _key_principal(self, key: keys.AccessKey, facts: tuple, now: float, address: str) -> Principal:
-        record = self._live_record(key.key_id, facts[0], now, check=key, address=address)
+        record = self.live_record(key.key_id, facts[0], now, check=key, address=address)
         return Principal("key", record.account, record.key_id, record.read_only)
 
     def _token_principal(self, text: str, facts: tuple, now: float) -> Principal:
         try:
-            claims = self._get_signer(facts[1]).verify(text, now)
+            claims = self.signer(facts[1]).verify(text, now)
         except tokens.InvalidToken as e:
             raise _Failed(f"invalid token: {e}") from None
         record = facts[0] if facts[0] is not None and facts[0].key_id == claims.key_id else None
-        record = self._live_record(claims.key_id, record, now)
+        record = self.live_record(claims.key_id, record, now)
         if record.account != claims.account:
             raise _Failed("invalid token", claims.key_id, known=True)
         # read_only is the key's current state: a token cannot outlive a downgrade
         return Principal("token", record.account, record.key_id, record.read_only or claims.read_only, scopes=claims.scopes)
 
-    def _live_record(self, key_id: str, record: KeyRecord | None, now: float, check: keys.AccessKey | None = None,
-                     address: str | None = None) -> KeyRecord:
-        """C{record}: the key record as read for this request (L{_facts}), or C{None}."""
+    def live_record(self, key_id: str, record: KeyRecord | None, now: float, check: keys.AccessKey | None = None,
+                    address: str | None = None) -> KeyRecord:
+        """
+        The key record of a live key, checked: C{record} as read for this
+        request (L{facts}), or C{None}; with C{address}, the key id's brake
+        from there first; with C{check}, the key's secret. Stamps C{last_used}.
+
+        @raise _Failed: the key is unknown, wrong or revoked.
+        """
         if record is None:
             raise _Failed("invalid access key", key_id)
         if address is not None:
             # the brake of this key id from this address, before its secret is checked
-            self.limiter.check((address, key_id), now)
+            self.failures.check(address, key_id, now)
         if check is not None and not keys.verify(check, record.secret_hash):
             raise _Failed("invalid access key", key_id, known=True)
         if not record.active:
@@ -329,27 +243,11 @@ class Authenticator:
             self.last_used.put(key_id, now)
         return record
 
-    def _get_signer(self, secret: bytes | None = None) -> tokens.Signer:
-        """The signer of C{secret} (the signing key as read for this request), or of this process's own."""
+    def signer(self, secret: bytes | None = None) -> tokens.Signer:
+        """The signer of C{secret} (the signing key as read for this request, L{facts}), or of this process's own."""
         if secret is None and self.signing_key is not None:
             secret = self.signing_key()  # tests only: requests pass the secret read off the reactor
-        if secret is not None:
-            if self._signer is None or self._signer.secret != secret:  # rotated: a new signer
-                self._signer = tokens.Signer(secret)
-        elif self._signer is None:
-            self._signer = tokens.Signer(secrets.token_bytes(32))
-        return self._signer
-
-    def _failed(self, failed: _Failed, address: str, now: float) -> None:
-        bucket = (address, failed.key_id if failed.known else "*")
-        self.limiter.check(bucket, now)  # past the brake: 429, not one more 401
-        self.limiter.record_failure(bucket, now)
-        self.log.info(
-            "failed authentication from {address}: {reason} (key id {key_id})",
-            address=address,
-            reason=failed.reason,
-            key_id=failed.key_id or "-",
-        )
+        return self.signers.get(secret)
 
     def _unauthorized(self, reason: str | None, scopes: Sequence[str], realm: str | None,
                       bearer: bool = False, error: str | None = None) -> RegistryError:
@@ -361,7 +259,7 @@ class Authenticator:
         )
 
 
-def _checking(refused: Callable[[_Failed], RegistryError], step: Callable[[tuple], object]) -> Callable[[tuple], object]:
+def checking(refused: Callable[[_Failed], RegistryError], step: Callable[[tuple], object]) -> Callable[[tuple], object]:
     """C{step} as a callback: a L{_Failed} it raises becomes the request's refusal."""
     def checked(facts: tuple) -> object:
         try:
@@ -375,19 +273,3 @@ def _challenge_scope(repository: Repository, action: Action) -> str:
     """The scope to ask for: a push also needs pull (as Docker asks ``pull,push``)."""
     actions = [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
     return policy.repository_scope(repository.name, actions)
-
-
-def _text_params(params: Params) -> dict[str, list[str]]:
-    def text(v: bytes | str) -> str:
-        return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-
-    return {text(k): [text(v) for v in vs] for k, vs in params.items()}
-
-
-def _first(args: Mapping[str, Sequence[str]], name: str) -> str | None:
-    values = args.get(name)
-    return values[0] if values else None
-
-
-def _rfc3339(when: float) -> str:
-    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

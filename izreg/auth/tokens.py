@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import secrets
 from dataclasses import dataclass, field
 
 from izreg.auth.policy import Scope, parse_scope
@@ -101,6 +102,30 @@ class Signer:
 
     def _mac(self, body: str) -> bytes:
         return hmac.new(self.secret, _CONTEXT + body.encode("utf-8"), hashlib.sha256).digest()
+
+
+class Signers:
+    """
+    The signer of the current signing secret, shared by the token endpoint
+    (L{izreg.auth.tokenservice}) and the token check (L{izreg.auth.authenticator}):
+    one L{Signer} kept while the secret is unchanged, a new one once it is
+    rotated; without a secret, one random secret for this process only.
+    """
+
+    def __init__(self) -> None:
+        self._signer: Signer | None = None
+
+    def __repr__(self) -> str:
+        return "Signers(<hidden>)"
+
+    def get(self, secret: bytes | None) -> Signer:
+        """The signer of C{secret} (as read for this request), or of this process's own."""
+        if secret is not None:
+            if self._signer is None or self._signer.secret != secret:  # rotated: a new signer
+                self._signer = Signer(secret)
+        elif self._signer is None:
+            self._signer = Signer(secrets.token_bytes(32))
+        return self._signer
 
 
 def looks_like_token(text: str) -> bool:

@@ -74,7 +74,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         (routes.BROWSE, "GET"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
     })
 
-    def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int = 0, authenticator=None,
+    def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int = 0, tokens=None,
                  pulls=None, budget: BodyBudget | None = None, ui: bool = True, browser=None, readiness=None,
                  events=None) -> None:
         """
@@ -86,7 +86,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         self.guard = guard
         self.now = now
         self.chunk_min_length = chunk_min_length
-        self.authenticator = authenticator  # for the token endpoint, when it is on
+        self.tokens = tokens  # the token endpoint (izreg.auth.tokenservice.TokenService), when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.budget = budget  # request bodies kept in memory, across connections
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
@@ -182,13 +182,13 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     @route("/v2/token", methods=["GET", "POST"], access=Access.TOKEN, body=Body.SMALL)
     def token(self, request):
         """The Docker token endpoint (``[auth] token_service = true``)."""
-        if self.authenticator is None:
+        if self.tokens is None:
             raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
         params = dict(request.args)
         body = request.content.getvalue() if hasattr(request.content, "getvalue") else b""
         if request.method == b"POST" and body:
             params.update(parse_qs(body, keep_blank_values=True))
-        answer = self.authenticator.issue_token(
+        answer = self.tokens.issue_token(
             request.method, request.getHeader(b"authorization"), params, client_address(request))
         return then(answer, lambda answer: self._json(request, answer))
 

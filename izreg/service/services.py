@@ -26,6 +26,8 @@ from izreg.auth.authenticator import Authenticator
 from izreg.auth.bootstrap import bootstrap, warn_if_left
 from izreg.auth.devices import DeviceVerifier, SubjectFields
 from izreg.auth.devicestore import PullRecorder
+from izreg.auth.failures import FailedAuthentications
+from izreg.auth.tokenservice import TokenService
 from izreg.browse import Browser
 from izreg.http.app import RegistryAPI
 from izreg.inuse import InUse
@@ -127,7 +129,8 @@ class RegistryService(service.MultiService):
         self.api = self._compose(env, root)
         self.site.serve(self.api.resource(), self.api.body_for)
         self._drop_orphans()
-        self.log.info("izreg storage open at {root}", root=root)
+        self.log.info("izreg storage open: {blobs}; {metadata}", blobs=self._blobs_description(root),
+                      metadata=backend.describe())
         super().startService()
 
     def _compose(self, env, root: str) -> RegistryAPI:
@@ -145,8 +148,7 @@ class RegistryService(service.MultiService):
             backend.auth,
             reactor.seconds,
             token_service=config.token_service,
-            token_ttl=config.token_ttl,
-            limiter=backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window),
+            failures=FailedAuthentications(backend.failure_limiter(config.auth_failure_limit, config.auth_failure_window)),
             signing_key=backend.token_key().secret,
             run_read=backend.run_read,
         )
@@ -179,7 +181,7 @@ class RegistryService(service.MultiService):
                                             run_read=backend.run_read),
             reactor.seconds,
             chunk_min_length=config.chunk_min_length,
-            authenticator=authenticator if config.token_service else None,
+            tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
             pulls=self.pulls,
             budget=BodyBudget(config.body_memory),
             ui=config.ui_enabled,
@@ -194,6 +196,11 @@ class RegistryService(service.MultiService):
 
         try:
             backend = open_backend(self.config, self.config.data_dir)
+            try:
+                backend.check_sealing_key()
+            except BackendError:
+                backend.close()
+                raise
         except BackendError as e:
             self.log.error("{message}", message=str(e))
             raise StartupError(str(e)) from None
@@ -201,6 +208,19 @@ class RegistryService(service.MultiService):
             self.log.warn("metadata in PostgreSQL with blobs on this node's file system: run this node alone"
                           " (several nodes need storage.backend = \"s3\")")
         return backend
+
+    def _blobs_description(self, root: str) -> str:
+        """Where the blobs are, for the start-up line (no credentials)."""
+        config = self.config
+        if config.storage_backend != "s3":
+            return f"blobs on the file system in {root}"
+        from urllib.parse import urlsplit
+
+        where = ""
+        if config.s3_endpoint_url:  # its host and port only: a URL may carry user:password@
+            url = urlsplit(config.s3_endpoint_url)
+            where = f" at {url.hostname}" + (f":{url.port}" if url.port else "")
+        return f"blobs in S3 bucket {config.s3_bucket}{where}"
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""

@@ -11,8 +11,10 @@ import pytest
 
 from izreg.auth import keys, policy, tokens
 from izreg.auth.authenticator import Authenticator
+from izreg.auth.failures import FailedAuthentications
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
+from izreg.auth.tokenservice import TokenService
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.service.config import Config
@@ -52,10 +54,15 @@ def world(store, clock):
     return World(store, clock, account, other, key.reveal(), ro.reveal(), revoked.reveal(), other_key.reveal())
 
 
-def make(world, **kw):
+def make(world, limiter=None, **kw):
     config = Config()
-    kw.setdefault("limiter", FailureLimiter(config.auth_failure_limit, config.auth_failure_window))
-    return Authenticator(world.store, world.clock, token_ttl=config.token_ttl, **kw)
+    limiter = limiter or FailureLimiter(config.auth_failure_limit, config.auth_failure_window)
+    return Authenticator(world.store, world.clock, failures=FailedAuthentications(limiter), **kw)
+
+
+def token_service(auth):
+    """The token endpoint over C{auth} (it keeps no state of its own: the signer is the authenticator's)."""
+    return TokenService(auth, Config().token_ttl)
 
 
 def forged_key(world):
@@ -248,11 +255,11 @@ def test_authorize_puts_the_scope_in_the_challenge(world):
 def get_token(auth, key, *scopes, method="GET"):
     if method == "GET":
         params = {b"service": [b"izreg"], b"scope": [s.encode() for s in scopes], b"account": [b"KEY"]}
-        return auth.issue_token(b"GET", basic("KEY", key), params, ADDR)
+        return token_service(auth).issue_token(b"GET", basic("KEY", key), params, ADDR)
     params = {b"grant_type": [b"password"], b"username": [b"KEY"], b"password": [key.encode()], b"service": [b"izreg"]}
     if scopes:
         params[b"scope"] = [" ".join(scopes).encode()]
-    return auth.issue_token(b"POST", None, params, ADDR)
+    return token_service(auth).issue_token(b"POST", None, params, ADDR)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -340,7 +347,7 @@ def test_tokens_end_with_the_process_and_cannot_be_forged(world):
     with pytest.raises(RegistryError) as e:
         restarted.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED
-    forged = tokens.Signer(b"x" * 32).sign(first._get_signer().verify(token, world.clock()))
+    forged = tokens.Signer(b"x" * 32).sign(first.signer().verify(token, world.clock()))
     with pytest.raises(RegistryError):
         first.authenticate("Bearer " + forged, ADDR, realm=REALM)
 
@@ -362,7 +369,7 @@ TOKEN_FAILURES = [
 def test_token_endpoint_refuses(world, name, method, header, params, fragment):
     auth = make(world, token_service=True)
     with pytest.raises(RegistryError) as e:
-        auth.issue_token(method, header(world) if header else None, params, ADDR)
+        token_service(auth).issue_token(method, header(world) if header else None, params, ADDR)
     assert e.value.code is ErrorCode.UNAUTHORIZED
     assert e.value.headers["WWW-Authenticate"] == 'Basic realm="izreg"'
     assert fragment in e.value.message
@@ -370,13 +377,13 @@ def test_token_endpoint_refuses(world, name, method, header, params, fragment):
 
 def test_token_endpoint_off(world):
     with pytest.raises(RegistryError) as e:
-        make(world).issue_token("GET", basic("KEY", world.key), {}, ADDR)
+        token_service(make(world)).issue_token("GET", basic("KEY", world.key), {}, ADDR)
     assert e.value.code is ErrorCode.NOT_FOUND
 
 
 def test_post_with_basic_header_and_no_grant(world):
     auth = make(world, token_service=True)
-    body = auth.issue_token("POST", basic("KEY", world.key), {"service": ["izreg"]}, ADDR)
+    body = token_service(auth).issue_token("POST", basic("KEY", world.key), {"service": ["izreg"]}, ADDR)
     assert auth.authenticate("Bearer " + body["access_token"], ADDR, realm=REALM).kind == "token"
 
 
@@ -409,9 +416,9 @@ def test_token_endpoint_is_rate_limited_too(world):
     auth = make(world, token_service=True, limiter=FailureLimiter(limit=2, window=60.0))
     for _ in range(2):
         with pytest.raises(RegistryError):
-            auth.issue_token("GET", basic("KEY", forged_key(world)), {}, ADDR)
+            token_service(auth).issue_token("GET", basic("KEY", forged_key(world)), {}, ADDR)
     with pytest.raises(RegistryError) as e:
-        auth.issue_token("GET", basic("KEY", world.key), {}, ADDR)
+        token_service(auth).issue_token("GET", basic("KEY", world.key), {}, ADDR)
     assert e.value.code is ErrorCode.TOOMANYREQUESTS
 
 
@@ -445,7 +452,7 @@ def test_token_whose_account_differs_from_its_key_is_refused(world):
     auth = make(world, token_service=True)
     key_id = keys.parse(world.key).key_id
     claims = tokens.TokenClaims(key_id, world.other_account, False, (), world.clock(), world.clock() + 60)
-    token = auth._get_signer().sign(claims)  # validly signed, but the key belongs to another account
+    token = auth.signer().sign(claims)  # validly signed, but the key belongs to another account
     with pytest.raises(RegistryError) as e:
         auth.authenticate("Bearer " + token, ADDR, realm=REALM)
     assert e.value.code is ErrorCode.UNAUTHORIZED

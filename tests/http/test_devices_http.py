@@ -16,6 +16,7 @@ from OpenSSL import SSL
 
 from izreg.auth import policy
 from izreg.auth.authenticator import Authenticator
+from izreg.auth.failures import FailedAuthentications
 from izreg.auth.policy import Action, Principal
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
@@ -69,7 +70,7 @@ class NeverCalled:
 def authenticator(tmp_path):
     env = open_env(str(tmp_path), 1 << 30)
     store = AuthStore(env)
-    yield Authenticator(store, lambda: NOW, token_ttl=3600, limiter=FailureLimiter(limit=3, window=60))
+    yield Authenticator(store, lambda: NOW, failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
     env.close()
 
 
@@ -174,7 +175,7 @@ def test_guard_caches_a_failure_so_it_counts_once(guard, authenticator):
         errors.append(e.value)
     assert errors[0] is errors[1] is errors[2]
     # one failure recorded of the limit of 3: two more requests fail with 401, the next is refused
-    assert authenticator.limiter.retry_after("192.0.2.7", NOW) is None
+    assert authenticator.failures.limiter.retry_after("192.0.2.7", NOW) is None
     for _ in range(2):
         with pytest.raises(RegistryError) as e:
             guard.check(FakeRequest(basic(unknown_key()).encode()), OWN, Action.PULL)

@@ -18,6 +18,7 @@ import pytest_twisted
 from OpenSSL import SSL
 
 from izreg.auth.authenticator import Authenticator
+from izreg.auth.failures import FailedAuthentications
 from izreg.auth.devices import DeviceVerifier
 from izreg.auth.devicestore import SERIAL, DeviceStore
 from izreg.auth.pgstore import PgTokenKey
@@ -147,8 +148,8 @@ async def test_a_device_revoked_elsewhere_is_refused_at_its_next_request(device_
     ca = make_ca(NOW - 60)
     device = make_device_cert(ca, ACCOUNT, "gw-1", NOW - 60)
     verifier = DeviceVerifier(cas=lambda: [ca.cert], revoked=device_store.revocations_for)
-    authenticator = Authenticator(AuthStore(open_env(str(tmp_path / "auth"), 1 << 30)), lambda: NOW, token_ttl=60,
-                                  limiter=FailureLimiter(limit=3, window=60))
+    authenticator = Authenticator(AuthStore(open_env(str(tmp_path / "auth"), 1 << 30)), lambda: NOW,
+                                  failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
     guard = AccessGuard(authenticator, verifier, lambda: NOW, run_read=threaded)
     own = Repository.parse(f"{ACCOUNT}/app")
     principal = await guard.check(DeviceRequest(device.cert), own, Action.PULL)

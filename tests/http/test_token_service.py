@@ -414,7 +414,7 @@ async def test_forged_expired_and_tampered_tokens_are_refused(env):
     keys = env.keys
     name = env.repo()
     now = env.server.service.reactor.seconds()
-    signer = env.server.api.authenticator._get_signer()  # the running server's own secret
+    signer = env.server.api.tokens.authenticator.signer()  # the running server's own secret
     scope = (parse_scope(f"repository:{name}:pull"),)
     good = await env.token(keys.a_key, f"repository:{name}:pull")
     body, _, mac = good.partition(".")

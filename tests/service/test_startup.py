@@ -11,9 +11,11 @@ import pytest
 
 from izreg import __version__
 from izreg.auth.authenticator import Authenticator
+from izreg.auth.failures import FailedAuthentications
 from izreg.auth.ratelimit import FailureLimiter
 from izreg.auth.store import AuthStore
 from izreg.auth.tokenkey import TokenKey
+from izreg.auth.tokenservice import TokenService
 from izreg.storage.lmdbenv import open_env
 from izreg.tap import Options
 from tests.helpers.server import REPO_ROOT
@@ -78,13 +80,13 @@ def test_tokens_survive_a_restart_and_die_with_a_rotation(tmp_path):
         clock = lambda: 1000.0  # noqa: E731
 
         def server():
-            return Authenticator(store, clock, token_service=True, token_ttl=3600, limiter=FailureLimiter(10, 60),
+            return Authenticator(store, clock, token_service=True, failures=FailedAuthentications(FailureLimiter(10, 60)),
                                  signing_key=TokenKey(str(tmp_path)).secret)
 
         import base64
 
         basic = "Basic " + base64.b64encode(f"KEY:{access_key.reveal()}".encode()).decode()
-        token = server().issue_token("GET", basic, {}, "192.0.2.1")["token"]
+        token = TokenService(server(), 3600).issue_token("GET", basic, {}, "192.0.2.1")["token"]
         assert server().authenticate("Bearer " + token, "192.0.2.1", realm="https://r/v2/token").kind == "token"  # the next process
         TokenKey(str(tmp_path)).rotate()
         with pytest.raises(Exception) as e:
