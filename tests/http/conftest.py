@@ -164,7 +164,7 @@ class MemoryServer(InMemory):
         registry = Registry(index, uploads.blobs, uploads, now=reactor.seconds, run_write=run_write, run_io=inline,
                             limits=Limits(defaults.max_manifest_size, defaults.delete_enabled, defaults.max_open_uploads),
                             run_read=run_read)
-        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
+        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=defaults.chunk_min_length, ui=defaults.ui_enabled)
         site = RegistrySite(api.resource(), api.body_for)
         super().__init__(site, MemoryService(registry, api, site), "memory")
         self.service.pool = pool
