@@ -250,8 +250,10 @@ class Registry(UploadSessions):
 
     async def get_manifest(self, repo: Repository, reference: Reference,
                            accepted: frozenset[str] = frozenset()) -> StoredManifest:
-        digest = await self.resolve(repo, reference)
-        found = await self._read(self.index.get_manifest, repo.name, digest)
+        if isinstance(reference, Digest):
+            digest, found = reference, await self._read(self.index.get_manifest, repo.name, reference)
+        else:  # both reads in one runner call: one thread hop, not two, on PostgreSQL (each is its own store call)
+            digest, found = await self._read(self._manifest_by_tag, repo.name, reference)
         if found is None:
             raise await self._unknown_manifest(repo, reference)
         meta, data = found
@@ -261,6 +263,10 @@ class Registry(UploadSessions):
             if child is not None:
                 return child
         return StoredManifest(digest, media_type, data)
+
+    def _manifest_by_tag(self, name: str, tag: str) -> tuple[Digest | None, tuple[dict, bytes] | None]:
+        digest = self.index.resolve_tag(name, tag)
+        return digest, (None if digest is None else self.index.get_manifest(name, digest))
 
     async def _default_platform_child(self, repo: Repository, data: bytes,
                                       accepted: frozenset[str]) -> StoredManifest | None:

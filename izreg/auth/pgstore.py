@@ -133,7 +133,7 @@ class PgAuthStore:
             cur.execute(f"SELECT {_KEY_COLUMNS} FROM access_keys WHERE key_id = %s", (key_id,))
             return cur.fetchone()
 
-        row = self.db.run(get)
+        row = self.db.read(get)
         return None if row is None else _key(row)
 
     def list_keys(self, account_id: str) -> list[KeyRecord]:
@@ -239,7 +239,7 @@ class PgDeviceStore:
                         (SERIAL, serial_hex, FINGERPRINT, fingerprint))
             return {kind for (kind,) in cur.fetchall()}
 
-        found = self.db.run(read)
+        found = self.db.read(read)
         return Revoked(frozenset([serial_hex]) if SERIAL in found else frozenset(),
                        frozenset([fingerprint]) if FINGERPRINT in found else frozenset())
 
@@ -335,10 +335,10 @@ class PgTokenKey:
             row = cur.fetchone()
             return None if row is None else row[0]
 
-        sealed = self.db.run(read)
+        sealed = self.db.read(read)
         if sealed is None:
             self.rotate(replace=False)
-            sealed = self.db.run(read)
+            sealed = self.db.read(read)
         opened = self._opened
         if opened is None or opened[0] != sealed:
             try:

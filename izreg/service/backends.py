@@ -36,6 +36,8 @@ LMDB, POSTGRESQL = "lmdb", "postgresql"
 #: seconds a database call may wait for a free thread (and connection) before it is answered 503:
 #: while the database blocks every connection (a lock, a dead link), requests do not queue for ever
 QUEUE_WAIT = 10.0
+#: seconds /readyz waits for the database before it says not ready (a load balancer's check is short)
+READY_WAIT = 1.5
 
 
 class BackendError(Exception):
@@ -60,6 +62,7 @@ class Backend:
         self.run_read: Callable[..., Any] | None = None
         self.run_write: Callable[..., defer.Deferred] | None = None
         self._pools: list[ThreadPool] = []
+        self._reactor = None
 
     @property
     def shared(self) -> bool:
@@ -77,6 +80,7 @@ class Backend:
         C{writer} (the service's single writer thread, made here if not
         given). PostgreSQL: one pool of C{pool_size} threads for both.
         """
+        self._reactor = reactor
         if self.shared:
             pool = ThreadPool(0, self.db.max_size, "izreg-db")
             pool.start()
@@ -100,6 +104,30 @@ class Backend:
         if self.db is not None:
             self.db.close()
         self.env = self.db = self.index = None
+
+    def describe(self) -> str:
+        """Where the metadata is, for the start-up line (no password: the DSN's user, host, port and database only)."""
+        if not self.shared:
+            return f"metadata in LMDB at {os.path.join(self.data_dir, 'index')}"
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(self.db.dsn)
+        user = f"{parts['user']}@" if parts.get("user") else ""
+        port = f":{parts['port']}" if parts.get("port") else ""
+        return f"metadata in PostgreSQL {user}{parts.get('host') or 'localhost'}{port}/{parts.get('dbname') or ''}"
+
+    def check_sealing_key(self) -> None:
+        """PostgreSQL: this node's C{webhook.key} opens what the other nodes sealed (L{BackendError} if not)."""
+        if not self.shared:
+            return
+        from izreg.storage.pg import DatabaseUnavailable
+        from izreg.storage.pgwebhooks import check_sealing_key
+        from izreg.storage.webhooks import WebhookError
+
+        try:
+            check_sealing_key(self.db, self.data_dir)
+        except (WebhookError, DatabaseUnavailable) as e:
+            raise BackendError(str(e)) from None
 
     # -- what differs by backend -----------------------------------------------------
 
@@ -142,11 +170,13 @@ class Backend:
     def index_error(self):
         """The readiness check of the metadata: C{None} when usable, else why (a Deferred with PostgreSQL)."""
         if self.shared:
-            def ping(cur):
-                cur.execute("SELECT 1")
-
-            d = self.run_read(self.db.run, ping)
-            d.addCallbacks(lambda _: None, lambda f: f"the database cannot be reached: {f.getErrorMessage()}")
+            # at most READY_WAIT for a connection, and as long on the reactor's side: every thread
+            # may be held by calls waiting on the database, and the answer must come anyway
+            d = self.run_read(self.db.ping, READY_WAIT)
+            d.addTimeout(READY_WAIT + 0.5, self._reactor)
+            d.addCallbacks(lambda _: None, lambda f: (
+                f"the database did not answer within {READY_WAIT + 0.5:g} s" if f.check(defer.TimeoutError)
+                else f"the database cannot be reached: {f.getErrorMessage()}"))
             return d
         try:
             self.env.stat()
@@ -224,14 +254,25 @@ def open_backend(config: Config, data_dir: str | None = None, *, create: bool = 
 
 
 def open_database(config: Config, max_size: int | None = None, application_name: str = "izreg"):
-    """A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable."""
+    """
+    A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable.
+    The server (C{application_name} "izreg") gets C{metadata.statement_timeout}; the ``izreg``
+    command (any other name) C{metadata.long_statement_timeout}: its scans may run long.
+    """
     from izreg.storage.pg import Database, DatabaseUnavailable, dsn_from
 
     dsn = dsn_from(config.metadata_dsn)
     if not dsn:
         raise BackendError("metadata.backend = \"postgresql\" needs metadata.dsn or $IZREG_DATABASE_URL")
+    server = application_name == "izreg"
     try:
-        return Database(dsn, max_size=max_size or config.metadata_pool_size, application_name=application_name)
+        return Database(dsn, max_size=max_size or config.metadata_pool_size, application_name=application_name,
+                        statement_timeout=(config.metadata_statement_timeout if server
+                                           else config.metadata_long_statement_timeout),
+                        lock_timeout=config.metadata_lock_timeout if server else 0,
+                        long_timeout=config.metadata_long_statement_timeout,
+                        keepalives=(config.metadata_keepalives_idle, config.metadata_keepalives_interval,
+                                    config.metadata_keepalives_count))
     except DatabaseUnavailable as e:
         raise BackendError(str(e)) from None
 

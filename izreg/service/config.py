@@ -83,6 +83,13 @@ class Config:
     metadata_backend: str = "lmdb"
     metadata_dsn: str | None = field(default=None, repr=False)  # may hold a password: never in a log line
     metadata_pool_size: int = 8
+    # [metadata] timeouts and TCP keepalives of the database connections (seconds; 0: no limit)
+    metadata_statement_timeout: int = 5
+    metadata_lock_timeout: int = 2
+    metadata_long_statement_timeout: int = 600
+    metadata_keepalives_idle: int = 30
+    metadata_keepalives_interval: int = 10
+    metadata_keepalives_count: int = 3
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -175,6 +182,12 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("metadata", "backend"): ("metadata_backend", str),
     ("metadata", "dsn"): ("metadata_dsn", str),
     ("metadata", "pool_size"): ("metadata_pool_size", int),
+    ("metadata", "statement_timeout"): ("metadata_statement_timeout", int),
+    ("metadata", "lock_timeout"): ("metadata_lock_timeout", int),
+    ("metadata", "long_statement_timeout"): ("metadata_long_statement_timeout", int),
+    ("metadata", "keepalives_idle"): ("metadata_keepalives_idle", int),
+    ("metadata", "keepalives_interval"): ("metadata_keepalives_interval", int),
+    ("metadata", "keepalives_count"): ("metadata_keepalives_count", int),
 }
 
 LOG_FORMATS = ("text", "json")
@@ -201,6 +214,8 @@ def _check_metadata(config: Config) -> None:
         raise ConfigError(f"metadata.backend must be \"lmdb\" or \"postgresql\", not {config.metadata_backend!r}")
     if config.metadata_pool_size < 1:
         raise ConfigError("metadata.pool_size must be at least 1")
+    if min(config.metadata_keepalives_idle, config.metadata_keepalives_interval, config.metadata_keepalives_count) < 1:
+        raise ConfigError("metadata.keepalives_idle, keepalives_interval and keepalives_count must be at least 1")
     if config.metadata_backend == "postgresql":
         if not (config.metadata_dsn or os.environ.get(ENV_DATABASE_URL)):
             raise ConfigError(f"metadata.backend = \"postgresql\" needs metadata.dsn or ${ENV_DATABASE_URL}")

@@ -129,7 +129,8 @@ class RegistryService(service.MultiService):
         self.api = self._compose(env, root)
         self.site.serve(self.api.resource(), self.api.body_for)
         self._drop_orphans()
-        self.log.info("izreg storage open at {root}", root=root)
+        self.log.info("izreg storage open: {blobs}; {metadata}", blobs=self._blobs_description(root),
+                      metadata=backend.describe())
         super().startService()
 
     def _compose(self, env, root: str) -> RegistryAPI:
@@ -195,6 +196,11 @@ class RegistryService(service.MultiService):
 
         try:
             backend = open_backend(self.config, self.config.data_dir)
+            try:
+                backend.check_sealing_key()
+            except BackendError:
+                backend.close()
+                raise
         except BackendError as e:
             self.log.error("{message}", message=str(e))
             raise StartupError(str(e)) from None
@@ -202,6 +208,19 @@ class RegistryService(service.MultiService):
             self.log.warn("metadata in PostgreSQL with blobs on this node's file system: run this node alone"
                           " (several nodes need storage.backend = \"s3\")")
         return backend
+
+    def _blobs_description(self, root: str) -> str:
+        """Where the blobs are, for the start-up line (no credentials)."""
+        config = self.config
+        if config.storage_backend != "s3":
+            return f"blobs on the file system in {root}"
+        from urllib.parse import urlsplit
+
+        where = ""
+        if config.s3_endpoint_url:  # its host and port only: a URL may carry user:password@
+            url = urlsplit(config.s3_endpoint_url)
+            where = f" at {url.hostname}" + (f":{url.port}" if url.port else "")
+        return f"blobs in S3 bucket {config.s3_bucket}{where}"
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""

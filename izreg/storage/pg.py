@@ -18,8 +18,10 @@ know (newer, or not yet upgraded).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -39,6 +41,8 @@ UPGRADE_LOCK = 0x697A726567
 #: transient conflicts between concurrent transactions: the whole transaction is run again
 RETRYABLE = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 RETRIES = 8
+#: a statement cancelled by statement_timeout, a lock not had within lock_timeout: told as a 503
+TIMED_OUT = (pgerrors.QueryCanceled, pgerrors.LockNotAvailable)
 
 
 class SchemaError(Exception):
@@ -77,17 +81,35 @@ class Database:
     and raises.
     """
 
-    def __init__(self, dsn: str, max_size: int = 8, timeout: float = 10.0, application_name: str = "izreg") -> None:
+    def __init__(self, dsn: str, max_size: int = 8, timeout: float = 10.0, application_name: str = "izreg", *,
+                 statement_timeout: float = 5.0, lock_timeout: float = 2.0, long_timeout: float = 600.0,
+                 keepalives: tuple[int, int, int] | None = (30, 10, 3)) -> None:
+        """
+        @param statement_timeout: seconds a statement may run (0: no limit), so that a lock held
+            elsewhere or a stuck query frees the thread and the caller gets a 503.
+        @param lock_timeout: seconds a statement may wait for a lock (0: no limit).
+        @param long_timeout: the statement timeout of what legitimately runs long (garbage
+            collection's scans: L{allow_long}).
+        @param keepalives: libpq's C{keepalives_idle}, C{keepalives_interval},
+            C{keepalives_count} (seconds, seconds, probes): a dead link is noticed.
+        """
         try:
             conninfo_to_dict(dsn)  # libpq's parse error quotes the DSN, password and all, and the pool logs it
         except psycopg.ProgrammingError as e:
             raise DatabaseUnavailable(f"the database DSN is not valid: {_malformed(e)}") from None
         self.dsn = dsn
         self.max_size = max_size
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.long_timeout = long_timeout
+        # autocommit: L{run} opens its transaction itself (BEGIN ... COMMIT), L{read} needs none
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+        if keepalives:
+            idle, interval, count = keepalives
+            kwargs.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
-            kwargs={"autocommit": False, "application_name": application_name},
-            check=_check_if_idle, reset=_stamp_idle,
+            kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,
         )
         try:
             self.pool.open(wait=True, timeout=timeout)
@@ -95,16 +117,30 @@ class Database:
             self.pool.close()
             raise DatabaseUnavailable(f"cannot connect to the database: {_describe(e)}") from None
 
+    def _configure(self, conn: psycopg.Connection) -> None:
+        """The pool's configure callback: every new connection gets the timeouts."""
+        conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                     (_ms(self.statement_timeout), _ms(self.lock_timeout)))
+        POOL_LOG.connected()
+
+    def allow_long(self, cur: psycopg.Cursor) -> None:
+        """In a transaction that legitimately runs long (a garbage-collection scan): its statements get L{long_timeout}."""
+        cur.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(self.long_timeout),))
+
     def close(self) -> None:
         self.pool.close()
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=timeout) as conn:
                 yield conn
         except PoolTimeout as e:  # an OperationalError too: first
             raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
+        except TIMED_OUT as e:  # OperationalErrors too
+            raise DatabaseUnavailable(f"a database call took too long: {_describe(e)}"
+                                      f" (metadata.statement_timeout = {self.statement_timeout:g} s,"
+                                      f" lock_timeout = {self.lock_timeout:g} s)") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             if isinstance(e, RETRYABLE):
                 raise
@@ -122,6 +158,23 @@ class Database:
                     raise
                 time.sleep(0.005 * (2 ** attempt))  # a worker thread, never the reactor
         raise AssertionError("unreachable")
+
+    def read(self, f: Callable[..., T], *args: Any) -> T:
+        """
+        C{f(cursor, *args)} outside a transaction: one round trip for one
+        statement, where L{run} costs three (BEGIN, the statement, COMMIT).
+        For a single-statement read only (or reads that need no common
+        snapshot: under READ COMMITTED each statement of L{run} has its own
+        anyway); nothing that writes, locks or sets a C{LOCAL} setting.
+        """
+        with self.connection() as conn:
+            with conn.cursor() as cur:
+                return f(cur, *args)
+
+    def ping(self, timeout: float) -> None:
+        """A round trip, waiting at most C{timeout} s for a connection (the readiness check)."""
+        with self.connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
 
     # -- schema -------------------------------------------------------------
 
@@ -197,6 +250,63 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
     since = _idle_since.get(conn)
     if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
         ConnectionPool.check_connection(conn)
+
+
+def _ms(seconds: float) -> str:
+    """A timeout setting's value: milliseconds, 0 for none."""
+    return str(max(0, int(seconds * 1000)))
+
+
+class _PoolLog(logging.Filter):
+    """
+    The psycopg pool logs every failed reconnection attempt (and every
+    broken connection it discards): while the database is down that is a
+    line every few seconds per connection. This filter on its logger lets
+    through one line when the database goes down, then at most one per
+    C{interval} seconds, and says when a connection succeeds again.
+    """
+
+    interval = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.msg is _BACK:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if str(record.msg).startswith("error connecting in") and self.down_since is None:
+                self.down_since, self._last, self._suppressed = now, now, 0
+                record.msg, record.args = ("the database is unreachable: %s (the pool keeps reconnecting;"
+                                           " at most one line per %g s until it is back)",
+                                           (_describe(record.args[-1]), self.interval))
+                return True
+            if now - self._last < self.interval:
+                self._suppressed += 1
+                return False
+            self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        if suppressed:
+            record.msg, record.args = "%s (and %d more such lines since the last one)", (
+                _describe(Exception(record.getMessage())), suppressed)
+        return True
+
+    def connected(self) -> None:
+        """A new connection was made: if the database was down, say it is back."""
+        with self._lock:
+            since, self.down_since = self.down_since, None
+        if since is not None:
+            _pool_logger.warning(_BACK, time.monotonic() - since)
+
+
+_BACK = "the database is reachable again (after %.0f s)"
+_pool_logger = logging.getLogger("psycopg.pool")
+POOL_LOG = _PoolLog()
+_pool_logger.addFilter(POOL_LOG)
 
 
 def _describe(e: Exception) -> str:

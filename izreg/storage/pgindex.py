@@ -143,7 +143,7 @@ class PgIndex:
         def f(cur):
             cur.execute("SELECT 1 FROM repos WHERE name = %s", (name,))
             return cur.fetchone() is not None
-        return self.db.run(f)
+        return self.db.read(f)
 
     @staticmethod
     def _list_repos(cur, start: str, last: str | None, limit: int) -> tuple[list[str], bool]:
@@ -168,7 +168,7 @@ class PgIndex:
             cur.execute(_STATS, {"names": [name]})
             row = cur.fetchone()
             return _stats_row(row) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_repo_stats(self, start: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict]], bool]:
         def f(cur):
@@ -186,14 +186,14 @@ class PgIndex:
                         " WHERE l.repo = %s AND l.digest = %s", (name, str(digest)))
             row = cur.fetchone()
             return row[0] if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def blob_record(self, digest: Digest) -> dict | None:
         def f(cur):
             cur.execute("SELECT size, created, touched FROM blobs WHERE digest = %s", (str(digest),))
             row = cur.fetchone()
             return _record(*row) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def _link(self, cur, name: str, digest: str, now: float) -> None:
         cur.execute("INSERT INTO links (repo, digest, linked) VALUES (%s, %s, %s)"
@@ -300,7 +300,7 @@ class PgIndex:
             cur.execute("SELECT record FROM uploads WHERE id = %s", (upload_id,))
             row = cur.fetchone()
             return json.loads(row[0]) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def delete_upload(self, upload_id: str) -> bool:
         def f(cur):
@@ -386,7 +386,7 @@ class PgIndex:
             cur.execute("SELECT meta, data FROM manifests WHERE repo = %s AND digest = %s", (name, str(digest)))
             row = cur.fetchone()
             return (json.loads(row[0]), bytes(row[1])) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_manifests(self, name: str, last: str | None, limit: int) -> tuple[list[tuple[str, dict, bytes, list[str]]], bool]:
         """(digest, meta, bytes, tags) of the repository's manifests by digest, after C{last}; and whether more follow."""
@@ -414,7 +414,7 @@ class PgIndex:
             cur.execute("SELECT digest FROM tags WHERE repo = %s AND tag = %s", (name, tag))
             row = cur.fetchone()
             return Digest(*row[0].split(":", 1)) if row is not None else None
-        return self.db.run(f)
+        return self.db.read(f)
 
     def list_tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         def f(cur):
@@ -422,7 +422,7 @@ class PgIndex:
                         (name, last or "", limit + 1))
             tags = [t for (t,) in cur.fetchall()]
             return tags[:limit], len(tags) > limit
-        return self.db.run(f)
+        return self.db.read(f)
 
     def delete_tag(self, name: str, tag: str) -> bool:
         def f(cur):
@@ -541,6 +541,7 @@ class PgIndex:
 
     def gc_blob_candidates(self, cutoff: float) -> list[tuple[str, int]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT digest, coalesce(size, 0) FROM blobs b"
                         " WHERE coalesce(nullif(touched, 0), nullif(created, 0), 0) < %s"
                         " AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest) ORDER BY digest",
@@ -550,6 +551,7 @@ class PgIndex:
 
     def gc_link_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT repo, digest FROM links l WHERE linked < %s AND NOT EXISTS"
                         " (SELECT 1 FROM manifest_blobs mb WHERE mb.repo = l.repo AND mb.blob = l.digest)"
                         " ORDER BY repo, digest", (cutoff,))
@@ -558,6 +560,7 @@ class PgIndex:
 
     def gc_untagged_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         def f(cur):
+            self.db.allow_long(cur)  # a scan of every record: longer than a request's timeout
             cur.execute("SELECT repo, digest FROM manifests m WHERE coalesce(created, 0) < %s AND subject IS NULL"
                         " AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo = m.repo AND t.digest = m.digest)"
                         " AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.repo = m.repo AND c.child = m.digest)"

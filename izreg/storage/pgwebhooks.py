@@ -19,6 +19,7 @@ least once, durable).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from typing import Any
 
@@ -28,10 +29,41 @@ from izreg.core import cloudevents
 from izreg.storage.interfaces import IWebhookStore
 from izreg.storage.pgaudit import select
 from izreg.storage.pg import Database
-from izreg.storage.webhooks import DELIVERED, FAILED, PENDING, Hook, SecretBox, WebhookError, _new_id, check_url
+from izreg.storage.webhooks import (DELIVERED, FAILED, KEY_FILE, PENDING, Hook, SecretBox, WebhookError, _new_id,
+                                   check_url)
 
 #: seconds a node holds the deliveries it claimed (longer than a delivery's timeout)
 LEASE = 300.0
+
+
+def check_sealing_key(db: Database, data_dir: str) -> None:
+    """
+    At a node's start: refuse (L{WebhookError}, one line) a C{data_dir} whose
+    C{webhook.key} is missing or not the one the database's secrets (the token
+    key, webhook secrets) were sealed with. A node without it would make a key
+    of its own and open nothing another node sealed. A database that holds no
+    sealed secret yet passes: the first node makes the key.
+    """
+    def sample(cur):
+        cur.execute("SELECT sealed FROM sealed_secrets ORDER BY name LIMIT 1")
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SELECT secret FROM webhooks ORDER BY account, id LIMIT 1")
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    sealed = db.run(sample)
+    if sealed is None:
+        return
+    path = os.path.join(data_dir, KEY_FILE)
+    if not os.path.exists(path):
+        raise WebhookError(f"no {path}, but the database holds secrets sealed with the nodes' {KEY_FILE}: copy it"
+                           " from another node before starting this one (docs/deploy.rst)")
+    try:
+        SecretBox(data_dir, create=False).open(sealed)
+    except (WebhookError, ValueError):  # ValueError: not a Fernet key at all
+        raise WebhookError(f"{path} is not the key the database's secrets were sealed with: copy the nodes'"
+                           f" {KEY_FILE} from another node (docs/deploy.rst)") from None
 
 
 def _hook(row) -> Hook:
@@ -67,7 +99,7 @@ class PgWebhookStore:
         return hook
 
     def hooks(self, account: str | None = None) -> list[Hook]:
-        return [_hook(row) for row in self.db.run(_hooks, account)]
+        return [_hook(row) for row in self.db.read(_hooks, account)]
 
     def remove(self, hook_id: str) -> Hook | None:
         def remove(cur):
@@ -82,7 +114,7 @@ class PgWebhookStore:
             cur.execute("SELECT secret FROM webhooks WHERE account = %s AND id = %s", (account, hook_id))
             return cur.fetchone()
 
-        row = self.db.run(read)
+        row = self.db.read(read)
         return None if row is None else self.box.open(row[0])
 
     def wants(self, account: str, kind: str) -> list[Hook]:

@@ -144,3 +144,90 @@ def test_a_malformed_dsn_is_refused_at_once_without_its_password(dsn, caplog):
 def test_connection_failures_are_described_without_a_password():
     error = psycopg.OperationalError('could not parse "postgresql://izreg:S3CRET@db/x" (password=S3CRET2)')
     assert "S3CRET" not in pg._describe(error)
+
+
+def test_every_connection_has_timeouts_and_keepalives(pg_db):
+    db = pg.Database(pg_db.dsn, max_size=2, statement_timeout=3, lock_timeout=1, long_timeout=700,
+                     keepalives=(31, 11, 4))
+    try:
+        show = lambda cur, name: cur.execute(f"SHOW {name}").fetchone()[0]  # noqa: E731
+        assert (db.run(show, "statement_timeout"), db.run(show, "lock_timeout")) == ("3s", "1s")
+        # a garbage-collection scan raises it for its own transaction only
+        assert db.run(lambda cur: (db.allow_long(cur), show(cur, "statement_timeout"))[1]) == "700s"
+        assert db.run(show, "statement_timeout") == "3s"
+        with db.connection() as conn:
+            params = conn.info.get_parameters()
+        assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
+                params["keepalives_count"]) == ("1", "31", "11", "4")
+    finally:
+        db.close()
+
+
+def test_a_call_held_by_a_lock_is_unavailable_not_a_hang(pg_db):
+    # a LOCK TABLE held in psql made every store call wait as long: every thread, so the node hung
+    by_lock = pg.Database(pg_db.dsn, max_size=1, statement_timeout=30, lock_timeout=1)
+    by_statement = pg.Database(pg_db.dsn, max_size=1, statement_timeout=1, lock_timeout=0)
+    holder = psycopg.connect(pg_db.dsn)
+    release = threading.Timer(60, holder.close)  # without timeouts the test fails, it does not hang
+    count = lambda cur: cur.execute("SELECT count(*) FROM repos").fetchone()[0]  # noqa: E731
+    try:
+        holder.execute("LOCK TABLE repos IN ACCESS EXCLUSIVE MODE")
+        release.start()
+        with pytest.raises(pg.DatabaseUnavailable, match="took too long.*lock_timeout = 1 s"):
+            by_lock.run(count)
+        with pytest.raises(pg.DatabaseUnavailable, match="took too long.*statement_timeout = 1 s"):
+            by_statement.run(count)
+        holder.rollback()
+        assert by_lock.run(count) == by_statement.run(count) == 0  # the connections serve again
+    finally:
+        release.cancel()
+        holder.close()
+        by_lock.close()
+        by_statement.close()
+
+
+def test_reconnection_failures_are_one_line_until_the_database_is_back(pg_db, caplog):
+    # while the database was down the pool logged every reconnection attempt of every connection
+    name = pg_db.dsn.rsplit("/", 1)[1]
+    db = pg.Database(pg_db.dsn, max_size=1, timeout=1.0)
+    admin = psycopg.connect(pg_db.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+    pg.POOL_LOG.down_since = None
+    caplog.set_level("WARNING", logger="psycopg.pool")
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        deadline = time.monotonic() + 60
+        while db.pool.get_stats().get("connections_errors", 0) < 3:  # the pool retries in its own threads
+            assert time.monotonic() < deadline, "the pool did not try to reconnect"
+            with pytest.raises(pg.DatabaseUnavailable):
+                db.run(lambda cur: cur.execute("SELECT 1"))
+        lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+        assert len([line for line in lines if "unreachable" in line]) == 1, lines
+        assert not [line for line in lines if "error connecting" in line], lines
+        assert pg_db.dsn.split("@")[0].split(":")[-1] not in caplog.text  # the password
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                db.run(lambda cur: cur.execute("SELECT 1"))
+                break
+            except pg.DatabaseUnavailable:
+                assert time.monotonic() < deadline, "the pool did not reconnect"
+        lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+        assert len([line for line in lines if "reachable again" in line]) == 1, lines
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.close()
+        db.close()
+
+
+def test_a_read_is_one_statement_outside_a_transaction(pg_db):
+    # each store call was BEGIN, the statement, COMMIT: three round trips where a read needs one
+    from psycopg.pq import TransactionStatus
+
+    status = lambda cur: (cur.execute("SELECT 1"), cur.connection.info.transaction_status)[1]  # noqa: E731
+    assert pg_db.read(status) == TransactionStatus.IDLE
+    assert pg_db.run(status) == TransactionStatus.INTRANS
+    with pytest.raises(psycopg.errors.UndefinedTable):  # its errors come through, the connection serves on
+        pg_db.read(lambda cur: cur.execute("SELECT * FROM no_such_table"))
+    assert pg_db.read(lambda cur: cur.execute("SELECT 2").fetchone()[0]) == 2

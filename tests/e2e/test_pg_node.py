@@ -1,0 +1,134 @@
+"""
+One real izreg node over a real PostgreSQL (blobs on its disk): how it
+behaves when the database is slow, locked or gone, and what it says at
+start-up (the hardening of #16).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+import requests
+
+from tests.helpers.server import REPO_ROOT, RegistryProcess, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+
+def node_config(path, dsn: str) -> str:
+    with open(path, "w") as f:
+        f.write(f'[metadata]\nbackend = "postgresql"\ndsn = "{dsn}"\npool_size = 4\n'
+                "statement_timeout = 2\nlock_timeout = 1\n")
+    return str(path)
+
+
+def upgraded(dsn: str) -> None:
+    from izreg.storage.pg import Database
+
+    db = Database(dsn, max_size=1)
+    try:
+        db.upgrade()
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, postgres_server):
+    base = tmp_path_factory.mktemp("pgnode")
+    dsn = postgres_server.create_database()
+    upgraded(dsn)
+    registry = RegistryProcess(data_dir=str(base / "data"), config=node_config(base / "izreg.toml", dsn))
+    registry.dsn = dsn
+    registry.start()
+    yield registry
+    registry.close()
+
+
+def test_the_start_up_line_says_what_is_open_and_no_password(node):
+    line = next(line for line in node.log_lines if "storage open" in line)
+    database = node.dsn.rsplit("/", 1)[1]
+    assert f"blobs on the file system in {node.data_dir}" in line
+    assert f"metadata in PostgreSQL izreg@127.0.0.1:{node.dsn.rsplit(':', 1)[1].split('/')[0]}/{database}" in line
+    password = node.dsn.split("@")[0].split(":")[-1]
+    assert password not in node.log_text()
+
+
+def test_a_locked_table_is_a_503_with_retry_after_not_a_hung_node(node):
+    # LOCK TABLE in psql + concurrent catalog requests: every thread waited as long as the lock was held
+    holder = psycopg.connect(node.dsn)
+    try:
+        holder.execute("LOCK TABLE repos IN ACCESS EXCLUSIVE MODE")
+
+        def catalog(_):
+            return requests.get(f"{node.url}/v2/_catalog", auth=node.requests_auth, timeout=60)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(catalog, range(8)))
+        for r in answers:
+            assert r.status_code == 503, r.text
+            assert r.headers.get("Retry-After")
+            assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        holder.close()
+    assert requests.get(f"{node.url}/v2/_catalog", auth=node.requests_auth, timeout=60).status_code == 200
+
+
+def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
+    # /readyz waited for a pool connection (10 s) while the database was down: longer than a health check
+    name = node.dsn.rsplit("/", 1)[1]
+    admin = psycopg.connect(node.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
+            started = time.monotonic()
+            r = requests.get(f"{node.url}/readyz", timeout=60)
+            assert r.status_code == 503 and not r.json()["checks"]["index"]["ok"], r.text
+            assert time.monotonic() - started < 7.0  # it was 10 s and more; READY_WAIT is 2 s
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.close()
+    deadline = time.monotonic() + 60
+    while requests.get(f"{node.url}/readyz", timeout=60).status_code != 200:  # the pool reconnects by itself
+        assert time.monotonic() < deadline, "not ready again after the database came back"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("key", [None, "another"])
+def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_dsn, key):
+    # it made a key of its own, and opened no token key or webhook secret another node had sealed
+    from cryptography.fernet import Fernet
+
+    from izreg.auth.pgstore import PgTokenKey
+    from izreg.storage.pg import Database
+
+    upgraded(pg_dsn)
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "webhook.key").write_bytes(Fernet.generate_key())
+    db = Database(pg_dsn, max_size=1)
+    try:
+        PgTokenKey(db, str(first)).rotate()  # the first node sealed something
+    finally:
+        db.close()
+    data = tmp_path / "data"
+    data.mkdir()
+    if key:
+        (data / "webhook.key").write_bytes(Fernet.generate_key())
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.run(
+        [twistd, "-n", "--logfile=-", "--pidfile=", "izreg", "server", "--config",
+         node_config(tmp_path / "izreg.toml", pg_dsn), "--data-dir", str(data),
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1"],
+        cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("izreg:")]
+    assert len(lines) == 1 and "webhook.key" in lines[0] and "copy" in lines[0], proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not (data / "webhook.key").exists() or key
