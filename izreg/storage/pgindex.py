@@ -287,11 +287,17 @@ class PgIndex:
 
     # -- upload sessions -----------------------------------------------------
 
-    def put_upload(self, upload_id: str, record: dict) -> None:
+    def put_upload(self, upload_id: str, record: dict, expected_offset: int | None = None) -> bool:
         def f(cur):
-            cur.execute("INSERT INTO uploads (id, record) VALUES (%s, %s)"
-                        " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record", (upload_id, _dump(record)))
-        self.db.run(f)
+            if expected_offset is None:
+                cur.execute("INSERT INTO uploads (id, record) VALUES (%s, %s)"
+                            " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record", (upload_id, _dump(record)))
+                return True
+            # one statement: a concurrent writer's UPDATE of the row waits for this one, then sees its offset
+            cur.execute("UPDATE uploads SET record = %s WHERE id = %s AND (record::jsonb ->> 'offset')::bigint = %s",
+                        (_dump(record), upload_id, expected_offset))
+            return cur.rowcount == 1
+        return self.db.run(f)
 
     def get_upload(self, upload_id: str) -> dict | None:
         if len(upload_id.encode()) > MAX_KEY or "\x00" in upload_id:
