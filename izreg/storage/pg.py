@@ -104,9 +104,13 @@ class Database:
         self.long_timeout = long_timeout
         # autocommit: L{run} opens its transaction itself (BEGIN ... COMMIT), L{read} needs none
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+        #: libpq's keepalive settings, for a connection made outside the pool too (the sweep lock's)
+        self.keepalives: dict[str, int] = {}
         if keepalives:
             idle, interval, count = keepalives
-            kwargs.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
+            self.keepalives = dict(keepalives=1, keepalives_idle=idle, keepalives_interval=interval,
+                                   keepalives_count=count)
+        kwargs.update(self.keepalives)
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
             kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,

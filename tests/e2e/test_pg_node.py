@@ -86,6 +86,10 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        deadline = time.monotonic() + 60
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
+            assert time.monotonic() < deadline, "the node's connections did not end"
+            time.sleep(0.05)  # another process: poll with a deadline
         for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
             started = time.monotonic()
             r = requests.get(f"{node.url}/readyz", timeout=60)
