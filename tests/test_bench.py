@@ -14,10 +14,10 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     not shutil.which("docker-registry") and not os.environ.get("CI"),
     reason="distribution (apt-get install -y docker-registry) is not installed",
-)
+)]
 
 
 def test_smoke_run_of_every_mode(tmp_path):

@@ -191,6 +191,7 @@ def test_another_module_can_add_a_group(capsys, tmp_path):
     assert (code, out) == (0, "plugin!\n")
 
 
+@pytest.mark.e2e  # a real izreg process
 def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
     """The console module as its own process, next to an open environment (the running server)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))

@@ -105,9 +105,17 @@ class MemoryService:
 
 class InMemory(Server):
     """
-    A site driven with no port: requests go through treq's in-memory agent,
-    pumped on the test reactor's turns (so thread pools and held bodies still work).
+    A site driven with no port: requests go through treq's in-memory agent.
+    The bytes are moved when either side does something (a write, a close, a
+    producer registered): every such call on the in-memory transports wakes the
+    waiting request, which pumps on the test reactor's next turn. So thread
+    pools, timers and held bodies still work, and a request that waits for a
+    thread costs no turns of the reactor meanwhile (no busy loop).
     """
+
+    #: the longest wait for a wake-up; only a change no transport call shows
+    #: (none is known) would ever need it
+    SAFETY_NET = 0.05
 
     def __init__(self, site, service, kind: str) -> None:
         from treq.client import HTTPClient
@@ -116,6 +124,9 @@ class InMemory(Server):
         self._agent = RequestTraversalAgent(site.resource)
         self._agent._serverFactory = site
         self._client = HTTPClient(self._agent)
+        self._waiters: list[defer.Deferred] = []
+        self._wake_call = None
+        self._watched: set = set()
         super().__init__("http://registry.test", service, kind)
 
     async def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, **kw):
@@ -124,15 +135,51 @@ class InMemory(Server):
         content = await self._pumped(treq.content(response))
         return response, content
 
+    _WATCHED = ("write", "writeSequence", "loseConnection", "abortConnection", "registerProducer",
+                "unregisterProducer", "stopProducing")
+
+    def _watch(self) -> None:
+        """Make every in-memory transport of the agent wake the waiting requests when it is used."""
+        for pump in self._agent._pumps:
+            for transport in (pump.clientIO, pump.serverIO):
+                if id(transport) in self._watched:
+                    continue
+                self._watched.add(id(transport))
+                for name in self._WATCHED:
+                    original = getattr(transport, name)
+
+                    def watched(*args, _original=original, **kw):
+                        try:
+                            return _original(*args, **kw)
+                        finally:
+                            self._wake()
+                    setattr(transport, name, watched)
+
+    def _wake(self) -> None:
+        """Pump on the reactor's next turn (never from inside the protocol call that woke us)."""
+        if self._waiters and (self._wake_call is None or not self._wake_call.active()):
+            self._wake_call = reactor.callLater(0, self._woken)
+
+    def _woken(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
     async def _pumped(self, d):
         done = []
-        d.addBoth(lambda result: done.append(result) or result)
-        while not done:
+        d.addBoth(lambda result: done.append(result) or self._wake() or result)
+        while True:
+            self._watch()
             self._agent.flush()
-            if not done:
-                tick = defer.Deferred()
-                reactor.callLater(0, tick.callback, None)
-                await tick
+            if done:
+                break
+            waiter = defer.Deferred()
+            self._waiters.append(waiter)
+            # a safety net only: every known change shows as a transport call, which wakes us
+            net = reactor.callLater(self.SAFETY_NET, lambda: waiter.called or self._woken())
+            await waiter
+            if net.active():
+                net.cancel()
         return await d
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import pytest_twisted
 
 from izreg.manage_cli import human
@@ -191,6 +192,7 @@ def izreg(server, *argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.e2e  # a real izreg process
 @pytest_twisted.ensureDeferred
 async def test_izreg_images_and_usage(pushed):
     server, keys, a, images = pushed

@@ -49,6 +49,7 @@ def test_an_existing_empty_data_dir_is_fine(tmp_path):
     assert parse("server", "--data-dir", str(tmp_path)).data_dir == str(tmp_path)
 
 
+@pytest.mark.e2e  # a real izreg process
 def test_server_version():
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

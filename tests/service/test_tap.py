@@ -158,6 +158,7 @@ def test_a_port_in_use_stops_start_up(tmp_path, taken_port):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.e2e  # a real izreg process
 def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, taken_port):
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     done = subprocess.run(
