@@ -74,6 +74,7 @@ def test_a_locked_table_is_a_503_with_retry_after_not_a_hung_node(node):
             assert r.status_code == 503, r.text
             assert r.headers.get("Retry-After")
             assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+            assert r.json()["errors"][0]["detail"] == {"reason": "database call timed out"}
     finally:
         holder.close()
     assert requests.get(f"{node.url}/v2/_catalog", auth=node.requests_auth, timeout=60).status_code == 200

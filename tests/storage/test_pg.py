@@ -181,9 +181,9 @@ def test_a_call_held_by_a_lock_is_unavailable_not_a_hang(pg_db):
     try:
         holder.execute("LOCK TABLE repos IN ACCESS EXCLUSIVE MODE")
         release.start()
-        with pytest.raises(pg.DatabaseUnavailable, match="took too long.*lock_timeout = 1 s"):
+        with pytest.raises(pg.DatabaseTimeout, match="took too long.*lock_timeout = 1 s"):
             by_lock.run(count)
-        with pytest.raises(pg.DatabaseUnavailable, match="took too long.*statement_timeout = 1 s"):
+        with pytest.raises(pg.DatabaseTimeout, match="took too long.*statement_timeout = 1 s"):
             by_statement.run(count)
         holder.rollback()
         assert by_lock.run(count) == by_statement.run(count) == 0  # the connections serve again
