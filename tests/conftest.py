@@ -89,4 +89,4 @@ def docker_engine(tmp_path_factory):
         yield engine
     finally:
         engine.stop()
-from tests.helpers.postgres import pg_db, pg_dsn, postgres_server  # noqa: F401,E402  (session PostgreSQL, a database per test)
+from tests.helpers.postgres import pg_db, pg_dsn, pg_schema_dsn, postgres_server  # noqa: F401,E402  (session PostgreSQL, a database per test)

@@ -21,8 +21,8 @@ def now_runner(f, *args):
 
 
 @pytest.fixture
-def two_nodes(pg_db, pg_dsn):
-    other = Database(pg_dsn, max_size=1)
+def two_nodes(pg_db, pg_schema_dsn):
+    other = Database(pg_schema_dsn, max_size=1)
     yield (SharedFailureLimiter(3, 60, FailureCounts(pg_db), now_runner),
            SharedFailureLimiter(3, 60, FailureCounts(other), now_runner))
     other.close()

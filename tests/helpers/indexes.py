@@ -30,7 +30,7 @@ def open_index(kind: str, request, tmp_path):
     from izreg.storage.pg import Database
     from izreg.storage.pgindex import PgIndex
 
-    db = Database(request.getfixturevalue("pg_dsn"), max_size=8)
+    db = Database(request.getfixturevalue("pg_schema_dsn"), max_size=8)
     db.upgrade()
     return PgIndex(db)
 

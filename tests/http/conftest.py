@@ -252,7 +252,7 @@ async def start_any_server(kind: str, tmp_path, request, guard=None, **config) -
     if kind == "memory":
         return MemoryServer(tmp_path, guard or OpenGuard())
     if kind == "postgres":
-        return pg_server(request.getfixturevalue("pg_dsn"), guard)
+        return pg_server(request.getfixturevalue("pg_schema_dsn"), guard)
     if kind == "s3":
         moto = request.getfixturevalue("moto_server")
         config = dict(storage_backend="s3", s3_bucket=request.getfixturevalue("s3_bucket"),

@@ -32,17 +32,17 @@ for _module in (test_listing, test_manifests):
 
 
 @pytest_twisted.async_yield_fixture
-async def server(pg_dsn):
-    srv = pg_server(pg_dsn)
+async def server(pg_schema_dsn):
+    srv = pg_server(pg_schema_dsn)
     yield srv
     await srv.service.stopService()
 
 
 @pytest_twisted.async_yield_fixture
-async def nodes(pg_dsn):
+async def nodes(pg_schema_dsn):
     """Two registries over one database and one upload and blob store, as two nodes behind a balancer."""
-    first = pg_server(pg_dsn)
-    second = pg_server(pg_dsn, uploads=_sharing(first.registry.uploads))
+    first = pg_server(pg_schema_dsn)
+    second = pg_server(pg_schema_dsn, uploads=_sharing(first.registry.uploads))
     yield first, second
     for node in (first, second):
         await node.service.stopService()

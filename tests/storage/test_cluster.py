@@ -24,8 +24,8 @@ def one(db, sql):
     return db.run(query)
 
 
-def test_one_sweep_at_a_time_across_processes(pg_db, pg_dsn):
-    other = Database(pg_dsn, max_size=2)  # another node: its own pool
+def test_one_sweep_at_a_time_across_processes(pg_db, pg_schema_dsn):
+    other = Database(pg_schema_dsn, max_size=2)  # another node: its own pool
     try:
         first, second = PgSweepLock(pg_db), PgSweepLock(other)
         assert first.acquire()
@@ -40,8 +40,8 @@ def test_one_sweep_at_a_time_across_processes(pg_db, pg_dsn):
         other.close()
 
 
-def test_a_dead_holder_releases_the_lock(pg_db, pg_dsn):
-    other = Database(pg_dsn, max_size=1)
+def test_a_dead_holder_releases_the_lock(pg_db, pg_schema_dsn):
+    other = Database(pg_schema_dsn, max_size=1)
     lock = PgSweepLock(other)
     assert lock.acquire()
     lock._conn.close()  # the node dies: its connection goes, and PostgreSQL drops its session locks
@@ -54,8 +54,8 @@ def test_a_dead_holder_releases_the_lock(pg_db, pg_dsn):
     again.release()
 
 
-def test_the_lock_takes_no_pooled_connection(pg_db, pg_dsn):
-    small = Database(pg_dsn, max_size=1, timeout=5)
+def test_the_lock_takes_no_pooled_connection(pg_db, pg_schema_dsn):
+    small = Database(pg_schema_dsn, max_size=1, timeout=5)
     try:
         lock = PgSweepLock(small)
         for _ in range(3):
@@ -66,8 +66,8 @@ def test_the_lock_takes_no_pooled_connection(pg_db, pg_dsn):
         small.close()
 
 
-def test_failures_are_counted_across_nodes(pg_db, pg_dsn):
-    other = Database(pg_dsn, max_size=1)
+def test_failures_are_counted_across_nodes(pg_db, pg_schema_dsn):
+    other = Database(pg_schema_dsn, max_size=1)
     try:
         here, there = FailureCounts(pg_db), FailureCounts(other)
         brake = ("192.0.2.7", "*")
