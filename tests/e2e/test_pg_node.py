@@ -28,26 +28,16 @@ def node_config(path, dsn: str) -> str:
     return str(path)
 
 
-def upgraded(dsn: str) -> None:
-    from izreg.storage.pg import Database
-
-    db = Database(dsn, max_size=1)
-    try:
-        db.upgrade()
-    finally:
-        db.close()
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, postgres_server):
     base = tmp_path_factory.mktemp("pgnode")
-    dsn = postgres_server.create_database()
-    upgraded(dsn)
+    dsn = postgres_server.create_migrated_database()
     registry = RegistryProcess(data_dir=str(base / "data"), config=node_config(base / "izreg.toml", dsn))
     registry.dsn = dsn
     registry.start()
     yield registry
     registry.close()
+    postgres_server.drop_database(dsn)
 
 
 def test_the_start_up_line_says_what_is_open_and_no_password(node):
@@ -106,14 +96,14 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
 
 
 @pytest.mark.parametrize("key", [None, "another"])
-def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_dsn, key):
+def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_schema_dsn, key):
     # it made a key of its own, and opened no token key or webhook secret another node had sealed
     from cryptography.fernet import Fernet
 
     from izreg.auth.pgstore import PgTokenKey
     from izreg.storage.pg import Database
 
-    upgraded(pg_dsn)
+    pg_dsn = pg_schema_dsn
     first = tmp_path / "first"
     first.mkdir()
     (first / "webhook.key").write_bytes(Fernet.generate_key())
