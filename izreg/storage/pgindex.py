@@ -534,6 +534,7 @@ class PgIndex:
     def totals(self) -> dict:
         def f(cur):
             _snapshot(cur)
+            self.db.allow_long(cur)  # a scan of every record
             cur.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs")
             blobs, blob_bytes = cur.fetchone()
             cur.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM manifests")
@@ -649,6 +650,7 @@ class PgIndex:
     def manifest_references(self) -> list[tuple[str, str, list[tuple[str, bool, bool]], list[str]]]:
         def f(cur):
             _snapshot(cur)
+            self.db.allow_long(cur)  # a scan of every record
             cur.execute(
                 "SELECT m.repo, m.digest,"
                 " ARRAY(SELECT ARRAY[mb.blob,"
