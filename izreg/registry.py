@@ -62,8 +62,8 @@ class Limits:
 
     max_manifest_size: int
     delete_enabled: bool
-    #: open upload sessions per account (0: no cap; Config's default is 1,000); past it, 429
-    max_open_uploads: int = 0
+    #: open upload sessions per account (0: no cap); past it, 429
+    max_open_uploads: int
 
 
 class Registry(UploadSessions):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -93,14 +93,7 @@ class ServerOptions(usage.Options):
                 _check_endpoint(option, description)
         _check_data_dir(self.config.data_dir, self.config.init)
         if self.config.tls_listen:
-            from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
-
-            try:
-                self.tls = ServerTLS(TLSFiles(self.config.tls_cert, self.config.tls_key, self.config.device_ca))
-            except (TLSConfigError, OSError, ValueError) as e:
-                raise SystemExit(f"izreg: TLS: {e}") from None
-        else:
-            self.tls = None
+            _server_tls(self.config)  # read now: a bad file stops start-up in one line (make_server builds its own)
 
 
 def _check_endpoint(option: str, description: str) -> None:
@@ -172,28 +165,7 @@ class _SighupService(service.Service):
         return super().stopService()
 
 
-class _AfterFirstInterval(internet.TimerService):
-    """
-    A TimerService whose first call is one interval after start (not at start):
-    a sweep during start-up is not wanted. (It was first added as a workaround
-    for a deadlock: a store built on the reactor opened its LMDB database with
-    a write transaction of its own while the sweep held the write lock. The
-    root cause is fixed: every named database is opened once, with the
-    environment, in L{izreg.storage.lmdbenv.open_env}.)
-    """
-
-    def startService(self) -> None:
-        from twisted.internet import task
-
-        service.Service.startService(self)
-        call, args, kwargs = self.call
-        self._loop = task.LoopingCall(call, *args, **kwargs)
-        self._loop.clock = internet._maybeGlobalReactor(self.clock)
-        self._loopFinished = self._loop.start(self.step, now=False)
-        self._loopFinished.addErrback(self._failed)
-
-
-def make_server(config: Config, reactor, tls=None, guard=None, twistd_options=None, reload_config=None):
+def make_server(config: Config, reactor, guard=None, twistd_options=None, reload_config=None):
     """
     The server's service tree on C{reactor}: the site, its listeners and the
     timers, built now (before twistd forks); the storage and everything over
@@ -205,17 +177,16 @@ def make_server(config: Config, reactor, tls=None, guard=None, twistd_options=No
     """
     import time
 
-    from twisted.web.server import Site
-
     from izreg.http.accesslog import AccessLog
     from izreg.http.bodies import RegistrySite
     from izreg.http.clientaddr import TrustedProxies
     from izreg.http.limits import ConnectionLimits, SlowSenders
     from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup
-    from izreg.service.metrics import Metrics
+    from izreg.service.metrics import Metrics, ScrapeSite
     from izreg.service.services import RegistryService
     from izreg.service.tls import tls_endpoint
+    from izreg.service.tree import AfterFirstInterval, Listener, Timer
 
     metrics = Metrics()
     proxies = TrustedProxies(config.trusted_proxies)
@@ -226,43 +197,36 @@ def make_server(config: Config, reactor, tls=None, guard=None, twistd_options=No
         timeout=config.idle_timeout or None, reactor=reactor,
         access_log=AccessLog(time.monotonic, [metrics.observe_request]),
     )
-    if tls is not None:
-        tls.on_handshake = metrics.tls_handshakes.inc
+    tls = _server_tls(config, on_handshake=metrics.tls_handshakes.inc) if config.tls_listen else None
     log_setup = LogSetup(config.log_format, config.log_level)
     top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
     for description in config.listen:
-        _listener(reactor, serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+        Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
     for description in config.tls_listen:
-        _listener(reactor, tls_endpoint(reactor, description, tls), site).setServiceParent(top)
-    _timer(reactor, config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads())).setServiceParent(top)
-    _timer(reactor, config.pull_flush_interval, top.flush_batches).setServiceParent(top)
+        Listener(tls_endpoint(reactor, description, tls), site).setServiceParent(top)
+    Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)
+    Timer(config.pull_flush_interval, top.flush_batches, reactor).setServiceParent(top)
     if config.gc_interval:
-        _timer(reactor, config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()),
-               kind=_AfterFirstInterval).setServiceParent(top)
+        AfterFirstInterval(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()),
+                           reactor).setServiceParent(top)
     if config.device_crl:
-        _timer(reactor, config.device_crl_interval, top.check_crl).setServiceParent(top)
+        Timer(config.device_crl_interval, top.check_crl, reactor).setServiceParent(top)
     _SighupService(reactor, top.reload).setServiceParent(top)
     for description in config.metrics_listen:
-        metrics_site = Site(metrics.resource(reactor, reactor.getThreadPool()))
-        metrics_site.log = lambda request: None  # scrapes are not access-logged
-        _listener(reactor, serverFromString(reactor, description), metrics_site).setServiceParent(top)
+        scrapes = ScrapeSite(metrics.resource(reactor, reactor.getThreadPool()))
+        Listener(serverFromString(reactor, description), scrapes).setServiceParent(top)
     return top
 
 
-def _listener(reactor, endpoint, factory):
-    """A listener on C{endpoint} whose bind error is raised at start (one line: RegistryService)."""
-    from twisted.application.internet import StreamServerEndpointService
+def _server_tls(config: Config, on_handshake=None):
+    """The TLS listeners' connection creator (L{izreg.service.tls.ServerTLS}); a bad file is one line."""
+    from izreg.service.tls import ServerTLS, TLSConfigError, TLSFiles
 
-    listener = StreamServerEndpointService(endpoint, factory)
-    listener._raiseSynchronously = True  # as strports.service does
-    return listener
-
-
-def _timer(reactor, step: float, call, kind=internet.TimerService):
-    timer = kind(step, call)
-    timer.clock = reactor
-    return timer
+    try:
+        return ServerTLS(TLSFiles(config.tls_cert, config.tls_key, config.device_ca), on_handshake=on_handshake)
+    except (TLSConfigError, OSError, ValueError) as e:
+        raise SystemExit(f"izreg: TLS: {e}") from None
 
 
 def _print_startup_errors_in_one_line() -> None:
@@ -291,6 +255,6 @@ def makeService(options: Options):
 
         return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
     server_options = options.subOptions
-    return make_server(server_options.config, reactor, tls=server_options.tls,
+    return make_server(server_options.config, reactor,
                        twistd_options=getattr(options, "parent", None),
                        reload_config=lambda: load(server_options["config"], server_options.overrides))

@@ -9,8 +9,7 @@ report timer.
 
 from __future__ import annotations
 
-from twisted.application import internet, service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -127,18 +126,13 @@ class EdgeService(service.MultiService):
 def make_edge(config: EdgeConfig, reactor, policy):
     from izreg.edge.proxy import EdgeAPI, EdgeSite
     from izreg.http.plain import RefuseTLSFactory
+    from izreg.service.tree import Listener, Timer
 
     api = EdgeAPI()
     site = EdgeSite(api.resource())
     top = EdgeService(config, policy, reactor, api, site)
     for description in config.listen:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), RefuseTLSFactory(site))
-        listener._raiseSynchronously = True  # a port in use fails the start (one line), as strports.service does
-        listener.setServiceParent(top)
-    pins = internet.TimerService(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()))
-    pins.clock = reactor
-    pins.setServiceParent(top)
-    reports = internet.TimerService(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()))
-    reports.clock = reactor
-    reports.setServiceParent(top)
+        Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+    Timer(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()), reactor).setServiceParent(top)
+    Timer(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()), reactor).setServiceParent(top)
     return top

@@ -74,9 +74,8 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         (routes.BROWSE, "GET"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
     })
 
-    def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int = 0, tokens=None,
-                 pulls=None, budget: BodyBudget | None = None, ui: bool = True, browser=None, readiness=None,
-                 events=None) -> None:
+    def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int, ui: bool, tokens=None,
+                 pulls=None, budget: BodyBudget | None = None, browser=None, readiness=None, events=None) -> None:
         """
         Built complete, once the storage is open (L{izreg.service.services.RegistryService}).
 

@@ -198,6 +198,11 @@ class RegistryRequest(server.Request):
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
         self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
+        if self.channel._path == b"*":  # the server as a whole: no route, no body kept (L{process})
+            self.content = Dropped()
+            if length != 0 and self.channel._command != b"OPTIONS":
+                self.refuse(_not_for_the_server())
+            return
         try:
             self.content = body_for(self, self.channel._command, self.channel._path, length)
         except RegistryError as e:
@@ -235,6 +240,17 @@ class RegistryRequest(server.Request):
         if self.request_id == "-":
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        if self.path == b"*":
+            # RFC 9110 9.3.7: OPTIONS * asks about the server in general: 200 with no
+            # content (as twisted.web answers); any other method on * is a client's
+            # mistake, answered as every other one, an OCI error
+            if self.method == b"OPTIONS":
+                self.setHeader(b"Content-Length", b"0")
+                self.finish()
+            else:
+                self.write(render_error(self, _not_for_the_server()))
+                self.finish()
+            return
         try:
             unquote_to_bytes(self.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -244,6 +260,11 @@ class RegistryRequest(server.Request):
             self.finish()
             return
         return super().process()
+
+
+def _not_for_the_server() -> RegistryError:
+    return RegistryError(ErrorCode.METHOD_UNKNOWN, None, "only OPTIONS applies to the server as a whole (*)",
+                         headers={"Allow": "OPTIONS"})
 
 
 class RegistryChannel(http.HTTPChannel):

@@ -52,12 +52,13 @@ class Backend:
     L{izreg.storage.pg.Database} (PostgreSQL only).
     """
 
-    def __init__(self, name: str, data_dir: str, *, env=None, db=None) -> None:
+    def __init__(self, name: str, data_dir: str, *, env=None, db=None, index=None, auth=None, devices=None,
+                 audit=None, webhooks=None) -> None:
         self.name = name
         self.data_dir = data_dir
         self.env = env
         self.db = db
-        self.index = self.auth = self.devices = self.audit = self.webhooks = None
+        self.index, self.auth, self.devices, self.audit, self.webhooks = index, auth, devices, audit, webhooks
         self.run_read: Callable[..., Any] | None = None
         self.run_write: Callable[..., defer.Deferred] | None = None
         self._pools: list[ThreadPool] = []
@@ -285,26 +286,21 @@ def _open_postgresql(config: Config, data_dir: str, application_name: str) -> Ba
     except (SchemaError, DatabaseUnavailable) as e:
         db.close()
         raise BackendError(str(e)) from None
-    backend = Backend(POSTGRESQL, data_dir, db=db)
     try:
-        _postgresql_stores(backend, db)
+        return Backend(POSTGRESQL, data_dir, db=db, **_postgresql_stores(db, data_dir))
     except BaseException:
         db.close()
         raise
-    return backend
 
 
-def _postgresql_stores(backend: Backend, db) -> None:
+def _postgresql_stores(db, data_dir: str) -> dict:
     from izreg.auth.pgstore import PgAuthStore, PgDeviceStore
     from izreg.storage.pgaudit import PgAuditLog
     from izreg.storage.pgindex import PgIndex
     from izreg.storage.pgwebhooks import PgWebhookStore
 
-    backend.index = PgIndex(db)
-    backend.auth = PgAuthStore(db)
-    backend.devices = PgDeviceStore(db)
-    backend.audit = PgAuditLog(db)
-    backend.webhooks = PgWebhookStore(db, backend.data_dir)
+    return dict(index=PgIndex(db), auth=PgAuthStore(db), devices=PgDeviceStore(db), audit=PgAuditLog(db),
+                webhooks=PgWebhookStore(db, data_dir))
 
 
 def _open_lmdb(config: Config, data_dir: str, create: bool) -> Backend:
@@ -323,10 +319,5 @@ def _open_lmdb(config: Config, data_dir: str, create: bool) -> Backend:
         env = open_env(data_dir, map_size=config.lmdb_map_size)
     except Exception as e:  # lmdb.Error, SchemaError, OSError: all one line for the user
         raise BackendError(f"cannot open {data_dir!r}: {e}") from None
-    backend = Backend(LMDB, data_dir, env=env)
-    backend.index = Index(env)
-    backend.auth = AuthStore(env)
-    backend.devices = DeviceStore(env)
-    backend.audit = AuditLog(env)
-    backend.webhooks = WebhookStore(env, data_dir)
-    return backend
+    return Backend(LMDB, data_dir, env=env, index=Index(env), auth=AuthStore(env), devices=DeviceStore(env),
+                   audit=AuditLog(env), webhooks=WebhookStore(env, data_dir))

@@ -21,6 +21,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from izreg.http.accesslog import RequestInfo
@@ -98,6 +99,13 @@ class Metrics:
         root = Resource()
         root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(self.registry)))
         return root
+
+
+class ScrapeSite(Site):
+    """The C{/metrics} listener's site (over L{Metrics.resource}): scrapes are not access-logged."""
+
+    def log(self, request) -> None:
+        pass
 
 
 class StorageCollector:

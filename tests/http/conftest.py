@@ -207,9 +207,11 @@ class MemoryServer(InMemory):
             uploads = MemoryUploads(MemoryBlobs())
         if index is None:
             index = Index(open_env(str(tmp_path / "index"), 1 << 30))
+        defaults = Config()
         registry = Registry(index, uploads.blobs, uploads, now=reactor.seconds, run_write=run_write, run_io=inline,
-                            limits=Limits(Config().max_manifest_size, Config().delete_enabled), run_read=run_read)
-        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=Config().chunk_min_length)
+                            limits=Limits(defaults.max_manifest_size, defaults.delete_enabled, defaults.max_open_uploads),
+                            run_read=run_read)
+        api = RegistryAPI(registry, guard, reactor.seconds, chunk_min_length=defaults.chunk_min_length, ui=defaults.ui_enabled)
         site = RegistrySite(api.resource(), api.body_for)
         super().__init__(site, MemoryService(registry, api, site), "memory")
         self.service.pool = pool

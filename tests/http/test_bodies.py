@@ -246,3 +246,29 @@ def test_every_route_of_the_api_declares_its_access():
     for endpoint in RegistryAPI.table.repository_routes.values():
         assert isinstance(endpoint.access, Access)
         assert callable(getattr(RegistryAPI, endpoint.handler))
+
+
+# -- the server as a whole: OPTIONS * ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", 200),
+        (b"GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", 405),
+        (b"PUT * HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", 405),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_asterisk_target_is_options_only(secured, head, status):
+    """RFC 9110 9.3.7: OPTIONS * is 200 with no content; another method on * an OCI error, never a route's answer."""
+    client = await connect(secured, head)
+    answer = await client.done.addTimeout(20, reactor)
+    client.transport.abortConnection()
+    got, headers, body = parse_raw(answer)
+    assert got == status
+    if status == 200:
+        assert headers["content-length"] == "0" and body == b""
+    else:
+        assert headers["allow"] == "OPTIONS"
+        assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"

@@ -341,3 +341,23 @@ async def test_dev_certs_cert_dir_works_with_curl_and_skopeo(tmp_path, store):
             assert all(s.get("device") == [ACCOUNT, "edge-1"] for s in skopeo_seen), skopeo_seen
     finally:
         await port.stopListening()
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_every_completed_handshake_is_counted_also_after_a_reload(certs, store):
+    """C{on_handshake} is given at construction (the metrics' counter in the server) and survives a reload."""
+    from twisted.internet import reactor
+
+    handshakes = []
+    tls = ServerTLS(certs.files(), on_handshake=lambda: handshakes.append(1))
+    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor)
+    port = await endpoint.listen(Site(Whoami(DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for))))
+    try:
+        assert (await curl(port.getHost().port, certs))[0] == 200
+        assert len(handshakes) == 1
+        tls.reload()
+        assert (await curl(port.getHost().port, certs))[0] == 200
+        assert len(handshakes) == 2
+    finally:
+        await port.stopListening()

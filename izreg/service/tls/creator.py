@@ -23,13 +23,13 @@ class ServerTLS:
     The listener's TLS configuration, read once at start and again on
     C{reload()}. Hand it to L{TLSEndpoint}; ask it for the current device CAs
     (L{izreg.auth.devices.DeviceVerifier} C{cas=server_tls.device_cas}).
+
+    @param on_handshake: called on every completed handshake (the metrics count them).
     """
 
-    #: called on every completed handshake (the metrics count them)
-    on_handshake: Callable[[], None] | None = None
-
-    def __init__(self, files: TLSFiles) -> None:
+    def __init__(self, files: TLSFiles, on_handshake: Callable[[], None] | None = None) -> None:
         self.files = files
+        self.on_handshake = on_handshake
         self._material = load_material(files)
         self._context = self._counting(build_context(self._material))
 
