@@ -14,7 +14,10 @@ Durability is off in this throw-away cluster (fsync, synchronous_commit):
 the tests check izreg's transactions, not the disk under PostgreSQL.
 A test's database is dropped after it, and the WAL is kept small: the
 cluster stays around a hundred MB (a database per test left in place made
-it 3.5 GB by the end of a run, in RAM when the temp dir is a tmpfs).
+it 3.5 GB by the end of a run, in RAM when the temp dir is a tmpfs). A
+database at the current schema is emptied and used again instead, when the
+test left its schema as it was: what is still connected to it is cut off,
+every table but izreg_schema truncated (sequences restarted), as new.
 
 Tests that use these fixtures carry the ``postgres`` marker. Without the
 binaries they skip, unless CI is set (then they fail).
@@ -119,6 +122,8 @@ class PostgresServer:
         return self.dsn(name)
 
     _schema_template: str | None = None
+    _schema_shape: tuple | None = None
+    _clean: list[str] = []
 
     def create_migrated_database(self) -> str:
         """
@@ -138,7 +143,52 @@ class PostgresServer:
             finally:
                 db.close()  # a template may have no connections while it is copied
             self._schema_template = conninfo_to_dict(dsn)["dbname"]
+            self._schema_shape = self._shape(dsn)
+            self._clean = []
+        if self._clean:
+            return self.dsn(self._clean.pop())
         return self.create_database(template=self._schema_template)
+
+    @staticmethod
+    def _shape(dsn: str, conn=None) -> tuple:
+        """What a schema is made of (relations, functions, types, applied migrations): equal means the same schema."""
+        import psycopg
+
+        def read(conn):
+            def rows(sql):
+                return tuple(sorted(conn.execute(sql).fetchall()))
+            user = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+            return (rows(f"SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                         f" WHERE {user}"),
+                    rows(f"SELECT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {user}"),
+                    rows(f"SELECT n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {user}"),
+                    rows("SELECT version, name FROM izreg_schema"))
+        if conn is not None:
+            return read(conn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return read(conn)
+
+    def release_migrated_database(self, dsn: str) -> None:
+        """Empty a test's database at the current schema for the next test; drop it if its schema changed."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        name = conninfo_to_dict(dsn)["dbname"]
+        with psycopg.connect(self.dsn(name), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            try:
+                same = self._shape(dsn, conn) == self._schema_shape
+            except psycopg.Error:  # izreg_schema dropped, ...
+                same = False
+            if same:
+                tables = [t for (t,) in conn.execute("SELECT quote_ident(tablename) FROM pg_tables"
+                                                      " WHERE schemaname = 'public' AND tablename <> 'izreg_schema'")]
+                conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        if same:
+            self._clean.append(name)
+        else:
+            self.drop_database(dsn)
 
     def drop_database(self, dsn: str) -> None:
         """Drop the database of C{dsn} (a test's), closing what is still connected to it."""
@@ -184,7 +234,7 @@ def pg_schema_dsn(postgres_server) -> str:
     """The DSN of a new database of the session's server at the current schema (dropped after the test)."""
     dsn = postgres_server.create_migrated_database()
     yield dsn
-    postgres_server.drop_database(dsn)
+    postgres_server.release_migrated_database(dsn)
 
 
 @pytest.fixture
