@@ -94,7 +94,7 @@ class Signer:
                 issued_at=float(payload["i"]),
                 expires=float(payload["e"]),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise InvalidToken("malformed token") from None
         if now >= claims.expires:
             raise InvalidToken("token expired")
@@ -151,6 +151,6 @@ def claimed_key_id(token: str) -> str | None:
     try:
         body = token[len(PREFIX):].partition(".")[0]
         key_id = json.loads(_unb64(body)).get("k")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply for json
         return None
     return key_id if isinstance(key_id, str) else None

@@ -43,9 +43,12 @@ class TrustedProxies:
         for hop in reversed(hops):
             hop = _strip_port(hop)
             try:
-                ipaddress.ip_address(hop)
+                ip = ipaddress.ip_address(hop)
             except ValueError:
                 return address  # a hop we cannot read: the last proxy we trust is all we know
+            if getattr(ip, "scope_id", None) is not None:
+                return address  # an IPv6 zone is any text (control characters into the log, a brake per zone)
+            hop = str(ip)  # one spelling per address: one brake, a clean log line
             address = hop
             if not self.trusted(hop):
                 return hop

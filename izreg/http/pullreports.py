@@ -38,7 +38,7 @@ def parse(body: bytes, account: str, now: float) -> list[tuple[str, str, float]]
     """The body's entries as (repository, digest, time); raise L{RegistryError} for any bad one."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply for json
         raise _invalid("the body is not JSON") from None
     pulls = document.get("pulls") if isinstance(document, dict) else None
     if not isinstance(pulls, list):

@@ -161,9 +161,11 @@ class Database:
                     with conn.transaction():
                         with conn.cursor() as cur:
                             return f(cur, *args)
-            except RETRYABLE:
+            except RETRYABLE as e:
                 if attempt == RETRIES - 1:
-                    raise
+                    # still conflicting after every retry: the client retries later (503), not a 500
+                    raise DatabaseUnavailable(f"a database call kept conflicting with others ({RETRIES} attempts):"
+                                              f" {_describe(e)}") from e
                 time.sleep(0.005 * (2 ** attempt))  # a worker thread, never the reactor
         raise AssertionError("unreachable")
 
@@ -175,9 +177,12 @@ class Database:
         snapshot: under READ COMMITTED each statement of L{run} has its own
         anyway); nothing that writes, locks or sets a C{LOCAL} setting.
         """
-        with self.connection() as conn:
-            with conn.cursor() as cur:
-                return f(cur, *args)
+        try:
+            with self.connection() as conn:
+                with conn.cursor() as cur:
+                    return f(cur, *args)
+        except RETRYABLE as e:  # not retried here: a read is no transaction; the client retries (503)
+            raise DatabaseUnavailable(f"a database read conflicted with others: {_describe(e)}") from e
 
     def ping(self, timeout: float) -> None:
         """A round trip, waiting at most C{timeout} s for a connection (the readiness check)."""

@@ -27,6 +27,10 @@ PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
         ("10.1.2.3", {"Forwarded": ['for="[2001:db9::1]:4711"'], "X-Forwarded-For": ["1.2.3.4"]}, "2001:db9::1"),
         ("10.1.2.3", {"Forwarded": ["for=203.0.113.8:1234"]}, "203.0.113.8"),
         ("10.1.2.3", {"Forwarded": ["for=unknown"]}, "10.1.2.3"),
+        # an IPv6 zone is any text to ipaddress (control characters, a new brake per zone): not a client's address
+        ("10.1.2.3", {"X-Forwarded-For": ["fe80::1%\x1b[31mevil\x0b"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ['for="[fe80::1%eth0]"']}, "10.1.2.3"),
+        ("10.1.2.3", {"X-Forwarded-For": ["2001:DB9:0::1"]}, "2001:db9::1"),  # written one way: one brake
     ],
 )
 def test_client_address(peer, headers, expected):

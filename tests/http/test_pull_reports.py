@@ -90,6 +90,7 @@ async def test_bad_bodies_are_clear_errors(tmp_path):
     try:
         cases = [
             (b"not json", 400, "UNSUPPORTED"),
+            (b"[" * 5000 + b"]" * 5000, 400, "UNSUPPORTED"),  # json's RecursionError was a 500
             (b'{"pull": []}', 400, "UNSUPPORTED"),
             (report({"repository": f"{ACCOUNT}/app", "digest": DIGEST}), 400, "UNSUPPORTED"),
             (report(entry(time="yesterday")), 400, "UNSUPPORTED"),

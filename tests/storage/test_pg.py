@@ -89,6 +89,20 @@ def test_run_retries_a_serialization_failure(pg_db):
     assert pg_db.run(lambda cur: cur.execute("SELECT n FROM c").fetchone()[0]) == 11
 
 
+def test_a_conflict_past_every_retry_is_unavailable_not_an_internal_error(pg_db):
+    # the last SerializationFailure or deadlock went out as is: a 500 with a traceback, not a 503 + Retry-After
+    calls = []
+
+    def conflicting(cur):
+        calls.append(1)
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+    with pytest.raises(pg.DatabaseUnavailable, match="kept conflicting"):
+        pg_db.run(conflicting)
+    assert len(calls) == pg.RETRIES
+    with pytest.raises(pg.DatabaseUnavailable, match="conflicted"):
+        pg_db.read(lambda cur: (_ for _ in ()).throw(psycopg.errors.SerializationFailure("could not serialize")))
+
+
 def test_an_unreachable_database_is_one_line_without_the_password():
     from tests.helpers.server import free_port
 
