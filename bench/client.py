@@ -363,11 +363,16 @@ def _handshake_worker(spec: dict, barrier, results) -> None:
     results.put({"start": t_start, "end": clock(), "lat": lat, "resumed": resumed})
 
 
-def handshakes(server: Server, path: str, clients: int, count: int, resume: bool) -> dict:
-    """New TLS connections per second (one small GET each) from C{clients} processes."""
+def handshakes(server: Server, path: str, clients: int, count: int, resume: bool, port: int | None = None,
+               tls: dict | None = None) -> dict:
+    """
+    New TLS connections per second (one small GET each) from C{clients}
+    processes, to the server's TLS listener (or C{port}, the client's
+    certificates C{tls}).
+    """
     per = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
-    specs = [{"host": server.host, "port": server.tls_port, "path": path, "headers": server.tls_headers,
-              "count": n, "tls": server.tls_client, "resume": resume} for n in per]
+    specs = [{"host": server.host, "port": port or server.tls_port, "path": path, "headers": server.tls_headers,
+              "count": n, "tls": tls or server.tls_client, "resume": resume} for n in per]
     got = run_workers(_handshake_worker, specs)
     out = summarize(got)
     out["resumed"] = sum(r["resumed"] for r in got)

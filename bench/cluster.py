@@ -29,7 +29,7 @@ import tempfile
 from bench.client import load, push_small, put_manifest
 from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, cpu_seconds
 from bench.s3 import CREDENTIALS, Moto
-from bench.servers import IZREG_CONFIG, Izreg, Server
+from bench.servers import Izreg, Server
 
 sys.path.insert(0, REPO_ROOT)
 from tests.helpers.cluster import HAPROXY, HAProxy  # noqa: E402  (the tests' haproxy config: round-robin per request)
@@ -47,9 +47,8 @@ class Node(Izreg):
 
     def __init__(self, workdir: str, venv: str, config: str, boot: Izreg | None = None,
                  sealing_key: bytes | None = None) -> None:
-        super().__init__(workdir, venv)
+        super().__init__(workdir, venv, config=config)
         self.name = "izreg-node"
-        self.config_text = config
         os.makedirs(self.data, mode=0o700, exist_ok=True)
         if sealing_key is not None:  # webhook.key: the same on every node of a database (docs/deploy.rst)
             with open(os.open(os.path.join(self.data, "webhook.key"), os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
@@ -57,13 +56,6 @@ class Node(Izreg):
         if boot is not None:  # the account lives in the shared database: the node reads its key from here
             with open(os.path.join(self.data, "bootstrap.txt"), "w") as f:
                 f.write(f"account={boot.account}\naccess_key={boot.key}\n")
-
-    def _command(self) -> list[str]:
-        command = super()._command()
-        path = os.path.join(self.workdir, "izreg-node.toml")
-        with open(path, "w") as f:
-            f.write(IZREG_CONFIG + self.config_text)
-        return command + ["--config", path]
 
 
 class Balanced(Server):

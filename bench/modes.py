@@ -99,18 +99,28 @@ def report_tls_pulls(p: dict, iz: dict, di: dict) -> list[str]:
 
 
 def run_handshakes(server: Server, p: dict, log) -> dict:
+    """
+    Full and resumed handshakes on the TLS listener; on distribution also on
+    its listener that verifies client certificates (C{_mtls} figures; izreg's
+    one listener always does).
+    """
     path = f"/v2/{server.repo}/tags/list"
     r = {}
-    for kind, resume in (("full", False), ("resumed", True)):
-        with PeakRSS(server.tls_pid) as m:
-            res = handshakes(server, path, p["handshake_clients"], p["handshakes"], resume)
-        r[f"hs_{kind}"] = res["rps"]
-        r[f"hs_{kind}_cpu_ms"] = m.cpu / res["requests"] * 1e3
-        r[f"hs_{kind}_p99"] = res["p99"]
-        r[f"hs_{kind}_resumed"] = res["resumed"] / res["requests"]
-        log(f"  {server.name}: handshakes {kind:7}: {res['rps']:7.0f}/s, p99 {res['p99'] * 1e3:.1f} ms, "
-            f"server CPU {r[f'hs_{kind}_cpu_ms']:.2f} ms each, "
-            f"{res['resumed']} of {res['requests']} resumed")
+    listeners = [("", server.tls_pid, None, None)]
+    if getattr(server, "mtls_port", None):
+        listeners.append(("_mtls", server.mtls_pid, server.mtls_port, server.mtls_client))
+    for suffix, pid, port, tls in listeners:
+        for kind, resume in (("full", False), ("resumed", True)):
+            key = f"hs_{kind}{suffix}"
+            with PeakRSS(pid) as m:
+                res = handshakes(server, path, p["handshake_clients"], p["handshakes"], resume, port, tls)
+            r[key] = res["rps"]
+            r[f"{key}_cpu_ms"] = m.cpu / res["requests"] * 1e3
+            r[f"{key}_p99"] = res["p99"]
+            r[f"{key}_resumed"] = res["resumed"] / res["requests"]
+            log(f"  {server.name}: handshakes {kind:7}{' (client certificate)' if suffix else ''}: "
+                f"{res['rps']:7.0f}/s, p99 {res['p99'] * 1e3:.1f} ms, server CPU {r[f'{key}_cpu_ms']:.2f} ms each, "
+                f"{res['resumed']} of {res['requests']} resumed")
     return r
 
 
@@ -118,17 +128,24 @@ def report_handshakes(p: dict, iz: dict, di: dict) -> list[str]:
     L = [f"## TLS handshakes ({p['handshakes']} connections from {p['handshake_clients']} processes: "
          "connect, handshake, GET tags/list with `Connection: close`, close)", "",
          "izreg: the client presents its device certificate (ECDSA P-256, from `izreg dev-certs`), which "
-         "izreg verifies against the device CA and checks (revocation, subject) on the request; distribution "
-         "asks for none. *Resumed*: every connection after a process's first offers that first session's ticket.",
+         "izreg verifies against the device CA and checks (revocation, subject) on the request. distribution: "
+         "two listeners, one that asks for no client certificate (the first rows) and one that requests and "
+         "verifies one against the same kind of device CA (`http.tls.clientcas`; *client certificate* rows: "
+         "like for like; izreg's figures are the same in both). *Resumed*: every connection after a process's "
+         "first offers that first session's ticket.",
          "Server CPU = the serving process's user + system time per connection (handshake and request).",
          "", "| handshake | izreg /s | distribution /s | ratio | izreg p99 ms | distribution p99 ms | "
          "izreg server CPU ms | distribution server CPU ms | izreg resumed | distribution resumed |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind in ("full", "resumed"):
-        L.append(f"| {kind} | {iz[f'hs_{kind}']:.0f} | {di[f'hs_{kind}']:.0f} | {_ratio(iz[f'hs_{kind}'], di[f'hs_{kind}'])} | "
-                 f"{iz[f'hs_{kind}_p99'] * 1e3:.1f} | {di[f'hs_{kind}_p99'] * 1e3:.1f} | "
-                 f"{iz[f'hs_{kind}_cpu_ms']:.2f} | {di[f'hs_{kind}_cpu_ms']:.2f} | "
-                 f"{iz[f'hs_{kind}_resumed']:.0%} | {di[f'hs_{kind}_resumed']:.0%} |")
+    for suffix, label in (("", ""), ("_mtls", ", distribution with a client certificate")):
+        for kind in ("full", "resumed"):
+            a, b = f"hs_{kind}", f"hs_{kind}{suffix}"
+            if b not in di:
+                continue
+            L.append(f"| {kind}{label} | {iz[a]:.0f} | {di[b]:.0f} | {_ratio(iz[a], di[b])} | "
+                     f"{iz[f'{a}_p99'] * 1e3:.1f} | {di[f'{b}_p99'] * 1e3:.1f} | "
+                     f"{iz[f'{a}_cpu_ms']:.2f} | {di[f'{b}_cpu_ms']:.2f} | "
+                     f"{iz[f'{a}_resumed']:.0%} | {di[f'{b}_resumed']:.0%} |")
     return L + [""]
 
 
@@ -208,14 +225,24 @@ def seed_distribution(data_dir: str, account: str, first: int, last: int) -> Non
             os.link(os.path.join(template, f), os.path.join(target, f))
 
 
+def _in_venv(server: Izreg, *args: str) -> str:
+    """C{python -m bench.modes ARGS} in izreg's venv (its lmdb, its izreg): the output."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([server.python, "-m", "bench.modes", *args], env=env, cwd=REPO_ROOT, check=True,
+                          capture_output=True, text=True, timeout=3600).stdout
+
+
+def index_stats_of(server: Izreg) -> dict:
+    """The stopped izreg's index: entries and MB per named database (L{index_stats})."""
+    return json.loads(_in_venv(server, "index-stats", os.path.join(server.data, "index")))
+
+
 def _seed(server: Server, first: int, last: int, tags: int, log) -> None:
     t0 = time.monotonic()
     if isinstance(server, Izreg):
         server.stop()
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        subprocess.run([server.python, "-m", "bench.modes", "seed-izreg", server.data, _repo_name(server.account, 0),
-                        str(first), str(last), str(tags), server.account], env=env, cwd=REPO_ROOT, check=True,
-                       timeout=3600)
+        _in_venv(server, "seed-izreg", server.data, _repo_name(server.account, 0), str(first), str(last), str(tags),
+                 server.account)
         server.start()
     else:
         seed_distribution(server.data, server.account, first, last)
@@ -338,6 +365,51 @@ def parse_duration(text: str) -> float:
     return float(text)
 
 
+#: live images (tags) per soak client at most: pushes beyond it become deletes
+SOAK_LIVE_TAGS = 16
+
+#: the soak's izreg: a garbage-collection sweep every minute for layers unreferenced for a minute, so
+#: the deleted images' blobs go too (the default sweeps hourly after an hour's grace)
+SOAK_CONFIG = """\
+[gc]
+interval = 60
+grace = 60
+"""
+
+
+def _mapped_rss(pid: int, suffix: str) -> int:
+    """Resident bytes of C{pid}'s mappings of files whose path ends with C{suffix} (/proc/PID/smaps)."""
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                inside = line.rstrip().endswith(suffix)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def index_stats(path: str) -> dict:
+    """(In the venv, the server stopped.) Entries and MB in each named database of the LMDB index at C{path}."""
+    import lmdb
+
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=256)
+    try:
+        with env.begin() as txn:
+            names = [bytes(k) for k, _ in txn.cursor()]
+        out = {}
+        for name in names:
+            db = env.open_db(name, create=False)
+            with env.begin() as txn:
+                st = txn.stat(db)
+            pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+            if st["entries"]:
+                out[name.decode()] = {"entries": st["entries"], "mb": pages * st["psize"] / MB}
+        return out
+    finally:
+        env.close()
+
+
 def _soak_worker(spec: dict, barrier, results) -> None:
     """Mixed operations on one repository until the deadline: push, pull, tags, delete. Counts and errors."""
     rng = random.Random(spec["seed"])
@@ -350,8 +422,13 @@ def _soak_worker(spec: dict, barrier, results) -> None:
     t_start = time.perf_counter()
     conn = server.conn()
     n = 0
+    cap = spec.get("live", SOAK_LIVE_TAGS)
     while time.time() < spec["deadline"]:
-        op = rng.choice(("push", "push", "pull", "pull", "pull", "tags", "delete")) if pushed else "push"
+        # as many deletes as pushes (2:3:1:2), at most C{cap} live images per client: the data set stays
+        # steady, so the server's memory shows leaks, not the data it was asked to keep
+        op = rng.choice(("push", "push", "pull", "pull", "pull", "tags", "delete", "delete")) if pushed else "push"
+        if op == "push" and len(pushed) >= cap:
+            op = "delete"
         try:
             if op == "push":
                 n += 1
@@ -406,16 +483,24 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
         server.repo = saved
     samples: list[tuple[float, int]] = []
     anon: list[int] = []  # RssAnon with each sample: the heap, without the mapped LMDB index (RssFile)
+    index: list[int] = []  # the LMDB index file's size (data.mdb) with each sample
+    other: list[int] = []  # VmRSS less the resident pages of the index's memory map
+    index_file = os.path.join(server.data, "index", "data.mdb")
     stop = threading.Event()
     t0 = time.monotonic()
 
     def sample() -> None:
         while not stop.wait(sample_every):
             try:
-                samples.append((time.monotonic() - t0, _status(server.pid, "VmRSS")))
-                anon.append(_status(server.pid, "RssAnon"))
+                rss, rss_anon = _status(server.pid, "VmRSS"), _status(server.pid, "RssAnon")
+                mapped = _mapped_rss(server.pid, "/index/data.mdb")
+                size = os.path.getsize(index_file) if os.path.exists(index_file) else 0
             except OSError:
                 return
+            samples.append((time.monotonic() - t0, rss))
+            anon.append(rss_anon)
+            index.append(size)
+            other.append(rss - mapped)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -433,14 +518,15 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     window = min(300.0, seconds / 5)
     head = [rss for t, rss in samples if t <= window]
     tail = [rss for t, rss in samples if t >= seconds - window]
-    anon = anon[:len(samples)]
-    anon_head = [a for (t, _), a in zip(samples, anon) if t <= window]
-    anon_tail = [a for (t, _), a in zip(samples, anon) if t >= seconds - window]
+    def mean(values: list[int], first: bool) -> float | None:
+        picked = [v for (t, _), v in zip(samples, values) if (t <= window if first else t >= seconds - window)]
+        return sum(picked) / len(picked) if picked else None
+
     out = {"seconds": seconds, "clients": clients, "ops": ops, "errors": errors, "first_error": first,
-           "samples": samples, "anon": anon, "window": window,
+           "samples": samples, "anon": anon, "index": index, "window": window,
            "rss_first": sum(head) / len(head) if head else None, "rss_last": sum(tail) / len(tail) if tail else None,
-           "anon_first": sum(anon_head) / len(anon_head) if anon_head else None,
-           "anon_last": sum(anon_tail) / len(anon_tail) if anon_tail else None}
+           "anon_first": mean(anon, True), "anon_last": mean(anon, False),
+           "other": other, "other_first": mean(other, True), "other_last": mean(other, False)}
     log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
         f"RSS first {window:.0f} s {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
         f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB")
@@ -450,30 +536,47 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
 def report_soak(soak: dict, command: str) -> list[str]:
     s, w = soak["seconds"], soak["window"]
     total = sum(soak["ops"].values())
-    L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:g} min (izreg)", "",
+    L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:.4g} min (izreg)", "",
          f"`{command}`: each client pushes (a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
          "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
-         "(2:3:1:1), on its own repository, one keep-alive connection each.", "",
+         f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
+         "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
+         "deleted images' layers go too: the data set stays steady, and what grows is the audit log (a record "
+         "per push and per delete, kept forever).", "",
          f"- {total} operations ({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), "
          f"{total / s:.0f}/s; **{soak['errors']} errors**"
          + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),
          f"- server RSS, mean of the first {w:.0f} s: {soak['rss_first'] / MiB:.1f} MiB; of the last {w:.0f} s: "
          f"{soak['rss_last'] / MiB:.1f} MiB; last / first = {soak['rss_last'] / soak['rss_first']:.3f}",
-         f"- of which anonymous memory (RssAnon: the Python heap, without the memory-mapped LMDB index, which "
-         f"grows with the data the soak keeps pushing): first {soak['anon_first'] / MiB:.1f} MiB, last "
+         f"- of which anonymous memory (RssAnon: the Python heap, without the memory-mapped LMDB index, whose "
+         f"resident pages grow with the data the index holds): first {soak['anon_first'] / MiB:.1f} MiB, last "
          f"{soak['anon_last'] / MiB:.1f} MiB; last / first = {soak['anon_last'] / soak['anon_first']:.3f}"
-         if soak.get("anon_first") and soak.get("anon_last") else "- (no RssAnon samples)", "",
-         "| time | RSS MiB | of which RssAnon MiB |", "|---:|---:|---:|"]
-    step = max(1, len(soak["samples"]) // 30)
-    anon = soak.get("anon") or [0] * len(soak["samples"])
-    for (t, rss), a in list(zip(soak["samples"], anon))[::step]:
-        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} |")
+         if soak.get("anon_first") and soak.get("anon_last") else "- (no RssAnon samples)",
+         f"- RSS less the index's memory map (the resident pages of data.mdb, from /proc/PID/smaps): first "
+         f"{soak['other_first'] / MiB:.1f} MiB, last {soak['other_last'] / MiB:.1f} MiB; last / first = "
+         f"{soak['other_last'] / soak['other_first']:.3f}" if soak.get("other_first") and soak.get("other_last")
+         else "- (no smaps samples)",
+         f"- LMDB index file (data.mdb): {soak['index'][0] / MB:.1f} MB at the first sample, "
+         f"{soak['index'][-1] / MB:.1f} MB at the last" if soak.get("index") else "- (no index samples)"]
+    if soak.get("index_stats"):
+        L.append("- in the index at the end (entries, MB): " + ", ".join(
+            f"{name} {v['entries']} ({v['mb']:.1f})" for name, v in sorted(soak["index_stats"].items(),
+                                                                        key=lambda kv: -kv[1]["mb"])))
+    L += ["", "| time | RSS MiB | RssAnon MiB | RSS less the index map MiB | data.mdb MB |", "|---:|---:|---:|---:|---:|"]
+    n = len(soak["samples"])
+    step = max(1, n // 30)
+    anon, index, other = (soak.get(k) or [0] * n for k in ("anon", "index", "other"))
+    for (t, rss), a, o, size in list(zip(soak["samples"], anon, other, index))[::step]:
+        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} | {o / MiB:.1f} | "
+                 f"{size / MB:.1f} |")
     return L + [""]
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1] == "seed-izreg":
+    if sys.argv[1] == "index-stats":
+        print(json.dumps(index_stats(sys.argv[2])))
+    elif sys.argv[1] == "seed-izreg":
         data_dir, template, first, last, tags, account = sys.argv[2:8]
         seed_izreg(data_dir, template, int(first), int(last), int(tags), account)

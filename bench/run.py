@@ -69,6 +69,8 @@ from bench.client import (  # noqa: E402
 )
 from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, size_label  # noqa: E402
 from bench.modes import (  # noqa: E402
+    SOAK_CONFIG,
+    index_stats_of,
     parse_duration,
     report_catalog,
     report_handshakes,
@@ -407,12 +409,13 @@ def main() -> int:
         if soak_seconds:
             where = os.path.join(workdir, "izreg-soak")
             os.makedirs(where)
-            server = Izreg(where, args.venv)
+            server = Izreg(where, args.venv, config=SOAK_CONFIG)
             servers.append(server)
             log(f"soak, izreg, {soak_seconds:.0f} s:")
             server.start()
             soak = run_soak(server, soak_seconds, args.soak_clients, log, sample_every=min(5.0, soak_seconds / 10))
             server.stop()
+            soak["index_stats"] = index_stats_of(server)
     finally:
         for s in servers:
             s.stop()

@@ -94,8 +94,9 @@ idle_timeout = 3600
 class Izreg(Server):
     name = "izreg"
 
-    def __init__(self, workdir: str, venv: str, tls: bool = False) -> None:
+    def __init__(self, workdir: str, venv: str, tls: bool = False, config: str = "") -> None:
         super().__init__(workdir, tls)
+        self.config_text = config  # more of izreg's TOML settings after IZREG_CONFIG's
         self.twistd = os.path.join(venv, "bin", "twistd")
         self.python = os.path.join(venv, "bin", "python")
         self.data = os.path.join(workdir, "izreg-data")
@@ -105,7 +106,7 @@ class Izreg(Server):
     def _command(self) -> list[str]:
         config = os.path.join(self.workdir, "izreg-bench.toml")
         with open(config, "w") as f:
-            f.write(IZREG_CONFIG)
+            f.write(IZREG_CONFIG + self.config_text)
         cmd = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "izreg", "server", "--init", "--config", config,
                "--data-dir", self.data, "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         if self.certs is not None:
@@ -170,7 +171,9 @@ class Distribution(Server):
     """
     distribution serves one listener per process: with C{tls}, a second
     process on the same storage serves HTTPS (a server certificate; no client
-    certificates).
+    certificates), and a third HTTPS that requests and verifies a client
+    certificate (C{http.tls.clientcas}: the device CA, as izreg's TLS listener
+    does; C{mtls_port}, C{mtls_client}).
     """
 
     name = "distribution"
@@ -184,8 +187,11 @@ class Distribution(Server):
         self.binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.python = python
         self.tls_proc: subprocess.Popen | None = None
+        self.mtls_proc: subprocess.Popen | None = None
+        self.mtls_port = free_port() if tls else None
+        self.mtls_client: dict | None = None
 
-    def _config(self, path: str, port: int, certs: dict | None) -> str:
+    def _config(self, path: str, port: int, certs: dict | None, client_certificates: bool = False) -> str:
         with open(path, "w") as f:
             f.write(
                 "version: 0.1\n"
@@ -196,6 +202,7 @@ class Distribution(Server):
                 "  cache:\n    blobdescriptor: inmemory\n"
                 f"http:\n  addr: 127.0.0.1:{port}\n"
                 + (f"  tls:\n    certificate: {certs['server_cert']}\n    key: {certs['server_key']}\n" if certs else "")
+                + (f"    clientcas:\n      - {certs['ca']}\n" if certs and client_certificates else "")
             )
         return path
 
@@ -213,12 +220,22 @@ class Distribution(Server):
             self.tls_proc = subprocess.Popen([self.binary, "serve", config], cwd=self.workdir,
                                              stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
             self._wait_port(self.tls_port, self.tls_proc)
+            self.mtls_client = {k: certs[k] for k in ("ca", "cert", "key")}  # a device certificate of the same CA
+            config = self._config(os.path.join(self.workdir, "distribution-mtls.yml"), self.mtls_port, certs, True)
+            self.mtls_proc = subprocess.Popen([self.binary, "serve", config], cwd=self.workdir,
+                                              stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
+            self._wait_port(self.mtls_port, self.mtls_proc)
 
     @property
     def tls_pid(self) -> int:
         return self.tls_proc.pid
 
+    @property
+    def mtls_pid(self) -> int:
+        return self.mtls_proc.pid
+
     def stop(self) -> None:
+        self._stop_process(self.mtls_proc)
         self._stop_process(self.tls_proc)
         super().stop()
         if getattr(self, "logf", None):

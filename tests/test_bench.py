@@ -37,6 +37,12 @@ def test_smoke_run_of_every_mode(tmp_path):
     # resumption: the second handshake of each client process resumed its session, on both servers
     resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
     assert resumed.rstrip(" |").endswith("75% | 75%"), resumed
+    # and against distribution's listener that verifies a client certificate (like izreg's)
+    mtls = [line for line in text.splitlines() if line.startswith("| resumed, distribution with a client certificate |")]
+    assert mtls and mtls[0].rstrip(" |").endswith("75% | 75%"), mtls
+    assert "| full, distribution with a client certificate |" in text
+    # the soak: a steady data set, and the memory less the index's mapped pages
+    assert "as many deletes as pushes" in text and "RSS less the index's memory map" in text
 
 
 @pytest.mark.s3

@@ -129,6 +129,12 @@ def request_info(request, now: float, status: int | None = None) -> RequestInfo:
 
 log = Logger(namespace="izreg.access")
 
+#: the text of an access event, formatted here with C{str.format} (twisted.logger's formatter, pure Python,
+#: took ~60 us a request for these nine fields); the event carries the fields too (the JSON log writes them)
+LINE = "{client} {method} {route} {status} in={bytes_in} out={bytes_out} {duration:.3f}s {who} id={request_id}"
+#: the event's key for that text: a JSON log leaves it out (izreg.service.logs), its message is the same text
+LINE_KEY = "access_line"
+
 
 class AccessLog:
     """The site's request log: an event per request, then each observer (the metrics)."""
@@ -141,10 +147,8 @@ class AccessLog:
         info = request_info(request, self.now(), status)
         who = f"device {info.account}/{info.device_id}" if info.device_id else (
             f"key {info.key_id}" if info.key_id else "anonymous")
-        log.info(
-            "{client} {method} {route} {status} in={bytes_in} out={bytes_out} {duration:.3f}s {who} id={request_id}",
-            who=who, **vars(info),  # its fields are all scalars: no need for asdict's deep copy (~15 us a request)
-        )
+        fields = vars(info)  # its fields are all scalars: no need for asdict's deep copy (~15 us a request)
+        log.info("{" + LINE_KEY + "}", who=who, **{LINE_KEY: LINE.format(who=who, **fields)}, **fields)
         for observer in self.observers:
             try:
                 observer(info)

@@ -39,6 +39,7 @@ from twisted.web.resource import Resource
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
+from izreg.http.chunked import ChunkedDecoder
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
@@ -331,6 +332,13 @@ class RegistryChannel(http.HTTPChannel):
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
         )
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if type(decoder) is http._ChunkedTransferDecoder:  # the same decoder, without copying the chunks
+            self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+        return ok
 
     def allHeadersReceived(self) -> None:
         self._lines = 0

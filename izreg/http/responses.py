@@ -19,10 +19,13 @@ log = Logger()
 #: to the copy, small enough that a slow client pins little memory
 READ_SIZE = 512 * 1024
 
-#: most bytes handed to the kernel by one sendfile(2) call; the producer then
-#: waits for the socket to be writable again, so one fast client cannot hold
-#: the reactor for a whole blob
+#: most bytes handed to the kernel by one sendfile(2) call
 SENDFILE_SIZE = 4 * 1024 * 1024
+
+#: most bytes sent in one reactor turn: calls follow each other while the
+#: socket takes all it is given, then the producer waits for the socket to
+#: be writable again, so one fast client cannot hold the reactor for a whole blob
+SENDFILE_TURN = 16 * 1024 * 1024
 
 
 def plain_tcp(request) -> tcp.Connection | None:
@@ -128,23 +131,28 @@ class FileSender:
         if request is None or not self.remaining:
             self._maybe_finish()
             return
-        try:
-            sent = self.reader.sendfile(self.tcp.fileno(), self.offset, min(SENDFILE_SIZE, self.remaining))
-        except BlockingIOError:
-            sent = None
-        except OSError as e:
-            # the client went away (EPIPE, ECONNRESET): the transport's connectionLost stops us
-            log.debug("sendfile stopped: {error}", error=e)
-            request.loseConnection()
-            self.stopProducing()
-            return
-        if sent == 0:
-            self._short()
-            return
-        if sent:
+        turn = 0
+        while self.remaining and turn < SENDFILE_TURN:
+            asked = min(SENDFILE_SIZE, self.remaining)
+            try:
+                sent = self.reader.sendfile(self.tcp.fileno(), self.offset, asked)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                # the client went away (EPIPE, ECONNRESET): the transport's connectionLost stops us
+                log.debug("sendfile stopped: {error}", error=e)
+                request.loseConnection()
+                self.stopProducing()
+                return
+            if sent == 0:
+                self._short()
+                return
             self.offset += sent
             self.remaining -= sent
             request.sentLength += sent
+            turn += sent
+            if sent < asked:
+                break  # the socket is full
         if self.remaining:
             _when_writable(self.tcp)
         else:

@@ -9,8 +9,10 @@ pieces again. On a blob pull that Python work, not AES-GCM, is the limit
 (see docs/benchmark.md). Here one C{SSL_write} seals a whole write (up to
 L{WRITE_SIZE}, many records; it needs partial writes off, which
 L{izreg.service.tls.build_context} sets) from a memoryview (no slice
-copies), and one C{BIO_read} hands all the records to the transport as one
-buffer.
+copies), and one C{BIO_read} takes all the records: straight to the socket
+through one reused buffer when the TCP transport has nothing buffered (no
+bytes object per write, and no 128 KiB-per-reactor-turn sends, Twisted's
+C{SEND_LIMIT}), else to the transport as one buffer.
 
 Everything else is Twisted's: handshake, shutdown, the producer membrane and
 back-pressure, buffering of writes while OpenSSL wants to read, error paths.
@@ -19,8 +21,16 @@ back-pressure, buffering of writes while OpenSSL wants to read, error paths.
 from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError
+from twisted.internet import tcp
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+
+try:  # pyOpenSSL's own cffi binding of OpenSSL: BIO_read into a buffer of ours
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+
+    _BIO_read = _lib.BIO_read
+except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL: Connection.bio_read
+    _BIO_read = None
 
 #: the most plaintext sealed by one SSL_write (64 full records)
 WRITE_SIZE = 1024 * 1024
@@ -60,6 +70,9 @@ class FastTLSTransport(BufferingTLSTransport):
                 self._flushSendBIO()
 
     def _flushSendBIO(self):
+        if _BIO_read is not None and _direct(self.transport):
+            self._sendBIOToSocket(self.transport)
+            return
         while True:
             try:
                 data = self._tlsConnection.bio_read(BIO_READ_SIZE)
@@ -68,6 +81,47 @@ class FastTLSTransport(BufferingTLSTransport):
             self.transport.write(data)
             if len(data) < BIO_READ_SIZE:
                 return
+
+
+    def _sendBIOToSocket(self, transport: tcp.Connection) -> None:
+        """
+        The TCP transport has nothing buffered: the records go from OpenSSL's
+        send BIO to the socket through one reused buffer (no bytes object, no
+        128 KiB-per-turn sends); what the socket does not take now is handed to
+        the transport, which sends it (and pauses the producer) as usual.
+        """
+        global _records
+        if _records is None:
+            _records = _ffi.new("char[]", BIO_READ_SIZE)
+        bio = self._tlsConnection._from_ssl
+        while True:
+            n = _BIO_read(bio, _records, BIO_READ_SIZE)
+            if n <= 0:
+                return  # the send BIO is empty
+            view = memoryview(_ffi.buffer(_records, n))
+            sent = 0
+            if _direct(transport):
+                try:
+                    sent = transport.socket.send(view)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    pass  # the transport's own write finds the error and closes
+            if sent < n:
+                transport.write(view[sent:].tobytes())
+            if n < BIO_READ_SIZE:
+                return
+
+
+#: the send BIO's records on their way to the socket (the reactor's thread only; allocated on first use)
+_records = None
+
+
+def _direct(transport) -> bool:
+    """Whether records may go straight to C{transport}'s socket: plain TCP, connected, nothing buffered."""
+    return (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer))
 
 
 class FastTLSFactory(TLSMemoryBIOFactory):

@@ -38,3 +38,38 @@ def test_a_failure_carries_its_traceback():
         event = {"log_format": "boom", "log_failure": Failure(), "log_time": 0, "log_namespace": "x"}
     record = json.loads(event_as_json(event))
     assert "ZeroDivisionError" in record["traceback"] and record["message"] == "boom"
+
+
+def _access_line(log_format: str) -> str:
+    """One access event through the server's observer in C{log_format}: the line written."""
+    import izreg.http.accesslog as accesslog
+
+    out = io.StringIO()
+    info = accesslog.RequestInfo("rid-1", "GET", "/v2/", None, 200, 0, 2, 0.0012, "127.0.0.1", "acc", "device",
+                                 None, "dev1", True)
+    saved = accesslog.log, accesslog.request_info
+    accesslog.log = Logger(namespace="izreg.access", observer=LogSetup(log_format, "info").observer(out))
+    accesslog.request_info = lambda request, now, status=None: info
+    try:
+        accesslog.AccessLog(lambda: 0.0)(object())
+    finally:
+        accesslog.log, accesslog.request_info = saved
+    return out.getvalue()
+
+
+def test_the_access_line_is_formatted_once_and_not_repeated_as_a_field():
+    text = _access_line("text")
+    assert text.endswith(" [izreg.access#info] 127.0.0.1 GET /v2/ 200 in=0 out=2 0.001s device acc/dev1 id=rid-1\n")
+    record = json.loads(_access_line("json"))
+    assert record["message"] == "127.0.0.1 GET /v2/ 200 in=0 out=2 0.001s device acc/dev1 id=rid-1"
+    assert "access_line" not in record and record["who"] == "device acc/dev1" and record["duration"] == 0.0012
+
+
+def test_the_text_log_time_is_twisteds_to_the_second():
+    from twisted.logger import formatTime
+
+    from izreg.service.logs import _SecondsTime
+
+    seconds = _SecondsTime()
+    for when in (None, 0.0, 1.5, 1.25, 1.9999999, 1700000000.25, 1700000000.9999996, 1700000001.0, 1699999999.5):
+        assert seconds(when) == formatTime(when), when
