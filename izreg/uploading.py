@@ -15,10 +15,16 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
+from izreg.core.ranges import upload_range
 from izreg.storage.interfaces import DigestMismatch, IBodySink, StorageError
 from izreg.storage.uploads import UploadSession
 
 log = Logger()
+
+
+class _MovedOn(Exception):
+    """The session's record is no longer the one a chunk started from (another node wrote it)."""
+
 
 #: with a shared index, seconds between two reads of every account's open upload sessions (the cap's count)
 OPEN_UPLOADS_REFRESH = 10.0
@@ -119,13 +125,30 @@ class UploadSessions:
         writer.done(keep_busy=True)
         try:
             offset = await _storage(self.uploads.acknowledge(writer))
-            await self.run_write(self.index.put_upload, session.id, self.uploads.record(session, self.now()))
-        except BaseException:
+            # with a shared index, only over the record this chunk started from: two nodes appending to
+            # one session at once (a client's retry sent to another node) must not both be acknowledged
+            expected = None if self.reads_inline else writer.start
+            if not await self.run_write(self.index.put_upload, session.id, self.uploads.record(session, self.now()),
+                                        expected):
+                raise _MovedOn()
+        except BaseException as e:
             writer.rollback()  # not acknowledged: the session goes on from where it was (a full disk)
+            if isinstance(e, _MovedOn):
+                self.uploads.forget(session)  # this node's copy is stale: the next request rebuilds it from the record
+                raise await self._moved_on(session) from None
             raise
         finally:
             session.busy = False
         return offset
+
+    async def _moved_on(self, session: UploadSession) -> RegistryError:
+        record = await self._read(self.index.get_upload, session.id)
+        if record is None:
+            return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, {"upload": session.id})
+        return RegistryError(ErrorCode.RANGE_INVALID,
+                             {"reason": "another request wrote to this upload meanwhile", "offset": record["offset"]},
+                             "another request wrote to this upload meanwhile: ask its status (GET) and go on from there",
+                             headers={"Range": upload_range(record["offset"])})
 
     async def commit_upload(self, repo: Repository, session: UploadSession, digest: Digest, writer: IBodySink | None) -> int:
         """Verify the whole upload against C{digest} and move it into the blob store."""

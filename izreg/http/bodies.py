@@ -325,13 +325,25 @@ class RegistryChannel(http.HTTPChannel):
         self._answer_and_close(400, "malformed HTTP request")
 
     def _answer_and_close(self, status: int, message: str) -> None:
+        if self._refused or self.transport is None:
+            return
         code = ErrorCode.UNSUPPORTED if status == 400 else ErrorCode.TOO_LARGE
         error = RegistryError(code, None, message)
         body = json.dumps({"errors": [error.to_json()]}).encode()
+        # the request this answers, when its line is in (a bad header, a malformed chunked body)
+        request = self.requests[-1] if self.requests else None
+        request_id = getattr(request, "request_id", "-")
+        given = f"{REQUEST_ID_HEADER.decode()}: {request_id}\r\n" if request_id != "-" else ""
         self.refuse(
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{given}\r\n".encode() + body
         )
+        # logged with the status it was given, not later as a client gone away (499)
+        access_log = getattr(self.site, "access_log", None)
+        if request is not None and access_log is not None and not request.finished \
+                and not getattr(request, "_logged_gone", False):
+            request._logged_gone = True
+            access_log(request, status)
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok = super()._maybeChooseTransferDecoder(header, data)

@@ -39,6 +39,10 @@ def storage_error(error: BaseException) -> RegistryError | None:
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage I/O error"},
                              "the registry cannot write its storage right now; retry later")
     pg = sys.modules.get("izreg.storage.pg")  # loaded only with a shared database (it brings psycopg)
+    if pg is not None and isinstance(error, pg.DatabaseTimeout):
+        return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "database call timed out"},
+                             "the registry's database did not answer in time (busy or locked); retry later",
+                             headers={"Retry-After": "1"})
     if pg is not None and isinstance(error, pg.DatabaseUnavailable):
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "database unavailable"},
                              "the registry cannot reach its database right now; retry later",

@@ -117,7 +117,9 @@ class PgSweepLock:
         if self._conn is not None:
             raise RuntimeError("this sweep lock is already held")
         try:
-            conn = psycopg.connect(self.db.dsn, autocommit=True, application_name="izreg-gc")
+            # keepalives: a dead link is noticed, and the lock is not held for a node that is gone
+            conn = psycopg.connect(self.db.dsn, autocommit=True, application_name="izreg-gc",
+                                   **self.db.keepalives)
         except psycopg.Error as e:
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from None
         try:

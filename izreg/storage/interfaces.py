@@ -216,8 +216,13 @@ class IMetadataIndex(Interface):
         """Drop the repository's link (the repository goes when empty)."""
 
     # -- upload sessions
-    def put_upload(upload_id: str, record: dict) -> None:
-        """Create or replace an upload session's record."""
+    def put_upload(upload_id: str, record: dict, expected_offset: int | None = None) -> bool:
+        """
+        Create or replace an upload session's record; C{True}. With
+        C{expected_offset}: only if a record exists whose offset is still
+        that (several nodes: another one may have moved the session on
+        meanwhile); else nothing is written and C{False}.
+        """
 
     def get_upload(upload_id: str):
         """The session's record or C{None}."""

@@ -184,9 +184,14 @@ class Index(LmdbStore):
 
     # -- upload sessions -----------------------------------------------------
 
-    def put_upload(self, upload_id: str, record: dict) -> None:
+    def put_upload(self, upload_id: str, record: dict, expected_offset: int | None = None) -> bool:
         with self.writing() as txn:
+            if expected_offset is not None:
+                raw = txn.get(upload_id.encode(), db=self._db[schema.UPLOADS])
+                if raw is None or load(raw).get("offset") != expected_offset:
+                    return False
             txn.put(upload_id.encode(), dump(record), db=self._db[schema.UPLOADS])
+        return True
 
     def get_upload(self, upload_id: str) -> dict | None:
         if len(upload_id.encode()) > schema.MAX_KEY:

@@ -53,6 +53,10 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached (the server answers 503, the command exits non-zero)."""
 
 
+class DatabaseTimeout(DatabaseUnavailable):
+    """A call ran past the statement or lock timeout (a lock held elsewhere, a stuck query): a 503 too."""
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """C{(version, file name, SQL)} of every migration, by version (each version once)."""
     found = []
@@ -104,9 +108,13 @@ class Database:
         self.long_timeout = long_timeout
         # autocommit: L{run} opens its transaction itself (BEGIN ... COMMIT), L{read} needs none
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+        #: libpq's keepalive settings, for a connection made outside the pool too (the sweep lock's)
+        self.keepalives: dict[str, int] = {}
         if keepalives:
             idle, interval, count = keepalives
-            kwargs.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
+            self.keepalives = dict(keepalives=1, keepalives_idle=idle, keepalives_interval=interval,
+                                   keepalives_count=count)
+        kwargs.update(self.keepalives)
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
             kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,
@@ -138,7 +146,7 @@ class Database:
         except PoolTimeout as e:  # an OperationalError too: first
             raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
         except TIMED_OUT as e:  # OperationalErrors too
-            raise DatabaseUnavailable(f"a database call took too long: {_describe(e)}"
+            raise DatabaseTimeout(f"a database call took too long: {_describe(e)}"
                                       f" (metadata.statement_timeout = {self.statement_timeout:g} s,"
                                       f" lock_timeout = {self.lock_timeout:g} s)") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:

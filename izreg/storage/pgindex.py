@@ -287,11 +287,17 @@ class PgIndex:
 
     # -- upload sessions -----------------------------------------------------
 
-    def put_upload(self, upload_id: str, record: dict) -> None:
+    def put_upload(self, upload_id: str, record: dict, expected_offset: int | None = None) -> bool:
         def f(cur):
-            cur.execute("INSERT INTO uploads (id, record) VALUES (%s, %s)"
-                        " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record", (upload_id, _dump(record)))
-        self.db.run(f)
+            if expected_offset is None:
+                cur.execute("INSERT INTO uploads (id, record) VALUES (%s, %s)"
+                            " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record", (upload_id, _dump(record)))
+                return True
+            # one statement: a concurrent writer's UPDATE of the row waits for this one, then sees its offset
+            cur.execute("UPDATE uploads SET record = %s WHERE id = %s AND (record::jsonb ->> 'offset')::bigint = %s",
+                        (_dump(record), upload_id, expected_offset))
+            return cur.rowcount == 1
+        return self.db.run(f)
 
     def get_upload(self, upload_id: str) -> dict | None:
         if len(upload_id.encode()) > MAX_KEY or "\x00" in upload_id:
@@ -528,6 +534,7 @@ class PgIndex:
     def totals(self) -> dict:
         def f(cur):
             _snapshot(cur)
+            self.db.allow_long(cur)  # a scan of every record
             cur.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs")
             blobs, blob_bytes = cur.fetchone()
             cur.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM manifests")
@@ -643,6 +650,7 @@ class PgIndex:
     def manifest_references(self) -> list[tuple[str, str, list[tuple[str, bool, bool]], list[str]]]:
         def f(cur):
             _snapshot(cur)
+            self.db.allow_long(cur)  # a scan of every record
             cur.execute(
                 "SELECT m.repo, m.digest,"
                 " ARRAY(SELECT ARRAY[mb.blob,"

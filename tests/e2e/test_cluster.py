@@ -256,3 +256,38 @@ def test_oci_conformance_through_haproxy(suite, cluster, tmp_path):
     # round-robin per request: every node served a share of the suite (its access log grew)
     served = [node.lines_logged - mark for node, mark in zip(cluster.nodes, marks)]
     assert all(n > 50 for n in served), served
+
+
+def test_two_nodes_writing_one_upload_at_once_acknowledge_one_chunk(cluster):
+    # a PATCH on one node while another node's PATCH of the same chunk was in flight: both were
+    # acknowledged (202), the later record overwriting the earlier; now the second gets a 416
+    import base64
+    import http.client
+
+    repo = f"{cluster.account}/racing"
+    one, two, three = (client(node, cluster.creds) for node in cluster.nodes)
+    data = random_bytes(256 * 1024, "racing")
+    location = path_of(one.location(expect(one.start_upload(repo), 202)))
+    slow = http.client.HTTPConnection("127.0.0.1", cluster.nodes[0].port, timeout=60)
+    try:
+        slow.putrequest("PATCH", location)
+        slow.putheader("Authorization", "Basic " + base64.b64encode(cluster.creds.encode()).decode())
+        slow.putheader("Content-Type", "application/octet-stream")
+        slow.putheader("Content-Range", f"0-{len(data) - 1}")
+        slow.putheader("Content-Length", str(len(data)))
+        slow.endheaders()
+        slow.send(data[:1000])  # node 1 holds the session at offset 0 and takes the body
+        fast = expect(two.patch_chunk(location, data, 0), 202)  # node 2 writes the same chunk meanwhile
+        assert fast.headers["Range"] == f"0-{len(data) - 1}"
+        slow.send(data[1000:])
+        late = slow.getresponse()
+        body = late.read()
+        assert late.status == 416, body
+        assert late.getheader("Range") == f"0-{len(data) - 1}"
+        assert b"RANGE_INVALID" in body
+    finally:
+        slow.close()
+    digest = sha256_digest(data)
+    location = path_of(fast.headers["Location"])
+    expect(three.request("PUT", three.with_query(location, digest=digest), headers={"Content-Length": "0"}), 201)
+    assert expect(one.get_blob(repo, digest, allow_redirects=True), 200).content == data

@@ -28,26 +28,16 @@ def node_config(path, dsn: str) -> str:
     return str(path)
 
 
-def upgraded(dsn: str) -> None:
-    from izreg.storage.pg import Database
-
-    db = Database(dsn, max_size=1)
-    try:
-        db.upgrade()
-    finally:
-        db.close()
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, postgres_server):
     base = tmp_path_factory.mktemp("pgnode")
-    dsn = postgres_server.create_database()
-    upgraded(dsn)
+    dsn = postgres_server.create_migrated_database()
     registry = RegistryProcess(data_dir=str(base / "data"), config=node_config(base / "izreg.toml", dsn))
     registry.dsn = dsn
     registry.start()
     yield registry
     registry.close()
+    postgres_server.drop_database(dsn)
 
 
 def test_the_start_up_line_says_what_is_open_and_no_password(node):
@@ -74,6 +64,7 @@ def test_a_locked_table_is_a_503_with_retry_after_not_a_hung_node(node):
             assert r.status_code == 503, r.text
             assert r.headers.get("Retry-After")
             assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+            assert r.json()["errors"][0]["detail"] == {"reason": "database call timed out"}
     finally:
         holder.close()
     assert requests.get(f"{node.url}/v2/_catalog", auth=node.requests_auth, timeout=60).status_code == 200
@@ -86,6 +77,10 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        deadline = time.monotonic() + 60
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
+            assert time.monotonic() < deadline, "the node's connections did not end"
+            time.sleep(0.05)  # another process: poll with a deadline
         for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
             started = time.monotonic()
             r = requests.get(f"{node.url}/readyz", timeout=60)
@@ -101,14 +96,14 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
 
 
 @pytest.mark.parametrize("key", [None, "another"])
-def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_dsn, key):
+def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_schema_dsn, key):
     # it made a key of its own, and opened no token key or webhook secret another node had sealed
     from cryptography.fernet import Fernet
 
     from izreg.auth.pgstore import PgTokenKey
     from izreg.storage.pg import Database
 
-    upgraded(pg_dsn)
+    pg_dsn = pg_schema_dsn
     first = tmp_path / "first"
     first.mkdir()
     (first / "webhook.key").write_bytes(Fernet.generate_key())

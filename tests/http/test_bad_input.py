@@ -199,3 +199,30 @@ async def test_random_requests_get_oci_errors_not_500s(server, no_tracebacks):
         method = rng.choice(methods)
         status, headers, body = await _raw(server, method, path.encode(), body=b"{}" if method in (b"PUT", b"PATCH") else b"")
         assert status < 500, (method, path, status, body[:300])
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"3\r\nabcXY", b"-1\r\n"])
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_chunked_body_is_logged_as_the_400_it_got(server, no_tracebacks, body):
+    """The 400 carries the request id and is the one access event of its request (not a 499 'client gone')."""
+    events = []
+
+    def observe(event):
+        if event.get("log_namespace") == "izreg.access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        head = (f"PUT /v2/{NAME}/manifests/v1 HTTP/1.1\r\nHost: localhost\r\n"
+                "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        status, headers, content = parse_raw(await raw_answer(server, head + body))
+        assert _oci_error(status, headers, content, b"PUT") == "UNSUPPORTED" and status == 400
+        request_id = headers["x-request-id"]
+        # another request on a new connection: by its answer the first connection's close was seen
+        status, _, _ = await _raw(server, b"GET", b"/v2/")
+        assert status == 200
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    first = [e for e in events if e["request_id"] == request_id]
+    assert [(e["method"], e["status"]) for e in first] == [("PUT", 400)]

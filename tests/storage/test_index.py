@@ -525,3 +525,14 @@ def test_storage_gauges_from_either_index(index):
     assert gauges == {"izreg_blobs": 1, "izreg_blobs_bytes": 6, "izreg_manifests": 1, "izreg_manifests_bytes": 5,
                       "izreg_upload_sessions": 0}
     assert usage(index, A) == {"account": A, "repositories": 1, "manifests": 1, "blobs": 1, "size": 11}
+
+
+def test_an_upload_record_is_replaced_only_over_the_offset_expected(index):
+    # two nodes appending to one session: the second to write must not overwrite the first's record
+    r = {"name": REPO, "offset": 0, "started": 1.0, "updated": 1.0}
+    assert index.put_upload("u-id", r) is True
+    assert index.put_upload("u-id", {**r, "offset": 5}, 0) is True
+    assert index.put_upload("u-id", {**r, "offset": 7}, 0) is False
+    assert index.get_upload("u-id")["offset"] == 5
+    assert index.put_upload("u-id", {**r, "offset": 9}, 5) is True
+    assert index.put_upload("gone", {**r, "offset": 9}, 0) is False and index.get_upload("gone") is None
