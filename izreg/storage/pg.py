@@ -119,11 +119,14 @@ class Database:
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
             kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,
         )
+        POOL_LOG.last_error = None
         try:
             self.pool.open(wait=True, timeout=timeout)
         except Exception as e:
             self.pool.close()
-            raise DatabaseUnavailable(f"cannot connect to the database: {_describe(e)}") from None
+            # the pool's own timeout says nothing of why: name the last connection failure
+            reason = POOL_LOG.last_error if isinstance(e, PoolTimeout) and POOL_LOG.last_error else _describe(e)
+            raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from None
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """The pool's configure callback: every new connection gets the timeouts."""
@@ -287,11 +290,15 @@ class _PoolLog(logging.Filter):
         self.down_since: float | None = None
         self._last = -float("inf")
         self._suppressed = 0
+        #: the last connection failure, one line without a password
+        self.last_error: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.msg is _BACK:
             return True
         now = time.monotonic()
+        if str(record.msg).startswith("error connecting in") and record.args:
+            self.last_error = _describe(record.args[-1])  # for Database's start-up error
         with self._lock:
             if str(record.msg).startswith("error connecting in") and self.down_since is None:
                 self.down_since, self._last, self._suppressed = now, now, 0
