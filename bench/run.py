@@ -314,8 +314,8 @@ def main() -> int:
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the report's preface (e.g. the machine's load during the run); repeatable")
     ap.add_argument("--out", default=None, help="write the markdown report here (default: print it)")
-    ap.add_argument("--venv", default=os.environ.get("IZREG_VENV", "/tmp/venv"),
-                    help="virtualenv with twistd and izreg's dependencies (default /tmp/venv)")
+    ap.add_argument("--venv", default=os.environ.get("IZREG_VENV", "/tmp/venv"), type=os.path.abspath,  # servers run elsewhere
+                    help="virtualenv with twistd and izreg's dependencies (default $IZREG_VENV, else /tmp/venv)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="runs of each server, in ABBA order; figures are medians (default 3, 1 with --quick/--smoke)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
