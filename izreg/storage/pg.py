@@ -120,6 +120,7 @@ class Database:
             kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,
         )
         POOL_LOG.last_error = None
+        POOL_LOG.opening += 1
         try:
             self.pool.open(wait=True, timeout=timeout)
         except Exception as e:
@@ -127,6 +128,8 @@ class Database:
             # the pool's own timeout says nothing of why: name the last connection failure
             reason = POOL_LOG.last_error if isinstance(e, PoolTimeout) and POOL_LOG.last_error else _describe(e)
             raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from None
+        finally:
+            POOL_LOG.opening -= 1
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """The pool's configure callback: every new connection gets the timeouts."""
@@ -292,6 +295,8 @@ class _PoolLog(logging.Filter):
         self._suppressed = 0
         #: the last connection failure, one line without a password
         self.last_error: str | None = None
+        #: Databases waiting for their first connection
+        self.opening = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.msg is _BACK:
@@ -299,6 +304,8 @@ class _PoolLog(logging.Filter):
         now = time.monotonic()
         if str(record.msg).startswith("error connecting in") and record.args:
             self.last_error = _describe(record.args[-1])  # for Database's start-up error
+            if self.opening:  # that error says it, in its one line
+                return False
         with self._lock:
             if str(record.msg).startswith("error connecting in") and self.down_since is None:
                 self.down_since, self._last, self._suppressed = now, now, 0

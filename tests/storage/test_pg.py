@@ -103,7 +103,7 @@ def test_a_conflict_past_every_retry_is_unavailable_not_an_internal_error(pg_db)
         pg_db.read(lambda cur: (_ for _ in ()).throw(psycopg.errors.SerializationFailure("could not serialize")))
 
 
-def test_an_unreachable_database_is_one_line_without_the_password():
+def test_an_unreachable_database_is_one_line_without_the_password(caplog):
     from tests.helpers.server import free_port
 
     with pytest.raises(pg.DatabaseUnavailable) as e:
@@ -112,6 +112,8 @@ def test_an_unreachable_database_is_one_line_without_the_password():
     assert "\n" not in str(e.value)
     # why, not only the pool's "pool initialization incomplete after 1.0 sec"
     assert "Connection refused" in str(e.value), str(e.value)
+    # and only there: the pool's "the database is unreachable" made it two lines at start-up
+    assert not [r for r in caplog.records if r.name == "psycopg.pool"], caplog.text
 
 
 def test_dsn_from_the_environment(monkeypatch):
