@@ -4,8 +4,9 @@ Fixtures shared by every test package.
 Markers (pyproject.toml): every test of tests/e2e and tests/edge is marked
 C{e2e} here (it starts the real twistd izreg); a test that needs nothing
 outside this process (no twistd, no client program, no moto, PostgreSQL,
-dockerd, chromium or haproxy) is marked C{fast}: ``python -m pytest -m fast``
-is the quick loop of development (README.rst, "Tests").
+dockerd, chromium or haproxy) is marked C{fast}: ``python -m pytest`` with no
+path, C{-m} or C{-k} runs only those, the quick loop of development;
+``python -m pytest tests`` runs every test (README.rst, L{quick_loop}).
 
 Temporary directories (C{tmp_path}, C{tmp_path_factory}, C{tempfile}) live
 in RAM (/dev/shm) when it is a tmpfs with room and exec allowed, else in the
@@ -58,13 +59,34 @@ EXTERNAL = ("e2e", "docker", "browser", "conformance", "s3", "edge", "postgres",
 _E2E_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), d) + os.sep for d in ("e2e", "edge"))
 
 
+def quick_loop(config) -> bool:
+    """
+    C{python -m pytest} with no path, no C{-m} and no C{-k}: the quick loop of
+    development, the tests marked C{fast} only. C{python -m pytest tests} (README's
+    test command, .ci/run) or any path, C{-m} or C{-k} selects as usual.
+    """
+    return (config.args_source == pytest.Config.ArgsSource.TESTPATHS
+            and not config.option.markexpr and not config.option.keyword)
+
+
+def pytest_report_header(config):
+    if quick_loop(config):
+        return ["izreg: the quick loop, tests marked fast only; `python -m pytest tests` runs every test"]
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.path).startswith(_E2E_DIRS):
             item.add_marker(pytest.mark.e2e)
         if not any(item.get_closest_marker(name) for name in EXTERNAL):
             item.add_marker(pytest.mark.fast)
+    if quick_loop(config):
+        kept = [item for item in items if item.get_closest_marker("fast")]
+        if len(kept) < len(items):
+            config.hook.pytest_deselected(items=[item for item in items if not item.get_closest_marker("fast")])
+            items[:] = kept
 
 
 def in_ci() -> bool:

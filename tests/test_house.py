@@ -12,6 +12,8 @@ import os
 import re
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: import name -> distribution name, where they differ
@@ -74,3 +76,18 @@ def test_test_case_name_markers_name_existing_modules():
             if not os.path.exists(os.path.join(ROOT, *name.split(".")) + ".py"):
                 wrong.append(f"{os.path.relpath(path, ROOT)}: {name}")
     assert not wrong, f"test-case-name markers naming no test module: {wrong}"
+
+
+def test_pytest_alone_is_the_quick_loop_and_a_path_or_selection_is_not():
+    from types import SimpleNamespace
+
+    from tests.conftest import quick_loop
+
+    def config(source, markexpr="", keyword=""):
+        return SimpleNamespace(args_source=source, option=SimpleNamespace(markexpr=markexpr, keyword=keyword))
+
+    sources = pytest.Config.ArgsSource
+    assert quick_loop(config(sources.TESTPATHS))
+    assert not quick_loop(config(sources.ARGS))  # `pytest tests`: README's test command, every test
+    assert not quick_loop(config(sources.TESTPATHS, markexpr="not docker"))
+    assert not quick_loop(config(sources.TESTPATHS, keyword="oras"))
