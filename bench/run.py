@@ -275,7 +275,7 @@ def access_key_check(workdir: str, n: int) -> dict:
         account = store.create_account(clock[0], "bench")
         _, key = store.create_key(account.account_id, clock[0], "bench")
         config = Config()
-        auth = Authenticator(store, now=lambda: clock[0], failures=FailedAuthentications(
+        auth = Authenticator(store, now=lambda: clock[0], token_service=config.token_service, failures=FailedAuthentications(
             FailureLimiter(config.auth_failure_limit, config.auth_failure_window)))
         bearer = f"Bearer {key.reveal()}".encode()
         basic = b"Basic " + base64.b64encode(f"KEY:{key.reveal()}".encode())

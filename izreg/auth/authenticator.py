@@ -78,8 +78,8 @@ class Authenticator:
         self,
         store: IAuthStore,
         now: Callable[[], float],
-        token_service: bool = False,
         *,
+        token_service: bool,  # Config.token_service: no default of its own
         service: str = DEFAULT_SERVICE,
         basic_realm: str = "izreg",
         failures: FailedAuthentications,

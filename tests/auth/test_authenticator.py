@@ -57,6 +57,7 @@ def world(store, clock):
 def make(world, limiter=None, **kw):
     config = Config()
     limiter = limiter or FailureLimiter(config.auth_failure_limit, config.auth_failure_window)
+    kw.setdefault("token_service", False)
     return Authenticator(world.store, world.clock, failures=FailedAuthentications(limiter), **kw)
 
 

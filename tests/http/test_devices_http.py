@@ -70,7 +70,7 @@ class NeverCalled:
 def authenticator(tmp_path):
     env = open_env(str(tmp_path), 1 << 30)
     store = AuthStore(env)
-    yield Authenticator(store, lambda: NOW, failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
+    yield Authenticator(store, lambda: NOW, token_service=False, failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
     env.close()
 
 

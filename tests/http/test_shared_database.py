@@ -149,7 +149,7 @@ async def test_a_device_revoked_elsewhere_is_refused_at_its_next_request(device_
     device = make_device_cert(ca, ACCOUNT, "gw-1", NOW - 60)
     verifier = DeviceVerifier(cas=lambda: [ca.cert], revoked=device_store.revocations_for)
     authenticator = Authenticator(AuthStore(open_env(str(tmp_path / "auth"), 1 << 30)), lambda: NOW,
-                                  failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
+                                  token_service=False, failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
     guard = AccessGuard(authenticator, verifier, lambda: NOW, run_read=threaded)
     own = Repository.parse(f"{ACCOUNT}/app")
     principal = await guard.check(DeviceRequest(device.cert), own, Action.PULL)
