@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import pytest
 import requests
@@ -37,6 +36,7 @@ from tests.helpers.ociclient import OCIClient, describe, expect, sha256_digest
 from tests.helpers.ocilayout import random_bytes
 from tests.helpers.s3 import s3_registry, stored_blobs
 from tests.helpers.server import BACKEND, RegistryProcess, ServerStartError, running
+from tests.helpers.wait import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -69,18 +69,6 @@ def start_s3(tmp_path_factory, moto_server):
     yield start
     for reg in started:
         reg.close()
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    """Poll an external process's state with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout} s")
-        time.sleep(0.2)
 
 
 def test_bucket_holds_whole_blobs_only(registry, client, new_repo, moto_server):

@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,6 +19,7 @@ from izreg.core import cloudevents
 from tests.e2e.test_operations import configured_registry, push_image
 from tests.helpers.ociclient import OCIClient, expect
 from tests.helpers.server import free_port
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg",
                                 reason="izreg's own webhooks")
@@ -74,16 +74,6 @@ def hook_registry(tmp_path):
 
 def deliveries(reg) -> list[dict]:
     return [json.loads(line) for line in reg.cli("webhook", "deliveries", "--json").splitlines()]
-
-
-def wait_until(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)  # polling another process's state (the CLI reads the index)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_push_reaches_the_receiver_signed(hook_registry):
