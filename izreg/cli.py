@@ -136,7 +136,7 @@ class Context:
 
         if self._backend is None:
             try:
-                self._backend = open_backend(self.config, self.data_dir, create=create, application_name="izreg-cli")
+                self._backend = open_backend(self.config, self.data_dir, create=create, command=True)
             except BackendError as e:
                 message = str(e)
                 if message.startswith("no izreg data"):

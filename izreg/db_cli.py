@@ -32,7 +32,7 @@ def _database(context):
     from izreg.service.backends import BackendError, open_database
 
     try:
-        return open_database(context.config, max_size=1, application_name="izreg-cli")
+        return open_database(context.config, max_size=1, command=True)
     except BackendError as e:
         raise CommandError(str(e)) from None
 

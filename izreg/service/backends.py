@@ -238,7 +238,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., def
 
 
 def open_backend(config: Config, data_dir: str | None = None, *, create: bool = True,
-                 application_name: str = "izreg") -> Backend:
+                 command: bool = False) -> Backend:
     """
     The metadata stores of C{config} (no runners yet: L{Backend.start}).
     LMDB: opens (with C{create}, makes) C{data_dir/index}. PostgreSQL: connects
@@ -249,27 +249,28 @@ def open_backend(config: Config, data_dir: str | None = None, *, create: bool = 
     """
     data_dir = os.path.abspath(data_dir or config.data_dir)
     if config.metadata_backend == POSTGRESQL:
-        return _open_postgresql(config, data_dir, application_name)
+        return _open_postgresql(config, data_dir, command)
     return _open_lmdb(config, data_dir, create)
 
 
-def open_database(config: Config, max_size: int | None = None, application_name: str = "izreg"):
+def open_database(config: Config, max_size: int | None = None, command: bool = False):
     """
     A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable.
-    The server (C{application_name} "izreg") gets C{metadata.statement_timeout}; the ``izreg``
-    command (any other name) C{metadata.long_statement_timeout}: its scans may run long.
+    The server gets C{metadata.statement_timeout} and C{lock_timeout}; the ``izreg`` command
+    (C{command}; connections named "izreg-cli") C{metadata.long_statement_timeout} and no lock
+    timeout: its scans may run long.
     """
     from izreg.storage.pg import Database, DatabaseUnavailable, dsn_from
 
     dsn = dsn_from(config.metadata_dsn)
     if not dsn:
         raise BackendError("metadata.backend = \"postgresql\" needs metadata.dsn or $IZREG_DATABASE_URL")
-    server = application_name == "izreg"
     try:
-        return Database(dsn, max_size=max_size or config.metadata_pool_size, application_name=application_name,
-                        statement_timeout=(config.metadata_statement_timeout if server
-                                           else config.metadata_long_statement_timeout),
-                        lock_timeout=config.metadata_lock_timeout if server else 0,
+        return Database(dsn, max_size=max_size or config.metadata_pool_size,
+                        application_name="izreg-cli" if command else "izreg",
+                        statement_timeout=(config.metadata_long_statement_timeout if command
+                                           else config.metadata_statement_timeout),
+                        lock_timeout=0 if command else config.metadata_lock_timeout,
                         long_timeout=config.metadata_long_statement_timeout,
                         keepalives=(config.metadata_keepalives_idle, config.metadata_keepalives_interval,
                                     config.metadata_keepalives_count))
@@ -277,10 +278,10 @@ def open_database(config: Config, max_size: int | None = None, application_name:
         raise BackendError(str(e)) from None
 
 
-def _open_postgresql(config: Config, data_dir: str, application_name: str) -> Backend:
+def _open_postgresql(config: Config, data_dir: str, command: bool) -> Backend:
     from izreg.storage.pg import DatabaseUnavailable, SchemaError
 
-    db = open_database(config, application_name=application_name)
+    db = open_database(config, command=command)
     try:
         db.check()
     except (SchemaError, DatabaseUnavailable) as e:
