@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.e2e.test_gc -*-
 """
 The server's garbage-collection sweep: L{izreg.storage.gc.Collector}'s
-scans on the I/O pool, each delete on the writer thread (one short
-transaction, ordered with every push), retention through the registry's
+scans on the I/O pool, the deletes on the writer thread (a batch of
+candidates per short transaction, ordered with every push), retention through the registry's
 own delete (in-use protection and audit record included).
 """
 
@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
-from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult
+from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult, batches
 
 log = Logger()
 
@@ -38,13 +38,12 @@ async def _sweep(registry, collector: Collector) -> SweepResult:
             result.manifests += 1
         except RegistryError as e:
             log.info("retention kept {name}@{digest}: {reason}", name=name, digest=digest, reason=e.message)
-    for digest, _ in await registry.run_io(collector.blob_candidates, now()):
-        Collector._count(result, digest, await registry.run_write(collector.collect_blob, digest, now()))
-    for digest, _ in await registry.run_io(lambda: list(collector.file_candidates(now()))):
-        Collector._count(result, str(digest), await registry.run_write(collector.collect_file, digest, now()))
-    for name, blob in await registry.run_io(collector.link_candidates, now()):
-        result.links += await registry.run_write(collector.collect_link, name, blob, now())
+    for kind, scan, collect in collector.parts():
+        for batch in batches(await registry.run_io(scan, now()), collector.batch):
+            outcome = await registry.run_write(collect, Collector.keys(kind, batch), now())
+            result.batches += 1
+            Collector.tally(result, kind, batch, outcome)
     if result.files or result.links or result.manifests:
         log.info("gc: freed {files} files, {bytes} bytes; unlinked {links} stale links; expired {manifests}"
-                 " untagged manifests", **result.to_json())
+                 " untagged manifests ({batches} write transactions)", **result.to_json())
     return result
