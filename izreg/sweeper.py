@@ -13,20 +13,42 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
+from izreg.storage.audit import PRUNE_BATCH, Retention
 from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult, batches
 
 log = Logger()
 
 
-async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock) -> SweepResult | None:
-    """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
+async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock,
+                retention: Retention = Retention()) -> SweepResult | None:
+    """
+    One sweep, then the audit log pruned to C{retention}, unless another
+    sweep (``izreg gc``, another node) holds the lock; C{None} then.
+    """
     if not await registry.run_io(lock.acquire):  # a thread: the lock may be in the database
         log.info("gc: a sweep is already running (izreg gc, or another node); skipping this one")
         return None
     try:
-        return await _sweep(registry, collector)
+        result = await _sweep(registry, collector)
+        result.audit = await prune_audit(registry, retention)
+        return result
     finally:
         await registry.run_io(lock.release)
+
+
+async def prune_audit(registry, retention: Retention) -> int:
+    """The audit records older or more than C{retention} keeps go, a batch per write transaction; how many."""
+    if registry.audit is None or not retention:
+        return 0
+    total = 0
+    while True:
+        done = await registry.run_write(registry.audit.prune, *retention.limits(registry.now()), PRUNE_BATCH)
+        total += done
+        if done < PRUNE_BATCH:
+            break
+    if total:
+        log.info("audit: pruned {count} records past the retention", count=total)
+    return total
 
 
 async def _sweep(registry, collector: Collector) -> SweepResult:

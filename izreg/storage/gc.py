@@ -76,11 +76,12 @@ class SweepResult:
     manifests: int = 0  # untagged manifests expired
     kept: int = 0  # candidates that a re-check kept (touched or referenced meanwhile)
     batches: int = 0  # write transactions (each a batch of candidates)
+    audit: int = 0  # audit records pruned (past [audit] keep_days or max_entries)
     deleted: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"files": self.files, "bytes": self.bytes, "links": self.links, "manifests": self.manifests,
-                "kept": self.kept, "batches": self.batches}
+                "kept": self.kept, "batches": self.batches, "audit": self.audit}
 
 
 class SweepLock:

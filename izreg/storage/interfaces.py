@@ -344,6 +344,13 @@ class IAuditLog(Interface):
     def entries(account=None, since=None, limit=None) -> list:
         """Records oldest first, each a dict with C{time} (optionally one account's, from C{since}, at most C{limit})."""
 
+    def prune(before, keep, limit: int) -> int:
+        """
+        One transaction: delete at most C{limit} of the oldest records, those
+        older than C{before} (C{None}: no age limit) and those beyond the newest
+        C{keep} (C{None}: no count limit); the number deleted.
+        """
+
 
 class IWebhookStore(Interface):
     """
