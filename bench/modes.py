@@ -369,11 +369,16 @@ def parse_duration(text: str) -> float:
 SOAK_LIVE_TAGS = 16
 
 #: the soak's izreg: a garbage-collection sweep every minute for layers unreferenced for a minute, so
-#: the deleted images' blobs go too (the default sweeps hourly after an hour's grace)
-SOAK_CONFIG = """\
+#: the deleted images' blobs go too (the default sweeps hourly after an hour's grace); and an audit-log
+#: retention, as a registry in production sets one: the soak writes ~50 records a second (one per push
+#: and delete), so a bound by count, scaled to a 30-minute run, is reached in its first minutes
+SOAK_AUDIT_ENTRIES = 10_000
+SOAK_CONFIG = f"""\
 [gc]
 interval = 60
 grace = 60
+[audit]
+max_entries = {SOAK_AUDIT_ENTRIES}
 """
 
 
@@ -541,8 +546,9 @@ def report_soak(soak: dict, command: str) -> list[str]:
          "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
          f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
          "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
-         "deleted images' layers go too: the data set stays steady, and what grows is the audit log (a record "
-         "per push and per delete, kept forever).", "",
+         "deleted images' layers go too, and keeps the newest "
+         f"{SOAK_AUDIT_ENTRIES:,} audit records (`[audit] max_entries`; a record per push and per delete): the "
+         "data set stays steady.", "",
          f"- {total} operations ({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), "
          f"{total / s:.0f}/s; **{soak['errors']} errors**"
          + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),
