@@ -439,6 +439,13 @@ def _soak_worker(spec: dict, barrier, results) -> None:
                 n += 1
                 layer = os.urandom(rng.randint(1024, 64 * 1024))
                 layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+                # as docker and skopeo do, HEAD the config first and upload it if it is not there: the
+                # collector drops the repository's link to it once none of its manifests has used it for
+                # the grace period (the client deleted all its images), and a HEAD holds it for one
+                resp = _request(conn, "HEAD", f"/v2/{repo}/blobs/{spec['config']['digest']}", server.headers)
+                _check(resp, (200, 404), "HEAD config")
+                if resp.status == 404:
+                    put_blob(conn, server, spec["config_data"], spec["config"]["digest"], repo)
                 put_blob(conn, server, layer, layer_digest, repo)
                 manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                                        "config": spec["config"],
@@ -510,7 +517,7 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     deadline = time.time() + seconds
-    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline,
+    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline, "config_data": config,
               "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": len(config)}} for i in range(clients)]
     try:
         got = run_workers(_soak_worker, specs, timeout=seconds + 300)
@@ -542,7 +549,7 @@ def report_soak(soak: dict, command: str) -> list[str]:
     s, w = soak["seconds"], soak["window"]
     total = sum(soak["ops"].values())
     L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:.4g} min (izreg)", "",
-         f"`{command}`: each client pushes (a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
+         f"`{command}`: each client pushes (a HEAD of the config, a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
          "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
          f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
          "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
