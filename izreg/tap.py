@@ -229,8 +229,13 @@ def _server_tls(config: Config, on_handshake=None):
         raise SystemExit(f"izreg: TLS: {e}") from None
 
 
-def _print_startup_errors_in_one_line() -> None:
-    """twistd lets start-up exceptions escape; ours are one line on the real stderr, not a traceback."""
+def _print_startup_errors_in_one_line(log_on_stdout: bool = False) -> None:
+    """
+    twistd lets start-up exceptions escape; ours are one line on the real
+    stderr, not a traceback. The service has logged it already: when that log
+    is on standard output and standard output is where stderr goes too (one
+    terminal, or C{2>&1}), the line is not printed a second time.
+    """
     import sys
 
     from izreg import StartupError
@@ -239,17 +244,29 @@ def _print_startup_errors_in_one_line() -> None:
 
     def hook(kind, value, traceback) -> None:
         if isinstance(value, StartupError) and sys.__stderr__ is not None:
-            sys.__stderr__.write(f"izreg: {value}\n")
+            if not (log_on_stdout and _same_file(sys.__stdout__, sys.__stderr__)):
+                sys.__stderr__.write(f"izreg: {value}\n")
         else:
             previous(kind, value, traceback)
 
     sys.excepthook = hook
 
 
+def _same_file(one, other) -> bool:
+    """Whether two standard streams write to the same file, pipe or terminal."""
+    try:
+        a, b = os.fstat(one.fileno()), os.fstat(other.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    _print_startup_errors_in_one_line()
+    from izreg.service.logs import logs_to_stdout
+
+    _print_startup_errors_in_one_line(logs_to_stdout(getattr(options, "parent", None)))
     if options.subCommand == "edge":
         from izreg.edge.service import make_edge
 

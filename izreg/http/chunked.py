@@ -24,11 +24,17 @@ from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 class ChunkedDecoder(_ChunkedTransferDecoder):
     def dataReceived(self, data: bytes) -> None:
         pos, end = 0, len(data)
+        view = None
         while pos < end:
             state = self.state
             if state == "BODY" and not self._buffer:
                 take = min(self.length, end - pos)
-                chunk = data if take == end else data[pos:pos + take]
+                if take == end:
+                    chunk = data
+                else:
+                    if view is None:
+                        view = memoryview(data)
+                    chunk = view[pos:pos + take]
                 pos += take
                 self.length -= take
                 if not self.length:

@@ -143,7 +143,14 @@ class LogSetup:
         """
         if twistd_options is None or twistd_options.get("syslog"):
             return None
-        path = twistd_options.get("logfile")
-        if path == "-" or (not path and twistd_options.get("nodaemon")):
+        if logs_to_stdout(twistd_options):
             return self.observer(sys.stdout)
-        return self.observer(logfile.LogFile.fromFullPath(path or "twistd.log"))
+        return self.observer(logfile.LogFile.fromFullPath(twistd_options.get("logfile") or "twistd.log"))
+
+
+def logs_to_stdout(twistd_options) -> bool:
+    """Whether twistd's options (C{--logfile=-}, or C{-n} without a log file) send the log to standard output."""
+    if twistd_options is None or twistd_options.get("syslog"):
+        return False
+    path = twistd_options.get("logfile")
+    return path == "-" or (not path and bool(twistd_options.get("nodaemon")))

@@ -90,7 +90,10 @@ class IBodySink(Interface):
     overflow = Attribute("true when the body went past its limit")
 
     def write(data: bytes) -> None:
-        """Append (buffered, hashed, shipped as it fills)."""
+        """
+        Append (buffered, hashed, shipped as it fills). C{data} is bytes-like
+        (the chunked decoder passes views of its reads): copy it, never keep it.
+        """
 
     def throttle(producer) -> None:
         """An C{IPushProducer} (the connection) the sink may pause while its store cannot keep up."""

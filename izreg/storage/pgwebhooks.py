@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from typing import Any
 
 from zope.interface import implementer
@@ -35,14 +36,19 @@ from izreg.storage.webhooks import (DELIVERED, FAILED, KEY_FILE, PENDING, Hook, 
 #: seconds a node holds the deliveries it claimed (longer than a delivery's timeout)
 LEASE = 300.0
 
+#: the row of C{sealed_secrets} that the first node seals to show which C{webhook.key} the nodes share
+KEY_CHECK = "webhook.key check"
+
 
 def check_sealing_key(db: Database, data_dir: str) -> None:
     """
     At a node's start: refuse (L{WebhookError}, one line) a C{data_dir} whose
     C{webhook.key} is missing or not the one the database's secrets (the token
     key, webhook secrets) were sealed with. A node without it would make a key
-    of its own and open nothing another node sealed. A database that holds no
-    sealed secret yet passes: the first node makes the key.
+    of its own and open nothing another node sealed. On a database that holds
+    no sealed secret yet, the first node to start seals a check value with its
+    key (made now if missing): a second node started at the same time with a
+    key of its own is refused at once, not when it first needs a secret.
     """
     def sample(cur):
         cur.execute("SELECT sealed FROM sealed_secrets ORDER BY name LIMIT 1")
@@ -54,7 +60,14 @@ def check_sealing_key(db: Database, data_dir: str) -> None:
 
     sealed = db.run(sample)
     if sealed is None:
-        return
+        check = SecretBox(data_dir).seal(secrets.token_hex(16))
+
+        def claim(cur):  # the first node's check value stays; a later one's insert does nothing
+            cur.execute("INSERT INTO sealed_secrets (name, sealed, created) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (name) DO NOTHING", (KEY_CHECK, check, time.time()))
+
+        db.run(claim)
+        sealed = db.run(sample)
     path = os.path.join(data_dir, KEY_FILE)
     if not os.path.exists(path):
         raise WebhookError(f"no {path}, but the database holds secrets sealed with the nodes' {KEY_FILE}: copy it"

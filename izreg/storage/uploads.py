@@ -144,28 +144,16 @@ class Uploads:
 #: how much of a body to gather before one write and hash update
 WRITE_SIZE = 1024 * 1024
 
-#: the most buffers one writev takes (IOV_MAX is 1024 on Linux)
-_IOV_MAX = 1024
+#: idle gathering buffers kept for the next bodies (each WRITE_SIZE): a new
+#: one is zeroed and page-faulted in, a reused one is not
+_SPARE: list[bytearray] = []
+_SPARE_MAX = 8
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> None:
-    """Write C{chunks} in order with as few C{writev} calls as it takes (short writes resumed)."""
-    i = 0
-    while i < len(chunks):
-        batch = chunks[i:i + _IOV_MAX]
-        n = os.writev(fd, batch)
-        for chunk in batch:
-            if n < len(chunk):
-                break
-            n -= len(chunk)
-            i += 1
-        else:
-            continue
-        # a short write ended inside chunks[i]: the rest of that chunk, then go on
-        view = memoryview(chunks[i])[n:]
-        while view:
-            view = view[os.write(fd, view):]
-        i += 1
+def _write_all(fd: int, view: memoryview) -> None:
+    """Write all of C{view} (short writes resumed)."""
+    while view:
+        view = view[os.write(fd, view):]
 
 
 @implementer(IBodySink)
@@ -176,6 +164,14 @@ class ChunkWriter(SinkBase):
     It is the request's C{content}: Twisted calls C{write} per chunk, then
     C{tell}/C{seek} when the body is complete, and C{close} when the request
     ends. The handler calls L{done} to keep the bytes or L{abort} to drop them.
+
+    The chunks are copied into one buffer of L{WRITE_SIZE} bytes (the same
+    buffer for the whole body, then the next body's), written and hashed
+    with one call each when it is full: C{write} never keeps the caller's
+    object, so the chunked decoder can hand it views of its reads. Keeping
+    the chunks themselves until the write (a list per MiB) held every read
+    and chunk for a while: the allocator returned their memory to the
+    kernel at each write and faulted it in again for the next reads.
     """
 
     def __init__(
@@ -190,26 +186,34 @@ class ChunkWriter(SinkBase):
         self._fd = os.open(session.path, os.O_WRONLY)
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
-        # the chunks not yet written, and their size: gathered, not copied into
-        # one buffer (a growing bytearray, cleared after each write, copied
-        # every byte ~10 times over as it was reallocated)
-        self._buffer: list[bytes] = []
+        self._buffer: bytearray | None = None  # taken at the first write
         self._buffered = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data) -> None:
+        """Append C{data} (bytes-like; copied, not kept)."""
         if self._fd is None or not self._accept(data):
             return
-        # Bodies arrive in chunks of a few KiB; one write (writev) per
-        # WRITE_SIZE instead of per chunk costs far less Python time.
-        if type(data) is not bytes:
-            data = bytes(data)  # kept until the write: never a view of a buffer the caller reuses
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered >= WRITE_SIZE:
-            try:
-                self._flush()
-            except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
-                self._fail(e)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = _SPARE.pop() if _SPARE else bytearray(WRITE_SIZE)
+        n, used = len(data), self._buffered
+        if used + n < WRITE_SIZE:
+            buffer[used:used + n] = data  # same length: a copy in place
+            self._buffered = used + n
+            return
+        view, pos = memoryview(data), 0
+        try:
+            while pos < n:
+                take = min(n - pos, WRITE_SIZE - self._buffered)
+                buffer[self._buffered:self._buffered + take] = view[pos:pos + take]
+                self._buffered += take
+                pos += take
+                if self._buffered == WRITE_SIZE:
+                    self._flush()
+        except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
+            self._fail(e)
+        finally:
+            view.release()
 
     def _fail(self, error: OSError, tell: bool = True) -> None:
         if self._fd is not None:
@@ -225,20 +229,27 @@ class ChunkWriter(SinkBase):
             pass  # the next writer truncates to the acknowledged offset anyway
 
     def _flush(self) -> None:
-        if not self._buffer or self._fd is None:
+        if not self._buffered or self._fd is None:
             return
-        chunks, self._buffer, self._buffered = self._buffer, [], 0
-        _write_all(self._fd, chunks)
-        hasher = self.session.hasher
-        if hasher is not None:
-            for chunk in chunks:
-                hasher.update(chunk)
+        with memoryview(self._buffer) as whole, whole[:self._buffered] as view:
+            self._buffered = 0
+            _write_all(self._fd, view)
+            hasher = self.session.hasher
+            if hasher is not None:
+                hasher.update(view)
+
+    def _let_go(self) -> None:
+        """The body is over: its buffer goes back to the spares (or to the allocator)."""
+        buffer, self._buffer, self._buffered = self._buffer, None, 0
+        if buffer is not None and len(_SPARE) < _SPARE_MAX:
+            _SPARE.append(buffer)
 
     def close(self) -> None:
         super().close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._let_go()
 
     def done(self, keep_busy: bool = False) -> int:
         """
@@ -253,6 +264,7 @@ class ChunkWriter(SinkBase):
         except OSError as e:
             self._fail(e, tell=False)  # the caller answers it
             raise
+        self._let_go()
         return self._keep(keep_busy)
 
     def abort(self) -> None:
@@ -260,7 +272,7 @@ class ChunkWriter(SinkBase):
         if self._finished:
             return
         self._finished = True
-        self._buffer, self._buffered = [], 0
+        self._let_go()
         if self._discard is not None:
             self._discard(self.session)  # a one-request session: nothing to keep
             return

@@ -173,6 +173,27 @@ def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, take
     assert "cannot listen" in (tmp_path / "log").read_text()
 
 
+@pytest.mark.e2e  # a real izreg process
+@pytest.mark.parametrize("together", [True, False])
+def test_a_start_up_error_logged_to_the_terminal_is_not_printed_twice(tmp_path, taken_port, together):
+    # twistd -n logs to standard output; the one-line error on stderr would repeat it on the same screen
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    done = subprocess.run(
+        [twistd, "-n", "--pidfile", "", "izreg", "server", "--init", "--data-dir", str(tmp_path / "d"),
+         "--listen", f"tcp:{taken_port}:interface=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if together else subprocess.PIPE, text=True, timeout=60,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+    )
+    assert done.returncode == 1
+    said = [line for line in (done.stdout + (done.stderr or "")).splitlines() if "cannot listen" in line]
+    # together: the log line only; apart: the log line on stdout and "izreg: ..." on stderr
+    assert len(said) == (1 if together else 2), said
+    assert "Traceback" not in done.stdout + (done.stderr or "")
+    if not together:
+        assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use"]
+
+
 def test_options_create_no_data_dir(tmp_path):
     parse("server", "--data-dir", str(tmp_path / "a" / "b"))
     assert not (tmp_path / "a").exists()

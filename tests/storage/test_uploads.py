@@ -320,3 +320,45 @@ def test_abort_drops_gathered_bytes_too(uploads):
     writer.close()
     assert content(session) == b"kept"
     assert session.offset == 4
+
+
+def test_writes_of_any_size_land_whole_and_in_order(uploads):
+    """Writes crossing the gathering buffer's end, and one larger than it, are cut and written in order."""
+    from izreg.storage.uploads import WRITE_SIZE
+
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    pieces = [os.urandom(WRITE_SIZE - 5), os.urandom(11), os.urandom(2 * WRITE_SIZE + 3), b"", os.urandom(WRITE_SIZE)]
+    for piece in pieces:
+        writer.write(piece)
+    data = b"".join(pieces)
+    assert writer.done() == len(data)
+    writer.close()
+    assert content(session) == data
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_write_copies_what_it_is_given(uploads):
+    """The chunked decoder hands views of its reads: a writer keeps none of them past the call."""
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session)
+    scratch = bytearray(b"a" * 1000)
+    writer.write(memoryview(scratch)[:600])
+    scratch[:] = b"b" * 1000  # the caller's buffer changes before the bytes are written
+    writer.write(memoryview(scratch)[600:])
+    assert writer.done() == 1000
+    writer.close()
+    assert content(session) == b"a" * 600 + b"b" * 400
+
+
+def test_next_body_reuses_the_buffer_without_stale_bytes(uploads):
+    """A body after an aborted one (its buffer reused) gets only its own bytes."""
+    first = uploads.create(NAME, 0)
+    writer = ChunkWriter(first)
+    writer.write(b"x" * 5000)
+    writer.close()  # aborted: nothing of it is written
+    second = uploads.create(NAME, 0)
+    assert append(second, b"y" * 10) == 10
+    assert content(first) == b""
+    assert content(second) == b"y" * 10
+    assert second.hasher.hexdigest() == hashlib.sha256(b"y" * 10).hexdigest()

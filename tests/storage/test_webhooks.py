@@ -167,3 +167,27 @@ def test_concurrent_claims_never_share_a_delivery(pg_db, tmp_path):
         t.join()
     every = [d for taken in got for d in taken]
     assert sorted(every) == sorted(ids)  # each exactly once
+
+
+@pytest.mark.postgres
+def test_the_first_node_on_an_empty_database_fixes_the_key_every_other_node_needs(pg_db, tmp_path):
+    # two nodes started together on an empty database, each with a key of its own: the second is
+    # refused at start, not later when it cannot open the token key the first one sealed
+    from izreg.storage.pgwebhooks import check_sealing_key
+
+    from cryptography.fernet import Fernet
+
+    first, keyless, own, copy = (tmp_path / name for name in ("first", "keyless", "own", "copy"))
+    for d in (first, keyless, own, copy):
+        d.mkdir()
+    check_sealing_key(pg_db, str(first))
+    assert (first / "webhook.key").exists()
+    check_sealing_key(pg_db, str(first))  # again, as at its next start
+    with pytest.raises(WebhookError, match="copy it from another node"):
+        check_sealing_key(pg_db, str(keyless))
+    assert not (keyless / "webhook.key").exists()
+    (own / "webhook.key").write_bytes(Fernet.generate_key())
+    with pytest.raises(WebhookError, match="not the key"):
+        check_sealing_key(pg_db, str(own))
+    (copy / "webhook.key").write_bytes((first / "webhook.key").read_bytes())
+    check_sealing_key(pg_db, str(copy))
