@@ -36,7 +36,7 @@ from bench.client import (
     put_manifest,
     run_workers,
 )
-from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, size_label
+from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, size_label
 from bench.servers import Izreg, Server
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -265,10 +265,13 @@ def run_catalog(server: Server, p: dict, log) -> dict:
         }
         for key, path in pages.items():
             count = p["catalog_count"] if key != "tags" else p["catalog_count"] * 4
+            cpu0 = cpu_seconds(server.pid)
             res = load(server, "GET", path, 4, count, warmup=2)
+            # the server's CPU per request (warm-ups counted in): what a loaded machine disturbs least
+            res["cpu_us"] = (cpu_seconds(server.pid) - cpu0) / (count + 4 * 2) * 1e6
             r[f"cat_{key}_{repos}"] = res
             log(f"  {server.name}: {repos} repos, {key:6}: {res['rps']:8.1f} req/s, p50 {res['p50'] * 1e3:7.2f} ms, "
-                f"p99 {res['p99'] * 1e3:7.2f} ms")
+                f"p99 {res['p99'] * 1e3:7.2f} ms, server CPU {res['cpu_us']:.0f} us/req")
     return r
 
 
@@ -276,22 +279,32 @@ def report_catalog(p: dict, iz: dict, di: dict) -> list[str]:
     small, large, tags = p["catalog_repos"]
     L = [f"## {large:,} repositories × {tags} tags: `_catalog` and tags/list", "",
          f"Pages of n={p['page']}: the first page, a page starting in the middle (`last=`), and one repository's "
-         f"tags/list; 4 keep-alive clients ({p['catalog_count']} requests, tags/list ×4). Page cost = p50 latency. "
+         f"tags/list; 4 keep-alive clients ({p['catalog_count']} requests, tags/list ×4). Page cost = p50 latency; "
+         "server CPU per request from /proc (warm-ups counted in). "
          "Seeding (not timed): izreg's repositories are copies of a first one pushed over HTTP, written through "
          "izreg's own index code with one fsync at the end; distribution's are hard-linked copies of the first "
          "one's directory tree.", "",
-         "| page | repos | izreg req/s | distribution req/s | ratio | izreg p50 / p99 ms | distribution p50 / p99 ms |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+         "| page | repos | izreg req/s | distribution req/s | ratio | izreg p50 / p99 ms | distribution p50 / p99 ms "
+         "| izreg server CPU µs/req | distribution server CPU µs/req | CPU ratio |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key in ("first", "middle", "tags"):
         for repos in (small, large):
             a, b = iz[f"cat_{key}_{repos}"], di[f"cat_{key}_{repos}"]
             L.append(f"| {key} | {repos:,} | {a['rps']:.0f} | {b['rps']:.0f} | {_ratio(a['rps'], b['rps'])} | "
-                     f"{a['p50'] * 1e3:.2f} / {a['p99'] * 1e3:.2f} | {b['p50'] * 1e3:.2f} / {b['p99'] * 1e3:.2f} |")
-    L += ["", f"Page cost at {large:,} / at {small:,} repositories (p50; 1.00 = independent of the count):", "",
-          "| page | izreg | distribution |", "|---|---:|---:|"]
+                     f"{a['p50'] * 1e3:.2f} / {a['p99'] * 1e3:.2f} | {b['p50'] * 1e3:.2f} / {b['p99'] * 1e3:.2f} | "
+                     + (f"{a['cpu_us']:.0f} | {b['cpu_us']:.0f} | {_ratio(a['cpu_us'], b['cpu_us'])} |"
+                        if "cpu_us" in a and "cpu_us" in b else " | | |"))
+    L += ["", f"Page cost at {large:,} / at {small:,} repositories (p50 and server CPU per request; 1.00 = "
+          "independent of the count):", "",
+          "| page | izreg p50 | distribution p50 | izreg CPU | distribution CPU |", "|---|---:|---:|---:|---:|"]
+
+    def grows(r: dict, key: str, figure: str) -> str:
+        big, little = r[f"cat_{key}_{large}"], r[f"cat_{key}_{small}"]
+        return _ratio(big.get(figure), little.get(figure))
+
     for key in ("first", "middle", "tags"):
-        L.append(f"| {key} | {_ratio(iz[f'cat_{key}_{large}']['p50'], iz[f'cat_{key}_{small}']['p50'])} | "
-                 f"{_ratio(di[f'cat_{key}_{large}']['p50'], di[f'cat_{key}_{small}']['p50'])} |")
+        L.append(f"| {key} | {grows(iz, key, 'p50')} | {grows(di, key, 'p50')} | {grows(iz, key, 'cpu_us')} | "
+                 f"{grows(di, key, 'cpu_us')} |")
     return L + [""]
 
 

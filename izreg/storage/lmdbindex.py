@@ -128,8 +128,8 @@ class Index(LmdbStore):
         with self.writing() as txn:
             if txn.get(d.encode(), db=self._db[schema.BLOBS]) is None:
                 return False
-            linked = [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
-            if not any(repo in sources for repo in linked):
+            # one read per source (not a scan of every repository linking the blob)
+            if not any(txn.get(key(repo, d), db=self._db[schema.LINKS]) is not None for repo in sources):
                 return False
             self._touch_blob(txn, d, None, now)
             self._link(txn, name, d, now)

@@ -21,6 +21,7 @@ upgrade and ``izreg fsck --repair`` use it).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from typing import Iterator
 
@@ -114,10 +115,11 @@ class Refs:
     def blob_referenced(self, txn, blob: str) -> bool:
         return next(scan(txn, self._db[schema.BLOBREFS], prefix(blob)), None) is not None
 
-    def referencing(self, txn, blob: str, account: str = "") -> list[str]:
-        """Repositories (of C{account}, or all) whose manifests name C{blob}."""
+    def referencing(self, txn, blob: str, account: str = "", limit: int | None = None) -> list[str]:
+        """Repositories (of C{account}, or all) whose manifests name C{blob}; the first C{limit} of them if given."""
         start = key(blob, f"{account}/" if account else "")
-        return [k.split(schema.SEP, 1)[1].decode() for k, _ in scan(txn, self._db[schema.BLOBREFS], start)]
+        found = (k.split(schema.SEP, 1)[1].decode() for k, _ in scan(txn, self._db[schema.BLOBREFS], start))
+        return list(itertools.islice(found, limit))
 
     def repo_blobs(self, txn, start: str) -> Iterator[tuple[str, str]]:
         """(repository, blob) for every repository whose name starts with C{start}."""
@@ -137,7 +139,10 @@ class Refs:
             txn.delete(k, db=db)
         if (before == 0) == (after == 0):
             return
-        others = [r for r in self.referencing(txn, blob, name[:32]) if r != name]
+        # whether none, one or more other repositories of the account name the
+        # blob is all that matters: three entries (C{name} may be one of them),
+        # never all of them (a base layer shared by 10,000 repositories)
+        others = [r for r in self.referencing(txn, blob, name[:32], limit=3) if r != name]
         sign = 1 if after else -1
         if after:
             txn.put(key(blob, name), b"", db=self._db[schema.BLOBREFS])

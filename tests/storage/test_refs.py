@@ -19,7 +19,7 @@ from tests.helpers.indexes import backdoor, index, index_backend  # noqa: F401  
 
 A = "0123456789abcdef0123456789abcdef"
 B = "fedcba9876543210fedcba9876543210"
-REPOS = [f"{A}/app", f"{A}/db", f"{B}/app", f"{A}/" + "x" * 220]
+REPOS = [f"{A}/app", f"{A}/db", f"{B}/app", f"{A}/" + "x" * 220, f"{A}/web", f"{A}/ci"]  # 5 of A: more than Refs._ref reads
 BLOBS = [(str(Digest.of(b"blob-%d" % i)), 10 ** (i % 4) + i) for i in range(6)]
 MANIFESTS = [
     (Digest.of(b"m-%d" % i), b'{"m":%d}' % i + b" " * i, [BLOBS[j] for j in range(6) if (i >> j) & 1 or j == i % 6])
