@@ -382,11 +382,16 @@ def parse_duration(text: str) -> float:
 SOAK_LIVE_TAGS = 16
 
 #: the soak's izreg: a garbage-collection sweep every minute for layers unreferenced for a minute, so
-#: the deleted images' blobs go too (the default sweeps hourly after an hour's grace)
-SOAK_CONFIG = """\
+#: the deleted images' blobs go too (the default sweeps hourly after an hour's grace); and an audit-log
+#: retention, as a registry in production sets one: the soak writes ~50 records a second (one per push
+#: and delete), so a bound by count, scaled to a 30-minute run, is reached in its first minutes
+SOAK_AUDIT_ENTRIES = 10_000
+SOAK_CONFIG = f"""\
 [gc]
 interval = 60
 grace = 60
+[audit]
+max_entries = {SOAK_AUDIT_ENTRIES}
 """
 
 
@@ -447,6 +452,13 @@ def _soak_worker(spec: dict, barrier, results) -> None:
                 n += 1
                 layer = os.urandom(rng.randint(1024, 64 * 1024))
                 layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+                # as docker and skopeo do, HEAD the config first and upload it if it is not there: the
+                # collector drops the repository's link to it once none of its manifests has used it for
+                # the grace period (the client deleted all its images), and a HEAD holds it for one
+                resp = _request(conn, "HEAD", f"/v2/{repo}/blobs/{spec['config']['digest']}", server.headers)
+                _check(resp, (200, 404), "HEAD config")
+                if resp.status == 404:
+                    put_blob(conn, server, spec["config_data"], spec["config"]["digest"], repo)
                 put_blob(conn, server, layer, layer_digest, repo)
                 manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                                        "config": spec["config"],
@@ -518,7 +530,7 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     deadline = time.time() + seconds
-    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline,
+    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline, "config_data": config,
               "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": len(config)}} for i in range(clients)]
     try:
         got = run_workers(_soak_worker, specs, timeout=seconds + 300)
@@ -550,12 +562,13 @@ def report_soak(soak: dict, command: str) -> list[str]:
     s, w = soak["seconds"], soak["window"]
     total = sum(soak["ops"].values())
     L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:.4g} min (izreg)", "",
-         f"`{command}`: each client pushes (a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
+         f"`{command}`: each client pushes (a HEAD of the config, a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
          "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
          f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
          "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
-         "deleted images' layers go too: the data set stays steady, and what grows is the audit log (a record "
-         "per push and per delete, kept forever).", "",
+         "deleted images' layers go too, and keeps the newest "
+         f"{SOAK_AUDIT_ENTRIES:,} audit records (`[audit] max_entries`; a record per push and per delete): the "
+         "data set stays steady.", "",
          f"- {total} operations ({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), "
          f"{total / s:.0f}/s; **{soak['errors']} errors**"
          + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),

@@ -161,7 +161,7 @@ def duration(text: str) -> float:
 
 
 def register_storage(subparsers: argparse._SubParsersAction) -> None:
-    gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep (the server may run)")
+    gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep, then the audit log pruned to [audit] keep_days and max_entries (the server may run)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     gc.add_argument("--grace", type=duration, metavar="DURATION",
                     help="keep what became unreferenced less than this ago (default: the config's [gc] grace, 1h)")
@@ -205,6 +205,7 @@ def _storage(context):
 
 
 def gc_command(args: argparse.Namespace, context) -> int:
+    from izreg.storage.audit import Retention, prune
     from izreg.storage.gc import Collector
 
     index, blobs, config = _storage(context)
@@ -216,13 +217,17 @@ def gc_command(args: argparse.Namespace, context) -> int:
     try:
         result = Collector(index, blobs, grace).sweep(context.now, dry_run=args.dry_run,
                                                            progress=_progress(context, "item"))
+        if not args.dry_run:
+            result.audit = prune(context.audit(), Retention(config.audit_keep_days, config.audit_max_entries),
+                                 context.now())
     finally:
         _close_bars(context)
         lock.release()
     verb = "would free" if args.dry_run else "freed"
     context.out(f"{verb} {result.files} files, {result.bytes} bytes ({human(result.bytes)});"
                 f" {'would unlink' if args.dry_run else 'unlinked'} {result.links} stale links"
-                + (f"; kept {result.kept} touched meanwhile" if result.kept else ""))
+                + (f"; kept {result.kept} touched meanwhile" if result.kept else "")
+                + (f"; pruned {result.audit} audit records" if result.audit else ""))
     return 0
 
 

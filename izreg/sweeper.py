@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.e2e.test_gc -*-
 """
 The server's garbage-collection sweep: L{izreg.storage.gc.Collector}'s
-scans on the I/O pool, each delete on the writer thread (one short
-transaction, ordered with every push), retention through the registry's
+scans on the I/O pool, the deletes on the writer thread (a batch of
+candidates per short transaction, ordered with every push), retention through the registry's
 own delete (in-use protection and audit record included).
 """
 
@@ -13,20 +13,42 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
-from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult
+from izreg.storage.audit import PRUNE_BATCH, Retention
+from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult, batches
 
 log = Logger()
 
 
-async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock) -> SweepResult | None:
-    """One sweep, unless another one (``izreg gc``) holds the lock; C{None} then."""
+async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock,
+                retention: Retention = Retention()) -> SweepResult | None:
+    """
+    One sweep, then the audit log pruned to C{retention}, unless another
+    sweep (``izreg gc``, another node) holds the lock; C{None} then.
+    """
     if not await registry.run_io(lock.acquire):  # a thread: the lock may be in the database
         log.info("gc: a sweep is already running (izreg gc, or another node); skipping this one")
         return None
     try:
-        return await _sweep(registry, collector)
+        result = await _sweep(registry, collector)
+        result.audit = await prune_audit(registry, retention)
+        return result
     finally:
         await registry.run_io(lock.release)
+
+
+async def prune_audit(registry, retention: Retention) -> int:
+    """The audit records older or more than C{retention} keeps go, a batch per write transaction; how many."""
+    if registry.audit is None or not retention:
+        return 0
+    total = 0
+    while True:
+        done = await registry.run_write(registry.audit.prune, *retention.limits(registry.now()), PRUNE_BATCH)
+        total += done
+        if done < PRUNE_BATCH:
+            break
+    if total:
+        log.info("audit: pruned {count} records past the retention", count=total)
+    return total
 
 
 async def _sweep(registry, collector: Collector) -> SweepResult:
@@ -38,13 +60,12 @@ async def _sweep(registry, collector: Collector) -> SweepResult:
             result.manifests += 1
         except RegistryError as e:
             log.info("retention kept {name}@{digest}: {reason}", name=name, digest=digest, reason=e.message)
-    for digest, _ in await registry.run_io(collector.blob_candidates, now()):
-        Collector._count(result, digest, await registry.run_write(collector.collect_blob, digest, now()))
-    for digest, _ in await registry.run_io(lambda: list(collector.file_candidates(now()))):
-        Collector._count(result, str(digest), await registry.run_write(collector.collect_file, digest, now()))
-    for name, blob in await registry.run_io(collector.link_candidates, now()):
-        result.links += await registry.run_write(collector.collect_link, name, blob, now())
+    for kind, scan, collect in collector.parts():
+        for batch in batches(await registry.run_io(scan, now()), collector.batch):
+            outcome = await registry.run_write(collect, Collector.keys(kind, batch), now())
+            result.batches += 1
+            Collector.tally(result, kind, batch, outcome)
     if result.files or result.links or result.manifests:
         log.info("gc: freed {files} files, {bytes} bytes; unlinked {links} stale links; expired {manifests}"
-                 " untagged manifests", **result.to_json())
+                 " untagged manifests ({batches} write transactions)", **result.to_json())
     return result

@@ -47,6 +47,21 @@ def test_audit_lists_cli_changes(capsys, tmp_path, account):
     assert code == 0 and len(out.splitlines()) == 1  # the header
 
 
+def test_izreg_gc_prunes_the_audit_log_to_the_configured_retention(capsys, tmp_path, account):
+    from izreg import cli
+
+    # a second later than the account's creation: the newest record
+    assert cli.main(["--data-dir", str(tmp_path), "key", "create", account], environ={}, now=lambda: NOW + 1) == 0
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\n[audit]\nkeep_days = 0\nmax_entries = 1\n')
+    code, out, err = run(capsys, None, "--config", str(config), "gc", "--dry-run")
+    assert code == 0 and "audit" not in out  # a dry run deletes nothing
+    code, out, err = run(capsys, None, "--config", str(config), "gc")
+    assert code == 0 and out.rstrip().endswith("; pruned 1 audit records"), out + err
+    code, out, _ = run(capsys, tmp_path, "audit", "--json")
+    assert [json.loads(line)["action"] for line in out.splitlines()] == ["key-create"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["ftp://x/hook", "--secret", SECRET], "must be http:// or https://"),
     (["http://u:p@x/hook", "--secret", SECRET], "no credentials in the webhook URL"),

@@ -79,6 +79,9 @@ class Config:
     gc_interval: int = 3600
     gc_grace: int = 3600
     untagged_after: int = 0
+    # [audit]: how long audit records are kept (0: forever), pruned at each sweep
+    audit_keep_days: int = 0
+    audit_max_entries: int = 0
     # [metadata] (#16): where the index, accounts, keys, devices, audit and webhooks live
     metadata_backend: str = "lmdb"
     metadata_dsn: str | None = field(default=None, repr=False)  # may hold a password: never in a log line
@@ -179,6 +182,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gc", "interval"): ("gc_interval", int),
     ("gc", "grace"): ("gc_grace", int),
     ("retention", "untagged_after"): ("untagged_after", int),
+    ("audit", "keep_days"): ("audit_keep_days", int),
+    ("audit", "max_entries"): ("audit_max_entries", int),
     ("metadata", "backend"): ("metadata_backend", str),
     ("metadata", "dsn"): ("metadata_dsn", str),
     ("metadata", "pool_size"): ("metadata_pool_size", int),

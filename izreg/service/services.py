@@ -293,13 +293,15 @@ class RegistryService(service.MultiService):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""
         if self.registry is None:
             return None
+        from izreg.storage.audit import Retention
         from izreg.storage.gc import Collector
         from izreg.sweeper import sweep
 
         config = self.config
         collector = Collector(self.index, self.registry.blobs, config.gc_grace, config.untagged_after)
         try:
-            result = await sweep(self.registry, collector, self.backend.sweep_lock())
+            result = await sweep(self.registry, collector, self.backend.sweep_lock(),
+                                 Retention(config.audit_keep_days, config.audit_max_entries))
         except Exception:
             self.log.failure("garbage collection failed")
             return None

@@ -12,6 +12,10 @@ Values are JSON::
 Actors are ``key:<key id>``, ``device:<account>/<device id>`` or ``cli``:
 never a secret. L{AuditLog.record} is a write (an fsync): the server runs it
 on its writer thread, like every other write.
+
+Retention (L{Retention}, ``[audit] keep_days`` and ``max_entries``; 0: keep
+forever, the default): the oldest records go, a bounded batch per write
+transaction (L{AuditLog.prune}), at each garbage-collection sweep.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -29,10 +34,45 @@ from izreg.storage.interfaces import IAuditLog
 from izreg.storage.lmdbstore import LmdbStore, dump, load
 
 _TIME = struct.Struct(">Q")
+#: records deleted per write transaction when pruning
+PRUNE_BATCH = 1000
+DAY = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long audit records are kept: C{keep_days} and at most C{max_entries} (0: no limit)."""
+
+    keep_days: int = 0
+    max_entries: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.keep_days or self.max_entries)
+
+    def limits(self, now: float) -> tuple[float | None, int | None]:
+        """C{(before, keep)} for L{IAuditLog.prune}: records older than C{before}, and beyond the newest C{keep}, go."""
+        return (now - self.keep_days * DAY if self.keep_days else None), (self.max_entries or None)
+
+
+def prune(log, retention: Retention, now: float, batch: int = PRUNE_BATCH) -> int:
+    """Prune C{log} to C{retention}, a batch per transaction, in this thread (C{izreg gc}); the records deleted."""
+    if not retention:
+        return 0
+    total = 0
+    while True:
+        done = log.prune(*retention.limits(now), batch)
+        total += done
+        if done < batch:
+            return total
+
+
+def _at(when: float) -> bytes:
+    """The time part of a key: 8 bytes, big-endian microseconds."""
+    return _TIME.pack(max(0, int(when * 1_000_000)))
 
 
 def _key(now: float) -> bytes:
-    return _TIME.pack(max(0, int(now * 1_000_000))) + os.urandom(8)
+    return _at(now) + os.urandom(8)
 
 
 def iso(when: float | None) -> str | None:
@@ -67,12 +107,29 @@ class AuditLog(LmdbStore):
         with self.writing(self._db) as txn:
             txn.put(_key(now), dump(value))
 
+    def prune(self, before: float | None, keep: int | None, limit: int) -> int:
+        """Delete at most C{limit} oldest records: those older than C{before}, and those beyond the newest C{keep}."""
+        bound = _at(before) if before is not None else None
+        deleted = 0
+        with self.writing(self._db) as txn:
+            excess = txn.stat(self._db)["entries"] - keep if keep is not None else 0
+            cursor = txn.cursor()
+            if not cursor.first():
+                return 0
+            while deleted < limit:
+                k = cursor.key()
+                if not k or not (deleted < excess or (bound is not None and k[:8] < bound)):
+                    break
+                cursor.delete()  # and on to the next record
+                deleted += 1
+        return deleted
+
     def entries(self, account: str | None = None, since: float | None = None, limit: int | None = None) -> list[dict]:
         """Records oldest first (optionally one account's, from C{since} on, at most C{limit})."""
         out: list[dict] = []
         with self.reading(self._db) as txn:
             cursor = txn.cursor()
-            found = cursor.set_range(_TIME.pack(max(0, int(since * 1_000_000)))) if since is not None else cursor.first()
+            found = cursor.set_range(_at(since)) if since is not None else cursor.first()
             if not found:
                 return out
             for k, v in cursor:

@@ -290,7 +290,7 @@ class IMetadataIndex(Interface):
     def totals() -> dict:
         """C{{"blobs", "blob_bytes", "manifests", "manifest_bytes", "uploads"}}."""
 
-    # -- garbage collection (izreg.storage.gc): candidates, then one checked write each
+    # -- garbage collection (izreg.storage.gc): candidates, then checked writes, a batch per transaction
     def gc_blob_candidates(cutoff: float):
         """C{[(digest, size)]} of blob records no manifest names, untouched since before C{cutoff}."""
 
@@ -300,14 +300,19 @@ class IMetadataIndex(Interface):
     def gc_untagged_candidates(cutoff: float):
         """C{[(name, digest)]} of manifests created before C{cutoff}: untagged, not a referrer, held by no index."""
 
-    def collect_blob(digest: str, cutoff: float, delete):
-        """If still a candidate: C{delete(Digest)} the bytes, drop record and links, atomically; bytes freed or C{None}."""
+    def collect_blobs(digests, cutoff: float, delete):
+        """
+        One transaction: each blob still a candidate is re-checked, C{delete(Digest)}
+        of its bytes, its record and links dropped; a list of bytes freed (or
+        C{None}: kept) per digest. A failing C{delete} commits the blobs already
+        deleted and raises.
+        """
 
-    def without_record(digest, f):
-        """C{f()} while the blob has no record and none can be committed (serialized with L{commit_blob}); else C{None}."""
+    def without_records(digests, f):
+        """One transaction: C{f(digest)} for each blob with no record, none being committable meanwhile (serialized with L{commit_blob}); C{None} for the others."""
 
-    def collect_link(name: str, blob: str, cutoff: float) -> bool:
-        """Drop the link if it is still a candidate."""
+    def collect_links(links, cutoff: float):
+        """One transaction: drop each C{(name, blob)} link still a candidate; a list of bools (dropped)."""
 
     # -- fsck (izreg.storage.fsck)
     def blob_records():
@@ -341,6 +346,13 @@ class IAuditLog(Interface):
 
     def entries(account=None, since=None, limit=None) -> list:
         """Records oldest first, each a dict with C{time} (optionally one account's, from C{since}, at most C{limit})."""
+
+    def prune(before, keep, limit: int) -> int:
+        """
+        One transaction: delete at most C{limit} of the oldest records, those
+        older than C{before} (C{None}: no age limit) and those beyond the newest
+        C{keep} (C{None}: no count limit); the number deleted.
+        """
 
 
 class IWebhookStore(Interface):

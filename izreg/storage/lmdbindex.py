@@ -459,46 +459,63 @@ class Index(LmdbStore):
                     out.append((name, digest))
         return [(name, digest) for name, digest in out if digest not in held.get(name, set())]
 
-    def collect_blob(self, digest: str, cutoff: float, delete) -> int | None:
+    def collect_blobs(self, digests: list[str], cutoff: float, delete) -> list[int | None]:
         """
-        If the blob is still unreferenced and untouched since C{cutoff}: C{delete(digest)}
-        its bytes and drop its record and links, in one write transaction; the
-        bytes freed, or C{None} if kept.
+        In one write transaction, each blob still unreferenced and untouched
+        since C{cutoff}: C{delete(digest)} its bytes and drop its record and
+        links. The bytes freed for each digest, or C{None} where kept. If a
+        C{delete} fails, the blobs already deleted are committed (their records
+        go) and the failure is raised: no record outlives its bytes.
+        """
+        out: list[int | None] = []
+        failure = None
+        with self.writing() as txn:
+            for digest in digests:
+                raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
+                record = load(raw) if raw is not None else None
+                if record is None or _touched(record) >= cutoff or self.refs.blob_referenced(txn, digest):
+                    out.append(None)
+                    continue
+                try:
+                    delete(Digest.parse(digest))
+                except Exception as e:
+                    failure = e
+                    break
+                txn.delete(digest.encode(), db=self._db[schema.BLOBS])
+                for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
+                    name = k.split(schema.SEP, 1)[1].decode()
+                    txn.delete(k, db=self._db[schema.BLOBLINKS])
+                    txn.delete(key(name, digest), db=self._db[schema.LINKS])
+                    self._drop_repo_if_empty(txn, name)
+                out.append(record.get("size") or 0)
+        if failure is not None:
+            raise failure
+        return out
+
+    def without_records(self, digests: list[Digest], f) -> list:
+        """
+        In one write transaction (no record can be committed meanwhile):
+        C{f(digest)} for each digest without a record, C{None} for the others.
         """
         with self.writing() as txn:
-            raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
-            if raw is None:
-                return None
-            record = load(raw)
-            if _touched(record) >= cutoff or self.refs.blob_referenced(txn, digest):
-                return None
-            delete(Digest.parse(digest))
-            txn.delete(digest.encode(), db=self._db[schema.BLOBS])
-            for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
-                name = k.split(schema.SEP, 1)[1].decode()
-                txn.delete(k, db=self._db[schema.BLOBLINKS])
-                txn.delete(key(name, digest), db=self._db[schema.LINKS])
+            return [None if txn.get(str(d).encode(), db=self._db[schema.BLOBS]) is not None else f(d)
+                    for d in digests]
+
+    def collect_links(self, links: list[tuple[str, str]], cutoff: float) -> list[bool]:
+        """In one write transaction, drop each link still older than C{cutoff} and unused by its repository's manifests."""
+        out = []
+        with self.writing() as txn:
+            for name, blob in links:
+                k = key(name, blob)
+                raw = txn.get(k, db=self._db[schema.LINKS])
+                if raw is None or _link_time(raw) >= cutoff or txn.get(k, db=self._db[schema.REPOBLOBS]):
+                    out.append(False)
+                    continue
+                txn.delete(k, db=self._db[schema.LINKS])
+                txn.delete(key(blob, name), db=self._db[schema.BLOBLINKS])
                 self._drop_repo_if_empty(txn, name)
-            return record.get("size") or 0
-
-    def without_record(self, digest: Digest, f):
-        """C{f()} while no record of the blob exists and none can be committed; C{None} if one exists."""
-        with self.writing() as txn:
-            if txn.get(str(digest).encode(), db=self._db[schema.BLOBS]) is not None:
-                return None
-            return f()
-
-    def collect_link(self, name: str, blob: str, cutoff: float) -> bool:
-        """Drop the link if it is still older than C{cutoff} and unused by the repository's manifests."""
-        with self.writing() as txn:
-            k = key(name, blob)
-            raw = txn.get(k, db=self._db[schema.LINKS])
-            if raw is None or _link_time(raw) >= cutoff or txn.get(k, db=self._db[schema.REPOBLOBS]):
-                return False
-            txn.delete(k, db=self._db[schema.LINKS])
-            txn.delete(key(blob, name), db=self._db[schema.BLOBLINKS])
-            self._drop_repo_if_empty(txn, name)
-            return True
+                out.append(True)
+        return out
 
     # -- fsck (izreg.storage.fsck) ----------------------------------------------------------
 

@@ -62,6 +62,23 @@ class PgAuditLog:
 
         self.db.run(put)
 
+    def prune(self, before: float | None, keep: int | None, limit: int) -> int:
+        def f(cur):
+            count = 0
+            if keep is not None:
+                cur.execute("SELECT count(*) FROM audit_log")
+                count = cur.fetchone()[0] - keep
+            if before is not None and count < limit:
+                cur.execute("SELECT count(*) FROM (SELECT 1 FROM audit_log WHERE at_us < %s LIMIT %s) old",
+                            (_micros(before), limit))
+                count = max(count, cur.fetchone()[0])
+            if min(count, limit) <= 0:
+                return 0
+            cur.execute("DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log ORDER BY at_us, seq LIMIT %s)",
+                        (min(count, limit),))
+            return cur.rowcount
+        return self.db.run(f)
+
     def entries(self, account: str | None = None, since: float | None = None, limit: int | None = None) -> list[dict]:
         rows = self.db.run(select, "SELECT at_us, entry FROM audit_log",
                            {"account = %s": account, "at_us >= %s": None if since is None else _micros(since)},

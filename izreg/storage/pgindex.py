@@ -575,47 +575,68 @@ class PgIndex:
             return [(r, d) for r, d in cur.fetchall()]
         return self.db.run(f)
 
-    def collect_blob(self, digest: str, cutoff: float, delete: Callable[[Digest], None]) -> int | None:
+    def collect_blobs(self, digests: list[str], cutoff: float, delete: Callable[[Digest], None]) -> list[int | None]:
+        """
+        One transaction: the blobs' exclusive locks (no commit, mount or
+        manifest naming them meanwhile), the re-check, C{delete} of each
+        doomed blob's bytes, then the rows of those deleted. A failing
+        C{delete} stops the batch: the blobs deleted before it lose their rows
+        in this commit, and the failure is raised.
+        """
         def f(cur):
-            _lock(cur, blobs=[digest])
-            cur.execute("SELECT size, created, touched FROM blobs WHERE digest = %s FOR UPDATE", (digest,))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            size, created, touched = row
-            cur.execute("SELECT EXISTS (SELECT 1 FROM manifest_blobs WHERE blob = %s)", (digest,))
-            if _touched(touched, created) >= cutoff or cur.fetchone()[0]:
-                return None
-            cur.execute("SELECT repo FROM links WHERE digest = %s", (digest,))
+            _lock(cur, blobs=digests)
+            cur.execute("SELECT digest, size, created, touched FROM blobs WHERE digest = ANY(%s) FOR UPDATE",
+                        (list(digests),))
+            rows = {d: (size, _touched(touched, created)) for d, size, created, touched in cur.fetchall()}
+            cur.execute("SELECT DISTINCT blob FROM manifest_blobs WHERE blob = ANY(%s)", (list(rows),))
+            used = {b for (b,) in cur.fetchall()}
+            doomed = [d for d in digests if d in rows and d not in used and rows[d][1] < cutoff]
+            if not doomed:
+                return [None] * len(digests), None
+            cur.execute("SELECT DISTINCT repo FROM links WHERE digest = ANY(%s)", (doomed,))
             repos = sorted(r for (r,) in cur.fetchall())
             _lock(cur, repos=repos)
-            cur.execute("DELETE FROM links WHERE digest = %s", (digest,))
-            cur.execute("DELETE FROM blobs WHERE digest = %s", (digest,))
-            for name in repos:
-                self._drop_repo_if_empty(cur, name)
-            # last: a failure before this leaves the record and the bytes both
-            delete(Digest.parse(digest))
-            return size or 0
-        return self.db.run(f)
+            gone, failure = set(), None
+            for d in doomed:
+                try:
+                    delete(Digest.parse(d))
+                except Exception as e:
+                    failure = e
+                    break
+                gone.add(d)
+            if gone:
+                cur.execute("DELETE FROM links WHERE digest = ANY(%s)", (sorted(gone),))
+                cur.execute("DELETE FROM blobs WHERE digest = ANY(%s)", (sorted(gone),))
+                for name in repos:
+                    self._drop_repo_if_empty(cur, name)
+            return [(rows[d][0] or 0) if d in gone else None for d in digests], failure
+        out, failure = self.db.run(f)
+        if failure is not None:
+            raise failure
+        return out
 
-    def without_record(self, digest: Digest, f: Callable[[], Any]) -> Any:
-        """C{f()} while no record of the blob exists and none can be committed; C{None} if one exists."""
+    def without_records(self, digests: list[Digest], f: Callable[[Digest], Any]) -> list:
+        """One transaction: C{f(digest)} for each digest without a record (none can be committed meanwhile), else C{None}."""
         def g(cur):
-            _lock(cur, blobs=[str(digest)])
-            cur.execute("SELECT 1 FROM blobs WHERE digest = %s", (str(digest),))
-            return None if cur.fetchone() is not None else f()
+            _lock(cur, blobs=[str(d) for d in digests])
+            cur.execute("SELECT digest FROM blobs WHERE digest = ANY(%s)", ([str(d) for d in digests],))
+            recorded = {d for (d,) in cur.fetchall()}
+            return [None if str(d) in recorded else f(d) for d in digests]
         return self.db.run(g)
 
-    def collect_link(self, name: str, blob: str, cutoff: float) -> bool:
+    def collect_links(self, links: list[tuple[str, str]], cutoff: float) -> list[bool]:
         def f(cur):
-            _lock(cur, repos=[name])
-            cur.execute("DELETE FROM links l WHERE repo = %(n)s AND digest = %(b)s AND linked < %(c)s"
-                        " AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repo = %(n)s AND mb.blob = %(b)s)",
-                        {"n": name, "b": blob, "c": cutoff})
-            if cur.rowcount == 0:
-                return False
-            self._drop_repo_if_empty(cur, name)
-            return True
+            repos = sorted({name for name, _ in links})
+            _lock(cur, repos=repos)
+            cur.execute("DELETE FROM links l USING unnest(%(n)s::text[], %(b)s::text[]) AS c(repo, digest)"
+                        " WHERE l.repo = c.repo AND l.digest = c.digest AND l.linked < %(c)s AND NOT EXISTS"
+                        " (SELECT 1 FROM manifest_blobs mb WHERE mb.repo = l.repo AND mb.blob = l.digest)"
+                        " RETURNING l.repo, l.digest",
+                        {"n": [n for n, _ in links], "b": [b for _, b in links], "c": cutoff})
+            dropped = {(r, d) for r, d in cur.fetchall()}
+            for name in sorted({r for r, _ in dropped}):
+                self._drop_repo_if_empty(cur, name)
+            return [(name, blob) in dropped for name, blob in links]
         return self.db.run(f)
 
     # -- fsck -------------------------------------------------------------------------

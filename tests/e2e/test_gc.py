@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.helpers.ociclient import OCIClient, expect
+from tests.helpers.wait import wait_until
 from tests.helpers.ocilayout import build_layout, layout_manifest_digest
 
 GRACE = 3  # seconds: long enough for a blob upload to be followed by its manifest on a loaded machine
@@ -220,6 +221,25 @@ def test_skopeo_and_http_deletes_then_gc_reclaims(gc_registry, tmp_path):
     assert [(e["action"], e["target"]) for e in entries] == [("delete-tag", f"{repo}:v2"),
                                                              ("delete-manifest", f"{repo}@{digest}")]
     assert {(e["actor"], e["address"]) for e in entries} == {(f"key:{key_id}", "127.0.0.1")}
+
+
+def test_the_servers_sweep_prunes_the_audit_log_to_its_retention(start_registry, tmp_path):
+    config = tmp_path / "audit.toml"
+    config.write_text(f"[gc]\ninterval = {INTERVAL}\ngrace = {GRACE}\n[audit]\nmax_entries = 2\n")
+    registry = start_registry("--config", str(config))
+    client = OCIClient(registry.url, auth=registry.requests_auth)
+    repo = f"{registry.account}/audited/app"
+    for i in range(4):
+        push(client, repo, [os.urandom(1000)], f"v{i}", f"audit-{i}")
+
+    def listed():  # the izreg audit command, as an operator reads the log
+        done = izreg(registry, "audit", "--json")
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["target"] for line in done.stdout.splitlines()]
+
+    # the account's and key's creation and the first two pushes go at a sweep; the newest two stay
+    wait_until(lambda: listed() == [f"{repo}:v2", f"{repo}:v3"], "the audit log pruned to its 2 newest records",
+               timeout=WAIT)
 
 
 def test_izreg_gc_dry_run_and_fsck_repair(gc_registry, tmp_path):

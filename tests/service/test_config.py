@@ -46,6 +46,7 @@ def test_file_then_command_line(tmp_path):
         ("[server]\ndata_dir = 3\n", "server.data_dir must be a non-empty string"),
         ("[uploads]\nttl = -1\n", "uploads.ttl must be a non-negative integer"),
         ("[uploads]\nttl = true\n", "uploads.ttl must be a non-negative integer"),
+        ("[audit]\nkeep_days = -1\n", "audit.keep_days must be a non-negative integer"),
         ("[storage]\ndelete_enabled = 1\n", "storage.delete_enabled must be true or false"),
         ("[server\n", "invalid TOML"),
     ],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from izreg.storage import schema
-from izreg.storage.audit import AuditLog, iso
+from izreg.storage.audit import AuditLog, Retention, iso, prune
 from izreg.storage.interfaces import IAuditLog
 from izreg.storage.lmdbenv import open_env
 
@@ -71,3 +71,57 @@ def test_audit_db_is_part_of_the_schema():
 def test_iso():
     assert iso(0) == "1970-01-01T00:00:00Z"
     assert iso(None) is None
+
+
+def _targets(log) -> list[str]:
+    return [e["target"] for e in log.entries()]
+
+
+def test_prune_by_age_deletes_the_older_records_only(new_log):
+    log = new_log()
+    for t in range(10):
+        log.record(action="delete-tag", account=A, actor="cli", target=f"t{t}", now=float(t))
+    assert log.prune(4.0, None, 100) == 4  # strictly older than 4
+    assert _targets(log) == [f"t{t}" for t in range(4, 10)]
+    assert log.prune(4.0, None, 100) == 0
+    assert log.prune(None, None, 100) == 0  # no limit: nothing goes
+
+
+def test_prune_by_count_keeps_the_newest(new_log):
+    log = new_log()
+    for t in range(10):
+        log.record(action="delete-tag", account=A, actor="cli", target=f"t{t}", now=float(t))
+    assert log.prune(None, 3, 100) == 7
+    assert _targets(log) == ["t7", "t8", "t9"]
+    assert log.prune(None, 3, 100) == 0 and log.prune(None, 50, 100) == 0
+    assert log.prune(8.5, 3, 100) == 2  # either limit: the stricter one wins
+    assert _targets(log) == ["t9"]
+
+
+def test_prune_deletes_at_most_a_batch_per_call(new_log):
+    log = new_log()
+    for t in range(7):
+        log.record(action="delete-tag", account=A if t % 2 else B, actor="cli", target=f"t{t}", now=float(t))
+    assert [log.prune(100.0, None, 3) for _ in range(4)] == [3, 3, 1, 0]
+    assert log.entries() == []
+
+
+def test_retention_prunes_in_batches_and_the_listing_still_works(new_log):
+    log = new_log()
+    day = 24 * 3600
+    for t in range(25):
+        log.record(action="delete-tag", account=A if t % 2 else B, actor="cli", target=f"t{t}", now=t * day)
+    now = 24 * day
+    assert prune(log, Retention(), now) == 0  # 0 and 0: keep forever
+    assert len(log.entries()) == 25
+    assert prune(log, Retention(keep_days=10), now, batch=4) == 14  # 4 + 4 + 4 + 2
+    assert _targets(log) == [f"t{t}" for t in range(14, 25)]
+    assert prune(log, Retention(keep_days=10, max_entries=5), now, batch=4) == 6
+    assert [e["target"] for e in log.entries(account=A)] == ["t21", "t23"]
+    assert [e["target"] for e in log.entries(since=22 * day, limit=2)] == ["t22", "t23"]
+
+
+def test_retention_limits():
+    assert Retention().limits(1000.0) == (None, None) and not Retention()
+    assert Retention(keep_days=1).limits(100_000.0) == (100_000.0 - 86_400, None)
+    assert Retention(max_entries=5).limits(0.0) == (None, 5) and Retention(max_entries=5)

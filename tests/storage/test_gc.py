@@ -65,8 +65,7 @@ def test_a_touch_or_a_new_reference_between_scan_and_delete_keeps_the_blob(store
     assert set(candidates) == {str(touched), str(used)}
     assert index.touch_blob(REPO, touched, 990.0)  # a client's HEAD
     manifest(index, [used], 995.0)  # a manifest push
-    assert gc.collect_blob(str(touched), 1000.0) is None
-    assert gc.collect_blob(str(used), 1000.0) is None
+    assert gc.collect_blobs([str(touched), str(used)], 1000.0) == [None, None]
     assert blobs.stat(touched) is not None and blobs.stat(used) is not None
 
 
@@ -118,3 +117,65 @@ def test_one_sweep_at_a_time(store):
     first.release()
     assert second.acquire()
     second.release()
+
+
+class Spy:
+    """The index, with the size of every batch its collect_* methods were given (one write transaction each)."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self.calls: list[tuple[str, int]] = []
+
+    def __getattr__(self, name):
+        found = getattr(self.index, name)
+        if not name.startswith(("collect_", "without_records")):
+            return found
+
+        def call(keys, *args):
+            self.calls.append((name, len(keys)))
+            return found(keys, *args)
+        return call
+
+
+def test_a_sweep_of_many_candidates_collects_them_all_a_batch_per_transaction(store, tmp_path):
+    index, blobs, _ = store
+    doomed = [blob(index, blobs, b"orphan %d" % i, 0.0, name=f"{A}/r{i % 3}") for i in range(40)]
+    kept = blob(index, blobs, b"referenced", 0.0)
+    manifest(index, [kept], 0.0)
+    for i in range(5):  # files a crash left without their record
+        blobs.put_bytes(Digest.of(b"file %d" % i), b"file %d" % i)
+        os.utime(blobs.path(Digest.of(b"file %d" % i)), (1.0, 1.0))
+    spy = Spy(index)
+    result = Collector(spy, blobs, GRACE, batch=16).sweep(lambda: 1000.0)
+    assert sorted(result.deleted) == sorted([str(d) for d in doomed] + [str(Digest.of(b"file %d" % i))
+                                                                       for i in range(5)])
+    assert (result.files, result.kept) == (45, 0)
+    # the links of the collected blobs were candidates too (all scanned first, for the progress
+    # bar), and went with their blobs: their re-check keeps nothing to drop
+    assert spy.calls == [("collect_blobs", 16), ("collect_blobs", 16), ("collect_blobs", 8),
+                         ("without_records", 5), ("collect_links", 16), ("collect_links", 16), ("collect_links", 8)]
+    assert result.batches == 7 and result.links == 0
+    assert all(blobs.stat(d) is None and index.blob_record(d) is None for d in doomed)
+    assert index.list_repos("", None, 10)[0] == [REPO]  # the emptied repositories left
+    assert blobs.stat(kept) is not None
+
+
+def test_a_failing_delete_commits_the_part_of_the_batch_done_and_keeps_the_rest(store):
+    index, blobs, _ = store
+    digests = [str(blob(index, blobs, b"orphan %d" % i, 0.0)) for i in range(4)]
+    deleted = []
+
+    def delete(digest):
+        if len(deleted) == 2:
+            raise OSError("disk error")
+        blobs.delete(digest)
+        deleted.append(str(digest))
+
+    with pytest.raises(OSError):
+        index.collect_blobs(digests, 500.0, delete)
+    for d in digests:  # never a record without its bytes
+        gone = d in deleted
+        assert (index.blob_record(Digest.parse(d)) is None) == gone
+        assert (blobs.stat(Digest.parse(d)) is None) == gone
+    assert len(deleted) == 2
+    assert Collector(index, blobs, GRACE).sweep(lambda: 1000.0).files == 2  # the next sweep finishes

@@ -536,3 +536,68 @@ def test_an_upload_record_is_replaced_only_over_the_offset_expected(index):
     assert index.get_upload("u-id")["offset"] == 5
     assert index.put_upload("u-id", {**r, "offset": 9}, 5) is True
     assert index.put_upload("gone", {**r, "offset": 9}, 0) is False and index.get_upload("gone") is None
+
+
+# -- garbage collection: a batch of candidates per write transaction --------------------
+
+
+def test_collect_blobs_rechecks_each_candidate_of_the_batch(index):
+    orphan, used, fresh, shared = (Digest.of(b"gc-%d" % i) for i in range(4))
+    commit(index, digest=orphan, size=1, now=1.0)
+    commit(index, digest=used, size=2, now=1.0)
+    put(index, blobs=[(str(used), 2)], now=1.0)
+    commit(index, digest=fresh, size=3, now=1.0)
+    assert index.touch_blob(REPO, fresh, 50.0)  # a HEAD after the candidate scan
+    commit(index, name=OTHER, digest=shared, size=4, now=1.0)
+    assert index.mount_blob(f"{A}/third", shared, [OTHER], 1.0)
+    unknown = str(Digest.of(b"never pushed"))
+    deleted = []
+    batch = [str(orphan), str(used), str(fresh), unknown, str(shared)]
+    assert index.collect_blobs(batch, 10.0, lambda d: deleted.append(str(d))) == [1, None, None, None, 4]
+    assert deleted == [str(orphan), str(shared)]
+    assert index.blob_record(orphan) is None and index.blob_record(shared) is None
+    assert index.blob_record(used) is not None and index.blob_record(fresh) is not None
+    assert index.repos_linking(shared) == []
+    assert index.list_repos("", None, 10)[0] == [REPO]  # OTHER and third had only the shared blob
+    assert index.collect_blobs([str(orphan)], 10.0, deleted.append) == [None]  # already gone
+    assert index.collect_blobs([], 10.0, deleted.append) == []
+
+
+def test_collect_blobs_commits_what_a_failing_delete_did_not_stop(index):
+    digests = [Digest.of(b"gc-%d" % i) for i in range(3)]
+    for d in digests:
+        commit(index, digest=d, now=1.0)
+    deleted = []
+
+    def delete(digest):
+        if digest == digests[1]:
+            raise OSError("bytes not deleted")
+        deleted.append(digest)
+
+    with pytest.raises(OSError):
+        index.collect_blobs([str(d) for d in digests], 10.0, delete)
+    assert deleted == [digests[0]]
+    assert [index.blob_record(d) is None for d in digests] == [True, False, False]
+
+
+def test_without_records_calls_f_for_the_unrecorded_only(index):
+    recorded, loose = Digest.of(b"recorded"), Digest.of(b"loose")
+    commit(index, digest=recorded)
+    seen = []
+    assert index.without_records([recorded, loose], lambda d: seen.append(d) or 7) == [None, 7]
+    assert seen == [loose]
+
+
+def test_collect_links_rechecks_each_link_of_the_batch(index):
+    stale, used, young = (Digest.of(b"link-%d" % i) for i in range(3))
+    commit(index, digest=stale, now=1.0)
+    commit(index, digest=used, now=1.0)
+    put(index, blobs=[(str(used), 6)], now=1.0)
+    commit(index, digest=young, now=20.0)
+    commit(index, name=OTHER, digest=stale, now=1.0)
+    links = [(REPO, str(stale)), (REPO, str(used)), (REPO, str(young)), (OTHER, str(stale)), (OTHER, str(used))]
+    assert index.collect_links(links, 10.0) == [True, False, False, True, False]
+    assert index.blob_size(REPO, stale) is None and index.blob_size(REPO, young) == 6
+    assert index.repos_linking(stale) == []
+    assert index.blob_record(stale) is not None  # a link goes, the blob is the blob collector's
+    assert index.list_repos("", None, 10)[0] == [REPO]  # OTHER is empty now
