@@ -11,7 +11,10 @@ each for the whole run); every measurement prints MB/s and the serving
 process's CPU seconds per GB, and the end gives the medians and the ratios.
 Figures: C{pull<clients>_<MiB>} (plain GET), C{tls<clients>_<MiB>} (GET over
 TLS; izreg with a device certificate), C{push<clients>_<mode>_<MiB>} (mode:
-monolithic or streamed). With C{--izreg-root}, izreg's code comes from that
+monolithic or streamed), C{hs<clients>_full} and C{hs<clients>_resumed} (new
+TLS connections with a device certificate, one GET of the tag list each:
+connections per second and server CPU ms per connection; distribution on its
+listener that verifies client certificates). With C{--izreg-root}, izreg's code comes from that
 directory (e.g. a C{git archive} of another commit), so two versions of izreg
 can be compared in the same minutes (C{--against-root}: the second izreg
 instead of distribution).
@@ -20,6 +23,8 @@ instead of distribution).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,8 +36,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import servers  # noqa: E402
-from bench.client import load, push_concurrent, push_monolithic  # noqa: E402
-from bench.common import MB, MiB, Blob, cpu_seconds  # noqa: E402
+from bench.client import handshakes, load, push_concurrent, push_monolithic, push_small, put_manifest  # noqa: E402
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, MiB, Blob, cpu_seconds  # noqa: E402
 from bench.servers import Distribution, Izreg  # noqa: E402
 
 
@@ -52,8 +57,22 @@ class RootedIzreg(Izreg):
             servers.REPO_ROOT = saved
 
 
+#: connections per handshake measurement
+HANDSHAKES = 1000
+
+
 def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
-    """One measurement of C{figure}: (MB/s, server CPU s/GB)."""
+    """One measurement of C{figure}: (MB/s, server CPU s/GB), or for handshakes (per second, CPU ms each)."""
+    m = re.fullmatch(r"hs(\d+)_(full|resumed)", figure)
+    if m:
+        if "tags" not in blobs:
+            blobs["tags"] = _tagged(server)
+        mtls = getattr(server, "mtls_port", None)  # distribution: the listener that verifies client certificates
+        pid = server.mtls_pid if mtls else server.tls_pid
+        cpu0 = cpu_seconds(pid)
+        res = handshakes(server, f"/v2/{server.repo}/tags/list", int(m.group(1)), HANDSHAKES, m.group(2) == "resumed",
+                         mtls, server.mtls_client if mtls else None)
+        return res["rps"], (cpu_seconds(pid) - cpu0) / res["requests"] * 1e3
     m = re.fullmatch(r"(pull|tls)(\d+)_(\d+)", figure)
     if m:
         kind, clients, size = m.group(1), int(m.group(2)), int(m.group(3)) * MiB
@@ -78,6 +97,26 @@ def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
     return res["bytes"] / res["wall"] / MB, cpu / (res["bytes"] / 1e9)
 
 
+def _tagged(server) -> None:
+    """A small image under 20 tags (the tag list the handshake figures GET), as bench/run.py pushes."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    push_small(server, config, config_digest)
+    layer = Blob(f"{server.name}-focus-layer", MiB)
+    push_monolithic(server, layer)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer.digest, "size": layer.size}],
+    }, separators=(",", ":")).encode()
+    for i in range(20):
+        put_manifest(server, f"v{i}", manifest)
+
+
+def _units(figure: str) -> str:
+    return "conn/s ms/conn" if figure.startswith("hs") else "MB/s s/GB"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--figures", default="pull1_64,push4_streamed_64")
@@ -88,7 +127,7 @@ def main() -> int:
     ap.add_argument("--against-root", default=None, help="compare with a second izreg from here, not distribution")
     args = ap.parse_args()
     figures = [f.strip() for f in args.figures.split(",") if f.strip()]
-    tls = any(f.startswith("tls") for f in figures)
+    tls = any(f.startswith(("tls", "hs")) for f in figures)
     workdir = tempfile.mkdtemp(prefix="izreg-focus-")
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     a = RootedIzreg(os.path.join(workdir, "a"), args.venv, args.izreg_root or here, tls, "izreg")
@@ -107,7 +146,8 @@ def main() -> int:
                     for _ in range(args.reps):
                         rate, cpu = measure(s, f, blobs[s.name])
                         results[(s.name, f)].append((rate, cpu))
-                        print(f"round {rnd + 1} {s.name:12} {f:22} {rate:8.1f} MB/s {cpu:6.2f} s/GB "
+                        unit, cpu_unit = _units(f).split()
+                        print(f"round {rnd + 1} {s.name:12} {f:22} {rate:8.1f} {unit} {cpu:6.2f} {cpu_unit} "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                 time.sleep(0.5)
     finally:
@@ -120,8 +160,9 @@ def main() -> int:
         rb = [r for r, _ in results[(b.name, f)]]
         ca = [c for _, c in results[(a.name, f)]]
         cb = [c for _, c in results[(b.name, f)]]
-        print(f"{f:22} {a.name} {statistics.median(ra):8.1f} MB/s {statistics.median(ca):5.2f} s/GB | "
-              f"{b.name} {statistics.median(rb):8.1f} MB/s {statistics.median(cb):5.2f} s/GB | "
+        rate, cpu = _units(f).split()
+        print(f"{f:22} {a.name} {statistics.median(ra):8.1f} {rate} {statistics.median(ca):5.2f} {cpu} | "
+              f"{b.name} {statistics.median(rb):8.1f} {rate} {statistics.median(cb):5.2f} {cpu} | "
               f"ratio {statistics.median(ra) / statistics.median(rb):.2f}, CPU {statistics.median(ca) / statistics.median(cb):.2f}")
     return 0
 

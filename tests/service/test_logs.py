@@ -73,3 +73,26 @@ def test_the_text_log_time_is_twisteds_to_the_second():
     seconds = _SecondsTime()
     for when in (None, 0.0, 1.5, 1.25, 1.9999999, 1700000000.25, 1700000000.9999996, 1700000001.0, 1699999999.5):
         assert seconds(when) == formatTime(when), when
+
+
+def test_a_preformatted_line_is_written_as_twisted_would_write_it():
+    """The text and JSON observers' shortcut for an access event gives the text twisted.logger's formatter gives."""
+    from twisted.logger import LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
+
+    from izreg.service.logs import text_file_observer
+
+    events = [
+        {"log_format": "{access_line}", "access_line": "127.0.0.1 GET /v2/ 200", "log_time": 1700000000.25,
+         "log_namespace": "izreg.access", "log_level": LogLevel.info},
+        {"log_format": "{access_line}", "access_line": "two\nlines", "log_time": 1700000001.5, "log_system": "sys"},
+        {"log_format": "{access_line}", "access_line": "no level or namespace"},
+        {"log_format": "{access_line}", "access_line": ""},
+        {"log_format": "{access_line}", "access_line": 42, "log_time": 1.0},  # not a text: the formatter's way
+        {"log_format": "{access_line} {other}", "access_line": "x", "other": "y", "log_time": 2.0},
+    ]
+    for event in events:
+        out = io.StringIO()
+        text_file_observer(out)(dict(event))
+        assert out.getvalue() == (formatEventAsClassicLogText(dict(event), formatTime=formatTime) or ""), event
+        if "log_time" in event:
+            assert json.loads(event_as_json(dict(event)))["message"] == formatEvent(dict(event)), event

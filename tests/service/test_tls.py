@@ -361,3 +361,68 @@ async def test_every_completed_handshake_is_counted_also_after_a_reload(certs, s
         assert len(handshakes) == 2
     finally:
         await port.stopListening()
+
+
+def _served_chain(context) -> list[str]:
+    """The subjects of the certificates a server with C{context} sends (one handshake over memory BIOs)."""
+    from OpenSSL import SSL
+
+    server = SSL.Connection(context, None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(8):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                b.bio_write(a.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+    return [cert.to_cryptography().subject.rfc4514_string() for cert in client.get_peer_cert_chain()]
+
+
+def test_the_server_sends_the_chain_openssl_would_build_per_handshake(monkeypatch):
+    """
+    A server certificate without its chain: the chain OpenSSL built from the
+    device CAs on every handshake is built once at load, and the same
+    certificates are sent (the issuing device CA; an intermediate device CA;
+    nothing when no device CA issued it; the file's own chain when it has one).
+    """
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+
+    from izreg.service.tls import context as tls_context
+    from izreg.service.tls import build_context
+    from izreg.service.tls.pem import TLSMaterial
+
+    now = time.time()
+    root, other = make_ca(now, common_name="root CA"), make_ca(now, common_name="other CA")
+    inter_key = make_ca(now, common_name="intermediate CA").key
+    inter = Issued(inter_key, x509.CertificateBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "intermediate CA")])).issuer_name(root.cert.subject)
+        .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1))
+        .not_valid_after(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root.key, hashes.SHA256()))
+    by_root, by_other, by_inter = (make_server_cert(ca, now) for ca in (root, other, inter))
+    cases = [
+        ((by_root.cert,), by_root.key, (root.cert,), 2),
+        ((by_other.cert,), by_other.key, (root.cert,), 1),
+        ((by_root.cert,), by_root.key, (), 1),
+        ((by_inter.cert,), by_inter.key, (inter.cert,), 2),
+        ((by_inter.cert,), by_inter.key, (root.cert,), 1),
+        ((by_inter.cert, inter.cert), by_inter.key, (root.cert,), 2),
+        ((by_inter.cert, inter.cert), by_inter.key, (other.cert,), 2),
+    ]
+    for chain, key, cas, length in cases:
+        material = TLSMaterial(chain, key, cas)
+        built = _served_chain(build_context(material))
+        with monkeypatch.context() as m:
+            m.setattr(tls_context, "_auto_chain", lambda material: None)  # OpenSSL's own, per handshake
+            assert built == _served_chain(build_context(material)), (chain, cas)
+        assert len(built) == length, built

@@ -24,22 +24,15 @@ class ServerTLS:
     C{reload()}. Hand it to L{TLSEndpoint}; ask it for the current device CAs
     (L{izreg.auth.devices.DeviceVerifier} C{cas=server_tls.device_cas}).
 
-    @param on_handshake: called on every completed handshake (the metrics count them).
+    @param on_handshake: called on every completed handshake (the metrics count
+        them), by the listener's L{izreg.service.fasttls.FastTLSFactory}.
     """
 
     def __init__(self, files: TLSFiles, on_handshake: Callable[[], None] | None = None) -> None:
         self.files = files
         self.on_handshake = on_handshake
         self._material = load_material(files)
-        self._context = self._counting(build_context(self._material))
-
-    def _counting(self, context: SSL.Context) -> SSL.Context:
-        def info(connection: SSL.Connection, where: int, ret: int) -> None:
-            if where & SSL.SSL_CB_HANDSHAKE_DONE and self.on_handshake is not None:
-                self.on_handshake()
-
-        context.set_info_callback(info)
-        return context
+        self._context = build_context(self._material)
 
     def device_cas(self) -> tuple[x509.Certificate, ...]:
         return self._material.device_cas
@@ -51,7 +44,7 @@ class ServerTLS:
         and the error is raised for the caller to log.
         """
         material = load_material(self.files)
-        context = self._counting(build_context(material))
+        context = build_context(material)
         self._material, self._context = material, context
         log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
                  subject=material.server_chain[0].subject.rfc4514_string(),
