@@ -18,6 +18,7 @@ verifies the hash, fsyncs, and renames the file into the blob store.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -145,9 +146,19 @@ class Uploads:
 WRITE_SIZE = 1024 * 1024
 
 #: idle gathering buffers kept for the next bodies (each WRITE_SIZE): a new
-#: one is zeroed and page-faulted in, a reused one is not
-_SPARE: list[bytearray] = []
+#: one's pages are faulted in as it fills, a reused one's are there already
+_SPARE: list[mmap.mmap] = []
 _SPARE_MAX = 8
+
+
+def _new_buffer() -> mmap.mmap:
+    """
+    A gathering buffer of L{WRITE_SIZE} bytes whose memory is taken a page at a
+    time as bytes arrive (an anonymous mapping): a body that has sent one byte
+    holds a page, not a MiB (a C{bytearray} is zeroed whole at once, so a
+    thousand bodies of a byte each held a GiB).
+    """
+    return mmap.mmap(-1, WRITE_SIZE)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -186,7 +197,7 @@ class ChunkWriter(SinkBase):
         self._fd = os.open(session.path, os.O_WRONLY)
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
-        self._buffer: bytearray | None = None  # taken at the first write
+        self._buffer: mmap.mmap | None = None  # taken at the first write
         self._buffered = 0
 
     def write(self, data) -> None:
@@ -195,7 +206,7 @@ class ChunkWriter(SinkBase):
             return
         buffer = self._buffer
         if buffer is None:
-            buffer = self._buffer = _SPARE.pop() if _SPARE else bytearray(WRITE_SIZE)
+            buffer = self._buffer = _SPARE.pop() if _SPARE else _new_buffer()
         n, used = len(data), self._buffered
         if used + n < WRITE_SIZE:
             buffer[used:used + n] = data  # same length: a copy in place

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from izreg.storage import paths
+from izreg.storage import uploads as uploads_module
 from izreg.storage.uploads import ChunkWriter, Uploads, UploadSession
 
 NAME = "0123456789abcdef0123456789abcdef/app"
@@ -362,3 +363,26 @@ def test_next_body_reuses_the_buffer_without_stale_bytes(uploads):
     assert content(first) == b""
     assert content(second) == b"y" * 10
     assert second.hasher.hexdigest() == hashlib.sha256(b"y" * 10).hexdigest()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_body_holds_the_memory_of_what_it_sent_not_a_whole_buffer(uploads, monkeypatch):
+    """
+    An open body that has sent a byte costs a page, not WRITE_SIZE: 64 bodies
+    of one byte each (64 MiB if each held a whole buffer) stay well under 16 MiB.
+    """
+    monkeypatch.setattr(uploads_module, "_SPARE", [])  # no resident spare buffers from other tests
+    writers = [ChunkWriter(uploads.create(NAME, 0)) for _ in range(64)]
+    before = _resident_bytes()
+    for writer in writers:
+        writer.write(b"x")
+    grown = _resident_bytes() - before
+    for writer in writers:
+        assert writer.done() == 1
+        writer.close()
+    assert grown < 16 * 1024 * 1024, grown
+    assert all(content(writer.session) == b"x" for writer in writers)
