@@ -578,10 +578,12 @@ class PgIndex:
     def collect_blobs(self, digests: list[str], cutoff: float, delete: Callable[[Digest], None]) -> list[int | None]:
         """
         One transaction: the blobs' exclusive locks (no commit, mount or
-        manifest naming them meanwhile), the re-check, C{delete} of each
-        doomed blob's bytes, then the rows of those deleted. A failing
-        C{delete} stops the batch: the blobs deleted before it lose their rows
-        in this commit, and the failure is raised.
+        manifest naming them meanwhile), the re-check, the doomed blobs' rows,
+        then C{delete} of each one's bytes: a statement that fails (the
+        database) fails before any bytes are gone. A failing C{delete} stops
+        the batch: the rows go back to before the deletes (a savepoint) and
+        only the blobs deleted before it lose theirs in this commit; the
+        failure is raised.
         """
         def f(cur):
             _lock(cur, blobs=digests)
@@ -596,6 +598,14 @@ class PgIndex:
             cur.execute("SELECT DISTINCT repo FROM links WHERE digest = ANY(%s)", (doomed,))
             repos = sorted(r for (r,) in cur.fetchall())
             _lock(cur, repos=repos)
+            def drop(digests: list[str]) -> None:
+                cur.execute("DELETE FROM links WHERE digest = ANY(%s)", (digests,))
+                cur.execute("DELETE FROM blobs WHERE digest = ANY(%s)", (digests,))
+                for name in repos:
+                    self._drop_repo_if_empty(cur, name)
+
+            cur.execute("SAVEPOINT collect")
+            drop(sorted(doomed))
             gone, failure = set(), None
             for d in doomed:
                 try:
@@ -604,11 +614,10 @@ class PgIndex:
                     failure = e
                     break
                 gone.add(d)
-            if gone:
-                cur.execute("DELETE FROM links WHERE digest = ANY(%s)", (sorted(gone),))
-                cur.execute("DELETE FROM blobs WHERE digest = ANY(%s)", (sorted(gone),))
-                for name in repos:
-                    self._drop_repo_if_empty(cur, name)
+            if failure is not None:
+                cur.execute("ROLLBACK TO SAVEPOINT collect")
+                if gone:
+                    drop(sorted(gone))
             return [(rows[d][0] or 0) if d in gone else None for d in digests], failure
         out, failure = self.db.run(f)
         if failure is not None:
