@@ -10,8 +10,11 @@ candidate fell behind a busy registry's deletes, ~27 a second):
 1. blobs: a blob record with no ``blobrefs`` entry (no manifest of any
    repository names it) whose ``touched`` time (upload, mount, a HEAD or GET
    while unreferenced) is older than the grace period. Inside the write
-   transaction: still unreferenced, still untouched, then the bytes are
-   deleted (``IBlobStore.delete``) and the record and every link to it go.
+   transaction: still unreferenced, still untouched, then the record and
+   every link to it go; after that commit, in a second transaction, the
+   bytes of each blob that still has no record are deleted
+   (``IBlobStore.delete``). A crash between the two leaves files that no
+   record names (part 2 below deletes them), never a record without bytes.
 2. files that no index entry names (a crash between a file's move and its
    record; a file left after a record was rebuilt) older than the grace
    period: inside the write transaction, still no record, then deleted.
@@ -203,8 +206,19 @@ class Collector:
     # -- write steps (one short transaction per batch; the server runs them on its writer thread) --
 
     def collect_blobs(self, digests: list[str], now: float) -> list[int | None]:
-        """Delete the blobs still unreferenced and untouched; per digest the bytes freed, or C{None} if kept."""
-        return self.index.collect_blobs(digests, now - self.grace, self.blobs.delete)
+        """
+        Delete the blobs still unreferenced and untouched; per digest the bytes
+        freed, or C{None} if kept. Two transactions: the records go first
+        (committed), then the bytes of those still without a record (a blob
+        pushed again in between keeps its bytes). A crash between the two
+        leaves files no record names, which the next sweep's file part
+        deletes; never a record whose bytes are gone.
+        """
+        freed = self.index.collect_blobs(digests, now - self.grace)
+        gone = [Digest.parse(d) for d, size in zip(digests, freed) if size is not None]
+        if gone:
+            self.index.without_records(gone, self.blobs.delete)
+        return freed
 
     def collect_files(self, digests: list[Digest], now: float) -> list[int | None]:
         """Delete stored blobs that no record names, if they still have none and are old enough."""

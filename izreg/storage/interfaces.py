@@ -300,12 +300,14 @@ class IMetadataIndex(Interface):
     def gc_untagged_candidates(cutoff: float):
         """C{[(name, digest)]} of manifests created before C{cutoff}: untagged, not a referrer, held by no index."""
 
-    def collect_blobs(digests, cutoff: float, delete):
+    def collect_blobs(digests, cutoff: float):
         """
-        One transaction: each blob still a candidate is re-checked, C{delete(Digest)}
-        of its bytes, its record and links dropped; a list of bytes freed (or
-        C{None}: kept) per digest. A failing C{delete} commits the blobs already
-        deleted and raises.
+        One transaction: each blob still a candidate is re-checked and its
+        record and links dropped; a list of its size (or C{None}: kept) per
+        digest. The bytes stay: the caller deletes them afterwards with
+        L{without_records} (a re-push in between keeps them; a crash in between
+        leaves a file no record names, which the next sweep collects, never a
+        record without its bytes).
         """
 
     def without_records(digests, f):

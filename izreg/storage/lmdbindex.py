@@ -459,16 +459,15 @@ class Index(LmdbStore):
                     out.append((name, digest))
         return [(name, digest) for name, digest in out if digest not in held.get(name, set())]
 
-    def collect_blobs(self, digests: list[str], cutoff: float, delete) -> list[int | None]:
+    def collect_blobs(self, digests: list[str], cutoff: float) -> list[int | None]:
         """
         In one write transaction, each blob still unreferenced and untouched
-        since C{cutoff}: C{delete(digest)} its bytes and drop its record and
-        links. The bytes freed for each digest, or C{None} where kept. If a
-        C{delete} fails, the blobs already deleted are committed (their records
-        go) and the failure is raised: no record outlives its bytes.
+        since C{cutoff} loses its record and links; the size of each, or
+        C{None} where kept. Its bytes are the caller's to delete after the
+        commit (L{without_records}): a crash in between leaves a file without
+        a record (collected by the next sweep), never a record without bytes.
         """
         out: list[int | None] = []
-        failure = None
         with self.writing() as txn:
             for digest in digests:
                 raw = txn.get(digest.encode(), db=self._db[schema.BLOBS])
@@ -476,11 +475,6 @@ class Index(LmdbStore):
                 if record is None or _touched(record) >= cutoff or self.refs.blob_referenced(txn, digest):
                     out.append(None)
                     continue
-                try:
-                    delete(Digest.parse(digest))
-                except Exception as e:
-                    failure = e
-                    break
                 txn.delete(digest.encode(), db=self._db[schema.BLOBS])
                 for k, _ in list(_scan(txn, self._db[schema.BLOBLINKS], prefix(digest))):
                     name = k.split(schema.SEP, 1)[1].decode()
@@ -488,8 +482,6 @@ class Index(LmdbStore):
                     txn.delete(key(name, digest), db=self._db[schema.LINKS])
                     self._drop_repo_if_empty(txn, name)
                 out.append(record.get("size") or 0)
-        if failure is not None:
-            raise failure
         return out
 
     def without_records(self, digests: list[Digest], f) -> list:

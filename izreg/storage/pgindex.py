@@ -575,15 +575,14 @@ class PgIndex:
             return [(r, d) for r, d in cur.fetchall()]
         return self.db.run(f)
 
-    def collect_blobs(self, digests: list[str], cutoff: float, delete: Callable[[Digest], None]) -> list[int | None]:
+    def collect_blobs(self, digests: list[str], cutoff: float) -> list[int | None]:
         """
         One transaction: the blobs' exclusive locks (no commit, mount or
-        manifest naming them meanwhile), the re-check, the doomed blobs' rows,
-        then C{delete} of each one's bytes: a statement that fails (the
-        database) fails before any bytes are gone. A failing C{delete} stops
-        the batch: the rows go back to before the deletes (a savepoint) and
-        only the blobs deleted before it lose theirs in this commit; the
-        failure is raised.
+        manifest naming them meanwhile), the re-check, then the rows of the
+        doomed blobs. Their bytes are the caller's to delete after the commit
+        (L{without_records}, under the same locks): a crash in between leaves
+        bytes no row names (collected by the next sweep), never a row without
+        its bytes.
         """
         def f(cur):
             _lock(cur, blobs=digests)
@@ -594,35 +593,17 @@ class PgIndex:
             used = {b for (b,) in cur.fetchall()}
             doomed = [d for d in digests if d in rows and d not in used and rows[d][1] < cutoff]
             if not doomed:
-                return [None] * len(digests), None
+                return [None] * len(digests)
             cur.execute("SELECT DISTINCT repo FROM links WHERE digest = ANY(%s)", (doomed,))
             repos = sorted(r for (r,) in cur.fetchall())
             _lock(cur, repos=repos)
-            def drop(digests: list[str]) -> None:
-                cur.execute("DELETE FROM links WHERE digest = ANY(%s)", (digests,))
-                cur.execute("DELETE FROM blobs WHERE digest = ANY(%s)", (digests,))
-                for name in repos:
-                    self._drop_repo_if_empty(cur, name)
-
-            cur.execute("SAVEPOINT collect")
-            drop(sorted(doomed))
-            gone, failure = set(), None
-            for d in doomed:
-                try:
-                    delete(Digest.parse(d))
-                except Exception as e:
-                    failure = e
-                    break
-                gone.add(d)
-            if failure is not None:
-                cur.execute("ROLLBACK TO SAVEPOINT collect")
-                if gone:
-                    drop(sorted(gone))
-            return [(rows[d][0] or 0) if d in gone else None for d in digests], failure
-        out, failure = self.db.run(f)
-        if failure is not None:
-            raise failure
-        return out
+            cur.execute("DELETE FROM links WHERE digest = ANY(%s)", (sorted(doomed),))
+            cur.execute("DELETE FROM blobs WHERE digest = ANY(%s)", (sorted(doomed),))
+            for name in repos:
+                self._drop_repo_if_empty(cur, name)
+            gone = set(doomed)
+            return [(rows[d][0] or 0) if d in gone else None for d in digests]
+        return self.db.run(f)
 
     def without_records(self, digests: list[Digest], f: Callable[[Digest], Any]) -> list:
         """One transaction: C{f(digest)} for each digest without a record (none can be committed meanwhile), else C{None}."""
