@@ -40,14 +40,19 @@ _TEXT_KEYS = {"access_line"}  # izreg.http.accesslog.LINE_KEY
 _TEXT_FORMATS = {"{" + key + "}": key for key in _TEXT_KEYS}
 
 
+def _preformatted(event: dict) -> str | None:
+    """The text of an event whose format is one preformatted text key (an access line), else C{None}."""
+    key = _TEXT_FORMATS.get(event.get("log_format"))  # type: ignore[arg-type]
+    if key is None or "log_flattened" in event:
+        return None
+    text = event.get(key)
+    return text if isinstance(text, str) else None
+
+
 def _message(event: dict) -> str:
     """C{formatEvent(event)}, without the formatter for an event whose format is one preformatted text key."""
-    key = _TEXT_FORMATS.get(event.get("log_format"))  # type: ignore[arg-type]
-    if key is not None and "log_flattened" not in event:
-        text = event.get(key)
-        if isinstance(text, str):
-            return text
-    return formatEvent(event)
+    text = _preformatted(event)
+    return text if text is not None else formatEvent(event)
 
 
 def _value(value: Any) -> Any:
@@ -104,11 +109,10 @@ def text_file_observer(out: IO[str]) -> FileLogObserver:
     seconds = _SecondsTime()
 
     def text(event: dict) -> str | None:
-        key = _TEXT_FORMATS.get(event.get("log_format"))  # type: ignore[arg-type]
-        if key is None or "log_failure" in event or "log_flattened" in event or not isinstance(event.get(key), str):
+        message = _preformatted(event)
+        if message is None or "log_failure" in event:
             return formatEventAsClassicLogText(event, formatTime=seconds)
         # formatEventAsClassicLogText's "{time} [{system}] {message}" for a preformatted message (an access line)
-        message = event[key]
         if not message:
             return None
         system = event.get("log_system")
