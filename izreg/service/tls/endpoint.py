@@ -11,8 +11,8 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
-from izreg.service.fasttls import FastTLSFactory
 from izreg.service.tls.creator import ServerTLS
+from izreg.service.tls.fallback import chosen_factory_class
 
 
 @implementer(IStreamServerEndpoint)
@@ -25,7 +25,8 @@ class TLSEndpoint:
     clock: IReactorTime | None = field(default=None)
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        return self.wrapped.listen(FastTLSFactory(self.creator, False, protocolFactory, clock=self.clock))
+        factory = chosen_factory_class()  # FastTLSFactory, or Twisted's stock one (izreg.service.tls.fallback)
+        return self.wrapped.listen(factory(self.creator, False, protocolFactory, clock=self.clock))
 
 
 def tls_endpoint(reactor, description: str, tls: ServerTLS) -> TLSEndpoint:
