@@ -15,10 +15,10 @@ from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from izreg.http.internals import STOCK_ENV, missing
-from izreg.service import fasttls
-from izreg.service.fasttls import FastTLSFactory
-from izreg.service.tls import endpoint
-from izreg.service.tls.fallback import FASTTLS_NEEDS, tls_factory_class
+from izreg.service import fasttls, tlsthreads
+from izreg.service.tls import fallback
+from izreg.service.tls.fallback import FASTTLS_NEEDS, TLSTHREADS_NEEDS, tls_factory_class
+from izreg.service.tlsthreads import ThreadedTLSFactory
 from tests.helpers.internals import private_names_used
 from tests.service.test_tls import ACCOUNT, certs, curl, needs_tools, server, store  # noqa: F401  (fixtures)
 
@@ -31,8 +31,8 @@ def _without(module: str, name: str):
 
 
 def test_the_fast_factory_while_twisted_has_what_it_needs():
-    assert missing(FASTTLS_NEEDS) == []
-    assert tls_factory_class(environ={}) is FastTLSFactory
+    assert missing(FASTTLS_NEEDS + TLSTHREADS_NEEDS) == []
+    assert tls_factory_class(environ={}) is ThreadedTLSFactory
 
 
 def test_the_stock_factory_with_a_warning_when_an_internal_is_gone():
@@ -47,16 +47,17 @@ def test_the_environment_forces_the_stock_factory():
     assert tls_factory_class(environ={STOCK_ENV: "1"}) is TLSMemoryBIOFactory
 
 
-def test_every_private_name_fasttls_uses_is_checked():
-    """A new use of a Twisted (or pyOpenSSL) internal in fasttls.py must be added to FASTTLS_NEEDS."""
-    checked = {name for need in FASTTLS_NEEDS for name in (*need.path.split("."), *need.uses)}
-    assert private_names_used(fasttls, own_attributes=("_creator",)) - checked == set()
+@pytest.mark.parametrize("module", [fasttls, tlsthreads], ids=lambda m: m.__name__)
+def test_every_private_name_the_tls_transport_uses_is_checked(module):
+    """A new use of a Twisted (or pyOpenSSL) internal in fasttls.py or tlsthreads.py must be added to the lists."""
+    checked = {name for need in FASTTLS_NEEDS + TLSTHREADS_NEEDS for name in (*need.path.split("."), *need.uses)}
+    assert private_names_used(module, own_attributes=("_creator",)) - checked == set()
 
 
 @pytest.fixture
 def stock(monkeypatch):
     """Twisted's stock factory for the listeners started after it (the C{server} fixture)."""
-    monkeypatch.setattr(endpoint, "chosen_factory_class", lambda: TLSMemoryBIOFactory)
+    monkeypatch.setattr(fallback, "chosen_factory_class", lambda: TLSMemoryBIOFactory)
 
 
 @needs_tools
