@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import types
 
 
 def private_names_used(module, own_attributes: tuple[str, ...] = ()) -> set[str]:
@@ -29,3 +31,14 @@ def private_names_used(module, own_attributes: tuple[str, ...] = ()) -> set[str]
                 else:
                     own.add(name)  # a method of its own
     return {name for name in used if name.startswith("_") and not name.startswith("__")} - own
+
+
+def importer_without(module: str, name: str):
+    """An importer whose C{module} lacks C{name} (an upgraded Twisted that renamed it)."""
+    real = importlib.import_module(module)
+    fake = types.ModuleType(module)
+    fake.__dict__.update({k: v for k, v in vars(real).items() if k != name})
+
+    def import_module(wanted: str):
+        return fake if wanted == module else importlib.import_module(wanted)
+    return import_module

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import types
 
 from twisted.logger import capturedLogs
 from twisted.web import http
 
 from izreg.http import internals
-from tests.helpers.internals import private_names_used
 from izreg.http.internals import CHUNKED_NEEDS, STOCK_ENV, Needs, fast_path, forced_stock, missing
-
-
-def _without(module: str, name: str):
-    """An importer whose C{module} lacks C{name} (an upgraded Twisted that renamed it)."""
-    real = importlib.import_module(module)
-    fake = types.ModuleType(module)
-    fake.__dict__.update({k: v for k, v in vars(real).items() if k != name})
-
-    def import_module(wanted: str):
-        return fake if wanted == module else importlib.import_module(wanted)
-    return import_module
+from tests.helpers.internals import importer_without, private_names_used
 
 
 def test_this_twisted_has_what_the_chunked_decoder_needs():
@@ -30,7 +18,7 @@ def test_this_twisted_has_what_the_chunked_decoder_needs():
 
 
 def test_a_missing_name_is_named():
-    problems = missing(CHUNKED_NEEDS, _without("twisted.web.http", "_ChunkedTransferDecoder"))
+    problems = missing(CHUNKED_NEEDS, importer_without("twisted.web.http", "_ChunkedTransferDecoder"))
     assert "twisted.web.http._ChunkedTransferDecoder.dataReceived is missing" in problems
     assert missing([Needs("no.such.module", "x")]) == ["no.such.module.x is missing"]
 
@@ -49,7 +37,7 @@ def test_a_function_that_no_longer_uses_an_attribute_or_changed_is_named():
 def test_fast_path_warns_once_and_says_no_when_something_is_missing():
     with capturedLogs() as events:
         assert not fast_path("chunked request bodies", "_ChunkedTransferDecoder", CHUNKED_NEEDS, environ={},
-                             import_module=_without("twisted.web._abnf", "_hexint"))
+                             import_module=importer_without("twisted.web._abnf", "_hexint"))
     [event] = events
     assert event["log_level"].name == "warn"
     assert "twisted.web._abnf._hexint is missing" in event["problems"]

@@ -6,9 +6,6 @@ while this Twisted has every internal it leans on, else Twisted's stock one
 
 from __future__ import annotations
 
-import importlib
-import types
-
 import pytest
 import pytest_twisted
 from twisted.logger import capturedLogs
@@ -19,15 +16,8 @@ from izreg.service import fasttls, tlsthreads
 from izreg.service.tls import fallback
 from izreg.service.tls.fallback import FASTTLS_NEEDS, TLSTHREADS_NEEDS, tls_factory_class
 from izreg.service.tlsthreads import ThreadedTLSFactory
-from tests.helpers.internals import private_names_used
+from tests.helpers.internals import importer_without, private_names_used
 from tests.service.test_tls import ACCOUNT, certs, curl, needs_tools, server, store  # noqa: F401  (fixtures)
-
-
-def _without(module: str, name: str):
-    real = importlib.import_module(module)
-    fake = types.ModuleType(module)
-    fake.__dict__.update({k: v for k, v in vars(real).items() if k != name})
-    return lambda wanted: fake if wanted == module else importlib.import_module(wanted)
 
 
 def test_the_fast_factory_while_twisted_has_what_it_needs():
@@ -37,7 +27,7 @@ def test_the_fast_factory_while_twisted_has_what_it_needs():
 
 def test_the_stock_factory_with_a_warning_when_an_internal_is_gone():
     with capturedLogs() as events:
-        chosen = tls_factory_class(environ={}, import_module=_without("twisted.internet.tcp", "Server"))
+        chosen = tls_factory_class(environ={}, import_module=importer_without("twisted.internet.tcp", "Server"))
     assert chosen is TLSMemoryBIOFactory
     [event] = events
     assert event["log_level"].name == "warn" and "twisted.internet.tcp.Server.connected is missing" in event["problems"]
