@@ -438,6 +438,10 @@ class RegistrySite(server.Site):
         self.slow = slow
         self._refusals = ThrottledLog(log)
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        chunked_decoder()  # the self-check of Twisted's internals: any warning at start, not at the first chunked body
+
     def serve(self, resource, body_for) -> None:
         """
         Serve the API built once storage is open (the site, with its

@@ -29,8 +29,11 @@ def test_stock_tls_factory_and_chunked_decoder_serve_the_same_bytes(tmp_path, mo
     registry = RegistryProcess(data_dir=str(tmp_path / "data"), log_path=str(tmp_path / "server.log"))
     try:
         registry.start()
+        mark = registry.log_mark()
         tls_port, paths = restart_with_tls(registry, str(tmp_path / "certs"))
-        assert "TLS: Twisted's stock TLSMemoryBIOFactory" in registry.log_text()
+        # said at start (the log reader may be a line behind the server: waited for, not polled)
+        registry.wait_for_log("TLS: Twisted's stock TLSMemoryBIOFactory", mark)
+        registry.wait_for_log("chunked request bodies: Twisted's stock _ChunkedTransferDecoder", mark)
         session = requests.Session()
         session.trust_env = False  # else REQUESTS_CA_BUNDLE, when set, replaces session.verify
         session.verify = paths.ca_cert
@@ -47,7 +50,6 @@ def test_stock_tls_factory_and_chunked_decoder_serve_the_same_bytes(tmp_path, mo
         assert resp.request.headers.get("Transfer-Encoding") == "chunked"
         expect(resp, 202)
         expect(client.request("PUT", client.with_query(client.location(resp), digest=sha256_digest(data))), 201)
-        assert "chunked request bodies: Twisted's stock _ChunkedTransferDecoder" in registry.log_text()
 
         device = requests.Session()
         device.trust_env = False
