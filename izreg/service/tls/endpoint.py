@@ -12,7 +12,8 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
 from izreg.service.tls.creator import ServerTLS
-from izreg.service.tlsthreads import HandshakeThreads, ThreadedTLSFactory
+from izreg.service.tls.fallback import tls_factory
+from izreg.service.tlsthreads import HandshakeThreads
 
 
 @implementer(IStreamServerEndpoint)
@@ -26,8 +27,8 @@ class TLSEndpoint:
     threads: HandshakeThreads | None = field(default=None)
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        return self.wrapped.listen(ThreadedTLSFactory(self.creator, False, protocolFactory, clock=self.clock,
-                                                      threads=self.threads))
+        # izreg's ThreadedTLSFactory, or Twisted's stock one (izreg.service.tls.fallback)
+        return self.wrapped.listen(tls_factory(self.creator, protocolFactory, self.clock, self.threads))
 
 
 def tls_endpoint(reactor, description: str, tls: ServerTLS, threads: HandshakeThreads | None = None) -> TLSEndpoint:
