@@ -259,3 +259,32 @@ def test_token_service_with_oras_token_backend(start_registry, tmp_path, oras_gu
     assert resp.status_code == 201
     files = oras.pull(target=target, outdir=str(tmp_path / "out"))
     assert open(files[0], "rb").read() == chart.read_bytes()
+
+
+def test_token_realm_over_tls_is_https(start_registry, tmp_path):
+    """
+    A client on the TLS listener is sent to the token endpoint over https (on
+    the port it came in by), the plain listener's clients over http: a
+    client that logs in over TLS would otherwise fetch its token in plain
+    HTTP from a TLS port, and fail. (Twisted's TLS protocol, and so
+    izreg.service.fasttls's, implements INegotiated, an ISSLTransport:
+    C{request.isSecure()} is true there.)
+    """
+    import time
+
+    import requests
+
+    from izreg.devcerts import write_dev_certs
+    from tests.helpers.server import free_port, random_account
+
+    paths = write_dev_certs(str(tmp_path / "certs"), time.time(), random_account())
+    tls_port = free_port()
+    registry = start_registry("--token-service", "--tls-listen", f"tcp:{tls_port}:interface=127.0.0.1",
+                              "--tls-cert", paths.server_cert, "--tls-key", paths.server_key,
+                              "--device-ca", paths.ca_cert)
+    resp = requests.get(f"https://127.0.0.1:{tls_port}/v2/", verify=paths.ca_cert, timeout=30)
+    assert resp.status_code == 401, describe(resp)
+    challenge = resp.headers.get("WWW-Authenticate", "")
+    assert f'realm="https://127.0.0.1:{tls_port}/v2/token"' in challenge, challenge
+    challenge = OCIClient(registry.url).request("GET", "/v2/").headers.get("WWW-Authenticate", "")
+    assert f'realm="http://{registry.host}/v2/token"' in challenge, challenge
