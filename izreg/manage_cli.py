@@ -172,14 +172,24 @@ def register_storage(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _progress(context, unit: str):
-    """A tqdm progress bar on a terminal (stderr), nothing otherwise."""
+    """
+    A tqdm progress bar on a terminal (stderr), nothing otherwise. Each call
+    of C{start(total)} adds C{total} to the one bar (a sweep's parts, each
+    counted when it is scanned).
+    """
     def start(total: int):
         if not getattr(context.stderr, "isatty", lambda: False)():
             return lambda: None
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit=unit, file=context.stderr)
-        context._bars = getattr(context, "_bars", []) + [bar]
+        bars = getattr(context, "_bars", [])
+        if bars:
+            bar = bars[-1]
+            bar.total += total
+            bar.refresh()
+        else:
+            bar = tqdm(total=total, unit=unit, file=context.stderr)
+            context._bars = [bar]
         return lambda: bar.update(1)
     return start
 
@@ -187,6 +197,7 @@ def _progress(context, unit: str):
 def _close_bars(context) -> None:
     for bar in getattr(context, "_bars", []):
         bar.close()
+    context._bars = []
 
 
 def _storage(context):

@@ -116,7 +116,8 @@ class Registry(UploadSessions):
                 return None
             sources = [source.name]
         else:
-            sources = [name for name in await self._read(self.index.repos_linking, digest) if name[:32] == repo.account]
+            # one of the account's repositories that link it (a seek: not every repository that links it)
+            sources = await self._read(self.index.repos_linking, digest, f"{repo.account}/", 1)
         if not sources:
             return None
         if not await self.run_write(self.index.mount_blob, repo.name, digest, sources, self.now()):

@@ -13,8 +13,8 @@ from twisted.logger import Logger
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.names import Repository
-from izreg.storage.audit import PRUNE_BATCH, Retention
-from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult, batches
+from izreg.storage.audit import PRUNE_BATCH, Retention, prune_batches
+from izreg.storage.gc import Collector, PgSweepLock, SweepLock, SweepResult
 
 log = Logger()
 
@@ -38,34 +38,28 @@ async def sweep(registry, collector: Collector, lock: SweepLock | PgSweepLock,
 
 async def prune_audit(registry, retention: Retention) -> int:
     """The audit records older or more than C{retention} keeps go, a batch per write transaction; how many."""
-    if registry.audit is None or not retention:
+    if registry.audit is None:
         return 0
-    total = 0
-    while True:
-        done = await registry.run_write(registry.audit.prune, *retention.limits(registry.now()), PRUNE_BATCH)
-        total += done
-        if done < PRUNE_BATCH:
-            break
+    total = await prune_batches(registry.audit, retention, registry.now(), PRUNE_BATCH, registry.run_write)
     if total:
         log.info("audit: pruned {count} records past the retention", count=total)
     return total
 
 
 async def _sweep(registry, collector: Collector) -> SweepResult:
-    result = SweepResult()
-    now = registry.now
-    for name, digest in await registry.run_io(collector.untagged_candidates, now()):
-        try:
-            await registry.delete_manifest(Repository(name), Digest.parse(digest), ("retention", None))
-            result.manifests += 1
-        except RegistryError as e:
-            log.info("retention kept {name}@{digest}: {reason}", name=name, digest=digest, reason=e.message)
-    for kind, scan, collect in collector.parts():
-        for batch in batches(await registry.run_io(scan, now()), collector.batch):
-            outcome = await registry.run_write(collect, Collector.keys(kind, batch), now())
-            result.batches += 1
-            Collector.tally(result, kind, batch, outcome)
+    result = await collector.run(registry.now, run_read=registry.run_io, run_write=registry.run_write,
+                                 expire=lambda name, digest: _expire(registry, name, digest))
     if result.files or result.links or result.manifests:
         log.info("gc: freed {files} files, {bytes} bytes; unlinked {links} stale links; expired {manifests}"
                  " untagged manifests ({batches} write transactions)", **result.to_json())
     return result
+
+
+async def _expire(registry, name: str, digest: str) -> bool:
+    """Delete an untagged manifest through the registry (in-use protection, audit record); whether it went."""
+    try:
+        await registry.delete_manifest(Repository(name), Digest.parse(digest), ("retention", None))
+    except RegistryError as e:
+        log.info("retention kept {name}@{digest}: {reason}", name=name, digest=digest, reason=e.message)
+        return False
+    return True

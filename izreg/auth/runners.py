@@ -16,10 +16,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
-
-def inline(f: Callable[..., Any], *args: Any) -> Any:
-    """The LMDB reader: call C{f} here and now."""
-    return f(*args)
+from izreg.storage.runners import inline, settled  # noqa: F401  (the request path's too)
 
 
 def then(value: Any, f: Callable[[Any], Any]) -> Any:
@@ -28,9 +25,3 @@ def then(value: Any, f: Callable[[Any], Any]) -> Any:
         return value.addCallback(f)
     return f(value)
 
-
-async def settled(value: Any) -> Any:
-    """In a coroutine: C{value}, or what the Deferred C{value} fires with."""
-    if isinstance(value, Deferred):
-        return await value
-    return value

@@ -39,8 +39,8 @@ from twisted.web.resource import Resource
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
-from izreg.http.chunked import ChunkedDecoder
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http.internals import chunked_decoder
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -348,8 +348,9 @@ class RegistryChannel(http.HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
-        if type(decoder) is http._ChunkedTransferDecoder:  # the same decoder, without copying the chunks
-            self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+        fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
+        if fast is not None and type(decoder) is http._ChunkedTransferDecoder:  # the same, without copies
+            self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
         return ok
 
     def allHeadersReceived(self) -> None:

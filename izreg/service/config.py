@@ -39,6 +39,8 @@ class Config:
     device_ca: tuple[str, ...] = ()
     device_crl: str | None = None
     device_crl_interval: int = 10
+    # threads that run OpenSSL's handshake steps (izreg.service.tlsthreads); None: one per CPU, 0: on the reactor
+    tls_handshake_threads: int | None = None
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
@@ -104,6 +106,8 @@ class Config:
             raise ConfigError("--device-crl needs --device-ca")
         if self.device_crl_interval < 1:
             raise ConfigError("tls.device_crl_interval must be at least 1 second")
+        if self.tls_handshake_threads is not None and not 0 <= self.tls_handshake_threads <= 64:
+            raise ConfigError("tls.handshake_threads must be between 0 and 64")
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -145,6 +149,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("tls", "device_ca"): ("device_ca", tuple),
     ("tls", "device_crl"): ("device_crl", str),
     ("tls", "device_crl_interval"): ("device_crl_interval", int),
+    ("tls", "handshake_threads"): ("tls_handshake_threads", int),
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),

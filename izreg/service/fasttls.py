@@ -32,9 +32,14 @@ from OpenSSL.SSL import Error, WantReadError
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
+
+try:
+    from twisted.protocols.tls import BufferingTLSTransport
+except ImportError:  # pragma: no cover - another Twisted: izreg.service.tls.fallback serves the stock factory
+    from twisted.protocols.tls import TLSMemoryBIOProtocol as BufferingTLSTransport
 
 try:  # pyOpenSSL's own cffi binding of OpenSSL: BIO_read into a buffer of ours
     from OpenSSL._util import ffi as _ffi, lib as _lib

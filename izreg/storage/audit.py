@@ -24,7 +24,7 @@ import datetime
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import lmdb
 from zope.interface import implementer
@@ -32,6 +32,7 @@ from zope.interface import implementer
 from izreg.storage import schema
 from izreg.storage.interfaces import IAuditLog
 from izreg.storage.lmdbstore import LmdbStore, dump, load
+from izreg.storage.runners import inline, run_inline, settled
 
 _TIME = struct.Struct(">Q")
 #: records deleted per write transaction when pruning
@@ -54,16 +55,26 @@ class Retention:
         return (now - self.keep_days * DAY if self.keep_days else None), (self.max_entries or None)
 
 
-def prune(log, retention: Retention, now: float, batch: int = PRUNE_BATCH) -> int:
-    """Prune C{log} to C{retention}, a batch per transaction, in this thread (C{izreg gc}); the records deleted."""
+async def prune_batches(log, retention: Retention, now: float, batch: int = PRUNE_BATCH,
+                        run_write: Callable[..., Any] = inline) -> int:
+    """
+    Prune C{log} to C{retention}, a batch per write transaction, each run by
+    C{run_write} (the server's writer thread; by default here, inline); the
+    records deleted.
+    """
     if not retention:
         return 0
     total = 0
     while True:
-        done = log.prune(*retention.limits(now), batch)
+        done = await settled(run_write(log.prune, *retention.limits(now), batch))
         total += done
         if done < batch:
             return total
+
+
+def prune(log, retention: Retention, now: float, batch: int = PRUNE_BATCH) -> int:
+    """Prune C{log} to C{retention}, a batch per transaction, in this thread (C{izreg gc}); the records deleted."""
+    return run_inline(prune_batches(log, retention, now, batch))
 
 
 def _at(when: float) -> bytes:

@@ -53,9 +53,10 @@ from __future__ import annotations
 import fcntl
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from izreg.core.digest import Digest
+from izreg.storage.runners import inline, run_inline, settled
 
 LOCK_NAME = "gc.lock"
 #: the advisory lock key of garbage-collection sweeps on PostgreSQL (``izgc`` in ASCII)
@@ -233,29 +234,43 @@ class Collector:
     def collect_links(self, links: list[tuple[str, str]], now: float) -> list[bool]:
         return self.index.collect_links(links, now - self.grace)
 
-    # -- a whole sweep, in this thread (izreg gc) ------------------------------------
+    # -- a whole sweep -------------------------------------------------------------------
 
     def sweep(self, now: Callable[[], float], dry_run: bool = False, progress=None,
               expire: Callable[[str, str], bool] | None = None) -> SweepResult:
         """
-        One sweep, blocking. C{progress(total)} returns a callable advanced
-        by one per candidate (a progress bar); C{expire(name, digest)} deletes an
-        untagged manifest (with in-use protection and an audit record) and
-        says whether it did.
+        One sweep, blocking, in this thread (``izreg gc``). C{progress(total)}
+        returns a callable advanced by one per candidate (a progress bar; called
+        once per part, with that part's candidates); C{expire(name, digest)}
+        deletes an untagged manifest (with in-use protection and an audit
+        record) and says whether it did.
+        """
+        return run_inline(self.run(now, dry_run=dry_run, progress=progress,
+                                   expire=expire if expire is not None else (lambda name, digest: False)))
+
+    async def run(self, now: Callable[[], float], *, run_read: Callable[..., Any] = inline,
+                  run_write: Callable[..., Any] = inline, expire: Callable[[str, str], Any],
+                  dry_run: bool = False, progress=None) -> SweepResult:
+        """
+        One sweep, each step run by a runner (L{izreg.storage.runners}): the
+        scans by C{run_read}, the write steps by C{run_write} (the server: its
+        I/O pool and writer thread; C{izreg gc}: inline, see L{sweep}), untagged
+        manifests expired by C{expire(name, digest)} (a bool, or a Deferred of
+        one). Each part is scanned just before its batches are collected: the
+        links of the blobs just collected went with them, and are no candidates.
         """
         result = SweepResult()
-        untagged = self.untagged_candidates(now())
-        if expire is not None and not dry_run:
-            for name, digest in untagged:
-                result.manifests += bool(expire(name, digest))
-        found = [(kind, scan(now()), collect) for kind, scan, collect in self.parts()]
-        step = progress(sum(len(candidates) for _, candidates, _ in found)) if progress else (lambda: None)
-        for kind, candidates, collect in found:
+        for name, digest in await settled(run_read(self.untagged_candidates, now())):
+            if not dry_run:
+                result.manifests += bool(await settled(expire(name, digest)))
+        for kind, scan, collect in self.parts():
+            candidates = await settled(run_read(scan, now()))
+            step = progress(len(candidates)) if progress else (lambda: None)
             for batch in batches(candidates, self.batch):
                 if dry_run:
                     outcome = [True] * len(batch) if kind == "links" else [size for _, size in batch]
                 else:
-                    outcome = collect(self.keys(kind, batch), now())
+                    outcome = await settled(run_write(collect, self.keys(kind, batch), now()))
                     result.batches += 1
                 self.tally(result, kind, batch, outcome)
                 for _ in batch:

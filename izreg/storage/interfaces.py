@@ -212,8 +212,12 @@ class IMetadataIndex(Interface):
     def blob_referenced(digest) -> bool:
         """Whether any manifest of any repository names the blob."""
 
-    def repos_linking(digest):
-        """The repositories that link the blob, in byte order."""
+    def repos_linking(digest, within: str = "", limit: int | None = None):
+        """
+        The repositories that link the blob, in byte order; only those whose
+        name starts with C{within}, at most C{limit}: a seek, not a walk of
+        every repository that links it.
+        """
 
     def unlink_blob(name: str, digest) -> bool:
         """Drop the repository's link (the repository goes when empty)."""

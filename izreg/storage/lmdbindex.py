@@ -12,6 +12,7 @@ source is linked) happen inside the write transaction.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, TypeVar
 
 import lmdb
@@ -177,10 +178,11 @@ class Index(LmdbStore):
         with self.reading() as txn:
             return self.refs.blob_referenced(txn, str(digest))
 
-    def repos_linking(self, digest: Digest) -> list[str]:
+    def repos_linking(self, digest: Digest, within: str = "", limit: int | None = None) -> list[str]:
         d = str(digest)
         with self.reading() as txn:
-            return [k.split(schema.SEP, 1)[1].decode() for k, _ in _scan(txn, self._db[schema.BLOBLINKS], prefix(d))]
+            found = _scan(txn, self._db[schema.BLOBLINKS], prefix(d) + within.encode())
+            return [k.split(schema.SEP, 1)[1].decode() for k, _ in itertools.islice(found, limit)]
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         d = str(digest)

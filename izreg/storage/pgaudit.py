@@ -63,19 +63,24 @@ class PgAuditLog:
         self.db.run(put)
 
     def prune(self, before: float | None, keep: int | None, limit: int) -> int:
+        """
+        One statement on the index by time: the oldest C{limit} records among
+        those older than C{before} and those at or below the newest record past
+        the C{keep} newest (found by walking C{keep} index entries down from the
+        newest, never by counting the table).
+        """
+        if limit <= 0 or (before is None and keep is None):
+            return 0
+
         def f(cur):
-            count = 0
-            if keep is not None:
-                cur.execute("SELECT count(*) FROM audit_log")
-                count = cur.fetchone()[0] - keep
-            if before is not None and count < limit:
-                cur.execute("SELECT count(*) FROM (SELECT 1 FROM audit_log WHERE at_us < %s LIMIT %s) old",
-                            (_micros(before), limit))
-                count = max(count, cur.fetchone()[0])
-            if min(count, limit) <= 0:
-                return 0
-            cur.execute("DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log ORDER BY at_us, seq LIMIT %s)",
-                        (min(count, limit),))
+            cur.execute(
+                "DELETE FROM audit_log WHERE seq = ANY(ARRAY("
+                " SELECT seq FROM audit_log"
+                " WHERE at_us < %(before)s OR (at_us, seq) <= ("
+                "  SELECT at_us, seq FROM audit_log WHERE %(keep)s::bigint IS NOT NULL"
+                "  ORDER BY at_us DESC, seq DESC OFFSET %(keep)s LIMIT 1)"
+                " ORDER BY at_us, seq LIMIT %(limit)s))",
+                {"before": None if before is None else _micros(before), "keep": keep, "limit": limit})
             return cur.rowcount
         return self.db.run(f)
 

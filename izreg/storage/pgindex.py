@@ -269,9 +269,15 @@ class PgIndex:
             return cur.fetchone()[0]
         return self.db.run(f)
 
-    def repos_linking(self, digest: Digest) -> list[str]:
+    def repos_linking(self, digest: Digest, within: str = "", limit: int | None = None) -> list[str]:
+        # the names from C{within} up to the first string past its prefix (byte order, COLLATE "C"): a range of the index
+        query, args = "SELECT repo FROM links WHERE digest = %s", [str(digest)]
+        if within:
+            query += " AND repo >= %s AND repo < %s"
+            args += [within, within[:-1] + chr(ord(within[-1]) + 1)]
+
         def f(cur):
-            cur.execute("SELECT repo FROM links WHERE digest = %s ORDER BY repo", (str(digest),))
+            cur.execute(query + " ORDER BY repo LIMIT %s", (*args, limit))
             return [r for (r,) in cur.fetchall()]
         return self.db.run(f)
 

@@ -42,6 +42,7 @@ from izreg.service.tls import (
     load_material,
 )
 from izreg.http.peercert import peer_certificate
+from izreg.service.tlsthreads import HandshakeThreads
 from izreg.storage.lmdbenv import open_env
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -119,18 +120,26 @@ def store(tmp_path):
     env.close()
 
 
-@pytest.fixture
-def server(certs, store):
-    """Listen on 127.0.0.1:<random>; yield (port number, ServerTLS, Whoami)."""
+@pytest.fixture(params=["inline", "threads"])
+def server(request, certs, store):
+    """
+    Listen on 127.0.0.1:<random>; yield (port number, ServerTLS, Whoami).
+    Each test runs twice: handshake steps on the reactor, and on handshake threads.
+    """
     from twisted.internet import reactor
 
     tls = ServerTLS(certs.files())
     verifier = DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for)
     whoami = Whoami(verifier)
-    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor)
+    threads = HandshakeThreads(reactor, 2) if request.param == "threads" else None
+    if threads is not None:
+        threads.startService()
+    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor, threads=threads)
     port = pytest_twisted.blockon(endpoint.listen(Site(whoami)))
     yield port.getHost().port, tls, whoami
     pytest_twisted.blockon(port.stopListening())
+    if threads is not None:
+        threads.stopService()
 
 
 async def run(*argv: str, env: dict | None = None) -> tuple[int, str, str]:

@@ -125,3 +125,64 @@ def test_retention_limits():
     assert Retention().limits(1000.0) == (None, None) and not Retention()
     assert Retention(keep_days=1).limits(100_000.0) == (100_000.0 - 86_400, None)
     assert Retention(max_entries=5).limits(0.0) == (None, 5) and Retention(max_entries=5)
+
+
+def test_prune_by_count_keeps_the_newest_of_records_of_the_same_time(new_log):
+    log = new_log()
+    for i in range(5):
+        log.record(action="delete-tag", account=A, actor="cli", target=f"t{i}", now=7.0)
+    assert log.prune(None, 2, 100) == 3
+    assert len(log.entries()) == 2
+    assert log.prune(None, 2, 100) == 0
+
+
+class _Statements:
+    """A L{izreg.storage.pg.Database} that records the statements its transactions run."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.seen: list[tuple[str, object]] = []
+
+    def run(self, f, *args):
+        spy = self
+
+        class Cursor:
+            def __init__(self, cur) -> None:
+                self.cur = cur
+
+            def execute(self, query, params=None):
+                spy.seen.append((query, params))
+                return self.cur.execute(query, params)
+
+            def __getattr__(self, name):
+                return getattr(self.cur, name)
+
+        return self.db.run(lambda cur, *a: f(Cursor(cur), *a), *args)
+
+
+@pytest.mark.postgres
+def test_pg_prune_by_count_is_one_statement_on_the_time_index_not_a_count_of_the_table(pg_db):
+    """
+    max_entries: each batch walks the index by time (the newest C{keep}
+    entries, then the oldest C{limit}), never count(*) over the whole table.
+    """
+    from izreg.storage.pgaudit import PgAuditLog
+
+    def fill(cur):
+        cur.execute("INSERT INTO audit_log (at_us, account, entry)"
+                    " SELECT n::bigint * 1000000, NULL, '{}' FROM generate_series(1, 50000) AS n")
+        cur.execute("ANALYZE audit_log")
+    pg_db.run(fill)
+    spied = _Statements(pg_db)
+    assert PgAuditLog(spied).prune(None, 40000, 1000) == 1000
+    assert PgAuditLog(spied).prune(1500.0, 40000, 1000) == 1000  # both limits (keep_days and max_entries)
+    assert len(spied.seen) == 2
+
+    def plan(cur, query, params):
+        cur.execute("EXPLAIN " + query, params)
+        return "\n".join(row[0] for row in cur.fetchall())
+    for query, params in spied.seen:
+        assert "count(" not in query.lower()
+        text = pg_db.run(plan, query, params)
+        assert "Seq Scan" not in text and "audit_log_by_time" in text, text
+    assert PgAuditLog(pg_db).entries(limit=1)[0]["time"] == 2001.0  # the 2,000 oldest went

@@ -185,6 +185,11 @@ def test_repos_linking_is_exact(index):
     assert index.repos_linking(B1) == [f"{A}/a", f"{A}/a/b", f"{A}/ab"]
     assert index.repos_linking(B2) == [f"{A}/c"]
     assert index.repos_linking(B3) == []
+    assert index.repos_linking(B1, f"{A}/a") == [f"{A}/a", f"{A}/a/b", f"{A}/ab"]
+    assert index.repos_linking(B1, f"{A}/a/") == [f"{A}/a/b"]
+    assert index.repos_linking(B1, f"{A}/", 2) == [f"{A}/a", f"{A}/a/b"]
+    assert index.repos_linking(B1, f"{A}/ab", 1) == [f"{A}/ab"]
+    assert index.repos_linking(B1, f"{A}/b") == [] and index.repos_linking(B2, f"{A}/a") == []
 
 
 # -- upload records -----------------------------------------------------------------

@@ -99,6 +99,8 @@ def _costs(index: CountingIndex, target: int, new: int) -> dict:
         "catalog": index.cost(index.list_repos, f"{A}/", None, 5),
         "catalog_middle": index.cost(index.list_repos, f"{A}/", name, 5),
         "mount": index.cost(index.mount_blob, _repo(new), Digest.parse(LAYER[0]), [_repo(0)], 2.0),
+        # a mount without from=: one repository of the account that links the blob (a seek)
+        "mount_source": index.cost(index.repos_linking, Digest.parse(LAYER[0]), f"{A}/", 1),
         "push": index.cost(index.put_manifest, _repo(new), DIGEST, {"mediaType": "x", "subject": None, "created": 2.0},
                            MANIFEST, [LAYER], [], "t00", None, 2.0),
         "delete": index.cost(index.delete_manifest, _repo(new), DIGEST),
@@ -121,6 +123,8 @@ def test_listing_and_pushing_cost_does_not_grow_with_other_repositories(tmp_path
             _push(index, _repo(i))
         for i in range(311, 460):
             _push(index, f"{A}/a/r{i:05d}")
+        for i in range(100):  # and another account's, whose names sort before the account's
+            _push(index, f"{'0' * 32}/r{i:05d}")
         many = _costs(index, 2, 2000)
         assert many == few
         assert index.repo_stats(_repo(2000))["manifests"] == 0  # pushed, then deleted

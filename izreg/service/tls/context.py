@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE
 from izreg.service.tls.pem import TLSMaterial
+from izreg.service.tlsthreads import emit
 
 log = Logger()
 
@@ -59,8 +60,8 @@ def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, 
         subject = cert.to_cryptography().subject.rfc4514_string()
     except Exception:
         subject = "?"
-    log.warn(
-        "refused TLS client certificate {subject!r} (chain depth {depth}) from {peer}: {reason}",
+    emit(  # on a handshake thread: logged once the step is back on the reactor
+        log.warn, "refused TLS client certificate {subject!r} (chain depth {depth}) from {peer}: {reason}",
         subject=subject, depth=depth, peer=_describe(connection),
         reason=_VERIFY_ERRORS.get(errno, f"X509 verify error {errno}"), errno=errno,
     )

@@ -11,23 +11,26 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
-from izreg.service.fasttls import FastTLSFactory
 from izreg.service.tls.creator import ServerTLS
+from izreg.service.tls.fallback import tls_factory
+from izreg.service.tlsthreads import HandshakeThreads
 
 
 @implementer(IStreamServerEndpoint)
 @dataclass(frozen=True)
 class TLSEndpoint:
-    """Any stream server endpoint, with TLS on top."""
+    """Any stream server endpoint, with TLS on top (handshake steps on C{threads} while they run, else inline)."""
 
     wrapped: IStreamServerEndpoint
     creator: IOpenSSLServerConnectionCreator
     clock: IReactorTime | None = field(default=None)
+    threads: HandshakeThreads | None = field(default=None)
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        return self.wrapped.listen(FastTLSFactory(self.creator, False, protocolFactory, clock=self.clock))
+        # izreg's ThreadedTLSFactory, or Twisted's stock one (izreg.service.tls.fallback)
+        return self.wrapped.listen(tls_factory(self.creator, protocolFactory, self.clock, self.threads))
 
 
-def tls_endpoint(reactor, description: str, tls: ServerTLS) -> TLSEndpoint:
+def tls_endpoint(reactor, description: str, tls: ServerTLS, threads: HandshakeThreads | None = None) -> TLSEndpoint:
     """C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS."""
-    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor)
+    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor, threads=threads)
