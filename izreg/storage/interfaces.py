@@ -357,7 +357,10 @@ class IAuditLog(Interface):
         """
         One transaction: delete at most C{limit} of the oldest records, those
         older than C{before} (C{None}: no age limit) and those beyond the newest
-        C{keep} (C{None}: no count limit); the number deleted.
+        C{keep} (C{None}: no count limit); the number deleted. Called again
+        while it returns C{limit} (L{izreg.storage.audit.prune_batches}): a
+        store may keep the count's cutoff between those calls (PostgreSQL
+        does), so records added meanwhile may stay until the next prune.
         """
 
 

@@ -11,12 +11,17 @@ method is one transaction.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from zope.interface import implementer
 
 from izreg.storage.interfaces import IAuditLog
 from izreg.storage.pg import Database
+
+
+#: seconds a prune's cutoff serves its next batches (then it is found again)
+CUTOFF_REUSE = 60.0
 
 
 def _micros(when: float) -> int:
@@ -41,6 +46,8 @@ class PgAuditLog:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: a prune by count in progress: (keep, its cutoff (at_us, seq) or None, time.monotonic() when found)
+        self._cutoff: tuple | None = None
 
     def record(
         self,
@@ -64,25 +71,43 @@ class PgAuditLog:
 
     def prune(self, before: float | None, keep: int | None, limit: int) -> int:
         """
-        One statement on the index by time: the oldest C{limit} records among
-        those older than C{before} and those at or below the newest record past
-        the C{keep} newest (found by walking C{keep} index entries down from the
-        newest, never by counting the table).
+        The oldest C{limit} records among those older than C{before} and
+        those past the C{keep} newest, by the index on time: never a count of
+        the table. The newest record past the C{keep} newest (the cutoff) is
+        found by walking C{keep} index entries down from the newest, once per
+        prune: while batches come back full, the next call deletes up to the
+        same cutoff (the records newer than it only grow in number meanwhile,
+        so none of the newest C{keep} goes; at worst a few more stay, until
+        the next prune).
         """
         if limit <= 0 or (before is None and keep is None):
             return 0
+        cached = self._cutoff
+        reuse = cached is not None and cached[0] == keep and time.monotonic() - cached[2] < CUTOFF_REUSE
 
         def f(cur):
-            cur.execute(
-                "DELETE FROM audit_log WHERE seq = ANY(ARRAY("
-                " SELECT seq FROM audit_log"
-                " WHERE at_us < %(before)s OR (at_us, seq) <= ("
-                "  SELECT at_us, seq FROM audit_log WHERE %(keep)s::bigint IS NOT NULL"
-                "  ORDER BY at_us DESC, seq DESC OFFSET %(keep)s LIMIT 1)"
-                " ORDER BY at_us, seq LIMIT %(limit)s))",
-                {"before": None if before is None else _micros(before), "keep": keep, "limit": limit})
-            return cur.rowcount
-        return self.db.run(f)
+            cutoff = cached[1] if reuse else None
+            if keep is not None and not reuse:
+                cur.execute("SELECT at_us, seq FROM audit_log ORDER BY at_us DESC, seq DESC OFFSET %s LIMIT 1", (keep,))
+                row = cur.fetchone()
+                cutoff = (row[0], row[1]) if row is not None else None
+            conditions, args = [], []
+            if before is not None:
+                conditions.append("at_us < %s")
+                args.append(_micros(before))
+            if cutoff is not None:
+                conditions.append("(at_us, seq) <= (%s, %s)")
+                args += cutoff
+            if not conditions:
+                return 0, cutoff
+            cur.execute("DELETE FROM audit_log WHERE seq = ANY(ARRAY(SELECT seq FROM audit_log WHERE "
+                        + " OR ".join(conditions) + " ORDER BY at_us, seq LIMIT %s))", (*args, limit))
+            return cur.rowcount, cutoff
+
+        deleted, cutoff = self.db.run(f)
+        full = deleted >= limit and keep is not None  # more to come, by the same cutoff
+        self._cutoff = (keep, cutoff, cached[2] if reuse else time.monotonic()) if full else None
+        return deleted
 
     def entries(self, account: str | None = None, since: float | None = None, limit: int | None = None) -> list[dict]:
         rows = self.db.run(select, "SELECT at_us, entry FROM audit_log",

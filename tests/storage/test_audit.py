@@ -161,22 +161,26 @@ class _Statements:
 
 
 @pytest.mark.postgres
-def test_pg_prune_by_count_is_one_statement_on_the_time_index_not_a_count_of_the_table(pg_db):
+def test_pg_prune_by_count_walks_the_time_index_once_per_prune_never_counting_the_table(pg_db):
     """
-    max_entries: each batch walks the index by time (the newest C{keep}
-    entries, then the oldest C{limit}), never count(*) over the whole table.
+    max_entries: the cutoff (the newest record past the newest C{keep}) is
+    found once by the index on time; each batch then deletes the oldest
+    C{limit} up to it; no count(*) over the whole table, no sequential scan.
     """
     from izreg.storage.pgaudit import PgAuditLog
 
-    def fill(cur):
+    def fill(cur, first, last):
         cur.execute("INSERT INTO audit_log (at_us, account, entry)"
-                    " SELECT n::bigint * 1000000, NULL, '{}' FROM generate_series(1, 50000) AS n")
+                    " SELECT n::bigint * 1000000, NULL, '{}' FROM generate_series(%s, %s) AS n", (first, last))
         cur.execute("ANALYZE audit_log")
-    pg_db.run(fill)
+    pg_db.run(fill, 1, 50000)
     spied = _Statements(pg_db)
-    assert PgAuditLog(spied).prune(None, 40000, 1000) == 1000
-    assert PgAuditLog(spied).prune(1500.0, 40000, 1000) == 1000  # both limits (keep_days and max_entries)
-    assert len(spied.seen) == 2
+    log = PgAuditLog(spied)
+    assert log.prune(None, 40000, 1000) == 1000
+    assert [q.split()[0] for q, _ in spied.seen] == ["SELECT", "DELETE"]  # the cutoff, then a batch
+    pg_db.run(fill, 50001, 50500)  # newer records meanwhile: the cutoff still keeps the newest 40,000
+    assert log.prune(1500.0, 40000, 1000) == 1000  # both limits (keep_days and max_entries)
+    assert [q.split()[0] for q, _ in spied.seen[2:]] == ["DELETE"]  # the same cutoff
 
     def plan(cur, query, params):
         cur.execute("EXPLAIN " + query, params)
@@ -185,4 +189,10 @@ def test_pg_prune_by_count_is_one_statement_on_the_time_index_not_a_count_of_the
         assert "count(" not in query.lower()
         text = pg_db.run(plan, query, params)
         assert "Seq Scan" not in text and "audit_log_by_time" in text, text
-    assert PgAuditLog(pg_db).entries(limit=1)[0]["time"] == 2001.0  # the 2,000 oldest went
+
+    spied.seen.clear()
+    assert prune(log, Retention(max_entries=40000), 0.0, batch=1000) == 8000  # up to the first cutoff: 10,000 in all
+    assert [q.split()[0] for q, _ in spied.seen] == ["DELETE"] * 9  # 8 full batches and the empty one
+    assert len(PgAuditLog(pg_db).entries()) == 40500  # the 500 newer ones stay, until the next prune
+    assert prune(log, Retention(max_entries=40000), 0.0, batch=1000) == 500  # a new cutoff
+    assert [e["time"] for e in PgAuditLog(pg_db).entries(limit=1)] == [10501.0]
