@@ -30,12 +30,21 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
         return None  # plain TCP (getHandle() is the socket) or no transport at all
     cached = getattr(transport, "peerCertificate", None)
     if cached is not None:
-        return cached  # the connection's later requests: it cannot change (no renegotiation)
+        return cached  # read at the handshake (izreg.service.tlsthreads), or by the connection's first request
+    cert = verified_peer_certificate(connection)
+    if hasattr(transport, "peerCertificate"):
+        transport.peerCertificate = cert  # izreg.service.fasttls.FastTLSTransport keeps it per connection
+    return cert
+
+
+def verified_peer_certificate(connection: SSL.Connection) -> x509.Certificate | None:
+    """
+    The client certificate of a connection whose handshake is done, if
+    OpenSSL verified it; it cannot change afterwards (no renegotiation).
+    """
     cert = connection.get_peer_certificate(as_cryptography=True)
     if cert is not None and not _has_verified_chain(connection) and not _resumed_verified(connection):
         return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
-    if hasattr(transport, "peerCertificate"):
-        transport.peerCertificate = cert  # izreg.service.fasttls.FastTLSTransport keeps it per connection
     return cert
 
 

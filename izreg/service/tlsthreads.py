@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from izreg.http.peercert import verified_peer_certificate
 from izreg.service.fasttls import FastTLSFactory, FastTLSTransport
 
 _held = threading.local()
@@ -134,7 +135,7 @@ class ThreadedTLSTransport(FastTLSTransport):
         self._stepping = False
         if not ok:  # an exception outside OpenSSL's errors: as if do_handshake had raised it
             result = (_ERROR, result, [])
-        outcome, error, logs = result
+        outcome, value, logs = result  # value: a Failure, or when done the verified client certificate
         for method, format, fields in logs:
             method(format, **fields)
         held, self._held_close = self._held_close, None
@@ -154,10 +155,11 @@ class ThreadedTLSTransport(FastTLSTransport):
             self._flushSendBIO()
             return
         if outcome == _ERROR:
-            self._tlsShutdownFinished(error if isinstance(error, Failure) else Failure(error))
+            self._tlsShutdownFinished(value if isinstance(value, Failure) else Failure(value))
             return
         # as TLSMemoryBIOProtocol._checkHandshakeStatus, then the rest of its dataReceived
         self._handshakeDone = True
+        self.peerCertificate = value  # the step's verified client certificate (or None)
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
         self.factory.handshakeCompleted()
@@ -204,7 +206,8 @@ def _step(connection, data: bytes):
         return _ERROR, Failure(), logs
     finally:
         release_logs()
-    return _DONE, None, logs
+    # done: the verified client certificate, parsed here rather than by the first request on the reactor
+    return _DONE, verified_peer_certificate(connection), logs
 
 
 class ThreadedTLSFactory(FastTLSFactory):

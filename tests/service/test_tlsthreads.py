@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
+from izreg.http.peercert import peer_certificate
 from izreg.service.tls import ServerTLS
 from izreg.service.tlsthreads import HandshakeThreads, ThreadedTLSFactory, ThreadedTLSTransport
 from tests.service.test_tls import Certs
@@ -177,7 +178,9 @@ def test_handshake_steps_run_on_the_threads(certs):
     gate = Gate()
     pair = Pair(certs, gate, certs.device_cert, certs.device_key)
     handshake_and_request(pair, gate)
-    assert pair.server.getPeerCertificate().to_cryptography().subject.rfc4514_string().startswith("CN=gw-17,")
+    # the verified client certificate was read on the thread, for the HTTP layer (izreg.http.peercert)
+    assert pair.server.peerCertificate.subject.rfc4514_string().startswith("CN=gw-17,")
+    assert peer_certificate(pair.server) is pair.server.peerCertificate
     assert gate.pending == []
 
 
@@ -189,6 +192,8 @@ def test_without_running_threads_steps_run_inline(certs, threads):
     pair = Pair(certs, pool, certs.device_cert, certs.device_key)
     handshake_and_request(pair, None)
     assert pair.transport.producerState == "producing"
+    assert pair.server.peerCertificate is None  # inline: the first request reads it
+    assert peer_certificate(pair.server).subject.rfc4514_string().startswith("CN=gw-17,")
 
 
 def test_writes_during_a_step_wait_for_the_handshake(certs):
