@@ -17,14 +17,17 @@ verifies the hash, fsyncs, and renames the file into the blob store.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from izreg.storage import paths
@@ -43,6 +46,7 @@ class UploadSession:
     hasher: object | None = field(default_factory=lambda: hashlib.sha256())
     busy: bool = False
     persisted: bool = True
+    writer: object | None = None  # the body sink whose writes may still be in flight (L{ChunkWriter.drained})
 
     def record(self, now: float) -> dict:
         return {"name": self.name, "offset": self.offset, "started": self.started, "updated": now}
@@ -60,7 +64,7 @@ class Uploads:
     def __init__(self, root: str, blobs=None, run_io=run_inline) -> None:
         self.root = root
         self.blobs = blobs  # where promote() moves a verified upload
-        self.run_io = run_io  # fsync and whole-file hashing go through it
+        self.run_io = run_io  # body writes and hashing (ChunkWriter), fsync and whole-file hashing go through it
         self.sessions: dict[str, UploadSession] = {}
         os.makedirs(paths.uploads_dir(root), exist_ok=True)
 
@@ -101,18 +105,21 @@ class Uploads:
 
     def sink(self, session: UploadSession, limit: int | None = None, expected: int | None = None,
              discard: bool = False) -> "ChunkWriter":
-        return ChunkWriter(session, limit, expected, self.remove if discard else None)
+        return ChunkWriter(session, limit, expected, self.remove if discard else None, self.run_io)
 
     def record(self, session: UploadSession, now: float) -> dict:
         return session.record(now)
 
     @defer.inlineCallbacks
     def acknowledge(self, sink: "ChunkWriter"):
+        yield sink.drained()  # the body's last buffers may still be in a worker thread
         yield self.run_io(fsync_file, sink.session.path)
         return sink.session.offset
 
     @defer.inlineCallbacks
     def seal(self, session: UploadSession, digest):
+        if session.writer is not None:
+            yield session.writer.drained()  # every byte written and hashed before the hash is read
         hasher = session.hasher
         if hasher is None or hasher.name != digest.algorithm:
             hasher = yield self.run_io(hash_file, session.path, digest.algorithm, session.offset)
@@ -167,6 +174,18 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _write_and_hash(fd: int, buffer: mmap.mmap, length: int, hasher) -> None:
+    """
+    A worker thread's part of a body: append the first C{length} bytes of
+    C{buffer} to C{fd}, then feed them to C{hasher}. Both release the GIL for
+    a buffer this large, so the reactor reads the next MiB meanwhile.
+    """
+    with memoryview(buffer) as whole, whole[:length] as view:
+        _write_all(fd, view)
+        if hasher is not None:
+            hasher.update(view)
+
+
 @implementer(IBodySink)
 class ChunkWriter(SinkBase):
     """
@@ -174,15 +193,21 @@ class ChunkWriter(SinkBase):
 
     It is the request's C{content}: Twisted calls C{write} per chunk, then
     C{tell}/C{seek} when the body is complete, and C{close} when the request
-    ends. The handler calls L{done} to keep the bytes or L{abort} to drop them.
+    ends. The handler calls L{done} to keep the bytes or L{abort} to drop them,
+    and the store waits for L{drained} before it fsyncs or checks the digest.
 
-    The chunks are copied into one buffer of L{WRITE_SIZE} bytes (the same
-    buffer for the whole body, then the next body's), written and hashed
-    with one call each when it is full: C{write} never keeps the caller's
-    object, so the chunked decoder can hand it views of its reads. Keeping
-    the chunks themselves until the write (a list per MiB) held every read
-    and chunk for a while: the allocator returned their memory to the
-    kernel at each write and faulted it in again for the next reads.
+    The chunks are copied into a buffer of L{WRITE_SIZE} bytes: C{write} never
+    keeps the caller's object, so the chunked decoder can hand it views of its
+    reads. A full buffer is written and hashed by C{run} (a worker thread in
+    the server: L{Uploads.run_io}) while the reactor fills the next one, one
+    write in flight per body so the file grows in order. When a second buffer
+    is full before the first is written, the connection is paused (L{throttle})
+    until it is: a body holds two buffers, plus what was already read.
+
+    Everything that touches the file after the body (truncating an aborted or
+    failed body, closing the descriptor, freeing the session for the next
+    request) waits until no write is in flight: a late write never lands after
+    a truncate, nor on a reused descriptor.
     """
 
     def __init__(
@@ -191,14 +216,28 @@ class ChunkWriter(SinkBase):
         limit: int | None = None,
         expected: int | None = None,
         discard: Callable[[UploadSession], None] | None = None,
+        run: Callable[..., defer.Deferred] = run_inline,
     ) -> None:
         super().__init__(session, limit, expected)
         self._discard = discard
+        self._run = run
         self._fd = os.open(session.path, os.O_WRONLY)
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
         self._buffer: mmap.mmap | None = None  # taken at the first write
         self._buffered = 0
+        self._queue: deque[tuple[mmap.mmap, int]] = deque()  # full buffers waiting for the one in flight
+        self._writing = False  # a buffer is being written and hashed (invariant: a queue implies it)
+        self._idle: list[Callable[[], None]] = []  # run, in order, once nothing is in flight
+        self._keep_busy = True
+        self._producer = None
+        self._paused = False
+        session.writer = self
+
+    # -- the request's content ----------------------------------------------------------
+
+    def throttle(self, producer) -> None:
+        self._producer = producer
 
     def write(self, data) -> None:
         """Append C{data} (bytes-like; copied, not kept)."""
@@ -206,84 +245,169 @@ class ChunkWriter(SinkBase):
             return
         buffer = self._buffer
         if buffer is None:
-            buffer = self._buffer = _SPARE.pop() if _SPARE else _new_buffer()
+            buffer = self._buffer = _take_buffer()
         n, used = len(data), self._buffered
         if used + n < WRITE_SIZE:
             buffer[used:used + n] = data  # same length: a copy in place
             self._buffered = used + n
             return
-        view, pos = memoryview(data), 0
-        try:
-            while pos < n:
+        with memoryview(data) as view:
+            pos = 0
+            while pos < n and self._buffer is not None:
                 take = min(n - pos, WRITE_SIZE - self._buffered)
-                buffer[self._buffered:self._buffered + take] = view[pos:pos + take]
+                self._buffer[self._buffered:self._buffered + take] = view[pos:pos + take]
                 self._buffered += take
                 pos += take
                 if self._buffered == WRITE_SIZE:
-                    self._flush()
-        except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
-            self._fail(e)
-        finally:
-            view.release()
+                    self._ship()
+                    if pos < n and self._fd is not None:
+                        self._buffer = _take_buffer()
+
+    def _ship(self, last: bool = False) -> None:
+        """The gathering buffer is full (or the body is over): queue it for the worker."""
+        buffer, length = self._buffer, self._buffered
+        self._buffer, self._buffered = None, 0
+        self._queue.append((buffer, length))
+        self._pump()
+        if self._queue and not last:
+            self._pause()  # one buffer in flight, another full: stop reading until the first is written
+
+    def _pump(self) -> None:
+        """Start the next write, unless one is in flight (one at a time: the file grows in order)."""
+        if self._writing or not self._queue:
+            return
+        buffer, length = self._queue.popleft()
+        self._writing = True
+        d = self._run(_write_and_hash, self._fd, buffer, length, self.session.hasher)
+        d.addBoth(self._written, buffer)
+
+    def _written(self, result, buffer: mmap.mmap) -> None:
+        self._writing = False
+        _give_back(buffer)
+        if isinstance(result, Failure):
+            self._stop(result.value)
+        else:
+            self._pump()
+        if not self._queue:
+            self._resume()
+        if not self._writing:
+            idle, self._idle = self._idle, []
+            for f in idle:
+                f()
+
+    def _stop(self, error: BaseException) -> None:
+        """A write failed (a full disk): nothing more is written; the body is dropped or its caller told."""
+        if not isinstance(error, OSError):
+            error = OSError(errno.EIO, f"writing an upload failed: {error!r}")
+        for queued, _ in self._queue:
+            _give_back(queued)
+        self._queue.clear()
+        if self._finished:  # after done(): L{drained} fails, the caller rolls back (or the idle job below)
+            self.error = self.error or error
+            return
+        self._fail(error)  # mid-body: answered at once (507), the session stays as acknowledged
+
+    def _when_idle(self, f: Callable[[], None]) -> None:
+        if self._writing:
+            self._idle.append(f)
+        else:
+            f()
+
+    def drained(self) -> defer.Deferred:
+        """Fires once every byte given so far is written and hashed; fails with the error that stopped it."""
+        d = defer.Deferred()
+
+        def fire() -> None:
+            if self.error is not None:
+                d.errback(self.error)
+            else:
+                d.callback(None)
+
+        self._when_idle(fire)
+        return d
+
+    def _pause(self) -> None:
+        if self._producer is not None and not self._finished:
+            self._paused = True
+            self._producer.pauseProducing()  # again if someone resumed it meanwhile: cheap
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    # -- the end of the body ------------------------------------------------------------
 
     def _fail(self, error: OSError, tell: bool = True) -> None:
+        self._when_idle(self._close_fd)
+        super()._fail(error, tell)
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        super()._fail(error, tell)
+        if self.session.writer is self:
+            self.session.writer = None
 
     def rollback(self) -> None:
         super().rollback()
+        self._when_idle(self._cut)
+
+    def _cut(self) -> None:
         try:
             os.truncate(self.session.path, self.start)
         except OSError:
             pass  # the next writer truncates to the acknowledged offset anyway
 
-    def _flush(self) -> None:
-        if not self._buffered or self._fd is None:
-            return
-        with memoryview(self._buffer) as whole, whole[:self._buffered] as view:
-            self._buffered = 0
-            _write_all(self._fd, view)
-            hasher = self.session.hasher
-            if hasher is not None:
-                hasher.update(view)
-
     def _let_go(self) -> None:
-        """The body is over: its buffer goes back to the spares (or to the allocator)."""
+        """The body is over: its gathering buffer goes back to the spares (or to the allocator)."""
         buffer, self._buffer, self._buffered = self._buffer, None, 0
-        if buffer is not None and len(_SPARE) < _SPARE_MAX:
-            _SPARE.append(buffer)
+        if buffer is not None:
+            _give_back(buffer)
 
     def close(self) -> None:
         super().close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         self._let_go()
+        self._when_idle(self._close_fd)
 
     def done(self, keep_busy: bool = False) -> int:
         """
         Keep the bytes; return the session's new offset. Call this before any
         asynchronous work on the session, so a client that goes away then
-        cannot truncate what is being committed.
+        cannot truncate what is being committed. The last bytes may still be
+        on their way to the file: L{Uploads.acknowledge} and L{Uploads.seal}
+        wait for them (L{drained}). The session stays busy until they are
+        written (with C{keep_busy}, until the caller frees it).
         """
         if self.error is not None:
             raise self.error
-        try:
-            self._flush()
-        except OSError as e:
-            self._fail(e, tell=False)  # the caller answers it
-            raise
+        if self._buffered and self._fd is not None:
+            self._ship(last=True)
         self._let_go()
-        return self._keep(keep_busy)
+        offset = self._keep(True)
+        if not keep_busy:
+            self._when_idle(self._settle)
+        return offset
+
+    def _settle(self) -> None:
+        """After C{done(keep_busy=False)}, once written: the session is free (rolled back if a write failed)."""
+        if self.error is not None:
+            self.rollback()
+        self.session.busy = False
 
     def abort(self) -> None:
         """Drop this body's bytes (the request failed or the client went away)."""
         if self._finished:
             return
         self._finished = True
+        for queued, _ in self._queue:
+            _give_back(queued)
+        self._queue.clear()
         self._let_go()
+        self._resume()
+        self._when_idle(self._drop)  # a write in flight finishes before the file is cut
+
+    def _drop(self) -> None:
         if self._discard is not None:
             self._discard(self.session)  # a one-request session: nothing to keep
             return
@@ -292,3 +416,12 @@ class ChunkWriter(SinkBase):
         except FileNotFoundError:
             pass
         self._restore()
+
+
+def _take_buffer() -> mmap.mmap:
+    return _SPARE.pop() if _SPARE else _new_buffer()
+
+
+def _give_back(buffer: mmap.mmap) -> None:
+    if len(_SPARE) < _SPARE_MAX:
+        _SPARE.append(buffer)

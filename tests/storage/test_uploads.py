@@ -386,3 +386,204 @@ def test_a_body_holds_the_memory_of_what_it_sent_not_a_whole_buffer(uploads, mon
         writer.close()
     assert grown < 16 * 1024 * 1024, grown
     assert all(content(writer.session) == b"x" for writer in writers)
+
+
+# -- writes in a worker thread (ChunkWriter's run) ------------------------------------
+
+
+class Manual:
+    """A runner whose jobs run when the test says (in order), as a worker thread would later."""
+
+    def __init__(self):
+        self.jobs = []
+        self.fail_with = None  # the next job raises this instead of running (a full disk)
+
+    def __call__(self, f, *args, **kwargs):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.jobs.append((f, args, kwargs, d))
+        return d
+
+    def step(self):
+        f, args, kwargs, d = self.jobs.pop(0)
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            d.errback(error)
+            return
+        try:
+            result = f(*args, **kwargs)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def run(self):
+        while self.jobs:
+            self.step()
+
+
+class Producer:
+    def __init__(self):
+        self.paused = False
+        self.calls = []
+
+    def pauseProducing(self):
+        self.paused = True
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.paused = False
+        self.calls.append("resume")
+
+
+def fired(d):
+    results = []
+    d.addBoth(results.append)
+    return results
+
+
+MiB = uploads_module.WRITE_SIZE
+
+
+def test_one_write_in_flight_two_buffers_then_the_connection_pauses(uploads):
+    """The reactor fills a buffer while the worker writes the previous one; a second full one pauses reading."""
+    run, producer = Manual(), Producer()
+    session = uploads.create(NAME, 0)
+    writer = ChunkWriter(session, run=run)
+    writer.throttle(producer)
+    data = os.urandom(3 * MiB + 1000)
+    piece = 64 * 1024
+    for i in range(0, MiB, piece):
+        writer.write(data[i:i + piece])
+    assert len(run.jobs) == 1 and not producer.paused  # the first MiB is with the worker, reading goes on
+    for i in range(MiB, 2 * MiB, piece):
+        writer.write(data[i:i + piece])
+    assert len(run.jobs) == 1 and producer.paused  # the second is full too: one write at a time, reading paused
+    writer.write(data[2 * MiB:])  # what was already read still comes in
+    assert content(session) == b""
+    run.step()
+    assert content(session) == data[:MiB] and len(run.jobs) == 1 and producer.paused  # the third still waits
+    run.step()
+    assert content(session) == data[:2 * MiB] and not producer.paused
+    assert writer.done(keep_busy=True) == len(data)  # the offset is known before the bytes are written
+    assert session.offset == len(data) and session.busy
+    drained = fired(writer.drained())
+    assert drained == [] and len(run.jobs) == 1
+    run.run()
+    assert drained == [None]
+    assert content(session) == data
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    writer.close()
+    assert session.busy  # keep_busy: the caller frees it
+    assert producer.calls == ["pause", "pause", "resume"]
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+def test_an_aborted_body_is_cut_only_after_the_write_in_flight(uploads, end):
+    """A truncate never races a queued write: it runs after it, and the session stays busy until then."""
+    run = Manual()
+    session = uploads.create(NAME, 0)
+    append(session, b"kept")
+    before = session.hasher.copy().hexdigest()
+    writer = ChunkWriter(session, run=run)
+    writer.write(os.urandom(2 * MiB + 10))
+    getattr(writer, end)()
+    assert session.busy and session.offset == 4  # not free for the next request while a write is in flight
+    run.run()  # the late write lands, then the cut
+    assert content(session) == b"kept" and not session.busy
+    assert session.hasher.hexdigest() == before
+    writer.close()
+    assert append(session, b"more") == 8 and content(session) == b"keptmore"
+
+
+def test_close_after_done_waits_for_the_writes_before_closing_the_file(uploads):
+    """The descriptor stays open for the queued writes (a closed, reused number would write elsewhere)."""
+    run = Manual()
+    session = uploads.create(NAME, 0)
+    data = os.urandom(MiB + 5)
+    writer = ChunkWriter(session, run=run)
+    writer.write(data)
+    writer.done()
+    writer.close()
+    assert session.busy  # done() without keep_busy frees the session once the bytes are written
+    run.run()
+    assert content(session) == data and not session.busy
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_full_disk_in_the_worker_mid_body_is_told_at_once(uploads):
+    """ENOSPC from the thread: on_error at once, the body dropped, the session as acknowledged and free."""
+    import errno
+
+    run, producer = Manual(), Producer()
+    session = uploads.create(NAME, 0)
+    append(session, b"kept")
+    writer = ChunkWriter(session, run=run)
+    writer.throttle(producer)
+    told = []
+    writer.on_error = told.append
+    writer.write(os.urandom(2 * MiB))
+    assert producer.paused
+    run.fail_with = OSError(errno.ENOSPC, "No space left on device")
+    run.step()
+    assert [e.errno for e in told] == [errno.ENOSPC]
+    assert run.jobs == [] and not producer.paused  # the queued buffer is dropped, never written
+    assert content(session) == b"kept" and session.offset == 4 and not session.busy
+    assert session.hasher.hexdigest() == hashlib.sha256(b"kept").hexdigest()
+    writer.write(b"ignored")
+    with pytest.raises(OSError):
+        writer.done()
+    writer.close()
+    assert run.jobs == []
+
+
+@pytest.mark.parametrize("step", ["acknowledge", "seal"])
+def test_a_full_disk_after_done_fails_acknowledge_and_seal(tmp_path, step):
+    """The last buffer fails after done(): the store's acknowledge/seal fails with it; a rollback restores the session."""
+    import errno
+
+    from izreg.core.digest import Digest
+
+    run = Manual()
+    uploads = Uploads(str(tmp_path), run_io=run)
+    session = uploads.create(NAME, 0)
+    append(session, b"kept")
+    run.run()
+    writer = uploads.sink(session)
+    told = []
+    writer.on_error = told.append
+    data = os.urandom(MiB + 100)
+    writer.write(data)
+    writer.done(keep_busy=True)
+    result = fired(uploads.acknowledge(writer) if step == "acknowledge"
+                   else uploads.seal(session, Digest("sha256", hashlib.sha256(b"kept" + data).hexdigest())))
+    run.step()  # the first MiB
+    run.fail_with = OSError(errno.ENOSPC, "No space left on device")
+    run.step()  # the tail
+    assert run.jobs == []  # no fsync after a failed write
+    assert told == []  # the handler answers it (the body is over)
+    assert len(result) == 1 and result[0].check(OSError) and result[0].value.errno == errno.ENOSPC
+    writer.rollback()
+    session.busy = False
+    assert session.offset == 4 and content(session) == b"kept"
+    assert session.hasher.hexdigest() == hashlib.sha256(b"kept").hexdigest()
+
+
+def test_seal_waits_for_the_writes_in_flight(tmp_path):
+    from izreg.core.digest import Digest
+    from izreg.storage.interfaces import DigestMismatch
+
+    run = Manual()
+    uploads = Uploads(str(tmp_path), run_io=run)
+    session = uploads.create(NAME, 0)
+    data = os.urandom(3 * MiB)
+    writer = uploads.sink(session)
+    writer.write(data)
+    writer.done(keep_busy=True)
+    wrong = fired(uploads.seal(session, Digest("sha256", "0" * 64)))
+    right = fired(uploads.seal(session, Digest("sha256", hashlib.sha256(data).hexdigest())))
+    assert wrong == [] and right == []
+    run.run()
+    assert wrong[0].check(DigestMismatch)
+    assert right == [None] and content(session) == data
