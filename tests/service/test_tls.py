@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
+import struct
 import time
 
 import pytest
 import pytest_twisted
 from cryptography import x509
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import capturedLogs
 from twisted.web.resource import Resource
@@ -231,6 +235,42 @@ async def test_tls_1_1_is_refused(server, certs):
     assert "alert protocol version" in err or "unsupported protocol" in err, err
     code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2")
     assert code == 0 and "Protocol  : TLSv1.2" in out, err
+
+
+def _abandon_and_garble(port: int) -> bytes:
+    """
+    (In a thread.) A real ClientHello, then a reset before the server has
+    answered (its step may still be on a handshake thread); then a TLS-looking
+    record of garbage: what the server sends back before it closes.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(outgoing.read())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\x20" + b"\xff" * 32)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_abandoned_and_garbage_handshakes_leave_the_listener_serving(server, certs):
+    port, _, whoami = server
+    with capturedLogs() as events:
+        answer = await deferToThread(_abandon_and_garble, port)
+    assert answer[:1] == b"\x15"  # a TLS alert, then the server closed
+    assert [e for e in events if e.get("log_failure") is not None] == []  # nothing unhandled
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert status == 200 and body["device"] == [ACCOUNT, "gw-17"]
+    assert [seen["path"] for seen in whoami.seen] == ["/v2/"]
 
 
 @needs_tools
