@@ -298,26 +298,10 @@ class ChunkWriter(SinkBase):
         """The gathering buffer is full (or the body is over): queue it for the worker."""
         buffer, length = self._buffer, self._buffered
         self._buffer, self._buffered, self._capacity = None, 0, WRITE_SIZE
-        if not self._writing and (last or self._shipped == self.start):
-            # a body's first buffer, or its last with nothing in flight, is written here: a body of
-            # a MiB or less pays no hand-off to a thread (two under load), a large one overlaps the rest
-            self._write_here(buffer, length, last)
-            return
         self._queue.append((buffer, length))
         self._pump()
         if self._queue and not last:
             self._pause()  # one buffer in flight, another full: stop reading until the first is written
-
-    def _write_here(self, buffer: mmap.mmap, length: int, last: bool) -> None:
-        position, self._shipped = self._shipped, self._shipped + length
-        try:
-            _write_and_hash(self._fd, self._direct, position, buffer, length, self.session.hasher)
-        except OSError as e:  # a full disk: this body is dropped, the session stays as acknowledged
-            self._fail(e, tell=not last)  # mid-body: answered at once; in done(): the caller answers
-            if last:
-                raise
-        finally:
-            _give_back(buffer)
 
     def _pump(self) -> None:
         """Start the next write, unless one is in flight (one at a time: the file grows in order)."""

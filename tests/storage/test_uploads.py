@@ -447,31 +447,25 @@ MiB = uploads_module.WRITE_SIZE
 
 
 def test_one_write_in_flight_two_buffers_then_the_connection_pauses(uploads):
-    """
-    The first buffer is written at once; then the reactor fills a buffer while
-    the worker writes the previous one, and a second full one pauses reading.
-    """
+    """The reactor fills a buffer while the worker writes the previous one; a second full one pauses reading."""
     run, producer = Manual(), Producer()
     session = uploads.create(NAME, 0)
     writer = ChunkWriter(session, run=run)
     writer.throttle(producer)
-    data = os.urandom(4 * MiB + 1000)
+    data = os.urandom(3 * MiB + 1000)
     piece = 64 * 1024
     for i in range(0, MiB, piece):
         writer.write(data[i:i + piece])
-    assert run.jobs == [] and content(session) == data[:MiB]  # a body's first MiB: no hand-off
+    assert len(run.jobs) == 1 and not producer.paused  # the first MiB is with the worker, reading goes on
     for i in range(MiB, 2 * MiB, piece):
         writer.write(data[i:i + piece])
-    assert len(run.jobs) == 1 and not producer.paused  # the second MiB is with the worker, reading goes on
-    for i in range(2 * MiB, 3 * MiB, piece):
-        writer.write(data[i:i + piece])
-    assert len(run.jobs) == 1 and producer.paused  # the third is full too: one write at a time, reading paused
-    writer.write(data[3 * MiB:])  # what was already read still comes in
-    assert content(session) == data[:MiB]
+    assert len(run.jobs) == 1 and producer.paused  # the second is full too: one write at a time, reading paused
+    writer.write(data[2 * MiB:])  # what was already read still comes in
+    assert content(session) == b""
     run.step()
-    assert content(session) == data[:2 * MiB] and len(run.jobs) == 1 and producer.paused  # the fourth still waits
+    assert content(session) == data[:MiB] and len(run.jobs) == 1 and producer.paused  # the third still waits
     run.step()
-    assert content(session) == data[:3 * MiB] and not producer.paused
+    assert content(session) == data[:2 * MiB] and not producer.paused
     assert writer.done(keep_busy=True) == len(data)  # the offset is known before the bytes are written
     assert session.offset == len(data) and session.busy
     drained = fired(writer.drained())
@@ -485,18 +479,6 @@ def test_one_write_in_flight_two_buffers_then_the_connection_pauses(uploads):
     assert producer.calls == ["pause", "pause", "resume"]
 
 
-def test_a_small_body_is_written_without_a_hand_off(uploads):
-    run = Manual()
-    session = uploads.create(NAME, 0)
-    for body in (b"x" * 1000, os.urandom(MiB)):
-        writer = ChunkWriter(session, run=run)
-        writer.write(body)
-        writer.done()
-        writer.close()
-        assert run.jobs == [] and not session.busy
-    assert content(session) == b"x" * 1000 + body
-
-
 @pytest.mark.parametrize("end", ["abort", "close"])
 def test_an_aborted_body_is_cut_only_after_the_write_in_flight(uploads, end):
     """A truncate never races a queued write: it runs after it, and the session stays busy until then."""
@@ -505,8 +487,7 @@ def test_an_aborted_body_is_cut_only_after_the_write_in_flight(uploads, end):
     append(session, b"kept")
     before = session.hasher.copy().hexdigest()
     writer = ChunkWriter(session, run=run)
-    writer.write(os.urandom(2 * MiB + 10))  # the first MiB written at once, the second in flight
-    assert len(run.jobs) == 1
+    writer.write(os.urandom(2 * MiB + 10))
     getattr(writer, end)()
     assert session.busy and session.offset == 4  # not free for the next request while a write is in flight
     run.run()  # the late write lands, then the cut
@@ -520,12 +501,11 @@ def test_close_after_done_waits_for_the_writes_before_closing_the_file(uploads):
     """The descriptor stays open for the queued writes (a closed, reused number would write elsewhere)."""
     run = Manual()
     session = uploads.create(NAME, 0)
-    data = os.urandom(2 * MiB + 5)
+    data = os.urandom(MiB + 5)
     writer = ChunkWriter(session, run=run)
     writer.write(data)
     writer.done()
     writer.close()
-    assert len(run.jobs) == 1
     assert session.busy  # done() without keep_busy frees the session once the bytes are written
     run.run()
     assert content(session) == data and not session.busy
@@ -543,7 +523,7 @@ def test_a_full_disk_in_the_worker_mid_body_is_told_at_once(uploads):
     writer.throttle(producer)
     told = []
     writer.on_error = told.append
-    writer.write(os.urandom(3 * MiB))
+    writer.write(os.urandom(2 * MiB))
     assert producer.paused
     run.fail_with = OSError(errno.ENOSPC, "No space left on device")
     run.step()
@@ -573,12 +553,12 @@ def test_a_full_disk_after_done_fails_acknowledge_and_seal(tmp_path, step):
     writer = uploads.sink(session)
     told = []
     writer.on_error = told.append
-    data = os.urandom(2 * MiB + 100)
+    data = os.urandom(MiB + 100)
     writer.write(data)
     writer.done(keep_busy=True)
     result = fired(uploads.acknowledge(writer) if step == "acknowledge"
                    else uploads.seal(session, Digest("sha256", hashlib.sha256(b"kept" + data).hexdigest())))
-    run.step()  # the second MiB
+    run.step()  # the first MiB
     run.fail_with = OSError(errno.ENOSPC, "No space left on device")
     run.step()  # the tail
     assert run.jobs == []  # no fsync after a failed write
@@ -640,29 +620,3 @@ def test_aligned_buffers_go_to_disk_direct_and_the_rest_through_the_page_cache(u
     if not any(direct for direct, _, _ in writes):
         pytest.skip("this file system takes no O_DIRECT writes")
     assert writes == [(False, 3, first), (True, MiB, MiB), (True, 2 * MiB, MiB), (False, 3 * MiB, len(data) - first - 2 * MiB)]
-
-
-@pytest.mark.parametrize("size", [MiB, 1000])
-def test_a_full_disk_on_a_body_written_at_once(uploads, monkeypatch, size):
-    """The first MiB (mid-body: told at once) or a small body's only buffer (done() raises) on a full disk."""
-    import errno
-
-    session = uploads.create(NAME, 0)
-    append(session, b"kept")
-
-    def full(fd, data, position):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "pwrite", full)
-    writer = ChunkWriter(session, run=Manual())
-    told = []
-    writer.on_error = told.append
-    writer.write(os.urandom(size))
-    if size == MiB:
-        assert [e.errno for e in told] == [errno.ENOSPC]
-    with pytest.raises(OSError):
-        writer.done()
-    writer.close()
-    monkeypatch.undo()
-    assert content(session) == b"kept" and session.offset == 4 and not session.busy
-    assert session.hasher.hexdigest() == hashlib.sha256(b"kept").hexdigest()
