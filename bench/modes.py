@@ -441,7 +441,10 @@ def _soak_worker(spec: dict, barrier, results) -> None:
     conn = server.conn()
     n = 0
     cap = spec.get("live", SOAK_LIVE_TAGS)
+    warm: dict | None = None  # the counts when the warm-up ended
     while time.time() < spec["deadline"]:
+        if warm is None and time.time() >= spec["measured_from"]:
+            warm = {"ops": dict(ops), "errors": errors}
         # as many deletes as pushes (2:3:1:2), at most C{cap} live images per client: the data set stays
         # steady, so the server's memory shows leaks, not the data it was asked to keep
         op = rng.choice(("push", "push", "pull", "pull", "pull", "tags", "delete", "delete")) if pushed else "push"
@@ -490,12 +493,18 @@ def _soak_worker(spec: dict, barrier, results) -> None:
             conn.close()
             conn = server.conn()
     conn.close()
+    warm = warm or {"ops": dict(ops), "errors": errors}
     results.put({"start": t_start, "end": time.perf_counter(), "ops": ops, "errors": errors,
-                 "first_error": first_error})
+                 "first_error": first_error, "warm": warm})
 
 
-def run_soak(server: Server, seconds: float, clients: int, log, sample_every: float = 5.0) -> dict:
-    """C{clients} mixed clients for C{seconds}; RSS sampled every C{sample_every} s."""
+def run_soak(server: Server, seconds: float, clients: int, log, sample_every: float = 5.0,
+             warmup: float = 0.0) -> dict:
+    """
+    C{clients} mixed clients for C{warmup} then C{seconds} more; RSS sampled every C{sample_every} s.
+    The first and last windows are taken in the measured C{seconds} (the data set steady: every
+    client at its live images, the audit log at its bound, sweeps done), and over the whole run too.
+    """
     config = b"{}"
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     repos = [f"{server.account}/soak/c{i}" for i in range(clients)]
@@ -529,71 +538,113 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    deadline = time.time() + seconds
-    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline, "config_data": config,
+    measured_from = time.time() + warmup
+    deadline = measured_from + seconds
+    specs = [{"server": server, "index": i, "seed": i, "deadline": deadline, "measured_from": measured_from,
+              "config_data": config,
               "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": len(config)}} for i in range(clients)]
     try:
-        got = run_workers(_soak_worker, specs, timeout=seconds + 300)
+        got = run_workers(_soak_worker, specs, timeout=warmup + seconds + 300)
     finally:
         stop.set()
         sampler.join(10)
     ops = {k: sum(r["ops"][k] for r in got) for k in got[0]["ops"]}
+    warm_ops = {k: sum(r["warm"]["ops"][k] for r in got) for k in got[0]["ops"]}
     errors = sum(r["errors"] for r in got)
+    warm_errors = sum(r["warm"]["errors"] for r in got)
     first = next((r["first_error"] for r in got if r["first_error"]), None)
     window = min(300.0, seconds / 5)
-    head = [rss for t, rss in samples if t <= window]
-    tail = [rss for t, rss in samples if t >= seconds - window]
-    def mean(values: list[int], first: bool) -> float | None:
-        picked = [v for (t, _), v in zip(samples, values) if (t <= window if first else t >= seconds - window)]
+    end = warmup + seconds
+
+    def mean(values: list[int], start: float, stop: float) -> float | None:
+        picked = [v for (t, _), v in zip(samples, values) if start <= t <= stop]
         return sum(picked) / len(picked) if picked else None
 
-    out = {"seconds": seconds, "clients": clients, "ops": ops, "errors": errors, "first_error": first,
-           "samples": samples, "anon": anon, "index": index, "window": window,
-           "rss_first": sum(head) / len(head) if head else None, "rss_last": sum(tail) / len(tail) if tail else None,
-           "anon_first": mean(anon, True), "anon_last": mean(anon, False),
-           "other": other, "other_first": mean(other, True), "other_last": mean(other, False)}
+    rss = [v for _, v in samples]
+    out = {"seconds": seconds, "warmup": warmup, "clients": clients, "errors": errors, "first_error": first,
+           "ops": {k: ops[k] - warm_ops[k] for k in ops}, "errors_measured": errors - warm_errors, "ops_all": ops,
+           "samples": samples, "anon": anon, "index": index, "other": other, "window": window}
+    for name, values in (("rss", rss), ("anon", anon), ("other", other)):
+        out[f"{name}_first"] = mean(values, warmup, warmup + window)  # the measured part's first window
+        out[f"{name}_last"] = mean(values, end - window, float("inf"))
+        out[f"{name}_run_first"] = mean(values, 0, window)  # the whole run's, warm-up included
+    sized = [(t, size) for (t, _), size in zip(samples, index)]
+    out["index_measured"] = next((size for t, size in sized if t >= warmup), None)
     log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
-        f"RSS first {window:.0f} s {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
-        f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB")
+        f"RSS first {window:.0f} s after the {warmup:.0f} s warm-up {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
+        f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB; first {window:.0f} s of the whole run "
+        f"{out['rss_run_first'] and out['rss_run_first'] / MiB:.1f} MiB")
     return out
 
 
+def _ratio_line(soak: dict, name: str, what: str) -> list[str]:
+    """C{what}: the measured part's first and last windows and their ratio; then the whole run's (warm-up included)."""
+    first, last, run_first = (soak.get(f"{name}_{k}") for k in ("first", "last", "run_first"))
+    if not (first and last):
+        return [f"- (no {what} samples)"]
+    w = soak["window"]
+    line = (f"- {what}: first {w:.0f} s {first / MiB:.1f} MiB, last {w:.0f} s {last / MiB:.1f} MiB, "
+            f"last / first = **{last / first:.3f}**")
+    if soak.get("warmup") and run_first:
+        line += (f"; over the whole run, warm-up included (its first {w:.0f} s against the same last {w:.0f} s): "
+                 f"{run_first / MiB:.1f} → {last / MiB:.1f} MiB, **{last / run_first:.3f}**")
+    return [line]
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.4g} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def report_soak(soak: dict, command: str) -> list[str]:
-    s, w = soak["seconds"], soak["window"]
+    s, w, warmup = soak["seconds"], soak["window"], soak.get("warmup", 0)
     total = sum(soak["ops"].values())
-    L = [f"## Soak: {soak['clients']} mixed clients for {s / 60:.4g} min (izreg)", "",
+    every = sum(soak.get("ops_all", soak["ops"]).values())
+    title = f"## Soak: {soak['clients']} mixed clients for {_span(s)}" + \
+        (f", after a {_span(warmup)} warm-up" if warmup else "") + " (izreg)"
+    L = [title, "",
          f"`{command}`: each client pushes (a HEAD of the config, a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
          "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
          f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
          "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
          "deleted images' layers go too, and keeps the newest "
          f"{SOAK_AUDIT_ENTRIES:,} audit records (`[audit] max_entries`; a record per push and per delete): the "
-         "data set stays steady.", "",
-         f"- {total} operations ({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), "
-         f"{total / s:.0f}/s; **{soak['errors']} errors**"
-         + (f" (first: {soak['first_error']})" if soak["first_error"] else ""),
-         f"- server RSS, mean of the first {w:.0f} s: {soak['rss_first'] / MiB:.1f} MiB; of the last {w:.0f} s: "
-         f"{soak['rss_last'] / MiB:.1f} MiB; last / first = {soak['rss_last'] / soak['rss_first']:.3f}",
-         f"- of which anonymous memory (RssAnon: the Python heap, without the memory-mapped LMDB index, whose "
-         f"resident pages grow with the data the index holds): first {soak['anon_first'] / MiB:.1f} MiB, last "
-         f"{soak['anon_last'] / MiB:.1f} MiB; last / first = {soak['anon_last'] / soak['anon_first']:.3f}"
-         if soak.get("anon_first") and soak.get("anon_last") else "- (no RssAnon samples)",
-         f"- RSS less the index's memory map (the resident pages of data.mdb, from /proc/PID/smaps): first "
-         f"{soak['other_first'] / MiB:.1f} MiB, last {soak['other_last'] / MiB:.1f} MiB; last / first = "
-         f"{soak['other_last'] / soak['other_first']:.3f}" if soak.get("other_first") and soak.get("other_last")
-         else "- (no smaps samples)",
-         f"- LMDB index file (data.mdb): {soak['index'][0] / MB:.1f} MB at the first sample, "
-         f"{soak['index'][-1] / MB:.1f} MB at the last" if soak.get("index") else "- (no index samples)"]
+         "data set stays steady."]
+    if warmup:
+        L[-1] += (f" The clients run {_span(warmup)} before the measured {_span(s)} (the warm-up: every "
+                  "client reaches its live images, the audit log its bound, the collector its first sweeps); the "
+                  "first and last windows below are the measured part's, and each figure is also given over the "
+                  "whole run, warm-up included.")
+    L += ["", f"- {total} operations in the measured {_span(s)} "
+          f"({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), {total / s:.0f}/s; "
+          f"**{soak.get('errors_measured', soak['errors'])} errors**"
+          + (f"; over the whole run, warm-up included: {every} operations, **{soak['errors']} errors**" if warmup else "")
+          + (f" (first: {soak['first_error']})" if soak["first_error"] else "")]
+    L += _ratio_line(soak, "rss", "server RSS (VmRSS)")
+    L += _ratio_line(soak, "anon", "of which anonymous memory (RssAnon: the Python heap, without the memory-mapped "
+                                   "LMDB index, whose resident pages grow with the data the index holds)")
+    L += _ratio_line(soak, "other", "RSS less the index's memory map (the resident pages of data.mdb, from "
+                                    "/proc/PID/smaps)")
+    if soak.get("index"):
+        L.append(f"- LMDB index file (data.mdb): {soak['index'][0] / MB:.1f} MB at the first sample, "
+                 + (f"{soak['index_measured'] / MB:.1f} MB when the warm-up ended, " if warmup and soak.get("index_measured")
+                    else "")
+                 + f"{soak['index'][-1] / MB:.1f} MB at the last")
+    else:
+        L.append("- (no index samples)")
     if soak.get("index_stats"):
         L.append("- in the index at the end (entries, MB): " + ", ".join(
             f"{name} {v['entries']} ({v['mb']:.1f})" for name, v in sorted(soak["index_stats"].items(),
                                                                         key=lambda kv: -kv[1]["mb"])))
     L += ["", "| time | RSS MiB | RssAnon MiB | RSS less the index map MiB | data.mdb MB |", "|---:|---:|---:|---:|---:|"]
     n = len(soak["samples"])
-    step = max(1, n // 30)
+    step = max(1, n // 36)
     anon, index, other = (soak.get(k) or [0] * n for k in ("anon", "index", "other"))
+    marked = not warmup
     for (t, rss), a, o, size in list(zip(soak["samples"], anon, other, index))[::step]:
-        L.append(f"| {t:.0f} s | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} | {o / MiB:.1f} | "
+        when = f"{t:.0f} s"
+        if not marked and t >= warmup:
+            when, marked = f"{when} (measured from here)", True
+        L.append(f"| {when} | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} | {o / MiB:.1f} | "
                  f"{size / MB:.1f} |")
     return L + [""]
 

@@ -27,7 +27,7 @@ client with a device certificate), ``handshake`` (TLS connections per second,
 full and resumed), ``catalog`` (_catalog and tags/list pages at 1,000 and
 10,000 repositories x 20 tags), ``idle`` (manifest GET latency of 32 clients
 with 1,000 idle keep-alive connections open), and ``--soak DURATION`` (izreg
-alone: 32 mixed clients, RSS over time).
+alone: 32 mixed clients, RSS over time, after ``--soak-warmup`` (5m)).
 
 Module map: bench/common.py (constants, blobs, CPU and memory of a process),
 bench/servers.py (the two servers, with TLS), bench/client.py (pushes and
@@ -308,6 +308,8 @@ def main() -> int:
                     help=f"comma-separated: base (push, pull, small requests), {', '.join(MODES)} (default: all)")
     ap.add_argument("--soak", default=None, metavar="DURATION",
                     help="also run the soak against izreg for DURATION (30m, 300s, ...): 32 mixed clients, RSS curve")
+    ap.add_argument("--soak-warmup", default=None, metavar="DURATION",
+                    help="clients run this long before the soak's measured DURATION starts (default 5m; 0 with --smoke)")
     ap.add_argument("--soak-clients", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override one figure of the plan, e.g. --set 'catalog_repos=[1000,10000,20]'; repeatable")
@@ -338,6 +340,7 @@ def main() -> int:
         print(f"unknown mode(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     soak_seconds = parse_duration(args.soak) if args.soak else None
+    soak_warmup = parse_duration(args.soak_warmup or ("0" if args.smoke else "5m"))
 
     if not os.path.exists(os.path.join(args.venv, "bin", "twistd")):
         print(f"no twistd in {args.venv}/bin; pass --venv", file=sys.stderr)
@@ -411,9 +414,10 @@ def main() -> int:
             os.makedirs(where)
             server = Izreg(where, args.venv, config=SOAK_CONFIG)
             servers.append(server)
-            log(f"soak, izreg, {soak_seconds:.0f} s:")
+            log(f"soak, izreg, {soak_warmup:.0f} s of warm-up, then {soak_seconds:.0f} s:")
             server.start()
-            soak = run_soak(server, soak_seconds, args.soak_clients, log, sample_every=min(5.0, soak_seconds / 10))
+            soak = run_soak(server, soak_seconds, args.soak_clients, log, sample_every=min(5.0, soak_seconds / 10),
+                            warmup=soak_warmup)
             server.stop()
             soak["index_stats"] = index_stats_of(server)
     finally:

@@ -25,7 +25,7 @@ def test_smoke_run_of_every_mode(tmp_path):
     # a relative --venv (docs/benchmark.md: --venv .venv) is relative to where the command runs
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--venv", os.path.basename(sys.prefix),
-         "--soak", "4s", "--soak-clients", "4", "--note", "smoke run", "--out", str(out)],
+         "--soak", "4s", "--soak-warmup", "2s", "--soak-clients", "4", "--note", "smoke run", "--out", str(out)],
         cwd=os.path.dirname(sys.prefix), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text()
@@ -44,6 +44,9 @@ def test_smoke_run_of_every_mode(tmp_path):
     assert "| full, distribution with a client certificate |" in text
     # the soak: a steady data set, and the memory less the index's mapped pages
     assert "as many deletes as pushes" in text and "RSS less the index's memory map" in text
+    # measured after a warm-up, and the figures over the whole run too
+    assert "## Soak: 4 mixed clients for 4 s, after a 2 s warm-up (izreg)" in text
+    assert "over the whole run, warm-up included" in text and "(measured from here)" in text
 
 
 @pytest.mark.s3

@@ -37,6 +37,7 @@ from izreg.http.limits import BodyBudget, raise_open_files_limit
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
+from izreg.service.heap import trim as trim_heap
 from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
@@ -308,6 +309,11 @@ class RegistryService(service.MultiService):
         if result is not None and self.metrics is not None:
             self.metrics.gc_runs.inc()
             self.metrics.gc_freed.inc(result.bytes)
+        if result is not None:
+            sizes = await self._run_io(trim_heap)  # the sweep's lists and the requests' buffers: free pages back
+            if sizes is not None and sizes[0] > sizes[1]:
+                self.log.info("heap: malloc_trim gave back {mib:.1f} MiB ({before:.1f} -> {after:.1f} MiB anonymous)",
+                              mib=(sizes[0] - sizes[1]) / 2**20, before=sizes[0] / 2**20, after=sizes[1] / 2**20)
         return result
 
     async def expire_uploads(self) -> None:

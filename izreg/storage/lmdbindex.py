@@ -13,7 +13,7 @@ source is linked) happen inside the write transaction.
 from __future__ import annotations
 
 import itertools
-
+from typing import Callable, TypeVar
 
 import lmdb
 from zope.interface import implementer
@@ -29,6 +29,14 @@ from izreg.storage.schema import key, prefix
 
 
 _children = manifest_children
+
+T = TypeVar("T")
+
+#: entries per read transaction in the collector's scans (L{Index._scan_in_chunks}): LMDB reuses a page
+#: freed by a write only once no reader holds a snapshot older than that write, so a scan of a busy
+#: index in one read transaction (seconds, on a thread that shares the GIL with the reactor) made every
+#: write meanwhile take new pages, and the file grew in steps to its high-water mark
+SCAN_CHUNK = 64
 
 
 @implementer(IMetadataIndex)
@@ -430,23 +438,52 @@ class Index(LmdbStore):
 
     def gc_blob_candidates(self, cutoff: float) -> list[tuple[str, int]]:
         """Blob records no manifest names, untouched since before C{cutoff}: (digest, size)."""
-        out = []
-        with self.reading() as txn:
-            for k, v in txn.cursor(db=self._db[schema.BLOBS]):
-                record = load(v)
-                if _touched(record) < cutoff and not self.refs.blob_referenced(txn, k.decode()):
-                    out.append((k.decode(), record.get("size") or 0))
-        return out
+        def pick(txn, k: bytes, v: bytes) -> tuple[str, int] | None:
+            record = load(v)
+            if _touched(record) < cutoff and not self.refs.blob_referenced(txn, k.decode()):
+                return k.decode(), record.get("size") or 0
+            return None
+        return self._scan_in_chunks(schema.BLOBS, pick)
 
     def gc_link_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         """(repository, blob) links older than C{cutoff} that the repository's manifests do not name."""
-        out = []
-        with self.reading() as txn:
-            for k, v in txn.cursor(db=self._db[schema.LINKS]):
-                if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
-                    name, blob = k.decode().split("\x00", 1)
-                    out.append((name, blob))
-        return out
+        def pick(txn, k: bytes, v: bytes) -> tuple[str, str] | None:
+            if _link_time(v) < cutoff and txn.get(k, db=self._db[schema.REPOBLOBS]) is None:
+                name, blob = k.decode().split("\x00", 1)
+                return name, blob
+            return None
+        return self._scan_in_chunks(schema.LINKS, pick)
+
+    def _scan_in_chunks(self, db: bytes, pick: Callable[[lmdb.Transaction, bytes, bytes], T | None],
+                        chunk: int = SCAN_CHUNK) -> list[T]:
+        """
+        C{pick(txn, key, value)} of every entry of C{db} in key order, what is
+        not C{None}, in read transactions of at most C{chunk} entries each (each
+        chunk resumes after the last key of the one before). The collector's
+        candidates are checked again in its write transactions, so the scan
+        needs no single snapshot; one read transaction over the whole database
+        would keep every page the writers free meanwhile from reuse.
+        """
+        out: list[T] = []
+        after: bytes | None = None
+        while True:
+            with self.reading() as txn:
+                cursor = txn.cursor(db=self._db[db])
+                if not (cursor.set_range(after) if after is not None else cursor.first()):
+                    return out
+                seen = 0
+                for k, v in cursor:
+                    if k == after:
+                        continue
+                    found = pick(txn, k, v)
+                    if found is not None:
+                        out.append(found)
+                    seen += 1
+                    if seen >= chunk:
+                        after = k
+                        break
+                else:
+                    return out
 
     def gc_untagged_candidates(self, cutoff: float) -> list[tuple[str, str]]:
         """(repository, digest) of manifests created before C{cutoff}, untagged, no referrer, held by no index."""
