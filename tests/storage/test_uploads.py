@@ -587,3 +587,36 @@ def test_seal_waits_for_the_writes_in_flight(tmp_path):
     run.run()
     assert wrong[0].check(DigestMismatch)
     assert right == [None] and content(session) == data
+
+
+def test_aligned_buffers_go_to_disk_direct_and_the_rest_through_the_page_cache(uploads, monkeypatch):
+    """
+    From an unaligned offset, the first buffer ends on an aligned one; the full
+    buffers after it are written with O_DIRECT, the unaligned ends buffered;
+    the file and the hash are the same as plain writes would give.
+    """
+    import fcntl
+
+    writes = []
+    pwrite = os.pwrite
+
+    def recording(fd, data, position):
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        writes.append((direct, position, len(data)))
+        return pwrite(fd, data, position)
+
+    session = uploads.create(NAME, 0)
+    append(session, b"abc")
+    monkeypatch.setattr(os, "pwrite", recording)
+    data = os.urandom(3 * MiB + 5)
+    writer = ChunkWriter(session)
+    for i in range(0, len(data), 65536):
+        writer.write(data[i:i + 65536])
+    assert writer.done() == 3 + len(data)
+    writer.close()
+    assert content(session) == b"abc" + data
+    assert session.hasher.hexdigest() == hashlib.sha256(b"abc" + data).hexdigest()
+    first = MiB - 3
+    if not any(direct for direct, _, _ in writes):
+        pytest.skip("this file system takes no O_DIRECT writes")
+    assert writes == [(False, 3, first), (True, MiB, MiB), (True, 2 * MiB, MiB), (False, 3 * MiB, len(data) - first - 2 * MiB)]
