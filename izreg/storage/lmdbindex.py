@@ -424,13 +424,19 @@ class Index(LmdbStore):
     def totals(self) -> dict:
         """Counts and bytes of blobs, manifests and upload sessions (the metrics' gauges)."""
         totals = {"blobs": 0, "blob_bytes": 0, "manifests": 0, "manifest_bytes": 0, "uploads": 0}
+
+        def blob(txn, k: bytes, value: bytes) -> None:
+            totals["blobs"] += 1
+            totals["blob_bytes"] += load(value).get("size") or 0
+
+        def manifest(txn, k: bytes, value: bytes) -> None:
+            totals["manifests"] += 1
+            totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
+
+        # a scrape every few seconds must not hold one snapshot across a large index (see SCAN_CHUNK)
+        self._scan_in_chunks(schema.BLOBS, blob)
+        self._scan_in_chunks(schema.MANIFESTS, manifest)
         with self.reading() as txn:
-            for _, value in txn.cursor(db=self._db[schema.BLOBS]):
-                totals["blobs"] += 1
-                totals["blob_bytes"] += load(value).get("size") or 0
-            for _, value in txn.cursor(db=self._db[schema.MANIFESTS]):
-                totals["manifests"] += 1
-                totals["manifest_bytes"] += len(value) - value.index(schema.SEP) - 1
             totals["uploads"] = txn.stat(self._db[schema.UPLOADS])["entries"]
         return totals
 

@@ -54,3 +54,12 @@ def test_a_scan_among_writes_keeps_the_file_at_its_size(index, monkeypatch):
     before = pages(index)
     index.gc_blob_candidates(1000.0)
     assert pages(index) - before < 16
+
+
+def test_the_metrics_totals_count_every_chunk(index):
+    # the gauges' scan reads in chunks too (a scrape every few seconds): each entry counted once
+    count = 3 * SCAN_CHUNK + 5
+    for i in range(count):
+        index.commit_blob(REPO, Digest.of(b"%d" % i), i, 0.0, None)
+    totals = index.totals()
+    assert (totals["blobs"], totals["blob_bytes"]) == (count, count * (count - 1) // 2)
