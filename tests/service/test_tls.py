@@ -475,3 +475,57 @@ def test_the_server_sends_the_chain_openssl_would_build_per_handshake(monkeypatc
             m.setattr(tls_context, "_auto_chain", lambda material: None)  # OpenSSL's own, per handshake
             assert built == _served_chain(build_context(material)), (chain, cas)
         assert len(built) == length, built
+
+
+def _server_answer_to(groups: bytes, certs: Certs) -> str:
+    """One ClientHello offering only the key-exchange C{groups} (OpenSSL names): what the server's context makes of it."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.set_verify(SSL.VERIFY_NONE)
+    if lib.SSL_CTX_set1_curves_list(client_ctx._context, groups) != 1:
+        return "unknown here"
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    server = SSL.Connection(ServerTLS(certs.files())._context, None)
+    server.set_accept_state()
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    server.bio_write(client.bio_read(65536))
+    try:
+        server.do_handshake()
+    except SSL.WantReadError:
+        return "accepted"
+    except SSL.Error as e:
+        return str(e)
+    return "accepted"
+
+
+@pytest.mark.parametrize("groups", [b"ffdhe2048", b"ffdhe3072", b"ffdhe4096", b"ffdhe8192"])
+def test_finite_field_key_exchange_is_refused(certs, groups):
+    # A finite-field group costs the server 3-10 times an X25519 handshake (ffdhe3072: ~7 ms of a
+    # handshake thread, against ~0.8 ms for P-256; ffdhe8192, which OpenSSL 3.0 offers by default,
+    # far more), for one replayed ClientHello that costs its sender nothing: the TLS 1.2 suites are
+    # ECDHE only already, so TLS 1.3 takes elliptic groups only too.
+    answer = _server_answer_to(groups, certs)
+    assert answer != "accepted"
+    assert answer == "unknown here" or "no suitable key share" in answer or "no shared group" in answer, answer
+
+
+@pytest.mark.parametrize("groups", [b"X25519", b"P-256", b"P-384"])
+def test_elliptic_key_exchange_is_accepted(certs, groups):
+    assert _server_answer_to(groups, certs) == "accepted"
+
+
+def test_groups_unknown_to_this_openssl_fall_back_to_the_next_list(certs, monkeypatch):
+    from izreg.service.tls import context
+
+    monkeypatch.setattr(context, "GROUPS", (b"NoSuchGroup:X25519", b"P-256"))
+    assert _server_answer_to(b"P-256", certs) == "accepted"
+    assert _server_answer_to(b"X25519", certs) != "accepted"
+    monkeypatch.setattr(context, "GROUPS", (b"NoSuchGroup",))
+    with pytest.raises(Exception, match="knows none of the key-exchange groups NoSuchGroup"):
+        ServerTLS(certs.files())
