@@ -45,6 +45,8 @@ class Config:
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
     storage_backend: str = "filesystem"
+    # upload bytes written past the page cache (O_DIRECT) where the file system allows it; fsync before every 201 either way
+    direct_writes: bool = True
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
@@ -154,6 +156,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),
     ("storage", "backend"): ("storage_backend", str),
+    ("storage", "direct_writes"): ("direct_writes", bool),
     ("storage.s3", "bucket"): ("s3_bucket", str),
     ("storage.s3", "endpoint_url"): ("s3_endpoint_url", str),
     ("storage.s3", "region"): ("s3_region", str),

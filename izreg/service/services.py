@@ -238,7 +238,7 @@ class RegistryService(service.MultiService):
             self._pools.append(pool)
             return open_s3(self.config, thread_runner(self.reactor, pool), getattr(self, "_s3_client", None))
         blobs = BlobStore(root)
-        return blobs, Uploads(root, blobs, self._run_io)
+        return blobs, Uploads(root, blobs, self._run_io, direct=self.config.direct_writes)
 
     def _drop_orphans(self) -> None:
         """Upload bytes no session owns (a crash mid-POST): dropped in a thread, logged."""

@@ -61,8 +61,9 @@ def run_inline(f, *args, **kwargs) -> defer.Deferred:
 class Uploads:
     """Sessions by id: in memory while in use, in LMDB (via the caller) across restarts."""
 
-    def __init__(self, root: str, blobs=None, run_io=run_inline) -> None:
+    def __init__(self, root: str, blobs=None, run_io=run_inline, direct: bool = True) -> None:
         self.root = root
+        self.direct = direct  # full aligned buffers written with O_DIRECT (L{ChunkWriter})
         self.blobs = blobs  # where promote() moves a verified upload
         self.run_io = run_io  # body writes and hashing (ChunkWriter), fsync and whole-file hashing go through it
         self.sessions: dict[str, UploadSession] = {}
@@ -105,7 +106,7 @@ class Uploads:
 
     def sink(self, session: UploadSession, limit: int | None = None, expected: int | None = None,
              discard: bool = False) -> "ChunkWriter":
-        return ChunkWriter(session, limit, expected, self.remove if discard else None, self.run_io)
+        return ChunkWriter(session, limit, expected, self.remove if discard else None, self.run_io, self.direct)
 
     def record(self, session: UploadSession, now: float) -> dict:
         return session.record(now)

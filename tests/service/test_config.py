@@ -91,3 +91,8 @@ def test_the_data_dir_from_the_environment_sits_between_the_file_and_the_options
 def test_device_subject_fields_are_checked_with_the_config(fields):
     with pytest.raises(ConfigError, match="devices.account_field, devices.device_id_field: "):
         load(None, fields, {})
+
+
+def test_direct_writes_is_on_by_default_and_a_storage_setting():
+    assert Config().direct_writes is True
+    assert parse_toml("[storage]\ndirect_writes = false\n") == {"direct_writes": False}

@@ -620,3 +620,28 @@ def test_aligned_buffers_go_to_disk_direct_and_the_rest_through_the_page_cache(u
     if not any(direct for direct, _, _ in writes):
         pytest.skip("this file system takes no O_DIRECT writes")
     assert writes == [(False, 3, first), (True, MiB, MiB), (True, 2 * MiB, MiB), (False, 3 * MiB, len(data) - first - 2 * MiB)]
+
+
+def test_direct_writes_off_writes_everything_through_the_page_cache(tmp_path, monkeypatch):
+    """C{[storage] direct_writes = false}: no descriptor with O_DIRECT; same file, same hash."""
+    import fcntl
+
+    flags = []
+    pwrite = os.pwrite
+
+    def recording(fd, data, position):
+        flags.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT))
+        return pwrite(fd, data, position)
+
+    uploads = Uploads(str(tmp_path), direct=False)
+    session = uploads.create(NAME, 0)
+    monkeypatch.setattr(os, "pwrite", recording)
+    data = os.urandom(3 * MiB)
+    writer = uploads.sink(session)
+    writer.write(data)
+    assert writer.done() == len(data)
+    writer.close()
+    assert content(session) == data
+    assert session.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert flags and not any(flags)
+
