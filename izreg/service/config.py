@@ -39,8 +39,9 @@ class Config:
     device_ca: tuple[str, ...] = ()
     device_crl: str | None = None
     device_crl_interval: int = 10
-    # threads that run OpenSSL's handshake steps (izreg.service.tlsthreads); None: one per CPU, 0: on the reactor
-    tls_handshake_threads: int | None = None
+    # threads that run OpenSSL's handshake steps (izreg.service.tlsthreads); 0: on the reactor (the default:
+    # faster on a quiet 2-CPU machine, docs/benchmark.md), None: one per CPU
+    tls_handshake_threads: int | None = 0
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5

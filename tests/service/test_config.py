@@ -96,3 +96,8 @@ def test_device_subject_fields_are_checked_with_the_config(fields):
 def test_direct_writes_is_on_by_default_and_a_storage_setting():
     assert Config().direct_writes is True
     assert parse_toml("[storage]\ndirect_writes = false\n") == {"direct_writes": False}
+
+
+def test_handshakes_run_on_the_reactor_unless_threads_are_asked_for():
+    assert Config().tls_handshake_threads == 0
+    assert parse_toml("[tls]\nhandshake_threads = 2\n") == {"tls_handshake_threads": 2}
