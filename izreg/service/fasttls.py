@@ -153,8 +153,12 @@ class FastTLSTransport(BufferingTLSTransport):
 
     def _flushSendBIO(self):
         self._heldRecords = False
-        if _BIO_read is not None and _direct(self.transport):
-            self._sendBIOToSocket(self.transport)
+        if _BIO_read is not None:
+            transport = self.transport
+            if _direct(transport):
+                self._sendBIOToSocket(transport)
+            else:
+                self._sendBIOToTransport(transport)
             return
         while True:
             try:
@@ -165,6 +169,25 @@ class FastTLSTransport(BufferingTLSTransport):
             if len(data) < BIO_READ_SIZE:
                 return
 
+    def _sendBIOToTransport(self, transport) -> None:
+        """
+        The records to the transport's own write (it has data buffered, or is
+        closing), read through the same reused buffer: pyOpenSSL's C{bio_read}
+        would allocate a C{BIO_READ_SIZE} buffer per call (a large malloc,
+        which makes glibc consolidate its free lists) and raise
+        C{WantReadError} for an empty BIO, as every connection's end finds it.
+        """
+        global _records
+        if _records is None:
+            _records = _ffi.new("char[]", BIO_READ_SIZE)
+        bio = self._tlsConnection._from_ssl
+        while True:
+            n = _BIO_read(bio, _records, BIO_READ_SIZE)
+            if n <= 0:
+                return  # the send BIO is empty
+            transport.write(_ffi.buffer(_records, n)[:])
+            if n < BIO_READ_SIZE:
+                return
 
     def _sendBIOToSocket(self, transport: tcp.Connection) -> None:
         """
