@@ -50,9 +50,10 @@ LINGER = 2.0
 MAX_LINE = 16384
 
 log = Logger()
-#: Twisted's chunked decoder class, looked up once (twisted.web.http's attributes go through a
-#: deprecation proxy: ~1 us an access, on every header line)
-_TWISTED_CHUNKED = getattr(http, "_ChunkedTransferDecoder", None)
+
+# read once: twisted.web.http is a deprecation proxy, each attribute read through it costs ~2 us
+_GenericHTTPChannelProtocol = http._GenericHTTPChannelProtocol  # a channel per connection
+_ChunkedTransferDecoder = http._ChunkedTransferDecoder
 
 
 class BoundedBuffer(io.BytesIO):
@@ -371,7 +372,7 @@ class RegistryChannel(http.HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
-        if decoder is not None and type(decoder) is _TWISTED_CHUNKED:
+        if type(decoder) is _ChunkedTransferDecoder:
             fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
             if fast is not None:  # the same, without copies
                 self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
@@ -475,7 +476,7 @@ class RegistrySite(server.Site):
         self.body_for = body_for
 
     def protocol(self):
-        return http._GenericHTTPChannelProtocol(RegistryChannel())
+        return _GenericHTTPChannelProtocol(RegistryChannel())
 
     def buildProtocol(self, addr):
         address = getattr(addr, "host", None) or "local"
