@@ -134,12 +134,17 @@ def test_offline_pulls_restart_and_reports(make_stack):
     Registry down: cached images pull by digest and by tag (Warning), an uncached one
     fails within seconds; the cache survives an edge restart while the registry is
     down; the pulls served from the cache reach the registry's pull records later.
+    A tag a client only resolved with a HEAD (containerd and dockerd do that when
+    they hold the manifest already) is there offline too.
     """
     s = make_stack()
-    repo, other = s.repo("app"), s.repo("uncached")
+    repo, other, headed = s.repo("app"), s.repo("uncached"), s.repo("headed")
     image = s.push(repo, seed=21)
     s.push(other, seed=22)
+    headed_image = s.push(headed, seed=23)
     pull_with_skopeo(s, f"{repo}:v1", s.tmp / "online")
+    r = requests.head(f"{s.edge.url}/v2/{headed}/manifests/v1", headers={"Accept": OCI}, timeout=30)
+    assert (r.status_code, r.headers["Docker-Content-Digest"], r.content) == (200, headed_image["manifest_digest"], b"")
     s.registry.stop()
 
     for attempt in range(2):
@@ -147,6 +152,8 @@ def test_offline_pulls_restart_and_reports(make_stack):
         assert (r.status_code, r.content, r.headers.get("Warning")) == (200, image["manifest_bytes"], WARNING)
         r = get(s.edge, f"/v2/{repo}/manifests/{image['manifest_digest']}", headers={"Accept": OCI})
         assert r.status_code == 200 and r.headers.get("Warning") == WARNING
+        r = get(s.edge, f"/v2/{headed}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, r.content, r.headers.get("Warning")) == (200, headed_image["manifest_bytes"], WARNING)
         out = s.tmp / f"offline-{attempt}"
         pull_with_skopeo(s, f"{repo}:v1", out)
         assert_same_image(image, out)
