@@ -125,5 +125,28 @@ class PeakRSS:
 
 
 
+def evict(directory: str, blob: "Blob") -> int:
+    """
+    Drop C{blob}'s file(s) under a server's data C{directory} from the page
+    cache (fsync, then C{POSIX_FADV_DONTNEED}), so that its next GET reads the
+    disk. Both servers keep a blob in a file whose path holds its hex digest;
+    returns how many files were evicted.
+    """
+    hexpart = blob.digest.split(":", 1)[1]
+    n = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if hexpart in path and os.path.getsize(path) == blob.size:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # dirty pages are not dropped; write them first
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                n += 1
+    return n
+
+
 def size_label(size: int) -> str:
     return f"{size // MiB} MiB"

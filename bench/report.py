@@ -112,6 +112,15 @@ def base_sections(L, p, iz, di, row, row2, cpu_head) -> None:
             row2(f"{size_label(size)}, {clients} client{'s' if clients > 1 else ''} (×{p[key][size]} each)",
                  iz[f"pull{clients}_{size}"], di[f"pull{clients}_{size}"],
                  iz[f"cpu_pull{clients}_{size}"], di[f"cpu_pull{clients}_{size}"])
+    largest = max(p["sizes"])
+    if f"pull1cold_{largest}" in iz:
+        row2(f"{size_label(largest)}, 1 client, from the disk (×1; the file dropped from the page cache)",
+             iz[f"pull1cold_{largest}"], di[f"pull1cold_{largest}"],
+             iz[f"cpu_pull1cold_{largest}"], di[f"cpu_pull1cold_{largest}"])
+    L.append("")
+    L.append("Each blob is read once (its digest checked) before its timed pulls, so both servers serve those from "
+             "the page cache; the last row drops both servers' file of the largest blob from the page cache "
+             "first (`fsync` + `POSIX_FADV_DONTNEED`), so both read the disk.")
     L.append("")
     L.append(f"## Small requests (8 keep-alive connections, {p['small_count']} requests, "
              "8 forked Python client processes)\n")

@@ -14,7 +14,10 @@ median over rounds):
    do) and streamed (POST, one PATCH with chunked transfer-encoding in 32 KiB
    chunks as docker sends it, then PUT ?digest=) of 1 MiB, 64 MiB, 512 MiB
    blobs (512 MiB skipped with --quick); MB/s = 10**6 bytes/s;
-2. pull: GET of the same blobs by 1 and by 8 concurrent clients (aggregate MB/s);
+2. pull: GET of the same blobs by 1 and by 8 concurrent clients (aggregate MB/s),
+   each blob read once before (its digest checked), so both servers serve it
+   from the page cache; then one GET of the largest blob after both servers'
+   files of it were dropped from the page cache (a read from the disk);
 3. small requests: HEAD blob, GET manifest by tag, GET tags/list; 8
    keep-alive connections (8 client processes) share a fixed request count;
    requests/s, p50 and p99 latency;
@@ -67,7 +70,7 @@ from bench.client import (  # noqa: E402
     put_manifest,
     wrk_get,
 )
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, size_label  # noqa: E402
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, evict, size_label  # noqa: E402
 from bench.modes import (  # noqa: E402
     SOAK_CONFIG,
     index_stats_of,
@@ -176,8 +179,9 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
                 log(f"  {server.name}: push {mode:10} {size_label(size):>7}: {r[f'push_{mode}_{size}']:8.1f} MB/s"
                     + (f"  peak RSS {peak / MiB:.0f} MiB" if size == largest else ""))
                 pulled[size] = blob
-            if size <= 64 * MiB:
-                get_verify(server, pulled[size])
+            # every size: its content checked, and the pulls below then read both servers' blobs from
+            # the page cache (izreg's O_DIRECT push leaves none there, distribution's unsynced one does)
+            get_verify(server, pulled[size])
             if size in p["push4_reps"]:  # 4 clients at once, each its own blobs
                 for mode in ("monolithic", "streamed"):
                     reps = p["push4_reps"][size]
@@ -218,6 +222,16 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
                         r["rss_pull8"] = m.peak
                     log(f"  {server.name}: pull x{clients} {size_label(size):>7}: {r[f'pull{clients}_{size}']:8.1f} MB/s"
                         + (f"  peak RSS {m.peak / MiB:.0f} MiB" if clients == 8 and size == largest else ""))
+
+            # the largest blob read from the disk: its file dropped from the page cache first
+            blob = pulled[largest]
+            if not evict(server.data, blob):
+                raise RuntimeError(f"{server.name}: no file of {blob.digest} under {server.data}")
+            with PeakRSS(server.pid) as m:
+                res = load(server, "GET", f"/v2/{server.repo}/blobs/{blob.digest}", 1, 1, warmup=0)
+            r[f"pull1cold_{largest}"] = res["bytes"] / res["wall"] / MB
+            r[f"cpu_pull1cold_{largest}"] = m.cpu / (res["bytes"] / 1e9)
+            log(f"  {server.name}: pull x1 {size_label(largest):>7}, from the disk: {r[f'pull1cold_{largest}']:8.1f} MB/s")
 
             # 3. small requests ------------------------------------------------------------------
             smalls = [

@@ -34,6 +34,8 @@ def test_smoke_run_of_every_mode(tmp_path):
                     "## Soak: 4 mixed clients", "## Method"):
         assert heading in text, heading
     assert "**0 errors**" in text
+    # the largest blob once more from the disk: both servers' files of it found and dropped from the page cache
+    assert "| 1 MiB, 1 client, from the disk" in text
     assert "20 of 20 idle connections answered afterwards" in proc.stderr
     # resumption: the second handshake of each client process resumed its session, on both servers
     resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
