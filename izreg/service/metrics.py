@@ -63,6 +63,7 @@ class Metrics:
         self.webhook_deliveries = Counter("izreg_webhook_deliveries", "Webhook delivery attempts", ["result"], registry=r)
         for result in ("delivered", "failed", "gave_up"):
             self.webhook_deliveries.labels(result)
+        r.register(RefusalCollector())
         #: each request's series, by (route, method, status): C{labels()} looks them up at ~3 us each
         self._series: dict[tuple[str, str, str], tuple] = {}
 
@@ -178,3 +179,21 @@ class HandshakeCollector:
                                 " (tls.max_handshakes)", value=len(admission.waiting))
         yield CounterMetricFamily("izreg_tls_handshakes_timed_out", "TLS connections closed for a handshake or a"
                                   " wait for one too long", value=admission.timed_out)
+
+
+class RefusalCollector:
+    """Every refused device certificate, logged in full or not (L{izreg.http.refusals.RefusalLog.total})."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from izreg.http.guard import refusals as http_refusals
+        from izreg.service.tls.context import refusals as tls_refusals
+
+        family = CounterMetricFamily("izreg_device_certificates_refused", "Device (client) certificates refused:"
+                                     " at the TLS handshake (chain, validity) or per request (subject, revocation)",
+                                     labels=["stage"])
+        family.add_metric(["tls"], tls_refusals.total)
+        family.add_metric(["http"], http_refusals.total)
+        yield family

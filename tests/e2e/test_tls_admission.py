@@ -2,7 +2,8 @@
 ``[tls] max_handshakes`` against a real server (izreg/service/tls/admission.py):
 raw TCP clients that send nothing or a partial ClientHello hold at most that
 many handshakes; the others wait; a device with its certificate still gets
-in once a slot frees or the silent ones time out (``[tls] handshake_timeout``).
+in once a slot frees or the silent ones time out (``[tls] handshake_timeout``);
+a flood of refused client certificates is a few log lines, every one counted.
 """
 
 from __future__ import annotations
@@ -129,3 +130,37 @@ def test_silent_and_partial_clients_hold_only_the_cap_and_time_out(capped):
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):
+    """A device certificate of another CA, presented 12 times: 5 warning lines, the metric counts 12."""
+    import time
+
+    from izreg.devcerts import write_dev_certs
+
+    stranger = write_dev_certs(str(tmp_path / "stranger"), time.time(), capped.account, "gw-x")
+    context = ssl.create_default_context(cafile=capped.paths.ca_cert)
+    context.load_cert_chain(stranger.client_cert, stranger.client_key)
+    before = gauges_of(capped, "izreg_device_certificates_refused_total").get(("stage", "tls"), 0)
+    mark = capped.log_mark()
+    for _ in range(12):
+        with socket.create_connection(("127.0.0.1", capped.tls_port), timeout=60) as sock:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with context.wrap_socket(sock, server_hostname="localhost") as tls:
+                    tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    tls.recv(100)  # TLS 1.3: the refusal comes after the client's Finished
+    wait_until(lambda: gauges_of(capped, "izreg_device_certificates_refused_total").get(("stage", "tls"), 0)
+               - before == 12, "12 refusals counted")
+
+    def logged():
+        return [line for line in list(capped.log_lines)[-(capped.lines_logged - mark):]
+                if "refused TLS client certificate" in line]
+
+    wait_until(lambda: len(logged()) >= 5, "the refusals logged")
+    assert len(logged()) == 5, logged()
+
+
+def gauges_of(reg, name: str) -> dict[tuple, float]:
+    text = requests.get(reg.metrics_url, timeout=30).text
+    return {tuple(kv for item in s.labels.items() for kv in item): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}

@@ -47,6 +47,7 @@ from izreg.service.tls import (
 )
 from izreg.http.peercert import peer_certificate
 from izreg.service.tls.admission import HandshakeAdmission
+from izreg.service.tls.context import refusals
 from izreg.service.tlsthreads import HandshakeThreads
 from izreg.storage.lmdbenv import open_env
 
@@ -133,6 +134,7 @@ def server(request, certs, store):
     """
     from twisted.internet import reactor
 
+    refusals.reset()  # the tests look for the refusal lines: none left out for an earlier test's
     tls = ServerTLS(certs.files())
     verifier = DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for)
     whoami = Whoami(verifier)
