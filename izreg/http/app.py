@@ -206,7 +206,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     @route("/v2/<path:rest>", methods=ALL_METHODS, access=None, endpoint=REPOSITORY)
     async def dispatch(self, request, rest):
         method = request.method.decode("ascii", "replace").upper()
-        target = self.table.resolve_repository(method, rest)
+        target = self.table.resolve_repository(method, rest, request)
         await settled(self.authorize(request, target))
         ready = getattr(request, BODY_READY, None)
         if ready is not None:  # a body still waiting for its sink (PendingBody): the sink first

@@ -230,11 +230,18 @@ class RegistryRequest(server.Request):
         # name IDNA cannot encode (a 64-character label, "a..b"); such a Host is
         # only a client's mistake, the local address stands in for it.
         name = super().getRequestHostname()
+        channel = self.channel
+        known = getattr(channel, "_checked_host", None)  # the last name checked on this connection, and its answer
+        if known is not None and known[0] == name:
+            return known[1]
         try:
             name.decode("utf-8").encode("idna")
+            answer = name
         except UnicodeError:
-            return getattr(self.getHost(), "host", "localhost").encode("ascii", "replace")
-        return name
+            answer = getattr(self.getHost(), "host", "localhost").encode("ascii", "replace")
+        if channel is not None:
+            channel._checked_host = (name, answer)
+        return answer
 
     def process(self):
         self.setHeader(b"Docker-Distribution-API-Version", b"registry/2.0")
@@ -279,6 +286,18 @@ class RegistryChannel(http.HTTPChannel):
     _linger = None
     _lines = 0
     address = None  # the client address counted by the site's ConnectionLimits
+
+    _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
+    _secure = None
+
+    def isSecure(self) -> bool:
+        """Whether the transport is TLS: asked a few times a request (Klein), adapted once a connection."""
+        secure = self._secure
+        if secure is None:
+            secure = super().isSecure()
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     def refuse(self, response: bytes, error: RegistryError | None = None) -> None:
         if self._refused or self.transport is None:

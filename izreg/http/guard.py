@@ -141,7 +141,7 @@ class AccessGuard:
 
     def check(self, request, repository: Repository | None, action: Action) -> Principal | Deferred:
         """Authenticate, then authorize C{action} on C{repository} (C{None}: just authenticate)."""
-        scopes = (policy.repository_scope(repository.name, _scope_actions(action)),) if repository else ()
+        scopes = (f"repository:{repository.name}:{_SCOPE_ACTIONS[action]}",) if repository else ()
 
         def authorized(principal: Principal) -> Principal:
             if repository is not None:
@@ -207,3 +207,7 @@ def _browse_api(request) -> bool:
 
 def _scope_actions(action: Action) -> list[Action]:
     return [Action.PULL, Action.PUSH] if action is Action.PUSH else [action]
+
+
+#: the actions part of each action's scope (L{policy.repository_scope}'s), made once, not on every request
+_SCOPE_ACTIONS = {action: policy.format_actions(_scope_actions(action)) for action in Action}

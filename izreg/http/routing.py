@@ -40,6 +40,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from izreg.auth.runners import settled, then
 from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.accesslog import note_route
 
 
 class Access(enum.Enum):
@@ -133,11 +134,12 @@ class RouteTable:
         if missing:
             raise RuntimeError(f"routes without a declared access (use RouteTable.route): {', '.join(missing)}")
 
-    def resolve(self, method: str, target: bytes) -> Target:
+    def resolve(self, method: str, target: bytes, request=None) -> Target:
         """
         The endpoint for a request line's method and target (raw, with its
         query). Raises the L{RegistryError} the request would get: unknown
         route, method not allowed, invalid repository name, bad encoding.
+        With C{request}, a repository route is noted on it for the access log.
         """
         raw = target.partition(b"?")[0]
         try:
@@ -159,13 +161,18 @@ class RouteTable:
             raise RegistryError(ErrorCode.NOT_FOUND, {"path": path[:300]})
         if endpoint is not None:
             return Target(endpoint, kwargs=kwargs)
-        return self.resolve_repository(method, kwargs.get("rest", ""))
+        return self.resolve_repository(method, kwargs.get("rest", ""), request)
 
-    def resolve_repository(self, method: str, rest: str) -> Target:
-        """C{rest}: the path after ``/v2/``."""
+    def resolve_repository(self, method: str, rest: str, request=None) -> Target:
+        """
+        C{rest}: the path after ``/v2/``. With C{request}, the route matched is
+        noted on it (L{note_route}): the access log does not match the path again.
+        """
         if rest == "_catalog":
             raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": "GET"})
         route = routes.match(rest)
+        if request is not None:
+            note_route(request, route)
         endpoint = self.repository_routes.get((route.endpoint, method.upper()))
         if endpoint is None:
             allowed = ", ".join(m for (e, m) in self.repository_routes if e == route.endpoint)

@@ -1,0 +1,76 @@
+"""
+One routing per request (izreg.http.routing notes the repository route it
+matched, the access log reuses it): the access log still names every route
+as L{route_of} would from the path, for known, unknown, refused and
+not-allowed requests alike, and a repository path is matched once.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from izreg.core import routes
+from izreg.http.accesslog import route_of
+from tests.http.conftest import ACCOUNT
+from tests.http.helpers import parse_raw, raw_answer, repo
+
+pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
+NAME = repo("app")
+DIGEST = "sha256:" + "a" * 64
+
+REQUESTS = [
+    ("GET", f"/v2/{NAME}/manifests/v1"), ("HEAD", f"/v2/{NAME}/manifests/{DIGEST}"),
+    ("DELETE", f"/v2/{NAME}/manifests/v1"), ("PUT", f"/v2/{NAME}/manifests/v1"),
+    ("GET", f"/v2/{NAME}/blobs/{DIGEST}"), ("HEAD", f"/v2/{NAME}/blobs/{DIGEST}"),
+    ("DELETE", f"/v2/{NAME}/blobs/{DIGEST}"), ("POST", f"/v2/{NAME}/blobs/uploads/"),
+    ("GET", f"/v2/{NAME}/blobs/uploads/0f0f"), ("PATCH", f"/v2/{NAME}/blobs/uploads/0f0f"),
+    ("PUT", f"/v2/{NAME}/blobs/uploads/0f0f?digest={DIGEST}"), ("DELETE", f"/v2/{NAME}/blobs/uploads/0f0f"),
+    ("GET", f"/v2/{NAME}/tags/list?n=2"), ("HEAD", f"/v2/{NAME}/tags/list"),
+    ("GET", f"/v2/{NAME}/referrers/{DIGEST}"), ("GET", f"/v2/{NAME}/_izreg/manifests"),
+    ("GET", f"/v2/{ACCOUNT}/a%2Fb/tags/list"),  # percent-encoded
+    ("POST", f"/v2/{NAME}/tags/list"), ("PATCH", f"/v2/{NAME}/manifests/v1"),  # 405
+    ("POST", "/v2/_catalog"), ("GET", "/v2/_catalog"), ("GET", "/v2/"), ("GET", "/v2"), ("GET", "/healthz"),
+    ("GET", "/readyz"), ("GET", "/v2/token"), ("GET", "/ui/"), ("GET", "/ui/app.js"), ("GET", "/metrics"),
+    ("GET", "/v2/nope"), ("GET", "/etc/passwd"), ("GET", "/v2/%ff"), ("GET", f"/v2/{NAME}/manifests/v1/extra"),
+    ("GET", f"/v2/{ACCOUNT}/UPPER/tags/list"), ("GET", f"/v2/{ACCOUNT}/{'a' * 300}/tags/list"),  # invalid names
+    ("OPTIONS", f"/v2/{NAME}/tags/list"),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_access_log_names_the_route_the_router_matched(server, monkeypatch):
+    events, matched = [], []
+    real_match = routes.match
+
+    def counting(path):
+        matched.append(path)
+        return real_match(path)
+
+    def observe(event):
+        if event.get("log_namespace") == "izreg.access":
+            events.append(event)
+
+    monkeypatch.setattr(routes, "match", counting)
+    globalLogPublisher.addObserver(observe)
+    try:
+        for method, target in REQUESTS:
+            body = b"{}" if method in ("PUT", "PATCH", "POST") else b""
+            head = (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            status, headers, _ = parse_raw(await raw_answer(server, head + body, head=method == "HEAD"))
+            assert status < 500, (method, target, status)
+            events_of = [e for e in events if e["request_id"] == headers["x-request-id"]]
+            path = target.partition("?")[0].encode()
+            assert [(e["route"], e["repository"]) for e in events_of] == [route_of(path)], (method, target, status)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    monkeypatch.setattr(routes, "match", real_match)
+    # a request to a repository route is matched once, not again by the access log
+    matched.clear()
+    head = f"GET /v2/{NAME}/tags/list HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    monkeypatch.setattr(routes, "match", counting)
+    status, _, _ = parse_raw(await raw_answer(server, head))
+    assert status in (200, 404) and matched == [f"{NAME}/tags/list"]
