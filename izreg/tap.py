@@ -216,6 +216,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         Listener(tls_endpoint(reactor, description, tls, threads, admission), site).setServiceParent(top)
     Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)
     Timer(config.pull_flush_interval, top.flush_batches, reactor).setServiceParent(top)
+    from izreg.service.bursttrim import CHECK_INTERVAL
+    Timer(CHECK_INTERVAL, top.trim_after_burst, reactor).setServiceParent(top)
     if config.gc_interval:
         AfterFirstInterval(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()),
                            reactor).setServiceParent(top)
