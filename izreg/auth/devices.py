@@ -279,16 +279,17 @@ def check_not_revoked(
 
 
 # The checks that depend on nothing but their arguments (the issuer's signature,
-# the key usage, the subject), remembered for the certificates seen last: a
-# device's every request skips the signature check. A rejection is never
-# remembered (it raises), and reloaded CAs are a new key.
-_checked_issuer = functools.lru_cache(maxsize=1024)(check_issuer)
-
-
+# the key usage, the subject, the validity window's bounds), remembered for the
+# certificates seen last: a device's every request skips the signature check
+# and the parsing. A rejection is never remembered (it raises), and reloaded CAs
+# are a new key. Only the comparison with the clock runs on every call.
 @functools.lru_cache(maxsize=1024)
-def _checked_identity(cert: x509.Certificate, fields: SubjectFields) -> DeviceIdentity:
+def _checked(cert: x509.Certificate, cas: tuple[x509.Certificate, ...],
+             fields: SubjectFields) -> tuple[DeviceIdentity, x509.Name, float, float]:
+    ca = check_issuer(cert, cas)
     check_client_usage(cert)
-    return device_identity(cert, fields)
+    identity = device_identity(cert, fields)
+    return identity, ca.subject, cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
 
 
 @dataclass(frozen=True)
@@ -319,9 +320,15 @@ class DeviceVerifier:
         L{DeviceRejected}. The caller reads the revocations (C{revoked}, a store
         read: off the reactor on a shared database), then calls L{unrevoked}.
         """
-        ca = _checked_issuer(cert, tuple(self.cas()))
-        check_validity(cert, now)
-        return _checked_identity(cert, self.fields), ca.subject
+        try:
+            identity, issuer, not_before, not_after = _checked(cert, tuple(self.cas()), self.fields)
+        except DeviceRejected as e:
+            if e.reason != "unknown-ca":
+                check_validity(cert, now)  # the checks' order: the issuer, the validity, then the rest
+            raise
+        if not not_before <= now <= not_after:
+            check_validity(cert, now)  # raises, with the reason
+        return identity, issuer
 
     def unrevoked(self, identity: DeviceIdentity, issuer: x509.Name, revoked: Revoked) -> DeviceIdentity:
         """C{identity}, unless C{revoked} (read for this request) or a CRL of C{issuer} revokes it."""

@@ -51,6 +51,10 @@ MAX_LINE = 16384
 
 log = Logger()
 
+# read once: twisted.web.http is a deprecation proxy, each attribute read through it costs ~2 us
+_GenericHTTPChannelProtocol = http._GenericHTTPChannelProtocol  # a channel per connection
+_ChunkedTransferDecoder = http._ChunkedTransferDecoder
+
 
 class BoundedBuffer(io.BytesIO):
     """
@@ -368,7 +372,7 @@ class RegistryChannel(http.HTTPChannel):
         ok = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
-        if fast is not None and type(decoder) is http._ChunkedTransferDecoder:  # the same, without copies
+        if fast is not None and type(decoder) is _ChunkedTransferDecoder:  # the same, without copies
             self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
         return ok
 
@@ -470,7 +474,7 @@ class RegistrySite(server.Site):
         self.body_for = body_for
 
     def protocol(self):
-        return http._GenericHTTPChannelProtocol(RegistryChannel())
+        return _GenericHTTPChannelProtocol(RegistryChannel())
 
     def buildProtocol(self, addr):
         address = getattr(addr, "host", None) or "local"

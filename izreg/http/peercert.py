@@ -10,6 +10,8 @@ L{izreg.auth.devices.DeviceVerifier}.
 
 from __future__ import annotations
 
+import threading
+
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ssl_ffi
@@ -37,15 +39,56 @@ def peer_certificate(transport: object) -> x509.Certificate | None:
     return cert
 
 
+#: how many parsed client certificates L{verified_peer_certificate} keeps
+CACHED_CERTIFICATES = 1024
+
+#: parsed client certificates by the SHA-256 of their DER: a device that
+#: connects again gets the same object, not a new parse (and the device checks
+#: remembered per certificate, L{izreg.auth.devices}, find it at once). Only
+#: the parse is remembered; what decides whether the device may pull (the
+#: handshake's verification, validity, revocation, CRLs) runs every time.
+_certificates: dict[bytes, x509.Certificate] = {}
+_certificates_lock = threading.Lock()  # the handshake threads (izreg.service.tlsthreads) read certificates too
+_SHA256 = _ssl_lib.EVP_get_digestbyname(b"sha256")
+
+
 def verified_peer_certificate(connection: SSL.Connection) -> x509.Certificate | None:
     """
     The client certificate of a connection whose handshake is done, if
     OpenSSL verified it; it cannot change afterwards (no renegotiation).
     """
-    cert = connection.get_peer_certificate(as_cryptography=True)
-    if cert is not None and not _has_verified_chain(connection) and not _resumed_verified(connection):
-        return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
-    return cert
+    peer = _ssl_lib.SSL_get_peer_certificate(connection._ssl)  # a reference of ours (SSL_get1_peer_certificate)
+    if peer == _ssl_ffi.NULL:
+        return None
+    try:
+        if not _has_verified_chain(connection) and not _resumed_verified(connection):
+            return None  # never trust a certificate OpenSSL did not verify (e.g. a context without device CAs)
+        key = _fingerprint(peer)
+        cert = _certificates.get(key) if key is not None else None
+        if cert is None:
+            cert = connection.get_peer_certificate(as_cryptography=True)
+            if key is not None and cert is not None:
+                _remember(key, cert)
+        return cert
+    finally:
+        _ssl_lib.X509_free(peer)
+
+
+def _fingerprint(peer) -> bytes | None:
+    """SHA-256 of the certificate's DER (OpenSSL's C{X509_digest}), or C{None} if OpenSSL could not."""
+    digest = _ssl_ffi.new("unsigned char[]", 64)
+    length = _ssl_ffi.new("unsigned int *", 64)
+    if _SHA256 == _ssl_ffi.NULL or _ssl_lib.X509_digest(peer, _SHA256, digest, length) != 1:
+        _ssl_lib.ERR_clear_error()
+        return None
+    return _ssl_ffi.buffer(digest, length[0])[:]
+
+
+def _remember(key: bytes, cert: x509.Certificate) -> None:
+    with _certificates_lock:
+        while len(_certificates) >= CACHED_CERTIFICATES:
+            del _certificates[next(iter(_certificates))]  # the oldest
+        _certificates[key] = cert
 
 
 def _has_verified_chain(connection: SSL.Connection) -> bool:

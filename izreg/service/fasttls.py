@@ -66,17 +66,31 @@ class FastTLSTransport(BufferingTLSTransport):
     #: the verified client certificate, once L{izreg.http.peercert.peer_certificate} has read it
     peerCertificate = None
 
+    #: adapting the transport to an interface (twisted.web's C{isSecure()} asks for
+    #: C{ISSLTransport} twice a request) looks for C{__conform__}, which
+    #: C{ProtocolWrapper.__getattr__} would look up on the wrapped protocol and
+    #: raise C{AttributeError} for: neither defines one
+    __conform__ = None
+
+    #: while set, C{_write} leaves the records it seals in OpenSSL's send BIO
+    #: (see L{loseConnection})
+    _holdRecords = False
+    #: records sealed while holding, not yet read from the send BIO
+    _heldRecords = False
+
     def makeConnection(self, transport):
         """
         Twisted's C{TLSMemoryBIOProtocol.makeConnection}, but the transport's
         interfaces are declared in one step: Twisted's loop calls
         C{directlyProvides(self, interface)} for each, and each call replaces
-        the one before, so the last is what the protocol provides (until
-        C{ProtocolWrapper.makeConnection} declares all of the transport's).
+        the one before, so the last is what the protocol provides until
+        C{ProtocolWrapper.makeConnection} declares all of the transport's;
+        when that follows at once (a wrapped protocol to connect: every
+        server connection), nothing asks in between, so only it declares.
         """
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
-        last = _last_interface(transport)
+        last = _last_interface(transport) if not self._connectWrapped else None
         if last is not None:
             directlyProvides(self, last)
         Protocol.makeConnection(self, transport)
@@ -91,9 +105,31 @@ class FastTLSTransport(BufferingTLSTransport):
         if self._handshakeDone and not done:
             self.factory.handshakeCompleted()
 
+    def loseConnection(self):
+        """
+        Twisted's, but the application's last writes (the aggregated small
+        writes) and the TLS close alert leave in one send: the records the
+        flush seals stay in the send BIO until C{_shutdownTLS} flushes it with
+        the alert (one system call and one segment less for a connection that
+        ends after its response). Only where Twisted shuts TLS down at once:
+        handshake done, no writes waiting for OpenSSL, no producer.
+        """
+        aggregator = getattr(self, "_aggregator", None)
+        if (aggregator is not None and self._handshakeDone and not self.disconnecting and self.connected
+                and not self._appSendBuffer and self._producer is None):
+            self._holdRecords = True
+            try:
+                aggregator.flush()
+            finally:
+                self._holdRecords = False
+        super().loseConnection()
+        if self._heldRecords and self._tlsConnection is not None:
+            self._flushSendBIO()  # Twisted did not shut down after all: never leave records behind
+
     def _write(self, bytes):
         if self._lostTLSConnection:
             return
+        hold = self._holdRecords
         view = memoryview(bytes)
         alreadySent, total = 0, len(view)
         while alreadySent < total:
@@ -108,11 +144,21 @@ class FastTLSTransport(BufferingTLSTransport):
                 break
             else:
                 alreadySent += sent
-                self._flushSendBIO()
+                if hold:
+                    self._heldRecords = True
+                else:
+                    self._flushSendBIO()
+        if self._heldRecords and self._appSendBuffer:
+            self._flushSendBIO()  # what OpenSSL sealed before it wanted to read goes now, as it would have
 
     def _flushSendBIO(self):
-        if _BIO_read is not None and _direct(self.transport):
-            self._sendBIOToSocket(self.transport)
+        self._heldRecords = False
+        if _BIO_read is not None:
+            transport = self.transport
+            if _direct(transport):
+                self._sendBIOToSocket(transport)
+            else:
+                self._sendBIOToTransport(transport)
             return
         while True:
             try:
@@ -123,6 +169,25 @@ class FastTLSTransport(BufferingTLSTransport):
             if len(data) < BIO_READ_SIZE:
                 return
 
+    def _sendBIOToTransport(self, transport) -> None:
+        """
+        The records to the transport's own write (it has data buffered, or is
+        closing), read through the same reused buffer: pyOpenSSL's C{bio_read}
+        would allocate a C{BIO_READ_SIZE} buffer per call (a large malloc,
+        which makes glibc consolidate its free lists) and raise
+        C{WantReadError} for an empty BIO, as every connection's end finds it.
+        """
+        global _records
+        if _records is None:
+            _records = _ffi.new("char[]", BIO_READ_SIZE)
+        bio = self._tlsConnection._from_ssl
+        while True:
+            n = _BIO_read(bio, _records, BIO_READ_SIZE)
+            if n <= 0:
+                return  # the send BIO is empty
+            transport.write(_ffi.buffer(_records, n)[:])
+            if n < BIO_READ_SIZE:
+                return
 
     def _sendBIOToSocket(self, transport: tcp.Connection) -> None:
         """

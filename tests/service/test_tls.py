@@ -536,3 +536,98 @@ def test_groups_unknown_to_this_openssl_fall_back_to_the_next_list(certs, monkey
     monkeypatch.setattr(context, "GROUPS", (b"NoSuchGroup",))
     with pytest.raises(Exception, match="knows none of the key-exchange groups NoSuchGroup"):
         ServerTLS(certs.files())
+
+
+def _get_with_connection_close(port: int, certs: Certs) -> tuple[bytes, bool]:
+    """(In a thread.) One GET with C{Connection: close} and the device certificate: what came, and whether TLS closed cleanly."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(certs.ca_path)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(certs.device_cert, certs.device_key)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, suppress_ragged_eofs=False) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):  # b"" only after the server's close_notify
+                    answer += chunk
+            except ssl.SSLEOFError:
+                return answer, False
+    return answer, True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_then_connection_close_ends_with_the_tls_close_alert(server, certs):
+    # the last writes and the close alert leave together (FastTLSTransport.loseConnection): both arrive, in order
+    port, _, _ = server
+    for _ in range(3):
+        answer, clean = await deferToThread(_get_with_connection_close, port, certs)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["device"] == [ACCOUNT, "gw-17"]
+        assert clean  # the close_notify came after the whole response, not a bare TCP close
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_a_crl_revokes_a_certificate_already_seen_from_the_next_request(server, certs):
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+
+    port, tls, whoami = server
+    crls: list = []
+    whoami.verifier = DeviceVerifier(cas=tls.device_cas, crls=lambda: crls)
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert (status, body["device"]) == (200, [ACCOUNT, "gw-17"])  # parsed and checked: remembered now
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crls.append(x509.CertificateRevocationListBuilder().issuer_name(certs.ca.cert.subject).last_update(now)
+                .next_update(now + datetime.timedelta(days=1))
+                .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                         .serial_number(certs.device.cert.serial_number).revocation_date(now).build())
+                .sign(certs.ca.key, hashes.SHA256()))
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)
+    assert (status, body["rejected"]) == (401, "revoked-crl")
+
+
+def _handshake_in_memory(server_context, cert_path: str | None, key_path: str | None):
+    """A full TLS handshake over memory BIOs; the server's pyOpenSSL connection."""
+    from OpenSSL import SSL
+
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if cert_path:
+        client_context.use_certificate_file(cert_path)
+        client_context.use_privatekey_file(key_path)
+    server, client = SSL.Connection(server_context, None), SSL.Connection(client_context, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(5):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                while True:
+                    b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return server
+
+
+def test_a_device_certificate_is_parsed_once_per_fingerprint_in_a_bounded_cache(certs, monkeypatch):
+    from izreg.http import peercert
+
+    monkeypatch.setattr(peercert, "_certificates", {})
+    monkeypatch.setattr(peercert, "CACHED_CERTIFICATES", 2)
+    context = ServerTLS(certs.files())._context
+    first = peercert.verified_peer_certificate(_handshake_in_memory(context, certs.device_cert, certs.device_key))
+    again = peercert.verified_peer_certificate(_handshake_in_memory(context, certs.device_cert, certs.device_key))
+    assert first is again and first.subject.rfc4514_string() == f"CN=gw-17,OU={ACCOUNT}"
+    other = peercert.verified_peer_certificate(_handshake_in_memory(context, certs.nameless_cert, certs.nameless_key))
+    assert other is not first and other.serial_number != first.serial_number
+    now = time.time()
+    for i in range(3):
+        extra = write_pair(certs.dir, f"extra{i}", make_device_cert(certs.ca, ACCOUNT, f"gw-{i}", now))
+        assert peercert.verified_peer_certificate(_handshake_in_memory(context, *extra)) is not None
+        assert len(peercert._certificates) <= 2
+    assert peercert.verified_peer_certificate(_handshake_in_memory(context, None, None)) is None

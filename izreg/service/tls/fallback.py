@@ -41,6 +41,9 @@ FASTTLS_NEEDS = (
     Needs(_TLS, "TLSMemoryBIOProtocol._bufferedWrite"),
     Needs(_TLS, "TLSMemoryBIOProtocol._tlsShutdownFinished"),
     Needs(_TLS, "BufferingTLSTransport"),
+    Needs(_TLS, "BufferingTLSTransport.loseConnection", ("_aggregator", "flush")),
+    Needs(_TLS, "TLSMemoryBIOProtocol.loseConnection", (
+        "disconnecting", "connected", "_handshakeDone", "_appSendBuffer", "_producer", "_shutdownTLS")),
     Needs(_TLS, "TLSMemoryBIOFactory.__init__", ("_creatorCallable",)),
     Needs(_TLS, "TLSMemoryBIOFactory.registerProtocol"),
     Needs("twisted.protocols.policies", "ProtocolWrapper.makeConnection"),
