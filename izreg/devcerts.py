@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from izreg.auth.devices import DEVICE_ID_RE
 from izreg.core.names import ACCOUNT_RE
 
 SERVER_NAMES = ("localhost", "127.0.0.1", "containers.local")
@@ -206,6 +207,8 @@ def write_dev_certs(directory: str, now: float, account: str, device_id: str = D
     """Make a CA, a server and a device certificate and write them to C{directory}."""
     if not ACCOUNT_RE.match(account):
         raise ValueError(f"not an account id (32 lowercase hex): {account!r}")
+    if not DEVICE_ID_RE.fullmatch(device_id):  # the registry would refuse the certificate
+        raise ValueError(f"not a device id (1-128 of A-Z a-z 0-9 . _ : @ -, starting alphanumeric): {device_id[:200]!r}")
     os.makedirs(os.path.join(directory, SERVER_DIR), mode=0o700, exist_ok=True)
     paths = {name: os.path.join(directory, relative) for name, relative in LAYOUT.items()}
     existing = sorted(LAYOUT[name] for name, path in paths.items() if os.path.exists(path))

@@ -88,10 +88,17 @@ def _pages(fetch, key: str):
         last = found[-1][key]
 
 
+def _known(context, browser: Browser, account: str) -> str:
+    """C{account}, if it exists or holds repositories: a mistyped id is an error, not an empty listing."""
+    if context.store().get_account(account) is None and not browser.index.list_repo_stats(f"{account}/", None, 1)[0]:
+        raise CommandError(f"no such account: {account}")
+    return account
+
+
 def images_command(args: argparse.Namespace, context) -> int:
 
-    account = account_id(args.account)
     browser = _browser(context)
+    account = _known(context, browser, account_id(args.account))
     if args.repository:
         name = args.repository if args.repository.startswith(f"{account}/") else f"{account}/{args.repository}"
         if not NAME_RE.fullmatch(name):
@@ -131,7 +138,7 @@ def usage_command(args: argparse.Namespace, context) -> int:
 
     browser = _browser(context)
     if args.account:
-        accounts = [account_id(args.account)]
+        accounts = [_known(context, browser, account_id(args.account))]
     else:
         accounts = sorted({a.account_id for a in context.store().list_accounts()}
                           | {name[:32] for name, _ in browser.index.list_repo_stats("", None, 10**9)[0]})

@@ -71,6 +71,14 @@ def test_bad_account(tmp_path):
     assert not os.path.exists(tmp_path / "ca.crt")
 
 
+@pytest.mark.parametrize("device_id", ["bad id!", "-gw", "gw-1\n", "g" * 129])
+def test_bad_device_id(tmp_path, device_id):
+    """A device id the registry would refuse in a certificate is refused before any file is written."""
+    with pytest.raises(ValueError, match="not a device id"):
+        devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT, device_id)
+    assert not os.path.exists(tmp_path / "ca.crt")
+
+
 def test_validity_uses_now():
     ca = devcerts.make_ca(NOW)
     device = devcerts.make_device_cert(ca, ACCOUNT, "d", NOW, days=2)

@@ -48,6 +48,9 @@ class Repository:
             raise RegistryError(
                 ErrorCode.NAME_INVALID,
                 {"name": text[:300], "expected": "<account_id: 32 hex>/<name>[/<name>...]"},
+                # clients print the message only (docker: "name invalid: ..."), so it says the form too
+                "invalid repository name: expected <account id: 32 lowercase hex>/<name>,"
+                " as in 0123456789abcdef0123456789abcdef/app",
             )
         return cls(text)
 

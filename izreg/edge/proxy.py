@@ -8,7 +8,8 @@ the cache or the registry.
   resolved there, a cached digest is revalidated with a HEAD, so a 401,
   403 or 404 reaches the client unchanged); the bytes come from the cache
   when it has the digest (a I{hit}, reported to the registry as a pull),
-  else from the registry, verified against the digest and kept (a I{miss}).
+  else from the registry, verified against the digest and kept (a I{miss};
+  a HEAD too, so that a tag a client only resolved is there offline).
   When the registry is unreachable: from the cache by digest, or by the
   digest a tag last resolved to, with a C{Warning} header (I{offline});
   else 503 C{UNAVAILABLE} at once.
@@ -208,16 +209,15 @@ class EdgeAPI:
         if digest is not None and self.cache.entry(digest) is not None:
             _source(request, "hit")
             return await self._from_cache(request, repo, digest)
-        if head:
-            _source(request, "relay")
-            return RelayBody(answer, head_only=True)
+        # a miss, HEAD too: a client that already holds the manifest (containerd, dockerd) resolves
+        # the tag with a HEAD and never GETs it, so fetch and keep it now, or it would be missing offline
         _source(request, "miss")
         fetched = await self.fetch_manifest(repo, digest or str(reference), None if digest else reference)
         if fetched is None:
             return await self.relay(request, path)
         data, media_type, digest = fetched
         _set_manifest_headers(request, media_type, digest, len(data))
-        return data
+        return b"" if head else data
 
     async def fetch_manifest(self, repo: str, reference: str, tag: str | None = None):
         """
@@ -436,9 +436,9 @@ class RelayBody(Resource):
 
     isLeaf = True
 
-    def __init__(self, response, head_only: bool = False) -> None:
+    def __init__(self, response) -> None:
         super().__init__()
-        self.response, self.head_only = response, head_only
+        self.response = response
 
     def render(self, request):
         response = self.response
@@ -447,7 +447,7 @@ class RelayBody(Resource):
         length = response.headers.getRawHeaders(b"content-length")
         if length:
             request.setHeader(b"Content-Length", length[0])
-        if self.head_only or request.method == b"HEAD":
+        if request.method == b"HEAD":
             return b""
         _Relay(request).attach(response)
         return NOT_DONE_YET

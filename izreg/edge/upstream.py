@@ -94,6 +94,8 @@ class Upstream:
         agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
         self.http = HTTPClient(agent)
         self.denied = False
+        #: why the last request failed to reach the registry (C{None}: it answered)
+        self.unreachable: str | None = None
 
     async def request(self, method: str, path: str, headers: dict[str, list[str]] | None = None,
                       data: bytes | None = None):
@@ -105,12 +107,25 @@ class Upstream:
         except defer.CancelledError:
             raise
         except Exception as e:
-            raise Unreachable(_describe(e)) from None
+            reason = _describe(e)
+            self._unreachable(reason)
+            raise Unreachable(reason) from None
+        if self.unreachable is not None:
+            log.info("the registry {url} answers again", url=self.url)
+            self.unreachable = None
         if response.code == 401:
             self.denied = True
         elif 200 <= response.code < 300:
             self.denied = False
         return response
+
+    def _unreachable(self, reason: str) -> None:
+        """One log line when the registry stops answering, or fails otherwise (not one per request)."""
+        if reason == self.unreachable:
+            return
+        self.unreachable = reason
+        hint = " (is --upstream-ca the CA of the registry's certificate?)" if "verify failed" in reason else ""
+        log.warn("the registry {url} is unreachable: {reason}{hint}", url=self.url, reason=reason, hint=hint)
 
     def close(self):
         return self.pool.closeCachedConnections()

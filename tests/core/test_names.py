@@ -97,6 +97,8 @@ def test_repository_invalid(text):
     assert info.value.code is ErrorCode.NAME_INVALID
     assert info.value.code.status == 400
     assert info.value.detail["name"] == text[:300]
+    # clients show the message alone: it names the expected form
+    assert "<account id: 32 lowercase hex>/<name>" in info.value.message
 
 
 def test_repository_length_boundary():

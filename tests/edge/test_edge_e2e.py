@@ -129,24 +129,52 @@ def test_healthz(stack):
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
+def test_a_wrong_upstream_ca_is_logged_once_with_a_hint(stack, tmp_path):
+    """An edge that does not trust the registry's certificate says why in its log, once (not per request)."""
+    from izreg import devcerts
+
+    other = devcerts.write_dev_certs(str(tmp_path / "other"), time.time(), stack.account)
+    edge = stack.new_edge("--upstream-ca", other.ca_cert, label="wrong-ca")
+    edge.start()
+    mark = edge.log_mark()
+    repo = stack.repo()
+    for _ in range(3):
+        r = get(edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE")
+    edge.wait_for_log(r"the registry https://\S+ is unreachable: .*verify failed.* \(is --upstream-ca the CA", since=mark)
+    edge.wait_for_log(rf"GET /v2/{repo}/manifests/v1 503 unavailable", since=mark)
+    edge.close()
+    assert edge.log_text().count("is unreachable") == 1, edge.log_tail()
+
+
 def test_offline_pulls_restart_and_reports(make_stack):
     """
     Registry down: cached images pull by digest and by tag (Warning), an uncached one
     fails within seconds; the cache survives an edge restart while the registry is
     down; the pulls served from the cache reach the registry's pull records later.
+    A tag a client only resolved with a HEAD (containerd and dockerd do that when
+    they hold the manifest already) is there offline too.
     """
     s = make_stack()
-    repo, other = s.repo("app"), s.repo("uncached")
+    repo, other, headed = s.repo("app"), s.repo("uncached"), s.repo("headed")
     image = s.push(repo, seed=21)
     s.push(other, seed=22)
+    headed_image = s.push(headed, seed=23)
     pull_with_skopeo(s, f"{repo}:v1", s.tmp / "online")
+    r = requests.head(f"{s.edge.url}/v2/{headed}/manifests/v1", headers={"Accept": OCI}, timeout=30)
+    assert (r.status_code, r.headers["Docker-Content-Digest"], r.content) == (200, headed_image["manifest_digest"], b"")
+    down = s.edge.log_mark()
     s.registry.stop()
 
     for attempt in range(2):
         r = get(s.edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
         assert (r.status_code, r.content, r.headers.get("Warning")) == (200, image["manifest_bytes"], WARNING)
+        if attempt == 0:
+            s.edge.wait_for_log(r"the registry https://\S+ is unreachable: .*refused", since=down)
         r = get(s.edge, f"/v2/{repo}/manifests/{image['manifest_digest']}", headers={"Accept": OCI})
         assert r.status_code == 200 and r.headers.get("Warning") == WARNING
+        r = get(s.edge, f"/v2/{headed}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, r.content, r.headers.get("Warning")) == (200, headed_image["manifest_bytes"], WARNING)
         out = s.tmp / f"offline-{attempt}"
         pull_with_skopeo(s, f"{repo}:v1", out)
         assert_same_image(image, out)
@@ -167,6 +195,7 @@ def test_offline_pulls_restart_and_reports(make_stack):
     r = get(s.edge, f"/v2/{twin}/manifests/v1", headers={"Accept": OCI})
     assert r.status_code == 200 and "Warning" not in r.headers
     s.edge.wait_for_log(rf"GET /v2/{twin}/manifests/v1 200 hit", since=mark)
+    s.edge.wait_for_log(r"the registry https://\S+ answers again", since=mark)
     s.edge.wait_for_log(r"reported \d+ pull\(s\)", since=mark, timeout=60)
     s.registry.stop()  # flushes the batched pull records
     pulls = s.registry.cli("device", "pulls", s.account)

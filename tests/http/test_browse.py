@@ -227,3 +227,8 @@ async def test_izreg_images_and_usage(pushed):
     assert by_account[keys.a][-1] == str(total) and by_account[keys.b][-1] == "0"
     done = izreg(server, "images", keys.a, "--repository", "nothing")
     assert done.returncode == 2 and "no repository" in done.stderr
+    # a mistyped account id is an error, not an empty listing
+    for command in ("images", "usage"):
+        done = izreg(server, command, "f" * 32)
+        assert (done.returncode, done.stdout) == (2, ""), (command, done)
+        assert f"no such account: {'f' * 32}" in done.stderr
