@@ -203,15 +203,21 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
     for description in config.listen:
         Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
-    threads = None
+    threads = admission = None
     if config.tls_listen:  # started before the TLS listeners, stopped after them
+        from izreg.service.tls.admission import HandshakeAdmission
         from izreg.service.tlsthreads import HandshakeThreads
         threads = HandshakeThreads(reactor, config.tls_handshake_threads)
         threads.setServiceParent(top)
+        admission = HandshakeAdmission(reactor, config.tls_max_handshakes, config.tls_handshake_timeout,
+                                       config.idle_timeout)
+        metrics.watch_handshakes(admission)
     for description in config.tls_listen:
-        Listener(tls_endpoint(reactor, description, tls, threads), site).setServiceParent(top)
+        Listener(tls_endpoint(reactor, description, tls, threads, admission), site).setServiceParent(top)
     Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)
     Timer(config.pull_flush_interval, top.flush_batches, reactor).setServiceParent(top)
+    from izreg.service.bursttrim import CHECK_INTERVAL
+    Timer(CHECK_INTERVAL, top.trim_after_burst, reactor).setServiceParent(top)
     if config.gc_interval:
         AfterFirstInterval(config.gc_interval, lambda: defer.ensureDeferred(top.collect_garbage()),
                            reactor).setServiceParent(top)

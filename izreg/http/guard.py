@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from izreg.auth import policy
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.devices import DeviceRejected, DeviceVerifier
+from izreg.http.refusals import RefusalLog
 from izreg.auth.policy import Action, Principal
 from izreg.auth.runners import inline, then
 from izreg.core.errors import ErrorCode, RegistryError
@@ -66,6 +67,10 @@ def token_realm(request) -> str:
         host = f"{getattr(local, 'host', 'localhost')}:{getattr(local, 'port', '')}".rstrip(":")
     scheme = "https" if request.isSecure() else "http"
     return f"{scheme}://{host}/v2/token"
+
+
+#: refused device certificates: the first few per reason and minute in full, then a count (the metrics read its total)
+refusals = RefusalLog(Logger(namespace="izreg.http.guard.AccessGuard"), "device certificates")
 
 
 class AccessGuard:
@@ -115,7 +120,7 @@ class AccessGuard:
         verifier = self.devices
 
         def refused(e: DeviceRejected) -> None:
-            self.log.warn("refused device certificate from {address}: {reason}",
+            refusals.warn("refused device certificate from {address}: {reason}",
                           address=_client_address(request), reason=e.reason)
 
         def principal(revoked) -> Principal:

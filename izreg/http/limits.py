@@ -66,6 +66,7 @@ class ConnectionLimits:
         self.max_per_address = max_per_address
         self.exempt = exempt
         self.total = 0
+        self.peak = 0  # the most open at once since L{izreg.service.bursttrim.BurstTrim} last reset it
         self.by_address: dict[str, int] = {}
 
     def admit(self, address: str) -> tuple[RegistryError, str] | None:
@@ -86,6 +87,8 @@ class ConnectionLimits:
                 f" (connections.max_per_address = {self.max_per_address})",
             )
         self.total += 1
+        if self.total > self.peak:
+            self.peak = self.total
         self.by_address[address] = count + 1
         return None
 

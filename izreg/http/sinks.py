@@ -24,6 +24,7 @@ from izreg.core.ranges import parse_content_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
 from izreg.http.handlers import Handlers, _header
 from izreg.http.pending import PendingBody
+from izreg.http.uploadholder import freed, hold, holder_gone
 from izreg.http.routing import Access, Body, Target
 from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import IBodySink
@@ -92,7 +93,8 @@ class BodySinks(Handlers):
             if "digest" not in args or "mount" in args:
                 return Dropped()
             return _throttled(self.registry.monolithic_writer(repository, Digest.parse(args["digest"][0])), request)
-        return _throttled(self._chunk_sink(request, repository, target.route.argument, length), request)
+        again = lambda: self._sink(request, target, method, uri, length)  # noqa: E731 - once a gone holder let go
+        return _throttled(self._chunk_sink(request, repository, target.route.argument, length, again), request)
 
     def _check_push(self, target: Target) -> None:
         """Low disk or an unwritable data dir: refuse a push before its first byte (L{health})."""
@@ -103,12 +105,18 @@ class BodySinks(Handlers):
             if refusal is not None:
                 raise refusal
 
-    def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None):
+    def _chunk_sink(self, request, repository: Repository, upload_id: str, length: int | None, again=None):
         session = getattr(request, FOUND_SESSION, None) or self.registry.live_upload(repository, upload_id)
         location = self._upload_location(repository, upload_id)
         if session.busy:
-            raise RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
-                                headers={"Location": location, "Range": upload_range(session.offset)})
+            busy = RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
+                                 headers={"Location": location, "Range": upload_range(session.offset)})
+            gone = holder_gone(session) if again is not None and not hasattr(request, BODY_READY) else None
+            if gone is not None:  # a retry after a reset the server has not read yet (izreg.http.uploadholder)
+                ready = freed(session, gone, busy)
+                setattr(request, BODY_READY, ready)  # the handler waits for the sink (L{dispatch})
+                return PendingBody(request, ready, again, self.budget)
+            raise busy
         content_range = _header(request, "Content-Range")
         if content_range is not None:
             start, end = parse_content_range(content_range)
@@ -130,4 +138,5 @@ def _throttled(sink, request):
         transport = getattr(request.channel, "transport", None)
         if transport is not None:
             sink.throttle(transport)
+            hold(sink, transport)
     return sink

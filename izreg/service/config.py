@@ -42,6 +42,10 @@ class Config:
     # threads that run OpenSSL's handshake steps (izreg.service.tlsthreads); 0: on the reactor (the default:
     # faster on a quiet 2-CPU machine, docs/benchmark.md), None: one per CPU
     tls_handshake_threads: int | None = 0
+    # TLS connections in their handshake at once (each holds ~66 KiB of OpenSSL state; others wait without it, 0: no
+    # cap) and the seconds a handshake may take once admitted (0: no limit) (izreg.service.tls.admission)
+    tls_max_handshakes: int = 64
+    tls_handshake_timeout: int = 10
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
@@ -153,6 +157,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("tls", "device_crl"): ("device_crl", str),
     ("tls", "device_crl_interval"): ("device_crl_interval", int),
     ("tls", "handshake_threads"): ("tls_handshake_threads", int),
+    ("tls", "max_handshakes"): ("tls_max_handshakes", int),
+    ("tls", "handshake_timeout"): ("tls_handshake_timeout", int),
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),

@@ -19,7 +19,7 @@ import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
@@ -63,6 +63,7 @@ class Metrics:
         self.webhook_deliveries = Counter("izreg_webhook_deliveries", "Webhook delivery attempts", ["result"], registry=r)
         for result in ("delivered", "failed", "gave_up"):
             self.webhook_deliveries.labels(result)
+        r.register(RefusalCollector())
         #: each request's series, by (route, method, status): C{labels()} looks them up at ~3 us each
         self._series: dict[tuple[str, str, str], tuple] = {}
 
@@ -101,6 +102,10 @@ class Metrics:
             self.registry.unregister(previous)
         self._storage = StorageCollector(index, env)
         self.registry.register(self._storage)
+
+    def watch_handshakes(self, admission) -> None:
+        """The TLS handshakes in progress and waiting (L{izreg.service.tls.admission.HandshakeAdmission})."""
+        self.registry.register(HandshakeCollector(admission))
 
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""
@@ -155,3 +160,40 @@ class StorageCollector:
         yield GaugeMetricFamily("izreg_lmdb_map_used_bytes", "Bytes of the LMDB map in use", value=used)
         yield GaugeMetricFamily("izreg_lmdb_map_free_bytes", "Bytes of the LMDB map still free",
                                 value=max(0, info["map_size"] - used))
+
+
+class HandshakeCollector:
+    """Gauges of the TLS handshake admission, read at scrape time (ints: no lock needed)."""
+
+    def __init__(self, admission) -> None:
+        self.admission = admission
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        admission = self.admission
+        yield GaugeMetricFamily("izreg_tls_handshakes_in_progress", "TLS connections in their handshake",
+                                value=admission.in_progress)
+        yield GaugeMetricFamily("izreg_tls_handshakes_waiting", "TLS connections waiting for a handshake slot"
+                                " (tls.max_handshakes)", value=len(admission.waiting))
+        yield CounterMetricFamily("izreg_tls_handshakes_timed_out", "TLS connections closed for a handshake or a"
+                                  " wait for one too long", value=admission.timed_out)
+
+
+class RefusalCollector:
+    """Every refused device certificate, logged in full or not (L{izreg.http.refusals.RefusalLog.total})."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from izreg.http.guard import refusals as http_refusals
+        from izreg.service.tls.context import refusals as tls_refusals
+
+        family = CounterMetricFamily("izreg_device_certificates_refused", "Device (client) certificates refused:"
+                                     " at the TLS handshake (chain, validity) or per request (subject, revocation)",
+                                     labels=["stage"])
+        family.add_metric(["tls"], tls_refusals.total)
+        family.add_metric(["http"], http_refusals.total)
+        yield family

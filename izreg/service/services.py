@@ -37,6 +37,7 @@ from izreg.http.limits import BodyBudget, raise_open_files_limit
 from izreg.http.health import Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
+from izreg.service.bursttrim import BurstTrim
 from izreg.service.heap import trim as trim_heap
 from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
@@ -80,6 +81,7 @@ class RegistryService(service.MultiService):
         self.backend = None  # izreg.service.backends.Backend: the metadata stores and their runners
         self.readiness: Readiness | None = None
         self.crl_file: CRLFile | None = None
+        self.burst_trim: BurstTrim | None = None  # built with the I/O pool (startService)
         self._pools: list[ThreadPool] = []
 
     def setServiceParent(self, parent):
@@ -129,6 +131,7 @@ class RegistryService(service.MultiService):
         self._run_io = thread_runner(self.reactor, io)
         self._run_write = backend.run_write
         self.api = self._compose(env, root)
+        self.burst_trim = BurstTrim(getattr(self.site, "connections", None), self._run_io, self.reactor.seconds)
         self.site.serve(self.api.resource(), self.api.body_for)
         self._drop_orphans()
         self.log.info("izreg storage open: {blobs}; {metadata}", blobs=self._blobs_description(root),
@@ -315,6 +318,12 @@ class RegistryService(service.MultiService):
                 self.log.info("heap: malloc_trim gave back {mib:.1f} MiB ({before:.1f} -> {after:.1f} MiB anonymous)",
                               mib=(sizes[0] - sizes[1]) / 2**20, before=sizes[0] / 2**20, after=sizes[1] / 2**20)
         return result
+
+    def trim_after_burst(self):
+        """Timer task: the heap back to the system once a burst of connections has closed (L{BurstTrim})."""
+        if self.registry is None:
+            return None
+        return self.burst_trim.check()
 
     async def expire_uploads(self) -> None:
         """Timer task: drop upload sessions idle for longer than the TTL."""

@@ -13,6 +13,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.internet.testing import MemoryReactorClock
 
 from izreg import StartupError
+from izreg.service.bursttrim import CHECK_INTERVAL as BURST_CHECK_INTERVAL
 from izreg.service.services import RegistryService
 from izreg.tap import Options, make_server
 
@@ -85,7 +86,7 @@ def test_service_tree(tmp_path):
     timers = [s for s in top if isinstance(s, TimerService)]
     assert len(listeners) == 2
     assert sorted(t.step for t in timers) == sorted([config.upload_expiry_interval, config.pull_flush_interval,
-                                                     config.gc_interval])
+                                                     config.gc_interval, BURST_CHECK_INTERVAL])
     # nothing is opened before startService (twistd forks in between)
     assert top.registry is None and top.api is None and not (tmp_path / "d" / "index").exists()
     # the listeners bind on the reactor make_server was given, not on the global one

@@ -46,6 +46,8 @@ from izreg.service.tls import (
     load_material,
 )
 from izreg.http.peercert import peer_certificate
+from izreg.service.tls.admission import HandshakeAdmission
+from izreg.service.tls.context import refusals
 from izreg.service.tlsthreads import HandshakeThreads
 from izreg.storage.lmdbenv import open_env
 
@@ -132,15 +134,20 @@ def server(request, certs, store):
     """
     from twisted.internet import reactor
 
+    refusals.reset()  # the tests look for the refusal lines: none left out for an earlier test's
     tls = ServerTLS(certs.files())
     verifier = DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for)
     whoami = Whoami(verifier)
     threads = HandshakeThreads(reactor, 2) if request.param == "threads" else None
     if threads is not None:
         threads.startService()
-    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor, threads=threads)
+    # behind the handshake admission the server uses (izreg.service.tls.admission): two at a time
+    admission = HandshakeAdmission(reactor, 2, handshake_timeout=30, wait_timeout=30)
+    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor, threads=threads,
+                           admission=admission)
     port = pytest_twisted.blockon(endpoint.listen(Site(whoami)))
     yield port.getHost().port, tls, whoami
+    assert admission.timed_out == 0
     pytest_twisted.blockon(port.stopListening())
     if threads is not None:
         threads.stopService()

@@ -12,11 +12,14 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _ssl_lib
 from twisted.logger import Logger
 
+from izreg.http.refusals import RefusalLog
 from izreg.service.fasttls import MODE_ENABLE_PARTIAL_WRITE
 from izreg.service.tls.pem import TLSMaterial
 from izreg.service.tlsthreads import emit
 
 log = Logger()
+#: refused client certificates: the first few per reason and minute in full, then a count (the metrics read its total)
+refusals = RefusalLog(log, "TLS client certificates")
 
 #: TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all fine and left at OpenSSL's default)
 CIPHERS_TLS12 = (
@@ -68,7 +71,7 @@ def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, 
     except Exception:
         subject = "?"
     emit(  # on a handshake thread: logged once the step is back on the reactor
-        log.warn, "refused TLS client certificate {subject!r} (chain depth {depth}) from {peer}: {reason}",
+        refusals.warn, "refused TLS client certificate {subject!r} (chain depth {depth}) from {peer}: {reason}",
         subject=subject, depth=depth, peer=_describe(connection),
         reason=_VERIFY_ERRORS.get(errno, f"X509 verify error {errno}"), errno=errno,
     )

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
+from izreg.service.tls.admission import HandshakeAdmission
 from izreg.service.tls.creator import ServerTLS
 from izreg.service.tls.fallback import tls_factory
 from izreg.service.tlsthreads import HandshakeThreads
@@ -25,12 +26,19 @@ class TLSEndpoint:
     creator: IOpenSSLServerConnectionCreator
     clock: IReactorTime | None = field(default=None)
     threads: HandshakeThreads | None = field(default=None)
+    #: the cap on handshakes in progress (shared by the process's TLS listeners), or C{None}
+    admission: HandshakeAdmission | None = field(default=None)
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
         # izreg's ThreadedTLSFactory, or Twisted's stock one (izreg.service.tls.fallback)
-        return self.wrapped.listen(tls_factory(self.creator, protocolFactory, self.clock, self.threads))
+        factory = tls_factory(self.creator, protocolFactory, self.clock, self.threads)
+        if self.admission is not None:
+            factory = self.admission.wrap(factory)
+        return self.wrapped.listen(factory)
 
 
-def tls_endpoint(reactor, description: str, tls: ServerTLS, threads: HandshakeThreads | None = None) -> TLSEndpoint:
+def tls_endpoint(reactor, description: str, tls: ServerTLS, threads: HandshakeThreads | None = None,
+                 admission: HandshakeAdmission | None = None) -> TLSEndpoint:
     """C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS."""
-    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor, threads=threads)
+    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor, threads=threads,
+                       admission=admission)

@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.service.test_admission -*-
+"""
+TLS handshakes a few at a time: what a client that has not authenticated may hold.
+
+A TLS connection in its handshake holds OpenSSL's C{SSL} object and its
+buffers (~66 KiB each, measured: docs/design.rst), before the client has
+shown anything. Bounded only by C{[connections] max_connections}, a thousand
+silent clients would hold ~66 MB. Here at most C{[tls] max_handshakes}
+connections of the TLS listeners are in their handshake at once
+(L{HandshakeAdmission}); a connection accepted beyond that waits with its
+reading paused (the kernel keeps whatever it sent) and no OpenSSL object (the
+TLS protocol is built, not connected: a few hundred bytes of Python objects),
+first come first served. A slot frees when its handshake completes or its
+connection ends.
+
+Time limits, both closing the connection (an abort: no TLS alert), checked
+by one timer for all connections, every second while any is watched:
+
+  - C{[tls] handshake_timeout}: from getting a slot to a completed handshake
+    (a silent or slow client cannot keep a slot);
+  - C{[connections] idle_timeout}: the longest a connection waits for a slot.
+
+Waiting connections count in C{[connections] max_connections} and
+C{max_per_address} as any other (the site admits them when they are
+accepted; one lost while waiting is reported to the site's protocol, which
+gives its count back).
+
+The TLS protocol (izreg's, or Twisted's stock one: L{izreg.service.tls.fallback})
+gets the real TCP transport, so nothing changes once it runs; until its
+handshake is done the gate (L{_Gate}) passes it the bytes read and watches
+for the end of the handshake, then gets out of the way (the transport's calls
+go straight to the TLS protocol's methods). With handshake threads
+(L{izreg.service.tlsthreads}) a handshake ends in a step's callback, which
+the gate watches too.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Factory, Protocol
+
+#: a gate's states
+_WAITING, _SHAKING, _DONE = 0, 1, 2
+
+
+class HandshakeAdmission:
+    """
+    The slots of every TLS listener of the process (C{limit}; 0: no limit), and
+    the connections waiting for one, in arrival order.
+
+    @param clock: the reactor (C{seconds}, C{callLater}).
+    @param handshake_timeout: seconds from a slot to a completed handshake (0: no limit).
+    @param wait_timeout: seconds a connection may wait for a slot (0: no limit).
+
+    One timer for all connections (not one each: a C{DelayedCall} set and
+    cancelled per connection cost ~14 us of its ~2 ms), every C{interval}
+    while any is watched; a timeout is kept to within that interval.
+    """
+
+    def __init__(self, clock, limit: int, handshake_timeout: float = 10, wait_timeout: float = 60) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.handshake_timeout = handshake_timeout
+        self.wait_timeout = wait_timeout
+        self.interval = min([1.0] + [t / 4 for t in (handshake_timeout, wait_timeout) if t])
+        self.in_progress = 0  # connections in their handshake (holding a slot)
+        self.waiting: dict[_Gate, float] = {}  # -> deadline; insertion-ordered: first come, first served
+        self.shaking: dict[_Gate, float] = {}  # in their handshake, with a timeout -> deadline
+        self.timed_out = 0  # connections closed for a handshake or a wait too long
+        self._call = None
+
+    def wrap(self, factory: Factory) -> Factory:
+        """The listener's factory: C{factory}'s (TLS) connections, admitted here."""
+        if not self.limit:
+            return factory
+        return AdmissionFactory(self, factory)
+
+    def _arrived(self, gate: "_Gate") -> None:
+        if self.in_progress < self.limit and not self.waiting:
+            self._admit(gate)
+        else:
+            self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
+            gate._wait()
+            self._arm()
+
+    def _admit(self, gate: "_Gate") -> None:
+        self.in_progress += 1
+        if self.handshake_timeout:
+            self.shaking[gate] = self.clock.seconds() + self.handshake_timeout
+            self._arm()
+        gate._start()
+
+    def _left(self, gate: "_Gate") -> None:
+        """A waiting connection ended."""
+        self.waiting.pop(gate, None)
+
+    def _release(self, gate: "_Gate") -> None:
+        """C{gate}'s handshake is over: its slot goes to the next waiting connection."""
+        self.shaking.pop(gate, None)
+        self.in_progress -= 1
+        while self.waiting and self.in_progress < self.limit:
+            first = next(iter(self.waiting))
+            del self.waiting[first]
+            self._admit(first)
+
+    def _arm(self) -> None:
+        if self._call is None:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for watched in (self.waiting, self.shaking):
+            late = []
+            for gate, deadline in watched.items():  # in arrival order, one timeout each: the late ones first
+                if deadline > now:
+                    break
+                late.append(gate)
+            for gate in late:
+                watched.pop(gate, None)
+                self.timed_out += 1
+                gate._expired()
+        if self.waiting or self.shaking:
+            self._arm()
+
+
+#: the deadline of a connection with no time limit
+_NEVER = float("inf")
+
+
+class AdmissionFactory(Factory):
+    """The TLS listener's factory, its connections behind a L{_Gate} each."""
+
+    def __init__(self, admission: HandshakeAdmission, wrapped: Factory) -> None:
+        self.admission = admission
+        self.wrapped = wrapped
+
+    def logPrefix(self):
+        return self.wrapped.logPrefix()
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr):
+        # the TLS protocol and, under it, the site's (which counts the connection); no SSL object yet
+        tls = self.wrapped.buildProtocol(addr)
+        if tls is None:
+            return None
+        return _Gate(self.admission, tls)
+
+
+class _Gate(Protocol):
+    """One accepted connection: waits for a slot, then runs the TLS protocol over the transport."""
+
+    def __init__(self, admission: HandshakeAdmission, tls) -> None:
+        self.admission = admission
+        self.tls = tls
+        self.state = _WAITING
+
+    def makeConnection(self, transport) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.admission._arrived(self)
+
+    def _wait(self) -> None:
+        self.transport.pauseProducing()  # read nothing meanwhile: the kernel holds it
+
+    def _start(self) -> None:
+        """A slot: the TLS protocol takes the connection (its SSL object is made now)."""
+        self.state = _SHAKING
+        tls, transport = self.tls, self.transport
+        if getattr(type(tls), "_stepped", None) is not None:  # izreg.service.tlsthreads: handshakes end in a callback
+            tls._stepped = self._stepped
+        tls.makeConnection(transport)
+        transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        tls = self.tls
+        tls.dataReceived(data)
+        if self.state == _SHAKING and getattr(tls, "_handshakeDone", False):
+            self._done()
+
+    def _stepped(self, ok, result) -> None:
+        tls = self.tls
+        type(tls)._stepped(tls, ok, result)
+        if self.state == _SHAKING and getattr(tls, "_handshakeDone", False):
+            self._done()
+
+    def _done(self) -> None:
+        """The handshake is complete: the slot is free, and the transport talks to the TLS protocol directly."""
+        self.state = _DONE
+        tls = self.tls
+        self.dataReceived = tls.dataReceived
+        self.connectionLost = tls.connectionLost
+        if "_stepped" in tls.__dict__:
+            del tls._stepped
+        self.admission._release(self)
+
+    def connectionLost(self, reason) -> None:
+        state, self.state = self.state, _DONE
+        if state == _WAITING:
+            self.admission._left(self)
+            # never connected to the TLS protocol: the site's protocol under it gives its connection count back
+            self.tls.wrappedProtocol.connectionLost(reason)
+            return
+        if state == _SHAKING:
+            self.admission._release(self)
+        self.tls.connectionLost(reason)
+
+    def _expired(self) -> None:
+        """Waited or shook hands too long (L{HandshakeAdmission._sweep}): closed, its connectionLost follows."""
+        self.transport.abortConnection()
