@@ -67,7 +67,8 @@ class DeviceRejected(RegistryError):
     @ivar reason: a short stable token for logs and metrics, one of
         C{unknown-ca}, C{expired}, C{not-yet-valid}, C{not-client-cert},
         C{missing-account}, C{bad-account}, C{missing-device}, C{bad-device},
-        C{revoked-serial}, C{revoked-fingerprint}, C{revoked-crl}.
+        C{revoked-serial}, C{revoked-fingerprint}, C{revoked-crl}, C{unknown-account} (the
+        account was deleted: checked per request, L{izreg.http.guard}).
     """
 
     def __init__(self, reason: str, message: str, **detail: object) -> None:

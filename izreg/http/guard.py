@@ -123,21 +123,29 @@ class AccessGuard:
             refusals.warn("refused device certificate from {address}: {reason}",
                           address=_client_address(request), reason=e.reason)
 
-        def principal(revoked) -> Principal:
+        def principal(facts) -> Principal:
+            revoked, account = facts
             try:
                 identity = verifier.unrevoked(found, issuer, revoked)
+                if account is None:  # deleted: its devices go with it, as its keys do
+                    raise DeviceRejected("unknown-account", "its account does not exist", account=found.account)
             except DeviceRejected as e:
                 refused(e)
                 raise
             return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
+
+        def facts():
+            return (verifier.revoked(found.serial_hex, found.fingerprint_sha256),
+                    self.authenticator.store.get_account(found.account))
 
         try:
             found, issuer = verifier.identify(cert, self.now())
         except DeviceRejected as e:
             refused(e)
             raise
-        # read on every request (never cached): a revocation on any node holds from the next one
-        return then(self.run_read(verifier.revoked, found.serial_hex, found.fingerprint_sha256), principal)
+        # read on every request (never cached): a revocation, or the account's deletion, on any node holds
+        # from the next one
+        return then(self.run_read(facts), principal)
 
     def check(self, request, repository: Repository | None, action: Action) -> Principal | Deferred:
         """Authenticate, then authorize C{action} on C{repository} (C{None}: just authenticate)."""

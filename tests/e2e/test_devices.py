@@ -177,3 +177,31 @@ def test_sighup_rotates_the_server_certificate_and_device_ca(start_registry, tmp
 
     assert device.run("inspect", "--cert-dir", new, "--raw", ref).stdout.encode() == image["manifest_bytes"]
     assert device.run("inspect", "--cert-dir", old, "--raw", ref, check=False).returncode != 0
+
+
+def _curl_v2(port: int, cert_dir: str) -> tuple[int, dict]:
+    """GET /v2/ over TLS with the device certificate of C{cert_dir}: (status, JSON body)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        ["curl", "-sS", "--cacert", os.path.join(cert_dir, "ca.crt"), "--cert", os.path.join(cert_dir, "client.cert"),
+         "--key", os.path.join(cert_dir, "client.key"), "-w", "\n%{http_code}", f"https://127.0.0.1:{port}/v2/"],
+        capture_output=True, text=True, timeout=60, check=True)
+    body, _, status = proc.stdout.rpartition("\n")
+    return int(status), json.loads(body) if body.strip() else {}
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_device_of_a_deleted_account_is_refused_at_its_next_request(edge):
+    # an account deleted while its device is connected: its certificate no longer opens anything, like its keys
+    registry = edge["registry"]
+    gone, _ = registry.new_account()
+    certs = _issue_device_cert(edge["certs"], gone, "gw-gone", edge["tmp"] / "gone-device")
+    assert _curl_v2(edge["tls"].port, certs)[0] == 200
+    registry.cli("account", "delete", gone)
+    status, body = _curl_v2(edge["tls"].port, certs)
+    assert status == 401, body
+    assert body["errors"][0]["code"] == "UNAUTHORIZED" and body["errors"][0]["detail"]["reason"] == "unknown-account"
+    # the account's own device still gets in
+    assert _curl_v2(edge["tls"].port, edge["certs"])[0] == 200
