@@ -115,7 +115,6 @@ async def test_a_chunk_refused_once_its_caller_is_known_gets_its_error(nodes):
 # Devices -----------------------------------------------------------------------------------
 
 NOW = 1_700_000_000.0
-ACCOUNT = "0123456789abcdef0123456789abcdef"
 
 
 class DeviceRequest:
@@ -146,12 +145,14 @@ def device_store(request, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_a_device_revoked_elsewhere_is_refused_at_its_next_request(device_store, tmp_path):
     ca = make_ca(NOW - 60)
-    device = make_device_cert(ca, ACCOUNT, "gw-1", NOW - 60)
+    accounts = AuthStore(open_env(str(tmp_path / "auth"), 1 << 30))
+    account = accounts.create_account(NOW).account_id  # a device of a deleted account is refused too
+    device = make_device_cert(ca, account, "gw-1", NOW - 60)
     verifier = DeviceVerifier(cas=lambda: [ca.cert], revoked=device_store.revocations_for)
-    authenticator = Authenticator(AuthStore(open_env(str(tmp_path / "auth"), 1 << 30)), lambda: NOW,
+    authenticator = Authenticator(accounts, lambda: NOW,
                                   token_service=False, failures=FailedAuthentications(FailureLimiter(limit=3, window=60)))
     guard = AccessGuard(authenticator, verifier, lambda: NOW, run_read=threaded)
-    own = Repository.parse(f"{ACCOUNT}/app")
+    own = Repository.parse(f"{account}/app")
     principal = await guard.check(DeviceRequest(device.cert), own, Action.PULL)
     assert principal.kind == "device" and principal.device_id == "gw-1"
     device_store.revoke(SERIAL, format(device.cert.serial_number, "x"), NOW)  # another node, the CLI
