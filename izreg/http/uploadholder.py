@@ -54,14 +54,17 @@ def holder_gone(session):
 
 def _gone(transport) -> bool:
     tcp = transport
-    while getattr(tcp, "socket", None) is None:  # TLS: the TCP transport under it
+    while not hasattr(tcp, "disconnected"):  # TLS: the TCP transport (a FileDescriptor) under it
         tcp = getattr(tcp, "transport", None)
         if tcp is None:
             return False
-    if not getattr(tcp, "connected", False) or getattr(tcp, "disconnecting", False):
-        return True  # closing already: its body is being dropped
+    if tcp.disconnected or not getattr(tcp, "connected", False) or getattr(tcp, "disconnecting", False):
+        return True  # lost or closing already (its socket is gone then): its body is being dropped
+    sock = getattr(tcp, "socket", None)
+    if sock is None:
+        return True
     try:
-        fd = tcp.socket.fileno()
+        fd = sock.fileno()
     except OSError:
         return True
     if fd < 0:

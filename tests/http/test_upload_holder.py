@@ -90,3 +90,21 @@ async def test_a_second_writer_while_the_first_is_alive_is_still_turned_away(ser
         assert header(response, "Range") == "0-0"
     finally:
         sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_whose_connection_is_already_lost_is_gone(server):
+    # the server read the reset (the request ended, 499) but the session is still busy while its last write
+    # finishes on the I/O pool: the retry waits for it rather than 416 (the socket is no longer there to poll)
+    response, _ = await server.request("POST", f"/v2/{NAME}/blobs/uploads/")
+    location = header(response, "Location")
+    upload_id = header(response, "Docker-Upload-UUID")
+    session = server.registry.uploads.sessions[upload_id]
+    sock = half_a_patch(server, location, 0, BLOB[:50_000], len(BLOB))
+    await until(lambda: session.busy and holder_of(upload_id) is not None, "the first chunk started")
+    transport = holder_of(upload_id)
+    assert not uploadholder._gone(transport)  # its client is there
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    await until(lambda: transport.disconnected, "the reset read")
+    assert uploadholder._gone(transport)
