@@ -180,3 +180,13 @@ def test_plain_http_to_the_tls_port_is_told_to_use_https(capped):
     result: list = []
     device_get(capped, result)
     assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+
+
+def test_no_credentials_on_the_tls_listener_are_told_about_device_certificates(capped):
+    """401 with no key and no certificate: the TLS listener's message names the client certificate, the plain one's not."""
+    tls = requests.get(f"https://127.0.0.1:{capped.tls_port}/v2/", verify=capped.paths.ca_cert, timeout=30)
+    plain = requests.get(f"{capped.url}/v2/", timeout=30)
+    assert (tls.status_code, plain.status_code) == (401, 401)
+    assert tls.json()["errors"][0]["message"] == ("authentication required: docker login -u KEY -p <access key>,"
+                                                  " or a device presents its client certificate")
+    assert plain.json()["errors"][0]["message"] == "authentication required: docker login -u KEY -p <access key>"
