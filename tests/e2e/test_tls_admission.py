@@ -66,8 +66,8 @@ def wait_for(reg, **wanted) -> dict[str, float]:
     return seen
 
 
-def raw(reg, first: bytes = b"") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", reg.tls_port), timeout=60)
+def raw(reg, first: bytes = b"", source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", reg.tls_port), timeout=60, source_address=(source, 0))
     if first:
         sock.sendall(first)
     return sock
@@ -95,7 +95,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 def test_a_device_gets_the_slot_a_silent_client_gives_back(capped):
     wait_for(capped, in_progress=0, waiting=0)
-    silent = [raw(capped) for _ in range(CAP)]
+    silent = [raw(capped, source=f"127.0.0.{10 + i}") for i in range(CAP)]  # one address holds half the slots
     wait_for(capped, in_progress=CAP, waiting=0)
     result: list = []
     device = threading.Thread(target=device_get, args=(capped, result))
@@ -115,7 +115,8 @@ def test_a_device_gets_the_slot_a_silent_client_gives_back(capped):
 def test_silent_and_partial_clients_hold_only_the_cap_and_time_out(capped):
     wait_for(capped, in_progress=0, waiting=0)
     before = gauges(capped).get("izreg_tls_handshakes_timed_out_total", 0)
-    clients = [raw(capped) for _ in range(CAP)] + [raw(capped, PARTIAL_HELLO) for _ in range(CAP)]
+    clients = ([raw(capped, source=f"127.0.0.{10 + i}") for i in range(CAP)]
+               + [raw(capped, PARTIAL_HELLO, f"127.0.0.{20 + i}") for i in range(CAP)])
     try:
         wait_for(capped, in_progress=CAP, waiting=CAP)
         result: list = []
@@ -130,6 +131,21 @@ def test_silent_and_partial_clients_hold_only_the_cap_and_time_out(capped):
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_one_address_holds_half_the_slots(capped):
+    """Silent clients from one address: half the slots, the rest of them wait; a device elsewhere gets in at once."""
+    wait_for(capped, in_progress=0, waiting=0)
+    silent = [raw(capped, source="127.0.0.30") for _ in range(CAP)]
+    try:
+        wait_for(capped, in_progress=CAP // 2, waiting=CAP // 2)
+        result: list = []
+        device_get(capped, result)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+    finally:
+        for sock in silent:
+            sock.close()
+    wait_for(capped, in_progress=0, waiting=0)
 
 
 def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):

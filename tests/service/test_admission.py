@@ -62,3 +62,54 @@ async def test_waiting_connections_time_out_and_give_their_count_back(tmp_path):
         for c in clients:
             c.close()
         await port.stopListening()
+
+
+
+class _Stub:
+    """A gate as L{HandshakeAdmission} sees it: an address, started or waiting."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.state = "new"
+
+    def _wait(self) -> None:
+        self.state = "waiting"
+
+    def _start(self) -> None:
+        self.state = "shaking"
+
+    def _expired(self) -> None:
+        self.state = "expired"
+
+
+def test_one_address_cannot_hold_every_slot():
+    """
+    A client that fills the slots with silent handshakes (and reconnects as they time out) holds
+    at most half of them: another address's connection gets a slot at once, not after all of its.
+    """
+    from twisted.internet.task import Clock
+
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    attacker = [_Stub("192.0.2.1") for _ in range(20)]
+    for gate in attacker:
+        admission._arrived(gate)
+    assert [g.state for g in attacker[:3]] == ["shaking", "shaking", "waiting"] and admission.in_progress == 2
+    device = _Stub("198.51.100.7")
+    admission._arrived(device)
+    assert device.state == "shaking"
+    # a slot of the attacker's frees: its next connection, in arrival order, gets it
+    admission._release(attacker[0])
+    assert attacker[2].state == "shaking" and attacker[3].state == "waiting"
+    assert admission.holding == {"192.0.2.1": 2, "198.51.100.7": 1}
+    # every slot taken: a freed one goes to the first waiting connection whose address is under its share
+    others = [_Stub("203.0.113.1"), _Stub("203.0.113.2")]
+    for gate in others:
+        admission._arrived(gate)
+    assert [g.state for g in others] == ["shaking", "waiting"]
+    admission._release(device)
+    assert others[1].state == "shaking" and attacker[3].state == "waiting"
+    assert admission.in_progress == 4 and admission.holding == {"192.0.2.1": 2, "203.0.113.1": 1, "203.0.113.2": 1}
+    # the attacker's connections gone, its waiting ones are admitted in order as its share allows
+    admission._release(attacker[1])
+    admission._release(attacker[2])
+    assert [g.state for g in attacker[3:6]] == ["shaking", "shaking", "waiting"]

@@ -10,8 +10,13 @@ connections of the TLS listeners are in their handshake at once
 (L{HandshakeAdmission}); a connection accepted beyond that waits with its
 reading paused (the kernel keeps whatever it sent) and no OpenSSL object (the
 TLS protocol is built, not connected: a few hundred bytes of Python objects),
-first come first served. A slot frees when its handshake completes or its
-connection ends.
+first come first served, except that one client address holds at most half
+of the slots (L{HandshakeAdmission.per_address}): a client that keeps the
+slots with silent or slow handshakes, reconnecting as they time out, would
+otherwise make every other device wait behind all of its connections (a Go
+client, as containerd's and docker's, gives up a handshake after 10 s); its
+connections beyond its share wait while other addresses' are admitted. A
+slot frees when its handshake completes or its connection ends.
 
 Time limits, both closing the connection (an abort: no TLS alert), checked
 by one timer for all connections, every second while any is watched:
@@ -65,6 +70,9 @@ class HandshakeAdmission:
         self.wait_timeout = wait_timeout
         self.interval = min([1.0] + [t / 4 for t in (handshake_timeout, wait_timeout) if t])
         self.in_progress = 0  # connections in their handshake (holding a slot)
+        #: the most slots one client address holds at once (see the module's docstring)
+        self.per_address = max(1, limit // 2)
+        self.holding: dict[str, int] = {}  # client address -> slots it holds (addresses holding none: absent)
         self.waiting: dict[_Gate, float] = {}  # -> deadline; insertion-ordered: first come, first served
         self.shaking: dict[_Gate, float] = {}  # in their handshake, with a timeout -> deadline
         self.timed_out = 0  # connections closed for a handshake or a wait too long
@@ -75,7 +83,9 @@ class HandshakeAdmission:
         return AdmissionFactory(self, factory)
 
     def _arrived(self, gate: "_Gate") -> None:
-        if not self.limit or (self.in_progress < self.limit and not self.waiting):
+        # a waiting connection is never admissible while a slot is free (L{_release} admits it at once),
+        # so one that may have a slot takes it now (with no cap, every one)
+        if not self.limit or (self.in_progress < self.limit and self.holding.get(gate.address, 0) < self.per_address):
             self._admit(gate)
         else:
             self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
@@ -84,6 +94,7 @@ class HandshakeAdmission:
 
     def _admit(self, gate: "_Gate") -> None:
         self.in_progress += 1
+        self.holding[gate.address] = self.holding.get(gate.address, 0) + 1
         if self.handshake_timeout:
             self.shaking[gate] = self.clock.seconds() + self.handshake_timeout
             self._arm()
@@ -97,10 +108,30 @@ class HandshakeAdmission:
         """C{gate}'s handshake is over: its slot goes to the next waiting connection."""
         self.shaking.pop(gate, None)
         self.in_progress -= 1
-        while self.waiting and self.in_progress < self.limit:
-            first = next(iter(self.waiting))
-            del self.waiting[first]
-            self._admit(first)
+        held = self.holding.pop(gate.address, 1) - 1
+        if held:
+            self.holding[gate.address] = held
+        if not self.waiting:
+            return
+        # the first waiting connections whose addresses are under their share, in arrival order
+        admitted = []
+        free = self.limit - self.in_progress
+        counts: dict[str, int] = {}
+        for waiting in self.waiting:
+            if len(admitted) >= free:
+                break
+            address = waiting.address
+            count = counts.get(address)
+            if count is None:
+                count = self.holding.get(address, 0)
+            if count < self.per_address:
+                counts[address] = count + 1
+                admitted.append(waiting)
+            else:
+                counts[address] = count
+        for waiting in admitted:
+            del self.waiting[waiting]
+            self._admit(waiting)
 
     def _arm(self) -> None:
         if self._call is None:
@@ -154,6 +185,9 @@ class AdmissionFactory(Factory):
 class _Gate(Protocol):
     """One accepted connection: waits for a slot, then runs the TLS protocol over the transport."""
 
+    #: the client's address (its share of the slots: L{HandshakeAdmission.per_address})
+    address = ""
+
     def __init__(self, admission: HandshakeAdmission, tls) -> None:
         self.admission = admission
         self.tls = tls
@@ -165,6 +199,7 @@ class _Gate(Protocol):
     def makeConnection(self, transport) -> None:
         self.connected = 1
         self.transport = transport
+        self.address = getattr(transport.getPeer(), "host", "")
         self.admission._arrived(self)
 
     def _wait(self) -> None:
