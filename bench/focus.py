@@ -9,7 +9,9 @@ measure one change on a shared machine:
 Each figure runs C{--reps} times per round on each server (one fresh server of
 each for the whole run); every measurement prints MB/s and the serving
 process's CPU seconds per GB, and the end gives the medians and the ratios.
-Figures: C{pull<clients>_<MiB>} (plain GET), C{tls<clients>_<MiB>} (GET over
+Figures: C{small<clients>_<tags|manifest|headblob>} (the small-requests mode's GET tags/list, GET
+manifest by tag and HEAD blob, 6000 keep-alive requests: requests per second and server CPU us per
+request), C{pull<clients>_<MiB>} (plain GET), C{tls<clients>_<MiB>} (GET over
 TLS; izreg with a device certificate), C{push<clients>_<mode>_<MiB>} (mode:
 monolithic or streamed), C{hs<clients>_full} and C{hs<clients>_resumed} (new
 TLS connections with a device certificate, one GET of the tag list each:
@@ -59,6 +61,8 @@ class RootedIzreg(Izreg):
 
 #: connections per handshake measurement
 HANDSHAKES = 1000
+#: requests per small-request measurement (as bench/run.py's small-requests mode)
+SMALL_REQUESTS = 6000
 
 
 def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
@@ -73,6 +77,17 @@ def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
         res = handshakes(server, f"/v2/{server.repo}/tags/list", int(m.group(1)), HANDSHAKES, m.group(2) == "resumed",
                          mtls, server.mtls_client if mtls else None)
         return res["rps"], (cpu_seconds(pid) - cpu0) / res["requests"] * 1e3
+    m = re.fullmatch(r"small(\d+)_(tags|manifest|headblob)", figure)
+    if m:  # the small-requests mode's requests: requests per second, server CPU us per request
+        if "tags" not in blobs:
+            blobs["tags"] = _tagged(server)
+        clients, what = int(m.group(1)), m.group(2)
+        method, path = {"tags": ("GET", f"/v2/{server.repo}/tags/list"),
+                        "manifest": ("GET", f"/v2/{server.repo}/manifests/v1"),
+                        "headblob": ("HEAD", f"/v2/{server.repo}/blobs/{blobs['tags']}")}[what]
+        cpu0 = cpu_seconds(server.pid)
+        res = load(server, method, path, clients, SMALL_REQUESTS, 20)
+        return res["rps"], (cpu_seconds(server.pid) - cpu0) / (res["requests"] + 20 * clients) * 1e6
     m = re.fullmatch(r"(pull|tls)(\d+)_(\d+)", figure)
     if m:
         kind, clients, size = m.group(1), int(m.group(2)), int(m.group(3)) * MiB
@@ -98,8 +113,8 @@ def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
     return res["bytes"] / res["wall"] / MB, cpu / (res["bytes"] / 1e9)
 
 
-def _tagged(server) -> None:
-    """A small image under 20 tags (the tag list the handshake figures GET), as bench/run.py pushes."""
+def _tagged(server) -> str:
+    """A small image under 20 tags (the tag list the handshake figures GET), as bench/run.py pushes: its config's digest."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     push_small(server, config, config_digest)
@@ -112,9 +127,12 @@ def _tagged(server) -> None:
     }, separators=(",", ":")).encode()
     for i in range(20):
         put_manifest(server, f"v{i}", manifest)
+    return config_digest
 
 
 def _units(figure: str) -> str:
+    if figure.startswith("small"):
+        return "req/s us/req"
     return "conn/s ms/conn" if figure.startswith("hs") else "MB/s s/GB"
 
 

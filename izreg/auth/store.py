@@ -38,6 +38,8 @@ from izreg.storage import schema
 from izreg.storage.lmdbstore import LmdbStore, dump, load
 
 MAX_NAME_LENGTH = 200
+#: decoded key records kept (L{AuthStore.get_key}), by their stored bytes; past it the memo starts over
+DECODED_KEYS = 1024
 
 
 class UnknownAccount(LookupError):
@@ -100,6 +102,8 @@ class AuthStore(LmdbStore):
         self._random = random
         self._accounts = self.handle(schema.ACCOUNTS)
         self._keys = self.handle(schema.KEYS)
+        #: (key id, stored bytes) -> its KeyRecord: the JSON decoding of the record a request reads, done once
+        self._decoded: dict[tuple[str, bytes], KeyRecord] = {}
 
     # Accounts ----------------------------------------------------------------
 
@@ -177,7 +181,16 @@ class AuthStore(LmdbStore):
             return None
         with self.reading() as txn:
             raw = txn.get(key_id.encode("ascii"), db=self._keys)
-        return None if raw is None else _key(key_id, raw)
+        if raw is None:
+            return None
+        # read on every request (a revocation by any process shows in the bytes); only their decoding is kept
+        record = self._decoded.get((key_id, raw))
+        if record is None:
+            record = _key(key_id, raw)
+            if len(self._decoded) >= DECODED_KEYS:
+                self._decoded.clear()
+            self._decoded[(key_id, raw)] = record
+        return record
 
     def list_keys(self, account_id: str) -> list[KeyRecord]:
         """

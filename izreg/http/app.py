@@ -31,6 +31,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http import health, pullreports
 from izreg.http.blobs import BlobRoutes
 from izreg.http.errors import as_registry_error, render_error
+from izreg.http.fastpath import RepositoryFastPath, fixed_paths
 from izreg.http.handlers import _arg, _principal
 from izreg.http.clientaddr import client_address
 from izreg.http.limits import BodyBudget
@@ -94,8 +95,10 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         self.events = events  # izreg.service.webhooks.Events (pull events), or None
 
     def resource(self):
+        """The site's root: repository routes straight to L{dispatch}, the rest through Klein (L{fastpath})."""
         self.table.check_complete()
-        return self.app.resource()
+        return RepositoryFastPath(self.dispatch, self._error, self.app.resource(), fixed_paths(self.app.url_map),
+                                  ALL_METHODS)
 
     # -- plumbing ---------------------------------------------------------------
 

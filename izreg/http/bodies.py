@@ -264,7 +264,8 @@ class RegistryRequest(server.Request):
                 self.finish()
             return
         try:
-            unquote_to_bytes(self.path).decode("utf-8")
+            if b"%" in self.path or not self.path.isascii():  # else plain ASCII, valid UTF-8 as it is
+                unquote_to_bytes(self.path).decode("utf-8")
         except UnicodeDecodeError:
             # Klein would answer this itself, in HTML; keep every answer an OCI error
             error = RegistryError(ErrorCode.NAME_INVALID, None, "the request path is not valid UTF-8")
@@ -371,9 +372,10 @@ class RegistryChannel(http.HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
-        fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
-        if fast is not None and type(decoder) is _ChunkedTransferDecoder:  # the same, without copies
-            self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
+        if type(decoder) is _ChunkedTransferDecoder:
+            fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
+            if fast is not None:  # the same, without copies
+                self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
         return ok
 
     def allHeadersReceived(self) -> None:

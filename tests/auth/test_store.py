@@ -237,3 +237,27 @@ def test_a_node_with_another_sealing_key_is_told_so(pg_db, tmp_path):
     PgTokenKey(pg_db, str(tmp_path / "one")).secret()
     with pytest.raises(WebhookError, match="every node needs the same file"):
         PgTokenKey(pg_db, str(tmp_path / "two")).secret()
+
+
+def test_a_key_read_after_another_store_revokes_it_is_revoked(env):
+    """get_key keeps only the decoding of the bytes it reads: a revocation by another process holds at the next read."""
+    reader, writer = AuthStore(env), AuthStore(env)  # two processes on one data dir (the CLI and the server)
+    account = writer.create_account(1.0)
+    record, _ = writer.create_key(account.account_id, 2.0)
+    assert reader.get_key(record.key_id).active and reader.get_key(record.key_id) == record
+    writer.revoke_key(record.key_id, 3.0)
+    assert not reader.get_key(record.key_id).active
+    writer.touch_keys({record.key_id: 4.0})
+    assert reader.get_key(record.key_id).last_used == 4.0
+
+
+def test_the_decoded_keys_are_bounded(env, monkeypatch):
+    from izreg.auth import store as store_module
+
+    monkeypatch.setattr(store_module, "DECODED_KEYS", 3)
+    store = AuthStore(env)
+    account = store.create_account(1.0)
+    ids = [store.create_key(account.account_id, 2.0 + i)[0].key_id for i in range(5)]
+    for key_id in ids * 2:
+        assert store.get_key(key_id).key_id == key_id
+        assert len(store._decoded) <= 3

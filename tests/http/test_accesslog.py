@@ -32,3 +32,8 @@ def test_request_ids():
     assert len(new_request_id(None)) == 24
     assert new_request_id(b"proxy-id-12345678") == "proxy-id-12345678"
     assert new_request_id(b"bad id\n{json}") != "bad id\n{json}"
+
+
+def test_our_request_ids_are_unique():
+    ids = {new_request_id(None) for _ in range(10000)}
+    assert len(ids) == 10000 and all(len(i) == 24 and int(i, 16) >= 0 for i in ids)

@@ -74,3 +74,65 @@ async def test_the_access_log_names_the_route_the_router_matched(server, monkeyp
     monkeypatch.setattr(routes, "match", counting)
     status, _, _ = parse_raw(await raw_answer(server, head))
     assert status in (200, 404) and matched == [f"{NAME}/tags/list"]
+
+
+# -- the fast path to the repository routes (izreg.http.fastpath) -------------------------------
+
+
+def test_which_requests_take_the_fast_path():
+    from izreg.http.app import ALL_METHODS, RegistryAPI
+    from izreg.http.fastpath import RepositoryFastPath, fixed_paths
+
+    fast = RepositoryFastPath(None, None, None, fixed_paths(RegistryAPI.app.url_map), ALL_METHODS)
+
+    class Request:
+        def __init__(self, method, path):
+            self.method, self.path = method, path
+
+    assert fast.rest_of(Request(b"GET", f"/v2/{NAME}/tags/list".encode())) == f"{NAME}/tags/list"
+    assert fast.rest_of(Request(b"PATCH", b"/v2/a%2Fb/blobs/uploads/x")) == "a/b/blobs/uploads/x"
+    assert fast.rest_of(Request(b"GET", b"/v2/_catalog/")) == "_catalog/"
+    # a fixed route's path, whatever the method (Klein's map decides), odd paths, other methods: through Klein
+    for method, path in [(b"GET", b"/v2/"), (b"POST", b"/v2/_catalog"), (b"GET", b"/v2/_catalog"), (b"GET", b"/v2/token"), (b"POST", b"/v2/token"),
+                         (b"GET", b"/v2/_izreg/repositories"), (b"POST", b"/v2/_izreg/pulls"), (b"GET", b"/v2"),
+                         (b"GET", b"/v2//x/tags/list"), (b"GET", b"/v2/a%0a/tags/list"), (b"GET", b"/v2/a b/tags/list"),
+                         (b"GET", b"/v2/%ff/tags/list"), (b"OPTIONS", f"/v2/{NAME}/tags/list".encode()),
+                         (b"GET", b"/healthz"), (b"GET", b"/ui/app.js")]:
+        assert fast.rest_of(Request(method, path)) is None, (method, path)
+
+
+FUZZ_PARTS = ["v2", ACCOUNT, "app", "", "manifests", "blobs", "uploads", "tags", "list", "referrers", "_catalog",
+              "sha256:" + "0" * 64, "%ff", "%00", "%2F", "..", "_izreg", "a" * 300, "UPPER", "token", "v1", "x y"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fast_path_answers_as_klein_does(server):
+    """The same requests, through the fast path and through Klein alone: the same status, error code and Allow."""
+    import json
+    import random
+
+    rng = random.Random(13)
+    requests = [(m, t) for m, t in REQUESTS]
+    for _ in range(120):
+        path = "/" + "/".join(rng.choice(FUZZ_PARTS) for _ in range(rng.randint(1, 6)))
+        requests.append((rng.choice(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]), path.replace(" ", "%20")))
+    fast = server.service.site.resource
+
+    async def answers():
+        got = []
+        for method, target in requests:
+            body = b"{}" if method in ("PUT", "PATCH", "POST") else b""
+            head = (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            status, headers, content = parse_raw(await raw_answer(server, head + body, head=method == "HEAD"))
+            code = json.loads(content)["errors"][0]["code"] if status >= 400 and method != "HEAD" else None
+            got.append((method, target, status, code, headers.get("allow"), headers.get("content-type")))
+        return got
+
+    through_fast = await answers()
+    methods, fast.methods = fast.methods, frozenset()  # every request through Klein
+    try:
+        through_klein = await answers()
+    finally:
+        fast.methods = methods
+    assert through_fast == through_klein
