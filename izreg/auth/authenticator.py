@@ -138,6 +138,7 @@ class Authenticator:
         scopes: Sequence[str] = (),
         realm: str | None = None,
         bearer: bool = False,
+        certificates: bool = False,
     ) -> Principal:
         """
         The caller of a request, from its ``Authorization`` header.
@@ -146,6 +147,8 @@ class Authenticator:
             the challenge if it fails.
         @param bearer: challenge with C{Bearer}, never C{Basic} (the browse
             API); a request that sent C{Bearer} always gets C{Bearer}.
+        @param certificates: a device's client certificate would do too (the
+            TLS listener, with device CAs): said when nothing was sent.
         @return: the L{Principal}; with a threaded C{run_read}, a Deferred of it.
         @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
             C{TOOMANYREQUESTS} with ``Retry-After`` (raised, or the Deferred fails with it).
@@ -155,7 +158,7 @@ class Authenticator:
         if not authorization or _anonymous(authorization):
             # no credentials (or Basic with an empty user and password, as
             # skopeo sends when it has none) is not a failed login: never counted
-            raise self._unauthorized(None, scopes, realm, bearer)
+            raise self._unauthorized(NO_CREDENTIALS_TLS if certificates else None, scopes, realm, bearer)
         now = self.now()
 
         def refused(failed: _Failed) -> RegistryError:
@@ -254,9 +257,14 @@ class Authenticator:
         return RegistryError(
             ErrorCode.UNAUTHORIZED,
             None,
-            reason or "authentication required: docker login -u KEY -p <access key>",
+            reason or NO_CREDENTIALS,
             headers={"WWW-Authenticate": self.challenge(*scopes, error=error, realm=realm, bearer=bearer)},
         )
+
+
+#: the refusal of a request that sent no credentials; on the TLS listener a device's certificate would do too
+NO_CREDENTIALS = "authentication required: docker login -u KEY -p <access key>"
+NO_CREDENTIALS_TLS = NO_CREDENTIALS + ", or a device presents its client certificate"
 
 
 def checking(refused: Callable[[_Failed], RegistryError], step: Callable[[tuple], object]) -> Callable[[tuple], object]:

@@ -46,7 +46,8 @@ class Pinner:
                 try:
                     await self.refresh_one(ref, state)
                 except Unreachable as e:
-                    log.info("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
+                    emit = log.info if self.upstream.first_offline("pins") else log.debug  # every interval: once an outage
+                    emit("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
                     return
                 except Exception as e:
                     log.error("pin refresh of {ref} failed: {error}", ref=ref, error=str(e) or type(e).__name__)

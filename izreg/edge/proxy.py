@@ -195,7 +195,8 @@ class EdgeAPI:
             digest = str(reference) if is_digest else self.cache.tag(repo, reference)
             if digest is not None and self.cache.entry(digest) is not None:
                 self._unreachable_offline(request)
-                log.warn("registry unreachable ({reason}): serving {ref} from the cache", reason=e.reason,
+                emit = log.warn if self.upstream.first_offline("cache") else log.debug  # the access log has each one
+                emit("registry unreachable ({reason}): serving {ref} from the cache", reason=e.reason,
                          ref=f"{repo}@{digest}" if is_digest else f"{repo}:{reference} ({digest})")
                 return await self._from_cache(request, repo, digest)
             raise _unavailable(f"{repo}:{route.argument}" if not is_digest else f"{repo}@{route.argument}", e) from None

@@ -62,7 +62,8 @@ class Reporter:
                                                    {"Content-Type": ["application/json"]}, data=body)
             answer = await collect(response, 64 * 1024)
         except Unreachable as e:
-            log.info("{n} pull report(s) wait: registry unreachable ({reason})", n=len(batch), reason=e.reason)
+            emit = log.info if self.upstream.first_offline("reports") else log.debug  # every interval: once an outage
+            emit("{n} pull report(s) wait: registry unreachable ({reason})", n=len(batch), reason=e.reason)
             return 0
         keys = [key for key, _ in batch]
         if response.code == 202:

@@ -96,6 +96,8 @@ class Upstream:
         self.denied = False
         #: why the last request failed to reach the registry (C{None}: it answered)
         self.unreachable: str | None = None
+        #: what was logged at its own level once during this outage (L{first_offline})
+        self._told: set[str] = set()
 
     async def request(self, method: str, path: str, headers: dict[str, list[str]] | None = None,
                       data: bytes | None = None):
@@ -113,6 +115,7 @@ class Upstream:
         if self.unreachable is not None:
             log.info("the registry {url} answers again", url=self.url)
             self.unreachable = None
+            self._told.clear()
         if response.code == 401:
             self.denied = True
         elif 200 <= response.code < 300:
@@ -126,6 +129,18 @@ class Upstream:
         self.unreachable = reason
         hint = " (is --upstream-ca the CA of the registry's certificate?)" if "verify failed" in reason else ""
         log.warn("the registry {url} is unreachable: {reason}{hint}", url=self.url, reason=reason, hint=hint)
+
+    def first_offline(self, what: str) -> bool:
+        """
+        Whether C{what} (a kind of log line: "reports", "cache", ...) is the
+        first of its kind since the registry stopped answering: log it at its
+        level then, at debug after (the outage itself is the two lines above,
+        not one per timer tick or request).
+        """
+        if what in self._told:
+            return False
+        self._told.add(what)
+        return True
 
     def close(self):
         return self.pool.closeCachedConnections()

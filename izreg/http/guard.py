@@ -114,7 +114,8 @@ class AccessGuard:
             if cert is not None:
                 return self._device(request, cert)
         return self.authenticator.authenticate(header, _client_address(request), scopes, self._realm(request),
-                                               bearer=_browse_api(request))
+                                               bearer=_browse_api(request),
+                                               certificates=not header and self.devices is not None and request.isSecure())
 
     def _device(self, request, cert) -> Principal | Deferred:
         verifier = self.devices

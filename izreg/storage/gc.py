@@ -159,8 +159,19 @@ class PgSweepLock:
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()  # the session ends: PostgreSQL releases its advisory locks
+        if conn is None:
+            return
+        import psycopg
+
+        try:
+            # unlock first, and wait for it: closing alone returns before the server
+            # process has ended and dropped the lock, and another node trying at once
+            # (the next sweep) would find it still held
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+        except psycopg.Error:
+            pass  # the link is gone: so is the session, and PostgreSQL drops its locks
+        finally:
+            conn.close()
 
 
 class Collector:

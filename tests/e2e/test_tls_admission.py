@@ -180,3 +180,29 @@ def gauges_of(reg, name: str) -> dict[tuple, float]:
     text = requests.get(reg.metrics_url, timeout=30).text
     return {tuple(kv for item in s.labels.items() for kv in item): s.value
             for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}
+
+
+def test_plain_http_to_the_tls_port_is_told_to_use_https(capped):
+    """curl http:// to the TLS port: a 400 with an OCI error, not an empty reply; TLS clients still get in."""
+    import json
+    import subprocess
+
+    out = subprocess.run(["curl", "-sS", "--max-time", "30", "-D", "-", f"http://127.0.0.1:{capped.tls_port}/v2/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr  # 52: "Empty reply from server"
+    head, _, body = out.stdout.partition("\n\n")  # text mode: CRLF read as LF
+    assert head.startswith("HTTP/1.0 400 ") and "connection: close" in head.lower(), head
+    assert json.loads(body)["errors"][0]["message"] == "this port speaks TLS: use https://"
+    result: list = []
+    device_get(capped, result)
+    assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+
+
+def test_no_credentials_on_the_tls_listener_are_told_about_device_certificates(capped):
+    """401 with no key and no certificate: the TLS listener's message names the client certificate, the plain one's not."""
+    tls = requests.get(f"https://127.0.0.1:{capped.tls_port}/v2/", verify=capped.paths.ca_cert, timeout=30)
+    plain = requests.get(f"{capped.url}/v2/", timeout=30)
+    assert (tls.status_code, plain.status_code) == (401, 401)
+    assert tls.json()["errors"][0]["message"] == ("authentication required: docker login -u KEY -p <access key>,"
+                                                  " or a device presents its client certificate")
+    assert plain.json()["errors"][0]["message"] == "authentication required: docker login -u KEY -p <access key>"

@@ -280,6 +280,60 @@ async def test_abandoned_and_garbage_handshakes_leave_the_listener_serving(serve
     assert [seen["path"] for seen in whoami.seen] == ["/v2/"]
 
 
+async def plain_http_to(port: int) -> tuple[int, str, dict]:
+    """curl http:// (plain) to a TLS port: (status, headers, JSON body)."""
+    code, out, err = await run(CURL, "-sS", "--max-time", "20", "-D", "-", f"http://127.0.0.1:{port}/v2/")
+    assert code == 0, err  # not "Empty reply from server" (52)
+    head, body = out.split("\r\n\r\n", 1)
+    return int(head.split()[1]), head.lower(), json.loads(body)
+
+
+def _plain_http_raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes after its answer
+            answer += chunk
+    return answer
+
+
+async def check_plain_http_is_told_to_use_https(port: int, certs: Certs) -> None:
+    status, head, body = await plain_http_to(port)
+    assert status == 400
+    assert "content-type: application/json" in head and "connection: close" in head
+    assert body == {"errors": [{"code": "UNSUPPORTED", "message": "this port speaks TLS: use https://",
+                                "detail": None}]}
+    # the request line's first bytes alone, a few at a time: the answer comes from the method already
+    answer = await deferToThread(_plain_http_raw, port, b"HEA")
+    assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+    status, body, _ = await curl(port, certs, certs.device_cert, certs.device_key)  # TLS still works
+    assert status == 200 and body["device"] == [ACCOUNT, "gw-17"]
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_plain_http_to_the_tls_port_is_told_to_use_https(server, certs):
+    await check_plain_http_is_told_to_use_https(server[0], certs)
+
+
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_plain_http_is_told_to_use_https_also_with_no_handshake_cap(certs, store):
+    from twisted.internet import reactor
+
+    admission = HandshakeAdmission(reactor, 0, handshake_timeout=30, wait_timeout=30)
+    tls = ServerTLS(certs.files())
+    whoami = Whoami(DeviceVerifier(cas=tls.device_cas, revoked=store.revocations_for))
+    endpoint = TLSEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, clock=reactor,
+                           admission=admission)
+    port = await endpoint.listen(Site(whoami))
+    try:
+        await check_plain_http_is_told_to_use_https(port.getHost().port, certs)
+        assert admission.in_progress == 0 and admission.timed_out == 0
+    finally:
+        await port.stopListening()
+
+
 @needs_tools
 @pytest_twisted.ensureDeferred
 async def test_device_ca_is_advertised(server, certs):

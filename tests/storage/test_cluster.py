@@ -36,6 +36,13 @@ def test_one_sweep_at_a_time_across_processes(pg_db, pg_schema_dsn):
         second.release()
         assert first.acquire()
         first.release()
+        # handed over at once, every time: release waits for the server to drop the lock
+        # (closing the connection alone returned before, and a busy server still held it)
+        for _ in range(20):
+            assert second.acquire()
+            second.release()
+            assert first.acquire()
+            first.release()
     finally:
         other.close()
 

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from twisted.internet.protocol import Factory, Protocol
 
+from izreg.http.plain import ON_TLS_ANSWER, plain_on_tls
+
 #: a gate's states
 _WAITING, _SHAKING, _DONE = 0, 1, 2
 
@@ -77,15 +79,13 @@ class HandshakeAdmission:
         self._call = None
 
     def wrap(self, factory: Factory) -> Factory:
-        """The listener's factory: C{factory}'s (TLS) connections, admitted here."""
-        if not self.limit:
-            return factory
+        """The listener's factory: C{factory}'s (TLS) connections, admitted here (with no cap too: see L{_Gate})."""
         return AdmissionFactory(self, factory)
 
     def _arrived(self, gate: "_Gate") -> None:
         # a waiting connection is never admissible while a slot is free (L{_release} admits it at once),
-        # so one that may have a slot takes it now
-        if self.in_progress < self.limit and self.holding.get(gate.address, 0) < self.per_address:
+        # so one that may have a slot takes it now (with no cap, every one)
+        if not self.limit or (self.in_progress < self.limit and self.holding.get(gate.address, 0) < self.per_address):
             self._admit(gate)
         else:
             self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
@@ -193,6 +193,9 @@ class _Gate(Protocol):
         self.tls = tls
         self.state = _WAITING
 
+    #: the first bytes were looked at (L{plain_on_tls})
+    _heard = False
+
     def makeConnection(self, transport) -> None:
         self.connected = 1
         self.transport = transport
@@ -212,6 +215,12 @@ class _Gate(Protocol):
         transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._heard:
+            self._heard = True
+            if plain_on_tls(data):  # no TLS record yet: the TLS protocol has written nothing, the answer is plain
+                self.transport.write(ON_TLS_ANSWER)
+                self.transport.loseConnection()
+                return
         tls = self.tls
         tls.dataReceived(data)
         if self.state == _SHAKING and getattr(tls, "_handshakeDone", False):

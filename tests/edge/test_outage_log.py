@@ -1,0 +1,88 @@
+"""
+The edge's log while the registry is away (izreg/edge/upstream.py): one
+warning when it stops answering, one info line when it answers again, and
+the lines repeated meanwhile (pull reports every interval, a cache hit per
+request, pin refreshes) at their own level once an outage, then at debug.
+The real pull reports (izreg.edge.reports) over a real edge cache, to a real
+HTTP server on loopback that stops listening and comes back.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import capturedLogs, formatEvent
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from izreg.edge.cache import EdgeCache
+from izreg.edge.reports import Reporter
+from izreg.edge.upstream import Upstream, collect
+
+
+class Registry(Resource):
+    """GET: {}; POST (the pull reports): 202."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"{}"
+
+    def render_POST(self, request):
+        request.setResponseCode(202)
+        return b""
+
+
+def edge_lines(events) -> list[tuple[str, str]]:
+    """(level, text) of izreg.edge's log events."""
+    return [(e["log_level"].name, formatEvent(e)) for e in events if e.get("log_namespace", "").startswith("izreg.edge")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_is_two_lines_and_the_repeated_ones_are_debug(tmp_path):
+    site = Site(Registry())
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    number = port.getHost().port
+    upstream = Upstream(reactor, f"http://127.0.0.1:{number}", BrowserLikePolicyForHTTPS(), 5, 10)
+    cache = EdgeCache(str(tmp_path), limit=10_000)
+    reports = Reporter(cache, upstream, time.time)
+    cache.queue_reports([{"repository": "a/app", "digest": "sha256:" + "1" * 64, "time": 1}], time.time())
+    try:
+        with capturedLogs() as events:
+            assert await collect(await upstream.request("GET", "/v2/"), 64) == b"{}"  # online: nothing logged
+            await upstream.close()  # the read response's connection too: the next request connects
+            await port.stopListening()
+            for _ in range(3):  # the reports' timer, three ticks offline
+                assert await reports.send() == 0
+            assert [upstream.first_offline("cache") for _ in range(2)] == [True, False]  # a cache hit per request
+            port = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(site)
+            assert await reports.send() == 1
+            await upstream.close()
+            await port.stopListening()
+            cache.queue_reports([{"repository": "a/app", "digest": "sha256:" + "2" * 64, "time": 2}], time.time())
+            for _ in range(2):  # a new outage: told once again
+                assert await reports.send() == 0
+            assert upstream.first_offline("cache")
+        lines = edge_lines(events)
+        assert [(level, text.split(":")[0]) for level, text in lines] == [
+            ("warn", f"the registry http"),
+            ("info", "1 pull report(s) wait"),
+            ("debug", "1 pull report(s) wait"),
+            ("debug", "1 pull report(s) wait"),
+            ("info", f"the registry http"),
+            ("info", "reported 1 pull(s) served from the cache"),
+            ("warn", f"the registry http"),
+            ("info", "1 pull report(s) wait"),
+            ("debug", "1 pull report(s) wait"),
+        ], lines
+        assert "is unreachable" in lines[0][1] and "refused" in lines[0][1]
+        assert "answers again" in lines[4][1] and "is unreachable" in lines[6][1]
+    finally:
+        await upstream.close()
+        if port.connected:
+            await port.stopListening()
+        cache.close()
