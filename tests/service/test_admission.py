@@ -115,6 +115,9 @@ def consistent(admission: HandshakeAdmission) -> None:
         assert not ready
     if admission.max_waiting:
         assert len(admission.waiting) <= admission.max_waiting
+    lengths = {group: n for n, groups in admission._by_length.items() for group in groups}
+    assert lengths == {group: len(queue) for group, queue in admission.queues.items()}
+    assert admission._longest == max(lengths.values(), default=0) and all(admission._by_length.values())
 
 
 def test_one_address_cannot_hold_every_slot():
@@ -216,16 +219,15 @@ def test_the_waiting_queue_is_bounded_and_the_longest_loses_its_oldest():
     attack = arrive(admission, *["192.0.2.66"] * 3)
     [device] = arrive(admission, "198.51.100.7")
     assert len(admission.waiting) == 4 and admission.dropped == 0
-    more = arrive(admission, "192.0.2.66", "198.51.100.7", "198.51.100.8")
+    more = arrive(admission, "192.0.2.66", "198.51.100.8", "198.51.100.9")
     # each newcomer past the bound: the attacker's queue, the longest, loses its oldest
-    assert [g.state for g in attack] == ["expired"] * 3 and more[0].state == "waiting"
-    assert device.state == more[1].state == more[2].state == "waiting"
+    assert [g.state for g in attack] == ["expired"] * 3
+    assert device.state == more[0].state == more[1].state == more[2].state == "waiting"
     assert admission.dropped == 3 and len(admission.waiting) == 4
     consistent(admission)
-    arrive(admission, "203.0.113.1")  # 198.51.100.7 has two waiting, the others one
-    assert device.state == "expired" and more[1].state == "waiting" and admission.dropped == 4
-    arrive(admission, "203.0.113.2")  # one each: the group that has waited since the first goes
-    assert more[0].state == "expired" and more[1].state == "waiting" and admission.dropped == 5
+    arrive(admission, "198.51.100.8")  # now 198.51.100.8's is the longest
+    assert more[1].state == "expired" and admission.dropped == 4
+    assert device.state == more[0].state == more[2].state == "waiting"
     consistent(admission)
 
 

@@ -102,6 +102,9 @@ class HandshakeAdmission:
         self.queues: dict[str, list[_Gate]] = {}
         #: [n]: the groups with connections waiting that hold n slots (< per_group), in the order they came to n
         self._ready: list[dict[str, None]] = [{} for _ in range(self.per_group)]
+        #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
+        self._by_length: dict[int, dict[str, None]] = {}
+        self._longest = 0
         self.shaking: dict[_Gate, float] = {}  # in their handshake, with a timeout -> deadline
         self.timed_out = 0  # connections closed for a handshake or a wait too long
         self.dropped = 0  # waiting connections closed for a newer one (max_waiting)
@@ -124,18 +127,18 @@ class HandshakeAdmission:
         self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
         queue = self.queues.get(group)
         if queue is None:
-            queue = self.queues[group] = []
+            queue = self.queues[group] = [gate]  # 64 bytes; appended to an empty list, 88
             held = self.holding.get(group, 0)
             if held < self.per_group:
                 self._ready[held][group] = None
-        queue.append(gate)
+        else:
+            queue.append(gate)
+        self._resized(group, len(queue) - 1, len(queue))
         gate._wait()
         if self.max_waiting and len(self.waiting) > self.max_waiting:
-            # the longest queue loses its oldest (the likeliest to have given up: a Go client gives up after 10 s);
-            # a scan of the groups, only while the queue is full
-            queues = self.queues
-            longest = max(queues, key=lambda g: len(queues[g]))
-            oldest = queues[longest][0]
+            # the longest queue (the first group to reach its length) loses its oldest connection, the
+            # likeliest to have been given up by its client (a Go client gives up a handshake after 10 s)
+            oldest = self.queues[next(iter(self._by_length[self._longest]))][0]
             self._unqueue(oldest)
             self.dropped += 1
             oldest._expired()
@@ -170,11 +173,27 @@ class HandshakeAdmission:
             del queue[0]
         else:
             queue.remove(gate)
+        self._resized(group, len(queue) + 1, len(queue))
         if not queue:
             del self.queues[group]
             held = self.holding.get(group, 0)
             if held < self.per_group:
                 del self._ready[held][group]
+
+    def _resized(self, group: str, length: int, now: int) -> None:
+        """C{group}'s queue had C{length} connections and now C{now} (one more or one less)."""
+        by_length = self._by_length
+        if length:
+            groups = by_length[length]
+            del groups[group]
+            if not groups:
+                del by_length[length]
+                if length == self._longest and now < length:
+                    self._longest = now  # the longest but one are now, with this group among them (or none waits)
+        if now:
+            by_length.setdefault(now, {})[group] = None
+            if now > self._longest:
+                self._longest = now
 
     def _left(self, gate: "_Gate") -> None:
         """A waiting connection ended."""
