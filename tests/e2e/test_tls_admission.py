@@ -37,18 +37,18 @@ def capped(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grouped(tmp_path_factory):
-    """IPv4 clients counted per /24; no handshake times out during a test (slots free as clients close)."""
-    yield from tls_registry(tmp_path_factory,
-                            f"max_handshakes = {CAP}\nhandshake_timeout = 120\ngroup_ipv4_prefix = 24\n")
+    """IPv4 clients counted per /24; nothing times out during a test (slots free as clients close)."""
+    yield from tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = 600\n"
+                            "group_ipv4_prefix = 24\n", "[connections]\nidle_timeout = 600\n")
 
 
-def tls_registry(tmp_path_factory, tls_section: str):
+def tls_registry(tmp_path_factory, tls_section: str, more: str = ""):
     from tests.helpers.server import RegistryProcess
 
     base = tmp_path_factory.mktemp("izreg-tlscap")
     metrics_port = free_port()
     config = base / "izreg.toml"
-    config.write_text(f"[tls]\n{tls_section}"
+    config.write_text(f"[tls]\n{tls_section}{more}"
                       f"[metrics]\nlisten = [\"tcp:{metrics_port}:interface=127.0.0.1\"]\n")
     reg = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=str(config))
     try:
