@@ -76,19 +76,27 @@ class ConnectionLimits:
         self.total = 0
         self.peak = 0  # the most open at once since L{izreg.service.bursttrim.BurstTrim} last reset it
         self.by_address: dict[str, int] = {}
+        #: C{() -> bool}: close a connection that has not authenticated, at C{max_total} (None: refuse instead)
+        self.evict = None
 
     def admit(self, address: str) -> tuple[RegistryError, str] | None:
-        """Count a new connection from C{address}; or (the error to answer, a log line) if it is over a cap."""
-        if self.max_total and self.total >= self.max_total:
+        """
+        Count a new connection from C{address}; or (the error to answer, a log line) if it is over a cap.
+        At C{max_total}, C{evict} (L{izreg.service.tls.admission.HandshakeAdmission.evict}), if set, may
+        close a connection that has not authenticated to make room: the newcomer is counted at once
+        (the closed one gives its count back when its loss is reported, on the next reactor turn).
+        """
+        group = self._group(address)
+        count = self.by_address.get(group, 0)
+        over = bool(self.max_per_address and count >= self.max_per_address and not _exempt(address, self.exempt))
+        if self.max_total and self.total >= self.max_total and (over or self.evict is None or not self.evict()):
             return (
                 RegistryError(ErrorCode.UNAVAILABLE, None, "the registry has as many connections open as it may; retry later",
                               headers={"Retry-After": "1"}),
                 f"refused a connection from {address}: {self.total} connections open"
                 f" (connections.max_connections = {self.max_total})",
             )
-        group = self._group(address)
-        count = self.by_address.get(group, 0)
-        if self.max_per_address and count >= self.max_per_address and not _exempt(address, self.exempt):
+        if over:
             return (
                 RegistryError(ErrorCode.TOOMANYREQUESTS, None, "too many connections from your address; retry later",
                               headers={"Retry-After": "1"}),

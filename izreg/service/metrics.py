@@ -181,6 +181,8 @@ class HandshakeCollector:
                                   " wait for one too long", value=admission.timed_out)
         yield CounterMetricFamily("izreg_tls_handshakes_dropped", "TLS connections closed while waiting for a"
                                   " handshake slot, for a newer one (tls.max_waiting)", value=admission.dropped)
+        yield CounterMetricFamily("izreg_connections_evicted", "TLS connections closed before their handshake"
+                                  " completed, for a newer one (connections.max_connections)", value=admission.evicted)
 
 
 class RefusalCollector:

@@ -281,3 +281,31 @@ def test_no_credentials_on_the_tls_listener_are_told_about_device_certificates(c
     assert tls.json()["errors"][0]["message"] == ("authentication required: docker login -u KEY -p <access key>,"
                                                   " or a device presents its client certificate")
     assert plain.json()["errors"][0]["message"] == "authentication required: docker login -u KEY -p <access key>"
+
+
+#: connections.max_connections of L{crowded}
+FULL = 12
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """A small connection table, a slot for each: the silent connections hold the table, none waits or times out."""
+    yield from tls_registry(tmp_path_factory, "max_handshakes = 16\nhandshake_timeout = 600\n",
+                            f"[connections]\nmax_connections = {FULL}\nidle_timeout = 600\n")
+
+
+def test_silent_connections_that_fill_the_connection_table_make_room_for_a_device(crowded):
+    """At max_connections, the oldest connection still in its handshake is closed for the device's: not a 503."""
+    wait_for(crowded, in_progress=0, waiting=0)
+    silent = [raw(crowded, source=f"127.0.0.{40 + i}") for i in range(FULL)]
+    wait_for(crowded, in_progress=FULL, waiting=0)
+    result: list = []
+    try:
+        device_get(crowded, result)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert gauges_of(crowded, "izreg_connections_evicted_total") == {(): 1.0}
+        assert closed_by_server(silent[0])  # the oldest
+    finally:
+        for sock in silent:
+            sock.close()
+    wait_for(crowded, in_progress=0, waiting=0)

@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 
+from izreg.core.errors import ErrorCode
 from izreg.core.netgroup import address_group
 from izreg.http.bodies import RegistrySite
 from izreg.http.limits import ConnectionLimits
@@ -402,3 +403,48 @@ def test_a_known_group_that_is_struck_goes_after_the_others():
     admission._release(silent[1])
     assert again[1].state == "shaking" and again[0].state == "waiting"
     consistent(admission)
+
+
+def test_over_max_connections_the_least_welcome_unauthenticated_connection_makes_room():
+    """
+    L{HandshakeAdmission.evict}: a waiting connection of the longest queue first (a struck group's, else
+    one not known, among those as long), then the oldest in its handshake (likewise); none left, C{False}.
+    """
+    admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60)
+    admission._know("198.51.100.7")
+    admission._know("198.51.100.8")
+    shaking = arrive(admission, "198.51.100.7", "192.0.2.1")
+    device, attack, other, struck = (arrive(admission, "198.51.100.8"), arrive(admission, *["192.0.2.66"] * 3),
+                                     arrive(admission, "192.0.2.5"), arrive(admission, "192.0.2.9"))
+    admission._strike("192.0.2.9")
+    assert [g.state for g in shaking] == ["shaking"] * 2 and len(admission.waiting) == 6
+    assert [admission.evict() for _ in range(2)] == [True] * 2
+    assert [g.state for g in attack] == ["expired", "expired", "waiting"]  # the longest queue
+    assert admission.evict() and struck[0].state == "expired"  # then, all as long: a struck group's
+    assert admission.evict() and other[0].state == "expired"  # then one not known, though the device's is older
+    assert admission.evict() and attack[2].state == "expired"
+    assert admission.evict() and device[0].state == "expired" and not admission.waiting  # a known one last
+    consistent(admission)
+    assert admission.evict() and shaking[1].state == "expired"  # in its handshake: one not known first
+    assert shaking[0].state == "shaking" and admission.in_progress == 2  # the slot frees once its connection ends
+    admission._release(shaking[1], completed=False)
+    assert admission.evict() and shaking[0].state == "expired"
+    admission._release(shaking[0], completed=False)
+    assert not admission.evict() and admission.evicted == 8
+    consistent(admission)
+    [done] = arrive(admission, "192.0.2.1")
+    admission._release(done, device=True)  # completed its handshake: never evicted
+    assert not admission.evict() and done.state == "shaking" and not admission.unsettled
+
+
+def test_at_max_connections_a_newcomer_is_counted_only_if_one_is_evicted():
+    limits = ConnectionLimits(2, 1)
+    evictions: list = []
+    limits.evict = lambda: evictions.append(1) or len(evictions) < 2
+    assert limits.admit("192.0.2.1") is None and limits.admit("192.0.2.2") is None and not evictions
+    assert limits.admit("192.0.2.3") is None and limits.total == 3  # one evicted: its loss gives its count back
+    limits.release("192.0.2.1")
+    error, line = limits.admit("192.0.2.4")  # none to evict: refused
+    assert error.code is ErrorCode.UNAVAILABLE and "max_connections = 2" in line and limits.total == 2 and len(evictions) == 2
+    error, line = limits.admit("192.0.2.2")  # over max_per_address too: refused, none evicted for it
+    assert error.code is ErrorCode.UNAVAILABLE and len(evictions) == 2

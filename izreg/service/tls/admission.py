@@ -58,6 +58,16 @@ C{max_per_address} (per IPv4 address, per IPv6 /64) as any other (the site admit
 accepted; one lost while waiting is reported to the site's protocol, which
 gives its count back).
 
+When C{[connections] max_connections} are open and another arrives, the
+site (L{izreg.http.limits.ConnectionLimits}) asks L{HandshakeAdmission.evict}
+to close one connection that has not authenticated, rather than refuse the
+newcomer (silent connections, held until they time out, would otherwise lock
+every device out): the oldest waiting connection of the group with the most
+waiting (struck groups first, then those not known, among the first
+L{EVICT_SCAN} of that length), else, none waiting, the oldest in its
+handshake (likewise). Only when every open connection has completed its
+handshake is the newcomer refused (503).
+
 The TLS protocol (izreg's, or Twisted's stock one: L{izreg.service.tls.fallback})
 gets the real TCP transport, so nothing changes once it runs; until its
 handshake is done the gate (L{_Gate}) passes it the bytes read and watches
@@ -70,10 +80,14 @@ the gate watches too.
 from __future__ import annotations
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 
 from izreg.core.netgroup import address_group
+from izreg.http.limits import ThrottledLog
 from izreg.http.peercert import peer_certificate
 from izreg.http.plain import ON_TLS_ANSWER, plain_on_tls
+
+log = Logger()
 
 #: a gate's states
 _WAITING, _SHAKING, _DONE = 0, 1, 2
@@ -126,6 +140,10 @@ class HandshakeAdmission:
         self.shaking: dict[_Gate, float] = {}  # in their handshake, with a timeout -> deadline
         self.timed_out = 0  # connections closed for a handshake or a wait too long
         self.dropped = 0  # waiting connections closed for a newer one (max_waiting)
+        #: in their handshake (holding a slot), the oldest first: the connections L{evict} may close when none waits
+        self.unsettled: dict[_Gate, None] = {}
+        self.evicted = 0  # connections closed by L{evict}
+        self._evictions = ThrottledLog(log)
         self._call = None
 
     def wrap(self, factory: Factory) -> Factory:
@@ -165,8 +183,47 @@ class HandshakeAdmission:
             oldest._expired()
         self._arm()
 
+    def evict(self) -> bool:
+        """
+        Close one connection that has not completed its handshake, for a newcomer over
+        C{[connections] max_connections}: C{False} if there is none (see the module's docstring).
+        """
+        if self.waiting:
+            groups = self._by_length[self._longest]
+            gate = self.queues[self._least_welcome(groups, lambda group: group)][0]
+            self._unqueue(gate)
+            where = "waiting for its TLS handshake"
+        elif self.unsettled:
+            gate = self._least_welcome(self.unsettled, lambda gate: gate.group)
+            del self.unsettled[gate]
+            where = "in its TLS handshake"
+        else:
+            return False
+        self.evicted += 1
+        self._evictions.warn(f"closed a connection from {gate.address or '?'} {where} for a newer one:"
+                             " connections.max_connections are open")
+        gate._expired()
+        return True
+
+    def _least_welcome(self, items: dict, group_of):
+        """Of the first L{EVICT_SCAN} of C{items} (oldest first), the first of a struck group, else of one not known."""
+        now = self.clock.seconds()
+        struck, known = self._struck, self._known
+        fallback = None
+        for n, item in enumerate(items):
+            if n == EVICT_SCAN:
+                break
+            group = group_of(item)
+            when = struck.get(group)
+            if when is not None and now - when < STRIKE_SECONDS:
+                return item
+            if fallback is None and group not in known:
+                fallback = item
+        return fallback if fallback is not None else next(iter(items))
+
     def _admit(self, gate: "_Gate") -> None:
         self.in_progress += 1
+        self.unsettled[gate] = None
         group = gate.group
         held = self.holding.get(group, 0)
         self.holding[group] = held + 1
@@ -263,6 +320,7 @@ class HandshakeAdmission:
         slots (groups holding as many: known ones first, then those not struck, then in turn).
         """
         deadline = self.shaking.pop(gate, None)  # None: it timed out (or there is no timeout)
+        self.unsettled.pop(gate, None)
         group = gate.group
         if not completed and self.handshake_timeout and (
                 deadline is None or deadline - self.clock.seconds() <= self.handshake_timeout / 2):
@@ -315,6 +373,8 @@ _NEVER = float("inf")
 #: how long a group stays struck (L{HandshakeAdmission._strike}), and how many are remembered (~150 bytes each)
 STRIKE_SECONDS = 300
 MAX_STRUCK = 1024
+#: how many connections (or groups) L{HandshakeAdmission.evict} looks at for a struck or not known group
+EVICT_SCAN = 16
 #: how many groups of devices are remembered (L{HandshakeAdmission._know}; ~150 bytes each)
 MAX_KNOWN = 4096
 
