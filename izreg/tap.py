@@ -281,7 +281,8 @@ def makeService(options: Options):
     if options.subCommand == "edge":
         from izreg.edge.service import make_edge
 
-        return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
+        return make_edge(options.subOptions.config, reactor, options.subOptions.policy,
+                         twistd_options=getattr(options, "parent", None))
     server_options = options.subOptions
     return make_server(server_options.config, reactor,
                        twistd_options=getattr(options, "parent", None),

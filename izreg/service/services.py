@@ -39,6 +39,7 @@ from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.bursttrim import BurstTrim
 from izreg.service.heap import trim as trim_heap
+from izreg.service.logs import offer_observer
 from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
@@ -85,11 +86,7 @@ class RegistryService(service.MultiService):
         self._pools: list[ThreadPool] = []
 
     def setServiceParent(self, parent):
-        # twistd's application asks for a log observer before using its own (izreg.service.logs)
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver
-
-            parent.setComponent(ILogObserver, self.log_observer)
+        offer_observer(parent, self.log_observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
