@@ -178,13 +178,16 @@ class RegistryService(service.MultiService):
         )
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)))
+        guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
+                                                run_read=backend.run_read)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
+            if getattr(guard, "refusals", None) is not None:
+                self.metrics.refusals.watch("http", guard.refusals)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
-            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                            run_read=backend.run_read),
+            guard,
             reactor.seconds,
             chunk_min_length=config.chunk_min_length,
             tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
