@@ -1,11 +1,13 @@
 """
 The server's memory with many TLS handshakes left pending (``[tls] max_handshakes``).
 
-    python -m bench.pending_tls [--connections 1000] [--max-handshakes 64 0]
+    python -m bench.pending_tls [--connections 1000] [--max-handshakes 64 0] [--addresses 1]
 
 For each cap: a fresh ``twistd izreg server`` with a TLS listener; N clients each
 send a ClientHello (Python's ssl, non-blocking: one handshake step) and then
 nothing. Prints the server's VmRSS before and with the N connections open.
+With ``--addresses A`` the clients come from A loopback addresses in turn
+(127.0.0.1, 127.0.0.2, ...: each its own group of the handshake slots).
 """
 
 from __future__ import annotations
@@ -73,16 +75,22 @@ def tls_server(workdir: str, config_text: str, root: str = REPO_ROOT):
             print(open(os.path.join(workdir, "server.log")).read()[-3000:], file=sys.stderr)
 
 
-def measure(workdir: str, connections: int, cap: int) -> tuple[int, int]:
-    config = (f"[tls]\nmax_handshakes = {cap}\nhandshake_timeout = 600\n"
+def source(i: int) -> str:
+    """The C{i}th loopback address: 127.0.0.1, ..., 127.0.0.250, 127.0.1.1, ..."""
+    return f"127.0.{i // 250}.{i % 250 + 1}"
+
+
+def measure(workdir: str, connections: int, cap: int, addresses: int = 1) -> tuple[int, int]:
+    config = (f"[tls]\nmax_handshakes = {cap}\nhandshake_timeout = 600\nmax_waiting = {connections}\n"
               f"[connections]\nmax_connections = {connections + 100}\nmax_per_address = 0\nidle_timeout = 600\n")
     clients = []
     with tls_server(workdir, config) as (proc, tls_port, paths):
         try:
             before = _status(proc.pid, "VmRSS")
             context = ssl.create_default_context(cafile=paths.ca_cert)
-            for _ in range(connections):
-                sock = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+            for i in range(connections):
+                sock = socket.create_connection(("127.0.0.1", tls_port), timeout=10,
+                                                source_address=(source(i % addresses), 0))
                 sock.setblocking(False)
                 tls = context.wrap_socket(sock, server_hostname="localhost", do_handshake_on_connect=False)
                 try:
@@ -104,12 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--max-handshakes", type=int, nargs="+", default=[64, 0])
+    parser.add_argument("--addresses", type=int, default=1, help="client addresses, in turn (default 1)")
     args = parser.parse_args()
     raise_nofile(args.connections)
     for cap in args.max_handshakes:
         with tempfile.TemporaryDirectory(prefix="izreg-pending-tls-") as workdir:
-            before, with_them = measure(workdir, args.connections, cap)
-        print(f"max_handshakes={cap}: VmRSS {before / 2**20:.1f} MiB idle, {with_them / 2**20:.1f} MiB with"
+            before, with_them = measure(workdir, args.connections, cap, args.addresses)
+        print(f"max_handshakes={cap}, {args.addresses} addresses: VmRSS {before / 2**20:.1f} MiB idle, {with_them / 2**20:.1f} MiB with"
               f" {args.connections} pending handshakes: {(with_them - before) / args.connections / 1024:.1f} KiB each")
 
 

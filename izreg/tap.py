@@ -210,7 +210,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         threads = HandshakeThreads(reactor, config.tls_handshake_threads)
         threads.setServiceParent(top)
         admission = HandshakeAdmission(reactor, config.tls_max_handshakes, config.tls_handshake_timeout,
-                                       config.idle_timeout)
+                                       config.idle_timeout, config.tls_max_waiting, config.tls_group_ipv4_prefix,
+                                       config.tls_group_ipv6_prefix)
         metrics.watch_handshakes(admission)
     for description in config.tls_listen:
         Listener(tls_endpoint(reactor, description, tls, threads, admission), site).setServiceParent(top)

@@ -31,11 +31,13 @@ import time
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
@@ -294,6 +296,7 @@ class RegistryChannel(http.HTTPChannel):
 
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
+    _read_closed = False  # the client half-closed (L{readConnectionLost})
 
     def isSecure(self) -> bool:
         """Whether the transport is TLS: asked a few times a request (Klein), adapted once a connection."""
@@ -416,6 +419,32 @@ class RegistryChannel(http.HTTPChannel):
             self._linger.cancel()
         self._close_refused()  # no lingering for a client this slow
 
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed (C{shutdown(SHUT_WR)}, on a plain TCP
+        connection: L{_Channel}). A request whose body is whole is answered
+        (the client still reads), then the connection closed; anything else
+        (an idle connection, a body cut short, a refused request's rest) can
+        never go on: closed now, as Twisted does on any end of stream.
+        """
+        if self._read_closed:
+            return  # read again once the transport resumed
+        self._read_closed = True
+        if self.transport is None:
+            return
+        if self._handlingRequest and not self._refused:
+            return  # answered, then closed (L{requestDone})
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # the server never half-closes
+
+    def requestDone(self, request) -> None:
+        super().requestDone(request)
+        if self._read_closed and not self._handlingRequest and self.transport is not None \
+                and not self.transport.disconnecting:
+            self.transport.loseConnection()  # no request can come after a half-close
+
     def connectionLost(self, reason) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
@@ -428,6 +457,25 @@ class RegistryChannel(http.HTTPChannel):
             limits.release(self.address)
             self.address = None
         super().connectionLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class _Channel(_GenericHTTPChannelProtocol):
+    """
+    Twisted's channel switcher, telling the TCP transport that a client's
+    half-close is the channel's to handle (L{RegistryChannel.readConnectionLost}),
+    not a lost connection: the client may still read its answer.
+    """
+
+    def readConnectionLost(self) -> None:
+        lost = getattr(self._channel, "readConnectionLost", None)
+        if lost is not None:
+            lost()
+        elif self._channel.transport is not None:
+            self._channel.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
 
 class _RefuseConnection(Protocol):
@@ -476,7 +524,7 @@ class RegistrySite(server.Site):
         self.body_for = body_for
 
     def protocol(self):
-        return _GenericHTTPChannelProtocol(RegistryChannel())
+        return _Channel(RegistryChannel())
 
     def buildProtocol(self, addr):
         address = getattr(addr, "host", None) or "local"

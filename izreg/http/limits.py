@@ -14,6 +14,7 @@ import time
 from twisted.logger import Logger
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.netgroup import address_group
 
 log = Logger()
 
@@ -59,6 +60,13 @@ class ConnectionLimits:
     Open connections, in total and per client address. Addresses in
     C{exempt} (trusted reverse proxies, whose connections carry many
     clients) count towards the total only. A limit of 0 is no limit.
+
+    IPv6 addresses count per /64 (L{address_group}): a host picks addresses
+    in its /64 at will, so per address there would be no cap at all, and a
+    /64 is one site as one IPv4 address behind a NAT is. IPv4 addresses
+    count each, whatever C{[tls] group_ipv4_prefix} says: this cap refuses
+    (429), where the handshake slots only make a connection wait, and a /24
+    holds unrelated clients (a provider's pool, cloud neighbours).
     """
 
     def __init__(self, max_total: int, max_per_address: int, exempt=()) -> None:
@@ -78,27 +86,36 @@ class ConnectionLimits:
                 f"refused a connection from {address}: {self.total} connections open"
                 f" (connections.max_connections = {self.max_total})",
             )
-        count = self.by_address.get(address, 0)
+        group = self._group(address)
+        count = self.by_address.get(group, 0)
         if self.max_per_address and count >= self.max_per_address and not _exempt(address, self.exempt):
             return (
                 RegistryError(ErrorCode.TOOMANYREQUESTS, None, "too many connections from your address; retry later",
                               headers={"Retry-After": "1"}),
-                f"refused a connection from {address}: {count} connections open from this address"
+                f"refused a connection from {address}: {count} connections open from"
+                f" {'this address' if group == address else group}"
                 f" (connections.max_per_address = {self.max_per_address})",
             )
         self.total += 1
         if self.total > self.peak:
             self.peak = self.total
-        self.by_address[address] = count + 1
+        self.by_address[group] = count + 1
         return None
+
+    def _group(self, address: str) -> str:
+        group = address_group(address)
+        if group != address and _exempt(address, self.exempt):
+            return address  # a trusted proxy's many connections do not count against its /64's other hosts
+        return group
 
     def release(self, address: str) -> None:
         self.total = max(0, self.total - 1)
-        count = self.by_address.get(address, 0) - 1
+        group = self._group(address)
+        count = self.by_address.get(group, 0) - 1
         if count > 0:
-            self.by_address[address] = count
+            self.by_address[group] = count
         else:
-            self.by_address.pop(address, None)
+            self.by_address.pop(group, None)
 
 
 def _exempt(address: str, exempt) -> bool:

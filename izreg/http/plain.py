@@ -17,7 +17,9 @@ of an empty reply.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import alsoProvides
 
 TLS_HANDSHAKE = 0x16
 ANSWER = (
@@ -52,6 +54,17 @@ def plain_on_tls(first: bytes) -> bool:
 
 class _RefuseTLS(ProtocolWrapper):
     _checked = False
+
+    def makeConnection(self, transport) -> None:
+        super().makeConnection(transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):  # a client's half-close is the channel's
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    def readConnectionLost(self) -> None:
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._checked and data:

@@ -138,5 +138,5 @@ def _throttled(sink, request):
         transport = getattr(request.channel, "transport", None)
         if transport is not None:
             sink.throttle(transport)
-            hold(sink, transport)
+            hold(sink, transport, request.channel)
     return sink

@@ -46,6 +46,11 @@ class Config:
     # cap) and the seconds a handshake may take once admitted (0: no limit) (izreg.service.tls.admission)
     tls_max_handshakes: int = 64
     tls_handshake_timeout: int = 10
+    # connections waiting for a handshake slot at most (0: no limit), and the prefixes by which client addresses
+    # share the slots (izreg.core.netgroup)
+    tls_max_waiting: int = 1000
+    tls_group_ipv4_prefix: int = 32
+    tls_group_ipv6_prefix: int = 64
     device_account_field: str = "OU"
     device_id_field: str = "CN"
     pull_flush_interval: int = 5
@@ -115,6 +120,8 @@ class Config:
             raise ConfigError("tls.device_crl_interval must be at least 1 second")
         if self.tls_handshake_threads is not None and not 0 <= self.tls_handshake_threads <= 64:
             raise ConfigError("tls.handshake_threads must be between 0 and 64")
+        if not (self.tls_group_ipv4_prefix <= 32 and self.tls_group_ipv6_prefix <= 128):
+            raise ConfigError("tls.group_ipv4_prefix must be at most 32 and tls.group_ipv6_prefix at most 128")
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -159,6 +166,9 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("tls", "handshake_threads"): ("tls_handshake_threads", int),
     ("tls", "max_handshakes"): ("tls_max_handshakes", int),
     ("tls", "handshake_timeout"): ("tls_handshake_timeout", int),
+    ("tls", "max_waiting"): ("tls_max_waiting", int),
+    ("tls", "group_ipv4_prefix"): ("tls_group_ipv4_prefix", int),
+    ("tls", "group_ipv6_prefix"): ("tls_group_ipv6_prefix", int),
     ("devices", "account_field"): ("device_account_field", str),
     ("devices", "device_id_field"): ("device_id_field", str),
     ("devices", "pull_flush_interval"): ("pull_flush_interval", int),

@@ -179,6 +179,8 @@ class HandshakeCollector:
                                 " (tls.max_handshakes)", value=len(admission.waiting))
         yield CounterMetricFamily("izreg_tls_handshakes_timed_out", "TLS connections closed for a handshake or a"
                                   " wait for one too long", value=admission.timed_out)
+        yield CounterMetricFamily("izreg_tls_handshakes_dropped", "TLS connections closed while waiting for a"
+                                  " handshake slot, for a newer one (tls.max_waiting)", value=admission.dropped)
 
 
 class RefusalCollector:

@@ -32,12 +32,23 @@ PARTIAL_HELLO = bytes.fromhex("160301020001")
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
+    yield from tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = {TIMEOUT}\n")
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """IPv4 clients counted per /24; nothing times out during a test (slots free as clients close)."""
+    yield from tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = 600\n"
+                            "group_ipv4_prefix = 24\n", "[connections]\nidle_timeout = 600\n")
+
+
+def tls_registry(tmp_path_factory, tls_section: str, more: str = ""):
     from tests.helpers.server import RegistryProcess
 
     base = tmp_path_factory.mktemp("izreg-tlscap")
     metrics_port = free_port()
     config = base / "izreg.toml"
-    config.write_text(f"[tls]\nmax_handshakes = {CAP}\nhandshake_timeout = {TIMEOUT}\n"
+    config.write_text(f"[tls]\n{tls_section}{more}"
                       f"[metrics]\nlisten = [\"tcp:{metrics_port}:interface=127.0.0.1\"]\n")
     reg = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=str(config))
     try:
@@ -146,6 +157,38 @@ def test_one_address_holds_half_the_slots(capped):
         for sock in silent:
             sock.close()
     wait_for(capped, in_progress=0, waiting=0)
+
+
+def test_a_device_gets_the_first_free_slot_while_many_addresses_hold_the_others(grouped):
+    """
+    24 silent clients from 24 addresses in four /24s hold every slot (one each) or wait; a device from
+    another /24 that comes after them all gets the first slot that frees: its group holds none, each
+    attacker's holds one (first come first served, or per address, it would wait behind all 20).
+    """
+    wait_for(grouped, in_progress=0, waiting=0)
+    sources = [f"127.0.{net}.{host}" for host in range(10, 16) for net in range(1, 5)]
+    silent = [raw(grouped, source=source) for source in sources[:CAP]]  # one slot for each /24
+    device = None
+    try:
+        wait_for(grouped, in_progress=CAP, waiting=0)
+        silent += [raw(grouped, source=source) for source in sources[CAP:]]
+        wait_for(grouped, in_progress=CAP, waiting=len(sources) - CAP)
+        result: list = []
+        device = threading.Thread(target=device_get, args=(grouped, result))
+        device.start()
+        wait_for(grouped, in_progress=CAP, waiting=len(sources) - CAP + 1)
+        silent[0].close()  # 127.0.1.0/24 holds none now, as the device's 127.0.0.0/24, which waited first
+        device.join(60)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        # the other three still hold theirs, and the slot after the device's went to 127.0.1.0/24 again
+        seen = wait_for(grouped, in_progress=CAP, waiting=len(sources) - CAP - 1)
+        assert seen["izreg_tls_handshakes_timed_out_total"] == 0
+    finally:
+        if device is not None:
+            device.join(60)
+        for sock in silent:
+            sock.close()
+    wait_for(grouped, in_progress=0, waiting=0)
 
 
 def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):

@@ -1,18 +1,22 @@
 """
 L{HandshakeAdmission} in-process, over real sockets: a connection that waits for a slot and
 is closed meanwhile gives its place in the connection caps back; a silent one in a slot is
-closed after the handshake timeout and its slot goes to the next.
+closed after the handshake timeout and its slot goes to the next. And its policy alone (pure
+logic, a fake clock): client groups, their shares, the fair pick, the bound on the waiting.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
+from izreg.core.netgroup import address_group
 from izreg.http.bodies import RegistrySite
 from izreg.http.limits import ConnectionLimits
 from izreg.service.tls import ServerTLS, TLSEndpoint
@@ -66,20 +70,54 @@ async def test_waiting_connections_time_out_and_give_their_count_back(tmp_path):
 
 
 class _Stub:
-    """A gate as L{HandshakeAdmission} sees it: an address, started or waiting."""
+    """A gate as L{HandshakeAdmission} sees it: an address and its group, started or waiting."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, admission: HandshakeAdmission | None = None) -> None:
         self.address = address
+        self.group = admission.group_of(address) if admission is not None else address_group(address)
+        self.admission = admission
         self.state = "new"
 
     def _wait(self) -> None:
         self.state = "waiting"
 
+    admitted = False
+
     def _start(self) -> None:
         self.state = "shaking"
+        self.admitted = True
+        admission = self.admission
+        if admission is not None:  # the fair pick: no group waiting held fewer slots than this one's had
+            had = admission.holding[self.group] - 1
+            assert all(admission.holding.get(g, 0) >= had for g in admission.queues if g != self.group)
 
     def _expired(self) -> None:
         self.state = "expired"
+
+
+def arrive(admission: HandshakeAdmission, *addresses: str) -> list[_Stub]:
+    gates = [_Stub(address, admission) for address in addresses]
+    for gate in gates:
+        admission._arrived(gate)
+    return gates
+
+
+def consistent(admission: HandshakeAdmission) -> None:
+    """The admission's books agree with each other."""
+    assert admission.in_progress == sum(admission.holding.values()) <= admission.limit
+    assert all(0 < held <= admission.per_group for held in admission.holding.values())
+    assert sorted(map(id, admission.waiting)) == sorted(id(g) for q in admission.queues.values() for g in q)
+    assert all(queue and all(g.group == group for g in queue) for group, queue in admission.queues.items())
+    ready = {group: n for n, groups in enumerate(admission._ready) for group in groups}
+    assert ready == {g: admission.holding.get(g, 0) for g in admission.queues
+                     if admission.holding.get(g, 0) < admission.per_group}
+    if admission.in_progress < admission.limit:  # a free slot: no one waiting may take it
+        assert not ready
+    if admission.max_waiting:
+        assert len(admission.waiting) <= admission.max_waiting
+    lengths = {group: n for n, groups in admission._by_length.items() for group in groups}
+    assert lengths == {group: len(queue) for group, queue in admission.queues.items()}
+    assert admission._longest == max(lengths.values(), default=0) and all(admission._by_length.values())
 
 
 def test_one_address_cannot_hold_every_slot():
@@ -87,8 +125,6 @@ def test_one_address_cannot_hold_every_slot():
     A client that fills the slots with silent handshakes (and reconnects as they time out) holds
     at most half of them: another address's connection gets a slot at once, not after all of its.
     """
-    from twisted.internet.task import Clock
-
     admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
     attacker = [_Stub("192.0.2.1") for _ in range(20)]
     for gate in attacker:
@@ -113,3 +149,128 @@ def test_one_address_cannot_hold_every_slot():
     admission._release(attacker[1])
     admission._release(attacker[2])
     assert [g.state for g in attacker[3:6]] == ["shaking", "shaking", "waiting"]
+
+
+def test_a_device_gets_the_next_slot_while_an_attacker_holds_the_others_from_many_addresses():
+    """
+    Four attacker addresses fill the slots (two each) and queue more; a device that comes after them
+    all gets the first slot that frees: its group holds none, every attacker's holds some.
+    """
+    admission = HandshakeAdmission(Clock(), 8, handshake_timeout=10, wait_timeout=60)
+    attackers = [f"192.0.2.{i}" for i in range(1, 5)]
+    attack = arrive(admission, *(attackers * 5))
+    assert admission.in_progress == 8 and len(admission.waiting) == 12
+    [device] = arrive(admission, "198.51.100.7")
+    assert device.state == "waiting"
+    admission._release(attack[0])  # 192.0.2.1's slot: it holds one now, the device none
+    assert device.state == "shaking" and admission.holding["198.51.100.7"] == 1
+    # the next: to the attacker's group that came to one slot first (192.0.2.1), its oldest waiting connection
+    admission._release(attack[1])
+    assert attack[8].state == "shaking" and attack[12].state == "waiting"
+    consistent(admission)
+
+
+def test_groups_holding_as_many_take_turns_and_each_group_is_first_come_first_served():
+    admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60)
+    held = arrive(admission, "192.0.2.1", "192.0.2.2")
+    waiting = arrive(admission, "192.0.2.3", "192.0.2.3", "192.0.2.3", "192.0.2.4", "192.0.2.5")
+    order = []
+    for _ in range(6):  # one group holds at most one slot of two: 192.0.2.3's third waits for its second
+        gate = held.pop(0)
+        admission._release(gate)
+        started = [g for g in waiting if g.state == "shaking" and g not in order]
+        order += started
+        held += started
+        consistent(admission)
+    assert [(g.address, waiting.index(g)) for g in order] == [
+        ("192.0.2.3", 0), ("192.0.2.4", 3), ("192.0.2.5", 4), ("192.0.2.3", 1), ("192.0.2.3", 2)]
+
+
+def test_every_address_of_an_ipv6_64_shares_one_half_of_the_slots():
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    attack = arrive(admission, *(f"2001:db8:0:1:{i:x}::1" for i in range(1, 21)))  # 20 addresses of one /64
+    assert admission.in_progress == 2 and len(admission.waiting) == 18
+    assert admission.holding == {"2001:db8:0:1::/64": 2}
+    devices = arrive(admission, "2001:db8:0:2::10", "2001:db8:0:2::11", "2001:db8:0:3::1")
+    assert [d.state for d in devices] == ["shaking", "shaking", "waiting"]
+    admission._release(attack[0])  # the other /64, holding none, before the attacker's waiting ones
+    assert devices[2].state == "shaking" and attack[2].state == "waiting"
+    consistent(admission)
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address():
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    gates = arrive(admission, "::ffff:192.0.2.1", "192.0.2.1", "::ffff:192.0.2.1")
+    assert [g.state for g in gates] == ["shaking", "shaking", "waiting"]
+    assert admission.holding == {"192.0.2.1": 2}
+
+
+def test_ipv4_addresses_by_a_wider_prefix():
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60, ipv4_prefix=24)
+    attack = arrive(admission, *(f"192.0.2.{i}" for i in range(1, 21)))
+    assert admission.in_progress == 2 and admission.holding == {"192.0.2.0/24": 2}
+    [device] = arrive(admission, "192.0.3.1")
+    assert device.state == "shaking" and attack[2].state == "waiting"
+
+
+def test_the_waiting_queue_is_bounded_and_the_longest_loses_its_oldest():
+    admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60, max_waiting=4)
+    arrive(admission, "192.0.2.1", "192.0.2.2")
+    attack = arrive(admission, *["192.0.2.66"] * 3)
+    [device] = arrive(admission, "198.51.100.7")
+    assert len(admission.waiting) == 4 and admission.dropped == 0
+    more = arrive(admission, "192.0.2.66", "198.51.100.8", "198.51.100.9")
+    # each newcomer past the bound: the attacker's queue, the longest, loses its oldest
+    assert [g.state for g in attack] == ["expired"] * 3
+    assert device.state == more[0].state == more[1].state == more[2].state == "waiting"
+    assert admission.dropped == 3 and len(admission.waiting) == 4
+    consistent(admission)
+    arrive(admission, "198.51.100.8")  # now 198.51.100.8's is the longest
+    assert more[1].state == "expired" and admission.dropped == 4
+    assert device.state == more[0].state == more[2].state == "waiting"
+    consistent(admission)
+
+
+def test_waiting_and_shaking_connections_time_out_and_the_books_stay_right():
+    clock = Clock()
+    admission = HandshakeAdmission(clock, 2, handshake_timeout=10, wait_timeout=5)
+    shaking = arrive(admission, "192.0.2.1", "192.0.2.2")
+    waiting = arrive(admission, "192.0.2.1", "192.0.2.3", "192.0.2.3")
+    clock.advance(6)
+    assert [g.state for g in waiting] == ["expired"] * 3 and admission.timed_out == 3
+    consistent(admission)
+    assert not admission.queues and not any(admission._ready)
+    late = arrive(admission, "192.0.2.4")  # waits until 11
+    clock.advance(4)
+    assert [g.state for g in shaking] == ["expired"] * 2 and late[0].state == "waiting"
+    for gate in shaking:  # their connections end: the slots are free again
+        admission._release(gate)
+    assert late[0].state == "shaking" and admission.timed_out == 5
+    consistent(admission)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
+    """Arrivals from 8 addresses (two IPv4-mapped, three in one /64), ends and timeouts, in a random order."""
+    rng = random.Random(seed)
+    addresses = ["192.0.2.1", "::ffff:192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2", "2001:db8::3",
+                 "2001:db8:1::1", "::ffff:198.51.100.1"]
+    clock = Clock()
+    admission = HandshakeAdmission(clock, rng.randint(1, 6), handshake_timeout=10, wait_timeout=7,
+                                   max_waiting=rng.randint(0, 6))
+    gates: list[_Stub] = []
+    for _ in range(300):
+        op = rng.choice(["arrive", "arrive", "end", "tick"])
+        if op == "arrive":
+            gates += arrive(admission, rng.choice(addresses))
+        elif op == "tick":
+            clock.advance(rng.random() * 3)
+        open_ = [g for g in gates if g.state != "gone"]
+        if op == "end" and open_:  # a connection's handshake is done or it ends (closed, timed out): as _Gate's
+            gate = rng.choice(open_)
+            if gate.admitted:
+                admission._release(gate)
+            else:
+                admission._left(gate)
+            gate.state = "gone"
+        consistent(admission)

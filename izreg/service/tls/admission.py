@@ -9,14 +9,29 @@ silent clients would hold ~66 MB. Here at most C{[tls] max_handshakes}
 connections of the TLS listeners are in their handshake at once
 (L{HandshakeAdmission}); a connection accepted beyond that waits with its
 reading paused (the kernel keeps whatever it sent) and no OpenSSL object (the
-TLS protocol is built, not connected: a few hundred bytes of Python objects),
-first come first served, except that one client address holds at most half
-of the slots (L{HandshakeAdmission.per_address}): a client that keeps the
-slots with silent or slow handshakes, reconnecting as they time out, would
-otherwise make every other device wait behind all of its connections (a Go
-client, as containerd's and docker's, gives up a handshake after 10 s); its
-connections beyond its share wait while other addresses' are admitted. A
-slot frees when its handshake completes or its connection ends.
+TLS protocol is built, not connected: a few hundred bytes of Python objects).
+
+Clients count by group (L{izreg.core.netgroup.address_group}): an IPv4
+address (or, with C{[tls] group_ipv4_prefix}, its /24 or other prefix), an
+IPv6 /64 (C{group_ipv6_prefix}: any host picks addresses in its /64 at will),
+an IPv4-mapped IPv6 address as the IPv4 one. One group holds at most half of
+the slots (L{HandshakeAdmission.per_group}), and a freed slot goes to the
+waiting connection of the group that holds the fewest slots (groups that
+hold as many take turns; within a group, first come first served): a client
+that keeps the slots with silent or slow handshakes, reconnecting as they
+time out, from one address or many, would otherwise make every other device
+wait behind all of its connections (a Go client, as containerd's and
+docker's, gives up a handshake after 10 s). So a device whose group holds
+no slot gets the next one that frees, while the attacker holds every other
+(as long as it has fewer groups than there are slots: past that, a group of
+its holding none is as good as the device's, and they take turns). A slot
+frees when its handshake completes or its connection ends.
+
+At most C{[tls] max_waiting} connections wait (their memory is taken before
+anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
+socket buffers): past it the oldest waiting connection of the group with the
+most waiting is closed (the longest queue loses its head, the connection
+likeliest to have been given up by its client).
 
 Time limits, both closing the connection (an abort: no TLS alert), checked
 by one timer for all connections, every second while any is watched:
@@ -26,7 +41,7 @@ by one timer for all connections, every second while any is watched:
   - C{[connections] idle_timeout}: the longest a connection waits for a slot.
 
 Waiting connections count in C{[connections] max_connections} and
-C{max_per_address} as any other (the site admits them when they are
+C{max_per_address} (per IPv4 address, per IPv6 /64) as any other (the site admits them when they are
 accepted; one lost while waiting is reported to the site's protocol, which
 gives its count back).
 
@@ -43,6 +58,7 @@ from __future__ import annotations
 
 from twisted.internet.protocol import Factory, Protocol
 
+from izreg.core.netgroup import address_group
 from izreg.http.plain import ON_TLS_ANSWER, plain_on_tls
 
 #: a gate's states
@@ -52,86 +68,159 @@ _WAITING, _SHAKING, _DONE = 0, 1, 2
 class HandshakeAdmission:
     """
     The slots of every TLS listener of the process (C{limit}; 0: no limit), and
-    the connections waiting for one, in arrival order.
+    the connections waiting for one, by client group (L{address_group}).
 
     @param clock: the reactor (C{seconds}, C{callLater}).
     @param handshake_timeout: seconds from a slot to a completed handshake (0: no limit).
     @param wait_timeout: seconds a connection may wait for a slot (0: no limit).
+    @param max_waiting: connections waiting at most (0: no limit); past it the
+        oldest waiting connection of the group with the most waiting is closed.
+    @param ipv4_prefix: IPv4 addresses count per this prefix (32: each address).
+    @param ipv6_prefix: IPv6 addresses count per this prefix (64: a site's or host's network).
 
     One timer for all connections (not one each: a C{DelayedCall} set and
     cancelled per connection cost ~14 us of its ~2 ms), every C{interval}
     while any is watched; a timeout is kept to within that interval.
     """
 
-    def __init__(self, clock, limit: int, handshake_timeout: float = 10, wait_timeout: float = 60) -> None:
+    def __init__(self, clock, limit: int, handshake_timeout: float = 10, wait_timeout: float = 60,
+                 max_waiting: int = 0, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> None:
         self.clock = clock
         self.limit = limit
         self.handshake_timeout = handshake_timeout
         self.wait_timeout = wait_timeout
+        self.max_waiting = max_waiting
+        self.ipv4_prefix, self.ipv6_prefix = ipv4_prefix, ipv6_prefix
         self.interval = min([1.0] + [t / 4 for t in (handshake_timeout, wait_timeout) if t])
         self.in_progress = 0  # connections in their handshake (holding a slot)
-        #: the most slots one client address holds at once (see the module's docstring)
-        self.per_address = max(1, limit // 2)
-        self.holding: dict[str, int] = {}  # client address -> slots it holds (addresses holding none: absent)
-        self.waiting: dict[_Gate, float] = {}  # -> deadline; insertion-ordered: first come, first served
+        #: the most slots one group holds at once (see the module's docstring)
+        self.per_group = max(1, limit // 2) if limit else 0
+        self.holding: dict[str, int] = {}  # group -> slots it holds (groups holding none: absent)
+        self.waiting: dict[_Gate, float] = {}  # -> deadline; insertion-ordered: the oldest first
+        #: group -> its waiting connections, the oldest first (a list: 64 bytes for one, a dict 224; the ones
+        #: taken out are mostly the first, and a removal is a scan in C of a group's at most max_waiting)
+        self.queues: dict[str, list[_Gate]] = {}
+        #: [n]: the groups with connections waiting that hold n slots (< per_group), in the order they came to n
+        self._ready: list[dict[str, None]] = [{} for _ in range(self.per_group)]
+        #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
+        self._by_length: dict[int, dict[str, None]] = {}
+        self._longest = 0
         self.shaking: dict[_Gate, float] = {}  # in their handshake, with a timeout -> deadline
         self.timed_out = 0  # connections closed for a handshake or a wait too long
+        self.dropped = 0  # waiting connections closed for a newer one (max_waiting)
         self._call = None
 
     def wrap(self, factory: Factory) -> Factory:
         """The listener's factory: C{factory}'s (TLS) connections, admitted here (with no cap too: see L{_Gate})."""
         return AdmissionFactory(self, factory)
 
+    def group_of(self, address: str) -> str:
+        return address_group(address, self.ipv4_prefix, self.ipv6_prefix)
+
     def _arrived(self, gate: "_Gate") -> None:
         # a waiting connection is never admissible while a slot is free (L{_release} admits it at once),
         # so one that may have a slot takes it now (with no cap, every one)
-        if not self.limit or (self.in_progress < self.limit and self.holding.get(gate.address, 0) < self.per_address):
+        group = gate.group
+        if not self.limit or (self.in_progress < self.limit and self.holding.get(group, 0) < self.per_group):
             self._admit(gate)
+            return
+        self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
+        queue = self.queues.get(group)
+        if queue is None:
+            queue = self.queues[group] = [gate]  # 64 bytes; appended to an empty list, 88
+            held = self.holding.get(group, 0)
+            if held < self.per_group:
+                self._ready[held][group] = None
         else:
-            self.waiting[gate] = self.clock.seconds() + self.wait_timeout if self.wait_timeout else _NEVER
-            gate._wait()
-            self._arm()
+            queue.append(gate)
+        self._resized(group, len(queue) - 1, len(queue))
+        gate._wait()
+        if self.max_waiting and len(self.waiting) > self.max_waiting:
+            # the longest queue (the first group to reach its length) loses its oldest connection, the
+            # likeliest to have been given up by its client (a Go client gives up a handshake after 10 s)
+            oldest = self.queues[next(iter(self._by_length[self._longest]))][0]
+            self._unqueue(oldest)
+            self.dropped += 1
+            oldest._expired()
+        self._arm()
 
     def _admit(self, gate: "_Gate") -> None:
         self.in_progress += 1
-        self.holding[gate.address] = self.holding.get(gate.address, 0) + 1
+        group = gate.group
+        held = self.holding.get(group, 0)
+        self.holding[group] = held + 1
+        if group in self.queues:
+            self._moved(group, held, held + 1)
         if self.handshake_timeout:
             self.shaking[gate] = self.clock.seconds() + self.handshake_timeout
             self._arm()
         gate._start()
 
+    def _moved(self, group: str, held: int, now: int) -> None:
+        """C{group}, with connections waiting, held C{held} slots and now C{now}."""
+        if held < self.per_group:
+            del self._ready[held][group]
+        if now < self.per_group:
+            self._ready[now][group] = None
+
+    def _unqueue(self, gate: "_Gate") -> None:
+        """C{gate} waits no more (admitted, closed or timed out); nothing if it was not waiting."""
+        if self.waiting.pop(gate, None) is None:
+            return
+        group = gate.group
+        queue = self.queues[group]
+        if queue[0] is gate:
+            del queue[0]
+        else:
+            queue.remove(gate)
+        self._resized(group, len(queue) + 1, len(queue))
+        if not queue:
+            del self.queues[group]
+            held = self.holding.get(group, 0)
+            if held < self.per_group:
+                del self._ready[held][group]
+
+    def _resized(self, group: str, length: int, now: int) -> None:
+        """C{group}'s queue had C{length} connections and now C{now} (one more or one less)."""
+        by_length = self._by_length
+        if length:
+            groups = by_length[length]
+            del groups[group]
+            if not groups:
+                del by_length[length]
+                if length == self._longest and now < length:
+                    self._longest = now  # the longest but one are now, with this group among them (or none waits)
+        if now:
+            by_length.setdefault(now, {})[group] = None
+            if now > self._longest:
+                self._longest = now
+
     def _left(self, gate: "_Gate") -> None:
         """A waiting connection ended."""
-        self.waiting.pop(gate, None)
+        self._unqueue(gate)
 
     def _release(self, gate: "_Gate") -> None:
-        """C{gate}'s handshake is over: its slot goes to the next waiting connection."""
+        """
+        C{gate}'s handshake is over: its slot goes to the oldest waiting connection of the group
+        that holds the fewest slots (groups holding as many: in turn).
+        """
         self.shaking.pop(gate, None)
         self.in_progress -= 1
-        held = self.holding.pop(gate.address, 1) - 1
+        group = gate.group
+        held = self.holding.pop(group, 1) - 1
         if held:
-            self.holding[gate.address] = held
-        if not self.waiting:
-            return
-        # the first waiting connections whose addresses are under their share, in arrival order
-        admitted = []
-        free = self.limit - self.in_progress
-        counts: dict[str, int] = {}
-        for waiting in self.waiting:
-            if len(admitted) >= free:
-                break
-            address = waiting.address
-            count = counts.get(address)
-            if count is None:
-                count = self.holding.get(address, 0)
-            if count < self.per_address:
-                counts[address] = count + 1
-                admitted.append(waiting)
+            self.holding[group] = held
+        if group in self.queues:
+            self._moved(group, held + 1, held)
+        while self.waiting and self.in_progress < self.limit:
+            for groups in self._ready:
+                if groups:
+                    chosen = self.queues[next(iter(groups))][0]
+                    break
             else:
-                counts[address] = count
-        for waiting in admitted:
-            del self.waiting[waiting]
-            self._admit(waiting)
+                return  # every group waiting holds its share
+            self._unqueue(chosen)
+            self._admit(chosen)
 
     def _arm(self) -> None:
         if self._call is None:
@@ -147,7 +236,10 @@ class HandshakeAdmission:
                     break
                 late.append(gate)
             for gate in late:
-                watched.pop(gate, None)
+                if watched is self.waiting:
+                    self._unqueue(gate)
+                else:
+                    del watched[gate]
                 self.timed_out += 1
                 gate._expired()
         if self.waiting or self.shaking:
@@ -185,8 +277,8 @@ class AdmissionFactory(Factory):
 class _Gate(Protocol):
     """One accepted connection: waits for a slot, then runs the TLS protocol over the transport."""
 
-    #: the client's address (its share of the slots: L{HandshakeAdmission.per_address})
-    address = ""
+    #: the client's address, and its group (its share of the slots: L{HandshakeAdmission.per_group})
+    address = group = ""
 
     def __init__(self, admission: HandshakeAdmission, tls) -> None:
         self.admission = admission
@@ -200,6 +292,7 @@ class _Gate(Protocol):
         self.connected = 1
         self.transport = transport
         self.address = getattr(transport.getPeer(), "host", "")
+        self.group = self.admission.group_of(self.address)
         self.admission._arrived(self)
 
     def _wait(self) -> None:
