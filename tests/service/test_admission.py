@@ -20,7 +20,7 @@ from izreg.core.netgroup import address_group
 from izreg.http.bodies import RegistrySite
 from izreg.http.limits import ConnectionLimits
 from izreg.service.tls import ServerTLS, TLSEndpoint
-from izreg.service.tls.admission import HandshakeAdmission
+from izreg.service.tls.admission import STRIKE_SECONDS, HandshakeAdmission
 from tests.service.test_tls import Certs
 
 
@@ -108,7 +108,8 @@ def consistent(admission: HandshakeAdmission) -> None:
     assert all(0 < held <= admission.per_group for held in admission.holding.values())
     assert sorted(map(id, admission.waiting)) == sorted(id(g) for q in admission.queues.values() for g in q)
     assert all(queue and all(g.group == group for g in queue) for group, queue in admission.queues.items())
-    ready = {group: n for n, groups in enumerate(admission._ready) for group in groups}
+    ready = {group: n // 2 for n, groups in enumerate(admission._ready) for group in groups}
+    assert sum(map(len, admission._ready)) == len(ready)  # each group in one place
     assert ready == {g: admission.holding.get(g, 0) for g in admission.queues
                      if admission.holding.get(g, 0) < admission.per_group}
     if admission.in_progress < admission.limit:  # a free slot: no one waiting may take it
@@ -256,7 +257,7 @@ def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
     addresses = ["192.0.2.1", "::ffff:192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2", "2001:db8::3",
                  "2001:db8:1::1", "::ffff:198.51.100.1"]
     clock = Clock()
-    admission = HandshakeAdmission(clock, rng.randint(1, 6), handshake_timeout=10, wait_timeout=7,
+    admission = HandshakeAdmission(clock, rng.randint(1, 6), handshake_timeout=rng.choice([0, 10]), wait_timeout=7,
                                    max_waiting=rng.randint(0, 6))
     gates: list[_Stub] = []
     for _ in range(300):
@@ -269,8 +270,58 @@ def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
         if op == "end" and open_:  # a connection's handshake is done or it ends (closed, timed out): as _Gate's
             gate = rng.choice(open_)
             if gate.admitted:
-                admission._release(gate)
+                admission._release(gate, completed=rng.random() < 0.5)
             else:
                 admission._left(gate)
             gate.state = "gone"
         consistent(admission)
+
+
+def test_groups_whose_slots_time_out_go_after_the_others_holding_as_many():
+    """
+    An attacker with more groups than there are slots: once its silent connections have timed out,
+    its groups are struck, and a device's group, holding as few slots, comes first.
+    """
+    clock = Clock()
+    admission = HandshakeAdmission(clock, 4, handshake_timeout=10, wait_timeout=60)
+    first = arrive(admission, *(f"192.0.2.{i}" for i in range(1, 9)))  # four in a slot, four waiting
+    clock.advance(10)
+    for gate in first[:4]:  # timed out; their connections end
+        assert gate.state == "expired"
+        admission._release(gate, completed=False)
+    assert [g.state for g in first[4:]] == ["shaking"] * 4
+    again = arrive(admission, *(f"192.0.2.{i}" for i in range(1, 5)))  # the struck ones reconnect
+    [device] = arrive(admission, "198.51.100.7")
+    assert device.state == "waiting"
+    clock.advance(10)
+    admission._release(first[4], completed=False)
+    assert device.state == "shaking" and [g.state for g in again] == ["waiting"] * 4
+    admission._release(first[5], completed=False)
+    assert again[0].state == "shaking"
+    consistent(admission)
+
+
+def test_a_handshake_that_fails_or_ends_early_is_no_strike_and_a_strike_wears_off():
+    clock = Clock()
+    admission = HandshakeAdmission(clock, 2, handshake_timeout=10, wait_timeout=0)
+    quick = arrive(admission, "192.0.2.1", "192.0.2.2")
+    waiting = arrive(admission, "192.0.2.3", "192.0.2.4")
+    clock.advance(4)
+    admission._release(quick[0], completed=False)  # ended within half the timeout: a refused certificate, say
+    assert waiting[0].state == "shaking" and admission._struck == {}
+    clock.advance(2)
+    admission._release(quick[1], completed=False)  # held its slot 6 s of 10 and never completed
+    assert waiting[1].state == "shaking" and admission._struck == {"192.0.2.2": 6}
+    later = arrive(admission, "192.0.2.2", "192.0.2.5")
+    admission._release(waiting[0])
+    assert later[1].state == "shaking" and later[0].state == "waiting"  # 192.0.2.5 first: 192.0.2.2 is struck
+    admission._release(waiting[1])
+    admission._release(later[0])
+    admission._release(later[1])
+    # STRIKE_SECONDS on, 192.0.2.2 waits as any other group: first come, first served
+    clock.advance(STRIKE_SECONDS)
+    full = arrive(admission, "192.0.2.7", "192.0.2.8")
+    again = arrive(admission, "192.0.2.2", "192.0.2.6")
+    admission._release(full[0])
+    assert again[0].state == "shaking" and again[1].state == "waiting"
+    consistent(admission)

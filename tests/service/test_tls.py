@@ -473,6 +473,22 @@ async def test_every_completed_handshake_is_counted_also_after_a_reload(certs, s
         await port.stopListening()
 
 
+def _intermediate_ca(root: Issued, now: float) -> Issued:
+    """An intermediate CA issued by C{root}."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+
+    key = make_ca(now, common_name="intermediate CA").key
+    return Issued(key, x509.CertificateBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "intermediate CA")])).issuer_name(root.cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1))
+        .not_valid_after(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root.key, hashes.SHA256()))
+
+
 def _served_chain(context) -> list[str]:
     """The subjects of the certificates a server with C{context} sends (one handshake over memory BIOs)."""
     from OpenSSL import SSL
@@ -501,24 +517,13 @@ def test_the_server_sends_the_chain_openssl_would_build_per_handshake(monkeypatc
     certificates are sent (the issuing device CA; an intermediate device CA;
     nothing when no device CA issued it; the file's own chain when it has one).
     """
-    import datetime
-
-    from cryptography.hazmat.primitives import hashes
-
     from izreg.service.tls import context as tls_context
     from izreg.service.tls import build_context
     from izreg.service.tls.pem import TLSMaterial
 
     now = time.time()
     root, other = make_ca(now, common_name="root CA"), make_ca(now, common_name="other CA")
-    inter_key = make_ca(now, common_name="intermediate CA").key
-    inter = Issued(inter_key, x509.CertificateBuilder().subject_name(
-        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "intermediate CA")])).issuer_name(root.cert.subject)
-        .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1))
-        .not_valid_after(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(root.key, hashes.SHA256()))
+    inter = _intermediate_ca(root, now)
     by_root, by_other, by_inter = (make_server_cert(ca, now) for ca in (root, other, inter))
     cases = [
         ((by_root.cert,), by_root.key, (root.cert,), 2),
@@ -536,6 +541,41 @@ def test_the_server_sends_the_chain_openssl_would_build_per_handshake(monkeypatc
             m.setattr(tls_context, "_auto_chain", lambda material: None)  # OpenSSL's own, per handshake
             assert built == _served_chain(build_context(material)), (chain, cas)
         assert len(built) == length, built
+
+
+def test_the_listener_leaves_out_a_self_signed_root(tmp_path):
+    """
+    What the listener (L{ServerTLS}) sends: OpenSSL's per-handshake chain
+    without a self-signed root at its end (a client trusts only an anchor it
+    holds); an intermediate device CA is still sent, a file's own chain as it is.
+    """
+    from izreg.service.tls import build_context
+    from izreg.service.tls.context import without_anchor
+    from izreg.service.tls.pem import TLSMaterial
+
+    now = time.time()
+    root = make_ca(now, common_name="root CA")
+    inter = _intermediate_ca(root, now)
+    by_root, by_inter = make_server_cert(root, now), make_server_cert(inter, now)
+    cases = [
+        ((by_root.cert,), by_root.key, (root.cert,), ["CN=localhost"]),
+        ((by_inter.cert,), by_inter.key, (inter.cert,), ["CN=localhost", "CN=intermediate CA"]),
+        ((by_inter.cert,), by_inter.key, (root.cert,), ["CN=localhost"]),
+        ((by_inter.cert,), by_inter.key, (inter.cert, root.cert), ["CN=localhost", "CN=intermediate CA"]),
+        ((by_root.cert, root.cert), by_root.key, (root.cert,), ["CN=localhost", root.cert.subject.rfc4514_string()]),
+    ]
+    for chain, key, cas, sent in cases:
+        material = TLSMaterial(chain, key, cas)
+        assert _served_chain(build_context(material, send_anchor=False)) == sent, (chain, cas)
+    assert without_anchor((inter.cert,)) == (inter.cert,)
+    assert without_anchor((inter.cert, root.cert)) == (inter.cert,)
+    assert without_anchor(()) == ()
+    # the listener's own context: its server certificate alone, issued by the (root) device CA
+    certs = Certs(tmp_path)
+    with open(certs.server_cert, "rb") as f:
+        server = x509.load_pem_x509_certificate(f.read())
+    assert server.issuer == certs.ca.cert.subject  # issued by the device CA, which is self-signed
+    assert _served_chain(ServerTLS(certs.files())._context) == [server.subject.rfc4514_string()]
 
 
 def _server_answer_to(groups: bytes, certs: Certs) -> str:

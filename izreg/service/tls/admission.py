@@ -22,10 +22,14 @@ that keeps the slots with silent or slow handshakes, reconnecting as they
 time out, from one address or many, would otherwise make every other device
 wait behind all of its connections (a Go client, as containerd's and
 docker's, gives up a handshake after 10 s). So a device whose group holds
-no slot gets the next one that frees, while the attacker holds every other
-(as long as it has fewer groups than there are slots: past that, a group of
-its holding none is as good as the device's, and they take turns). A slot
-frees when its handshake completes or its connection ends.
+no slot gets the next one that frees, while the attacker holds every other.
+An attacker with more groups than there are slots has groups that hold none
+too: a group whose connection held a slot for half the handshake timeout or
+more without completing its handshake is struck for a while
+(L{HandshakeAdmission._strike}), and goes after the groups that hold as
+many slots and are not; so once the attacker's groups have each had a
+silent connection time out, the device's comes first again. A slot frees
+when its handshake completes or its connection ends.
 
 At most C{[tls] max_waiting} connections wait (their memory is taken before
 anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
@@ -100,8 +104,10 @@ class HandshakeAdmission:
         #: group -> its waiting connections, the oldest first (a list: 64 bytes for one, a dict 224; the ones
         #: taken out are mostly the first, and a removal is a scan in C of a group's at most max_waiting)
         self.queues: dict[str, list[_Gate]] = {}
-        #: [n]: the groups with connections waiting that hold n slots (< per_group), in the order they came to n
-        self._ready: list[dict[str, None]] = [{} for _ in range(self.per_group)]
+        #: [2n] and [2n + 1]: the groups with connections waiting that hold n slots (< per_group), not struck
+        #: and struck (L{_strike}: when the group last came to n), in the order they came there
+        self._ready: list[dict[str, None]] = [{} for _ in range(2 * self.per_group)]
+        self._struck: dict[str, float] = {}  # group -> when last struck, the oldest first (at most MAX_STRUCK)
         #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
         self._by_length: dict[int, dict[str, None]] = {}
         self._longest = 0
@@ -128,9 +134,7 @@ class HandshakeAdmission:
         queue = self.queues.get(group)
         if queue is None:
             queue = self.queues[group] = [gate]  # 64 bytes; appended to an empty list, 88
-            held = self.holding.get(group, 0)
-            if held < self.per_group:
-                self._ready[held][group] = None
+            self._place(group, self.holding.get(group, 0))
         else:
             queue.append(gate)
         self._resized(group, len(queue) - 1, len(queue))
@@ -158,10 +162,34 @@ class HandshakeAdmission:
 
     def _moved(self, group: str, held: int, now: int) -> None:
         """C{group}, with connections waiting, held C{held} slots and now C{now}."""
+        self._unplace(group, held)
+        self._place(group, now)
+
+    def _place(self, group: str, held: int) -> None:
         if held < self.per_group:
-            del self._ready[held][group]
-        if now < self.per_group:
-            self._ready[now][group] = None
+            when = self._struck.get(group)
+            struck = when is not None and self.clock.seconds() - when < STRIKE_SECONDS
+            self._ready[2 * held + struck][group] = None
+
+    def _unplace(self, group: str, held: int) -> None:
+        if held < self.per_group:
+            ready = self._ready[2 * held]
+            if group in ready:
+                del ready[group]
+            else:
+                del self._ready[2 * held + 1][group]
+
+    def _strike(self, group: str) -> None:
+        """
+        A connection of C{group}'s held a slot for half the handshake timeout or more and did not
+        complete its handshake (a silent client's; a device's takes milliseconds, a refused one ends at
+        once): for L{STRIKE_SECONDS} its group goes after those that hold as many slots and are not struck.
+        """
+        struck = self._struck
+        struck.pop(group, None)
+        struck[group] = self.clock.seconds()
+        if len(struck) > MAX_STRUCK:
+            del struck[next(iter(struck))]
 
     def _unqueue(self, gate: "_Gate") -> None:
         """C{gate} waits no more (admitted, closed or timed out); nothing if it was not waiting."""
@@ -176,9 +204,7 @@ class HandshakeAdmission:
         self._resized(group, len(queue) + 1, len(queue))
         if not queue:
             del self.queues[group]
-            held = self.holding.get(group, 0)
-            if held < self.per_group:
-                del self._ready[held][group]
+            self._unplace(group, self.holding.get(group, 0))
 
     def _resized(self, group: str, length: int, now: int) -> None:
         """C{group}'s queue had C{length} connections and now C{now} (one more or one less)."""
@@ -199,14 +225,18 @@ class HandshakeAdmission:
         """A waiting connection ended."""
         self._unqueue(gate)
 
-    def _release(self, gate: "_Gate") -> None:
+    def _release(self, gate: "_Gate", completed: bool = True) -> None:
         """
-        C{gate}'s handshake is over: its slot goes to the oldest waiting connection of the group
-        that holds the fewest slots (groups holding as many: in turn).
+        C{gate}'s handshake is over (C{completed}, or its connection ended): its slot goes to the oldest
+        waiting connection of the group that holds the fewest slots (groups holding as many: those not
+        struck first, then in turn).
         """
-        self.shaking.pop(gate, None)
-        self.in_progress -= 1
+        deadline = self.shaking.pop(gate, None)  # None: it timed out (or there is no timeout)
         group = gate.group
+        if not completed and self.handshake_timeout and (
+                deadline is None or deadline - self.clock.seconds() <= self.handshake_timeout / 2):
+            self._strike(group)
+        self.in_progress -= 1
         held = self.holding.pop(group, 1) - 1
         if held:
             self.holding[group] = held
@@ -248,6 +278,10 @@ class HandshakeAdmission:
 
 #: the deadline of a connection with no time limit
 _NEVER = float("inf")
+
+#: how long a group stays struck (L{HandshakeAdmission._strike}), and how many are remembered (~150 bytes each)
+STRIKE_SECONDS = 300
+MAX_STRUCK = 1024
 
 
 class AdmissionFactory(Factory):
@@ -343,7 +377,7 @@ class _Gate(Protocol):
             self.tls.wrappedProtocol.connectionLost(reason)
             return
         if state == _SHAKING:
-            self.admission._release(self)
+            self.admission._release(self, completed=False)
         self.tls.connectionLost(reason)
 
     def _expired(self) -> None:

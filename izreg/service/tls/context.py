@@ -8,6 +8,7 @@ from the device CAs, with the reason logged when OpenSSL refuses one.
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _ssl_lib
 from twisted.logger import Logger
@@ -78,11 +79,15 @@ def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, 
     return False
 
 
-def build_context(material: TLSMaterial) -> SSL.Context:
+def build_context(material: TLSMaterial, send_anchor: bool = True) -> SSL.Context:
     """
     A server context: TLS 1.2+, ECDHE AEAD suites, the server chain, and,
     when there are device CAs, a client certificate requested (not required),
     checked against those CAs only, with the CAs named in the request.
+
+    @param send_anchor: when the chain is built here (a server certificate
+        file without its chain), whether it ends with a self-signed root as
+        OpenSSL's own per-handshake chain does (L{without_anchor}).
     """
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -99,6 +104,8 @@ def build_context(material: TLSMaterial) -> SSL.Context:
     if not extra_certs:
         built = _auto_chain(material)
         if built is not None:
+            if not send_anchor:
+                built = without_anchor(built)
             extra_certs = built
             if not built:
                 ctx.set_mode(MODE_NO_AUTO_CHAIN)
@@ -139,6 +146,32 @@ def _set_groups(ctx: SSL.Context) -> None:
             return
         _ssl_lib.ERR_clear_error()  # an unknown name: not an error for the next OpenSSL call to find
     raise SSL.Error(f"this OpenSSL knows none of the key-exchange groups {GROUPS[-1].decode()}")
+
+
+def without_anchor(chain: tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
+    """
+    C{chain} (the certificates after the server's) without a self-signed root
+    at its end. A client trusts a chain only through an anchor it already
+    holds, so sending it proves nothing (RFC 8446 4.4.2 and RFC 5246 7.4.2
+    let the server omit it; Go's crypto/tls and nginx send the file's chain,
+    without it when the file has none), while the client still parses it: with
+    OpenSSL 3.0's client ~0.24 ms a full handshake here, 18 % of its CPU
+    (docs/benchmark.md, seventh pass). An intermediate device CA (a partial
+    chain) is kept: a client may trust only its root.
+    """
+    if chain and _self_signed(chain[-1]):
+        return chain[:-1]
+    return chain
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _auto_chain(material: TLSMaterial) -> tuple[x509.Certificate, ...] | None:

@@ -24,6 +24,9 @@ class ServerTLS:
     C{reload()}. Hand it to L{TLSEndpoint}; ask it for the current device CAs
     (L{izreg.auth.devices.DeviceVerifier} C{cas=server_tls.device_cas}).
 
+    The chain it sends after a server certificate file without one leaves out
+    a self-signed root (L{izreg.service.tls.context.without_anchor}).
+
     @param on_handshake: called on every completed handshake (the metrics count
         them), by the listener's L{izreg.service.fasttls.FastTLSFactory}.
     """
@@ -32,7 +35,7 @@ class ServerTLS:
         self.files = files
         self.on_handshake = on_handshake
         self._material = load_material(files)
-        self._context = build_context(self._material)
+        self._context = build_context(self._material, send_anchor=False)
 
     def device_cas(self) -> tuple[x509.Certificate, ...]:
         return self._material.device_cas
@@ -44,7 +47,7 @@ class ServerTLS:
         and the error is raised for the caller to log.
         """
         material = load_material(self.files)
-        context = build_context(material)
+        context = build_context(material, send_anchor=False)
         self._material, self._context = material, context
         log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
                  subject=material.server_chain[0].subject.rfc4514_string(),
