@@ -120,8 +120,7 @@ class Config:
             raise ConfigError("tls.device_crl_interval must be at least 1 second")
         if self.tls_handshake_threads is not None and not 0 <= self.tls_handshake_threads <= 64:
             raise ConfigError("tls.handshake_threads must be between 0 and 64")
-        if not (self.tls_group_ipv4_prefix <= 32 and self.tls_group_ipv6_prefix <= 128):
-            raise ConfigError("tls.group_ipv4_prefix must be at most 32 and tls.group_ipv6_prefix at most 128")
+        _check_group_prefixes(self)
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -222,6 +221,16 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _check_group_prefixes(config: Config) -> None:
+    """[tls] group_ipv4_prefix, group_ipv6_prefix: a prefix length, and not 0 (elsewhere 0 means "off")."""
+    for key, value, bits, default in (("group_ipv4_prefix", config.tls_group_ipv4_prefix, 32, "32: each address"),
+                                      ("group_ipv6_prefix", config.tls_group_ipv6_prefix, 128, "64: each /64")):
+        if not 1 <= value <= bits:
+            why = (": 0 would put every client in one group, which holds at most half of tls.max_handshakes"
+                   if value == 0 else "")
+            raise ConfigError(f"tls.{key} must be a prefix length from 1 to {bits} ({default}), not {value}{why}")
 
 
 def _check_devices(config: Config) -> None:

@@ -191,6 +191,38 @@ def test_a_device_gets_the_first_free_slot_while_many_addresses_hold_the_others(
     wait_for(grouped, in_progress=0, waiting=0)
 
 
+def test_a_device_that_connected_before_goes_before_groups_that_are_never_struck(grouped):
+    """
+    Silent clients from more /24s than there are slots, each giving its slot up long before half the
+    handshake timeout (never struck), queue ahead of a device: the device completed a handshake with its
+    certificate before, so its group gets the first slot that frees, not after all of theirs.
+    """
+    wait_for(grouped, in_progress=0, waiting=0)
+    result: list = []
+    device_get(grouped, result)  # 127.0.0.0/24 completed a handshake with a device certificate
+    assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+    sources = [f"127.0.{net}.1" for net in range(40, 40 + CAP + 8)]
+    silent = [raw(grouped, source=source) for source in sources[:CAP]]
+    device = None
+    try:
+        wait_for(grouped, in_progress=CAP, waiting=0)
+        silent += [raw(grouped, source=source) for source in sources[CAP:]]
+        wait_for(grouped, in_progress=CAP, waiting=8)
+        result = []
+        device = threading.Thread(target=device_get, args=(grouped, result))
+        device.start()
+        wait_for(grouped, in_progress=CAP, waiting=9)
+        silent[0].close()  # at once: no strike, and eight fresh groups holding none waited before the device
+        device.join(30)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+    finally:
+        for sock in silent:
+            sock.close()
+        if device is not None:
+            device.join(60)
+    wait_for(grouped, in_progress=0, waiting=0)
+
+
 def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):
     """A device certificate of another CA, presented 12 times: 5 warning lines, the metric counts 12."""
     import time

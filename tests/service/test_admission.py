@@ -20,7 +20,7 @@ from izreg.core.netgroup import address_group
 from izreg.http.bodies import RegistrySite
 from izreg.http.limits import ConnectionLimits
 from izreg.service.tls import ServerTLS, TLSEndpoint
-from izreg.service.tls.admission import STRIKE_SECONDS, HandshakeAdmission
+from izreg.service.tls.admission import MAX_KNOWN, STRIKE_SECONDS, HandshakeAdmission
 from tests.service.test_tls import Certs
 
 
@@ -108,7 +108,7 @@ def consistent(admission: HandshakeAdmission) -> None:
     assert all(0 < held <= admission.per_group for held in admission.holding.values())
     assert sorted(map(id, admission.waiting)) == sorted(id(g) for q in admission.queues.values() for g in q)
     assert all(queue and all(g.group == group for g in queue) for group, queue in admission.queues.items())
-    ready = {group: n // 2 for n, groups in enumerate(admission._ready) for group in groups}
+    ready = {group: n // 3 for n, groups in enumerate(admission._ready) for group in groups}
     assert sum(map(len, admission._ready)) == len(ready)  # each group in one place
     assert ready == {g: admission.holding.get(g, 0) for g in admission.queues
                      if admission.holding.get(g, 0) < admission.per_group}
@@ -270,7 +270,8 @@ def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
         if op == "end" and open_:  # a connection's handshake is done or it ends (closed, timed out): as _Gate's
             gate = rng.choice(open_)
             if gate.admitted:
-                admission._release(gate, completed=rng.random() < 0.5)
+                completed = rng.random() < 0.5
+                admission._release(gate, completed=completed, device=completed and rng.random() < 0.5)
             else:
                 admission._left(gate)
             gate.state = "gone"
@@ -325,3 +326,38 @@ def test_a_handshake_that_fails_or_ends_early_is_no_strike_and_a_strike_wears_of
     admission._release(full[0])
     assert again[0].state == "shaking" and again[1].state == "waiting"
     consistent(admission)
+
+
+def test_a_device_group_goes_before_groups_that_give_their_slots_up_too_soon_to_be_struck():
+    """
+    An attacker with more groups than slots that gives each slot up before half the handshake timeout is
+    never struck, and its fresh groups queued ahead of a device would each get a slot first (the device's
+    client gives up its handshake after 10 s). A group in which a handshake completed with a verified
+    device certificate goes before them all; one without a certificate (an access key's client) does not.
+    """
+    clock = Clock()
+    admission = HandshakeAdmission(clock, 4, handshake_timeout=10, wait_timeout=60)
+    earlier = arrive(admission, "198.51.100.7", "203.0.113.9")
+    admission._release(earlier[0], device=True)  # a device's handshake, with its certificate
+    admission._release(earlier[1])  # a handshake with no client certificate
+    held = arrive(admission, *(f"192.0.2.{i}" for i in range(1, 5)))
+    queued = arrive(admission, *(f"192.0.2.{i}" for i in range(5, 25)))
+    device, keyed = arrive(admission, "198.51.100.7", "203.0.113.9")
+    assert device.state == keyed.state == "waiting"
+    clock.advance(4)
+    admission._release(held[0], completed=False)  # given up before half the timeout: no strike
+    assert device.state == "shaking" and queued[0].state == "waiting" and not admission._struck
+    admission._release(held[1], completed=False)
+    assert queued[0].state == "shaking" and keyed.state == "waiting"
+    consistent(admission)
+
+
+def test_known_groups_are_the_last_max_known():
+    admission = HandshakeAdmission(Clock(), 1, handshake_timeout=10, wait_timeout=60)
+    for i in range(MAX_KNOWN + 1):
+        [gate] = arrive(admission, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+        admission._release(gate, device=True)
+    assert len(admission._known) == MAX_KNOWN and "10.0.0.0" not in admission._known
+    [again] = arrive(admission, "10.0.0.1")  # known again: the most recent
+    admission._release(again, device=True)
+    assert list(admission._known)[-1] == "10.0.0.1"

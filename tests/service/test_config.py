@@ -101,3 +101,25 @@ def test_direct_writes_is_on_by_default_and_a_storage_setting():
 def test_handshakes_run_on_the_reactor_unless_threads_are_asked_for():
     assert Config().tls_handshake_threads == 0
     assert parse_toml("[tls]\nhandshake_threads = 2\n") == {"tls_handshake_threads": 2}
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("group_ipv4_prefix", 33, "tls.group_ipv4_prefix must be a prefix length from 1 to 32 (32: each address), not 33"),
+        ("group_ipv6_prefix", 129, "tls.group_ipv6_prefix must be a prefix length from 1 to 128 (64: each /64), not 129"),
+        ("group_ipv4_prefix", 0, "not 0: 0 would put every client in one group, which holds at most half of tls.max_handshakes"),
+        ("group_ipv6_prefix", 0, "tls.group_ipv6_prefix must be a prefix length from 1 to 128"),
+    ],
+)
+def test_client_group_prefixes_name_the_key_its_range_and_the_value(tmp_path, key, value, message):
+    """The wrong key alone, with its range and value; 0 (elsewhere 'off') says what it would do."""
+    path = tmp_path / "izreg.toml"
+    path.write_text(f"[tls]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(path), {}, {})
+    assert message in str(e.value)
+    other = {"group_ipv4_prefix": "group_ipv6_prefix", "group_ipv6_prefix": "group_ipv4_prefix"}[key]
+    assert other not in str(e.value)
+    assert load(None, {f"tls_{key}": 1}, {}) == Config(**{f"tls_{key}": 1})
+

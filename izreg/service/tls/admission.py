@@ -28,8 +28,15 @@ too: a group whose connection held a slot for half the handshake timeout or
 more without completing its handshake is struck for a while
 (L{HandshakeAdmission._strike}), and goes after the groups that hold as
 many slots and are not; so once the attacker's groups have each had a
-silent connection time out, the device's comes first again. A slot frees
-when its handshake completes or its connection ends.
+silent connection time out, the device's comes first again. A strike
+needs the slot held for half the timeout: an attacker that gives each slot
+up just before (and whose groups keep coming back, fresh) is never struck.
+So a group in which a handshake completed with a verified device
+certificate (L{HandshakeAdmission._know}: the last L{MAX_KNOWN}) goes before
+every group that holds as many slots and is not known: a device that
+connected before gets the next slot that frees, however many groups an
+attacker without a device certificate has. A slot frees when its handshake
+completes or its connection ends.
 
 At most C{[tls] max_waiting} connections wait (their memory is taken before
 anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
@@ -63,6 +70,7 @@ from __future__ import annotations
 from twisted.internet.protocol import Factory, Protocol
 
 from izreg.core.netgroup import address_group
+from izreg.http.peercert import peer_certificate
 from izreg.http.plain import ON_TLS_ANSWER, plain_on_tls
 
 #: a gate's states
@@ -104,10 +112,11 @@ class HandshakeAdmission:
         #: group -> its waiting connections, the oldest first (a list: 64 bytes for one, a dict 224; the ones
         #: taken out are mostly the first, and a removal is a scan in C of a group's at most max_waiting)
         self.queues: dict[str, list[_Gate]] = {}
-        #: [2n] and [2n + 1]: the groups with connections waiting that hold n slots (< per_group), not struck
-        #: and struck (L{_strike}: when the group last came to n), in the order they came there
-        self._ready: list[dict[str, None]] = [{} for _ in range(2 * self.per_group)]
+        #: [3n], [3n + 1] and [3n + 2]: the groups with connections waiting that hold n slots (< per_group),
+        #: known (L{_know}), neither, and struck (L{_strike}) when the group last came to n, in the order they came
+        self._ready: list[dict[str, None]] = [{} for _ in range(3 * self.per_group)]
         self._struck: dict[str, float] = {}  # group -> when last struck, the oldest first (at most MAX_STRUCK)
+        self._known: dict[str, None] = {}  # groups of devices (L{_know}), the least recent first (at most MAX_KNOWN)
         #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
         self._by_length: dict[int, dict[str, None]] = {}
         self._longest = 0
@@ -167,17 +176,31 @@ class HandshakeAdmission:
 
     def _place(self, group: str, held: int) -> None:
         if held < self.per_group:
-            when = self._struck.get(group)
-            struck = when is not None and self.clock.seconds() - when < STRIKE_SECONDS
-            self._ready[2 * held + struck][group] = None
+            if group in self._known:
+                tier = 0
+            else:
+                when = self._struck.get(group)
+                tier = 2 if when is not None and self.clock.seconds() - when < STRIKE_SECONDS else 1
+            self._ready[3 * held + tier][group] = None
 
     def _unplace(self, group: str, held: int) -> None:
         if held < self.per_group:
-            ready = self._ready[2 * held]
-            if group in ready:
-                del ready[group]
-            else:
-                del self._ready[2 * held + 1][group]
+            for ready in self._ready[3 * held:3 * held + 3]:
+                if group in ready:
+                    del ready[group]
+                    return
+
+    def _know(self, group: str) -> None:
+        """
+        A connection of C{group}'s completed its handshake with a verified device certificate: the group
+        goes before those that hold as many slots and are not known (revocation is the request's check,
+        so a revoked certificate's group is known too: it then only competes with other devices).
+        """
+        known = self._known
+        known.pop(group, None)
+        known[group] = None
+        if len(known) > MAX_KNOWN:
+            del known[next(iter(known))]
 
     def _strike(self, group: str) -> None:
         """
@@ -225,17 +248,19 @@ class HandshakeAdmission:
         """A waiting connection ended."""
         self._unqueue(gate)
 
-    def _release(self, gate: "_Gate", completed: bool = True) -> None:
+    def _release(self, gate: "_Gate", completed: bool = True, device: bool = False) -> None:
         """
-        C{gate}'s handshake is over (C{completed}, or its connection ended): its slot goes to the oldest
-        waiting connection of the group that holds the fewest slots (groups holding as many: those not
-        struck first, then in turn).
+        C{gate}'s handshake is over (C{completed}, with a verified client certificate: C{device}; or its
+        connection ended): its slot goes to the oldest waiting connection of the group that holds the fewest
+        slots (groups holding as many: known ones first, then those not struck, then in turn).
         """
         deadline = self.shaking.pop(gate, None)  # None: it timed out (or there is no timeout)
         group = gate.group
         if not completed and self.handshake_timeout and (
                 deadline is None or deadline - self.clock.seconds() <= self.handshake_timeout / 2):
             self._strike(group)
+        elif completed and device:
+            self._know(group)
         self.in_progress -= 1
         held = self.holding.pop(group, 1) - 1
         if held:
@@ -282,6 +307,8 @@ _NEVER = float("inf")
 #: how long a group stays struck (L{HandshakeAdmission._strike}), and how many are remembered (~150 bytes each)
 STRIKE_SECONDS = 300
 MAX_STRUCK = 1024
+#: how many groups of devices are remembered (L{HandshakeAdmission._know}; ~150 bytes each)
+MAX_KNOWN = 4096
 
 
 class AdmissionFactory(Factory):
@@ -367,7 +394,8 @@ class _Gate(Protocol):
         self.connectionLost = tls.connectionLost
         if "_stepped" in tls.__dict__:
             del tls._stepped
-        self.admission._release(self)
+        # a verified device certificate (read once per connection: the request finds it on the transport)
+        self.admission._release(self, device=peer_certificate(tls) is not None)
 
     def connectionLost(self, reason) -> None:
         state, self.state = self.state, _DONE
