@@ -124,7 +124,9 @@ class EdgeAPI:
     def healthz(self, request):
         body = json.dumps({"status": "ok", "upstream": self.upstream.url, "cached_bytes": self.cache.total,
                            "limit": self.cache.limit, "downloads": len(self.downloads),
-                           "pending_reports": self.reporter.pending}).encode()
+                           "pending_reports": self.reporter.pending,
+                           # why the registry's last request failed (None: it answered): the edge is up either way
+                           "upstream_unreachable": self.upstream.unreachable}).encode()
         request.setHeader(b"Content-Type", b"application/json")
         return body
 

@@ -128,6 +128,7 @@ def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
 def test_healthz(stack):
     r = get(stack.edge, "/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["upstream_unreachable"] is None
 
 
 def test_a_wrong_upstream_ca_is_logged_once_with_a_hint(stack, tmp_path):
@@ -144,6 +145,8 @@ def test_a_wrong_upstream_ca_is_logged_once_with_a_hint(stack, tmp_path):
         assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE")
     edge.wait_for_log(r"the registry https://\S+ is unreachable: .*verify failed.* \(is --upstream-ca the CA", since=mark)
     edge.wait_for_log(rf"GET /v2/{repo}/manifests/v1 503 unavailable", since=mark)
+    health = get(edge, "/healthz").json()  # the edge is up; why the registry is not, for who watches it
+    assert health["status"] == "ok" and "verify failed" in health["upstream_unreachable"], health
     edge.close()
     assert edge.log_text().count("is unreachable") == 1, edge.log_tail()
 

@@ -361,3 +361,25 @@ def test_known_groups_are_the_last_max_known():
     [again] = arrive(admission, "10.0.0.1")  # known again: the most recent
     admission._release(again, device=True)
     assert list(admission._known)[-1] == "10.0.0.1"
+
+
+def test_past_max_waiting_a_known_group_is_not_the_one_to_lose_its_connection():
+    """
+    Newcomers from an attacker's fresh groups past max_waiting, each reconnecting as it is dropped:
+    the longest queues are all of one connection, and a device's, the oldest of them, would go next.
+    """
+    admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60, max_waiting=3)
+    [earlier] = arrive(admission, "198.51.100.7")
+    admission._release(earlier, device=True)
+    arrive(admission, "192.0.2.1", "192.0.2.2")  # the slots
+    [device] = arrive(admission, "198.51.100.7")
+    attack = arrive(admission, *(f"203.0.113.{i}" for i in range(1, 41)))
+    assert device.state == "waiting" and admission.dropped == 38
+    assert [g.state for g in attack[-2:]] == ["waiting", "waiting"]
+    consistent(admission)
+    # every group waiting known: the first to reach the longest length loses its oldest, as before
+    for group in ("203.0.113.39", "203.0.113.40", "198.51.100.8"):
+        admission._know(group)
+    [other] = arrive(admission, "198.51.100.8")
+    assert device.state == "expired" and other.state == "waiting" and admission.dropped == 39
+    consistent(admission)

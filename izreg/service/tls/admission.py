@@ -42,7 +42,8 @@ At most C{[tls] max_waiting} connections wait (their memory is taken before
 anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
 socket buffers): past it the oldest waiting connection of the group with the
 most waiting is closed (the longest queue loses its head, the connection
-likeliest to have been given up by its client).
+likeliest to have been given up by its client); among groups with as many
+waiting, one that is not known goes first.
 
 Time limits, both closing the connection (an abort: no TLS alert), checked
 by one timer for all connections, every second while any is watched:
@@ -149,9 +150,14 @@ class HandshakeAdmission:
         self._resized(group, len(queue) - 1, len(queue))
         gate._wait()
         if self.max_waiting and len(self.waiting) > self.max_waiting:
-            # the longest queue (the first group to reach its length) loses its oldest connection, the
-            # likeliest to have been given up by its client (a Go client gives up a handshake after 10 s)
-            oldest = self.queues[next(iter(self._by_length[self._longest]))][0]
+            # the longest queue (the first group to reach its length, a known one only if all are) loses its
+            # oldest connection, the likeliest to have been given up by its client (a Go client gives up a
+            # handshake after 10 s); a device's, else, would go as soon as the newcomers from an attacker's
+            # fresh groups outnumber max_waiting (each reconnecting as it is dropped)
+            longest = self._by_length[self._longest]
+            known = self._known
+            group = next((g for g in longest if g not in known), None) if known else None
+            oldest = self.queues[group if group is not None else next(iter(longest))][0]
             self._unqueue(oldest)
             self.dropped += 1
             oldest._expired()
