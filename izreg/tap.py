@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from izreg.edge.service import EdgeOptions
-from izreg.service.config import Config, ConfigError, load
+from izreg.service.config import LOG_LEVELS, Config, ConfigError, load
 
 
 class ServerOptions(usage.Options):
@@ -29,7 +29,7 @@ class ServerOptions(usage.Options):
         ["tls-key", None, None, "PEM private key of the server certificate"],
         ["device-crl", None, None, "PEM CRL(s) of the device CAs, re-read when the file changes (checked every tls.device_crl_interval s)"],
         ["log-format", None, None, f"text or json (one JSON object a line); default {Config.log_format}"],
-        ["log-level", None, None, f"debug, info, warn, error; re-read from the config on SIGHUP; default {Config.log_level}"],
+        ["log-level", None, None, f"{', '.join(LOG_LEVELS)}; re-read from the config on SIGHUP; default {Config.log_level}"],
         ["min-free-disk", None, None, f'refuse pushes (503) below this free space: "2GB", "5%" (default {Config.min_free_disk})'],
     ]
     optFlags = [["token-service", None, "serve a Docker token endpoint at /v2/token and challenge with Bearer"],

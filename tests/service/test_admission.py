@@ -383,3 +383,22 @@ def test_past_max_waiting_a_known_group_is_not_the_one_to_lose_its_connection():
     [other] = arrive(admission, "198.51.100.8")
     assert device.state == "expired" and other.state == "waiting" and admission.dropped == 39
     consistent(admission)
+
+
+def test_a_known_group_that_is_struck_goes_after_the_others():
+    """A device certificate (stolen, or revoked: that is the request's check) is no way around a strike."""
+    clock = Clock()
+    admission = HandshakeAdmission(clock, 2, handshake_timeout=10, wait_timeout=0)
+    [earlier] = arrive(admission, "192.0.2.66")
+    admission._release(earlier, device=True)
+    silent = arrive(admission, "192.0.2.66", "192.0.2.1")
+    clock.advance(6)
+    admission._release(silent[0], completed=False)  # held 6 s of 10 without completing: struck, known or not
+    later = arrive(admission, "192.0.2.66", "198.51.100.7")
+    assert later[0].state == "shaking"  # a free slot: no order to keep
+    admission._release(later[0], completed=False)
+    again = arrive(admission, "192.0.2.66", "198.51.100.8")
+    assert later[1].state == "shaking" and again[0].state == again[1].state == "waiting"
+    admission._release(silent[1])
+    assert again[1].state == "shaking" and again[0].state == "waiting"
+    consistent(admission)

@@ -205,3 +205,12 @@ def test_usage_names_the_subcommand_once(capsys):
         Options().parseOptions(["server", "--help"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.count("server") == 1
+
+
+def test_help_names_every_log_level_the_config_takes(capsys):
+    from izreg.service.config import LOG_LEVELS
+
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["server", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--log-level= {', '.join(LOG_LEVELS)};" in help_text

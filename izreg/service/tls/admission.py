@@ -33,7 +33,8 @@ needs the slot held for half the timeout: an attacker that gives each slot
 up just before (and whose groups keep coming back, fresh) is never struck.
 So a group in which a handshake completed with a verified device
 certificate (L{HandshakeAdmission._know}: the last L{MAX_KNOWN}) goes before
-every group that holds as many slots and is not known: a device that
+every group that holds as many slots and is not known (unless it is struck
+itself: a stolen certificate is no way around a strike): a device that
 connected before gets the next slot that frees, however many groups an
 attacker without a device certificate has. A slot frees when its handshake
 completes or its connection ends.
@@ -114,7 +115,8 @@ class HandshakeAdmission:
         #: taken out are mostly the first, and a removal is a scan in C of a group's at most max_waiting)
         self.queues: dict[str, list[_Gate]] = {}
         #: [3n], [3n + 1] and [3n + 2]: the groups with connections waiting that hold n slots (< per_group),
-        #: known (L{_know}), neither, and struck (L{_strike}) when the group last came to n, in the order they came
+        #: known (L{_know}) and not struck, neither, and struck (L{_strike}) when the group last came to n, in the
+        #: order they came
         self._ready: list[dict[str, None]] = [{} for _ in range(3 * self.per_group)]
         self._struck: dict[str, float] = {}  # group -> when last struck, the oldest first (at most MAX_STRUCK)
         self._known: dict[str, None] = {}  # groups of devices (L{_know}), the least recent first (at most MAX_KNOWN)
@@ -182,11 +184,11 @@ class HandshakeAdmission:
 
     def _place(self, group: str, held: int) -> None:
         if held < self.per_group:
-            if group in self._known:
-                tier = 0
+            when = self._struck.get(group)
+            if when is not None and self.clock.seconds() - when < STRIKE_SECONDS:
+                tier = 2  # known or not: a stolen device certificate is no way around a strike
             else:
-                when = self._struck.get(group)
-                tier = 2 if when is not None and self.clock.seconds() - when < STRIKE_SECONDS else 1
+                tier = 0 if group in self._known else 1
             self._ready[3 * held + tier][group] = None
 
     def _unplace(self, group: str, held: int) -> None:
