@@ -29,6 +29,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener's (interface=::) view of an IPv4 proxy
         return any(ip in network for network in self.networks)
 
     def client(self, peer: str, headers) -> str:

@@ -31,6 +31,10 @@ PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
         ("10.1.2.3", {"X-Forwarded-For": ["fe80::1%\x1b[31mevil\x0b"]}, "10.1.2.3"),
         ("10.1.2.3", {"Forwarded": ['for="[fe80::1%eth0]"']}, "10.1.2.3"),
         ("10.1.2.3", {"X-Forwarded-For": ["2001:DB9:0::1"]}, "2001:db9::1"),  # written one way: one brake
+        # a dual-stack listener (interface=::) sees an IPv4 proxy as IPv4-mapped: still the trusted proxy
+        ("::ffff:10.1.2.3", {"X-Forwarded-For": ["203.0.113.5"]}, "203.0.113.5"),
+        ("::ffff:10.1.2.3", {"X-Forwarded-For": ["203.0.113.5, ::ffff:192.0.2.1"]}, "203.0.113.5"),
+        ("::ffff:198.51.100.9", {"X-Forwarded-For": ["203.0.113.5"]}, "::ffff:198.51.100.9"),
     ],
 )
 def test_client_address(peer, headers, expected):

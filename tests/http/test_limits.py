@@ -34,3 +34,11 @@ def test_a_trusted_proxy_does_not_use_up_its_64s_share():
     for _ in range(5):
         limits.release("2001:db8::1")
     assert limits.by_address == {"2001:db8::/64": 2}
+
+
+def test_a_trusted_ipv4_proxy_seen_ipv4_mapped_is_not_capped_per_address():
+    """A dual-stack listener (interface=::) sees an IPv4 proxy as ::ffff:a.b.c.d: still exempt."""
+    limits = ConnectionLimits(0, 2, TrustedProxies(["10.0.0.0/8"]).trusted)
+    assert [limits.admit("::ffff:10.1.2.3") for _ in range(5)] == [None] * 5
+    assert limits.admit("::ffff:198.51.100.9") is None and limits.admit("::ffff:198.51.100.9") is None
+    assert limits.admit("::ffff:198.51.100.9") is not None
