@@ -18,38 +18,33 @@ import ssl
 import tempfile
 import time
 
-from bench.common import REPO_ROOT, _status
+from bench.common import REPO_ROOT, _status, closing_all
 from bench.pending_tls import raise_nofile, tls_server
 
 
 def run(workdir: str, root: str, connections: int) -> None:
     config = f"[connections]\nmax_connections = {connections + 100}\nmax_per_address = 0\n"
-    clients = []
-    with tls_server(workdir, config, root) as (proc, tls_port, paths):
-        try:
-            idle = _status(proc.pid, "VmRSS")
-            context = ssl.create_default_context(cafile=paths.ca_cert)
-            context.load_cert_chain(paths.client_cert, paths.client_key)
-            for _ in range(connections):
-                tls = context.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=60),
-                                          server_hostname="localhost")
-                tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                clients.append(tls)
-            for tls in clients:
-                tls.recv(4096)
-            opened = _status(proc.pid, "VmRSS")
-            for tls in clients:
-                tls.close()
-            clients = []
-            after = []
-            for _ in range(15):
-                time.sleep(1)
-                after.append(_status(proc.pid, "VmRSS"))
-            print(f"{root}: VmRSS idle {idle / 2**20:.1f} MiB, {connections} open {opened / 2**20:.1f} MiB, after"
-                  f" they closed (each second): {' '.join(f'{a / 2**20:.1f}' for a in after)} MiB")
-        finally:
-            for tls in clients:
-                tls.close()
+    with tls_server(workdir, config, root) as (proc, tls_port, paths), closing_all([]) as clients:
+        idle = _status(proc.pid, "VmRSS")
+        context = ssl.create_default_context(cafile=paths.ca_cert)
+        context.load_cert_chain(paths.client_cert, paths.client_key)
+        for _ in range(connections):
+            tls = context.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=60),
+                                      server_hostname="localhost")
+            tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            clients.append(tls)
+        for tls in clients:
+            tls.recv(4096)
+        opened = _status(proc.pid, "VmRSS")
+        for tls in clients:
+            tls.close()
+        clients.clear()
+        after = []
+        for _ in range(15):
+            time.sleep(1)
+            after.append(_status(proc.pid, "VmRSS"))
+        print(f"{root}: VmRSS idle {idle / 2**20:.1f} MiB, {connections} open {opened / 2**20:.1f} MiB, after"
+              f" they closed (each second): {' '.join(f'{a / 2**20:.1f}' for a in after)} MiB")
 
 
 def main() -> None:

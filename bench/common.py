@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark: constants, generated blobs, free ports, server CPU and memory."""
 
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -66,6 +67,17 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def closing_all(sockets: list):
+    """Yield C{sockets} (a list the caller fills); close those still in it at the end, however it ends."""
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        sockets.clear()
 
 
 def _status(pid: int, field: str) -> int:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from bench.common import REPO_ROOT, _status, free_port
+from bench.common import REPO_ROOT, _status, closing_all, free_port
 
 
 def established(port: int) -> int:
@@ -83,29 +83,24 @@ def source(i: int) -> str:
 def measure(workdir: str, connections: int, cap: int, addresses: int = 1) -> tuple[int, int]:
     config = (f"[tls]\nmax_handshakes = {cap}\nhandshake_timeout = 600\nmax_waiting = {connections}\n"
               f"[connections]\nmax_connections = {connections + 100}\nmax_per_address = 0\nidle_timeout = 600\n")
-    clients = []
-    with tls_server(workdir, config) as (proc, tls_port, paths):
-        try:
-            before = _status(proc.pid, "VmRSS")
-            context = ssl.create_default_context(cafile=paths.ca_cert)
-            for i in range(connections):
-                sock = socket.create_connection(("127.0.0.1", tls_port), timeout=10,
-                                                source_address=(source(i % addresses), 0))
-                sock.setblocking(False)
-                tls = context.wrap_socket(sock, server_hostname="localhost", do_handshake_on_connect=False)
-                try:
-                    tls.do_handshake()  # the ClientHello goes out; the answer is never read
-                except ssl.SSLWantReadError:
-                    pass
-                clients.append(tls)
-            deadline = time.monotonic() + 60
-            while established(tls_port) < connections and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(2)  # the server reads what it may
-            return before, _status(proc.pid, "VmRSS")
-        finally:
-            for tls in clients:
-                tls.close()
+    with tls_server(workdir, config) as (proc, tls_port, paths), closing_all([]) as clients:
+        before = _status(proc.pid, "VmRSS")
+        context = ssl.create_default_context(cafile=paths.ca_cert)
+        for i in range(connections):
+            sock = socket.create_connection(("127.0.0.1", tls_port), timeout=10,
+                                            source_address=(source(i % addresses), 0))
+            sock.setblocking(False)
+            tls = context.wrap_socket(sock, server_hostname="localhost", do_handshake_on_connect=False)
+            try:
+                tls.do_handshake()  # the ClientHello goes out; the answer is never read
+            except ssl.SSLWantReadError:
+                pass
+            clients.append(tls)
+        deadline = time.monotonic() + 60
+        while established(tls_port) < connections and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # the server reads what it may
+        return before, _status(proc.pid, "VmRSS")
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ from bench.modes import (  # noqa: E402
     run_tls_pulls,
 )
 from bench.report import machine, report  # noqa: E402
-from bench.servers import Distribution, Izreg, Server  # noqa: E402
+from bench.servers import Distribution, Izreg, Server, izreg_version  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------
@@ -449,7 +449,8 @@ def main() -> int:
             if mode in modes:
                 sections += section(p, iz[mode], di[mode])
     else:
-        iz = di = {"version": "–"}
+        # no izreg/distribution rounds (a soak, S3 or cluster run alone): izreg's version all the same
+        iz, di = {"version": izreg_version()}, {"version": "–"}
         runs = {"izreg": [{}], "distribution": [{}]}
     if soak is not None:
         sections += report_soak(soak, args.command)

@@ -160,11 +160,16 @@ class Izreg(Server):
         self.repo = f"{self.account}/bench"
 
     def version(self) -> str:
-        try:
-            return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short=12", "HEAD"],
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        except Exception:
-            return "unknown"
+        return izreg_version()
+
+
+def izreg_version() -> str:
+    """The commit of the tree the izreg servers run (C{git rev-parse} of the checkout bench/ is in)."""
+    try:
+        return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
 
 
 class Distribution(Server):

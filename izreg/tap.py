@@ -198,6 +198,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         access_log=AccessLog(time.monotonic, [metrics.observe_request]),
     )
     tls = _server_tls(config, on_handshake=metrics.tls_handshakes.inc) if config.tls_listen else None
+    if tls is not None:
+        metrics.refusals.watch("tls", tls.refusals)
     log_setup = LogSetup(config.log_format, config.log_level)
     top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
@@ -282,7 +284,8 @@ def makeService(options: Options):
     if options.subCommand == "edge":
         from izreg.edge.service import make_edge
 
-        return make_edge(options.subOptions.config, reactor, options.subOptions.policy)
+        return make_edge(options.subOptions.config, reactor, options.subOptions.policy,
+                         twistd_options=getattr(options, "parent", None))
     server_options = options.subOptions
     return make_server(server_options.config, reactor,
                        twistd_options=getattr(options, "parent", None),

@@ -65,6 +65,10 @@ def test_smoke_run_of_the_s3_mode(tmp_path):
     assert "## izreg on S3 (moto on loopback) vs izreg on disk" in text
     assert "is the ceiling here, not izreg" in text
     assert "| push streamed 1 MiB |" in text and "| pull x1 1 MiB |" in text
+    # no izreg/distribution rounds: the header still names the izreg commit (it said "git –")
+    commit = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert f"| izreg | git {commit} (" in text
 
 
 @pytest.mark.cluster

@@ -61,6 +61,7 @@ class EdgeConfig:
     report_interval: int = 10
     lmdb_map_size: int = 4 * 1024**3
     max_manifest_size: int = 4 * 1024 * 1024
+    log_level: str = "info"  # what reaches twistd's log file (izreg.service.logs.LogSetup)
 
     def check(self) -> "EdgeConfig":
         if not self.upstream:
@@ -75,6 +76,10 @@ class EdgeConfig:
             raise ConfigError("edge.pin_refresh_interval and edge.report_interval must be at least 1 second")
         for pin in self.pin:
             parse_pin(pin)
+        from izreg.service.logs import LEVELS
+
+        if self.log_level not in LEVELS:
+            raise ConfigError(f"edge.log_level must be one of {', '.join(LEVELS)}, not {self.log_level!r}")
         return self
 
 
@@ -94,6 +99,7 @@ FIELDS: dict[str, tuple[str, Any]] = {
     "report_interval": ("report_interval", int),
     "lmdb_map_size": ("lmdb_map_size", int),
     "max_manifest_size": ("max_manifest_size", int),
+    "log_level": ("log_level", str),
 }
 
 

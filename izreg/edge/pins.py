@@ -6,7 +6,9 @@ never evicted.
 A pin is ``<account>/<app>:<tag>`` (the config's ``pin`` list, or
 ``izreg-edge pin``, which writes to the cache's LMDB while the edge runs).
 Every refresh round (a timer, and once at start) resolves each tag at the
-registry; when it points somewhere new, or something it needs is missing,
+registry (the pins are read again before a round ends: one added while a
+round is in flight, fetching a large image say, is refreshed in that round,
+not at the next one); when it points somewhere new, or something it needs is missing,
 the manifest (for an index, every child manifest), the configs and the
 layers are fetched into the cache and the pin's digest set is replaced:
 the cache never evicts a digest of a pin.
@@ -38,19 +40,23 @@ class Pinner:
             self.cache.pin(ref)
 
     async def refresh(self) -> None:
+        """One round: every pin, then the pins added meanwhile (read again until none is new)."""
         if self._running:
-            return
+            return  # the round in flight reads the pins again before it ends
         self._running = True
+        done: set[str] = set()
         try:
-            for ref, state in sorted(self.cache.pins().items()):
-                try:
-                    await self.refresh_one(ref, state)
-                except Unreachable as e:
-                    emit = log.info if self.upstream.first_offline("pins") else log.debug  # every interval: once an outage
-                    emit("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
-                    return
-                except Exception as e:
-                    log.error("pin refresh of {ref} failed: {error}", ref=ref, error=str(e) or type(e).__name__)
+            while todo := sorted((ref, state) for ref, state in self.cache.pins().items() if ref not in done):
+                for ref, state in todo:
+                    done.add(ref)
+                    try:
+                        await self.refresh_one(ref, state)
+                    except Unreachable as e:
+                        emit = log.info if self.upstream.first_offline("pins") else log.debug  # every interval: once an outage
+                        emit("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
+                        return
+                    except Exception as e:
+                        log.error("pin refresh of {ref} failed: {error}", ref=ref, error=str(e) or type(e).__name__)
         finally:
             self._running = False
 

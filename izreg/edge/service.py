@@ -19,6 +19,7 @@ from twisted.python import usage
 from izreg import StartupError
 from izreg.edge.config import EdgeConfig, load
 from izreg.service.config import ConfigError
+from izreg.service.logs import offer_observer
 
 
 class EdgeOptions(usage.Options):
@@ -36,6 +37,7 @@ class EdgeOptions(usage.Options):
         ["device-key", None, None, "PEM private key of the device certificate"],
         ["cache-dir", None, None, "cache directory (default: ./izreg-edge-cache)"],
         ["cache-size", None, None, "cache bound, e.g. 20GB or 512MiB (default: 20GB)"],
+        ["log-level", None, None, "debug, info, warn, error or critical: the lowest level logged (default: info)"],
     ]
 
     def __init__(self) -> None:
@@ -59,6 +61,7 @@ class EdgeOptions(usage.Options):
             "device_cert": self["device-cert"], "device_key": self["device-key"],
             "cache_dir": self["cache-dir"], "cache_size": self["cache-size"],
             "listen": self["listen"] or None, "pin": self["pin"] or None,
+            "log_level": self["log-level"],
         }
         try:
             self.config = load(self["config"], overrides)
@@ -77,11 +80,17 @@ class EdgeOptions(usage.Options):
 class EdgeService(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: EdgeConfig, policy, reactor, api, site) -> None:
+    def __init__(self, config: EdgeConfig, policy, reactor, api, site, log_observer=None) -> None:
         super().__init__()
         self.config, self.policy, self.reactor = config, policy, reactor
         self.api, self.site = api, site  # the API is bound to the cache and upstream when they open
         self.cache = self.reporter = self.pinner = None
+        #: the observer twistd uses instead of its own (the [edge] log_level filter), or None
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        offer_observer(parent, self.log_observer)
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -123,14 +132,17 @@ class EdgeService(service.MultiService):
             self.cache = None
 
 
-def make_edge(config: EdgeConfig, reactor, policy):
+def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
+    """The edge's service tree; C{twistd_options}: twistd's top-level options (where it logs), or C{None}."""
     from izreg.edge.proxy import EdgeAPI, EdgeSite
     from izreg.http.plain import RefuseTLSFactory
+    from izreg.service.logs import LogSetup
     from izreg.service.tree import Listener, Timer
 
     api = EdgeAPI()
     site = EdgeSite(api.resource())
-    top = EdgeService(config, policy, reactor, api, site)
+    observer = LogSetup("text", config.log_level).for_twistd(twistd_options)
+    top = EdgeService(config, policy, reactor, api, site, log_observer=observer)
     for description in config.listen:
         Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
     Timer(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()), reactor).setServiceParent(top)

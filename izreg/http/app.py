@@ -212,8 +212,11 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         target = self.table.resolve_repository(method, rest, request)
         await settled(self.authorize(request, target))
         ready = getattr(request, BODY_READY, None)
-        if ready is not None:  # a body still waiting for its sink (PendingBody): the sink first
+        while ready is not None:  # a body still waiting for its sink (PendingBody): the sink first
             await ready
+            ready, waited = getattr(request, BODY_READY, None), ready
+            if ready is waited:
+                break  # else it waits again (a chunk taking over from a gone holder, izreg.http.uploadholder)
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
 

@@ -69,10 +69,6 @@ def token_realm(request) -> str:
     return f"{scheme}://{host}/v2/token"
 
 
-#: refused device certificates: the first few per reason and minute in full, then a count (the metrics read its total)
-refusals = RefusalLog(Logger(namespace="izreg.http.guard.AccessGuard"), "device certificates")
-
-
 class AccessGuard:
     log = Logger()
 
@@ -82,6 +78,9 @@ class AccessGuard:
         self.devices = devices
         self.now = now
         self.run_read = run_read
+        #: refused device certificates: the first few per reason and minute in full, then a count
+        #: (the metrics read its total)
+        self.refusals = RefusalLog(self.log, "device certificates")
 
     def _realm(self, request) -> str | None:
         return token_realm(request) if self.authenticator.token_service else None
@@ -121,7 +120,7 @@ class AccessGuard:
         verifier = self.devices
 
         def refused(e: DeviceRejected) -> None:
-            refusals.warn("refused device certificate from {address}: {reason}",
+            self.refusals.warn("refused device certificate from {address}: {reason}",
                           address=_client_address(request), reason=e.reason)
 
         def principal(facts) -> Principal:

@@ -105,6 +105,8 @@ class PendingBody:
         if self.complete:
             sink.seek(0, 0)
         self.request.content = sink
+        if isinstance(sink, PendingBody):
+            return  # waits again (a chunk taking over from a gone holder: izreg.http.uploadholder); it resumes
         self._resume()
 
     def _refused(self, failure: Failure) -> None:

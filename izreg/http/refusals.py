@@ -9,6 +9,9 @@ reason, the first C{burst} (5) refusals of each C{window} (60 s) are logged
 in full; the others are counted, and one line says how many when the window
 ends ("12 more refused ... in the last 60 s"). L{RefusalLog.total} counts
 every refusal (the metrics read it: C{izreg_device_certificates_refused}).
+Each is owned by what refuses: the TLS listener's
+L{izreg.service.tls.ServerTLS} and the HTTP layer's L{izreg.http.guard.AccessGuard}
+(so two servers in one process, or two tests, never share a window).
 """
 
 from __future__ import annotations

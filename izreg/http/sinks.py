@@ -31,9 +31,11 @@ from izreg.storage.interfaces import IBodySink
 
 #: the largest form body (the token endpoint's POST) kept in memory
 SMALL_BODY = 64 * 1024
-#: request attributes: the upload session of a chunk read off the reactor, and the Deferred the handler waits on
+#: request attributes: the upload session of a chunk read off the reactor, the Deferred the handler waits on,
+#: and whether the chunk already took over from a gone holder (once a request)
 FOUND_SESSION = "_izreg_upload_session"
 BODY_READY = "_izreg_body_ready"
+TOOK_OVER = "_izreg_took_over"
 
 
 class BodySinks(Handlers):
@@ -111,8 +113,9 @@ class BodySinks(Handlers):
         if session.busy:
             busy = RegistryError(ErrorCode.RANGE_INVALID, {"reason": "another request is writing to this upload"},
                                  headers={"Location": location, "Range": upload_range(session.offset)})
-            gone = holder_gone(session) if again is not None and not hasattr(request, BODY_READY) else None
+            gone = holder_gone(session) if again is not None and not hasattr(request, TOOK_OVER) else None
             if gone is not None:  # a retry after a reset the server has not read yet (izreg.http.uploadholder)
+                setattr(request, TOOK_OVER, True)
                 ready = freed(session, gone, busy)
                 setattr(request, BODY_READY, ready)  # the handler waits for the sink (L{dispatch})
                 return PendingBody(request, ready, again, self.budget)

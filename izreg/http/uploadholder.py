@@ -25,10 +25,12 @@ Twisted read it counts as gone), nor is a half-close kept on a TLS
 connection (Twisted's TLS ends the connection at the client's end of stream).
 
 The body sinks are tied to the connection they read from by
-L{izreg.http.sinks} (L{hold}). Not done where the session is looked up off
-the reactor (PostgreSQL metadata: the body already waits in a
-L{izreg.http.pending.PendingBody}), nor for a store whose sessions do not
-name their writer (the in-memory one of the tests): those keep the 416.
+L{izreg.http.sinks} (L{hold}). Where the session is looked up off the
+reactor (PostgreSQL metadata) the body already waits in a
+L{izreg.http.pending.PendingBody} for that; a retry that takes over waits
+in a second one (the handler waits for the last: L{izreg.http.app}). Not
+done for a store whose sessions do not name their writer (the in-memory one
+of the tests): it keeps the 416.
 """
 
 from __future__ import annotations

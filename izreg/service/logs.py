@@ -152,6 +152,12 @@ class LogSetup:
         return self.observer(logfile.LogFile.fromFullPath(twistd_options.get("logfile") or "twistd.log"))
 
 
+def offer_observer(parent, observer: ILogObserver | None) -> None:
+    """Give twistd's application (C{parent}) C{observer}: twistd asks for one before it uses its own."""
+    if observer is not None and hasattr(parent, "setComponent"):
+        parent.setComponent(ILogObserver, observer)
+
+
 def logs_to_stdout(twistd_options) -> bool:
     """Whether twistd's options (C{--logfile=-}, or C{-n} without a log file) send the log to standard output."""
     if twistd_options is None or twistd_options.get("syslog"):

@@ -63,7 +63,9 @@ class Metrics:
         self.webhook_deliveries = Counter("izreg_webhook_deliveries", "Webhook delivery attempts", ["result"], registry=r)
         for result in ("delivered", "failed", "gave_up"):
             self.webhook_deliveries.labels(result)
-        r.register(RefusalCollector())
+        #: the refused device certificates' logs (their totals): L{watch_refusals}
+        self.refusals = RefusalCollector()
+        r.register(self.refusals)
         #: each request's series, by (route, method, status): C{labels()} looks them up at ~3 us each
         self._series: dict[tuple[str, str, str], tuple] = {}
 
@@ -186,16 +188,20 @@ class HandshakeCollector:
 class RefusalCollector:
     """Every refused device certificate, logged in full or not (L{izreg.http.refusals.RefusalLog.total})."""
 
+    def __init__(self) -> None:
+        #: stage ("tls": the listener's L{izreg.service.tls.ServerTLS}, "http": the guard) -> its RefusalLog
+        self.logs: dict = {"tls": None, "http": None}
+
+    def watch(self, stage: str, refusals) -> None:
+        self.logs[stage] = refusals
+
     def describe(self):
         return []
 
     def collect(self):
-        from izreg.http.guard import refusals as http_refusals
-        from izreg.service.tls.context import refusals as tls_refusals
-
         family = CounterMetricFamily("izreg_device_certificates_refused", "Device (client) certificates refused:"
                                      " at the TLS handshake (chain, validity) or per request (subject, revocation)",
                                      labels=["stage"])
-        family.add_metric(["tls"], tls_refusals.total)
-        family.add_metric(["http"], http_refusals.total)
+        for stage, refusals in self.logs.items():
+            family.add_metric([stage], refusals.total if refusals is not None else 0)
         yield family

@@ -39,6 +39,7 @@ from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.bursttrim import BurstTrim
 from izreg.service.heap import trim as trim_heap
+from izreg.service.logs import offer_observer
 from izreg.service.tls import CRLFile, ServerTLS
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
@@ -85,11 +86,7 @@ class RegistryService(service.MultiService):
         self._pools: list[ThreadPool] = []
 
     def setServiceParent(self, parent):
-        # twistd's application asks for a log observer before using its own (izreg.service.logs)
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver
-
-            parent.setComponent(ILogObserver, self.log_observer)
+        offer_observer(parent, self.log_observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -181,13 +178,16 @@ class RegistryService(service.MultiService):
         )
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)))
+        guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
+                                                run_read=backend.run_read)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
+            if getattr(guard, "refusals", None) is not None:
+                self.metrics.refusals.watch("http", guard.refusals)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
-            self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                            run_read=backend.run_read),
+            guard,
             reactor.seconds,
             chunk_min_length=config.chunk_min_length,
             tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,

@@ -23,6 +23,9 @@ def test_the_edge_table_of_a_file(tmp_path):
     config = load(str(path), {"cache_dir": "/var/cache/edge"})
     assert (config.upstream, config.cache_size, config.pin, config.cache_dir) == (
         "https://r:1", 20 * 1000**3, ("a" * 32 + "/app:v1",), "/var/cache/edge")
+    assert config.log_level == "info"
+    path.write_text(path.read_text() + 'log_level = "debug"\n')
+    assert load(str(path), {}).log_level == "debug"
 
 
 def test_the_example_config_lists_every_key():
@@ -46,6 +49,7 @@ def test_the_example_config_lists_every_key():
     ({"upstream": "https://r:1"}, "--device-cert and --device-key"),
     (dict(REQUIRED, cache_size="lots"), "size"),
     (dict(REQUIRED, pin=["nope:v1"]), "not <account id>/<name>:<tag>"),
+    (dict(REQUIRED, log_level="verbose"), "edge.log_level must be one of debug, info"),
 ])
 def test_bad_settings_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,23 +4,28 @@ warning when it stops answering, one info line when it answers again, and
 the lines repeated meanwhile (pull reports every interval, a cache hit per
 request, pin refreshes) at their own level once an outage, then at debug.
 The real pull reports (izreg.edge.reports) over a real edge cache, to a real
-HTTP server on loopback that stops listening and comes back.
+HTTP server on loopback that stops listening and comes back. Debug lines
+reach the file twistd logs to only at ``[edge] log_level = "debug"``.
 """
 
 from __future__ import annotations
 
 import time
 
+import pytest
 import pytest_twisted
+from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import ILogObserver, Logger, capturedLogs, formatEvent
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from izreg.edge.cache import EdgeCache
+from izreg.edge.config import load
 from izreg.edge.reports import Reporter
+from izreg.edge.service import make_edge
 from izreg.edge.upstream import Upstream, collect
 
 
@@ -86,3 +91,20 @@ async def test_an_outage_is_two_lines_and_the_repeated_ones_are_debug(tmp_path):
         if port.connected:
             await port.stopListening()
         cache.close()
+
+
+@pytest.mark.parametrize("level, written", [("info", ["went away"]), ("debug", ["still away", "went away"])])
+def test_debug_lines_reach_the_log_file_only_at_log_level_debug(tmp_path, level, written):
+    config = load(None, {"upstream": "https://registry.example:5443", "device_cert": "c.pem",
+                         "device_key": "k.pem", "log_level": level})
+    path = tmp_path / "edge.log"
+    edge = make_edge(config, reactor, None, twistd_options={"logfile": str(path), "nodaemon": False})
+    application = Application("izreg-edge")
+    edge.setServiceParent(application)
+    observer = application.getComponent(ILogObserver)  # what twistd then logs through, instead of its own
+    assert observer is edge.log_observer is not None
+    log = Logger(namespace="izreg.edge.upstream", observer=observer)
+    log.debug("the registry is still away")
+    log.warn("the registry went away")
+    text = path.read_text()
+    assert [line for line in ("still away", "went away") if line in text] == written

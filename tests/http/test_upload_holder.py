@@ -2,7 +2,8 @@
 A PATCH retried at once after the client reset the first, while the server has not read
 the reset (its connection paused, as the upload throttle does): izreg/http/uploadholder.py.
 A client that half-closes after its whole body is not gone: it gets its answer, and a
-retry meanwhile does not take its session. Real sockets on an in-process server (the test
+retry meanwhile does not take its session. Each with the metadata in LMDB and in PostgreSQL
+(where the session is read off the reactor). Real sockets on an in-process server (the test
 pauses the first connection on the reactor thread, so the order is fixed).
 """
 
@@ -18,9 +19,22 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from izreg.http import uploadholder
+from tests.helpers.openguard import OpenGuard
+from tests.http.conftest import start_server
 from tests.http.helpers import digest_of, header, repo, with_query
 
 pytestmark = pytest.mark.socket  # raw HTTP on a real connection
+
+
+@pytest_twisted.async_yield_fixture(params=["lmdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def server(request, tmp_path):
+    """A server on a port, its metadata in LMDB or in a real PostgreSQL (the session then read off the reactor)."""
+    config = {}
+    if request.param == "postgresql":
+        config = dict(metadata_backend="postgresql", metadata_dsn=request.getfixturevalue("pg_schema_dsn"))
+    srv = await start_server(tmp_path, OpenGuard(), socket=True, **config)
+    yield srv
+    await srv.service.stopService()
 
 NAME = repo("reset/app")
 BLOB = bytes(range(256)) * 4096  # 1 MiB

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+
 from izreg.core.digest import Digest
+from izreg.http.refusals import RefusalLog
 from izreg.http.accesslog import RequestInfo
 from izreg.service.metrics import Metrics
 from izreg.storage.lmdbenv import open_env
@@ -49,3 +53,18 @@ def test_storage_gauges(tmp_path):
         assert value("izreg_lmdb_map_used_bytes") + value("izreg_lmdb_map_free_bytes") == value("izreg_lmdb_map_size_bytes")
     finally:
         env.close()
+
+
+def test_refused_certificates_are_counted_from_the_logs_of_what_refused_them():
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    assert value("izreg_device_certificates_refused_total", {"stage": "tls"}) == 0
+    tls, http = (RefusalLog(Logger(), what, clock=Clock()) for what in ("TLS client certificates", "device certificates"))
+    metrics.refusals.watch("tls", tls)
+    metrics.refusals.watch("http", http)
+    for _ in range(7):  # past the burst: counted all the same
+        tls.warn("refused {reason}", reason="expired")
+    http.warn("refused {reason}", reason="revoked-serial")
+    assert value("izreg_device_certificates_refused_total", {"stage": "tls"}) == 7
+    assert value("izreg_device_certificates_refused_total", {"stage": "http"}) == 1
+    assert Metrics().registry.get_sample_value("izreg_device_certificates_refused_total", {"stage": "tls"}) == 0

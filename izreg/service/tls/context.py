@@ -7,6 +7,8 @@ from the device CAs, with the reason logged when OpenSSL refuses one.
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from OpenSSL import SSL, crypto
@@ -19,8 +21,12 @@ from izreg.service.tls.pem import TLSMaterial
 from izreg.service.tlsthreads import emit
 
 log = Logger()
-#: refused client certificates: the first few per reason and minute in full, then a count (the metrics read its total)
-refusals = RefusalLog(log, "TLS client certificates")
+
+
+def tls_refusals() -> RefusalLog:
+    """A listener's log of refused client certificates: the first few per reason and minute in full, then a count."""
+    return RefusalLog(log, "TLS client certificates")
+
 
 #: TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all fine and left at OpenSSL's default)
 CIPHERS_TLS12 = (
@@ -63,8 +69,9 @@ def _describe(connection: SSL.Connection) -> str:
         return "?"
 
 
-def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-    """Keep OpenSSL's verdict; say why in the log when it refuses a certificate."""
+def _verify_callback(refusals: RefusalLog, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
+                     ok: int) -> bool:
+    """Keep OpenSSL's verdict; say why in C{refusals} when it refuses a certificate."""
     if ok:
         return True
     try:
@@ -79,11 +86,12 @@ def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, 
     return False
 
 
-def build_context(material: TLSMaterial, send_anchor: bool = True) -> SSL.Context:
+def build_context(material: TLSMaterial, refusals: RefusalLog | None = None, send_anchor: bool = True) -> SSL.Context:
     """
     A server context: TLS 1.2+, ECDHE AEAD suites, the server chain, and,
     when there are device CAs, a client certificate requested (not required),
-    checked against those CAs only, with the CAs named in the request.
+    checked against those CAs only, with the CAs named in the request; the
+    refused ones are logged through C{refusals} (the listener's: L{ServerTLS}).
 
     @param send_anchor: when the chain is built here (a server certificate
         file without its chain), whether it ends with a self-signed root as
@@ -132,7 +140,7 @@ def build_context(material: TLSMaterial, send_anchor: bool = True) -> SSL.Contex
         # A device CA may be an intermediate: trust it as an anchor without its root,
         # so other certificates under that root are not device certificates.
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        ctx.set_verify(SSL.VERIFY_PEER, _verify_callback)
+        ctx.set_verify(SSL.VERIFY_PEER, functools.partial(_verify_callback, refusals or tls_refusals()))
         ctx.set_verify_depth(4)
     else:
         ctx.set_verify(SSL.VERIFY_NONE)

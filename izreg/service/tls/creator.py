@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from izreg.service.tls.context import build_context
+from izreg.service.tls.context import build_context, tls_refusals
 from izreg.service.tls.pem import TLSFiles, TLSMaterial, load_material
 
 log = Logger()
@@ -29,13 +29,16 @@ class ServerTLS:
 
     @param on_handshake: called on every completed handshake (the metrics count
         them), by the listener's L{izreg.service.fasttls.FastTLSFactory}.
+    @ivar refusals: the refused client certificates (L{izreg.http.refusals.RefusalLog}:
+        its windows last across reloads; the metrics read its total).
     """
 
     def __init__(self, files: TLSFiles, on_handshake: Callable[[], None] | None = None) -> None:
         self.files = files
         self.on_handshake = on_handshake
+        self.refusals = tls_refusals()
         self._material = load_material(files)
-        self._context = build_context(self._material, send_anchor=False)
+        self._context = build_context(self._material, self.refusals, send_anchor=False)
 
     def device_cas(self) -> tuple[x509.Certificate, ...]:
         return self._material.device_cas
@@ -47,7 +50,7 @@ class ServerTLS:
         and the error is raised for the caller to log.
         """
         material = load_material(self.files)
-        context = build_context(material, send_anchor=False)
+        context = build_context(material, self.refusals, send_anchor=False)
         self._material, self._context = material, context
         log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
                  subject=material.server_chain[0].subject.rfc4514_string(),

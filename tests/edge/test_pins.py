@@ -1,0 +1,84 @@
+"""
+The edge's pin refresh rounds (izreg/edge/pins.py): a pin added while a round
+is in flight (``izreg-edge pin`` writes the cache's LMDB) is refreshed in that
+round, not left for the next one. A real edge cache and upstream client, to a
+real HTTP server on loopback standing in for the registry; the test holds the
+first pin's answer to add the second meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from izreg.core.digest import Digest
+from izreg.edge.cache import EdgeCache
+from izreg.edge.pins import Pinner
+from izreg.edge.proxy import EdgeAPI
+from izreg.edge.upstream import Upstream
+
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def manifest(name: str) -> bytes:
+    """An image manifest with nothing to fetch beside itself."""
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "annotations": {"n": name}}).encode()
+
+
+class Registry(Resource):
+    """Manifests by tag and digest; the answer to C{held}'s tag waits for C{release}."""
+
+    isLeaf = True
+
+    def __init__(self, images: dict[str, bytes], held: str) -> None:
+        super().__init__()
+        self.images, self.held = images, held
+        self.asked = defer.Deferred()  # the held tag was asked for
+        self.release = defer.Deferred()
+
+    def render(self, request):
+        repo, _, reference = request.path.decode().removeprefix("/v2/").partition("/manifests/")
+        data = self.images[repo]
+        request.setHeader(b"Content-Type", OCI_MANIFEST.encode())
+        request.setHeader(b"Docker-Content-Digest", str(Digest.of(data)).encode())
+        request.setHeader(b"Content-Length", str(len(data)).encode())
+        body = b"" if request.method == b"HEAD" else data
+        if repo == self.held and not self.release.called:
+            self.asked.callback(None)
+            self.release.addCallback(lambda _: (request.write(body), request.finish()))
+            return NOT_DONE_YET
+        return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pin_added_during_a_round_is_refreshed_in_that_round(tmp_path):
+    first, second = f"{ACCOUNT}/first", f"{ACCOUNT}/second"
+    registry = Registry({first: manifest("first"), second: manifest("second")}, held=first)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(registry))
+    upstream = Upstream(reactor, f"http://127.0.0.1:{port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
+    cache = EdgeCache(str(tmp_path), limit=10_000_000)
+    api = EdgeAPI()
+    api.bind(upstream, cache, None, time.time, 4 * 1024 * 1024)
+    pinner = Pinner(api, (f"{first}:v1",))
+    pinner.adopt_config_pins()
+    try:
+        round_ = defer.ensureDeferred(pinner.refresh())
+        await registry.asked  # the round is in flight, on the first pin
+        assert cache.pin(f"{second}:v1")  # as izreg-edge pin does, meanwhile
+        registry.release.callback(None)
+        await round_
+        pins = cache.pins()
+        assert pins[f"{first}:v1"]["digest"] == str(Digest.of(manifest("first")))
+        assert pins[f"{second}:v1"]["digest"] == str(Digest.of(manifest("second")))  # before: at the next round
+    finally:
+        await upstream.close()
+        await port.stopListening()
+        cache.close()
