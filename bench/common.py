@@ -89,7 +89,15 @@ def _status(pid: int, field: str) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of C{pid}, all threads."""
+    """
+    User + system CPU time of C{pid}, all threads: its process CPU clock (nanoseconds; a
+    measurement of a quarter second of CPU is not rounded to 10 ms clock ticks), else
+    C{/proc/<pid>/stat}'s ticks.
+    """
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    except (OSError, OverflowError):
+        pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -166,7 +166,7 @@ def main() -> int:
                         rate, cpu = measure(s, f, blobs[s.name])
                         results[(s.name, f)].append((rate, cpu))
                         unit, cpu_unit = _units(f).split()
-                        print(f"round {rnd + 1} {s.name:12} {f:22} {rate:8.1f} {unit} {cpu:6.2f} {cpu_unit} "
+                        print(f"round {rnd + 1} {s.name:12} {f:22} {rate:8.1f} {unit} {cpu:7.3f} {cpu_unit} "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                 time.sleep(0.5)
     finally:

@@ -154,11 +154,7 @@ class FastTLSTransport(BufferingTLSTransport):
     def _flushSendBIO(self):
         self._heldRecords = False
         if _BIO_read is not None:
-            transport = self.transport
-            if _direct(transport):
-                self._sendBIOToSocket(transport)
-            else:
-                self._sendBIOToTransport(transport)
+            self._sendBIO(self.transport)
             return
         while True:
             try:
@@ -169,32 +165,17 @@ class FastTLSTransport(BufferingTLSTransport):
             if len(data) < BIO_READ_SIZE:
                 return
 
-    def _sendBIOToTransport(self, transport) -> None:
+    def _sendBIO(self, transport) -> None:
         """
-        The records to the transport's own write (it has data buffered, or is
-        closing), read through the same reused buffer: pyOpenSSL's C{bio_read}
-        would allocate a C{BIO_READ_SIZE} buffer per call (a large malloc,
-        which makes glibc consolidate its free lists) and raise
-        C{WantReadError} for an empty BIO, as every connection's end finds it.
-        """
-        global _records
-        if _records is None:
-            _records = _ffi.new("char[]", BIO_READ_SIZE)
-        bio = self._tlsConnection._from_ssl
-        while True:
-            n = _BIO_read(bio, _records, BIO_READ_SIZE)
-            if n <= 0:
-                return  # the send BIO is empty
-            transport.write(_ffi.buffer(_records, n)[:])
-            if n < BIO_READ_SIZE:
-                return
-
-    def _sendBIOToSocket(self, transport: tcp.Connection) -> None:
-        """
-        The TCP transport has nothing buffered: the records go from OpenSSL's
-        send BIO to the socket through one reused buffer (no bytes object, no
-        128 KiB-per-turn sends); what the socket does not take now is handed to
-        the transport, which sends it (and pauses the producer) as usual.
+        The records from OpenSSL's send BIO, read through one reused buffer:
+        while the TCP transport has nothing buffered, straight to its socket
+        (no bytes object, no 128 KiB-per-turn sends); what the socket does not
+        take now, and all of it when the transport has data buffered, is
+        closing or is not plain TCP, is handed to the transport's own write,
+        which sends it (and pauses the producer) as usual. (pyOpenSSL's
+        C{bio_read} would allocate a C{BIO_READ_SIZE} buffer per call, a large
+        malloc that makes glibc consolidate its free lists, and raise
+        C{WantReadError} for an empty BIO, as every connection's end finds it.)
         """
         global _records
         if _records is None:
