@@ -102,9 +102,11 @@ def _gone(transport, channel=None) -> bool:
 
 
 def _half_closeable(tcp) -> bool:
-    """Whether the server keeps the connection at the peer's end of stream (plain TCP to a L{RegistryChannel})."""
-    while hasattr(tcp, "wrappedProtocol"):  # a ProtocolWrapper (the plain port's, TLS): down to the TCP transport
-        tcp = tcp.transport
+    """
+    Whether the server keeps the connection at the peer's end of stream: C{tcp}
+    (the TCP transport L{_gone} found) hands it to a half-closeable protocol
+    (plain TCP to a L{RegistryChannel}, directly or through the port's wrapper).
+    """
     return IHalfCloseableProtocol.providedBy(getattr(tcp, "protocol", None))
 
 
