@@ -61,13 +61,18 @@ gives its count back).
 
 When C{[connections] max_connections} are open and another arrives, the
 site (L{izreg.http.limits.ConnectionLimits}) asks L{HandshakeAdmission.evict}
-to close one connection that has not authenticated, rather than refuse the
+to close one connection that has not completed its handshake, rather than refuse the
 newcomer (silent connections, held until they time out, would otherwise lock
 every device out): the oldest waiting connection of the group with the most
 waiting (struck groups first, then those not known, among the first
 L{EVICT_SCAN} of that length: as past C{max_waiting}), else, none waiting,
-the oldest in its handshake (likewise). Only when every open connection has
-completed its handshake is the newcomer refused (503).
+the oldest in its handshake (likewise). When every open connection has
+completed its handshake, the site closes an idle one instead, TLS or plain
+(L{izreg.http.limits.IdleConnections}: no request in progress and its
+response sent; new ones first, then those with no authenticated
+request, then devices' and authenticated ones, the longest idle first); only
+when every connection is in the middle of a request or a response is the
+newcomer refused (503).
 
 The TLS protocol (izreg's, or Twisted's stock one: L{izreg.service.tls.fallback})
 gets the real TCP transport, so nothing changes once it runs; until its
