@@ -80,10 +80,17 @@ class RepositoryFastPath(Resource):
         rest = self.rest_of(request)
         if rest is None:
             return self.klein.render(request)
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
+        finished: list = []
+        d = None
+
+        def gone(result) -> None:
+            # registered before the handler runs, so an answer it finishes at once is seen too
+            finished.append(result)
+            if d is not None and isinstance(result, Failure):  # the client went away: stop the handler
+                d.cancel()
+
+        request.notifyFinish().addBoth(gone)
         d = ensureDeferred(self.dispatch(request, rest))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished),
                        errbackArgs=(request, finished))
         d.addErrback(lambda failure: log.failure("Unhandled error writing response", failure))
