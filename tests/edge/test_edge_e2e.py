@@ -106,6 +106,16 @@ def test_unknown_content_passes_the_registrys_404(stack):
         assert r.content == direct.content
 
 
+def test_a_name_without_the_account_gets_the_registrys_denied_with_the_gateways_account(stack):
+    """containers.local:8080/app:v1: the registry's 403, which names the form and the gateway's own account."""
+    for path in ("/v2/app/manifests/v1", "/v2/library/app/tags/list"):
+        r = get(stack.edge, path, headers={"Accept": OCI})
+        assert (r.status_code, error_code(r)) == (403, "DENIED"), r.text
+        assert f"your account id is {stack.account}: use {stack.account}/" in r.json()["errors"][0]["message"]
+    r = get(stack.edge, "/v2/App/manifests/v1")  # not a name at all: the edge's own 400
+    assert (r.status_code, error_code(r)) == (400, "NAME_INVALID")
+
+
 def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
     repo = stack.repo()
     image = stack.push(repo, seed=13)
