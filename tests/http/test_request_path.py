@@ -136,3 +136,67 @@ async def test_the_fast_path_answers_as_klein_does(server):
     finally:
         fast.methods = methods
     assert through_fast == through_klein
+
+
+# -- a handler that waits goes on under a Deferred from where it stopped (izreg.http.fastpath._resume) ------------
+
+
+def _started(coroutine):
+    """C{coroutine} run to its first wait: (the coroutine, what it waits on)."""
+    return coroutine, coroutine.send(None)
+
+
+def test_a_handler_that_waits_goes_on_where_it_stopped():
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    from izreg.http.fastpath import _resume
+
+    first, second = Deferred(), Deferred()
+    steps = []
+
+    async def handler():
+        steps.append(await first)
+        try:
+            await second
+        except ValueError as e:
+            steps.append(f"caught {e}")
+        return "answer"
+
+    d = ensureDeferred(_resume(*_started(handler())))
+    assert steps == [] and not d.called
+    first.callback("one")
+    assert steps == ["one"] and not d.called
+    second.errback(ValueError("two"))
+    assert steps == ["one", "caught two"] and d.result == "answer"
+
+
+def test_a_waiting_handler_is_cancelled_and_its_errors_come_out():
+    from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+    from izreg.http.fastpath import _resume
+
+    seen = []
+
+    async def handler(waited):
+        try:
+            await waited
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+
+    d = ensureDeferred(_resume(*_started(handler(Deferred()))))
+    d.cancel()  # as the fast path does when the client goes away
+    assert seen == ["cancelled"]
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].check(CancelledError)
+
+    async def failing(waited):
+        await waited
+        raise KeyError("boom")
+
+    waited = Deferred()
+    d = ensureDeferred(_resume(*_started(failing(waited))))
+    waited.callback(None)
+    d.addErrback(failures.append)
+    assert failures[1].check(KeyError)
