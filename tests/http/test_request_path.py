@@ -200,3 +200,43 @@ def test_a_waiting_handler_is_cancelled_and_its_errors_come_out():
     waited.callback(None)
     d.addErrback(failures.append)
     assert failures[1].check(KeyError)
+
+
+# -- the response's head: the headers twisted.web's own process would set, in its order (izreg.http.bodies) ------
+
+
+def test_the_date_is_formatted_once_a_second_as_twisted_would():
+    from twisted.web.http import datetimeToString
+
+    from izreg.http.bodies import _HTTPDate
+
+    now = [1700000000.25]
+    date = _HTTPDate(lambda: now[0])
+    first = date()
+    assert first == datetimeToString(1700000000.25) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    now[0] = 1700000000.99
+    assert date() is first  # the same second: the same bytes, not formatted again
+    now[0] = 1700000001.0
+    assert date() == datetimeToString(1700000001.0) == b"Tue, 14 Nov 2023 22:13:21 GMT"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_answer_has_twisted_webs_headers_in_its_order(server):
+    import email.utils
+    import time
+
+    from twisted.web.server import version
+
+    from tests.http.helpers import raw_get
+
+    for path in [f"/v2/{NAME}/tags/list", f"/v2/{NAME}/manifests/v1", "/v2/"]:  # the fast path, and Klein
+        answer = await raw_answer(server, raw_get(path.encode()))
+        lines = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+        headers = [tuple(line.split(b": ", 1)) for line in lines]
+        assert [name for name, _ in headers] == [
+            b"Connection", b"Docker-Distribution-Api-Version", b"X-Request-Id", b"Server", b"Date",
+            b"Content-Type", b"Content-Length"], path
+        values = dict(headers)
+        assert values[b"Server"] == version
+        sent = email.utils.parsedate_to_datetime(values[b"Date"].decode()).timestamp()
+        assert time.time() - 2 <= sent <= time.time()
