@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http, resource, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -56,6 +56,26 @@ log = Logger()
 # read once: twisted.web.http is a deprecation proxy, each attribute read through it costs ~2 us
 _GenericHTTPChannelProtocol = http._GenericHTTPChannelProtocol  # a channel per connection
 _ChunkedTransferDecoder = http._ChunkedTransferDecoder
+_datetimeToString = http.datetimeToString
+_IEncodingResource = resource._IEncodingResource
+_unquote = server.unquote
+
+
+class _HTTPDate:
+    """The ``Date`` of a response (twisted.web's C{datetimeToString()}), formatted once a second, not per request."""
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self.second, self.text = None, b""
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        if second != self.second:
+            self.second, self.text = second, _datetimeToString(second)
+        return self.text
+
+
+http_date = _HTTPDate()
 
 
 class BoundedBuffer(io.BytesIO):
@@ -274,7 +294,28 @@ class RegistryRequest(server.Request):
             self.write(render_error(self, error))
             self.finish()
             return
-        return super().process()
+        self._serve()
+
+    def _serve(self) -> None:
+        """
+        C{twisted.web.server.Request.process} (the same headers, in the same
+        order, the same resource lookup), with the ``Date`` from L{http_date}:
+        C{datetimeToString} formats the time anew on every request.
+        """
+        self.site = self.channel.site
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", http_date())
+        self.prepath = []
+        self.postpath = list(map(_unquote, self.path[1:].split(b"/")))
+        try:
+            found = self.site.getResourceFor(self)
+            if _IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
 
 
 def _not_for_the_server() -> RegistryError:
