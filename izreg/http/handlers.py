@@ -91,9 +91,20 @@ class Handlers:
         return min(int(n), MAX_PAGE), _last(request)
 
     def _link(self, request, path: str, limit: int, last: str) -> None:
-        _set(request, Link=f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"')
+        _set(request, Link=self._link_value(path, limit, last))
+
+    @staticmethod
+    def _link_value(path: str, limit: int, last: str) -> str:
+        return f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"'
 
     def _json(self, request, value, content_type: str = "application/json") -> bytes:
-        body = json.dumps(value).encode()
+        return self._answer_json(request, self._encode(value), content_type)
+
+    @staticmethod
+    def _encode(value) -> bytes:
+        return json.dumps(value).encode()
+
+    @staticmethod
+    def _answer_json(request, body: bytes, content_type: str = "application/json") -> bytes:
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body
