@@ -44,9 +44,16 @@ def _header(request, name: str) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+#: the header names L{_set} was given (keyword names from the code: a bounded set), as bytes
+_HEADER_NAMES: dict[str, bytes] = {}
+
+
 def _set(request, **headers) -> None:
     for name, value in headers.items():
-        request.setHeader(name.replace("_", "-").encode(), str(value).encode())
+        raw = _HEADER_NAMES.get(name)
+        if raw is None:
+            raw = _HEADER_NAMES[name] = name.replace("_", "-").encode()
+        request.setHeader(raw, str(value).encode())
 
 
 def _principal(request):
