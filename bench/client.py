@@ -264,6 +264,14 @@ def tls_context(tls: dict) -> ssl.SSLContext:
     return ctx
 
 
+def negotiated(server: Server, port: int | None = None, tls: dict | None = None) -> str:
+    """The TLS version and suite the benchmark's client gets from C{server} (one connection), as C{"TLSv1.3 TLS_AES_128_GCM_SHA256"}."""
+    ctx = tls_context(tls or server.tls_client)
+    with socket.create_connection(("127.0.0.1", port or server.tls_port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            return f"{conn.version()} {conn.cipher()[0]}"
+
+
 def _guarded(target, spec: dict, barrier, results) -> None:
     """Run one worker; report its error instead of hanging the parent."""
     try:

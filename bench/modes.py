@@ -30,6 +30,7 @@ from bench.client import (
     _request,
     handshakes,
     load,
+    negotiated,
     push_monolithic,
     push_small,
     put_blob,
@@ -53,7 +54,8 @@ def _ratio(a, b) -> str:
 
 def run_tls_pulls(server: Server, p: dict, blobs: dict, log) -> dict:
     """GET the pushed blobs over TLS and over plain HTTP, 1 and 4 clients: MB/s and server CPU s/GB."""
-    r: dict = {}
+    r: dict = {"cipher": negotiated(server)}
+    log(f"  {server.name}: TLS pulls over {r['cipher']}")
     for size in p["tls_sizes"]:
         blob = blobs.get(size)
         if blob is None:  # a size the base run did not push
@@ -77,8 +79,9 @@ def run_tls_pulls(server: Server, p: dict, blobs: dict, log) -> dict:
 def report_tls_pulls(p: dict, iz: dict, di: dict) -> list[str]:
     L = ["## TLS pulls (GET blob over HTTPS, aggregate)", "",
          "izreg's client presents a device certificate (device CA on izreg's TLS listener); distribution has a "
-         "server certificate only (it cannot tie a client certificate to an account). Both: TLS 1.3, "
-         "AES-256-GCM, the client is Python's ssl module in forked processes, one keep-alive connection each. "
+         "server certificate only (it cannot tie a client certificate to an account). Negotiated: izreg "
+         f"{iz.get('cipher', '?')}, distribution {di.get('cipher', '?')}; the client is Python's ssl module in forked "
+         "processes, one keep-alive connection each. "
          "The plain rows are the same GETs over plain HTTP in the same run.", "",
          "| blob, clients | izreg TLS MB/s | distribution TLS MB/s | ratio | izreg plain MB/s | distribution plain MB/s "
          "| plain ratio | izreg TLS / izreg plain | izreg TLS CPU s/GB | distribution TLS CPU s/GB |",

@@ -34,6 +34,8 @@ def test_smoke_run_of_every_mode(tmp_path):
                     "## Soak: 4 mixed clients", "## Method"):
         assert heading in text, heading
     assert "**0 errors**" in text
+    # the suites the two TLS listeners negotiated with the benchmark's client (izreg: AES-128-GCM first)
+    assert "Negotiated: izreg TLSv1.3 TLS_AES_128_GCM_SHA256, distribution TLSv1.3 TLS_" in text
     # the largest blob once more from the disk: both servers' files of it found and dropped from the page cache
     assert "| 1 MiB, 1 client, from the disk" in text
     assert "20 of 20 idle connections answered afterwards" in proc.stderr

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from izreg.core.names import NAME_RE, TAG_RE
-from izreg.service.config import ConfigError, _check
+from izreg.service.config import LOG_LEVELS, ConfigError, _check
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -76,10 +76,8 @@ class EdgeConfig:
             raise ConfigError("edge.pin_refresh_interval and edge.report_interval must be at least 1 second")
         for pin in self.pin:
             parse_pin(pin)
-        from izreg.service.logs import LEVELS
-
-        if self.log_level not in LEVELS:
-            raise ConfigError(f"edge.log_level must be one of {', '.join(LEVELS)}, not {self.log_level!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"edge.log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         return self
 
 

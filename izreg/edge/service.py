@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from izreg import StartupError
 from izreg.edge.config import EdgeConfig, load
-from izreg.service.config import ConfigError
+from izreg.service.config import LOG_LEVELS, ConfigError
 from izreg.service.logs import offer_observer
 
 
@@ -37,7 +37,8 @@ class EdgeOptions(usage.Options):
         ["device-key", None, None, "PEM private key of the device certificate"],
         ["cache-dir", None, None, "cache directory (default: ./izreg-edge-cache)"],
         ["cache-size", None, None, "cache bound, e.g. 20GB or 512MiB (default: 20GB)"],
-        ["log-level", None, None, "debug, info, warn, error or critical: the lowest level logged (default: info)"],
+        ["log-level", None, None,
+         f"{', '.join(LOG_LEVELS)}: the lowest level logged (default: {EdgeConfig.log_level})"],
     ]
 
     def __init__(self) -> None:

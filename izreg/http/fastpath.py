@@ -95,10 +95,17 @@ class RepositoryFastPath(Resource):
         except BaseException:
             self._settled(request, None, Failure())
             return NOT_DONE_YET
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
+        finished = _finished(request)  # notifyFinish, asked now, would never fire for a request finished already
+        d = None
+
+        def gone(result) -> None:
+            finished.append(result)
+            if d is not None and isinstance(result, Failure):  # the client went away: stop the handler
+                d.cancel()
+
+        if not finished:
+            request.notifyFinish().addBoth(gone)
         d = ensureDeferred(_resume(coroutine, awaited))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished),
                        errbackArgs=(request, finished))
         d.addErrback(lambda failure: log.failure("Unhandled error writing response", failure))
@@ -106,8 +113,7 @@ class RepositoryFastPath(Resource):
 
     def _settled(self, request, body, failure: Failure | None) -> None:
         """The answer of a handler that ran to its end in L{render}: C{body}, or C{failure}."""
-        # finished by the handler itself, or (never while it ran without waiting) the client gone
-        finished = [True] if request.finished or getattr(request, "_disconnected", False) else []
+        finished = _finished(request)
         try:
             if failure is None:
                 self._answer(body, request, finished)
@@ -140,6 +146,11 @@ class RepositoryFastPath(Resource):
             request.write(body)
         if not finished:
             request.finish()
+
+
+def _finished(request) -> list:
+    """C{[True]} if C{request} is finished (by its handler) or its client gone, else C{[]}: L{render}'s C{finished}."""
+    return [True] if request.finished or getattr(request, "_disconnected", False) else []
 
 
 def _resume(coroutine, awaited):

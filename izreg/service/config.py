@@ -220,6 +220,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
 }
 
 LOG_FORMATS = ("text", "json")
+#: the lowest level logged, least severe first: twisted.logger's level names (izreg.service.logs.LEVELS maps them)
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 

@@ -29,8 +29,10 @@ from twisted.logger import (
 )
 from twisted.python import logfile
 
-LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
-          "error": LogLevel.error, "critical": LogLevel.critical}
+from izreg.service.config import LOG_LEVELS
+
+#: each level name of the config ([server] log_level, [edge] log_level) -> twisted's level
+LEVELS = {name: LogLevel.levelWithName(name) for name in LOG_LEVELS}
 #: keys of legacy (twisted.python.log) events that are not facts worth a JSON field
 _LEGACY = {"message", "format", "isError", "system", "time", "why", "failure", "printed"}
 #: keys that only carry an event's preformatted text (its message): not written as fields of their own

@@ -64,3 +64,17 @@ def test_unknown_keys_are_errors():
 def test_sizes():
     assert [parse_size(s) for s in ("1000", "1kB", "1KiB", "1.5GB", "2G", 7)] == [1000, 1000, 1024, 1_500_000_000, 2 * 10**9, 7]
     assert EdgeConfig().cache_size == 20 * 1000**3
+
+
+def test_the_log_level_help_and_check_name_the_levels_the_logs_know(capsys):
+    from izreg.edge.service import EdgeOptions
+    from izreg.service.config import LOG_LEVELS
+    from izreg.service.logs import LEVELS
+
+    assert tuple(LEVELS) == LOG_LEVELS  # one list: the config's names are the log filter's
+    with pytest.raises(SystemExit):
+        EdgeOptions().parseOptions(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--log-level= {', '.join(LOG_LEVELS)}: the lowest level logged (default: info)" in help_text
+    with pytest.raises(ConfigError, match=", ".join(LOG_LEVELS)):
+        load(None, dict(REQUIRED, log_level="loud"))

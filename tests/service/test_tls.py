@@ -243,6 +243,36 @@ async def test_tls_1_1_is_refused(server, certs):
     assert code == 0 and "Protocol  : TLSv1.2" in out, err
 
 
+@needs_tools
+@pytest_twisted.ensureDeferred
+async def test_suites_in_the_servers_order_chacha_for_clients_that_prefer_it(server):
+    """
+    TLS 1.3 and 1.2: AES-128-GCM whatever order a client with AES lists the suites in
+    (the server's order), ChaCha20-Poly1305 for a client that lists it first (one without
+    AES instructions), AES-256-GCM when a client offers nothing else.
+    """
+    port, _, _ = server
+
+    async def suite(*flags: str) -> str:
+        code, out, err = await run(OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", *flags)
+        assert code == 0, err
+        suites = [line.rsplit(" ", 1)[1] for line in out.splitlines() if ", Cipher is " in line]  # "New, TLSv1.3, Cipher is X"
+        assert suites, out
+        return suites[0]
+
+    aes_first = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
+    assert await suite("-tls1_3", "-ciphersuites", aes_first) == "TLS_AES_128_GCM_SHA256"
+    chacha_first = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+    assert await suite("-tls1_3", "-ciphersuites", chacha_first) == "TLS_CHACHA20_POLY1305_SHA256"
+    assert await suite("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"
+    assert await suite("-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:"
+                       "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256") in (
+        "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert await suite("-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-CHACHA20-POLY1305:"
+                       "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") in (
+        "ECDHE-RSA-CHACHA20-POLY1305", "ECDHE-ECDSA-CHACHA20-POLY1305")
+
+
 def _abandon_and_garble(port: int) -> bytes:
     """
     (In a thread.) A real ClientHello, then a reset before the server has

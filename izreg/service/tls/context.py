@@ -28,12 +28,21 @@ def tls_refusals() -> RefusalLog:
     return RefusalLog(log, "TLS client certificates")
 
 
-#: TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all fine and left at OpenSSL's default)
+#: TLS 1.2 suites: forward secrecy and AEAD only, AES-128-GCM first
 CIPHERS_TLS12 = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+
+#: TLS 1.3 suites in the server's order: all three are AEAD with forward secrecy; AES-128-GCM first
+#: (RFC 8446's mandatory suite, Go's and Mozilla's first choice, ~20 % cheaper per byte than
+#: AES-256-GCM for the server and the device alike), OpenSSL's default puts AES-256-GCM first
+CIPHERS_TLS13 = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
+
+#: SSL_OP_PRIORITIZE_CHACHA (ssl.h; pyOpenSSL does not name it): with the server's order, a client
+#: that lists ChaCha20-Poly1305 first (one without AES instructions: many ARM gateways) gets it
+OP_PRIORITIZE_CHACHA = 0x00200000
 
 #: seconds a session ticket may resume a session (OpenSSL's default for TLS 1.3 is 2 hours)
 TICKET_LIFETIME = 2 * 3600
@@ -101,9 +110,10 @@ def build_context(material: TLSMaterial, refusals: RefusalLog | None = None, sen
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-        | SSL.OP_SINGLE_ECDH_USE
+        | SSL.OP_SINGLE_ECDH_USE | OP_PRIORITIZE_CHACHA
     )
     ctx.set_cipher_list(CIPHERS_TLS12.encode("ascii"))
+    ctx.set_tls13_ciphersuites(CIPHERS_TLS13)
     _set_groups(ctx)
     # one SSL_write seals a whole large write (izreg.service.fasttls)
     ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
