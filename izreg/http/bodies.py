@@ -339,6 +339,26 @@ class RegistryChannel(http.HTTPChannel):
     _secure = None
     _read_closed = False  # the client half-closed (L{readConnectionLost})
 
+    _host = _peer = None  # the connection's addresses (L{getHost}, L{getPeer})
+
+    def getHost(self):
+        """
+        The local address, asked once a connection: every request asks
+        (C{Request.__init__}), and TCP's C{getHost} calls getsockname(2) and
+        makes a new address each time.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def getPeer(self):
+        """The client's address, made once a connection (a new address object every request otherwise)."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
     def isSecure(self) -> bool:
         """Whether the transport is TLS: asked a few times a request (Klein), adapted once a connection."""
         secure = self._secure

@@ -240,3 +240,29 @@ async def test_a_repository_answer_has_twisted_webs_headers_in_its_order(server)
         assert values[b"Server"] == version
         sent = email.utils.parsedate_to_datetime(values[b"Date"].decode()).timestamp()
         assert time.time() - 2 <= sent <= time.time()
+
+
+def test_a_connection_asks_its_addresses_once():
+    """Every request asks its channel for both addresses; TCP's getHost is a getsockname(2) each time."""
+    from twisted.internet.testing import StringTransport
+
+    from izreg.http.bodies import RegistryChannel
+
+    class Counting(StringTransport):
+        asked = 0
+
+        def getHost(self):
+            self.asked += 1
+            return super().getHost()
+
+        def getPeer(self):
+            self.asked += 1
+            return super().getPeer()
+
+    transport = Counting()
+    channel = RegistryChannel()
+    channel.transport = transport
+    hosts = {id(channel.getHost()) for _ in range(3)}
+    peers = {id(channel.getPeer()) for _ in range(3)}
+    assert len(hosts) == len(peers) == 1 and transport.asked == 2
+    assert channel.getHost() == transport.getHost() and channel.getPeer() == transport.getPeer()
