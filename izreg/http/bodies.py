@@ -42,7 +42,7 @@ from zope.interface import implementer
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import as_registry_error, render_error
-from izreg.http.internals import chunked_decoder
+from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -56,9 +56,6 @@ log = Logger()
 # read once: twisted.web.http is a deprecation proxy, each attribute read through it costs ~2 us
 _GenericHTTPChannelProtocol = http._GenericHTTPChannelProtocol  # a channel per connection
 _ChunkedTransferDecoder = http._ChunkedTransferDecoder
-_datetimeToString = http.datetimeToString
-_IEncodingResource = resource._IEncodingResource
-_unquote = server.unquote
 
 
 class _HTTPDate:
@@ -71,7 +68,7 @@ class _HTTPDate:
     def __call__(self) -> bytes:
         second = int(self.clock())
         if second != self.second:
-            self.second, self.text = second, _datetimeToString(second)
+            self.second, self.text = second, http.datetimeToString(second)
         return self.text
 
 
@@ -300,16 +297,20 @@ class RegistryRequest(server.Request):
         """
         C{twisted.web.server.Request.process} (the same headers, in the same
         order, the same resource lookup), with the ``Date`` from L{http_date}:
-        C{datetimeToString} formats the time anew on every request.
+        C{datetimeToString} formats the time anew on every request. Twisted's
+        own if this Twisted's C{process} is not the one copied here
+        (L{izreg.http.internals.PROCESS_NEEDS}).
         """
+        if not copied_process():
+            return server.Request.process(self)
         self.site = self.channel.site
         self.setHeader(b"Server", server.version)
         self.setHeader(b"Date", http_date())
         self.prepath = []
-        self.postpath = list(map(_unquote, self.path[1:].split(b"/")))
+        self.postpath = list(map(server.unquote, self.path[1:].split(b"/")))
         try:
             found = self.site.getResourceFor(self)
-            if _IEncodingResource.providedBy(found):
+            if resource._IEncodingResource.providedBy(found):
                 encoder = found.getEncoder(self)
                 if encoder is not None:
                     self._encoder = encoder
