@@ -5,6 +5,14 @@ Repository names, tags and references.
 Every repository lives in an account's namespace: ``<account_id>/<path>``
 where the account id is 32 lowercase hex characters. This is a strict subset
 of the distribution spec's name grammar (no ``__`` or ``--`` separators).
+
+A name the spec's grammar allows but izreg does not hold (``app``,
+``library/ubuntu``, ``<account>/a__b``) is L{OutsideNamespaces}: to a
+caller that is not yet known it is a C{NAME_INVALID} like any bad name,
+but the HTTP layer answers it, once the caller is authenticated, with the
+C{DENIED} of L{OutsideNamespaces.denied} (what a key gets for another
+account's repository). Clients give up at once on C{DENIED}; on
+C{NAME_INVALID} docker retries a push for about 50 s.
 """
 
 from __future__ import annotations
@@ -18,6 +26,11 @@ from izreg.core.errors import ErrorCode, RegistryError
 
 _COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
 NAME_RE = re.compile(rf"^(?P<account>[a-f0-9]{{32}})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)\Z")
+#: the distribution spec's grammar of a repository name (any registry's): separators ".", "_", "__" or "-"s
+_SPEC_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+SPEC_NAME_RE = re.compile(rf"{_SPEC_COMPONENT}(?:/{_SPEC_COMPONENT})*\Z")
+#: what NAME_INVALID (and the refusal of a name outside the namespaces) says the form is
+EXPECTED = "<account_id: 32 hex>/<name>[/<name>...]"
 TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
 ACCOUNT_RE = re.compile(r"^[a-f0-9]{32}\Z")  # \Z, not $: "$" also matches before a final newline
 
@@ -44,15 +57,55 @@ class Repository:
 
     @classmethod
     def parse(cls, text: str) -> "Repository":
+        """
+        @raise OutsideNamespaces: a name of the spec's grammar that is not an account's.
+        @raise RegistryError: C{NAME_INVALID}, any other invalid name.
+        """
         if len(text) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(text):
-            raise RegistryError(
+            error = OutsideNamespaces if len(text) <= MAX_NAME_LENGTH and SPEC_NAME_RE.fullmatch(text) else RegistryError
+            raise error(
                 ErrorCode.NAME_INVALID,
-                {"name": text[:300], "expected": "<account_id: 32 hex>/<name>[/<name>...]"},
+                {"name": text[:300], "expected": EXPECTED},
                 # clients print the message only (docker: "name invalid: ..."), so it says the form too
                 "invalid repository name: expected <account id: 32 lowercase hex>/<name>,"
                 " as in 0123456789abcdef0123456789abcdef/app",
             )
         return cls(text)
+
+
+class OutsideNamespaces(RegistryError):
+    """
+    A C{NAME_INVALID} for a name the distribution spec allows but that is in
+    no account's namespace. L{denied} is the answer to an authenticated caller.
+
+    @ivar endpoint: the route's endpoint (L{izreg.core.routes}), when the name
+        came from a request path.
+    """
+
+    endpoint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.detail["name"]
+
+    def denied(self, account: str) -> RegistryError:
+        """
+        The C{DENIED} (403) for a caller of C{account}: the form, and their own
+        account id (clients print the message only: docker says "denied: ...").
+        """
+        name = self.name
+        if NAME_RE.fullmatch(f"{account}/{name}") and len(account) + 1 + len(name) <= MAX_NAME_LENGTH:
+            fix = f"; your account id is {account}: use {account}/{name}"
+        elif re.match(r"[a-f0-9]{32}/", name):  # an account's form, with separators izreg does not take
+            fix = ('; a part of a name is lowercase letters and digits, separated by one ".", "_" or "-"'
+                   ' (never "__" or "--")')
+        else:
+            fix = f"; your account id is {account}"
+        return RegistryError(
+            ErrorCode.DENIED,
+            {"name": name, "expected": EXPECTED, "account": account},
+            f"repository names are <account id>/<name>{fix}",
+        )
 
 
 def parse_account(text: str) -> str:

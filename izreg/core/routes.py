@@ -5,7 +5,9 @@ Splitting a ``/v2/`` path into repository name and endpoint (pure).
 A repository name may itself contain ``manifests`` or ``blobs`` as path
 components, so the name is matched greedily: the endpoint is the last
 suffix that fits. A path that fits an endpoint but whose name is invalid
-is a C{NAME_INVALID}, not a 404.
+is a C{NAME_INVALID}, not a 404; when the name is one of the spec's grammar
+outside every account (L{OutsideNamespaces}), the error names the endpoint,
+so that the caller can be authenticated before it is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.names import Repository
+from izreg.core.names import OutsideNamespaces, Repository
 
 _ROUTE = re.compile(
     r"^(?P<name>.+)/(?:"
@@ -50,7 +52,15 @@ def match(path: str) -> Route:
     m = _ROUTE.fullmatch(path)
     if m is None:
         raise RegistryError(ErrorCode.NOT_FOUND, {"path": path[:300]})
-    repository = Repository.parse(m.group("name"))
+    try:
+        repository = Repository.parse(m.group("name"))
+    except OutsideNamespaces as e:
+        e.endpoint = _route(m, None).endpoint
+        raise
+    return _route(m, repository)
+
+
+def _route(m: re.Match, repository: Repository | None) -> Route:
     if m.group("manifests"):
         return Route(MANIFEST, repository, m.group("reference"))
     if m.group("uploads"):

@@ -42,7 +42,7 @@ from izreg.core import mediatypes as mt
 from izreg.core import routes
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.names import parse_reference
+from izreg.core.names import OutsideNamespaces, parse_reference
 from izreg.core.ranges import parse_range
 from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
@@ -146,7 +146,10 @@ class EdgeAPI:
                 f" directly ({self.upstream.url})", headers={"Allow": "GET, HEAD"})
         if rest == "_catalog":
             return await self.relay(request)
-        route = routes.match(rest)
+        try:
+            route = routes.match(rest)
+        except OutsideNamespaces:  # containers.local:8080/app:v1: the registry tells the gateway's account (403)
+            return await self.relay(request)
         if route.endpoint == routes.MANIFEST:
             return await self.manifest(request, route)
         if route.endpoint == routes.BLOB:

@@ -11,14 +11,18 @@ certificate. TLS 1.2 at least.
 Any failure before the response headers arrive (connection refused, a TLS
 failure, a connect timeout, no answer within the response timeout) is
 L{Unreachable}: the edge then answers from its cache. Every HTTP answer,
-401 and 403 included, is a response: the edge passes it on.
+401 and 403 included, is a response: the edge passes it on. An
+L{Unreachable} says why in one sentence (L{izreg.edge.unreachable}); the
+raw error is logged, once per outage.
 """
 
 from __future__ import annotations
 
+import datetime
+
 from OpenSSL import crypto
 from twisted.internet import defer, protocol, ssl
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
@@ -26,6 +30,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from treq.client import HTTPClient
 from zope.interface import implementer
 
+from izreg.edge.unreachable import Setting, explain
 from izreg.service.tls import load_certificates
 
 log = Logger()
@@ -54,6 +59,10 @@ class MutualTLSPolicy:
     """Client TLS for every upstream connection: verified server, our device certificate."""
 
     def __init__(self, device_cert: str, device_key: str, upstream_ca: str | None) -> None:
+        self.device_cert, self.upstream_ca = device_cert, upstream_ca
+        #: the newest TLS connection (one, replaced by the next): what the registry presented, also after
+        #: a failed verification, names what failed (L{presented})
+        self._newest = None
         chain = load_certificates(device_cert, "device certificate")
         with open(device_key, "rb") as f:
             key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
@@ -66,10 +75,28 @@ class MutualTLSPolicy:
             self.trust = ssl.platformTrust()
 
     def creatorForNetloc(self, hostname: bytes, port: int):
-        return ssl.optionsForClientTLS(
+        return _Watched(ssl.optionsForClientTLS(
             hostname.decode("ascii"), trustRoot=self.trust, clientCertificate=self.client,
             extraCertificateOptions={"extraCertChain": self.extra_chain,
-                                     "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+                                     "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
+
+    def presented(self) -> list:
+        """The certificates the registry presented on the newest connection (leaf first; none if unknown)."""
+        chain = self._newest.get_peer_cert_chain() if self._newest is not None else None
+        return [cert.to_cryptography() for cert in chain or ()]
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Watched:
+    """Twisted's client TLS options (verification included, unchanged), noting each connection on the policy."""
+
+    def __init__(self, creator, policy: MutualTLSPolicy) -> None:
+        self.creator, self.policy = creator, policy
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        connection = self.creator.clientConnectionForTLS(tlsProtocol)
+        self.policy._newest = connection
+        return connection
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -87,6 +114,11 @@ class Upstream:
                  response_timeout: float) -> None:
         self.reactor = reactor
         self.url = url.rstrip("/")
+        # any IPolicyForHTTPS will do (tests give Twisted's own); a MutualTLSPolicy also says what the TLS
+        # failures were about (L{izreg.edge.unreachable})
+        self.presented = getattr(policy, "presented", list)
+        self.setting = Setting(self.url, getattr(policy, "upstream_ca", None), getattr(policy, "device_cert", "?"),
+                               connect_timeout)
         self.response_timeout = response_timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
@@ -109,8 +141,9 @@ class Upstream:
         except defer.CancelledError:
             raise
         except Exception as e:
-            reason = _describe(e)
-            self._unreachable(reason)
+            now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+            reason = explain(e, self.setting, self.presented(), now)
+            self._unreachable(reason, _describe(e))
             raise Unreachable(reason) from None
         if self.unreachable is not None:
             log.info("the registry {url} answers again", url=self.url)
@@ -122,13 +155,12 @@ class Upstream:
             self.denied = False
         return response
 
-    def _unreachable(self, reason: str) -> None:
+    def _unreachable(self, reason: str, raw: str) -> None:
         """One log line when the registry stops answering, or fails otherwise (not one per request)."""
         if reason == self.unreachable:
             return
         self.unreachable = reason
-        hint = " (is --upstream-ca the CA of the registry's certificate?)" if "verify failed" in reason else ""
-        log.warn("the registry {url} is unreachable: {reason}{hint}", url=self.url, reason=reason, hint=hint)
+        log.warn("the registry {url} is unreachable: {reason} ({raw})", url=self.url, reason=reason, raw=raw)
 
     def first_offline(self, what: str) -> bool:
         """

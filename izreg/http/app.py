@@ -122,6 +122,8 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
             principal = self.guard.authorize(request, target.endpoint.access, target.repository)
 
         def known(principal):
+            if target.outside is not None:
+                raise _outside(request, target, principal)
             request.principal = principal
             return principal
 
@@ -220,6 +222,23 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
                 break  # else it waits again (a chunk taking over from a gone holder, izreg.http.uploadholder)
         self._check_push(target)
         return await getattr(self, target.endpoint.handler)(request, target.route)
+
+
+def _outside(request, target: Target, principal) -> RegistryError:
+    """
+    The answer to an authenticated caller about a name in no account
+    (L{izreg.core.names.OutsideNamespaces}): DENIED, with the form and the
+    caller's account id. But a blob C{HEAD} has no body to carry that
+    message: there it is "not there" (true: no repository of that name
+    holds anything), so that skopeo, podman and docker go on to start the
+    upload and are refused with the message, not with a bare "403 (Forbidden)".
+    """
+    outside = target.outside
+    if principal is None:  # no caller (an open guard): as any bad name
+        return outside
+    if request.method == b"HEAD" and outside.endpoint == routes.BLOB:
+        return RegistryError(ErrorCode.BLOB_UNKNOWN, {"name": outside.name})
+    return outside.denied(principal.account)
 
 
 class _browse_challenge:

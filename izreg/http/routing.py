@@ -40,6 +40,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from izreg.auth.runners import settled, then
 from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import OutsideNamespaces
 from izreg.http.accesslog import note_route
 
 
@@ -83,6 +84,8 @@ class Target:
     repository: Any = None
     route: routes.Route | None = None
     kwargs: dict = field(default_factory=dict)
+    #: a name outside every account: refused (DENIED) once the caller is authenticated, never handled
+    outside: OutsideNamespaces | None = None
 
 
 class RouteTable:
@@ -170,11 +173,18 @@ class RouteTable:
         """
         if rest == "_catalog":
             raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": "GET"})
-        route = routes.match(rest)
+        try:
+            route = routes.match(rest)
+        except OutsideNamespaces as e:
+            # a name of the spec's grammar in no account (HOST/app:v1): the caller first, then DENIED
+            return Target(self._endpoint(e.endpoint, method), outside=e)
         if request is not None:
             note_route(request, route)
-        endpoint = self.repository_routes.get((route.endpoint, method.upper()))
-        if endpoint is None:
-            allowed = ", ".join(m for (e, m) in self.repository_routes if e == route.endpoint)
+        return Target(self._endpoint(route.endpoint, method), route.repository, route)
+
+    def _endpoint(self, endpoint: str, method: str) -> Endpoint:
+        found = self.repository_routes.get((endpoint, method.upper()))
+        if found is None:
+            allowed = ", ".join(m for (e, m) in self.repository_routes if e == endpoint)
             raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": allowed})
-        return Target(endpoint, route.repository, route)
+        return found

@@ -52,8 +52,8 @@ class BodySinks(Handlers):
             return BoundedBuffer(0)
         target = self.table.resolve(method.decode("ascii", "replace").upper(), uri, request)
         authorized = self.authorize(request, target)
-        if target.endpoint.body is Body.UPLOAD and target.route.endpoint == routes.UPLOAD \
-                and not self.registry.reads_inline:
+        if target.endpoint.body is Body.UPLOAD and target.route is not None and target.route.endpoint == routes.UPLOAD \
+                and not self.registry.reads_inline:  # (no route: a name outside the accounts, refused)
             # a chunk, on a shared index: its session is read off the reactor, once the caller is known
             authorized = then(authorized, lambda principal: self._find_session(request, target, principal))
             setattr(request, BODY_READY, authorized)  # the handler waits for the sink (L{dispatch})

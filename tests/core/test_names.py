@@ -6,7 +6,8 @@ import pytest
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.names import MAX_NAME_LENGTH, Repository, parse_account, parse_reference, parse_tag
+from izreg.core.names import (MAX_NAME_LENGTH, OutsideNamespaces, Repository, parse_account, parse_reference,
+                              parse_tag)
 
 ACCT = "0123456789abcdef0123456789abcdef"
 H64 = "0123456789abcdef" * 4
@@ -99,6 +100,46 @@ def test_repository_invalid(text):
     assert info.value.detail["name"] == text[:300]
     # clients show the message alone: it names the expected form
     assert "<account id: 32 lowercase hex>/<name>" in info.value.message
+
+
+OTHER = "fedcba9876543210fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    "text, fix",
+    [
+        # of the spec's grammar, in no account: DENIED (once the caller is known) says what to use
+        ("app", f"; your account id is {OTHER}: use {OTHER}/app"),
+        ("library/ubuntu", f"; your account id is {OTHER}: use {OTHER}/library/ubuntu"),
+        (ACCT, f"; your account id is {OTHER}: use {OTHER}/{ACCT}"),  # an account id alone
+        (f"{ACCT[:31]}/a", f"; your account id is {OTHER}: use {OTHER}/{ACCT[:31]}/a"),
+        ("x-y.z_w/v", f"; your account id is {OTHER}: use {OTHER}/x-y.z_w/v"),
+        # an account's form, with separators the spec allows and izreg does not
+        (f"{ACCT}/a__b", '; a part of a name is lowercase letters and digits, separated by one ".", "_" or "-"'
+                         ' (never "__" or "--")'),
+        (f"{ACCT}/a---b", '; a part of a name is lowercase letters and digits, separated by one ".", "_" or "-"'
+                          ' (never "__" or "--")'),
+        # too long once the account is put in front: the form and the account id, no suggestion
+        ("a" * 230, f"; your account id is {OTHER}"),
+    ],
+)
+def test_a_name_of_the_spec_outside_every_account(text, fix):
+    with pytest.raises(OutsideNamespaces) as info:
+        Repository.parse(text)
+    assert info.value.code is ErrorCode.NAME_INVALID  # to whoever does not ask: as any bad name
+    denied = info.value.denied(OTHER)
+    assert denied.code is ErrorCode.DENIED and denied.code.status == 403
+    assert denied.message == "repository names are <account id>/<name>" + fix
+    assert denied.detail == {"name": text, "expected": "<account_id: 32 hex>/<name>[/<name>...]", "account": OTHER}
+
+
+@pytest.mark.parametrize("text", ["App", "a___b", "-a", "a-", "a//b", "a/", "é", "a b", "a" * 256, long_name(256),
+                                  f"{ACCT}/a\n"])
+def test_a_name_not_of_the_spec_is_not_outside_but_invalid(text):
+    with pytest.raises(RegistryError) as info:
+        Repository.parse(text)
+    assert not isinstance(info.value, OutsideNamespaces)
+    assert info.value.code is ErrorCode.NAME_INVALID
 
 
 def test_repository_length_boundary():

@@ -6,6 +6,7 @@ import pytest
 
 from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.names import OutsideNamespaces
 
 A = "0123456789abcdef0123456789abcdef"
 DIG = "sha256:" + "ab" * 32
@@ -101,3 +102,24 @@ def test_not_found(path):
 def test_longest_valid_name():
     name = f"{A}/{'a' * 222}"
     assert routes.match(f"{name}/tags/list").repository.name == name
+
+
+@pytest.mark.parametrize(
+    "path, endpoint",
+    [
+        ("app/manifests/v1", routes.MANIFEST),
+        ("library/ubuntu/blobs/" + DIG, routes.BLOB),
+        ("app/blobs/uploads/", routes.UPLOADS),
+        ("app/blobs/uploads/0f0f", routes.UPLOAD),
+        ("app/tags/list", routes.TAGS),
+        ("app/referrers/" + DIG, routes.REFERRERS),
+        ("app/_izreg/manifests", routes.BROWSE),
+        (f"{A}/a__b/manifests/v1", routes.MANIFEST),
+    ],
+)
+def test_a_name_outside_every_account_names_its_endpoint(path, endpoint):
+    """So the router can authenticate the caller first and answer DENIED (izreg.http.routing)."""
+    with pytest.raises(OutsideNamespaces) as info:
+        routes.match(path)
+    assert info.value.code is ErrorCode.NAME_INVALID
+    assert info.value.endpoint == endpoint

@@ -3,12 +3,15 @@ The seed's own commands with the real Docker engine (dockerd + the Debian
 docker CLI) and containerd's ``ctr``: login (``-p`` and
 ``--password-stdin``), build, push, rmi, pull, logout; a wrong key, another
 account's key and a read-only key refused with the registry's message;
-``ctr images pull --user KEY:<key>`` as a Kubernetes node does.
+``ctr images pull --user KEY:<key>`` as a Kubernetes node does; a name
+without the account (``docker push HOST/app:v1``) refused at once, with the
+form and the caller's account id.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 
@@ -120,15 +123,67 @@ def _read_only_key(registry, account: str) -> tuple[str, str]:
     return account, f"KEY:{key}"
 
 
-def test_ctr_pulls_with_user_key(engine, registry, new_repo, tmp_path):
-    """What a Kubernetes node does: containerd pulls with the key as its credentials."""
-    ref = f"{registry.host}/{new_repo('k8s')}:v1"
+def _pulled_by_ctr(engine, registry, tmp_path, ref: str) -> tuple[str, object]:
+    """C{ref} built and pushed with docker, then pulled by ctr into a namespace of its own: (namespace, the pull)."""
     ok(engine.docker("login", registry.host, "-u", "KEY", "--password-stdin", input=key_of(registry.creds)))
     build(engine, tmp_path, ref)
     ok(engine.docker("push", ref))
     namespace = "izreg-" + secrets.token_hex(3)
-    pulled = ok(engine.ctr("-n", namespace, "images", "pull", "--plain-http", "--user", registry.creds, ref))
+    return namespace, ok(engine.ctr("-n", namespace, "images", "pull", "--plain-http", "--user", registry.creds, ref))
+
+
+def test_ctr_pulls_with_user_key(engine, registry, new_repo, tmp_path):
+    """What a Kubernetes node does: containerd pulls with the key as its credentials."""
+    ref = f"{registry.host}/{new_repo('k8s')}:v1"
+    namespace, pulled = _pulled_by_ctr(engine, registry, tmp_path, ref)
     assert "done" in pulled.stdout or ref in pulled.stdout
     listed = ok(engine.ctr("-n", namespace, "images", "ls", "-q")).stdout.split()
     assert ref in listed
     refused(engine.ctr("-n", namespace, "images", "pull", "--plain-http", "--user", "KEY:izr_0_bad", ref))
+
+
+#: what a refusal of a name without the account must take at most (docker retried NAME_INVALID for about 50 s)
+FAST = 10.0
+
+
+def _timed(run):
+    started = time.monotonic()
+    proc = run()
+    return proc, time.monotonic() - started
+
+
+def test_a_name_without_the_account_is_refused_at_once_with_the_form(engine, registry, tmp_path):
+    """
+    docker retries a push on every error but a few final ones (UNAUTHORIZED,
+    DENIED, UNSUPPORTED, TOOMANYREQUESTS, NAME_UNKNOWN: moby's retryOnError);
+    on NAME_INVALID it retried 5 times and said "name invalid" after about
+    50 s. A valid name outside the caller's account is DENIED: at once.
+    """
+    account = registry.account
+    ok(engine.docker("login", registry.host, "-u", "KEY", "--password-stdin", input=key_of(registry.creds)))
+    name = "app" + secrets.token_hex(3)
+    ref = f"{registry.host}/{name}:v1"
+    build(engine, tmp_path, ref)
+    proc, took = _timed(lambda: engine.docker("push", ref))
+    refused(proc, "denied", "<account id>/<name>", f"{account}/{name}")
+    assert took < FAST, f"docker push took {took:.1f}s to fail:\n{proc.stdout}\n{proc.stderr}"
+    proc, took = _timed(lambda: engine.docker("pull", ref))
+    refused(proc, "<account id>/<name>", f"{account}/{name}")
+    assert took < FAST, f"docker pull took {took:.1f}s to fail"
+    ok(engine.docker("rmi", ref))
+
+
+def test_ctr_is_refused_at_once_for_a_name_without_the_account(engine, registry, new_repo, tmp_path):
+    """containerd prints the status only ("403 Forbidden"), at once; it was "400 Bad Request", at once too."""
+    ref = f"{registry.host}/{new_repo('ctr')}:v1"
+    namespace, _ = _pulled_by_ctr(engine, registry, tmp_path, ref)
+    bare = f"{registry.host}/ctr{secrets.token_hex(3)}:v1"
+    ok(engine.ctr("-n", namespace, "images", "tag", ref, bare))
+    proc, took = _timed(lambda: engine.ctr("-n", namespace, "images", "push", "--plain-http",
+                                           "--user", registry.creds, bare))
+    refused(proc, "403")
+    assert took < FAST, f"ctr push took {took:.1f}s to fail"
+    proc, took = _timed(lambda: engine.ctr("-n", namespace, "images", "pull", "--plain-http",
+                                           "--user", registry.creds, bare))
+    refused(proc, "403")
+    assert took < FAST, f"ctr pull took {took:.1f}s to fail"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -178,3 +179,17 @@ def test_manifest_without_media_type_field(registry, oras, client, new_repo, tmp
     with open(files[0], "rb") as f:
         assert f.read() == chart["chart"]
     assert oras.get_tags(target) == ["0.1.0"]
+
+
+def test_a_name_without_the_account_is_refused_with_the_form(registry, oras, tmp_path, izreg_only):
+    """oras (what helm push uses underneath) pushes HOST/chart:0.1.0: one 403 with the form, no retries."""
+    account = registry.account
+    chart = make_chart(tmp_path / "chart")
+    name = "chart" + os.urandom(3).hex()
+    started = time.monotonic()
+    with pytest.raises(ValueError) as info:  # oras-py: "Issue retrieving session url: {'errors': [...]}"
+        push_chart(oras, registry, name, "0.1.0", chart)
+    took = time.monotonic() - started
+    assert f"repository names are <account id>/<name>; your account id is {account}: use {account}/{name}" \
+        in str(info.value), repr(info.value)
+    assert took < 10

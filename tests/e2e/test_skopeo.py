@@ -1,7 +1,8 @@
 """
 skopeo (containers/image) against a real izreg process: push an OCI layout,
 pull it back to ``oci:`` and ``dir:``, Docker schema2 conversion, inspect,
-list-tags, a cross-repository copy (blob mount) and delete.
+list-tags, a cross-repository copy (blob mount) and delete; a name without
+the account refused at once with the form and the caller's account id.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import ssl
+import subprocess
+import tempfile
+import time
 
 import pytest
 
@@ -241,3 +246,61 @@ def test_multi_platform_index(registry, skopeo, client, new_repo, tmp_path):
     for image in src["images"]:
         for digest, data in image["blobs"].items():
             assert read_layout_blob(out_all, digest) == data
+
+
+def test_a_name_without_the_account_is_refused_at_once_with_the_form(registry, source, skopeo, izreg_only):
+    """
+    403 DENIED (after authentication) is final for containers/image. A copy
+    checks the blobs first (HEAD: no body, so "not there") and is refused
+    with the registry's message when it starts the upload; inspect prints
+    the message; list-tags prints only the status (it ignores the body).
+    """
+    account = registry.account
+    name = "app" + secrets.token_hex(3)
+    message = ("denied: repository names are <account id>/<name>; your account id is"
+               f" {account}: use {account}/{name}")
+    for run, says in ((lambda: skopeo.copy(f"oci:{source['path']}:v1", skopeo.ref(name, "v1"), check=False), message),
+                      (lambda: skopeo.inspect(skopeo.ref(name, "v1"), check=False), message),
+                      (lambda: skopeo.list_tags(name, check=False), "403 (Forbidden)")):
+        started = time.monotonic()
+        proc = run()
+        took = time.monotonic() - started
+        assert proc.returncode != 0, proc.stdout
+        assert says in proc.stderr, proc.stderr
+        assert took < 10, f"{proc.args}: {took:.1f}s to fail"
+
+
+PODMAN = shutil.which("podman")
+
+
+@pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
+def test_podman_push_of_a_name_without_the_account_is_refused_with_the_form(registry, pushed, tmp_path, izreg_only):
+    """podman (containers/image, like skopeo) pushes HOST/app:v1: refused when it starts the upload, with the form."""
+    account = registry.account
+    runroot = tempfile.mkdtemp(prefix="izreg-podman-")  # podman refuses a runroot of more than 50 characters
+    storage = [PODMAN, "--storage-driver", "vfs", "--root", str(tmp_path / "root"), "--runroot", runroot,
+               "--events-backend", "file"]
+    try:
+        _podman_push_outside(registry, pushed, account, storage)
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
+def _podman_push_outside(registry, pushed, account: str, storage: list[str]) -> None:
+    creds = ["--tls-verify=false", "--creds", registry.creds]
+
+    def podman(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*storage, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    source = f"{registry.host}/{pushed['repo']}:v1"
+    pulled = podman("pull", *creds, source)
+    assert pulled.returncode == 0, pulled.stderr
+    name = "app" + secrets.token_hex(3)
+    assert podman("tag", source, f"{registry.host}/{name}:v1").returncode == 0
+    started = time.monotonic()
+    proc = podman("push", *creds, f"{registry.host}/{name}:v1")
+    took = time.monotonic() - started
+    assert proc.returncode != 0, proc.stdout
+    assert f"denied: repository names are <account id>/<name>; your account id is {account}: use {account}/{name}" \
+        in proc.stderr, proc.stderr
+    assert took < 10, f"podman push took {took:.1f}s to fail:\n{proc.stderr}"

@@ -8,6 +8,8 @@ Uses the shared C{docker_engine} fixture (tests/helpers/dockerd.py).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = [pytest.mark.edge, pytest.mark.docker]
@@ -37,3 +39,12 @@ def test_docker_and_ctr_pull_through_the_edge(stack, engine):
     for digest, data in image["blobs"].items():
         content = engine.ctr("-n", namespace, "content", "get", digest, text=False)
         assert content.returncode == 0 and content.stdout == data, digest
+
+
+def test_docker_pull_of_a_name_without_the_account_says_the_gateways_account(stack, engine):
+    """docker pull containers.local:8080/app:v1 on a gateway: at once, the form and the account to put in front."""
+    started = time.monotonic()
+    pulled = engine.docker("pull", f"{stack.edge.host}/app:v1")
+    assert pulled.returncode != 0
+    assert f"your account id is {stack.account}: use {stack.account}/app" in pulled.stderr, pulled.stderr
+    assert time.monotonic() - started < 10

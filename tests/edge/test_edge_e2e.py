@@ -106,6 +106,16 @@ def test_unknown_content_passes_the_registrys_404(stack):
         assert r.content == direct.content
 
 
+def test_a_name_without_the_account_gets_the_registrys_denied_with_the_gateways_account(stack):
+    """containers.local:8080/app:v1: the registry's 403, which names the form and the gateway's own account."""
+    for path in ("/v2/app/manifests/v1", "/v2/library/app/tags/list"):
+        r = get(stack.edge, path, headers={"Accept": OCI})
+        assert (r.status_code, error_code(r)) == (403, "DENIED"), r.text
+        assert f"your account id is {stack.account}: use {stack.account}/" in r.json()["errors"][0]["message"]
+    r = get(stack.edge, "/v2/App/manifests/v1")  # not a name at all: the edge's own 400
+    assert (r.status_code, error_code(r)) == (400, "NAME_INVALID")
+
+
 def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
     repo = stack.repo()
     image = stack.push(repo, seed=13)
@@ -131,8 +141,12 @@ def test_healthz(stack):
     assert r.json()["upstream_unreachable"] is None
 
 
-def test_a_wrong_upstream_ca_is_logged_once_with_a_hint(stack, tmp_path):
-    """An edge that does not trust the registry's certificate says why in its log, once (not per request)."""
+def test_a_wrong_upstream_ca_is_told_in_a_sentence_and_logged_once(stack, tmp_path):
+    """
+    An edge that does not trust the registry's certificate says so in words
+    (503 detail, /healthz), naming the --upstream-ca file; OpenSSL's own
+    reason goes to its log only, once (not per request).
+    """
     from izreg import devcerts
 
     other = devcerts.write_dev_certs(str(tmp_path / "other"), time.time(), stack.account)
@@ -140,15 +154,53 @@ def test_a_wrong_upstream_ca_is_logged_once_with_a_hint(stack, tmp_path):
     edge.start()
     mark = edge.log_mark()
     repo = stack.repo()
+    sentence = f"the registry's certificate is not signed by the CA in --upstream-ca ({other.ca_cert})"
     for _ in range(3):
         r = get(edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
         assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE")
-    edge.wait_for_log(r"the registry https://\S+ is unreachable: .*verify failed.* \(is --upstream-ca the CA", since=mark)
+        assert r.json()["errors"][0]["detail"]["reason"] == sentence
+        assert "SSL routines" not in r.text
+    edge.wait_for_log(rf"the registry https://\S+ is unreachable: {re.escape(sentence)} \(.*certificate verify failed",
+                      since=mark)
     edge.wait_for_log(rf"GET /v2/{repo}/manifests/v1 503 unavailable", since=mark)
     health = get(edge, "/healthz").json()  # the edge is up; why the registry is not, for who watches it
-    assert health["status"] == "ok" and "verify failed" in health["upstream_unreachable"], health
+    assert health["status"] == "ok" and health["upstream_unreachable"] == sentence, health
     edge.close()
     assert edge.log_text().count("is unreachable") == 1, edge.log_tail()
+
+
+def test_an_expired_or_misnamed_registry_certificate_is_told_in_a_sentence(make_stack, tmp_path):
+    """The registry restarted with a server certificate of the right CA, expired, then for another host."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography import x509
+
+    from izreg import devcerts
+
+    s = make_stack()
+    with open(os.path.join(s.certs, "server", "ca.key"), "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(s.certs, "ca.crt"), "rb") as f:
+        ca = devcerts.Issued(key, x509.load_pem_x509_certificate(f.read()))
+    now = time.time()
+    expired = devcerts.make_server_cert(ca, now - 40 * 86400, days=30)
+    misnamed = devcerts.make_server_cert(ca, now, names=("registry.example",))
+    until = expired.cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
+    for issued, sentence in (
+            (expired, f"the registry's certificate expired on {until}"),
+            (misnamed, f"the registry's certificate is not for the host of --upstream ({s.upstream});"
+                       " it names registry.example")):
+        cert, key_file = str(tmp_path / "server.crt"), str(tmp_path / "server.key")
+        devcerts.write_file(cert, devcerts.cert_pem(issued.cert))
+        devcerts.write_file(key_file, devcerts.key_pem(issued.key), 0o600)
+        args = s.registry.extra_args
+        args[args.index("--tls-cert") + 1], args[args.index("--tls-key") + 1] = cert, key_file
+        s.registry.restart()
+        mark = s.edge.log_mark()
+        r = get(s.edge, f"/v2/{s.repo()}/manifests/v1", headers={"Accept": OCI})
+        assert (r.status_code, error_code(r)) == (503, "UNAVAILABLE"), r.text
+        assert r.json()["errors"][0]["detail"]["reason"] == sentence
+        assert get(s.edge, "/healthz").json()["upstream_unreachable"] == sentence
+        s.edge.wait_for_log(rf"is unreachable: {re.escape(sentence)} \(", since=mark)
 
 
 def test_offline_pulls_restart_and_reports(make_stack):

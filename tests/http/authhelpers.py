@@ -89,6 +89,22 @@ def threaded(f, *args):
     return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 
+async def keyed_server(tmp_path, backend: str, request, **config):
+    """
+    A started in-process server and its L{Keys}: on C{backend}
+    ``"postgresql"`` its keys are read off the reactor, as on a node of a
+    cluster (C{request}: the fixture's, for the session's PostgreSQL).
+    C{(server, keys, db)}; close C{db} (if any) after stopping the server.
+    """
+    from tests.http.conftest import start_server
+
+    server = await start_server(tmp_path, **config)
+    if backend != "postgresql":
+        return server, Keys.make(server), None
+    store, _, db = on_postgres(server, request.getfixturevalue("postgres_server"))
+    return server, Keys.make(server, store), db
+
+
 def on_postgres(server: Server, postgres_server=None, db=None):
     """
     Point C{server}'s guard at PostgreSQL (C{db}, or a new database of

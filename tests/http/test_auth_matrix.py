@@ -32,8 +32,8 @@ from tests.http.authhelpers import (
     bearer,
     digest_of,
     error_of,
-    on_postgres,
     image_manifest,
+    keyed_server,
     other_secret,
     push_blob,
     push_blobs_for,
@@ -381,13 +381,8 @@ def expected(endpoint: Endpoint, caller: str) -> tuple[int, str | None]:
 @pytest_twisted.async_yield_fixture(scope="module", params=["lmdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def matrix(request, tmp_path_factory):
     """The matrix's server; on PostgreSQL its keys are read off the reactor, as on a node of a cluster."""
-    server = await start_server(tmp_path_factory.mktemp("matrix"), auth_failure_limit=10**9)
-    db = None
-    if request.param == "postgresql":
-        store, _, db = on_postgres(server, request.getfixturevalue("postgres_server"))
-        keys = Keys.make(server, store)
-    else:
-        keys = Keys.make(server)
+    server, keys, db = await keyed_server(tmp_path_factory.mktemp("matrix"), request.param, request,
+                                          auth_failure_limit=10**9)
     ctx = Ctx(server, keys)
     # B has a repository too, so the catalog must leave something out
     await push_blob(server, f"{keys.b}/own", b"B's own blob", keys.b_key)

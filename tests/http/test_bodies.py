@@ -76,6 +76,8 @@ def _code(body: bytes) -> str:
         ("POST", "/v2/", 405, "UNSUPPORTED"),
         ("PUT", "/v2//x/manifests/v1", 404, "NOT_FOUND"),
         ("PUT", "/v2/NOT-A-NAME/manifests/v1", 400, "NAME_INVALID"),
+        ("PUT", "/v2/app/manifests/v1", 401, "UNAUTHORIZED"),  # a name outside the accounts: the caller first
+        ("POST", "/v2/app/blobs/uploads/", 401, "UNAUTHORIZED"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -94,6 +96,20 @@ async def test_a_key_without_the_right_is_refused_before_the_body(secured, calle
     got, _, body = await answer_before_body(
         secured, put_head(f"/v2/{keys.a}/app/manifests/v1", 4 * MIB, basic(getattr(keys, caller))))
     assert got == status
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/v2/app/manifests/v1"), ("POST", "/v2/library/app/blobs/uploads/"),
+                                          ("PATCH", "/v2/app/blobs/uploads/0f0f")])
+@pytest.mark.parametrize("length", [4 * MIB, None])
+@pytest_twisted.ensureDeferred
+async def test_a_name_outside_the_accounts_is_denied_before_the_body(secured, method, path, length):
+    keys = secured.keys
+    head = put_head(path, length, basic(keys.a_key)).replace(b"PUT ", method.encode() + b" ", 1)
+    got, headers, body = await answer_before_body(secured, head)
+    assert got == 403 and _code(body) == "DENIED"
+    assert keys.a in json.loads(body)["errors"][0]["message"]
+    assert headers["connection"] == "close"
+    assert secured.api.budget.used == 0
 
 
 @pytest_twisted.ensureDeferred
