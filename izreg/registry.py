@@ -323,6 +323,10 @@ class Registry(UploadSessions):
     async def repo_exists(self, repo: Repository) -> bool:
         return await self._read(self.index.repo_exists, repo.name)
 
+    def index_version(self) -> object | None:
+        """L{IMetadataIndex.version}: answers at once, so it is asked here, on the caller's thread."""
+        return self.index.version()
+
     async def tags(self, repo: Repository, limit: int, last: str | None) -> tuple[list[str], bool]:
         if not await self._read(self.index.repo_exists, repo.name):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, {"name": repo.name})

@@ -153,6 +153,8 @@ class Authenticator:
         @raise RegistryError: C{UNAUTHORIZED} with ``WWW-Authenticate``, or
             C{TOOMANYREQUESTS} with ``Retry-After`` (raised, or the Deferred fails with it).
         """
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("latin-1")  # once, not in each step below
         sent_bearer = _sent_bearer(authorization)
         bearer = bearer or sent_bearer
         if not authorization or _anonymous(authorization):

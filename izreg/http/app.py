@@ -35,7 +35,7 @@ from izreg.http.fastpath import RepositoryFastPath, fixed_paths
 from izreg.http.handlers import _arg, _principal
 from izreg.http.clientaddr import client_address
 from izreg.http.limits import BodyBudget
-from izreg.http.listings import ListingRoutes
+from izreg.http.listings import ListingRoutes, TagPages
 from izreg.http.manifests import ManifestRoutes
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.sinks import BODY_READY, BodySinks
@@ -93,6 +93,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         self.browser = browser  # izreg.browse.Browser (the browse API)
         self.readiness = readiness  # izreg.http.health.Readiness (/readyz, pushes refused on a low disk)
         self.events = events  # izreg.service.webhooks.Events (pull events), or None
+        self.tag_pages = TagPages()  # tags/list answers while the index is unchanged (izreg.http.listings)
 
     def resource(self):
         """The site's root: repository routes straight to L{dispatch}, the rest through Klein (L{fastpath})."""

@@ -12,9 +12,9 @@ from izreg.http.responses import FileBody
 
 class BlobRoutes(Handlers):
     async def get_blob(self, request, route):
-        repo = route.repository
-        await self.registry.hold_blob(repo, Digest.parse(route.argument))
-        blob = await self.registry.get_blob(repo, Digest.parse(route.argument), redirect=request.method == b"GET")
+        repo, digest = route.repository, Digest.parse(route.argument)
+        await self.registry.hold_blob(repo, digest)
+        blob = await self.registry.get_blob(repo, digest, redirect=request.method == b"GET")
         if blob.redirect is not None:
             # the store's short-lived URL ([storage.s3] redirect): the bytes bypass izreg
             request.setResponseCode(307)

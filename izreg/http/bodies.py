@@ -35,14 +35,14 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http, resource, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import as_registry_error, render_error
-from izreg.http.internals import chunked_decoder
+from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -56,6 +56,23 @@ log = Logger()
 # read once: twisted.web.http is a deprecation proxy, each attribute read through it costs ~2 us
 _GenericHTTPChannelProtocol = http._GenericHTTPChannelProtocol  # a channel per connection
 _ChunkedTransferDecoder = http._ChunkedTransferDecoder
+
+
+class _HTTPDate:
+    """The ``Date`` of a response (twisted.web's C{datetimeToString()}), formatted once a second, not per request."""
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self.second, self.text = None, b""
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        if second != self.second:
+            self.second, self.text = second, http.datetimeToString(second)
+        return self.text
+
+
+http_date = _HTTPDate()
 
 
 class BoundedBuffer(io.BytesIO):
@@ -274,7 +291,32 @@ class RegistryRequest(server.Request):
             self.write(render_error(self, error))
             self.finish()
             return
-        return super().process()
+        self._serve()
+
+    def _serve(self) -> None:
+        """
+        C{twisted.web.server.Request.process} (the same headers, in the same
+        order, the same resource lookup), with the ``Date`` from L{http_date}:
+        C{datetimeToString} formats the time anew on every request. Twisted's
+        own if this Twisted's C{process} is not the one copied here
+        (L{izreg.http.internals.PROCESS_NEEDS}).
+        """
+        if not copied_process():
+            return server.Request.process(self)
+        self.site = self.channel.site
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", http_date())
+        self.prepath = []
+        self.postpath = list(map(server.unquote, self.path[1:].split(b"/")))
+        try:
+            found = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
 
 
 def _not_for_the_server() -> RegistryError:
@@ -297,6 +339,26 @@ class RegistryChannel(http.HTTPChannel):
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
     _read_closed = False  # the client half-closed (L{readConnectionLost})
+
+    _host = _peer = None  # the connection's addresses (L{getHost}, L{getPeer})
+
+    def getHost(self):
+        """
+        The local address, asked once a connection: every request asks
+        (C{Request.__init__}), and TCP's C{getHost} calls getsockname(2) and
+        makes a new address each time.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def getPeer(self):
+        """The client's address, made once a connection (a new address object every request otherwise)."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
 
     def isSecure(self) -> bool:
         """Whether the transport is TLS: asked a few times a request (Klein), adapted once a connection."""

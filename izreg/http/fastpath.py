@@ -15,6 +15,12 @@ sent there directly, and answered as Klein answers (the handler's bytes or
 resource, its errors through the API's error handler, a handler cancelled
 when its client goes away).
 
+A handler that answers without waiting (every read inline, as on LMDB) is
+run to its end at once and its answer written with no Deferred at all
+(L{RepositoryFastPath.render}); one that waits (a body still coming, a
+store read on a thread) goes on under a Deferred from where it stopped
+(L{_resume}), cancelled as before when its client goes away.
+
 Which requests: a method of the dispatcher's rule (L{METHODS}), a path
 ``/v2/<rest>`` whose decoded C{rest} is printable ASCII, does not start
 with ``/`` and is not the path of a fixed Klein route (C{_catalog},
@@ -80,21 +86,41 @@ class RepositoryFastPath(Resource):
         rest = self.rest_of(request)
         if rest is None:
             return self.klein.render(request)
-        finished: list = []
+        coroutine = self.dispatch(request, rest)
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration as done:  # answered without waiting: written now, no Deferred
+            self._settled(request, done.value, None)
+            return NOT_DONE_YET
+        except BaseException:
+            self._settled(request, None, Failure())
+            return NOT_DONE_YET
+        finished = _finished(request)  # notifyFinish, asked now, would never fire for a request finished already
         d = None
 
         def gone(result) -> None:
-            # registered before the handler runs, so an answer it finishes at once is seen too
             finished.append(result)
             if d is not None and isinstance(result, Failure):  # the client went away: stop the handler
                 d.cancel()
 
-        request.notifyFinish().addBoth(gone)
-        d = ensureDeferred(self.dispatch(request, rest))
+        if not finished:
+            request.notifyFinish().addBoth(gone)
+        d = ensureDeferred(_resume(coroutine, awaited))
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished),
                        errbackArgs=(request, finished))
         d.addErrback(lambda failure: log.failure("Unhandled error writing response", failure))
         return NOT_DONE_YET
+
+    def _settled(self, request, body, failure: Failure | None) -> None:
+        """The answer of a handler that ran to its end in L{render}: C{body}, or C{failure}."""
+        finished = _finished(request)
+        try:
+            if failure is None:
+                self._answer(body, request, finished)
+            else:
+                self._failed(failure, request, finished)
+        except Exception:
+            log.failure("Unhandled error writing response")
 
     def _failed(self, failure: Failure, request, finished: list):
         if finished:  # the client went away: nothing to answer
@@ -120,3 +146,31 @@ class RepositoryFastPath(Resource):
             request.write(body)
         if not finished:
             request.finish()
+
+
+def _finished(request) -> list:
+    """C{[True]} if C{request} is finished (by its handler) or its client gone, else C{[]}: L{render}'s C{finished}."""
+    return [True] if request.finished or getattr(request, "_disconnected", False) else []
+
+
+def _resume(coroutine, awaited):
+    """
+    The rest of C{coroutine}, started and now waiting on C{awaited}, as a
+    generator for L{ensureDeferred}: what Twisted sends or throws into it goes
+    on into the coroutine, so it runs (and is cancelled) as if driven from
+    its start.
+    """
+    while True:
+        try:
+            sent = yield awaited
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as error:
+            step, value = coroutine.throw, error
+        else:
+            step, value = coroutine.send, sent
+        try:
+            awaited = step(value)
+        except StopIteration as done:
+            return done.value

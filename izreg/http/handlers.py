@@ -44,9 +44,16 @@ def _header(request, name: str) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+#: the header names L{_set} was given (keyword names from the code: a bounded set), as bytes
+_HEADER_NAMES: dict[str, bytes] = {}
+
+
 def _set(request, **headers) -> None:
     for name, value in headers.items():
-        request.setHeader(name.replace("_", "-").encode(), str(value).encode())
+        raw = _HEADER_NAMES.get(name)
+        if raw is None:
+            raw = _HEADER_NAMES[name] = name.replace("_", "-").encode()
+        request.setHeader(raw, str(value).encode())
 
 
 def _principal(request):
@@ -91,9 +98,20 @@ class Handlers:
         return min(int(n), MAX_PAGE), _last(request)
 
     def _link(self, request, path: str, limit: int, last: str) -> None:
-        _set(request, Link=f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"')
+        _set(request, Link=self._link_value(path, limit, last))
+
+    @staticmethod
+    def _link_value(path: str, limit: int, last: str) -> str:
+        return f'<{path}?n={limit}&last={quote(last, safe="")}>; rel="next"'
 
     def _json(self, request, value, content_type: str = "application/json") -> bytes:
-        body = json.dumps(value).encode()
+        return self._answer_json(request, self._encode(value), content_type)
+
+    @staticmethod
+    def _encode(value) -> bytes:
+        return json.dumps(value).encode()
+
+    @staticmethod
+    def _answer_json(request, body: bytes, content_type: str = "application/json") -> bytes:
         _set(request, Content_Type=content_type, Content_Length=len(body))
         return body

@@ -2,11 +2,12 @@
 """
 A start-up self-check of the private names izreg's fast paths use.
 
-Two fast paths replace Twisted code by a faster copy that leans on Twisted's
+Three fast paths replace Twisted code by a faster copy that leans on Twisted's
 internals: the chunked request-body decoder (L{izreg.http.chunked}, over
-C{twisted.web.http._ChunkedTransferDecoder}) and the TLS transport
+C{twisted.web.http._ChunkedTransferDecoder}), the TLS transport
 (L{izreg.service.fasttls}, over C{twisted.protocols.tls} and
-C{twisted.internet.tcp}). Each lists what it needs (L{Needs}); before a
+C{twisted.internet.tcp}) and a request's C{process} (L{izreg.http.bodies},
+C{twisted.web.server.Request.process} with its ``Date`` made once a second). Each lists what it needs (L{Needs}); before a
 fast path is first used, L{fast_path} checks that this Twisted (and
 pyOpenSSL) still has every name, and that the Twisted functions the fast
 path copies still use the attributes the copy sets. If not, one warning is
@@ -116,3 +117,22 @@ def chunked_decoder() -> type | None:
     from izreg.http.chunked import ChunkedDecoder
 
     return ChunkedDecoder
+
+
+#: what L{izreg.http.bodies.RegistryRequest._serve} copies of C{twisted.web.server.Request.process}, and uses
+PROCESS_NEEDS = (
+    Needs("twisted.web.server", "Request.process", (
+        "BaseException", "Failure", "_IEncodingResource", "_encoder", "_handleStar", "channel", "datetimeToString",
+        "failure", "getEncoder", "getResourceFor", "list", "map", "path", "postpath", "prepath", "processingFailed",
+        "providedBy", "render", "resource", "setHeader", "site", "split", "unquote", "version"), exactly=True),
+    Needs("twisted.web.server", "version"),
+    Needs("twisted.web.server", "unquote"),
+    Needs("twisted.web.http", "datetimeToString"),
+    Needs("twisted.web.resource", "_IEncodingResource"),
+)
+
+
+@functools.cache
+def copied_process() -> bool:
+    """Whether L{izreg.http.bodies.RegistryRequest._serve} may stand in for Twisted's C{Request.process} (checked once)."""
+    return fast_path("the request's Date header", "Request.process", PROCESS_NEEDS)

@@ -10,14 +10,54 @@ from izreg.core.manifest import referrers_index
 from izreg.http.handlers import BROWSE_PAGE, Handlers, _arg, _set
 
 
+class TagPages:
+    """
+    The encoded answers of tags/list by (repository, n, last), each with the
+    index's version (L{izreg.storage.interfaces.IMetadataIndex.version}) taken
+    before it was read: served again only while the index is still at that
+    version, i.e. no write has committed since, by this process or another
+    (a tag pushed or deleted, or anything else: then it is read again). An
+    index without a version (PostgreSQL) is read every time. The caller is
+    authorized on every request before this is asked.
+    """
+
+    #: pages kept; past it all are dropped (the next requests read them again)
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.pages: dict[tuple, tuple] = {}
+
+    def get(self, key: tuple, version) -> tuple | None:
+        page = self.pages.get(key)
+        if page is None or version is None or page[0] != version:
+            return None
+        return page[1]
+
+    def put(self, key: tuple, version, page: tuple) -> None:
+        if version is None:
+            return
+        if len(self.pages) >= self.SIZE:
+            self.pages.clear()
+        self.pages[key] = (version, page)
+
+
 class ListingRoutes(Handlers):
+    tag_pages: TagPages
+
     async def list_tags(self, request, route):
         repo = route.repository
         limit, last = self._page(request)
-        tags, more = await self.registry.tags(repo, limit, last)
-        if more and tags:
-            self._link(request, f"/v2/{repo}/tags/list", limit, tags[-1])
-        return self._json(request, {"name": repo.name, "tags": tags})
+        key, version = (repo.name, limit, last), self.registry.index_version()  # the version first, then the read
+        page = self.tag_pages.get(key, version)
+        if page is None:
+            tags, more = await self.registry.tags(repo, limit, last)
+            link = self._link_value(f"/v2/{repo}/tags/list", limit, tags[-1]) if more and tags else None
+            page = (link, self._encode({"name": repo.name, "tags": tags}))
+            self.tag_pages.put(key, version, page)
+        link, body = page
+        if link is not None:
+            _set(request, Link=link)
+        return self._answer_json(request, body)
 
     async def list_referrers(self, request, route):
         repo = route.repository

@@ -16,11 +16,11 @@ class ManifestRoutes(Handlers):
         principal = _principal(request)
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
-        found = await self.registry.get_manifest(repo, _lookup_reference(route.argument), accepted)
+        reference = _lookup_reference(route.argument)
+        found = await self.registry.get_manifest(repo, reference, accepted)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         if self.events is not None and request.method == b"GET":
-            reference = parse_reference(route.argument)
             self.events.pulled(principal, repo, found.digest, found.media_type,
                                None if isinstance(reference, Digest) else reference)
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,

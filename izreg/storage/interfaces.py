@@ -177,6 +177,14 @@ class IMetadataIndex(Interface):
     def close() -> None:
         """Release the environment or the connection pool."""
 
+    def version():
+        """
+        A value that differs once any write to the index has committed (from
+        this process or another), or C{None} when the store has no cheap one;
+        answers at once, never waits on I/O. Answers read after it was taken
+        may be served again while it is unchanged (the HTTP layer's tag pages).
+        """
+
     # -- repositories
     def repo_exists(name: str) -> bool:
         """Whether the repository has a manifest, a tag or a blob link."""

@@ -51,6 +51,11 @@ class Index(LmdbStore):
     def close(self) -> None:
         self.env.close()
 
+    def version(self) -> int:
+        """The id of the last committed write transaction: a read transaction's snapshot (any process's writes)."""
+        with self.reading() as txn:
+            return txn.id()
+
     # -- repositories -----------------------------------------------------
 
     def _touch_repo(self, txn, name: str, now: float) -> None:

@@ -139,6 +139,10 @@ class PgIndex:
             " AND NOT EXISTS (SELECT 1 FROM links WHERE repo = %(n)s)"
             " AND NOT EXISTS (SELECT 1 FROM tags WHERE repo = %(n)s)", {"n": name})
 
+    def version(self) -> None:
+        """None: no change counter without a query (every node writes), so nothing is cached by it."""
+        return None
+
     def repo_exists(self, name: str) -> bool:
         def f(cur):
             cur.execute("SELECT 1 FROM repos WHERE name = %s", (name,))

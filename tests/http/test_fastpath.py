@@ -71,3 +71,41 @@ def test_a_handler_that_finishes_the_request_itself_is_not_finished_again():
     request, errors = _request(), []
     _root(dispatch, errors).render(request)
     assert request.written == [b"streamed"] and request.finished == 1 and errors == []
+
+
+def test_an_error_raised_before_any_wait_is_answered_by_the_error_handler():
+    async def dispatch(request, rest):
+        raise KeyError("no such thing")
+
+    request, errors = _request(), []
+    _root(dispatch, errors).render(request)
+    assert request.written == [b"error"] and request.finished == 1
+    assert len(errors) == 1 and errors[0].check(KeyError)
+
+
+def test_a_handler_that_finishes_the_request_then_waits_is_not_finished_again():
+    waiting: Deferred = Deferred()
+
+    async def dispatch(request, rest):
+        request.write(b"streamed")
+        request.finish()
+        await waiting
+        return None
+
+    request, errors = _request(), []
+    _root(dispatch, errors).render(request)
+    waiting.callback(None)
+    assert request.written == [b"streamed"] and request.finished == 1 and errors == []
+
+
+def test_a_handler_that_waits_is_answered_when_it_ends():
+    waiting: Deferred = Deferred()
+
+    async def dispatch(request, rest):
+        return await waiting + rest.encode()
+
+    request, errors = _request(), []
+    _root(dispatch, errors).render(request)
+    assert request.written == [] and request.finished == 0
+    waiting.callback(b"read: ")
+    assert request.written == [b"read: acct/app/tags/list"] and request.finished == 1 and errors == []

@@ -76,3 +76,53 @@ def test_every_private_name_the_chunked_decoder_uses_is_checked():
 
     checked = {name for need in CHUNKED_NEEDS for name in (*need.path.split("."), *need.uses)}
     assert private_names_used(chunked) - checked == set()
+
+
+# -- the copy of twisted.web.server.Request.process (RegistryRequest._serve) ---------------------------------
+
+
+def test_this_twisted_has_the_process_izreg_copies():
+    assert internals.missing(internals.PROCESS_NEEDS) == []
+    assert internals.copied_process()
+
+
+def test_every_name_the_copy_of_process_uses_is_checked():
+    """A name RegistryRequest._serve reads of Twisted must be in PROCESS_NEEDS (or the request's own)."""
+    from izreg.http.bodies import RegistryRequest
+
+    checked = {name for need in internals.PROCESS_NEEDS for name in (*need.path.split("."), *need.uses)}
+    used = set(RegistryRequest._serve.__code__.co_names)
+    ours = {"copied_process", "server", "http_date", "resource", "Request", "process", "self"}
+    assert used - checked - ours == set()
+
+
+def _head_of(request) -> list[bytes]:
+    return [name for name, _ in request.responseHeaders.getAllRawHeaders()]
+
+
+def test_with_the_fallback_twisteds_process_sets_the_same_headers(monkeypatch):
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from izreg.http import bodies
+
+    class Leaf(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return b"ok"
+
+    def processed() -> list[bytes]:
+        channel = DummyChannel()
+        channel.site = Site(Leaf())
+        request = bodies.RegistryRequest(channel)
+        request.method, request.uri, request.path, request.clientproto = b"GET", b"/x", b"/x", b"HTTP/1.1"
+        request.process()
+        return _head_of(request), request.responseHeaders.getRawHeaders(b"Date")
+
+    copied, copied_date = processed()
+    monkeypatch.setattr(bodies, "copied_process", lambda: False)
+    stock, stock_date = processed()
+    assert copied == stock and b"Date" in copied and b"Server" in copied
+    assert abs(http.stringToDatetime(copied_date[0]) - http.stringToDatetime(stock_date[0])) <= 1

@@ -355,3 +355,54 @@ async def test_index_referrer_listed(server):
     _, listed = await get_json(server, f"/v2/{NAME}/referrers/{subject_digest}")
     assert listed["manifests"] == [{"mediaType": OCI_INDEX, "digest": digest_of(data), "size": len(data),
                                     "artifactType": "application/vnd.example.bundle"}]
+
+
+# -- tag pages served again while the index is unchanged (izreg.http.listings.TagPages) ------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tags_page_is_read_again_once_the_index_changed(server):
+    name = repo("pages/app")
+    digest, data = await tagged(server, name, ["a", "b", "c"])
+    pages = server.service.api.tag_pages
+    first, listed = await get_json(server, f"/v2/{name}/tags/list?n=2")
+    assert listed == {"name": name, "tags": ["a", "b"]} and next_link(first) == f"/v2/{name}/tags/list?n=2&last=b"
+    again, relisted = await get_json(server, f"/v2/{name}/tags/list?n=2")  # the page kept: the same answer
+    assert relisted == listed and next_link(again) == next_link(first)
+    # kept over LMDB; over PostgreSQL (no version) never, and read every time
+    kept = server.service.registry.index.version() is not None
+    assert ((name, 2, None) in pages.pages) is kept and (kept or not pages.pages)
+    # a tag pushed: the next request reads the index again
+    response, _ = await put_manifest(server, name, "0", data)
+    assert response.code == 201
+    _, listed = await get_json(server, f"/v2/{name}/tags/list?n=2")
+    assert listed["tags"] == ["0", "a"]
+    # the manifest deleted, and its tags with it: gone at the next request
+    response, _ = await server.request("DELETE", f"/v2/{name}/manifests/{digest}")
+    assert response.code == 202
+    first, listed = await get_json(server, f"/v2/{name}/tags/list?n=2")
+    assert listed == {"name": name, "tags": []} and next_link(first) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_deleted_by_another_process_is_gone_at_the_next_request(server, tmp_path):
+    """The izreg commands write the same LMDB from their own process: the index's version is its last transaction's."""
+    import os
+    import subprocess
+    import sys
+
+    from izreg.storage.lmdbindex import Index
+
+    name = repo("pages/other")
+    await tagged(server, name, ["a", "b"])
+    _, listed = await get_json(server, f"/v2/{name}/tags/list")
+    assert listed["tags"] == ["a", "b"]
+    index = server.service.registry.index
+    if not isinstance(index, Index):
+        pytest.skip("the LMDB index: another process opens the same environment")
+    script = ("import sys; from izreg.storage.lmdbenv import open_env; from izreg.storage.lmdbindex import Index; "
+              "index = Index(open_env(sys.argv[1], 1 << 30)); assert index.delete_tag(sys.argv[2], 'b'); index.close()")
+    data_dir = os.path.dirname(index.env.path())  # open_env's data dir holds the index
+    subprocess.run([sys.executable, "-c", script, data_dir, name], check=True, timeout=60)
+    _, listed = await get_json(server, f"/v2/{name}/tags/list")
+    assert listed["tags"] == ["a"]

@@ -136,3 +136,133 @@ async def test_the_fast_path_answers_as_klein_does(server):
     finally:
         fast.methods = methods
     assert through_fast == through_klein
+
+
+# -- a handler that waits goes on under a Deferred from where it stopped (izreg.http.fastpath._resume) ------------
+
+
+def _started(coroutine):
+    """C{coroutine} run to its first wait: (the coroutine, what it waits on)."""
+    return coroutine, coroutine.send(None)
+
+
+def test_a_handler_that_waits_goes_on_where_it_stopped():
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    from izreg.http.fastpath import _resume
+
+    first, second = Deferred(), Deferred()
+    steps = []
+
+    async def handler():
+        steps.append(await first)
+        try:
+            await second
+        except ValueError as e:
+            steps.append(f"caught {e}")
+        return "answer"
+
+    d = ensureDeferred(_resume(*_started(handler())))
+    assert steps == [] and not d.called
+    first.callback("one")
+    assert steps == ["one"] and not d.called
+    second.errback(ValueError("two"))
+    assert steps == ["one", "caught two"] and d.result == "answer"
+
+
+def test_a_waiting_handler_is_cancelled_and_its_errors_come_out():
+    from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+    from izreg.http.fastpath import _resume
+
+    seen = []
+
+    async def handler(waited):
+        try:
+            await waited
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+
+    d = ensureDeferred(_resume(*_started(handler(Deferred()))))
+    d.cancel()  # as the fast path does when the client goes away
+    assert seen == ["cancelled"]
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].check(CancelledError)
+
+    async def failing(waited):
+        await waited
+        raise KeyError("boom")
+
+    waited = Deferred()
+    d = ensureDeferred(_resume(*_started(failing(waited))))
+    waited.callback(None)
+    d.addErrback(failures.append)
+    assert failures[1].check(KeyError)
+
+
+# -- the response's head: the headers twisted.web's own process would set, in its order (izreg.http.bodies) ------
+
+
+def test_the_date_is_formatted_once_a_second_as_twisted_would():
+    from twisted.web.http import datetimeToString
+
+    from izreg.http.bodies import _HTTPDate
+
+    now = [1700000000.25]
+    date = _HTTPDate(lambda: now[0])
+    first = date()
+    assert first == datetimeToString(1700000000.25) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    now[0] = 1700000000.99
+    assert date() is first  # the same second: the same bytes, not formatted again
+    now[0] = 1700000001.0
+    assert date() == datetimeToString(1700000001.0) == b"Tue, 14 Nov 2023 22:13:21 GMT"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_answer_has_twisted_webs_headers_in_its_order(server):
+    import email.utils
+    import time
+
+    from twisted.web.server import version
+
+    from tests.http.helpers import raw_get
+
+    for path in [f"/v2/{NAME}/tags/list", f"/v2/{NAME}/manifests/v1", "/v2/"]:  # the fast path, and Klein
+        answer = await raw_answer(server, raw_get(path.encode()))
+        lines = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+        headers = [tuple(line.split(b": ", 1)) for line in lines]
+        assert [name for name, _ in headers] == [
+            b"Connection", b"Docker-Distribution-Api-Version", b"X-Request-Id", b"Server", b"Date",
+            b"Content-Type", b"Content-Length"], path
+        values = dict(headers)
+        assert values[b"Server"] == version
+        sent = email.utils.parsedate_to_datetime(values[b"Date"].decode()).timestamp()
+        assert time.time() - 2 <= sent <= time.time()
+
+
+def test_a_connection_asks_its_addresses_once():
+    """Every request asks its channel for both addresses; TCP's getHost is a getsockname(2) each time."""
+    from twisted.internet.testing import StringTransport
+
+    from izreg.http.bodies import RegistryChannel
+
+    class Counting(StringTransport):
+        asked = 0
+
+        def getHost(self):
+            self.asked += 1
+            return super().getHost()
+
+        def getPeer(self):
+            self.asked += 1
+            return super().getPeer()
+
+    transport = Counting()
+    channel = RegistryChannel()
+    channel.transport = transport
+    hosts = {id(channel.getHost()) for _ in range(3)}
+    peers = {id(channel.getPeer()) for _ in range(3)}
+    assert len(hosts) == len(peers) == 1 and transport.asked == 2
+    assert channel.getHost() == transport.getHost() and channel.getPeer() == transport.getPeer()

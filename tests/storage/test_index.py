@@ -41,6 +41,22 @@ def test_provides_the_interface(index):
     assert verifyObject(IMetadataIndex, index)
 
 
+def test_the_version_changes_with_every_write(index):
+    """IMetadataIndex.version: None (no cheap counter), or a value that differs once a write committed."""
+    before = index.version()
+    assert index.version() == before  # reads do not change it
+    index.list_tags(REPO, None, 10)
+    assert index.version() == before
+    commit(index)
+    after = index.version()
+    if before is None:
+        assert after is None
+        return
+    assert after != before
+    index.delete_tag(REPO, "nope")  # a write that changes nothing may leave it as it is; never back to before
+    assert index.version() != before
+
+
 def test_empty_index(index):
     assert not index.repo_exists(REPO)
     assert index.list_repos("", None, 10) == ([], False)
