@@ -215,7 +215,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
                                        config.idle_timeout, config.tls_max_waiting, config.tls_group_ipv4_prefix,
                                        config.tls_group_ipv6_prefix)
         metrics.watch_handshakes(admission)
-        site.connections.evict = admission.evict  # at max_connections, close one not authenticated rather than refuse
+        site.connections.evict = admission.evict  # at max_connections, close one still in its handshake first
+    metrics.watch_connections(site.connections, admission)
     for description in config.tls_listen:
         Listener(tls_endpoint(reactor, description, tls, threads, admission), site).setServiceParent(top)
     Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)

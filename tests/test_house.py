@@ -91,3 +91,17 @@ def test_pytest_alone_is_the_quick_loop_and_a_path_or_selection_is_not():
     assert not quick_loop(config(sources.ARGS))  # `pytest tests`: README's test command, every test
     assert not quick_loop(config(sources.TESTPATHS, markexpr="not docker"))
     assert not quick_loop(config(sources.TESTPATHS, keyword="oras"))
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run's command line is the README's test command, word for word (what CI installs is what users read)."""
+    def command(path: str, indent: str) -> list[str]:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            return [line.strip() for line in f if line.startswith(indent + "apt-get update && apt-get install")]
+
+    readme, ci = command("README.rst", "    "), command(".ci/run", "")
+    assert len(readme) == 1 and len(ci) == 1, (readme, ci)
+    assert readme == ci
+    assert readme[0].endswith("python -m pytest tests")
+    for needed in ("skopeo", "podman", "docker.io", "chromium", "postgresql", "haproxy"):
+        assert needed in readme[0].split(), needed

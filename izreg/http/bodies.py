@@ -20,7 +20,9 @@ is resolved and the caller authorized (L{izreg.http.routing}). Then:
 
 L{RegistryChannel} also closes connections that send their headers or body
 too slowly (L{SlowSenders}), answers over-long request and header lines
-with 414 and 431, and L{RegistrySite} caps connections (L{izreg.http.limits}).
+with 414 and 431, and L{RegistrySite} caps connections (L{izreg.http.limits}):
+a channel with no request in progress is on the site's L{IdleConnections},
+which may close it for a newcomer once the cap is reached.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,11 +41,14 @@ from twisted.web import http, resource, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from izreg.auth.policy import Principal
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.http.accesslog import CLIENT_GONE, REQUEST_ID_HEADER, new_request_id
+from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.internals import chunked_decoder, copied_process
-from izreg.http.limits import BodyBudget, ConnectionLimits, SlowSenders, ThrottledLog
+from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, UNAUTHENTICATED, BodyBudget, ConnectionLimits,
+                               IdleConnections, SlowSenders, ThrottledLog, tcp_under)
+from izreg.http.peercert import peer_certificate
 
 #: seconds a refused request's connection keeps reading (and dropping) its
 #: body, so the client reads the answer instead of a reset
@@ -335,6 +340,12 @@ class RegistryChannel(http.HTTPChannel):
     _linger = None
     _lines = 0
     address = None  # the client address counted by the site's ConnectionLimits
+    #: the site's L{IdleConnections} (None: no cap); the tier this channel is in there (None: busy, or in
+    #: none), and the one it goes to when idle (L{NEW}; L{UNAUTHENTICATED} once a request is done,
+    #: L{AUTHENTICATED} with a device certificate or once a request authenticated)
+    idle: IdleConnections | None = None
+    idle_tier = None
+    _tier = NEW
 
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
@@ -386,6 +397,38 @@ class RegistryChannel(http.HTTPChannel):
             self.transport.loseConnection()
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.idle is not None:  # (TLS: in its handshake, which the handshake admission may cut short first)
+            self.idle.idle(self, self._tier)
+
+    def handshake_completed(self) -> None:
+        """The TLS handshake is done (L{_Channel.handshakeCompleted}): idle from now, a device's a welcome one."""
+        if self.idle is None or self.idle_tier is None:
+            return
+        if peer_certificate(self.transport) is not None:  # read once a connection: kept on the transport
+            self._tier = AUTHENTICATED
+        self.idle.idle(self, self._tier)
+
+    def evicted(self) -> None:
+        """
+        Closed, idle, for a newcomer (L{IdleConnections.evict}): nothing more is read (a request that
+        crossed the close is the client's to retry, as on any keep-alive connection the server closes);
+        over TLS the close alert goes and the TCP connection is closed right after it, the client's
+        alert not waited for (RFC 8446 6.1: a client that never answers would hold its place in
+        C{max_connections} meanwhile). Its count is given back on the next reactor turn; it is aborted
+        if it has not closed in L{EVICT_GRACE} seconds.
+        """
+        self._refused = True
+        self.setTimeout(None)
+        transport = self.transport
+        self.loseConnection()  # (the channel's: it stops being the transport's producer, else TLS waits for it)
+        tcp = tcp_under(transport)
+        if tcp is not None and tcp is not transport:
+            tcp.loseConnection()  # after the TLS close alert, which the TLS protocol has written to it
+        if self._abortingCall is None:
+            self._abortingCall = self.callLater(EVICT_GRACE, self.forceAbortClient)
+
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # the answer is sent; the rest of the body is dropped
@@ -395,6 +438,8 @@ class RegistryChannel(http.HTTPChannel):
         if self._refused:
             return
         if self._lines == 0 and line:
+            if self.idle_tier is not None:  # a request is in progress: never closed for a newcomer
+                self.idle.busy(self)
             watch = getattr(self.site, "slow", None)
             if watch is not None:
                 watch.headers_started(self)
@@ -506,6 +551,13 @@ class RegistryChannel(http.HTTPChannel):
         if self._read_closed and not self._handlingRequest and self.transport is not None \
                 and not self.transport.disconnecting:
             self.transport.loseConnection()  # no request can come after a half-close
+        idle = self.idle
+        if idle is not None and not self.requests and self.persistent and not self._refused:
+            tier = self._tier
+            if tier != AUTHENTICATED:
+                principal = getattr(request, "principal", None) or getattr(request, PRINCIPAL_ATTRIBUTE, None)
+                tier = self._tier = AUTHENTICATED if isinstance(principal, Principal) else UNAUTHENTICATED
+            idle.idle(self, tier)  # (its last bytes may still be on their way: IdleConnections.evict waits for them)
 
     def connectionLost(self, reason) -> None:
         if self._linger is not None and self._linger.active():
@@ -514,6 +566,8 @@ class RegistryChannel(http.HTTPChannel):
         watch = getattr(self.site, "slow", None)
         if watch is not None:
             watch.done(self)
+        if self.idle_tier is not None:
+            self.idle.busy(self)
         limits = getattr(self.site, "connections", None)
         if limits is not None and self.address is not None:
             limits.release(self.address)
@@ -521,13 +575,20 @@ class RegistryChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _Channel(_GenericHTTPChannelProtocol):
     """
     Twisted's channel switcher, telling the TCP transport that a client's
     half-close is the channel's to handle (L{RegistryChannel.readConnectionLost}),
-    not a lost connection: the client may still read its answer.
+    not a lost connection: the client may still read its answer; and the
+    channel when its TLS handshake is done (Twisted's TLS protocol calls
+    C{handshakeCompleted} on the protocol it wraps).
     """
+
+    def handshakeCompleted(self) -> None:
+        done = getattr(self._channel, "handshake_completed", None)
+        if done is not None:
+            done()
 
     def readConnectionLost(self) -> None:
         lost = getattr(self._channel, "readConnectionLost", None)
@@ -598,7 +659,9 @@ class RegistrySite(server.Site):
                 return _RefuseConnection(error_response(error))
         p = super().buildProtocol(addr)
         if self.connections is not None:
-            p._channel.address = address
+            channel = p._channel
+            channel.address = address
+            channel.idle = self.connections.idle
         return p
 
     def log(self, request) -> None:

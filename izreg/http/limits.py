@@ -1,15 +1,20 @@
 # -*- test-case-name: tests.http.test_bodies -*-
 """
 What a client may hold of the server before it is known to be welcome:
-request bodies in memory (L{BodyBudget}), connections (L{ConnectionLimits})
-and time (L{SlowSenders}). Configured under ``[connections]`` and
-``[limits]`` (etc/izreg.toml).
+request bodies in memory (L{BodyBudget}), connections (L{ConnectionLimits},
+with the idle ones it may close to make room: L{IdleConnections}) and time
+(L{SlowSenders}). Configured under ``[connections]`` and ``[limits]``
+(etc/izreg.toml).
 """
 
 from __future__ import annotations
 
+import array
+import fcntl
 import resource
+import sys
 import time
+from collections import OrderedDict
 
 from twisted.logger import Logger
 
@@ -76,20 +81,25 @@ class ConnectionLimits:
         self.total = 0
         self.peak = 0  # the most open at once since L{izreg.service.bursttrim.BurstTrim} last reset it
         self.by_address: dict[str, int] = {}
-        #: C{() -> bool}: close a connection that has not authenticated, at C{max_total} (None: refuse instead)
+        #: C{() -> bool}: close a TLS connection that has not completed its handshake, at C{max_total}
+        #: (L{izreg.service.tls.admission.HandshakeAdmission.evict}; None: there is no TLS listener)
         self.evict = None
+        #: the connections between requests, the ones closed to make room when C{evict} finds none
+        self.idle = IdleConnections()
 
     def admit(self, address: str) -> tuple[RegistryError, str] | None:
         """
         Count a new connection from C{address}; or (the error to answer, a log line) if it is over a cap.
-        At C{max_total}, C{evict} (L{izreg.service.tls.admission.HandshakeAdmission.evict}), if set, may
-        close a connection that has not authenticated to make room: the newcomer is counted at once
-        (the closed one gives its count back when its loss is reported, on the next reactor turn).
+        At C{max_total}, one connection is closed to make room if there is one: a TLS connection that
+        has not completed its handshake (C{evict}), else an idle one (L{IdleConnections.evict}); the
+        newcomer is counted at once (the closed one gives its count back when its loss is reported,
+        on the next reactor turn). Only when every connection is in the middle of a request or a
+        response is the newcomer refused.
         """
         group = self._group(address)
         count = self.by_address.get(group, 0)
         over = bool(self.max_per_address and count >= self.max_per_address and not _exempt(address, self.exempt))
-        if self.max_total and self.total >= self.max_total and (over or self.evict is None or not self.evict()):
+        if self.max_total and self.total >= self.max_total and (over or not self._make_room()):
             return (
                 RegistryError(ErrorCode.UNAVAILABLE, None, "the registry has as many connections open as it may; retry later",
                               headers={"Retry-After": "1"}),
@@ -110,6 +120,10 @@ class ConnectionLimits:
         self.by_address[group] = count + 1
         return None
 
+    def _make_room(self) -> bool:
+        evict = self.evict
+        return (evict is not None and evict()) or self.idle.evict()
+
     def _group(self, address: str) -> str:
         group = address_group(address)
         if group != address and _exempt(address, self.exempt):
@@ -124,6 +138,119 @@ class ConnectionLimits:
             self.by_address[group] = count
         else:
             self.by_address.pop(group, None)
+
+
+#: the tiers of L{IdleConnections}, the first evicted first: connections that have completed no request and
+#: shown no device certificate; that have completed requests, none authenticated; a device's (a verified
+#: client certificate at the handshake) or one on which a request authenticated (an access key, a token)
+NEW, UNAUTHENTICATED, AUTHENTICATED = 0, 1, 2
+TIER_NAMES = ("new", "unauthenticated", "authenticated")
+#: how many idle connections L{IdleConnections.evict} looks at, at most, for one whose bytes are all delivered
+EVICT_SCAN = 16
+#: seconds an evicted connection may take to close before it is aborted (it closes at once: its TCP
+#: connection is closed right after the TLS close alert, the client's alert not waited for)
+EVICT_GRACE = 2.0
+
+
+class IdleConnections:
+    """
+    The connections with no request in progress (between requests on a keep-alive connection, or none
+    sent yet), in three tiers (L{NEW}, L{UNAUTHENTICATED}, L{AUTHENTICATED}), each the longest idle
+    first: what L{ConnectionLimits} closes, one per newcomer, when C{max_connections} are open and no TLS
+    handshake is left to cut short (as nginx reuses its idle keep-alive connections when it runs out of
+    C{worker_connections}). Without it a thousand cheap idle connections (a completed handshake, or a
+    plain TCP connect, and then nothing) locked every device out for C{connections.idle_timeout}.
+
+    A channel (L{izreg.http.bodies.RegistryChannel}) reports itself L{idle} (at connection, once its
+    request is answered, and to move to a higher tier), L{busy} (a request line came) and gone (L{busy}
+    too); its C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call
+    an OrderedDict insertion or deletion (~0.2 us a request). L{evict} takes the first of the lowest tier
+    that is not empty: O(1), and at most L{EVICT_SCAN} looked at when the first ones still have response
+    bytes to send (L{sending}: never cut short; each one passed over goes to the end of its tier).
+    """
+
+    def __init__(self) -> None:
+        #: channel -> None, the longest idle first (OrderedDicts: a dict's first key, after many deletions at
+        #: its front, is found past every deleted slot, ~100 us at 200,000; an OrderedDict's at once)
+        self.tiers: tuple[OrderedDict, ...] = (OrderedDict(), OrderedDict(), OrderedDict())
+        self.evicted = [0, 0, 0]  # by tier
+        self._log = ThrottledLog(log)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.tiers))
+
+    def idle(self, channel, tier: int) -> None:
+        """C{channel} has nothing in progress (again), in C{tier}: it goes last in it."""
+        old = channel.idle_tier
+        if old is not None:
+            del self.tiers[old][channel]
+        self.tiers[tier][channel] = None
+        channel.idle_tier = tier
+
+    def busy(self, channel) -> None:
+        """C{channel} has a request in progress, or has gone."""
+        tier = channel.idle_tier
+        if tier is not None:
+            del self.tiers[tier][channel]
+            channel.idle_tier = None
+
+    def evict(self) -> bool:
+        """Close the least welcome idle connection for a newcomer: C{False} if there is none (all busy)."""
+        left = EVICT_SCAN
+        for tier, channels in enumerate(self.tiers):
+            for _ in range(min(len(channels), left)):
+                left -= 1
+                channel = next(iter(channels))
+                del channels[channel]
+                transport = channel.transport
+                if transport is None or transport.disconnecting:
+                    channel.idle_tier = None  # closing already: it gives its count back soon
+                    continue
+                if sending(transport):
+                    channels[channel] = None  # its response is still on its way: the end of the line
+                    continue
+                channel.idle_tier = None
+                self.evicted[tier] += 1
+                self._log.warn(f"closed an idle connection ({TIER_NAMES[tier]}) from {channel.address or '?'}"
+                               " for a newer one: connections.max_connections are open")
+                channel.evicted()
+                return True
+        return False
+
+
+#: Linux's ioctl for the bytes of a TCP socket's send queue not sent yet (linux/sockios.h); elsewhere none
+SIOCOUTQNSD = 0x894B if sys.platform.startswith("linux") else None
+
+
+def sending(transport) -> bool:
+    """
+    Whether bytes written to C{transport} (TLS or TCP) are still to be sent: in the TCP transport's buffer,
+    or in the kernel's send queue, not sent yet (C{SIOCOUTQNSD}, a system call: the last megabytes of a pull
+    that a slow client has not made room for). Bytes sent and not yet acknowledged do not count (a delayed
+    ACK holds the last segment of every response for up to 40 ms): an orderly close delivers them.
+    """
+    tcp = tcp_under(transport)
+    if tcp is None:
+        return False
+    if getattr(tcp, "_tempDataLen", 0) or len(getattr(tcp, "dataBuffer", b"")) > getattr(tcp, "offset", 0):
+        return True
+    sock = getattr(tcp, "socket", None)
+    if sock is None or SIOCOUTQNSD is None:
+        return False
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, queued)
+    except (OSError, ValueError):
+        return False
+    return queued[0] > 0
+
+
+def tcp_under(transport):
+    """The TCP transport (a FileDescriptor) of C{transport}: itself, or under its TLS protocol or wrapper."""
+    # (the class's attribute: a ProtocolWrapper's instance answers for its transport's attributes)
+    while transport is not None and not hasattr(type(transport), "disconnected"):
+        transport = getattr(transport, "transport", None)
+    return transport
 
 
 def _exempt(address: str, exempt) -> bool:

@@ -25,6 +25,7 @@ from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from izreg.http.accesslog import RequestInfo
+from izreg.http.limits import TIER_NAMES
 
 #: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -109,6 +110,10 @@ class Metrics:
         """The TLS handshakes in progress and waiting (L{izreg.service.tls.admission.HandshakeAdmission})."""
         self.registry.register(HandshakeCollector(admission))
 
+    def watch_connections(self, limits, admission=None) -> None:
+        """The site's connections (L{izreg.http.limits.ConnectionLimits}) and those it closed for newer ones."""
+        self.registry.register(ConnectionsCollector(limits, admission))
+
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""
         root = Resource()
@@ -183,8 +188,38 @@ class HandshakeCollector:
                                   " wait for one too long", value=admission.timed_out)
         yield CounterMetricFamily("izreg_tls_handshakes_dropped", "TLS connections closed while waiting for a"
                                   " handshake slot, for a newer one (tls.max_waiting)", value=admission.dropped)
-        yield CounterMetricFamily("izreg_connections_evicted", "TLS connections closed before their handshake"
-                                  " completed, for a newer one (connections.max_connections)", value=admission.evicted)
+
+
+class ConnectionsCollector:
+    """
+    The site's connections (L{izreg.http.limits.ConnectionLimits}): open, idle (by tier), and closed for a
+    newer one at C{connections.max_connections} (C{state}: "handshake", before the TLS handshake completed,
+    L{izreg.service.tls.admission.HandshakeAdmission.evict}; else the idle connection's tier,
+    L{izreg.http.limits.IdleConnections}). Read at scrape time (ints and dict lengths: no lock needed).
+    """
+
+    def __init__(self, limits, admission=None) -> None:
+        self.limits = limits
+        self.admission = admission
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        limits, idle = self.limits, self.limits.idle
+        yield GaugeMetricFamily("izreg_connections_open", "Connections open (connections.max_connections)",
+                                value=limits.total)
+        family = GaugeMetricFamily("izreg_connections_idle", "Connections with no request in progress, by who"
+                                   " holds them (the first closed for a newer one: new)", labels=["client"])
+        for name, channels in zip(TIER_NAMES, idle.tiers):
+            family.add_metric([name], len(channels))
+        yield family
+        family = CounterMetricFamily("izreg_connections_evicted", "Connections closed for a newer one"
+                                     " (connections.max_connections)", labels=["state"])
+        family.add_metric(["handshake"], self.admission.evicted if self.admission is not None else 0)
+        for name, count in zip(TIER_NAMES, idle.evicted):
+            family.add_metric([f"idle_{name}"], count)
+        yield family
 
 
 class RefusalCollector:

@@ -4,6 +4,9 @@ raw TCP clients that send nothing or a partial ClientHello hold at most that
 many handshakes; the others wait; a device with its certificate still gets
 in once a slot frees or the silent ones time out (``[tls] handshake_timeout``);
 a flood of refused client certificates is a few log lines, every one counted.
+At ``[connections] max_connections``, a connection still in its handshake is
+closed for a newcomer, else an idle one (TLS or plain: izreg/http/limits.py
+IdleConnections), never one in the middle of a request or a response.
 """
 
 from __future__ import annotations
@@ -303,9 +306,193 @@ def test_silent_connections_that_fill_the_connection_table_make_room_for_a_devic
     try:
         device_get(crowded, result)
         assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
-        assert gauges_of(crowded, "izreg_connections_evicted_total") == {(): 1.0}
+        assert gauges_of(crowded, "izreg_connections_evicted_total") == {
+            ("state", "handshake"): 1.0, ("state", "idle_new"): 0.0, ("state", "idle_unauthenticated"): 0.0,
+            ("state", "idle_authenticated"): 0.0}
         assert closed_by_server(silent[0])  # the oldest
     finally:
         for sock in silent:
             sock.close()
     wait_for(crowded, in_progress=0, waiting=0)
+
+
+# -- idle connections closed for newcomers (izreg.http.limits.IdleConnections) ----------------------
+
+#: connections.max_connections of L{idle_table}
+TABLE = 8
+
+
+@pytest.fixture(scope="module")
+def idle_table(tmp_path_factory):
+    """A small connection table; nothing times out during a test (a started request stays in progress)."""
+    yield from tls_registry(tmp_path_factory, "max_handshakes = 16\nhandshake_timeout = 600\n",
+                            f"[connections]\nmax_connections = {TABLE}\nmax_per_address = 0\nidle_timeout = 600\n"
+                            "header_timeout = 600\n")
+
+
+def connect_tls(reg, device: bool = False, receive_buffer: int = 0) -> ssl.SSLSocket:
+    """A completed TLS handshake, with the device certificate or none."""
+    context = ssl.create_default_context(cafile=reg.paths.ca_cert)
+    if device:
+        context.load_cert_chain(reg.paths.client_cert, reg.paths.client_key)
+    return context.wrap_socket(connect_plain(reg, reg.tls_port, receive_buffer), server_hostname="localhost")
+
+
+def connect_plain(reg, port: int = 0, receive_buffer: int = 0) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(60)
+    if receive_buffer:  # before the connect: the window the client offers stays this small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port or reg.port))
+    return sock
+
+
+def request(path: str, authorization: str = "") -> bytes:
+    extra = f"Authorization: {authorization}\r\n" if authorization else ""
+    return f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode()
+
+
+def response(sock, body: bool = True) -> tuple[int, bytes]:
+    """One whole response (by its Content-Length) off a keep-alive connection: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    while body and len(rest) < length:
+        chunk = sock.recv(min(1 << 20, length - len(rest)))
+        assert chunk, len(rest)
+        rest += chunk
+    return int(lines[0].split()[1]), rest
+
+
+def key_authorization(reg) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(reg.creds.encode()).decode("ascii")
+
+
+def table(reg) -> dict:
+    """Open and idle connections (by client), handshakes in progress, evictions (by state)."""
+    idle = gauges_of(reg, "izreg_connections_idle")
+    return {"open": gauges_of(reg, "izreg_connections_open")[()],
+            "idle": tuple(idle[("client", name)] for name in ("new", "unauthenticated", "authenticated")),
+            "shaking": gauges_of(reg, "izreg_tls_handshakes_in_progress")[()],
+            "evicted": {labels[1]: value for labels, value in gauges_of(reg, "izreg_connections_evicted_total").items()
+                        if value}}
+
+
+def wait_table(reg, **wanted) -> dict:
+    seen: dict = {}
+
+    def matches() -> bool:
+        seen.update(table(reg))
+        return all(seen[name] == value for name, value in wanted.items())
+
+    try:
+        wait_until(matches, f"connections {wanted}", timeout=60)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen {seen}") from None
+    return seen
+
+
+def test_idle_handshaken_and_plain_connections_make_room_for_a_device_and_an_access_key(idle_table):
+    """
+    The table full of connections that completed their TLS handshake (no client certificate) or
+    connected over plain HTTP and then sent nothing: a device, then a client with an access key, get
+    in; the oldest idle ones are closed for them (on main: 503 for both, until idle_timeout).
+    """
+    reg = idle_table
+    before = wait_table(reg, open=0, shaking=0)["evicted"].get("idle_new", 0)
+    held = [connect_tls(reg) for _ in range(TABLE // 2)]
+    wait_table(reg, open=TABLE // 2, shaking=0)
+    held += [connect_plain(reg) for _ in range(TABLE // 2)]
+    try:
+        wait_table(reg, open=TABLE, shaking=0, idle=(TABLE, 0, 0))
+        result: list = []
+        device_get(reg, result)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert closed_by_server(held[0])  # the longest idle
+        wait_table(reg, open=TABLE - 1, evicted={"idle_new": before + 1})  # the device's gone (Connection: close) too
+        held.append(connect_plain(reg))
+        wait_table(reg, open=TABLE, idle=(TABLE, 0, 0))
+        answer = requests.get(f"{reg.url}/v2/", auth=reg.requests_auth, headers={"Connection": "close"}, timeout=30)
+        assert answer.status_code == 200
+        assert closed_by_server(held[1])
+        wait_table(reg, evicted={"idle_new": before + 2})
+    finally:
+        for sock in held:
+            sock.close()
+    wait_table(reg, open=0)
+
+
+def test_idle_connections_go_unauthenticated_first_devices_last_and_a_slow_download_never(idle_table):
+    """
+    A device pulling a large blob and reading slowly, a device's and an access key's idle keep-alive
+    connections, one that got a 401, and four that sent nothing (two TLS, two plain) fill the table.
+    Newcomers, each starting a request and holding it, close the four, then the 401's, then the
+    device's and the key's; then nothing is idle and the next newcomer is refused (503). The
+    download was never cut: every byte of the blob arrives.
+    """
+    import hashlib
+
+    reg = idle_table
+    before = wait_table(reg, open=0, shaking=0)["evicted"]
+    blob = os.urandom(32 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    pushed = requests.post(f"{reg.url}/v2/{reg.account}/idle/blobs/uploads/?digest={digest}", data=blob,
+                           auth=reg.requests_auth, headers={"Connection": "close"}, timeout=120)
+    assert pushed.status_code == 201, pushed.text
+    held: list = []
+    try:
+        download = connect_tls(reg, device=True, receive_buffer=64 * 1024)
+        held.append(download)
+        download.sendall(request(f"/v2/{reg.account}/idle/blobs/{digest}"))
+        first = download.recv(65536)  # then it reads nothing for a while: the server waits for it
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        device = connect_tls(reg, device=True)
+        held.append(device)
+        device.sendall(request("/v2/"))
+        assert response(device)[0] == 200
+        key = connect_plain(reg)
+        held.append(key)
+        key.sendall(request("/v2/", key_authorization(reg)))
+        assert response(key)[0] == 200
+        asked = connect_plain(reg)
+        held.append(asked)
+        asked.sendall(request("/v2/"))
+        assert response(asked)[0] == 401
+        wait_table(reg, open=4, shaking=0, idle=(0, 1, 2))
+        new = [connect_tls(reg), connect_tls(reg)]
+        held += new
+        wait_table(reg, shaking=0)
+        new += [connect_plain(reg), connect_plain(reg)]
+        held += new[2:]
+        wait_table(reg, open=TABLE, shaking=0, idle=(4, 1, 2))
+        order = [*new, asked, device, key]
+        for n, closed in enumerate(order, 1):
+            newcomer = connect_plain(reg)
+            held.append(newcomer)
+            newcomer.sendall(b"GET /v2/ HTTP/1.1\r\n")  # a request in progress (header_timeout = 600)
+            assert closed_by_server(closed), n
+            wait_table(reg, open=TABLE, idle=(max(0, 4 - n), 1 if n <= 4 else 0, min(2, len(order) - n)))
+        after = table(reg)["evicted"]
+        assert {state: after[state] - before.get(state, 0) for state in after} == {
+            "idle_new": 4, "idle_unauthenticated": 1, "idle_authenticated": 2}
+        refused = connect_plain(reg)
+        held.append(refused)
+        status, body = response(refused)
+        assert status == 503 and b"as many connections open as it may" in body
+        received = first.partition(b"\r\n\r\n")[2]
+        while len(received) < len(blob):
+            chunk = download.recv(1 << 20)
+            assert chunk, f"the download was cut after {len(received)} bytes"
+            received += chunk
+        assert hashlib.sha256(received).hexdigest() == digest.split(":")[1]
+    finally:
+        for sock in held:
+            sock.close()
+    wait_table(reg, open=0)

@@ -18,6 +18,7 @@ from izreg.http.routing import Access, RouteTable
 from tests.http.authhelpers import Keys, basic
 from tests.http.conftest import start_server
 from tests.http.helpers import FirstAnswer, parse_raw
+from tests.service.test_admission import until
 
 pytestmark = pytest.mark.socket  # raw HTTP on a real connection
 
@@ -188,9 +189,12 @@ async def test_headers_that_come_too_slowly_close_the_connection(strict):
 @pytest.mark.parametrize("cap, status", [("max_connections_per_address", 429), ("max_connections", 503)])
 @pytest_twisted.ensureDeferred
 async def test_connections_are_capped(tmp_path, cap, status):
+    """Three connections each in the middle of a request: the fourth is refused (none is idle to close for it)."""
     server = await start_server(tmp_path, socket=True, **{"max_connections": 0, "max_connections_per_address": 0, cap: 3})
+    limits = server.service.site.connections
     try:
-        held = [await connect(server, b"") for _ in range(3)]
+        held = [await connect(server, b"GET /v2/ HTTP/1.1\r\n") for _ in range(3)]
+        await until(lambda: limits.total == 3 and not len(limits.idle), "three requests in progress")
         refused = await connect(server, b"")
         answer = await refused.closed.addTimeout(20, reactor)
         got, _, body = parse_raw(answer)

@@ -44,7 +44,8 @@ anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
 socket buffers): past it the oldest waiting connection of the group with the
 most waiting is closed (the longest queue loses its head, the connection
 likeliest to have been given up by its client); among groups with as many
-waiting, one that is not known goes first.
+waiting (the first L{EVICT_SCAN} to reach that length), a struck group's
+goes first, then one that is not known.
 
 Time limits, both closing the connection (an abort: no TLS alert), checked
 by one timer for all connections, every second while any is watched:
@@ -60,13 +61,18 @@ gives its count back).
 
 When C{[connections] max_connections} are open and another arrives, the
 site (L{izreg.http.limits.ConnectionLimits}) asks L{HandshakeAdmission.evict}
-to close one connection that has not authenticated, rather than refuse the
+to close one connection that has not completed its handshake, rather than refuse the
 newcomer (silent connections, held until they time out, would otherwise lock
 every device out): the oldest waiting connection of the group with the most
 waiting (struck groups first, then those not known, among the first
-L{EVICT_SCAN} of that length), else, none waiting, the oldest in its
-handshake (likewise). Only when every open connection has completed its
-handshake is the newcomer refused (503).
+L{EVICT_SCAN} of that length: as past C{max_waiting}), else, none waiting,
+the oldest in its handshake (likewise). When every open connection has
+completed its handshake, the site closes an idle one instead, TLS or plain
+(L{izreg.http.limits.IdleConnections}: no request in progress and its
+response sent; new ones first, then those with no authenticated
+request, then devices' and authenticated ones, the longest idle first); only
+when every connection is in the middle of a request or a response is the
+newcomer refused (503).
 
 The TLS protocol (izreg's, or Twisted's stock one: L{izreg.service.tls.fallback})
 gets the real TCP transport, so nothing changes once it runs; until its
@@ -170,18 +176,22 @@ class HandshakeAdmission:
         self._resized(group, len(queue) - 1, len(queue))
         gate._wait()
         if self.max_waiting and len(self.waiting) > self.max_waiting:
-            # the longest queue (the first group to reach its length, a known one only if all are) loses its
-            # oldest connection, the likeliest to have been given up by its client (a Go client gives up a
-            # handshake after 10 s); a device's, else, would go as soon as the newcomers from an attacker's
-            # fresh groups outnumber max_waiting (each reconnecting as it is dropped)
-            longest = self._by_length[self._longest]
-            known = self._known
-            group = next((g for g in longest if g not in known), None) if known else None
-            oldest = self.queues[group if group is not None else next(iter(longest))][0]
-            self._unqueue(oldest)
             self.dropped += 1
-            oldest._expired()
+            self._unqueue_least_welcome()._expired()
         self._arm()
+
+    def _unqueue_least_welcome(self) -> "_Gate":
+        """
+        Take out the waiting connection to close, past C{max_waiting} or for a newcomer over
+        C{max_connections}: the oldest of the longest queue (the likeliest to have been given up by its
+        client: a Go client gives up a handshake after 10 s), of a struck group, else of one not known,
+        among the first L{EVICT_SCAN} groups to reach that length; a device's, else, would go as soon as
+        the newcomers from an attacker's fresh groups outnumber max_waiting (each reconnecting as it is
+        dropped).
+        """
+        gate = self.queues[self._least_welcome(self._by_length[self._longest], _itself)][0]
+        self._unqueue(gate)
+        return gate
 
     def evict(self) -> bool:
         """
@@ -189,9 +199,7 @@ class HandshakeAdmission:
         C{[connections] max_connections}: C{False} if there is none (see the module's docstring).
         """
         if self.waiting:
-            groups = self._by_length[self._longest]
-            gate = self.queues[self._least_welcome(groups, lambda group: group)][0]
-            self._unqueue(gate)
+            gate = self._unqueue_least_welcome()
             where = "waiting for its TLS handshake"
         elif self.unsettled:
             gate = self._least_welcome(self.unsettled, lambda gate: gate.group)
@@ -369,6 +377,11 @@ class HandshakeAdmission:
 
 #: the deadline of a connection with no time limit
 _NEVER = float("inf")
+
+
+def _itself(group: str) -> str:
+    return group
+
 
 #: how long a group stays struck (L{HandshakeAdmission._strike}), and how many are remembered (~150 bytes each)
 STRIKE_SECONDS = 300
