@@ -19,20 +19,13 @@ class TagPages:
     (a tag pushed or deleted, or anything else: then it is read again). An
     index without a version (PostgreSQL) is read every time. The caller is
     authorized on every request before this is asked.
-
-    Bounded in bytes, not only in pages: a caller who may pull a repository
-    of many long tags chooses C{n} and C{last} (a page each), so 1024 pages
-    of ~1 MB (10,000 tags of 128 characters) would be held for good. A page
-    larger than L{PAGE_BYTES} is never kept; past L{BYTES} (bodies, links and
-    keys) or L{SIZE} pages, all are dropped.
     """
 
-    #: pages kept; past it all are dropped (the next requests read them again)
+    #: pages kept, and their bytes in all; past either, all are dropped (the next requests read them again)
     SIZE = 1024
-    #: bytes kept in all (bodies, Link values, keys' names and ``last``); past it all are dropped
-    BYTES = 16 << 20
-    #: the largest page kept (its body, Link and key): a larger one is read every time
-    PAGE_BYTES = 256 << 10
+    BYTES = 8 * 1024 * 1024
+    #: a larger page (a repository with thousands of tags, no ``n``) is read every time, never kept
+    PAGE_BYTES = 64 * 1024
 
     def __init__(self) -> None:
         self.pages: dict[tuple, tuple] = {}
@@ -45,26 +38,18 @@ class TagPages:
         return page[1]
 
     def put(self, key: tuple, version, page: tuple) -> None:
-        if version is None:
+        """Keep C{page} (C{(link, body)}) for C{key} at C{version}."""
+        size = len(page[1])
+        if version is None or size > self.PAGE_BYTES:
             return
-        size = _size(key, page)
-        if size > self.PAGE_BYTES:
-            return
-        old = self.pages.pop(key, None)
-        if old is not None:
-            self.bytes -= _size(key, old[1])
         if len(self.pages) >= self.SIZE or self.bytes + size > self.BYTES:
             self.pages.clear()
             self.bytes = 0
+        old = self.pages.get(key)
+        if old is not None:
+            self.bytes -= len(old[1][1])
         self.pages[key] = (version, page)
         self.bytes += size
-
-
-def _size(key: tuple, page: tuple) -> int:
-    """What L{TagPages} counts of a page: its body, its Link and its key's strings (name, C{last})."""
-    name, _, last = key
-    link, body = page
-    return len(body) + len(link or "") + len(name) + len(last or "")
 
 
 class ListingRoutes(Handlers):

@@ -408,41 +408,22 @@ async def test_a_tag_deleted_by_another_process_is_gone_at_the_next_request(serv
     assert listed["tags"] == ["a"]
 
 
-def test_tag_pages_are_bounded_in_bytes_not_only_in_pages():
-    """
-    A caller who may pull a repository of many long tags picks C{n} and C{last}: a page each. 1024
-    pages of ~1 MB were kept for good (a real server grew by 620 MB in 600 requests); now a page
-    larger than PAGE_BYTES is never kept, and past BYTES in all every page is dropped.
-    """
+def test_tag_pages_are_bounded_in_number_and_bytes():
     from izreg.http.listings import TagPages
 
     pages = TagPages()
-    big = (None, b"x" * (TagPages.PAGE_BYTES + 1))
-    pages.put(("a/b", 10000, None), 1, big)
-    assert pages.get(("a/b", 10000, None), 1) is None and pages.bytes == 0
-    page = ('<next>; rel="next"', b"t" * (TagPages.PAGE_BYTES // 2))
-    for n in range(TagPages.SIZE):
-        pages.put(("a/b", 10000, f"a{n}"), 1, page)
-        held = sum(len(body) + len(link or "") + len(key[0]) + len(key[2] or "")
-                   for key, (_, (link, body)) in pages.pages.items())
-        assert held == pages.bytes <= TagPages.BYTES
-    assert pages.get(("a/b", 10000, f"a{TagPages.SIZE - 1}"), 1) == page
-    pages.put(("a/b", 10000, f"a{TagPages.SIZE - 1}"), 2, page)  # the same key again: counted once
-    assert sum(len(body) for _, (_, body) in pages.pages.values()) <= pages.bytes <= TagPages.BYTES
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_tags_page_too_large_to_keep_is_answered_in_full_each_time(server):
-    name = repo("pages/large")
-    tags = ["a", "b" * 120, "c" * 120]
-    await tagged(server, name, tags)
-    pages = server.service.api.tag_pages
-    pages.PAGE_BYTES = 300  # (this server's: the whole list is a larger page, its first tag alone a smaller one)
-    for _ in range(2):
-        _, listed = await get_json(server, f"/v2/{name}/tags/list")
-        assert listed == {"name": name, "tags": tags}
-        assert not any(key[0] == name for key in pages.pages) and pages.bytes == sum(
-            len(body) + len(link or "") + len(key[0]) + len(key[2] or "") for key, (_, (link, body)) in pages.pages.items())
-    _, listed = await get_json(server, f"/v2/{name}/tags/list?n=1")  # a small page of it is kept (over LMDB)
-    kept = server.service.registry.index.version() is not None
-    assert listed["tags"] == ["a"] and ((name, 1, None) in pages.pages) is kept
+    pages.put(("r", 1, None), 7, (None, b"x" * (TagPages.PAGE_BYTES + 1)))  # too large to keep
+    assert pages.get(("r", 1, None), 7) is None and pages.bytes == 0
+    pages.put(("r", 1, None), None, (None, b"{}"))  # no version: never kept
+    assert pages.pages == {}
+    pages.put(("r", 1, None), 7, (None, b"{}"))
+    pages.put(("r", 1, None), 8, (None, b"{1}"))  # the same key again: counted once
+    assert pages.get(("r", 1, None), 7) is None and pages.get(("r", 1, None), 8) == (None, b"{1}")
+    assert pages.bytes == 3
+    big = b"y" * TagPages.PAGE_BYTES
+    for i in range(TagPages.BYTES // TagPages.PAGE_BYTES + 1):
+        pages.put(("r", i, "big"), 8, (None, big))
+        assert pages.bytes <= TagPages.BYTES and len(pages.pages) <= TagPages.SIZE
+    for i in range(TagPages.SIZE + 1):
+        pages.put(("s", i, None), 8, (None, b"{}"))
+        assert len(pages.pages) <= TagPages.SIZE
