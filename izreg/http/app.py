@@ -198,15 +198,20 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     @route("/v2/token", methods=["GET", "POST"], access=Access.TOKEN, body=Body.SMALL)
     def token(self, request):
         """The Docker token endpoint (``[auth] token_service = true``)."""
-        if self.tokens is None:
-            raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
+        tokens = self.token_service()
         params = dict(request.args)
         body = request.content.getvalue() if hasattr(request.content, "getvalue") else b""
         if request.method == b"POST" and body:
             params.update(parse_qs(body, keep_blank_values=True))
-        answer = self.tokens.issue_token(
+        answer = tokens.issue_token(
             request.method, request.getHeader(b"authorization"), params, client_address(request))
         return then(answer, lambda answer: self._json(request, answer))
+
+    def token_service(self):
+        """The token endpoint's service; 404 when it is off (at the headers too, before any body: L{body_for})."""
+        if self.tokens is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
+        return self.tokens
 
     @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)

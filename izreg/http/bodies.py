@@ -47,8 +47,8 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.internals import chunked_decoder, copied_process
-from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, UNAUTHENTICATED, BodyBudget, ConnectionLimits,
-                               IdleConnections, SlowSenders, ThrottledLog, tcp_under)
+from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, UNAUTHENTICATED, BodyBudget,
+                               ConnectionLimits, IdleConnections, SlowSenders, ThrottledLog, tcp_under)
 from izreg.http.peercert import peer_certificate
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -114,7 +114,8 @@ class BoundedBuffer(io.BytesIO):
             self._stop(RegistryError(ErrorCode.TOO_LARGE, {"limit": self.limit}, "request body too large"))
             return len(data)
         if self.received > self.reserved and self.budget is not None:
-            if not self.reserve(max(self.received - self.reserved, 64 * 1024)):
+            # 64 KiB at a time (never past the limit: an 8 KiB form reserves 8 KiB)
+            if not self.reserve(min(max(self.received - self.reserved, 64 * 1024), self.limit - self.reserved)):
                 self._stop(out_of_budget(self.budget))
                 return len(data)
         return super().write(data)
@@ -332,6 +333,9 @@ class RegistryRequest(server.Request):
             self.processingFailed(Failure())
 
 
+_UNKNOWN = object()  # a request not authorized yet (no C{principal} attribute)
+
+
 def _not_for_the_server() -> RegistryError:
     return RegistryError(ErrorCode.METHOD_UNKNOWN, None, "only OPTIONS applies to the server as a whole (*)",
                          headers={"Allow": "OPTIONS"})
@@ -349,7 +353,8 @@ class RegistryChannel(http.HTTPChannel):
     _lines = 0
     address = None  # the client address counted by the site's ConnectionLimits
     #: the site's L{IdleConnections} (None: no cap); the tier this channel is in there (None: busy, or in
-    #: none), and the one it goes to when idle (L{NEW}; L{UNAUTHENTICATED} once a request is done,
+    #: none; L{PUBLIC_REQUEST} while a request on a route open to anyone is in progress), and the one it goes
+    #: to when idle (L{NEW}; L{UNAUTHENTICATED} once a request is done, or refused authentication (401);
     #: L{AUTHENTICATED} with a device certificate or once a request authenticated)
     idle: IdleConnections | None = None
     idle_tier = None
@@ -508,6 +513,11 @@ class RegistryChannel(http.HTTPChannel):
             self.idle.busy(self)
         length = self.length
         super().allHeadersReceived()
+        if self.idle is not None and not self._refused and self.requests \
+                and getattr(self.requests[-1], "principal", _UNKNOWN) is None:
+            # authorized at the headers (body_for) with no caller: a route open to anyone (/healthz, /v2/token),
+            # which may be closed for a newcomer, before the idle connections of devices and key holders
+            self.idle.idle(self, PUBLIC_REQUEST)
         watch = getattr(self.site, "slow", None)
         if watch is not None and not self._refused:
             if length != 0:
@@ -569,12 +579,19 @@ class RegistryChannel(http.HTTPChannel):
                 and not self.transport.disconnecting:
             self.transport.loseConnection()  # no request can come after a half-close
         idle = self.idle
-        if idle is not None and not self._in_request and self.persistent and not self._refused:
-            tier = self._tier
-            if tier != AUTHENTICATED:
-                principal = getattr(request, "principal", None) or getattr(request, PRINCIPAL_ATTRIBUTE, None)
-                tier = self._tier = AUTHENTICATED if isinstance(principal, Principal) else UNAUTHENTICATED
-            idle.idle(self, tier)  # (its last bytes may still be on their way: IdleConnections.evict waits for them)
+        if idle is None or self._in_request:
+            return  # (a pipelined request's headers are in: its tier is set)
+        if self.persistent and not self._refused:
+            principal = getattr(request, "principal", None) or getattr(request, PRINCIPAL_ATTRIBUTE, None)
+            if isinstance(principal, Principal):
+                self._tier = AUTHENTICATED
+            elif self._tier != AUTHENTICATED or request.code == 401:
+                # none yet; or refused authentication (a device revoked in the database, not in a CRL): no longer
+                # ranked with the devices and key holders, until a request authenticates again
+                self._tier = UNAUTHENTICATED
+            idle.idle(self, self._tier)  # (its last bytes may still be on their way: IdleConnections.evict waits)
+        elif self.idle_tier is not None:
+            idle.busy(self)  # a public request's connection, closing: no longer in PUBLIC_REQUEST
 
     def connectionLost(self, reason) -> None:
         if self._linger is not None and self._linger.active():

@@ -140,11 +140,13 @@ class ConnectionLimits:
             self.by_address.pop(group, None)
 
 
-#: the tiers of L{IdleConnections}, the first evicted first: connections that have completed no request and
-#: shown no device certificate; that have completed requests, none authenticated; a device's (a verified
-#: client certificate at the handshake) or one on which a request authenticated (an access key, a token)
-NEW, UNAUTHENTICATED, AUTHENTICATED = 0, 1, 2
-TIER_NAMES = ("new", "unauthenticated", "authenticated")
+#: the tiers of L{IdleConnections}, the first evicted first: idle connections that have completed no request
+#: and shown no device certificate; idle ones that have completed requests, none authenticated (or whose last
+#: request was refused authentication, 401); busy with a request on a route open to anyone (L{PUBLIC_REQUEST}:
+#: /healthz, /v2/token, the browse page: its caller is not authenticated); idle ones of a device (a verified
+#: client certificate at the handshake) or on which a request authenticated (an access key, a token)
+NEW, UNAUTHENTICATED, PUBLIC_REQUEST, AUTHENTICATED = 0, 1, 2, 3
+TIER_NAMES = ("new", "unauthenticated", "public_request", "authenticated")
 #: how many idle connections L{IdleConnections.evict} looks at, at most, for one whose bytes are all delivered
 EVICT_SCAN = 16
 #: seconds an evicted connection may take to close before it is aborted (it closes at once: its TCP
@@ -154,22 +156,31 @@ EVICT_GRACE = 2.0
 
 class IdleConnections:
     """
-    The connections with no request in progress (between requests on a keep-alive connection, none sent
-    yet, or one whose headers are still coming), in three tiers (L{NEW}, L{UNAUTHENTICATED},
-    L{AUTHENTICATED}), each the longest idle first: what L{ConnectionLimits} closes, one per newcomer,
+    The connections a newcomer may close: those with no request in progress (between requests on a
+    keep-alive connection, none sent yet, or one whose headers are still coming) and those whose request
+    in progress is on a route open to anyone, in four tiers (L{NEW}, L{UNAUTHENTICATED}, L{PUBLIC_REQUEST},
+    L{AUTHENTICATED}), each the longest there first: what L{ConnectionLimits} closes, one per newcomer,
     when C{max_connections} are open and no TLS handshake is left to cut short (as nginx reuses its idle
     keep-alive connections when it runs out of C{worker_connections}). Without it a thousand cheap idle
     connections (a completed handshake, or a plain TCP connect, and then nothing) locked every device out
     for C{connections.idle_timeout}.
 
     A channel (L{izreg.http.bodies.RegistryChannel}) reports itself L{idle} (at connection, once its
-    request is answered, and to move to a higher tier), L{busy} (a request's headers are all in; or it
+    request is answered, and to move to another tier), L{busy} (a request's headers are all in; or it
     was refused, its answer on its way) and gone (L{busy} too). Not busy at a request's first line: a
     client that sends a request line and then trickles header lines (slowloris) would hold its place
     until C{connections.header_timeout}; it stays where it was, idle since its connection or its last
     answer. A legitimate client sends its headers at once, and one closed in the middle of them is where
-    a client is when a server closes its idle keep-alive connection: it retries on a new one. Its
-    C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call an
+    a client is when a server closes its idle keep-alive connection: it retries on a new one.
+
+    A request whose caller is authenticated (a key, a token, a device) is never cut short; one on a
+    route that authenticates nobody (C{Access.PUBLIC}, C{Access.TOKEN}) is in L{PUBLIC_REQUEST} from its
+    headers until it is answered (L{idle} in its tier then): else anyone could trickle a small body to
+    C{GET /healthz} or C{POST /v2/token} (body_grace plus 64 s at body_min_rate) on every slot it takes,
+    each arrival closing a device's idle connection. It goes after the idle unauthenticated ones and
+    before a device's or a key holder's idle connection.
+
+    Its C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call an
     OrderedDict insertion or deletion (~0.2 us a request). L{evict} takes the first of the lowest tier
     that is not empty: O(1), and at most L{EVICT_SCAN} looked at when the first ones still have response
     bytes to send (L{sending}: never cut short; each one passed over goes to the end of its tier).
@@ -178,15 +189,15 @@ class IdleConnections:
     def __init__(self) -> None:
         #: channel -> None, the longest idle first (OrderedDicts: a dict's first key, after many deletions at
         #: its front, is found past every deleted slot, ~100 us at 200,000; an OrderedDict's at once)
-        self.tiers: tuple[OrderedDict, ...] = (OrderedDict(), OrderedDict(), OrderedDict())
-        self.evicted = [0, 0, 0]  # by tier
+        self.tiers: tuple[OrderedDict, ...] = tuple(OrderedDict() for _ in TIER_NAMES)
+        self.evicted = [0] * len(TIER_NAMES)  # by tier
         self._log = ThrottledLog(log)
 
     def __len__(self) -> int:
         return sum(map(len, self.tiers))
 
     def idle(self, channel, tier: int) -> None:
-        """C{channel} has nothing in progress (again), in C{tier}: it goes last in it."""
+        """C{channel} has nothing in progress (again), or a public request (L{PUBLIC_REQUEST}), in C{tier}: last in it."""
         old = channel.idle_tier
         if old is not None:
             del self.tiers[old][channel]
@@ -194,14 +205,14 @@ class IdleConnections:
         channel.idle_tier = tier
 
     def busy(self, channel) -> None:
-        """C{channel} has a request in progress, or has gone."""
+        """C{channel} has a request in progress (an authenticated caller's, or not known yet), or has gone."""
         tier = channel.idle_tier
         if tier is not None:
             del self.tiers[tier][channel]
             channel.idle_tier = None
 
     def evict(self) -> bool:
-        """Close the least welcome idle connection for a newcomer: C{False} if there is none (all busy)."""
+        """Close the least welcome connection for a newcomer: C{False} if there is none (all busy)."""
         left = EVICT_SCAN
         for tier, channels in enumerate(self.tiers):
             for _ in range(min(len(channels), left)):
@@ -217,7 +228,7 @@ class IdleConnections:
                     continue
                 channel.idle_tier = None
                 self.evicted[tier] += 1
-                self._log.warn(f"closed an idle connection ({TIER_NAMES[tier]}) from {channel.address or '?'}"
+                self._log.warn(f"closed a connection ({TIER_NAMES[tier]}) from {channel.address or '?'}"
                                " for a newer one: connections.max_connections are open")
                 channel.evicted()
                 return True

@@ -59,7 +59,7 @@ class Body(enum.Enum):
     """What a route does with a request body."""
 
     NONE = "none"  # none expected: one that comes is dropped as it arrives, never kept
-    SMALL = "small"  # kept in memory, at most limits.small_body bytes (a form)
+    SMALL = "small"  # kept in memory, at most izreg.http.sinks.FORM_BODY bytes (a form: 8 KiB)
     MANIFEST = "manifest"  # kept in memory, at most limits.max_manifest_size bytes
     UPLOAD = "upload"  # streamed into an upload session's file
 

@@ -29,8 +29,12 @@ from izreg.http.routing import Access, Body, Target
 from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import IBodySink
 
-#: the largest form body (the token endpoint's POST) kept in memory
+#: the most of a body a route that reads none drops before it refuses it (413)
 SMALL_BODY = 64 * 1024
+#: the largest form body kept in memory (L{Body.SMALL}: the token endpoint's POST, reserved before anyone is
+#: authenticated): grant_type, service, scope and a refresh token or a password, a few hundred bytes from
+#: docker, oras, helm (docs/api.rst)
+FORM_BODY = 8 * 1024
 #: request attributes: the upload session of a chunk read off the reactor, the Deferred the handler waits on,
 #: and whether the chunk already took over from a gone holder (once a request)
 FOUND_SESSION = "_izreg_upload_session"
@@ -70,6 +74,8 @@ class BodySinks(Handlers):
 
     def _sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):
         self._check_push(target)
+        if target.endpoint.handler == "token":
+            self.token_service()  # off: 404 now, before a body byte is read or any budget reserved
         kind = target.endpoint.body
         if kind is Body.NONE:
             # a body on a route that reads none (GET /healthz, open to anyone): refused past SMALL_BODY, not read
@@ -85,7 +91,7 @@ class BodySinks(Handlers):
                 sink.on_error = lambda error: request.refuse(
                     storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
             return sink
-        limit = SMALL_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
+        limit = FORM_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
         buffer = BoundedBuffer(limit, self.budget, request.refuse)

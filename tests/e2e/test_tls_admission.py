@@ -309,7 +309,7 @@ def test_silent_connections_that_fill_the_connection_table_make_room_for_a_devic
         assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
         assert gauges_of(crowded, "izreg_connections_evicted_total") == {
             ("state", "handshake"): 1.0, ("state", "idle_new"): 0.0, ("state", "idle_unauthenticated"): 0.0,
-            ("state", "idle_authenticated"): 0.0}
+            ("state", "public_request"): 0.0, ("state", "idle_authenticated"): 0.0}
         assert closed_by_server(silent[0])  # the oldest
     finally:
         for sock in silent:
@@ -512,3 +512,31 @@ def test_idle_connections_go_unauthenticated_first_devices_last_and_a_slow_downl
         for sock in held:
             sock.close()
     wait_table(reg, open=0)
+
+
+@pytest.fixture
+def revocable(tmp_path_factory):
+    """Its own server: its device is revoked (in the database) by the test."""
+    yield from tls_registry(tmp_path_factory, "max_handshakes = 16\nhandshake_timeout = 600\n",
+                            "[connections]\nmax_connections = 8\nmax_per_address = 0\nidle_timeout = 600\n")
+
+
+def test_a_device_revoked_in_the_database_is_no_longer_ranked_authenticated_once_refused(revocable):
+    """
+    A device's connection ranks authenticated from its handshake on; once the device is revoked in the
+    database (not in a CRL: the handshake still succeeds) its next request is refused (401) and the
+    connection drops to the unauthenticated tier, closed before the key holders' and devices'.
+    (It stayed authenticated for as long as it was kept open.)
+    """
+    reg = revocable
+    device = connect_tls(reg, device=True)
+    try:
+        device.sendall(request("/v2/"))
+        assert response(device)[0] == 200
+        wait_table(reg, idle=(0, 0, 1))
+        reg.cli("device", "revoke", "--cert", reg.paths.client_cert, "--note", "idle tier")
+        device.sendall(request("/v2/"))
+        assert response(device)[0] == 401
+        wait_table(reg, idle=(0, 1, 0))
+    finally:
+        device.close()

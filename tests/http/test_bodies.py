@@ -142,6 +142,20 @@ async def test_a_large_body_on_a_route_that_reads_none_is_refused_not_read_for_a
     assert parse_raw(answer)[0] == 200
 
 
+@pytest.mark.parametrize("length", [60000, 100, None])
+@pytest_twisted.ensureDeferred
+async def test_the_token_endpoint_when_off_is_404_at_the_headers_nothing_reserved(secured, length):
+    """
+    The token service off ([auth] token_service = false): POST /v2/token is answered 404 (as the handler says)
+    at its headers, before a byte of its body. (It reserved its whole Content-Length, up to 64 KiB of the shared
+    body_memory, before anyone was authenticated, and said 404 only once the body had come, however slowly.)
+    """
+    head = put_head("/v2/token", length).replace(b"PUT ", b"POST ", 1)
+    got, headers, body = await answer_before_body(secured, head, timeout=10)
+    assert (got, _code(body)) == (404, "NOT_FOUND") and "not enabled" in json.loads(body)["errors"][0]["message"]
+    assert headers["connection"] == "close" and secured.api.budget.used == 0
+
+
 @pytest_twisted.ensureDeferred
 async def test_bodies_in_memory_have_a_global_budget(secured):
     """Past limits.body_memory, 503 at once; the budget comes back when the requests end."""

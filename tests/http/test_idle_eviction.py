@@ -16,8 +16,8 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from izreg.core.errors import ErrorCode
-from izreg.http.limits import (AUTHENTICATED, EVICT_SCAN, NEW, UNAUTHENTICATED, ConnectionLimits, IdleConnections,
-                               sending)
+from izreg.http.limits import (AUTHENTICATED, EVICT_SCAN, NEW, PUBLIC_REQUEST, UNAUTHENTICATED, ConnectionLimits,
+                               IdleConnections, sending)
 from tests.http.authhelpers import UPLOAD, Keys, basic, push_blob, uploading
 from tests.http.conftest import start_server
 from tests.http.helpers import parse_raw
@@ -78,7 +78,7 @@ async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_
         silent = await connect(server, b"")
         working = await connect(server, uploading(keys))
         held = [asked, signed, silent, working]
-        await until(lambda: limits.total == 4 and tiers() == (1, 1, 1), "three idle, one request in progress")
+        await until(lambda: limits.total == 4 and tiers() == (1, 1, 0, 1), "three idle, one request in progress")
         await close_in_order(server, keys, ((silent, NEW), (asked, UNAUTHENTICATED), (signed, AUTHENTICATED)), held)
         assert not working.closed.called
         refused = await connect(server, b"")
@@ -103,9 +103,9 @@ async def test_a_keep_alive_connection_is_idle_again_between_requests(tmp_path):
         first = await connect(server, get_v2())
         assert parse_raw(await first.done)[0] == 401
         other = await connect(server, b"")
-        await until(lambda: list(map(len, idle.tiers)) == [1, 1, 0], "both idle")
+        await until(lambda: list(map(len, idle.tiers)) == [1, 1, 0, 0], "both idle")
         first.transport.write(uploading(keys))
-        await until(lambda: list(map(len, idle.tiers)) == [1, 0, 0], "the second request in progress")
+        await until(lambda: list(map(len, idle.tiers)) == [1, 0, 0, 0], "the second request in progress")
         newcomer = await connect(server, b"")  # the one that sent nothing goes
         await other.closed.addTimeout(20, reactor)
         assert not first.closed.called
@@ -142,7 +142,7 @@ async def test_a_client_still_sending_its_headers_is_idle_in_its_tier_and_closed
         assert parse_raw(await asked.done)[0] == 401
         trickling = await connect(server, TRICKLING)
         held = [signed, asked, trickling]
-        await until(lambda: limits.total == 3 and tuple(map(len, limits.idle.tiers)) == (1, 1, 1),
+        await until(lambda: limits.total == 3 and tuple(map(len, limits.idle.tiers)) == (1, 1, 0, 1),
                     "all three idle, one a tier")
         for client in held:
             client.transport.write(b"X-Slow: 1\r\n")
@@ -179,10 +179,10 @@ async def test_a_slowloris_flood_does_not_keep_a_client_with_a_key_out(tmp_path)
             signed.append(await connect(server, get_v2(basic(keys.a_key))))
             assert parse_raw(await signed[-1].done.addTimeout(20, reactor))[0] == 200
             await flood[n - 1].closed.addTimeout(20, reactor)  # the longest idle
-            assert limits.idle.evicted == [n, 0, 0]
+            assert limits.idle.evicted == [n, 0, 0, 0]
         for _ in range(cap):
             flood.append(await connect(server, TRICKLING))
-        await until(lambda: limits.idle.evicted == [3 + cap, 0, 0] and limits.total == cap,
+        await until(lambda: limits.idle.evicted == [3 + cap, 0, 0, 0] and limits.total == cap,
                     "each reconnection closed one of the flood")
         assert len(limits.idle.tiers[AUTHENTICATED]) == 3 and not any(client.closed.called for client in signed)
     finally:
@@ -204,6 +204,111 @@ async def test_a_request_refused_in_its_headers_is_not_closed_for_a_newcomer_whi
     finally:
         if refused is not None:
             refused.transport.abortConnection()
+        await server.service.stopService()
+
+
+def trickled(method: str, path: str, length: int, sent: bytes = b"x" * 100, extra: str = "") -> bytes:
+    """A request on C{path} announcing a body of C{length} bytes, of which C{sent} comes (the rest never does)."""
+    return (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n{extra}"
+            "Content-Type: application/x-www-form-urlencoded\r\n\r\n").encode() + sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_on_a_public_route_is_closed_for_a_newcomer_after_the_idle_unauthenticated_ones(tmp_path):
+    """
+    A body trickled to GET /healthz and a form trickled to POST /v2/token (open to anyone: nobody is
+    authenticated) are requests in progress that each newcomer may close: after the connection that got a
+    401, before the key holder's idle one. (Busy, never closed, they held their slots for body_grace plus
+    64 s at body_min_rate, each arrival closing a device's or a key holder's idle connection.) The form's
+    reserved memory goes with it; an upload with a key, in progress, is never closed: then 503.
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=5, max_connections_per_address=0,
+                                token_service=True)
+    keys = Keys.make(server)
+    limits = server.service.site.connections
+    idle, budget = limits.idle, server.api.budget
+    held = []
+    try:
+        signed = await connect(server, get_v2(basic(keys.a_key)))
+        assert parse_raw(await signed.done)[0] == 200
+        asked = await connect(server, get_v2())
+        assert parse_raw(await asked.done)[0] == 401
+        health = await connect(server, trickled("GET", "/healthz", 60000))
+        await until(lambda: len(idle.tiers[PUBLIC_REQUEST]) == 1, "the health check's body coming")
+        form = await connect(server, trickled("POST", "/v2/token", 8000))
+        working = await connect(server, uploading(keys))
+        held = [signed, asked, health, form, working]
+        await until(lambda: limits.total == 5 and tuple(map(len, idle.tiers)) == (0, 1, 2, 1) and budget.used == 8000,
+                    "two public requests in progress, the form's 8000 bytes reserved")
+        for n, (closed, tier) in enumerate(((asked, UNAUTHENTICATED), (health, PUBLIC_REQUEST),
+                                            (form, PUBLIC_REQUEST), (signed, AUTHENTICATED)), 1):
+            held.append(await connect(server, uploading(keys)))
+            await closed.closed.addTimeout(20, reactor)
+            assert sum(idle.evicted) == n and idle.evicted[tier] >= 1
+        assert idle.evicted == [0, 1, 2, 1]
+        await until(lambda: budget.used == 0, "the form's memory given back")
+        refused = await connect(server, b"")
+        assert parse_raw(await refused.closed.addTimeout(20, reactor))[0] == 503
+        assert not working.closed.called
+    finally:
+        for client in held:
+            client.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_public_request_answered_leaves_its_tier(tmp_path):
+    """
+    Once answered, a public request's connection is idle (unauthenticated, or authenticated as it was), or
+    gone if it asked to close: never left in PUBLIC_REQUEST.
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=4, max_connections_per_address=0)
+    keys = Keys.make(server)
+    idle = server.service.site.connections.idle
+    held = []
+    try:
+        signed = await connect(server, get_v2(basic(keys.a_key)))
+        assert parse_raw(await signed.done)[0] == 200
+        first = await connect(server, trickled("GET", "/healthz", 5, b"he"))
+        closing = await connect(server, trickled("GET", "/readyz", 5, b"he", extra="Connection: close\r\n"))
+        held = [signed, first, closing]
+        signed.transport.write(trickled("GET", "/healthz", 5, b"he"))
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 3, 0), "three public requests in progress")
+        for client in held:
+            client.transport.write(b"llo")
+        await closing.closed.addTimeout(20, reactor)
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 1, 0, 1), "answered: idle in their tiers, or gone")
+        assert parse_raw(first.received)[0] == 200 and parse_raw(closing.received)[0] == 200
+    finally:
+        for client in held:
+            client.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_whose_request_is_refused_authentication_is_no_longer_ranked_authenticated(tmp_path):
+    """
+    A 401 with no caller (a key revoked since, as a device whose certificate is revoked in the database, not
+    in a CRL) drops the connection to the unauthenticated tier: closed before the key holders' connections.
+    A request that authenticates again raises it. (Authenticated once, it ranked so for good.)
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=4, max_connections_per_address=0)
+    keys = Keys.make(server)
+    idle = server.service.site.connections.idle
+    client = None
+    try:
+        client = await connect(server, get_v2(basic(keys.a_key)))
+        assert parse_raw(await client.done)[0] == 200
+        assert client.transport is not None and tuple(map(len, idle.tiers)) == (0, 0, 0, 1)
+        client.transport.write(get_v2(basic(keys.a_revoked)))
+        await until(lambda: client.received.count(b"HTTP/1.1 401") == 1 and len(idle.tiers[UNAUTHENTICATED]) == 1,
+                    "refused authentication: unauthenticated")
+        client.transport.write(get_v2(basic(keys.a_key)))
+        await until(lambda: client.received.count(b"HTTP/1.1 200") == 2 and len(idle.tiers[AUTHENTICATED]) == 1,
+                    "authenticated again")
+    finally:
+        if client is not None:
+            client.transport.abortConnection()
         await server.service.stopService()
 
 
@@ -248,7 +353,7 @@ async def test_a_response_still_to_be_sent_is_not_closed_until_it_is_delivered(t
         newcomer = await connect(server, b"")
         received = await reading.addTimeout(20, reactor)  # the server closed it: every byte first
         assert hashlib.sha256(received.partition(b"\r\n\r\n")[2]).hexdigest() == digest.split(":")[1]
-        assert limits.idle.evicted == [0, 0, 1]
+        assert limits.idle.evicted == [0, 0, 0, 1]
         newcomer.transport.abortConnection()
     finally:
         pull.close()
@@ -305,7 +410,7 @@ def test_the_choice_is_the_first_of_the_lowest_tier_and_bounded():
     while idle.evict():
         order.append(next(c for c in (device, key, *asked, *new, sending) if c.closed and c not in order))
     assert order == [new[2], new[0], *asked, device, key]
-    assert idle.evicted == [2, 2, 2] and list(idle.tiers[NEW]) == [sending] and sending.idle_tier == NEW
+    assert idle.evicted == [2, 2, 0, 2] and list(idle.tiers[NEW]) == [sending] and sending.idle_tier == NEW
     assert new[1].idle_tier is None and not new[1].closed
     sending.transport._tempDataLen = 0  # delivered: its turn
     assert idle.evict() and sending.closed and not len(idle)

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import reactor, threads
 
 from izreg.auth import tokens
 from izreg.auth.policy import parse_scope
@@ -36,6 +36,9 @@ from tests.http.authhelpers import (
     unknown_key,
 )
 from tests.http.conftest import header, start_server
+from tests.http.helpers import parse_raw
+from tests.http.test_bodies import answer_before_body, connect
+from tests.service.test_admission import until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -169,6 +172,36 @@ async def test_post_password_grant(env):
     response, _ = await env.server.request("POST", f"/v2/{name}/blobs/uploads/?digest={digest}", body=b"posted",
                                            headers=auth(bearer(answer["token"])))
     assert response.code == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_form_over_8_kib_is_refused_and_only_8_kib_reserved(env):
+    """
+    What docker, oras and helm POST (grant_type, service, scope, a refresh token or a password) is a few
+    hundred bytes: a form is kept up to 8 KiB, refused 413 past it, at the headers (Content-Length) or as a
+    chunked body passes it; a chunked one reserves 8 KiB of body_memory, not 64 KiB, before anyone is
+    authenticated. (Up to 64 KiB were kept and reserved.)
+    """
+    server, budget = env.server, env.server.api.budget
+    head = "POST /v2/token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    status, headers, body = await answer_before_body(server, f"{head}Content-Length: 8193\r\n\r\n".encode())
+    assert (status, error_of(body)["code"]) == (413, "SIZE_INVALID") and headers["connection"] == "close"
+    chunked = f"{head}Transfer-Encoding: chunked\r\n\r\n".encode()
+    client = await connect(server, chunked + b"%x\r\n%s\r\n" % (100, b"s" * 100))
+    try:
+        await until(lambda: budget.used > 0, "the chunked form's first bytes kept")
+        assert budget.used == 8 * 1024
+        client.transport.write(b"%x\r\n%s\r\n" % (8192, b"s" * 8192))
+        status, _, body = parse_raw(await client.done.addTimeout(20, reactor))
+        assert (status, error_of(body)["code"]) == (413, "SIZE_INVALID")
+    finally:
+        client.transport.abortConnection()
+    await until(lambda: budget.used == 0, "the form's memory given back")
+    form = urlencode({"grant_type": "password", "username": "KEY", "password": env.keys.a_key, "service": "izreg",
+                      "scope": pull_push(env.repo()), "pad": "p" * 7000}).encode()
+    assert len(form) < 8192
+    response, body = await server.request("POST", "/v2/token", body=form, headers=FORM)
+    assert response.code == 200, body
 
 
 @pytest_twisted.ensureDeferred
