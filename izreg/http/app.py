@@ -118,6 +118,17 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
                 principal = self.guard.authorize(request, target.endpoint.access, target.repository)
             if isinstance(principal, Deferred):
                 principal.addErrback(_browse_challenge.rechallenge)
+        elif request.method == b"HEAD" and target.route is not None and target.route.endpoint == routes.BLOB:
+            try:
+                principal = self.guard.authorize(request, target.endpoint.access, target.repository)
+            except RegistryError as error:
+                raise _unseen_blob(error, target) from None
+            if isinstance(principal, Deferred):
+                def unseen(failure):
+                    failure.trap(RegistryError)
+                    raise _unseen_blob(failure.value, target)
+
+                principal.addErrback(unseen)
         else:
             principal = self.guard.authorize(request, target.endpoint.access, target.repository)
 
@@ -239,6 +250,19 @@ def _outside(request, target: Target, principal) -> RegistryError:
     if request.method == b"HEAD" and outside.endpoint == routes.BLOB:
         return RegistryError(ErrorCode.BLOB_UNKNOWN, {"name": outside.name})
     return outside.denied(principal.account)
+
+
+def _unseen_blob(error: RegistryError, target: Target) -> RegistryError:
+    """
+    A blob C{HEAD} in another account's repository: "not there" (BLOB_UNKNOWN, 404), not a bare 403,
+    as L{_outside} answers for a name in no account. A C{HEAD} is a pull, so the only DENIED it can get
+    is another account's (a read-only key and a device may pull); skopeo, podman and docker then go on
+    to start the upload and are refused there with the message, and whether the blob is there is not
+    said either way. Other refusals (401) are left as they are.
+    """
+    if error.code is not ErrorCode.DENIED:
+        return error
+    return RegistryError(ErrorCode.BLOB_UNKNOWN, {"name": target.repository.name})
 
 
 class _browse_challenge:
