@@ -21,8 +21,9 @@ is resolved and the caller authorized (L{izreg.http.routing}). Then:
 L{RegistryChannel} also closes connections that send their headers or body
 too slowly (L{SlowSenders}), answers over-long request and header lines
 with 414 and 431, and L{RegistrySite} caps connections (L{izreg.http.limits}):
-a channel with no request in progress is on the site's L{IdleConnections},
-which may close it for a newcomer once the cap is reached.
+a channel with no request in progress (none whose headers are all in) is on
+the site's L{IdleConnections}, which may close it for a newcomer once the cap
+is reached.
 """
 
 from __future__ import annotations
@@ -346,6 +347,9 @@ class RegistryChannel(http.HTTPChannel):
     idle: IdleConnections | None = None
     idle_tier = None
     _tier = NEW
+    #: a request's headers are all in and it is not done (its body is coming, or its answer): busy, from
+    #: L{allHeadersReceived} to L{requestDone}; one still sending its headers stays idle (slowloris)
+    _in_request = False
 
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
@@ -388,6 +392,8 @@ class RegistryChannel(http.HTTPChannel):
         watch = getattr(self.site, "slow", None)
         if watch is not None:
             watch.done(self)
+        if self.idle_tier is not None:  # refused before its headers were all in (414, 431, 400): busy, as every
+            self.idle.busy(self)  # refused request lingers (LINGER), its answer never cut by an eviction
         self.transport.write(response)
         self._linger = self.callLater(LINGER, self._close_refused)
 
@@ -437,9 +443,7 @@ class RegistryChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
-        if self._lines == 0 and line:
-            if self.idle_tier is not None:  # a request is in progress: never closed for a newcomer
-                self.idle.busy(self)
+        if self._lines == 0 and line:  # (still idle: busy once its headers are all in, L{allHeadersReceived})
             watch = getattr(self.site, "slow", None)
             if watch is not None:
                 watch.headers_started(self)
@@ -490,6 +494,11 @@ class RegistryChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._lines = 0
+        # a request is in progress (its body, 100-continue, its answer): never closed for a newcomer. Not at its
+        # first line: a client trickling header lines (slowloris) would hold its place for header_timeout
+        self._in_request = True
+        if self.idle_tier is not None:
+            self.idle.busy(self)
         length = self.length
         super().allHeadersReceived()
         watch = getattr(self.site, "slow", None)
@@ -547,12 +556,13 @@ class RegistryChannel(http.HTTPChannel):
         pass  # the server never half-closes
 
     def requestDone(self, request) -> None:
+        self._in_request = False  # (set again if a pipelined request's headers are all in: super() reads them)
         super().requestDone(request)
         if self._read_closed and not self._handlingRequest and self.transport is not None \
                 and not self.transport.disconnecting:
             self.transport.loseConnection()  # no request can come after a half-close
         idle = self.idle
-        if idle is not None and not self.requests and self.persistent and not self._refused:
+        if idle is not None and not self._in_request and self.persistent and not self._refused:
             tier = self._tier
             if tier != AUTHENTICATED:
                 principal = getattr(request, "principal", None) or getattr(request, PRINCIPAL_ATTRIBUTE, None)

@@ -154,17 +154,23 @@ EVICT_GRACE = 2.0
 
 class IdleConnections:
     """
-    The connections with no request in progress (between requests on a keep-alive connection, or none
-    sent yet), in three tiers (L{NEW}, L{UNAUTHENTICATED}, L{AUTHENTICATED}), each the longest idle
-    first: what L{ConnectionLimits} closes, one per newcomer, when C{max_connections} are open and no TLS
-    handshake is left to cut short (as nginx reuses its idle keep-alive connections when it runs out of
-    C{worker_connections}). Without it a thousand cheap idle connections (a completed handshake, or a
-    plain TCP connect, and then nothing) locked every device out for C{connections.idle_timeout}.
+    The connections with no request in progress (between requests on a keep-alive connection, none sent
+    yet, or one whose headers are still coming), in three tiers (L{NEW}, L{UNAUTHENTICATED},
+    L{AUTHENTICATED}), each the longest idle first: what L{ConnectionLimits} closes, one per newcomer,
+    when C{max_connections} are open and no TLS handshake is left to cut short (as nginx reuses its idle
+    keep-alive connections when it runs out of C{worker_connections}). Without it a thousand cheap idle
+    connections (a completed handshake, or a plain TCP connect, and then nothing) locked every device out
+    for C{connections.idle_timeout}.
 
     A channel (L{izreg.http.bodies.RegistryChannel}) reports itself L{idle} (at connection, once its
-    request is answered, and to move to a higher tier), L{busy} (a request line came) and gone (L{busy}
-    too); its C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call
-    an OrderedDict insertion or deletion (~0.2 us a request). L{evict} takes the first of the lowest tier
+    request is answered, and to move to a higher tier), L{busy} (a request's headers are all in; or it
+    was refused, its answer on its way) and gone (L{busy} too). Not busy at a request's first line: a
+    client that sends a request line and then trickles header lines (slowloris) would hold its place
+    until C{connections.header_timeout}; it stays where it was, idle since its connection or its last
+    answer. A legitimate client sends its headers at once, and one closed in the middle of them is where
+    a client is when a server closes its idle keep-alive connection: it retries on a new one. Its
+    C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call an
+    OrderedDict insertion or deletion (~0.2 us a request). L{evict} takes the first of the lowest tier
     that is not empty: O(1), and at most L{EVICT_SCAN} looked at when the first ones still have response
     bytes to send (L{sending}: never cut short; each one passed over goes to the end of its tier).
     """

@@ -11,6 +11,7 @@ IdleConnections), never one in the middle of a request or a response.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import ssl
@@ -324,10 +325,10 @@ TABLE = 8
 
 @pytest.fixture(scope="module")
 def idle_table(tmp_path_factory):
-    """A small connection table; nothing times out during a test (a started request stays in progress)."""
+    """A small connection table; nothing times out during a test (a started request or upload stays in progress)."""
     yield from tls_registry(tmp_path_factory, "max_handshakes = 16\nhandshake_timeout = 600\n",
                             f"[connections]\nmax_connections = {TABLE}\nmax_per_address = 0\nidle_timeout = 600\n"
-                            "header_timeout = 600\n")
+                            "header_timeout = 600\nbody_grace = 600\n")
 
 
 def connect_tls(reg, device: bool = False, receive_buffer: int = 0) -> ssl.SSLSocket:
@@ -350,6 +351,17 @@ def connect_plain(reg, port: int = 0, receive_buffer: int = 0) -> socket.socket:
 def request(path: str, authorization: str = "") -> bytes:
     extra = f"Authorization: {authorization}\r\n" if authorization else ""
     return f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode()
+
+
+#: a request line and header lines, never the blank line after them (slowloris): the connection stays idle
+TRICKLING = b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow\r\n"
+
+
+def uploading(reg) -> bytes:
+    """A request in progress: its headers all in (a monolithic upload with the access key), 10 of its 1000 bytes."""
+    digest = "sha256:" + hashlib.sha256(b"x" * 1000).hexdigest()
+    return (f"POST /v2/{reg.account}/idle/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: {key_authorization(reg)}\r\nContent-Length: 1000\r\n\r\n").encode() + b"x" * 10
 
 
 def response(sock, body: bool = True) -> tuple[int, bytes]:
@@ -399,17 +411,22 @@ def wait_table(reg, **wanted) -> dict:
     return seen
 
 
-def test_idle_handshaken_and_plain_connections_make_room_for_a_device_and_an_access_key(idle_table):
+@pytest.mark.parametrize("first", [b"", TRICKLING], ids=["silent", "slowloris"])
+def test_idle_handshaken_and_plain_connections_make_room_for_a_device_and_an_access_key(idle_table, first):
     """
     The table full of connections that completed their TLS handshake (no client certificate) or
-    connected over plain HTTP and then sent nothing: a device, then a client with an access key, get
-    in; the oldest idle ones are closed for them (on main: 503 for both, until idle_timeout).
+    connected over plain HTTP and then sent nothing, or a request line and header lines with no end
+    (slowloris): a device, then a client with an access key, get in; the oldest idle ones are closed
+    for them (503 for both, until idle_timeout before idle connections were closed; until
+    header_timeout for the slowloris ones while a request line made a connection busy).
     """
     reg = idle_table
     before = wait_table(reg, open=0, shaking=0)["evicted"].get("idle_new", 0)
     held = [connect_tls(reg) for _ in range(TABLE // 2)]
     wait_table(reg, open=TABLE // 2, shaking=0)
     held += [connect_plain(reg) for _ in range(TABLE // 2)]
+    for sock in held:
+        sock.sendall(first)
     try:
         wait_table(reg, open=TABLE, shaking=0, idle=(TABLE, 0, 0))
         result: list = []
@@ -418,6 +435,7 @@ def test_idle_handshaken_and_plain_connections_make_room_for_a_device_and_an_acc
         assert closed_by_server(held[0])  # the longest idle
         wait_table(reg, open=TABLE - 1, evicted={"idle_new": before + 1})  # the device's gone (Connection: close) too
         held.append(connect_plain(reg))
+        held[-1].sendall(first)
         wait_table(reg, open=TABLE, idle=(TABLE, 0, 0))
         answer = requests.get(f"{reg.url}/v2/", auth=reg.requests_auth, headers={"Connection": "close"}, timeout=30)
         assert answer.status_code == 200
@@ -437,8 +455,6 @@ def test_idle_connections_go_unauthenticated_first_devices_last_and_a_slow_downl
     device's and the key's; then nothing is idle and the next newcomer is refused (503). The
     download was never cut: every byte of the blob arrives.
     """
-    import hashlib
-
     reg = idle_table
     before = wait_table(reg, open=0, shaking=0)["evicted"]
     blob = os.urandom(32 * 1024 * 1024)
@@ -476,7 +492,7 @@ def test_idle_connections_go_unauthenticated_first_devices_last_and_a_slow_downl
         for n, closed in enumerate(order, 1):
             newcomer = connect_plain(reg)
             held.append(newcomer)
-            newcomer.sendall(b"GET /v2/ HTTP/1.1\r\n")  # a request in progress (header_timeout = 600)
+            newcomer.sendall(uploading(reg))  # a request in progress: its body coming (body_grace = 600)
             assert closed_by_server(closed), n
             wait_table(reg, open=TABLE, idle=(max(0, 4 - n), 1 if n <= 4 else 0, min(2, len(order) - n)))
         after = table(reg)["evicted"]

@@ -82,6 +82,21 @@ class Keys:
         return cls(store, a, b, a_key.reveal(), rec.key_id, a_ro.reveal(), a_revoked.reveal(), b_key.reveal())
 
 
+#: the body of L{uploading}'s request: 1000 bytes, of which it sends 10
+UPLOAD = b"x" * 1000
+
+
+def uploading(keys: Keys) -> bytes:
+    """
+    Raw bytes of a request in progress (its headers all in, its body still coming: busy, never closed
+    for a newcomer at max_connections): a monolithic upload into C{keys.a}'s ``app`` with its key, 10
+    bytes of L{UPLOAD}; the rest, sent later, completes it (201).
+    """
+    head = (f"POST /v2/{keys.a}/app/blobs/uploads/?digest={digest_of(UPLOAD)} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: {basic(keys.a_key)}\r\nContent-Length: {len(UPLOAD)}\r\n\r\n")
+    return head.encode() + UPLOAD[:10]
+
+
 def threaded(f, *args):
     """A runner as on PostgreSQL: C{f} on the reactor's thread pool, a Deferred of its value."""
     from twisted.internet import reactor, threads

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from izreg.http.routing import Access, RouteTable
-from tests.http.authhelpers import Keys, basic
+from tests.http.authhelpers import Keys, basic, uploading
 from tests.http.conftest import start_server
 from tests.http.helpers import FirstAnswer, parse_raw
 from tests.service.test_admission import until
@@ -193,7 +193,8 @@ async def test_connections_are_capped(tmp_path, cap, status):
     server = await start_server(tmp_path, socket=True, **{"max_connections": 0, "max_connections_per_address": 0, cap: 3})
     limits = server.service.site.connections
     try:
-        held = [await connect(server, b"GET /v2/ HTTP/1.1\r\n") for _ in range(3)]
+        keys = Keys.make(server)
+        held = [await connect(server, uploading(keys)) for _ in range(3)]  # each its body still coming
         await until(lambda: limits.total == 3 and not len(limits.idle), "three requests in progress")
         refused = await connect(server, b"")
         answer = await refused.closed.addTimeout(20, reactor)

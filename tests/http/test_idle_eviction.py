@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from izreg.core.errors import ErrorCode
 from izreg.http.limits import (AUTHENTICATED, EVICT_SCAN, NEW, UNAUTHENTICATED, ConnectionLimits, IdleConnections,
                                sending)
-from tests.http.authhelpers import Keys, basic, push_blob
+from tests.http.authhelpers import UPLOAD, Keys, basic, push_blob, uploading
 from tests.http.conftest import start_server
 from tests.http.helpers import parse_raw
 from tests.http.test_bodies import connect
@@ -26,8 +26,9 @@ from tests.service.test_admission import until
 
 pytestmark = pytest.mark.socket
 
-#: a request line, the headers not yet all in: a request in progress (header_timeout is 30 s)
-STARTED = b"GET /v2/ HTTP/1.1\r\n"
+#: a request line and header lines, never the blank line after them (slowloris): not a request in progress,
+#: the connection stays idle in its tier (header_timeout, 30 s, would close it)
+TRICKLING = b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow\r\n"
 
 
 def get_v2(authorization: str = "") -> bytes:
@@ -35,13 +36,30 @@ def get_v2(authorization: str = "") -> bytes:
     return f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode()
 
 
+async def close_in_order(server, keys: Keys, order, held: list) -> None:
+    """
+    Newcomers, each a request in progress (L{uploading}), close C{order}'s clients one each, in that order
+    (one a tier: C{(client, its tier)}); the table stays full.
+    """
+    limits = server.service.site.connections
+    idle = limits.idle
+    left = len(idle)
+    for n, (closed, tier) in enumerate(order, 1):
+        newcomer = await connect(server, uploading(keys))
+        held.append(newcomer)
+        await closed.closed.addTimeout(20, reactor)
+        assert idle.evicted[tier] == 1 and sum(idle.evicted) == n
+        await until(lambda: limits.total == limits.max_total and len(idle) == left - n,
+                    "the newcomer counted, its request started")
+
+
 @pytest_twisted.ensureDeferred
 async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_in_progress_never(tmp_path):
     """
     Four connections open (the cap): one that got a 401 and stays, one whose request authenticated,
-    one that sent nothing, one in the middle of its request. Each newcomer gets in, closing the one
-    that sent nothing, then the 401's, then the authenticated one; then none is idle: 503. The request
-    in progress is answered in full at the end.
+    one that sent nothing, one in the middle of its request (an upload, its body coming). Each newcomer
+    (an upload too) gets in, closing the one that sent nothing, then the 401's, then the authenticated
+    one; then none is idle: 503. The request in progress is answered in full at the end.
     """
     server = await start_server(tmp_path, socket=True, max_connections=4, max_connections_per_address=0)
     keys = Keys.make(server)
@@ -58,21 +76,16 @@ async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_
         signed = await connect(server, get_v2(basic(keys.a_key)))
         assert parse_raw(await signed.done)[0] == 200
         silent = await connect(server, b"")
-        working = await connect(server, STARTED)
+        working = await connect(server, uploading(keys))
         held = [asked, signed, silent, working]
         await until(lambda: limits.total == 4 and tiers() == (1, 1, 1), "three idle, one request in progress")
-        for n, (closed, tier) in enumerate(((silent, NEW), (asked, UNAUTHENTICATED), (signed, AUTHENTICATED))):
-            newcomer = await connect(server, STARTED)
-            held.append(newcomer)
-            await closed.closed.addTimeout(20, reactor)
-            assert idle.evicted[tier] == 1 and sum(idle.evicted) == n + 1
-            await until(lambda: limits.total == 4 and len(idle) == 2 - n, "the newcomer counted, its request started")
+        await close_in_order(server, keys, ((silent, NEW), (asked, UNAUTHENTICATED), (signed, AUTHENTICATED)), held)
         assert not working.closed.called
         refused = await connect(server, b"")
         answer = await refused.closed.addTimeout(20, reactor)
         assert parse_raw(answer)[0] == 503 and sum(idle.evicted) == 3
-        working.transport.write(b"Host: localhost\r\n\r\n")
-        assert parse_raw(await working.done.addTimeout(20, reactor))[0] == 401  # answered, never cut
+        working.transport.write(UPLOAD[10:])
+        assert parse_raw(await working.done.addTimeout(20, reactor))[0] == 201  # answered, never cut
     finally:
         for client in held:
             client.transport.abortConnection()
@@ -83,6 +96,7 @@ async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_
 async def test_a_keep_alive_connection_is_idle_again_between_requests(tmp_path):
     """Busy while its second request is in progress, idle (and last in line) once it is answered."""
     server = await start_server(tmp_path, socket=True, max_connections=2, max_connections_per_address=0)
+    keys = Keys.make(server)
     limits = server.service.site.connections
     idle = limits.idle
     try:
@@ -90,7 +104,7 @@ async def test_a_keep_alive_connection_is_idle_again_between_requests(tmp_path):
         assert parse_raw(await first.done)[0] == 401
         other = await connect(server, b"")
         await until(lambda: list(map(len, idle.tiers)) == [1, 1, 0], "both idle")
-        first.transport.write(STARTED)
+        first.transport.write(uploading(keys))
         await until(lambda: list(map(len, idle.tiers)) == [1, 0, 0], "the second request in progress")
         newcomer = await connect(server, b"")  # the one that sent nothing goes
         await other.closed.addTimeout(20, reactor)
@@ -100,6 +114,96 @@ async def test_a_keep_alive_connection_is_idle_again_between_requests(tmp_path):
         await until(lambda: limits.total == 1, "the newcomer gone")
     finally:
         first.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_still_sending_its_headers_is_idle_in_its_tier_and_closed_for_a_newcomer(tmp_path):
+    """
+    A request line and header lines with no end (slowloris) are no request in progress: the connection
+    stays idle in its tier, where it was. One that has completed no request is new; one that trickles
+    its second request's headers, pipelined right behind its first, is unauthenticated after a 401 and
+    authenticated after a key's pull (its headers read once the blob is sent, as Twisted holds a
+    pipelined request until the one before it is answered). Newcomers close them in that order,
+    whatever more header lines they send. (Busy from their request line, they held their place until
+    header_timeout.)
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=3, max_connections_per_address=0)
+    keys = Keys.make(server)
+    limits = server.service.site.connections
+    held = []
+    try:
+        digest = await push_blob(server, f"{keys.a}/app", UPLOAD * 256, keys.a_key)
+        pull = (f"GET /v2/{keys.a}/app/blobs/{digest} HTTP/1.1\r\nHost: localhost\r\n"
+                f"Authorization: {basic(keys.a_key)}")
+        signed = await connect(server, f"{pull}\r\n\r\n".encode() + TRICKLING)  # (read once the blob is sent)
+        assert parse_raw(await signed.done)[0] == 200
+        asked = await connect(server, get_v2() + TRICKLING)
+        assert parse_raw(await asked.done)[0] == 401
+        trickling = await connect(server, TRICKLING)
+        held = [signed, asked, trickling]
+        await until(lambda: limits.total == 3 and tuple(map(len, limits.idle.tiers)) == (1, 1, 1),
+                    "all three idle, one a tier")
+        for client in held:
+            client.transport.write(b"X-Slow: 1\r\n")
+        await close_in_order(server, keys, ((trickling, NEW), (asked, UNAUTHENTICATED), (signed, AUTHENTICATED)),
+                             held)
+        assert trickling.received == b""  # closed with no answer: its request never came whole
+    finally:
+        for client in held:
+            client.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slowloris_flood_does_not_keep_a_client_with_a_key_out(tmp_path):
+    """
+    The whole table trickling request headers: clients with an access key get in and are answered, each
+    closing the longest idle of the flood; the flood reconnecting closes its own, never the keys'
+    connections. (Busy from their request line, the flood had every newcomer refused, 503, until
+    header_timeout closed it, and reconnected.)
+    """
+    cap = 8
+    server = await start_server(tmp_path, socket=True, max_connections=cap, max_connections_per_address=0)
+    keys = Keys.make(server)
+    limits = server.service.site.connections
+    flood, signed = [], []
+    try:
+        for _ in range(cap):
+            flood.append(await connect(server, TRICKLING))
+        watched = server.service.site.slow.watched  # (header_timeout's watch: each one's request line read)
+        await until(lambda: limits.total == cap and len(watched) == cap, "the table full of slowloris")
+        for client in flood:
+            client.transport.write(b"X-Slow: 1\r\n")
+        for n in range(1, 4):
+            signed.append(await connect(server, get_v2(basic(keys.a_key))))
+            assert parse_raw(await signed[-1].done.addTimeout(20, reactor))[0] == 200
+            await flood[n - 1].closed.addTimeout(20, reactor)  # the longest idle
+            assert limits.idle.evicted == [n, 0, 0]
+        for _ in range(cap):
+            flood.append(await connect(server, TRICKLING))
+        await until(lambda: limits.idle.evicted == [3 + cap, 0, 0] and limits.total == cap,
+                    "each reconnection closed one of the flood")
+        assert len(limits.idle.tiers[AUTHENTICATED]) == 3 and not any(client.closed.called for client in signed)
+    finally:
+        for client in flood + signed:
+            client.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_refused_in_its_headers_is_not_closed_for_a_newcomer_while_its_answer_lingers(tmp_path):
+    """A header line over 16 KiB: 431, then the connection reads and drops for LINGER seconds, busy as every refusal."""
+    server = await start_server(tmp_path, socket=True, max_connections=2, max_connections_per_address=0)
+    limits = server.service.site.connections
+    refused = None
+    try:
+        refused = await connect(server, TRICKLING + b"X-Long: " + b"a" * 17000 + b"\r\n")
+        assert parse_raw(await refused.done.addTimeout(20, reactor))[0] == 431
+        assert limits.total == 1 and len(limits.idle) == 0 and not refused.closed.called
+    finally:
+        if refused is not None:
+            refused.transport.abortConnection()
         await server.service.stopService()
 
 
@@ -135,7 +239,7 @@ async def test_a_response_still_to_be_sent_is_not_closed_until_it_is_delivered(t
         await until(lambda: len(limits.idle.tiers[AUTHENTICATED]) == 1, "the pull answered, on the server's side")
         [channel] = limits.idle.tiers[AUTHENTICATED]
         assert sending(channel.transport)
-        working = await connect(server, STARTED)
+        working = await connect(server, uploading(keys))
         await until(lambda: limits.total == 2 and len(limits.idle) == 1, "a request in progress beside it")
         refused = await connect(server, b"")
         assert parse_raw(await refused.closed.addTimeout(20, reactor))[0] == 503
