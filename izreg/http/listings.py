@@ -21,11 +21,15 @@ class TagPages:
     authorized on every request before this is asked.
     """
 
-    #: pages kept; past it all are dropped (the next requests read them again)
+    #: pages kept, and their bytes in all; past either, all are dropped (the next requests read them again)
     SIZE = 1024
+    BYTES = 8 * 1024 * 1024
+    #: a larger page (a repository with thousands of tags, no ``n``) is read every time, never kept
+    PAGE_BYTES = 64 * 1024
 
     def __init__(self) -> None:
         self.pages: dict[tuple, tuple] = {}
+        self.bytes = 0
 
     def get(self, key: tuple, version) -> tuple | None:
         page = self.pages.get(key)
@@ -34,11 +38,18 @@ class TagPages:
         return page[1]
 
     def put(self, key: tuple, version, page: tuple) -> None:
-        if version is None:
+        """Keep C{page} (C{(link, body)}) for C{key} at C{version}."""
+        size = len(page[1])
+        if version is None or size > self.PAGE_BYTES:
             return
-        if len(self.pages) >= self.SIZE:
+        if len(self.pages) >= self.SIZE or self.bytes + size > self.BYTES:
             self.pages.clear()
+            self.bytes = 0
+        old = self.pages.get(key)
+        if old is not None:
+            self.bytes -= len(old[1][1])
         self.pages[key] = (version, page)
+        self.bytes += size
 
 
 class ListingRoutes(Handlers):

@@ -406,3 +406,24 @@ async def test_a_tag_deleted_by_another_process_is_gone_at_the_next_request(serv
     subprocess.run([sys.executable, "-c", script, data_dir, name], check=True, timeout=60)
     _, listed = await get_json(server, f"/v2/{name}/tags/list")
     assert listed["tags"] == ["a"]
+
+
+def test_tag_pages_are_bounded_in_number_and_bytes():
+    from izreg.http.listings import TagPages
+
+    pages = TagPages()
+    pages.put(("r", 1, None), 7, (None, b"x" * (TagPages.PAGE_BYTES + 1)))  # too large to keep
+    assert pages.get(("r", 1, None), 7) is None and pages.bytes == 0
+    pages.put(("r", 1, None), None, (None, b"{}"))  # no version: never kept
+    assert pages.pages == {}
+    pages.put(("r", 1, None), 7, (None, b"{}"))
+    pages.put(("r", 1, None), 8, (None, b"{1}"))  # the same key again: counted once
+    assert pages.get(("r", 1, None), 7) is None and pages.get(("r", 1, None), 8) == (None, b"{1}")
+    assert pages.bytes == 3
+    big = b"y" * TagPages.PAGE_BYTES
+    for i in range(TagPages.BYTES // TagPages.PAGE_BYTES + 1):
+        pages.put(("r", i, "big"), 8, (None, big))
+        assert pages.bytes <= TagPages.BYTES and len(pages.pages) <= TagPages.SIZE
+    for i in range(TagPages.SIZE + 1):
+        pages.put(("s", i, None), 8, (None, b"{}"))
+        assert len(pages.pages) <= TagPages.SIZE
