@@ -122,4 +122,19 @@ def _names(cert: x509.Certificate) -> str:
         return ""
     names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
     names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
-    return ", ".join(names[:8])
+    return ", ".join(map(_shown, names[:8]))
+
+
+#: the most characters of one name the sentence shows
+NAME_LIMIT = 100
+
+
+def _shown(name: str) -> str:
+    """
+    A name of a certificate as the sentence shows it: what a registry presents is not checked yet (an
+    IA5String may hold control characters: a newline, a terminal's escape), and it goes into the log and
+    the 503; any character not printable is escaped as repr() does, and a long name is cut.
+    """
+    if not name.isprintable():
+        name = repr(name)[1:-1]
+    return name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT] + "..."

@@ -16,7 +16,7 @@ is resolved and the caller authorized (L{izreg.http.routing}). Then:
 - an upload's body goes into its L{ChunkWriter} (hashing while it appends);
 - a manifest or form goes into a L{BoundedBuffer}, within its size limit and
   the process-wide L{BodyBudget};
-- a body nobody reads (a GET with a body) into a L{Dropped} sink.
+- a body nobody reads (a GET with a body) into a L{Dropped} sink, refused (413) past 64 KiB.
 
 L{RegistryChannel} also closes connections that send their headers or body
 too slowly (L{SlowSenders}), answers over-long request and header lines
@@ -146,13 +146,20 @@ def out_of_budget(budget: BodyBudget) -> RegistryError:
 
 
 class Dropped:
-    """A body nobody will read: counted and dropped."""
+    """
+    A body nobody will read: counted and dropped; past C{limit} bytes (None: no limit),
+    C{refuse} is called once with a 413.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None, refuse=None) -> None:
         self.received = 0
+        self.limit, self.refuse = limit, refuse
 
     def write(self, data) -> None:
         self.received += len(data)
+        if self.limit is not None and self.received > self.limit and self.refuse is not None:
+            refuse, self.refuse = self.refuse, None
+            refuse(RegistryError(ErrorCode.TOO_LARGE, {"limit": self.limit}, "this route takes no request body"))
 
     def tell(self) -> int:
         return self.received

@@ -72,7 +72,12 @@ class BodySinks(Handlers):
         self._check_push(target)
         kind = target.endpoint.body
         if kind is Body.NONE:
-            return Dropped()
+            # a body on a route that reads none (GET /healthz, open to anyone): refused past SMALL_BODY, not read
+            # for as long as the client trickles it (body_min_rate from Content-Length: 100 MB held a slot a day)
+            if length is not None and length > SMALL_BODY:
+                raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": SMALL_BODY},
+                                    "this route takes no request body")
+            return Dropped(SMALL_BODY, request.refuse)
         if kind is Body.UPLOAD:
             sink = self._upload_sink(request, target, method, uri, length)
             if IBodySink.providedBy(sink):

@@ -106,3 +106,18 @@ def test_the_other_failures(failure, sentence):
 def test_no_raw_openssl_text_reaches_the_sentence():
     for failure in (never(VERIFY_FAILED), never(SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")]))):
         assert "SSL routines" not in explain(failure, SETTING, chain(NOW), UTC_NOW)
+
+
+def test_the_names_of_a_certificate_are_shown_printable_and_short():
+    """
+    The names come from a certificate not checked yet (an IA5String may hold a newline or a terminal's
+    escape): the sentence goes into the log and the 503, so they are escaped, each cut at NAME_LIMIT.
+    """
+    from izreg.edge.unreachable import NAME_LIMIT
+
+    names = ["registry.example\n2026-12-02 [izreg.access#info] forged\x1b[2J", "x" * 3000, "127.0.0.1"]
+    sentence = explain(never(VerificationError(errors=[])), SETTING, chain(NOW, names=names), UTC_NOW)
+    assert sentence.isprintable() and "\x1b" not in sentence and len(sentence) < 400
+    assert sentence.endswith(
+        "; it names registry.example\\n2026-12-02 [izreg.access#info] forged\\x1b[2J, "
+        + "x" * NAME_LIMIT + "..., 127.0.0.1")

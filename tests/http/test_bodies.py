@@ -122,6 +122,27 @@ async def test_a_manifest_over_the_limit_is_refused_before_its_body(secured):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_large_body_on_a_route_that_reads_none_is_refused_not_read_for_as_long_as_it_comes(secured):
+    """
+    GET /healthz is open to anyone: its body was counted and dropped for as long as the client sent it,
+    so 100 MB announced and trickled at body_min_rate held a connection (busy: never closed for a newcomer
+    at max_connections) for a day. Now a body past 64 KiB is 413 at the headers (Content-Length) or as its
+    bytes pass 64 KiB (chunked); a small one is still dropped and the request answered.
+    """
+    status, _, body = await answer_before_body(
+        secured, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\nab")
+    assert (status, _code(body)) == (413, "SIZE_INVALID")
+    chunk = b"%x\r\n%s\r\n" % (8192, b"x" * 8192)
+    status, _, body = await answer_before_body(
+        secured, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 9)
+    assert (status, _code(body)) == (413, "SIZE_INVALID")
+    client = await connect(secured, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+    answer = await client.done.addTimeout(20, reactor)
+    client.transport.abortConnection()
+    assert parse_raw(answer)[0] == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_bodies_in_memory_have_a_global_budget(secured):
     """Past limits.body_memory, 503 at once; the budget comes back when the requests end."""
     keys = secured.keys
