@@ -94,17 +94,21 @@ def authorize(principal: Principal, repository: Repository, action: Action) -> N
     Allow C{principal} to do C{action} on C{repository}, or raise.
 
     @raise RegistryError: C{DENIED} (403) if the repository is in another
-        account or the principal is read-only and C{action} is not C{PULL};
+        account (the message says the caller's own account id) or the
+        principal is read-only and C{action} is not C{PULL};
         C{UNAUTHORIZED} (401) with C{detail["scope"]} if the principal is a
         token whose scopes do not cover the action although its key would: the
         client should fetch a token for that scope (the authenticator adds the
         challenge header).
     """
     if repository.account != principal.account:
+        own = principal.account
+        # clients print the message only (docker: "denied: ..."): a mistyped account id is seen at
+        # once. The same sentence for every name asked, so it cannot tell whether one exists.
         raise RegistryError(
             ErrorCode.DENIED,
-            {"name": repository.name, "action": action.value},
-            "access to a repository of another account is denied",
+            {"name": repository.name, "action": action.value, "account": own},
+            f"access to a repository of another account is denied; your account id is {own}",
         )
     if not principal.may(action):
         raise RegistryError(

@@ -51,6 +51,16 @@ def test_authorize(principal, repository, action, expected):
         assert e.value.detail["scope"] == f"repository:{repository.name}:{action.value}"
 
 
+@pytest.mark.parametrize("principal", [KEY, READ_ONLY, DEVICE, TOKEN_PULL])
+def test_another_accounts_repository_is_denied_with_the_callers_account(principal):
+    # docker prints only the message: a mistyped account id must be seen in it
+    with pytest.raises(RegistryError) as e:
+        policy.authorize(principal, Repository.parse(f"{B}/team/app"), Action.PULL)
+    assert e.value.code is ErrorCode.DENIED
+    assert e.value.message == f"access to a repository of another account is denied; your account id is {A}"
+    assert e.value.detail == {"name": f"{B}/team/app", "action": "pull", "account": A}
+
+
 def test_authorize_catalog():
     assert policy.authorize_catalog(KEY) == A
     assert policy.authorize_catalog(Principal("token", A, "0" * 16, scopes=(policy.parse_scope("registry:catalog:*"),))) == A

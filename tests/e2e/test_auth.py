@@ -164,6 +164,12 @@ def test_key_reaches_only_its_own_account(registry, client, new_repo):
                  client.request("GET", f"/v2/{theirs}/tags/list"),
                  client.push_blob_monolithic(theirs, b"intrusion")):
         assert resp.status_code in (401, 403, 404), describe(resp)
+    # the 403 says which account the key is of (clients print only the message)
+    resp = client.request("GET", f"/v2/{theirs}/tags/list")
+    assert resp.status_code == 403 and error_codes(resp) == ["DENIED"], describe(resp)
+    assert resp.json()["errors"][0]["message"] == (
+        "access to a repository of another account is denied;"
+        f" your account id is {registry.account}"), describe(resp)
     ours = new_repo("thief")
     resp = client.mount_blob(ours, digest, theirs)
     assert resp.status_code != 201, describe(resp)
