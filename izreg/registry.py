@@ -37,6 +37,9 @@ Actor = tuple[str, str | None] | None
 #: parse and hash manifests larger than this off the reactor thread
 INLINE_MANIFEST = 64 * 1024
 
+#: blobs whose last hold this process remembers (L{Registry.hold_blob}); ~150 bytes each
+HELD_REMEMBERED = 4096
+
 
 @dataclass(frozen=True)
 class BlobContent:
@@ -82,6 +85,7 @@ class Registry(UploadSessions):
         in_use: InUse | None = None,
         run_read: Runner | None = None,
         on_change: Callable[[dict, dict], None] | None = None,
+        hold_refresh: float = 0.0,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -98,6 +102,10 @@ class Registry(UploadSessions):
         self.in_use = in_use  # None: deletes are not checked against device pulls
         #: C{on_change(audit entry, facts)} on the writer thread after a push or delete (webhooks)
         self.on_change = on_change
+        #: seconds in which another look at a blob no manifest names does not hold it again (L{hold_blob})
+        self.hold_refresh = hold_refresh
+        #: (repository, digest) -> when this process last held it; the oldest dropped past HELD_REMEMBERED
+        self._held: dict[tuple[str, str], float] = {}
 
     def _read(self, f: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         """An index read through C{run_read}, awaited."""
@@ -146,11 +154,26 @@ class Registry(UploadSessions):
         A client looks at a blob no manifest of the repository uses yet (it
         will push a manifest naming it): keep it from garbage collection for
         a grace period, as if it had just been uploaded. One read otherwise.
+        A hold is a write transaction (an fsync): once this process has held a
+        blob, looks at it in the next C{hold_refresh} seconds write nothing
+        (docker checks its layers with a HEAD each, again on every retry; a
+        client pulling a bare blob again and again), so the blob stays held
+        for the grace less C{hold_refresh} after any look.
         """
+        held = (repo.name, str(digest))
+        now = self.now()
+        since = self._held.get(held)
+        if since is not None and 0 <= now - since < self.hold_refresh:
+            return  # held a moment ago: for the grace less hold_refresh at least (get_blob still checks the link)
         if not await self._read(self.index.unused_blob, repo.name, digest):
             return
-        if not await self.run_write(self.index.touch_blob, repo.name, digest, self.now()):
+        if not await self.run_write(self.index.touch_blob, repo.name, digest, now):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
+        if self.hold_refresh > 0:
+            self._held.pop(held, None)
+            self._held[held] = now
+            if len(self._held) > HELD_REMEMBERED:
+                del self._held[next(iter(self._held))]
 
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
         self._check_delete()

@@ -46,6 +46,10 @@ from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.uploads import Uploads
 from izreg.service.backends import thread_runner
 
+#: a blob no manifest names is held again by a look at it at most every gc.grace / this (Registry.hold_blob):
+#: held at least 7/8 of the grace after any look, one write transaction per blob in an eighth of it
+HOLD_REFRESH_SHARE = 8
+
 
 class RegistryService(service.MultiService):
     """Owns the storage; its children (listeners, timers) start once it is open."""
@@ -175,6 +179,7 @@ class RegistryService(service.MultiService):
             audit=backend.audit,
             in_use=InUse(self.pulls.devices, reactor.seconds, config.in_use_window) if config.protect_in_use else None,
             on_change=events.changed,
+            hold_refresh=config.gc_grace / HOLD_REFRESH_SHARE,
         )
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)))
