@@ -118,7 +118,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
                 principal = self.guard.authorize(request, target.endpoint.access, target.repository)
             if isinstance(principal, Deferred):
                 principal.addErrback(_browse_challenge.rechallenge)
-        elif request.method == b"HEAD" and target.route is not None and target.route.endpoint == routes.BLOB:
+        elif target.route is not None and _blob_head(request, target.route.endpoint):
             try:
                 principal = self.guard.authorize(request, target.endpoint.access, target.repository)
             except RegistryError as error:
@@ -240,6 +240,11 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         return await getattr(self, target.endpoint.handler)(request, target.route)
 
 
+def _blob_head(request, endpoint: str) -> bool:
+    """A blob C{HEAD}: its refusal has no body to say why, so it is answered "not there" (L{_outside}, L{_unseen_blob})."""
+    return request.method == b"HEAD" and endpoint == routes.BLOB
+
+
 def _outside(request, target: Target, principal) -> RegistryError:
     """
     The answer to an authenticated caller about a name in no account
@@ -252,7 +257,7 @@ def _outside(request, target: Target, principal) -> RegistryError:
     outside = target.outside
     if principal is None:  # no caller (an open guard): as any bad name
         return outside
-    if request.method == b"HEAD" and outside.endpoint == routes.BLOB:
+    if _blob_head(request, outside.endpoint):
         return RegistryError(ErrorCode.BLOB_UNKNOWN, {"name": outside.name})
     return outside.denied(principal.account)
 
