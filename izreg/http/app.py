@@ -37,7 +37,6 @@ from izreg.http.clientaddr import client_address
 from izreg.http.limits import BodyBudget
 from izreg.http.listings import ListingRoutes, TagPages
 from izreg.http.manifests import ManifestRoutes
-from izreg.http.responses import SENDFILE_AUTO
 from izreg.http.routing import REPOSITORY, Access, Body, Endpoint, RouteTable, Target
 from izreg.http.sinks import BODY_READY, BodySinks
 from izreg.http.ui.pages import StaticPages
@@ -77,8 +76,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     })
 
     def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int, ui: bool, tokens=None,
-                 pulls=None, budget: BodyBudget | None = None, browser=None, readiness=None, events=None,
-                 sendfile: str = SENDFILE_AUTO) -> None:
+                 pulls=None, budget: BodyBudget | None = None, browser=None, readiness=None, events=None) -> None:
         """
         Built complete, once the storage is open (L{izreg.service.services.RegistryService}).
 
@@ -96,7 +94,6 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         self.readiness = readiness  # izreg.http.health.Readiness (/readyz, pushes refused on a low disk)
         self.events = events  # izreg.service.webhooks.Events (pull events), or None
         self.tag_pages = TagPages()  # tags/list answers while the index is unchanged (izreg.http.listings)
-        self.sendfile = sendfile  # [server] sendfile: how blob bodies reach plain-TCP clients (izreg.http.responses)
 
     def resource(self):
         """The site's root: repository routes straight to L{dispatch}, the rest through Klein (L{fastpath})."""

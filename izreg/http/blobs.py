@@ -38,7 +38,7 @@ class BlobRoutes(Handlers):
             return b""
         if blob.data is not None:
             return blob.data[start:start + length]
-        return FileBody(blob.file, start, length, self.sendfile)
+        return FileBody(blob.file, start, length)
 
     async def delete_blob(self, request, route):
         principal = _principal(request)

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import ipaddress
-import os
-
 from twisted.internet import defer, tcp
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -25,27 +21,6 @@ READ_SIZE = 512 * 1024
 
 #: most bytes handed to the kernel by one sendfile(2) call
 SENDFILE_SIZE = 4 * 1024 * 1024
-
-#: bytes per copy (pread, then write) to a client on this machine: what Go's
-#: io.Copy writes. On loopback the client's read is the only other copy; a
-#: small piece is still in the CPU's cache when the client reads it, while
-#: sendfile(2) makes the client read the page cache (cold for a large blob)
-#: and large writes overrun the cache: 32 KiB copies pulled a 64 MiB blob at
-#: 2.7 GB/s here, sendfile(2) at 1.7-2.5, 64 KiB and 16 KiB copies at 1.1-2.2
-#: (docs/benchmark.md)
-COPY_SIZE = 32 * 1024
-
-#: the one buffer of those copies: the reactor's thread only, and each piece
-#: is written before the next is read
-_copy_buffer = memoryview(bytearray(COPY_SIZE))
-
-#: [server] sendfile: sendfile(2) to clients on other machines, copies to this one's
-SENDFILE_AUTO = "auto"
-#: sendfile(2) to every plain-TCP client
-SENDFILE_ON = "on"
-#: copies to every plain-TCP client
-SENDFILE_OFF = "off"
-SENDFILE_MODES = (SENDFILE_AUTO, SENDFILE_ON, SENDFILE_OFF)
 
 #: most bytes sent in one reactor turn: calls follow each other while the
 #: socket takes all it is given, then the producer waits for the socket to
@@ -69,26 +44,6 @@ def plain_tcp(request) -> tcp.Connection | None:
     return transport
 
 
-def uses_sendfile(transport: tcp.Connection, mode: str) -> bool:
-    """
-    Whether blob bodies go to C{transport} by sendfile(2) (C{mode} "auto": to
-    a peer on another machine, where the network card reads the page cache
-    and no CPU copies the bytes) or by L{COPY_SIZE} copies (to a loopback or
-    Unix-socket peer, whose own read is the copy that counts).
-    """
-    if mode != SENDFILE_AUTO:
-        return mode == SENDFILE_ON
-    peer = transport.getPeer()
-    if not isinstance(peer, (IPv4Address, IPv6Address)):
-        return False
-    try:
-        address = ipaddress.ip_address(peer.host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return not (mapped or address).is_loopback
-
-
 def _when_writable(transport) -> None:
     """
     Have C{transport} resume its producer (the HTTP channel, which resumes the
@@ -106,27 +61,22 @@ class FileSender:
     """
     Sends C{length} bytes of a blob reader from C{offset} as a push producer.
 
-    On plain TCP, when the reader offers C{sendfile(out_fd, offset, count)}
-    and C{pread(buffer, offset)}, the bytes go around the transport's buffer
-    straight to the socket, as sendfile(2) calls or L{COPY_SIZE} copies
-    (L{uses_sendfile}; C{sendfile} is the [server] setting), as many as the
-    socket takes in a turn, and the transport tells us when it can take more.
-    Otherwise (TLS) it
+    On plain TCP, when the reader offers C{sendfile(out_fd, offset, count)},
+    the kernel copies the file to the socket: one call per writable turn, and
+    the transport tells us when the socket can take more. Otherwise (TLS) it
     reads C{READ_SIZE} at a time and writes until the transport's buffer is
     full and says pause, and goes on when the transport has drained it. (A pull
     producer would be driven through twisted.web's cooperator, one small step
     per reactor turn.)
     """
 
-    def __init__(self, request, reader, offset: int, length: int, sendfile: str = SENDFILE_AUTO) -> None:
+    def __init__(self, request, reader, offset: int, length: int) -> None:
         self.request, self.reader, self.offset, self.remaining = request, reader, offset, length
         self.paused = False
         self.reading = False
         self.tcp = plain_tcp(request) if callable(getattr(reader, "sendfile", None)) else None
         if self.tcp is None:
             reader.seek(offset)
-        else:
-            self.sendfile = uses_sendfile(self.tcp, sendfile)
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
@@ -181,17 +131,11 @@ class FileSender:
         if request is None or not self.remaining:
             self._maybe_finish()
             return
-        turn, fd = 0, self.tcp.fileno()
-        step = SENDFILE_SIZE if self.sendfile else COPY_SIZE
+        turn = 0
         while self.remaining and turn < SENDFILE_TURN:
-            asked = min(step, self.remaining)
+            asked = min(SENDFILE_SIZE, self.remaining)
             try:
-                if self.sendfile:
-                    sent = self.reader.sendfile(fd, self.offset, asked)
-                else:
-                    piece = _copy_buffer[:asked]
-                    got = self.reader.pread(piece, self.offset)
-                    sent = os.write(fd, piece[:got]) if got else 0
+                sent = self.reader.sendfile(self.tcp.fileno(), self.offset, asked)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -208,7 +152,7 @@ class FileSender:
             request.sentLength += sent
             turn += sent
             if sent < asked:
-                break  # the socket is full (or the file ends: the next call sends 0)
+                break  # the socket is full
         if self.remaining:
             _when_writable(self.tcp)
         else:
@@ -239,15 +183,15 @@ class FileBody(Resource):
 
     isLeaf = True
 
-    def __init__(self, reader, start: int, length: int, sendfile: str = SENDFILE_AUTO) -> None:
+    def __init__(self, reader, start: int, length: int) -> None:
         super().__init__()
-        self.reader, self.start, self.length, self.sendfile = reader, start, length, sendfile
+        self.reader, self.start, self.length = reader, start, length
 
     def render(self, request):
         if self.length == 0:
             self.reader.close()
             return b""
-        FileSender(request, self.reader, self.start, self.length, self.sendfile).start()
+        FileSender(request, self.reader, self.start, self.length).start()
         return NOT_DONE_YET
 
 

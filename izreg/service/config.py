@@ -77,8 +77,6 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     max_open_uploads: int = 1000
     init: bool = False
-    # blob bodies on plain TCP: "auto" (sendfile(2) to other machines, 32 KiB copies to this one), "on", "off"
-    sendfile: str = "auto"
     # operations (#14): health, metrics, logs, webhooks
     min_free_disk: str = "0"
     metrics_listen: tuple[str, ...] = ()
@@ -128,10 +126,6 @@ class Config:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ConfigError(f"server.trusted_proxies: {network!r} is not an IP address or network") from None
-        from izreg.http.responses import SENDFILE_MODES
-
-        if self.sendfile not in SENDFILE_MODES:
-            raise ConfigError(f"server.sendfile must be one of {', '.join(SENDFILE_MODES)}, not {self.sendfile!r}")
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
         if self.storage_backend not in ("filesystem", "s3"):
@@ -198,7 +192,6 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "trusted_proxies"): ("trusted_proxies", tuple),
     ("uploads", "max_open_per_account"): ("max_open_uploads", int),
     ("server", "init"): ("init", bool),
-    ("server", "sendfile"): ("sendfile", str),
     ("server", "min_free_disk"): ("min_free_disk", str),
     ("server", "log_format"): ("log_format", str),
     ("server", "log_level"): ("log_level", str),

@@ -202,7 +202,6 @@ class RegistryService(service.MultiService):
             browser=Browser(self.index, blobs, devices),
             readiness=self.readiness,
             events=events,
-            sendfile=config.sendfile,
         )
 
     def _open_backend(self):

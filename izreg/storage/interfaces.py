@@ -33,9 +33,8 @@ class StorageError(Exception):
 class IBlobReader(Interface):
     """
     An open blob, read once from a position. A reader may also offer
-    C{sendfile(out_fd, offset, count) -> int} and C{pread(buffer, offset) ->
-    int} (the filesystem's does: ``os.sendfile``, ``os.preadv``); the HTTP
-    producer uses them on plain TCP when present.
+    C{sendfile(out_fd, offset, count) -> int} (the filesystem's does:
+    ``os.sendfile``); the HTTP producer uses it on plain TCP when present.
     """
 
     def seek(offset: int) -> None:

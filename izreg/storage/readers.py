@@ -5,10 +5,8 @@ Readers for blob GETs.
 The HTTP layer streams a blob from a reader: C{read(n)} after C{seek(offset)},
 and C{close()}. A reader may also offer C{sendfile(out_fd, offset, count) ->
 int}: hand C{count} bytes from C{offset} straight to a socket (the kernel
-copies them, Python never sees them), with C{pread(buffer, offset) -> int}
-(read into a buffer of the caller's, at an offset). The HTTP producer uses
-them on plain TCP and reads otherwise (TLS). Only this module calls C{os} on
-an open blob file.
+copies them, Python never sees them). The HTTP producer uses it on plain TCP
+and reads otherwise (TLS). Only this module calls C{os} on an open blob file.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from izreg.storage.interfaces import IBlobReader
 
 @implementer(IBlobReader)
 class FileReader:
-    """An open blob file: C{read}/C{seek}/C{close}, plus C{sendfile} (os.sendfile) and C{pread} (os.preadv)."""
+    """An open blob file: C{read}/C{seek}/C{close}, plus C{sendfile} (os.sendfile)."""
 
     def __init__(self, raw) -> None:
         self._raw = raw
@@ -40,10 +38,6 @@ class FileReader:
         full raises C{BlockingIOError}; the file position does not move.
         """
         return os.sendfile(out_fd, self._raw.fileno(), offset, count)
-
-    def pread(self, buffer, offset: int) -> int:
-        """Read into C{buffer} (a writable memoryview) from C{offset}; the number read (0 at the end of the file). The file position does not move."""
-        return os.preadv(self._raw.fileno(), [buffer], offset)
 
     def close(self) -> None:
         self._raw.close()

@@ -64,7 +64,6 @@ def test_bad_files_say_what_is_wrong(text, message):
         ({"tls_listen": ("tcp:5443",)}, "--tls-listen needs --tls-cert and --tls-key"),
         ({"device_ca": ("ca.pem",)}, "need a TLS listener"),
         ({"tls_listen": ("tcp:1",), "tls_cert": "c", "tls_key": "k", "device_crl": "x.crl"}, "--device-crl needs --device-ca"),
-        ({"sendfile": "yes"}, "server.sendfile must be one of auto, on, off, not 'yes'"),
     ],
 )
 def test_cross_field_rules(overrides, message):
