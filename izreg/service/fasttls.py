@@ -6,8 +6,8 @@ L{twisted.protocols.tls.TLSMemoryBIOProtocol} encrypts an application write
 16 KiB at a time: a slice copy, an C{SSL_write}, a 32 KiB C{BIO_read} and a
 transport write per TLS record, and the TCP transport then joins those
 pieces again. On a blob pull that Python work, not AES-GCM, is the limit
-(see docs/benchmark.md). Here one C{SSL_write} seals a whole write (up to
-L{WRITE_SIZE}, many records; it needs partial writes off, which
+(see docs/benchmark.md). Here one C{SSL_write} seals L{WRITE_SIZE} of a
+write (three records; it needs partial writes off, which
 L{izreg.service.tls.build_context} sets) from a memoryview (no slice
 copies), and one C{BIO_read} takes all the records: straight to the socket
 through one reused buffer when the TCP transport has nothing buffered (no
@@ -48,8 +48,13 @@ try:  # pyOpenSSL's own cffi binding of OpenSSL: BIO_read into a buffer of ours
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL: Connection.bio_read
     _BIO_read = None
 
-#: the most plaintext sealed by one SSL_write (64 full records)
-WRITE_SIZE = 1024 * 1024
+#: the most plaintext sealed by one SSL_write, sent by one send: three full
+#: records, whose 49,218 bytes (TLS 1.3, AES-GCM) are one loopback segment.
+#: As with sendfile(2) (izreg.http.responses.SENDFILE_SIZE), the client reads
+#: each piece while the next is sealed; 1 MiB (64 records a send) pulled
+#: 512 MiB by one client at 1430 MB/s, 64 KiB at 1700-1900, 48 KiB at
+#: 1900 (docs/benchmark.md)
+WRITE_SIZE = 48 * 1024
 
 #: one BIO_read takes a whole WRITE_SIZE worth of records (TLS adds at most
 #: 256 bytes of header, tag and padding per 16 KiB record)
