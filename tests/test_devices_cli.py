@@ -113,8 +113,10 @@ def test_pulls_table(run, data_dir):
         ["gw-1", f"{account}/app", "sha256:" + "a" * 64, "2027-01-15T08:00:00Z"],
         ["gw-2", f"{account}/db", "sha256:" + "b" * 64, "2027-01-15T08:01:01Z"],
     ]
-    code, out, _ = run("device", "pulls", account, "--repository", f"{account}/db")
-    assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
+    for repository in (f"{account}/db", "db"):  # as izreg images takes it: NAME or ACCOUNT_ID/NAME
+        code, out, _ = run("device", "pulls", account, "--repository", repository)
+        assert code == 0
+        assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
 
 
 @pytest.mark.parametrize(
