@@ -14,17 +14,27 @@ L{Unreachable}: the edge then answers from its cache. Every HTTP answer,
 401 and 403 included, is a response: the edge passes it on. An
 L{Unreachable} says why in one sentence (L{izreg.edge.unreachable}); the
 raw error is logged, once per outage.
+
+Which certificates a TLS failure is explained with: those presented on the
+connection that failed. Each TLS connection is noted by its TLS protocol
+(L{_Watched}); when an upstream connection is lost with a TLS error, its
+HTTP protocol (L{_NotingProtocol}) keeps the peer chain by that error
+(L{MutualTLSPolicy.lost}), for L{MutualTLSPolicy.presented} to find.
 """
 
 from __future__ import annotations
 
 import datetime
+import weakref
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError
 from twisted.internet import defer, protocol, ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from treq.client import HTTPClient
@@ -60,9 +70,11 @@ class MutualTLSPolicy:
 
     def __init__(self, device_cert: str, device_key: str, upstream_ca: str | None) -> None:
         self.device_cert, self.upstream_ca = device_cert, upstream_ca
-        #: the newest TLS connection (one, replaced by the next): what the registry presented, also after
-        #: a failed verification, names what failed (L{presented})
-        self._newest = None
+        #: the TLS connection of each upstream connection, by its TLS protocol (the HTTP protocol's transport)
+        self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        #: what the registry presented on a connection a TLS error ended, by that error (L{presented}): also
+        #: after a failed verification, it names what failed
+        self._failed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         chain = load_certificates(device_cert, "device certificate")
         with open(device_key, "rb") as f:
             key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
@@ -80,10 +92,18 @@ class MutualTLSPolicy:
             extraCertificateOptions={"extraCertChain": self.extra_chain,
                                      "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
 
-    def presented(self) -> list:
-        """The certificates the registry presented on the newest connection (leaf first; none if unknown)."""
-        chain = self._newest.get_peer_cert_chain() if self._newest is not None else None
-        return [cert.to_cryptography() for cert in chain or ()]
+    def lost(self, transport, reason: Failure) -> None:
+        """An upstream connection ended (L{_NotingProtocol}): after a TLS error, keep what was presented on it."""
+        connection = self._connections.pop(transport, None)
+        if connection is not None and reason.check(SSL.Error, VerificationError):
+            self._failed[reason.value] = connection.get_peer_cert_chain() or []
+
+    def presented(self, cause: BaseException) -> list:
+        """
+        The certificates the registry presented on the connection that C{cause} (a TLS error) ended, leaf
+        first; none if unknown (the handshake failed before the registry sent them, or another error).
+        """
+        return [cert.to_cryptography() for cert in self._failed.get(cause, ())]
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -95,12 +115,33 @@ class _Watched:
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = self.creator.clientConnectionForTLS(tlsProtocol)
-        self.policy._newest = connection
+        self.policy._connections[tlsProtocol] = connection
         return connection
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" log line per upstream connection
+class _NotingProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP client protocol, telling C{lost} its transport and why it ended (before the request hears it)."""
+
+    def __init__(self, quiescentCallback, lost) -> None:
+        super().__init__(quiescentCallback)
+        self._lost = lost
+
+    def connectionLost(self, reason=None):
+        if reason is not None:
+            self._lost(self.transport, reason)
+        super().connectionLost(reason)
+
+
+def _factory(lost):
+    """The pool's protocol factory: L{_NotingProtocol}s, and no "Starting factory" log line per connection."""
+
+    class _QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+        def buildProtocol(self, addr):
+            return _NotingProtocol(self._quiescentCallback, lost)
+
+    return _QuietFactory
 
 
 class Upstream:
@@ -116,13 +157,13 @@ class Upstream:
         self.url = url.rstrip("/")
         # any IPolicyForHTTPS will do (tests give Twisted's own); a MutualTLSPolicy also says what the TLS
         # failures were about (L{izreg.edge.unreachable})
-        self.presented = getattr(policy, "presented", list)
+        self.presented = getattr(policy, "presented", lambda cause: [])
         self.setting = Setting(self.url, getattr(policy, "upstream_ca", None), getattr(policy, "device_cert", "?"),
                                connect_timeout)
         self.response_timeout = response_timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
-        self.pool._factory = _QuietFactory
+        self.pool._factory = _factory(getattr(policy, "lost", lambda transport, reason: None))
         agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
         self.http = HTTPClient(agent)
         self.denied = False
@@ -142,7 +183,7 @@ class Upstream:
             raise
         except Exception as e:
             now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
-            reason = explain(e, self.setting, self.presented(), now)
+            reason = explain(e, self.setting, self.presented, now)
             self._unreachable(reason, _describe(e))
             raise Unreachable(reason) from None
         if self.unreachable is not None:
