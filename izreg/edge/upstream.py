@@ -13,7 +13,10 @@ failure, a connect timeout, no answer within the response timeout) is
 L{Unreachable}: the edge then answers from its cache. Every HTTP answer,
 401 and 403 included, is a response: the edge passes it on. An
 L{Unreachable} says why in one sentence (L{izreg.edge.unreachable}); the
-raw error is logged, once per outage.
+raw error is logged, once per outage. A 401 is the registry refusing the
+gateway itself (its device certificate revoked, its account deleted):
+L{Upstream.refused} says so in a sentence until the registry next answers
+2xx; the registry's own answer is logged, once.
 
 Which certificates a TLS failure is explained with: those presented on the
 connection that failed. Each TLS connection is noted by its TLS protocol
@@ -40,7 +43,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from izreg.edge.unreachable import Setting, explain
+from izreg.edge.unreachable import Setting, explain, refused
 from izreg.service.tls import load_certificates
 
 log = Logger()
@@ -56,6 +59,10 @@ class Unreachable(Exception):
 
 class TooLarge(Exception):
     pass
+
+
+#: the most bytes of a 401 the edge reads (the registry's are a few hundred)
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 def _pem(cert) -> bytes:
@@ -146,9 +153,10 @@ def _factory(lost):
 
 class Upstream:
     """
-    Requests to the registry. C{denied} is true after the registry refused
-    the gateway itself (401) and until it next answers a request with 2xx:
-    the cache is then not used to get around the refusal.
+    Requests to the registry. C{refused} says (a sentence) that the registry
+    refused the gateway itself (401), until it next answers a request with
+    2xx; meanwhile (L{denied}) the cache is not used to get around the
+    refusal.
     """
 
     def __init__(self, reactor, url: str, policy: MutualTLSPolicy, connect_timeout: float,
@@ -166,7 +174,8 @@ class Upstream:
         self.pool._factory = _factory(getattr(policy, "lost", lambda transport, reason: None))
         agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
         self.http = HTTPClient(agent)
-        self.denied = False
+        #: why the registry refuses the gateway (the last 401, until a 2xx; C{None}: it does not)
+        self.refused: str | None = None
         #: why the last request failed to reach the registry (C{None}: it answered)
         self.unreachable: str | None = None
         #: what was logged at its own level once during this outage (L{first_offline})
@@ -191,10 +200,33 @@ class Upstream:
             self.unreachable = None
             self._told.clear()
         if response.code == 401:
-            self.denied = True
-        elif 200 <= response.code < 300:
-            self.denied = False
+            return await self._refused(response)
+        if 200 <= response.code < 300 and self.refused is not None:
+            log.info("the registry {url} accepts this gateway again", url=self.url)
+            self.refused = None
         return response
+
+    @property
+    def denied(self) -> bool:
+        return self.refused is not None
+
+    async def _refused(self, response):
+        """
+        A 401: the registry refuses the gateway's device certificate. Its body (a few hundred bytes) is read
+        for the sentence and the log line (once per change), then given to the caller as it came.
+        """
+        try:
+            body = await collect(response, ERROR_BODY_LIMIT)
+        except (TooLarge, Unreachable):
+            body = b""
+        reason = refused(body, self.setting)
+        if not body:  # a HEAD's: the sentence without the registry's words, if none is known (logged with a GET's)
+            self.refused = self.refused or reason
+        elif reason != self.refused:
+            self.refused = reason
+            log.warn("the registry {url} refuses this gateway: {reason} ({raw})", url=self.url, reason=reason,
+                     raw=repr(body[:300])[2:-1])
+        return _Read(response, body)
 
     def _unreachable(self, reason: str, raw: str) -> None:
         """One log line when the registry stops answering, or fails otherwise (not one per request)."""
@@ -248,6 +280,35 @@ class _Collector(protocol.Protocol):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(Unreachable(f"the registry's answer broke off: {_describe(reason.value)}"))
+
+
+class _Read:
+    """A response whose body was read already, delivered again to its one reader (whole, then done)."""
+
+    def __init__(self, response, body: bytes) -> None:
+        self.version, self.code, self.phrase = response.version, response.code, response.phrase
+        self.headers, self.request = response.headers.copy(), response.request
+        self.headers.setRawHeaders(b"content-length", [str(len(body)).encode()])  # what was read (at most the limit)
+        self.length, self.body = len(body), body
+
+    def deliverBody(self, protocol) -> None:
+        protocol.makeConnection(_Done())
+        if self.body:
+            protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Done:
+    """The transport of a L{_Read} body: nothing left to produce."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def collect(response, limit: int) -> defer.Deferred:

@@ -141,3 +141,20 @@ def test_each_tls_failure_is_explained_with_the_certificates_of_its_own_connecti
     sentence = unreachable.explain(never(expired_error), SETTING, lambda cause: chains[id(cause)], UTC_NOW)
     assert sentence.startswith("the registry's certificate expired on "), sentence
 
+
+@pytest.mark.parametrize("body, said", [
+    (b'{"errors": [{"code": "UNAUTHORIZED", "message": "device certificate rejected: the certificate has been revoked",'
+     b' "detail": {"reason": "revoked-serial"}}]}',
+     ' "device certificate rejected: the certificate has been revoked"'),
+    (b"", ""),  # a HEAD's 401
+    (b"<html>401</html>", ""),
+    (b'{"errors": []}', ""),
+    (b'{"errors": [{"message": 7}]}', ""),
+    # the registry's words are not trusted: escaped and cut like a certificate's name
+    (('{"errors": [{"message": "no\\n[izreg#info] forged \\u001b[2J' + "x" * 300 + '"}]}').encode(),
+     ' "no\\n[izreg#info] forged \\x1b[2J' + "x" * (unreachable.NAME_LIMIT - 31) + '..."'),
+])
+def test_a_401_says_the_registry_refused_the_gateway(body, said):
+    assert unreachable.refused(body, SETTING) == (
+        "the registry refused this gateway's device certificate (--device-cert /etc/izreg-edge/client.cert): HTTP 401"
+        + said)
