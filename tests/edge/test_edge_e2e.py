@@ -317,8 +317,9 @@ def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
     edge.start()
     edge.wait_for_log(rf"pinned {repo}:v1 at {first['manifest_digest']}", since=mark, timeout=60)
     # pins added with izreg-edge while the edge runs
-    assert "pinned" in edge.cli("pin", f"{second}:v1")
+    assert edge.cli("pin", f"{second}:v1").startswith(f"pinned {second}:v1: a running edge fetches it within 2 s")
     edge.wait_for_log(rf"pinned {second}:v1 at sha256:", since=mark, timeout=60)
+    assert edge.cli("pin", f"{second}:v1") == f"pinned {second}:v1 (already pinned)"
     moved = s.push(repo, seed=43)
     edge.wait_for_log(rf"pinned {repo}:v1 at {moved['manifest_digest']}", since=mark, timeout=60)
     listing = edge.cli("pins")
@@ -330,3 +331,21 @@ def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
     assert_same_image(moved, out)
     assert "unpinned" in edge.cli("unpin", f"{second}:v1")
     assert second not in edge.cli("pins")
+
+
+def test_a_pin_added_while_the_edge_runs_is_fetched_within_seconds(stack):
+    """
+    ``izreg-edge pin`` writes the cache's index; the running edge looks for new pins every 2 s and fetches
+    them then, not at its next refresh round (pin_refresh_interval: 300 s by default, as here).
+    """
+    repo = stack.repo("pinned-now")
+    image = stack.push(repo, seed=44)
+    mark = stack.edge.log_mark()
+    said = stack.edge.cli("pin", f"{repo}:v1")
+    assert said == (f"pinned {repo}:v1: a running edge fetches it within 2 s, or when the registry answers again"
+                    " if it is unreachable; `izreg-edge pins` shows when it was fetched")
+    stack.edge.wait_for_log(rf"pinned {repo}:v1 at {image['manifest_digest']}", since=mark, timeout=30)
+    for digest in image["blobs"]:
+        stack.edge.wait_for_log(rf"cached {digest}", since=mark)
+    assert image["manifest_digest"] in stack.edge.cli("pins")
+    assert "unpinned" in stack.edge.cli("unpin", f"{repo}:v1")

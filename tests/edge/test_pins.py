@@ -82,3 +82,55 @@ async def test_a_pin_added_during_a_round_is_refreshed_in_that_round(tmp_path):
         await upstream.close()
         await port.stopListening()
         cache.close()
+
+
+class Counting(Resource):
+    """Manifests by tag and digest, counting the HEADs by repository."""
+
+    isLeaf = True
+
+    def __init__(self, images: dict[str, bytes]) -> None:
+        super().__init__()
+        self.images, self.heads = images, {}
+
+    def render(self, request):
+        repo, _, _ = request.path.decode().removeprefix("/v2/").partition("/manifests/")
+        data = self.images[repo]
+        request.setHeader(b"Content-Type", OCI_MANIFEST.encode())
+        request.setHeader(b"Docker-Content-Digest", str(Digest.of(data)).encode())
+        if request.method == b"HEAD":
+            self.heads[repo] = self.heads.get(repo, 0) + 1
+            return b""
+        return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_new_fetches_only_the_pins_added_since_its_last_look(tmp_path):
+    """What the running edge does every 2 s for ``izreg-edge pin`` (not the whole round of every pin)."""
+    first, second = f"{ACCOUNT}/first", f"{ACCOUNT}/second"
+    registry = Counting({first: manifest("first"), second: manifest("second")})
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(registry))
+    upstream = Upstream(reactor, f"http://127.0.0.1:{port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
+    cache = EdgeCache(str(tmp_path), limit=10_000_000)
+    api = EdgeAPI()
+    api.bind(upstream, cache, None, time.time, 4 * 1024 * 1024)
+    pinner = Pinner(api, (f"{first}:v1",))
+    pinner.adopt_config_pins()
+    try:
+        await pinner.fetch_new()  # the config's pin is the start's round's, not new
+        assert registry.heads == {} and cache.pins()[f"{first}:v1"]["digest"] is None
+        assert cache.pin(f"{second}:v1")  # as izreg-edge pin does
+        await pinner.fetch_new()
+        assert registry.heads == {second: 1}
+        assert cache.pins()[f"{second}:v1"]["digest"] == str(Digest.of(manifest("second")))
+        await pinner.fetch_new()  # nothing new
+        assert registry.heads == {second: 1}
+        cache.unpin(f"{second}:v1")
+        await pinner.fetch_new()
+        cache.pin(f"{second}:v1")  # pinned again: new again
+        await pinner.fetch_new()
+        assert registry.heads == {second: 2}
+    finally:
+        await upstream.close()
+        await port.stopListening()
+        cache.close()
