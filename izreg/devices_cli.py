@@ -20,7 +20,7 @@ from izreg.auth.devices import fingerprint_sha256, normalize_fingerprint, normal
 from izreg.auth.devicestore import FINGERPRINT, SERIAL
 from izreg.auth.store import UnknownAccount
 from izreg.commands import CommandError, account_id, iso, table
-from izreg.core.names import NAME_RE
+from izreg.core.names import NAME_RE, name_problem
 from izreg import devcerts
 
 
@@ -107,7 +107,7 @@ def _pulls(args, context) -> int:
     if args.repository is not None:
         name = NAME_RE.match(args.repository)
         if name is None:
-            raise CommandError(f"not a repository name (<account>/<name>): {args.repository!r}")
+            raise CommandError(f"invalid repository name {args.repository[:100]!r}: {name_problem(args.repository)}")
         if name["account"] != account:
             raise CommandError(f"repository {args.repository} is not in account {account}")
     store = context.devices()

@@ -13,7 +13,7 @@ import json
 
 from izreg.browse import Browser, usage
 from izreg.commands import CommandError, account_id
-from izreg.core.names import NAME_RE
+from izreg.core.names import NAME_RE, name_problem
 
 #: the largest page read at once (the listing walks every page)
 _PAGE = 500
@@ -102,7 +102,7 @@ def images_command(args: argparse.Namespace, context) -> int:
     if args.repository:
         name = args.repository if args.repository.startswith(f"{account}/") else f"{account}/{args.repository}"
         if not NAME_RE.fullmatch(name):
-            raise CommandError(f"invalid repository name {args.repository[:100]!r}")
+            raise CommandError(f"invalid repository name {args.repository[:100]!r}: {name_problem(name)}")
         stats = browser.index.repo_stats(name)
         if stats is None:
             raise CommandError(f"no repository {name}")

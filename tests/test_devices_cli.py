@@ -122,7 +122,11 @@ def test_pulls_table(run, data_dir):
     [
         (["nope"], "not an account id"),
         ([ACCOUNT], f"no such account: {ACCOUNT}"),
-        ([ACCOUNT, "--repository", "Bad Name"], "not a repository name"),
+        ([ACCOUNT, "--repository", "Bad Name"], "invalid repository name 'Bad Name': repository names are lowercase"),
+        ([ACCOUNT, "--repository", f"{ACCOUNT}/MyApp"],
+         f"invalid repository name '{ACCOUNT}/MyApp': repository names are lowercase (a-z, 0-9 and the separators"
+         f' ".", "_", "-"): use {ACCOUNT}/myapp'),
+        ([ACCOUNT, "--repository", "app"], "invalid repository name 'app': expected <account id: 32 lowercase hex>/<name>"),
         ([ACCOUNT, "--repository", f"{'f' * 32}/app"], f"repository {'f' * 32}/app is not in account {ACCOUNT}"),
     ],
 )
