@@ -36,6 +36,13 @@ def get_v2(authorization: str = "") -> bytes:
     return f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode()
 
 
+async def key_holder(server, keys: Keys):
+    """A connection on which a request authenticated with an access key (200), idle again: authenticated."""
+    signed = await connect(server, get_v2(basic(keys.a_key)))
+    assert parse_raw(await signed.done)[0] == 200
+    return signed
+
+
 async def close_in_order(server, keys: Keys, order, held: list) -> None:
     """
     Newcomers, each a request in progress (L{uploading}), close C{order}'s clients one each, in that order
@@ -73,8 +80,7 @@ async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_
     try:
         asked = await connect(server, get_v2())
         assert parse_raw(await asked.done)[0] == 401
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         silent = await connect(server, b"")
         working = await connect(server, uploading(keys))
         held = [asked, signed, silent, working]
@@ -249,8 +255,7 @@ async def test_a_request_on_a_public_route_is_closed_for_a_newcomer_after_the_id
     idle, budget = limits.idle, server.api.budget
     held = []
     try:
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         asked = await connect(server, get_v2())
         assert parse_raw(await asked.done)[0] == 401
         health = await connect(server, trickled("GET", "/healthz", 60000))
@@ -288,8 +293,7 @@ async def test_a_public_request_answered_leaves_its_tier(tmp_path):
     idle = server.service.site.connections.idle
     held = []
     try:
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         first = await connect(server, trickled("GET", "/healthz", 5, b"he"))
         closing = await connect(server, trickled("GET", "/readyz", 5, b"he", extra="Connection: close\r\n"))
         held = [signed, first, closing]
@@ -318,8 +322,7 @@ async def test_a_public_request_of_a_known_caller_is_ranked_with_its_caller(tmp_
     idle = server.service.site.connections.idle
     held = []
     try:
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         held.append(signed)
         signed.transport.write(trickled("GET", "/healthz", 60000))
         await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 0, 0, 1), "the key holder's health check in progress")
