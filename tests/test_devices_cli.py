@@ -126,7 +126,8 @@ def test_pulls_table(run, data_dir):
         ([ACCOUNT, "--repository", f"{ACCOUNT}/MyApp"],
          f"invalid repository name '{ACCOUNT}/MyApp': repository names are lowercase (a-z, 0-9 and the separators"
          f' ".", "_", "-"): use {ACCOUNT}/myapp'),
-        ([ACCOUNT, "--repository", "app"], "invalid repository name 'app': expected <account id: 32 lowercase hex>/<name>"),
+        ([ACCOUNT, "--repository", "app"],
+         "invalid repository name 'app': expected <account id: 32 lowercase hex>/<name>"),
         ([ACCOUNT, "--repository", f"{'f' * 32}/app"], f"repository {'f' * 32}/app is not in account {ACCOUNT}"),
     ],
 )

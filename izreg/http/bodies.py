@@ -355,8 +355,9 @@ class RegistryChannel(http.HTTPChannel):
     address = None  # the client address counted by the site's ConnectionLimits
     #: the site's L{IdleConnections} (None: no cap); the tier this channel is in there (None: busy, or in
     #: none; L{PUBLIC_REQUEST} while a request on a route open to anyone is in progress, L{AUTHENTICATED} if
-    #: its caller is known; L{REFUSED} once refused, closing), and the one it goes to when idle (L{NEW}; L{UNAUTHENTICATED} once a request is done, or refused authentication (401);
-    #: L{AUTHENTICATED} with a device certificate or once a request authenticated)
+    #: its caller is known; L{REFUSED} once refused, closing), and the one it goes to when idle (L{NEW};
+    #: L{UNAUTHENTICATED} once a request is done, or refused authentication (401); L{AUTHENTICATED} with a
+    #: device certificate or once a request authenticated)
     idle: IdleConnections | None = None
     idle_tier = None
     _tier = NEW

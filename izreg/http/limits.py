@@ -166,9 +166,10 @@ class IdleConnections:
     The connections a newcomer may close: those with no request in progress (between requests on a
     keep-alive connection, none sent yet, or one whose headers are still coming), those whose request
     in progress is on a route open to anyone, and those refused, closing, in five tiers (L{REFUSED},
-    L{NEW}, L{UNAUTHENTICATED}, L{PUBLIC_REQUEST}, L{AUTHENTICATED}), each the longest there first: what L{ConnectionLimits} closes, one per newcomer,
-    when C{max_connections} are open and no TLS handshake is left to cut short (as nginx reuses its idle
-    keep-alive connections when it runs out of C{worker_connections}). Without it a thousand cheap idle
+    L{NEW}, L{UNAUTHENTICATED}, L{PUBLIC_REQUEST}, L{AUTHENTICATED}), each the longest there first: what
+    L{ConnectionLimits} closes, one per newcomer, when C{max_connections} are open and no TLS handshake
+    is left to cut short (as nginx reuses its idle keep-alive connections when it runs out of
+    C{worker_connections}). Without it a thousand cheap idle
     connections (a completed handshake, or a plain TCP connect, and then nothing) locked every device out
     for C{connections.idle_timeout}.
 

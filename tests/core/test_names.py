@@ -6,8 +6,8 @@ import pytest
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.names import (MAX_NAME_LENGTH, OutsideNamespaces, Repository, name_problem, parse_account, parse_reference,
-                              parse_tag)
+from izreg.core.names import (MAX_NAME_LENGTH, OutsideNamespaces, Repository, name_problem, parse_account,
+                              parse_reference, parse_tag)
 
 ACCT = "0123456789abcdef0123456789abcdef"
 H64 = "0123456789abcdef" * 4
@@ -132,8 +132,9 @@ def test_a_name_with_capitals_is_told_names_are_lowercase(text, end):
 
 
 def test_only_ascii_capitals_are_lowered():
-    """The Kelvin sign lowers to "k": not a capital of the grammar, and no suggestion that would name another repository."""
-    assert name_problem(f"{ACCT}/a\u212a") == "expected <account id: 32 lowercase hex>/<name>, as in 0123456789abcdef0123456789abcdef/app"
+    """The Kelvin sign lowers to "k": not a capital of the grammar, no suggestion that names another repository."""
+    assert name_problem(f"{ACCT}/a\u212a") == ("expected <account id: 32 lowercase hex>/<name>,"
+                                               " as in 0123456789abcdef0123456789abcdef/app")
 
 
 OTHER = "fedcba9876543210fedcba9876543210"

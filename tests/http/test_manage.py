@@ -183,7 +183,8 @@ async def test_in_use_refusal_and_override(authed):
     assert header.split()[-1] == "FORCED"
     marked = {row.split()[4]: row.partition(" FORCED: ")[2] for row in rows if " FORCED: " in row}
     last = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert marked == {target: f"in use by 2 devices, last pull {last}" for target in (f"{name}@{index}", f"{name}@{digest}")}
+    assert marked == {target: f"in use by 2 devices, last pull {last}"
+                      for target in (f"{name}@{index}", f"{name}@{digest}")}
     assert len(rows) == len(audit(server)) and all(row.endswith(" -") for row in rows if " FORCED: " not in row)
 
 
