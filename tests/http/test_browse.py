@@ -227,6 +227,10 @@ async def test_izreg_images_and_usage(pushed):
     assert by_account[keys.a][-1] == str(total) and by_account[keys.b][-1] == "0"
     done = izreg(server, "images", keys.a, "--repository", "nothing")
     assert done.returncode == 2 and "no repository" in done.stderr
+    done = izreg(server, "images", keys.a, "--repository", "App")  # names are lowercase: the one to use
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.count("\n") == 1
+    assert "not a repository name (NAME or <account>/<name>): 'App'; repository names are lowercase" in done.stderr
+    assert done.stderr.rstrip().endswith(f": use {keys.a}/app")
     done = izreg(server, "images", keys.a, "--repository", f"{keys.b}/app")
     assert done.returncode == 2 and f"repository {keys.b}/app is not in account {keys.a}" in done.stderr
     # a repository whose manifests were all deleted is listed as such, not left out of the table it is counted in
