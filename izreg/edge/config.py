@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from izreg.core.names import NAME_RE, TAG_RE
+from izreg.core.names import NAME_RE, TAG_RE, name_problem
 from izreg.service.config import LOG_LEVELS, ConfigError, _check
 
 #: how often (seconds) the running edge looks for pins added by ``izreg-edge pin`` (L{izreg.edge.pins.Pinner.fetch_new})
@@ -41,10 +41,15 @@ def parse_size(text: str | int, name: str = "cache_size") -> int:
 
 
 def parse_pin(text: str) -> tuple[str, str]:
-    """``<account>/<app>:<tag>`` -> (repository, tag)."""
+    """
+    ``<account>/<app>:<tag>`` -> (repository, tag). When the name is what is wrong, the error says how
+    (L{name_problem}: names are lowercase, with the name to use; else the form of a name).
+    """
     name, sep, tag = text.rpartition(":")
-    if not sep or "/" in tag or not NAME_RE.fullmatch(name) or not TAG_RE.fullmatch(tag):
+    if not sep or "/" in tag or not TAG_RE.fullmatch(tag):
         raise ConfigError(f"pin {text!r} is not <account id>/<name>:<tag>")
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(f"pin {text!r} is not <account id>/<name>:<tag>: {name_problem(name)}")
     return name, tag
 
 

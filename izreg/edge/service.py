@@ -46,6 +46,13 @@ class EdgeOptions(usage.Options):
         self["listen"] = []
         self["pin"] = []
 
+    def opt_version(self) -> None:
+        """print izreg's version and exit"""
+        from izreg import __version__
+
+        print(f"izreg {__version__}")  # as `twistd izreg server --version` (else twistd's own, Twisted's version)
+        raise SystemExit(0)
+
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:8080:interface=127.0.0.1)"""
         self["listen"].append(endpoint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from izreg.edge.config import EdgeConfig, load, parse_size, parse_toml
+from izreg.edge.config import EdgeConfig, load, parse_pin, parse_size, parse_toml
 from izreg.service.config import ConfigError
 
 REQUIRED = {"upstream": "https://registry.example:5443", "device_cert": "c.pem", "device_key": "k.pem"}
@@ -48,12 +48,24 @@ def test_the_example_config_lists_every_key():
     ({"upstream": "http://r:1", "device_cert": "c", "device_key": "k"}, "https://"),
     ({"upstream": "https://r:1"}, "--device-cert and --device-key"),
     (dict(REQUIRED, cache_size="lots"), "size"),
-    (dict(REQUIRED, pin=["nope:v1"]), "not <account id>/<name>:<tag>"),
+    (dict(REQUIRED, pin=["nope:v1"]), "not <account id>/<name>:<tag>: expected <account id: 32 lowercase hex>/<name>"),
+    (dict(REQUIRED, pin=["nope"]), r"^pin 'nope' is not <account id>/<name>:<tag>$"),
     (dict(REQUIRED, log_level="verbose"), "edge.log_level must be one of debug, info"),
 ])
 def test_bad_settings_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load(None, overrides)
+
+
+def test_a_pin_with_capitals_says_names_are_lowercase_and_the_name_to_use():
+    account = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ConfigError) as e:
+        load(None, dict(REQUIRED, pin=[f"{account}/MyApp:v1"]))
+    assert str(e.value) == (f"pin '{account}/MyApp:v1' is not <account id>/<name>:<tag>: repository names are"
+                            f' lowercase (a-z, 0-9 and the separators ".", "_", "-"): use {account}/myapp')
+    with pytest.raises(ConfigError, match=r"lowercase .*; expected <account id: 32 lowercase hex>/<name>$"):
+        parse_pin(f"{account}/My App:v1")  # no lowercase name to offer
+    assert parse_pin(f"{account}/myapp:V1") == (f"{account}/myapp", "V1")  # tags may have capitals
 
 
 def test_unknown_keys_are_errors():
