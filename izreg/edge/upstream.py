@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime
 import weakref
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, protocol, ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
@@ -44,7 +44,7 @@ from treq.client import HTTPClient
 from zope.interface import implementer
 
 from izreg.edge.unreachable import Setting, explain, refused
-from izreg.service.tls import load_certificates
+from izreg.service.tls import load_certificates, load_key_pair
 
 log = Logger()
 
@@ -82,11 +82,9 @@ class MutualTLSPolicy:
         #: what the registry presented on a connection a TLS error ended, by that error (L{presented}): also
         #: after a failed verification, it names what failed
         self._failed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        chain = load_certificates(device_cert, "device certificate")
-        with open(device_key, "rb") as f:
-            key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
-        self.client = ssl.PrivateCertificate.load(_pem(chain[0]), key, crypto.FILETYPE_PEM)
-        self.extra_chain = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+        # cryptography objects, as pyOpenSSL wants them (its X509 and PKey are deprecated there)
+        chain, key = load_key_pair(device_cert, device_key, "device")
+        self.client = {"privateKey": key, "certificate": chain[0], "extraCertChain": list(chain[1:])}
         if upstream_ca:
             cas = load_certificates(upstream_ca, "upstream CA")
             self.trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(_pem(c)) for c in cas])
@@ -95,9 +93,8 @@ class MutualTLSPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int):
         return _Watched(ssl.optionsForClientTLS(
-            hostname.decode("ascii"), trustRoot=self.trust, clientCertificate=self.client,
-            extraCertificateOptions={"extraCertChain": self.extra_chain,
-                                     "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
+            hostname.decode("ascii"), trustRoot=self.trust,
+            extraCertificateOptions={**self.client, "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
 
     def lost(self, transport, reason: Failure) -> None:
         """An upstream connection ended (L{_NotingProtocol}): after a TLS error, keep what was presented on it."""

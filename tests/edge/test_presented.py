@@ -15,7 +15,6 @@ import time
 
 import pytest
 import pytest_twisted
-from OpenSSL import crypto
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -27,6 +26,7 @@ from zope.interface import implementer
 
 from izreg import devcerts
 from izreg.edge.upstream import MutualTLSPolicy, Unreachable, Upstream
+from izreg.service.tls import TLSConfigError
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 
@@ -76,12 +76,11 @@ class HoldFirst(WrappingFactory):
 
 
 def server_options(issued: devcerts.Issued, ca: devcerts.Issued) -> ssl.CertificateOptions:
-    return ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(issued.key),
-        certificate=crypto.X509.from_cryptography(issued.cert),
-        extraCertChain=[crypto.X509.from_cryptography(ca.cert)])
+    # cryptography's objects: pyOpenSSL's X509 and PKey are deprecated there (a DeprecationWarning each)
+    return ssl.CertificateOptions(privateKey=issued.key, certificate=issued.cert, extraCertChain=[ca.cert])
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # pyOpenSSL's, for its X509 and PKey objects: none
 @pytest_twisted.ensureDeferred
 async def test_each_tls_failure_is_explained_with_its_own_connections_certificates(tmp_path):
     now = time.time()
@@ -112,6 +111,13 @@ async def test_each_tls_failure_is_explained_with_its_own_connections_certificat
     finally:
         await upstream.close()
         await port.stopListening()
+
+
+def test_a_device_key_of_another_certificate_is_told_at_start(tmp_path):
+    paths = devcerts.write_dev_certs(str(tmp_path / "certs"), time.time(), ACCOUNT)
+    with pytest.raises(TLSConfigError) as e:
+        MutualTLSPolicy(paths.client_cert, paths.ca_key, paths.ca_cert)
+    assert str(e.value) == f"the device key {paths.ca_key} does not match the first certificate in {paths.client_cert}"
 
 
 def _load(key_path: str, cert_path: str):

@@ -20,7 +20,8 @@ Where a certificate is refused:
 
 Pieces, one module each:
 
-  - C{pem}: L{TLSFiles} / L{load_material}: paths -> parsed certificates and key.
+  - C{pem}: L{TLSFiles} / L{load_material}: paths -> parsed certificates and key
+    (L{load_key_pair}: one chain and its key, the edge's device certificate too).
   - C{context}: L{build_context}: an C{OpenSSL.SSL.Context} (TLS 1.2+, ECDHE AEAD ciphers).
   - C{creator}: L{ServerTLS}, the reloadable connection creator handed to the
     listener; C{reload()} re-reads every file (call it from SIGHUP); new
@@ -38,7 +39,9 @@ from izreg.service.tls.context import CIPHERS_TLS12, TICKET_LIFETIME, build_cont
 from izreg.service.tls.creator import ServerTLS
 from izreg.service.tls.crl import CRLFile
 from izreg.service.tls.endpoint import TLSEndpoint, tls_endpoint
-from izreg.service.tls.pem import TLSConfigError, TLSFiles, TLSMaterial, load_certificates, load_material
+from izreg.service.tls.pem import (TLSConfigError, TLSFiles, TLSMaterial, load_certificates, load_key_pair,
+                                 load_material)
 
 __all__ = ["CIPHERS_TLS12", "TICKET_LIFETIME", "CRLFile", "ServerTLS", "TLSConfigError", "TLSEndpoint", "TLSFiles",
-           "TLSMaterial", "build_context", "load_certificates", "load_material", "tls_endpoint"]
+           "TLSMaterial", "build_context", "load_certificates", "load_key_pair",
+           "load_material", "tls_endpoint"]

@@ -51,19 +51,28 @@ def load_certificates(path: str, what: str) -> tuple[x509.Certificate, ...]:
     return certs
 
 
-def load_material(files: TLSFiles) -> TLSMaterial:
-    """Read and check everything in C{files}; raise L{TLSConfigError}."""
-    chain = load_certificates(files.cert, "server certificate")
+def load_key_pair(cert_path: str, key_path: str, role: str) -> tuple[tuple[x509.Certificate, ...], object]:
+    """
+    A certificate chain and its key (C{role}: "server", "device", for the messages), checked: the key is an
+    unencrypted PEM private key of a supported type, of the first certificate. Raise L{TLSConfigError}.
+    """
+    chain = load_certificates(cert_path, f"{role} certificate")
     try:
-        key = serialization.load_pem_private_key(_read(files.key, "server key"), password=None)
+        key = serialization.load_pem_private_key(_read(key_path, f"{role} key"), password=None)
     except (ValueError, TypeError) as e:
-        raise TLSConfigError(f"the server key {files.key} is not an unencrypted PEM private key: {e}") from e
+        raise TLSConfigError(f"the {role} key {key_path} is not an unencrypted PEM private key: {e}") from e
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
                             ed448.Ed448PrivateKey)):
-        raise TLSConfigError(f"the server key {files.key} has an unsupported key type")
+        raise TLSConfigError(f"the {role} key {key_path} has an unsupported key type")
     if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
             chain[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        raise TLSConfigError(f"the server key {files.key} does not match the first certificate in {files.cert}")
+        raise TLSConfigError(f"the {role} key {key_path} does not match the first certificate in {cert_path}")
+    return chain, key
+
+
+def load_material(files: TLSFiles) -> TLSMaterial:
+    """Read and check everything in C{files}; raise L{TLSConfigError}."""
+    chain, key = load_key_pair(files.cert, files.key, "server")
     cas: list[x509.Certificate] = []
     for path in files.device_cas:
         for ca in load_certificates(path, "device CA file"):
