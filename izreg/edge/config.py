@@ -67,6 +67,7 @@ class EdgeConfig:
     response_timeout: int = 10
     pin_refresh_interval: int = 300
     report_interval: int = 10
+    upstream_check_interval: int = 30  # 0: off (izreg.edge.upstream.Upstream.check)
     lmdb_map_size: int = 4 * 1024**3
     max_manifest_size: int = 4 * 1024 * 1024
     log_level: str = "info"  # what reaches twistd's log file (izreg.service.logs.LogSetup)
@@ -103,6 +104,7 @@ FIELDS: dict[str, tuple[str, Any]] = {
     "response_timeout": ("response_timeout", int),
     "pin_refresh_interval": ("pin_refresh_interval", int),
     "report_interval": ("report_interval", int),
+    "upstream_check_interval": ("upstream_check_interval", int),
     "lmdb_map_size": ("lmdb_map_size", int),
     "max_manifest_size": ("max_manifest_size", int),
     "log_level": ("log_level", str),

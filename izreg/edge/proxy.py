@@ -125,8 +125,8 @@ class EdgeAPI:
         """
         200 while the edge serves, whatever the registry does: offline it serves from the cache (what it is
         for), and neither a restart (liveness) nor taking it out of service (readiness) brings the registry
-        back. C{status} says how the registry's last answer went: "ok", "upstream_unreachable" (the last
-        request did not reach it), "upstream_refused" (it answers 401 to this gateway); the two fields of
+        back. C{status} says how the registry's last answer went (to a pull, pin, report or, on an idle edge,
+        L{izreg.edge.upstream.Upstream.check}): "ok", "upstream_unreachable" (the last request did not reach it), "upstream_refused" (it answers 401 to this gateway); the two fields of
         those names say why in a sentence, or are null.
         """
         upstream = self.upstream

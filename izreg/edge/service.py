@@ -4,7 +4,8 @@
 
 The cache's LMDB is opened in C{startService} (after twistd forked), like
 the registry's. Children: the listeners, the pin refresh timer, the timer
-that looks for new pins (``izreg-edge pin``) and the pull report timer.
+that looks for new pins (``izreg-edge pin``), the pull report timer and
+the timer that checks the registry when nothing else asks it.
 """
 
 from __future__ import annotations
@@ -157,4 +158,9 @@ def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     # pins added by izreg-edge while the edge runs: fetched within seconds, not at the next refresh
     AfterFirstInterval(NEW_PIN_CHECK, lambda: defer.ensureDeferred(top.pinner.fetch_new()), reactor).setServiceParent(top)
     Timer(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()), reactor).setServiceParent(top)
+    if config.upstream_check_interval:
+        # /healthz follows the registry when nothing else asks it (a request only when no other was made)
+        check = Timer(config.upstream_check_interval, lambda: defer.ensureDeferred(top.api.upstream.check()), reactor)
+        check.setName("upstream-check")
+        check.setServiceParent(top)
     return top

@@ -16,7 +16,8 @@ L{Unreachable} says why in one sentence (L{izreg.edge.unreachable}); the
 raw error is logged, once per outage. A 401 is the registry refusing the
 gateway itself (its device certificate revoked, its account deleted):
 L{Upstream.refused} says so in a sentence until the registry next answers
-2xx; the registry's own answer is logged, once.
+2xx; the registry's own answer is logged, once. Both follow each request's
+outcome; L{Upstream.check} (a timer) asks the registry when nothing else did.
 
 Which certificates a TLS failure is explained with: those presented on the
 connection that failed. Each TLS connection is noted by its TLS protocol
@@ -177,10 +178,15 @@ class Upstream:
         self.unreachable: str | None = None
         #: what was logged at its own level once during this outage (L{first_offline})
         self._told: set[str] = set()
+        #: requests awaiting the registry's answer, and how many had theirs (or failed): for L{check}
+        self._waiting = self._answered = 0
+        #: C{_answered} when L{check} last ran
+        self._checked = 0
 
     async def request(self, method: str, path: str, headers: dict[str, list[str]] | None = None,
                       data: bytes | None = None):
         """An unbuffered response (read its body with L{collect} or C{deliverBody}); raise L{Unreachable}."""
+        self._waiting += 1
         try:
             response = await self.http.request(
                 method, self.url + path, headers=Headers(headers or {}), data=data, unbuffered=True,
@@ -192,6 +198,9 @@ class Upstream:
             reason = explain(e, self.setting, self.presented, now)
             self._unreachable(reason, _describe(e))
             raise Unreachable(reason) from None
+        finally:
+            self._waiting -= 1
+            self._answered += 1
         if self.unreachable is not None:
             log.info("the registry {url} answers again", url=self.url)
             self.unreachable = None
@@ -202,6 +211,25 @@ class Upstream:
             log.info("the registry {url} accepts this gateway again", url=self.url)
             self.refused = None
         return response
+
+    async def check(self) -> None:
+        """
+        Ask the registry C{GET /v2/} (with the gateway's certificate, as every request), so that what
+        C{unreachable} and C{refused} say (/healthz) follows the registry also when nothing else asks it:
+        no pulls, pins or pull reports. Run by a timer (C{upstream_check_interval}); it asks only when no
+        other request was answered or failed since its last run and none awaits its answer (that one's
+        outcome will tell), so a busy edge sends nothing more.
+        """
+        if self._waiting or self._answered != self._checked:
+            self._checked = self._answered
+            return
+        try:
+            response = await self.request("GET", "/v2/")
+            await collect(response, ERROR_BODY_LIMIT)
+        except (Unreachable, TooLarge):
+            pass  # request() noted it (and logged a new outage once)
+        finally:
+            self._checked = self._answered
 
     @property
     def denied(self) -> bool:

@@ -141,6 +141,29 @@ def test_healthz(stack):
     assert r.json()["upstream_unreachable"] is None and r.json()["upstream_refused"] is None
 
 
+def test_healthz_follows_the_registry_while_nothing_pulls(make_stack, tmp_path):
+    """
+    No pull, pin or pull report asks the registry: the edge's own check (upstream_check_interval, 1 s
+    here) turns /healthz to upstream_unreachable when the registry stops, and back to ok when it starts.
+    """
+    config = tmp_path / "check.toml"
+    config.write_text("[edge]\nupstream_check_interval = 1\n")
+    s = make_stack("--config", str(config))
+    mark = s.edge.log_mark()
+    s.registry.stop()
+    s.edge.wait_for_log(r"the registry https://\S+ is unreachable: the registry refused the connection", since=mark)
+    health = get(s.edge, "/healthz").json()
+    assert health["status"] == "upstream_unreachable", health
+    assert health["upstream_unreachable"] == f"the registry refused the connection: nothing listens at {s.upstream}"
+    mark = s.edge.log_mark()
+    s.registry.start()
+    s.edge.wait_for_log(r"the registry https://\S+ answers again", since=mark)
+    health = get(s.edge, "/healthz").json()
+    assert (health["status"], health["upstream_unreachable"]) == ("ok", None), health
+    requests_served = re.findall(r"\] (GET|HEAD|POST) (\S+) \d{3} ", s.edge.log_text())
+    assert {path for _, path in requests_served} == {"/healthz"}, requests_served  # nothing but /healthz was asked
+
+
 def test_a_wrong_upstream_ca_is_told_in_a_sentence_and_logged_once(stack, tmp_path):
     """
     An edge that does not trust the registry's certificate says so in words
