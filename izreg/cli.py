@@ -140,7 +140,8 @@ class Context:
             except BackendError as e:
                 message = str(e)
                 if message.startswith("no izreg data"):
-                    message = f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})"
+                    message = (f"no izreg data in {self.data_dir!r}: the server's first start makes it "
+                               f"(twistd izreg server); else set --data-dir or {ENV_DATA_DIR}")
                 raise CommandError(message) from None
         return self._backend
 
@@ -306,7 +307,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
-    parser = _Parser(prog="izreg", description="Manage an izreg data directory (accounts, access keys).")
+    parser = _Parser(prog="izreg", description="Manage an izreg registry's data (accounts, keys, devices, images, "
+                                               "storage, audit, webhooks, backups), also while the server runs.")
     parser.add_argument("--config", metavar="FILE", help="the server's TOML config file (etc/izreg.toml)")
     parser.add_argument(
         "--data-dir",
