@@ -126,8 +126,9 @@ class EdgeAPI:
         200 while the edge serves, whatever the registry does: offline it serves from the cache (what it is
         for), and neither a restart (liveness) nor taking it out of service (readiness) brings the registry
         back. C{status} says how the registry's last answer went (to a pull, pin, report or, on an idle edge,
-        L{izreg.edge.upstream.Upstream.check}): "ok", "upstream_unreachable" (the last request did not reach it), "upstream_refused" (it answers 401 to this gateway); the two fields of
-        those names say why in a sentence, or are null.
+        L{izreg.edge.upstream.Upstream.check}): "ok", "upstream_unreachable" (the last request did not reach
+        it), "upstream_refused" (it answers 401 to this gateway); the two fields of those names say why in a
+        sentence, or are null.
         """
         upstream = self.upstream
         status = ("upstream_unreachable" if upstream.unreachable is not None
