@@ -319,7 +319,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small run (no 512 MiB blobs), a few minutes")
     ap.add_argument("--smoke", action="store_true", help="a few requests of each mode (checks that it works)")
     ap.add_argument("--modes", default=",".join(("base", *MODES)),
-                    help=f"comma-separated: base (push, pull, small requests), {', '.join(MODES)} (default: all)")
+                    help=f"comma-separated: base (push, pull, small requests), {', '.join(MODES)} (default: all of "
+                         "these); opt-in: s3 (izreg on moto's S3 vs its disk), cluster (PostgreSQL, nodes, haproxy)")
     ap.add_argument("--soak", default=None, metavar="DURATION",
                     help="also run the soak against izreg for DURATION (30m, 300s, ...): 32 mixed clients, RSS curve")
     ap.add_argument("--soak-warmup", default=None, metavar="DURATION",
@@ -351,7 +352,8 @@ def main() -> int:
     # opt-in: s3 (bench/s3.py): izreg on moto's S3 vs its disk; cluster (bench/cluster.py): PostgreSQL, nodes, haproxy
     unknown = set(modes) - {"base", *MODES, "s3", "cluster"}
     if unknown:
-        print(f"unknown mode(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        print(f"unknown mode(s): {', '.join(sorted(unknown))}; known: {', '.join(('base', *MODES, 's3', 'cluster'))}",
+              file=sys.stderr)
         return 2
     soak_seconds = parse_duration(args.soak) if args.soak else None
     soak_warmup = parse_duration(args.soak_warmup or ("0" if args.smoke else "5m"))

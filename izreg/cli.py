@@ -306,7 +306,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
-    parser = _Parser(prog="izreg", description="Manage an izreg data directory (accounts, access keys).")
+    parser = _Parser(prog="izreg", description="Manage an izreg registry's data (accounts, keys, devices, images, "
+                                               "storage, audit, webhooks, backups), also while the server runs.")
     parser.add_argument("--config", metavar="FILE", help="the server's TOML config file (etc/izreg.toml)")
     parser.add_argument(
         "--data-dir",

@@ -22,9 +22,10 @@ C{*_cli} module):
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Callable, Sequence
 
-from izreg.core.names import ACCOUNT_RE
+from izreg.core.names import ACCOUNT_RE, NAME_RE, name_problem
 
 #: exit status of every usage or data error
 EXIT_ERROR = 2
@@ -48,6 +49,18 @@ def account_id(text: str) -> str:
     if not ACCOUNT_RE.fullmatch(text):
         raise CommandError(f"invalid account id {text[:80]!r}: expected 32 lowercase hex characters")
     return text
+
+
+def repository_of(account: str, text: str) -> str:
+    """The full name of repository C{text} of C{account}: C{NAME} or C{ACCOUNT_ID/NAME}; else a L{CommandError}."""
+    name = text if re.match(r"[a-fA-F0-9]{32}/", text) else f"{account}/{text}"
+    found = NAME_RE.fullmatch(name)
+    if found is None:  # with capitals: that names are lowercase, and the name to use (names.name_problem)
+        why = f"; {name_problem(name)}" if any("A" <= c <= "Z" for c in name) else ""
+        raise CommandError(f"not a repository name (NAME or <account>/<name>): {text[:100]!r}{why}")
+    if found["account"] != account:
+        raise CommandError(f"repository {name} is not in account {account}")
+    return name
 
 
 def iso(when: float | None, never: str = "never") -> str:

@@ -19,8 +19,7 @@ from cryptography import x509
 from izreg.auth.devices import fingerprint_sha256, normalize_fingerprint, normalize_serial, serial_hex
 from izreg.auth.devicestore import FINGERPRINT, SERIAL
 from izreg.auth.store import UnknownAccount
-from izreg.commands import CommandError, account_id, iso, table
-from izreg.core.names import NAME_RE
+from izreg.commands import CommandError, account_id, iso, repository_of, table
 from izreg import devcerts
 
 
@@ -49,14 +48,15 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
 
     pulls = sub.add_parser("pulls", help="which device pulled which manifest, and when (last pull)")
     pulls.add_argument("account", metavar="ACCOUNT_ID")
-    pulls.add_argument("--repository", metavar="NAME", help="only this repository (<account>/<name>)")
+    pulls.add_argument("--repository", metavar="NAME", help="only this repository: NAME or ACCOUNT_ID/NAME")
     pulls.set_defaults(handler=_pulls)
 
     dev = subparsers.add_parser("dev-certs", help="write a development CA, server and device certificate")
     dev.add_argument("directory", metavar="DIR", help="output directory (a skopeo --src-cert-dir, podman --cert-dir)")
-    dev.add_argument("--account", metavar="ACCOUNT_ID", help="the device's account (default: a new random id)")
-    dev.add_argument("--device-id", metavar="ID", default=devcerts.DEFAULT_DEVICE_ID)
-    dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help="validity of the leaf certificates")
+    dev.add_argument("--account", metavar="ACCOUNT_ID", help="the device's account: yours (default: a new random id, which no account has)")
+    dev.add_argument("--device-id", metavar="ID", default=devcerts.DEFAULT_DEVICE_ID,
+                     help=f"the device's id, its certificate's CN (default: {devcerts.DEFAULT_DEVICE_ID})")
+    dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help=f"validity of the leaf certificates, in days (default: {devcerts.DEFAULT_DAYS})")
     dev.add_argument("--force", action="store_true", help="overwrite existing files")
     dev.set_defaults(handler=_dev_certs)
 
@@ -104,16 +104,11 @@ def _pulls(args, context) -> int:
         account = account_id(args.account)
     except CommandError:
         raise CommandError(f"not an account id (32 lowercase hex): {args.account!r}") from None
-    if args.repository is not None:
-        name = NAME_RE.match(args.repository)
-        if name is None:
-            raise CommandError(f"not a repository name (<account>/<name>): {args.repository!r}")
-        if name["account"] != account:
-            raise CommandError(f"repository {args.repository} is not in account {account}")
+    repository = None if args.repository is None else repository_of(account, args.repository)
     store = context.devices()
     if context.store().get_account(account) is None:
         raise UnknownAccount(account)
-    records = store.list_pulls(account, args.repository)
+    records = store.list_pulls(account, repository)
     rows = [(r.device_id, r.repository, r.digest, iso(r.at)) for r in records]
     table(context.out, ("DEVICE", "REPOSITORY", "DIGEST", "PULLED"), rows)
     return 0

@@ -12,8 +12,7 @@ import argparse
 import json
 
 from izreg.browse import Browser, usage
-from izreg.commands import CommandError, account_id
-from izreg.core.names import NAME_RE
+from izreg.commands import CommandError, account_id, repository_of
 
 #: the largest page read at once (the listing walks every page)
 _PAGE = 500
@@ -100,9 +99,7 @@ def images_command(args: argparse.Namespace, context) -> int:
     browser = _browser(context)
     account = _known(context, browser, account_id(args.account))
     if args.repository:
-        name = args.repository if args.repository.startswith(f"{account}/") else f"{account}/{args.repository}"
-        if not NAME_RE.fullmatch(name):
-            raise CommandError(f"invalid repository name {args.repository[:100]!r}")
+        name = repository_of(account, args.repository)
         stats = browser.index.repo_stats(name)
         if stats is None:
             raise CommandError(f"no repository {name}")
@@ -119,6 +116,8 @@ def images_command(args: argparse.Namespace, context) -> int:
     rows = []
     for repo in repositories:
         path = repo["name"][33:]
+        if not repo["images"]:  # every manifest deleted: the repository is still listed (and counted below)
+            rows.append([path, "(no manifests)", "-", "-", "-", human(0), "-", "0"])
         for m in repo["images"]:
             devices = m["devices"]
             rows.append([

@@ -112,10 +112,22 @@ def audit_list(args, context) -> int:
         for e in entries:
             context.out(json.dumps({**e, "time": _iso(e["time"])}, sort_keys=True))
         return 0
-    table(context.out, ["TIME", "ACTION", "ACCOUNT", "ACTOR", "TARGET", "ADDRESS"],
+    table(context.out, ["TIME", "ACTION", "ACCOUNT", "ACTOR", "TARGET", "ADDRESS", "FORCED"],
                   [[_iso(e["time"]), e["action"], e.get("account") or "-", e["actor"], e["target"],
-                    e.get("address") or "-"] for e in entries])
+                    e.get("address") or "-", _forced(e.get("detail"))] for e in entries])
     return 0
+
+
+def _forced(detail) -> str:
+    """
+    A delete forced past the in-use protection (C{Izreg-Force-Delete: true}, L{izreg.registry}): how many
+    devices pulled what it removed, and when last; C{-} for every other record.
+    """
+    if not isinstance(detail, dict) or not detail.get("forced"):
+        return "-"
+    devices, last = detail.get("devices"), detail.get("last_pulled")
+    pulled = f", last pull {_iso(last)}" if isinstance(last, (int, float)) else ""
+    return f"FORCED: in use by {devices} device{'' if devices == 1 else 's'}{pulled}"
 
 
 # webhook --------------------------------------------------------------------------

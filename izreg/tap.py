@@ -54,7 +54,7 @@ class ServerOptions(usage.Options):
         self["metrics-listen"].append(endpoint)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: the config's server.listen)"""
+        """Twisted endpoint string to listen on (plain HTTP), repeatable (default: the config's server.listen, else tcp:5000:interface=127.0.0.1)"""
         self["listen"].append(endpoint)
 
     def opt_tls_listen(self, endpoint: str) -> None:
@@ -143,7 +143,7 @@ class Options(usage.Options):
         # usage.Options prefixes a subcommand's synopsis with ours and the subcommand's name.
         return "" if self.subCommand else "server|edge [options]"
     subCommands = [["server", None, ServerOptions, "run the registry"],
-                   ["edge", None, EdgeOptions, "run the edge proxy on a gateway (izreg/edge/)"]]
+                   ["edge", None, EdgeOptions, "run the edge proxy on a gateway: a pull-through cache of the registry"]]
 
     def postOptions(self) -> None:
         if self.subCommand is None:

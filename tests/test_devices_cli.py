@@ -113,8 +113,10 @@ def test_pulls_table(run, data_dir):
         ["gw-1", f"{account}/app", "sha256:" + "a" * 64, "2027-01-15T08:00:00Z"],
         ["gw-2", f"{account}/db", "sha256:" + "b" * 64, "2027-01-15T08:01:01Z"],
     ]
-    code, out, _ = run("device", "pulls", account, "--repository", f"{account}/db")
-    assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
+    for repository in (f"{account}/db", "db"):  # as izreg images takes it: NAME or ACCOUNT_ID/NAME
+        code, out, _ = run("device", "pulls", account, "--repository", repository)
+        assert code == 0
+        assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +124,15 @@ def test_pulls_table(run, data_dir):
     [
         (["nope"], "not an account id"),
         ([ACCOUNT], f"no such account: {ACCOUNT}"),
-        ([ACCOUNT, "--repository", "Bad Name"], "not a repository name"),
+        ([ACCOUNT, "--repository", "a//b"], "not a repository name (NAME or <account>/<name>): 'a//b'\n"),
+        ([ACCOUNT, "--repository", "Bad Name"], "not a repository name (NAME or <account>/<name>): 'Bad Name';"
+                                                " repository names are lowercase"),
+        # names are lowercase: the name to use
+        ([ACCOUNT, "--repository", f"{ACCOUNT}/MyApp"],
+         f"not a repository name (NAME or <account>/<name>): '{ACCOUNT}/MyApp'; repository names are lowercase"
+         f' (a-z, 0-9 and the separators ".", "_", "-"): use {ACCOUNT}/myapp\n'),
+        ([ACCOUNT, "--repository", "MyApp"], f": use {ACCOUNT}/myapp\n"),
+        ([ACCOUNT, "--repository", f"{ACCOUNT.upper()}/app"], f": use {ACCOUNT}/app\n"),
         ([ACCOUNT, "--repository", f"{'f' * 32}/app"], f"repository {'f' * 32}/app is not in account {ACCOUNT}"),
     ],
 )

@@ -63,14 +63,37 @@ class Repository:
         """
         if len(text) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(text):
             error = OutsideNamespaces if len(text) <= MAX_NAME_LENGTH and SPEC_NAME_RE.fullmatch(text) else RegistryError
-            raise error(
-                ErrorCode.NAME_INVALID,
-                {"name": text[:300], "expected": EXPECTED},
-                # clients print the message only (docker: "name invalid: ..."), so it says the form too
-                "invalid repository name: expected <account id: 32 lowercase hex>/<name>,"
-                " as in 0123456789abcdef0123456789abcdef/app",
-            )
+            detail = {"name": text[:300], "expected": EXPECTED}
+            lowercase = _lowercased(text)
+            if lowercase is not None:
+                detail["lowercase"] = lowercase
+            # clients print the message only (docker: "name invalid: ..."), so it says the form too
+            raise error(ErrorCode.NAME_INVALID, detail, f"invalid repository name: {name_problem(text)}")
         return cls(text)
+
+
+def name_problem(text: str) -> str:
+    """
+    What is wrong with C{text} as a repository name, for people (the message of its C{NAME_INVALID}, the
+    command line's and the browse page's error): that names are lowercase if it has capitals (the OCI
+    grammar has none: docker, podman and skopeo refuse C{MyApp} before they send anything, so only a
+    script, curl or a hand-typed page address brings one here), with the lowercase name to use when that
+    one is valid; else the expected form.
+    """
+    if any("A" <= c <= "Z" for c in text):
+        lowercase = _lowercased(text)
+        return ("repository names are lowercase (a-z, 0-9 and the separators \".\", \"_\", \"-\")"
+                + (f": use {lowercase}" if lowercase is not None
+                   else "; expected <account id: 32 lowercase hex>/<name>"))
+    return "expected <account id: 32 lowercase hex>/<name>, as in 0123456789abcdef0123456789abcdef/app"
+
+
+def _lowercased(text: str) -> str | None:
+    """C{text} in lowercase, if it has capitals and is a valid name so (ASCII only: C{"K"} is no C{"k"})."""
+    if len(text) > MAX_NAME_LENGTH or not any("A" <= c <= "Z" for c in text):
+        return None
+    lowered = "".join(c.lower() if "A" <= c <= "Z" else c for c in text)
+    return lowered if NAME_RE.fullmatch(lowered) else None
 
 
 class OutsideNamespaces(RegistryError):

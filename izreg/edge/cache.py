@@ -229,6 +229,11 @@ class EdgeCache:
         self.env.sync(True)
         return removed
 
+    def pin_refs(self) -> set[str]:
+        """The pins, without what they resolved to (one short read: the running edge looks every 2 s)."""
+        with self.env.begin() as txn:
+            return {k.decode() for k in txn.cursor(db=self._db["pins"]).iternext(keys=True, values=False)}
+
     def pins(self) -> dict[str, dict]:
         with self.env.begin() as txn:
             return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self._db["pins"])}

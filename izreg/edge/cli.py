@@ -9,9 +9,11 @@ Usage::
     izreg-edge [--cache-dir DIR | --config FILE] pins [--json]
 
 It writes to the cache's LMDB index (safe across processes); the running
-edge fetches a new pin on its next refresh round (``pin_refresh_interval``)
-and stops protecting an unpinned image from eviction at once. Errors are one
-line on stderr and exit status 2.
+edge reads the pins every 2 s (L{izreg.edge.config.NEW_PIN_CHECK}) and
+fetches a new one then (when the registry is unreachable: at a refresh
+round after it answers again, every ``pin_refresh_interval``), and stops
+protecting an unpinned image from eviction at once. ``pin`` says so. Errors
+are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import sys
 
-from izreg.edge.config import EdgeConfig, parse_pin, parse_toml
+from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, parse_pin, parse_toml
 from izreg.service.config import ConfigError
 
 
@@ -65,8 +67,12 @@ def main(argv=None, stdout=None, stderr=None) -> int:
         return 2
     try:
         if args.command == "pin":
-            added = cache.pin(args.ref)
-            stdout.write(f"pinned {args.ref}" + ("" if added else " (already pinned)") + "\n")
+            if not cache.pin(args.ref):
+                stdout.write(f"pinned {args.ref} (already pinned)\n")
+            else:
+                stdout.write(f"pinned {args.ref}: a running edge fetches it within {NEW_PIN_CHECK} s, or when the"
+                             " registry answers again if it is unreachable; `izreg-edge pins` shows when it was"
+                             " fetched\n")
         elif args.command == "unpin":
             if not cache.unpin(args.ref):
                 stderr.write(f"izreg-edge: {args.ref} is not pinned\n")

@@ -18,6 +18,9 @@ from typing import Any
 from izreg.core.names import NAME_RE, TAG_RE
 from izreg.service.config import LOG_LEVELS, ConfigError, _check
 
+#: how often (seconds) the running edge looks for pins added by ``izreg-edge pin`` (L{izreg.edge.pins.Pinner.fetch_new})
+NEW_PIN_CHECK = 2
+
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}

@@ -4,7 +4,9 @@ Pinned images: fetched ahead of time, refreshed when their tag moves,
 never evicted.
 
 A pin is ``<account>/<app>:<tag>`` (the config's ``pin`` list, or
-``izreg-edge pin``, which writes to the cache's LMDB while the edge runs).
+``izreg-edge pin``, which writes to the cache's LMDB while the edge runs:
+the edge reads the pins every L{izreg.edge.config.NEW_PIN_CHECK} seconds, and fetches a new
+one at once, in a round of its own, L{Pinner.fetch_new}).
 Every refresh round (a timer, and once at start) resolves each tag at the
 registry (the pins are read again before a round ends: one added while a
 round is in flight, fetching a large image say, is refreshed in that round,
@@ -27,6 +29,7 @@ from izreg.edge.upstream import Unreachable, collect
 log = Logger()
 
 
+
 class Pinner:
     def __init__(self, api, config_pins: tuple[str, ...]) -> None:
         self.api = api
@@ -34,19 +37,35 @@ class Pinner:
         self.upstream = api.upstream
         self.config_pins = config_pins
         self._running = False
+        #: the pins at the last look of L{fetch_new} (the start's round fetches those there at start)
+        self._seen: set[str] = set()
 
     def adopt_config_pins(self) -> None:
         for ref in self.config_pins:
             self.cache.pin(ref)
+        self._seen = self.cache.pin_refs()
 
-    async def refresh(self) -> None:
-        """One round: every pin, then the pins added meanwhile (read again until none is new)."""
+    async def fetch_new(self) -> None:
+        """
+        A round of the pins added since the last look (``izreg-edge pin``), if any and if no round is in
+        flight (that one reads the pins again before it ends; the next look sees those it did not).
+        """
+        if self._running:
+            return
+        pins = self.cache.pin_refs()
+        new, self._seen = pins - self._seen, pins  # one unpinned, then pinned again: new again
+        if new:
+            await self.refresh(only=new)
+
+    async def refresh(self, only: set[str] | None = None) -> None:
+        """One round: every pin (or those in C{only}), then the pins added meanwhile (read again until none is new)."""
         if self._running:
             return  # the round in flight reads the pins again before it ends
         self._running = True
         done: set[str] = set()
         try:
-            while todo := sorted((ref, state) for ref, state in self.cache.pins().items() if ref not in done):
+            while todo := sorted((ref, state) for ref, state in self.cache.pins().items()
+                                 if ref not in done and (only is None or ref in only)):
                 for ref, state in todo:
                     done.add(ref)
                     try:

@@ -122,11 +122,21 @@ class EdgeAPI:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
-        body = json.dumps({"status": "ok", "upstream": self.upstream.url, "cached_bytes": self.cache.total,
+        """
+        200 while the edge serves, whatever the registry does: offline it serves from the cache (what it is
+        for), and neither a restart (liveness) nor taking it out of service (readiness) brings the registry
+        back. C{status} says how the registry's last answer went: "ok", "upstream_unreachable" (the last
+        request did not reach it), "upstream_refused" (it answers 401 to this gateway); the two fields of
+        those names say why in a sentence, or are null.
+        """
+        upstream = self.upstream
+        status = ("upstream_unreachable" if upstream.unreachable is not None
+                  else "upstream_refused" if upstream.refused is not None else "ok")
+        body = json.dumps({"status": status, "upstream": upstream.url, "cached_bytes": self.cache.total,
                            "limit": self.cache.limit, "downloads": len(self.downloads),
                            "pending_reports": self.reporter.pending,
-                           # why the registry's last request failed (None: it answered): the edge is up either way
-                           "upstream_unreachable": self.upstream.unreachable}).encode()
+                           "upstream_unreachable": upstream.unreachable,
+                           "upstream_refused": upstream.refused}).encode()
         request.setHeader(b"Content-Type", b"application/json")
         return body
 

@@ -3,8 +3,8 @@
 ``twistd izreg edge``: options, and the service that owns the edge's cache.
 
 The cache's LMDB is opened in C{startService} (after twistd forked), like
-the registry's. Children: the listeners, the pin refresh timer and the pull
-report timer.
+the registry's. Children: the listeners, the pin refresh timer, the timer
+that looks for new pins (``izreg-edge pin``) and the pull report timer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from izreg import StartupError
-from izreg.edge.config import EdgeConfig, load
+from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, load
 from izreg.service.config import LOG_LEVELS, ConfigError
 from izreg.service.logs import offer_observer
 
@@ -138,7 +138,7 @@ def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     from izreg.edge.proxy import EdgeAPI, EdgeSite
     from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup
-    from izreg.service.tree import Listener, Timer
+    from izreg.service.tree import AfterFirstInterval, Listener, Timer
 
     api = EdgeAPI()
     site = EdgeSite(api.resource())
@@ -147,5 +147,7 @@ def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     for description in config.listen:
         Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
     Timer(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()), reactor).setServiceParent(top)
+    # pins added by izreg-edge while the edge runs: fetched within seconds, not at the next refresh
+    AfterFirstInterval(NEW_PIN_CHECK, lambda: defer.ensureDeferred(top.pinner.fetch_new()), reactor).setServiceParent(top)
     Timer(config.report_interval, lambda: defer.ensureDeferred(top.reporter.send()), reactor).setServiceParent(top)
     return top

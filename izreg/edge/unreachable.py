@@ -11,16 +11,20 @@ in ``--upstream-ca``, expired or not yet valid, not for the host of
 connection refused, timed out, or the host name unknown.
 
 OpenSSL only says "certificate verify failed"; which check failed is read
-here from the certificates the registry presented (L{explain}'s C{chain},
-kept by L{izreg.edge.upstream.MutualTLSPolicy} also after a failed
-handshake).
+here from the certificates the registry presented on the connection that
+failed (L{explain}'s C{presented}, kept by
+L{izreg.edge.upstream.MutualTLSPolicy} also after a failed handshake).
+
+L{refused}: the sentence of a registry that answers, but refuses the
+gateway (401: its device certificate revoked, its account deleted).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -43,17 +47,17 @@ class Setting:
     connect_timeout: float
 
 
-def explain(failure: Exception, setting: Setting, chain: Sequence[x509.Certificate],
-            now: datetime.datetime) -> str:
+def explain(failure: Exception, setting: Setting,
+            presented: Callable[[BaseException], Sequence[x509.Certificate]], now: datetime.datetime) -> str:
     """
     One sentence for C{failure} (an Agent's error, possibly wrapping others).
 
-    @param chain: the certificates the registry presented on the newest
-        connection (leaf first), or none.
+    @param presented: for one cause (a TLS error), the certificates the
+        registry presented on the connection it ended (leaf first), or none.
     @param now: timezone-aware UTC.
     """
     for cause in _causes(failure):
-        sentence = _sentence(cause, setting, chain, now)
+        sentence = _sentence(cause, setting, presented(cause), now)
         if sentence is not None:
             return sentence
     return "the registry could not be reached (the edge's log says why)"
@@ -90,6 +94,20 @@ def _sentence(cause: BaseException, setting: Setting, chain: Sequence[x509.Certi
     if isinstance(cause, error.DNSLookupError):
         return f"the host name of --upstream ({setting.url}) does not resolve"
     return None
+
+
+def refused(body: bytes, setting: Setting) -> str:
+    """
+    The sentence of a 401 from the registry (C{body}: its answer, maybe empty): it refuses the gateway's
+    device certificate. The registry's message (C{errors[0].message}) is quoted, escaped and cut like a
+    certificate's name: it comes from outside and goes into the log and /healthz.
+    """
+    sentence = f"the registry refused this gateway's device certificate (--device-cert {setting.device_cert}): HTTP 401"
+    try:
+        message = json.loads(body)["errors"][0]["message"]
+    except (ValueError, LookupError, TypeError):
+        return sentence
+    return sentence + (f' "{_shown(message)}"' if isinstance(message, str) and message else "")
 
 
 def _unverified(setting: Setting, chain: Sequence[x509.Certificate], now: datetime.datetime) -> str:

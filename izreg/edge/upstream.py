@@ -13,24 +13,37 @@ failure, a connect timeout, no answer within the response timeout) is
 L{Unreachable}: the edge then answers from its cache. Every HTTP answer,
 401 and 403 included, is a response: the edge passes it on. An
 L{Unreachable} says why in one sentence (L{izreg.edge.unreachable}); the
-raw error is logged, once per outage.
+raw error is logged, once per outage. A 401 is the registry refusing the
+gateway itself (its device certificate revoked, its account deleted):
+L{Upstream.refused} says so in a sentence until the registry next answers
+2xx; the registry's own answer is logged, once.
+
+Which certificates a TLS failure is explained with: those presented on the
+connection that failed. Each TLS connection is noted by its TLS protocol
+(L{_Watched}); when an upstream connection is lost with a TLS error, its
+HTTP protocol (L{_NotingProtocol}) keeps the peer chain by that error
+(L{MutualTLSPolicy.lost}), for L{MutualTLSPolicy.presented} to find.
 """
 
 from __future__ import annotations
 
 import datetime
+import weakref
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError
 from twisted.internet import defer, protocol, ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from izreg.edge.unreachable import Setting, explain
+from izreg.edge.unreachable import Setting, explain, refused
 from izreg.service.tls import load_certificates
 
 log = Logger()
@@ -48,6 +61,10 @@ class TooLarge(Exception):
     pass
 
 
+#: the most bytes of a 401 the edge reads (the registry's are a few hundred)
+ERROR_BODY_LIMIT = 64 * 1024
+
+
 def _pem(cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
@@ -60,9 +77,11 @@ class MutualTLSPolicy:
 
     def __init__(self, device_cert: str, device_key: str, upstream_ca: str | None) -> None:
         self.device_cert, self.upstream_ca = device_cert, upstream_ca
-        #: the newest TLS connection (one, replaced by the next): what the registry presented, also after
-        #: a failed verification, names what failed (L{presented})
-        self._newest = None
+        #: the TLS connection of each upstream connection, by its TLS protocol (the HTTP protocol's transport)
+        self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        #: what the registry presented on a connection a TLS error ended, by that error (L{presented}): also
+        #: after a failed verification, it names what failed
+        self._failed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         chain = load_certificates(device_cert, "device certificate")
         with open(device_key, "rb") as f:
             key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
@@ -80,10 +99,18 @@ class MutualTLSPolicy:
             extraCertificateOptions={"extraCertChain": self.extra_chain,
                                      "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
 
-    def presented(self) -> list:
-        """The certificates the registry presented on the newest connection (leaf first; none if unknown)."""
-        chain = self._newest.get_peer_cert_chain() if self._newest is not None else None
-        return [cert.to_cryptography() for cert in chain or ()]
+    def lost(self, transport, reason: Failure) -> None:
+        """An upstream connection ended (L{_NotingProtocol}): after a TLS error, keep what was presented on it."""
+        connection = self._connections.pop(transport, None)
+        if connection is not None and reason.check(SSL.Error, VerificationError):
+            self._failed[reason.value] = connection.get_peer_cert_chain() or []
+
+    def presented(self, cause: BaseException) -> list:
+        """
+        The certificates the registry presented on the connection that C{cause} (a TLS error) ended, leaf
+        first; none if unknown (the handshake failed before the registry sent them, or another error).
+        """
+        return [cert.to_cryptography() for cert in self._failed.get(cause, ())]
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -95,19 +122,41 @@ class _Watched:
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = self.creator.clientConnectionForTLS(tlsProtocol)
-        self.policy._newest = connection
+        self.policy._connections[tlsProtocol] = connection
         return connection
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" log line per upstream connection
+class _NotingProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP client protocol, telling C{lost} its transport and why it ended (before the request hears it)."""
+
+    def __init__(self, quiescentCallback, lost) -> None:
+        super().__init__(quiescentCallback)
+        self._lost = lost
+
+    def connectionLost(self, reason=None):
+        if reason is not None:
+            self._lost(self.transport, reason)
+        super().connectionLost(reason)
+
+
+def _factory(lost):
+    """The pool's protocol factory: L{_NotingProtocol}s, and no "Starting factory" log line per connection."""
+
+    class _QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+        def buildProtocol(self, addr):
+            return _NotingProtocol(self._quiescentCallback, lost)
+
+    return _QuietFactory
 
 
 class Upstream:
     """
-    Requests to the registry. C{denied} is true after the registry refused
-    the gateway itself (401) and until it next answers a request with 2xx:
-    the cache is then not used to get around the refusal.
+    Requests to the registry. C{refused} says (a sentence) that the registry
+    refused the gateway itself (401), until it next answers a request with
+    2xx; meanwhile (L{denied}) the cache is not used to get around the
+    refusal.
     """
 
     def __init__(self, reactor, url: str, policy: MutualTLSPolicy, connect_timeout: float,
@@ -116,16 +165,17 @@ class Upstream:
         self.url = url.rstrip("/")
         # any IPolicyForHTTPS will do (tests give Twisted's own); a MutualTLSPolicy also says what the TLS
         # failures were about (L{izreg.edge.unreachable})
-        self.presented = getattr(policy, "presented", list)
+        self.presented = getattr(policy, "presented", lambda cause: [])
         self.setting = Setting(self.url, getattr(policy, "upstream_ca", None), getattr(policy, "device_cert", "?"),
                                connect_timeout)
         self.response_timeout = response_timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
-        self.pool._factory = _QuietFactory
+        self.pool._factory = _factory(getattr(policy, "lost", lambda transport, reason: None))
         agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
         self.http = HTTPClient(agent)
-        self.denied = False
+        #: why the registry refuses the gateway (the last 401, until a 2xx; C{None}: it does not)
+        self.refused: str | None = None
         #: why the last request failed to reach the registry (C{None}: it answered)
         self.unreachable: str | None = None
         #: what was logged at its own level once during this outage (L{first_offline})
@@ -142,7 +192,7 @@ class Upstream:
             raise
         except Exception as e:
             now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
-            reason = explain(e, self.setting, self.presented(), now)
+            reason = explain(e, self.setting, self.presented, now)
             self._unreachable(reason, _describe(e))
             raise Unreachable(reason) from None
         if self.unreachable is not None:
@@ -150,10 +200,33 @@ class Upstream:
             self.unreachable = None
             self._told.clear()
         if response.code == 401:
-            self.denied = True
-        elif 200 <= response.code < 300:
-            self.denied = False
+            return await self._refused(response)
+        if 200 <= response.code < 300 and self.refused is not None:
+            log.info("the registry {url} accepts this gateway again", url=self.url)
+            self.refused = None
         return response
+
+    @property
+    def denied(self) -> bool:
+        return self.refused is not None
+
+    async def _refused(self, response):
+        """
+        A 401: the registry refuses the gateway's device certificate. Its body (a few hundred bytes) is read
+        for the sentence and the log line (once per change), then given to the caller as it came.
+        """
+        try:
+            body = await collect(response, ERROR_BODY_LIMIT)
+        except (TooLarge, Unreachable):
+            body = b""
+        reason = refused(body, self.setting)
+        if not body:  # a HEAD's: the sentence without the registry's words, if none is known (logged with a GET's)
+            self.refused = self.refused or reason
+        elif reason != self.refused:
+            self.refused = reason
+            log.warn("the registry {url} refuses this gateway: {reason} ({raw})", url=self.url, reason=reason,
+                     raw=repr(body[:300])[2:-1])
+        return _Read(response, body)
 
     def _unreachable(self, reason: str, raw: str) -> None:
         """One log line when the registry stops answering, or fails otherwise (not one per request)."""
@@ -207,6 +280,35 @@ class _Collector(protocol.Protocol):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(Unreachable(f"the registry's answer broke off: {_describe(reason.value)}"))
+
+
+class _Read:
+    """A response whose body was read already, delivered again to its one reader (whole, then done)."""
+
+    def __init__(self, response, body: bytes) -> None:
+        self.version, self.code, self.phrase = response.version, response.code, response.phrase
+        self.headers, self.request = response.headers.copy(), response.request
+        self.headers.setRawHeaders(b"content-length", [str(len(body)).encode()])  # what was read (at most the limit)
+        self.length, self.body = len(body), body
+
+    def deliverBody(self, protocol) -> None:
+        protocol.makeConnection(_Done())
+        if self.body:
+            protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Done:
+    """The transport of a L{_Read} body: nothing left to produce."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def collect(response, limit: int) -> defer.Deferred:

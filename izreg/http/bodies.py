@@ -12,7 +12,8 @@ is resolved and the caller authorized (L{izreg.http.routing}). Then:
 - a refused request (no route, no credentials, no permission, too large,
   out of memory budget) is answered at once with its OCI error and
   ``Connection: close``; the rest of its body is read and dropped, never
-  kept, until the client closes or L{LINGER} seconds pass;
+  kept, until the client closes or L{LINGER} seconds pass (the first connection
+  closed for a newcomer meanwhile, at C{max_connections}: L{izreg.http.limits.REFUSED});
 - an upload's body goes into its L{ChunkWriter} (hashing while it appends);
 - a manifest or form goes into a L{BoundedBuffer}, within its size limit and
   the process-wide L{BodyBudget};
@@ -47,7 +48,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.internals import chunked_decoder, copied_process
-from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, UNAUTHENTICATED, BodyBudget,
+from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
                                ConnectionLimits, IdleConnections, SlowSenders, ThrottledLog, tcp_under)
 from izreg.http.peercert import peer_certificate
 
@@ -380,9 +381,10 @@ class RegistryChannel(http.HTTPChannel):
     _lines = 0
     address = None  # the client address counted by the site's ConnectionLimits
     #: the site's L{IdleConnections} (None: no cap); the tier this channel is in there (None: busy, or in
-    #: none; L{PUBLIC_REQUEST} while a request on a route open to anyone is in progress), and the one it goes
-    #: to when idle (L{NEW}; L{UNAUTHENTICATED} once a request is done, or refused authentication (401);
-    #: L{AUTHENTICATED} with a device certificate or once a request authenticated)
+    #: none; L{PUBLIC_REQUEST} while a request on a route open to anyone is in progress, L{AUTHENTICATED} if
+    #: its caller is known; L{REFUSED} once refused, closing), and the one it goes to when idle (L{NEW};
+    #: L{UNAUTHENTICATED} once a request is done, or refused authentication (401); L{AUTHENTICATED} with a
+    #: device certificate or once a request authenticated)
     idle: IdleConnections | None = None
     idle_tier = None
     _tier = NEW
@@ -431,16 +433,30 @@ class RegistryChannel(http.HTTPChannel):
         watch = getattr(self.site, "slow", None)
         if watch is not None:
             watch.done(self)
-        if self.idle_tier is not None:  # refused before its headers were all in (414, 431, 400): busy, as every
-            self.idle.busy(self)  # refused request lingers (LINGER), its answer never cut by an eviction
+        if self.idle is not None:  # closing: the first to go for a newcomer (else a slot held for LINGER)
+            self.idle.idle(self, REFUSED)
         self.transport.write(response)
         self._linger = self.callLater(LINGER, self._close_refused)
 
     def _close_refused(self) -> None:
         self._linger = None
         if self.transport is not None and self._abortingCall is None:
-            self.transport.loseConnection()
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            self._close_now(self.abortTimeout)
+
+    def _close_now(self, abort_after: float) -> None:
+        """
+        Close: nothing more is read; over TLS the close alert goes and the TCP connection is closed right
+        after it, the client's alert not waited for (RFC 8446 6.1: a client that never answers would hold
+        its place in C{max_connections} meanwhile); aborted if not closed in C{abort_after} seconds.
+        """
+        self.setTimeout(None)
+        transport = self.transport
+        self.loseConnection()  # (the channel's: it stops being the transport's producer, else TLS waits for it)
+        tcp = tcp_under(transport)
+        if tcp is not None and tcp is not transport:
+            tcp.loseConnection()  # after the TLS close alert, which the TLS protocol has written to it
+        if self._abortingCall is None:
+            self._abortingCall = self.callLater(abort_after, self.forceAbortClient)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -457,22 +473,16 @@ class RegistryChannel(http.HTTPChannel):
 
     def evicted(self) -> None:
         """
-        Closed, idle, for a newcomer (L{IdleConnections.evict}): nothing more is read (a request that
-        crossed the close is the client's to retry, as on any keep-alive connection the server closes);
-        over TLS the close alert goes and the TCP connection is closed right after it, the client's
-        alert not waited for (RFC 8446 6.1: a client that never answers would hold its place in
-        C{max_connections} meanwhile). Its count is given back on the next reactor turn; it is aborted
+        Closed, idle (or refused, lingering), for a newcomer (L{IdleConnections.evict}): nothing more is
+        read (a request that crossed the close is the client's to retry, as on any keep-alive connection
+        the server closes), L{_close_now}. Its count is given back on the next reactor turn; it is aborted
         if it has not closed in L{EVICT_GRACE} seconds.
         """
         self._refused = True
-        self.setTimeout(None)
-        transport = self.transport
-        self.loseConnection()  # (the channel's: it stops being the transport's producer, else TLS waits for it)
-        tcp = tcp_under(transport)
-        if tcp is not None and tcp is not transport:
-            tcp.loseConnection()  # after the TLS close alert, which the TLS protocol has written to it
-        if self._abortingCall is None:
-            self._abortingCall = self.callLater(EVICT_GRACE, self.forceAbortClient)
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self._close_now(EVICT_GRACE)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -543,8 +553,9 @@ class RegistryChannel(http.HTTPChannel):
         if self.idle is not None and not self._refused and self.requests \
                 and getattr(self.requests[-1], "principal", _UNKNOWN) is None:
             # authorized at the headers (body_for) with no caller: a route open to anyone (/healthz, /v2/token),
-            # which may be closed for a newcomer, before the idle connections of devices and key holders
-            self.idle.idle(self, PUBLIC_REQUEST)
+            # which may be closed for a newcomer, before the idle connections of devices and key holders; on a
+            # connection whose caller is known (a device, a key that authenticated a request), the caller's
+            self.idle.idle(self, AUTHENTICATED if self._tier == AUTHENTICATED else PUBLIC_REQUEST)
         watch = getattr(self.site, "slow", None)
         if watch is not None and not self._refused:
             if length != 0:

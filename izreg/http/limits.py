@@ -140,13 +140,20 @@ class ConnectionLimits:
             self.by_address.pop(group, None)
 
 
-#: the tiers of L{IdleConnections}, the first evicted first: idle connections that have completed no request
-#: and shown no device certificate; idle ones that have completed requests, none authenticated (or whose last
-#: request was refused authentication, 401); busy with a request on a route open to anyone (L{PUBLIC_REQUEST}:
-#: /healthz, /v2/token, the browse page: its caller is not authenticated); idle ones of a device (a verified
-#: client certificate at the handshake) or on which a request authenticated (an access key, a token)
-NEW, UNAUTHENTICATED, PUBLIC_REQUEST, AUTHENTICATED = 0, 1, 2, 3
-TIER_NAMES = ("new", "unauthenticated", "public_request", "authenticated")
+#: the tiers of L{IdleConnections}, the first evicted first: refused (L{REFUSED}: a request answered before
+#: its body, 401, 404, 413, 431..., the connection closing once its answer has had L{izreg.http.bodies.LINGER}
+#: seconds to be read); idle connections that have completed no request and shown no device certificate;
+#: idle ones that have completed requests, none authenticated (or whose last request was refused
+#: authentication, 401); busy with a request on a route open to anyone (L{PUBLIC_REQUEST}: /healthz,
+#: /v2/token, the browse page) from a caller not known; idle ones of a device (a verified client certificate
+#: at the handshake) or on which a request authenticated (an access key, a token), and a request of theirs
+#: on a route open to anyone (the tier follows the caller)
+REFUSED, NEW, UNAUTHENTICATED, PUBLIC_REQUEST, AUTHENTICATED = 0, 1, 2, 3, 4
+TIER_NAMES = ("refused", "new", "unauthenticated", "public_request", "authenticated")
+#: the tiers whose connections keep their place while bytes of theirs are still to be sent (L{sending}): a
+#: response on its way to a caller of standing is never cut; a stranger's (a 401, a refusal) is, under
+#: pressure, or one that stops reading would hold its slot until idle_timeout
+DELIVERED_FIRST = frozenset({PUBLIC_REQUEST, AUTHENTICATED})
 #: how many idle connections L{IdleConnections.evict} looks at, at most, for one whose bytes are all delivered
 EVICT_SCAN = 16
 #: seconds an evicted connection may take to close before it is aborted (it closes at once: its TCP
@@ -157,17 +164,18 @@ EVICT_GRACE = 2.0
 class IdleConnections:
     """
     The connections a newcomer may close: those with no request in progress (between requests on a
-    keep-alive connection, none sent yet, or one whose headers are still coming) and those whose request
-    in progress is on a route open to anyone, in four tiers (L{NEW}, L{UNAUTHENTICATED}, L{PUBLIC_REQUEST},
-    L{AUTHENTICATED}), each the longest there first: what L{ConnectionLimits} closes, one per newcomer,
-    when C{max_connections} are open and no TLS handshake is left to cut short (as nginx reuses its idle
-    keep-alive connections when it runs out of C{worker_connections}). Without it a thousand cheap idle
+    keep-alive connection, none sent yet, or one whose headers are still coming), those whose request
+    in progress is on a route open to anyone, and those refused, closing, in five tiers (L{REFUSED},
+    L{NEW}, L{UNAUTHENTICATED}, L{PUBLIC_REQUEST}, L{AUTHENTICATED}), each the longest there first: what
+    L{ConnectionLimits} closes, one per newcomer, when C{max_connections} are open and no TLS handshake
+    is left to cut short (as nginx reuses its idle keep-alive connections when it runs out of
+    C{worker_connections}). Without it a thousand cheap idle
     connections (a completed handshake, or a plain TCP connect, and then nothing) locked every device out
     for C{connections.idle_timeout}.
 
     A channel (L{izreg.http.bodies.RegistryChannel}) reports itself L{idle} (at connection, once its
-    request is answered, and to move to another tier), L{busy} (a request's headers are all in; or it
-    was refused, its answer on its way) and gone (L{busy} too). Not busy at a request's first line: a
+    request is answered, to move to another tier, and refused: L{REFUSED}), L{busy} (a request's headers
+    are all in) and gone (L{busy} too). Not busy at a request's first line: a
     client that sends a request line and then trickles header lines (slowloris) would hold its place
     until C{connections.header_timeout}; it stays where it was, idle since its connection or its last
     answer. A legitimate client sends its headers at once, and one closed in the middle of them is where
@@ -178,12 +186,22 @@ class IdleConnections:
     headers until it is answered (L{idle} in its tier then): else anyone could trickle a small body to
     C{GET /healthz} or C{POST /v2/token} (body_grace plus 64 s at body_min_rate) on every slot it takes,
     each arrival closing a device's idle connection. It goes after the idle unauthenticated ones and
-    before a device's or a key holder's idle connection.
+    before a device's or a key holder's idle connection. On a connection whose caller is known already (a
+    device's certificate, a request that authenticated) it is that caller's: in L{AUTHENTICATED}, with
+    its idle connections, never closed before a stranger's.
+
+    A refused request (L{izreg.http.bodies.RegistryChannel.refuse}: answered before its body, the rest
+    read and dropped for C{LINGER} seconds, then closed) is in L{REFUSED}, the first closed: busy, as it
+    was, anyone could hold every slot against newcomers with one refused request per slot every
+    C{LINGER} seconds (a POST with a body and no credentials), and over TLS for C{abortTimeout} more
+    while its close waited for the client's close alert.
 
     Its C{idle_tier} attribute is this object's (the tier it is in, None when in none), each call an
     OrderedDict insertion or deletion (~0.2 us a request). L{evict} takes the first of the lowest tier
     that is not empty: O(1), and at most L{EVICT_SCAN} looked at when the first ones still have response
-    bytes to send (L{sending}: never cut short; each one passed over goes to the end of its tier).
+    bytes to send (L{sending}, in the tiers of L{DELIVERED_FIRST}: never cut short; each one passed over
+    goes to the end of its tier). A stranger's response is cut: else a client that sends requests and
+    reads no answer (a few KiB of 401s fill its receive window) held its slot until idle_timeout.
     """
 
     def __init__(self) -> None:
@@ -223,7 +241,7 @@ class IdleConnections:
                 if transport is None or transport.disconnecting:
                     channel.idle_tier = None  # closing already: it gives its count back soon
                     continue
-                if sending(transport):
+                if tier in DELIVERED_FIRST and sending(transport):
                     channels[channel] = None  # its response is still on its way: the end of the line
                     continue
                 channel.idle_tier = None

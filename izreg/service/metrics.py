@@ -25,7 +25,7 @@ from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from izreg.http.accesslog import RequestInfo
-from izreg.http.limits import PUBLIC_REQUEST, TIER_NAMES
+from izreg.http.limits import PUBLIC_REQUEST, REFUSED, TIER_NAMES
 
 #: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -210,8 +210,9 @@ class ConnectionsCollector:
         yield GaugeMetricFamily("izreg_connections_open", "Connections open (connections.max_connections)",
                                 value=limits.total)
         family = GaugeMetricFamily("izreg_connections_idle", "Connections with no request in progress, by who"
-                                   " holds them (the first closed for a newer one: new; public_request: a request"
-                                   " in progress on a route open to anyone, closed before authenticated)",
+                                   " holds them (the first closed for a newer one: refused, closing after a refused"
+                                   " request; then new; public_request: a request in progress on a route open to"
+                                   " anyone from a caller not known, closed before authenticated)",
                                    labels=["client"])
         for name, channels in zip(TIER_NAMES, idle.tiers):
             family.add_metric([name], len(channels))
@@ -220,7 +221,7 @@ class ConnectionsCollector:
                                      " (connections.max_connections)", labels=["state"])
         family.add_metric(["handshake"], self.admission.evicted if self.admission is not None else 0)
         for tier, (name, count) in enumerate(zip(TIER_NAMES, idle.evicted)):
-            family.add_metric([name if tier == PUBLIC_REQUEST else f"idle_{name}"], count)
+            family.add_metric([name if tier in (PUBLIC_REQUEST, REFUSED) else f"idle_{name}"], count)
         yield family
 
 

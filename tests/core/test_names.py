@@ -6,8 +6,8 @@ import pytest
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.names import (MAX_NAME_LENGTH, OutsideNamespaces, Repository, parse_account, parse_reference,
-                              parse_tag)
+from izreg.core.names import (MAX_NAME_LENGTH, OutsideNamespaces, Repository, name_problem, parse_account,
+                              parse_reference, parse_tag)
 
 ACCT = "0123456789abcdef0123456789abcdef"
 H64 = "0123456789abcdef" * 4
@@ -98,8 +98,43 @@ def test_repository_invalid(text):
     assert info.value.code is ErrorCode.NAME_INVALID
     assert info.value.code.status == 400
     assert info.value.detail["name"] == text[:300]
-    # clients show the message alone: it names the expected form
-    assert "<account id: 32 lowercase hex>/<name>" in info.value.message
+    # clients show the message alone: it names the expected form, or that names are lowercase
+    if text.lower() == text:
+        assert "<account id: 32 lowercase hex>/<name>" in info.value.message
+    else:
+        assert info.value.message.startswith("invalid repository name: repository names are lowercase")
+
+
+@pytest.mark.parametrize(
+    "text, end",
+    [
+        (f"{ACCT}/MyApp", f": use {ACCT}/myapp"),
+        (f"{ACCT}/app/Sub", f": use {ACCT}/app/sub"),
+        (f"{ACCT.upper()}/a", f": use {ACCT}/a"),
+        (f"{ACCT}/My-App.v2_X", f": use {ACCT}/my-app.v2_x"),
+        # not a valid name once lowercase either: the form, no suggestion
+        ("MyApp", "; expected <account id: 32 lowercase hex>/<name>"),
+        (f"{ACCT}/My__App", "; expected <account id: 32 lowercase hex>/<name>"),
+        (f"{ACCT}/A/", "; expected <account id: 32 lowercase hex>/<name>"),
+        (f"{ACCT}/" + "A" * 250, "; expected <account id: 32 lowercase hex>/<name>"),
+    ],
+)
+def test_a_name_with_capitals_is_told_names_are_lowercase(text, end):
+    """The OCI grammar has no capitals: the message says so, and the lowercase name when it is a valid one."""
+    with pytest.raises(RegistryError) as info:
+        Repository.parse(text)
+    assert info.value.code is ErrorCode.NAME_INVALID and not isinstance(info.value, OutsideNamespaces)
+    assert info.value.message == ('invalid repository name: repository names are lowercase'
+                                  ' (a-z, 0-9 and the separators ".", "_", "-")' + end)
+    assert info.value.message.endswith(end)
+    assert info.value.detail.get("lowercase") == (end[len(": use "):] if end.startswith(": use") else None)
+    assert name_problem(text) == info.value.message.removeprefix("invalid repository name: ")
+
+
+def test_only_ascii_capitals_are_lowered():
+    """The Kelvin sign lowers to "k": not a capital of the grammar, no suggestion that names another repository."""
+    assert name_problem(f"{ACCT}/a\u212a") == ("expected <account id: 32 lowercase hex>/<name>,"
+                                               " as in 0123456789abcdef0123456789abcdef/app")
 
 
 OTHER = "fedcba9876543210fedcba9876543210"

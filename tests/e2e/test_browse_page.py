@@ -412,6 +412,14 @@ def test_an_annotation_holding_html_is_shown_as_text(page, site):
         page.driver.switch_to.alert.text  # noqa: B018: no dialog opened
 
 
+def test_a_repository_address_with_capitals_says_names_are_lowercase(page, site):
+    """A typed #/r/<account>/MyApp: the registry's NAME_INVALID message, with the lowercase name to use."""
+    page.open_repositories()
+    page.driver.execute_script("location.hash = arguments[0]", f"#/r/{site.account}/MyApp")
+    shown = page.message("repository names are lowercase")
+    assert shown.endswith(f": use {site.account}/myapp"), shown
+
+
 def test_a_wrong_or_revoked_key_gets_a_clear_message(page, site):
     # a wrong key: refused at once (a Basic challenge would hold fetch() for a login prompt)
     page.login("izr_0123456789abcdef_" + "A" * 43)

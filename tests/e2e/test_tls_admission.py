@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 import requests
@@ -308,8 +309,9 @@ def test_silent_connections_that_fill_the_connection_table_make_room_for_a_devic
         device_get(crowded, result)
         assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
         assert gauges_of(crowded, "izreg_connections_evicted_total") == {
-            ("state", "handshake"): 1.0, ("state", "idle_new"): 0.0, ("state", "idle_unauthenticated"): 0.0,
-            ("state", "public_request"): 0.0, ("state", "idle_authenticated"): 0.0}
+            ("state", "handshake"): 1.0, ("state", "refused"): 0.0, ("state", "idle_new"): 0.0,
+            ("state", "idle_unauthenticated"): 0.0, ("state", "public_request"): 0.0,
+            ("state", "idle_authenticated"): 0.0}
         assert closed_by_server(silent[0])  # the oldest
     finally:
         for sock in silent:
@@ -512,6 +514,28 @@ def test_idle_connections_go_unauthenticated_first_devices_last_and_a_slow_downl
         for sock in held:
             sock.close()
     wait_table(reg, open=0)
+
+
+def test_a_refused_request_over_tls_is_closed_after_its_linger_without_waiting_for_the_client(idle_table):
+    """
+    An upload with no credentials over TLS is refused before its body (401); LINGER (2 s) later the close
+    alert goes and the TCP connection is closed right after it: the client never sends its own alert, and
+    its slot is given back at once. (The close waited for the client's alert: abortTimeout, 15 s, more,
+    a slot held for 17 s by one refused request.)
+    """
+    reg = idle_table
+    wait_table(reg, open=0)
+    sock = connect_tls(reg)
+    try:
+        sock.sendall(f"POST /v2/{reg.account}/idle/blobs/uploads/ HTTP/1.1\r\nHost: localhost\r\n"
+                     "Content-Length: 100000\r\n\r\n".encode())
+        assert response(sock)[0] == 401
+        refused = time.monotonic()
+        assert closed_by_server(sock)  # the close alert (the client never answers it)
+        wait_table(reg, open=0)
+        assert time.monotonic() - refused < 10  # LINGER, not LINGER + abortTimeout
+    finally:
+        sock.close()
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
 def test_healthz(stack):
     r = get(stack.edge, "/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
-    assert r.json()["upstream_unreachable"] is None
+    assert r.json()["upstream_unreachable"] is None and r.json()["upstream_refused"] is None
 
 
 def test_a_wrong_upstream_ca_is_told_in_a_sentence_and_logged_once(stack, tmp_path):
@@ -163,8 +163,11 @@ def test_a_wrong_upstream_ca_is_told_in_a_sentence_and_logged_once(stack, tmp_pa
     edge.wait_for_log(rf"the registry https://\S+ is unreachable: {re.escape(sentence)} \(.*certificate verify failed",
                       since=mark)
     edge.wait_for_log(rf"GET /v2/{repo}/manifests/v1 503 unavailable", since=mark)
-    health = get(edge, "/healthz").json()  # the edge is up; why the registry is not, for who watches it
-    assert health["status"] == "ok" and health["upstream_unreachable"] == sentence, health
+    # the edge is up (200: it serves what it has cached); the registry is not, and why, for who watches it
+    r = get(edge, "/healthz")
+    health = r.json()
+    assert r.status_code == 200 and health["status"] == "upstream_unreachable", health
+    assert health["upstream_unreachable"] == sentence and health["upstream_refused"] is None, health
     edge.close()
     assert edge.log_text().count("is unreachable") == 1, edge.log_tail()
 
@@ -273,6 +276,7 @@ def test_revoked_gateway_gets_the_registrys_401_and_no_cache(make_stack):
     repo = s.repo()
     image = s.push(repo, seed=31)
     pull_with_skopeo(s, f"{repo}:v1", s.tmp / "before")
+    mark = s.edge.log_mark()
     s.registry.cli("device", "revoke", "--cert", os.path.join(s.certs, "client.cert"), "--note", "e2e")
     direct = requests.get(f"https://127.0.0.1:{s.registry.tls_port}/v2/{repo}/manifests/v1",
                           cert=(os.path.join(s.certs, "client.cert"), os.path.join(s.certs, "client.key")),
@@ -285,10 +289,20 @@ def test_revoked_gateway_gets_the_registrys_401_and_no_cache(make_stack):
     assert r.status_code == 401
     proc = Skopeo(s.edge, s.tmp).copy(f"docker://{s.edge.host}/{repo}:v1", f"oci:{s.tmp / 'after'}:v1", check=False)
     assert proc.returncode != 0
+    # /healthz says so, in a sentence with the registry's own words; its whole answer is in the log
+    sentence = (f"the registry refused this gateway's device certificate (--device-cert {s.edge.cert}): HTTP 401"
+                f' "{direct.json()["errors"][0]["message"]}"')
+    assert "revoked" in sentence
+    r = get(s.edge, "/healthz")
+    assert (r.status_code, r.json()["status"], r.json()["upstream_refused"]) == (200, "upstream_refused", sentence)
+    s.edge.wait_for_log(rf"refuses this gateway: {re.escape(sentence)} \(.*revoked-serial", since=mark)
     # registry unreachable: the cache serves again
     s.registry.stop()
     r = get(s.edge, f"/v2/{repo}/manifests/v1", headers={"Accept": OCI})
     assert (r.status_code, r.headers.get("Warning")) == (200, WARNING)
+    health = get(s.edge, "/healthz").json()
+    assert health["status"] == "upstream_unreachable" and health["upstream_refused"] == sentence, health
+    assert s.edge.log_text().count("refuses this gateway") == 1, s.edge.log_tail()  # not once per 401
 
 
 def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
@@ -303,8 +317,9 @@ def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
     edge.start()
     edge.wait_for_log(rf"pinned {repo}:v1 at {first['manifest_digest']}", since=mark, timeout=60)
     # pins added with izreg-edge while the edge runs
-    assert "pinned" in edge.cli("pin", f"{second}:v1")
+    assert edge.cli("pin", f"{second}:v1").startswith(f"pinned {second}:v1: a running edge fetches it within 2 s")
     edge.wait_for_log(rf"pinned {second}:v1 at sha256:", since=mark, timeout=60)
+    assert edge.cli("pin", f"{second}:v1") == f"pinned {second}:v1 (already pinned)"
     moved = s.push(repo, seed=43)
     edge.wait_for_log(rf"pinned {repo}:v1 at {moved['manifest_digest']}", since=mark, timeout=60)
     listing = edge.cli("pins")
@@ -316,3 +331,21 @@ def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
     assert_same_image(moved, out)
     assert "unpinned" in edge.cli("unpin", f"{second}:v1")
     assert second not in edge.cli("pins")
+
+
+def test_a_pin_added_while_the_edge_runs_is_fetched_within_seconds(stack):
+    """
+    ``izreg-edge pin`` writes the cache's index; the running edge looks for new pins every 2 s and fetches
+    them then, not at its next refresh round (pin_refresh_interval: 300 s by default, as here).
+    """
+    repo = stack.repo("pinned-now")
+    image = stack.push(repo, seed=44)
+    mark = stack.edge.log_mark()
+    said = stack.edge.cli("pin", f"{repo}:v1")
+    assert said == (f"pinned {repo}:v1: a running edge fetches it within 2 s, or when the registry answers again"
+                    " if it is unreachable; `izreg-edge pins` shows when it was fetched")
+    stack.edge.wait_for_log(rf"pinned {repo}:v1 at {image['manifest_digest']}", since=mark, timeout=30)
+    for digest in image["blobs"]:
+        stack.edge.wait_for_log(rf"cached {digest}", since=mark)
+    assert image["manifest_digest"] in stack.edge.cli("pins")
+    assert "unpinned" in stack.edge.cli("unpin", f"{repo}:v1")

@@ -8,6 +8,7 @@ first pin's answer to add the second meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -34,19 +35,22 @@ def manifest(name: str) -> bytes:
 
 
 class Registry(Resource):
-    """Manifests by tag and digest; the answer to C{held}'s tag waits for C{release}."""
+    """Manifests by tag and digest; the answer to C{held}'s tag waits for C{release}; HEADs counted by repository."""
 
     isLeaf = True
 
-    def __init__(self, images: dict[str, bytes], held: str) -> None:
+    def __init__(self, images: dict[str, bytes], held: str | None = None) -> None:
         super().__init__()
         self.images, self.held = images, held
         self.asked = defer.Deferred()  # the held tag was asked for
         self.release = defer.Deferred()
+        self.heads: dict[str, int] = {}
 
     def render(self, request):
         repo, _, reference = request.path.decode().removeprefix("/v2/").partition("/manifests/")
         data = self.images[repo]
+        if request.method == b"HEAD":
+            self.heads[repo] = self.heads.get(repo, 0) + 1
         request.setHeader(b"Content-Type", OCI_MANIFEST.encode())
         request.setHeader(b"Docker-Content-Digest", str(Digest.of(data)).encode())
         request.setHeader(b"Content-Length", str(len(data)).encode())
@@ -58,18 +62,32 @@ class Registry(Resource):
         return body
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_pin_added_during_a_round_is_refreshed_in_that_round(tmp_path):
-    first, second = f"{ACCOUNT}/first", f"{ACCOUNT}/second"
-    registry = Registry({first: manifest("first"), second: manifest("second")}, held=first)
+FIRST, SECOND = f"{ACCOUNT}/first", f"{ACCOUNT}/second"
+
+
+@contextlib.asynccontextmanager
+async def pinner_before(registry: Registry, path):
+    """A Pinner of a real edge cache in C{path} (C{FIRST}'s pin in its config), over loopback HTTP to C{registry}."""
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(registry))
     upstream = Upstream(reactor, f"http://127.0.0.1:{port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
-    cache = EdgeCache(str(tmp_path), limit=10_000_000)
+    cache = EdgeCache(str(path), limit=10_000_000)
     api = EdgeAPI()
     api.bind(upstream, cache, None, time.time, 4 * 1024 * 1024)
-    pinner = Pinner(api, (f"{first}:v1",))
+    pinner = Pinner(api, (f"{FIRST}:v1",))
     pinner.adopt_config_pins()
     try:
+        yield pinner, cache
+    finally:
+        await upstream.close()
+        await port.stopListening()
+        cache.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pin_added_during_a_round_is_refreshed_in_that_round(tmp_path):
+    first, second = FIRST, SECOND
+    registry = Registry({first: manifest("first"), second: manifest("second")}, held=first)
+    async with pinner_before(registry, tmp_path) as (pinner, cache):
         round_ = defer.ensureDeferred(pinner.refresh())
         await registry.asked  # the round is in flight, on the first pin
         assert cache.pin(f"{second}:v1")  # as izreg-edge pin does, meanwhile
@@ -78,7 +96,24 @@ async def test_a_pin_added_during_a_round_is_refreshed_in_that_round(tmp_path):
         pins = cache.pins()
         assert pins[f"{first}:v1"]["digest"] == str(Digest.of(manifest("first")))
         assert pins[f"{second}:v1"]["digest"] == str(Digest.of(manifest("second")))  # before: at the next round
-    finally:
-        await upstream.close()
-        await port.stopListening()
-        cache.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_new_fetches_only_the_pins_added_since_its_last_look(tmp_path):
+    """What the running edge does every 2 s for ``izreg-edge pin`` (not the whole round of every pin)."""
+    first, second = FIRST, SECOND
+    registry = Registry({first: manifest("first"), second: manifest("second")})
+    async with pinner_before(registry, tmp_path) as (pinner, cache):
+        await pinner.fetch_new()  # the config's pin is the start's round's, not new
+        assert registry.heads == {} and cache.pins()[f"{first}:v1"]["digest"] is None
+        assert cache.pin(f"{second}:v1")  # as izreg-edge pin does
+        await pinner.fetch_new()
+        assert registry.heads == {second: 1}
+        assert cache.pins()[f"{second}:v1"]["digest"] == str(Digest.of(manifest("second")))
+        await pinner.fetch_new()  # nothing new
+        assert registry.heads == {second: 1}
+        cache.unpin(f"{second}:v1")
+        await pinner.fetch_new()
+        cache.pin(f"{second}:v1")  # pinned again: new again
+        await pinner.fetch_new()
+        assert registry.heads == {second: 2}

@@ -19,7 +19,8 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
 from izreg import devcerts
-from izreg.edge.unreachable import Setting, explain
+from izreg.edge import unreachable
+from izreg.edge.unreachable import Setting
 
 pytestmark = pytest.mark.fast
 
@@ -27,6 +28,11 @@ SETTING = Setting("https://registry.example:5443", "/etc/izreg-edge/ca.crt", "/e
 NOW = time.time()
 UTC_NOW = datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc)
 VERIFY_FAILED = SSL.Error([("SSL routines", "", "certificate verify failed")])
+
+
+def explain(failure: Exception, setting: Setting, presented, now: datetime.datetime) -> str:
+    """The sentence, with C{presented} the certificates of the connection every cause ended."""
+    return unreachable.explain(failure, setting, lambda cause: presented, now)
 
 
 def never(*errors: Exception) -> ResponseNeverReceived:
@@ -121,3 +127,34 @@ def test_the_names_of_a_certificate_are_shown_printable_and_short():
     assert sentence.endswith(
         "; it names registry.example\\n2026-12-02 [izreg.access#info] forged\\x1b[2J, "
         + "x" * NAME_LIMIT + "..., 127.0.0.1")
+
+
+def test_each_tls_failure_is_explained_with_the_certificates_of_its_own_connection():
+    """
+    Two connections failed (one certificate expired, one for another host): each cause gets the chain of
+    the connection it ended (tests/edge/test_presented.py has it from real connections).
+    """
+    expired_error, misnamed_error = SSL.Error([("SSL routines", "", "certificate verify failed")]), VerificationError(errors=[])
+    chains = {id(expired_error): chain(NOW - 40 * 86400), id(misnamed_error): chain(NOW, names=("other.example",))}
+    sentence = unreachable.explain(never(misnamed_error, expired_error), SETTING, lambda cause: chains[id(cause)], UTC_NOW)
+    assert sentence == f"the registry's certificate is not for the host of --upstream ({SETTING.url}); it names other.example"
+    sentence = unreachable.explain(never(expired_error), SETTING, lambda cause: chains[id(cause)], UTC_NOW)
+    assert sentence.startswith("the registry's certificate expired on "), sentence
+
+
+@pytest.mark.parametrize("body, said", [
+    (b'{"errors": [{"code": "UNAUTHORIZED", "message": "device certificate rejected: the certificate has been revoked",'
+     b' "detail": {"reason": "revoked-serial"}}]}',
+     ' "device certificate rejected: the certificate has been revoked"'),
+    (b"", ""),  # a HEAD's 401
+    (b"<html>401</html>", ""),
+    (b'{"errors": []}', ""),
+    (b'{"errors": [{"message": 7}]}', ""),
+    # the registry's words are not trusted: escaped and cut like a certificate's name
+    (('{"errors": [{"message": "no\\n[izreg#info] forged \\u001b[2J' + "x" * 300 + '"}]}').encode(),
+     ' "no\\n[izreg#info] forged \\x1b[2J' + "x" * (unreachable.NAME_LIMIT - 31) + '..."'),
+])
+def test_a_401_says_the_registry_refused_the_gateway(body, said):
+    assert unreachable.refused(body, SETTING) == (
+        "the registry refused this gateway's device certificate (--device-cert /etc/izreg-edge/client.cert): HTTP 401"
+        + said)

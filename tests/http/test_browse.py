@@ -227,6 +227,20 @@ async def test_izreg_images_and_usage(pushed):
     assert by_account[keys.a][-1] == str(total) and by_account[keys.b][-1] == "0"
     done = izreg(server, "images", keys.a, "--repository", "nothing")
     assert done.returncode == 2 and "no repository" in done.stderr
+    done = izreg(server, "images", keys.a, "--repository", "App")  # names are lowercase: the one to use
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.count("\n") == 1
+    assert "not a repository name (NAME or <account>/<name>): 'App'; repository names are lowercase" in done.stderr
+    assert done.stderr.rstrip().endswith(f": use {keys.a}/app")
+    done = izreg(server, "images", keys.a, "--repository", f"{keys.b}/app")
+    assert done.returncode == 2 and f"repository {keys.b}/app is not in account {keys.a}" in done.stderr
+    # a repository whose manifests were all deleted is listed as such, not left out of the table it is counted in
+    response, _ = await a.request("DELETE", f"/v2/{keys.a}/db/manifests/{images['other'][0]}")
+    assert response.code == 202
+    done = izreg(server, "images", keys.a)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert ["db", "(no", "manifests)", "-", "-", "-", "0", "B", "-", "0"] in rows
+    assert done.stdout.splitlines()[-1].startswith("2 repositories, 2 manifests")
     # a mistyped account id is an error, not an empty listing
     for command in ("images", "usage"):
         done = izreg(server, command, "f" * 32)

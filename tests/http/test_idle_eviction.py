@@ -16,8 +16,8 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from izreg.core.errors import ErrorCode
-from izreg.http.limits import (AUTHENTICATED, EVICT_SCAN, NEW, PUBLIC_REQUEST, UNAUTHENTICATED, ConnectionLimits,
-                               IdleConnections, sending)
+from izreg.http.limits import (AUTHENTICATED, EVICT_SCAN, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED,
+                               ConnectionLimits, IdleConnections, sending)
 from tests.http.authhelpers import UPLOAD, Keys, basic, push_blob, uploading
 from tests.http.conftest import start_server
 from tests.http.helpers import parse_raw
@@ -36,6 +36,13 @@ def get_v2(authorization: str = "") -> bytes:
     return f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode()
 
 
+async def key_holder(server, keys: Keys):
+    """A connection on which a request authenticated with an access key (200), idle again: authenticated."""
+    signed = await connect(server, get_v2(basic(keys.a_key)))
+    assert parse_raw(await signed.done)[0] == 200
+    return signed
+
+
 async def close_in_order(server, keys: Keys, order, held: list) -> None:
     """
     Newcomers, each a request in progress (L{uploading}), close C{order}'s clients one each, in that order
@@ -48,7 +55,7 @@ async def close_in_order(server, keys: Keys, order, held: list) -> None:
         newcomer = await connect(server, uploading(keys))
         held.append(newcomer)
         await closed.closed.addTimeout(20, reactor)
-        assert idle.evicted[tier] == 1 and sum(idle.evicted) == n
+        assert idle.evicted[tier] == sum(t == tier for _, t in order[:n]) and sum(idle.evicted) == n
         await until(lambda: limits.total == limits.max_total and len(idle) == left - n,
                     "the newcomer counted, its request started")
 
@@ -73,12 +80,11 @@ async def test_idle_connections_make_room_the_least_welcome_first_and_a_request_
     try:
         asked = await connect(server, get_v2())
         assert parse_raw(await asked.done)[0] == 401
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         silent = await connect(server, b"")
         working = await connect(server, uploading(keys))
         held = [asked, signed, silent, working]
-        await until(lambda: limits.total == 4 and tiers() == (1, 1, 0, 1), "three idle, one request in progress")
+        await until(lambda: limits.total == 4 and tiers() == (0, 1, 1, 0, 1), "three idle, one request in progress")
         await close_in_order(server, keys, ((silent, NEW), (asked, UNAUTHENTICATED), (signed, AUTHENTICATED)), held)
         assert not working.closed.called
         refused = await connect(server, b"")
@@ -103,9 +109,9 @@ async def test_a_keep_alive_connection_is_idle_again_between_requests(tmp_path):
         first = await connect(server, get_v2())
         assert parse_raw(await first.done)[0] == 401
         other = await connect(server, b"")
-        await until(lambda: list(map(len, idle.tiers)) == [1, 1, 0, 0], "both idle")
+        await until(lambda: list(map(len, idle.tiers)) == [0, 1, 1, 0, 0], "both idle")
         first.transport.write(uploading(keys))
-        await until(lambda: list(map(len, idle.tiers)) == [1, 0, 0, 0], "the second request in progress")
+        await until(lambda: list(map(len, idle.tiers)) == [0, 1, 0, 0, 0], "the second request in progress")
         newcomer = await connect(server, b"")  # the one that sent nothing goes
         await other.closed.addTimeout(20, reactor)
         assert not first.closed.called
@@ -142,7 +148,7 @@ async def test_a_client_still_sending_its_headers_is_idle_in_its_tier_and_closed
         assert parse_raw(await asked.done)[0] == 401
         trickling = await connect(server, TRICKLING)
         held = [signed, asked, trickling]
-        await until(lambda: limits.total == 3 and tuple(map(len, limits.idle.tiers)) == (1, 1, 0, 1),
+        await until(lambda: limits.total == 3 and tuple(map(len, limits.idle.tiers)) == (0, 1, 1, 0, 1),
                     "all three idle, one a tier")
         for client in held:
             client.transport.write(b"X-Slow: 1\r\n")
@@ -179,10 +185,10 @@ async def test_a_slowloris_flood_does_not_keep_a_client_with_a_key_out(tmp_path)
             signed.append(await connect(server, get_v2(basic(keys.a_key))))
             assert parse_raw(await signed[-1].done.addTimeout(20, reactor))[0] == 200
             await flood[n - 1].closed.addTimeout(20, reactor)  # the longest idle
-            assert limits.idle.evicted == [n, 0, 0, 0]
+            assert limits.idle.evicted == [0, n, 0, 0, 0]
         for _ in range(cap):
             flood.append(await connect(server, TRICKLING))
-        await until(lambda: limits.idle.evicted == [3 + cap, 0, 0, 0] and limits.total == cap,
+        await until(lambda: limits.idle.evicted == [0, 3 + cap, 0, 0, 0] and limits.total == cap,
                     "each reconnection closed one of the flood")
         assert len(limits.idle.tiers[AUTHENTICATED]) == 3 and not any(client.closed.called for client in signed)
     finally:
@@ -192,18 +198,38 @@ async def test_a_slowloris_flood_does_not_keep_a_client_with_a_key_out(tmp_path)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_request_refused_in_its_headers_is_not_closed_for_a_newcomer_while_its_answer_lingers(tmp_path):
-    """A header line over 16 KiB: 431, then the connection reads and drops for LINGER seconds, busy as every refusal."""
-    server = await start_server(tmp_path, socket=True, max_connections=2, max_connections_per_address=0)
+async def test_a_refused_request_lingering_is_the_first_closed_for_a_newcomer(tmp_path):
+    """
+    A request refused before its body (an upload without credentials: 401; a header line over 16 KiB: 431)
+    is answered, then its connection reads and drops the rest for LINGER seconds before it closes: the
+    first closed for a newcomer, before older connections that sent nothing or got a 401 and stay. (Busy,
+    as it was, anyone could hold every slot against newcomers with one refused request per slot every
+    LINGER seconds.) Its answer was delivered first.
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=4, max_connections_per_address=0)
+    keys = Keys.make(server)
     limits = server.service.site.connections
-    refused = None
+    idle = limits.idle
+    held = []
     try:
-        refused = await connect(server, TRICKLING + b"X-Long: " + b"a" * 17000 + b"\r\n")
-        assert parse_raw(await refused.done.addTimeout(20, reactor))[0] == 431
-        assert limits.total == 1 and len(limits.idle) == 0 and not refused.closed.called
+        asked = await connect(server, get_v2())
+        assert parse_raw(await asked.done)[0] == 401
+        silent = await connect(server, b"")
+        held = [asked, silent]
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 1, 1, 0, 0), "one new, one unauthenticated")
+        no_key = await connect(server, trickled("POST", f"/v2/{keys.a}/app/blobs/uploads/", 100000))
+        held.append(no_key)
+        too_long = await connect(server, TRICKLING + b"X-Long: " + b"a" * 17000 + b"\r\n")
+        held.append(too_long)
+        assert parse_raw(await no_key.done.addTimeout(20, reactor))[0] == 401
+        assert parse_raw(await too_long.done.addTimeout(20, reactor))[0] == 431
+        await until(lambda: tuple(map(len, idle.tiers)) == (2, 1, 1, 0, 0), "two refused, lingering")
+        await close_in_order(server, keys, ((no_key, REFUSED), (too_long, REFUSED), (silent, NEW),
+                                            (asked, UNAUTHENTICATED)), held)
+        assert idle.evicted == [2, 1, 1, 0, 0]
     finally:
-        if refused is not None:
-            refused.transport.abortConnection()
+        for client in held:
+            client.transport.abortConnection()
         await server.service.stopService()
 
 
@@ -229,8 +255,7 @@ async def test_a_request_on_a_public_route_is_closed_for_a_newcomer_after_the_id
     idle, budget = limits.idle, server.api.budget
     held = []
     try:
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         asked = await connect(server, get_v2())
         assert parse_raw(await asked.done)[0] == 401
         health = await connect(server, trickled("GET", "/healthz", 60000))
@@ -238,14 +263,14 @@ async def test_a_request_on_a_public_route_is_closed_for_a_newcomer_after_the_id
         form = await connect(server, trickled("POST", "/v2/token", 8000))
         working = await connect(server, uploading(keys))
         held = [signed, asked, health, form, working]
-        await until(lambda: limits.total == 5 and tuple(map(len, idle.tiers)) == (0, 1, 2, 1) and budget.used == 8000,
+        await until(lambda: limits.total == 5 and tuple(map(len, idle.tiers)) == (0, 0, 1, 2, 1) and budget.used == 8000,
                     "two public requests in progress, the form's 8000 bytes reserved")
         for n, (closed, tier) in enumerate(((asked, UNAUTHENTICATED), (health, PUBLIC_REQUEST),
                                             (form, PUBLIC_REQUEST), (signed, AUTHENTICATED)), 1):
             held.append(await connect(server, uploading(keys)))
             await closed.closed.addTimeout(20, reactor)
             assert sum(idle.evicted) == n and idle.evicted[tier] >= 1
-        assert idle.evicted == [0, 1, 2, 1]
+        assert idle.evicted == [0, 0, 1, 2, 1]
         await until(lambda: budget.used == 0, "the form's memory given back")
         refused = await connect(server, b"")
         assert parse_raw(await refused.closed.addTimeout(20, reactor))[0] == 503
@@ -260,25 +285,54 @@ async def test_a_request_on_a_public_route_is_closed_for_a_newcomer_after_the_id
 async def test_a_public_request_answered_leaves_its_tier(tmp_path):
     """
     Once answered, a public request's connection is idle (unauthenticated, or authenticated as it was), or
-    gone if it asked to close: never left in PUBLIC_REQUEST.
+    gone if it asked to close: never left in PUBLIC_REQUEST. (The key holder's, in progress, is in its
+    caller's tier.)
     """
     server = await start_server(tmp_path, socket=True, max_connections=4, max_connections_per_address=0)
     keys = Keys.make(server)
     idle = server.service.site.connections.idle
     held = []
     try:
-        signed = await connect(server, get_v2(basic(keys.a_key)))
-        assert parse_raw(await signed.done)[0] == 200
+        signed = await key_holder(server, keys)
         first = await connect(server, trickled("GET", "/healthz", 5, b"he"))
         closing = await connect(server, trickled("GET", "/readyz", 5, b"he", extra="Connection: close\r\n"))
         held = [signed, first, closing]
         signed.transport.write(trickled("GET", "/healthz", 5, b"he"))
-        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 3, 0), "three public requests in progress")
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 0, 2, 1), "three public requests in progress")
         for client in held:
             client.transport.write(b"llo")
         await closing.closed.addTimeout(20, reactor)
-        await until(lambda: tuple(map(len, idle.tiers)) == (0, 1, 0, 1), "answered: idle in their tiers, or gone")
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 1, 0, 1), "answered: idle in their tiers, or gone")
         assert parse_raw(first.received)[0] == 200 and parse_raw(closing.received)[0] == 200
+    finally:
+        for client in held:
+            client.transport.abortConnection()
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_public_request_of_a_known_caller_is_ranked_with_its_caller(tmp_path):
+    """
+    A key holder's connection trickling a body to GET /healthz (a route open to anyone) is the key
+    holder's: closed after a stranger's public request that started later, with the idle connections of
+    key holders. (Ranked by its route, it was closed first: the longest in PUBLIC_REQUEST.)
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=3, max_connections_per_address=0)
+    keys = Keys.make(server)
+    idle = server.service.site.connections.idle
+    held = []
+    try:
+        signed = await key_holder(server, keys)
+        held.append(signed)
+        signed.transport.write(trickled("GET", "/healthz", 60000))
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 0, 0, 1), "the key holder's health check in progress")
+        stranger = await connect(server, trickled("GET", "/healthz", 60000))
+        held.append(stranger)
+        working = await connect(server, uploading(keys))
+        held.append(working)
+        await until(lambda: tuple(map(len, idle.tiers)) == (0, 0, 0, 1, 1), "a stranger's health check too")
+        await close_in_order(server, keys, ((stranger, PUBLIC_REQUEST), (signed, AUTHENTICATED)), held)
+        assert not working.closed.called
     finally:
         for client in held:
             client.transport.abortConnection()
@@ -299,7 +353,7 @@ async def test_a_connection_whose_request_is_refused_authentication_is_no_longer
     try:
         client = await connect(server, get_v2(basic(keys.a_key)))
         assert parse_raw(await client.done)[0] == 200
-        assert client.transport is not None and tuple(map(len, idle.tiers)) == (0, 0, 0, 1)
+        assert client.transport is not None and tuple(map(len, idle.tiers)) == (0, 0, 0, 0, 1)
         client.transport.write(get_v2(basic(keys.a_revoked)))
         await until(lambda: client.received.count(b"HTTP/1.1 401") == 1 and len(idle.tiers[UNAUTHENTICATED]) == 1,
                     "refused authentication: unauthenticated")
@@ -353,7 +407,7 @@ async def test_a_response_still_to_be_sent_is_not_closed_until_it_is_delivered(t
         newcomer = await connect(server, b"")
         received = await reading.addTimeout(20, reactor)  # the server closed it: every byte first
         assert hashlib.sha256(received.partition(b"\r\n\r\n")[2]).hexdigest() == digest.split(":")[1]
-        assert limits.idle.evicted == [0, 0, 0, 1]
+        assert limits.idle.evicted == [0, 0, 0, 0, 1]
         newcomer.transport.abortConnection()
     finally:
         pull.close()
@@ -388,40 +442,50 @@ class _Channel:
 
 def test_the_choice_is_the_first_of_the_lowest_tier_and_bounded():
     """
-    New first, then unauthenticated, then authenticated; the longest idle first in each; one still
-    sending is passed over (to the end of its tier), one closing already dropped; at most EVICT_SCAN
-    looked at per newcomer.
+    Refused first, then new, then unauthenticated, then public requests, then authenticated; the longest
+    idle first in each; one closing already dropped. One still sending is passed over (to the end of its
+    tier) among public requests and authenticated callers only: a stranger's answer is cut. At most
+    EVICT_SCAN looked at per newcomer.
     """
     idle = IdleConnections()
-    device, key = _Channel(), _Channel()
+    device, key, public = _Channel(), _Channel(), _Channel()
     asked = [_Channel() for _ in range(2)]
     new = [_Channel() for _ in range(3)]
+    refused = _Channel(buffered=10)  # its answer not all sent: cut all the same
     for channel in (device, key):
         idle.idle(channel, AUTHENTICATED)
     for channel in asked:
         idle.idle(channel, UNAUTHENTICATED)
     for channel in new:
         idle.idle(channel, NEW)
+    idle.idle(public, PUBLIC_REQUEST)
+    idle.idle(refused, REFUSED)
     idle.idle(new[0], NEW)  # idle again: now the last of its tier
     new[1].transport.disconnecting = True  # closing already (an idle timeout, a half-close)
+    asked[0].transport._tempDataLen = 5  # a stranger's 401 not read: cut all the same
     sending = _Channel(buffered=10)
-    idle.idle(sending, NEW)
+    idle.idle(sending, AUTHENTICATED)  # a key holder's pull on its way: waited for
+    everyone = (device, key, public, refused, *asked, *new, sending)
     order = []
     while idle.evict():
-        order.append(next(c for c in (device, key, *asked, *new, sending) if c.closed and c not in order))
-    assert order == [new[2], new[0], *asked, device, key]
-    assert idle.evicted == [2, 2, 0, 2] and list(idle.tiers[NEW]) == [sending] and sending.idle_tier == NEW
+        order.append(next(c for c in everyone if c.closed and c not in order))
+    assert order == [refused, new[2], new[0], *asked, public, device, key]
+    assert idle.evicted == [1, 2, 2, 1, 2] and list(idle.tiers[AUTHENTICATED]) == [sending]
+    assert sending.idle_tier == AUTHENTICATED
     assert new[1].idle_tier is None and not new[1].closed
     sending.transport._tempDataLen = 0  # delivered: its turn
     assert idle.evict() and sending.closed and not len(idle)
 
-    busy = [_Channel(buffered=1) for _ in range(EVICT_SCAN + 1)]
-    for channel in busy:
-        idle.idle(channel, NEW)
-    assert not idle.evict()  # the first EVICT_SCAN looked at, each passed over to the end
-    assert list(idle.tiers[NEW]) == busy[EVICT_SCAN:] + busy[:EVICT_SCAN]
-    busy[EVICT_SCAN].transport._tempDataLen = 0
-    assert idle.evict() and busy[EVICT_SCAN].closed
+    for tier in (PUBLIC_REQUEST, AUTHENTICATED):
+        busy = [_Channel(buffered=1) for _ in range(EVICT_SCAN + 1)]
+        for channel in busy:
+            idle.idle(channel, tier)
+        assert not idle.evict()  # the first EVICT_SCAN looked at, each passed over to the end
+        assert list(idle.tiers[tier]) == busy[EVICT_SCAN:] + busy[:EVICT_SCAN]
+        busy[EVICT_SCAN].transport._tempDataLen = 0
+        assert idle.evict() and busy[EVICT_SCAN].closed
+        for channel in busy[:EVICT_SCAN]:
+            idle.busy(channel)
 
 
 def test_at_max_connections_a_newcomer_closes_an_idle_connection_when_no_handshake_is_left():
@@ -435,3 +499,41 @@ def test_at_max_connections_a_newcomer_closes_an_idle_connection_when_no_handsha
     assert limits.admit("192.0.2.4") is None and channel.closed  # then the idle one
     error, line = limits.admit("192.0.2.5")  # nothing left: refused
     assert error.code is ErrorCode.UNAVAILABLE and "max_connections = 2" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stranger_that_reads_no_answer_is_closed_for_a_newcomer(tmp_path):
+    """
+    A client with no credentials that sends requests and reads none of its 401s (a small receive window,
+    pipelined requests) has answers still to be sent, idle, unauthenticated: the newcomer closes it all the
+    same, at once. (Every answer still on its way was waited for, whoever it was for: such a client held
+    its slot against every newcomer until idle_timeout.) A key holder's pull is still waited for: the
+    test above.
+    """
+    server = await start_server(tmp_path, socket=True, max_connections=2, max_connections_per_address=0)
+    keys = Keys.make(server)
+    limits = server.service.site.connections
+    port = int(server.url.rsplit(":", 1)[1])
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the connect: the window stays small
+    stuck.connect(("127.0.0.1", port))
+    working = newcomer = None
+    try:
+        stuck.sendall(get_v2() * 64)  # 64 401s, more than the window and the server's socket buffer take
+
+        def unread() -> bool:
+            channels = limits.idle.tiers[UNAUTHENTICATED]
+            return len(channels) == 1 and sending(next(iter(channels)).transport)
+
+        await until(unread, "answered on the server's side, not read")
+        working = await connect(server, uploading(keys))
+        await until(lambda: limits.total == 2 and len(limits.idle) == 1, "a request in progress beside it")
+        newcomer = await connect(server, b"")
+        await until(lambda: limits.idle.evicted == [0, 0, 1, 0, 0], "the stranger closed for the newcomer")
+        assert not working.closed.called and not newcomer.closed.called
+    finally:
+        stuck.close()
+        for client in (working, newcomer):
+            if client is not None:
+                client.transport.abortConnection()
+        await server.service.stopService()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import io
 import json
 
 import pytest_twisted
 
+from izreg import cli
 from izreg.storage.audit import AuditLog
 from tests.http.authhelpers import Keys, bearer
 from tests.http.conftest import start_server
@@ -175,6 +178,28 @@ async def test_in_use_refusal_and_override(authed):
     forced = [e for e in audit(server) if e["detail"] and e["detail"].get("forced")]
     assert [e["target"] for e in forced] == [f"{name}@{index}", f"{name}@{digest}"]
     assert all(e["detail"]["devices"] == 2 for e in forced)
+    # izreg audit marks them in its table: the devices, the last pull; every other record "-"
+    header, *rows = izreg_audit(server).splitlines()
+    assert header.split()[-1] == "FORCED"
+    marked = {row.split()[4]: row.partition(" FORCED: ")[2] for row in rows if " FORCED: " in row}
+    last = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert marked == {target: f"in use by 2 devices, last pull {last}"
+                      for target in (f"{name}@{index}", f"{name}@{digest}")}
+    assert len(rows) == len(audit(server)) and all(row.endswith(" -") for row in rows if " FORCED: " not in row)
+
+
+def izreg_audit(server) -> str:
+    """C{izreg audit}'s table (L{izreg.cli.main}) of the in-process server's audit log."""
+
+    class ServerContext(cli.Context):
+        def open_stores(self, create: bool = False) -> dict:
+            return {"audit": lambda: server.registry.audit, "close": lambda: None}
+
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["--data-dir", server.service.config.data_dir, "audit"], environ={}, stdout=out, stderr=err,
+                    context_class=ServerContext)
+    assert code == 0, err.getvalue()
+    return out.getvalue()
 
 
 @pytest_twisted.async_yield_fixture

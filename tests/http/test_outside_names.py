@@ -106,6 +106,27 @@ async def test_a_name_not_of_the_grammar_is_name_invalid_for_anyone(ctx, invalid
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_name_with_capitals_is_told_names_are_lowercase(ctx):
+    """
+    <account>/MyApp (docker, podman and skopeo refuse it themselves; curl, a script, a page address do not):
+    NAME_INVALID on every route, the browse API's too, saying names are lowercase and the name to use.
+    """
+    name, lowercase = f"{ctx.keys.a}/MyApp", f"{ctx.keys.a}/myapp"
+    routes = [*ENDPOINTS, ("GET", "{name}/_izreg/manifests")]
+    for credentials in (None, basic(ctx.keys.a_key)):
+        for method, template in routes:
+            response, body = await _ask(ctx, method, template, name, credentials)
+            assert response.code == 400, (method, template, response.code, body)
+            if method != "HEAD":
+                error = error_of(body)
+                assert error["code"] == "NAME_INVALID"
+                assert error["message"].startswith("invalid repository name: repository names are lowercase")
+                assert error["message"].endswith(f": use {lowercase}")
+                assert error["detail"] == {"name": name, "lowercase": lowercase,
+                                           "expected": "<account_id: 32 hex>/<name>[/<name>...]"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_token_caller_is_denied_too(ctx):
     """docker with the token service asks a token for repository:app:push,pull: granted nothing, then DENIED."""
     query = urlencode({"service": "izreg", "scope": "repository:app:pull,push"})
