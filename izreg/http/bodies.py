@@ -280,6 +280,9 @@ class RegistryRequest(server.Request):
             return  # gone, or the body is complete and the handler answers
         error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
         channel.refuse(error_response(error, head=getattr(channel, "_command", None) == b"HEAD"), error)
+        # refused at its headers: no "100 Continue" after this final answer (twisted.web's channel sends one
+        # for an Expect: 100-continue once gotLength returns; RFC 9110 10.1.1)
+        self.requestHeaders.removeHeader(b"expect")
         access_log = getattr(channel.site, "access_log", None)
         if access_log is not None and not getattr(self, "_logged_gone", False):
             self._logged_gone = True  # logged with its status, not again as "client gone"

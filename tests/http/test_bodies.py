@@ -375,3 +375,30 @@ async def test_a_body_without_a_host_header_is_refused_before_it_is_read(secured
     assert got == 400 and "Host header" in json.loads(body)["errors"][0]["message"]
     assert headers["connection"] == "close"
     assert secured.api.budget.used == 0
+
+
+# -- Expect: 100-continue ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("caller, status", [(None, 401), ("b_key", 403), ("a_ro", 403)])
+@pytest_twisted.ensureDeferred
+async def test_a_request_refused_at_its_headers_gets_no_100_continue(secured, caller, status):
+    """RFC 9110 10.1.1: the final answer, then nothing: no "100 Continue" after it on the closing connection."""
+    keys = secured.keys
+    authorization = basic(getattr(keys, caller)) if caller else None
+    head = put_head(f"/v2/{keys.a}/app/manifests/v1", 100, authorization, "Expect: 100-continue")
+    client = await connect(secured, head)
+    answer = await client.closed.addTimeout(20, reactor)  # the whole stream, until the server closes
+    got, headers, body = parse_raw(answer)
+    assert got == status and headers["connection"] == "close"
+    assert b"100 Continue" not in answer, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_request_is_told_to_continue(secured):
+    keys = secured.keys
+    client = await connect(secured, put_head(f"/v2/{keys.a}/app/manifests/v1", 100, basic(keys.a_key),
+                                             "Expect: 100-continue"))
+    answer = await client.done.addTimeout(20, reactor)
+    client.transport.abortConnection()
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), answer
