@@ -140,7 +140,8 @@ class Context:
             except BackendError as e:
                 message = str(e)
                 if message.startswith("no izreg data"):
-                    message = f"no izreg data in {self.data_dir!r} (set --data-dir or {ENV_DATA_DIR})"
+                    message = (f"no izreg data in {self.data_dir!r}: the server's first start makes it "
+                               f"(twistd izreg server); else set --data-dir or {ENV_DATA_DIR}")
                 raise CommandError(message) from None
         return self._backend
 

@@ -138,7 +138,8 @@ def test_missing_data_dir_is_an_error(capsys, tmp_path):
                  ["token", "rotate-key"]):
         code, out, err = run(capsys, missing, *argv)
         assert code == 2 and out == ""
-        assert lines(err) == [f"izreg: error: no izreg data in {str(missing)!r} (set --data-dir or IZREG_DATA_DIR)"]
+        assert lines(err) == [f"izreg: error: no izreg data in {str(missing)!r}: the server's first start makes it "
+                              "(twistd izreg server); else set --data-dir or IZREG_DATA_DIR"]
     assert not missing.exists()
 
 
