@@ -53,6 +53,21 @@ def test_smoke_run_of_every_mode(tmp_path):
     assert "over the whole run, warm-up included" in text and "(measured from here)" in text
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_smoke_run_of_pullstats(tls):
+    """bench/pullstats.py: both servers, one GET each, a line per server with its CPU per GB."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "pullstats.py"), "--size", "1", "--count", "1",
+         "--rounds", "1", "--venv", sys.prefix, *(["--tls"] if tls else [])],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("1 MiB, 1 GETs by 1 client(s)" + (" over TLS" if tls else ""))
+    for name in ("izreg", "distribution"):
+        assert any(line.startswith(f"round 1 {name} ") and " GB/s  server " in line and "s/GB" in line
+                   for line in lines[1:]), (name, lines)
+
+
 @pytest.mark.s3
 def test_smoke_run_of_the_s3_mode(tmp_path):
     """izreg over moto's S3 against izreg on disk: the report has the S3 table and says moto is the ceiling."""
