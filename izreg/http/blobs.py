@@ -6,6 +6,7 @@ from __future__ import annotations
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.ranges import parse_range
+from izreg.http.conditional import not_modified, range_applies
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.http.responses import FileBody
 
@@ -20,13 +21,21 @@ class BlobRoutes(Handlers):
             request.setResponseCode(307)
             _set(request, Location=blob.redirect, Docker_Content_Digest=blob.digest, Content_Length=0)
             return b""
+        etag = f'"{blob.digest}"'
+        if not_modified(_header(request, "If-None-Match"), etag):
+            _close(blob)
+            request.setResponseCode(304)
+            _set(request, Docker_Content_Digest=blob.digest, ETag=etag)
+            return b""
+        ranged = _header(request, "Range")
         try:
-            wanted = parse_range(_header(request, "Range"), blob.size)
+            wanted = parse_range(ranged, blob.size) if ranged is not None and range_applies(
+                _header(request, "If-Range"), etag) else None
         except RegistryError:
             _close(blob)
             raise
         _set(request, Content_Type="application/octet-stream", Docker_Content_Digest=blob.digest,
-             Accept_Ranges="bytes", ETag=f'"{blob.digest}"')
+             Accept_Ranges="bytes", ETag=etag)
         start, length = 0, blob.size
         if wanted is not None:
             request.setResponseCode(206)

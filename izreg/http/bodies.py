@@ -201,6 +201,23 @@ def error_response(error: RegistryError, head: bool = False) -> bytes:
     return data if head else data + body
 
 
+def _host_error(request, version: bytes) -> RegistryError | None:
+    """
+    RFC 9112 3.2: an HTTP/1.1 request without a Host header, or any request with
+    more than one, is a 400 (the server must not guess which name was meant).
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host")
+    if hosts is None:
+        if version != b"HTTP/1.1":
+            return None
+        message = "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)"
+    elif len(hosts) > 1:
+        message = "a request may have only one Host header (RFC 9112 3.2)"
+    else:
+        return None
+    return RegistryError(ErrorCode.REQUEST_INVALID, {"host_headers": len(hosts or ())}, message)
+
+
 class RegistryRequest(server.Request):
     """
     A request whose body sink is chosen by C{site.body_for} once the headers
@@ -237,6 +254,11 @@ class RegistryRequest(server.Request):
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
         self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
+        if _host_error(self, self.channel._version) is not None:  # answered by L{process}, or now if a body comes
+            self.content = Dropped()
+            if length != 0:
+                self.refuse(_host_error(self, self.channel._version))
+            return
         if self.channel._path == b"*":  # the server as a whole: no route, no body kept (L{process})
             self.content = Dropped()
             if length != 0 and self.channel._command != b"OPTIONS":
@@ -258,6 +280,9 @@ class RegistryRequest(server.Request):
             return  # gone, or the body is complete and the handler answers
         error.headers.setdefault(REQUEST_ID_HEADER.decode(), self.request_id)
         channel.refuse(error_response(error, head=getattr(channel, "_command", None) == b"HEAD"), error)
+        # refused at its headers: no "100 Continue" after this final answer (twisted.web's channel sends one
+        # for an Expect: 100-continue once gotLength returns; RFC 9110 10.1.1)
+        self.requestHeaders.removeHeader(b"expect")
         access_log = getattr(channel.site, "access_log", None)
         if access_log is not None and not getattr(self, "_logged_gone", False):
             self._logged_gone = True  # logged with its status, not again as "client gone"
@@ -286,6 +311,11 @@ class RegistryRequest(server.Request):
         if self.request_id == "-":
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        host_error = _host_error(self, self.clientproto)
+        if host_error is not None:
+            self.write(render_error(self, host_error))
+            self.finish()
+            return
         if self.path == b"*":
             # RFC 9110 9.3.7: OPTIONS * asks about the server in general: 200 with no
             # content (as twisted.web answers); any other method on * is a client's

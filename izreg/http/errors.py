@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from izreg.core.errors import ErrorCode, RegistryError
@@ -18,7 +20,9 @@ _storage_log = ThrottledLog(log)
 
 
 def render_error(request, error: RegistryError) -> bytes:
-    request.setResponseCode(error.code.status)
+    status = error.code.status
+    # twisted.web's own reason phrase, else the standard one (its table has no 429: "Unknown Status")
+    request.setResponseCode(status, RESPONSES.get(status) or HTTPStatus(status).phrase.encode("ascii"))
     request.setHeader(b"Content-Type", b"application/json")
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())

@@ -7,6 +7,7 @@ from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
+from izreg.http.conditional import not_modified
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.inuse import FORCE_HEADER
 
@@ -23,8 +24,13 @@ class ManifestRoutes(Handlers):
         if self.events is not None and request.method == b"GET":
             self.events.pulled(principal, repo, found.digest, found.media_type,
                                None if isinstance(reference, Digest) else reference)
+        etag = f'"{found.digest}"'
+        if not_modified(_header(request, "If-None-Match"), etag):
+            request.setResponseCode(304)
+            _set(request, Docker_Content_Digest=found.digest, ETag=etag)
+            return b""
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
-             Content_Length=len(found.data), ETag=f'"{found.digest}"')
+             Content_Length=len(found.data), ETag=etag)
         return b"" if request.method == b"HEAD" else found.data
 
     async def put_manifest(self, request, route):

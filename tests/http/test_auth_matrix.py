@@ -724,6 +724,7 @@ async def limited(tmp_path):
 async def _assert_blocked(server, keys, method="GET", path="/v2/", body=None):
     response, content = await server.request(method, path, body=body, headers=auth(basic(unknown_key())))
     assert response.code == 429, content
+    assert response.phrase == b"Too Many Requests"  # (twisted.web's table has no 429: "Unknown Status")
     assert error_of(content)["code"] == "TOOMANYREQUESTS"
     retry_after = int(header(response, "Retry-After"))
     assert 1 <= retry_after <= 60

@@ -328,3 +328,77 @@ async def test_the_asterisk_target_is_options_only(secured, head, status):
     else:
         assert headers["allow"] == "OPTIONS"
         assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
+
+
+# -- the Host header (RFC 9112 3.2) -----------------------------------------------------------
+
+
+def _get(path: str, version: str, hosts: list[str], authorization: str) -> bytes:
+    lines = [f"GET {path} {version}", *(f"Host: {host}" for host in hosts), f"Authorization: {authorization}",
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    "version, hosts, status",
+    [
+        ("HTTP/1.1", [], 400),
+        ("HTTP/1.1", ["localhost", "elsewhere.example"], 400),
+        ("HTTP/1.1", ["localhost", "localhost"], 400),
+        ("HTTP/1.0", ["localhost", "elsewhere.example"], 400),
+        ("HTTP/1.1", ["localhost"], 404),  # the route's own answer
+        ("HTTP/1.0", [], 404),  # HTTP/1.0 needs none
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_without_its_one_host_header_is_400(secured, version, hosts, status):
+    """An HTTP/1.1 request without Host, or any with two, is never served (the route never runs): 400, an OCI error."""
+    keys = secured.keys
+    head = _get(f"/v2/{keys.a}/app/manifests/v1", version, hosts, basic(keys.a_key))
+    client = await connect(secured, head)
+    answer = await client.closed.addTimeout(20, reactor)
+    got, headers, body = parse_raw(answer)
+    error = json.loads(body)["errors"][0]
+    assert got == status, body
+    if status == 400:
+        assert error["code"] == "UNSUPPORTED" and "Host header" in error["message"], error
+    else:
+        assert error["code"] == "NAME_UNKNOWN"  # (a repository never pushed)
+
+
+@pytest.mark.parametrize("length", [4 * MIB, None])
+@pytest_twisted.ensureDeferred
+async def test_a_body_without_a_host_header_is_refused_before_it_is_read(secured, length):
+    keys = secured.keys
+    head = put_head(f"/v2/{keys.a}/app/manifests/v1", length, basic(keys.a_key)).replace(b"Host: localhost\r\n", b"")
+    got, headers, body = await answer_before_body(secured, head)
+    assert got == 400 and "Host header" in json.loads(body)["errors"][0]["message"]
+    assert headers["connection"] == "close"
+    assert secured.api.budget.used == 0
+
+
+# -- Expect: 100-continue ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("caller, status", [(None, 401), ("b_key", 403), ("a_ro", 403)])
+@pytest_twisted.ensureDeferred
+async def test_a_request_refused_at_its_headers_gets_no_100_continue(secured, caller, status):
+    """RFC 9110 10.1.1: the final answer, then nothing: no "100 Continue" after it on the closing connection."""
+    keys = secured.keys
+    authorization = basic(getattr(keys, caller)) if caller else None
+    head = put_head(f"/v2/{keys.a}/app/manifests/v1", 100, authorization, "Expect: 100-continue")
+    client = await connect(secured, head)
+    answer = await client.closed.addTimeout(20, reactor)  # the whole stream, until the server closes
+    got, headers, body = parse_raw(answer)
+    assert got == status and headers["connection"] == "close"
+    assert b"100 Continue" not in answer, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_request_is_told_to_continue(secured):
+    keys = secured.keys
+    client = await connect(secured, put_head(f"/v2/{keys.a}/app/manifests/v1", 100, basic(keys.a_key),
+                                             "Expect: 100-continue"))
+    answer = await client.done.addTimeout(20, reactor)
+    client.transport.abortConnection()
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), answer

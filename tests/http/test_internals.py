@@ -118,6 +118,7 @@ def test_with_the_fallback_twisteds_process_sets_the_same_headers(monkeypatch):
         channel.site = Site(Leaf())
         request = bodies.RegistryRequest(channel)
         request.method, request.uri, request.path, request.clientproto = b"GET", b"/x", b"/x", b"HTTP/1.1"
+        request.requestHeaders.setRawHeaders(b"host", [b"registry.example"])
         request.process()
         return _head_of(request), request.responseHeaders.getRawHeaders(b"Date")
 

@@ -1,0 +1,92 @@
+"""Conditional GET and HEAD of blobs and manifests (RFC 9110 13): If-None-Match (304) and If-Range."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from izreg.http.conditional import not_modified, range_applies
+from tests.http.helpers import content_length, digest_of, header, push_blob, push_image, repo
+
+DATA = bytes(range(256)) * 4
+NAME = repo("conditional/app")
+TAG = '"sha256:' + "a" * 64 + '"'
+
+
+@pytest.mark.parametrize(
+    "value, matches",
+    [
+        (None, False),
+        (TAG, True),
+        ("*", True),
+        (" * ", True),
+        ("W/" + TAG, True),  # If-None-Match compares weakly
+        (f'"other", {TAG}', True),
+        (f'"other",{TAG} ', True),
+        ('"other"', False),
+        (TAG[1:-1], False),  # not quoted: not an entity-tag
+        (f"{TAG}, garbage", False),
+        ("", False),
+    ],
+)
+def test_if_none_match(value, matches):
+    assert not_modified(value, TAG) is matches
+
+
+@pytest.mark.parametrize(
+    "value, applies",
+    [
+        (None, True),
+        (TAG, True),
+        (f" {TAG} ", True),
+        ("W/" + TAG, False),  # If-Range compares strongly
+        ('"other"', False),
+        ("Wed, 02 Dec 2026 15:28:05 GMT", False),  # no Last-Modified: a date never matches
+    ],
+)
+def test_if_range(value, applies):
+    assert range_applies(value, TAG) is applies
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_a_blob_the_client_has_is_304(server, method):
+    digest = await push_blob(server, NAME, DATA)
+    for given in (f'"{digest}"', "*", f'"sha256:{"0" * 64}", "{digest}"'):
+        response, body = await server.request(method, f"/v2/{NAME}/blobs/{digest}", headers={"If-None-Match": given})
+        assert response.code == 304, given
+        assert body == b"" and header(response, "ETag") == f'"{digest}"'
+        assert header(response, "Docker-Content-Digest") == digest
+    response, body = await server.request(method, f"/v2/{NAME}/blobs/{digest}",
+                                          headers={"If-None-Match": f'"sha256:{"0" * 64}"'})
+    assert response.code == 200 and content_length(response) == str(len(DATA))
+    assert body == (DATA if method == "GET" else b"")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_the_client_has_is_304(server, method):
+    digest, manifest = await push_image(server, NAME, "v1")
+    for reference in ("v1", digest):
+        response, body = await server.request(method, f"/v2/{NAME}/manifests/{reference}",
+                                              headers={"If-None-Match": f'"{digest}"'})
+        assert response.code == 304 and body == b""
+        assert header(response, "ETag") == f'"{digest}"' and header(response, "Docker-Content-Digest") == digest
+    response, body = await server.request(method, f"/v2/{NAME}/manifests/v1", headers={"If-None-Match": '"other"'})
+    assert response.code == 200 and body == (manifest if method == "GET" else b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_range_under_another_if_range_is_the_whole_blob(server):
+    digest = await push_blob(server, NAME, DATA)
+    path = f"/v2/{NAME}/blobs/{digest}"
+    response, body = await server.request("GET", path, headers={"Range": "bytes=5-9", "If-Range": f'"{digest}"'})
+    assert response.code == 206 and body == DATA[5:10]
+    for other in ('"sha256:' + "0" * 64 + '"', f'W/"{digest}"', "Wed, 02 Dec 2026 15:28:05 GMT"):
+        response, body = await server.request("GET", path, headers={"Range": "bytes=5-9", "If-Range": other})
+        assert response.code == 200 and body == DATA, other
+        assert header(response, "Content-Range") is None
+    # an unsatisfiable range that is not to be applied is no 416 either
+    response, body = await server.request("GET", path, headers={"Range": "bytes=5000-", "If-Range": '"other"'})
+    assert response.code == 200 and body == DATA
+    assert digest == digest_of(DATA)
