@@ -180,7 +180,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     from izreg.http.accesslog import AccessLog
     from izreg.http.bodies import RegistrySite
     from izreg.http.clientaddr import TrustedProxies
-    from izreg.http.limits import ConnectionLimits, SlowSenders
+    from izreg.http.limits import ConnectionLimits, SlowReaders, SlowSenders
     from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup
     from izreg.service.metrics import Metrics, ScrapeSite
@@ -194,6 +194,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         None, None, proxies=proxies,  # the API, once the storage is open (RegistrySite.serve)
         connections=ConnectionLimits(config.max_connections, config.max_connections_per_address, proxies.trusted),
         slow=SlowSenders(reactor, config.header_timeout, config.body_min_rate, config.body_grace),
+        readers=SlowReaders(reactor, config.send_timeout),
         timeout=config.idle_timeout or None, reactor=reactor,
         access_log=AccessLog(time.monotonic, [metrics.observe_request]),
     )

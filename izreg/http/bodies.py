@@ -49,7 +49,7 @@ from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HE
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
-                               ConnectionLimits, IdleConnections, SlowSenders, ThrottledLog, tcp_under)
+                               ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, tcp_under)
 from izreg.http.peercert import peer_certificate
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -699,7 +699,8 @@ class RegistrySite(server.Site):
     requestFactory = RegistryRequest
 
     def __init__(self, resource, body_for, connections: ConnectionLimits | None = None,
-                 slow: SlowSenders | None = None, proxies=None, access_log=None, **kwargs) -> None:
+                 slow: SlowSenders | None = None, proxies=None, access_log=None,
+                 readers: SlowReaders | None = None, **kwargs) -> None:
         super().__init__(resource if resource is not None else _NotOpen(), **kwargs)
         self.body_for = body_for if body_for is not None else _not_open
         #: C{access_log(request, status=None)}, called once per request (L{izreg.http.accesslog.AccessLog})
@@ -707,6 +708,7 @@ class RegistrySite(server.Site):
         self.proxies = proxies  # izreg.http.clientaddr.TrustedProxies
         self.connections = connections
         self.slow = slow
+        self.readers = readers  # closes connections whose client stopped reading a blob (connections.send_timeout)
         self._refusals = ThrottledLog(log)
 
     def startFactory(self) -> None:

@@ -360,6 +360,88 @@ class SlowSenders:
         self._call = None
 
 
+#: TIOCOUTQ (SIOCOUTQ): bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux)
+SIOCOUTQ = 0x5411 if sys.platform.startswith("linux") else None
+
+
+def queued_bytes(transport) -> int:
+    """
+    Bytes written to C{transport} that its client has not yet acknowledged: in the TCP transport's buffer
+    and in the kernel's send queue (C{SIOCOUTQ}); the buffer alone where that ioctl is missing.
+    """
+    tcp = tcp_under(transport)
+    if tcp is None:
+        return 0
+    queued = getattr(tcp, "_tempDataLen", 0) + len(getattr(tcp, "dataBuffer", b"")) - getattr(tcp, "offset", 0)
+    sock = getattr(tcp, "socket", None)
+    if sock is not None and SIOCOUTQ is not None:
+        value = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCOUTQ, value)
+            queued += value[0]
+        except (OSError, ValueError):
+            pass
+    return queued
+
+
+class SlowReaders:
+    """
+    Closes connections whose client has read nothing of a blob being sent to
+    it for C{send_timeout} seconds (as nginx's C{send_timeout}): while a
+    response is sent Twisted's idle timeout is off, and a connection in the
+    middle of a request is never evicted, so a client that stopped reading
+    held its connection, and over TLS the records sealed for it (up to a
+    read of the blob, ~0.5 MiB), for ever.
+
+    A sender (L{izreg.http.responses.FileSender}) is watched from its start to
+    its end (L{started}, L{done}), with its C{handed} count of bytes given to
+    the transport. The client read something since the last look when the
+    sender handed more, or fewer bytes wait for its acknowledgment
+    (L{queued_bytes}): a slow reader that makes progress is never cut. One
+    timer for all, every C{interval} seconds while any is watched.
+    """
+
+    def __init__(self, clock, send_timeout: float, interval: float = 5.0, queued=queued_bytes) -> None:
+        self.clock = clock
+        self.send_timeout = send_timeout
+        self.interval = min(interval, send_timeout) if send_timeout else interval
+        self.queued = queued
+        self.watched: dict[object, list] = {}  # sender -> [transport, handed, queued, since]
+        self._call = None
+        self._log = ThrottledLog(log)
+
+    def started(self, sender, transport) -> None:
+        if self.send_timeout:
+            self.watched[sender] = [transport, -1, 0, self.clock.seconds()]
+            if self._call is None:
+                self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def done(self, sender) -> None:
+        self.watched.pop(sender, None)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for sender, state in list(self.watched.items()):
+            transport, handed, queued, since = state
+            now_queued = self.queued(transport)
+            if sender.handed != handed or now_queued < queued:
+                state[1:] = [sender.handed, now_queued, now]
+            elif now - since >= self.send_timeout:
+                self.watched.pop(sender, None)
+                address = getattr(getattr(transport, "getPeer", lambda: None)(), "host", None) or "?"
+                self._log.warn(f"closed a connection from {address}: its client read nothing of a blob for"
+                               f" {now - since:.0f} s (connections.send_timeout)")
+                sender.too_slow()
+        if self.watched:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 def raise_open_files_limit(wanted: int) -> None:
     """Raise the soft limit of open files towards C{wanted} (never past the hard limit)."""
     try:

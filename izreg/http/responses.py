@@ -97,12 +97,18 @@ class FileSender:
         self.request, self.reader, self.offset, self.remaining = request, reader, offset, length
         self.paused = False
         self.reading = False
+        #: bytes given to the transport (or to the socket) so far, which L{SlowReaders} watches
+        self.handed = 0
+        #: the site's watch on clients that stop reading (izreg.http.limits.SlowReaders), if any
+        self.readers = getattr(getattr(request, "site", None), "readers", None)
         self.tcp = plain_tcp(request) if callable(getattr(reader, "sendfile", None)) else None
         if self.tcp is None:
             reader.seek(offset)
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
+        if self.readers is not None:
+            self.readers.started(self, self.request.transport)
         if self.tcp is None:
             self.resumeProducing()
         else:
@@ -131,6 +137,7 @@ class FileSender:
             self._short()
             return False
         self.remaining -= len(data)
+        self.handed += len(data)
         self.request.write(data)
         return True
 
@@ -172,6 +179,7 @@ class FileSender:
                 return
             self.offset += sent
             self.remaining -= sent
+            self.handed += sent
             request.sentLength += sent
             turn += sent
             if sent < asked:
@@ -199,6 +207,20 @@ class FileSender:
     def stopProducing(self) -> None:
         self.reader.close()
         self.request = None
+        if self.readers is not None:
+            self.readers.done(self)
+
+    def too_slow(self) -> None:
+        """Called by L{SlowReaders}: the client read nothing for connections.send_timeout; close at once."""
+        request = self.request
+        if request is None:
+            return
+        self.stopProducing()
+        transport = request.transport
+        if transport is not None:
+            # its unsent bytes would keep an orderly close waiting on the client that does not read
+            abort = getattr(transport, "abortConnection", None)
+            (abort or transport.loseConnection)()
 
 
 class FileBody(Resource):

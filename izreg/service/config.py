@@ -72,6 +72,8 @@ class Config:
     max_connections_per_address: int = 200
     idle_timeout: int = 60
     header_timeout: int = 30
+    # seconds a client may read nothing of a blob being sent to it before its connection is closed (0: never)
+    send_timeout: int = 60
     body_min_rate: int = 1024
     body_grace: int = 30
     trusted_proxies: tuple[str, ...] = ()
@@ -187,6 +189,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("connections", "max_per_address"): ("max_connections_per_address", int),
     ("connections", "idle_timeout"): ("idle_timeout", int),
     ("connections", "header_timeout"): ("header_timeout", int),
+    ("connections", "send_timeout"): ("send_timeout", int),
     ("connections", "body_min_rate"): ("body_min_rate", int),
     ("connections", "body_grace"): ("body_grace", int),
     ("server", "trusted_proxies"): ("trusted_proxies", tuple),

@@ -287,9 +287,9 @@ class RegistryService(service.MultiService):
         if self.dispatcher is not None:
             self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
             self.dispatcher = None
-        slow = getattr(self.site, "slow", None)
-        if slow is not None:
-            slow.stop()
+        for watch in (getattr(self.site, "slow", None), getattr(self.site, "readers", None)):
+            if watch is not None:
+                watch.stop()
         yield self.flush_batches()
         for pool in self._pools:
             pool.stop()

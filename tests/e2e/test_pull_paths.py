@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import struct
+import threading
 
 import pytest
 
@@ -34,8 +35,22 @@ SIZE = 9 * 1024 * 1024 + 7
 
 @pytest.fixture(scope="module")
 def pulls(tmp_path_factory):
-    base = tmp_path_factory.mktemp("izreg-pull-paths")
-    registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"))
+    yield from _serving(tmp_path_factory, "izreg-pull-paths")
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory):
+    """The same, with connections.send_timeout = 2 s."""
+    yield from _serving(tmp_path_factory, "izreg-send-timeout", "[connections]\nsend_timeout = 2\n")
+
+
+def _serving(tmp_path_factory, name: str, config_text: str = ""):
+    base = tmp_path_factory.mktemp(name)
+    config = None
+    if config_text:
+        config = base / "izreg.toml"
+        config.write_text(config_text)
+    registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=config)
     try:
         registry.start()
         certs = str(base / "certs")
@@ -206,3 +221,43 @@ def test_device_sessions_resume_until_reload_and_revocation(pulls):
     registry.cli("device", "revoke", "--cert", pulls["client_cert"])
     resumed, _ = _device_pull(pulls, session, status=401)
     assert resumed
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_a_client_that_stops_reading_is_closed_after_send_timeout(impatient, listener):
+    """connections.send_timeout: a client that reads nothing of a blob loses its connection; a slow one does not."""
+    registry = impatient["registry"]
+    mark = registry.log_mark()
+    stalled = _raw_get(impatient, listener, rcvbuf=4096)
+    slow = _raw_get(impatient, listener, rcvbuf=4096)
+    done = threading.Event()
+    received = []
+
+    def read_slowly():  # 16 KiB every 0.2 s (80 KiB/s) until the stalled one is closed, then the rest at once
+        while not done.wait(0.2):
+            received.append(slow.recv(16384))
+        received.append(_read_response(slow, b"".join(received)))
+
+    reader = threading.Thread(target=read_slowly)
+    try:
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+        reader.start()
+        # its request ends without its answer (499; the warning line is throttled to one per 10 s)
+        registry.wait_for_log(r"GET /v2/\{name\}/blobs/\{digest\} 499 ", mark, timeout=30)
+        assert "read nothing of a blob for" in registry.log_text()
+        done.set()
+        # the one that stopped: what was on its way, then the end, well short of the blob
+        got = 0
+        try:
+            while chunk := stalled.recv(1 << 20):
+                got += len(chunk)
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        assert got < len(impatient["data"]) // 2
+        # the slow reader was not cut: the whole blob
+        reader.join(60)
+        assert received[-1] == impatient["data"]
+    finally:
+        done.set()
+        stalled.close()
+        slow.close()
