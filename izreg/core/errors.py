@@ -38,6 +38,8 @@ class ErrorCode(enum.Enum):
     PAGINATION_NUMBER_INVALID = ("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400)
     NOT_FOUND = ("NOT_FOUND", "no such route", 404)
     METHOD_UNKNOWN = ("UNSUPPORTED", "the method is not allowed on this route", 405)
+    #: a method no route has: methods are case-sensitive (RFC 9110 9.1), "get" is not GET
+    METHOD_NOT_IMPLEMENTED = ("UNSUPPORTED", "the method is not implemented (methods are case-sensitive)", 501)
     UNAVAILABLE = ("UNAVAILABLE", "service unavailable", 503)
     INSUFFICIENT_STORAGE = ("UNAVAILABLE", "the registry is out of storage space", 507)
     BODY_INVALID = ("UNSUPPORTED", "the request body is invalid", 400)

@@ -227,7 +227,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
 
     @route("/v2/<path:rest>", methods=ALL_METHODS, access=None, endpoint=REPOSITORY)
     async def dispatch(self, request, rest):
-        method = request.method.decode("ascii", "replace").upper()
+        method = request.method.decode("ascii", "replace")  # case-sensitive (RFC 9110 9.1): "get" is not GET
         target = self.table.resolve_repository(method, rest, request)
         await settled(self.authorize(request, target))
         ready = getattr(request, BODY_READY, None)

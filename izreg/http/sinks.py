@@ -54,7 +54,7 @@ class BodySinks(Handlers):
         """
         if length == 0:
             return BoundedBuffer(0)
-        target = self.table.resolve(method.decode("ascii", "replace").upper(), uri, request)
+        target = self.table.resolve(method.decode("ascii", "replace"), uri, request)
         authorized = self.authorize(request, target)
         if target.endpoint.body is Body.UPLOAD and target.route is not None and target.route.endpoint == routes.UPLOAD \
                 and not self.registry.reads_inline:  # (no route: a name outside the accounts, refused)

@@ -226,3 +226,16 @@ async def test_a_malformed_chunked_body_is_logged_as_the_400_it_got(server, no_t
         globalLogPublisher.removeObserver(observe)
     first = [e for e in events if e["request_id"] == request_id]
     assert [(e["method"], e["status"]) for e in first] == [("PUT", 400)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_methods_are_case_sensitive(server, no_tracebacks):
+    """RFC 9110 9.1: "get" is not GET: 501, never routed as GET (nor "delete" as DELETE), with a body or without."""
+    status, headers, body = await _raw(server, b"GET", f"/v2/{NAME}/tags/list".encode())
+    assert _oci_error(status, headers, body) == "NAME_UNKNOWN"  # routed
+    for method, path in ((b"get", f"/v2/{NAME}/tags/list"), (b"Get", f"/v2/{NAME}/manifests/v1"),
+                         (b"delete", f"/v2/{NAME}/manifests/v1"), (b"head", f"/v2/{NAME}/blobs/sha256:" + "0" * 64),
+                         (b"get", "/v2/"), (b"get", "/v2/_catalog"), (b"put", f"/v2/{NAME}/manifests/v1")):
+        status, headers, content = await _raw(server, method, path.encode(), body=b"{}" if method == b"put" else b"")
+        assert status == 501, (method, path, status, content[:200])
+        assert json.loads(content)["errors"][0]["code"] == "UNSUPPORTED", (method, content[:200])
