@@ -143,12 +143,14 @@ class EdgeAPI:
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
+        _case_sensitive(request)
         request.setHeader(b"Content-Type", b"application/json")
         return b"{}"
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):
-        method = request.method.decode("ascii", "replace").upper()
+        _case_sensitive(request)
+        method = request.method.decode("ascii", "replace")
         if method not in ("GET", "HEAD"):
             _source(request, "refused")
             raise RegistryError(
@@ -512,3 +514,9 @@ class _Relay(Protocol):
 
     def stopProducing(self) -> None:
         self._gone()
+
+
+def _case_sensitive(request) -> None:
+    """Methods are case-sensitive (RFC 9110 9.1): werkzeug routes "get" as GET; it is no method of ours (501)."""
+    if not request.method.isupper():
+        raise RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": request.method[:20].decode("latin-1")})

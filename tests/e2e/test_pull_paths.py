@@ -257,6 +257,8 @@ def test_a_client_that_stops_reading_is_closed_after_send_timeout(impatient, lis
         # the slow reader was not cut: the whole blob
         reader.join(60)
         assert received[-1] == impatient["data"]
+        tail = registry.log_text().splitlines()[-200:]
+        assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
     finally:
         done.set()
         stalled.close()

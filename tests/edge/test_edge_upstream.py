@@ -204,3 +204,22 @@ def test_two_concurrent_pulls_of_one_blob_make_one_upstream_fetch(setup):
         status, body, complete = results[name]
         assert (status, complete, body == data) == (200, True, True), name
     assert upstream.gets(f"/blobs/{d}") == 1
+
+
+def test_methods_are_case_sensitive(setup):
+    """RFC 9110 9.1: "get" is not GET: 501 from the edge, and nothing asked of the registry."""
+    upstream, edge = setup
+    data = os.urandom(1024)
+    d = digest(data)
+    upstream.blobs[d] = data
+    for method, path in (("get", f"/v2/{REPO}/blobs/{d}"), ("Get", "/v2/"), ("head", f"/v2/{REPO}/blobs/{d}")):
+        conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=60)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 501, (method, path, response.status, body[:200])
+            assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
+        finally:
+            conn.close()
+    assert upstream.gets(f"/blobs/{d}") == 0
