@@ -397,7 +397,9 @@ class SlowReaders:
     its end (L{started}, L{done}), with its C{handed} count of bytes given to
     the transport. The client read something since the last look when the
     sender handed more, or fewer bytes wait for its acknowledgment
-    (L{queued_bytes}): a slow reader that makes progress is never cut. One
+    (L{queued_bytes}), or nothing waits for it (the sender is waiting on
+    its reader, a stream from S3: not the client's doing): a slow reader that
+    makes progress is never cut. One
     timer for all, every C{interval} seconds while any is watched.
     """
 
@@ -425,7 +427,8 @@ class SlowReaders:
         for sender, state in list(self.watched.items()):
             transport, handed, queued, since = state
             now_queued = self.queued(transport)
-            if sender.handed != handed or now_queued < queued:
+            if sender.handed != handed or now_queued < queued or not now_queued:
+                # it read something, or nothing waits for it (the sender waits on its reader: S3)
                 state[1:] = [sender.handed, now_queued, now]
             elif now - since >= self.send_timeout:
                 self.watched.pop(sender, None)

@@ -73,3 +73,14 @@ def test_stop_cancels_the_timer():
     readers.started(Sender(), Transport())
     readers.stop()
     assert not clock.getDelayedCalls()
+
+
+def test_a_sender_waiting_on_its_reader_is_not_the_clients_fault():
+    """Nothing queued for the client (the blob's stream from S3 is slow): the client is not cut."""
+    clock, readers = watch()
+    sender, transport = Sender(), Transport()
+    readers.started(sender, transport)
+    sender.handed, transport.queued = 4_000_000, 0  # all it was given, read; the next read has not come
+    for _ in range(40):
+        clock.advance(5)
+    assert not sender.closed
