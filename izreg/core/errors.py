@@ -43,6 +43,8 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = ("UNAVAILABLE", "service unavailable", 503)
     INSUFFICIENT_STORAGE = ("UNAVAILABLE", "the registry is out of storage space", 507)
     BODY_INVALID = ("UNSUPPORTED", "the request body is invalid", 400)
+    #: an If-Match that names another digest (RFC 9110 13.1.1)
+    PRECONDITION_FAILED = ("UNSUPPORTED", "precondition failed: If-Match names another digest", 412)
     #: a request HTTP itself refuses (RFC 9112: no Host, or two)
     REQUEST_INVALID = ("UNSUPPORTED", "malformed HTTP request", 400)
     BAD_GATEWAY = ("UNKNOWN", "the upstream registry sent an invalid answer", 502)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.ranges import parse_range
-from izreg.http.conditional import not_modified, range_applies
+from izreg.http.conditional import check_preconditions, not_modified, range_applies
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.http.responses import FileBody
 
@@ -22,6 +22,11 @@ class BlobRoutes(Handlers):
             _set(request, Location=blob.redirect, Docker_Content_Digest=blob.digest, Content_Length=0)
             return b""
         etag = f'"{blob.digest}"'
+        try:
+            check_preconditions(_header(request, "If-Match"), etag)
+        except RegistryError:
+            _close(blob)
+            raise
         if not_modified(_header(request, "If-None-Match"), etag):
             _close(blob)
             request.setResponseCode(304)

@@ -7,7 +7,7 @@ from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
-from izreg.http.conditional import not_modified
+from izreg.http.conditional import check_preconditions, not_modified
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.inuse import FORCE_HEADER
 
@@ -19,12 +19,13 @@ class ManifestRoutes(Handlers):
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
         reference = _lookup_reference(route.argument)
         found = await self.registry.get_manifest(repo, reference, accepted)
+        etag = f'"{found.digest}"'
+        check_preconditions(_header(request, "If-Match"), etag)  # 412: nothing served, no pull recorded
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         if self.events is not None and request.method == b"GET":
             self.events.pulled(principal, repo, found.digest, found.media_type,
                                None if isinstance(reference, Digest) else reference)
-        etag = f'"{found.digest}"'
         if not_modified(_header(request, "If-None-Match"), etag):
             request.setResponseCode(304)
             _set(request, Docker_Content_Digest=found.digest, ETag=etag)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from izreg.http.conditional import not_modified, range_applies
+from izreg.http.conditional import not_modified, precondition_holds, range_applies
 from tests.http.helpers import content_length, digest_of, header, push_blob, push_image, repo
 
 DATA = bytes(range(256)) * 4
@@ -90,3 +90,40 @@ async def test_a_range_under_another_if_range_is_the_whole_blob(server):
     response, body = await server.request("GET", path, headers={"Range": "bytes=5000-", "If-Range": '"other"'})
     assert response.code == 200 and body == DATA
     assert digest == digest_of(DATA)
+
+
+@pytest.mark.parametrize(
+    "value, holds",
+    [
+        (None, True),
+        ("*", True),
+        (TAG, True),
+        (f'"other", {TAG}', True),
+        ("W/" + TAG, False),  # If-Match compares strongly
+        ('"other"', False),
+        (TAG[1:-1], False),
+        ("", False),
+    ],
+)
+def test_if_match(value, holds):
+    assert precondition_holds(value, TAG) is holds
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_if_match_another_digest_is_412(server, method):
+    """A tag fetched only while it still names the manifest the client knows; a blob likewise."""
+    digest, manifest = await push_image(server, NAME, "v2")
+    other = f'"sha256:{"0" * 64}"'
+    response, body = await server.request(method, f"/v2/{NAME}/manifests/v2", headers={"If-Match": other})
+    assert response.code == 412 and header(response, "ETag") == f'"{digest}"'
+    if method == "GET":
+        assert b'"UNSUPPORTED"' in body and b"If-Match" in body
+    for given in (f'"{digest}"', "*", f'{other}, "{digest}"'):
+        response, body = await server.request(method, f"/v2/{NAME}/manifests/v2", headers={"If-Match": given})
+        assert response.code == 200 and body == (manifest if method == "GET" else b""), given
+    blob = await push_blob(server, NAME, DATA)
+    response, _ = await server.request(method, f"/v2/{NAME}/blobs/{blob}", headers={"If-Match": other})
+    assert response.code == 412
+    response, body = await server.request(method, f"/v2/{NAME}/blobs/{blob}", headers={"If-Match": f'"{blob}"'})
+    assert response.code == 200 and body == (DATA if method == "GET" else b"")
