@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
@@ -218,6 +219,27 @@ def _host_error(request, version: bytes) -> RegistryError | None:
     return RegistryError(ErrorCode.REQUEST_INVALID, {"host_headers": len(hosts or ())}, message)
 
 
+#: an absolute-form request target (RFC 9112 3.2.2): scheme, authority, then the rest (path and query)
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://([^/?#]*)(.*)\Z", re.S)
+
+
+def _origin_form(request) -> None:
+    """
+    RFC 9112 3.2.2: a server must accept a request target in absolute form
+    (C{GET http://host/v2/ HTTP/1.1}, what proxies send): its path and query
+    are what is served, and its host replaces the C{Host} header.
+    """
+    channel = request.channel
+    found = _ABSOLUTE_FORM.match(channel._path)
+    if found is None:
+        return
+    authority, rest = found.groups()
+    channel._path = rest if rest.startswith(b"/") else b"/" + rest
+    host = authority.rpartition(b"@")[2]  # no userinfo (deprecated, RFC 9110 4.2.4)
+    if host:
+        request.requestHeaders.setRawHeaders(b"host", [host])
+
+
 class RegistryRequest(server.Request):
     """
     A request whose body sink is chosen by C{site.body_for} once the headers
@@ -259,6 +281,8 @@ class RegistryRequest(server.Request):
             if length != 0:
                 self.refuse(_host_error(self, self.channel._version))
             return
+        _origin_form(self)
+        self.line = (self.channel._command, self.channel._path)
         if self.channel._path == b"*":  # the server as a whole: no route, no body kept (L{process})
             self.content = Dropped()
             if length != 0 and self.channel._command != b"OPTIONS":

@@ -239,3 +239,20 @@ async def test_methods_are_case_sensitive(server, no_tracebacks):
         status, headers, content = await _raw(server, method, path.encode(), body=b"{}" if method == b"put" else b"")
         assert status == 501, (method, path, status, content[:200])
         assert json.loads(content)["errors"][0]["code"] == "UNSUPPORTED", (method, content[:200])
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_targets_are_served(server, no_tracebacks):
+    """RFC 9112 3.2.2: a server must accept "GET http://host/path": the path is served, the target's host is Host."""
+    status, _, body = await _raw(server, b"GET", b"http://registry.example:5000/v2/", b"Host: other.example\r\n")
+    assert (status, body) == (200, b"{}")
+    for target in (f"HTTP://registry.example/v2/{NAME}/tags/list", f"https://user@registry.example/v2/{NAME}/tags/list?n=5"):
+        status, headers, content = await _raw(server, b"GET", target.encode())
+        assert _oci_error(status, headers, content) == "NAME_UNKNOWN", (target, content[:200])  # routed to the name
+    # with a body: routed at the headers, before the body is read, as in origin form
+    status, headers, content = await _raw(server, b"PUT", f"http://registry.example/v2/{NAME}/manifests/v1".encode(),
+                                          body=b"{}")
+    assert _oci_error(status, headers, content) == "MANIFEST_INVALID", content[:200]
+    # the Host rules still hold: an HTTP/1.1 request needs one
+    status, headers, content = await _raw(server, b"GET", b"http://registry.example/v2/", b"")
+    assert status == 400, content[:200]
