@@ -202,11 +202,16 @@ def error_response(error: RegistryError, head: bool = False) -> bytes:
     return data if head else data + body
 
 
-def _host_error(request, version: bytes) -> RegistryError | None:
+def _request_error(request, method: bytes, version: bytes) -> RegistryError | None:
     """
-    RFC 9112 3.2: an HTTP/1.1 request without a Host header, or any request with
-    more than one, is a 400 (the server must not guess which name was meant).
+    What HTTP itself refuses in a request's line and headers, or C{None}.
+    RFC 9112 3.2: an HTTP/1.1 request without a Host header, or any request
+    with more than one, is a 400 (the server must not guess which name was
+    meant). RFC 9110 9.1: methods are case-sensitive, so "get" is no method of
+    ours, 501 (werkzeug would route it as GET).
     """
+    if not method.isupper():
+        return RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": method[:20].decode("latin-1")})
     hosts = request.requestHeaders.getRawHeaders(b"host")
     if hosts is None:
         if version != b"HTTP/1.1":
@@ -276,10 +281,11 @@ class RegistryRequest(server.Request):
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
         self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
-        if _host_error(self, self.channel._version) is not None:  # answered by L{process}, or now if a body comes
+        refused = _request_error(self, self.channel._command, self.channel._version)
+        if refused is not None:  # answered by L{process}, or now if a body comes
             self.content = Dropped()
             if length != 0:
-                self.refuse(_host_error(self, self.channel._version))
+                self.refuse(refused)
             return
         _origin_form(self)
         self.line = (self.channel._command, self.channel._path)
@@ -335,9 +341,9 @@ class RegistryRequest(server.Request):
         if self.request_id == "-":
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        host_error = _host_error(self, self.clientproto)
-        if host_error is not None:
-            self.write(render_error(self, host_error))
+        refused = _request_error(self, self.method, self.clientproto)
+        if refused is not None:
+            self.write(render_error(self, refused))
             self.finish()
             return
         if self.path == b"*":

@@ -41,8 +41,6 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
-from izreg.core.errors import ErrorCode, RegistryError
-
 log = Logger()
 
 #: a path rest the fast path takes: printable ASCII, no space, not starting with "/"
@@ -85,10 +83,6 @@ class RepositoryFastPath(Resource):
         return rest.decode("ascii")
 
     def render(self, request):
-        if not request.method.isupper():
-            # methods are case-sensitive (RFC 9110 9.1): werkzeug would route "get" as GET
-            error = RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": request.method[:20].decode("latin-1")})
-            return self.error(request, Failure(error))
         rest = self.rest_of(request)
         if rest is None:
             return self.klein.render(request)

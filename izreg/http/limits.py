@@ -267,17 +267,25 @@ def sending(transport) -> bool:
     tcp = tcp_under(transport)
     if tcp is None:
         return False
-    if getattr(tcp, "_tempDataLen", 0) or len(getattr(tcp, "dataBuffer", b"")) > getattr(tcp, "offset", 0):
-        return True
+    return _buffered(tcp) > 0 or _socket_queue(tcp, SIOCOUTQNSD) > 0
+
+
+def _buffered(tcp) -> int:
+    """Bytes in the TCP transport's own buffer (Twisted's), not yet handed to the socket."""
+    return getattr(tcp, "_tempDataLen", 0) + len(getattr(tcp, "dataBuffer", b"")) - getattr(tcp, "offset", 0)
+
+
+def _socket_queue(tcp, request) -> int:
+    """The kernel's count C{request} (an ioctl: C{SIOCOUTQNSD}, C{SIOCOUTQ}) of C{tcp}'s socket; 0 without it."""
     sock = getattr(tcp, "socket", None)
-    if sock is None or SIOCOUTQNSD is None:
-        return False
-    queued = array.array("i", [0])
+    if sock is None or request is None:
+        return 0
+    value = array.array("i", [0])
     try:
-        fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, queued)
+        fcntl.ioctl(sock.fileno(), request, value)
     except (OSError, ValueError):
-        return False
-    return queued[0] > 0
+        return 0
+    return value[0]
 
 
 def tcp_under(transport):
@@ -294,7 +302,24 @@ def _exempt(address: str, exempt) -> bool:
     return address in exempt
 
 
-class SlowSenders:
+class _Sweeps:
+    """One timer for all the connections watched (C{watched}): C{_sweep} every C{interval} seconds while any is."""
+
+    clock = interval = None
+    watched: dict
+    _call = None
+
+    def _arm(self) -> None:
+        if self._call is None and self.watched:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class SlowSenders(_Sweeps):
     """
     Closes connections whose request headers take longer than
     C{header_timeout} seconds, or whose body, once C{body_grace} seconds
@@ -331,10 +356,6 @@ class SlowSenders:
     def done(self, channel) -> None:
         self.watched.pop(channel, None)
 
-    def _arm(self) -> None:
-        if self._call is None and self.watched:
-            self._call = self.clock.callLater(self.interval, self._sweep)
-
     def _sweep(self) -> None:
         self._call = None
         now = self.clock.seconds()
@@ -354,11 +375,6 @@ class SlowSenders:
                 channel.too_slow(reason)
         self._arm()
 
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
 
 #: TIOCOUTQ (SIOCOUTQ): bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux)
 SIOCOUTQ = 0x5411 if sys.platform.startswith("linux") else None
@@ -372,26 +388,17 @@ def queued_bytes(transport) -> int:
     tcp = tcp_under(transport)
     if tcp is None:
         return 0
-    queued = getattr(tcp, "_tempDataLen", 0) + len(getattr(tcp, "dataBuffer", b"")) - getattr(tcp, "offset", 0)
-    sock = getattr(tcp, "socket", None)
-    if sock is not None and SIOCOUTQ is not None:
-        value = array.array("i", [0])
-        try:
-            fcntl.ioctl(sock.fileno(), SIOCOUTQ, value)
-            queued += value[0]
-        except (OSError, ValueError):
-            pass
-    return queued
+    return _buffered(tcp) + _socket_queue(tcp, SIOCOUTQ)
 
 
-class SlowReaders:
+class SlowReaders(_Sweeps):
     """
     Closes connections whose client has read nothing of a blob being sent to
     it for C{send_timeout} seconds (as nginx's C{send_timeout}): while a
     response is sent Twisted's idle timeout is off, and a connection in the
     middle of a request is never evicted, so a client that stopped reading
-    held its connection, and over TLS the records sealed for it (up to a
-    read of the blob, ~0.5 MiB), for ever.
+    held its connection, and over TLS the records and state kept for it
+    (~270 KB), for ever.
 
     A sender (L{izreg.http.responses.FileSender}) is watched from its start to
     its end (L{started}, L{done}), with its C{handed} count of bytes given to
@@ -399,8 +406,8 @@ class SlowReaders:
     sender handed more, or fewer bytes wait for its acknowledgment
     (L{queued_bytes}), or nothing waits for it (the sender is waiting on
     its reader, a stream from S3: not the client's doing): a slow reader that
-    makes progress is never cut. One
-    timer for all, every C{interval} seconds while any is watched.
+    makes progress is never cut. One timer for all, every C{interval} seconds
+    while any is watched (L{_Sweeps}).
     """
 
     def __init__(self, clock, send_timeout: float, interval: float = 5.0, queued=queued_bytes) -> None:
@@ -415,8 +422,7 @@ class SlowReaders:
     def started(self, sender, transport) -> None:
         if self.send_timeout:
             self.watched[sender] = [transport, -1, 0, self.clock.seconds()]
-            if self._call is None:
-                self._call = self.clock.callLater(self.interval, self._sweep)
+            self._arm()
 
     def done(self, sender) -> None:
         self.watched.pop(sender, None)
@@ -436,13 +442,7 @@ class SlowReaders:
                 self._log.warn(f"closed a connection from {address}: its client read nothing of a blob for"
                                f" {now - since:.0f} s (connections.send_timeout)")
                 sender.too_slow()
-        if self.watched:
-            self._call = self.clock.callLater(self.interval, self._sweep)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._arm()
 
 
 def raise_open_files_limit(wanted: int) -> None:

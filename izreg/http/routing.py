@@ -184,8 +184,6 @@ class RouteTable:
 
     def _endpoint(self, endpoint: str, method: str) -> Endpoint:
         found = self.repository_routes.get((endpoint, method))
-        if found is None and not method.isupper():  # "get" (RFC 9110 9.1: methods are case-sensitive)
-            raise RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": method[:20]})
         if found is None:
             allowed = ", ".join(m for (e, m) in self.repository_routes if e == endpoint)
             raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": allowed})
