@@ -8,6 +8,7 @@ documents each one. Unknown keys and wrong types are errors (one clear line).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -303,6 +304,17 @@ def _check(name: str, value: Any, kind: type) -> Any:
     return value
 
 
+def _unknown(source: str, name: str, note: str = "") -> ConfigError:
+    """An unknown key's error, with what a typo likely meant (C{server.listne}: C{server.listen})."""
+    sections = sorted({section for section, _ in FIELDS})
+    close = difflib.get_close_matches(name, [f"{section}.{key}" for section, key in FIELDS], n=1, cutoff=0.8)
+    if not close and name.partition(".")[0] not in sections:
+        close = difflib.get_close_matches(name.partition(".")[0], sections, n=1, cutoff=0.8)
+        close = [f"[{close[0]}]"] if close else []
+    hint = f"did you mean {close[0]}? " if close and close[0] != name else ""
+    return ConfigError(f"{source}: unknown config key {name!r} ({note}{hint}etc/izreg.toml lists every key)")
+
+
 def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
     """TOML text -> Config field values (validated)."""
     try:
@@ -313,14 +325,14 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
     tables = [(section, table) for section, table in document.items()]
     for section, table in tables:
         if not isinstance(table, dict):
-            raise ConfigError(f"{source}: unknown config key {section!r} (expected a [section])")
+            raise _unknown(source, section, "keys go in a [section]; ")
         for key, value in table.items():
             if isinstance(value, dict):  # a sub-table such as [storage.s3]
                 tables.append((f"{section}.{key}", value))
                 continue
             spec = FIELDS.get((section, key))
             if spec is None:
-                raise ConfigError(f"{source}: unknown config key '{section}.{key}'")
+                raise _unknown(source, f"{section}.{key}")
             values[spec[0]] = _check(f"{source}: {section}.{key}", value, spec[1])
     return values
 

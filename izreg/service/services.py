@@ -13,6 +13,7 @@ L{izreg.tap.make_server}.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 
@@ -112,6 +113,8 @@ class RegistryService(service.MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
+            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
+                message += " (another process listens there, another izreg perhaps: stop it or choose a free port)"
             self.log.error("{message}", message=message)
             raise StartupError(message) from None
 

@@ -59,6 +59,24 @@ def test_bad_files_say_what_is_wrong(text, message):
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nlistne = 1\n", "unknown config key 'server.listne' (did you mean server.listen? etc/izreg.toml"),
+        ("[connection]\nsend_timeout = 60\n", "(did you mean connections.send_timeout? "),
+        ("[servr]\nlisten = ['x']\n", "(did you mean server.listen? "),
+        ("[connection]\nx = 1\n", "'connection.x' (did you mean [connections]? "),
+        ("[storage.s3]\nbuckt = 'b'\n", "(did you mean storage.s3.bucket? "),
+        ("[server]\nfoo = 1\n", "unknown config key 'server.foo' (etc/izreg.toml lists every key)"),
+        ("server = 1\n", "unknown config key 'server' (keys go in a [section]; etc/izreg.toml lists every key)"),
+    ],
+)
+def test_a_mistyped_key_is_told_the_key_it_likely_meant(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_toml(text, "f.toml")
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         ({"tls_listen": ("tcp:5443",)}, "--tls-listen needs --tls-cert and --tls-key"),

@@ -139,6 +139,10 @@ async def test_batched_pulls_and_last_used_stamps_are_written_on_the_writer_thre
         await top.stopService()
 
 
+#: what a port in use is told besides the socket error
+IN_USE = " (another process listens there, another izreg perhaps: stop it or choose a free port)"
+
+
 @pytest.fixture
 def taken_port():
     """A loopback port something else listens on."""
@@ -156,6 +160,7 @@ def test_a_port_in_use_stops_start_up(tmp_path, taken_port):
     with pytest.raises(StartupError) as e:
         top.privilegedStartService()
     assert str(e.value).startswith(f"cannot listen on 127.0.0.1:{taken_port}: ")
+    assert str(e.value).endswith(IN_USE)
     assert "\n" not in str(e.value)
 
 
@@ -169,7 +174,7 @@ def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, take
         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use"]
+    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + IN_USE]
     assert not (tmp_path / "pid").exists() and not (tmp_path / "d").exists()
     assert "cannot listen" in (tmp_path / "log").read_text()
 
@@ -192,7 +197,7 @@ def test_a_start_up_error_logged_to_the_terminal_is_not_printed_twice(tmp_path, 
     assert len(said) == (1 if together else 2), said
     assert "Traceback" not in done.stdout + (done.stderr or "")
     if not together:
-        assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use"]
+        assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + IN_USE]
 
 
 def test_options_create_no_data_dir(tmp_path):
