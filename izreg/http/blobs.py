@@ -59,6 +59,7 @@ class BlobRoutes(Handlers):
         repo = route.repository
         await self.registry.delete_blob(repo, Digest.parse(route.argument), _who(request, principal))
         request.setResponseCode(202)
+        _set(request, Content_Length=0)  # no body: not an empty chunked one
         return b""
 
 

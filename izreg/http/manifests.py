@@ -60,6 +60,7 @@ class ManifestRoutes(Handlers):
         self.registry.check_delete()  # disabled: 405, whatever the conditional headers say
         await self.registry.delete_manifest(repo, reference, _who(request, principal), force, _write_precondition(request))
         request.setResponseCode(202)
+        _set(request, Content_Length=0)  # no body: not an empty chunked one
         return b""
 
 

@@ -199,9 +199,10 @@ async def test_empty_blob(server):
 @pytest_twisted.ensureDeferred
 async def test_delete_blob_then_404(server):
     digest = await push_blob(server, NAME, DATA)
-    response, _ = await server.request("DELETE", f"/v2/{NAME}/blobs/{digest}")
+    response, body = await server.request("DELETE", f"/v2/{NAME}/blobs/{digest}")
     assert response.code == 202
     assert header(response, "Docker-Distribution-API-Version") == API_VERSION
+    assert (body, content_length(response), header(response, "Content-Type")) == (b"", "0", None)
     status, code, _ = await server.error("GET", f"/v2/{NAME}/blobs/{digest}")
     assert (status, code) == (404, "BLOB_UNKNOWN")
     status, code, _ = await server.error("DELETE", f"/v2/{NAME}/blobs/{digest}")

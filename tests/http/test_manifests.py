@@ -506,6 +506,8 @@ async def test_delete_by_tag_removes_only_the_tag(server):
     assert response.code == 201
     response, body = await server.request("DELETE", f"/v2/{NAME}/manifests/one")
     assert response.code == 202
+    # no body, said so (not an empty chunked text/html one)
+    assert (body, content_length(response), header(response, "Content-Type")) == (b"", "0", None)
     status, code, _ = await server.error("GET", f"/v2/{NAME}/manifests/one")
     assert (status, code) == (404, "MANIFEST_UNKNOWN")
     await assert_manifest(server, NAME, "two", data, OCI_MANIFEST)
