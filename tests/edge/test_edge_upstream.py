@@ -270,6 +270,11 @@ def test_absolute_form_targets_are_served(setup):
     status, headers, body = raw(edge, f"PUT http://containers.local/v2/{REPO}/manifests/v1 HTTP/1.1\r\n".encode()
                                 + b"Host: containers.local\r\nContent-Length: 2\r\n" + close + b"{}")
     assert (status, oci_error(status, headers, body)) == (405, "UNSUPPORTED")
+    # RFC 9110 4.2.1: an empty host is no host (the Host header does not stand in)
+    for target in (b"http:///v2/", f"http://user@/v2/{REPO}/blobs/{d}".encode()):
+        status, headers, body = raw(edge, b"GET " + target + b" HTTP/1.1\r\nHost: containers.local\r\n" + close)
+        assert (status, oci_error(status, headers, body)) == (400, "UNSUPPORTED"), body[:200]
+    assert upstream.gets(f"/v2/{REPO}/blobs/{d}") == 1
 
 
 @pytest.mark.parametrize("target", [b"/v2/", b"http://containers.local:8080/v2/", b"/v2/%s/blobs/sha256:%s"])
