@@ -309,3 +309,33 @@ def test_lowercase_methods_in_absolute_form_are_not_implemented(setup):
         assert (status, oci_error(status, headers, body)) == (501, "UNSUPPORTED"), (method, body[:200])
     assert len(upstream.requests) == asked
 
+
+def test_the_edge_pulls_with_twisteds_own_pool_factory(setup, tmp_path, monkeypatch):
+    """
+    IZREG_STOCK_TWISTED=1 (what a Twisted without the internals izreg.edge.pool checks gets): said once at start,
+    and the edge pulls the same through Twisted's own connection pool factory.
+    """
+    from izreg.http.internals import STOCK_ENV
+
+    upstream, edge = setup
+    data = os.urandom(300_000)
+    d = digest(data)
+    upstream.blobs[d] = data
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI, "layers": [], "n": secrets.token_hex(4)}).encode()
+    upstream.manifests[digest(manifest)] = manifest
+    monkeypatch.setenv(STOCK_ENV, "1")  # the edge inherits the environment
+    stock = EdgeProcess(str(tmp_path / "cache"), upstream.url, edge.certs, log_path=str(tmp_path / "edge.log"))
+    try:
+        stock.start()
+        stock.wait_for_log(rf"the edge's upstream connections: Twisted's stock _HTTP11ClientFactory \({STOCK_ENV}",
+                           since=0)
+        for _ in range(2):  # a miss, then a hit
+            assert fetch(stock, f"/v2/{REPO}/blobs/{d}") == (200, data, True)
+            assert fetch(stock, f"/v2/{REPO}/manifests/{digest(manifest)}") == (200, manifest, True)
+        assert upstream.gets(f"/blobs/{d}") == 1
+        assert "Starting factory _HTTP11ClientFactory" in stock.log_text()  # Twisted's, per upstream connection
+    finally:
+        stock.close()
+    # the edge on izreg's factory: no word of it, and no such line
+    assert fetch(edge, f"/v2/{REPO}/blobs/{d}")[0] == 200
+    assert "upstream connections" not in edge.log_text() and "_HTTP11ClientFactory" not in edge.log_text()
