@@ -98,7 +98,7 @@ def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
         tls = kind == "tls"
         pid = server.tls_pid if tls else server.pid
         reps = max(1, (256 * MiB) // (size * clients))
-        place = placement() if kind == "pull" and clients == 1 else None  # as bench/run.py's one-client pulls
+        place = placement() if clients == 1 else None  # as bench/run.py's one-client pulls
         cpu0 = cpu_seconds(pid)
         with pinned(pid, place and place[0]):
             res = load(server, "GET", f"/v2/{server.repo}/blobs/{blobs[size].digest}", clients, clients * reps, 0,

@@ -39,7 +39,8 @@ def test_smoke_run_of_every_mode(tmp_path):
     # the largest blob once more from the disk: both servers' files of it found and dropped from the page cache
     assert "| 1 MiB, 1 client, from the disk" in text
     if len(os.sched_getaffinity(0)) > 1:  # the one-client pulls ran pinned, and the report says how
-        assert "The one-client rows run the server (every thread) on one CPU and the client on the other" in text
+        assert "run the server (every thread) on one CPU and the client on the other" in text
+        assert "The one-client rows run the server on one CPU and the client on the other, as in the pull table." in text
     assert "20 of 20 idle connections answered afterwards" in proc.stderr
     # resumption: the second handshake of each client process resumed its session, on both servers
     resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
