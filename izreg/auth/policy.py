@@ -114,7 +114,10 @@ def authorize(principal: Principal, repository: Repository, action: Action) -> N
         raise RegistryError(
             ErrorCode.DENIED,
             {"name": repository.name, "action": action.value},
-            "devices may only pull" if principal.kind == "device" else "this access key is read-only",
+            # what to use instead: docker prints the message only
+            "devices may only pull: push and delete with an access key (docker login -u KEY)"
+            if principal.kind == "device" else
+            "this access key is read-only: push and delete with a read-write key (izreg key create without --read-only)",
         )
     if principal.scopes is not None and not token_grants(principal.scopes, repository.name, action):
         raise RegistryError(

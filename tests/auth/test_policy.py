@@ -51,6 +51,21 @@ def test_authorize(principal, repository, action, expected):
         assert e.value.detail["scope"] == f"repository:{repository.name}:{action.value}"
 
 
+@pytest.mark.parametrize(
+    "principal, message",
+    [
+        (DEVICE, "devices may only pull: push and delete with an access key (docker login -u KEY)"),
+        (READ_ONLY, "this access key is read-only: push and delete with a read-write key "
+                    "(izreg key create without --read-only)"),
+    ],
+)
+@pytest.mark.parametrize("action", [Action.PUSH, Action.DELETE])
+def test_a_pull_only_caller_refused_a_write_is_told_what_may_write(principal, message, action):
+    with pytest.raises(RegistryError) as e:
+        policy.authorize(principal, REPO, action)
+    assert (e.value.code, e.value.message) == (ErrorCode.DENIED, message)
+
+
 @pytest.mark.parametrize("principal", [KEY, READ_ONLY, DEVICE, TOKEN_PULL])
 def test_another_accounts_repository_is_denied_with_the_callers_account(principal):
     # docker prints only the message: a mistyped account id must be seen in it
