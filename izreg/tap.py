@@ -126,13 +126,28 @@ def _check_data_dir(path: str, init: bool = False) -> None:
         if not os.path.isdir(path):
             raise SystemExit(f"izreg: the data directory {path} is not a directory")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise SystemExit(f"izreg: the data directory {path} is not writable")
+            raise SystemExit(f"izreg: the data directory {path} is not writable{_writable_hint(path)}")
         return
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"izreg: cannot create the data directory {path}: {parent} is not a writable directory")
+        raise SystemExit(f"izreg: cannot create the data directory {path}: {parent} is not a writable directory"
+                         f"{_writable_hint(parent)}")
+
+
+def _writable_hint(path: str) -> str:
+    """What to do about a directory this process may not write: a read-only mount, or who it runs as; the way out."""
+    import pwd
+
+    if os.path.isdir(path) and os.statvfs(path).f_flag & os.ST_RDONLY:
+        return " (a read-only file system): choose another --data-dir"
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return f" by {user} (uid {uid}): let that user write it, or choose another --data-dir"
 
 
 class Options(usage.Options):
