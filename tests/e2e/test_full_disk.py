@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.helpers.ociclient import OCIClient, expect, sha256_digest
 from tests.helpers.server import RegistryProcess
+from tests.helpers.tmpfs import tmpfs
 from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -26,15 +25,8 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    can_mount = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode == 0
-    require_tool(can_mount, "root and mount -t tmpfs (to fill a file system)")
-    try:
+    with tmpfs(tmp_path / "disk", "size=24m", "to fill a file system") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def fill(path) -> None:

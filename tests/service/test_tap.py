@@ -76,21 +76,14 @@ def test_unwritable_data_dir_is_one_line(tmp_path):
 
 @pytest.mark.e2e  # mounts a file system
 def test_a_data_dir_on_a_read_only_mount_says_so(tmp_path):
-    from tests.conftest import require_tool
+    from tests.helpers.tmpfs import tmpfs
 
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    can_mount = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True).returncode == 0
-    require_tool(can_mount, "root and mount -t tmpfs (a read-only file system)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m", "a read-only file system") as mount:
         for argv, said in [((str(mount),), f"the data directory {mount} is not writable"),
                            ((str(mount / "new"), "--init"), f"{mount} is not a writable directory")]:
             with pytest.raises(SystemExit) as e:
                 parse("server", "--data-dir", *argv)
             assert str(e.value.code).endswith(f"{said} (a read-only file system): choose another --data-dir")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_subcommand_is_required():
