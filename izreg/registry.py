@@ -177,7 +177,7 @@ class Registry(UploadSessions):
                 del self._held[next(iter(self._held))]
 
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
-        self._check_delete()
+        self.check_delete()
         entry = _audit_entry("delete-blob", repo, f"{repo}@{digest}", who)
         if not await self.run_write(self._audited, entry, self.index.unlink_blob, repo.name, digest):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -197,7 +197,8 @@ class Registry(UploadSessions):
                 self.log.failure("queueing webhook events failed")
         return done
 
-    def _check_delete(self) -> None:
+    def check_delete(self) -> None:
+        """405 UNSUPPORTED when deletes are disabled (C{[limits] delete_enabled})."""
         if not self.limits.delete_enabled:
             raise RegistryError(ErrorCode.UNSUPPORTED, {"reason": "deletes are disabled on this registry"})
 
@@ -332,7 +333,7 @@ class Registry(UploadSessions):
         must name (412 before the 409; for a tag checked again in the delete's
         transaction); a reference that names nothing stays a 404.
         """
-        self._check_delete()
+        self.check_delete()
         if isinstance(reference, Digest):
             target, action = f"{repo}@{reference}", "delete-manifest"
             doomed = await self._read(self.index.deletion, repo.name, reference)
