@@ -667,6 +667,13 @@ class RegistryChannel(http.HTTPChannel):
             self._held = False
             self.paused = False
             self.dataReceived(b"")
+            self._close_after_half_close()
+
+    def _close_after_half_close(self) -> None:
+        """After the client's half-close, close once no request is in progress or held: no other can come."""
+        if self._read_closed and not self._handlingRequest and not self._held and self.transport is not None \
+                and not self.transport.disconnecting:
+            self.transport.loseConnection()
 
     def requestDone(self, request) -> None:
         self._in_request = False  # (set again if a pipelined request's headers are all in: super() reads them)
@@ -680,9 +687,7 @@ class RegistryChannel(http.HTTPChannel):
             self.paused = True  # LineReceiver's loop stops at this line; what follows stays in its buffer
             self._networkProducer.pauseProducing()
         super().requestDone(request)
-        if self._read_closed and not self._handlingRequest and self.transport is not None \
-                and not self.transport.disconnecting:
-            self.transport.loseConnection()  # no request can come after a half-close
+        self._close_after_half_close()
         idle = self.idle
         if idle is None or self._in_request:
             return  # (a pipelined request's headers are in: its tier is set)

@@ -412,13 +412,15 @@ def _channels(server):
             if channel.transport is not None]
 
 
+@pytest.mark.parametrize("half_close", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secured):
+async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secured, half_close):
     """
     A client that pipelines requests (anyone: GET /healthz) and reads none of the answers: the server stops
     reading them once its send buffer is full, so what it holds for the client stays bounded. It answered every
     request it had read (the rest of a read, up to 64 KiB, then more answers) into memory: one connection that
-    sent 40 MB of requests held 590 MB. The requests held are answered, in order, once the client reads.
+    sent 40 MB of requests held 590 MB. The requests held are answered, in order, once the client reads; after
+    a half-close too, and then the connection is closed.
     """
     from izreg.http.limits import _buffered, tcp_under
 
@@ -428,7 +430,13 @@ async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secure
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.connect(("127.0.0.1", port))
     client.settimeout(30)
-    sending = deferToThread(client.sendall, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
+
+    def send() -> None:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
+        if half_close:  # all sent: the answers are still read, then the server closes
+            client.shutdown(socket.SHUT_WR)
+
+    sending = deferToThread(send)
 
     def held() -> int | None:
         """Bytes of answers the server holds for the client, once it has stopped (or 1 MiB past the bound)."""
@@ -448,6 +456,10 @@ async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secure
                 data = client.recv(1 << 20)
                 assert data, "the server closed"
                 received += data
+            if half_close:
+                while data:
+                    data = client.recv(1 << 20)
+                    received += data  # nothing more, then the end
             return received.count(b"HTTP/1.1 200 OK")
 
         assert await deferToThread(read_all) == count
