@@ -322,6 +322,21 @@ def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] 
     return parser
 
 
+#: a reader that went away (``izreg images ... | head``): the status of a command that SIGPIPE ends
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _discard(stdout: TextIO) -> None:
+    """Send what is left of C{stdout}'s buffer, and all later output, nowhere (Python flushes it at exit)."""
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -332,7 +347,8 @@ def main(
     context_class: Callable[..., Context] = Context,
 ) -> int:
     """
-    Run the command; return the exit status (0, or 2 on any error).
+    Run the command; return the exit status (0, 2 on any error, 141 when the reader of its
+    output went away).
 
     @param context_class: makes the handlers' L{Context} (a subclass opens other stores).
     """
@@ -351,7 +367,13 @@ def main(
         return EXIT_ERROR
     context = context_class(config.data_dir, now, stdout, stderr, config)
     try:
-        return args.handler(args, context)
+        code = args.handler(args, context)
+        stdout.flush()  # a reader gone (| head) is seen here, not as an error while Python exits
+        return code
+    except BrokenPipeError:
+        # the reader went away (izreg images ... | head): quiet and 141, as a command that SIGPIPE ends
+        _discard(stdout)
+        return EXIT_BROKEN_PIPE
     except Exception as e:  # the convention (izreg.commands): one line on stderr, exit 2, never a traceback
         print(f"izreg: error: {one_line(e)}", file=stderr)
     finally:

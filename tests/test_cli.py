@@ -192,6 +192,35 @@ def test_another_module_can_add_a_group(capsys, tmp_path):
     assert (code, out) == (0, "plugin!\n")
 
 
+class ReaderGone(io.StringIO):
+    """A pipe whose reader went away (| head)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_gone_is_quiet(tmp_path, account):
+    stderr = io.StringIO()
+    code = cli.main(["--data-dir", str(tmp_path), "account", "list"], environ={}, stdout=ReaderGone(), stderr=stderr)
+    assert (code, stderr.getvalue()) == (141, "")
+
+
+@pytest.mark.e2e  # a real izreg process
+def test_a_real_process_whose_reader_went_away_is_quiet(tmp_path, account):
+    """``izreg images ACCOUNT --json | head -c 100`` printed "izreg: error: [Errno 32] Broken pipe"."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "izreg.cli", "--data-dir", str(tmp_path), "images", account, "--json"],
+            env={**os.environ, "PYTHONPATH": root}, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 @pytest.mark.e2e  # a real izreg process
 def test_real_process_while_the_server_holds_the_environment_open(tmp_path):
     """The console module as its own process, next to an open environment (the running server)."""
