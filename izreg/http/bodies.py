@@ -638,7 +638,7 @@ class RegistryChannel(http.HTTPChannel):
             return
         if self._handlingRequest and not self._refused:
             return  # answered, then closed (L{requestDone})
-        self.transport.loseConnection()
+        self.loseConnection()  # (the channel's: its producer off the transport first, or TLS waits to shut down)
 
     def writeConnectionLost(self) -> None:
         pass  # the server never half-closes
@@ -648,7 +648,7 @@ class RegistryChannel(http.HTTPChannel):
         super().requestDone(request)
         if self._read_closed and not self._handlingRequest and self.transport is not None \
                 and not self.transport.disconnecting:
-            self.transport.loseConnection()  # no request can come after a half-close
+            self.loseConnection()  # no request can come after a half-close
         idle = self.idle
         if idle is None or self._in_request:
             return  # (a pipelined request's headers are in: its tier is set)

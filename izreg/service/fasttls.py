@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError
 from twisted.internet import tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 try:
     from twisted.protocols.tls import BufferingTLSTransport
@@ -75,8 +76,13 @@ GROWN = 2**14 + 256
 MODE_ENABLE_PARTIAL_WRITE = 0x1
 
 
+@implementer(IHalfCloseableProtocol)
 class FastTLSTransport(BufferingTLSTransport):
-    """L{BufferingTLSTransport} that seals and flushes large writes in one step each."""
+    """
+    L{BufferingTLSTransport} that seals and flushes large writes in one step
+    each, and passes a client's half-close on to the protocol it wraps
+    (L{readConnectionLost}).
+    """
 
     #: the verified client certificate, once L{izreg.http.peercert.peer_certificate} has read it
     peerCertificate = None
@@ -94,6 +100,8 @@ class FastTLSTransport(BufferingTLSTransport):
     _heldRecords = False
     #: the send BIO has held more than a record since it was last replaced (L{releaseBuffers})
     _bioGrown = False
+    #: the client closed its side of the TCP connection (L{readConnectionLost})
+    _readClosed = False
 
     def makeConnection(self, transport):
         """
@@ -121,6 +129,38 @@ class FastTLSTransport(BufferingTLSTransport):
         super()._checkHandshakeStatus()
         if self._handshakeDone and not done:
             self.factory.handshakeCompleted()
+
+    def readConnectionLost(self):
+        """
+        The client closed its side of the TCP connection (a FIN without a
+        close_notify before it: after one, Twisted's TLS protocol has already
+        ended the connection). Twisted's TLS protocol is not
+        half-closeable, so the TCP transport ended the whole connection, and
+        a device that half-closed after its request lost the rest of its
+        response, though plain HTTP answers it in full (L{izreg.http.bodies}).
+        Now the protocol wrapped is told, as on plain TCP: a request already
+        whole is answered, then the connection closed (as nginx and Go's
+        net/http do; RFC 8446 6.1: a closure alert does not close the read
+        side; a FIN without one only means no more can come, and an HTTP
+        request carries its own length). Before the handshake is done, or
+        under a protocol that is not half-closeable, the connection is closed
+        (after what is already written).
+        """
+        self._readClosed = True
+        wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if wrapped is None or not self._handshakeDone or self._lostTLSConnection:
+            self.transport.loseConnection()
+            return
+        wrapped.readConnectionLost()
+
+    def writeConnectionLost(self):
+        pass  # the server never half-closes
+
+    def _shutdownTLS(self):
+        super()._shutdownTLS()
+        if self._readClosed and self.transport.connected and not self.transport.disconnecting:
+            # Twisted waits for the client's close_notify, which cannot come any more: close now
+            self.transport.loseConnection()
 
     def loseConnection(self):
         """
