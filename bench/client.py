@@ -4,6 +4,7 @@
 import hashlib
 import http.client
 import multiprocessing as mp
+import os
 import shutil
 import socket
 import ssl
@@ -232,6 +233,8 @@ class RawClient:
 
 def _worker(spec: dict, barrier, results) -> None:
     """Run C{spec["count"]} requests on one connection after the barrier; report timings."""
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, spec["cpus"])
     client = RawClient(spec["host"], spec["port"], spec.get("tls"))
     raw = _raw_request(spec["method"], spec["host"], spec["port"], spec["path"], spec["headers"])
     head = spec["method"] == "HEAD"
@@ -332,16 +335,17 @@ def summarize(got: list[dict]) -> dict:
 
 
 def load(server: Server, method: str, path: str, clients: int, count: int, warmup: int,
-         extra_headers: dict[str, str] | None = None, tls: bool = False) -> dict:
+         extra_headers: dict[str, str] | None = None, tls: bool = False, cpus: set[int] | None = None) -> dict:
     """
     C{clients} processes share C{count} requests (keep-alive); aggregate figures.
     With C{tls}, over the server's TLS listener (izreg: as a device, by its certificate).
+    With C{cpus}, the client processes run on those CPUs only.
     """
     headers = dict(server.tls_headers if tls else server.headers, **(extra_headers or {}))
     per = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     specs = [{"host": server.host, "port": server.tls_port if tls else server.port, "method": method,
               "path": path, "headers": headers, "count": n, "warmup": warmup,
-              "tls": server.tls_client if tls else None} for n in per]
+              "tls": server.tls_client if tls else None, "cpus": cpus} for n in per]
     try:
         return summarize(run_workers(_worker, specs))
     except RuntimeError as e:

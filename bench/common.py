@@ -170,3 +170,50 @@ def evict(directory: str, blob: "Blob") -> int:
 
 def size_label(size: int) -> str:
     return f"{size // MiB} MiB"
+
+
+# --------------------------------------------------------------------------------------
+# CPU placement
+# --------------------------------------------------------------------------------------
+
+
+def placement() -> tuple[set[int], set[int]] | None:
+    """
+    (the server's CPUs, the client's CPUs) for the one-client blob pulls: the
+    first CPU this process may run on for the server, the others for the
+    client; C{None} on a single CPU. On two CPUs, an unpinned server and
+    client land on one CPU or on two at the scheduler's whim, a whole round
+    at a time, and a one-client pull runs at twice the speed in one case as
+    in the other (docs/benchmark.md); pinned, both servers meet the same
+    placement, which is the one of a client on another machine.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _set_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of C{pid} to C{cpus} (threads started later inherit it from their creator)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
+@contextlib.contextmanager
+def pinned(pid: int, cpus: set[int] | None):
+    """Run the server C{pid} (all its threads) on C{cpus} during the block (nothing if C{None}); then on every CPU again."""
+    if cpus is None:
+        yield
+        return
+    everywhere = os.sched_getaffinity(0)
+    _set_threads(pid, cpus)
+    try:
+        yield
+    finally:
+        try:
+            _set_threads(pid, everywhere)
+        except FileNotFoundError:  # the server is gone
+            pass

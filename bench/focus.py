@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import servers  # noqa: E402
 from bench.client import get_verify, handshakes, load, push_concurrent, push_monolithic, push_small, put_manifest  # noqa: E402
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, MiB, Blob, cpu_seconds  # noqa: E402
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, MiB, Blob, cpu_seconds, pinned, placement  # noqa: E402
 from bench.servers import Distribution, Izreg  # noqa: E402
 
 
@@ -98,9 +98,11 @@ def measure(server, figure: str, blobs: dict) -> tuple[float, float]:
         tls = kind == "tls"
         pid = server.tls_pid if tls else server.pid
         reps = max(1, (256 * MiB) // (size * clients))
+        place = placement() if clients == 1 else None  # as bench/run.py's one-client pulls
         cpu0 = cpu_seconds(pid)
-        res = load(server, "GET", f"/v2/{server.repo}/blobs/{blobs[size].digest}", clients, clients * reps, 0,
-                   tls=tls)
+        with pinned(pid, place and place[0]):
+            res = load(server, "GET", f"/v2/{server.repo}/blobs/{blobs[size].digest}", clients, clients * reps, 0,
+                       tls=tls, cpus=place and place[1])
     else:
         m = re.fullmatch(r"push(\d+)_(monolithic|streamed)_(\d+)", figure)
         if not m:

@@ -37,7 +37,7 @@ from bench.client import (
     put_manifest,
     run_workers,
 )
-from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, size_label
+from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, pinned, placement, size_label
 from bench.servers import Izreg, Server
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -64,9 +64,12 @@ def run_tls_pulls(server: Server, p: dict, blobs: dict, log) -> dict:
         path = f"/v2/{server.repo}/blobs/{blob.digest}"
         for clients in (1, 4):
             reps = p["tls_reps"][size]
+            place = placement() if p.get("pin") and clients == 1 else None  # as the base run's one-client pulls
             for kind, tls in (("tls", True), ("plain", False)):
-                with PeakRSS(server.tls_pid if tls else server.pid) as m:
-                    res = load(server, "GET", path, clients, clients * reps, warmup=0, tls=tls)
+                pid = server.tls_pid if tls else server.pid
+                with pinned(pid, place and place[0]), PeakRSS(pid) as m:
+                    res = load(server, "GET", path, clients, clients * reps, warmup=0, tls=tls,
+                               cpus=place and place[1])
                 if res["bytes"] != size * clients * reps:
                     raise RuntimeError(f"{server.name}: {kind} pull gave {res['bytes']} bytes")
                 r[f"{kind}{clients}_{size}"] = res["bytes"] / res["wall"] / MB
@@ -82,7 +85,9 @@ def report_tls_pulls(p: dict, iz: dict, di: dict) -> list[str]:
          "server certificate only (it cannot tie a client certificate to an account). Negotiated: izreg "
          f"{iz.get('cipher', '?')}, distribution {di.get('cipher', '?')}; the client is Python's ssl module in forked "
          "processes, one keep-alive connection each. "
-         "The plain rows are the same GETs over plain HTTP in the same run.", "",
+         "The plain rows are the same GETs over plain HTTP in the same run."
+         + (" The one-client rows run the server on one CPU and the client on the other, as in the pull table."
+            if p.get("pin") else ""), "",
          "| blob, clients | izreg TLS MB/s | distribution TLS MB/s | ratio | izreg plain MB/s | distribution plain MB/s "
          "| plain ratio | izreg TLS / izreg plain | izreg TLS CPU s/GB | distribution TLS CPU s/GB |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -121,6 +121,13 @@ def base_sections(L, p, iz, di, row, row2, cpu_head) -> None:
     L.append("Each blob is read once (its digest checked) before its timed pulls, so both servers serve those from "
              "the page cache; the last row drops both servers' file of the largest blob from the page cache "
              "first (`fsync` + `POSIX_FADV_DONTNEED`), so both read the disk.")
+    if p.get("pin"):
+        L.append("")
+        L.append("The one-client rows (here and in the TLS table) run the server (every thread) on one CPU and "
+                 "the client on the other (`taskset`-like `sched_setaffinity`, both servers alike), as with a client "
+                 "on another machine: left to the scheduler, a server and its one client share a CPU or not for a "
+                 "whole round, and the same pull runs twice as fast in one case as in the other "
+                 "(docs/benchmark.md, ninth pass). The rows of several clients are not pinned.")
     L.append("")
     L.append(f"## Small requests (8 keep-alive connections, {p['small_count']} requests, "
              "8 forked Python client processes)\n")

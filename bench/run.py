@@ -70,7 +70,10 @@ from bench.client import (  # noqa: E402
     put_manifest,
     wrk_get,
 )
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, evict, size_label  # noqa: E402
+from bench.common import (  # noqa: E402
+    MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, evict, pinned, placement,
+    size_label,
+)
 from bench.modes import (  # noqa: E402
     SOAK_CONFIG,
     index_stats_of,
@@ -136,6 +139,7 @@ def plan(kind: str) -> dict:
         "idle_conns": 1000,
         "idle_clients": 32,
         "idle_count": 6400,
+        "pin": True,  # one-client blob pulls: the server on one CPU, the client on the other (bench.common.placement)
     }
     if kind == "quick":
         return dict(full, sizes=[1 * MiB, 64 * MiB], push_reps={1 * MiB: 5, 64 * MiB: 1},
@@ -212,8 +216,9 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
                 path = f"/v2/{server.repo}/blobs/{blob.digest}"
                 for clients, reps_key in ((1, "pull1_reps"), (8, "pull8_reps")):
                     reps = p[reps_key][size]
-                    with PeakRSS(server.pid) as m:
-                        res = load(server, "GET", path, clients, clients * reps, warmup=0)
+                    place = placement() if p["pin"] and clients == 1 else None
+                    with pinned(server.pid, place and place[0]), PeakRSS(server.pid) as m:
+                        res = load(server, "GET", path, clients, clients * reps, warmup=0, cpus=place and place[1])
                     if res["bytes"] != size * clients * reps:
                         raise RuntimeError(f"{server.name}: pulled {res['bytes']} bytes, expected {size * clients * reps}")
                     r[f"pull{clients}_{size}"] = res["bytes"] / res["wall"] / MB
@@ -227,8 +232,9 @@ def run_server(server: Server, p: dict, log, modes: tuple[str, ...] = ("base", *
             blob = pulled[largest]
             if not evict(server.data, blob):
                 raise RuntimeError(f"{server.name}: no file of {blob.digest} under {server.data}")
-            with PeakRSS(server.pid) as m:
-                res = load(server, "GET", f"/v2/{server.repo}/blobs/{blob.digest}", 1, 1, warmup=0)
+            place = placement() if p["pin"] else None
+            with pinned(server.pid, place and place[0]), PeakRSS(server.pid) as m:
+                res = load(server, "GET", f"/v2/{server.repo}/blobs/{blob.digest}", 1, 1, warmup=0, cpus=place and place[1])
             r[f"pull1cold_{largest}"] = res["bytes"] / res["wall"] / MB
             r[f"cpu_pull1cold_{largest}"] = m.cpu / (res["bytes"] / 1e9)
             log(f"  {server.name}: pull x1 {size_label(largest):>7}, from the disk: {r[f'pull1cold_{largest}']:8.1f} MB/s")

@@ -25,6 +25,7 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import EMPTY_JSON, EMPTY_JSON_DIGEST, Manifest, parse_manifest
 from izreg.core.names import Reference, Repository
+from izreg.core.preconditions import Precondition, check
 from izreg.inuse import InUse
 from izreg.storage.audit import AuditLog
 from izreg.storage.interfaces import IBlobStore, IMetadataIndex, IUploadStore
@@ -176,7 +177,7 @@ class Registry(UploadSessions):
                 del self._held[next(iter(self._held))]
 
     async def delete_blob(self, repo: Repository, digest: Digest, who: Actor = None) -> None:
-        self._check_delete()
+        self.check_delete()
         entry = _audit_entry("delete-blob", repo, f"{repo}@{digest}", who)
         if not await self.run_write(self._audited, entry, self.index.unlink_blob, repo.name, digest):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(digest)})
@@ -196,14 +197,20 @@ class Registry(UploadSessions):
                 self.log.failure("queueing webhook events failed")
         return done
 
-    def _check_delete(self) -> None:
+    def check_delete(self) -> None:
+        """405 UNSUPPORTED when deletes are disabled (C{[limits] delete_enabled})."""
         if not self.limits.delete_enabled:
             raise RegistryError(ErrorCode.UNSUPPORTED, {"reason": "deletes are disabled on this registry"})
 
     # -- manifests -------------------------------------------------------------
 
     async def put_manifest(self, repo: Repository, reference: Reference, data: bytes, content_type: str | None,
-                           who: Actor = None) -> tuple[Digest, Manifest]:
+                           who: Actor = None, expect: Precondition | None = None) -> tuple[Digest, Manifest]:
+        """
+        Store a manifest (and move its tag). C{expect}: what the reference must
+        name now, checked in the write transaction that stores it (412, nothing
+        written); an audit record only for what was stored.
+        """
         if len(data) > self.limits.max_manifest_size:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": len(data), "limit": self.limits.max_manifest_size}, "manifest too large")
         algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
@@ -216,6 +223,8 @@ class Registry(UploadSessions):
         tag = None if isinstance(reference, Digest) else reference
         config = manifest.config
         if config is not None and config.digest == EMPTY_JSON_DIGEST and config.size == len(EMPTY_JSON):
+            if expect is not None:  # a refused PUT links nothing, not even the empty config (checked again below)
+                check(expect, await self._current(repo, tag, digest))
             await self._ensure_empty_config(repo)
         subject = manifest.subject
         meta = {
@@ -242,9 +251,17 @@ class Registry(UploadSessions):
             tag,
             referrer,
             self.now(),
+            expect,
             facts=facts,
         )
         return digest, manifest
+
+    async def _current(self, repo: Repository, tag: str | None, digest: Digest) -> str | None:
+        """What a write's precondition is checked against: the tag's digest, or the digest if the repository has it."""
+        if tag is not None:
+            found = await self._read(self.index.resolve_tag, repo.name, tag)
+            return str(found) if found is not None else None
+        return str(digest) if await self._read(self.index.get_manifest, repo.name, digest) is not None else None
 
     def _put_manifest_sync(self, *args: Any) -> bool:
         self.index.put_manifest(*args)
@@ -306,28 +323,33 @@ class Registry(UploadSessions):
                     return None
         return None
 
-    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None, force: bool = False) -> None:
+    async def delete_manifest(self, repo: Repository, reference: Reference, who: Actor = None, force: bool = False,
+                              expect: Precondition | None = None) -> None:
         """
         By digest: the manifest, its tags, and the children of an index that
         nothing else holds. By tag: only the tag. Refused (409) when devices
         pulled what it removes (for a tag: the manifest it is the last tag of)
-        within the in-use window, unless C{force}.
+        within the in-use window, unless C{force}. C{expect}: what the reference
+        must name (412 before the 409; for a tag checked again in the delete's
+        transaction); a reference that names nothing stays a 404.
         """
-        self._check_delete()
+        self.check_delete()
         if isinstance(reference, Digest):
             target, action = f"{repo}@{reference}", "delete-manifest"
             doomed = await self._read(self.index.deletion, repo.name, reference)
             if not doomed:
                 raise await self._unknown_manifest(repo, reference)
+            check(expect, str(reference))
             protected = set(doomed) | set(await self._read(self.index.children_of, repo.name, reference))
             operation, args = self.index.delete_tree, (repo.name, reference)
             facts = {"repository": repo.name, "digest": str(reference), "tag": None}
         else:
             target, action = f"{repo}:{reference}", "delete-tag"
             digest = await self.resolve(repo, reference)
+            check(expect, str(digest))
             last_tag = await self._read(self.index.tags_of, repo.name, digest) == [reference]
             protected = {str(digest), *await self._read(self.index.children_of, repo.name, digest)} if last_tag else set()
-            operation, args = self.index.delete_tag, (repo.name, reference)
+            operation, args = self.index.delete_tag, (repo.name, reference, expect)
             facts = {"repository": repo.name, "digest": None, "tag": reference}
         detail = None
         if self.in_use is not None and protected:  # the pull records: a store read, like the index's

@@ -215,6 +215,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         admission = HandshakeAdmission(reactor, config.tls_max_handshakes, config.tls_handshake_timeout,
                                        config.idle_timeout, config.tls_max_waiting, config.tls_group_ipv4_prefix,
                                        config.tls_group_ipv6_prefix)
+        from izreg.service.tls.known import FILE_NAME, KnownGroupsFile
+        KnownGroupsFile(admission, os.path.join(config.data_dir, FILE_NAME), reactor).setServiceParent(top)
         metrics.watch_handshakes(admission)
         site.connections.evict = admission.evict  # at max_connections, close one still in its handshake first
     metrics.watch_connections(site.connections, admission)

@@ -38,6 +38,9 @@ def test_smoke_run_of_every_mode(tmp_path):
     assert "Negotiated: izreg TLSv1.3 TLS_AES_128_GCM_SHA256, distribution TLSv1.3 TLS_" in text
     # the largest blob once more from the disk: both servers' files of it found and dropped from the page cache
     assert "| 1 MiB, 1 client, from the disk" in text
+    if len(os.sched_getaffinity(0)) > 1:  # the one-client pulls ran pinned, and the report says how
+        assert "run the server (every thread) on one CPU and the client on the other" in text
+        assert "The one-client rows run the server on one CPU and the client on the other, as in the pull table." in text
     assert "20 of 20 idle connections answered afterwards" in proc.stderr
     # resumption: the second handshake of each client process resumed its session, on both servers
     resumed = [line for line in text.splitlines() if line.startswith("| resumed |")][0]
@@ -107,3 +110,28 @@ def test_smoke_run_of_the_cluster_mode(tmp_path):
         assert row in text, row
     assert "Two nodes / one behind haproxy: manifest GET" in text
     assert "The database against LMDB, one node" in text
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to place")
+def test_pinned_places_every_thread_of_the_server_and_restores_them():
+    sys.path.insert(0, REPO_ROOT)
+    from bench.common import pinned, placement
+
+    server_cpus, client_cpus = placement()
+    assert server_cpus and client_cpus and not server_cpus & client_cpus
+    # a process with a second thread already running, as twistd's and distribution's are
+    code = "import sys, threading; e = threading.Event(); threading.Thread(target=e.wait).start(); print(flush=True); sys.stdin.read(); e.set()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()  # both threads exist
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(tids) == 2
+        everywhere = os.sched_getaffinity(0)
+        with pinned(proc.pid, server_cpus):
+            assert [os.sched_getaffinity(t) for t in tids] == [server_cpus] * 2
+        assert [os.sched_getaffinity(t) for t in tids] == [everywhere] * 2
+        with pinned(proc.pid, None):  # not pinned: left alone
+            assert [os.sched_getaffinity(t) for t in tids] == [everywhere] * 2
+    finally:
+        proc.stdin.close()
+        proc.wait(10)

@@ -43,8 +43,10 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = ("UNAVAILABLE", "service unavailable", 503)
     INSUFFICIENT_STORAGE = ("UNAVAILABLE", "the registry is out of storage space", 507)
     BODY_INVALID = ("UNSUPPORTED", "the request body is invalid", 400)
-    #: an If-Match that names another digest (RFC 9110 13.1.1)
-    PRECONDITION_FAILED = ("UNSUPPORTED", "precondition failed: If-Match names another digest", 412)
+    #: an If-Match that names another digest, an If-None-Match that names this one (RFC 9110 13.1.1, 13.1.2)
+    PRECONDITION_FAILED = ("UNSUPPORTED", "precondition failed: If-Match or If-None-Match does not hold", 412)
+    #: an If-Match or If-None-Match of a PUT or DELETE that is not a list of entity-tags nor *
+    PRECONDITION_INVALID = ("UNSUPPORTED", "malformed If-Match or If-None-Match header", 400)
     #: a request HTTP itself refuses (RFC 9112: no Host, or two)
     REQUEST_INVALID = ("UNSUPPORTED", "malformed HTTP request", 400)
     BAD_GATEWAY = ("UNKNOWN", "the upstream registry sent an invalid answer", 502)

@@ -11,6 +11,12 @@ both is their digest, quoted, which never changes for a URL that names it.
 - C{If-Range} (with C{Range}) that is not that ETag, strongly compared (a
   date never matches: there is no C{Last-Modified}): the C{Range} is
   ignored and the whole content sent (200), never a part of something else.
+
+A manifest PUT or DELETE turns both headers into a
+L{izreg.core.preconditions.Precondition} (L{write_precondition}), which the
+metadata index checks in the transaction that moves the tag; a value that
+is neither ``*`` nor a list of entity-tags is a 400 there, never ignored (a
+client that asked for a guarded write must not get an unguarded one).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import re
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.preconditions import ANY, Precondition, Tags
 
 #: one entity-tag of a list: optional weakness, then an opaque quoted string
 _TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
@@ -65,3 +72,30 @@ def range_applies(if_range: str | None, etag: str) -> bool:
     if if_range is None:
         return True
     return if_range.strip() == etag  # a weak tag (W/"...") or a date never matches
+
+
+def write_precondition(if_match: list[str] | None, if_none_match: list[str] | None) -> Precondition | None:
+    """
+    The precondition of a PUT or DELETE from its C{If-Match} and C{If-None-Match}
+    lines (several lines of one header are one list, RFC 9110 5.3): C{None}
+    without either. If-Match compares strongly (a weak tag never matches),
+    If-None-Match weakly (RFC 9110 13.1.1, 13.1.2). 400 PRECONDITION_INVALID
+    for a value that is neither ``*`` nor a list of entity-tags.
+    """
+    if if_match is None and if_none_match is None:
+        return None
+    return Precondition(_write_tags("If-Match", if_match, strong=True),
+                        _write_tags("If-None-Match", if_none_match, strong=False))
+
+
+def _write_tags(header: str, lines: list[str] | None, strong: bool) -> Tags:
+    if lines is None:
+        return None
+    value = ", ".join(lines)
+    if value.strip() == "*":
+        return ANY
+    tags = _tags(value) if value.strip() else None
+    if tags is None:
+        raise RegistryError(ErrorCode.PRECONDITION_INVALID, {"header": header, "value": value[:200]},
+                            f"{header} is neither * nor a list of quoted entity-tags (\"<digest>\")")
+    return frozenset(opaque for weak, opaque in tags if not (strong and weak))

@@ -7,7 +7,7 @@ from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
-from izreg.http.conditional import check_preconditions, not_modified
+from izreg.http.conditional import check_preconditions, not_modified, write_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.inuse import FORCE_HEADER
 
@@ -38,13 +38,16 @@ class ManifestRoutes(Handlers):
         principal = _principal(request)
         repo = route.repository
         reference = parse_reference(route.argument)
+        expect = _write_precondition(request)
         body = self._body(request)
         if body.overflow:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
         digest, manifest = await self.registry.put_manifest(repo, reference, body.getvalue(), _header(request, "Content-Type"),
-                                                         _who(request, principal))
+                                                         _who(request, principal), expect)
         request.setResponseCode(201)
-        _set(request, Location=f"/v2/{repo}/manifests/{digest}", Docker_Content_Digest=digest, Content_Length=0)
+        # the ETag a GET of the reference now answers: the next If-Match of a client that chains moves
+        _set(request, Location=f"/v2/{repo}/manifests/{digest}", Docker_Content_Digest=digest, ETag=f'"{digest}"',
+             Content_Length=0)
         if manifest.subject is not None:
             _set(request, OCI_Subject=manifest.subject.digest)
         return b""
@@ -53,9 +56,18 @@ class ManifestRoutes(Handlers):
         principal = _principal(request)
         repo = route.repository
         force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
-        await self.registry.delete_manifest(repo, _lookup_reference(route.argument), _who(request, principal), force)
+        reference = _lookup_reference(route.argument)
+        self.registry.check_delete()  # disabled: 405, whatever the conditional headers say
+        await self.registry.delete_manifest(repo, reference, _who(request, principal), force, _write_precondition(request))
         request.setResponseCode(202)
         return b""
+
+
+def _write_precondition(request):
+    """The If-Match / If-None-Match of a PUT or DELETE, every line of each (L{write_precondition})."""
+    headers = request.requestHeaders
+    return write_precondition(*(None if lines is None else [line.decode("latin-1") for line in lines]
+                                for lines in (headers.getRawHeaders(b"If-Match"), headers.getRawHeaders(b"If-None-Match"))))
 
 
 def _lookup_reference(text: str):

@@ -249,7 +249,8 @@ class IMetadataIndex(Interface):
         """C{[(upload_id, record)]} by id."""
 
     # -- manifests, tags and referrers
-    def put_manifest(name: str, digest, meta: dict, data: bytes, blobs, children, tag, referrer, now: float) -> None:
+    def put_manifest(name: str, digest, meta: dict, data: bytes, blobs, children, tag, referrer, now: float,
+                     expect=None) -> None:
         """
         Store a manifest with its tag and referrers entry in one transaction, after
         checking that its C{blobs} ((digest, size)) are recorded and linked with that
@@ -257,6 +258,12 @@ class IMetadataIndex(Interface):
         L{RegistryError} MANIFEST_BLOB_UNKNOWN (C{{"missing": [...]}}, at most 20)
         or MANIFEST_INVALID (a size mismatch), and nothing is written. An existing
         manifest keeps its first bytes.
+
+        C{expect} (an L{izreg.core.preconditions.Precondition}): checked first, in
+        the same transaction, against what C{tag} names (no tag: C{digest} if the
+        repository has that manifest); when it does not hold, L{RegistryError}
+        PRECONDITION_FAILED and nothing is written. Of two writers that expect the
+        same, exactly one stores.
         """
 
     def get_manifest(name: str, digest):
@@ -274,8 +281,12 @@ class IMetadataIndex(Interface):
     def list_tags(name: str, last, limit: int):
         """C{(tags, more)} in byte order after C{last}."""
 
-    def delete_tag(name: str, tag: str) -> bool:
-        """Drop a tag (the repository goes when empty)."""
+    def delete_tag(name: str, tag: str, expect=None) -> bool:
+        """
+        Drop a tag (the repository goes when empty); C{False} if there is none.
+        C{expect}: checked against the tag's digest in the same transaction, as
+        for L{put_manifest} (PRECONDITION_FAILED, nothing deleted).
+        """
 
     def delete_manifest(name: str, digest) -> bool:
         """Delete a manifest, its tags and its referrers entry."""

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.preconditions import Precondition, check
 from izreg.storage import schema
 from izreg.storage.interfaces import IMetadataIndex
 from izreg.storage.lmdbstore import LmdbStore, dump, load
@@ -237,13 +238,21 @@ class Index(LmdbStore):
         tag: str | None,
         referrer: tuple[str, dict] | None,
         now: float,
+        expect: Precondition | None = None,
     ) -> None:
         """
         Store a manifest atomically with the check that everything it references is
-        in the repository: C{blobs} as (digest, size) links, C{children} as manifests.
+        in the repository: C{blobs} as (digest, size) links, C{children} as manifests;
+        and with C{expect} on what the tag (or digest) names, checked first.
         """
         d = str(digest)
         with self.writing() as txn:
+            if expect is not None:
+                if tag is not None:
+                    current = txn.get(key(name, tag), db=self._db[schema.TAGS])
+                    check(expect, current.decode() if current is not None else None)
+                else:
+                    check(expect, d if txn.get(key(name, d), db=self._db[schema.MANIFESTS]) is not None else None)
             missing = []
             for blob, size in blobs:
                 record = txn.get(blob.encode(), db=self._db[schema.BLOBS])
@@ -316,8 +325,12 @@ class Index(LmdbStore):
                 tags.append(k[len(start):].decode())
             return tags, False
 
-    def delete_tag(self, name: str, tag: str) -> bool:
+    def delete_tag(self, name: str, tag: str, expect: Precondition | None = None) -> bool:
         with self.writing() as txn:
+            if expect is not None:
+                current = txn.get(key(name, tag), db=self._db[schema.TAGS])
+                if current is not None:
+                    check(expect, current.decode())
             digest = txn.pop(key(name, tag), db=self._db[schema.TAGS])
             if digest is None:
                 return False

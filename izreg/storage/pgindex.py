@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.preconditions import Precondition, check
 from izreg.storage.interfaces import IMetadataIndex
 from izreg.storage.pg import Database
 from izreg.storage.refs import manifest_children as _children
@@ -343,16 +344,27 @@ class PgIndex:
         tag: str | None,
         referrer: tuple[str, dict] | None,
         now: float,
+        expect: Precondition | None = None,
     ) -> None:
         """
         Store a manifest, its tag and its referrers entry in one transaction, with
-        the check that everything it references is in the repository.
+        the check that everything it references is in the repository, and first
+        C{expect} on what the tag (or digest) names: under the repository's lock, so
+        a concurrent writer of the tag has committed or not begun (READ COMMITTED:
+        the statement after the lock sees its commit).
         """
         d = str(digest)
         wanted = sorted({b for b, _ in blobs})
 
         def f(cur):
             _lock(cur, blobs=wanted, repos=[name], shared_blobs=True)
+            if expect is not None:
+                if tag is not None:
+                    cur.execute("SELECT digest FROM tags WHERE repo = %s AND tag = %s", (name, tag))
+                else:
+                    cur.execute("SELECT digest FROM manifests WHERE repo = %s AND digest = %s", (name, d))
+                row = cur.fetchone()
+                check(expect, row[0] if row is not None else None)
             found: dict[str, int | None] = {}
             if wanted:
                 cur.execute("SELECT b.digest, b.size FROM blobs b JOIN links l ON l.digest = b.digest AND l.repo = %s"
@@ -440,9 +452,14 @@ class PgIndex:
             return tags[:limit], len(tags) > limit
         return self.db.read(f)
 
-    def delete_tag(self, name: str, tag: str) -> bool:
+    def delete_tag(self, name: str, tag: str, expect: Precondition | None = None) -> bool:
         def f(cur):
             _lock(cur, repos=[name])
+            if expect is not None:
+                cur.execute("SELECT digest FROM tags WHERE repo = %s AND tag = %s", (name, tag))
+                row = cur.fetchone()
+                if row is not None:
+                    check(expect, row[0])
             cur.execute("DELETE FROM tags WHERE repo = %s AND tag = %s", (name, tag))
             if cur.rowcount == 0:
                 return False

@@ -206,17 +206,22 @@ def test_a_device_that_connected_before_goes_before_groups_that_are_never_struck
     result: list = []
     device_get(grouped, result)  # 127.0.0.0/24 completed a handshake with a device certificate
     assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+    a_known_device_goes_first(grouped)
+
+
+def a_known_device_goes_first(reg) -> None:
+    """CAP + 8 fresh /24s that are never struck queue before a device of a known group: it gets the first slot."""
     sources = [f"127.0.{net}.1" for net in range(40, 40 + CAP + 8)]
-    silent = [raw(grouped, source=source) for source in sources[:CAP]]
+    silent = [raw(reg, source=source) for source in sources[:CAP]]
     device = None
     try:
-        wait_for(grouped, in_progress=CAP, waiting=0)
-        silent += [raw(grouped, source=source) for source in sources[CAP:]]
-        wait_for(grouped, in_progress=CAP, waiting=8)
-        result = []
-        device = threading.Thread(target=device_get, args=(grouped, result))
+        wait_for(reg, in_progress=CAP, waiting=0)
+        silent += [raw(reg, source=source) for source in sources[CAP:]]
+        wait_for(reg, in_progress=CAP, waiting=8)
+        result: list = []
+        device = threading.Thread(target=device_get, args=(reg, result))
         device.start()
-        wait_for(grouped, in_progress=CAP, waiting=9)
+        wait_for(reg, in_progress=CAP, waiting=9)
         silent[0].close()  # at once: no strike, and eight fresh groups holding none waited before the device
         device.join(30)
         assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
@@ -225,7 +230,36 @@ def test_a_device_that_connected_before_goes_before_groups_that_are_never_struck
             sock.close()
         if device is not None:
             device.join(60)
-    wait_for(grouped, in_progress=0, waiting=0)
+    wait_for(reg, in_progress=0, waiting=0)
+
+
+def known_groups(reg) -> float:
+    text = requests.get(reg.metrics_url, timeout=30).text
+    return [s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "izreg_tls_known_device_groups"][0]
+
+
+def test_the_known_device_groups_are_kept_across_a_restart(tmp_path_factory):
+    """
+    After a restart the fleet reconnects at once: the groups in which devices completed a handshake before
+    it still go first (izreg/service/tls/known.py), written to the data directory when the server stops.
+    """
+    fresh = tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = 600\n"
+                         "group_ipv4_prefix = 24\n", "[connections]\nidle_timeout = 600\n")
+    reg = next(fresh)
+    try:
+        assert known_groups(reg) == 0
+        result: list = []
+        device_get(reg, result)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert known_groups(reg) == 1
+        reg.restart()
+        with open(os.path.join(reg.data_dir, "tls-known-groups")) as f:
+            assert f.read() == "127.0.0.0/24\n"
+        assert known_groups(reg) == 1  # before any device connected in this run
+        a_known_device_goes_first(reg)
+    finally:
+        fresh.close()
 
 
 def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):

@@ -543,6 +543,10 @@ async def test_delete_manifest_disabled_is_405(tmp_path):
         for reference in ("one", digest):
             status, code, _ = await srv.error("DELETE", f"/v2/{NAME}/manifests/{reference}")
             assert (status, code) == (405, "UNSUPPORTED")
+            # disabled whatever the conditional headers: not a 400 for a malformed one, nor a 412
+            for headers in ({"If-Match": "not quoted"}, {"If-Match": '"sha256:' + "0" * 64 + '"'}):
+                status, code, _ = await srv.error("DELETE", f"/v2/{NAME}/manifests/{reference}", headers=headers)
+                assert (status, code) == (405, "UNSUPPORTED"), headers
         response, body = await srv.request("GET", f"/v2/{NAME}/manifests/one")
         assert response.code == 200 and body == data
     finally:

@@ -6,11 +6,14 @@ and PostgreSQL (izreg.storage.pgindex) over a real server (marker ``postgres``).
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from zope.interface.verify import verifyObject
 
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.preconditions import ANY, Precondition
 from izreg.storage.interfaces import IMetadataIndex
 from tests.helpers.indexes import backdoor, index, index_backend, open_index  # noqa: F401  (fixtures)
 
@@ -421,6 +424,155 @@ def test_delete_last_tag_of_otherwise_empty_repo(index, backdoor):
     backdoor.drop_manifest_record(REPO, M1)
     assert index.delete_tag(REPO, "v1") is True
     assert not index.repo_exists(REPO)
+
+
+# -- preconditions: If-Match / If-None-Match, checked in the transaction that moves the tag ---
+
+
+def expect(if_match=None, if_none_match=None) -> Precondition:
+    def tags(value):
+        return value if value in (None, ANY) else frozenset(str(d) for d in value)
+    return Precondition(tags(if_match), tags(if_none_match))
+
+
+def put_expecting(index, condition, digest=M2, tag="latest", **kwargs):
+    index.put_manifest(REPO, digest, meta(), b"{}", [], [], tag, kwargs.get("referrer"), 2.0, condition)
+
+
+@pytest.mark.parametrize(
+    "tagged, condition, stored",
+    [
+        # the tag names M1
+        (True, expect(if_match=[M1]), True),
+        (True, expect(if_match=[M3, M1]), True),
+        (True, expect(if_match=ANY), True),
+        (True, expect(if_match=[M3]), False),
+        (True, expect(if_match=[]), False),  # only weak tags: never a strong match
+        (True, expect(if_none_match=ANY), False),
+        (True, expect(if_none_match=[M1]), False),
+        (True, expect(if_none_match=[M3]), True),
+        (True, expect(if_match=[M1], if_none_match=[M3]), True),
+        (True, expect(if_match=[M1], if_none_match=ANY), False),
+        # no such tag yet
+        (False, expect(if_none_match=ANY), True),  # create-only
+        (False, expect(if_none_match=[M1]), True),
+        (False, expect(if_match=ANY), False),
+        (False, expect(if_match=[M2]), False),
+    ],
+)
+def test_put_manifest_expecting(index, backdoor, tagged, condition, stored):
+    put(index, digest=M1, tag="latest" if tagged else "other")
+    before = backdoor.snapshot()
+    if stored:
+        put_expecting(index, condition)
+        assert index.resolve_tag(REPO, "latest") == M2
+        return
+    with pytest.raises(RegistryError) as info:
+        put_expecting(index, condition, referrer=(str(M1), {"digest": str(M2)}))
+    assert info.value.code is ErrorCode.PRECONDITION_FAILED and info.value.code.status == 412
+    assert info.value.detail == condition.detail()  # what was asked, not what the tag names (a push-only token)
+    assert backdoor.snapshot() == before  # nothing: not the manifest, not its referrers entry, not a counter
+
+
+def test_put_manifest_by_digest_expecting(index, backdoor):
+    """Without a tag the reference is the digest: If-None-Match: * stores it only if the repository lacks it."""
+    put_expecting(index, expect(if_none_match=ANY), tag=None)
+    assert index.get_manifest(REPO, M2) is not None
+    before = backdoor.snapshot()
+    with pytest.raises(RegistryError) as info:
+        put_expecting(index, expect(if_none_match=ANY), tag=None)
+    assert info.value.code is ErrorCode.PRECONDITION_FAILED
+    assert backdoor.snapshot() == before
+    put_expecting(index, expect(if_match=[M2]), tag=None)
+    with pytest.raises(RegistryError):
+        put_expecting(index, expect(if_match=ANY), digest=M3, tag=None)
+    assert index.get_manifest(REPO, M3) is None
+
+
+@pytest.mark.parametrize(
+    "condition, deleted",
+    [
+        (expect(if_match=[M1]), True),
+        (expect(if_match=ANY), True),
+        (expect(if_none_match=[M2]), True),
+        (expect(if_match=[M2]), False),
+        (expect(if_none_match=ANY), False),
+    ],
+)
+def test_delete_tag_expecting(index, backdoor, condition, deleted):
+    put(index, digest=M1, tag="latest")
+    before = backdoor.snapshot()
+    if deleted:
+        assert index.delete_tag(REPO, "latest", condition)
+        assert index.resolve_tag(REPO, "latest") is None
+        return
+    with pytest.raises(RegistryError) as info:
+        index.delete_tag(REPO, "latest", condition)
+    assert info.value.code is ErrorCode.PRECONDITION_FAILED
+    assert backdoor.snapshot() == before
+
+
+def test_delete_missing_tag_expecting_is_not_found(index):
+    """No tag: False (404), whatever the condition (RFC 9110 13.2.1: it would not have been a 2xx)."""
+    put(index, digest=M1, tag="other")
+    assert not index.delete_tag(REPO, "latest", expect(if_match=[M1]))
+    assert not index.delete_tag(REPO, "latest", expect(if_none_match=ANY))
+
+
+def _together(writers: int, put) -> list:
+    """C{put(w)} on C{writers} threads released at once: each one's digest, or the code of its RegistryError."""
+    barrier = threading.Barrier(writers)
+    outcome: list = [None] * writers
+
+    def writer(w):
+        barrier.wait(30)
+        try:
+            outcome[w] = put(w)
+        except RegistryError as e:
+            outcome[w] = e.code
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    winners = [o for o in outcome if isinstance(o, Digest)]
+    assert len(winners) == 1, outcome
+    assert outcome.count(ErrorCode.PRECONDITION_FAILED) == writers - 1, outcome
+    return winners[0]
+
+
+def test_concurrent_puts_expecting_the_same_tag_one_wins(index):
+    """
+    Writers that all expect the tag to name the manifest they saw: exactly one
+    moves it each round, every other is refused (the check is in the write
+    transaction; without it each would store and the last would win silently).
+    """
+    rounds = 10
+    put(index, digest=M1, tag="latest")
+    seen = M1
+    for r in range(rounds):
+        def move(w, r=r, seen=seen):
+            digest = Digest.of(b"round %d writer %d" % (r, w))
+            index.put_manifest(REPO, digest, meta(), b"{}", [], [], "latest", None, 2.0 + r, expect(if_match=[seen]))
+            return digest
+
+        seen = _together(4, move)
+        assert index.resolve_tag(REPO, "latest") == seen
+    assert index.repo_stats(REPO)["tags"] == 1
+    assert index.repo_stats(REPO)["manifests"] == 1 + rounds  # the refused stored nothing
+
+
+def test_concurrent_create_only_tag_one_wins(index):
+    def create(w):
+        digest = Digest.of(b"create %d" % w)
+        index.put_manifest(REPO, digest, meta(), b"{}", [], [], "v1.0.0", None, 2.0, expect(if_none_match=ANY))
+        return digest
+
+    winner = _together(4, create)
+    assert index.resolve_tag(REPO, "v1.0.0") == winner
+    assert index.repo_stats(REPO)["manifests"] == 1
 
 
 # -- delete_manifest and referrers --------------------------------------------------

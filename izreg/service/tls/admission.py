@@ -142,6 +142,7 @@ class HandshakeAdmission:
         self._ready: list[dict[str, None]] = [{} for _ in range(3 * self.per_group)]
         self._struck: dict[str, float] = {}  # group -> when last struck, the oldest first (at most MAX_STRUCK)
         self._known: dict[str, None] = {}  # groups of devices (L{_know}), the least recent first (at most MAX_KNOWN)
+        self.known_changes = 0  # calls of L{_know}: whether the known groups changed since a count
         #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
         self._by_length: dict[int, dict[str, None]] = {}
         self._longest = 0
@@ -265,6 +266,19 @@ class HandshakeAdmission:
                     del ready[group]
                     return
 
+    def known_groups(self) -> list[str]:
+        """The groups of devices known (L{_know}), the least recent first: what L{remember} takes back."""
+        return list(self._known)
+
+    def remember(self, groups) -> None:
+        """
+        Know C{groups} (the least recent first) as if a device of each had just connected, in that
+        order: the known groups of the process before a restart (L{izreg.service.tls.known}), so that
+        the fleet reconnecting at once after it still goes before groups never seen.
+        """
+        for group in groups:
+            self._know(group)
+
     def _know(self, group: str) -> None:
         """
         A connection of C{group}'s completed its handshake with a verified device certificate: the group
@@ -274,6 +288,7 @@ class HandshakeAdmission:
         known = self._known
         known.pop(group, None)
         known[group] = None
+        self.known_changes += 1
         if len(known) > MAX_KNOWN:
             del known[next(iter(known))]
 

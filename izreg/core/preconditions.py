@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.core.test_preconditions -*-
+"""
+What a write asks of the manifest a reference names now (RFC 9110 13.1.1,
+13.1.2: C{If-Match} and C{If-None-Match} on a manifest PUT or DELETE), so
+two clients racing to move a tag cannot silently overwrite each other.
+
+The metadata index checks it inside the write transaction that moves the
+tag (L{izreg.storage.interfaces.IMetadataIndex.put_manifest}, C{delete_tag}):
+the check and the write are one. C{current} is the digest the reference
+names at that moment (a tag's manifest; for a digest, itself if the
+repository has it), C{None} if none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from izreg.core.errors import ErrorCode, RegistryError
+
+#: ``*``: any current manifest at all
+ANY: Literal["*"] = "*"
+
+Tags = frozenset[str] | Literal["*"] | None
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """
+    C{if_match}: the reference must name one of these digests (the strong
+    entity-tags of the header: a weak one never matches), or with L{ANY}
+    anything; C{if_none_match}: it must name none of these, or with L{ANY}
+    nothing at all (create-only). C{None}: no such header.
+    """
+
+    if_match: Tags = None
+    if_none_match: Tags = None
+
+    def holds(self, current: str | None) -> bool:
+        if self.if_match is not None:
+            if current is None or (self.if_match != ANY and current not in self.if_match):
+                return False
+        if self.if_none_match is not None and current is not None:
+            if self.if_none_match == ANY or current in self.if_none_match:
+                return False
+        return True
+
+    def check(self, current: str | None) -> None:
+        """Raise the 412 when it does not hold: nothing is to be written."""
+        if not self.holds(current):
+            raise RegistryError(ErrorCode.PRECONDITION_FAILED, self.detail())
+
+    def detail(self) -> dict:
+        """The error's detail: what was asked (never what the reference names, which a push-only token may not read)."""
+        return {name: (value if value == ANY else sorted(value)[:20])
+                for name, value in (("if_match", self.if_match), ("if_none_match", self.if_none_match))
+                if value is not None}
+
+
+def check(expect: Precondition | None, current: str | None) -> None:
+    """L{Precondition.check}, for a write that may have none."""
+    if expect is not None:
+        expect.check(current)
