@@ -21,6 +21,12 @@ the cache or the registry.
 
 One log line per request: method, path, status, source (hit, miss,
 offline, relay, local, refused), bytes.
+
+What HTTP itself asks of a request is the registry's code
+(L{EdgeRequest} is a L{izreg.http.bodies.RegistryRequest}): exactly one
+``Host`` in HTTP/1.1 (else 400), case-sensitive methods (``get``: 501), an
+absolute-form target (``GET http://containers.local:8080/v2/...``) served as
+its path, the target's host as ``Host``.
 """
 
 from __future__ import annotations
@@ -143,13 +149,11 @@ class EdgeAPI:
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
-        _case_sensitive(request)
         request.setHeader(b"Content-Type", b"application/json")
         return b"{}"
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):
-        _case_sensitive(request)
         method = request.method.decode("ascii", "replace")
         if method not in ("GET", "HEAD"):
             _source(request, "refused")
@@ -515,8 +519,3 @@ class _Relay(Protocol):
     def stopProducing(self) -> None:
         self._gone()
 
-
-def _case_sensitive(request) -> None:
-    """Methods are case-sensitive (RFC 9110 9.1): werkzeug routes "get" as GET; it is no method of ours (501)."""
-    if not request.method.isupper():
-        raise RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": request.method[:20].decode("latin-1")})

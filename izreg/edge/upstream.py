@@ -22,7 +22,7 @@ outcome; L{Upstream.check} (a timer) asks the registry when nothing else did.
 Which certificates a TLS failure is explained with: those presented on the
 connection that failed. Each TLS connection is noted by its TLS protocol
 (L{_Watched}); when an upstream connection is lost with a TLS error, its
-HTTP protocol (L{_NotingProtocol}) keeps the peer chain by that error
+HTTP protocol (L{izreg.edge.pool}) keeps the peer chain by that error
 (L{MutualTLSPolicy.lost}), for L{MutualTLSPolicy.presented} to find.
 """
 
@@ -37,13 +37,13 @@ from twisted.internet import defer, protocol, ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
-from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from treq.client import HTTPClient
 from zope.interface import implementer
 
+from izreg.edge.pool import install
 from izreg.edge.unreachable import Setting, explain, refused
 from izreg.service.tls import load_certificates, load_key_pair
 
@@ -98,7 +98,7 @@ class MutualTLSPolicy:
             extraCertificateOptions={**self.client, "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}), self)
 
     def lost(self, transport, reason: Failure) -> None:
-        """An upstream connection ended (L{_NotingProtocol}): after a TLS error, keep what was presented on it."""
+        """An upstream connection ended (L{izreg.edge.pool}): after a TLS error, keep what was presented on it."""
         connection = self._connections.pop(transport, None)
         if connection is not None and reason.check(SSL.Error, VerificationError):
             self._failed[reason.value] = connection.get_peer_cert_chain() or []
@@ -124,31 +124,6 @@ class _Watched:
         return connection
 
 
-class _NotingProtocol(HTTP11ClientProtocol):
-    """Twisted's HTTP client protocol, telling C{lost} its transport and why it ended (before the request hears it)."""
-
-    def __init__(self, quiescentCallback, lost) -> None:
-        super().__init__(quiescentCallback)
-        self._lost = lost
-
-    def connectionLost(self, reason=None):
-        if reason is not None:
-            self._lost(self.transport, reason)
-        super().connectionLost(reason)
-
-
-def _factory(lost):
-    """The pool's protocol factory: L{_NotingProtocol}s, and no "Starting factory" log line per connection."""
-
-    class _QuietFactory(_HTTP11ClientFactory):
-        noisy = False
-
-        def buildProtocol(self, addr):
-            return _NotingProtocol(self._quiescentCallback, lost)
-
-    return _QuietFactory
-
-
 class Upstream:
     """
     Requests to the registry. C{refused} says (a sentence) that the registry
@@ -169,7 +144,8 @@ class Upstream:
         self.response_timeout = response_timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
-        self.pool._factory = _factory(getattr(policy, "lost", lambda transport, reason: None))
+        # each connection tells the policy how it ended (Twisted internals, checked: izreg.edge.pool)
+        install(self.pool, getattr(policy, "lost", lambda transport, reason: None))
         agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self.pool)
         self.http = HTTPClient(agent)
         #: why the registry refuses the gateway (the last 401, until a 2xx; C{None}: it does not)

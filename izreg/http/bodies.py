@@ -202,25 +202,27 @@ def error_response(error: RegistryError, head: bool = False) -> bytes:
     return data if head else data + body
 
 
-def _request_error(request, method: bytes, version: bytes) -> RegistryError | None:
+def _request_error(request, method: bytes, version: bytes, target: bytes) -> RegistryError | None:
     """
     What HTTP itself refuses in a request's line and headers, or C{None}.
     RFC 9112 3.2: an HTTP/1.1 request without a Host header, or any request
     with more than one, is a 400 (the server must not guess which name was
     meant). RFC 9110 9.1: methods are case-sensitive, so "get" is no method of
-    ours, 501 (werkzeug would route it as GET).
+    ours, 501 (werkzeug would route it as GET). RFC 9110 4.2.1: an http(s)
+    URI with an empty host is invalid: an absolute-form target
+    (L{_origin_form}) without one is a 400 too.
     """
     if not method.isupper():
         return RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": method[:20].decode("latin-1")})
     hosts = request.requestHeaders.getRawHeaders(b"host")
     if hosts is None:
         if version != b"HTTP/1.1":
-            return None
+            return _hostless(target)
         message = "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)"
     elif len(hosts) > 1:
         message = "a request may have only one Host header (RFC 9112 3.2)"
     else:
-        return None
+        return _hostless(target)
     return RegistryError(ErrorCode.REQUEST_INVALID, {"host_headers": len(hosts or ())}, message)
 
 
@@ -228,11 +230,27 @@ def _request_error(request, method: bytes, version: bytes) -> RegistryError | No
 _ABSOLUTE_FORM = re.compile(rb"(?i)https?://([^/?#]*)(.*)\Z", re.S)
 
 
+def _target_host(authority: bytes) -> bytes:
+    return authority.rpartition(b"@")[2]  # no userinfo (deprecated, RFC 9110 4.2.4)
+
+
+def _hostless(target: bytes) -> RegistryError | None:
+    """The 400 of an absolute-form C{target} with an empty host (C{http:///v2/}), else C{None}."""
+    if target[:1] == b"/":
+        return None  # origin form: the common case, at no cost
+    found = _ABSOLUTE_FORM.match(target)
+    if found is None or _target_host(found.group(1)):
+        return None
+    return RegistryError(ErrorCode.REQUEST_INVALID, {"target": target[:100].decode("latin-1")},
+                         "the request target's URI has an empty host (RFC 9110 4.2.1)")
+
+
 def _origin_form(request) -> None:
     """
     RFC 9112 3.2.2: a server must accept a request target in absolute form
     (C{GET http://host/v2/ HTTP/1.1}, what proxies send): its path and query
-    are what is served, and its host replaces the C{Host} header.
+    are what is served, and its host replaces the C{Host} header (an empty
+    one is refused first, L{_hostless}).
     """
     channel = request.channel
     found = _ABSOLUTE_FORM.match(channel._path)
@@ -240,9 +258,7 @@ def _origin_form(request) -> None:
         return
     authority, rest = found.groups()
     channel._path = rest if rest.startswith(b"/") else b"/" + rest
-    host = authority.rpartition(b"@")[2]  # no userinfo (deprecated, RFC 9110 4.2.4)
-    if host:
-        request.requestHeaders.setRawHeaders(b"host", [host])
+    request.requestHeaders.setRawHeaders(b"host", [_target_host(authority)])
 
 
 class RegistryRequest(server.Request):
@@ -281,7 +297,7 @@ class RegistryRequest(server.Request):
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
         self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
-        refused = _request_error(self, self.channel._command, self.channel._version)
+        refused = _request_error(self, self.channel._command, self.channel._version, self.channel._path)
         if refused is not None:  # answered by L{process}, or now if a body comes
             self.content = Dropped()
             if length != 0:
@@ -341,7 +357,7 @@ class RegistryRequest(server.Request):
         if self.request_id == "-":
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        refused = _request_error(self, self.method, self.clientproto)
+        refused = _request_error(self, self.method, self.clientproto, self.uri)
         if refused is not None:
             self.write(render_error(self, refused))
             self.finish()

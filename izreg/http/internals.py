@@ -80,16 +80,22 @@ def forced_stock(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def fast_path(what: str, stock: str, needs: Iterable[Needs], environ: Mapping[str, str] = os.environ,
-              import_module: Callable[[str], object] = importlib.import_module) -> bool:
-    """Whether the fast path C{what} may run here; if not, says so in the log (C{stock} serves instead)."""
+              import_module: Callable[[str], object] = importlib.import_module,
+              cost: str = "slower, same behaviour") -> bool:
+    """
+    Whether the fast path C{what} may run here; if not, says so in the log, with this Twisted's version,
+    what it lacks and what the fallback costs (C{stock} serves instead).
+    """
     if forced_stock(environ):
         log.info("{what}: Twisted's stock {stock} ({env} is set)", what=what, stock=stock, env=STOCK_ENV)
         return False
     problems = missing(needs, import_module)
     if problems:
-        log.warn("{what}: this Twisted is not what izreg's fast path was written for ({problems});"
-                 " using Twisted's stock {stock} instead (slower, same behaviour)",
-                 what=what, stock=stock, problems="; ".join(problems))
+        from twisted import __version__ as version
+
+        log.warn("{what}: Twisted {version} is not what izreg's code for it was written for ({problems});"
+                 " using Twisted's stock {stock} instead ({cost})",
+                 what=what, version=version, stock=stock, problems="; ".join(problems), cost=cost)
         return False
     return True
 

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import secrets
+import socket
 import ssl
 import subprocess
 import sys
@@ -223,3 +224,118 @@ def test_methods_are_case_sensitive(setup):
         finally:
             conn.close()
     assert upstream.gets(f"/blobs/{d}") == 0
+
+
+def raw(edge, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to the edge (one request); (status, lowercase headers, body) of its answer."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=60) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock, method=request.split(b" ", 1)[0].decode())
+        response.begin()
+        body = response.read()
+        return response.status, {name.lower(): value for name, value in response.getheaders()}, body
+
+
+def oci_error(status: int, headers: dict, body: bytes) -> str:
+    assert headers.get("content-type") == "application/json", (status, headers, body[:200])
+    errors = json.loads(body)["errors"]
+    assert len(errors) == 1 and set(errors[0]) == {"code", "message", "detail"}, body[:300]
+    return errors[0]["code"]
+
+
+def test_absolute_form_targets_are_served(setup):
+    """
+    RFC 9112 3.2.2: "GET http://containers.local:8080/v2/... HTTP/1.1" (what a proxy or a client configured with
+    the edge as its proxy sends) is served as its origin form, and the registry is asked for the path alone.
+    """
+    upstream, edge = setup
+    data = os.urandom(4096)
+    d = digest(data)
+    upstream.blobs[d] = data
+    close = b"Connection: close\r\n\r\n"
+    status, _, body = raw(edge, b"GET http://containers.local:8080/v2/ HTTP/1.1\r\nHost: other.example\r\n" + close)
+    assert (status, body) == (200, b"{}")
+    target = f"HTTP://containers.local:8080/v2/{REPO}/blobs/{d}".encode()
+    status, headers, body = raw(edge, b"GET " + target + b" HTTP/1.1\r\nHost: containers.local:8080\r\n" + close)
+    assert (status, headers["docker-content-digest"], body) == (200, d, data)
+    assert (upstream.gets(f"/v2/{REPO}/blobs/{d}"), upstream.gets(target.decode())) == (1, 0)
+    # relayed with its query, in origin form; the registry's answer passed on
+    target = f"http://user@containers.local/v2/{REPO}/tags/list?n=5".encode()
+    status, headers, body = raw(edge, b"GET " + target + b" HTTP/1.1\r\nHost: containers.local\r\n" + close)
+    assert (status, oci_error(status, headers, body)) == (404, "BLOB_UNKNOWN")
+    assert ("GET", f"/v2/{REPO}/tags/list?n=5") in upstream.requests
+    status, headers, body = raw(edge, b"GET http://containers.local:8080/healthz HTTP/1.1\r\nHost: x\r\n" + close)
+    assert status == 200 and json.loads(body)["upstream"] == upstream.url
+    # a push in absolute form is refused as in origin form, before its body
+    status, headers, body = raw(edge, f"PUT http://containers.local/v2/{REPO}/manifests/v1 HTTP/1.1\r\n".encode()
+                                + b"Host: containers.local\r\nContent-Length: 2\r\n" + close + b"{}")
+    assert (status, oci_error(status, headers, body)) == (405, "UNSUPPORTED")
+    # RFC 9110 4.2.1: an empty host is no host (the Host header does not stand in)
+    for target in (b"http:///v2/", f"http://user@/v2/{REPO}/blobs/{d}".encode()):
+        status, headers, body = raw(edge, b"GET " + target + b" HTTP/1.1\r\nHost: containers.local\r\n" + close)
+        assert (status, oci_error(status, headers, body)) == (400, "UNSUPPORTED"), body[:200]
+    assert upstream.gets(f"/v2/{REPO}/blobs/{d}") == 1
+
+
+@pytest.mark.parametrize("target", [b"/v2/", b"http://containers.local:8080/v2/", b"/v2/%s/blobs/sha256:%s"])
+def test_host_rules(setup, target):
+    """RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host header (absolute form too), else 400; HTTP/1.0 none."""
+    upstream, edge = setup
+    if b"%s" in target:
+        target = target % (REPO.encode(), b"0" * 64)
+    asked = len(upstream.requests)
+    for headers, kind in ((b"", "needs a Host"), (b"Host: a\r\nHost: b\r\n", "only one Host"),
+                          (b"Host: a\r\nHost: a\r\n", "only one Host")):
+        status, response_headers, body = raw(edge, b"GET " + target + b" HTTP/1.1\r\n" + headers
+                                             + b"Connection: close\r\n\r\n")
+        assert (status, oci_error(status, response_headers, body)) == (400, "UNSUPPORTED"), (headers, body[:200])
+        assert kind in json.loads(body)["errors"][0]["message"]
+    # with a body, refused at its headers
+    status, response_headers, body = raw(edge, b"PUT " + target + b" HTTP/1.1\r\nContent-Length: 2\r\n"
+                                         b"Connection: close\r\n\r\n{}")
+    assert (status, oci_error(status, response_headers, body)) == (400, "UNSUPPORTED"), body[:200]
+    assert len(upstream.requests) == asked  # nothing asked of the registry
+    if target.endswith(b"/v2/"):
+        status, _, body = raw(edge, b"GET " + target + b" HTTP/1.0\r\n\r\n")
+        assert (status, body) == (200, b"{}")
+
+
+def test_lowercase_methods_in_absolute_form_are_not_implemented(setup):
+    upstream, edge = setup
+    asked = len(upstream.requests)
+    for method in (b"get", b"Head"):
+        status, headers, body = raw(edge, method + b" http://containers.local:8080/v2/ HTTP/1.1\r\n"
+                                    b"Host: containers.local\r\nConnection: close\r\n\r\n")
+        assert (status, oci_error(status, headers, body)) == (501, "UNSUPPORTED"), (method, body[:200])
+    assert len(upstream.requests) == asked
+
+
+def test_the_edge_pulls_with_twisteds_own_pool_factory(setup, tmp_path, monkeypatch):
+    """
+    IZREG_STOCK_TWISTED=1 (what a Twisted without the internals izreg.edge.pool checks gets): said once at start,
+    and the edge pulls the same through Twisted's own connection pool factory.
+    """
+    from izreg.http.internals import STOCK_ENV
+
+    upstream, edge = setup
+    data = os.urandom(300_000)
+    d = digest(data)
+    upstream.blobs[d] = data
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI, "layers": [], "n": secrets.token_hex(4)}).encode()
+    upstream.manifests[digest(manifest)] = manifest
+    monkeypatch.setenv(STOCK_ENV, "1")  # the edge inherits the environment
+    stock = EdgeProcess(str(tmp_path / "cache"), upstream.url, edge.certs, log_path=str(tmp_path / "edge.log"))
+    try:
+        stock.start()
+        stock.wait_for_log(rf"the edge's upstream connections: Twisted's stock _HTTP11ClientFactory \({STOCK_ENV}",
+                           since=0)
+        for _ in range(2):  # a miss, then a hit
+            assert fetch(stock, f"/v2/{REPO}/blobs/{d}") == (200, data, True)
+            assert fetch(stock, f"/v2/{REPO}/manifests/{digest(manifest)}") == (200, manifest, True)
+        assert upstream.gets(f"/blobs/{d}") == 1
+        assert "Starting factory _HTTP11ClientFactory" in stock.log_text()  # Twisted's, per upstream connection
+    finally:
+        stock.close()
+    # the edge on izreg's factory: no word of it, and no such line
+    assert fetch(edge, f"/v2/{REPO}/blobs/{d}")[0] == 200
+    assert "upstream connections" not in edge.log_text() and "_HTTP11ClientFactory" not in edge.log_text()

@@ -256,3 +256,15 @@ async def test_absolute_form_targets_are_served(server, no_tracebacks):
     # the Host rules still hold: an HTTP/1.1 request needs one
     status, headers, content = await _raw(server, b"GET", b"http://registry.example/v2/", b"")
     assert status == 400, content[:200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_absolute_form_target_with_an_empty_host_is_refused(server, no_tracebacks):
+    """RFC 9110 4.2.1: an http URI with an empty host is invalid (the Host header does not stand in): 400."""
+    for target in (b"http:///v2/", b"https://user@/v2/", b"http://?x"):
+        for method, body in ((b"GET", b""), (b"PUT", b"{}")):
+            status, headers, content = await _raw(server, method, target, body=body)
+            assert (status, _oci_error(status, headers, content)) == (400, "UNSUPPORTED"), (target, content[:200])
+            assert "empty host" in json.loads(content)["errors"][0]["message"]
+    status, headers, content = await _raw(server, b"GET", b"http:///v2/", b"")
+    assert status == 400 and "needs a Host header" in content.decode()  # the Host rules first, as for any target
