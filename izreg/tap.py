@@ -108,6 +108,11 @@ def _check_endpoint(option: str, description: str) -> None:
             f"izreg: {option} {description!r} is not a valid Twisted endpoint string"
             f" (such as tcp:5000:interface=127.0.0.1): {e}"
         ) from None
+    except OSError as e:  # Twisted's ssl: endpoint reads its key and certificate files while parsing
+        raise SystemExit(
+            f"izreg: {option} {description!r} cannot be used: {e.strerror}: {e.filename}"
+            " (izreg's TLS listener is --tls-listen tcp:PORT with --tls-cert and --tls-key)"
+        ) from None
 
 
 def _check_data_dir(path: str, init: bool = False) -> None:

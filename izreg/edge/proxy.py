@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import ResponseDone
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -150,6 +151,7 @@ class EdgeAPI:
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"2")  # else Twisted sends it chunked
         return b"{}"
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
@@ -421,6 +423,8 @@ def _copy_headers(request, headers) -> None:
     for name, values in headers.getAllRawHeaders():
         if name.lower() in HOP:
             continue
+        if name.lower() == b"content-encoding" and not any(v.strip() for v in values):
+            continue  # Twisted's ContentDecoderAgent (treq's) adds an empty one to an answer that had none
         request.responseHeaders.setRawHeaders(name, values)
 
 
@@ -467,9 +471,12 @@ class RelayBody(Resource):
         response = self.response
         request.setResponseCode(response.code)
         _copy_headers(request, response.headers)
+        # a HEAD's Content-Length is left in the headers by Twisted's client; a GET's is taken out into length
         length = response.headers.getRawHeaders(b"content-length")
         if length:
             request.setHeader(b"Content-Length", length[0])
+        elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            request.setHeader(b"Content-Length", b"%d" % response.length)
         if request.method == b"HEAD":
             return b""
         _Relay(request).attach(response)

@@ -444,6 +444,7 @@ class RegistryChannel(http.HTTPChannel):
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
     _read_closed = False  # the client half-closed (L{readConnectionLost})
+    _held = False  # pipelined requests wait until the client reads its answers (L{requestDone})
 
     _host = _peer = None  # the connection's addresses (L{getHost}, L{getPeer})
 
@@ -641,8 +642,8 @@ class RegistryChannel(http.HTTPChannel):
 
     def readConnectionLost(self) -> None:
         """
-        The client half-closed (C{shutdown(SHUT_WR)}, on a plain TCP
-        connection: L{_Channel}). A request whose body is whole is answered
+        The client half-closed (C{shutdown(SHUT_WR)}: L{_Channel}, on plain
+        TCP and, without a close_notify, over TLS: izreg.service.fasttls). A request whose body is whole is answered
         (the client still reads), then the connection closed; anything else
         (an idle connection, a body cut short, a refused request's rest) can
         never go on: closed now, as Twisted does on any end of stream.
@@ -659,12 +660,34 @@ class RegistryChannel(http.HTTPChannel):
     def writeConnectionLost(self) -> None:
         pass  # the server never half-closes
 
+    def resumeProducing(self) -> None:
+        """The transport took what was waiting (the client read): the pipelined requests held are read on."""
+        super().resumeProducing()
+        if self._held and self.transport is not None:
+            self._held = False
+            self.paused = False
+            self.dataReceived(b"")
+            self._close_after_half_close()
+
+    def _close_after_half_close(self) -> None:
+        """After the client's half-close, close once no request is in progress or held: no other can come."""
+        if self._read_closed and not self._handlingRequest and not self._held and self.transport is not None \
+                and not self.transport.disconnecting:
+            self.loseConnection()  # (the channel's: its producer off the transport first, or TLS waits to shut down)
+
     def requestDone(self, request) -> None:
         self._in_request = False  # (set again if a pipelined request's headers are all in: super() reads them)
+        if getattr(self, "_waitingForTransport", False) and self.persistent and self.transport is not None:
+            # The client has not read the answers so far (the transport's buffer is full and asked us to pause):
+            # the requests it pipelined behind them wait, unparsed, until it does (L{resumeProducing}). Twisted
+            # stops reading the socket then, but answers every request already read, the rest of a 64 KiB read
+            # and the next reads: one connection that sent requests and read nothing held ~9 bytes of answers
+            # per byte it sent, without end, before it was authenticated (GET /healthz).
+            self._held = True
+            self.paused = True  # LineReceiver's loop stops at this line; what follows stays in its buffer
+            self._networkProducer.pauseProducing()
         super().requestDone(request)
-        if self._read_closed and not self._handlingRequest and self.transport is not None \
-                and not self.transport.disconnecting:
-            self.loseConnection()  # no request can come after a half-close
+        self._close_after_half_close()
         idle = self.idle
         if idle is None or self._in_request:
             return  # (a pipelined request's headers are in: its tier is set)

@@ -339,3 +339,21 @@ def test_the_edge_pulls_with_twisteds_own_pool_factory(setup, tmp_path, monkeypa
     # the edge on izreg's factory: no word of it, and no such line
     assert fetch(edge, f"/v2/{REPO}/blobs/{d}")[0] == 200
     assert "upstream connections" not in edge.log_text() and "_HTTP11ClientFactory" not in edge.log_text()
+
+
+def test_relayed_answers_keep_their_length_and_only_the_registrys_headers(setup):
+    """
+    An answer relayed as it comes (tags list, referrers, the registry's errors) says its length as the
+    registry did, not chunked (Twisted's client takes Content-Length out of a GET's headers), and gets no
+    header the registry did not send; its own /v2/ too.
+    """
+    upstream, edge = setup
+    for method in ("GET", "HEAD"):
+        request = f"{method} /v2/{REPO}/tags/list HTTP/1.1\r\nHost: containers.local\r\nConnection: close\r\n\r\n"
+        status, headers, body = raw(edge, request.encode())
+        assert status == 404 and "transfer-encoding" not in headers, (method, headers)
+        announced = 70  # the test upstream's error body
+        assert headers.get("content-length") == str(announced) and len(body) == (announced if method == "GET" else 0)
+        assert "content-encoding" not in headers, (method, headers.get("content-encoding"), sorted(headers))
+    status, headers, body = raw(edge, b"GET /v2/ HTTP/1.1\r\nHost: containers.local\r\nConnection: close\r\n\r\n")
+    assert status == 200 and headers.get("content-length") == str(len(body)) and "transfer-encoding" not in headers

@@ -7,12 +7,14 @@ senders, connection caps and over-long lines (izreg.http.bodies, .limits,
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import pytest_twisted
 from klein import Klein
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.threads import deferToThread
 
 from izreg.http.routing import Access, RouteTable
 from tests.http.authhelpers import Keys, basic, uploading
@@ -402,3 +404,65 @@ async def test_an_accepted_request_is_told_to_continue(secured):
     answer = await client.done.addTimeout(20, reactor)
     client.transport.abortConnection()
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), answer
+
+
+def _channels(server):
+    """The site's open channels (every one is in a tier of the connection table between its requests)."""
+    return [channel for tier in server.service.site.connections.idle.tiers for channel in tier
+            if channel.transport is not None]
+
+
+@pytest.mark.parametrize("half_close", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secured, half_close):
+    """
+    A client that pipelines requests (anyone: GET /healthz) and reads none of the answers: the server stops
+    reading them once its send buffer is full, so what it holds for the client stays bounded. It answered every
+    request it had read (the rest of a read, up to 64 KiB, then more answers) into memory: one connection that
+    sent 40 MB of requests held 590 MB. The requests held are answered, in order, once the client reads; after
+    a half-close too, and then the connection is closed.
+    """
+    from izreg.http.limits import _buffered, tcp_under
+
+    port = int(secured.url.rsplit(":", 1)[1])
+    count = 10_000  # ~350 KiB of requests, ~3 MB of answers
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.settimeout(30)
+
+    def send() -> None:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
+        if half_close:  # all sent: the answers are still read, then the server closes
+            client.shutdown(socket.SHUT_WR)
+
+    sending = deferToThread(send)
+
+    def held() -> int | None:
+        """Bytes of answers the server holds for the client, once it has stopped (or 1 MiB past the bound)."""
+        for channel in _channels(secured):
+            buffered = _buffered(tcp_under(channel.transport))
+            if channel.paused or buffered > 1024 * 1024:
+                return buffered
+        return None
+
+    try:
+        await until(lambda: held() is not None, "the server stopped reading, or held over 1 MiB")
+        assert held() < 256 * 1024
+
+        def read_all() -> int:
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < count:
+                data = client.recv(1 << 20)
+                assert data, "the server closed"
+                received += data
+            if half_close:
+                while data:
+                    data = client.recv(1 << 20)
+                    received += data  # nothing more, then the end
+            return received.count(b"HTTP/1.1 200 OK")
+
+        assert await deferToThread(read_all) == count
+        await sending
+    finally:
+        client.close()

@@ -53,6 +53,10 @@ def test_options_override_the_file(tmp_path):
         (["--listen", "bogus:1"], "izreg: --listen 'bogus:1' is not a valid Twisted endpoint string"),
         (["--listen", "tcp:notaport"], "izreg: --listen 'tcp:notaport' is not a valid Twisted endpoint string"),
         (["--tls-listen", "tcp:1:nosuch=1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "izreg: --tls-listen 'tcp:1:nosuch=1' is not a valid Twisted endpoint string"),
+        # Twisted's own ssl: endpoint reads its certificate (server.pem by default) while the string is parsed
+        (["--listen", "ssl:1"], "izreg: --listen 'ssl:1' cannot be used: No such file or directory: "),
+        (["--tls-listen", "ssl:1:privateKey=/nonexistent.key:certKey=/nonexistent.pem", "--tls-cert", "c.pem",
+          "--tls-key", "k.pem"], "izreg: --tls-listen 'ssl:1:privateKey=/nonexistent.key:certKey=/nonexistent.pem' cannot be"),
     ],
 )
 def test_bad_options_stop_with_one_line(tmp_path, argv, message):
