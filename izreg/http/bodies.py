@@ -642,8 +642,8 @@ class RegistryChannel(http.HTTPChannel):
 
     def readConnectionLost(self) -> None:
         """
-        The client half-closed (C{shutdown(SHUT_WR)}, on a plain TCP
-        connection: L{_Channel}). A request whose body is whole is answered
+        The client half-closed (C{shutdown(SHUT_WR)}: L{_Channel}, on plain
+        TCP and, without a close_notify, over TLS: izreg.service.fasttls). A request whose body is whole is answered
         (the client still reads), then the connection closed; anything else
         (an idle connection, a body cut short, a refused request's rest) can
         never go on: closed now, as Twisted does on any end of stream.
@@ -655,7 +655,7 @@ class RegistryChannel(http.HTTPChannel):
             return
         if self._handlingRequest and not self._refused:
             return  # answered, then closed (L{requestDone})
-        self.transport.loseConnection()
+        self.loseConnection()  # (the channel's: its producer off the transport first, or TLS waits to shut down)
 
     def writeConnectionLost(self) -> None:
         pass  # the server never half-closes
@@ -673,7 +673,7 @@ class RegistryChannel(http.HTTPChannel):
         """After the client's half-close, close once no request is in progress or held: no other can come."""
         if self._read_closed and not self._handlingRequest and not self._held and self.transport is not None \
                 and not self.transport.disconnecting:
-            self.transport.loseConnection()
+            self.loseConnection()  # (the channel's: its producer off the transport first, or TLS waits to shut down)
 
     def requestDone(self, request) -> None:
         self._in_request = False  # (set again if a pipelined request's headers are all in: super() reads them)

@@ -398,7 +398,9 @@ class SlowReaders(_Sweeps):
     response is sent Twisted's idle timeout is off, and a connection in the
     middle of a request is never evicted, so a client that stopped reading
     held its connection, and over TLS the records and state kept for it
-    (~270 KB), for ever.
+    (~200 KiB, docs/benchmark.md "tlsmem"), for ever. Each look that sees
+    nothing read tells the sender (C{stalled}), which has the TLS layer give
+    back what it need not keep.
 
     A sender (L{izreg.http.responses.FileSender}) is watched from its start to
     its end (L{started}, L{done}), with its C{handed} count of bytes given to
@@ -436,7 +438,11 @@ class SlowReaders(_Sweeps):
             if sender.handed != handed or now_queued < queued or not now_queued:
                 # it read something, or nothing waits for it (the sender waits on its reader: S3)
                 state[1:] = [sender.handed, now_queued, now]
-            elif now - since >= self.send_timeout:
+            elif now - since < self.send_timeout:
+                stalled = getattr(sender, "stalled", None)
+                if stalled is not None:
+                    stalled()  # nothing read since the last look: the TLS layer keeps only what must be sent
+            else:
                 self.watched.pop(sender, None)
                 address = getattr(getattr(transport, "getPeer", lambda: None)(), "host", None) or "?"
                 self._log.warn(f"closed a connection from {address}: its client read nothing of a blob for"

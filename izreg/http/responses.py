@@ -14,12 +14,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from izreg.http.limits import SIOCOUTQ, queued_bytes, tcp_under
+
 log = Logger()
 
 
 #: bytes read per turn: large enough that per-chunk Python work is small next
 #: to the copy, small enough that a slow client pins little memory
 READ_SIZE = 512 * 1024
+
+#: the least read when the socket has little room (L{FileSender}, TLS): a
+#: whole TLS write of izreg.service.fasttls (48 KiB) and some
+MIN_READ = 64 * 1024
+
+#: the share of the socket's send buffer (SO_SNDBUF, which counts the
+#: kernel's own overhead per segment, a few per cent) a read may fill
+ROOM_SHARE = 7 / 8
 
 #: most bytes handed to the kernel by one sendfile(2) call: whole TCP
 #: segments (L{call_size}), one on loopback (MSS 65483). The client reads
@@ -66,6 +76,20 @@ def call_size(sock) -> int:
     return max(mss, SENDFILE_SIZE // mss * mss)
 
 
+def release_buffers(transport) -> bool:
+    """
+    Have the TLS layer under C{transport} give back what it keeps between
+    writes (C{releaseBuffers} of L{izreg.service.fasttls.FastTLSTransport}:
+    a send BIO grown to a whole large write); C{False} where there is none.
+    """
+    while transport is not None:
+        release = getattr(type(transport), "releaseBuffers", None)
+        if release is not None:
+            return release(transport)
+        transport = getattr(transport, "transport", None)
+    return False
+
+
 def _when_writable(transport) -> None:
     """
     Have C{transport} resume its producer (the HTTP channel, which resumes the
@@ -102,8 +126,11 @@ class FileSender:
         #: the site's watch on clients that stop reading (izreg.http.limits.SlowReaders), if any
         self.readers = getattr(getattr(request, "site", None), "readers", None)
         self.tcp = plain_tcp(request) if callable(getattr(reader, "sendfile", None)) else None
+        #: the TCP transport under the TLS layer, whose room sizes the reads (L{_read_size})
+        self.under = None
         if self.tcp is None:
             reader.seek(offset)
+            self.under = tcp_under(getattr(request, "transport", None))
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
@@ -122,7 +149,7 @@ class FileSender:
             self._send_file()
             return
         while not self.paused and not self.reading and self.request is not None and self.remaining:
-            data = self.reader.read(min(READ_SIZE, self.remaining))
+            data = self.reader.read(min(self._read_size(), self.remaining))
             if isinstance(data, defer.Deferred):
                 # a reader that waits on the network (S3): one read in flight, memory stays flat
                 self.reading = True
@@ -131,6 +158,27 @@ class FileSender:
             if not self._write(data):
                 return
         self._maybe_finish()
+
+    def _read_size(self) -> int:
+        """
+        L{READ_SIZE}, or less when the socket has less room: what the socket
+        does not take waits, sealed, in the transport's buffer (in RSS) until
+        the client reads, and with reads of READ_SIZE a client that stopped
+        reading left up to that much there (half of it on average); now
+        Twisted's pause threshold (64 KiB) and one L{MIN_READ}, and what the
+        kernel's overhead makes of the room. The room is the socket's
+        send buffer (a share: L{ROOM_SHARE}) less what it queues (C{SIOCOUTQ})
+        and the transport holds.
+        """
+        sock = getattr(self.under, "socket", None)
+        if sock is None or SIOCOUTQ is None:
+            return READ_SIZE
+        try:
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            return READ_SIZE
+        room = int(size * ROOM_SHARE) - queued_bytes(self.under)
+        return max(MIN_READ, min(READ_SIZE, room))
 
     def _write(self, data: bytes) -> bool:
         if not data:
@@ -200,6 +248,8 @@ class FileSender:
             self.stopProducing()
             request.unregisterProducer()
             request.finish()
+            if self.tcp is None:
+                release_buffers(request.transport)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -209,6 +259,11 @@ class FileSender:
         self.request = None
         if self.readers is not None:
             self.readers.done(self)
+
+    def stalled(self) -> None:
+        """Called by L{SlowReaders}: the client read nothing since the last look; keep only what must be sent."""
+        if self.request is not None and self.tcp is None:
+            release_buffers(self.request.transport)
 
     def too_slow(self) -> None:
         """Called by L{SlowReaders}: the client read nothing for connections.send_timeout; close at once."""

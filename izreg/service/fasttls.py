@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError
 from twisted.internet import tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 try:
     from twisted.protocols.tls import BufferingTLSTransport
@@ -48,6 +49,11 @@ try:  # pyOpenSSL's own cffi binding of OpenSSL: BIO_read into a buffer of ours
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL: Connection.bio_read
     _BIO_read = None
 
+try:  # a fresh send BIO for a connection whose own has grown (FastTLSTransport.releaseBuffers)
+    _BIO_new, _BIO_s_mem, _SSL_set_bio, _BIO_pending = _lib.BIO_new, _lib.BIO_s_mem, _lib.SSL_set_bio, _lib.BIO_get_mem_data
+except (NameError, AttributeError):  # pragma: no cover - another pyOpenSSL: the send BIO keeps its size
+    _SSL_set_bio = None
+
 #: the most plaintext sealed by one SSL_write, sent by one send: three full
 #: records, whose 49,218 bytes (TLS 1.3, AES-GCM) are one loopback segment.
 #: As with sendfile(2) (izreg.http.responses.SENDFILE_SIZE), the client reads
@@ -60,13 +66,23 @@ WRITE_SIZE = 48 * 1024
 #: 256 bytes of header, tag and padding per 16 KiB record)
 BIO_READ_SIZE = WRITE_SIZE + (WRITE_SIZE // 2**14 + 1) * 256
 
+#: records read from the send BIO at once past which it has grown beyond
+#: one record's worth, so that L{FastTLSTransport.releaseBuffers} has
+#: something to give back (a TLS record is at most 16 KiB and 256 bytes)
+GROWN = 2**14 + 256
+
 #: SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h), which pyOpenSSL sets on every
 #: context: with it, SSL_write returns after each record
 MODE_ENABLE_PARTIAL_WRITE = 0x1
 
 
+@implementer(IHalfCloseableProtocol)
 class FastTLSTransport(BufferingTLSTransport):
-    """L{BufferingTLSTransport} that seals and flushes large writes in one step each."""
+    """
+    L{BufferingTLSTransport} that seals and flushes large writes in one step
+    each, and passes a client's half-close on to the protocol it wraps
+    (L{readConnectionLost}).
+    """
 
     #: the verified client certificate, once L{izreg.http.peercert.peer_certificate} has read it
     peerCertificate = None
@@ -82,6 +98,10 @@ class FastTLSTransport(BufferingTLSTransport):
     _holdRecords = False
     #: records sealed while holding, not yet read from the send BIO
     _heldRecords = False
+    #: the send BIO has held more than a record since it was last replaced (L{releaseBuffers})
+    _bioGrown = False
+    #: the client closed its side of the TCP connection (L{readConnectionLost})
+    _readClosed = False
 
     def makeConnection(self, transport):
         """
@@ -109,6 +129,38 @@ class FastTLSTransport(BufferingTLSTransport):
         super()._checkHandshakeStatus()
         if self._handshakeDone and not done:
             self.factory.handshakeCompleted()
+
+    def readConnectionLost(self):
+        """
+        The client closed its side of the TCP connection (a FIN without a
+        close_notify before it: after one, Twisted's TLS protocol has already
+        ended the connection). Twisted's TLS protocol is not
+        half-closeable, so the TCP transport ended the whole connection, and
+        a device that half-closed after its request lost the rest of its
+        response, though plain HTTP answers it in full (L{izreg.http.bodies}).
+        Now the protocol wrapped is told, as on plain TCP: a request already
+        whole is answered, then the connection closed (as nginx and Go's
+        net/http do; RFC 8446 6.1: a closure alert does not close the read
+        side; a FIN without one only means no more can come, and an HTTP
+        request carries its own length). Before the handshake is done, or
+        under a protocol that is not half-closeable, the connection is closed
+        (after what is already written).
+        """
+        self._readClosed = True
+        wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if wrapped is None or not self._handshakeDone or self._lostTLSConnection:
+            self.transport.loseConnection()
+            return
+        wrapped.readConnectionLost()
+
+    def writeConnectionLost(self):
+        pass  # the server never half-closes
+
+    def _shutdownTLS(self):
+        super()._shutdownTLS()
+        if self._readClosed and self.transport.connected and not self.transport.disconnecting:
+            # Twisted waits for the client's close_notify, which cannot come any more: close now
+            self.transport.loseConnection()
 
     def loseConnection(self):
         """
@@ -190,6 +242,8 @@ class FastTLSTransport(BufferingTLSTransport):
             n = _BIO_read(bio, _records, BIO_READ_SIZE)
             if n <= 0:
                 return  # the send BIO is empty
+            if n > GROWN:
+                self._bioGrown = True
             view = memoryview(_ffi.buffer(_records, n))
             sent = 0
             if _direct(transport):
@@ -203,6 +257,33 @@ class FastTLSTransport(BufferingTLSTransport):
                 transport.write(view[sent:].tobytes())
             if n < BIO_READ_SIZE:
                 return
+
+    def releaseBuffers(self) -> bool:
+        """
+        Give back the memory of a send BIO that has grown, when it is empty
+        (L{_bioGrown}): C{True} if it did. OpenSSL's memory BIO
+        keeps the size of the most it ever held: a whole L{WRITE_SIZE} of
+        records, ~64 KiB per connection that has sent a blob, for as long as
+        the connection lives, though every record is read out at once. Here
+        the connection's send BIO is replaced by a new, empty one
+        (C{SSL_set_bio}; OpenSSL frees the old one). Called when a blob
+        response ends (L{izreg.http.responses.FileSender}), and when its
+        client has read nothing for a while (L{izreg.http.limits.SlowReaders}):
+        not after every write, as the next large write would grow the new
+        BIO again, ~7 us per 48 KiB sealed.
+        """
+        connection = self._tlsConnection
+        if (not self._bioGrown or _SSL_set_bio is None or connection is None or not self._handshakeDone
+                or self._lostTLSConnection
+                or self._heldRecords or _BIO_pending(connection._from_ssl, _ffi.NULL) != 0):
+            return False
+        fresh = _BIO_new(_BIO_s_mem())
+        if fresh == _ffi.NULL:
+            return False
+        _SSL_set_bio(connection._ssl, connection._into_ssl, fresh)  # same read BIO: only the send BIO changes
+        connection._from_ssl = fresh
+        self._bioGrown = False
+        return True
 
 
 #: the send BIO's records on their way to the socket (the reactor's thread only; allocated on first use)

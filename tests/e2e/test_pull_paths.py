@@ -176,6 +176,31 @@ def test_stalled_client_does_not_stop_others(pulls, listener):
 
 
 @pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_a_client_that_half_closes_after_its_request_gets_the_whole_response(pulls, listener):
+    """
+    A bare TCP FIN after the request (over TLS without a close_notify first):
+    the request is whole, so it is answered in full, as plain HTTP, nginx and
+    Go's net/http do; then the server closes (with its close_notify over TLS).
+    """
+    sock = _raw_get(pulls, listener)
+    with sock, socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as raw:
+        raw.shutdown(socket.SHUT_WR)  # on the TCP socket under TLS: no close_notify
+        assert _read_response(sock) == pulls["data"]
+        sock.settimeout(10)  # (not waiting for an idle timeout)
+        assert sock.recv(1) == b""  # then the server closed (TLS: its close_notify came first, else an error)
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_an_idle_connection_half_closed_by_its_client_is_closed(pulls, listener):
+    sock = _raw_get(pulls, listener)
+    with sock, socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as raw:
+        assert _read_response(sock) == pulls["data"]  # a keep-alive connection, now idle
+        raw.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
 def test_client_reset_mid_body(pulls, listener):
     registry = pulls["registry"]
     mark = registry.log_mark()

@@ -11,6 +11,10 @@ class Sender:
     def __init__(self) -> None:
         self.handed = 0
         self.closed = False
+        self.stalls = 0
+
+    def stalled(self) -> None:
+        self.stalls += 1
 
     def too_slow(self) -> None:
         self.closed = True
@@ -39,6 +43,23 @@ def test_a_client_that_reads_nothing_is_closed_after_the_timeout():
     assert sender.closed
     assert sender not in readers.watched
     assert not clock.getDelayedCalls()  # nothing left to watch: no timer
+
+
+def test_each_look_that_sees_nothing_read_tells_the_sender_it_stalled():
+    # (the TLS layer then gives back what it need not keep: izreg.service.fasttls.FastTLSTransport.releaseBuffers)
+    clock, readers = watch()
+    sender, transport = Sender(), Transport()
+    readers.started(sender, transport)
+    sender.handed, transport.queued = 1_000_000, 700_000
+    clock.advance(5)  # progress since the start
+    assert sender.stalls == 0
+    clock.advance(5)
+    assert sender.stalls == 1
+    transport.queued -= 1000  # the client read a little: not stalled
+    clock.advance(5)
+    assert sender.stalls == 1
+    clock.advance(5)
+    assert sender.stalls == 2 and not sender.closed
 
 
 def test_a_slow_reader_that_makes_progress_is_never_cut():

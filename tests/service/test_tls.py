@@ -679,6 +679,20 @@ def _get_with_connection_close(port: int, certs: Certs) -> tuple[bytes, bool]:
     return answer, True
 
 
+def _fin_mid_handshake(port: int) -> bytes:
+    """(In a thread.) The start of a ClientHello, then a FIN: what the server sends before it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # a handshake record's header and the first bytes
+        sock.shutdown(socket.SHUT_WR)
+        return sock.recv(100)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fin_in_the_middle_of_a_handshake_closes_the_connection(server):
+    port, _, _ = server
+    assert await deferToThread(_fin_mid_handshake, port) == b""
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_response_then_connection_close_ends_with_the_tls_close_alert(server, certs):
     # the last writes and the close alert leave together (FastTLSTransport.loseConnection): both arrive, in order

@@ -85,8 +85,10 @@ the gate watches too.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from izreg.core.netgroup import address_group
 from izreg.http.limits import ThrottledLog
@@ -431,6 +433,7 @@ class AdmissionFactory(Factory):
         return _Gate(self.admission, tls)
 
 
+@implementer(IHalfCloseableProtocol)
 class _Gate(Protocol):
     """One accepted connection: waits for a slot, then runs the TLS protocol over the transport."""
 
@@ -503,6 +506,17 @@ class _Gate(Protocol):
         if state == _SHAKING:
             self.admission._release(self, completed=False)
         self.tls.connectionLost(reason)
+
+    def readConnectionLost(self) -> None:
+        """The client's FIN: the TLS protocol's once its handshake is done (it answers a whole request), else the end."""
+        half = IHalfCloseableProtocol(self.tls, None) if self.state == _DONE else None
+        if half is not None:  # (izreg's TLS protocol: Twisted's stock one is not half-closeable)
+            half.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # the server never half-closes
 
     def _expired(self) -> None:
         """Waited or shook hands too long (L{HandshakeAdmission._sweep}): closed, its connectionLost follows."""

@@ -117,6 +117,10 @@ def build_context(material: TLSMaterial, refusals: RefusalLog | None = None, sen
     _set_groups(ctx)
     # one SSL_write seals a whole large write (izreg.service.fasttls)
     ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
+    # a connection's record buffers (~17 KiB to read, ~17 KiB to write) are
+    # freed whenever they are empty, as they are between requests and while a
+    # client leaves a response unread (docs/benchmark.md, tlsmem)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.use_certificate(material.server_chain[0])
     extra_certs = material.server_chain[1:]
     if not extra_certs:

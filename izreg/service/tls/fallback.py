@@ -55,7 +55,7 @@ FASTTLS_NEEDS = (
     Needs(_TCP, "Server.dataBuffer"),
     Needs(_TCP, "Connection.__init__", ("socket",)),
     Needs("twisted.internet.abstract", "FileDescriptor.write", ("_tempDataLen", "_writeDisconnected")),
-    Needs("OpenSSL.SSL", "Connection.__init__", ("_from_ssl",)),
+    Needs("OpenSSL.SSL", "Connection.__init__", ("_from_ssl", "_into_ssl", "_ssl", "SSL_set_bio")),
     Needs("OpenSSL.SSL", "Connection.send"),
     Needs("OpenSSL.SSL", "Connection.bio_read"),
 )
