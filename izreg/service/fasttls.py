@@ -147,6 +147,12 @@ class FastTLSTransport(BufferingTLSTransport):
         (after what is already written).
         """
         self._readClosed = True
+        if self.disconnecting:
+            # closing already: the close_notify is out (or goes after the writes before it, and
+            # L{_shutdownTLS} then closes), and the client's, which Twisted waits for, cannot come now
+            if self._producer is None and not self._appSendBuffer:
+                self.transport.loseConnection()
+            return
         wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
         if wrapped is None or not self._handshakeDone or self._lostTLSConnection:
             self.transport.loseConnection()

@@ -190,6 +190,21 @@ def test_a_client_that_half_closes_after_its_request_gets_the_whole_response(pul
         assert sock.recv(1) == b""  # then the server closed (TLS: its close_notify came first, else an error)
 
 
+def test_a_fin_after_the_servers_close_notify_ends_the_connection(pulls):
+    """
+    After a response with Connection: close the server has sent its close_notify and waits for the
+    client's; a client that sends a bare FIN instead (as most do when they close) ends it: the server
+    closes its socket too, it does not stay half-open.
+    """
+    sock = _raw_get(pulls, "tls", extra="Connection: close\r\n")
+    with sock, socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as raw:
+        assert _read_response(sock) == pulls["data"]
+        assert sock.recv(1) == b""  # the server's close_notify
+        raw.shutdown(socket.SHUT_WR)  # a FIN, no close_notify
+        raw.settimeout(10)
+        assert raw.recv(1) == b""  # the server's FIN
+
+
 @pytest.mark.parametrize("listener", ["plain", "tls"])
 def test_an_idle_connection_half_closed_by_its_client_is_closed(pulls, listener):
     sock = _raw_get(pulls, listener)
