@@ -525,4 +525,3 @@ class _Relay(Protocol):
 
     def stopProducing(self) -> None:
         self._gone()
-

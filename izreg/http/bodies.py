@@ -253,6 +253,8 @@ def _origin_form(request) -> None:
     one is refused first, L{_hostless}).
     """
     channel = request.channel
+    if channel._path[:1] == b"/":
+        return  # origin form: every request but a proxy's, with no regular expression run
     found = _ABSOLUTE_FORM.match(channel._path)
     if found is None:
         return

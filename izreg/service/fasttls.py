@@ -50,7 +50,7 @@ except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL: C
     _BIO_read = None
 
 try:  # a fresh send BIO for a connection whose own has grown (FastTLSTransport.releaseBuffers)
-    _BIO_new, _BIO_s_mem, _SSL_set_bio, _BIO_pending = _lib.BIO_new, _lib.BIO_s_mem, _lib.SSL_set_bio, _lib.BIO_get_mem_data
+    _BIO_new, _BIO_s_mem, _SSL_set_bio, _BIO_get_mem_data = _lib.BIO_new, _lib.BIO_s_mem, _lib.SSL_set_bio, _lib.BIO_get_mem_data
 except (NameError, AttributeError):  # pragma: no cover - another pyOpenSSL: the send BIO keeps its size
     _SSL_set_bio = None
 
@@ -281,7 +281,7 @@ class FastTLSTransport(BufferingTLSTransport):
         connection = self._tlsConnection
         if (not self._bioGrown or _SSL_set_bio is None or connection is None or not self._handshakeDone
                 or self._lostTLSConnection
-                or self._heldRecords or _BIO_pending(connection._from_ssl, _ffi.NULL) != 0):
+                or self._heldRecords or _BIO_get_mem_data(connection._from_ssl, _ffi.NULL) != 0):  # (the bytes it holds)
             return False
         fresh = _BIO_new(_BIO_s_mem())
         if fresh == _ffi.NULL:
