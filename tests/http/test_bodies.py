@@ -466,3 +466,35 @@ async def test_pipelined_requests_wait_while_their_client_reads_no_answer(secure
         await sending
     finally:
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_pipelined_behind_one_answered_later_are_all_answered_after_a_half_close(secured):
+    """
+    A request answered later (an upload's start: a write off the reactor), requests pipelined behind it and
+    the client's half-close, which arrives while the first is in progress: every request is answered, then
+    the connection closed. The server closed as soon as the first request after it was answered (the rest,
+    still to be parsed, silently dropped: 2 answers of 11).
+    """
+    keys = secured.keys
+    port = int(secured.url.rsplit(":", 1)[1])
+    count = 10
+    head = (f"POST /v2/{keys.a}/app/blobs/uploads/ HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: {basic(keys.a_key)}\r\nContent-Length: 0\r\n\r\n").encode()
+    client = socket.create_connection(("127.0.0.1", port))
+    client.settimeout(30)
+
+    def exchange() -> bytes:
+        client.sendall(head + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := client.recv(1 << 16):
+            received += data
+        return received
+
+    try:
+        received = await deferToThread(exchange)
+    finally:
+        client.close()
+    assert received.count(b"HTTP/1.1 202 Accepted") == 1, received[:300]
+    assert received.count(b"HTTP/1.1 200 OK") == count, received.count(b"HTTP/1.1 ")
