@@ -5,7 +5,10 @@ restarts (a fake clock; the file written synchronously in place of a thread).
 
 from __future__ import annotations
 
+import errno
 import os
+
+import pytest
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -144,3 +147,22 @@ def test_a_link_or_special_file_in_its_place_is_not_followed_nor_waited_on(tmp_p
     path.unlink()
     os.mkfifo(path)
     assert read_groups(str(path), admission().group_of) == []  # (opened and read, this would block)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    """
+    On a full disk the file stays as it was, with no .tmp beside it (an empty one was left), and a write
+    that does not fit is an error, never part of the groups written and renamed in place (os.write may
+    write part of its bytes).
+    """
+    from tests.helpers.tmpfs import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=64k", "a full disk") as small:
+        path = small / "tls-known-groups"
+        write_groups(str(path), ["192.0.2.1"])
+        (small / "fill").write_bytes(b"\0" * 32 * 1024)
+        groups = [f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}" for n in range(MAX_KNOWN)]  # ~50 KB
+        with pytest.raises(OSError) as failed:
+            write_groups(str(path), groups)
+        assert failed.value.errno == errno.ENOSPC
+        assert path.read_text() == "192.0.2.1\n" and not os.path.lexists(f"{path}.tmp")

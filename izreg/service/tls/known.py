@@ -24,6 +24,7 @@ symbolic link at either name is not followed, a FIFO not waited on.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import stat
@@ -88,11 +89,15 @@ def write_groups(path: str, groups: list[str]) -> None:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, "".join(f"{group}\n" for group in groups).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:  # every byte or an error (os.write may write part: a full disk)
+            f.write("".join(f"{group}\n" for group in groups).encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # not left behind (a full disk)
+        raise
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(directory)
