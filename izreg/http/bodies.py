@@ -554,6 +554,9 @@ class RegistryChannel(http.HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._answer_and_close(431, "the request headers are larger than 16 KiB in all")
             return
+        if self._lines > self.maxHeaders + 1 and line:  # (Twisted's answer: 400 'malformed HTTP request')
+            self._answer_and_close(431, f"the request has more than {self.maxHeaders} header lines")
+            return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
