@@ -13,14 +13,13 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from izreg import StartupError
 from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, load
 from izreg.service.config import LOG_LEVELS, ConfigError
 from izreg.service.logs import offer_observer
+from izreg.service.tree import start_listening
 
 
 class EdgeOptions(usage.Options):
@@ -102,12 +101,7 @@ class EdgeService(service.MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
-            self.log.error("{message}", message=message)
-            raise StartupError(message) from None
+        start_listening(super().privilegedStartService, self.log)  # a port in use: one line, with what to do
 
     def startService(self) -> None:
         from izreg.edge.cache import EdgeCache
