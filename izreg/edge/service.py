@@ -10,6 +10,8 @@ the timer that checks the registry when nothing else asks it.
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer
@@ -81,7 +83,7 @@ class EdgeOptions(usage.Options):
 
         try:
             self.policy = MutualTLSPolicy(self.config.device_cert, self.config.device_key, self.config.upstream_ca)
-        except Exception as e:  # TLSConfigError, OSError, OpenSSL errors: one line
+        except Exception as e:  # TLSConfigError (it says which file, what is wrong, what to do), OpenSSL's: one line
             raise SystemExit(f"izreg edge: TLS: {e}") from None
 
 
@@ -121,6 +123,10 @@ class EdgeService(service.MultiService):
         self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
                       root=self.cache.root, total=self.cache.total, limit=self.cache.limit, upstream=config.upstream,
                       removed=f", removed {removed} stray file(s)" if removed else "")
+        lapsed = self.policy.validity_problem(
+            datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc))
+        if lapsed is not None:
+            self.log.warn("{problem}", problem=lapsed)
         super().startService()
 
     @defer.inlineCallbacks
