@@ -104,7 +104,10 @@ def _probe():
             out["traced"] = tracemalloc.get_traced_memory()[0]
             out["top"] = [(str(s.traceback), s.size, s.count) for s in snap.statistics("lineno")[:25]]
         if os.path.exists(os.path.join(os.path.dirname(os.environ["IZREG_PROBE_OUT"]), "trim")):
+            import time
+            started = time.perf_counter()
             libc.malloc_trim(0)
+            out["trim_ms"] = (time.perf_counter() - started) * 1000
             out["rss_trimmed"], out["anon_trimmed"] = status("VmRSS"), status("RssAnon")
         path = os.environ["IZREG_PROBE_OUT"]
         with open(path + ".tmp", "w") as f:
@@ -161,7 +164,8 @@ def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool
     with open(config, "w") as f:
         f.write(f"[connections]\nmax_connections = {connections + 100}\nmax_per_address = 0\n"
                 "send_timeout = 3600\nidle_timeout = 3600\n")
-    registry = RegistryProcess(data_dir=os.path.join(workdir, "data"), config=config)
+    log = os.path.join(workdir, "server.log")
+    registry = RegistryProcess(data_dir=os.path.join(workdir, "data"), config=config, log_path=log)
     try:
         registry.start()
         tls_port, paths = restart_with_tls(registry, os.path.join(workdir, "certs"))
@@ -207,13 +211,18 @@ def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool
                 cut_report("the clients closed, none left in the server", connections, before, closed)
                 time.sleep(settle)  # the server's burst trim looks every 5 s
                 cut_report(f"{settle:g} s later", connections, before, ask(pid, out))
+                with open(log) as f:
+                    for line in f:
+                        if "malloc_trim" in line:
+                            print("  the server:", line.split("] ", 1)[-1].strip())
             trim = os.path.join(workdir, "trim")
             with open(trim, "w"):
                 pass
             trimmed = ask(pid, out)
             os.unlink(trim)
             print(f"  after malloc_trim(0) in the server: VmRSS {trimmed['rss_trimmed'] / 2**20:.1f} MiB"
-                  f" ({(trimmed['rss_trimmed'] - before['rss']) / connections / 1024:.1f} KiB per connection)")
+                  f" ({(trimmed['rss_trimmed'] - before['rss']) / connections / 1024:.1f} KiB per connection;"
+                  f" the trim took {trimmed['trim_ms']:.2f} ms)")
     finally:
         registry.close()
         os.environ.clear()
