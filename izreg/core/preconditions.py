@@ -23,6 +23,9 @@ ANY: Literal["*"] = "*"
 
 Tags = frozenset[str] | Literal["*"] | None
 
+#: the characters of one entity-tag a 412 says back (a sha512 digest is 135; the header line may hold 16 KiB)
+_MAX_SHOWN = 200
+
 
 @dataclass(frozen=True)
 class Precondition:
@@ -52,7 +55,7 @@ class Precondition:
 
     def detail(self) -> dict:
         """The error's detail: what was asked (never what the reference names, which a push-only token may not read)."""
-        return {name: (value if value == ANY else sorted(value)[:20])
+        return {name: (value if value == ANY else [tag[:_MAX_SHOWN] for tag in sorted(value)[:20]])
                 for name, value in (("if_match", self.if_match), ("if_none_match", self.if_none_match))
                 if value is not None}
 

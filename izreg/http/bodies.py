@@ -540,6 +540,8 @@ class RegistryChannel(http.HTTPChannel):
         if self._refused:
             return  # the answer is sent; the rest of the body is dropped
         super().dataReceived(data)
+        if self._read_closed:
+            self._close_after_half_close()  # what is left unparsed, if anything, can never be a whole request
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -551,6 +553,9 @@ class RegistryChannel(http.HTTPChannel):
         self._lines += 1
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._answer_and_close(431, "the request headers are larger than 16 KiB in all")
+            return
+        if self._lines > self.maxHeaders + 1 and line:  # (Twisted's answer: 400 'malformed HTTP request')
+            self._answer_and_close(431, f"the request has more than {self.maxHeaders} header lines")
             return
         super().lineReceived(line)
 
@@ -672,9 +677,15 @@ class RegistryChannel(http.HTTPChannel):
             self._close_after_half_close()
 
     def _close_after_half_close(self) -> None:
-        """After the client's half-close, close once no request is in progress or held: no other can come."""
+        """
+        After the client's half-close, close once no request is in progress or held, and none is left to parse:
+        no other can come. A request answered at once inside LineReceiver's loop (requests pipelined behind one
+        answered later, read on by its requestDone) leaves the rest of the loop's buffer to parse: the loop goes
+        on, and L{dataReceived} checks again after it.
+        """
         if self._read_closed and not self._handlingRequest and not self._held and self.transport is not None \
-                and not self.transport.disconnecting:
+                and not self.transport.disconnecting \
+                and not (getattr(self, "_busyReceiving", False) and getattr(self, "_buffer", b"")):
             self.loseConnection()  # (the channel's: its producer off the transport first, or TLS waits to shut down)
 
     def requestDone(self, request) -> None:

@@ -28,12 +28,14 @@ from izreg.core.preconditions import ANY, Precondition, Tags
 
 #: one entity-tag of a list: optional weakness, then an opaque quoted string
 _TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
+#: empty elements of a list (RFC 9110 5.6.1: accepted and ignored), as two lines of which one is empty join
+_EMPTY = re.compile(r"[\s,]*")
 
 
 def _tags(value: str) -> list[tuple[bool, str]] | None:
-    """The (weak, opaque) entity-tags of a header's list; C{None}: not a list of entity-tags."""
+    """The (weak, opaque) entity-tags of a header's list, empty elements ignored; C{None}: not a list of entity-tags."""
     tags, at = [], 0
-    while at < len(value):
+    while (at := _EMPTY.match(value, at).end()) < len(value):
         found = _TAG.match(value, at)
         if found is None:
             return None
@@ -94,8 +96,8 @@ def _write_tags(header: str, lines: list[str] | None, strong: bool) -> Tags:
     value = ", ".join(lines)
     if value.strip() == "*":
         return ANY
-    tags = _tags(value) if value.strip() else None
-    if tags is None:
+    tags = _tags(value)
+    if not tags:  # (only empty elements: a guard asked for, with nothing to compare)
         raise RegistryError(ErrorCode.PRECONDITION_INVALID, {"header": header, "value": value[:200]},
                             f"{header} is neither * nor a list of quoted entity-tags (\"<digest>\")")
     return frozenset(opaque for weak, opaque in tags if not (strong and weak))

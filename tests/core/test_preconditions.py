@@ -43,3 +43,10 @@ def test_check_raises_412_with_what_was_asked():
     assert info.value.detail == {"if_match": [A, B], "if_none_match": "*"}
     check(None, None)  # no precondition: nothing to refuse
     check(Precondition(ANY), A)
+
+
+def test_the_412_says_back_what_was_asked_cut_short():
+    """One long entity-tag (a header line may hold 16 KiB) is said back in its first 200 characters."""
+    with pytest.raises(RegistryError) as info:
+        check(Precondition(frozenset({"x" * 10_000, A})), B)
+    assert info.value.detail == {"if_match": [A, "x" * 200]}

@@ -46,6 +46,9 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
         ([f'W/"{D1}", "{D2}"'], None, Precondition(frozenset({D2}), None)),
         (None, ["*"], Precondition(None, ANY)),
         (None, [f'W/"{D1}"'], Precondition(None, frozenset({D1}))),  # If-None-Match compares weakly
+        ([f'"{D1}"', ""], None, Precondition(frozenset({D1}), None)),  # an empty line: an empty element
+        ([f', "{D1}" , ,"{D2}",'], None, Precondition(frozenset({D1, D2}), None)),  # RFC 9110 5.6.1
+        (None, [f'"{D1}",'], Precondition(None, frozenset({D1}))),
         ([f'"{D1}"'], ["*"], Precondition(frozenset({D1}), ANY)),
     ],
 )
@@ -59,6 +62,8 @@ def test_write_precondition(if_match, if_none_match, expected):
         ([D1], None),  # not quoted
         ([""], None),
         (["  "], None),
+        ([", ,"], None),  # only empty elements: no entity-tag to compare
+        (None, [","]),
         ([f'"{D1}", garbage'], None),
         ([f'*, "{D1}"'], None),
         (['"unterminated'], None),

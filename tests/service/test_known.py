@@ -5,7 +5,10 @@ restarts (a fake clock; the file written synchronously in place of a thread).
 
 from __future__ import annotations
 
+import errno
 import os
+
+import pytest
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -123,3 +126,43 @@ def test_the_stop_waits_for_a_write_under_way_then_writes_what_changed_since(tmp
     f(*args)
     d.callback(None)
     assert stopped.called and path.read_text() == "192.0.2.1\n192.0.2.2\n"
+
+
+def test_a_link_or_special_file_in_its_place_is_not_followed_nor_waited_on(tmp_path):
+    """
+    What another user or a stale run left at the file's names: a symbolic link at the temporary name is
+    replaced, never written through (it overwrote its target); one at the file's name is not read (a link
+    to a FIFO held the start-up forever, one to any file was read); a FIFO there is not waited on.
+    """
+    path, victim = tmp_path / "tls-known-groups", tmp_path / "victim"
+    victim.write_text("192.0.2.9\n")
+    os.symlink(victim, f"{path}.tmp")
+    write_groups(str(path), ["192.0.2.1"])
+    assert victim.read_text() == "192.0.2.9\n"
+    assert path.read_text() == "192.0.2.1\n" and not path.is_symlink() and not os.path.lexists(f"{path}.tmp")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    path.unlink()
+    os.symlink(victim, path)
+    assert read_groups(str(path), admission().group_of) == []
+    path.unlink()
+    os.mkfifo(path)
+    assert read_groups(str(path), admission().group_of) == []  # (opened and read, this would block)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    """
+    On a full disk the file stays as it was, with no .tmp beside it (an empty one was left), and a write
+    that does not fit is an error, never part of the groups written and renamed in place (os.write may
+    write part of its bytes).
+    """
+    from tests.helpers.tmpfs import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=64k", "a full disk") as small:
+        path = small / "tls-known-groups"
+        write_groups(str(path), ["192.0.2.1"])
+        (small / "fill").write_bytes(b"\0" * 32 * 1024)
+        groups = [f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}" for n in range(MAX_KNOWN)]  # ~50 KB
+        with pytest.raises(OSError) as failed:
+            write_groups(str(path), groups)
+        assert failed.value.errno == errno.ENOSPC
+        assert path.read_text() == "192.0.2.1\n" and not os.path.lexists(f"{path}.tmp")

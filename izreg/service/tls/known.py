@@ -18,13 +18,16 @@ and ignored (the server starts knowing no group, as before); lines that are
 not a group under the current C{[tls] group_ipv4_prefix} /
 C{group_ipv6_prefix} (changed since, or not an address) are dropped. It is
 written to a temporary file, synced off the reactor, then renamed over the
-old one: a crash leaves the old file or the new one, never half of one.
+old one: a crash leaves the old file or the new one, never half of one. A
+symbolic link at either name is not followed, a FIFO not waited on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import stat
 
 from twisted.application import service
 from twisted.internet import task, threads
@@ -49,7 +52,10 @@ def read_groups(path: str, group_of) -> list[str]:
     L{MAX_KNOWN} (the most recent); C{[]} if there is no such file or it cannot be read.
     """
     try:
-        with open(path, "rb") as f:
+        # not through a symbolic link, not waiting on a FIFO (the reactor's thread, at start-up)
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(f"{path} is not a regular file")
             data = f.read((_MAX_LINE + 1) * MAX_KNOWN + 1)
     except FileNotFoundError:
         return []
@@ -77,13 +83,21 @@ def read_groups(path: str, group_of) -> list[str]:
 def write_groups(path: str, groups: list[str]) -> None:
     """Replace the file at C{path} with C{groups}, one a line: a temporary file, synced, renamed over it."""
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # a stale one, or a link someone put there: never written through
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, "".join(f"{group}\n" for group in groups).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:  # every byte or an error (os.write may write part: a full disk)
+            f.write("".join(f"{group}\n" for group in groups).encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # not left behind (a full disk)
+        raise
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(directory)
