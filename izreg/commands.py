@@ -63,6 +63,11 @@ def repository_of(account: str, text: str) -> str:
     return name
 
 
+def plural(n: int, singular: str, plural_form: str | None = None) -> str:
+    """C{n} and its noun in the number it takes: C{1 repository}, C{2 repositories}, C{0 files}."""
+    return f"{n} {singular if n == 1 else plural_form or singular + 's'}"
+
+
 def iso(when: float | None, never: str = "never") -> str:
     if when is None:
         return never

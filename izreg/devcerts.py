@@ -12,6 +12,11 @@ the server's files and the CA key live in C{DIR/server/}::
     DIR/server/server.key   its key (0600)
     DIR/server/ca.key       the CA's key (0600), to issue more device certificates
 
+One CA, several devices: a directory that holds a CA (C{ca.crt} and
+C{server/ca.key}) keeps it; C{ca_dir} issues a device into another
+directory from the CA of that one (which gets C{ca.crt}, C{client.cert}
+and C{client.key} only: the CA key and the server's files stay with the CA).
+
 Why the subdirectory: containers/image and docker pair every C{X.key} in a
 cert dir with an C{X.cert} and refuse the whole directory otherwise
 ("missing client certificate ca.cert for key ca.key"), so C{ca.key} and
@@ -81,6 +86,12 @@ class DevCertPaths:
     client_key: str
     account: str
     device_id: str
+    #: the directory whose CA issued the device (C{directory} itself for a new CA or its own)
+    ca_dir: str = ""
+    #: whether the CA was there before (not made by this call)
+    ca_reused: bool = False
+    #: whether the server's certificate was written by this call (else it was kept, or is C{ca_dir}'s)
+    server_issued: bool = True
 
 
 def new_key() -> Key:
@@ -201,27 +212,89 @@ class DevCertsExist(Exception):
     """The output directory already holds development certificates."""
 
 
+class DevCertsError(ValueError):
+    """A CA to issue from is missing, incomplete or unreadable (one line)."""
+
+
+def has_ca(directory: str) -> bool:
+    """Whether C{directory} holds a development CA (its certificate or its key)."""
+    return any(os.path.exists(os.path.join(directory, LAYOUT[name])) for name in (CA_CERT, CA_KEY))
+
+
+def load_ca(directory: str) -> Issued:
+    """The CA of a directory L{write_dev_certs} wrote: C{ca.crt} and C{server/ca.key}, checked."""
+    from izreg.service.tls.pem import TLSConfigError, load_key_pair
+
+    cert, key = (os.path.join(directory, LAYOUT[name]) for name in (CA_CERT, CA_KEY))
+    missing = [LAYOUT[name] for name, path in ((CA_CERT, cert), (CA_KEY, key)) if not os.path.exists(path)]
+    if missing:
+        raise DevCertsError(f"{directory} holds no CA to issue from (no {' and no '.join(missing)}): give the directory"
+                            " an earlier izreg dev-certs wrote, or a new one")
+    try:
+        chain, ca_key = load_key_pair(cert, key, "CA")
+    except TLSConfigError as e:
+        raise DevCertsError(str(e)) from None
+    try:
+        is_ca = chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise DevCertsError(f"{cert} is not a CA certificate (basicConstraints CA:TRUE)")
+    return Issued(ca_key, chain[0])
+
+
 def write_dev_certs(directory: str, now: float, account: str, device_id: str = DEFAULT_DEVICE_ID,
                     days: float = DEFAULT_DAYS, server_names: Sequence[str] = SERVER_NAMES,
-                    overwrite: bool = False) -> DevCertPaths:
-    """Make a CA, a server and a device certificate and write them to C{directory}."""
+                    overwrite: bool = False, ca_dir: str | None = None) -> DevCertPaths:
+    """
+    A device certificate (and its key) in C{directory}, issued by the CA of C{ca_dir}, else by the CA
+    C{directory} holds, else by a new one; a server certificate beside a new CA, or beside one that lacks
+    it (a server certificate there is kept: the running registry uses it). C{overwrite} replaces the
+    device's files (and those a new CA's certificates would), never a CA.
+    """
     if not ACCOUNT_RE.match(account):
         raise ValueError(f"not an account id (32 lowercase hex): {account!r}")
     if not DEVICE_ID_RE.fullmatch(device_id):  # the registry would refuse the certificate
         raise ValueError(f"not a device id (1-128 of A-Z a-z 0-9 . _ : @ -, starting alphanumeric): {device_id[:200]!r}")
-    os.makedirs(os.path.join(directory, SERVER_DIR), mode=0o700, exist_ok=True)
     paths = {name: os.path.join(directory, relative) for name, relative in LAYOUT.items()}
-    existing = sorted(LAYOUT[name] for name, path in paths.items() if os.path.exists(path))
+    if ca_dir is not None and os.path.realpath(ca_dir) == os.path.realpath(directory):
+        ca_dir = None  # its own CA
+    if ca_dir is not None and os.path.exists(paths[CA_KEY]):
+        raise DevCertsError(f"{directory} holds a CA of its own ({LAYOUT[CA_KEY]}): issue into another directory"
+                            f" from {ca_dir}, or leave out --ca to issue from {directory}'s")
+    reused = ca_dir is not None or has_ca(directory)
+    ca = load_ca(ca_dir or directory) if reused else make_ca(now)
+    own = ca_dir is None  # the directory holds the CA (and the server's files)
+    ca_pem = cert_pem(ca.cert)
+    # what this call writes; the device's files, and a CA certificate other than the one issuing, are not replaced
+    device = [CLIENT_CERT, CLIENT_KEY]
+    server = [SERVER_CERT, SERVER_KEY] if own and not (reused and all(os.path.exists(paths[n]) for n in
+                                                                      (SERVER_CERT, SERVER_KEY))) else []
+    existing = [LAYOUT[name] for name in device if os.path.exists(paths[name])]
+    if not own and os.path.exists(paths[CA_CERT]) and _read(paths[CA_CERT]) != ca_pem:
+        existing.append(LAYOUT[CA_CERT])
+    if not reused:
+        existing += [LAYOUT[name] for name in (SERVER_CERT, SERVER_KEY) if os.path.exists(paths[name])]
     if existing and not overwrite:
-        raise DevCertsExist(f"{directory} already has {', '.join(existing)}")
-    ca = make_ca(now)
-    server = make_server_cert(ca, now, server_names, days)
-    device = make_device_cert(ca, account, device_id, now, days)
-    write_file(paths[CA_KEY], key_pem(ca.key), 0o600)
-    write_file(paths[SERVER_KEY], key_pem(server.key), 0o600)
-    write_file(paths[CLIENT_KEY], key_pem(device.key), 0o600)
-    write_file(paths[CA_CERT], cert_pem(ca.cert))
-    write_file(paths[SERVER_CERT], cert_pem(server.cert))
-    write_file(paths[CLIENT_CERT], cert_pem(device.cert))
-    return DevCertPaths(directory, paths[CA_CERT], paths[CA_KEY], paths[SERVER_CERT], paths[SERVER_KEY],
-                        paths[CLIENT_CERT], paths[CLIENT_KEY], account, device_id)
+        raise DevCertsExist(f"{directory} already has {', '.join(sorted(existing))}")
+    os.makedirs(os.path.join(directory, SERVER_DIR) if own else directory, mode=0o700, exist_ok=True)
+    if not reused:
+        write_file(paths[CA_KEY], key_pem(ca.key), 0o600)
+    if not own or not reused:
+        write_file(paths[CA_CERT], ca_pem)
+    if server:
+        issued = make_server_cert(ca, now, server_names, days)
+        write_file(paths[SERVER_KEY], key_pem(issued.key), 0o600)
+        write_file(paths[SERVER_CERT], cert_pem(issued.cert))
+    issued = make_device_cert(ca, account, device_id, now, days)
+    write_file(paths[CLIENT_KEY], key_pem(issued.key), 0o600)
+    write_file(paths[CLIENT_CERT], cert_pem(issued.cert))
+    home = {name: os.path.join(ca_dir or directory, LAYOUT[name]) for name in (CA_KEY, SERVER_CERT, SERVER_KEY)}
+    return DevCertPaths(directory, paths[CA_CERT], home[CA_KEY], home[SERVER_CERT], home[SERVER_KEY],
+                        paths[CLIENT_CERT], paths[CLIENT_KEY], account, device_id, ca_dir or directory, reused,
+                        bool(server))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -12,6 +12,7 @@ request.
 from __future__ import annotations
 
 import argparse
+import os
 import uuid
 
 from cryptography import x509
@@ -51,13 +52,20 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     pulls.add_argument("--repository", metavar="NAME", help="only this repository: NAME or ACCOUNT_ID/NAME")
     pulls.set_defaults(handler=_pulls)
 
-    dev = subparsers.add_parser("dev-certs", help="write a development CA, server and device certificate")
+    dev = subparsers.add_parser(
+        "dev-certs", help="write a development CA, server and device certificate (the CA of DIR, or of --ca, is reused)")
     dev.add_argument("directory", metavar="DIR", help="output directory (a skopeo --src-cert-dir, podman --cert-dir)")
-    dev.add_argument("--account", metavar="ACCOUNT_ID", help="the device's account: yours (default: a new random id, which no account has)")
+    dev.add_argument("--ca", metavar="CA_DIR",
+                     help="issue the device from the CA of this earlier dev-certs directory (DIR gets ca.crt,"
+                          " client.cert and client.key; default: DIR's own CA if it has one, else a new CA)")
+    dev.add_argument("--account", metavar="ACCOUNT_ID",
+                     help="the device's account: yours, as `izreg account list` shows it (default: a new random id,"
+                          " which no account has: the registry refuses that device's pulls)")
     dev.add_argument("--device-id", metavar="ID", default=devcerts.DEFAULT_DEVICE_ID,
                      help=f"the device's id, its certificate's CN (default: {devcerts.DEFAULT_DEVICE_ID})")
     dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help=f"validity of the leaf certificates, in days (default: {devcerts.DEFAULT_DAYS})")
-    dev.add_argument("--force", action="store_true", help="overwrite existing files")
+    dev.add_argument("--force", action="store_true",
+                     help="replace DIR's device certificate; its CA and server certificate stay (remove DIR for new ones)")
     dev.set_defaults(handler=_dev_certs)
 
 
@@ -118,15 +126,35 @@ def _dev_certs(args, context) -> int:
     account = args.account or uuid.uuid4().hex
     try:
         paths = devcerts.write_dev_certs(args.directory, context.now(), account, args.device_id, days=args.days,
-                                         overwrite=args.force)
+                                         overwrite=args.force, ca_dir=args.ca)
     except devcerts.DevCertsExist as e:
-        raise CommandError(f"{e} (use --force to replace them)") from None
-    except ValueError as e:
+        raise CommandError(f"{e}: another device from its CA: izreg dev-certs OTHER_DIR --ca {args.ca or args.directory}"
+                           f" --account ACCOUNT_ID --device-id ID; --force replaces them (the CA stays)") from None
+    except ValueError as e:  # DevCertsError too
         raise CommandError(str(e)) from None
-    context.out(
-        f"wrote development certificates to {paths.directory} (account {paths.account}, device {paths.device_id})\n"
-        f"  server:  --tls-cert {paths.server_cert} --tls-key {paths.server_key} --device-ca {paths.ca_cert}\n"
-        f"  clients: skopeo copy --src-cert-dir {paths.directory}, podman pull --cert-dir {paths.directory}, "
-        f"curl --cacert {paths.ca_cert} --cert {paths.client_cert} --key {paths.client_key}"
-    )
+    directory, home = paths.directory, paths.ca_dir
+    if not paths.ca_reused:
+        issuer = f"a new CA ({paths.ca_cert}; its key {paths.ca_key}) and a server certificate ({paths.server_cert})"
+    elif home != directory:
+        issuer = f"the CA of {home} ({paths.ca_key})"
+    else:
+        issuer = (f"the CA of {home} ({paths.ca_key})"
+                  + (f" and a server certificate ({paths.server_cert})" if paths.server_issued
+                     else f"; kept the server certificate ({paths.server_cert})"))
+    lines = [f"wrote development certificates to {directory} (account {paths.account}, device {paths.device_id})",
+             f"  issued by {issuer}"]
+    if not args.account:
+        lines.append(f"  account {paths.account} was made up (no --account): no account has it, so the registry"
+                     f" refuses this device's pulls; for a device of your account: izreg dev-certs {directory} --force"
+                     " --account ACCOUNT_ID (izreg account list shows the ids)")
+    lines += [
+        f"  server:  --tls-cert {paths.server_cert} --tls-key {paths.server_key} --device-ca"
+        f" {os.path.join(home, devcerts.CA_CERT)}" + (" (a server started so trusts this device already)"
+                                                     if home != directory else ""),
+        f"  clients: skopeo copy --src-cert-dir {directory}, podman pull --cert-dir {directory}, "
+        f"curl --cacert {paths.ca_cert} --cert {paths.client_cert} --key {paths.client_key}",
+        f"  another device from this CA: izreg dev-certs OTHER_DIR --ca {home}"
+        f" --account {paths.account if args.account else 'ACCOUNT_ID'} --device-id ID",
+    ]
+    context.out("\n".join(lines))
     return 0

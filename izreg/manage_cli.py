@@ -12,7 +12,7 @@ import argparse
 import json
 
 from izreg.browse import Browser, usage
-from izreg.commands import CommandError, account_id, repository_of
+from izreg.commands import CommandError, account_id, plural, repository_of
 
 #: the largest page read at once (the listing walks every page)
 _PAGE = 500
@@ -58,7 +58,8 @@ def account_delete(args: argparse.Namespace, context) -> int:
     index = context.index()
     repos = [name for name, _ in index.list_repo_stats(f"{account}/", None, 10**9)[0]]
     if repos and not args.purge:
-        raise CommandError(f"account {account} has {len(repos)} repositories; delete them first, or add --purge")
+        raise CommandError(f"account {account} has {plural(len(repos), 'repository', 'repositories')}; delete them first,"
+                           " or add --purge")
     audit = context.audit()
     manifests = 0
     for name in repos:
@@ -67,7 +68,8 @@ def account_delete(args: argparse.Namespace, context) -> int:
     keys = store.delete_account(account)
     audit.record(action="delete-account", account=account, actor="cli", target=account,
                  detail={"repositories": len(repos), "manifests": manifests, "keys": keys}, now=context.now())
-    context.out(f"deleted account {account}: {keys} keys, {len(repos)} repositories, {manifests} manifests"
+    context.out(f"deleted account {account}: {plural(keys, 'key')}, {plural(len(repos), 'repository', 'repositories')},"
+                f" {plural(manifests, 'manifest')}"
                 + (" (garbage collection reclaims their blobs)" if repos else ""))
     return 0
 
@@ -127,7 +129,8 @@ def images_command(args: argparse.Namespace, context) -> int:
             ])
     _table(context, ["REPOSITORY", "DIGEST", "KIND", "TAGS", "PLATFORMS", "SIZE", "PUSHED", "DEVICES"], rows)
     total = sum(r["size"] for r in repositories)
-    context.out(f"{len(repositories)} repositories, {sum(len(r['images']) for r in repositories)} manifests, "
+    context.out(f"{plural(len(repositories), 'repository', 'repositories')},"
+                f" {plural(sum(len(r['images']) for r in repositories), 'manifest')}, "
                 f"{human(total)} referenced")
     return 0
 
@@ -241,10 +244,10 @@ def gc_command(args: argparse.Namespace, context) -> int:
         _close_bars(context)
         lock.release()
     verb = "would free" if args.dry_run else "freed"
-    context.out(f"{verb} {result.files} files, {result.bytes} bytes ({human(result.bytes)});"
-                f" {'would unlink' if args.dry_run else 'unlinked'} {result.links} stale links"
+    context.out(f"{verb} {plural(result.files, 'file')}, {plural(result.bytes, 'byte')} ({human(result.bytes)});"
+                f" {'would unlink' if args.dry_run else 'unlinked'} {plural(result.links, 'stale link')}"
                 + (f"; kept {result.kept} touched meanwhile" if result.kept else "")
-                + (f"; pruned {result.audit} audit records" if result.audit else ""))
+                + (f"; pruned {plural(result.audit, 'audit record')}" if result.audit else ""))
     return 0
 
 
@@ -262,8 +265,8 @@ def fsck_command(args: argparse.Namespace, context) -> int:
         context.out(f"repaired: {line}")
     for line in report.unrepaired:
         context.out(f"not repaired: {line}")
-    context.out(f"checked {report.blobs} blobs and {report.manifests} manifests: "
-                + ("clean" if report.clean else f"{len(report.problems)} problems"))
+    context.out(f"checked {plural(report.blobs, 'blob')} and {plural(report.manifests, 'manifest')}: "
+                + ("clean" if report.clean else plural(len(report.problems), "problem")))
     if report.clean:
         return 0
     return 1 if (not args.repair or report.unrepaired) else 0

@@ -24,7 +24,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
-from izreg.commands import CommandError, account_id, iso, table
+from izreg.commands import CommandError, account_id, iso, plural, table
 from izreg.core import cloudevents
 
 AUDIT_ACTOR = "cli"
@@ -218,8 +218,8 @@ def backup_run(args, context) -> int:
                          index_only=args.index_only)
     except (BackupError, OSError) as e:
         raise CommandError(f"backup failed: {e}") from None
-    context.out(f"backed up the index ({summary.index_bytes} bytes) and {summary.blobs} blobs "
-                f"({summary.bytes} bytes) to {args.directory}")
+    context.out(f"backed up the index ({plural(summary.index_bytes, 'byte')}) and {plural(summary.blobs, 'blob')} "
+                f"({plural(summary.bytes, 'byte')}) to {args.directory}")
     return 0
 
 
@@ -232,5 +232,6 @@ def restore_run(args, context) -> int:
         summary = restore(args.directory, context.data_dir, context.config.lmdb_map_size)
     except (BackupError, OSError) as e:
         raise CommandError(f"restore failed: {e}") from None
-    context.out(f"restored the index and {summary.blobs} blobs ({summary.bytes} bytes) into {context.data_dir}")
+    context.out(f"restored the index and {plural(summary.blobs, 'blob')} ({plural(summary.bytes, 'byte')})"
+                f" into {context.data_dir}")
     return 0

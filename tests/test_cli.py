@@ -15,6 +15,7 @@ import pytest
 from izreg import cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore
+from izreg.commands import plural
 from izreg.storage.lmdbenv import open_env
 
 NOW = 1_700_000_000.0
@@ -267,11 +268,14 @@ def test_account_delete_refused_with_repositories_unless_purge(capsys, tmp_path,
                            b"m", [(str(blob), 5)], [], "v1", None, NOW)
     finally:
         env.close()
+    code, out, err = run(capsys, tmp_path, "images", account)
+    assert code == 0, err
+    assert out.splitlines()[-1] == "1 repository, 1 manifest, 6 B referenced"  # was "1 repositories, 1 manifests"
     code, out, err = run(capsys, tmp_path, "account", "delete", account)
-    assert code == 2 and "has 1 repositories" in err and "--purge" in err
+    assert code == 2 and "has 1 repository;" in err and "--purge" in err
     code, out, err = run(capsys, tmp_path, "account", "delete", account, "--purge")
     assert code == 0, err
-    assert out == f"deleted account {account}: 1 keys, 1 repositories, 1 manifests (garbage collection reclaims their blobs)\n"
+    assert out == f"deleted account {account}: 1 key, 1 repository, 1 manifest (garbage collection reclaims their blobs)\n"
     env = open_env(str(tmp_path), 1 << 30)
     try:
         index = Index(env)
@@ -316,6 +320,12 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--data-dir", str(tmp_path), "fsck"], environ={}, now=lambda: NOW, stdout=out, stderr=err) == 0
     assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
+
+
+def test_plural():
+    assert [plural(n, "repository", "repositories") for n in (0, 1, 2)] == [
+        "0 repositories", "1 repository", "2 repositories"]
+    assert [plural(n, "byte") for n in (0, 1, 2)] == ["0 bytes", "1 byte", "2 bytes"]
 
 
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):

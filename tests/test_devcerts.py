@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import stat
@@ -53,15 +54,17 @@ def test_write_dev_certs_layout_and_contents(tmp_path):
     assert (identity.account, identity.device_id) == (ACCOUNT, "edge-1")
 
 
-def test_refuses_to_overwrite_unless_forced(tmp_path):
+def test_refuses_to_overwrite_unless_forced_and_keeps_the_ca(tmp_path):
     first = devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT)
-    serial = load(first.ca_cert).serial_number
-    with pytest.raises(devcerts.DevCertsExist, match="ca.crt"):
+    serials = [load(path).serial_number for path in (first.ca_cert, first.server_cert, first.client_cert)]
+    with pytest.raises(devcerts.DevCertsExist, match="client.cert, client.key"):
         devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT)
-    assert load(first.ca_cert).serial_number == serial
+    assert [load(path).serial_number for path in (first.ca_cert, first.server_cert, first.client_cert)] == serials
     second = devcerts.write_dev_certs(str(tmp_path), NOW, ACCOUNT, overwrite=True)
-    assert second.ca_cert == first.ca_cert
-    assert load(second.ca_cert).serial_number != serial
+    assert second == dataclasses.replace(first, ca_reused=True, server_issued=False)
+    # the CA and the server's certificate stay (a running registry uses them); the device's is new
+    assert [load(path).serial_number for path in (second.ca_cert, second.server_cert)] == serials[:2]
+    assert load(second.client_cert).serial_number != serials[2]
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 

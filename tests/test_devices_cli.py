@@ -8,6 +8,7 @@ import os
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from izreg import cli, devices_cli
 from izreg.auth.devices import fingerprint_sha256, serial_hex
@@ -157,10 +158,98 @@ def test_dev_certs(run, tmp_path):
 
 
 def test_dev_certs_random_account(run, tmp_path):
-    code, out, _ = run("dev-certs", str(tmp_path / "c"))
+    """Without --account the account is made up, and the output says so and how to give yours."""
+    target = str(tmp_path / "c")
+    code, out, _ = run("dev-certs", target)
     assert code == 0
     account = out.split("(account ")[1].split(",")[0]
     assert len(account) == 32 and int(account, 16) >= 0
+    assert (f"  account {account} was made up (no --account): no account has it, so the registry refuses this"
+            f" device's pulls; for a device of your account: izreg dev-certs {target} --force --account ACCOUNT_ID"
+            " (izreg account list shows the ids)\n") in out
+    code, out, _ = run("dev-certs", target, "--force", "--account", ACCOUNT)
+    assert code == 0 and "made up" not in out
+    assert _subject(os.path.join(target, "client.cert")) == f"CN=dev-device,OU={ACCOUNT}"
+
+
+def _subject(path: str) -> str:
+    with open(path, "rb") as f:
+        return x509.load_pem_x509_certificate(f.read()).subject.rfc4514_string()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _issued_by(cert_path: str, ca_path: str) -> bool:
+    """Whether the certificate's signature verifies with the CA's key."""
+    cert, ca = (x509.load_pem_x509_certificate(_read(p)) for p in (cert_path, ca_path))
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def test_dev_certs_reuses_the_ca_of_its_directory(run, tmp_path):
+    """It made a new CA on every run: a server started with the first CA refused the devices of the next."""
+    target = str(tmp_path / "certs")
+    assert run("dev-certs", target, "--account", ACCOUNT, "--device-id", "gw-1")[0] == 0
+    kept = {name: _read(os.path.join(target, name)) for name in ("ca.crt", "server/ca.key", "server/server.crt")}
+    code, _, err = run("dev-certs", target, "--account", ACCOUNT, "--device-id", "gw-2")
+    assert code == 2 and err == (
+        f"izreg: error: {target} already has client.cert, client.key: another device from its CA: izreg dev-certs"
+        f" OTHER_DIR --ca {target} --account ACCOUNT_ID --device-id ID; --force replaces them (the CA stays)\n")
+    code, out, err = run("dev-certs", target, "--account", ACCOUNT, "--device-id", "gw-2", "--force")
+    assert code == 0, err
+    assert f"  issued by the CA of {target} ({target}/server/ca.key); kept the server certificate" in out
+    assert kept == {name: _read(os.path.join(target, name)) for name in kept}
+    assert _subject(os.path.join(target, "client.cert")) == f"CN=gw-2,OU={ACCOUNT}"
+    assert _issued_by(os.path.join(target, "client.cert"), os.path.join(target, "ca.crt"))
+
+
+def test_dev_certs_issues_devices_into_other_directories_from_one_ca(run, tmp_path):
+    first, second = str(tmp_path / "certs"), str(tmp_path / "gw-2")
+    assert run("dev-certs", first, "--account", ACCOUNT, "--device-id", "gw-1")[0] == 0
+    code, out, err = run("dev-certs", second, "--ca", first, "--account", ACCOUNT, "--device-id", "gw-2")
+    assert code == 0, err
+    assert out.splitlines()[:3] == [
+        f"wrote development certificates to {second} (account {ACCOUNT}, device gw-2)",
+        f"  issued by the CA of {first} ({first}/server/ca.key)",
+        f"  server:  --tls-cert {first}/server/server.crt --tls-key {first}/server/server.key --device-ca"
+        f" {first}/ca.crt (a server started so trusts this device already)"]
+    # a client cert dir: the CA's certificate and the device's pair; the CA key and the server's files stay
+    assert sorted(os.listdir(second)) == ["ca.crt", "client.cert", "client.key"]
+    assert _read(os.path.join(second, "ca.crt")) == _read(os.path.join(first, "ca.crt"))
+    assert os.stat(os.path.join(second, "client.key")).st_mode & 0o777 == 0o600
+    assert _issued_by(os.path.join(second, "client.cert"), os.path.join(first, "ca.crt"))
+    assert _subject(os.path.join(second, "client.cert")) == f"CN=gw-2,OU={ACCOUNT}"
+    code, _, err = run("dev-certs", second, "--ca", first, "--account", ACCOUNT)
+    assert code == 2 and f"--ca {first} --account ACCOUNT_ID" in err
+    assert run("dev-certs", second, "--ca", first, "--account", ACCOUNT, "--force")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "setup, argv, message",
+    [
+        (None, ["--ca", "{tmp}/nowhere"], "{tmp}/nowhere holds no CA to issue from (no ca.crt and no server/ca.key):"
+                                         " give the directory an earlier izreg dev-certs wrote, or a new one"),
+        ("half", ["--ca", "{tmp}/half"], "{tmp}/half holds no CA to issue from (no server/ca.key)"),
+        ("own", ["--ca", "{tmp}/other"], "{tmp}/out holds a CA of its own (server/ca.key): issue into another"
+                                        " directory from {tmp}/other, or leave out --ca to issue from {tmp}/out's"),
+    ],
+)
+def test_dev_certs_ca_errors(run, tmp_path, setup, argv, message):
+    tmp = str(tmp_path)
+    assert run("dev-certs", f"{tmp}/other", "--account", ACCOUNT)[0] == 0
+    if setup == "half":
+        assert run("dev-certs", f"{tmp}/half", "--account", ACCOUNT)[0] == 0
+        os.remove(f"{tmp}/half/server/ca.key")
+    if setup == "own":
+        assert run("dev-certs", f"{tmp}/out", "--account", ACCOUNT)[0] == 0
+    code, out, err = run("dev-certs", f"{tmp}/out", "--account", ACCOUNT, *[a.format(tmp=tmp) for a in argv])
+    assert (code, out) == (2, "") and err.startswith(f"izreg: error: {message.format(tmp=tmp)}"), err
 
 
 def test_handler_convention_of_izreg_cli(data_dir):

@@ -57,7 +57,7 @@ def test_izreg_gc_prunes_the_audit_log_to_the_configured_retention(capsys, tmp_p
     code, out, err = run(capsys, None, "--config", str(config), "gc", "--dry-run")
     assert code == 0 and "audit" not in out  # a dry run deletes nothing
     code, out, err = run(capsys, None, "--config", str(config), "gc")
-    assert code == 0 and out.rstrip().endswith("; pruned 1 audit records"), out + err
+    assert code == 0 and out.rstrip().endswith("; pruned 1 audit record"), out + err
     code, out, _ = run(capsys, tmp_path, "audit", "--json")
     assert [json.loads(line)["action"] for line in out.splitlines()] == ["key-create"]
 

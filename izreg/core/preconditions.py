@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.core.test_preconditions -*-
 """
-What a write asks of the manifest a reference names now (RFC 9110 13.1.1,
-13.1.2: C{If-Match} and C{If-None-Match} on a manifest PUT or DELETE), so
-two clients racing to move a tag cannot silently overwrite each other.
+What a request asks of the manifest a reference names now (RFC 9110 13.1.1,
+13.1.2: C{If-Match} and C{If-None-Match}). On a manifest PUT or DELETE, so
+two clients racing to move a tag cannot silently overwrite each other; on a
+GET or HEAD of a manifest or blob, C{current} is its digest (412, 304).
 
 The metadata index checks it inside the write transaction that moves the
 tag (L{izreg.storage.interfaces.IMetadataIndex.put_manifest}, C{delete_tag}):
@@ -40,13 +41,16 @@ class Precondition:
     if_none_match: Tags = None
 
     def holds(self, current: str | None) -> bool:
-        if self.if_match is not None:
-            if current is None or (self.if_match != ANY and current not in self.if_match):
-                return False
-        if self.if_none_match is not None and current is not None:
-            if self.if_none_match == ANY or current in self.if_none_match:
-                return False
-        return True
+        return self.if_match_holds(current) and self.if_none_match_holds(current)
+
+    def if_match_holds(self, current: str | None) -> bool:
+        """Whether the C{If-Match} part holds (none: it does); a GET or HEAD that fails it is a 412."""
+        return self.if_match is None or (current is not None and (self.if_match == ANY or current in self.if_match))
+
+    def if_none_match_holds(self, current: str | None) -> bool:
+        """Whether the C{If-None-Match} part holds (none: it does); a GET or HEAD that fails it is a 304."""
+        return (self.if_none_match is None or current is None
+                or (self.if_none_match != ANY and current not in self.if_none_match))
 
     def check(self, current: str | None) -> None:
         """Raise the 412 when it does not hold: nothing is to be written."""

@@ -16,9 +16,11 @@ Named databases of the index:
   the eviction order (least recently used first).
 - ``tags``: repository NUL tag -> json {digest, type, at}: the last digest
   each tag resolved to upstream, for offline pulls by tag.
-- ``pins``: ``<repository>:<tag>`` -> json {digests: [...], digest, at}:
-  images pinned by ``izreg-edge pin`` (or the config's ``pin`` list) and the
-  digests that keep them whole; those are never evicted.
+- ``pins``: ``<repository>:<tag>`` -> json {digests: [...], digest, at,
+  problem, checked}: images pinned by ``izreg-edge pin`` (or the config's
+  ``pin`` list) and the digests that keep them whole (those are never
+  evicted); ``at`` when it was last fetched, ``problem`` why the last try
+  failed (at ``checked``), C{None} after a fetch.
 - ``reports``: time-ordered key -> json {repository, digest, time}: pulls
   served from the cache, waiting to be reported to the registry.
 - ``meta``: ``total`` (bytes of content).
@@ -240,10 +242,21 @@ class EdgeCache:
 
     def set_pinned(self, ref: str, digest: str, digests: list[str], now: float) -> None:
         """Record what a pin resolved to and which digests keep it whole (if it is still pinned)."""
+        self._update_pin(ref, {"digests": digests, "digest": digest, "at": now, "problem": None, "checked": now})
+
+    def set_pin_problem(self, ref: str, problem: str, now: float) -> None:
+        """Record why a pin could not be fetched just now (if it is still pinned); what it holds stays."""
+        self._update_pin(ref, {"problem": problem, "checked": now})
+
+    def pin_checked(self, ref: str, now: float) -> None:
+        """Record that a pin's tag still names what is cached (if it is still pinned): no problem any more."""
+        self._update_pin(ref, {"problem": None, "checked": now})
+
+    def _update_pin(self, ref: str, fields: dict) -> None:
         with self.env.begin(write=True) as txn:
-            if txn.get(ref.encode(), db=self._db["pins"]) is not None:
-                txn.put(ref.encode(), json.dumps({"digests": digests, "digest": digest, "at": now}).encode(),
-                        db=self._db["pins"])
+            raw = txn.get(ref.encode(), db=self._db["pins"])
+            if raw is not None:
+                txn.put(ref.encode(), json.dumps({**json.loads(raw), **fields}).encode(), db=self._db["pins"])
 
     def pinned_digests(self) -> set[str]:
         return {d for value in self.pins().values() for d in value["digests"]}

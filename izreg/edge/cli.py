@@ -8,6 +8,10 @@ Usage::
     izreg-edge [--cache-dir DIR | --config FILE] unpin ACCOUNT/APP:TAG
     izreg-edge [--cache-dir DIR | --config FILE] pins [--json]
 
+``pins`` prints, per pin, the digest it resolved to and when it was fetched,
+or why the last try failed and when (not found on the registry, refused,
+unreachable), or "not fetched yet" if the edge has not tried it yet.
+
 It writes to the cache's LMDB index (safe across processes); the running
 edge reads the pins every 2 s (L{izreg.edge.config.NEW_PIN_CHECK}) and
 fetches a new one then (when the registry is unreachable: at a refresh
@@ -39,6 +43,22 @@ def _cache_dir(args) -> str:
             raise ConfigError(f"cannot read config file {args.config}: {e.strerror}") from None
         return values.get("cache_dir", EdgeConfig.cache_dir)
     return EdgeConfig.cache_dir
+
+
+def _iso(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pin_status(state: dict) -> str:
+    """
+    A pin's last column: when it was fetched; why the last try failed and when (the registry's 404, 401 or
+    403, unreachable, ...), after the time of the last fetch if there was one; or that it was never tried.
+    """
+    fetched = _iso(state["at"]) if state.get("at") else None
+    if state.get("problem"):
+        failed = f"{state['problem']} at {_iso(state['checked'])}"
+        return f"fetched {fetched}; then {failed}" if fetched else failed
+    return fetched or "not fetched yet"
 
 
 def main(argv=None, stdout=None, stderr=None) -> int:
@@ -83,9 +103,7 @@ def main(argv=None, stdout=None, stderr=None) -> int:
             if args.json:
                 stdout.write(json.dumps(found, indent=1) + "\n")
             for ref, state in sorted(found.items()) if not args.json else ():
-                at = (datetime.datetime.fromtimestamp(state["at"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                      if state.get("at") else "not fetched yet")
-                stdout.write(f"{ref}\t{state.get('digest') or '-'}\t{at}\n")
+                stdout.write(f"{ref}\t{state.get('digest') or '-'}\t{pin_status(state)}\n")
         return 0
     finally:
         cache.env.close()

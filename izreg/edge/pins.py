@@ -29,6 +29,16 @@ from izreg.edge.upstream import Unreachable, collect
 log = Logger()
 
 
+def answered(code: int) -> str:
+    """What a pin's status says of the registry's answer C{code} to its tag (C{izreg-edge pins})."""
+    if code == 404:
+        return "not found on the registry (404: no such repository or tag)"
+    if code == 401:
+        return "the registry refused this gateway's device certificate (401)"
+    if code == 403:
+        return "the registry denied this gateway (403: a device pulls from its own account only)"
+    return f"the registry answered {code}"
+
 
 class Pinner:
     def __init__(self, api, config_pins: tuple[str, ...]) -> None:
@@ -66,16 +76,20 @@ class Pinner:
         try:
             while todo := sorted((ref, state) for ref, state in self.cache.pins().items()
                                  if ref not in done and (only is None or ref in only)):
-                for ref, state in todo:
+                for at, (ref, state) in enumerate(todo):
                     done.add(ref)
                     try:
                         await self.refresh_one(ref, state)
                     except Unreachable as e:
                         emit = log.info if self.upstream.first_offline("pins") else log.debug  # every interval: once an outage
                         emit("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
+                        for skipped, _ in todo[at:]:  # not tried, for the same reason: izreg-edge pins says so
+                            self.cache.set_pin_problem(skipped, f"registry unreachable: {e.reason}", self.api.now())
                         return
                     except Exception as e:
-                        log.error("pin refresh of {ref} failed: {error}", ref=ref, error=str(e) or type(e).__name__)
+                        error = str(e) or type(e).__name__
+                        log.error("pin refresh of {ref} failed: {error}", ref=ref, error=error)
+                        self.cache.set_pin_problem(ref, error, self.api.now())
         finally:
             self._running = False
 
@@ -84,13 +98,17 @@ class Pinner:
         response = await self.upstream.request("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": [MANIFEST_ACCEPT]})
         await collect(response, 0)
         if response.code != 200:
+            self.cache.set_pin_problem(ref, answered(response.code), self.api.now())  # before the log line
             log.warn("pin {ref}: the registry answered {code}", ref=ref, code=response.code)
             return
         digest = _digest_or_none(response.headers.getRawHeaders(b"docker-content-digest", [None])[0])
         if digest is None:
+            self.cache.set_pin_problem(ref, "the registry answered without a Docker-Content-Digest", self.api.now())
             return
         self.cache.set_tag(repo, tag, digest, "", self.api.now())
         if state.get("digest") == digest and all(self.cache.entry(d) for d in state.get("digests", [])):
+            if state.get("problem"):
+                self.cache.pin_checked(ref, self.api.now())
             return
         digests = await self._fetch_image(repo, digest)
         self.cache.set_pinned(ref, digest, digests, self.api.now())

@@ -10,17 +10,18 @@ the timer that checks the registry when nothing else asks it.
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from izreg import StartupError
 from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, load
 from izreg.service.config import LOG_LEVELS, ConfigError
 from izreg.service.logs import offer_observer
+from izreg.service.tree import start_listening
 
 
 class EdgeOptions(usage.Options):
@@ -82,7 +83,7 @@ class EdgeOptions(usage.Options):
 
         try:
             self.policy = MutualTLSPolicy(self.config.device_cert, self.config.device_key, self.config.upstream_ca)
-        except Exception as e:  # TLSConfigError, OSError, OpenSSL errors: one line
+        except Exception as e:  # TLSConfigError (it says which file, what is wrong, what to do), OpenSSL's: one line
             raise SystemExit(f"izreg edge: TLS: {e}") from None
 
 
@@ -102,12 +103,7 @@ class EdgeService(service.MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
-            self.log.error("{message}", message=message)
-            raise StartupError(message) from None
+        start_listening(super().privilegedStartService, self.log)  # a port in use: one line, with what to do
 
     def startService(self) -> None:
         from izreg.edge.cache import EdgeCache
@@ -127,6 +123,10 @@ class EdgeService(service.MultiService):
         self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
                       root=self.cache.root, total=self.cache.total, limit=self.cache.limit, upstream=config.upstream,
                       removed=f", removed {removed} stray file(s)" if removed else "")
+        lapsed = self.policy.validity_problem(
+            datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc))
+        if lapsed is not None:
+            self.log.warn("{problem}", problem=lapsed)
         super().startService()
 
     @defer.inlineCallbacks

@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from izreg.edge.pool import install
 from izreg.edge.unreachable import Setting, explain, refused
-from izreg.service.tls import load_certificates, load_key_pair
+from izreg.service.tls import check_client_certificate, check_trust_anchors, load_certificates, load_key_pair
 
 log = Logger()
 
@@ -85,12 +85,29 @@ class MutualTLSPolicy:
         self._failed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # cryptography objects, as pyOpenSSL wants them (its X509 and PKey are deprecated there)
         chain, key = load_key_pair(device_cert, device_key, "device")
+        check_client_certificate(chain[0], device_cert, "device")
         self.client = {"privateKey": key, "certificate": chain[0], "extraCertChain": list(chain[1:])}
         if upstream_ca:
             cas = load_certificates(upstream_ca, "upstream CA")
+            check_trust_anchors(cas, upstream_ca, "upstream CA")
             self.trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(_pem(c)) for c in cas])
         else:
             self.trust = ssl.platformTrust()
+
+    def validity_problem(self, now: datetime.datetime) -> str | None:
+        """
+        Why the registry will refuse the device certificate at C{now} (expired, not yet valid), or C{None}.
+        Told at start, not refused there: an edge whose certificate lapsed still serves its cache, and a
+        gateway's clock may be wrong at boot.
+        """
+        cert = self.client["certificate"]
+        if now > cert.not_valid_after_utc:
+            return (f"the device certificate {self.device_cert} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}"
+                    " UTC: the registry refuses this gateway (its cache still serves) until it has a new one")
+        if now < cert.not_valid_before_utc:
+            return (f"the device certificate {self.device_cert} is valid only from"
+                    f" {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: is this gateway's clock right?")
+        return None
 
     def creatorForNetloc(self, hostname: bytes, port: int):
         return _Watched(ssl.optionsForClientTLS(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from izreg.core.digest import Digest
 from izreg.core.errors import RegistryError
 from izreg.core.ranges import parse_range
-from izreg.http.conditional import check_preconditions, not_modified, range_applies
+from izreg.http.conditional import check_preconditions, not_modified, range_applies, request_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.http.responses import FileBody
 
@@ -14,6 +14,7 @@ from izreg.http.responses import FileBody
 class BlobRoutes(Handlers):
     async def get_blob(self, request, route):
         repo, digest = route.repository, Digest.parse(route.argument)
+        expect = request_precondition(request)  # malformed: 400, before anything is opened
         await self.registry.hold_blob(repo, digest)
         blob = await self.registry.get_blob(repo, digest, redirect=request.method == b"GET")
         if blob.redirect is not None:
@@ -23,11 +24,11 @@ class BlobRoutes(Handlers):
             return b""
         etag = f'"{blob.digest}"'
         try:
-            check_preconditions(_header(request, "If-Match"), etag)
+            check_preconditions(expect, str(blob.digest))
         except RegistryError:
             _close(blob)
             raise
-        if not_modified(_header(request, "If-None-Match"), etag):
+        if not_modified(expect, str(blob.digest)):
             _close(blob)
             request.setResponseCode(304)
             _set(request, Docker_Content_Digest=blob.digest, ETag=etag)

@@ -1,7 +1,13 @@
 # -*- test-case-name: tests.http.test_conditional -*-
 """
-Conditional GET and HEAD of a manifest or blob (RFC 9110 13): the ETag of
-both is their digest, quoted, which never changes for a URL that names it.
+Conditional requests of a manifest or blob (RFC 9110 13): the ETag of both
+is their digest, quoted, which never changes for a URL that names it.
+
+Every method reads C{If-Match} and C{If-None-Match} the same way
+(L{request_precondition}, before anything is looked up): a value that is
+neither ``*`` nor a list of entity-tags is a 400 PRECONDITION_INVALID,
+never ignored nor taken for a failed condition (docs/api.rst says why).
+Then, for GET and HEAD:
 
 - C{If-Match} that does not name that ETag (strongly compared) nor is
   ``*``: 412 Precondition Failed, first (RFC 9110 13.2.2): a client that
@@ -12,11 +18,9 @@ both is their digest, quoted, which never changes for a URL that names it.
   date never matches: there is no C{Last-Modified}): the C{Range} is
   ignored and the whole content sent (200), never a part of something else.
 
-A manifest PUT or DELETE turns both headers into a
-L{izreg.core.preconditions.Precondition} (L{write_precondition}), which the
-metadata index checks in the transaction that moves the tag; a value that
-is neither ``*`` nor a list of entity-tags is a 400 there, never ignored (a
-client that asked for a guarded write must not get an unguarded one).
+A manifest PUT or DELETE hands its L{izreg.core.preconditions.Precondition}
+to the metadata index, which checks it in the transaction that moves the
+tag (a client that asked for a guarded write never gets an unguarded one).
 """
 
 from __future__ import annotations
@@ -44,29 +48,16 @@ def _tags(value: str) -> list[tuple[bool, str]] | None:
     return tags
 
 
-def precondition_holds(if_match: str | None, etag: str) -> bool:
-    """Whether C{If-Match} lets the request go on (RFC 9110 13.1.1: strong comparison; ``*``: it exists)."""
-    if if_match is None or if_match.strip() == "*":
-        return True
-    tags = _tags(if_match)
-    return tags is not None and any(not weak and opaque == etag[1:-1] for weak, opaque in tags)
+def check_preconditions(expect: Precondition | None, digest: str) -> None:
+    """Raise the 412 of a GET or HEAD whose C{If-Match} does not hold (evaluated before C{If-None-Match})."""
+    if expect is not None and not expect.if_match_holds(digest):
+        raise RegistryError(ErrorCode.PRECONDITION_FAILED, {"etag": f'"{digest}"', **expect.detail()},
+                            headers={"ETag": f'"{digest}"'})
 
 
-def check_preconditions(if_match: str | None, etag: str) -> None:
-    """Raise the 412 of a failed C{If-Match} (evaluated before C{If-None-Match})."""
-    if not precondition_holds(if_match, etag):
-        raise RegistryError(ErrorCode.PRECONDITION_FAILED, {"etag": etag, "if_match": if_match[:200]},
-                            headers={"ETag": etag})
-
-
-def not_modified(if_none_match: str | None, etag: str) -> bool:
-    """Whether C{If-None-Match} matches C{etag} (the quoted ETag sent): a 304 for GET and HEAD (weak comparison)."""
-    if if_none_match is None:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    tags = _tags(if_none_match)
-    return tags is not None and any(opaque == etag[1:-1] for _, opaque in tags)
+def not_modified(expect: Precondition | None, digest: str) -> bool:
+    """Whether C{If-None-Match} names C{digest} (or is ``*``): a 304 for GET and HEAD (weak comparison)."""
+    return expect is not None and not expect.if_none_match_holds(digest)
 
 
 def range_applies(if_range: str | None, etag: str) -> bool:
@@ -76,9 +67,16 @@ def range_applies(if_range: str | None, etag: str) -> bool:
     return if_range.strip() == etag  # a weak tag (W/"...") or a date never matches
 
 
-def write_precondition(if_match: list[str] | None, if_none_match: list[str] | None) -> Precondition | None:
+def request_precondition(request) -> Precondition | None:
+    """The C{If-Match} and C{If-None-Match} of a request, every line of each (L{parse_precondition})."""
+    headers = request.requestHeaders
+    return parse_precondition(*(None if lines is None else [line.decode("latin-1") for line in lines]
+                                for lines in (headers.getRawHeaders(b"If-Match"), headers.getRawHeaders(b"If-None-Match"))))
+
+
+def parse_precondition(if_match: list[str] | None, if_none_match: list[str] | None) -> Precondition | None:
     """
-    The precondition of a PUT or DELETE from its C{If-Match} and C{If-None-Match}
+    The precondition of a request from its C{If-Match} and C{If-None-Match}
     lines (several lines of one header are one list, RFC 9110 5.3): C{None}
     without either. If-Match compares strongly (a weak tag never matches),
     If-None-Match weakly (RFC 9110 13.1.1, 13.1.2). 400 PRECONDITION_INVALID
@@ -86,11 +84,11 @@ def write_precondition(if_match: list[str] | None, if_none_match: list[str] | No
     """
     if if_match is None and if_none_match is None:
         return None
-    return Precondition(_write_tags("If-Match", if_match, strong=True),
-                        _write_tags("If-None-Match", if_none_match, strong=False))
+    return Precondition(_tags_of("If-Match", if_match, strong=True),
+                        _tags_of("If-None-Match", if_none_match, strong=False))
 
 
-def _write_tags(header: str, lines: list[str] | None, strong: bool) -> Tags:
+def _tags_of(header: str, lines: list[str] | None, strong: bool) -> Tags:
     if lines is None:
         return None
     value = ", ".join(lines)

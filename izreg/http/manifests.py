@@ -7,7 +7,7 @@ from izreg.core import mediatypes as mt
 from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
-from izreg.http.conditional import check_preconditions, not_modified, write_precondition
+from izreg.http.conditional import check_preconditions, not_modified, request_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.inuse import FORCE_HEADER
 
@@ -18,15 +18,16 @@ class ManifestRoutes(Handlers):
         repo = route.repository
         accepted = mt.parse_accept(request.requestHeaders.getRawHeaders(b"Accept", []))
         reference = _lookup_reference(route.argument)
+        expect = request_precondition(request)  # malformed: 400, as for a PUT or DELETE
         found = await self.registry.get_manifest(repo, reference, accepted)
         etag = f'"{found.digest}"'
-        check_preconditions(_header(request, "If-Match"), etag)  # 412: nothing served, no pull recorded
+        check_preconditions(expect, str(found.digest))  # 412: nothing served, no pull recorded
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         if self.events is not None and request.method == b"GET":
             self.events.pulled(principal, repo, found.digest, found.media_type,
                                None if isinstance(reference, Digest) else reference)
-        if not_modified(_header(request, "If-None-Match"), etag):
+        if not_modified(expect, str(found.digest)):
             request.setResponseCode(304)
             _set(request, Docker_Content_Digest=found.digest, ETag=etag)
             return b""
@@ -38,7 +39,7 @@ class ManifestRoutes(Handlers):
         principal = _principal(request)
         repo = route.repository
         reference = parse_reference(route.argument)
-        expect = _write_precondition(request)
+        expect = request_precondition(request)
         body = self._body(request)
         if body.overflow:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": body.limit}, "manifest too large")
@@ -58,17 +59,10 @@ class ManifestRoutes(Handlers):
         force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
         reference = _lookup_reference(route.argument)
         self.registry.check_delete()  # disabled: 405, whatever the conditional headers say
-        await self.registry.delete_manifest(repo, reference, _who(request, principal), force, _write_precondition(request))
+        await self.registry.delete_manifest(repo, reference, _who(request, principal), force, request_precondition(request))
         request.setResponseCode(202)
         _set(request, Content_Length=0)  # no body: not an empty chunked one
         return b""
-
-
-def _write_precondition(request):
-    """The If-Match / If-None-Match of a PUT or DELETE, every line of each (L{write_precondition})."""
-    headers = request.requestHeaders
-    return write_precondition(*(None if lines is None else [line.decode("latin-1") for line in lines]
-                                for lines in (headers.getRawHeaders(b"If-Match"), headers.getRawHeaders(b"If-None-Match"))))
 
 
 def _lookup_reference(text: str):

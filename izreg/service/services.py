@@ -13,13 +13,11 @@ L{izreg.tap.make_server}.
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -42,6 +40,7 @@ from izreg.service.bursttrim import BurstTrim
 from izreg.service.heap import trim as trim_heap
 from izreg.service.logs import offer_observer
 from izreg.service.tls import CRLFile, ServerTLS
+from izreg.service.tree import start_listening
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.uploads import Uploads
@@ -109,14 +108,7 @@ class RegistryService(service.MultiService):
                 self.log.error("{message}", message=str(e))
                 raise StartupError(str(e)) from None
         # twistd binds the listeners here; a port in use is one line, not a traceback.
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            message = f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
-            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
-                message += " (another process listens there, another izreg perhaps: stop it or choose a free port)"
-            self.log.error("{message}", message=message)
-            raise StartupError(message) from None
+        start_listening(super().privilegedStartService, self.log)
 
     def startService(self) -> None:
         config = self.config

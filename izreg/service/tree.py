@@ -7,15 +7,53 @@ by its constructor: no attribute is set on a built service from outside.
 
 from __future__ import annotations
 
+import errno
+from typing import Callable
+
 from twisted.application import internet, service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.error import CannotListenError
+
+from izreg import StartupError
+
+#: what to do, by the errno of a bind that failed
+LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process listens there, another izreg perhaps: stop it or choose a free port",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: use 127.0.0.1, 0.0.0.0 or one of its own",
+}
+#: what to do when binding a port below 1024 is not permitted
+PRIVILEGED_PORT_HINT = ("ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or"
+                        " give the process the capability (AmbientCapabilities=CAP_NET_BIND_SERVICE under systemd)")
 
 
 class Listener(StreamServerEndpointService):
-    """A listener whose bind error is raised at start (one line: L{izreg.service.services.RegistryService})."""
+    """A listener whose bind error is raised at start (one line: L{start_listening})."""
 
     #: as C{twisted.application.strports.service} sets it: a port in use fails the start
     _raiseSynchronously = True
+
+
+def cannot_listen(error: CannotListenError) -> str:
+    """The one line of a listener that cannot bind: where, the socket's error, and what to do about it."""
+    message = f"cannot listen on {error.interface or '*'}:{error.port}: {error.socketError}"
+    code = getattr(error.socketError, "errno", None)
+    hint = LISTEN_HINTS.get(code)
+    if code in (errno.EACCES, errno.EPERM) and isinstance(error.port, int) and 0 < error.port < 1024:
+        hint = PRIVILEGED_PORT_HINT
+    return f"{message} ({hint})" if hint else message
+
+
+def start_listening(start: Callable[[], None], log) -> None:
+    """
+    Call C{start} (a service tree's C{privilegedStartService}, where twistd binds the L{Listener}s): a bind
+    that fails is logged and raised as a L{StartupError} of one line (L{cannot_listen}), not a traceback.
+    """
+    try:
+        start()
+    except CannotListenError as e:
+        message = cannot_listen(e)
+        log.error("{message}", message=message)
+        raise StartupError(message) from None
 
 
 class Timer(internet.TimerService):

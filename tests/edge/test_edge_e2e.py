@@ -356,6 +356,20 @@ def test_pinned_image_is_cached_ahead_and_follows_its_tag(make_stack, tmp_path):
     assert second not in edge.cli("pins")
 
 
+def test_izreg_edge_pins_says_a_pin_the_registry_does_not_have_is_not_found(stack):
+    """It said "not fetched yet" for a tag the registry answered 404, as for a pin never tried."""
+    repo = stack.repo("no-such-image")
+    mark = stack.edge.log_mark()
+    stack.edge.cli("pin", f"{repo}:v1")
+    stack.edge.wait_for_log(rf"pin {re.escape(repo)}:v1: the registry answered 404", since=mark, timeout=30)
+    line = next(line for line in stack.edge.cli("pins").splitlines() if line.startswith(f"{repo}:v1\t"))
+    ref, digest, status = line.split("\t")
+    assert digest == "-" and re.fullmatch(
+        r"not found on the registry \(404: no such repository or tag\) at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status), line
+    assert json.loads(stack.edge.cli("pins", "--json"))[f"{repo}:v1"]["problem"].startswith("not found on the registry")
+    stack.edge.cli("unpin", f"{repo}:v1")
+
+
 def test_a_pin_added_while_the_edge_runs_is_fetched_within_seconds(stack):
     """
     ``izreg-edge pin`` writes the cache's index; the running edge looks for new pins every 2 s and fetches

@@ -117,7 +117,8 @@ def test_a_device_key_of_another_certificate_is_told_at_start(tmp_path):
     paths = devcerts.write_dev_certs(str(tmp_path / "certs"), time.time(), ACCOUNT)
     with pytest.raises(TLSConfigError) as e:
         MutualTLSPolicy(paths.client_cert, paths.ca_key, paths.ca_cert)
-    assert str(e.value) == f"the device key {paths.ca_key} does not match the first certificate in {paths.client_cert}"
+    assert str(e.value) == (f"the device key {paths.ca_key} does not match the first certificate in {paths.client_cert}"
+                            " (it is the key of another certificate): give the key that was made with that certificate")
 
 
 def _load(key_path: str, cert_path: str):

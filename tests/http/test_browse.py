@@ -214,7 +214,7 @@ async def test_izreg_images_and_usage(pushed):
     assert row[:5] == ["app", image[:19], "image", "stable,v1", "linux/arm64/v8"]
     assert " ".join(row[5:7]) == human(len(image_bytes) + len(CONFIG) + len(SHARED) + len(ONLY_APP)) == "15.0 KiB"
     assert row[8:] == ["1", "(last", "2023-11-14T22:13:20Z)"]
-    assert summary.startswith("1 repositories, 2 manifests")
+    assert summary.startswith("1 repository, 2 manifests")
     done = izreg(server, "usage", keys.a, "--json")
     assert done.returncode == 0, done.stderr
     usage = json.loads(done.stdout)

@@ -1,11 +1,14 @@
-"""Conditional GET and HEAD of blobs and manifests (RFC 9110 13): If-None-Match (304) and If-Range."""
+"""Conditional GET and HEAD of blobs and manifests (RFC 9110 13): If-Match (412), If-None-Match (304), If-Range; a malformed one is 400."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import pytest_twisted
 
-from izreg.http.conditional import not_modified, precondition_holds, range_applies
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.conditional import check_preconditions, not_modified, parse_precondition, range_applies
 from tests.http.helpers import content_length, digest_of, header, push_blob, push_image, repo
 
 DATA = bytes(range(256)) * 4
@@ -24,13 +27,23 @@ TAG = '"sha256:' + "a" * 64 + '"'
         (f'"other", {TAG}', True),
         (f'"other",{TAG} ', True),
         ('"other"', False),
-        (TAG[1:-1], False),  # not quoted: not an entity-tag
-        (f"{TAG}, garbage", False),
-        ("", False),
     ],
 )
 def test_if_none_match(value, matches):
-    assert not_modified(value, TAG) is matches
+    expect = parse_precondition(None, None if value is None else [value])
+    assert not_modified(expect, TAG[1:-1]) is matches
+
+
+#: neither * nor a list of quoted entity-tags
+MALFORMED = [TAG[1:-1], f"{TAG}, garbage", "", f"*, {TAG}", '"unterminated']
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+def test_a_malformed_header_is_invalid_not_a_condition_that_fails(header, value):
+    with pytest.raises(RegistryError) as info:
+        parse_precondition(*(([value], None) if header == "If-Match" else (None, [value])))
+    assert info.value.code is ErrorCode.PRECONDITION_INVALID and info.value.code.status == 400
 
 
 @pytest.mark.parametrize(
@@ -101,12 +114,16 @@ async def test_a_range_under_another_if_range_is_the_whole_blob(server):
         (f'"other", {TAG}', True),
         ("W/" + TAG, False),  # If-Match compares strongly
         ('"other"', False),
-        (TAG[1:-1], False),
-        ("", False),
     ],
 )
 def test_if_match(value, holds):
-    assert precondition_holds(value, TAG) is holds
+    expect = parse_precondition(None if value is None else [value], None)
+    if holds:
+        check_preconditions(expect, TAG[1:-1])
+    else:
+        with pytest.raises(RegistryError) as info:
+            check_preconditions(expect, TAG[1:-1])
+        assert info.value.code is ErrorCode.PRECONDITION_FAILED and info.value.headers == {"ETag": TAG}
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
@@ -127,3 +144,25 @@ async def test_if_match_another_digest_is_412(server, method):
     assert response.code == 412
     response, body = await server.request(method, f"/v2/{NAME}/blobs/{blob}", headers={"If-Match": f'"{blob}"'})
     assert response.code == 200 and body == (DATA if method == "GET" else b"")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_header_is_400_as_for_a_put(server, method):
+    """
+    A malformed If-Match was a 412 (as if the tag had moved) and a malformed If-None-Match was ignored on a
+    GET or HEAD, while a PUT or DELETE answers 400: now every method answers 400 (docs/api.rst).
+    """
+    digest, _ = await push_image(server, NAME, "v3")
+    blob = await push_blob(server, NAME, DATA)
+    paths = [f"/v2/{NAME}/manifests/v3", f"/v2/{NAME}/manifests/{digest}", f"/v2/{NAME}/blobs/{blob}",
+             f"/v2/{NAME}/manifests/absent"]  # 400 before the look-up, as a PUT's
+    for value in (digest, f'"{digest}", garbage', ""):  # not quoted: the mistake a 412 hid
+        for name in ("If-Match", "If-None-Match"):
+            for path in paths:
+                response, body = await server.request(method, path, headers={name: value})
+                assert response.code == 400, (name, value, path)
+                if method == "GET":
+                    error = json.loads(body)["errors"][0]
+                    assert error["code"] == "UNSUPPORTED" and error["detail"] == {"header": name, "value": value}
+                    assert error["message"] == f'{name} is neither * nor a list of quoted entity-tags ("<digest>")'

@@ -15,7 +15,7 @@ import pytest_twisted
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.preconditions import ANY, Precondition
-from izreg.http.conditional import write_precondition
+from izreg.http.conditional import parse_precondition
 from tests.http.helpers import (
     EMPTY_JSON_DIGEST,
     OCI_MANIFEST,
@@ -52,8 +52,8 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
         ([f'"{D1}"'], ["*"], Precondition(frozenset({D1}), ANY)),
     ],
 )
-def test_write_precondition(if_match, if_none_match, expected):
-    assert write_precondition(if_match, if_none_match) == expected
+def test_parse_precondition(if_match, if_none_match, expected):
+    assert parse_precondition(if_match, if_none_match) == expected
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_write_precondition(if_match, if_none_match, expected):
 )
 def test_a_malformed_write_precondition_is_400(if_match, if_none_match):
     with pytest.raises(RegistryError) as info:
-        write_precondition(if_match, if_none_match)
+        parse_precondition(if_match, if_none_match)
     assert info.value.code is ErrorCode.PRECONDITION_INVALID and info.value.code.status == 400
 
 

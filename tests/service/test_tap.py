@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 
 from izreg import StartupError
 from izreg.service.bursttrim import CHECK_INTERVAL as BURST_CHECK_INTERVAL
 from izreg.service.services import RegistryService
+from izreg.service.tree import cannot_listen
 from izreg.tap import Options, make_server
 
 
@@ -197,6 +201,42 @@ def test_twistd_on_a_port_in_use_says_one_line_and_leaves_nothing(tmp_path, take
     assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + IN_USE]
     assert not (tmp_path / "pid").exists() and not (tmp_path / "d").exists()
     assert "cannot listen" in (tmp_path / "log").read_text()
+
+
+@pytest.mark.e2e  # a real izreg edge process
+def test_the_edge_on_a_port_in_use_says_one_line_with_what_to_do(tmp_path, taken_port):
+    """The edge said only "[Errno 98] Address already in use"; it is told what the registry is (one code)."""
+    from izreg.devcerts import write_dev_certs
+
+    certs = write_dev_certs(str(tmp_path / "certs"), time.time(), "0123456789abcdef0123456789abcdef")
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    done = subprocess.run(
+        [twistd, "-n", "--logfile", str(tmp_path / "log"), "--pidfile", str(tmp_path / "pid"), "izreg", "edge",
+         "--upstream", "https://127.0.0.1:9", "--upstream-ca", certs.ca_cert, "--device-cert", certs.client_cert,
+         "--device-key", certs.client_key, "--cache-dir", str(tmp_path / "cache"),
+         "--listen", f"tcp:{taken_port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + IN_USE]
+    assert not (tmp_path / "pid").exists()
+
+
+@pytest.mark.parametrize(
+    "port, error, hint",
+    [
+        (5000, errno.EADDRINUSE, IN_USE),
+        (443, errno.EACCES, " (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or give"
+                            " the process the capability (AmbientCapabilities=CAP_NET_BIND_SERVICE under systemd))"),
+        (5000, errno.EADDRNOTAVAIL, " (no interface of this machine has that address: use 127.0.0.1, 0.0.0.0 or one"
+                                    " of its own)"),
+        (5000, errno.EACCES, ""),  # not a privileged port: no guess
+    ],
+)
+def test_a_bind_error_says_what_to_do(port, error, hint):
+    failed = CannotListenError("192.0.2.1", port, OSError(error, os.strerror(error)))
+    assert cannot_listen(failed) == f"cannot listen on 192.0.2.1:{port}: [Errno {error}] {os.strerror(error)}{hint}"
 
 
 @pytest.mark.e2e  # a real izreg process

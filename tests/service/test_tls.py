@@ -469,13 +469,19 @@ async def test_dev_certs_cert_dir_works_with_curl_and_skopeo(tmp_path, store):
                                    "--key", paths.client_key, f"https://localhost:{n}/v2/")
         assert code == 0, err
         assert json.loads(out)["device"] == [ACCOUNT, "edge-1"]
+        # a second device from the same CA (izreg dev-certs OTHER --ca DIR): the running server takes it
+        other = write_dev_certs(str(tmp_path / "edge-2"), time.time(), ACCOUNT, "edge-2", ca_dir=paths.directory)
+        code, out, err = await run(CURL, "-sS", "--cacert", other.ca_cert, "--cert", other.client_cert,
+                                   "--key", other.client_key, f"https://localhost:{n}/v2/")
+        assert code == 0, err
+        assert json.loads(out)["device"] == [ACCOUNT, "edge-2"]
         if SKOPEO:
             # skopeo reads the same directory as --cert-dir; the fake registry answers 200 to
             # everything, so the command may fail later, but its first request carried the device cert
             skopeo = await run(SKOPEO, "inspect", "--raw", "--retry-times", "0", "--cert-dir", paths.directory,
                       f"docker://127.0.0.1:{n}/{ACCOUNT}/app:v1",
                       env={**os.environ, "HOME": str(tmp_path)})
-            skopeo_seen = [s for s in whoami.seen[1:] if s["path"].startswith("/v2/")]
+            skopeo_seen = [s for s in whoami.seen[2:] if s["path"].startswith("/v2/")]
             assert skopeo_seen, (whoami.seen, skopeo)
             assert all(s.get("device") == [ACCOUNT, "edge-1"] for s in skopeo_seen), skopeo_seen
     finally:

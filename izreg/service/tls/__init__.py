@@ -39,9 +39,10 @@ from izreg.service.tls.context import CIPHERS_TLS12, TICKET_LIFETIME, build_cont
 from izreg.service.tls.creator import ServerTLS
 from izreg.service.tls.crl import CRLFile
 from izreg.service.tls.endpoint import TLSEndpoint, tls_endpoint
-from izreg.service.tls.pem import (TLSConfigError, TLSFiles, TLSMaterial, load_certificates, load_key_pair,
-                                 load_material)
+from izreg.service.tls.pem import (TLSConfigError, TLSFiles, TLSMaterial, check_client_certificate,
+                                 check_trust_anchors, load_certificates, load_key_pair, load_material)
 
 __all__ = ["CIPHERS_TLS12", "TICKET_LIFETIME", "CRLFile", "ServerTLS", "TLSConfigError", "TLSEndpoint", "TLSFiles",
-           "TLSMaterial", "build_context", "load_certificates", "load_key_pair",
+           "TLSMaterial", "build_context", "check_client_certificate", "check_trust_anchors", "load_certificates",
+           "load_key_pair",
            "load_material", "tls_endpoint"]
