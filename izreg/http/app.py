@@ -76,7 +76,8 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     })
 
     def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int, ui: bool, tokens=None,
-                 pulls=None, budget: BodyBudget | None = None, browser=None, readiness=None, events=None) -> None:
+                 pulls=None, budget: BodyBudget | None = None, responses: BodyBudget | None = None, browser=None,
+                 readiness=None, events=None) -> None:
         """
         Built complete, once the storage is open (L{izreg.service.services.RegistryService}).
 
@@ -89,6 +90,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         self.tokens = tokens  # the token endpoint (izreg.auth.tokenservice.TokenService), when it is on
         self.pulls = pulls  # records device pulls (izreg.auth.devicestore.PullRecorder)
         self.budget = budget  # request bodies kept in memory, across connections
+        self.responses = responses  # large response bodies held in memory until sent (limits.response_memory)
         self.ui = StaticPages() if ui else None  # the browse page at /ui/ ([ui] enabled)
         self.browser = browser  # izreg.browse.Browser (the browse API)
         self.readiness = readiness  # izreg.http.health.Readiness (/readyz, pushes refused on a low disk)

@@ -16,6 +16,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.http.clientaddr import client_address
 from izreg.http.pending import BODY_ERROR
+from izreg.http.responses import LARGE_BODY, held_body
 from izreg.storage.interfaces import IBodySink
 
 #: the largest page a client may ask for with ``n`` (tags, catalog, browse); without ``n``
@@ -75,6 +76,9 @@ def _who(request, principal) -> tuple[str, str]:
 class Handlers:
     """The helpers of the API's handlers (mixed into L{izreg.http.app.RegistryAPI})."""
 
+    #: large response bodies held in memory and not yet sent (limits.response_memory); None: no bound
+    responses = None
+
     def _upload_location(self, repo: Repository, upload_id: str) -> str:
         return f"/v2/{repo}/blobs/uploads/{upload_id}"
 
@@ -111,7 +115,7 @@ class Handlers:
     def _encode(value) -> bytes:
         return json.dumps(value).encode()
 
-    @staticmethod
-    def _answer_json(request, body: bytes, content_type: str = "application/json") -> bytes:
+    def _answer_json(self, request, body: bytes, content_type: str = "application/json"):
+        answer = body if len(body) <= LARGE_BODY else held_body(request, body, self.responses)  # (503 before a header)
         _set(request, Content_Type=content_type, Content_Length=len(body))
-        return body
+        return answer

@@ -44,7 +44,11 @@ class ThrottledLog:
 
 
 class BodyBudget:
-    """Bytes of request bodies held in memory, across every connection."""
+    """
+    Bytes held in memory across every connection: request bodies
+    (C{limits.body_memory}), or large response bodies not yet sent
+    (C{limits.response_memory}, L{izreg.http.responses.held_body}).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -393,8 +397,9 @@ def queued_bytes(transport) -> int:
 
 class SlowReaders(_Sweeps):
     """
-    Closes connections whose client has read nothing of a blob being sent to
-    it for C{send_timeout} seconds (as nginx's C{send_timeout}): while a
+    Closes connections whose client has read nothing of a blob (or of a
+    large response held in memory: L{izreg.http.responses.MemoryBody}) being
+    sent to it for C{send_timeout} seconds (as nginx's C{send_timeout}): while a
     response is sent Twisted's idle timeout is off, and a connection in the
     middle of a request is never evicted, so a client that stopped reading
     held its connection, and over TLS the records and state kept for it
@@ -445,7 +450,8 @@ class SlowReaders(_Sweeps):
             else:
                 self.watched.pop(sender, None)
                 address = getattr(getattr(transport, "getPeer", lambda: None)(), "host", None) or "?"
-                self._log.warn(f"closed a connection from {address}: its client read nothing of a blob for"
+                what = getattr(sender, "what", "a blob")
+                self._log.warn(f"closed a connection from {address}: its client read nothing of {what} for"
                                f" {now - since:.0f} s (connections.send_timeout)")
                 sender.too_slow()
         self._arm()

@@ -9,6 +9,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
 from izreg.http.conditional import check_preconditions, not_modified, request_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
+from izreg.http.responses import LARGE_BODY, held_body
 from izreg.inuse import FORCE_HEADER
 
 
@@ -22,18 +23,22 @@ class ManifestRoutes(Handlers):
         found = await self.registry.get_manifest(repo, reference, accepted)
         etag = f'"{found.digest}"'
         check_preconditions(expect, str(found.digest))  # 412: nothing served, no pull recorded
+        unchanged = not_modified(expect, str(found.digest))
+        body = b"" if unchanged or request.method == b"HEAD" else found.data
+        if len(body) > LARGE_BODY:  # held in limits.response_memory: a 503 here, before a pull is recorded or a header set
+            body = held_body(request, body, self.responses)
         if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
             self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
         if self.events is not None and request.method == b"GET":
             self.events.pulled(principal, repo, found.digest, found.media_type,
                                None if isinstance(reference, Digest) else reference)
-        if not_modified(expect, str(found.digest)):
+        if unchanged:
             request.setResponseCode(304)
             _set(request, Docker_Content_Digest=found.digest, ETag=etag)
             return b""
         _set(request, Content_Type=found.media_type, Docker_Content_Digest=found.digest,
              Content_Length=len(found.data), ETag=etag)
-        return b"" if request.method == b"HEAD" else found.data
+        return body
 
     async def put_manifest(self, request, route):
         principal = _principal(request)

@@ -1,9 +1,13 @@
 # -*- test-case-name: tests.http.test_blobs -*-
-"""Response helpers: streaming blob bodies with back-pressure."""
+"""
+Response helpers: streaming blob bodies with back-pressure, and large
+bodies held in memory (manifests, tag lists, catalog pages) sent the same way.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections import deque
 
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer
@@ -14,7 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from izreg.http.limits import SIOCOUTQ, queued_bytes, tcp_under
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
 
 log = Logger()
 
@@ -43,6 +48,10 @@ SENDFILE_SIZE = 64 * 1024
 #: socket takes all it is given, then the producer waits for the socket to
 #: be writable again, so one fast client cannot hold the reactor for a whole blob
 SENDFILE_TURN = 16 * 1024 * 1024
+
+#: a response body held in memory and longer than this is sent by a L{FileSender}
+#: (L{held_body}); a shorter one is written whole, as before, at no extra cost
+LARGE_BODY = 64 * 1024
 
 
 def plain_tcp(request) -> tcp.Connection | None:
@@ -117,8 +126,10 @@ class FileSender:
     per reactor turn.)
     """
 
-    def __init__(self, request, reader, offset: int, length: int) -> None:
+    def __init__(self, request, reader, offset: int, length: int, what: str = "a blob") -> None:
         self.request, self.reader, self.offset, self.remaining = request, reader, offset, length
+        #: what is sent, for the slow-reader watch's warning line
+        self.what = what
         self.paused = False
         self.reading = False
         #: bytes given to the transport (or to the socket) so far, which L{SlowReaders} watches
@@ -282,17 +293,104 @@ class FileBody(Resource):
     """C{length} bytes of a blob reader from C{start}, streamed with back-pressure (L{FileSender})."""
 
     isLeaf = True
+    what = "a blob"
 
     def __init__(self, reader, start: int, length: int) -> None:
         super().__init__()
         self.reader, self.start, self.length = reader, start, length
 
     def render(self, request):
+        if request.channel is None:  # the client went away before its answer: nothing to send
+            self.reader.close()
+            return NOT_DONE_YET
         if self.length == 0:
             self.reader.close()
             return b""
-        FileSender(request, self.reader, self.start, self.length).start()
+        try:
+            FileSender(request, self.reader, self.start, self.length, self.what).start()
+        except BaseException:
+            self.reader.close()
+            raise
         return NOT_DONE_YET
+
+
+class HeldBytes:
+    """
+    A response body held in memory, read as a blob is (L{FileSender}), in
+    pieces of L{MIN_READ} cut from it at once (the copies a read would have
+    made): each piece is freed once the connection has sent it, so a client
+    that stops reading holds only what is still unsent, and it leaves
+    C{budget} (C{limits.response_memory}) as it is handed on; the rest
+    leaves it when the body is closed (sent, cut by
+    C{connections.send_timeout}, or its connection lost). Read whole from
+    one C{bytes}, a 4 MiB body stayed in memory until its last byte went.
+    """
+
+    def __init__(self, data: bytes, budget: BodyBudget | None) -> None:
+        self.pieces = deque(data[at:at + MIN_READ] for at in range(0, len(data), MIN_READ))
+        self.budget, self.held = budget, len(data)
+
+    def seek(self, offset: int) -> None:
+        if offset:
+            raise ValueError("a body held in memory is sent from its start")
+
+    def read(self, size: int) -> bytes:
+        if not self.pieces:
+            return b""
+        piece = self.pieces.popleft()
+        if len(piece) > size:  # (L{FileSender} asks for at least MIN_READ, or the rest)
+            piece, rest = piece[:size], piece[size:]
+            self.pieces.appendleft(rest)
+        self._release(len(piece))
+        return piece
+
+    def close(self) -> None:
+        self.pieces.clear()
+        self._release(self.held)
+
+    def _release(self, length: int) -> None:
+        if self.budget is not None and length:
+            self.budget.release(length)
+        self.held -= length
+
+
+class MemoryBody(FileBody):
+    """
+    A large response body held in memory, sent by a L{FileSender} as a blob
+    is (L{HeldBytes}): a client that reads nothing of it is closed after
+    C{connections.send_timeout} (L{izreg.http.limits.SlowReaders}), over
+    TLS no more is sealed than its socket has room for. Written whole, a
+    4 MiB manifest stayed in the transport's buffer, whole, for a client
+    that read nothing until the idle timeout: 100 such held ~420 MB of RSS
+    for ~75 s (docs/benchmark.md, "manifestbudget").
+    """
+
+    what = "a response"
+
+    def __init__(self, data: bytes, budget: BodyBudget | None) -> None:
+        super().__init__(HeldBytes(data, budget), 0, len(data))
+
+
+def held_body(request, data: bytes, budget: BodyBudget | None):
+    """
+    The answer of a body C{data} held in memory: C{data} itself up to
+    L{LARGE_BODY} (and for a HEAD, which sends none of it), else a
+    L{MemoryBody} holding C{len(data)} of C{budget} until handed on: a 503
+    UNAVAILABLE with Retry-After when the bodies not yet sent leave too
+    little of it. Call it before the response's headers are set (a 503
+    carries none of them).
+    """
+    if len(data) <= LARGE_BODY or request.method == b"HEAD":
+        return data
+    if budget is not None and not budget.reserve(len(data)):
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE,
+            {"limit": budget.limit},
+            "the registry is holding as many response bodies in memory as it may (limits.response_memory);"
+            " retry later",
+            headers={"Retry-After": "1"},
+        )
+    return MemoryBody(data, budget)
 
 
 def shield(coroutine) -> defer.Deferred:

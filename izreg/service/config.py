@@ -69,6 +69,8 @@ class Config:
     s3_threads: int = 16
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
+    # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
+    response_memory: int = 256 * 1024 * 1024
     max_connections: int = 1000
     max_connections_per_address: int = 200
     idle_timeout: int = 60
@@ -131,6 +133,10 @@ class Config:
                 raise ConfigError(f"server.trusted_proxies: {network!r} is not an IP address or network") from None
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
+        if self.response_memory < self.max_manifest_size:
+            # else a manifest izreg accepted could never be served: every GET of it a 503
+            raise ConfigError(f"limits.response_memory ({self.response_memory}) must be at least"
+                              f" limits.max_manifest_size ({self.max_manifest_size})")
         if self.storage_backend not in ("filesystem", "s3"):
             raise ConfigError(f"storage.backend must be \"filesystem\" or \"s3\", not {self.storage_backend!r}")
         if self.storage_backend == "s3" and not self.s3_bucket:
@@ -186,6 +192,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
     ("storage.s3", "threads"): ("s3_threads", int),
     ("limits", "body_memory"): ("body_memory", int),
+    ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),
     ("connections", "max_per_address"): ("max_connections_per_address", int),
     ("connections", "idle_timeout"): ("idle_timeout", int),

@@ -193,6 +193,7 @@ class RegistryService(service.MultiService):
             tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
             pulls=self.pulls,
             budget=BodyBudget(config.body_memory),
+            responses=BodyBudget(config.response_memory),
             ui=config.ui_enabled,
             browser=Browser(self.index, blobs, devices),
             readiness=self.readiness,

@@ -72,6 +72,7 @@ def test_bad_files_say_what_is_wrong(text, message):
         ({"tls_listen": ("tcp:5443",)}, "--tls-listen needs --tls-cert and --tls-key"),
         ({"device_ca": ("ca.pem",)}, "need a TLS listener"),
         ({"tls_listen": ("tcp:1",), "tls_cert": "c", "tls_key": "k", "device_crl": "x.crl"}, "--device-crl needs --device-ca"),
+        ({"response_memory": 1000}, "limits.response_memory (1000) must be at least limits.max_manifest_size (4194304)"),
     ],
 )
 def test_cross_field_rules(overrides, message):

@@ -1,0 +1,130 @@
+"""
+A large manifest on the real server, plain and over TLS (a device
+certificate): sent whole and byte for byte; a client that asks for one
+and reads nothing is closed after connections.send_timeout as a blob's
+is, and until then what it has not been sent counts in
+limits.response_memory, past which others are answered 503 with
+Retry-After; once it is closed they are served again
+(L{izreg.http.responses.MemoryBody}, L{izreg.http.limits.SlowReaders}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import ssl
+
+import pytest
+
+from tests.e2e.test_pull_paths import _connection, _raw_get, _read_response
+from tests.helpers.ociclient import OCIClient, expect
+from tests.helpers.server import RegistryProcess
+from tests.helpers.tls import restart_with_tls
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg", reason="izreg TLS listener"),
+]
+
+#: the manifest: more than the kernel takes for a client that reads nothing (its send buffer grows to
+#: 4 MiB on loopback, net.ipv4.tcp_wmem), so the server holds the rest
+SIZE = 12 * 1024 * 1024 + 5
+#: limits.max_manifest_size and limits.response_memory: one such manifest fits, not two, nor one beside a
+#: stalled one (which holds at least SIZE less what the kernel took)
+LIMIT = 16 * 1024 * 1024
+CONFIG = f"[limits]\nmax_manifest_size = {LIMIT}\nresponse_memory = {LIMIT}\n[connections]\nsend_timeout = 2\n"
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    base = tmp_path_factory.mktemp("izreg-large-responses")
+    config = base / "izreg.toml"
+    config.write_text(CONFIG)
+    registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=config)
+    try:
+        registry.start()
+        tls_port, paths = restart_with_tls(registry, str(base / "certs"))
+        repo = f"{registry.account}/large/manifest"
+        client = OCIClient(registry.url, auth=registry.requests_auth)
+        config_blob = b"{}"
+        expect(client.push_blob_monolithic(repo, config_blob), 201)
+        document = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": "sha256:" + hashlib.sha256(config_blob).hexdigest(), "size": 2},
+                    "layers": [], "annotations": {"pad": ""}}
+        base_bytes = json.dumps(document).encode()
+        data = base_bytes.replace(b'"pad": ""', b'"pad": "' + b"x" * (SIZE - len(base_bytes)) + b'"')
+        assert len(data) == SIZE
+        expect(client.put_manifest(repo, "v1", data), 201)
+        tls = ssl.create_default_context(cafile=paths.ca_cert)
+        tls.load_cert_chain(paths.client_cert, paths.client_key)
+        yield {"registry": registry, "data": data, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+               "path": f"/v2/{repo}/manifests/v1", "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth}
+    finally:
+        registry.close()
+
+
+def _get(large, listener: str):
+    """GET the manifest on a new connection: the response and its body."""
+    conn, headers = _connection(large, listener)
+    try:
+        conn.request("GET", large["path"], headers=headers)
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_a_large_manifest_is_sent_whole_with_its_headers(large, listener):
+    conn, headers = _connection(large, listener)
+    data, digest = large["data"], large["digest"]
+    try:
+        for method in ("GET", "HEAD", "GET"):  # and the connection still framed right after each
+            conn.request(method, large["path"], headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, (method, response.status, body[:300])
+            assert body == (data if method == "GET" else b"")
+            assert int(response.headers["Content-Length"]) == len(data)
+            assert response.headers["Docker-Content-Digest"] == digest
+            assert response.headers["ETag"] == f'"{digest}"'
+            assert response.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+        assert hashlib.sha256(body).hexdigest() == digest.split(":")[1]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(large, listener):
+    registry = large["registry"]
+    mark = registry.log_mark()
+    stalled = _raw_get(large, listener, rcvbuf=4096)
+    try:
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+        # what it was not sent is held: another large answer does not fit beside it
+        response, body = _get(large, listener)
+        error = json.loads(body)
+        assert response.status == 503, error
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["Docker-Content-Digest"] is None
+        assert error["errors"][0]["code"] == "UNAVAILABLE"
+        assert "limits.response_memory" in error["errors"][0]["message"]
+        # after connections.send_timeout its request ends without its answer (499), and its connection
+        got = 0
+        registry.wait_for_log(r"GET /v2/\{name\}/manifests/\{reference\} 499 ", mark, timeout=30)
+        assert "read nothing of a response for" in registry.log_text()
+        try:
+            while chunk := stalled.recv(1 << 20):
+                got += len(chunk)
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        assert got < len(large["data"])
+        # what it held is given back: the same manifest is served again, whole
+        response, body = _get(large, listener)
+        assert response.status == 200 and body == large["data"]
+        tail = registry.log_text().splitlines()[-200:]
+        assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
+    finally:
+        stalled.close()
