@@ -92,7 +92,7 @@ def main(argv=None, stdout=None, stderr=None) -> int:
             else:
                 stdout.write(f"pinned {args.ref}: a running edge fetches it within {NEW_PIN_CHECK} s, or when the"
                              " registry answers again if it is unreachable; `izreg-edge pins` shows when it was"
-                             " fetched\n")
+                             " fetched, or why not\n")
         elif args.command == "unpin":
             if not cache.unpin(args.ref):
                 stderr.write(f"izreg-edge: {args.ref} is not pinned\n")

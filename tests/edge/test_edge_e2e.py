@@ -380,7 +380,7 @@ def test_a_pin_added_while_the_edge_runs_is_fetched_within_seconds(stack):
     mark = stack.edge.log_mark()
     said = stack.edge.cli("pin", f"{repo}:v1")
     assert said == (f"pinned {repo}:v1: a running edge fetches it within 2 s, or when the registry answers again"
-                    " if it is unreachable; `izreg-edge pins` shows when it was fetched")
+                    " if it is unreachable; `izreg-edge pins` shows when it was fetched, or why not")
     stack.edge.wait_for_log(rf"pinned {repo}:v1 at {image['manifest_digest']}", since=mark, timeout=30)
     for digest in image["blobs"]:
         stack.edge.wait_for_log(rf"cached {digest}", since=mark)
