@@ -5,8 +5,9 @@ is their digest, quoted, which never changes for a URL that names it.
 
 Every method reads C{If-Match} and C{If-None-Match} the same way
 (L{request_precondition}, before anything is looked up): a value that is
-neither ``*`` nor a list of entity-tags is a 400 PRECONDITION_INVALID,
-never ignored nor taken for a failed condition (docs/api.rst says why).
+neither ``*`` nor a list of entity-tags (a digest left unquoted counts as
+its quoted tag) is a 400 PRECONDITION_INVALID, never ignored nor taken for
+a failed condition (docs/api.rst says why).
 Then, for GET and HEAD:
 
 - C{If-Match} that does not name that ETag (strongly compared) nor is
@@ -30,8 +31,11 @@ import re
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.preconditions import ANY, Precondition, Tags
 
-#: one entity-tag of a list: optional weakness, then an opaque quoted string
-_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
+#: one entity-tag of a list: optional weakness, then an opaque quoted string;
+#: or a digest left unquoted (group 3), taken for its quoted tag, as CNCF
+#: distribution takes it ("allow quoted or unquoted"), so that a client
+#: written against it gets its 304 here too
+_TAG = re.compile(r'\s*(?:(W/)?"([^"]*)"|([a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+))\s*(?:,|$)')
 #: empty elements of a list (RFC 9110 5.6.1: accepted and ignored), as two lines of which one is empty join
 _EMPTY = re.compile(r"[\s,]*")
 
@@ -43,7 +47,7 @@ def _tags(value: str) -> list[tuple[bool, str]] | None:
         found = _TAG.match(value, at)
         if found is None:
             return None
-        tags.append((found.group(1) is not None, found.group(2)))
+        tags.append((found.group(1) is not None, found.group(2) if found.group(3) is None else found.group(3)))
         at = found.end()
     return tags
 

@@ -9,7 +9,7 @@ import pytest_twisted
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.conditional import check_preconditions, not_modified, parse_precondition, range_applies
-from tests.http.helpers import content_length, digest_of, header, push_blob, push_image, repo
+from tests.http.helpers import OCI_MANIFEST, content_length, digest_of, header, push_blob, push_image, repo
 
 DATA = bytes(range(256)) * 4
 NAME = repo("conditional/app")
@@ -24,6 +24,8 @@ TAG = '"sha256:' + "a" * 64 + '"'
         ("*", True),
         (" * ", True),
         ("W/" + TAG, True),  # If-None-Match compares weakly
+        (TAG[1:-1], True),  # a digest left unquoted: as distribution, its quoted tag
+        (f'"other", {TAG[1:-1]}', True),
         (f'"other", {TAG}', True),
         (f'"other",{TAG} ', True),
         ('"other"', False),
@@ -35,7 +37,7 @@ def test_if_none_match(value, matches):
 
 
 #: neither * nor a list of quoted entity-tags
-MALFORMED = [TAG[1:-1], f"{TAG}, garbage", "", f"*, {TAG}", '"unterminated']
+MALFORMED = [f"{TAG}, garbage", "", f"*, {TAG}", '"unterminated', "W/" + TAG[1:-1], f"{TAG[1:-1]} x", "latest"]
 
 
 @pytest.mark.parametrize("value", MALFORMED)
@@ -114,6 +116,8 @@ async def test_a_range_under_another_if_range_is_the_whole_blob(server):
         (f'"other", {TAG}', True),
         ("W/" + TAG, False),  # If-Match compares strongly
         ('"other"', False),
+        (TAG[1:-1], True),  # unquoted, as distribution takes it
+        ("sha256:" + "0" * 64, False),
     ],
 )
 def test_if_match(value, holds):
@@ -157,7 +161,7 @@ async def test_a_malformed_header_is_400_as_for_a_put(server, method):
     blob = await push_blob(server, NAME, DATA)
     paths = [f"/v2/{NAME}/manifests/v3", f"/v2/{NAME}/manifests/{digest}", f"/v2/{NAME}/blobs/{blob}",
              f"/v2/{NAME}/manifests/absent"]  # 400 before the look-up, as a PUT's
-    for value in (digest, f'"{digest}", garbage', ""):  # not quoted: the mistake a 412 hid
+    for value in ("v3", f'"{digest}", garbage', ""):  # a tag is not an entity-tag: the mistake a 412 hid
         for name in ("If-Match", "If-None-Match"):
             for path in paths:
                 response, body = await server.request(method, path, headers={name: value})
@@ -166,3 +170,28 @@ async def test_a_malformed_header_is_400_as_for_a_put(server, method):
                     error = json.loads(body)["errors"][0]
                     assert error["code"] == "UNSUPPORTED" and error["detail"] == {"header": name, "value": value}
                     assert error["message"] == f'{name} is neither * nor a list of quoted entity-tags ("<digest>")'
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_an_unquoted_digest_is_its_entity_tag(server, method):
+    """
+    CNCF distribution compares If-None-Match with the digest quoted or not; a client written against it
+    that sends the bare digest gets its 304 here too (and If-Match, on a pull or a tag write, alike).
+    """
+    digest, manifest = await push_image(server, NAME, "v4")
+    blob = await push_blob(server, NAME, DATA)
+    for path, named in ((f"/v2/{NAME}/manifests/v4", digest), (f"/v2/{NAME}/manifests/{digest}", digest),
+                        (f"/v2/{NAME}/blobs/{blob}", blob)):
+        response, body = await server.request(method, path, headers={"If-None-Match": named})
+        assert response.code == 304 and body == b"", path
+        response, _ = await server.request(method, path, headers={"If-Match": named})
+        assert response.code == 200, path
+        response, _ = await server.request(method, path, headers={"If-Match": "sha256:" + "0" * 64})
+        assert response.code == 412, path
+    if method == "GET":  # a guarded tag write with the bare digest of what the tag names
+        put = f"/v2/{NAME}/manifests/v4"
+        response, _ = await server.request("PUT", put, body=manifest, headers={"Content-Type": OCI_MANIFEST, "If-Match": digest})
+        assert response.code == 201
+        response, _ = await server.request("PUT", put, body=manifest, headers={"Content-Type": OCI_MANIFEST, "If-None-Match": digest})
+        assert response.code == 412

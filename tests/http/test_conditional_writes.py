@@ -50,6 +50,8 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
         ([f', "{D1}" , ,"{D2}",'], None, Precondition(frozenset({D1, D2}), None)),  # RFC 9110 5.6.1
         (None, [f'"{D1}",'], Precondition(None, frozenset({D1}))),
         ([f'"{D1}"'], ["*"], Precondition(frozenset({D1}), ANY)),
+        ([D1], None, Precondition(frozenset({D1}), None)),  # a digest left unquoted: as distribution takes it
+        (None, [f'{D1}, "{D2}"'], Precondition(None, frozenset({D1, D2}))),
     ],
 )
 def test_parse_precondition(if_match, if_none_match, expected):
@@ -59,7 +61,8 @@ def test_parse_precondition(if_match, if_none_match, expected):
 @pytest.mark.parametrize(
     "if_match, if_none_match",
     [
-        ([D1], None),  # not quoted
+        (["latest"], None),  # a tag is not an entity-tag
+        ([f"W/{D1}"], None),  # weak, not quoted
         ([""], None),
         (["  "], None),
         ([", ,"], None),  # only empty elements: no entity-tag to compare
@@ -68,7 +71,7 @@ def test_parse_precondition(if_match, if_none_match, expected):
         ([f'*, "{D1}"'], None),
         (['"unterminated'], None),
         (None, ["**"]),
-        (None, [f"{D1}"]),
+        (None, [f"{D1} x"]),
     ],
 )
 def test_a_malformed_write_precondition_is_400(if_match, if_none_match):
@@ -174,7 +177,7 @@ async def test_put_by_digest_if_none_match_star_only_if_new(server):
     assert response.code == 201  # unconditioned: as idempotent as ever
 
 
-@pytest.mark.parametrize("value", [D1, '"x", garbage', f'*, "{D1}"', ""])
+@pytest.mark.parametrize("value", ["malformed", '"x", garbage', f'*, "{D1}"', ""])
 @pytest_twisted.ensureDeferred
 async def test_a_malformed_header_is_400_and_stores_nothing(server, value):
     first, _ = await push_image(server, NAME, "malformed")
