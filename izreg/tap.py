@@ -238,6 +238,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         from izreg.service.tls.known import FILE_NAME, KnownGroupsFile
         KnownGroupsFile(admission, os.path.join(config.data_dir, FILE_NAME), reactor).setServiceParent(top)
         metrics.watch_handshakes(admission)
+        top.on_device = admission.device_request  # a group is known once a request authenticated as a device
         site.connections.evict = admission.evict  # at max_connections, close one still in its handshake first
     metrics.watch_connections(site.connections, admission)
     for description in config.tls_listen:

@@ -73,11 +73,15 @@ class AccessGuard:
     log = Logger()
 
     def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float],
-                 run_read: Callable[..., object] = inline) -> None:
+                 run_read: Callable[..., object] = inline, on_device: Callable[[object], None] | None = None) -> None:
         self.authenticator = authenticator
         self.devices = devices
         self.now = now
         self.run_read = run_read
+        #: called with the request's transport when a request authenticated as a device (its certificate
+        #: not revoked, its account there): the TLS handshake admission's known groups
+        #: (L{izreg.service.tls.admission.HandshakeAdmission.device_request}), or C{None}
+        self.on_device = on_device
         #: refused device certificates: the first few per reason and minute in full, then a count
         #: (the metrics read its total)
         self.refusals = RefusalLog(self.log, "device certificates")
@@ -132,6 +136,8 @@ class AccessGuard:
             except DeviceRejected as e:
                 refused(e)
                 raise
+            if self.on_device is not None:
+                self.on_device(getattr(request, "transport", None))
             return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
 
         def facts():

@@ -187,8 +187,8 @@ class HandshakeCollector:
         yield CounterMetricFamily("izreg_tls_handshakes_timed_out", "TLS connections closed for a handshake or a"
                                   " wait for one too long", value=admission.timed_out)
         yield GaugeMetricFamily("izreg_tls_known_device_groups", "client groups (address, or network with"
-                                " tls.group_ipv4_prefix / group_ipv6_prefix) in which a TLS handshake completed with a"
-                                " device certificate: they get handshake slots first (kept across restarts)",
+                                " tls.group_ipv4_prefix / group_ipv6_prefix) in which a request authenticated as a"
+                                " device: they get handshake slots first (kept across restarts)",
                                 value=len(admission.known_groups()))
         yield CounterMetricFamily("izreg_tls_handshakes_dropped", "TLS connections closed while waiting for a"
                                   " handshake slot, for a newer one (tls.max_waiting)", value=admission.dropped)

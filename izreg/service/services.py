@@ -88,6 +88,9 @@ class RegistryService(service.MultiService):
         self.crl_file: CRLFile | None = None
         self.burst_trim: BurstTrim | None = None  # built with the I/O pool (startService)
         self._pools: list[ThreadPool] = []
+        #: the TLS handshake admission's C{device_request} (set by L{izreg.tap.make_server}), or C{None}: a
+        #: request authenticated as a device makes its client group a known one
+        self.on_device = None
 
     def setServiceParent(self, parent):
         offer_observer(parent, self.log_observer)
@@ -179,7 +182,7 @@ class RegistryService(service.MultiService):
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)))
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                                run_read=backend.run_read)
+                                                run_read=backend.run_read, on_device=self.on_device)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
             if getattr(guard, "refusals", None) is not None:

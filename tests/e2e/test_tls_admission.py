@@ -262,6 +262,33 @@ def test_the_known_device_groups_are_kept_across_a_restart(tmp_path_factory):
         fresh.close()
 
 
+def test_a_revoked_device_certificate_makes_no_group_known(tmp_path_factory):
+    """
+    A revoked certificate still completes the handshake (revocation is the request's check): its group
+    becomes known only once a request passes that check (else one revoked certificate and many IPv6 /64s
+    would push the fleet's groups out of the remembered ones).
+    """
+    fresh = tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = 600\n")
+    reg = next(fresh)
+    try:
+        reg.cli("device", "revoke", "--cert", reg.paths.client_cert)
+        for _ in range(2):  # every connection refused
+            result: list = []
+            device_get(reg, result)
+            assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 401"), result
+        assert known_groups(reg) == 0
+        reg.cli("device", "unrevoke", "--cert", reg.paths.client_cert)
+        result = []
+        device_get(reg, result)
+        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert known_groups(reg) == 1
+        reg.restart()
+        with open(os.path.join(reg.data_dir, "tls-known-groups")) as f:
+            assert f.read() == "127.0.0.1\n"
+    finally:
+        fresh.close()
+
+
 def test_a_flood_of_refused_certificates_is_five_lines_and_every_one_counted(capped, tmp_path):
     """A device certificate of another CA, presented 12 times: 5 warning lines, the metric counts 12."""
     import time

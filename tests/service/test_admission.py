@@ -272,7 +272,9 @@ def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
             gate = rng.choice(open_)
             if gate.admitted:
                 completed = rng.random() < 0.5
-                admission._release(gate, completed=completed, device=completed and rng.random() < 0.5)
+                admission._release(gate, completed=completed)
+                if completed and rng.random() < 0.5:  # then a request authenticated as a device
+                    admission._know(gate.group)
             else:
                 admission._left(gate)
             gate.state = "gone"
@@ -339,7 +341,8 @@ def test_a_device_group_goes_before_groups_that_give_their_slots_up_too_soon_to_
     clock = Clock()
     admission = HandshakeAdmission(clock, 4, handshake_timeout=10, wait_timeout=60)
     earlier = arrive(admission, "198.51.100.7", "203.0.113.9")
-    admission._release(earlier[0], device=True)  # a device's handshake, with its certificate
+    admission._release(earlier[0])  # a device's handshake, with its certificate
+    admission._know(earlier[0].group)  # and a request that authenticated as a device
     admission._release(earlier[1])  # a handshake with no client certificate
     held = arrive(admission, *(f"192.0.2.{i}" for i in range(1, 5)))
     queued = arrive(admission, *(f"192.0.2.{i}" for i in range(5, 25)))
@@ -357,10 +360,12 @@ def test_known_groups_are_the_last_max_known():
     admission = HandshakeAdmission(Clock(), 1, handshake_timeout=10, wait_timeout=60)
     for i in range(MAX_KNOWN + 1):
         [gate] = arrive(admission, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
-        admission._release(gate, device=True)
+        admission._release(gate)
+        admission._know(gate.group)
     assert len(admission._known) == MAX_KNOWN and "10.0.0.0" not in admission._known
     [again] = arrive(admission, "10.0.0.1")  # known again: the most recent
-    admission._release(again, device=True)
+    admission._release(again)
+    admission._know(again.group)
     assert list(admission._known)[-1] == "10.0.0.1"
 
 
@@ -371,7 +376,8 @@ def test_past_max_waiting_a_known_group_is_not_the_one_to_lose_its_connection():
     """
     admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60, max_waiting=3)
     [earlier] = arrive(admission, "198.51.100.7")
-    admission._release(earlier, device=True)
+    admission._release(earlier)
+    admission._know(earlier.group)
     arrive(admission, "192.0.2.1", "192.0.2.2")  # the slots
     [device] = arrive(admission, "198.51.100.7")
     attack = arrive(admission, *(f"203.0.113.{i}" for i in range(1, 41)))
@@ -391,7 +397,8 @@ def test_a_known_group_that_is_struck_goes_after_the_others():
     clock = Clock()
     admission = HandshakeAdmission(clock, 2, handshake_timeout=10, wait_timeout=0)
     [earlier] = arrive(admission, "192.0.2.66")
-    admission._release(earlier, device=True)
+    admission._release(earlier)
+    admission._know(earlier.group)
     silent = arrive(admission, "192.0.2.66", "192.0.2.1")
     clock.advance(6)
     admission._release(silent[0], completed=False)  # held 6 s of 10 without completing: struck, known or not
@@ -433,7 +440,7 @@ def test_over_max_connections_the_least_welcome_unauthenticated_connection_makes
     assert not admission.evict() and admission.evicted == 8
     consistent(admission)
     [done] = arrive(admission, "192.0.2.1")
-    admission._release(done, device=True)  # completed its handshake: never evicted
+    admission._release(done)  # completed its handshake: never evicted
     assert not admission.evict() and done.state == "shaking" and not admission.unsettled
 
 

@@ -31,12 +31,14 @@ many slots and are not; so once the attacker's groups have each had a
 silent connection time out, the device's comes first again. A strike
 needs the slot held for half the timeout: an attacker that gives each slot
 up just before (and whose groups keep coming back, fresh) is never struck.
-So a group in which a handshake completed with a verified device
-certificate (L{HandshakeAdmission._know}: the last L{MAX_KNOWN}) goes before
+So a group in which a request authenticated as a device (its certificate
+verified at the handshake, then not revoked and of an account that exists:
+L{HandshakeAdmission.device_request}, the last L{MAX_KNOWN}) goes before
 every group that holds as many slots and is not known (unless it is struck
 itself: a stolen certificate is no way around a strike): a device that
-connected before gets the next slot that frees, however many groups an
-attacker without a device certificate has. A slot frees when its handshake
+pulled before gets the next slot that frees, however many groups an
+attacker without a valid device certificate has (a revoked one completes
+a handshake, revocation being the request's check, but knows no group). A slot frees when its handshake
 completes or its connection ends.
 
 At most C{[tls] max_waiting} connections wait (their memory is taken before
@@ -91,8 +93,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from izreg.core.netgroup import address_group
-from izreg.http.limits import ThrottledLog
-from izreg.http.peercert import peer_certificate
+from izreg.http.limits import ThrottledLog, tcp_under
 from izreg.http.plain import ON_TLS_ANSWER, plain_on_tls
 
 log = Logger()
@@ -279,11 +280,24 @@ class HandshakeAdmission:
         for group in groups:
             self._know(group)
 
+    def device_request(self, transport) -> None:
+        """
+        A request on C{transport}'s connection (the request's: the TLS protocol over the TCP transport
+        whose protocol is the L{_Gate}) authenticated as a device, past the revocation and the account
+        checks (L{izreg.http.guard.AccessGuard}'s C{on_device}): its group is known (L{_know}), once a
+        connection. Not at the handshake: a revoked certificate still completes one (revocation is the
+        request's check), and with many IPv6 /64s it would push the fleet's groups out of the last
+        L{MAX_KNOWN}.
+        """
+        gate = getattr(tcp_under(transport), "protocol", None)
+        if isinstance(gate, _Gate) and not gate.device:
+            gate.device = True
+            self._know(gate.group)
+
     def _know(self, group: str) -> None:
         """
-        A connection of C{group}'s completed its handshake with a verified device certificate: the group
-        goes before those that hold as many slots and are not known (revocation is the request's check,
-        so a revoked certificate's group is known too: it then only competes with other devices).
+        A request of C{group}'s authenticated as a device (L{device_request}): the group goes before
+        those that hold as many slots and are not known.
         """
         known = self._known
         known.pop(group, None)
@@ -338,10 +352,9 @@ class HandshakeAdmission:
         """A waiting connection ended."""
         self._unqueue(gate)
 
-    def _release(self, gate: "_Gate", completed: bool = True, device: bool = False) -> None:
+    def _release(self, gate: "_Gate", completed: bool = True) -> None:
         """
-        C{gate}'s handshake is over (C{completed}, with a verified client certificate: C{device}; or its
-        connection ended): its slot goes to the oldest waiting connection of the group that holds the fewest
+        C{gate}'s handshake is over (C{completed}, or its connection ended): its slot goes to the oldest waiting connection of the group that holds the fewest
         slots (groups holding as many: known ones first, then those not struck, then in turn).
         """
         deadline = self.shaking.pop(gate, None)  # None: it timed out (or there is no timeout)
@@ -350,8 +363,6 @@ class HandshakeAdmission:
         if not completed and self.handshake_timeout and (
                 deadline is None or deadline - self.clock.seconds() <= self.handshake_timeout / 2):
             self._strike(group)
-        elif completed and device:
-            self._know(group)
         self.in_progress -= 1
         held = self.holding.pop(group, 1) - 1
         if held:
@@ -439,6 +450,8 @@ class _Gate(Protocol):
 
     #: the client's address, and its group (its share of the slots: L{HandshakeAdmission.per_group})
     address = group = ""
+    #: a request on this connection authenticated as a device (L{HandshakeAdmission.device_request})
+    device = False
 
     def __init__(self, admission: HandshakeAdmission, tls) -> None:
         self.admission = admission
@@ -493,8 +506,7 @@ class _Gate(Protocol):
         self.connectionLost = tls.connectionLost
         if "_stepped" in tls.__dict__:
             del tls._stepped
-        # a verified device certificate (read once per connection: the request finds it on the transport)
-        self.admission._release(self, device=peer_certificate(tls) is not None)
+        self.admission._release(self)
 
     def connectionLost(self, reason) -> None:
         state, self.state = self.state, _DONE

@@ -3,7 +3,8 @@
 The known device groups of TLS handshake admission, kept across restarts.
 
 L{izreg.service.tls.admission.HandshakeAdmission} lets a client group in
-which a device completed a handshake (a "known" group) take a handshake slot
+which a request authenticated as a device (its certificate verified, not
+revoked; a "known" group) take a handshake slot
 before groups never seen. Held in memory only, that knowledge was lost with
 every restart, just when it matters most: after a restart or an upgrade
 every device of the fleet reconnects at once, and an attacker's fresh
