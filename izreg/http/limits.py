@@ -53,9 +53,12 @@ class BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total)
+        self.refused = 0
 
     def reserve(self, length: int) -> bool:
         if self.used + length > self.limit:
+            self.refused += 1
             return False
         self.used += length
         return True
