@@ -20,6 +20,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_pull_paths import _connection, _raw_get, _read_response
+from tests.helpers.largemanifest import answer_of, padded_manifest
 from tests.helpers.ociclient import OCIClient, expect
 from tests.helpers.server import RegistryProcess, free_port
 from tests.helpers.tls import restart_with_tls
@@ -52,13 +53,7 @@ def large(tmp_path_factory):
         client = OCIClient(registry.url, auth=registry.requests_auth)
         config_blob = b"{}"
         expect(client.push_blob_monolithic(repo, config_blob), 201)
-        document = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": "sha256:" + hashlib.sha256(config_blob).hexdigest(), "size": 2},
-                    "layers": [], "annotations": {"pad": ""}}
-        base_bytes = json.dumps(document).encode()
-        data = base_bytes.replace(b'"pad": ""', b'"pad": "' + b"x" * (SIZE - len(base_bytes)) + b'"')
-        assert len(data) == SIZE
+        data = padded_manifest(config_blob, SIZE)
         expect(client.put_manifest(repo, "v1", data), 201)
         tls = ssl.create_default_context(cafile=paths.ca_cert)
         tls.load_cert_chain(paths.client_cert, paths.client_key)
@@ -93,15 +88,7 @@ def test_a_large_manifest_is_sent_whole_with_its_headers(large, listener):
     data, digest = large["data"], large["digest"]
     try:
         for method in ("GET", "HEAD", "GET"):  # and the connection still framed right after each
-            conn.request(method, large["path"], headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            assert response.status == 200, (method, response.status, body[:300])
-            assert body == (data if method == "GET" else b"")
-            assert int(response.headers["Content-Length"]) == len(data)
-            assert response.headers["Docker-Content-Digest"] == digest
-            assert response.headers["ETag"] == f'"{digest}"'
-            assert response.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+            body = answer_of(conn, method, large["path"], data, headers)
         assert hashlib.sha256(body).hexdigest() == digest.split(":")[1]
     finally:
         conn.close()
