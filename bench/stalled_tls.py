@@ -1,7 +1,7 @@
 """
 What a TLS client that asks for a blob and then reads nothing costs the server.
 
-    python -m bench.stalled_tls [--connections 150] [--size-mib 64] [--tracemalloc] [--idle]
+    python -m bench.stalled_tls [--connections 150] [--size-mib 64] [--tracemalloc] [--idle] [--cut]
 
 A fresh ``twistd izreg server`` (this tree) with a TLS listener and the development
 device CA (``izreg dev-certs``); a blob of ``--size-mib`` is pushed on the plain
@@ -19,7 +19,14 @@ asked with SIGUSR2, answered on the reactor's thread):
 - glibc's heap (``mallinfo2``: in use, free but kept, mmapped), and the RSS after a
   ``malloc_trim(0)`` (a diagnostic; the server trims after bursts itself);
 - with ``--tracemalloc``, the Python allocations by line (the server runs with
-  ``PYTHONTRACEMALLOC``: slower, and traced memory is itself RSS).
+  ``PYTHONTRACEMALLOC``: slower, and traced memory is itself RSS);
+- with ``--cut``, the VmRSS once the clients have closed and the server has let
+  every connection go, ``--settle`` seconds later (the server trims its heap
+  itself after a burst of 100 connections or more: L{izreg.service.bursttrim}),
+  then after a ``malloc_trim(0)``.
+
+The baseline is taken once the server has closed the one warm-up connection
+(the first request's one-time allocations), so it holds no connection.
 
 ``--env NAME=VALUE`` passes more environment to the server (e.g. ``MALLOC_ARENA_MAX=1``).
 """
@@ -97,7 +104,10 @@ def _probe():
             out["traced"] = tracemalloc.get_traced_memory()[0]
             out["top"] = [(str(s.traceback), s.size, s.count) for s in snap.statistics("lineno")[:25]]
         if os.path.exists(os.path.join(os.path.dirname(os.environ["IZREG_PROBE_OUT"]), "trim")):
+            import time
+            started = time.perf_counter()
             libc.malloc_trim(0)
+            out["trim_ms"] = (time.perf_counter() - started) * 1000
             out["rss_trimmed"], out["anon_trimmed"] = status("VmRSS"), status("RssAnon")
         path = os.environ["IZREG_PROBE_OUT"]
         with open(path + ".tmp", "w") as f:
@@ -125,7 +135,20 @@ def ask(proc_pid: int, out: str) -> dict:
         return json.load(f)
 
 
-def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool, env: dict, settle: float) -> None:
+def settled(proc_pid: int, out: str, conns: int) -> dict:
+    """The probe's answer once the server holds C{conns} TLS connections (a closed one goes a reactor turn later)."""
+    deadline = time.monotonic() + 30
+    while True:
+        now = ask(proc_pid, out)
+        if now["conns"] == conns:
+            return now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server holds {now['conns']} TLS connections, not {conns}")
+        time.sleep(0.1)
+
+
+def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool, env: dict, settle: float,
+        cut: bool = False) -> None:
     probe_dir = os.path.join(workdir, "probe")
     os.makedirs(probe_dir)
     with open(os.path.join(probe_dir, "sitecustomize.py"), "w") as f:
@@ -141,7 +164,8 @@ def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool
     with open(config, "w") as f:
         f.write(f"[connections]\nmax_connections = {connections + 100}\nmax_per_address = 0\n"
                 "send_timeout = 3600\nidle_timeout = 3600\n")
-    registry = RegistryProcess(data_dir=os.path.join(workdir, "data"), config=config)
+    log = os.path.join(workdir, "server.log")
+    registry = RegistryProcess(data_dir=os.path.join(workdir, "data"), config=config, log_path=log)
     try:
         registry.start()
         tls_port, paths = restart_with_tls(registry, os.path.join(workdir, "certs"))
@@ -158,7 +182,7 @@ def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool
             warm.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             while warm.recv(65536):
                 pass
-        before = ask(pid, out)
+        before = settled(pid, out, 0)  # (the warm-up connection closed in the server too)
         with closing_all([]) as clients:
             for _ in range(connections):
                 tls = context.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=60),
@@ -179,11 +203,26 @@ def run(workdir: str, connections: int, size: int, idle: bool, tracemalloc: bool
             time.sleep(settle)  # two looks of the server's slow-reader watch (every 5 s): it has seen them stall
             now = ask(pid, out)
             report(connections, before, now, idle)
-            with open(os.path.join(workdir, "trim"), "w"):
+            if cut:
+                for tls in clients:
+                    tls.close()
+                clients.clear()
+                closed = settled(pid, out, 0)
+                cut_report("the clients closed, none left in the server", connections, before, closed)
+                time.sleep(settle)  # the server's burst trim looks every 5 s
+                cut_report(f"{settle:g} s later", connections, before, ask(pid, out))
+                with open(log) as f:
+                    for line in f:
+                        if "malloc_trim" in line:
+                            print("  the server:", line.split("] ", 1)[-1].strip())
+            trim = os.path.join(workdir, "trim")
+            with open(trim, "w"):
                 pass
             trimmed = ask(pid, out)
+            os.unlink(trim)
             print(f"  after malloc_trim(0) in the server: VmRSS {trimmed['rss_trimmed'] / 2**20:.1f} MiB"
-                  f" ({(trimmed['rss_trimmed'] - before['rss']) / connections / 1024:.1f} KiB per connection)")
+                  f" ({(trimmed['rss_trimmed'] - before['rss']) / connections / 1024:.1f} KiB per connection;"
+                  f" the trim took {trimmed['trim_ms']:.2f} ms)")
     finally:
         registry.close()
         os.environ.clear()
@@ -209,12 +248,19 @@ def report(n: int, before: dict, now: dict, idle: bool) -> None:
             print(f"    {size / 1024:10.1f} KiB {count:7d} blocks  {where}")
 
 
+def cut_report(when: str, n: int, before: dict, now: dict) -> None:
+    print(f"  {when}: VmRSS {now['rss'] / 2**20:.1f} MiB ({(now['rss'] - before['rss']) / n / 1024:.1f} KiB per"
+          f" connection still held; glibc heap free kept {(now['malloc']['free'] - before['malloc']['free']) / 2**20:.1f}"
+          " MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=150)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--idle", action="store_true", help="idle keep-alive connections, not stalled GETs")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--cut", action="store_true", help="then close the clients: the VmRSS once the server let them go")
     parser.add_argument("--settle", type=float, default=12.0,
                         help="seconds to wait once the buffers are stable (the server's slow-reader watch looks every 5 s)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
@@ -222,7 +268,7 @@ def main() -> None:
     raise_nofile(args.connections)
     env = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="izreg-stalled-tls-") as workdir:
-        run(workdir, args.connections, args.size_mib * 2**20, args.idle, args.tracemalloc, env, args.settle)
+        run(workdir, args.connections, args.size_mib * 2**20, args.idle, args.tracemalloc, env, args.settle, args.cut)
 
 
 if __name__ == "__main__":

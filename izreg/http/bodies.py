@@ -650,7 +650,7 @@ class RegistryChannel(http.HTTPChannel):
     def readConnectionLost(self) -> None:
         """
         The client half-closed (C{shutdown(SHUT_WR)}: L{_Channel}, on plain
-        TCP and, without a close_notify, over TLS: izreg.service.fasttls). A request whose body is whole is answered
+        TCP and over TLS, by a FIN or a TLS 1.3 close_notify: izreg.service.fasttls). A request whose body is whole is answered
         (the client still reads), then the connection closed; anything else
         (an idle connection, a body cut short, a refused request's rest) can
         never go on: closed now, as Twisted does on any end of stream.

@@ -22,13 +22,17 @@ last, which is what those calls leave. A completed handshake is reported to
 the connection creator's C{on_handshake} from here, not from an OpenSSL info
 callback (which entered Python ~17 times a handshake).
 
+A client's half-close is passed on to the protocol wrapped, as on plain TCP
+(L{FastTLSTransport.readConnectionLost}, L{FastTLSTransport._flushReceiveBIO}):
+a request already whole is answered in full, then the connection closed.
+
 Everything else is Twisted's: handshake, shutdown, the producer membrane and
 back-pressure, buffering of writes while OpenSSL wants to read, error paths.
 """
 
 from __future__ import annotations
 
-from OpenSSL.SSL import Error, WantReadError
+from OpenSSL.SSL import SENT_SHUTDOWN, TLS1_3_VERSION, Error, WantReadError, ZeroReturnError
 from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -102,6 +106,8 @@ class FastTLSTransport(BufferingTLSTransport):
     _bioGrown = False
     #: the client closed its side of the TCP connection (L{readConnectionLost})
     _readClosed = False
+    #: the client's close_notify came, and the connection goes on (TLS 1.3: L{_flushReceiveBIO})
+    _peerClosedTLS = False
 
     def makeConnection(self, transport):
         """
@@ -132,8 +138,9 @@ class FastTLSTransport(BufferingTLSTransport):
 
     def readConnectionLost(self):
         """
-        The client closed its side of the TCP connection (a FIN without a
-        close_notify before it: after one, Twisted's TLS protocol has already
+        The client closed its side of the TCP connection (after a
+        close_notify over TLS 1.3 the protocol wrapped was told then,
+        L{_flushReceiveBIO}; under TLS 1.2 Twisted's TLS protocol has already
         ended the connection). Twisted's TLS protocol is not
         half-closeable, so the TCP transport ended the whole connection, and
         a device that half-closed after its request lost the rest of its
@@ -147,6 +154,8 @@ class FastTLSTransport(BufferingTLSTransport):
         (after what is already written).
         """
         self._readClosed = True
+        if self._peerClosedTLS and not self.disconnecting:
+            return  # its close_notify came first: the protocol wrapped was told then
         if self.disconnecting:
             # closing already: the close_notify is out (or goes after the writes before it, and
             # L{_shutdownTLS} then closes), and the client's, which Twisted waits for, cannot come now
@@ -161,6 +170,65 @@ class FastTLSTransport(BufferingTLSTransport):
 
     def writeConnectionLost(self):
         pass  # the server never half-closes
+
+    def _flushReceiveBIO(self):
+        """
+        Twisted's, but a client's close_notify over TLS 1.3 closes only the
+        client's side, as a FIN does (L{readConnectionLost}): the protocol
+        wrapped is told (C{readConnectionLost}), a request already whole is
+        answered in full, then the server sends its close_notify and closes.
+        A client that sends its request, then close_notify, then FIN got its
+        response cut: Twisted's TLS protocol answers a close_notify with its
+        own at once and ends the connection, and OpenSSL seals nothing after
+        that. RFC 8446 6.1: a closure alert closes only the writing side of its
+        sender, and nginx and Go's net/http answer such a request in full.
+        Twisted's way still holds under TLS 1.2 (RFC 5246 7.2.1: answer the
+        close_notify at once, discarding pending writes), once the server's own
+        close_notify is out (it waited for the client's: now both are), and
+        under a protocol that is not half-closeable. What comes after a
+        close_notify is not read (RFC 8446 6.1: it MUST be ignored).
+        """
+        while not self._lostTLSConnection:
+            try:
+                bytes = self._tlsConnection.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                if self._peerClosedTLS:
+                    break  # (the receive BIO's end, read again when the connection is lost)
+                wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+                connection = self._tlsConnection
+                if (wrapped is None or connection.get_protocol_version() != TLS1_3_VERSION
+                        or connection.get_shutdown() & SENT_SHUTDOWN):
+                    self._shutdownTLS()  # Twisted's: the connection ends
+                    self._tlsShutdownFinished(None)
+                    continue
+                self._peerClosedTLS = True
+                self.dataReceived = _ignore  # (an instance attribute: the class's stays Twisted's)
+                if not self.disconnecting:
+                    wrapped.readConnectionLost()
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, bytes)
+        self._flushSendBIO()
+
+    def _tlsShutdownFinished(self, reason):
+        """
+        Twisted's, but the TCP transport closes once it has sent what is
+        sealed (the alert last) even while a producer is registered: none can
+        write any more. Twisted's TCP transport, asked to close while it had
+        paused its producer for a full socket, resumes the producer when the
+        socket drains instead of closing, and as every write is then dropped
+        no write ever comes to close it: a TLS 1.2 client's close_notify in
+        the middle of a blob (or a TLS error there) left the connection open
+        until C{connections.send_timeout}.
+        """
+        if self._producer is not None and self.transport is not None:
+            self.transport.unregisterProducer()  # (Twisted's unregisterProducer does it again later: a no-op)
+        super()._tlsShutdownFinished(reason)
 
     def _shutdownTLS(self):
         super()._shutdownTLS()
@@ -290,6 +358,10 @@ class FastTLSTransport(BufferingTLSTransport):
         connection._from_ssl = fresh
         self._bioGrown = False
         return True
+
+
+def _ignore(data: bytes) -> None:
+    """The bytes a client sends after its close_notify (L{FastTLSTransport._flushReceiveBIO}): not kept, not read."""
 
 
 #: the send BIO's records on their way to the socket (the reactor's thread only; allocated on first use)

@@ -63,7 +63,8 @@ def _serving(tmp_path_factory, name: str, config_text: str = ""):
         tls = ssl.create_default_context(cafile=paths.ca_cert)
         tls.load_cert_chain(paths.client_cert, paths.client_key)
         yield {"registry": registry, "data": data, "digest": digest, "path": f"/v2/{repo}/blobs/{digest}",
-               "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth, "client_cert": paths.client_cert}
+               "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth, "client_cert": paths.client_cert,
+               "client_key": paths.client_key, "ca_cert": paths.ca_cert}
     finally:
         registry.close()
 
@@ -188,6 +189,130 @@ def test_a_client_that_half_closes_after_its_request_gets_the_whole_response(pul
         assert _read_response(sock) == pulls["data"]
         sock.settimeout(10)  # (not waiting for an idle timeout)
         assert sock.recv(1) == b""  # then the server closed (TLS: its close_notify came first, else an error)
+
+
+def _close_notify_after(pulls, request: bytes, fin: bool, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+                        first: bool = False) -> tuple[bytes, str]:
+    """
+    A TLS client over memory BIOs (Python's C{SSLSocket.unwrap} would wait for
+    the server's close_notify, discarding what comes before it) that sends
+    C{request} (C{first}: reads the whole answer to a first GET of the blob
+    before, on a keep-alive connection), then its close_notify
+    (C{SSLObject.unwrap}: SSL_shutdown), then (C{fin}) a FIN: what it reads
+    after, and how that ended: C{"close_notify"} (the server's, then its FIN),
+    C{"eof"} (a FIN without one) or C{"reset"}.
+    """
+    context = pulls["tls"] if version == ssl.TLSVersion.TLSv1_3 else _tls12_context(pulls)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (the blob cannot be in the sockets' buffers at once)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", pulls["tls_port"]))
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+
+        def pump():
+            data = sock.recv(1 << 20)
+            if data:
+                incoming.write(data)
+            return data
+
+        def read_all(limit: int | None = None) -> tuple[bytes, str]:
+            parts, got = [], 0
+            while limit is None or got < limit:
+                try:
+                    chunk = tls.read(1 << 20)
+                except ssl.SSLWantReadError:
+                    try:
+                        if not pump():
+                            return b"".join(parts), "eof"
+                    except ConnectionResetError:
+                        return b"".join(parts), "reset"
+                    continue
+                except ssl.SSLZeroReturnError:
+                    chunk = b""
+                if not chunk:
+                    return b"".join(parts), "close_notify"
+                parts.append(chunk)
+                got += len(chunk)
+            return b"".join(parts), "open"
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                assert pump()
+        assert tls.version() == ("TLSv1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLSv1.2")
+        if first:
+            tls.write(_blob_request(pulls))
+            sock.sendall(outgoing.read())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                more, _ = read_all(1)
+                assert more
+                head += more
+            _, _, body = head.partition(b"\r\n\r\n")
+            rest, _ = read_all(len(pulls["data"]) - len(body))
+            assert body + rest == pulls["data"]
+        if request:
+            tls.write(request)
+        try:
+            tls.unwrap()  # the close_notify (OpenSSL then wants the server's: not waited for here)
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(outgoing.read())
+        if fin:
+            sock.shutdown(socket.SHUT_WR)
+        answer, end = read_all()
+        if end == "close_notify":
+            sock.settimeout(10)
+            assert sock.recv(1) == b""  # then the server's FIN
+        return answer, end
+
+
+def _tls12_context(pulls) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pulls["ca_cert"])
+    context.load_cert_chain(pulls["client_cert"], pulls["client_key"])
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _blob_request(pulls) -> bytes:
+    return f"GET {pulls['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("fin", [True, False], ids=["close_notify-fin", "close_notify"])
+def test_a_tls13_client_that_sends_close_notify_after_its_request_gets_the_whole_response(pulls, fin):
+    """
+    Over TLS 1.3 a close_notify closes only its sender's side (RFC 8446 6.1),
+    as a FIN does: the request, whole, is answered in full (nginx and Go's
+    net/http too), then the server sends its close_notify and closes.
+    """
+    answer, end = _close_notify_after(pulls, _blob_request(pulls), fin)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.partition(b"\r\n\r\n")[2] == pulls["data"]
+    assert end == "close_notify"
+
+
+def test_an_idle_tls13_connection_closed_by_its_clients_close_notify_is_closed(pulls):
+    answer, end = _close_notify_after(pulls, b"", fin=False, first=True)
+    assert (answer, end) == (b"", "close_notify")
+
+
+def test_under_tls12_a_close_notify_ends_the_connection_at_once(pulls):
+    """
+    TLS 1.2 has no half-close: the server answers a close_notify with its own
+    and closes, discarding the response's rest (RFC 5246 7.2.1; Twisted's TLS
+    protocol), or answers in full when the request came in a read of its own
+    (the channel reads no more while it answers). Either way the server closes
+    at once after its close_notify: it did not while its TCP transport had
+    paused the sender for a full socket (until connections.send_timeout).
+    """
+    answer, end = _close_notify_after(pulls, _blob_request(pulls), fin=True, version=ssl.TLSVersion.TLSv1_2)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert pulls["data"].startswith(answer.partition(b"\r\n\r\n")[2])
+    assert end == "close_notify"  # (and then the server's FIN, at once: _close_notify_after)
 
 
 def test_a_fin_after_the_servers_close_notify_ends_the_connection(pulls):
