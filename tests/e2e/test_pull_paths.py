@@ -310,7 +310,7 @@ def test_under_tls12_a_close_notify_ends_the_connection_at_once(pulls):
     paused the sender for a full socket (until connections.send_timeout).
     """
     answer, end = _close_notify_after(pulls, _blob_request(pulls), fin=True, version=ssl.TLSVersion.TLSv1_2)
-    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 200 ")  # (cut before its head was sent: nothing)
     assert pulls["data"].startswith(answer.partition(b"\r\n\r\n")[2])
     assert end == "close_notify"  # (and then the server's FIN, at once: _close_notify_after)
 
