@@ -225,6 +225,9 @@ def load_ca(directory: str) -> Issued:
     """The CA of a directory L{write_dev_certs} wrote: C{ca.crt} and C{server/ca.key}, checked."""
     from izreg.service.tls.pem import TLSConfigError, load_key_pair
 
+    if not os.path.isdir(directory):
+        raise DevCertsError(f"{directory} does not exist: --ca takes the directory an earlier izreg dev-certs wrote"
+                            " (the one holding ca.crt and server/ca.key)")
     cert, key = (os.path.join(directory, LAYOUT[name]) for name in (CA_CERT, CA_KEY))
     missing = [LAYOUT[name] for name, path in ((CA_CERT, cert), (CA_KEY, key)) if not os.path.exists(path)]
     if missing:

@@ -129,7 +129,7 @@ def _dev_certs(args, context) -> int:
                                          overwrite=args.force, ca_dir=args.ca)
     except devcerts.DevCertsExist as e:
         raise CommandError(f"{e}: another device from its CA: izreg dev-certs OTHER_DIR --ca {args.ca or args.directory}"
-                           f" --account ACCOUNT_ID --device-id ID; --force replaces them (the CA stays)") from None
+                           f" --account {args.account or 'ACCOUNT_ID'} --device-id ID; --force replaces them (the CA stays)") from None
     except ValueError as e:  # DevCertsError too
         raise CommandError(str(e)) from None
     directory, home = paths.directory, paths.ca_dir

@@ -200,7 +200,9 @@ def test_dev_certs_reuses_the_ca_of_its_directory(run, tmp_path):
     code, _, err = run("dev-certs", target, "--account", ACCOUNT, "--device-id", "gw-2")
     assert code == 2 and err == (
         f"izreg: error: {target} already has client.cert, client.key: another device from its CA: izreg dev-certs"
-        f" OTHER_DIR --ca {target} --account ACCOUNT_ID --device-id ID; --force replaces them (the CA stays)\n")
+        f" OTHER_DIR --ca {target} --account {ACCOUNT} --device-id ID; --force replaces them (the CA stays)\n")
+    code, _, err = run("dev-certs", target, "--device-id", "gw-2")  # no --account given: a placeholder
+    assert code == 2 and f"--ca {target} --account ACCOUNT_ID --device-id ID;" in err
     code, out, err = run("dev-certs", target, "--account", ACCOUNT, "--device-id", "gw-2", "--force")
     assert code == 0, err
     assert f"  issued by the CA of {target} ({target}/server/ca.key); kept the server certificate" in out
@@ -226,15 +228,17 @@ def test_dev_certs_issues_devices_into_other_directories_from_one_ca(run, tmp_pa
     assert _issued_by(os.path.join(second, "client.cert"), os.path.join(first, "ca.crt"))
     assert _subject(os.path.join(second, "client.cert")) == f"CN=gw-2,OU={ACCOUNT}"
     code, _, err = run("dev-certs", second, "--ca", first, "--account", ACCOUNT)
-    assert code == 2 and f"--ca {first} --account ACCOUNT_ID" in err
+    assert code == 2 and f"--ca {first} --account {ACCOUNT} --device-id ID" in err
     assert run("dev-certs", second, "--ca", first, "--account", ACCOUNT, "--force")[0] == 0
 
 
 @pytest.mark.parametrize(
     "setup, argv, message",
     [
-        (None, ["--ca", "{tmp}/nowhere"], "{tmp}/nowhere holds no CA to issue from (no ca.crt and no server/ca.key):"
-                                         " give the directory an earlier izreg dev-certs wrote, or a new one"),
+        (None, ["--ca", "{tmp}/nowhere"], "{tmp}/nowhere does not exist: --ca takes the directory an earlier izreg"
+                                         " dev-certs wrote (the one holding ca.crt and server/ca.key)\n"),
+        ("empty", ["--ca", "{tmp}/empty"], "{tmp}/empty holds no CA to issue from (no ca.crt and no server/ca.key):"
+                                          " give the directory an earlier izreg dev-certs wrote, or a new one"),
         ("half", ["--ca", "{tmp}/half"], "{tmp}/half holds no CA to issue from (no server/ca.key)"),
         ("own", ["--ca", "{tmp}/other"], "{tmp}/out holds a CA of its own (server/ca.key): issue into another"
                                         " directory from {tmp}/other, or leave out --ca to issue from {tmp}/out's"),
@@ -246,6 +250,8 @@ def test_dev_certs_ca_errors(run, tmp_path, setup, argv, message):
     if setup == "half":
         assert run("dev-certs", f"{tmp}/half", "--account", ACCOUNT)[0] == 0
         os.remove(f"{tmp}/half/server/ca.key")
+    if setup == "empty":
+        os.mkdir(f"{tmp}/empty")
     if setup == "own":
         assert run("dev-certs", f"{tmp}/out", "--account", ACCOUNT)[0] == 0
     code, out, err = run("dev-certs", f"{tmp}/out", "--account", ACCOUNT, *[a.format(tmp=tmp) for a in argv])
