@@ -210,7 +210,11 @@ def _request_error(request, method: bytes, version: bytes, target: bytes) -> Reg
     meant). RFC 9110 9.1: methods are case-sensitive, so "get" is no method of
     ours, 501 (werkzeug would route it as GET). RFC 9110 4.2.1: an http(s)
     URI with an empty host is invalid: an absolute-form target
-    (L{_origin_form}) without one is a 400 too.
+    (L{_origin_form}) without one is a 400 too. RFC 9112 3.2 again: a Host
+    (or an absolute-form target's authority) that is not C{host[:port]}
+    (RFC 3986 3.2.2: a name, an IPv4 address or a bracketed IPv6 one; the
+    port digits) is a 400, one regular expression match (L{_HOST_SYNTAX}).
+    An HTTP/1.0 request may come without a Host.
     """
     if not method.isupper():
         return RegistryError(ErrorCode.METHOD_NOT_IMPLEMENTED, {"method": method[:20].decode("latin-1")})
@@ -221,9 +225,20 @@ def _request_error(request, method: bytes, version: bytes, target: bytes) -> Reg
         message = "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)"
     elif len(hosts) > 1:
         message = "a request may have only one Host header (RFC 9112 3.2)"
+    elif _HOST_SYNTAX.fullmatch(hosts[0]) is None:
+        return RegistryError(ErrorCode.REQUEST_INVALID, {"host": hosts[0][:100].decode("latin-1")},
+                             "the Host header is not a host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)")
     else:
         return _hostless(target)
     return RegistryError(ErrorCode.REQUEST_INVALID, {"host_headers": len(hosts or ())}, message)
+
+
+#: RFC 3986 3.2.2-3.2.3 C{host [ ":" port ]}: a reg-name (unreserved, percent-encoded, sub-delims: an IPv4
+#: address is one too, and so is an empty name), or an IP-literal (IPv6, with an RFC 6874 zone, or IPvFuture)
+_HOST_SYNTAX = re.compile(
+    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+    rb"|\[(?:[0-9A-Fa-f:.]+(?:%25(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+)?|[Vv][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\])"
+    rb"(?::[0-9]*)?")
 
 
 #: an absolute-form request target (RFC 9112 3.2.2): scheme, authority, then the rest (path and query)
@@ -235,14 +250,23 @@ def _target_host(authority: bytes) -> bytes:
 
 
 def _hostless(target: bytes) -> RegistryError | None:
-    """The 400 of an absolute-form C{target} with an empty host (C{http:///v2/}), else C{None}."""
+    """
+    The 400 of an absolute-form C{target} with an empty host (C{http:///v2/}) or one that is not
+    C{host[:port]} (C{http://[::1/v2/}), else C{None}.
+    """
     if target[:1] == b"/":
         return None  # origin form: the common case, at no cost
     found = _ABSOLUTE_FORM.match(target)
-    if found is None or _target_host(found.group(1)):
+    if found is None:
         return None
-    return RegistryError(ErrorCode.REQUEST_INVALID, {"target": target[:100].decode("latin-1")},
-                         "the request target's URI has an empty host (RFC 9110 4.2.1)")
+    host = _target_host(found.group(1))
+    if not host:
+        message = "the request target's URI has an empty host (RFC 9110 4.2.1)"
+    elif _HOST_SYNTAX.fullmatch(host) is None:
+        message = "the request target's URI has a host that is not a host[:port] (RFC 3986 3.2.2)"
+    else:
+        return None
+    return RegistryError(ErrorCode.REQUEST_INVALID, {"target": target[:100].decode("latin-1")}, message)
 
 
 def _origin_form(request) -> None:

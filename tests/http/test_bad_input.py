@@ -62,7 +62,10 @@ def _oci_error(status: int, headers: dict, body: bytes, method: bytes = b"GET") 
     return error["code"]
 
 
-HOSTS = [b"a" * 64 + b".example", b"a..b", b"-..-", b"." * 300, b"xn--\xff", b"[::1", b"a b"]
+#: names of the Host syntax (RFC 3986 3.2.2 reg-name) that IDNA cannot encode, or no DNS name could be
+HOSTS = [b"a" * 64 + b".example", b"a..b", b"-..-", b"." * 300, b"xn--a", b"", b"[fe80::1%25eth0]:5000", b"x:"]
+#: not host[:port] at all: RFC 9112 3.2, a 400
+BAD_HOSTS = [b"a b", b"\xff", b"xn--\xff", b"x:-1", b"[::1", b"[::1]x", b"x:80:80", b"a/b", b"user@host", b"a\x01b"]
 
 
 @pytest_twisted.ensureDeferred
@@ -72,6 +75,33 @@ async def test_a_malformed_host_is_no_500(server, no_tracebacks):
         assert status == 200, (host, body)
         status, headers, body = await _raw(server, b"GET", f"/v2/{NAME}/tags/list".encode(), b"Host: " + host + b"\r\n")
         assert _oci_error(status, headers, body) == "NAME_UNKNOWN"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_that_is_not_host_and_port_is_a_400(server, no_tracebacks):
+    """RFC 9112 3.2: a Host header with an invalid value is a 400 (with a body too: refused at the headers)."""
+    for host in BAD_HOSTS:
+        for method, body in ((b"GET", b""), (b"PUT", b"{}")):
+            path = b"/v2/" if method == b"GET" else f"/v2/{NAME}/manifests/v1".encode()
+            status, headers, content = await _raw(server, method, path, b"Host: " + host + b"\r\n", body=body)
+            assert (status, _oci_error(status, headers, content)) == (400, "UNSUPPORTED"), (host, content[:200])
+            assert "not a host[:port]" in json.loads(content)["errors"][0]["message"], host
+    # an absolute-form target's host likewise, whatever the Host header says
+    for target in (b"http://[::1/v2/", b"http://a%2x/v2/", b"http://x:-1/v2/", b"https://user@[::1/v2/"):
+        status, headers, content = await _raw(server, b"GET", target)
+        assert (status, _oci_error(status, headers, content)) == (400, "UNSUPPORTED"), (target, content[:200])
+        assert "not a host[:port]" in json.loads(content)["errors"][0]["message"], target
+    status, _, _ = await _raw(server, b"GET", b"http://[::1]:5000/v2/")
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_1_0_request_needs_no_host(server, no_tracebacks):
+    """RFC 9112 3.2 asks a Host of HTTP/1.1 requests only: an HTTP/1.0 client's request without one is served."""
+    status, _, body = parse_raw(await raw_answer(server, b"GET /v2/ HTTP/1.0\r\n\r\n"))
+    assert (status, body) == (200, b"{}")
+    status, headers, content = await _raw(server, b"GET", b"/v2/", b"")
+    assert status == 400 and "needs a Host header" in content.decode()
 
 
 EMPTY_SEGMENTS = [
