@@ -175,7 +175,9 @@ def register_storage(subparsers: argparse._SubParsersAction) -> None:
     gc.add_argument("--grace", type=duration, metavar="DURATION",
                     help="keep what became unreferenced less than this ago (default: the config's [gc] grace, 1h)")
     gc.set_defaults(handler=gc_command)
-    fsck = subparsers.add_parser("fsck", help="check every blob and manifest; exit status 1 if something is wrong")
+    fsck = subparsers.add_parser("fsck", help="check every blob and manifest; exit status 1 if something is wrong"
+                                 " (orphan blobs alone, expected after a crash and reclaimed by gc, exit 0 with a"
+                                 " warning)")
     fsck.add_argument("--repair", action="store_true", help="remove or re-index what can be; say what cannot")
     fsck.set_defaults(handler=fsck_command)
 
@@ -252,7 +254,7 @@ def gc_command(args: argparse.Namespace, context) -> int:
 
 
 def fsck_command(args: argparse.Namespace, context) -> int:
-    from izreg.storage.fsck import Checker
+    from izreg.storage.fsck import ORPHANS_EXPECTED, Checker
 
     index, blobs, _ = _storage(context)
     try:
@@ -261,12 +263,18 @@ def fsck_command(args: argparse.Namespace, context) -> int:
         _close_bars(context)
     for line in report.problems:
         context.out(f"problem: {line}")
+    for line in report.orphans:
+        context.out(f"warning: {line}")
+    if report.orphans:
+        context.out(f"warning: {plural(len(report.orphans), 'orphan blob')}: {ORPHANS_EXPECTED}")
     for line in report.repaired:
         context.out(f"repaired: {line}")
     for line in report.unrepaired:
         context.out(f"not repaired: {line}")
     context.out(f"checked {plural(report.blobs, 'blob')} and {plural(report.manifests, 'manifest')}: "
-                + ("clean" if report.clean else plural(len(report.problems), "problem")))
+                + ("clean" if report.clean else plural(len(report.problems), "problem"))
+                + (f", {plural(len(report.orphans), 'orphan blob')} (a warning)" if report.orphans else ""))
+    # orphans alone: exit 0 (no damage, gc reclaims them; izreg.storage.fsck), not 1 after every crash
     if report.clean:
         return 0
     return 1 if (not args.repair or report.unrepaired) else 0

@@ -322,6 +322,36 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
 
 
+def test_fsck_after_a_crash_warns_of_orphans_and_exits_0(tmp_path):
+    """
+    A crash between a blob's bytes and its record (or a killed upload) leaves an orphan: no damage,
+    gc reclaims it, so fsck says so and exits 0 (1 is for what needs the operator).
+    """
+    from izreg.core.digest import Digest
+    from izreg.storage.blobs import BlobStore
+
+    open_env(str(tmp_path), 1 << 30).close()
+    orphan = Digest.of(b"left by a crash")
+    BlobStore(str(tmp_path)).put_bytes(orphan, b"left by a crash")
+
+    def fsck(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["--data-dir", str(tmp_path), "fsck", *argv], environ={}, now=lambda: NOW, stdout=out,
+                        stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = fsck()
+    assert (code, err) == (0, ""), out
+    assert out.splitlines() == [
+        f"warning: orphan blob {orphan}: stored, but no index entry names it",
+        "warning: 1 orphan blob: expected after a crash or a killed upload; gc reclaims them after the grace"
+        " period, or fsck --repair re-indexes them",
+        "checked 0 blobs and 0 manifests: clean, 1 orphan blob (a warning)"]
+    code, out, _ = fsck("--repair")
+    assert code == 0 and f"repaired: orphan blob {orphan}: indexed again" in out
+    assert fsck() == (0, "checked 1 blob and 0 manifests: clean\n", "")
+
+
 def test_plural():
     assert [plural(n, "repository", "repositories") for n in (0, 1, 2)] == [
         "0 repositories", "1 repository", "2 repositories"]

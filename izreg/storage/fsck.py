@@ -9,6 +9,15 @@
 - orphans: stored blobs no record names;
 - the derived reference data (``refs``) matches a recount.
 
+Orphans are not problems (L{Report.orphans}, not L{Report.problems}): a
+blob's bytes are stored before its record is committed, so a crash or a
+killed upload between the two leaves one by design; nothing names it, no
+client is served it, and garbage collection deletes stored blobs no record
+names once they are older than its grace period. C{izreg fsck} says so and
+still exits 0 when they are all it found: exit status 1 is for what needs
+the operator (a missing or corrupt blob, a manifest that lost one), so that
+C{izreg fsck || alert} after a crash pages only on damage.
+
 With C{repair}: a missing or corrupt blob loses its record and links (so a
 client pushes it again rather than being served bad bytes), an orphan whose
 bytes match its name is indexed again (garbage collection then takes it if
@@ -26,9 +35,16 @@ from dataclasses import dataclass, field
 from izreg.core.digest import Digest
 
 
+#: what C{izreg fsck} says of orphans (L{Report.orphans}), once
+ORPHANS_EXPECTED = ("expected after a crash or a killed upload; gc reclaims them after the grace period,"
+                    " or fsck --repair re-indexes them")
+
+
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    #: stored blobs no record names: no damage (see the module's docstring), not in C{problems}
+    orphans: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
     blobs: int = 0
@@ -50,7 +66,8 @@ class Checker:
     def check(self, repair: bool = False, progress=None, now: float = 0.0) -> Report:
         report = Report()
         records = self.records()
-        orphans = [d for d in self.blobs.digests() if str(d) not in dict(records)]
+        named = {digest for digest, _ in records}
+        orphans = [d for d in self.blobs.digests() if str(d) not in named]
         step = progress(len(records) + len(orphans)) if progress else (lambda: None)
         lost: set[str] = set()
         for digest_text, record in records:
@@ -93,7 +110,7 @@ class Checker:
         found = self.blobs.stat(digest)
         if found is None:
             return  # gone meanwhile (garbage collection)
-        report.problems.append(f"orphan blob {digest}: stored, but no index entry names it")
+        report.orphans.append(f"orphan blob {digest}: stored, but no index entry names it")
         if not repair:
             return
         if self.blobs.hash(digest, digest.algorithm) == digest.hex:
