@@ -239,6 +239,21 @@ def known_groups(reg) -> float:
             if s.name == "izreg_tls_known_device_groups"][0]
 
 
+def device_answer(reg) -> bytes:
+    """The start of the answer to a device's GET /v2/ (L{device_get}), here."""
+    result: list = []
+    device_get(reg, result)
+    assert result and isinstance(result[0], bytes), result
+    return result[0]
+
+
+def saved_groups(reg) -> str:
+    """The known device groups the server writes when it stops: restarted, what its file holds."""
+    reg.restart()
+    with open(os.path.join(reg.data_dir, "tls-known-groups")) as f:
+        return f.read()
+
+
 def test_the_known_device_groups_are_kept_across_a_restart(tmp_path_factory):
     """
     After a restart the fleet reconnects at once: the groups in which devices completed a handshake before
@@ -249,13 +264,9 @@ def test_the_known_device_groups_are_kept_across_a_restart(tmp_path_factory):
     reg = next(fresh)
     try:
         assert known_groups(reg) == 0
-        result: list = []
-        device_get(reg, result)
-        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert device_answer(reg).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1
-        reg.restart()
-        with open(os.path.join(reg.data_dir, "tls-known-groups")) as f:
-            assert f.read() == "127.0.0.0/24\n"
+        assert saved_groups(reg) == "127.0.0.0/24\n"
         assert known_groups(reg) == 1  # before any device connected in this run
         a_known_device_goes_first(reg)
     finally:
@@ -273,18 +284,12 @@ def test_a_revoked_device_certificate_makes_no_group_known(tmp_path_factory):
     try:
         reg.cli("device", "revoke", "--cert", reg.paths.client_cert)
         for _ in range(2):  # every connection refused
-            result: list = []
-            device_get(reg, result)
-            assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 401"), result
+            assert device_answer(reg).startswith(b"HTTP/1.1 401")
         assert known_groups(reg) == 0
         reg.cli("device", "unrevoke", "--cert", reg.paths.client_cert)
-        result = []
-        device_get(reg, result)
-        assert result and isinstance(result[0], bytes) and result[0].startswith(b"HTTP/1.1 200"), result
+        assert device_answer(reg).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1
-        reg.restart()
-        with open(os.path.join(reg.data_dir, "tls-known-groups")) as f:
-            assert f.read() == "127.0.0.1\n"
+        assert saved_groups(reg) == "127.0.0.1\n"
     finally:
         fresh.close()
 
