@@ -442,6 +442,7 @@ class RegistryChannel(http.HTTPChannel):
     #: a request's headers are all in and it is not done (its body is coming, or its answer): busy, from
     #: L{allHeadersReceived} to L{requestDone}; one still sending its headers stays idle (slowloris)
     _in_request = False
+    _head_watched = False  # the head of the next request has begun and is timed (L{_watch_head})
 
     _checked_host = None  # (Host name, the name to use): L{RegistryRequest.getRequestHostname}'s last check
     _secure = None
@@ -539,6 +540,8 @@ class RegistryChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # the answer is sent; the rest of the body is dropped
+        if data and not self._in_request and not self._head_watched:
+            self._watch_head()  # its first byte: a request line sent a byte a minute is as slow as its headers
         super().dataReceived(data)
         if self._read_closed:
             self._close_after_half_close()  # what is left unparsed, if anything, can never be a whole request
@@ -546,10 +549,8 @@ class RegistryChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
-        if self._lines == 0 and line:  # (still idle: busy once its headers are all in, L{allHeadersReceived})
-            watch = getattr(self.site, "slow", None)
-            if watch is not None:
-                watch.headers_started(self)
+        if not self._head_watched:  # a request held unparsed (L{requestDone}) read on
+            self._watch_head()
         self._lines += 1
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._answer_and_close(431, "the request headers are larger than 16 KiB in all")
@@ -558,6 +559,17 @@ class RegistryChannel(http.HTTPChannel):
             self._answer_and_close(431, f"the request has more than {self.maxHeaders} header lines")
             return
         super().lineReceived(line)
+
+    def _watch_head(self) -> None:
+        """
+        A request's head has begun: L{SlowSenders} gives it C{header_timeout} seconds, from its first byte (an
+        empty line before it too), not its first whole line. Twisted's idle timeout restarts at every byte. (The
+        connection is still idle, for L{IdleConnections}: busy once its headers are all in, L{allHeadersReceived}.)
+        """
+        self._head_watched = True
+        watch = getattr(self.site, "slow", None)
+        if watch is not None:
+            watch.headers_started(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._lines == 0:
@@ -600,6 +612,7 @@ class RegistryChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._lines = 0
+        self._head_watched = False  # (the next request's head is watched from its first byte)
         # a request is in progress (its body, 100-continue, its answer): never closed for a newcomer. Not at its
         # first line: a client trickling header lines (slowloris) would hold its place for header_timeout
         self._in_request = True
