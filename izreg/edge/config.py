@@ -70,6 +70,10 @@ class EdgeConfig:
     upstream_check_interval: int = 30  # 0: off (izreg.edge.upstream.Upstream.check)
     lmdb_map_size: int = 4 * 1024**3
     max_manifest_size: int = 4 * 1024 * 1024
+    # manifests over 64 KiB fetched from the registry and held until sent to a client, bytes, in all (izreg.http.responses)
+    response_memory: int = 256 * 1024 * 1024
+    # seconds a client may read nothing of a blob or of a manifest over 64 KiB before it is closed (0: never)
+    send_timeout: int = 60
     log_level: str = "info"  # what reaches twistd's log file (izreg.service.logs.LogSetup)
 
     def check(self) -> "EdgeConfig":
@@ -83,6 +87,10 @@ class EdgeConfig:
             raise ConfigError("edge.connect_timeout and edge.response_timeout must be at least 1 second")
         if self.pin_refresh_interval < 1 or self.report_interval < 1:
             raise ConfigError("edge.pin_refresh_interval and edge.report_interval must be at least 1 second")
+        if self.response_memory < self.max_manifest_size:
+            # else a manifest the edge accepts could never be served on a miss: every GET of it a 503
+            raise ConfigError(f"edge.response_memory ({self.response_memory}) must be at least"
+                              f" edge.max_manifest_size ({self.max_manifest_size})")
         for pin in self.pin:
             parse_pin(pin)
         if self.log_level not in LOG_LEVELS:
@@ -107,6 +115,8 @@ FIELDS: dict[str, tuple[str, Any]] = {
     "upstream_check_interval": ("upstream_check_interval", int),
     "lmdb_map_size": ("lmdb_map_size", int),
     "max_manifest_size": ("max_manifest_size", int),
+    "response_memory": ("response_memory", int),
+    "send_timeout": ("send_timeout", int),
     "log_level": ("log_level", str),
 }
 

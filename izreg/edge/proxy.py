@@ -55,7 +55,7 @@ from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
 from izreg.http.errors import as_registry_error, render_error
-from izreg.http.responses import FileBody
+from izreg.http.responses import LARGE_BODY, FileBody, held_body
 
 log = Logger()
 
@@ -92,9 +92,9 @@ class EdgeRequest(RegistryRequest):
 class EdgeSite(RegistrySite):
     requestFactory = EdgeRequest
 
-    def __init__(self, resource) -> None:
-        # request bodies (pushes) are refused: drop them as they arrive
-        super().__init__(resource, lambda request, method, uri, length: Dropped())
+    def __init__(self, resource, readers=None) -> None:
+        # request bodies (pushes) are refused: drop them as they arrive; readers: edge.send_timeout
+        super().__init__(resource, lambda request, method, uri, length: Dropped(), readers=readers)
         self.noisy = False
 
     def log(self, request) -> None:
@@ -107,15 +107,19 @@ class EdgeAPI:
     def __init__(self) -> None:
         self.upstream = self.cache = self.reporter = self.now = None
         self.max_manifest_size = 0
+        #: manifests over 64 KiB fetched from the registry and not yet sent (edge.response_memory); None: no bound
+        self.responses = None
         self.downloads: dict[str, Download] = {}
 
-    def bind(self, upstream, cache, reporter, now: Callable[[], float], max_manifest_size: int) -> None:
+    def bind(self, upstream, cache, reporter, now: Callable[[], float], max_manifest_size: int,
+             responses=None) -> None:
         """Set once the service opened the cache (after twistd forked)."""
         self.upstream = upstream
         self.cache = cache
         self.reporter = reporter
         self.now = now
         self.max_manifest_size = max_manifest_size
+        self.responses = responses
 
     def resource(self):
         return self.app.resource()
@@ -241,8 +245,11 @@ class EdgeAPI:
         if fetched is None:
             return await self.relay(request, path)
         data, media_type, digest = fetched
+        # held until sent (edge.response_memory: a 503 before any header, the manifest is cached by then),
+        # sent as a blob is over 64 KiB: a client that reads nothing is closed after edge.send_timeout
+        body = held_body(request, data, self.responses)
         _set_manifest_headers(request, media_type, digest, len(data))
-        return b"" if head else data
+        return b"" if head else body
 
     async def fetch_manifest(self, repo: str, reference: str, tag: str | None = None):
         """
@@ -293,13 +300,22 @@ class EdgeAPI:
         if opened is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, {"digest": digest})
         entry, f = opened
-        with f:
-            data = f.read(self.max_manifest_size + 1)
-        self.cache.touch(digest, self.now())
-        _set_manifest_headers(request, entry.type, digest, len(data))
+        if request.method == b"GET" and entry.size > LARGE_BODY:
+            # sent from its file as a cached blob is: nothing held in memory, watched by edge.send_timeout
+            body, size = FileBody(f, 0, entry.size, what="a manifest"), entry.size
+        else:
+            with f:
+                body = f.read(self.max_manifest_size + 1)
+            size = len(body)
+        try:
+            self.cache.touch(digest, self.now())
+        except BaseException:
+            f.close()
+            raise
+        _set_manifest_headers(request, entry.type, digest, size)
         if request.method == b"GET":
             self.reporter.record(repo, digest, self.now())
-            return data
+            return body
         return b""
 
     # -- blobs ------------------------------------------------------------------------------

@@ -112,13 +112,15 @@ class EdgeService(service.MultiService):
         from izreg.edge.proxy import EdgeAPI
         from izreg.edge.reports import Reporter
         from izreg.edge.upstream import Upstream
+        from izreg.http.limits import BodyBudget
 
         config = self.config
         self.cache = EdgeCache(config.cache_dir, config.cache_size, config.lmdb_map_size)
         removed = self.cache.clean()
         upstream = Upstream(self.reactor, config.upstream, self.policy, config.connect_timeout, config.response_timeout)
         self.reporter = Reporter(self.cache, upstream, self.reactor.seconds)
-        self.api.bind(upstream, self.cache, self.reporter, self.reactor.seconds, config.max_manifest_size)
+        self.api.bind(upstream, self.cache, self.reporter, self.reactor.seconds, config.max_manifest_size,
+                      BodyBudget(config.response_memory))
         self.pinner = Pinner(self.api, config.pin)
         self.pinner.adopt_config_pins()
         self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
@@ -133,6 +135,8 @@ class EdgeService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
+        if self.site.readers is not None:
+            self.site.readers.stop()
         if self.reporter is not None:
             yield self.reporter.flush_writes()
         if self.api is not None and self.api.upstream is not None:
@@ -145,12 +149,13 @@ class EdgeService(service.MultiService):
 def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     """The edge's service tree; C{twistd_options}: twistd's top-level options (where it logs), or C{None}."""
     from izreg.edge.proxy import EdgeAPI, EdgeSite
+    from izreg.http.limits import SlowReaders
     from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup
     from izreg.service.tree import AfterFirstInterval, Listener, Timer
 
     api = EdgeAPI()
-    site = EdgeSite(api.resource())
+    site = EdgeSite(api.resource(), readers=SlowReaders(reactor, config.send_timeout, setting="edge.send_timeout"))
     observer = LogSetup("text", config.log_level).for_twistd(twistd_options)
     top = EdgeService(config, policy, reactor, api, site, log_observer=observer)
     for description in config.listen:

@@ -53,9 +53,12 @@ class BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total)
+        self.refused = 0
 
     def reserve(self, length: int) -> bool:
         if self.used + length > self.limit:
+            self.refused += 1
             return False
         self.used += length
         return True
@@ -417,9 +420,11 @@ class SlowReaders(_Sweeps):
     while any is watched (L{_Sweeps}).
     """
 
-    def __init__(self, clock, send_timeout: float, interval: float = 5.0, queued=queued_bytes) -> None:
+    def __init__(self, clock, send_timeout: float, interval: float = 5.0, queued=queued_bytes,
+                 setting: str = "connections.send_timeout") -> None:
         self.clock = clock
         self.send_timeout = send_timeout
+        self.setting = setting  # named in the line logged for each close (the edge's: edge.send_timeout)
         self.interval = min(interval, send_timeout) if send_timeout else interval
         self.queued = queued
         self.watched: dict[object, list] = {}  # sender -> [transport, handed, queued, since]
@@ -452,7 +457,7 @@ class SlowReaders(_Sweeps):
                 address = getattr(getattr(transport, "getPeer", lambda: None)(), "host", None) or "?"
                 what = getattr(sender, "what", "a blob")
                 self._log.warn(f"closed a connection from {address}: its client read nothing of {what} for"
-                               f" {now - since:.0f} s (connections.send_timeout)")
+                               f" {now - since:.0f} s ({self.setting})")
                 sender.too_slow()
         self._arm()
 

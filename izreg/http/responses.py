@@ -295,9 +295,11 @@ class FileBody(Resource):
     isLeaf = True
     what = "a blob"
 
-    def __init__(self, reader, start: int, length: int) -> None:
+    def __init__(self, reader, start: int, length: int, what: str | None = None) -> None:
         super().__init__()
         self.reader, self.start, self.length = reader, start, length
+        if what is not None:  # what the slow-reader watch's warning calls it
+            self.what = what
 
     def render(self, request):
         if request.channel is None:  # the client went away before its answer: nothing to send

@@ -110,6 +110,17 @@ class Metrics:
         """The TLS handshakes in progress and waiting (L{izreg.service.tls.admission.HandshakeAdmission})."""
         self.registry.register(HandshakeCollector(admission))
 
+    def watch_responses(self, budget) -> None:
+        """
+        The large response bodies held in memory until sent (C{budget}: the API's
+        L{izreg.http.limits.BodyBudget} of C{limits.response_memory}), replacing an earlier start's.
+        """
+        previous = getattr(self, "_responses", None)
+        if previous is not None:
+            self.registry.unregister(previous)
+        self._responses = ResponseMemoryCollector(budget)
+        self.registry.register(self._responses)
+
     def watch_connections(self, limits, admission=None) -> None:
         """The site's connections (L{izreg.http.limits.ConnectionLimits}) and those it closed for newer ones."""
         self.registry.register(ConnectionsCollector(limits, admission))
@@ -192,6 +203,28 @@ class HandshakeCollector:
                                 value=len(admission.known_groups()))
         yield CounterMetricFamily("izreg_tls_handshakes_dropped", "TLS connections closed while waiting for a"
                                   " handshake slot, for a newer one (tls.max_waiting)", value=admission.dropped)
+
+
+class ResponseMemoryCollector:
+    """
+    C{limits.response_memory} (L{izreg.http.responses.held_body}): the bytes of large response bodies held
+    until sent, its limit, and the requests refused for it (503). Read at scrape time (ints: no lock needed).
+    """
+
+    def __init__(self, budget) -> None:
+        self.budget = budget
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        budget = self.budget
+        yield GaugeMetricFamily("izreg_response_memory_bytes", "Bytes of response bodies over 64 KiB (manifests,"
+                                " tag lists, catalog and referrers pages) held in memory until sent", value=budget.used)
+        yield GaugeMetricFamily("izreg_response_memory_limit_bytes", "Most bytes of such response bodies held at once"
+                                " (limits.response_memory)", value=budget.limit)
+        yield CounterMetricFamily("izreg_response_memory_refused", "Requests answered 503 UNAVAILABLE because their"
+                                  " response body would not fit in limits.response_memory", value=budget.refused)
 
 
 class ConnectionsCollector:

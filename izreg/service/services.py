@@ -185,6 +185,9 @@ class RegistryService(service.MultiService):
             self.metrics.watch_storage(env, index=backend.index)
             if getattr(guard, "refusals", None) is not None:
                 self.metrics.refusals.watch("http", guard.refusals)
+        responses = BodyBudget(config.response_memory)
+        if self.metrics is not None:
+            self.metrics.watch_responses(responses)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
@@ -194,7 +197,7 @@ class RegistryService(service.MultiService):
             tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
             pulls=self.pulls,
             budget=BodyBudget(config.body_memory),
-            responses=BodyBudget(config.response_memory),
+            responses=responses,
             ui=config.ui_enabled,
             browser=Browser(self.index, blobs, devices),
             readiness=self.readiness,

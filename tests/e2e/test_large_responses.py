@@ -16,10 +16,13 @@ import os
 import ssl
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_pull_paths import _connection, _raw_get, _read_response
+from tests.helpers.largemanifest import answer_of, padded_manifest
 from tests.helpers.ociclient import OCIClient, expect
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import RegistryProcess, free_port
 from tests.helpers.tls import restart_with_tls
 
 pytestmark = [
@@ -40,7 +43,8 @@ CONFIG = f"[limits]\nmax_manifest_size = {LIMIT}\nresponse_memory = {LIMIT}\n[co
 def large(tmp_path_factory):
     base = tmp_path_factory.mktemp("izreg-large-responses")
     config = base / "izreg.toml"
-    config.write_text(CONFIG)
+    metrics_port = free_port()
+    config.write_text(CONFIG + f'[metrics]\nlisten = ["tcp:{metrics_port}:interface=127.0.0.1"]\n')
     registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=config)
     try:
         registry.start()
@@ -49,20 +53,22 @@ def large(tmp_path_factory):
         client = OCIClient(registry.url, auth=registry.requests_auth)
         config_blob = b"{}"
         expect(client.push_blob_monolithic(repo, config_blob), 201)
-        document = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": "sha256:" + hashlib.sha256(config_blob).hexdigest(), "size": 2},
-                    "layers": [], "annotations": {"pad": ""}}
-        base_bytes = json.dumps(document).encode()
-        data = base_bytes.replace(b'"pad": ""', b'"pad": "' + b"x" * (SIZE - len(base_bytes)) + b'"')
-        assert len(data) == SIZE
+        data = padded_manifest(config_blob, SIZE)
         expect(client.put_manifest(repo, "v1", data), 201)
         tls = ssl.create_default_context(cafile=paths.ca_cert)
         tls.load_cert_chain(paths.client_cert, paths.client_key)
         yield {"registry": registry, "data": data, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-               "path": f"/v2/{repo}/manifests/v1", "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth}
+               "path": f"/v2/{repo}/manifests/v1", "tls_port": tls_port,
+               "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "tls": tls, "auth": registry.requests_auth}
     finally:
         registry.close()
+
+
+def _response_memory(large) -> dict[str, float]:
+    """The limits.response_memory metrics the server exposes."""
+    text = requests.get(large["metrics"], timeout=30).text
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith("izreg_response_memory")}
 
 
 def _get(large, listener: str):
@@ -82,15 +88,7 @@ def test_a_large_manifest_is_sent_whole_with_its_headers(large, listener):
     data, digest = large["data"], large["digest"]
     try:
         for method in ("GET", "HEAD", "GET"):  # and the connection still framed right after each
-            conn.request(method, large["path"], headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            assert response.status == 200, (method, response.status, body[:300])
-            assert body == (data if method == "GET" else b"")
-            assert int(response.headers["Content-Length"]) == len(data)
-            assert response.headers["Docker-Content-Digest"] == digest
-            assert response.headers["ETag"] == f'"{digest}"'
-            assert response.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+            body = answer_of(conn, method, large["path"], data, headers)
         assert hashlib.sha256(body).hexdigest() == digest.split(":")[1]
     finally:
         conn.close()
@@ -100,9 +98,13 @@ def test_a_large_manifest_is_sent_whole_with_its_headers(large, listener):
 def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(large, listener):
     registry = large["registry"]
     mark = registry.log_mark()
+    before = _response_memory(large)
+    assert before["izreg_response_memory_bytes"] == 0 and before["izreg_response_memory_limit_bytes"] == LIMIT
     stalled = _raw_get(large, listener, rcvbuf=4096)
     try:
         assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+        # the stalled answer holds what it has not handed on: more than leaves room for another
+        assert _response_memory(large)["izreg_response_memory_bytes"] > LIMIT - SIZE
         # what it was not sent is held: another large answer does not fit beside it
         response, body = _get(large, listener)
         error = json.loads(body)
@@ -111,6 +113,8 @@ def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(l
         assert response.headers["Docker-Content-Digest"] is None
         assert error["errors"][0]["code"] == "UNAVAILABLE"
         assert "limits.response_memory" in error["errors"][0]["message"]
+        refused = before["izreg_response_memory_refused_total"] + 1
+        assert _response_memory(large)["izreg_response_memory_refused_total"] == refused
         # after connections.send_timeout its request ends without its answer (499), and its connection
         got = 0
         registry.wait_for_log(r"GET /v2/\{name\}/manifests/\{reference\} 499 ", mark, timeout=30)
@@ -124,6 +128,7 @@ def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(l
         # what it held is given back: the same manifest is served again, whole
         response, body = _get(large, listener)
         assert response.status == 200 and body == large["data"]
+        assert _response_memory(large) == {**before, "izreg_response_memory_refused_total": refused}
         tail = registry.log_text().splitlines()[-200:]
         assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
     finally:

@@ -14,6 +14,7 @@ def test_defaults_and_overrides():
     config = load(None, dict(REQUIRED, cache_size="512MiB", listen=["tcp:9090"]))
     assert config.listen == ("tcp:9090",) and config.cache_size == 512 * 1024**2
     assert config.cache_dir == "izreg-edge-cache" and load(None, REQUIRED).listen == ("tcp:8080:interface=127.0.0.1",)
+    assert (config.send_timeout, config.response_memory) == (60, 256 * 1024**2)
 
 
 def test_the_edge_table_of_a_file(tmp_path):
@@ -51,6 +52,8 @@ def test_the_example_config_lists_every_key():
     (dict(REQUIRED, pin=["nope:v1"]), "not <account id>/<name>:<tag>: expected <account id: 32 lowercase hex>/<name>"),
     (dict(REQUIRED, pin=["nope"]), r"^pin 'nope' is not <account id>/<name>:<tag>$"),
     (dict(REQUIRED, log_level="verbose"), "edge.log_level must be one of debug, info"),
+    (dict(REQUIRED, response_memory=1000), r"edge.response_memory \(1000\) must be at least edge.max_manifest_size"),
+    (dict(REQUIRED, send_timeout=-1), "--send-timeout must be a non-negative integer"),
 ])
 def test_bad_settings_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -68,3 +68,19 @@ def test_refused_certificates_are_counted_from_the_logs_of_what_refused_them():
     assert value("izreg_device_certificates_refused_total", {"stage": "tls"}) == 7
     assert value("izreg_device_certificates_refused_total", {"stage": "http"}) == 1
     assert Metrics().registry.get_sample_value("izreg_device_certificates_refused_total", {"stage": "tls"}) == 0
+
+
+def test_response_memory_is_read_from_the_budget_at_scrape_time():
+    from izreg.http.limits import BodyBudget
+
+    metrics, budget = Metrics(), BodyBudget(1000)
+    metrics.watch_responses(BodyBudget(5))  # an earlier start's, replaced
+    metrics.watch_responses(budget)
+    value = metrics.registry.get_sample_value
+    assert (value("izreg_response_memory_bytes"), value("izreg_response_memory_limit_bytes")) == (0, 1000)
+    assert budget.reserve(600) and not budget.reserve(600) and not budget.reserve(401)
+    assert value("izreg_response_memory_bytes") == 600
+    assert value("izreg_response_memory_refused_total") == 2
+    budget.release(600)
+    assert budget.reserve(1000)
+    assert (value("izreg_response_memory_bytes"), value("izreg_response_memory_refused_total")) == (1000, 2)
