@@ -15,7 +15,6 @@ import pytest
 from izreg import cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore
-from izreg.commands import plural
 from izreg.storage.lmdbenv import open_env
 
 NOW = 1_700_000_000.0
@@ -350,12 +349,6 @@ def test_fsck_after_a_crash_warns_of_orphans_and_exits_0(tmp_path):
     code, out, _ = fsck("--repair")
     assert code == 0 and f"repaired: orphan blob {orphan}: indexed again" in out
     assert fsck() == (0, "checked 1 blob and 0 manifests: clean\n", "")
-
-
-def test_plural():
-    assert [plural(n, "repository", "repositories") for n in (0, 1, 2)] == [
-        "0 repositories", "1 repository", "2 repositories"]
-    assert [plural(n, "byte") for n in (0, 1, 2)] == ["0 bytes", "1 byte", "2 bytes"]
 
 
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):
