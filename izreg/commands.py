@@ -26,6 +26,7 @@ import re
 from typing import Callable, Sequence
 
 from izreg.core.names import ACCOUNT_RE, NAME_RE, name_problem
+from izreg.core.text import plural  # noqa: F401 (the commands take it from here)
 
 #: exit status of every usage or data error
 EXIT_ERROR = 2
@@ -61,11 +62,6 @@ def repository_of(account: str, text: str) -> str:
     if found["account"] != account:
         raise CommandError(f"repository {name} is not in account {account}")
     return name
-
-
-def plural(n: int, singular: str, plural_form: str | None = None) -> str:
-    """C{n} and its noun in the number it takes: C{1 repository}, C{2 repositories}, C{0 files}."""
-    return f"{n} {singular if n == 1 else plural_form or singular + 's'}"
 
 
 def iso(when: float | None, never: str = "never") -> str:

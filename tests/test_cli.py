@@ -15,7 +15,6 @@ import pytest
 from izreg import cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore
-from izreg.commands import plural
 from izreg.storage.lmdbenv import open_env
 
 NOW = 1_700_000_000.0
@@ -320,12 +319,6 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--data-dir", str(tmp_path), "fsck"], environ={}, now=lambda: NOW, stdout=out, stderr=err) == 0
     assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
-
-
-def test_plural():
-    assert [plural(n, "repository", "repositories") for n in (0, 1, 2)] == [
-        "0 repositories", "1 repository", "2 repositories"]
-    assert [plural(n, "byte") for n in (0, 1, 2)] == ["0 bytes", "1 byte", "2 bytes"]
 
 
 def test_the_config_file_and_environment_are_read_as_by_the_server(capsys, tmp_path):

@@ -17,6 +17,7 @@ import json
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from izreg.core.text import plural
 from izreg.edge.upstream import Unreachable, collect
 
 log = Logger()
@@ -63,18 +64,21 @@ class Reporter:
             answer = await collect(response, 64 * 1024)
         except Unreachable as e:
             emit = log.info if self.upstream.first_offline("reports") else log.debug  # every interval: once an outage
-            emit("{n} pull report(s) wait: registry unreachable ({reason})", n=len(batch), reason=e.reason)
+            emit("{reports} wait: registry unreachable ({reason})", reports=plural(len(batch), "pull report"),
+                 n=len(batch), reason=e.reason)
             return 0
         keys = [key for key, _ in batch]
         if response.code == 202:
             await threads.deferToThread(self.cache.drop_reports, keys)
-            log.info("reported {n} pull(s) served from the cache", n=len(batch))
+            log.info("reported {pulls} served from the cache", pulls=plural(len(batch), "pull"), n=len(batch))
             return len(batch)
         if response.code in RETRY or response.code >= 500:
-            log.warn("{n} pull report(s) wait: the registry answered {code}", n=len(batch), code=response.code)
+            log.warn("{reports} wait: the registry answered {code}", reports=plural(len(batch), "pull report"),
+                     n=len(batch), code=response.code)
             return 0
-        log.error("the registry refused {n} pull report(s) with {code}: {body}; dropped", n=len(batch),
-                  code=response.code, body=answer[:300].decode("utf-8", "replace"))
+        log.error("the registry refused {reports} with {code}: {body}; dropped",
+                  reports=plural(len(batch), "pull report"), n=len(batch), code=response.code,
+                  body=answer[:300].decode("utf-8", "replace"))
         await threads.deferToThread(self.cache.drop_reports, keys)
         return 0
 

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
+from izreg.core.text import plural
 from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, load
 from izreg.service.config import LOG_LEVELS, ConfigError
 from izreg.service.logs import offer_observer
@@ -124,7 +125,7 @@ class EdgeService(service.MultiService):
         self.pinner.adopt_config_pins()
         self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
                       root=self.cache.root, total=self.cache.total, limit=self.cache.limit, upstream=config.upstream,
-                      removed=f", removed {removed} stray file(s)" if removed else "")
+                      removed=f", removed {plural(removed, 'stray file')}" if removed else "")
         lapsed = self.policy.validity_problem(
             datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc))
         if lapsed is not None:

@@ -29,6 +29,7 @@ from izreg.auth.devicestore import PullRecorder
 from izreg.auth.failures import FailedAuthentications
 from izreg.auth.tokenservice import TokenService
 from izreg.browse import Browser
+from izreg.core.text import plural
 from izreg.http.app import RegistryAPI
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
@@ -251,7 +252,7 @@ class RegistryService(service.MultiService):
         """Upload bytes no session owns (a crash mid-POST): dropped in a thread, logged."""
         def done(count):
             if count:
-                self.log.info("dropped {count} orphaned upload(s)", count=count)
+                self.log.info("dropped {uploads}", uploads=plural(count, "orphaned upload"), count=count)
 
         d = self._run_io(self.registry.drop_orphan_uploads)
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
@@ -336,7 +337,7 @@ class RegistryService(service.MultiService):
         try:
             count = await self.registry.expire_uploads(self.reactor.seconds() - self.config.upload_ttl)
             if count:
-                self.log.info("expired {count} abandoned upload(s)", count=count)
+                self.log.info("expired {uploads}", uploads=plural(count, "abandoned upload"), count=count)
         except Exception:
             self.log.failure("upload expiry failed")
 

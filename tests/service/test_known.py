@@ -12,6 +12,7 @@ import pytest
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from izreg.service.tls.admission import MAX_KNOWN, HandshakeAdmission
 from izreg.service.tls.known import SAVE_INTERVAL, KnownGroupsFile, read_groups, write_groups
@@ -79,6 +80,23 @@ def test_a_garbled_file_or_lines_of_other_prefixes_are_dropped_not_fatal(tmp_pat
     directory = tmp_path / "a-directory"
     directory.mkdir()
     assert read_groups(str(directory), admission().group_of) == []  # unreadable: logged, none
+
+
+def test_the_log_lines_count_in_words(tmp_path):
+    """'1 line', '2 known device groups': no '(s)' (a count takes its noun's number, izreg.core.text.plural)."""
+    path = tmp_path / "tls-known-groups"
+    path.write_bytes(b"192.0.2.1\njunk\n")
+    with capturedLogs() as events:
+        assert read_groups(str(path), admission().group_of) == ["192.0.2.1"]
+    assert [formatEvent(e) for e in events] == [
+        f"dropped 1 line of {path}: not a client group under the current tls.group_ipv4_prefix / group_ipv6_prefix"]
+    path.write_bytes(b"192.0.2.1\n192.0.2.2\nx\ny\n")
+    with capturedLogs() as events:
+        assert read_groups(str(path), admission().group_of) == ["192.0.2.1", "192.0.2.2"]
+    assert formatEvent(events[0]).startswith(f"dropped 2 lines of {path}: ")
+    with capturedLogs() as events:
+        keeper(admission(), path).startService()
+    assert f"2 known device groups from {path}: their TLS handshakes go first" in [formatEvent(e) for e in events]
 
 
 def test_at_most_max_known_are_read_the_most_recent(tmp_path):

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from izreg.core.text import plural
 from izreg.service.tls.context import build_context, tls_refusals
 from izreg.service.tls.pem import TLSFiles, TLSMaterial, load_material
 
@@ -52,9 +53,10 @@ class ServerTLS:
         material = load_material(self.files)
         context = build_context(material, self.refusals, send_anchor=False)
         self._material, self._context = material, context
-        log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {n} device CA(s)",
+        log.info("reloaded TLS: server certificate {subject} (serial {serial:x}), {cas}",
                  subject=material.server_chain[0].subject.rfc4514_string(),
-                 serial=material.server_chain[0].serial_number, n=len(material.device_cas))
+                 serial=material.server_chain[0].serial_number, n=len(material.device_cas),
+                 cas=plural(len(material.device_cas), "device CA"))
         return material
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 from cryptography import x509
 from twisted.logger import Logger
 
+from izreg.core.text import plural
+
 log = Logger()
 
 
@@ -42,8 +44,8 @@ class CRLFile:
                 st = self.stat(self.path)
             except OSError as e:
                 if self._seen != ("missing",):
-                    log.error("cannot stat the device CRL {path}: {error}; keeping {n} CRL(s)",
-                              path=self.path, error=e.strerror, n=len(self._crls))
+                    log.error("cannot stat the device CRL {path}: {error}; keeping {crls}",
+                              path=self.path, error=e.strerror, n=len(self._crls), crls=plural(len(self._crls), "CRL"))
                     self._seen = ("missing",)
                 return self._crls
             seen = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -51,10 +53,11 @@ class CRLFile:
                 self._seen = seen
                 try:
                     self._crls = self.load()
-                    log.info("loaded {n} device CRL(s) from {path}", n=len(self._crls), path=self.path)
+                    log.info("loaded {crls} from {path}", crls=plural(len(self._crls), "device CRL"), n=len(self._crls),
+                             path=self.path)
                 except (OSError, ValueError) as e:
-                    log.error("ignoring the device CRL {path}: {error}; keeping {n} CRL(s)",
-                              path=self.path, error=str(e), n=len(self._crls))
+                    log.error("ignoring the device CRL {path}: {error}; keeping {crls}",
+                              path=self.path, error=str(e), n=len(self._crls), crls=plural(len(self._crls), "CRL"))
             return self._crls
 
     def reload(self) -> tuple[x509.CertificateRevocationList, ...]:

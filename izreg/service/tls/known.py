@@ -33,6 +33,7 @@ from twisted.application import service
 from twisted.internet import task, threads
 from twisted.logger import Logger
 
+from izreg.core.text import plural
 from izreg.service.tls.admission import MAX_KNOWN
 
 log = Logger()
@@ -75,8 +76,8 @@ def read_groups(path: str, group_of) -> list[str]:
         elif raw.strip():
             dropped += 1
     if dropped:
-        log.warn("{dropped} line(s) of {path} are not a client group under the current tls.group_ipv4_prefix /"
-                 " group_ipv6_prefix: dropped", dropped=dropped, path=path)
+        log.warn("dropped {lines} of {path}: not a client group under the current tls.group_ipv4_prefix /"
+                 " group_ipv6_prefix", lines=plural(dropped, "line"), dropped=dropped, path=path)
     return groups[-MAX_KNOWN:]
 
 
@@ -127,8 +128,8 @@ class KnownGroupsFile(service.Service):
         self.admission.remember(groups)
         self._saved = self.admission.known_changes
         if groups:
-            log.info("{n} known device group(s) from {path}: their TLS handshakes go first", n=len(groups),
-                     path=self.path)
+            log.info("{groups} from {path}: their TLS handshakes go first",
+                     groups=plural(len(groups), "known device group"), n=len(groups), path=self.path)
         self._loop = task.LoopingCall(self.save)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
