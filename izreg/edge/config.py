@@ -72,7 +72,7 @@ class EdgeConfig:
     max_manifest_size: int = 4 * 1024 * 1024
     # manifests over 64 KiB fetched from the registry and held until sent to a client, bytes, in all (izreg.http.responses)
     response_memory: int = 256 * 1024 * 1024
-    # seconds a client may read nothing of a blob or of a manifest over 64 KiB before it is closed (0: never)
+    # seconds a client may read nothing of a blob, a manifest over 64 KiB or a relayed answer before it is closed (0: never)
     send_timeout: int = 60
     log_level: str = "info"  # what reaches twistd's log file (izreg.service.logs.LogSetup)
 

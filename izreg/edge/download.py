@@ -270,16 +270,29 @@ class _Receiver(protocol.Protocol):
 
 @implementer(IPushProducer)
 class Follower:
-    """Sends a download's bytes to one client, as fast as the client reads them."""
+    """
+    Sends a download's bytes to one client, as fast as the client reads them;
+    one that reads nothing for edge.send_timeout is cut (the site's
+    L{izreg.http.limits.SlowReaders}, which watches L{handed}).
+    """
+
+    what = "a blob"  # (the slow-reader watch's warning line)
 
     def __init__(self, download: Download, request) -> None:
         self.download, self.request = download, request
         self.sent = 0
         self.paused = False
+        self.readers = getattr(getattr(request, "site", None), "readers", None)
+
+    @property
+    def handed(self) -> int:
+        return self.sent
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self._gone())
+        if self.readers is not None:
+            self.readers.started(self, self.request.transport)
         self.pump()
 
     def pump(self) -> None:
@@ -316,6 +329,10 @@ class Follower:
     def stopProducing(self) -> None:
         self._gone()
 
+    def too_slow(self) -> None:
+        """Called by L{izreg.http.limits.SlowReaders}: the client read nothing for edge.send_timeout."""
+        self.abort()
+
     def abort(self) -> None:
         """Cut the client's connection (before the last byte: its digest check fails)."""
         request = self.request
@@ -330,4 +347,6 @@ class Follower:
         if self.request is None:
             return
         self.request = None
+        if self.readers is not None:
+            self.readers.done(self)
         self.download.left(self)

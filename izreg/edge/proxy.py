@@ -501,33 +501,54 @@ class RelayBody(Resource):
 
 @implementer(IPushProducer)
 class _Relay(Protocol):
+    """
+    The registry's answer passed on as it arrives, the upstream paused while the client's buffer is full; a
+    client that reads nothing for edge.send_timeout is cut (the site's L{izreg.http.limits.SlowReaders}).
+    """
+
+    what = "a relayed answer"  # (the slow-reader watch's warning line)
+
     def __init__(self, request) -> None:
         self.request = request
+        self.handed = 0  # bytes given to the client's transport, which the slow-reader watch follows
+        self.readers = getattr(getattr(request, "site", None), "readers", None)
 
     def attach(self, response) -> None:
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self._gone())
+        if self.readers is not None:
+            self.readers.started(self, self.request.transport)
         response.deliverBody(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.request is not None:
+            self.handed += len(data)
             self.request.write(data)
 
     def connectionLost(self, reason) -> None:
         request, self.request = self.request, None
         if request is None:
             return
+        if self.readers is not None:
+            self.readers.done(self)
         request.unregisterProducer()
         if reason.check(ResponseDone):
             request.finish()
         else:
-            transport = getattr(request.channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            _abort(request)
+
+    def too_slow(self) -> None:
+        """Called by the slow-reader watch: the client read nothing for edge.send_timeout."""
+        request = self.request
+        self._gone()
+        if request is not None:
+            _abort(request)
 
     def _gone(self) -> None:
         if self.request is not None:
             self.request = None
+            if self.readers is not None:
+                self.readers.done(self)
             if self.transport is not None:
                 self.transport.stopProducing()
 
@@ -541,3 +562,10 @@ class _Relay(Protocol):
 
     def stopProducing(self) -> None:
         self._gone()
+
+
+def _abort(request) -> None:
+    """Cut the client's connection at once (what it was not sent would keep an orderly close waiting)."""
+    transport = getattr(request.channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()

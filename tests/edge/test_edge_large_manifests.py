@@ -1,5 +1,5 @@
 """
-Large manifests through the real edge (``twistd izreg edge``) in front of
+Large manifests (and blobs not yet cached) through the real edge (``twistd izreg edge``) in front of
 the real registry: sent whole, byte for byte, on a miss (held in memory)
 and on a hit (from the cache's file); a local client that asks for one and
 reads nothing is closed after ``edge.send_timeout``, and until then what it
@@ -35,6 +35,8 @@ SIZE = 12 * 1024 * 1024 + 5
 #: miss (which holds at least SIZE less what the kernel took)
 LIMIT = 16 * 1024 * 1024
 SEND_TIMEOUT = 3
+#: a blob not yet cached: more than the kernel and the edge's buffers take for a client that reads nothing
+BLOB_SIZE = 24 * 1024 * 1024
 REGISTRY_CONFIG = f"[limits]\nmax_manifest_size = {LIMIT}\nresponse_memory = {4 * LIMIT}\n"
 EDGE_CONFIG = f"[edge]\nmax_manifest_size = {LIMIT}\nresponse_memory = {LIMIT}\nsend_timeout = {SEND_TIMEOUT}\n"
 
@@ -89,14 +91,14 @@ def _get(edge: EdgeProcess, path: str):
         conn.close()
 
 
-def _stalled_get(edge: EdgeProcess, path: str) -> socket.socket:
+def _stalled_get(edge: EdgeProcess, path: str, headers: str = "", status: int = 200) -> socket.socket:
     """A client that asks for C{path} and reads no more than the status line (a small receive buffer)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(60)
     sock.connect(("127.0.0.1", edge.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 %d" % status)
     return sock
 
 
@@ -180,4 +182,28 @@ def test_a_client_that_stops_reading_a_hit_is_closed_and_holds_no_response_memor
         assert _drain(stalled) + 1024 < len(data)
     finally:
         stalled.close()
+    _no_tracebacks(edge)
+
+
+@pytest.mark.parametrize("source", ["miss", "relay"])
+def test_a_client_that_stops_reading_a_blob_it_is_not_sent_from_the_cache_is_closed(large, source):
+    """
+    A blob the edge does not have yet, followed from its download (a miss) or relayed (a Range): a client that
+    reads nothing of it is closed after edge.send_timeout too, and the blob is served whole afterwards.
+    """
+    edge, manifests = large["edge"], large["manifests"]
+    data = secrets.token_bytes(BLOB_SIZE)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    expect(manifests.client.push_blob_monolithic(manifests.repo, data), 201)
+    path = f"/v2/{manifests.repo}/blobs/{digest}"
+    mark = edge.log_mark()
+    status = 200 if source == "miss" else 206
+    stalled = _stalled_get(edge, path, "" if source == "miss" else f"Range: bytes=0-{BLOB_SIZE - 1}\r\n", status)
+    try:
+        edge.wait_for_log(rf"GET {path} {status} {source} \d+B \(client went away\)", mark, timeout=30)
+        assert _drain(stalled) + 1024 < len(data)
+    finally:
+        stalled.close()
+    response, body = _get(edge, path)
+    assert (response.status, len(body), body == data) == (200, len(data), True)
     _no_tracebacks(edge)
