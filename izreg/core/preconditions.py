@@ -53,15 +53,22 @@ class Precondition:
                 or (self.if_none_match != ANY and current not in self.if_none_match))
 
     def check(self, current: str | None) -> None:
-        """Raise the 412 when it does not hold: nothing is to be written."""
-        if not self.holds(current):
-            raise RegistryError(ErrorCode.PRECONDITION_FAILED, self.detail())
+        """Raise the 412 when it does not hold, naming the header that failed (If-Match first): nothing is to be written."""
+        failed = ("If-Match" if not self.if_match_holds(current)
+                  else "If-None-Match" if not self.if_none_match_holds(current) else None)
+        if failed is not None:
+            raise RegistryError(ErrorCode.PRECONDITION_FAILED, self.detail(), failed_message(failed))
 
     def detail(self) -> dict:
         """The error's detail: what was asked (never what the reference names, which a push-only token may not read)."""
         return {name: (value if value == ANY else [tag[:_MAX_SHOWN] for tag in sorted(value)[:20]])
                 for name, value in (("if_match", self.if_match), ("if_none_match", self.if_none_match))
                 if value is not None}
+
+
+def failed_message(header: str) -> str:
+    """The 412's message when C{header} is the one that does not hold."""
+    return f"precondition failed: {header} does not hold"
 
 
 def check(expect: Precondition | None, current: str | None) -> None:

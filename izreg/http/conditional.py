@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.preconditions import ANY, Precondition, Tags
+from izreg.core.preconditions import ANY, Precondition, Tags, failed_message
 
 #: one entity-tag of a list: optional weakness, then an opaque quoted string;
 #: or a digest left unquoted (group 3), taken for its quoted tag, as CNCF
@@ -56,7 +56,7 @@ def check_preconditions(expect: Precondition | None, digest: str) -> None:
     """Raise the 412 of a GET or HEAD whose C{If-Match} does not hold (evaluated before C{If-None-Match})."""
     if expect is not None and not expect.if_match_holds(digest):
         raise RegistryError(ErrorCode.PRECONDITION_FAILED, {"etag": f'"{digest}"', **expect.detail()},
-                            headers={"ETag": f'"{digest}"'})
+                            failed_message("If-Match"), headers={"ETag": f'"{digest}"'})
 
 
 def not_modified(expect: Precondition | None, digest: str) -> bool:

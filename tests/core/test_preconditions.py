@@ -50,3 +50,18 @@ def test_the_412_says_back_what_was_asked_cut_short():
     with pytest.raises(RegistryError) as info:
         check(Precondition(frozenset({"x" * 10_000, A})), B)
     assert info.value.detail == {"if_match": [A, "x" * 200]}
+
+
+@pytest.mark.parametrize(
+    "condition, current, failed",
+    [
+        (Precondition(frozenset({A})), B, "If-Match"),
+        (Precondition(None, ANY), A, "If-None-Match"),
+        (Precondition(None, frozenset({A})), A, "If-None-Match"),
+        (Precondition(frozenset({A}), ANY), B, "If-Match"),  # both fail: If-Match first (RFC 9110 13.2.2)
+    ],
+)
+def test_the_412_names_the_header_that_failed(condition, current, failed):
+    with pytest.raises(RegistryError) as info:
+        check(condition, current)
+    assert info.value.message == f"precondition failed: {failed} does not hold"
