@@ -180,13 +180,25 @@ class Upstream:
                       data: bytes | None = None):
         """An unbuffered response (read its body with L{collect} or C{deliverBody}); raise L{Unreachable}."""
         self._waiting += 1
+        sent = self.http.request(method, self.url + path, headers=Headers(headers or {}), data=data,
+                                 unbuffered=True, allow_redirects=False, timeout=self.response_timeout)
+        cancelled = []
+
+        def cancel(_) -> None:
+            cancelled.append(True)
+            sent.cancel()
+
+        asked: defer.Deferred = defer.Deferred(cancel)
+        sent.chainDeferred(asked)
         try:
-            response = await self.http.request(
-                method, self.url + path, headers=Headers(headers or {}), data=data, unbuffered=True,
-                allow_redirects=False, timeout=self.response_timeout)
+            response = await asked
         except defer.CancelledError:
             raise
         except Exception as e:
+            if cancelled:
+                # the caller gave up (its client went away): treq ends such a request with another error
+                # (ResponseNeverReceived of a CancelledError, a DNSLookupError...), which is no outage
+                raise defer.CancelledError() from None
             now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
             reason = explain(e, self.setting, self.presented, now)
             self._unreachable(reason, _describe(e))

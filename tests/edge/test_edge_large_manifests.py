@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import socket
+import struct
 
 import pytest
 
@@ -206,4 +207,22 @@ def test_a_client_that_stops_reading_a_blob_it_is_not_sent_from_the_cache_is_clo
         stalled.close()
     response, body = _get(edge, path)
     assert (response.status, len(body), body == data) == (200, len(data), True)
+    _no_tracebacks(edge)
+
+
+def test_a_client_gone_before_its_miss_is_answered_is_no_registry_outage(large):
+    # its request to the registry is cancelled, which the edge took for the registry failing: /healthz said
+    # upstream_unreachable ('could not be reached (CancelledError)') and the log had a traceback per client
+    edge, manifests = large["edge"], large["manifests"]
+    mark = edge.log_mark()
+    for _ in range(3):
+        path, _ = manifests.push()
+        sock = socket.create_connection(("127.0.0.1", edge.port), timeout=60)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset: gone at once
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        sock.close()
+        edge.wait_for_log(rf"GET {path} \d+ \S+ \d+B \(client went away\)", mark)
+    response, body = _get(edge, "/healthz")
+    assert (response.status, json.loads(body)["status"]) == (200, "ok"), body
+    assert not [line for line in list(edge.log_lines)[-(edge.lines_logged - mark):] if "is unreachable" in line]
     _no_tracebacks(edge)

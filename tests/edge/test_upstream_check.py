@@ -104,3 +104,26 @@ def test_the_check_timer_is_there_unless_the_interval_is_0(tmp_path, interval):
     top = make_edge(load(str(path), REQUIRED), reactor, None)
     timers = [s for s in top if s.name == "upstream-check"]
     assert [t.step for t in timers] == ([interval] if interval else [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_cancelled_for_a_client_gone_is_no_outage():
+    # a local client that closes while its miss awaits the registry cancels the request: the registry did not
+    # fail, so /healthz stays "ok" (was upstream_unreachable, "could not be reached (CancelledError)") and the
+    # handler ends cancelled (was an Unavailable error logged as unhandled for a request already gone)
+    registry = Registry()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(registry))
+    upstream = Upstream(reactor, f"http://127.0.0.1:{port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
+    try:
+        held = defer.ensureDeferred(upstream.request("GET", "/v2/held"))
+        await registry.asked
+        held.cancel()
+        with pytest.raises(defer.CancelledError):
+            await held
+        assert upstream.unreachable is None
+        registry.release.callback(None)
+        await answered(upstream, "/v2/a/manifests/v1")  # and the next request is sent as usual
+        assert upstream.unreachable is None
+    finally:
+        await upstream.close()
+        await port.stopListening()
