@@ -328,9 +328,12 @@ class HeldBytes:
     one C{bytes}, a 4 MiB body stayed in memory until its last byte went.
     """
 
-    def __init__(self, data: bytes, budget: BodyBudget | None) -> None:
+    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None) -> None:
         self.pieces = deque(data[at:at + MIN_READ] for at in range(0, len(data), MIN_READ))
         self.budget, self.held = budget, len(data)
+        #: what it holds of C{budget}: its unsent bytes, at most C{charged} (a body over the whole budget
+        #: holds all of it, L{held_body})
+        self.charged = len(data) if charged is None else charged
 
     def seek(self, offset: int) -> None:
         if offset:
@@ -351,9 +354,11 @@ class HeldBytes:
         self._release(self.held)
 
     def _release(self, length: int) -> None:
-        if self.budget is not None and length:
-            self.budget.release(length)
         self.held -= length
+        given = self.charged - min(self.charged, self.held)
+        if self.budget is not None and given:
+            self.budget.release(given)
+        self.charged -= given
 
 
 class MemoryBody(FileBody):
@@ -369,8 +374,8 @@ class MemoryBody(FileBody):
 
     what = "a response"
 
-    def __init__(self, data: bytes, budget: BodyBudget | None) -> None:
-        super().__init__(HeldBytes(data, budget), 0, len(data))
+    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None) -> None:
+        super().__init__(HeldBytes(data, budget, charged), 0, len(data))
 
 
 def held_body(request, data: bytes, budget: BodyBudget | None):
@@ -379,12 +384,15 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
     L{LARGE_BODY} (and for a HEAD, which sends none of it), else a
     L{MemoryBody} holding C{len(data)} of C{budget} until handed on: a 503
     UNAVAILABLE with Retry-After when the bodies not yet sent leave too
-    little of it. Call it before the response's headers are set (a 503
-    carries none of them).
+    little of it. A body over the whole budget (a tag list or catalog page
+    can be: only manifests are bounded below it) holds all of it, so it is
+    sent once nothing else is held, not refused for ever. Call it before
+    the response's headers are set (a 503 carries none of them).
     """
     if len(data) <= LARGE_BODY or request.method == b"HEAD":
         return data
-    if budget is not None and not budget.reserve(len(data)):
+    charged = len(data) if budget is None else min(len(data), budget.limit)
+    if budget is not None and not budget.reserve(charged):
         raise RegistryError(
             ErrorCode.UNAVAILABLE,
             {"limit": budget.limit},
@@ -392,7 +400,7 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
             " retry later",
             headers={"Retry-After": "1"},
         )
-    return MemoryBody(data, budget)
+    return MemoryBody(data, budget, charged)
 
 
 def shield(coroutine) -> defer.Deferred:

@@ -158,3 +158,45 @@ def test_held_bytes_leave_the_budget_as_they_are_read_and_the_rest_when_closed()
     assert budget.used == 0 and reader.read(MIN_READ) == b""
     reader.close()  # twice: nothing more given back
     assert budget.used == 0
+
+
+def test_a_body_over_the_whole_budget_holds_all_of_it_and_is_sent_when_nothing_else_is():
+    # only manifests are bounded below limits.response_memory: a tag list or catalog page over all of it was
+    # a 503 at every try, for ever
+    budget = BodyBudget(100_000)
+    other = held_body(request(), b"o" * 70_000, budget)
+    with pytest.raises(RegistryError):
+        held_body(request(), b"w" * 250_000, budget)  # does not fit beside another
+    other.reader.close()
+    whole = held_body(request(), b"w" * 250_000, budget)
+    assert isinstance(whole, MemoryBody) and budget.used == 100_000
+    with pytest.raises(RegistryError):
+        held_body(request(), b"o" * 70_000, budget)  # it holds all of it
+    reader = whole.reader
+    for _ in range(2):  # while its unsent bytes are more than the budget, they fill it
+        assert reader.read(MIN_READ) == b"w" * MIN_READ and budget.used == 100_000
+    reader.read(MIN_READ)
+    assert budget.used == 250_000 - 3 * MIN_READ  # then they are what it holds
+    reader.close()
+    assert budget.used == 0
+    reader.close()
+    assert budget.used == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_list_over_the_whole_budget_is_served(tmp_path):
+    srv = await start_server(tmp_path, OpenGuard(), max_manifest_size=70_000, response_memory=70_000)
+    try:
+        await push_blob(srv, NAME, CONFIG)
+        await push_blob(srv, NAME, LAYER)
+        data = image_manifest(CONFIG, (LAYER,))
+        tags = sorted(f"{n:04d}" + "t" * 124 for n in range(600))  # ~79 KB of JSON, over all of response_memory
+        for tag in tags:
+            response, _ = await put_manifest(srv, NAME, tag, data)
+            assert response.code == 201
+        listing = json.dumps({"name": NAME, "tags": tags}).encode()
+        assert len(listing) > 70_000
+        await get_ok(srv, f"/v2/{NAME}/tags/list", listing)
+        assert srv.api.responses.used == 0
+    finally:
+        await srv.service.stopService()
