@@ -9,7 +9,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import parse_reference
 from izreg.http.conditional import check_preconditions, not_modified, request_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
-from izreg.http.responses import LARGE_BODY, held_body
+from izreg.http.responses import LARGE_BODY, MemoryBody, held_body
 from izreg.inuse import FORCE_HEADER
 
 
@@ -27,11 +27,16 @@ class ManifestRoutes(Handlers):
         body = b"" if unchanged or request.method == b"HEAD" else found.data
         if len(body) > LARGE_BODY:  # held in limits.response_memory: a 503 here, before a pull is recorded or a header set
             body = held_body(request, body, self.responses)
-        if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
-            self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
-        if self.events is not None and request.method == b"GET":
-            self.events.pulled(principal, repo, found.digest, found.media_type,
-                               None if isinstance(reference, Digest) else reference)
+        try:
+            if principal is not None and principal.kind == "device" and request.method == b"GET" and self.pulls:
+                self.pulls.record(principal.account, principal.device_id, repo.name, str(found.digest), self.now())
+            if self.events is not None and request.method == b"GET":
+                self.events.pulled(principal, repo, found.digest, found.media_type,
+                                   None if isinstance(reference, Digest) else reference)
+        except BaseException:
+            if isinstance(body, MemoryBody):  # what it holds of limits.response_memory goes back: never sent
+                body.reader.close()
+            raise
         if unchanged:
             request.setResponseCode(304)
             _set(request, Docker_Content_Digest=found.digest, ETag=etag)

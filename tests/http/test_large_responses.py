@@ -200,3 +200,21 @@ async def test_a_tag_list_over_the_whole_budget_is_served(tmp_path):
         assert srv.api.responses.used == 0
     finally:
         await srv.service.stopService()
+
+
+class _FailingEvents:
+    """Pull events whose store fails (the one step between the budget's reservation and the answer that can)."""
+
+    def pulled(self, *args, **kwargs):
+        raise OSError("the events store failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pull_that_fails_after_its_body_was_held_gives_the_budget_back(server):
+    data = padded_manifest(300_000)
+    response, _ = await put_manifest(server, NAME, "failing", data)
+    assert response.code == 201
+    server.api.events = _FailingEvents()
+    response, _ = await server.request("GET", f"/v2/{NAME}/manifests/failing")
+    assert response.code == 500
+    assert server.api.responses.used == 0  # not held for ever by a body that was never sent
