@@ -50,21 +50,36 @@ class BodyBudget:
     (C{limits.response_memory}, L{izreg.http.responses.held_body}).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, share: int | None = None) -> None:
         self.limit = limit
         self.used = 0
         #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total)
         self.refused = 0
+        #: the most one owner (an account, or a client address group) may hold while it holds anything
+        #: (its first body is always let through if the whole budget has room): None, no share. Without
+        #: it one account's clients that read nothing could hold all of C{limit}, and every other
+        #: account's large answers would be 503 for as long as they kept it up
+        self.share = share
+        self.by_owner: dict[str, int] = {}
 
-    def reserve(self, length: int) -> bool:
-        if self.used + length > self.limit:
+    def reserve(self, length: int, owner: str | None = None) -> bool:
+        held = self.by_owner.get(owner, 0) if owner is not None and self.share is not None else None
+        if self.used + length > self.limit or (held and held + length > self.share):
             self.refused += 1
             return False
+        if held is not None:
+            self.by_owner[owner] = held + length
         self.used += length
         return True
 
-    def release(self, length: int) -> None:
+    def release(self, length: int, owner: str | None = None) -> None:
         self.used = max(0, self.used - length)
+        if owner is not None and owner in self.by_owner:
+            left = self.by_owner[owner] - length
+            if left > 0:
+                self.by_owner[owner] = left
+            else:
+                del self.by_owner[owner]
 
 
 class ConnectionLimits:

@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.core.netgroup import address_group
 from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
 
 log = Logger()
@@ -328,9 +329,9 @@ class HeldBytes:
     one C{bytes}, a 4 MiB body stayed in memory until its last byte went.
     """
 
-    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None) -> None:
+    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None, owner: str | None = None) -> None:
         self.pieces = deque(data[at:at + MIN_READ] for at in range(0, len(data), MIN_READ))
-        self.budget, self.held = budget, len(data)
+        self.budget, self.held, self.owner = budget, len(data), owner
         #: what it holds of C{budget}: its unsent bytes, at most C{charged} (a body over the whole budget
         #: holds all of it, L{held_body})
         self.charged = len(data) if charged is None else charged
@@ -357,7 +358,7 @@ class HeldBytes:
         self.held -= length
         given = self.charged - min(self.charged, self.held)
         if self.budget is not None and given:
-            self.budget.release(given)
+            self.budget.release(given, self.owner)
         self.charged -= given
 
 
@@ -374,8 +375,8 @@ class MemoryBody(FileBody):
 
     what = "a response"
 
-    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None) -> None:
-        super().__init__(HeldBytes(data, budget, charged), 0, len(data))
+    def __init__(self, data: bytes, budget: BodyBudget | None, charged: int | None = None, owner: str | None = None) -> None:
+        super().__init__(HeldBytes(data, budget, charged, owner), 0, len(data))
 
 
 def held_body(request, data: bytes, budget: BodyBudget | None):
@@ -392,7 +393,8 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
     if len(data) <= LARGE_BODY or request.method == b"HEAD":
         return data
     charged = len(data) if budget is None else min(len(data), budget.limit)
-    if budget is not None and not budget.reserve(charged):
+    owner = None if budget is None or budget.share is None else _owner(request)
+    if budget is not None and not budget.reserve(charged, owner):
         raise RegistryError(
             ErrorCode.UNAVAILABLE,
             {"limit": budget.limit},
@@ -400,7 +402,16 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
             " retry later",
             headers={"Retry-After": "1"},
         )
-    return MemoryBody(data, budget, charged)
+    return MemoryBody(data, budget, charged, owner)
+
+
+def _owner(request) -> str:
+    """Whose share of C{limits.response_memory} a body is held in: the caller's account, else its address group."""
+    principal = getattr(request, "principal", None)
+    if principal is not None and getattr(principal, "account", None):
+        return "account:" + principal.account
+    client = request.getClientAddress()
+    return "address:" + address_group(getattr(client, "host", None) or "")
 
 
 def shield(coroutine) -> defer.Deferred:

@@ -188,7 +188,9 @@ class RegistryService(service.MultiService):
             self.metrics.watch_storage(env, index=backend.index)
             if getattr(guard, "refusals", None) is not None:
                 self.metrics.refusals.watch("http", guard.refusals)
-        responses = BodyBudget(config.response_memory)
+        # one account (or client address group) holds at most a quarter of it, and at least one manifest:
+        # its clients that read nothing cannot make every other account's large answers 503 (attack11)
+        responses = BodyBudget(config.response_memory, share=max(config.response_memory // 4, config.max_manifest_size))
         if self.metrics is not None:
             self.metrics.watch_responses(responses)
         self.dispatcher.setServiceParent(self)

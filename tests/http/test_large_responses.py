@@ -218,3 +218,48 @@ async def test_a_pull_that_fails_after_its_body_was_held_gives_the_budget_back(s
     response, _ = await server.request("GET", f"/v2/{NAME}/manifests/failing")
     assert response.code == 500
     assert server.api.responses.used == 0  # not held for ever by a body that was never sent
+
+
+class _Caller:
+    def __init__(self, account: str) -> None:
+        self.account = account
+
+
+def _as(account: str):
+    answered = request()
+    answered.principal = _Caller(account)
+    return answered
+
+
+def test_one_account_holds_at_most_its_share_and_others_are_still_served():
+    """attack11: one tenant's clients that read nothing held all of the budget, and every other account got 503."""
+    budget = BodyBudget(1_000_000, share=250_000)
+    first = held_body(_as("a" * 32), b"a" * 200_000, budget)  # an account's first body: within the whole budget
+    with pytest.raises(RegistryError) as refused:
+        held_body(_as("a" * 32), b"a" * 100_000, budget)  # past its share
+    assert refused.value.code is ErrorCode.UNAVAILABLE
+    others = [held_body(_as(str(n) * 32), b"b" * 250_000, budget) for n in range(3)]  # each a first body
+    assert budget.used == 950_000 and budget.by_owner["account:" + "a" * 32] == 200_000
+    first.reader.close()
+    assert "account:" + "a" * 32 not in budget.by_owner
+    held_body(_as("a" * 32), b"a" * 100_000, budget).reader.close()  # given back: served again
+    for body in others:
+        body.reader.close()
+    assert budget.used == 0 and budget.by_owner == {}
+
+
+def test_an_account_first_body_passes_whatever_its_size_within_the_budget():
+    budget = BodyBudget(1_000_000, share=250_000)
+    body = held_body(_as("c" * 32), b"c" * 900_000, budget)
+    assert budget.used == 900_000
+    body.reader.read(MIN_READ)  # leaves the budget and the account's share as it is handed on
+    assert budget.by_owner["account:" + "c" * 32] == 900_000 - MIN_READ == budget.used
+    body.reader.close()
+    assert budget.used == 0 and budget.by_owner == {}
+
+
+def test_without_a_share_owners_are_not_counted():
+    budget = BodyBudget(1_000_000)
+    held_body(_as("d" * 32), b"d" * 300_000, budget)
+    held_body(_as("d" * 32), b"d" * 300_000, budget)
+    assert budget.used == 600_000 and budget.by_owner == {}
