@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from izreg.auth.keys import AccessKey
 from izreg.auth.store import Account, AuthStore
+from izreg.storage.blobs import write_private
 
 FILENAME = "bootstrap.txt"
 
@@ -64,29 +65,8 @@ def render(account: Account, key: AccessKey, now: float) -> str:
 
 def _write_private(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        os.unlink(tmp)  # left by a crash of a process with our pid
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # the temporary file's name is this process's: another izreg starting beside it writes its own
+    write_private(path, text.encode("utf-8"), os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp"))
 
 
 def warn_if_left(data_dir: str) -> bool:

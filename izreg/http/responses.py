@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.netgroup import address_group
+from izreg.http.clientaddr import client_address
 from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
 
 log = Logger()
@@ -410,8 +411,7 @@ def _owner(request) -> str:
     principal = getattr(request, "principal", None)
     if principal is not None and getattr(principal, "account", None):
         return "account:" + principal.account
-    client = request.getClientAddress()
-    return "address:" + address_group(getattr(client, "host", None) or "")
+    return "address:" + address_group(client_address(request))  # behind a trusted proxy: the client's, not the proxy's
 
 
 def shield(coroutine) -> defer.Deferred:

@@ -28,6 +28,34 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_private(path: str, data: bytes, tmp: str | None = None) -> None:
+    """
+    Replace the file at C{path} with C{data}, readable by its owner only (0600 from the start), whole or not
+    at all: written to C{tmp} (C{<path>.tmp} by default; a stale one, or a symbolic link someone put there, is
+    removed first, never written through), synced, renamed over C{path}, the directory synced. On any error
+    (a full disk) C{path} is as it was and C{tmp} is gone.
+    """
+    tmp = f"{path}.tmp" if tmp is None else tmp
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:  # every byte or an error (os.write may write part: a full disk)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 def fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -25,7 +25,6 @@ symbolic link at either name is not followed, a FIFO not waited on.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import stat
@@ -36,6 +35,7 @@ from twisted.logger import Logger
 
 from izreg.core.text import plural
 from izreg.service.tls.admission import MAX_KNOWN
+from izreg.storage.blobs import write_private
 
 log = Logger()
 
@@ -84,27 +84,7 @@ def read_groups(path: str, group_of) -> list[str]:
 
 def write_groups(path: str, groups: list[str]) -> None:
     """Replace the file at C{path} with C{groups}, one a line: a temporary file, synced, renamed over it."""
-    tmp = f"{path}.tmp"
-    try:  # a stale one, or a link someone put there: never written through
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:  # every byte or an error (os.write may write part: a full disk)
-            f.write("".join(f"{group}\n" for group in groups).encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # not left behind (a full disk)
-        raise
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_private(path, "".join(f"{group}\n" for group in groups).encode("ascii"))
 
 
 class KnownGroupsFile(service.Service):
