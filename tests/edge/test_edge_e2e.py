@@ -362,8 +362,8 @@ def test_izreg_edge_pins_says_a_pin_the_registry_does_not_have_is_not_found(stac
     mark = stack.edge.log_mark()
     stack.edge.cli("pin", f"{repo}:v1")
     stack.edge.wait_for_log(rf"pin {re.escape(repo)}:v1: the registry answered 404", since=mark, timeout=30)
-    line = next(line for line in stack.edge.cli("pins").splitlines() if line.startswith(f"{repo}:v1\t"))
-    ref, digest, status = line.split("\t")
+    line = next(line for line in stack.edge.cli("pins").splitlines() if line.startswith(f"{repo}:v1 "))
+    ref, digest, status = line.split(None, 2)
     assert digest == "-" and re.fullmatch(
         r"not found on the registry \(404: no such repository or tag\) at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status), line
     assert json.loads(stack.edge.cli("pins", "--json"))[f"{repo}:v1"]["problem"].startswith("not found on the registry")
