@@ -144,10 +144,10 @@ class EdgeAPI:
         status = ("upstream_unreachable" if upstream.unreachable is not None
                   else "upstream_refused" if upstream.refused is not None else "ok")
         body = json_body({"status": status, "upstream": upstream.url, "cached_bytes": self.cache.total,
-                           "limit": self.cache.limit, "downloads": len(self.downloads),
-                           "pending_reports": self.reporter.pending,
-                           "upstream_unreachable": upstream.unreachable,
-                           "upstream_refused": upstream.refused})
+                          "limit": self.cache.limit, "downloads": len(self.downloads),
+                          "pending_reports": self.reporter.pending,
+                          "upstream_unreachable": upstream.unreachable,
+                          "upstream_refused": upstream.refused})
         request.setHeader(b"Content-Type", b"application/json")
         return body
 

@@ -131,6 +131,7 @@ def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
         r = requests.request(method, stack.edge.url + path, data=b"x" * 1000, timeout=30)
         assert (r.status_code, error_code(r)) == (405, "UNSUPPORTED"), (method, path)
         assert "push to and delete on the registry directly" in r.json()["errors"][0]["message"]
+        assert r.content.endswith(b"}\n")  # the edge's own JSON ends in a newline, as the registry's and distribution's
     assert Skopeo(stack.registry, stack.tmp).list_tags(repo) == ["v1"]
     Skopeo(stack.registry, stack.tmp).inspect_raw(f"docker://{stack.registry.host}/{repo}@{image['manifest_digest']}")
 
@@ -139,6 +140,7 @@ def test_healthz(stack):
     r = get(stack.edge, "/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.json()["upstream_unreachable"] is None and r.json()["upstream_refused"] is None
+    assert r.content.endswith(b"}\n") and r.content.count(b"\n") == 1
 
 
 def test_healthz_follows_the_registry_while_nothing_pulls(make_stack, tmp_path):
