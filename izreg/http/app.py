@@ -187,8 +187,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
     def pull_reports(self, request):
         """An edge gateway's pulls served from its cache (L{izreg.http.pullreports})."""
         principal = _principal(request)
-        if principal is None or principal.kind != "device":
-            raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
+        pullreports.check_reporter(principal)  # (and before its body: L{izreg.http.sinks})
         body = self._body(request).getvalue()
         if len(body) > pullreports.BODY_LIMIT:
             raise RegistryError(ErrorCode.TOO_LARGE, {"limit": pullreports.BODY_LIMIT}, "pull report too large")

@@ -34,6 +34,12 @@ def _invalid(reason: str, index: int | None = None) -> RegistryError:
     return RegistryError(ErrorCode.BODY_INVALID, detail, "invalid pull report")
 
 
+def check_reporter(principal) -> None:
+    """Raise L{RegistryError} C{DENIED} unless C{principal} (the request's, or C{None}) is a device."""
+    if principal is None or principal.kind != "device":
+        raise RegistryError(ErrorCode.DENIED, None, "only a device certificate may report pulls")
+
+
 def parse(body: bytes, account: str, now: float) -> list[tuple[str, str, float]]:
     """The body's entries as (repository, digest, time); raise L{RegistryError} for any bad one."""
     try:

@@ -22,7 +22,8 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.core.ranges import parse_content_range, upload_range
 from izreg.http.bodies import BoundedBuffer, Dropped, out_of_budget
-from izreg.http.handlers import Handlers, _header
+from izreg.http import pullreports
+from izreg.http.handlers import Handlers, _header, _principal
 from izreg.http.pending import PendingBody
 from izreg.http.uploadholder import freed, hold, holder_gone
 from izreg.http.routing import Access, Body, Target
@@ -92,6 +93,10 @@ class BodySinks(Handlers):
                     storage_error(error) or RegistryError(ErrorCode.UNAVAILABLE, None, "storage error"))
             return sink
         limit = FORM_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
+        if target.endpoint.handler == "pull_reports":
+            # a device's, at most its own limit: refused at its headers, not once max_manifest_size of it is held
+            pullreports.check_reporter(_principal(request))
+            limit = pullreports.BODY_LIMIT
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
         buffer = BoundedBuffer(limit, self.budget, request.refuse)
