@@ -115,11 +115,21 @@ class Metrics:
         The large response bodies held in memory until sent (C{budget}: the API's
         L{izreg.http.limits.BodyBudget} of C{limits.response_memory}), replacing an earlier start's.
         """
-        previous = getattr(self, "_responses", None)
+        self._watch_budget("_responses", ResponseMemoryCollector(budget))
+
+    def watch_bodies(self, budget) -> None:
+        """
+        The request bodies held in memory (C{budget}: the API's L{izreg.http.limits.BodyBudget} of
+        C{limits.body_memory}), replacing an earlier start's.
+        """
+        self._watch_budget("_bodies", BodyMemoryCollector(budget))
+
+    def _watch_budget(self, attribute: str, collector) -> None:
+        previous = getattr(self, attribute, None)
         if previous is not None:
             self.registry.unregister(previous)
-        self._responses = ResponseMemoryCollector(budget)
-        self.registry.register(self._responses)
+        setattr(self, attribute, collector)
+        self.registry.register(collector)
 
     def watch_connections(self, limits, admission=None) -> None:
         """The site's connections (L{izreg.http.limits.ConnectionLimits}) and those it closed for newer ones."""
@@ -211,6 +221,13 @@ class ResponseMemoryCollector:
     until sent, its limit, and the requests refused for it (503). Read at scrape time (ints: no lock needed).
     """
 
+    name = "response_memory"
+    held = ("Bytes of response bodies over 64 KiB (manifests, tag lists, catalog and referrers pages) held in memory"
+            " until sent")
+    bound = "Most bytes of such response bodies held at once (limits.response_memory)"
+    refusals = ("Requests answered 503 UNAVAILABLE because their response body would not fit in"
+                " limits.response_memory (or in their account's or client address's share of it)")
+
     def __init__(self, budget) -> None:
         self.budget = budget
 
@@ -218,13 +235,20 @@ class ResponseMemoryCollector:
         return []
 
     def collect(self):
-        budget = self.budget
-        yield GaugeMetricFamily("izreg_response_memory_bytes", "Bytes of response bodies over 64 KiB (manifests,"
-                                " tag lists, catalog and referrers pages) held in memory until sent", value=budget.used)
-        yield GaugeMetricFamily("izreg_response_memory_limit_bytes", "Most bytes of such response bodies held at once"
-                                " (limits.response_memory)", value=budget.limit)
-        yield CounterMetricFamily("izreg_response_memory_refused", "Requests answered 503 UNAVAILABLE because their"
-                                  " response body would not fit in limits.response_memory", value=budget.refused)
+        budget, name = self.budget, self.name
+        yield GaugeMetricFamily(f"izreg_{name}_bytes", self.held, value=budget.used)
+        yield GaugeMetricFamily(f"izreg_{name}_limit_bytes", self.bound, value=budget.limit)
+        yield CounterMetricFamily(f"izreg_{name}_refused", self.refusals, value=budget.refused)
+
+
+class BodyMemoryCollector(ResponseMemoryCollector):
+    """C{limits.body_memory} (L{izreg.http.bodies.BoundedBuffer}): the same of request bodies held in memory."""
+
+    name = "body_memory"
+    held = "Bytes of request bodies (manifests, token forms) held in memory while they arrive"
+    bound = "Most bytes of request bodies held in memory at once (limits.body_memory)"
+    refusals = ("Requests answered 503 UNAVAILABLE because their body would not fit in limits.body_memory (or in"
+                " their account's or client address's share of it)")
 
 
 class ConnectionsCollector:

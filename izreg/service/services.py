@@ -195,6 +195,7 @@ class RegistryService(service.MultiService):
         bodies = BodyBudget(config.body_memory, share=_share(config.body_memory, config))
         if self.metrics is not None:
             self.metrics.watch_responses(responses)
+            self.metrics.watch_bodies(bodies)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
