@@ -137,9 +137,14 @@ class Metrics:
 
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""
-        root = Resource()
-        root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(self.registry)))
-        return root
+        return scrape_resource(self.registry, reactor, pool)
+
+
+def scrape_resource(registry: CollectorRegistry, reactor, pool) -> Resource:
+    """A metrics listener's root: C{/metrics}, C{registry} served by the library's WSGI app in C{pool}."""
+    root = Resource()
+    root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(registry)))
+    return root
 
 
 class ScrapeSite(Site):
@@ -219,36 +224,42 @@ class ResponseMemoryCollector:
     """
     C{limits.response_memory} (L{izreg.http.responses.held_body}): the bytes of large response bodies held
     until sent, its limit, and the requests refused for it (503). Read at scrape time (ints: no lock needed).
+    The edge's (C{edge.response_memory}, its misses' manifests) has the names with C{prefix} "izreg_edge".
     """
 
-    name = "response_memory"
-    held = ("Bytes of response bodies over 64 KiB (manifests, tag lists, catalog and referrers pages) held in memory"
-            " until sent")
-    bound = "Most bytes of such response bodies held at once (limits.response_memory)"
-    refusals = ("Requests answered 503 UNAVAILABLE because their response body would not fit in"
-                " limits.response_memory (or in their account's or client address's share of it)")
-
-    def __init__(self, budget) -> None:
+    def __init__(self, budget, prefix: str = "izreg", setting: str = "limits.response_memory",
+                 bodies: str = "manifests, tag lists, catalog and referrers pages") -> None:
         self.budget = budget
+        self.prefix, self.setting, self.bodies = prefix, setting, bodies
 
     def describe(self):
         return []
 
     def collect(self):
-        budget, name = self.budget, self.name
-        yield GaugeMetricFamily(f"izreg_{name}_bytes", self.held, value=budget.used)
-        yield GaugeMetricFamily(f"izreg_{name}_limit_bytes", self.bound, value=budget.limit)
-        yield CounterMetricFamily(f"izreg_{name}_refused", self.refusals, value=budget.refused)
+        budget, prefix = self.budget, self.prefix
+        yield GaugeMetricFamily(f"{prefix}_response_memory_bytes", f"Bytes of response bodies over 64 KiB"
+                                f" ({self.bodies}) held in memory until sent", value=budget.used)
+        yield GaugeMetricFamily(f"{prefix}_response_memory_limit_bytes", "Most bytes of such response bodies held"
+                                f" at once ({self.setting})", value=budget.limit)
+        yield CounterMetricFamily(f"{prefix}_response_memory_refused", "Requests answered 503 UNAVAILABLE because"
+                                  f" their response body would not fit in {self.setting}", value=budget.refused)
 
 
 class BodyMemoryCollector(ResponseMemoryCollector):
     """C{limits.body_memory} (L{izreg.http.bodies.BoundedBuffer}): the same of request bodies held in memory."""
 
-    name = "body_memory"
-    held = "Bytes of request bodies (manifests, token forms) held in memory while they arrive"
-    bound = "Most bytes of request bodies held in memory at once (limits.body_memory)"
-    refusals = ("Requests answered 503 UNAVAILABLE because their body would not fit in limits.body_memory (or in"
-                " their account's or client address's share of it)")
+    def __init__(self, budget) -> None:
+        super().__init__(budget, setting="limits.body_memory", bodies="manifests, token forms")
+
+    def collect(self):
+        budget = self.budget
+        yield GaugeMetricFamily("izreg_body_memory_bytes", f"Bytes of request bodies ({self.bodies}) held in memory"
+                                " while they arrive", value=budget.used)
+        yield GaugeMetricFamily("izreg_body_memory_limit_bytes", "Most bytes of request bodies held in memory at once"
+                                f" ({self.setting})", value=budget.limit)
+        yield CounterMetricFamily("izreg_body_memory_refused", "Requests answered 503 UNAVAILABLE because their body"
+                                  f" would not fit in {self.setting} (or in their account's or client address's share"
+                                  " of it)", value=budget.refused)
 
 
 class ConnectionsCollector:
