@@ -99,10 +99,13 @@ def budget_owner(request) -> str:
     Whose share of a L{BodyBudget} a request's body is held in: the caller's account once the request is
     authenticated (C{request.principal}), else its client address group (an IPv4 address, an IPv6 /64;
     behind a trusted proxy the client's, not the proxy's: L{izreg.http.clientaddr.client_address}).
+    An account's callers that only pull (its devices: edge gateways in the field; its read-only keys)
+    hold a share apart from its keys that push: else one gateway that stalls its pull reports, or reads
+    nothing of large manifests, would make its account's pushes, or large tag lists, 503.
     """
     principal = getattr(request, "principal", None)
     if principal is not None and getattr(principal, "account", None):
-        return "account:" + principal.account
+        return ("puller:" if getattr(principal, "read_only", False) else "account:") + principal.account
     return "address:" + address_group(client_address(request))
 
 

@@ -1,18 +1,22 @@
 """
-C{limits.body_memory} against a real server: a pull report is refused at
-its headers unless a device sends it, and past its own limit
-(izreg/http/pullreports.py BODY_LIMIT), not once max_manifest_size of it is
-held in the account's share.
+C{limits.body_memory} (and C{response_memory}) shares against a real
+server: an account's devices and read-only keys (edge gateways in the field,
+pull-only CI) hold a share apart from its keys that push, so one gateway
+that stalls its pull reports cannot make its account's pushes 503; and a
+pull report is refused at its headers unless a device sends it, past its
+own limit (izreg/http/pullreports.py BODY_LIMIT), not max_manifest_size.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import ssl
 
 import pytest
+import requests
 
 from izreg.http.pullreports import BODY_LIMIT
 from tests.helpers.server import RegistryProcess
@@ -24,6 +28,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != 
 MIB = 1024 * 1024
 #: a share of 1 MiB (a quarter of body_memory, and one max_manifest_size): two stalled reports fill it
 CONFIG = f"[limits]\nbody_memory = {4 * MIB}\nmax_manifest_size = {MIB}\n"
+EMPTY_CONFIG = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,34 @@ def status_of(sock) -> int:
         assert data, f"closed before a status line: {head!r}"
         head += data
     return int(head.split(b" ", 2)[1])
+
+
+def push_manifest(reg, name: str) -> requests.Response:
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_CONFIG, "size": 2},
+                "layers": []}
+    return requests.put(f"{reg.url}/v2/{reg.account}/{name}/manifests/latest", data=json.dumps(manifest),
+                        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+                        auth=reg.requests_auth, timeout=30)
+
+
+def test_a_device_stalling_its_pull_reports_does_not_stop_its_accounts_pushes(registry):
+    stalled = []
+    try:
+        for _ in range(2):  # 2 x 512 KiB: the whole of a share, as one gateway's stalled reports
+            sock = device_socket(registry)
+            sock.sendall(head_of_report(BODY_LIMIT) + b'{"pulls": [')
+            stalled.append(sock)
+        # a third is past the share (503 at once): the two are held
+        third = device_socket(registry)
+        stalled.append(third)
+        third.sendall(head_of_report(BODY_LIMIT))
+        assert status_of(third) == 503
+        answer = push_manifest(registry, "owners")
+        assert answer.status_code == 201, answer.text
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_a_pull_report_from_a_key_is_refused_before_its_body(registry):

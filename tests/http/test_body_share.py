@@ -79,14 +79,14 @@ def test_without_a_share_no_owner_is_counted():
     assert budget.used == 0
 
 
-def _request(peer: str, account: str | None = None, headers: dict | None = None, proxies=None):
+def _request(peer: str, account: str | None = None, headers: dict | None = None, proxies=None, read_only=False):
     address = IPv6Address("TCP", peer, 5000) if ":" in peer else IPv4Address("TCP", peer, 5000)
     request = SimpleNamespace(client=address, requestHeaders=Headers(headers or {}),
                               channel=SimpleNamespace(site=SimpleNamespace(proxies=proxies), transport=None),
                               refused=[])
     request.refuse = request.refused.append
     if account is not None:
-        request.principal = SimpleNamespace(account=account)
+        request.principal = SimpleNamespace(account=account, read_only=read_only)
     return request
 
 
@@ -94,6 +94,8 @@ def _request(peer: str, account: str | None = None, headers: dict | None = None,
     "request_, owner",
     [
         (_request("192.0.2.7", account="a" * 32), "account:" + "a" * 32),  # authenticated: its account, wherever
+        # its devices and read-only keys: a share apart, or one gateway stalling its pull reports stops its pushes
+        (_request("192.0.2.7", account="a" * 32, read_only=True), "puller:" + "a" * 32),
         (_request("192.0.2.7"), "address:192.0.2.7"),
         (_request("2001:db8:0:1::5"), "address:2001:db8:0:1::/64"),  # a host picks addresses in its /64 at will
         # behind a trusted proxy: the client's address, not the proxy's (else one client's share is everyone's)
