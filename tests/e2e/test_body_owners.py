@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from izreg.http.pullreports import BODY_LIMIT
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import RegistryProcess, status_of
 from tests.helpers.tls import restart_with_tls
 
 pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg",
@@ -56,16 +56,6 @@ def head_of_report(length: int, authorization: str | None = None) -> bytes:
     lines = ["POST /v2/_izreg/pulls HTTP/1.1", "Host: registry", "Content-Type: application/json",
              f"Content-Length: {length}", *([f"Authorization: {authorization}"] if authorization else [])]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def status_of(sock) -> int:
-    """The status of the answer on C{sock}, read before any more of the request is sent."""
-    head = b""
-    while b"\r\n" not in head:
-        data = sock.recv(4096)
-        assert data, f"closed before a status line: {head!r}"
-        head += data
-    return int(head.split(b" ", 2)[1])
 
 
 def push_manifest(reg, name: str) -> requests.Response:

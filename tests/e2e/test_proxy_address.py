@@ -8,6 +8,7 @@ address, and guess keys from ever new addresses (izreg/http/clientaddr.py).
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.helpers.cluster import HAProxy, haproxy_available
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import RegistryProcess, status_of
 
 pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg",
                                 reason="izreg's trusted_proxies")
@@ -44,18 +45,11 @@ def proxied(tmp_path_factory):
 
 def get_v2(proxy, source: str, creds: str, *headers: str) -> int:
     """The status of ``GET /v2/`` through haproxy from C{source}, with HTTP Basic C{creds} ("user:password")."""
-    import base64
-
     lines = [f"GET /v2/ HTTP/1.1", f"Host: {proxy.host}", "Connection: close",
              f"Authorization: Basic {base64.b64encode(creds.encode()).decode()}", *headers]
     with socket.create_connection(("127.0.0.1", proxy.port), source_address=(source, 0), timeout=30) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = b""
-        while b"\r\n" not in head:
-            data = sock.recv(4096)
-            assert data, f"closed before a status line: {head!r}"
-            head += data
-    return int(head.split(b" ", 2)[1])
+        return status_of(sock)
 
 
 def test_a_forwarded_header_of_the_client_does_not_brake_another_clients_key(proxied):

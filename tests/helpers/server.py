@@ -335,3 +335,13 @@ def running(registry: RegistryProcess):
         yield registry
     finally:
         registry.close()
+
+
+def status_of(sock) -> int:
+    """The status of the answer on C{sock} (a socket a raw request was sent on), read as soon as it comes."""
+    head = b""
+    while b"\r\n" not in head:
+        data = sock.recv(4096)
+        assert data, f"closed before a status line: {head!r}"
+        head += data
+    return int(head.split(b" ", 2)[1])
