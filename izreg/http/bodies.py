@@ -367,6 +367,20 @@ class RegistryRequest(server.Request):
             self._logged_gone = True  # logged with its status, not again as "client gone"
             access_log(self, error.code.status)
 
+    def processingFailed(self, reason):
+        """
+        Twisted's 500 page, unless the response has begun (its head is sent):
+        then the connection is cut (a reset), as a blob body that cannot be
+        finished is (L{izreg.http.responses.FileSender._cut}). The page
+        would have been read as the rest of the body, and the next answer
+        on the connection after it.
+        """
+        if not self.startedWriting or self.channel is None or self.channel.transport is None:
+            return super().processingFailed(reason)
+        log.failure("a response failed after its head was sent: its connection is cut", reason)
+        self.channel.transport.abortConnection()
+        return reason
+
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a
         # name IDNA cannot encode (a 64-character label, "a..b"); such a Host is

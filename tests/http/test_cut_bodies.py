@@ -89,6 +89,9 @@ class Bodies(Resource):
     def render_GET(self, request):
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % LENGTH)
+        if isinstance(self.next, bytes):  # a handler that writes part of its body, then fails
+            request.write(self.next)
+            raise RuntimeError("a handler's bug, after its first bytes")
         return self.next.render(request)
 
 
@@ -181,3 +184,11 @@ async def test_a_file_shorter_than_its_length_cuts_the_connection_on_plain_tcp(s
     site.next = FileBody(FileReader(open(path, "rb", buffering=0)), 0, LENGTH)
     await assert_cut(stalled_get(site.port, requests=2), given)
     assert site.next.reader.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_that_fails_after_its_head_is_cut_with_no_error_page_after_it(site):
+    """Not Twisted's 500 page written as the body's rest, and the next pipelined request answered after it."""
+    given = os.urandom(GIVEN)
+    site.next = given
+    await assert_cut(stalled_get(site.port, requests=2), given)
