@@ -60,6 +60,8 @@ class EdgeConfig:
     device_cert: str | None = None
     device_key: str | None = None
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    # listeners of Prometheus' /metrics (izreg.edge.metrics), as the server's [metrics] listen: none by default
+    metrics_listen: tuple[str, ...] = ()
     cache_dir: str = "izreg-edge-cache"
     cache_size: int = 20 * 1000**3
     pin: tuple[str, ...] = ()
@@ -105,6 +107,7 @@ FIELDS: dict[str, tuple[str, Any]] = {
     "device_cert": ("device_cert", str),
     "device_key": ("device_key", str),
     "listen": ("listen", list),
+    "metrics_listen": ("metrics_listen", tuple),
     "cache_dir": ("cache_dir", str),
     "cache_size": ("cache_size", "size"),
     "pin": ("pin", tuple),

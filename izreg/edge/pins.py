@@ -49,6 +49,8 @@ class Pinner:
         self._running = False
         #: the pins at the last look of L{fetch_new} (the start's round fetches those there at start)
         self._seen: set[str] = set()
+        #: pins fetched (a new digest, or content missing) and tries that failed, since the start (the metrics)
+        self.fetched = self.failed = 0
 
     def adopt_config_pins(self) -> None:
         for ref in self.config_pins:
@@ -84,12 +86,12 @@ class Pinner:
                         emit = log.info if self.upstream.first_offline("pins") else log.debug  # every interval: once an outage
                         emit("pin refresh of {ref} skipped: registry unreachable ({reason})", ref=ref, reason=e.reason)
                         for skipped, _ in todo[at:]:  # not tried, for the same reason: izreg-edge pins says so
-                            self.cache.set_pin_problem(skipped, f"registry unreachable: {e.reason}", self.api.now())
+                            self._problem(skipped, f"registry unreachable: {e.reason}")
                         return
                     except Exception as e:
                         error = str(e) or type(e).__name__
                         log.error("pin refresh of {ref} failed: {error}", ref=ref, error=error)
-                        self.cache.set_pin_problem(ref, error, self.api.now())
+                        self._problem(ref, error)
         finally:
             self._running = False
 
@@ -98,12 +100,12 @@ class Pinner:
         response = await self.upstream.request("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": [MANIFEST_ACCEPT]})
         await collect(response, 0)
         if response.code != 200:
-            self.cache.set_pin_problem(ref, answered(response.code), self.api.now())  # before the log line
+            self._problem(ref, answered(response.code))  # before the log line
             log.warn("pin {ref}: the registry answered {code}", ref=ref, code=response.code)
             return
         digest = _digest_or_none(response.headers.getRawHeaders(b"docker-content-digest", [None])[0])
         if digest is None:
-            self.cache.set_pin_problem(ref, "the registry answered without a Docker-Content-Digest", self.api.now())
+            self._problem(ref, "the registry answered without a Docker-Content-Digest")
             return
         self.cache.set_tag(repo, tag, digest, "", self.api.now())
         if state.get("digest") == digest and all(self.cache.entry(d) for d in state.get("digests", [])):
@@ -112,7 +114,13 @@ class Pinner:
             return
         digests = await self._fetch_image(repo, digest)
         self.cache.set_pinned(ref, digest, digests, self.api.now())
+        self.fetched += 1
         log.info("pinned {ref} at {digest} ({n} digests cached)", ref=ref, digest=digest, n=len(digests))
+
+    def _problem(self, ref: str, problem: str) -> None:
+        """The try of pin C{ref} failed: why, for ``izreg-edge pins``; counted for the metrics."""
+        self.failed += 1
+        self.cache.set_pin_problem(ref, problem, self.api.now())
 
     async def _fetch_image(self, repo: str, digest: str) -> list[str]:
         """The manifest, its children and every blob they name, into the cache; their digests."""

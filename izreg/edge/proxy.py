@@ -53,6 +53,7 @@ from izreg.core.names import OutsideNamespaces, parse_reference
 from izreg.core.ranges import parse_range
 from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
+from izreg.http.accesslog import CLIENT_GONE
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
 from izreg.http.errors import as_registry_error, render_error
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
@@ -84,6 +85,9 @@ class EdgeRequest(RegistryRequest):
 
     def _log_line(self, result):
         outcome = "" if result is None else " (client went away)"
+        metrics = getattr(self.site, "metrics", None)
+        if metrics is not None:  # a client gone counts as the server's access log has it: 499
+            metrics.observe_request(self.edge_source, self.code if result is None else CLIENT_GONE, self.sentLength)
         log.info("{method} {path} {code} {source} {size}B{outcome}",
                  method=self.method.decode("ascii", "replace"), path=self.uri.decode("latin-1")[:300],
                  code=self.code, source=self.edge_source, size=self.sentLength, outcome=outcome)
@@ -92,10 +96,12 @@ class EdgeRequest(RegistryRequest):
 class EdgeSite(RegistrySite):
     requestFactory = EdgeRequest
 
-    def __init__(self, resource, readers=None) -> None:
+    def __init__(self, resource, readers=None, metrics=None) -> None:
         # request bodies (pushes) are refused: drop them as they arrive; readers: edge.send_timeout
         super().__init__(resource, lambda request, method, uri, length: Dropped(), readers=readers)
         self.noisy = False
+        #: L{izreg.edge.metrics.EdgeMetrics} (each request counted as it ends), or None
+        self.metrics = metrics
 
     def log(self, request) -> None:
         """The one line per request is EdgeRequest's."""
@@ -110,6 +116,8 @@ class EdgeAPI:
         #: manifests over 64 KiB fetched from the registry and not yet sent (edge.response_memory); None: no bound
         self.responses = None
         self.downloads: dict[str, Download] = {}
+        #: bytes received from the registry to keep in the cache, by kind (izreg_edge_fetched_bytes_total)
+        self.fetched_bytes = {"manifest": 0, "blob": 0}
 
     def bind(self, upstream, cache, reporter, now: Callable[[], float], max_manifest_size: int,
              responses=None) -> None:
@@ -264,6 +272,7 @@ class EdgeAPI:
             return None
         try:
             data = await collect(response, self.max_manifest_size)
+            self.fetched_bytes["manifest"] += len(data)
         except TooLarge:
             raise RegistryError(ErrorCode.BAD_GATEWAY, {"limit": self.max_manifest_size},
                                 "the registry's manifest is larger than the edge accepts") from None
@@ -359,13 +368,17 @@ class EdgeAPI:
         return FollowBody(download)
 
     def start_download(self, repo: str, digest: str) -> Download:
-        download = Download(self.cache, self.upstream, repo, digest, self.now,
-                            lambda d: self.downloads.pop(d.digest, None) if self.downloads.get(d.digest) is d else None)
+        download = Download(self.cache, self.upstream, repo, digest, self.now, self._download_finished)
         self.downloads[digest] = download
         from twisted.internet import defer
 
         defer.ensureDeferred(download.run()).addErrback(lambda f: log.failure("download failed", f))
         return download
+
+    def _download_finished(self, download: Download) -> None:
+        if self.downloads.get(download.digest) is download:
+            del self.downloads[download.digest]
+        self.fetched_bytes["blob"] += download.written
 
     def _blob_offline(self, request, digest: str, e: Unreachable):
         served = self._blob_from_cache(request, digest)

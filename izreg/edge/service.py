@@ -4,8 +4,9 @@
 
 The cache's LMDB is opened in C{startService} (after twistd forked), like
 the registry's. Children: the listeners, the pin refresh timer, the timer
-that looks for new pins (``izreg-edge pin``), the pull report timer and
-the timer that checks the registry when nothing else asks it.
+that looks for new pins (``izreg-edge pin``), the pull report timer, the
+timer that checks the registry when nothing else asks it, and the
+metrics listeners (``--metrics-listen``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from izreg.service.tree import start_listening
 class EdgeOptions(usage.Options):
     synopsis = ("--upstream https://REGISTRY:PORT --device-cert PEM --device-key PEM [--upstream-ca PEM]"
                 " [--listen ENDPOINT ...] [--cache-dir DIR] [--cache-size 20GB] [--pin ACCOUNT/APP:TAG ...]"
-                " [--config FILE]")
+                " [--metrics-listen ENDPOINT ...] [--config FILE]")
     longdesc = ("Run the edge proxy on a gateway: a pull-through cache of the registry, reached over mutual"
                 " TLS with the gateway's device certificate. Options override the config file's [edge] table"
                 " (see etc/izreg-edge.toml).")
@@ -47,6 +48,7 @@ class EdgeOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["metrics-listen"] = []
         self["pin"] = []
 
     def opt_version(self) -> None:
@@ -60,6 +62,10 @@ class EdgeOptions(usage.Options):
         """Twisted endpoint string to listen on (plain HTTP), repeatable (default: tcp:8080:interface=127.0.0.1)"""
         self["listen"].append(endpoint)
 
+    def opt_metrics_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string for the Prometheus /metrics listener, repeatable (default: none)"""
+        self["metrics-listen"].append(endpoint)
+
     def opt_pin(self, ref: str) -> None:
         """Image to fetch ahead and keep (<account>/<app>:<tag>), repeatable"""
         self["pin"].append(ref)
@@ -72,14 +78,17 @@ class EdgeOptions(usage.Options):
             "device_cert": self["device-cert"], "device_key": self["device-key"],
             "cache_dir": self["cache-dir"], "cache_size": self["cache-size"],
             "listen": self["listen"] or None, "pin": self["pin"] or None,
+            "metrics_listen": self["metrics-listen"] or None,
             "log_level": self["log-level"],
         }
         try:
             self.config = load(self["config"], overrides)
         except ConfigError as e:
             raise SystemExit(f"izreg edge: {e}") from None
-        for description in self.config.listen:
-            _check_endpoint("--listen", description)
+        for option, descriptions in (("--listen", self.config.listen),
+                                     ("--metrics-listen", self.config.metrics_listen)):
+            for description in descriptions:
+                _check_endpoint(option, description)
         from izreg.edge.upstream import MutualTLSPolicy
 
         try:
@@ -91,9 +100,11 @@ class EdgeOptions(usage.Options):
 class EdgeService(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: EdgeConfig, policy, reactor, api, site, log_observer=None) -> None:
+    def __init__(self, config: EdgeConfig, policy, reactor, api, site, log_observer=None, metrics=None) -> None:
         super().__init__()
         self.config, self.policy, self.reactor = config, policy, reactor
+        #: L{izreg.edge.metrics.EdgeMetrics} (with a metrics listener), or None
+        self.metrics = metrics
         self.api, self.site = api, site  # the API is bound to the cache and upstream when they open
         self.cache = self.reporter = self.pinner = None
         #: the observer twistd uses instead of its own (the [edge] log_level filter), or None
@@ -123,6 +134,8 @@ class EdgeService(service.MultiService):
                       BodyBudget(config.response_memory))
         self.pinner = Pinner(self.api, config.pin)
         self.pinner.adopt_config_pins()
+        if self.metrics is not None:
+            self.metrics.watch(self.api, self.pinner)
         self.log.info("izreg edge cache at {root}: {total} of {limit} bytes{removed}, upstream {upstream}",
                       root=self.cache.root, total=self.cache.total, limit=self.cache.limit, upstream=config.upstream,
                       removed=f", removed {plural(removed, 'stray file')}" if removed else "")
@@ -155,11 +168,23 @@ def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     from izreg.service.tree import AfterFirstInterval, Listener, Timer
 
     api = EdgeAPI()
-    site = EdgeSite(api.resource(), readers=SlowReaders(reactor, config.send_timeout, setting="edge.send_timeout"))
+    metrics = None
+    if config.metrics_listen:  # else nothing counted per request
+        from izreg.edge.metrics import EdgeMetrics
+
+        metrics = EdgeMetrics()
+    site = EdgeSite(api.resource(), readers=SlowReaders(reactor, config.send_timeout, setting="edge.send_timeout"),
+                    metrics=metrics)
     observer = LogSetup("text", config.log_level).for_twistd(twistd_options)
-    top = EdgeService(config, policy, reactor, api, site, log_observer=observer)
+    top = EdgeService(config, policy, reactor, api, site, log_observer=observer, metrics=metrics)
     for description in config.listen:
         Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+    if metrics is not None:
+        from izreg.service.metrics import ScrapeSite
+
+        for description in config.metrics_listen:
+            scrapes = ScrapeSite(metrics.resource(reactor, reactor.getThreadPool()))
+            Listener(serverFromString(reactor, description), scrapes).setServiceParent(top)
     Timer(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()), reactor).setServiceParent(top)
     # pins added by izreg-edge while the edge runs: fetched within seconds, not at the next refresh
     AfterFirstInterval(NEW_PIN_CHECK, lambda: defer.ensureDeferred(top.pinner.fetch_new()), reactor).setServiceParent(top)

@@ -171,6 +171,8 @@ class Upstream:
         self.unreachable: str | None = None
         #: what was logged at its own level once during this outage (L{first_offline})
         self._told: set[str] = set()
+        #: requests that did not reach the registry, since the start (izreg_edge_upstream_failures_total)
+        self.failures = 0
         #: requests awaiting the registry's answer, and how many had theirs (or failed): for L{check}
         self._waiting = self._answered = 0
         #: C{_answered} when L{check} last ran
@@ -201,6 +203,7 @@ class Upstream:
                 raise defer.CancelledError() from None
             now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
             reason = explain(e, self.setting, self.presented, now)
+            self.failures += 1
             self._unreachable(reason, _describe(e))
             raise Unreachable(reason) from None
         finally:

@@ -127,9 +127,14 @@ class Metrics:
 
     def resource(self, reactor, pool) -> Resource:
         """The listener's root: C{/metrics} served by the library's WSGI app in C{pool}."""
-        root = Resource()
-        root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(self.registry)))
-        return root
+        return scrape_resource(self.registry, reactor, pool)
+
+
+def scrape_resource(registry: CollectorRegistry, reactor, pool) -> Resource:
+    """A metrics listener's root: C{/metrics}, C{registry} served by the library's WSGI app in C{pool}."""
+    root = Resource()
+    root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(registry)))
+    return root
 
 
 class ScrapeSite(Site):
@@ -209,22 +214,25 @@ class ResponseMemoryCollector:
     """
     C{limits.response_memory} (L{izreg.http.responses.held_body}): the bytes of large response bodies held
     until sent, its limit, and the requests refused for it (503). Read at scrape time (ints: no lock needed).
+    The edge's (C{edge.response_memory}, its misses' manifests) has the names with C{prefix} "izreg_edge".
     """
 
-    def __init__(self, budget) -> None:
+    def __init__(self, budget, prefix: str = "izreg", setting: str = "limits.response_memory",
+                 bodies: str = "manifests, tag lists, catalog and referrers pages") -> None:
         self.budget = budget
+        self.prefix, self.setting, self.bodies = prefix, setting, bodies
 
     def describe(self):
         return []
 
     def collect(self):
-        budget = self.budget
-        yield GaugeMetricFamily("izreg_response_memory_bytes", "Bytes of response bodies over 64 KiB (manifests,"
-                                " tag lists, catalog and referrers pages) held in memory until sent", value=budget.used)
-        yield GaugeMetricFamily("izreg_response_memory_limit_bytes", "Most bytes of such response bodies held at once"
-                                " (limits.response_memory)", value=budget.limit)
-        yield CounterMetricFamily("izreg_response_memory_refused", "Requests answered 503 UNAVAILABLE because their"
-                                  " response body would not fit in limits.response_memory", value=budget.refused)
+        budget, prefix = self.budget, self.prefix
+        yield GaugeMetricFamily(f"{prefix}_response_memory_bytes", f"Bytes of response bodies over 64 KiB"
+                                f" ({self.bodies}) held in memory until sent", value=budget.used)
+        yield GaugeMetricFamily(f"{prefix}_response_memory_limit_bytes", "Most bytes of such response bodies held"
+                                f" at once ({self.setting})", value=budget.limit)
+        yield CounterMetricFamily(f"{prefix}_response_memory_refused", "Requests answered 503 UNAVAILABLE because"
+                                  f" their response body would not fit in {self.setting}", value=budget.refused)
 
 
 class ConnectionsCollector:

@@ -15,7 +15,10 @@ import time
 import pytest
 import requests
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.helpers.ocilayout import layout_manifest_digest, read_layout_blob
+from tests.helpers.server import free_port
 from tests.helpers.skopeo import Skopeo
 
 pytestmark = pytest.mark.edge
@@ -67,6 +70,54 @@ def test_skopeo_pulls_through_the_edge_without_credentials(stack):
     assert_same_image(image, stack.tmp / "by-digest")
     for digest in image["blobs"]:
         stack.edge.wait_for_log(rf"GET /v2/{repo}/blobs/{digest} 200 hit", since=mark)
+
+
+def scrape(port: int) -> dict:
+    """The edge's /metrics (its own listener), parsed: (name, labels as sorted tuples) -> value."""
+    r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    assert r.status_code == 200, r.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_metrics_count_a_miss_then_a_hit(make_stack):
+    """--metrics-listen: Prometheus' /metrics on a listener of its own; a pull is a miss, the same again a hit."""
+    port = free_port()
+    s = make_stack("--metrics-listen", f"tcp:{port}:interface=127.0.0.1")
+    assert get(s.edge, "/metrics").status_code == 404  # not on the listener the gateway's clients pull from
+    repo = s.repo()
+    image = s.push(repo, seed=13)
+    blob_bytes = sum(len(data) for data in image["blobs"].values())
+    image_bytes = blob_bytes + len(image["manifest_bytes"])
+    before = scrape(port)
+    assert before[("izreg_edge_upstream_reachable", ())] == 1
+    assert before[("izreg_edge_cache_bytes", ())] == 0
+    assert before[("izreg_edge_response_memory_limit_bytes", ())] == 256 * 1024 * 1024
+    assert not [key for key in before if key[0] == "izreg_edge_requests_total" and "miss" in str(key)]
+
+    mark = s.edge.log_mark()
+    pull_with_skopeo(s, f"{repo}:v1", s.tmp / "miss")
+    for digest in image["blobs"]:
+        s.edge.wait_for_log(rf"cached {digest}", since=mark)
+    missed = scrape(port)
+    miss = ("izreg_edge_requests_total", (("source", "miss"), ("status", "200")))
+    hit = ("izreg_edge_requests_total", (("source", "hit"), ("status", "200")))
+    assert missed[miss] == 1 + len(image["blobs"])  # the manifest and each blob
+    assert hit not in missed
+    assert missed[("izreg_edge_response_bytes_total", (("source", "miss"),))] == image_bytes
+    assert missed[("izreg_edge_fetched_bytes_total", (("kind", "blob"),))] == blob_bytes
+    assert missed[("izreg_edge_fetched_bytes_total", (("kind", "manifest"),))] == len(image["manifest_bytes"])
+    assert missed[("izreg_edge_cache_bytes", ())] == image_bytes
+    assert missed[("izreg_edge_upstream_failures_total", ())] == 0
+
+    pull_with_skopeo(s, f"{repo}@{image['manifest_digest']}", s.tmp / "hit")
+    assert_same_image(image, s.tmp / "hit")
+    hits = scrape(port)
+    assert hits[hit] == 1 + len(image["blobs"])
+    assert hits[miss] == missed[miss]
+    assert hits[("izreg_edge_response_bytes_total", (("source", "hit"),))] == image_bytes
+    assert hits[("izreg_edge_fetched_bytes_total", (("kind", "blob"),))] == blob_bytes  # nothing fetched again
+    assert hits[("izreg_edge_upstream_reachable", ())] == 1
 
 
 def test_ranges_tags_list_and_head(stack):
