@@ -73,14 +73,16 @@ class AccessGuard:
     log = Logger()
 
     def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float],
-                 run_read: Callable[..., object] = inline, on_device: Callable[[object], None] | None = None) -> None:
+                 run_read: Callable[..., object] = inline,
+                 on_device: Callable[[object, str, str], None] | None = None) -> None:
         self.authenticator = authenticator
         self.devices = devices
         self.now = now
         self.run_read = run_read
-        #: called with the request's transport when a request authenticated as a device (its certificate
-        #: not revoked, its account there): the TLS handshake admission's known groups
-        #: (L{izreg.service.tls.admission.HandshakeAdmission.device_request}), or C{None}
+        #: called with the request's transport, the device's account and its device id when a request
+        #: authenticated as a device (its certificate not revoked, its account there): the TLS handshake
+        #: admission's known groups (L{izreg.service.tls.admission.HandshakeAdmission.device_request}: one
+        #: device counts a few of them), or C{None}
         self.on_device = on_device
         #: refused device certificates: the first few per reason and minute in full, then a count
         #: (the metrics read its total)
@@ -137,7 +139,7 @@ class AccessGuard:
                 refused(e)
                 raise
             if self.on_device is not None:
-                self.on_device(getattr(request, "transport", None))
+                self.on_device(getattr(request, "transport", None), identity.account, identity.device_id)
             return Principal("device", identity.account, read_only=True, device_id=identity.device_id)
 
         def facts():

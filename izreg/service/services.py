@@ -90,7 +90,7 @@ class RegistryService(service.MultiService):
         self.burst_trim: BurstTrim | None = None  # built with the I/O pool (startService)
         self._pools: list[ThreadPool] = []
         #: the TLS handshake admission's C{device_request} (set by L{izreg.tap.make_server}), or C{None}: a
-        #: request authenticated as a device makes its client group a known one
+        #: request authenticated as a device makes its client group a known one (a few per device)
         self.on_device = None
 
     def setServiceParent(self, parent):

@@ -89,12 +89,13 @@ def raw(reg, first: bytes = b"", source: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-def device_get(reg, result: list) -> None:
-    """GET /v2/ over TLS with the device certificate (in a thread: it waits for a slot)."""
-    context = ssl.create_default_context(cafile=reg.paths.ca_cert)
-    context.load_cert_chain(reg.paths.client_cert, reg.paths.client_key)
+def device_get(reg, result: list, source: str = "127.0.0.1", paths=None) -> None:
+    """GET /v2/ over TLS with the device certificate (or C{paths}'), from C{source} (in a thread: it may wait)."""
+    paths = paths or reg.paths
+    context = ssl.create_default_context(cafile=paths.ca_cert)
+    context.load_cert_chain(paths.client_cert, paths.client_key)
     try:
-        with socket.create_connection(("127.0.0.1", reg.tls_port), timeout=60) as sock:
+        with socket.create_connection(("127.0.0.1", reg.tls_port), timeout=60, source_address=(source, 0)) as sock:
             with context.wrap_socket(sock, server_hostname="localhost") as tls:
                 tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 result.append(tls.recv(100))
@@ -239,10 +240,10 @@ def known_groups(reg) -> float:
             if s.name == "izreg_tls_known_device_groups"][0]
 
 
-def device_answer(reg) -> bytes:
+def device_answer(reg, source: str = "127.0.0.1", paths=None) -> bytes:
     """The start of the answer to a device's GET /v2/ (L{device_get}), here."""
     result: list = []
-    device_get(reg, result)
+    device_get(reg, result, source, paths)
     assert result and isinstance(result[0], bytes), result
     return result[0]
 
@@ -290,6 +291,29 @@ def test_a_revoked_device_certificate_makes_no_group_known(tmp_path_factory):
         assert device_answer(reg).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1
         assert saved_groups(reg) == "127.0.0.1\n"
+    finally:
+        fresh.close()
+
+
+def test_one_device_makes_at_most_8_groups_known(tmp_path_factory):
+    """
+    One valid device certificate used from many addresses (an attacker's: from a /52 of IPv6 /64s) counts
+    the last 8 groups it made known, so it cannot push the rest of the fleet's out of the known ones
+    (izreg/service/tls/admission.py MAX_DEVICE_GROUPS); the file written at the stop holds those too.
+    """
+    from izreg.devcerts import write_dev_certs
+
+    fresh = tls_registry(tmp_path_factory, f"max_handshakes = {CAP}\nhandshake_timeout = 600\n")
+    reg = next(fresh)
+    try:
+        other = write_dev_certs(str(tmp_path_factory.mktemp("gw-2")), time.time(), reg.account, "gw-2",
+                                ca_dir=reg.paths.directory)
+        assert device_answer(reg, paths=other).startswith(b"HTTP/1.1 200")
+        sources = [f"127.0.0.{n}" for n in range(2, 14)]
+        for source in sources:  # gw-1 from 12 addresses, a group each
+            assert device_answer(reg, source).startswith(b"HTTP/1.1 200")
+        assert known_groups(reg) == 1 + 8
+        assert saved_groups(reg) == "".join(f"{group}\n" for group in ["127.0.0.1", *sources[-8:]])
     finally:
         fresh.close()
 

@@ -2,7 +2,8 @@
 L{HandshakeAdmission} in-process, over real sockets: a connection that waits for a slot and
 is closed meanwhile gives its place in the connection caps back; a silent one in a slot is
 closed after the handshake timeout and its slot goes to the next. And its policy alone (pure
-logic, a fake clock): client groups, their shares, the fair pick, the bound on the waiting.
+logic, a fake clock): client groups, their shares, the fair pick, the bound on the waiting, the
+known groups (a few per device).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from izreg.core.netgroup import address_group
 from izreg.http.bodies import RegistrySite
 from izreg.http.limits import ConnectionLimits
 from izreg.service.tls import ServerTLS, TLSEndpoint
-from izreg.service.tls.admission import MAX_KNOWN, STRIKE_SECONDS, HandshakeAdmission
+from izreg.service.tls import admission as admission_module
+from izreg.service.tls.admission import (MAX_DEVICE_GROUPS, MAX_KNOWN, STRIKE_SECONDS, HandshakeAdmission,
+                                         _Gate)
 from tests.service.test_tls import Certs
 
 
@@ -120,6 +123,37 @@ def consistent(admission: HandshakeAdmission) -> None:
     lengths = {group: n for n, groups in admission._by_length.items() for group in groups}
     assert lengths == {group: len(queue) for group, queue in admission.queues.items()}
     assert admission._longest == max(lengths.values(), default=0) and all(admission._by_length.values())
+    # a group waiting is where being known puts it (a struck one: known or not)
+    assert all((n % 3 == 0) == (group in admission._known) for n, groups in enumerate(admission._ready)
+               if n % 3 < 2 for group in groups)
+    devices_consistent(admission)
+
+
+def devices_consistent(admission: HandshakeAdmission) -> None:
+    """The devices' known groups agree with the known groups, and are bounded."""
+    devices, counted, known = admission._devices, admission._counted, admission._known
+    bound, per_device = admission_module.MAX_KNOWN, admission_module.MAX_DEVICE_GROUPS  # (a test may lower them)
+    assert len(known) <= bound and len(devices) <= bound
+    assert all(0 < len(groups) <= per_device for groups in devices.values())
+    assert {(device, group) for device, groups in devices.items() for group in groups} == {
+        (device, group) for group, counting in counted.items() for device in counting}
+    assert all(counted.values()) and set(counted) <= set(known)
+
+
+class _TCP:
+    """A TCP transport as L{HandshakeAdmission.device_request} finds it under a request's: its protocol, the gate."""
+
+    disconnected = False
+
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol
+
+
+def device_request(admission: HandshakeAdmission, address: str, device: str, account: str = "acme") -> None:
+    """A request authenticated as C{device} of C{account} on a new connection from C{address}."""
+    gate = _Gate(admission, None)
+    gate.address, gate.group = address, admission.group_of(address)
+    admission.device_request(_TCP(gate), account, device)
 
 
 def test_one_address_cannot_hold_every_slot():
@@ -252,8 +286,13 @@ def test_waiting_and_shaking_connections_time_out_and_the_books_stay_right():
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
-    """Arrivals from 8 addresses (two IPv4-mapped, three in one /64), ends and timeouts, in a random order."""
+def test_any_sequence_keeps_the_books_and_the_fair_pick(seed, monkeypatch):
+    """
+    Arrivals from 8 addresses (two IPv4-mapped, three in one /64), ends and timeouts, requests of 3 devices, in
+    a random order; with 4 known groups at most, 2 a device, groups are known and forgotten while they wait.
+    """
+    monkeypatch.setattr(admission_module, "MAX_KNOWN", 4)
+    monkeypatch.setattr(admission_module, "MAX_DEVICE_GROUPS", 2)
     rng = random.Random(seed)
     addresses = ["192.0.2.1", "::ffff:192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2", "2001:db8::3",
                  "2001:db8:1::1", "::ffff:198.51.100.1"]
@@ -274,7 +313,7 @@ def test_any_sequence_keeps_the_books_and_the_fair_pick(seed):
                 completed = rng.random() < 0.5
                 admission._release(gate, completed=completed)
                 if completed and rng.random() < 0.5:  # then a request authenticated as a device
-                    admission._know(gate.group)
+                    device_request(admission, gate.address, rng.choice(["gw-1", "gw-2", "gw-3"]))
             else:
                 admission._left(gate)
             gate.state = "gone"
@@ -367,6 +406,158 @@ def test_known_groups_are_the_last_max_known():
     admission._release(again)
     admission._know(again.group)
     assert list(admission._known)[-1] == "10.0.0.1"
+
+
+def ipv6_64(n: int) -> str:
+    """An address in the C{n}th /64 from 2001:db8:7::/64 on (the first 4,096: 2001:db8:7::/52)."""
+    return f"2001:db8:{7 + (n >> 16):x}:{n & 0xffff:x}::1"
+
+
+def test_one_device_certificate_cannot_push_the_fleets_groups_out_of_the_known_ones():
+    """
+    A valid device certificate used from more IPv6 /64s than there are known groups: the device counts its
+    last MAX_DEVICE_GROUPS, and the groups of the rest of the fleet stay known.
+    """
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    fleet = {f"10.0.{i >> 8}.{i & 255}": f"gw-{i}" for i in range(1000)}
+    for address, device in fleet.items():
+        device_request(admission, address, device)
+    for n in range(MAX_KNOWN + 100):
+        device_request(admission, ipv6_64(n), "stolen", account="other")
+    assert set(fleet) < set(admission._known)
+    assert list(admission._devices[("other", "stolen")]) == [
+        admission.group_of(ipv6_64(n)) for n in range(MAX_KNOWN + 100 - MAX_DEVICE_GROUPS, MAX_KNOWN + 100)]
+    assert len(admission._known) == len(fleet) + MAX_DEVICE_GROUPS
+    # and one device id of another account is another device
+    device_request(admission, "192.0.2.1", "stolen")
+    assert "192.0.2.1" in admission._known and len(admission._devices[("acme", "stolen")]) == 1
+    consistent(admission)
+
+
+def test_devices_behind_one_nat_address_share_its_group():
+    """
+    50 devices behind one NAT address, each also on its own LTE address: the NAT's group is known while any
+    of them counts it, whatever one of them (or a stolen certificate) does; forgotten once none does.
+    """
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    nat, lte = "198.51.100.1", [f"10.64.0.{i}" for i in range(50)]
+    for _ in range(2):  # each device goes back and forth
+        for i, address in enumerate(lte):
+            device_request(admission, nat, f"gw-{i}")
+            device_request(admission, address, f"gw-{i}")
+    assert len(admission._counted[nat]) == 50 and len(admission._known) == 51
+    for n in range(MAX_KNOWN + 100):  # one of them, its certificate stolen, used from a /52
+        device_request(admission, ipv6_64(n), "gw-0")
+    assert nat in admission._known and set(lte[1:]) < set(admission._known)
+    assert lte[0] not in admission._known  # gw-0 counted it alone: its least recent
+    assert len(admission._counted[nat]) == 49 and len(admission._known) == 50 + MAX_DEVICE_GROUPS
+    consistent(admission)
+    # each of the others roams through 8 networks: the last to leave the NAT address forgets it
+    for i in range(1, 50):
+        assert nat in admission._known
+        for n in range(MAX_DEVICE_GROUPS):
+            device_request(admission, f"172.16.{i}.{n}", f"gw-{i}")
+    assert nat not in admission._known and nat not in admission._counted and not set(lte) & set(admission._known)
+    assert len(admission._known) == 50 * MAX_DEVICE_GROUPS
+    consistent(admission)
+
+
+def test_a_shared_group_aged_out_of_the_known_ones_is_counted_by_none_of_its_devices():
+    """
+    Past MAX_KNOWN groups (a fleet of MAX_KNOWN devices, one group each, since the NAT's was last used),
+    the least recent known group goes for every device that counted it: a device that counted only it, too.
+    """
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    nat = "198.51.100.1"
+    for i in range(3):
+        device_request(admission, nat, f"nat-{i}")
+    device_request(admission, "10.64.0.1", "nat-0")  # nat-0 on LTE too
+    for i in range(MAX_KNOWN - 1):
+        device_request(admission, f"10.{i >> 8 & 255}.{i & 255}.1", f"gw-{i}")
+    assert nat not in admission._known and nat not in admission._counted
+    assert list(admission._devices[("acme", "nat-0")]) == ["10.64.0.1"]
+    assert ("acme", "nat-1") not in admission._devices and ("acme", "nat-2") not in admission._devices
+    consistent(admission)
+
+
+def test_groups_known_before_a_restart_stay_known_counted_by_no_device():
+    """
+    The known groups' file names no device: restored, they stay known (a device's certificate from a /52
+    cannot push them out) until they age out; a device that makes one known again counts it from then on.
+    """
+    before = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    fleet = [f"10.0.{i >> 8}.{i & 255}" for i in range(300)]
+    for i, address in enumerate(fleet):
+        device_request(before, address, f"gw-{i}")
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    admission.remember(before.known_groups())
+    assert admission.known_groups() == fleet and not admission._counted and not admission._devices
+    for n in range(MAX_KNOWN + 100):
+        device_request(admission, ipv6_64(n), "stolen")
+    assert admission.known_groups()[:len(fleet)] == fleet
+    assert len(admission._known) == len(fleet) + MAX_DEVICE_GROUPS
+    # gw-0 is back: it counts its group, which it forgets once it has roamed through 8 more
+    device_request(admission, fleet[0], "gw-0")
+    assert admission._counted[fleet[0]] == {("acme", "gw-0")}
+    for n in range(MAX_DEVICE_GROUPS):
+        device_request(admission, f"172.16.0.{n}", "gw-0")
+    assert fleet[0] not in admission._known and set(fleet[1:]) < set(admission._known)
+    consistent(admission)
+
+
+def test_the_devices_remembered_are_bounded_and_a_forgotten_one_leaves_its_groups_known():
+    """
+    At most MAX_KNOWN devices are remembered, the most recent: the least recent one's groups are counted by
+    no device (as restored ones) and age out of the known groups as any other.
+    """
+    admission = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
+    device_request(admission, "198.51.100.1", "first")
+    device_request(admission, "198.51.100.2", "first")
+    nat = "203.0.113.1"
+    for i in range(MAX_KNOWN + 10):  # all behind one address: no group ages out
+        device_request(admission, nat, f"gw-{i}")
+    assert len(admission._devices) == MAX_KNOWN and ("acme", "first") not in admission._devices
+    assert ("acme", "gw-9") not in admission._devices and ("acme", "gw-10") in admission._devices
+    assert len(admission._counted[nat]) == MAX_KNOWN
+    assert admission.known_groups() == ["198.51.100.1", "198.51.100.2", nat]
+    assert "198.51.100.1" not in admission._counted
+    consistent(admission)
+    # every device at its most groups, each its own: MAX_KNOWN groups in all, however many devices
+    for i in range(2 * MAX_KNOWN):
+        for n in range(MAX_DEVICE_GROUPS + 1):
+            device_request(admission, ipv6_64(i * 16 + n), f"roaming-{i}")
+    assert len(admission._known) == MAX_KNOWN
+    assert sum(map(len, admission._devices.values())) == sum(map(len, admission._counted.values())) == MAX_KNOWN
+    assert len(admission._devices) == MAX_KNOWN // MAX_DEVICE_GROUPS
+    consistent(admission)
+
+
+def test_a_waiting_group_moves_when_it_becomes_known_or_is_forgotten():
+    """
+    A group that a device made known while its connections waited gets no slot ahead of the fleet once it
+    is forgotten (a stolen certificate, roaming through groups it queued in); one that becomes known while
+    it waits goes before those that are not.
+    """
+    admission = HandshakeAdmission(Clock(), 2, handshake_timeout=10, wait_timeout=60)
+    device_request(admission, "198.51.100.7", "gw-1")
+    held = arrive(admission, "192.0.2.1", "192.0.2.2")  # the slots
+    queued = []
+    for n in range(MAX_DEVICE_GROUPS + 1):  # each made known, then a connection of it waits
+        device_request(admission, ipv6_64(n), "stolen")
+        queued += arrive(admission, ipv6_64(n))
+    assert queued[0].group not in admission._known  # the 9th forgot it
+    [device] = arrive(admission, "198.51.100.7")
+    [fresh] = arrive(admission, "203.0.113.9")
+    consistent(admission)
+    admission._release(held[0])
+    for before, after in zip(queued[1:], queued[2:] + [device]):  # the known ones, in turn
+        assert before.state == "shaking" and after.state == "waiting"
+        admission._release(before)
+    assert device.state == "shaking" and queued[0].state == fresh.state == "waiting"
+    device_request(admission, "203.0.113.9", "gw-2")  # one of its connections that got in before, say
+    admission._release(device)
+    assert fresh.state == "shaking" and queued[0].state == "waiting"
+    consistent(admission)
 
 
 def test_past_max_waiting_a_known_group_is_not_the_one_to_lose_its_connection():

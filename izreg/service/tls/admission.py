@@ -38,8 +38,19 @@ every group that holds as many slots and is not known (unless it is struck
 itself: a stolen certificate is no way around a strike): a device that
 pulled before gets the next slot that frees, however many groups an
 attacker without a valid device certificate has (a revoked one completes
-a handshake, revocation being the request's check, but knows no group). A slot frees when its handshake
-completes or its connection ends.
+a handshake, revocation being the request's check, but knows no group).
+One device (account and device id) counts at most L{MAX_DEVICE_GROUPS}
+known groups, the last it made known: past them its least recent one is
+forgotten, unless another device counts it too (devices behind one NAT
+address share its group, each also on its own LTE address, say), so one
+valid certificate used from a /52 of IPv6 /64s cannot push the fleet's
+groups out of the last L{MAX_KNOWN} (nor get there, and stay there, the
+waiting connections it queued while they were known: a group that becomes
+known or is forgotten moves to its place among those waiting). Groups known
+before a restart (L{HandshakeAdmission.remember}) are counted by no device,
+and stay known until they age out of the last L{MAX_KNOWN}, as do the groups
+of a device forgotten for L{MAX_KNOWN} devices more recent. A slot frees
+when its handshake completes or its connection ends.
 
 At most C{[tls] max_waiting} connections wait (their memory is taken before
 anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
@@ -143,6 +154,12 @@ class HandshakeAdmission:
         self._ready: list[dict[str, None]] = [{} for _ in range(3 * self.per_group)]
         self._struck: dict[str, float] = {}  # group -> when last struck, the oldest first (at most MAX_STRUCK)
         self._known: dict[str, None] = {}  # groups of devices (L{_know}), the least recent first (at most MAX_KNOWN)
+        #: (account, device id) -> the known groups it counts (L{device_request}), the least recent first (at most
+        #: L{MAX_DEVICE_GROUPS}); the devices least recent first (at most MAX_KNOWN, each counting one group or more)
+        self._devices: dict[tuple[str, str], dict[str, None]] = {}
+        #: known group -> the devices that count it (none: absent; a group restored by L{remember}, or whose
+        #: devices were all forgotten, is counted by none and known until it ages out of the last MAX_KNOWN)
+        self._counted: dict[str, set[tuple[str, str]]] = {}
         self.known_changes = 0  # calls of L{_know}: whether the known groups changed since a count
         #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
         self._by_length: dict[int, dict[str, None]] = {}
@@ -275,36 +292,101 @@ class HandshakeAdmission:
         """
         Know C{groups} (the least recent first) as if a device of each had just connected, in that
         order: the known groups of the process before a restart (L{izreg.service.tls.known}), so that
-        the fleet reconnecting at once after it still goes before groups never seen.
+        the fleet reconnecting at once after it still goes before groups never seen. No device counts
+        them (the file names none): each stays known until it ages out of the last L{MAX_KNOWN} (or a
+        device makes it known again, and counts it from then on).
         """
         for group in groups:
             self._know(group)
 
-    def device_request(self, transport) -> None:
+    def device_request(self, transport, account: str, device_id: str) -> None:
         """
         A request on C{transport}'s connection (the request's: the TLS protocol over the TCP transport
-        whose protocol is the L{_Gate}) authenticated as a device, past the revocation and the account
-        checks (L{izreg.http.guard.AccessGuard}'s C{on_device}): its group is known (L{_know}), once a
-        connection. Not at the handshake: a revoked certificate still completes one (revocation is the
-        request's check), and with many IPv6 /64s it would push the fleet's groups out of the last
-        L{MAX_KNOWN}.
+        whose protocol is the L{_Gate}) authenticated as device C{device_id} of C{account}, past the
+        revocation and the account checks (L{izreg.http.guard.AccessGuard}'s C{on_device}): its group is
+        known (L{_know}), once a connection. Not at the handshake: a revoked certificate still completes
+        one (revocation is the request's check), and with many IPv6 /64s it would push the fleet's groups
+        out of the last L{MAX_KNOWN}.
+
+        Nor does a valid certificate: one device counts at most L{MAX_DEVICE_GROUPS} groups, the last it
+        made known; its group past them is forgotten (L{_count}), unless another device counts it too
+        (devices behind one NAT address share a group), so one certificate used from a /52 of IPv6 /64s
+        holds as many known groups as a device that roams, not all of them.
         """
         gate = getattr(tcp_under(transport), "protocol", None)
         if isinstance(gate, _Gate) and not gate.device:
             gate.device = True
-            self._know(gate.group)
+            self._know(gate.group, (account, device_id))
 
-    def _know(self, group: str) -> None:
+    def _count(self, device: tuple[str, str], group: str) -> None:
+        """C{device} made C{group} (known) known: it counts it, the most recent of its groups and of the devices."""
+        devices = self._devices
+        groups = devices.pop(device, None)
+        if groups is None:
+            groups = {}
+            if len(devices) >= MAX_KNOWN:  # the least recent device counts none: its groups stay known, as restored
+                oldest = next(iter(devices))
+                for old in devices.pop(oldest):
+                    self._uncounted(oldest, old)
+        devices[device] = groups
+        if group in groups:
+            del groups[group]
+        else:
+            self._counted.setdefault(group, set()).add(device)
+        groups[group] = None
+        if len(groups) > MAX_DEVICE_GROUPS:
+            oldest = next(iter(groups))
+            del groups[oldest]
+            if self._uncounted(device, oldest):
+                self._forget(oldest)
+
+    def _uncounted(self, device: tuple[str, str], group: str) -> bool:
+        """C{device} counts C{group} no more: whether no device counts it now."""
+        counted = self._counted[group]
+        counted.discard(device)
+        if counted:
+            return False
+        del self._counted[group]
+        return True
+
+    def _know(self, group: str, device: tuple[str, str] | None = None) -> None:
         """
-        A request of C{group}'s authenticated as a device (L{device_request}): the group goes before
-        those that hold as many slots and are not known.
+        A request of C{group}'s authenticated as C{device} (L{device_request}), or C{group} known before a
+        restart (L{remember}; no device): the group goes before those that hold as many slots and are not
+        known. Past L{MAX_KNOWN}, the least recent known group is forgotten (after the device's own past
+        L{MAX_DEVICE_GROUPS}), for every device that counted it.
         """
         known = self._known
-        known.pop(group, None)
-        known[group] = None
+        if group in known:
+            del known[group]
+            known[group] = None
+        else:
+            known[group] = None
+            self._retier(group)
         self.known_changes += 1
+        if device is not None:
+            self._count(device, group)
         if len(known) > MAX_KNOWN:
-            del known[next(iter(known))]
+            oldest = next(iter(known))
+            for other in self._counted.get(oldest, ()):  # a shared group: each device counts it no more
+                groups = self._devices[other]
+                del groups[oldest]
+                if not groups:
+                    del self._devices[other]
+            self._counted.pop(oldest, None)
+            self._forget(oldest)
+
+    def _forget(self, group: str) -> None:
+        """C{group} is known no more (no device counts it: L{_count}, L{_know})."""
+        del self._known[group]
+        self.known_changes += 1
+        self._retier(group)
+
+    def _retier(self, group: str) -> None:
+        """C{group} became known or is known no more: with connections waiting, it goes where that puts it."""
+        if group in self.queues:
+            held = self.holding.get(group, 0)
+            self._moved(group, held, held)
 
     def _strike(self, group: str) -> None:
         """
@@ -416,8 +498,13 @@ STRIKE_SECONDS = 300
 MAX_STRUCK = 1024
 #: how many connections (or groups) L{HandshakeAdmission.evict} looks at for a struck or not known group
 EVICT_SCAN = 16
-#: how many groups of devices are remembered (L{HandshakeAdmission._know}; ~150 bytes each)
+#: how many groups of devices are remembered (L{HandshakeAdmission._know}; ~150 bytes each), and how many devices
+#: (L{HandshakeAdmission._count}; with MAX_DEVICE_GROUPS each, ~8 MiB in all, measured with tracemalloc)
 MAX_KNOWN = 4096
+#: how many known groups one device counts, the last it made known (L{HandshakeAdmission._count}): a device roams
+#: between a few networks (home, LTE, a gateway's two uplinks), and a valid certificate used from a /52 of IPv6
+#: /64s must not push the fleet's groups out of the last MAX_KNOWN
+MAX_DEVICE_GROUPS = 8
 
 
 class AdmissionFactory(Factory):

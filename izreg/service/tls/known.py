@@ -12,7 +12,10 @@ groups would compete with them as equals. L{KnownGroupsFile} writes the
 known groups to C{<data_dir>/tls-known-groups} (one group a line, the least
 recent first: addresses and networks of the operator's devices, no secret)
 every L{SAVE_INTERVAL} seconds when they changed and when the server stops,
-and gives them back to the admission when it starts.
+and gives them back to the admission when it starts. It names no device:
+read back, a group is counted by none (each device counts a few groups,
+L{izreg.service.tls.admission.MAX_DEVICE_GROUPS}) and stays known until it
+ages out of the last L{MAX_KNOWN} (L{HandshakeAdmission.remember}).
 
 The file is a hint: one that is missing, unreadable or garbled is logged
 and ignored (the server starts knowing no group, as before); lines that are
