@@ -169,6 +169,14 @@ def duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def seconds_text(seconds: float) -> str:
+    """A duration as L{duration} reads it: C{1h}, C{10m}, C{90s}, C{7d} (the largest unit it is a whole number of)."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
 def register_storage(subparsers: argparse._SubParsersAction) -> None:
     gc = subparsers.add_parser("gc", help="reclaim storage now: one garbage-collection sweep, then the audit log pruned to [audit] keep_days and max_entries (the server may run)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
@@ -249,6 +257,8 @@ def gc_command(args: argparse.Namespace, context) -> int:
     context.out(f"{verb} {plural(result.files, 'file')}, {plural(result.bytes, 'byte')} ({human(result.bytes)});"
                 f" {'would unlink' if args.dry_run else 'unlinked'} {plural(result.links, 'stale link')}"
                 + (f"; kept {result.kept} touched meanwhile" if result.kept else "")
+                + (f"; {plural(result.held, 'file')} ({human(result.held_bytes)}) held back by the grace period"
+                   f" ({seconds_text(grace)}), collectable within {seconds_text(grace)}" if result.held else "")
                 + (f"; pruned {plural(result.audit, 'audit record')}" if result.audit else ""))
     return 0
 

@@ -225,7 +225,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
     for description in config.listen:
-        Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+        Listener(serverFromString(reactor, description), RefuseTLSFactory(site),
+                 "--listen or [server] listen").setServiceParent(top)
     threads = admission = None
     if config.tls_listen:  # started before the TLS listeners, stopped after them
         from izreg.service.tls.admission import HandshakeAdmission
@@ -242,7 +243,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         site.connections.evict = admission.evict  # at max_connections, close one still in its handshake first
     metrics.watch_connections(site.connections, admission)
     for description in config.tls_listen:
-        Listener(tls_endpoint(reactor, description, tls, threads, admission), site).setServiceParent(top)
+        Listener(tls_endpoint(reactor, description, tls, threads, admission), site, "--tls-listen or [tls] listen",
+                 "https").setServiceParent(top)
     Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)
     Timer(config.pull_flush_interval, top.flush_batches, reactor).setServiceParent(top)
     from izreg.service.bursttrim import CHECK_INTERVAL
@@ -255,7 +257,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     _SighupService(reactor, top.reload).setServiceParent(top)
     for description in config.metrics_listen:
         scrapes = ScrapeSite(metrics.resource(reactor, reactor.getThreadPool()))
-        Listener(serverFromString(reactor, description), scrapes).setServiceParent(top)
+        Listener(serverFromString(reactor, description), scrapes, "--metrics-listen or [metrics] listen",
+                 "metrics").setServiceParent(top)
     return top
 
 

@@ -321,6 +321,31 @@ def test_gc_and_fsck_draw_a_progress_bar_on_a_terminal_only(tmp_path, account):
     assert err.getvalue() == "" and out.getvalue() == "checked 0 blobs and 0 manifests: clean\n"
 
 
+def test_gc_says_what_the_grace_period_holds_back(capsys, tmp_path, account):
+    """A new user's dry run right after a delete said "would free 0 files": the grace period kept them."""
+    from izreg.core.digest import Digest
+    from izreg.storage.blobs import BlobStore
+    from izreg.storage.lmdbindex import Index
+
+    env = open_env(str(tmp_path), 1 << 30)
+    try:
+        blobs = BlobStore(str(tmp_path))
+        for data, at in ((b"old enough", NOW - 7200), (b"just deleted 1", NOW - 60), (b"just deleted 2", NOW - 10)):
+            Index(env).commit_blob(f"{account}/app", Digest.of(data), len(data), at, None,
+                                   place=lambda d=Digest.of(data), b=data: blobs.put_bytes(d, b))
+    finally:
+        env.close()
+    held = "; 2 files (28 B) held back by the grace period (1h), collectable within 1h\n"
+    code, out, _ = run(capsys, tmp_path, "gc", "--dry-run")
+    assert (code, out) == (0, "would free 1 file, 10 bytes (10 B); would unlink 1 stale link" + held)
+    code, out, _ = run(capsys, tmp_path, "gc")
+    assert (code, out) == (0, "freed 1 file, 10 bytes (10 B); unlinked 0 stale links" + held)
+    code, out, _ = run(capsys, tmp_path, "gc", "--grace", "15m", "--dry-run")
+    assert out.endswith("; 2 files (28 B) held back by the grace period (15m), collectable within 15m\n")
+    code, out, _ = run(capsys, tmp_path, "gc", "--grace", "5s")
+    assert out == "freed 2 files, 28 bytes (28 B); unlinked 0 stale links\n"  # nothing held back: not mentioned
+
+
 def test_fsck_after_a_crash_warns_of_orphans_and_exits_0(tmp_path):
     """
     A crash between a blob's bytes and its record (or a killed upload) leaves an orphan: no damage,

@@ -8,9 +8,11 @@ Usage::
     izreg-edge [--cache-dir DIR | --config FILE] unpin ACCOUNT/APP:TAG
     izreg-edge [--cache-dir DIR | --config FILE] pins [--json]
 
-``pins`` prints, per pin, the digest it resolved to and when it was fetched,
-or why the last try failed and when (not found on the registry, refused,
-unreachable), or "not fetched yet" if the edge has not tried it yet.
+``pins`` prints a header (PIN, DIGEST, STATUS), then per pin, in aligned
+columns, the digest it resolved to and when it was fetched, or why the last
+try failed and when (not found on the registry, refused, unreachable), or
+"not fetched yet" if the edge has not tried it yet; ``--json`` prints the
+same as one JSON object (for scripts).
 
 It writes to the cache's LMDB index (safe across processes); the running
 edge reads the pins every 2 s (L{izreg.edge.config.NEW_PIN_CHECK}) and
@@ -61,6 +63,16 @@ def pin_status(state: dict) -> str:
     return fetched or "not fetched yet"
 
 
+def pins_table(found: dict) -> list[str]:
+    """The lines of ``izreg-edge pins``: a header, then a pin a line, in aligned columns (C{--json}: for scripts)."""
+    if not found:
+        return ["no pins (izreg-edge pin ACCOUNT/APP:TAG adds one)"]
+    rows = [("PIN", "DIGEST", "STATUS")]
+    rows += [(ref, state.get("digest") or "-", pin_status(state)) for ref, state in sorted(found.items())]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return [f"{ref:<{widths[0]}}  {digest:<{widths[1]}}  {status}" for ref, digest, status in rows]
+
+
 def main(argv=None, stdout=None, stderr=None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     parser = argparse.ArgumentParser(prog="izreg-edge", description="Pins of an izreg edge cache.")
@@ -102,8 +114,8 @@ def main(argv=None, stdout=None, stderr=None) -> int:
             found = cache.pins()
             if args.json:
                 stdout.write(json.dumps(found, indent=1) + "\n")
-            for ref, state in sorted(found.items()) if not args.json else ():
-                stdout.write(f"{ref}\t{state.get('digest') or '-'}\t{pin_status(state)}\n")
+            else:
+                stdout.writelines(line + "\n" for line in pins_table(found))
         return 0
     finally:
         cache.env.close()

@@ -31,7 +31,6 @@ its path, the target's host as ``Host``.
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from klein import Klein
@@ -55,7 +54,7 @@ from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
 from izreg.http.accesslog import CLIENT_GONE
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
-from izreg.http.errors import as_registry_error, render_error
+from izreg.http.errors import BASE_BODY, as_registry_error, json_body, render_error
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
 
 log = Logger()
@@ -152,19 +151,19 @@ class EdgeAPI:
         upstream = self.upstream
         status = ("upstream_unreachable" if upstream.unreachable is not None
                   else "upstream_refused" if upstream.refused is not None else "ok")
-        body = json.dumps({"status": status, "upstream": upstream.url, "cached_bytes": self.cache.total,
-                           "limit": self.cache.limit, "downloads": len(self.downloads),
-                           "pending_reports": self.reporter.pending,
-                           "upstream_unreachable": upstream.unreachable,
-                           "upstream_refused": upstream.refused}).encode()
+        body = json_body({"status": status, "upstream": upstream.url, "cached_bytes": self.cache.total,
+                          "limit": self.cache.limit, "downloads": len(self.downloads),
+                          "pending_reports": self.reporter.pending,
+                          "upstream_unreachable": upstream.unreachable,
+                          "upstream_refused": upstream.refused})
         request.setHeader(b"Content-Type", b"application/json")
         return body
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
         request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"2")  # else Twisted sends it chunked
-        return b"{}"
+        request.setHeader(b"Content-Length", b"%d" % len(BASE_BODY))  # else Twisted sends it chunked
+        return BASE_BODY
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def dispatch(self, request, rest):

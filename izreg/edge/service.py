@@ -115,7 +115,8 @@ class EdgeService(service.MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        start_listening(super().privilegedStartService, self.log)  # a port in use: one line, with what to do
+        # a port in use: one line, with what to do; then where it serves
+        start_listening(self, super().privilegedStartService, self.log, "izreg edge")
 
     def startService(self) -> None:
         from izreg.edge.cache import EdgeCache
@@ -178,13 +179,15 @@ def make_edge(config: EdgeConfig, reactor, policy, twistd_options=None):
     observer = LogSetup("text", config.log_level).for_twistd(twistd_options)
     top = EdgeService(config, policy, reactor, api, site, log_observer=observer, metrics=metrics)
     for description in config.listen:
-        Listener(serverFromString(reactor, description), RefuseTLSFactory(site)).setServiceParent(top)
+        Listener(serverFromString(reactor, description), RefuseTLSFactory(site),
+                 "--listen or [edge] listen").setServiceParent(top)
     if metrics is not None:
         from izreg.service.metrics import ScrapeSite
 
         for description in config.metrics_listen:
             scrapes = ScrapeSite(metrics.resource(reactor, reactor.getThreadPool()))
-            Listener(serverFromString(reactor, description), scrapes).setServiceParent(top)
+            Listener(serverFromString(reactor, description), scrapes, "--metrics-listen or [edge] metrics_listen",
+                     "metrics").setServiceParent(top)
     Timer(config.pin_refresh_interval, lambda: defer.ensureDeferred(top.pinner.refresh()), reactor).setServiceParent(top)
     # pins added by izreg-edge while the edge runs: fetched within seconds, not at the next refresh
     AfterFirstInterval(NEW_PIN_CHECK, lambda: defer.ensureDeferred(top.pinner.fetch_new()), reactor).setServiceParent(top)

@@ -30,7 +30,7 @@ from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http import health, pullreports
 from izreg.http.blobs import BlobRoutes
-from izreg.http.errors import as_registry_error, render_error
+from izreg.http.errors import BASE_BODY, as_registry_error, render_error
 from izreg.http.fastpath import RepositoryFastPath, fixed_paths
 from izreg.http.handlers import _arg, _principal
 from izreg.http.clientaddr import client_address
@@ -146,7 +146,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
 
     @route("/v2/", methods=["GET", "HEAD"], access=Access.PULL, strict_slashes=False)
     def base(self, request):
-        return self._json(request, {})
+        return self._answer_json(request, BASE_BODY)
 
     @route("/healthz", methods=["GET", "HEAD"], access=Access.PUBLIC)
     def healthz(self, request):

@@ -30,7 +30,6 @@ is reached.
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 from http import HTTPStatus
@@ -47,7 +46,7 @@ from zope.interface import implementer
 from izreg.auth.policy import Principal
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
-from izreg.http.errors import as_registry_error, render_error
+from izreg.http.errors import as_registry_error, error_body, render_error
 from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
                                ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, tcp_under)
@@ -182,7 +181,7 @@ class Dropped:
 
 def error_response(error: RegistryError, head: bool = False) -> bytes:
     """A whole HTTP/1.1 response carrying C{error}, ending the connection."""
-    body = json.dumps({"errors": [error.to_json()]}).encode()
+    body = error_body(error)
     status = error.code.status
     try:
         phrase = HTTPStatus(status).phrase
@@ -609,7 +608,7 @@ class RegistryChannel(http.HTTPChannel):
             return
         code = ErrorCode.UNSUPPORTED if status == 400 else ErrorCode.TOO_LARGE
         error = RegistryError(code, None, message)
-        body = json.dumps({"errors": [error.to_json()]}).encode()
+        body = error_body(error)
         # the request this answers, when its line is in (a bad header, a malformed chunked body)
         request = self.requests[-1] if self.requests else None
         request_id = getattr(request, "request_id", "-")
@@ -675,7 +674,7 @@ class RegistryChannel(http.HTTPChannel):
     def too_slow(self, reason: str) -> None:
         """Called by L{SlowSenders}: answer 408 and close."""
         error = RegistryError(ErrorCode.UNAVAILABLE, None, reason)
-        body = json.dumps({"errors": [error.to_json()]}).encode()
+        body = error_body(error)
         self.refuse(
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body

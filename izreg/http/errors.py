@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.http.test_errors -*-
-"""The only place that writes the OCI ``{"errors": [...]}`` envelope."""
+"""
+The only place that writes the OCI ``{"errors": [...]}`` envelope, and the
+encoding of every JSON answer izreg writes itself (L{json_body}).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,26 @@ log = Logger()
 _storage_log = ThrottledLog(log)
 
 
+#: the body of ``GET /v2/``: C{{}} and no newline, byte for byte distribution's (its
+#: C{apiBase} writes the string itself, not through C{json.Encoder} as its other answers)
+BASE_BODY = b"{}"
+
+
+def json_body(value) -> bytes:
+    """
+    C{value} as the body of a JSON answer izreg makes itself (errors,
+    listings, health), ending in a newline as CNCF distribution's do (Go's
+    C{json.Encoder}). Never for stored content: manifests are served as
+    pushed, byte for byte.
+    """
+    return json.dumps(value).encode() + b"\n"
+
+
+def error_body(error: RegistryError) -> bytes:
+    """The OCI ``{"errors": [...]}`` body of C{error}."""
+    return json_body({"errors": [error.to_json()]})
+
+
 def render_error(request, error: RegistryError) -> bytes:
     status = error.code.status
     # twisted.web's own reason phrase, else the standard one (its table has no 429: "Unknown Status")
@@ -26,7 +49,7 @@ def render_error(request, error: RegistryError) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())
-    body = json.dumps({"errors": [error.to_json()]}).encode()
+    body = error_body(error)
     request.setHeader(b"Content-Length", str(len(body)).encode())
     return body
 

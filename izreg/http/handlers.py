@@ -8,13 +8,13 @@ headers, the caller, paging, JSON answers.
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import quote
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.http.clientaddr import client_address
+from izreg.http.errors import json_body
 from izreg.http.pending import BODY_ERROR
 from izreg.http.responses import LARGE_BODY, held_body
 from izreg.storage.interfaces import IBodySink
@@ -111,9 +111,8 @@ class Handlers:
     def _json(self, request, value, content_type: str = "application/json") -> bytes:
         return self._answer_json(request, self._encode(value), content_type)
 
-    @staticmethod
-    def _encode(value) -> bytes:
-        return json.dumps(value).encode()
+    #: the JSON of an answer izreg makes (L{json_body}, with its newline)
+    _encode = staticmethod(json_body)
 
     def _answer_json(self, request, body: bytes, content_type: str = "application/json"):
         answer = body if len(body) <= LARGE_BODY else held_body(request, body, self.responses)  # (503 before a header)

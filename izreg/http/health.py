@@ -13,13 +13,13 @@ Pulls go on.
 
 from __future__ import annotations
 
-import json
 from typing import Awaitable, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.errors import json_body
 from izreg.storage.capacity import DiskFloor
 
 #: how long a client should wait before pushing again after a 503, seconds
@@ -82,7 +82,7 @@ class Readiness:
 
 
 def _answer(request, status: int, value: dict) -> bytes:
-    body = json.dumps(value).encode()
+    body = json_body(value)
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", str(len(body)).encode())

@@ -21,6 +21,9 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import alsoProvides
 
+from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.errors import error_body
+
 TLS_HANDSHAKE = 0x16
 ANSWER = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
@@ -30,8 +33,7 @@ ANSWER = (
 #: the longest HTTP method looked at (OPTIONS, CONNECT: 7): a few bytes, never more
 _METHOD_MAX = 15
 
-_ON_TLS_BODY = (b'{"errors":[{"code":"UNSUPPORTED","message":"this port speaks TLS: use https://",'
-                b'"detail":null}]}')
+_ON_TLS_BODY = error_body(RegistryError(ErrorCode.UNSUPPORTED, None, "this port speaks TLS: use https://"))
 #: the answer to plain HTTP on a TLS port: an OCI error, so registry clients show its message
 ON_TLS_ANSWER = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: application/json\r\n"

@@ -112,7 +112,7 @@ class RegistryService(service.MultiService):
                 self.log.error("{message}", message=str(e))
                 raise StartupError(str(e)) from None
         # twistd binds the listeners here; a port in use is one line, not a traceback.
-        start_listening(super().privilegedStartService, self.log)
+        start_listening(self, super().privilegedStartService, self.log, "izreg")
 
     def startService(self) -> None:
         config = self.config

@@ -84,6 +84,8 @@ class SweepResult:
     kept: int = 0  # candidates that a re-check kept (touched or referenced meanwhile)
     batches: int = 0  # write transactions (each a batch of candidates)
     audit: int = 0  # audit records pruned (past [audit] keep_days or max_entries)
+    held: int = 0  # unreferenced blobs the grace period keeps (counted by ``izreg gc`` only)
+    held_bytes: int = 0
     deleted: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -256,12 +258,12 @@ class Collector:
         deletes an untagged manifest (with in-use protection and an audit
         record) and says whether it did.
         """
-        return run_inline(self.run(now, dry_run=dry_run, progress=progress,
+        return run_inline(self.run(now, dry_run=dry_run, progress=progress, count_held=True,
                                    expire=expire if expire is not None else (lambda name, digest: False)))
 
     async def run(self, now: Callable[[], float], *, run_read: Callable[..., Any] = inline,
                   run_write: Callable[..., Any] = inline, expire: Callable[[str, str], Any],
-                  dry_run: bool = False, progress=None) -> SweepResult:
+                  dry_run: bool = False, progress=None, count_held: bool = False) -> SweepResult:
         """
         One sweep, each step run by a runner (L{izreg.storage.runners}): the
         scans by C{run_read}, the write steps by C{run_write} (the server: its
@@ -269,6 +271,8 @@ class Collector:
         manifests expired by C{expire(name, digest)} (a bool, or a Deferred of
         one). Each part is scanned just before its batches are collected: the
         links of the blobs just collected went with them, and are no candidates.
+        With C{count_held}, one more scan counts the unreferenced blobs the grace
+        period keeps (L{SweepResult.held}: each goes at a sweep within C{grace}).
         """
         result = SweepResult()
         for name, digest in await settled(run_read(self.untagged_candidates, now())):
@@ -286,7 +290,18 @@ class Collector:
                 self.tally(result, kind, batch, outcome)
                 for _ in batch:
                     step()
+        if count_held:
+            self.count_held(result, await settled(run_read(self.index.gc_blob_candidates, now())))
         return result
+
+    @staticmethod
+    def count_held(result: SweepResult, unreferenced: list[tuple[str, int]]) -> None:
+        """Count in C{result} the C{unreferenced} blobs (all of them, grace or not) that this sweep did not free."""
+        freed = set(result.deleted)
+        for digest, size in unreferenced:
+            if digest not in freed:
+                result.held += 1
+                result.held_bytes += size
 
     def parts(self) -> list[tuple[str, Callable, Callable]]:
         """The sweep's parts, in order: (kind, scan(now) -> candidates, collect(keys, now) -> outcomes)."""

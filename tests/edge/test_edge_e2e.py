@@ -182,6 +182,7 @@ def test_push_and_delete_are_refused_and_nothing_changes_upstream(stack):
         r = requests.request(method, stack.edge.url + path, data=b"x" * 1000, timeout=30)
         assert (r.status_code, error_code(r)) == (405, "UNSUPPORTED"), (method, path)
         assert "push to and delete on the registry directly" in r.json()["errors"][0]["message"]
+        assert r.content.endswith(b"}\n")  # the edge's own JSON ends in a newline, as the registry's and distribution's
     assert Skopeo(stack.registry, stack.tmp).list_tags(repo) == ["v1"]
     Skopeo(stack.registry, stack.tmp).inspect_raw(f"docker://{stack.registry.host}/{repo}@{image['manifest_digest']}")
 
@@ -190,6 +191,7 @@ def test_healthz(stack):
     r = get(stack.edge, "/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.json()["upstream_unreachable"] is None and r.json()["upstream_refused"] is None
+    assert r.content.endswith(b"}\n") and r.content.count(b"\n") == 1
 
 
 def test_healthz_follows_the_registry_while_nothing_pulls(make_stack, tmp_path):
@@ -413,8 +415,8 @@ def test_izreg_edge_pins_says_a_pin_the_registry_does_not_have_is_not_found(stac
     mark = stack.edge.log_mark()
     stack.edge.cli("pin", f"{repo}:v1")
     stack.edge.wait_for_log(rf"pin {re.escape(repo)}:v1: the registry answered 404", since=mark, timeout=30)
-    line = next(line for line in stack.edge.cli("pins").splitlines() if line.startswith(f"{repo}:v1\t"))
-    ref, digest, status = line.split("\t")
+    line = next(line for line in stack.edge.cli("pins").splitlines() if line.startswith(f"{repo}:v1 "))
+    ref, digest, status = line.split(None, 2)
     assert digest == "-" and re.fullmatch(
         r"not found on the registry \(404: no such repository or tag\) at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status), line
     assert json.loads(stack.edge.cli("pins", "--json"))[f"{repo}:v1"]["problem"].startswith("not found on the registry")

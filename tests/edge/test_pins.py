@@ -184,3 +184,41 @@ async def test_a_pin_fetched_again_drops_its_problem(tmp_path):
         del registry.codes[FIRST]
         await pinner.refresh()  # the same digest, all cached: only the problem goes
         assert pin_status(cache.pins()[f"{FIRST}:v1"]) == "2026-11-30T00:53:20Z"
+
+
+def test_izreg_edge_pins_has_a_header_and_aligned_columns(tmp_path):
+    import io
+
+    from izreg.edge.cli import main
+
+    root = str(tmp_path / "cache")
+    cache = EdgeCache(root, limit=0)
+    try:
+        digest = str(Digest.of(manifest("first")))
+        cache.pin(f"{FIRST}:v1")
+        cache.set_pinned(f"{FIRST}:v1", digest, [digest], 1_796_000_000.0)
+        cache.pin(f"{ACCOUNT}/a-longer-name:v2")
+        cache.set_pin_problem(f"{ACCOUNT}/a-longer-name:v2", "the registry answered 503", 1_796_000_000.0)
+        cache.pin(f"{ACCOUNT}/b:v3")
+    finally:
+        cache.env.close()
+
+    def run(*argv) -> str:
+        out = io.StringIO()
+        assert main(["--cache-dir", root, *argv], stdout=out) == 0
+        return out.getvalue()
+
+    lines = run("pins").splitlines()
+    width = len(f"{ACCOUNT}/a-longer-name:v2")
+    assert lines == [
+        f"{'PIN':<{width}}  {'DIGEST':<{len(digest)}}  STATUS",
+        f"{ACCOUNT}/a-longer-name:v2  {'-':<{len(digest)}}  the registry answered 503 at 2026-11-30T00:53:20Z",
+        f"{ACCOUNT}/b:v3{' ' * (width - len(f'{ACCOUNT}/b:v3'))}  {'-':<{len(digest)}}  not fetched yet",
+        f"{FIRST}:v1{' ' * (width - len(f'{FIRST}:v1'))}  {digest}  2026-11-30T00:53:20Z",
+    ]
+    # the form for scripts is as it was: one JSON object, no header
+    assert json.loads(run("pins", "--json"))[f"{FIRST}:v1"]["digest"] == digest
+    run("unpin", f"{FIRST}:v1")
+    run("unpin", f"{ACCOUNT}/a-longer-name:v2")
+    run("unpin", f"{ACCOUNT}/b:v3")
+    assert run("pins") == "no pins (izreg-edge pin ACCOUNT/APP:TAG adds one)\n"

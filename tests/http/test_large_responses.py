@@ -100,7 +100,7 @@ async def test_a_large_tag_list_is_bounded_too(server):
     for tag in tags:
         response, _ = await put_manifest(server, NAME, tag, data)
         assert response.code == 201
-    listing = json.dumps({"name": NAME, "tags": tags}).encode()
+    listing = json.dumps({"name": NAME, "tags": tags}).encode() + b"\n"
     assert len(listing) > LARGE_BODY
     budget = server.api.responses
     assert budget.reserve(BUDGET - 1000)
@@ -194,7 +194,7 @@ async def test_a_tag_list_over_the_whole_budget_is_served(tmp_path):
         for tag in tags:
             response, _ = await put_manifest(srv, NAME, tag, data)
             assert response.code == 201
-        listing = json.dumps({"name": NAME, "tags": tags}).encode()
+        listing = json.dumps({"name": NAME, "tags": tags}).encode() + b"\n"
         assert len(listing) > 70_000
         await get_ok(srv, f"/v2/{NAME}/tags/list", listing)
         assert srv.api.responses.used == 0

@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from izreg import StartupError
 from izreg.service.bursttrim import CHECK_INTERVAL as BURST_CHECK_INTERVAL
 from izreg.service.services import RegistryService
-from izreg.service.tree import cannot_listen
+from izreg.service.tree import ListenerBindError, cannot_listen
 from izreg.tap import Options, make_server
 
 
@@ -163,8 +163,10 @@ async def test_batched_pulls_and_last_used_stamps_are_written_on_the_writer_thre
         await top.stopService()
 
 
-#: what a port in use is told besides the socket error
-IN_USE = " (another process listens there, another izreg perhaps: stop it or choose a free port)"
+#: what a port in use is told besides the socket error: what to do, and the setting that chose the port
+IN_USE = (" (another process listens there, another izreg perhaps: stop it or choose a free port"
+          " in --listen or [server] listen)")
+EDGE_IN_USE = IN_USE.replace("[server]", "[edge]")
 
 
 @pytest.fixture
@@ -219,7 +221,8 @@ def test_the_edge_on_a_port_in_use_says_one_line_with_what_to_do(tmp_path, taken
         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + IN_USE]
+    assert done.stderr.splitlines() == [
+        f"izreg: cannot listen on 127.0.0.1:{taken_port}: [Errno 98] Address already in use" + EDGE_IN_USE]
     assert not (tmp_path / "pid").exists()
 
 
@@ -227,16 +230,93 @@ def test_the_edge_on_a_port_in_use_says_one_line_with_what_to_do(tmp_path, taken
     "port, error, hint",
     [
         (5000, errno.EADDRINUSE, IN_USE),
-        (443, errno.EACCES, " (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or give"
-                            " the process the capability (AmbientCapabilities=CAP_NET_BIND_SERVICE under systemd))"),
+        (443, errno.EACCES, " (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up in"
+                            " --listen or [server] listen, or give the process the capability"
+                            " (AmbientCapabilities=CAP_NET_BIND_SERVICE under systemd))"),
         (5000, errno.EADDRNOTAVAIL, " (no interface of this machine has that address: use 127.0.0.1, 0.0.0.0 or one"
-                                    " of its own)"),
+                                    " of its own in --listen or [server] listen)"),
         (5000, errno.EACCES, ""),  # not a privileged port: no guess
     ],
 )
 def test_a_bind_error_says_what_to_do(port, error, hint):
-    failed = CannotListenError("192.0.2.1", port, OSError(error, os.strerror(error)))
+    failed = ListenerBindError(CannotListenError("192.0.2.1", port, OSError(error, os.strerror(error))),
+                               "--listen or [server] listen")
     assert cannot_listen(failed) == f"cannot listen on 192.0.2.1:{port}: [Errno {error}] {os.strerror(error)}{hint}"
+
+
+@pytest.mark.parametrize("flags, setting", [
+    (["--listen", "tcp:{port}:interface=127.0.0.1"], "--listen or [server] listen"),
+    (["--listen", "tcp:0:interface=127.0.0.1", "--tls-listen", "tcp:{port}:interface=127.0.0.1"],
+     "--tls-listen or [tls] listen"),
+    (["--listen", "tcp:0:interface=127.0.0.1", "--metrics-listen", "tcp:{port}:interface=127.0.0.1"],
+     "--metrics-listen or [metrics] listen"),
+])
+def test_a_port_in_use_names_the_setting_of_that_listener(tmp_path, taken_port, flags, setting):
+    from twisted.internet import reactor
+
+    from izreg.devcerts import write_dev_certs
+
+    tls = []
+    if "--tls-listen" in flags:
+        certs = write_dev_certs(str(tmp_path / "certs"), time.time(), "0123456789abcdef0123456789abcdef")
+        tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key]
+    config = parse("server", "--data-dir", str(tmp_path / "d"), *[f.format(port=taken_port) for f in flags], *tls)
+    top = make_server(config, reactor)
+    with pytest.raises(StartupError) as e:
+        top.privilegedStartService()
+    try:
+        assert str(e.value).endswith(f"choose a free port in {setting})")
+    finally:
+        for listener in top:
+            if getattr(listener, "port", None) is not None:
+                listener.port.stopListening()
+
+
+def test_start_up_says_once_where_it_serves_with_the_real_ports(tmp_path):
+    from twisted.internet import reactor
+    from twisted.logger import capturedLogs, formatEvent
+
+    from izreg.devcerts import write_dev_certs
+
+    certs = write_dev_certs(str(tmp_path / "certs"), time.time(), "0123456789abcdef0123456789abcdef")
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", "tcp:0:interface=127.0.0.1",
+                   "--tls-listen", "tcp:0:interface=127.0.0.1", "--tls-cert", certs.server_cert,
+                   "--tls-key", certs.server_key, "--metrics-listen", "tcp:0:interface=127.0.0.1")
+    top = make_server(config, reactor)
+    with capturedLogs() as events:
+        top.privilegedStartService()
+    try:
+        ports = {listener.kind: listener.port.getHost().port for listener in top if hasattr(listener, "kind")}
+        assert set(ports) == {"http", "https", "metrics"} and 0 not in ports.values()
+        said = [formatEvent(e) for e in events if "serving" in formatEvent(e)]
+        assert said == [f"izreg serving http://127.0.0.1:{ports['http']}/ (TLS: https://127.0.0.1:{ports['https']}/;"
+                        f" metrics: http://127.0.0.1:{ports['metrics']}/metrics)"]
+    finally:
+        for listener in top:
+            if getattr(listener, "port", None) is not None:
+                listener.port.stopListening()
+
+
+def test_the_start_up_line_of_other_listeners():
+    from twisted.internet.address import IPv6Address, UNIXAddress
+
+    from izreg.service.tree import Listener, serving
+
+    class Bound:
+        def __init__(self, address):
+            self.address = address
+
+        def getHost(self):
+            return self.address
+
+    def listener(address, kind="http"):
+        bound = Listener(None, None, kind=kind)
+        bound.port = Bound(address)
+        return bound
+
+    assert serving("izreg", [listener(IPv6Address("TCP", "::1", 5000)), listener(UNIXAddress(b"/run/izreg.sock"))]) \
+        == "izreg serving http://[::1]:5000/, unix:/run/izreg.sock"
+    assert serving("izreg edge", [listener(IPv6Address("TCP", "::", 5443), "https")]) == "izreg edge serving https://[::]:5443/"
 
 
 @pytest.mark.e2e  # a real izreg process
