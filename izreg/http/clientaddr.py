@@ -9,6 +9,15 @@ from the right, skipping trusted proxies, and the first address that is not
 one is the client. Headers from any other peer are ignored, so a client
 cannot choose its own address (for the failed-authentication brake, the
 connection caps and the logs).
+
+A proxy sets one of the two headers (haproxy's C{option forwardfor}:
+C{X-Forwarded-For}) and passes the other on as the client sent it. So when
+a trusted proxy's request carries both and they name different clients,
+neither is believed: the client is the proxy itself. Else a client behind
+haproxy would send C{Forwarded: for=<anyone>} and be anyone: guess keys
+past the brake from ever new addresses, or brake another client's key from
+that client's address (a 429 for its every request), and sign the log
+lines with that address.
 """
 
 from __future__ import annotations
@@ -37,10 +46,15 @@ class TrustedProxies:
         """The client address of a request from C{peer} with C{headers} (twisted Headers)."""
         if not self.networks or not self.trusted(peer):
             return peer
-        hops = _forwarded(headers.getRawHeaders(b"forwarded") or [])
-        if not hops:
-            hops = [h.strip() for v in headers.getRawHeaders(b"x-forwarded-for") or []
-                    for h in v.decode("latin-1").split(",")]
+        forwarded = _forwarded(headers.getRawHeaders(b"forwarded") or [])
+        xff = [h.strip() for v in headers.getRawHeaders(b"x-forwarded-for") or [] for h in v.decode("latin-1").split(",")]
+        if forwarded and xff:  # one is the proxy's, the other the client's own: believe neither if they differ
+            client = self._hops(peer, forwarded)
+            return client if client == self._hops(peer, xff) else peer
+        return self._hops(peer, forwarded or xff)
+
+    def _hops(self, peer: str, hops: list[str]) -> str:
+        """The client of C{peer}'s request whose forwarding header names C{hops}, the nearest last."""
         address = peer
         for hop in reversed(hops):
             hop = _strip_port(hop)

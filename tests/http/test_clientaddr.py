@@ -24,7 +24,15 @@ PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
         ("10.1.2.3", {"X-Forwarded-For": ["10.2.2.2, 192.0.2.1"]}, "10.2.2.2"),  # all trusted: the leftmost
         ("10.1.2.3", {"X-Forwarded-For": ["garbage"]}, "10.1.2.3"),
         ("10.1.2.3", {"Forwarded": ['for=203.0.113.7;proto=https, for="[2001:db8::1]:4711"']}, "203.0.113.7"),
-        ("10.1.2.3", {"Forwarded": ['for="[2001:db9::1]:4711"'], "X-Forwarded-For": ["1.2.3.4"]}, "2001:db9::1"),
+        # both: one is the proxy's, the other the client's own (haproxy's option forwardfor passes a Forwarded
+        # on): believed when they agree, else neither (the proxy), or the client would pick its address
+        ("10.1.2.3", {"Forwarded": ['for="[2001:db9::1]:4711"'], "X-Forwarded-For": ["1.2.3.4"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9"], "X-Forwarded-For": ["198.51.100.7"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=unknown"], "X-Forwarded-For": ["198.51.100.7"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=198.51.100.7"], "X-Forwarded-For": ["198.51.100.7"]}, "198.51.100.7"),
+        ("10.1.2.3", {"Forwarded": ["for=1.1.1.1, for=198.51.100.7"], "X-Forwarded-For": ["198.51.100.7"]},
+         "198.51.100.7"),
+        ("10.1.2.3", {"Forwarded": ["proto=https"], "X-Forwarded-For": ["198.51.100.7"]}, "198.51.100.7"),  # no for=
         ("10.1.2.3", {"Forwarded": ["for=203.0.113.8:1234"]}, "203.0.113.8"),
         ("10.1.2.3", {"Forwarded": ["for=unknown"]}, "10.1.2.3"),
         # an IPv6 zone is any text to ipaddress (control characters, a new brake per zone): not a client's address

@@ -1,0 +1,74 @@
+"""
+Behind haproxy as docs/deploy.rst sets it up (``option forwardfor``, the
+registry trusting it: ``[server] trusted_proxies``), a client cannot pick the
+address the registry sees with a ``Forwarded`` header of its own (haproxy
+passes it on): else it could brake another client's key from that client's
+address, and guess keys from ever new addresses (izreg/http/clientaddr.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.helpers.cluster import HAProxy, haproxy_available
+from tests.helpers.server import RegistryProcess
+
+pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg",
+                                reason="izreg's trusted_proxies")
+
+VICTIM, ATTACKER = "127.0.0.9", "127.0.0.66"
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory):
+    require_tool(haproxy_available(), "haproxy")
+    base = tmp_path_factory.mktemp("izreg-proxied")
+    config = base / "izreg.toml"
+    config.write_text('[server]\ntrusted_proxies = ["127.0.0.1"]\n[auth]\nfailure_limit = 3\n')
+    reg = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=str(config))
+    proxy = None
+    try:
+        reg.start()
+        proxy = HAProxy(str(base), [("node1", reg.port)])
+        proxy.start()
+        yield reg, proxy
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        reg.close()
+
+
+def get_v2(proxy, source: str, creds: str, *headers: str) -> int:
+    """The status of ``GET /v2/`` through haproxy from C{source}, with HTTP Basic C{creds} ("user:password")."""
+    import base64
+
+    lines = [f"GET /v2/ HTTP/1.1", f"Host: {proxy.host}", "Connection: close",
+             f"Authorization: Basic {base64.b64encode(creds.encode()).decode()}", *headers]
+    with socket.create_connection(("127.0.0.1", proxy.port), source_address=(source, 0), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            data = sock.recv(4096)
+            assert data, f"closed before a status line: {head!r}"
+            head += data
+    return int(head.split(b" ", 2)[1])
+
+
+def test_a_forwarded_header_of_the_client_does_not_brake_another_clients_key(proxied):
+    reg, proxy = proxied
+    user, _, secret = reg.creds.partition(":")
+    key_id = secret.split("_")[1]  # izr_<key id>_<secret>: the key id is no secret (logs, the UI)
+    wrong = f"{user}:izr_{key_id}_{'x' * 43}"
+    assert get_v2(proxy, VICTIM, reg.creds) == 200
+    mark = reg.log_mark()
+    # the attacker names the victim's address: past the brake's 3 failures it is braked itself (429), as its
+    # own address, not the victim
+    statuses = [get_v2(proxy, ATTACKER, wrong, f"Forwarded: for={VICTIM}") for _ in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
+    assert get_v2(proxy, VICTIM, reg.creds) == 200
+    logged = reg.wait_for_log(r"failed authentication from \S+", mark)
+    assert VICTIM not in logged
