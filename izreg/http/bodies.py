@@ -85,15 +85,17 @@ http_date = _HTTPDate()
 class BoundedBuffer(io.BytesIO):
     """
     A body kept in memory: at most C{limit} bytes, reserved from the global
-    C{budget} (all of C{length} at once when it is known, else as bytes come).
+    C{budget} (all of C{length} at once when it is known, else as bytes come)
+    in C{owner}'s share of it (L{izreg.http.limits.budget_owner}).
     Past either, C{refuse} is called with the error and nothing more is kept.
     """
 
-    def __init__(self, limit: int, budget: BodyBudget | None = None, refuse=None) -> None:
+    def __init__(self, limit: int, budget: BodyBudget | None = None, refuse=None, owner: str | None = None) -> None:
         super().__init__()
         self.limit = limit
         self.budget = budget
         self.refuse = refuse
+        self.owner = owner
         self.overflow = False
         self.received = 0
         self.reserved = 0
@@ -102,7 +104,7 @@ class BoundedBuffer(io.BytesIO):
         """Take C{length} bytes of the budget; C{False} if there is not that much left."""
         if self.budget is None:
             return True
-        if not self.budget.reserve(length):
+        if not self.budget.reserve(length, self.owner):
             return False
         self.reserved += length
         return True
@@ -116,8 +118,9 @@ class BoundedBuffer(io.BytesIO):
             return len(data)
         if self.received > self.reserved and self.budget is not None:
             # 64 KiB at a time (never past the limit: an 8 KiB form reserves 8 KiB)
-            if not self.reserve(min(max(self.received - self.reserved, 64 * 1024), self.limit - self.reserved)):
-                self._stop(out_of_budget(self.budget))
+            wanted = min(max(self.received - self.reserved, 64 * 1024), self.limit - self.reserved)
+            if not self.reserve(wanted):
+                self._stop(out_of_budget(self.budget, self.owner, wanted))
                 return len(data)
         return super().write(data)
 
@@ -130,7 +133,7 @@ class BoundedBuffer(io.BytesIO):
 
     def _release(self) -> None:
         if self.budget is not None and self.reserved:
-            self.budget.release(self.reserved)
+            self.budget.release(self.reserved, self.owner)
         self.reserved = 0
 
     def close(self) -> None:
@@ -138,7 +141,19 @@ class BoundedBuffer(io.BytesIO):
         super().close()
 
 
-def out_of_budget(budget: BodyBudget) -> RegistryError:
+def out_of_budget(budget: BodyBudget, owner: str | None = None, length: int = 0) -> RegistryError:
+    """
+    The 503 of a body C{budget} refused C{length} more bytes for C{owner} (call it before they give back
+    what they held): its share, when that is what refused it (L{BodyBudget.over_share}), else the whole budget.
+    """
+    if budget.over_share(length, owner):
+        return RegistryError(
+            ErrorCode.UNAVAILABLE,
+            {"share": budget.share, "limit": budget.limit},
+            "this client (its account, or unauthenticated its address) is holding as many request bodies in memory"
+            " as its share of limits.body_memory allows (a quarter, at least one max_manifest_size); retry later",
+            headers={"Retry-After": "1"},
+        )
     return RegistryError(
         ErrorCode.UNAVAILABLE,
         {"limit": budget.limit},

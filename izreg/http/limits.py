@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.netgroup import address_group
+from izreg.http.clientaddr import client_address
 
 log = Logger()
 
@@ -46,29 +47,31 @@ class ThrottledLog:
 class BodyBudget:
     """
     Bytes held in memory across every connection: request bodies
-    (C{limits.body_memory}), or large response bodies not yet sent
-    (C{limits.response_memory}, L{izreg.http.responses.held_body}).
+    (C{limits.body_memory}, L{izreg.http.bodies.BoundedBuffer}), or large response bodies not yet sent
+    (C{limits.response_memory}, L{izreg.http.responses.held_body}). Each reservation names its owner
+    (L{budget_owner}): with a C{share}, one owner holds at most that much.
     """
 
     def __init__(self, limit: int, share: int | None = None) -> None:
         self.limit = limit
         self.used = 0
-        #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total)
+        #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total,
+        #: izreg_body_memory_refused_total)
         self.refused = 0
         #: the most one owner (an account, or a client address group) may hold while it holds anything
         #: (its first body is always let through if the whole budget has room): None, no share. Without
-        #: it one account's clients that read nothing could hold all of C{limit}, and every other
-        #: account's large answers would be 503 for as long as they kept it up
+        #: it one account's clients that read nothing (responses), or that send a manifest's first bytes
+        #: and stall (request bodies), could hold all of C{limit}, and every other account's large answers,
+        #: or manifest pushes, would be 503 for as long as they kept it up
         self.share = share
         self.by_owner: dict[str, int] = {}
 
     def reserve(self, length: int, owner: str | None = None) -> bool:
-        held = self.by_owner.get(owner, 0) if owner is not None and self.share is not None else None
-        if self.used + length > self.limit or (held and held + length > self.share):
+        if self.used + length > self.limit or self.over_share(length, owner):
             self.refused += 1
             return False
-        if held is not None:
-            self.by_owner[owner] = held + length
+        if owner is not None and self.share is not None:
+            self.by_owner[owner] = self.by_owner.get(owner, 0) + length
         self.used += length
         return True
 
@@ -80,6 +83,27 @@ class BodyBudget:
                 self.by_owner[owner] = left
             else:
                 del self.by_owner[owner]
+
+    def owner(self, request) -> str | None:
+        """Whose share C{request}'s body is held in (L{budget_owner}); C{None} without a share (none counted)."""
+        return None if self.share is None else budget_owner(request)
+
+    def over_share(self, length: int, owner: str | None) -> bool:
+        """Whether C{owner}'s share, whatever the rest of the budget, refuses (or would) C{reserve(length, owner)}."""
+        held = self.by_owner.get(owner, 0) if owner is not None and self.share is not None else 0
+        return bool(held) and held + length > self.share
+
+
+def budget_owner(request) -> str:
+    """
+    Whose share of a L{BodyBudget} a request's body is held in: the caller's account once the request is
+    authenticated (C{request.principal}), else its client address group (an IPv4 address, an IPv6 /64;
+    behind a trusted proxy the client's, not the proxy's: L{izreg.http.clientaddr.client_address}).
+    """
+    principal = getattr(request, "principal", None)
+    if principal is not None and getattr(principal, "account", None):
+        return "account:" + principal.account
+    return "address:" + address_group(client_address(request))
 
 
 class ConnectionLimits:

@@ -44,6 +44,8 @@ class PendingBody:
         self.request = request
         self.make = make
         self.budget = budget
+        # the caller is not known yet: its address's share (L{izreg.http.limits.budget_owner})
+        self.owner = budget.owner(request) if budget is not None else None
         self.held = bytearray()
         self.reserved = 0
         self.size = 0
@@ -60,11 +62,12 @@ class PendingBody:
         if self.stopped:
             return
         if self.budget is not None:
-            if not self.budget.reserve(len(data)):
+            if not self.budget.reserve(len(data), self.owner):
+                error = out_of_budget(self.budget, self.owner, len(data))
                 self.stopped = True
                 self._release()
                 self.request.content = Dropped()
-                self.request.refuse(out_of_budget(self.budget))
+                self.request.refuse(error)
                 return
             self.reserved += len(data)
         self.held += data
@@ -87,7 +90,7 @@ class PendingBody:
     def _release(self) -> None:
         self.held = bytearray()
         if self.budget is not None and self.reserved:
-            self.budget.release(self.reserved)
+            self.budget.release(self.reserved, self.owner)
         self.reserved = 0
 
     def _authorized(self, _principal) -> None:

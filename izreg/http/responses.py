@@ -19,8 +19,6 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.core.netgroup import address_group
-from izreg.http.clientaddr import client_address
 from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
 
 log = Logger()
@@ -394,7 +392,7 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
     if len(data) <= LARGE_BODY or request.method == b"HEAD":
         return data
     charged = len(data) if budget is None else min(len(data), budget.limit)
-    owner = None if budget is None or budget.share is None else _owner(request)
+    owner = None if budget is None else budget.owner(request)
     if budget is not None and not budget.reserve(charged, owner):
         raise RegistryError(
             ErrorCode.UNAVAILABLE,
@@ -404,14 +402,6 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
             headers={"Retry-After": "1"},
         )
     return MemoryBody(data, budget, charged, owner)
-
-
-def _owner(request) -> str:
-    """Whose share of C{limits.response_memory} a body is held in: the caller's account, else its address group."""
-    principal = getattr(request, "principal", None)
-    if principal is not None and getattr(principal, "account", None):
-        return "account:" + principal.account
-    return "address:" + address_group(client_address(request))  # behind a trusted proxy: the client's, not the proxy's
 
 
 def shield(coroutine) -> defer.Deferred:

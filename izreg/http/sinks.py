@@ -94,9 +94,11 @@ class BodySinks(Handlers):
         limit = FORM_BODY if kind is Body.SMALL else self.registry.limits.max_manifest_size
         if length is not None and length > limit:
             raise RegistryError(ErrorCode.TOO_LARGE, {"size": length, "limit": limit}, "request body too large")
-        buffer = BoundedBuffer(limit, self.budget, request.refuse)
+        # the caller is known (authorized before the sink is made): its account's share, else its address's
+        owner = self.budget.owner(request) if self.budget is not None else None
+        buffer = BoundedBuffer(limit, self.budget, request.refuse, owner)
         if length is not None and not buffer.reserve(length):
-            raise out_of_budget(self.budget)
+            raise out_of_budget(self.budget, owner, length)
         return buffer
 
     def _upload_sink(self, request, target: Target, method: bytes, uri: bytes, length: int | None):

@@ -115,11 +115,21 @@ class Metrics:
         The large response bodies held in memory until sent (C{budget}: the API's
         L{izreg.http.limits.BodyBudget} of C{limits.response_memory}), replacing an earlier start's.
         """
-        previous = getattr(self, "_responses", None)
+        self._watch_budget("_responses", ResponseMemoryCollector(budget))
+
+    def watch_bodies(self, budget) -> None:
+        """
+        The request bodies held in memory (C{budget}: the API's L{izreg.http.limits.BodyBudget} of
+        C{limits.body_memory}), replacing an earlier start's.
+        """
+        self._watch_budget("_bodies", BodyMemoryCollector(budget))
+
+    def _watch_budget(self, attribute: str, collector) -> None:
+        previous = getattr(self, attribute, None)
         if previous is not None:
             self.registry.unregister(previous)
-        self._responses = ResponseMemoryCollector(budget)
-        self.registry.register(self._responses)
+        setattr(self, attribute, collector)
+        self.registry.register(collector)
 
     def watch_connections(self, limits, admission=None) -> None:
         """The site's connections (L{izreg.http.limits.ConnectionLimits}) and those it closed for newer ones."""
@@ -233,6 +243,23 @@ class ResponseMemoryCollector:
                                 f" at once ({self.setting})", value=budget.limit)
         yield CounterMetricFamily(f"{prefix}_response_memory_refused", "Requests answered 503 UNAVAILABLE because"
                                   f" their response body would not fit in {self.setting}", value=budget.refused)
+
+
+class BodyMemoryCollector(ResponseMemoryCollector):
+    """C{limits.body_memory} (L{izreg.http.bodies.BoundedBuffer}): the same of request bodies held in memory."""
+
+    def __init__(self, budget) -> None:
+        super().__init__(budget, setting="limits.body_memory", bodies="manifests, token forms")
+
+    def collect(self):
+        budget = self.budget
+        yield GaugeMetricFamily("izreg_body_memory_bytes", f"Bytes of request bodies ({self.bodies}) held in memory"
+                                " while they arrive", value=budget.used)
+        yield GaugeMetricFamily("izreg_body_memory_limit_bytes", "Most bytes of request bodies held in memory at once"
+                                f" ({self.setting})", value=budget.limit)
+        yield CounterMetricFamily("izreg_body_memory_refused", "Requests answered 503 UNAVAILABLE because their body"
+                                  f" would not fit in {self.setting} (or in their account's or client address's share"
+                                  " of it)", value=budget.refused)
 
 
 class ConnectionsCollector:

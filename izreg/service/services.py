@@ -188,11 +188,14 @@ class RegistryService(service.MultiService):
             self.metrics.watch_storage(env, index=backend.index)
             if getattr(guard, "refusals", None) is not None:
                 self.metrics.refusals.watch("http", guard.refusals)
-        # one account (or client address group) holds at most a quarter of it, and at least one manifest:
-        # its clients that read nothing cannot make every other account's large answers 503 (attack11)
-        responses = BodyBudget(config.response_memory, share=max(config.response_memory // 4, config.max_manifest_size))
+        # one account (or client address group) holds at most a quarter of each, and at least one manifest:
+        # its clients that read nothing cannot make every other account's large answers 503 (attack11), nor
+        # its clients that send manifests' first bytes and stall every other account's pushes
+        responses = BodyBudget(config.response_memory, share=_share(config.response_memory, config))
+        bodies = BodyBudget(config.body_memory, share=_share(config.body_memory, config))
         if self.metrics is not None:
             self.metrics.watch_responses(responses)
+            self.metrics.watch_bodies(bodies)
         self.dispatcher.setServiceParent(self)
         return RegistryAPI(
             self.registry,
@@ -201,7 +204,7 @@ class RegistryService(service.MultiService):
             chunk_min_length=config.chunk_min_length,
             tokens=TokenService(authenticator, config.token_ttl) if config.token_service else None,
             pulls=self.pulls,
-            budget=BodyBudget(config.body_memory),
+            budget=bodies,
             responses=responses,
             ui=config.ui_enabled,
             browser=Browser(self.index, blobs, devices),
@@ -403,3 +406,8 @@ class RegistryService(service.MultiService):
             self.log.info("reloaded TLS certificate, key and device CAs")
         except Exception as e:
             self.log.error("TLS reload failed, keeping the old certificates: {error}", error=str(e))
+
+
+def _share(limit: int, config: Config) -> int:
+    """The most of a memory budget (L{izreg.http.limits.BodyBudget}) one account or client address group holds."""
+    return max(limit // 4, config.max_manifest_size)

@@ -98,6 +98,9 @@ def test_metrics_after_push_and_pull(ops_registry):
     assert value("izreg_blobs_bytes") > 2048
     assert value("izreg_lmdb_map_used_bytes") > 0 and value("izreg_lmdb_map_free_bytes") > 0
     assert ("izreg_upload_sessions", ()) in samples
+    # limits.body_memory (64 MiB by default): the manifest bodies given back once handled
+    assert (value("izreg_body_memory_bytes"), value("izreg_body_memory_limit_bytes")) == (0, 64 * 1024 * 1024)
+    assert ("izreg_body_memory_refused_total", ()) in samples
     # bounded labels: no repository, account, digest or raw path in any label value
     for (_, labels) in samples:
         for _, label_value in labels:

@@ -17,7 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 
 from izreg.http.routing import Access, RouteTable
-from tests.http.authhelpers import Keys, basic, uploading
+from tests.http.authhelpers import Keys, basic, push_image, uploading
 from tests.http.conftest import start_server
 from tests.http.helpers import FirstAnswer, parse_raw
 from tests.service.test_admission import until
@@ -184,6 +184,44 @@ async def test_bodies_in_memory_have_a_global_budget(secured):
     while secured.api.budget.used:
         assert reactor.seconds() < deadline
         await _tick()
+
+
+@pytest_twisted.async_yield_fixture
+async def shared(tmp_path):
+    """body_memory 8 MiB, manifests up to 1 MiB: one owner's share is 2 MiB (a quarter)."""
+    server = await start_server(tmp_path, socket=True, body_memory=8 * MIB, max_manifest_size=MIB,
+                                max_connections_per_address=0)
+    server.keys = Keys.make(server)
+    yield server
+    await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_account_holds_at_most_its_share_of_body_memory_and_the_others_push(shared):
+    """
+    One account whose clients send a manifest's first bytes and stall held all of limits.body_memory (each
+    connection its whole Content-Length), and every other account's manifest PUTs were 503 for as long as it
+    kept it up. Now it holds a quarter (at least one max_manifest_size): its next body is 503, naming its share.
+    """
+    keys, budget = shared.keys, shared.api.budget
+    owner = "account:" + keys.a
+    head = put_head(f"/v2/{keys.a}/app/manifests/v1", MIB, basic(keys.a_key))
+    stalled = []
+    for held in (MIB, 2 * MIB):  # its share: two stalled bodies
+        stalled.append(await connect(shared, head + b"{"))
+        await until(lambda: budget.used == held, f"{held} bytes held by the stalled bodies")
+    for _ in range(6):  # the rest of the budget, tried for: each answered 503 at once
+        got, headers, body = await answer_before_body(shared, head + b"{", timeout=10)
+        error = json.loads(body)["errors"][0]
+        assert (got, error["code"], headers["retry-after"]) == (503, "UNAVAILABLE", "1")
+        assert "share of limits.body_memory" in error["message"] and error["detail"]["share"] == 2 * MIB
+    assert budget.used == 2 * MIB and budget.by_owner == {owner: 2 * MIB}
+    await push_image(shared, f"{keys.b}/app", keys.b_key, "b")  # another account's manifest PUT: 201
+    for client in stalled:
+        assert not client.done.called  # still held, never answered
+        client.transport.abortConnection()
+        await client.closed
+    await until(lambda: budget.used == 0 and budget.by_owner == {}, "the share given back")
 
 
 async def _tick():

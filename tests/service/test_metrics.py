@@ -84,3 +84,17 @@ def test_response_memory_is_read_from_the_budget_at_scrape_time():
     budget.release(600)
     assert budget.reserve(1000)
     assert (value("izreg_response_memory_bytes"), value("izreg_response_memory_refused_total")) == (1000, 2)
+
+
+def test_body_memory_is_read_from_the_budget_at_scrape_time():
+    from izreg.http.limits import BodyBudget
+
+    metrics, budget = Metrics(), BodyBudget(1000, share=400)
+    metrics.watch_bodies(BodyBudget(5))  # an earlier start's, replaced
+    metrics.watch_bodies(budget)
+    value = metrics.registry.get_sample_value
+    assert (value("izreg_body_memory_bytes"), value("izreg_body_memory_limit_bytes")) == (0, 1000)
+    assert budget.reserve(300, "account:a") and not budget.reserve(200, "account:a")  # past its share
+    assert budget.reserve(400, "account:b") and not budget.reserve(400, "account:c")  # past the whole budget
+    assert (value("izreg_body_memory_bytes"), value("izreg_body_memory_refused_total")) == (700, 2)
+    assert value("izreg_response_memory_bytes") is None  # each budget its own metrics
