@@ -216,6 +216,9 @@ def error_response(error: RegistryError, head: bool = False) -> bytes:
     return data if head else data + body
 
 
+_UNCHECKED = object()  # a request whose line and headers L{_request_error} has not looked at yet
+
+
 def _request_error(request, method: bytes, version: bytes, target: bytes) -> RegistryError | None:
     """
     What HTTP itself refuses in a request's line and headers, or C{None}.
@@ -311,6 +314,9 @@ class RegistryRequest(server.Request):
     request_id = "-"
     #: (method, URI) as soon as the headers are in (before C{method}/C{path} are set)
     line = (b"-", b"")
+    #: what HTTP itself refuses in the request's line and headers (L{_request_error}), once checked at the
+    #: headers (L{gotLength}); L{_UNCHECKED} before
+    _head_error: RegistryError | None | object = _UNCHECKED
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -337,7 +343,8 @@ class RegistryRequest(server.Request):
         # the one point where method and URI are known and no body byte is yet.
         self.line = (self.channel._command, self.channel._path)
         self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
-        refused = _request_error(self, self.channel._command, self.channel._version, self.channel._path)
+        refused = self._head_error = _request_error(self, self.channel._command, self.channel._version,
+                                                    self.channel._path)
         if refused is not None:  # answered by L{process}, or now if a body comes
             self.content = Dropped()
             if length != 0:
@@ -374,6 +381,20 @@ class RegistryRequest(server.Request):
             self._logged_gone = True  # logged with its status, not again as "client gone"
             access_log(self, error.code.status)
 
+    def processingFailed(self, reason):
+        """
+        Twisted's 500 page, unless the response has begun (its head is sent):
+        then the connection is cut (a reset), as a blob body that cannot be
+        finished is (L{izreg.http.responses.FileSender._cut}). The page
+        would have been read as the rest of the body, and the next answer
+        on the connection after it.
+        """
+        if not self.startedWriting or self.channel is None or self.channel.transport is None:
+            return super().processingFailed(reason)
+        log.failure("a response failed after its head was sent: its connection is cut", reason)
+        self.channel.transport.abortConnection()
+        return reason
+
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a
         # name IDNA cannot encode (a 64-character label, "a..b"); such a Host is
@@ -397,7 +418,9 @@ class RegistryRequest(server.Request):
         if self.request_id == "-":
             self.request_id = new_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        refused = _request_error(self, self.method, self.clientproto, self.uri)
+        refused = self._head_error  # checked at the headers (L{gotLength}): not again, its Host regex and all
+        if refused is _UNCHECKED:
+            refused = _request_error(self, self.method, self.clientproto, self.uri)
         if refused is not None:
             self.write(render_error(self, refused))
             self.finish()
@@ -456,6 +479,27 @@ _UNKNOWN = object()  # a request not authorized yet (no C{principal} attribute)
 def _not_for_the_server() -> RegistryError:
     return RegistryError(ErrorCode.METHOD_UNKNOWN, None, "only OPTIONS applies to the server as a whole (*)",
                          headers={"Allow": "OPTIONS"})
+
+
+def _framing_error(header: bytes, value: bytes, version: bytes, headers) -> str | None:
+    """
+    Why a C{Transfer-Encoding} or C{Content-Length} header (C{header}) leaves
+    a request's body length uncertain, given the C{headers} before it, or
+    C{None}: the 400 and close of RFC 9112 6.1 and 6.3. Twisted ignores
+    C{Transfer-Encoding: identity} (the length is then the Content-Length's,
+    or none), which a proxy in front may read otherwise (request smuggling);
+    the other codings and both headers it refuses as "malformed".
+    """
+    both = "a request may not have both Transfer-Encoding and Content-Length (RFC 9112 6.1)"
+    if header == b"Content-Length":
+        return both if headers.hasHeader(b"transfer-encoding") else None
+    if headers.hasHeader(b"content-length"):
+        return both
+    if version != b"HTTP/1.1":
+        return "an HTTP/1.0 request may not have a Transfer-Encoding (RFC 9112 6.1)"
+    if value.lower() != b"chunked" or headers.hasHeader(b"transfer-encoding"):
+        return "the request's Transfer-Encoding is not chunked, once and last: its length is unknown (RFC 9112 6.3)"
+    return None
 
 
 class RegistryChannel(http.HTTPChannel):
@@ -596,6 +640,10 @@ class RegistryChannel(http.HTTPChannel):
         if self._lines > self.maxHeaders + 1 and line:  # (Twisted's answer: 400 'malformed HTTP request')
             self._answer_and_close(431, f"the request has more than {self.maxHeaders} header lines")
             return
+        if line[:1] in (b" ", b"\t") and self._lines > 1:
+            # obs-fold: Twisted joins it to the header before; a proxy in front may not (RFC 9112 5.2: reject)
+            self._answer_and_close(400, "a header line begins with a space or tab (obs-fold, RFC 9112 5.2)")
+            return
         super().lineReceived(line)
 
     def _watch_head(self) -> None:
@@ -640,6 +688,12 @@ class RegistryChannel(http.HTTPChannel):
             access_log(request, status)
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        if header == b"Transfer-Encoding" or header == b"Content-Length":
+            refused = _framing_error(header, data, self._version, self.requests[-1].requestHeaders)
+            if refused is not None:
+                self._answer_and_close(400, refused)
+                self.length = None
+                return False
         ok = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         if type(decoder) is _ChunkedTransferDecoder:

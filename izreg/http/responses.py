@@ -160,7 +160,11 @@ class FileSender:
             self._send_file()
             return
         while not self.paused and not self.reading and self.request is not None and self.remaining:
-            data = self.reader.read(min(self._read_size(), self.remaining))
+            try:
+                data = self.reader.read(min(self._read_size(), self.remaining))
+            except Exception:  # an I/O error (EIO): raised here it would reach the reactor, or Klein after the head
+                self._failed(Failure())
+                return
             if isinstance(data, defer.Deferred):
                 # a reader that waits on the network (S3): one read in flight, memory stays flat
                 self.reading = True
@@ -210,10 +214,10 @@ class FileSender:
 
     def _failed(self, failure: Failure) -> None:
         self.reading = False
+        if self.request is None:
+            return  # stopped meanwhile (the connection is gone): nothing failed that anyone waits for
         log.failure("reading a blob failed with {remaining} bytes to send", failure, remaining=self.remaining)
-        if self.request is not None:
-            self.request.loseConnection()
-            self.stopProducing()
+        self._cut()
 
     def _send_file(self) -> None:
         request = self.request
@@ -228,10 +232,9 @@ class FileSender:
             except BlockingIOError:
                 break
             except OSError as e:
-                # the client went away (EPIPE, ECONNRESET): the transport's connectionLost stops us
+                # the client went away (EPIPE, ECONNRESET), or the file cannot be read (EIO)
                 log.debug("sendfile stopped: {error}", error=e)
-                request.loseConnection()
-                self.stopProducing()
+                self._cut()
                 return
             if sent == 0:
                 self._short()
@@ -250,8 +253,30 @@ class FileSender:
 
     def _short(self) -> None:
         log.error("blob file ended {remaining} bytes early", remaining=self.remaining)
-        self.request.loseConnection()
+        self._cut()
+
+    def _cut(self) -> None:
+        """
+        The body cannot be finished (its reader failed or ended early, or its
+        client reads nothing: L{too_slow}): the connection is aborted (a
+        reset), so the client learns at once that its answer is cut, and no
+        other answer follows on it. An orderly close would wait until the
+        client has read all that is queued for it, which one that stopped
+        reading never does: with bytes still in the transport's buffer the
+        connection stayed open for ever (the idle timeout is off while a
+        response is sent, and this sender no longer watched by
+        L{SlowReaders}); with them all in the kernel's (sendfile), the
+        close, and the client's view of it, waited behind them, the socket
+        holding them meanwhile.
+        """
+        request = self.request
+        if request is None:
+            return
         self.stopProducing()
+        transport = request.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            (abort or transport.loseConnection)()
 
     def _maybe_finish(self) -> None:
         if self.request is not None and not self.remaining:
@@ -278,15 +303,7 @@ class FileSender:
 
     def too_slow(self) -> None:
         """Called by L{SlowReaders}: the client read nothing for connections.send_timeout; close at once."""
-        request = self.request
-        if request is None:
-            return
-        self.stopProducing()
-        transport = request.transport
-        if transport is not None:
-            # its unsent bytes would keep an orderly close waiting on the client that does not read
-            abort = getattr(transport, "abortConnection", None)
-            (abort or transport.loseConnection)()
+        self._cut()
 
 
 class FileBody(Resource):

@@ -428,3 +428,31 @@ def test_a_client_that_stops_reading_is_closed_after_send_timeout(impatient, lis
         done.set()
         stalled.close()
         slow.close()
+
+
+def test_a_blob_file_cut_short_behind_a_get_resets_the_connection(pulls):
+    """
+    Plain TCP (sendfile(2)): the blob's file is truncated while a client that
+    reads slowly is pulling it. The server cuts the connection (a reset) when
+    it finds the file's end; closed in order, the close waited behind the
+    megabytes queued for the client, which learnt only at their end, and
+    only by counting, that its blob was short.
+    """
+    from izreg.core.digest import Digest
+    from izreg.storage.paths import blob_path
+
+    registry = pulls["registry"]
+    data = os.urandom(32 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    repo = f"{registry.account}/pull/cut"
+    expect(OCIClient(registry.url, auth=registry.requests_auth).push_blob_monolithic(repo, data), 201)
+    sock = _raw_get(dict(pulls, path=f"/v2/{repo}/blobs/{digest}"), "plain", rcvbuf=4096)
+    with sock:
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        os.truncate(blob_path(registry.data_dir, Digest.parse(digest)), 1000)
+        sock.settimeout(10)
+        got = 0
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                got += len(chunk)
+    assert got < len(data)

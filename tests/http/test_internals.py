@@ -6,6 +6,7 @@ import types
 
 from twisted.logger import capturedLogs
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from izreg.http import internals
 from izreg.http.internals import CHUNKED_NEEDS, STOCK_ENV, Needs, fast_path, forced_stock, missing
@@ -56,7 +57,8 @@ def _decoder_for_a_chunked_body():
     from izreg.http.bodies import RegistryChannel
 
     channel = RegistryChannel()
-    channel.requests = [types.SimpleNamespace(handleContentChunk=lambda data: None)]
+    channel._version = b"HTTP/1.1"  # (its request line's: a Transfer-Encoding is refused on HTTP/1.0)
+    channel.requests = [types.SimpleNamespace(handleContentChunk=lambda data: None, requestHeaders=Headers())]
     assert channel._maybeChooseTransferDecoder(b"Transfer-Encoding", b"chunked")
     return type(channel._transferDecoder)
 
