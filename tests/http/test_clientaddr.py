@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
-from izreg.http.clientaddr import TrustedProxies
+from izreg.http.clientaddr import MAX_HOPS, TrustedProxies
 from tests.http.authhelpers import Keys, auth, basic, unknown_key
 from tests.http.conftest import start_server
 
@@ -47,6 +47,15 @@ PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
 )
 def test_client_address(peer, headers, expected):
     assert PROXIES.client(peer, Headers(headers)) == expected
+
+
+def test_at_most_max_hops_are_read():
+    """A client behind a trusted proxy may send thousands of trusted addresses: each is parsed, ~5 us."""
+    far = ["203.0.113.5"] + ["10.0.0.1"] * MAX_HOPS
+    for headers in ({"X-Forwarded-For": [", ".join(far)]}, {"Forwarded": [", ".join(f"for={hop}" for hop in far)]}):
+        assert PROXIES.client("10.1.2.3", Headers(headers)) == "10.0.0.1"  # the farthest trusted proxy read
+        headers = {name: [value[0].replace("10.0.0.1", "203.0.113.5", 1)] for name, value in headers.items()}
+        assert PROXIES.client("10.1.2.3", Headers(headers)) == "203.0.113.5"  # within MAX_HOPS: the client
 
 
 def test_no_trusted_proxies_means_the_peer():
