@@ -147,8 +147,36 @@ def scrape_resource(registry: CollectorRegistry, reactor, pool) -> Resource:
     return root
 
 
+#: connections a metrics listener keeps open at once (past them a newcomer is closed at once), and the seconds one
+#: may stay idle: a Prometheus keeps one per target, and without a bound anyone on the management network held
+#: as many as it opened (each a file descriptor of the registry's, or the edge's, for Site's 12 hours)
+MAX_SCRAPE_CONNECTIONS = 16
+SCRAPE_IDLE_TIMEOUT = 60
+
+
 class ScrapeSite(Site):
-    """The C{/metrics} listener's site (over L{Metrics.resource}): scrapes are not access-logged."""
+    """
+    The C{/metrics} listener's site (over L{Metrics.resource}): scrapes are not access-logged; at most
+    L{MAX_SCRAPE_CONNECTIONS} open, each closed after L{SCRAPE_IDLE_TIMEOUT} seconds idle.
+    """
+
+    def __init__(self, resource, **kwargs) -> None:
+        super().__init__(resource, timeout=SCRAPE_IDLE_TIMEOUT, **kwargs)
+        self.open = 0
+
+    def buildProtocol(self, addr):
+        if self.open >= MAX_SCRAPE_CONNECTIONS:
+            return None  # closed at once
+        channel = super().buildProtocol(addr)
+        self.open += 1
+        lost = channel.connectionLost
+
+        def connection_lost(reason):
+            self.open -= 1
+            return lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
 
     def log(self, request) -> None:
         pass

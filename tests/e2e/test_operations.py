@@ -10,6 +10,7 @@ import json
 import time
 import os
 import signal
+import socket
 import subprocess
 from contextlib import contextmanager
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.ociclient import OCI_MANIFEST, OCIClient, expect, sha256_digest
 from tests.helpers.server import RegistryProcess, free_port
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("IZREG_E2E_BACKEND", "izreg") != "izreg",
                                 reason="izreg's own operations features")
@@ -106,6 +108,31 @@ def test_metrics_after_push_and_pull(ops_registry):
         for _, label_value in labels:
             assert reg.account not in label_value and "sha256:" not in label_value and "metrics/app" not in label_value
             assert digest.split(":")[1][:12] not in label_value
+
+
+def test_the_metrics_listener_keeps_a_few_connections_open(ops_registry):
+    """Idle connections to /metrics held a file descriptor each for 12 hours, as many as anyone opened."""
+    from izreg.service.metrics import MAX_SCRAPE_CONNECTIONS
+
+    port = int(ops_registry.metrics_url.split(":")[2].split("/")[0])
+    idle = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(MAX_SCRAPE_CONNECTIONS)]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as newcomer:
+            assert newcomer.recv(1) == b""  # closed at once (before: held, as the ones before it)
+        idle.pop().close()
+        # the server sees it gone, then a scrape is served again
+        wait_until(lambda: _scraped(ops_registry.metrics_url), "a scrape with a connection free")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def _scraped(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=30).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def test_the_json_access_log_carries_the_request_id(ops_registry):
