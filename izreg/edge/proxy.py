@@ -54,7 +54,7 @@ from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
 from izreg.http.accesslog import CLIENT_GONE
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
-from izreg.http.errors import BASE_BODY, as_registry_error, json_body, render_error
+from izreg.http.errors import BASE_BODY, as_registry_error, cut, json_body, render_error, started
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
 
 log = Logger()
@@ -133,6 +133,9 @@ class EdgeAPI:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
+        if started(request):  # too late for an error answer: it would be read as the rest of the body
+            cut(request, failure=failure)
+            return None
         error = as_registry_error(failure)
         if error.code is ErrorCode.UNAVAILABLE:
             _source(request, "unavailable")

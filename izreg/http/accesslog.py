@@ -34,6 +34,15 @@ _GIVEN_ID = re.compile(rb"[A-Za-z0-9._:-]{8,64}")
 #: the status logged for a request whose client went away before the answer
 CLIENT_GONE = 499
 
+#: where a response the server cut (its connection aborted after its head was sent) says why (L{izreg.http.errors.cut})
+CUT_ATTRIBUTE = "_izreg_cut"
+#: why: its handler failed after the head was sent
+CUT_FAILED = "failed"
+#: why: its content could not be read (a storage error), or ended before its length
+CUT_UNREADABLE = "unreadable"
+#: why: its client read nothing for connections.send_timeout (izreg.http.limits.SlowReaders)
+CUT_SLOW_READER = "slow_reader"
+
 #: the template of each repository route (L{izreg.core.routes} endpoint), as the access log and the metrics name it
 TEMPLATES = {
     routes.MANIFEST: "/v2/{name}/manifests/{reference}",

@@ -45,8 +45,9 @@ from zope.interface import implementer
 
 from izreg.auth.policy import Principal
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
-from izreg.http.errors import as_registry_error, error_body, render_error
+from izreg.http.accesslog import (CLIENT_GONE, CUT_ATTRIBUTE, CUT_FAILED, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER,
+                                  new_request_id)
+from izreg.http.errors import as_registry_error, cut, error_body, render_error, started
 from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
                                ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, tcp_under)
@@ -389,11 +390,16 @@ class RegistryRequest(server.Request):
         would have been read as the rest of the body, and the next answer
         on the connection after it.
         """
-        if not self.startedWriting or self.channel is None or self.channel.transport is None:
+        if not started(self) or self.channel is None or self.channel.transport is None:
             return super().processingFailed(reason)
-        log.failure("a response failed after its head was sent: its connection is cut", reason)
-        self.channel.transport.abortConnection()
+        cut(self, CUT_FAILED, reason)
         return reason
+
+    def finish(self):
+        """Not once the response is cut (L{izreg.http.errors.cut}): its connection is aborted, nothing more is sent."""
+        if getattr(self, CUT_ATTRIBUTE, None) is not None:
+            return None
+        return super().finish()
 
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a

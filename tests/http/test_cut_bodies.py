@@ -105,13 +105,13 @@ async def site():
     await port.stopListening()
 
 
-def stalled_get(port: int, requests: int = 1) -> socket.socket:
+def stalled_get(port: int, requests: int = 1, path: bytes = b"/blob") -> socket.socket:
     """A client that sends C{requests} GETs (pipelined) and reads nothing, with a small receive window."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(PROMPTLY)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /blob HTTP/1.1\r\nHost: localhost\r\n\r\n" * requests)
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path * requests)
     return sock
 
 
