@@ -160,6 +160,7 @@ class EdgeAPI:
                           "upstream_unreachable": upstream.unreachable,
                           "upstream_refused": upstream.refused})
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))  # else Twisted sends it chunked (a HEAD: no length)
         return body
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
