@@ -50,7 +50,8 @@ from izreg.http.accesslog import (CLIENT_GONE, CUT_ATTRIBUTE, CUT_FAILED, PRINCI
 from izreg.http.errors import as_registry_error, cut, error_body, render_error, started
 from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
-                               ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, tcp_under)
+                               ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, refusal,
+                               tcp_under)
 from izreg.http.peercert import peer_certificate
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -143,24 +144,8 @@ class BoundedBuffer(io.BytesIO):
 
 
 def out_of_budget(budget: BodyBudget, owner: str | None = None, length: int = 0) -> RegistryError:
-    """
-    The 503 of a body C{budget} refused C{length} more bytes for C{owner} (call it before they give back
-    what they held): its share, when that is what refused it (L{BodyBudget.over_share}), else the whole budget.
-    """
-    if budget.over_share(length, owner):
-        return RegistryError(
-            ErrorCode.UNAVAILABLE,
-            {"share": budget.share, "limit": budget.limit},
-            "this client (its account, or unauthenticated its address) is holding as many request bodies in memory"
-            " as its share of limits.body_memory allows (a quarter, at least one max_manifest_size); retry later",
-            headers={"Retry-After": "1"},
-        )
-    return RegistryError(
-        ErrorCode.UNAVAILABLE,
-        {"limit": budget.limit},
-        "the registry is holding as many request bodies in memory as it may (limits.body_memory); retry later",
-        headers={"Retry-After": "1"},
-    )
+    """The 503 of a request body C{budget} refused (L{izreg.http.limits.refusal}): its owner's share, or all of it."""
+    return refusal(budget, "request bodies", "limits.body_memory", owner, length)
 
 
 class Dropped:

@@ -18,8 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from izreg.core.errors import ErrorCode, RegistryError
-from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
+from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, refusal, tcp_under
 
 log = Logger()
 
@@ -411,13 +410,7 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
     charged = len(data) if budget is None else min(len(data), budget.limit)
     owner = None if budget is None else budget.owner(request)
     if budget is not None and not budget.reserve(charged, owner):
-        raise RegistryError(
-            ErrorCode.UNAVAILABLE,
-            {"limit": budget.limit},
-            "the registry is holding as many response bodies in memory as it may (limits.response_memory);"
-            " retry later",
-            headers={"Retry-After": "1"},
-        )
+        raise refusal(budget, "response bodies", "limits.response_memory", owner, charged)
     return MemoryBody(data, budget, charged, owner)
 
 
