@@ -317,8 +317,8 @@ class RegistryRequest(server.Request):
         if not self.finished and not getattr(self, "_logged_gone", False):
             self._logged_gone = True
             access_log = getattr(self.channel.site, "access_log", None) if self.channel else None
-            if access_log is not None:
-                access_log(self, CLIENT_GONE)
+            if access_log is not None:  # the server cut it (L{izreg.http.errors.cut}): the status it sent, and why
+                access_log(self, None if getattr(self, CUT_ATTRIBUTE, None) is not None else CLIENT_GONE)
         super().connectionLost(reason)
 
     def gotLength(self, length):

@@ -78,7 +78,12 @@ def cut(request, why: str = CUT_FAILED, failure: Failure | None = None) -> None:
         log.failure("a response failed after its head was sent: its connection is cut", failure)
     if getattr(request, CUT_ATTRIBUTE, None) is None:
         setattr(request, CUT_ATTRIBUTE, why)
-    transport = getattr(getattr(request, "channel", None), "transport", None)
+    abort(request)
+
+
+def abort(request) -> None:
+    """Abort C{request}'s connection (a reset: nothing queued for it is sent), if it still has one."""
+    transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
     if transport is not None:
         (getattr(transport, "abortConnection", None) or transport.loseConnection)()
 

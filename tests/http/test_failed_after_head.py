@@ -20,6 +20,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -36,8 +37,25 @@ BLOB = f"/v2/{ACCOUNT}/app/blobs/sha256:{'ab' * 32}".encode()
 async def server(tmp_path):
     started = await start_server(tmp_path, OpenGuard(), socket=True, max_connections_per_address=0)
     started.port = int(started.url.rsplit(":", 1)[1])
-    yield started
-    await started.service.stopService()
+    started.access = []  # the access log's events
+
+    def observe(event):
+        if event.get("log_namespace") == "izreg.access":
+            started.access.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield started
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await started.service.stopService()
+
+
+def assert_logged_cut(server, route: str) -> None:
+    """One access line, with the 200 its client was sent and cut=failed (not 499: its client did not go)."""
+    [event] = server.access
+    assert (event["route"], event["status"], event["cut"]) == (route, 200, "failed")
+    assert event["access_line"].endswith(" cut=failed")
 
 
 def begin(request, given: bytes) -> None:
@@ -60,6 +78,7 @@ async def test_a_repository_handler_that_fails_after_its_head_is_cut(server, wai
 
     server.api.get_blob = get_blob
     await assert_cut(stalled_get(server.port, requests=2, path=BLOB), given)
+    assert_logged_cut(server, "/v2/{name}/blobs/{digest}")
 
 
 @pytest_twisted.ensureDeferred
@@ -80,6 +99,7 @@ async def test_an_answer_whose_resource_fails_as_it_renders_is_cut(server):
 
     server.api.get_blob = get_blob
     await assert_cut(stalled_get(server.port, requests=2, path=BLOB), given)
+    assert_logged_cut(server, "/v2/{name}/blobs/{digest}")
 
 
 @pytest.mark.parametrize("waits", [False, True], ids=["at-once", "after-a-wait"])
@@ -99,3 +119,4 @@ async def test_a_klein_route_that_fails_after_its_head_is_cut(server, waits):
 
     server.api.ui = Page()
     await assert_cut(stalled_get(server.port, requests=2, path=b"/ui/"), given)
+    assert_logged_cut(server, "/ui/")
