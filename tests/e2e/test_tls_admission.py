@@ -267,7 +267,7 @@ def test_the_known_device_groups_are_kept_across_a_restart(tmp_path_factory):
         assert known_groups(reg) == 0
         assert device_answer(reg).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1
-        assert saved_groups(reg) == "127.0.0.0/24\n"
+        assert saved_groups(reg) == f"127.0.0.0/24\ndevice\t{reg.account}\tgw-1\t127.0.0.0/24\n"
         assert known_groups(reg) == 1  # before any device connected in this run
         a_known_device_goes_first(reg)
     finally:
@@ -290,16 +290,19 @@ def test_a_revoked_device_certificate_makes_no_group_known(tmp_path_factory):
         reg.cli("device", "unrevoke", "--cert", reg.paths.client_cert)
         assert device_answer(reg).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1
-        assert saved_groups(reg) == "127.0.0.1\n"
+        assert saved_groups(reg) == f"127.0.0.1\ndevice\t{reg.account}\tgw-1\t127.0.0.1\n"
     finally:
         fresh.close()
 
 
-def test_one_device_makes_at_most_8_groups_known(tmp_path_factory):
+def test_one_device_makes_at_most_8_groups_known_across_a_restart_too(tmp_path_factory):
     """
     One valid device certificate used from many addresses (an attacker's: from a /52 of IPv6 /64s) counts
     the last 8 groups it made known, so it cannot push the rest of the fleet's out of the known ones
-    (izreg/service/tls/admission.py MAX_DEVICE_GROUPS); the file written at the stop holds those too.
+    (izreg/service/tls/admission.py MAX_DEVICE_GROUPS); the file written at the stop holds those, and which
+    device counts which (izreg/service/tls/known.py): after a restart its 8 groups are still its own, and
+    the groups it makes known push them out, not the rest of the fleet's (read back counted by no device,
+    they stayed known: 8 more each restart).
     """
     from izreg.devcerts import write_dev_certs
 
@@ -313,7 +316,17 @@ def test_one_device_makes_at_most_8_groups_known(tmp_path_factory):
         for source in sources:  # gw-1 from 12 addresses, a group each
             assert device_answer(reg, source).startswith(b"HTTP/1.1 200")
         assert known_groups(reg) == 1 + 8
-        assert saved_groups(reg) == "".join(f"{group}\n" for group in ["127.0.0.1", *sources[-8:]])
+        assert saved_groups(reg) == "".join(f"{group}\n" for group in ["127.0.0.1", *sources[-8:]]) + (
+            f"device\t{reg.account}\tgw-2\t127.0.0.1\n"
+            f"device\t{reg.account}\tgw-1\t" + "\t".join(sources[-8:]) + "\n")
+        assert known_groups(reg) == 1 + 8  # read back
+        more = [f"127.0.0.{n}" for n in range(14, 20)]
+        for source in more:  # gw-1 from 6 more: its 6 least recent groups of before the restart forgotten
+            assert device_answer(reg, source).startswith(b"HTTP/1.1 200")
+        assert known_groups(reg) == 1 + 8
+        assert saved_groups(reg) == "".join(f"{group}\n" for group in ["127.0.0.1", *sources[-2:], *more]) + (
+            f"device\t{reg.account}\tgw-2\t127.0.0.1\n"
+            f"device\t{reg.account}\tgw-1\t" + "\t".join([*sources[-2:], *more]) + "\n")
     finally:
         fresh.close()
 

@@ -482,8 +482,9 @@ def test_a_shared_group_aged_out_of_the_known_ones_is_counted_by_none_of_its_dev
 
 def test_groups_known_before_a_restart_stay_known_counted_by_no_device():
     """
-    The known groups' file names no device: restored, they stay known (a device's certificate from a /52
-    cannot push them out) until they age out; a device that makes one known again counts it from then on.
+    Restored with no device (a known groups' file of an older izreg names none), they stay known (a device's
+    certificate from a /52 cannot push them out) until they age out; a device that makes one known again
+    counts it from then on.
     """
     before = HandshakeAdmission(Clock(), 4, handshake_timeout=10, wait_timeout=60)
     fleet = [f"10.0.{i >> 8}.{i & 255}" for i in range(300)]

@@ -46,11 +46,14 @@ address share its group, each also on its own LTE address, say), so one
 valid certificate used from a /52 of IPv6 /64s cannot push the fleet's
 groups out of the last L{MAX_KNOWN} (nor get there, and stay there, the
 waiting connections it queued while they were known: a group that becomes
-known or is forgotten moves to its place among those waiting). Groups known
-before a restart (L{HandshakeAdmission.remember}) are counted by no device,
-and stay known until they age out of the last L{MAX_KNOWN}, as do the groups
-of a device forgotten for L{MAX_KNOWN} devices more recent. A slot frees
-when its handshake completes or its connection ends.
+known or is forgotten moves to its place among those waiting). The known
+groups and the devices that count them outlive a restart
+(L{HandshakeAdmission.remember}, L{izreg.service.tls.known}), so the cap
+holds across one; the groups of a device forgotten for L{MAX_KNOWN} devices
+more recent are counted by no device, and stay known until they age out of
+the last L{MAX_KNOWN} (as do those read back from a file of an older izreg,
+which names no device). A slot frees when its handshake completes or its
+connection ends.
 
 At most C{[tls] max_waiting} connections wait (their memory is taken before
 anyone is known: a few KiB each, bench/pending_tls.py, and the kernel's
@@ -157,8 +160,8 @@ class HandshakeAdmission:
         #: (account, device id) -> the known groups it counts (L{device_request}), the least recent first (at most
         #: L{MAX_DEVICE_GROUPS}); the devices least recent first (at most MAX_KNOWN, each counting one group or more)
         self._devices: dict[tuple[str, str], dict[str, None]] = {}
-        #: known group -> the devices that count it (none: absent; a group restored by L{remember}, or whose
-        #: devices were all forgotten, is counted by none and known until it ages out of the last MAX_KNOWN)
+        #: known group -> the devices that count it (none: absent; a group whose devices were all forgotten, or
+        #: restored by L{remember} with none, is counted by none and known until it ages out of the last MAX_KNOWN)
         self._counted: dict[str, set[tuple[str, str]]] = {}
         self.known_changes = 0  # calls of L{_know}: whether the known groups changed since a count
         #: n -> the groups with n connections waiting (n > 0), in the order they came to n; and the largest n
@@ -288,16 +291,31 @@ class HandshakeAdmission:
         """The groups of devices known (L{_know}), the least recent first: what L{remember} takes back."""
         return list(self._known)
 
-    def remember(self, groups) -> None:
+    def known_devices(self) -> list[tuple[tuple[str, str], list[str]]]:
+        """
+        The devices (account, device id) that count known groups, the least recent first, each with its groups, the
+        least recent first (L{_count}): what L{remember} takes back as C{devices}.
+        """
+        return [(device, list(groups)) for device, groups in self._devices.items()]
+
+    def remember(self, groups, devices=()) -> None:
         """
         Know C{groups} (the least recent first) as if a device of each had just connected, in that
-        order: the known groups of the process before a restart (L{izreg.service.tls.known}), so that
-        the fleet reconnecting at once after it still goes before groups never seen. No device counts
-        them (the file names none): each stays known until it ages out of the last L{MAX_KNOWN} (or a
-        device makes it known again, and counts it from then on).
+        order, then count each of C{devices} (the least recent first: account and device id, with the
+        groups it counts, the least recent first) as L{device_request} did: the known groups and devices
+        of the process before a restart (L{izreg.service.tls.known}), so that the fleet reconnecting at
+        once after it still goes before groups never seen, and a device still counts at most
+        L{MAX_DEVICE_GROUPS} (its groups from before the restart among them). A device's group not known
+        is skipped (every group a device counts is known). A group no device counts stays known until it
+        ages out of the last L{MAX_KNOWN} (or a device makes it known again, and counts it from then on).
         """
         for group in groups:
             self._know(group)
+        known = self._known
+        for device, counted in devices:
+            for group in counted:
+                if group in known:
+                    self._count(device, group)
 
     def device_request(self, transport, account: str, device_id: str) -> None:
         """
