@@ -62,6 +62,17 @@ class Registry(Resource):
         return b"" if request.method == b"HEAD" else data
 
 
+async def stand_in_edge(tmp_path, cache_limit: int = 10_000_000):
+    """The stand-in registry on loopback and an edge API bound to it: (registry port, upstream, cache, reporter, api)."""
+    registry_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Registry()))
+    upstream = Upstream(reactor, f"http://127.0.0.1:{registry_port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
+    cache = EdgeCache(str(tmp_path / "cache"), limit=cache_limit)
+    reporter = Reporter(cache, upstream, time.time)
+    api = EdgeAPI()
+    api.bind(upstream, cache, reporter, time.time, 4 * 1024 * 1024, BodyBudget(8 * 1024 * 1024))
+    return registry_port, upstream, cache, reporter, api
+
+
 def samples(text: str) -> dict:
     """(name, labels as sorted tuples) -> value, of every sample of a scrape."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -199,12 +210,7 @@ def test_metrics_listen_option_is_repeatable_and_checked(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_evictions_from_the_cache_are_counted_with_their_bytes(tmp_path):
     """A cache bound to the layer's size: the layer evicts the manifest, the manifest fetched again the layer."""
-    registry_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Registry()))
-    upstream = Upstream(reactor, f"http://127.0.0.1:{registry_port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
-    cache = EdgeCache(str(tmp_path / "cache"), limit=len(LAYER))
-    reporter = Reporter(cache, upstream, time.time)
-    api = EdgeAPI()
-    api.bind(upstream, cache, reporter, time.time, 4 * 1024 * 1024, BodyBudget(8 * 1024 * 1024))
+    registry_port, upstream, cache, reporter, api = await stand_in_edge(tmp_path, cache_limit=len(LAYER))
     metrics = EdgeMetrics()
     metrics.watch(api)
     edge_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(EdgeSite(api.resource()))

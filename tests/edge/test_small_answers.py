@@ -3,61 +3,24 @@ Every answer the edge makes itself, small ones too (``/healthz``, ``/v2/``,
 its errors, a manifest or blob HEAD), says its length: a Content-Length,
 never a chunked body (or, for a HEAD, no length at all). The real edge API
 (L{izreg.edge.proxy.EdgeAPI}) on its site on a loopback port, before a real
-HTTP server standing in for the registry, asked with raw HTTP/1.1.
+HTTP server standing in for the registry (tests/edge/test_metrics.py's: a
+manifest and its layer, a 404 for anything else), asked with raw HTTP/1.1.
 """
 
 from __future__ import annotations
 
-import json
 import socket
-import time
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
-from twisted.web.client import BrowserLikePolicyForHTTPS
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from izreg.core.digest import Digest
-from izreg.edge.cache import EdgeCache
-from izreg.edge.proxy import EdgeAPI, EdgeSite
-from izreg.edge.reports import Reporter
-from izreg.edge.upstream import Upstream
-from izreg.http.limits import BodyBudget
+from izreg.edge.proxy import EdgeSite
 
-ACCOUNT = "0123456789abcdef0123456789abcdef"
-REPO = f"{ACCOUNT}/app"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-LAYER = b"layer bytes " * 100
-MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [
-    {"mediaType": "application/octet-stream", "digest": str(Digest.of(LAYER)), "size": len(LAYER)}]}).encode()
-MANIFEST_DIGEST, LAYER_DIGEST = str(Digest.of(MANIFEST)), str(Digest.of(LAYER))
-
-
-class Registry(Resource):
-    """C{REPO}'s manifest (tag v1) and its layer, its tag list; anything else: a 404."""
-
-    isLeaf = True
-
-    def render(self, request):
-        path = request.path.decode()
-        if path == f"/v2/{REPO}/blobs/{LAYER_DIGEST}":
-            data, media_type = LAYER, "application/octet-stream"
-        elif path in (f"/v2/{REPO}/manifests/v1", f"/v2/{REPO}/manifests/{MANIFEST_DIGEST}"):
-            data, media_type = MANIFEST, OCI_MANIFEST
-        elif path == f"/v2/{REPO}/tags/list":
-            data, media_type = json.dumps({"name": REPO, "tags": ["v1"]}).encode(), "application/json"
-        else:
-            request.setResponseCode(404)
-            request.setHeader(b"Content-Type", b"application/json")
-            return b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no", "detail": null}]}'
-        request.setHeader(b"Content-Type", media_type.encode())
-        request.setHeader(b"Docker-Content-Digest", str(Digest.of(data)).encode())
-        request.setHeader(b"Content-Length", str(len(data)).encode())
-        return b"" if request.method == b"HEAD" else data
+from tests.edge.test_metrics import ACCOUNT, LAYER_DIGEST, MANIFEST_DIGEST, REPO, stand_in_edge
 
 
 def ask(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -75,12 +38,7 @@ def ask(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
 
 @pytest_twisted.async_yield_fixture
 async def edge(tmp_path):
-    registry_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Registry()))
-    upstream = Upstream(reactor, f"http://127.0.0.1:{registry_port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
-    cache = EdgeCache(str(tmp_path / "cache"), limit=10_000_000)
-    reporter = Reporter(cache, upstream, time.time)
-    api = EdgeAPI()
-    api.bind(upstream, cache, reporter, time.time, 4 * 1024 * 1024, BodyBudget(8 * 1024 * 1024))
+    registry_port, upstream, cache, reporter, api = await stand_in_edge(tmp_path)
     edge_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(EdgeSite(api.resource()))
     try:
         yield edge_port.getHost().port
