@@ -322,6 +322,35 @@ def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] 
     return parser
 
 
+#: the izreg command's own options, which take a value; also taken after the command (L{global_options_first})
+GLOBAL_OPTIONS = ("--config", "--data-dir")
+
+
+def global_options_first(argv: Sequence[str]) -> list[str]:
+    """
+    C{argv} with L{GLOBAL_OPTIONS} (and their values) moved before the command, so that
+    C{izreg gc --dry-run --config F} means C{izreg --config F gc --dry-run}: after the command,
+    argparse refused them ("unrecognized arguments: --data-dir <the account id>"), which read as if
+    the option did not exist. Nothing after C{--} is moved.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.split("=", 1)[0] not in GLOBAL_OPTIONS or ("=" not in arg and i + 1 == len(argv)):
+            rest.append(arg)  # (one with no value left: argparse says so where it is)
+            i += 1
+        else:
+            taken = 1 if "=" in arg else 2
+            front.extend(argv[i:i + taken])
+            i += taken
+    return front + rest
+
+
 #: a reader that went away (``izreg images ... | head``): the status of a command that SIGPIPE ends
 EXIT_BROKEN_PIPE = 128 + 13
 
@@ -357,7 +386,7 @@ def main(
     environ = os.environ if environ is None else environ
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(global_options_first(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # usage errors (already printed) and --help
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     try:

@@ -119,7 +119,16 @@ def _pulls(args, context) -> int:
     records = store.list_pulls(account, repository)
     rows = [(r.device_id, r.repository, r.digest, iso(r.at)) for r in records]
     table(context.out, ("DEVICE", "REPOSITORY", "DIGEST", "PULLED"), rows)
+    if not rows:
+        # on stderr, so a script reading the table sees only the table
+        context.stderr.write(f"{NO_PULLS}; the server writes them every {context.config.pull_flush_interval} s"
+                             " ([devices] pull_flush_interval)\n")
     return 0
+
+
+#: Why C{izreg device pulls} may list nothing right after a pull (an access key's pull, a write not due yet).
+NO_PULLS = ("no device pulls recorded: only pulls with a device certificate count (over TLS, or reported by an"
+            " edge gateway), not pulls with an access key")
 
 
 def _dev_certs(args, context) -> int:

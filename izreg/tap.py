@@ -164,6 +164,12 @@ class Options(usage.Options):
         return "" if self.subCommand else "server|edge [options]"
     subCommands = [["server", None, ServerOptions, "run the registry"],
                    ["edge", None, EdgeOptions, "run the edge proxy on a gateway: a pull-through cache of the registry"]]
+    opt_version = ServerOptions.opt_version  # `twistd izreg --version` too (else Twisted's)
+
+    def getSynopsis(self) -> str:
+        # twistd's "Usage: twistd [options] izreg" joined to our empty synopsis with a space: without the
+        # rstrip a subcommand's usage line read "izreg  server"
+        return super().getSynopsis().rstrip()
 
     def postOptions(self) -> None:
         if self.subCommand is None:

@@ -166,6 +166,29 @@ def test_data_dir_from_environment_and_flag_wins(capsys, tmp_path):
     assert [json.loads(x)["id"] for x in lines(listed_flag)] == [flag_account]
 
 
+def test_the_commands_own_options_may_follow_the_command(capsys, tmp_path, account):
+    # a newcomer types `izreg images ACCOUNT --data-dir DIR` or `izreg gc --dry-run --config F`; argparse said
+    # "unrecognized arguments: --data-dir <account id>", as if the option did not exist
+    config = tmp_path / "izreg.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\n')
+    for argv in (["account", "list", "--data-dir", str(tmp_path)], ["account", "list", f"--data-dir={tmp_path}"],
+                 ["account", "list", "--config", str(config)], ["--config", str(config), "account", "list"]):
+        code, out, err = run(capsys, None, *argv)
+        assert (code, err) == (0, ""), argv
+        assert lines(out)[1].split()[0] == account, argv
+
+
+@pytest.mark.parametrize("argv, moved", [
+    (["images", "A", "--data-dir", "D"], ["--data-dir", "D", "images", "A"]),
+    (["gc", "--dry-run", "--config=F", "--grace", "0"], ["--config=F", "gc", "--dry-run", "--grace", "0"]),
+    (["--data-dir", "D", "gc"], ["--data-dir", "D", "gc"]),
+    (["webhook", "add", "A", "U", "--", "--config", "F"], ["webhook", "add", "A", "U", "--", "--config", "F"]),
+    (["key", "list", "--data-dir"], ["key", "list", "--data-dir"]),  # no value: not moved ("--data-dir key")
+])
+def test_global_options_first(argv, moved):
+    assert cli.global_options_first(argv) == moved
+
+
 def test_default_data_dir(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     init(tmp_path / "izreg-data")

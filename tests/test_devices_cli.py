@@ -120,6 +120,22 @@ def test_pulls_table(run, data_dir):
         assert [line.split()[0] for line in out.splitlines()] == ["DEVICE", "gw-2"]
 
 
+
+def test_pulls_none_says_why(run, data_dir):
+    # right after a pull with an access key (the tour's skopeo), or before the server's next write of the
+    # batch: the empty table alone read as "pull records are broken"
+    env, _ = store_of(data_dir)
+    try:
+        account = AuthStore(env).create_account(NOW).account_id
+    finally:
+        env.close()
+    code, out, err = run("device", "pulls", account)
+    assert (code, out) == (0, "DEVICE  REPOSITORY  DIGEST  PULLED\n")
+    assert err == ("no device pulls recorded: only pulls with a device certificate count (over TLS, or reported"
+                   " by an edge gateway), not pulls with an access key; the server writes them every 5 s"
+                   " ([devices] pull_flush_interval)\n")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

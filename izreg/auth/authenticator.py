@@ -264,8 +264,9 @@ class Authenticator:
         )
 
 
-#: the refusal of a request that sent no credentials; on the TLS listener a device's certificate would do too
-NO_CREDENTIALS = "authentication required: docker login -u KEY -p <access key>"
+#: the refusal of a request that sent no credentials; on the TLS listener a device's certificate would do too.
+#: It names the host: "docker login -u KEY" alone logs in to Docker Hub, and sends it the access key
+NO_CREDENTIALS = "authentication required: docker login <registry host> -u KEY -p <access key>"
 NO_CREDENTIALS_TLS = NO_CREDENTIALS + ", or a device presents its client certificate"
 
 

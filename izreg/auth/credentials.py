@@ -75,5 +75,6 @@ def _basic_key(credential: str) -> str:
     if not colon:
         raise _Failed("malformed Basic credentials")
     if username != USERNAME:
-        raise _Failed(f"the username must be {USERNAME} and the password an access key (docker login -u {USERNAME})")
+        raise _Failed(f"the username must be {USERNAME} and the password an access key"
+                      f" (docker login <registry host> -u {USERNAME})")
     return password

@@ -115,7 +115,7 @@ def authorize(principal: Principal, repository: Repository, action: Action) -> N
             ErrorCode.DENIED,
             {"name": repository.name, "action": action.value},
             # what to use instead: docker prints the message only
-            "devices may only pull: push and delete with an access key (docker login -u KEY)"
+            "devices may only pull: push and delete with an access key (docker login <registry host> -u KEY)"
             if principal.kind == "device" else
             "this access key is read-only: push and delete with a read-write key (izreg key create without --read-only)",
         )

@@ -217,14 +217,20 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
             raise RegistryError(ErrorCode.NOT_FOUND, None, "the token service is not enabled")
         return self.tokens
 
+    @route("/", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui/", methods=["GET", "HEAD"], access=Access.PUBLIC)
     @route("/ui/<name>", methods=["GET", "HEAD"], access=Access.PUBLIC)
     def ui_page(self, request, name=""):
-        """The browse page (L{izreg.http.ui.pages}); C{/ui} redirects to C{/ui/}."""
+        """
+        The browse page (L{izreg.http.ui.pages}); C{/ui} and C{/} redirect to C{/ui/}: the URL the
+        start-up line prints ("izreg serving http://127.0.0.1:5000/"), opened in a browser, leads there.
+        """
         if self.ui is None:
-            raise RegistryError(ErrorCode.NOT_FOUND, None, "the browse page is off ([ui] enabled = false)")
-        if request.path == b"/ui":
+            off = "the browse page is off ([ui] enabled = false)"
+            raise RegistryError(ErrorCode.NOT_FOUND, None,
+                                off + "; the registry API is at /v2/" if request.path == b"/" else off)
+        if request.path in (b"/", b"/ui"):
             request.redirect(b"/ui/")
             return b""
         return self.ui.render(request, name)

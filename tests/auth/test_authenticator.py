@@ -100,10 +100,10 @@ def test_no_credentials_on_the_tls_listener_also_name_the_device_certificate(wor
     auth = make(world)
     with pytest.raises(RegistryError) as plain:
         auth.authenticate(None, ADDR, realm=REALM)
-    assert plain.value.message == "authentication required: docker login -u KEY -p <access key>"
+    assert plain.value.message == "authentication required: docker login <registry host> -u KEY -p <access key>"
     with pytest.raises(RegistryError) as tls:
         auth.authenticate(None, ADDR, realm=REALM, certificates=True)
-    assert tls.value.message == ("authentication required: docker login -u KEY -p <access key>,"
+    assert tls.value.message == ("authentication required: docker login <registry host> -u KEY -p <access key>,"
                                  " or a device presents its client certificate")
     with pytest.raises(RegistryError) as wrong:  # credentials sent: their own refusal, as before
         auth.authenticate(basic("alice", world.key), ADDR, realm=REALM, certificates=True)

@@ -54,7 +54,7 @@ def test_authorize(principal, repository, action, expected):
 @pytest.mark.parametrize(
     "principal, message",
     [
-        (DEVICE, "devices may only pull: push and delete with an access key (docker login -u KEY)"),
+        (DEVICE, "devices may only pull: push and delete with an access key (docker login <registry host> -u KEY)"),
         (READ_ONLY, "this access key is read-only: push and delete with a read-write key "
                     "(izreg key create without --read-only)"),
     ],

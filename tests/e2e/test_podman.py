@@ -104,7 +104,7 @@ def test_logout_then_pull_is_refused(podman, registry, new_repo):
 
     assert "Removed login credentials" in ok(podman.run("logout", registry.host)).stdout
     refused(podman.run("pull", "--tls-verify=false", ref),
-            "unauthorized: authentication required: docker login -u KEY -p <access key>")
+            "unauthorized: authentication required: docker login <registry host> -u KEY -p <access key>")
     refused(podman.run("pull", "--tls-verify=false", "--creds", registry.creds + "x", ref),
             "unauthorized: not an izreg access key")
     ok(podman.run("pull", "--tls-verify=false", "--creds", registry.creds, ref))

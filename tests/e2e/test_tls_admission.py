@@ -386,9 +386,9 @@ def test_no_credentials_on_the_tls_listener_are_told_about_device_certificates(c
     tls = requests.get(f"https://127.0.0.1:{capped.tls_port}/v2/", verify=capped.paths.ca_cert, timeout=30)
     plain = requests.get(f"{capped.url}/v2/", timeout=30)
     assert (tls.status_code, plain.status_code) == (401, 401)
-    assert tls.json()["errors"][0]["message"] == ("authentication required: docker login -u KEY -p <access key>,"
+    assert tls.json()["errors"][0]["message"] == ("authentication required: docker login <registry host> -u KEY -p <access key>,"
                                                   " or a device presents its client certificate")
-    assert plain.json()["errors"][0]["message"] == "authentication required: docker login -u KEY -p <access key>"
+    assert plain.json()["errors"][0]["message"] == "authentication required: docker login <registry host> -u KEY -p <access key>"
 
 
 #: connections.max_connections of L{crowded}

@@ -50,7 +50,7 @@ CALLERS = UNAUTHENTICATED + ["read_only", "b_key", "a_key"]
 
 #: what the 401 message must say, per caller
 MESSAGES = {
-    "none": "docker login -u KEY",
+    "none": "docker login <registry host> -u KEY",
     "wrong_user": "username must be KEY",
     "wrong_key": "invalid access key",
     "wrong_secret": "invalid access key",

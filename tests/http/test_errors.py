@@ -88,8 +88,7 @@ async def test_invalid_names_are_400_name_invalid(server, name):
 @pytest.mark.parametrize(
     "path",
     [
-        "/",
-        "/v1/",
+        "/v1/",  # "/" leads to the browse page (tests/http/test_ui.py)
         "/v3/",
         "/v2/foo",
         "/v2/_oci",

@@ -6,6 +6,7 @@ The page itself is driven in a real browser in tests/browser.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -77,6 +78,15 @@ async def test_ui_without_slash_leads_to_the_page(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_root_leads_to_the_page(site):
+    # the start-up line says "izreg serving http://127.0.0.1:5000/": opened in a browser, that was a JSON 404
+    for method in ("GET", "HEAD"):
+        response, _ = await site.request(method, "/", allow_redirects=False)
+        assert response.code == 302, method
+        assert header(response, "Location").endswith("/ui/")
+
+
+@pytest_twisted.ensureDeferred
 async def test_ui_answers_only_get_and_head(site):
     response, _ = await site.request("POST", "/ui/", body=b"key=izr_x")
     assert response.code == 405
@@ -90,6 +100,10 @@ async def test_disabled(tmp_path):
             response, body = await server.request("GET", path)
             assert response.code == 404, path
             assert b"[ui] enabled = false" in body
+        response, body = await server.request("GET", "/")
+        assert response.code == 404
+        assert json.loads(body)["errors"][0]["message"] == ("the browse page is off ([ui] enabled = false);"
+                                                             " the registry API is at /v2/")
     finally:
         await server.service.stopService()
 

@@ -377,6 +377,25 @@ def test_usage_names_the_subcommand_once(capsys):
     assert first.count("server") == 1
 
 
+@pytest.mark.parametrize("command", ["server", "edge"])
+def test_twistds_usage_line_has_one_space_before_the_subcommand(capsys, monkeypatch, command):
+    from twisted.scripts.twistd import ServerOptions as TwistdOptions
+
+    monkeypatch.setattr(sys, "argv", ["twistd"])  # the program name twistd's usage line starts with
+    with pytest.raises(SystemExit):
+        TwistdOptions().parseOptions(["izreg", command, "--help"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"Usage: twistd [options] izreg {command} ") and "  " not in first, first
+
+
+def test_twistd_izreg_version_is_izregs(capsys):
+    from izreg import __version__
+
+    with pytest.raises(SystemExit) as done:
+        Options().parseOptions(["--version"])
+    assert (done.value.code, capsys.readouterr().out) == (0, f"izreg {__version__}\n")
+
+
 def test_help_names_every_log_level_the_config_takes(capsys):
     from izreg.service.config import LOG_LEVELS
 
