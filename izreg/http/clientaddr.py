@@ -6,7 +6,10 @@ The peer of the TCP connection is the client, unless it is one of
 ``[server] trusted_proxies`` (addresses or CIDR networks): then the
 ``Forwarded`` header (RFC 7239 ``for=``), else ``X-Forwarded-For``, is read
 from the right, skipping trusted proxies, and the first address that is not
-one is the client. Headers from any other peer are ignored, so a client
+one is the client. A hop that names no address (a ``Forwarded`` element
+without ``for=``, ``for=unknown``, an obfuscated ``for=_hidden``, anything
+unreadable) ends the walk: the client is the last trusted proxy read, never
+a hop further left, which whoever sent the request may have written. Headers from any other peer are ignored, so a client
 cannot choose its own address (for the failed-authentication brake, the
 connection caps and the logs).
 
@@ -80,12 +83,17 @@ _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.I)
 
 
 def _forwarded(values: list[bytes]) -> list[str]:
-    """The C{for=} of the last L{MAX_HOPS} elements of the C{Forwarded} headers C{values}."""
+    """
+    The C{for=} of the last L{MAX_HOPS} elements of the C{Forwarded} headers
+    C{values}; C{""} (not an address: it ends the walk) for an element without
+    one. RFC 7239 lets a proxy leave C{for=} out: skipped, the client's own
+    C{for=} left of that proxy's element would be read as the client.
+    """
+    elements = [e.strip() for value in values for e in value.decode("latin-1").split(",")]
     hops = []
-    for element in [e for value in values for e in value.decode("latin-1").split(",")][-MAX_HOPS:]:
-        match = _FOR.search(element.strip())
-        if match:
-            hops.append(match.group(1).strip('"'))
+    for element in [e for e in elements if e][-MAX_HOPS:]:  # empty list elements are none (RFC 9110 5.6.1)
+        match = _FOR.search(element)
+        hops.append(match.group(1).strip('"') if match else "")
     return hops
 
 

@@ -32,7 +32,22 @@ PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
         ("10.1.2.3", {"Forwarded": ["for=198.51.100.7"], "X-Forwarded-For": ["198.51.100.7"]}, "198.51.100.7"),
         ("10.1.2.3", {"Forwarded": ["for=1.1.1.1, for=198.51.100.7"], "X-Forwarded-For": ["198.51.100.7"]},
          "198.51.100.7"),
-        ("10.1.2.3", {"Forwarded": ["proto=https"], "X-Forwarded-For": ["198.51.100.7"]}, "198.51.100.7"),  # no for=
+        # a Forwarded element without for= (the proxy's, RFC 7239 allows it) names no client: the proxy is
+        # the client, as it is when a proxy sets X-Forwarded-For and passes on a client's own Forwarded
+        ("10.1.2.3", {"Forwarded": ["proto=https"], "X-Forwarded-For": ["198.51.100.7"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, proto=https"]}, "10.1.2.3"),  # the client's own for= left of it
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9", "by=10.0.0.1;proto=https"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, for=10.0.0.5, host=example.org"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, host=example.org, for=10.0.0.5"]}, "10.0.0.5"),  # last trusted
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, for=10.0.0.5;proto=https"]}, "203.0.113.9"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, , "]}, "203.0.113.9"),  # empty list elements are none
+        # for=unknown, an obfuscated for=_hidden, X-Forwarded-For's unknown: no address, the walk ends there too
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, for=unknown"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, for=_hidden"]}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ['for=203.0.113.9, for="_hidden:_port"']}, "10.1.2.3"),
+        ("10.1.2.3", {"Forwarded": ["for=203.0.113.9, for=unknown, for=10.0.0.5"]}, "10.0.0.5"),
+        ("10.1.2.3", {"X-Forwarded-For": ["203.0.113.9, unknown"]}, "10.1.2.3"),
+        ("10.1.2.3", {"X-Forwarded-For": ["203.0.113.9, _hidden, 10.0.0.5"]}, "10.0.0.5"),
         ("10.1.2.3", {"Forwarded": ["for=203.0.113.8:1234"]}, "203.0.113.8"),
         ("10.1.2.3", {"Forwarded": ["for=unknown"]}, "10.1.2.3"),
         # an IPv6 zone is any text to ipaddress (control characters, a new brake per zone): not a client's address
