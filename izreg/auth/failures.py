@@ -11,6 +11,13 @@ brake per address. So a valid key is never refused because other clients
 behind the same address (a proxy, a NAT, a CI runner) failed: only guessing
 of that very key from there slows it down.
 
+An address is counted by its group (L{izreg.core.netgroup.address_group}:
+an IPv4 address, an IPv6 /64), as the connection caps and memory shares
+count it: one IPv6 host has a whole /64 of addresses at will, so per
+address it would guess past the brake from ever new ones, and fill the
+limiter's table (C{max_addresses}, the stalest dropped: others' brakes
+with it).
+
 The counting itself is the limiter's (L{izreg.auth.ratelimit.FailureLimiter}
 per process on LMDB, L{izreg.auth.clusterlimit.SharedFailureLimiter} across
 nodes on PostgreSQL); the service picks one (L{izreg.service.backends}).
@@ -23,6 +30,7 @@ from twisted.logger import Logger
 
 from izreg.auth.credentials import _Failed
 from izreg.auth.ratelimit import FailureLimiter
+from izreg.core.netgroup import address_group
 
 #: the brake of failures that name no known key, per address
 ANY_KEY = "*"
@@ -47,7 +55,7 @@ class FailedAuthentications:
 
         @raise RegistryError: C{TOOMANYREQUESTS} with ``Retry-After``.
         """
-        self.limiter.check((address, key_id), now)
+        self.limiter.check((address_group(address), key_id), now)
 
     def failed(self, failed: _Failed, address: str, now: float) -> None:
         """
@@ -56,7 +64,7 @@ class FailedAuthentications:
         @raise RegistryError: C{TOOMANYREQUESTS} when the brake is already
             on (past it a client gets a 429, not one more 401).
         """
-        bucket = (address, failed.key_id if failed.known else ANY_KEY)
+        bucket = (address_group(address), failed.key_id if failed.known else ANY_KEY)
         self.limiter.check(bucket, now)
         self.limiter.record_failure(bucket, now)
         self.log.info(

@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.web.http_headers import Headers
 
 from izreg.http.clientaddr import MAX_HOPS, TrustedProxies
-from tests.http.authhelpers import Keys, auth, basic, unknown_key
+from tests.http.authhelpers import Keys, auth, basic, other_secret, unknown_key
 from tests.http.conftest import start_server
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
@@ -94,5 +94,30 @@ async def test_the_brake_is_per_forwarded_client_behind_a_trusted_proxy(tmp_path
         assert response.code == 401
         response, _ = await server.request("GET", "/v2/", headers={**guesser, **auth(basic(keys.a_key))})
         assert response.code == 200
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_brake_counts_ipv6_clients_per_64(tmp_path):
+    """One IPv6 host has a whole /64 of addresses at will: a new one for each guess is still the same brake."""
+    server = await start_server(tmp_path, auth_failure_limit=3, trusted_proxies=("127.0.0.1",))
+    try:
+        keys = Keys.make(server)
+
+        async def status(address: str, credentials: str) -> int:
+            headers = {"X-Forwarded-For": address, **auth(basic(credentials))}
+            response, _ = await server.request("GET", "/v2/", headers=headers)
+            return response.code
+
+        guesses = [await status(f"2001:db8:1:2::{i}", unknown_key()) for i in range(1, 5)]
+        assert guesses == [401, 401, 401, 429]
+        assert await status("2001:db8:1:2:ffff:ffff:ffff:ffff", unknown_key()) == 429
+        assert await status("2001:db8:1:3::1", unknown_key()) == 401  # the next /64 is another site
+        # guesses of one key's secret: that key id is braked from the /64, from no other
+        guesses = [await status(f"2001:db8:5:6:{i}::1", other_secret(keys.a_key)) for i in range(1, 5)]
+        assert guesses == [401, 401, 401, 429]
+        assert await status("2001:db8:5:6::77", keys.a_key) == 429
+        assert await status("2001:db8:5:7::1", keys.a_key) == 200
     finally:
         await server.service.stopService()
