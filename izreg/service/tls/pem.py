@@ -141,6 +141,25 @@ def check_client_certificate(cert: x509.Certificate, path: str, role: str) -> No
                              " the registry's server certificate")
 
 
+def check_server_certificate(cert: x509.Certificate, path: str) -> None:
+    """
+    Raise L{TLSConfigError} when C{cert} (the server certificate C{path}) has an extended key usage that
+    leaves out serverAuth: a device's (client.cert of izreg dev-certs) given for the server's, which every
+    client would refuse at its first handshake. A CA's is let through: a quick self-signed certificate
+    (openssl req -x509) is CA:TRUE, and clients that trust it directly accept it.
+    """
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # no restriction
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        names = ", ".join(_USAGES.get(usage, usage.dotted_string) for usage in usages) or "none"
+        subject = cert.subject.rfc4514_string() or "an empty subject"
+        raise TLSConfigError(f"the server certificate {path} ({subject}) is not a server certificate (extended key"
+                             f" usage: {names}; TLS servers need serverAuth): give the registry's own certificate"
+                             " (server/server.crt of izreg dev-certs), not a device's")
+
+
 def check_trust_anchors(certs: tuple[x509.Certificate, ...], path: str, what: str) -> None:
     """
     Raise L{TLSConfigError} when C{certs} (the C{what} C{path}) holds a certificate that can anchor no
@@ -157,6 +176,7 @@ def check_trust_anchors(certs: tuple[x509.Certificate, ...], path: str, what: st
 def load_material(files: TLSFiles) -> TLSMaterial:
     """Read and check everything in C{files}; raise L{TLSConfigError}."""
     chain, key = load_key_pair(files.cert, files.key, "server")
+    check_server_certificate(chain[0], files.cert)
     cas: list[x509.Certificate] = []
     for path in files.device_cas:
         for ca in load_certificates(path, "device CA file"):
