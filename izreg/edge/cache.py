@@ -39,6 +39,7 @@ import os
 import secrets
 import shutil
 import struct
+import threading
 from dataclasses import dataclass
 
 import lmdb
@@ -66,6 +67,9 @@ class EdgeCache:
     def __init__(self, root: str, limit: int, map_size: int = 4 * 1024**3) -> None:
         self.root = os.path.abspath(root)
         self.limit = limit
+        #: entries evicted (L{evict}) since this process opened the cache, and their bytes
+        self.evictions = self.evicted_bytes = 0
+        self._counting = threading.Lock()
         for sub in ("blobs", "tmp", "index"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self.env = lmdb.open(os.path.join(self.root, "index"), map_size=map_size, max_dbs=len(_DBS),
@@ -172,11 +176,12 @@ class EdgeCache:
         raw = txn.get(b"total", db=self._db["meta"])
         txn.put(b"total", str(max(0, (int(raw) if raw else 0) + delta)).encode(), db=self._db["meta"])
 
-    def _remove(self, digest: str) -> bool:
+    def _remove(self, digest: str) -> int | None:
+        """Drop C{digest}'s entry and file: its size, or C{None} if it had no entry."""
         with self.env.begin(write=True) as txn:
             raw = txn.get(digest.encode(), db=self._db["entries"])
             if raw is None:
-                return False
+                return None
             value = json.loads(raw)
             txn.delete(digest.encode(), db=self._db["entries"])
             txn.delete(_lru_key(value["atime"], digest), db=self._db["lru"])
@@ -185,10 +190,13 @@ class EdgeCache:
             os.unlink(self.path(digest))
         except FileNotFoundError:
             pass
-        return True
+        return value["size"]
 
     def evict(self) -> list[str]:
-        """Remove least recently used, unpinned entries until the total fits the limit."""
+        """
+        Remove least recently used, unpinned entries until the total fits the limit; each counted in
+        L{evictions} and L{evicted_bytes} (C{izreg_edge_cache_evictions_total}, C{..._evicted_bytes_total}).
+        """
         evicted: list[str] = []
         if self.total <= self.limit:
             return evicted
@@ -198,8 +206,12 @@ class EdgeCache:
         for digest in order:
             if self.total <= self.limit:
                 break
-            if digest not in pinned and self._remove(digest):
+            size = None if digest in pinned else self._remove(digest)
+            if size is not None:
                 evicted.append(digest)
+                with self._counting:  # (commits, and so evictions, run in threads: two at once can)
+                    self.evictions += 1
+                    self.evicted_bytes += size
         return evicted
 
     # -- tags ---------------------------------------------------------------------

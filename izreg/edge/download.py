@@ -33,6 +33,8 @@ from zope.interface import implementer
 
 from izreg.core.digest import Digest
 from izreg.edge.upstream import Unreachable, collect
+from izreg.http.accesslog import CUT_SLOW_READER, CUT_UNREADABLE
+from izreg.http.errors import cut
 
 log = Logger()
 
@@ -192,7 +194,7 @@ class Download:
         self.state = FAILED
         self.error = reason
         for follower in list(self.followers):
-            follower.abort()
+            follower.abort(CUT_UNREADABLE)
         self._discard()
         self._finish()
 
@@ -303,7 +305,7 @@ class Follower:
                 break
             data = download.read(self.sent, count)
             if not data:
-                self.abort()
+                self.abort(CUT_UNREADABLE)
                 return
             self.sent += len(data)
             self.request.write(data)
@@ -331,17 +333,15 @@ class Follower:
 
     def too_slow(self) -> None:
         """Called by L{izreg.http.limits.SlowReaders}: the client read nothing for edge.send_timeout."""
-        self.abort()
+        self.abort(CUT_SLOW_READER)
 
-    def abort(self) -> None:
-        """Cut the client's connection (before the last byte: its digest check fails)."""
+    def abort(self, why: str) -> None:
+        """Cut the client's connection (before the last byte: its digest check fails); C{why}, for its log line."""
         request = self.request
         self._gone()
         if request is not None:
             request.unregisterProducer()
-            transport = getattr(request.channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            cut(request, why)
 
     def _gone(self) -> None:
         if self.request is None:

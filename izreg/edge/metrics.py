@@ -11,8 +11,8 @@ source (the log line's word: hit, miss, offline, relay, local, refused,
 unavailable) and status, one of body bytes sent by source. Everything else
 is what the edge already keeps, read at scrape time in the exposition's
 thread (ints, and two short LMDB reads): the registry's state
-(L{izreg.edge.upstream.Upstream}), the cache's size, the bytes fetched into
-it, the downloads in flight, the pull reports waiting, C{edge.response_memory}
+(L{izreg.edge.upstream.Upstream}), the cache's size and evictions, the bytes
+fetched into it, the downloads in flight, the pull reports waiting, C{edge.response_memory}
 and the pins.
 """
 
@@ -97,6 +97,10 @@ class EdgeCollector:
         yield GaugeMetricFamily("izreg_edge_cache_bytes", "Bytes of content in the cache", value=cache.total)
         yield GaugeMetricFamily("izreg_edge_cache_limit_bytes", "Bound of the cache (edge.cache_size)",
                                 value=cache.limit)
+        yield CounterMetricFamily("izreg_edge_cache_evictions", "Entries evicted from the cache (least recently"
+                                  " used first) to keep it within edge.cache_size", value=cache.evictions)
+        yield CounterMetricFamily("izreg_edge_cache_evicted_bytes", "Bytes of the entries evicted from the cache",
+                                  value=cache.evicted_bytes)
         yield GaugeMetricFamily("izreg_edge_downloads", "Blobs being fetched from the registry",
                                 value=len(api.downloads))
         if api.reporter is not None:

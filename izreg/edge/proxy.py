@@ -52,9 +52,9 @@ from izreg.core.names import OutsideNamespaces, parse_reference
 from izreg.core.ranges import parse_range
 from izreg.edge.download import Download, Reply
 from izreg.edge.upstream import TooLarge, Unreachable, collect
-from izreg.http.accesslog import CLIENT_GONE
+from izreg.http.accesslog import CLIENT_GONE, CUT_ATTRIBUTE, CUT_SLOW_READER, CUT_UNREADABLE
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
-from izreg.http.errors import BASE_BODY, as_registry_error, json_body, render_error
+from izreg.http.errors import BASE_BODY, as_registry_error, cut, json_body, render_error, started
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
 
 log = Logger()
@@ -83,10 +83,12 @@ class EdgeRequest(RegistryRequest):
         return super().process()
 
     def _log_line(self, result):
-        outcome = "" if result is None else " (client went away)"
+        cut_why = getattr(self, CUT_ATTRIBUTE, None)  # the edge cut it after its head (izreg.http.errors.cut)
+        gone = result is not None and cut_why is None
+        outcome = "" if result is None else " (client went away)" if gone else f" (cut: {cut_why})"
         metrics = getattr(self.site, "metrics", None)
         if metrics is not None:  # a client gone counts as the server's access log has it: 499
-            metrics.observe_request(self.edge_source, self.code if result is None else CLIENT_GONE, self.sentLength)
+            metrics.observe_request(self.edge_source, CLIENT_GONE if gone else self.code, self.sentLength)
         log.info("{method} {path} {code} {source} {size}B{outcome}",
                  method=self.method.decode("ascii", "replace"), path=self.uri.decode("latin-1")[:300],
                  code=self.code, source=self.edge_source, size=self.sentLength, outcome=outcome)
@@ -133,6 +135,9 @@ class EdgeAPI:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
+        if started(request):  # too late for an error answer: it would be read as the rest of the body
+            cut(request, failure=failure)
+            return None
         error = as_registry_error(failure)
         if error.code is ErrorCode.UNAVAILABLE:
             _source(request, "unavailable")
@@ -157,6 +162,7 @@ class EdgeAPI:
                           "upstream_unreachable": upstream.unreachable,
                           "upstream_refused": upstream.refused})
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))  # else Twisted sends it chunked (a HEAD: no length)
         return body
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
@@ -546,15 +552,15 @@ class _Relay(Protocol):
         request.unregisterProducer()
         if reason.check(ResponseDone):
             request.finish()
-        else:
-            _abort(request)
+        else:  # the registry's answer broke off
+            cut(request, CUT_UNREADABLE)
 
     def too_slow(self) -> None:
         """Called by the slow-reader watch: the client read nothing for edge.send_timeout."""
         request = self.request
         self._gone()
         if request is not None:
-            _abort(request)
+            cut(request, CUT_SLOW_READER)
 
     def _gone(self) -> None:
         if self.request is not None:
@@ -574,10 +580,3 @@ class _Relay(Protocol):
 
     def stopProducing(self) -> None:
         self._gone()
-
-
-def _abort(request) -> None:
-    """Cut the client's connection at once (what it was not sent would keep an orderly close waiting)."""
-    transport = getattr(request.channel, "transport", None)
-    if transport is not None:
-        transport.abortConnection()

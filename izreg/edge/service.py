@@ -132,7 +132,7 @@ class EdgeService(service.MultiService):
         upstream = Upstream(self.reactor, config.upstream, self.policy, config.connect_timeout, config.response_timeout)
         self.reporter = Reporter(self.cache, upstream, self.reactor.seconds)
         self.api.bind(upstream, self.cache, self.reporter, self.reactor.seconds, config.max_manifest_size,
-                      BodyBudget(config.response_memory))
+                      BodyBudget(config.response_memory, setting="edge.response_memory", holder="the edge"))
         self.pinner = Pinner(self.api, config.pin)
         self.pinner.adopt_config_pins()
         if self.metrics is not None:

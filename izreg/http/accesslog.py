@@ -10,7 +10,9 @@ to the client as ``X-Request-Id``). Never a credential: the principal the
 guard cached on the request is read, not a header.
 
 L{RegistrySite} calls L{AccessLog.__call__} when a request finishes (and,
-with status 499, when the client goes away first).
+with status 499, when the client goes away first; when the server cut the
+response after its head, L{CUT_ATTRIBUTE}, with the status it had sent and
+C{cut=<why>}).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ REQUEST_ID_HEADER = b"X-Request-Id"
 _GIVEN_ID = re.compile(rb"[A-Za-z0-9._:-]{8,64}")
 #: the status logged for a request whose client went away before the answer
 CLIENT_GONE = 499
+
+#: where a response the server cut (its connection aborted after its head was sent) says why (L{izreg.http.errors.cut})
+CUT_ATTRIBUTE = "_izreg_cut"
+#: why: its handler failed after the head was sent
+CUT_FAILED = "failed"
+#: why: its content could not be read (a storage error), or ended before its length
+CUT_UNREADABLE = "unreadable"
+#: why: its client read nothing for connections.send_timeout (izreg.http.limits.SlowReaders)
+CUT_SLOW_READER = "slow_reader"
 
 #: the template of each repository route (L{izreg.core.routes} endpoint), as the access log and the metrics name it
 TEMPLATES = {
@@ -115,6 +126,8 @@ class RequestInfo:
     key_id: str | None
     device_id: str | None
     authorization: bool  # an Authorization header was sent (never its value)
+    #: why the server cut the response after its head (CUT_FAILED, CUT_UNREADABLE, CUT_SLOW_READER), or None
+    cut: str | None = None
 
 
 #: where the guard caches the caller on the request (izreg.http.guard; the route table sets C{principal})
@@ -147,14 +160,15 @@ def request_info(request, now: float, status: int | None = None) -> RequestInfo:
         key_id=getattr(principal, "key_id", None),
         device_id=getattr(principal, "device_id", None),
         authorization=bool(request.getHeader(b"authorization")),
+        cut=getattr(request, CUT_ATTRIBUTE, None),
     )
 
 
 log = Logger(namespace="izreg.access")
 
 #: the text of an access event, formatted here (twisted.logger's formatter, pure Python, took ~60 us a request for
-#: these nine fields; an f-string in L{AccessLog.__call__}, the same text as this format); the event carries the
-#: fields too (the JSON log writes them)
+#: these nine fields; an f-string in L{AccessLog.__call__}, the same text as this format, then C{" cut=<why>"}
+#: for a response the server cut: L{CUT_ATTRIBUTE}); the event carries the fields too (the JSON log writes them)
 LINE = "{client} {method} {route} {status} in={bytes_in} out={bytes_out} {duration:.3f}s {who} id={request_id}"
 #: the event's key for that text: a JSON log leaves it out (izreg.service.logs), its message is the same text
 LINE_KEY = "access_line"
@@ -175,7 +189,8 @@ class AccessLog:
         event = vars(info).copy()  # its fields are all scalars: no need for asdict's deep copy (~15 us a request)
         event["who"] = who
         event[LINE_KEY] = (f"{info.client} {info.method} {info.route} {info.status} in={info.bytes_in} "
-                           f"out={info.bytes_out} {info.duration:.3f}s {who} id={info.request_id}")
+                           f"out={info.bytes_out} {info.duration:.3f}s {who} id={info.request_id}"
+                           + ("" if info.cut is None else f" cut={info.cut}"))
         # what log.info(_FORMAT, **event) emits, without Logger.emit's check that the level is one (it sorts
         # LogLevel's constants on every event, ~2 us) and a copy of the fields into keyword arguments
         event.update(log_logger=log, log_level=LogLevel.info, log_namespace=log.namespace, log_source=log.source,

@@ -30,7 +30,7 @@ from izreg.core import routes
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http import health, pullreports
 from izreg.http.blobs import BlobRoutes
-from izreg.http.errors import BASE_BODY, as_registry_error, render_error
+from izreg.http.errors import BASE_BODY, as_registry_error, cut, render_error, started
 from izreg.http.fastpath import RepositoryFastPath, fixed_paths
 from izreg.http.handlers import _arg, _principal
 from izreg.http.clientaddr import client_address
@@ -107,6 +107,9 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
+        if started(request):  # too late for an error answer: it would be read as the rest of the body
+            cut(request, failure=failure)
+            return None
         return render_error(request, as_registry_error(failure))
 
     def authorize(self, request, target: Target):

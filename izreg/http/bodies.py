@@ -45,11 +45,13 @@ from zope.interface import implementer
 
 from izreg.auth.policy import Principal
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.http.accesslog import CLIENT_GONE, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER, new_request_id
-from izreg.http.errors import as_registry_error, error_body, render_error
+from izreg.http.accesslog import (CLIENT_GONE, CUT_ATTRIBUTE, CUT_FAILED, PRINCIPAL_ATTRIBUTE, REQUEST_ID_HEADER,
+                                  new_request_id)
+from izreg.http.errors import as_registry_error, cut, error_body, render_error, started
 from izreg.http.internals import chunked_decoder, copied_process
 from izreg.http.limits import (AUTHENTICATED, EVICT_GRACE, NEW, PUBLIC_REQUEST, REFUSED, UNAUTHENTICATED, BodyBudget,
-                               ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, tcp_under)
+                               ConnectionLimits, IdleConnections, SlowReaders, SlowSenders, ThrottledLog, refusal,
+                               tcp_under)
 from izreg.http.peercert import peer_certificate
 
 #: seconds a refused request's connection keeps reading (and dropping) its
@@ -142,24 +144,8 @@ class BoundedBuffer(io.BytesIO):
 
 
 def out_of_budget(budget: BodyBudget, owner: str | None = None, length: int = 0) -> RegistryError:
-    """
-    The 503 of a body C{budget} refused C{length} more bytes for C{owner} (call it before they give back
-    what they held): its share, when that is what refused it (L{BodyBudget.over_share}), else the whole budget.
-    """
-    if budget.over_share(length, owner):
-        return RegistryError(
-            ErrorCode.UNAVAILABLE,
-            {"share": budget.share, "limit": budget.limit},
-            "this client (its account, or unauthenticated its address) is holding as many request bodies in memory"
-            " as its share of limits.body_memory allows (a quarter, at least one max_manifest_size); retry later",
-            headers={"Retry-After": "1"},
-        )
-    return RegistryError(
-        ErrorCode.UNAVAILABLE,
-        {"limit": budget.limit},
-        "the registry is holding as many request bodies in memory as it may (limits.body_memory); retry later",
-        headers={"Retry-After": "1"},
-    )
+    """The 503 of a request body C{budget} refused (L{izreg.http.limits.refusal}): its owner's share, or all of it."""
+    return refusal(budget, "request bodies", "limits.body_memory", owner, length)
 
 
 class Dropped:
@@ -331,8 +317,8 @@ class RegistryRequest(server.Request):
         if not self.finished and not getattr(self, "_logged_gone", False):
             self._logged_gone = True
             access_log = getattr(self.channel.site, "access_log", None) if self.channel else None
-            if access_log is not None:
-                access_log(self, CLIENT_GONE)
+            if access_log is not None:  # the server cut it (L{izreg.http.errors.cut}): the status it sent, and why
+                access_log(self, None if getattr(self, CUT_ATTRIBUTE, None) is not None else CLIENT_GONE)
         super().connectionLost(reason)
 
     def gotLength(self, length):
@@ -389,11 +375,16 @@ class RegistryRequest(server.Request):
         would have been read as the rest of the body, and the next answer
         on the connection after it.
         """
-        if not self.startedWriting or self.channel is None or self.channel.transport is None:
+        if not started(self) or self.channel is None or self.channel.transport is None:
             return super().processingFailed(reason)
-        log.failure("a response failed after its head was sent: its connection is cut", reason)
-        self.channel.transport.abortConnection()
+        cut(self, CUT_FAILED, reason)
         return reason
+
+    def finish(self):
+        """Not once the response is cut (L{izreg.http.errors.cut}): its connection is aborted, nothing more is sent."""
+        if getattr(self, CUT_ATTRIBUTE, None) is not None:
+            return None
+        return super().finish()
 
     def getRequestHostname(self) -> bytes:
         # Klein binds its URL map to this name, and werkzeug raises (a 500) on a

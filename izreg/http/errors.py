@@ -15,6 +15,7 @@ from twisted.web.http import RESPONSES
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.http.accesslog import CUT_ATTRIBUTE, CUT_FAILED
 from izreg.http.limits import ThrottledLog
 from izreg.storage.failures import storage_error
 
@@ -52,6 +53,39 @@ def render_error(request, error: RegistryError) -> bytes:
     body = error_body(error)
     request.setHeader(b"Content-Length", str(len(body)).encode())
     return body
+
+
+def started(request) -> bool:
+    """
+    Whether C{request}'s response has begun (its head is written): too late
+    for an error answer, whose status could not be sent and whose body would
+    be read as the rest of this one (and the next answer on the connection
+    after it). Such a failure is L{cut}, never answered.
+    """
+    return bool(getattr(request, "startedWriting", False))
+
+
+def cut(request, why: str = CUT_FAILED, failure: Failure | None = None) -> None:
+    """
+    End C{request}'s response, begun and now unfinishable, by aborting its
+    connection (a reset: the client learns at once that its answer is cut,
+    and no other answer follows on that connection); C{failure}, if any, is
+    logged. C{why} is noted for the access log (L{izreg.http.accesslog},
+    C{cut=}), and the request is finished no more (its line is written when
+    the connection goes: L{izreg.http.bodies.RegistryRequest}).
+    """
+    if failure is not None:
+        log.failure("a response failed after its head was sent: its connection is cut", failure)
+    if getattr(request, CUT_ATTRIBUTE, None) is None:
+        setattr(request, CUT_ATTRIBUTE, why)
+    abort(request)
+
+
+def abort(request) -> None:
+    """Abort C{request}'s connection (a reset: nothing queued for it is sent), if it still has one."""
+    transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        (getattr(transport, "abortConnection", None) or transport.loseConnection)()
 
 
 def as_registry_error(failure: Failure) -> RegistryError:

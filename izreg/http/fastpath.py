@@ -41,6 +41,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
+from izreg.http.errors import cut, started
+
 log = Logger()
 
 #: a path rest the fast path takes: printable ASCII, no space, not starting with "/"
@@ -106,8 +108,8 @@ class RepositoryFastPath(Resource):
         if not finished:
             request.notifyFinish().addBoth(gone)
         d = ensureDeferred(_resume(coroutine, awaited))
-        d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished),
-                       errbackArgs=(request, finished))
+        d.addCallback(self._answer, request, finished)
+        d.addErrback(self._failed, request, finished)  # the handler's failure, or its answer's (a resource's render)
         d.addErrback(lambda failure: log.failure("Unhandled error writing response", failure))
         return NOT_DONE_YET
 
@@ -116,9 +118,12 @@ class RepositoryFastPath(Resource):
         finished = _finished(request)
         try:
             if failure is None:
-                self._answer(body, request, finished)
-            else:
-                self._failed(failure, request, finished)
+                try:
+                    self._answer(body, request, finished)
+                    return
+                except Exception:  # its answer failed (a resource's render): as the handler's failure
+                    failure = Failure()
+            self._failed(failure, request, finished)
         except Exception:
             log.failure("Unhandled error writing response")
 
@@ -126,6 +131,9 @@ class RepositoryFastPath(Resource):
         if finished:  # the client went away: nothing to answer
             if not failure.check(CancelledError):
                 log.failure("Unhandled error processing request", failure)
+            return None
+        if started(request):  # too late for an error answer: it would be read as the rest of the body
+            cut(request, failure=failure)
             return None
         try:
             body = self.error(request, failure)

@@ -52,8 +52,13 @@ class BodyBudget:
     (L{budget_owner}): with a C{share}, one owner holds at most that much.
     """
 
-    def __init__(self, limit: int, share: int | None = None) -> None:
+    def __init__(self, limit: int, share: int | None = None, setting: str | None = None,
+                 holder: str = "the registry") -> None:
         self.limit = limit
+        #: the setting that bounds it, as its refusals name it (L{refusal}: else the one of the body kind refused)
+        self.setting = setting
+        #: who holds it, as its refusals say ("the registry", "the edge")
+        self.holder = holder
         self.used = 0
         #: reservations refused (each a 503), since the start (izreg_response_memory_refused_total,
         #: izreg_body_memory_refused_total)
@@ -92,6 +97,31 @@ class BodyBudget:
         """Whether C{owner}'s share, whatever the rest of the budget, refuses (or would) C{reserve(length, owner)}."""
         held = self.by_owner.get(owner, 0) if owner is not None and self.share is not None else 0
         return bool(held) and held + length > self.share
+
+
+def refusal(budget: BodyBudget, what: str, setting: str, owner: str | None = None, length: int = 0) -> RegistryError:
+    """
+    The 503 of C{budget} refusing C{length} more bytes of C{what} ("request bodies") to C{owner}
+    (call it before they give back what they held): its share, when that is what refused it
+    (L{BodyBudget.over_share}: this client is told it is its own share that is full, not the
+    whole budget), else the whole budget. C{setting} names the bound unless the budget does.
+    """
+    setting = budget.setting or setting
+    if budget.over_share(length, owner):
+        return RegistryError(
+            ErrorCode.UNAVAILABLE,
+            {"share": budget.share, "limit": budget.limit},
+            f"this client (its account, or unauthenticated its address) is holding as many {what} in memory"
+            f" as its share of {setting} allows (a quarter, at least one max_manifest_size); retry later",
+            headers={"Retry-After": "1"},
+        )
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        {"limit": budget.limit},
+        f"{budget.holder} is holding as many {what} in memory as it may, for all its clients ({setting});"
+        " retry later",
+        headers={"Retry-After": "1"},
+    )
 
 
 def budget_owner(request) -> str:

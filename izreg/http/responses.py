@@ -6,6 +6,7 @@ bodies held in memory (manifests, tag lists, catalog pages) sent the same way.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections import deque
 
@@ -18,10 +19,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from izreg.core.errors import ErrorCode, RegistryError
-from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, tcp_under
+from izreg.http.accesslog import CUT_SLOW_READER, CUT_UNREADABLE
+from izreg.http.errors import abort, cut
+from izreg.http.limits import SIOCOUTQ, BodyBudget, queued_bytes, refusal, tcp_under
 
 log = Logger()
+
+#: the errors of a sendfile(2) to a client that went away (the rest: the file could not be read)
+CLIENT_GONE_ERRORS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
 #: bytes read per turn: large enough that per-chunk Python work is small next
@@ -217,7 +222,7 @@ class FileSender:
         if self.request is None:
             return  # stopped meanwhile (the connection is gone): nothing failed that anyone waits for
         log.failure("reading a blob failed with {remaining} bytes to send", failure, remaining=self.remaining)
-        self._cut()
+        self._cut(CUT_UNREADABLE)
 
     def _send_file(self) -> None:
         request = self.request
@@ -234,7 +239,7 @@ class FileSender:
             except OSError as e:
                 # the client went away (EPIPE, ECONNRESET), or the file cannot be read (EIO)
                 log.debug("sendfile stopped: {error}", error=e)
-                self._cut()
+                self._cut(None if e.errno in CLIENT_GONE_ERRORS else CUT_UNREADABLE)
                 return
             if sent == 0:
                 self._short()
@@ -253,9 +258,9 @@ class FileSender:
 
     def _short(self) -> None:
         log.error("blob file ended {remaining} bytes early", remaining=self.remaining)
-        self._cut()
+        self._cut(CUT_UNREADABLE)
 
-    def _cut(self) -> None:
+    def _cut(self, why: str | None) -> None:
         """
         The body cannot be finished (its reader failed or ended early, or its
         client reads nothing: L{too_slow}): the connection is aborted (a
@@ -267,16 +272,17 @@ class FileSender:
         response is sent, and this sender no longer watched by
         L{SlowReaders}); with them all in the kernel's (sendfile), the
         close, and the client's view of it, waited behind them, the socket
-        holding them meanwhile.
+        holding them meanwhile. C{why} (L{izreg.http.accesslog}: C{CUT_UNREADABLE},
+        C{CUT_SLOW_READER}) is what the access log says of it; C{None}: the client went away.
         """
         request = self.request
         if request is None:
             return
         self.stopProducing()
-        transport = request.transport
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            (abort or transport.loseConnection)()
+        if why is None:
+            abort(request)
+        else:
+            cut(request, why)
 
     def _maybe_finish(self) -> None:
         if self.request is not None and not self.remaining:
@@ -303,7 +309,7 @@ class FileSender:
 
     def too_slow(self) -> None:
         """Called by L{SlowReaders}: the client read nothing for connections.send_timeout; close at once."""
-        self._cut()
+        self._cut(CUT_SLOW_READER)
 
 
 class FileBody(Resource):
@@ -411,13 +417,7 @@ def held_body(request, data: bytes, budget: BodyBudget | None):
     charged = len(data) if budget is None else min(len(data), budget.limit)
     owner = None if budget is None else budget.owner(request)
     if budget is not None and not budget.reserve(charged, owner):
-        raise RegistryError(
-            ErrorCode.UNAVAILABLE,
-            {"limit": budget.limit},
-            "the registry is holding as many response bodies in memory as it may (limits.response_memory);"
-            " retry later",
-            headers={"Retry-After": "1"},
-        )
+        raise refusal(budget, "response bodies", "limits.response_memory", owner, charged)
     return MemoryBody(data, budget, charged, owner)
 
 

@@ -29,6 +29,10 @@ PRIVILEGED_PORT_HINT = ("ports below 1024 need root or CAP_NET_BIND_SERVICE: cho
                         " give the process the capability (AmbientCapabilities=CAP_NET_BIND_SERVICE under systemd)")
 
 
+#: the address a user on this machine opens for a listener bound to every interface of a family
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
 class ListenerBindError(CannotListenError):
     """A L{Listener}'s bind error, with the setting that chose its address (L{cannot_listen} names it)."""
 
@@ -67,26 +71,36 @@ class Listener(StreamServerEndpointService):
     def url(self) -> str | None:
         """
         Where this listener serves: C{http://127.0.0.1:5000/} (the real port of a C{tcp:0}),
-        C{unix:/run/izreg.sock}; C{None} before it is bound.
+        C{unix:/run/izreg.sock}; C{None} before it is bound. A listener on every interface
+        (C{0.0.0.0}, C{::}: no address a client can open) is given as its loopback address,
+        C{http://127.0.0.1:5000/}, which L{serving} says is all interfaces (L{everywhere}).
         """
         host = self.port.getHost() if self.port is not None else None
         if isinstance(host, UNIXAddress):
             return f"unix:{os.fsdecode(host.name)}"
         if not isinstance(host, (IPv4Address, IPv6Address)):
             return None
-        where = f"[{host.host}]:{host.port}" if isinstance(host, IPv6Address) else f"{host.host}:{host.port}"
+        address = LOOPBACK.get(host.host, host.host)
+        where = f"[{address}]:{host.port}" if isinstance(host, IPv6Address) else f"{address}:{host.port}"
         return f"{'https' if self.kind == 'https' else 'http'}://{where}/{'metrics' if self.kind == 'metrics' else ''}"
+
+    def everywhere(self) -> bool:
+        """Whether this listener is bound to every interface (C{0.0.0.0} or C{::})."""
+        host = self.port.getHost() if self.port is not None else None
+        return getattr(host, "host", None) in LOOPBACK
 
 
 def serving(name: str, listeners: Iterable) -> str:
     """
     The start-up line of a service tree whose listeners are bound: C{izreg serving
-    http://127.0.0.1:5000/ (TLS: https://127.0.0.1:5443/; metrics: http://127.0.0.1:9100/metrics)}.
+    http://127.0.0.1:5000/ (TLS: https://127.0.0.1:5443/; metrics: http://127.0.0.1:9100/metrics)};
+    a listener on every interface is named by its loopback address, C{http://127.0.0.1:5000/ (all
+    interfaces)} (L{Listener.url}).
     """
     urls: dict[str, list[str]] = {"http": [], "https": [], "metrics": []}
     for listener in listeners:
         if isinstance(listener, Listener) and listener.url() is not None:
-            urls[listener.kind].append(listener.url())
+            urls[listener.kind].append(listener.url() + (" (all interfaces)" if listener.everywhere() else ""))
     main, tls = urls["http"] or urls["https"], urls["https"] if urls["http"] else []
     extra = [f"TLS: {', '.join(tls)}"] if tls else []
     extra += [f"metrics: {', '.join(urls['metrics'])}"] if urls["metrics"] else []

@@ -154,7 +154,7 @@ def test_a_client_that_stops_reading_a_miss_is_closed_and_what_it_held_is_given_
         assert "response_memory" in error["errors"][0]["message"]
         edge.wait_for_log(rf"GET {other_path} 503 unavailable", mark)
         # after edge.send_timeout the stalled client is closed, short of the whole manifest
-        edge.wait_for_log(rf"GET {stalled_path} 200 miss \d+B \(client went away\)", mark, timeout=30)
+        edge.wait_for_log(rf"GET {stalled_path} 200 miss \d+B \(cut: slow_reader\)", mark, timeout=30)
         assert _drain(stalled) + 1024 < len(data)
         assert re.search(r"read nothing of (a response|a manifest) for \d+ s \(edge\.send_timeout\)", edge.log_text())
     finally:
@@ -179,7 +179,7 @@ def test_a_client_that_stops_reading_a_hit_is_closed_and_holds_no_response_memor
         response, body = _get(edge, miss_path)
         assert (response.status, body == miss) == (200, True), (response.status, body[:300])
         # closed after edge.send_timeout (its warning may be one of the throttled lines: the request's is not)
-        edge.wait_for_log(rf"GET {cached_path} 200 hit \d+B \(client went away\)", mark, timeout=30)
+        edge.wait_for_log(rf"GET {cached_path} 200 hit \d+B \(cut: slow_reader\)", mark, timeout=30)
         assert _drain(stalled) + 1024 < len(data)
     finally:
         stalled.close()
@@ -201,7 +201,7 @@ def test_a_client_that_stops_reading_a_blob_it_is_not_sent_from_the_cache_is_clo
     status = 200 if source == "miss" else 206
     stalled = _stalled_get(edge, path, "" if source == "miss" else f"Range: bytes=0-{BLOB_SIZE - 1}\r\n", status)
     try:
-        edge.wait_for_log(rf"GET {path} {status} {source} \d+B \(client went away\)", mark, timeout=30)
+        edge.wait_for_log(rf"GET {path} {status} {source} \d+B \(cut: slow_reader\)", mark, timeout=30)
         assert _drain(stalled) + 1024 < len(data)
     finally:
         stalled.close()

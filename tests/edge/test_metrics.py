@@ -62,6 +62,17 @@ class Registry(Resource):
         return b"" if request.method == b"HEAD" else data
 
 
+async def stand_in_edge(tmp_path, cache_limit: int = 10_000_000):
+    """The stand-in registry on loopback and an edge API bound to it: (registry port, upstream, cache, reporter, api)."""
+    registry_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Registry()))
+    upstream = Upstream(reactor, f"http://127.0.0.1:{registry_port.getHost().port}", BrowserLikePolicyForHTTPS(), 5, 10)
+    cache = EdgeCache(str(tmp_path / "cache"), limit=cache_limit)
+    reporter = Reporter(cache, upstream, time.time)
+    api = EdgeAPI()
+    api.bind(upstream, cache, reporter, time.time, 4 * 1024 * 1024, BodyBudget(8 * 1024 * 1024))
+    return registry_port, upstream, cache, reporter, api
+
+
 def samples(text: str) -> dict:
     """(name, labels as sorted tuples) -> value, of every sample of a scrape."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -194,3 +205,48 @@ def test_metrics_listen_option_is_repeatable_and_checked(tmp_path):
         assert "--metrics-listen 'tcpp:9108' is not a valid Twisted endpoint string" in str(e), e
     else:
         raise AssertionError("a bad endpoint string accepted")
+
+
+@pytest_twisted.ensureDeferred
+async def test_evictions_from_the_cache_are_counted_with_their_bytes(tmp_path):
+    """A cache bound to the layer's size: the layer evicts the manifest, the manifest fetched again the layer."""
+    registry_port, upstream, cache, reporter, api = await stand_in_edge(tmp_path, cache_limit=len(LAYER))
+    metrics = EdgeMetrics()
+    metrics.watch(api)
+    edge_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(EdgeSite(api.resource()))
+    scrape_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        ScrapeSite(metrics.resource(reactor, reactor.getThreadPool())))
+    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    edge = f"http://127.0.0.1:{edge_port.getHost().port}"
+
+    async def get(path: str) -> bytes:
+        response = await client.get(edge + path)
+        assert response.code == 200
+        body = await response.content()
+        download = api.downloads.get(LAYER_DIGEST)
+        if download is not None:  # the client can have the whole body before the blob is kept (and evicts)
+            await download.done()
+        return body
+
+    async def evictions() -> tuple[float, float]:
+        response = await client.get(f"http://127.0.0.1:{scrape_port.getHost().port}/metrics")
+        scraped = samples((await response.content()).decode())
+        return scraped[("izreg_edge_cache_evictions_total", ())], scraped[("izreg_edge_cache_evicted_bytes_total", ())]
+
+    try:
+        assert await evictions() == (0, 0)
+        assert await get(f"/v2/{REPO}/manifests/{MANIFEST_DIGEST}") == MANIFEST
+        assert await evictions() == (0, 0)
+        assert await get(f"/v2/{REPO}/blobs/{LAYER_DIGEST}") == LAYER
+        assert cache.entry(MANIFEST_DIGEST) is None
+        assert await evictions() == (1, len(MANIFEST))
+        assert await get(f"/v2/{REPO}/manifests/{MANIFEST_DIGEST}") == MANIFEST
+        assert cache.entry(LAYER_DIGEST) is None
+        assert await evictions() == (2, len(MANIFEST) + len(LAYER))
+    finally:
+        await reporter.flush_writes()
+        await upstream.close()
+        await edge_port.stopListening()
+        await scrape_port.stopListening()
+        await registry_port.stopListening()
+        cache.close()

@@ -19,6 +19,7 @@ import errno
 import os
 import select
 import socket
+import time
 
 import pytest
 import pytest_twisted
@@ -26,7 +27,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 
+from izreg.http.accesslog import AccessLog
 from izreg.http.bodies import Dropped, RegistrySite
+from izreg.http.limits import SlowReaders
 from izreg.http.responses import FileBody
 from izreg.storage.readers import FileReader
 
@@ -77,6 +80,13 @@ class RaisingRead(HeldRead):
         raise OSError(errno.EIO, "Input/output error")
 
 
+class Endless(HeldRead):
+    """A read that always gives all it is asked: only the client, reading nothing, stops the body."""
+
+    def read(self, size: int):
+        return b"x" * size
+
+
 class Bodies(Resource):
     """Every GET is answered with the body the test put in C{next}."""
 
@@ -98,20 +108,26 @@ class Bodies(Resource):
 @pytest_twisted.async_yield_fixture
 async def site():
     bodies = Bodies()
-    served = RegistrySite(bodies, lambda request, method, uri, length: Dropped(), timeout=None)
+    bodies.logged = []  # (status, cut) of each access log line
+    access_log = AccessLog(time.monotonic, [lambda info: bodies.logged.append((info.status, info.cut))])
+    # a client that reads nothing is cut after 1 s (connections.send_timeout): only the test of it waits so long
+    readers = SlowReaders(reactor, 1.0, 0.25)
+    served = RegistrySite(bodies, lambda request, method, uri, length: Dropped(), timeout=None, access_log=access_log,
+                          readers=readers)
     port = reactor.listenTCP(0, served, interface="127.0.0.1")
     bodies.port = port.getHost().port
     yield bodies
+    readers.stop()
     await port.stopListening()
 
 
-def stalled_get(port: int, requests: int = 1) -> socket.socket:
+def stalled_get(port: int, requests: int = 1, path: bytes = b"/blob") -> socket.socket:
     """A client that sends C{requests} GETs (pipelined) and reads nothing, with a small receive window."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(PROMPTLY)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /blob HTTP/1.1\r\nHost: localhost\r\n\r\n" * requests)
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path * requests)
     return sock
 
 
@@ -165,6 +181,7 @@ async def test_a_read_that_fails_while_the_client_reads_nothing_cuts_the_connect
     reader.pending.errback(ConnectionResetError("the storage's stream broke"))
     await assert_cut(sock, given)
     assert reader.closed
+    assert site.logged == [(200, "unreadable")]  # the server cut it: not 499, a client gone
 
 
 @pytest_twisted.ensureDeferred
@@ -173,6 +190,7 @@ async def test_a_read_that_raises_cuts_the_connection_and_answers_nothing_more(s
     site.next = FileBody(RaisingRead(given), 0, LENGTH)
     await assert_cut(stalled_get(site.port, requests=2), given)
     assert site.next.reader.closed
+    assert site.logged == [(200, "unreadable")]
 
 
 @pytest_twisted.ensureDeferred
@@ -184,6 +202,7 @@ async def test_a_file_shorter_than_its_length_cuts_the_connection_on_plain_tcp(s
     site.next = FileBody(FileReader(open(path, "rb", buffering=0)), 0, LENGTH)
     await assert_cut(stalled_get(site.port, requests=2), given)
     assert site.next.reader.closed
+    assert site.logged == [(200, "unreadable")]
 
 
 @pytest_twisted.ensureDeferred
@@ -192,3 +211,16 @@ async def test_a_response_that_fails_after_its_head_is_cut_with_no_error_page_af
     given = os.urandom(GIVEN)
     site.next = given
     await assert_cut(stalled_get(site.port, requests=2), given)
+    assert site.logged == [(200, "failed")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reads_nothing_is_cut_and_logged_as_cut_not_gone(site):
+    """connections.send_timeout: the access log says the server cut it (slow_reader), with the 200 it sent; not 499."""
+    site.next = FileBody(Endless(b""), 0, LENGTH)
+    sock = stalled_get(site.port)
+    with sock:
+        events = await deferToThread(reset_promptly, sock)
+    assert events & (select.POLLERR | select.POLLHUP)
+    assert site.next.reader.closed
+    assert site.logged == [(200, "slow_reader")]

@@ -141,6 +141,29 @@ def test_held_body_past_the_budget_is_unavailable_with_retry_after():
     assert budget.used == 150_000
 
 
+def test_a_client_past_its_share_is_told_it_is_its_share_not_the_whole_budget():
+    budget = BodyBudget(1_000_000, share=150_000)
+    held = held_body(request(), b"a" * 100_000, budget)
+    with pytest.raises(RegistryError) as refused:
+        held_body(request(), b"b" * 100_000, budget)  # the same client: its share is full, the budget is not
+    assert refused.value.code is ErrorCode.UNAVAILABLE and refused.value.headers["Retry-After"] == "1"
+    assert "this client" in refused.value.message and "its share of limits.response_memory" in refused.value.message
+    assert refused.value.detail == {"share": 150_000, "limit": 1_000_000}
+    held.reader.close()
+    assert budget.reserve(950_000)  # now the whole budget is what is full
+    with pytest.raises(RegistryError) as refused:
+        held_body(request(), b"b" * 100_000, budget)
+    assert "share" not in refused.value.message and "for all its clients (limits.response_memory)" in refused.value.message
+
+
+def test_the_edge_s_refusal_names_the_edge_and_its_setting():
+    budget = BodyBudget(100_000, setting="edge.response_memory", holder="the edge")
+    held_body(request(), b"b" * 200_000, budget)  # over the whole budget: holds all of it
+    with pytest.raises(RegistryError) as refused:
+        held_body(request(), b"c" * 70_000, budget)
+    assert refused.value.message.startswith("the edge is holding") and "(edge.response_memory)" in refused.value.message
+
+
 def test_held_bytes_leave_the_budget_as_they_are_read_and_the_rest_when_closed():
     budget = BodyBudget(1 << 20)
     data = bytes(range(256)) * 1000  # 256,000: three whole pieces and a part

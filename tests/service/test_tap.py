@@ -316,7 +316,32 @@ def test_the_start_up_line_of_other_listeners():
 
     assert serving("izreg", [listener(IPv6Address("TCP", "::1", 5000)), listener(UNIXAddress(b"/run/izreg.sock"))]) \
         == "izreg serving http://[::1]:5000/, unix:/run/izreg.sock"
-    assert serving("izreg edge", [listener(IPv6Address("TCP", "::", 5443), "https")]) == "izreg edge serving https://[::]:5443/"
+    assert serving("izreg edge", [listener(IPv6Address("TCP", "::", 5443), "https")]) \
+        == "izreg edge serving https://[::1]:5443/ (all interfaces)"
+
+
+def test_a_listener_on_every_interface_is_named_by_an_address_a_client_can_open(tmp_path):
+    """Not http://0.0.0.0:PORT/ (no client opens that): the loopback address, the real port, and that it is all."""
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.logger import capturedLogs, formatEvent
+
+    config = parse("server", "--data-dir", str(tmp_path / "d"), "--listen", "tcp:0:interface=0.0.0.0",
+                   "--metrics-listen", "tcp:0:interface=0.0.0.0")
+    top = make_server(config, reactor)
+    with capturedLogs() as events:
+        top.privilegedStartService()
+    try:
+        ports = {listener.kind: listener.port.getHost().port for listener in top if hasattr(listener, "kind")}
+        said = [formatEvent(e) for e in events if "serving" in formatEvent(e)]
+        assert said == [f"izreg serving http://127.0.0.1:{ports['http']}/ (all interfaces) (metrics:"
+                        f" http://127.0.0.1:{ports['metrics']}/metrics (all interfaces))"]
+        socket.create_connection(("127.0.0.1", ports["http"]), timeout=5).close()  # it opens
+    finally:
+        for listener in top:
+            if getattr(listener, "port", None) is not None:
+                listener.port.stopListening()
 
 
 @pytest.mark.e2e  # a real izreg process
