@@ -85,6 +85,9 @@ class PendingBody:
         return b""
 
     def close(self) -> None:
+        # the request is done with its body (its client gone): no sink is made for it once its caller is known,
+        # which would reserve its Content-Length in the budget with nothing left to give it back
+        self.stopped = True
         self._release()
 
     def _release(self) -> None:

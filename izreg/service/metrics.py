@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
@@ -147,36 +149,81 @@ def scrape_resource(registry: CollectorRegistry, reactor, pool) -> Resource:
     return root
 
 
-#: connections a metrics listener keeps open at once (past them a newcomer is closed at once), and the seconds one
-#: may stay idle: a Prometheus keeps one per target, and without a bound anyone on the management network held
-#: as many as it opened (each a file descriptor of the registry's, or the edge's, for Site's 12 hours)
+#: connections a metrics listener keeps open at once, and the seconds one may stay idle: a Prometheus keeps one per
+#: target, and without a bound anyone on the management network held as many as it opened (each a file descriptor
+#: of the registry's, or the edge's, for Site's 12 hours)
 MAX_SCRAPE_CONNECTIONS = 16
 SCRAPE_IDLE_TIMEOUT = 60
+
+
+class _ScrapeChannel(HTTPChannel):
+    """A metrics connection that tells its site (L{ScrapeSite}) when a request's answer is in progress, and when done."""
+
+    def __init__(self, site: "ScrapeSite") -> None:
+        super().__init__()
+        self.scrapes = site
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.scrapes.idle(self)
+
+    def allHeadersReceived(self) -> None:
+        self.scrapes.busy(self)
+        super().allHeadersReceived()
+
+    def requestDone(self, request) -> None:
+        super().requestDone(request)
+        if self.transport is not None and not self.transport.disconnecting:
+            self.scrapes.idle(self)
+
+    def connectionLost(self, reason) -> None:
+        self.scrapes.gone(self)
+        super().connectionLost(reason)
 
 
 class ScrapeSite(Site):
     """
     The C{/metrics} listener's site (over L{Metrics.resource}): scrapes are not access-logged; at most
-    L{MAX_SCRAPE_CONNECTIONS} open, each closed after L{SCRAPE_IDLE_TIMEOUT} seconds idle.
+    L{MAX_SCRAPE_CONNECTIONS} open, each closed after L{SCRAPE_IDLE_TIMEOUT} seconds idle. A newcomer past
+    them closes the connection idle the longest (none of its requests answered since, a head begun counts as
+    idle): else anyone on the management network held all of them, a byte of a request head (or a whole
+    request) a minute each, and no scrape got in for as long as it kept that up. Only when each one's answer
+    is in progress is the newcomer closed at once.
     """
 
     def __init__(self, resource, **kwargs) -> None:
         super().__init__(resource, timeout=SCRAPE_IDLE_TIMEOUT, **kwargs)
-        self.open = 0
+        #: the connections with no answer in progress (the longest idle first), and the others
+        self.idle_channels: OrderedDict[_ScrapeChannel, None] = OrderedDict()
+        self.busy_channels: set[_ScrapeChannel] = set()
+
+    @property
+    def open(self) -> int:
+        return len(self.idle_channels) + len(self.busy_channels)
+
+    def protocol(self):
+        return _GenericHTTPChannelProtocol(_ScrapeChannel(self))
 
     def buildProtocol(self, addr):
         if self.open >= MAX_SCRAPE_CONNECTIONS:
-            return None  # closed at once
-        channel = super().buildProtocol(addr)
-        self.open += 1
-        lost = channel.connectionLost
+            if not self.idle_channels:
+                return None  # every one is being answered: closed at once
+            oldest, _ = self.idle_channels.popitem(last=False)
+            oldest.transport.abortConnection()  # (its count is given back now: it reads nothing more)
+        return super().buildProtocol(addr)
 
-        def connection_lost(reason):
-            self.open -= 1
-            return lost(reason)
+    def idle(self, channel: _ScrapeChannel) -> None:
+        self.busy_channels.discard(channel)
+        self.idle_channels.pop(channel, None)
+        self.idle_channels[channel] = None
 
-        channel.connectionLost = connection_lost
-        return channel
+    def busy(self, channel: _ScrapeChannel) -> None:
+        if self.idle_channels.pop(channel, False) is None:
+            self.busy_channels.add(channel)
+
+    def gone(self, channel: _ScrapeChannel) -> None:
+        self.idle_channels.pop(channel, None)
+        self.busy_channels.discard(channel)
 
     def log(self, request) -> None:
         pass

@@ -111,21 +111,58 @@ def test_metrics_after_push_and_pull(ops_registry):
 
 
 def test_the_metrics_listener_keeps_a_few_connections_open(ops_registry):
-    """Idle connections to /metrics held a file descriptor each for 12 hours, as many as anyone opened."""
+    """
+    Idle connections to /metrics held a file descriptor each for 12 hours, as many as anyone opened; past
+    MAX_SCRAPE_CONNECTIONS a newcomer closes the one idle the longest, so the count stays there.
+    """
     from izreg.service.metrics import MAX_SCRAPE_CONNECTIONS
 
     port = int(ops_registry.metrics_url.split(":")[2].split("/")[0])
     idle = []
     try:
         idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(MAX_SCRAPE_CONNECTIONS)]
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as newcomer:
-            assert newcomer.recv(1) == b""  # closed at once (before: held, as the ones before it)
-        idle.pop().close()
-        # the server sees it gone, then a scrape is served again
-        wait_until(lambda: _scraped(ops_registry.metrics_url), "a scrape with a connection free")
+        newcomer = socket.create_connection(("127.0.0.1", port), timeout=30)
+        idle.append(newcomer)
+        assert _closed(idle[0])  # the first, idle the longest, closed for it
+        assert not any(_closed(sock, wait=False) for sock in idle[1:])
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_held_metrics_connections_do_not_keep_a_scrape_out(ops_registry):
+    """
+    Anyone on the management network held all MAX_SCRAPE_CONNECTIONS connections (a byte of a request head a
+    minute each, within SCRAPE_IDLE_TIMEOUT) and every scrape was closed at once, for as long as it kept that up.
+    A scrape now closes the connection idle the longest and is served.
+    """
+    from izreg.service.metrics import MAX_SCRAPE_CONNECTIONS
+
+    port = int(ops_registry.metrics_url.split(":")[2].split("/")[0])
+    held = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(MAX_SCRAPE_CONNECTIONS)]
+        for sock in held:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # a head begun, never finished
+        for _ in range(3):  # scrape after scrape, each on a new connection (Connection: close), each served
+            response = requests.get(ops_registry.metrics_url, timeout=30, headers={"Connection": "close"})
+            assert response.status_code == 200 and "izreg_" in response.text
+        # the first closed for it, the longest idle; the next scrapes took the place each one before left
+        assert _closed(held[0]) and not any(_closed(sock, wait=False) for sock in held[1:])
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _closed(sock: socket.socket, wait: bool = True) -> bool:
+    """Whether the server closed C{sock} (reset, or an end of stream); without C{wait}, only if it already has."""
+    sock.settimeout(30 if wait else 0)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _scraped(url: str) -> bool:

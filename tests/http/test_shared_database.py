@@ -16,6 +16,8 @@ import json
 import pytest
 import pytest_twisted
 from OpenSSL import SSL
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
 
 from izreg.auth.authenticator import Authenticator
 from izreg.auth.failures import FailedAuthentications
@@ -32,6 +34,8 @@ from izreg.http.guard import AccessGuard
 from izreg.storage.lmdbenv import open_env
 from tests.http.authhelpers import Keys, auth, basic, bearer, digest_of, on_postgres, start_upload, threaded
 from tests.http.conftest import start_server
+from tests.http.helpers import parse_raw
+from tests.http.test_bodies import connect, put_head
 
 pytestmark = pytest.mark.postgres
 
@@ -177,3 +181,54 @@ async def test_a_node_that_cannot_reach_the_database_answers_503(tmp_path, postg
         assert response.code == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
     finally:
         await node.service.stopService()
+
+
+# A body held while its caller is read, whose connection ends first ----------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_whose_connection_ends_before_its_caller_is_known_holds_nothing_after(tmp_path, postgres_server):
+    """
+    A manifest PUT's connection is closed (its body too slow: body_grace, body_min_rate) while its key is still
+    being read from the database (a slow database, a failover): once the key is read, no buffer is made for the
+    gone request. One was, and reserved the body's Content-Length in limits.body_memory with nothing to give it
+    back: after a few such, its account's share (or the whole budget) was full for good, every manifest push
+    of the account 503 until a restart.
+    """
+    server = await start_server(tmp_path, socket=True, body_grace=1)
+    _, _, db = on_postgres(server, postgres_server)
+    keys = Keys.make(server, server.api.guard.authenticator.store)
+    held: list[tuple[Deferred, object, tuple]] = []
+
+    def gated(f, *args):  # the database answers once the connection is gone
+        waiting = Deferred()
+        held.append((waiting, f, args))
+        return waiting
+
+    guard = server.api.guard
+    guard.run_read = guard.authenticator.run_read = gated
+    lost = []
+    body_for = server.service.site.body_for
+
+    def seen(request, *args):
+        lost.append(request.notifyFinish().addErrback(lambda failure: None))
+        return body_for(request, *args)
+
+    server.service.site.body_for = seen
+    try:
+        head = put_head(f"/v2/{keys.a}/app/manifests/v1", 100_000, basic(keys.a_key))
+        client = await connect(server, head + b"{" * 10)
+        answer = await client.closed.addTimeout(30, reactor)
+        assert parse_raw(answer)[0] == 408 and held
+        await lost[0]  # the request is lost with its connection
+        guard.run_read = guard.authenticator.run_read = threaded
+        answers = []
+        while held:
+            waiting, f, args = held.pop(0)
+            answers.append(threaded(f, *args).addBoth(waiting.callback))
+        await defer.gatherResults(answers)
+        budget = server.api.budget
+        assert (budget.used, budget.by_owner) == (0, {})
+    finally:
+        await server.service.stopService()
+        db.close()
