@@ -690,7 +690,10 @@ class RegistryChannel(http.HTTPChannel):
         if type(decoder) is _ChunkedTransferDecoder:
             fast = chunked_decoder()  # None: this Twisted's is not the decoder izreg.http.chunked extends
             if fast is not None:  # the same, without copies
-                self._transferDecoder = fast(decoder.dataCallback, decoder.finishCallback)
+                self._transferDecoder = decoder = fast(decoder.dataCallback, decoder.finishCallback)
+            # a trailer is held whole until its end, as the headers are: as much at most (Twisted's 64 KiB on
+            # any connection, before anyone is known, for as long as it came at body_min_rate); past it, a 400
+            decoder._maxTrailerHeadersSize = self.totalHeadersSize
         return ok
 
     def allHeadersReceived(self) -> None:

@@ -172,9 +172,8 @@ class _ScrapeChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def requestDone(self, request) -> None:
+        self.scrapes.idle(self)  # before super(): the pipelined request it reads on is busy again
         super().requestDone(request)
-        if self.transport is not None and not self.transport.disconnecting:
-            self.scrapes.idle(self)
 
     def connectionLost(self, reason) -> None:
         self.scrapes.gone(self)

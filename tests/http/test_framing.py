@@ -112,3 +112,16 @@ async def test_the_host_header_is_checked_once_a_request(server, monkeypatch):
     client.transport.abortConnection()
     assert parse_raw(answer)[0] == 401
     assert counted.calls == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_bodys_trailer_past_16_kib_is_400_and_closed(server):
+    """
+    A trailer is held whole until its end, as headers are: at most as much as the headers (16 KiB), not
+    Twisted's 64 KiB, on any connection, before anyone is known (here a GET /healthz, open to anyone).
+    """
+    trailer = b"".join(b"X-Note-%d: %s\r\n" % (i, b"t" * 1000) for i in range(17))
+    request = (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n" + SMUGGLED)
+    _, error = await refused(server, request)
+    assert error["code"] == "UNSUPPORTED", error

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import pytest_twisted
 from prometheus_client import generate_latest
-
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from izreg.core.digest import Digest
 from izreg.http.refusals import RefusalLog
 from izreg.http.accesslog import RequestInfo
-from izreg.service.metrics import Metrics
+from izreg.service.metrics import Metrics, ScrapeSite
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
 
@@ -98,3 +104,40 @@ def test_body_memory_is_read_from_the_budget_at_scrape_time():
     assert budget.reserve(400, "account:b") and not budget.reserve(400, "account:c")  # past the whole budget
     assert (value("izreg_body_memory_bytes"), value("izreg_body_memory_refused_total")) == (700, 2)
     assert value("izreg_response_memory_bytes") is None  # each budget its own metrics
+
+
+class _Held(Resource):
+    """A root whose every request waits until the test finishes it (C{arrived}: a Deferred per request)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: list[Deferred] = [Deferred(), Deferred()]
+
+    def render(self, request):
+        self.arrived[[d.called for d in self.arrived].index(False)].callback(request)
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scrape_connection_answering_a_pipelined_request_is_not_idle():
+    """The metrics listener closes its longest idle connection for a newcomer, never one whose answer is in progress."""
+    root = _Held()
+    site = ScrapeSite(root)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    client = Protocol()
+    try:
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+        client.transport.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await root.arrived[0]
+        assert not site.idle_channels and len(site.busy_channels) == 1
+        await deferLater(reactor, 0, lambda: None)  # (out of the channel's read: it has both requests then)
+        first.finish()  # the pipelined request is read on at once (within finish), and is being answered
+        assert root.arrived[1].called
+        assert not site.idle_channels and len(site.busy_channels) == 1
+        (await root.arrived[1]).finish()
+        assert len(site.idle_channels) == 1 and not site.busy_channels
+    finally:
+        client.transport.abortConnection()
+        await port.stopListening()
