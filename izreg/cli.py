@@ -42,6 +42,7 @@ from izreg.auth.interfaces import IAuthStore, IDeviceStore
 from izreg.auth.store import KeyRecord
 from izreg.commands import EXIT_ERROR, CommandError, iso, one_line, table
 from izreg.commands import account_id as _account_id
+from izreg.core.argv import options_first
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
 
 __all__ = ["EXIT_ERROR", "CommandError", "Context", "main"]
@@ -322,33 +323,8 @@ def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] 
     return parser
 
 
-#: the izreg command's own options, which take a value; also taken after the command (L{global_options_first})
+#: the izreg command's own options, which take a value; also taken after the command (L{options_first})
 GLOBAL_OPTIONS = ("--config", "--data-dir")
-
-
-def global_options_first(argv: Sequence[str]) -> list[str]:
-    """
-    C{argv} with L{GLOBAL_OPTIONS} (and their values) moved before the command, so that
-    C{izreg gc --dry-run --config F} means C{izreg --config F gc --dry-run}: after the command,
-    argparse refused them ("unrecognized arguments: --data-dir <the account id>"), which read as if
-    the option did not exist. Nothing after C{--} is moved.
-    """
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            rest.extend(argv[i:])
-            break
-        if arg.split("=", 1)[0] not in GLOBAL_OPTIONS or ("=" not in arg and i + 1 == len(argv)):
-            rest.append(arg)  # (one with no value left: argparse says so where it is)
-            i += 1
-        else:
-            taken = 1 if "=" in arg else 2
-            front.extend(argv[i:i + taken])
-            i += taken
-    return front + rest
 
 
 #: a reader that went away (``izreg images ... | head``): the status of a command that SIGPIPE ends
@@ -386,7 +362,7 @@ def main(
     environ = os.environ if environ is None else environ
     parser = build_parser()
     try:
-        args = parser.parse_args(global_options_first(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(options_first(sys.argv[1:] if argv is None else argv, GLOBAL_OPTIONS))
     except SystemExit as e:  # usage errors (already printed) and --help
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     try:

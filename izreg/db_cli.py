@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _database(context):
     from izreg.commands import CommandError
     from izreg.service.backends import BackendError, open_database
+    from izreg.storage.pg import dsn_from
 
+    if context.config.metadata_backend != "postgresql" and not dsn_from(context.config.metadata_dsn):
+        # the default registry (LMDB): "needs metadata.dsn" told its user to set up a database it does not use
+        raise CommandError(NOT_POSTGRESQL)
     try:
         return open_database(context.config, max_size=1, command=True)
     except BackendError as e:
@@ -74,3 +78,9 @@ def db_status(args: argparse.Namespace, context) -> int:
     # a schema error already names both versions and what to do
     context.out(verdict if status else f"database schema version {found}; this izreg's {latest_version()}: {verdict}")
     return status
+
+
+#: C{izreg db} on a registry whose metadata is in LMDB (the default), with no database named either
+NOT_POSTGRESQL = ("izreg db is for a PostgreSQL metadata database ([metadata] backend = \"postgresql\","
+                  " docs/deploy.rst); this registry's metadata is in LMDB, whose index the server upgrades itself when it starts:"
+                  " nothing to do. For a database, give --config with [metadata] dsn, or $IZREG_DATABASE_URL")

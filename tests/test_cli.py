@@ -15,6 +15,7 @@ import pytest
 from izreg import cli
 from izreg.auth import keys
 from izreg.auth.store import AuthStore
+from izreg.core.argv import options_first
 from izreg.storage.lmdbenv import open_env
 
 NOW = 1_700_000_000.0
@@ -186,7 +187,7 @@ def test_the_commands_own_options_may_follow_the_command(capsys, tmp_path, accou
     (["key", "list", "--data-dir"], ["key", "list", "--data-dir"]),  # no value: not moved ("--data-dir key")
 ])
 def test_global_options_first(argv, moved):
-    assert cli.global_options_first(argv) == moved
+    assert options_first(argv, cli.GLOBAL_OPTIONS) == moved
 
 
 def test_default_data_dir(capsys, tmp_path, monkeypatch):

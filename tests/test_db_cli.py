@@ -69,10 +69,24 @@ def test_unreachable_database_is_one_line_without_the_password(monkeypatch):
     assert len(err.strip().splitlines()) == 1 and "s3cret-pw" not in err, err
 
 
-def test_no_dsn_is_an_error(monkeypatch):
+def test_no_dsn_is_an_error(monkeypatch, tmp_path):
     monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
-    status, out, err = run("db", "status")
+    config = tmp_path / "izreg.toml"
+    config.write_text('[metadata]\nbackend = "postgresql"\n')
+    status, out, err = run("--config", str(config), "db", "status")
     assert status == 2 and "IZREG_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize("command", ["status", "upgrade"])
+def test_on_lmdb_it_says_there_is_nothing_to_do(monkeypatch, command):
+    # the default registry: it said 'metadata.backend = "postgresql" needs metadata.dsn', a database it does not use
+    monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
+    status, out, err = run("db", command)
+    assert (status, out) == (2, "")
+    assert err == ("izreg: error: izreg db is for a PostgreSQL metadata database ([metadata] backend = \"postgresql\","
+                   " docs/deploy.rst); this registry's metadata is in LMDB, whose index the server upgrades itself"
+                   " when it starts: nothing to do. For a database, give --config with [metadata] dsn, or"
+                   " $IZREG_DATABASE_URL\n")
 
 
 @pytest.mark.parametrize("command", [("backup", "out"), ("restore", "in")])

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 
+from izreg.core.argv import options_first
 from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, parse_pin, parse_toml
 from izreg.service.config import ConfigError
 
@@ -84,7 +85,7 @@ def main(argv=None, stdout=None, stderr=None) -> int:
         p.add_argument("ref", metavar="ACCOUNT/APP:TAG")
     pins = sub.add_parser("pins", help="list the pins and what they resolved to")
     pins.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(options_first(sys.argv[1:] if argv is None else argv, ("--cache-dir", "--config")))
     try:
         root = _cache_dir(args)
         if args.command in ("pin", "unpin"):

@@ -64,7 +64,7 @@ class Reporter:
             answer = await collect(response, 64 * 1024)
         except Unreachable as e:
             emit = log.info if self.upstream.first_offline("reports") else log.debug  # every interval: once an outage
-            emit("{reports} wait: registry unreachable ({reason})", reports=plural(len(batch), "pull report"),
+            emit("{reports} waiting: registry unreachable ({reason})", reports=plural(len(batch), "pull report"),
                  n=len(batch), reason=e.reason)
             return 0
         keys = [key for key, _ in batch]
@@ -73,7 +73,7 @@ class Reporter:
             log.info("reported {pulls} served from the cache", pulls=plural(len(batch), "pull"), n=len(batch))
             return len(batch)
         if response.code in RETRY or response.code >= 500:
-            log.warn("{reports} wait: the registry answered {code}", reports=plural(len(batch), "pull report"),
+            log.warn("{reports} waiting: the registry answered {code}", reports=plural(len(batch), "pull report"),
                      n=len(batch), code=response.code)
             return 0
         log.error("the registry refused {reports} with {code}: {body}; dropped",

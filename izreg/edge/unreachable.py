@@ -82,6 +82,9 @@ def _sentence(cause: BaseException, setting: Setting, chain: Sequence[x509.Certi
         text = str(cause)
         if "certificate verify failed" in text:
             return _unverified(setting, chain, now)
+        if "wrong version number" in text:  # the answer to its ClientHello was no TLS: the plain port, say
+            return (f"the registry does not speak TLS at {setting.url} (its plain-HTTP port?): --upstream names"
+                    " its TLS listener (--tls-listen, [tls] listen)")
         alert = next((a for a in _DEVICE_ALERTS if a in text), None)
         if alert is not None:
             return (f"the registry refused this gateway's device certificate (--device-cert {setting.device_cert}):"

@@ -75,14 +75,14 @@ async def test_an_outage_is_two_lines_and_the_repeated_ones_are_debug(tmp_path):
         lines = edge_lines(events)
         assert [(level, text.split(":")[0]) for level, text in lines] == [
             ("warn", f"the registry http"),
-            ("info", "1 pull report wait"),
-            ("debug", "1 pull report wait"),
-            ("debug", "1 pull report wait"),
+            ("info", "1 pull report waiting"),
+            ("debug", "1 pull report waiting"),
+            ("debug", "1 pull report waiting"),
             ("info", f"the registry http"),
             ("info", "reported 1 pull served from the cache"),
             ("warn", f"the registry http"),
-            ("info", "1 pull report wait"),
-            ("debug", "1 pull report wait"),
+            ("info", "1 pull report waiting"),
+            ("debug", "1 pull report waiting"),
         ], lines
         assert "is unreachable" in lines[0][1] and "refused" in lines[0][1]
         assert "answers again" in lines[4][1] and "is unreachable" in lines[6][1]

@@ -218,6 +218,10 @@ def test_izreg_edge_pins_has_a_header_and_aligned_columns(tmp_path):
     ]
     # the form for scripts is as it was: one JSON object, no header
     assert json.loads(run("pins", "--json"))[f"{FIRST}:v1"]["digest"] == digest
+    # --cache-dir after the command too, as a newcomer adds it ('unrecognized arguments: --cache-dir' before)
+    out = io.StringIO()
+    assert main(["pins", "--json", "--cache-dir", root], stdout=out) == 0
+    assert json.loads(out.getvalue())[f"{FIRST}:v1"]["digest"] == digest
     run("unpin", f"{FIRST}:v1")
     run("unpin", f"{ACCOUNT}/a-longer-name:v2")
     run("unpin", f"{ACCOUNT}/b:v3")

@@ -102,8 +102,12 @@ def test_the_registry_refusing_the_device_certificate(alert):
     (error.DNSLookupError("registry.example"),
      "the host name of --upstream (https://registry.example:5443) does not resolve"),
     (never(error.ConnectionLost()), "the registry could not be reached (the edge's log says why)"),
-    (never(SSL.Error([("SSL routines", "", "wrong version number")])),
+    (never(SSL.Error([("SSL routines", "", "packet length too long")])),
      "the registry could not be reached (the edge's log says why)"),
+    # --upstream https://HOST:5000, the registry's plain port (a newcomer's slip): its answer is no TLS
+    (never(SSL.Error([("SSL routines", "", "wrong version number")])),
+     "the registry does not speak TLS at https://registry.example:5443 (its plain-HTTP port?): --upstream names"
+     " its TLS listener (--tls-listen, [tls] listen)"),
 ])
 def test_the_other_failures(failure, sentence):
     assert explain(failure, SETTING, [], UTC_NOW) == sentence

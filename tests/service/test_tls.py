@@ -405,8 +405,19 @@ def test_load_material_errors(certs, tmp_path):
         load_material(TLSFiles(certs.server_cert, certs.device_key))
     with pytest.raises(TLSConfigError, match="not a CA certificate"):
         load_material(TLSFiles(certs.server_cert, certs.server_key, (certs.device_cert,)))
+    # a device's certificate and key for the server's (dev-certs' client.cert beside server/server.crt): every
+    # client would fail its handshake ("unsupported certificate purpose"); start-up says so instead
+    with pytest.raises(TLSConfigError) as swapped:
+        load_material(TLSFiles(certs.device_cert, certs.device_key))
+    assert str(swapped.value) == (
+        f"the server certificate {certs.device_cert} ({certs.device.cert.subject.rfc4514_string()}) is not a server"
+        " certificate (extended key usage: clientAuth; TLS servers need serverAuth): give the registry's own"
+        " certificate (server/server.crt of izreg dev-certs), not a device's")
     material = load_material(certs.files())
     assert [c.subject for c in material.device_cas] == [certs.ca.cert.subject]
+    # a CA:TRUE certificate with no extended key usage (openssl req -x509's) is a server certificate still
+    ca_cert, ca_key = write_pair(certs.dir, "self-signed", certs.ca)
+    assert load_material(TLSFiles(ca_cert, ca_key)).server_chain[0].subject == certs.ca.cert.subject
 
 
 def test_crl_file_reloads_on_change(certs, tmp_path):

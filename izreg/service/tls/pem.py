@@ -130,15 +130,37 @@ def check_client_certificate(cert: x509.Certificate, path: str, role: str) -> No
     if _is_ca(cert):
         raise TLSConfigError(f"the {role} certificate {path} is a CA certificate ({subject}), not a {role}'s: give"
                              f" the {role}'s own certificate (client.cert of izreg dev-certs), issued by that CA")
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return  # no restriction
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
-        names = ", ".join(_USAGES.get(usage, usage.dotted_string) for usage in usages) or "none"
+    names = _usages_without(cert, ExtendedKeyUsageOID.CLIENT_AUTH)
+    if names is not None:
         raise TLSConfigError(f"the {role} certificate {path} ({subject}) is not a client certificate (extended key"
                              f" usage: {names}; TLS clients need clientAuth): give the {role}'s certificate, not"
                              " the registry's server certificate")
+
+
+def check_server_certificate(cert: x509.Certificate, path: str) -> None:
+    """
+    Raise L{TLSConfigError} when C{cert} (the server certificate C{path}) has an extended key usage that
+    leaves out serverAuth: a device's (client.cert of izreg dev-certs) given for the server's, which every
+    client would refuse at its first handshake. A CA's is let through: a quick self-signed certificate
+    (openssl req -x509) is CA:TRUE, and clients that trust it directly accept it.
+    """
+    names = _usages_without(cert, ExtendedKeyUsageOID.SERVER_AUTH)
+    if names is not None:
+        subject = cert.subject.rfc4514_string() or "an empty subject"
+        raise TLSConfigError(f"the server certificate {path} ({subject}) is not a server certificate (extended key"
+                             f" usage: {names}; TLS servers need serverAuth): give the registry's own certificate"
+                             " (server/server.crt of izreg dev-certs), not a device's")
+
+
+def _usages_without(cert: x509.Certificate, needed: x509.ObjectIdentifier) -> str | None:
+    """The names of C{cert}'s extended key usages when they leave out C{needed} (and any); else None."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None  # no restriction
+    if needed in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        return None
+    return ", ".join(_USAGES.get(usage, usage.dotted_string) for usage in usages) or "none"
 
 
 def check_trust_anchors(certs: tuple[x509.Certificate, ...], path: str, what: str) -> None:
@@ -157,6 +179,7 @@ def check_trust_anchors(certs: tuple[x509.Certificate, ...], path: str, what: st
 def load_material(files: TLSFiles) -> TLSMaterial:
     """Read and check everything in C{files}; raise L{TLSConfigError}."""
     chain, key = load_key_pair(files.cert, files.key, "server")
+    check_server_certificate(chain[0], files.cert)
     cas: list[x509.Certificate] = []
     for path in files.device_cas:
         for ca in load_certificates(path, "device CA file"):
