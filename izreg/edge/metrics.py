@@ -8,7 +8,8 @@ library's WSGI exposition (L{izreg.service.metrics.scrape_resource}).
 
 Per request (at its end, with its log line): one counter of requests by
 source (the log line's word: hit, miss, offline, relay, local, refused,
-unavailable) and status, one of body bytes sent by source. Everything else
+unavailable) and status, one of body bytes sent by source, one of responses
+cut by reason. Everything else
 is what the edge already keeps, read at scrape time in the exposition's
 thread (ints, and two short LMDB reads): the registry's state
 (L{izreg.edge.upstream.Upstream}), the cache's size and evictions, the bytes
@@ -21,6 +22,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from izreg.http.accesslog import CUT_REASONS
 from izreg.service.metrics import ResponseMemoryCollector, scrape_resource
 
 #: the states of a pin (C{izreg-edge pins}): fetched and current, its last try failed, never fetched yet
@@ -35,12 +37,21 @@ class EdgeMetrics:
                                 " and status", ["source", "status"], registry=r)
         self.response_bytes = Counter("izreg_edge_response_bytes", "Response body bytes sent, by source (hit and"
                                       " offline: from the cache)", ["source"], registry=r)
+        self.cuts = Counter("izreg_edge_responses_cut", "Responses the edge cut after their head was sent (the"
+                            " log line's \"(cut: ...)\"), by reason: slow_reader (the client read nothing for"
+                            " edge.send_timeout), unreadable (the cache's file, or the registry's answer, broke"
+                            " off), failed (the handler)", ["reason"], registry=r)
+        #: each reason's series (all shown from the start, at 0)
+        self._cuts = {reason: self.cuts.labels(reason) for reason in CUT_REASONS}
         #: each request's series, by (source, status): C{labels()} looks them up at ~3 us each
         self._series: dict[tuple[str, str], tuple] = {}
         self._edge = None
 
-    def observe_request(self, source: str, status: int, sent: int) -> None:
-        """A request ended (L{izreg.edge.proxy.EdgeRequest}): its source, status and body bytes sent."""
+    def observe_request(self, source: str, status: int, sent: int, cut: str | None = None) -> None:
+        """
+        A request ended (L{izreg.edge.proxy.EdgeRequest}): its source, status and body bytes sent, and why the
+        edge cut it (L{izreg.http.accesslog.CUT_REASONS}), if it did.
+        """
         code = str(status) if 100 <= status <= 599 else "other"
         series = self._series.get((source, code))
         if series is None:  # sources are the proxy's few words, statuses bounded: so is this
@@ -49,6 +60,10 @@ class EdgeMetrics:
         requests, sent_bytes = series
         requests.inc()
         sent_bytes.inc(sent)
+        if cut is not None:
+            cuts = self._cuts.get(cut)
+            if cuts is not None:
+                cuts.inc()
 
     def watch(self, api, pinner=None) -> None:
         """

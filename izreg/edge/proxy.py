@@ -88,7 +88,7 @@ class EdgeRequest(RegistryRequest):
         outcome = "" if result is None else " (client went away)" if gone else f" (cut: {cut_why})"
         metrics = getattr(self.site, "metrics", None)
         if metrics is not None:  # a client gone counts as the server's access log has it: 499
-            metrics.observe_request(self.edge_source, CLIENT_GONE if gone else self.code, self.sentLength)
+            metrics.observe_request(self.edge_source, CLIENT_GONE if gone else self.code, self.sentLength, cut_why)
         log.info("{method} {path} {code} {source} {size}B{outcome}",
                  method=self.method.decode("ascii", "replace"), path=self.uri.decode("latin-1")[:300],
                  code=self.code, source=self.edge_source, size=self.sentLength, outcome=outcome)

@@ -44,6 +44,8 @@ CUT_FAILED = "failed"
 CUT_UNREADABLE = "unreadable"
 #: why: its client read nothing for connections.send_timeout (izreg.http.limits.SlowReaders)
 CUT_SLOW_READER = "slow_reader"
+#: every why (the metrics' C{reason} label: a fixed set, never from the client)
+CUT_REASONS = (CUT_FAILED, CUT_UNREADABLE, CUT_SLOW_READER)
 
 #: the template of each repository route (L{izreg.core.routes} endpoint), as the access log and the metrics name it
 TEMPLATES = {

@@ -26,7 +26,7 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
-from izreg.http.accesslog import RequestInfo
+from izreg.http.accesslog import CUT_REASONS, RequestInfo
 from izreg.http.limits import PUBLIC_REQUEST, REFUSED, TIER_NAMES
 
 #: request latency buckets, seconds (a manifest GET is ms, a layer PUT may be minutes)
@@ -63,6 +63,12 @@ class Metrics:
         self.tls_handshakes = Counter("izreg_tls_handshakes", "TLS handshakes completed", registry=r)
         self.gc_runs = Counter("izreg_gc_runs", "Garbage collection runs", registry=r)
         self.gc_freed = Counter("izreg_gc_freed_bytes", "Bytes freed by garbage collection", registry=r)
+        self.cuts = Counter("izreg_http_responses_cut", "Responses the server cut after their head was sent (the"
+                            " access log's cut=), by reason: slow_reader (the client read nothing for"
+                            " connections.send_timeout), unreadable (storage), failed (the handler)", ["reason"],
+                            registry=r)
+        #: each reason's series (all shown from the start, at 0)
+        self._cuts = {reason: self.cuts.labels(reason) for reason in CUT_REASONS}
         self.webhook_deliveries = Counter("izreg_webhook_deliveries", "Webhook delivery attempts", ["result"], registry=r)
         for result in ("delivered", "failed", "gave_up"):
             self.webhook_deliveries.labels(result)
@@ -85,6 +91,10 @@ class Metrics:
         latency.observe(info.duration)
         bytes_in.inc(info.bytes_in)
         bytes_out.inc(info.bytes_out)
+        if info.cut is not None:  # the access line's cut= (its status counted above, as sent)
+            cuts = self._cuts.get(info.cut)
+            if cuts is not None:
+                cuts.inc()
         kind = auth_failure_kind(info)
         if kind is not None:
             self.auth_failures.labels(kind).inc()

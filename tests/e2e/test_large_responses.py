@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_pull_paths import _connection, _raw_get, _read_response
 from tests.helpers.largemanifest import answer_of, padded_manifest
+from tests.helpers.metrics import cut_responses
 from tests.helpers.ociclient import OCIClient, expect
 from tests.helpers.server import RegistryProcess, free_port
 from tests.helpers.tls import restart_with_tls
@@ -99,6 +100,7 @@ def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(l
     registry = large["registry"]
     mark = registry.log_mark()
     before = _response_memory(large)
+    cuts = cut_responses(large["metrics"])
     assert before["izreg_response_memory_bytes"] == 0 and before["izreg_response_memory_limit_bytes"] == LIMIT
     stalled = _raw_get(large, listener, rcvbuf=4096)
     try:
@@ -120,6 +122,8 @@ def test_a_client_that_stops_reading_a_manifest_is_closed_and_its_memory_freed(l
         got = 0
         registry.wait_for_log(r"GET /v2/\{name\}/manifests/\{reference\} 200 .* cut=slow_reader$", mark, timeout=30)
         assert "read nothing of a response for" in registry.log_text()
+        # and counted (the module's server is shared: one more than before)
+        assert cut_responses(large["metrics"]) == {**cuts, "slow_reader": cuts["slow_reader"] + 1}
         try:
             while chunk := stalled.recv(1 << 20):
                 got += len(chunk)

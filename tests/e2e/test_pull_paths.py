@@ -21,7 +21,8 @@ import threading
 import pytest
 
 from tests.helpers.ociclient import OCIClient, expect
-from tests.helpers.server import RegistryProcess
+from tests.helpers.metrics import cut_responses
+from tests.helpers.server import RegistryProcess, free_port
 from tests.helpers.tls import restart_with_tls
 
 pytestmark = [
@@ -46,10 +47,9 @@ def impatient(tmp_path_factory):
 
 def _serving(tmp_path_factory, name: str, config_text: str = ""):
     base = tmp_path_factory.mktemp(name)
-    config = None
-    if config_text:
-        config = base / "izreg.toml"
-        config.write_text(config_text)
+    config = base / "izreg.toml"
+    metrics_port = free_port()
+    config.write_text(config_text + f'[metrics]\nlisten = ["tcp:{metrics_port}:interface=127.0.0.1"]\n')
     registry = RegistryProcess(data_dir=str(base / "data"), log_path=str(base / "server.log"), config=config)
     try:
         registry.start()
@@ -64,7 +64,8 @@ def _serving(tmp_path_factory, name: str, config_text: str = ""):
         tls.load_cert_chain(paths.client_cert, paths.client_key)
         yield {"registry": registry, "data": data, "digest": digest, "path": f"/v2/{repo}/blobs/{digest}",
                "tls_port": tls_port, "tls": tls, "auth": registry.requests_auth, "client_cert": paths.client_cert,
-               "client_key": paths.client_key, "ca_cert": paths.ca_cert}
+               "client_key": paths.client_key, "ca_cert": paths.ca_cert,
+               "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         registry.close()
 
@@ -393,6 +394,7 @@ def test_a_client_that_stops_reading_is_closed_after_send_timeout(impatient, lis
     """connections.send_timeout: a client that reads nothing of a blob loses its connection; a slow one does not."""
     registry = impatient["registry"]
     mark = registry.log_mark()
+    cuts = cut_responses(impatient["metrics"])
     stalled = _raw_get(impatient, listener, rcvbuf=4096)
     slow = _raw_get(impatient, listener, rcvbuf=4096)
     done = threading.Event()
@@ -411,6 +413,8 @@ def test_a_client_that_stops_reading_is_closed_after_send_timeout(impatient, lis
         # one per 10 s); not 499, a client that went away
         registry.wait_for_log(r"GET /v2/\{name\}/blobs/\{digest\} 200 .* cut=slow_reader$", mark, timeout=30)
         assert "read nothing of a blob for" in registry.log_text()
+        # and counted, once (the module's server is shared: one more than before)
+        assert cut_responses(impatient["metrics"]) == {**cuts, "slow_reader": cuts["slow_reader"] + 1}
         done.set()
         # the one that stopped: what was on its way, then the end, well short of the blob
         got = 0
@@ -447,6 +451,8 @@ def test_a_blob_file_cut_short_behind_a_get_resets_the_connection(pulls):
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     repo = f"{registry.account}/pull/cut"
     expect(OCIClient(registry.url, auth=registry.requests_auth).push_blob_monolithic(repo, data), 201)
+    mark = registry.log_mark()
+    cuts = cut_responses(pulls["metrics"])
     sock = _raw_get(dict(pulls, path=f"/v2/{repo}/blobs/{digest}"), "plain", rcvbuf=4096)
     with sock:
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
@@ -457,3 +463,6 @@ def test_a_blob_file_cut_short_behind_a_get_resets_the_connection(pulls):
             while chunk := sock.recv(65536):
                 got += len(chunk)
     assert got < len(data)
+    # logged with the status it was sent and why, and counted: storage trouble, not a client gone
+    registry.wait_for_log(r"GET /v2/\{name\}/blobs/\{digest\} 200 .* cut=unreadable$", mark, timeout=30)
+    assert cut_responses(pulls["metrics"]) == {**cuts, "unreadable": cuts["unreadable"] + 1}

@@ -24,8 +24,9 @@ import pytest
 
 from tests.helpers.edge import EdgeProcess, tls_registry
 from tests.helpers.largemanifest import answer_of, padded_manifest
+from tests.helpers.metrics import cut_responses
 from tests.helpers.ociclient import OCIClient, expect
-from tests.helpers.server import RegistryProcess
+from tests.helpers.server import RegistryProcess, free_port
 
 pytestmark = pytest.mark.edge
 
@@ -63,7 +64,8 @@ class Manifests:
 def large(tmp_path_factory):
     base = tmp_path_factory.mktemp("edge-large-manifests")
     (base / "registry.toml").write_text(REGISTRY_CONFIG)
-    (base / "edge.toml").write_text(EDGE_CONFIG)
+    metrics_port = free_port()
+    (base / "edge.toml").write_text(EDGE_CONFIG + f'metrics_listen = ["tcp:{metrics_port}:interface=127.0.0.1"]\n')
     registry = RegistryProcess(data_dir=str(base / "registry"), log_path=str(base / "registry.log"),
                                config=base / "registry.toml")
     edge = None
@@ -74,7 +76,8 @@ def large(tmp_path_factory):
         edge = EdgeProcess(str(base / "edge-cache"), upstream, certs, log_path=str(base / "edge.log"),
                            extra_args=("--config", str(base / "edge.toml")))
         edge.start()
-        yield {"registry": registry, "edge": edge, "manifests": Manifests(registry)}
+        yield {"registry": registry, "edge": edge, "manifests": Manifests(registry),
+               "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         if edge is not None:
             edge.close()
@@ -114,6 +117,11 @@ def _drain(sock: socket.socket) -> int:
     return got
 
 
+def _cuts(large) -> dict[str, float]:
+    """The edge's izreg_edge_responses_cut_total, by reason."""
+    return cut_responses(large["metrics"], "izreg_edge_responses_cut_total")
+
+
 def _no_tracebacks(process) -> None:
     tail = process.log_text().splitlines()[-300:]
     assert not [line for line in tail if "Traceback" in line or "Unhandled" in line], tail
@@ -142,6 +150,7 @@ def test_a_client_that_stops_reading_a_miss_is_closed_and_what_it_held_is_given_
     edge, manifests = large["edge"], large["manifests"]
     (stalled_path, data), (other_path, other), (after_path, after) = (manifests.push() for _ in range(3))
     mark = edge.log_mark()
+    cuts = _cuts(large)
     stalled = _stalled_get(edge, stalled_path)
     try:
         # what the stalled client was not sent is held: another miss does not fit beside it
@@ -155,6 +164,7 @@ def test_a_client_that_stops_reading_a_miss_is_closed_and_what_it_held_is_given_
         edge.wait_for_log(rf"GET {other_path} 503 unavailable", mark)
         # after edge.send_timeout the stalled client is closed, short of the whole manifest
         edge.wait_for_log(rf"GET {stalled_path} 200 miss \d+B \(cut: slow_reader\)", mark, timeout=30)
+        assert _cuts(large) == {**cuts, "slow_reader": cuts["slow_reader"] + 1}  # counted, once
         assert _drain(stalled) + 1024 < len(data)
         assert re.search(r"read nothing of (a response|a manifest) for \d+ s \(edge\.send_timeout\)", edge.log_text())
     finally:
@@ -173,6 +183,7 @@ def test_a_client_that_stops_reading_a_hit_is_closed_and_holds_no_response_memor
     response, body = _get(edge, cached_path)  # now cached
     assert (response.status, body == data) == (200, True)
     mark = edge.log_mark()
+    cuts = _cuts(large)
     stalled = _stalled_get(edge, cached_path)
     try:
         # sent from the cache's file: a miss of the same size still fits beside it
@@ -180,6 +191,7 @@ def test_a_client_that_stops_reading_a_hit_is_closed_and_holds_no_response_memor
         assert (response.status, body == miss) == (200, True), (response.status, body[:300])
         # closed after edge.send_timeout (its warning may be one of the throttled lines: the request's is not)
         edge.wait_for_log(rf"GET {cached_path} 200 hit \d+B \(cut: slow_reader\)", mark, timeout=30)
+        assert _cuts(large) == {**cuts, "slow_reader": cuts["slow_reader"] + 1}  # counted, once
         assert _drain(stalled) + 1024 < len(data)
     finally:
         stalled.close()
@@ -198,10 +210,12 @@ def test_a_client_that_stops_reading_a_blob_it_is_not_sent_from_the_cache_is_clo
     expect(manifests.client.push_blob_monolithic(manifests.repo, data), 201)
     path = f"/v2/{manifests.repo}/blobs/{digest}"
     mark = edge.log_mark()
+    cuts = _cuts(large)
     status = 200 if source == "miss" else 206
     stalled = _stalled_get(edge, path, "" if source == "miss" else f"Range: bytes=0-{BLOB_SIZE - 1}\r\n", status)
     try:
         edge.wait_for_log(rf"GET {path} {status} {source} \d+B \(cut: slow_reader\)", mark, timeout=30)
+        assert _cuts(large) == {**cuts, "slow_reader": cuts["slow_reader"] + 1}  # counted, once
         assert _drain(stalled) + 1024 < len(data)
     finally:
         stalled.close()

@@ -30,6 +30,7 @@ from izreg.edge.proxy import EdgeAPI, EdgeSite
 from izreg.edge.reports import Reporter
 from izreg.edge.service import EdgeOptions, make_edge
 from izreg.edge.upstream import Upstream
+from izreg.http.accesslog import CUT_REASONS
 from izreg.http.limits import BodyBudget
 from izreg.service.metrics import ScrapeSite
 
@@ -118,6 +119,8 @@ async def test_requests_bytes_registry_state_cache_budget_and_pins_are_scraped(t
         assert before[("izreg_edge_response_memory_refused_total", ())] == 0
         assert before[("izreg_edge_pins", (("state", "pending"),))] == 2
         assert not [key for key in before if key[0] == "izreg_edge_requests_total"]
+        cuts = [("izreg_edge_responses_cut_total", (("reason", reason),)) for reason in CUT_REASONS]
+        assert [before[key] for key in cuts] == [0, 0, 0]  # each reason there from the start
 
         assert await get(manifest_path) == (200, MANIFEST)
         assert await get(layer_path) == (200, LAYER)
@@ -159,6 +162,7 @@ async def test_requests_bytes_registry_state_cache_budget_and_pins_are_scraped(t
         assert offline[("izreg_edge_requests_total", (("source", "offline"), ("status", "200")))] == 1
         assert offline[("izreg_edge_requests_total", (("source", "unavailable"), ("status", "503")))] == 1
         assert offline[("izreg_edge_response_bytes_total", (("source", "offline"),))] == len(MANIFEST)
+        assert [offline[key] for key in cuts] == [0, 0, 0]  # nothing cut (tests/edge/test_edge_large_manifests.py)
     finally:
         await reporter.flush_writes()
         await upstream.close()

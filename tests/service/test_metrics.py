@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from izreg.core.digest import Digest
 from izreg.http.refusals import RefusalLog
-from izreg.http.accesslog import RequestInfo
+from izreg.http.accesslog import CUT_FAILED, CUT_REASONS, CUT_SLOW_READER, CUT_UNREADABLE, RequestInfo
 from izreg.service.metrics import Metrics, ScrapeSite
 from izreg.storage.lmdbenv import open_env
 from izreg.storage.lmdbindex import Index
@@ -45,6 +45,21 @@ def test_requests_auth_failures_and_device_pulls():
     assert value("izreg_http_requests_total", {"route": "/v2/{name}/manifests/{reference}", "method": "OTHER",
                                                "status": "405"}) == 1
     assert b"a/b" not in generate_latest(metrics.registry) and b"BREW" not in generate_latest(metrics.registry)
+
+
+def test_cut_responses_are_counted_by_reason_and_with_the_status_sent():
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    assert [value("izreg_http_responses_cut_total", {"reason": r}) for r in CUT_REASONS] == [0, 0, 0]
+    metrics.observe_request(info(cut=CUT_SLOW_READER))
+    metrics.observe_request(info(cut=CUT_UNREADABLE))
+    metrics.observe_request(info(cut=CUT_SLOW_READER))
+    metrics.observe_request(info())
+    assert value("izreg_http_responses_cut_total", {"reason": CUT_SLOW_READER}) == 2
+    assert value("izreg_http_responses_cut_total", {"reason": CUT_UNREADABLE}) == 1
+    assert value("izreg_http_responses_cut_total", {"reason": CUT_FAILED}) == 0
+    assert value("izreg_http_requests_total", {"route": "/v2/{name}/manifests/{reference}", "method": "GET",
+                                               "status": "200"}) == 4
 
 
 def test_storage_gauges(tmp_path):
