@@ -153,10 +153,35 @@ class Metrics:
 
 
 def scrape_resource(registry: CollectorRegistry, reactor, pool) -> Resource:
-    """A metrics listener's root: C{/metrics}, C{registry} served by the library's WSGI app in C{pool}."""
-    root = Resource()
+    """
+    A metrics listener's root: C{/metrics}, C{registry} served by the library's WSGI app in C{pool}; C{/}
+    (where people look first) redirects there, any other path is a short plain-text 404 naming it.
+    """
+    root = _ScrapeRoot()
     root.putChild(b"metrics", WSGIResource(reactor, pool, make_wsgi_app(registry)))
     return root
+
+
+class _ScrapeRoot(Resource):
+    """The metrics listener's paths other than C{/metrics}: L{_NotMetrics}."""
+
+    def getChild(self, path: bytes, request) -> Resource:
+        return _NotMetrics()
+
+
+class _NotMetrics(Resource):
+    """C{GET /} (and HEAD): 302 to C{/metrics}; anything else: a plain-text 404 (not Twisted's HTML page)."""
+
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if request.path == b"/" and request.method in (b"GET", b"HEAD"):
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/metrics")
+            return b"The metrics are at /metrics\n"
+        request.setResponseCode(404)
+        return b"Not found: the metrics are at /metrics\n"
 
 
 #: connections a metrics listener keeps open at once, and the seconds one may stay idle: a Prometheus keeps one per

@@ -110,6 +110,22 @@ def test_metrics_after_push_and_pull(ops_registry):
             assert digest.split(":")[1][:12] not in label_value
 
 
+def test_the_metrics_listeners_root_leads_to_the_metrics(ops_registry):
+    """People open the listener's root: it redirects to /metrics; any other path is a plain-text 404 naming it."""
+    root = ops_registry.metrics_url[:-len("metrics")]
+    response = requests.get(root, timeout=30, allow_redirects=False)
+    assert response.status_code == 302 and response.headers["Location"] == "/metrics"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    followed = expect(requests.get(root, timeout=30), 200)
+    assert followed.url == ops_registry.metrics_url and "izreg_http_requests_total" in followed.text
+    head = requests.head(root, timeout=30)
+    assert head.status_code == 302 and head.headers["Location"] == "/metrics" and not head.content
+    for path in ("favicon.ico", "metric", "a/b"):
+        response = requests.get(root + path, timeout=30)
+        assert response.status_code == 404 and response.headers["Content-Type"].startswith("text/plain")
+        assert "/metrics" in response.text and "<" not in response.text
+
+
 def test_the_metrics_listener_keeps_a_few_connections_open(ops_registry):
     """
     Idle connections to /metrics held a file descriptor each for 12 hours, as many as anyone opened; past
