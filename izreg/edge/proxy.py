@@ -3,6 +3,7 @@
 The edge's HTTP API: the pull side of the distribution API, answered from
 the cache or the registry.
 
+- ``/``: a short plain-text page (what this is, how to pull through it, ``/healthz``).
 - ``/v2/``: 200 at once (clients on the gateway need no credentials).
 - manifests GET/HEAD: when the registry answers, it decides (a tag is
   resolved there, a cached digest is revalidated with a HEAD, so a 401,
@@ -62,6 +63,14 @@ log = Logger()
 WARNING = '110 - "served from the edge cache; the registry is unreachable"'
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_LIST, mt.DOCKER_MANIFEST])
+#: the answer to C{GET /}: nothing of this edge's own (no registry address, credentials or paths)
+ROOT_PAGE = b"""izreg edge: a read-only pull-through cache of an izreg registry.
+
+Pull through it:  docker pull containers.local:8080/<account_id>/<app>:<tag>
+Registry API:     /v2/
+Health:           /healthz
+Pushes and deletes go to the registry itself.
+"""
 #: request headers passed to the registry
 FORWARD = (b"accept", b"range", b"if-none-match")
 #: response headers not passed back (hop by hop, or set by our own server)
@@ -164,6 +173,13 @@ class EdgeAPI:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % len(body))  # else Twisted sends it chunked (a HEAD: no length)
         return body
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root(self, request):
+        """What this is, for whoever opens it in a browser: how to pull through it, where its health is."""
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(ROOT_PAGE))  # else Twisted sends it chunked
+        return ROOT_PAGE
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):

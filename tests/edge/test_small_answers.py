@@ -51,7 +51,7 @@ async def edge(tmp_path):
 
 
 PATHS = [
-    "/healthz", "/v2/", "/v2", f"/v2/{REPO}/manifests/v1", f"/v2/{REPO}/manifests/{MANIFEST_DIGEST}",
+    "/", "/healthz", "/v2/", "/v2", f"/v2/{REPO}/manifests/v1", f"/v2/{REPO}/manifests/{MANIFEST_DIGEST}",
     f"/v2/{REPO}/blobs/{LAYER_DIGEST}", f"/v2/{REPO}/tags/list", f"/v2/{ACCOUNT}/gone/manifests/v1",
     f"/v2/{REPO}/blobs/{str(Digest.of(b'other'))}", f"/v2/{REPO}/blobs/uploads/x", "/nothing", "/v2/_catalog",
 ]
@@ -68,3 +68,18 @@ async def test_every_answer_has_a_content_length(edge, method):
             if "transfer-encoding" in headers or length is None or method != "HEAD" and len(body) != int(length):
                 unsaid.append((path, status, headers.get("transfer-encoding"), length, len(body)))
     assert unsaid == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_root_says_what_the_edge_is(edge):
+    """Opened in a browser, C{/} says how to pull through the edge and where its health is (OCI JSON 404 before)."""
+    status, headers, body = await deferToThread(ask, edge, "GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    assert "izreg edge" in text and "docker pull containers.local:8080/<account_id>/<app>:<tag>" in text
+    assert "/healthz" in text
+    assert "127.0.0.1" not in text and "/tmp" not in text  # nothing of its own: the registry's address, its cache
+    status, headers, body = await deferToThread(ask, edge, "HEAD", "/")
+    assert status == 200 and int(headers["content-length"]) == len(text.encode()) and body == b""
+    status, headers, body = await deferToThread(ask, edge, "POST", "/")
+    assert status == 405 and headers["content-type"] == "application/json"
