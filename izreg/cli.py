@@ -42,7 +42,7 @@ from izreg.auth.interfaces import IAuthStore, IDeviceStore
 from izreg.auth.store import KeyRecord
 from izreg.commands import EXIT_ERROR, CommandError, iso, one_line, table
 from izreg.commands import account_id as _account_id
-from izreg.core.argv import options_first
+from izreg.core.argv import parse_args
 from izreg.service.config import ENV_DATA_DIR, Config, ConfigError, load
 
 __all__ = ["EXIT_ERROR", "CommandError", "Context", "main"]
@@ -323,7 +323,7 @@ def build_parser(groups: Sequence[Callable[[argparse._SubParsersAction], None]] 
     return parser
 
 
-#: the izreg command's own options, which take a value; also taken after the command (L{options_first})
+#: the izreg command's own options, which take a value; also taken after the command (L{izreg.core.argv.options_first})
 GLOBAL_OPTIONS = ("--config", "--data-dir")
 
 
@@ -362,7 +362,7 @@ def main(
     environ = os.environ if environ is None else environ
     parser = build_parser()
     try:
-        args = parser.parse_args(options_first(sys.argv[1:] if argv is None else argv, GLOBAL_OPTIONS))
+        args = parse_args(parser, sys.argv[1:] if argv is None else argv, GLOBAL_OPTIONS)
     except SystemExit as e:  # usage errors (already printed) and --help
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     try:

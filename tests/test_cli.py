@@ -184,10 +184,19 @@ def test_the_commands_own_options_may_follow_the_command(capsys, tmp_path, accou
     (["gc", "--dry-run", "--config=F", "--grace", "0"], ["--config=F", "gc", "--dry-run", "--grace", "0"]),
     (["--data-dir", "D", "gc"], ["--data-dir", "D", "gc"]),
     (["webhook", "add", "A", "U", "--", "--config", "F"], ["webhook", "add", "A", "U", "--", "--config", "F"]),
-    (["key", "list", "--data-dir"], ["key", "list", "--data-dir"]),  # no value: not moved ("--data-dir key")
 ])
 def test_global_options_first(argv, moved):
     assert options_first(argv, cli.GLOBAL_OPTIONS) == moved
+
+
+@pytest.mark.parametrize("argv", [["key", "list", "A", "--data-dir"], ["key", "list", "--data-dir"],
+                                  ["gc", "--config"], ["--data-dir"]])
+def test_an_option_given_last_without_its_value_is_said_to_need_one(capsys, argv):
+    # argparse said "unrecognized arguments: --data-dir", or that the account id was missing, as if the option
+    # did not exist or had been taken
+    code, out, err = run(capsys, None, *argv)
+    assert (code, out) == (2, "")
+    assert err == f"izreg: error: argument {argv[-1]}: expected one argument (see izreg --help)\n"
 
 
 def test_default_data_dir(capsys, tmp_path, monkeypatch):

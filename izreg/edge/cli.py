@@ -30,7 +30,7 @@ import json
 import os
 import sys
 
-from izreg.core.argv import options_first
+from izreg.core.argv import parse_args
 from izreg.edge.config import NEW_PIN_CHECK, EdgeConfig, parse_pin, parse_toml
 from izreg.service.config import ConfigError
 
@@ -85,7 +85,7 @@ def main(argv=None, stdout=None, stderr=None) -> int:
         p.add_argument("ref", metavar="ACCOUNT/APP:TAG")
     pins = sub.add_parser("pins", help="list the pins and what they resolved to")
     pins.add_argument("--json", action="store_true")
-    args = parser.parse_args(options_first(sys.argv[1:] if argv is None else argv, ("--cache-dir", "--config")))
+    args = parse_args(parser, sys.argv[1:] if argv is None else argv, ("--cache-dir", "--config"))
     try:
         root = _cache_dir(args)
         if args.command in ("pin", "unpin"):

@@ -222,6 +222,12 @@ def test_izreg_edge_pins_has_a_header_and_aligned_columns(tmp_path):
     out = io.StringIO()
     assert main(["pins", "--json", "--cache-dir", root], stdout=out) == 0
     assert json.loads(out.getvalue())[f"{FIRST}:v1"]["digest"] == digest
+    # one given last with no value: said to need one ('unrecognized arguments: --cache-dir' before)
+    for option in ("--cache-dir", "--config"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+            main(["pins", option], stdout=out)
+        assert exited.value.code == 2 and f"error: argument {option}: expected one argument" in err.getvalue()
     run("unpin", f"{FIRST}:v1")
     run("unpin", f"{ACCOUNT}/a-longer-name:v2")
     run("unpin", f"{ACCOUNT}/b:v3")
