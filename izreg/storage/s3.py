@@ -186,10 +186,39 @@ class S3Reader:
     def seek(self, offset: int) -> None:
         self._position = offset
 
+    def begin(self):
+        """
+        Open the object at the current position (a Deferred): called before
+        the answer's head is sent, so that a bucket out of reach is a clean
+        503 (L{StorageError}) and a missing object a L{FileNotFoundError},
+        not a connection cut after a 200.
+        """
+        return self._blobs.run(self._begin)
+
+    @_s3
+    def _begin(self) -> None:
+        with self._lock:
+            if not self._closed and self._body is None and not self._get():
+                raise FileNotFoundError(self._key)
+
     def read(self, size: int = -1):
         if not isInIOThread():
             return self._read(size)  # already in a worker thread (the browse API): block here
         return self._blobs.run(self._read, size)
+
+    def _get(self) -> bool:
+        """The GET of the object from the current position (under the lock); C{False} if there is no object."""
+        ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
+        try:
+            answer = self._blobs.client.get_object(Bucket=self._blobs.keys.bucket, Key=self._key, **ranged)
+        except Exception as e:
+            if "InvalidRange" in str(e):
+                return True  # at or past the end: reads give b""
+            if _not_found(e):
+                return False
+            raise
+        self._body = answer["Body"]
+        return True
 
     @_s3
     def _read(self, size: int) -> bytes:
@@ -197,14 +226,10 @@ class S3Reader:
             if self._closed:
                 return b""
             if self._body is None:
-                ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
-                try:
-                    answer = self._blobs.client.get_object(Bucket=self._blobs.keys.bucket, Key=self._key, **ranged)
-                except Exception as e:
-                    if "InvalidRange" in str(e):
-                        return b""  # at or past the end
-                    raise
-                self._body = answer["Body"]
+                if not self._get():
+                    raise StorageError(f"S3: no object {self._key}")
+                if self._body is None:
+                    return b""  # at or past the end
             data = self._body.read(size if size >= 0 else None)
             self._position += len(data)
             return data
@@ -433,7 +458,10 @@ class S3Writer(SinkBase):
         def failed(f):
             if self.failure is None:
                 self.failure = f.value if isinstance(f.value, StorageError) else StorageError(str(f.value))
-                log.failure("S3 upload {id} failed", f, id=self.session.id)
+                if isinstance(f.value, StorageError):  # the bucket out of reach: one line (the request logs its 503)
+                    log.warn("S3 upload {id} failed: {error}", id=self.session.id, error=str(f.value))
+                else:
+                    log.failure("S3 upload {id} failed", f, id=self.session.id)
             return None
 
         def after(_):

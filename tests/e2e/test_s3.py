@@ -212,3 +212,43 @@ def test_big_blob_push_and_pull_with_flat_memory(start_s3):
     peak = _peak_rss(registry.pid)
     print(f"izreg peak RSS {peak / MiB:.1f} MiB for a {BIG / MiB:.0f} MiB blob pushed and pulled through S3")
     assert peak < RSS_LIMIT, f"izreg's peak RSS was {peak / MiB:.1f} MiB\n{describe(got)}"
+
+
+def test_a_bucket_out_of_reach_is_a_503_with_retry_after(tmp_path_factory, moto_server):
+    # with the S3 server gone, a blob GET sent its 200 head before the first read and then cut the
+    # connection (no error a client can act on), a DELETE of an upload was a 500, the other 503s
+    # had no Retry-After, and a failed monolithic POST left an unhandled error in the log
+    from tests.helpers.s3 import MotoServer
+
+    own = MotoServer(str(tmp_path_factory.mktemp("moto-own") / "moto.log"))  # ours to stop
+    own.start()
+    try:
+        with running(s3_registry(tmp_path_factory, own, "s3-gone")) as reg:
+            client = OCIClient(reg.url, auth=reg.requests_auth)
+            repo = f"{reg.account}/gone/app"
+            data = random_bytes(300_000, "gone")
+            digest = sha256_digest(data)
+            expect(client.push_blob_monolithic(repo, data), 201)
+            patched = client.location(expect(client.start_upload(repo), 202))
+            patched = client.location(expect(client.patch_chunk(patched, data[:1000], 0), 202))
+            other = client.location(expect(client.start_upload(repo), 202))
+            mark = reg.log_mark()
+            own.stop()
+            answers = {
+                "GET": client.get_blob(repo, digest),
+                "ranged GET": client.get_blob(repo, digest, headers={"Range": "bytes=10-20"}),
+                "monolithic POST": client.push_blob_monolithic(repo, random_bytes(2000, "gone-2")),
+                "PATCH": client.patch_chunk(patched, data[1000:], 1000),
+                "DELETE of an upload": client.request("DELETE", other),
+            }
+            for what, resp in answers.items():
+                assert resp.status_code == 503, (what, describe(resp))
+                assert resp.headers.get("Retry-After") == "1", what
+                assert resp.json()["errors"][0]["code"] == "UNAVAILABLE", what
+            expect(client.head_blob(repo, digest), 200)  # the index (not the bucket) answers
+            expect(client.request("GET", patched), 204)  # the session is where it was: resumable
+            reg.wait_for_log(r"dropping upload \S+ failed: S3: ", mark)  # the failed POST's bytes: one line
+            logged = "\n".join(list(reg.log_lines)[-(reg.lines_logged - mark):])
+            assert "Traceback" not in logged and "Unhandled error" not in logged, logged[-3000:]
+    finally:
+        own.stop()
