@@ -21,6 +21,10 @@ haproxy would send C{Forwarded: for=<anyone>} and be anyone: guess keys
 past the brake from ever new addresses, or brake another client's key from
 that client's address (a 429 for its every request), and sign the log
 lines with that address.
+
+A trusted proxy that ends TLS says so in ``X-Forwarded-Proto``
+(L{forwarded_scheme}): the token endpoint's URL in a challenge is then
+``https``, not the ``http`` of the node's own listener.
 """
 
 from __future__ import annotations
@@ -103,6 +107,21 @@ def _strip_port(hop: str) -> str:
     if hop.count(":") == 1:
         return hop.partition(":")[0]
     return hop
+
+
+def forwarded_scheme(request) -> str | None:
+    """
+    The scheme the client used, as a trusted proxy that ends TLS says it in
+    ``X-Forwarded-Proto`` (its last value: the nearest proxy's), ``http`` or
+    ``https``; C{None} from any other peer, or with no such word there.
+    """
+    client = getattr(request, "client", None)
+    proxies = getattr(getattr(getattr(request, "channel", None), "site", None), "proxies", None)
+    if not proxies or not proxies.trusted(getattr(client, "host", None) or ""):
+        return None
+    values = request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
+    last = values[-1].decode("latin-1").rsplit(",", 1)[-1].strip().lower() if values else ""
+    return last if last in ("http", "https") else None
 
 
 def client_address(request) -> str:

@@ -41,7 +41,7 @@ from izreg.auth.policy import Action, Principal
 from izreg.auth.runners import inline, then
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
-from izreg.http.clientaddr import client_address
+from izreg.http.clientaddr import client_address, forwarded_scheme
 from izreg.http.routing import Access
 from izreg.http.peercert import peer_certificate
 
@@ -59,13 +59,16 @@ def token_realm(request) -> str:
     """
     The token endpoint's absolute URL, on the host and scheme the client used.
     A ``Host`` that is not a plain host[:port] is not echoed into the
-    challenge; the listening address stands in for it.
+    challenge; the listening address stands in for it. Behind a trusted
+    proxy that ends TLS, its ``X-Forwarded-Proto`` names the scheme (else
+    the client, which came by https, would be sent to fetch its token, with
+    its key, in plain http).
     """
     host = (request.getHeader(b"host") or b"").decode("latin-1")
     if not _HOST.fullmatch(host):
         local = request.getHost()
         host = f"{getattr(local, 'host', 'localhost')}:{getattr(local, 'port', '')}".rstrip(":")
-    scheme = "https" if request.isSecure() else "http"
+    scheme = forwarded_scheme(request) or ("https" if request.isSecure() else "http")
     return f"{scheme}://{host}/v2/token"
 
 
