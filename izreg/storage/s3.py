@@ -340,6 +340,8 @@ class S3Session(UploadSession):
     tail_size: int = 0
     writer: Any = None
     removed: bool = False
+    #: L{S3Uploads._seal} found the blob's object already there and wrote nothing: L{S3Uploads.promote} checks it
+    reused: bool = False
 
 
 @implementer(IBodySink)
@@ -641,7 +643,8 @@ class S3Uploads:
                 actual = hashlib.new(digest.algorithm, data).hexdigest()
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            if self.blobs.stat(digest) is None:
+            session.reused = self.blobs.stat(digest) is not None
+            if not session.reused:
                 self.client.put_object(Bucket=bucket, Key=target, Body=data)
         else:
             staging = self.keys.staging(session.id)
@@ -657,12 +660,24 @@ class S3Uploads:
                 actual = self.blobs.hash_key(staging, digest.algorithm)
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            if self.blobs.stat(digest) is None:
+            session.reused = self.blobs.stat(digest) is not None
+            if not session.reused:
                 self.blobs.copy(staging, target, session.offset)
         self._clean(session.id, None)
 
+    @_s3
     def promote(self, session: S3Session, digest: Digest) -> None:
-        """Nothing left to do: L{seal} wrote the verified object at its content address."""
+        """
+        L{seal} wrote the verified object at its content address: nothing
+        left to do, unless it found the object already there (an old blob,
+        or an orphan) and wrote nothing. A collector (another node's, under
+        the blob's lock) may have deleted that one since: this runs under
+        the same lock, in the index's commit, and checks it is still there,
+        else the commit fails (a 503: push again) instead of recording a
+        blob whose bytes are gone.
+        """
+        if session.reused and self.blobs.stat(digest) is None:
+            raise StorageError(f"S3: blob {digest} was deleted (collected) before its record was written; push it again")
 
     def remove(self, session: S3Session) -> defer.Deferred:
         self.forget(session)
