@@ -136,6 +136,10 @@ class RegistryService(service.MultiService):
         self._drop_orphans()
         self.log.info("izreg storage open: {blobs}; {metadata}", blobs=self._blobs_description(root),
                       metadata=backend.describe())
+        if config.exposed_secrets:
+            self.log.warn("the config file holds {secrets} and every user of this machine may read it:"
+                          " chmod 0640 and chgrp izreg, or move them to the environment",
+                          secrets=", ".join(config.exposed_secrets))
         super().startService()
         # What exists now (modules, the composed API) lives as long as the process: out of the
         # collector's reach, a full collection no longer walks it (a few % of a TLS connection's CPU).

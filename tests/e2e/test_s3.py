@@ -252,3 +252,22 @@ def test_a_bucket_out_of_reach_is_a_503_with_retry_after(tmp_path_factory, moto_
             assert "Traceback" not in logged and "Unhandled error" not in logged, logged[-3000:]
     finally:
         own.stop()
+
+
+def test_a_secret_key_in_a_config_every_user_may_read_is_warned_about(tmp_path_factory, moto_server):
+    # docs/operations.rst installed the config 0644, and etc/izreg.toml offers secret_access_key there
+    from tests.helpers.s3 import CREDENTIALS
+
+    reg = s3_registry(tmp_path_factory, moto_server, "s3-secret", access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    config = reg.extra_args[reg.extra_args.index("--config") + 1]
+    os.chmod(config, 0o644)
+    with running(reg):
+        line = reg.wait_for_log("every user of this machine may read it", 0)
+        assert "storage.s3.secret_access_key" in line and "chmod 0640" in line
+        assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in reg.log_text()
+        reg.stop()
+        os.chmod(config, 0o640)
+        mark = reg.log_mark()
+        reg.start()
+        assert "every user of this machine" not in "\n".join(list(reg.log_lines)[-(reg.lines_logged - mark):])
