@@ -19,6 +19,7 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from izreg import StartupError
@@ -44,6 +45,7 @@ from izreg.service.tls import CRLFile, ServerTLS
 from izreg.service.tree import start_listening
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
+from izreg.storage.failures import storage_error
 from izreg.storage.uploads import Uploads
 from izreg.service.backends import thread_runner
 
@@ -324,7 +326,7 @@ class RegistryService(service.MultiService):
             result = await sweep(self.registry, collector, self.backend.sweep_lock(),
                                  Retention(config.audit_keep_days, config.audit_max_entries))
         except Exception:
-            self.log.failure("garbage collection failed")
+            self._task_failed("garbage collection failed")
             return None
         if result is not None and self.metrics is not None:
             self.metrics.gc_runs.inc()
@@ -351,7 +353,7 @@ class RegistryService(service.MultiService):
             if count:
                 self.log.info("expired {uploads}", uploads=plural(count, "abandoned upload"), count=count)
         except Exception:
-            self.log.failure("upload expiry failed")
+            self._task_failed("upload expiry failed")
 
     @defer.inlineCallbacks
     def flush_pulls(self):
@@ -361,7 +363,7 @@ class RegistryService(service.MultiService):
         try:
             yield self._run_write(self.pulls.flush)
         except Exception:
-            self.log.failure("recording device pulls failed")
+            self._task_failed("recording device pulls failed")
 
     @defer.inlineCallbacks
     def flush_batches(self):
@@ -372,7 +374,20 @@ class RegistryService(service.MultiService):
         try:
             yield self._run_write(self.authenticator.last_used.flush)
         except Exception:
-            self.log.failure("recording when keys were last used failed")
+            self._task_failed("recording when keys were last used failed")
+
+    def _task_failed(self, what: str) -> None:
+        """
+        A timer task's failure (in an C{except} block): the database or the
+        bucket out of reach is one warning line (every few seconds while it
+        lasts: a traceback each time buried the node's log); anything else
+        is logged with its traceback.
+        """
+        failure = Failure()
+        if storage_error(failure.value) is None:
+            self.log.failure(what, failure)
+        else:
+            self.log.warn("{what}: {error}", what=what, error=f"{type(failure.value).__name__}: {failure.value}")
 
     def check_crl(self):
         """Timer task: re-read the device CRL file if it changed (stat and parse in the I/O pool)."""
