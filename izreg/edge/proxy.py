@@ -51,9 +51,9 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import OutsideNamespaces, parse_reference
 from izreg.core.ranges import parse_range
-from izreg.edge.download import Download, Reply
+from izreg.edge.download import Download, Reply, broke_off, upstream_failed
 from izreg.edge.upstream import TooLarge, Unreachable, collect
-from izreg.http.accesslog import CLIENT_GONE, CUT_ATTRIBUTE, CUT_SLOW_READER, CUT_UNREADABLE
+from izreg.http.accesslog import CLIENT_GONE, CUT_ATTRIBUTE, CUT_SLOW_READER
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
 from izreg.http.errors import BASE_BODY, as_registry_error, cut, json_body, render_error, started
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
@@ -568,8 +568,11 @@ class _Relay(Protocol):
         request.unregisterProducer()
         if reason.check(ResponseDone):
             request.finish()
-        else:  # the registry's answer broke off
-            cut(request, CUT_UNREADABLE)
+        else:  # the registry's answer broke off: a 502 if nothing was sent yet, else the connection cut
+            why = f"after {self.handed} bytes: {broke_off(reason)}"
+            log.warn("the registry's answer to {method} {path} broke off {why}",
+                     method=request.method.decode("ascii", "replace"), path=request.uri.decode("latin-1")[:300], why=why)
+            upstream_failed(request, f"the registry's answer broke off {why}")
 
     def too_slow(self) -> None:
         """Called by the slow-reader watch: the client read nothing for edge.send_timeout."""
