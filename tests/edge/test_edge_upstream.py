@@ -474,3 +474,16 @@ def test_relayed_answers_keep_their_length_and_only_the_registrys_headers(setup)
         assert "content-encoding" not in headers, (method, headers.get("content-encoding"), sorted(headers))
     status, headers, body = raw(edge, b"GET /v2/ HTTP/1.1\r\nHost: containers.local\r\nConnection: close\r\n\r\n")
     assert status == 200 and headers.get("content-length") == str(len(body)) and "transfer-encoding" not in headers
+
+
+def test_the_root_page_names_where_this_edge_listens(setup):
+    """``twistd izreg edge --listen tcp:PORT:interface=127.0.0.1``: C{/} says to pull by 127.0.0.1:PORT, not 8080."""
+    upstream, edge = setup
+    for host, named in ((f"127.0.0.1:{edge.port}", f"127.0.0.1:{edge.port}"),
+                        (f"containers.local:{edge.port}", f"containers.local:{edge.port}"),
+                        ("registry.example:8080", f"127.0.0.1:{edge.port}")):
+        status, headers, body = raw(edge, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert (status, headers["content-type"], int(headers["content-length"])) == (
+            200, "text/plain; charset=utf-8", len(body))
+        assert f"docker pull {named}/<account_id>/<app>:<tag>\n" in body.decode(), body
+        assert upstream.url not in body.decode()
