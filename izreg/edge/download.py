@@ -363,19 +363,18 @@ class Follower:
 
     def failed(self, reason: str) -> None:
         """The download failed: a 502 if nothing was sent yet, else the connection cut."""
-        request = self.request
-        self._gone()
-        if request is not None:
-            request.unregisterProducer()
-            upstream_failed(request, reason)
+        self._end(lambda request: upstream_failed(request, reason))
 
     def abort(self, why: str) -> None:
         """Cut the client's connection (before the last byte: its digest check fails); C{why}, for its log line."""
+        self._end(lambda request: cut(request, why))
+
+    def _end(self, end: Callable) -> None:
         request = self.request
         self._gone()
         if request is not None:
             request.unregisterProducer()
-            cut(request, why)
+            end(request)
 
     def _gone(self) -> None:
         if self.request is None:

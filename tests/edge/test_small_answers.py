@@ -44,11 +44,17 @@ async def edge(tmp_path):
     try:
         yield edge_port.getHost().port
     finally:
-        await reporter.flush_writes()
-        await upstream.close()
+        await close_edge(registry_port, upstream, cache, reporter, edge_port)
+
+
+async def close_edge(registry_port, upstream, cache, reporter, edge_port=None) -> None:
+    """Stop what L{stand_in_edge} and the edge's listener started."""
+    await reporter.flush_writes()
+    await upstream.close()
+    if edge_port is not None:
         await edge_port.stopListening()
-        await registry_port.stopListening()
-        cache.close()
+    await registry_port.stopListening()
+    cache.close()
 
 
 PATHS = [
@@ -140,9 +146,7 @@ async def test_the_root_names_the_address_a_wildcard_or_ipv6_listener_was_reache
     try:
         listening = await endpoint.listen(EdgeSite(api.resource()))
     except Exception as e:  # no IPv6 loopback here
-        await upstream.close()
-        await registry_port.stopListening()
-        cache.close()
+        await close_edge(registry_port, upstream, cache, reporter)
         pytest.skip(f"cannot listen on {interface}: {e}")
     port = listening.getHost().port
     try:
@@ -152,8 +156,4 @@ async def test_the_root_names_the_address_a_wildcard_or_ipv6_listener_was_reache
                                          f"{reach}:{port}", reach)
         assert pull_line(body.decode()) == (f"[{reach}]:{port}" if ":" in reach else f"{reach}:{port}")
     finally:
-        await reporter.flush_writes()
-        await upstream.close()
-        await listening.stopListening()
-        await registry_port.stopListening()
-        cache.close()
+        await close_edge(registry_port, upstream, cache, reporter, listening)
