@@ -86,7 +86,9 @@ def make_client(config):
         max_pool_connections=config.s3_threads,
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
-        read_timeout=300,  # a loaded store (or moto on a busy machine) answers slowly: wait, do not re-send a part
+        # a loaded store (or moto on a busy machine) answers slowly: wait, do not re-send a part; but a
+        # connection that died silently (a blackhole) holds its thread this long, then the call retries
+        read_timeout=config.s3_read_timeout,
         signature_version="s3v4",
     )
     if config.s3_endpoint_url:

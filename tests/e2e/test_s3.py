@@ -271,3 +271,42 @@ def test_a_secret_key_in_a_config_every_user_may_read_is_warned_about(tmp_path_f
         mark = reg.log_mark()
         reg.start()
         assert "every user of this machine" not in "\n".join(list(reg.log_lines)[-(reg.lines_logged - mark):])
+
+
+def test_a_node_is_back_soon_after_a_blackhole_of_the_bucket(tmp_path_factory, moto_server):
+    # connections to the bucket that died silently (10 s of blackhole) held every S3 thread for the
+    # read timeout, 300 s: the node's pulls hung that long after the bucket was back, new ones too
+    import concurrent.futures
+    import time
+
+    from tests.helpers.tcpproxy import TCPProxy
+
+    proxy = TCPProxy(moto_server.port)
+    bucket = moto_server.new_bucket()
+    reg = s3_registry(tmp_path_factory, moto_server, "s3-blackhole", bucket=bucket, threads=4, read_timeout=2)
+    config = reg.extra_args[reg.extra_args.index("--config") + 1]
+    with open(config) as f:
+        text = f.read().replace(moto_server.url, proxy.url)
+    with open(config, "w") as f:
+        f.write(text)
+    try:
+        with running(reg):
+            client = OCIClient(reg.url, auth=reg.requests_auth)
+            repo = f"{reg.account}/blackhole/app"
+            data = random_bytes(200_000, "blackhole")
+            digest = sha256_digest(data)
+            expect(client.push_blob_monolithic(repo, data), 201)
+            proxy.blackhole()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:  # more than the S3 threads: all held
+                pulls = [pool.submit(client.get_blob, repo, digest, timeout=120) for _ in range(8)]
+                time.sleep(3)  # the blackhole lasts (nothing to await: it is the absence of answers)
+                proxy.restore()
+                back = time.monotonic()
+                for pulled in pulls:  # each one whole, or a clear 503 to retry: never a hang
+                    resp = pulled.result()
+                    assert resp.status_code in (200, 503), describe(resp)
+                    assert resp.status_code == 503 or sha256_digest(resp.content) == digest
+            assert time.monotonic() - back < 30
+            expect(client.get_blob(repo, digest), 200)
+    finally:
+        proxy.close()
