@@ -393,6 +393,17 @@ async def test_mount_never_crosses_accounts(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_mount_from_a_name_no_account_holds_opens_a_session(server):
+    """A C{from} of the spec's grammar outside every account: nothing to mount from, so a session (202), not a 403."""
+    digest = await push_blob(server, repo("src"), DATA)
+    for source in ("library/ubuntu", f"{ACCOUNT}/a__b"):
+        response, body = await server.request("POST", f"/v2/{NAME}/blobs/uploads/?mount={digest}&from={source}")
+        assert (response.code, body) == (202, b""), source
+        assert header(response, "Location").startswith(f"/v2/{NAME}/blobs/uploads/")
+    await assert_no_blob(server, NAME, digest)
+
+
+@pytest_twisted.ensureDeferred
 async def test_mount_invalid_digest_or_from(server):
     status, code, _ = await server.error("POST", f"/v2/{NAME}/blobs/uploads/?mount=sha256:zz&from={repo('src')}")
     assert (status, code) == (400, "DIGEST_INVALID")
