@@ -235,6 +235,11 @@ async def test_upload_status(server):
     await server.request("PATCH", location, body=DATA[:10], headers={"Content-Range": "0-9"})
     response, _ = await server.request("GET", location)
     assert response.code == 204 and header(response, "Range") == "0-9"
+    # HEAD wherever GET (RFC 9110 9.1, as distribution): the same answer
+    head, body = await server.request("HEAD", location)
+    assert (head.code, body) == (204, b"")
+    assert [header(head, h) for h in ("Range", "Location", "Docker-Upload-UUID")] == [
+        header(response, h) for h in ("Range", "Location", "Docker-Upload-UUID")]
 
 
 @pytest_twisted.ensureDeferred
