@@ -478,7 +478,7 @@ async def test_raw_key_is_accepted_as_bearer(matrix):
 async def test_token_endpoint_is_off_without_the_token_service(matrix):
     response, body = await matrix.server.request("GET", "/v2/token", headers=auth(basic(matrix.keys.a_key)))
     assert response.code == 404
-    assert error_of(body)["code"] == "NOT_FOUND"
+    assert error_of(body)["code"] == "UNSUPPORTED"
 
 
 @pytest.mark.parametrize(
