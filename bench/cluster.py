@@ -14,10 +14,18 @@ cores with haproxy, PostgreSQL, moto and the load generator, so the ratio
 of two nodes to one says what a node costs, not how a fleet scales.
 
     python bench/run.py --modes cluster [--quick | --smoke]
+
+And the soak on that setup (L{run_cluster_soak}): bench/modes.py's soak
+clients through haproxy to N nodes on PostgreSQL and moto, the RSS curve of
+each node, of haproxy, PostgreSQL and moto:
+
+    python bench/run.py --modes "" --soak 30m --soak-warmup 3m --soak-on cluster [--soak-nodes 2]
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -25,15 +33,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Iterator
 
 from bench.client import load, push_small, put_manifest
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, cpu_seconds
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, _status, cpu_seconds
+from bench.modes import SOAK_CONFIG, run_soak, soak_curve, soak_method, soak_operations, soak_ratio_line, soak_title
 from bench.s3 import CREDENTIALS, Moto
 from bench.servers import Izreg, Server
 
 sys.path.insert(0, REPO_ROOT)
 from tests.helpers.cluster import HAPROXY, HAProxy  # noqa: E402  (the tests' haproxy config: round-robin per request)
-from tests.helpers.postgres import PostgresServer, postgres_available  # noqa: E402  (Debian's postgresql in a temp dir)
+from tests.helpers.postgres import PostgresServer, pg_bin, postgres_available  # noqa: E402  (Debian's postgresql in a temp dir)
 
 
 def plans(kind: str) -> dict:
@@ -67,7 +77,7 @@ class Balanced(Server):
         super().__init__(workdir)
         self.nodes = nodes
         self.proxy = HAProxy(workdir, [(f"node{i}", n.port) for i, n in enumerate(nodes, 1)], port=self.port)
-        self.headers, self.repo = nodes[0].headers, nodes[0].repo
+        self.headers, self.repo, self.account = nodes[0].headers, nodes[0].repo, nodes[0].account
 
     def start(self) -> None:
         self.proxy.start()
@@ -132,11 +142,38 @@ def _seed(node: Izreg) -> tuple[str, str]:
     return f"/v2/{node.repo}/manifests/v0", f"/v2/{node.repo}/blobs/{layer.digest}"
 
 
+def _s3_toml(moto: Moto) -> str:
+    return (f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "bench"\nendpoint_url = "{moto.url}"\n'
+            'region = "us-east-1"\n')
+
+
+def _pg_nodes(workdir: str, venv: str, pg: PostgresServer, config: str, count: int, started: list[Server],
+              prefix: str) -> list[Node]:
+    """
+    A new database (migrated with C{izreg db upgrade}) and C{count} nodes on it with C{config} (more
+    TOML after the metadata's), started (added to C{started} as they are); node 1 makes the account.
+    """
+    dsn = pg.create_database()
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, IZREG_DATABASE_URL=dsn)
+    subprocess.run([os.path.join(venv, "bin", "python"), "-m", "izreg.cli", "db", "upgrade"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    metadata = f'[metadata]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    from cryptography.fernet import Fernet
+
+    sealing_key = Fernet.generate_key()
+    nodes: list[Node] = []
+    for i in range(count):
+        where = os.path.join(workdir, f"{prefix}-{i}")
+        os.makedirs(where)
+        nodes.append(Node(where, venv, metadata + config, boot=nodes[0] if nodes else None, sealing_key=sealing_key))
+        started.append(nodes[-1])
+        nodes[-1].start()
+    return nodes
+
+
 def _run_setups(workdir: str, venv: str, q: dict, pg: PostgresServer, moto: Moto, log) -> dict:
     r: dict = {}
-    python = os.path.join(venv, "bin", "python")
-    s3 = (f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "bench"\nendpoint_url = "{moto.url}"\n'
-          'region = "us-east-1"\n')
+    s3 = _s3_toml(moto)
     accept = {"Accept": OCI_MANIFEST}
     started: list[Server] = []
 
@@ -159,21 +196,7 @@ def _run_setups(workdir: str, venv: str, q: dict, pg: PostgresServer, moto: Moto
         run("lmdb, 1 node", lmdb, [lmdb], None, None, *paths)
         lmdb.stop()
 
-        dsn = pg.create_database()
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        subprocess.run([python, "-m", "izreg.cli", "db", "upgrade"], env=dict(env, IZREG_DATABASE_URL=dsn),
-                       check=True, capture_output=True, timeout=120)
-        metadata = f'[metadata]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
-        from cryptography.fernet import Fernet
-
-        sealing_key = Fernet.generate_key()
-        nodes = []
-        for i in range(2):
-            where = os.path.join(workdir, f"cluster-pg-{i}")
-            os.makedirs(where)
-            nodes.append(Node(where, venv, metadata + s3, boot=nodes[0] if nodes else None, sealing_key=sealing_key))
-            started.append(nodes[-1])
-            nodes[-1].start()
+        nodes = _pg_nodes(workdir, venv, pg, s3, 2, started, "cluster-pg")
         paths = _seed(nodes[0])
         run("postgresql, 1 node", nodes[0], [nodes[0]], None, pg, *paths)
         for label, behind in (("postgresql, 1 node behind haproxy", nodes[:1]),
@@ -191,12 +214,12 @@ def _run_setups(workdir: str, venv: str, q: dict, pg: PostgresServer, moto: Moto
     return r
 
 
-def run_cluster(workdir: str, venv: str, kind: str, log) -> dict:
-    """Every setup's figures: {label: {"manifest": {...}, "blob": {...}}}."""
+@contextlib.contextmanager
+def _backends(workdir: str, venv: str, name: str) -> Iterator[tuple[PostgresServer, Moto]]:
+    """PostgreSQL (a new cluster in a temp dir) and moto (a bucket "bench"), started; stopped at the end."""
     if not postgres_available() or not os.access(HAPROXY, os.X_OK):
         raise RuntimeError("the cluster mode needs Debian's postgresql and haproxy (apt-get install -y postgresql haproxy)")
-    q = plans(kind)
-    base = os.path.join(workdir, "cluster")
+    base = os.path.join(workdir, name)
     os.makedirs(base)
     # not under the work dir: it is 0700 root, closed to the postgres user that owns the cluster when we are root
     pg_base = tempfile.mkdtemp(prefix="izreg-bench-pg-")
@@ -207,12 +230,19 @@ def run_cluster(workdir: str, venv: str, kind: str, log) -> dict:
     pg.start()
     try:
         moto.start("bench")
-        log("cluster mode:")
-        return {"plan": q, "setups": _run_setups(workdir, venv, q, pg, moto, log)}
+        yield pg, moto
     finally:
         moto.stop()
         pg.stop()
         shutil.rmtree(pg_base, ignore_errors=True)
+
+
+def run_cluster(workdir: str, venv: str, kind: str, log) -> dict:
+    """Every setup's figures: {label: {"manifest": {...}, "blob": {...}}}."""
+    q = plans(kind)
+    with _backends(workdir, venv, "cluster") as (pg, moto):
+        log("cluster mode:")
+        return {"plan": q, "setups": _run_setups(workdir, venv, q, pg, moto, log)}
 
 
 def report_cluster(result: dict) -> list[str]:
@@ -241,3 +271,121 @@ def report_cluster(result: dict) -> list[str]:
         lines.append(f"The database against LMDB, one node: manifest GET {pg['manifest']['rps'] / lmdb['manifest']['rps']:.2f}x "
                      f"the requests/s, {extra:+.0f} µs of CPU per request (node + PostgreSQL).")
     return lines + [""]
+
+
+# --------------------------------------------------------------------------------------
+# The soak on the cluster (bench/run.py --soak DURATION --soak-on cluster)
+# --------------------------------------------------------------------------------------
+
+
+def _process_memory(pid: int):
+    """A L{run_soak} C{watch} function: one process's VmRSS and RssAnon."""
+    return lambda: (_status(pid, "VmRSS"), _status(pid, "RssAnon"))
+
+
+def _postgres_memory(pg: PostgresServer):
+    """
+    A L{run_soak} C{watch} function: PostgreSQL's processes (the postmaster and its backends) summed,
+    PSS (the shared buffers counted once, not once per backend that touched them) and RssAnon.
+    """
+    def measure() -> tuple[int, int]:
+        pss = anon = 0
+        for pid in _postgres_pids(pg):
+            try:
+                pss += _status(pid, "Pss", "smaps_rollup")
+                anon += _status(pid, "RssAnon")
+            except OSError:  # a backend that ended meanwhile
+                continue
+        return pss, anon
+    return measure
+
+
+def _served(node: Izreg) -> int:
+    """Registry requests (/v2/ routes; not haproxy's /healthz checks) in the node's access log, rotated files too."""
+    n = 0
+    for path in glob.glob(glob.escape(node.log_path) + "*"):
+        with open(path, errors="replace") as f:
+            n += sum(any(f" {method} /v2/" in line for method in ("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"))
+                     for line in f)
+    return n
+
+
+def _versions(python: str) -> dict[str, str]:
+    """PostgreSQL's, moto's and haproxy's versions (C{unknown} if one cannot be had)."""
+    def ask(command: list[str], pick) -> str:
+        try:
+            return pick(subprocess.run(command, capture_output=True, text=True, timeout=60).stdout.strip())
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "unknown"
+
+    return {"postgresql": ask([pg_bin("postgres") or "postgres", "--version"], lambda out: out.split(")", 1)[1].split()[0]),
+            "moto": ask([python, "-c", "import moto; print(moto.__version__)"], lambda out: out.split()[0]),
+            "haproxy": ask([HAPROXY, "-v"], lambda out: out.split()[2])}
+
+
+def run_cluster_soak(workdir: str, venv: str, seconds: float, clients: int, log, sample_every: float = 5.0,
+                     warmup: float = 0.0, count: int = 2) -> dict:
+    """
+    L{run_soak} through haproxy to C{count} nodes on PostgreSQL and moto (the nodes with the soak's
+    settings, L{SOAK_CONFIG}): its figures, the memory of each node, PostgreSQL and moto
+    (C{watch}; haproxy's is the soak's own, its target's), the requests each node served, the setup.
+    """
+    with _backends(workdir, venv, "cluster-soak") as (pg, moto):
+        started: list[Server] = []
+        try:
+            nodes = _pg_nodes(workdir, venv, pg, _s3_toml(moto) + SOAK_CONFIG, count, started, "soak-node")
+            where = os.path.join(workdir, "soak-haproxy")
+            os.makedirs(where)
+            proxy = Balanced(where, nodes)
+            started.append(proxy)
+            proxy.start()
+            watch = {f"node {i}": _process_memory(node.pid) for i, node in enumerate(nodes, 1)}
+            watch.update({"PostgreSQL": _postgres_memory(pg), "moto": _process_memory(moto.proc.pid)})
+            log(f"soak, {count} izreg nodes on PostgreSQL and moto behind haproxy, {warmup:.0f} s of warm-up, "
+                f"then {seconds:.0f} s:")
+            soak = run_soak(proxy, seconds, clients, log, sample_every=sample_every, warmup=warmup, watch=watch)
+        finally:
+            for s in started:
+                s.stop()
+        soak["served"] = [_served(node) for node in nodes]
+        soak["setup"] = dict(_versions(os.path.join(venv, "bin", "python")), nodes=count)
+    log(f"  soak: requests served by each node: {', '.join(str(n) for n in soak['served'])}")
+    return soak
+
+
+def report_cluster_soak(soak: dict, command: str) -> list[str]:
+    setup, w = soak["setup"], soak["watch"]
+    count, pg, moto, haproxy = setup["nodes"], setup["postgresql"], setup["moto"], setup["haproxy"]
+    L = [soak_title(soak, f"cluster soak: {count} izreg nodes, PostgreSQL {pg}, S3 on moto {moto}, haproxy {haproxy}"),
+         "", soak_method(soak, command), "",
+         f"The cluster soak: the same clients, their keep-alive connections to haproxy {haproxy} (`balance roundrobin`, "
+         "`option http-server-close`: a new connection to a node per request, so one push's requests land on "
+         f"different nodes) in front of {count} `twistd izreg server` nodes, each with the settings above, "
+         f"`[metadata] backend = \"postgresql\"` (PostgreSQL {pg}, started by the bench, fsync off) and "
+         f"`[storage] backend = \"s3\"` (moto {moto}'s S3 server, one Python process that keeps the objects in memory); "
+         "everything on this machine.", "", soak_operations(soak)]
+    if soak["errors"]:
+        L.append("- errors by kind, whole run: " + ", ".join(f"{kind} {n}" for kind, n in soak["error_kinds"].items())
+                 + "; the first: " + "; ".join(f"`{text}`" for text in soak["error_texts"]))
+    L.append("- requests served by each node (its access log, the whole run): "
+             + ", ".join(f"node {i} {n}" for i, n in enumerate(soak["served"], 1)))
+    for i in range(1, count + 1):
+        L += soak_ratio_line(w[f"node {i}"], "rss", f"node {i} RSS (VmRSS)")
+        L += soak_ratio_line(w[f"node {i}"], "anon", f"node {i} anonymous memory (RssAnon)")
+    L += soak_ratio_line(soak, "rss", "haproxy RSS (VmRSS)")
+    for name, what in (("PostgreSQL", "PostgreSQL, PSS summed over the postmaster and its backends (the shared "
+                                      "buffers counted once)"), ("moto", "moto RSS (VmRSS)")):
+        values = [v for v in w[name]["rss"] if v is not None]
+        L += soak_ratio_line(w[name], "rss", what)
+        if values:
+            L[-1] += f"; {values[0] / MiB:.1f} MiB at the first sample, {values[-1] / MiB:.1f} MiB at the last"
+
+    def mib(value: int | None) -> str:
+        return "–" if value is None else f"{value / MiB:.1f}"
+
+    def row(i: int) -> str:
+        return " | ".join([*(mib(w[f"node {n}"]["rss"][i]) for n in range(1, count + 1)),
+                           mib(soak["samples"][i][1]), mib(w["PostgreSQL"]["rss"][i]), mib(w["moto"]["rss"][i])])
+
+    heads = [f"node {n} RSS MiB" for n in range(1, count + 1)] + ["haproxy RSS MiB", "PostgreSQL PSS MiB", "moto RSS MiB"]
+    return L + soak_curve(soak, heads, row)

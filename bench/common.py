@@ -80,8 +80,9 @@ def closing_all(sockets: list):
         sockets.clear()
 
 
-def _status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
+def _status(pid: int, field: str, name: str = "status") -> int:
+    """A C{kB} C{field} of /proc/PID/C{name} (status; smaps_rollup for Pss), in bytes (0: not there)."""
+    with open(f"/proc/{pid}/{name}") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024

@@ -22,6 +22,7 @@ import random
 import subprocess
 import threading
 import time
+from typing import Callable
 
 from bench.client import (
     RawClient,
@@ -389,6 +390,9 @@ def parse_duration(text: str) -> float:
 #: live images (tags) per soak client at most: pushes beyond it become deletes
 SOAK_LIVE_TAGS = 16
 
+#: error texts kept per soak client (the report's first few)
+SOAK_ERROR_TEXTS = 3
+
 #: the soak's izreg: a garbage-collection sweep every minute for layers unreferenced for a minute, so
 #: the deleted images' blobs go too (the default sweeps hourly after an hour's grace); and an audit-log
 #: retention, as a registry in production sets one: the soak writes ~50 records a second (one per push
@@ -443,6 +447,8 @@ def _soak_worker(spec: dict, barrier, results) -> None:
     repo = f"{server.account}/soak/c{spec['index']}"
     ops = {"push": 0, "pull": 0, "tags": 0, "delete": 0}
     errors, first_error = 0, None
+    kinds: dict[str, int] = {}  # errors by operation and exception class
+    texts: list[str] = []  # the first few errors' texts
     pushed: list[tuple[str, str, str]] = []  # (tag, manifest digest, layer digest)
     barrier.wait(60)
     t_start = time.perf_counter()
@@ -497,21 +503,27 @@ def _soak_worker(spec: dict, barrier, results) -> None:
             ops[op] += 1
         except Exception as e:
             errors += 1
-            first_error = first_error or f"{op}: {type(e).__name__}: {e}"
+            kind = f"{op}: {type(e).__name__}"
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if len(texts) < SOAK_ERROR_TEXTS:
+                texts.append(f"{kind}: {e}")
+            first_error = first_error or texts[0]
             conn.close()
             conn = server.conn()
     conn.close()
     warm = warm or {"ops": dict(ops), "errors": errors}
     results.put({"start": t_start, "end": time.perf_counter(), "ops": ops, "errors": errors,
-                 "first_error": first_error, "warm": warm})
+                 "first_error": first_error, "kinds": kinds, "texts": texts, "warm": warm})
 
 
 def run_soak(server: Server, seconds: float, clients: int, log, sample_every: float = 5.0,
-             warmup: float = 0.0) -> dict:
+             warmup: float = 0.0, watch: dict[str, Callable[[], tuple[int, int]]] | None = None) -> dict:
     """
     C{clients} mixed clients for C{warmup} then C{seconds} more; RSS sampled every C{sample_every} s.
     The first and last windows are taken in the measured C{seconds} (the data set steady: every
     client at its live images, the audit log at its bound, sweeps done), and over the whole run too.
+    C{watch}: more processes sampled with the server (a name: a function giving their resident and
+    anonymous bytes; raising C{OSError} when gone), with the same windows: C{out["watch"][name]}.
     """
     config = b"{}"
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -527,7 +539,9 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     anon: list[int] = []  # RssAnon with each sample: the heap, without the mapped LMDB index (RssFile)
     index: list[int] = []  # the LMDB index file's size (data.mdb) with each sample
     other: list[int] = []  # VmRSS less the resident pages of the index's memory map
-    index_file = os.path.join(server.data, "index", "data.mdb")
+    data = getattr(server, "data", None)  # haproxy in front of nodes has no data directory, no index
+    index_file = os.path.join(data, "index", "data.mdb") if data else None
+    watched: dict[str, tuple[list, list]] = {name: ([], []) for name in watch or {}}  # RSS, anonymous
     stop = threading.Event()
     t0 = time.monotonic()
 
@@ -536,9 +550,16 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
             try:
                 rss, rss_anon = _status(server.pid, "VmRSS"), _status(server.pid, "RssAnon")
                 mapped = _mapped_rss(server.pid, "/index/data.mdb")
-                size = os.path.getsize(index_file) if os.path.exists(index_file) else 0
+                size = os.path.getsize(index_file) if index_file and os.path.exists(index_file) else 0
             except OSError:
                 return
+            for name, measure in (watch or {}).items():
+                try:
+                    values = measure()
+                except OSError:  # gone: no figure
+                    values = (None, None)
+                for into, value in zip(watched[name], values):
+                    into.append(value)
             samples.append((time.monotonic() - t0, rss))
             anon.append(rss_anon)
             index.append(size)
@@ -564,28 +585,42 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     window = min(300.0, seconds / 5)
     end = warmup + seconds
 
-    def mean(values: list[int], start: float, stop: float) -> float | None:
-        picked = [v for (t, _), v in zip(samples, values) if start <= t <= stop]
+    def mean(values: list[int | None], start: float, stop: float) -> float | None:
+        picked = [v for (t, _), v in zip(samples, values) if start <= t <= stop and v is not None]
         return sum(picked) / len(picked) if picked else None
 
+    def windows(into: dict, series: dict[str, list]) -> dict:
+        for name, values in series.items():
+            into[f"{name}_first"] = mean(values, warmup, warmup + window)  # the measured part's first window
+            into[f"{name}_last"] = mean(values, end - window, float("inf"))
+            into[f"{name}_run_first"] = mean(values, 0, window)  # the whole run's, warm-up included
+        return into
+
     rss = [v for _, v in samples]
+    kinds: dict[str, int] = {}
+    for r in got:
+        for kind, n in r["kinds"].items():
+            kinds[kind] = kinds.get(kind, 0) + n
     out = {"seconds": seconds, "warmup": warmup, "clients": clients, "errors": errors, "first_error": first,
            "ops": {k: ops[k] - warm_ops[k] for k in ops}, "errors_measured": errors - warm_errors, "ops_all": ops,
+           "error_kinds": kinds, "error_texts": [text for r in got for text in r["texts"]][:SOAK_ERROR_TEXTS],
            "samples": samples, "anon": anon, "index": index, "other": other, "window": window}
-    for name, values in (("rss", rss), ("anon", anon), ("other", other)):
-        out[f"{name}_first"] = mean(values, warmup, warmup + window)  # the measured part's first window
-        out[f"{name}_last"] = mean(values, end - window, float("inf"))
-        out[f"{name}_run_first"] = mean(values, 0, window)  # the whole run's, warm-up included
+    windows(out, {"rss": rss, "anon": anon, "other": other})
+    out["watch"] = {name: windows({"rss": r, "anon": a, "window": window, "warmup": warmup}, {"rss": r, "anon": a})
+                    for name, (r, a) in watched.items()}
     sized = [(t, size) for (t, _), size in zip(samples, index)]
     out["index_measured"] = next((size for t, size in sized if t >= warmup), None)
     log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
         f"RSS first {window:.0f} s after the {warmup:.0f} s warm-up {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
         f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB; first {window:.0f} s of the whole run "
         f"{out['rss_run_first'] and out['rss_run_first'] / MiB:.1f} MiB")
+    for name, w in out["watch"].items():
+        log(f"  soak: {name}: memory first {window:.0f} s after the warm-up {w['rss_first'] and w['rss_first'] / MiB:.1f} MiB, "
+            f"last {w['rss_last'] and w['rss_last'] / MiB:.1f} MiB")
     return out
 
 
-def _ratio_line(soak: dict, name: str, what: str) -> list[str]:
+def soak_ratio_line(soak: dict, name: str, what: str) -> list[str]:
     """C{what}: the measured part's first and last windows and their ratio; then the whole run's (warm-up included)."""
     first, last, run_first = (soak.get(f"{name}_{k}") for k in ("first", "last", "run_first"))
     if not (first and last):
@@ -603,34 +638,67 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.4g} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def report_soak(soak: dict, command: str) -> list[str]:
-    s, w, warmup = soak["seconds"], soak["window"], soak.get("warmup", 0)
+def soak_title(soak: dict, what: str) -> str:
+    """The soak section's heading: its clients, duration and warm-up, and C{what} ran."""
+    return (f"## Soak: {soak['clients']} mixed clients for {_span(soak['seconds'])}"
+            + (f", after a {_span(soak['warmup'])} warm-up" if soak.get("warmup") else "") + f" ({what})")
+
+
+def soak_method(soak: dict, command: str) -> str:
+    """The paragraph that says what the soak's clients do, what the servers keep, and the warm-up."""
+    s, warmup = soak["seconds"], soak.get("warmup", 0)
+    text = (f"`{command}`: each client pushes (a HEAD of the config, a 1-64 KiB layer and a manifest under a new "
+            "tag), pulls (a manifest by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
+            f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
+            "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
+            "deleted images' layers go too, and keeps the newest "
+            f"{SOAK_AUDIT_ENTRIES:,} audit records (`[audit] max_entries`; a record per push and per delete): the "
+            "data set stays steady.")
+    if warmup:
+        text += (f" The clients run {_span(warmup)} before the measured {_span(s)} (the warm-up: every "
+                 "client reaches its live images, the audit log its bound, the collector its first sweeps); the "
+                 "first and last windows below are the measured part's, and each figure is also given over the "
+                 "whole run, warm-up included.")
+    return text
+
+
+def soak_operations(soak: dict) -> str:
+    """The line of operations (per kind, per second) and errors, measured and over the whole run."""
+    s, warmup = soak["seconds"], soak.get("warmup", 0)
     total = sum(soak["ops"].values())
     every = sum(soak.get("ops_all", soak["ops"]).values())
-    title = f"## Soak: {soak['clients']} mixed clients for {_span(s)}" + \
-        (f", after a {_span(warmup)} warm-up" if warmup else "") + " (izreg)"
-    L = [title, "",
-         f"`{command}`: each client pushes (a HEAD of the config, a 1-64 KiB layer and a manifest under a new tag), pulls (a manifest "
-         "by tag and its layer, content checked), lists tags and deletes one of its manifests, at random "
-         f"(2:3:1:2: as many deletes as pushes; a push beyond {SOAK_LIVE_TAGS} live images deletes instead), on its "
-         "own repository, one keep-alive connection each. izreg sweeps garbage every 60 s (grace 60 s), so the "
-         "deleted images' layers go too, and keeps the newest "
-         f"{SOAK_AUDIT_ENTRIES:,} audit records (`[audit] max_entries`; a record per push and per delete): the "
-         "data set stays steady."]
-    if warmup:
-        L[-1] += (f" The clients run {_span(warmup)} before the measured {_span(s)} (the warm-up: every "
-                  "client reaches its live images, the audit log its bound, the collector its first sweeps); the "
-                  "first and last windows below are the measured part's, and each figure is also given over the "
-                  "whole run, warm-up included.")
-    L += ["", f"- {total} operations in the measured {_span(s)} "
-          f"({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), {total / s:.0f}/s; "
-          f"**{soak.get('errors_measured', soak['errors'])} errors**"
-          + (f"; over the whole run, warm-up included: {every} operations, **{soak['errors']} errors**" if warmup else "")
-          + (f" (first: {soak['first_error']})" if soak["first_error"] else "")]
-    L += _ratio_line(soak, "rss", "server RSS (VmRSS)")
-    L += _ratio_line(soak, "anon", "of which anonymous memory (RssAnon: the Python heap, without the memory-mapped "
+    return (f"- {total} operations in the measured {_span(s)} "
+            f"({', '.join(f'{k} {v}' for k, v in soak['ops'].items())}), {total / s:.0f}/s; "
+            f"**{soak.get('errors_measured', soak['errors'])} errors**"
+            + (f"; over the whole run, warm-up included: {every} operations, **{soak['errors']} errors**" if warmup else "")
+            + (f" (first: {soak['first_error']})" if soak["first_error"] else ""))
+
+
+def soak_curve(soak: dict, heads: list[str], row: Callable[[int], str]) -> list[str]:
+    """
+    The samples as a table of about 36 rows: C{heads} the columns after the time, C{row(i)} the
+    cells of sample C{i}; the first measured sample marked.
+    """
+    n, warmup = len(soak["samples"]), soak.get("warmup", 0)
+    L = ["", f"| time | {' | '.join(heads)} |", "|---:|" + "---:|" * len(heads)]
+    marked = not warmup
+    for i in range(0, n, max(1, n // 36)):
+        t = soak["samples"][i][0]
+        when = f"{t:.0f} s"
+        if not marked and t >= warmup:
+            when, marked = f"{when} (measured from here)", True
+        L.append(f"| {when} | {row(i)} |")
+    return L + [""]
+
+
+def report_soak(soak: dict, command: str) -> list[str]:
+    warmup = soak.get("warmup", 0)
+    L = [soak_title(soak, "izreg"), "", soak_method(soak, command)]
+    L += ["", soak_operations(soak)]
+    L += soak_ratio_line(soak, "rss", "server RSS (VmRSS)")
+    L += soak_ratio_line(soak, "anon", "of which anonymous memory (RssAnon: the Python heap, without the memory-mapped "
                                    "LMDB index, whose resident pages grow with the data the index holds)")
-    L += _ratio_line(soak, "other", "RSS less the index's memory map (the resident pages of data.mdb, from "
+    L += soak_ratio_line(soak, "other", "RSS less the index's memory map (the resident pages of data.mdb, from "
                                     "/proc/PID/smaps)")
     if soak.get("index"):
         L.append(f"- LMDB index file (data.mdb): {soak['index'][0] / MB:.1f} MB at the first sample, "
@@ -643,18 +711,15 @@ def report_soak(soak: dict, command: str) -> list[str]:
         L.append("- in the index at the end (entries, MB): " + ", ".join(
             f"{name} {v['entries']} ({v['mb']:.1f})" for name, v in sorted(soak["index_stats"].items(),
                                                                         key=lambda kv: -kv[1]["mb"])))
-    L += ["", "| time | RSS MiB | RssAnon MiB | RSS less the index map MiB | data.mdb MB |", "|---:|---:|---:|---:|---:|"]
     n = len(soak["samples"])
-    step = max(1, n // 36)
     anon, index, other = (soak.get(k) or [0] * n for k in ("anon", "index", "other"))
-    marked = not warmup
-    for (t, rss), a, o, size in list(zip(soak["samples"], anon, other, index))[::step]:
-        when = f"{t:.0f} s"
-        if not marked and t >= warmup:
-            when, marked = f"{when} (measured from here)", True
-        L.append(f"| {when} | {rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {a / MiB:.1f} | {o / MiB:.1f} | "
-                 f"{size / MB:.1f} |")
-    return L + [""]
+
+    def row(i: int) -> str:
+        rss = soak["samples"][i][1]
+        return (f"{rss / MiB:.1f} {'#' * int(rss / MiB / 4)} | {anon[i] / MiB:.1f} | {other[i] / MiB:.1f} | "
+                f"{index[i] / MB:.1f}")
+
+    return L + soak_curve(soak, ["RSS MiB", "RssAnon MiB", "RSS less the index map MiB", "data.mdb MB"], row)
 
 
 if __name__ == "__main__":

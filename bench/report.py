@@ -197,6 +197,13 @@ def method_section(L) -> None:
              "distribution's filesystem driver does not fsync.")
     L.append("- On a 2-CPU machine the client processes compete with the server for the CPUs; figures are "
              "comparable between the two servers, not absolute capacities.")
+    L.append("- The soak (`--soak DURATION`, after `--soak-warmup`): 32 mixed clients (push, pull, tags list, delete), "
+             "by default against one izreg on LMDB and its disk (`--soak-on single`). `--soak-on cluster` sends the "
+             "same clients through haproxy (round-robin per request) to `--soak-nodes` (2) izreg nodes on PostgreSQL "
+             "(started by the bench) and moto's S3, the setup of the cluster mode, and reports the RSS curve of each "
+             "node (first vs last window of the measured part, as for one node), of haproxy, PostgreSQL (PSS summed "
+             "over its processes) and moto, the errors by kind and the requests each node served: "
+             '`python bench/run.py --modes "" --soak 30m --soak-warmup 3m --soak-on cluster`.')
     L.append("")
 
 

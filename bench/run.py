@@ -3,7 +3,8 @@
 izreg vs CNCF distribution 2.8 (Debian ``docker-registry``), side by side.
 
     python bench/run.py [--quick | --smoke] [--modes base,tls,handshake,catalog,idle] [--soak 30m]
-                        [--rounds 3] [--note TEXT] [--out docs/benchmark.md] [--venv /tmp/venv]
+                        [--soak-on single|cluster] [--rounds 3] [--note TEXT] [--out docs/benchmark.md]
+                        [--venv /tmp/venv]
 
 Starts each server in turn on 127.0.0.1 (a free port, a fresh temporary data
 directory), runs the same measurements against both, stops it, and writes a
@@ -30,7 +31,12 @@ client with a device certificate), ``handshake`` (TLS connections per second,
 full and resumed), ``catalog`` (_catalog and tags/list pages at 1,000 and
 10,000 repositories x 20 tags), ``idle`` (manifest GET latency of 32 clients
 with 1,000 idle keep-alive connections open), and ``--soak DURATION`` (izreg
-alone: 32 mixed clients, RSS over time, after ``--soak-warmup`` (5m)).
+alone: 32 mixed clients, RSS over time, after ``--soak-warmup`` (5m)). With
+``--soak-on cluster`` the soak's clients go through haproxy to
+``--soak-nodes`` (2) izreg nodes on PostgreSQL and moto's S3 instead (the
+setup of the ``cluster`` mode, bench/cluster.py): the RSS curve of each node,
+of haproxy, PostgreSQL and moto; e.g. the soak alone:
+``python bench/run.py --modes "" --soak 30m --soak-warmup 3m --soak-on cluster``.
 
 Module map: bench/common.py (constants, blobs, CPU and memory of a process),
 bench/servers.py (the two servers, with TLS), bench/client.py (pushes and
@@ -331,6 +337,10 @@ def main() -> int:
                     help="also run the soak against izreg for DURATION (30m, 300s, ...): 32 mixed clients, RSS curve")
     ap.add_argument("--soak-warmup", default=None, metavar="DURATION",
                     help="clients run this long before the soak's measured DURATION starts (default 5m; 0 with --smoke)")
+    ap.add_argument("--soak-on", choices=("single", "cluster"), default="single",
+                    help="the soak's target: single (one izreg on LMDB and its disk, the default) or cluster "
+                         "(--soak-nodes izreg nodes on PostgreSQL and moto's S3 behind haproxy, as the cluster mode)")
+    ap.add_argument("--soak-nodes", type=int, default=2, metavar="N", help="nodes of --soak-on cluster (default 2)")
     ap.add_argument("--soak-clients", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override one figure of the plan, e.g. --set 'catalog_repos=[1000,10000,20]'; repeatable")
@@ -351,7 +361,7 @@ def main() -> int:
     shown, skip = [], False
     for a in sys.argv[1:]:  # the command as run, without the local --venv path
         if not skip and not a.startswith("--venv"):
-            shown.append(a if " " not in a else repr(a))
+            shown.append(a if a and " " not in a else repr(a))  # --modes "" shown as --modes ''
         skip = a == "--venv"
     args.command = " ".join(["python bench/run.py", *shown])
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -360,6 +370,9 @@ def main() -> int:
     if unknown:
         print(f"unknown mode(s): {', '.join(sorted(unknown))}; known: {', '.join(('base', *MODES, 's3', 'cluster'))}",
               file=sys.stderr)
+        return 2
+    if args.soak_nodes < 1:
+        print("--soak-nodes: at least 1", file=sys.stderr)
         return 2
     soak_seconds = parse_duration(args.soak) if args.soak else None
     soak_warmup = parse_duration(args.soak_warmup or ("0" if args.smoke else "5m"))
@@ -395,7 +408,7 @@ def main() -> int:
     rounds = args.rounds if args.rounds is not None else p["rounds"]
     account = os.urandom(16).hex()  # distribution's repository: <32 hex>/bench, like izreg's
     runs: dict[str, list[dict]] = {"izreg": [], "distribution": []}
-    keycheck, soak, s3_result, cluster_result = None, None, None, None
+    keycheck, soak, s3_result, cluster_result, cluster_soak = None, None, None, None, None
     try:
         for rnd in range(rounds if set(modes) - {"s3", "cluster"} else 0):
             # ABBA order: izreg, distribution, distribution, izreg, ... so neither always goes first
@@ -431,7 +444,13 @@ def main() -> int:
             from bench.cluster import run_cluster
 
             cluster_result = run_cluster(workdir, args.venv, "smoke" if args.smoke else "quick" if args.quick else "full", log)
-        if soak_seconds:
+        if soak_seconds and args.soak_on == "cluster":
+            from bench.cluster import run_cluster_soak
+
+            cluster_soak = run_cluster_soak(workdir, args.venv, soak_seconds, args.soak_clients, log,
+                                            sample_every=min(5.0, soak_seconds / 10), warmup=soak_warmup,
+                                            count=args.soak_nodes)
+        elif soak_seconds:
             where = os.path.join(workdir, "izreg-soak")
             os.makedirs(where)
             server = Izreg(where, args.venv, config=SOAK_CONFIG)
@@ -462,6 +481,10 @@ def main() -> int:
         runs = {"izreg": [{}], "distribution": [{}]}
     if soak is not None:
         sections += report_soak(soak, args.command)
+    if cluster_soak is not None:
+        from bench.cluster import report_cluster_soak
+
+        sections += report_cluster_soak(cluster_soak, args.command)
     if s3_result is not None:
         from bench.s3 import report_s3
 

@@ -71,17 +71,27 @@ def test_smoke_run_of_pullstats(tls):
                    for line in lines[1:]), (name, lines)
 
 
-@pytest.mark.s3
-def test_smoke_run_of_the_s3_mode(tmp_path):
-    """izreg over moto's S3 against izreg on disk: the report has the S3 table and says moto is the ceiling."""
+def _smoke(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """C{bench/run.py --smoke ARGS}, this venv's izreg, in C{tmp_path}: the process (it succeeded) and its report."""
     pytest.importorskip("moto.server")
     out = tmp_path / "benchmark.md"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--modes", "s3", "--venv", sys.prefix,
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", *args, "--venv", sys.prefix,
          "--out", str(out)],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    text = out.read_text()
+    return proc, out.read_text()
+
+
+def _cluster(test):
+    """The markers of a test that starts PostgreSQL, moto and haproxy (as tests/helpers/cluster.py's)."""
+    return pytest.mark.cluster(pytest.mark.postgres(pytest.mark.s3(test)))
+
+
+@pytest.mark.s3
+def test_smoke_run_of_the_s3_mode(tmp_path):
+    """izreg over moto's S3 against izreg on disk: the report has the S3 table and says moto is the ceiling."""
+    _, text = _smoke(tmp_path, "--modes", "s3")
     assert "## izreg on S3 (moto on loopback) vs izreg on disk" in text
     assert "is the ceiling here, not izreg" in text
     assert "| push streamed 1 MiB |" in text and "| pull x1 1 MiB |" in text
@@ -91,19 +101,10 @@ def test_smoke_run_of_the_s3_mode(tmp_path):
     assert f"| izreg | git {commit} (" in text
 
 
-@pytest.mark.cluster
-@pytest.mark.postgres
-@pytest.mark.s3
+@_cluster
 def test_smoke_run_of_the_cluster_mode(tmp_path):
     """One node on LMDB, on PostgreSQL, and one and two behind haproxy: the report has every row and the ratios."""
-    pytest.importorskip("moto.server")
-    out = tmp_path / "benchmark.md"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench", "run.py"), "--smoke", "--modes", "cluster", "--venv",
-         sys.prefix, "--out", str(out)],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    text = out.read_text()
+    _, text = _smoke(tmp_path, "--modes", "cluster")
     assert "## Several nodes: PostgreSQL metadata, S3 blobs (moto), haproxy" in text
     for row in ("| lmdb, 1 node |", "| postgresql, 1 node |", "| postgresql, 1 node behind haproxy |",
                 "| postgresql, 2 nodes behind haproxy |"):
@@ -135,3 +136,38 @@ def test_pinned_places_every_thread_of_the_server_and_restores_them():
     finally:
         proc.stdin.close()
         proc.wait(10)
+
+
+@_cluster
+def test_smoke_run_of_the_soak_on_the_cluster(tmp_path):
+    """--soak-on cluster: the soak's clients reached both nodes through haproxy, no error, each node's RSS curve."""
+    import re
+
+    proc, text = _smoke(tmp_path, "--modes", "", "--soak", "6s", "--soak-warmup", "2s", "--soak-clients", "4",
+                        "--soak-on", "cluster")
+    print(proc.stderr)  # the figures, with -s
+    title = re.search(r"^## Soak: 4 mixed clients for 6 s, after a 2 s warm-up \(cluster soak: 2 izreg nodes, "
+                      r"PostgreSQL (\S+), S3 on moto (\S+), haproxy (\S+)\)$", text, re.M)
+    assert title, text
+    assert "unknown" not in title.groups(), title.group(0)  # every version found
+    assert "## Soak: 4 mixed clients for 6 s, after a 2 s warm-up (izreg)" not in text  # not the single-node soak
+    operations = re.search(r"^- (\d+) operations in the measured 6 s \(push (\d+), .*\), \d+/s; \*\*0 errors\*\*; "
+                           r"over the whole run, warm-up included: (\d+) operations, \*\*0 errors\*\*$", text, re.M)
+    assert operations, text
+    assert int(operations.group(1)) > 0 and int(operations.group(2)) > 0
+    # round-robin per request: each node served a share of the soak's requests (its access log)
+    served = re.search(r"^- requests served by each node \(its access log, the whole run\): node 1 (\d+), node 2 (\d+)$",
+                       text, re.M)
+    assert served, text
+    assert all(int(n) > 4 * 3 for n in served.groups()), served.group(0)  # more than the config blobs' pushes
+    # each node's RSS over the measured part, its first and last windows and their ratio
+    for node in ("node 1", "node 2"):
+        assert re.search(rf"^- {node} RSS \(VmRSS\): first 1 s \d+\.\d MiB, last 1 s \d+\.\d MiB, last / first = "
+                         rf"\*\*\d\.\d{{3}}\*\*", text, re.M), node
+        assert f"- {node} anonymous memory (RssAnon): first" in text
+    assert re.search(r"^- PostgreSQL, PSS summed over .*; \d+\.\d MiB at the first sample, \d+\.\d MiB at the last$",
+                     text, re.M), text
+    assert re.search(r"^- moto RSS \(VmRSS\): .*; \d+\.\d MiB at the first sample, \d+\.\d MiB at the last$", text, re.M)
+    assert "- haproxy RSS (VmRSS): first" in text
+    assert "| time | node 1 RSS MiB | node 2 RSS MiB | haproxy RSS MiB | PostgreSQL PSS MiB | moto RSS MiB |" in text
+    assert "(measured from here)" in text
