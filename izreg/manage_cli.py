@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 from izreg.browse import Browser, usage
 from izreg.commands import CommandError, account_id, plural, repository_of
 
 #: the largest page read at once (the listing walks every page)
 _PAGE = 500
+#: hex digits of a digest the DIGEST column of C{izreg images} shows (docker images' 12), without --no-trunc
+SHORT_HEX = 12
+
+
+def short_digests(digests) -> Callable[[str], str]:
+    """
+    How C{izreg images} shows each of C{digests}: C{sha256:} and its first L{SHORT_HEX} hex digits, more
+    when two of them begin alike (each shown prefix names one of them, as git's abbreviations).
+    """
+    digests = set(digests)
+    length = SHORT_HEX
+    while len({_prefix(d, length) for d in digests}) < len(digests):
+        length += 1
+    return lambda digest: _prefix(digest, length)
+
+
+def _prefix(digest: str, length: int) -> str:
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm}:{hexpart[:length]}"
 
 
 def human(size: int) -> str:
@@ -30,10 +50,18 @@ def human(size: int) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_storage(subparsers)
-    images = subparsers.add_parser("images", help="list an account's images (tags, sizes, platforms, device pulls)")
+    images = subparsers.add_parser(
+        "images", help="list an account's images (tags, sizes, platforms, device pulls)",
+        description="List an account's images (tags, sizes, platforms, device pulls).",
+        epilog=f"The DIGEST column shows a digest's first {SHORT_HEX} hex digits (more if two listed begin alike),"
+               " enough to tell the listed manifests apart but not to name one: nothing takes a shortened digest (DELETE"
+               " /v2/NAME/manifests/DIGEST, docker pull REGISTRY/NAME@DIGEST); --no-trunc or --json shows the"
+               " whole digest.")
     images.add_argument("account", metavar="ACCOUNT_ID")
     images.add_argument("--repository", metavar="NAME", help="one repository: NAME or ACCOUNT_ID/NAME")
-    images.add_argument("--json", action="store_true", help="one JSON document")
+    images.add_argument("--no-trunc", action="store_true",
+                        help="whole digests (sha256: and 64 hex digits), as the registry's API takes them")
+    images.add_argument("--json", action="store_true", help="one JSON document (whole digests)")
     images.set_defaults(handler=images_command)
     use = subparsers.add_parser("usage", help="stored bytes per account (shared blobs counted once per account)")
     use.add_argument("account", metavar="ACCOUNT_ID", nargs="?")
@@ -116,6 +144,8 @@ def images_command(args: argparse.Namespace, context) -> int:
     from izreg.cli import _table
 
     rows = []
+    shown = (lambda digest: digest) if args.no_trunc else short_digests(
+        m["digest"] for repo in repositories for m in repo["images"])
     for repo in repositories:
         path = repo["name"][33:]
         if not repo["images"]:  # every manifest deleted: the repository is still listed (and counted below)
@@ -123,7 +153,7 @@ def images_command(args: argparse.Namespace, context) -> int:
         for m in repo["images"]:
             devices = m["devices"]
             rows.append([
-                path, m["digest"][:19], m["kind"], ",".join(m["tags"]) or "-", ",".join(m["platforms"]) or "-",
+                path, shown(m["digest"]), m["kind"], ",".join(m["tags"]) or "-", ",".join(m["platforms"]) or "-",
                 human(m["size"]), m["pushed"] or "-",
                 f"{devices['count']} (last {devices['last_pulled']})" if devices["count"] else "0",
             ])

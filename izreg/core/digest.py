@@ -44,7 +44,11 @@ class Digest:
                 "unsupported digest algorithm",
             )
         if len(hexpart) != length or not re.fullmatch(r"[a-f0-9]+", hexpart):
-            raise RegistryError(ErrorCode.DIGEST_INVALID, {"digest": text}, "invalid digest")
+            message = "invalid digest"
+            if len(hexpart) < length and re.fullmatch(r"[a-f0-9]+", hexpart):  # a table's sha256:0123456789ab
+                message = (f"invalid digest: a {algorithm} digest has {length} hex digits, not {len(hexpart)};"
+                           " a shortened digest names nothing, use the whole one")
+            raise RegistryError(ErrorCode.DIGEST_INVALID, {"digest": text}, message)
         return cls(algorithm, hexpart)
 
     @classmethod

@@ -11,8 +11,9 @@ fetching it again.
 Nothing unverified is ever complete at a client: until the digest has
 been checked, followers hold back the last byte. If the body is corrupt
 (wrong digest, wrong length) or breaks off, every follower's connection
-is cut, so the client's own length and digest checks fail, and the
-temporary file is deleted.
+is cut (C{cut: unreadable}), so the client's own length and digest checks
+fail, and the temporary file is deleted; a follower that had sent nothing
+yet answers 502 instead.
 
 Back-pressure: a follower is a push producer for its client connection;
 when even the fastest follower is more than L{WINDOW} bytes behind the
@@ -28,13 +29,15 @@ from typing import Callable
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from izreg.core.digest import Digest
+from izreg.core.errors import ErrorCode, RegistryError
 from izreg.edge.upstream import Unreachable, collect
 from izreg.http.accesslog import CUT_SLOW_READER, CUT_UNREADABLE
-from izreg.http.errors import cut
+from izreg.http.errors import cut, render_error, started
 
 log = Logger()
 
@@ -46,6 +49,29 @@ WINDOW = 16 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
 
 CONNECTING, STREAMING, VERIFIED, FAILED, REPLY = "connecting", "streaming", "verified", "failed", "reply"
+
+
+def broke_off(reason) -> str:
+    """Why an upstream body ended before its end, in words (Twisted's ResponseFailed says a list of Failures)."""
+    reasons = reason.value.reasons if isinstance(reason.value, ResponseFailed) else [reason]
+    words = [r.getErrorMessage() for r in reasons if not r.check(PotentialDataLoss) and r.getErrorMessage()]
+    return "; ".join(words) or reason.value.__class__.__name__
+
+
+def upstream_failed(request, reason: str) -> None:
+    """
+    End C{request}, whose answer from the registry failed: a 502 if nothing of it was sent yet, else its
+    connection cut (C{cut: unreadable}: its client must not take what it got for the whole).
+    """
+    if started(request):
+        cut(request, CUT_UNREADABLE)
+        return
+    for name in (b"Docker-Content-Digest", b"ETag", b"Content-Range", b"Accept-Ranges"):
+        request.responseHeaders.removeHeader(name)
+    body = render_error(request, RegistryError(ErrorCode.BAD_GATEWAY, {"reason": reason[:300]},
+                                               "the registry's answer broke off; nothing was cached"))
+    request.write(body)
+    request.finish()
 
 
 class Reply:
@@ -160,7 +186,7 @@ class Download:
         if self.state != STREAMING:
             return
         if not reason.check(ResponseDone):
-            self.fail(f"the registry's answer broke off after {self.written} bytes: {reason.getErrorMessage()}")
+            self.fail(f"the registry's answer broke off after {self.written} bytes: {broke_off(reason)}")
         elif self.size is not None and self.written != self.size:
             self.fail(f"the registry sent {self.written} of {self.size} bytes")
         elif not self.expected.matches(self._hasher):
@@ -194,7 +220,7 @@ class Download:
         self.state = FAILED
         self.error = reason
         for follower in list(self.followers):
-            follower.abort(CUT_UNREADABLE)
+            follower.failed(reason)
         self._discard()
         self._finish()
 
@@ -335,13 +361,20 @@ class Follower:
         """Called by L{izreg.http.limits.SlowReaders}: the client read nothing for edge.send_timeout."""
         self.abort(CUT_SLOW_READER)
 
+    def failed(self, reason: str) -> None:
+        """The download failed: a 502 if nothing was sent yet, else the connection cut."""
+        self._end(lambda request: upstream_failed(request, reason))
+
     def abort(self, why: str) -> None:
         """Cut the client's connection (before the last byte: its digest check fails); C{why}, for its log line."""
+        self._end(lambda request: cut(request, why))
+
+    def _end(self, end: Callable) -> None:
         request = self.request
         self._gone()
         if request is not None:
             request.unregisterProducer()
-            cut(request, why)
+            end(request)
 
     def _gone(self) -> None:
         if self.request is None:

@@ -3,7 +3,8 @@
 The edge's HTTP API: the pull side of the distribution API, answered from
 the cache or the registry.
 
-- ``/``: a short plain-text page (what this is, how to pull through it, ``/healthz``).
+- ``/``: a short plain-text page (what this is, how to pull through it: by the
+  address it was reached on, L{pull_address}; ``/healthz``).
 - ``/v2/``: 200 at once (clients on the gateway need no credentials).
 - manifests GET/HEAD: when the registry answers, it decides (a tag is
   resolved there, a cached digest is revalidated with a HEAD, so a 401,
@@ -32,10 +33,15 @@ its path, the target's host as ``Host``.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import re
+import socket
 from typing import Callable
 
 from klein import Klein
 from twisted.internet import threads
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -51,9 +57,9 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import OutsideNamespaces, parse_reference
 from izreg.core.ranges import parse_range
-from izreg.edge.download import Download, Reply
+from izreg.edge.download import Download, Reply, broke_off, upstream_failed
 from izreg.edge.upstream import TooLarge, Unreachable, collect
-from izreg.http.accesslog import CLIENT_GONE, CUT_ATTRIBUTE, CUT_SLOW_READER, CUT_UNREADABLE
+from izreg.http.accesslog import CLIENT_GONE, CUT_ATTRIBUTE, CUT_SLOW_READER
 from izreg.http.bodies import Dropped, RegistryRequest, RegistrySite
 from izreg.http.errors import BASE_BODY, as_registry_error, cut, json_body, render_error, started
 from izreg.http.responses import LARGE_BODY, FileBody, held_body
@@ -63,14 +69,17 @@ log = Logger()
 WARNING = '110 - "served from the edge cache; the registry is unreachable"'
 ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_LIST, mt.DOCKER_MANIFEST])
-#: the answer to C{GET /}: nothing of this edge's own (no registry address, credentials or paths)
-ROOT_PAGE = b"""izreg edge: a read-only pull-through cache of an izreg registry.
+#: the answer to C{GET /} (L{root_page}): nothing of this edge's own but the address it serves on
+ROOT_PAGE = """izreg edge: a read-only pull-through cache of an izreg registry.
 
-Pull through it:  docker pull containers.local:8080/<account_id>/<app>:<tag>
+Pull through it:  docker pull {address}/<account_id>/<app>:<tag>
 Registry API:     /v2/
 Health:           /healthz
 Pushes and deletes go to the registry itself.
 """
+#: the names a Host may name the edge by on any address: the one the docs give the gateway (README.rst,
+#: "On a gateway": /etc/hosts), and the gateway's own (L{own_names}); C{localhost} only on a loopback address
+DOCUMENTED_NAME = "containers.local"
 #: request headers passed to the registry
 FORWARD = (b"accept", b"range", b"if-none-match")
 #: response headers not passed back (hop by hop, or set by our own server)
@@ -176,10 +185,15 @@ class EdgeAPI:
 
     @app.route("/", methods=["GET", "HEAD"])
     def root(self, request):
-        """What this is, for whoever opens it in a browser: how to pull through it, where its health is."""
+        """
+        What this is, for whoever opens it in a browser: how to pull through it (L{pull_address}: the address
+        it was reached on), where its health is.
+        """
+        page = ROOT_PAGE.format(address=pull_address(request)).encode()
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Content-Length", b"%d" % len(ROOT_PAGE))  # else Twisted sends it chunked
-        return ROOT_PAGE
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Content-Length", b"%d" % len(page))  # else Twisted sends it chunked
+        return page
 
     @app.route("/v2/", methods=["GET", "HEAD"], strict_slashes=False)
     def base(self, request):
@@ -435,6 +449,66 @@ class EdgeAPI:
         return FileBody(f, start, length)
 
 
+@functools.cache
+def own_names() -> frozenset[str]:
+    """The gateway's names a Host may name the edge by on any of its addresses: the documented one, its host name."""
+    names = {DOCUMENTED_NAME}
+    host = socket.gethostname().lower().rstrip(".")
+    if host and re.fullmatch(r"[a-z0-9.-]+", host):
+        names.add(host)
+        if "." not in host:
+            names.add(host + ".local")  # its mDNS name
+    return frozenset(names)
+
+
+def pull_address(request) -> str:
+    """
+    The C{host:port} to pull through this edge by, as C{GET /} says it: the request's C{Host} when it names this
+    edge (one of L{own_names}, C{localhost} on a loopback address, or the address the request came to; and the
+    port it came to: a Host is client input, nothing else of it is repeated), else the address and port the
+    request came to (a listener on 0.0.0.0 or :: says the address the client reached).
+    """
+    local = request.getHost()
+    if not isinstance(local, (IPv4Address, IPv6Address)):
+        return "<this edge's address>"  # a UNIX socket: no address docker could pull by
+    try:
+        ip = ipaddress.ip_address(local.host.partition("%")[0])
+    except ValueError:
+        return "<this edge's address>"
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack listener
+        ip = ip.ipv4_mapped
+    named = _own_host(request.getHeader(b"host"), ip, local.port)
+    if named is not None:
+        return f"{named}:{local.port}"
+    return f"[{ip}]:{local.port}" if ip.version == 6 else f"{ip}:{local.port}"
+
+
+def _own_host(header, ip, port: int) -> str | None:
+    """The host of C{header} (C{host[:port]}, checked by L{izreg.http.bodies}) if it names this edge at C{ip}:C{port}."""
+    if not isinstance(header, bytes):
+        return None
+    try:
+        text = header.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    found = re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::([0-9]{0,5}))?", text)
+    if found is None or int(found.group(2) or 80) != port:
+        return None
+    name = found.group(1)
+    try:
+        named_ip = ipaddress.ip_address(name.strip("[]") if name.startswith("[") else name)
+    except ValueError:
+        named_ip = None
+    if named_ip is not None:
+        if named_ip != ip:
+            return None
+        return f"[{ip}]" if ip.version == 6 else str(ip)
+    name = name.rstrip(".")
+    if name in own_names() or name == "localhost" and ip.is_loopback:
+        return name
+    return None
+
+
 def _header(request, name: bytes) -> str | None:
     value = request.getHeader(name)
     return value.decode("latin-1") if isinstance(value, bytes) else value
@@ -568,8 +642,11 @@ class _Relay(Protocol):
         request.unregisterProducer()
         if reason.check(ResponseDone):
             request.finish()
-        else:  # the registry's answer broke off
-            cut(request, CUT_UNREADABLE)
+        else:  # the registry's answer broke off: a 502 if nothing was sent yet, else the connection cut
+            why = f"after {self.handed} bytes: {broke_off(reason)}"
+            log.warn("the registry's answer to {method} {path} broke off {why}",
+                     method=request.method.decode("ascii", "replace"), path=request.uri.decode("latin-1")[:300], why=why)
+            upstream_failed(request, f"the registry's answer broke off {why}")
 
     def too_slow(self) -> None:
         """Called by the slow-reader watch: the client read nothing for edge.send_timeout."""

@@ -1,7 +1,8 @@
 """
 The edge against a small test upstream (HTTPS with the development server
 certificate, written here) that can corrupt a blob or a manifest, hold a
-blob half way, and counts the requests it gets.
+blob half way, break its connection half way through a blob, and counts the
+requests it gets.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import secrets
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.helpers.edge import EdgeProcess
-from tests.helpers.server import REPO_ROOT
+from tests.helpers.metrics import cut_responses
+from tests.helpers.server import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.edge
 
@@ -35,12 +39,18 @@ def digest(data: bytes) -> str:
 
 
 class Upstream:
-    """A registry stand-in: C{blobs} and C{manifests} by digest; C{corrupt} digests get one byte flipped."""
+    """
+    A registry stand-in: C{blobs} and C{manifests} by digest; C{corrupt} digests get one byte flipped; C{broken}
+    digests get that share of their body (0.5: half), then their connection reset (a registry that dies, or a link
+    cut, mid-body).
+    A blob GET with a C{Range: bytes=A-B} gets a 206 of those bytes.
+    """
 
     def __init__(self, certs: str) -> None:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, bytes] = {}
         self.corrupt: set[str] = set()
+        self.broken: dict[str, float] = {}
         self.hold: dict[str, threading.Event] = {}  # digest -> released when set
         self.holding = threading.Event()
         self.requests: list[tuple[str, str]] = []
@@ -75,12 +85,27 @@ class Upstream:
                 if ref in upstream.corrupt:
                     middle = len(data) // 2
                     data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
-                self.send_response(200)
+                wanted = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range") or "")
+                if wanted and store is upstream.blobs:
+                    start, end = int(wanted.group(1)), min(int(wanted.group(2)), len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                    data = data[start:end + 1]
+                else:
+                    self.send_response(200)
                 self.send_header("Content-Type", OCI if store is upstream.manifests else "application/octet-stream")
                 self.send_header("Docker-Content-Digest", ref)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if head:
+                    return
+                if ref in upstream.broken:
+                    self.wfile.write(data[:int(len(data) * upstream.broken[ref])])
+                    self.wfile.flush()
+                    # a reset, not a TLS close_notify: the connection is gone, the body cut at half
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
                     return
                 gate = upstream.hold.get(ref)
                 if gate is not None:
@@ -117,7 +142,10 @@ def setup(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "izreg.cli", "dev-certs", certs, "--account", ACCOUNT, "--device-id", "gw-t"],
                    cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT), check=True, capture_output=True)
     upstream = Upstream(certs)
-    edge = EdgeProcess(str(tmp / "cache"), upstream.url, certs, log_path=str(tmp / "edge.log"))
+    metrics_port = free_port()
+    edge = EdgeProcess(str(tmp / "cache"), upstream.url, certs, log_path=str(tmp / "edge.log"),
+                       extra_args=("--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1"))
+    edge.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         edge.start()
         yield upstream, edge
@@ -169,6 +197,95 @@ def test_a_corrupt_blob_is_cut_before_its_end_and_not_cached(setup):
     status, body, complete = fetch(edge, f"/v2/{REPO}/blobs/{d}")
     assert (status, complete, body == data) == (200, True, True)
     assert upstream.gets(f"/blobs/{d}") == 2
+
+
+def cut_get(edge, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes, str]:
+    """
+    GET through the edge on a raw socket, read to the end: (status, lowercase headers, every body byte received,
+    how it ended: "eof" or "reset").
+    """
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=60) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        received, ended = b"", "eof"
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        except ConnectionResetError:
+            ended = "reset"
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), fields, body, ended
+
+
+def edge_cuts(edge) -> dict[str, float]:
+    return cut_responses(edge.metrics_url, "izreg_edge_responses_cut_total")
+
+
+@pytest.mark.parametrize("kind", ["miss", "relay"])
+def test_a_blob_the_registry_breaks_off_is_cut_counted_and_never_kept(setup, kind):
+    """
+    The registry's connection reset half way through a blob, after the edge sent its head (a shared download on
+    a miss; a Range on an uncached blob, relayed): the client's connection is cut (no complete-looking short body,
+    no error body after the head: what it got is the blob's first bytes, then a reset), the access line says
+    "(cut: unreadable)" (the registry's answer could not be read to its end: not "failed", which is the edge's
+    own handler failing), izreg_edge_responses_cut_total{reason="unreadable"} counts it, and nothing is kept: once
+    the registry is whole again the blob is fetched again, whole, and served from the cache after that.
+    """
+    upstream, edge = setup
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    d = digest(data)
+    upstream.blobs[d] = data
+    upstream.broken[d] = 0.5
+    path = f"/v2/{REPO}/blobs/{d}"
+    first, last = (0, len(data) - 1) if kind == "miss" else (1000, len(data) - 1001)
+    asked = "" if kind == "miss" else f"Range: bytes={first}-{last}\r\n"
+    before, mark = edge_cuts(edge), edge.log_mark()
+    status, headers, body, ended = cut_get(edge, path, asked)
+    assert (status, int(headers["content-length"])) == ((200, len(data)) if kind == "miss" else (206, last - first + 1))
+    assert "transfer-encoding" not in headers
+    assert ended == "reset" and 0 < len(body) < last - first + 1, (ended, len(body))
+    assert body == data[first:first + len(body)]  # the blob's bytes and nothing else
+    # (its size: what the edge handed its transport; the reset drops what was not yet sent)
+    edge.wait_for_log(rf"GET {path} {status} {kind} \d+B \(cut: unreadable\)", mark)
+    after = edge_cuts(edge)
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "unreadable": 1, "failed": 0, "slow_reader": 0}
+    assert d.split(":")[1] not in cached_files(edge)
+    assert os.listdir(os.path.join(edge.data_dir, "tmp")) == []  # the download's file is gone too
+    # the registry whole again: fetched again (nothing partial was kept), verified, then a hit
+    del upstream.broken[d]
+    gets = upstream.gets(path)
+    for _ in range(2):
+        status, headers, body, ended = cut_get(edge, path, "Connection: close\r\n")
+        assert (status, ended, len(body), digest(body)) == (200, "eof", len(data), d)
+    assert upstream.gets(path) == gets + 1
+    assert d.split(":")[1] in cached_files(edge)
+
+
+@pytest.mark.parametrize("kind", ["miss", "relay"])
+def test_a_blob_the_registry_breaks_off_before_its_first_byte_is_a_502(setup, kind):
+    """Nothing of the blob sent yet when the registry's connection is reset: a 502, not a connection cut."""
+    upstream, edge = setup
+    data = os.urandom(100_000)
+    d = digest(data)
+    upstream.blobs[d] = data
+    upstream.broken[d] = 0
+    path = f"/v2/{REPO}/blobs/{d}"
+    before, mark = edge_cuts(edge), edge.log_mark()
+    status, headers, body, ended = cut_get(edge, path, "Connection: close\r\n" if kind == "miss"
+                                           else "Range: bytes=10-20\r\nConnection: close\r\n")
+    assert (status, ended, headers["content-type"], int(headers["content-length"])) == (
+        502, "eof", "application/json", len(body))
+    assert "docker-content-digest" not in headers and "content-range" not in headers
+    error = json.loads(body)["errors"][0]
+    assert error["code"] == "UNKNOWN" and "broke off" in error["message"], error
+    edge.wait_for_log(rf"GET {path} 502 {kind} \d+B$", mark)
+    assert edge_cuts(edge) == before
+    assert d.split(":")[1] not in cached_files(edge)
+    del upstream.broken[d]
+    status, headers, body, ended = cut_get(edge, path, "Connection: close\r\n")
+    assert (status, digest(body)) == (200, d)
 
 
 def test_a_corrupt_manifest_is_refused_and_not_cached(setup):
@@ -357,3 +474,16 @@ def test_relayed_answers_keep_their_length_and_only_the_registrys_headers(setup)
         assert "content-encoding" not in headers, (method, headers.get("content-encoding"), sorted(headers))
     status, headers, body = raw(edge, b"GET /v2/ HTTP/1.1\r\nHost: containers.local\r\nConnection: close\r\n\r\n")
     assert status == 200 and headers.get("content-length") == str(len(body)) and "transfer-encoding" not in headers
+
+
+def test_the_root_page_names_where_this_edge_listens(setup):
+    """``twistd izreg edge --listen tcp:PORT:interface=127.0.0.1``: C{/} says to pull by 127.0.0.1:PORT, not 8080."""
+    upstream, edge = setup
+    for host, named in ((f"127.0.0.1:{edge.port}", f"127.0.0.1:{edge.port}"),
+                        (f"containers.local:{edge.port}", f"containers.local:{edge.port}"),
+                        ("registry.example:8080", f"127.0.0.1:{edge.port}")):
+        status, headers, body = raw(edge, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert (status, headers["content-type"], int(headers["content-length"])) == (
+            200, "text/plain; charset=utf-8", len(body))
+        assert f"docker pull {named}/<account_id>/<app>:<tag>\n" in body.decode(), body
+        assert upstream.url not in body.decode()

@@ -23,10 +23,11 @@ from izreg.edge.proxy import EdgeSite
 from tests.edge.test_metrics import ACCOUNT, LAYER_DIGEST, MANIFEST_DIGEST, REPO, stand_in_edge
 
 
-def ask(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def ask(port: int, method: str, path: str, host: str = "localhost",
+        address: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 request; (status, headers by lower-case name, the bytes after the head until closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    with socket.create_connection((address, port), timeout=10) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
@@ -43,11 +44,17 @@ async def edge(tmp_path):
     try:
         yield edge_port.getHost().port
     finally:
-        await reporter.flush_writes()
-        await upstream.close()
+        await close_edge(registry_port, upstream, cache, reporter, edge_port)
+
+
+async def close_edge(registry_port, upstream, cache, reporter, edge_port=None) -> None:
+    """Stop what L{stand_in_edge} and the edge's listener started."""
+    await reporter.flush_writes()
+    await upstream.close()
+    if edge_port is not None:
         await edge_port.stopListening()
-        await registry_port.stopListening()
-        cache.close()
+    await registry_port.stopListening()
+    cache.close()
 
 
 PATHS = [
@@ -73,13 +80,80 @@ async def test_every_answer_has_a_content_length(edge, method):
 @pytest_twisted.ensureDeferred
 async def test_the_root_says_what_the_edge_is(edge):
     """Opened in a browser, C{/} says how to pull through the edge and where its health is (OCI JSON 404 before)."""
-    status, headers, body = await deferToThread(ask, edge, "GET", "/")
+    status, headers, body = await deferToThread(ask, edge, "GET", "/", f"containers.local:{edge}")
     assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert headers["x-content-type-options"] == "nosniff"
     text = body.decode()
-    assert "izreg edge" in text and "docker pull containers.local:8080/<account_id>/<app>:<tag>" in text
+    assert "izreg edge" in text and f"docker pull containers.local:{edge}/<account_id>/<app>:<tag>" in text
     assert "/healthz" in text
-    assert "127.0.0.1" not in text and "/tmp" not in text  # nothing of its own: the registry's address, its cache
-    status, headers, body = await deferToThread(ask, edge, "HEAD", "/")
+    assert "/tmp" not in text  # nothing of its own but where it serves: not the registry's address, not its cache
+    status, headers, body = await deferToThread(ask, edge, "HEAD", "/", f"containers.local:{edge}")
     assert status == 200 and int(headers["content-length"]) == len(text.encode()) and body == b""
     status, headers, body = await deferToThread(ask, edge, "POST", "/")
     assert status == 405 and headers["content-type"] == "application/json"
+
+
+def pull_line(text: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith("Pull through it:")]
+    return line.split("docker pull ", 1)[1].split("/<account_id>", 1)[0]
+
+
+HOSTS = [  # the request's Host -> the address C{/} says to pull by ({port}: the edge's)
+    ("localhost:{port}", "localhost:{port}"),
+    ("Containers.Local:{port}", "containers.local:{port}"),
+    ("127.0.0.1:{port}", "127.0.0.1:{port}"),
+    (f"{socket.gethostname()}:{{port}}", f"{socket.gethostname().lower()}:{{port}}"),
+    # not this edge's, or not its port: the address and port the request came to
+    ("localhost", "127.0.0.1:{port}"),
+    ("containers.local:1", "127.0.0.1:{port}"),
+    ("containers.local:", "127.0.0.1:{port}"),
+    ("evil.example:{port}", "127.0.0.1:{port}"),
+    ("127.0.0.2:{port}", "127.0.0.1:{port}"),
+    ("[::1]:{port}", "127.0.0.1:{port}"),
+    ("%3Cscript%3E:{port}", "127.0.0.1:{port}"),
+    ("a'b(c)*d:{port}", "127.0.0.1:{port}"),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_root_names_the_address_the_edge_was_reached_on(edge):
+    """
+    Not always containers.local:8080: the request's Host when it names this edge (its own names, the address the
+    request came to, and its port), else the address and port the request came to; nothing else of the Host.
+    """
+    said = {}
+    for host, _ in HOSTS:
+        status, headers, body = await deferToThread(ask, edge, "GET", "/", host.format(port=edge))
+        assert status == 200 and int(headers["content-length"]) == len(body)
+        said[host] = pull_line(body.decode())
+        assert "evil" not in body.decode() and "script" not in body.decode() and "'" not in body.decode()
+    assert said == {host: named.format(port=edge) for host, named in HOSTS}
+    # an absolute-form target's host is the request's Host (RFC 9112 3.2.2): the same rules
+    status, _, body = await deferToThread(ask, edge, "GET", f"http://containers.local:{edge}/", "x")
+    assert (status, pull_line(body.decode())) == (200, f"containers.local:{edge}")
+
+
+@pytest.mark.parametrize("interface, reach", [("0.0.0.0", "127.0.0.1"), ("::1", "::1")])
+@pytest_twisted.ensureDeferred
+async def test_the_root_names_the_address_a_wildcard_or_ipv6_listener_was_reached_on(tmp_path, interface, reach):
+    """A listener on every address says the one the client reached; an IPv6 one says it in brackets."""
+    from twisted.internet.endpoints import TCP6ServerEndpoint
+
+    if ":" in interface and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    registry_port, upstream, cache, reporter, api = await stand_in_edge(tmp_path)
+    endpoint = (TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint)(reactor, 0, interface=interface)
+    try:
+        listening = await endpoint.listen(EdgeSite(api.resource()))
+    except Exception as e:  # no IPv6 loopback here
+        await close_edge(registry_port, upstream, cache, reporter)
+        pytest.skip(f"cannot listen on {interface}: {e}")
+    port = listening.getHost().port
+    try:
+        _, _, body = await deferToThread(ask, port, "GET", "/", "somewhere.example", reach)
+        assert pull_line(body.decode()) == (f"[{reach}]:{port}" if ":" in reach else f"{reach}:{port}")
+        _, _, body = await deferToThread(ask, port, "GET", "/", f"[{reach}]:{port}" if ":" in reach else
+                                         f"{reach}:{port}", reach)
+        assert pull_line(body.decode()) == (f"[{reach}]:{port}" if ":" in reach else f"{reach}:{port}")
+    finally:
+        await close_edge(registry_port, upstream, cache, reporter, listening)

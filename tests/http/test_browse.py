@@ -10,6 +10,7 @@ import sys
 import pytest
 import pytest_twisted
 
+from izreg.core.digest import Digest
 from izreg.manage_cli import human
 
 from tests.http.authhelpers import Keys, bearer
@@ -190,6 +191,48 @@ def izreg(server, *argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     return subprocess.run([sys.executable, "-c", "import sys; from izreg.cli import main; sys.exit(main())", "--data-dir", data_dir, *argv],
                           capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.e2e  # a real izreg process
+@pytest_twisted.ensureDeferred
+async def test_izreg_images_no_trunc_shows_whole_digests_and_a_short_one_is_told_it_is_short(pushed):
+    """
+    As docker images: the DIGEST column is sha256: and 12 hex digits, --no-trunc the whole digest, the rest of each
+    row the same. Nothing takes a shortened digest, and the help says so and how to get the whole one; the whole
+    one is what the API takes, and the registry tells a shortened one it is short, not merely "invalid digest".
+    """
+    server, keys, a, images = pushed
+    image, index = images["image"][0], str(Digest.of(images["index"]))
+
+    def table(*extra: str) -> list[list[str]]:
+        done = izreg(server, "images", keys.a, "--repository", "app", *extra)
+        assert done.returncode == 0, done.stderr
+        return [line.split() for line in done.stdout.splitlines()[1:-1]]
+
+    short, whole = table(), table("--no-trunc")
+    assert sorted(row[1] for row in short) == sorted([image[:19], index[:19]])
+    assert sorted(row[1] for row in whole) == sorted([image, index])
+    assert [row[:1] + row[2:] for row in short] == [row[:1] + row[2:] for row in whole]
+    for digest in (row[1] for row in whole):  # what --no-trunc prints is what the API takes
+        response, _ = await a.request("HEAD", f"/v2/{keys.a}/app/manifests/{digest}")
+        assert response.code == 200, digest
+    response, body = await a.request("GET", f"/v2/{keys.a}/app/manifests/{image[:19]}")
+    error = json.loads(body)["errors"][0]
+    assert (response.code, error["code"]) == (400, "DIGEST_INVALID")
+    assert "a sha256 digest has 64 hex digits, not 12; a shortened digest names nothing" in error["message"]
+    done = izreg(server, "images", "--help")
+    assert done.returncode == 0 and "--no-trunc" in done.stdout
+    assert "nothing takes a shortened digest" in " ".join(done.stdout.split())
+
+
+def test_shortened_digests_are_told_apart_when_they_begin_alike():
+    """Two digests with the same first 12 hex digits: each is shown with as many as tell them apart."""
+    from izreg.manage_cli import short_digests
+
+    a, b, c = "sha256:" + "0" * 64, "sha256:" + "0" * 14 + "1" * 50, "sha256:" + "2" * 64
+    shown = short_digests([a, b, c, a])
+    assert [shown(d) for d in (a, b, c)] == ["sha256:" + "0" * 15, "sha256:" + "0" * 14 + "1", "sha256:" + "2" * 15]
+    assert short_digests([a, c])(a) == "sha256:" + "0" * 12
 
 
 @pytest.mark.e2e  # a real izreg process
