@@ -36,7 +36,8 @@ class ErrorCode(enum.Enum):
     TAG_INVALID = ("TAG_INVALID", "manifest tag did not match URI", 400)
     RANGE_INVALID = ("RANGE_INVALID", "invalid content range", 416)
     PAGINATION_NUMBER_INVALID = ("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400)
-    NOT_FOUND = ("NOT_FOUND", "no such route", 404)
+    #: a path no route has; its code is the spec's (a 4XX JSON body's code MUST be one of its table)
+    NOT_FOUND = ("UNSUPPORTED", "no such route", 404)
     METHOD_UNKNOWN = ("UNSUPPORTED", "the method is not allowed on this route", 405)
     #: a method no route has: methods are case-sensitive (RFC 9110 9.1), "get" is not GET
     METHOD_NOT_IMPLEMENTED = ("UNSUPPORTED", "the method is not implemented (methods are case-sensitive)", 501)

@@ -205,7 +205,8 @@ def parse_manifest(data: bytes, content_type: str | bytes | None) -> Manifest:
         raise _invalid("schemaVersion must be 2")
     media_type = _effective_type(_string(obj, "mediaType", "manifest"), mt.base_type(content_type), obj)
     subject = parse_descriptor(obj["subject"], "subject") if obj.get("subject") is not None else None
-    artifact_type = _string(obj, "artifactType", "manifest")
+    # "empty or missing" are the same to the referrers API (OCI distribution-spec v1.1, listing referrers)
+    artifact_type = None if obj.get("artifactType") == "" else _string(obj, "artifactType", "manifest")
     annotations = _annotations(obj.get("annotations"), "manifest")
     if media_type in mt.INDEX_TYPES:
         children = _descriptors(obj, "manifests", required=True)

@@ -65,6 +65,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         (routes.BLOB, "DELETE"): Endpoint(Access.DELETE, "delete_blob"),
         (routes.UPLOADS, "POST"): Endpoint(Access.PUSH, "post_upload", Body.UPLOAD),
         (routes.UPLOAD, "GET"): Endpoint(Access.PUSH, "upload_status"),
+        (routes.UPLOAD, "HEAD"): Endpoint(Access.PUSH, "upload_status"),  # RFC 9110 9.1: HEAD wherever GET
         (routes.UPLOAD, "PATCH"): Endpoint(Access.PUSH, "patch_upload", Body.UPLOAD),
         (routes.UPLOAD, "PUT"): Endpoint(Access.PUSH, "put_upload", Body.UPLOAD),
         (routes.UPLOAD, "DELETE"): Endpoint(Access.PUSH, "cancel_upload"),
@@ -73,6 +74,7 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         (routes.REFERRERS, "GET"): Endpoint(Access.PULL, "list_referrers"),
         (routes.REFERRERS, "HEAD"): Endpoint(Access.PULL, "list_referrers"),
         (routes.BROWSE, "GET"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
+        (routes.BROWSE, "HEAD"): Endpoint(Access.PULL, "browse_manifests", bearer=True),
     })
 
     def __init__(self, registry: Registry, guard, now, *, chunk_min_length: int, ui: bool, tokens=None,

@@ -82,6 +82,16 @@ class Handlers:
     def _upload_location(self, repo: Repository, upload_id: str) -> str:
         return f"/v2/{repo}/blobs/uploads/{upload_id}"
 
+    def _check_delete(self, route) -> None:
+        """
+        405 UNSUPPORTED when deletes are disabled, with the ``Allow`` header
+        RFC 9110 (15.5.6) requires of every 405: the route's other methods.
+        """
+        try:
+            self.registry.check_delete()
+        except RegistryError as e:
+            e.headers.setdefault("Allow", self.table.allowed(route.endpoint, without="DELETE"))
+            raise
 
     def _body(self, request):
         refused = getattr(request, BODY_ERROR, None)

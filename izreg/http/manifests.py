@@ -68,7 +68,7 @@ class ManifestRoutes(Handlers):
         repo = route.repository
         force = (_header(request, FORCE_HEADER) or "").strip().lower() == "true"
         reference = _lookup_reference(route.argument)
-        self.registry.check_delete()  # disabled: 405, whatever the conditional headers say
+        self._check_delete(route)  # disabled: 405, whatever the conditional headers say
         await self.registry.delete_manifest(repo, reference, _who(request, principal), force, request_precondition(request))
         request.setResponseCode(202)
         _set(request, Content_Length=0)  # no body: not an empty chunked one

@@ -185,6 +185,9 @@ class RouteTable:
     def _endpoint(self, endpoint: str, method: str) -> Endpoint:
         found = self.repository_routes.get((endpoint, method))
         if found is None:
-            allowed = ", ".join(m for (e, m) in self.repository_routes if e == endpoint)
-            raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": allowed})
+            raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]}, headers={"Allow": self.allowed(endpoint)})
         return found
+
+    def allowed(self, endpoint: str, without: str | None = None) -> str:
+        """The ``Allow`` of a 405 on a repository route: its methods (but C{without}, one that is turned off)."""
+        return ", ".join(m for (e, m) in self.repository_routes if e == endpoint and m != without)

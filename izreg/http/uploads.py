@@ -6,7 +6,7 @@ from __future__ import annotations
 from izreg.auth.policy import Action
 from izreg.auth.runners import settled
 from izreg.core.digest import Digest
-from izreg.core.names import Repository
+from izreg.core.names import OutsideNamespaces, Repository
 from izreg.core.ranges import upload_range
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.http.handlers import Handlers, _arg, _set
@@ -34,11 +34,8 @@ class UploadRoutes(Handlers):
         mount = _arg(request, "mount")
         if mount is not None:
             digest = Digest.parse(mount)
-            source = _arg(request, "from")
-            source_repo = Repository.parse(source) if source else None
-            if source_repo is not None:
-                await settled(self.guard.check(request, source_repo, PULL))
-            if await self.registry.mount(repo, digest, source_repo) is not None:
+            mountable, source_repo = await self._mount_source(request, _arg(request, "from"))
+            if mountable and await self.registry.mount(repo, digest, source_repo) is not None:
                 return self._blob_created(request, repo, digest)
         elif _arg(request, "digest") is not None:
             digest = Digest.parse(_arg(request, "digest"))
@@ -50,6 +47,31 @@ class UploadRoutes(Handlers):
         if self.chunk_min_length:
             _set(request, OCI_Chunk_Min_Length=self.chunk_min_length)
         return self._upload_accepted(request, repo, session)
+
+    async def _mount_source(self, request, source: str | None) -> tuple[bool, Repository | None]:
+        """
+        Whether a mount may look for its blob, and where (C{None}: anywhere in
+        the caller's account). A C{from} the caller may not read (another
+        account's, or a name of the spec's grammar that no account holds) is
+        "unable to mount": the spec's answer is a new upload session (202),
+        the same whether the blob is there or not, never a 403 that fails the
+        push of containerd, buildkit and docker's containerd image store. A
+        token short of the C{from}'s pull scope is still the 401 that makes the
+        client fetch a wider one; a malformed C{from} is still 400 NAME_INVALID.
+        """
+        if not source:
+            return True, None
+        try:
+            source_repo = Repository.parse(source)
+        except OutsideNamespaces:
+            return False, None
+        try:
+            await settled(self.guard.check(request, source_repo, PULL))
+        except RegistryError as e:
+            if e.code is not ErrorCode.DENIED:
+                raise
+            return False, None
+        return True, source_repo
 
     async def upload_status(self, request, route):
         repo = route.repository

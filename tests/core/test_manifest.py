@@ -306,7 +306,6 @@ INVALID_MUTATIONS = [
     (("schemaVersion",), None),
     (("mediaType",), ""),
     (("mediaType",), 5),
-    (("artifactType",), ""),
     (("artifactType",), ["x"]),
     (("annotations",), ["a"]),
     (("annotations",), {"a": 1}),

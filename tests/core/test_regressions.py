@@ -45,7 +45,7 @@ def test_blobs_uploads_prefix_is_not_an_upload(tail):
 
 # Bug 3: routes.py `(?P<name>.+)`: '.' does not match a newline, so a path that
 # fits an endpoint but whose name holds a newline (URL-encoded %0A, unquoted by
-# the app) is a 404 NOT_FOUND, not the 400 NAME_INVALID the module promises.
+# the app) is a 404 (no such route), not the 400 NAME_INVALID the module promises.
 @pytest.mark.parametrize("path", [f"{A}/x\n/manifests/v1", f"{A}/x\ny/tags/list", f"\n{A}/x/blobs/uploads/"])
 def test_name_with_newline_is_name_invalid(path):
     with pytest.raises(RegistryError) as info:

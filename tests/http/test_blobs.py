@@ -233,8 +233,9 @@ async def test_delete_blob_disabled_is_405(tmp_path):
     srv = await start_server(tmp_path, OpenGuard(), delete_enabled=False)
     try:
         digest = await push_blob(srv, NAME, DATA)
-        status, code, _ = await srv.error("DELETE", f"/v2/{NAME}/blobs/{digest}")
+        status, code, response = await srv.error("DELETE", f"/v2/{NAME}/blobs/{digest}")
         assert (status, code) == (405, "UNSUPPORTED")
+        assert header(response, "Allow") == "GET, HEAD"  # RFC 9110 15.5.6: a 405 says what is allowed
         response, body = await srv.request("GET", f"/v2/{NAME}/blobs/{digest}")
         assert response.code == 200 and body == DATA
     finally:

@@ -75,9 +75,9 @@ def _code(body: bytes) -> str:
         ("PUT", "/v2/{a}/app/manifests/v1", 401, "UNAUTHORIZED"),
         ("POST", "/v2/{a}/app/blobs/uploads/", 401, "UNAUTHORIZED"),
         ("PATCH", "/v2/{a}/app/blobs/uploads/0f0f", 401, "UNAUTHORIZED"),
-        ("PUT", "/not/a/route", 404, "NOT_FOUND"),
+        ("PUT", "/not/a/route", 404, "UNSUPPORTED"),
         ("POST", "/v2/", 405, "UNSUPPORTED"),
-        ("PUT", "/v2//x/manifests/v1", 404, "NOT_FOUND"),
+        ("PUT", "/v2//x/manifests/v1", 404, "UNSUPPORTED"),
         ("PUT", "/v2/NOT-A-NAME/manifests/v1", 400, "NAME_INVALID"),
         ("PUT", "/v2/app/manifests/v1", 401, "UNAUTHORIZED"),  # a name outside the accounts: the caller first
         ("POST", "/v2/app/blobs/uploads/", 401, "UNAUTHORIZED"),
@@ -154,7 +154,7 @@ async def test_the_token_endpoint_when_off_is_404_at_the_headers_nothing_reserve
     """
     head = put_head("/v2/token", length).replace(b"PUT ", b"POST ", 1)
     got, headers, body = await answer_before_body(secured, head, timeout=10)
-    assert (got, _code(body)) == (404, "NOT_FOUND") and "not enabled" in json.loads(body)["errors"][0]["message"]
+    assert (got, _code(body)) == (404, "UNSUPPORTED") and "not enabled" in json.loads(body)["errors"][0]["message"]
     assert headers["connection"] == "close" and secured.api.budget.used == 0
 
 

@@ -119,6 +119,9 @@ async def test_manifests_paginate_by_digest(pushed):
     response, second = await get_json(a, link[1:link.index(">")])
     assert len(first["manifests"]) == len(second["manifests"]) == 1
     assert first["manifests"][0]["digest"] < second["manifests"][0]["digest"]
+    # HEAD wherever GET (RFC 9110 9.1): the same headers, no body
+    head, body = await a.request("HEAD", f"/v2/{keys.a}/app/_izreg/manifests?n=1")
+    assert (head.code, body, header(head, "Link")) == (200, b"", link)
 
 
 @pytest_twisted.ensureDeferred

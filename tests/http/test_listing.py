@@ -357,6 +357,25 @@ async def test_index_referrer_listed(server):
                                     "artifactType": "application/vnd.example.bundle"}]
 
 
+@pytest_twisted.ensureDeferred
+async def test_empty_artifact_type_is_as_missing(server):
+    """
+    OCI distribution-spec v1.1 (listing referrers): "if the artifactType is empty or missing" in an image
+    manifest, its descriptor takes the config's mediaType; in an index, it has none. Pushed as such, not refused.
+    """
+    subject_digest, subject = await push_image(server, NAME)
+    image, _ = await push_referrer(server, NAME, subject, artifact_type="", config_type="application/vnd.example.cfg")
+    data = dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": "", "manifests": [],
+                  "subject": descriptor(OCI_MANIFEST, subject)})
+    response, _ = await put_manifest(server, NAME, digest_of(data), data, OCI_INDEX)
+    assert response.code == 201
+    assert header(response, "OCI-Subject") == subject_digest
+    _, listed = await get_json(server, f"/v2/{NAME}/referrers/{subject_digest}")
+    by_digest = {entry["digest"]: entry for entry in listed["manifests"]}
+    assert by_digest[image]["artifactType"] == "application/vnd.example.cfg"
+    assert "artifactType" not in by_digest[digest_of(data)]
+
+
 # -- tag pages served again while the index is unchanged (izreg.http.listings.TagPages) ------------------------
 
 

@@ -543,8 +543,9 @@ async def test_delete_manifest_disabled_is_405(tmp_path):
     try:
         digest, data = await push_image(srv, NAME, "one")
         for reference in ("one", digest):
-            status, code, _ = await srv.error("DELETE", f"/v2/{NAME}/manifests/{reference}")
+            status, code, response = await srv.error("DELETE", f"/v2/{NAME}/manifests/{reference}")
             assert (status, code) == (405, "UNSUPPORTED")
+            assert header(response, "Allow") == "GET, HEAD, PUT"  # RFC 9110 15.5.6: a 405 says what is allowed
             # disabled whatever the conditional headers: not a 400 for a malformed one, nor a 412
             for headers in ({"If-Match": "not quoted"}, {"If-Match": '"sha256:' + "0" * 64 + '"'}):
                 status, code, _ = await srv.error("DELETE", f"/v2/{NAME}/manifests/{reference}", headers=headers)

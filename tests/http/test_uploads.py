@@ -235,6 +235,11 @@ async def test_upload_status(server):
     await server.request("PATCH", location, body=DATA[:10], headers={"Content-Range": "0-9"})
     response, _ = await server.request("GET", location)
     assert response.code == 204 and header(response, "Range") == "0-9"
+    # HEAD wherever GET (RFC 9110 9.1, as distribution): the same answer
+    head, body = await server.request("HEAD", location)
+    assert (head.code, body) == (204, b"")
+    assert [header(head, h) for h in ("Range", "Location", "Docker-Upload-UUID")] == [
+        header(response, h) for h in ("Range", "Location", "Docker-Upload-UUID")]
 
 
 @pytest_twisted.ensureDeferred
@@ -390,6 +395,17 @@ async def test_mount_never_crosses_accounts(server):
     response, _ = await server.request("POST", f"/v2/{target}/blobs/uploads/?mount={digest}")
     assert response.code == 202
     await assert_no_blob(server, target, digest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_mount_from_a_name_no_account_holds_opens_a_session(server):
+    """A C{from} of the spec's grammar outside every account: nothing to mount from, so a session (202), not a 403."""
+    digest = await push_blob(server, repo("src"), DATA)
+    for source in ("library/ubuntu", f"{ACCOUNT}/a__b"):
+        response, body = await server.request("POST", f"/v2/{NAME}/blobs/uploads/?mount={digest}&from={source}")
+        assert (response.code, body) == (202, b""), source
+        assert header(response, "Location").startswith(f"/v2/{NAME}/blobs/uploads/")
+    await assert_no_blob(server, NAME, digest)
 
 
 @pytest_twisted.ensureDeferred
