@@ -21,10 +21,6 @@ haproxy would send C{Forwarded: for=<anyone>} and be anyone: guess keys
 past the brake from ever new addresses, or brake another client's key from
 that client's address (a 429 for its every request), and sign the log
 lines with that address.
-
-A trusted proxy that ends TLS says so in ``X-Forwarded-Proto``
-(L{forwarded_scheme}): the token endpoint's URL in a challenge is then
-``https``, not the ``http`` of the node's own listener.
 """
 
 from __future__ import annotations
@@ -111,17 +107,19 @@ def _strip_port(hop: str) -> str:
 
 def forwarded_scheme(request) -> str | None:
     """
-    The scheme the client used, as a trusted proxy that ends TLS says it in
-    ``X-Forwarded-Proto`` (its last value: the nearest proxy's), ``http`` or
-    ``https``; C{None} from any other peer, or with no such word there.
+    C{"https"} or C{"http"}: the scheme a trusted proxy says the client used
+    (C{X-Forwarded-Proto}, its last value: the nearest proxy's; haproxy:
+    C{http-request set-header X-Forwarded-Proto https}), else C{None} (no
+    such header, another value, or a peer not in C{trusted_proxies}).
     """
     client = getattr(request, "client", None)
+    peer = getattr(client, "host", None) or ""
     proxies = getattr(getattr(getattr(request, "channel", None), "site", None), "proxies", None)
-    if not proxies or not proxies.trusted(getattr(client, "host", None) or ""):
+    if not proxies or not proxies.trusted(peer):
         return None
-    values = request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
-    last = values[-1].decode("latin-1").rsplit(",", 1)[-1].strip().lower() if values else ""
-    return last if last in ("http", "https") else None
+    values = [v.strip().lower() for value in request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
+              for v in value.decode("latin-1").split(",")]
+    return values[-1] if values and values[-1] in ("http", "https") else None
 
 
 def client_address(request) -> str:

@@ -57,18 +57,16 @@ _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.
 
 def token_realm(request) -> str:
     """
-    The token endpoint's absolute URL, on the host and scheme the client used.
-    A ``Host`` that is not a plain host[:port] is not echoed into the
-    challenge; the listening address stands in for it. Behind a trusted
-    proxy that ends TLS, its ``X-Forwarded-Proto`` names the scheme (else
-    the client, which came by https, would be sent to fetch its token, with
-    its key, in plain http).
+    The token endpoint's absolute URL, on the host and scheme the client used
+    (behind a trusted proxy that ends TLS, the scheme its C{X-Forwarded-Proto}
+    names). A ``Host`` that is not a plain host[:port] is not echoed into the
+    challenge; the listening address stands in for it.
     """
     host = (request.getHeader(b"host") or b"").decode("latin-1")
     if not _HOST.fullmatch(host):
         local = request.getHost()
         host = f"{getattr(local, 'host', 'localhost')}:{getattr(local, 'port', '')}".rstrip(":")
-    scheme = forwarded_scheme(request) or ("https" if request.isSecure() else "http")
+    scheme = "https" if request.isSecure() else forwarded_scheme(request) or "http"
     return f"{scheme}://{host}/v2/token"
 
 

@@ -134,25 +134,6 @@ async def test_challenge_realm_follows_the_host_the_client_used(env):
     assert header(response, "WWW-Authenticate").startswith(f'Bearer realm="http://registry.example:{port}/v2/token"')
 
 
-@pytest_twisted.ensureDeferred
-async def test_challenge_realm_is_https_when_a_trusted_proxy_ended_tls(tmp_path):
-    # behind haproxy ending TLS (docs/deploy.rst) the node's listener is plain: the realm said
-    # http://, and a client that came by https was sent to fetch its token, with its key, in plain http
-    for trusted, expected in ((("127.0.0.1",), "https"), (("192.0.2.1",), "http")):
-        server = await start_server(tmp_path / trusted[0], socket=True, token_service=True, trusted_proxies=trusted)
-        try:
-            for proto in ("https", "http, https", "HTTPS"):
-                response, _ = await server.request("GET", "/v2/", headers={"Host": "registry.example",
-                                                                           "X-Forwarded-Proto": proto})
-                assert header(response, "WWW-Authenticate").startswith(
-                    f'Bearer realm="{expected}://registry.example/v2/token"'), (trusted, proto)
-            response, _ = await server.request("GET", "/v2/", headers={"Host": "registry.example",
-                                                                       "X-Forwarded-Proto": "gopher"})
-            assert header(response, "WWW-Authenticate").startswith('Bearer realm="http://registry.example/v2/token"')
-        finally:
-            await server.service.stopService()
-
-
 # The token endpoint ---------------------------------------------------------------------
 
 
