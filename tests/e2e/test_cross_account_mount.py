@@ -16,17 +16,9 @@ import secrets
 
 import pytest
 
-from tests.e2e.test_docker_engine import _pulled_by_ctr, ok
+from tests.e2e.test_docker_engine import _pulled_by_ctr, engine, ok  # noqa: F401  (engine: the fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
-
-
-@pytest.fixture
-def engine(docker_engine, registry):
-    if registry.backend != "izreg":
-        pytest.skip("izreg-specific (accounts)")
-    yield docker_engine
-    docker_engine.docker("logout", registry.host)
 
 
 def test_ctr_pushes_an_image_of_another_account_to_its_own(engine, registry, new_repo, tmp_path):
