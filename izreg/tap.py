@@ -208,7 +208,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     from izreg.http.clientaddr import TrustedProxies
     from izreg.http.limits import ConnectionLimits, SlowReaders, SlowSenders
     from izreg.http.plain import RefuseTLSFactory
-    from izreg.service.logs import LogSetup
+    from izreg.service.logs import LogSetup, forward_standard_logs
     from izreg.service.metrics import Metrics, ScrapeSite
     from izreg.service.services import RegistryService
     from izreg.service.tls import tls_endpoint
@@ -228,6 +228,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     if tls is not None:
         metrics.refusals.watch("tls", tls.refusals)
     log_setup = LogSetup(config.log_format, config.log_level)
+    forward_standard_logs()  # psycopg's pool, botocore: their lines in our log, not as [stderr#error]
     top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
     for description in config.listen:

@@ -29,6 +29,7 @@ from twisted.logger import Logger, LogLevel
 
 from izreg.core import routes
 from izreg.core.errors import RegistryError
+from izreg.http.clientaddr import client_address
 
 REQUEST_ID_HEADER = b"X-Request-Id"
 #: a request id a proxy in front may pass on (else we make one)
@@ -146,7 +147,7 @@ def request_info(request, now: float, status: int | None = None) -> RequestInfo:
         path = uri.partition(b"?")[0]
     noted = getattr(request, ROUTE_ATTRIBUTE, None)  # the route as the router matched it (L{note_route})
     route, repository = noted if noted is not None else route_of(path)
-    client = request.getClientAddress()
+    client = client_address(request)  # behind a trusted proxy, the client it names (the brake's address too)
     return RequestInfo(
         request_id=getattr(request, "request_id", "-"),
         method=(method or b"-").decode("ascii", "replace")[:16],
@@ -156,7 +157,7 @@ def request_info(request, now: float, status: int | None = None) -> RequestInfo:
         bytes_in=getattr(request, "bytes_in", 0),
         bytes_out=request.sentLength,
         duration=max(0.0, now - getattr(request, "started", now)),
-        client=getattr(client, "host", None) or "-",
+        client=client if client != "unknown" else "-",
         account=getattr(principal, "account", None),
         principal=getattr(principal, "kind", None),
         key_id=getattr(principal, "key_id", None),

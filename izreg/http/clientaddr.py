@@ -105,6 +105,23 @@ def _strip_port(hop: str) -> str:
     return hop
 
 
+def forwarded_scheme(request) -> str | None:
+    """
+    C{"https"} or C{"http"}: the scheme a trusted proxy says the client used
+    (C{X-Forwarded-Proto}, its last value: the nearest proxy's; haproxy:
+    C{http-request set-header X-Forwarded-Proto https}), else C{None} (no
+    such header, another value, or a peer not in C{trusted_proxies}).
+    """
+    client = getattr(request, "client", None)
+    peer = getattr(client, "host", None) or ""
+    proxies = getattr(getattr(getattr(request, "channel", None), "site", None), "proxies", None)
+    if not proxies or not proxies.trusted(peer):
+        return None
+    values = [v.strip().lower() for value in request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
+              for v in value.decode("latin-1").split(",")]
+    return values[-1] if values and values[-1] in ("http", "https") else None
+
+
 def client_address(request) -> str:
     """The client address of a twisted request (the site's trusted proxies applied)."""
     client = getattr(request, "client", None)

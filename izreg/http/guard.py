@@ -41,7 +41,7 @@ from izreg.auth.policy import Action, Principal
 from izreg.auth.runners import inline, then
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
-from izreg.http.clientaddr import client_address
+from izreg.http.clientaddr import client_address, forwarded_scheme
 from izreg.http.routing import Access
 from izreg.http.peercert import peer_certificate
 
@@ -57,15 +57,16 @@ _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.
 
 def token_realm(request) -> str:
     """
-    The token endpoint's absolute URL, on the host and scheme the client used.
-    A ``Host`` that is not a plain host[:port] is not echoed into the
+    The token endpoint's absolute URL, on the host and scheme the client used
+    (behind a trusted proxy that ends TLS, the scheme its C{X-Forwarded-Proto}
+    names). A ``Host`` that is not a plain host[:port] is not echoed into the
     challenge; the listening address stands in for it.
     """
     host = (request.getHeader(b"host") or b"").decode("latin-1")
     if not _HOST.fullmatch(host):
         local = request.getHost()
         host = f"{getattr(local, 'host', 'localhost')}:{getattr(local, 'port', '')}".rstrip(":")
-    scheme = "https" if request.isSecure() else "http"
+    scheme = "https" if request.isSecure() else forwarded_scheme(request) or "http"
     return f"{scheme}://{host}/v2/token"
 
 

@@ -332,6 +332,29 @@ class IdleConnections:
         return False
 
 
+    def close_idle(self) -> int:
+        """
+        A stopping server's (L{izreg.service.services.RegistryService}): close every connection that has
+        nothing in progress and its response delivered (not counted as evictions); a request in progress
+        on a route open to anyone (L{PUBLIC_REQUEST}) is left to finish. How many were closed.
+        """
+        closed = 0
+        for tier, channels in enumerate(self.tiers):
+            if tier == PUBLIC_REQUEST:
+                continue
+            for channel in list(channels):
+                transport = channel.transport
+                if transport is not None and not transport.disconnecting and tier in DELIVERED_FIRST \
+                        and sending(transport):
+                    continue  # its response is still on its way
+                del channels[channel]
+                channel.idle_tier = None
+                if transport is not None and not transport.disconnecting:
+                    channel.evicted()
+                    closed += 1
+        return closed
+
+
 #: Linux's ioctl for the bytes of a TCP socket's send queue not sent yet (linux/sockios.h); elsewhere none
 SIOCOUTQNSD = 0x894B if sys.platform.startswith("linux") else None
 

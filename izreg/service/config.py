@@ -87,6 +87,8 @@ class Config:
     metrics_listen: tuple[str, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
+    # seconds a stopping server (SIGTERM) lets the requests in progress finish, its listeners closed (0: none)
+    drain_timeout: int = 0
     webhook_retry_min: int = 5
     webhook_retry_max: int = 3600
     webhook_max_attempts: int = 30
@@ -206,6 +208,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "min_free_disk"): ("min_free_disk", str),
     ("server", "log_format"): ("log_format", str),
     ("server", "log_level"): ("log_level", str),
+    ("server", "drain_timeout"): ("drain_timeout", int),
     ("metrics", "listen"): ("metrics_listen", tuple),
     ("webhooks", "retry_min"): ("webhook_retry_min", int),
     ("webhooks", "retry_max"): ("webhook_retry_max", int),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import sys
 from typing import IO, Any
 
@@ -21,6 +22,7 @@ from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -152,6 +154,33 @@ class LogSetup:
         if logs_to_stdout(twistd_options):
             return self.observer(sys.stdout)
         return self.observer(logfile.LogFile.fromFullPath(twistd_options.get("logfile") or "twistd.log"))
+
+
+class StandardLogs(logging.Handler):
+    """
+    The standard library's log records (psycopg's pool: "the database is
+    unreachable", botocore's warnings), warnings and up, as twisted.logger
+    events of their logger's name and level. Without it Python wrote them to
+    stderr, which twistd logs as C{[stderr#error]}: a "the database is
+    reachable again" at level error, and no JSON fields.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format: its format, as logging would not
+            message = str(record.msg)
+        level = (LogLevel.critical if record.levelno >= logging.CRITICAL else LogLevel.error
+                 if record.levelno >= logging.ERROR else LogLevel.warn if record.levelno >= logging.WARNING
+                 else LogLevel.info if record.levelno >= logging.INFO else LogLevel.debug)
+        Logger(namespace=record.name).emit(level, "{message}", message=message)
+
+
+def forward_standard_logs() -> None:
+    """Send the standard library's log records to twisted.logger (L{StandardLogs}; once per process)."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, StandardLogs) for handler in root.handlers):
+        root.addHandler(StandardLogs())
 
 
 def offer_observer(parent, observer: ILogObserver | None) -> None:

@@ -18,6 +18,7 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -50,6 +51,8 @@ from izreg.service.backends import thread_runner
 #: a blob no manifest names is held again by a look at it at most every gc.grace / this (Registry.hold_blob):
 #: held at least 7/8 of the grace after any look, one write transaction per blob in an eighth of it
 HOLD_REFRESH_SHARE = 8
+#: seconds between two looks, at stop, for connections that finished their request (L{RegistryService.drain})
+DRAIN_STEP = 0.1
 
 
 class RegistryService(service.MultiService):
@@ -291,7 +294,8 @@ class RegistryService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        yield super().stopService()
+        yield super().stopService()  # the listeners close first: no new connection
+        yield defer.ensureDeferred(self.drain())
         if self.dispatcher is not None:
             self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
             self.dispatcher = None
@@ -305,6 +309,36 @@ class RegistryService(service.MultiService):
         if self.backend is not None:
             self.backend.close()
             self.registry = self.index = self.backend = self.api = None
+
+    async def drain(self) -> None:
+        """
+        At stop, the listeners closed: let the requests in progress finish, for at most C{[server]
+        drain_timeout} seconds, closing each connection as soon as it has nothing in progress (at once:
+        the idle ones). Then the rest are cut, as a stop without it does.
+        """
+        connections = getattr(self.site, "connections", None)
+        timeout = self.config.drain_timeout
+        if not timeout or connections is None:
+            return
+        clock = self.reactor
+        deadline = clock.seconds() + timeout
+        waited = False
+        while True:
+            closing = connections.idle.close_idle()
+            if connections.total == 0:  # a closed connection gives its count back a reactor turn later
+                break
+            busy = connections.total - closing
+            if clock.seconds() >= deadline:
+                self.log.warn("stopping with {count} connection(s) still busy after server.drain_timeout"
+                              " ({timeout} s): they are cut", count=busy, timeout=timeout)
+                return
+            if busy > 0 and not waited:
+                waited = True
+                self.log.info("stopping: waiting for {count} connection(s) in progress to finish (at most"
+                              " server.drain_timeout, {timeout} s)", count=busy, timeout=timeout)
+            await deferLater(clock, DRAIN_STEP, lambda: None)
+        if waited:
+            self.log.info("stopping: every request in progress finished")
 
     async def collect_garbage(self):
         """Timer task: one garbage-collection sweep (L{izreg.sweeper}); its result, or C{None}."""

@@ -111,7 +111,16 @@ def check_bucket(config):
     return client
 
 
+#: what botocore's "Unable to locate credentials" leaves out: where izreg (boto3's chain) looks for them
+NO_CREDENTIALS = ("no credentials: set [storage.s3] access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and"
+                  " AWS_SECRET_ACCESS_KEY in the server's environment (or ~/.aws/credentials, an instance role)")
+
+
 def _describe(e: Exception) -> str:
+    from botocore.exceptions import NoCredentialsError
+
+    if isinstance(e, NoCredentialsError):
+        return NO_CREDENTIALS
     response = getattr(e, "response", None)
     if isinstance(response, dict):
         error = response.get("Error", {})

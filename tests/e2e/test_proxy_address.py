@@ -66,3 +66,12 @@ def test_a_forwarded_header_of_the_client_does_not_brake_another_clients_key(pro
     assert get_v2(proxy, VICTIM, reg.creds) == 200
     logged = reg.wait_for_log(r"failed authentication from \S+", mark)
     assert VICTIM not in logged
+
+
+def test_the_access_log_names_the_client_haproxy_forwards_for(proxied):
+    """Each request's log line names the client, as the brake counts it, not haproxy's own address."""
+    reg, proxy = proxied
+    mark = reg.log_mark()
+    assert get_v2(proxy, VICTIM, reg.creds, "X-Request-Id: proxied-client-logged") == 200
+    line = reg.wait_for_log(r"izreg\.access.* id=proxied-client-logged", mark)
+    assert f"] {VICTIM} GET /v2/ 200 " in line, line

@@ -49,6 +49,7 @@ class _Request:
 
     method, path, code, sentLength, bytes_in, started = b"GET", b"/v2/x/tags/list", 200, 321, 0, 10.0
     request_id = "0123456789abcdef01234567"
+    client = _Address()  # as twisted's Request; read through izreg.http.clientaddr (trusted proxies)
 
     def __init__(self, principal=None, authorization=None) -> None:
         self.principal, self.authorization = principal, authorization

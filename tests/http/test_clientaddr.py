@@ -121,3 +121,24 @@ async def test_the_brake_counts_ipv6_clients_per_64(tmp_path):
         assert await status("2001:db8:5:7::1", keys.a_key) == 200
     finally:
         await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("trusted, sent, scheme", [
+    (("127.0.0.1",), "https", "https"),  # haproxy ends TLS and says so: the client fetches its token over https
+    (("127.0.0.1",), None, "http"),
+    (("127.0.0.1",), "http, https", "https"),  # the nearest proxy's, the last
+    (("127.0.0.1",), "gopher", "http"),  # no scheme of ours: ignored
+    (("10.0.0.1",), "https", "http"),  # not from a trusted proxy: anyone could send it
+    ((), "https", "http"),
+])
+async def test_the_token_realm_has_the_scheme_a_trusted_proxy_forwards(tmp_path, trusted, sent, scheme):
+    server = await start_server(tmp_path, token_service=True, trusted_proxies=trusted)
+    try:
+        headers = {"X-Forwarded-Proto": sent} if sent else {}
+        response, _ = await server.request("GET", "/v2/", headers={**headers, "Host": "registry.example.net"})
+        assert response.code == 401
+        challenge = response.headers.getRawHeaders("WWW-Authenticate")[0]
+        assert f'realm="{scheme}://registry.example.net/v2/token"' in challenge, challenge
+    finally:
+        await server.service.stopService()

@@ -96,3 +96,33 @@ def test_a_preformatted_line_is_written_as_twisted_would_write_it():
         assert out.getvalue() == (formatEventAsClassicLogText(dict(event), formatTime=formatTime) or ""), event
         if "log_time" in event:
             assert json.loads(event_as_json(dict(event)))["message"] == formatEvent(dict(event)), event
+
+
+def test_standard_library_records_become_events_of_their_logger_and_level():
+    """psycopg's pool logs with the standard library: its lines join ours (namespace, level), once."""
+    import logging
+
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    from izreg.service.logs import StandardLogs, forward_standard_logs
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        forward_standard_logs()
+        forward_standard_logs()  # make_server runs once per server: the handler is added once
+        assert len([h for h in root.handlers if isinstance(h, StandardLogs)]) == 1
+        with capturedLogs() as events:
+            logging.getLogger("psycopg.pool").warning("the database is reachable again (after %.0f s)", 16.2)
+            logging.getLogger("botocore.test").error("boom %s", "x")
+            logging.getLogger("psycopg.pool").info("below the root logger's level: not forwarded")
+        assert [(e["log_namespace"], e["log_level"], formatEvent(e)) for e in events] == [
+            ("psycopg.pool", LogLevel.warn, "the database is reachable again (after 16 s)"),
+            ("botocore.test", LogLevel.error, "boom x"),
+        ]
+        out = io.StringIO()
+        LogSetup("json", "info").observer(out)(events[0])
+        record = json.loads(out.getvalue())
+        assert (record["namespace"], record["level"]) == ("psycopg.pool", "warn")
+    finally:
+        root.handlers[:] = before
