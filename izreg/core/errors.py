@@ -31,6 +31,8 @@ class ErrorCode(enum.Enum):
     DENIED = ("DENIED", "requested access to the resource is denied", 403)
     #: a delete refused because devices pulled what it would remove (izreg's in-use protection)
     IN_USE = ("DENIED", "in use by devices", 409)
+    #: a blob delete refused because manifests of the repository name the blob (as zot does)
+    BLOB_REFERENCED = ("DENIED", "the blob is part of manifest(s) in this repository that must be deleted first", 409)
     UNSUPPORTED = ("UNSUPPORTED", "the operation is unsupported", 405)
     TOOMANYREQUESTS = ("TOOMANYREQUESTS", "too many requests", 429)
     TAG_INVALID = ("TAG_INVALID", "manifest tag did not match URI", 400)

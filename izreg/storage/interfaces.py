@@ -231,7 +231,14 @@ class IMetadataIndex(Interface):
         """
 
     def unlink_blob(name: str, digest) -> bool:
-        """Drop the repository's link (the repository goes when empty)."""
+        """
+        Drop the repository's link (the repository goes when empty); C{False}
+        if it has none. Refused when a manifest of the repository names the
+        blob (config or layer), checked in the same transaction:
+        L{RegistryError} BLOB_REFERENCED (L{izreg.storage.refs.blob_referenced}:
+        the digest and the first few such manifests by digest) and nothing is
+        written.
+        """
 
     # -- upload sessions
     def put_upload(upload_id: str, record: dict, expected_offset: int | None = None) -> bool:

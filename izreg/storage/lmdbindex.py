@@ -24,7 +24,9 @@ from izreg.core.preconditions import Precondition, check
 from izreg.storage import schema
 from izreg.storage.interfaces import IMetadataIndex
 from izreg.storage.lmdbstore import LmdbStore, dump, load
-from izreg.storage.refs import COUNTERS, Refs, manifest_blobs, manifest_children, repo_key, split_manifest
+from izreg.storage.refs import (
+    COUNTERS, REFERENCING_SHOWN, Refs, blob_referenced, manifest_blobs, manifest_children, repo_key, split_manifest,
+)
 from izreg.storage.refs import scan as _scan
 from izreg.storage.schema import key, prefix
 
@@ -193,11 +195,21 @@ class Index(LmdbStore):
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         d = str(digest)
         with self.writing() as txn:
-            if not txn.delete(key(name, d), db=self._db[schema.LINKS]):
+            if txn.get(key(name, d), db=self._db[schema.LINKS]) is None:
                 return False
+            if txn.get(key(name, d), db=self._db[schema.REPOBLOBS]) is not None:
+                raise blob_referenced(d, self._naming(txn, name, d))
+            txn.delete(key(name, d), db=self._db[schema.LINKS])
             txn.delete(key(d, name), db=self._db[schema.BLOBLINKS])
             self._drop_repo_if_empty(txn, name)
             return True
+
+    def _naming(self, txn, name: str, d: str) -> list[str]:
+        """The first manifests of the repository (by digest) that name blob C{d}: a walk, only for a refusal."""
+        start = prefix(name)
+        found = (k[len(start):].decode() for k, v in _scan(txn, self._db[schema.MANIFESTS], start)
+                 if d in manifest_blobs(*split_manifest(v)))
+        return list(itertools.islice(found, REFERENCING_SHOWN))
 
     # -- upload sessions -----------------------------------------------------
 

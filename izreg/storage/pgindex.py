@@ -42,6 +42,7 @@ from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.preconditions import Precondition, check
 from izreg.storage.interfaces import IMetadataIndex
 from izreg.storage.pg import Database
+from izreg.storage.refs import REFERENCING_SHOWN, blob_referenced
 from izreg.storage.refs import manifest_children as _children
 from izreg.storage.schema import MAX_KEY
 
@@ -288,10 +289,16 @@ class PgIndex:
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         def f(cur):
-            _lock(cur, repos=[name])
-            cur.execute("DELETE FROM links WHERE repo = %s AND digest = %s", (name, str(digest)))
+            _lock(cur, repos=[name])  # a manifest put takes it too: none lands between the check and the delete
+            d = str(digest)
+            cur.execute("SELECT manifest FROM manifest_blobs WHERE repo = %s AND blob = %s ORDER BY manifest LIMIT %s",
+                        (name, d, REFERENCING_SHOWN))
+            naming = [m for (m,) in cur.fetchall()]
+            cur.execute("DELETE FROM links WHERE repo = %s AND digest = %s", (name, d))
             if cur.rowcount == 0:
                 return False
+            if naming:
+                raise blob_referenced(d, naming)  # the transaction rolls back: the link stays
             self._drop_repo_if_empty(cur, name)
             return True
         return self.db.run(f)

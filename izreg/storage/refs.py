@@ -25,7 +25,7 @@ import itertools
 import json
 from typing import Iterator
 
-from izreg.core.errors import RegistryError
+from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.manifest import parse_manifest
 from izreg.core.mediatypes import INDEX_TYPES
 from izreg.storage import schema
@@ -76,6 +76,15 @@ def manifest_children(meta: dict, data: bytes) -> list[str]:
         return [str(c.digest) for c in parse_manifest(data, meta["mediaType"]).children]
     except RegistryError:
         return []
+
+
+#: how many of the manifests that name a blob a refused blob delete shows
+REFERENCING_SHOWN = 5
+
+
+def blob_referenced(blob: str, manifests: list[str]) -> RegistryError:
+    """The refusal of a blob delete: C{manifests} (sorted, at most L{REFERENCING_SHOWN}) of the repository name it."""
+    return RegistryError(ErrorCode.BLOB_REFERENCED, {"digest": blob, "manifests": manifests[:REFERENCING_SHOWN]})
 
 
 def split_manifest(raw: bytes) -> tuple[dict, bytes]:

@@ -231,3 +231,19 @@ def test_error_envelopes(client, repo, account, izreg_only):
     resp = client.put_manifest(repo, sha256_digest(b"x"), good)
     assert resp.status_code == 400 and error_codes(resp) == ["DIGEST_INVALID"], describe(resp)
     assert json.loads(expect(client.get_manifest(repo, digest), 200).content) == json.loads(good)
+
+
+def test_a_blob_a_manifest_names_is_not_deleted(client, repo, izreg_only):
+    """Over a real server: a layer of a manifest in the repository is refused (409 DENIED), as zot does."""
+    digest, _, manifest = push_image(client, repo, "v1", seed=40)
+    layer, config = manifest["layers"][0]["digest"], manifest["config"]["digest"]
+    resp = client.request("DELETE", f"/v2/{repo}/blobs/{layer}")
+    assert resp.status_code == 409 and error_codes(resp) == ["DENIED"], describe(resp)
+    assert "must be deleted first" in resp.json()["errors"][0]["message"]
+    assert resp.json()["errors"][0]["detail"] == {"digest": layer, "manifests": [digest]}
+    expect(client.get_blob(repo, layer), 200)  # the image still pulls
+    expect(client.request("DELETE", f"/v2/{repo}/manifests/{digest}"), 202)
+    for blob in (layer, config):
+        expect(client.request("DELETE", f"/v2/{repo}/blobs/{blob}"), 202)
+    resp = client.request("DELETE", f"/v2/{repo}/blobs/{layer}")
+    assert resp.status_code == 404 and error_codes(resp) == ["BLOB_UNKNOWN"], describe(resp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 
@@ -217,6 +219,33 @@ async def test_delete_blob_only_unlinks_that_repository(server):
     assert response.code == 202
     response, body = await server.request("GET", f"/v2/{repo('b')}/blobs/{digest}")
     assert response.code == 200 and body == DATA
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_blob_a_manifest_names_is_409_until_the_manifest_goes(server):
+    """As zot: a layer or config of a manifest in the repository is not deleted (the image would break)."""
+    config = b'{"architecture":"amd64","os":"linux","blobref":1}'
+    manifest, _ = await push_image(server, NAME, "v1", config=config, layers=(DATA,))
+    loose = await push_blob(server, NAME, b"no manifest names this")
+    for blob in (digest_of(DATA), digest_of(config)):
+        response, body = await server.request("DELETE", f"/v2/{NAME}/blobs/{blob}")
+        assert response.code == 409
+        assert header(response, "Content-Type") == "application/json"
+        (error,) = json.loads(body)["errors"]
+        assert error == {
+            "code": "DENIED",
+            "message": "the blob is part of manifest(s) in this repository that must be deleted first",
+            "detail": {"digest": blob, "manifests": [manifest]},
+        }
+    response, body = await server.request("GET", f"/v2/{NAME}/blobs/{digest_of(DATA)}")
+    assert response.code == 200 and body == DATA  # still there
+    response, _ = await server.request("DELETE", f"/v2/{NAME}/blobs/{loose}")
+    assert response.code == 202  # a blob no manifest names goes as before
+    response, _ = await server.request("DELETE", f"/v2/{NAME}/manifests/{manifest}")
+    assert response.code == 202
+    for blob in (digest_of(DATA), digest_of(config)):
+        response, _ = await server.request("DELETE", f"/v2/{NAME}/blobs/{blob}")
+        assert response.code == 202
 
 
 @pytest_twisted.ensureDeferred

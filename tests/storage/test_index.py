@@ -196,6 +196,49 @@ def test_unlink_blob_of_unknown_repo(index):
     assert index.unlink_blob(REPO, B1) is False
 
 
+def test_unlink_blob_refused_while_a_manifest_of_the_repo_names_it(index):
+    """A blob a manifest of the repository names (config or layer) stays linked: 409 DENIED, naming the manifests."""
+    commit(index, digest=B1)
+    commit(index, digest=B2)
+    commit(index, name=OTHER, digest=B3)
+    put(index, digest=M2, blobs=[(str(B1), 6)])
+    put(index, digest=M1, blobs=[(str(B1), 6), (str(B2), 6)])
+    put(index, name=OTHER, digest=M3, blobs=[(str(B3), 6)])
+    for blob, naming in ((B1, sorted([str(M1), str(M2)])), (B2, [str(M1)])):
+        with pytest.raises(RegistryError) as raised:
+            index.unlink_blob(REPO, blob)
+        assert raised.value.code is ErrorCode.BLOB_REFERENCED
+        assert raised.value.code.status == 409 and raised.value.code.code == "DENIED"
+        assert raised.value.detail == {"digest": str(blob), "manifests": naming}
+        assert index.blob_size(REPO, blob) == 6  # nothing written: the link stays
+    index.delete_manifest(REPO, M1)
+    with pytest.raises(RegistryError):
+        index.unlink_blob(REPO, B1)  # M2 still names it
+    assert index.unlink_blob(REPO, B2) is True  # no manifest names it any more
+    index.delete_manifest(REPO, M2)
+    assert index.unlink_blob(REPO, B1) is True
+    assert index.unlink_blob(REPO, B3) is False  # another repository's manifest names B3: not linked here
+
+
+def test_unlink_blob_named_in_another_repo_only(index):
+    commit(index, digest=B1)
+    commit(index, name=OTHER, digest=B1)
+    put(index, name=OTHER, digest=M1, blobs=[(str(B1), 6)])
+    assert index.unlink_blob(REPO, B1) is True  # only this repository's manifests count
+    assert index.blob_size(OTHER, B1) == 6
+
+
+def test_unlink_blob_shows_a_few_of_the_naming_manifests(index):
+    from izreg.storage.refs import REFERENCING_SHOWN
+    commit(index, digest=B1)
+    digests = sorted(str(Digest.of(b"manifest-%d" % i)) for i in range(REFERENCING_SHOWN + 2))
+    for d in digests:
+        put(index, digest=Digest.parse(d), blobs=[(str(B1), 6)])
+    with pytest.raises(RegistryError) as raised:
+        index.unlink_blob(REPO, B1)
+    assert raised.value.detail["manifests"] == digests[:REFERENCING_SHOWN]
+
+
 def test_repos_linking_is_exact(index):
     # a digest that is a prefix of nothing else, and names that share prefixes
     for name in (f"{A}/a", f"{A}/a/b", f"{A}/ab"):

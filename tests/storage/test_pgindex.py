@@ -147,6 +147,41 @@ def test_a_collector_and_a_manifest_never_leave_a_manifest_without_its_blob(node
         assert nodes[1].blob_referenced(digest) == stored
 
 
+def test_a_blob_delete_and_a_manifest_never_leave_a_manifest_without_its_blob(nodes):
+    # a blob delete on one node, a push naming the blob on the other: either the push came first
+    # (the delete is refused, 409) or the delete did (the push is refused), never both stored
+    for round in range(12):
+        layer = b"deleted layer %d" % round
+        digest = Digest.of(layer)
+        nodes[0].commit_blob(REPO, digest, len(layer), 1.0, None)
+        data = b'{"delete round":%d}' % round
+        outcome = []
+
+        def push():
+            try:
+                nodes[1].put_manifest(REPO, Digest.of(data), {"mediaType": "x", "subject": None, "created": 1.0},
+                                      data, [(str(digest), len(layer))], [], None, None, 1.0)
+                outcome.append("stored")
+            except RegistryError as e:
+                assert e.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+                outcome.append("push refused")
+
+        def delete():
+            try:
+                assert nodes[0].unlink_blob(REPO, digest)
+                outcome.append("unlinked")
+            except RegistryError as e:
+                assert e.code is ErrorCode.BLOB_REFERENCED
+                assert e.detail == {"digest": str(digest), "manifests": [str(Digest.of(data))]}
+                outcome.append("delete refused")
+
+        run_threads([push, delete] if round % 2 else [delete, push])
+        assert sorted(outcome) in (["delete refused", "stored"], ["push refused", "unlinked"])
+        stored = nodes[0].get_manifest(REPO, Digest.of(data)) is not None
+        assert stored == ("stored" in outcome)
+        assert (nodes[1].blob_size(REPO, digest) is not None) == stored
+
+
 def test_a_repository_emptied_on_one_node_keeps_a_link_added_on_the_other(nodes):
     for round in range(12):
         name = f"{A}/r{round}"
