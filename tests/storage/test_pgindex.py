@@ -116,6 +116,17 @@ def test_concurrent_pushes_of_one_tag_from_two_nodes(nodes):
     assert seen  # the reader did look while the writers wrote
 
 
+def _push_naming(node, data: bytes, blob: Digest, size: int, outcome: list) -> None:
+    """Put manifest C{data} naming C{blob}; note "stored", or "push refused" (MANIFEST_BLOB_UNKNOWN: the blob went)."""
+    try:
+        node.put_manifest(REPO, Digest.of(data), {"mediaType": "x", "subject": None, "created": 1.0},
+                          data, [(str(blob), size)], [], None, None, 1.0)
+        outcome.append("stored")
+    except RegistryError as e:
+        assert e.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+        outcome.append("push refused")
+
+
 def test_a_collector_and_a_manifest_never_leave_a_manifest_without_its_blob(nodes):
     # the sweeper on one node, a push on the other: either the blob is kept (the manifest came
     # first) or the manifest is refused (the blob went first), never a manifest naming a lost blob
@@ -128,20 +139,14 @@ def test_a_collector_and_a_manifest_never_leave_a_manifest_without_its_blob(node
         outcome = []
 
         def push():
-            try:
-                nodes[1].put_manifest(REPO, Digest.of(data), {"mediaType": "x", "subject": None, "created": 1.0},
-                                      data, [(str(digest), len(layer))], [], None, None, 1.0)
-                outcome.append("stored")
-            except RegistryError as e:
-                assert e.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
-                outcome.append("refused")
+            _push_naming(nodes[1], data, digest, len(layer), outcome)
 
         def collect():
             deleted.extend(size for size in nodes[0].collect_blobs([str(digest)], 100.0) if size is not None)
 
         run_threads([push, collect] if round % 2 else [collect, push])
         stored = nodes[0].get_manifest(REPO, Digest.of(data)) is not None
-        assert stored == (outcome == ["stored"])
+        assert stored == (outcome == ["stored"])  # else ["push refused"]
         assert stored == (not deleted)
         assert (nodes[1].blob_record(digest) is not None) == stored
         assert nodes[1].blob_referenced(digest) == stored
@@ -158,13 +163,7 @@ def test_a_blob_delete_and_a_manifest_never_leave_a_manifest_without_its_blob(no
         outcome = []
 
         def push():
-            try:
-                nodes[1].put_manifest(REPO, Digest.of(data), {"mediaType": "x", "subject": None, "created": 1.0},
-                                      data, [(str(digest), len(layer))], [], None, None, 1.0)
-                outcome.append("stored")
-            except RegistryError as e:
-                assert e.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
-                outcome.append("push refused")
+            _push_naming(nodes[1], data, digest, len(layer), outcome)
 
         def delete():
             try:
