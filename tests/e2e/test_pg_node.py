@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import requests
 
+from tests.helpers.postgres import refusing_connections
 from tests.helpers.server import REPO_ROOT, RegistryProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -72,23 +73,12 @@ def test_a_locked_table_is_a_503_with_retry_after_not_a_hung_node(node):
 
 def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
     # /readyz waited for a pool connection (10 s) while the database was down: longer than a health check
-    name = node.dsn.rsplit("/", 1)[1]
-    admin = psycopg.connect(node.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
-    try:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        deadline = time.monotonic() + 60
-        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
-            assert time.monotonic() < deadline, "the node's connections did not end"
-            time.sleep(0.05)  # another process: poll with a deadline
+    with refusing_connections(node.dsn):
         for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
             started = time.monotonic()
             r = requests.get(f"{node.url}/readyz", timeout=60)
             assert r.status_code == 503 and not r.json()["checks"]["index"]["ok"], r.text
             assert time.monotonic() - started < 7.0  # it was 10 s and more; READY_WAIT is 2 s
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-        admin.close()
     deadline = time.monotonic() + 60
     while requests.get(f"{node.url}/readyz", timeout=60).status_code != 200:  # the pool reconnects by itself
         assert time.monotonic() < deadline, "not ready again after the database came back"
