@@ -20,7 +20,9 @@ class UploadRoutes(Handlers):
     def _upload_accepted(self, request, repo, session, code: int = 202) -> bytes:
         request.setResponseCode(code)
         _set(request, Location=self._upload_location(repo, session.id), Range=upload_range(session.offset),
-             Docker_Upload_UUID=session.id, Content_Length=0)
+             Docker_Upload_UUID=session.id)
+        if code != 204:  # RFC 9110 (8.6): a 204 MUST NOT carry Content-Length (it has no content)
+            _set(request, Content_Length=0)
         return b""
 
     def _blob_created(self, request, repo, digest) -> bytes:

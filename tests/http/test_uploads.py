@@ -16,7 +16,10 @@ from tests.http.helpers import (
     content_length,
     digest_of,
     header,
+    parse_raw,
     push_blob,
+    raw_answer,
+    raw_get,
     repo,
     start_upload,
     with_query,
@@ -618,3 +621,23 @@ async def test_abandoned_sessions_expire_with_their_files(server):
     assert (status, code) == (404, "BLOB_UPLOAD_UNKNOWN")
     response, _ = await server.request("GET", fresh)
     assert response.code == 204
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_204_has_no_content_length(tmp_path):
+    """RFC 9110 (8.6): "A server MUST NOT send a Content-Length header field in any response with ... 204"."""
+    from tests.helpers.openguard import OpenGuard
+    from tests.http.conftest import start_server
+
+    server = await start_server(tmp_path, OpenGuard(), socket=True)  # raw HTTP: the headers as sent
+    try:
+        location = await start_upload(server, NAME)
+        for method in (b"GET", b"HEAD", b"DELETE"):
+            answer = await raw_answer(server, raw_get(location.encode(), method), head=method == b"HEAD")
+            status, headers, body = parse_raw(answer)
+            assert (status, body) == (204, b""), method
+            assert "content-length" not in headers and "transfer-encoding" not in headers, (method, headers)
+            if method != b"DELETE":
+                assert headers["range"] == "0-0" and headers["location"] == location
+    finally:
+        await server.service.stopService()
