@@ -354,8 +354,8 @@ def _check_kept_server(directory: str, path: str, own: bool, issuing: bool, host
     missing = [h for h in hosts if h not in kept]
     if missing:
         server = os.path.join(directory, SERVER_DIR)
-        raise DevCertsError(f"{path} is kept (a running registry uses it) and does not name {', '.join(missing)}: remove"
-                            f" {os.path.join(server, SERVER_CERT)} and {os.path.join(server, SERVER_KEY)} for a new one"
+        raise DevCertsError(f"{path} is kept (a running registry uses it) and does not name {', '.join(missing)}:"
+                            f" remove {os.path.join(server, SERVER_CERT)} and {os.path.join(server, SERVER_KEY)} for a new one"
                             " from the same CA (then restart the registry with it)")
 
 

@@ -94,8 +94,8 @@ def make_client(config, timeout: float | None = None):
         signature_version="s3v4",
     )
     if timeout is not None:
-        options.update(max_pool_connections=1, retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=timeout,
-                       read_timeout=timeout)
+        options.update(max_pool_connections=1, retries={"total_max_attempts": 1, "mode": "standard"},
+                       connect_timeout=timeout, read_timeout=timeout)
     if config.s3_endpoint_url:
         options["s3"] = {"addressing_style": "path"}  # MinIO, RGW, moto: no bucket DNS names
     return session.client("s3", endpoint_url=config.s3_endpoint_url, config=BotoConfig(**options))

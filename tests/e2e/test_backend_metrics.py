@@ -134,7 +134,8 @@ def test_an_s3_outage_is_not_ready_and_counted_then_ready_again(tmp_path_factory
 def pool(registry) -> dict[str, float]:
     """The pool's metrics by name less the prefix (a kind of error: "errors_<kind>")."""
     return {name[len("izreg_postgres_pool_"):].replace("_total", "") + "".join(f"_{v}" for _, v in labels): value
-            for (name, labels), value in scrape(registry.metrics_url).items() if name.startswith("izreg_postgres_pool_")}
+            for (name, labels), value in scrape(registry.metrics_url).items()
+            if name.startswith("izreg_postgres_pool_")}
 
 
 @pytest.fixture
