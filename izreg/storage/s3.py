@@ -72,20 +72,34 @@ READ_CHUNK = 1024 * 1024
 ORPHAN_AGE = 24 * 3600
 
 
+#: boto3 sessions by credentials and region: each session's loader holds the S3 model (about 12 MiB),
+#: so the clients of one process (the blobs', the readiness check's) share one
+_SESSIONS: dict[tuple, Any] = {}
+
+
+def _session(config):
+    import boto3
+
+    key = (config.s3_access_key_id, config.s3_secret_access_key, config.s3_region)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = boto3.session.Session(
+            aws_access_key_id=config.s3_access_key_id,
+            aws_secret_access_key=config.s3_secret_access_key,
+            region_name=config.s3_region,
+        )
+    return session
+
+
 def make_client(config, timeout: float | None = None):
     """
     A boto3 S3 client for C{config}'s C{[storage.s3]} (credentials: the config, else boto3's chain);
     with C{timeout}, one that waits at most that long to connect and for each read, and never retries
     (L{bucket_error}'s).
     """
-    import boto3
     from botocore.config import Config as BotoConfig
 
-    session = boto3.session.Session(
-        aws_access_key_id=config.s3_access_key_id,
-        aws_secret_access_key=config.s3_secret_access_key,
-        region_name=config.s3_region,
-    )
+    session = _session(config)
     options = dict(
         max_pool_connections=config.s3_threads,
         retries={"max_attempts": 5, "mode": "standard"},
