@@ -15,10 +15,9 @@ import pytest
 import requests
 
 from tests.e2e.test_operations import scrape
-from tests.e2e.test_pg_node import node_config
+from tests.e2e.test_pg_node import database_gone, node_config
 from tests.helpers.ociclient import OCIClient, expect, sha256_digest
 from tests.helpers.ocilayout import random_bytes
-from tests.helpers.postgres import refusing_connections
 from tests.helpers.s3 import MotoServer, s3_registry
 from tests.helpers.server import BACKEND, RegistryProcess, free_port, running
 from tests.helpers.wait import wait_until
@@ -187,7 +186,7 @@ def test_the_pool_metrics_move_with_real_calls(pg_node):
 def test_connections_refused_count_as_pool_errors_and_timeouts(pg_node):
     node = pg_node
     before = pool(node)
-    with refusing_connections(node.dsn):
+    with database_gone(node):
         # more probes than connections: the broken ones go, then no new one is had in time
         wait_until(lambda: readyz(node).status_code == 503 and (p := pool(node))["errors_timeout"] >
                    before["errors_timeout"] and p["errors_connect"] > before["errors_connect"],

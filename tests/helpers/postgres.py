@@ -25,14 +25,12 @@ binaries they skip, unless CI is set (then they fail).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 
 import pytest
@@ -250,26 +248,3 @@ def pg_db(pg_schema_dsn):
         yield db
     finally:
         db.close()
-
-
-@contextlib.contextmanager
-def refusing_connections(dsn: str):
-    """
-    The database of C{dsn} refuses connections and its sessions are ended (a database gone, as a
-    node sees it) until the block ends; then it takes connections again.
-    """
-    import psycopg
-
-    name = dsn.rsplit("/", 1)[1]
-    admin = psycopg.connect(dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
-    try:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        deadline = time.monotonic() + 60
-        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
-            assert time.monotonic() < deadline, "the node's connections did not end"
-            time.sleep(0.05)  # another process: poll with a deadline
-        yield
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-        admin.close()
