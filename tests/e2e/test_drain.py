@@ -133,3 +133,24 @@ def test_without_a_drain_timeout_a_stop_cuts_at_once(draining):
     with pytest.raises((AssertionError, ConnectionResetError), match="cut after|reset"):
         _read_response(download, started)
     assert "stopping: waiting" not in reg.log_text()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_ends_the_drain_at_once(draining, again):
+    """
+    The operator who stops a draining node again (Ctrl-C twice, a second ``systemctl stop``) means now: it
+    was a ReactorNotRunning traceback in the log, and the node waited on for its whole drain_timeout.
+    """
+    reg = draining(120)
+    stalled, head, _ = _download_started(reg, "again")
+    mark = reg.log_mark()
+    reg.send_signal(signal.SIGTERM)
+    reg.wait_for_log(r"stopping: waiting for 1 connection\(s\) in progress", mark)
+    started = time.monotonic()
+    reg.send_signal(again)
+    reg.wait_for_log(rf"stopping at once \({again.name} again\): 1 connection\(s\) still busy are cut", mark)
+    reg.stop(timeout=30)
+    assert time.monotonic() - started < 30  # not the 120 s of its drain_timeout
+    with pytest.raises((AssertionError, ConnectionResetError), match="cut after|reset"):
+        _read_response(stalled, head)  # what the node had sent, then the end: the download was cut
+    assert "ReactorNotRunning" not in reg.log_text()
