@@ -16,6 +16,7 @@ from izreg.core.digest import Digest
 from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.names import Repository
 from izreg.core.ranges import upload_range
+from izreg.storage.failures import backend_unavailable
 from izreg.storage.interfaces import DigestMismatch, IBodySink, StorageError
 from izreg.storage.uploads import UploadSession
 
@@ -168,7 +169,9 @@ class UploadSessions:
             await self.run_write(self._commit_sync, repo, session, digest)
         except BaseException:
             if not session.persisted:
-                self.uploads.remove(session)  # a monolithic POST: nothing to resume
+                # a monolithic POST: nothing to resume; bytes a store out of reach kept are orphans, swept later
+                defer.maybeDeferred(self.uploads.remove, session).addErrback(
+                    lambda f: log.warn("dropping upload {id} failed: {error}", id=session.id, error=f.getErrorMessage()))
             elif getattr(session, "promoted", False):
                 self.uploads.forget(session)  # moved into the store but not indexed (a full index): push again
             elif writer is not None:
@@ -237,4 +240,4 @@ async def _storage(d):
         return await d
     except StorageError as e:
         log.error("storage backend failed: {error}", error=str(e))
-        raise RegistryError(ErrorCode.UNAVAILABLE, None, "the storage backend failed; try again") from None
+        raise backend_unavailable() from None

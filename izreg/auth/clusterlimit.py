@@ -10,7 +10,10 @@ cluster-wide count of its brake (the write, on the database pool, returns
 the brake's latest C{limit} failure times from every node). So a brake
 that other nodes filled closes here at this node's next failure on it:
 across N nodes at most C{limit + N - 1} failures pass a window, instead of
-C{N * limit} with per-node counting.
+C{N * limit} with per-node counting. That holds for guesses sent one after
+another; a burst sent to every node at once is checked against views the
+other nodes' writes have not reached yet, and may pass up to C{N * limit}
+(measured on two nodes, limit 10: 11 to 16 of 200 concurrent guesses).
 """
 
 from __future__ import annotations

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from twisted.logger import Logger
+
 from izreg.core.digest import Digest
-from izreg.core.errors import RegistryError
+from izreg.core.errors import ErrorCode, RegistryError
 from izreg.core.ranges import parse_range
 from izreg.http.conditional import check_preconditions, not_modified, range_applies, request_precondition
 from izreg.http.handlers import Handlers, _header, _principal, _set, _who
 from izreg.http.responses import FileBody
+
+log = Logger()
 
 
 class BlobRoutes(Handlers):
@@ -40,13 +44,14 @@ class BlobRoutes(Handlers):
         except RegistryError:
             _close(blob)
             raise
+        start, length = (wanted.start, wanted.length) if wanted is not None else (0, blob.size)
+        if request.method == b"GET" and length:
+            await _begin(blob, start)
         _set(request, Content_Type="application/octet-stream", Docker_Content_Digest=blob.digest,
              Accept_Ranges="bytes", ETag=etag)
-        start, length = 0, blob.size
         if wanted is not None:
             request.setResponseCode(206)
             _set(request, Content_Range=wanted.content_range())
-            start, length = wanted.start, wanted.length
         _set(request, Content_Length=length)
         if request.method == b"HEAD":
             _close(blob)
@@ -63,6 +68,28 @@ class BlobRoutes(Handlers):
         request.setResponseCode(202)
         _set(request, Content_Length=0)  # no body: not an empty chunked one
         return b""
+
+
+async def _begin(blob, start: int) -> None:
+    """
+    Open a reader that waits on the network (S3: C{begin}) at C{start}
+    before the head is sent: a store out of reach is a 503 with
+    ``Retry-After``, a missing object a 404, where after a 200 the connection
+    could only be cut.
+    """
+    begin = getattr(blob.file, "begin", None)
+    if begin is None:
+        return
+    blob.file.seek(start)
+    try:
+        await begin()
+    except FileNotFoundError:
+        _close(blob)
+        log.error("blob {digest} is indexed but its object is missing", digest=str(blob.digest))
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, {"digest": str(blob.digest)}) from None
+    except BaseException:
+        _close(blob)
+        raise
 
 
 def _close(blob) -> None:

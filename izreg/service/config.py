@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -67,6 +68,7 @@ class Config:
     s3_redirect: bool = False
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
+    s3_read_timeout: int = 300
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
@@ -106,6 +108,8 @@ class Config:
     # [metadata] (#16): where the index, accounts, keys, devices, audit and webhooks live
     metadata_backend: str = "lmdb"
     metadata_dsn: str | None = field(default=None, repr=False)  # may hold a password: never in a log line
+    #: the secrets (their keys) the config file holds while every user may read it (L{readable_secrets})
+    exposed_secrets: tuple[str, ...] = ()
     metadata_pool_size: int = 8
     # [metadata] timeouts and TCP keepalives of the database connections (seconds; 0: no limit)
     metadata_statement_timeout: int = 5
@@ -147,6 +151,8 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
+        if self.s3_read_timeout < 1:
+            raise ConfigError("storage.s3.read_timeout must be at least 1 second")
         _check_devices(self)
         _check_operations(self)
         _check_metadata(self)
@@ -193,6 +199,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "redirect"): ("s3_redirect", bool),
     ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
     ("storage.s3", "threads"): ("s3_threads", int),
+    ("storage.s3", "read_timeout"): ("s3_read_timeout", int),
     ("limits", "body_memory"): ("body_memory", int),
     ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),
@@ -351,6 +358,38 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
 ENV_DATA_DIR = "IZREG_DATA_DIR"
 
 
+def readable_secrets(path: str, values: dict[str, Any]) -> tuple[str, ...]:
+    """
+    The keys of the secrets in C{values} (read from the file at C{path}) when
+    every user of the machine may read that file (a config installed 0644):
+    the S3 secret key, a DSN with a password. Nothing when the file is private.
+    """
+    try:
+        if not os.stat(path).st_mode & 0o004:
+            return ()
+    except OSError:
+        return ()
+    found = []
+    if values.get("s3_secret_access_key"):
+        found.append("storage.s3.secret_access_key")
+    if _has_password(values.get("metadata_dsn") or ""):
+        found.append("metadata.dsn (a password)")
+    return tuple(found)
+
+
+def _has_password(dsn: str) -> bool:
+    """Whether a libpq DSN (URL or key=value) holds a password."""
+    if "://" in dsn:
+        from urllib.parse import parse_qs, urlsplit
+
+        try:
+            parts = urlsplit(dsn)
+            return bool(parts.password) or "password" in parse_qs(parts.query)
+        except ValueError:
+            return True  # unreadable: say so rather than miss one
+    return re.search(r"(?:^|\s)password\s*=", dsn) is not None
+
+
 def load(path: str | None, overrides: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """
     Defaults <- file at C{path} <- C{$IZREG_DATA_DIR} <- C{overrides}
@@ -365,6 +404,7 @@ def load(path: str | None, overrides: dict[str, Any], environ: Mapping[str, str]
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         values.update(parse_toml(text, path))
+        values["exposed_secrets"] = readable_secrets(path, values)
     environ = os.environ if environ is None else environ
     if environ.get(ENV_DATA_DIR):
         values["data_dir"] = environ[ENV_DATA_DIR]

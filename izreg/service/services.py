@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from izreg import StartupError
@@ -47,6 +48,7 @@ from izreg.service.tls import CRLFile, ServerTLS
 from izreg.service.tree import start_listening
 from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
+from izreg.storage.failures import storage_error
 from izreg.storage.uploads import Uploads
 from izreg.service.backends import thread_runner
 
@@ -172,6 +174,10 @@ class RegistryService(service.MultiService):
         self._drop_orphans()
         self.log.info("izreg storage open: {blobs}; {metadata}", blobs=self._blobs_description(root),
                       metadata=backend.describe())
+        if config.exposed_secrets:
+            self.log.warn("the config file holds {secrets} and every user of this machine may read it:"
+                          " chmod 0640 and chgrp izreg, or move them to the environment",
+                          secrets=", ".join(config.exposed_secrets))
         super().startService()
         # What exists now (modules, the composed API) lives as long as the process: out of the
         # collector's reach, a full collection no longer walks it (a few % of a TLS connection's CPU).
@@ -396,7 +402,7 @@ class RegistryService(service.MultiService):
             result = await sweep(self.registry, collector, self.backend.sweep_lock(),
                                  Retention(config.audit_keep_days, config.audit_max_entries))
         except Exception:
-            self.log.failure("garbage collection failed")
+            self._task_failed("garbage collection failed")
             return None
         if result is not None and self.metrics is not None:
             self.metrics.gc_runs.inc()
@@ -423,7 +429,7 @@ class RegistryService(service.MultiService):
             if count:
                 self.log.info("expired {uploads}", uploads=plural(count, "abandoned upload"), count=count)
         except Exception:
-            self.log.failure("upload expiry failed")
+            self._task_failed("upload expiry failed")
 
     @defer.inlineCallbacks
     def flush_pulls(self):
@@ -433,7 +439,7 @@ class RegistryService(service.MultiService):
         try:
             yield self._run_write(self.pulls.flush)
         except Exception:
-            self.log.failure("recording device pulls failed")
+            self._task_failed("recording device pulls failed")
 
     @defer.inlineCallbacks
     def flush_batches(self):
@@ -444,7 +450,20 @@ class RegistryService(service.MultiService):
         try:
             yield self._run_write(self.authenticator.last_used.flush)
         except Exception:
-            self.log.failure("recording when keys were last used failed")
+            self._task_failed("recording when keys were last used failed")
+
+    def _task_failed(self, what: str) -> None:
+        """
+        A timer task's failure (in an C{except} block): the database or the
+        bucket out of reach is one warning line (every few seconds while it
+        lasts: a traceback each time buried the node's log); anything else
+        is logged with its traceback.
+        """
+        failure = Failure()
+        if storage_error(failure.value) is None:
+            self.log.failure(what, failure)
+        else:
+            self.log.warn("{what}: {error}", what=what, error=f"{type(failure.value).__name__}: {failure.value}")
 
     def check_crl(self):
         """Timer task: re-read the device CRL file if it changed (stat and parse in the I/O pool)."""

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.storage.test_failures -*-
 """
 Storage failures a client can be told about: a full disk, a full LMDB map,
-an I/O error, the shared database out of reach. L{storage_error} turns one into a L{RegistryError} (507 when
+an I/O error, the shared database or the S3 bucket out of reach. L{storage_error} turns one into a L{RegistryError} (507 when
 out of space, 503 for other disk errors) with a message saying so, so the
 HTTP layer answers it without a traceback; nothing else is a storage failure.
 """
@@ -14,6 +14,7 @@ import sys
 import lmdb
 
 from izreg.core.errors import ErrorCode, RegistryError
+from izreg.storage.interfaces import StorageError
 
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DISK = (errno.EIO, errno.EROFS, errno.ENXIO)
@@ -25,6 +26,12 @@ def out_of_space(detail: str = "the data directory's file system is full") -> Re
         {"reason": detail},
         "the registry is out of storage space; pushes fail until space is freed (pulls go on)",
     )
+
+
+def backend_unavailable() -> RegistryError:
+    """The blob store (S3) failed or is out of reach: a 503 a client retries after a second."""
+    return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage backend unavailable"},
+                         "the storage backend failed; try again", headers={"Retry-After": "1"})
 
 
 def storage_error(error: BaseException) -> RegistryError | None:
@@ -47,6 +54,8 @@ def storage_error(error: BaseException) -> RegistryError | None:
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "database unavailable"},
                              "the registry cannot reach its database right now; retry later",
                              headers={"Retry-After": "1"})
+    if isinstance(error, StorageError):
+        return backend_unavailable()
     if isinstance(error, lmdb.BadValsizeError):
         # a safety net: every key built from a request is bounded by design (schema.bounded_key)
         return RegistryError(ErrorCode.NAME_INVALID, None, "a name or reference in the request is too long")

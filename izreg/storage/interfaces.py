@@ -35,6 +35,9 @@ class IBlobReader(Interface):
     An open blob, read once from a position. A reader may also offer
     C{sendfile(out_fd, offset, count) -> int} (the filesystem's does:
     ``os.sendfile``); the HTTP producer uses it on plain TCP when present.
+    A reader that waits on the network may offer C{begin()}, a Deferred that
+    opens it at its position (S3's does), raising L{StorageError} or
+    L{FileNotFoundError}: the blob route calls it before the answer's head.
     """
 
     def seek(offset: int) -> None:

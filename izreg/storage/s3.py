@@ -86,7 +86,9 @@ def make_client(config):
         max_pool_connections=config.s3_threads,
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
-        read_timeout=300,  # a loaded store (or moto on a busy machine) answers slowly: wait, do not re-send a part
+        # a loaded store (or moto on a busy machine) answers slowly: wait, do not re-send a part; but a
+        # connection that died silently (a blackhole) holds its thread this long, then the call retries
+        read_timeout=config.s3_read_timeout,
         signature_version="s3v4",
     )
     if config.s3_endpoint_url:
@@ -195,10 +197,39 @@ class S3Reader:
     def seek(self, offset: int) -> None:
         self._position = offset
 
+    def begin(self):
+        """
+        Open the object at the current position (a Deferred): called before
+        the answer's head is sent, so that a bucket out of reach is a clean
+        503 (L{StorageError}) and a missing object a L{FileNotFoundError},
+        not a connection cut after a 200.
+        """
+        return self._blobs.run(self._begin)
+
+    @_s3
+    def _begin(self) -> None:
+        with self._lock:
+            if not self._closed and self._body is None and not self._get():
+                raise FileNotFoundError(self._key)
+
     def read(self, size: int = -1):
         if not isInIOThread():
             return self._read(size)  # already in a worker thread (the browse API): block here
         return self._blobs.run(self._read, size)
+
+    def _get(self) -> bool:
+        """The GET of the object from the current position (under the lock); C{False} if there is no object."""
+        ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
+        try:
+            answer = self._blobs.client.get_object(Bucket=self._blobs.keys.bucket, Key=self._key, **ranged)
+        except Exception as e:
+            if "InvalidRange" in str(e):
+                return True  # at or past the end: reads give b""
+            if _not_found(e):
+                return False
+            raise
+        self._body = answer["Body"]
+        return True
 
     @_s3
     def _read(self, size: int) -> bytes:
@@ -206,14 +237,10 @@ class S3Reader:
             if self._closed:
                 return b""
             if self._body is None:
-                ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
-                try:
-                    answer = self._blobs.client.get_object(Bucket=self._blobs.keys.bucket, Key=self._key, **ranged)
-                except Exception as e:
-                    if "InvalidRange" in str(e):
-                        return b""  # at or past the end
-                    raise
-                self._body = answer["Body"]
+                if not self._get():
+                    raise StorageError(f"S3: no object {self._key}")
+                if self._body is None:
+                    return b""  # at or past the end
             data = self._body.read(size if size >= 0 else None)
             self._position += len(data)
             return data
@@ -324,6 +351,8 @@ class S3Session(UploadSession):
     tail_size: int = 0
     writer: Any = None
     removed: bool = False
+    #: L{S3Uploads._seal} found the blob's object already there and wrote nothing: L{S3Uploads.promote} checks it
+    reused: bool = False
 
 
 @implementer(IBodySink)
@@ -442,7 +471,10 @@ class S3Writer(SinkBase):
         def failed(f):
             if self.failure is None:
                 self.failure = f.value if isinstance(f.value, StorageError) else StorageError(str(f.value))
-                log.failure("S3 upload {id} failed", f, id=self.session.id)
+                if isinstance(f.value, StorageError):  # the bucket out of reach: one line (the request logs its 503)
+                    log.warn("S3 upload {id} failed: {error}", id=self.session.id, error=str(f.value))
+                else:
+                    log.failure("S3 upload {id} failed", f, id=self.session.id)
             return None
 
         def after(_):
@@ -622,7 +654,8 @@ class S3Uploads:
                 actual = hashlib.new(digest.algorithm, data).hexdigest()
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            if self.blobs.stat(digest) is None:
+            session.reused = self.blobs.stat(digest) is not None
+            if not session.reused:
                 self.client.put_object(Bucket=bucket, Key=target, Body=data)
         else:
             staging = self.keys.staging(session.id)
@@ -638,12 +671,24 @@ class S3Uploads:
                 actual = self.blobs.hash_key(staging, digest.algorithm)
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            if self.blobs.stat(digest) is None:
+            session.reused = self.blobs.stat(digest) is not None
+            if not session.reused:
                 self.blobs.copy(staging, target, session.offset)
         self._clean(session.id, None)
 
+    @_s3
     def promote(self, session: S3Session, digest: Digest) -> None:
-        """Nothing left to do: L{seal} wrote the verified object at its content address."""
+        """
+        L{seal} wrote the verified object at its content address: nothing
+        left to do, unless it found the object already there (an old blob,
+        or an orphan) and wrote nothing. A collector (another node's, under
+        the blob's lock) may have deleted that one since: this runs under
+        the same lock, in the index's commit, and checks it is still there,
+        else the commit fails (a 503: push again) instead of recording a
+        blob whose bytes are gone.
+        """
+        if session.reused and self.blobs.stat(digest) is None:
+            raise StorageError(f"S3: blob {digest} was deleted (collected) before its record was written; push it again")
 
     def remove(self, session: S3Session) -> defer.Deferred:
         self.forget(session)

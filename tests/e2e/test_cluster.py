@@ -291,3 +291,41 @@ def test_two_nodes_writing_one_upload_at_once_acknowledge_one_chunk(cluster):
     location = path_of(fast.headers["Location"])
     expect(three.request("PUT", three.with_query(location, digest=digest), headers={"Content-Length": "0"}), 201)
     assert expect(one.get_blob(repo, digest, allow_redirects=True), 200).content == data
+
+
+def test_tokens_behind_haproxy_ending_tls(tmp_path_factory, postgres_server, moto_server):
+    """
+    The token service on two nodes behind haproxy ending TLS (docs/deploy.rst): the challenge
+    sends the client to the token endpoint by https (it said http: the client's key went in plain
+    text to port 80, or nowhere), and a token one node issued is taken by the other.
+    """
+    import time
+
+    from izreg.devcerts import write_dev_certs
+    from tests.helpers.cluster import Cluster
+    from tests.helpers.server import random_account
+
+    base = tmp_path_factory.mktemp("tls-tokens")
+    paths = write_dev_certs(str(base / "certs"), time.time(), random_account())
+    pem = base / "haproxy.pem"
+    pem.write_bytes(open(paths.server_cert, "rb").read() + open(paths.server_key, "rb").read())
+    small = Cluster(base, postgres_server, moto_server, nodes=2, extra_toml="[auth]\ntoken_service = true\n",
+                    tls_pem=str(pem))
+    try:
+        small.start()
+        # a client's own X-Forwarded-Proto is overwritten by haproxy's
+        challenge = requests.get(f"{small.url}/v2/", headers={"X-Forwarded-Proto": "http"}, verify=paths.ca_cert,
+                                 timeout=30)
+        assert challenge.status_code == 401
+        realm = challenge.headers["WWW-Authenticate"].split('realm="')[1].split('"')[0]
+        assert realm == f"{small.url}/v2/token", challenge.headers["WWW-Authenticate"]
+        answer = requests.get(realm, params={"service": "izreg", "scope": f"repository:{small.account}/t:pull,push"},
+                              auth=small.requests_auth, verify=paths.ca_cert, timeout=30)
+        assert answer.status_code == 200, answer.text
+        token = answer.json()["token"]
+        for node in small.nodes:  # whichever node issued it, each takes it
+            got = requests.get(f"{node.url}/v2/{small.account}/t/tags/list", timeout=30,
+                               headers={"Authorization": f"Bearer {token}"})
+            assert got.status_code == 404 and got.json()["errors"][0]["code"] == "NAME_UNKNOWN", got.text
+    finally:
+        small.close()

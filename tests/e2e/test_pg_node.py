@@ -7,6 +7,7 @@ start-up (the hardening of #16).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import subprocess
 import sys
@@ -70,8 +71,9 @@ def test_a_locked_table_is_a_503_with_retry_after_not_a_hung_node(node):
     assert requests.get(f"{node.url}/v2/_catalog", auth=node.requests_auth, timeout=60).status_code == 200
 
 
-def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
-    # /readyz waited for a pool connection (10 s) while the database was down: longer than a health check
+@contextlib.contextmanager
+def database_gone(node):
+    """The node's database refuses connections and its open ones are cut; back (and the node ready) after."""
     name = node.dsn.rsplit("/", 1)[1]
     admin = psycopg.connect(node.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
     try:
@@ -81,11 +83,7 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
         while admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
             assert time.monotonic() < deadline, "the node's connections did not end"
             time.sleep(0.05)  # another process: poll with a deadline
-        for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
-            started = time.monotonic()
-            r = requests.get(f"{node.url}/readyz", timeout=60)
-            assert r.status_code == 503 and not r.json()["checks"]["index"]["ok"], r.text
-            assert time.monotonic() - started < 7.0  # it was 10 s and more; READY_WAIT is 2 s
+        yield
     finally:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
         admin.close()
@@ -93,6 +91,28 @@ def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
     while requests.get(f"{node.url}/readyz", timeout=60).status_code != 200:  # the pool reconnects by itself
         assert time.monotonic() < deadline, "not ready again after the database came back"
         time.sleep(0.2)
+
+
+def test_readyz_says_not_ready_quickly_while_the_database_is_down(node):
+    # /readyz waited for a pool connection (10 s) while the database was down: longer than a health check
+    with database_gone(node):
+        for _ in range(6):  # more than pool_size: the broken connections fail at once, then the wait
+            started = time.monotonic()
+            r = requests.get(f"{node.url}/readyz", timeout=60)
+            assert r.status_code == 503 and not r.json()["checks"]["index"]["ok"], r.text
+            assert time.monotonic() - started < 7.0  # it was 10 s and more; READY_WAIT is 2 s
+
+
+def test_a_timer_task_failing_while_the_database_is_down_is_one_line(node):
+    # the batched "last used" stamps of keys (every 5 s) logged a critical traceback at every try
+    key = node.cli("key", "create", node.account).strip()
+    assert requests.get(f"{node.url}/v2/", auth=("KEY", key), timeout=60).status_code == 200  # a stamp to write
+    mark = node.log_mark()
+    with database_gone(node):
+        line = node.wait_for_log("recording when keys were last used failed", mark, timeout=60)
+        assert "#warn]" in line and "DatabaseUnavailable" in line, line
+        logged = "\n".join(list(node.log_lines)[-(node.lines_logged - mark):])
+        assert "Traceback" not in logged, logged[-3000:]
 
 
 @pytest.mark.parametrize("key", [None, "another"])

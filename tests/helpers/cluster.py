@@ -8,8 +8,8 @@ behind a real haproxy: the deployment of docs/deploy.rst on loopback.
   L{RegistryProcess} nodes (``twistd izreg server --config``) on free ports,
   and Debian's haproxy (``/usr/sbin/haproxy``) on a free port balancing
   round-robin per request (``option http-server-close``: each request may
-  go to another node). C{cluster.url}/C{cluster.host} is haproxy's;
-  C{cluster.nodes[i]} each node. Node 1 starts first and makes the
+  go to another node); with C{tls_pem}, haproxy ends TLS (C{cluster.url}
+  is https). C{cluster.url}/C{cluster.host} is haproxy's; C{cluster.nodes[i]} each node. Node 1 starts first and makes the
   bootstrap account and key (C{cluster.account}, C{cluster.creds}); the
   others start with those credentials.
 - fixture C{cluster}: one three-node cluster per test module (module scope:
@@ -39,9 +39,15 @@ def haproxy_available() -> bool:
     return os.access(HAPROXY, os.X_OK)
 
 
-def haproxy_config(port: int, nodes: list[tuple[str, int]], checks: bool = True) -> str:
-    """Round-robin per request over C{nodes} ((name, port)), health-checked on /healthz."""
+def haproxy_config(port: int, nodes: list[tuple[str, int]], checks: bool = True, tls_pem: str | None = None) -> str:
+    """
+    Round-robin per request over C{nodes} ((name, port)), health-checked on
+    /healthz; with C{tls_pem} (certificate and key), haproxy ends TLS and
+    says so in ``X-Forwarded-Proto`` (docs/deploy.rst).
+    """
     check = " check inter 500ms fall 2 rise 1" if checks else ""
+    bind = f"127.0.0.1:{port}" + (f" ssl crt {tls_pem} alpn http/1.1" if tls_pem else "")
+    proto = "    http-request set-header X-Forwarded-Proto https\n" if tls_pem else ""
     servers = "\n".join(f"    server {name} 127.0.0.1:{node_port}{check}" for name, node_port in nodes)
     return f"""global
     maxconn 4000
@@ -61,8 +67,9 @@ defaults
     retries 2
 
 frontend registry
-    bind 127.0.0.1:{port}
-    default_backend nodes
+    bind {bind}
+    http-request del-header Forwarded
+{proto}    default_backend nodes
 
 backend nodes
     balance roundrobin
@@ -72,14 +79,15 @@ backend nodes
 
 
 class HAProxy:
-    def __init__(self, base: str, nodes: list[tuple[str, int]], port: int | None = None) -> None:
+    def __init__(self, base: str, nodes: list[tuple[str, int]], port: int | None = None,
+                 tls_pem: str | None = None) -> None:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.url = f"{'https' if tls_pem else 'http'}://{self.host}"
         self.config_path = os.path.join(base, "haproxy.cfg")
         self.log_path = os.path.join(base, "haproxy.log")
         with open(self.config_path, "w") as f:
-            f.write(haproxy_config(self.port, nodes))
+            f.write(haproxy_config(self.port, nodes, tls_pem=tls_pem))
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -129,7 +137,8 @@ def izreg_command(config: str, *args: str, env: dict | None = None) -> subproces
 
 
 class Cluster:
-    def __init__(self, base: str, postgres_server, moto, nodes: int = 3, extra_toml: str = "") -> None:
+    def __init__(self, base: str, postgres_server, moto, nodes: int = 3, extra_toml: str = "",
+                 tls_pem: str | None = None) -> None:
         self.base = str(base)
         self.dsn = postgres_server.create_database()
         self.bucket = moto.new_bucket()
@@ -149,7 +158,8 @@ class Cluster:
         self.nodes = [RegistryProcess(data_dir=os.path.join(self.base, f"node{i}"),
                                       log_path=os.path.join(self.base, f"node{i}.log"), config=self.config)
                       for i in range(1, nodes + 1)]
-        self.haproxy = HAProxy(self.base, [(f"node{i}", node.port) for i, node in enumerate(self.nodes, 1)])
+        self.haproxy = HAProxy(self.base, [(f"node{i}", node.port) for i, node in enumerate(self.nodes, 1)],
+                               tls_pem=tls_pem)
         self.url, self.host = self.haproxy.url, self.haproxy.host
         self.account: str | None = None
         self.creds: str | None = None

@@ -132,3 +132,21 @@ def test_client_group_prefixes_name_the_key_its_range_and_the_value(tmp_path, ke
     assert other not in str(e.value)
     assert load(None, {f"tls_{key}": 1}, {}) == Config(**{f"tls_{key}": 1})
 
+
+
+@pytest.mark.parametrize("text, exposed", [
+    ('[storage.s3]\nbucket = "b"\naccess_key_id = "AK"\nsecret_access_key = "SK"\n', ("storage.s3.secret_access_key",)),
+    ('[metadata]\nbackend = "postgresql"\ndsn = "postgresql://izreg:pw@db/izreg"\n', ("metadata.dsn (a password)",)),
+    ('[metadata]\nbackend = "postgresql"\ndsn = "postgresql://izreg@db/izreg?password=pw"\n', ("metadata.dsn (a password)",)),
+    ('[metadata]\nbackend = "postgresql"\ndsn = "host=db user=izreg password=pw"\n', ("metadata.dsn (a password)",)),
+    ('[metadata]\nbackend = "postgresql"\ndsn = "postgresql://izreg@db/izreg?sslmode=verify-full"\n', ()),
+    ('[server]\ndata_dir = "/srv/izreg"\n', ()),
+])
+def test_secrets_in_a_config_file_every_user_may_read_are_named(tmp_path, text, exposed):
+    # docs/operations.rst installs the config 0644: an S3 secret key or a DB password in it was readable by all
+    path = tmp_path / "izreg.toml"
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    assert load(str(path), {}).exposed_secrets == exposed
+    os.chmod(path, 0o640)
+    assert load(str(path), {}).exposed_secrets == ()

@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from izreg.core.digest import Digest
-from izreg.storage.interfaces import DigestMismatch, IBlobReader, IBlobStore, IBodySink, IUploadStore
+from izreg.storage.interfaces import DigestMismatch, IBlobReader, IBlobStore, IBodySink, IUploadStore, StorageError
 
 NAME = "0123456789abcdef0123456789abcdef/app"
 MiB = 1024 * 1024
@@ -334,6 +334,31 @@ async def test_failed_monolithic_body_drops_its_session(backend):
     sink.write(pattern(PART + 5))
     sink.close()
     await wait_gone(backend, session)
+
+
+@pytest.mark.parametrize("size", [1000, PART + 10], ids=["small", "two-parts"])
+@pytest_twisted.ensureDeferred
+async def test_a_blob_collected_between_seal_and_promote_is_never_recorded_without_bytes(backend, size):
+    """
+    A push of a blob whose bytes were already there (an old unreferenced blob, an orphan) while a
+    collector deletes them (another node's, under the blob's lock, before the push's commit takes
+    it): S3's seal found the object and wrote nothing, and the commit recorded a blob with no bytes.
+    Promote (under the same lock) either puts the bytes in place or fails.
+    """
+    data = pattern(size, 9)
+    digest = Digest.of(data)
+    await blocking(backend.blobs.put_bytes, digest, data)
+    session = backend.uploads.create(NAME, 1.0)
+    await append(backend.uploads, session, data)
+    await backend.uploads.seal(session, digest)
+    await blocking(backend.blobs.delete, digest)  # the collector's delete
+    try:
+        await blocking(backend.uploads.promote, session, digest)
+    except StorageError:
+        return  # the commit fails (a 503): the client pushes again
+    finally:
+        backend.uploads.forget(session)
+    assert await read_blob(backend.blobs, digest) == data
 
 
 async def wait_gone(backend, session):

@@ -1,0 +1,77 @@
+"""
+A TCP proxy on a free loopback port in front of another server (moto), for
+tests of a network that fails: C{blackhole()} makes every connection open
+now or later swallow what it is sent and answer nothing, and keep those
+connections dead after C{restore()} (a link that died silently: a blackhole,
+an endpoint that failed over); connections made after C{restore()} pass.
+
+Threads, one pair per connection; C{close()} ends them all.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from tests.helpers.server import free_port
+
+
+class TCPProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dropping = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def blackhole(self) -> None:
+        self._dropping = True
+
+    def restore(self) -> None:
+        self._dropping = False
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            dead = [self._dropping]  # a connection made in a blackhole stays dead
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink, dead), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, dead: list) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self._dropping:
+                    dead[0] = True
+                if not dead[0]:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+            self._sockets = []
