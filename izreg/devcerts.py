@@ -8,7 +8,8 @@ the server's files and the CA key live in C{DIR/server/}::
     DIR/ca.crt              the development CA (clients trust it; izreg uses it as --device-ca)
     DIR/client.cert         the device certificate: OU=<account>, CN=<device id>; EKU clientAuth
     DIR/client.key          its key (0600)
-    DIR/server/server.crt   izreg's certificate: SAN localhost, 127.0.0.1, containers.local; EKU serverAuth
+    DIR/server/server.crt   izreg's certificate: SAN the --host names, localhost, 127.0.0.1, containers.local;
+                            EKU serverAuth
     DIR/server/server.key   its key (0600)
     DIR/server/ca.key       the CA's key (0600), to issue more device certificates
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -44,6 +46,8 @@ from izreg.auth.devices import DEVICE_ID_RE
 from izreg.core.names import ACCOUNT_RE
 
 SERVER_NAMES = ("localhost", "127.0.0.1", "containers.local")
+#: one label of a DNS name (LDH: letters, digits, hyphens inside); the first may be "*" (a wildcard)
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 DEFAULT_DEVICE_ID = "dev-device"
 DEFAULT_DAYS = 365
 #: backdate notBefore a little so a client with a slightly slow clock accepts a fresh cert
@@ -150,6 +154,39 @@ def _leaf(ca: Issued, subject: x509.Name, usage: x509.ObjectIdentifier, now: flo
     )
 
 
+def host_name(name: str) -> str:
+    """
+    C{name} as a subjectAltName of the server's certificate: an IP address (v4 or v6), or a DNS name
+    (ASCII letters, digits, hyphens and dots; a leading C{*.} for a wildcard), lowercased; else L{ValueError}.
+    """
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    labels = name.rstrip(".").split(".") if len(name) <= 253 else []
+    if labels and labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"not a host name or IP address: {name[:200]!r} (a DNS name is ASCII letters, digits, hyphens"
+                         " and dots: an internationalized name in its xn-- form)")
+    return name.rstrip(".").lower()
+
+
+def server_names(hosts: Sequence[str] = ()) -> tuple[str, ...]:
+    """The names of a server certificate: C{hosts} (checked: L{host_name}) first, then L{SERVER_NAMES}, each once."""
+    return tuple(dict.fromkeys([*(host_name(h) for h in hosts), *SERVER_NAMES]))
+
+
+def certificate_names(cert: x509.Certificate) -> set[str]:
+    """The DNS names and IP addresses a certificate's subjectAltName holds (as L{host_name} writes them)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {n.lower() for n in sans.get_values_for_type(x509.DNSName)} | \
+        {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+
+
 def make_server_cert(ca: Issued, now: float, names: Sequence[str] = SERVER_NAMES, days: float = DEFAULT_DAYS,
                      key: Key | None = None) -> Issued:
     """A server certificate for C{names} (DNS names and IP addresses, as SANs)."""
@@ -247,13 +284,15 @@ def load_ca(directory: str) -> Issued:
 
 
 def write_dev_certs(directory: str, now: float, account: str, device_id: str = DEFAULT_DEVICE_ID,
-                    days: float = DEFAULT_DAYS, server_names: Sequence[str] = SERVER_NAMES,
+                    days: float = DEFAULT_DAYS, hosts: Sequence[str] = (),
                     overwrite: bool = False, ca_dir: str | None = None) -> DevCertPaths:
     """
     A device certificate (and its key) in C{directory}, issued by the CA of C{ca_dir}, else by the CA
     C{directory} holds, else by a new one; a server certificate beside a new CA, or beside one that lacks
     it (a server certificate there is kept: the running registry uses it). C{overwrite} replaces the
-    device's files (and those a new CA's certificates would), never a CA.
+    device's files (and those a new CA's certificates would), never a CA. The server certificate names
+    C{hosts} (L{server_names}); L{DevCertsError} if they are given and no server certificate naming them
+    is written or kept.
     """
     if not ACCOUNT_RE.match(account):
         raise ValueError(f"not an account id (32 lowercase hex): {account!r}")
@@ -273,6 +312,9 @@ def write_dev_certs(directory: str, now: float, account: str, device_id: str = D
     device = [CLIENT_CERT, CLIENT_KEY]
     server = [SERVER_CERT, SERVER_KEY] if own and not (reused and all(os.path.exists(paths[n]) for n in
                                                                       (SERVER_CERT, SERVER_KEY))) else []
+    names = server_names(hosts)  # ValueError before anything is written
+    if hosts:
+        _check_kept_server(directory, paths[SERVER_CERT], own, bool(server), names[:len(hosts)])
     existing = [LAYOUT[name] for name in device if os.path.exists(paths[name])]
     if not own and os.path.exists(paths[CA_CERT]) and _read(paths[CA_CERT]) != ca_pem:
         existing.append(LAYOUT[CA_CERT])
@@ -286,7 +328,7 @@ def write_dev_certs(directory: str, now: float, account: str, device_id: str = D
     if not own or not reused:
         write_file(paths[CA_CERT], ca_pem)
     if server:
-        issued = make_server_cert(ca, now, server_names, days)
+        issued = make_server_cert(ca, now, names, days)
         write_file(paths[SERVER_KEY], key_pem(issued.key), 0o600)
         write_file(paths[SERVER_CERT], cert_pem(issued.cert))
     issued = make_device_cert(ca, account, device_id, now, days)
@@ -296,6 +338,25 @@ def write_dev_certs(directory: str, now: float, account: str, device_id: str = D
     return DevCertPaths(directory, paths[CA_CERT], home[CA_KEY], home[SERVER_CERT], home[SERVER_KEY],
                         paths[CLIENT_CERT], paths[CLIENT_KEY], account, device_id, ca_dir or directory, reused,
                         bool(server))
+
+
+def _check_kept_server(directory: str, path: str, own: bool, issuing: bool, hosts: Sequence[str]) -> None:
+    """L{DevCertsError} when C{hosts} are asked for but the server certificate is not written and lacks some."""
+    if not own:
+        raise DevCertsError("--host names the server certificate, which stays with the CA's directory: run"
+                            " izreg dev-certs on that directory with --host")
+    if issuing:
+        return
+    try:
+        kept = certificate_names(x509.load_pem_x509_certificate(_read(path)))
+    except (OSError, ValueError) as e:
+        raise DevCertsError(f"cannot read the server certificate {path}: {e}") from None
+    missing = [h for h in hosts if h not in kept]
+    if missing:
+        server = os.path.join(directory, SERVER_DIR)
+        raise DevCertsError(f"{path} is kept (a running registry uses it) and does not name {', '.join(missing)}:"
+                            f" remove {os.path.join(server, SERVER_CERT)} and {os.path.join(server, SERVER_KEY)} for a new one"
+                            " from the same CA (then restart the registry with it)")
 
 
 def _read(path: str) -> bytes:

@@ -64,6 +64,10 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     dev.add_argument("--device-id", metavar="ID", default=devcerts.DEFAULT_DEVICE_ID,
                      help=f"the device's id, its certificate's CN (default: {devcerts.DEFAULT_DEVICE_ID})")
     dev.add_argument("--days", type=float, default=devcerts.DEFAULT_DAYS, help=f"validity of the leaf certificates, in days (default: {devcerts.DEFAULT_DAYS})")
+    dev.add_argument("--host", metavar="NAME", action="append", default=[],
+                     help="a DNS name or IP address the server certificate names too, beside"
+                          f" {', '.join(devcerts.SERVER_NAMES)} (repeat for more; a name clients reach the registry"
+                          " by, for a lab cluster behind a real host name)")
     dev.add_argument("--force", action="store_true",
                      help="replace DIR's device certificate; its CA and server certificate stay (remove DIR for new ones)")
     dev.set_defaults(handler=_dev_certs)
@@ -135,7 +139,7 @@ def _dev_certs(args, context) -> int:
     account = args.account or uuid.uuid4().hex
     try:
         paths = devcerts.write_dev_certs(args.directory, context.now(), account, args.device_id, days=args.days,
-                                         overwrite=args.force, ca_dir=args.ca)
+                                         hosts=args.host, overwrite=args.force, ca_dir=args.ca)
     except devcerts.DevCertsExist as e:
         raise CommandError(f"{e}: another device from its CA: izreg dev-certs OTHER_DIR --ca {args.ca or args.directory}"
                            f" --account {args.account or 'ACCOUNT_ID'} --device-id ID; --force replaces them (the CA stays)") from None
@@ -152,6 +156,9 @@ def _dev_certs(args, context) -> int:
                      else f"; kept the server certificate ({paths.server_cert})"))
     lines = [f"wrote development certificates to {directory} (account {paths.account}, device {paths.device_id})",
              f"  issued by {issuer}"]
+    if paths.server_issued:
+        lines.append(f"  the server certificate names {', '.join(devcerts.server_names(args.host))}"
+                     + ("" if args.host else " (--host NAME for the name clients reach it by)"))
     if not args.account:
         lines.append(f"  account {paths.account} was made up (no --account): no account has it, so the registry"
                      f" refuses this device's pulls; for a device of your account: izreg dev-certs {directory} --force"

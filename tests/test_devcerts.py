@@ -87,3 +87,44 @@ def test_validity_uses_now():
     device = devcerts.make_device_cert(ca, ACCOUNT, "d", NOW, days=2)
     assert device.cert.not_valid_before_utc.timestamp() == NOW - devcerts.BACKDATE.total_seconds()
     assert device.cert.not_valid_after_utc.timestamp() == NOW + 2 * 86400
+
+
+def _names(path: str) -> tuple[list[str], list[str]]:
+    sans = load(path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sans.get_values_for_type(x509.DNSName), [str(a) for a in sans.get_values_for_type(x509.IPAddress)]
+
+
+def test_hosts_are_named_in_the_server_certificate_first(tmp_path):
+    paths = devcerts.write_dev_certs(str(tmp_path / "d"), NOW, ACCOUNT,
+                                     hosts=["Registry.Lab.Example.", "10.1.2.3", "fd00::5", "*.nodes.lab.example"])
+    assert _names(paths.server_cert) == (
+        ["registry.lab.example", "*.nodes.lab.example", "localhost", "containers.local"],
+        ["10.1.2.3", "fd00::5", "127.0.0.1"])
+    assert load(paths.server_cert).subject.rfc4514_string() == "CN=registry.lab.example"
+
+
+@pytest.mark.parametrize("host", ["bad name", "-lead.example", "a..b", "x" * 64 + ".example", "*", "*.com.",
+                                  "ré.example", "10.1.2.3/24", ""])
+def test_a_bad_host_is_refused_before_anything_is_written(tmp_path, host):
+    with pytest.raises(ValueError, match="not a host name or IP address"):
+        devcerts.write_dev_certs(str(tmp_path / "d"), NOW, ACCOUNT, hosts=[host])
+    assert not os.path.exists(tmp_path / "d")
+
+
+def test_hosts_and_a_kept_server_certificate(tmp_path):
+    """A kept server certificate that lacks a --host name is not silently kept: the user is told what to remove."""
+    d = str(tmp_path / "d")
+    first = devcerts.write_dev_certs(d, NOW, ACCOUNT, hosts=["a.example"])
+    # the kept one names it: fine, a new device only
+    second = devcerts.write_dev_certs(d, NOW, ACCOUNT, hosts=["A.example"], overwrite=True)
+    assert not second.server_issued and load(second.server_cert).serial_number == load(first.server_cert).serial_number
+    with pytest.raises(devcerts.DevCertsError, match="does not name b.example: remove .*server.crt and .*server.key"):
+        devcerts.write_dev_certs(d, NOW, ACCOUNT, hosts=["a.example", "b.example"], overwrite=True)
+    os.remove(first.server_cert)
+    os.remove(first.server_key)
+    third = devcerts.write_dev_certs(d, NOW, ACCOUNT, hosts=["a.example", "b.example"], overwrite=True)
+    assert third.server_issued and third.ca_reused
+    assert _names(third.server_cert)[0][:2] == ["a.example", "b.example"]
+    # another directory issued from this CA gets no server certificate: --host has nothing to name
+    with pytest.raises(devcerts.DevCertsError, match="--host names the server certificate"):
+        devcerts.write_dev_certs(str(tmp_path / "other"), NOW, ACCOUNT, hosts=["c.example"], ca_dir=d)

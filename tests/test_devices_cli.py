@@ -305,3 +305,20 @@ def test_unrevoke_lets_the_device_in_again(run, data_dir, tmp_path):
         env.close()
     code, _, err = run("device", "unrevoke", "--serial", "xyz")
     assert code == 2 and "izreg: error:" in err
+
+
+def test_dev_certs_hosts(run, tmp_path):
+    target = str(tmp_path / "certs")
+    code, out, err = run("dev-certs", target, "--account", ACCOUNT, "--host", "registry.lab.example",
+                         "--host", "192.0.2.7")
+    assert code == 0, err
+    assert ("  the server certificate names registry.lab.example, 192.0.2.7, localhost, 127.0.0.1, containers.local\n"
+            in out)
+    with open(os.path.join(target, "server", "server.crt"), "rb") as f:
+        sans = x509.load_pem_x509_certificate(f.read()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    assert "registry.lab.example" in sans.get_values_for_type(x509.DNSName)
+    code, out, err = run("dev-certs", str(tmp_path / "other"), "--host", "not a name")
+    assert (code, out) == (2, "") and "not a host name or IP address: 'not a name'" in err
+    code, out, _ = run("dev-certs", str(tmp_path / "plain"))
+    assert code == 0 and "(--host NAME for the name clients reach it by)" in out

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.e2e.test_operations -*-
 """
 ``GET /healthz`` (the process answers) and ``GET /readyz`` (it can take
-pushes: index open, data directory writable, free disk above the floor),
-both JSON, 200 or 503, without authentication.
+pushes: index open, data directory writable, free disk above the floor,
+with S3 the bucket answering), both JSON, 200 or 503, without
+authentication.
 
 L{Readiness} also gates pushes: a push is refused with 503 ``UNAVAILABLE``
 before its first byte is written when the data directory was found
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -31,20 +33,25 @@ class Readiness:
     @param index_error: a quick check of the index (C{None} when it is open).
     @param probe_writable: runs the write probe in a thread (C{None} when writable).
     @param disk: the free-space floor.
+    @param more: further checks by name (the S3 bucket's: L{CachedCheck}), each giving C{None} when
+        fine, else why; run beside the others.
     """
 
     log = Logger()
 
     def __init__(self, index_error: Callable[[], str | None],
-                 probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor) -> None:
+                 probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
+                 more: dict[str, Callable[[], Deferred]] | None = None) -> None:
         self.index_error = index_error
         self.probe_writable = probe_writable
         self.disk = disk
+        self.more = more or {}
         self.unwritable: str | None = None
 
     async def refresh(self) -> dict:
         """Run every check; remember the write probe's outcome for the push gate."""
         checks: dict[str, dict] = {}
+        more = {name: check() for name, check in self.more.items()}  # under way while the others run
         index = self.index_error()
         if isinstance(index, Deferred):  # a database round trip (izreg.service.backends)
             index = await index
@@ -65,6 +72,9 @@ class Readiness:
             checks["disk"] = {"ok": not space.low, "free": space.free, "total": space.total, "floor": space.minimum}
         except OSError as e:
             checks["disk"] = {"ok": False, "error": e.strerror}
+        for name, outcome in more.items():
+            error = await outcome
+            checks[name] = {"ok": error is None, **({"error": error} if error else {})}
         return checks
 
     def push_refusal(self) -> RegistryError | None:
@@ -79,6 +89,55 @@ class Readiness:
             return None
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": reason}, "the registry cannot take pushes now: " + reason,
                              headers={"Retry-After": str(RETRY_AFTER)})
+
+
+class CachedCheck:
+    """
+    A readiness check that costs a remote call (the S3 bucket's HEAD): C{probe()} runs it off the
+    reactor (a Deferred of C{None} when fine, else why). Its outcome is kept C{ttl} seconds, so a
+    storm of probes is one remote call every C{ttl}; one call runs at a time; a caller waits at most
+    C{timeout} seconds for it (then the check fails, "no answer", kept as the outcome). A change
+    between fine and failing is logged.
+    """
+
+    log = Logger()
+
+    def __init__(self, what: str, probe: Callable[[], Deferred], reactor, timeout: float, ttl: float) -> None:
+        self.what, self.probe, self.reactor, self.timeout, self.ttl = what, probe, reactor, timeout, ttl
+        self.outcome: str | None = None
+        self._at: float | None = None
+        #: the callers waiting for the call in flight, or C{None} when none is
+        self._waiting: list[Deferred] | None = None
+
+    def __call__(self) -> Deferred:
+        if self._at is not None and self.reactor.seconds() - self._at < self.ttl:
+            return defer.succeed(self.outcome)
+        answer: Deferred = Deferred()
+        if self._waiting is None:
+            self._waiting = []
+            self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
+                self._done)
+        self._waiting.append(answer)
+        return answer.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._late)
+
+    def _late(self, result, timeout: float) -> str:
+        return self._keep(f"the {self.what} did not answer within {timeout:g} s")
+
+    def _done(self, outcome: str | None) -> None:
+        self._keep(outcome)
+        waiting, self._waiting = self._waiting or [], None
+        for answer in waiting:
+            if not answer.called:  # else answered by its timeout
+                answer.callback(outcome)
+
+    def _keep(self, outcome: str | None) -> str | None:
+        if (outcome is None) != (self.outcome is None):
+            if outcome is None:
+                self.log.info("the {what} answers again", what=self.what)
+            else:
+                self.log.error("not ready: {reason}", reason=outcome)
+        self.outcome, self._at = outcome, self.reactor.seconds()
+        return outcome
 
 
 def _answer(request, status: int, value: dict) -> bytes:

@@ -63,6 +63,8 @@ class Backend:
         self.run_write: Callable[..., defer.Deferred] | None = None
         self._pools: list[ThreadPool] = []
         self._reactor = None
+        #: PostgreSQL: the calls waiting for a database thread (the pool's metrics)
+        self.queue: CallQueue | None = None
 
     @property
     def shared(self) -> bool:
@@ -85,7 +87,8 @@ class Backend:
             pool = ThreadPool(0, self.db.max_size, "izreg-db")
             pool.start()
             self._pools.append(pool)
-            self.run_read = self.run_write = _bounded_runner(reactor, pool, QUEUE_WAIT)
+            self.queue = CallQueue()
+            self.run_read = self.run_write = _bounded_runner(reactor, pool, QUEUE_WAIT, self.queue)
             return
         if writer is None:
             writer = ThreadPool(1, 1, "izreg-writer")
@@ -197,13 +200,41 @@ def thread_runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
 _EXPIRED = object()
 
 
-def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., defer.Deferred]:
+class CallQueue:
+    """
+    The database calls waiting for one of the server's database threads (each
+    holding one pool connection), and those given up after waiting too long
+    (L{QUEUE_WAIT}: answered 503). Updated under a lock by the reactor and the
+    threads; read at scrape time (L{izreg.service.backendmetrics.PoolCollector}).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.expired = 0
+
+    def queued(self) -> None:
+        with self._lock:
+            self.waiting += 1
+
+    def taken(self, expired: bool = False) -> None:
+        with self._lock:
+            self.waiting -= 1
+            if expired:
+                self.expired += 1
+
+
+def _bounded_runner(reactor, pool: ThreadPool, wait: float,
+                    queue: CallQueue | None = None) -> Callable[..., defer.Deferred]:
     """
     L{thread_runner} where a call still waiting for a thread after C{wait} seconds
     fails with L{izreg.storage.pg.DatabaseUnavailable} (a 503) and is never
-    run: a call either runs whole or not at all.
+    run: a call either runs whole or not at all. C{queue} counts the calls waiting.
     """
     from izreg.storage.pg import DatabaseUnavailable
+
+    if queue is None:
+        queue = CallQueue()
 
     def run(f, *args, **kwargs):
         lock = threading.Lock()
@@ -215,6 +246,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., def
                 if taken[0]:
                     return _EXPIRED
                 taken[0] = True
+            queue.taken()
             return f(*args, **kwargs)
 
         def expire():
@@ -222,6 +254,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., def
                 if taken[0]:
                     return
                 taken[0] = True
+            queue.taken(expired=True)
             result.errback(DatabaseUnavailable(f"no database connection free for {wait:g} s"))
 
         def done(value):
@@ -230,6 +263,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float) -> Callable[..., def
             if value is not _EXPIRED:
                 result.callback(value)  # a Failure goes down the errback chain
 
+        queue.queued()
         timer = reactor.callLater(wait, expire)
         deferToThreadPool(reactor, pool, work).addBoth(done)
         return result

@@ -10,7 +10,8 @@ series stays bounded whatever clients send.
 
 Request metrics come from the access log's L{RequestInfo}; storage gauges
 (blobs, manifests, upload sessions, the LMDB map) are read from the index
-at scrape time, in the exposition's thread, cached for a few seconds.
+at scrape time, in the exposition's thread, cached for a few seconds. The
+S3 calls and the PostgreSQL pool: L{izreg.service.backendmetrics}.
 """
 
 from __future__ import annotations
@@ -117,6 +118,27 @@ class Metrics:
             self.registry.unregister(previous)
         self._storage = StorageCollector(index, env)
         self.registry.register(self._storage)
+
+    def watch_s3(self, *clients) -> None:
+        """
+        Count and time the S3 calls of C{clients} (boto3 clients): L{izreg.service.backendmetrics.S3Metrics},
+        made on the first call (no S3 series without S3).
+        """
+        from izreg.service.backendmetrics import S3Metrics
+
+        if getattr(self, "_s3", None) is None:
+            self._s3 = S3Metrics(self.registry)
+        for client in clients:
+            self._s3.watch(client)
+
+    def watch_pool(self, pool, queue=None) -> None:
+        """
+        The PostgreSQL pool (psycopg_pool) and the calls waiting in front of it
+        (L{izreg.service.backends.CallQueue}), replacing an earlier start's.
+        """
+        from izreg.service.backendmetrics import PoolCollector
+
+        self._watch_budget("_pool", PoolCollector(pool, queue))
 
     def watch_handshakes(self, admission) -> None:
         """The TLS handshakes in progress and waiting (L{izreg.service.tls.admission.HandshakeAdmission})."""

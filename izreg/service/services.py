@@ -38,7 +38,7 @@ from izreg.http.app import RegistryAPI
 from izreg.inuse import InUse
 from izreg.http.guard import AccessGuard
 from izreg.http.limits import BodyBudget, raise_open_files_limit
-from izreg.http.health import Readiness
+from izreg.http.health import CachedCheck, Readiness
 from izreg.registry import Limits, Registry
 from izreg.service.config import Config
 from izreg.service.bursttrim import BurstTrim
@@ -57,6 +57,10 @@ from izreg.service.backends import thread_runner
 HOLD_REFRESH_SHARE = 8
 #: seconds between two looks, at stop, for connections that finished their request (L{RegistryService.drain})
 DRAIN_STEP = 0.1
+#: with S3, /readyz's bucket check: seconds its HEAD may take to connect and to be answered, and
+#: seconds its outcome is kept
+BUCKET_TIMEOUT = 2.0
+BUCKET_TTL = 5.0
 #: the signals that stop a server (twistd's); one more of them during a drain ends it at once (L{SecondSignal})
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -127,6 +131,7 @@ class RegistryService(service.MultiService):
         self.crl_file: CRLFile | None = None
         self.burst_trim: BurstTrim | None = None  # built with the I/O pool (startService)
         self._pools: list[ThreadPool] = []
+        self._bucket_client = None  # with S3, the client of /readyz's bucket check (L{_bucket_check})
         #: the TLS handshake admission's C{device_request} (set by L{izreg.tap.make_server}), or C{None}: a
         #: request authenticated as a device makes its client group a known one (a few per device)
         self.on_device = None
@@ -223,11 +228,15 @@ class RegistryService(service.MultiService):
             hold_refresh=config.gc_grace / HOLD_REFRESH_SHARE,
         )
         self.readiness = Readiness(backend.index_error, self._probe(root),
-                                   DiskFloor(root, parse_floor(config.min_free_disk)))
+                                   DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs))
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
                                                 run_read=backend.run_read, on_device=self.on_device)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
+            if config.storage_backend == "s3":
+                self.metrics.watch_s3(blobs.client, *(c for c in [self._bucket_client] if c is not None))
+            if backend.db is not None:
+                self.metrics.watch_pool(backend.db.pool, backend.queue)
             if getattr(guard, "refusals", None) is not None:
                 self.metrics.refusals.watch("http", guard.refusals)
         # one account (or client address group) holds at most a quarter of each, and at least one manifest:
@@ -314,6 +323,24 @@ class RegistryService(service.MultiService):
             return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
 
         return probe
+
+    def _bucket_check(self, blobs) -> dict:
+        """
+        With S3, /readyz's "bucket" check: a HEAD of the bucket (L{izreg.storage.s3.bucket_error}) on a
+        client of its own that waits L{BUCKET_TIMEOUT} and never retries, in the I/O pool (the S3 pool
+        may be busy with long transfers: a loaded node is not an unready one), its outcome kept
+        L{BUCKET_TTL} seconds (a storm of probes is one HEAD every few seconds).
+        """
+        if self.config.storage_backend != "s3":
+            return {}
+        from izreg.storage.s3 import bucket_error, make_client
+
+        if self._bucket_client is None:
+            self._bucket_client = make_client(self.config, timeout=BUCKET_TIMEOUT)
+        client, bucket = self._bucket_client, blobs.keys.bucket
+        check = CachedCheck("S3 bucket", lambda: self._run_io(bucket_error, client, bucket), self.reactor,
+                            timeout=BUCKET_TIMEOUT + 1, ttl=BUCKET_TTL)
+        return {"bucket": check}
 
     def _device_verifier(self, devices) -> DeviceVerifier | None:
         """Device certificates on the TLS listener (C{[tls] device_ca}), or C{None}."""

@@ -72,16 +72,34 @@ READ_CHUNK = 1024 * 1024
 ORPHAN_AGE = 24 * 3600
 
 
-def make_client(config):
-    """A boto3 S3 client for C{config}'s C{[storage.s3]} (credentials: the config, else boto3's chain)."""
+#: boto3 sessions by credentials and region: each session's loader holds the S3 model (about 12 MiB),
+#: so the clients of one process (the blobs', the readiness check's) share one
+_SESSIONS: dict[tuple, Any] = {}
+
+
+def _session(config):
     import boto3
+
+    key = (config.s3_access_key_id, config.s3_secret_access_key, config.s3_region)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = boto3.session.Session(
+            aws_access_key_id=config.s3_access_key_id,
+            aws_secret_access_key=config.s3_secret_access_key,
+            region_name=config.s3_region,
+        )
+    return session
+
+
+def make_client(config, timeout: float | None = None):
+    """
+    A boto3 S3 client for C{config}'s C{[storage.s3]} (credentials: the config, else boto3's chain);
+    with C{timeout}, one that waits at most that long to connect and for each read, and never retries
+    (L{bucket_error}'s).
+    """
     from botocore.config import Config as BotoConfig
 
-    session = boto3.session.Session(
-        aws_access_key_id=config.s3_access_key_id,
-        aws_secret_access_key=config.s3_secret_access_key,
-        region_name=config.s3_region,
-    )
+    session = _session(config)
     options = dict(
         max_pool_connections=config.s3_threads,
         retries={"max_attempts": 5, "mode": "standard"},
@@ -91,6 +109,9 @@ def make_client(config):
         read_timeout=config.s3_read_timeout,
         signature_version="s3v4",
     )
+    if timeout is not None:
+        options.update(max_pool_connections=1, retries={"total_max_attempts": 1, "mode": "standard"},
+                       connect_timeout=timeout, read_timeout=timeout)
     if config.s3_endpoint_url:
         options["s3"] = {"addressing_style": "path"}  # MinIO, RGW, moto: no bucket DNS names
     return session.client("s3", endpoint_url=config.s3_endpoint_url, config=BotoConfig(**options))
@@ -111,6 +132,25 @@ def check_bucket(config):
     finally:
         client.close()
     return client
+
+
+def bucket_error(client, bucket: str) -> str | None:
+    """
+    The readiness check of the bucket (blocking: in a thread): one HEAD of it with C{client} (a
+    L{make_client} with a timeout); C{None} when it answers, else why, in one line that names no
+    endpoint (C{/readyz} answers anyone).
+    """
+    from botocore.exceptions import ConnectionError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (ConnectTimeoutError, ReadTimeoutError):
+        return "the S3 endpoint did not answer in time"
+    except (ConnectionError, HTTPClientError):
+        return "cannot connect to the S3 endpoint"
+    except Exception as e:  # an answer: no such bucket, access denied, 503...
+        return f"the S3 bucket cannot be reached: {_describe(e)}"
+    return None
 
 
 #: what botocore's "Unable to locate credentials" leaves out: where izreg (boto3's chain) looks for them

@@ -110,21 +110,26 @@ async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_
     from twisted.internet import reactor
     from twisted.python.threadpool import ThreadPool
 
-    from izreg.service.backends import _bounded_runner
+    from izreg.service.backends import CallQueue, _bounded_runner
     from izreg.storage.pg import DatabaseUnavailable
 
     pool = ThreadPool(1, 1, "test-db")
     pool.start()
     release, ran = threading.Event(), []
     try:
-        run = _bounded_runner(reactor, pool, 0.2)
+        queue = CallQueue()  # what the pool's metrics read (waiting, and given up)
+        run = _bounded_runner(reactor, pool, 0.2, queue)
         blocked = run(release.wait, 60)
+        late = run(ran.append, "late")
+        assert queue.waiting == 2 or (queue.waiting == 1 and not ran)  # the first may be on its thread already
         with pytest.raises(DatabaseUnavailable, match="no database connection free"):
-            await run(ran.append, "late")
+            await late
+        assert (queue.waiting, queue.expired) == (0, 1)
         release.set()
         assert await blocked is True
         assert await run(lambda: "next") == "next"  # the pool serves again; the expired call was skipped
         assert ran == []
+        assert (queue.waiting, queue.expired) == (0, 1)
         with pytest.raises(ZeroDivisionError):  # a call's own error still comes through
             await run(lambda: 1 / 0)
     finally:

@@ -1,0 +1,83 @@
+"""
+The dependencies' metrics and /readyz's cached check, in-process: how a
+botocore failure is classed, and L{CachedCheck}'s one call at a time, kept
+for its ttl, bounded by its timeout. (On a real server, with a real moto
+and PostgreSQL: tests/e2e/test_backend_metrics.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from izreg.http.health import CachedCheck
+
+botocore = pytest.importorskip("botocore")
+
+
+def test_s3_failures_are_classed():
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+    from izreg.service.backendmetrics import S3_OUTCOMES, s3_failure
+
+    assert s3_failure(ConnectTimeoutError(endpoint_url="http://s3")) == "timeout"
+    assert s3_failure(ReadTimeoutError(endpoint_url="http://s3")) == "timeout"
+    assert s3_failure(EndpointConnectionError(endpoint_url="http://s3")) == "unreachable"
+    assert s3_failure(ConnectionResetError()) == "unreachable"
+    assert s3_failure(NoCredentialsError()) == "client_error"
+    assert {"ok", "not_found", "client_error", "server_error", "timeout", "unreachable"} == set(S3_OUTCOMES)
+
+
+class Probes:
+    """The remote calls a check made (each a Deferred the test fires)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Deferred] = []
+
+    def __call__(self) -> Deferred:
+        self.calls.append(Deferred())
+        return self.calls[-1]
+
+
+def test_one_call_at_a_time_kept_for_its_ttl():
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    first, second = check(), check()
+    assert len(probes.calls) == 1  # the second waits for the same call
+    probes.calls[0].callback(None)
+    assert (first.result, second.result) == (None, None)
+    clock.advance(4.9)
+    assert check().result is None and len(probes.calls) == 1  # kept
+    clock.advance(0.2)
+    failing = check()
+    assert len(probes.calls) == 2
+    probes.calls[1].callback("cannot connect to the S3 endpoint")
+    assert failing.result == "cannot connect to the S3 endpoint"
+    assert check().result == "cannot connect to the S3 endpoint"
+    assert not clock.getDelayedCalls()  # no timeout left behind
+
+
+def test_a_call_that_does_not_answer_fails_the_check_in_its_timeout_and_no_second_call_starts():
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    waiting = check()
+    clock.advance(3)
+    assert waiting.result == "the S3 bucket did not answer within 3 s"
+    clock.advance(5)
+    again = check()  # past the ttl, the call still in flight: waits for it, no second call
+    assert len(probes.calls) == 1 and not again.called
+    probes.calls[0].callback(None)
+    assert again.result is None and check().result is None
+
+
+def test_a_probe_that_raises_fails_the_check():
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    answer = check()
+    probes.calls[0].errback(RuntimeError("thread pool stopped"))
+    assert answer.result == "the S3 bucket check failed: thread pool stopped"
