@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed
 
 from izreg.auth.runners import settled, then
 from izreg.core import routes
@@ -112,7 +113,13 @@ class RegistryAPI(BodySinks, ManifestRoutes, BlobRoutes, UploadRoutes, ListingRo
         if started(request):  # too late for an error answer: it would be read as the rest of the body
             cut(request, failure=failure)
             return None
-        return render_error(request, as_registry_error(failure))
+        error = as_registry_error(failure)
+        if failure.check(MethodNotAllowed):  # Klein's, for every route: a repository route's own methods
+            try:
+                self.table.resolve(request.method.decode("ascii", "replace"), request.uri)
+            except RegistryError as e:
+                error = e
+        return render_error(request, error)
 
     def authorize(self, request, target: Target):
         """

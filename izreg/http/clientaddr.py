@@ -68,6 +68,8 @@ class TrustedProxies:
                 return address  # a hop we cannot read: the last proxy we trust is all we know
             if getattr(ip, "scope_id", None) is not None:
                 return address  # an IPv6 zone is any text (control characters into the log, a brake per zone)
+            if ip.version == 6 and ip.ipv4_mapped is not None:  # haproxy on a dual-stack bind (:::443 v4v6)
+                ip = ip.ipv4_mapped  # names an IPv4 client ::ffff:192.0.2.1: logged ::ffff:c000:201, braked apart
             hop = str(ip)  # one spelling per address: one brake, a clean log line
             address = hop
             if not self.trusted(hop):

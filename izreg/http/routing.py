@@ -153,6 +153,9 @@ class RouteTable:
         try:
             name, kwargs = adapter.match(path, method)
         except MethodNotAllowed as e:
+            rest = self._repository_path(adapter, path)
+            if rest is not None:  # OPTIONS on a repository route: its own methods, not every route's
+                return self.resolve_repository(method, rest, request)
             raise RegistryError(ErrorCode.METHOD_UNKNOWN, {"method": method[:20]},
                                 headers={"Allow": ", ".join(e.valid_methods or [])}) from None
         except NotFound:
@@ -165,6 +168,14 @@ class RouteTable:
         if endpoint is not None:
             return Target(endpoint, kwargs=kwargs)
         return self.resolve_repository(method, kwargs.get("rest", ""), request)
+
+    def _repository_path(self, adapter, path: str) -> str | None:
+        """The path after ``/v2/`` if the repository dispatcher (L{REPOSITORY}) is C{path}'s GET route, else C{None}."""
+        try:
+            name, kwargs = adapter.match(path, "GET")
+        except Exception:  # werkzeug's NotFound, MethodNotAllowed, redirects: no GET route there
+            return None
+        return kwargs.get("rest", "") if name in self.endpoints and self.endpoints[name] is None else None
 
     def resolve_repository(self, method: str, rest: str, request=None) -> Target:
         """

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import threading
 
 from twisted.application import service
 from twisted.internet import defer
@@ -59,6 +61,37 @@ DRAIN_STEP = 0.1
 #: seconds its outcome is kept
 BUCKET_TIMEOUT = 2.0
 BUCKET_TTL = 5.0
+#: the signals that stop a server (twistd's); one more of them during a drain ends it at once (L{SecondSignal})
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SecondSignal:
+    """
+    While a stopping server drains (L{RegistryService.drain}): a second SIGTERM or SIGINT (Ctrl-C again, a
+    C{systemctl kill}) ends the drain at once, as the operator asks, instead of the reactor's own handler,
+    which only logged a C{ReactorNotRunning} traceback and let the drain run its whole C{drain_timeout}.
+    Its handlers are the process's only while the drain runs (a signal handler is set in the main thread
+    only: elsewhere, as in a test's reactor thread, there is none).
+    """
+
+    def __init__(self) -> None:
+        #: the signal received, or None
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> SecondSignal:
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._received)
+        return self
+
+    def _received(self, number: int, frame) -> None:
+        self.received = number  # nothing else in a signal handler: the drain's next look sees it
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 class RegistryService(service.MultiService):
@@ -353,6 +386,10 @@ class RegistryService(service.MultiService):
         timeout = self.config.drain_timeout
         if not timeout or connections is None:
             return
+        with SecondSignal() as again:
+            await self._drain(connections, timeout, again)
+
+    async def _drain(self, connections, timeout: int, again: SecondSignal) -> None:
         clock = self.reactor
         deadline = clock.seconds() + timeout
         waited = False
@@ -361,6 +398,10 @@ class RegistryService(service.MultiService):
             if connections.total == 0:  # a closed connection gives its count back a reactor turn later
                 break
             busy = connections.total - closing
+            if again.received is not None:
+                self.log.warn("stopping at once ({signal} again): {count} connection(s) still busy are cut",
+                              signal=signal.Signals(again.received).name, count=busy)
+                return
             if clock.seconds() >= deadline:
                 self.log.warn("stopping with {count} connection(s) still busy after server.drain_timeout"
                               " ({timeout} s): they are cut", count=busy, timeout=timeout)
@@ -368,7 +409,8 @@ class RegistryService(service.MultiService):
             if busy > 0 and not waited:
                 waited = True
                 self.log.info("stopping: waiting for {count} connection(s) in progress to finish (at most"
-                              " server.drain_timeout, {timeout} s)", count=busy, timeout=timeout)
+                              " server.drain_timeout, {timeout} s; SIGTERM again: at once)", count=busy,
+                              timeout=timeout)
             await deferLater(clock, DRAIN_STEP, lambda: None)
         if waited:
             self.log.info("stopping: every request in progress finished")

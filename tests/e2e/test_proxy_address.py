@@ -75,3 +75,19 @@ def test_the_access_log_names_the_client_haproxy_forwards_for(proxied):
     assert get_v2(proxy, VICTIM, reg.creds, "X-Request-Id: proxied-client-logged") == 200
     line = reg.wait_for_log(r"izreg\.access.* id=proxied-client-logged", mark)
     assert f"] {VICTIM} GET /v2/ 200 " in line, line
+
+
+def test_an_ipv4_client_a_dual_stack_proxy_names_is_logged_as_ipv4(proxied):
+    """
+    haproxy on a dual-stack bind (``bind :::443 v4v6``) names an IPv4 client by its IPv4-mapped address
+    (``X-Forwarded-For: ::ffff:127.0.0.9``): it was logged ``::ffff:7f00:9``, found by no grep for the
+    client's address, and braked apart from the same client reaching a node directly.
+    """
+    reg, _ = proxied
+    mark = reg.log_mark()
+    with socket.create_connection(("127.0.0.1", reg.port), timeout=30) as sock:  # from the trusted proxy's address
+        sock.sendall((f"GET /v2/ HTTP/1.1\r\nHost: {reg.host}\r\nConnection: close\r\n"
+                      f"X-Forwarded-For: ::ffff:{VICTIM}\r\nX-Request-Id: dual-stack-proxied\r\n\r\n").encode())
+        assert status_of(sock) == 401
+    line = reg.wait_for_log(r"izreg\.access.* id=dual-stack-proxied", mark)
+    assert f"] {VICTIM} GET /v2/ 401 " in line, line

@@ -242,6 +242,12 @@ class RegistryProcess:
         self._join_reader()
         return rc
 
+    def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to exit by itself (no signal sent); its exit code. Raises on timeout."""
+        rc = self._proc.wait(timeout)
+        self._join_reader()
+        return rc
+
     def kill9(self) -> None:
         """SIGKILL the process (no cleanup at all) and reap it."""
         if self.running:

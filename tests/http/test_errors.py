@@ -294,3 +294,20 @@ async def test_percent_encoded_name_is_decoded(server):
     encoded = NAME.replace("/", "%2F")
     response, body = await server.request("GET", f"/v2/{encoded}/blobs/{DIGEST}")
     assert response.code == 200 and body == b"some blob"
+
+
+@pytest.mark.parametrize(
+    "path, allowed",
+    [
+        (f"/v2/{NAME}/tags/list", {"GET", "HEAD"}),
+        (f"/v2/{NAME}/blobs/uploads/{UPLOAD_ID}", {"GET", "HEAD", "PATCH", "PUT", "DELETE"}),
+        (f"/v2/{NAME}/blobs/uploads/", {"POST"}),
+        (f"/v2/{NAME}/manifests/latest", {"GET", "HEAD", "PUT", "DELETE"}),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_options_on_a_repository_route_allows_its_own_methods(server, path, allowed):
+    """RFC 9110 15.5.6: a 405's Allow lists the target's methods; OPTIONS was told every repository route's."""
+    status, code, response = await server.error("OPTIONS", path)
+    assert (status, code) == (405, "UNSUPPORTED")
+    assert {m.strip() for m in header(response, "Allow").split(",")} == allowed
