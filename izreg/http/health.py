@@ -95,9 +95,10 @@ class CachedCheck:
     """
     A readiness check that costs a remote call (the S3 bucket's HEAD): C{probe()} runs it off the
     reactor (a Deferred of C{None} when fine, else why). Its outcome is kept C{ttl} seconds, so a
-    storm of probes is one remote call every C{ttl}; one call runs at a time; a caller waits at most
-    C{timeout} seconds for it (then the check fails, "no answer", kept as the outcome). A change
-    between fine and failing is logged.
+    storm of probes is one remote call every C{ttl}; one call runs at a time. While it runs, callers
+    get the last outcome, until the call is C{timeout} seconds old; the first caller, and those after
+    that, wait for it, at most C{timeout} seconds (then the check fails, "no answer", kept as the
+    outcome). A change between fine and failing is logged.
     """
 
     log = Logger()
@@ -106,17 +107,23 @@ class CachedCheck:
         self.what, self.probe, self.reactor, self.timeout, self.ttl = what, probe, reactor, timeout, ttl
         self.outcome: str | None = None
         self._at: float | None = None
+        self._started = 0.0  # when the call in flight began
         #: the callers waiting for the call in flight, or C{None} when none is
         self._waiting: list[Deferred] | None = None
 
     def __call__(self) -> Deferred:
-        if self._at is not None and self.reactor.seconds() - self._at < self.ttl:
+        now = self.reactor.seconds()
+        if self._at is not None and now - self._at < self.ttl:
             return defer.succeed(self.outcome)
-        answer: Deferred = Deferred()
         if self._waiting is None:
-            self._waiting = []
+            self._waiting, self._started = [], now
             self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
                 self._done)
+        if self._at is not None and now - self._started < self.timeout:
+            # a refresh is in flight, not yet late: the last outcome meanwhile (a storm of probes on a
+            # busy node, whose call waits behind theirs in the I/O pool, does not make it unready)
+            return defer.succeed(self.outcome)
+        answer: Deferred = Deferred()
         self._waiting.append(answer)
         return answer.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._late)
 

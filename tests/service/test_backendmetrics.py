@@ -54,12 +54,34 @@ def test_one_call_at_a_time_kept_for_its_ttl():
     clock.advance(4.9)
     assert check().result is None and len(probes.calls) == 1  # kept
     clock.advance(0.2)
-    failing = check()
-    assert len(probes.calls) == 2
+    meanwhile = check()  # past the ttl: a second call, and the last outcome while it runs
+    assert len(probes.calls) == 2 and meanwhile.result is None
     probes.calls[1].callback("cannot connect to the S3 endpoint")
-    assert failing.result == "cannot connect to the S3 endpoint"
     assert check().result == "cannot connect to the S3 endpoint"
     assert not clock.getDelayedCalls()  # no timeout left behind
+
+
+def test_a_storm_during_a_refresh_gets_the_last_outcome_until_the_call_is_late():
+    # a busy node's call waits in the I/O pool behind the storm's own probes: the storm must not
+    # make it unready while the call is younger than the timeout; past that, callers wait and fail
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    first = check()
+    probes.calls[0].callback(None)
+    assert first.result is None
+    clock.advance(5)
+    storm = [check() for _ in range(40)]
+    assert len(probes.calls) == 2 and all(answer.result is None for answer in storm)
+    clock.advance(2.9)
+    assert check().result is None and len(probes.calls) == 2
+    clock.advance(0.1)
+    late = check()  # the call is as old as the timeout: this caller waits for it
+    assert not late.called
+    clock.advance(3)
+    assert late.result == "the S3 bucket did not answer within 3 s"
+    assert check().result == "the S3 bucket did not answer within 3 s"  # kept for the ttl
+    probes.calls[1].callback(None)
+    assert check().result is None
 
 
 def test_a_call_that_does_not_answer_fails_the_check_in_its_timeout_and_no_second_call_starts():
