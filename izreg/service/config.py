@@ -69,6 +69,8 @@ class Config:
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
     s3_read_timeout: int = 300
+    # /readyz fails while the bucket does not answer (off: nodes stay in the balancer for what needs no S3)
+    s3_ready_check: bool = True
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
@@ -200,6 +202,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
     ("storage.s3", "threads"): ("s3_threads", int),
     ("storage.s3", "read_timeout"): ("s3_read_timeout", int),
+    ("storage.s3", "ready_check"): ("s3_ready_check", bool),
     ("limits", "body_memory"): ("body_memory", int),
     ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),

@@ -329,9 +329,10 @@ class RegistryService(service.MultiService):
         With S3, /readyz's "bucket" check: a HEAD of the bucket (L{izreg.storage.s3.bucket_error}) on a
         client of its own that waits L{BUCKET_TIMEOUT} and never retries, in the I/O pool (the S3 pool
         may be busy with long transfers: a loaded node is not an unready one), its outcome kept
-        L{BUCKET_TTL} seconds (a storm of probes is one HEAD every few seconds).
+        L{BUCKET_TTL} seconds (a storm of probes is one HEAD every few seconds). None with C{[storage.s3]
+        ready_check = false}.
         """
-        if self.config.storage_backend != "s3":
+        if self.config.storage_backend != "s3" or not self.config.s3_ready_check:
             return {}
         from izreg.storage.s3 import bucket_error, make_client
 
