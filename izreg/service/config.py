@@ -68,7 +68,7 @@ class Config:
     s3_redirect: bool = False
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
-    s3_read_timeout: int = 300
+    s3_read_timeout: int = 60  # botocore's own default: per socket read, so a slow transfer is not cut
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
