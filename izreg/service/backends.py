@@ -88,7 +88,7 @@ class Backend:
             pool.start()
             self._pools.append(pool)
             self.queue = CallQueue()
-            self.run_read = self.run_write = _bounded_runner(reactor, pool, QUEUE_WAIT, self.queue)
+            self.run_read = self.run_write = bounded_runner(reactor, pool, QUEUE_WAIT, self.queue)
             return
         if writer is None:
             writer = ThreadPool(1, 1, "izreg-writer")
@@ -202,15 +202,16 @@ _EXPIRED = object()
 
 class CallQueue:
     """
-    The database calls waiting for one of the server's database threads (each
-    holding one pool connection), and those given up after waiting too long
-    (L{QUEUE_WAIT}: answered 503). Updated under a lock by the reactor and the
-    threads; read at scrape time (L{izreg.service.backendmetrics.PoolCollector}).
+    The calls waiting for one of a bounded pool's threads (the server's database threads, each holding
+    one pool connection, or its S3 threads), those running, and those given up after waiting too long
+    (L{QUEUE_WAIT}, C{[storage.s3] queue_timeout}: answered 503). Updated under a lock by the reactor
+    and the threads; read at scrape time (L{izreg.service.backendmetrics}).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.waiting = 0
+        self.running = 0
         self.expired = 0
 
     def queued(self) -> None:
@@ -222,17 +223,27 @@ class CallQueue:
             self.waiting -= 1
             if expired:
                 self.expired += 1
+            else:
+                self.running += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self.running -= 1
 
 
-def _bounded_runner(reactor, pool: ThreadPool, wait: float,
-                    queue: CallQueue | None = None) -> Callable[..., defer.Deferred]:
-    """
-    L{thread_runner} where a call still waiting for a thread after C{wait} seconds
-    fails with L{izreg.storage.pg.DatabaseUnavailable} (a 503) and is never
-    run: a call either runs whole or not at all. C{queue} counts the calls waiting.
-    """
+def _database_busy(wait: float) -> Exception:
     from izreg.storage.pg import DatabaseUnavailable
 
+    return DatabaseUnavailable(f"no database connection free for {wait:g} s")
+
+
+def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | None = None,
+                    refuse: Callable[[float], Exception] = _database_busy) -> Callable[..., defer.Deferred]:
+    """
+    L{thread_runner} where a call still waiting for a thread after C{wait} seconds fails with
+    C{refuse(wait)} (by default L{izreg.storage.pg.DatabaseUnavailable}: a 503) and is never run:
+    a call either runs whole or not at all. C{queue} counts the calls waiting and running.
+    """
     if queue is None:
         queue = CallQueue()
 
@@ -247,7 +258,10 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float,
                     return _EXPIRED
                 taken[0] = True
             queue.taken()
-            return f(*args, **kwargs)
+            try:
+                return f(*args, **kwargs)
+            finally:
+                queue.finished()
 
         def expire():
             with lock:
@@ -255,7 +269,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float,
                     return
                 taken[0] = True
             queue.taken(expired=True)
-            result.errback(DatabaseUnavailable(f"no database connection free for {wait:g} s"))
+            result.errback(refuse(wait))
 
         def done(value):
             if timer.active():
