@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -195,6 +196,39 @@ def thread_runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
     return run
+
+
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class DetachedPool(ThreadPool):
+    """
+    A thread pool that never holds the process at stop, for calls that may be abandoned midway (S3's:
+    an object is written whole at its content address and recorded in the index only after; an upload
+    acknowledges only the parts the bucket answered): L{stop} waits at most C{grace} seconds for the
+    calls in flight, then leaves behind the threads still in one (a store that does not answer holds
+    them up to its read timeout, per attempt), daemon threads the interpreter does not wait for at exit.
+    Twisted's C{stop} joined every thread: a stuck one held the reactor, and the process, that long.
+    """
+
+    threadFactory = _DaemonThread
+
+    def __init__(self, minthreads: int, maxthreads: int, name: str, grace: float) -> None:
+        super().__init__(minthreads, maxthreads, name)
+        self.grace = grace
+
+    def stop(self) -> list[threading.Thread]:
+        """Stop the threads (each after its call); return those still in a call after C{grace} seconds."""
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        deadline = time.monotonic() + self.grace
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [thread for thread in self.threads if thread.is_alive()]
 
 
 _EXPIRED = object()

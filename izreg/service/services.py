@@ -50,7 +50,7 @@ from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.failures import storage_error
 from izreg.storage.uploads import Uploads
-from izreg.service.backends import CallQueue, bounded_runner, thread_runner
+from izreg.service.backends import CallQueue, DetachedPool, bounded_runner, thread_runner
 
 #: a blob no manifest names is held again by a look at it at most every gc.grace / this (Registry.hold_blob):
 #: held at least 7/8 of the grace after any look, one write transaction per blob in an eighth of it
@@ -61,6 +61,8 @@ DRAIN_STEP = 0.1
 #: seconds its outcome is kept
 BUCKET_TIMEOUT = 2.0
 BUCKET_TTL = 5.0
+#: at stop, seconds the S3 threads get to finish their calls in flight before they are left behind (L{DetachedPool})
+S3_STOP_GRACE = 2.0
 #: the signals that stop a server (twistd's); one more of them during a drain ends it at once (L{SecondSignal})
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -305,8 +307,8 @@ class RegistryService(service.MultiService):
             from izreg.storage.s3 import busy
 
             # a call waits at most queue_timeout for a thread, then is a 503 (every thread may be stuck on a
-            # bucket that does not answer)
-            pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
+            # bucket that does not answer); at stop, threads stuck so are left behind, not waited for
+            pool = DetachedPool(0, self.config.s3_threads, "izreg-s3", grace=S3_STOP_GRACE)
             pool.start()
             self._pools.append(pool)
             self.s3_queue = CallQueue()
@@ -378,7 +380,11 @@ class RegistryService(service.MultiService):
                 watch.stop()
         yield self.flush_batches()
         for pool in self._pools:
-            pool.stop()
+            left = pool.stop()
+            if left:
+                self.log.warn("stopping with {count} call(s) of the {pool} pool still waiting after {grace:g} s:"
+                              " left behind (abandoned: nothing is recorded of them)", count=len(left),
+                              pool=pool.name, grace=pool.grace)
         self._pools = []
         if self.backend is not None:
             self.backend.close()

@@ -11,6 +11,7 @@ bounded time with threads still stuck (twistd waited for them).
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import time
 
 import pytest
@@ -44,14 +45,25 @@ def proxy(moto_server):
     proxy.close()
 
 
-def behind(proxy, moto_server, registry):
-    """C{registry} (from L{s3_registry}) talks to the bucket through C{proxy}."""
+def node(tmp_path_factory, moto_server, proxy, label: str, read_timeout: int, extra_toml: str = ""):
+    """A registry (not started) with L{THREADS} S3 threads, talking to the bucket through C{proxy}."""
+    registry = s3_registry(tmp_path_factory, moto_server, label, threads=THREADS, queue_timeout=QUEUE_TIMEOUT,
+                           read_timeout=read_timeout, extra_toml=extra_toml)
     config = registry.extra_args[registry.extra_args.index("--config") + 1]
     with open(config) as f:
         text = f.read().replace(moto_server.url, proxy.url)
     with open(config, "w") as f:
         f.write(text)
     return with_metrics(registry)
+
+
+def blob_in(registry, name: str):
+    """A client of the running C{registry}, and a repository and the digest of a blob it pushed there."""
+    client = OCIClient(registry.url, auth=registry.requests_auth, timeout=120)
+    repo = f"{registry.account}/{name}/app"
+    data = random_bytes(200_000, name)
+    expect(client.push_blob_monolithic(repo, data), 201)
+    return client, repo, sha256_digest(data)
 
 
 def metric(registry, name: str) -> float:
@@ -81,14 +93,9 @@ def test_requests_behind_stuck_s3_threads_are_refused_in_bounded_time_and_the_no
         tmp_path_factory, moto_server, proxy):
     # read_timeout 3: a stuck thread is held 3 s per attempt, six attempts while the blackhole lasts;
     # the calls queued behind it waited all that (and again behind the next stuck call), never a 503
-    registry = behind(proxy, moto_server, s3_registry(
-        tmp_path_factory, moto_server, "s3-queue", threads=THREADS, queue_timeout=QUEUE_TIMEOUT, read_timeout=3))
+    registry = node(tmp_path_factory, moto_server, proxy, "s3-queue", read_timeout=3)
     with running(registry):
-        client = OCIClient(registry.url, auth=registry.requests_auth, timeout=120)
-        repo = f"{registry.account}/queue/app"
-        data = random_bytes(200_000, "queued")
-        digest = sha256_digest(data)
-        expect(client.push_blob_monolithic(repo, data), 201)
+        client, repo, digest = blob_in(registry, "queued")
         upload = random_bytes(300_000, "resumed")
         url = client.location(expect(client.start_upload(repo), 202))
         url = client.location(expect(client.patch_chunk(url, upload[:100_000], 0), 202))  # a tail object
@@ -125,3 +132,29 @@ def test_requests_behind_stuck_s3_threads_are_refused_in_bounded_time_and_the_no
                               headers={"Content-Length": "0"}), 201)
         assert expect(client.get_blob(repo, sha256_digest(upload)), 200).content == upload
         assert metric(registry, "izreg_s3_threads_busy") == 0
+
+
+def test_sigterm_stops_a_node_whose_s3_threads_are_stuck_in_bounded_time(tmp_path_factory, moto_server, proxy):
+    # twistd's stop joined the S3 threads: with the bucket silent it waited their read timeout
+    # (60 s, per attempt), and a systemctl stop ended in a SIGKILL
+    drain = 2
+    registry = node(tmp_path_factory, moto_server, proxy, "s3-stop", read_timeout=60,
+                    extra_toml=f"[server]\ndrain_timeout = {drain}\n")
+    with running(registry):
+        client, repo, digest = blob_in(registry, "stop")
+        proxy.blackhole()
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            stuck = hold_every_thread(registry, client, repo, digest, pool)
+            mark = registry.log_mark()
+            began = time.monotonic()
+            assert registry.stop(timeout=30) == -signal.SIGTERM  # twistd's own end on SIGTERM, not a SIGKILL
+            took = time.monotonic() - began
+            for pulled in stuck:  # cut after the drain: an error, never a hang
+                try:
+                    resp = pulled.result()
+                except requests.RequestException:
+                    continue
+                assert resp.status_code == 503, describe(resp)
+        # the drain (2 s), the S3 threads' grace (2 s), the start of the process's exit
+        assert took < drain + 8, took
+        registry.wait_for_log(r"2 call\(s\) of the izreg-s3 pool still waiting after 2 s: left behind", mark)

@@ -1,17 +1,21 @@
 """
 The bounded wait for a thread (L{izreg.service.backends.bounded_runner}) on a
-Clock, with a pool whose threads the test frees one call at a time; and the S3
-pool's refusal as the client sees it. On a real server
+Clock, with a pool whose threads the test frees one call at a time; the S3
+pool's refusal as the client sees it; and L{DetachedPool}'s stop, which leaves
+a stuck thread behind instead of joining it (real threads). On a real server
 with a bucket that does not answer: tests/e2e/test_s3_queue.py.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from twisted.internet.task import Clock
 
 from izreg.core.errors import ErrorCode
-from izreg.service.backends import CallQueue, bounded_runner
+from izreg.service.backends import CallQueue, DetachedPool, bounded_runner
 from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import StorageBusy
 
@@ -106,3 +110,35 @@ def test_the_client_gets_a_503_with_retry_after():
     error = storage_error(s3_busy(10))
     assert error is not None and error.code is ErrorCode.UNAVAILABLE
     assert error.headers == {"Retry-After": "1"} and error.detail == {"reason": "storage backend busy"}
+
+
+def test_stop_leaves_a_stuck_thread_behind_after_its_grace():
+    pool = DetachedPool(0, 2, "test-s3", grace=0.3)
+    pool.start()
+    release, started, done = threading.Event(), threading.Event(), []
+    pool.callInThread(lambda: (started.set(), release.wait(60)))
+    pool.callInThread(done.append, "quick")
+    assert started.wait(10)
+    began = time.monotonic()
+    left = pool.stop()
+    took = time.monotonic() - began
+    try:
+        # Twisted's ThreadPool.stop joined every thread: it waited as long as the stuck call (60 s here)
+        assert 0.25 < took < 5, took
+        assert len(left) == 1 and left[0].daemon and left[0].is_alive()  # the interpreter will not wait for it
+        assert done == ["quick"]
+    finally:
+        release.set()
+    left[0].join(10)
+    assert not left[0].is_alive()
+
+
+def test_stop_returns_at_once_when_no_call_is_in_flight():
+    pool = DetachedPool(0, 2, "test-s3", grace=30)
+    pool.start()
+    ran = threading.Event()
+    pool.callInThread(ran.set)
+    assert ran.wait(10)
+    began = time.monotonic()
+    assert pool.stop() == []
+    assert time.monotonic() - began < 5
