@@ -68,7 +68,9 @@ class Config:
     s3_redirect: bool = False
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
-    s3_read_timeout: int = 300
+    # seconds an S3 call waits for the bucket's next bytes (botocore's default): a silently dead connection
+    # holds an S3 thread this long per attempt (5), while a healthy S3 keeps even a long copy talking
+    s3_read_timeout: int = 60
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
