@@ -200,12 +200,15 @@ def _not_found(e: Exception) -> bool:
 
 
 def _s3(f):
-    """Run an S3 call; botocore's failures become L{StorageError} (a 503 for the client)."""
+    """
+    Run an S3 call; botocore's failures become L{StorageError} (a 503 for the client). izreg's own
+    L{FileNotFoundError} (an object not there: L{S3Reader.begin}'s 404) passes as it is.
+    """
 
     def call(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except (StorageError, DigestMismatch):
+        except (StorageError, DigestMismatch, FileNotFoundError):
             raise
         except Exception as e:
             raise StorageError(f"S3: {_describe(e)}") from e
