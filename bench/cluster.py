@@ -142,11 +142,6 @@ def _seed(node: Izreg) -> tuple[str, str]:
     return f"/v2/{node.repo}/manifests/v0", f"/v2/{node.repo}/blobs/{layer.digest}"
 
 
-def _s3_toml(moto: Moto) -> str:
-    return (f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "bench"\nendpoint_url = "{moto.url}"\n'
-            'region = "us-east-1"\n')
-
-
 def _pg_nodes(workdir: str, venv: str, pg: PostgresServer, config: str, count: int, started: list[Server],
               prefix: str) -> list[Node]:
     """
@@ -173,7 +168,7 @@ def _pg_nodes(workdir: str, venv: str, pg: PostgresServer, config: str, count: i
 
 def _run_setups(workdir: str, venv: str, q: dict, pg: PostgresServer, moto: Moto, log) -> dict:
     r: dict = {}
-    s3 = _s3_toml(moto)
+    s3 = moto.config_toml()
     accept = {"Accept": OCI_MANIFEST}
     started: list[Server] = []
 
@@ -333,7 +328,7 @@ def run_cluster_soak(workdir: str, venv: str, seconds: float, clients: int, log,
     with _backends(workdir, venv, "cluster-soak") as (pg, moto):
         started: list[Server] = []
         try:
-            nodes = _pg_nodes(workdir, venv, pg, _s3_toml(moto) + SOAK_CONFIG, count, started, "soak-node")
+            nodes = _pg_nodes(workdir, venv, pg, moto.config_toml() + SOAK_CONFIG, count, started, "soak-node")
             where = os.path.join(workdir, "soak-haproxy")
             os.makedirs(where)
             proxy = Balanced(where, nodes)
