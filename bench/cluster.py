@@ -36,7 +36,7 @@ import tempfile
 from typing import Iterator
 
 from bench.client import load, push_small, put_manifest
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, _status, cpu_seconds
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, _status, cpu_seconds, mib
 from bench.modes import SOAK_CONFIG, run_soak, soak_curve, soak_method, soak_operations, soak_ratio_line, soak_title
 from bench.s3 import CREDENTIALS, Moto
 from bench.servers import Izreg, Server
@@ -374,9 +374,6 @@ def report_cluster_soak(soak: dict, command: str) -> list[str]:
         L += soak_ratio_line(w[name], "rss", what)
         if values:
             L[-1] += f"; {values[0] / MiB:.1f} MiB at the first sample, {values[-1] / MiB:.1f} MiB at the last"
-
-    def mib(value: int | None) -> str:
-        return "–" if value is None else f"{value / MiB:.1f}"
 
     def row(i: int) -> str:
         return " | ".join([*(mib(w[f"node {n}"]["rss"][i]) for n in range(1, count + 1)),
