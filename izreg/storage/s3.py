@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_contract, tests.storage.test_s3_start, tests.e2e.test_s3 -*-
+# -*- test-case-name: tests.storage.test_contract,tests.storage.test_s3_start,tests.e2e.test_s3 -*-
 """
 Blobs and upload sessions in an S3-compatible bucket (AWS S3, MinIO, Ceph
 RGW, GCS's S3 API, moto), through boto3: the reference client, with SigV4,
