@@ -103,10 +103,12 @@ def probe_writable(directories: list[str]) -> str | None:
         try:
             fd, path = tempfile.mkstemp(prefix=".izreg-probe-", dir=directory)
             try:
-                os.write(fd, b"ok")
+                try:
+                    os.write(fd, b"ok")
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-            os.unlink(path)
+                os.unlink(path)  # also when the write failed (a full disk): else one more file every /readyz
         except OSError as e:
             return f"{directory} is not writable: {e.strerror}"
     return None

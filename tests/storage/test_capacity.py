@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
 import pytest
 
 from izreg.storage.capacity import DiskFloor, Floor, parse_floor, probe_writable
+from tests.helpers.server import REPO_ROOT
 
 
 @pytest.mark.parametrize("text, floor", [
@@ -61,4 +64,20 @@ def test_write_probes_at_once_do_not_remove_each_others_file(tmp_path):
     for thread in threads:
         thread.join()
     assert failures == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_write_probe_that_cannot_write_leaves_no_file(tmp_path):
+    # a full disk: mkstemp makes the file, the write fails (ENOSPC) and the file stayed, one more on
+    # every /readyz (anyone's: 300 requests, 300 files). Here the write fails for a file size limit of 0
+    # (EFBIG), in a process of its own.
+    code = ("import resource, signal, sys\n"
+            "from izreg.storage.capacity import probe_writable\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+            "print(probe_writable(sys.argv[1:]))\n")
+    probe = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                           cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert probe.returncode == 0, probe.stderr
+    assert "is not writable: File too large" in probe.stdout
     assert os.listdir(tmp_path) == []
