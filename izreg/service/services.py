@@ -319,8 +319,7 @@ class RegistryService(service.MultiService):
     def _probe(self, root: str):
         """The readiness probe: can the data directories be written (in the I/O pool)."""
         def probe():
-            names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
-            return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
+            return self._run_io(probe_writable, root, ("uploads", "blobs"))
 
         return probe
 
