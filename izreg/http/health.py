@@ -139,14 +139,14 @@ class CachedCheck:
         self._at: float | None = None
         self._started = 0.0  # when the call in flight began
         #: the callers waiting for the call in flight, or C{None} when none is
-        self._waiting: list[Deferred] | None = None
+        self._waiting: set[Deferred] | None = None
 
     def __call__(self) -> Deferred:
         now = self.reactor.seconds()
         if self._at is not None and now - self._at < self.ttl:
             return defer.succeed(self.outcome)
         if self._waiting is None:
-            self._waiting, self._started = [], now
+            self._waiting, self._started = set(), now
             self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
                 self._done)
         if self._at is not None and now - self._started < self.timeout:
@@ -154,15 +154,19 @@ class CachedCheck:
             # busy node, whose call waits behind theirs in the I/O pool, does not make it unready)
             return defer.succeed(self.outcome)
         answer: Deferred = Deferred()
-        self._waiting.append(answer)
-        return answer.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._late)
+        self._waiting.add(answer)
+        return answer.addTimeout(self.timeout, self.reactor,
+                                 onTimeoutCancel=lambda _, timeout: self._late(answer, timeout))
 
-    def _late(self, result, timeout: float) -> str:
+    def _late(self, answer: Deferred, timeout: float) -> str:
+        if self._waiting is not None:
+            # answered: not kept until the call ends, which may be never (an endpoint trickling its answer)
+            self._waiting.discard(answer)
         return self._keep(f"the {self.what} did not answer within {timeout:g} s")
 
     def _done(self, outcome: str | None) -> None:
         self._keep(outcome)
-        waiting, self._waiting = self._waiting or [], None
+        waiting, self._waiting = self._waiting or set(), None
         for answer in waiting:
             if not answer.called:  # else answered by its timeout
                 answer.callback(outcome)

@@ -121,3 +121,19 @@ def test_readyz_at_once_shares_one_write_probe():
     probes.calls[1].errback(OSError("gone"))
     assert third.result["data_dir"] == {"ok": False, "error": "write probe failed: gone"}
     assert readiness.unwritable == "write probe failed: gone"
+
+
+def test_callers_of_a_call_that_never_ends_are_not_kept():
+    # a bucket HEAD that never ends (an endpoint that trickles its answer: each read within the read
+    # timeout): every /readyz past the ttl waited, timed out, and stayed in the waiting list until the
+    # call ended, anyone's storm of /readyz growing the process's memory the whole time
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    for _ in range(100):
+        storm = [check() for _ in range(50)]
+        clock.advance(4)
+        assert all(answer.called for answer in storm)
+    assert len(probes.calls) == 1
+    assert len(check._waiting) <= 50
+    probes.calls[0].callback(None)
+    assert check().result is None
