@@ -214,12 +214,12 @@ class Index(LmdbStore):
         The first manifests of the repository (by digest) that name blob C{d}, only for a refusal: a walk
         in the one writer (every account's pushes wait for it), so it stops after L{NAMING_WALK} manifests
         or L{NAMING_WALK_BYTES} of them (a repository of 200 manifests of 4 MiB naming 20,000 blobs each
-        held the writer 6-8 s per refused delete), and parses only a manifest whose meta has C{d}.
+        held the writer 6-8 s per refused delete), and parses only a manifest whose record has C{d}.
         """
         start, needle = prefix(name), d.encode()
         found, budget = [], NAMING_WALK_BYTES
         for k, v in itertools.islice(_scan(txn, self._db[schema.MANIFESTS], start), NAMING_WALK):
-            if v.find(needle, 0, v.find(schema.SEP)) >= 0 and d in manifest_blobs(*split_manifest(v)):
+            if needle in v and d in manifest_blobs(*split_manifest(v)):  # a record that names it has its digest
                 found.append(k[len(start):].decode())
                 if len(found) == REFERENCING_SHOWN:
                     break
