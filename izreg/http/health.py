@@ -14,7 +14,8 @@ Pulls go on.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+import inspect
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -39,10 +40,10 @@ class Readiness:
 
     log = Logger()
 
-    def __init__(self, index_error: Callable[[], str | None],
+    def __init__(self, index_error: Callable[[], str | None | Deferred],
                  probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
                  more: dict[str, Callable[[], Deferred]] | None = None) -> None:
-        self.index_error = index_error
+        self.index_error = shared(index_error)  # with PostgreSQL a ping in a database thread: one at a time too
         self.probe_writable = shared(probe_writable)  # a storm of /readyz is one write probe at a time
         self.disk = disk
         self.more = more or {}
@@ -52,9 +53,7 @@ class Readiness:
         """Run every check; remember the write probe's outcome for the push gate."""
         checks: dict[str, dict] = {}
         more = {name: check() for name, check in self.more.items()}  # under way while the others run
-        index = self.index_error()
-        if isinstance(index, Deferred):  # a database round trip (izreg.service.backends)
-            index = await index
+        index = await self.index_error()  # a database round trip (izreg.service.backends), or at once
         checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
         try:
             unwritable = await self.probe_writable()
@@ -91,10 +90,10 @@ class Readiness:
                              headers={"Retry-After": str(RETRY_AFTER)})
 
 
-def shared(call: Callable[[], Awaitable]) -> Callable[[], Deferred]:
+def shared(call: Callable[[], Any]) -> Callable[[], Deferred]:
     """
-    C{call} (a coroutine function or one returning a Deferred) run one at a time: those who ask while
-    it runs get the outcome of the run in flight, not a run of their own.
+    C{call} (a coroutine function, one returning a Deferred, or a plain value) run one at a time: those
+    who ask while it runs get the outcome of the run in flight, not a run of their own.
     """
     waiting: list[Deferred] | None = None
 
@@ -117,8 +116,9 @@ def shared(call: Callable[[], Awaitable]) -> Callable[[], Deferred]:
     return run
 
 
-async def _awaited(call: Callable[[], Awaitable]):
-    return await call()
+async def _awaited(call: Callable[[], Any]):
+    outcome = call()
+    return await outcome if isinstance(outcome, Deferred) or inspect.isawaitable(outcome) else outcome
 
 
 class CachedCheck:
