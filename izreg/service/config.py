@@ -118,6 +118,8 @@ class Config:
     metadata_keepalives_idle: int = 30
     metadata_keepalives_interval: int = 10
     metadata_keepalives_count: int = 3
+    # [metadata] seconds a database call may take before its connection is dropped (a frozen or cut-off server)
+    metadata_query_timeout: int = 30
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -238,6 +240,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("metadata", "keepalives_idle"): ("metadata_keepalives_idle", int),
     ("metadata", "keepalives_interval"): ("metadata_keepalives_interval", int),
     ("metadata", "keepalives_count"): ("metadata_keepalives_count", int),
+    ("metadata", "query_timeout"): ("metadata_query_timeout", int),
 }
 
 LOG_FORMATS = ("text", "json")
@@ -277,6 +280,10 @@ def _check_metadata(config: Config) -> None:
         raise ConfigError("metadata.pool_size must be at least 1")
     if min(config.metadata_keepalives_idle, config.metadata_keepalives_interval, config.metadata_keepalives_count) < 1:
         raise ConfigError("metadata.keepalives_idle, keepalives_interval and keepalives_count must be at least 1")
+    query, statement = config.metadata_query_timeout, config.metadata_statement_timeout
+    if query and statement and query <= statement:
+        raise ConfigError(f"metadata.query_timeout must be 0 (no limit) or more than statement_timeout ({statement} s),"
+                          f" not {query}: the server's own timeout, which keeps the connection, must come first")
     if config.metadata_backend == "postgresql":
         if not (config.metadata_dsn or os.environ.get(ENV_DATABASE_URL)):
             raise ConfigError(f"metadata.backend = \"postgresql\" needs metadata.dsn or ${ENV_DATABASE_URL}")
