@@ -230,7 +230,8 @@ class RegistryService(service.MultiService):
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs))
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                                run_read=backend.run_read, on_device=self.on_device)
+                                                run_read=backend.run_read, on_device=self.on_device,
+                                                realm=config.token_realm)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
             if config.storage_backend == "s3":
