@@ -43,7 +43,7 @@ class Readiness:
                  probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
                  more: dict[str, Callable[[], Deferred]] | None = None) -> None:
         self.index_error = index_error
-        self.probe_writable = probe_writable
+        self.probe_writable = shared(probe_writable)  # a storm of /readyz is one write probe at a time
         self.disk = disk
         self.more = more or {}
         self.unwritable: str | None = None
@@ -89,6 +89,36 @@ class Readiness:
             return None
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": reason}, "the registry cannot take pushes now: " + reason,
                              headers={"Retry-After": str(RETRY_AFTER)})
+
+
+def shared(call: Callable[[], Awaitable]) -> Callable[[], Deferred]:
+    """
+    C{call} (a coroutine function or one returning a Deferred) run one at a time: those who ask while
+    it runs get the outcome of the run in flight, not a run of their own.
+    """
+    waiting: list[Deferred] | None = None
+
+    def done(outcome) -> None:
+        nonlocal waiting
+        answers, waiting = waiting or [], None
+        for answer in answers:
+            answer.callback(outcome)  # a Failure is each one's error
+
+    def run() -> Deferred:
+        nonlocal waiting
+        answer: Deferred = Deferred()
+        if waiting is None:
+            waiting = [answer]
+            defer.ensureDeferred(_awaited(call)).addBoth(done)
+        else:
+            waiting.append(answer)
+        return answer
+
+    return run
+
+
+async def _awaited(call: Callable[[], Awaitable]):
+    return await call()
 
 
 class CachedCheck:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -95,11 +96,12 @@ def probe_writable(directories: list[str]) -> str | None:
     it in a thread). C{None} when all are writable, else why not (one line).
     A permission bit is not enough: root ignores it, a read-only mount or an
     immutable directory does not.
+    A file of its own each call (C{mkstemp}: a new name, C{O_EXCL}): two probes at once, in two
+    threads, must not remove each other's.
     """
     for directory in directories:
-        path = os.path.join(directory, f".izreg-probe-{os.getpid()}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, path = tempfile.mkstemp(prefix=".izreg-probe-", dir=directory)
             try:
                 os.write(fd, b"ok")
             finally:

@@ -8,7 +8,7 @@ and PostgreSQL: tests/e2e/test_backend_metrics.py.)
 from __future__ import annotations
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
 from izreg.http.health import CachedCheck
@@ -103,3 +103,21 @@ def test_a_probe_that_raises_fails_the_check():
     answer = check()
     probes.calls[0].errback(RuntimeError("thread pool stopped"))
     assert answer.result == "the S3 bucket check failed: thread pool stopped"
+
+
+def test_readyz_at_once_shares_one_write_probe():
+    from izreg.http.health import Readiness
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    probes = Probes()
+    readiness = Readiness(lambda: None, probes, DiskFloor("/", parse_floor("0")))
+    first, second = ensureDeferred(readiness.refresh()), ensureDeferred(readiness.refresh())
+    assert len(probes.calls) == 1  # the second waits for the probe in flight
+    probes.calls[0].callback("/data is not writable: Read-only file system")
+    for refresh in (first, second):
+        assert refresh.result["data_dir"] == {"ok": False, "error": "/data is not writable: Read-only file system"}
+    third = ensureDeferred(readiness.refresh())  # the next one, a probe of its own
+    assert len(probes.calls) == 2
+    probes.calls[1].errback(OSError("gone"))
+    assert third.result["data_dir"] == {"ok": False, "error": "write probe failed: gone"}
+    assert readiness.unwritable == "write probe failed: gone"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -44,3 +45,20 @@ def test_the_write_probe(tmp_path):
     assert os.listdir(tmp_path) == []
     missing = str(tmp_path / "gone")
     assert probe_writable([str(tmp_path), missing]).startswith(f"{missing} is not writable")
+
+
+def test_write_probes_at_once_do_not_remove_each_others_file(tmp_path):
+    # /readyz in a storm runs probes in several I/O threads: one fixed name per process let one
+    # probe unlink the file of another, whose own unlink then failed (ENOENT: "not writable")
+    failures: list[str] = []
+
+    def probes() -> None:
+        failures.extend(e for e in (probe_writable([str(tmp_path)]) for _ in range(300)) if e)
+
+    threads = [threading.Thread(target=probes) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert os.listdir(tmp_path) == []
