@@ -356,6 +356,7 @@ class _Watchdog:
         self._watches: dict[int, _Watch] = {}  # by id of the connection
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._wakes_at = 0.0  # when the thread wakes next (monotonic)
 
     def watch(self, conn: psycopg.Connection, deadline: float) -> _Watch:
         watch = _Watch(conn, deadline)
@@ -364,8 +365,8 @@ class _Watchdog:
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._loop, name="izreg-pg-watchdog", daemon=True)
                 self._thread.start()
-            elif len(self._watches) == 1:
-                self._cond.notify()  # it waits for no deadline
+            elif deadline < self._wakes_at:
+                self._cond.notify()  # it sleeps past this deadline (a shorter bound: the readiness ping's)
         return watch
 
     def extend(self, conn: psycopg.Connection, deadline: float) -> None:
@@ -398,8 +399,8 @@ class _Watchdog:
                         del self._watches[id(watch.conn)]
                         watch.fired = True
                         _cut(watch.conn)
-                wait = min((w.deadline for w in self._watches.values()), default=now + 3600) - now
-                self._cond.wait(max(wait, 0.01))
+                self._wakes_at = min((w.deadline for w in self._watches.values()), default=now + 3600)
+                self._cond.wait(max(self._wakes_at - now, 0.01))
 
 
 def _cut(conn: psycopg.Connection) -> None:

@@ -193,9 +193,6 @@ def test_a_frozen_backend_is_a_503_within_query_timeout_and_new_connections_serv
             wait_until(lambda: client.get_manifest(repo, "v1").status_code == 200,
                        what="served by new connections", timeout=8 * QUERY_TIMEOUT)
             assert expect(client.get_manifest(repo, "v1"), 200).content == manifest
-        still = {pid for (pid,) in admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'izreg'", (name,))}
-    assert still  # the node's connections: a node's pool never empty for long
 
 
 def test_a_frozen_server_is_a_503_within_query_timeout_and_serves_when_it_resumes(node, postgres_server):

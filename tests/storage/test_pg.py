@@ -341,3 +341,28 @@ def test_tcp_user_timeout_and_connect_timeout_follow_query_timeout(pg_db):
         assert (params["tcp_user_timeout"], params["connect_timeout"]) == ("7000", "7")
     finally:
         db.close()
+
+
+def test_a_shorter_bound_is_kept_while_a_longer_one_is_watched(pg_db):
+    # the readiness ping's bound (twice its wait) while a request's call (query_timeout) was already
+    # watched: the watchdog slept until the request's deadline, and /readyz hung as long
+    from tests.helpers.postgres import frozen
+    from tests.helpers.wait import wait_until
+
+    db = pg.Database(pg_db.dsn, max_size=2, statement_timeout=1, query_timeout=30)
+    try:
+        with db.connection() as a, db.connection() as b:  # the pool's two connections
+            pids = [a.info.backend_pid, b.info.backend_pid]
+        outcome = []
+        with frozen(pids):
+            slow = threading.Thread(target=lambda: outcome.append(db.run(lambda cur: cur.execute("SELECT 1"))))
+            slow.start()
+            wait_until(lambda: len(db._watchdog._watches) == 1, what="the long call watched", timeout=10)
+            started = time.monotonic()
+            with pytest.raises(pg.DatabaseNoAnswer, match="within 2 s"):
+                db.ping(1.0)
+            assert time.monotonic() - started < 4.0
+        slow.join(30)
+        assert outcome and not slow.is_alive()  # its backend continued in time: it was answered
+    finally:
+        db.close()
