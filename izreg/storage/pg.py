@@ -165,9 +165,13 @@ class Database:
         In a transaction that legitimately runs long (a garbage-collection scan): its statements get
         L{long_timeout}, and the call L{long_timeout} + L{query_timeout} from now.
         """
-        if self.query_timeout > 0:
-            self._watchdog.extend(cur.connection, time.monotonic() + self.long_timeout + self.query_timeout)
+        self._allow_long_call(cur.connection)
         cur.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(self.long_timeout),))
+
+    def _allow_long_call(self, conn: psycopg.Connection) -> None:
+        """The call on C{conn} may run L{long_timeout} + L{query_timeout} from now."""
+        if self.query_timeout > 0:
+            self._watchdog.extend(conn, time.monotonic() + self.long_timeout + self.query_timeout)
 
     def close(self) -> None:
         self.pool.close()
@@ -289,6 +293,7 @@ class Database:
             raise SchemaError(f"the database has schema version {max(newer)}, unknown to this izreg:"
                               " upgrade izreg on this node")
         with self.connection() as conn:
+            self._allow_long_call(conn)  # it may wait for another node's upgrade, then migrate
             # a session lock taken before the migrations' transactions begin, so each of them
             # starts after another node's upgrade committed and sees its tables
             conn.execute("SELECT pg_advisory_lock(%s)", (UPGRADE_LOCK,))

@@ -366,3 +366,20 @@ def test_a_shorter_bound_is_kept_while_a_longer_one_is_watched(pg_db):
         assert outcome and not slow.is_alive()  # its backend continued in time: it was answered
     finally:
         db.close()
+
+
+def test_an_upgrade_waiting_for_another_nodes_upgrade_is_not_cut_at_query_timeout(pg_dsn):
+    # `izreg db upgrade` on two nodes at once: the second waits on the advisory lock, as long as the first takes
+    db = pg.Database(pg_dsn, max_size=1, statement_timeout=10, lock_timeout=0, query_timeout=1.5, long_timeout=10)
+    holder = psycopg.connect(pg_dsn, autocommit=True)
+    release = threading.Timer(2.5, holder.execute, ("SELECT pg_advisory_unlock(%s)", (pg.UPGRADE_LOCK,)))
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (pg.UPGRADE_LOCK,))
+        release.start()
+        started = time.monotonic()
+        assert db.upgrade() == (0, pg.latest_version())
+        assert time.monotonic() - started >= 2.5
+    finally:
+        release.cancel()
+        holder.close()
+        db.close()
