@@ -111,7 +111,7 @@ async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_
     from twisted.internet import reactor
     from twisted.python.threadpool import ThreadPool
 
-    from izreg.service.backends import CallQueue, _bounded_runner
+    from izreg.service.backends import CallQueue, bounded_runner
     from izreg.storage.pg import DatabaseUnavailable
 
     pool = ThreadPool(1, 1, "test-db")
@@ -119,7 +119,7 @@ async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_
     release, ran = threading.Event(), []
     try:
         queue = CallQueue()  # what the pool's metrics read (waiting, and given up)
-        run = _bounded_runner(reactor, pool, 0.2, queue)
+        run = bounded_runner(reactor, pool, 0.2, queue)
         blocked = run(release.wait, 60)
         late = run(ran.append, "late")
         assert queue.waiting == 2 or (queue.waiting == 1 and not ran)  # the first may be on its thread already
