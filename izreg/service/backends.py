@@ -340,7 +340,7 @@ def open_database(config: Config, max_size: int | None = None, command: bool = F
     A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable.
     The server gets C{metadata.statement_timeout} and C{lock_timeout}; the ``izreg`` command
     (C{command}; connections named "izreg-cli") C{metadata.long_statement_timeout} and no lock
-    timeout: its scans may run long.
+    timeout: its scans may run long (and its calls C{long_statement_timeout} + C{query_timeout}).
     """
     from izreg.storage.pg import Database, DatabaseUnavailable, dsn_from
 
@@ -355,7 +355,9 @@ def open_database(config: Config, max_size: int | None = None, command: bool = F
                         lock_timeout=0 if command else config.metadata_lock_timeout,
                         long_timeout=config.metadata_long_statement_timeout,
                         keepalives=(config.metadata_keepalives_idle, config.metadata_keepalives_interval,
-                                    config.metadata_keepalives_count))
+                                    config.metadata_keepalives_count),
+                        query_timeout=(config.metadata_long_statement_timeout + config.metadata_query_timeout
+                                       if command and config.metadata_query_timeout else config.metadata_query_timeout))
     except DatabaseUnavailable as e:
         raise BackendError(str(e)) from None
 

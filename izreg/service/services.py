@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.service.test_tap -*-
+# -*- test-case-name: tests.service.test_tap,tests.e2e.test_drain,tests.e2e.test_backend_metrics -*-
 """
 The storage lifecycle and the composition root: LMDB and the thread pools
 are opened in C{startService} (after twistd has forked: LMDB must never
@@ -233,7 +233,8 @@ class RegistryService(service.MultiService):
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs))
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                                run_read=backend.run_read, on_device=self.on_device)
+                                                run_read=backend.run_read, on_device=self.on_device,
+                                                realm=config.token_realm)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
             if config.storage_backend == "s3":
@@ -329,8 +330,7 @@ class RegistryService(service.MultiService):
     def _probe(self, root: str):
         """The readiness probe: can the data directories be written (in the I/O pool)."""
         def probe():
-            names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
-            return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
+            return self._run_io(probe_writable, root, ("uploads", "blobs"))
 
         return probe
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_index -*-
+# -*- test-case-name: tests.storage.test_index,tests.storage.test_pgindex -*-
 """
 The metadata index on PostgreSQL: the twin of L{izreg.storage.lmdbindex.Index}
 (same methods, results and exceptions; L{IMetadataIndex}), shared by several
@@ -108,6 +108,11 @@ SELECT r.name, r.created, r.pushed,
         ORDER BY mb.blob) b)
 FROM repos r WHERE r.name = ANY(%(names)s) ORDER BY r.name
 """
+
+
+#: the first manifests (by digest) of a repository that name a blob (a refused blob delete): the index
+#: (repo, blob, manifest) of 0005 gives them at once
+NAMING = "SELECT manifest FROM manifest_blobs WHERE repo = %s AND blob = %s ORDER BY manifest LIMIT %s"
 
 
 def _stats_row(row) -> dict:
@@ -291,8 +296,7 @@ class PgIndex:
         def f(cur):
             _lock(cur, repos=[name])  # a manifest put takes it too: none lands between the check and the delete
             d = str(digest)
-            cur.execute("SELECT manifest FROM manifest_blobs WHERE repo = %s AND blob = %s ORDER BY manifest LIMIT %s",
-                        (name, d, REFERENCING_SHOWN))
+            cur.execute(NAMING, (name, d, REFERENCING_SHOWN))
             naming = [m for (m,) in cur.fetchall()]
             cur.execute("DELETE FROM links WHERE repo = %s AND digest = %s", (name, d))
             if cur.rowcount == 0:

@@ -36,6 +36,7 @@ def test_defaults_are_lmdb(tmp_path):
     ('[metadata]\nbackend = "postgresql"\ndsn = "db.example.net"\n', "postgresql:// URL"),
     ('[metadata]\nbackend = "postgresql"\ndsn = "postgresql://x@y/z"\npool_size = 0\n', "pool_size must be at least 1"),
     ('[metadata]\ndsn = "postgresql://x@y/z"\n', 'backend is "lmdb"'),
+    ('[metadata]\nquery_timeout = 5\n', "query_timeout must be 0 (no limit) or more than statement_timeout (5 s), not 5"),
 ])
 def test_bad_metadata_config_is_one_line(tmp_path, monkeypatch, text, message):
     monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
