@@ -292,20 +292,14 @@ class RegistryService(service.MultiService):
         config = self.config
         if config.storage_backend != "s3":
             return f"blobs on the file system in {root}"
-        from urllib.parse import urlsplit
+        from izreg.storage.s3 import endpoint_host
 
-        where = ""
-        if config.s3_endpoint_url:  # its host and port only: a URL may carry user:password@
-            url = urlsplit(config.s3_endpoint_url)
-            where = f" at {url.hostname}" + (f":{url.port}" if url.port else "")
-        return f"blobs in S3 bucket {config.s3_bucket}{where}"
+        return f"blobs in S3 bucket {config.s3_bucket}{endpoint_host(config.s3_endpoint_url)}"
 
     def _open_storage(self, root: str):
         """The blob and upload stores of the configured backend (C{[storage] backend})."""
         if self.config.storage_backend == "s3":
-            from izreg.storage.s3 import open_s3
-
-            from izreg.storage.s3 import busy
+            from izreg.storage.s3 import busy, open_s3
 
             # a call waits at most queue_timeout for a thread, then is a 503 (every thread may be stuck on a
             # bucket that does not answer); at stop, threads stuck so are left behind, not waited for

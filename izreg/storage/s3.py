@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ def check_bucket(config):
     cross twistd's fork), for L{open_s3}: one client, one copy of its model.
     """
     client = make_client(config)
-    where = f"S3 bucket {config.s3_bucket!r}" + (f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else "")
+    where = f"S3 bucket {config.s3_bucket!r}" + endpoint_host(config.s3_endpoint_url)
     try:
         client.head_bucket(Bucket=config.s3_bucket)
     except Exception as e:  # botocore's errors: no credentials, connection refused, 403, 404...
@@ -135,6 +136,16 @@ def check_bucket(config):
     finally:
         client.close()
     return client
+
+
+def endpoint_host(url: str | None) -> str:
+    """C{" at HOST[:PORT]"} of an endpoint URL, for a log line (a URL may carry user:password@), or ""."""
+    if not url:
+        return ""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f" at {parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def bucket_error(client, bucket: str) -> str | None:
@@ -190,7 +201,12 @@ def _describe(e: Exception) -> str:
         if str(code) in ("403", "AccessDenied"):
             return "access denied (check the credentials and the bucket policy)"
         return f"{code} {error.get('Message', '')}".strip()
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    # botocore's own line may quote the endpoint URL whole: its user:password@, if any, left out
+    return _USERINFO.sub("//", str(e).splitlines()[0]) if str(e) else type(e).__name__
+
+
+#: the user:password@ of a URL in a message
+_USERINFO = re.compile(r"//[^/@\s\"']*@")
 
 
 def _not_found(e: Exception) -> bool:

@@ -6,6 +6,7 @@ only botocore's own words.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -44,7 +45,7 @@ def test_missing_credentials_say_where_to_set_them(no_aws_credentials, closed_po
     with pytest.raises(StorageError) as raised:
         check_bucket(_config(closed_port))
     assert str(raised.value) == (
-        f"S3 bucket 'izreg-blobs' at http://127.0.0.1:{closed_port} is not reachable: no credentials: set"
+        f"S3 bucket 'izreg-blobs' at 127.0.0.1:{closed_port} is not reachable: no credentials: set"
         " [storage.s3] access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the"
         " server's environment (or ~/.aws/credentials, an instance role)")
 
@@ -56,3 +57,15 @@ def test_with_credentials_the_next_failure_is_said_instead(no_aws_credentials, c
     message = str(raised.value)
     assert "no credentials" not in message and "secret" not in message
     assert "Could not connect" in message, message
+
+
+def test_the_start_message_names_no_credentials_of_the_endpoint_url(closed_port):
+    # botocore's own message quotes the URL whole; the start line named it whole too
+    config = dataclasses.replace(_config(closed_port, s3_access_key_id="AKIAEXAMPLE", s3_secret_access_key="secret"),
+                                 s3_endpoint_url=f"http://minio:sekrit@127.0.0.1:{closed_port}")
+    with pytest.raises(StorageError) as raised:
+        check_bucket(config)
+    message = str(raised.value)
+    assert message.startswith(f"S3 bucket 'izreg-blobs' at 127.0.0.1:{closed_port} is not reachable: ")
+    assert "sekrit" not in message and "minio" not in message, message
+    assert f'"http://127.0.0.1:{closed_port}/izreg-blobs"' in message  # where it tried, less the credentials
