@@ -75,8 +75,10 @@ class AccessGuard:
 
     def __init__(self, authenticator: Authenticator, devices: DeviceVerifier | None, now: Callable[[], float],
                  run_read: Callable[..., object] = inline,
-                 on_device: Callable[[object, str, str], None] | None = None) -> None:
+                 on_device: Callable[[object, str, str], None] | None = None, realm: str | None = None) -> None:
         self.authenticator = authenticator
+        #: the token endpoint's URL as configured (C{[auth] token_realm}); None: from the request (L{token_realm})
+        self.realm = realm
         self.devices = devices
         self.now = now
         self.run_read = run_read
@@ -90,7 +92,9 @@ class AccessGuard:
         self.refusals = RefusalLog(self.log, "device certificates")
 
     def _realm(self, request) -> str | None:
-        return token_realm(request) if self.authenticator.token_service else None
+        if not self.authenticator.token_service:
+            return None
+        return self.realm or token_realm(request)
 
     def principal(self, request, scopes: tuple[str, ...] = ()) -> Principal | Deferred:
         """The request's caller (authenticated once per request); a Deferred of it while the store is read."""

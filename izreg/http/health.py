@@ -14,7 +14,8 @@ Pulls go on.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+import inspect
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -39,11 +40,11 @@ class Readiness:
 
     log = Logger()
 
-    def __init__(self, index_error: Callable[[], str | None],
+    def __init__(self, index_error: Callable[[], str | None | Deferred],
                  probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
                  more: dict[str, Callable[[], Deferred]] | None = None) -> None:
-        self.index_error = index_error
-        self.probe_writable = probe_writable
+        self.index_error = shared(index_error)  # with PostgreSQL a ping in a database thread: one at a time too
+        self.probe_writable = shared(probe_writable)  # a storm of /readyz is one write probe at a time
         self.disk = disk
         self.more = more or {}
         self.unwritable: str | None = None
@@ -52,9 +53,7 @@ class Readiness:
         """Run every check; remember the write probe's outcome for the push gate."""
         checks: dict[str, dict] = {}
         more = {name: check() for name, check in self.more.items()}  # under way while the others run
-        index = self.index_error()
-        if isinstance(index, Deferred):  # a database round trip (izreg.service.backends)
-            index = await index
+        index = await self.index_error()  # a database round trip (izreg.service.backends), or at once
         checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
         try:
             unwritable = await self.probe_writable()
@@ -91,6 +90,37 @@ class Readiness:
                              headers={"Retry-After": str(RETRY_AFTER)})
 
 
+def shared(call: Callable[[], Any]) -> Callable[[], Deferred]:
+    """
+    C{call} (a coroutine function, one returning a Deferred, or a plain value) run one at a time: those
+    who ask while it runs get the outcome of the run in flight, not a run of their own.
+    """
+    waiting: list[Deferred] | None = None
+
+    def done(outcome) -> None:
+        nonlocal waiting
+        answers, waiting = waiting or [], None
+        for answer in answers:
+            answer.callback(outcome)  # a Failure is each one's error
+
+    def run() -> Deferred:
+        nonlocal waiting
+        answer: Deferred = Deferred()
+        if waiting is None:
+            waiting = [answer]
+            defer.ensureDeferred(_awaited(call)).addBoth(done)
+        else:
+            waiting.append(answer)
+        return answer
+
+    return run
+
+
+async def _awaited(call: Callable[[], Any]):
+    outcome = call()
+    return await outcome if isinstance(outcome, Deferred) or inspect.isawaitable(outcome) else outcome
+
+
 class CachedCheck:
     """
     A readiness check that costs a remote call (the S3 bucket's HEAD): C{probe()} runs it off the
@@ -109,14 +139,14 @@ class CachedCheck:
         self._at: float | None = None
         self._started = 0.0  # when the call in flight began
         #: the callers waiting for the call in flight, or C{None} when none is
-        self._waiting: list[Deferred] | None = None
+        self._waiting: set[Deferred] | None = None
 
     def __call__(self) -> Deferred:
         now = self.reactor.seconds()
         if self._at is not None and now - self._at < self.ttl:
             return defer.succeed(self.outcome)
         if self._waiting is None:
-            self._waiting, self._started = [], now
+            self._waiting, self._started = set(), now
             self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
                 self._done)
         if self._at is not None and now - self._started < self.timeout:
@@ -124,15 +154,19 @@ class CachedCheck:
             # busy node, whose call waits behind theirs in the I/O pool, does not make it unready)
             return defer.succeed(self.outcome)
         answer: Deferred = Deferred()
-        self._waiting.append(answer)
-        return answer.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._late)
+        self._waiting.add(answer)
+        return answer.addTimeout(self.timeout, self.reactor,
+                                 onTimeoutCancel=lambda _, timeout: self._late(answer, timeout))
 
-    def _late(self, result, timeout: float) -> str:
+    def _late(self, answer: Deferred, timeout: float) -> str:
+        if self._waiting is not None:
+            # answered: not kept until the call ends, which may be never (an endpoint trickling its answer)
+            self._waiting.discard(answer)
         return self._keep(f"the {self.what} did not answer within {timeout:g} s")
 
     def _done(self, outcome: str | None) -> None:
         self._keep(outcome)
-        waiting, self._waiting = self._waiting or [], None
+        waiting, self._waiting = self._waiting or set(), None
         for answer in waiting:
             if not answer.called:  # else answered by its timeout
                 answer.callback(outcome)

@@ -14,7 +14,8 @@ it. Labels are fixed sets: an operation izreg does not call is C{other}.
 PostgreSQL: the pool's gauges and counters are read at scrape time from
 psycopg_pool's C{get_stats()} and from the queue of calls waiting for one of
 the database threads (each holds one connection;
-L{izreg.service.backends.CallQueue}), nothing on the calls themselves.
+L{izreg.service.backends.CallQueue}), nothing on the calls themselves; the S3
+threads' likewise from the queue in front of them.
 """
 
 from __future__ import annotations
@@ -98,6 +99,31 @@ def s3_failure(exception: BaseException) -> str:
     if isinstance(exception, (ConnectionError, HTTPClientError, OSError)):
         return "unreachable"
     return "client_error"  # before the request left: no credentials, a request botocore would not send
+
+
+class S3QueueCollector:
+    """
+    The S3 threads and the calls waiting for one (L{izreg.service.backends.CallQueue}), at scrape time:
+    the twin of the PostgreSQL pool's L{PoolCollector}.
+    """
+
+    def __init__(self, queue, threads: int) -> None:
+        self.queue = queue
+        self.threads = threads
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        queue = self.queue
+        for name, value, doc in (
+            ("izreg_s3_threads", self.threads, "Threads calling the S3 bucket (storage.s3.threads)"),
+            ("izreg_s3_threads_busy", queue.running, "S3 threads in a call"),
+            ("izreg_s3_queue_waiting", queue.waiting, "S3 calls waiting for a free S3 thread"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("izreg_s3_queue_rejected", "S3 calls that found no free S3 thread within"
+                                  " storage.s3.queue_timeout: never run, answered 503", value=queue.expired)
 
 
 class PoolCollector:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -88,7 +89,7 @@ class Backend:
             pool.start()
             self._pools.append(pool)
             self.queue = CallQueue()
-            self.run_read = self.run_write = _bounded_runner(reactor, pool, QUEUE_WAIT, self.queue)
+            self.run_read = self.run_write = bounded_runner(reactor, pool, QUEUE_WAIT, self.queue)
             return
         if writer is None:
             writer = ThreadPool(1, 1, "izreg-writer")
@@ -197,20 +198,54 @@ def thread_runner(reactor, pool: ThreadPool) -> Callable[..., defer.Deferred]:
     return run
 
 
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class DetachedPool(ThreadPool):
+    """
+    A thread pool that never holds the process at stop, for calls that may be abandoned midway (S3's:
+    an object is written whole at its content address and recorded in the index only after; an upload
+    acknowledges only the parts the bucket answered): L{stop} waits at most C{grace} seconds for the
+    calls in flight, then leaves behind the threads still in one (a store that does not answer holds
+    them up to its read timeout, per attempt), daemon threads the interpreter does not wait for at exit.
+    Twisted's C{stop} joined every thread: a stuck one held the reactor, and the process, that long.
+    """
+
+    threadFactory = _DaemonThread
+
+    def __init__(self, minthreads: int, maxthreads: int, name: str, grace: float) -> None:
+        super().__init__(minthreads, maxthreads, name)
+        self.grace = grace
+
+    def stop(self) -> list[threading.Thread]:
+        """Stop the threads (each after its call); return those still in a call after C{grace} seconds."""
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        deadline = time.monotonic() + self.grace
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [thread for thread in self.threads if thread.is_alive()]
+
+
 _EXPIRED = object()
 
 
 class CallQueue:
     """
-    The database calls waiting for one of the server's database threads (each
-    holding one pool connection), and those given up after waiting too long
-    (L{QUEUE_WAIT}: answered 503). Updated under a lock by the reactor and the
-    threads; read at scrape time (L{izreg.service.backendmetrics.PoolCollector}).
+    The calls waiting for one of a bounded pool's threads (the server's database threads, each holding
+    one pool connection, or its S3 threads), those running, and those given up after waiting too long
+    (L{QUEUE_WAIT}, C{[storage.s3] queue_timeout}: answered 503). Updated under a lock by the reactor
+    and the threads; read at scrape time (L{izreg.service.backendmetrics}).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.waiting = 0
+        self.running = 0
         self.expired = 0
 
     def queued(self) -> None:
@@ -222,17 +257,27 @@ class CallQueue:
             self.waiting -= 1
             if expired:
                 self.expired += 1
+            else:
+                self.running += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self.running -= 1
 
 
-def _bounded_runner(reactor, pool: ThreadPool, wait: float,
-                    queue: CallQueue | None = None) -> Callable[..., defer.Deferred]:
-    """
-    L{thread_runner} where a call still waiting for a thread after C{wait} seconds
-    fails with L{izreg.storage.pg.DatabaseUnavailable} (a 503) and is never
-    run: a call either runs whole or not at all. C{queue} counts the calls waiting.
-    """
+def _database_busy(wait: float) -> Exception:
     from izreg.storage.pg import DatabaseUnavailable
 
+    return DatabaseUnavailable(f"no database connection free for {wait:g} s")
+
+
+def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | None = None,
+                    refuse: Callable[[float], Exception] = _database_busy) -> Callable[..., defer.Deferred]:
+    """
+    L{thread_runner} where a call still waiting for a thread after C{wait} seconds fails with
+    C{refuse(wait)} (by default L{izreg.storage.pg.DatabaseUnavailable}: a 503) and is never run:
+    a call either runs whole or not at all. C{queue} counts the calls waiting and running.
+    """
     if queue is None:
         queue = CallQueue()
 
@@ -247,7 +292,10 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float,
                     return _EXPIRED
                 taken[0] = True
             queue.taken()
-            return f(*args, **kwargs)
+            try:
+                return f(*args, **kwargs)
+            finally:
+                queue.finished()
 
         def expire():
             with lock:
@@ -255,7 +303,7 @@ def _bounded_runner(reactor, pool: ThreadPool, wait: float,
                     return
                 taken[0] = True
             queue.taken(expired=True)
-            result.errback(DatabaseUnavailable(f"no database connection free for {wait:g} s"))
+            result.errback(refuse(wait))
 
         def done(value):
             if timer.active():
@@ -292,7 +340,7 @@ def open_database(config: Config, max_size: int | None = None, command: bool = F
     A L{izreg.storage.pg.Database} on C{config}'s DSN (not checked); L{BackendError} if unreachable.
     The server gets C{metadata.statement_timeout} and C{lock_timeout}; the ``izreg`` command
     (C{command}; connections named "izreg-cli") C{metadata.long_statement_timeout} and no lock
-    timeout: its scans may run long.
+    timeout: its scans may run long (and its calls C{long_statement_timeout} + C{query_timeout}).
     """
     from izreg.storage.pg import Database, DatabaseUnavailable, dsn_from
 
@@ -307,7 +355,9 @@ def open_database(config: Config, max_size: int | None = None, command: bool = F
                         lock_timeout=0 if command else config.metadata_lock_timeout,
                         long_timeout=config.metadata_long_statement_timeout,
                         keepalives=(config.metadata_keepalives_idle, config.metadata_keepalives_interval,
-                                    config.metadata_keepalives_count))
+                                    config.metadata_keepalives_count),
+                        query_timeout=(config.metadata_long_statement_timeout + config.metadata_query_timeout
+                                       if command and config.metadata_query_timeout else config.metadata_query_timeout))
     except DatabaseUnavailable as e:
         raise BackendError(str(e)) from None
 

@@ -33,6 +33,8 @@ class Config:
     chunk_min_length: int = 64 * 1024
     token_service: bool = False
     token_ttl: int = 3600
+    #: the realm of the Bearer challenge (the token endpoint's URL) as configured, never built from the Host
+    token_realm: str | None = None
     auth_failure_limit: int = 10
     auth_failure_window: int = 60
     tls_listen: tuple[str, ...] = ()
@@ -68,7 +70,10 @@ class Config:
     s3_redirect: bool = False
     s3_redirect_ttl: int = 300
     s3_threads: int = 16
-    s3_read_timeout: int = 300
+    s3_queue_timeout: int = 10  # seconds an S3 call may wait for a free S3 thread (then 503), like the database's
+    s3_read_timeout: int = 60  # botocore's own default: per socket read, so a slow transfer is not cut
+    # /readyz fails while the bucket does not answer (off: nodes stay in the balancer for what needs no S3)
+    s3_ready_check: bool = True
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
     body_memory: int = 64 * 1024 * 1024
     # response bodies over 64 KiB held in memory until sent (manifests, tag lists, catalog pages), across connections
@@ -118,6 +123,8 @@ class Config:
     metadata_keepalives_idle: int = 30
     metadata_keepalives_interval: int = 10
     metadata_keepalives_count: int = 3
+    # [metadata] seconds a database call may take before its connection is dropped (a frozen or cut-off server)
+    metadata_query_timeout: int = 30
 
     def check(self) -> "Config":
         """Cross-field rules; raise L{ConfigError}."""
@@ -139,6 +146,7 @@ class Config:
                 raise ConfigError(f"server.trusted_proxies: {network!r} is not an IP address or network") from None
         if self.token_ttl < 60:
             raise ConfigError("auth.token_ttl must be at least 60 seconds")
+        _check_token_realm(self)
         if self.response_memory < self.max_manifest_size:
             # else a manifest izreg accepted could never be served: every GET of it a 503
             raise ConfigError(f"limits.response_memory ({self.response_memory}) must be at least"
@@ -151,8 +159,8 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
-        if self.s3_read_timeout < 1:
-            raise ConfigError("storage.s3.read_timeout must be at least 1 second")
+        if self.s3_read_timeout < 1 or self.s3_queue_timeout < 1:
+            raise ConfigError("storage.s3.read_timeout and storage.s3.queue_timeout must be at least 1 second")
         _check_devices(self)
         _check_operations(self)
         _check_metadata(self)
@@ -171,6 +179,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("uploads", "chunk_min_length"): ("chunk_min_length", int),
     ("auth", "token_service"): ("token_service", bool),
     ("auth", "token_ttl"): ("token_ttl", int),
+    ("auth", "token_realm"): ("token_realm", str),
     ("auth", "failure_limit"): ("auth_failure_limit", int),
     ("auth", "failure_window"): ("auth_failure_window", int),
     ("tls", "listen"): ("tls_listen", tuple),
@@ -200,6 +209,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "redirect_ttl"): ("s3_redirect_ttl", int),
     ("storage.s3", "threads"): ("s3_threads", int),
     ("storage.s3", "read_timeout"): ("s3_read_timeout", int),
+    ("storage.s3", "ready_check"): ("s3_ready_check", bool),
+    ("storage.s3", "queue_timeout"): ("s3_queue_timeout", int),
     ("limits", "body_memory"): ("body_memory", int),
     ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),
@@ -238,6 +249,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("metadata", "keepalives_idle"): ("metadata_keepalives_idle", int),
     ("metadata", "keepalives_interval"): ("metadata_keepalives_interval", int),
     ("metadata", "keepalives_count"): ("metadata_keepalives_count", int),
+    ("metadata", "query_timeout"): ("metadata_query_timeout", int),
 }
 
 LOG_FORMATS = ("text", "json")
@@ -253,6 +265,27 @@ def _check_group_prefixes(config: Config) -> None:
             why = (": 0 would put every client in one group, which holds at most half of tls.max_handshakes"
                    if value == 0 else "")
             raise ConfigError(f"tls.{key} must be a prefix length from 1 to {bits} ({default}), not {value}{why}")
+
+
+def _check_token_realm(config: Config) -> None:
+    """[auth] token_realm: an absolute http(s) URL, quotable in the challenge, and only with the token service."""
+    import urllib.parse
+
+    realm = config.token_realm
+    if realm is None:
+        return
+    if not config.token_service:
+        raise ConfigError("auth.token_realm is set but auth.token_service is off: set token_service = true")
+    try:
+        parts = urllib.parse.urlsplit(realm)
+        parts.port  # noqa: B018 - a port that is not a number raises
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or parts.username or parts.password
+            or any(c in realm for c in '"\\') or not realm.isprintable() or not realm.isascii() or " " in realm):
+        raise ConfigError(f"auth.token_realm must be an absolute http(s) URL such as"
+                          f" \"https://registry.example.net/v2/token\", not {realm!r}")
 
 
 def _check_devices(config: Config) -> None:
@@ -277,6 +310,10 @@ def _check_metadata(config: Config) -> None:
         raise ConfigError("metadata.pool_size must be at least 1")
     if min(config.metadata_keepalives_idle, config.metadata_keepalives_interval, config.metadata_keepalives_count) < 1:
         raise ConfigError("metadata.keepalives_idle, keepalives_interval and keepalives_count must be at least 1")
+    query, statement = config.metadata_query_timeout, config.metadata_statement_timeout
+    if query and statement and query <= statement:
+        raise ConfigError(f"metadata.query_timeout must be 0 (no limit) or more than statement_timeout ({statement} s),"
+                          f" not {query}: the server's own timeout, which keeps the connection, must come first")
     if config.metadata_backend == "postgresql":
         if not (config.metadata_dsn or os.environ.get(ENV_DATABASE_URL)):
             raise ConfigError(f"metadata.backend = \"postgresql\" needs metadata.dsn or ${ENV_DATABASE_URL}")

@@ -131,6 +131,15 @@ class Metrics:
         for client in clients:
             self._s3.watch(client)
 
+    def watch_s3_queue(self, queue, threads: int) -> None:
+        """
+        The S3 threads and the calls waiting for one (L{izreg.service.backends.CallQueue}), replacing an
+        earlier start's.
+        """
+        from izreg.service.backendmetrics import S3QueueCollector
+
+        self._watch_budget("_s3_queue", S3QueueCollector(queue, threads))
+
     def watch_pool(self, pool, queue=None) -> None:
         """
         The PostgreSQL pool (psycopg_pool) and the calls waiting in front of it

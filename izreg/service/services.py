@@ -50,7 +50,7 @@ from izreg.storage.blobs import BlobStore
 from izreg.storage.capacity import DiskFloor, parse_floor, probe_writable
 from izreg.storage.failures import storage_error
 from izreg.storage.uploads import Uploads
-from izreg.service.backends import thread_runner
+from izreg.service.backends import CallQueue, DetachedPool, bounded_runner, thread_runner
 
 #: a blob no manifest names is held again by a look at it at most every gc.grace / this (Registry.hold_blob):
 #: held at least 7/8 of the grace after any look, one write transaction per blob in an eighth of it
@@ -61,6 +61,8 @@ DRAIN_STEP = 0.1
 #: seconds its outcome is kept
 BUCKET_TIMEOUT = 2.0
 BUCKET_TTL = 5.0
+#: at stop, seconds the S3 threads get to finish their calls in flight before they are left behind (L{DetachedPool})
+S3_STOP_GRACE = 2.0
 #: the signals that stop a server (twistd's); one more of them during a drain ends it at once (L{SecondSignal})
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -132,6 +134,7 @@ class RegistryService(service.MultiService):
         self.burst_trim: BurstTrim | None = None  # built with the I/O pool (startService)
         self._pools: list[ThreadPool] = []
         self._bucket_client = None  # with S3, the client of /readyz's bucket check (L{_bucket_check})
+        self.s3_queue: CallQueue | None = None  # with S3, the calls waiting for an S3 thread (metrics)
         #: the TLS handshake admission's C{device_request} (set by L{izreg.tap.make_server}), or C{None}: a
         #: request authenticated as a device makes its client group a known one (a few per device)
         self.on_device = None
@@ -230,11 +233,13 @@ class RegistryService(service.MultiService):
         self.readiness = Readiness(backend.index_error, self._probe(root),
                                    DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs))
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
-                                                run_read=backend.run_read, on_device=self.on_device)
+                                                run_read=backend.run_read, on_device=self.on_device,
+                                                realm=config.token_realm)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
             if config.storage_backend == "s3":
                 self.metrics.watch_s3(blobs.client, *(c for c in [self._bucket_client] if c is not None))
+                self.metrics.watch_s3_queue(self.s3_queue, config.s3_threads)
             if backend.db is not None:
                 self.metrics.watch_pool(backend.db.pool, backend.queue)
             if getattr(guard, "refusals", None) is not None:
@@ -300,10 +305,16 @@ class RegistryService(service.MultiService):
         if self.config.storage_backend == "s3":
             from izreg.storage.s3 import open_s3
 
-            pool = ThreadPool(0, self.config.s3_threads, "izreg-s3")
+            from izreg.storage.s3 import busy
+
+            # a call waits at most queue_timeout for a thread, then is a 503 (every thread may be stuck on a
+            # bucket that does not answer); at stop, threads stuck so are left behind, not waited for
+            pool = DetachedPool(0, self.config.s3_threads, "izreg-s3", grace=S3_STOP_GRACE)
             pool.start()
             self._pools.append(pool)
-            return open_s3(self.config, thread_runner(self.reactor, pool), getattr(self, "_s3_client", None))
+            self.s3_queue = CallQueue()
+            run = bounded_runner(self.reactor, pool, self.config.s3_queue_timeout, self.s3_queue, refuse=busy)
+            return open_s3(self.config, run, getattr(self, "_s3_client", None))
         blobs = BlobStore(root)
         return blobs, Uploads(root, blobs, self._run_io, direct=self.config.direct_writes)
 
@@ -319,8 +330,7 @@ class RegistryService(service.MultiService):
     def _probe(self, root: str):
         """The readiness probe: can the data directories be written (in the I/O pool)."""
         def probe():
-            names = (root, os.path.join(root, "uploads"), os.path.join(root, "blobs"))
-            return self._run_io(probe_writable, [d for d in names if os.path.isdir(d)])
+            return self._run_io(probe_writable, root, ("uploads", "blobs"))
 
         return probe
 
@@ -329,9 +339,10 @@ class RegistryService(service.MultiService):
         With S3, /readyz's "bucket" check: a HEAD of the bucket (L{izreg.storage.s3.bucket_error}) on a
         client of its own that waits L{BUCKET_TIMEOUT} and never retries, in the I/O pool (the S3 pool
         may be busy with long transfers: a loaded node is not an unready one), its outcome kept
-        L{BUCKET_TTL} seconds (a storm of probes is one HEAD every few seconds).
+        L{BUCKET_TTL} seconds (a storm of probes is one HEAD every few seconds). None with C{[storage.s3]
+        ready_check = false}.
         """
-        if self.config.storage_backend != "s3":
+        if self.config.storage_backend != "s3" or not self.config.s3_ready_check:
             return {}
         from izreg.storage.s3 import bucket_error, make_client
 
@@ -370,7 +381,11 @@ class RegistryService(service.MultiService):
                 watch.stop()
         yield self.flush_batches()
         for pool in self._pools:
-            pool.stop()
+            left = pool.stop()
+            if left:
+                self.log.warn("stopping with {count} call(s) of the {pool} pool still waiting after {grace:g} s:"
+                              " left behind (abandoned: nothing is recorded of them)", count=len(left),
+                              pool=pool.name, grace=pool.grace)
         self._pools = []
         if self.backend is not None:
             self.backend.close()

@@ -158,6 +158,8 @@ class BlobStore:
         """Every blob on disk (for rebuilds and fsck)."""
         base = os.path.join(self.root, "blobs")
         for algorithm in sorted(os.listdir(base)):
+            if algorithm.startswith("."):  # a write probe's file (izreg.storage.capacity) a crash left
+                continue
             for fan in sorted(os.listdir(os.path.join(base, algorithm))):
                 for name in sorted(os.listdir(os.path.join(base, algorithm, fan))):
                     if not name.endswith(".tmp"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,22 +90,30 @@ def _human(n: int) -> str:
     return f"{n} B"  # not reached
 
 
-def probe_writable(directories: list[str]) -> str | None:
+def probe_writable(root: str, subdirectories: tuple[str, ...] = ()) -> str | None:
     """
-    Create, write and remove a small file in each directory (blocking: call
-    it in a thread). C{None} when all are writable, else why not (one line).
+    Create, write and remove a small file in the data directory C{root} and in each of its
+    C{subdirectories} that exists (blocking: call it in a thread). C{None} when all are writable, else
+    why not (one line, naming a directory by its place in the data directory, not by its path:
+    C{/readyz} says it to anyone).
     A permission bit is not enough: root ignores it, a read-only mount or an
     immutable directory does not.
+    A file of its own each call (C{mkstemp}: a new name, C{O_EXCL}): two probes at once, in two
+    threads, must not remove each other's.
     """
-    for directory in directories:
-        path = os.path.join(directory, f".izreg-probe-{os.getpid()}")
+    for name in ("", *subdirectories):
+        directory = os.path.join(root, name)
+        if name and not os.path.isdir(directory):
+            continue
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, path = tempfile.mkstemp(prefix=".izreg-probe-", dir=directory)
             try:
-                os.write(fd, b"ok")
+                try:
+                    os.write(fd, b"ok")
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-            os.unlink(path)
+                os.unlink(path)  # also when the write failed (a full disk): else one more file every /readyz
         except OSError as e:
-            return f"{directory} is not writable: {e.strerror}"
+            return f"the data directory{f' (its {name}/)' if name else ''} is not writable: {e.strerror}"
     return None

@@ -14,7 +14,7 @@ import sys
 import lmdb
 
 from izreg.core.errors import ErrorCode, RegistryError
-from izreg.storage.interfaces import StorageError
+from izreg.storage.interfaces import StorageBusy, StorageError
 
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DISK = (errno.EIO, errno.EROFS, errno.ENXIO)
@@ -54,6 +54,10 @@ def storage_error(error: BaseException) -> RegistryError | None:
         return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "database unavailable"},
                              "the registry cannot reach its database right now; retry later",
                              headers={"Retry-After": "1"})
+    if isinstance(error, StorageBusy):
+        return RegistryError(ErrorCode.UNAVAILABLE, {"reason": "storage backend busy"},
+                             "the registry's calls to its storage backend are all held up (it answers slowly"
+                             " or not at all); retry later", headers={"Retry-After": "1"})
     if isinstance(error, StorageError):
         return backend_unavailable()
     if isinstance(error, lmdb.BadValsizeError):

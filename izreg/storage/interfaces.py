@@ -30,6 +30,14 @@ class StorageError(Exception):
     """The storage backend failed (not the client's fault): answered 503, logged."""
 
 
+class StorageBusy(StorageError):
+    """
+    A storage call was not started: every thread that calls the backend stayed busy longer than the
+    wait allowed (the store answers slowly or not at all). Answered 503 with Retry-After; nothing of
+    the call ran.
+    """
+
+
 class IBlobReader(Interface):
     """
     An open blob, read once from a position. A reader may also offer

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import weakref
@@ -57,6 +58,14 @@ class DatabaseTimeout(DatabaseUnavailable):
     """A call ran past the statement or lock timeout (a lock held elsewhere, a stuck query): a 503 too."""
 
 
+class DatabaseNoAnswer(DatabaseTimeout):
+    """
+    The database did not answer a call within L{Database.query_timeout} (a frozen server, a network
+    partition): its connection was dropped. A transaction whose COMMIT was in flight may or may
+    not have committed (as after any connection lost at commit); every other one did not.
+    """
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """C{(version, file name, SQL)} of every migration, by version (each version once)."""
     found = []
@@ -87,7 +96,7 @@ class Database:
 
     def __init__(self, dsn: str, max_size: int = 8, timeout: float = 10.0, application_name: str = "izreg", *,
                  statement_timeout: float = 5.0, lock_timeout: float = 2.0, long_timeout: float = 600.0,
-                 keepalives: tuple[int, int, int] | None = (30, 10, 3)) -> None:
+                 keepalives: tuple[int, int, int] | None = (30, 10, 3), query_timeout: float = 30.0) -> None:
         """
         @param statement_timeout: seconds a statement may run (0: no limit), so that a lock held
             elsewhere or a stuck query frees the thread and the caller gets a 503.
@@ -96,6 +105,13 @@ class Database:
             collection's scans: L{allow_long}).
         @param keepalives: libpq's C{keepalives_idle}, C{keepalives_interval},
             C{keepalives_count} (seconds, seconds, probes): a dead link is noticed.
+        @param query_timeout: seconds a call (L{run}, L{read}: waiting for a connection, its
+            statements, the commit) may take before its connection is dropped and it fails with
+            L{DatabaseNoAnswer} (0: no limit). The server's own timeouts do nothing when the server
+            is frozen or cut off, and TCP waits about 15 minutes for a lost peer (while the peer's
+            kernel acknowledges, as with a stopped process, forever). Also libpq's
+            C{tcp_user_timeout} (data unacknowledged that long ends the connection) and the
+            C{connect_timeout} of new connections (unless the DSN sets one).
         """
         try:
             conninfo_to_dict(dsn)  # libpq's parse error quotes the DSN, password and all, and the pool logs it
@@ -106,25 +122,32 @@ class Database:
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         self.long_timeout = long_timeout
+        self.query_timeout = query_timeout
+        self._watchdog = _Watchdog()
+        self._calls = threading.local()  # the deadline of the thread's call (L{connection})
         # autocommit: L{run} opens its transaction itself (BEGIN ... COMMIT), L{read} needs none
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
-        #: libpq's keepalive settings, for a connection made outside the pool too (the sweep lock's)
+        #: libpq's keepalive and TCP settings, for a connection made outside the pool too (the sweep lock's)
         self.keepalives: dict[str, int] = {}
         if keepalives:
             idle, interval, count = keepalives
             self.keepalives = dict(keepalives=1, keepalives_idle=idle, keepalives_interval=interval,
                                    keepalives_count=count)
+        if query_timeout > 0:
+            self.keepalives["tcp_user_timeout"] = int(query_timeout * 1000)  # milliseconds
+            if "connect_timeout" not in conninfo_to_dict(dsn):  # psycopg's default: 130 s
+                kwargs["connect_timeout"] = max(2, int(min(timeout, query_timeout)))
         kwargs.update(self.keepalives)
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",
-            kwargs=kwargs, configure=self._configure, check=_check_if_idle, reset=_stamp_idle,
+            kwargs=kwargs, configure=self._configure, check=self._check_if_idle, reset=_stamp_idle,
         )
         POOL_LOG.last_error = None
         POOL_LOG.opening += 1
         try:
             self.pool.open(wait=True, timeout=timeout)
         except Exception as e:
-            self.pool.close()
+            self.close()
             # the pool's own timeout says nothing of why: name the last connection failure
             reason = POOL_LOG.last_error if isinstance(e, PoolTimeout) and POOL_LOG.last_error else _describe(e)
             raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from None
@@ -138,27 +161,74 @@ class Database:
         POOL_LOG.connected()
 
     def allow_long(self, cur: psycopg.Cursor) -> None:
-        """In a transaction that legitimately runs long (a garbage-collection scan): its statements get L{long_timeout}."""
+        """
+        In a transaction that legitimately runs long (a garbage-collection scan): its statements get
+        L{long_timeout}, and the call L{long_timeout} + L{query_timeout} from now.
+        """
+        self._allow_long_call(cur.connection)
         cur.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(self.long_timeout),))
+
+    def _allow_long_call(self, conn: psycopg.Connection) -> None:
+        """The call on C{conn} may run L{long_timeout} + L{query_timeout} from now."""
+        if self.query_timeout > 0:
+            self._watchdog.extend(conn, time.monotonic() + self.long_timeout + self.query_timeout)
 
     def close(self) -> None:
         self.pool.close()
+        self._watchdog.stop()
+
+    def _check_if_idle(self, conn: psycopg.Connection) -> None:
+        """The pool's check callback (on checkout): ping a connection that sat idle for a while."""
+        since = _idle_since.get(conn)
+        if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
+            with self._watched(conn):  # a frozen server must not hold the ping either
+                ConnectionPool.check_connection(conn)
 
     @contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+    def _watched(self, conn: psycopg.Connection) -> Iterator[None]:
+        """C{conn} dropped by the watchdog if the thread's call is not over by its deadline."""
+        deadline = getattr(self._calls, "deadline", None)
+        if deadline is None:
+            yield
+            return
+        watch = self._watchdog.watch(conn, deadline)
         try:
-            with self.pool.connection(timeout=timeout) as conn:
-                yield conn
-        except PoolTimeout as e:  # an OperationalError too: first
-            raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
-        except TIMED_OUT as e:  # OperationalErrors too
-            raise DatabaseTimeout(f"a database call took too long: {_describe(e)}"
+            yield
+        finally:
+            if self._watchdog.unwatch(watch):
+                self._calls.dropped = True
+
+    @contextmanager
+    def connection(self, timeout: float | None = None, bound: float | None = None) -> Iterator[psycopg.Connection]:
+        """
+        A connection of the pool (waiting at most C{timeout} s, the pool's timeout by default) for a
+        call that must be over within C{bound} s (L{query_timeout} by default, and at most that), or
+        its connection is dropped and it raises L{DatabaseNoAnswer}.
+        """
+        bound = self.query_timeout if bound is None else min(bound, self.query_timeout or bound)
+        outer = (getattr(self._calls, "deadline", None), getattr(self._calls, "dropped", False))
+        self._calls.deadline = time.monotonic() + bound if bound > 0 else None
+        self._calls.dropped = False
+        try:
+            wait = self.pool.timeout if timeout is None else timeout
+            with self.pool.connection(timeout=min(wait, bound) if bound > 0 else wait) as conn:
+                with self._watched(conn):
+                    yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if self._calls.dropped:  # cut by the watchdog (or a connection being checked: a PoolTimeout then)
+                raise DatabaseNoAnswer(f"the database did not answer within {bound:g} s (metadata.query_timeout):"
+                                       " its connection was dropped") from e
+            if isinstance(e, PoolTimeout):  # an OperationalError too: first
+                raise DatabaseUnavailable(f"no database connection free: {_describe(e)}") from e
+            if isinstance(e, TIMED_OUT):  # OperationalErrors too
+                raise DatabaseTimeout(f"a database call took too long: {_describe(e)}"
                                       f" (metadata.statement_timeout = {self.statement_timeout:g} s,"
                                       f" lock_timeout = {self.lock_timeout:g} s)") from e
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             if isinstance(e, RETRYABLE):
                 raise
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from e
+        finally:
+            self._calls.deadline, self._calls.dropped = outer
 
     def run(self, f: Callable[..., T], *args: Any) -> T:
         for attempt in range(RETRIES):
@@ -191,8 +261,8 @@ class Database:
             raise DatabaseUnavailable(f"a database read conflicted with others: {_describe(e)}") from e
 
     def ping(self, timeout: float) -> None:
-        """A round trip, waiting at most C{timeout} s for a connection (the readiness check)."""
-        with self.connection(timeout=timeout) as conn:
+        """A round trip, waiting at most C{timeout} s for a connection and as long again for the answer (the readiness check)."""
+        with self.connection(timeout=timeout, bound=2 * timeout) as conn:
             conn.execute("SELECT 1")
 
     # -- schema -------------------------------------------------------------
@@ -223,6 +293,7 @@ class Database:
             raise SchemaError(f"the database has schema version {max(newer)}, unknown to this izreg:"
                               " upgrade izreg on this node")
         with self.connection() as conn:
+            self._allow_long_call(conn)  # it may wait for another node's upgrade, then migrate
             # a session lock taken before the migrations' transactions begin, so each of them
             # starts after another node's upgrade committed and sees its tables
             conn.execute("SELECT pg_advisory_lock(%s)", (UPGRADE_LOCK,))
@@ -264,11 +335,90 @@ def _stamp_idle(conn: psycopg.Connection) -> None:
     _idle_since[conn] = time.monotonic()
 
 
-def _check_if_idle(conn: psycopg.Connection) -> None:
-    """The pool's check callback (on checkout): ping a connection that sat idle for a while."""
-    since = _idle_since.get(conn)
-    if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
-        ConnectionPool.check_connection(conn)
+class _Watch:
+    __slots__ = ("conn", "deadline", "fired")
+
+    def __init__(self, conn: psycopg.Connection, deadline: float) -> None:
+        self.conn, self.deadline, self.fired = conn, deadline, False
+
+
+class _Watchdog:
+    """
+    The client side's bound on database calls. libpq waits for the server's answer as long as TCP
+    keeps the connection: when the server is frozen (a stopped process, a hung host whose kernel
+    still acknowledges) that is forever, and when packets are dropped about 15 minutes. Each call
+    watches its connection until a deadline; one thread shuts down the socket of a call past it,
+    so that libpq's wait in the calling thread ends at once ("server closed the connection") and
+    the connection is closed, never returned to the pool. The server sees the connection end and
+    rolls back what it had not committed.
+
+    The socket is shut down, not closed, and only while it is watched (its thread unwatches it
+    under the same lock before the connection may be closed): the descriptor is never another's.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watches: dict[int, _Watch] = {}  # by id of the connection
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._wakes_at = 0.0  # when the thread wakes next (monotonic)
+
+    def watch(self, conn: psycopg.Connection, deadline: float) -> _Watch:
+        watch = _Watch(conn, deadline)
+        with self._cond:
+            self._watches[id(conn)] = watch
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._loop, name="izreg-pg-watchdog", daemon=True)
+                self._thread.start()
+            elif deadline < self._wakes_at:
+                self._cond.notify()  # it sleeps past this deadline (a shorter bound: the readiness ping's)
+        return watch
+
+    def extend(self, conn: psycopg.Connection, deadline: float) -> None:
+        """The call on C{conn} may run until C{deadline} (if later than its own)."""
+        with self._cond:
+            watch = self._watches.get(id(conn))
+            if watch is not None and not watch.fired:
+                watch.deadline = max(watch.deadline, deadline)
+
+    def unwatch(self, watch: _Watch) -> bool:
+        """The call is over; True if its connection was cut (it is closed now, not to be used again)."""
+        with self._cond:
+            if self._watches.get(id(watch.conn)) is watch:
+                del self._watches[id(watch.conn)]
+        if watch.fired:
+            watch.conn.close()  # cut just as the call ended: libpq may not know yet
+        return watch.fired
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for watch in list(self._watches.values()):
+                    if watch.deadline <= now:
+                        del self._watches[id(watch.conn)]
+                        watch.fired = True
+                        _cut(watch.conn)
+                self._wakes_at = min((w.deadline for w in self._watches.values()), default=now + 3600)
+                self._cond.wait(max(self._wakes_at - now, 0.01))
+
+
+def _cut(conn: psycopg.Connection) -> None:
+    """Shut down the socket of C{conn} (another thread waits on it), leaving its descriptor to psycopg."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:  # already closed
+        return
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # not connected any more
+        pass
 
 
 def _ms(seconds: float) -> str:

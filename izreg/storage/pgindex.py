@@ -110,6 +110,11 @@ FROM repos r WHERE r.name = ANY(%(names)s) ORDER BY r.name
 """
 
 
+#: the first manifests (by digest) of a repository that name a blob (a refused blob delete): the index
+#: (repo, blob, manifest) of 0005 gives them at once
+NAMING = "SELECT manifest FROM manifest_blobs WHERE repo = %s AND blob = %s ORDER BY manifest LIMIT %s"
+
+
 def _stats_row(row) -> dict:
     _, created, pushed, manifests, manifest_bytes, tags, blob_size, unique_blobs = row
     return {"created": created, "pushed": pushed, "manifests": manifests, "tags": tags,
@@ -291,8 +296,7 @@ class PgIndex:
         def f(cur):
             _lock(cur, repos=[name])  # a manifest put takes it too: none lands between the check and the delete
             d = str(digest)
-            cur.execute("SELECT manifest FROM manifest_blobs WHERE repo = %s AND blob = %s ORDER BY manifest LIMIT %s",
-                        (name, d, REFERENCING_SHOWN))
+            cur.execute(NAMING, (name, d, REFERENCING_SHOWN))
             naming = [m for (m,) in cur.fetchall()]
             cur.execute("DELETE FROM links WHERE repo = %s AND digest = %s", (name, d))
             if cur.rowcount == 0:

@@ -3,7 +3,9 @@
 Blobs and upload sessions in an S3-compatible bucket (AWS S3, MinIO, Ceph
 RGW, GCS's S3 API, moto), through boto3: the reference client, with SigV4,
 retries and the standard credential chain. boto3 blocks, so every call runs
-in a bounded thread pool (C{run}, deferToThreadPool), never on the reactor.
+in a bounded thread pool (C{run}, deferToThreadPool), never on the reactor; a
+call that finds no free thread within C{[storage.s3] queue_timeout} fails with
+L{busy} (a 503) and never runs.
 
 Keys under C{prefix}::
 
@@ -50,6 +52,7 @@ from izreg.storage.interfaces import (
     IBlobStore,
     IBodySink,
     IUploadStore,
+    StorageBusy,
     StorageError,
 )
 from izreg.storage.sink import SinkBase
@@ -183,6 +186,12 @@ def _not_found(e: Exception) -> bool:
     code = str(response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NoSuchUpload", "NotFound") or \
         response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
+
+
+def busy(wait: float) -> StorageBusy:
+    """The failure of an S3 call that waited C{wait} seconds for a free S3 thread, in vain, and never ran."""
+    return StorageBusy(f"S3: no thread free for {wait:g} s (storage.s3.queue_timeout): the bucket answers slowly"
+                       " or not at all")
 
 
 def _s3(f):

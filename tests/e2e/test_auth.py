@@ -245,6 +245,36 @@ def test_token_service_with_skopeo(start_registry, small_image, tmp_path):
 
 
 
+@needs_skopeo
+def test_a_configured_token_realm_is_sent_whatever_host_and_clients_follow_it(small_image, tmp_path):
+    """
+    ``[auth] token_realm``: behind a load balancer the realm is the public token URL, not one built
+    from the Host a client sent (a node's own address, or anything a client chose). Here the realm
+    names the node by another host name than the clients use: skopeo fetches its token there.
+    """
+    import requests
+
+    from tests.helpers.server import RegistryProcess, running
+
+    config = tmp_path / "izreg.toml"
+    registry = RegistryProcess(data_dir=str(tmp_path / "data"), config=str(config))
+    realm = f"http://localhost:{registry.port}/v2/token"
+    config.write_text(f'[auth]\ntoken_service = true\ntoken_realm = "{realm}"\n')
+    with running(registry):
+        for host in (registry.host, "evil.example.org", "10.0.0.12:5000"):
+            resp = requests.get(f"{registry.url}/v2/", headers={"Host": host, "X-Forwarded-Proto": "https"},
+                                timeout=30)
+            assert resp.status_code == 401, describe(resp)
+            assert resp.headers["WWW-Authenticate"].startswith(f'Bearer realm="{realm}",'), resp.headers
+        sk = Skopeo(registry, tmp_path)
+        ref = sk.ref(f"{registry.account}/realmed", "v1")
+        assert ref.startswith(f"docker://{registry.host}/")  # not the realm's host name
+        mark = registry.log_mark()
+        sk.copy(f"oci:{small_image['path']}:v1", ref)
+        assert sk.inspect_raw(ref) == small_image["manifest_bytes"]
+        registry.wait_for_log("GET /v2/token 200", mark)  # the token came from the configured realm
+
+
 def test_token_service_with_oras_token_backend(start_registry, tmp_path, oras_guard):
     """
     oras-py's default token backend caches the first token (from a HEAD: pull

@@ -17,7 +17,7 @@ import requests
 from tests.e2e.test_operations import scrape
 from tests.e2e.test_pg_node import database_gone, node_config
 from tests.helpers.ociclient import OCIClient, expect, sha256_digest
-from tests.helpers.ocilayout import random_bytes
+from tests.helpers.ocilayout import build_image, random_bytes
 from tests.helpers.s3 import MotoServer, s3_registry
 from tests.helpers.server import BACKEND, RegistryProcess, free_port, running
 from tests.helpers.wait import wait_until
@@ -125,6 +125,32 @@ def test_an_s3_outage_is_not_ready_and_counted_then_ready_again(tmp_path_factory
         assert readyz(registry).json()["checks"]["bucket"] == {"ok": True}
         expect(client.push_blob_monolithic(repo, random_bytes(1000, "after")), 201)
         assert "the S3 bucket answers again" in registry.log_text()
+
+
+@pytest.mark.s3
+def test_without_the_bucket_check_a_node_stays_ready_and_serves_what_needs_no_bucket(tmp_path_factory, moto_server,
+                                                                                      own_moto):
+    registry = s3_registry(tmp_path_factory, own_moto, "s3-no-check", ready_check=False)
+    with running(registry):
+        client = OCIClient(registry.url, auth=registry.requests_auth)
+        repo = f"{registry.account}/kept"
+        image = build_image(layers=(1000,), seed="kept")
+        for data in image["blobs"].values():
+            expect(client.push_blob_monolithic(repo, data), 201)
+        expect(client.put_manifest(repo, "v1", image["manifest_bytes"]), 201)
+        assert "bucket" not in expect(readyz(registry), 200).json()["checks"]
+
+        own_moto.stop()
+        # still ready, and a device checking its tag is answered from the metadata store
+        assert expect(readyz(registry), 200).json()["status"] == "ok"
+        got = expect(client.head_manifest(repo, "v1"), 200)
+        assert got.headers["Docker-Content-Digest"] == image["manifest_digest"]
+        assert expect(client.get_manifest(repo, "v1"), 200).content == image["manifest_bytes"]
+        assert client.tags(repo) == ["v1"]
+        # what needs the bucket: 503 with Retry-After
+        layer = image["layers"][0]["digest"]
+        failed = expect(client.get_blob(repo, layer), 503)
+        assert failed.json()["errors"][0]["code"] == "UNAVAILABLE" and failed.headers["Retry-After"]
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

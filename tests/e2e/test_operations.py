@@ -273,7 +273,11 @@ def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
         with unwritable(reg.data_dir):
             resp = expect(requests.get(f"{reg.url}/readyz", timeout=30), 503)
             assert resp.json()["checks"]["data_dir"]["ok"] is False
+            # anyone may ask /readyz: it says which directory by its role, not the server's path
+            assert resp.json()["checks"]["data_dir"]["error"].startswith("the data directory is not writable: ")
+            assert reg.data_dir not in resp.text
             assert_push_refused(client, repo)
+            assert reg.data_dir not in client.start_upload(repo).text
         assert files_under(reg.data_dir) == before
         expect(requests.get(f"{reg.url}/readyz", timeout=30), 200)
 

@@ -17,15 +17,24 @@ import psycopg
 import pytest
 import requests
 
+from tests.helpers.largemanifest import padded_manifest
+from tests.helpers.ociclient import OCIClient, expect
+from tests.helpers.ocilayout import random_bytes
+from tests.helpers.postgres import frozen
 from tests.helpers.server import REPO_ROOT, RegistryProcess, free_port
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+
+#: the nodes' [metadata] query_timeout: a call on a frozen or cut-off database is a 503 after that
+QUERY_TIMEOUT = 4
 
 
 def node_config(path, dsn: str) -> str:
     with open(path, "w") as f:
         f.write(f'[metadata]\nbackend = "postgresql"\ndsn = "{dsn}"\npool_size = 4\n'
-                "statement_timeout = 2\nlock_timeout = 1\n")
+                f"statement_timeout = 2\nlock_timeout = 1\nquery_timeout = {QUERY_TIMEOUT}\n")
     return str(path)
 
 
@@ -147,3 +156,63 @@ def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_sche
     assert len(lines) == 1 and "webhook.key" in lines[0] and "copy" in lines[0], proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert not (data / "webhook.key").exists() or key
+
+
+def _pushed(node, repo: str, tag: str) -> tuple[OCIClient, bytes]:
+    client = OCIClient(node.url, auth=node.requests_auth)
+    config = random_bytes(300, repo + tag)
+    expect(client.push_blob_monolithic(repo, config), 201)
+    manifest = padded_manifest(config, 600, tag=tag)
+    expect(client.put_manifest(repo, tag, manifest), 201)
+    return client, manifest
+
+
+def _no_answer(call) -> None:
+    """C{call()} answers 503 UNAVAILABLE with Retry-After, after query_timeout and well before TCP gives up."""
+    started = time.monotonic()
+    r = call()
+    took = time.monotonic() - started
+    assert r.status_code == 503, (r.status_code, r.text)
+    assert r.headers.get("Retry-After") and r.json()["errors"][0]["code"] == "UNAVAILABLE", r.text
+    assert took < 2 * QUERY_TIMEOUT + 2, took  # it hung until the freeze ended (minutes)
+
+
+def test_a_frozen_backend_is_a_503_within_query_timeout_and_new_connections_serve(node):
+    # a backend stopped mid-call (SIGSTOP: its kernel still acknowledges, so neither keepalives nor
+    # tcp_user_timeout end the connection) held the request, and the thread, as long as it stayed stopped
+    repo = f"{node.account}/frozen-backend"
+    client, manifest = _pushed(node, repo, "v1")
+    name = node.dsn.rsplit("/", 1)[1]
+    with psycopg.connect(node.dsn, autocommit=True) as admin:
+        backends = [pid for (pid,) in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'izreg'", (name,))]
+        assert backends
+        with frozen(backends):
+            _no_answer(lambda: client.get_manifest(repo, "v1"))
+            # the cut connections are closed, not pooled again: new ones serve while the old stay stopped
+            wait_until(lambda: client.get_manifest(repo, "v1").status_code == 200,
+                       what="served by new connections", timeout=8 * QUERY_TIMEOUT)
+            assert expect(client.get_manifest(repo, "v1"), 200).content == manifest
+
+
+def test_a_frozen_server_is_a_503_within_query_timeout_and_serves_when_it_resumes(node, postgres_server):
+    # the whole server stopped (a hung database host): manifest GETs and pushes answered 503 in time,
+    # nothing half-written, and the node serves again when the server resumes
+    repo = f"{node.account}/frozen-server"
+    client, manifest = _pushed(node, repo, "v1")
+    config = random_bytes(300, "during")
+    expect(client.push_blob_monolithic(repo, config), 201)  # blobs on disk; the manifest's record in the database
+    during = padded_manifest(config, 600, tag="v2")
+    with frozen(postgres_server.pids()):
+        _no_answer(lambda: client.get_manifest(repo, "v1"))
+        _no_answer(lambda: client.put_manifest(repo, "v2", during))
+        _no_answer(lambda: client.get_manifest(repo, "v1"))  # not one connection is back in the pool
+    wait_until(lambda: client.get_manifest(repo, "v1").status_code == 200, what="serving after the freeze",
+               timeout=60)
+    assert expect(client.get_manifest(repo, "v1"), 200).content == manifest
+    # the push told 503 either never reached the database or committed whole: its tag and its manifest
+    tagged = expect(client.get_manifest(repo, "v2"), 200, 404)
+    if tagged.status_code == 200:
+        assert tagged.content == during
+    expect(client.put_manifest(repo, "v2", during), 201)  # a retry succeeds
+    assert expect(client.get_manifest(repo, "v2"), 200).content == during

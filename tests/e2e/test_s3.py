@@ -164,7 +164,11 @@ def test_expired_session_aborts_its_multipart_upload(start_s3, moto_server):
 #: the big blob's size (IZREG_S3_BIG_BLOB_MIB, MiB; default 1024: moto on a shared
 #: 2-core machine takes about a minute per GiB each way)
 BIG = int(os.environ.get("IZREG_S3_BIG_BLOB_MIB", "1024")) * MiB
-RSS_LIMIT = 100 * MiB
+#: how far izreg's peak RSS may rise over its warmed-up RSS while the big blob goes through: parts of
+#: PART in flight, gathering buffers; measured 8.4 MiB for 1 GiB (a process holding the blob, or a
+#: part per thread unbounded, goes far past it). The warmed-up RSS itself (about 89 MiB, most of it
+#: botocore's service models and the modules) is not the transfer's and varies with the libraries.
+RSS_GROWTH_LIMIT = 40 * MiB
 
 
 def _stream(size: int, seed: str):
@@ -176,18 +180,26 @@ def _stream(size: int, seed: str):
         sent += len(chunk)
 
 
-def _peak_rss(pid: int) -> int:
+def _status(pid: int, field: str) -> int:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...), bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
 
 
 def test_big_blob_push_and_pull_with_flat_memory(start_s3):
     registry = start_s3()
     client = OCIClient(registry.url, auth=registry.requests_auth, timeout=600)
     repo = f"{registry.account}/big"
+    # warmed up (a small blob through the same paths: botocore's modules, clients and pools loaded)
+    small = random_bytes(PART + 1000, "warm")
+    expect(client.push_blob_monolithic(repo, small), 201)
+    assert expect(client.get_blob(repo, sha256_digest(small)), 200).content == small
+    before = _status(registry.pid, "VmRSS")
+    with open(f"/proc/{registry.pid}/clear_refs", "w") as f:
+        f.write("5")  # VmHWM from here (proc(5)): the start's own peak is not the transfer's
     hasher = hashlib.sha256()
 
     def body():
@@ -209,9 +221,12 @@ def test_big_blob_push_and_pull_with_flat_memory(start_s3):
             pulled.update(chunk)
             size += len(chunk)
     assert (size, f"sha256:{pulled.hexdigest()}") == (BIG, digest)
-    peak = _peak_rss(registry.pid)
-    print(f"izreg peak RSS {peak / MiB:.1f} MiB for a {BIG / MiB:.0f} MiB blob pushed and pulled through S3")
-    assert peak < RSS_LIMIT, f"izreg's peak RSS was {peak / MiB:.1f} MiB\n{describe(got)}"
+    peak = _status(registry.pid, "VmHWM")
+    print(f"izreg RSS {before / MiB:.1f} MiB warmed up, peak {peak / MiB:.1f} MiB for a {BIG / MiB:.0f} MiB blob"
+          " pushed and pulled through S3")
+    assert peak - before < RSS_GROWTH_LIMIT, (
+        f"izreg's peak RSS was {peak / MiB:.1f} MiB, {(peak - before) / MiB:.1f} MiB over its warmed-up RSS\n"
+        f"{describe(got)}")
 
 
 def test_a_bucket_out_of_reach_is_a_503_with_retry_after(tmp_path_factory, moto_server):

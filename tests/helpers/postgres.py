@@ -25,10 +25,12 @@ binaries they skip, unless CI is set (then they fail).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -108,6 +110,21 @@ class PostgresServer:
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
             self._run(pg_bin("pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster, then its children (backends, checkpointer, ...)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        children = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:  # the field after the state: the parent
+                children.append(int(entry))
+        return [postmaster, *children]
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
@@ -198,6 +215,22 @@ class PostgresServer:
         name = conninfo_to_dict(dsn)["dbname"]
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def frozen(pids):
+    """The processes C{pids} stopped (SIGSTOP: their kernel still acknowledges their TCP traffic), continued after."""
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def postgres_available() -> bool:

@@ -142,3 +142,23 @@ async def test_the_token_realm_has_the_scheme_a_trusted_proxy_forwards(tmp_path,
         assert f'realm="{scheme}://registry.example.net/v2/token"' in challenge, challenge
     finally:
         await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("host, sent", [
+    ("registry.example.net", None),
+    ("evil.example.org", "http"),  # a client's own Host and scheme: not echoed
+    ("10.0.0.12:5000", None),  # a node's own address, as a health check or a misrouted client sends it
+])
+async def test_a_configured_token_realm_is_the_realm_whatever_host_is_sent(tmp_path, host, sent):
+    realm = "https://registry.example.net/v2/token"
+    server = await start_server(tmp_path, token_service=True, token_realm=realm, trusted_proxies=("127.0.0.1",))
+    try:
+        headers = {"X-Forwarded-Proto": sent} if sent else {}
+        for path in ("/v2/", "/v2/_catalog"):  # no credentials; a catalog scope
+            response, _ = await server.request("GET", path, headers={**headers, "Host": host})
+            assert response.code == 401
+            challenge = response.headers.getRawHeaders("WWW-Authenticate")[0]
+            assert challenge.startswith(f'Bearer realm="{realm}",'), challenge
+    finally:
+        await server.service.stopService()

@@ -8,7 +8,7 @@ and PostgreSQL: tests/e2e/test_backend_metrics.py.)
 from __future__ import annotations
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
 from izreg.http.health import CachedCheck
@@ -103,3 +103,60 @@ def test_a_probe_that_raises_fails_the_check():
     answer = check()
     probes.calls[0].errback(RuntimeError("thread pool stopped"))
     assert answer.result == "the S3 bucket check failed: thread pool stopped"
+
+
+def test_readyz_at_once_shares_one_write_probe():
+    from izreg.http.health import Readiness
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    probes = Probes()
+    readiness = Readiness(lambda: None, probes, DiskFloor("/", parse_floor("0")))
+    first, second = ensureDeferred(readiness.refresh()), ensureDeferred(readiness.refresh())
+    assert len(probes.calls) == 1  # the second waits for the probe in flight
+    probes.calls[0].callback("/data is not writable: Read-only file system")
+    for refresh in (first, second):
+        assert refresh.result["data_dir"] == {"ok": False, "error": "/data is not writable: Read-only file system"}
+    third = ensureDeferred(readiness.refresh())  # the next one, a probe of its own
+    assert len(probes.calls) == 2
+    probes.calls[1].errback(OSError("gone"))
+    assert third.result["data_dir"] == {"ok": False, "error": "write probe failed: gone"}
+    assert readiness.unwritable == "write probe failed: gone"
+
+
+def test_callers_of_a_call_that_never_ends_are_not_kept():
+    # a bucket HEAD that never ends (an endpoint that trickles its answer: each read within the read
+    # timeout): every /readyz past the ttl waited, timed out, and stayed in the waiting list until the
+    # call ended, anyone's storm of /readyz growing the process's memory the whole time
+    clock, probes = Clock(), Probes()
+    check = CachedCheck("S3 bucket", probes, clock, timeout=3, ttl=5)
+    for _ in range(100):
+        storm = [check() for _ in range(50)]
+        clock.advance(4)
+        assert all(answer.called for answer in storm)
+    assert len(probes.calls) == 1
+    assert len(check._waiting) <= 50
+    probes.calls[0].callback(None)
+    assert check().result is None
+
+
+def test_readyz_at_once_shares_one_database_round_trip():
+    # with PostgreSQL the index check is a ping in a database thread: a storm of /readyz (anyone's) queued
+    # one each before the registry's own calls; now one at a time, like the write probe
+    from twisted.internet.defer import succeed
+
+    from izreg.http.health import Readiness
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    pings = Probes()
+    readiness = Readiness(pings, lambda: succeed(None), DiskFloor("/", parse_floor("0")))
+    storm = [ensureDeferred(readiness.refresh()) for _ in range(20)]
+    assert len(pings.calls) == 1
+    pings.calls[0].callback("the database cannot be reached: gone")
+    assert all(refresh.result["index"] == {"ok": False, "error": "the database cannot be reached: gone"}
+               for refresh in storm)
+    later = ensureDeferred(readiness.refresh())
+    assert len(pings.calls) == 2
+    pings.calls[1].callback(None)
+    assert later.result["index"] == {"ok": True}
+    lmdb = Readiness(lambda: None, lambda: succeed(None), DiskFloor("/", parse_floor("0")))  # no Deferred: as is
+    assert ensureDeferred(lmdb.refresh()).result["index"] == {"ok": True}

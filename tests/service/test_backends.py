@@ -36,6 +36,7 @@ def test_defaults_are_lmdb(tmp_path):
     ('[metadata]\nbackend = "postgresql"\ndsn = "db.example.net"\n', "postgresql:// URL"),
     ('[metadata]\nbackend = "postgresql"\ndsn = "postgresql://x@y/z"\npool_size = 0\n', "pool_size must be at least 1"),
     ('[metadata]\ndsn = "postgresql://x@y/z"\n', 'backend is "lmdb"'),
+    ('[metadata]\nquery_timeout = 5\n', "query_timeout must be 0 (no limit) or more than statement_timeout (5 s), not 5"),
 ])
 def test_bad_metadata_config_is_one_line(tmp_path, monkeypatch, text, message):
     monkeypatch.delenv("IZREG_DATABASE_URL", raising=False)
@@ -110,7 +111,7 @@ async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_
     from twisted.internet import reactor
     from twisted.python.threadpool import ThreadPool
 
-    from izreg.service.backends import CallQueue, _bounded_runner
+    from izreg.service.backends import CallQueue, bounded_runner
     from izreg.storage.pg import DatabaseUnavailable
 
     pool = ThreadPool(1, 1, "test-db")
@@ -118,7 +119,7 @@ async def test_a_database_call_waiting_too_long_for_a_thread_is_unavailable_and_
     release, ran = threading.Event(), []
     try:
         queue = CallQueue()  # what the pool's metrics read (waiting, and given up)
-        run = _bounded_runner(reactor, pool, 0.2, queue)
+        run = bounded_runner(reactor, pool, 0.2, queue)
         blocked = run(release.wait, 60)
         late = run(ran.append, "late")
         assert queue.waiting == 2 or (queue.waiting == 1 and not ran)  # the first may be on its thread already

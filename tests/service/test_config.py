@@ -81,6 +81,29 @@ def test_cross_field_rules(overrides, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("realm", [
+    "registry.example.net/v2/token",  # not absolute
+    "ftp://registry.example.net/v2/token",
+    "https:///v2/token",  # no host
+    "https://registry.example.net:https/v2/token",
+    "https://user:pw@registry.example.net/v2/token",
+    "https://registry.example.net/v2/token?service=x",  # the client adds its query
+    'https://registry.example.net/v2/"token',  # inside the challenge's quoted string
+    "https://registry.example.net/v2/token\r\nX-Evil: 1",
+])
+def test_a_token_realm_that_is_no_absolute_http_url_is_refused(realm):
+    with pytest.raises(ConfigError, match="auth.token_realm must be an absolute http\\(s\\) URL") as e:
+        load(None, {"token_service": True, "token_realm": realm})
+    assert "\n" not in str(e.value).replace("\\n", "")
+
+
+def test_a_token_realm_needs_the_token_service():
+    with pytest.raises(ConfigError, match="token_realm is set but auth.token_service is off"):
+        load(None, {"token_realm": "https://registry.example.net/v2/token"})
+    config = load(None, {"token_service": True, "token_realm": "https://registry.example.net:8443/v2/token"})
+    assert config.token_realm == "https://registry.example.net:8443/v2/token"
+
+
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(str(tmp_path / "missing.toml"), {})

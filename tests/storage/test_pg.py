@@ -259,3 +259,127 @@ def test_a_read_is_one_statement_outside_a_transaction(pg_db):
     with pytest.raises(psycopg.errors.UndefinedTable):  # its errors come through, the connection serves on
         pg_db.read(lambda cur: cur.execute("SELECT * FROM no_such_table"))
     assert pg_db.read(lambda cur: cur.execute("SELECT 2").fetchone()[0]) == 2
+
+
+def _backend(db):
+    return db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def test_a_frozen_backend_is_no_answer_within_query_timeout_and_its_connection_is_replaced(pg_db):
+    # a stopped server (or a hung host whose kernel still ACKs): libpq waited for as long as it stayed stopped
+    from tests.helpers.postgres import frozen
+
+    db = pg.Database(pg_db.dsn, max_size=1, statement_timeout=1, query_timeout=2)
+    try:
+        stuck = _backend(db)
+        with frozen([stuck]):
+            started = time.monotonic()
+            with pytest.raises(pg.DatabaseNoAnswer, match="did not answer within 2 s.*query_timeout"):
+                db.run(lambda cur: cur.execute("SELECT 1"))
+            assert 2.0 <= time.monotonic() - started < 5.0
+            # the postmaster still forks backends: the pool has a new connection, not the cut one
+            assert _backend(db) != stuck
+            assert db.pool.get_stats()["returns_bad"] == 1
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("freeze_before", ["statement", "commit"])
+def test_a_write_cut_by_query_timeout_commits_whole_or_not_at_all(pg_db, freeze_before):
+    # what a client told 503 left behind: nothing when the server froze before the COMMIT reached it;
+    # when the COMMIT itself was in flight the transaction committed (told after, as after any connection
+    # lost at commit): never half of it
+    import os
+    import signal
+
+    pg_db.run(lambda cur: cur.execute("CREATE TABLE cut (n int)"))
+    db = pg.Database(pg_db.dsn, max_size=1, statement_timeout=1, query_timeout=2)
+    stuck = _backend(db)
+
+    def write(cur):
+        cur.execute("INSERT INTO cut VALUES (1)")
+        if freeze_before == "statement":
+            os.kill(stuck, signal.SIGSTOP)
+        cur.execute("INSERT INTO cut VALUES (2)")
+        if freeze_before == "commit":
+            os.kill(stuck, signal.SIGSTOP)  # the COMMIT is sent to a stopped backend
+
+    try:
+        try:
+            with pytest.raises(pg.DatabaseNoAnswer):
+                db.run(write)
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        with psycopg.connect(pg_db.dsn, autocommit=True) as admin:  # the stopped backend reads what was sent
+            deadline = time.monotonic() + 30
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (stuck,)).fetchone():
+                assert time.monotonic() < deadline, "the cut backend did not exit"
+                time.sleep(0.01)  # another process: poll with a deadline
+            rows = sorted(n for (n,) in admin.execute("SELECT n FROM cut"))
+        assert rows == ([] if freeze_before == "statement" else [1, 2])
+        assert db.run(lambda cur: cur.execute("SELECT count(*) FROM cut").fetchone()[0]) == len(rows)
+    finally:
+        db.close()
+
+
+def test_a_long_transaction_gets_long_timeout_past_query_timeout(pg_db):
+    # garbage collection's scans raise their statement timeout; the client's bound must follow
+    db = pg.Database(pg_db.dsn, max_size=1, statement_timeout=1, query_timeout=1.5, long_timeout=10)
+    try:
+        assert db.run(lambda cur: (db.allow_long(cur), cur.execute("SELECT pg_sleep(2.5)"))[1].fetchone()) == ("",)
+        with pytest.raises(pg.DatabaseTimeout):  # the server's statement_timeout, before the client's bound
+            db.run(lambda cur: cur.execute("SELECT pg_sleep(2.5)"))
+    finally:
+        db.close()
+
+
+def test_tcp_user_timeout_and_connect_timeout_follow_query_timeout(pg_db):
+    db = pg.Database(pg_db.dsn, max_size=1, query_timeout=7)
+    try:
+        with db.connection() as conn:
+            params = conn.info.get_parameters()
+        assert (params["tcp_user_timeout"], params["connect_timeout"]) == ("7000", "7")
+    finally:
+        db.close()
+
+
+def test_a_shorter_bound_is_kept_while_a_longer_one_is_watched(pg_db):
+    # the readiness ping's bound (twice its wait) while a request's call (query_timeout) was already
+    # watched: the watchdog slept until the request's deadline, and /readyz hung as long
+    from tests.helpers.postgres import frozen
+    from tests.helpers.wait import wait_until
+
+    db = pg.Database(pg_db.dsn, max_size=2, statement_timeout=1, query_timeout=30)
+    try:
+        with db.connection() as a, db.connection() as b:  # the pool's two connections
+            pids = [a.info.backend_pid, b.info.backend_pid]
+        outcome = []
+        with frozen(pids):
+            slow = threading.Thread(target=lambda: outcome.append(db.run(lambda cur: cur.execute("SELECT 1"))))
+            slow.start()
+            wait_until(lambda: len(db._watchdog._watches) == 1, what="the long call watched", timeout=10)
+            started = time.monotonic()
+            with pytest.raises(pg.DatabaseNoAnswer, match="within 2 s"):
+                db.ping(1.0)
+            assert time.monotonic() - started < 4.0
+        slow.join(30)
+        assert outcome and not slow.is_alive()  # its backend continued in time: it was answered
+    finally:
+        db.close()
+
+
+def test_an_upgrade_waiting_for_another_nodes_upgrade_is_not_cut_at_query_timeout(pg_dsn):
+    # `izreg db upgrade` on two nodes at once: the second waits on the advisory lock, as long as the first takes
+    db = pg.Database(pg_dsn, max_size=1, statement_timeout=10, lock_timeout=0, query_timeout=1.5, long_timeout=10)
+    holder = psycopg.connect(pg_dsn, autocommit=True)
+    release = threading.Timer(2.5, holder.execute, ("SELECT pg_advisory_unlock(%s)", (pg.UPGRADE_LOCK,)))
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (pg.UPGRADE_LOCK,))
+        release.start()
+        started = time.monotonic()
+        assert db.upgrade() == (0, pg.latest_version())
+        assert time.monotonic() - started >= 2.5
+    finally:
+        release.cancel()
+        holder.close()
+        db.close()

@@ -230,3 +230,38 @@ def test_one_sweep_at_a_time_across_nodes(nodes):
     second.release()
     assert first.acquire(wait=True)
     first.release()
+
+
+def test_a_refused_blob_delete_reads_a_few_index_pages_however_the_manifests_sort(pg_dsn):
+    # the refusal names the first 5 manifests (by digest) that name the blob: with only the primary key
+    # (repo, manifest, blob) in manifest order, a repository whose first manifests do not name it was
+    # walked past all of them (400,000 manifests, the first 200,000 not naming it: 0.15-0.45 s of the
+    # database per refused DELETE, at will); an index (repo, blob, manifest) reads the 5 at once
+    import psycopg
+
+    from izreg.storage.pgindex import NAMING
+
+    db = Database(pg_dsn, max_size=2)
+    db.upgrade()
+    blob = "sha256:" + "b" * 64
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO repos (name, created) VALUES (%s, 1)", (REPO,))
+            conn.execute("INSERT INTO links (repo, digest, linked) VALUES (%s, %s, 1)", (REPO, blob))
+            conn.execute("INSERT INTO manifests (repo, digest, meta, data) SELECT %s, 'sha256:' || md5(i::text)"
+                         " || md5(i::text), '{}', ''::bytea FROM generate_series(1, 20000) i", (REPO,))
+            # the second half (by digest) names the blob, the first half a blob of its own each
+            conn.execute("INSERT INTO manifest_blobs (repo, manifest, blob, size) SELECT repo, digest, CASE WHEN"
+                         " digest >= 'sha256:8' THEN %s ELSE 'sha256:' || md5(digest) END, 1 FROM manifests",
+                         (blob,))
+            conn.execute("ANALYZE")
+            first = [m for (m,) in conn.execute("SELECT manifest FROM manifest_blobs WHERE blob = %s"
+                                                " ORDER BY manifest LIMIT 5", (blob,))]
+            plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + NAMING,
+                                (REPO, blob, 5)).fetchone()[0][0]["Plan"]
+        assert plan["Shared Hit Blocks"] + plan.get("Shared Read Blocks", 0) < 30, plan  # was 318
+        with pytest.raises(RegistryError) as refused:
+            PgIndex(db).unlink_blob(REPO, Digest.parse(blob))
+        assert refused.value.detail == {"digest": blob, "manifests": first}
+    finally:
+        db.close()

@@ -1,0 +1,144 @@
+"""
+The bounded wait for a thread (L{izreg.service.backends.bounded_runner}) on a
+Clock, with a pool whose threads the test frees one call at a time; the S3
+pool's refusal as the client sees it; and L{DetachedPool}'s stop, which leaves
+a stuck thread behind instead of joining it (real threads). On a real server
+with a bucket that does not answer: tests/e2e/test_s3_queue.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from twisted.internet.task import Clock
+
+from izreg.core.errors import ErrorCode
+from izreg.service.backends import CallQueue, DetachedPool, bounded_runner
+from izreg.storage.failures import storage_error
+from izreg.storage.interfaces import StorageBusy
+
+
+class ClockReactor(Clock):
+    """A Clock whose threads' results arrive at once (deferToThreadPool's callFromThread)."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class Threads:
+    """A thread pool whose calls run only when the test frees a thread (L{take})."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.calls.append((on_result, f, args, kwargs))
+
+    def take(self) -> None:
+        """A thread takes the oldest call and runs it."""
+        on_result, f, args, kwargs = self.calls.pop(0)
+        try:
+            value = f(*args, **kwargs)
+        except BaseException as e:
+            from twisted.python.failure import Failure
+
+            on_result(False, Failure(e))
+            return
+        on_result(True, value)
+
+
+def s3_busy(wait: float) -> Exception:
+    from izreg.storage.s3 import busy
+
+    return busy(wait)
+
+
+def test_a_call_that_finds_no_thread_in_time_is_refused_and_never_runs():
+    reactor, threads, queue, ran = ClockReactor(), Threads(), CallQueue(), []
+    run = bounded_runner(reactor, threads, 10, queue, refuse=s3_busy)
+    late = run(ran.append, "late")
+    failures = []
+    late.addErrback(failures.append)
+    assert (queue.waiting, queue.running, queue.expired) == (1, 0, 0)
+    reactor.advance(9.9)
+    assert not failures
+    reactor.advance(0.1)
+    assert len(failures) == 1 and failures[0].check(StorageBusy)
+    assert "no thread free for 10 s (storage.s3.queue_timeout)" in str(failures[0].value)
+    assert (queue.waiting, queue.running, queue.expired) == (0, 0, 1)
+    threads.take()  # a thread frees up later: the refused call is skipped, not run half-way through a 503
+    assert ran == [] and (queue.waiting, queue.running, queue.expired) == (0, 0, 1)
+    assert not reactor.getDelayedCalls()
+
+
+def test_a_call_taken_in_time_runs_counted_as_running_and_its_timer_is_gone():
+    reactor, threads, queue = ClockReactor(), Threads(), CallQueue()
+    run = bounded_runner(reactor, threads, 10, queue, refuse=s3_busy)
+    seen = []
+    d = run(lambda: seen.append((queue.waiting, queue.running)) or "answer")
+    reactor.advance(9)
+    threads.take()
+    assert seen == [(0, 1)] and d.result == "answer"
+    assert (queue.waiting, queue.running, queue.expired) == (0, 0, 0)
+    assert not reactor.getDelayedCalls()
+    reactor.advance(5)  # past the wait: nothing fires twice
+    failing = run(lambda: 1 / 0)
+    threads.take()
+    with pytest.raises(ZeroDivisionError):  # a call's own error comes through as it is
+        failing.result.raiseException()
+    failing.addErrback(lambda f: None)
+    assert (queue.waiting, queue.running, queue.expired) == (0, 0, 0)
+
+
+def test_only_the_calls_behind_busy_threads_are_refused():
+    reactor, threads, queue = ClockReactor(), Threads(), CallQueue()
+    run = bounded_runner(reactor, threads, 10, queue, refuse=s3_busy)
+    first = run(lambda: 1)
+    reactor.advance(5)
+    second = run(lambda: 2)
+    threads.take()  # the first gets a thread at 5 s
+    reactor.advance(5)  # the second has waited 5 s: still waiting
+    assert first.result == 1 and not second.called and queue.waiting == 1
+    reactor.advance(5)
+    assert second.called and queue.expired == 1
+    second.addErrback(lambda f: None)
+
+
+def test_the_client_gets_a_503_with_retry_after():
+    error = storage_error(s3_busy(10))
+    assert error is not None and error.code is ErrorCode.UNAVAILABLE
+    assert error.headers == {"Retry-After": "1"} and error.detail == {"reason": "storage backend busy"}
+
+
+def test_stop_leaves_a_stuck_thread_behind_after_its_grace():
+    pool = DetachedPool(0, 2, "test-s3", grace=0.3)
+    pool.start()
+    release, started, done = threading.Event(), threading.Event(), []
+    pool.callInThread(lambda: (started.set(), release.wait(60)))
+    pool.callInThread(done.append, "quick")
+    assert started.wait(10)
+    began = time.monotonic()
+    left = pool.stop()
+    took = time.monotonic() - began
+    try:
+        # Twisted's ThreadPool.stop joined every thread: it waited as long as the stuck call (60 s here)
+        assert 0.25 < took < 5, took
+        assert len(left) == 1 and left[0].daemon and left[0].is_alive()  # the interpreter will not wait for it
+        assert done == ["quick"]
+    finally:
+        release.set()
+    left[0].join(10)
+    assert not left[0].is_alive()
+
+
+def test_stop_returns_at_once_when_no_call_is_in_flight():
+    pool = DetachedPool(0, 2, "test-s3", grace=30)
+    pool.start()
+    ran = threading.Event()
+    pool.callInThread(ran.set)
+    assert ran.wait(10)
+    began = time.monotonic()
+    assert pool.stop() == []
+    assert time.monotonic() - began < 5
