@@ -36,7 +36,7 @@ import tempfile
 from typing import Iterator
 
 from bench.client import load, push_small, put_manifest
-from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, _status, cpu_seconds
+from bench.common import MB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REPO_ROOT, Blob, MiB, _status, cpu_seconds, mib
 from bench.modes import SOAK_CONFIG, run_soak, soak_curve, soak_method, soak_operations, soak_ratio_line, soak_title
 from bench.s3 import CREDENTIALS, Moto
 from bench.servers import Izreg, Server
@@ -142,11 +142,6 @@ def _seed(node: Izreg) -> tuple[str, str]:
     return f"/v2/{node.repo}/manifests/v0", f"/v2/{node.repo}/blobs/{layer.digest}"
 
 
-def _s3_toml(moto: Moto) -> str:
-    return (f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "bench"\nendpoint_url = "{moto.url}"\n'
-            'region = "us-east-1"\n')
-
-
 def _pg_nodes(workdir: str, venv: str, pg: PostgresServer, config: str, count: int, started: list[Server],
               prefix: str) -> list[Node]:
     """
@@ -173,7 +168,7 @@ def _pg_nodes(workdir: str, venv: str, pg: PostgresServer, config: str, count: i
 
 def _run_setups(workdir: str, venv: str, q: dict, pg: PostgresServer, moto: Moto, log) -> dict:
     r: dict = {}
-    s3 = _s3_toml(moto)
+    s3 = moto.config_toml()
     accept = {"Accept": OCI_MANIFEST}
     started: list[Server] = []
 
@@ -333,7 +328,7 @@ def run_cluster_soak(workdir: str, venv: str, seconds: float, clients: int, log,
     with _backends(workdir, venv, "cluster-soak") as (pg, moto):
         started: list[Server] = []
         try:
-            nodes = _pg_nodes(workdir, venv, pg, _s3_toml(moto) + SOAK_CONFIG, count, started, "soak-node")
+            nodes = _pg_nodes(workdir, venv, pg, moto.config_toml() + SOAK_CONFIG, count, started, "soak-node")
             where = os.path.join(workdir, "soak-haproxy")
             os.makedirs(where)
             proxy = Balanced(where, nodes)
@@ -379,9 +374,6 @@ def report_cluster_soak(soak: dict, command: str) -> list[str]:
         L += soak_ratio_line(w[name], "rss", what)
         if values:
             L[-1] += f"; {values[0] / MiB:.1f} MiB at the first sample, {values[-1] / MiB:.1f} MiB at the last"
-
-    def mib(value: int | None) -> str:
-        return "–" if value is None else f"{value / MiB:.1f}"
 
     def row(i: int) -> str:
         return " | ".join([*(mib(w[f"node {n}"]["rss"][i]) for n in range(1, count + 1)),

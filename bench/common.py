@@ -173,6 +173,11 @@ def size_label(size: int) -> str:
     return f"{size // MiB} MiB"
 
 
+def mib(value: float | None) -> str:
+    """C{value} bytes in MiB, one decimal; "–" for none (a window the samples did not reach)."""
+    return "–" if value is None else f"{value / MiB:.1f}"
+
+
 # --------------------------------------------------------------------------------------
 # CPU placement
 # --------------------------------------------------------------------------------------

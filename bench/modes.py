@@ -38,7 +38,9 @@ from bench.client import (
     put_manifest,
     run_workers,
 )
-from bench.common import MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, pinned, placement, size_label
+from bench.common import (
+    MB, OCI_MANIFEST, REPO_ROOT, Blob, MiB, PeakRSS, _status, cpu_seconds, mib, pinned, placement, size_label,
+)
 from bench.servers import Izreg, Server
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -611,12 +613,11 @@ def run_soak(server: Server, seconds: float, clients: int, log, sample_every: fl
     sized = [(t, size) for (t, _), size in zip(samples, index)]
     out["index_measured"] = next((size for t, size in sized if t >= warmup), None)
     log(f"  soak: {sum(ops.values())} operations {ops}, {errors} errors{f' (first: {first})' if first else ''}; "
-        f"RSS first {window:.0f} s after the {warmup:.0f} s warm-up {out['rss_first'] and out['rss_first'] / MiB:.1f} MiB, "
-        f"last {out['rss_last'] and out['rss_last'] / MiB:.1f} MiB; first {window:.0f} s of the whole run "
-        f"{out['rss_run_first'] and out['rss_run_first'] / MiB:.1f} MiB")
+        f"RSS first {window:.0f} s after the {warmup:.0f} s warm-up {mib(out['rss_first'])} MiB, "
+        f"last {mib(out['rss_last'])} MiB; first {window:.0f} s of the whole run {mib(out['rss_run_first'])} MiB")
     for name, w in out["watch"].items():
-        log(f"  soak: {name}: memory first {window:.0f} s after the warm-up {w['rss_first'] and w['rss_first'] / MiB:.1f} MiB, "
-            f"last {w['rss_last'] and w['rss_last'] / MiB:.1f} MiB")
+        log(f"  soak: {name}: memory first {window:.0f} s after the warm-up {mib(w['rss_first'])} MiB, "
+            f"last {mib(w['rss_last'])} MiB")
     return out
 
 

@@ -49,6 +49,14 @@ class Moto:
                 raise RuntimeError(f"moto did not start; see {self.log.name}")
             time.sleep(0.2)
 
+    def config_toml(self, bucket: str = "bench") -> str:
+        """
+        izreg's C{[storage]} for this server. moto on the bench's busy 2 CPUs may go quiet past izreg's
+        60 s read_timeout while it swallows a big part: 300, as before that default (tests/helpers/s3.py too).
+        """
+        return (f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "{bucket}"\nendpoint_url = "{self.url}"\n'
+                'region = "us-east-1"\nread_timeout = 300\n')
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -71,7 +79,7 @@ class IzregS3(Izreg):
     def start(self) -> None:
         self.moto.start("bench")
         with open(self.config, "w") as f:
-            f.write(f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "bench"\nendpoint_url = "{self.moto.url}"\n')
+            f.write(self.moto.config_toml())
         os.environ.update(CREDENTIALS)  # the standard AWS_* variables, inherited by twistd
         super().start()
 

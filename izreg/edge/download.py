@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.edge.test_edge_e2e -*-
+# -*- test-case-name: tests.edge.test_edge_e2e,tests.edge.test_edge_upstream -*-
 """
 One upstream fetch of a blob, shared by every client that wants it.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.edge.test_edge_e2e -*-
+# -*- test-case-name: tests.edge.test_edge_e2e,tests.edge.test_edge_upstream -*-
 """
 The edge's HTTP API: the pull side of the distribution API, answered from
 the cache or the registry.

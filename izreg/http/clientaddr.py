@@ -114,9 +114,7 @@ def forwarded_scheme(request) -> str | None:
     C{http-request set-header X-Forwarded-Proto https}), else C{None} (no
     such header, another value, or a peer not in C{trusted_proxies}).
     """
-    client = getattr(request, "client", None)
-    peer = getattr(client, "host", None) or ""
-    proxies = getattr(getattr(getattr(request, "channel", None), "site", None), "proxies", None)
+    peer, proxies = _peer(request)
     if not proxies or not proxies.trusted(peer):
         return None
     values = [v.strip().lower() for value in request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
@@ -126,10 +124,13 @@ def forwarded_scheme(request) -> str | None:
 
 def client_address(request) -> str:
     """The client address of a twisted request (the site's trusted proxies applied)."""
-    client = getattr(request, "client", None)
-    peer = getattr(client, "host", None) or "unknown"
-    channel = getattr(request, "channel", None)
-    proxies = getattr(getattr(channel, "site", None), "proxies", None)
+    peer, proxies = _peer(request)
     if proxies:
         return proxies.client(peer, request.requestHeaders)
     return peer
+
+
+def _peer(request) -> tuple[str, TrustedProxies | None]:
+    """The TCP peer of a twisted request (C{"unknown"} when it has none) and its site's trusted proxies."""
+    peer = getattr(getattr(request, "client", None), "host", None) or "unknown"
+    return peer, getattr(getattr(getattr(request, "channel", None), "site", None), "proxies", None)

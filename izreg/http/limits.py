@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_bodies -*-
+# -*- test-case-name: tests.http.test_bodies,tests.e2e.test_drain -*-
 """
 What a client may hold of the server before it is known to be welcome:
 request bodies in memory (L{BodyBudget}), connections (L{ConnectionLimits},

@@ -92,13 +92,10 @@ class S3Metrics:
 
 def s3_failure(exception: BaseException) -> str:
     """The outcome of an S3 call that got no answer (botocore's exception)."""
-    from botocore.exceptions import ConnectionError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
+    from izreg.storage.s3 import no_answer
 
-    if isinstance(exception, (ConnectTimeoutError, ReadTimeoutError)):
-        return "timeout"
-    if isinstance(exception, (ConnectionError, HTTPClientError, OSError)):
-        return "unreachable"
-    return "client_error"  # before the request left: no credentials, a request botocore would not send
+    # else before the request left: no credentials, a request botocore would not send
+    return no_answer(exception) or "client_error"
 
 
 class S3QueueCollector:

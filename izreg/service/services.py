@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.service.test_tap -*-
+# -*- test-case-name: tests.service.test_tap,tests.e2e.test_drain,tests.e2e.test_backend_metrics -*-
 """
 The storage lifecycle and the composition root: LMDB and the thread pools
 are opened in C{startService} (after twistd has forked: LMDB must never

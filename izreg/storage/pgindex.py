@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_index -*-
+# -*- test-case-name: tests.storage.test_index,tests.storage.test_pgindex -*-
 """
 The metadata index on PostgreSQL: the twin of L{izreg.storage.lmdbindex.Index}
 (same methods, results and exceptions; L{IMetadataIndex}), shared by several

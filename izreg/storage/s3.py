@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_contract -*-
+# -*- test-case-name: tests.storage.test_contract,tests.storage.test_s3_start,tests.e2e.test_s3 -*-
 """
 Blobs and upload sessions in an S3-compatible bucket (AWS S3, MinIO, Ceph
 RGW, GCS's S3 API, moto), through boto3: the reference client, with SigV4,
@@ -143,16 +143,30 @@ def bucket_error(client, bucket: str) -> str | None:
     L{make_client} with a timeout); C{None} when it answers, else why, in one line that names no
     endpoint (C{/readyz} answers anyone).
     """
-    from botocore.exceptions import ConnectionError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
-
     try:
         client.head_bucket(Bucket=bucket)
-    except (ConnectTimeoutError, ReadTimeoutError):
-        return "the S3 endpoint did not answer in time"
-    except (ConnectionError, HTTPClientError):
-        return "cannot connect to the S3 endpoint"
-    except Exception as e:  # an answer: no such bucket, access denied, 503...
-        return f"the S3 bucket cannot be reached: {_describe(e)}"
+    except Exception as e:
+        unanswered = no_answer(e)
+        if unanswered == "timeout":
+            return "the S3 endpoint did not answer in time"
+        if unanswered == "unreachable":
+            return "cannot connect to the S3 endpoint"
+        return f"the S3 bucket cannot be reached: {_describe(e)}"  # an answer: no such bucket, access denied, 503...
+    return None
+
+
+def no_answer(e: BaseException) -> str | None:
+    """
+    Why an S3 call (botocore's exception C{e}) got no answer: C{"timeout"} (to connect or for the next
+    bytes), C{"unreachable"} (refused, reset, closed, no route, DNS), else C{None} (an answer, or a
+    failure before the request left: no credentials). L{bucket_error}'s and the metrics' outcomes.
+    """
+    from botocore.exceptions import ConnectionError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
+
+    if isinstance(e, (ConnectTimeoutError, ReadTimeoutError)):
+        return "timeout"
+    if isinstance(e, (ConnectionError, HTTPClientError, OSError)):
+        return "unreachable"
     return None
 
 
@@ -195,12 +209,15 @@ def busy(wait: float) -> StorageBusy:
 
 
 def _s3(f):
-    """Run an S3 call; botocore's failures become L{StorageError} (a 503 for the client)."""
+    """
+    Run an S3 call; botocore's failures become L{StorageError} (a 503 for the client). izreg's own
+    L{FileNotFoundError} (an object not there: L{S3Reader.begin}'s 404) passes as it is.
+    """
 
     def call(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except (StorageError, DigestMismatch):
+        except (StorageError, DigestMismatch, FileNotFoundError):
             raise
         except Exception as e:
             raise StorageError(f"S3: {_describe(e)}") from e

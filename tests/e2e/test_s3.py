@@ -290,7 +290,8 @@ def test_a_secret_key_in_a_config_every_user_may_read_is_warned_about(tmp_path_f
 
 def test_a_node_is_back_soon_after_a_blackhole_of_the_bucket(tmp_path_factory, moto_server):
     # connections to the bucket that died silently (10 s of blackhole) held every S3 thread for the
-    # read timeout, 300 s: the node's pulls hung that long after the bucket was back, new ones too
+    # read timeout, then a fixed 300 s (now [storage.s3] read_timeout, 60 by default): the node's pulls hung that
+    # long after the bucket was back, new ones too
     import concurrent.futures
     import time
 

@@ -82,6 +82,8 @@ class MotoServer:
         """A ``[storage]`` + ``[storage.s3]`` TOML snippet for izreg over this server."""
         lines = ["[storage]", 'backend = "s3"', "[storage.s3]", f'bucket = "{bucket}"', f'endpoint_url = "{self.url}"',
                  'region = "us-east-1"']
+        # moto on a shared 2-core machine may go quiet past izreg's 60 s default while it swallows a big part
+        extra.setdefault("read_timeout", 300)
         for key, value in extra.items():
             lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}")
         return "\n".join(lines) + "\n"

@@ -174,6 +174,29 @@ async def test_a_read_in_a_worker_thread_returns_bytes(backend):
 
 
 @pytest_twisted.ensureDeferred
+async def test_begin_of_a_blob_whose_bytes_are_gone_says_not_found(backend):
+    """
+    A reader that waits on the network opens its object before the answer's head (C{begin}): an object
+    deleted under the index (a collector's race, a bucket emptied by hand) is L{FileNotFoundError}, which
+    the blob route answers 404 BLOB_UNKNOWN and logs; only a store out of reach is L{StorageError} (503).
+    """
+    data = pattern(3000, 5)
+    digest = Digest.of(data)
+    await blocking(backend.blobs.put_bytes, digest, data)
+    reader = backend.blobs.open(digest)
+    if getattr(reader, "begin", None) is None:
+        reader.close()
+        pytest.skip("the reader has no begin(): it opens its file in open()")
+    try:
+        await blocking(backend.blobs.delete, digest)
+        reader.seek(10)
+        with pytest.raises(FileNotFoundError):
+            await reader.begin()
+    finally:
+        reader.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_empty_blob(backend):
     digest = Digest.of(b"")
     session = backend.uploads.create(NAME, 1.0, persisted=False)
