@@ -79,6 +79,68 @@ async def test_a_chunked_push_alternating_between_nodes(nodes):
         assert response.code == 200 and body == data
 
 
+@pytest_twisted.async_yield_fixture
+async def s3_nodes(pg_schema_dsn, moto_server, s3_bucket):
+    """
+    Two registries over one database and one bucket (moto), each with its own S3 upload store
+    (its own cache of sessions, C{shared} as a node on PostgreSQL has it) and a clock the test moves.
+    """
+    from twisted.internet.threads import deferToThread
+
+    from izreg.service.config import Config
+    from izreg.storage.s3 import S3Blobs, S3Uploads, make_client
+
+    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=moto_server.url, s3_threads=4)
+    clock = [1000.0]
+    nodes = []
+    for _ in range(2):
+        blobs = S3Blobs(make_client(config), s3_bucket, "", deferToThread)
+        node = pg_server(pg_schema_dsn, uploads=S3Uploads(blobs, shared=True))
+        node.registry.now = lambda: clock[0]
+        nodes.append(node)
+    yield nodes, clock
+    for node in nodes:
+        await node.service.stopService()
+
+
+@pytest.mark.s3
+async def test_a_node_drops_the_sessions_another_node_ended(s3_nodes):
+    """
+    A push's POST on one node and its PUT on the other (haproxy's round-robin): the first node
+    cached the session at its POST and never sees it again. Its next read of the open sessions
+    (at most every OPEN_UPLOADS_REFRESH seconds, at a POST) drops those whose record is gone;
+    a session it still holds stays cached (its running hash), and goes on.
+    """
+    from izreg.uploading import OPEN_UPLOADS_REFRESH
+
+    (one, two), clock = s3_nodes
+    name = repo("spread")
+    cached = one.registry.uploads.sessions
+
+    async def post(node) -> str:
+        response, body = await node.request("POST", f"/v2/{name}/blobs/uploads/")
+        assert response.code == 202, body
+        return response.headers.getRawHeaders("Location")[0]
+
+    for rounds in range(3):
+        for i in range(10):
+            data = f"layer {rounds} {i}".encode()
+            location = await post(one)
+            response, body = await two.request("PUT", f"{location}?digest={digest_of(data)}", body=data)
+            assert response.code == 201, body
+        kept = await post(one)  # a session the first node still holds (a push in progress there)
+        response, body = await one.request("PATCH", kept, body=b"kept ", headers={"Content-Range": "0-4"})
+        assert response.code == 202, body
+        kept = response.headers.getRawHeaders("Location")[0]
+        assert len(cached) == 2 * rounds + 11  # the earlier rounds' two, the ten ended elsewhere, the held one
+        clock[0] += OPEN_UPLOADS_REFRESH
+        await post(one)  # the next POST reads the open sessions again: the ten ended elsewhere go
+        assert len(cached) == 2 * rounds + 2  # the held ones and the POSTs that read the list, still open
+    response, body = await one.request("PUT", f"{kept}?digest={digest_of(b'kept held')}", body=b"held")
+    assert response.code == 201, body
+    assert len(cached) == 5  # the last held one went into the store
+
+
 async def test_an_out_of_order_chunk_on_the_other_node_is_refused(nodes):
     name = repo("order")
     response, _ = await nodes[0].request("POST", f"/v2/{name}/blobs/uploads/")
