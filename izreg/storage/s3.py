@@ -498,6 +498,16 @@ class S3Writer(SinkBase):
         session.offset = self.start
         self._chain.addBoth(self._release)  # parts in flight finish before the next writer starts
 
+    def rollback(self) -> None:
+        """
+        Undo C{done} after the store acknowledged the body but the index did not record it (a 503): the
+        session's parts, tail and tail object already hold the body, and a retry of it from the offset
+        put back would append it twice, under a hash that still matches. The next request revives the
+        session from its record, the last acknowledged state.
+        """
+        super().rollback()
+        self.store.forget(self.session)
+
     def _release(self, result=None):
         self.session.busy = False
         self._let_go()

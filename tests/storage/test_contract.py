@@ -409,3 +409,30 @@ def test_filesystem_reader_offers_sendfile(tmp_path):
         reader.close()
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize("sizes", [(1000, 2000), (1000, PART + 5)], ids=["tail", "part"])
+@pytest_twisted.ensureDeferred
+async def test_a_chunk_rolled_back_after_its_acknowledge_is_sent_again_whole(backend, sizes):
+    """
+    The store acknowledged a chunk but the index did not record it (a 503: no database thread free,
+    the database did not answer): the registry rolls the sink back (UploadSessions.chunk_done), and the
+    client sends the chunk again from the offset the record still says. The blob is the bytes sent,
+    once: nothing of the refused chunk stays in the session.
+    """
+    first, second = pattern(sizes[0], 1), pattern(sizes[1], 2)
+    session = backend.uploads.create(NAME, 1.0)
+    await append(backend.uploads, session, first)
+    record = backend.uploads.record(session, 1.0)  # what the index holds
+    sink = backend.uploads.sink(session)
+    sink.write(second)
+    sink.done(keep_busy=True)
+    await backend.uploads.acknowledge(sink)
+    sink.rollback()  # the index write failed
+    session.busy = False
+    await wait_idle(session)
+    session = backend.uploads.get(session.id, record)  # the next request's session (UploadSessions._session)
+    assert session.offset == len(first)
+    assert await append(backend.uploads, session, second) == len(first) + len(second)
+    await commit(backend, session, Digest.of(first + second))
+    assert await read_blob(backend.blobs, Digest.of(first + second)) == first + second
