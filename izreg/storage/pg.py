@@ -368,8 +368,9 @@ class _Watchdog:
         with self._cond:
             self._watches[id(conn)] = watch
             if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._loop, name="izreg-pg-watchdog", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="izreg-pg-watchdog", daemon=True)
+                thread.start()  # if it cannot start, the next call tries again
+                self._thread = thread
             elif deadline < self._wakes_at:
                 self._cond.notify()  # it sleeps past this deadline (a shorter bound: the readiness ping's)
         return watch
@@ -403,9 +404,15 @@ class _Watchdog:
                     if watch.deadline <= now:
                         del self._watches[id(watch.conn)]
                         watch.fired = True
-                        _cut(watch.conn)
+                        try:
+                            _cut(watch.conn)
+                        except Exception:  # the thread must live: without it no call is bounded
+                            _watchdog_logger.exception("cutting a database call past its deadline failed")
                 self._wakes_at = min((w.deadline for w in self._watches.values()), default=now + 3600)
                 self._cond.wait(max(self._wakes_at - now, 0.01))
+
+
+_watchdog_logger = logging.getLogger("izreg.pg.watchdog")
 
 
 def _cut(conn: psycopg.Connection) -> None:

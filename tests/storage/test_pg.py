@@ -383,3 +383,39 @@ def test_an_upgrade_waiting_for_another_nodes_upgrade_is_not_cut_at_query_timeou
         release.cancel()
         holder.close()
         db.close()
+
+
+class _Broken:
+    """A connection whose socket cannot be had: cutting it fails in a way L{pg._cut} does not expect."""
+
+    class pgconn:
+        @property
+        def socket(self):
+            raise RuntimeError("no socket for you")
+
+    pgconn = pgconn()
+
+
+class _Connected:
+    """A connection over one end of a socket pair (the test holds the other)."""
+
+    def __init__(self, sock) -> None:
+        self.pgconn = type("PGconn", (), {"socket": sock.fileno()})()
+
+
+def test_the_watchdog_lives_on_after_a_cut_that_fails():
+    # it caught only what _cut expects; anything else ended its thread, and then no call was bounded
+    import socket
+
+    watchdog = pg._Watchdog()
+    ours, theirs = socket.socketpair()
+    try:
+        broken = watchdog.watch(_Broken(), time.monotonic())
+        later = watchdog.watch(_Connected(ours), time.monotonic() + 0.2)
+        theirs.settimeout(10)
+        assert theirs.recv(1) == b""  # the second call's socket shut down: the watchdog still runs
+        assert broken.fired and later.fired
+    finally:
+        watchdog.stop()
+        ours.close()
+        theirs.close()
