@@ -27,6 +27,8 @@ from izreg.storage.capacity import DiskFloor
 
 #: how long a client should wait before pushing again after a 503, seconds
 RETRY_AFTER = 60
+#: seconds a /readyz waits for the write probe (a data directory on a hung mount: it never ends)
+PROBE_TIMEOUT = 10.0
 
 
 class Readiness:
@@ -36,15 +38,19 @@ class Readiness:
     @param disk: the free-space floor.
     @param more: further checks by name (the S3 bucket's: L{CachedCheck}), each giving C{None} when
         fine, else why; run beside the others.
+    @param reactor: with it, a /readyz waits at most L{PROBE_TIMEOUT} for the write probe (then the
+        check fails, "did not finish"; the push gate keeps the last outcome: a probe slow behind a busy
+        I/O pool is not an unwritable disk).
     """
 
     log = Logger()
 
     def __init__(self, index_error: Callable[[], str | None | Deferred],
                  probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
-                 more: dict[str, Callable[[], Deferred]] | None = None) -> None:
+                 more: dict[str, Callable[[], Deferred]] | None = None, reactor=None) -> None:
         self.index_error = shared(index_error)  # with PostgreSQL a ping in a database thread: one at a time too
-        self.probe_writable = shared(probe_writable)  # a storm of /readyz is one write probe at a time
+        # a storm of /readyz is one write probe at a time
+        self.probe_writable = shared(probe_writable, reactor, PROBE_TIMEOUT if reactor is not None else None)
         self.disk = disk
         self.more = more or {}
         self.unwritable: str | None = None
@@ -57,15 +63,19 @@ class Readiness:
         checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
         try:
             unwritable = await self.probe_writable()
+        except defer.TimeoutError:  # still running (a hung mount?): not ready now, the push gate as it was
+            late = f"the write probe did not finish within {PROBE_TIMEOUT:g} s"
+            checks["data_dir"] = {"ok": False, "error": late}
         except Exception as e:  # the probe itself failed: not ready, and say why
             unwritable = f"write probe failed: {e}"
-        if unwritable != self.unwritable:
-            if unwritable:
-                self.log.error("not ready: {reason}; pushes are refused", reason=unwritable)
-            else:
-                self.log.info("the data directory is writable again")
-        self.unwritable = unwritable
-        checks["data_dir"] = {"ok": unwritable is None, **({"error": unwritable} if unwritable else {})}
+        if "data_dir" not in checks:
+            if unwritable != self.unwritable:
+                if unwritable:
+                    self.log.error("not ready: {reason}; pushes are refused", reason=unwritable)
+                else:
+                    self.log.info("the data directory is writable again")
+            self.unwritable = unwritable
+            checks["data_dir"] = {"ok": unwritable is None, **({"error": unwritable} if unwritable else {})}
         try:
             space = self.disk.space()
             checks["disk"] = {"ok": not space.low, "free": space.free, "total": space.total, "floor": space.minimum}
@@ -90,10 +100,12 @@ class Readiness:
                              headers={"Retry-After": str(RETRY_AFTER)})
 
 
-def shared(call: Callable[[], Any]) -> Callable[[], Deferred]:
+def shared(call: Callable[[], Any], reactor=None, timeout: float | None = None) -> Callable[[], Deferred]:
     """
     C{call} (a coroutine function, one returning a Deferred, or a plain value) run one at a time: those
-    who ask while it runs get the outcome of the run in flight, not a run of their own.
+    who ask while it runs get the outcome of the run in flight, not a run of their own. With C{timeout}
+    (and C{reactor}), one who waits longer gets L{defer.TimeoutError} and is let go (a run that never
+    ends holds no one, and no list of them grows).
     """
     waiting: list[Deferred] | None = None
 
@@ -103,14 +115,20 @@ def shared(call: Callable[[], Any]) -> Callable[[], Deferred]:
         for answer in answers:
             answer.callback(outcome)  # a Failure is each one's error
 
+    def let_go(answer: Deferred) -> None:  # its timeout cancelled it
+        if waiting is not None and answer in waiting:
+            waiting.remove(answer)
+
     def run() -> Deferred:
         nonlocal waiting
-        answer: Deferred = Deferred()
+        answer: Deferred = Deferred(canceller=let_go)
         if waiting is None:
             waiting = [answer]
             defer.ensureDeferred(_awaited(call)).addBoth(done)
         else:
             waiting.append(answer)
+        if timeout is not None:
+            answer.addTimeout(timeout, reactor)
         return answer
 
     return run

@@ -231,7 +231,8 @@ class RegistryService(service.MultiService):
             hold_refresh=config.gc_grace / HOLD_REFRESH_SHARE,
         )
         self.readiness = Readiness(backend.index_error, self._probe(root),
-                                   DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs))
+                                   DiskFloor(root, parse_floor(config.min_free_disk)), more=self._bucket_check(blobs),
+                                   reactor=reactor)
         guard = self.fixed_guard or AccessGuard(authenticator, self._device_verifier(devices), reactor.seconds,
                                                 run_read=backend.run_read, on_device=self.on_device,
                                                 realm=config.token_realm)

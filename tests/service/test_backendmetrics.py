@@ -160,3 +160,23 @@ def test_readyz_at_once_shares_one_database_round_trip():
     assert later.result["index"] == {"ok": True}
     lmdb = Readiness(lambda: None, lambda: succeed(None), DiskFloor("/", parse_floor("0")))  # no Deferred: as is
     assert ensureDeferred(lmdb.refresh()).result["index"] == {"ok": True}
+
+
+def test_a_write_probe_that_never_ends_holds_no_readyz_and_leaves_the_push_gate():
+    # a data directory on a hung mount: the probe's thread never returns; each /readyz waited for it
+    # forever, and each was kept in the list of those waiting
+    from izreg.http.health import PROBE_TIMEOUT, Readiness
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    clock, probes = Clock(), Probes()
+    readiness = Readiness(lambda: None, probes, DiskFloor("/", parse_floor("0")), reactor=clock)
+    refreshes = [ensureDeferred(readiness.refresh()) for _ in range(50)]
+    assert len(probes.calls) == 1
+    clock.advance(PROBE_TIMEOUT)
+    for refresh in refreshes:
+        assert refresh.result["data_dir"] == {"ok": False, "error": "the write probe did not finish within 10 s"}
+    assert readiness.unwritable is None  # pushes are not refused for a slow probe
+    later = ensureDeferred(readiness.refresh())  # joins the probe still in flight, not a second one
+    assert len(probes.calls) == 1
+    probes.calls[0].callback(None)  # it ends at last: only the one still waiting is answered
+    assert later.result["data_dir"] == {"ok": True}
