@@ -136,7 +136,7 @@ class Database:
         if query_timeout > 0:
             self.keepalives["tcp_user_timeout"] = int(query_timeout * 1000)  # milliseconds
             if "connect_timeout" not in conninfo_to_dict(dsn):  # psycopg's default: 130 s
-                kwargs["connect_timeout"] = max(2, int(min(timeout, query_timeout)))
+                self.keepalives["connect_timeout"] = max(2, int(min(timeout, query_timeout)))
         kwargs.update(self.keepalives)
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=timeout, open=False, name="izreg",

@@ -89,3 +89,17 @@ def test_failures_are_counted_across_nodes(pg_db, pg_schema_dsn):
         assert one(pg_db, "SELECT count(*) FROM auth_failures") == 1
     finally:
         other.close()
+
+
+def test_the_lock_connection_has_the_pools_connect_and_tcp_timeouts(pg_schema_dsn):
+    # made outside the pool, it had libpq's keepalives but psycopg's 130 s connect_timeout: a sweep on
+    # a frozen server held its thread that long
+    db = Database(pg_schema_dsn, max_size=1, timeout=5, query_timeout=7)
+    try:
+        lock = PgSweepLock(db)
+        assert lock.acquire()
+        params = lock._conn.info.get_parameters()
+        assert (params["connect_timeout"], params["tcp_user_timeout"]) == ("5", "7000")
+        lock.release()
+    finally:
+        db.close()
