@@ -14,6 +14,19 @@ version, applied in order by L{upgrade} (``izreg db upgrade``) in its own
 transaction, under an advisory lock so that two nodes upgrading at once do
 not collide. L{check} refuses a database whose version this izreg does not
 know (newer, or not yet upgraded).
+
+A migration whose text holds the line L{NO_TRANSACTION} runs outside a
+transaction, one statement at a time (statements end with ``;`` and hold
+none inside): for ``CREATE INDEX CONCURRENTLY``, which builds an index while
+the table takes writes (in a transaction a build holds them for as long as
+it takes). Each statement gets L{MIGRATION_LOCK_TIMEOUT} and is tried again
+when that passes (L{MIGRATION_ATTEMPTS} in all); the version is recorded
+once every statement is done. Its statements must be safe to run again
+(``IF NOT EXISTS``, ``IF EXISTS``): an interrupted run leaves some done.
+A concurrent build that failed leaves its index behind, INVALID (not used
+by queries, still maintained by writes): before ``CREATE INDEX CONCURRENTLY
+IF NOT EXISTS name`` (which would keep it) an invalid index of that name is
+dropped, so running the upgrade again builds it anew.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -39,6 +53,18 @@ MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 #: the advisory lock key of schema upgrades (any constant; ``izreg`` in ASCII)
 UPGRADE_LOCK = 0x697A726567
+#: an upgrade waiting for another node's polls the lock this often (seconds): a waiting
+#: ``pg_advisory_lock`` holds a snapshot, and a concurrent index build waits for every older
+#: snapshot to end, so the waiter and the builder would wait for each other
+UPGRADE_POLL = 0.5
+#: a migration holding this line runs outside a transaction (L{Database.upgrade})
+NO_TRANSACTION = "-- izreg: no-transaction"
+#: seconds each statement of such a migration may wait for a lock, and how often it is tried
+#: (a pause of L{MIGRATION_PAUSE} between: what waits in the lock queue behind it gets through)
+MIGRATION_LOCK_TIMEOUT = 10.0
+MIGRATION_ATTEMPTS = 6
+MIGRATION_PAUSE = 2.0
+_CONCURRENT_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)\s", re.I)
 #: transient conflicts between concurrent transactions: the whole transaction is run again
 RETRYABLE = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 RETRIES = 8
@@ -285,7 +311,10 @@ class Database:
                           " run `izreg db upgrade` first")
 
     def upgrade(self, log: Callable[[str], None] = lambda line: None) -> tuple[int, int]:
-        """Apply every migration the database lacks, each in its own transaction; C{(version before, after)}."""
+        """
+        Apply every migration the database lacks, each in its own transaction (or, a L{NO_TRANSACTION}
+        one, statement by statement); C{(version before, after)}.
+        """
         before = self.version()
         known = migrations()
         newer = self.run(_applied) - {v for v, _, _ in known}
@@ -296,23 +325,70 @@ class Database:
             self._allow_long_call(conn)  # it may wait for another node's upgrade, then migrate
             # a session lock taken before the migrations' transactions begin, so each of them
             # starts after another node's upgrade committed and sees its tables
-            conn.execute("SELECT pg_advisory_lock(%s)", (UPGRADE_LOCK,))
-            conn.commit()
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPGRADE_LOCK,)).fetchone()[0]:
+                time.sleep(UPGRADE_POLL)  # the command's thread (see UPGRADE_POLL)
             try:
                 for version, name, sql in known:
-                    with conn.transaction():
+                    if NO_TRANSACTION in sql.splitlines():
                         with conn.cursor() as cur:
-                            if version in _applied(cur):  # applied before, or by another node meanwhile
+                            if version in _applied(cur):
                                 continue
-                            cur.execute(sql)
-                            cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
-                                        (version, name))
+                        self._migrate_outside(conn, name, sql, log)
+                        conn.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
+                                     (version, name))
+                    else:
+                        with conn.transaction():
+                            with conn.cursor() as cur:
+                                if version in _applied(cur):  # applied before, or by another node meanwhile
+                                    continue
+                                cur.execute(sql)
+                                cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
+                                            (version, name))
                     log(f"applied {name}")
             finally:
-                conn.rollback()
-                conn.execute("SELECT pg_advisory_unlock(%s)", (UPGRADE_LOCK,))
-                conn.commit()
+                if not conn.closed:  # a lost connection took the session and its lock with it
+                    conn.rollback()
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (UPGRADE_LOCK,))
         return before, self.version()
+
+
+    def _migrate_outside(self, conn: psycopg.Connection, name: str, sql: str, log: Callable[[str], None]) -> None:
+        """The statements of a L{NO_TRANSACTION} migration, each on its own, with a lock timeout and retries."""
+        for statement in _statements(sql):
+            index = _CONCURRENT_INDEX.match(statement)
+            for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+                self._allow_long_call(conn)  # each statement (a build) may take long_timeout
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(MIGRATION_LOCK_TIMEOUT),))
+                try:
+                    if index:
+                        _drop_invalid_index(conn, index.group(1))
+                    conn.execute(statement)
+                    break
+                except pgerrors.LockNotAvailable as e:
+                    what = " ".join(statement.split()[:6])
+                    if attempt == MIGRATION_ATTEMPTS:
+                        raise SchemaError(f"{name}: {what} ...: {_describe(e)} ({MIGRATION_ATTEMPTS} attempts of"
+                                          f" {MIGRATION_LOCK_TIMEOUT:g} s; a long transaction holds the table?):"
+                                          " run `izreg db upgrade` again") from None
+                    log(f"{name}: {what} ...: waited {MIGRATION_LOCK_TIMEOUT:g} s for a lock,"
+                        f" trying again (attempt {attempt + 1} of {MIGRATION_ATTEMPTS})")
+                    time.sleep(MIGRATION_PAUSE)
+                finally:
+                    if not conn.closed:
+                        conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(self.lock_timeout),))
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a migration: its text without comment lines, split at each ``;``."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def _drop_invalid_index(conn: psycopg.Connection, name: str) -> None:
+    """Drop the index C{name} if a failed concurrent build left it invalid (``IF NOT EXISTS`` would keep it)."""
+    row = conn.execute("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)).fetchone()
+    if row and row[0]:
+        conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(name)))
 
 
 def _applied(cur: psycopg.Cursor) -> set[int]:
