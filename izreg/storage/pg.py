@@ -225,6 +225,30 @@ class Database:
                 self._calls.dropped = True
 
     @contextmanager
+    def bounded(self, conn: psycopg.Connection, seconds: float | None = None) -> Iterator[None]:
+        """
+        C{conn}, a connection of the caller's own (outside the pool: the sweep lock's), dropped by the
+        watchdog if what runs in the block takes longer than C{seconds} (L{query_timeout} by default;
+        0: no bound); it raises L{DatabaseNoAnswer} then, and C{conn} is closed.
+        """
+        seconds = self.query_timeout if seconds is None else seconds
+        if seconds <= 0:
+            yield
+            return
+        watch = self._watchdog.watch(conn, time.monotonic() + seconds)
+        error: BaseException | None = None
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            error = e
+        finally:
+            if self._watchdog.unwatch(watch):
+                raise DatabaseNoAnswer(f"the database did not answer within {seconds:g} s"
+                                       " (metadata.query_timeout): its connection was dropped") from error
+        if error is not None:
+            raise error
+
+    @contextmanager
     def connection(self, timeout: float | None = None, bound: float | None = None) -> Iterator[psycopg.Connection]:
         """
         A connection of the pool (waiting at most C{timeout} s, the pool's timeout by default) for a
