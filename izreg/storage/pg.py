@@ -204,15 +204,31 @@ class Database:
         self._watchdog.stop()
 
     def _check_if_idle(self, conn: psycopg.Connection) -> None:
-        """The pool's check callback (on checkout): ping a connection that sat idle for a while."""
+        """
+        The pool's check callback (on checkout): ping a connection that sat idle for a while, within
+        L{CHECK_BOUND} and the call's deadline. One cut is the connection's failure, not the call's:
+        the pool gives the call another; the call is told the database did not answer only if it
+        then gets none (L{connection}).
+        """
         since = _idle_since.get(conn)
-        if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
-            with self._watched(conn):  # a frozen server must not hold the ping either
-                ConnectionPool.check_connection(conn)
+        if since is not None and time.monotonic() - since <= CHECK_IDLE_AFTER:
+            return
+        deadline = getattr(self._calls, "deadline", None)
+        if deadline is None:
+            ConnectionPool.check_connection(conn)
+            return
+        watch = self._watchdog.watch(conn, min(deadline, time.monotonic() + CHECK_BOUND))
+        try:
+            ConnectionPool.check_connection(conn)  # a frozen server must not hold the ping either
+        finally:
+            cut = self._watchdog.unwatch(watch)
+            self._calls.checks_cut = getattr(self._calls, "checks_cut", 0) + cut
+        if cut:  # just as the ping was answered: closed now, so not to be handed out
+            raise psycopg.OperationalError("the connection's check was not answered in time")
 
     @contextmanager
     def _watched(self, conn: psycopg.Connection) -> Iterator[None]:
-        """C{conn} dropped by the watchdog if the thread's call is not over by its deadline."""
+        """C{conn}, the call's, dropped by the watchdog if the call is not over by its deadline (C{dropped} set)."""
         deadline = getattr(self._calls, "deadline", None)
         if deadline is None:
             yield
@@ -256,16 +272,19 @@ class Database:
         its connection is dropped and it raises L{DatabaseNoAnswer}.
         """
         bound = self.query_timeout if bound is None else min(bound, self.query_timeout or bound)
-        outer = (getattr(self._calls, "deadline", None), getattr(self._calls, "dropped", False))
+        outer = (getattr(self._calls, "deadline", None), getattr(self._calls, "dropped", False),
+                 getattr(self._calls, "checks_cut", 0))
         self._calls.deadline = time.monotonic() + bound if bound > 0 else None
-        self._calls.dropped = False
+        self._calls.dropped, self._calls.checks_cut = False, 0
         try:
             wait = self.pool.timeout if timeout is None else timeout
             with self.pool.connection(timeout=min(wait, bound) if bound > 0 else wait) as conn:
                 with self._watched(conn):
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._calls.dropped:  # cut by the watchdog (or a connection being checked: a PoolTimeout then)
+            # cut by the watchdog; or no connection had in time after one being checked was cut
+            # (another's error after that is its own: the cut check's connection is not the call's)
+            if self._calls.dropped or (isinstance(e, PoolTimeout) and self._calls.checks_cut):
                 raise DatabaseNoAnswer(f"the database did not answer within {bound:g} s (metadata.query_timeout):"
                                        " its connection was dropped") from e
             if isinstance(e, PoolTimeout):  # an OperationalError too: first
@@ -278,7 +297,7 @@ class Database:
                 raise
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from e
         finally:
-            self._calls.deadline, self._calls.dropped = outer
+            self._calls.deadline, self._calls.dropped, self._calls.checks_cut = outer
 
     def run(self, f: Callable[..., T], *args: Any) -> T:
         for attempt in range(RETRIES):
@@ -427,6 +446,9 @@ def _applied(cur: psycopg.Cursor) -> set[int]:
 #: link shows there, not in a request); a busy connection is not: a ping per call was a
 #: round trip on every store call
 CHECK_IDLE_AFTER = 5.0
+#: seconds that ping may take (within the call's deadline): past it the connection is dropped and the
+#: call gets another, so one frozen idle backend costs a call this, not its whole query_timeout
+CHECK_BOUND = 5.0
 _idle_since: "weakref.WeakKeyDictionary[psycopg.Connection, float]" = weakref.WeakKeyDictionary()
 
 
