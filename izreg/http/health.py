@@ -27,6 +27,8 @@ from izreg.storage.capacity import DiskFloor
 
 #: how long a client should wait before pushing again after a 503, seconds
 RETRY_AFTER = 60
+#: the disk check's error (the figures: on /metrics and in the refusal a pusher gets)
+LOW_DISK = "the free disk space is below server.min_free_disk"
 #: seconds a /readyz waits for the write probe (a data directory on a hung mount: it never ends)
 PROBE_TIMEOUT = 10.0
 
@@ -78,7 +80,8 @@ class Readiness:
             checks["data_dir"] = {"ok": unwritable is None, **({"error": unwritable} if unwritable else {})}
         try:
             space = self.disk.space()
-            checks["disk"] = {"ok": not space.low, "free": space.free, "total": space.total, "floor": space.minimum}
+            # no figures: anyone may ask /readyz (they are on /metrics, izreg_disk_*_bytes, for the operator)
+            checks["disk"] = {"ok": not space.low, **({"error": LOW_DISK} if space.low else {})}
         except OSError as e:
             checks["disk"] = {"ok": False, "error": e.strerror}
         for name, outcome in more.items():
