@@ -62,12 +62,12 @@ class Readiness:
         checks: dict[str, dict] = {}
         more = {name: check() for name, check in self.more.items()}  # under way while the others run
         index = await self.index_error()  # a database round trip (izreg.service.backends), or at once
-        checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
+        checks["index"] = _check(index)
         try:
             unwritable = await self.probe_writable()
         except defer.TimeoutError:  # still running (a hung mount?): not ready now, the push gate as it was
             late = f"the write probe did not finish within {PROBE_TIMEOUT:g} s"
-            checks["data_dir"] = {"ok": False, "error": late}
+            checks["data_dir"] = _check(late)
         except Exception as e:  # the probe itself failed: not ready, and say why
             unwritable = f"write probe failed: {e}"
         if "data_dir" not in checks:
@@ -77,16 +77,16 @@ class Readiness:
                 else:
                     self.log.info("the data directory is writable again")
             self.unwritable = unwritable
-            checks["data_dir"] = {"ok": unwritable is None, **({"error": unwritable} if unwritable else {})}
+            checks["data_dir"] = _check(unwritable)
         try:
             space = self.disk.space()
             # no figures: anyone may ask /readyz (they are on /metrics, izreg_disk_*_bytes, for the operator)
-            checks["disk"] = {"ok": not space.low, **({"error": LOW_DISK} if space.low else {})}
+            checks["disk"] = _check(LOW_DISK if space.low else None)
         except OSError as e:
-            checks["disk"] = {"ok": False, "error": e.strerror}
+            checks["disk"] = _check(e.strerror)
         for name, outcome in more.items():
             error = await outcome
-            checks[name] = {"ok": error is None, **({"error": error} if error else {})}
+            checks[name] = _check(error)
         return checks
 
     def push_refusal(self) -> RegistryError | None:
@@ -196,6 +196,11 @@ class CachedCheck:
         return outcome
 
 
+def _check(error: str | None) -> dict:
+    """A check in /readyz's body: C{{"ok": true}}, or C{{"ok": false, "error": why}}."""
+    return {"ok": True} if error is None else {"ok": False, "error": error}
+
+
 def _answer(request, status: int, value: dict) -> bytes:
     body = json_body(value)
     request.setResponseCode(status)
@@ -211,7 +216,7 @@ def alive(request) -> bytes:
 
 async def ready(request, readiness: Readiness | None) -> bytes:
     if readiness is None:
-        return _answer(request, 503, {"status": "unavailable", "checks": {"index": {"ok": False, "error": "not open"}}})
+        return _answer(request, 503, {"status": "unavailable", "checks": {"index": _check("not open")}})
     checks = await readiness.refresh()
     ok = all(check["ok"] for check in checks.values())
     return _answer(request, 200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
