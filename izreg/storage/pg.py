@@ -20,7 +20,12 @@ transaction, one statement at a time (statements end with ``;`` and hold
 none inside): for ``CREATE INDEX CONCURRENTLY``, which builds an index while
 the table takes writes (in a transaction a build holds them for as long as
 it takes). Each statement gets L{MIGRATION_LOCK_TIMEOUT} and is tried again
-when that passes (L{MIGRATION_ATTEMPTS} in all); the version is recorded
+when that passes (L{MIGRATION_ATTEMPTS} in all), except a ``CONCURRENTLY``
+one: its lock holds no one's reads or writes, and its waits (for the
+transactions writing to the table, then for every older snapshot: a GC
+scan, a backup's ``pg_dump``) are part of the build, so it waits as long as
+its statement timeout allows (a lock timeout threw the finished build away
+and built it again, each attempt). The version is recorded
 once every statement is done. Its statements must be safe to run again
 (``IF NOT EXISTS``, ``IF EXISTS``): an interrupted run leaves some done.
 A concurrent build that failed leaves its index behind, INVALID (not used
@@ -62,10 +67,14 @@ UPGRADE_POLL = 0.5
 #: a migration holding this line runs outside a transaction (L{Database.upgrade})
 NO_TRANSACTION = "-- izreg: no-transaction"
 #: seconds each statement of such a migration may wait for a lock, and how often it is tried
-#: (a pause of L{MIGRATION_PAUSE} between: what waits in the lock queue behind it gets through)
+#: (a pause of L{MIGRATION_PAUSE} between: what waits in the lock queue behind it gets through);
+#: not a ``CONCURRENTLY`` one, whose lock holds no one (L{_CONCURRENTLY})
 MIGRATION_LOCK_TIMEOUT = 10.0
 MIGRATION_ATTEMPTS = 6
 MIGRATION_PAUSE = 2.0
+#: a statement that builds or drops an index CONCURRENTLY: its SHARE UPDATE EXCLUSIVE lock (and its
+#: waits for older transactions, which are lock waits too) hold no read or write of the table
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 _CONCURRENT_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)\s", re.I)
 #: transient conflicts between concurrent transactions: the whole transaction is run again
 RETRYABLE = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
@@ -401,9 +410,10 @@ class Database:
         """The statements of a L{NO_TRANSACTION} migration, each on its own, with a lock timeout and retries."""
         for statement in _statements(sql):
             index = _CONCURRENT_INDEX.match(statement)
+            wait = 0 if _CONCURRENTLY.search(statement) else MIGRATION_LOCK_TIMEOUT  # 0: no lock timeout
             for attempt in range(1, MIGRATION_ATTEMPTS + 1):
                 self._allow_long_call(conn)  # each statement (a build) may take long_timeout
-                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(MIGRATION_LOCK_TIMEOUT),))
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(wait),))
                 try:
                     if index:
                         _drop_invalid_index(conn, index.group(1))

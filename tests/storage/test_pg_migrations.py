@@ -59,12 +59,12 @@ def _state(dsn):
     return version, {name: (valid, definition) for name, valid, definition in indexes}
 
 
-def _upgrade_in_thread(dsn):
+def _upgrade_in_thread(dsn, **options):
     """An upgrade running in a thread: (thread, outcome list: the result or the exception's type and text)."""
     outcome = []
 
     def go():
-        db = pg.Database(dsn, max_size=1, application_name=APP)
+        db = pg.Database(dsn, max_size=1, application_name=APP, **options)
         try:
             outcome.append(db.upgrade())
         except Exception as e:  # not kept: its traceback would hold the connection open
@@ -126,26 +126,23 @@ def test_an_upgrade_from_4_builds_the_index_while_writes_go_on(pg_dsn, monkeypat
         admin.close()
 
 
-@pytest.mark.parametrize("cut", ["terminated", "lock_timeout"])
+@pytest.mark.parametrize("cut", ["terminated", "statement_timeout"])
 def test_a_build_cut_short_is_built_again_by_the_next_upgrade(pg_dsn, monkeypatch, tmp_path, cut):
     # a failed CREATE INDEX CONCURRENTLY leaves its index INVALID; IF NOT EXISTS alone would keep it
     _migrate(pg_dsn, monkeypatch, tmp_path, 4)
     _seed(pg_dsn)
-    if cut == "lock_timeout":
-        monkeypatch.setattr(pg, "MIGRATION_LOCK_TIMEOUT", 0.5)
-        monkeypatch.setattr(pg, "MIGRATION_ATTEMPTS", 2)
-        monkeypatch.setattr(pg, "MIGRATION_PAUSE", 0.1)
     writer = psycopg.connect(pg_dsn)  # a transaction that outlasts the upgrade
     admin = psycopg.connect(pg_dsn, autocommit=True)
     try:
         writer.execute("INSERT INTO manifest_blobs VALUES ('r', 'sha256:m', 'sha256:early', 1)")
-        thread, outcome = _upgrade_in_thread(pg_dsn)
+        # statement_timeout: the command's (long_statement_timeout) passed while the build waited
+        thread, outcome = _upgrade_in_thread(pg_dsn, **({"statement_timeout": 1} if cut == "statement_timeout" else {}))
         if cut == "terminated":  # the command killed, the connection lost
             admin.execute("SELECT pg_terminate_backend(%s)", (_waiting_upgrade(admin),))
         thread.join(60)
-        assert len(outcome) == 1 and issubclass(outcome[0][0], (pg.DatabaseUnavailable, pg.SchemaError)), outcome
-        if cut == "lock_timeout":
-            assert "run `izreg db upgrade` again" in outcome[0][1]
+        assert len(outcome) == 1 and issubclass(outcome[0][0], pg.DatabaseUnavailable), outcome
+        if cut == "statement_timeout":
+            assert issubclass(outcome[0][0], pg.DatabaseTimeout) and "statement timeout" in outcome[0][1], outcome
         wait_until(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = %s",
                                              (APP,)).fetchone(), what="the upgrade's backend gone", timeout=30)
         version, indexes = _state(pg_dsn)
@@ -174,3 +171,48 @@ def test_a_database_that_applied_the_former_0005_is_left_as_it_is(pg_dsn, pg_sch
 def test_statements_of_a_migration():
     assert pg._statements("-- izreg: no-transaction\n-- a comment; with a semicolon\nCREATE INDEX a ON t (x);\n"
                           "  -- another\nDROP INDEX\n  b;\n") == ["CREATE INDEX a ON t (x)", "DROP INDEX\n  b"]
+
+
+def test_an_old_transaction_elsewhere_delays_the_build_and_does_not_fail_it(pg_dsn, monkeypatch, tmp_path):
+    # a backup (pg_dump: one REPEATABLE READ snapshot for its whole run) or a GC scan in progress: the
+    # build waits for every older snapshot at its end. That wait holds no one's writes, yet under the
+    # migration's lock_timeout it failed the build, its index built and thrown away, attempt after attempt
+    _migrate(pg_dsn, monkeypatch, tmp_path, 4)
+    _seed(pg_dsn)
+    monkeypatch.setattr(pg, "MIGRATION_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(pg, "MIGRATION_ATTEMPTS", 2)
+    monkeypatch.setattr(pg, "MIGRATION_PAUSE", 0.1)
+    backup = psycopg.connect(pg_dsn)
+    admin = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        backup.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        backup.execute("SELECT count(*) FROM manifests").fetchone()  # its snapshot taken: not manifest_blobs
+        thread, outcome = _upgrade_in_thread(pg_dsn)
+        _waiting_upgrade(admin)  # the build is done, and waits for the backup's snapshot
+        thread.join(3)  # ten times what the migration's lock budget was: it waits on
+        assert thread.is_alive() and outcome == [], outcome
+        backup.commit()
+        thread.join(60)
+        assert outcome == [(4, pg.latest_version())]
+        version, indexes = _state(pg_dsn)
+        assert version == 5 and set(indexes) == EXPECTED and all(valid for valid, _ in indexes.values())
+    finally:
+        backup.close()
+        admin.close()
+
+
+def test_a_statement_that_holds_writes_tries_its_lock_a_bounded_number_of_times(pg_dsn, monkeypatch, tmp_path):
+    # not CONCURRENTLY: its lock, waiting, would hold the table's writes queued behind it
+    _migrate(pg_dsn, monkeypatch, tmp_path, 4)
+    monkeypatch.setattr(pg, "MIGRATION_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(pg, "MIGRATION_ATTEMPTS", 2)
+    monkeypatch.setattr(pg, "MIGRATION_PAUSE", 0.1)
+    writer = psycopg.connect(pg_dsn)
+    try:
+        writer.execute("INSERT INTO manifests (repo, digest, meta, data) VALUES ('r', 'sha256:m', '{}', '')")
+        plain = f"{pg.NO_TRANSACTION}\nCREATE INDEX IF NOT EXISTS manifests_plain ON manifests (repo);\n"
+        with pytest.raises(pg.SchemaError, match=r"\(2 attempts of 0.2 s; .*run `izreg db upgrade` again"):
+            _migrate(pg_dsn, monkeypatch, tmp_path, 5, instead={"0005_naming.sql": plain})
+        assert _state(pg_dsn)[0] == 4
+    finally:
+        writer.close()
