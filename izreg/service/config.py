@@ -284,8 +284,9 @@ def _check_token_realm(config: Config) -> None:
     if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
             or parts.fragment or parts.username or parts.password
             or any(c in realm for c in '"\\') or not realm.isprintable() or not realm.isascii() or " " in realm):
-        raise ConfigError(f"auth.token_realm must be an absolute http(s) URL such as"
-                          f" \"https://registry.example.net/v2/token\", not {realm!r}")
+        shown = re.sub(r"//[^/?#]*@", "//...@", realm)  # a password in it would go to the log
+        raise ConfigError(f"auth.token_realm must be an absolute http(s) URL (no user:password@, query or"
+                          f" fragment) such as \"https://registry.example.net/v2/token\", not {shown!r}")
 
 
 def _check_devices(config: Config) -> None:

@@ -97,6 +97,16 @@ def test_a_token_realm_that_is_no_absolute_http_url_is_refused(realm):
     assert "\n" not in str(e.value).replace("\\n", "")
 
 
+@pytest.mark.parametrize("realm", ["https://ci:s3cret@registry.example.net/v2/token",
+                                   "https://ci:s3cret@registry.example.net:https/v2/token",  # urlsplit fails
+                                   "https://ci:s3cret@[::1/v2/token"])
+def test_a_token_realm_with_a_password_is_refused_without_it(realm):
+    # the message echoed the URL, password and all, to the log
+    with pytest.raises(ConfigError, match="no user:password@") as e:
+        load(None, {"token_service": True, "token_realm": realm})
+    assert "s3cret" not in str(e.value) and "//...@" in str(e.value)
+
+
 def test_a_token_realm_needs_the_token_service():
     with pytest.raises(ConfigError, match="token_realm is set but auth.token_service is off"):
         load(None, {"token_realm": "https://registry.example.net/v2/token"})
