@@ -159,8 +159,7 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
-        if self.s3_read_timeout < 1 or self.s3_queue_timeout < 1:
-            raise ConfigError("storage.s3.read_timeout and storage.s3.queue_timeout must be at least 1 second")
+        _check_timeouts(self)
         _check_devices(self)
         _check_operations(self)
         _check_metadata(self)
@@ -287,6 +286,25 @@ def _check_token_realm(config: Config) -> None:
         shown = re.sub(r"//[^/?#]*@", "//...@", realm)  # a password in it would go to the log
         raise ConfigError(f"auth.token_realm must be an absolute http(s) URL (no user:password@, query or"
                           f" fragment) such as \"https://registry.example.net/v2/token\", not {shown!r}")
+
+
+#: the longest timeout a setting may have, seconds: a day. Longer ones failed later and named another thing
+#: (PostgreSQL's statement_timeout and libpq's tcp_user_timeout are milliseconds in an int: 24.8 days;
+#: botocore's read timeout, past some 290 years: "timestamp too large", as if the bucket were unreachable)
+MAX_TIMEOUT = 86400
+
+
+def _check_timeouts(config: Config) -> None:
+    """The S3 and database timeouts, each named with its value: 0 for S3's (no "no limit" there), over a day for any."""
+    for key, value, least in (("storage.s3.read_timeout", config.s3_read_timeout, 1),
+                              ("storage.s3.queue_timeout", config.s3_queue_timeout, 1),
+                              ("metadata.statement_timeout", config.metadata_statement_timeout, 0),
+                              ("metadata.lock_timeout", config.metadata_lock_timeout, 0),
+                              ("metadata.long_statement_timeout", config.metadata_long_statement_timeout, 0),
+                              ("metadata.query_timeout", config.metadata_query_timeout, 0)):
+        if not least <= value <= MAX_TIMEOUT:
+            raise ConfigError(f"{key} must be {'1' if least else '0 (no limit)'} to {MAX_TIMEOUT}"
+                              f" seconds (a day), not {value}")
 
 
 def _check_devices(config: Config) -> None:
