@@ -327,8 +327,13 @@ def _check_metadata(config: Config) -> None:
         raise ConfigError(f"metadata.backend must be \"lmdb\" or \"postgresql\", not {config.metadata_backend!r}")
     if config.metadata_pool_size < 1:
         raise ConfigError("metadata.pool_size must be at least 1")
-    if min(config.metadata_keepalives_idle, config.metadata_keepalives_interval, config.metadata_keepalives_count) < 1:
-        raise ConfigError("metadata.keepalives_idle, keepalives_interval and keepalives_count must be at least 1")
+    # Linux's most (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT): past it libpq's "setsockopt(TCP_KEEPIDLE)
+    # failed: Invalid argument", named nowhere as the setting, after the pool's connect wait
+    for key, value, most in (("keepalives_idle", config.metadata_keepalives_idle, 32767),
+                             ("keepalives_interval", config.metadata_keepalives_interval, 32767),
+                             ("keepalives_count", config.metadata_keepalives_count, 127)):
+        if not 1 <= value <= most:
+            raise ConfigError(f"metadata.{key} must be 1 to {most}, not {value}")
     query, statement = config.metadata_query_timeout, config.metadata_statement_timeout
     if query and statement and query <= statement:
         raise ConfigError(f"metadata.query_timeout must be 0 (no limit) or more than statement_timeout ({statement} s),"

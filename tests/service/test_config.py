@@ -120,8 +120,12 @@ def test_a_token_realm_with_a_password_is_refused_without_it(realm):
      "metadata.statement_timeout must be 0 (no limit) to 86400"),
     ({"metadata_lock_timeout": 10**7}, "metadata.lock_timeout must be 0 (no limit) to 86400 seconds"),
     ({"metadata_long_statement_timeout": 10**7}, "metadata.long_statement_timeout must be 0 (no limit) to 86400"),
+    # past Linux's most: libpq's "setsockopt(TCP_KEEPIDLE) failed: Invalid argument" after 11 s
+    ({"metadata_keepalives_idle": 100000}, "metadata.keepalives_idle must be 1 to 32767, not 100000"),
+    ({"metadata_keepalives_interval": 0}, "metadata.keepalives_interval must be 1 to 32767, not 0"),
+    ({"metadata_keepalives_count": 128}, "metadata.keepalives_count must be 1 to 127, not 128"),
 ])
-def test_a_timeout_out_of_range_is_named_with_its_value(fields, message):
+def test_a_timing_setting_out_of_range_is_named_with_its_value(fields, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load(None, fields, {})
 
