@@ -283,7 +283,9 @@ def _check_token_realm(config: Config) -> None:
     if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
             or parts.fragment or parts.username or parts.password
             or any(c in realm for c in '"\\') or not realm.isprintable() or not realm.isascii() or " " in realm):
-        shown = re.sub(r"//[^/?#]*@", "//...@", realm)  # a password in it would go to the log
+        # a password in it would go to the log: all up to the realm's last @ (a password typed as it is may
+        # hold / ? # or a space, which end the authority of a URL but not the password a user meant)
+        shown = re.sub(r"//.*@", "//...@", realm, flags=re.DOTALL)
         raise ConfigError(f"auth.token_realm must be an absolute http(s) URL (no user:password@, query or"
                           f" fragment) such as \"https://registry.example.net/v2/token\", not {shown!r}")
 

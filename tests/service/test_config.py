@@ -99,7 +99,12 @@ def test_a_token_realm_that_is_no_absolute_http_url_is_refused(realm):
 
 @pytest.mark.parametrize("realm", ["https://ci:s3cret@registry.example.net/v2/token",
                                    "https://ci:s3cret@registry.example.net:https/v2/token",  # urlsplit fails
-                                   "https://ci:s3cret@[::1/v2/token"])
+                                   "https://ci:s3cret@[::1/v2/token",
+                                   # a password holding what ends a URL's authority: / ? # (and a space)
+                                   "https://ci:s3cret/1@registry.example.net/v2/token",
+                                   "https://ci:s3cret?1@registry.example.net/v2/token",
+                                   "https://ci:s3cret#1@registry.example.net/v2/token",
+                                   "https://ci:s3cret 1@registry.example.net/v2/token"])
 def test_a_token_realm_with_a_password_is_refused_without_it(realm):
     # the message echoed the URL, password and all, to the log
     with pytest.raises(ConfigError, match="no user:password@") as e:
