@@ -374,6 +374,8 @@ class RegistryService(service.MultiService):
         if self.dispatcher is not None:
             self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
             self.dispatcher = None
+        if self.readiness is not None:
+            self.readiness.stop()  # no probe of a closed push gate after the pools stop
         for watch in (getattr(self.site, "slow", None), getattr(self.site, "readers", None)):
             if watch is not None:
                 watch.stop()
