@@ -25,8 +25,8 @@ A commit: the running hash is checked first (after a restart there is
 none: the completed staging object is read back and hashed). A blob that
 fits in one part is written with one PutObject at its content address;
 a larger one completes the multipart upload on the staging key, then is
-copied server-side to its content address (CopyObject, multipart copy
-above 5 GiB). Either way the object at the content address appears whole
+copied server-side to its content address (CopyObject, a multipart copy
+above L{COPY_PART}). Either way the object at the content address appears whole
 and only after its digest is verified, and the 201 follows S3's answer
 (durable in the bucket). Then the staging objects are deleted.
 """
@@ -68,8 +68,11 @@ PART_SIZE = 5 * 1024 * 1024
 PARTS_PER_STEP = 1000
 #: hash and buffer incoming bytes in pieces of this size
 HASH_SIZE = 256 * 1024
-#: largest object one CopyObject may copy; larger ones are copied in parts
-COPY_LIMIT = 5 * 1024**3
+#: a blob larger than this is copied to its content address in parts of this size (UploadPartCopy),
+#: else with one CopyObject: S3 sends no byte of its answer until a copy is done, and one of up to
+#: 5 GiB (its limit) on a slow store outlasted read_timeout, then was sent again. 128 MiB in 60 s: a
+#: store that copies at 2.2 MB/s or more
+COPY_PART = 128 * 1024**2
 READ_CHUNK = 1024 * 1024
 #: with several nodes, upload bytes with no record are orphans only once this old (seconds): younger
 #: ones may be another node's monolithic POST in flight
@@ -345,8 +348,10 @@ class S3Reader:
 
 @implementer(IBlobStore)
 class S3Blobs:
-    def __init__(self, client, bucket: str, prefix: str, run, redirect_ttl: int | None = None) -> None:
+    def __init__(self, client, bucket: str, prefix: str, run, redirect_ttl: int | None = None,
+                 copy_part: int = COPY_PART) -> None:
         self.client, self.run = client, run
+        self.copy_part = copy_part
         self.keys = _Keys(bucket, prefix)
         self.redirect_ttl = redirect_ttl
 
@@ -409,16 +414,30 @@ class S3Blobs:
         return hasher.hexdigest()
 
     def copy(self, source: str, target: str, size: int) -> None:
-        """Server-side copy (multipart above 5 GiB)."""
-        bucket = self.keys.bucket
-        if size <= COPY_LIMIT:
-            self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+        """
+        Server-side copy: one CopyObject up to L{copy_part} bytes, else a multipart copy in parts of
+        that size, one after the other in this thread; the target appears whole, or not at all.
+        """
+        bucket, whole = self.keys.bucket, {"Bucket": self.keys.bucket, "Key": source}
+        if size <= self.copy_part:
+            self.client.copy_object(Bucket=bucket, Key=target, CopySource=whole)
             return
-        from boto3.s3.transfer import TransferConfig
-
-        self.client.copy({"Bucket": bucket, "Key": source}, bucket, target,
-                         Config=TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=512 * 1024**2,
-                                               max_concurrency=4))
+        upload = self.client.create_multipart_upload(Bucket=bucket, Key=target)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, self.copy_part), 1):
+                end = min(start + self.copy_part, size) - 1
+                answer = self.client.upload_part_copy(Bucket=bucket, Key=target, UploadId=upload, PartNumber=number,
+                                                      CopySource=whole, CopySourceRange=f"bytes={start}-{end}")
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            self.client.complete_multipart_upload(Bucket=bucket, Key=target, UploadId=upload,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=upload)
+            except Exception:
+                pass  # the store drops it by its lifecycle rule, if any; the copy's own failure says more
+            raise
 
 
 # -- uploads ---------------------------------------------------------------------------------
