@@ -72,6 +72,7 @@ class Config:
     s3_threads: int = 16
     s3_queue_timeout: int = 10  # seconds an S3 call may wait for a free S3 thread (then 503), like the database's
     s3_read_timeout: int = 60  # botocore's own default: per socket read, so a slow transfer is not cut
+    s3_writer_timeout: int = 5  # an S3 call made while the index's writer is held: one try, this long at most
     # /readyz fails while the bucket does not answer (off: nodes stay in the balancer for what needs no S3)
     s3_ready_check: bool = True
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
@@ -159,8 +160,8 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
-        if self.s3_read_timeout < 1 or self.s3_queue_timeout < 1:
-            raise ConfigError("storage.s3.read_timeout and storage.s3.queue_timeout must be at least 1 second")
+        if self.s3_read_timeout < 1 or self.s3_queue_timeout < 1 or self.s3_writer_timeout < 1:
+            raise ConfigError("storage.s3.read_timeout, queue_timeout and writer_timeout must be at least 1 second")
         _check_devices(self)
         _check_operations(self)
         _check_metadata(self)
@@ -211,6 +212,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "read_timeout"): ("s3_read_timeout", int),
     ("storage.s3", "ready_check"): ("s3_ready_check", bool),
     ("storage.s3", "queue_timeout"): ("s3_queue_timeout", int),
+    ("storage.s3", "writer_timeout"): ("s3_writer_timeout", int),
     ("limits", "body_memory"): ("body_memory", int),
     ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),

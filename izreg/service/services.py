@@ -239,7 +239,8 @@ class RegistryService(service.MultiService):
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
             if config.storage_backend == "s3":
-                self.metrics.watch_s3(blobs.client, *(c for c in [self._bucket_client] if c is not None))
+                self.metrics.watch_s3(blobs.client, blobs.bounded.client,
+                                      *(c for c in [self._bucket_client] if c is not None))
                 self.metrics.watch_s3_queue(self.s3_queue, config.s3_threads)
             if backend.db is not None:
                 self.metrics.watch_pool(backend.db.pool, backend.queue)
