@@ -320,7 +320,7 @@ class RegistryService(service.MultiService):
             if count:
                 self.log.info("dropped {uploads}", uploads=plural(count, "orphaned upload"), count=count)
 
-        d = self._run_io(self.registry.drop_orphan_uploads)
+        d = defer.ensureDeferred(self.registry.drop_orphan_uploads())
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
     def _probe(self, root: str):

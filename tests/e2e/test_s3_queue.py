@@ -184,3 +184,25 @@ def test_a_silent_bucket_holds_the_index_writer_one_writer_timeout_not_minutes(t
         assert "timeout" in line.lower() or "did not answer" in line, line
         assert slowest < writer_timeout + 3, slowest
         assert metric(registry, "izreg_s3_threads_busy") == 0  # the writer's own bounded call: no S3 thread
+
+
+def test_upload_expiry_waits_for_an_s3_thread_like_a_request_and_tries_again_next_round(
+        tmp_path_factory, moto_server, proxy):
+    # the expiry's S3 calls ran in the I/O pool on the S3 client: with the bucket silent, one I/O thread
+    # held read_timeout per attempt per call, outside the S3 pool's bound and its metrics
+    registry = node(tmp_path_factory, moto_server, proxy, "s3-expiry", read_timeout=3,
+                    extra_toml="[uploads]\nttl = 1\nexpiry_interval = 1\n")
+    with running(registry):
+        client, repo, digest = blob_in(registry, "expiry")
+        proxy.blackhole()
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            stuck = hold_every_thread(registry, client, repo, digest, pool)
+            mark = registry.log_mark()
+            url = client.location(expect(client.start_upload(repo), 202))  # an index record, no S3 call yet
+            line = registry.wait_for_log("upload expiry failed", mark, timeout=REFUSED_WITHIN + 5)
+            assert "no thread free" in line, line
+            proxy.restore()
+            for pulled in stuck:
+                pulled.result()
+        # the bucket back: a later round drops the session
+        wait_until(lambda: client.request("GET", url).status_code == 404, "the session expired", timeout=60)
