@@ -11,6 +11,7 @@ bounded time with threads still stuck (twistd waited for them).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import signal
 import time
 
@@ -72,6 +73,15 @@ def hold_every_thread(registry, client, repo, digest, pool):
     stuck = [pool.submit(client.get_blob, repo, digest, timeout=120) for _ in range(THREADS)]
     wait_until(lambda: metric(registry, "izreg_s3_threads_busy") == THREADS, "every S3 thread held", timeout=30)
     return stuck
+
+
+@contextlib.contextmanager
+def held_threads(registry, proxy, name: str):
+    """A blob pushed, then the bucket silent and every S3 thread held by a pull of it: the client, the pulls."""
+    client, repo, digest = blob_in(registry, name)
+    proxy.blackhole()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        yield client, repo, hold_every_thread(registry, client, repo, digest, pool)
 
 
 def refused(resp: requests.Response) -> None:
@@ -138,10 +148,7 @@ def test_sigterm_stops_a_node_whose_s3_threads_are_stuck_in_bounded_time(tmp_pat
     registry = node(tmp_path_factory, moto_server, proxy, "s3-stop", read_timeout=60,
                     extra_toml=f"[server]\ndrain_timeout = {drain}\n")
     with running(registry):
-        client, repo, digest = blob_in(registry, "stop")
-        proxy.blackhole()
-        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            stuck = hold_every_thread(registry, client, repo, digest, pool)
+        with held_threads(registry, proxy, "stop") as (_, _, stuck):
             mark = registry.log_mark()
             began = time.monotonic()
             assert registry.stop(timeout=30) == -signal.SIGTERM  # twistd's own end on SIGTERM, not a SIGKILL
@@ -193,10 +200,7 @@ def test_upload_expiry_waits_for_an_s3_thread_like_a_request_and_tries_again_nex
     registry = node(tmp_path_factory, moto_server, proxy, "s3-expiry", read_timeout=3,
                     extra_toml="[uploads]\nttl = 1\nexpiry_interval = 1\n")
     with running(registry):
-        client, repo, digest = blob_in(registry, "expiry")
-        proxy.blackhole()
-        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            stuck = hold_every_thread(registry, client, repo, digest, pool)
+        with held_threads(registry, proxy, "expiry") as (client, repo, stuck):
             mark = registry.log_mark()
             url = client.location(expect(client.start_upload(repo), 202))  # an index record, no S3 call yet
             line = registry.wait_for_log("upload expiry failed", mark, timeout=REFUSED_WITHIN + 5)
