@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from izreg.auth.runners import inline  # LMDB's run_read: the value itself, no thread hop
 from izreg.service.config import Config
+from izreg.storage.interfaces import StorageError
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
 #: seconds a database call may wait for a free thread (and connection) before it is answered 503:
@@ -211,8 +212,8 @@ class _DaemonThread(threading.Thread):
 _CANCELLED = object()
 
 
-class PoolStopped(Exception):
-    """A call that was still waiting for a thread of a L{DetachedPool} when it stopped: it never ran."""
+class PoolStopped(StorageError):
+    """A call that was still waiting for a thread of a L{DetachedPool} when it stopped: it never ran (a 503)."""
 
 
 def _refuse(onResult, pool: str) -> None:
