@@ -27,6 +27,8 @@ from izreg.storage.capacity import DiskFloor
 
 #: how long a client should wait before pushing again after a 503, seconds
 RETRY_AFTER = 60
+#: the disk check's error (the figures: on /metrics and in the refusal a pusher gets)
+LOW_DISK = "the free disk space is below server.min_free_disk"
 #: seconds a /readyz waits for the write probe (a data directory on a hung mount: it never ends)
 PROBE_TIMEOUT = 10.0
 
@@ -48,9 +50,9 @@ class Readiness:
     def __init__(self, index_error: Callable[[], str | None | Deferred],
                  probe_writable: Callable[[], Awaitable[str | None]], disk: DiskFloor,
                  more: dict[str, Callable[[], Deferred]] | None = None, reactor=None) -> None:
-        self.index_error = shared(index_error)  # with PostgreSQL a ping in a database thread: one at a time too
+        self.index_error = Shared(index_error)  # with PostgreSQL a ping in a database thread: one at a time too
         # a storm of /readyz is one write probe at a time
-        self.probe_writable = shared(probe_writable, reactor, PROBE_TIMEOUT if reactor is not None else None)
+        self.probe_writable = Shared(probe_writable, reactor, PROBE_TIMEOUT if reactor is not None else None)
         self.disk = disk
         self.more = more or {}
         self.unwritable: str | None = None
@@ -60,12 +62,12 @@ class Readiness:
         checks: dict[str, dict] = {}
         more = {name: check() for name, check in self.more.items()}  # under way while the others run
         index = await self.index_error()  # a database round trip (izreg.service.backends), or at once
-        checks["index"] = {"ok": index is None, **({"error": index} if index else {})}
+        checks["index"] = _check(index)
         try:
             unwritable = await self.probe_writable()
         except defer.TimeoutError:  # still running (a hung mount?): not ready now, the push gate as it was
             late = f"the write probe did not finish within {PROBE_TIMEOUT:g} s"
-            checks["data_dir"] = {"ok": False, "error": late}
+            checks["data_dir"] = _check(late)
         except Exception as e:  # the probe itself failed: not ready, and say why
             unwritable = f"write probe failed: {e}"
         if "data_dir" not in checks:
@@ -75,15 +77,16 @@ class Readiness:
                 else:
                     self.log.info("the data directory is writable again")
             self.unwritable = unwritable
-            checks["data_dir"] = {"ok": unwritable is None, **({"error": unwritable} if unwritable else {})}
+            checks["data_dir"] = _check(unwritable)
         try:
             space = self.disk.space()
-            checks["disk"] = {"ok": not space.low, "free": space.free, "total": space.total, "floor": space.minimum}
+            # no figures: anyone may ask /readyz (they are on /metrics, izreg_disk_*_bytes, for the operator)
+            checks["disk"] = _check(LOW_DISK if space.low else None)
         except OSError as e:
-            checks["disk"] = {"ok": False, "error": e.strerror}
+            checks["disk"] = _check(e.strerror)
         for name, outcome in more.items():
             error = await outcome
-            checks[name] = {"ok": error is None, **({"error": error} if error else {})}
+            checks[name] = _check(error)
         return checks
 
     def push_refusal(self) -> RegistryError | None:
@@ -100,38 +103,42 @@ class Readiness:
                              headers={"Retry-After": str(RETRY_AFTER)})
 
 
-def shared(call: Callable[[], Any], reactor=None, timeout: float | None = None) -> Callable[[], Deferred]:
+class Shared:
     """
     C{call} (a coroutine function, one returning a Deferred, or a plain value) run one at a time: those
     who ask while it runs get the outcome of the run in flight, not a run of their own. With C{timeout}
     (and C{reactor}), one who waits longer gets L{defer.TimeoutError} and is let go (a run that never
     ends holds no one, and no list of them grows).
     """
-    waiting: list[Deferred] | None = None
 
-    def done(outcome) -> None:
-        nonlocal waiting
-        answers, waiting = waiting or [], None
+    def __init__(self, call: Callable[[], Any], reactor=None, timeout: float | None = None) -> None:
+        self.call, self.reactor, self.timeout = call, reactor, timeout
+        #: those waiting for the run in flight, or C{None} when none is
+        self.waiting: list[Deferred] | None = None
+
+    def __call__(self) -> Deferred:
+        answer: Deferred = Deferred(canceller=self._let_go)
+        self.start(answer)
+        if self.timeout is not None:
+            answer.addTimeout(self.timeout, self.reactor)
+        return answer
+
+    def start(self, answer: Deferred | None = None) -> None:
+        """A run unless one is in flight; C{answer} gets its outcome."""
+        if self.waiting is None:
+            self.waiting = [answer] if answer is not None else []
+            defer.ensureDeferred(_awaited(self.call)).addBoth(self._done)
+        elif answer is not None:
+            self.waiting.append(answer)
+
+    def _done(self, outcome) -> None:
+        answers, self.waiting = self.waiting or [], None
         for answer in answers:
             answer.callback(outcome)  # a Failure is each one's error
 
-    def let_go(answer: Deferred) -> None:  # its timeout cancelled it
-        if waiting is not None and answer in waiting:
-            waiting.remove(answer)
-
-    def run() -> Deferred:
-        nonlocal waiting
-        answer: Deferred = Deferred(canceller=let_go)
-        if waiting is None:
-            waiting = [answer]
-            defer.ensureDeferred(_awaited(call)).addBoth(done)
-        else:
-            waiting.append(answer)
-        if timeout is not None:
-            answer.addTimeout(timeout, reactor)
-        return answer
-
-    return run
+    def _let_go(self, answer: Deferred) -> None:  # its timeout cancelled it
+        if self.waiting is not None and answer in self.waiting:
+            self.waiting.remove(answer)
 
 
 async def _awaited(call: Callable[[], Any]):
@@ -143,10 +150,10 @@ class CachedCheck:
     """
     A readiness check that costs a remote call (the S3 bucket's HEAD): C{probe()} runs it off the
     reactor (a Deferred of C{None} when fine, else why). Its outcome is kept C{ttl} seconds, so a
-    storm of probes is one remote call every C{ttl}; one call runs at a time. While it runs, callers
-    get the last outcome, until the call is C{timeout} seconds old; the first caller, and those after
-    that, wait for it, at most C{timeout} seconds (then the check fails, "no answer", kept as the
-    outcome). A change between fine and failing is logged.
+    storm of probes is one remote call every C{ttl}; one call runs at a time (L{Shared}). While it
+    runs, callers get the last outcome, until the call is C{timeout} seconds old; the first caller, and
+    those after that, wait for it, at most C{timeout} seconds (then the check fails, "no answer", kept
+    as the outcome). A change between fine and failing is logged.
     """
 
     log = Logger()
@@ -156,38 +163,28 @@ class CachedCheck:
         self.outcome: str | None = None
         self._at: float | None = None
         self._started = 0.0  # when the call in flight began
-        #: the callers waiting for the call in flight, or C{None} when none is
-        self._waiting: set[Deferred] | None = None
+        self._call = Shared(self._run, reactor, timeout)
 
     def __call__(self) -> Deferred:
         now = self.reactor.seconds()
         if self._at is not None and now - self._at < self.ttl:
             return defer.succeed(self.outcome)
-        if self._waiting is None:
-            self._waiting, self._started = set(), now
-            self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
-                self._done)
-        if self._at is not None and now - self._started < self.timeout:
-            # a refresh is in flight, not yet late: the last outcome meanwhile (a storm of probes on a
-            # busy node, whose call waits behind theirs in the I/O pool, does not make it unready)
-            return defer.succeed(self.outcome)
-        answer: Deferred = Deferred()
-        self._waiting.add(answer)
-        return answer.addTimeout(self.timeout, self.reactor,
-                                 onTimeoutCancel=lambda _, timeout: self._late(answer, timeout))
+        if self._at is not None:
+            self._call.start()
+            if now - self._started < self.timeout:
+                # a refresh is in flight, not yet late: the last outcome meanwhile (a storm of probes on a
+                # busy node, whose call waits behind theirs in the I/O pool, does not make it unready)
+                return defer.succeed(self.outcome)
+        return self._call().addErrback(self._late)
 
-    def _late(self, answer: Deferred, timeout: float) -> str:
-        if self._waiting is not None:
-            # answered: not kept until the call ends, which may be never (an endpoint trickling its answer)
-            self._waiting.discard(answer)
-        return self._keep(f"the {self.what} did not answer within {timeout:g} s")
+    def _run(self) -> Deferred:
+        self._started = self.reactor.seconds()
+        return self.probe().addErrback(lambda f: f"the {self.what} check failed: {f.getErrorMessage()}").addCallback(
+            self._keep)
 
-    def _done(self, outcome: str | None) -> None:
-        self._keep(outcome)
-        waiting, self._waiting = self._waiting or set(), None
-        for answer in waiting:
-            if not answer.called:  # else answered by its timeout
-                answer.callback(outcome)
+    def _late(self, failure) -> str:
+        failure.trap(defer.TimeoutError)  # let go by L{Shared}: not kept until the call ends, which may be never
+        return self._keep(f"the {self.what} did not answer within {self.timeout:g} s")
 
     def _keep(self, outcome: str | None) -> str | None:
         if (outcome is None) != (self.outcome is None):
@@ -197,6 +194,11 @@ class CachedCheck:
                 self.log.error("not ready: {reason}", reason=outcome)
         self.outcome, self._at = outcome, self.reactor.seconds()
         return outcome
+
+
+def _check(error: str | None) -> dict:
+    """A check in /readyz's body: C{{"ok": true}}, or C{{"ok": false, "error": why}}."""
+    return {"ok": True} if error is None else {"ok": False, "error": error}
 
 
 def _answer(request, status: int, value: dict) -> bytes:
@@ -214,7 +216,7 @@ def alive(request) -> bytes:
 
 async def ready(request, readiness: Readiness | None) -> bytes:
     if readiness is None:
-        return _answer(request, 503, {"status": "unavailable", "checks": {"index": {"ok": False, "error": "not open"}}})
+        return _answer(request, 503, {"status": "unavailable", "checks": {"index": _check("not open")}})
     checks = await readiness.refresh()
     ok = all(check["ok"] for check in checks.values())
     return _answer(request, 200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})

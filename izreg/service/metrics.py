@@ -174,6 +174,13 @@ class Metrics:
         setattr(self, attribute, collector)
         self.registry.register(collector)
 
+    def watch_disk(self, disk) -> None:
+        """
+        The free space of the data directory's file system and the push floor (C{disk}: the readiness
+        L{izreg.storage.capacity.DiskFloor}, its floor re-read on SIGHUP), replacing an earlier start's.
+        """
+        self._watch_budget("_disk", DiskCollector(disk))
+
     def watch_connections(self, limits, admission=None) -> None:
         """The site's connections (L{izreg.http.limits.ConnectionLimits}) and those it closed for newer ones."""
         self.registry.register(ConnectionsCollector(limits, admission))
@@ -333,6 +340,30 @@ class StorageCollector:
         yield GaugeMetricFamily("izreg_lmdb_map_used_bytes", "Bytes of the LMDB map in use", value=used)
         yield GaugeMetricFamily("izreg_lmdb_map_free_bytes", "Bytes of the LMDB map still free",
                                 value=max(0, info["map_size"] - used))
+
+
+class DiskCollector:
+    """
+    The data directory's file system, one C{statvfs} a scrape: what /readyz's C{disk} check compares
+    (its figures are for the operator, here, not for anyone who asks /readyz).
+    """
+
+    def __init__(self, disk) -> None:
+        self.disk = disk
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        try:
+            space = self.disk.space()
+        except OSError:
+            return  # no figures rather than wrong ones; /readyz says why (its disk check fails)
+        yield GaugeMetricFamily("izreg_disk_free_bytes", "Bytes free (to izreg) on the data directory's file system",
+                                value=space.free)
+        yield GaugeMetricFamily("izreg_disk_size_bytes", "Size of the data directory's file system", value=space.total)
+        yield GaugeMetricFamily("izreg_disk_floor_bytes", "Free space below which pushes are refused"
+                                " (server.min_free_disk; 0: no floor)", value=space.minimum)
 
 
 class HandshakeCollector:

@@ -238,6 +238,7 @@ class RegistryService(service.MultiService):
                                                 realm=config.token_realm)
         if self.metrics is not None:
             self.metrics.watch_storage(env, index=backend.index)
+            self.metrics.watch_disk(self.readiness.disk)
             if config.storage_backend == "s3":
                 self.metrics.watch_s3(blobs.client, *(c for c in [self._bucket_client] if c is not None))
                 self.metrics.watch_s3_queue(self.s3_queue, config.s3_threads)

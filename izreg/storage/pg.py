@@ -33,6 +33,8 @@ from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from izreg.core.text import without_userinfo
+
 T = TypeVar("T")
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
@@ -496,7 +498,7 @@ _pool_logger.addFilter(POOL_LOG)
 def _describe(e: Exception) -> str:
     """One line about a connection failure, with no password in it."""
     text = " ".join(str(e).split()) or type(e).__name__
-    text = re.sub(r"(://[^\s:/@]*:)[^\s@]*@", r"\1***@", text)  # a URI's user:password@
+    text = without_userinfo(text)  # a URI's user:password@
     return re.sub(r"(password=)\S+", r"\1***", text)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from izreg.core.digest import Digest
+from izreg.core.text import without_userinfo
 from izreg.storage.interfaces import (
     DigestMismatch,
     IBlobReader,
@@ -202,11 +202,7 @@ def _describe(e: Exception) -> str:
             return "access denied (check the credentials and the bucket policy)"
         return f"{code} {error.get('Message', '')}".strip()
     # botocore's own line may quote the endpoint URL whole: its user:password@, if any, left out
-    return _USERINFO.sub("//", str(e).splitlines()[0]) if str(e) else type(e).__name__
-
-
-#: the user:password@ of a URL in a message
-_USERINFO = re.compile(r"//[^/@\s\"']*@")
+    return without_userinfo(str(e).splitlines()[0]) if str(e) else type(e).__name__
 
 
 def _not_found(e: Exception) -> bool:

@@ -261,13 +261,19 @@ def configured_registry(tmp_path, toml: str):
 
 
 def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
-    with configured_registry(tmp_path, '[server]\nmin_free_disk = "0"\n') as reg:
+    metrics_url = f"http://127.0.0.1:{(port := free_port())}/metrics"
+    metrics = f'[metrics]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+    with configured_registry(tmp_path, '[server]\nmin_free_disk = "0"\n' + metrics) as reg:
         client = OCIClient(reg.url, auth=reg.requests_auth)
         repo = f"{reg.account}/ready/app"
         push_image(client, repo, "v1")
         assert expect(requests.get(f"{reg.url}/healthz", timeout=30), 200).json() == {"status": "ok"}
         ready = expect(requests.get(f"{reg.url}/readyz", timeout=30), 200).json()
         assert ready["status"] == "ok" and all(c["ok"] for c in ready["checks"].values())
+        assert ready["checks"]["disk"] == {"ok": True}  # anyone may ask /readyz: no figures of the machine's
+        space = scrape(metrics_url)  # they are the operator's
+        assert 0 < space[("izreg_disk_free_bytes", ())] <= space[("izreg_disk_size_bytes", ())]
+        assert space[("izreg_disk_floor_bytes", ())] == 0
         before = files_under(reg.data_dir)
 
         with unwritable(reg.data_dir):
@@ -282,13 +288,15 @@ def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
         expect(requests.get(f"{reg.url}/readyz", timeout=30), 200)
 
         # raise the floor above the free space; SIGHUP re-reads it
-        reg.config.write_text('[server]\nmin_free_disk = "100%"\n')
+        reg.config.write_text('[server]\nmin_free_disk = "100%"\n' + metrics)
         mark = reg.log_mark()
         reg.send_signal(signal.SIGHUP)
         reg.wait_for_log(r"reloaded: log level info, min_free_disk 100%", mark)
         resp = expect(requests.get(f"{reg.url}/readyz", timeout=30), 503)
-        disk = resp.json()["checks"]["disk"]
-        assert disk["ok"] is False and disk["free"] < disk["floor"]
+        assert resp.json()["checks"]["disk"] == {"ok": False, "error": "the free disk space is below server.min_free_disk"}
+        space = scrape(metrics_url)
+        assert space[("izreg_disk_free_bytes", ())] < space[("izreg_disk_floor_bytes", ())] == space[
+            ("izreg_disk_size_bytes", ())]
         before = files_under(reg.data_dir)
         assert_push_refused(client, repo)
         resp = expect(client.put_manifest(repo, "v2", b"{}"), 503)

@@ -156,3 +156,23 @@ async def test_a_scrape_connection_answering_a_pipelined_request_is_not_idle():
     finally:
         client.transport.abortConnection()
         await port.stopListening()
+
+
+def test_disk_space_is_read_at_scrape_time(tmp_path):
+    # /readyz's disk check answers anyone, without figures: the operator's are here
+    import os
+
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    metrics, disk = Metrics(), DiskFloor(str(tmp_path), parse_floor("5%"))
+    metrics.watch_disk(DiskFloor(str(tmp_path / "an-earlier-start")))  # replaced
+    metrics.watch_disk(disk)
+    value = metrics.registry.get_sample_value
+    st = os.statvfs(tmp_path)
+    assert value("izreg_disk_size_bytes") == st.f_blocks * st.f_frsize
+    assert 0 < value("izreg_disk_free_bytes") <= value("izreg_disk_size_bytes")
+    assert value("izreg_disk_floor_bytes") == int(st.f_blocks * st.f_frsize * 5 / 100)
+    disk.floor = parse_floor("0")  # SIGHUP
+    assert value("izreg_disk_floor_bytes") == 0
+    disk.path = str(tmp_path / "gone")  # statvfs fails: no figures, not wrong ones (nor a failed scrape)
+    assert value("izreg_disk_free_bytes") is None and b"izreg_disk" not in generate_latest(metrics.registry)
