@@ -372,6 +372,12 @@ class S3Reader:
         if self._closed:
             return
         self._closed = True
+        if self._body is None and self._lock.acquire(blocking=False):
+            try:
+                if self._body is None:
+                    return  # never opened (a 404, a 503 refused before its GET): no S3 thread to wait for
+            finally:
+                self._lock.release()
         if not isInIOThread():
             self._close()
             return
