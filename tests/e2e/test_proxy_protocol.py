@@ -15,7 +15,9 @@ import struct
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.e2e.test_tls_admission import closed_by_server, saved_groups, wait_for
+from tests.helpers.cluster import HAProxy, haproxy_available
 from tests.helpers.server import RegistryProcess, free_port
 from tests.helpers.tls import restart_with_tls
 
@@ -59,33 +61,70 @@ def proxied_socket(reg, source: str) -> socket.socket:
     return sock
 
 
-def tls_client(reg, source: str, device: bool = True) -> ssl.SSLSocket:
-    """A TLS connection (with the device certificate) whose PROXY header names C{source}; its handshake done."""
+def tls_client(reg, source: str, device: bool = True, via: HAProxy | None = None) -> ssl.SSLSocket:
+    """
+    A TLS connection (with the device certificate) whose PROXY header names C{source}; its handshake done.
+    C{via} a real haproxy, from C{source} (a loopback address), haproxy sending the header.
+    """
     context = ssl.create_default_context(cafile=reg.paths.ca_cert)
     if device:
         context.load_cert_chain(reg.paths.client_cert, reg.paths.client_key)
-    return context.wrap_socket(proxied_socket(reg, source), server_hostname="localhost")
+    sock = (proxied_socket(reg, source) if via is None
+            else socket.create_connection(("127.0.0.1", via.port), timeout=20, source_address=(source, 0)))
+    return context.wrap_socket(sock, server_hostname="localhost")
 
 
-def get_v2(reg, source: str) -> bytes:
+def get_v2(reg, source: str, via: HAProxy | None = None) -> bytes:
     """The first bytes of the answer to GET /v2/ from a device whose PROXY header names C{source}."""
-    with tls_client(reg, source) as tls:
+    with tls_client(reg, source, via=via) as tls:
         tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         return tls.recv(100)
 
 
 def test_each_address_a_proxy_header_names_has_its_own_connection_cap(proxied):
     """The flooder's connections over its cap are refused (429); the device behind the same proxy is not."""
-    mark = proxied.log_mark()
-    held = [tls_client(proxied, FLOODER, device=False) for _ in range(PER_ADDRESS)]
+    each_address_its_own_cap(proxied, FLOODER, DEVICE)
+
+
+def each_address_its_own_cap(reg, flooder: str, device: str, via: HAProxy | None = None) -> None:
+    mark = reg.log_mark()
+    held = [tls_client(reg, flooder, device=False, via=via) for _ in range(PER_ADDRESS)]
     try:
-        with tls_client(proxied, FLOODER, device=False) as over:
+        with tls_client(reg, flooder, device=False, via=via) as over:
             assert over.recv(100).startswith(b"HTTP/1.1 429"), "the flooder's connection over its cap"
-        assert f"refused a connection from {FLOODER}:" in proxied.wait_for_log(r"refused a connection from .*", mark)
-        assert get_v2(proxied, DEVICE).startswith(b"HTTP/1.1 200")
+        assert get_v2(reg, device, via).startswith(b"HTTP/1.1 200")
+        assert f"] {device} GET /v2/ 200 " in reg.wait_for_log(r"izreg\.access.* GET /v2/ 200 .*", mark)
     finally:
         for sock in held:
             sock.close()
+
+
+def test_through_a_real_haproxy_in_mode_tcp_each_client_has_its_own_cap(proxied, tmp_path):
+    """docs/deploy.rst's device frontend (mode tcp, send-proxy-v2): two clients, each with its own cap."""
+    require_tool(haproxy_available(), "haproxy")
+    proxy = HAProxy(str(tmp_path), [])
+    with open(proxy.config_path, "w") as f:
+        f.write(f"""global
+    maxconn 100
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend devices
+    bind 127.0.0.1:{proxy.port}
+    default_backend izreg-tls
+
+backend izreg-tls
+    server node1 127.0.0.1:{proxied.tls_port} send-proxy-v2
+""")
+    proxy.start()
+    try:
+        each_address_its_own_cap(proxied, "127.0.0.9", "127.0.0.10", via=proxy)
+    finally:
+        proxy.stop()
 
 
 def test_a_handshake_flood_from_one_proxied_address_leaves_another_its_slots(proxied):
@@ -114,4 +153,5 @@ def test_a_device_behind_the_proxy_is_known_by_the_address_its_header_names(prox
     """A device's request makes its group known (the handshake queue serves it first): its own, not the proxy's."""
     assert get_v2(proxied, "192.0.2.77").startswith(b"HTTP/1.1 200")
     saved = saved_groups(proxied)
-    assert "192.0.2.77\n" in saved and "127.0.0.1" not in saved, saved
+    groups = saved.split("\n")
+    assert "192.0.2.77" in groups and "127.0.0.1" not in groups, saved
