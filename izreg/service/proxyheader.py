@@ -44,6 +44,8 @@ HEADER_TIMEOUT = 5.0
 #: bytes a PROXY header may have: a v1 line is 107 at most; a v2 header 16 and its addresses (12 or 36) and
 #: TLVs (haproxy's: a few dozen, a few hundred with its SSL ones)
 MAX_HEADER = 4096
+#: a v1 header's line, its CRLF included, at most (the PROXY protocol's specification)
+V1_MAX = 107
 
 
 class ProxyHeaders(_Sweeps):
@@ -171,7 +173,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             return (info, rest) if info is not None else (None, b"")
         if buffer[:len(V1Parser.PROXYSTR)] == V1Parser.PROXYSTR[:len(buffer)]:
             if b"\r\n" not in buffer:
-                return None, b""
+                return (None, b"") if len(buffer) < V1_MAX else (None, None)
             return V1Parser().feed(buffer)
         return None, None
 

@@ -73,17 +73,18 @@ async def test_the_site_counts_the_address_the_header_names_not_the_proxy():
 @pytest_twisted.ensureDeferred
 async def test_no_header_or_not_a_header_is_closed_and_gives_its_count_back():
     limits, headers, port, address = await listening(timeout=0.5)
-    silent, wrong, huge = (socket.create_connection(address) for _ in range(3))
+    silent, wrong, huge, long_v1 = (socket.create_connection(address) for _ in range(4))
     try:
         wrong.sendall(b"GET / HTTP/1.1\r\n\r\n")
         huge.sendall(V2 + bytes([0x21, 0x11]) + struct.pack("!H", 60000))  # a 60 KB header: never buffered
-        await until(lambda: closed_by_server(wrong) and closed_by_server(huge), "not a header: closed at once")
+        long_v1.sendall(b"PROXY TCP4 " + b"1" * 200)  # no CRLF within a v1 line's 107 bytes
+        await until(lambda: all(map(closed_by_server, (wrong, huge, long_v1))), "not a header: closed at once")
         assert headers.timed_out == 0
         await until(lambda: closed_by_server(silent), "no header: closed after its timeout")
         assert headers.timed_out == 1
         await until(lambda: limits.total == 0 and not headers.watched, "every count given back")
     finally:
-        for sock in (silent, wrong, huge):
+        for sock in (silent, wrong, huge, long_v1):
             sock.close()
         await port.stopListening()
 
