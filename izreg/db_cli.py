@@ -5,7 +5,8 @@ database's schema (L{izreg.storage.pg}), reached like every ``izreg``
 command through ``--config`` (``[metadata] dsn``) or ``$IZREG_DATABASE_URL``.
 
 ``upgrade`` applies every migration the database lacks, in order, each in
-its own transaction, under an advisory lock (two nodes upgrading at once
+its own transaction (or, one marked ``-- izreg: no-transaction``, statement
+by statement: L{izreg.storage.pg}), under an advisory lock (two nodes upgrading at once
 do not collide); a database already up to date is left as it is. It
 refuses a database whose schema is newer than this izreg knows.
 ``status`` prints the database's schema version and this izreg's; its

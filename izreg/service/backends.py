@@ -284,6 +284,9 @@ def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | No
     def run(f, *args, **kwargs):
         lock = threading.Lock()
         taken = [False]  # by a thread (f runs) or by the timer (f never runs)
+        # the call, let go of when refused: the pool's queue keeps its entry until a thread is free, which a
+        # bucket that does not answer delays for minutes, and an S3 upload's arguments hold a 5 MiB part
+        call = [f, args, kwargs]
         result: defer.Deferred = defer.Deferred()
 
         def work():
@@ -291,9 +294,11 @@ def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | No
                 if taken[0]:
                     return _EXPIRED
                 taken[0] = True
+                f_, args_, kwargs_ = call
+                call.clear()
             queue.taken()
             try:
-                return f(*args, **kwargs)
+                return f_(*args_, **kwargs_)
             finally:
                 queue.finished()
 
@@ -302,6 +307,7 @@ def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | No
                 if taken[0]:
                     return
                 taken[0] = True
+                call.clear()
             queue.taken(expired=True)
             result.errback(refuse(wait))
 

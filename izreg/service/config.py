@@ -159,8 +159,7 @@ class Config:
             raise ConfigError("storage.s3.access_key_id and storage.s3.secret_access_key go together")
         if self.s3_threads < 1 or not 1 <= self.s3_redirect_ttl <= 7 * 24 * 3600:
             raise ConfigError("storage.s3.threads must be at least 1 and storage.s3.redirect_ttl 1 s to 7 days")
-        if self.s3_read_timeout < 1 or self.s3_queue_timeout < 1:
-            raise ConfigError("storage.s3.read_timeout and storage.s3.queue_timeout must be at least 1 second")
+        _check_timeouts(self)
         _check_devices(self)
         _check_operations(self)
         _check_metadata(self)
@@ -284,8 +283,28 @@ def _check_token_realm(config: Config) -> None:
     if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
             or parts.fragment or parts.username or parts.password
             or any(c in realm for c in '"\\') or not realm.isprintable() or not realm.isascii() or " " in realm):
-        raise ConfigError(f"auth.token_realm must be an absolute http(s) URL such as"
-                          f" \"https://registry.example.net/v2/token\", not {realm!r}")
+        shown = re.sub(r"//[^/?#]*@", "//...@", realm)  # a password in it would go to the log
+        raise ConfigError(f"auth.token_realm must be an absolute http(s) URL (no user:password@, query or"
+                          f" fragment) such as \"https://registry.example.net/v2/token\", not {shown!r}")
+
+
+#: the longest timeout a setting may have, seconds: a day. Longer ones failed later and named another thing
+#: (PostgreSQL's statement_timeout and libpq's tcp_user_timeout are milliseconds in an int: 24.8 days;
+#: botocore's read timeout, past some 290 years: "timestamp too large", as if the bucket were unreachable)
+MAX_TIMEOUT = 86400
+
+
+def _check_timeouts(config: Config) -> None:
+    """The S3 and database timeouts, each named with its value: 0 for S3's (no "no limit" there), over a day for any."""
+    for key, value, least in (("storage.s3.read_timeout", config.s3_read_timeout, 1),
+                              ("storage.s3.queue_timeout", config.s3_queue_timeout, 1),
+                              ("metadata.statement_timeout", config.metadata_statement_timeout, 0),
+                              ("metadata.lock_timeout", config.metadata_lock_timeout, 0),
+                              ("metadata.long_statement_timeout", config.metadata_long_statement_timeout, 0),
+                              ("metadata.query_timeout", config.metadata_query_timeout, 0)):
+        if not least <= value <= MAX_TIMEOUT:
+            raise ConfigError(f"{key} must be {'1' if least else '0 (no limit)'} to {MAX_TIMEOUT}"
+                              f" seconds (a day), not {value}")
 
 
 def _check_devices(config: Config) -> None:
@@ -308,8 +327,13 @@ def _check_metadata(config: Config) -> None:
         raise ConfigError(f"metadata.backend must be \"lmdb\" or \"postgresql\", not {config.metadata_backend!r}")
     if config.metadata_pool_size < 1:
         raise ConfigError("metadata.pool_size must be at least 1")
-    if min(config.metadata_keepalives_idle, config.metadata_keepalives_interval, config.metadata_keepalives_count) < 1:
-        raise ConfigError("metadata.keepalives_idle, keepalives_interval and keepalives_count must be at least 1")
+    # Linux's most (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT): past it libpq's "setsockopt(TCP_KEEPIDLE)
+    # failed: Invalid argument", named nowhere as the setting, after the pool's connect wait
+    for key, value, most in (("keepalives_idle", config.metadata_keepalives_idle, 32767),
+                             ("keepalives_interval", config.metadata_keepalives_interval, 32767),
+                             ("keepalives_count", config.metadata_keepalives_count, 127)):
+        if not 1 <= value <= most:
+            raise ConfigError(f"metadata.{key} must be 1 to {most}, not {value}")
     query, statement = config.metadata_query_timeout, config.metadata_statement_timeout
     if query and statement and query <= statement:
         raise ConfigError(f"metadata.query_timeout must be 0 (no limit) or more than statement_timeout ({statement} s),"

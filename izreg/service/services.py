@@ -277,6 +277,8 @@ class RegistryService(service.MultiService):
         try:
             backend = open_backend(self.config, self.config.data_dir)
             try:
+                # made here, not only in startService: the first node writes its webhook.key now (--init)
+                os.makedirs(os.path.abspath(self.config.data_dir), mode=0o700, exist_ok=True)
                 backend.check_sealing_key()
             except BackendError:
                 backend.close()

@@ -9,6 +9,7 @@ HTTP layer answers it without a traceback; nothing else is a storage failure.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import lmdb
@@ -34,8 +35,23 @@ def backend_unavailable() -> RegistryError:
                          "the storage backend failed; try again", headers={"Retry-After": "1"})
 
 
+def _lmdb_errno(error: BaseException) -> int | None:
+    """
+    The errno of a plain C{lmdb.Error} that is an OS error (py-lmdb has a class for ENOSPC, not for EIO,
+    which LMDB also gives for a short write of its pages: a full disk), read back from its text
+    (C{"mdb_txn_commit: Input/output error"}), or C{None}.
+    """
+    if type(error) is not lmdb.Error:
+        return None
+    text = str(error)
+    return next((n for n in (*_OUT_OF_SPACE, *_DISK) if text.endswith(f": {os.strerror(n)}")), None)
+
+
 def storage_error(error: BaseException) -> RegistryError | None:
     """The client-facing error for a storage failure, or C{None} if C{error} is not one."""
+    code = _lmdb_errno(error)
+    if code is not None:
+        error = OSError(code, str(error))
     if isinstance(error, lmdb.MapFullError):
         return out_of_space("the index is full (raise storage.lmdb_map_size)")
     if isinstance(error, lmdb.DiskError):

@@ -61,6 +61,9 @@ from izreg.storage.runners import inline, run_inline, settled
 LOCK_NAME = "gc.lock"
 #: the advisory lock key of garbage-collection sweeps on PostgreSQL (``izgc`` in ASCII)
 SWEEP_LOCK = 0x697A6763
+#: seconds each wait for the sweep lock (``izreg gc`` behind another sweep) lasts on the server
+#: (its lock_timeout) before it is asked again: the client bounds each by this + query_timeout
+SWEEP_LOCK_WAIT = 10.0
 #: candidates checked and deleted per write transaction: a bounded batch keeps the
 #: transaction (and the writer thread, which pushes share) short. On the project's shared
 #: test machine (LMDB and blob files on ext4, 2,000 blobs): one per transaction 370-1,400/s,
@@ -125,6 +128,9 @@ class PgSweepLock:
     pool: the sweep's queries and the requests served meanwhile keep every
     pooled connection. A node that dies mid-sweep loses the connection, and
     PostgreSQL the lock. Blocking: the server takes and releases it in a thread.
+    Each of its calls is bounded like a pooled one (L{izreg.storage.pg.Database.bounded},
+    C{query_timeout}): a frozen server is L{izreg.storage.pg.DatabaseNoAnswer}, not a sweep
+    (and its thread) held forever.
     """
 
     def __init__(self, db) -> None:
@@ -145,13 +151,11 @@ class PgSweepLock:
         except psycopg.Error as e:
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from None
         try:
-            if wait:
-                conn.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
-                got = True
-            else:
-                got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()[0])
-        except BaseException:
+            got = self._lock(conn, wait)
+        except BaseException as e:
             conn.close()
+            if isinstance(e, psycopg.Error):
+                raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from None
             raise
         if not got:
             conn.close()
@@ -159,19 +163,44 @@ class PgSweepLock:
         self._conn = conn
         return True
 
+    def _lock(self, conn, wait: bool) -> bool:
+        """
+        Take the lock on C{conn}, each call under the watchdog (a frozen server held the sweep, and
+        its thread, forever): waiting (C{wait}) in turns of L{SWEEP_LOCK_WAIT} s.
+        """
+        from psycopg import errors as pgerrors
+
+        from izreg.storage.pg import _ms
+
+        if not wait:
+            with self.db.bounded(conn):
+                return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()[0])
+        with self.db.bounded(conn):
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(SWEEP_LOCK_WAIT),))
+        while True:
+            try:
+                with self.db.bounded(conn, (SWEEP_LOCK_WAIT + self.db.query_timeout) if self.db.query_timeout else 0):
+                    conn.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
+                return True
+            except pgerrors.LockNotAvailable:
+                continue  # the other sweep goes on: wait another turn
+
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
         import psycopg
 
+        from izreg.storage.pg import DatabaseNoAnswer
+
         try:
             # unlock first, and wait for it: closing alone returns before the server
             # process has ended and dropped the lock, and another node trying at once
             # (the next sweep) would find it still held
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
-        except psycopg.Error:
-            pass  # the link is gone: so is the session, and PostgreSQL drops its locks
+            with self.db.bounded(conn):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+        except (psycopg.Error, DatabaseNoAnswer):
+            pass  # the link is gone (or cut): so is the session, and PostgreSQL drops its locks
         finally:
             conn.close()
 

@@ -14,6 +14,19 @@ version, applied in order by L{upgrade} (``izreg db upgrade``) in its own
 transaction, under an advisory lock so that two nodes upgrading at once do
 not collide. L{check} refuses a database whose version this izreg does not
 know (newer, or not yet upgraded).
+
+A migration whose text holds the line L{NO_TRANSACTION} runs outside a
+transaction, one statement at a time (statements end with ``;`` and hold
+none inside): for ``CREATE INDEX CONCURRENTLY``, which builds an index while
+the table takes writes (in a transaction a build holds them for as long as
+it takes). Each statement gets L{MIGRATION_LOCK_TIMEOUT} and is tried again
+when that passes (L{MIGRATION_ATTEMPTS} in all); the version is recorded
+once every statement is done. Its statements must be safe to run again
+(``IF NOT EXISTS``, ``IF EXISTS``): an interrupted run leaves some done.
+A concurrent build that failed leaves its index behind, INVALID (not used
+by queries, still maintained by writes): before ``CREATE INDEX CONCURRENTLY
+IF NOT EXISTS name`` (which would keep it) an invalid index of that name is
+dropped, so running the upgrade again builds it anew.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -41,6 +55,18 @@ MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 #: the advisory lock key of schema upgrades (any constant; ``izreg`` in ASCII)
 UPGRADE_LOCK = 0x697A726567
+#: an upgrade waiting for another node's polls the lock this often (seconds): a waiting
+#: ``pg_advisory_lock`` holds a snapshot, and a concurrent index build waits for every older
+#: snapshot to end, so the waiter and the builder would wait for each other
+UPGRADE_POLL = 0.5
+#: a migration holding this line runs outside a transaction (L{Database.upgrade})
+NO_TRANSACTION = "-- izreg: no-transaction"
+#: seconds each statement of such a migration may wait for a lock, and how often it is tried
+#: (a pause of L{MIGRATION_PAUSE} between: what waits in the lock queue behind it gets through)
+MIGRATION_LOCK_TIMEOUT = 10.0
+MIGRATION_ATTEMPTS = 6
+MIGRATION_PAUSE = 2.0
+_CONCURRENT_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)\s", re.I)
 #: transient conflicts between concurrent transactions: the whole transaction is run again
 RETRYABLE = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 RETRIES = 8
@@ -180,15 +206,31 @@ class Database:
         self._watchdog.stop()
 
     def _check_if_idle(self, conn: psycopg.Connection) -> None:
-        """The pool's check callback (on checkout): ping a connection that sat idle for a while."""
+        """
+        The pool's check callback (on checkout): ping a connection that sat idle for a while, within
+        L{CHECK_BOUND} and the call's deadline. One cut is the connection's failure, not the call's:
+        the pool gives the call another; the call is told the database did not answer only if it
+        then gets none (L{connection}).
+        """
         since = _idle_since.get(conn)
-        if since is None or time.monotonic() - since > CHECK_IDLE_AFTER:
-            with self._watched(conn):  # a frozen server must not hold the ping either
-                ConnectionPool.check_connection(conn)
+        if since is not None and time.monotonic() - since <= CHECK_IDLE_AFTER:
+            return
+        deadline = getattr(self._calls, "deadline", None)
+        if deadline is None:
+            ConnectionPool.check_connection(conn)
+            return
+        watch = self._watchdog.watch(conn, min(deadline, time.monotonic() + CHECK_BOUND))
+        try:
+            ConnectionPool.check_connection(conn)  # a frozen server must not hold the ping either
+        finally:
+            cut = self._watchdog.unwatch(watch)
+            self._calls.checks_cut = getattr(self._calls, "checks_cut", 0) + cut
+        if cut:  # just as the ping was answered: closed now, so not to be handed out
+            raise psycopg.OperationalError("the connection's check was not answered in time")
 
     @contextmanager
     def _watched(self, conn: psycopg.Connection) -> Iterator[None]:
-        """C{conn} dropped by the watchdog if the thread's call is not over by its deadline."""
+        """C{conn}, the call's, dropped by the watchdog if the call is not over by its deadline (C{dropped} set)."""
         deadline = getattr(self._calls, "deadline", None)
         if deadline is None:
             yield
@@ -201,6 +243,30 @@ class Database:
                 self._calls.dropped = True
 
     @contextmanager
+    def bounded(self, conn: psycopg.Connection, seconds: float | None = None) -> Iterator[None]:
+        """
+        C{conn}, a connection of the caller's own (outside the pool: the sweep lock's), dropped by the
+        watchdog if what runs in the block takes longer than C{seconds} (L{query_timeout} by default;
+        0: no bound); it raises L{DatabaseNoAnswer} then, and C{conn} is closed.
+        """
+        seconds = self.query_timeout if seconds is None else seconds
+        if seconds <= 0:
+            yield
+            return
+        watch = self._watchdog.watch(conn, time.monotonic() + seconds)
+        error: BaseException | None = None
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            error = e
+        finally:
+            if self._watchdog.unwatch(watch):
+                raise DatabaseNoAnswer(f"the database did not answer within {seconds:g} s"
+                                       " (metadata.query_timeout): its connection was dropped") from error
+        if error is not None:
+            raise error
+
+    @contextmanager
     def connection(self, timeout: float | None = None, bound: float | None = None) -> Iterator[psycopg.Connection]:
         """
         A connection of the pool (waiting at most C{timeout} s, the pool's timeout by default) for a
@@ -208,16 +274,19 @@ class Database:
         its connection is dropped and it raises L{DatabaseNoAnswer}.
         """
         bound = self.query_timeout if bound is None else min(bound, self.query_timeout or bound)
-        outer = (getattr(self._calls, "deadline", None), getattr(self._calls, "dropped", False))
+        outer = (getattr(self._calls, "deadline", None), getattr(self._calls, "dropped", False),
+                 getattr(self._calls, "checks_cut", 0))
         self._calls.deadline = time.monotonic() + bound if bound > 0 else None
-        self._calls.dropped = False
+        self._calls.dropped, self._calls.checks_cut = False, 0
         try:
             wait = self.pool.timeout if timeout is None else timeout
             with self.pool.connection(timeout=min(wait, bound) if bound > 0 else wait) as conn:
                 with self._watched(conn):
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._calls.dropped:  # cut by the watchdog (or a connection being checked: a PoolTimeout then)
+            # cut by the watchdog; or no connection had in time after one being checked was cut
+            # (another's error after that is its own: the cut check's connection is not the call's)
+            if self._calls.dropped or (isinstance(e, PoolTimeout) and self._calls.checks_cut):
                 raise DatabaseNoAnswer(f"the database did not answer within {bound:g} s (metadata.query_timeout):"
                                        " its connection was dropped") from e
             if isinstance(e, PoolTimeout):  # an OperationalError too: first
@@ -230,7 +299,7 @@ class Database:
                 raise
             raise DatabaseUnavailable(f"the database is unavailable: {_describe(e)}") from e
         finally:
-            self._calls.deadline, self._calls.dropped = outer
+            self._calls.deadline, self._calls.dropped, self._calls.checks_cut = outer
 
     def run(self, f: Callable[..., T], *args: Any) -> T:
         for attempt in range(RETRIES):
@@ -287,7 +356,10 @@ class Database:
                           " run `izreg db upgrade` first")
 
     def upgrade(self, log: Callable[[str], None] = lambda line: None) -> tuple[int, int]:
-        """Apply every migration the database lacks, each in its own transaction; C{(version before, after)}."""
+        """
+        Apply every migration the database lacks, each in its own transaction (or, a L{NO_TRANSACTION}
+        one, statement by statement); C{(version before, after)}.
+        """
         before = self.version()
         known = migrations()
         newer = self.run(_applied) - {v for v, _, _ in known}
@@ -298,23 +370,70 @@ class Database:
             self._allow_long_call(conn)  # it may wait for another node's upgrade, then migrate
             # a session lock taken before the migrations' transactions begin, so each of them
             # starts after another node's upgrade committed and sees its tables
-            conn.execute("SELECT pg_advisory_lock(%s)", (UPGRADE_LOCK,))
-            conn.commit()
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPGRADE_LOCK,)).fetchone()[0]:
+                time.sleep(UPGRADE_POLL)  # the command's thread (see UPGRADE_POLL)
             try:
                 for version, name, sql in known:
-                    with conn.transaction():
+                    if NO_TRANSACTION in sql.splitlines():
                         with conn.cursor() as cur:
-                            if version in _applied(cur):  # applied before, or by another node meanwhile
+                            if version in _applied(cur):
                                 continue
-                            cur.execute(sql)
-                            cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
-                                        (version, name))
+                        self._migrate_outside(conn, name, sql, log)
+                        conn.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
+                                     (version, name))
+                    else:
+                        with conn.transaction():
+                            with conn.cursor() as cur:
+                                if version in _applied(cur):  # applied before, or by another node meanwhile
+                                    continue
+                                cur.execute(sql)
+                                cur.execute("INSERT INTO izreg_schema (version, name, applied) VALUES (%s, %s, now())",
+                                            (version, name))
                     log(f"applied {name}")
             finally:
-                conn.rollback()
-                conn.execute("SELECT pg_advisory_unlock(%s)", (UPGRADE_LOCK,))
-                conn.commit()
+                if not conn.closed:  # a lost connection took the session and its lock with it
+                    conn.rollback()
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (UPGRADE_LOCK,))
         return before, self.version()
+
+
+    def _migrate_outside(self, conn: psycopg.Connection, name: str, sql: str, log: Callable[[str], None]) -> None:
+        """The statements of a L{NO_TRANSACTION} migration, each on its own, with a lock timeout and retries."""
+        for statement in _statements(sql):
+            index = _CONCURRENT_INDEX.match(statement)
+            for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+                self._allow_long_call(conn)  # each statement (a build) may take long_timeout
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(MIGRATION_LOCK_TIMEOUT),))
+                try:
+                    if index:
+                        _drop_invalid_index(conn, index.group(1))
+                    conn.execute(statement)
+                    break
+                except pgerrors.LockNotAvailable as e:
+                    what = " ".join(statement.split()[:6])
+                    if attempt == MIGRATION_ATTEMPTS:
+                        raise SchemaError(f"{name}: {what} ...: {_describe(e)} ({MIGRATION_ATTEMPTS} attempts of"
+                                          f" {MIGRATION_LOCK_TIMEOUT:g} s; a long transaction holds the table?):"
+                                          " run `izreg db upgrade` again") from None
+                    log(f"{name}: {what} ...: waited {MIGRATION_LOCK_TIMEOUT:g} s for a lock,"
+                        f" trying again (attempt {attempt + 1} of {MIGRATION_ATTEMPTS})")
+                    time.sleep(MIGRATION_PAUSE)
+                finally:
+                    if not conn.closed:
+                        conn.execute("SELECT set_config('lock_timeout', %s, false)", (_ms(self.lock_timeout),))
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a migration: its text without comment lines, split at each ``;``."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def _drop_invalid_index(conn: psycopg.Connection, name: str) -> None:
+    """Drop the index C{name} if a failed concurrent build left it invalid (``IF NOT EXISTS`` would keep it)."""
+    row = conn.execute("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)).fetchone()
+    if row and row[0]:
+        conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(name)))
 
 
 def _applied(cur: psycopg.Cursor) -> set[int]:
@@ -329,6 +448,9 @@ def _applied(cur: psycopg.Cursor) -> set[int]:
 #: link shows there, not in a request); a busy connection is not: a ping per call was a
 #: round trip on every store call
 CHECK_IDLE_AFTER = 5.0
+#: seconds that ping may take (within the call's deadline): past it the connection is dropped and the
+#: call gets another, so one frozen idle backend costs a call this, not its whole query_timeout
+CHECK_BOUND = 5.0
 _idle_since: "weakref.WeakKeyDictionary[psycopg.Connection, float]" = weakref.WeakKeyDictionary()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -156,6 +157,22 @@ def test_a_node_without_the_nodes_webhook_key_refuses_to_start(tmp_path, pg_sche
     assert len(lines) == 1 and "webhook.key" in lines[0] and "copy" in lines[0], proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert not (data / "webhook.key").exists() or key
+
+
+def test_a_first_node_started_with_init_makes_its_data_dir(tmp_path, pg_schema_dsn):
+    # --init on a data dir that did not exist: a FileNotFoundError traceback, webhook.key written
+    # into it before startService made the directory
+    data = tmp_path / "data"
+    registry = RegistryProcess(data_dir=str(data), config=node_config(tmp_path / "izreg.toml", pg_schema_dsn),
+                               extra_args=["--init"], create_data_dir=False)
+    try:
+        registry.start()
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(data / "webhook.key").st_mode) == 0o600
+        assert requests.get(f"{registry.url}/v2/", auth=registry.requests_auth, timeout=60).status_code == 200
+        assert "Traceback" not in registry.log_text()
+    finally:
+        registry.close()
 
 
 def _pushed(node, repo: str, tag: str) -> tuple[OCIClient, bytes]:

@@ -68,7 +68,8 @@ class RegistryProcess:
     """
 
     def __init__(self, data_dir: str, log_path: str | None = None, port: int | None = None,
-                 backend: str = BACKEND, extra_args=(), creds: str | None = None, config: str | None = None):
+                 backend: str = BACKEND, extra_args=(), creds: str | None = None, config: str | None = None,
+                 create_data_dir: bool = True):
         self.data_dir = os.fspath(data_dir)
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -78,6 +79,8 @@ class RegistryProcess:
         #: a TOML config file given with --config (e.g. [metadata] and [storage] of a cluster node)
         self.config_file = os.fspath(config) if config else None
         self.creds = creds
+        #: False: start() leaves a missing data dir to the server (``--init`` in C{extra_args})
+        self.create_data_dir = create_data_dir
         self.account: str | None = None
         self.log_path = log_path
         self.log_lines: deque[str] = deque(maxlen=5000)
@@ -148,7 +151,8 @@ class RegistryProcess:
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the process and block until it logs that it is listening."""
         assert not self.running, "already running"
-        os.makedirs(self.data_dir, exist_ok=True)
+        if self.create_data_dir:
+            os.makedirs(self.data_dir, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"

@@ -97,6 +97,46 @@ def test_a_token_realm_that_is_no_absolute_http_url_is_refused(realm):
     assert "\n" not in str(e.value).replace("\\n", "")
 
 
+@pytest.mark.parametrize("realm", ["https://ci:s3cret@registry.example.net/v2/token",
+                                   "https://ci:s3cret@registry.example.net:https/v2/token",  # urlsplit fails
+                                   "https://ci:s3cret@[::1/v2/token"])
+def test_a_token_realm_with_a_password_is_refused_without_it(realm):
+    # the message echoed the URL, password and all, to the log
+    with pytest.raises(ConfigError, match="no user:password@") as e:
+        load(None, {"token_service": True, "token_realm": realm})
+    assert "s3cret" not in str(e.value) and "//...@" in str(e.value)
+
+
+@pytest.mark.parametrize("fields, message", [
+    # one message named both S3 timeouts, and neither value
+    ({"s3_read_timeout": 0}, "storage.s3.read_timeout must be 1 to 86400 seconds (a day), not 0"),
+    ({"s3_queue_timeout": 0}, "storage.s3.queue_timeout must be 1 to 86400 seconds (a day), not 0"),
+    # too long: botocore's "timestamp too large" as if the bucket were unreachable
+    ({"s3_read_timeout": 10**11}, "storage.s3.read_timeout must be 1 to 86400 seconds"),
+    ({"s3_queue_timeout": 86401}, "storage.s3.queue_timeout must be 1 to 86400 seconds"),
+    # too long: PostgreSQL's and libpq's errors, naming statement_timeout or tcp_user_timeout, after 15 s
+    ({"metadata_query_timeout": 3_000_000}, "metadata.query_timeout must be 0 (no limit) to 86400 seconds"),
+    ({"metadata_statement_timeout": 10**7, "metadata_query_timeout": 0},
+     "metadata.statement_timeout must be 0 (no limit) to 86400"),
+    ({"metadata_lock_timeout": 10**7}, "metadata.lock_timeout must be 0 (no limit) to 86400 seconds"),
+    ({"metadata_long_statement_timeout": 10**7}, "metadata.long_statement_timeout must be 0 (no limit) to 86400"),
+    # past Linux's most: libpq's "setsockopt(TCP_KEEPIDLE) failed: Invalid argument" after 11 s
+    ({"metadata_keepalives_idle": 100000}, "metadata.keepalives_idle must be 1 to 32767, not 100000"),
+    ({"metadata_keepalives_interval": 0}, "metadata.keepalives_interval must be 1 to 32767, not 0"),
+    ({"metadata_keepalives_count": 128}, "metadata.keepalives_count must be 1 to 127, not 128"),
+])
+def test_a_timing_setting_out_of_range_is_named_with_its_value(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(None, fields, {})
+
+
+def test_the_longest_timeouts_are_accepted():
+    config = load(None, {"s3_read_timeout": 86400, "s3_queue_timeout": 86400, "metadata_query_timeout": 86400,
+                         "metadata_statement_timeout": 86399, "metadata_lock_timeout": 86400,
+                         "metadata_long_statement_timeout": 86400}, {})
+    assert config.metadata_query_timeout == config.s3_read_timeout == 86400
+
+
 def test_a_token_realm_needs_the_token_service():
     with pytest.raises(ConfigError, match="token_realm is set but auth.token_service is off"):
         load(None, {"token_realm": "https://registry.example.net/v2/token"})

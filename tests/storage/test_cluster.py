@@ -5,13 +5,17 @@ lock and the shared failure counts. A real PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 import time
 
+import psycopg
 import pytest
 
 from izreg.storage.cluster import FailureCounts
 from izreg.storage.gc import PgSweepLock
-from izreg.storage.pg import Database
+from izreg.storage.pg import Database, DatabaseNoAnswer
+from tests.helpers.postgres import frozen
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -101,5 +105,88 @@ def test_the_lock_connection_has_the_pools_connect_and_tcp_timeouts(pg_schema_ds
         params = lock._conn.info.get_parameters()
         assert (params["connect_timeout"], params["tcp_user_timeout"]) == ("5", "7000")
         lock.release()
+    finally:
+        db.close()
+
+
+def _lock_waiter(lock):
+    """C{lock.acquire(wait=True)} in a thread: (thread, outcome: True or the exception's type)."""
+    outcome = []
+
+    def go():
+        try:
+            outcome.append(lock.acquire(wait=True))
+        except Exception as e:
+            outcome.append(type(e))
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _gc_lock_waiter_pid(admin):
+    return wait_until(lambda: admin.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'izreg-gc'"
+                                            " AND wait_event_type = 'Lock'").fetchone(),
+                      what="izreg gc waiting for the sweep lock", timeout=30)[0]
+
+
+def test_waiting_for_the_sweep_lock_on_a_frozen_server_is_no_answer_not_a_hang(pg_db, pg_schema_dsn, monkeypatch):
+    # `izreg gc` behind the server's sweep: its pg_advisory_lock was under no bound, so a frozen
+    # server held it (and the GC) forever
+    from izreg.storage import gc
+
+    monkeypatch.setattr(gc, "SWEEP_LOCK_WAIT", 1.0)
+    holder = PgSweepLock(pg_db)
+    db = Database(pg_schema_dsn, max_size=1, query_timeout=2)
+    admin = psycopg.connect(pg_db.dsn, autocommit=True)
+    try:
+        assert holder.acquire()
+        thread, outcome = _lock_waiter(PgSweepLock(db))
+        with frozen([_gc_lock_waiter_pid(admin)]):
+            started = time.monotonic()
+            thread.join(15)
+            assert not thread.is_alive(), "the wait for the sweep lock hung on a frozen server"
+            assert outcome == [DatabaseNoAnswer] and time.monotonic() - started < 10
+    finally:
+        holder.release()
+        admin.close()
+        db.close()
+
+
+def test_waiting_for_the_sweep_lock_outlasts_the_bound_of_each_turn(pg_db, pg_schema_dsn, monkeypatch):
+    # the server answers: the wait goes on, turn after turn, for as long as the other sweep takes
+    from izreg.storage import gc
+
+    monkeypatch.setattr(gc, "SWEEP_LOCK_WAIT", 0.5)
+    holder = PgSweepLock(pg_db)
+    db = Database(pg_schema_dsn, max_size=1, query_timeout=1)
+    lock = PgSweepLock(db)
+    release = threading.Timer(3.0, holder.release)  # the other sweep: longer than a turn and its bound
+    try:
+        assert holder.acquire()
+        started = time.monotonic()
+        release.start()
+        assert lock.acquire(wait=True)
+        assert time.monotonic() - started >= 3.0
+        lock.release()
+    finally:
+        release.cancel()
+        release.join()
+        holder.release()
+        db.close()
+
+
+def test_releasing_the_sweep_lock_on_a_frozen_server_is_bounded(pg_db, pg_schema_dsn):
+    db = Database(pg_schema_dsn, max_size=1, query_timeout=2)
+    lock = PgSweepLock(db)
+    try:
+        assert lock.acquire()
+        with frozen([lock._conn.info.backend_pid]):
+            released = threading.Thread(target=lock.release, daemon=True)
+            released.start()
+            released.join(15)
+            assert not released.is_alive(), "releasing the sweep lock hung on a frozen server"
+        again = PgSweepLock(pg_db)  # the cut session ended when the server resumed: its lock with it
+        wait_until(again.acquire, what="the sweep lock free again", timeout=30)
+        again.release()
     finally:
         db.close()

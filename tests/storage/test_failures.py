@@ -21,6 +21,10 @@ from izreg.storage.failures import storage_error
         (OSError(errno.EIO, "Input/output error"), 503),
         (OSError(errno.EROFS, "Read-only file system"), 503),
         (lmdb.PanicError("mdb_txn_begin", 0), 503),
+        # LMDB's own EIO (a short write of its pages: a full tmpfs did it) is a plain lmdb.Error, as py-lmdb
+        # raises it: a manifest PUT answered 500 on a disk filled by pushes
+        (lmdb.Error("mdb_txn_commit: Input/output error"), 503),
+        (lmdb.Error("mdb_txn_commit: No space left on device"), 507),
     ],
 )
 def test_storage_failures_are_told(error, status):
@@ -31,6 +35,7 @@ def test_storage_failures_are_told(error, status):
         assert "out of storage space" in told.message
 
 
-@pytest.mark.parametrize("error", [ValueError("x"), KeyError("y"), OSError(errno.ENOENT, "gone")])
+@pytest.mark.parametrize("error", [ValueError("x"), KeyError("y"), OSError(errno.ENOENT, "gone"),
+                                   lmdb.Error("mdb_get: Invalid argument")])
 def test_other_failures_are_not_storage_failures(error):
     assert storage_error(error) is None

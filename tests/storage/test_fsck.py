@@ -65,3 +65,21 @@ def test_a_missing_child_manifest_is_reported(index, backdoor, tmp_path):
     backdoor.drop_manifest_record(REPO, child)
     report = Checker(index, blobs).check()
     assert f"index {REPO}@{parent} references manifest {child}, which is not in the repository" in report.problems
+
+
+def test_a_blob_collected_while_fsck_runs_is_no_problem(index, tmp_path):
+    # izreg fsck runs beside the server: a sweep that removes a blob (its record, then its file) after fsck
+    # read the records is not a "missing blob" (a kill -9 loop's fsck, the server's gc every second, said so)
+    blobs = BlobStore(str(tmp_path))
+    kept, collected = stored(index, blobs, b"kept"), stored(index, blobs, b"collected")
+
+    class SweptMeanwhile(Checker):
+        def records(self):
+            found = super().records()
+            self.index.forget_blob(collected)  # the server's sweep, between fsck's two looks
+            self.blobs.delete(collected)
+            return found
+
+    report = SweptMeanwhile(index, blobs).check()
+    assert report.clean, report.problems
+    assert report.blobs == 2 and index.blob_record(kept) is not None

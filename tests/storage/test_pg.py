@@ -284,6 +284,27 @@ def test_a_frozen_backend_is_no_answer_within_query_timeout_and_its_connection_i
         db.close()
 
 
+def test_a_frozen_idle_connection_costs_its_check_and_the_call_goes_on_with_its_own_outcome(pg_db, monkeypatch):
+    # the check of an idle connection was cut at the call's deadline, and its cut marked the call: an
+    # error of the connection the call got after it was told as "did not answer" too
+    from tests.helpers.postgres import frozen
+
+    monkeypatch.setattr(pg, "CHECK_IDLE_AFTER", 0.0)
+    monkeypatch.setattr(pg, "CHECK_BOUND", 1.0)
+    db = pg.Database(pg_db.dsn, max_size=1, statement_timeout=1, query_timeout=10)
+    try:
+        stuck = _backend(db)
+        with frozen([stuck]):
+            started = time.monotonic()
+            with pytest.raises(pg.DatabaseTimeout) as e:  # the statement_timeout of the connection it got
+                db.run(lambda cur: cur.execute("SELECT pg_sleep(3)"))
+            assert not isinstance(e.value, pg.DatabaseNoAnswer), e.value
+            assert time.monotonic() - started < 6.0
+            assert _backend(db) != stuck  # and the next call is served at once
+    finally:
+        db.close()
+
+
 @pytest.mark.parametrize("freeze_before", ["statement", "commit"])
 def test_a_write_cut_by_query_timeout_commits_whole_or_not_at_all(pg_db, freeze_before):
     # what a client told 503 left behind: nothing when the server froze before the COMMIT reached it;
