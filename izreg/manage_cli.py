@@ -256,9 +256,9 @@ def _storage(context):
     config = context.config
     context.store()
     if config.storage_backend == "s3":
-        from izreg.storage.s3 import S3Blobs, make_client
+        from izreg.storage.s3 import s3_blobs
 
-        blobs = S3Blobs(make_client(config), config.s3_bucket, config.s3_prefix, run=lambda f, *a, **k: f(*a, **k))
+        blobs = s3_blobs(config, run=lambda f, *a, **k: f(*a, **k))
     else:
         blobs = BlobStore(context.data_dir)
     return context.index(), blobs, config

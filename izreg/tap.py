@@ -210,6 +210,7 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     from izreg.http.plain import RefuseTLSFactory
     from izreg.service.logs import LogSetup, forward_standard_logs
     from izreg.service.metrics import Metrics, ScrapeSite
+    from izreg.service.proxyheader import ProxyHeaders, is_proxied, server_endpoint
     from izreg.service.services import RegistryService
     from izreg.service.tls import tls_endpoint
     from izreg.service.tree import AfterFirstInterval, Listener, Timer
@@ -231,8 +232,12 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
     forward_standard_logs()  # psycopg's pool, botocore: their lines in our log, not as [stderr#error]
     top = RegistryService(config, reactor, site, tls=tls, guard=guard, metrics=metrics, log_setup=log_setup,
                           log_observer=log_setup.for_twistd(twistd_options), reload_config=reload_config)
+    # haproxy: listeners read the PROXY header before a connection is counted (the client's address, not haproxy's)
+    headers = None
+    if any(map(is_proxied, config.listen + config.tls_listen)):
+        headers = ProxyHeaders(reactor, site.connections)
     for description in config.listen:
-        Listener(serverFromString(reactor, description), RefuseTLSFactory(site),
+        Listener(server_endpoint(reactor, description, headers), RefuseTLSFactory(site),
                  "--listen or [server] listen").setServiceParent(top)
     threads = admission = None
     if config.tls_listen:  # started before the TLS listeners, stopped after them
@@ -250,8 +255,8 @@ def make_server(config: Config, reactor, guard=None, twistd_options=None, reload
         site.connections.evict = admission.evict  # at max_connections, close one still in its handshake first
     metrics.watch_connections(site.connections, admission)
     for description in config.tls_listen:
-        Listener(tls_endpoint(reactor, description, tls, threads, admission), site, "--tls-listen or [tls] listen",
-                 "https").setServiceParent(top)
+        Listener(tls_endpoint(reactor, description, tls, threads, admission, headers), site,
+                 "--tls-listen or [tls] listen", "https").setServiceParent(top)
     Timer(config.upload_expiry_interval, lambda: defer.ensureDeferred(top.expire_uploads()), reactor).setServiceParent(top)
     Timer(config.pull_flush_interval, top.flush_batches, reactor).setServiceParent(top)
     from izreg.service.bursttrim import CHECK_INTERVAL

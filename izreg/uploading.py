@@ -245,21 +245,26 @@ class UploadSessions:
                     self.uploads.forget(session)
                 # bytes first (an S3 multipart upload is aborted), then the record:
                 # a crash in between leaves a record whose next expiry finishes the job
-                await self.run_io(self.uploads.expire, upload_id, record)
+                await self._run_store(self.uploads.expire, upload_id, record)
                 await self.run_write(self.index.delete_upload, upload_id)
                 expired += 1
         return expired
 
-    def orphan_uploads(self) -> list[str]:
-        """Ids of stored uploads that no session owns (left by a crash mid-POST). Blocking."""
-        return self.uploads.orphans({upload_id for upload_id, _ in self.index.list_uploads()})
-
-    def drop_orphan_uploads(self) -> int:
-        """Drop the bytes of L{orphan_uploads}; blocking (run at start-up in a thread)."""
-        orphans = self.orphan_uploads()
+    async def drop_orphan_uploads(self) -> int:
+        """Drop the bytes of stored uploads that no session owns (left by a crash mid-POST); how many."""
+        known = {upload_id for upload_id, _ in await self._read(self.index.list_uploads)}
+        orphans = await self._run_store(self.uploads.orphans, known)
         for upload_id in orphans:
-            self.uploads.expire(upload_id, None)
+            await self._run_store(self.uploads.expire, upload_id, None)
         return len(orphans)
+
+    def _run_store(self, f, *args):
+        """
+        A blocking call of the upload store in its own pool if it has one (S3's: a bounded wait for a
+        thread, then a 503; one call at a time here, so a silent bucket holds one thread, and the next
+        round tries again), else in the I/O pool (the file system's).
+        """
+        return (getattr(self.uploads, "run", None) or self.run_io)(f, *args)
 
 
 async def _storage(d):

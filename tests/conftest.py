@@ -32,7 +32,7 @@ import tempfile
 import pytest
 
 from tests.helpers.dockerd import DockerEngine, dockerd_path
-from tests.helpers.s3 import moto_server, s3_bucket  # noqa: F401  (session moto server, a bucket per test)
+from tests.helpers.s3 import moto_proxy, moto_server, s3_bucket  # noqa: F401  (session moto server, a bucket per test)
 
 
 #: the room a RAM temp dir needs: a whole run holds about 1.5 GB at once (the edge stack's images)

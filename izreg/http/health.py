@@ -7,9 +7,11 @@ authentication.
 
 L{Readiness} also gates pushes: a push is refused with 503 ``UNAVAILABLE``
 before its first byte is written when the data directory was found
-unwritable (by the last probe: every C{/readyz} and a timer) or the disk is
-below ``[server] min_free_disk`` (checked on every push, one C{statvfs}).
-Pulls go on.
+unwritable (by the last probe: every C{/readyz}; while it is closed, a probe
+every L{RECHECK} seconds and at each refused push open it again once the
+directory is writable, so it never waits for someone to ask C{/readyz}) or
+the disk is below ``[server] min_free_disk`` (checked on every push, one
+C{statvfs}). Pulls go on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ RETRY_AFTER = 60
 LOW_DISK = "the free disk space is below server.min_free_disk"
 #: seconds a /readyz waits for the write probe (a data directory on a hung mount: it never ends)
 PROBE_TIMEOUT = 10.0
+#: seconds between two write probes while the push gate is closed (the data directory found unwritable)
+RECHECK = 5.0
 
 
 class Readiness:
@@ -56,6 +60,8 @@ class Readiness:
         self.disk = disk
         self.more = more or {}
         self.unwritable: str | None = None
+        self.reactor = reactor
+        self._recheck_call = None  # the next probe while the gate is closed (with a reactor)
 
     async def refresh(self) -> dict:
         """Run every check; remember the write probe's outcome for the push gate."""
@@ -71,12 +77,7 @@ class Readiness:
         except Exception as e:  # the probe itself failed: not ready, and say why
             unwritable = f"write probe failed: {e}"
         if "data_dir" not in checks:
-            if unwritable != self.unwritable:
-                if unwritable:
-                    self.log.error("not ready: {reason}; pushes are refused", reason=unwritable)
-                else:
-                    self.log.info("the data directory is writable again")
-            self.unwritable = unwritable
+            self._gate(unwritable)
             checks["data_dir"] = _check(unwritable)
         try:
             space = self.disk.space()
@@ -89,9 +90,41 @@ class Readiness:
             checks[name] = _check(error)
         return checks
 
+    def _gate(self, unwritable: str | None) -> None:
+        """The write probe's outcome: the push gate closed (why) or open; while closed, probed again."""
+        if unwritable != self.unwritable:
+            if unwritable:
+                self.log.error("not ready: {reason}; pushes are refused", reason=unwritable)
+            else:
+                self.log.info("the data directory is writable again")
+        self.unwritable = unwritable
+        if unwritable and self.reactor is not None and self._recheck_call is None:
+            self._recheck_call = self.reactor.callLater(RECHECK, self._recheck)
+
+    def _recheck(self) -> None:
+        """
+        A write probe for the closed push gate (the timer's, or a refused push's: one at a time, L{Shared}).
+        A probe that fails or does not finish leaves the gate as it is; the timer tries again.
+        """
+        if self.probe_writable.waiting is not None:
+            return  # one in flight: its outcome sets the gate (a storm of refused pushes is one probe)
+        if self._recheck_call is not None and self._recheck_call.active():
+            self._recheck_call.cancel()
+        self._recheck_call = None
+        self.probe_writable().addCallbacks(self._gate, lambda _: self._gate(self.unwritable))
+
+    def stop(self) -> None:
+        """No more probes of the closed gate (the service stops)."""
+        if self._recheck_call is not None and self._recheck_call.active():
+            self._recheck_call.cancel()
+        self._recheck_call = None
+        self.reactor = None
+
     def push_refusal(self) -> RegistryError | None:
         """The error a push gets now, or C{None}."""
         reason = self.unwritable
+        if reason is not None:
+            self._recheck()  # writable again? The next push knows, not the next /readyz (nothing may ask it)
         if reason is None:
             try:
                 reason = self.disk.refusal()

@@ -28,10 +28,13 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from izreg.auth.runners import inline  # LMDB's run_read: the value itself, no thread hop
 from izreg.service.config import Config
+from izreg.storage.interfaces import StorageError
 
 LMDB, POSTGRESQL = "lmdb", "postgresql"
 #: seconds a database call may wait for a free thread (and connection) before it is answered 503:
@@ -39,6 +42,8 @@ LMDB, POSTGRESQL = "lmdb", "postgresql"
 QUEUE_WAIT = 10.0
 #: seconds /readyz waits for the database before it says not ready (a load balancer's check is short)
 READY_WAIT = 1.5
+
+_log = Logger()
 
 
 class BackendError(Exception):
@@ -204,6 +209,18 @@ class _DaemonThread(threading.Thread):
         self.daemon = True
 
 
+_CANCELLED = object()
+
+
+class PoolStopped(StorageError):
+    """A call that was still waiting for a thread of a L{DetachedPool} when it stopped: it never ran (a 503)."""
+
+
+def _refuse(onResult, pool: str) -> None:
+    if onResult is not None:
+        onResult(False, Failure(PoolStopped(f"the {pool} pool stopped before this call ran")))
+
+
 class DetachedPool(ThreadPool):
     """
     A thread pool that never holds the process at stop, for calls that may be abandoned midway (S3's:
@@ -212,6 +229,8 @@ class DetachedPool(ThreadPool):
     calls in flight, then leaves behind the threads still in one (a store that does not answer holds
     them up to its read timeout, per attempt), daemon threads the interpreter does not wait for at exit.
     Twisted's C{stop} joined every thread: a stuck one held the reactor, and the process, that long.
+    A call still waiting for a thread at stop never runs: it fails there and then with L{PoolStopped}
+    (Twisted's pool ran it later, when a stuck thread came free, after the reactor had stopped).
     """
 
     threadFactory = _DaemonThread
@@ -219,10 +238,45 @@ class DetachedPool(ThreadPool):
     def __init__(self, minthreads: int, maxthreads: int, name: str, grace: float) -> None:
         super().__init__(minthreads, maxthreads, name)
         self.grace = grace
+        self._waiting_lock = threading.Lock()
+        self._waiting: dict[object, Callable | None] = {}  # calls not started yet: their onResult
+
+    def callInThreadWithCallback(self, onResult, func, *args, **kw) -> None:
+        call = object()
+        with self._waiting_lock:
+            stopped = self.joined
+            if not stopped:
+                self._waiting[call] = onResult
+        if stopped:
+            _refuse(onResult, self.name)
+            return
+
+        def work():
+            with self._waiting_lock:
+                if self._waiting.pop(call, _CANCELLED) is _CANCELLED:
+                    return _CANCELLED  # failed at stop: never runs
+            return func(*args, **kw)
+
+        def report(ok: bool, result) -> None:
+            if result is _CANCELLED:
+                return
+            if onResult is not None:
+                onResult(ok, result)
+            elif not ok:
+                _log.failure("a call in the {pool} pool failed", result, pool=self.name)
+
+        super().callInThreadWithCallback(report, work)
 
     def stop(self) -> list[threading.Thread]:
-        """Stop the threads (each after its call); return those still in a call after C{grace} seconds."""
-        self.joined = True
+        """
+        Stop the threads (each after its call); fail the calls not started yet (L{PoolStopped});
+        return the threads still in a call after C{grace} seconds.
+        """
+        with self._waiting_lock:
+            self.joined = True
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for onResult in waiting:
+            _refuse(onResult, self.name)
         self.started = False
         self._team.quit()
         deadline = time.monotonic() + self.grace

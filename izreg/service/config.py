@@ -72,6 +72,7 @@ class Config:
     s3_threads: int = 16
     s3_queue_timeout: int = 10  # seconds an S3 call may wait for a free S3 thread (then 503), like the database's
     s3_read_timeout: int = 60  # botocore's own default: per socket read, so a slow transfer is not cut
+    s3_writer_timeout: int = 5  # an S3 call made while the index's writer is held: one try, this long at most
     # /readyz fails while the bucket does not answer (off: nodes stay in the balancer for what needs no S3)
     s3_ready_check: bool = True
     # [connections] and limits.body_memory: what a client may hold before it is known (izreg.http.limits)
@@ -210,6 +211,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("storage.s3", "read_timeout"): ("s3_read_timeout", int),
     ("storage.s3", "ready_check"): ("s3_ready_check", bool),
     ("storage.s3", "queue_timeout"): ("s3_queue_timeout", int),
+    ("storage.s3", "writer_timeout"): ("s3_writer_timeout", int),
     ("limits", "body_memory"): ("body_memory", int),
     ("limits", "response_memory"): ("response_memory", int),
     ("connections", "max_connections"): ("max_connections", int),
@@ -300,6 +302,7 @@ def _check_timeouts(config: Config) -> None:
     """The S3 and database timeouts, each named with its value: 0 for S3's (no "no limit" there), over a day for any."""
     for key, value, least in (("storage.s3.read_timeout", config.s3_read_timeout, 1),
                               ("storage.s3.queue_timeout", config.s3_queue_timeout, 1),
+                              ("storage.s3.writer_timeout", config.s3_writer_timeout, 1),
                               ("metadata.statement_timeout", config.metadata_statement_timeout, 0),
                               ("metadata.lock_timeout", config.metadata_lock_timeout, 0),
                               ("metadata.long_statement_timeout", config.metadata_long_statement_timeout, 0),

@@ -240,7 +240,8 @@ class RegistryService(service.MultiService):
             self.metrics.watch_storage(env, index=backend.index)
             self.metrics.watch_disk(self.readiness.disk)
             if config.storage_backend == "s3":
-                self.metrics.watch_s3(blobs.client, *(c for c in [self._bucket_client] if c is not None))
+                self.metrics.watch_s3(blobs.client, blobs.bounded.client,
+                                      *(c for c in [self._bucket_client] if c is not None))
                 self.metrics.watch_s3_queue(self.s3_queue, config.s3_threads)
             if backend.db is not None:
                 self.metrics.watch_pool(backend.db.pool, backend.queue)
@@ -322,7 +323,7 @@ class RegistryService(service.MultiService):
             if count:
                 self.log.info("dropped {uploads}", uploads=plural(count, "orphaned upload"), count=count)
 
-        d = self._run_io(self.registry.drop_orphan_uploads)
+        d = defer.ensureDeferred(self.registry.drop_orphan_uploads())
         d.addCallbacks(done, lambda f: self.log.failure("dropping orphaned uploads failed", f))
 
     def _probe(self, root: str):
@@ -374,6 +375,8 @@ class RegistryService(service.MultiService):
         if self.dispatcher is not None:
             self.removeService(self.dispatcher)  # stopped with the others; the next start builds its own
             self.dispatcher = None
+        if self.readiness is not None:
+            self.readiness.stop()  # no probe of a closed push gate after the pools stop
         for watch in (getattr(self.site, "slow", None), getattr(self.site, "readers", None)):
             if watch is not None:
                 watch.stop()

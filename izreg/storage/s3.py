@@ -25,8 +25,8 @@ A commit: the running hash is checked first (after a restart there is
 none: the completed staging object is read back and hashed). A blob that
 fits in one part is written with one PutObject at its content address;
 a larger one completes the multipart upload on the staging key, then is
-copied server-side to its content address (CopyObject, multipart copy
-above 5 GiB). Either way the object at the content address appears whole
+copied server-side to its content address (CopyObject, a multipart copy
+above L{COPY_PART}). Either way the object at the content address appears whole
 and only after its digest is verified, and the 201 follows S3's answer
 (durable in the bucket). Then the staging objects are deleted.
 """
@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +69,11 @@ PART_SIZE = 5 * 1024 * 1024
 PARTS_PER_STEP = 1000
 #: hash and buffer incoming bytes in pieces of this size
 HASH_SIZE = 256 * 1024
-#: largest object one CopyObject may copy; larger ones are copied in parts
-COPY_LIMIT = 5 * 1024**3
+#: a blob larger than this is copied to its content address in parts of this size (UploadPartCopy),
+#: else with one CopyObject: S3 sends no byte of its answer until a copy is done, and one of up to
+#: 5 GiB (its limit) on a slow store outlasted read_timeout, then was sent again. 128 MiB in 60 s: a
+#: store that copies at 2.2 MB/s or more
+COPY_PART = 128 * 1024**2
 READ_CHUNK = 1024 * 1024
 #: with several nodes, upload bytes with no record are orphans only once this old (seconds): younger
 #: ones may be another node's monolithic POST in flight
@@ -95,11 +99,11 @@ def _session(config):
     return session
 
 
-def make_client(config, timeout: float | None = None):
+def make_client(config, timeout: float | None = None, connections: int = 1):
     """
     A boto3 S3 client for C{config}'s C{[storage.s3]} (credentials: the config, else boto3's chain);
     with C{timeout}, one that waits at most that long to connect and for each read, and never retries
-    (L{bucket_error}'s).
+    (L{bucket_error}'s; L{Bounded}'s), with C{connections} kept open.
     """
     from botocore.config import Config as BotoConfig
 
@@ -114,7 +118,7 @@ def make_client(config, timeout: float | None = None):
         signature_version="s3v4",
     )
     if timeout is not None:
-        options.update(max_pool_connections=1, retries={"total_max_attempts": 1, "mode": "standard"},
+        options.update(max_pool_connections=connections, retries={"total_max_attempts": 1, "mode": "standard"},
                        connect_timeout=timeout, read_timeout=timeout)
     if config.s3_endpoint_url:
         options["s3"] = {"addressing_style": "path"}  # MinIO, RGW, moto: no bucket DNS names
@@ -238,6 +242,47 @@ def _s3(f):
     return call
 
 
+#: after a L{Bounded} call got no answer, seconds the next ones fail at once, untried
+QUIET = 10.0
+
+
+class Bounded:
+    """
+    The S3 calls made while the index's writer is held (on LMDB the one writer thread of every account's
+    writes; on PostgreSQL a database connection, under a blob lock): a commit's check that a blob it
+    found already stored is still there, the empty config's put, the collector's checks and deletes
+    (and its listing of the bucket, in an I/O thread: none held for minutes, nor the stop). They
+    run on a client that waits at most C{[storage.s3] writer_timeout} seconds to connect and for the
+    answer and tries once; a call that got no answer has the next ones fail at once for L{QUIET} seconds.
+    A bucket gone silent so holds the writer about one C{writer_timeout}, not a C{read_timeout} per
+    attempt per call (minutes). A failed commit is a 503 (push again); the collector retries next sweep.
+    """
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._quiet_until = 0.0
+
+    def __call__(self, method: str, **kwargs):
+        if time.monotonic() < self._quiet_until:
+            raise StorageError("S3: the bucket did not answer a moment ago: not tried again yet")
+        try:
+            return getattr(self.client, method)(**kwargs)
+        except Exception as e:
+            if no_answer(e) is not None:
+                self._quiet_until = time.monotonic() + QUIET
+            raise
+
+    def pages(self, method: str, **kwargs):
+        """The pages of a listing, each one bounded call."""
+        token = None
+        while True:
+            page = self(method, **kwargs, **({"ContinuationToken": token} if token else {}))
+            yield page
+            token = page.get("NextContinuationToken")
+            if not token:
+                return
+
+
 class _Keys:
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket, self.prefix = bucket, prefix
@@ -327,6 +372,12 @@ class S3Reader:
         if self._closed:
             return
         self._closed = True
+        if self._body is None and self._lock.acquire(blocking=False):
+            try:
+                if self._body is None:
+                    return  # never opened (a 404, a 503 refused before its GET): no S3 thread to wait for
+            finally:
+                self._lock.release()
         if not isInIOThread():
             self._close()
             return
@@ -341,10 +392,14 @@ class S3Reader:
 
 @implementer(IBlobStore)
 class S3Blobs:
-    def __init__(self, client, bucket: str, prefix: str, run, redirect_ttl: int | None = None) -> None:
+    def __init__(self, client, bucket: str, prefix: str, run, redirect_ttl: int | None = None,
+                 bounded: Bounded | None = None, copy_part: int = COPY_PART) -> None:
         self.client, self.run = client, run
+        self.copy_part = copy_part
         self.keys = _Keys(bucket, prefix)
         self.redirect_ttl = redirect_ttl
+        #: L{stat}, L{put_bytes} and L{delete} run inside the index's write transactions: bounded
+        self.bounded = bounded or Bounded(client)
 
     def open(self, digest: Digest) -> S3Reader:
         return S3Reader(self, self.keys.blob(digest))
@@ -360,7 +415,7 @@ class S3Blobs:
     @_s3
     def stat(self, digest: Digest) -> tuple[int, float] | None:
         try:
-            head = self.client.head_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+            head = self.bounded("head_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest))
         except Exception as e:
             if _not_found(e):
                 return None
@@ -370,17 +425,17 @@ class S3Blobs:
     @_s3
     def put_bytes(self, digest: Digest, data: bytes) -> None:
         if self.stat(digest) is None:
-            self.client.put_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest), Body=bytes(data))
+            self.bounded("put_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest), Body=bytes(data))
 
     @_s3
     def delete(self, digest: Digest) -> None:
-        self.client.delete_object(Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+        self.bounded("delete_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest))
 
     @_s3
     def digests(self):
         base = f"{self.keys.prefix}blobs/"
         found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.keys.bucket, Prefix=base):
+        for page in self.bounded.pages("list_objects_v2", Bucket=self.keys.bucket, Prefix=base):
             for item in page.get("Contents", []):
                 parts = item["Key"][len(base):].split("/")
                 if len(parts) == 3:
@@ -405,16 +460,30 @@ class S3Blobs:
         return hasher.hexdigest()
 
     def copy(self, source: str, target: str, size: int) -> None:
-        """Server-side copy (multipart above 5 GiB)."""
-        bucket = self.keys.bucket
-        if size <= COPY_LIMIT:
-            self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+        """
+        Server-side copy: one CopyObject up to L{copy_part} bytes, else a multipart copy in parts of
+        that size, one after the other in this thread; the target appears whole, or not at all.
+        """
+        bucket, whole = self.keys.bucket, {"Bucket": self.keys.bucket, "Key": source}
+        if size <= self.copy_part:
+            self.client.copy_object(Bucket=bucket, Key=target, CopySource=whole)
             return
-        from boto3.s3.transfer import TransferConfig
-
-        self.client.copy({"Bucket": bucket, "Key": source}, bucket, target,
-                         Config=TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=512 * 1024**2,
-                                               max_concurrency=4))
+        upload = self.client.create_multipart_upload(Bucket=bucket, Key=target)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, self.copy_part), 1):
+                end = min(start + self.copy_part, size) - 1
+                answer = self.client.upload_part_copy(Bucket=bucket, Key=target, UploadId=upload, PartNumber=number,
+                                                      CopySource=whole, CopySourceRange=f"bytes={start}-{end}")
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            self.client.complete_multipart_upload(Bucket=bucket, Key=target, UploadId=upload,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=upload)
+            except Exception:
+                pass  # the store drops it by its lifecycle rule, if any; the copy's own failure says more
+            raise
 
 
 # -- uploads ---------------------------------------------------------------------------------
@@ -875,13 +944,20 @@ def _big_buffers_back_to_the_os() -> None:
         pass  # not glibc: its allocator has its own policy
 
 
+def s3_blobs(config, run, client=None) -> S3Blobs:
+    """
+    The S3 blob store of C{config}; C{run} calls a blocking function in the S3 thread pool (the
+    ``izreg`` command: inline); C{client}: the one start-up checked with.
+    """
+    # the writer thread, the I/O threads (the collector's scans) and the S3 threads may each hold one
+    bounded = Bounded(make_client(config, timeout=config.s3_writer_timeout, connections=config.s3_threads + 4))
+    return S3Blobs(client or make_client(config), config.s3_bucket, config.s3_prefix, run,
+                   redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None, bounded=bounded)
+
+
 def open_s3(config, run, client=None) -> tuple[S3Blobs, S3Uploads]:
-    """
-    The S3 blob and upload stores of C{config}; C{run} calls a blocking
-    function in the S3 thread pool; C{client}: the one start-up checked with.
-    """
+    """The S3 blob and upload stores of C{config} (L{s3_blobs})."""
     _big_buffers_back_to_the_os()
-    blobs = S3Blobs(client or make_client(config), config.s3_bucket, config.s3_prefix, run,
-                    redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None)
+    blobs = s3_blobs(config, run, client)
     # upload records in a database other nodes share: the sessions cached here are checked against them
     return blobs, S3Uploads(blobs, shared=config.metadata_backend != "lmdb")

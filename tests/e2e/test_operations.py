@@ -284,7 +284,11 @@ def test_readyz_and_pushes_follow_the_data_dir_and_the_disk_floor(tmp_path):
             assert reg.data_dir not in resp.text
             assert_push_refused(client, repo)
             assert reg.data_dir not in client.start_upload(repo).text
+            mark = reg.log_mark()
         assert files_under(reg.data_dir) == before
+        # writable again: the gate opens by itself (its own probe), with no /readyz asked (it stayed shut)
+        reg.wait_for_log(r"the data directory is writable again", mark, timeout=30)
+        push_image(client, repo, "v1.1")
         expect(requests.get(f"{reg.url}/readyz", timeout=30), 200)
 
         # raise the floor above the free space; SIGHUP re-reads it

@@ -11,6 +11,7 @@ bounded time with threads still stuck (twistd waited for them).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import signal
 import time
 
@@ -23,7 +24,6 @@ from tests.helpers.ociclient import OCIClient, describe, expect, sha256_digest
 from tests.helpers.ocilayout import random_bytes
 from tests.helpers.s3 import s3_registry
 from tests.helpers.server import BACKEND, running
-from tests.helpers.tcpproxy import TCPProxy
 from tests.helpers.wait import wait_until
 
 pytestmark = [
@@ -39,16 +39,14 @@ REFUSED_WITHIN = QUEUE_TIMEOUT + 7
 
 
 @pytest.fixture
-def proxy(moto_server):
-    proxy = TCPProxy(moto_server.port)
-    yield proxy
-    proxy.close()
+def proxy(moto_proxy):
+    return moto_proxy
 
 
-def node(tmp_path_factory, moto_server, proxy, label: str, read_timeout: int, extra_toml: str = ""):
+def node(tmp_path_factory, moto_server, proxy, label: str, read_timeout: int, extra_toml: str = "", **s3_options):
     """A registry (not started) with L{THREADS} S3 threads, talking to the bucket through C{proxy}."""
     registry = s3_registry(tmp_path_factory, moto_server, label, threads=THREADS, queue_timeout=QUEUE_TIMEOUT,
-                           read_timeout=read_timeout, extra_toml=extra_toml)
+                           read_timeout=read_timeout, extra_toml=extra_toml, **s3_options)
     config = registry.extra_args[registry.extra_args.index("--config") + 1]
     with open(config) as f:
         text = f.read().replace(moto_server.url, proxy.url)
@@ -75,6 +73,15 @@ def hold_every_thread(registry, client, repo, digest, pool):
     stuck = [pool.submit(client.get_blob, repo, digest, timeout=120) for _ in range(THREADS)]
     wait_until(lambda: metric(registry, "izreg_s3_threads_busy") == THREADS, "every S3 thread held", timeout=30)
     return stuck
+
+
+@contextlib.contextmanager
+def held_threads(registry, proxy, name: str):
+    """A blob pushed, then the bucket silent and every S3 thread held by a pull of it: the client, the pulls."""
+    client, repo, digest = blob_in(registry, name)
+    proxy.blackhole()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        yield client, repo, hold_every_thread(registry, client, repo, digest, pool)
 
 
 def refused(resp: requests.Response) -> None:
@@ -141,10 +148,7 @@ def test_sigterm_stops_a_node_whose_s3_threads_are_stuck_in_bounded_time(tmp_pat
     registry = node(tmp_path_factory, moto_server, proxy, "s3-stop", read_timeout=60,
                     extra_toml=f"[server]\ndrain_timeout = {drain}\n")
     with running(registry):
-        client, repo, digest = blob_in(registry, "stop")
-        proxy.blackhole()
-        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            stuck = hold_every_thread(registry, client, repo, digest, pool)
+        with held_threads(registry, proxy, "stop") as (_, _, stuck):
             mark = registry.log_mark()
             began = time.monotonic()
             assert registry.stop(timeout=30) == -signal.SIGTERM  # twistd's own end on SIGTERM, not a SIGKILL
@@ -158,3 +162,54 @@ def test_sigterm_stops_a_node_whose_s3_threads_are_stuck_in_bounded_time(tmp_pat
         # the drain (2 s), the S3 threads' grace (2 s), the start of the process's exit
         assert took < drain + 8, took
         registry.wait_for_log(r"2 call\(s\) of the izreg-s3 pool still waiting after 2 s: left behind", mark)
+
+
+def test_a_silent_bucket_holds_the_index_writer_one_writer_timeout_not_minutes(tmp_path_factory, moto_server, proxy):
+    # the collector deletes a blob's bytes inside an LMDB write transaction (no commit may record the blob
+    # meanwhile): its DELETE to a silent bucket held the one writer thread read_timeout (60 s here) per
+    # attempt, five attempts, and every account's writes waited behind it
+    writer_timeout = 2
+    registry = node(tmp_path_factory, moto_server, proxy, "s3-writer", read_timeout=60, writer_timeout=writer_timeout,
+                    extra_toml="[gc]\ninterval = 1\ngrace = 2\n[uploads]\nmax_open_per_account = 0\n")
+    with running(registry):
+        client, repo, _ = blob_in(registry, "collected")  # linked to no manifest: collected after the grace
+        proxy.blackhole(only=b"DELETE ")  # the sweep's scans are answered: it reaches the blob's bytes
+        mark = registry.log_mark()
+        slowest = 0.0
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # the sweep that finds it (after 2 s) drops its record, then its bytes: the DELETE gets no answer
+            failed = pool.submit(registry.wait_for_log, "garbage collection failed", mark, 60)
+            while True:
+                resp, took = timed(client.start_upload, f"{registry.account}/other/app")  # an index write, no S3
+                expect(resp, 202)
+                slowest = max(slowest, took)
+                try:
+                    line = failed.result(timeout=0.2)  # one write every 0.2 s until the sweep has failed
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
+        assert "timeout" in line.lower() or "did not answer" in line, line
+        assert slowest < writer_timeout + 3, slowest
+        assert metric(registry, "izreg_s3_threads_busy") == 0  # the writer's own bounded call: no S3 thread
+
+
+def test_upload_expiry_waits_for_an_s3_thread_like_a_request_and_tries_again_next_round(
+        tmp_path_factory, moto_server, proxy):
+    # the expiry's S3 calls ran in the I/O pool on the S3 client: with the bucket silent, one I/O thread
+    # held read_timeout per attempt per call, outside the S3 pool's bound and its metrics
+    registry = node(tmp_path_factory, moto_server, proxy, "s3-expiry", read_timeout=3,
+                    extra_toml="[uploads]\nttl = 1\nexpiry_interval = 1\n")
+    with running(registry):
+        with held_threads(registry, proxy, "expiry") as (client, repo, stuck):
+            mark = registry.log_mark()
+            url = client.location(expect(client.start_upload(repo), 202))  # an index record, no S3 call yet
+            line = registry.wait_for_log("upload expiry failed", mark, timeout=REFUSED_WITHIN + 5)
+            assert "no thread free" in line, line
+            mark = registry.log_mark()
+            proxy.restore()
+            for pulled in stuck:
+                pulled.result()
+        # the bucket back: a later round drops the session (not asked meanwhile: a status read while a
+        # round drops it brings it back into the node's cache, a race of its own)
+        registry.wait_for_log("expired 1 abandoned upload", mark, timeout=60)
+        expect(client.request("GET", url), 404)

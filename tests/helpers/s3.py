@@ -84,6 +84,7 @@ class MotoServer:
                  'region = "us-east-1"']
         # moto on a shared 2-core machine may go quiet past izreg's 60 s default while it swallows a big part
         extra.setdefault("read_timeout", 300)
+        extra.setdefault("writer_timeout", 30)  # likewise for a HEAD in a commit (5 s by default)
         for key, value in extra.items():
             lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}")
         return "\n".join(lines) + "\n"
@@ -123,6 +124,16 @@ def moto_server(tmp_path_factory):
 def s3_bucket(moto_server) -> str:
     """A new, empty bucket on the session's moto server."""
     return moto_server.new_bucket()
+
+
+@pytest.fixture
+def moto_proxy(moto_server):
+    """A L{tests.helpers.tcpproxy.TCPProxy} in front of the session's moto server (a bucket that goes silent)."""
+    from tests.helpers.tcpproxy import TCPProxy
+
+    proxy = TCPProxy(moto_server.port)
+    yield proxy
+    proxy.close()
 
 
 def s3_registry(tmp_path_factory, moto: MotoServer, label: str = "s3", bucket: str | None = None,

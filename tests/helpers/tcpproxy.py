@@ -22,12 +22,15 @@ class TCPProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dropping = False
+        self._only: bytes | None = None
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def blackhole(self) -> None:
+    def blackhole(self, only: bytes | None = None) -> None:
+        """From now on, connections go dead; with C{only}, just those that send a request starting so (C{b"DELETE "})."""
+        self._only = only
         self._dropping = True
 
     def restore(self) -> None:
@@ -44,19 +47,19 @@ class TCPProxy:
             except OSError:
                 client.close()
                 continue
-            dead = [self._dropping]  # a connection made in a blackhole stays dead
+            dead = [self._dropping and self._only is None]  # a connection made in a blackhole stays dead
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink, dead), daemon=True).start()
+            for source, sink, requests in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(source, sink, dead, requests), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, dead: list) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, dead: list, requests: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if self._dropping:
+                if self._dropping and (self._only is None or requests and data.startswith(self._only)):
                     dead[0] = True
                 if not dead[0]:
                     sink.sendall(data)

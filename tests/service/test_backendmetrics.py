@@ -180,3 +180,30 @@ def test_a_write_probe_that_never_ends_holds_no_readyz_and_leaves_the_push_gate(
     assert len(probes.calls) == 1
     probes.calls[0].callback(None)  # it ends at last: only the one still waiting is answered
     assert later.result["data_dir"] == {"ok": True}
+
+
+def test_a_closed_push_gate_opens_by_itself_once_writable():
+    # the push gate was set only by /readyz: after a full disk freed, with nothing polling /readyz (or after
+    # one operator's curl in the outage), every push stayed refused until someone asked /readyz again
+    from izreg.http.health import RECHECK, Readiness
+    from izreg.storage.capacity import DiskFloor, parse_floor
+
+    clock, probes = Clock(), Probes()
+    readiness = Readiness(lambda: None, probes, DiskFloor("/", parse_floor("0")), reactor=clock)
+    refresh = ensureDeferred(readiness.refresh())
+    probes.calls[0].callback("the data directory is not writable: No space left on device")
+    assert refresh.result["data_dir"]["ok"] is False
+    refusals = [readiness.push_refusal() for _ in range(20)]  # a storm of pushes: one probe between them
+    assert all(refusal is not None for refusal in refusals) and len(probes.calls) == 2
+    probes.calls[1].callback("the data directory is not writable: No space left on device")  # still full
+    clock.advance(RECHECK)  # the gate's own timer probes again
+    assert len(probes.calls) == 3
+    probes.calls[2].callback(None)
+    assert readiness.unwritable is None and readiness.push_refusal() is None
+    clock.advance(RECHECK * 10)
+    assert len(probes.calls) == 3  # no probe while the gate is open
+    ensureDeferred(readiness.refresh())
+    probes.calls[3].callback("the data directory is not writable: Read-only file system")
+    readiness.stop()
+    clock.advance(RECHECK * 10)
+    assert len(probes.calls) == 4 and not clock.getDelayedCalls()  # stopped: no timer left

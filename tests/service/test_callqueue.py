@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from izreg.core.errors import ErrorCode
-from izreg.service.backends import CallQueue, DetachedPool, bounded_runner
+from izreg.service.backends import CallQueue, DetachedPool, PoolStopped, bounded_runner
 from izreg.storage.failures import storage_error
 from izreg.storage.interfaces import StorageBusy
 
@@ -138,10 +138,10 @@ def test_the_client_gets_a_503_with_retry_after():
 def test_stop_leaves_a_stuck_thread_behind_after_its_grace():
     pool = DetachedPool(0, 2, "test-s3", grace=0.3)
     pool.start()
-    release, started, done = threading.Event(), threading.Event(), []
+    release, started, quick = threading.Event(), threading.Event(), threading.Event()
     pool.callInThread(lambda: (started.set(), release.wait(60)))
-    pool.callInThread(done.append, "quick")
-    assert started.wait(10)
+    pool.callInThread(quick.set)
+    assert started.wait(10) and quick.wait(10)
     began = time.monotonic()
     left = pool.stop()
     took = time.monotonic() - began
@@ -149,11 +149,27 @@ def test_stop_leaves_a_stuck_thread_behind_after_its_grace():
         # Twisted's ThreadPool.stop joined every thread: it waited as long as the stuck call (60 s here)
         assert 0.25 < took < 5, took
         assert len(left) == 1 and left[0].daemon and left[0].is_alive()  # the interpreter will not wait for it
-        assert done == ["quick"]
     finally:
         release.set()
     left[0].join(10)
     assert not left[0].is_alive()
+
+
+def test_a_call_still_waiting_for_a_thread_at_stop_fails_there_and_never_runs():
+    # Twisted's team ran it once the stuck thread came free: after the reactor had stopped (attack17 F5)
+    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
+    pool.start()
+    release, started, ran, results = threading.Event(), threading.Event(), threading.Event(), []
+    pool.callInThread(lambda: (started.set(), release.wait(60)))
+    assert started.wait(10)
+    pool.callInThreadWithCallback(lambda ok, result: results.append((ok, result)), ran.set)
+    left = pool.stop()
+    assert len(results) == 1 and not results[0][0] and results[0][1].check(PoolStopped), results
+    pool.callInThreadWithCallback(lambda ok, result: results.append((ok, result)), ran.set)  # after stop: refused
+    assert len(results) == 2 and results[1][1].check(PoolStopped)
+    release.set()
+    left[0].join(10)
+    assert not left[0].is_alive() and not ran.is_set() and len(results) == 2
 
 
 def test_stop_returns_at_once_when_no_call_is_in_flight():

@@ -119,6 +119,7 @@ def test_a_token_realm_with_a_password_is_refused_without_it(realm):
     # too long: botocore's "timestamp too large" as if the bucket were unreachable
     ({"s3_read_timeout": 10**11}, "storage.s3.read_timeout must be 1 to 86400 seconds"),
     ({"s3_queue_timeout": 86401}, "storage.s3.queue_timeout must be 1 to 86400 seconds"),
+    ({"s3_writer_timeout": 0}, "storage.s3.writer_timeout must be 1 to 86400 seconds (a day), not 0"),
     # too long: PostgreSQL's and libpq's errors, naming statement_timeout or tcp_user_timeout, after 15 s
     ({"metadata_query_timeout": 3_000_000}, "metadata.query_timeout must be 0 (no limit) to 86400 seconds"),
     ({"metadata_statement_timeout": 10**7, "metadata_query_timeout": 0},

@@ -68,7 +68,9 @@ class Backend:
 
             config = Config(storage_backend="s3", s3_bucket=self.bucket, s3_endpoint_url=self.moto.url,
                             s3_prefix="reg/", s3_threads=4)
-            self.blobs = S3Blobs(make_client(config), self.bucket, "reg/", run_in_thread, redirect_ttl=60)
+            # copied to its content address in parts of PART above PART (a multipart copy, as above 128 MiB)
+            self.blobs = S3Blobs(make_client(config), self.bucket, "reg/", run_in_thread, redirect_ttl=60,
+                                 copy_part=PART)
             self.uploads = S3Uploads(self.blobs, part_size=PART)
         return self
 
@@ -224,6 +226,23 @@ async def test_upload_commit_and_ranges(backend, size):
     assert await read_blob(backend.blobs, digest, size - 10, 10) == data[-10:]
     assert await read_blob(backend.blobs, digest, size // 2, 5) == data[size // 2:size // 2 + 5]
     assert await blocking(backend.uploads.orphans, set()) == []  # nothing of the session is left
+
+
+@pytest.mark.s3
+@pytest_twisted.ensureDeferred
+async def test_s3_a_blob_larger_than_a_copy_part_is_copied_in_parts(tmp_path, request):
+    # one CopyObject of up to 5 GiB sent nothing back until done: on a slow store, past read_timeout
+    backend = Backend("s3", tmp_path, request)
+    data = pattern(2 * PART + 123, seed=7)
+    digest = Digest.of(data)
+    session = backend.uploads.create(NAME, 1.0)
+    await append(backend.uploads, session, data)
+    await commit(backend, session, digest)
+    client = backend.moto.client()
+    head = client.head_object(Bucket=backend.bucket, Key=backend.blobs.keys.blob(digest))
+    assert head["ETag"].strip('"').endswith("-3"), head["ETag"]  # three part copies
+    assert await read_blob(backend.blobs, digest) == data
+    assert client.list_multipart_uploads(Bucket=backend.bucket).get("Uploads", []) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -332,6 +332,7 @@ class HandshakeAdmission:
         holds as many known groups as a device that roams, not all of them.
         """
         gate = getattr(tcp_under(transport), "protocol", None)
+        gate = getattr(gate, "wrappedProtocol", gate)  # under a haproxy: listener's PROXY header reader
         if isinstance(gate, _Gate) and not gate.device:
             gate.device = True
             self._know(gate.group, (account, device_id))

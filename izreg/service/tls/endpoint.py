@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
+from izreg.service.proxyheader import ProxyHeaders, server_endpoint
 from izreg.service.tls.admission import HandshakeAdmission
 from izreg.service.tls.creator import ServerTLS
 from izreg.service.tls.fallback import tls_factory
@@ -38,7 +38,11 @@ class TLSEndpoint:
 
 
 def tls_endpoint(reactor, description: str, tls: ServerTLS, threads: HandshakeThreads | None = None,
-                 admission: HandshakeAdmission | None = None) -> TLSEndpoint:
-    """C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS."""
-    return TLSEndpoint(serverFromString(reactor, description), tls, clock=reactor, threads=threads,
+                 admission: HandshakeAdmission | None = None, headers: ProxyHeaders | None = None) -> TLSEndpoint:
+    """
+    C{--tls-listen DESCRIPTION}: a server endpoint string (C{tcp:5443:interface=...}) wrapped in TLS; a
+    C{haproxy:} one reads its PROXY header before the TLS connection is built (with C{headers}:
+    L{izreg.service.proxyheader}).
+    """
+    return TLSEndpoint(server_endpoint(reactor, description, headers), tls, clock=reactor, threads=threads,
                        admission=admission)

@@ -1,0 +1,59 @@
+"""
+The S3 calls made while the index's writer is held (L{izreg.storage.s3.Bounded}), against a real moto
+server behind a TCP proxy of the test's own that goes silent: a commit's check that a blob it found
+already stored is still there waits one C{writer_timeout}, then the next calls fail at once. On a real
+server (the collector's delete, with another account's writes meanwhile): tests/e2e/test_s3_queue.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from izreg.core.digest import Digest
+from izreg.service.config import Config
+from izreg.storage.interfaces import StorageError
+from izreg.storage.s3 import S3Uploads, s3_blobs
+from tests.storage.test_contract import NAME, append
+
+pytestmark = pytest.mark.s3
+
+WRITER_TIMEOUT = 1
+#: what a bounded call may take in all on a loaded machine
+WITHIN = WRITER_TIMEOUT + 4
+
+
+@pytest.fixture
+def proxy(moto_proxy):
+    return moto_proxy
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_commit_of_a_blob_found_stored_waits_one_writer_timeout_for_a_silent_bucket(
+        moto_server, s3_bucket, proxy):
+    # promote runs in the index's commit (on LMDB the one writer thread): its HEAD waited read_timeout
+    # (30 s here, 60 by default) per attempt, five attempts, with every account's writes behind it
+    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=proxy.url, s3_threads=2,
+                    s3_read_timeout=30, s3_writer_timeout=WRITER_TIMEOUT)
+    blobs = s3_blobs(config, deferToThread)
+    uploads = S3Uploads(blobs)
+    data = b"stored before" * 100
+    digest = Digest.of(data)
+    moto_server.client().put_object(Bucket=s3_bucket, Key=blobs.keys.blob(digest), Body=data)
+    session = uploads.create(NAME, 1.0)
+    await append(uploads, session, data)
+    await uploads.seal(session, digest)
+    assert session.reused  # found stored: the commit checks it is still there
+
+    proxy.blackhole()
+    began = time.monotonic()
+    with pytest.raises(StorageError):
+        await deferToThread(uploads.promote, session, digest)
+    assert time.monotonic() - began < WITHIN
+    began = time.monotonic()
+    with pytest.raises(StorageError, match="did not answer a moment ago"):  # not tried: no wait at all
+        await deferToThread(blobs.delete, digest)
+    assert time.monotonic() - began < 1
