@@ -368,7 +368,8 @@ def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | No
         def done(value):
             if timer.active():
                 timer.cancel()
-            if value is not _EXPIRED:
+            # refused by the timer already: the pool answers such a call again at its stop (PoolStopped)
+            if value is not _EXPIRED and not result.called:
                 result.callback(value)  # a Failure goes down the errback chain
 
         queue.queued()

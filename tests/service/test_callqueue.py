@@ -172,6 +172,43 @@ def test_a_call_still_waiting_for_a_thread_at_stop_fails_there_and_never_runs():
     assert not left[0].is_alive() and not ran.is_set() and len(results) == 2
 
 
+def test_a_call_refused_for_its_wait_and_then_failed_at_stop_is_answered_once():
+    # a bucket that does not answer: calls refused after queue_timeout stay in the pool's queue; at stop
+    # the pool failed each of them again (PoolStopped), and each second answer was an AlreadyCalledError
+    # traceback ("Unhandled error in Deferred") in the log of a node stopping after an outage
+    from twisted.logger import globalLogPublisher
+
+    logged = []
+
+    def observer(event):
+        if event.get("log_failure") is not None:
+            logged.append(event["log_failure"])
+
+    reactor, queue = ClockReactor(), CallQueue()
+    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
+    pool.start()
+    release, started = threading.Event(), threading.Event()
+    run = bounded_runner(reactor, pool, 10, queue, refuse=s3_busy)
+    run(lambda: (started.set(), release.wait(60))).addErrback(lambda f: None)
+    assert started.wait(10)
+    refused = []
+    run(len, b"never").addErrback(refused.append)
+    reactor.advance(10)
+    assert len(refused) == 1 and refused[0].check(StorageBusy)
+    globalLogPublisher.addObserver(observer)
+    try:
+        left = pool.stop()
+        release.set()
+        for thread in left:
+            thread.join(10)
+        gc.collect()  # an unhandled error in a Deferred is logged when the Deferred goes
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        release.set()
+    assert logged == [], [f.getTraceback() for f in logged]
+    assert len(refused) == 1
+
+
 def test_stop_returns_at_once_when_no_call_is_in_flight():
     pool = DetachedPool(0, 2, "test-s3", grace=30)
     pool.start()
