@@ -348,6 +348,7 @@ class RegistryService(service.MultiService):
         if self._bucket_client is None:
             self._bucket_client = make_client(self.config, timeout=BUCKET_TIMEOUT)
         client, bucket = self._bucket_client, blobs.keys.bucket
+        blobs.bounded.hear(client)  # ready again: the commits' S3 calls are tried again at once
         check = CachedCheck("S3 bucket", lambda: self._run_io(bucket_error, client, bucket), self.reactor,
                             timeout=BUCKET_TIMEOUT + 1, ttl=BUCKET_TTL)
         return {"bucket": check}

@@ -262,6 +262,17 @@ class Bounded:
         self.client = client
         self._quiet_until = 0.0
 
+    def hear(self, client) -> None:
+        """
+        Any answer the bucket gives C{client} (the blob store's, /readyz's: botocore's C{after-call}, any
+        HTTP answer) ends the quiet, so the first commit after an outage is tried, not refused for the
+        rest of L{QUIET} (/readyz said ready again and the next push got a 503).
+        """
+        client.meta.events.register("after-call.s3", self._heard, unique_id=f"izreg-bounded-{id(self)}")
+
+    def _heard(self, **_) -> None:
+        self._quiet_until = 0.0
+
     def __call__(self, method: str, **kwargs):
         if time.monotonic() < self._quiet_until:
             raise StorageError("S3: the bucket did not answer a moment ago: not tried again yet")
@@ -951,7 +962,9 @@ def s3_blobs(config, run, client=None) -> S3Blobs:
     """
     # the writer thread, the I/O threads (the collector's scans) and the S3 threads may each hold one
     bounded = Bounded(make_client(config, timeout=config.s3_writer_timeout, connections=config.s3_threads + 4))
-    return S3Blobs(client or make_client(config), config.s3_bucket, config.s3_prefix, run,
+    client = client or make_client(config)
+    bounded.hear(client)
+    return S3Blobs(client, config.s3_bucket, config.s3_prefix, run,
                    redirect_ttl=config.s3_redirect_ttl if config.s3_redirect else None, bounded=bounded)
 
 

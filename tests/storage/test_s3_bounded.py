@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 from izreg.core.digest import Digest
 from izreg.service.config import Config
 from izreg.storage.interfaces import StorageError
-from izreg.storage.s3 import S3Uploads, s3_blobs
+from izreg.storage.s3 import S3Uploads, make_client, s3_blobs
 from tests.storage.test_contract import NAME, append
 
 pytestmark = pytest.mark.s3
@@ -57,3 +57,11 @@ async def test_the_commit_of_a_blob_found_stored_waits_one_writer_timeout_for_a_
     with pytest.raises(StorageError, match="did not answer a moment ago"):  # not tried: no wait at all
         await deferToThread(blobs.delete, digest)
     assert time.monotonic() - began < 1
+    # the bucket back: an answer to any other client (here /readyz's, a HEAD of the bucket) ends the quiet at
+    # once; the next commit was refused for the rest of QUIET (10 s) after /readyz said ready again
+    proxy.restore()
+    check = make_client(config, timeout=WRITER_TIMEOUT)
+    blobs.bounded.hear(check)
+    await deferToThread(check.head_bucket, Bucket=s3_bucket)
+    await deferToThread(blobs.delete, digest)
+    assert blobs.stat(digest) is None
