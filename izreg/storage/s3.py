@@ -34,6 +34,7 @@ and only after its digest is verified, and the 201 follows S3's answer
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import threading
 import time
@@ -294,6 +295,11 @@ class Bounded:
                 return
 
 
+def _call(client, method: str, **kwargs):
+    """C{client.<method>(**kwargs)}: the unbounded counterpart of a L{Bounded} call."""
+    return getattr(client, method)(**kwargs)
+
+
 class _Keys:
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket, self.prefix = bucket, prefix
@@ -411,6 +417,9 @@ class S3Blobs:
         self.redirect_ttl = redirect_ttl
         #: L{stat}, L{put_bytes} and L{delete} run inside the index's write transactions: bounded
         self.bounded = bounded or Bounded(client)
+        #: the collector's listing (an I/O thread, not the writer): bounded the same, with a quiet of its own,
+        #: so one slow page does not refuse every commit's S3 call for L{QUIET}
+        self.listing = Bounded(self.bounded.client)
 
     def open(self, digest: Digest) -> S3Reader:
         return S3Reader(self, self.keys.blob(digest))
@@ -424,9 +433,15 @@ class S3Blobs:
             ExpiresIn=self.redirect_ttl)
 
     @_s3
-    def stat(self, digest: Digest) -> tuple[int, float] | None:
+    def stat(self, digest: Digest, *, held: bool = True) -> tuple[int, float] | None:
+        """
+        The blob's size and time, or C{None}. C{held}: called with the index's writer held (the
+        L{Bounded} client: one try); else on the blob client, with botocore's retries (a commit's check
+        in the S3 pool, where a SlowDown or a reset must not fail the push).
+        """
+        call = self.bounded if held else functools.partial(_call, self.client)
         try:
-            head = self.bounded("head_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+            head = call("head_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest))
         except Exception as e:
             if _not_found(e):
                 return None
@@ -446,7 +461,7 @@ class S3Blobs:
     def digests(self):
         base = f"{self.keys.prefix}blobs/"
         found = []
-        for page in self.bounded.pages("list_objects_v2", Bucket=self.keys.bucket, Prefix=base):
+        for page in self.listing.pages("list_objects_v2", Bucket=self.keys.bucket, Prefix=base):
             for item in page.get("Contents", []):
                 parts = item["Key"][len(base):].split("/")
                 if len(parts) == 3:
@@ -822,7 +837,7 @@ class S3Uploads:
                 actual = hashlib.new(digest.algorithm, data).hexdigest()
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            session.reused = self.blobs.stat(digest) is not None
+            session.reused = self.blobs.stat(digest, held=False) is not None
             if not session.reused:
                 self.client.put_object(Bucket=bucket, Key=target, Body=data)
         else:
@@ -839,7 +854,7 @@ class S3Uploads:
                 actual = self.blobs.hash_key(staging, digest.algorithm)
                 if actual != digest.hex:
                     raise DigestMismatch(f"{digest.algorithm}:{actual}")
-            session.reused = self.blobs.stat(digest) is not None
+            session.reused = self.blobs.stat(digest, held=False) is not None
             if not session.reused:
                 self.blobs.copy(staging, target, session.offset)
         self._clean(session.id, None)

@@ -65,3 +65,23 @@ async def test_the_commit_of_a_blob_found_stored_waits_one_writer_timeout_for_a_
     await deferToThread(check.head_bucket, Bucket=s3_bucket)
     await deferToThread(blobs.delete, digest)
     assert blobs.stat(digest) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_listing_does_not_quiet_the_commits_and_a_commit_check_keeps_its_retries(
+        moto_server, s3_bucket, proxy):
+    # the collector's listing (an I/O thread) shared the writer's quiet: one slow page refused every commit's
+    # S3 call for 10 s; and the commit's check in the S3 pool (seal) lost botocore's retries to it
+    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=proxy.url, s3_threads=2,
+                    s3_read_timeout=30, s3_writer_timeout=WRITER_TIMEOUT)
+    blobs = s3_blobs(config, deferToThread)
+    data = b"listed" * 100
+    digest = Digest.of(data)
+    moto_server.client().put_object(Bucket=s3_bucket, Key=blobs.keys.blob(digest), Body=data)
+    proxy.blackhole()
+    with pytest.raises(StorageError):
+        await deferToThread(blobs.digests)
+    proxy.restore()
+    assert await deferToThread(blobs.stat, digest) == (len(data), pytest.approx(time.time(), abs=600))
+    blobs.bounded._quiet_until = time.monotonic() + 600  # the writer's calls quiet: the seal's check is not
+    assert (await deferToThread(blobs.stat, digest, held=False))[0] == len(data)
