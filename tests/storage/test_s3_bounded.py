@@ -31,18 +31,23 @@ def proxy(moto_proxy):
     return moto_proxy
 
 
+def stored(moto_server, s3_bucket, proxy, data: bytes):
+    """The config and blob store of a node behind C{proxy}, and C{data} already stored as a blob."""
+    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=proxy.url, s3_threads=2,
+                    s3_read_timeout=30, s3_writer_timeout=WRITER_TIMEOUT)
+    blobs = s3_blobs(config, deferToThread)
+    digest = Digest.of(data)
+    moto_server.client().put_object(Bucket=s3_bucket, Key=blobs.keys.blob(digest), Body=data)
+    return config, blobs, data, digest
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_commit_of_a_blob_found_stored_waits_one_writer_timeout_for_a_silent_bucket(
         moto_server, s3_bucket, proxy):
     # promote runs in the index's commit (on LMDB the one writer thread): its HEAD waited read_timeout
     # (30 s here, 60 by default) per attempt, five attempts, with every account's writes behind it
-    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=proxy.url, s3_threads=2,
-                    s3_read_timeout=30, s3_writer_timeout=WRITER_TIMEOUT)
-    blobs = s3_blobs(config, deferToThread)
+    config, blobs, data, digest = stored(moto_server, s3_bucket, proxy, b"stored before" * 100)
     uploads = S3Uploads(blobs)
-    data = b"stored before" * 100
-    digest = Digest.of(data)
-    moto_server.client().put_object(Bucket=s3_bucket, Key=blobs.keys.blob(digest), Body=data)
     session = uploads.create(NAME, 1.0)
     await append(uploads, session, data)
     await uploads.seal(session, digest)
@@ -72,12 +77,7 @@ async def test_a_silent_listing_does_not_quiet_the_commits_and_a_commit_check_ke
         moto_server, s3_bucket, proxy):
     # the collector's listing (an I/O thread) shared the writer's quiet: one slow page refused every commit's
     # S3 call for 10 s; and the commit's check in the S3 pool (seal) lost botocore's retries to it
-    config = Config(storage_backend="s3", s3_bucket=s3_bucket, s3_endpoint_url=proxy.url, s3_threads=2,
-                    s3_read_timeout=30, s3_writer_timeout=WRITER_TIMEOUT)
-    blobs = s3_blobs(config, deferToThread)
-    data = b"listed" * 100
-    digest = Digest.of(data)
-    moto_server.client().put_object(Bucket=s3_bucket, Key=blobs.keys.blob(digest), Body=data)
+    _, blobs, data, digest = stored(moto_server, s3_bucket, proxy, b"listed" * 100)
     proxy.blackhole()
     with pytest.raises(StorageError):
         await deferToThread(blobs.digests)
