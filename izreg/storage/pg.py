@@ -205,6 +205,22 @@ class Database:
         self._allow_long_call(cur.connection)
         cur.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(self.long_timeout),))
 
+    def _upgrade_lock(self, conn: psycopg.Connection, log: Callable[[str], None]) -> None:
+        """
+        The upgrade lock, waited for (said once) at most L{long_timeout}, then a L{SchemaError} naming the
+        other upgrade: it was silent, then the watchdog's "did not answer", while the database answered.
+        """
+        deadline = time.monotonic() + self.long_timeout
+        said = False
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPGRADE_LOCK,)).fetchone()[0]:
+            if not said:
+                log("waiting for another izreg db upgrade (or a node starting one) to finish")
+                said = True
+            if time.monotonic() >= deadline:
+                raise SchemaError(f"another izreg db upgrade held the upgrade lock for {self.long_timeout:g} s"
+                                  " (metadata.long_statement_timeout): let it finish, then run this again")
+            time.sleep(UPGRADE_POLL)  # the command's thread (see UPGRADE_POLL)
+
     def _allow_long_call(self, conn: psycopg.Connection) -> None:
         """The call on C{conn} may run L{long_timeout} + L{query_timeout} from now."""
         if self.query_timeout > 0:
@@ -379,8 +395,7 @@ class Database:
             self._allow_long_call(conn)  # it may wait for another node's upgrade, then migrate
             # a session lock taken before the migrations' transactions begin, so each of them
             # starts after another node's upgrade committed and sees its tables
-            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPGRADE_LOCK,)).fetchone()[0]:
-                time.sleep(UPGRADE_POLL)  # the command's thread (see UPGRADE_POLL)
+            self._upgrade_lock(conn, log)
             try:
                 for version, name, sql in known:
                     if NO_TRANSACTION in sql.splitlines():

@@ -216,3 +216,23 @@ def test_a_statement_that_holds_writes_tries_its_lock_a_bounded_number_of_times(
         assert _state(pg_dsn)[0] == 4
     finally:
         writer.close()
+
+
+def test_an_upgrade_waiting_for_another_says_so_and_gives_up_naming_it(pg_dsn):
+    # it polled the lock without a word, then the watchdog cut it: "the database did not answer within
+    # 630 s", while the database answered and another upgrade held the lock
+    _fresh = pg.Database(pg_dsn, max_size=1)
+    try:
+        _fresh.upgrade()
+    finally:
+        _fresh.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg.UPGRADE_LOCK,))
+        said = []
+        db = pg.Database(pg_dsn, max_size=1, long_timeout=1.5)
+        try:
+            with pytest.raises(pg.SchemaError, match="another izreg db upgrade held the upgrade lock for 1.5 s"):
+                db.upgrade(log=said.append)
+        finally:
+            db.close()
+        assert said == ["waiting for another izreg db upgrade (or a node starting one) to finish"]
