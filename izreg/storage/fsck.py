@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from izreg.core.digest import Digest
+from izreg.storage.interfaces import StorageError
 
 
 #: what C{izreg fsck} says of orphans (L{Report.orphans}), once
@@ -89,7 +90,14 @@ class Checker:
             report.problems.append(f"missing blob {digest}: indexed, but not stored")
             self._forget(digest, report, repair, lost, "missing")
             return
-        if self.blobs.hash(digest, digest.algorithm) != digest.hex:
+        actual = self._hash(digest)
+        if actual is None and self.index.blob_record(digest) is None:
+            return  # collected between the stat and the hash
+        if actual is None:
+            report.problems.append(f"missing blob {digest}: indexed, but not stored")
+            self._forget(digest, report, repair, lost, "missing")
+            return
+        if actual != digest.hex:
             report.problems.append(f"corrupt blob {digest}: its bytes do not hash to its digest")
             if repair:
                 self.blobs.delete(digest)
@@ -100,6 +108,17 @@ class Checker:
             if repair:
                 self.index.set_blob_size(digest, found[0])
                 report.repaired.append(f"blob {digest}: size corrected to {found[0]}")
+
+    def _hash(self, digest: Digest) -> str | None:
+        """The stored bytes' hash, or C{None} if the blob is gone meanwhile (a sweep of the running server)."""
+        try:
+            return self.blobs.hash(digest, digest.algorithm)
+        except FileNotFoundError:
+            return None
+        except StorageError:
+            if self.blobs.stat(digest) is None:
+                return None
+            raise
 
     def _forget(self, digest: Digest, report: Report, repair: bool, lost: set[str], why: str) -> None:
         lost.add(str(digest))
@@ -115,7 +134,10 @@ class Checker:
         report.orphans.append(f"orphan blob {digest}: stored, but no index entry names it")
         if not repair:
             return
-        if self.blobs.hash(digest, digest.algorithm) == digest.hex:
+        actual = self._hash(digest)
+        if actual is None:
+            return  # gone meanwhile (garbage collection)
+        if actual == digest.hex:
             self.index.index_blob(digest, found[0], now)
             report.repaired.append(f"orphan blob {digest}: indexed again (garbage collection takes it if unused)")
         else:

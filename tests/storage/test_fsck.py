@@ -83,3 +83,23 @@ def test_a_blob_collected_while_fsck_runs_is_no_problem(index, tmp_path):
     report = SweptMeanwhile(index, blobs).check()
     assert report.clean, report.problems
     assert report.blobs == 2 and index.blob_record(kept) is not None
+
+
+def test_a_blob_collected_between_its_stat_and_its_hash_is_no_problem(index, tmp_path):
+    # the same sweep a moment later, after fsck found the file and before it read it: a FileNotFoundError
+    # (a traceback, the check ended) instead of a clean report
+    blobs = BlobStore(str(tmp_path))
+    kept, collected = stored(index, blobs, b"kept"), stored(index, blobs, b"collected")
+    orphan = Digest.of(b"orphan")
+    blobs.put_bytes(orphan, b"orphan")
+
+    class SweepingStore(BlobStore):
+        def hash(self, digest, algorithm):
+            if digest in (collected, orphan):  # the server's sweep, between fsck's stat and its hash
+                index.forget_blob(collected)
+                BlobStore.delete(self, digest)
+            return super().hash(digest, algorithm)
+
+    report = Checker(index, SweepingStore(str(tmp_path))).check(repair=True)
+    assert report.clean and not report.repaired, (report.problems, report.repaired)
+    assert index.blob_record(kept) is not None and index.blob_record(orphan) is None
