@@ -318,6 +318,11 @@ class CallQueue:
         with self._lock:
             self.running -= 1
 
+    def left(self) -> None:
+        """A call that no thread took and no timer refused: failed where it waited (the pool stopped)."""
+        with self._lock:
+            self.waiting -= 1
+
 
 def _database_busy(wait: float) -> Exception:
     from izreg.storage.pg import DatabaseUnavailable
@@ -368,6 +373,12 @@ def bounded_runner(reactor, pool: ThreadPool, wait: float, queue: CallQueue | No
         def done(value):
             if timer.active():
                 timer.cancel()
+            with lock:
+                never, taken[0] = not taken[0], True
+                if never:
+                    call.clear()
+            if never:  # failed by the pool before a thread or the timer took it (its stop: PoolStopped)
+                queue.left()
             # refused by the timer already: the pool answers such a call again at its stop (PoolStopped)
             if value is not _EXPIRED and not result.called:
                 result.callback(value)  # a Failure goes down the errback chain

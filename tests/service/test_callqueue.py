@@ -218,3 +218,26 @@ def test_stop_returns_at_once_when_no_call_is_in_flight():
     began = time.monotonic()
     assert pool.stop() == []
     assert time.monotonic() - began < 5
+
+
+def test_a_call_failed_at_stop_while_waiting_leaves_the_waiting_count():
+    # failed by the pool's stop (PoolStopped) before a thread or the timer took it: izreg_s3_queue_waiting
+    # stayed one too high for each such call
+    reactor, queue = ClockReactor(), CallQueue()
+    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
+    pool.start()
+    release, started = threading.Event(), threading.Event()
+    run = bounded_runner(reactor, pool, 10, queue, refuse=s3_busy)
+    run(lambda: (started.set(), release.wait(60))).addErrback(lambda f: None)
+    assert started.wait(10)
+    failed = []
+    run(len, b"never").addErrback(failed.append)
+    assert queue.waiting == 1
+    try:
+        left = pool.stop()
+    finally:
+        release.set()
+    for thread in left:
+        thread.join(10)
+    assert len(failed) == 1 and failed[0].check(PoolStopped)
+    assert queue.waiting == 0 and queue.expired == 0 and not reactor.getDelayedCalls()
