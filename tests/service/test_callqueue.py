@@ -172,6 +172,18 @@ def test_a_call_still_waiting_for_a_thread_at_stop_fails_there_and_never_runs():
     assert not left[0].is_alive() and not ran.is_set() and len(results) == 2
 
 
+def one_thread_held():
+    """A DetachedPool of one thread, held by a call until C{release} is set, and its bounded_runner (wait 10)."""
+    reactor, queue = ClockReactor(), CallQueue()
+    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
+    pool.start()
+    release, started = threading.Event(), threading.Event()
+    run = bounded_runner(reactor, pool, 10, queue, refuse=s3_busy)
+    run(lambda: (started.set(), release.wait(60))).addErrback(lambda f: None)
+    assert started.wait(10)
+    return reactor, queue, pool, run, release
+
+
 def test_a_call_refused_for_its_wait_and_then_failed_at_stop_is_answered_once():
     # a bucket that does not answer: calls refused after queue_timeout stay in the pool's queue; at stop
     # the pool failed each of them again (PoolStopped), and each second answer was an AlreadyCalledError
@@ -184,13 +196,7 @@ def test_a_call_refused_for_its_wait_and_then_failed_at_stop_is_answered_once():
         if event.get("log_failure") is not None:
             logged.append(event["log_failure"])
 
-    reactor, queue = ClockReactor(), CallQueue()
-    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
-    pool.start()
-    release, started = threading.Event(), threading.Event()
-    run = bounded_runner(reactor, pool, 10, queue, refuse=s3_busy)
-    run(lambda: (started.set(), release.wait(60))).addErrback(lambda f: None)
-    assert started.wait(10)
+    reactor, queue, pool, run, release = one_thread_held()
     refused = []
     run(len, b"never").addErrback(refused.append)
     reactor.advance(10)
@@ -223,13 +229,7 @@ def test_stop_returns_at_once_when_no_call_is_in_flight():
 def test_a_call_failed_at_stop_while_waiting_leaves_the_waiting_count():
     # failed by the pool's stop (PoolStopped) before a thread or the timer took it: izreg_s3_queue_waiting
     # stayed one too high for each such call
-    reactor, queue = ClockReactor(), CallQueue()
-    pool = DetachedPool(0, 1, "test-s3", grace=0.1)
-    pool.start()
-    release, started = threading.Event(), threading.Event()
-    run = bounded_runner(reactor, pool, 10, queue, refuse=s3_busy)
-    run(lambda: (started.set(), release.wait(60))).addErrback(lambda f: None)
-    assert started.wait(10)
+    reactor, queue, pool, run, release = one_thread_held()
     failed = []
     run(len, b"never").addErrback(failed.append)
     assert queue.waiting == 1
