@@ -34,7 +34,6 @@ and only after its digest is verified, and the 201 follows S3's answer
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import threading
 import time
@@ -295,11 +294,6 @@ class Bounded:
                 return
 
 
-def _call(client, method: str, **kwargs):
-    """C{client.<method>(**kwargs)}: the unbounded counterpart of a L{Bounded} call."""
-    return getattr(client, method)(**kwargs)
-
-
 class _Keys:
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket, self.prefix = bucket, prefix
@@ -439,9 +433,9 @@ class S3Blobs:
         L{Bounded} client: one try); else on the blob client, with botocore's retries (a commit's check
         in the S3 pool, where a SlowDown or a reset must not fail the push).
         """
-        call = self.bounded if held else functools.partial(_call, self.client)
+        where = {"Bucket": self.keys.bucket, "Key": self.keys.blob(digest)}
         try:
-            head = call("head_object", Bucket=self.keys.bucket, Key=self.keys.blob(digest))
+            head = self.bounded("head_object", **where) if held else self.client.head_object(**where)
         except Exception as e:
             if _not_found(e):
                 return None
